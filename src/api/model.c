@@ -1,0 +1,111 @@
+/* api/model.c - dr_model_load / dr_model_free / dr_model_info_get.
+ *
+ * Loading = config.json -> hparams, safetensors (mapped) -> weight table with
+ * shape checks, then the summary that `deltarun info` prints.
+ */
+#include "model/model.h"
+
+#include "util/status.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const char *arch_name(dr_arch a) {
+    switch (a) {
+    case DR_ARCH_QWEN3_5:
+        return "qwen3_5";
+    case DR_ARCH_QWEN3_5_MOE:
+        return "qwen3_5_moe";
+    case DR_ARCH_QWEN3_NEXT:
+        return "qwen3_next";
+    }
+    return "?";
+}
+
+/* Parameters of the text model: every mapped tensor except the vision tower
+ * and the MTP head (which we do not run). */
+static uint64_t count_params(const dr_st_set *st) {
+    uint64_t n = 0;
+    for (int i = 0; i < st->n_tensors; i++) {
+        const char *name = st->by_name[i]->name;
+        if (strstr(name, "visual.") || strncmp(name, "mtp.", 4) == 0)
+            continue;
+        n += dr_st_numel(st->by_name[i]);
+    }
+    return n;
+}
+
+static void fill_info(dr_model *m) {
+    const dr_hparams *hp = &m->hp;
+    dr_model_info *in = &m->info;
+    memset(in, 0, sizeof *in);
+    in->arch = hp->arch;
+    in->arch_name = arch_name(hp->arch);
+    in->n_layers = hp->n_layers;
+    for (int l = 0; l < hp->n_layers; l++) {
+        m->layer_kinds[l] = hp->is_attn[l] ? 'A' : 'G';
+        in->n_attn_layers += hp->is_attn[l];
+        in->n_moe_layers += hp->is_moe[l];
+    }
+    m->layer_kinds[hp->n_layers] = '\0';
+    in->layer_kinds = m->layer_kinds;
+    in->n_gdn_layers = hp->n_layers - in->n_attn_layers;
+    in->n_vocab = hp->n_vocab;
+    in->d_model = hp->d_model;
+    in->n_heads = hp->n_heads;
+    in->n_kv_heads = hp->n_kv_heads;
+    in->d_head = hp->d_head;
+    in->d_rot = hp->d_rot;
+    in->rope_theta = hp->rope_theta;
+    in->n_k_heads = hp->n_k_heads;
+    in->n_v_heads = hp->n_v_heads;
+    in->d_k = hp->d_k;
+    in->d_v = hp->d_v;
+    in->d_conv = hp->d_conv;
+    in->d_ff = in->n_moe_layers < hp->n_layers ? hp->d_ff : 0;
+    if (in->n_moe_layers) {
+        in->n_experts = hp->n_experts;
+        in->n_experts_used = hp->n_experts_used;
+        in->d_ff_expert = hp->d_ff_expert;
+        in->d_ff_shared = hp->d_ff_shared;
+    }
+    in->tied_embeddings = hp->tied;
+    in->n_params = count_params(&m->st);
+    snprintf(m->dtype_name, sizeof m->dtype_name, "%s", dr_dtype_name(m->w.embed.dtype));
+    in->weight_dtype = m->dtype_name;
+    in->n_eos = hp->n_eos;
+    memcpy(in->eos_ids, hp->eos, sizeof hp->eos);
+}
+
+dr_status dr_model_load(const char *dir, dr_model **out) {
+    *out = NULL;
+    if (!dir)
+        return DR_FAIL(DR_ERR_ARG, "dr_model_load: no directory given");
+    dr_model *m = calloc(1, sizeof *m);
+    if (!m)
+        return DR_FAIL(DR_ERR_NOMEM, "out of memory");
+    m->ops = dr_ops_cpu();
+    dr_status st = dr_hparams_load(dir, &m->hp);
+    if (st == DR_OK)
+        st = dr_st_open_dir(dir, &m->st);
+    if (st == DR_OK)
+        st = dr_weights_bind(m, dir);
+    if (st != DR_OK) {
+        dr_model_free(m);
+        return st;
+    }
+    fill_info(m);
+    *out = m;
+    return DR_OK;
+}
+
+void dr_model_free(dr_model *m) {
+    if (!m)
+        return;
+    dr_weights_free(m);
+    dr_st_close_set(&m->st);
+    free(m);
+}
+
+const dr_model_info *dr_model_info_get(const dr_model *m) { return &m->info; }

@@ -1,0 +1,127 @@
+/* api/session.c - one sequence: its position, caches and scratch.
+ *
+ * dr_session_eval splits a block into pieces of at most n_batch tokens and
+ * runs the forward on each; arguments are validated before any state moves.
+ */
+#include "cache/cache.h"
+#include "model/forward.h"
+#include "util/status.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+struct dr_session {
+    dr_model *m;
+    dr_session_params p;
+    int pos;            /* tokens evaluated so far */
+    dr_kv_cache kv;
+    dr_gdn_cache gdn;
+    dr_scratch sc;
+};
+
+dr_session_params dr_session_default_params(void) {
+    dr_session_params p = {.n_ctx = 4096, .n_batch = 512, .state_dtype = DR_STATE_F32};
+    return p;
+}
+
+dr_status dr_session_new(dr_model *m, const dr_session_params *params, dr_session **out) {
+    *out = NULL;
+    dr_session_params p = params ? *params : dr_session_default_params();
+    if (!m)
+        return DR_FAIL(DR_ERR_ARG, "dr_session_new: no model");
+    if (p.n_ctx < 1 || p.n_ctx > (1 << 24) || p.n_batch < 1 || p.n_batch > (1 << 16))
+        return DR_FAIL(DR_ERR_ARG, "session: n_ctx %d / n_batch %d out of range", p.n_ctx, p.n_batch);
+    if (p.state_dtype != DR_STATE_F32 && p.state_dtype != DR_STATE_BF16)
+        return DR_FAIL(DR_ERR_ARG, "session: unknown state dtype %d", (int)p.state_dtype);
+    if (p.n_batch > p.n_ctx)
+        p.n_batch = p.n_ctx;
+    dr_session *s = calloc(1, sizeof *s);
+    if (!s)
+        return DR_FAIL(DR_ERR_NOMEM, "out of memory");
+    s->m = m;
+    s->p = p;
+    dr_status st = dr_kv_cache_new(&s->kv, m->ops, &m->hp, p.n_ctx);
+    if (st == DR_OK)
+        st = dr_gdn_cache_new(&s->gdn, m->ops, &m->hp);
+    if (st == DR_OK)
+        st = dr_scratch_new(&s->sc, m, p.n_batch, p.n_ctx);
+    if (st != DR_OK) {
+        dr_session_free(s);
+        return st;
+    }
+    *out = s;
+    return DR_OK;
+}
+
+void dr_session_free(dr_session *s) {
+    if (!s)
+        return;
+    const dr_ops *ops = s->m->ops;
+    dr_kv_cache_free(&s->kv, ops, s->m->hp.n_layers);
+    dr_gdn_cache_free(&s->gdn, ops, s->m->hp.n_layers);
+    if (s->sc.x)
+        dr_scratch_free(&s->sc, s->m);
+    free(s);
+}
+
+void dr_session_reset(dr_session *s) {
+    dr_kv_cache_reset(&s->kv, s->m->ops, s->m->hp.n_layers, s->pos);
+    dr_gdn_cache_reset(&s->gdn, s->m->ops, s->m->hp.n_layers);
+    s->pos = 0;
+}
+
+dr_status dr_session_clone(const dr_session *s, dr_session **out) {
+    DR_TRY(dr_session_new(s->m, &s->p, out));
+    dr_kv_cache_copy(&(*out)->kv, &s->kv, s->m->ops, s->m->hp.n_layers, s->pos);
+    dr_gdn_cache_copy(&(*out)->gdn, &s->gdn, s->m->ops, s->m->hp.n_layers);
+    (*out)->pos = s->pos;
+    return DR_OK;
+}
+
+int dr_session_pos(const dr_session *s) { return s->pos; }
+
+dr_status dr_session_eval(dr_session *s, const int32_t *ids, int n, dr_logits_mode mode, float *logits) {
+    const dr_model *m = s->m;
+    if (n < 1 || !ids)
+        return DR_FAIL(DR_ERR_ARG, "eval: empty block (need at least one token)");
+    if (mode != DR_LOGITS_NONE && !logits)
+        return DR_FAIL(DR_ERR_ARG, "eval: logits requested but no buffer given");
+    if (n > s->p.n_ctx - s->pos)
+        return DR_FAIL(DR_ERR_RANGE, "eval: %d tokens at position %d exceed the context of %d tokens", n, s->pos,
+                       s->p.n_ctx);
+    for (int i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= m->hp.n_vocab)
+            return DR_FAIL(DR_ERR_RANGE, "eval: token id %d at index %d is outside the vocabulary [0, %d)",
+                           (int)ids[i], i, m->hp.n_vocab);
+    const bool bf16 = s->p.state_dtype == DR_STATE_BF16;
+    for (int i0 = 0; i0 < n; i0 += s->p.n_batch) {
+        int T = n - i0 < s->p.n_batch ? n - i0 : s->p.n_batch;
+        bool last = i0 + T == n;
+        dr_logits_mode pm = mode == DR_LOGITS_ALL ? DR_LOGITS_ALL : (last ? mode : DR_LOGITS_NONE);
+        float *dst = mode == DR_LOGITS_ALL ? logits + (size_t)i0 * m->hp.n_vocab : logits;
+        dr_forward(m, &s->kv, &s->gdn, &s->sc, s->pos, ids + i0, T, pm, dst, bf16);
+        s->pos += T;
+    }
+    return DR_OK;
+}
+
+dr_status dr_session_gdn_state(const dr_session *s, int layer, float *recurrent, float *conv) {
+    const dr_hparams *hp = &s->m->hp;
+    const dr_ops *ops = s->m->ops;
+    if (layer < 0 || layer >= hp->n_layers || hp->is_attn[layer])
+        return DR_FAIL(DR_ERR_ARG, "layer %d is not a Gated DeltaNet layer", layer);
+    if (recurrent)
+        ops->download(ops->ctx, recurrent, s->gdn.state[layer], s->gdn.state_n * sizeof(float));
+    if (conv) { /* ours is [K, C]; transformers' is [C, K] */
+        const int K = hp->d_conv, C = dr_hp_conv_dim(hp);
+        float *tmp = malloc(s->gdn.conv_n * sizeof *tmp);
+        if (!tmp)
+            return DR_FAIL(DR_ERR_NOMEM, "out of memory");
+        ops->download(ops->ctx, tmp, s->gdn.conv[layer], s->gdn.conv_n * sizeof(float));
+        for (int j = 0; j < K; j++)
+            for (int ch = 0; ch < C; ch++)
+                conv[(size_t)ch * K + j] = tmp[(size_t)j * C + ch];
+        free(tmp);
+    }
+    return DR_OK;
+}

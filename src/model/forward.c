@@ -1,0 +1,192 @@
+/* model/forward.c - the forward pass, written once against the ops table.
+ *
+ * Reads like MODEL.md: embedding, then per layer a pre-norm mixer (Gated
+ * DeltaNet or gated full attention) and a pre-norm FFN (dense SwiGLU or MoE),
+ * each added to the residual stream; final norm; lm_head. Section numbers in
+ * the comments refer to MODEL.md.
+ */
+#include "model/forward.h"
+
+#include "util/status.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ===================== scratch ===================== */
+
+static size_t max_sz(size_t a, size_t b) { return a > b ? a : b; }
+
+dr_status dr_scratch_new(dr_scratch *sc, const dr_model *m, int n_batch, int n_ctx) {
+    const dr_hparams *hp = &m->hp;
+    const dr_ops *ops = m->ops;
+    const size_t n = (size_t)n_batch, H = (size_t)hp->d_model, C = (size_t)dr_hp_conv_dim(hp);
+    const size_t vd = (size_t)hp->n_v_heads * hp->d_v, Hv = (size_t)hp->n_v_heads;
+    const size_t qd = (size_t)hp->n_heads * hp->d_head, kvd = (size_t)hp->n_kv_heads * hp->d_head;
+    const size_t ffw = max_sz((size_t)hp->d_ff, (size_t)hp->d_ff_shared);
+    const size_t E = (size_t)hp->n_experts, K = (size_t)hp->n_experts_used;
+    dr_gdn_dims gd = {hp->n_k_heads, hp->n_v_heads, hp->d_k, hp->d_v};
+    memset(sc, 0, sizeof *sc);
+    sc->n_batch = n_batch;
+    sc->ws_n = max_sz(max_sz((size_t)n_ctx + 1, dr_gdn_ws_floats(&gd)), 2 * (size_t)hp->d_ff_expert + H);
+    struct {
+        void **p;
+        size_t bytes;
+    } plan[] = {
+        {(void **)&sc->x, n * H * 4},        {(void **)&sc->xn, n * H * 4},
+        {(void **)&sc->out, n * H * 4},      {(void **)&sc->out2, n * H * 4},
+        {(void **)&sc->qkv_raw, n * C * 4},  {(void **)&sc->qkv, n * C * 4},
+        {(void **)&sc->z, n * vd * 4},       {(void **)&sc->b, n * Hv * 4},
+        {(void **)&sc->a, n * Hv * 4},       {(void **)&sc->beta, n * Hv * 4},
+        {(void **)&sc->g, n * Hv * 4},       {(void **)&sc->o, n * vd * 4},
+        {(void **)&sc->y, n * vd * 4},       {(void **)&sc->qg, n * 2 * qd * 4},
+        {(void **)&sc->q, n * qd * 4},       {(void **)&sc->gate, n * qd * 4},
+        {(void **)&sc->k, n * kvd * 4},      {(void **)&sc->v, n * kvd * 4},
+        {(void **)&sc->att, n * qd * 4},     {(void **)&sc->ff_a, n * ffw * 4},
+        {(void **)&sc->ff_b, n * ffw * 4},   {(void **)&sc->router, n * E * 4},
+        {(void **)&sc->moe_idx, n * K * 4},  {(void **)&sc->moe_w, n * K * 4},
+        {(void **)&sc->sh_s, n * 4},         {(void **)&sc->logits, DR_LOGIT_ROWS * (size_t)hp->n_vocab * 4},
+        {(void **)&sc->ws, sc->ws_n * 4},
+    };
+    for (size_t i = 0; i < sizeof plan / sizeof plan[0]; i++) {
+        *plan[i].p = ops->alloc(ops->ctx, plan[i].bytes);
+        if (!*plan[i].p) {
+            dr_scratch_free(sc, m);
+            return DR_FAIL(DR_ERR_NOMEM, "out of memory allocating %zu bytes of activations", plan[i].bytes);
+        }
+    }
+    return DR_OK;
+}
+
+void dr_scratch_free(dr_scratch *sc, const dr_model *m) {
+    void *bufs[] = {sc->x,    sc->xn,    sc->out,  sc->out2, sc->qkv_raw, sc->qkv,     sc->z,
+                    sc->b,    sc->a,     sc->beta, sc->g,    sc->o,       sc->y,       sc->qg,
+                    sc->q,    sc->gate,  sc->k,    sc->v,    sc->att,     sc->ff_a,    sc->ff_b,
+                    sc->router, sc->moe_idx, sc->moe_w, sc->sh_s, sc->logits, sc->ws};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        m->ops->free(m->ops->ctx, bufs[i]);
+    memset(sc, 0, sizeof *sc);
+}
+
+/* ===================== mixers ===================== */
+
+/* Gated DeltaNet (5.2): projections, conv + SiLU, gates, delta rule, gated norm, out_proj. */
+static void gdn_layer(const dr_model *m, const dr_gdn_weights *w, float *conv_state, float *state,
+                      dr_scratch *sc, int T, bool state_bf16) {
+    const dr_hparams *hp = &m->hp;
+    const dr_ops *o = m->ops;
+    void *c = o->ctx;
+    const int Hv = hp->n_v_heads, C = dr_hp_conv_dim(hp);
+    const dr_gdn_dims d = {hp->n_k_heads, hp->n_v_heads, hp->d_k, hp->d_v};
+    o->matmul(c, sc->qkv_raw, sc->xn, &w->in_proj_qkv, T); /* m = W_qkv x  (q | k | v channels) */
+    o->matmul(c, sc->z, sc->xn, &w->in_proj_z, T);
+    o->matmul(c, sc->b, sc->xn, &w->in_proj_b, T);
+    o->matmul(c, sc->a, sc->xn, &w->in_proj_a, T);
+    o->gdn_conv(c, sc->qkv, sc->qkv_raw, conv_state, w->conv1d, T, C, hp->d_conv); /* 5.2 step 2 */
+    o->gdn_gates(c, sc->beta, sc->g, sc->b, sc->a, w->A_log, w->dt_bias, T, Hv);  /* steps 4-5 */
+    if (T > 1) /* as transformers: chunked form for blocks, recurrence for single tokens (11.12) */
+        o->gdn_chunked(c, sc->o, sc->qkv, sc->beta, sc->g, state, &d, T, sc->ws);
+    else
+        o->gdn_recurrent(c, sc->o, sc->qkv, sc->beta, sc->g, state, &d, T, sc->ws);
+    if (state_bf16) /* diagnostic only: the bug this project exists to avoid */
+        o->round_bf16(c, state, (size_t)Hv * hp->d_k * hp->d_v);
+    o->gated_rmsnorm(c, sc->y, sc->o, sc->z, w->norm, T * Hv, hp->d_v, hp->eps); /* 3.2 */
+    o->matmul(c, sc->out, sc->y, &w->out_proj, T);
+}
+
+/* Gated full attention (4): q/gate split per head, q/k norm, RoPE, cache, GQA, sigmoid gate. */
+static void attn_layer(const dr_model *m, const dr_attn_weights *w, float *k_cache, float *v_cache,
+                       dr_scratch *sc, int pos0, int T) {
+    const dr_hparams *hp = &m->hp;
+    const dr_ops *o = m->ops;
+    void *c = o->ctx;
+    const int nH = hp->n_heads, nKV = hp->n_kv_heads, hd = hp->d_head;
+    const size_t kv_row = (size_t)nKV * hd;
+    o->matmul(c, sc->qg, sc->xn, &w->q_proj, T);
+    o->split_halves(c, sc->q, sc->gate, sc->qg, T * nH, hd); /* per head: [query | gate] */
+    o->matmul(c, sc->k, sc->xn, &w->k_proj, T);
+    o->matmul(c, sc->v, sc->xn, &w->v_proj, T);
+    o->rmsnorm(c, sc->q, sc->q, w->q_norm, T * nH, hd, hp->eps); /* per head, before RoPE */
+    o->rmsnorm(c, sc->k, sc->k, w->k_norm, T * nKV, hd, hp->eps);
+    o->rope(c, sc->q, T, nH, hd, hp->d_rot, pos0, hp->rope_theta);
+    o->rope(c, sc->k, T, nKV, hd, hp->d_rot, pos0, hp->rope_theta);
+    o->copy(c, k_cache + (size_t)pos0 * kv_row, sc->k, (size_t)T * kv_row * sizeof(float));
+    o->copy(c, v_cache + (size_t)pos0 * kv_row, sc->v, (size_t)T * kv_row * sizeof(float));
+    o->attention(c, sc->att, sc->q, k_cache, v_cache, T, pos0, nH, nKV, hd, 1.0f / sqrtf((float)hd), sc->ws);
+    o->sigmoid_mul(c, sc->att, sc->gate, (size_t)T * nH * hd); /* output gate, before o_proj */
+    o->matmul(c, sc->out, sc->att, &w->o_proj, T);
+}
+
+/* ===================== FFN ===================== */
+
+/* SwiGLU: out = down(silu(gate x) * up x)   (6.1) */
+static void swiglu_mlp(const dr_ops *o, const dr_tensor *gate, const dr_tensor *up, const dr_tensor *down,
+                       float *out, const float *x, float *ta, float *tb, int T) {
+    o->matmul(o->ctx, ta, x, gate, T);
+    o->matmul(o->ctx, tb, x, up, T);
+    o->swiglu(o->ctx, ta, ta, tb, (size_t)T * (size_t)gate->ne[0]);
+    o->matmul(o->ctx, out, ta, down, T);
+}
+
+/* Sparse MoE block (6.2): routed experts plus the sigmoid-gated shared expert. */
+static void moe_block(const dr_model *m, const dr_ffn_weights *f, dr_scratch *sc, int T) {
+    const dr_hparams *hp = &m->hp;
+    const dr_ops *o = m->ops;
+    void *c = o->ctx;
+    const int H = hp->d_model, k = hp->n_experts_used;
+    o->matmul(c, sc->router, sc->xn, &f->router, T);
+    o->moe_route(c, sc->moe_idx, sc->moe_w, sc->router, T, hp->n_experts, k, hp->norm_topk);
+    o->zero(c, sc->out, (size_t)T * H * sizeof(float));
+    o->moe_experts(c, sc->out, sc->xn, sc->moe_idx, sc->moe_w, f->experts, T, k, H, hp->d_ff_expert, sc->ws);
+    if (!f->has_shared)
+        return;
+    swiglu_mlp(o, &f->sh_gate, &f->sh_up, &f->sh_down, sc->out2, sc->xn, sc->ff_a, sc->ff_b, T);
+    o->matmul(c, sc->sh_s, sc->xn, &f->sh_gate_w, T);
+    o->sigmoid_scale_rows(c, sc->out2, sc->sh_s, T, H); /* s <- sigmoid(w_sg x) * s */
+    o->add(c, sc->out, sc->out2, (size_t)T * H);
+}
+
+/* ===================== the whole model ===================== */
+
+/* Final norm and lm_head for rows [r0, r1) of the residual stream -> host logits. */
+static void lm_head_rows(const dr_model *m, dr_scratch *sc, int r0, int r1, float *logits) {
+    const dr_ops *o = m->ops;
+    const int H = m->hp.d_model, V = m->hp.n_vocab;
+    for (int r = r0; r < r1; r += DR_LOGIT_ROWS) {
+        int n = r1 - r < DR_LOGIT_ROWS ? r1 - r : DR_LOGIT_ROWS;
+        o->rmsnorm(o->ctx, sc->xn, sc->x + (size_t)r * H, m->w.final_norm, n, H, m->hp.eps);
+        o->matmul(o->ctx, sc->logits, sc->xn, &m->w.lm_head, n);
+        o->download(o->ctx, logits + (size_t)(r - r0) * V, sc->logits, (size_t)n * V * sizeof(float));
+    }
+}
+
+void dr_forward(const dr_model *m, dr_kv_cache *kv, dr_gdn_cache *gdn, dr_scratch *sc, int pos0,
+                const int32_t *ids, int T, dr_logits_mode mode, float *logits, bool state_bf16) {
+    const dr_hparams *hp = &m->hp;
+    const dr_ops *o = m->ops;
+    void *c = o->ctx;
+    const int H = hp->d_model;
+    const size_t nTH = (size_t)T * H;
+    o->embed(c, sc->x, &m->w.embed, ids, T); /* no scaling (2) */
+    for (int l = 0; l < hp->n_layers; l++) {
+        const dr_layer_weights *lw = &m->w.layers[l];
+        /* h = x + Mixer(RMSNorm(x))   (7.1) */
+        o->rmsnorm(c, sc->xn, sc->x, lw->ln1, T, H, hp->eps);
+        if (hp->is_attn[l])
+            attn_layer(m, &lw->attn, kv->k[l], kv->v[l], sc, pos0, T);
+        else
+            gdn_layer(m, &lw->gdn, gdn->conv[l], gdn->state[l], sc, T, state_bf16);
+        o->add(c, sc->x, sc->out, nTH);
+        /* y = h + FFN(RMSNorm(h)) */
+        o->rmsnorm(c, sc->xn, sc->x, lw->ln2, T, H, hp->eps);
+        if (hp->is_moe[l])
+            moe_block(m, &lw->ffn, sc, T);
+        else
+            swiglu_mlp(o, &lw->ffn.gate, &lw->ffn.up, &lw->ffn.down, sc->out, sc->xn, sc->ff_a, sc->ff_b, T);
+        o->add(c, sc->x, sc->out, nTH);
+    }
+    if (mode == DR_LOGITS_LAST)
+        lm_head_rows(m, sc, T - 1, T, logits);
+    else if (mode == DR_LOGITS_ALL)
+        lm_head_rows(m, sc, 0, T, logits);
+}

@@ -1,0 +1,116 @@
+/* ops/ops.h - the backend interface: a table of kernels plus a context.
+ *
+ * The forward pass (model/forward.c) calls only these slots, so a backend
+ * (CPU reference today; SIMD/threads and CUDA later) slots in without
+ * touching model code. Activations are fp32 arrays in the backend's memory
+ * (allocated with `alloc`); weights are dr_tensor in their file dtype.
+ * Shapes are written [rows, cols] row-major; T is the number of tokens in the
+ * block. Every slot is required unless marked optional.
+ *
+ * tag-gdn-state-layout: the recurrent state of one GDN layer is fp32
+ * [Hv, dk, dv] (transformers' layout), the conv state fp32 [K, conv_dim]
+ * (oldest pre-conv input first). Every backend uses these layouts.
+ */
+#ifndef DR_OPS_OPS_H
+#define DR_OPS_OPS_H
+
+#include "model/tensor.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Dimensions of one Gated DeltaNet layer (MODEL.md 5). */
+typedef struct dr_gdn_dims {
+    int n_k_heads, n_v_heads; /* Hk, Hv; v head j reads k head j / (Hv/Hk) */
+    int d_k, d_v;             /* dk, dv */
+} dr_gdn_dims;
+
+/* Chunk length of the chunked (WY / UT) GDN form. */
+#define DR_GDN_CHUNK 64
+
+typedef struct dr_ops {
+    const char *name;
+    void *ctx;
+
+    /* ---- memory (bytes) ---- */
+    void *(*alloc)(void *ctx, size_t n); /* zero-filled; NULL on failure */
+    void (*free)(void *ctx, void *p);    /* accepts NULL */
+    void (*upload)(void *ctx, void *dst, const void *src, size_t n);   /* host -> backend */
+    void (*download)(void *ctx, void *dst, const void *src, size_t n); /* backend -> host */
+    void (*copy)(void *ctx, void *dst, const void *src, size_t n);     /* backend -> backend */
+    void (*zero)(void *ctx, void *p, size_t n);
+
+    /* ---- dense math ---- */
+    /* W [d, n] @ x [T, n] -> y [T, d]   (y = x W^T; weights any of F32/F16/BF16) */
+    void (*matmul)(void *ctx, float *y, const float *x, const dr_tensor *w, int T);
+    /* x [T, H] = E[ids[t]]   (ids on the host, already range-checked) */
+    void (*embed)(void *ctx, float *x, const dr_tensor *emb, const int32_t *ids, int T);
+    /* y [rows, n] = x / rms(x) * gain   (gain fp32 [n]; zero-centred norms
+       store 1 + w, folded at load) */
+    void (*rmsnorm)(void *ctx, float *y, const float *x, const float *gain, int rows, int n, float eps);
+    /* y [n] += x [n] */
+    void (*add)(void *ctx, float *y, const float *x, size_t n);
+    /* out [n] = silu(gate) * up */
+    void (*swiglu)(void *ctx, float *out, const float *gate, const float *up, size_t n);
+    /* x [n] *= sigmoid(gate [n]) */
+    void (*sigmoid_mul)(void *ctx, float *x, const float *gate, size_t n);
+    /* y [rows, n] *= sigmoid(s [rows])   (one scalar gate per row) */
+    void (*sigmoid_scale_rows)(void *ctx, float *y, const float *s, int rows, int n);
+    /* x [rows, 2n] -> a [rows, n] (first halves), b [rows, n] (second halves) */
+    void (*split_halves)(void *ctx, float *a, float *b, const float *x, int rows, int n);
+    /* diagnostic: round x [n] to bf16 values in place */
+    void (*round_bf16)(void *ctx, float *x, size_t n);
+
+    /* ---- full attention ---- */
+    /* NeoX rotate-half RoPE on the first d_rot dims of every head of
+       x [T, n_heads, d_head]; token t has position pos0 + t. */
+    void (*rope)(void *ctx, float *x, int T, int n_heads, int d_head, int d_rot, int pos0, float theta);
+    /* Causal GQA attention of q [T, nH, hd] against the cache (k_cache,
+       v_cache [n_ctx, nKV, hd], positions 0 .. pos0+T-1 filled) -> out [T, nH, hd].
+       Query head h reads kv head h / (nH/nKV). ws: >= pos0 + T floats. */
+    void (*attention)(void *ctx, float *out, const float *q, const float *k_cache, const float *v_cache,
+                      int T, int pos0, int n_heads, int n_kv_heads, int d_head, float scale, float *ws);
+
+    /* ---- Gated DeltaNet (MODEL.md 5) ---- */
+    /* Causal depthwise conv + SiLU over m [T, C] with the conv state
+       conv_state [K, C] (updated to the last K inputs); w fp32 [C, K]
+       (tap K-1 multiplies the current token) -> out [T, C]. */
+    void (*gdn_conv)(void *ctx, float *out, const float *m, float *conv_state, const float *w, int T, int C,
+                     int K);
+    /* beta = sigmoid(b), g = -exp(A_log) * softplus(a + dt_bias), all fp32,
+       b, a, beta, g [T, Hv]. */
+    void (*gdn_gates)(void *ctx, float *beta, float *g, const float *b, const float *a, const float *A_log,
+                      const float *dt_bias, int T, int Hv);
+    /* The gated delta rule over T tokens, q/k L2-normalised inside (q also
+       scaled by dk^-0.5). qkv [T, 2*Hk*dk + Hv*dv] is the conv output
+       (q heads | k heads | v heads); state fp32 [Hv, dk, dv] is read and
+       updated; o [T, Hv, dv]. `gdn_recurrent` runs the per-token recurrence
+       (MODEL.md 5.3), `gdn_chunked` the chunked WY form (5.4, chunk 64).
+       ws: >= dr_gdn_ws_floats(d) floats. */
+    void (*gdn_recurrent)(void *ctx, float *o, const float *qkv, const float *beta, const float *g,
+                          float *state, const dr_gdn_dims *d, int T, float *ws);
+    void (*gdn_chunked)(void *ctx, float *o, const float *qkv, const float *beta, const float *g,
+                        float *state, const dr_gdn_dims *d, int T, float *ws);
+    /* y [rows, n] = w * rmsnorm(x) * silu(z)   (plain gain w [n], not 1 + w) */
+    void (*gated_rmsnorm)(void *ctx, float *y, const float *x, const float *z, const float *w, int rows, int n,
+                          float eps);
+
+    /* ---- mixture of experts (MODEL.md 6.2) ---- */
+    /* fp32 softmax over logits [T, E], top-k (ties: lower id first), optional
+       renormalisation -> idx [T, k], wts [T, k]. */
+    void (*moe_route)(void *ctx, int32_t *idx, float *wts, const float *logits, int T, int E, int k,
+                      bool renorm);
+    /* y [T, H] += sum_j wts[t, j] * expert_{idx[t, j]}(x [T, H]), SwiGLU experts
+       of width I. ws: >= 2 * I + H floats. */
+    void (*moe_experts)(void *ctx, float *y, const float *x, const int32_t *idx, const float *wts,
+                        const dr_expert *experts, int T, int k, int H, int I, float *ws);
+} dr_ops;
+
+/* Scratch floats the GDN slots need for one layer. */
+size_t dr_gdn_ws_floats(const dr_gdn_dims *d);
+
+/* The CPU reference backend. Can't fail; the table is static. */
+const dr_ops *dr_ops_cpu(void);
+
+#endif
