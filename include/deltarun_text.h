@@ -182,14 +182,14 @@ typedef struct dr_stream_decoder dr_stream_decoder;
 dr_status dr_stream_decoder_new(const dr_tokenizer *tok, bool skip_special,
                                 dr_stream_decoder **out);
 
-/* Feed one id. *text/*len get the newly complete text (possibly empty,
+/* Feed one id. *text and *len get the newly complete text (possibly empty,
  * never NULL); the pointer is owned by the decoder and valid until its next
  * call. An id with no token gets DR_ERR_RANGE and changes nothing. */
 dr_status dr_stream_decoder_push(dr_stream_decoder *sd, int32_t id, const char **text,
                                  size_t *len);
 
 /* End of stream: emits U+FFFD for bytes still held back (an incomplete
- * character) and resets the decoder for reuse. Can't fail; *text/*len as in
+ * character) and resets the decoder for reuse. Can't fail; *text and *len as in
  * push. */
 void dr_stream_decoder_finish(dr_stream_decoder *sd, const char **text, size_t *len);
 
