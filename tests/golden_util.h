@@ -12,7 +12,7 @@
 
 /* Tensor `name` of the golden file as a float array (F32 or I64 widened);
  * returns the element count, 0 if missing. Caller frees *out. */
-static size_t golden_f32(const dr_st_file *g, const char *name, float **out) {
+static inline size_t golden_f32(const dr_st_file *g, const char *name, float **out) {
     const dr_st_tensor *t = dr_st_file_find(g, name);
     *out = NULL;
     if (!t)
@@ -33,7 +33,7 @@ static size_t golden_f32(const dr_st_file *g, const char *name, float **out) {
 }
 
 /* Token ids of tensor `name` (I64) as int32. Caller frees. */
-static int golden_ids(const dr_st_file *g, const char *name, int32_t **out) {
+static inline int golden_ids(const dr_st_file *g, const char *name, int32_t **out) {
     const dr_st_tensor *t = dr_st_file_find(g, name);
     *out = NULL;
     if (!t || t->dtype != DR_DT_I64)
@@ -49,7 +49,7 @@ static int golden_ids(const dr_st_file *g, const char *name, int32_t **out) {
     return n;
 }
 
-static float max_abs_diff(const float *a, const float *b, size_t n) {
+static inline float max_abs_diff(const float *a, const float *b, size_t n) {
     float m = 0.0f;
     for (size_t i = 0; i < n; i++) {
         float d = fabsf(a[i] - b[i]);

@@ -273,16 +273,20 @@ dr_status dr_hparams_load(const char *dir, dr_hparams *hp) {
     char path[4096];
     snprintf(path, sizeof path, "%s/config.json", dir);
     json_error_t jerr;
+    FILE *probe = fopen(path, "rb");
+    if (!probe)
+        return DR_FAIL(DR_ERR_IO, "%s: cannot open (is %s a model directory?)", path, dir);
+    fclose(probe);
     json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
     if (!root)
-        return DR_FAIL(jerr.line < 0 || jerr.position == 0 ? DR_ERR_IO : DR_ERR_FORMAT, "%s: %s (line %d)",
-                       path, jerr.text, jerr.line);
+        return DR_FAIL(DR_ERR_FORMAT, "%s: invalid JSON (%s, line %d column %d)", path, jerr.text, jerr.line,
+                       jerr.column);
     dr_status st = parse_root(root, path, hp);
     json_decref(root);
     if (st != DR_OK)
         return st;
     snprintf(path, sizeof path, "%s/generation_config.json", dir);
-    FILE *probe = fopen(path, "rb");
+    probe = fopen(path, "rb");
     if (!probe)
         return DR_OK; /* optional file; config.json's eos stands */
     fclose(probe);

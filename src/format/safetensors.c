@@ -78,7 +78,7 @@ static dr_status parse_entry(const char *label, const char *name, json_t *v, con
     t->data = data + b;
     t->nbytes = (uint64_t)(e - b);
     if (t->dtype != DR_DT_UNKNOWN) {
-        uint64_t want;
+        uint64_t want = 0;
         DR_TRY(tensor_bytes(t, label, &want));
         if (want != t->nbytes)
             return DR_FAIL(DR_ERR_FORMAT, "%s: tensor '%s': %llu bytes, but dtype %s x shape needs %llu",

@@ -1,0 +1,44 @@
+/* cli/main.c - the `deltarun` command: dispatch to subcommands. */
+#include "cli/args.h"
+#include "cli/cmd_model.h"
+
+#include <stdio.h>
+#include <string.h>
+
+typedef struct {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *summary;
+} command;
+
+static const command g_commands[] = {
+    {"generate", dr_cli_generate, "generate token ids after a prompt of ids"},
+    {"logits", dr_cli_logits, "write the logits of every prompt position to a safetensors file"},
+    {"info", dr_cli_info, "print a model's architecture summary"},
+};
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: deltarun COMMAND [options]   (deltarun COMMAND --help for details)\n\n"
+               "Runs Qwen3.5 / Qwen3.6 / Qwen3-Next models from a Hugging Face directory\n"
+               "(config.json + safetensors) on the CPU, with an fp32 recurrent state.\n\n"
+               "Commands:\n");
+    for (size_t i = 0; i < sizeof g_commands / sizeof g_commands[0]; i++)
+        fprintf(f, "  %-10s %s\n", g_commands[i].name, g_commands[i].summary);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        usage(stderr);
+        return 1;
+    }
+    if (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) {
+        usage(stdout);
+        return 0;
+    }
+    for (size_t i = 0; i < sizeof g_commands / sizeof g_commands[0]; i++)
+        if (!strcmp(argv[1], g_commands[i].name))
+            return g_commands[i].run(argc - 1, argv + 1);
+    dr_cli_err("unknown command \"%s\"", argv[1]);
+    usage(stderr);
+    return 1;
+}
