@@ -77,11 +77,24 @@ typedef struct dr_model_info {
     int n_eos;
 } dr_model_info;
 
+/* Where and how a model runs. */
+typedef struct dr_model_params {
+    const char *device; /* "cpu" (default), "cuda" or "cuda:N" */
+    int n_threads;      /* CPU threads; 0 = one per core */
+} dr_model_params;
+
+/* Defaults: cpu, one thread per core. Can't fail. */
+dr_model_params dr_model_default_params(void);
+
 /* Open a Hugging Face model directory (config.json + *.safetensors).
  * On success *out owns the model; free it with dr_model_free.
  * On failure *out is NULL and dr_last_error() names the file, tensor or
  * field that was wrong. */
 dr_status dr_model_load(const char *dir, dr_model **out);
+
+/* dr_model_load with explicit device and threads. An unknown device, or
+ * "cuda" in a build without the CUDA backend, is DR_ERR_UNSUPPORTED. */
+dr_status dr_model_load_ex(const char *dir, const dr_model_params *params, dr_model **out);
 
 /* Free a model. Accepts NULL. Sessions of the model must be freed first. */
 void dr_model_free(dr_model *model);

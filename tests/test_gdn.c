@@ -26,7 +26,7 @@ static float max_abs(const float *a, const float *b, size_t n) {
 
 /* g_scale: decay logs are drawn from [-g_scale, 0]. */
 static void compare(const char *label, dr_gdn_dims d, int T, float g_scale, float tol) {
-    const dr_ops *ops = dr_ops_cpu();
+    const dr_ops *ops = dr_ops_cpu_ref();
     const int C = 2 * d.n_k_heads * d.d_k + d.n_v_heads * d.d_v, Hv = d.n_v_heads;
     const size_t sn = (size_t)Hv * d.d_k * d.d_v;
     float *qkv = malloc((size_t)T * C * 4), *beta = malloc((size_t)T * Hv * 4), *g = malloc((size_t)T * Hv * 4);
@@ -53,7 +53,7 @@ static void compare(const char *label, dr_gdn_dims d, int T, float g_scale, floa
 /* The conv keeps the last K inputs: running a block at once or token by
  * token gives the same outputs and the same state. */
 static void conv_split(void) {
-    const dr_ops *ops = dr_ops_cpu();
+    const dr_ops *ops = dr_ops_cpu_ref();
     const int C = 5, K = 4, T = 9;
     float m[T * C], w[C * K], st1[K * C], st2[K * C], o1[T * C], o2[T * C];
     for (int i = 0; i < T * C; i++)

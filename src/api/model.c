@@ -78,19 +78,62 @@ static void fill_info(dr_model *m) {
     memcpy(in->eos_ids, hp->eos, sizeof hp->eos);
 }
 
+dr_model_params dr_model_default_params(void) {
+    dr_model_params p = {.device = "cpu", .n_threads = 0};
+    return p;
+}
+
+/* "cpu", "cuda", "cuda:N" -> a backend. */
+static dr_status open_backend(const dr_model_params *p, dr_ops **out) {
+    const char *dev = p->device ? p->device : "cpu";
+    dr_backend_params bp = {.n_threads = p->n_threads, .device = 0};
+    if (p->n_threads < 0)
+        return DR_FAIL(DR_ERR_ARG, "threads: %d, expected >= 0 (0 = one per core)", p->n_threads);
+    if (!strcmp(dev, "cpu"))
+        return dr_ops_cpu_create(&bp, out);
+    if (strncmp(dev, "cuda", 4) == 0 && (dev[4] == '\0' || dev[4] == ':')) {
+        if (dev[4] == ':') {
+            char *end;
+            long idx = strtol(dev + 5, &end, 10);
+            if (end == dev + 5 || *end || idx < 0 || idx > 255)
+                return DR_FAIL(DR_ERR_ARG, "device \"%s\": expected cuda:N with N a GPU index", dev);
+            bp.device = (int)idx;
+        }
+#ifdef DR_WITH_CUDA
+        return dr_ops_cuda_create(&bp, out);
+#else
+        return DR_FAIL(DR_ERR_UNSUPPORTED, "device \"%s\": this build has no CUDA backend (configure with nvcc "
+                                           "available, or -DDR_CUDA=ON)", dev);
+#endif
+    }
+    return DR_FAIL(DR_ERR_ARG, "device \"%s\": expected cpu, cuda or cuda:N", dev);
+}
+
 dr_status dr_model_load(const char *dir, dr_model **out) {
+    dr_model_params p = dr_model_default_params();
+    return dr_model_load_ex(dir, &p, out);
+}
+
+dr_status dr_model_load_ex(const char *dir, const dr_model_params *params, dr_model **out) {
     *out = NULL;
     if (!dir)
         return DR_FAIL(DR_ERR_ARG, "dr_model_load: no directory given");
+    dr_model_params p = params ? *params : dr_model_default_params();
     dr_model *m = calloc(1, sizeof *m);
     if (!m)
         return DR_FAIL(DR_ERR_NOMEM, "out of memory");
-    m->ops = dr_ops_cpu();
-    dr_status st = dr_hparams_load(dir, &m->hp);
+    dr_status st = open_backend(&p, &m->ops);
+    if (st != DR_OK) {
+        free(m);
+        return st;
+    }
+    st = dr_hparams_load(dir, &m->hp);
     if (st == DR_OK)
         st = dr_st_open_dir(dir, &m->st);
     if (st == DR_OK)
         st = dr_weights_bind(m, dir);
+    if (st == DR_OK)
+        st = dr_weights_upload(m);
     if (st != DR_OK) {
         dr_model_free(m);
         return st;
@@ -105,6 +148,7 @@ void dr_model_free(dr_model *m) {
         return;
     dr_weights_free(m);
     dr_st_close_set(&m->st);
+    m->ops->destroy(m->ops);
     free(m);
 }
 

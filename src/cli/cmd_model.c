@@ -32,12 +32,42 @@ typedef struct {
     int32_t *ids;
     int n_ids;
     dr_session_params sp;
+    dr_model_params mp;
 } model_opts;
 
-/* Handles MODEL_DIR, --ids, --ctx, --state-dtype. 1 consumed, 0 not ours, -1 error. */
+/* Handles --device and -t/--threads. 1 consumed, 0 not ours, -1 error. */
+static int backend_flag(int argc, char **argv, int *i, dr_model_params *mp) {
+    const char *a = argv[*i], *v;
+    long n;
+    if (!strcmp(a, "--device")) {
+        if (!(v = dr_cli_value(argc, argv, i)))
+            return -1;
+        mp->device = v; /* validated by dr_model_load_ex */
+        return 1;
+    }
+    if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
+        if (!(v = dr_cli_value(argc, argv, i)))
+            return -1;
+        if (!dr_cli_int(v, 0, 1024, &n))
+            return dr_cli_err("%s: expected a thread count (0 = one per core), got \"%s\"", a, v), -1;
+        mp->n_threads = (int)n;
+        return 1;
+    }
+    return 0;
+}
+
+#define BACKEND_HELP                                                                  \
+    "  --device DEV          cpu (default), cuda or cuda:N\n"                         \
+    "  -t, --threads N       CPU threads (default 0 = one per core)\n"
+
+/* Handles MODEL_DIR, --ids, --ctx, --state-dtype, --device, --threads.
+ * 1 consumed, 0 not ours, -1 error. */
 static int model_flag(int argc, char **argv, int *i, model_opts *o) {
     const char *a = argv[*i], *v;
     long n;
+    int r = backend_flag(argc, argv, i, &o->mp);
+    if (r)
+        return r;
     if (a[0] != '-') {
         if (o->dir)
             return dr_cli_err("unexpected argument \"%s\" (model directory already given)", a), -1;
@@ -79,7 +109,7 @@ static int open_model(model_opts *o, int extra, dr_model **m, dr_session **s) {
         return dr_cli_err("missing MODEL_DIR (see --help)");
     if (!o->ids)
         return dr_cli_err("missing --ids (see --help)");
-    if (dr_model_load(o->dir, m) != DR_OK)
+    if (dr_model_load_ex(o->dir, &o->mp, m) != DR_OK)
         return lib_err();
     long need = (long)o->n_ids + extra;
     if (o->sp.n_ctx < need)
@@ -103,12 +133,12 @@ static const char *const logits_help =
     "                        rest one token at a time (default: all as one block)\n"
     "  --state-dtype f32|bf16  recurrent-state storage; bf16 is a diagnostic that\n"
     "                        reproduces the bf16-state bug (default f32)\n"
-    "  --ctx N               context capacity (default: the prompt length)\n";
+    "  --ctx N               context capacity (default: the prompt length)\n" BACKEND_HELP;
 
 int dr_cli_logits(int argc, char **argv) {
     if (want_help(argc, argv))
         return fputs(logits_help, stdout), 0;
-    model_opts o = {.sp = dr_session_default_params()};
+    model_opts o = {.sp = dr_session_default_params(), .mp = dr_model_default_params()};
     o.sp.n_ctx = 1;
     const char *out = NULL;
     long split = -1;
@@ -175,7 +205,7 @@ static const char *const generate_help_head =
     "  -n N                  tokens to generate (default 32)\n"
     "  --ignore-eos          do not stop at end-of-sequence ids\n"
     "  --state-dtype f32|bf16  recurrent-state storage (bf16: diagnostic only)\n"
-    "  --ctx N               context capacity (default: prompt + N)\n";
+    "  --ctx N               context capacity (default: prompt + N)\n" BACKEND_HELP;
 
 static bool is_eos(const dr_model_info *in, int32_t t) {
     for (int i = 0; i < in->n_eos; i++)
@@ -187,7 +217,7 @@ static bool is_eos(const dr_model_info *in, int32_t t) {
 int dr_cli_generate(int argc, char **argv) {
     if (want_help(argc, argv))
         return printf("%s\n%s", generate_help_head, dr_cli_sampling_help), 0;
-    model_opts o = {.sp = dr_session_default_params()};
+    model_opts o = {.sp = dr_session_default_params(), .mp = dr_model_default_params()};
     o.sp.n_ctx = 1;
     dr_sampler_params smp = dr_sampler_default_params();
     long n_gen = 32;
@@ -251,9 +281,9 @@ int dr_cli_generate(int argc, char **argv) {
 /* ===================== info ===================== */
 
 static const char *const info_help =
-    "usage: deltarun info MODEL_DIR\n"
+    "usage: deltarun info MODEL_DIR [--device DEV] [-t N]\n"
     "\n"
-    "Load a model directory and print its architecture summary.\n";
+    "Load a model directory and print its architecture summary.\n" BACKEND_HELP;
 
 static void print_info(const dr_model_info *in) {
     printf("architecture      %s\n", in->arch_name);
@@ -283,10 +313,22 @@ static void print_info(const dr_model_info *in) {
 int dr_cli_info(int argc, char **argv) {
     if (want_help(argc, argv))
         return fputs(info_help, stdout), 0;
-    if (argc != 2)
-        return dr_cli_err("info: expected exactly one MODEL_DIR (see --help)");
+    dr_model_params mp = dr_model_default_params();
+    const char *dir = NULL;
+    for (int i = 1; i < argc; i++) {
+        int r = backend_flag(argc, argv, &i, &mp);
+        if (r < 0)
+            return 1;
+        if (r > 0)
+            continue;
+        if (argv[i][0] == '-' || dir)
+            return dr_cli_err("info: unexpected argument \"%s\" (see --help)", argv[i]);
+        dir = argv[i];
+    }
+    if (!dir)
+        return dr_cli_err("info: missing MODEL_DIR (see --help)");
     dr_model *m;
-    if (dr_model_load(argv[1], &m) != DR_OK)
+    if (dr_model_load_ex(dir, &mp, &m) != DR_OK)
         return lib_err();
     print_info(dr_model_info_get(m));
     dr_model_free(m);

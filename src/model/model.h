@@ -63,7 +63,7 @@ struct dr_model {
     char layer_kinds[DR_MAX_LAYERS + 1];
     char dtype_name[16];
     dr_st_set st;       /* mapped safetensors */
-    const dr_ops *ops;
+    dr_ops *ops;        /* owned backend */
     dr_weights w;
     void **owned;       /* backend buffers the model allocated */
     int n_owned, cap_owned;
@@ -75,7 +75,11 @@ struct dr_model {
  * shape and dtype; converts small parameters to fp32. */
 dr_status dr_weights_bind(dr_model *m, const char *dir);
 
-/* Release what dr_weights_bind allocated. Can't fail. */
+/* Hand every matrix of the table to ops->weight_upload (when the backend
+ * has one). */
+dr_status dr_weights_upload(dr_model *m);
+
+/* Release what dr_weights_bind / dr_weights_upload allocated. Can't fail. */
 void dr_weights_free(dr_model *m);
 
 #endif

@@ -10,13 +10,27 @@
 
 #include "util/dtype.h"
 
+/* Affine group quantization in MLX's layout (FORMATS.md 2.1): each row of
+ * `in` weights is split into groups of `group_size`; element i of a group is
+ * w = scale * q + bias with q an unsigned `bits`-bit integer, packed
+ * little-endian into uint32 words (32/bits values a word, first value in the
+ * lowest bits). scales / biases are [out, in / group_size] in `sb_dtype`. */
+typedef struct dr_quant {
+    int bits;             /* 4 or 8; 0 = not quantized */
+    int group_size;       /* 32, 64 or 128 */
+    dr_dtype sb_dtype;    /* dtype of scales and biases (BF16, F16 or F32) */
+    const void *scales;   /* [out, in / group_size] */
+    const void *biases;   /* [out, in / group_size] */
+} dr_quant;
+
 typedef struct dr_tensor {
     const char *name; /* for messages; points into the safetensors index */
-    dr_dtype dtype;   /* F32, F16 or BF16 for anything the ops read */
+    dr_dtype dtype;   /* F32, F16 or BF16; DR_DT_U32 when q.bits != 0 (packed) */
     int ndim;
-    int64_t ne[4];    /* shape, outermost first */
+    int64_t ne[4];    /* logical shape, outermost first ([out, in] unpacked) */
     const void *data; /* host bytes */
     void *dev;        /* backend copy, or NULL */
+    dr_quant q;       /* quantization, q.bits == 0 for plain tensors */
 } dr_tensor;
 
 /* Row `r` of a 2-D (or stacked 3-D) tensor, as a 1-row view. */

@@ -329,7 +329,10 @@ dr_status dr_weights_bind(dr_model *m, const char *dir) {
     return DR_OK;
 }
 
+static void weights_release_backend(dr_model *m);
+
 void dr_weights_free(dr_model *m) {
+    weights_release_backend(m);
     for (int i = 0; i < m->n_owned; i++)
         m->ops->free(m->ops->ctx, m->owned[i]);
     free(m->owned);
@@ -344,4 +347,54 @@ void dr_weights_free(dr_model *m) {
     m->host_owned = NULL;
     m->w.layers = NULL;
     m->n_owned = m->n_host_owned = 0;
+}
+
+/* ---- backend copies ---- */
+
+typedef dr_status (*tensor_fn)(dr_model *m, dr_tensor *t);
+
+/* Call fn on every matrix of the table (a tied lm_head once). */
+static dr_status each_matrix(dr_model *m, tensor_fn fn) {
+    DR_TRY(fn(m, &m->w.embed));
+    if (!m->hp.tied)
+        DR_TRY(fn(m, &m->w.lm_head));
+    for (int l = 0; m->w.layers && l < m->hp.n_layers; l++) {
+        dr_layer_weights *lw = &m->w.layers[l];
+        dr_tensor *mats[] = {&lw->gdn.in_proj_qkv, &lw->gdn.in_proj_z, &lw->gdn.in_proj_b, &lw->gdn.in_proj_a,
+                             &lw->gdn.out_proj,    &lw->attn.q_proj,   &lw->attn.k_proj,   &lw->attn.v_proj,
+                             &lw->attn.o_proj,     &lw->ffn.gate,      &lw->ffn.up,        &lw->ffn.down,
+                             &lw->ffn.router,      &lw->ffn.sh_gate,   &lw->ffn.sh_up,     &lw->ffn.sh_down,
+                             &lw->ffn.sh_gate_w};
+        for (size_t i = 0; i < sizeof mats / sizeof mats[0]; i++)
+            if (mats[i]->data)
+                DR_TRY(fn(m, mats[i]));
+        for (int e = 0; lw->ffn.experts && e < m->hp.n_experts; e++) {
+            DR_TRY(fn(m, &lw->ffn.experts[e].gate));
+            DR_TRY(fn(m, &lw->ffn.experts[e].up));
+            DR_TRY(fn(m, &lw->ffn.experts[e].down));
+        }
+    }
+    if (m->hp.tied)
+        m->w.lm_head = m->w.embed; /* keep the shared copy's dev pointer */
+    return DR_OK;
+}
+
+static dr_status upload_one(dr_model *m, dr_tensor *t) { return m->ops->weight_upload(m->ops->ctx, t); }
+
+static dr_status free_one(dr_model *m, dr_tensor *t) {
+    if (t->dev)
+        m->ops->weight_free(m->ops->ctx, t);
+    t->dev = NULL;
+    return DR_OK;
+}
+
+dr_status dr_weights_upload(dr_model *m) {
+    if (!m->ops->weight_upload)
+        return DR_OK;
+    return each_matrix(m, upload_one);
+}
+
+static void weights_release_backend(dr_model *m) {
+    if (m->ops->weight_free)
+        each_matrix(m, free_one);
 }

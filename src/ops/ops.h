@@ -14,6 +14,7 @@
 #ifndef DR_OPS_OPS_H
 #define DR_OPS_OPS_H
 
+#include "deltarun.h"
 #include "model/tensor.h"
 
 #include <stdbool.h>
@@ -29,9 +30,23 @@ typedef struct dr_gdn_dims {
 /* Chunk length of the chunked (WY / UT) GDN form. */
 #define DR_GDN_CHUNK 64
 
-typedef struct dr_ops {
+typedef struct dr_ops dr_ops;
+
+struct dr_ops {
     const char *name;
     void *ctx;
+    /* Free the backend (its context and this table, when created by a
+       *_create function). Accepts the static reference table (no-op). */
+    void (*destroy)(dr_ops *self);
+
+    /* ---- weights ---- */
+    /* (optional, NULL: kernels read weights from host memory) make weight
+       `t` available to the kernels, e.g. copy it to the GPU and set t->dev. */
+    dr_status (*weight_upload)(void *ctx, dr_tensor *t);
+    /* (optional) release what weight_upload made. */
+    void (*weight_free)(void *ctx, dr_tensor *t);
+    /* (optional, NULL: synchronous) wait until queued work has finished. */
+    void (*sync)(void *ctx);
 
     /* ---- memory (bytes) ---- */
     void *(*alloc)(void *ctx, size_t n); /* zero-filled; NULL on failure */
@@ -105,12 +120,27 @@ typedef struct dr_ops {
        of width I. ws: >= 2 * I + H floats. */
     void (*moe_experts)(void *ctx, float *y, const float *x, const int32_t *idx, const float *wts,
                         const dr_expert *experts, int T, int k, int H, int I, float *ws);
-} dr_ops;
+};
+
+/* How to build a backend. */
+typedef struct dr_backend_params {
+    int n_threads; /* CPU worker threads; 0 = one per core */
+    int device;    /* GPU index (CUDA) */
+} dr_backend_params;
 
 /* Scratch floats the GDN slots need for one layer. */
 size_t dr_gdn_ws_floats(const dr_gdn_dims *d);
 
-/* The CPU reference backend. Can't fail; the table is static. */
-const dr_ops *dr_ops_cpu(void);
+/* The CPU reference backend: scalar, single-threaded, static (destroy is a
+ * no-op). Faster backends are checked against it. Can't fail. */
+dr_ops *dr_ops_cpu_ref(void);
+
+/* The CPU backend used for inference (today the reference kernels). */
+dr_status dr_ops_cpu_create(const dr_backend_params *p, dr_ops **out);
+
+#ifdef DR_WITH_CUDA
+/* The CUDA backend on GPU p->device. */
+dr_status dr_ops_cuda_create(const dr_backend_params *p, dr_ops **out);
+#endif
 
 #endif

@@ -1,6 +1,8 @@
 /* ops/cpu/backend.c - the CPU backend table and its (host) memory slots. */
 #include "ops/cpu/cpu.h"
 
+#include "util/status.h"
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -23,9 +25,14 @@ static void cpu_zero(void *ctx, void *p, size_t n) {
         memset(p, 0, n);
 }
 
-static const dr_ops g_cpu_ops = {
-    .name = "cpu",
+static void cpu_ref_destroy(dr_ops *self) { (void)self; /* static table */ }
+
+static void cpu_destroy(dr_ops *self) { free(self); }
+
+static dr_ops g_cpu_ops = {
+    .name = "cpu-ref",
     .ctx = NULL,
+    .destroy = cpu_ref_destroy,
     .alloc = cpu_alloc,
     .free = cpu_free,
     .upload = cpu_copy,
@@ -52,4 +59,16 @@ static const dr_ops g_cpu_ops = {
     .moe_experts = dr_cpu_moe_experts,
 };
 
-const dr_ops *dr_ops_cpu(void) { return &g_cpu_ops; }
+dr_ops *dr_ops_cpu_ref(void) { return &g_cpu_ops; }
+
+dr_status dr_ops_cpu_create(const dr_backend_params *p, dr_ops **out) {
+    (void)p;
+    dr_ops *o = malloc(sizeof *o);
+    if (!o)
+        return DR_FAIL(DR_ERR_NOMEM, "out of memory creating the CPU backend");
+    *o = g_cpu_ops;
+    o->name = "cpu";
+    o->destroy = cpu_destroy;
+    *out = o;
+    return DR_OK;
+}

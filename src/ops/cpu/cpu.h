@@ -1,4 +1,4 @@
-/* ops/cpu/cpu.h - the CPU reference kernels behind dr_ops_cpu().
+/* ops/cpu/cpu.h - the CPU reference kernels behind dr_ops_cpu_ref() and dr_ops_cpu_create().
  *
  * Scalar fp32 code written to read like the math; weights are widened from
  * their file dtype element by element. The SIMD and threaded kernels of the
