@@ -1,6 +1,8 @@
 /* cli/main.c - the `deltarun` command: dispatch to subcommands. */
 #include "cli/args.h"
+#include "cli/cmd_bench.h"
 #include "cli/cmd_model.h"
+#include "cli/cmd_quantize.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -15,6 +17,8 @@ static const command g_commands[] = {
     {"generate", dr_cli_generate, "generate token ids after a prompt of ids"},
     {"logits", dr_cli_logits, "write the logits of every prompt position to a safetensors file"},
     {"info", dr_cli_info, "print a model's architecture summary"},
+    {"bench", dr_cli_bench, "measure prefill / decode speed against the memory-bandwidth floor"},
+    {"quantize", dr_cli_quantize, "write an MLX-format 8/4-bit copy of a model"},
 };
 
 static void usage(FILE *f) {

@@ -2,6 +2,7 @@
  * lookup. Reference code: fp32 accumulation, weights widened in blocks of 64
  * so each block of a row is converted once per tile of 8 tokens. */
 #include "ops/cpu/cpu.h"
+#include "ops/cpu/quant.h"
 
 #define MM_KB 64 /* weight elements widened at a time */
 #define MM_TT 8  /* tokens sharing one widened block */
@@ -15,6 +16,10 @@ static void widen(float *dst, const void *row, dr_dtype dt, int i0, int n) {
 void dr_cpu_matmul(void *ctx, float *y, const float *x, const dr_tensor *w, int T) {
     (void)ctx;
     const int d = (int)w->ne[w->ndim - 2], n = (int)w->ne[w->ndim - 1];
+    if (w->q.bits) {
+        dr_cpu_matmul_q_rows(y, x, w, T, 0, d);
+        return;
+    }
     float wb[MM_KB];
     for (int r = 0; r < d; r++) {
         const void *row = dr_tensor_row(w, r);
@@ -42,6 +47,10 @@ void dr_cpu_matmul(void *ctx, float *y, const float *x, const dr_tensor *w, int 
 void dr_cpu_embed(void *ctx, float *x, const dr_tensor *emb, const int32_t *ids, int T) {
     (void)ctx;
     const int H = (int)emb->ne[1];
+    if (emb->q.bits) {
+        dr_cpu_embed_q(x, emb, ids, T);
+        return;
+    }
     for (int t = 0; t < T; t++)
         widen(x + (size_t)t * H, dr_tensor_row(emb, ids[t]), emb->dtype, 0, H);
 }
