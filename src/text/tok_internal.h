@@ -25,7 +25,9 @@
 typedef struct dr_normalizer {
     int n;                 /* number of steps (0: none) */
     int opts[DR_NORM_MAX]; /* utf8proc_option_t of each step */
-    uint32_t quick_below;  /* all code points below this: output == input */
+    uint32_t quick_below;  /* code points below this are never changed and never
+                              combine with what precedes them */
+    bool nfc_only;         /* the only step is NFC (enables a wider fast path) */
 } dr_normalizer;
 
 /* Normalize s[0..len). *out is s itself when nothing changes, else a malloc'd
@@ -37,9 +39,16 @@ dr_status dr_normalize(const dr_normalizer *nz, const uint8_t *s, size_t len, ui
 
 typedef enum { DR_PRE_SPLIT, DR_PRE_BYTELEVEL } dr_pre_kind;
 
+typedef enum {
+    DR_FAST_NONE = 0, /* Oniguruma only */
+    DR_FAST_QWEN2,    /* the Qwen2/Qwen3 Split pattern (FORMATS.md 4.3) */
+    DR_FAST_QWEN35,   /* the Qwen3.5 Split pattern */
+} dr_fast_kind;
+
 typedef struct dr_pre_step {
     dr_pre_kind kind;
     OnigRegex re;          /* Split pattern, or ByteLevel's GPT-2 pattern (NULL: no regex) */
+    dr_fast_kind fast;     /* known pattern: ASCII matches are found without Oniguruma */
     bool add_prefix_space; /* ByteLevel: prepend ' ' to pieces not starting with one */
 } dr_pre_step;
 
@@ -55,6 +64,9 @@ typedef struct dr_pretok {
 /* Compile `pattern` (UTF-8) with Oniguruma's default syntax, as tokenizers'
  * onig backend does. DR_ERR_FORMAT with Oniguruma's message on failure. */
 dr_status dr_regex_compile(const char *pattern, size_t len, OnigRegex *out);
+
+/* Which known pattern `pattern` is exactly (DR_FAST_NONE if neither). */
+dr_fast_kind dr_regex_fast_kind(const char *pattern, size_t len);
 
 typedef dr_status (*dr_piece_fn)(void *ctx, const uint8_t *s, size_t len);
 

@@ -201,6 +201,7 @@ static dr_status parse_normalizer(dr_tokenizer *tok, const json_t *j, const char
     if (tok->norm.n == 0 || quick < tok->norm.quick_below)
         tok->norm.quick_below = quick;
     tok->norm.opts[tok->norm.n++] = opt;
+    tok->norm.nfc_only = tok->norm.n == 1 && strcmp(type, "NFC") == 0;
     return DR_OK;
 }
 
@@ -286,6 +287,7 @@ static dr_status parse_pretok(dr_tokenizer *tok, const json_t *j, const char *wh
                 n = strlen(p);
             }
             s = dr_regex_compile(p, n, &st.re);
+            st.fast = dr_regex_fast_kind(p, n);
         } else if (json_is_string(str)) {
             size_t n;
             char *esc = regex_escape(json_string_value(str), &n);
@@ -452,7 +454,7 @@ static dr_status parse_merges(dr_tokenizer *tok, const json_t *merges) {
                          tok->name, i, type_name(e));
             break;
         }
-        int32_t ia, ib, im;
+        int32_t ia = 0, ib = 0, im;
         if ((st = merge_token(tok, i, a, la, &ia)) != DR_OK ||
             (st = merge_token(tok, i, b, lb, &ib)) != DR_OK)
             break;
