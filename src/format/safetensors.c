@@ -246,9 +246,10 @@ static dr_status index_shards(const char *index_path, json_t **root_out, char **
         const char *s = json_string_value(val);
         if (!s || strchr(s, '/') || s[0] == '.') {
             free(v);
-            json_decref(root);
-            return DR_FAIL(DR_ERR_FORMAT, "%s: weight_map[\"%s\"] must be a file name in the directory",
-                           index_path, key);
+            dr_status st = DR_FAIL(DR_ERR_FORMAT, "%s: weight_map[\"%s\"] must be a file name in the directory",
+                                   index_path, key);
+            json_decref(root); /* after formatting: `key` points into root */
+            return st;
         }
         v[k++] = (char *)s;
     }
