@@ -323,7 +323,7 @@ static void test_penalty(void) {
 
     /* with sampling: a penalised token's frequency drops */
     const float lg[3] = {logf(0.5f), logf(0.3f), logf(0.2f)};
-    double f_plain, f_pen;
+    double f_plain = 0.0, f_pen = 0.0;
     for (int pass = 0; pass < 2; pass++) {
         dr_sampler_params q = dr_sampler_default_params();
         q.temperature = 1.0f;

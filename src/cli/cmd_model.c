@@ -7,6 +7,7 @@
 #include "cli/cmd_model.h"
 
 #include "cli/args.h"
+#include "cli/prompt.h"
 #include "format/safetensors.h"
 
 #include <stdio.h>
@@ -31,6 +32,7 @@ typedef struct {
     const char *dir;
     int32_t *ids;
     int n_ids;
+    const char *prompt; /* --prompt TEXT, tokenized at open */
     dr_session_params sp;
     dr_model_params mp;
 } model_opts;
@@ -81,6 +83,11 @@ static int model_flag(int argc, char **argv, int *i, model_opts *o) {
         o->ids = NULL;
         return dr_cli_ids(v, &o->ids, &o->n_ids) ? 1 : -1;
     }
+    if (!strcmp(a, "--prompt")) {
+        if (!(o->prompt = dr_cli_value(argc, argv, i)))
+            return -1;
+        return 1;
+    }
     if (!strcmp(a, "--ctx")) {
         if (!(v = dr_cli_value(argc, argv, i)))
             return -1;
@@ -107,8 +114,15 @@ static int model_flag(int argc, char **argv, int *i, model_opts *o) {
 static int open_model(model_opts *o, int extra, dr_model **m, dr_session **s) {
     if (!o->dir)
         return dr_cli_err("missing MODEL_DIR (see --help)");
-    if (!o->ids)
-        return dr_cli_err("missing --ids (see --help)");
+    if (o->ids && o->prompt)
+        return dr_cli_err("give either --ids or --prompt, not both");
+    if (!o->ids && !o->prompt)
+        return dr_cli_err("missing --ids or --prompt (see --help)");
+    if (o->prompt) {
+        int rc = dr_cli_prompt_ids(o->dir, o->prompt, &o->ids, &o->n_ids);
+        if (rc)
+            return rc;
+    }
     if (dr_model_load_ex(o->dir, &o->mp, m) != DR_OK)
         return lib_err();
     long need = (long)o->n_ids + extra;
@@ -122,12 +136,14 @@ static int open_model(model_opts *o, int extra, dr_model **m, dr_session **s) {
 /* ===================== logits ===================== */
 
 static const char *const logits_help =
-    "usage: deltarun logits MODEL_DIR --ids 3,17,42 --out FILE [options]\n"
+    "usage: deltarun logits MODEL_DIR (--ids 3,17,42 | --prompt TEXT) --out FILE [options]\n"
     "\n"
     "Evaluate token ids and write the logits of every position to FILE, a\n"
     "safetensors file with one F32 tensor \"logits\" of shape [T, V].\n"
     "\n"
-    "  --ids LIST            comma-separated token ids (required)\n"
+    "  --ids LIST            comma-separated token ids\n"
+    "  --prompt TEXT         text, tokenized with MODEL_DIR's tokenizer.json (special\n"
+    "                        tokens like <|im_start|> in it are recognised)\n"
     "  --out FILE            output safetensors file (required)\n"
     "  --split N             evaluate the first N tokens as one block, then the\n"
     "                        rest one token at a time (default: all as one block)\n"
@@ -195,13 +211,17 @@ int dr_cli_logits(int argc, char **argv) {
 /* ===================== generate ===================== */
 
 static const char *const generate_help_head =
-    "usage: deltarun generate MODEL_DIR --ids 3,17,42 [-n N] [options]\n"
+    "usage: deltarun generate MODEL_DIR (--ids 3,17,42 | --prompt TEXT) [-n N] [options]\n"
     "\n"
-    "Evaluate the prompt ids and generate N more tokens, printing their ids\n"
-    "comma-separated as they are produced. Stops early at an end-of-sequence id\n"
-    "(from generation_config.json) unless --ignore-eos is given.\n"
+    "Evaluate the prompt and generate N more tokens, printing their ids\n"
+    "comma-separated as they are produced (or their text with --text). Stops\n"
+    "early at an end-of-sequence id (from generation_config.json) unless\n"
+    "--ignore-eos is given. No chat format is applied: see `deltarun run`.\n"
     "\n"
-    "  --ids LIST            comma-separated prompt token ids (required)\n"
+    "  --ids LIST            comma-separated prompt token ids\n"
+    "  --prompt TEXT         prompt text, tokenized with MODEL_DIR's tokenizer.json\n"
+    "                        (special tokens like <|im_start|> in it are recognised)\n"
+    "  --text                print the generated text instead of ids\n"
     "  -n N                  tokens to generate (default 32)\n"
     "  --ignore-eos          do not stop at end-of-sequence ids\n"
     "  --state-dtype f32|bf16  recurrent-state storage (bf16: diagnostic only)\n"
@@ -214,6 +234,51 @@ static bool is_eos(const dr_model_info *in, int32_t t) {
     return false;
 }
 
+/* Prints generated tokens as ids, or as text through a streaming decoder
+ * that holds back incomplete UTF-8 sequences. */
+typedef struct {
+    dr_tokenizer *tok;     /* NULL: print ids */
+    dr_stream_decoder *sd;
+    long n;                /* tokens printed */
+} emitter;
+
+static int emitter_open(emitter *e, bool text, const char *dir) {
+    memset(e, 0, sizeof *e);
+    if (!text)
+        return 0;
+    if (dr_tokenizer_load(dir, &e->tok) != DR_OK || dr_stream_decoder_new(e->tok, true, &e->sd) != DR_OK)
+        return lib_err();
+    return 0;
+}
+
+static int emit(emitter *e, int32_t t) {
+    if (!e->tok) {
+        printf(e->n ? ",%d" : "%d", (int)t);
+    } else {
+        const char *p;
+        size_t n;
+        if (dr_stream_decoder_push(e->sd, t, &p, &n) != DR_OK)
+            return lib_err();
+        fwrite(p, 1, n, stdout);
+    }
+    e->n++;
+    fflush(stdout);
+    return 0;
+}
+
+static void emitter_close(emitter *e) {
+    if (e->sd) {
+        const char *p;
+        size_t n;
+        dr_stream_decoder_finish(e->sd, &p, &n);
+        fwrite(p, 1, n, stdout);
+    }
+    if (e->n)
+        printf("\n");
+    dr_stream_decoder_free(e->sd);
+    dr_tokenizer_free(e->tok);
+}
+
 int dr_cli_generate(int argc, char **argv) {
     if (want_help(argc, argv))
         return printf("%s\n%s", generate_help_head, dr_cli_sampling_help), 0;
@@ -221,7 +286,7 @@ int dr_cli_generate(int argc, char **argv) {
     o.sp.n_ctx = 1;
     dr_sampler_params smp = dr_sampler_default_params();
     long n_gen = 32;
-    bool ignore_eos = false;
+    bool ignore_eos = false, as_text = false;
     int rc = 0;
     for (int i = 1; i < argc && !rc; i++) {
         int r = model_flag(argc, argv, &i, &o);
@@ -237,6 +302,8 @@ int dr_cli_generate(int argc, char **argv) {
                 rc = dr_cli_err("-n: expected a token count");
         } else if (!strcmp(argv[i], "--ignore-eos"))
             ignore_eos = true;
+        else if (!strcmp(argv[i], "--text"))
+            as_text = true;
         else
             rc = dr_cli_err("generate: unknown option \"%s\" (see --help)", argv[i]);
     }
@@ -244,10 +311,13 @@ int dr_cli_generate(int argc, char **argv) {
     dr_session *s = NULL;
     dr_sampler *sampler = NULL;
     float *logits = NULL;
+    emitter em = {0};
     if (!rc)
         rc = open_model(&o, (int)n_gen, &m, &s);
     if (!rc && dr_sampler_new(&smp, dr_model_info_get(m)->n_vocab, &sampler) != DR_OK)
         rc = lib_err();
+    if (!rc)
+        rc = emitter_open(&em, as_text, o.dir);
     if (!rc) {
         const dr_model_info *in = dr_model_info_get(m);
         logits = malloc((size_t)in->n_vocab * sizeof *logits);
@@ -260,16 +330,14 @@ int dr_cli_generate(int argc, char **argv) {
         for (long k = 0; k < n_gen && !rc; k++) {
             int32_t t = dr_sampler_sample(sampler, logits);
             dr_sampler_accept(sampler, t);
-            printf(k ? ",%d" : "%d", (int)t);
-            fflush(stdout);
-            if ((!ignore_eos && is_eos(in, t)) || k + 1 == n_gen)
+            rc = emit(&em, t);
+            if (rc || (!ignore_eos && is_eos(in, t)) || k + 1 == n_gen)
                 break;
             if (dr_session_eval(s, &t, 1, DR_LOGITS_LAST, logits) != DR_OK)
                 rc = lib_err();
         }
-        if (n_gen > 0)
-            printf("\n");
     }
+    emitter_close(&em);
     free(logits);
     free(o.ids);
     dr_sampler_free(sampler);

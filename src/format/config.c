@@ -41,12 +41,18 @@ static dr_status get_int(const cfg *c, const char *key, long def, long lo, long 
     return DR_OK;
 }
 
-static bool get_number(json_t *obj, const char *key, double *out) {
+/* Number field of obj: *found false (and *out untouched) when absent or
+ * null; an error when present with another type. */
+static dr_status get_number(json_t *obj, const char *key, const char *label, double *out, bool *found) {
     json_t *v = json_object_get(obj, key);
+    *found = false;
+    if (!v || json_is_null(v))
+        return DR_OK;
     if (!json_is_number(v))
-        return false;
+        return DR_FAIL(DR_ERR_FORMAT, "%s: field \"%s\" must be a number", label, key);
     *out = json_number_value(v);
-    return true;
+    *found = true;
+    return DR_OK;
 }
 
 static dr_status get_bool(json_t *obj, const char *key, bool def, const char *label, bool *out) {
@@ -115,10 +121,16 @@ static dr_status parse_rope(cfg *c, dr_hparams *hp) {
     json_t *rp = json_object_get(c->text, "rope_parameters");
     if (!json_is_object(rp))
         rp = json_object_get(c->text, "rope_scaling");
-    if (!(json_is_object(rp) && get_number(rp, "rope_theta", &theta)))
-        get_number(c->text, "rope_theta", &theta);
-    if (!(json_is_object(rp) && get_number(rp, "partial_rotary_factor", &factor)))
-        get_number(c->text, "partial_rotary_factor", &factor);
+    bool found = false;
+    if (json_is_object(rp))
+        DR_TRY(get_number(rp, "rope_theta", c->label, &theta, &found));
+    if (!found)
+        DR_TRY(get_number(c->text, "rope_theta", c->label, &theta, &found));
+    found = false;
+    if (json_is_object(rp))
+        DR_TRY(get_number(rp, "partial_rotary_factor", c->label, &factor, &found));
+    if (!found)
+        DR_TRY(get_number(c->text, "partial_rotary_factor", c->label, &factor, &found));
     if (json_is_object(rp)) {
         json_t *type = json_object_get(rp, "rope_type");
         const char *ts = json_string_value(type);
@@ -195,7 +207,8 @@ static dr_status parse_dims(cfg *c, dr_hparams *hp) {
                        "%s: linear_num_value_heads %d is not a multiple of linear_num_key_heads %d",
                        c->label, hp->n_v_heads, hp->n_k_heads);
     double eps = 1e-6;
-    get_number(c->text, "rms_norm_eps", &eps);
+    bool found;
+    DR_TRY(get_number(c->text, "rms_norm_eps", c->label, &eps, &found));
     if (!(eps > 0 && eps < 1))
         return DR_FAIL(DR_ERR_FORMAT, "%s: rms_norm_eps %g out of range", c->label, eps);
     hp->eps = (float)eps;
@@ -207,7 +220,10 @@ static dr_status check_unsupported(cfg *c) {
     DR_TRY(get_bool(c->text, "attention_bias", false, c->label, &bias));
     if (bias)
         return DR_FAIL(DR_ERR_UNSUPPORTED, "%s: attention_bias true is not supported", c->label);
-    const char *act = json_string_value(json_object_get(c->text, "hidden_act"));
+    json_t *jact = json_object_get(c->text, "hidden_act");
+    if (jact && !json_is_null(jact) && !json_is_string(jact))
+        return DR_FAIL(DR_ERR_FORMAT, "%s: field \"hidden_act\" must be a string", c->label);
+    const char *act = json_string_value(jact);
     if (act && strcmp(act, "silu") != 0)
         return DR_FAIL(DR_ERR_UNSUPPORTED, "%s: hidden_act \"%s\" is not supported (only \"silu\")",
                        c->label, act);
@@ -248,7 +264,7 @@ static dr_status parse_root(json_t *root, const char *label, dr_hparams *hp) {
     DR_TRY(parse_moe(&c, hp));
     /* The wrapper-level flag decides tying (MODEL.md 1.1); else the text one. */
     json_t *tie = json_object_get(root, "tie_word_embeddings");
-    DR_TRY(get_bool(json_is_boolean(tie) ? root : c.text, "tie_word_embeddings", false, label, &hp->tied));
+    DR_TRY(get_bool(tie && !json_is_null(tie) ? root : c.text, "tie_word_embeddings", false, label, &hp->tied));
     json_t *eos = json_object_get(c.text, "eos_token_id");
     DR_TRY(parse_eos(eos ? eos : json_object_get(root, "eos_token_id"), label, hp));
     for (int i = 0; i < hp->n_layers; i++)
