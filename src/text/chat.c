@@ -101,9 +101,9 @@ static sv py_strip(sv v) {
     const uint8_t *s = (const uint8_t *)v.s;
     size_t a = 0, b = v.n;
     while (a < b) {
-        bool complete;
-        size_t k = dr_utf8_scan(s + a, b - a, &complete), cl;
-        if (!complete || !dr_unicode_is_py_space(dr_utf8_decode(s + a, &cl)))
+        dr_utf8_kind kind;
+        size_t k = dr_utf8_scan(s + a, b - a, &kind), cl;
+        if (kind != DR_UTF8_CHAR || !dr_unicode_is_py_space(dr_utf8_decode(s + a, &cl)))
             break;
         a += k;
     }
@@ -111,9 +111,9 @@ static sv py_strip(sv v) {
         size_t st = b - 1;
         while (st > a && (s[st] & 0xC0) == 0x80 && b - st < 4)
             st--;
-        bool complete;
-        size_t k = dr_utf8_scan(s + st, b - st, &complete), cl;
-        if (!complete || st + k != b || !dr_unicode_is_py_space(dr_utf8_decode(s + st, &cl)))
+        dr_utf8_kind kind;
+        size_t k = dr_utf8_scan(s + st, b - st, &kind), cl;
+        if (kind != DR_UTF8_CHAR || st + k != b || !dr_unicode_is_py_space(dr_utf8_decode(s + st, &cl)))
             break;
         b = st;
     }

@@ -161,9 +161,9 @@ static size_t lossy_copy(const uint8_t *s, size_t n, uint8_t *o) {
             o[w++] = s[i++];
             continue;
         }
-        bool complete;
-        size_t k = dr_utf8_scan(s + i, n - i, &complete);
-        if (complete) {
+        dr_utf8_kind kind;
+        size_t k = dr_utf8_scan(s + i, n - i, &kind);
+        if (kind == DR_UTF8_CHAR) {
             memcpy(o + w, s + i, k);
             w += k;
         } else {

@@ -88,12 +88,12 @@ dr_status dr_stream_decoder_push(dr_stream_decoder *sd, int32_t id, const char *
             i++;
             continue;
         }
-        bool complete;
-        size_t k = dr_utf8_scan(p, avail, &complete);
-        if (complete) {
+        dr_utf8_kind kind;
+        size_t k = dr_utf8_scan(p, avail, &kind);
+        if (kind == DR_UTF8_CHAR) {
             memcpy(sd->buf + w, p, k);
             w += k;
-        } else if (k == avail && i + k == total) {
+        } else if (kind == DR_UTF8_PARTIAL && i + k == total) {
             /* unfinished character at the very end: hold it back */
             uint8_t keep[4];
             memcpy(keep, p, k);

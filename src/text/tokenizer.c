@@ -610,10 +610,10 @@ static dr_status build_tables(dr_tokenizer *tok, int32_t max_id) {
         bool ok = true;
         while (i < n) {
             size_t cl;
-            bool complete;
-            dr_utf8_scan(s + i, n - i, &complete);
-            uint32_t cp = complete ? dr_utf8_decode(s + i, &cl) : 0xFFFFFFFF;
-            if (!complete || cp >= sizeof inv / sizeof inv[0] || inv[cp] < 0) {
+            dr_utf8_kind kind;
+            dr_utf8_scan(s + i, n - i, &kind);
+            uint32_t cp = kind == DR_UTF8_CHAR ? dr_utf8_decode(s + i, &cl) : 0xFFFFFFFF;
+            if (kind != DR_UTF8_CHAR || cp >= sizeof inv / sizeof inv[0] || inv[cp] < 0) {
                 ok = false;
                 break;
             }

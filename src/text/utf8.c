@@ -36,14 +36,14 @@ static int lead_info(uint8_t b, uint8_t *lo, uint8_t *hi) {
     return 0;
 }
 
-size_t dr_utf8_scan(const uint8_t *s, size_t len, bool *complete) {
+size_t dr_utf8_scan(const uint8_t *s, size_t len, dr_utf8_kind *kind) {
     uint8_t lo, hi;
     int need = lead_info(s[0], &lo, &hi);
-    *complete = false;
+    *kind = DR_UTF8_INVALID;
     if (need == 0)
         return 1;
     if (need == 1) {
-        *complete = true;
+        *kind = DR_UTF8_CHAR;
         return 1;
     }
     size_t k = 1;
@@ -54,7 +54,7 @@ size_t dr_utf8_scan(const uint8_t *s, size_t len, bool *complete) {
             return k; /* invalid maximal subpart s[0..k) */
         k++;
     }
-    *complete = k == (size_t)need;
+    *kind = k == (size_t)need ? DR_UTF8_CHAR : DR_UTF8_PARTIAL;
     return k;
 }
 
@@ -65,9 +65,9 @@ size_t dr_utf8_invalid_at(const uint8_t *s, size_t len) {
             i++;
             continue;
         }
-        bool complete;
-        size_t n = dr_utf8_scan(s + i, len - i, &complete);
-        if (!complete)
+        dr_utf8_kind kind;
+        size_t n = dr_utf8_scan(s + i, len - i, &kind);
+        if (kind != DR_UTF8_CHAR)
             return i;
         i += n;
     }

@@ -14,13 +14,15 @@
  * `len` when the whole buffer is valid. Can't fail. */
 size_t dr_utf8_invalid_at(const uint8_t *s, size_t len);
 
-/* Length of the longest prefix of s[0..len) (len >= 1) that can start a
- * valid sequence, and whether it is a complete character:
- *   returns n >= 1; *complete true  -> s[0..n) is one valid character;
- *   *complete false, n == len      -> a valid but unfinished prefix;
- *   *complete false, n <  len      -> s[0..n) is an invalid maximal subpart.
- * Can't fail. */
-size_t dr_utf8_scan(const uint8_t *s, size_t len, bool *complete);
+typedef enum dr_utf8_kind {
+    DR_UTF8_CHAR,    /* s[0..n) is one valid character */
+    DR_UTF8_PARTIAL, /* s[0..n), n == len, is a valid but unfinished prefix */
+    DR_UTF8_INVALID, /* s[0..n) is a maximal invalid subpart (replace by one U+FFFD) */
+} dr_utf8_kind;
+
+/* Classify the sequence starting at s[0] (len >= 1); returns its length
+ * n >= 1 and the kind in *kind. Can't fail. */
+size_t dr_utf8_scan(const uint8_t *s, size_t len, dr_utf8_kind *kind);
 
 /* Decode the character at s (which must be valid UTF-8 of at least one
  * character), store its length in *n. Can't fail. */

@@ -11,15 +11,19 @@
 #include <utf8proc.h>
 
 static void test_utf8(void) {
-    bool c;
-    CHECK(dr_utf8_scan((const uint8_t *)"\xE4\xBD\xA0", 3, &c) == 3 && c, "3-byte char");
-    CHECK(dr_utf8_scan((const uint8_t *)"\xE4\xBD", 2, &c) == 2 && !c, "unfinished prefix");
-    CHECK(dr_utf8_scan((const uint8_t *)"\xE4\x41", 2, &c) == 1 && !c, "bad continuation");
-    CHECK(dr_utf8_scan((const uint8_t *)"\xE0\x80\x80", 3, &c) == 1 && !c, "overlong E0 80");
-    CHECK(dr_utf8_scan((const uint8_t *)"\xED\xA0\x80", 3, &c) == 1 && !c, "surrogate");
-    CHECK(dr_utf8_scan((const uint8_t *)"\xF4\x90\x80\x80", 4, &c) == 1 && !c, "> U+10FFFF");
-    CHECK(dr_utf8_scan((const uint8_t *)"\xC0\xAF", 2, &c) == 1 && !c, "C0 lead");
-    CHECK(dr_utf8_scan((const uint8_t *)"\xF0\x9F\x98", 3, &c) == 3 && !c, "emoji prefix");
+    dr_utf8_kind c;
+    CHECK(dr_utf8_scan((const uint8_t *)"\xE4\xBD\xA0", 3, &c) == 3 && c == DR_UTF8_CHAR, "3-byte char");
+    CHECK(dr_utf8_scan((const uint8_t *)"\xE4\xBD", 2, &c) == 2 && c == DR_UTF8_PARTIAL, "unfinished prefix");
+    CHECK(dr_utf8_scan((const uint8_t *)"\xE4\x41", 2, &c) == 1 && c == DR_UTF8_INVALID, "bad continuation");
+    CHECK(dr_utf8_scan((const uint8_t *)"\xE0\x80\x80", 3, &c) == 1 && c == DR_UTF8_INVALID, "overlong E0 80");
+    CHECK(dr_utf8_scan((const uint8_t *)"\xED\xA0\x80", 3, &c) == 1 && c == DR_UTF8_INVALID, "surrogate");
+    CHECK(dr_utf8_scan((const uint8_t *)"\xF4\x90\x80\x80", 4, &c) == 1 && c == DR_UTF8_INVALID, "> U+10FFFF");
+    CHECK(dr_utf8_scan((const uint8_t *)"\xC0\xAF", 2, &c) == 1 && c == DR_UTF8_INVALID, "C0 lead");
+    CHECK(dr_utf8_scan((const uint8_t *)"\xF0\x9F\x98", 3, &c) == 3 && c == DR_UTF8_PARTIAL, "emoji prefix");
+    CHECK(dr_utf8_scan((const uint8_t *)"\xFF", 1, &c) == 1 && c == DR_UTF8_INVALID,
+          "lone invalid lead byte at the end is invalid, not partial");
+    CHECK(dr_utf8_scan((const uint8_t *)"\x80", 1, &c) == 1 && c == DR_UTF8_INVALID,
+          "lone continuation byte");
     CHECK(dr_utf8_invalid_at((const uint8_t *)"ab\xFF", 3) == 2, "invalid at 2");
     CHECK(dr_utf8_invalid_at((const uint8_t *)"a\xF0\x9F\x98\x80", 5) == 5, "valid emoji");
     uint8_t e[4];
