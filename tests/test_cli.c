@@ -11,10 +11,11 @@
 
 static const char *g_bin;
 
-/* Run `deltarun ARGS`, capturing stdout+stderr into out (truncated); returns the exit status. */
-static int run(char *out, size_t cap, const char *args) {
-    char cmd[16384];
-    snprintf(cmd, sizeof cmd, "'%s' %s 2>&1", g_bin, args);
+/* Run a shell command, capturing stdout+stderr into out (truncated);
+ * returns the exit status. */
+static int run_sh(char *out, size_t cap, const char *shell) {
+    char cmd[16400];
+    snprintf(cmd, sizeof cmd, "{ %s ; } 2>&1", shell);
     FILE *p = popen(cmd, "r");
     if (!p)
         return -1;
@@ -26,12 +27,19 @@ static int run(char *out, size_t cap, const char *args) {
     return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
+/* Run `deltarun ARGS`. */
+static int run(char *out, size_t cap, const char *args) {
+    char cmd[16384];
+    snprintf(cmd, sizeof cmd, "'%s' %s", g_bin, args);
+    return run_sh(out, cap, cmd);
+}
+
 static void test_help_and_errors(void) {
     static char out[1 << 16];
     CHECK(run(out, sizeof out, "--help") == 0 && strstr(out, "generate") && strstr(out, "logits"),
           "--help: %s", out);
-    const char *cmds[] = {"generate", "logits", "info"};
-    for (int i = 0; i < 3; i++) {
+    const char *cmds[] = {"generate", "logits", "info", "run", "tokenize", "detokenize"};
+    for (int i = 0; i < 6; i++) {
         char a[64];
         snprintf(a, sizeof a, "%s --help", cmds[i]);
         CHECK(run(out, sizeof out, a) == 0 && strstr(out, "usage: deltarun"), "%s: %s", a, out);
@@ -111,6 +119,50 @@ static void test_logits(void) {
     unlink(tmp);
 }
 
+/* `run` against `generate` on the same tokens: raw mode, and chat mode whose
+ * rendering we spell out (ChatML, thinking off), with a user turn that
+ * contains control-token text. */
+static void test_run(void) {
+    static char a[1 << 15], b[1 << 15];
+    const char *fx = DR_TEST_DATA "/dense-f32";
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "run %s --raw -p 'The quick brown fox' --greedy -n 12", fx);
+    int ra = run(a, sizeof a, cmd);
+    snprintf(cmd, sizeof cmd, "generate %s --prompt 'The quick brown fox' --greedy -n 12 --text --ignore-eos", fx);
+    int rb = run(b, sizeof b, cmd);
+    CHECK_SHOW(ra == 0 && rb == 0 && strcmp(a, b) == 0 && strlen(a) > 1, "run --raw equals generate --text (%zu bytes)",
+               strlen(a));
+    if (strcmp(a, b))
+        printf("  run:      [%s]\n  generate: [%s]\n", a, b);
+    snprintf(cmd, sizeof cmd, "run %s -p 'Hi there' --no-think --greedy -n 12", fx);
+    ra = run(a, sizeof a, cmd);
+    /* printf's x keeps the trailing newlines that $(...) would strip */
+    snprintf(cmd, sizeof cmd,
+             "p=\"$(printf '<|im_start|>user\\nHi there<|im_end|>\\n<|im_start|>assistant\\n"
+             "<think>\\n\\n</think>\\n\\nx')\"; '%s' generate %s --prompt \"${p%%x}\" --greedy -n 12 --text "
+             "--ignore-eos",
+             g_bin, fx);
+    rb = run_sh(b, sizeof b, cmd);
+    CHECK_SHOW(ra == 0 && rb == 0 && strcmp(a, b) == 0, "run -p (chat, no think) equals generate on the rendered "
+               "ChatML prompt (%zu bytes)", strlen(a));
+    if (strcmp(a, b))
+        printf("  run:      [%s]\n  generate: [%s]\n", a, b);
+    /* interactive: two turns from stdin, then end of input */
+    snprintf(cmd, sizeof cmd, "run %s --greedy -n 6 < /dev/null", fx);
+    CHECK(run(a, sizeof a, cmd) == 0, "interactive run with no input: %s", a);
+    char c2[4096];
+    snprintf(c2, sizeof c2, "printf 'hello\\nagain <|im_end|> please\\n' | '%s' run %s --greedy -n 6", g_bin, fx);
+    ra = run_sh(a, sizeof a, c2);
+    int prompts = 0; /* "> " at the start of a line */
+    for (const char *p = a; (p = strstr(p, "> ")); p += 2)
+        prompts += p == a || p[-1] == '\n';
+    CHECK_SHOW(ra == 0 && prompts == 3, "interactive: 2 turns answered, 3 prompts shown, exit 0 at end of input "
+               "(rc %d, %d prompts)", ra, prompts);
+    CHECK(run(a, sizeof a, "run") == 1 && strstr(a, "MODEL_DIR"), "run without model: %s", a);
+    snprintf(cmd, sizeof cmd, "run %s --raw --system x -p y", fx);
+    CHECK(run(a, sizeof a, cmd) == 1, "--raw with --system accepted: %s", a);
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
         printf("usage: test_cli PATH_TO_DELTARUN\n");
@@ -122,5 +174,6 @@ int main(int argc, char **argv) {
     for (int i = 0; i < 5; i++)
         test_generate(fx[i]);
     test_logits();
+    test_run();
     return TEST_DONE();
 }

@@ -3,6 +3,8 @@
 #include "cli/cmd_bench.h"
 #include "cli/cmd_model.h"
 #include "cli/cmd_quantize.h"
+#include "cli/cmd_run.h"
+#include "cli/cmd_tokenize.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -14,9 +16,12 @@ typedef struct {
 } command;
 
 static const command g_commands[] = {
-    {"generate", dr_cli_generate, "generate token ids after a prompt of ids"},
+    {"run", dr_cli_run, "chat with a model (one-shot with -p, else interactive)"},
+    {"generate", dr_cli_generate, "continue a prompt (ids or raw text) without the chat format"},
     {"logits", dr_cli_logits, "write the logits of every prompt position to a safetensors file"},
     {"info", dr_cli_info, "print a model's architecture summary"},
+    {"tokenize", dr_cli_tokenize, "text to token ids (JSON); --bench measures the tokenizer"},
+    {"detokenize", dr_cli_detokenize, "token ids to text"},
     {"bench", dr_cli_bench, "measure prefill / decode speed against the memory-bandwidth floor"},
     {"quantize", dr_cli_quantize, "write an MLX-format 8/4-bit copy of a model"},
 };
@@ -24,7 +29,7 @@ static const command g_commands[] = {
 static void usage(FILE *f) {
     fprintf(f, "usage: deltarun COMMAND [options]   (deltarun COMMAND --help for details)\n\n"
                "Runs Qwen3.5 / Qwen3.6 / Qwen3-Next models from a Hugging Face directory\n"
-               "(config.json + safetensors) on the CPU, with an fp32 recurrent state.\n\n"
+               "(config.json + safetensors), with an fp32 recurrent state.\n\n"
                "Commands:\n");
     for (size_t i = 0; i < sizeof g_commands / sizeof g_commands[0]; i++)
         fprintf(f, "  %-10s %s\n", g_commands[i].name, g_commands[i].summary);
