@@ -1,5 +1,8 @@
-/* ops/cpu/backend.c - the CPU backend table and its (host) memory slots. */
-#include "ops/cpu/cpu.h"
+/* ops/cpu/backend.c - the CPU backend tables: the scalar single-threaded
+ * reference (dr_ops_cpu_ref) and the fast backend (dr_ops_cpu_create: SIMD
+ * kernels chosen at run time, a thread pool and per-thread scratch in its
+ * context), plus their (host) memory slots. */
+#include "ops/cpu/fast.h"
 
 #include "util/status.h"
 
@@ -26,8 +29,6 @@ static void cpu_zero(void *ctx, void *p, size_t n) {
 }
 
 static void cpu_ref_destroy(dr_ops *self) { (void)self; /* static table */ }
-
-static void cpu_destroy(dr_ops *self) { free(self); }
 
 static dr_ops g_cpu_ops = {
     .name = "cpu-ref",
@@ -61,14 +62,83 @@ static dr_ops g_cpu_ops = {
 
 dr_ops *dr_ops_cpu_ref(void) { return &g_cpu_ops; }
 
+/* ===================== fast backend ===================== */
+
+bool dr_cpu_reserve(dr_cpu_ctx *c, size_t n) {
+    for (int i = 0; i < c->n_threads; i++) {
+        dr_cpu_scratch *s = &c->thr[i];
+        if (s->cap >= n)
+            continue;
+        free(s->p);
+        s->p = malloc(n * sizeof(float));
+        s->cap = s->p ? n : 0;
+        if (!s->p)
+            return false;
+    }
+    return true;
+}
+
+void *dr_cpu_shared_buf(dr_cpu_ctx *c, int slot, size_t bytes) {
+    if (c->shared_cap[slot] < bytes) {
+        free(c->shared[slot]);
+        c->shared[slot] = malloc(bytes);
+        c->shared_cap[slot] = c->shared[slot] ? bytes : 0;
+    }
+    return c->shared[slot];
+}
+
+static void ctx_free(dr_cpu_ctx *c) {
+    if (!c)
+        return;
+    dr_pool_free(c->pool);
+    for (int i = 0; c->thr && i < c->n_threads; i++)
+        free(c->thr[i].p);
+    free(c->thr);
+    for (int i = 0; i < DR_SHARED_N; i++)
+        free(c->shared[i]);
+    free(c);
+}
+
+static void cpu_destroy(dr_ops *self) {
+    ctx_free(self->ctx);
+    free(self);
+}
+
 dr_status dr_ops_cpu_create(const dr_backend_params *p, dr_ops **out) {
-    (void)p;
+    *out = NULL;
+    int n = p && p->n_threads > 0 ? p->n_threads : dr_cpu_n_cores();
     dr_ops *o = malloc(sizeof *o);
-    if (!o)
+    dr_cpu_ctx *c = calloc(1, sizeof *c);
+    if (c)
+        c->thr = calloc((size_t)n, sizeof *c->thr);
+    if (!o || !c || !c->thr) {
+        free(o);
+        ctx_free(c);
         return DR_FAIL(DR_ERR_NOMEM, "out of memory creating the CPU backend");
+    }
+    c->n_threads = n;
+    c->k = dr_simd_get();
+    c->bf16_dot = dr_simd_bf16_dot() && c->k->gemv_bf16x2;
+    dr_status st = dr_pool_new(n, &c->pool);
+    if (st != DR_OK) {
+        free(o);
+        ctx_free(c);
+        return st;
+    }
     *o = g_cpu_ops;
     o->name = "cpu";
+    o->ctx = c;
     o->destroy = cpu_destroy;
+    o->matmul = dr_fast_matmul;
+    o->attention = dr_fast_attention;
+    o->gdn_conv = dr_fast_gdn_conv;
+    o->gdn_recurrent = dr_fast_gdn_recurrent;
+    o->gdn_chunked = dr_fast_gdn_chunked;
+    o->moe_experts = dr_fast_moe_experts;
+    o->rmsnorm = dr_fast_rmsnorm;
+    o->gated_rmsnorm = dr_fast_gated_rmsnorm;
+    o->swiglu = dr_fast_swiglu;
+    o->sigmoid_mul = dr_fast_sigmoid_mul;
     *out = o;
     return DR_OK;
 }

@@ -1,4 +1,5 @@
-# CPU backend sources (reference kernels, and later SIMD + threads).
+# CPU backend sources: the scalar reference kernels, the fast backend (SIMD
+# tables chosen at run time + a thread pool), and their utilities.
 set(DR_CPU_SOURCES
   src/ops/cpu/backend.c
   src/ops/cpu/matmul.c
@@ -7,4 +8,28 @@ set(DR_CPU_SOURCES
   src/ops/cpu/attention.c
   src/ops/cpu/gdn.c
   src/ops/cpu/moe.c
+  src/ops/cpu/simd_scalar.c
+  src/ops/cpu/fast_matmul.c
+  src/ops/cpu/fast_attention.c
+  src/ops/cpu/fast_gdn.c
+  src/ops/cpu/fast_moe.c
+  src/ops/cpu/fast_elementwise.c
+  src/util/threadpool.c
+  src/util/cpu_features.c
 )
+
+# SIMD kernel tables: only these files get the instruction-set flags, and the
+# backend calls them only after checking the CPU (util/cpu_features.c), so the
+# binary still runs on a CPU without AVX2 / AVX-512.
+if(CMAKE_SYSTEM_PROCESSOR MATCHES "x86_64|AMD64|amd64" AND CMAKE_C_COMPILER_ID MATCHES "GNU|Clang")
+  list(APPEND DR_CPU_SOURCES
+    src/ops/cpu/simd_avx2.c
+    src/ops/cpu/simd_avx512.c
+    src/ops/cpu/simd_avx512bf16.c)
+  set_source_files_properties(src/ops/cpu/simd_avx2.c PROPERTIES
+    COMPILE_OPTIONS "-mavx2;-mfma;-mf16c")
+  set_source_files_properties(src/ops/cpu/simd_avx512.c PROPERTIES
+    COMPILE_OPTIONS "-mavx2;-mfma;-mf16c;-mavx512f;-mavx512bw;-mavx512vl")
+  set_source_files_properties(src/ops/cpu/simd_avx512bf16.c PROPERTIES
+    COMPILE_OPTIONS "-mavx2;-mfma;-mf16c;-mavx512f;-mavx512bw;-mavx512vl;-mavx512bf16")
+endif()

@@ -1,0 +1,67 @@
+/* ops/cpu/fast.h - the fast CPU backend's context and kernels (SIMD through
+ * the dr_simd table, threads through a dr_pool).
+ *
+ * Every kernel has the contract of the ops.h slot it fills and is checked
+ * against the reference kernels of cpu.h by tests/test_cpu_ops.c. A kernel
+ * that cannot get scratch memory falls back to a slower path that needs none,
+ * so a slot never fails. Results do not depend on the thread count: work is
+ * split at fixed boundaries and each output is computed by one thread (one
+ * exception: single-token attention over a long cache is split into more
+ * segments when there are more threads, which changes the sum order).
+ */
+#ifndef DR_OPS_CPU_FAST_H
+#define DR_OPS_CPU_FAST_H
+
+#include "ops/cpu/cpu.h"
+#include "ops/cpu/simd.h"
+#include "util/threadpool.h"
+
+/* Scratch owned by one thread (cache-line padded so threads don't share lines). */
+typedef struct dr_cpu_scratch {
+    float *p;
+    size_t cap; /* floats */
+    char pad[64 - sizeof(float *) - sizeof(size_t)];
+} dr_cpu_scratch;
+
+enum { DR_SHARED_X, DR_SHARED_MOE, DR_SHARED_ATT, DR_SHARED_N }; /* shared scratch slots */
+
+typedef struct dr_cpu_ctx {
+    dr_pool *pool;
+    int n_threads;
+    const dr_simd *k;           /* kernels of the chosen SIMD level */
+    bool bf16_dot;              /* BF16 GEMV through k->gemv_bf16x2 */
+    dr_cpu_scratch *thr;        /* [n_threads], grown by their own thread */
+    void *shared[DR_SHARED_N];  /* grown by the calling thread, outside parallel loops */
+    size_t shared_cap[DR_SHARED_N];
+} dr_cpu_ctx;
+
+/* Make every thread's scratch at least n floats. Call from the calling
+ * thread, outside parallel loops; false when out of memory (the kernel then
+ * takes its no-scratch path). */
+bool dr_cpu_reserve(dr_cpu_ctx *c, size_t n);
+
+/* Thread `thread`'s scratch (contents undefined), as reserved. */
+static inline float *dr_cpu_tbuf(dr_cpu_ctx *c, int thread) { return c->thr[thread].p; }
+
+/* Shared scratch slot `slot` of at least `bytes`, or NULL when out of
+ * memory. Call only from the thread that calls the slot functions. */
+void *dr_cpu_shared_buf(dr_cpu_ctx *c, int slot, size_t bytes);
+
+void dr_fast_matmul(void *ctx, float *y, const float *x, const dr_tensor *w, int T);
+void dr_fast_attention(void *ctx, float *out, const float *q, const float *k_cache, const float *v_cache, int T,
+                       int pos0, int n_heads, int n_kv_heads, int d_head, float scale, float *ws);
+void dr_fast_gdn_conv(void *ctx, float *out, const float *m, float *conv_state, const float *w, int T, int C,
+                      int K);
+void dr_fast_gdn_recurrent(void *ctx, float *o, const float *qkv, const float *beta, const float *g,
+                           float *state, const dr_gdn_dims *d, int T, float *ws);
+void dr_fast_gdn_chunked(void *ctx, float *o, const float *qkv, const float *beta, const float *g, float *state,
+                         const dr_gdn_dims *d, int T, float *ws);
+void dr_fast_moe_experts(void *ctx, float *y, const float *x, const int32_t *idx, const float *wts,
+                         const dr_expert *experts, int T, int k, int H, int I, float *ws);
+void dr_fast_rmsnorm(void *ctx, float *y, const float *x, const float *gain, int rows, int n, float eps);
+void dr_fast_gated_rmsnorm(void *ctx, float *y, const float *x, const float *z, const float *w, int rows, int n,
+                           float eps);
+void dr_fast_swiglu(void *ctx, float *out, const float *gate, const float *up, size_t n);
+void dr_fast_sigmoid_mul(void *ctx, float *x, const float *gate, size_t n);
+
+#endif

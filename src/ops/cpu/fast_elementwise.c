@@ -1,0 +1,108 @@
+/* ops/cpu/fast_elementwise.c - the norms and activations that touch every
+ * activation (RMSNorm, gated RMSNorm, SwiGLU, sigmoid gate), threaded over
+ * rows or element ranges when the block is large enough to pay for it.
+ * Each element is computed exactly as the reference does. */
+#include "ops/cpu/fast.h"
+
+#include <math.h>
+
+#define EW_MIN 32768  /* elements below which the reference runs unthreaded */
+#define EW_CHUNK 8192 /* elements per task */
+
+typedef struct {
+    float *y;
+    const float *a, *b, *w;
+    int rows, n;
+    size_t len;
+    float eps;
+} ew_job;
+
+static int row_tasks(int rows, int n) {
+    int per = EW_CHUNK / (n > 0 ? n : 1);
+    per = per < 1 ? 1 : per;
+    return (rows + per - 1) / per;
+}
+
+static void row_range(const ew_job *j, int task, int *r0, int *r1) {
+    int per = EW_CHUNK / (j->n > 0 ? j->n : 1);
+    per = per < 1 ? 1 : per;
+    *r0 = task * per;
+    *r1 = *r0 + per < j->rows ? *r0 + per : j->rows;
+}
+
+static void rms_task(void *arg, int task, int thread) {
+    const ew_job *j = arg;
+    (void)thread;
+    int r0, r1;
+    row_range(j, task, &r0, &r1);
+    dr_cpu_rmsnorm(NULL, j->y + (size_t)r0 * j->n, j->a + (size_t)r0 * j->n, j->w, r1 - r0, j->n, j->eps);
+}
+
+void dr_fast_rmsnorm(void *ctx, float *y, const float *x, const float *gain, int rows, int n, float eps) {
+    dr_cpu_ctx *c = ctx;
+    if ((size_t)rows * n < EW_MIN) {
+        dr_cpu_rmsnorm(ctx, y, x, gain, rows, n, eps);
+        return;
+    }
+    ew_job j = {.y = y, .a = x, .w = gain, .rows = rows, .n = n, .eps = eps};
+    dr_pool_run(c->pool, row_tasks(rows, n), rms_task, &j);
+}
+
+static void grms_task(void *arg, int task, int thread) {
+    const ew_job *j = arg;
+    (void)thread;
+    int r0, r1;
+    row_range(j, task, &r0, &r1);
+    const size_t o = (size_t)r0 * j->n;
+    dr_cpu_gated_rmsnorm(NULL, j->y + o, j->a + o, j->b + o, j->w, r1 - r0, j->n, j->eps);
+}
+
+void dr_fast_gated_rmsnorm(void *ctx, float *y, const float *x, const float *z, const float *w, int rows, int n,
+                           float eps) {
+    dr_cpu_ctx *c = ctx;
+    if ((size_t)rows * n < EW_MIN) {
+        dr_cpu_gated_rmsnorm(ctx, y, x, z, w, rows, n, eps);
+        return;
+    }
+    ew_job j = {.y = y, .a = x, .b = z, .w = w, .rows = rows, .n = n, .eps = eps};
+    dr_pool_run(c->pool, row_tasks(rows, n), grms_task, &j);
+}
+
+static size_t span(const ew_job *j, int task, size_t *i0) {
+    *i0 = (size_t)task * EW_CHUNK;
+    return j->len - *i0 < EW_CHUNK ? j->len - *i0 : EW_CHUNK;
+}
+
+static void swiglu_task(void *arg, int task, int thread) {
+    const ew_job *j = arg;
+    (void)thread;
+    size_t i0, n = span(j, task, &i0);
+    dr_cpu_swiglu(NULL, j->y + i0, j->a + i0, j->b + i0, n);
+}
+
+void dr_fast_swiglu(void *ctx, float *out, const float *gate, const float *up, size_t n) {
+    dr_cpu_ctx *c = ctx;
+    if (n < EW_MIN) {
+        dr_cpu_swiglu(ctx, out, gate, up, n);
+        return;
+    }
+    ew_job j = {.y = out, .a = gate, .b = up, .len = n};
+    dr_pool_run(c->pool, (int)((n + EW_CHUNK - 1) / EW_CHUNK), swiglu_task, &j);
+}
+
+static void sigmul_task(void *arg, int task, int thread) {
+    const ew_job *j = arg;
+    (void)thread;
+    size_t i0, n = span(j, task, &i0);
+    dr_cpu_sigmoid_mul(NULL, j->y + i0, j->a + i0, n);
+}
+
+void dr_fast_sigmoid_mul(void *ctx, float *x, const float *gate, size_t n) {
+    dr_cpu_ctx *c = ctx;
+    if (n < EW_MIN) {
+        dr_cpu_sigmoid_mul(ctx, x, gate, n);
+        return;
+    }
+    ew_job j = {.y = x, .a = gate, .len = n};
+    dr_pool_run(c->pool, (int)((n + EW_CHUNK - 1) / EW_CHUNK), sigmul_task, &j);
+}

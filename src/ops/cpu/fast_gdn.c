@@ -1,0 +1,258 @@
+/* ops/cpu/fast_gdn.c - Gated DeltaNet on the fast backend: the causal conv
+ * threaded over channels, the decode step and the chunked prefill threaded
+ * over v heads.
+ *
+ * Decode: one pass per v head reads S once to form u = S^T k and w = S^T q,
+ * then one pass writes S = exp(g) S + k d^T (S is still in L2), with
+ * o = exp(g) w + (k . q) d: the same value as reading after the update.
+ * Prefill: the chunked WY form (MODEL.md 5.4, chunk 64) with every step a
+ * blocked matrix product (dr_simd gemm_nn) and the state carried between
+ * chunks. tag-gdn-state-layout: state fp32 [Hv, dk, dv]; it stays fp32.
+ */
+#include "ops/cpu/fast.h"
+
+#include <math.h>
+#include <string.h>
+
+#define L2_EPS 1e-6f     /* as the reference (and transformers / FLA) */
+#define CONV_CB 256      /* channels per conv task */
+#define CONV_MIN 65536   /* T * C below this: the reference conv, unthreaded */
+
+/* ===================== conv ===================== */
+
+typedef struct {
+    float *out;
+    const float *m, *w;
+    float *st;
+    int T, C, K;
+} conv_job;
+
+/* Channels [c0, c1): out_t = silu(sum_j w_j x_{t-K+1+j}); inputs before the
+ * block come from the state (row r = input at time r - K), then the state
+ * keeps the last K inputs. */
+static void conv_task(void *arg, int task, int thread) {
+    const conv_job *j = arg;
+    (void)thread;
+    const int C = j->C, K = j->K, c0 = task * CONV_CB, c1 = c0 + CONV_CB < C ? c0 + CONV_CB : C;
+    for (int t = 0; t < j->T; t++) {
+        float *o = j->out + (size_t)t * C;
+        for (int ch = c0; ch < c1; ch++)
+            o[ch] = 0.0f;
+        for (int tap = 0; tap < K; tap++) {
+            int s = t - K + 1 + tap; /* time of the input under this tap */
+            const float *src = s >= 0 ? j->m + (size_t)s * C : j->st + (size_t)(s + K) * C;
+            for (int ch = c0; ch < c1; ch++)
+                o[ch] += j->w[(size_t)ch * K + tap] * src[ch];
+        }
+        for (int ch = c0; ch < c1; ch++)
+            o[ch] = dr_siluf(o[ch]);
+    }
+    for (int r = 0; r < K; r++) { /* ascending: a row read from the old state is never overwritten first */
+        int s = j->T - K + r;
+        const float *src = s >= 0 ? j->m + (size_t)s * C : j->st + (size_t)(s + K) * C;
+        memcpy(j->st + (size_t)r * C + c0, src + c0, (size_t)(c1 - c0) * sizeof(float));
+    }
+}
+
+void dr_fast_gdn_conv(void *ctx, float *out, const float *m, float *conv_state, const float *w, int T, int C,
+                      int K) {
+    dr_cpu_ctx *c = ctx;
+    if ((size_t)T * C < CONV_MIN) {
+        dr_cpu_gdn_conv(ctx, out, m, conv_state, w, T, C, K);
+        return;
+    }
+    conv_job j = {.out = out, .m = m, .w = w, .st = conv_state, .T = T, .C = C, .K = K};
+    dr_pool_run(c->pool, (C + CONV_CB - 1) / CONV_CB, conv_task, &j);
+}
+
+/* ===================== shared helpers ===================== */
+
+/* dst [n] = src / sqrt(sum src^2 + eps) * scale */
+static void l2norm(const dr_simd *k, float *dst, const float *src, int n, float scale) {
+    float inv = scale / sqrtf(k->dot(src, src, n) + L2_EPS);
+    for (int i = 0; i < n; i++)
+        dst[i] = src[i] * inv;
+}
+
+typedef struct {
+    dr_cpu_ctx *c;
+    float *o;
+    const float *qkv, *beta, *g;
+    float *state;
+    dr_gdn_dims d;
+    int T;
+} gdn_job;
+
+/* ===================== decode ===================== */
+
+/* One v head over the block's tokens. Scratch: qn, kn [dk], u, w, dl [dv]. */
+static void rec_task(void *arg, int j, int thread) {
+    const gdn_job *jb = arg;
+    const dr_simd *k = jb->c->k;
+    const int Hk = jb->d.n_k_heads, Hv = jb->d.n_v_heads, dk = jb->d.d_k, dv = jb->d.d_v, kh = j / (Hv / Hk);
+    const int C = 2 * Hk * dk + Hv * dv;
+    float *S = jb->state + (size_t)j * dk * dv;
+    float *qn = dr_cpu_tbuf(jb->c, thread), *kn = qn + dk, *u = kn + dk, *w = u + dv, *dl = w + dv;
+    for (int t = 0; t < jb->T; t++) {
+        const float *row = jb->qkv + (size_t)t * C;
+        l2norm(k, qn, row + (size_t)kh * dk, dk, 1.0f / sqrtf((float)dk));
+        l2norm(k, kn, row + (size_t)(Hk + kh) * dk, dk, 1.0f);
+        k->gemm_nn(u, dv, kn, dk, S, dv, 1, dv, dk, false); /* u = S^T k */
+        k->gemm_nn(w, dv, qn, dk, S, dv, 1, dv, dk, false); /* w = S^T q (S now in cache) */
+        const float decay = expf(jb->g[(size_t)t * Hv + j]), b = jb->beta[(size_t)t * Hv + j];
+        const float kq = k->dot(kn, qn, dk);
+        const float *v = row + (size_t)2 * Hk * dk + (size_t)j * dv;
+        float *o = jb->o + ((size_t)t * Hv + j) * dv;
+        for (int c = 0; c < dv; c++) {
+            dl[c] = b * (v[c] - decay * u[c]); /* delta against the decayed state */
+            o[c] = decay * w[c] + kq * dl[c]; /* = (exp(g) S + k d^T)^T q */
+        }
+        for (int i = 0; i < dk; i++) { /* S = exp(g) S + k d^T: the one write pass */
+            float *Si = S + (size_t)i * dv;
+            for (int c = 0; c < dv; c++)
+                Si[c] *= decay;
+            k->axpy(Si, kn[i], dl, dv);
+        }
+    }
+}
+
+void dr_fast_gdn_recurrent(void *ctx, float *o, const float *qkv, const float *beta, const float *g,
+                           float *state, const dr_gdn_dims *d, int T, float *ws) {
+    dr_cpu_ctx *c = ctx;
+    if (!dr_cpu_reserve(c, 2 * (size_t)d->d_k + 3 * (size_t)d->d_v)) {
+        dr_cpu_gdn_recurrent(ctx, o, qkv, beta, g, state, d, T, ws);
+        return;
+    }
+    gdn_job j = {.c = c, .o = o, .qkv = qkv, .beta = beta, .g = g, .state = state, .d = *d, .T = T};
+    dr_pool_run(c->pool, d->n_v_heads, rec_task, &j);
+}
+
+/* ===================== chunked prefill ===================== */
+
+#define CH DR_GDN_CHUNK
+
+/* Scratch of one thread for one chunk of n <= CH tokens of one v head. */
+typedef struct {
+    float *Q, *K;  /* [CH, dk] normalised q (scaled) and k */
+    float *Kt;     /* [dk, CH] K transposed (then scaled for the state update) */
+    float *U;      /* [CH, dv] V' rows */
+    float *X;      /* [CH, dv] K S, then Q S */
+    float *A, *P;  /* [CH, CH] K K^T -> solve weights, Q K^T -> output weights */
+    float *G;      /* [CH] cumulative log-decay */
+} chunk_ws;
+
+static size_t chunk_ws_floats(const dr_gdn_dims *d) {
+    return 3 * (size_t)CH * d->d_k + 2 * (size_t)CH * d->d_v + 2 * (size_t)CH * CH + CH;
+}
+
+static chunk_ws chunk_ws_carve(float *p, int dk, int dv) {
+    chunk_ws c;
+    c.Q = p;
+    c.K = c.Q + (size_t)CH * dk;
+    c.Kt = c.K + (size_t)CH * dk;
+    c.U = c.Kt + (size_t)CH * dk;
+    c.X = c.U + (size_t)CH * dv;
+    c.A = c.X + (size_t)CH * dv;
+    c.P = c.A + (size_t)CH * CH;
+    c.G = c.P + (size_t)CH * CH;
+    return c;
+}
+
+/* Steps 1-2: normalised q, k rows, K^T, cumulative decay. */
+static void chunk_load(const gdn_job *jb, chunk_ws *c, int t0, int n, int j) {
+    const dr_simd *k = jb->c->k;
+    const int Hk = jb->d.n_k_heads, Hv = jb->d.n_v_heads, dk = jb->d.d_k, dv = jb->d.d_v, kh = j / (Hv / Hk);
+    const int C = 2 * Hk * dk + Hv * dv;
+    float G = 0.0f;
+    for (int i = 0; i < n; i++) {
+        const float *row = jb->qkv + (size_t)(t0 + i) * C;
+        l2norm(k, c->Q + (size_t)i * dk, row + (size_t)kh * dk, dk, 1.0f / sqrtf((float)dk));
+        l2norm(k, c->K + (size_t)i * dk, row + (size_t)(Hk + kh) * dk, dk, 1.0f);
+        for (int a = 0; a < dk; a++)
+            c->Kt[(size_t)a * CH + i] = c->K[(size_t)i * dk + a];
+        G += jb->g[(size_t)(t0 + i) * Hv + j];
+        c->G[i] = G; /* G_i = sum_{s<=i} g_s */
+    }
+}
+
+/* Steps 3-5: (I + A) V' = beta (V - exp(G) K S), A_ik = beta_i (k_i . k_k)
+ * exp(G_i - G_k) for k < i, solved row by row (row i needs rows < i). */
+static void chunk_solve(const gdn_job *jb, chunk_ws *c, const float *S, int t0, int n, int j) {
+    const dr_simd *k = jb->c->k;
+    const int Hk = jb->d.n_k_heads, Hv = jb->d.n_v_heads, dk = jb->d.d_k, dv = jb->d.d_v;
+    const int C = 2 * Hk * dk + Hv * dv;
+    k->gemm_nn(c->X, dv, c->K, dk, S, dv, n, dv, dk, false);   /* K S */
+    k->gemm_nn(c->A, CH, c->K, dk, c->Kt, CH, n, n, dk, false); /* K K^T */
+    for (int i = 0; i < n; i++) {
+        const float b = jb->beta[(size_t)(t0 + i) * Hv + j], eG = expf(c->G[i]);
+        const float *v = jb->qkv + (size_t)(t0 + i) * C + (size_t)2 * Hk * dk + (size_t)j * dv;
+        float *ui = c->U + (size_t)i * dv, *ai = c->A + (size_t)i * CH, *tmp = c->X + (size_t)i * dv;
+        for (int e = 0; e < dv; e++)
+            ui[e] = b * (v[e] - eG * tmp[e]);
+        if (i == 0)
+            continue;
+        for (int kk = 0; kk < i; kk++)
+            ai[kk] = b * ai[kk] * expf(c->G[i] - c->G[kk]);
+        k->gemm_nn(tmp, dv, ai, CH, c->U, dv, 1, dv, i, false); /* row i of X is no longer needed */
+        for (int e = 0; e < dv; e++)
+            ui[e] -= tmp[e];
+    }
+}
+
+/* Step 7: O_i = exp(G_i) q_i S + sum_{k<=i} (q_i . k_k) exp(G_i - G_k) V'_k */
+static void chunk_output(const gdn_job *jb, chunk_ws *c, const float *S, int t0, int n, int j) {
+    const dr_simd *k = jb->c->k;
+    const int Hv = jb->d.n_v_heads, dk = jb->d.d_k, dv = jb->d.d_v;
+    const int ldo = Hv * dv;
+    float *O = jb->o + ((size_t)t0 * Hv + j) * dv;
+    k->gemm_nn(c->X, dv, c->Q, dk, S, dv, n, dv, dk, false);   /* Q S */
+    k->gemm_nn(c->P, CH, c->Q, dk, c->Kt, CH, n, n, dk, false); /* Q K^T */
+    for (int i = 0; i < n; i++) {
+        float *pi = c->P + (size_t)i * CH, *oi = O + (size_t)i * ldo;
+        const float eG = expf(c->G[i]), *xi = c->X + (size_t)i * dv;
+        for (int kk = 0; kk < n; kk++)
+            pi[kk] = kk <= i ? pi[kk] * expf(c->G[i] - c->G[kk]) : 0.0f;
+        for (int e = 0; e < dv; e++)
+            oi[e] = eG * xi[e];
+    }
+    k->gemm_nn(O, ldo, c->P, CH, c->U, dv, n, dv, n, true);
+}
+
+/* Step 8: S = exp(G_last) S + sum_i exp(G_last - G_i) k_i V'_i^T */
+static void chunk_state(const gdn_job *jb, chunk_ws *c, float *S, int n) {
+    const int dk = jb->d.d_k, dv = jb->d.d_v;
+    const float Gl = c->G[n - 1], eGl = expf(Gl);
+    for (size_t e = 0; e < (size_t)dk * dv; e++)
+        S[e] *= eGl;
+    for (int i = 0; i < n; i++) {
+        const float f = expf(Gl - c->G[i]);
+        for (int a = 0; a < dk; a++)
+            c->Kt[(size_t)a * CH + i] *= f;
+    }
+    jb->c->k->gemm_nn(S, dv, c->Kt, CH, c->U, dv, dk, dv, n, true);
+}
+
+/* One v head over every chunk of the block (its state carried in place). */
+static void chunk_task(void *arg, int j, int thread) {
+    const gdn_job *jb = arg;
+    chunk_ws c = chunk_ws_carve(dr_cpu_tbuf(jb->c, thread), jb->d.d_k, jb->d.d_v);
+    float *S = jb->state + (size_t)j * jb->d.d_k * jb->d.d_v;
+    for (int t0 = 0; t0 < jb->T; t0 += CH) {
+        int n = jb->T - t0 < CH ? jb->T - t0 : CH; /* a short last chunk = zero padding */
+        chunk_load(jb, &c, t0, n, j);
+        chunk_solve(jb, &c, S, t0, n, j);
+        chunk_output(jb, &c, S, t0, n, j);
+        chunk_state(jb, &c, S, n);
+    }
+}
+
+void dr_fast_gdn_chunked(void *ctx, float *o, const float *qkv, const float *beta, const float *g, float *state,
+                         const dr_gdn_dims *d, int T, float *ws) {
+    dr_cpu_ctx *c = ctx;
+    if (!dr_cpu_reserve(c, chunk_ws_floats(d))) {
+        dr_cpu_gdn_chunked(ctx, o, qkv, beta, g, state, d, T, ws);
+        return;
+    }
+    gdn_job j = {.c = c, .o = o, .qkv = qkv, .beta = beta, .g = g, .state = state, .d = *d, .T = T};
+    dr_pool_run(c->pool, d->n_v_heads, chunk_task, &j);
+}

@@ -1,0 +1,128 @@
+/* ops/cpu/fast_matmul.c - y = x W^T on the fast backend: threaded over
+ * blocks of weight rows, SIMD through the dr_simd table.
+ *
+ * Decode (T < GEMV_MAX_T): each weight row is streamed once from memory and
+ * widened in registers (or, for BF16 with AVX512_BF16, multiplied as bf16
+ * against x split into two bf16 halves). Prefill: a block of rows is widened
+ * to fp32 once into the thread's scratch and reused by every token through a
+ * register tile of 4 rows x 4 tokens. Quantized weights go to the quant
+ * kernels (ops/cpu/quant.h) with the same row split.
+ */
+#include "ops/cpu/fast.h"
+#include "ops/cpu/quant.h"
+
+#define GEMV_MAX_T 4  /* below this many tokens, stream weights per token */
+#define GEMV_RB 16    /* rows per task in decode */
+#define GEMM_FLOATS 65536 /* widened rows per task: 256 KiB, fits L2 */
+#define Q_RB 16       /* rows per task for quantized weights */
+
+typedef struct {
+    dr_cpu_ctx *c;
+    float *y;
+    const float *x;
+    const dr_tensor *w;
+    int T, d, n, rb;
+    const uint16_t *hi, *lo; /* x split for vdpbf16ps, or NULL */
+} mm_job;
+
+static int rows_of(const mm_job *j, int task, int *r0) {
+    *r0 = task * j->rb;
+    return j->d - *r0 < j->rb ? j->d - *r0 : j->rb;
+}
+
+/* ---- decode: GEMV ---- */
+
+static void gemv_task(void *arg, int task, int thread) {
+    const mm_job *j = arg;
+    (void)thread;
+    const dr_simd *k = j->c->k;
+    int r0, nr = rows_of(j, task, &r0);
+    float yb[DR_GEMV_ROWS];
+    for (int r = r0; r < r0 + nr; r += DR_GEMV_ROWS) {
+        int m = r0 + nr - r < DR_GEMV_ROWS ? r0 + nr - r : DR_GEMV_ROWS;
+        const void *row = dr_tensor_row(j->w, r);
+        for (int t = 0; t < j->T; t++) {
+            if (j->hi)
+                k->gemv_bf16x2(yb, row, (size_t)j->n, m, j->hi + (size_t)t * j->n, j->lo + (size_t)t * j->n, j->n);
+            else
+                k->gemv(yb, row, j->w->dtype, (size_t)j->n, m, j->x + (size_t)t * j->n, j->n);
+            for (int i = 0; i < m; i++)
+                j->y[(size_t)t * j->d + r + i] = yb[i];
+        }
+    }
+}
+
+/* ---- prefill: widened row block x register tiles ---- */
+
+static void gemm_task(void *arg, int task, int thread) {
+    const mm_job *j = arg;
+    const dr_simd *k = j->c->k;
+    int r0, nr = rows_of(j, task, &r0);
+    const int n = j->n;
+    float *wb = dr_cpu_tbuf(j->c, thread);
+    for (int r = 0; r < nr; r++)
+        k->widen(wb + (size_t)r * n, dr_tensor_row(j->w, r0 + r), j->w->dtype, n);
+    for (int t0 = 0; t0 < j->T; t0 += DR_TILE) {
+        int nt = j->T - t0 < DR_TILE ? j->T - t0 : DR_TILE;
+        for (int r = 0; r < nr; r += DR_TILE) {
+            int m = nr - r < DR_TILE ? nr - r : DR_TILE;
+            k->tile(j->y + (size_t)t0 * j->d + r0 + r, (size_t)j->d, wb + (size_t)r * n, (size_t)n, m,
+                    j->x + (size_t)t0 * n, (size_t)n, nt, n);
+        }
+    }
+}
+
+/* ---- quantized ---- */
+
+static void q_task(void *arg, int task, int thread) {
+    const mm_job *j = arg;
+    (void)thread;
+    int r0, nr = rows_of(j, task, &r0);
+    dr_cpu_matmul_q_rows(j->y, j->x, j->w, j->T, r0, r0 + nr);
+}
+
+/* Rows per prefill task: as many as fit GEMM_FLOATS widened, a multiple of
+ * the tile height; fixed by the shape alone so results don't depend on the
+ * thread count. */
+static int gemm_rows(int n) {
+    int rb = GEMM_FLOATS / (n > 0 ? n : 1) / DR_TILE * DR_TILE;
+    return rb < DR_TILE ? DR_TILE : rb > 64 ? 64 : rb;
+}
+
+/* Split x for the vdpbf16ps GEMV into shared scratch; false if unavailable. */
+static bool split_x(mm_job *j) {
+    const size_t n = (size_t)j->T * j->n;
+    uint16_t *buf = dr_cpu_shared_buf(j->c, DR_SHARED_X, 2 * n * sizeof *buf);
+    if (!buf)
+        return false;
+    dr_split_bf16x2(buf, buf + n, j->x, (int)n);
+    j->hi = buf;
+    j->lo = buf + n;
+    return true;
+}
+
+/* W [d, n] @ x [T, n] -> y [T, d] */
+void dr_fast_matmul(void *ctx, float *y, const float *x, const dr_tensor *w, int T) {
+    dr_cpu_ctx *c = ctx;
+    mm_job j = {.c = c, .y = y, .x = x, .w = w, .T = T};
+    j.d = (int)w->ne[w->ndim - 2];
+    j.n = (int)w->ne[w->ndim - 1];
+    dr_pool_fn fn;
+    if (w->q.bits) {
+        j.rb = Q_RB;
+        fn = q_task;
+    } else if (T < GEMV_MAX_T) {
+        j.rb = GEMV_RB;
+        if (w->dtype == DR_DT_BF16 && c->bf16_dot && !split_x(&j))
+            j.hi = j.lo = NULL;
+        fn = gemv_task;
+    } else {
+        j.rb = gemm_rows(j.n);
+        fn = gemm_task;
+        if (!dr_cpu_reserve(c, (size_t)j.rb * j.n)) { /* no scratch: stream the rows per token */
+            j.rb = GEMV_RB;
+            fn = gemv_task;
+        }
+    }
+    dr_pool_run(c->pool, (j.d + j.rb - 1) / j.rb, fn, &j);
+}

@@ -1,0 +1,79 @@
+/* ops/cpu/simd.h - the vector kernels of the fast CPU backend, one table per
+ * SIMD level (scalar, AVX2+FMA+F16C, AVX-512, AVX-512 + BF16).
+ *
+ * The fast backend calls only these; dr_simd_get() picks the table for the
+ * CPU at run time (or a forced level, for the tests). Every kernel works on
+ * any size (vector tails are handled inside), reads weights unaligned in their
+ * file dtype (F32, F16, BF16) and accumulates in fp32.
+ */
+#ifndef DR_OPS_CPU_SIMD_H
+#define DR_OPS_CPU_SIMD_H
+
+#include "util/cpu_features.h"
+#include "util/dtype.h"
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define DR_GEMV_ROWS 4 /* rows one gemv call handles at most */
+#define DR_TILE 4      /* rows and tokens of one tile call, at most */
+
+typedef struct dr_simd {
+    dr_simd_level level;
+    /* sum_i a[i] b[i] */
+    float (*dot)(const float *a, const float *b, int n);
+    /* y [n] += a * x [n] */
+    void (*axpy)(float *y, float a, const float *x, int n);
+    /* dst [n] = fp32 of src [n] (dtype dt) */
+    void (*widen)(float *dst, const void *src, dr_dtype dt, int n);
+    /* y [nr] = W x for nr <= DR_GEMV_ROWS rows of W (dtype dt, rows ld
+       elements apart) and x [n] */
+    void (*gemv)(float *y, const void *w, dr_dtype dt, size_t ld, int nr, const float *x, int n);
+    /* y[t*ldy + r] = w_r . x_t for r < nr, t < nt (both <= DR_TILE);
+       w fp32 rows ldw apart, x rows ldx apart, length n */
+    void (*tile)(float *y, size_t ldy, const float *w, size_t ldw, int nr, const float *x, size_t ldx, int nt,
+                 int n);
+    /* C [M, N] = A [M, K] B [K, N] (acc: C +=), row-major, leading dims in elements */
+    void (*gemm_nn)(float *C, int ldc, const float *A, int lda, const float *B, int ldb, int M, int N, int K,
+                    bool acc);
+    /* sum of x [n] (bandwidth probe) */
+    float (*sum)(const float *x, size_t n);
+    /* (optional, NULL: use gemv) like gemv for BF16 rows, with x given split
+       as bf16 pairs x = hi + lo (hi, lo [n]) for vdpbf16ps */
+    void (*gemv_bf16x2)(float *y, const void *w, size_t ld, int nr, const uint16_t *hi, const uint16_t *lo, int n);
+} dr_simd;
+
+/* The table of level l, or NULL if this build has no kernels for it (not
+ * x86-64, or a compiler without the flags). Does not check the CPU. */
+const dr_simd *dr_simd_table(dr_simd_level l);
+
+/* The table the backend uses: the best level the CPU runs, capped by
+ * dr_simd_force(). Can't fail (scalar always exists). */
+const dr_simd *dr_simd_get(void);
+
+/* Test hook: cap the level dr_simd_get() returns (DR_SIMD_COUNT: no cap).
+ * Backends created afterwards use it. Not thread-safe; for tests. */
+void dr_simd_force(dr_simd_level l);
+
+/* Let backends created afterwards use gemv_bf16x2 (vdpbf16ps) for BF16
+ * weights where the table has it. Off by default: decode is bound by memory,
+ * not by the widening, and the split x (about 2^-17 relative error) breaks
+ * bit-equality between a BF16 model and its F32 rewrite. For the bench and
+ * the tests. Not thread-safe. */
+void dr_simd_use_bf16_dot(bool on);
+bool dr_simd_bf16_dot(void);
+
+/* Split x [n] into bf16 hi = bf16(x), lo = bf16(x - hi): hi + lo carries
+ * about 16 significant bits, so a bf16 dot product keeps near-fp32 accuracy. */
+void dr_split_bf16x2(uint16_t *hi, uint16_t *lo, const float *x, int n);
+
+const dr_simd *dr_simd_scalar(void);
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define DR_SIMD_X86 1
+const dr_simd *dr_simd_avx2(void);
+const dr_simd *dr_simd_avx512(void);
+const dr_simd *dr_simd_avx512bf16(void);
+#endif
+
+#endif

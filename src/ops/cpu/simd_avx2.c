@@ -1,0 +1,42 @@
+/* ops/cpu/simd_avx2.c - the kernel table for AVX2 + FMA + F16C (8 floats a
+ * vector). Built with -mavx2 -mfma -mf16c; called only after the CPU check. */
+#include "ops/cpu/simd.h"
+
+#include <immintrin.h>
+
+#define V __m256
+#define VL 8
+#define TILE_TT 2 /* 16 ymm registers: 8 accumulators + 4 weights + x */
+#define V_ZERO() _mm256_setzero_ps()
+#define V_SET1(a) _mm256_set1_ps(a)
+#define V_LOADU(p) _mm256_loadu_ps(p)
+#define V_STOREU(p, v) _mm256_storeu_ps(p, v)
+#define V_FMA(a, b, c) _mm256_fmadd_ps(a, b, c)
+#define V_ADD(a, b) _mm256_add_ps(a, b)
+#define V_HSUM(v) hsum256(v)
+#define V_LOAD_BF16(p) \
+    _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p))), 16))
+#define V_LOAD_F16(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p)))
+
+static inline float hsum256(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+#include "ops/cpu/simd_impl.h"
+
+static const dr_simd g_avx2 = {
+    .level = DR_SIMD_AVX2,
+    .dot = k_dot,
+    .axpy = k_axpy,
+    .widen = k_widen,
+    .gemv = k_gemv,
+    .tile = k_tile,
+    .gemm_nn = k_gemm_nn,
+    .sum = k_sum,
+    .gemv_bf16x2 = NULL,
+};
+
+const dr_simd *dr_simd_avx2(void) { return &g_avx2; }

@@ -1,0 +1,230 @@
+/* ops/cpu/simd_impl.h - the vector kernels written once over a few macros,
+ * compiled per SIMD level by simd_avx2.c and simd_avx512.c (each with its own
+ * -m flags). Not a public header: include it only from those files.
+ *
+ * The includer defines: V (vector type), VL (floats per vector), V_ZERO(),
+ * V_SET1(a), V_LOADU(p), V_STOREU(p, v), V_FMA(a, b, c) = a*b + c, V_ADD,
+ * V_HSUM(v), V_LOAD_BF16(p) and V_LOAD_F16(p) (VL halfs at p -> fp32),
+ * TILE_TT (tokens per register tile: as many as the register file holds),
+ * SIMD_LEVEL and SIMD_GETTER (the exported table function).
+ */
+
+#define AI static inline __attribute__((always_inline))
+
+/* VL weights at element i of a row of dtype dt (a constant after inlining). */
+AI V load_w(const void *row, size_t i, int dt) {
+    if (dt == DR_DT_BF16)
+        return V_LOAD_BF16((const uint16_t *)row + i);
+    if (dt == DR_DT_F16)
+        return V_LOAD_F16((const uint16_t *)row + i);
+    return V_LOADU((const float *)row + i);
+}
+
+AI float load_1(const void *row, size_t i, int dt) { return dr_load_f32(row, (dr_dtype)dt, i); }
+
+/* ---- fp32 vector helpers ---- */
+
+static float k_dot(const float *a, const float *b, int n) {
+    V s0 = V_ZERO(), s1 = V_ZERO();
+    int i = 0;
+    for (; i + 2 * VL <= n; i += 2 * VL) {
+        s0 = V_FMA(V_LOADU(a + i), V_LOADU(b + i), s0);
+        s1 = V_FMA(V_LOADU(a + i + VL), V_LOADU(b + i + VL), s1);
+    }
+    for (; i + VL <= n; i += VL)
+        s0 = V_FMA(V_LOADU(a + i), V_LOADU(b + i), s0);
+    float s = V_HSUM(V_ADD(s0, s1));
+    for (; i < n; i++)
+        s += a[i] * b[i];
+    return s;
+}
+
+static void k_axpy(float *y, float a, const float *x, int n) {
+    const V av = V_SET1(a);
+    int i = 0;
+    for (; i + VL <= n; i += VL)
+        V_STOREU(y + i, V_FMA(av, V_LOADU(x + i), V_LOADU(y + i)));
+    for (; i < n; i++)
+        y[i] += a * x[i];
+}
+
+static float k_sum(const float *x, size_t n) {
+    V s0 = V_ZERO(), s1 = V_ZERO(), s2 = V_ZERO(), s3 = V_ZERO();
+    size_t i = 0;
+    for (; i + 4 * VL <= n; i += 4 * VL) {
+        s0 = V_ADD(s0, V_LOADU(x + i));
+        s1 = V_ADD(s1, V_LOADU(x + i + VL));
+        s2 = V_ADD(s2, V_LOADU(x + i + 2 * VL));
+        s3 = V_ADD(s3, V_LOADU(x + i + 3 * VL));
+    }
+    float s = V_HSUM(V_ADD(V_ADD(s0, s1), V_ADD(s2, s3)));
+    for (; i < n; i++)
+        s += x[i];
+    return s;
+}
+
+/* ---- weights: widen and GEMV ---- */
+
+AI void widen_dt(float *dst, const void *src, int n, int dt) {
+    int i = 0;
+    for (; i + VL <= n; i += VL)
+        V_STOREU(dst + i, load_w(src, (size_t)i, dt));
+    for (; i < n; i++)
+        dst[i] = load_1(src, (size_t)i, dt);
+}
+
+static void k_widen(float *dst, const void *src, dr_dtype dt, int n) {
+    if (dt == DR_DT_BF16)
+        widen_dt(dst, src, n, DR_DT_BF16);
+    else if (dt == DR_DT_F16)
+        widen_dt(dst, src, n, DR_DT_F16);
+    else
+        widen_dt(dst, src, n, DR_DT_F32);
+}
+
+/* 4 rows at once: x is loaded once per step for all of them. */
+AI void gemv4_dt(float *y, const unsigned char *w, size_t ldb, const float *x, int n, int dt) {
+    const void *w0 = w, *w1 = w + ldb, *w2 = w + 2 * ldb, *w3 = w + 3 * ldb;
+    V a0 = V_ZERO(), a1 = V_ZERO(), a2 = V_ZERO(), a3 = V_ZERO();
+    int i = 0;
+    for (; i + VL <= n; i += VL) {
+        const V xv = V_LOADU(x + i);
+        a0 = V_FMA(load_w(w0, (size_t)i, dt), xv, a0);
+        a1 = V_FMA(load_w(w1, (size_t)i, dt), xv, a1);
+        a2 = V_FMA(load_w(w2, (size_t)i, dt), xv, a2);
+        a3 = V_FMA(load_w(w3, (size_t)i, dt), xv, a3);
+    }
+    float s0 = V_HSUM(a0), s1 = V_HSUM(a1), s2 = V_HSUM(a2), s3 = V_HSUM(a3);
+    for (; i < n; i++) {
+        s0 += load_1(w0, (size_t)i, dt) * x[i];
+        s1 += load_1(w1, (size_t)i, dt) * x[i];
+        s2 += load_1(w2, (size_t)i, dt) * x[i];
+        s3 += load_1(w3, (size_t)i, dt) * x[i];
+    }
+    y[0] = s0, y[1] = s1, y[2] = s2, y[3] = s3;
+}
+
+AI void gemv1_dt(float *y, const void *w, const float *x, int n, int dt) {
+    V a0 = V_ZERO();
+    int i = 0;
+    for (; i + VL <= n; i += VL)
+        a0 = V_FMA(load_w(w, (size_t)i, dt), V_LOADU(x + i), a0);
+    float s = V_HSUM(a0);
+    for (; i < n; i++)
+        s += load_1(w, (size_t)i, dt) * x[i];
+    *y = s;
+}
+
+AI void gemv_dt(float *y, const void *w, size_t ld, int nr, const float *x, int n, int dt) {
+    const size_t ldb = ld * (dt == DR_DT_F32 ? 4 : 2);
+    if (nr == 4) {
+        gemv4_dt(y, w, ldb, x, n, dt);
+        return;
+    }
+    for (int r = 0; r < nr; r++)
+        gemv1_dt(y + r, (const unsigned char *)w + (size_t)r * ldb, x, n, dt);
+}
+
+static void k_gemv(float *y, const void *w, dr_dtype dt, size_t ld, int nr, const float *x, int n) {
+    if (dt == DR_DT_BF16)
+        gemv_dt(y, w, ld, nr, x, n, DR_DT_BF16);
+    else if (dt == DR_DT_F16)
+        gemv_dt(y, w, ld, nr, x, n, DR_DT_F16);
+    else
+        gemv_dt(y, w, ld, nr, x, n, DR_DT_F32);
+}
+
+/* ---- fp32 register tile (prefill GEMM on widened weight rows) ---- */
+
+/* 4 rows x TILE_TT tokens: 4 * TILE_TT accumulators stay in registers. */
+static void tile_4xT(float *y, size_t ldy, const float *w, size_t ldw, const float *x, size_t ldx, int n) {
+    V acc[TILE_TT][4];
+    for (int t = 0; t < TILE_TT; t++)
+        for (int r = 0; r < 4; r++)
+            acc[t][r] = V_ZERO();
+    int i = 0;
+    for (; i + VL <= n; i += VL) {
+        V wv[4];
+        for (int r = 0; r < 4; r++)
+            wv[r] = V_LOADU(w + (size_t)r * ldw + i);
+        for (int t = 0; t < TILE_TT; t++) {
+            const V xv = V_LOADU(x + (size_t)t * ldx + i);
+            for (int r = 0; r < 4; r++)
+                acc[t][r] = V_FMA(wv[r], xv, acc[t][r]);
+        }
+    }
+    for (int t = 0; t < TILE_TT; t++)
+        for (int r = 0; r < 4; r++) {
+            float s = V_HSUM(acc[t][r]);
+            const float *wr = w + (size_t)r * ldw, *xt = x + (size_t)t * ldx;
+            for (int k = i; k < n; k++)
+                s += wr[k] * xt[k];
+            y[(size_t)t * ldy + r] = s;
+        }
+}
+
+static void k_tile(float *y, size_t ldy, const float *w, size_t ldw, int nr, const float *x, size_t ldx, int nt,
+                   int n) {
+    int t = 0;
+    if (nr == 4)
+        for (; t + TILE_TT <= nt; t += TILE_TT)
+            tile_4xT(y + (size_t)t * ldy, ldy, w, ldw, x + (size_t)t * ldx, ldx, n);
+    for (; t < nt; t++)
+        for (int r = 0; r < nr; r++)
+            y[(size_t)t * ldy + r] = k_dot(w + (size_t)r * ldw, x + (size_t)t * ldx, n);
+}
+
+/* ---- small fp32 GEMM for the chunked GDN (C = A B, B rows contiguous) ---- */
+
+AI void gemm_store(float *c, V v, bool acc) { V_STOREU(c, acc ? V_ADD(V_LOADU(c), v) : v); }
+
+/* rows i0..i0+3, columns j0..j0+2VL-1 */
+static void gemm_4x2(float *C, int ldc, const float *A, int lda, const float *B, int ldb, int K, bool acc) {
+    V c[4][2];
+    for (int r = 0; r < 4; r++)
+        c[r][0] = c[r][1] = V_ZERO();
+    for (int k = 0; k < K; k++) {
+        const V b0 = V_LOADU(B + (size_t)k * ldb), b1 = V_LOADU(B + (size_t)k * ldb + VL);
+        for (int r = 0; r < 4; r++) {
+            const V a = V_SET1(A[(size_t)r * lda + k]);
+            c[r][0] = V_FMA(a, b0, c[r][0]);
+            c[r][1] = V_FMA(a, b1, c[r][1]);
+        }
+    }
+    for (int r = 0; r < 4; r++) {
+        gemm_store(C + (size_t)r * ldc, c[r][0], acc);
+        gemm_store(C + (size_t)r * ldc + VL, c[r][1], acc);
+    }
+}
+
+/* one row, columns j0..j0+VL-1 */
+static void gemm_1x1(float *C, const float *A, const float *B, int ldb, int K, bool acc) {
+    V c = V_ZERO();
+    for (int k = 0; k < K; k++)
+        c = V_FMA(V_SET1(A[k]), V_LOADU(B + (size_t)k * ldb), c);
+    gemm_store(C, c, acc);
+}
+
+static void k_gemm_nn(float *C, int ldc, const float *A, int lda, const float *B, int ldb, int M, int N, int K,
+                      bool acc) {
+    const int nv = N / VL * VL; /* columns the vector code covers */
+    int i = 0;
+    for (; i + 4 <= M; i += 4) {
+        int j = 0;
+        for (; j + 2 * VL <= nv; j += 2 * VL)
+            gemm_4x2(C + (size_t)i * ldc + j, ldc, A + (size_t)i * lda, lda, B + j, ldb, K, acc);
+        for (; j < nv; j += VL)
+            for (int r = 0; r < 4; r++)
+                gemm_1x1(C + (size_t)(i + r) * ldc + j, A + (size_t)(i + r) * lda, B + j, ldb, K, acc);
+    }
+    for (; i < M; i++)
+        for (int j = 0; j < nv; j += VL)
+            gemm_1x1(C + (size_t)i * ldc + j, A + (size_t)i * lda, B + j, ldb, K, acc);
+    for (int r = 0; r < M && nv < N; r++) /* column tail */
+        for (int j = nv; j < N; j++) {
+            float s = acc ? C[(size_t)r * ldc + j] : 0.0f;
+            for (int k = 0; k < K; k++)
+                s += A[(size_t)r * lda + k] * B[(size_t)k * ldb + j];
+            C[(size_t)r * ldc + j] = s;
+        }
+}
