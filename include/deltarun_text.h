@@ -22,6 +22,8 @@
  * a mutex inside the tokenizer guards: encoding calls on one tokenizer from
  * several threads are safe but run one at a time; decoding calls run in
  * parallel. Streaming decoders and prompts belong to one thread each.
+ * Global state: only Oniguruma's one-time library initialisation, done once
+ * per process (pthread_once) by the first tokenizer load.
  */
 #ifndef DELTARUN_TEXT_H
 #define DELTARUN_TEXT_H
@@ -272,6 +274,10 @@ typedef enum dr_chat_format {
  * DR_CHAT_QWEN3. *recognized (if non-NULL) is false when the text has none
  * of the markers (ChatML is then returned as a best guess). Can't fail. */
 dr_chat_format dr_chat_format_detect(const char *chat_template, bool *recognized);
+
+/* Free a renderer through its destroy slot; accepts NULL and the static
+ * built-in renderers (whose destroy is NULL: nothing happens). */
+void dr_chat_renderer_free(dr_chat_renderer *r);
 
 /* The static built-in renderer of a format (never freed). Can't fail. */
 const dr_chat_renderer *dr_chat_renderer_builtin(dr_chat_format format);

@@ -349,6 +349,11 @@ static const dr_chat_renderer g_builtin[] = {
     [DR_CHAT_QWEN3_5] = {"qwen3_5", render_qwen35, NULL, NULL},
 };
 
+void dr_chat_renderer_free(dr_chat_renderer *r) {
+    if (r && r->destroy)
+        r->destroy(r);
+}
+
 const dr_chat_renderer *dr_chat_renderer_builtin(dr_chat_format format) {
     if ((unsigned)format > DR_CHAT_QWEN3_5)
         format = DR_CHAT_QWEN3;

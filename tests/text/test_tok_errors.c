@@ -186,7 +186,8 @@ static void test_mutations(void) {
         if (st == DR_OK) {
             ok++;
             dr_tokens t = {0};
-            dr_tokenize(tok, "Hello, world! 123 \xe4\xbd\xa0\xe5\xa5\xbd", 26, true, &t);
+            const char *probe = "Hello, world! 123 \xe4\xbd\xa0\xe5\xa5\xbd";
+            dr_tokenize(tok, probe, strlen(probe), true, &t);
             char *d;
             size_t dl;
             if (dr_detokenize(tok, t.ids, t.n, false, &d, &dl) == DR_OK)
@@ -251,6 +252,8 @@ static void test_sidecar_errors(void) {
     rmdir(dir);
 }
 
+static const char ALPHA[] = "ab <|im_end|>\n\t'sS1\xc3\xa9\xe4\xbd\xa0\xf0\x9f\x98\x80";
+
 /* random bytes: encode never crashes; valid UTF-8 round-trips to its NFC */
 static void fuzz_encode_decode(const char *label, dr_tokenizer *tok, int iters) {
     uint64_t rng = 7;
@@ -266,7 +269,7 @@ static void fuzz_encode_decode(const char *label, dr_tokenizer *tok, int iters) 
             else if (mode == 1)
                 buf[k] = (char)(r % 128); /* ASCII */
             else
-                buf[k] = "ab <|im_end|>\n\t'sS1\xc3\xa9\xe4\xbd\xa0\xf0\x9f\x98\x80"[r % 30];
+                buf[k] = ALPHA[r % (sizeof ALPHA - 1)];
         }
         bool is_valid = valid_utf8(buf, len);
         dr_tokens t = {0};
