@@ -36,7 +36,7 @@ static uint64_t count_params(const dr_st_set *st) {
     return n;
 }
 
-static void fill_info(dr_model *m) {
+void dr_model_fill_info(dr_model *m) {
     const dr_hparams *hp = &m->hp;
     dr_model_info *in = &m->info;
     memset(in, 0, sizeof *in);
@@ -84,7 +84,7 @@ dr_model_params dr_model_default_params(void) {
 }
 
 /* "cpu", "cuda", "cuda:N" -> a backend. */
-static dr_status open_backend(const dr_model_params *p, dr_ops **out) {
+dr_status dr_model_open_backend(const dr_model_params *p, dr_ops **out) {
     const char *dev = p->device ? p->device : "cpu";
     dr_backend_params bp = {.n_threads = p->n_threads, .device = 0};
     if (p->n_threads < 0)
@@ -122,7 +122,7 @@ dr_status dr_model_load_ex(const char *dir, const dr_model_params *params, dr_mo
     dr_model *m = calloc(1, sizeof *m);
     if (!m)
         return DR_FAIL(DR_ERR_NOMEM, "out of memory");
-    dr_status st = open_backend(&p, &m->ops);
+    dr_status st = dr_model_open_backend(&p, &m->ops);
     if (st != DR_OK) {
         free(m);
         return st;
@@ -138,7 +138,7 @@ dr_status dr_model_load_ex(const char *dir, const dr_model_params *params, dr_mo
         dr_model_free(m);
         return st;
     }
-    fill_info(m);
+    dr_model_fill_info(m);
     *out = m;
     return DR_OK;
 }

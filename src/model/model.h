@@ -82,4 +82,12 @@ dr_status dr_weights_upload(dr_model *m);
 /* Release what dr_weights_bind / dr_weights_upload allocated. Can't fail. */
 void dr_weights_free(dr_model *m);
 
+/* (api/model.c) The backend for p->device ("cpu", "cuda", "cuda:N") with
+ * p->n_threads; errors as dr_model_load_ex. */
+dr_status dr_model_open_backend(const dr_model_params *p, dr_ops **out);
+
+/* (api/model.c) Fill m->info (and the strings it points to) from m->hp, the
+ * weight table and the mapped tensors (n_params counts m->st). Can't fail. */
+void dr_model_fill_info(dr_model *m);
+
 #endif

@@ -16,6 +16,7 @@ set(DR_CPU_SOURCES
   src/ops/cpu/fast_elementwise.c
   src/util/threadpool.c
   src/util/cpu_features.c
+  src/model/synthetic.c
 )
 
 # SIMD kernel tables: only these files get the instruction-set flags, and the
