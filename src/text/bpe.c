@@ -50,6 +50,13 @@ static bool merges_grow(dr_bpe *b) {
     return true;
 }
 
+bool dr_bpe_reserve_merges(dr_bpe *b, size_t n) {
+    while (b->merges_cap < 2 * n)
+        if (!merges_grow(b))
+            return false;
+    return true;
+}
+
 bool dr_bpe_add_merge(dr_bpe *b, int32_t left, int32_t right, int32_t rank, int32_t id) {
     if ((b->n_merges + 1) * 2 > b->merges_cap && !merges_grow(b))
         return false;

@@ -41,8 +41,7 @@ uint64_t dr_hash_bytes(const void *p, size_t len) {
     return mix64(h);
 }
 
-static bool grow_slots(dr_strmap *m) {
-    size_t ncap = m->cap ? m->cap * 2 : 64;
+static bool resize_slots(dr_strmap *m, size_t ncap) {
     dr_strmap_slot *ns = malloc(ncap * sizeof *ns);
     if (!ns)
         return false;
@@ -76,6 +75,24 @@ static dr_strmap_slot *find(const dr_strmap *m, const void *key, size_t len, uin
             return s;
         j = (j + 1) & (m->cap - 1);
     }
+}
+
+static bool grow_slots(dr_strmap *m) { return resize_slots(m, m->cap ? m->cap * 2 : 64); }
+
+bool dr_strmap_reserve(dr_strmap *m, size_t n, size_t key_bytes) {
+    size_t want = 64;
+    while (want < 2 * n)
+        want *= 2;
+    if (want > m->cap && !resize_slots(m, want))
+        return false;
+    if (key_bytes > m->keys_cap) {
+        char *nk = realloc(m->keys, key_bytes);
+        if (!nk)
+            return false;
+        m->keys = nk;
+        m->keys_cap = key_bytes;
+    }
+    return true;
 }
 
 bool dr_strmap_put(dr_strmap *m, const void *key, size_t len, int32_t val) {

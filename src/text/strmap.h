@@ -31,6 +31,10 @@ uint64_t dr_hash_bytes(const void *p, size_t len);
  * memory runs out or the arena would pass 4 GiB (map unchanged). */
 bool dr_strmap_put(dr_strmap *m, const void *key, size_t len, int32_t val);
 
+/* Make room for n keys and key_bytes bytes of keys without rehashing.
+ * false only when memory runs out (map unchanged). */
+bool dr_strmap_reserve(dr_strmap *m, size_t n, size_t key_bytes);
+
 /* The value of key, or NULL if absent. The pointer stays valid until the
  * next put/clear. Can't fail. */
 int32_t *dr_strmap_get(const dr_strmap *m, const void *key, size_t len);

@@ -165,6 +165,9 @@ typedef struct dr_bpe {
     size_t heap_cap;
 } dr_bpe;
 
+/* Make room for n merges. false on NOMEM. */
+bool dr_bpe_reserve_merges(dr_bpe *b, size_t n);
+
 /* Insert merge (left, right) -> id with `rank`; later duplicates replace
  * earlier ones (as a HashMap collect does). false on NOMEM. */
 bool dr_bpe_add_merge(dr_bpe *b, int32_t left, int32_t right, int32_t rank, int32_t id);

@@ -387,6 +387,9 @@ static dr_status parse_vocab(dr_tokenizer *tok, const json_t *vocab, int32_t *ma
                        tok->name, vocab ? type_name(vocab) : "nothing");
     const char *key;
     const json_t *val;
+    size_t nv = json_object_size(vocab);
+    if (!dr_strmap_reserve(&tok->bpe.vocab, nv, nv * 8 + 4096))
+        return DR_FAIL(DR_ERR_NOMEM, "%s: out of memory", tok->name);
     void *iter = json_object_iter((json_t *)vocab);
     while (iter) {
         key = json_object_iter_key(iter);
@@ -424,6 +427,8 @@ static dr_status parse_merges(dr_tokenizer *tok, const json_t *merges) {
     char *buf = NULL;
     size_t cap = 0;
     dr_status st = DR_OK;
+    if (!dr_bpe_reserve_merges(&tok->bpe, n))
+        return DR_FAIL(DR_ERR_NOMEM, "%s: out of memory", tok->name);
     for (size_t i = 0; i < n && st == DR_OK; i++) {
         const json_t *e = json_array_get(merges, i);
         const char *a, *b;

@@ -10,6 +10,7 @@
 #include "../test.h"
 #include "text_test_util.h"
 
+#include <pthread.h>
 #include <unistd.h>
 
 static dr_tokenizer *base;
@@ -324,6 +325,54 @@ static void test_model_options(void) {
     json_decref(j);
 }
 
+/* several threads encoding and decoding with one tokenizer */
+typedef struct worker {
+    json_t *cases;
+    int bad;
+} worker;
+
+static void *work(void *arg) {
+    worker *w = arg;
+    for (int rep = 0; rep < 40; rep++) {
+        size_t i;
+        const json_t *c;
+        json_array_foreach(w->cases, i, c) {
+            const char *text = json_string_value(json_object_get(c, "text"));
+            dr_tokens want = json_ids(json_object_get(c, "ids")), got = {0};
+            char *d = NULL;
+            size_t dl;
+            if (dr_tokenize(base, text, strlen(text), true, &got) != DR_OK || got.n != want.n ||
+                (got.n && memcmp(got.ids, want.ids, got.n * sizeof *got.ids) != 0) ||
+                dr_detokenize(base, want.ids, want.n, false, &d, &dl) != DR_OK)
+                w->bad++;
+            free(d);
+            dr_tokens_free(&got);
+            dr_tokens_free(&want);
+        }
+    }
+    return NULL;
+}
+
+static void test_threads(void) {
+    json_t *g = load_json(DATA("tokenizer/small_golden.json"));
+    if (!g)
+        return;
+    pthread_t th[4];
+    worker w[4];
+    for (int i = 0; i < 4; i++) {
+        w[i] = (worker){g, 0};
+        pthread_create(&th[i], NULL, work, &w[i]);
+    }
+    int bad = 0;
+    for (int i = 0; i < 4; i++) {
+        pthread_join(th[i], NULL);
+        bad += w[i].bad;
+    }
+    CHECK_SHOW(bad == 0, "4 threads x 40 rounds of golden encode/decode on one tokenizer: %d wrong",
+               bad);
+    json_decref(g);
+}
+
 int main(void) {
     dr_status st = dr_tokenizer_load(DATA("dense-f32"), &base);
     CHECK(st == DR_OK, "load dense-f32: %s", dr_last_error());
@@ -335,6 +384,7 @@ int main(void) {
     test_added_rules();
     test_bytelevel_options();
     test_model_options();
+    test_threads();
     dr_tokenizer_free(base);
     return TEST_DONE();
 }
