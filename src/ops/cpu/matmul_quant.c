@@ -1,9 +1,21 @@
-/* ops/cpu/matmul_quant.c - reference kernels for MLX affine-quantized
- * weights: each element is dequantized (w = scale * q + bias) on the fly and
- * accumulated in fp32. */
+/* ops/cpu/matmul_quant.c - matmul and embedding for MLX affine-quantized
+ * weights: the scalar reference, and the run-time choice of SIMD kernels.
+ *
+ * One token (decode): each row is dequantized in registers and dotted with
+ * x in one pass. Several tokens (prefill): a block of a row is dequantized
+ * once into an fp32 buffer and reused by every token, four at a time.
+ * The scalar level keeps the original element-by-element reference (w =
+ * scale * q + bias, fp32 accumulation) that the tests compare against.
+ */
 #include "ops/cpu/quant.h"
 
+#include "ops/cpu/quant_kern.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
 #include <string.h>
+
+/* ---- scalar reference ---- */
 
 float dr_q_get(const dr_tensor *w, int64_t r, int64_t i) {
     const int bits = w->q.bits, per_word = 32 / bits;
@@ -16,7 +28,7 @@ float dr_q_get(const dr_tensor *w, int64_t r, int64_t i) {
     return scale * (float)q + bias;
 }
 
-void dr_cpu_matmul_q_rows(float *y, const float *x, const dr_tensor *w, int T, int r0, int r1) {
+static void matmul_q_scalar(float *y, const float *x, const dr_tensor *w, int T, int r0, int r1) {
     const int64_t d = w->ne[w->ndim - 2], n = w->ne[w->ndim - 1];
     for (int r = r0; r < r1; r++)
         for (int t = 0; t < T; t++) {
@@ -27,9 +39,112 @@ void dr_cpu_matmul_q_rows(float *y, const float *x, const dr_tensor *w, int T, i
         }
 }
 
+/* ---- dispatch ---- */
+
+static const char *const g_level_names[] = {"scalar", "avx2", "avx512"};
+static atomic_int g_level = -1; /* DR_QLEVEL_*, -1 until first use */
+static int g_best;              /* best level this CPU runs */
+static pthread_once_t g_once = PTHREAD_ONCE_INIT;
+
+static void detect(void) {
+    int best = DR_QLEVEL_SCALAR;
+#ifdef DR_QUANT_X86 /* the SIMD files are only built for x86 */
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        best = DR_QLEVEL_AVX2;
+    if (best == DR_QLEVEL_AVX2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl"))
+        best = DR_QLEVEL_AVX512;
+#endif
+    g_best = best;
+    int unset = -1;
+    atomic_compare_exchange_strong(&g_level, &unset, best);
+}
+
+int dr_cpu_quant_level(void) {
+    pthread_once(&g_once, detect);
+    return atomic_load_explicit(&g_level, memory_order_relaxed);
+}
+
+int dr_cpu_quant_set_level(int level) {
+    pthread_once(&g_once, detect);
+    if (level < 0 || level > g_best)
+        level = g_best;
+    atomic_store(&g_level, level);
+    return level;
+}
+
+const char *dr_cpu_quant_level_name(int level) {
+    return level >= 0 && level <= DR_QLEVEL_AVX512 ? g_level_names[level] : "?";
+}
+
+static const dr_qkern *kernels(void) {
+    switch (dr_cpu_quant_level()) {
+#ifdef DR_QUANT_X86
+    case DR_QLEVEL_AVX512:
+        return &dr_qkern_avx512;
+    case DR_QLEVEL_AVX2:
+        return &dr_qkern_avx2;
+#endif
+    default:
+        return NULL;
+    }
+}
+
+/* ---- SIMD drivers ---- */
+
+/* Several tokens: dequantize DR_QK_BLOCK columns of a row once, then dot
+ * them with every token (four at a time, sharing the weight loads). */
+static void matmul_q_block(const dr_qkern *k, float *y, const float *x, const dr_tensor *w, int T, int r0,
+                           int r1) {
+    const int64_t d = w->ne[w->ndim - 2], n = w->ne[w->ndim - 1], gs = w->q.group_size;
+    _Alignas(64) float buf[DR_QK_BLOCK];
+    for (int r = r0; r < r1; r++) {
+        for (int64_t i0 = 0; i0 < n; i0 += DR_QK_BLOCK) {
+            const int64_t nb = n - i0 < DR_QK_BLOCK ? n - i0 : DR_QK_BLOCK;
+            k->dequant(buf, w, r, i0 / gs, nb / gs);
+            int t = 0;
+            for (; t + 4 <= T; t += 4) {
+                float o[4];
+                k->dot4(o, buf, x + (size_t)t * n + i0, n, nb);
+                for (int j = 0; j < 4; j++) {
+                    float *yy = &y[(size_t)(t + j) * d + r];
+                    *yy = i0 ? *yy + o[j] : o[j];
+                }
+            }
+            for (; t < T; t++) {
+                float o = k->dot(buf, x + (size_t)t * n + i0, nb);
+                float *yy = &y[(size_t)t * d + r];
+                *yy = i0 ? *yy + o : o;
+            }
+        }
+    }
+}
+
+void dr_cpu_matmul_q_rows(float *y, const float *x, const dr_tensor *w, int T, int r0, int r1) {
+    const dr_qkern *k = kernels();
+    if (!k) {
+        matmul_q_scalar(y, x, w, T, r0, r1);
+        return;
+    }
+    if (T == 1) {
+        for (int r = r0; r < r1; r++)
+            y[r] = k->dot_row(w, r, x);
+        return;
+    }
+    matmul_q_block(k, y, x, w, T, r0, r1);
+}
+
 void dr_cpu_embed_q(float *x, const dr_tensor *emb, const int32_t *ids, int T) {
-    const int64_t H = emb->ne[1];
-    for (int t = 0; t < T; t++)
-        for (int64_t i = 0; i < H; i++)
-            x[(size_t)t * H + i] = dr_q_get(emb, ids[t], i);
+    const dr_qkern *k = kernels();
+    const int64_t H = emb->ne[emb->ndim - 1];
+    for (int t = 0; t < T; t++) {
+        float *row = x + (size_t)t * H;
+        if (k) {
+            k->dequant(row, emb, ids[t], 0, H / emb->q.group_size);
+        } else {
+            for (int64_t i = 0; i < H; i++)
+                row[i] = dr_q_get(emb, ids[t], i);
+        }
+    }
 }

@@ -1,14 +1,18 @@
 /* ops/cpu/quant.h - CPU kernels for MLX affine-quantized weights (4/8-bit).
  *
  * Layout in model/tensor.h (dr_quant). Every CPU matmul / embedding path
- * hands a tensor with w->q.bits != 0 to these functions. */
+ * hands a tensor with w->q.bits != 0 to these functions. The kernels are
+ * chosen once from the CPU's features (AVX-512 F/BW/VL, else AVX2+FMA, else
+ * the scalar reference); dr_cpu_quant_set_level lets tests force each one.
+ * All levels accumulate in fp32 with fp32 activations.
+ */
 #ifndef DR_OPS_CPU_QUANT_H
 #define DR_OPS_CPU_QUANT_H
 
 #include "model/tensor.h"
 
 /* Rows [r0, r1) of y [T, d] = x [T, n] @ W^T for a quantized W [d, n]
- * (y's other rows untouched, so threads can split the rows). */
+ * (y's other rows untouched, so threads can split the rows). Reentrant. */
 void dr_cpu_matmul_q_rows(float *y, const float *x, const dr_tensor *w, int T, int r0, int r1);
 
 /* x [T, H] = dequantized rows ids[t] of a quantized embedding [V, H]. */
@@ -16,5 +20,19 @@ void dr_cpu_embed_q(float *x, const dr_tensor *emb, const int32_t *ids, int T);
 
 /* Element (r, i) of a quantized matrix, dequantized: scale * q + bias. */
 float dr_q_get(const dr_tensor *w, int64_t r, int64_t i);
+
+/* Kernel levels, slowest first. */
+enum { DR_QLEVEL_SCALAR = 0, DR_QLEVEL_AVX2 = 1, DR_QLEVEL_AVX512 = 2 };
+
+/* The level in use (detected on first call). */
+int dr_cpu_quant_level(void);
+
+/* Test / bench hook: use `level` from now on for every thread; a level the
+ * CPU lacks, or -1, selects the best supported one. Returns the level set.
+ * Not to be called while quantized kernels run on other threads. */
+int dr_cpu_quant_set_level(int level);
+
+/* "scalar", "avx2", "avx512". */
+const char *dr_cpu_quant_level_name(int level);
 
 #endif

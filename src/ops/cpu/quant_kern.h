@@ -1,0 +1,44 @@
+/* ops/cpu/quant_kern.h - the per-ISA kernel table behind ops/cpu/quant.h.
+ *
+ * matmul_quant.c holds the scalar reference and picks a table at run time
+ * from the CPU's features; quant_avx2.c and quant_avx512.c (compiled with
+ * their own -m flags, see src/quant/quant.cmake) fill the others. Every
+ * kernel expands the 4/8-bit weights to fp32 in registers and accumulates in
+ * fp32; activations are never quantized (so results match
+ * dequantize-then-fp32 up to summation order).
+ */
+#ifndef DR_OPS_CPU_QUANT_KERN_H
+#define DR_OPS_CPU_QUANT_KERN_H
+
+#include "model/tensor.h"
+
+#include <stdint.h>
+
+/* Elements dequantized at a time for multi-token matmuls (a multiple of
+ * every group size, 128). */
+#define DR_QK_BLOCK 512
+
+typedef struct dr_qkern {
+    const char *name;
+    /* sum_i dequant(w[r, i]) * x[i] over the whole row (GEMV, one token) */
+    float (*dot_row)(const dr_tensor *w, int64_t r, const float *x);
+    /* dst [ng * gs] = dequantized groups g0 .. g0+ng-1 of row r */
+    void (*dequant)(float *dst, const dr_tensor *w, int64_t r, int64_t g0, int64_t ng);
+    /* out[j] = sum_i a[i] * x[j * ldx + i], j < 4 (four tokens share the loads of a) */
+    void (*dot4)(float out[4], const float *a, const float *x, int64_t ldx, int64_t n);
+    /* sum_i a[i] * b[i] */
+    float (*dot)(const float *a, const float *b, int64_t n);
+} dr_qkern;
+
+extern const dr_qkern dr_qkern_avx2;
+extern const dr_qkern dr_qkern_avx512;
+
+/* Shared address arithmetic (all kernels). */
+static inline const unsigned char *dr_qk_row(const dr_tensor *w, int64_t r) {
+    return (const unsigned char *)w->data + (size_t)r * (size_t)w->ne[w->ndim - 1] * (size_t)w->q.bits / 8;
+}
+static inline size_t dr_qk_sb(const dr_tensor *w, int64_t r, int64_t g) {
+    return (size_t)(r * (w->ne[w->ndim - 1] / w->q.group_size) + g);
+}
+
+#endif

@@ -1,0 +1,567 @@
+/* tests/test_quant.c - MLX affine 4/8-bit weights: kernels, quantizer,
+ * collapsed-row refusal, loading converted fixtures (KL / top-1 against the
+ * unquantized model), and malformed quantized checkpoints.
+ *
+ * Kernel tolerance: |y - y_ref| <= 1e-5 * sum_i |w_i x_i| (y_ref: the
+ * dequantized weights dotted with x in double precision), every SIMD level
+ * this CPU has, forced in turn through dr_cpu_quant_set_level.
+ */
+#include "deltarun.h"
+#include "format/safetensors.h"
+#include "golden_util.h"
+#include "ops/cpu/quant.h"
+#include "quant/convert.h"
+#include "quant/quant.h"
+#include "quant/st_writer.h"
+#include "test.h"
+
+#include <dirent.h>
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static char g_tmp[256];
+
+/* ---- helpers ---- */
+
+static uint64_t g_rng = 0x9e3779b97f4a7c15ull;
+static float frand(void) { /* uniform [-1, 1) */
+    g_rng ^= g_rng << 13;
+    g_rng ^= g_rng >> 7;
+    g_rng ^= g_rng << 17;
+    return (float)((g_rng >> 40) * (1.0 / (1ull << 24))) * 2.0f - 1.0f;
+}
+static float grand(void) { return (frand() + frand() + frand()) * 0.6f; } /* roughly normal */
+
+static void rm_dir(const char *dir) {
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+            continue;
+        char p[1024];
+        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+        unlink(p);
+    }
+    if (d)
+        closedir(d);
+    rmdir(dir);
+}
+
+/* A random F32 or BF16 matrix [d, n] (owned buffer). */
+static dr_tensor rand_mat(int64_t d, int64_t n, dr_dtype dt, void **buf) {
+    size_t esz = dr_dtype_size(dt);
+    unsigned char *p = malloc((size_t)(d * n) * esz);
+    for (int64_t i = 0; i < d * n; i++) {
+        float v = grand() * 0.05f;
+        if (i % 97 == 5)
+            v *= 8.0f; /* outliers widen some groups */
+        if (dt == DR_DT_F32)
+            memcpy(p + 4 * i, &v, 4);
+        else {
+            uint16_t h = dr_f32_to_bf16(v);
+            memcpy(p + 2 * i, &h, 2);
+        }
+    }
+    *buf = p;
+    dr_tensor t = {.name = "rand", .dtype = dt, .ndim = 2, .ne = {d, n}, .data = p};
+    return t;
+}
+
+/* ---- kernels ---- */
+
+/* y_ref [T, d] in double; sabs = sum |w x| per output. */
+static void ref_matmul(double *y, double *sabs, const float *x, const dr_tensor *q, int T) {
+    const int64_t d = q->ne[0], n = q->ne[1];
+    float *row = malloc((size_t)n * sizeof *row);
+    for (int64_t r = 0; r < d; r++) {
+        dr_dequantize_row(q, r, row);
+        for (int t = 0; t < T; t++) {
+            double s = 0, a = 0;
+            for (int64_t i = 0; i < n; i++) {
+                s += (double)row[i] * x[t * n + i];
+                a += fabs((double)row[i] * x[t * n + i]);
+            }
+            y[t * d + r] = s;
+            sabs[t * d + r] = a;
+        }
+    }
+    free(row);
+}
+
+static double kernel_case(int level, int bits, int gs, int64_t d, int64_t n, int T, dr_dtype dt, bool unaligned) {
+    void *src_buf, *own;
+    dr_tensor src = rand_mat(d, n, dt, &src_buf), q;
+    CHECK(dr_quantize(&src, bits, gs, &q, &own) == DR_OK, "quantize: %s", dr_last_error());
+    unsigned char *shifted = NULL;
+    if (unaligned) { /* MLX files put tensors at any byte offset */
+        size_t pk = (size_t)d * dr_quant_row_bytes(n, bits);
+        shifted = malloc(pk + 3);
+        memcpy(shifted + 3, q.data, pk);
+        q.data = shifted + 3;
+    }
+    float *x = malloc((size_t)(T * n) * sizeof *x), *y = malloc((size_t)(T * d) * sizeof *y);
+    double *yr = malloc((size_t)(T * d) * sizeof *yr), *sa = malloc((size_t)(T * d) * sizeof *sa);
+    for (int64_t i = 0; i < T * n; i++)
+        x[i] = grand();
+    for (int64_t i = 0; i < T * d; i++)
+        y[i] = -12345.0f;
+    ref_matmul(yr, sa, x, &q, T);
+    dr_cpu_quant_set_level(level);
+    const int r0 = (int)(d / 3), r1 = (int)d - 1; /* a row range, as a thread would get */
+    dr_cpu_matmul_q_rows(y, x, &q, T, r0, r1);
+    double worst = 0;
+    bool untouched = true;
+    for (int t = 0; t < T; t++)
+        for (int64_t r = 0; r < d; r++) {
+            float v = y[t * d + r];
+            if (r < r0 || r >= r1) {
+                untouched &= v == -12345.0f;
+                continue;
+            }
+            double e = fabs(v - yr[t * d + r]) / (sa[t * d + r] > 0 ? sa[t * d + r] : 1);
+            worst = e > worst ? e : worst;
+        }
+    CHECK(untouched, "level %d: rows outside [r0, r1) were written", level);
+    free(x), free(y), free(yr), free(sa), free(own), free(src_buf), free(shifted);
+    return worst;
+}
+
+static void test_kernels(void) {
+    static const struct { int64_t d, n; int T; } shapes[] = {{37, 384, 1}, {5, 128, 3}, {64, 1024, 5},
+                                                              {1, 640, 8}, {17, 1152, 2}};
+    int levels = dr_cpu_quant_set_level(-1);
+    printf("quantized kernels: best level on this CPU: %s\n", dr_cpu_quant_level_name(levels));
+    for (int lv = 0; lv <= DR_QLEVEL_AVX512; lv++) {
+        if (dr_cpu_quant_set_level(lv) != lv) {
+            printf("skip %s: not supported by this CPU\n", dr_cpu_quant_level_name(lv));
+            continue;
+        }
+        double worst = 0;
+        int cases = 0;
+        for (int bits = 4; bits <= 8; bits += 4)
+            for (int gs = 32; gs <= 128; gs *= 2)
+                for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+                    dr_dtype dt = s % 2 ? DR_DT_BF16 : DR_DT_F32;
+                    double e = kernel_case(lv, bits, gs, shapes[s].d, shapes[s].n, shapes[s].T, dt, s == 2);
+                    worst = e > worst ? e : worst;
+                    cases++;
+                }
+        CHECK_SHOW(worst <= 1e-5, "matmul_q %s: %d cases (bits 4/8, gs 32/64/128, T 1..8, odd rows): max rel err "
+                   "%.2e (tol 1e-5)", dr_cpu_quant_level_name(lv), cases, worst);
+    }
+    dr_cpu_quant_set_level(-1);
+}
+
+static void test_embed(void) {
+    void *buf, *own;
+    dr_tensor src = rand_mat(50, 256, DR_DT_BF16, &buf), q;
+    dr_quantize(&src, 4, 64, &q, &own);
+    int32_t ids[3] = {0, 49, 17};
+    float got[3 * 256], want[256];
+    for (int lv = 0; lv <= DR_QLEVEL_AVX512; lv++) {
+        if (dr_cpu_quant_set_level(lv) != lv)
+            continue;
+        dr_cpu_embed_q(got, &q, ids, 3);
+        float e = 0;
+        for (int t = 0; t < 3; t++) {
+            dr_dequantize_row(&q, ids[t], want);
+            e = fmaxf(e, max_abs_diff(got + t * 256, want, 256));
+        }
+        CHECK_SHOW(e <= 1e-6f, "embed_q %s: max |d| vs dequantized rows %.2e", dr_cpu_quant_level_name(lv), e);
+    }
+    dr_cpu_quant_set_level(-1);
+    free(own), free(buf);
+}
+
+/* ---- quantizer ---- */
+
+static void test_quantize_error(void) {
+    for (int bits = 4; bits <= 8; bits += 4)
+        for (int gs = 32; gs <= 128; gs *= 2) {
+            void *buf, *own;
+            dr_tensor src = rand_mat(96, 512, DR_DT_BF16, &buf), q;
+            CHECK(dr_quantize(&src, bits, gs, &q, &own) == DR_OK, "%s", dr_last_error());
+            /* every element within half a step of its group (the scale) */
+            float row[512];
+            double worst = 0;
+            for (int64_t r = 0; r < 96; r++) {
+                dr_dequantize_row(&q, r, row);
+                for (int i = 0; i < 512; i++) {
+                    float s = dr_load_f32(q.q.scales, q.q.sb_dtype, (size_t)(r * (512 / gs) + i / gs));
+                    double e = fabs(row[i] - dr_load_f32(src.data, src.dtype, (size_t)(r * 512 + i)));
+                    double ratio = s > 0 ? e / s : 0;
+                    worst = ratio > worst ? ratio : worst;
+                }
+            }
+            dr_quant_stats st;
+            CHECK(dr_quant_check(&src, &q, NULL, &st) == DR_OK, "%s", dr_last_error());
+            double bound = bits == 8 ? 0.012 : 0.2; /* the 8x outliers widen some groups */
+            CHECK_SHOW(worst <= 0.5 + 1e-3 && st.rel_rms < bound,
+                       "quantize %d-bit gs %3d: max |err|/scale %.4f (<= 0.5), rel-rms %.3e (< %.3g), max |err| %.2e",
+                       bits, gs, worst, st.rel_rms, bound, st.max_abs);
+            free(own), free(buf);
+        }
+    /* constant and all-zero rows are exact; bad arguments are refused */
+    float z[2 * 64];
+    for (int i = 0; i < 128; i++)
+        z[i] = i < 64 ? 0.0f : 0.25f;
+    dr_tensor zt = {.name = "zeros", .dtype = DR_DT_F32, .ndim = 2, .ne = {2, 64}, .data = z}, q;
+    void *own;
+    CHECK(dr_quantize(&zt, 4, 32, &q, &own) == DR_OK, "%s", dr_last_error());
+    dr_quant_stats st;
+    CHECK(dr_quant_check(&zt, &q, NULL, &st) == DR_OK && st.max_abs == 0, "constant rows: max err %g", st.max_abs);
+    free(own);
+    CHECK(dr_quantize(&zt, 3, 32, &q, &own) == DR_ERR_UNSUPPORTED && strstr(dr_last_error(), "zeros"),
+          "bits 3: %s", dr_last_error());
+    zt.ne[1] = 48, zt.ne[0] = 2;
+    CHECK(dr_quantize(&zt, 4, 32, &q, &own) == DR_ERR_SHAPE && strstr(dr_last_error(), "multiple"),
+          "48 %% 32: %s", dr_last_error());
+}
+
+static void test_zero_rows(void) {
+    void *buf, *own;
+    dr_tensor src = rand_mat(40, 128, DR_DT_BF16, &buf), q;
+    src.name = "layers.0.linear_attn.in_proj_qkv.weight";
+    dr_quantize(&src, 4, 64, &q, &own);
+    /* the packaging bug: scales/biases of some rows lost */
+    size_t sb = dr_quant_sb_row_bytes(128, 64, q.q.sb_dtype);
+    memset((char *)q.q.scales + 10 * sb, 0, 8 * sb);
+    memset((char *)q.q.biases + 10 * sb, 0, 8 * sb);
+    dr_quant_stats st;
+    dr_status s = dr_quant_check(&src, &q, NULL, &st);
+    CHECK_SHOW(s == DR_ERR_FORMAT && st.zero_rows == 8 && st.first_zero == 10 &&
+                   strstr(dr_last_error(), "in_proj_qkv"),
+               "collapsed rows refused: %s", dr_last_error());
+    free(own), free(buf);
+}
+
+/* ---- converted fixtures: load, KL, top-1 ---- */
+
+static dr_status convert(const char *in, const char *out, int bits, int gs) {
+    dr_convert_opts o = {.in_dir = in, .out_dir = out, .bits = bits, .group_size = gs, .n_threads = 2};
+    return dr_quant_convert(&o, NULL);
+}
+
+typedef struct {
+    double kl;  /* summed over positions */
+    int agree, n;
+    double gap; /* largest reference logit gap top-1 vs the quantized top-1, where they differ */
+} cmp_acc;
+
+static cmp_acc g_pool[2]; /* q8, q4 over every fixture's positions */
+
+static void compare_logits(const float *a, const float *b, int V, cmp_acc *acc) {
+    int ia = 0, ib = 0;
+    double ma = a[0], mb = b[0];
+    for (int v = 1; v < V; v++) {
+        if (a[v] > a[ia])
+            ia = v;
+        if (b[v] > b[ib])
+            ib = v;
+    }
+    ma = a[ia], mb = b[ib];
+    double za = 0, zb = 0;
+    for (int v = 0; v < V; v++)
+        za += exp(a[v] - ma), zb += exp(b[v] - mb);
+    double kl = 0;
+    for (int v = 0; v < V; v++) {
+        double lpa = a[v] - ma - log(za), lpb = b[v] - mb - log(zb);
+        kl += exp(lpa) * (lpa - lpb);
+    }
+    acc->kl += kl;
+    if (ia != ib) /* the fixtures are random models: disagreements are near-ties */
+        acc->gap = fmax(acc->gap, a[ia] - a[ib]);
+    acc->agree += ia == ib;
+    acc->n++;
+}
+
+static bool eval_all(dr_model *m, const int32_t *ids, int T, float *logits) {
+    dr_session *s = NULL;
+    dr_session_params p = dr_session_default_params();
+    p.n_ctx = 2048;
+    bool ok = dr_session_new(m, &p, &s) == DR_OK && dr_session_eval(s, ids, T, DR_LOGITS_ALL, logits) == DR_OK;
+    dr_session_free(s);
+    return ok;
+}
+
+static void fixture_quality(const char *fx, dr_model *ref, int bits, int gs) {
+    char in[512], out[512], path[600];
+    snprintf(in, sizeof in, "%s/%s", DR_TEST_DATA, fx);
+    snprintf(out, sizeof out, "%s/%s-q%d", g_tmp, fx, bits);
+    dr_status st = convert(in, out, bits, gs);
+    CHECK(st == DR_OK, "convert %s q%d: %s", fx, bits, dr_last_error());
+    dr_model *m = NULL;
+    st = st == DR_OK ? dr_model_load(out, &m) : st;
+    CHECK(st == DR_OK, "load %s q%d: %s", fx, bits, dr_last_error());
+    snprintf(path, sizeof path, "%s/golden.safetensors", in);
+    dr_st_file g = {0};
+    if (st != DR_OK || dr_st_open(path, &g) != DR_OK) {
+        dr_model_free(m);
+        rm_dir(out);
+        return;
+    }
+    const int V = dr_model_info_get(ref)->n_vocab;
+    cmp_acc acc = {0};
+    for (int pi = 0;; pi++) {
+        char name[64];
+        int32_t *ids;
+        snprintf(name, sizeof name, "p%d.input_ids", pi);
+        int T = golden_ids(&g, name, &ids);
+        if (T <= 0)
+            break;
+        float *a = malloc((size_t)T * V * sizeof *a), *b = malloc((size_t)T * V * sizeof *b);
+        CHECK(eval_all(ref, ids, T, a) && eval_all(m, ids, T, b), "eval %s: %s", fx, dr_last_error());
+        for (int t = 0; t < T; t++)
+            compare_logits(a + (size_t)t * V, b + (size_t)t * V, V, &acc);
+        free(a), free(b), free(ids);
+    }
+    double kl = acc.n ? acc.kl / acc.n : 0, top1 = acc.n ? 100.0 * acc.agree / acc.n : 0;
+    cmp_acc *pool = &g_pool[bits == 8 ? 0 : 1];
+    pool->kl += acc.kl, pool->agree += acc.agree, pool->n += acc.n;
+    /* per fixture: KL bound; top-1 is required on the pooled positions (see test_fixtures) */
+    CHECK_SHOW(kl < (bits == 8 ? 0.01 : 0.5) && top1 > 20.0,
+               "%-15s q%d g%d: mean KL %.2e, top-1 agreement %5.1f%% (%d/%d positions; largest ref logit gap at a "
+               "disagreement %.3f)", fx, bits, gs, kl, top1, acc.agree, acc.n, acc.gap);
+    dr_st_close(&g);
+    dr_model_free(m);
+    rm_dir(out);
+}
+
+static void test_fixtures(void) {
+    static const char *const fx[] = {"dense-f32", "moe-bf16-fused", "moe-bf16", "next-f32", "long-bf16"};
+    for (size_t i = 0; i < sizeof fx / sizeof fx[0]; i++) {
+        char in[512];
+        snprintf(in, sizeof in, "%s/%s", DR_TEST_DATA, fx[i]);
+        dr_model *ref = NULL;
+        CHECK(dr_model_load(in, &ref) == DR_OK, "load %s: %s", in, dr_last_error());
+        if (!ref)
+            continue;
+        fixture_quality(fx[i], ref, 8, 32);
+        fixture_quality(fx[i], ref, 4, 32);
+        dr_model_free(ref);
+    }
+    for (int k = 0; k < 2; k++) {
+        const cmp_acc *p = &g_pool[k];
+        double top1 = p->n ? 100.0 * p->agree / p->n : 0;
+        if (k == 0)
+            CHECK_SHOW(top1 >= 95.0, "all fixtures q8: mean KL %.2e, top-1 agreement %.1f%% (%d/%d positions; need "
+                       ">= 95%%)", p->n ? p->kl / p->n : 0, top1, p->agree, p->n);
+        else
+            CHECK_SHOW(top1 >= 25.0, "all fixtures q4: mean KL %.2e, top-1 agreement %.1f%% (%d/%d positions; sanity "
+                       "bound >= 25%%, chance < 0.5%%)", p->n ? p->kl / p->n : 0, top1, p->agree, p->n);
+    }
+}
+
+/* ---- loader exactness: quantized model == fp32 model of the dequantized weights ---- */
+
+static bool ends(const char *s, const char *suf) {
+    size_t a = strlen(s), b = strlen(suf);
+    return a >= b && !strcmp(s + a - b, suf);
+}
+
+/* Write an HF-named F32 checkpoint (dense Qwen3.5 wrapper) holding the
+ * dequantized weights of the MLX directory `mlx`: names back to
+ * model.language_model.*, norms back to w (1 + w stored), conv back to
+ * [C, 1, K]. Uses the original config.json of `orig`. */
+static bool write_dequantized(const char *mlx, const char *orig, const char *dst, int bits, int gs) {
+    char p[600];
+    snprintf(p, sizeof p, "%s/model.safetensors", mlx);
+    dr_st_file f;
+    if (dr_st_open(p, &f) != DR_OK)
+        return false;
+    int n = 0;
+    char(*names)[256] = calloc((size_t)f.n_tensors, sizeof *names);
+    int *ndims = calloc((size_t)f.n_tensors, sizeof *ndims);
+    int64_t(*shapes)[DR_ST_MAX_DIMS] = calloc((size_t)f.n_tensors, sizeof *shapes);
+    float **datas = calloc((size_t)f.n_tensors, sizeof *datas);
+    for (int i = 0; i < f.n_tensors; i++) {
+        const dr_st_tensor *t = &f.tensors[i];
+        if (ends(t->name, ".scales") || ends(t->name, ".biases"))
+            continue;
+        const char *rest = t->name + strlen("language_model.model.");
+        if (!strcmp(t->name, "language_model.lm_head.weight"))
+            snprintf(names[n], sizeof names[n], "lm_head.weight");
+        else
+            snprintf(names[n], sizeof names[n], "model.language_model.%s", rest);
+        ndims[n] = t->ndim;
+        memcpy(shapes[n], t->shape, sizeof t->shape);
+        size_t numel = (size_t)dr_st_numel(t);
+        if (t->dtype == DR_DT_U32) { /* dequantize, shape back to [out, in] */
+            char base[256];
+            snprintf(base, sizeof base, "%.*s.scales", (int)(strlen(t->name) - 7), t->name);
+            const dr_st_tensor *sc = dr_st_file_find(&f, base);
+            memcpy(base + strlen(base) - 6, "biases", 6);
+            const dr_st_tensor *bi = dr_st_file_find(&f, base);
+            shapes[n][t->ndim - 1] = t->shape[t->ndim - 1] * 32 / bits;
+            dr_tensor q = {.dtype = DR_DT_U32, .ndim = 2, .ne = {t->shape[0], shapes[n][1]}, .data = t->data,
+                           .q = {bits, gs, sc->dtype, sc->data, bi->data}};
+            numel = (size_t)(q.ne[0] * q.ne[1]);
+            datas[n] = malloc(numel * sizeof(float));
+            for (int64_t r = 0; r < q.ne[0]; r++)
+                dr_dequantize_row(&q, r, datas[n] + r * q.ne[1]);
+        } else {
+            datas[n] = malloc(numel * sizeof(float));
+            bool norm = ends(t->name, "layernorm.weight") || ends(t->name, "q_norm.weight") ||
+                        ends(t->name, "k_norm.weight") || !strcmp(rest, "norm.weight");
+            for (size_t k = 0; k < numel; k++)
+                datas[n][k] = dr_load_f32(t->data, t->dtype, k) - (norm ? 1.0f : 0.0f);
+            if (ends(t->name, "conv1d.weight"))
+                shapes[n][1] = 1, shapes[n][2] = t->shape[1];
+        }
+        n++;
+    }
+    mkdir(dst, 0755);
+    snprintf(p, sizeof p, "%s/model.safetensors", dst);
+    const char **nm = calloc((size_t)n, sizeof *nm);
+    for (int i = 0; i < n; i++)
+        nm[i] = names[i];
+    bool ok = dr_st_write_f32(p, n, nm, ndims, (const int64_t(*)[DR_ST_MAX_DIMS])shapes,
+                              (const float *const *)datas) == DR_OK;
+    char a[1400];
+    snprintf(a, sizeof a, "cp '%.600s/config.json' '%.600s/config.json'", orig, dst);
+    ok = ok && system(a) == 0;
+    for (int i = 0; i < n; i++)
+        free(datas[i]);
+    free(nm), free(datas), free(shapes), free(ndims), free(names);
+    dr_st_close(&f);
+    return ok;
+}
+
+static void test_loader_exact(void) {
+    for (int bits = 4; bits <= 8; bits += 4) {
+        char in[512], q[512], dq[512];
+        snprintf(in, sizeof in, "%s/dense-f32", DR_TEST_DATA);
+        snprintf(q, sizeof q, "%s/exact-q", g_tmp);
+        snprintf(dq, sizeof dq, "%s/exact-dq", g_tmp);
+        CHECK(convert(in, q, bits, 32) == DR_OK, "%s", dr_last_error());
+        CHECK(write_dequantized(q, in, dq, bits, 32), "writing the dequantized checkpoint failed");
+        dr_model *mq = NULL, *md = NULL;
+        CHECK(dr_model_load(q, &mq) == DR_OK, "%s", dr_last_error());
+        CHECK(dr_model_load(dq, &md) == DR_OK, "%s", dr_last_error());
+        if (mq && md) {
+            int32_t ids[9] = {1, 17, 300, 42, 999, 5, 77, 128, 3};
+            const int V = dr_model_info_get(md)->n_vocab;
+            float *a = malloc(9 * (size_t)V * sizeof *a), *b = malloc(9 * (size_t)V * sizeof *b);
+            CHECK(eval_all(md, ids, 9, a) && eval_all(mq, ids, 9, b), "%s", dr_last_error());
+            float e = max_abs_diff(a, b, 9 * (size_t)V);
+            CHECK_SHOW(e <= 1e-3f, "dense-f32 q%d model vs fp32 model of its dequantized weights: max |dlogit| %.2e "
+                       "(tol 1e-3)", bits, e);
+            free(a), free(b);
+        }
+        dr_model_free(mq);
+        dr_model_free(md);
+        rm_dir(q);
+        rm_dir(dq);
+    }
+}
+
+/* ---- malformed quantized checkpoints ---- */
+
+/* Copy src (an MLX dir) to dst, dropping tensor `drop`, replacing the
+ * shape of `reshape` by its first dim x 1 (data cut to match), and setting
+ * config.json quantization key `qkey` (if any) to the JSON `qval`. */
+static void mutate(const char *src, const char *dst, const char *drop, const char *reshape, const char *qkey,
+                   const char *qval) {
+    char p[600], q[600];
+    mkdir(dst, 0755);
+    dr_st_file f;
+    snprintf(p, sizeof p, "%s/model.safetensors", src);
+    if (dr_st_open(p, &f) != DR_OK)
+        return;
+    dr_stw_tensor *ts = calloc((size_t)f.n_tensors, sizeof *ts);
+    int n = 0;
+    for (int i = 0; i < f.n_tensors; i++) {
+        const dr_st_tensor *t = &f.tensors[i];
+        if (drop && !strcmp(t->name, drop))
+            continue;
+        ts[n] = (dr_stw_tensor){.name = t->name, .dtype = t->dtype, .ndim = t->ndim};
+        memcpy(ts[n].shape, t->shape, sizeof t->shape);
+        if (reshape && !strcmp(t->name, reshape))
+            ts[n].shape[t->ndim - 1] = 1;
+        n++;
+    }
+    snprintf(q, sizeof q, "%s/model.safetensors", dst);
+    dr_st_writer *w;
+    CHECK(dr_stw_create(q, n, ts, "mlx", &w) == DR_OK, "%s", dr_last_error());
+    for (int i = 0, k = 0; i < f.n_tensors; i++) {
+        const dr_st_tensor *t = &f.tensors[i];
+        if (drop && !strcmp(t->name, drop))
+            continue;
+        dr_stw_write(w, k, 0, t->data, dr_stw_nbytes(w, k));
+        k++;
+    }
+    CHECK(dr_stw_finish(w) == DR_OK, "%s", dr_last_error());
+    free(ts);
+    dr_st_close(&f);
+    snprintf(p, sizeof p, "%s/config.json", src);
+    snprintf(q, sizeof q, "%s/config.json", dst);
+    json_t *root = json_load_file(p, JSON_PRESERVE_ORDER, NULL);
+    if (qkey) {
+        json_t *qb = json_object_get(root, "quantization");
+        json_object_set_new(qb, qkey, json_loads(qval, JSON_DECODE_ANY, NULL));
+    }
+    json_dump_file(root, q, JSON_INDENT(2));
+    json_decref(root);
+}
+
+static void expect_load_error(const char *dir, const char *what, const char *needle) {
+    dr_model *m = NULL;
+    dr_status st = dr_model_load(dir, &m);
+    CHECK_SHOW(st != DR_OK && strstr(dr_last_error(), needle), "%s -> %s", what,
+               st != DR_OK ? dr_last_error() : "loaded (expected an error)");
+    dr_model_free(m);
+    rm_dir(dir);
+}
+
+static void test_malformed(void) {
+    char in[512], good[512], bad[512];
+    snprintf(in, sizeof in, "%s/dense-f32", DR_TEST_DATA);
+    snprintf(good, sizeof good, "%s/good-q8", g_tmp);
+    snprintf(bad, sizeof bad, "%s/bad", g_tmp);
+    CHECK(convert(in, good, 8, 32) == DR_OK, "%s", dr_last_error());
+    const char *L = "language_model.model.layers.3.self_attn.q_proj";
+    char w[256], sc[256], bi[256], over[300];
+    snprintf(w, sizeof w, "%s.weight", L);
+    snprintf(sc, sizeof sc, "%s.scales", L);
+    snprintf(bi, sizeof bi, "%s.biases", L);
+    snprintf(over, sizeof over, "%s", L);
+    mutate(good, bad, NULL, sc, NULL, NULL);
+    expect_load_error(bad, "scales shape wrong", sc);
+    mutate(good, bad, NULL, NULL, "bits", "3");
+    expect_load_error(bad, "bits 3", "3-bit");
+    mutate(good, bad, NULL, NULL, over, "{\"group_size\": 128, \"bits\": 8}");
+    expect_load_error(bad, "group size not dividing the row", w);
+    mutate(good, bad, NULL, NULL, over, "{\"group_size\": 32, \"bits\": 4}");
+    expect_load_error(bad, "packed width mismatch", "packed shape");
+    mutate(good, bad, sc, NULL, NULL, NULL);
+    expect_load_error(bad, "missing scales", sc);
+    mutate(good, bad, bi, NULL, NULL, NULL);
+    expect_load_error(bad, "missing biases", bi);
+    /* the untouched copy loads (the mutation helper itself is sound) */
+    mutate(good, bad, NULL, NULL, NULL, NULL);
+    dr_model *m = NULL;
+    CHECK(dr_model_load(bad, &m) == DR_OK, "unmodified copy: %s", dr_last_error());
+    dr_model_free(m);
+    rm_dir(bad);
+    rm_dir(good);
+}
+
+int main(void) {
+    snprintf(g_tmp, sizeof g_tmp, "/tmp/dr_test_quant_XXXXXX");
+    if (!mkdtemp(g_tmp)) {
+        printf("cannot create a temporary directory\n");
+        return 1;
+    }
+    test_kernels();
+    test_embed();
+    test_quantize_error();
+    test_zero_rows();
+    test_loader_exact();
+    test_fixtures();
+    test_malformed();
+    rmdir(g_tmp);
+    return TEST_DONE();
+}
