@@ -1,0 +1,302 @@
+/* tests/test_cpu_ops.c - the fast CPU backend against the scalar reference.
+ *
+ * Every slot the fast backend replaces is run on random inputs with odd
+ * sizes (not multiples of any vector width), F32 / F16 / BF16 weights, 1 and
+ * 3 threads, once per SIMD level this CPU runs (dr_simd_force caps the
+ * level), and compared with dr_ops_cpu_ref(). The error printed is
+ * max |fast - ref| / max(1, max |ref|). Then the golden fixtures are run
+ * through the fast backend with 3 threads (dr_model_load_ex).
+ */
+#include "golden_util.h"
+#include "model/model.h"
+#include "ops/cpu/simd.h"
+#include "test.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define TOL 2e-5f      /* fp32 kernels: only the summation order differs */
+#define TOL_BF16X2 2e-4f /* vdpbf16ps with x split into two bf16 halves */
+#define TOL_GOLDEN 1e-3f
+
+static uint64_t g_rng = 42;
+static float frand(void) { /* uniform [-1, 1) */
+    g_rng ^= g_rng << 13, g_rng ^= g_rng >> 7, g_rng ^= g_rng << 17;
+    return (float)(g_rng >> 40) / 8388608.0f - 1.0f;
+}
+static float *rnd(size_t n, float amp) {
+    float *p = malloc(n * sizeof *p);
+    for (size_t i = 0; i < n; i++)
+        p[i] = frand() * amp;
+    return p;
+}
+static float *dup(const float *x, size_t n) {
+    float *p = malloc(n * sizeof *p);
+    memcpy(p, x, n * sizeof *p);
+    return p;
+}
+
+static float rel_err(const float *a, const float *ref, size_t n) {
+    float md = 0.0f, mx = 1.0f;
+    for (size_t i = 0; i < n; i++) {
+        float d = fabsf(a[i] - ref[i]);
+        if (!(d <= md)) /* NaN counts */
+            md = d;
+        mx = fabsf(ref[i]) > mx ? fabsf(ref[i]) : mx;
+    }
+    return md / mx;
+}
+
+/* A random matrix [rows, cols] of dtype dt (F16 built from random bits in a safe range). */
+static dr_tensor mat(dr_dtype dt, int rows, int cols, void **buf) {
+    dr_tensor t = {.name = "test", .dtype = dt, .ndim = 2, .ne = {rows, cols}};
+    size_t n = (size_t)rows * cols;
+    *buf = malloc(n * dr_dtype_size(dt) + 1);
+    unsigned char *p = (unsigned char *)*buf + 1; /* odd address: weights may be unaligned */
+    for (size_t i = 0; i < n; i++) {
+        float v = frand() * 0.5f;
+        if (dt == DR_DT_F32)
+            memcpy(p + 4 * i, &v, 4);
+        else {
+            uint16_t h = dt == DR_DT_BF16 ? dr_f32_to_bf16(v)
+                                          : (uint16_t)(((g_rng & 1) << 15) | ((10 + g_rng % 5) << 10) | ((g_rng >> 8) & 0x3ff));
+            frand();
+            memcpy(p + 2 * i, &h, 2);
+        }
+    }
+    t.data = p;
+    return t;
+}
+
+static const char *g_cfg; /* "level/threads" label of the current run */
+
+static void show(const char *what, float e, float tol) { CHECK_SHOW(e <= tol, "%-34s %-16s err %.2e (tol %.0e)", what, g_cfg, e, tol); }
+
+/* ===================== kernels ===================== */
+
+static void t_matmul(dr_ops *f, dr_ops *r) {
+    const dr_dtype dts[] = {DR_DT_F32, DR_DT_F16, DR_DT_BF16};
+    const int Ts[] = {1, 3, 5, 13};
+    for (int di = 0; di < 3; di++)
+        for (int ti = 0; ti < 4; ti++) {
+            const int d = 37, n = 77, T = Ts[ti];
+            void *buf;
+            dr_tensor w = mat(dts[di], d, n, &buf);
+            float *x = rnd((size_t)T * n, 1.0f), *y = calloc((size_t)T * d, 4), *yr = calloc((size_t)T * d, 4);
+            f->matmul(f->ctx, y, x, &w, T);
+            r->matmul(r->ctx, yr, x, &w, T);
+            char what[64];
+            snprintf(what, sizeof what, "matmul %s [37,77] T=%d", dr_dtype_name(dts[di]), T);
+            show(what, rel_err(y, yr, (size_t)T * d), TOL);
+            free(buf), free(x), free(y), free(yr);
+        }
+}
+
+static void t_attention(dr_ops *f, dr_ops *r) {
+    struct { int T, pos0, nH, nKV, hd; } cs[] = {{5, 3, 4, 2, 24}, {1, 700, 2, 1, 20}, {33, 0, 3, 3, 17}};
+    for (int c = 0; c < 3; c++) {
+        const int T = cs[c].T, n_ctx = cs[c].pos0 + T, nH = cs[c].nH, nKV = cs[c].nKV, hd = cs[c].hd;
+        float *q = rnd((size_t)T * nH * hd, 1.0f), *kc = rnd((size_t)n_ctx * nKV * hd, 1.0f);
+        float *vc = rnd((size_t)n_ctx * nKV * hd, 1.0f), *ws = malloc((size_t)n_ctx * 4);
+        float *o = calloc((size_t)T * nH * hd, 4), *orf = calloc((size_t)T * nH * hd, 4);
+        f->attention(f->ctx, o, q, kc, vc, T, cs[c].pos0, nH, nKV, hd, 0.3f, ws);
+        r->attention(r->ctx, orf, q, kc, vc, T, cs[c].pos0, nH, nKV, hd, 0.3f, ws);
+        char what[64];
+        snprintf(what, sizeof what, "attention T=%d pos0=%d nH=%d/%d", T, cs[c].pos0, nH, nKV);
+        show(what, rel_err(o, orf, (size_t)T * nH * hd), TOL);
+        free(q), free(kc), free(vc), free(ws), free(o), free(orf);
+    }
+}
+
+static void t_conv(dr_ops *f, dr_ops *r) {
+    const int cs[][2] = {{3, 37}, {45, 2001}};
+    for (int c = 0; c < 2; c++) {
+        const int T = cs[c][0], C = cs[c][1], K = 4;
+        float *m = rnd((size_t)T * C, 1.0f), *w = rnd((size_t)C * K, 0.5f), *st = rnd((size_t)K * C, 1.0f);
+        float *st2 = dup(st, (size_t)K * C), *o = malloc((size_t)T * C * 4), *orf = malloc((size_t)T * C * 4);
+        f->gdn_conv(f->ctx, o, m, st, w, T, C, K);
+        r->gdn_conv(r->ctx, orf, m, st2, w, T, C, K);
+        char what[64];
+        snprintf(what, sizeof what, "gdn_conv T=%d C=%d (+state)", T, C);
+        show(what, fmaxf(rel_err(o, orf, (size_t)T * C), rel_err(st, st2, (size_t)K * C)), TOL);
+        free(m), free(w), free(st), free(st2), free(o), free(orf);
+    }
+}
+
+/* recurrent (T tokens) or chunked, from a non-zero state; Hv > Hk, dk != dv */
+static void t_gdn(dr_ops *f, dr_ops *r, bool chunked, int T) {
+    const dr_gdn_dims d = {2, 4, 16, 24};
+    const int C = 2 * d.n_k_heads * d.d_k + d.n_v_heads * d.d_v, Hv = d.n_v_heads;
+    const size_t sn = (size_t)Hv * d.d_k * d.d_v, on = (size_t)T * Hv * d.d_v;
+    float *qkv = rnd((size_t)T * C, 1.0f), *beta = rnd((size_t)T * Hv, 0.5f), *g = rnd((size_t)T * Hv, 0.5f);
+    for (int i = 0; i < T * Hv; i++)
+        beta[i] = 0.5f + beta[i], g[i] = -fabsf(g[i]) * 0.2f;
+    float *st = rnd(sn, 0.3f), *st2 = dup(st, sn), *o = malloc(on * 4), *orf = malloc(on * 4);
+    float *ws = malloc(dr_gdn_ws_floats(&d) * 4);
+    if (chunked) {
+        f->gdn_chunked(f->ctx, o, qkv, beta, g, st, &d, T, ws);
+        r->gdn_chunked(r->ctx, orf, qkv, beta, g, st2, &d, T, ws);
+    } else {
+        f->gdn_recurrent(f->ctx, o, qkv, beta, g, st, &d, T, ws);
+        r->gdn_recurrent(r->ctx, orf, qkv, beta, g, st2, &d, T, ws);
+    }
+    char what[64];
+    snprintf(what, sizeof what, "gdn_%s T=%d out", chunked ? "chunked" : "recurrent", T);
+    show(what, rel_err(o, orf, on), TOL);
+    snprintf(what, sizeof what, "gdn_%s T=%d fp32 state", chunked ? "chunked" : "recurrent", T);
+    show(what, rel_err(st, st2, sn), TOL);
+    free(qkv), free(beta), free(g), free(st), free(st2), free(o), free(orf), free(ws);
+}
+
+static void t_moe(dr_ops *f, dr_ops *r) {
+    const int E = 6, k = 2, H = 40, I = 24, T = 7;
+    dr_expert ex[6];
+    void *bufs[18];
+    for (int e = 0; e < E; e++) {
+        ex[e].gate = mat(DR_DT_BF16, I, H, &bufs[3 * e]);
+        ex[e].up = mat(DR_DT_BF16, I, H, &bufs[3 * e + 1]);
+        ex[e].down = mat(DR_DT_BF16, H, I, &bufs[3 * e + 2]);
+    }
+    int32_t idx[14];
+    float *wts = rnd((size_t)T * k, 1.0f), *x = rnd((size_t)T * H, 1.0f), *ws = malloc((2 * (size_t)I + H) * 4);
+    for (int t = 0; t < T; t++) {
+        idx[2 * t] = (t * 5) % E; /* two distinct experts per token */
+        idx[2 * t + 1] = (t * 5 + 2) % E;
+    }
+    float *y = calloc((size_t)T * H, 4), *yr = calloc((size_t)T * H, 4);
+    f->moe_experts(f->ctx, y, x, idx, wts, ex, T, k, H, I, ws);
+    r->moe_experts(r->ctx, yr, x, idx, wts, ex, T, k, H, I, ws);
+    show("moe_experts E=6 k=2 T=7 bf16", rel_err(y, yr, (size_t)T * H), TOL);
+    for (int i = 0; i < 18; i++)
+        free(bufs[i]);
+    free(wts), free(x), free(ws), free(y), free(yr);
+}
+
+static void t_elementwise(dr_ops *f, dr_ops *r) {
+    const int rows = 301, n = 129;
+    const size_t N = (size_t)rows * n;
+    float *x = rnd(N, 2.0f), *z = rnd(N, 3.0f), *gain = rnd((size_t)n, 1.0f), *y = malloc(N * 4), *yr = malloc(N * 4);
+    f->rmsnorm(f->ctx, y, x, gain, rows, n, 1e-6f);
+    r->rmsnorm(r->ctx, yr, x, gain, rows, n, 1e-6f);
+    show("rmsnorm [301,129]", rel_err(y, yr, N), 0.0f);
+    f->gated_rmsnorm(f->ctx, y, x, z, gain, rows, n, 1e-6f);
+    r->gated_rmsnorm(r->ctx, yr, x, z, gain, rows, n, 1e-6f);
+    show("gated_rmsnorm [301,129]", rel_err(y, yr, N), 0.0f);
+    f->swiglu(f->ctx, y, x, z, N);
+    r->swiglu(r->ctx, yr, x, z, N);
+    show("swiglu 38829", rel_err(y, yr, N), 0.0f);
+    memcpy(y, x, N * 4), memcpy(yr, x, N * 4);
+    f->sigmoid_mul(f->ctx, y, z, N);
+    r->sigmoid_mul(r->ctx, yr, z, N);
+    show("sigmoid_mul 38829", rel_err(y, yr, N), 0.0f);
+    free(x), free(z), free(gain), free(y), free(yr);
+}
+
+/* vdpbf16ps GEMV (x split in two bf16 halves) against the reference */
+static void t_bf16x2(dr_ops *r) {
+    const dr_simd *k = dr_simd_get();
+    if (!k->gemv_bf16x2)
+        return;
+    void *buf;
+    dr_tensor w = mat(DR_DT_BF16, 4, 1001, &buf);
+    float *x = rnd(1001, 1.0f), y[4], yr[4];
+    uint16_t *hi = malloc(1001 * 2), *lo = malloc(1001 * 2);
+    dr_split_bf16x2(hi, lo, x, 1001);
+    for (int nr = 1; nr <= 4; nr += 3) {
+        k->gemv_bf16x2(y, w.data, 1001, nr, hi, lo, 1001);
+        r->matmul(NULL, yr, x, &w, 1);
+        char what[64];
+        snprintf(what, sizeof what, "gemv_bf16x2 %d rows n=1001", nr);
+        show(what, rel_err(y, yr, (size_t)nr), TOL_BF16X2);
+    }
+    free(buf), free(x), free(hi), free(lo);
+}
+
+/* ===================== golden fixtures, several threads ===================== */
+
+static void t_golden(const char *fixture, int n_threads) {
+    char dir[512], path[1024], name[64];
+    snprintf(dir, sizeof dir, "%s/%s", DR_TEST_DATA, fixture);
+    dr_model_params mp = dr_model_default_params();
+    mp.n_threads = n_threads;
+    dr_model *m = NULL;
+    dr_st_file gold;
+    CHECK(dr_model_load_ex(dir, &mp, &m) == DR_OK, "load %s: %s", dir, dr_last_error());
+    snprintf(path, sizeof path, "%s/golden.safetensors", dir);
+    CHECK(dr_st_open(path, &gold) == DR_OK, "%s", dr_last_error());
+    if (!m)
+        return;
+    const int V = dr_model_info_get(m)->n_vocab;
+    for (int pi = 0; pi < 2; pi++) {
+        int32_t *ids;
+        float *want;
+        snprintf(name, sizeof name, "p%d.input_ids", pi);
+        int T = golden_ids(&gold, name, &ids);
+        snprintf(name, sizeof name, "p%d.logits_full", pi);
+        size_t n = golden_f32(&gold, name, &want);
+        if (T <= 0 || n != (size_t)T * V) {
+            free(want);
+            continue;
+        }
+        float *got = malloc(n * 4);
+        dr_session *s = NULL;
+        dr_session_params sp = dr_session_default_params();
+        sp.n_ctx = T;
+        CHECK(dr_session_new(m, &sp, &s) == DR_OK, "%s", dr_last_error());
+        /* first half as a block, the rest one token at a time: both paths */
+        int split = T / 2 > 0 ? T / 2 : 1;
+        dr_session_eval(s, ids, split, DR_LOGITS_ALL, got);
+        for (int t = split; t < T; t++)
+            dr_session_eval(s, ids + t, 1, DR_LOGITS_LAST, got + (size_t)t * V);
+        float e = max_abs_diff(got, want, n);
+        CHECK_SHOW(e <= TOL_GOLDEN, "golden %-15s p%d T=%-4d %d threads: max |dlogit| %.3g (tol %.0e)", fixture, pi, T,
+                   n_threads, e, TOL_GOLDEN);
+        dr_session_free(s);
+        free(ids), free(want), free(got);
+    }
+    dr_st_close(&gold);
+    dr_model_free(m);
+}
+
+int main(void) {
+    dr_ops *ref = dr_ops_cpu_ref();
+    const dr_simd_level best = dr_cpu_simd_level();
+    for (int lv = DR_SIMD_SCALAR; lv <= (int)best; lv++) {
+        if (!dr_simd_table((dr_simd_level)lv))
+            continue;
+        dr_simd_force((dr_simd_level)lv);
+        const int threads[] = {1, 3};
+        for (int ti = 0; ti < 2; ti++) {
+            char cfg[32];
+            snprintf(cfg, sizeof cfg, "%s/%dt", dr_simd_level_name((dr_simd_level)lv), threads[ti]);
+            g_cfg = cfg;
+            dr_backend_params bp = {.n_threads = threads[ti]};
+            dr_ops *f = NULL;
+            CHECK(dr_ops_cpu_create(&bp, &f) == DR_OK, "create: %s", dr_last_error());
+            if (!f)
+                continue;
+            t_matmul(f, ref);
+            t_attention(f, ref);
+            t_conv(f, ref);
+            t_gdn(f, ref, false, 1);
+            t_gdn(f, ref, false, 3);
+            t_gdn(f, ref, true, 150);
+            t_gdn(f, ref, true, 64);
+            t_moe(f, ref);
+            t_elementwise(f, ref);
+            f->destroy(f);
+        }
+        g_cfg = dr_simd_level_name((dr_simd_level)lv);
+        t_bf16x2(ref);
+    }
+    dr_simd_force(DR_SIMD_COUNT);
+    dr_simd_use_bf16_dot(best >= DR_SIMD_AVX512_BF16); /* the vdpbf16ps decode path end to end too */
+    t_golden("moe-bf16", 3);
+    dr_simd_use_bf16_dot(false);
+    t_golden("dense-f32", 2);
+    t_golden("moe-bf16-fused", 3);
+    t_golden("next-f32", 3);
+    t_golden("long-bf16", 2);
+    return TEST_DONE();
+}
