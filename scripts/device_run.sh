@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# One device-machine call (docs/CUDA.md): unpack the library .debs carried in
+# .debs/ (the GPU machine has no network and no jansson/oniguruma/utf8proc),
+# build with CUDA for sm_90a, run the CUDA tests, compute-sanitizer memcheck
+# on a fixture, and the kernel benchmarks. Logs go to $OUT.
+# Usage: scripts/device_run.sh [tests|sanitize|bench|all]...
+set -uo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+OUT="${OUT:-/tmp/dr_out}"
+mkdir -p "$OUT"
+what="${*:-all}"
+deps=/tmp/deps
+mkdir -p "$deps"
+for f in .debs/*.deb; do dpkg -x "$f" "$deps"; done
+export PKG_CONFIG_PATH="$deps/usr/lib/x86_64-linux-gnu/pkgconfig:$deps/usr/share/pkgconfig"
+export PKG_CONFIG_SYSROOT_DIR="$deps"
+export LD_LIBRARY_PATH="$deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
+export PATH="/usr/local/cuda/bin:$PATH"
+
+echo "== machine"
+uname -m
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv || true
+nvcc --version | tail -1
+
+echo "== build"
+b="$root/build-cuda"
+cmake -S . -B "$b" -DCMAKE_BUILD_TYPE=Release -DDR_WERROR=OFF -DDR_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a \
+  > "$OUT/cmake.log" 2>&1 || { cat "$OUT/cmake.log"; exit 1; }
+make -C "$b" -j"$(nproc)" test_cuda test_cuda_golden bench_cuda > "$OUT/build.log" 2>&1 ||
+  { grep -E "error|Error" "$OUT/build.log" | head -40; exit 1; }
+echo "built"
+rc=0
+if [[ "$what" == *all* || "$what" == *tests* ]]; then
+  echo "== test_cuda (every slot vs the CPU reference)"
+  "$b/tests/test_cuda" 2>&1 | tee "$OUT/test_cuda.log" || rc=1
+  for fx in dense-f32 moe-bf16 moe-bf16-fused next-f32 long-bf16; do
+    echo "== cuda golden $fx"
+    "$b/tests/test_cuda_golden" "tests/data/$fx" 2>&1 | tee -a "$OUT/golden.log" || rc=1
+  done
+fi
+if [[ "$what" == *all* || "$what" == *sanitize* ]]; then
+  echo "== compute-sanitizer memcheck (moe-bf16, quick)"
+  compute-sanitizer --tool memcheck --leak-check full --error-exitcode 9 \
+    "$b/tests/test_cuda_golden" tests/data/moe-bf16 --quick > "$OUT/memcheck.log" 2>&1
+  echo "memcheck exit $?"; tail -5 "$OUT/memcheck.log"
+fi
+if [[ "$what" == *all* || "$what" == *bench* ]]; then
+  echo "== bench_cuda"
+  "$b/tests/bench_cuda" 2>&1 | tee "$OUT/bench.log"
+fi
+exit $rc

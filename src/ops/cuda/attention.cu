@@ -1,0 +1,233 @@
+/* ops/cuda/attention.cu - partial NeoX RoPE and causal GQA attention over the
+ * KV cache on the GPU (semantics: ops/cpu/attention.c, MODEL.md 4).
+ *
+ * Attention is split-K (flash-decoding): each block takes one query row, one
+ * head and one slice of the keys, keeps an online softmax in fp32 (running
+ * max m, sum l, weighted V sum) over its four warps, and a second kernel
+ * merges the slices. With one slice (long prefills fill the GPU with rows
+ * alone) the block writes the output directly. The same kernel serves decode
+ * (T = 1, many slices) and prefill (causal: row t sees pos0 + t + 1 keys).
+ */
+#include "cuda_common.cuh"
+#include "cuda_ops.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+/* ---- RoPE ---- */
+
+/* inv_freq is computed on the host with the CPU's expression (powf), so the
+ * angles are the CPU's bit for bit; only cosf/sinf differ by an ulp. */
+static const float *rope_table(dr_cuda_ctx *cx, int d_rot, float theta) {
+    if (cx->rope_inv && cx->rope_drot == d_rot && cx->rope_theta == theta)
+        return cx->rope_inv;
+    const int half = d_rot / 2;
+    float *h = (float *)malloc((size_t)(half ? half : 1) * sizeof *h);
+    if (!h) {
+        dr_fail_at(__FILE__, __LINE__, DR_ERR_NOMEM, "out of memory (RoPE table)");
+        cx->failed = 1;
+        return NULL;
+    }
+    for (int i = 0; i < half; i++)
+        h[i] = 1.0f / powf(theta, (float)(2 * i) / (float)d_rot);
+    DR_CUDA_NOTE(cx, cudaStreamSynchronize(cx->stream)); /* the old table may be in use */
+    cudaFree(cx->rope_inv);
+    cx->rope_inv = NULL;
+    float *d = NULL;
+    cudaError_t e = cudaMalloc(&d, (size_t)(half ? half : 1) * sizeof(float));
+    if (e == cudaSuccess)
+        e = cudaMemcpy(d, h, (size_t)half * sizeof(float), cudaMemcpyHostToDevice);
+    free(h);
+    if (e != cudaSuccess) {
+        cudaFree(d);
+        dr_cuda_note_fail(cx, __FILE__, __LINE__, "RoPE table upload", e);
+        return NULL;
+    }
+    cx->rope_inv = d;
+    cx->rope_drot = d_rot;
+    cx->rope_theta = theta;
+    return d;
+}
+
+__global__ void rope_kernel(float *x, const float *inv, int T, int n_heads, int d_head, int half, int pos0) {
+    const size_t n = (size_t)T * n_heads * half;
+    for (size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x; idx < n; idx += (size_t)gridDim.x * blockDim.x) {
+        const int i = (int)(idx % half);
+        const size_t th = idx / half; /* t * n_heads + h */
+        const int t = (int)(th / n_heads);
+        const float ang = (float)(pos0 + t) * inv[i];
+        const float c = cosf(ang), s = sinf(ang);
+        float *u = x + th * d_head;
+        const float u1 = u[i], u2 = u[i + half];
+        u[i] = u1 * c - u2 * s;
+        u[i + half] = u2 * c + u1 * s;
+    }
+}
+
+void dr_cuda_rope(void *ctx, float *x, int T, int n_heads, int d_head, int d_rot, int pos0, float theta) {
+    dr_cuda_ctx *cx = (dr_cuda_ctx *)ctx;
+    const int half = d_rot / 2;
+    const size_t n = (size_t)T * n_heads * half;
+    if (!n)
+        return;
+    const float *inv = rope_table(cx, d_rot, theta);
+    if (!inv)
+        return;
+    size_t b = (n + 255) / 256, cap = (size_t)cx->n_sm * 16;
+    rope_kernel<<<(unsigned)(b > cap ? cap : b), 256, 0, cx->stream>>>(x, inv, T, n_heads, d_head, half, pos0);
+    DR_CUDA_LAUNCHED(cx);
+}
+
+/* ---- attention ---- */
+
+#define ATT_WARPS 4
+
+/* Block (h, t, split). R = head dims per lane (d_head <= 32 R). Writes the
+ * slice's (m, l) and unnormalised output, or out directly when nsplit == 1. */
+template <int R>
+__global__ void __launch_bounds__(32 * ATT_WARPS)
+    attn_split_kernel(float *out, float *part, float *ml, const float *q, const float *kc, const float *vc, int pos0,
+                      int nH, int nKV, int hd, float scale, int nsplit, int split_len) {
+    const int h = blockIdx.x, t = blockIdx.y, sp = blockIdx.z;
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    const int n_keys = pos0 + t + 1; /* causal */
+    const int s0 = sp * split_len, s1 = min(n_keys, s0 + split_len);
+    const int kvh = h / (nH / nKV);
+    const size_t kvs = (size_t)nKV * hd;
+    const float *qh = q + ((size_t)t * nH + h) * hd;
+    float qr[R], acc[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        const int e = lane + 32 * r;
+        qr[r] = e < hd ? qh[e] : 0.0f;
+        acc[r] = 0.0f;
+    }
+    float m = -INFINITY, l = 0.0f;
+    for (int s = s0 + w; s < s1; s += ATT_WARPS) {
+        const float *ks = kc + (size_t)s * kvs + (size_t)kvh * hd;
+        const float *vs = vc + (size_t)s * kvs + (size_t)kvh * hd;
+        float dsum = 0.0f;
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            const int e = lane + 32 * r;
+            if (e < hd)
+                dsum += qr[r] * ks[e];
+        }
+        const float sc = dr_warp_sum(dsum) * scale;
+        const float mn = fmaxf(m, sc);
+        const float corr = expf(m - mn), p = expf(sc - mn);
+        l = l * corr + p;
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            const int e = lane + 32 * r;
+            acc[r] = acc[r] * corr + (e < hd ? p * vs[e] : 0.0f);
+        }
+        m = mn;
+    }
+    __shared__ float sm[ATT_WARPS], sl[ATT_WARPS], sacc[ATT_WARPS][32 * R];
+    if (lane == 0) {
+        sm[w] = m;
+        sl[w] = l;
+    }
+#pragma unroll
+    for (int r = 0; r < R; r++)
+        sacc[w][lane + 32 * r] = acc[r];
+    __syncthreads();
+    if (w != 0)
+        return;
+    float M = -INFINITY;
+#pragma unroll
+    for (int i = 0; i < ATT_WARPS; i++)
+        M = fmaxf(M, sm[i]);
+    float f[ATT_WARPS], L = 0.0f;
+#pragma unroll
+    for (int i = 0; i < ATT_WARPS; i++) {
+        f[i] = sm[i] == -INFINITY ? 0.0f : expf(sm[i] - M); /* an empty warp adds nothing */
+        L += sl[i] * f[i];
+    }
+    const size_t row = (size_t)t * nH + h;
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        const int e = lane + 32 * r;
+        if (e >= hd)
+            continue;
+        float o = 0.0f;
+#pragma unroll
+        for (int i = 0; i < ATT_WARPS; i++)
+            o += sacc[i][e] * f[i];
+        if (nsplit == 1)
+            out[row * hd + e] = o / L;
+        else
+            part[(row * nsplit + sp) * hd + e] = o;
+    }
+    if (nsplit > 1 && lane == 0) {
+        ml[(row * nsplit + sp) * 2] = M;
+        ml[(row * nsplit + sp) * 2 + 1] = L;
+    }
+}
+
+/* Merge the slices of one (t, h) row: out = sum_s exp(m_s - M) o_s / sum_s exp(m_s - M) l_s. */
+__global__ void attn_merge_kernel(float *out, const float *part, const float *ml, int nH, int hd, int nsplit) {
+    const size_t row = (size_t)blockIdx.y * nH + blockIdx.x;
+    const float *mlr = ml + row * nsplit * 2;
+    float M = -INFINITY;
+    for (int s = 0; s < nsplit; s++)
+        M = fmaxf(M, mlr[2 * s]);
+    float L = 0.0f;
+    for (int s = 0; s < nsplit; s++)
+        if (mlr[2 * s] != -INFINITY)
+            L += mlr[2 * s + 1] * expf(mlr[2 * s] - M);
+    for (int e = threadIdx.x; e < hd; e += blockDim.x) {
+        float o = 0.0f;
+        for (int s = 0; s < nsplit; s++)
+            if (mlr[2 * s] != -INFINITY)
+                o += part[(row * nsplit + s) * hd + e] * expf(mlr[2 * s] - M);
+        out[row * hd + e] = o / L;
+    }
+}
+
+void dr_cuda_attention(void *ctx, float *out, const float *q, const float *k_cache, const float *v_cache, int T,
+                       int pos0, int n_heads, int n_kv_heads, int d_head, float scale, float *ws) {
+    dr_cuda_ctx *cx = (dr_cuda_ctx *)ctx;
+    (void)ws;
+    if (T <= 0)
+        return;
+    if (d_head > 256) {
+        dr_fail_at(__FILE__, __LINE__, DR_ERR_UNSUPPORTED, "CUDA attention: head dim %d > 256", d_head);
+        cx->failed = 1;
+        return;
+    }
+    /* enough blocks to fill the GPU twice, slices of at least 128 keys */
+    const int n_max = pos0 + T, rows = T * n_heads, want = 2 * cx->n_sm;
+    int nsplit = rows >= want ? 1 : (want + rows - 1) / rows;
+    int cap = (n_max + 127) / 128;
+    if (nsplit > cap)
+        nsplit = cap;
+    if (nsplit < 1)
+        nsplit = 1;
+    const int split_len = (n_max + nsplit - 1) / nsplit;
+    float *part = NULL, *ml = NULL;
+    if (nsplit > 1) {
+        size_t nf = (size_t)rows * nsplit * ((size_t)d_head + 2);
+        part = (float *)dr_cuda_scratch(cx, DR_SCR_ATTN, nf * sizeof(float));
+        if (!part)
+            return;
+        ml = part + (size_t)rows * nsplit * d_head;
+    }
+    dim3 grid((unsigned)n_heads, (unsigned)T, (unsigned)nsplit), block(32 * ATT_WARPS);
+    if (d_head <= 64)
+        attn_split_kernel<2><<<grid, block, 0, cx->stream>>>(out, part, ml, q, k_cache, v_cache, pos0, n_heads,
+                                                              n_kv_heads, d_head, scale, nsplit, split_len);
+    else if (d_head <= 128)
+        attn_split_kernel<4><<<grid, block, 0, cx->stream>>>(out, part, ml, q, k_cache, v_cache, pos0, n_heads,
+                                                              n_kv_heads, d_head, scale, nsplit, split_len);
+    else
+        attn_split_kernel<8><<<grid, block, 0, cx->stream>>>(out, part, ml, q, k_cache, v_cache, pos0, n_heads,
+                                                              n_kv_heads, d_head, scale, nsplit, split_len);
+    DR_CUDA_LAUNCHED(cx);
+    if (nsplit > 1) {
+        attn_merge_kernel<<<dim3((unsigned)n_heads, (unsigned)T), 128, 0, cx->stream>>>(out, part, ml, n_heads,
+                                                                                         d_head, nsplit);
+        DR_CUDA_LAUNCHED(cx);
+    }
+}

@@ -1,0 +1,286 @@
+/* ops/cuda/backend.cu - the CUDA backend: creation, memory slots, weight
+ * upload and the ops table. Kernels live in the other files of this folder.
+ */
+#include "cuda_common.cuh"
+#include "cuda_ops.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+extern "C" void dr_cuda_note_fail(dr_cuda_ctx *cx, const char *file, int line, const char *stmt, cudaError_t e) {
+    if (!cx->failed) /* keep the first message: later ones are usually consequences */
+        dr_fail_at(file, line, dr_cuda_status(e), "CUDA: %s failed: %s", stmt, cudaGetErrorString(e));
+    cx->failed = 1;
+}
+
+extern "C" void dr_cuda_note_blas(dr_cuda_ctx *cx, const char *file, int line, const char *stmt, cublasStatus_t s) {
+    if (!cx->failed)
+        dr_fail_at(file, line, DR_ERR_IO, "cuBLAS: %s failed: status %d", stmt, (int)s);
+    cx->failed = 1;
+}
+
+void *dr_cuda_scratch(dr_cuda_ctx *cx, int slot, size_t n) {
+    if (n <= cx->scr_n[slot])
+        return cx->scr[slot];
+    /* the old buffer may still be read by queued kernels */
+    DR_CUDA_NOTE(cx, cudaStreamSynchronize(cx->stream));
+    cudaFree(cx->scr[slot]);
+    cx->scr[slot] = NULL;
+    cx->scr_n[slot] = 0;
+    size_t want = n + n / 4; /* grow geometrically: prefill sizes vary */
+    void *p = NULL;
+    cudaError_t e = cudaMalloc(&p, want);
+    if (e != cudaSuccess) {
+        dr_cuda_note_fail(cx, __FILE__, __LINE__, "cudaMalloc(scratch)", e);
+        return NULL;
+    }
+    cx->scr[slot] = p;
+    cx->scr_n[slot] = want;
+    return p;
+}
+
+int32_t *dr_cuda_host_ids(dr_cuda_ctx *cx, size_t n) {
+    if (n <= cx->ids_host_n)
+        return cx->ids_host;
+    DR_CUDA_NOTE(cx, cudaStreamSynchronize(cx->stream)); /* a queued copy may read it */
+    cudaFreeHost(cx->ids_host);
+    cx->ids_host = NULL;
+    cx->ids_host_n = 0;
+    size_t want = n < 4096 ? 4096 : n + n / 4;
+    void *p = NULL;
+    cudaError_t e = cudaMallocHost(&p, want * sizeof(int32_t));
+    if (e != cudaSuccess) {
+        dr_cuda_note_fail(cx, __FILE__, __LINE__, "cudaMallocHost(ids)", e);
+        return NULL;
+    }
+    cx->ids_host = (int32_t *)p;
+    cx->ids_host_n = want;
+    return cx->ids_host;
+}
+
+/* ---- memory slots ---- */
+
+static void *cu_alloc(void *ctx, size_t n) {
+    dr_cuda_ctx *cx = (dr_cuda_ctx *)ctx;
+    void *p = NULL;
+    if (cudaMalloc(&p, n ? n : 1) != cudaSuccess) {
+        cudaGetLastError(); /* an allocation failure is not sticky */
+        return NULL;
+    }
+    /* zero-filled by contract; on the stream so it orders with later work */
+    if (cudaMemsetAsync(p, 0, n, cx->stream) != cudaSuccess) {
+        cudaFree(p);
+        return NULL;
+    }
+    return p;
+}
+
+static void cu_free(void *ctx, void *p) {
+    dr_cuda_ctx *cx = (dr_cuda_ctx *)ctx;
+    if (!p)
+        return;
+    DR_CUDA_NOTE(cx, cudaStreamSynchronize(cx->stream));
+    cudaFree(p);
+}
+
+static void cu_upload(void *ctx, void *dst, const void *src, size_t n) {
+    dr_cuda_ctx *cx = (dr_cuda_ctx *)ctx;
+    if (!n)
+        return;
+    /* from pageable memory the copy is staged before it returns, so the
+       caller may reuse src at once */
+    DR_CUDA_NOTE(cx, cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, cx->stream));
+}
+
+static void cu_download(void *ctx, void *dst, const void *src, size_t n) {
+    dr_cuda_ctx *cx = (dr_cuda_ctx *)ctx;
+    if (!n)
+        return;
+    DR_CUDA_NOTE(cx, cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToHost, cx->stream));
+    DR_CUDA_NOTE(cx, cudaStreamSynchronize(cx->stream));
+}
+
+static void cu_copy(void *ctx, void *dst, const void *src, size_t n) {
+    dr_cuda_ctx *cx = (dr_cuda_ctx *)ctx;
+    if (!n || dst == src)
+        return;
+    DR_CUDA_NOTE(cx, cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToDevice, cx->stream));
+}
+
+static void cu_zero(void *ctx, void *p, size_t n) {
+    dr_cuda_ctx *cx = (dr_cuda_ctx *)ctx;
+    if (n)
+        DR_CUDA_NOTE(cx, cudaMemsetAsync(p, 0, n, cx->stream));
+}
+
+static void cu_sync(void *ctx) {
+    dr_cuda_ctx *cx = (dr_cuda_ctx *)ctx;
+    DR_CUDA_NOTE(cx, cudaStreamSynchronize(cx->stream));
+}
+
+/* ---- weights ---- */
+
+static dr_status cu_weight_upload(void *ctx, dr_tensor *t) {
+    dr_cuda_ctx *cx = (dr_cuda_ctx *)ctx;
+    if (t->dev)
+        return DR_OK; /* a view shared with another entry (tied lm_head) */
+    if (t->q.bits)
+        return DR_FAIL(DR_ERR_UNSUPPORTED,
+                       "tensor %s: %d-bit quantized weights are not supported by the CUDA backend yet",
+                       t->name ? t->name : "?", t->q.bits);
+    if (t->dtype != DR_DT_F32 && t->dtype != DR_DT_BF16 && t->dtype != DR_DT_F16)
+        return DR_FAIL(DR_ERR_UNSUPPORTED, "tensor %s: dtype %s is not supported by the CUDA backend",
+                       t->name ? t->name : "?", dr_dtype_name(t->dtype));
+    if (cx->failed)
+        return DR_FAIL(DR_ERR_IO, "CUDA backend: an earlier kernel failed (%s)", dr_last_error());
+    size_t n = dr_dtype_size(t->dtype);
+    for (int i = 0; i < t->ndim; i++)
+        n *= (size_t)t->ne[i];
+    void *p = NULL;
+    cudaError_t e = cudaMalloc(&p, n ? n : 1);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        size_t fr = 0, tot = 0;
+        cudaMemGetInfo(&fr, &tot);
+        return DR_FAIL(dr_cuda_status(e), "tensor %s: cannot allocate %zu bytes on the GPU (%zu of %zu MiB free): %s",
+                       t->name ? t->name : "?", n, fr >> 20, tot >> 20, cudaGetErrorString(e));
+    }
+    e = cudaMemcpy(p, t->data, n, cudaMemcpyHostToDevice);
+    if (e != cudaSuccess) {
+        cudaFree(p);
+        return DR_FAIL(dr_cuda_status(e), "tensor %s: upload of %zu bytes failed: %s", t->name ? t->name : "?", n,
+                       cudaGetErrorString(e));
+    }
+    t->dev = p;
+    return DR_OK;
+}
+
+static void cu_weight_free(void *ctx, dr_tensor *t) {
+    dr_cuda_ctx *cx = (dr_cuda_ctx *)ctx;
+    if (!t->dev)
+        return;
+    DR_CUDA_NOTE(cx, cudaStreamSynchronize(cx->stream));
+    cudaFree(t->dev);
+    t->dev = NULL;
+}
+
+/* ---- lifecycle ---- */
+
+static void cu_destroy(dr_ops *self) {
+    if (!self)
+        return;
+    dr_cuda_ctx *cx = (dr_cuda_ctx *)self->ctx;
+    if (cx) {
+        cudaSetDevice(cx->device);
+        if (cx->stream)
+            cudaStreamSynchronize(cx->stream);
+        for (int i = 0; i < DR_SCR_N; i++)
+            cudaFree(cx->scr[i]);
+        for (int i = 0; i < cx->n_tabs; i++)
+            cudaFree((void *)cx->tabs[i].dev);
+        free(cx->tabs);
+        cudaFreeHost(cx->ids_host);
+        cudaFree(cx->rope_inv);
+        if (cx->blas)
+            cublasDestroy(cx->blas);
+        if (cx->stream)
+            cudaStreamDestroy(cx->stream);
+        free(cx);
+    }
+    free(self);
+}
+
+extern "C" dr_status dr_ops_cuda_create(const dr_backend_params *p, dr_ops **out) {
+    *out = NULL;
+    int n_dev = 0;
+    cudaError_t e = cudaGetDeviceCount(&n_dev);
+    if (e != cudaSuccess || n_dev == 0) {
+        cudaGetLastError();
+        return DR_FAIL(DR_ERR_UNSUPPORTED, "device cuda:%d: no CUDA device available (%s)", p->device,
+                       e != cudaSuccess ? cudaGetErrorString(e) : "0 devices");
+    }
+    if (p->device < 0 || p->device >= n_dev)
+        return DR_FAIL(DR_ERR_ARG, "device cuda:%d: this machine has %d CUDA device%s", p->device, n_dev,
+                       n_dev == 1 ? "" : "s");
+    dr_ops *o = (dr_ops *)calloc(1, sizeof *o);
+    dr_cuda_ctx *cx = (dr_cuda_ctx *)calloc(1, sizeof *cx);
+    if (!o || !cx) {
+        free(o);
+        free(cx);
+        return DR_FAIL(DR_ERR_NOMEM, "out of memory creating the CUDA backend");
+    }
+    cx->device = p->device;
+    o->ctx = cx;
+    o->destroy = cu_destroy;
+    dr_status st = DR_OK;
+    do {
+        cudaDeviceProp prop;
+        if ((e = cudaSetDevice(p->device)) != cudaSuccess ||
+            (e = cudaGetDeviceProperties(&prop, p->device)) != cudaSuccess ||
+            (e = cudaStreamCreateWithFlags(&cx->stream, cudaStreamNonBlocking)) != cudaSuccess) {
+            st = DR_FAIL(dr_cuda_status(e), "device cuda:%d: %s", p->device, cudaGetErrorString(e));
+            break;
+        }
+        cx->n_sm = prop.multiProcessorCount;
+        if (prop.major < 8) {
+            st = DR_FAIL(DR_ERR_UNSUPPORTED, "device cuda:%d (%s): compute capability %d.%d, need 8.0 or newer",
+                         p->device, prop.name, prop.major, prop.minor);
+            break;
+        }
+        if (cublasCreate(&cx->blas) != CUBLAS_STATUS_SUCCESS) {
+            cx->blas = NULL;
+            st = DR_FAIL(DR_ERR_IO, "device cuda:%d: cuBLAS initialisation failed", p->device);
+            break;
+        }
+        cublasSetStream(cx->blas, cx->stream);
+        /* default math: fp32 GEMMs stay fp32 (TF32 only when asked for),
+           bf16 inputs accumulate in fp32 */
+        cublasSetMathMode(cx->blas, CUBLAS_DEFAULT_MATH);
+    } while (0);
+    if (st != DR_OK) {
+        cu_destroy(o);
+        return st;
+    }
+    dr_cuda_fill_table(o);
+    o->name = "cuda";
+    o->weight_upload = cu_weight_upload;
+    o->weight_free = cu_weight_free;
+    o->sync = cu_sync;
+    o->alloc = cu_alloc;
+    o->free = cu_free;
+    o->upload = cu_upload;
+    o->download = cu_download;
+    o->copy = cu_copy;
+    o->zero = cu_zero;
+    *out = o;
+    return DR_OK;
+}
+
+extern "C" dr_status dr_cuda_backend_status(const dr_ops *o) {
+    const dr_cuda_ctx *cx = (const dr_cuda_ctx *)o->ctx;
+    if (cx && cx->failed)
+        return DR_ERR_IO; /* the message was recorded when it happened */
+    return DR_OK;
+}
+
+extern "C" void dr_cuda_fill_table(dr_ops *o) {
+    o->matmul = dr_cuda_matmul;
+    o->embed = dr_cuda_embed;
+    o->rmsnorm = dr_cuda_rmsnorm;
+    o->add = dr_cuda_add;
+    o->swiglu = dr_cuda_swiglu;
+    o->sigmoid_mul = dr_cuda_sigmoid_mul;
+    o->sigmoid_scale_rows = dr_cuda_sigmoid_scale_rows;
+    o->split_halves = dr_cuda_split_halves;
+    o->round_bf16 = dr_cuda_round_bf16;
+    o->rope = dr_cuda_rope;
+    o->attention = dr_cuda_attention;
+    o->gdn_conv = dr_cuda_gdn_conv;
+    o->gdn_gates = dr_cuda_gdn_gates;
+    o->gdn_recurrent = dr_cuda_gdn_recurrent;
+    o->gdn_chunked = dr_cuda_gdn_chunked;
+    o->gated_rmsnorm = dr_cuda_gated_rmsnorm;
+    o->moe_route = dr_cuda_moe_route;
+    o->moe_experts = dr_cuda_moe_experts;
+}

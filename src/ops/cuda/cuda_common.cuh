@@ -1,0 +1,159 @@
+/* ops/cuda/cuda_common.cuh - what every CUDA kernel file shares: the backend
+ * context, error macros, weight loads and warp reductions.
+ *
+ * Conventions (docs/CUDA.md): every kernel runs on ctx->stream, in order, so
+ * slots return without waiting; only download() and sync() wait. The ops
+ * slots return void, so a failing CUDA call inside one records the message
+ * through DR_FAIL (dr_last_error) and sets ctx->failed; the next fallible
+ * entry point (weight_upload, download through dr_cuda_failed) sees it.
+ * All math is fp32 (no fast-math); weights are widened from their file dtype
+ * in registers. Nothing here exits or aborts.
+ */
+#ifndef DR_OPS_CUDA_COMMON_CUH
+#define DR_OPS_CUDA_COMMON_CUH
+
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stddef.h>
+#include <stdint.h>
+
+extern "C" {
+#include "ops/ops.h"
+#include "util/status.h"
+}
+
+/* ---- errors ---- */
+
+/* Map a CUDA error to the library's status codes. */
+static inline dr_status dr_cuda_status(cudaError_t e) {
+    if (e == cudaErrorMemoryAllocation)
+        return DR_ERR_NOMEM;
+    if (e == cudaErrorNoDevice || e == cudaErrorInvalidDevice || e == cudaErrorNoKernelImageForDevice ||
+        e == cudaErrorInsufficientDriver)
+        return DR_ERR_UNSUPPORTED;
+    return DR_ERR_IO; /* the device failed: treat like an I/O error */
+}
+
+/* In a function returning dr_status: run `stmt`; on failure record the
+ * statement, file, line and CUDA's message, and return the status. */
+#define DR_CUDA_CHECK(stmt)                                                                          \
+    do {                                                                                             \
+        cudaError_t dr_ce_ = (stmt);                                                                 \
+        if (dr_ce_ != cudaSuccess)                                                                   \
+            return DR_FAIL(dr_cuda_status(dr_ce_), "CUDA: %s failed: %s", #stmt,                     \
+                           cudaGetErrorString(dr_ce_));                                              \
+    } while (0)
+
+/* In a void slot: record a failure of `stmt` in ctx (sticky) and go on; the
+ * outputs of a failed slot are undefined, the error surfaces later. */
+#define DR_CUDA_NOTE(cx, stmt)                                                                       \
+    do {                                                                                             \
+        cudaError_t dr_ce_ = (stmt);                                                                 \
+        if (dr_ce_ != cudaSuccess)                                                                   \
+            dr_cuda_note_fail((cx), __FILE__, __LINE__, #stmt, dr_ce_);                              \
+    } while (0)
+
+/* After a kernel launch in a void slot. */
+#define DR_CUDA_LAUNCHED(cx) DR_CUDA_NOTE((cx), cudaGetLastError())
+
+/* ---- context ---- */
+
+enum { DR_SCR_SPLIT, DR_SCR_ATTN, DR_SCR_MOE, DR_SCR_MOE2, DR_SCR_IDX, DR_SCR_N };
+
+/* Device table of one experts array (pointers to the uploaded gate/up/down). */
+typedef struct dr_cuda_expert_tab {
+    const dr_expert *key; /* the host array the forward passes */
+    int E;
+    const void **dev;     /* device [3][E]: gate, up, down */
+} dr_cuda_expert_tab;
+
+typedef struct dr_cuda_ctx {
+    int device;
+    int n_sm;
+    cudaStream_t stream;
+    cublasHandle_t blas;
+    void *scr[DR_SCR_N];   /* growable device scratch */
+    size_t scr_n[DR_SCR_N];
+    int32_t *ids_host;     /* pinned staging for host index arrays */
+    size_t ids_host_n;
+    dr_cuda_expert_tab *tabs;
+    int n_tabs, cap_tabs;
+    float *rope_inv;       /* device inv_freq table for (rope_theta, rope_drot) */
+    float rope_theta;
+    int rope_drot;
+    int route_E;           /* E of the last moe_route (moe_experts' array length) */
+    int failed;            /* sticky: a void slot hit a CUDA error */
+} dr_cuda_ctx;
+
+extern "C" void dr_cuda_note_fail(dr_cuda_ctx *cx, const char *file, int line, const char *stmt, cudaError_t e);
+extern "C" void dr_cuda_note_blas(dr_cuda_ctx *cx, const char *file, int line, const char *stmt, cublasStatus_t s);
+
+#define DR_BLAS_NOTE(cx, stmt)                                                                       \
+    do {                                                                                             \
+        cublasStatus_t dr_bs_ = (stmt);                                                              \
+        if (dr_bs_ != CUBLAS_STATUS_SUCCESS)                                                         \
+            dr_cuda_note_blas((cx), __FILE__, __LINE__, #stmt, dr_bs_);                              \
+    } while (0)
+
+/* Device scratch `slot` of at least n bytes (contents undefined); grows by
+ * waiting for the stream, so it is safe while earlier kernels use the old
+ * buffer. NULL (and ctx->failed) when out of memory. */
+void *dr_cuda_scratch(dr_cuda_ctx *cx, int slot, size_t n);
+
+/* Pinned host buffer of at least n int32 (for index uploads). */
+int32_t *dr_cuda_host_ids(dr_cuda_ctx *cx, size_t n);
+
+/* ---- internal kernels shared between files (host entry points) ---- */
+
+/* y [T, d] = x [T, n] W^T with W in its dtype at `wdev` (row stride n).
+ * ldx, ldy: row strides of x and y in floats. */
+void dr_cuda_mm(dr_cuda_ctx *cx, float *y, const float *x, const void *wdev, dr_dtype dt, int T, int d, int n);
+
+
+/* ---- device helpers ---- */
+
+static __device__ __forceinline__ float dr_dev_load(const void *p, dr_dtype dt, size_t i) {
+    if (dt == DR_DT_BF16)
+        return __bfloat162float(((const __nv_bfloat16 *)p)[i]);
+    if (dt == DR_DT_F16)
+        return __half2float(((const __half *)p)[i]);
+    return ((const float *)p)[i];
+}
+
+static __device__ __forceinline__ size_t dr_dtype_size_dev(dr_dtype dt) { return dt == DR_DT_F32 ? 4 : 2; }
+
+static __device__ __forceinline__ float dr_warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+static __device__ __forceinline__ float dr_warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+/* Sum over a block of blockDim.x threads (a multiple of 32, <= 1024); every
+ * thread gets the total. `sh` holds >= 32 floats. */
+static __device__ __forceinline__ float dr_block_sum(float v, float *sh) {
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = dr_warp_sum(v);
+    __syncthreads(); /* sh may still be read from a previous call */
+    if (lane == 0)
+        sh[w] = v;
+    __syncthreads();
+    float t = lane < nw ? sh[lane] : 0.0f;
+    return dr_warp_sum(t);
+}
+
+static __device__ __forceinline__ float dr_dev_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+static __device__ __forceinline__ float dr_dev_silu(float x) { return x / (1.0f + expf(-x)); }
+
+static inline unsigned dr_cdiv(size_t a, size_t b) { return (unsigned)((a + b - 1) / b); }
+
+#endif

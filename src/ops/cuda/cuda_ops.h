@@ -1,0 +1,61 @@
+/* ops/cuda/cuda_ops.h - the CUDA slot functions, one group per .cu file,
+ * and the entry points the tests use. Signatures are those of ops.h. */
+#ifndef DR_OPS_CUDA_CUDA_OPS_H
+#define DR_OPS_CUDA_CUDA_OPS_H
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#include "ops/ops.h"
+
+/* Fill every compute slot of `o` (backend.cu sets the memory slots). */
+void dr_cuda_fill_table(dr_ops *o);
+
+/* DR_OK, or DR_ERR_IO when a kernel of this backend has failed since it was
+ * created (the message was recorded by DR_FAIL at the time). */
+dr_status dr_cuda_backend_status(const dr_ops *o);
+
+/* Force one GEMM engine (tests): 0 automatic, 1 GEMV, 2 tiled fp32, 3 cuBLAS. */
+void dr_cuda_set_mm_engine(int engine);
+
+/* matmul.cu */
+void dr_cuda_matmul(void *ctx, float *y, const float *x, const dr_tensor *w, int T);
+void dr_cuda_embed(void *ctx, float *x, const dr_tensor *emb, const int32_t *ids, int T);
+
+/* elementwise.cu */
+void dr_cuda_rmsnorm(void *ctx, float *y, const float *x, const float *gain, int rows, int n, float eps);
+void dr_cuda_gated_rmsnorm(void *ctx, float *y, const float *x, const float *z, const float *w, int rows, int n,
+                           float eps);
+void dr_cuda_add(void *ctx, float *y, const float *x, size_t n);
+void dr_cuda_swiglu(void *ctx, float *out, const float *gate, const float *up, size_t n);
+void dr_cuda_sigmoid_mul(void *ctx, float *x, const float *gate, size_t n);
+void dr_cuda_sigmoid_scale_rows(void *ctx, float *y, const float *s, int rows, int n);
+void dr_cuda_split_halves(void *ctx, float *a, float *b, const float *x, int rows, int n);
+void dr_cuda_round_bf16(void *ctx, float *x, size_t n);
+
+/* attention.cu */
+void dr_cuda_rope(void *ctx, float *x, int T, int n_heads, int d_head, int d_rot, int pos0, float theta);
+void dr_cuda_attention(void *ctx, float *out, const float *q, const float *k_cache, const float *v_cache, int T,
+                       int pos0, int n_heads, int n_kv_heads, int d_head, float scale, float *ws);
+
+/* gdn.cu */
+void dr_cuda_gdn_conv(void *ctx, float *out, const float *m, float *conv_state, const float *w, int T, int C,
+                      int K);
+void dr_cuda_gdn_gates(void *ctx, float *beta, float *g, const float *b, const float *a, const float *A_log,
+                       const float *dt_bias, int T, int Hv);
+void dr_cuda_gdn_recurrent(void *ctx, float *o, const float *qkv, const float *beta, const float *g, float *state,
+                           const dr_gdn_dims *d, int T, float *ws);
+void dr_cuda_gdn_chunked(void *ctx, float *o, const float *qkv, const float *beta, const float *g, float *state,
+                         const dr_gdn_dims *d, int T, float *ws);
+
+/* moe.cu */
+void dr_cuda_moe_route(void *ctx, int32_t *idx, float *wts, const float *logits, int T, int E, int k, bool renorm);
+void dr_cuda_moe_experts(void *ctx, float *y, const float *x, const int32_t *idx, const float *wts,
+                         const dr_expert *experts, int T, int k, int H, int I, float *ws);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

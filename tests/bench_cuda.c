@@ -1,0 +1,190 @@
+/* tests/bench_cuda.c - kernel timings of the CUDA backend on real model
+ * shapes (35B-A3B / 9B), each beside the floor measured in the same run.
+ *
+ * Not a ctest: run by scripts/device_run.sh. Times are host clock around
+ * `reps` launches after a warm-up, ending in a stream sync (median of 5
+ * such runs). The memory floor is a device-to-device copy (bytes read +
+ * written over time). Prints one table; returns 77 without a device.
+ */
+#include "ops/cuda/cuda_ops.h"
+#include "ops/ops.h"
+#include "util/dtype.h"
+
+#include <cuda_runtime_api.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static dr_ops *G;
+
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static int cmp_d(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+#define TIME(reps, body)                                  \
+    ({                                                    \
+        double ts_[5];                                    \
+        body;                                             \
+        G->sync(G->ctx);                                  \
+        for (int r_ = 0; r_ < 5; r_++) {                  \
+            double t0_ = now();                           \
+            for (int i_ = 0; i_ < (reps); i_++) {         \
+                body;                                     \
+            }                                             \
+            G->sync(G->ctx);                              \
+            ts_[r_] = (now() - t0_) / (reps);             \
+        }                                                 \
+        qsort(ts_, 5, sizeof(double), cmp_d);             \
+        ts_[2];                                           \
+    })
+
+static void *dev_rand(size_t n_f32) { /* random fp32 in [-0.5, 0.5) on the device */
+    float *h = malloc(n_f32 * 4);
+    for (size_t i = 0; i < n_f32; i++)
+        h[i] = (float)((i * 2654435761u) % 1000003) / 1000003.0f - 0.5f;
+    void *d = G->alloc(G->ctx, n_f32 * 4);
+    G->upload(G->ctx, d, h, n_f32 * 4);
+    free(h);
+    return d;
+}
+
+static void weight(dr_tensor *t, int d, int n) { /* bf16, random */
+    size_t N = (size_t)d * n;
+    uint16_t *h = malloc(N * 2);
+    for (size_t i = 0; i < N; i++)
+        h[i] = dr_f32_to_bf16((float)((i * 2654435761u) % 1000003) / 1000003.0f - 0.5f);
+    memset(t, 0, sizeof *t);
+    t->name = "bench";
+    t->dtype = DR_DT_BF16;
+    t->ndim = 2;
+    t->ne[0] = d;
+    t->ne[1] = n;
+    t->data = h;
+    if (G->weight_upload(G->ctx, t) != DR_OK)
+        printf("upload failed: %s\n", dr_last_error());
+    free(h);
+    t->data = NULL;
+}
+
+int main(void) {
+    int ndev = 0;
+    if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
+        printf("skipped: no CUDA device\n");
+        return 77;
+    }
+    dr_backend_params bp = {.n_threads = 1, .device = 0};
+    if (dr_ops_cuda_create(&bp, &G) != DR_OK) {
+        printf("%s\n", dr_last_error());
+        return 1;
+    }
+    struct cudaDeviceProp prop;
+    cudaGetDeviceProperties(&prop, 0);
+    printf("device: %s, %d SMs\n", prop.name, prop.multiProcessorCount);
+
+    /* floor: 1 GiB device copy */
+    size_t cb = (size_t)1 << 30;
+    void *a = G->alloc(G->ctx, cb), *b = G->alloc(G->ctx, cb);
+    double tc = TIME(10, G->copy(G->ctx, b, a, cb));
+    double bw = 2.0 * cb / tc / 1e9;
+    printf("%-52s %9.3f ms  %7.0f GB/s (floor)\n", "copy 1 GiB device-to-device", tc * 1e3, bw);
+    G->free(G->ctx, a);
+    G->free(G->ctx, b);
+
+    /* GEMV (decode) and split-bf16 GEMM (prefill) */
+    const struct {
+        const char *nm;
+        int d, n;
+    } mats[] = {{"9B mlp.up [12288,4096]", 12288, 4096},
+                {"9B mlp.down [4096,12288]", 4096, 12288},
+                {"35B gdn in_proj_qkv [8192,2048]", 8192, 2048},
+                {"35B lm_head [248320,2048]", 248320, 2048}};
+    float *x = dev_rand((size_t)8192 * 12288), *y = G->alloc(G->ctx, (size_t)8192 * 248320 / 4 * 4);
+    for (size_t m = 0; m < sizeof mats / sizeof mats[0]; m++) {
+        dr_tensor w;
+        weight(&w, mats[m].d, mats[m].n);
+        const double bytes = 2.0 * mats[m].d * mats[m].n;
+        double t1 = TIME(20, G->matmul(G->ctx, y, x, &w, 1));
+        printf("%-52s %9.3f ms  %7.0f GB/s  %4.0f%% of floor\n", mats[m].nm, t1 * 1e3, bytes / t1 / 1e9,
+               100.0 * bytes / t1 / 1e9 / bw);
+        for (int T = 512; T <= 8192 && (size_t)T * mats[m].d <= (size_t)8192 * 248320 / 4; T *= 16) {
+            double tt = TIME(3, G->matmul(G->ctx, y, x, &w, T));
+            char nm[64];
+            snprintf(nm, sizeof nm, "   same, prefill T=%d (split bf16 cuBLAS)", T);
+            printf("%-52s %9.3f ms  %7.1f TFLOP/s\n", nm, tt * 1e3, 2.0 * T * bytes / 2 / tt / 1e12);
+        }
+        G->weight_free(G->ctx, &w);
+    }
+
+    /* GDN delta rule, 35B shape: Hk 16, Hv 32, dk = dv = 128 */
+    {
+        dr_gdn_dims d = {16, 32, 128, 128};
+        const int Cc = 2 * 16 * 128 + 32 * 128, T = 8192;
+        float *qkv = dev_rand((size_t)T * Cc), *beta = dev_rand((size_t)T * 32), *g = dev_rand((size_t)T * 32);
+        float *st = dev_rand((size_t)32 * 128 * 128), *o = G->alloc(G->ctx, (size_t)T * 32 * 128 * 4);
+        const double sb = 2.0 * 32 * 128 * 128 * 4; /* state read + written */
+        double t1 = TIME(50, G->gdn_recurrent(G->ctx, o, qkv, beta, g, st, &d, 1, NULL));
+        printf("%-52s %9.3f ms  %7.0f GB/s state  %4.0f%% of floor\n", "gdn decode step (fp32 state 2 MiB)", t1 * 1e3,
+               sb / t1 / 1e9, 100.0 * sb / t1 / 1e9 / bw);
+        double tp = TIME(1, G->gdn_chunked(G->ctx, o, qkv, beta, g, st, &d, T, NULL));
+        printf("%-52s %9.3f ms  %7.0f tok/s per layer\n", "gdn prefill T=8192 (recurrence kernel)", tp * 1e3,
+               T / tp);
+        G->free(G->ctx, qkv), G->free(G->ctx, beta), G->free(G->ctx, g), G->free(G->ctx, st), G->free(G->ctx, o);
+    }
+    /* attention, 35B shape: nH 16, nKV 2, hd 256 */
+    {
+        const int nH = 16, nKV = 2, hd = 256, n_ctx = 32768;
+        float *kc = dev_rand((size_t)n_ctx * nKV * hd), *vc = dev_rand((size_t)n_ctx * nKV * hd);
+        float *q = dev_rand((size_t)8192 * nH * hd), *o = G->alloc(G->ctx, (size_t)8192 * nH * hd * 4);
+        const double kvb = 2.0 * n_ctx * nKV * hd * 4;
+        double t1 = TIME(20, G->attention(G->ctx, o, q, kc, vc, 1, n_ctx - 1, nH, nKV, hd, 0.0625f, NULL));
+        printf("%-52s %9.3f ms  %7.0f GB/s KV  %4.0f%% of floor\n", "attention decode at 32k context (fp32 KV)",
+               t1 * 1e3, kvb / t1 / 1e9, 100.0 * kvb / t1 / 1e9 / bw);
+        double tp = TIME(1, G->attention(G->ctx, o, q, kc, vc, 8192, 0, nH, nKV, hd, 0.0625f, NULL));
+        printf("%-52s %9.3f ms  %7.1f TFLOP/s\n", "attention prefill T=8192 (causal)", tp * 1e3,
+               4.0 * nH * hd * 8192.0 * 8192.0 / 2 / tp / 1e12);
+        G->free(G->ctx, kc), G->free(G->ctx, vc), G->free(G->ctx, q), G->free(G->ctx, o);
+    }
+    /* MoE, 35B shape: E 256, k 8, H 2048, I 512 */
+    {
+        const int E = 256, k = 8, H = 2048, I = 512;
+        dr_expert *ex = calloc(E, sizeof *ex);
+        for (int e = 0; e < E; e++) {
+            weight(&ex[e].gate, I, H);
+            weight(&ex[e].up, I, H);
+            weight(&ex[e].down, H, I);
+        }
+        float *lg = dev_rand((size_t)8192 * E), *w = G->alloc(G->ctx, (size_t)8192 * k * 4);
+        int32_t *idx = G->alloc(G->ctx, (size_t)8192 * k * 4);
+        float *yy = G->alloc(G->ctx, (size_t)8192 * H * 4);
+        const double eb = 3.0 * k * I * H * 2;
+        double t1 = TIME(20, (G->moe_route(G->ctx, idx, w, lg, 1, E, k, true),
+                              G->moe_experts(G->ctx, yy, x, idx, w, ex, 1, k, H, I, NULL)));
+        printf("%-52s %9.3f ms  %7.0f GB/s  %4.0f%% of floor\n", "moe decode (route + 8 experts)", t1 * 1e3,
+               eb / t1 / 1e9, 100.0 * eb / t1 / 1e9 / bw);
+        for (int T = 512; T <= 8192; T *= 16) {
+            double tp = TIME(1, (G->moe_route(G->ctx, idx, w, lg, T, E, k, true),
+                                 G->moe_experts(G->ctx, yy, x, idx, w, ex, T, k, H, I, NULL)));
+            printf("%-52s %9.3f ms  %7.1f TFLOP/s  T=%d\n", "moe prefill (grouped per expert)", tp * 1e3,
+                   2.0 * T * k * 3.0 * I * H / tp / 1e12, T);
+        }
+        for (int e = 0; e < E; e++) {
+            G->weight_free(G->ctx, &ex[e].gate);
+            G->weight_free(G->ctx, &ex[e].up);
+            G->weight_free(G->ctx, &ex[e].down);
+        }
+        free(ex);
+    }
+    G->sync(G->ctx);
+    printf("backend status: %s\n", dr_cuda_backend_status(G) == DR_OK ? "ok" : dr_last_error());
+    G->destroy(G);
+    return 0;
+}

@@ -1,0 +1,455 @@
+/* tests/test_cuda.c - every slot of the CUDA backend against the CPU
+ * reference table on random inputs of odd sizes.
+ *
+ * Errors are max |gpu - cpu| / max |cpu| (relative to the output's scale),
+ * printed beside the tolerance. The tolerances are fp32 ones: the GPU sums in
+ * a different order and contracts a*b+c into FMAs, nothing more; the bf16
+ * split GEMM (x = hi + lo) is held to the same bound. Without a CUDA device
+ * the test prints "skipped: no CUDA device" and returns 77 (ctest: skipped).
+ */
+#include "ops/cuda/cuda_ops.h"
+#include "ops/ops.h"
+#include "test.h"
+#include "util/dtype.h"
+
+#include <cuda_runtime_api.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define TOL 2e-5f /* fp32 reordering; the recurrences get GDN_TOL */
+#define GDN_TOL 1e-4f
+
+static dr_ops *G, *C; /* GPU backend, CPU reference */
+static uint64_t g_rng = 0x9e3779b97f4a7c15ull;
+
+static float frand(void) { /* uniform in [-1, 1) */
+    g_rng ^= g_rng << 13;
+    g_rng ^= g_rng >> 7;
+    g_rng ^= g_rng << 17;
+    return (float)((g_rng >> 40) & 0xffffff) / (float)(1 << 23) - 1.0f;
+}
+
+static float *rnd(size_t n, float scale) {
+    float *v = malloc((n ? n : 1) * sizeof *v);
+    for (size_t i = 0; i < n; i++)
+        v[i] = frand() * scale;
+    return v;
+}
+
+static float *hcopy(const float *x, size_t n) {
+    float *v = malloc((n ? n : 1) * sizeof *v);
+    memcpy(v, x, n * sizeof *v);
+    return v;
+}
+
+static void *dput(const void *h, size_t bytes) {
+    void *d = G->alloc(G->ctx, bytes);
+    G->upload(G->ctx, d, h, bytes);
+    return d;
+}
+
+static float *dget(const void *d, size_t n) {
+    float *h = malloc((n ? n : 1) * sizeof *h);
+    G->download(G->ctx, h, d, n * sizeof *h);
+    return h;
+}
+
+/* max |a - b| / max |b| */
+static float rel_err(const float *a, const float *b, size_t n) {
+    float e = 0.0f, m = 0.0f;
+    for (size_t i = 0; i < n; i++) {
+        float d = fabsf(a[i] - b[i]);
+        if (!(d <= e))
+            e = isnan(d) ? INFINITY : d;
+        if (fabsf(b[i]) > m)
+            m = fabsf(b[i]);
+    }
+    return m > 0.0f ? e / m : e;
+}
+
+#define REPORT(err, tol, ...)                                                                         \
+    do {                                                                                              \
+        char what_[200];                                                                              \
+        snprintf(what_, sizeof what_, __VA_ARGS__);                                                   \
+        CHECK_SHOW((err) <= (tol), "%-58s rel err %.2e (tol %.0e)", what_, (double)(err), (double)(tol)); \
+    } while (0)
+
+/* ---- elementwise ---- */
+
+static void test_elementwise(void) {
+    const int rows = 7, n = 333;
+    const size_t N = (size_t)rows * n;
+    float *x = rnd(N, 3.0f), *z = rnd(N, 2.0f), *gain = rnd(n, 1.0f), *y = malloc(N * 4);
+    float *dx = dput(x, N * 4), *dz = dput(z, N * 4), *dg = dput(gain, n * 4), *dy = G->alloc(G->ctx, N * 4);
+
+    C->rmsnorm(NULL, y, x, gain, rows, n, 1e-6f);
+    G->rmsnorm(G->ctx, dy, dx, dg, rows, n, 1e-6f);
+    float *got = dget(dy, N);
+    REPORT(rel_err(got, y, N), TOL, "rmsnorm %dx%d", rows, n);
+    free(got);
+
+    float *xi = hcopy(x, N), *dxi = dput(x, N * 4); /* in place (q/k norm) */
+    C->rmsnorm(NULL, xi, xi, gain, rows, n, 1e-6f);
+    G->rmsnorm(G->ctx, dxi, dxi, dg, rows, n, 1e-6f);
+    got = dget(dxi, N);
+    REPORT(rel_err(got, xi, N), TOL, "rmsnorm in place");
+    free(got);
+
+    C->gated_rmsnorm(NULL, y, x, z, gain, rows * 3, n / 3, 1e-6f);
+    G->gated_rmsnorm(G->ctx, dy, dx, dz, dg, rows * 3, n / 3, 1e-6f);
+    got = dget(dy, N);
+    REPORT(rel_err(got, y, N), TOL, "gated_rmsnorm %dx%d", rows * 3, n / 3);
+    free(got);
+
+    memcpy(y, x, N * 4);
+    G->upload(G->ctx, dy, x, N * 4);
+    C->add(NULL, y, z, N);
+    G->add(G->ctx, dy, dz, N);
+    got = dget(dy, N);
+    REPORT(rel_err(got, y, N), 0.0f, "add n=%zu", N);
+    free(got);
+
+    C->swiglu(NULL, y, x, z, N);
+    G->swiglu(G->ctx, dy, dx, dz, N);
+    got = dget(dy, N);
+    REPORT(rel_err(got, y, N), TOL, "swiglu");
+    free(got);
+
+    memcpy(y, x, N * 4);
+    G->upload(G->ctx, dy, x, N * 4);
+    C->sigmoid_mul(NULL, y, z, N);
+    G->sigmoid_mul(G->ctx, dy, dz, N);
+    got = dget(dy, N);
+    REPORT(rel_err(got, y, N), TOL, "sigmoid_mul");
+    free(got);
+
+    memcpy(y, x, N * 4);
+    G->upload(G->ctx, dy, x, N * 4);
+    C->sigmoid_scale_rows(NULL, y, z, rows, n);
+    G->sigmoid_scale_rows(G->ctx, dy, dz, rows, n);
+    got = dget(dy, N);
+    REPORT(rel_err(got, y, N), TOL, "sigmoid_scale_rows %dx%d", rows, n);
+    free(got);
+
+    {
+        const int r2 = 5, h = 19;
+        float *a = malloc(r2 * h * 4), *b = malloc(r2 * h * 4);
+        float *da = G->alloc(G->ctx, r2 * h * 4), *db = G->alloc(G->ctx, r2 * h * 4);
+        C->split_halves(NULL, a, b, x, r2, h);
+        G->split_halves(G->ctx, da, db, dx, r2, h);
+        float *ga = dget(da, r2 * h), *gb = dget(db, r2 * h);
+        REPORT(fmaxf(rel_err(ga, a, r2 * h), rel_err(gb, b, r2 * h)), 0.0f, "split_halves %dx2x%d", r2, h);
+        free(a), free(b), free(ga), free(gb);
+        G->free(G->ctx, da), G->free(G->ctx, db);
+    }
+
+    memcpy(y, x, N * 4);
+    G->upload(G->ctx, dy, x, N * 4);
+    C->round_bf16(NULL, y, N);
+    G->round_bf16(G->ctx, dy, N);
+    got = dget(dy, N);
+    REPORT(rel_err(got, y, N), 0.0f, "round_bf16 (bit exact)");
+    free(got);
+
+    free(x), free(z), free(gain), free(y), free(xi);
+    G->free(G->ctx, dx), G->free(G->ctx, dz), G->free(G->ctx, dg), G->free(G->ctx, dy), G->free(G->ctx, dxi);
+}
+
+/* ---- matmul and embed ---- */
+
+/* fp32 -> f16 bits for |f| < 65504 (any rounding will do: both sides read
+ * the same bits) */
+static uint16_t f16_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    uint32_t sign = (u >> 16) & 0x8000u, man = u & 0x7fffffu;
+    int ex = (int)((u >> 23) & 0xff) - 127 + 15;
+    if (ex <= 0) { /* subnormal */
+        if (ex < -10)
+            return (uint16_t)sign;
+        man |= 0x800000u;
+        return (uint16_t)(sign | (man >> (14 - ex)));
+    }
+    return (uint16_t)(sign | ((uint32_t)ex << 10) | (man >> 13));
+}
+
+static void *make_weights(dr_tensor *t, dr_dtype dt, int d, int n, float scale) {
+    size_t N = (size_t)d * n, es = dr_dtype_size(dt);
+    unsigned char *h = malloc(N * es);
+    for (size_t i = 0; i < N; i++) {
+        float v = frand() * scale;
+        if (dt == DR_DT_F32) {
+            memcpy(h + 4 * i, &v, 4);
+        } else if (dt == DR_DT_BF16) {
+            uint16_t b = dr_f32_to_bf16(v);
+            memcpy(h + 2 * i, &b, 2);
+        } else {
+            uint16_t b = f16_bits(v);
+            memcpy(h + 2 * i, &b, 2);
+        }
+    }
+    memset(t, 0, sizeof *t);
+    t->name = "test.weight";
+    t->dtype = dt;
+    t->ndim = 2;
+    t->ne[0] = d;
+    t->ne[1] = n;
+    t->data = h;
+    dr_status st = G->weight_upload(G->ctx, t);
+    CHECK(st == DR_OK, "weight_upload: %s", dr_last_error());
+    return h;
+}
+
+static void test_matmul(void) {
+    const dr_dtype dts[3] = {DR_DT_F32, DR_DT_BF16, DR_DT_F16};
+    const char *dn[3] = {"f32", "bf16", "f16"};
+    const int shapes[2][2] = {{67, 130}, {96, 256}}; /* odd (scalar path) and vector-aligned */
+    const int Ts[5] = {1, 3, 8, 9, 70};
+    const char *engines[4] = {"auto", "gemv", "tiled", "cublas"};
+    for (int di = 0; di < 3; di++)
+        for (int si = 0; si < 2; si++) {
+            const int d = shapes[si][0], n = shapes[si][1];
+            dr_tensor w;
+            void *h = make_weights(&w, dts[di], d, n, 0.5f);
+            float worst[4] = {0};
+            for (int ti = 0; ti < 5; ti++) {
+                const int T = Ts[ti];
+                float *x = rnd((size_t)T * n, 2.0f), *y = malloc((size_t)T * d * 4);
+                float *dx = dput(x, (size_t)T * n * 4), *dy = G->alloc(G->ctx, (size_t)T * d * 4);
+                C->matmul(NULL, y, x, &w, T);
+                for (int e = 0; e < 4; e++) {
+                    if (e == 1 && T > 8)
+                        continue;
+                    dr_cuda_set_mm_engine(e);
+                    G->zero(G->ctx, dy, (size_t)T * d * 4);
+                    G->matmul(G->ctx, dy, dx, &w, T);
+                    float *got = dget(dy, (size_t)T * d);
+                    float er = rel_err(got, y, (size_t)T * d);
+                    worst[e] = er > worst[e] || isnan(er) ? er : worst[e];
+                    free(got);
+                }
+                dr_cuda_set_mm_engine(0);
+                free(x), free(y);
+                G->free(G->ctx, dx), G->free(G->ctx, dy);
+            }
+            for (int e = 0; e < 4; e++)
+                REPORT(worst[e], TOL, "matmul %s [%d,%d] T=1..70 engine %s", dn[di], d, n, engines[e]);
+            G->weight_free(G->ctx, &w);
+            CHECK(w.dev == NULL, "weight_free clears dev");
+            free(h);
+        }
+    /* embed */
+    const int V = 50, H = 36, T = 7;
+    dr_tensor e;
+    void *h = make_weights(&e, DR_DT_BF16, V, H, 1.0f);
+    int32_t ids[7] = {3, 49, 0, 17, 17, 22, 8};
+    float *y = malloc((size_t)T * H * 4), *dy = G->alloc(G->ctx, (size_t)T * H * 4);
+    C->embed(NULL, y, &e, ids, T);
+    G->embed(G->ctx, dy, &e, ids, T);
+    float *got = dget(dy, (size_t)T * H);
+    REPORT(rel_err(got, y, (size_t)T * H), 0.0f, "embed bf16 V=%d H=%d T=%d (exact)", V, H, T);
+    free(got), free(y), free(h);
+    G->free(G->ctx, dy);
+    G->weight_free(G->ctx, &e);
+
+    /* quantized weights: a clear error naming the tensor */
+    dr_tensor q;
+    memset(&q, 0, sizeof q);
+    q.name = "model.layers.0.mlp.down_proj.weight";
+    q.dtype = DR_DT_U32;
+    q.ndim = 2;
+    q.ne[0] = 8;
+    q.ne[1] = 64;
+    q.q.bits = 4;
+    dr_status st = G->weight_upload(G->ctx, &q);
+    CHECK(st != DR_OK && strstr(dr_last_error(), "down_proj"), "quantized upload: %s", dr_last_error());
+}
+
+/* ---- attention ---- */
+
+static void test_rope_attention(void) {
+    {
+        const int T = 5, nH = 3, hd = 40, d_rot = 20;
+        const int pos0s[2] = {17, 30000};
+        for (int p = 0; p < 2; p++) {
+            size_t N = (size_t)T * nH * hd;
+            float *x = rnd(N, 1.0f), *dx = dput(x, N * 4);
+            C->rope(NULL, x, T, nH, hd, d_rot, pos0s[p], 1e7f);
+            G->rope(G->ctx, dx, T, nH, hd, d_rot, pos0s[p], 1e7f);
+            float *got = dget(dx, N);
+            REPORT(rel_err(got, x, N), TOL, "rope partial (d_rot %d of %d) pos0=%d", d_rot, hd, pos0s[p]);
+            free(x), free(got);
+            G->free(G->ctx, dx);
+        }
+    }
+    const struct {
+        int T, pos0, nH, nKV, hd;
+    } cs[] = {{1, 0, 4, 2, 64}, {1, 3000, 8, 2, 256}, {7, 50, 8, 2, 64}, {3, 700, 6, 3, 40}, {40, 5, 4, 1, 128},
+              {1, 9000, 16, 2, 256}};
+    for (size_t c = 0; c < sizeof cs / sizeof cs[0]; c++) {
+        const int T = cs[c].T, pos0 = cs[c].pos0, nH = cs[c].nH, nKV = cs[c].nKV, hd = cs[c].hd;
+        const int n_ctx = pos0 + T;
+        size_t nq = (size_t)T * nH * hd, nkv = (size_t)n_ctx * nKV * hd;
+        float *q = rnd(nq, 1.0f), *k = rnd(nkv, 1.0f), *v = rnd(nkv, 1.0f), *o = malloc(nq * 4);
+        float *ws = malloc((size_t)(n_ctx + 1) * 4);
+        float *dq = dput(q, nq * 4), *dk = dput(k, nkv * 4), *dv = dput(v, nkv * 4), *dO = G->alloc(G->ctx, nq * 4);
+        const float scale = 1.0f / sqrtf((float)hd) * 4.0f; /* sharper than real: exercises the max */
+        C->attention(NULL, o, q, k, v, T, pos0, nH, nKV, hd, scale, ws);
+        G->attention(G->ctx, dO, dq, dk, dv, T, pos0, nH, nKV, hd, scale, NULL);
+        float *got = dget(dO, nq);
+        REPORT(rel_err(got, o, nq), TOL, "attention T=%d pos0=%d nH=%d nKV=%d hd=%d", T, pos0, nH, nKV, hd);
+        free(q), free(k), free(v), free(o), free(ws), free(got);
+        G->free(G->ctx, dq), G->free(G->ctx, dk), G->free(G->ctx, dv), G->free(G->ctx, dO);
+    }
+}
+
+/* ---- Gated DeltaNet ---- */
+
+static void test_gdn(void) {
+    { /* conv with state */
+        const int Cc = 100, K = 4, Ts[3] = {1, 2, 37};
+        for (int ti = 0; ti < 3; ti++) {
+            const int T = Ts[ti];
+            float *m = rnd((size_t)T * Cc, 2.0f), *st = rnd((size_t)K * Cc, 2.0f), *w = rnd((size_t)Cc * K, 1.0f);
+            float *out = malloc((size_t)T * Cc * 4);
+            float *dm = dput(m, (size_t)T * Cc * 4), *dst = dput(st, (size_t)K * Cc * 4), *dw = dput(w, (size_t)Cc * K * 4);
+            float *dout = G->alloc(G->ctx, (size_t)T * Cc * 4);
+            C->gdn_conv(NULL, out, m, st, w, T, Cc, K);
+            G->gdn_conv(G->ctx, dout, dm, dst, dw, T, Cc, K);
+            float *go = dget(dout, (size_t)T * Cc), *gs = dget(dst, (size_t)K * Cc);
+            REPORT(rel_err(go, out, (size_t)T * Cc), TOL, "gdn_conv T=%d C=%d K=%d out", T, Cc, K);
+            REPORT(rel_err(gs, st, (size_t)K * Cc), 0.0f, "gdn_conv T=%d conv state (exact)", T);
+            free(m), free(st), free(w), free(out), free(go), free(gs);
+            G->free(G->ctx, dm), G->free(G->ctx, dst), G->free(G->ctx, dw), G->free(G->ctx, dout);
+        }
+    }
+    { /* gates */
+        const int T = 9, Hv = 6;
+        float *b = rnd(T * Hv, 4.0f), *a = rnd(T * Hv, 30.0f), *Al = rnd(Hv, 2.0f), *dt = rnd(Hv, 1.0f);
+        float *beta = malloc(T * Hv * 4), *g = malloc(T * Hv * 4);
+        float *db = dput(b, T * Hv * 4), *da = dput(a, T * Hv * 4), *dAl = dput(Al, Hv * 4), *ddt = dput(dt, Hv * 4);
+        float *dbeta = G->alloc(G->ctx, T * Hv * 4), *dg = G->alloc(G->ctx, T * Hv * 4);
+        C->gdn_gates(NULL, beta, g, b, a, Al, dt, T, Hv);
+        G->gdn_gates(G->ctx, dbeta, dg, db, da, dAl, ddt, T, Hv);
+        float *gb = dget(dbeta, T * Hv), *gg = dget(dg, T * Hv);
+        REPORT(fmaxf(rel_err(gb, beta, T * Hv), rel_err(gg, g, T * Hv)), TOL, "gdn_gates (a up to 30: softplus both sides)");
+        free(b), free(a), free(Al), free(dt), free(beta), free(g), free(gb), free(gg);
+        G->free(G->ctx, db), G->free(G->ctx, da), G->free(G->ctx, dAl), G->free(G->ctx, ddt);
+        G->free(G->ctx, dbeta), G->free(G->ctx, dg);
+    }
+    const struct {
+        int Hk, Hv, dk, dv, T, chunked;
+    } cs[] = {{2, 6, 32, 48, 1, 0},    {2, 6, 32, 48, 5, 0},   {2, 6, 32, 48, 150, 1}, {1, 2, 128, 128, 1, 0},
+              {2, 4, 128, 128, 70, 1}, {3, 3, 24, 20, 65, 1}, {1, 4, 256, 64, 3, 0}};
+    for (size_t c = 0; c < sizeof cs / sizeof cs[0]; c++) {
+        dr_gdn_dims d = {cs[c].Hk, cs[c].Hv, cs[c].dk, cs[c].dv};
+        const int T = cs[c].T, Cc = 2 * d.n_k_heads * d.d_k + d.n_v_heads * d.d_v;
+        const size_t ns = (size_t)d.n_v_heads * d.d_k * d.d_v, no = (size_t)T * d.n_v_heads * d.d_v;
+        float *qkv = rnd((size_t)T * Cc, 1.0f), *beta = rnd((size_t)T * d.n_v_heads, 0.5f);
+        float *g = rnd((size_t)T * d.n_v_heads, 0.5f), *st = rnd(ns, 0.3f), *o = malloc(no * 4);
+        for (int i = 0; i < T * d.n_v_heads; i++) {
+            beta[i] += 0.5f;           /* (0, 1) like a sigmoid */
+            g[i] = -fabsf(g[i]) * 0.6f; /* log decay <= 0 */
+        }
+        float *ws = malloc(dr_gdn_ws_floats(&d) * 4);
+        float *dqkv = dput(qkv, (size_t)T * Cc * 4), *dbeta = dput(beta, (size_t)T * d.n_v_heads * 4);
+        float *dg = dput(g, (size_t)T * d.n_v_heads * 4), *dst = dput(st, ns * 4), *dO = G->alloc(G->ctx, no * 4);
+        if (cs[c].chunked) {
+            C->gdn_chunked(NULL, o, qkv, beta, g, st, &d, T, ws);
+            G->gdn_chunked(G->ctx, dO, dqkv, dbeta, dg, dst, &d, T, NULL);
+        } else {
+            C->gdn_recurrent(NULL, o, qkv, beta, g, st, &d, T, ws);
+            G->gdn_recurrent(G->ctx, dO, dqkv, dbeta, dg, dst, &d, T, NULL);
+        }
+        float *go = dget(dO, no), *gs = dget(dst, ns);
+        const char *nm = cs[c].chunked ? "gdn_chunked" : "gdn_recurrent";
+        REPORT(rel_err(go, o, no), GDN_TOL, "%s Hk=%d Hv=%d dk=%d dv=%d T=%d: o", nm, d.n_k_heads, d.n_v_heads,
+               d.d_k, d.d_v, T);
+        REPORT(rel_err(gs, st, ns), GDN_TOL, "%s T=%d: fp32 state", nm, T);
+        free(qkv), free(beta), free(g), free(st), free(o), free(ws), free(go), free(gs);
+        G->free(G->ctx, dqkv), G->free(G->ctx, dbeta), G->free(G->ctx, dg), G->free(G->ctx, dst);
+        G->free(G->ctx, dO);
+    }
+}
+
+/* ---- MoE ---- */
+
+static void test_moe(void) {
+    const int E = 6, H = 64, I = 40, k = 2;
+    dr_expert ex[6];
+    void *hs[18];
+    for (int e = 0; e < E; e++) {
+        hs[3 * e] = make_weights(&ex[e].gate, DR_DT_BF16, I, H, 0.3f);
+        hs[3 * e + 1] = make_weights(&ex[e].up, DR_DT_BF16, I, H, 0.3f);
+        hs[3 * e + 2] = make_weights(&ex[e].down, DR_DT_BF16, H, I, 0.3f);
+    }
+    const int Ts[3] = {1, 3, 21};
+    for (int ti = 0; ti < 3; ti++) {
+        const int T = Ts[ti];
+        for (int rn = 0; rn < 2; rn++) {
+            const int Er = 37, kr = 5; /* routing on its own, odd sizes */
+            float *lg = rnd((size_t)T * Er, 3.0f), *w = malloc((size_t)T * kr * 4);
+            int32_t *idx = malloc((size_t)T * kr * 4);
+            float *dl = dput(lg, (size_t)T * Er * 4), *dw = G->alloc(G->ctx, (size_t)T * kr * 4);
+            int32_t *di = G->alloc(G->ctx, (size_t)T * kr * 4);
+            C->moe_route(NULL, idx, w, lg, T, Er, kr, rn);
+            G->moe_route(G->ctx, di, dw, dl, T, Er, kr, rn);
+            int32_t *gi = malloc((size_t)T * kr * 4);
+            G->download(G->ctx, gi, di, (size_t)T * kr * 4);
+            float *gw = dget(dw, (size_t)T * kr);
+            CHECK_SHOW(!memcmp(gi, idx, (size_t)T * kr * 4), "moe_route T=%d E=%d k=%d renorm=%d: same experts", T, Er,
+                       kr, rn);
+            REPORT(rel_err(gw, w, (size_t)T * kr), TOL, "moe_route T=%d renorm=%d weights", T, rn);
+            free(lg), free(w), free(idx), free(gi), free(gw);
+            G->free(G->ctx, dl), G->free(G->ctx, dw), G->free(G->ctx, di);
+        }
+        /* experts: route on the GPU (sets E), feed the same picks to the CPU */
+        float *lg = rnd((size_t)T * E, 3.0f), *x = rnd((size_t)T * H, 1.0f), *y = rnd((size_t)T * H, 1.0f);
+        float *dl = dput(lg, (size_t)T * E * 4), *dx = dput(x, (size_t)T * H * 4), *dy = dput(y, (size_t)T * H * 4);
+        float *dw = G->alloc(G->ctx, (size_t)T * k * 4);
+        int32_t *di = G->alloc(G->ctx, (size_t)T * k * 4);
+        G->moe_route(G->ctx, di, dw, dl, T, E, k, true);
+        int32_t *idx = malloc((size_t)T * k * 4);
+        G->download(G->ctx, idx, di, (size_t)T * k * 4);
+        float *w = dget(dw, (size_t)T * k), *ws = malloc((size_t)(2 * I + H) * 4);
+        C->moe_experts(NULL, y, x, idx, w, ex, T, k, H, I, ws);
+        G->moe_experts(G->ctx, dy, dx, di, dw, ex, T, k, H, I, NULL);
+        float *got = dget(dy, (size_t)T * H);
+        REPORT(rel_err(got, y, (size_t)T * H), TOL, "moe_experts bf16 T=%d E=%d k=%d H=%d I=%d (%s)", T, E, k, H, I,
+               T <= 4 ? "decode" : "grouped");
+        free(lg), free(x), free(y), free(idx), free(w), free(ws), free(got);
+        G->free(G->ctx, dl), G->free(G->ctx, dx), G->free(G->ctx, dy), G->free(G->ctx, dw), G->free(G->ctx, di);
+    }
+    for (int e = 0; e < E; e++) {
+        G->weight_free(G->ctx, &ex[e].gate);
+        G->weight_free(G->ctx, &ex[e].up);
+        G->weight_free(G->ctx, &ex[e].down);
+    }
+    for (int i = 0; i < 18; i++)
+        free(hs[i]);
+}
+
+int main(void) {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
+        printf("skipped: no CUDA device\n");
+        return 77;
+    }
+    dr_backend_params bp = {.n_threads = 1, .device = 0};
+    dr_status st = dr_ops_cuda_create(&bp, &G);
+    CHECK(st == DR_OK, "dr_ops_cuda_create: %s", dr_last_error());
+    if (st != DR_OK)
+        return TEST_DONE();
+    C = dr_ops_cpu_ref();
+    test_elementwise();
+    test_matmul();
+    test_rope_attention();
+    test_gdn();
+    test_moe();
+    G->sync(G->ctx);
+    CHECK(dr_cuda_backend_status(G) == DR_OK, "backend error: %s", dr_last_error());
+    G->destroy(G);
+    return TEST_DONE();
+}
