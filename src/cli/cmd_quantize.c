@@ -105,13 +105,13 @@ static int parse(int argc, char **argv, dr_convert_opts *o, ui *u) {
         } else if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) {
             u->quiet = true;
         } else if (!strcmp(a, "--bits")) {
-            target = &o->bits, lo = 4, hi = 8;
+            target = &o->bits, lo = 1, hi = 64; /* exact values checked by dr_quant_convert */
         } else if (!strcmp(a, "--group-size")) {
-            target = &o->group_size, lo = 32, hi = 128;
+            target = &o->group_size, lo = 1, hi = 4096;
         } else if (!strcmp(a, "--embed-bits")) {
-            target = &o->embed_bits, lo = 4, hi = 16;
+            target = &o->embed_bits, lo = 1, hi = 64;
         } else if (!strcmp(a, "--lm-head-bits")) {
-            target = &o->lm_head_bits, lo = 4, hi = 16;
+            target = &o->lm_head_bits, lo = 1, hi = 64;
         } else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
             target = &o->n_threads, lo = 0, hi = 1024;
         } else if (a[0] == '-') {

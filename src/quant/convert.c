@@ -403,7 +403,7 @@ static dr_status write_job(conv *c, int idx, dr_convert_summary *sum) {
         sum->n_quantized++;
         if (r.stats.rel_rms >= sum->worst_rel_rms) {
             sum->worst_rel_rms = r.stats.rel_rms;
-            snprintf(sum->worst_name, sizeof sum->worst_name, "%s", j->name);
+            snprintf(sum->worst_name, sizeof sum->worst_name, "%.255s", j->name);
         }
     }
     if (c->o->on_tensor)
