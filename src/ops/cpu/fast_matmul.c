@@ -12,7 +12,7 @@
 #include "ops/cpu/quant.h"
 
 #define GEMV_MAX_T 4  /* below this many tokens, stream weights per token */
-#define GEMV_RB 16    /* rows per task in decode */
+#define GEMV_BYTES (256 << 10) /* weight bytes per decode task: long forward streams per thread */
 #define GEMM_FLOATS 65536 /* widened rows per task: 256 KiB, fits L2 */
 #define Q_RB 16       /* rows per task for quantized weights */
 
@@ -89,6 +89,14 @@ static int gemm_rows(int n) {
     return rb < DR_TILE ? DR_TILE : rb > 64 ? 64 : rb;
 }
 
+/* Rows per decode task: about GEMV_BYTES of weights, so each thread reads
+ * long contiguous runs (the prefetcher needs them to reach full bandwidth). */
+static int gemv_rows(int n, dr_dtype dt) {
+    size_t row = (size_t)(n > 0 ? n : 1) * dr_dtype_size(dt);
+    size_t rb = GEMV_BYTES / row;
+    return rb < DR_GEMV_ROWS ? DR_GEMV_ROWS : (int)(rb / DR_GEMV_ROWS * DR_GEMV_ROWS);
+}
+
 /* Split x for the vdpbf16ps GEMV into shared scratch; false if unavailable. */
 static bool split_x(mm_job *j) {
     const size_t n = (size_t)j->T * j->n;
@@ -112,7 +120,7 @@ void dr_fast_matmul(void *ctx, float *y, const float *x, const dr_tensor *w, int
         j.rb = Q_RB;
         fn = q_task;
     } else if (T < GEMV_MAX_T) {
-        j.rb = GEMV_RB;
+        j.rb = gemv_rows(j.n, w->dtype);
         if (w->dtype == DR_DT_BF16 && c->bf16_dot && !split_x(&j))
             j.hi = j.lo = NULL;
         fn = gemv_task;
@@ -120,7 +128,7 @@ void dr_fast_matmul(void *ctx, float *y, const float *x, const dr_tensor *w, int
         j.rb = gemm_rows(j.n);
         fn = gemm_task;
         if (!dr_cpu_reserve(c, (size_t)j.rb * j.n)) { /* no scratch: stream the rows per token */
-            j.rb = GEMV_RB;
+            j.rb = gemv_rows(j.n, w->dtype);
             fn = gemv_task;
         }
     }
