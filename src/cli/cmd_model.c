@@ -10,6 +10,7 @@
 #include "cli/prompt.h"
 #include "format/safetensors.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -251,6 +252,16 @@ static int emitter_open(emitter *e, bool text, const char *dir) {
     return 0;
 }
 
+/* The embedding is padded past the tokenizer's vocabulary (248320 rows for
+ * 248077 tokens in Qwen3.5): rows without a token can't be printed as text,
+ * so they are never sampled when printing text. */
+static void mask_untokenizable(const emitter *e, float *logits, int n_vocab) {
+    if (!e->tok)
+        return;
+    for (int i = dr_tokenizer_n_vocab(e->tok); i < n_vocab; i++)
+        logits[i] = -INFINITY;
+}
+
 static int emit(emitter *e, int32_t t) {
     if (!e->tok) {
         printf(e->n ? ",%d" : "%d", (int)t);
@@ -328,6 +339,7 @@ int dr_cli_generate(int argc, char **argv) {
         if (!rc && dr_session_eval(s, o.ids, o.n_ids, DR_LOGITS_LAST, logits) != DR_OK)
             rc = lib_err();
         for (long k = 0; k < n_gen && !rc; k++) {
+            mask_untokenizable(&em, logits, in->n_vocab);
             int32_t t = dr_sampler_sample(sampler, logits);
             dr_sampler_accept(sampler, t);
             rc = emit(&em, t);
