@@ -235,12 +235,12 @@ typedef struct dr_chat_prompt {
 } dr_chat_prompt;
 
 /* Append `len` bytes the template writes itself (role headers, <|im_start|>,
- * think tags): special tokens in them are parsed. DR_ERR_NOMEM on failure
- * (prompt unchanged). */
+ * think tags): special tokens in them are parsed. DR_ERR_NOMEM, or
+ * DR_ERR_ARG for s == NULL with len > 0 (prompt unchanged either way). */
 dr_status dr_chat_prompt_markup(dr_chat_prompt *p, const char *s, size_t len);
 
 /* Append `len` bytes of message text: special tokens in it stay plain text.
- * DR_ERR_NOMEM on failure (prompt unchanged). */
+ * Failures as dr_chat_prompt_markup. */
 dr_status dr_chat_prompt_content(dr_chat_prompt *p, const char *s, size_t len);
 
 /* Release the prompt's memory and zero it. Accepts NULL. Can't fail. */
