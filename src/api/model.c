@@ -23,19 +23,6 @@ static const char *arch_name(dr_arch a) {
     return "?";
 }
 
-/* Parameters of the text model: every mapped tensor except the vision tower
- * and the MTP head (which we do not run). */
-static uint64_t count_params(const dr_st_set *st) {
-    uint64_t n = 0;
-    for (int i = 0; i < st->n_tensors; i++) {
-        const char *name = st->by_name[i]->name;
-        if (strstr(name, "visual.") || strncmp(name, "mtp.", 4) == 0)
-            continue;
-        n += dr_st_numel(st->by_name[i]);
-    }
-    return n;
-}
-
 void dr_model_fill_info(dr_model *m) {
     const dr_hparams *hp = &m->hp;
     dr_model_info *in = &m->info;
@@ -71,8 +58,14 @@ void dr_model_fill_info(dr_model *m) {
         in->d_ff_shared = hp->d_ff_shared;
     }
     in->tied_embeddings = hp->tied;
-    in->n_params = count_params(&m->st);
-    snprintf(m->dtype_name, sizeof m->dtype_name, "%s", dr_dtype_name(m->w.embed.dtype));
+    in->n_params = dr_weights_n_params(m);
+    const dr_tensor *probe = m->w.layers ? &m->w.layers[0].ffn.down : &m->w.embed;
+    if (!probe->data && m->w.layers && m->w.layers[0].ffn.experts)
+        probe = &m->w.layers[0].ffn.experts[0].down;
+    if (probe->q.bits) /* MLX affine: report bits and group of a typical matrix */
+        snprintf(m->dtype_name, sizeof m->dtype_name, "Q%d (g%d)", probe->q.bits, probe->q.group_size);
+    else
+        snprintf(m->dtype_name, sizeof m->dtype_name, "%s", dr_dtype_name(probe->dtype));
     in->weight_dtype = m->dtype_name;
     in->n_eos = hp->n_eos;
     memcpy(in->eos_ids, hp->eos, sizeof hp->eos);

@@ -79,6 +79,10 @@ dr_status dr_weights_bind(dr_model *m, const char *dir);
  * has one). */
 dr_status dr_weights_upload(dr_model *m);
 
+/* Parameters of the bound text model (logical sizes, also for quantized
+ * weights; vision tower and MTP head excluded). Can't fail. */
+uint64_t dr_weights_n_params(dr_model *m);
+
 /* Release what dr_weights_bind / dr_weights_upload allocated. Can't fail. */
 void dr_weights_free(dr_model *m);
 

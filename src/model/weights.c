@@ -545,13 +545,13 @@ void dr_weights_free(dr_model *m) {
 
 /* ---- backend copies ---- */
 
-typedef dr_status (*tensor_fn)(dr_model *m, dr_tensor *t);
+typedef dr_status (*tensor_fn)(dr_model *m, dr_tensor *t, void *arg);
 
 /* Call fn on every matrix of the table (a tied lm_head once). */
-static dr_status each_matrix(dr_model *m, tensor_fn fn) {
-    DR_TRY(fn(m, &m->w.embed));
+static dr_status each_matrix(dr_model *m, tensor_fn fn, void *arg) {
+    DR_TRY(fn(m, &m->w.embed, arg));
     if (!m->hp.tied)
-        DR_TRY(fn(m, &m->w.lm_head));
+        DR_TRY(fn(m, &m->w.lm_head, arg));
     for (int l = 0; m->w.layers && l < m->hp.n_layers; l++) {
         dr_layer_weights *lw = &m->w.layers[l];
         dr_tensor *mats[] = {&lw->gdn.in_proj_qkv, &lw->gdn.in_proj_z, &lw->gdn.in_proj_b, &lw->gdn.in_proj_a,
@@ -561,11 +561,11 @@ static dr_status each_matrix(dr_model *m, tensor_fn fn) {
                              &lw->ffn.sh_gate_w};
         for (size_t i = 0; i < sizeof mats / sizeof mats[0]; i++)
             if (mats[i]->data)
-                DR_TRY(fn(m, mats[i]));
+                DR_TRY(fn(m, mats[i], arg));
         for (int e = 0; lw->ffn.experts && e < m->hp.n_experts; e++) {
-            DR_TRY(fn(m, &lw->ffn.experts[e].gate));
-            DR_TRY(fn(m, &lw->ffn.experts[e].up));
-            DR_TRY(fn(m, &lw->ffn.experts[e].down));
+            DR_TRY(fn(m, &lw->ffn.experts[e].gate, arg));
+            DR_TRY(fn(m, &lw->ffn.experts[e].up, arg));
+            DR_TRY(fn(m, &lw->ffn.experts[e].down, arg));
         }
     }
     if (m->hp.tied)
@@ -573,9 +573,13 @@ static dr_status each_matrix(dr_model *m, tensor_fn fn) {
     return DR_OK;
 }
 
-static dr_status upload_one(dr_model *m, dr_tensor *t) { return m->ops->weight_upload(m->ops->ctx, t); }
+static dr_status upload_one(dr_model *m, dr_tensor *t, void *arg) {
+    (void)arg;
+    return m->ops->weight_upload(m->ops->ctx, t);
+}
 
-static dr_status free_one(dr_model *m, dr_tensor *t) {
+static dr_status free_one(dr_model *m, dr_tensor *t, void *arg) {
+    (void)arg;
     if (t->dev)
         m->ops->weight_free(m->ops->ctx, t);
     t->dev = NULL;
@@ -585,10 +589,34 @@ static dr_status free_one(dr_model *m, dr_tensor *t) {
 dr_status dr_weights_upload(dr_model *m) {
     if (!m->ops->weight_upload)
         return DR_OK;
-    return each_matrix(m, upload_one);
+    return each_matrix(m, upload_one, NULL);
+}
+
+static dr_status count_one(dr_model *m, dr_tensor *t, void *arg) {
+    (void)m;
+    uint64_t n = 1;
+    for (int i = 0; i < t->ndim; i++)
+        n *= (uint64_t)t->ne[i]; /* logical shape, also for packed quantized tensors */
+    *(uint64_t *)arg += n;
+    return DR_OK;
+}
+
+uint64_t dr_weights_n_params(dr_model *m) {
+    const dr_hparams *hp = &m->hp;
+    uint64_t n = 0;
+    each_matrix(m, count_one, &n);
+    n += (uint64_t)hp->d_model; /* final norm */
+    for (int l = 0; l < hp->n_layers; l++) {
+        n += 2 * (uint64_t)hp->d_model; /* the two layer norms */
+        if (hp->is_attn[l])
+            n += 2 * (uint64_t)hp->d_head; /* q_norm, k_norm */
+        else /* conv1d, A_log, dt_bias, gated norm */
+            n += (uint64_t)dr_hp_conv_dim(hp) * hp->d_conv + 2 * (uint64_t)hp->n_v_heads + (uint64_t)hp->d_v;
+    }
+    return n;
 }
 
 static void weights_release_backend(dr_model *m) {
     if (m->ops->weight_free)
-        each_matrix(m, free_one);
+        each_matrix(m, free_one, NULL);
 }
