@@ -157,6 +157,11 @@ static void test_pathological(const dr_tokenizer *tok) {
         }
         bool rt = false;
         double tb = time_encode(tok, buf, big, &nt, &rt);
+        for (int r = 0; r < 2; r++) { /* min of 3 on both sides: robust to a busy machine */
+            double t = time_encode(tok, buf, big, &nt, NULL);
+            if (t < tb)
+                tb = t;
+        }
         double ratio = tb / (ts > 0.5 ? ts : 0.5);
         CHECK_SHOW(ratio < 10 && rt, "%-38s 256 KB %7.1f ms, 1 MB %7.1f ms (%zu tokens): ratio "
                    "%.1f (linear 4, quadratic 16; limit 10), round trip %s",
