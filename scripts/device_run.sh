@@ -30,6 +30,7 @@ cmake -S . -B "$b" -DCMAKE_BUILD_TYPE=Release -DDR_WERROR=OFF -DDR_CUDA=ON -DCMA
 make -C "$b" -j"$(nproc)" test_cuda test_cuda_golden bench_cuda > "$OUT/build.log" 2>&1 ||
   { grep -E "error|Error" "$OUT/build.log" | head -40; exit 1; }
 echo "built"
+make -C "$b" -j"$(nproc)" deltarun_cli > "$OUT/build_cli.log" 2>&1 || echo "CLI did not build (see build_cli.log)"
 rc=0
 if [[ "$what" == *all* || "$what" == *tests* ]]; then
   echo "== test_cuda (every slot vs the CPU reference)"
@@ -48,5 +49,15 @@ fi
 if [[ "$what" == *all* || "$what" == *bench* ]]; then
   echo "== bench_cuda"
   "$b/tests/bench_cuda" 2>&1 | tee "$OUT/bench.log"
+fi
+if [[ "$what" == *e2e* ]]; then
+  echo "== deltarun bench --device cuda (synthetic shapes)"
+  cli="$b/deltarun"
+  run() { echo "-- $*"; timeout 240 "$cli" bench --device cuda "$@" 2>"$OUT/e2e_err.log" | tee -a "$OUT/e2e.log" || tail -3 "$OUT/e2e_err.log"; }
+  run --synthetic bench/configs/qwen3.5-0.8b.json -p 512 -n 128 --json
+  run --synthetic bench/configs/qwen3.5-9b.json -p 512 -n 128 --json
+  run --synthetic bench/configs/qwen3.5-35b-a3b.json --layers 8 -p 512 -n 128 --json
+  run --synthetic bench/configs/qwen3.5-35b-a3b.json --layers 8 -p 8192 -n 32 --json
+  run --synthetic bench/configs/qwen3.5-35b-a3b.json -p 8192 -n 64 --json
 fi
 exit $rc

@@ -385,8 +385,8 @@ static void test_moe(void) {
         hs[3 * e + 1] = make_weights(&ex[e].up, DR_DT_BF16, I, H, 0.3f);
         hs[3 * e + 2] = make_weights(&ex[e].down, DR_DT_BF16, H, I, 0.3f);
     }
-    const int Ts[3] = {1, 3, 21};
-    for (int ti = 0; ti < 3; ti++) {
+    const int Ts[4] = {1, 3, 21, 60};
+    for (int ti = 0; ti < 4; ti++) {
         const int T = Ts[ti];
         for (int rn = 0; rn < 2; rn++) {
             const int Er = 37, kr = 5; /* routing on its own, odd sizes */

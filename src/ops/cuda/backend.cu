@@ -284,3 +284,37 @@ extern "C" void dr_cuda_fill_table(dr_ops *o) {
     o->moe_route = dr_cuda_moe_route;
     o->moe_experts = dr_cuda_moe_experts;
 }
+
+/* Device-to-device copy bandwidth of GPU `device` in GB/s (bytes read plus
+ * bytes written, best of 5 copies of 1 GiB): the decode floor's denominator
+ * for `deltarun bench --device cuda`. 0 if it can't run. */
+extern "C" double dr_cuda_copy_bandwidth(int device) {
+    const size_t n = (size_t)1 << 30;
+    void *a = NULL, *b = NULL;
+    cudaEvent_t e0 = NULL, e1 = NULL;
+    double best = 0.0;
+    if (cudaSetDevice(device) != cudaSuccess || cudaMalloc(&a, n) != cudaSuccess || cudaMalloc(&b, n) != cudaSuccess ||
+        cudaEventCreate(&e0) != cudaSuccess || cudaEventCreate(&e1) != cudaSuccess)
+        goto done;
+    cudaMemset(a, 1, n);
+    cudaMemcpy(b, a, n, cudaMemcpyDeviceToDevice); /* warm-up */
+    for (int r = 0; r < 5; r++) {
+        float ms = 0.0f;
+        cudaEventRecord(e0, 0);
+        cudaMemcpyAsync(b, a, n, cudaMemcpyDeviceToDevice, 0);
+        cudaEventRecord(e1, 0);
+        if (cudaEventSynchronize(e1) != cudaSuccess || cudaEventElapsedTime(&ms, e0, e1) != cudaSuccess)
+            goto done;
+        double gbs = 2.0 * (double)n / (ms * 1e-3) / 1e9;
+        best = gbs > best ? gbs : best;
+    }
+done:
+    cudaGetLastError();
+    if (e0)
+        cudaEventDestroy(e0);
+    if (e1)
+        cudaEventDestroy(e1);
+    cudaFree(a);
+    cudaFree(b);
+    return best;
+}

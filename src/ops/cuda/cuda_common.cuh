@@ -112,6 +112,14 @@ int32_t *dr_cuda_host_ids(dr_cuda_ctx *cx, size_t n);
 void dr_cuda_mm(dr_cuda_ctx *cx, float *y, const float *x, const void *wdev, dr_dtype dt, int T, int d, int n);
 
 
+/* hi = bf16(x), lo = bf16(x - hi), n elements. */
+void dr_cuda_split_bf16(dr_cuda_ctx *cx, __nv_bfloat16 *hi, __nv_bfloat16 *lo, const float *x, size_t n);
+
+/* dr_cuda_mm for BF16 weights whose input x was already split (hi/lo of x,
+ * same row stride n): saves the split launch per call (MoE experts). */
+void dr_cuda_mm_presplit(dr_cuda_ctx *cx, float *y, const float *x, const __nv_bfloat16 *hi, const __nv_bfloat16 *lo,
+                         const void *W, int T, int d, int n);
+
 /* ---- device helpers ---- */
 
 static __device__ __forceinline__ float dr_dev_load(const void *p, dr_dtype dt, size_t i) {

@@ -16,6 +16,10 @@ void dr_cuda_fill_table(dr_ops *o);
  * created (the message was recorded by DR_FAIL at the time). */
 dr_status dr_cuda_backend_status(const dr_ops *o);
 
+/* Device-to-device copy bandwidth of GPU `device` in GB/s (read + written
+ * bytes, best of 5 copies of 1 GiB); 0 if it can't run. */
+double dr_cuda_copy_bandwidth(int device);
+
 /* Force one GEMM engine (tests): 0 automatic, 1 GEMV, 2 tiled fp32, 3 cuBLAS. */
 void dr_cuda_set_mm_engine(int engine);
 

@@ -255,6 +255,30 @@ static void blas_launch(dr_cuda_ctx *cx, float *y, const float *x, const void *W
                                   CUBLAS_GEMM_DEFAULT));
 }
 
+void dr_cuda_split_bf16(dr_cuda_ctx *cx, __nv_bfloat16 *hi, __nv_bfloat16 *lo, const float *x, size_t n) {
+    if (!n)
+        return;
+    split_bf16_kernel<<<grid_1d(cx, n), 256, 0, cx->stream>>>(hi, lo, x, n);
+    DR_CUDA_LAUNCHED(cx);
+}
+
+void dr_cuda_mm_presplit(dr_cuda_ctx *cx, float *y, const float *x, const __nv_bfloat16 *hi, const __nv_bfloat16 *lo,
+                         const void *W, int T, int d, int n) {
+    if (T <= 0 || d <= 0)
+        return;
+    if (T <= GEMV_MAX_T || dr_cuda_mm_force == 1 || dr_cuda_mm_force == 2) {
+        dr_cuda_mm(cx, y, x, W, DR_DT_BF16, T, d, n);
+        return;
+    }
+    const float one = 1.0f, zero = 0.0f;
+    DR_BLAS_NOTE(cx, cublasGemmEx(cx->blas, CUBLAS_OP_T, CUBLAS_OP_N, d, T, n, &one, W, CUDA_R_16BF, n, hi,
+                                  CUDA_R_16BF, n, &zero, y, CUDA_R_32F, d, CUBLAS_COMPUTE_32F,
+                                  CUBLAS_GEMM_DEFAULT));
+    DR_BLAS_NOTE(cx, cublasGemmEx(cx->blas, CUBLAS_OP_T, CUBLAS_OP_N, d, T, n, &one, W, CUDA_R_16BF, n, lo,
+                                  CUDA_R_16BF, n, &one, y, CUDA_R_32F, d, CUBLAS_COMPUTE_32F,
+                                  CUBLAS_GEMM_DEFAULT));
+}
+
 void dr_cuda_mm(dr_cuda_ctx *cx, float *y, const float *x, const void *W, dr_dtype dt, int T, int d, int n) {
     if (T <= 0 || d <= 0)
         return;

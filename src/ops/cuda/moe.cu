@@ -146,6 +146,7 @@ static __device__ __forceinline__ float warp_dot(const void *w, dr_dtype dt, con
     float s = 0.0f;
     if (dt == DR_DT_BF16 && n % 8 == 0 && ((uintptr_t)w % 16) == 0 && ((uintptr_t)x % 16) == 0) {
         const uint4 *wv = (const uint4 *)w;
+#pragma unroll 4
         for (int v = lane; v < n / 8; v += 32) {
             const uint4 u = __ldg(wv + v);
             const float4 x0 = ((const float4 *)x)[2 * v], x1 = ((const float4 *)x)[2 * v + 1];
@@ -281,35 +282,51 @@ static void experts_grouped(dr_cuda_ctx *cx, float *y, const float *x, const int
     for (int e = E; e > 0; e--) /* restore the starts */
         off[e] = off[e - 1];
     off[0] = 0;
-    const size_t nf = (size_t)R * H * 2 + (size_t)R * I * 2;
+    /* fp32 rows: gathered x, gate, up, down outputs; then (BF16 experts) the
+       bf16 hi/lo split of the gathered x and of the activations, made once
+       per layer instead of once per expert GEMM */
+    const dr_dtype dt = ex[0].gate.dtype;
+    const bool pre = dt == DR_DT_BF16;
+    const size_t nf = (size_t)R * H * 2 + (size_t)R * I * 2 + (pre ? (size_t)R * (H > I ? H : I) : 0);
     float *xg = (float *)dr_cuda_scratch(cx, DR_SCR_MOE, nf * sizeof(float));
     int32_t *dmap = (int32_t *)dr_cuda_scratch(cx, DR_SCR_MOE2, 2 * (size_t)R * sizeof(int32_t));
     if (!xg || !dmap)
         return;
     float *gb = xg + (size_t)R * H, *ub = gb + (size_t)R * I, *ob = ub + (size_t)R * I;
-    /* pinned source: asynchronous; hb is not rewritten before the next
-       dr_cuda_host_ids call, which waits for the stream when it grows and is
-       only called again after this layer's sync point (the next MoE layer's
-       read-back waits for the stream before the host writes hb) */
+    __nv_bfloat16 *hi = (__nv_bfloat16 *)(ob + (size_t)R * H), *lo = hi + (size_t)R * (H > I ? H : I);
+    /* pinned source, asynchronous: the host writes hb again only after the
+       next MoE layer's read-back has synchronised the stream */
     DR_CUDA_NOTE(cx, cudaMemcpyAsync(dmap, tk, 2 * (size_t)R * sizeof(int32_t), cudaMemcpyHostToDevice, cx->stream));
     moe_gather_kernel<<<grid_cap(cx, (size_t)R * H), 256, 0, cx->stream>>>(xg, x, dmap, R, k, H);
     DR_CUDA_LAUNCHED(cx);
+    if (pre)
+        dr_cuda_split_bf16(cx, hi, lo, xg, (size_t)R * H);
     for (int e = 0; e < E; e++) {
         const int n = off[e + 1] - off[e];
         if (!n)
             continue;
         const size_t r0 = (size_t)off[e];
-        dr_cuda_mm(cx, gb + r0 * I, xg + r0 * H, ex[e].gate.dev, ex[e].gate.dtype, n, I, H);
-        dr_cuda_mm(cx, ub + r0 * I, xg + r0 * H, ex[e].up.dev, ex[e].up.dtype, n, I, H);
+        if (pre && ex[e].gate.dtype == DR_DT_BF16 && ex[e].up.dtype == DR_DT_BF16) {
+            dr_cuda_mm_presplit(cx, gb + r0 * I, xg + r0 * H, hi + r0 * H, lo + r0 * H, ex[e].gate.dev, n, I, H);
+            dr_cuda_mm_presplit(cx, ub + r0 * I, xg + r0 * H, hi + r0 * H, lo + r0 * H, ex[e].up.dev, n, I, H);
+        } else {
+            dr_cuda_mm(cx, gb + r0 * I, xg + r0 * H, ex[e].gate.dev, ex[e].gate.dtype, n, I, H);
+            dr_cuda_mm(cx, ub + r0 * I, xg + r0 * H, ex[e].up.dev, ex[e].up.dtype, n, I, H);
+        }
     }
     moe_swiglu_kernel<<<grid_cap(cx, (size_t)R * I), 256, 0, cx->stream>>>(gb, ub, (size_t)R * I);
     DR_CUDA_LAUNCHED(cx);
+    if (pre)
+        dr_cuda_split_bf16(cx, hi, lo, gb, (size_t)R * I);
     for (int e = 0; e < E; e++) {
         const int n = off[e + 1] - off[e];
         if (!n)
             continue;
         const size_t r0 = (size_t)off[e];
-        dr_cuda_mm(cx, ob + r0 * H, gb + r0 * I, ex[e].down.dev, ex[e].down.dtype, n, H, I);
+        if (pre && ex[e].down.dtype == DR_DT_BF16)
+            dr_cuda_mm_presplit(cx, ob + r0 * H, gb + r0 * I, hi + r0 * I, lo + r0 * I, ex[e].down.dev, n, H, I);
+        else
+            dr_cuda_mm(cx, ob + r0 * H, gb + r0 * I, ex[e].down.dev, ex[e].down.dtype, n, H, I);
     }
     moe_combine_kernel<<<grid_cap(cx, (size_t)T * H), 256, 0, cx->stream>>>(y, ob, wts, dmap + R, T, k, H);
     DR_CUDA_LAUNCHED(cx);
