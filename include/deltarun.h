@@ -33,6 +33,7 @@ typedef enum dr_status {
     DR_ERR_NOMEM,       /* an allocation failed */
     DR_ERR_ARG,         /* the caller passed an invalid argument */
     DR_ERR_RANGE,       /* a value is out of range (token id, context length) */
+    DR_ERR_DEVICE,      /* the accelerator failed (driver, launch, device memory) */
 } dr_status;
 
 /* Short name of a status ("malformed input"). Can't fail. */

@@ -60,6 +60,7 @@ const char *dr_status_str(dr_status st) {
         [DR_ERR_NOMEM] = "out of memory",
         [DR_ERR_ARG] = "invalid argument",
         [DR_ERR_RANGE] = "out of range",
+        [DR_ERR_DEVICE] = "device error",
     };
     if ((int)st < 0 || (size_t)st >= sizeof names / sizeof names[0] || !names[st])
         return "unknown status";
