@@ -14,7 +14,6 @@
 #define GEMV_MAX_T 4  /* below this many tokens, stream weights per token */
 #define GEMV_BYTES (256 << 10) /* weight bytes per decode task: long forward streams per thread */
 #define GEMM_FLOATS 65536 /* widened rows per task: 256 KiB, fits L2 */
-#define Q_RB 16       /* rows per task for quantized weights */
 
 typedef struct {
     dr_cpu_ctx *c;
@@ -116,8 +115,8 @@ void dr_fast_matmul(void *ctx, float *y, const float *x, const dr_tensor *w, int
     j.d = (int)w->ne[w->ndim - 2];
     j.n = (int)w->ne[w->ndim - 1];
     dr_pool_fn fn;
-    if (w->q.bits) {
-        j.rb = Q_RB;
+    if (w->q.bits) { /* packed rows: n * bits / 8 bytes, same long runs per task */
+        j.rb = gemv_rows(j.n * w->q.bits / 16, DR_DT_BF16);
         fn = q_task;
     } else if (T < GEMV_MAX_T) {
         j.rb = gemv_rows(j.n, w->dtype);
