@@ -167,12 +167,12 @@ int main(void) {
         float *yy = G->alloc(G->ctx, (size_t)8192 * H * 4);
         const double eb = 3.0 * k * I * H * 2;
         double t1 = TIME(20, (G->moe_route(G->ctx, idx, w, lg, 1, E, k, true),
-                              G->moe_experts(G->ctx, yy, x, idx, w, ex, 1, k, H, I, NULL)));
+                              G->moe_experts(G->ctx, yy, x, idx, w, ex, E, 1, k, H, I, NULL)));
         printf("%-52s %9.3f ms  %7.0f GB/s  %4.0f%% of floor\n", "moe decode (route + 8 experts)", t1 * 1e3,
                eb / t1 / 1e9, 100.0 * eb / t1 / 1e9 / bw);
         for (int T = 512; T <= 8192; T *= 16) {
             double tp = TIME(1, (G->moe_route(G->ctx, idx, w, lg, T, E, k, true),
-                                 G->moe_experts(G->ctx, yy, x, idx, w, ex, T, k, H, I, NULL)));
+                                 G->moe_experts(G->ctx, yy, x, idx, w, ex, E, T, k, H, I, NULL)));
             printf("%-52s %9.3f ms  %7.1f TFLOP/s  T=%d\n", "moe prefill (grouped per expert)", tp * 1e3,
                    2.0 * T * k * 3.0 * I * H / tp / 1e12, T);
         }

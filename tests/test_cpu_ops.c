@@ -165,8 +165,8 @@ static void t_moe(dr_ops *f, dr_ops *r) {
         idx[2 * t + 1] = (t * 5 + 2) % E;
     }
     float *y = calloc((size_t)T * H, 4), *yr = calloc((size_t)T * H, 4);
-    f->moe_experts(f->ctx, y, x, idx, wts, ex, T, k, H, I, ws);
-    r->moe_experts(r->ctx, yr, x, idx, wts, ex, T, k, H, I, ws);
+    f->moe_experts(f->ctx, y, x, idx, wts, ex, E, T, k, H, I, ws);
+    r->moe_experts(r->ctx, yr, x, idx, wts, ex, E, T, k, H, I, ws);
     show("moe_experts E=6 k=2 T=7 bf16", rel_err(y, yr, (size_t)T * H), TOL);
     for (int i = 0; i < 18; i++)
         free(bufs[i]);

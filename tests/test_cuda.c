@@ -414,8 +414,8 @@ static void test_moe(void) {
         int32_t *idx = malloc((size_t)T * k * 4);
         G->download(G->ctx, idx, di, (size_t)T * k * 4);
         float *w = dget(dw, (size_t)T * k), *ws = malloc((size_t)(2 * I + H) * 4);
-        C->moe_experts(NULL, y, x, idx, w, ex, T, k, H, I, ws);
-        G->moe_experts(G->ctx, dy, dx, di, dw, ex, T, k, H, I, NULL);
+        C->moe_experts(NULL, y, x, idx, w, ex, E, T, k, H, I, ws);
+        G->moe_experts(G->ctx, dy, dx, di, dw, ex, E, T, k, H, I, NULL);
         float *got = dget(dy, (size_t)T * H);
         REPORT(rel_err(got, y, (size_t)T * H), TOL, "moe_experts bf16 T=%d E=%d k=%d H=%d I=%d (%s)", T, E, k, H, I,
                T <= 4 ? "decode" : "grouped");

@@ -82,15 +82,20 @@ static void gdn_layer(const dr_model *m, const dr_gdn_weights *w, float *conv_st
     o->matmul(c, sc->z, sc->xn, &w->in_proj_z, T);
     o->matmul(c, sc->b, sc->xn, &w->in_proj_b, T);
     o->matmul(c, sc->a, sc->xn, &w->in_proj_a, T);
-    o->gdn_conv(c, sc->qkv, sc->qkv_raw, conv_state, w->conv1d, T, C, hp->d_conv); /* 5.2 step 2 */
-    o->gdn_gates(c, sc->beta, sc->g, sc->b, sc->a, w->A_log, w->dt_bias, T, Hv);  /* steps 4-5 */
-    if (T > 1) /* as transformers: chunked form for blocks, recurrence for single tokens (11.12) */
-        o->gdn_chunked(c, sc->o, sc->qkv, sc->beta, sc->g, state, &d, T, sc->ws);
-    else
-        o->gdn_recurrent(c, sc->o, sc->qkv, sc->beta, sc->g, state, &d, T, sc->ws);
+    if (T == 1 && o->gdn_decode) { /* the backend's fused single-token step, same math */
+        o->gdn_decode(c, sc->y, sc->qkv_raw, sc->z, sc->b, sc->a, conv_state, state, w->conv1d, hp->d_conv,
+                      w->A_log, w->dt_bias, w->norm, &d, hp->eps);
+    } else {
+        o->gdn_conv(c, sc->qkv, sc->qkv_raw, conv_state, w->conv1d, T, C, hp->d_conv); /* 5.2 step 2 */
+        o->gdn_gates(c, sc->beta, sc->g, sc->b, sc->a, w->A_log, w->dt_bias, T, Hv);  /* steps 4-5 */
+        if (T > 1) /* as transformers: chunked form for blocks, recurrence for single tokens (11.12) */
+            o->gdn_chunked(c, sc->o, sc->qkv, sc->beta, sc->g, state, &d, T, sc->ws);
+        else
+            o->gdn_recurrent(c, sc->o, sc->qkv, sc->beta, sc->g, state, &d, T, sc->ws);
+        o->gated_rmsnorm(c, sc->y, sc->o, sc->z, w->norm, T * Hv, hp->d_v, hp->eps); /* 3.2 */
+    }
     if (state_bf16) /* diagnostic only: the bug this project exists to avoid */
         o->round_bf16(c, state, (size_t)Hv * hp->d_k * hp->d_v);
-    o->gated_rmsnorm(c, sc->y, sc->o, sc->z, w->norm, T * Hv, hp->d_v, hp->eps); /* 3.2 */
     o->matmul(c, sc->out, sc->y, &w->out_proj, T);
 }
 
@@ -137,7 +142,8 @@ static void moe_block(const dr_model *m, const dr_ffn_weights *f, dr_scratch *sc
     o->matmul(c, sc->router, sc->xn, &f->router, T);
     o->moe_route(c, sc->moe_idx, sc->moe_w, sc->router, T, hp->n_experts, k, hp->norm_topk);
     o->zero(c, sc->out, (size_t)T * H * sizeof(float));
-    o->moe_experts(c, sc->out, sc->xn, sc->moe_idx, sc->moe_w, f->experts, T, k, H, hp->d_ff_expert, sc->ws);
+    o->moe_experts(c, sc->out, sc->xn, sc->moe_idx, sc->moe_w, f->experts, hp->n_experts, T, k, H, hp->d_ff_expert,
+                   sc->ws);
     if (!f->has_shared)
         return;
     swiglu_mlp(o, &f->sh_gate, &f->sh_up, &f->sh_down, sc->out2, sc->xn, sc->ff_a, sc->ff_b, T);

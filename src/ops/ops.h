@@ -107,6 +107,16 @@ struct dr_ops {
                           float *state, const dr_gdn_dims *d, int T, float *ws);
     void (*gdn_chunked)(void *ctx, float *o, const float *qkv, const float *beta, const float *g,
                         float *state, const dr_gdn_dims *d, int T, float *ws);
+    /* (optional, NULL: gdn_conv + gdn_gates + gdn_recurrent + gated_rmsnorm)
+       One decode token of a GDN layer, fused: conv-state update, conv + SiLU,
+       gates, q/k L2 norms, decay, delta update and read of the fp32 state
+       (read once, written once), gated RMSNorm with silu(z). Inputs are the
+       token's projections qkv_raw [C], z [Hv*dv], b, a [Hv]; output
+       y [Hv*dv] (what gated_rmsnorm would give). Same results as the chain. */
+    void (*gdn_decode)(void *ctx, float *y, const float *qkv_raw, const float *z, const float *b,
+                       const float *a, float *conv_state, float *state, const float *conv_w, int K,
+                       const float *A_log, const float *dt_bias, const float *norm_w, const dr_gdn_dims *d,
+                       float eps);
     /* y [rows, n] = w * rmsnorm(x) * silu(z)   (plain gain w [n], not 1 + w) */
     void (*gated_rmsnorm)(void *ctx, float *y, const float *x, const float *z, const float *w, int rows, int n,
                           float eps);
@@ -119,7 +129,7 @@ struct dr_ops {
     /* y [T, H] += sum_j wts[t, j] * expert_{idx[t, j]}(x [T, H]), SwiGLU experts
        of width I. ws: >= 2 * I + H floats. */
     void (*moe_experts)(void *ctx, float *y, const float *x, const int32_t *idx, const float *wts,
-                        const dr_expert *experts, int T, int k, int H, int I, float *ws);
+                        const dr_expert *experts, int E, int T, int k, int H, int I, float *ws);
 };
 
 /* How to build a backend. */

@@ -41,7 +41,7 @@ void dr_cpu_gdn_chunked(void *ctx, float *o, const float *qkv, const float *beta
 void dr_cpu_moe_route(void *ctx, int32_t *idx, float *wts, const float *logits, int T, int E, int k,
                       bool renorm);
 void dr_cpu_moe_experts(void *ctx, float *y, const float *x, const int32_t *idx, const float *wts,
-                        const dr_expert *experts, int T, int k, int H, int I, float *ws);
+                        const dr_expert *experts, int E, int T, int k, int H, int I, float *ws);
 
 static inline float dr_sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
 static inline float dr_siluf(float x) { return x / (1.0f + expf(-x)); }

@@ -57,7 +57,7 @@ void dr_fast_gdn_recurrent(void *ctx, float *o, const float *qkv, const float *b
 void dr_fast_gdn_chunked(void *ctx, float *o, const float *qkv, const float *beta, const float *g, float *state,
                          const dr_gdn_dims *d, int T, float *ws);
 void dr_fast_moe_experts(void *ctx, float *y, const float *x, const int32_t *idx, const float *wts,
-                         const dr_expert *experts, int T, int k, int H, int I, float *ws);
+                         const dr_expert *experts, int E, int T, int k, int H, int I, float *ws);
 void dr_fast_rmsnorm(void *ctx, float *y, const float *x, const float *gain, int rows, int n, float eps);
 void dr_fast_gated_rmsnorm(void *ctx, float *y, const float *x, const float *z, const float *w, int rows, int n,
                            float eps);

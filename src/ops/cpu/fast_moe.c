@@ -48,14 +48,11 @@ static void group_by_expert(moe_ws *w, const int32_t *idx, int T, int k, int E) 
 }
 
 void dr_fast_moe_experts(void *ctx, float *y, const float *x, const int32_t *idx, const float *wts,
-                         const dr_expert *experts, int T, int k, int H, int I, float *ws) {
+                         const dr_expert *experts, int E, int T, int k, int H, int I, float *ws) {
     dr_cpu_ctx *c = ctx;
-    int E = 0; /* experts in use: the largest id + 1 (the table's size isn't passed) */
-    for (int i = 0; i < T * k; i++)
-        E = idx[i] + 1 > E ? idx[i] + 1 : E;
     moe_ws w;
     if (!moe_ws_get(c, &w, T, k, E, H, I)) {
-        dr_cpu_moe_experts(NULL, y, x, idx, wts, experts, T, k, H, I, ws);
+        dr_cpu_moe_experts(NULL, y, x, idx, wts, experts, E, T, k, H, I, ws);
         return;
     }
     group_by_expert(&w, idx, T, k, E);

@@ -36,7 +36,8 @@ void dr_cpu_moe_route(void *ctx, int32_t *idx, float *wts, const float *logits, 
 }
 
 void dr_cpu_moe_experts(void *ctx, float *y, const float *x, const int32_t *idx, const float *wts,
-                        const dr_expert *experts, int T, int k, int H, int I, float *ws) {
+                        const dr_expert *experts, int E, int T, int k, int H, int I, float *ws) {
+    (void)E; /* experts[] has E entries; moe_route only picks ids below E */
     float *gate = ws, *up = ws + I, *out = ws + 2 * (size_t)I;
     for (int t = 0; t < T; t++) {
         const float *xt = x + (size_t)t * H;

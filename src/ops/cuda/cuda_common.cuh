@@ -83,7 +83,6 @@ typedef struct dr_cuda_ctx {
     float *rope_inv;       /* device inv_freq table for (rope_theta, rope_drot) */
     float rope_theta;
     int rope_drot;
-    int route_E;           /* E of the last moe_route (moe_experts' array length) */
     int failed;            /* sticky: a void slot hit a CUDA error */
 } dr_cuda_ctx;
 

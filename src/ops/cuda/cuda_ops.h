@@ -56,7 +56,7 @@ void dr_cuda_gdn_chunked(void *ctx, float *o, const float *qkv, const float *bet
 /* moe.cu */
 void dr_cuda_moe_route(void *ctx, int32_t *idx, float *wts, const float *logits, int T, int E, int k, bool renorm);
 void dr_cuda_moe_experts(void *ctx, float *y, const float *x, const int32_t *idx, const float *wts,
-                         const dr_expert *experts, int T, int k, int H, int I, float *ws);
+                         const dr_expert *experts, int E, int T, int k, int H, int I, float *ws);
 
 #ifdef __cplusplus
 }

@@ -78,7 +78,6 @@ void dr_cuda_moe_route(void *ctx, int32_t *idx, float *wts, const float *logits,
         cx->failed = 1;
         return;
     }
-    cx->route_E = E;
     route_kernel<<<dr_cdiv((size_t)T, 4), 128, 0, cx->stream>>>(idx, wts, logits, T, E, k, renorm ? 1 : 0);
     DR_CUDA_LAUNCHED(cx);
 }
@@ -333,17 +332,13 @@ static void experts_grouped(dr_cuda_ctx *cx, float *y, const float *x, const int
 }
 
 void dr_cuda_moe_experts(void *ctx, float *y, const float *x, const int32_t *idx, const float *wts,
-                         const dr_expert *experts, int T, int k, int H, int I, float *ws) {
+                         const dr_expert *experts, int E, int T, int k, int H, int I, float *ws) {
     dr_cuda_ctx *cx = (dr_cuda_ctx *)ctx;
     (void)ws;
     if (T <= 0 || k <= 0)
         return;
-    /* The slot does not pass the number of experts; the forward always routes
-       a layer (moe_route, which gets E) right before its experts, so the
-       last routed E is the array's length. */
-    const int E = cx->route_E;
     if (E <= 0) {
-        dr_fail_at(__FILE__, __LINE__, DR_ERR_ARG, "CUDA moe_experts: called before moe_route (number of experts unknown)");
+        dr_fail_at(__FILE__, __LINE__, DR_ERR_ARG, "CUDA moe_experts: %d experts", E);
         cx->failed = 1;
         return;
     }
