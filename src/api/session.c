@@ -17,6 +17,7 @@ struct dr_session {
     dr_kv_cache kv;
     dr_gdn_cache gdn;
     dr_scratch sc;
+    void *graph;        /* the backend's recorded single-token step (ops step_begin) */
 };
 
 dr_session_params dr_session_default_params(void) {
@@ -57,6 +58,8 @@ void dr_session_free(dr_session *s) {
     if (!s)
         return;
     const dr_ops *ops = s->m->ops;
+    if (ops->graph_free)
+        ops->graph_free(ops->ctx, s->graph);
     dr_kv_cache_free(&s->kv, ops, s->m->hp.n_layers);
     dr_gdn_cache_free(&s->gdn, ops, s->m->hp.n_layers);
     if (s->sc.x)
@@ -80,6 +83,22 @@ dr_status dr_session_clone(const dr_session *s, dr_session **out) {
 
 int dr_session_pos(const dr_session *s) { return s->pos; }
 
+/* One token through the backend's step recording (ops.h step_begin): the
+ * first step of a kind runs normally, the next is recorded, later ones are
+ * replays. The logits stay on the device until the step has run. */
+static void eval_step(dr_session *s, int32_t id, dr_logits_mode mode, float *logits, bool bf16) {
+    const dr_model *m = s->m;
+    const dr_ops *o = m->ops;
+    const int variant = (mode != DR_LOGITS_NONE ? 1 : 0) | (bf16 ? 2 : 0);
+    if (o->step_begin(o->ctx, &s->graph, id, s->pos, variant) != DR_STEP_REPLAYED) {
+        dr_forward(m, &s->kv, &s->gdn, &s->sc, s->pos, &id, 1, mode, NULL, bf16);
+        if (!o->step_end(o->ctx, s->graph)) /* the recording failed and nothing ran */
+            dr_forward(m, &s->kv, &s->gdn, &s->sc, s->pos, &id, 1, mode, NULL, bf16);
+    }
+    if (mode != DR_LOGITS_NONE)
+        o->download(o->ctx, logits, s->sc.logits, (size_t)m->hp.n_vocab * sizeof(float));
+}
+
 dr_status dr_session_eval(dr_session *s, const int32_t *ids, int n, dr_logits_mode mode, float *logits) {
     const dr_model *m = s->m;
     if (n < 1 || !ids)
@@ -99,7 +118,10 @@ dr_status dr_session_eval(dr_session *s, const int32_t *ids, int n, dr_logits_mo
         bool last = i0 + T == n;
         dr_logits_mode pm = mode == DR_LOGITS_ALL ? DR_LOGITS_ALL : (last ? mode : DR_LOGITS_NONE);
         float *dst = mode == DR_LOGITS_ALL ? logits + (size_t)i0 * m->hp.n_vocab : logits;
-        dr_forward(m, &s->kv, &s->gdn, &s->sc, s->pos, ids + i0, T, pm, dst, bf16);
+        if (T == 1 && m->ops->step_begin)
+            eval_step(s, ids[i0], pm, dst, bf16);
+        else
+            dr_forward(m, &s->kv, &s->gdn, &s->sc, s->pos, ids + i0, T, pm, dst, bf16);
         s->pos += T;
     }
     return DR_OK;

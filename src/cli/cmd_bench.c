@@ -16,6 +16,9 @@
 #include "ops/cpu/simd.h"
 #include "util/cpu_features.h"
 #include "util/threadpool.h"
+#ifdef DR_WITH_CUDA
+#include "ops/cuda/cuda_ops.h"
+#endif
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,7 +48,8 @@ static const char *const bench_help =
     "  --bf16-dot            BF16 decode through vdpbf16ps (AVX512_BF16 CPUs)\n"
     "                        instead of widening weights in registers\n"
     "  --json                print one JSON object instead of the table\n"
-    "  --device DEV          cpu (default), cuda or cuda:N\n"
+    "  --device DEV          cpu (default), cuda or cuda:N (the floor then uses the\n"
+    "                        GPU's device-to-device copy bandwidth)\n"
     "  -t, --threads N       CPU threads (default 0 = one per core)\n";
 
 typedef struct {
@@ -270,6 +274,19 @@ static double measure_bandwidth(int n_threads) {
     return best;
 }
 
+static bool is_cuda(const char *dev) { return !strncmp(dev, "cuda", 4); }
+
+/* --device cuda[:N]: the GPU's device-to-device copy bandwidth (bytes read
+ * plus written, 1 GiB, best of 5), measured now; 0 without CUDA. */
+static double gpu_bandwidth(const char *dev) {
+#ifdef DR_WITH_CUDA
+    return dr_cuda_copy_bandwidth(dev[4] == ':' ? atoi(dev + 5) : 0);
+#else
+    (void)dev;
+    return 0.0;
+#endif
+}
+
 /* ===================== the runs ===================== */
 
 static int32_t argmax(const float *x, int n) {
@@ -392,8 +409,12 @@ static void print_table(const bench_opts *o, const dr_model *m, const bench_res 
     printf("decode     %d tokens: %.2f tok/s\n", o->n, d->decode_tps);
     printf("traffic    %.3f GB weights + %.3f GB state/KV per decoded token\n", r->weight_bytes / 1e9,
            (r->bytes - r->weight_bytes) / 1e9);
-    printf("bandwidth  measured %.2f GB/s (%d threads, 1 GiB read); decode moves %.2f GB/s\n", r->bw_gbs, thr,
-           d->decode_gbs);
+    if (is_cuda(o->device))
+        printf("bandwidth  measured %.2f GB/s (GPU device-to-device copy, 1 GiB); decode moves %.2f GB/s\n",
+               r->bw_gbs, d->decode_gbs);
+    else
+        printf("bandwidth  measured %.2f GB/s (%d threads, 1 GiB read); decode moves %.2f GB/s\n", r->bw_gbs, thr,
+               d->decode_gbs);
     printf("floor      %.2f tok/s at the measured bandwidth; decode reaches %.1f%% of it\n", d->floor_tps,
            100.0 * d->floor_frac);
     printf("memory     peak RSS %.0f MB\n", d->rss_mb);
@@ -421,7 +442,7 @@ int dr_cli_bench(int argc, char **argv) {
         r.bytes = r.weight_bytes + state_bytes_per_token(m, o.p + o.n / 2.0);
         const int thr = o.threads > 0 ? o.threads : dr_cpu_n_cores();
         fprintf(stderr, "bench: measuring memory bandwidth\n");
-        r.bw_gbs = measure_bandwidth(thr);
+        r.bw_gbs = is_cuda(o.device) ? gpu_bandwidth(o.device) : measure_bandwidth(thr);
         derived d = derive(&o, &r);
         if (o.json)
             print_json(&o, m, &r, &d, thr);

@@ -115,8 +115,12 @@ static void attn_layer(const dr_model *m, const dr_attn_weights *w, float *k_cac
     o->rmsnorm(c, sc->k, sc->k, w->k_norm, T * nKV, hd, hp->eps);
     o->rope(c, sc->q, T, nH, hd, hp->d_rot, pos0, hp->rope_theta);
     o->rope(c, sc->k, T, nKV, hd, hp->d_rot, pos0, hp->rope_theta);
-    o->copy(c, k_cache + (size_t)pos0 * kv_row, sc->k, (size_t)T * kv_row * sizeof(float));
-    o->copy(c, v_cache + (size_t)pos0 * kv_row, sc->v, (size_t)T * kv_row * sizeof(float));
+    if (o->kv_store) /* the backend's single write of both rows */
+        o->kv_store(c, k_cache, v_cache, sc->k, sc->v, T, pos0, (int)kv_row);
+    else {
+        o->copy(c, k_cache + (size_t)pos0 * kv_row, sc->k, (size_t)T * kv_row * sizeof(float));
+        o->copy(c, v_cache + (size_t)pos0 * kv_row, sc->v, (size_t)T * kv_row * sizeof(float));
+    }
     o->attention(c, sc->att, sc->q, k_cache, v_cache, T, pos0, nH, nKV, hd, 1.0f / sqrtf((float)hd), sc->ws);
     o->sigmoid_mul(c, sc->att, sc->gate, (size_t)T * nH * hd); /* output gate, before o_proj */
     o->matmul(c, sc->out, sc->att, &w->o_proj, T);
@@ -154,7 +158,8 @@ static void moe_block(const dr_model *m, const dr_ffn_weights *f, dr_scratch *sc
 
 /* ===================== the whole model ===================== */
 
-/* Final norm and lm_head for rows [r0, r1) of the residual stream -> host logits. */
+/* Final norm and lm_head for rows [r0, r1) of the residual stream -> host
+ * logits; logits NULL (one row): left in sc->logits. */
 static void lm_head_rows(const dr_model *m, dr_scratch *sc, int r0, int r1, float *logits) {
     const dr_ops *o = m->ops;
     const int H = m->hp.d_model, V = m->hp.n_vocab;
@@ -162,7 +167,8 @@ static void lm_head_rows(const dr_model *m, dr_scratch *sc, int r0, int r1, floa
         int n = r1 - r < DR_LOGIT_ROWS ? r1 - r : DR_LOGIT_ROWS;
         o->rmsnorm(o->ctx, sc->xn, sc->x + (size_t)r * H, m->w.final_norm, n, H, m->hp.eps);
         o->matmul(o->ctx, sc->logits, sc->xn, &m->w.lm_head, n);
-        o->download(o->ctx, logits + (size_t)(r - r0) * V, sc->logits, (size_t)n * V * sizeof(float));
+        if (logits)
+            o->download(o->ctx, logits + (size_t)(r - r0) * V, sc->logits, (size_t)n * V * sizeof(float));
     }
 }
 

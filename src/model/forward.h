@@ -47,7 +47,8 @@ void dr_scratch_free(dr_scratch *sc, const dr_model *m);
 /* Evaluate tokens ids[0..T) (1 <= T <= n_batch, ids valid, pos0 + T <= n_ctx)
  * at positions pos0.. on top of the caches, updating them. Blocks of T > 1
  * use the chunked GDN form, T = 1 the recurrence. Logits (host memory) per
- * `mode`: none, the last row [V], or all rows [T, V]. With `state_bf16` the
+ * `mode`: none, the last row [V], or all rows [T, V]; with DR_LOGITS_LAST and
+ * logits NULL they stay in sc->logits (backend memory). With `state_bf16` the
  * recurrent state is rounded to bf16 after the block (diagnostic only). */
 void dr_forward(const dr_model *m, dr_kv_cache *kv, dr_gdn_cache *gdn, dr_scratch *sc, int pos0,
                 const int32_t *ids, int T, dr_logits_mode mode, float *logits, bool state_bf16);

@@ -86,6 +86,10 @@ struct dr_ops {
        Query head h reads kv head h / (nH/nKV). ws: >= pos0 + T floats. */
     void (*attention)(void *ctx, float *out, const float *q, const float *k_cache, const float *v_cache,
                       int T, int pos0, int n_heads, int n_kv_heads, int d_head, float scale, float *ws);
+    /* (optional, NULL: two `copy` calls) k, v [T, kv_row] -> rows pos0 .. pos0+T-1
+       of k_cache, v_cache [n_ctx, kv_row]. */
+    void (*kv_store)(void *ctx, float *k_cache, float *v_cache, const float *k, const float *v, int T, int pos0,
+                     int kv_row);
 
     /* ---- Gated DeltaNet (MODEL.md 5) ---- */
     /* Causal depthwise conv + SiLU over m [T, C] with the conv state
@@ -121,6 +125,24 @@ struct dr_ops {
     void (*gated_rmsnorm)(void *ctx, float *y, const float *x, const float *z, const float *w, int rows, int n,
                           float eps);
 
+    /* ---- single-token steps replayed from a recording (optional, all NULL or all set) ----
+       A backend that can record its queued work (CUDA graphs) replays one
+       decode step instead of launching its kernels again. The step's token id
+       and position go to a small device "step state" (one async write per
+       token); while a step is open the embed, rope, attention and kv_store
+       slots read them from there (their arguments carry the same values), so a
+       replay sees the new token and position. `graph` is the caller's handle
+       (starts NULL, one per sequence: the recording holds its buffers);
+       `variant` tells recordings of the same step apart (logits wanted, bf16
+       state). step_begin returns DR_STEP_REPLAYED (the step ran: skip the
+       forward), DR_STEP_RECORD (run the forward: it is recorded, not run) or
+       DR_STEP_RUN (run the forward normally). Then step_end closes the step;
+       false means the recording failed and nothing ran: run the forward again
+       (the step is closed, the slots read their arguments). */
+    int (*step_begin)(void *ctx, void **graph, int32_t token, int pos, int variant);
+    bool (*step_end)(void *ctx, void *graph);
+    void (*graph_free)(void *ctx, void *graph); /* accepts NULL */
+
     /* ---- mixture of experts (MODEL.md 6.2) ---- */
     /* fp32 softmax over logits [T, E], top-k (ties: lower id first), optional
        renormalisation -> idx [T, k], wts [T, k]. */
@@ -131,6 +153,8 @@ struct dr_ops {
     void (*moe_experts)(void *ctx, float *y, const float *x, const int32_t *idx, const float *wts,
                         const dr_expert *experts, int E, int T, int k, int H, int I, float *ws);
 };
+
+enum { DR_STEP_RUN = 0, DR_STEP_RECORD = 1, DR_STEP_REPLAYED = 2 };
 
 /* How to build a backend. */
 typedef struct dr_backend_params {

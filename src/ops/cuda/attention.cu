@@ -21,6 +21,11 @@
 static const float *rope_table(dr_cuda_ctx *cx, int d_rot, float theta) {
     if (cx->rope_inv && cx->rope_drot == d_rot && cx->rope_theta == theta)
         return cx->rope_inv;
+    if (cx->capturing) { /* can't wait while recording: the step runs again without it */
+        cx->cap_bad = 1;
+        return NULL;
+    }
+    cx->scr_gen++; /* recordings hold the old table */
     const int half = d_rot / 2;
     float *h = (float *)malloc((size_t)(half ? half : 1) * sizeof *h);
     if (!h) {
@@ -49,7 +54,10 @@ static const float *rope_table(dr_cuda_ctx *cx, int d_rot, float theta) {
     return d;
 }
 
-__global__ void rope_kernel(float *x, const float *inv, int T, int n_heads, int d_head, int half, int pos0) {
+__global__ void rope_kernel(float *x, const float *inv, int T, int n_heads, int d_head, int half, int pos0,
+                            const int32_t *dpos) {
+    if (dpos) /* an open single-token step: the position is in device memory */
+        pos0 = *dpos;
     const size_t n = (size_t)T * n_heads * half;
     for (size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x; idx < n; idx += (size_t)gridDim.x * blockDim.x) {
         const int i = (int)(idx % half);
@@ -74,7 +82,8 @@ void dr_cuda_rope(void *ctx, float *x, int T, int n_heads, int d_head, int d_rot
     if (!inv)
         return;
     size_t b = (n + 255) / 256, cap = (size_t)cx->n_sm * 16;
-    rope_kernel<<<(unsigned)(b > cap ? cap : b), 256, 0, cx->stream>>>(x, inv, T, n_heads, d_head, half, pos0);
+    rope_kernel<<<(unsigned)(b > cap ? cap : b), 256, 0, cx->stream>>>(x, inv, T, n_heads, d_head, half, pos0,
+                                                                       dr_cuda_step_pos(cx));
     DR_CUDA_LAUNCHED(cx);
 }
 
@@ -87,8 +96,10 @@ void dr_cuda_rope(void *ctx, float *x, int T, int n_heads, int d_head, int d_rot
 template <int R, bool U4>
 __global__ void __launch_bounds__(32 * ATT_WARPS)
     attn_split_kernel(float *out, float *part, float *ml, const float *q, const float *kc, const float *vc, int pos0,
-                      int nH, int nKV, int hd, float scale, int nsplit, int split_len) {
+                      int nH, int nKV, int hd, float scale, int nsplit, int split_len, const int32_t *dpos) {
     const int h = blockIdx.x, t = blockIdx.y, sp = blockIdx.z;
+    if (dpos) /* an open single-token step: slices past the last key stay empty */
+        pos0 = *dpos;
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
     const int n_keys = pos0 + t + 1; /* causal */
     const int s0 = sp * split_len, s1 = min(n_keys, s0 + split_len);
@@ -241,7 +252,9 @@ void dr_cuda_attention(void *ctx, float *out, const float *q, const float *k_cac
     }
     /* enough blocks to fill the GPU 8 times over (latency hiding: the key
        loop is a dependent chain), slices of at least 128 keys */
-    const int n_max = pos0 + T, rows = T * n_heads, want = 8 * cx->n_sm;
+    /* an open step shapes the grid for its capacity, so a recording serves
+       every position up to it */
+    const int n_max = cx->step_on ? cx->step_cap : pos0 + T, rows = T * n_heads, want = 8 * cx->n_sm;
     int nsplit = rows >= want ? 1 : (want + rows - 1) / rows;
     int cap = (n_max + 127) / 128;
     if (nsplit > cap)
@@ -260,7 +273,8 @@ void dr_cuda_attention(void *ctx, float *out, const float *q, const float *k_cac
     dim3 grid((unsigned)n_heads, (unsigned)T, (unsigned)nsplit), block(32 * ATT_WARPS);
 #define ATT_LAUNCH(R, U)                                                                                   \
     attn_split_kernel<R, U><<<grid, block, 0, cx->stream>>>(out, part, ml, q, k_cache, v_cache, pos0, n_heads, \
-                                                           n_kv_heads, d_head, scale, nsplit, split_len)
+                                                           n_kv_heads, d_head, scale, nsplit, split_len, \
+                                                           dr_cuda_step_pos(cx))
     const bool u4 = nsplit > 1;
     if (d_head <= 64) {
         if (u4)

@@ -9,6 +9,10 @@
 #include <string.h>
 
 extern "C" void dr_cuda_note_fail(dr_cuda_ctx *cx, const char *file, int line, const char *stmt, cudaError_t e) {
+    if (cx->capturing) { /* the recording is dropped and the step runs again without it */
+        cx->cap_bad = 1;
+        return;
+    }
     if (!cx->failed) /* keep the first message: later ones are usually consequences */
         dr_fail_at(file, line, dr_cuda_status(e), "CUDA: %s failed: %s", stmt, cudaGetErrorString(e));
     cx->failed = 1;
@@ -23,6 +27,11 @@ extern "C" void dr_cuda_note_blas(dr_cuda_ctx *cx, const char *file, int line, c
 void *dr_cuda_scratch(dr_cuda_ctx *cx, int slot, size_t n) {
     if (n <= cx->scr_n[slot])
         return cx->scr[slot];
+    if (cx->capturing) { /* can't wait while recording: the step runs again without it */
+        cx->cap_bad = 1;
+        return NULL;
+    }
+    cx->scr_gen++;
     /* the old buffer may still be read by queued kernels */
     DR_CUDA_NOTE(cx, cudaStreamSynchronize(cx->stream));
     cudaFree(cx->scr[slot]);
@@ -182,6 +191,8 @@ static void cu_destroy(dr_ops *self) {
         free(cx->tabs);
         cudaFreeHost(cx->ids_host);
         cudaFree(cx->rope_inv);
+        cudaFree(cx->step_dev);
+        cudaFree(cx->gdn_cnt);
         if (cx->blas)
             cublasDestroy(cx->blas);
         if (cx->stream)
@@ -283,6 +294,11 @@ extern "C" void dr_cuda_fill_table(dr_ops *o) {
     o->gated_rmsnorm = dr_cuda_gated_rmsnorm;
     o->moe_route = dr_cuda_moe_route;
     o->moe_experts = dr_cuda_moe_experts;
+    o->kv_store = dr_cuda_kv_store;
+    o->gdn_decode = dr_cuda_gdn_decode;
+    o->step_begin = dr_cuda_step_begin;
+    o->step_end = dr_cuda_step_end;
+    o->graph_free = dr_cuda_graph_free;
 }
 
 /* Device-to-device copy bandwidth of GPU `device` in GB/s (bytes read plus

@@ -42,6 +42,9 @@ if(DR_CUDA_ENABLED)
     src/ops/cuda/attention.cu
     src/ops/cuda/gdn.cu
     src/ops/cuda/moe.cu
+    src/ops/cuda/attention_decode.cu
+    src/ops/cuda/gdn_decode.cu
+    src/ops/cuda/graph.cu
   )
 else()
   message(STATUS "deltarun: CUDA backend OFF")

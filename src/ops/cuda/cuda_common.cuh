@@ -84,7 +84,19 @@ typedef struct dr_cuda_ctx {
     float rope_theta;
     int rope_drot;
     int failed;            /* sticky: a void slot hit a CUDA error */
+    /* single-token steps (graph.cu, ops.h step_begin) */
+    int32_t *step_dev;     /* device [2]: token id, position of the open step */
+    int step_on;           /* a step is open: embed/rope/attention/kv_store read step_dev */
+    int step_cap;          /* while open: context capacity the attention grid is shaped for */
+    int capturing;         /* the stream is being recorded into a graph */
+    int cap_bad;           /* something failed while recording: the recording is dropped */
+    unsigned scr_gen;      /* bumped when a scratch buffer moves (recordings hold its address) */
+    int *gdn_cnt;          /* device counters of the fused GDN step (gdn_decode.cu), zero between launches */
 } dr_cuda_ctx;
+
+/* Position of the open step in device memory, or NULL (kernels use their
+ * pos0 argument). */
+static inline const int32_t *dr_cuda_step_pos(const dr_cuda_ctx *cx) { return cx->step_on ? cx->step_dev + 1 : NULL; }
 
 extern "C" void dr_cuda_note_fail(dr_cuda_ctx *cx, const char *file, int line, const char *stmt, cudaError_t e);
 extern "C" void dr_cuda_note_blas(dr_cuda_ctx *cx, const char *file, int line, const char *stmt, cublasStatus_t s);

@@ -53,6 +53,26 @@ void dr_cuda_gdn_recurrent(void *ctx, float *o, const float *qkv, const float *b
 void dr_cuda_gdn_chunked(void *ctx, float *o, const float *qkv, const float *beta, const float *g, float *state,
                          const dr_gdn_dims *d, int T, float *ws);
 
+/* attention_decode.cu */
+void dr_cuda_kv_store(void *ctx, float *k_cache, float *v_cache, const float *k, const float *v, int T, int pos0,
+                      int kv_row);
+
+/* gdn_decode.cu */
+void dr_cuda_gdn_decode(void *ctx, float *y, const float *qkv_raw, const float *z, const float *b, const float *a,
+                        float *conv_state, float *state, const float *conv_w, int K, const float *A_log,
+                        const float *dt_bias, const float *norm_w, const dr_gdn_dims *d, float eps);
+
+/* graph.cu: single-token steps recorded as CUDA graphs and replayed */
+int dr_cuda_step_begin(void *ctx, void **graph, int32_t token, int pos, int variant);
+bool dr_cuda_step_end(void *ctx, void *graph);
+void dr_cuda_graph_free(void *ctx, void *graph);
+/* Tests: 0 turns recording off (every step runs its kernels), 1 on (default;
+ * the environment variable DR_CUDA_GRAPHS=0 starts it off). */
+void dr_cuda_set_graphs(int on);
+/* Tests and bench: step recordings made, replays, recordings that failed
+ * (all backends of the process). */
+void dr_cuda_graph_counts(long *recorded, long *replayed, long *failed);
+
 /* moe.cu */
 void dr_cuda_moe_route(void *ctx, int32_t *idx, float *wts, const float *logits, int T, int E, int k, bool renorm);
 void dr_cuda_moe_experts(void *ctx, float *y, const float *x, const int32_t *idx, const float *wts,

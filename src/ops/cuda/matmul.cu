@@ -340,11 +340,15 @@ void dr_cuda_embed(void *ctx, float *x, const dr_tensor *emb, const int32_t *ids
         cx->failed = 1;
         return;
     }
-    int32_t *dids = (int32_t *)dr_cuda_scratch(cx, DR_SCR_IDX, (size_t)T * sizeof(int32_t));
-    if (!dids)
-        return;
-    /* ids are pageable host memory: the copy is staged before this returns */
-    DR_CUDA_NOTE(cx, cudaMemcpyAsync(dids, ids, (size_t)T * sizeof(int32_t), cudaMemcpyHostToDevice, cx->stream));
+    const int32_t *dids = cx->step_dev; /* an open single-token step: its token id is there */
+    if (!cx->step_on || T != 1) {
+        int32_t *d = (int32_t *)dr_cuda_scratch(cx, DR_SCR_IDX, (size_t)T * sizeof(int32_t));
+        if (!d)
+            return;
+        /* ids are pageable host memory: the copy is staged before this returns */
+        DR_CUDA_NOTE(cx, cudaMemcpyAsync(d, ids, (size_t)T * sizeof(int32_t), cudaMemcpyHostToDevice, cx->stream));
+        dids = d;
+    }
     dim3 grid(dr_cdiv((size_t)H, 256), (unsigned)T);
     embed_kernel<<<grid, 256, 0, cx->stream>>>(x, emb->dev, emb->dtype, dids, H);
     DR_CUDA_LAUNCHED(cx);

@@ -88,6 +88,10 @@ static const void *const *expert_table(dr_cuda_ctx *cx, const dr_expert *ex, int
     for (int i = 0; i < cx->n_tabs; i++)
         if (cx->tabs[i].key == ex && cx->tabs[i].E == E)
             return cx->tabs[i].dev;
+    if (cx->capturing) { /* first use while recording: the step runs again without it */
+        cx->cap_bad = 1;
+        return NULL;
+    }
     const void **h = (const void **)malloc(3 * (size_t)E * sizeof *h);
     if (!h)
         goto nomem;
