@@ -9,7 +9,9 @@
  */
 #include "golden_util.h"
 #include "model/model.h"
+#include "ops/cpu/quant.h"
 #include "ops/cpu/simd.h"
+#include "quant/quant.h"
 #include "test.h"
 
 #include <math.h>
@@ -91,6 +93,30 @@ static void t_matmul(dr_ops *f, dr_ops *r) {
             show(what, rel_err(y, yr, (size_t)T * d), TOL);
             free(buf), free(x), free(y), free(yr);
         }
+}
+
+/* MLX-quantized weights: decode (prepared x, threaded GEMV) and prefill
+ * (row blocks dequantized once, fp32 tiles) against the reference backend
+ * forced to the element-by-element scalar kernel. */
+static void t_matmul_q(dr_ops *f, dr_ops *r) {
+    const int Ts[] = {1, 2, 5, 13};
+    for (int bits = 4; bits <= 8; bits += 4)
+        for (int gs = 32; gs <= 64; gs *= 2)
+            for (int ti = 0; ti < 4; ti++) {
+                const int d = 37, n = 320, T = Ts[ti];
+                void *buf, *own;
+                dr_tensor w = mat(DR_DT_BF16, d, n, &buf), q;
+                CHECK(dr_quantize(&w, bits, gs, &q, &own) == DR_OK, "quantize: %s", dr_last_error());
+                float *x = rnd((size_t)T * n, 1.0f), *y = calloc((size_t)T * d, 4), *yr = calloc((size_t)T * d, 4);
+                dr_cpu_quant_set_level(DR_QLEVEL_SCALAR);
+                r->matmul(r->ctx, yr, x, &q, T);
+                dr_cpu_quant_set_level(-1);
+                f->matmul(f->ctx, y, x, &q, T);
+                char what[64];
+                snprintf(what, sizeof what, "matmul q%d g%d [37,320] T=%d", bits, gs, T);
+                show(what, rel_err(y, yr, (size_t)T * d), TOL);
+                free(buf), free(own), free(x), free(y), free(yr);
+            }
 }
 
 static void t_attention(dr_ops *f, dr_ops *r) {
@@ -277,6 +303,7 @@ int main(void) {
             if (!f)
                 continue;
             t_matmul(f, ref);
+            t_matmul_q(f, ref);
             t_attention(f, ref);
             t_conv(f, ref);
             t_gdn(f, ref, false, 1);

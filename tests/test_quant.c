@@ -91,10 +91,57 @@ static void ref_matmul(double *y, double *sabs, const float *x, const dr_tensor 
     free(row);
 }
 
-static double kernel_case(int level, int bits, int gs, int64_t d, int64_t n, int T, dr_dtype dt, bool unaligned) {
+/* The threaded backend's split form on the same data: prepared x, GEMV of
+ * rows [r0, r1) for token 0, and rows dequantized to fp32 (each element
+ * within 1e-6 of |scale q| + |bias| of dr_dequantize_row, which rounds
+ * scale * q before adding the bias where the kernels may fuse). */
+static double split_case(const dr_tensor *q, const float *x, const double *yr, const double *sa, int r0, int r1,
+                         double *deq_err) {
+    const int64_t d = q->ne[0], n = q->ne[1];
+    float *xp = malloc(dr_cpu_q_prep_floats(q) * sizeof *xp), *y = malloc((size_t)d * sizeof *y);
+    for (int64_t r = 0; r < d; r++)
+        y[r] = -12345.0f;
+    dr_cpu_q_prep(xp, x, q);
+    dr_cpu_q_gemv_rows(y, xp, q, r0, r1);
+    double worst = 0;
+    bool untouched = true;
+    for (int64_t r = 0; r < d; r++) {
+        if (r < r0 || r >= r1) {
+            untouched &= y[r] == -12345.0f;
+            continue;
+        }
+        double e = fabs(y[r] - yr[r]) / (sa[r] > 0 ? sa[r] : 1);
+        worst = e > worst ? e : worst;
+    }
+    CHECK(untouched, "q_gemv_rows: rows outside [r0, r1) were written");
+    const int nr = r1 - r0;
+    float *deq = malloc((size_t)nr * (size_t)n * sizeof *deq), *want = malloc((size_t)n * sizeof *want);
+    dr_cpu_q_dequant_rows(deq, q, r0, nr);
+    *deq_err = 0;
+    for (int r = 0; r < nr; r++) {
+        dr_dequantize_row(q, r0 + r, want);
+        for (int64_t i = 0; i < n; i++) {
+            size_t g = (size_t)((r0 + r) * (n / q->q.group_size) + i / q->q.group_size);
+            double mag = fabs(dr_load_f32(q->q.scales, q->q.sb_dtype, g)) * 15.0 * (q->q.bits == 8 ? 17 : 1) +
+                         fabs(dr_load_f32(q->q.biases, q->q.sb_dtype, g));
+            double e = fabs((double)deq[(size_t)r * n + i] - want[i]) / (mag > 0 ? mag : 1);
+            *deq_err = e > *deq_err ? e : *deq_err;
+        }
+    }
+    free(xp), free(y), free(deq), free(want);
+    return worst;
+}
+
+typedef struct {
+    double mm, gemv, deq; /* worst relative errors: matmul_q_rows, split GEMV, split dequant */
+} kerr;
+
+static void kernel_case(int level, int bits, int gs, int64_t d, int64_t n, int T, dr_dtype dt, dr_dtype sb,
+                        bool unaligned, kerr *err) {
     void *src_buf, *own;
     dr_tensor src = rand_mat(d, n, dt, &src_buf), q;
-    CHECK(dr_quantize(&src, bits, gs, &q, &own) == DR_OK, "quantize: %s", dr_last_error());
+    dr_quant_opts o = {.bits = bits, .group_size = gs, .sb_dtype = sb};
+    CHECK(dr_quantize_ex(&src, &o, &q, &own) == DR_OK, "quantize: %s", dr_last_error());
     unsigned char *shifted = NULL;
     if (unaligned) { /* MLX files put tensors at any byte offset */
         size_t pk = (size_t)d * dr_quant_row_bytes(n, bits);
@@ -125,13 +172,19 @@ static double kernel_case(int level, int bits, int gs, int64_t d, int64_t n, int
             worst = e > worst ? e : worst;
         }
     CHECK(untouched, "level %d: rows outside [r0, r1) were written", level);
+    double deq, gv = split_case(&q, x, yr, sa, r0, r1, &deq);
+    err->mm = fmax(err->mm, worst);
+    err->gemv = fmax(err->gemv, gv);
+    err->deq = fmax(err->deq, deq);
     free(x), free(y), free(yr), free(sa), free(own), free(src_buf), free(shifted);
-    return worst;
 }
 
 static void test_kernels(void) {
+    /* rows of 384 .. 1152: group counts 3 .. 36, so the 16- and 8-group
+       scale blocks of the SIMD GEMVs get full blocks and every tail length */
     static const struct { int64_t d, n; int T; } shapes[] = {{37, 384, 1}, {5, 128, 3}, {64, 1024, 5},
-                                                              {1, 640, 8}, {17, 1152, 2}};
+                                                              {1, 640, 8}, {17, 1152, 2}, {9, 2048, 1}};
+    static const dr_dtype sbs[] = {DR_DT_UNKNOWN, DR_DT_F16, DR_DT_F32};
     int levels = dr_cpu_quant_set_level(-1);
     printf("quantized kernels: best level on this CPU: %s\n", dr_cpu_quant_level_name(levels));
     for (int lv = 0; lv <= DR_QLEVEL_AVX512; lv++) {
@@ -139,18 +192,23 @@ static void test_kernels(void) {
             printf("skip %s: not supported by this CPU\n", dr_cpu_quant_level_name(lv));
             continue;
         }
-        double worst = 0;
+        kerr e = {0};
         int cases = 0;
         for (int bits = 4; bits <= 8; bits += 4)
             for (int gs = 32; gs <= 128; gs *= 2)
                 for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
                     dr_dtype dt = s % 2 ? DR_DT_BF16 : DR_DT_F32;
-                    double e = kernel_case(lv, bits, gs, shapes[s].d, shapes[s].n, shapes[s].T, dt, s == 2);
-                    worst = e > worst ? e : worst;
+                    dr_dtype sb = sbs[(s + (size_t)gs / 32) % 3]; /* source dtype, F16 or F32 scales */
+                    if (shapes[s].n % gs)
+                        continue;
+                    kernel_case(lv, bits, gs, shapes[s].d, shapes[s].n, shapes[s].T, dt, sb, s == 2, &e);
                     cases++;
                 }
-        CHECK_SHOW(worst <= 1e-5, "matmul_q %s: %d cases (bits 4/8, gs 32/64/128, T 1..8, odd rows): max rel err "
-                   "%.2e (tol 1e-5)", dr_cpu_quant_level_name(lv), cases, worst);
+        CHECK_SHOW(e.mm <= 1e-5 && e.gemv <= 1e-5,
+                   "matmul_q %s: %d cases (bits 4/8, gs 32/64/128, T 1..8, odd rows, BF16/F16/F32 scales): max rel "
+                   "err %.2e, split GEMV %.2e (tol 1e-5)", dr_cpu_quant_level_name(lv), cases, e.mm, e.gemv);
+        CHECK_SHOW(e.deq <= 1e-6, "dequant_rows %s: max err %.2e of |scale q| + |bias| (tol 1e-6)",
+                   dr_cpu_quant_level_name(lv), e.deq);
     }
     dr_cpu_quant_set_level(-1);
 }

@@ -5,8 +5,10 @@
  * widened in registers (or, for BF16 with AVX512_BF16, multiplied as bf16
  * against x split into two bf16 halves). Prefill: a block of rows is widened
  * to fp32 once into the thread's scratch and reused by every token through a
- * register tile of 4 rows x 4 tokens. Quantized weights go to the quant
- * kernels (ops/cpu/quant.h) with the same row split.
+ * register tile of 4 rows x 4 tokens. Quantized weights (ops/cpu/quant.h):
+ * decode prepares x once (group sums, nibble order) and splits the rows the
+ * same way; prefill dequantizes each row block to fp32 in the thread's
+ * scratch and runs the same tiles as fp32 weights.
  */
 #include "ops/cpu/fast.h"
 #include "ops/cpu/quant.h"
@@ -22,6 +24,7 @@ typedef struct {
     const dr_tensor *w;
     int T, d, n, rb;
     const uint16_t *hi, *lo; /* x split for vdpbf16ps, or NULL */
+    const float *xp;         /* quantized GEMV: x prepared by dr_cpu_q_prep */
 } mm_job;
 
 static int rows_of(const mm_job *j, int task, int *r0) {
@@ -59,8 +62,11 @@ static void gemm_task(void *arg, int task, int thread) {
     int r0, nr = rows_of(j, task, &r0);
     const int n = j->n;
     float *wb = dr_cpu_tbuf(j->c, thread);
-    for (int r = 0; r < nr; r++)
-        k->widen(wb + (size_t)r * n, dr_tensor_row(j->w, r0 + r), j->w->dtype, n);
+    if (j->w->q.bits) /* quantized: dequantized once here, then the same fp32 tiles */
+        dr_cpu_q_dequant_rows(wb, j->w, r0, nr);
+    else
+        for (int r = 0; r < nr; r++)
+            k->widen(wb + (size_t)r * n, dr_tensor_row(j->w, r0 + r), j->w->dtype, n);
     for (int t0 = 0; t0 < j->T; t0 += DR_TILE) {
         int nt = j->T - t0 < DR_TILE ? j->T - t0 : DR_TILE;
         for (int r = 0; r < nr; r += DR_TILE) {
@@ -73,6 +79,15 @@ static void gemm_task(void *arg, int task, int thread) {
 
 /* ---- quantized ---- */
 
+/* One token: rows against the shared prepared x (group sums computed once). */
+static void q_gemv_task(void *arg, int task, int thread) {
+    const mm_job *j = arg;
+    (void)thread;
+    int r0, nr = rows_of(j, task, &r0);
+    dr_cpu_q_gemv_rows(j->y, j->xp, j->w, r0, r0 + nr);
+}
+
+/* No scratch: the self-contained kernel per row range. */
 static void q_task(void *arg, int task, int thread) {
     const mm_job *j = arg;
     (void)thread;
@@ -115,9 +130,19 @@ void dr_fast_matmul(void *ctx, float *y, const float *x, const dr_tensor *w, int
     j.d = (int)w->ne[w->ndim - 2];
     j.n = (int)w->ne[w->ndim - 1];
     dr_pool_fn fn;
-    if (w->q.bits) { /* packed rows: n * bits / 8 bytes, same long runs per task */
-        j.rb = gemv_rows(j.n * w->q.bits / 16, DR_DT_BF16);
-        fn = q_task;
+    if (w->q.bits) {
+        float *xp = NULL;
+        if (T == 1 && (xp = dr_cpu_shared_buf(c, DR_SHARED_X, dr_cpu_q_prep_floats(w) * sizeof *xp))) {
+            dr_cpu_q_prep(xp, x, w); /* once per call, shared by every row */
+            j.xp = xp;
+            j.rb = gemv_rows(j.n * w->q.bits / 16, DR_DT_BF16); /* packed rows: same long runs per task */
+            fn = q_gemv_task;
+        } else if (T > 1 && (j.rb = gemm_rows(j.n), dr_cpu_reserve(c, (size_t)j.rb * j.n))) {
+            fn = gemm_task; /* blocks of rows dequantized once, reused by every token */
+        } else {
+            j.rb = gemv_rows(j.n * w->q.bits / 16, DR_DT_BF16);
+            fn = q_task;
+        }
     } else if (T < GEMV_MAX_T) {
         j.rb = gemv_rows(j.n, w->dtype);
         if (w->dtype == DR_DT_BF16 && c->bf16_dot && !split_x(&j))

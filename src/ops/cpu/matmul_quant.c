@@ -13,6 +13,7 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdlib.h>
 #include <string.h>
 
 /* ---- scalar reference ---- */
@@ -91,6 +92,83 @@ static const dr_qkern *kernels(void) {
     }
 }
 
+/* ---- one token: prepared x, group sums ---- */
+
+size_t dr_cpu_q_prep_floats(const dr_tensor *w) {
+    const int64_t n = w->ne[w->ndim - 1];
+    return (size_t)(n + n / w->q.group_size);
+}
+
+void dr_cpu_q_prep(float *xp, const float *x, const dr_tensor *w) {
+    const int64_t n = w->ne[w->ndim - 1], gs = w->q.group_size;
+    if (w->q.bits == 4) { /* layout: DR_QK_PERM in quant_kern.h */
+        for (int64_t b = 0; b < n; b += DR_QK_PERM)
+            for (int k = 0; k < DR_QK_PERM / 2; k++) {
+                xp[b + k] = x[b + 2 * k];
+                xp[b + DR_QK_PERM / 2 + k] = x[b + 2 * k + 1];
+            }
+    } else {
+        memcpy(xp, x, (size_t)n * sizeof *xp);
+    }
+    float *xs = xp + n;
+    for (int64_t g = 0; g < n / gs; g++) {
+        float s = 0.0f;
+        for (int64_t i = g * gs; i < (g + 1) * gs; i++)
+            s += x[i];
+        xs[g] = s;
+    }
+}
+
+/* Portable form of the SIMD GEMV (same algebra, no vectors): the scalar
+ * level and non-x86 builds of the threaded backend. */
+static void gemv_portable(float *y, const float *xp, const dr_tensor *w, int r0, int r1) {
+    const int bits = w->q.bits;
+    const int64_t n = w->ne[w->ndim - 1], gs = w->q.group_size, G = n / gs;
+    const float *xs = xp + n;
+    for (int r = r0; r < r1; r++) {
+        const unsigned char *row = dr_qk_row(w, r);
+        float acc = 0.0f;
+        for (int64_t g = 0; g < G; g++) {
+            float d = 0.0f;
+            if (bits == 8) {
+                for (int64_t i = g * gs; i < (g + 1) * gs; i++)
+                    d += (float)row[i] * xp[i];
+            } else {
+                for (int64_t b = g * gs; b < (g + 1) * gs; b += DR_QK_PERM)
+                    for (int k = 0; k < DR_QK_PERM / 2; k++) {
+                        unsigned v = row[b / 2 + k];
+                        d += (float)(v & 15u) * xp[b + k] + (float)(v >> 4) * xp[b + DR_QK_PERM / 2 + k];
+                    }
+            }
+            const size_t sb = dr_qk_sb(w, r, g);
+            acc += dr_load_f32(w->q.scales, w->q.sb_dtype, sb) * d + dr_load_f32(w->q.biases, w->q.sb_dtype, sb) * xs[g];
+        }
+        y[r] = acc;
+    }
+}
+
+void dr_cpu_q_gemv_rows(float *y, const float *xp, const dr_tensor *w, int r0, int r1) {
+    const dr_qkern *k = kernels();
+    if (k)
+        k->gemv(y, xp, w, r0, r1);
+    else
+        gemv_portable(y, xp, w, r0, r1);
+}
+
+void dr_cpu_q_dequant_rows(float *dst, const dr_tensor *w, int r0, int nr) {
+    const dr_qkern *k = kernels();
+    const int64_t n = w->ne[w->ndim - 1];
+    for (int r = 0; r < nr; r++) {
+        float *row = dst + (size_t)r * (size_t)n;
+        if (k) {
+            k->dequant(row, w, r0 + r, 0, n / w->q.group_size);
+        } else {
+            for (int64_t i = 0; i < n; i++)
+                row[i] = dr_q_get(w, r0 + r, i);
+        }
+    }
+}
+
 /* ---- SIMD drivers ---- */
 
 /* Several tokens: dequantize DR_QK_BLOCK columns of a row once, then dot
@@ -127,9 +205,15 @@ void dr_cpu_matmul_q_rows(float *y, const float *x, const dr_tensor *w, int T, i
         matmul_q_scalar(y, x, w, T, r0, r1);
         return;
     }
-    if (T == 1) {
-        for (int r = r0; r < r1; r++)
-            y[r] = k->dot_row(w, r, x);
+    if (T == 1) { /* a private prepared x (the threaded backend shares one instead) */
+        float *xp = malloc(dr_cpu_q_prep_floats(w) * sizeof *xp);
+        if (!xp) { /* out of memory: the reference needs none */
+            matmul_q_scalar(y, x, w, T, r0, r1);
+            return;
+        }
+        dr_cpu_q_prep(xp, x, w);
+        k->gemv(y, xp, w, r0, r1);
+        free(xp);
         return;
     }
     matmul_q_block(k, y, x, w, T, r0, r1);

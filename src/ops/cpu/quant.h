@@ -15,6 +15,22 @@
  * (y's other rows untouched, so threads can split the rows). Reentrant. */
 void dr_cpu_matmul_q_rows(float *y, const float *x, const dr_tensor *w, int T, int r0, int r1);
 
+/* The same product split for a threaded caller, which prepares x once and
+ * hands each thread a row range (decode) or a block of rows to dequantize
+ * and reuse across all tokens (prefill):
+ *
+ * dr_cpu_q_prep_floats: floats of one prepared token (n + n / group_size).
+ * dr_cpu_q_prep: xp = x [n] prepared for dr_cpu_q_gemv_rows (4-bit: x
+ *   permuted to the nibble order; then the per-group sums of x). Depends
+ *   on w's bits, group size and row length only, not on the kernel level.
+ * dr_cpu_q_gemv_rows: y[r] = W[r] . x for r in [r0, r1). Reentrant.
+ * dr_cpu_q_dequant_rows: dst [nr, n] = rows r0 .. r0+nr-1 as fp32
+ *   (scale * q + bias, the value dr_q_get gives, up to one fp32 rounding). */
+size_t dr_cpu_q_prep_floats(const dr_tensor *w);
+void dr_cpu_q_prep(float *xp, const float *x, const dr_tensor *w);
+void dr_cpu_q_gemv_rows(float *y, const float *xp, const dr_tensor *w, int r0, int r1);
+void dr_cpu_q_dequant_rows(float *dst, const dr_tensor *w, int r0, int nr);
+
 /* x [T, H] = dequantized rows ids[t] of a quantized embedding [V, H]. */
 void dr_cpu_embed_q(float *x, const dr_tensor *emb, const int32_t *ids, int T);
 

@@ -36,30 +36,110 @@ static inline void weights16_q4(const unsigned char *row, int64_t i, __m256 s, _
     *w1 = _mm256_fmadd_ps(widen8(_mm_srli_si128(u, 8)), s, b);
 }
 
-static float dot_row(const dr_tensor *w, int64_t r, const float *x) {
-    const int64_t n = w->ne[w->ndim - 1], gs = w->q.group_size, G = n / gs;
-    const unsigned char *row = dr_qk_row(w, r);
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    for (int64_t g = 0; g < G; g++) {
-        __m256 s = _mm256_set1_ps(dr_load_f32(w->q.scales, w->q.sb_dtype, dr_qk_sb(w, r, g)));
-        __m256 b = _mm256_set1_ps(dr_load_f32(w->q.biases, w->q.sb_dtype, dr_qk_sb(w, r, g)));
-        if (w->q.bits == 8) {
-            for (int64_t i = g * gs; i < (g + 1) * gs; i += 16) {
-                __m256 w0 = _mm256_fmadd_ps(widen8(load8(row + i)), s, b);
-                __m256 w1 = _mm256_fmadd_ps(widen8(load8(row + i + 8)), s, b);
-                acc0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + i), acc0);
-                acc1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + i + 8), acc1);
+#define AI static inline __attribute__((always_inline))
+
+/* Software prefetch distance in packed bytes (see quant_avx512.c). */
+#ifndef PF_DIST
+#define PF_DIST 4096
+#endif
+
+/* sum_i q_i x_i over one group of gs weights at p (x prepared, DR_QK_PERM
+ * for 4-bit), as 8 partial sums. 4-bit: each 8 bytes widen to 8 int32 lanes
+ * once; AND 15 gives the low nibbles (even elements), a shift the high ones
+ * (odd elements), each against its half of the permuted 32-element block. */
+AI __m256 group_dot(const unsigned char *p, const float *x, int bits, int gs) {
+    __m256 d0 = _mm256_setzero_ps(), d1 = _mm256_setzero_ps();
+    if (bits == 4) {
+        const __m256i m = _mm256_set1_epi32(0x0f);
+        for (int k = 0; k < gs; k += 32)
+            for (int h = 0; h < 16; h += 8) {
+                __m256i b = _mm256_cvtepu8_epi32(load8(p + k / 2 + h));
+                d0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(b, m)), _mm256_loadu_ps(x + k + h), d0);
+                d1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(b, 4)), _mm256_loadu_ps(x + k + 16 + h),
+                                     d1);
             }
-        } else {
-            for (int64_t i = g * gs; i < (g + 1) * gs; i += 16) {
-                __m256 w0, w1;
-                weights16_q4(row, i, s, b, &w0, &w1);
-                acc0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + i), acc0);
-                acc1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + i + 8), acc1);
-            }
+    } else {
+        for (int k = 0; k < gs; k += 16) {
+            d0 = _mm256_fmadd_ps(widen8(load8(p + k)), _mm256_loadu_ps(x + k), d0);
+            d1 = _mm256_fmadd_ps(widen8(load8(p + k + 8)), _mm256_loadu_ps(x + k + 8), d1);
         }
     }
-    return hsum8(_mm256_add_ps(acc0, acc1));
+    return _mm256_add_ps(d0, d1);
+}
+
+/* Rows [r0, r1): y[r] = sum_g s_g * (q . x)_g + (b . X) over the row's
+ * groups, 8 groups' scales and biases widened at a time (BF16 in vectors;
+ * F16 and tails element by element: F16C is not part of this level's
+ * check). Two accumulators (even / odd groups) keep the per-group FMAs off
+ * one dependency chain. */
+AI void gemv_rows(float *y, const float *xp, const dr_tensor *w, int64_t r0, int64_t r1, int bits, int gs) {
+    const int64_t n = w->ne[w->ndim - 1], G = n / gs;
+    const float *xs = xp + n;
+    const dr_dtype dt = w->q.sb_dtype;
+    const int gb = gs * bits / 8; /* packed bytes per group */
+    for (int64_t r = r0; r < r1; r++) {
+        const unsigned char *row = dr_qk_row(w, r);
+        const size_t sb0 = dr_qk_sb(w, r, 0);
+        __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps(), accb = _mm256_setzero_ps();
+        float tail = 0.0f;
+        _Alignas(32) float s[8];
+        for (int64_t g0 = 0; g0 < G; g0 += 8) {
+            const int ng = G - g0 < 8 ? (int)(G - g0) : 8;
+            const size_t i = sb0 + (size_t)g0;
+            if (ng == 8 && dt != DR_DT_F16) {
+                __m256 sv, bv;
+                if (dt == DR_DT_BF16) {
+                    sv = _mm256_castsi256_ps(_mm256_slli_epi32(
+                        _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)((const uint16_t *)w->q.scales + i))), 16));
+                    bv = _mm256_castsi256_ps(_mm256_slli_epi32(
+                        _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)((const uint16_t *)w->q.biases + i))), 16));
+                } else {
+                    sv = _mm256_loadu_ps((const float *)w->q.scales + i);
+                    bv = _mm256_loadu_ps((const float *)w->q.biases + i);
+                }
+                _mm256_store_ps(s, sv);
+                accb = _mm256_fmadd_ps(bv, _mm256_loadu_ps(xs + g0), accb);
+            } else {
+                for (int j = 0; j < ng; j++) {
+                    s[j] = dr_load_f32(w->q.scales, dt, i + (size_t)j);
+                    tail += dr_load_f32(w->q.biases, dt, i + (size_t)j) * xs[g0 + j];
+                }
+            }
+            const unsigned char *p = row + (size_t)g0 * gb;
+            const float *x = xp + g0 * gs;
+            int j = 0;
+            for (; j + 2 <= ng; j += 2) {
+                for (int o = 0; o < 2 * gb; o += 64) /* prefetches never fault past the end */
+                    _mm_prefetch((const char *)(p + (size_t)j * gb + PF_DIST + o), _MM_HINT_T0);
+                acc0 = _mm256_fmadd_ps(_mm256_set1_ps(s[j]), group_dot(p + (size_t)j * gb, x + j * gs, bits, gs), acc0);
+                acc1 = _mm256_fmadd_ps(_mm256_set1_ps(s[j + 1]),
+                                       group_dot(p + (size_t)(j + 1) * gb, x + (j + 1) * gs, bits, gs), acc1);
+            }
+            if (j < ng)
+                acc0 = _mm256_fmadd_ps(_mm256_set1_ps(s[j]), group_dot(p + (size_t)j * gb, x + j * gs, bits, gs), acc0);
+        }
+        y[r] = hsum8(_mm256_add_ps(_mm256_add_ps(acc0, acc1), accb)) + tail;
+    }
+}
+
+/* One specialisation per (bits, group size): the group loop fully unrolled. */
+static void gemv(float *y, const float *xp, const dr_tensor *w, int64_t r0, int64_t r1) {
+    const int gs = w->q.group_size;
+    if (w->q.bits == 4) {
+        if (gs == 32)
+            gemv_rows(y, xp, w, r0, r1, 4, 32);
+        else if (gs == 64)
+            gemv_rows(y, xp, w, r0, r1, 4, 64);
+        else
+            gemv_rows(y, xp, w, r0, r1, 4, 128);
+    } else {
+        if (gs == 32)
+            gemv_rows(y, xp, w, r0, r1, 8, 32);
+        else if (gs == 64)
+            gemv_rows(y, xp, w, r0, r1, 8, 64);
+        else
+            gemv_rows(y, xp, w, r0, r1, 8, 128);
+    }
 }
 
 static void dequant(float *dst, const dr_tensor *w, int64_t r, int64_t g0, int64_t ng) {
@@ -107,4 +187,4 @@ static float dot(const float *a, const float *b, int64_t n) {
     return hsum8(_mm256_add_ps(c0, c1));
 }
 
-const dr_qkern dr_qkern_avx2 = {"avx2", dot_row, dequant, dot4, dot};
+const dr_qkern dr_qkern_avx2 = {"avx2", gemv, dequant, dot4, dot};

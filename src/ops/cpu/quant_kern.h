@@ -6,6 +6,14 @@
  * kernel expands the 4/8-bit weights to fp32 in registers and accumulates in
  * fp32; activations are never quantized (so results match
  * dequantize-then-fp32 up to summation order).
+ *
+ * GEMV (one token) does not form w = s q + b per element. Per group g,
+ *     sum_i w_i x_i = s_g * sum_i q_i x_i + b_g * X_g,   X_g = sum_i x_i,
+ * where the X_g are shared by every row and computed once per token
+ * (dr_cpu_q_prep). That halves the FMAs per weight. For 4-bit weights the
+ * nibbles are not put back into element order either: the prepared x is
+ * permuted instead (DR_QK_PERM), so a byte's low and high nibbles each meet
+ * their x with one AND / one shift after a single byte->int32 widening.
  */
 #ifndef DR_OPS_CPU_QUANT_KERN_H
 #define DR_OPS_CPU_QUANT_KERN_H
@@ -18,11 +26,18 @@
  * every group size, 128). */
 #define DR_QK_BLOCK 512
 
+/* Prepared x of one token for a 4-bit GEMV: every block of 32 elements
+ * (16 packed bytes; every group size is a multiple) is stored as its 16
+ * even elements, then its 16 odd ones: xp[b + k] = x[b + 2k] (the low nibble
+ * of byte b/2 + k), xp[b + 16 + k] = x[b + 2k + 1] (its high nibble). 8-bit:
+ * x unchanged. After the n elements come the n / group_size group sums X_g. */
+#define DR_QK_PERM 32
+
 typedef struct dr_qkern {
     const char *name;
-    /* sum_i dequant(w[r, i]) * x[i] over the whole row (GEMV, one token) */
-    float (*dot_row)(const dr_tensor *w, int64_t r, const float *x);
-    /* dst [ng * gs] = dequantized groups g0 .. g0+ng-1 of row r */
+    /* y[r] = row r . x for r in [r0, r1); xp = x prepared by dr_cpu_q_prep */
+    void (*gemv)(float *y, const float *xp, const dr_tensor *w, int64_t r0, int64_t r1);
+    /* dst [ng * gs] = dequantized groups g0 .. g0+ng-1 of row r (element order) */
     void (*dequant)(float *dst, const dr_tensor *w, int64_t r, int64_t g0, int64_t ng);
     /* out[j] = sum_i a[i] * x[j * ldx + i], j < 4 (four tokens share the loads of a) */
     void (*dot4)(float out[4], const float *a, const float *x, int64_t ldx, int64_t n);
