@@ -134,9 +134,12 @@ int main(void) {
         double t1 = TIME(50, G->gdn_recurrent(G->ctx, o, qkv, beta, g, st, &d, 1, NULL));
         printf("%-52s %9.3f ms  %7.0f GB/s state  %4.0f%% of floor\n", "gdn decode step (fp32 state 2 MiB)", t1 * 1e3,
                sb / t1 / 1e9, 100.0 * sb / t1 / 1e9 / bw);
-        double tp = TIME(1, G->gdn_chunked(G->ctx, o, qkv, beta, g, st, &d, T, NULL));
-        printf("%-52s %9.3f ms  %7.0f tok/s per layer\n", "gdn prefill T=8192 (recurrence kernel)", tp * 1e3,
-               T / tp);
+        double tr = TIME(1, G->gdn_recurrent(G->ctx, o, qkv, beta, g, st, &d, T, NULL));
+        printf("%-52s %9.3f ms  %7.0f tok/s per layer\n", "gdn prefill T=8192 (recurrence kernel, baseline)",
+               tr * 1e3, T / tr);
+        double tp = TIME(3, G->gdn_chunked(G->ctx, o, qkv, beta, g, st, &d, T, NULL));
+        printf("%-52s %9.3f ms  %7.0f tok/s per layer  %.1fx\n", "gdn prefill T=8192 (chunked WY, fp32)", tp * 1e3,
+               T / tp, tr / tp);
         G->free(G->ctx, qkv), G->free(G->ctx, beta), G->free(G->ctx, g), G->free(G->ctx, st), G->free(G->ctx, o);
     }
     /* attention, 35B shape: nH 16, nKV 2, hd 256 */
@@ -148,9 +151,20 @@ int main(void) {
         double t1 = TIME(20, G->attention(G->ctx, o, q, kc, vc, 1, n_ctx - 1, nH, nKV, hd, 0.0625f, NULL));
         printf("%-52s %9.3f ms  %7.0f GB/s KV  %4.0f%% of floor\n", "attention decode at 32k context (fp32 KV)",
                t1 * 1e3, kvb / t1 / 1e9, 100.0 * kvb / t1 / 1e9 / bw);
-        double tp = TIME(1, G->attention(G->ctx, o, q, kc, vc, 8192, 0, nH, nKV, hd, 0.0625f, NULL));
-        printf("%-52s %9.3f ms  %7.1f TFLOP/s\n", "attention prefill T=8192 (causal)", tp * 1e3,
-               4.0 * nH * hd * 8192.0 * 8192.0 / 2 / tp / 1e12);
+        const double af = 4.0 * nH * hd * 8192.0 * 8192.0 / 2; /* useful flops, causal */
+        setenv("DR_CUDA_PREFILL", "0", 1);
+        double tb = TIME(1, G->attention(G->ctx, o, q, kc, vc, 8192, 0, nH, nKV, hd, 0.0625f, NULL));
+        printf("%-52s %9.3f ms  %7.1f TFLOP/s\n", "attention prefill T=8192 (SIMT split-K, baseline)", tb * 1e3,
+               af / tb / 1e12);
+        unsetenv("DR_CUDA_PREFILL");
+        for (int T = 512; T <= 8192; T *= 16) {
+            double tp = TIME(3, G->attention(G->ctx, o, q, kc, vc, T, 0, nH, nKV, hd, 0.0625f, NULL));
+            const double f = 4.0 * nH * hd * (double)T * T / 2;
+            printf("%-52s %9.3f ms  %7.1f TFLOP/s useful (x3 split products)  T=%d\n",
+                   "attention prefill (tensor-core flash)", tp * 1e3, f / tp / 1e12, T);
+        }
+        double tq = TIME(3, G->attention(G->ctx, o, q, kc, vc, 4096, 4096, nH, nKV, hd, 0.0625f, NULL));
+        printf("%-52s %9.3f ms\n", "attention prefill T=4096 at pos0=4096", tq * 1e3);
         G->free(G->ctx, kc), G->free(G->ctx, vc), G->free(G->ctx, q), G->free(G->ctx, o);
     }
     /* MoE, 35B shape: E 256, k 8, H 2048, I 512 */
@@ -170,11 +184,17 @@ int main(void) {
                               G->moe_experts(G->ctx, yy, x, idx, w, ex, E, 1, k, H, I, NULL)));
         printf("%-52s %9.3f ms  %7.0f GB/s  %4.0f%% of floor\n", "moe decode (route + 8 experts)", t1 * 1e3,
                eb / t1 / 1e9, 100.0 * eb / t1 / 1e9 / bw);
-        for (int T = 512; T <= 8192; T *= 16) {
-            double tp = TIME(1, (G->moe_route(G->ctx, idx, w, lg, T, E, k, true),
-                                 G->moe_experts(G->ctx, yy, x, idx, w, ex, E, T, k, H, I, NULL)));
-            printf("%-52s %9.3f ms  %7.1f TFLOP/s  T=%d\n", "moe prefill (grouped per expert)", tp * 1e3,
-                   2.0 * T * k * 3.0 * I * H / tp / 1e12, T);
+        for (int base = 1; base >= 0; base--) {
+            if (base)
+                setenv("DR_CUDA_PREFILL", "0", 1);
+            for (int T = 512; T <= 8192; T *= 16) {
+                double tp = TIME(3, (G->moe_route(G->ctx, idx, w, lg, T, E, k, true),
+                                     G->moe_experts(G->ctx, yy, x, idx, w, ex, E, T, k, H, I, NULL)));
+                printf("%-52s %9.3f ms  %7.1f TFLOP/s  T=%d\n",
+                       base ? "moe prefill (per-expert cuBLAS, baseline)" : "moe prefill (grouped tensor-core GEMMs)",
+                       tp * 1e3, 2.0 * T * k * 3.0 * I * H / tp / 1e12, T);
+            }
+            unsetenv("DR_CUDA_PREFILL");
         }
         for (int e = 0; e < E; e++) {
             G->weight_free(G->ctx, &ex[e].gate);

@@ -1,0 +1,269 @@
+/* ops/cuda/moe_prefill.cu - routed SwiGLU experts for prefill blocks, with
+ * BF16 expert weights: grouped tensor-core GEMMs and no host round trip
+ * (semantics: ops/cpu/moe.c, MODEL.md 6.2).
+ *
+ * 1. Counting sort of the (token, pick) rows by expert on the GPU: counts
+ *    (atomics), one thread's prefix sum (E is at most a few hundred) that
+ *    also lists the 64-row tiles of every expert, a scatter. Row order
+ *    inside one expert does not matter: every output element is one dot
+ *    product whose summation order does not depend on where its row sits.
+ * 2. gate/up: one launch over (tile, 64 columns of I) computes both
+ *    products for the tile's rows, reading x through the row map (no
+ *    gather pass), and writes silu(gate) * up in fp32.
+ * 3. down: one launch over (tile, 64 columns of H).
+ * 4. y += sum_j wts[t, j] * out[row(t, j)], picks in order (as the CPU).
+ * GEMM blocks: 4 warps of 32 x 32, k steps of 32, two stages (weights by
+ * cp.async, activations through registers, split into bf16 hi/lo on the
+ * way to shared memory); W*hi + W*lo on mma.sync m16n8k16 with fp32
+ * accumulate, exact weights: fp32-grade like the dense split GEMMs.
+ */
+#include "cuda_ops.h"
+#include "prefill.cuh"
+
+#define MP_BM 64
+#define MP_BN 64
+#define MP_BK 32
+#define MP_SK (MP_BK + 8) /* smem row stride in bf16 (ldmatrix rows on distinct banks) */
+#define MP_THREADS 128
+
+typedef __nv_bfloat16 bf16;
+
+/* int scratch: cnt[E], off[E+1], cur[E], ntile[1], tile_e[MT], tile_r0[MT], rowmap[R], pos[R] */
+typedef struct mp_idx {
+    int *cnt, *off, *cur, *ntile, *tile_e, *tile_r0, *rowmap, *pos;
+} mp_idx;
+
+__global__ void mp_count(mp_idx m, const int32_t *idx, int R, int E) {
+    for (int r = blockIdx.x * blockDim.x + threadIdx.x; r < R; r += gridDim.x * blockDim.x) {
+        const int e = idx[r];
+        if (e >= 0 && e < E)
+            atomicAdd(&m.cnt[e], 1);
+    }
+}
+
+__global__ void mp_scan(mp_idx m, int E) {
+    if (threadIdx.x != 0 || blockIdx.x != 0)
+        return;
+    int o = 0, nt = 0;
+    for (int e = 0; e < E; e++) {
+        m.off[e] = o;
+        m.cur[e] = o;
+        for (int r = 0; r < m.cnt[e]; r += MP_BM) {
+            m.tile_e[nt] = e;
+            m.tile_r0[nt] = o + r;
+            nt++;
+        }
+        o += m.cnt[e];
+    }
+    m.off[E] = o;
+    *m.ntile = nt;
+}
+
+__global__ void mp_scatter(mp_idx m, const int32_t *idx, int R, int E) {
+    for (int r = blockIdx.x * blockDim.x + threadIdx.x; r < R; r += gridDim.x * blockDim.x) {
+        const int e = idx[r];
+        if (e >= 0 && e < E) {
+            const int p = atomicAdd(&m.cur[e], 1);
+            m.rowmap[p] = r;
+            m.pos[r] = p;
+        } else {
+            m.pos[r] = -1; /* (the route never gives one) contributes nothing */
+        }
+    }
+}
+
+/* GATEUP: out[p, n] = silu(x_p . gate_n) * (x_p . up_n), x_p = x[rowmap[p] / k],
+ *         W = gate (B0) and up (B1), [N = I, K = H].
+ * else:   out[p, n] = a_p . down_n, a = act rows, W = down [N = H, K = I]. */
+template <bool GATEUP>
+__global__ void __launch_bounds__(MP_THREADS)
+    mp_gemm(float *__restrict__ out, const float *__restrict__ a, mp_idx m, const void *const *tab, int E, int k,
+            int N, int K) {
+    const int NB = GATEUP ? 2 : 1;
+    __shared__ __align__(16) bf16 sA[2][2][MP_BM * MP_SK]; /* [stage][hi/lo] */
+    __shared__ __align__(16) bf16 sB[2][NB][MP_BN * MP_SK];
+    const int tile = blockIdx.x;
+    if (tile >= *m.ntile)
+        return;
+    const int e = m.tile_e[tile], r0 = m.tile_r0[tile], rn = min(MP_BM, m.off[e + 1] - r0);
+    const int n0 = blockIdx.y * MP_BN;
+    const bf16 *W0 = GATEUP ? (const bf16 *)tab[e] : (const bf16 *)tab[2 * E + e];
+    const bf16 *W1 = GATEUP ? (const bf16 *)tab[E + e] : W0;
+    const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, wm = w >> 1, wn = w & 1;
+    const int g = lane >> 2, t4 = lane & 3, mi = lane >> 3, rr = lane & 7;
+
+    /* this thread's 4 float4 of the A tile: rows (tid + 128 u) / 8, cols 4 ((tid + 128 u) % 8) */
+    const float *arow[4];
+#pragma unroll
+    for (int u = 0; u < 4; u++) {
+        const int i = tid + MP_THREADS * u, r = i / 8;
+        if (r < rn) {
+            const int p = r0 + r;
+            arow[u] = GATEUP ? a + (size_t)(m.rowmap[p] / k) * K : a + (size_t)p * K;
+        } else {
+            arow[u] = NULL;
+        }
+    }
+    float4 av[4];
+#define MP_LOAD_A(k0)                                                                                \
+    for (int u = 0; u < 4; u++) {                                                                    \
+        const int c4 = ((tid + MP_THREADS * u) % 8) * 4;                                             \
+        av[u] = arow[u] ? *(const float4 *)(arow[u] + (k0) + c4) : make_float4(0.f, 0.f, 0.f, 0.f); \
+    }
+#define MP_STORE_A(st)                                                                  \
+    for (int u = 0; u < 4; u++) {                                                       \
+        const int i = tid + MP_THREADS * u, r = i / 8, c4 = (i % 8) * 4;                \
+        uint32_t h0, l0, h1, l1;                                                        \
+        dr_split2(av[u].x, av[u].y, h0, l0);                                            \
+        dr_split2(av[u].z, av[u].w, h1, l1);                                            \
+        *(uint2 *)(&sA[st][0][r * MP_SK + c4]) = make_uint2(h0, h1);                   \
+        *(uint2 *)(&sA[st][1][r * MP_SK + c4]) = make_uint2(l0, l1);                   \
+    }
+#define MP_LOAD_B(st, k0)                                                                     \
+    for (int i = tid; i < MP_BN * MP_BK / 8; i += MP_THREADS) {                               \
+        const int r = i / (MP_BK / 8), c = (i % (MP_BK / 8)) * 8;                             \
+        const size_t go = (size_t)(n0 + r) * K + (k0) + c;                                    \
+        dr_cp16(&sB[st][0][r * MP_SK + c], W0 + go);                                          \
+        if (GATEUP)                                                                           \
+            dr_cp16(&sB[st][NB - 1][r * MP_SK + c], W1 + go);                                 \
+    }
+
+    float acc[NB][2][4][4];
+#pragma unroll
+    for (int b = 0; b < NB; b++)
+#pragma unroll
+        for (int x = 0; x < 2; x++)
+#pragma unroll
+            for (int y = 0; y < 4; y++)
+                acc[b][x][y][0] = acc[b][x][y][1] = acc[b][x][y][2] = acc[b][x][y][3] = 0.0f;
+
+    const int nk = K / MP_BK;
+    MP_LOAD_B(0, 0);
+    dr_cp_commit();
+    MP_LOAD_A(0);
+    MP_STORE_A(0);
+    for (int kt = 0; kt < nk; kt++) {
+        const int st = kt & 1;
+        if (kt + 1 < nk) {
+            MP_LOAD_B(st ^ 1, (kt + 1) * MP_BK);
+            MP_LOAD_A((kt + 1) * MP_BK);
+        }
+        dr_cp_commit();
+        dr_cp_wait<1>();
+        __syncthreads();
+#pragma unroll
+        for (int kk = 0; kk < MP_BK / 16; kk++) {
+            uint32_t ah[2][4], al[2][4];
+#pragma unroll
+            for (int mt = 0; mt < 2; mt++) {
+                const int off = (wm * 32 + mt * 16 + (mi & 1) * 8 + rr) * MP_SK + kk * 16 + (mi >> 1) * 8;
+                dr_ldsm4(ah[mt], &sA[st][0][off]);
+                dr_ldsm4(al[mt], &sA[st][1][off]);
+            }
+#pragma unroll
+            for (int b = 0; b < NB; b++)
+#pragma unroll
+                for (int np = 0; np < 2; np++) {
+                    uint32_t bw[4];
+                    dr_ldsm4(bw, &sB[st][b][(wn * 32 + np * 16 + (mi >> 1) * 8 + rr) * MP_SK + kk * 16 + (mi & 1) * 8]);
+#pragma unroll
+                    for (int mt = 0; mt < 2; mt++) {
+                        dr_mma(acc[b][mt][2 * np], ah[mt], bw);
+                        dr_mma(acc[b][mt][2 * np], al[mt], bw);
+                        dr_mma(acc[b][mt][2 * np + 1], ah[mt], bw + 2);
+                        dr_mma(acc[b][mt][2 * np + 1], al[mt], bw + 2);
+                    }
+                }
+        }
+        if (kt + 1 < nk) {
+            MP_STORE_A(st ^ 1); /* the other stage was last read before the previous barrier */
+        }
+        __syncthreads();
+    }
+#undef MP_LOAD_A
+#undef MP_STORE_A
+#undef MP_LOAD_B
+#pragma unroll
+    for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+        for (int nt = 0; nt < 4; nt++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int r = wm * 32 + mt * 16 + g + 8 * h;
+                if (r >= rn)
+                    continue;
+                const int n = n0 + wn * 32 + nt * 8 + 2 * t4;
+                float v0, v1;
+                if (GATEUP) {
+                    v0 = dr_dev_silu(acc[0][mt][nt][2 * h]) * acc[NB - 1][mt][nt][2 * h];
+                    v1 = dr_dev_silu(acc[0][mt][nt][2 * h + 1]) * acc[NB - 1][mt][nt][2 * h + 1];
+                } else {
+                    v0 = acc[0][mt][nt][2 * h];
+                    v1 = acc[0][mt][nt][2 * h + 1];
+                }
+                *(float2 *)(out + (size_t)(r0 + r) * N + n) = make_float2(v0, v1);
+            }
+}
+
+/* y[t, h] += sum_j wts[t, j] * ob[pos[t k + j], h], j in order */
+__global__ void mp_combine(float *y, const float *ob, const float *wts, const int *pos, int T, int k, int H) {
+    const size_t n = (size_t)T * H;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        const size_t t = i / H, h = i % H;
+        float acc = y[i];
+        for (int j = 0; j < k; j++) {
+            const int p = pos[t * k + j];
+            if (p >= 0)
+                acc += wts[t * k + j] * ob[(size_t)p * H + h];
+        }
+        y[i] = acc;
+    }
+}
+
+bool dr_cuda_moe_prefill(dr_cuda_ctx *cx, float *y, const float *x, const int32_t *idx, const float *wts,
+                         const dr_expert *experts, dr_cuda_expert_tab_fn get_tab, int E, int T, int k, int H,
+                         int I) {
+    if (!dr_cuda_prefill_enabled() || T < DR_MOE_PREFILL_MIN_T || H % MP_BN || I % MP_BN || H % MP_BK || I % MP_BK)
+        return false;
+    for (int e = 0; e < E; e++)
+        if (experts[e].gate.dtype != DR_DT_BF16 || experts[e].up.dtype != DR_DT_BF16 ||
+            experts[e].down.dtype != DR_DT_BF16)
+            return false;
+    const void *const *tab = get_tab(cx, experts, E);
+    if (!tab)
+        return true; /* the table's failure is recorded */
+    const int R = T * k, MT = R / MP_BM + E;
+    const size_t ni = (size_t)E + (E + 1) + E + 1 + 2 * (size_t)MT + 2 * (size_t)R;
+    int *ib = (int *)dr_cuda_scratch(cx, DR_SCR_MOE2, ni * sizeof(int));
+    float *act = (float *)dr_cuda_scratch(cx, DR_SCR_MOE, ((size_t)R * I + (size_t)R * H) * sizeof(float));
+    if (!ib || !act)
+        return true;
+    float *ob = act + (size_t)R * I;
+    mp_idx m;
+    m.cnt = ib;
+    m.off = m.cnt + E;
+    m.cur = m.off + E + 1;
+    m.ntile = m.cur + E;
+    m.tile_e = m.ntile + 1;
+    m.tile_r0 = m.tile_e + MT;
+    m.rowmap = m.tile_r0 + MT;
+    m.pos = m.rowmap + R;
+    DR_CUDA_NOTE(cx, cudaMemsetAsync(m.cnt, 0, (size_t)E * sizeof(int), cx->stream));
+    const unsigned gr = dr_cdiv((size_t)R, 256);
+    mp_count<<<gr, 256, 0, cx->stream>>>(m, idx, R, E);
+    DR_CUDA_LAUNCHED(cx);
+    mp_scan<<<1, 32, 0, cx->stream>>>(m, E);
+    DR_CUDA_LAUNCHED(cx);
+    mp_scatter<<<gr, 256, 0, cx->stream>>>(m, idx, R, E);
+    DR_CUDA_LAUNCHED(cx);
+    mp_gemm<true><<<dim3((unsigned)MT, (unsigned)(I / MP_BN)), MP_THREADS, 0, cx->stream>>>(act, x, m, tab, E, k, I,
+                                                                                             H);
+    DR_CUDA_LAUNCHED(cx);
+    mp_gemm<false><<<dim3((unsigned)MT, (unsigned)(H / MP_BN)), MP_THREADS, 0, cx->stream>>>(ob, act, m, tab, E, k,
+                                                                                              H, I);
+    DR_CUDA_LAUNCHED(cx);
+    size_t b = ((size_t)T * H + 255) / 256, cap = (size_t)cx->n_sm * 16;
+    mp_combine<<<(unsigned)(b > cap ? cap : b), 256, 0, cx->stream>>>(y, ob, wts, m.pos, T, k, H);
+    DR_CUDA_LAUNCHED(cx);
+    return true;
+}

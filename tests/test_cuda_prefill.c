@@ -1,0 +1,208 @@
+/* tests/test_cuda_prefill.c - the CUDA prefill kernels (attention_prefill.cu,
+ * gdn_chunked.cu, moe_prefill.cu) against the CPU reference table on odd
+ * sizes: T not a multiple of 64, pos0 > 0, GQA, head dims 40..256, a
+ * non-zero GDN state, Hv > Hk, dk != dv, blocks longer than one scratch
+ * segment (4096 tokens), MoE with more picks than experts' tiles.
+ *
+ * Errors are max |gpu - cpu| / max |cpu|. Tolerances: attention 1e-4 (the
+ * split-bf16 tensor-core products carry ~2^-16 relative operand error,
+ * docs/CUDA.md "Prefill"); GDN 1e-4 (fp32, reordered sums over long
+ * recurrences, as test_cuda); MoE 2e-5 (exact bf16 weights, split x, as the
+ * dense split GEMM). Returns 77 without a CUDA device (ctest: skipped).
+ */
+#include "ops/cuda/cuda_ops.h"
+#include "ops/ops.h"
+#include "test.h"
+#include "util/dtype.h"
+
+#include <cuda_runtime_api.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define ATT_TOL 1e-4f
+#define GDN_TOL 1e-4f
+#define MOE_TOL 2e-5f
+
+static dr_ops *G, *C;
+static uint64_t g_rng = 0x2545f4914f6cdd1dull;
+
+static float frand(void) {
+    g_rng ^= g_rng << 13;
+    g_rng ^= g_rng >> 7;
+    g_rng ^= g_rng << 17;
+    return (float)((g_rng >> 40) & 0xffffff) / (float)(1 << 23) - 1.0f;
+}
+
+static float *rnd(size_t n, float scale) {
+    float *v = malloc((n ? n : 1) * sizeof *v);
+    for (size_t i = 0; i < n; i++)
+        v[i] = frand() * scale;
+    return v;
+}
+
+static void *dput(const void *h, size_t bytes) {
+    void *d = G->alloc(G->ctx, bytes);
+    G->upload(G->ctx, d, h, bytes);
+    return d;
+}
+
+static float *dget(const void *d, size_t n) {
+    float *h = malloc((n ? n : 1) * sizeof *h);
+    G->download(G->ctx, h, d, n * sizeof *h);
+    return h;
+}
+
+static float rel_err(const float *a, const float *b, size_t n) {
+    float e = 0.0f, m = 0.0f;
+    for (size_t i = 0; i < n; i++) {
+        float d = fabsf(a[i] - b[i]);
+        if (!(d <= e))
+            e = isnan(d) ? INFINITY : d;
+        if (fabsf(b[i]) > m)
+            m = fabsf(b[i]);
+    }
+    return m > 0.0f ? e / m : e;
+}
+
+#define REPORT(err, tol, ...)                                                                             \
+    do {                                                                                                  \
+        char what_[200];                                                                                  \
+        snprintf(what_, sizeof what_, __VA_ARGS__);                                                       \
+        CHECK_SHOW((err) <= (tol), "%-62s rel err %.2e (tol %.0e)", what_, (double)(err), (double)(tol)); \
+    } while (0)
+
+static void test_attention(void) {
+    const struct {
+        int T, pos0, nH, nKV, hd;
+        float sharp;
+    } cs[] = {{64, 0, 4, 2, 64, 4.0f},    {100, 37, 6, 3, 40, 4.0f},  {129, 0, 8, 2, 128, 4.0f},
+              {77, 300, 16, 2, 256, 1.0f}, {200, 1000, 4, 1, 256, 4.0f}, {513, 5, 2, 2, 96, 2.0f}};
+    for (size_t c = 0; c < sizeof cs / sizeof cs[0]; c++) {
+        const int T = cs[c].T, pos0 = cs[c].pos0, nH = cs[c].nH, nKV = cs[c].nKV, hd = cs[c].hd;
+        const int n_ctx = pos0 + T;
+        size_t nq = (size_t)T * nH * hd, nkv = (size_t)n_ctx * nKV * hd;
+        float *q = rnd(nq, 1.0f), *k = rnd(nkv, 1.0f), *v = rnd(nkv, 1.0f), *o = malloc(nq * 4);
+        float *ws = malloc((size_t)(n_ctx + 1) * 4);
+        float *dq = dput(q, nq * 4), *dk = dput(k, nkv * 4), *dv = dput(v, nkv * 4), *dO = G->alloc(G->ctx, nq * 4);
+        const float scale = 1.0f / sqrtf((float)hd) * cs[c].sharp;
+        C->attention(NULL, o, q, k, v, T, pos0, nH, nKV, hd, scale, ws);
+        G->attention(G->ctx, dO, dq, dk, dv, T, pos0, nH, nKV, hd, scale, NULL);
+        float *got = dget(dO, nq);
+        REPORT(rel_err(got, o, nq), ATT_TOL, "attention prefill T=%d pos0=%d nH=%d nKV=%d hd=%d x%.0f", T, pos0, nH,
+               nKV, hd, (double)cs[c].sharp);
+        free(q), free(k), free(v), free(o), free(ws), free(got);
+        G->free(G->ctx, dq), G->free(G->ctx, dk), G->free(G->ctx, dv), G->free(G->ctx, dO);
+    }
+}
+
+static void test_gdn(void) {
+    const struct {
+        int Hk, Hv, dk, dv, T;
+    } cs[] = {{2, 6, 32, 48, 150}, {2, 4, 128, 128, 70}, {3, 3, 24, 20, 65},  {1, 2, 256, 64, 130},
+              {2, 4, 128, 128, 2}, {1, 2, 64, 40, 64},   {1, 2, 64, 40, 4200}, {2, 4, 100, 130, 191}};
+    for (size_t c = 0; c < sizeof cs / sizeof cs[0]; c++) {
+        dr_gdn_dims d = {cs[c].Hk, cs[c].Hv, cs[c].dk, cs[c].dv};
+        const int T = cs[c].T, Cc = 2 * d.n_k_heads * d.d_k + d.n_v_heads * d.d_v;
+        const size_t ns = (size_t)d.n_v_heads * d.d_k * d.d_v, no = (size_t)T * d.n_v_heads * d.d_v;
+        float *qkv = rnd((size_t)T * Cc, 1.0f), *beta = rnd((size_t)T * d.n_v_heads, 0.5f);
+        float *g = rnd((size_t)T * d.n_v_heads, 0.5f), *st = rnd(ns, 0.3f), *o = malloc(no * 4);
+        for (int i = 0; i < T * d.n_v_heads; i++) {
+            beta[i] += 0.5f;
+            g[i] = -fabsf(g[i]) * 0.6f;
+        }
+        float *ws = malloc(dr_gdn_ws_floats(&d) * 4);
+        float *dqkv = dput(qkv, (size_t)T * Cc * 4), *dbeta = dput(beta, (size_t)T * d.n_v_heads * 4);
+        float *dg = dput(g, (size_t)T * d.n_v_heads * 4), *dst = dput(st, ns * 4), *dO = G->alloc(G->ctx, no * 4);
+        C->gdn_chunked(NULL, o, qkv, beta, g, st, &d, T, ws);
+        G->gdn_chunked(G->ctx, dO, dqkv, dbeta, dg, dst, &d, T, NULL);
+        float *go = dget(dO, no), *gs = dget(dst, ns);
+        REPORT(rel_err(go, o, no), GDN_TOL, "gdn_chunked Hk=%d Hv=%d dk=%d dv=%d T=%d: o", d.n_k_heads, d.n_v_heads,
+               d.d_k, d.d_v, T);
+        REPORT(rel_err(gs, st, ns), GDN_TOL, "gdn_chunked T=%d: fp32 state", T);
+        free(qkv), free(beta), free(g), free(st), free(o), free(ws), free(go), free(gs);
+        G->free(G->ctx, dqkv), G->free(G->ctx, dbeta), G->free(G->ctx, dg), G->free(G->ctx, dst);
+        G->free(G->ctx, dO);
+    }
+}
+
+static void *bf16_weights(dr_tensor *t, int d, int n, float scale) {
+    size_t N = (size_t)d * n;
+    uint16_t *h = malloc(N * 2);
+    for (size_t i = 0; i < N; i++)
+        h[i] = dr_f32_to_bf16(frand() * scale);
+    memset(t, 0, sizeof *t);
+    t->name = "test.expert";
+    t->dtype = DR_DT_BF16;
+    t->ndim = 2;
+    t->ne[0] = d;
+    t->ne[1] = n;
+    t->data = h;
+    dr_status st = G->weight_upload(G->ctx, t);
+    CHECK(st == DR_OK, "weight_upload: %s", dr_last_error());
+    return h;
+}
+
+static void test_moe(void) {
+    enum { E = 7 };
+    const int H = 128, I = 192, k = 3;
+    dr_expert ex[E];
+    void *hs[3 * E];
+    for (int e = 0; e < E; e++) {
+        hs[3 * e] = bf16_weights(&ex[e].gate, I, H, 0.2f);
+        hs[3 * e + 1] = bf16_weights(&ex[e].up, I, H, 0.2f);
+        hs[3 * e + 2] = bf16_weights(&ex[e].down, H, I, 0.2f);
+    }
+    const int Ts[4] = {5, 33, 130, 700};
+    for (int ti = 0; ti < 4; ti++) {
+        const int T = Ts[ti];
+        float *lg = rnd((size_t)T * E, 3.0f), *x = rnd((size_t)T * H, 1.0f), *y = rnd((size_t)T * H, 1.0f);
+        if (ti == 3) /* skewed routing: most rows pick experts 0..2 (many tiles of one expert) */
+            for (int t = 0; t < T; t++)
+                for (int e = 0; e < 3; e++)
+                    lg[(size_t)t * E + e] += 6.0f;
+        float *dl = dput(lg, (size_t)T * E * 4), *dx = dput(x, (size_t)T * H * 4), *dy = dput(y, (size_t)T * H * 4);
+        float *dw = G->alloc(G->ctx, (size_t)T * k * 4);
+        int32_t *di = G->alloc(G->ctx, (size_t)T * k * 4);
+        G->moe_route(G->ctx, di, dw, dl, T, E, k, true);
+        int32_t *idx = malloc((size_t)T * k * 4);
+        G->download(G->ctx, idx, di, (size_t)T * k * 4);
+        float *w = dget(dw, (size_t)T * k), *ws = malloc((size_t)(2 * I + H) * 4);
+        C->moe_experts(NULL, y, x, idx, w, ex, E, T, k, H, I, ws);
+        G->moe_experts(G->ctx, dy, dx, di, dw, ex, E, T, k, H, I, NULL);
+        float *got = dget(dy, (size_t)T * H);
+        REPORT(rel_err(got, y, (size_t)T * H), MOE_TOL, "moe_experts grouped bf16 T=%d E=%d k=%d H=%d I=%d", T, E, k,
+               H, I);
+        free(lg), free(x), free(y), free(idx), free(w), free(ws), free(got);
+        G->free(G->ctx, dl), G->free(G->ctx, dx), G->free(G->ctx, dy), G->free(G->ctx, dw), G->free(G->ctx, di);
+    }
+    for (int e = 0; e < E; e++) {
+        G->weight_free(G->ctx, &ex[e].gate);
+        G->weight_free(G->ctx, &ex[e].up);
+        G->weight_free(G->ctx, &ex[e].down);
+    }
+    for (int i = 0; i < 3 * E; i++)
+        free(hs[i]);
+}
+
+int main(void) {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
+        printf("skipped: no CUDA device\n");
+        return 77;
+    }
+    dr_backend_params bp = {.n_threads = 1, .device = 0};
+    dr_status st = dr_ops_cuda_create(&bp, &G);
+    CHECK(st == DR_OK, "dr_ops_cuda_create: %s", dr_last_error());
+    if (st != DR_OK)
+        return TEST_DONE();
+    C = dr_ops_cpu_ref();
+    test_attention();
+    test_gdn();
+    test_moe();
+    G->sync(G->ctx);
+    CHECK(dr_cuda_backend_status(G) == DR_OK, "backend error: %s", dr_last_error());
+    G->destroy(G);
+    return TEST_DONE();
+}
