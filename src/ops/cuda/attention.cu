@@ -10,6 +10,7 @@
  */
 #include "cuda_common.cuh"
 #include "cuda_ops.h"
+#include "prefill.cuh"
 
 #include <math.h>
 #include <stdlib.h>
@@ -250,6 +251,8 @@ void dr_cuda_attention(void *ctx, float *out, const float *q, const float *k_cac
         cx->failed = 1;
         return;
     }
+    if (dr_cuda_attention_prefill(cx, out, q, k_cache, v_cache, T, pos0, n_heads, n_kv_heads, d_head, scale))
+        return; /* tensor-core flash attention (attention_prefill.cu) */
     /* enough blocks to fill the GPU 8 times over (latency hiding: the key
        loop is a dependent chain), slices of at least 128 keys */
     /* an open step shapes the grid for its capacity, so a recording serves

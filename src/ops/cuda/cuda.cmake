@@ -45,6 +45,9 @@ if(DR_CUDA_ENABLED)
     src/ops/cuda/attention_decode.cu
     src/ops/cuda/gdn_decode.cu
     src/ops/cuda/graph.cu
+    src/ops/cuda/attention_prefill.cu
+    src/ops/cuda/gdn_chunked.cu
+    src/ops/cuda/moe_prefill.cu
   )
 else()
   message(STATUS "deltarun: CUDA backend OFF")

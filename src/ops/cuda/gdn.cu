@@ -195,12 +195,4 @@ void dr_cuda_gdn_recurrent(void *ctx, float *o, const float *qkv, const float *b
     delta_rule((dr_cuda_ctx *)ctx, o, qkv, beta, g, state, d, T);
 }
 
-/* The chunked form computes the same function as the recurrence (it only
- * reorders the sums); until the tensor-core WY kernel lands, blocks run the
- * register-resident recurrence above, which keeps the state fp32 throughout
- * (docs/CUDA.md: what is not done). */
-void dr_cuda_gdn_chunked(void *ctx, float *o, const float *qkv, const float *beta, const float *g, float *state,
-                         const dr_gdn_dims *d, int T, float *ws) {
-    (void)ws;
-    delta_rule((dr_cuda_ctx *)ctx, o, qkv, beta, g, state, d, T);
-}
+/* gdn_chunked (the chunked WY form for prefill blocks): gdn_chunked.cu */

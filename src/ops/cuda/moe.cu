@@ -11,6 +11,7 @@
  */
 #include "cuda_common.cuh"
 #include "cuda_ops.h"
+#include "prefill.cuh"
 
 #include <math.h>
 #include <stdlib.h>
@@ -348,6 +349,6 @@ void dr_cuda_moe_experts(void *ctx, float *y, const float *x, const int32_t *idx
     }
     if (T <= MOE_GEMV_T)
         experts_decode(cx, y, x, idx, wts, experts, E, T, k, H, I);
-    else
+    else if (!dr_cuda_moe_prefill(cx, y, x, idx, wts, experts, expert_table, E, T, k, H, I)) /* moe_prefill.cu */
         experts_grouped(cx, y, x, idx, wts, experts, E, T, k, H, I);
 }
