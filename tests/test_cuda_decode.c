@@ -136,6 +136,68 @@ static void test_kv_store(void) {
     G->free(G->ctx, dkc), G->free(G->ctx, dvc), G->free(G->ctx, dk), G->free(G->ctx, dv);
 }
 
+/* ---- matmul_n and add_rmsnorm against the reference ---- */
+
+static void test_fused_small(void) {
+    const int n = 130, ds[3] = {67, 5, 33};
+    const dr_dtype dts[2] = {DR_DT_BF16, DR_DT_F32};
+    for (int di = 0; di < 2; di++)
+        for (int T = 1; T <= 3; T += 2) {
+            dr_tensor w[3];
+            const dr_tensor *wp[3];
+            float *yh[3], *yd[3], *x = rnd((size_t)T * n, 1.0f), *dx = dput(x, (size_t)T * n * 4);
+            for (int i = 0; i < 3; i++) {
+                memset(&w[i], 0, sizeof w[i]);
+                w[i].dtype = dts[di];
+                w[i].ndim = 2;
+                w[i].ne[0] = ds[i];
+                w[i].ne[1] = n;
+                const size_t ne = (size_t)ds[i] * n, es = dts[di] == DR_DT_BF16 ? 2 : 4;
+                float *f = rnd(ne, 1.0f);
+                void *buf = malloc(ne * es);
+                for (size_t e = 0; e < ne; e++)
+                    if (es == 2) {
+                        uint32_t u;
+                        memcpy(&u, &f[e], 4);
+                        ((uint16_t *)buf)[e] = (uint16_t)(u >> 16);
+                    } else
+                        ((float *)buf)[e] = f[e];
+                free(f);
+                w[i].data = buf;
+                w[i].dev = dput(buf, ne * es);
+                wp[i] = &w[i];
+                yh[i] = malloc((size_t)T * ds[i] * 4);
+                yd[i] = G->alloc(G->ctx, (size_t)T * ds[i] * 4);
+                C->matmul(NULL, yh[i], x, &w[i], T);
+            }
+            G->matmul_n(G->ctx, 3, yd, dx, wp, T);
+            float e = 0.0f;
+            for (int i = 0; i < 3; i++) {
+                float *g = dget(yd[i], (size_t)T * ds[i]), ei = rel_err(g, yh[i], (size_t)T * ds[i]);
+                e = ei > e ? ei : e;
+                free(g);
+                free(yh[i]);
+                free((void *)w[i].data);
+                G->free(G->ctx, w[i].dev), G->free(G->ctx, yd[i]);
+            }
+            REPORT(e, TOL, "matmul_n 3 weights [67|5|33, %d] %s T=%d", n, di ? "f32" : "bf16", T);
+            free(x);
+            G->free(G->ctx, dx);
+        }
+    const int rows = 3, H = 1031;
+    const size_t N = (size_t)rows * H;
+    float *x = rnd(N, 2.0f), *d = rnd(N, 2.0f), *gain = rnd(H, 1.0f), *y = malloc(N * 4);
+    float *dx = dput(x, N * 4), *dd = dput(d, N * 4), *dg = dput(gain, H * 4), *dy = G->alloc(G->ctx, N * 4);
+    C->add(NULL, x, d, N);
+    C->rmsnorm(NULL, y, x, gain, rows, H, 1e-6f);
+    G->add_rmsnorm(G->ctx, dx, dd, dy, dg, rows, H, 1e-6f);
+    float *gx = dget(dx, N), *gy = dget(dy, N);
+    REPORT(rel_err(gx, x, N), 0.0f, "add_rmsnorm %dx%d: sum (exact)", rows, H);
+    REPORT(rel_err(gy, y, N), TOL, "add_rmsnorm %dx%d: norm", rows, H);
+    free(x), free(d), free(gain), free(y), free(gx), free(gy);
+    G->free(G->ctx, dx), G->free(G->ctx, dd), G->free(G->ctx, dg), G->free(G->ctx, dy);
+}
+
 /* ---- graphs: replayed steps against kernel-by-kernel steps ---- */
 
 static int argmax(const float *x, int n) {
@@ -229,6 +291,7 @@ int main(int argc, char **argv) {
     C = dr_ops_cpu_ref();
     test_gdn_decode();
     test_kv_store();
+    test_fused_small();
     G->sync(G->ctx);
     CHECK(dr_cuda_backend_status(G) == DR_OK, "backend error: %s", dr_last_error());
     G->destroy(G);

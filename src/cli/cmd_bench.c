@@ -443,6 +443,13 @@ int dr_cli_bench(int argc, char **argv) {
         const int thr = o.threads > 0 ? o.threads : dr_cpu_n_cores();
         fprintf(stderr, "bench: measuring memory bandwidth\n");
         r.bw_gbs = is_cuda(o.device) ? gpu_bandwidth(o.device) : measure_bandwidth(thr);
+#ifdef DR_WITH_CUDA
+        if (is_cuda(o.device)) {
+            long rec = 0, rep = 0, fail = 0;
+            dr_cuda_graph_counts(&rec, &rep, &fail);
+            fprintf(stderr, "bench: decode step graphs: %ld recorded, %ld replayed, %ld failed\n", rec, rep, fail);
+        }
+#endif
         derived d = derive(&o, &r);
         if (o.json)
             print_json(&o, m, &r, &d, thr);

@@ -68,6 +68,33 @@ void dr_scratch_free(dr_scratch *sc, const dr_model *m) {
     memset(sc, 0, sizeof *sc);
 }
 
+/* ===================== helpers ===================== */
+
+/* y_i = W_i x for projections that share their input (one pass when the
+ * backend can). */
+static void matmuls(const dr_ops *o, int n, float *const *ys, const float *x, const dr_tensor *const *ws, int T) {
+    if (o->matmul_n)
+        o->matmul_n(o->ctx, n, ys, x, ws, T);
+    else
+        for (int i = 0; i < n; i++)
+            o->matmul(o->ctx, ys[i], x, ws[i], T);
+}
+
+/* Residual add, then the next pre-norm: x += d; xn = RMSNorm(x) (gain NULL:
+ * the add alone). */
+static void add_norm(const dr_model *m, dr_scratch *sc, const float *gain, int T) {
+    const dr_ops *o = m->ops;
+    const int H = m->hp.d_model;
+    if (!gain)
+        o->add(o->ctx, sc->x, sc->out, (size_t)T * H);
+    else if (o->add_rmsnorm)
+        o->add_rmsnorm(o->ctx, sc->x, sc->out, sc->xn, gain, T, H, m->hp.eps);
+    else {
+        o->add(o->ctx, sc->x, sc->out, (size_t)T * H);
+        o->rmsnorm(o->ctx, sc->xn, sc->x, gain, T, H, m->hp.eps);
+    }
+}
+
 /* ===================== mixers ===================== */
 
 /* Gated DeltaNet (5.2): projections, conv + SiLU, gates, delta rule, gated norm, out_proj. */
@@ -78,10 +105,10 @@ static void gdn_layer(const dr_model *m, const dr_gdn_weights *w, float *conv_st
     void *c = o->ctx;
     const int Hv = hp->n_v_heads, C = dr_hp_conv_dim(hp);
     const dr_gdn_dims d = {hp->n_k_heads, hp->n_v_heads, hp->d_k, hp->d_v};
-    o->matmul(c, sc->qkv_raw, sc->xn, &w->in_proj_qkv, T); /* m = W_qkv x  (q | k | v channels) */
-    o->matmul(c, sc->z, sc->xn, &w->in_proj_z, T);
-    o->matmul(c, sc->b, sc->xn, &w->in_proj_b, T);
-    o->matmul(c, sc->a, sc->xn, &w->in_proj_a, T);
+    /* m = W_qkv x (q | k | v channels), z, b, a: four projections of x */
+    float *const ys[4] = {sc->qkv_raw, sc->z, sc->b, sc->a};
+    const dr_tensor *const ws[4] = {&w->in_proj_qkv, &w->in_proj_z, &w->in_proj_b, &w->in_proj_a};
+    matmuls(o, 4, ys, sc->xn, ws, T);
     if (T == 1 && o->gdn_decode) { /* the backend's fused single-token step, same math */
         o->gdn_decode(c, sc->y, sc->qkv_raw, sc->z, sc->b, sc->a, conv_state, state, w->conv1d, hp->d_conv,
                       w->A_log, w->dt_bias, w->norm, &d, hp->eps);
@@ -107,10 +134,10 @@ static void attn_layer(const dr_model *m, const dr_attn_weights *w, float *k_cac
     void *c = o->ctx;
     const int nH = hp->n_heads, nKV = hp->n_kv_heads, hd = hp->d_head;
     const size_t kv_row = (size_t)nKV * hd;
-    o->matmul(c, sc->qg, sc->xn, &w->q_proj, T);
+    float *const ys[3] = {sc->qg, sc->k, sc->v};
+    const dr_tensor *const ws[3] = {&w->q_proj, &w->k_proj, &w->v_proj};
+    matmuls(o, 3, ys, sc->xn, ws, T);
     o->split_halves(c, sc->q, sc->gate, sc->qg, T * nH, hd); /* per head: [query | gate] */
-    o->matmul(c, sc->k, sc->xn, &w->k_proj, T);
-    o->matmul(c, sc->v, sc->xn, &w->v_proj, T);
     o->rmsnorm(c, sc->q, sc->q, w->q_norm, T * nH, hd, hp->eps); /* per head, before RoPE */
     o->rmsnorm(c, sc->k, sc->k, w->k_norm, T * nKV, hd, hp->eps);
     o->rope(c, sc->q, T, nH, hd, hp->d_rot, pos0, hp->rope_theta);
@@ -131,8 +158,9 @@ static void attn_layer(const dr_model *m, const dr_attn_weights *w, float *k_cac
 /* SwiGLU: out = down(silu(gate x) * up x)   (6.1) */
 static void swiglu_mlp(const dr_ops *o, const dr_tensor *gate, const dr_tensor *up, const dr_tensor *down,
                        float *out, const float *x, float *ta, float *tb, int T) {
-    o->matmul(o->ctx, ta, x, gate, T);
-    o->matmul(o->ctx, tb, x, up, T);
+    float *const ys[2] = {ta, tb};
+    const dr_tensor *const ws[2] = {gate, up};
+    matmuls(o, 2, ys, x, ws, T);
     o->swiglu(o->ctx, ta, ta, tb, (size_t)T * (size_t)gate->ne[0]);
     o->matmul(o->ctx, out, ta, down, T);
 }
@@ -178,24 +206,22 @@ void dr_forward(const dr_model *m, dr_kv_cache *kv, dr_gdn_cache *gdn, dr_scratc
     const dr_ops *o = m->ops;
     void *c = o->ctx;
     const int H = hp->d_model;
-    const size_t nTH = (size_t)T * H;
     o->embed(c, sc->x, &m->w.embed, ids, T); /* no scaling (2) */
+    o->rmsnorm(c, sc->xn, sc->x, m->w.layers[0].ln1, T, H, hp->eps);
     for (int l = 0; l < hp->n_layers; l++) {
         const dr_layer_weights *lw = &m->w.layers[l];
-        /* h = x + Mixer(RMSNorm(x))   (7.1) */
-        o->rmsnorm(c, sc->xn, sc->x, lw->ln1, T, H, hp->eps);
+        /* h = x + Mixer(RMSNorm(x))   (7.1); xn holds RMSNorm(x) */
         if (hp->is_attn[l])
             attn_layer(m, &lw->attn, kv->k[l], kv->v[l], sc, pos0, T);
         else
             gdn_layer(m, &lw->gdn, gdn->conv[l], gdn->state[l], sc, T, state_bf16);
-        o->add(c, sc->x, sc->out, nTH);
+        add_norm(m, sc, lw->ln2, T); /* xn = RMSNorm(h) */
         /* y = h + FFN(RMSNorm(h)) */
-        o->rmsnorm(c, sc->xn, sc->x, lw->ln2, T, H, hp->eps);
         if (hp->is_moe[l])
             moe_block(m, &lw->ffn, sc, T);
         else
             swiglu_mlp(o, &lw->ffn.gate, &lw->ffn.up, &lw->ffn.down, sc->out, sc->xn, sc->ff_a, sc->ff_b, T);
-        o->add(c, sc->x, sc->out, nTH);
+        add_norm(m, sc, l + 1 < hp->n_layers ? m->w.layers[l + 1].ln1 : NULL, T); /* the next layer's RMSNorm(y) */
     }
     if (mode == DR_LOGITS_LAST)
         lm_head_rows(m, sc, T - 1, T, logits);

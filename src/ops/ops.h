@@ -59,11 +59,16 @@ struct dr_ops {
     /* ---- dense math ---- */
     /* W [d, n] @ x [T, n] -> y [T, d]   (y = x W^T; weights any of F32/F16/BF16) */
     void (*matmul)(void *ctx, float *y, const float *x, const dr_tensor *w, int T);
+    /* (optional, NULL: one matmul per weight) y_i = x W_i^T for n_w <= 4 weights
+       of the same input width (the projections that share one input). */
+    void (*matmul_n)(void *ctx, int n_w, float *const *ys, const float *x, const dr_tensor *const *ws, int T);
     /* x [T, H] = E[ids[t]]   (ids on the host, already range-checked) */
     void (*embed)(void *ctx, float *x, const dr_tensor *emb, const int32_t *ids, int T);
     /* y [rows, n] = x / rms(x) * gain   (gain fp32 [n]; zero-centred norms
        store 1 + w, folded at load) */
     void (*rmsnorm)(void *ctx, float *y, const float *x, const float *gain, int rows, int n, float eps);
+    /* (optional, NULL: add then rmsnorm) x [rows, n] += d; y = x / rms(x) * gain */
+    void (*add_rmsnorm)(void *ctx, float *x, const float *d, float *y, const float *gain, int rows, int n, float eps);
     /* y [n] += x [n] */
     void (*add)(void *ctx, float *y, const float *x, size_t n);
     /* out [n] = silu(gate) * up */

@@ -295,6 +295,8 @@ extern "C" void dr_cuda_fill_table(dr_ops *o) {
     o->moe_route = dr_cuda_moe_route;
     o->moe_experts = dr_cuda_moe_experts;
     o->kv_store = dr_cuda_kv_store;
+    o->matmul_n = dr_cuda_matmul_n;
+    o->add_rmsnorm = dr_cuda_add_rmsnorm;
     o->gdn_decode = dr_cuda_gdn_decode;
     o->step_begin = dr_cuda_step_begin;
     o->step_end = dr_cuda_step_end;

@@ -25,12 +25,15 @@ void dr_cuda_set_mm_engine(int engine);
 
 /* matmul.cu */
 void dr_cuda_matmul(void *ctx, float *y, const float *x, const dr_tensor *w, int T);
+void dr_cuda_matmul_n(void *ctx, int n_w, float *const *ys, const float *x, const dr_tensor *const *ws, int T);
 void dr_cuda_embed(void *ctx, float *x, const dr_tensor *emb, const int32_t *ids, int T);
 
 /* elementwise.cu */
 void dr_cuda_rmsnorm(void *ctx, float *y, const float *x, const float *gain, int rows, int n, float eps);
 void dr_cuda_gated_rmsnorm(void *ctx, float *y, const float *x, const float *z, const float *w, int rows, int n,
                            float eps);
+void dr_cuda_add_rmsnorm(void *ctx, float *x, const float *d, float *y, const float *gain, int rows, int n,
+                         float eps);
 void dr_cuda_add(void *ctx, float *y, const float *x, size_t n);
 void dr_cuda_swiglu(void *ctx, float *out, const float *gate, const float *up, size_t n);
 void dr_cuda_sigmoid_mul(void *ctx, float *x, const float *gate, size_t n);

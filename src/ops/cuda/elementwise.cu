@@ -39,6 +39,25 @@ __global__ void gated_rmsnorm_kernel(float *y, const float *x, const float *z, c
         y[off + i] = w[i] * (x[off + i] * inv) * dr_dev_silu(z[off + i]);
 }
 
+/* x += d, then y = x / rms(x) * gain (the residual add and the next
+ * pre-norm in one pass; the same sums as add + rmsnorm). */
+__global__ void add_rmsnorm_kernel(float *x, const float *d, float *y, const float *gain, int n, float eps) {
+    __shared__ float sh[32];
+    float *xr = x + (size_t)blockIdx.x * n;
+    const float *dr = d + (size_t)blockIdx.x * n;
+    float *yr = y + (size_t)blockIdx.x * n;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        const float v = xr[i] + dr[i];
+        xr[i] = v;
+        ss += v * v;
+    }
+    ss = dr_block_sum(ss, sh);
+    const float inv = 1.0f / sqrtf(ss / (float)n + eps);
+    for (int i = threadIdx.x; i < n; i += blockDim.x)
+        yr[i] = xr[i] * inv * gain[i];
+}
+
 static int norm_threads(int n) { return n >= 1024 ? 256 : n >= 256 ? 128 : 64; }
 
 void dr_cuda_rmsnorm(void *ctx, float *y, const float *x, const float *gain, int rows, int n, float eps) {
@@ -46,6 +65,15 @@ void dr_cuda_rmsnorm(void *ctx, float *y, const float *x, const float *gain, int
     if (rows <= 0)
         return;
     rmsnorm_kernel<<<rows, norm_threads(n), 0, cx->stream>>>(y, x, gain, n, eps);
+    DR_CUDA_LAUNCHED(cx);
+}
+
+void dr_cuda_add_rmsnorm(void *ctx, float *x, const float *d, float *y, const float *gain, int rows, int n,
+                         float eps) {
+    dr_cuda_ctx *cx = (dr_cuda_ctx *)ctx;
+    if (rows <= 0)
+        return;
+    add_rmsnorm_kernel<<<rows, norm_threads(n), 0, cx->stream>>>(x, d, y, gain, n, eps);
     DR_CUDA_LAUNCHED(cx);
 }
 

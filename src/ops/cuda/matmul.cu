@@ -61,14 +61,31 @@ static __device__ __forceinline__ float to_f(__half v) { return __half2float(v);
 /* One warp per row of W; `vec`: rows and x are 16-byte aligned and n is a
  * multiple of the vector width. Optional gather/scatter of rows is not
  * needed here (MoE decode has its own kernels). */
+/* Up to GEMV_SETS matrices of the same width n read in one launch (the
+ * projections that share x): rows row0[m] .. row0[m+1]-1 of the launch are
+ * the rows of matrix m. */
+#define GEMV_SETS 4
+struct gemv_set {
+    const void *W[GEMV_SETS];
+    float *y[GEMV_SETS];
+    int row0[GEMV_SETS + 1];
+    int nm;
+};
+
 template <typename WT, int MT>
-__global__ void __launch_bounds__(256) gemv_kernel(float *__restrict__ y, const float *__restrict__ x,
-                                                   const WT *__restrict__ W, int T, int d, int n, int vec) {
+__global__ void __launch_bounds__(256) gemv_kernel(const gemv_set set, const float *__restrict__ x, int T, int n,
+                                                   int vec) {
     const int lane = threadIdx.x & 31;
-    const int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    if (row >= d)
+    int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (row >= set.row0[set.nm])
         return;
-    const WT *wr = W + (size_t)row * n;
+    int mi = 0;
+    while (mi + 1 < set.nm && row >= set.row0[mi + 1])
+        mi++;
+    const int d = set.row0[mi + 1] - set.row0[mi];
+    row -= set.row0[mi];
+    float *__restrict__ y = set.y[mi];
+    const WT *wr = (const WT *)set.W[mi] + (size_t)row * n;
     float acc[MT];
 #pragma unroll
     for (int t = 0; t < MT; t++)
@@ -139,20 +156,31 @@ __global__ void __launch_bounds__(256) gemv_kernel(float *__restrict__ y, const 
     }
 }
 
+template <typename WT> static void gemv_set_launch(dr_cuda_ctx *cx, const gemv_set &set, const float *x, int T, int n) {
+    const int E = wvec<WT>::N;
+    int vec = (n % E == 0) && ((uintptr_t)x % 16 == 0);
+    for (int i = 0; i < set.nm; i++)
+        vec = vec && ((uintptr_t)set.W[i] % 16 == 0);
+    dim3 grid(dr_cdiv((size_t)set.row0[set.nm], 8)), block(256);
+    if (T == 1)
+        gemv_kernel<WT, 1><<<grid, block, 0, cx->stream>>>(set, x, T, n, vec);
+    else if (T == 2)
+        gemv_kernel<WT, 2><<<grid, block, 0, cx->stream>>>(set, x, T, n, vec);
+    else if (T <= 4)
+        gemv_kernel<WT, 4><<<grid, block, 0, cx->stream>>>(set, x, T, n, vec);
+    else
+        gemv_kernel<WT, 8><<<grid, block, 0, cx->stream>>>(set, x, T, n, vec);
+    DR_CUDA_LAUNCHED(cx);
+}
+
 template <typename WT>
 static void gemv_launch(dr_cuda_ctx *cx, float *y, const float *x, const WT *W, int T, int d, int n) {
-    const int E = wvec<WT>::N;
-    int vec = (n % E == 0) && ((uintptr_t)W % 16 == 0) && ((uintptr_t)x % 16 == 0);
-    dim3 grid(dr_cdiv((size_t)d, 8)), block(256);
-    if (T == 1)
-        gemv_kernel<WT, 1><<<grid, block, 0, cx->stream>>>(y, x, W, T, d, n, vec);
-    else if (T == 2)
-        gemv_kernel<WT, 2><<<grid, block, 0, cx->stream>>>(y, x, W, T, d, n, vec);
-    else if (T <= 4)
-        gemv_kernel<WT, 4><<<grid, block, 0, cx->stream>>>(y, x, W, T, d, n, vec);
-    else
-        gemv_kernel<WT, 8><<<grid, block, 0, cx->stream>>>(y, x, W, T, d, n, vec);
-    DR_CUDA_LAUNCHED(cx);
+    gemv_set set = {};
+    set.W[0] = W;
+    set.y[0] = y;
+    set.row0[1] = d;
+    set.nm = 1;
+    gemv_set_launch<WT>(cx, set, x, T, n);
 }
 
 /* ---- tiled fp32 SIMT GEMM: 64 tokens x 64 rows of W per block ---- */
@@ -318,6 +346,38 @@ void dr_cuda_matmul(void *ctx, float *y, const float *x, const dr_tensor *w, int
         return;
     }
     dr_cuda_mm(cx, y, x, w->dev, w->dtype, T, d, n);
+}
+
+/* Several weights of the same width and dtype over one x: one GEMV launch
+ * for T <= GEMV_MAX_T (decode), else one matmul each. */
+void dr_cuda_matmul_n(void *ctx, int n_w, float *const *ys, const float *x, const dr_tensor *const *ws, int T) {
+    dr_cuda_ctx *cx = (dr_cuda_ctx *)ctx;
+    bool one = n_w >= 1 && n_w <= GEMV_SETS && T <= GEMV_MAX_T && (dr_cuda_mm_force == 0 || dr_cuda_mm_force == 1);
+    const int n = one ? (int)ws[0]->ne[ws[0]->ndim - 1] : 0;
+    gemv_set set = {};
+    for (int i = 0; one && i < n_w; i++) {
+        const dr_tensor *w = ws[i];
+        one = w->dev && w->dtype == ws[0]->dtype && (int)w->ne[w->ndim - 1] == n;
+        if (one) {
+            set.W[i] = w->dev;
+            set.y[i] = ys[i];
+            set.row0[i + 1] = set.row0[i] + (int)w->ne[w->ndim - 2];
+        }
+    }
+    if (!one) {
+        for (int i = 0; i < n_w; i++)
+            dr_cuda_matmul(ctx, ys[i], x, ws[i], T);
+        return;
+    }
+    set.nm = n_w;
+    if (T <= 0 || set.row0[n_w] <= 0)
+        return;
+    if (ws[0]->dtype == DR_DT_BF16)
+        gemv_set_launch<__nv_bfloat16>(cx, set, x, T, n);
+    else if (ws[0]->dtype == DR_DT_F16)
+        gemv_set_launch<__half>(cx, set, x, T, n);
+    else
+        gemv_set_launch<float>(cx, set, x, T, n);
 }
 
 /* ---- embedding ---- */
