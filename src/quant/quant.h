@@ -43,10 +43,16 @@ typedef struct dr_quant_opts {
 /* Quantize src (F32, BF16 or F16; 2-D [out, in] or 3-D [E, out, in];
  * contiguous, any byte alignment) into `out`.
  *
- * Per group: bias = the group's minimum (exact in the source dtype), scale =
- * (max - min) / (2^bits - 1) rounded UP to sb_dtype so that every q fits,
+ * Per group, 8-bit: bias = the group's minimum (exact in the source dtype),
+ * scale = (max - min) / 255 rounded UP to sb_dtype so that every q fits,
  * q = round((w - bias) / scale) computed with the stored (rounded) scale and
- * bias. The error of every element is then at most scale / 2.
+ * bias; the error of every element is at most scale / 2. 4-bit: that
+ * min-max pair or, when its squared error is lower, one from a small search
+ * (range shrunk to 0.95 .. 0.80, then least-squares refits of scale and
+ * bias to the resulting q, each rounded to sb_dtype before q is computed);
+ * extremes may then clip, by at most a tenth of the group's range plus a
+ * step, and the relative RMS error drops by 8-9% on Gaussian-like rows.
+ * Any (scale, bias) is valid MLX storage, so the format is unchanged.
  *
  * On success *out is a quantized view (dtype U32, ne = src's logical shape,
  * q filled, name = src->name) whose packed words, scales and biases live in

@@ -1,9 +1,9 @@
 /* quant/quantize.c - fp32/bf16/f16 tensors -> MLX affine 4/8-bit groups,
  * row dequantization, and the error / collapsed-row check.
  *
- * Rows are independent, so dr_quantize_ex splits them over pthreads. The
- * scale is rounded up to its storage dtype before q is computed, so the
- * stored (scale, bias) pair is the one the q values were fitted to.
+ * Rows are independent, so dr_quantize_ex splits them over pthreads. Every
+ * candidate (scale, bias) is rounded to its storage dtype before q is
+ * computed, so the stored pair is the one the q values were fitted to.
  */
 #include "quant/quant.h"
 
@@ -90,32 +90,107 @@ static float round_up(float v, dr_dtype dt) {
 
 /* ---- one row ---- */
 
+/* v rounded to storage dtype dt (nearest even). */
+static float round_sb(float v, dr_dtype dt) {
+    unsigned char tmp[4];
+    store_sb(tmp, dt, 0, v);
+    return load_sb(tmp, dt, 0);
+}
+
+/* q[i] = round((w[i] - bias) / scale) clamped to [0, levels], with the
+ * stored (already rounded) scale and bias; returns the group's sum of
+ * squared errors of scale * q + bias (the value the kernels use). */
+static float fit_q(const float *w, int gs, int levels, float scale, float bias, uint8_t *q) {
+    const float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
+    float e2 = 0.0f;
+    for (int i = 0; i < gs; i++) {
+        float v = (w[i] - bias) * inv;
+        v = v > 0.0f ? (v < (float)levels ? v : (float)levels) : 0.0f;
+        const int qi = (int)(v + 0.5f); /* v >= 0: round half up */
+        q[i] = (uint8_t)qi;
+        const float d = scale * (float)qi + bias - w[i];
+        e2 += d * d;
+    }
+    return e2;
+}
+
+/* Range shrink factors tried for 4-bit groups. */
+static const float k_shrink4[] = {1.0f, 0.95f, 0.90f, 0.85f, 0.80f};
+#define LS_ITERS 2
+
+/* Quantize one group: (scale, bias) with the smallest squared error among
+ * - min-max: bias = min (exact in the source dtype), scale = range / levels
+ *   rounded up, so nothing clips and every error is <= scale / 2;
+ * - 4-bit only: for each shrink factor a, the range narrowed by a around
+ *   its centre, then LS_ITERS least-squares refits of (scale, bias) to the
+ *   q it gives (the affine fit of w on q), each refit rounded to storage.
+ * Min-max is always a candidate, so the error never exceeds it. At 4 bits
+ * the search lowers the relative RMS error of Gaussian-like rows by 8-9%
+ * (and raised the top-1 agreement of every q4 fixture by 3-5 points); at
+ * 8 bits it gained 0.1-0.7% RMS and no top-1 or KL change beyond noise
+ * (docs/PERFORMANCE.md, Quantized), so 8-bit keeps plain min-max, whose
+ * every error is <= scale / 2. */
+static void quantize_group(const float *w, int gs, int bits, dr_dtype sdt, float *out_s, float *out_b, uint8_t *q) {
+    const int levels = (1 << bits) - 1;
+    float lo = w[0], hi = w[0];
+    for (int i = 1; i < gs; i++) {
+        lo = w[i] < lo ? w[i] : lo;
+        hi = w[i] > hi ? w[i] : hi;
+    }
+    float bias = round_sb(lo, sdt);
+    float scale = hi > bias ? round_up((hi - bias) / (float)levels, sdt) : 0.0f;
+    if (scale > 0.0f && (hi - bias) / scale > (float)levels) /* bias rounded down past lo */
+        scale = round_up((hi - bias) / (float)levels * (1.0f + 1e-6f), sdt);
+    float best = fit_q(w, gs, levels, scale, bias, q);
+    const int n_shrink = bits == 4 ? (int)(sizeof k_shrink4 / sizeof k_shrink4[0]) : 0;
+    uint8_t qt[128]; /* gs <= 128 */
+    for (int a = 0; a < n_shrink && scale > 0.0f && best > 0.0f; a++) {
+        const float r = (hi - lo) * k_shrink4[a];
+        float sc = round_sb(r / (float)levels, sdt), bi = round_sb(lo + ((hi - lo) - r) * 0.5f, sdt);
+        if (!(sc > 0.0f))
+            continue;
+        fit_q(w, gs, levels, sc, bi, qt);
+        for (int it = 0; it < LS_ITERS; it++) {
+            double sq = 0, sw = 0, sqq = 0, sqw = 0;
+            for (int i = 0; i < gs; i++) {
+                sq += qt[i];
+                sw += w[i];
+                sqq += (double)qt[i] * qt[i];
+                sqw += (double)qt[i] * w[i];
+            }
+            const double den = gs * sqq - sq * sq;
+            if (den <= 0.0) /* all q equal: no slope to fit */
+                break;
+            const double ns = (gs * sqw - sq * sw) / den, nb = (sw - ns * sq) / gs;
+            sc = round_sb((float)ns, sdt);
+            bi = round_sb((float)nb, sdt);
+            if (!(sc > 0.0f) || !isfinite(bi))
+                break;
+            const float e2 = fit_q(w, gs, levels, sc, bi, qt);
+            if (e2 < best) {
+                best = e2, scale = sc, bias = bi;
+                memcpy(q, qt, (size_t)gs);
+            }
+        }
+    }
+    *out_s = scale;
+    *out_b = bias;
+}
+
 /* Quantize row `src` (fp32, n values) into packed words, scales, biases. */
 static void quantize_row(const float *src, int64_t n, int bits, int gs, dr_dtype sdt, uint32_t *packed,
                          void *scales, void *biases) {
-    const int levels = (1 << bits) - 1, per_word = 32 / bits;
+    const int per_word = 32 / bits;
     memset(packed, 0, dr_quant_row_bytes(n, bits));
+    uint8_t q[128];
     for (int64_t g = 0; g < n / gs; g++) {
-        const float *w = src + g * gs;
-        float lo = w[0], hi = w[0];
-        for (int i = 1; i < gs; i++) {
-            lo = w[i] < lo ? w[i] : lo;
-            hi = w[i] > hi ? w[i] : hi;
-        }
-        /* bias: the minimum, rounded to storage (exact when the source has
-           the storage dtype); scale rounded up so (hi - bias) / scale <= levels */
-        store_sb(biases, sdt, (size_t)g, lo);
-        float bias = load_sb(biases, sdt, (size_t)g);
-        float scale = hi > bias ? round_up((hi - bias) / (float)levels, sdt) : 0.0f;
-        if (scale > 0.0f && (hi - bias) / scale > (float)levels) /* bias rounded down past lo */
-            scale = round_up((hi - bias) / (float)levels * (1.0f + 1e-6f), sdt);
-        store_sb(scales, sdt, (size_t)g, scale);
-        float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
+        float scale, bias;
+        quantize_group(src + g * gs, gs, bits, sdt, &scale, &bias, q);
+        store_sb(scales, sdt, (size_t)g, scale); /* exact: both already rounded to sdt */
+        store_sb(biases, sdt, (size_t)g, bias);
         for (int i = 0; i < gs; i++) {
-            float qf = nearbyintf((w[i] - bias) * inv);
-            uint32_t q = qf <= 0.0f ? 0u : qf >= (float)levels ? (uint32_t)levels : (uint32_t)qf;
             int64_t e = g * gs + i;
-            packed[e / per_word] |= q << ((e % per_word) * bits);
+            packed[e / per_word] |= (uint32_t)q[i] << ((e % per_word) * bits);
         }
     }
 }
