@@ -205,11 +205,13 @@ static void *make_weights(dr_tensor *t, dr_dtype dt, int d, int n, float scale) 
 static void test_matmul(void) {
     const dr_dtype dts[3] = {DR_DT_F32, DR_DT_BF16, DR_DT_F16};
     const char *dn[3] = {"f32", "bf16", "f16"};
-    const int shapes[2][2] = {{67, 130}, {96, 256}}; /* odd (scalar path) and vector-aligned */
+    /* odd (scalar path), vector-aligned, and few rows of long / medium width
+       (the GEMV splits each row over 8 / 2 warps) */
+    const int shapes[4][2] = {{67, 130}, {96, 256}, {37, 4096}, {301, 1032}};
     const int Ts[5] = {1, 3, 8, 9, 70};
     const char *engines[4] = {"auto", "gemv", "tiled", "cublas"};
     for (int di = 0; di < 3; di++)
-        for (int si = 0; si < 2; si++) {
+        for (int si = 0; si < 4; si++) {
             const int d = shapes[si][0], n = shapes[si][1];
             dr_tensor w;
             void *h = make_weights(&w, dts[di], d, n, 0.5f);

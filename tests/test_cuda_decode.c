@@ -139,10 +139,12 @@ static void test_kv_store(void) {
 /* ---- matmul_n and add_rmsnorm against the reference ---- */
 
 static void test_fused_small(void) {
-    const int n = 130, ds[3] = {67, 5, 33};
+    const int ns[2] = {130, 2048}, Tv[4] = {1, 3, 9, 70}, ds[3] = {67, 5, 33};
     const dr_dtype dts[2] = {DR_DT_BF16, DR_DT_F32};
+    for (int ni = 0; ni < 2; ni++)
     for (int di = 0; di < 2; di++)
-        for (int T = 1; T <= 3; T += 2) {
+        for (int ti = 0; ti < 4; ti++) { /* T > 8, bf16: one split of x for the three GEMMs */
+            const int n = ns[ni], T = Tv[ti];
             dr_tensor w[3];
             const dr_tensor *wp[3];
             float *yh[3], *yd[3], *x = rnd((size_t)T * n, 1.0f), *dx = dput(x, (size_t)T * n * 4);

@@ -171,15 +171,22 @@ static void moe_block(const dr_model *m, const dr_ffn_weights *f, dr_scratch *sc
     const dr_ops *o = m->ops;
     void *c = o->ctx;
     const int H = hp->d_model, k = hp->n_experts_used;
-    o->matmul(c, sc->router, sc->xn, &f->router, T);
+    if (f->has_shared) { /* the projections of xn: router, shared gate/up, shared-expert gate (one pass) */
+        float *const ys[4] = {sc->router, sc->ff_a, sc->ff_b, sc->sh_s};
+        const dr_tensor *const ws[4] = {&f->router, &f->sh_gate, &f->sh_up, &f->sh_gate_w};
+        matmuls(o, 4, ys, sc->xn, ws, T);
+    } else {
+        o->matmul(c, sc->router, sc->xn, &f->router, T);
+    }
     o->moe_route(c, sc->moe_idx, sc->moe_w, sc->router, T, hp->n_experts, k, hp->norm_topk);
     o->zero(c, sc->out, (size_t)T * H * sizeof(float));
     o->moe_experts(c, sc->out, sc->xn, sc->moe_idx, sc->moe_w, f->experts, hp->n_experts, T, k, H, hp->d_ff_expert,
                    sc->ws);
     if (!f->has_shared)
         return;
-    swiglu_mlp(o, &f->sh_gate, &f->sh_up, &f->sh_down, sc->out2, sc->xn, sc->ff_a, sc->ff_b, T);
-    o->matmul(c, sc->sh_s, sc->xn, &f->sh_gate_w, T);
+    /* shared expert: down(silu(gate x) * up x), scaled by sigmoid(w_sg x) */
+    o->swiglu(c, sc->ff_a, sc->ff_a, sc->ff_b, (size_t)T * (size_t)f->sh_gate.ne[0]);
+    o->matmul(c, sc->out2, sc->ff_a, &f->sh_down, T);
     o->sigmoid_scale_rows(c, sc->out2, sc->sh_s, T, H); /* s <- sigmoid(w_sg x) * s */
     o->add(c, sc->out, sc->out2, (size_t)T * H);
 }

@@ -102,10 +102,34 @@ static void cu_upload(void *ctx, void *dst, const void *src, size_t n) {
     DR_CUDA_NOTE(cx, cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, cx->stream));
 }
 
+/* Large downloads (a decode step's logits, 1 MB) go through a pinned buffer
+ * and one host memcpy: a pageable copy of that size cost a few hundred us per
+ * token. A failed pinned allocation falls back to the pageable copy. */
+#define DL_PINNED_MIN (64 << 10)
 static void cu_download(void *ctx, void *dst, const void *src, size_t n) {
     dr_cuda_ctx *cx = (dr_cuda_ctx *)ctx;
     if (!n)
         return;
+    if (n >= DL_PINNED_MIN && !cx->capturing) {
+        if (n > cx->dl_host_n) {
+            cudaFreeHost(cx->dl_host);
+            cx->dl_host = NULL;
+            cx->dl_host_n = 0;
+            void *p = NULL;
+            if (cudaMallocHost(&p, n) == cudaSuccess) {
+                cx->dl_host = p;
+                cx->dl_host_n = n;
+            } else {
+                cudaGetLastError();
+            }
+        }
+        if (cx->dl_host) {
+            DR_CUDA_NOTE(cx, cudaMemcpyAsync(cx->dl_host, src, n, cudaMemcpyDeviceToHost, cx->stream));
+            DR_CUDA_NOTE(cx, cudaStreamSynchronize(cx->stream));
+            memcpy(dst, cx->dl_host, n);
+            return;
+        }
+    }
     DR_CUDA_NOTE(cx, cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToHost, cx->stream));
     DR_CUDA_NOTE(cx, cudaStreamSynchronize(cx->stream));
 }
@@ -190,6 +214,7 @@ static void cu_destroy(dr_ops *self) {
             cudaFree((void *)cx->tabs[i].dev);
         free(cx->tabs);
         cudaFreeHost(cx->ids_host);
+        cudaFreeHost(cx->dl_host);
         cudaFree(cx->rope_inv);
         cudaFree(cx->step_dev);
         cudaFree(cx->gdn_cnt);

@@ -78,6 +78,8 @@ typedef struct dr_cuda_ctx {
     size_t scr_n[DR_SCR_N];
     int32_t *ids_host;     /* pinned staging for host index arrays */
     size_t ids_host_n;
+    void *dl_host;         /* pinned staging for large downloads (the logits) */
+    size_t dl_host_n;
     dr_cuda_expert_tab *tabs;
     int n_tabs, cap_tabs;
     float *rope_inv;       /* device inv_freq table for (rope_theta, rope_drot) */

@@ -18,12 +18,21 @@ __global__ void rmsnorm_kernel(float *y, const float *x, const float *gain, int 
     __shared__ float sh[32];
     const float *xr = x + (size_t)blockIdx.x * n;
     float *yr = y + (size_t)blockIdx.x * n;
+    const int nt = blockDim.x;
     float ss = 0.0f;
-    for (int i = threadIdx.x; i < n; i += blockDim.x)
-        ss += xr[i] * xr[i];
+    for (int i0 = threadIdx.x; i0 < n; i0 += 4 * nt) { /* four loads in flight, sums in index order */
+        float v[4];
+#pragma unroll
+        for (int u = 0; u < 4; u++)
+            v[u] = i0 + u * nt < n ? xr[i0 + u * nt] : 0.0f;
+#pragma unroll
+        for (int u = 0; u < 4; u++)
+            if (i0 + u * nt < n)
+                ss += v[u] * v[u];
+    }
     ss = dr_block_sum(ss, sh);
     const float inv = 1.0f / sqrtf(ss / (float)n + eps);
-    for (int i = threadIdx.x; i < n; i += blockDim.x)
+    for (int i = threadIdx.x; i < n; i += nt)
         yr[i] = xr[i] * inv * gain[i];
 }
 
@@ -46,25 +55,41 @@ __global__ void add_rmsnorm_kernel(float *x, const float *d, float *y, const flo
     float *xr = x + (size_t)blockIdx.x * n;
     const float *dr = d + (size_t)blockIdx.x * n;
     float *yr = y + (size_t)blockIdx.x * n;
+    const int nt = blockDim.x;
     float ss = 0.0f;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        const float v = xr[i] + dr[i];
-        xr[i] = v;
-        ss += v * v;
+    for (int i0 = threadIdx.x; i0 < n; i0 += 4 * nt) { /* loads before stores; sums in index order */
+        float v[4];
+#pragma unroll
+        for (int u = 0; u < 4; u++)
+            v[u] = i0 + u * nt < n ? xr[i0 + u * nt] + dr[i0 + u * nt] : 0.0f;
+#pragma unroll
+        for (int u = 0; u < 4; u++)
+            if (i0 + u * nt < n) {
+                xr[i0 + u * nt] = v[u];
+                ss += v[u] * v[u];
+            }
     }
     ss = dr_block_sum(ss, sh);
     const float inv = 1.0f / sqrtf(ss / (float)n + eps);
-    for (int i = threadIdx.x; i < n; i += blockDim.x)
+    for (int i = threadIdx.x; i < n; i += nt)
         yr[i] = xr[i] * inv * gain[i];
 }
 
-static int norm_threads(int n) { return n >= 1024 ? 256 : n >= 256 ? 128 : 64; }
+/* Many rows: small blocks. Few rows (decode): up to 1024 threads, about
+   four elements each, so one row is not a long serial loop on one SM. */
+static int norm_threads(const dr_cuda_ctx *cx, int rows, int n) {
+    if (rows < cx->n_sm && n >= 1024) {
+        int t = ((n / 4 + 31) / 32) * 32;
+        return t > 1024 ? 1024 : t;
+    }
+    return n >= 1024 ? 256 : n >= 256 ? 128 : 64;
+}
 
 void dr_cuda_rmsnorm(void *ctx, float *y, const float *x, const float *gain, int rows, int n, float eps) {
     dr_cuda_ctx *cx = (dr_cuda_ctx *)ctx;
     if (rows <= 0)
         return;
-    rmsnorm_kernel<<<rows, norm_threads(n), 0, cx->stream>>>(y, x, gain, n, eps);
+    rmsnorm_kernel<<<rows, norm_threads(cx, rows, n), 0, cx->stream>>>(y, x, gain, n, eps);
     DR_CUDA_LAUNCHED(cx);
 }
 
@@ -73,7 +98,7 @@ void dr_cuda_add_rmsnorm(void *ctx, float *x, const float *d, float *y, const fl
     dr_cuda_ctx *cx = (dr_cuda_ctx *)ctx;
     if (rows <= 0)
         return;
-    add_rmsnorm_kernel<<<rows, norm_threads(n), 0, cx->stream>>>(x, d, y, gain, n, eps);
+    add_rmsnorm_kernel<<<rows, norm_threads(cx, rows, n), 0, cx->stream>>>(x, d, y, gain, n, eps);
     DR_CUDA_LAUNCHED(cx);
 }
 
@@ -82,7 +107,7 @@ void dr_cuda_gated_rmsnorm(void *ctx, float *y, const float *x, const float *z, 
     dr_cuda_ctx *cx = (dr_cuda_ctx *)ctx;
     if (rows <= 0)
         return;
-    gated_rmsnorm_kernel<<<rows, norm_threads(n), 0, cx->stream>>>(y, x, z, w, n, eps);
+    gated_rmsnorm_kernel<<<rows, norm_threads(cx, rows, n), 0, cx->stream>>>(y, x, z, w, n, eps);
     DR_CUDA_LAUNCHED(cx);
 }
 

@@ -37,6 +37,40 @@ __global__ void conv_out_kernel(float *out, const float *m, const float *st, con
     }
 }
 
+/* K = 4 (every Qwen3.5/3.6/Next model): one thread per channel walks 32
+ * consecutive tokens with the 4-tap window in registers (each input read
+ * once, no 64-bit index division); same products in the same order as
+ * conv_out_kernel, so the same results. */
+#define CONV_TT 32
+__global__ void conv_out4_kernel(float *__restrict__ out, const float *__restrict__ m, const float *__restrict__ st,
+                                 const float *__restrict__ w, int T, int C) {
+    const int ch = blockIdx.x * blockDim.x + threadIdx.x;
+    if (ch >= C)
+        return;
+    const int t0 = blockIdx.y * CONV_TT, t1 = min(T, t0 + CONV_TT);
+    const float w0 = w[(size_t)ch * 4], w1 = w[(size_t)ch * 4 + 1], w2 = w[(size_t)ch * 4 + 2],
+                w3 = w[(size_t)ch * 4 + 3];
+    float a[3];
+#pragma unroll
+    for (int j = 0; j < 3; j++) {
+        const int src = t0 - 3 + j;
+        a[j] = src >= 0 ? m[(size_t)src * C + ch] : st[(size_t)(src + 4) * C + ch];
+    }
+#pragma unroll 8
+    for (int t = t0; t < t1; t++) {
+        const float cur = m[(size_t)t * C + ch];
+        float s = 0.0f;
+        s += w0 * a[0];
+        s += w1 * a[1];
+        s += w2 * a[2];
+        s += w3 * cur;
+        out[(size_t)t * C + ch] = dr_dev_silu(s);
+        a[0] = a[1];
+        a[1] = a[2];
+        a[2] = cur;
+    }
+}
+
 /* New state row j = input at time T - K + j (old state row j + T when < 0).
  * One thread per channel reads all K first, so the update is in place. */
 __global__ void conv_state_kernel(float *st, const float *m, int T, int C, int K) {
@@ -61,8 +95,13 @@ void dr_cuda_gdn_conv(void *ctx, float *out, const float *m, float *conv_state, 
         cx->failed = 1;
         return;
     }
-    size_t n = (size_t)T * C, b = (n + 255) / 256, cap = (size_t)cx->n_sm * 16;
-    conv_out_kernel<<<(unsigned)(b > cap ? cap : b), 256, 0, cx->stream>>>(out, m, conv_state, w, T, C, K);
+    if (K == 4 && T >= CONV_TT) {
+        conv_out4_kernel<<<dim3(dr_cdiv((size_t)C, 256), dr_cdiv((size_t)T, CONV_TT)), 256, 0, cx->stream>>>(
+            out, m, conv_state, w, T, C);
+    } else {
+        size_t n = (size_t)T * C, b = (n + 255) / 256, cap = (size_t)cx->n_sm * 16;
+        conv_out_kernel<<<(unsigned)(b > cap ? cap : b), 256, 0, cx->stream>>>(out, m, conv_state, w, T, C, K);
+    }
     DR_CUDA_LAUNCHED(cx);
     conv_state_kernel<<<dr_cdiv((size_t)C, 256), 256, 0, cx->stream>>>(conv_state, m, T, C, K);
     DR_CUDA_LAUNCHED(cx);

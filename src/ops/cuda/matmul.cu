@@ -72,86 +72,122 @@ struct gemv_set {
     int nm;
 };
 
+/* One weight row is read by KS warps of a block (KS = 1, 2, 4, 8: split-K,
+ * so that narrow matrices still put enough warps on every SM); each warp
+ * takes every KS-th 512-byte piece of the row, four 16-byte loads in flight
+ * per lane. The block walks row groups (8 / KS rows) with a grid stride, so
+ * the grid is at most a few blocks per SM and long matrices (lm_head) do not
+ * pay a block launch per 8 rows. The KS partial sums of a row are added in a
+ * fixed order (deterministic). */
 template <typename WT, int MT>
 __global__ void __launch_bounds__(256) gemv_kernel(const gemv_set set, const float *__restrict__ x, int T, int n,
-                                                   int vec) {
-    const int lane = threadIdx.x & 31;
-    int row = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    if (row >= set.row0[set.nm])
-        return;
-    int mi = 0;
-    while (mi + 1 < set.nm && row >= set.row0[mi + 1])
-        mi++;
-    const int d = set.row0[mi + 1] - set.row0[mi];
-    row -= set.row0[mi];
-    float *__restrict__ y = set.y[mi];
-    const WT *wr = (const WT *)set.W[mi] + (size_t)row * n;
-    float acc[MT];
+                                                   int vec, int ks) {
+    __shared__ float part[8][MT];
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    const int rpb = 8 / ks, wr = w / ks, sl = w - wr * ks;
+    const int rows = set.row0[set.nm];
+    const int ngroups = (rows + rpb - 1) / rpb;
+    for (int g = blockIdx.x; g < ngroups; g += gridDim.x) {
+        int row = g * rpb + wr;
+        const bool live = row < rows;
+        float acc[MT];
 #pragma unroll
-    for (int t = 0; t < MT; t++)
-        acc[t] = 0.0f;
-    if (vec) {
-        constexpr int E = wvec<WT>::N;
-        const uint4 *wv = (const uint4 *)wr;
-        const int nv = n / E;
-        int v = lane;
-        /* four 16-byte loads in flight per lane before the first use */
-        for (; v + 96 < nv; v += 128) {
-            uint4 u[4];
+        for (int t = 0; t < MT; t++)
+            acc[t] = 0.0f;
+        int mi = 0, d = 0;
+        if (live) {
+            while (mi + 1 < set.nm && row >= set.row0[mi + 1])
+                mi++;
+            d = set.row0[mi + 1] - set.row0[mi];
+            row -= set.row0[mi];
+            const WT *wr_ = (const WT *)set.W[mi] + (size_t)row * n;
+            if (vec) {
+                constexpr int E = wvec<WT>::N;
+                const uint4 *wv = (const uint4 *)wr_;
+                const int nv = n / E, st = 32 * ks;
+                int v = sl * 32 + lane;
+                for (; v + 3 * st < nv; v += 4 * st) {
+                    uint4 u[4];
 #pragma unroll
-            for (int r = 0; r < 4; r++)
-                u[r] = __ldg(wv + v + 32 * r);
+                    for (int r = 0; r < 4; r++)
+                        u[r] = __ldg(wv + v + st * r);
 #pragma unroll
-            for (int r = 0; r < 4; r++) {
-                float w[E];
-                wvec<WT>::get(u[r], w);
-                const int i0 = (v + 32 * r) * E;
+                    for (int r = 0; r < 4; r++) {
+                        float wf[E];
+                        wvec<WT>::get(u[r], wf);
+                        const int i0 = (v + st * r) * E;
 #pragma unroll
-                for (int t = 0; t < MT; t++) {
-                    if (t < T) {
-                        const float4 *xv = (const float4 *)(x + (size_t)t * n + i0);
+                        for (int t = 0; t < MT; t++) {
+                            if (t < T) {
+                                const float4 *xv = (const float4 *)(x + (size_t)t * n + i0);
 #pragma unroll
-                        for (int q = 0; q < E / 4; q++) {
-                            float4 xx = xv[q];
-                            acc[t] += w[4 * q] * xx.x + w[4 * q + 1] * xx.y + w[4 * q + 2] * xx.z +
-                                      w[4 * q + 3] * xx.w;
+                                for (int q = 0; q < E / 4; q++) {
+                                    float4 xx = xv[q];
+                                    acc[t] += wf[4 * q] * xx.x + wf[4 * q + 1] * xx.y + wf[4 * q + 2] * xx.z +
+                                              wf[4 * q + 3] * xx.w;
+                                }
+                            }
                         }
                     }
                 }
-            }
-        }
-        for (; v < nv; v += 32) {
-            float w[E];
-            wvec<WT>::get(__ldg(wv + v), w);
-            const int i0 = v * E;
+                for (; v < nv; v += st) {
+                    float wf[E];
+                    wvec<WT>::get(__ldg(wv + v), wf);
+                    const int i0 = v * E;
 #pragma unroll
-            for (int t = 0; t < MT; t++) {
-                if (t < T) {
-                    const float4 *xv = (const float4 *)(x + (size_t)t * n + i0);
+                    for (int t = 0; t < MT; t++) {
+                        if (t < T) {
+                            const float4 *xv = (const float4 *)(x + (size_t)t * n + i0);
 #pragma unroll
-                    for (int q = 0; q < E / 4; q++) {
-                        float4 xx = xv[q];
-                        acc[t] +=
-                            w[4 * q] * xx.x + w[4 * q + 1] * xx.y + w[4 * q + 2] * xx.z + w[4 * q + 3] * xx.w;
+                            for (int q = 0; q < E / 4; q++) {
+                                float4 xx = xv[q];
+                                acc[t] += wf[4 * q] * xx.x + wf[4 * q + 1] * xx.y + wf[4 * q + 2] * xx.z +
+                                          wf[4 * q + 3] * xx.w;
+                            }
+                        }
                     }
+                }
+            } else {
+                for (int i = sl * 32 + lane; i < n; i += 32 * ks) {
+                    float wf = to_f(wr_[i]);
+#pragma unroll
+                    for (int t = 0; t < MT; t++)
+                        if (t < T)
+                            acc[t] += wf * x[(size_t)t * n + i];
                 }
             }
         }
-    } else {
-        for (int i = lane; i < n; i += 32) {
-            float w = to_f(wr[i]);
 #pragma unroll
-            for (int t = 0; t < MT; t++)
-                if (t < T)
-                    acc[t] += w * x[(size_t)t * n + i];
-        }
-    }
+        for (int t = 0; t < MT; t++)
+            acc[t] = dr_warp_sum(acc[t]);
+        if (ks == 1) {
+            if (live && lane == 0) {
+                float *__restrict__ y = set.y[mi];
 #pragma unroll
-    for (int t = 0; t < MT; t++) {
-        if (t < T) {
-            float s = dr_warp_sum(acc[t]);
-            if (lane == 0)
-                y[(size_t)t * d + row] = s;
+                for (int t = 0; t < MT; t++)
+                    if (t < T)
+                        y[(size_t)t * d + row] = acc[t];
+            }
+        } else {
+            if (lane == 0) {
+#pragma unroll
+                for (int t = 0; t < MT; t++)
+                    part[w][t] = acc[t];
+            }
+            __syncthreads();
+            if (live && sl == 0 && lane == 0) {
+                float *__restrict__ y = set.y[mi];
+#pragma unroll
+                for (int t = 0; t < MT; t++) {
+                    if (t < T) {
+                        float s_ = part[w][t];
+                        for (int j = 1; j < ks; j++)
+                            s_ += part[w + j][t];
+                        y[(size_t)t * d + row] = s_;
+                    }
+                }
+            }
+            __syncthreads();
         }
     }
 }
@@ -161,15 +197,23 @@ template <typename WT> static void gemv_set_launch(dr_cuda_ctx *cx, const gemv_s
     int vec = (n % E == 0) && ((uintptr_t)x % 16 == 0);
     for (int i = 0; i < set.nm; i++)
         vec = vec && ((uintptr_t)set.W[i] % 16 == 0);
-    dim3 grid(dr_cdiv((size_t)set.row0[set.nm], 8)), block(256);
+    /* split-K until the warps cover two waves of the GPU (64 warps per SM),
+       keeping at least one 16-byte load per lane and slice */
+    const int rows = set.row0[set.nm], units = vec ? n / E : n / 8;
+    const long want = 128L * (cx->n_sm > 0 ? cx->n_sm : 132);
+    int ks = 1;
+    while (ks < 8 && (long)rows * ks < want && units >= 32 * ks * 2)
+        ks *= 2;
+    const size_t groups = dr_cdiv((size_t)rows, (size_t)(8 / ks)), cap = (size_t)8 * (cx->n_sm > 0 ? cx->n_sm : 132);
+    dim3 grid((unsigned)(groups < cap ? groups : cap)), block(256);
     if (T == 1)
-        gemv_kernel<WT, 1><<<grid, block, 0, cx->stream>>>(set, x, T, n, vec);
+        gemv_kernel<WT, 1><<<grid, block, 0, cx->stream>>>(set, x, T, n, vec, ks);
     else if (T == 2)
-        gemv_kernel<WT, 2><<<grid, block, 0, cx->stream>>>(set, x, T, n, vec);
+        gemv_kernel<WT, 2><<<grid, block, 0, cx->stream>>>(set, x, T, n, vec, ks);
     else if (T <= 4)
-        gemv_kernel<WT, 4><<<grid, block, 0, cx->stream>>>(set, x, T, n, vec);
+        gemv_kernel<WT, 4><<<grid, block, 0, cx->stream>>>(set, x, T, n, vec, ks);
     else
-        gemv_kernel<WT, 8><<<grid, block, 0, cx->stream>>>(set, x, T, n, vec);
+        gemv_kernel<WT, 8><<<grid, block, 0, cx->stream>>>(set, x, T, n, vec, ks);
     DR_CUDA_LAUNCHED(cx);
 }
 
@@ -365,6 +409,21 @@ void dr_cuda_matmul_n(void *ctx, int n_w, float *const *ys, const float *x, cons
         }
     }
     if (!one) {
+        /* prefill, BF16 weights of one width: x split into hi/lo once for all */
+        bool split = n_w > 1 && T > GEMV_MAX_T && dr_cuda_mm_force == 0;
+        const int nw = split ? (int)ws[0]->ne[ws[0]->ndim - 1] : 0;
+        for (int i = 0; split && i < n_w; i++)
+            split = ws[i]->dev && ws[i]->dtype == DR_DT_BF16 && (int)ws[i]->ne[ws[i]->ndim - 1] == nw;
+        if (split) {
+            const size_t nx = (size_t)T * nw;
+            __nv_bfloat16 *hi = (__nv_bfloat16 *)dr_cuda_scratch(cx, DR_SCR_SPLIT, 2 * nx * sizeof(__nv_bfloat16));
+            if (!hi)
+                return;
+            dr_cuda_split_bf16(cx, hi, hi + nx, x, nx);
+            for (int i = 0; i < n_w; i++)
+                dr_cuda_mm_presplit(cx, ys[i], x, hi, hi + nx, ws[i]->dev, T, (int)ws[i]->ne[ws[i]->ndim - 2], nw);
+            return;
+        }
         for (int i = 0; i < n_w; i++)
             dr_cuda_matmul(ctx, ys[i], x, ws[i], T);
         return;

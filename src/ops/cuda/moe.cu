@@ -70,6 +70,71 @@ __global__ void route_kernel(int32_t *idx, float *wts, const float *logits, int 
         }
 }
 
+/* The same selection with the lane's logits in registers (E <= 32 PER) and a
+ * bit per used expert: the loop above re-reads the logits from memory and
+ * keeps the picks in local memory, about 17 us per token at E = 256, k = 8.
+ * Same comparisons in the same order, same arithmetic: identical results.
+ * Pick j ends in lane j (k <= 32). */
+template <int PER>
+__global__ void route_reg_kernel(int32_t *idx, float *wts, const float *logits, int T, int E, int k, int renorm) {
+    const int lane = threadIdx.x & 31;
+    const int t = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (t >= T)
+        return;
+    const float *l = logits + (size_t)t * E;
+    float v[PER];
+#pragma unroll
+    for (int i = 0; i < PER; i++)
+        v[i] = lane + 32 * i < E ? l[lane + 32 * i] : -INFINITY;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int i = 0; i < PER; i++)
+        if (lane + 32 * i < E)
+            mx = fmaxf(mx, v[i]);
+    mx = dr_warp_max(mx);
+    float sum = 0.0f;
+#pragma unroll
+    for (int i = 0; i < PER; i++)
+        if (lane + 32 * i < E)
+            sum += expf(v[i] - mx);
+    sum = dr_warp_sum(sum);
+    unsigned used = 0;
+    int my_sel = 0;
+    float my_wt = 0.0f, picked = 0.0f;
+    for (int j = 0; j < k; j++) {
+        int best = -1;
+        float bv = -INFINITY;
+#pragma unroll
+        for (int i = 0; i < PER; i++) {
+            const int e = lane + 32 * i;
+            if (e < E && !((used >> i) & 1u) && (best < 0 || v[i] > bv)) {
+                best = e;
+                bv = v[i];
+            }
+        }
+        for (int o = 16; o > 0; o >>= 1) {
+            const int ob = __shfl_xor_sync(0xffffffffu, best, o);
+            const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+            if (ob >= 0 && (best < 0 || ov > bv || (ov == bv && ob < best))) {
+                best = ob;
+                bv = ov;
+            }
+        }
+        if ((best & 31) == lane)
+            used |= 1u << (best >> 5);
+        const float wj = expf(bv - mx) / sum;
+        picked += wj;
+        if (lane == j) {
+            my_sel = best;
+            my_wt = wj;
+        }
+    }
+    if (lane < k) {
+        idx[(size_t)t * k + lane] = my_sel;
+        wts[(size_t)t * k + lane] = renorm ? my_wt / picked : my_wt;
+    }
+}
+
 void dr_cuda_moe_route(void *ctx, int32_t *idx, float *wts, const float *logits, int T, int E, int k, bool renorm) {
     dr_cuda_ctx *cx = (dr_cuda_ctx *)ctx;
     if (T <= 0)
@@ -79,7 +144,12 @@ void dr_cuda_moe_route(void *ctx, int32_t *idx, float *wts, const float *logits,
         cx->failed = 1;
         return;
     }
-    route_kernel<<<dr_cdiv((size_t)T, 4), 128, 0, cx->stream>>>(idx, wts, logits, T, E, k, renorm ? 1 : 0);
+    if (E <= 256)
+        route_reg_kernel<8><<<dr_cdiv((size_t)T, 4), 128, 0, cx->stream>>>(idx, wts, logits, T, E, k, renorm ? 1 : 0);
+    else if (E <= 512)
+        route_reg_kernel<16><<<dr_cdiv((size_t)T, 4), 128, 0, cx->stream>>>(idx, wts, logits, T, E, k, renorm ? 1 : 0);
+    else
+        route_kernel<<<dr_cdiv((size_t)T, 4), 128, 0, cx->stream>>>(idx, wts, logits, T, E, k, renorm ? 1 : 0);
     DR_CUDA_LAUNCHED(cx);
 }
 
