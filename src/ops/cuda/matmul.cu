@@ -15,6 +15,8 @@
 #include "cuda_common.cuh"
 #include "cuda_ops.h"
 
+#include <stdlib.h>
+
 static int dr_cuda_mm_force = 0;
 
 extern "C" void dr_cuda_set_mm_engine(int engine) { dr_cuda_mm_force = engine; }
@@ -201,10 +203,16 @@ template <typename WT> static void gemv_set_launch(dr_cuda_ctx *cx, const gemv_s
        keeping at least one 16-byte load per lane and slice */
     const int rows = set.row0[set.nm], units = vec ? n / E : n / 8;
     const long want = 128L * (cx->n_sm > 0 ? cx->n_sm : 132);
+    static int split = -1; /* DR_CUDA_GEMV_SPLIT=0: the previous shape (one warp per row, a block per 8 rows) */
+    if (split < 0) {
+        const char *e = getenv("DR_CUDA_GEMV_SPLIT");
+        split = e && e[0] == '0' ? 0 : 1;
+    }
     int ks = 1;
-    while (ks < 8 && (long)rows * ks < want && units >= 32 * ks * 2)
+    while (split && ks < 8 && (long)rows * ks < want && units >= 32 * ks * 2)
         ks *= 2;
-    const size_t groups = dr_cdiv((size_t)rows, (size_t)(8 / ks)), cap = (size_t)8 * (cx->n_sm > 0 ? cx->n_sm : 132);
+    const size_t groups = dr_cdiv((size_t)rows, (size_t)(8 / ks));
+    const size_t cap = split ? (size_t)8 * (cx->n_sm > 0 ? cx->n_sm : 132) : groups;
     dim3 grid((unsigned)(groups < cap ? groups : cap)), block(256);
     if (T == 1)
         gemv_kernel<WT, 1><<<grid, block, 0, cx->stream>>>(set, x, T, n, vec, ks);
