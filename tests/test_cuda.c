@@ -206,7 +206,7 @@ static void test_matmul(void) {
     const dr_dtype dts[3] = {DR_DT_F32, DR_DT_BF16, DR_DT_F16};
     const char *dn[3] = {"f32", "bf16", "f16"};
     /* odd (scalar path), vector-aligned, and few rows of long / medium width
-       (the GEMV splits each row over 8 / 2 warps) */
+       (with DR_CUDA_GEMV_SPLIT=1 the GEMV splits each row over 8 / 2 warps) */
     const int shapes[4][2] = {{67, 130}, {96, 256}, {37, 4096}, {301, 1032}};
     const int Ts[5] = {1, 3, 8, 9, 70};
     const char *engines[4] = {"auto", "gemv", "tiled", "cublas"};
