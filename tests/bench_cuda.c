@@ -103,19 +103,25 @@ int main(void) {
     const struct {
         const char *nm;
         int d, n;
-    } mats[] = {{"9B mlp.up [12288,4096]", 12288, 4096},
+    } mats[] = {{"9B attn/gdn [4096,4096]", 4096, 4096},
+                {"9B mlp.up [12288,4096]", 12288, 4096},
                 {"9B mlp.down [4096,12288]", 4096, 12288},
                 {"35B gdn in_proj_qkv [8192,2048]", 8192, 2048},
-                {"35B lm_head [248320,2048]", 248320, 2048}};
+                {"35B lm_head [248320,2048]", 248320, 2048},
+                {"35B [1024,2048]", 1024, 2048},
+                {"0.8B [1024,1024]", 1024, 1024}};
     float *x = dev_rand((size_t)8192 * 12288), *y = G->alloc(G->ctx, (size_t)8192 * 248320 / 4 * 4);
     for (size_t m = 0; m < sizeof mats / sizeof mats[0]; m++) {
         dr_tensor w;
         weight(&w, mats[m].d, mats[m].n);
         const double bytes = 2.0 * mats[m].d * mats[m].n;
+        /* back-to-back launches (with PDL the next one's weight loads overlap this one's tail); the
+           previous kernel: run again with DR_CUDA_GEMV_ROWS=0 (and DR_CUDA_PDL=0) */
         double t1 = TIME(20, G->matmul(G->ctx, y, x, &w, 1));
         printf("%-52s %9.3f ms  %7.0f GB/s  %4.0f%% of floor\n", mats[m].nm, t1 * 1e3, bytes / t1 / 1e9,
                100.0 * bytes / t1 / 1e9 / bw);
-        for (int T = 512; T <= 8192 && (size_t)T * mats[m].d <= (size_t)8192 * 248320 / 4; T *= 16) {
+        for (int T = 512; !getenv("DR_BENCH_GEMV_ONLY") && T <= 8192 && (size_t)T * mats[m].d <= (size_t)8192 * 62080;
+             T *= 16) {
             double tt = TIME(3, G->matmul(G->ctx, y, x, &w, T));
             char nm[64];
             snprintf(nm, sizeof nm, "   same, prefill T=%d (split bf16 cuBLAS)", T);
@@ -124,6 +130,10 @@ int main(void) {
         G->weight_free(G->ctx, &w);
     }
 
+    if (getenv("DR_BENCH_GEMV_ONLY")) {
+        G->destroy(G);
+        return 0;
+    }
     /* GDN delta rule, 35B shape: Hk 16, Hv 32, dk = dv = 128 */
     {
         dr_gdn_dims d = {16, 32, 128, 128};

@@ -206,12 +206,13 @@ static void test_matmul(void) {
     const dr_dtype dts[3] = {DR_DT_F32, DR_DT_BF16, DR_DT_F16};
     const char *dn[3] = {"f32", "bf16", "f16"};
     /* odd (scalar path), vector-aligned, and few rows of long / medium width
-       (with DR_CUDA_GEMV_SPLIT=1 the GEMV splits each row over 8 / 2 warps) */
-    const int shapes[4][2] = {{67, 130}, {96, 256}, {37, 4096}, {301, 1032}};
+       (with DR_CUDA_GEMV_SPLIT=1 the GEMV splits each row over 8 / 2 warps);
+       rows >= 32 / 64 per SM: the default GEMV's 2- and 4-row warps */
+    const int shapes[6][2] = {{67, 130}, {96, 256}, {37, 4096}, {301, 1032}, {4500, 264}, {8700, 136}};
     const int Ts[5] = {1, 3, 8, 9, 70};
     const char *engines[4] = {"auto", "gemv", "tiled", "cublas"};
     for (int di = 0; di < 3; di++)
-        for (int si = 0; si < 4; si++) {
+        for (int si = 0; si < 6; si++) {
             const int d = shapes[si][0], n = shapes[si][1];
             dr_tensor w;
             void *h = make_weights(&w, dts[di], d, n, 0.5f);

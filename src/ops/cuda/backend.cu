@@ -259,6 +259,10 @@ extern "C" dr_status dr_ops_cuda_create(const dr_backend_params *p, dr_ops **out
             break;
         }
         cx->n_sm = prop.multiProcessorCount;
+        {
+            const char *pe = getenv("DR_CUDA_PDL");
+            cx->pdl = prop.major >= 9 && !(pe && pe[0] == '0');
+        }
         if (prop.major < 8) {
             st = DR_FAIL(DR_ERR_UNSUPPORTED, "device cuda:%d (%s): compute capability %d.%d, need 8.0 or newer",
                          p->device, prop.name, prop.major, prop.minor);

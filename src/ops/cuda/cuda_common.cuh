@@ -72,6 +72,7 @@ typedef struct dr_cuda_expert_tab {
 typedef struct dr_cuda_ctx {
     int device;
     int n_sm;
+    int pdl;               /* GEMVs launched with programmatic dependent launch (sm_90+, DR_CUDA_PDL != 0) */
     cudaStream_t stream;
     cublasHandle_t blas;
     void *scr[DR_SCR_N];   /* growable device scratch */
@@ -174,6 +175,22 @@ static __device__ __forceinline__ float dr_block_sum(float v, float *sh) {
 
 static __device__ __forceinline__ float dr_dev_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 static __device__ __forceinline__ float dr_dev_silu(float x) { return x / (1.0f + expf(-x)); }
+
+/* Programmatic dependent launch (sm_90): a kernel launched with
+ * dr_cuda_pdl_attr may start while the previous kernel of the stream still
+ * runs; it must call dr_pdl_wait() before it reads anything that kernel
+ * wrote (only read-only weights before). dr_pdl_trigger() lets the next
+ * such kernel start early; both are no-ops without the launch attribute. */
+static __device__ __forceinline__ void dr_pdl_wait(void) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+static __device__ __forceinline__ void dr_pdl_trigger(void) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;");
+#endif
+}
 
 static inline unsigned dr_cdiv(size_t a, size_t b) { return (unsigned)((a + b - 1) / b); }
 

@@ -15,6 +15,7 @@ static unsigned grid_for(const dr_cuda_ctx *cx, size_t n) {
 /* y = x / sqrt(mean(x^2) + eps) * gain; in place allowed (each element is
  * read and written by one thread, after the reduction). */
 __global__ void rmsnorm_kernel(float *y, const float *x, const float *gain, int n, float eps) {
+    dr_pdl_trigger(); /* the next GEMV may start streaming its weights */
     __shared__ float sh[32];
     const float *xr = x + (size_t)blockIdx.x * n;
     float *yr = y + (size_t)blockIdx.x * n;
@@ -37,6 +38,7 @@ __global__ void rmsnorm_kernel(float *y, const float *x, const float *gain, int 
 }
 
 __global__ void gated_rmsnorm_kernel(float *y, const float *x, const float *z, const float *w, int n, float eps) {
+    dr_pdl_trigger(); /* the next GEMV may start streaming its weights */
     __shared__ float sh[32];
     const size_t off = (size_t)blockIdx.x * n;
     float ss = 0.0f;
@@ -51,6 +53,7 @@ __global__ void gated_rmsnorm_kernel(float *y, const float *x, const float *z, c
 /* x += d, then y = x / rms(x) * gain (the residual add and the next
  * pre-norm in one pass; the same sums as add + rmsnorm). */
 __global__ void add_rmsnorm_kernel(float *x, const float *d, float *y, const float *gain, int n, float eps) {
+    dr_pdl_trigger(); /* the next GEMV may start streaming its weights */
     __shared__ float sh[32];
     float *xr = x + (size_t)blockIdx.x * n;
     const float *dr = d + (size_t)blockIdx.x * n;
@@ -115,9 +118,11 @@ __global__ void add_kernel(float *y, const float *x, size_t n) {
     GRID_STRIDE(i, n) y[i] += x[i];
 }
 __global__ void swiglu_kernel(float *out, const float *gate, const float *up, size_t n) {
+    dr_pdl_trigger();
     GRID_STRIDE(i, n) out[i] = dr_dev_silu(gate[i]) * up[i];
 }
 __global__ void sigmoid_mul_kernel(float *x, const float *gate, size_t n) {
+    dr_pdl_trigger();
     GRID_STRIDE(i, n) x[i] *= dr_dev_sigmoid(gate[i]);
 }
 __global__ void sigmoid_scale_rows_kernel(float *y, const float *s, size_t n, int cols) {

@@ -194,6 +194,149 @@ __global__ void __launch_bounds__(256) gemv_kernel(const gemv_set set, const flo
     }
 }
 
+
+/* Weight loads that do not allocate in L1 (each weight is read once; x, read
+ * by every warp, stays there). */
+static __device__ __forceinline__ uint4 ld_w(const uint4 *p) {
+    uint4 r;
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+        : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+        : "l"(p));
+    return r;
+}
+
+/* Default decode GEMV (16-byte aligned rows and x, n a multiple of the
+ * vector width): each warp owns R consecutive rows and keeps R x U 16-byte
+ * weight loads in flight per lane (R * U = 8) before their first use; the
+ * x vector (fp32, small) is read through L1 once per R rows. No split-K, no
+ * atomics: each row's sum is one lane-strided walk plus a warp reduction
+ * (a fixed order, deterministic). The first batch of weight loads is issued
+ * before dr_pdl_wait(), so with programmatic dependent launch the weights
+ * stream while the kernel that writes x is still finishing. */
+template <typename WT, int MT, int R, int U>
+__global__ void __launch_bounds__(256) gemv_rows_kernel(const gemv_set set, const float *__restrict__ x, int T,
+                                                        int n) {
+    constexpr int E = wvec<WT>::N;
+    dr_pdl_trigger();
+    const int lane = threadIdx.x & 31;
+    const int r0 = (blockIdx.x * 8 + (threadIdx.x >> 5)) * R;
+    const int rows = set.row0[set.nm];
+    if (r0 >= rows)
+        return;
+    const int nv = n / E;
+    const uint4 *wp[R];
+    float *yp[R];
+    int ld[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        const int row = r0 + r < rows ? r0 + r : r0; /* a row past the end re-reads r0, result dropped */
+        const void *W = set.W[0];
+        float *Y = set.y[0];
+        int b = 0, e = set.row0[1];
+#pragma unroll
+        for (int m = 1; m < GEMV_SETS; m++) /* constant indices: the set stays in the parameter bank */
+            if (m < set.nm && row >= set.row0[m])
+                W = set.W[m], Y = set.y[m], b = set.row0[m], e = set.row0[m + 1];
+        wp[r] = (const uint4 *)W + (size_t)(row - b) * nv;
+        yp[r] = r0 + r < rows ? Y + (row - b) : NULL;
+        ld[r] = e - b;
+    }
+    float acc[R][MT];
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int t = 0; t < MT; t++)
+            acc[r][t] = 0.0f;
+    uint4 u[U][R];
+    int v0 = lane;
+#pragma unroll
+    for (int j = 0; j < U; j++)
+#pragma unroll
+        for (int r = 0; r < R; r++)
+            u[j][r] = v0 + 32 * j < nv ? ld_w(wp[r] + v0 + 32 * j) : make_uint4(0, 0, 0, 0);
+    dr_pdl_wait();
+    for (;;) {
+#pragma unroll
+        for (int j = 0; j < U; j++) {
+            const int v = v0 + 32 * j;
+            if (v < nv) {
+#pragma unroll
+                for (int t = 0; t < MT; t++) {
+                    if (t < T) {
+                        const float4 *xv = (const float4 *)(x + (size_t)t * n + (size_t)v * E);
+                        float4 xx[E / 4];
+#pragma unroll
+                        for (int q = 0; q < E / 4; q++)
+                            xx[q] = __ldg(xv + q);
+#pragma unroll
+                        for (int r = 0; r < R; r++) {
+                            float wf[E];
+                            wvec<WT>::get(u[j][r], wf);
+                            float s_ = acc[r][t];
+#pragma unroll
+                            for (int q = 0; q < E / 4; q++)
+                                s_ += wf[4 * q] * xx[q].x + wf[4 * q + 1] * xx[q].y + wf[4 * q + 2] * xx[q].z +
+                                      wf[4 * q + 3] * xx[q].w;
+                            acc[r][t] = s_;
+                        }
+                    }
+                }
+            }
+        }
+        v0 += 32 * U;
+        if (v0 >= nv)
+            break;
+#pragma unroll
+        for (int j = 0; j < U; j++)
+#pragma unroll
+            for (int r = 0; r < R; r++)
+                u[j][r] = v0 + 32 * j < nv ? ld_w(wp[r] + v0 + 32 * j) : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int t = 0; t < MT; t++) {
+            const float s_ = dr_warp_sum(acc[r][t]);
+            if (lane == 0 && yp[r] && t < T)
+                yp[r][(size_t)t * ld[r]] = s_;
+        }
+}
+
+template <typename WT, int MT, int R>
+static void gemv_rows_launch(dr_cuda_ctx *cx, const gemv_set &set, const float *x, int T, int n) {
+    const int rows = set.row0[set.nm];
+    dim3 grid(dr_cdiv((size_t)rows, (size_t)(8 * R))), block(256);
+    void (*k)(const gemv_set, const float *, int, int) = gemv_rows_kernel<WT, MT, R, 8 / R>;
+    if (cx->pdl) {
+        cudaLaunchAttribute at[1];
+        at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        at[0].val.programmaticStreamSerializationAllowed = 1;
+        cudaLaunchConfig_t cfg = {};
+        cfg.gridDim = grid;
+        cfg.blockDim = block;
+        cfg.dynamicSmemBytes = 0;
+        cfg.stream = cx->stream;
+        cfg.attrs = at;
+        cfg.numAttrs = 1;
+        DR_CUDA_NOTE(cx, cudaLaunchKernelEx(&cfg, k, set, x, T, n));
+    } else {
+        k<<<grid, block, 0, cx->stream>>>(set, x, T, n);
+        DR_CUDA_LAUNCHED(cx);
+    }
+}
+
+/* rows per warp: enough warps first (16 per SM), then fewer x reads */
+template <typename WT, int MT>
+static void gemv_rows_pick(dr_cuda_ctx *cx, const gemv_set &set, const float *x, int T, int n) {
+    const long rows = set.row0[set.nm], sm = cx->n_sm > 0 ? cx->n_sm : 132;
+    if (MT <= 2 && rows >= 4 * 16 * sm)
+        gemv_rows_launch<WT, MT, 4>(cx, set, x, T, n);
+    else if (MT <= 2 && rows >= 2 * 16 * sm)
+        gemv_rows_launch<WT, MT, 2>(cx, set, x, T, n);
+    else
+        gemv_rows_launch<WT, MT, 1>(cx, set, x, T, n);
+}
+
 template <typename WT> static void gemv_set_launch(dr_cuda_ctx *cx, const gemv_set &set, const float *x, int T, int n) {
     const int E = wvec<WT>::N;
     int vec = (n % E == 0) && ((uintptr_t)x % 16 == 0);
@@ -207,10 +350,23 @@ template <typename WT> static void gemv_set_launch(dr_cuda_ctx *cx, const gemv_s
        DR_CUDA_GEMV_SPLIT=1: split-K + a grid of 8 blocks per SM. Measured on
        the H200 in one call, the split shape was slower end to end (9B decode
        115.6 vs 122.8 tok/s, 0.8B 350 vs 360), so it is off by default. */
-    static int split = -1;
+    static int split = -1, rowsk = -1;
     if (split < 0) {
         const char *e = getenv("DR_CUDA_GEMV_SPLIT");
         split = e && e[0] == '1' ? 1 : 0;
+        e = getenv("DR_CUDA_GEMV_ROWS"); /* 0: the previous one-warp-per-row kernel (same-run baseline) */
+        rowsk = e && e[0] == '0' ? 0 : 1;
+    }
+    if (vec && !split && rowsk) {
+        if (T == 1)
+            gemv_rows_pick<WT, 1>(cx, set, x, T, n);
+        else if (T == 2)
+            gemv_rows_pick<WT, 2>(cx, set, x, T, n);
+        else if (T <= 4)
+            gemv_rows_pick<WT, 4>(cx, set, x, T, n);
+        else
+            gemv_rows_pick<WT, 8>(cx, set, x, T, n);
+        return;
     }
     int ks = 1;
     while (split && ks < 8 && (long)rows * ks < want && units >= 32 * ks * 2)
