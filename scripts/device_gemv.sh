@@ -39,7 +39,7 @@ if [[ "$what" == *tests* ]]; then
   echo "tests done at $(( $(date +%s) - t0 )) s"
 fi
 if [[ "$what" == *gemv* ]]; then
-  for v in "" "DR_CUDA_PDL=0" "DR_CUDA_GEMV_ROWS=0 DR_CUDA_PDL=0"; do
+  for v in "" "DR_CUDA_GEMV_WARPS=4" "DR_CUDA_PDL=0" "DR_CUDA_GEMV_ROWS=0 DR_CUDA_PDL=0"; do
     echo "== bench_cuda GEMV ${v:-default}"
     env $v DR_BENCH_GEMV_ONLY=1 timeout 120 "$b/tests/bench_cuda" 2>&1 | tee -a "$OUT/gemv.log"
   done
@@ -52,7 +52,8 @@ one() {
   echo "$nm $j" >> "$OUT/bench.log"
   python3 -c "import json,sys; d=json.loads(sys.argv[1]); print('%-26s decode %8.1f tok/s  %6.0f GB/s of %6.0f  floor %7.1f tok/s  %5.1f%%' % (sys.argv[2], d['decode_tok_s'], d['decode_gb_s'], d['measured_bandwidth_gb_s'], d['floor_tok_s'], 100*d['floor_fraction']))" "$j" "$nm" 2>/dev/null || echo "$nm: failed"
 }
-vars=("" "DR_CUDA_PDL=0" "DR_CUDA_GEMV_ROWS=0 DR_CUDA_PDL=0")
+vars=("" "DR_CUDA_GEMV_WARPS=4" "DR_CUDA_GEMV_ROWS=0 DR_CUDA_PDL=0")
+[[ -n "${GEMV_VARS:-}" ]] && IFS=',' read -r -a vars <<< "$GEMV_VARS"
 if [[ "$what" == *bench* ]]; then
   for v in "${vars[@]}"; do
     (if [[ -n "$v" ]]; then export $v; fi; one "0.8B ${v:-default}" --synthetic bench/configs/qwen3.5-0.8b.json -p 128 -n 256)

@@ -219,7 +219,7 @@ __global__ void __launch_bounds__(256) gemv_rows_kernel(const gemv_set set, cons
     constexpr int E = wvec<WT>::N;
     dr_pdl_trigger();
     const int lane = threadIdx.x & 31;
-    const int r0 = (blockIdx.x * 8 + (threadIdx.x >> 5)) * R;
+    const int r0 = (blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5)) * R;
     const int rows = set.row0[set.nm];
     if (r0 >= rows)
         return;
@@ -305,7 +305,13 @@ __global__ void __launch_bounds__(256) gemv_rows_kernel(const gemv_set set, cons
 template <typename WT, int MT, int R>
 static void gemv_rows_launch(dr_cuda_ctx *cx, const gemv_set &set, const float *x, int T, int n) {
     const int rows = set.row0[set.nm];
-    dim3 grid(dr_cdiv((size_t)rows, (size_t)(8 * R))), block(256);
+    /* warps per block: 8, or DR_CUDA_GEMV_WARPS=4 (finer blocks, an experiment for few-row matrices) */
+    static int wpb = 0;
+    if (!wpb) {
+        const char *e = getenv("DR_CUDA_GEMV_WARPS");
+        wpb = e && e[0] == '4' ? 4 : 8;
+    }
+    dim3 grid(dr_cdiv((size_t)rows, (size_t)(wpb * R))), block(32 * wpb);
     void (*k)(const gemv_set, const float *, int, int) = gemv_rows_kernel<WT, MT, R, 8 / R>;
     if (cx->pdl) {
         cudaLaunchAttribute at[1];
