@@ -1,9 +1,12 @@
 /* ops/cpu/matmul_quant.c - matmul and embedding for MLX affine-quantized
  * weights: the scalar reference, and the run-time choice of SIMD kernels.
  *
- * One token (decode): each row is dequantized in registers and dotted with
- * x in one pass. Several tokens (prefill): a block of a row is dequantized
- * once into an fp32 buffer and reused by every token, four at a time.
+ * One token (decode): x is prepared once (group sums, 4-bit nibble order,
+ * quant_kern.h) and each row streams through s * (q . x) + b * X per group.
+ * Several tokens: dr_cpu_matmul_q_rows dequantizes a block of a row once
+ * into an fp32 buffer and reuses it for every token, four at a time; the
+ * threaded backend instead dequantizes whole row blocks with
+ * dr_cpu_q_dequant_rows and runs its fp32 GEMM tiles (fast_matmul.c).
  * The scalar level keeps the original element-by-element reference (w =
  * scale * q + bias, fp32 accumulation) that the tests compare against.
  */

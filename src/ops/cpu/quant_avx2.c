@@ -1,10 +1,13 @@
 /* ops/cpu/quant_avx2.c - AVX2+FMA kernels for 4/8-bit MLX affine weights.
  *
  * Compiled with -mavx2 -mfma (src/quant/quant.cmake) and only called after
- * the run-time check in matmul_quant.c. 8-bit: 8 bytes -> 8 int32 -> fp32.
- * 4-bit: 8 bytes hold 16 nibbles, element 2k in the low nibble of byte k;
- * low and high nibbles are interleaved back into element order with one
- * byte unpack, then widened. w = scale * q + bias is formed in registers.
+ * the run-time check in matmul_quant.c. GEMV (decode): s * (q . x) + b * X
+ * per group on the prepared x (quant_kern.h); 8 bytes -> 8 int32 lanes per
+ * step (4-bit: 16 weights, low nibbles by AND, high by a shift, each against
+ * its half of the permuted x). Dequantization (prefill blocks, embeddings):
+ * 8-bit 8 bytes -> 8 int32 -> fp32; 4-bit 8 bytes hold 16 nibbles, element
+ * 2k in the low nibble of byte k, interleaved back into element order with
+ * one byte unpack, then widened; w = scale * q + bias formed in registers.
  */
 #include "ops/cpu/quant_kern.h"
 

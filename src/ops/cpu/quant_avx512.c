@@ -2,11 +2,14 @@
  * weights.
  *
  * Compiled with -mavx512f -mavx512bw -mavx512vl (src/quant/quant.cmake) and
- * only called after the run-time check in matmul_quant.c. 8-bit: 16 bytes ->
- * 16 fp32. 4-bit: 16 bytes = 32 nibbles; the low/high nibbles are
- * interleaved back into element order with two byte unpacks, then widened.
- * Group sizes (32/64/128) are whole numbers of 32-element steps, so each
- * step uses one scale and one bias.
+ * only called after the run-time check in matmul_quant.c. GEMV (decode):
+ * s * (q . x) + b * X per group on the prepared x (quant_kern.h), 16 bytes
+ * -> 16 int32 lanes per step (8-bit: 16 weights; 4-bit: 32, low nibbles by
+ * AND, high by a shift). Dequantization (prefill blocks, embeddings): 8-bit
+ * 16 bytes -> 16 fp32; 4-bit 16 bytes = 32 nibbles interleaved back into
+ * element order with two byte unpacks, then widened. Group sizes (32/64/128)
+ * are whole numbers of 32-element steps, so each step uses one scale and
+ * one bias.
  */
 #include "ops/cpu/quant_kern.h"
 
