@@ -2,8 +2,11 @@
  * the embedding lookup.
  *
  * Three engines, all with fp32 results accurate to fp32 rounding:
- *  - GEMV (T <= 8, decode): one warp per weight row, 16-byte weight loads,
- *    the row read once for all T tokens, fp32 accumulation. Bound by HBM.
+ *  - GEMV (T <= 8, decode): gemv_rows_kernel (1-4 rows per warp, 8 16-byte
+ *    weight loads in flight per lane, programmatic dependent launch), or the
+ *    older one-warp-per-row kernel (unaligned shapes, DR_CUDA_GEMV_ROWS=0,
+ *    DR_CUDA_GEMV_SPLIT=1); the row read once for all T tokens, fp32
+ *    accumulation. Bound by HBM.
  *  - cuBLAS (prefill, BF16 and F32 weights): BF16 weights are exact in bf16,
  *    so x is split into x_hi = bf16(x) and x_lo = bf16(x - x_hi) and
  *    y = W x_hi + W x_lo, two bf16 tensor-core GEMMs accumulating in fp32;
