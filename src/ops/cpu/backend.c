@@ -130,6 +130,9 @@ dr_status dr_ops_cpu_create(const dr_backend_params *p, dr_ops **out) {
     o->ctx = c;
     o->destroy = cpu_destroy;
     o->matmul = dr_fast_matmul;
+    o->matmul_n = dr_fast_matmul_n;
+    o->gdn_decode = dr_fast_gdn_decode;
+    o->add_rmsnorm = dr_fast_add_rmsnorm;
     o->attention = dr_fast_attention;
     o->gdn_conv = dr_fast_gdn_conv;
     o->gdn_recurrent = dr_fast_gdn_recurrent;

@@ -48,17 +48,23 @@ static inline float *dr_cpu_tbuf(dr_cpu_ctx *c, int thread) { return c->thr[thre
 void *dr_cpu_shared_buf(dr_cpu_ctx *c, int slot, size_t bytes);
 
 void dr_fast_matmul(void *ctx, float *y, const float *x, const dr_tensor *w, int T);
+void dr_fast_matmul_n(void *ctx, int n_w, float *const *ys, const float *x, const dr_tensor *const *ws, int T);
 void dr_fast_attention(void *ctx, float *out, const float *q, const float *k_cache, const float *v_cache, int T,
                        int pos0, int n_heads, int n_kv_heads, int d_head, float scale, float *ws);
 void dr_fast_gdn_conv(void *ctx, float *out, const float *m, float *conv_state, const float *w, int T, int C,
                       int K);
 void dr_fast_gdn_recurrent(void *ctx, float *o, const float *qkv, const float *beta, const float *g,
                            float *state, const dr_gdn_dims *d, int T, float *ws);
+void dr_fast_gdn_decode(void *ctx, float *y, const float *qkv_raw, const float *z, const float *b, const float *a,
+                        float *conv_state, float *state, const float *conv_w, int K, const float *A_log,
+                        const float *dt_bias, const float *norm_w, const dr_gdn_dims *d, float eps);
 void dr_fast_gdn_chunked(void *ctx, float *o, const float *qkv, const float *beta, const float *g, float *state,
                          const dr_gdn_dims *d, int T, float *ws);
 void dr_fast_moe_experts(void *ctx, float *y, const float *x, const int32_t *idx, const float *wts,
                          const dr_expert *experts, int E, int T, int k, int H, int I, float *ws);
 void dr_fast_rmsnorm(void *ctx, float *y, const float *x, const float *gain, int rows, int n, float eps);
+void dr_fast_add_rmsnorm(void *ctx, float *x, const float *d, float *y, const float *gain, int rows, int n,
+                         float eps);
 void dr_fast_gated_rmsnorm(void *ctx, float *y, const float *x, const float *z, const float *w, int rows, int n,
                            float eps);
 void dr_fast_swiglu(void *ctx, float *out, const float *gate, const float *up, size_t n);

@@ -48,6 +48,44 @@ void dr_fast_rmsnorm(void *ctx, float *y, const float *x, const float *gain, int
     dr_pool_run(c->pool, row_tasks(rows, n), rms_task, &j);
 }
 
+/* x += d, then y = rmsnorm(x) for rows [r0, r1): each row read while in cache. */
+static void add_rms_rows(float *x, const float *d, float *y, const float *gain, int r0, int r1, int n, float eps) {
+    for (int r = r0; r < r1; r++) {
+        float *xr = x + (size_t)r * n;
+        const float *dr = d + (size_t)r * n;
+        for (int i = 0; i < n; i++)
+            xr[i] += dr[i];
+        dr_cpu_rmsnorm(NULL, y + (size_t)r * n, xr, gain, 1, n, eps);
+    }
+}
+
+typedef struct {
+    float *x, *y;
+    const float *d, *gain;
+    int rows, n;
+    float eps;
+} addrms_job;
+
+static void addrms_task(void *arg, int task, int thread) {
+    const addrms_job *j = arg;
+    (void)thread;
+    ew_job e = {.rows = j->rows, .n = j->n};
+    int r0, r1;
+    row_range(&e, task, &r0, &r1);
+    add_rms_rows(j->x, j->d, j->y, j->gain, r0, r1, j->n, j->eps);
+}
+
+void dr_fast_add_rmsnorm(void *ctx, float *x, const float *d, float *y, const float *gain, int rows, int n,
+                         float eps) {
+    dr_cpu_ctx *c = ctx;
+    if ((size_t)rows * n < EW_MIN) { /* decode: no parallel loop at all */
+        add_rms_rows(x, d, y, gain, 0, rows, n, eps);
+        return;
+    }
+    addrms_job j = {.x = x, .y = y, .d = d, .gain = gain, .rows = rows, .n = n, .eps = eps};
+    dr_pool_run(c->pool, row_tasks(rows, n), addrms_task, &j);
+}
+
 static void grms_task(void *arg, int task, int thread) {
     const ew_job *j = arg;
     (void)thread;

@@ -85,6 +85,26 @@ typedef struct {
 
 /* ===================== decode ===================== */
 
+/* One token of one v head on S [dk, dv]: u = S^T k and w = S^T q in one
+ * read pass, then S = exp(g) S + k d^T in one write pass, with
+ * d = beta (v - exp(g) u) and o = exp(g) w + (k . q) d. Scratch u, w, dl [dv]. */
+static void rec_step(const dr_simd *k, float *S, float *o, const float *qn, const float *kn, const float *v,
+                     float decay, float b, int dk, int dv, float *u, float *w, float *dl) {
+    k->gemm_nn(u, dv, kn, dk, S, dv, 1, dv, dk, false); /* u = S^T k */
+    k->gemm_nn(w, dv, qn, dk, S, dv, 1, dv, dk, false); /* w = S^T q (S now in cache) */
+    const float kq = k->dot(kn, qn, dk);
+    for (int c = 0; c < dv; c++) {
+        dl[c] = b * (v[c] - decay * u[c]); /* delta against the decayed state */
+        o[c] = decay * w[c] + kq * dl[c]; /* = (exp(g) S + k d^T)^T q */
+    }
+    for (int i = 0; i < dk; i++) { /* S = exp(g) S + k d^T: the one write pass */
+        float *Si = S + (size_t)i * dv;
+        for (int c = 0; c < dv; c++)
+            Si[c] *= decay;
+        k->axpy(Si, kn[i], dl, dv);
+    }
+}
+
 /* One v head over the block's tokens. Scratch: qn, kn [dk], u, w, dl [dv]. */
 static void rec_task(void *arg, int j, int thread) {
     const gdn_job *jb = arg;
@@ -97,22 +117,9 @@ static void rec_task(void *arg, int j, int thread) {
         const float *row = jb->qkv + (size_t)t * C;
         l2norm(k, qn, row + (size_t)kh * dk, dk, 1.0f / sqrtf((float)dk));
         l2norm(k, kn, row + (size_t)(Hk + kh) * dk, dk, 1.0f);
-        k->gemm_nn(u, dv, kn, dk, S, dv, 1, dv, dk, false); /* u = S^T k */
-        k->gemm_nn(w, dv, qn, dk, S, dv, 1, dv, dk, false); /* w = S^T q (S now in cache) */
         const float decay = expf(jb->g[(size_t)t * Hv + j]), b = jb->beta[(size_t)t * Hv + j];
-        const float kq = k->dot(kn, qn, dk);
-        const float *v = row + (size_t)2 * Hk * dk + (size_t)j * dv;
-        float *o = jb->o + ((size_t)t * Hv + j) * dv;
-        for (int c = 0; c < dv; c++) {
-            dl[c] = b * (v[c] - decay * u[c]); /* delta against the decayed state */
-            o[c] = decay * w[c] + kq * dl[c]; /* = (exp(g) S + k d^T)^T q */
-        }
-        for (int i = 0; i < dk; i++) { /* S = exp(g) S + k d^T: the one write pass */
-            float *Si = S + (size_t)i * dv;
-            for (int c = 0; c < dv; c++)
-                Si[c] *= decay;
-            k->axpy(Si, kn[i], dl, dv);
-        }
+        rec_step(k, S, jb->o + ((size_t)t * Hv + j) * dv, qn, kn, row + (size_t)2 * Hk * dk + (size_t)j * dv, decay,
+                 b, dk, dv, u, w, dl);
     }
 }
 
@@ -125,6 +132,93 @@ void dr_fast_gdn_recurrent(void *ctx, float *o, const float *qkv, const float *b
     }
     gdn_job j = {.c = c, .o = o, .qkv = qkv, .beta = beta, .g = g, .state = state, .d = *d, .T = T};
     dr_pool_run(c->pool, d->n_v_heads, rec_task, &j);
+}
+
+/* ===================== fused decode step ===================== */
+
+typedef struct {
+    dr_cpu_ctx *c;
+    float *y, *conv_state, *state;
+    const float *qkv_raw, *z, *b, *a, *conv_w, *A_log, *dt_bias, *norm_w;
+    dr_gdn_dims d;
+    int K;
+    float eps;
+} dec_job;
+
+/* softplus as PyTorch (and the reference gates): above 20 the input itself */
+static float softplusf(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
+
+/* Channels [c0, c1) of one token: slide the conv state, out = silu(conv),
+ * summed in the reference's order (tap 0 = oldest). */
+static void dec_conv(const dec_job *jb, float *out, int c0, int c1, int C) {
+    const int K = jb->K;
+    float *st = jb->conv_state;
+    for (int r = 0; r + 1 < K; r++)
+        memcpy(st + (size_t)r * C + c0, st + (size_t)(r + 1) * C + c0, (size_t)(c1 - c0) * sizeof(float));
+    memcpy(st + (size_t)(K - 1) * C + c0, jb->qkv_raw + c0, (size_t)(c1 - c0) * sizeof(float));
+    for (int ch = c0; ch < c1; ch++) {
+        float s = 0.0f;
+        for (int tap = 0; tap < K; tap++)
+            s += jb->conv_w[(size_t)ch * K + tap] * st[(size_t)tap * C + ch];
+        out[ch - c0] = dr_siluf(s);
+    }
+}
+
+/* One k head and the v heads that read it (their conv channels are disjoint
+ * from every other task's, so the conv state is updated here without a
+ * barrier). Scratch: q, k [dk] conv, qn, kn [dk], v [r*dv], o, u, w, dl [dv]. */
+static void dec_head(const dec_job *jb, int kh, float *buf) {
+    const dr_simd *k = jb->c->k;
+    const int Hk = jb->d.n_k_heads, Hv = jb->d.n_v_heads, dk = jb->d.d_k, dv = jb->d.d_v, r = Hv / Hk;
+    const int C = 2 * Hk * dk + Hv * dv;
+    float *qc = buf, *kc = qc + dk, *qn = kc + dk, *kn = qn + dk, *vc = kn + dk;
+    float *o = vc + (size_t)r * dv, *u = o + dv, *w = u + dv, *dl = w + dv;
+    dec_conv(jb, qc, kh * dk, (kh + 1) * dk, C);
+    dec_conv(jb, kc, (Hk + kh) * dk, (Hk + kh + 1) * dk, C);
+    const int v0 = 2 * Hk * dk + kh * r * dv;
+    dec_conv(jb, vc, v0, v0 + r * dv, C);
+    l2norm(k, qn, qc, dk, 1.0f / sqrtf((float)dk));
+    l2norm(k, kn, kc, dk, 1.0f);
+    for (int i = 0; i < r; i++) {
+        const int j = kh * r + i;
+        const float beta = dr_sigmoidf(jb->b[j]);
+        const float g = -expf(jb->A_log[j]) * softplusf(jb->a[j] + jb->dt_bias[j]);
+        rec_step(k, jb->state + (size_t)j * dk * dv, o, qn, kn, vc + (size_t)i * dv, expf(g), beta, dk, dv, u, w,
+                 dl);
+        dr_cpu_gated_rmsnorm(NULL, jb->y + (size_t)j * dv, o, jb->z + (size_t)j * dv, jb->norm_w, 1, dv, jb->eps);
+    }
+}
+
+static void dec_task(void *arg, int kh, int thread) {
+    const dec_job *jb = arg;
+    dec_head(jb, kh, dr_cpu_tbuf(jb->c, thread));
+}
+
+static size_t dec_floats(const dr_gdn_dims *d) {
+    return 4 * (size_t)d->d_k + (size_t)(d->n_v_heads / d->n_k_heads) * d->d_v + 4 * (size_t)d->d_v;
+}
+
+#define DEC_STACK 4096 /* floats: the no-scratch path's buffer (dk = dv = 128, r = 2 needs 1280) */
+
+void dr_fast_gdn_decode(void *ctx, float *y, const float *qkv_raw, const float *z, const float *b, const float *a,
+                        float *conv_state, float *state, const float *conv_w, int K, const float *A_log,
+                        const float *dt_bias, const float *norm_w, const dr_gdn_dims *d, float eps) {
+    dr_cpu_ctx *c = ctx;
+    dec_job j = {.c = c, .y = y, .conv_state = conv_state, .state = state, .qkv_raw = qkv_raw, .z = z, .b = b,
+                 .a = a, .conv_w = conv_w, .A_log = A_log, .dt_bias = dt_bias, .norm_w = norm_w, .d = *d, .K = K,
+                 .eps = eps};
+    if (!dr_cpu_reserve(c, dec_floats(d))) { /* out of memory: the caller's thread, a stack buffer */
+        float buf[DEC_STACK];
+        if (dec_floats(d) > DEC_STACK) { /* no shape of the supported models gets here */
+            for (size_t i = 0; i < (size_t)d->n_v_heads * d->d_v; i++)
+                y[i] = NAN;
+            return;
+        }
+        for (int kh = 0; kh < d->n_k_heads; kh++)
+            dec_head(&j, kh, buf);
+        return;
+    }
+    dr_pool_run(c->pool, d->n_k_heads, dec_task, &j);
 }
 
 /* ===================== chunked prefill ===================== */

@@ -111,50 +111,105 @@ static int gemv_rows(int n, dr_dtype dt) {
     return rb < DR_GEMV_ROWS ? DR_GEMV_ROWS : (int)(rb / DR_GEMV_ROWS * DR_GEMV_ROWS);
 }
 
-/* Split x for the vdpbf16ps GEMV into shared scratch; false if unavailable. */
-static bool split_x(mm_job *j) {
-    const size_t n = (size_t)j->T * j->n;
-    uint16_t *buf = dr_cpu_shared_buf(j->c, DR_SHARED_X, 2 * n * sizeof *buf);
-    if (!buf)
-        return false;
-    dr_split_bf16x2(buf, buf + n, j->x, (int)n);
-    j->hi = buf;
-    j->lo = buf + n;
-    return true;
+/* Bytes of shared scratch a plan of W for T tokens wants (prepared or split x). */
+static size_t plan_bytes(const dr_cpu_ctx *c, const dr_tensor *w, int T) {
+    const size_t n = (size_t)w->ne[w->ndim - 1];
+    if (w->q.bits)
+        return T == 1 ? dr_cpu_q_prep_floats(w) * sizeof(float) : 0;
+    if (T < GEMV_MAX_T && w->dtype == DR_DT_BF16 && c->bf16_dot)
+        return 2 * (size_t)T * n * sizeof(uint16_t);
+    return 0;
 }
+
+/* Fill j (tasks, kernel) for W [d, n] @ x [T, n] -> y [T, d]. buf: plan_bytes
+ * of shared scratch for this weight, or NULL (then the paths that need none). */
+static dr_pool_fn plan(mm_job *j, dr_cpu_ctx *c, float *y, const float *x, const dr_tensor *w, int T, void *buf) {
+    *j = (mm_job){.c = c, .y = y, .x = x, .w = w, .T = T};
+    j->d = (int)w->ne[w->ndim - 2];
+    j->n = (int)w->ne[w->ndim - 1];
+    if (w->q.bits) {
+        if (T == 1 && buf) {
+            dr_cpu_q_prep(buf, x, w); /* once per call, shared by every row */
+            j->xp = buf;
+            j->rb = gemv_rows(j->n * w->q.bits / 16, DR_DT_BF16); /* packed rows: same long runs per task */
+            return q_gemv_task;
+        }
+        if (T > 1 && (j->rb = gemm_rows(j->n), dr_cpu_reserve(c, (size_t)j->rb * j->n)))
+            return gemm_task; /* blocks of rows dequantized once, reused by every token */
+        j->rb = gemv_rows(j->n * w->q.bits / 16, DR_DT_BF16);
+        return q_task;
+    }
+    if (T < GEMV_MAX_T) {
+        j->rb = gemv_rows(j->n, w->dtype);
+        if (w->dtype == DR_DT_BF16 && c->bf16_dot && buf) {
+            const size_t n = (size_t)T * j->n;
+            uint16_t *hl = buf;
+            dr_split_bf16x2(hl, hl + n, x, (int)n);
+            j->hi = hl;
+            j->lo = hl + n;
+        }
+        return gemv_task;
+    }
+    j->rb = gemm_rows(j->n);
+    if (dr_cpu_reserve(c, (size_t)j->rb * j->n))
+        return gemm_task;
+    j->rb = gemv_rows(j->n, w->dtype); /* no scratch: stream the rows per token */
+    return gemv_task;
+}
+
+static int n_tasks(const mm_job *j) { return (j->d + j->rb - 1) / j->rb; }
 
 /* W [d, n] @ x [T, n] -> y [T, d] */
 void dr_fast_matmul(void *ctx, float *y, const float *x, const dr_tensor *w, int T) {
     dr_cpu_ctx *c = ctx;
-    mm_job j = {.c = c, .y = y, .x = x, .w = w, .T = T};
-    j.d = (int)w->ne[w->ndim - 2];
-    j.n = (int)w->ne[w->ndim - 1];
-    dr_pool_fn fn;
-    if (w->q.bits) {
-        float *xp = NULL;
-        if (T == 1 && (xp = dr_cpu_shared_buf(c, DR_SHARED_X, dr_cpu_q_prep_floats(w) * sizeof *xp))) {
-            dr_cpu_q_prep(xp, x, w); /* once per call, shared by every row */
-            j.xp = xp;
-            j.rb = gemv_rows(j.n * w->q.bits / 16, DR_DT_BF16); /* packed rows: same long runs per task */
-            fn = q_gemv_task;
-        } else if (T > 1 && (j.rb = gemm_rows(j.n), dr_cpu_reserve(c, (size_t)j.rb * j.n))) {
-            fn = gemm_task; /* blocks of rows dequantized once, reused by every token */
-        } else {
-            j.rb = gemv_rows(j.n * w->q.bits / 16, DR_DT_BF16);
-            fn = q_task;
-        }
-    } else if (T < GEMV_MAX_T) {
-        j.rb = gemv_rows(j.n, w->dtype);
-        if (w->dtype == DR_DT_BF16 && c->bf16_dot && !split_x(&j))
-            j.hi = j.lo = NULL;
-        fn = gemv_task;
-    } else {
-        j.rb = gemm_rows(j.n);
-        fn = gemm_task;
-        if (!dr_cpu_reserve(c, (size_t)j.rb * j.n)) { /* no scratch: stream the rows per token */
-            j.rb = gemv_rows(j.n, w->dtype);
-            fn = gemv_task;
-        }
+    size_t nb = plan_bytes(c, w, T);
+    void *buf = nb ? dr_cpu_shared_buf(c, DR_SHARED_X, nb) : NULL;
+    mm_job j;
+    dr_pool_fn fn = plan(&j, c, y, x, w, T, buf);
+    dr_pool_run(c->pool, n_tasks(&j), fn, &j);
+}
+
+/* ---- several weights sharing x: one parallel loop ---- */
+
+#define MMN_MAX 4
+
+typedef struct {
+    mm_job j[MMN_MAX];
+    dr_pool_fn fn[MMN_MAX];
+    int first[MMN_MAX + 1]; /* task ranges: weight i owns [first[i], first[i+1]) */
+    int n;
+} mmn_job;
+
+static void mmn_task(void *arg, int task, int thread) {
+    const mmn_job *m = arg;
+    int i = 0;
+    while (task >= m->first[i + 1])
+        i++;
+    m->fn[i]((void *)&m->j[i], task - m->first[i], thread);
+}
+
+/* ys[i] = x W_i^T for every weight in one dr_pool_run: one barrier instead of
+ * n_w. Each weight keeps its own rows per task and kernel, so every output
+ * is computed exactly as dr_fast_matmul computes it. */
+void dr_fast_matmul_n(void *ctx, int n_w, float *const *ys, const float *x, const dr_tensor *const *ws, int T) {
+    dr_cpu_ctx *c = ctx;
+    if (n_w < 1 || n_w > MMN_MAX) {
+        for (int i = 0; i < n_w; i++)
+            dr_fast_matmul(ctx, ys[i], x, ws[i], T);
+        return;
     }
-    dr_pool_run(c->pool, (j.d + j.rb - 1) / j.rb, fn, &j);
+    size_t off[MMN_MAX], total = 0;
+    for (int i = 0; i < n_w; i++) { /* 64-byte aligned pieces of one shared buffer */
+        off[i] = total;
+        total += (plan_bytes(c, ws[i], T) + 63) & ~(size_t)63;
+    }
+    char *buf = total ? dr_cpu_shared_buf(c, DR_SHARED_X, total) : NULL;
+    mmn_job m = {.n = n_w};
+    m.first[0] = 0;
+    for (int i = 0; i < n_w; i++) {
+        void *b = buf && plan_bytes(c, ws[i], T) ? buf + off[i] : NULL;
+        m.fn[i] = plan(&m.j[i], c, ys[i], x, ws[i], T, b);
+        m.first[i + 1] = m.first[i] + n_tasks(&m.j[i]);
+    }
+    dr_pool_run(c->pool, m.first[n_w], mmn_task, &m);
 }
