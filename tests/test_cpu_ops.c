@@ -3,7 +3,9 @@
  * Every slot the fast backend replaces is run on random inputs with odd
  * sizes (not multiples of any vector width), F32 / F16 / BF16 weights, 1 and
  * 3 threads, once per SIMD level this CPU runs (dr_simd_force caps the
- * level), and compared with dr_ops_cpu_ref(). The error printed is
+ * level), and compared with dr_ops_cpu_ref(); the optional slots
+ * (matmul_n, gdn_decode, add_rmsnorm) against the reference chain they
+ * replace. The error printed is
  * max |fast - ref| / max(1, max |ref|). Then the golden fixtures are run
  * through the fast backend with 3 threads (dr_model_load_ex).
  */
@@ -175,6 +177,111 @@ static void t_gdn(dr_ops *f, dr_ops *r, bool chunked, int T) {
     free(qkv), free(beta), free(g), free(st), free(st2), free(o), free(orf), free(ws);
 }
 
+/* matmul_n: mixed weights (F32, BF16, q4, q8) sharing x in one parallel
+ * loop; each output equal to the fast single matmul (0) and to the reference. */
+static void t_matmul_n(dr_ops *f, dr_ops *r) {
+    const int Ts[] = {1, 2, 5};
+    const int n = 320, ds[4] = {37, 5, 131, 1};
+    void *bufs[4], *own[2];
+    dr_tensor w[4];
+    w[0] = mat(DR_DT_F32, ds[0], n, &bufs[0]);
+    w[1] = mat(DR_DT_BF16, ds[1], n, &bufs[1]);
+    dr_tensor b2 = mat(DR_DT_BF16, ds[2], n, &bufs[2]), b3 = mat(DR_DT_BF16, ds[3], n, &bufs[3]);
+    CHECK(dr_quantize(&b2, 4, 32, &w[2], &own[0]) == DR_OK, "quantize: %s", dr_last_error());
+    CHECK(dr_quantize(&b3, 8, 64, &w[3], &own[1]) == DR_OK, "quantize: %s", dr_last_error());
+    for (int ti = 0; ti < 3; ti++)
+        for (int nw = 2; nw <= 4; nw++) {
+            const int T = Ts[ti];
+            float *x = rnd((size_t)T * n, 1.0f), *ys[4], *y1[4], *yr[4];
+            const dr_tensor *ws[4] = {&w[0], &w[1], &w[2], &w[3]};
+            for (int i = 0; i < nw; i++) {
+                ys[i] = calloc((size_t)T * ds[i], 4), y1[i] = calloc((size_t)T * ds[i], 4);
+                yr[i] = calloc((size_t)T * ds[i], 4);
+            }
+            f->matmul_n(f->ctx, nw, ys, x, ws, T);
+            float e_same = 0.0f, e_ref = 0.0f, e_ref16 = 0.0f;
+            for (int i = 0; i < nw; i++) {
+                f->matmul(f->ctx, y1[i], x, ws[i], T);
+                dr_cpu_quant_set_level(DR_QLEVEL_SCALAR);
+                r->matmul(r->ctx, yr[i], x, ws[i], T);
+                dr_cpu_quant_set_level(-1);
+                e_same = fmaxf(e_same, rel_err(ys[i], y1[i], (size_t)T * ds[i]));
+                float e = rel_err(ys[i], yr[i], (size_t)T * ds[i]);
+                if (i == 1)
+                    e_ref16 = e;
+                else
+                    e_ref = fmaxf(e_ref, e);
+            }
+            char what[64];
+            snprintf(what, sizeof what, "matmul_n %d w T=%d = matmul", nw, T);
+            show(what, e_same, 0.0f);
+            snprintf(what, sizeof what, "matmul_n %d w T=%d f32/q vs ref", nw, T);
+            show(what, e_ref, TOL);
+            snprintf(what, sizeof what, "matmul_n %d w T=%d bf16 vs ref", nw, T);
+            show(what, e_ref16, TOL_BF16X2);
+            for (int i = 0; i < nw; i++)
+                free(ys[i]), free(y1[i]), free(yr[i]);
+            free(x);
+        }
+    for (int i = 0; i < 4; i++)
+        free(bufs[i]);
+    free(own[0]), free(own[1]);
+}
+
+/* gdn_decode (fused step) against the reference chain gdn_conv, gdn_gates,
+ * gdn_recurrent, gated_rmsnorm over several consecutive tokens: output,
+ * fp32 state and conv state. */
+static void t_gdn_decode(dr_ops *f, dr_ops *r, dr_gdn_dims d) {
+    const int K = 4, steps = 3, Hv = d.n_v_heads, dv = d.d_v;
+    const int C = 2 * d.n_k_heads * d.d_k + Hv * dv;
+    const size_t sn = (size_t)Hv * d.d_k * dv, vn = (size_t)Hv * dv;
+    float *st = rnd(sn, 0.3f), *st2 = dup(st, sn), *cs = rnd((size_t)K * C, 1.0f), *cs2 = dup(cs, (size_t)K * C);
+    float *cw = rnd((size_t)C * K, 0.5f), *A_log = rnd((size_t)Hv, 1.0f), *dt = rnd((size_t)Hv, 1.0f);
+    float *nw = rnd((size_t)dv, 1.0f), *ws = malloc(dr_gdn_ws_floats(&d) * 4);
+    float *qkv = malloc((size_t)C * 4), *beta = malloc((size_t)Hv * 4), *g = malloc((size_t)Hv * 4);
+    float *o = malloc(vn * 4), *y = malloc(vn * 4), *yr = malloc(vn * 4);
+    float e_y = 0.0f;
+    for (int s = 0; s < steps; s++) {
+        float *raw = rnd((size_t)C, 2.0f), *z = rnd(vn, 2.0f), *b = rnd((size_t)Hv, 2.0f), *a = rnd((size_t)Hv, 3.0f);
+        if (s == 1)
+            a[0] = 25.0f; /* softplus above its threshold */
+        f->gdn_decode(f->ctx, y, raw, z, b, a, cs, st, cw, K, A_log, dt, nw, &d, 1e-6f);
+        r->gdn_conv(r->ctx, qkv, raw, cs2, cw, 1, C, K);
+        r->gdn_gates(r->ctx, beta, g, b, a, A_log, dt, 1, Hv);
+        r->gdn_recurrent(r->ctx, o, qkv, beta, g, st2, &d, 1, ws);
+        r->gated_rmsnorm(r->ctx, yr, o, z, nw, Hv, dv, 1e-6f);
+        e_y = fmaxf(e_y, rel_err(y, yr, vn));
+        free(raw), free(z), free(b), free(a);
+    }
+    char what[64];
+    snprintf(what, sizeof what, "gdn_decode %d/%d %dx%d x%d out", d.n_k_heads, Hv, d.d_k, dv, steps);
+    show(what, e_y, TOL);
+    snprintf(what, sizeof what, "gdn_decode %d/%d %dx%d fp32 state", d.n_k_heads, Hv, d.d_k, dv);
+    show(what, rel_err(st, st2, sn), TOL);
+    snprintf(what, sizeof what, "gdn_decode %d/%d %dx%d conv state", d.n_k_heads, Hv, d.d_k, dv);
+    show(what, rel_err(cs, cs2, (size_t)K * C), 0.0f);
+    free(st), free(st2), free(cs), free(cs2), free(cw), free(A_log), free(dt), free(nw), free(ws);
+    free(qkv), free(beta), free(g), free(o), free(y), free(yr);
+}
+
+/* add_rmsnorm against add then rmsnorm (decode row and a threaded block) */
+static void t_add_rmsnorm(dr_ops *f, dr_ops *r) {
+    const int rows_[] = {1, 301}, n = 129;
+    for (int ri = 0; ri < 2; ri++) {
+        const int rows = rows_[ri];
+        const size_t N = (size_t)rows * n;
+        float *x = rnd(N, 2.0f), *x2 = dup(x, N), *dd = rnd(N, 1.0f), *gain = rnd((size_t)n, 1.0f);
+        float *y = malloc(N * 4), *yr = malloc(N * 4);
+        f->add_rmsnorm(f->ctx, x, dd, y, gain, rows, n, 1e-6f);
+        r->add(r->ctx, x2, dd, N);
+        r->rmsnorm(r->ctx, yr, x2, gain, rows, n, 1e-6f);
+        char what[64];
+        snprintf(what, sizeof what, "add_rmsnorm [%d,%d] (x and y)", rows, n);
+        show(what, fmaxf(rel_err(x, x2, N), rel_err(y, yr, N)), 0.0f);
+        free(x), free(x2), free(dd), free(gain), free(y), free(yr);
+    }
+}
+
 static void t_moe(dr_ops *f, dr_ops *r) {
     const int E = 6, k = 2, H = 40, I = 24, T = 7;
     dr_expert ex[6];
@@ -310,6 +417,11 @@ int main(void) {
             t_gdn(f, ref, false, 3);
             t_gdn(f, ref, true, 150);
             t_gdn(f, ref, true, 64);
+            t_matmul_n(f, ref);
+            t_gdn_decode(f, ref, (dr_gdn_dims){2, 4, 16, 24});
+            t_gdn_decode(f, ref, (dr_gdn_dims){3, 3, 17, 13});
+            t_gdn_decode(f, ref, (dr_gdn_dims){1, 3, 33, 7});
+            t_add_rmsnorm(f, ref);
             t_moe(f, ref);
             t_elementwise(f, ref);
             f->destroy(f);
