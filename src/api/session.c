@@ -25,6 +25,28 @@ dr_session_params dr_session_default_params(void) {
     return p;
 }
 
+/* Refuse a session whose caches and scratch do not fit the backend's free
+ * memory, before allocating any of it. */
+static dr_status check_fits(const dr_model *m, const dr_session_params *p) {
+    if (!m->ops->mem_free_bytes)
+        return DR_OK;
+    const dr_hparams *hp = &m->hp;
+    uint64_t kv = 0, gdn = 0;
+    for (int l = 0; l < hp->n_layers; l++)
+        if (hp->is_attn[l])
+            kv += 2ull * (uint64_t)p->n_ctx * hp->n_kv_heads * hp->d_head * sizeof(float);
+        else
+            gdn += ((uint64_t)hp->d_conv * dr_hp_conv_dim(hp) + (uint64_t)hp->n_v_heads * hp->d_k * hp->d_v) *
+                   sizeof(float);
+    uint64_t need = kv + gdn + dr_scratch_bytes(m, p->n_batch, p->n_ctx), have = m->ops->mem_free_bytes(m->ops->ctx);
+    if (need > have)
+        return DR_FAIL(DR_ERR_NOMEM,
+                       "session: %d-token context needs %.2f GiB of %s memory (KV cache %.2f GiB), %.2f GiB "
+                       "are free; use a smaller context",
+                       p->n_ctx, need / 1073741824.0, m->ops->name, kv / 1073741824.0, have / 1073741824.0);
+    return DR_OK;
+}
+
 dr_status dr_session_new(dr_model *m, const dr_session_params *params, dr_session **out) {
     *out = NULL;
     dr_session_params p = params ? *params : dr_session_default_params();
@@ -36,6 +58,7 @@ dr_status dr_session_new(dr_model *m, const dr_session_params *params, dr_sessio
         return DR_FAIL(DR_ERR_ARG, "session: unknown state dtype %d", (int)p.state_dtype);
     if (p.n_batch > p.n_ctx)
         p.n_batch = p.n_ctx;
+    DR_TRY(check_fits(m, &p));
     dr_session *s = calloc(1, sizeof *s);
     if (!s)
         return DR_FAIL(DR_ERR_NOMEM, "out of memory");

@@ -17,7 +17,10 @@
 
 static size_t max_sz(size_t a, size_t b) { return a > b ? a : b; }
 
-dr_status dr_scratch_new(dr_scratch *sc, const dr_model *m, int n_batch, int n_ctx) {
+/* The scratch buffers and their sizes; with `alloc` false only *total is
+ * computed (so a session can check it fits before allocating anything). */
+static dr_status scratch_build(dr_scratch *sc, const dr_model *m, int n_batch, int n_ctx, bool alloc,
+                               size_t *total) {
     const dr_hparams *hp = &m->hp;
     const dr_ops *ops = m->ops;
     const size_t n = (size_t)n_batch, H = (size_t)hp->d_model, C = (size_t)dr_hp_conv_dim(hp);
@@ -48,7 +51,11 @@ dr_status dr_scratch_new(dr_scratch *sc, const dr_model *m, int n_batch, int n_c
         {(void **)&sc->sh_s, n * 4},         {(void **)&sc->logits, DR_LOGIT_ROWS * (size_t)hp->n_vocab * 4},
         {(void **)&sc->ws, sc->ws_n * 4},
     };
+    *total = 0;
     for (size_t i = 0; i < sizeof plan / sizeof plan[0]; i++) {
+        *total += plan[i].bytes;
+        if (!alloc)
+            continue;
         *plan[i].p = ops->alloc(ops->ctx, plan[i].bytes);
         if (!*plan[i].p) {
             dr_scratch_free(sc, m);
@@ -56,6 +63,18 @@ dr_status dr_scratch_new(dr_scratch *sc, const dr_model *m, int n_batch, int n_c
         }
     }
     return DR_OK;
+}
+
+dr_status dr_scratch_new(dr_scratch *sc, const dr_model *m, int n_batch, int n_ctx) {
+    size_t total;
+    return scratch_build(sc, m, n_batch, n_ctx, true, &total);
+}
+
+size_t dr_scratch_bytes(const dr_model *m, int n_batch, int n_ctx) {
+    dr_scratch tmp;
+    size_t total;
+    scratch_build(&tmp, m, n_batch, n_ctx, false, &total);
+    return total;
 }
 
 void dr_scratch_free(dr_scratch *sc, const dr_model *m) {

@@ -44,6 +44,9 @@ typedef struct dr_scratch {
 dr_status dr_scratch_new(dr_scratch *sc, const dr_model *m, int n_batch, int n_ctx);
 void dr_scratch_free(dr_scratch *sc, const dr_model *m);
 
+/* Bytes dr_scratch_new would allocate. Can't fail. */
+size_t dr_scratch_bytes(const dr_model *m, int n_batch, int n_ctx);
+
 /* Evaluate tokens ids[0..T) (1 <= T <= n_batch, ids valid, pos0 + T <= n_ctx)
  * at positions pos0.. on top of the caches, updating them. Blocks of T > 1
  * use the chunked GDN form, T = 1 the recurrence. Logits (host memory) per

@@ -586,9 +586,32 @@ static dr_status free_one(dr_model *m, dr_tensor *t, void *arg) {
     return DR_OK;
 }
 
+/* Bytes a matrix occupies in its storage format (packed words plus scales and
+ * biases for quantized ones). */
+static dr_status bytes_one(dr_model *m, dr_tensor *t, void *arg) {
+    (void)m;
+    uint64_t rows = 1, in = (uint64_t)t->ne[t->ndim - 1];
+    for (int i = 0; i < t->ndim - 1; i++)
+        rows *= (uint64_t)t->ne[i];
+    uint64_t n;
+    if (t->q.bits)
+        n = rows * (in * (uint64_t)t->q.bits / 8 + 2 * (in / (uint64_t)t->q.group_size) * dr_dtype_size(t->q.sb_dtype));
+    else
+        n = rows * in * dr_dtype_size(t->dtype);
+    *(uint64_t *)arg += n;
+    return DR_OK;
+}
+
 dr_status dr_weights_upload(dr_model *m) {
     if (!m->ops->weight_upload)
         return DR_OK;
+    if (m->ops->mem_free_bytes) { /* refuse before the first byte is copied */
+        uint64_t need = 0, have = m->ops->mem_free_bytes(m->ops->ctx);
+        each_matrix(m, bytes_one, &need);
+        if (need > have)
+            return DR_FAIL(DR_ERR_NOMEM, "the weights need %.2f GiB of %s memory, %.2f GiB are free",
+                           need / 1073741824.0, m->ops->name, have / 1073741824.0);
+    }
     return each_matrix(m, upload_one, NULL);
 }
 

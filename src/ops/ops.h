@@ -45,6 +45,10 @@ struct dr_ops {
     dr_status (*weight_upload)(void *ctx, dr_tensor *t);
     /* (optional) release what weight_upload made. */
     void (*weight_free)(void *ctx, dr_tensor *t);
+    /* (optional, NULL: no limit checked) bytes the backend can still
+       allocate (free device memory); the loader checks a model and a session
+       fit before allocating anything, so nothing half-succeeds. */
+    size_t (*mem_free_bytes)(void *ctx);
     /* (optional, NULL: synchronous) wait until queued work has finished. */
     void (*sync)(void *ctx);
 

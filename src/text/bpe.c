@@ -87,6 +87,12 @@ static const dr_merge_slot *merge_get(const dr_bpe *b, int32_t left, int32_t rig
 
 /* ---- candidate heap (min on rank, then position) --------------------------- */
 
+/* Heap operations and sift steps done by this thread: a deterministic
+ * measure of the merge work, which tests use to check it stays n log n. */
+static _Thread_local uint64_t g_bpe_steps;
+
+uint64_t dr_bpe_steps(void) { return g_bpe_steps; }
+
 static bool cand_less(dr_bpe_cand a, dr_bpe_cand c) {
     return a.rank != c.rank ? a.rank < c.rank : a.pos < c.pos;
 }
@@ -102,8 +108,10 @@ static bool heap_push(dr_bpe *b, size_t *n, dr_bpe_cand c) {
     }
     dr_bpe_cand *h = b->heap;
     size_t i = (*n)++;
+    g_bpe_steps++;
     while (i > 0) {
         size_t p = (i - 1) / 2;
+        g_bpe_steps++;
         if (!cand_less(c, h[p]))
             break;
         h[i] = h[p];
@@ -116,10 +124,12 @@ static bool heap_push(dr_bpe *b, size_t *n, dr_bpe_cand c) {
 static dr_bpe_cand heap_pop(dr_bpe *b, size_t *n) {
     dr_bpe_cand *h = b->heap, top = h[0], last = h[--(*n)];
     size_t i = 0;
+    g_bpe_steps++;
     for (;;) {
         size_t l = 2 * i + 1;
         if (l >= *n)
             break;
+        g_bpe_steps++;
         size_t m = l + 1 < *n && cand_less(h[l + 1], h[l]) ? l + 1 : l;
         if (!cand_less(h[m], last))
             break;

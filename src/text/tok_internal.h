@@ -176,6 +176,10 @@ bool dr_bpe_add_merge(dr_bpe *b, int32_t left, int32_t right, int32_t rank, int3
  * here when b->byte_level) and append the ids. DR_ERR_NOMEM only. */
 dr_status dr_bpe_encode(dr_bpe *b, const uint8_t *s, size_t len, dr_tokens *out);
 
+/* Merge-heap operations and sift steps done by the calling thread so far
+ * (test hook: the merge work must stay n log n on pathological input). */
+uint64_t dr_bpe_steps(void);
+
 void dr_bpe_free(dr_bpe *b);
 
 /* ---- the tokenizer --------------------------------------------------------- */

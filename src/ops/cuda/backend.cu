@@ -20,7 +20,7 @@ extern "C" void dr_cuda_note_fail(dr_cuda_ctx *cx, const char *file, int line, c
 
 extern "C" void dr_cuda_note_blas(dr_cuda_ctx *cx, const char *file, int line, const char *stmt, cublasStatus_t s) {
     if (!cx->failed)
-        dr_fail_at(file, line, DR_ERR_IO, "cuBLAS: %s failed: status %d", stmt, (int)s);
+        dr_fail_at(file, line, DR_ERR_DEVICE, "cuBLAS: %s failed: status %d", stmt, (int)s);
     cx->failed = 1;
 }
 
@@ -152,6 +152,19 @@ static void cu_sync(void *ctx) {
     DR_CUDA_NOTE(cx, cudaStreamSynchronize(cx->stream));
 }
 
+/* Free device memory, less a reserve for cuBLAS workspaces, graphs and the
+ * context's own allocations made later. */
+static size_t cu_mem_free_bytes(void *ctx) {
+    (void)ctx;
+    size_t fr = 0, tot = 0;
+    if (cudaMemGetInfo(&fr, &tot) != cudaSuccess) {
+        cudaGetLastError();
+        return (size_t)-1; /* unknown: let the allocations report */
+    }
+    const size_t reserve = (size_t)512 << 20;
+    return fr > reserve ? fr - reserve : 0;
+}
+
 /* ---- weights ---- */
 
 static dr_status cu_weight_upload(void *ctx, dr_tensor *t) {
@@ -166,7 +179,7 @@ static dr_status cu_weight_upload(void *ctx, dr_tensor *t) {
         return DR_FAIL(DR_ERR_UNSUPPORTED, "tensor %s: dtype %s is not supported by the CUDA backend",
                        t->name ? t->name : "?", dr_dtype_name(t->dtype));
     if (cx->failed)
-        return DR_FAIL(DR_ERR_IO, "CUDA backend: an earlier kernel failed (%s)", dr_last_error());
+        return DR_FAIL(DR_ERR_DEVICE, "CUDA backend: an earlier kernel failed (%s)", dr_last_error());
     size_t n = dr_dtype_size(t->dtype);
     for (int i = 0; i < t->ndim; i++)
         n *= (size_t)t->ne[i];
@@ -270,7 +283,7 @@ extern "C" dr_status dr_ops_cuda_create(const dr_backend_params *p, dr_ops **out
         }
         if (cublasCreate(&cx->blas) != CUBLAS_STATUS_SUCCESS) {
             cx->blas = NULL;
-            st = DR_FAIL(DR_ERR_IO, "device cuda:%d: cuBLAS initialisation failed", p->device);
+            st = DR_FAIL(DR_ERR_DEVICE, "device cuda:%d: cuBLAS initialisation failed", p->device);
             break;
         }
         cublasSetStream(cx->blas, cx->stream);
@@ -287,6 +300,7 @@ extern "C" dr_status dr_ops_cuda_create(const dr_backend_params *p, dr_ops **out
     o->weight_upload = cu_weight_upload;
     o->weight_free = cu_weight_free;
     o->sync = cu_sync;
+    o->mem_free_bytes = cu_mem_free_bytes;
     o->alloc = cu_alloc;
     o->free = cu_free;
     o->upload = cu_upload;
@@ -300,7 +314,7 @@ extern "C" dr_status dr_ops_cuda_create(const dr_backend_params *p, dr_ops **out
 extern "C" dr_status dr_cuda_backend_status(const dr_ops *o) {
     const dr_cuda_ctx *cx = (const dr_cuda_ctx *)o->ctx;
     if (cx && cx->failed)
-        return DR_ERR_IO; /* the message was recorded when it happened */
+        return DR_ERR_DEVICE; /* the message was recorded when it happened */
     return DR_OK;
 }
 

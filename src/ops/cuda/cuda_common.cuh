@@ -33,7 +33,7 @@ static inline dr_status dr_cuda_status(cudaError_t e) {
     if (e == cudaErrorNoDevice || e == cudaErrorInvalidDevice || e == cudaErrorNoKernelImageForDevice ||
         e == cudaErrorInsufficientDriver)
         return DR_ERR_UNSUPPORTED;
-    return DR_ERR_IO; /* the device failed: treat like an I/O error */
+    return DR_ERR_DEVICE; /* the device failed */
 }
 
 /* In a function returning dr_status: run `stmt`; on failure record the
