@@ -2,9 +2,12 @@
  *
  * One job at a time: the caller publishes (fn, arg, n_tasks) under a new
  * generation number and works on tasks itself; workers take tasks from an
- * atomic counter. Workers spin briefly before sleeping on a condition
- * variable, because decode issues hundreds of short parallel loops per token
- * and a futex wake-up per loop would cost more than the loop.
+ * atomic counter. Workers spin briefly (the CPU's pause hint, a sched_yield
+ * only every YIELD_EVERY polls) before sleeping on a condition variable,
+ * because decode issues hundreds of short parallel loops per token and a
+ * futex wake-up (or a yield syscall per poll batch) per loop would cost more
+ * than the loop. After SPIN_ROUNDS polls an idle worker sleeps, so an idle
+ * pool burns no CPU.
  */
 #include "util/threadpool.h"
 
@@ -16,7 +19,25 @@
 #include <stdbool.h>
 #include <stdlib.h>
 
-#define SPIN_ROUNDS 20000 /* polls of the generation before sleeping (~tens of us) */
+#define SPIN_ROUNDS 20000 /* polls before sleeping: with the pause below, a few hundred us */
+#define YIELD_EVERY 2048  /* polls between sched_yield calls (a syscall each; only
+                             useful when the machine has more threads than cores) */
+
+/* One poll's back-off: the CPU's spin-wait hint, no system call. */
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+static inline void backoff(int i) {
+    if ((i & (YIELD_EVERY - 1)) == YIELD_EVERY - 1)
+        sched_yield();
+    else
+        cpu_relax();
+}
 
 typedef struct worker {
     struct dr_pool *pool;
@@ -55,8 +76,7 @@ static bool wait_job(dr_pool *p, unsigned seen) {
     for (int i = 0; i < SPIN_ROUNDS; i++) {
         if (atomic_load_explicit(&p->gen, memory_order_acquire) != seen)
             return true;
-        if ((i & 255) == 255)
-            sched_yield();
+        backoff(i);
     }
     pthread_mutex_lock(&p->mu);
     while (!p->stop && atomic_load_explicit(&p->gen, memory_order_acquire) == seen)
@@ -152,8 +172,7 @@ void dr_pool_run(dr_pool *p, int n_tasks, dr_pool_fn fn, void *arg) {
     pthread_mutex_unlock(&p->mu);
     run_tasks(p, 0);
     for (int i = 0; i < SPIN_ROUNDS && atomic_load_explicit(&p->active, memory_order_acquire) > 0; i++)
-        if ((i & 255) == 255)
-            sched_yield();
+        backoff(i);
     if (atomic_load_explicit(&p->active, memory_order_acquire) > 0) {
         pthread_mutex_lock(&p->mu);
         while (atomic_load_explicit(&p->active, memory_order_acquire) > 0)
