@@ -43,6 +43,8 @@ static const char *const bench_help =
     "  --quant Q             synthetic weights as bf16 (default), f16, f32, or\n"
     "                        MLX-affine q8 / q4 (group 64, quantized from bf16)\n"
     "  --layers N            synthetic: only the first N layers of the config\n"
+    "  --ctx N               context capacity of the session (default p + n + 1):\n"
+    "                        shows whether a model fits with a long context\n"
     "  --seed S              synthetic: weight and prompt seed (default 1)\n"
     "  -p N                  prompt tokens (default 512)\n"
     "  -n N                  decoded tokens (default 128)\n"
@@ -58,6 +60,7 @@ static const char *const bench_help =
 typedef struct {
     const char *dir, *synthetic, *quant;
     int layers, p, n, threads;
+    int ctx;            /* --ctx: session capacity (0: p + n + 1) */
     long seed;
     bool json, serial, bf16_dot;
     const char *device;
@@ -110,6 +113,8 @@ static int parse(int argc, char **argv, bench_opts *o) {
             rc = int_opt(argc, argv, &i, 1, 1 << 20, &o->p);
         else if (!strcmp(a, "-n"))
             rc = int_opt(argc, argv, &i, 1, 1 << 20, &o->n);
+        else if (!strcmp(a, "--ctx"))
+            rc = int_opt(argc, argv, &i, 1, 1 << 24, &o->ctx);
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads"))
             rc = int_opt(argc, argv, &i, 0, 1024, &o->threads);
         else if (!strcmp(a, "--seed")) {
@@ -319,7 +324,8 @@ static int new_session(dr_model *m, int n_ctx, int n_batch, dr_session **s) {
 /* Prefill the prompt as one block, then decode greedily. */
 static int run_prefill_decode(dr_model *m, const bench_opts *o, const int32_t *ids, float *logits, bench_res *r) {
     dr_session *s = NULL;
-    if (new_session(m, o->p + o->n + 1, o->p, &s))
+    int ctx = o->ctx > o->p + o->n ? o->ctx : o->p + o->n + 1;
+    if (new_session(m, ctx, o->p, &s))
         return 2;
     fprintf(stderr, "bench: prefill of %d tokens\n", o->p);
     double t0 = now_s();
