@@ -23,7 +23,7 @@ b="$root/build-dev"
 t0=$(date +%s)
 cmake -S . -B "$b" -DCMAKE_BUILD_TYPE=Release -DDR_WERROR=OFF -DDR_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a \
   > "$OUT/cmake.log" 2>&1 || { tail -20 "$OUT/cmake.log"; exit 1; }
-make -C "$b" -j"$(nproc)" test_cuda test_cuda_decode test_cuda_golden deltarun_cli > "$OUT/build.log" 2>&1 ||
+make -C "$b" -j"$(nproc)" test_cuda test_cuda_decode test_golden deltarun_cli > "$OUT/build.log" 2>&1 ||
   { grep -E "error" "$OUT/build.log" | head -40; exit 1; }
 echo "built in $(( $(date +%s) - t0 )) s"
 rc=0
@@ -34,7 +34,7 @@ if [[ "$what" == *tests* ]]; then
   "$b/tests/test_cuda" > "$OUT/test_cuda.log" 2>&1 || rc=1
   grep -E "FAIL|passed" "$OUT/test_cuda.log"
   for fx in dense-f32 moe-bf16 moe-bf16-fused next-f32 long-bf16; do
-    "$b/tests/test_cuda_golden" "tests/data/$fx" >> "$OUT/golden.log" 2>&1 || { rc=1; echo "golden $fx FAILED"; }
+    "$b/tests/test_golden" "tests/data/$fx" --device cuda >> "$OUT/golden.log" 2>&1 || { rc=1; echo "golden $fx FAILED"; }
   done
   grep -E "FAIL|passed" "$OUT/golden.log"
   grep -E "incremental|greedy" "$OUT/golden.log" | head -12

@@ -22,7 +22,7 @@ b="$root/build-dev"
 t0=$(date +%s)
 cmake -S . -B "$b" -DCMAKE_BUILD_TYPE=Release -DDR_WERROR=OFF -DDR_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a \
   > /tmp/cmake.log 2>&1 || { tail -20 /tmp/cmake.log; exit 1; }
-make -C "$b" -j"$(nproc)" test_cuda test_cuda_decode test_cuda_prefill test_cuda_golden deltarun_cli bench_cuda > /tmp/build.log 2>&1 ||
+make -C "$b" -j"$(nproc)" test_cuda test_cuda_decode test_cuda_prefill test_golden deltarun_cli bench_cuda > /tmp/build.log 2>&1 ||
   { grep -E "error" /tmp/build.log | head -40; exit 1; }
 echo "built in $(( $(date +%s) - t0 )) s"
 rc=0
@@ -32,7 +32,7 @@ if [[ "$what" == *tests* ]]; then
   timeout 240 "$b/tests/test_cuda" >> "$T" 2>&1 || { rc=1; echo "test_cuda FAILED"; }
   timeout 240 "$b/tests/test_cuda_prefill" >> "$T" 2>&1 || { rc=1; echo "test_cuda_prefill FAILED"; }
   for fx in dense-f32 moe-bf16 moe-bf16-fused next-f32 long-bf16; do
-    timeout 240 "$b/tests/test_cuda_golden" "tests/data/$fx" >> "$T" 2>&1 || { rc=1; echo "golden $fx FAILED"; }
+    timeout 240 "$b/tests/test_golden" "tests/data/$fx" --device cuda >> "$T" 2>&1 || { rc=1; echo "golden $fx FAILED"; }
   done
   grep -E "FAIL|passed|graphs" "$T" | head -30
   grep -E "incremental|greedy|max" "$T" | head -16

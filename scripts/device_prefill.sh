@@ -18,7 +18,7 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader || 
 b=build-cuda
 cmake -S . -B $b -DCMAKE_BUILD_TYPE=Release -DDR_WERROR=OFF -DDR_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a \
   > "$OUT/cmake.log" 2>&1 || { tail -20 "$OUT/cmake.log"; exit 1; }
-make -C $b -j"$(nproc)" test_cuda_prefill test_cuda test_cuda_golden bench_cuda deltarun_cli > "$OUT/build.log" 2>&1 ||
+make -C $b -j"$(nproc)" test_cuda_prefill test_cuda test_golden bench_cuda deltarun_cli > "$OUT/build.log" 2>&1 ||
   { grep -E "error" "$OUT/build.log" | head -30; exit 1; }
 echo "== built"
 what="${*:-tests bench e2e}"
@@ -27,7 +27,7 @@ if [[ "$what" == *tests* ]]; then
   grep -v "^ok " "$OUT/prefill.log" | head -40; grep "rel err" "$OUT/prefill.log" | head -40
   timeout 180 $b/tests/test_cuda > "$OUT/test_cuda.log" 2>&1; echo "test_cuda rc=$?"; grep -iE "fail|passed" "$OUT/test_cuda.log" | head
   for fx in dense-f32 moe-bf16 moe-bf16-fused next-f32 long-bf16; do
-    timeout 120 $b/tests/test_cuda_golden tests/data/$fx >> "$OUT/golden.log" 2>&1; echo "golden $fx rc=$?"
+    timeout 120 $b/tests/test_golden tests/data/$fx --device cuda >> "$OUT/golden.log" 2>&1; echo "golden $fx rc=$?"
   done
   grep -iE "fail|max" "$OUT/golden.log" | head -30
 fi

@@ -27,7 +27,7 @@ echo "== build"
 b="$root/build-cuda"
 cmake -S . -B "$b" -DCMAKE_BUILD_TYPE=Release -DDR_WERROR=OFF -DDR_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a \
   > "$OUT/cmake.log" 2>&1 || { cat "$OUT/cmake.log"; exit 1; }
-make -C "$b" -j"$(nproc)" test_cuda test_cuda_golden bench_cuda > "$OUT/build.log" 2>&1 ||
+make -C "$b" -j"$(nproc)" test_cuda test_golden bench_cuda > "$OUT/build.log" 2>&1 ||
   { grep -E "error|Error" "$OUT/build.log" | head -40; exit 1; }
 echo "built"
 make -C "$b" -j"$(nproc)" deltarun_cli > "$OUT/build_cli.log" 2>&1 || echo "CLI did not build (see build_cli.log)"
@@ -37,13 +37,13 @@ if [[ "$what" == *all* || "$what" == *tests* ]]; then
   "$b/tests/test_cuda" 2>&1 | tee "$OUT/test_cuda.log" || rc=1
   for fx in dense-f32 moe-bf16 moe-bf16-fused next-f32 long-bf16; do
     echo "== cuda golden $fx"
-    "$b/tests/test_cuda_golden" "tests/data/$fx" 2>&1 | tee -a "$OUT/golden.log" || rc=1
+    "$b/tests/test_golden" "tests/data/$fx" --device cuda 2>&1 | tee -a "$OUT/golden.log" || rc=1
   done
 fi
 if [[ "$what" == *all* || "$what" == *sanitize* ]]; then
   echo "== compute-sanitizer memcheck (moe-bf16, quick)"
   compute-sanitizer --tool memcheck --leak-check full --error-exitcode 9 \
-    "$b/tests/test_cuda_golden" tests/data/moe-bf16 --quick > "$OUT/memcheck.log" 2>&1
+    "$b/tests/test_golden" tests/data/moe-bf16 --device cuda --quick > "$OUT/memcheck.log" 2>&1
   echo "memcheck exit $?"; tail -5 "$OUT/memcheck.log"
 fi
 if [[ "$what" == *all* || "$what" == *bench* ]]; then
