@@ -8,6 +8,8 @@
  * the test prints "skipped: no CUDA device" and returns 77 (ctest: skipped).
  */
 #include "ops/cuda/cuda_ops.h"
+#define CUDA_TEST_SEED 0x9e3779b97f4a7c15ull
+#include "cuda_test_util.h"
 #include "ops/ops.h"
 #include "test.h"
 #include "util/dtype.h"
@@ -21,60 +23,6 @@
 #define TOL 2e-5f /* fp32 reordering; the recurrences get GDN_TOL */
 #define GDN_TOL 1e-4f
 
-static dr_ops *G, *C; /* GPU backend, CPU reference */
-static uint64_t g_rng = 0x9e3779b97f4a7c15ull;
-
-static float frand(void) { /* uniform in [-1, 1) */
-    g_rng ^= g_rng << 13;
-    g_rng ^= g_rng >> 7;
-    g_rng ^= g_rng << 17;
-    return (float)((g_rng >> 40) & 0xffffff) / (float)(1 << 23) - 1.0f;
-}
-
-static float *rnd(size_t n, float scale) {
-    float *v = malloc((n ? n : 1) * sizeof *v);
-    for (size_t i = 0; i < n; i++)
-        v[i] = frand() * scale;
-    return v;
-}
-
-static float *hcopy(const float *x, size_t n) {
-    float *v = malloc((n ? n : 1) * sizeof *v);
-    memcpy(v, x, n * sizeof *v);
-    return v;
-}
-
-static void *dput(const void *h, size_t bytes) {
-    void *d = G->alloc(G->ctx, bytes);
-    G->upload(G->ctx, d, h, bytes);
-    return d;
-}
-
-static float *dget(const void *d, size_t n) {
-    float *h = malloc((n ? n : 1) * sizeof *h);
-    G->download(G->ctx, h, d, n * sizeof *h);
-    return h;
-}
-
-/* max |a - b| / max |b| */
-static float rel_err(const float *a, const float *b, size_t n) {
-    float e = 0.0f, m = 0.0f;
-    for (size_t i = 0; i < n; i++) {
-        float d = fabsf(a[i] - b[i]);
-        if (!(d <= e))
-            e = isnan(d) ? INFINITY : d;
-        if (fabsf(b[i]) > m)
-            m = fabsf(b[i]);
-    }
-    return m > 0.0f ? e / m : e;
-}
-
-#define REPORT(err, tol, ...)                                                                         \
-    do {                                                                                              \
-        char what_[200];                                                                              \
-        snprintf(what_, sizeof what_, __VA_ARGS__);                                                   \
-        CHECK_SHOW((err) <= (tol), "%-58s rel err %.2e (tol %.0e)", what_, (double)(err), (double)(tol)); \
-    } while (0)
 
 /* ---- elementwise ---- */
 

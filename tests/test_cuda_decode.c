@@ -10,6 +10,7 @@
  */
 #include "deltarun.h"
 #include "ops/cuda/cuda_ops.h"
+#include "cuda_test_util.h"
 #include "ops/ops.h"
 #include "test.h"
 
@@ -23,53 +24,6 @@
 #define GDN_TOL 1e-4f
 #define GRAPH_TOL 1e-4f /* graph vs kernel-by-kernel logits: only the attention split differs */
 
-static dr_ops *G, *C;
-static uint64_t g_rng = 0x2545f4914f6cdd1dull;
-
-static float frand(void) { /* uniform in [-1, 1) */
-    g_rng ^= g_rng << 13;
-    g_rng ^= g_rng >> 7;
-    g_rng ^= g_rng << 17;
-    return (float)((g_rng >> 40) & 0xffffff) / (float)(1 << 23) - 1.0f;
-}
-
-static float *rnd(size_t n, float scale) {
-    float *v = malloc((n ? n : 1) * sizeof *v);
-    for (size_t i = 0; i < n; i++)
-        v[i] = frand() * scale;
-    return v;
-}
-
-static void *dput(const void *h, size_t bytes) {
-    void *d = G->alloc(G->ctx, bytes);
-    G->upload(G->ctx, d, h, bytes);
-    return d;
-}
-
-static float *dget(const void *d, size_t n) {
-    float *h = malloc((n ? n : 1) * sizeof *h);
-    G->download(G->ctx, h, d, n * sizeof *h);
-    return h;
-}
-
-static float rel_err(const float *a, const float *b, size_t n) {
-    float e = 0.0f, m = 0.0f;
-    for (size_t i = 0; i < n; i++) {
-        float d = fabsf(a[i] - b[i]);
-        if (!(d <= e))
-            e = isnan(d) ? INFINITY : d;
-        if (fabsf(b[i]) > m)
-            m = fabsf(b[i]);
-    }
-    return m > 0.0f ? e / m : e;
-}
-
-#define REPORT(err, tol, ...)                                                                             \
-    do {                                                                                                  \
-        char what_[200];                                                                                  \
-        snprintf(what_, sizeof what_, __VA_ARGS__);                                                       \
-        CHECK_SHOW((err) <= (tol), "%-58s rel err %.2e (tol %.0e)", what_, (double)(err), (double)(tol)); \
-    } while (0)
 
 /* ---- gdn_decode: the fused step against the CPU chain, several steps ---- */
 

@@ -1,0 +1,75 @@
+/* tests/cuda_test_util.h - what the CUDA op tests share: the GPU backend (G)
+ * and the CPU reference (C), seeded random inputs, host<->device copies, the
+ * relative error and a REPORT line that prints it beside its tolerance.
+ * Define CUDA_TEST_SEED before including to pick the input stream. */
+#ifndef DR_TESTS_CUDA_TEST_UTIL_H
+#define DR_TESTS_CUDA_TEST_UTIL_H
+
+#include "ops/ops.h"
+#include "test.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifndef CUDA_TEST_SEED
+#define CUDA_TEST_SEED 0x2545f4914f6cdd1dull
+#endif
+
+static dr_ops *G, *C; /* GPU backend, CPU reference */
+static uint64_t g_rng = CUDA_TEST_SEED;
+
+static inline float frand(void) { /* uniform in [-1, 1) */
+    g_rng ^= g_rng << 13;
+    g_rng ^= g_rng >> 7;
+    g_rng ^= g_rng << 17;
+    return (float)((g_rng >> 40) & 0xffffff) / (float)(1 << 23) - 1.0f;
+}
+
+static inline float *rnd(size_t n, float scale) {
+    float *v = malloc((n ? n : 1) * sizeof *v);
+    for (size_t i = 0; i < n; i++)
+        v[i] = frand() * scale;
+    return v;
+}
+
+static inline float *hcopy(const float *x, size_t n) {
+    float *v = malloc((n ? n : 1) * sizeof *v);
+    memcpy(v, x, n * sizeof *v);
+    return v;
+}
+
+static inline void *dput(const void *h, size_t bytes) {
+    void *d = G->alloc(G->ctx, bytes);
+    G->upload(G->ctx, d, h, bytes);
+    return d;
+}
+
+static inline float *dget(const void *d, size_t n) {
+    float *h = malloc((n ? n : 1) * sizeof *h);
+    G->download(G->ctx, h, d, n * sizeof *h);
+    return h;
+}
+
+/* max |a - b| / max |b| (NaN counts as infinite) */
+static inline float rel_err(const float *a, const float *b, size_t n) {
+    float e = 0.0f, m = 0.0f;
+    for (size_t i = 0; i < n; i++) {
+        float d = fabsf(a[i] - b[i]);
+        if (!(d <= e))
+            e = isnan(d) ? INFINITY : d;
+        if (fabsf(b[i]) > m)
+            m = fabsf(b[i]);
+    }
+    return m > 0.0f ? e / m : e;
+}
+
+#define REPORT(err, tol, ...)                                                                             \
+    do {                                                                                                  \
+        char what_[200];                                                                                  \
+        snprintf(what_, sizeof what_, __VA_ARGS__);                                                       \
+        CHECK_SHOW((err) <= (tol), "%-60s rel err %.2e (tol %.0e)", what_, (double)(err), (double)(tol)); \
+    } while (0)
+
+#endif
