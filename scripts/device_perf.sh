@@ -6,25 +6,12 @@
 # steps. Logs under $OUT (at most 8 files).
 # Usage: scripts/device_perf.sh [tests] [bench] [prefill] [profile]
 set -uo pipefail
-root="$(cd "$(dirname "$0")/.." && pwd)"
-cd "$root"
-OUT="${OUT:-/tmp/dr_out}"
-mkdir -p "$OUT"
+source "$(dirname "$0")/device_env.sh"
 what="${*:-tests bench prefill profile}"
-deps=/tmp/deps
-mkdir -p "$deps"
-for f in .debs/*.deb; do dpkg -x "$f" "$deps"; done
-export PKG_CONFIG_PATH="$deps/usr/lib/x86_64-linux-gnu/pkgconfig:$deps/usr/share/pkgconfig"
-export PKG_CONFIG_SYSROOT_DIR="$deps"
-export LD_LIBRARY_PATH="$deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
-export PATH="/usr/local/cuda/bin:$PATH"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 b="$root/build-dev"
 t0=$(date +%s)
-cmake -S . -B "$b" -DCMAKE_BUILD_TYPE=Release -DDR_WERROR=OFF -DDR_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a \
-  > /tmp/cmake.log 2>&1 || { tail -20 /tmp/cmake.log; exit 1; }
-make -C "$b" -j"$(nproc)" test_cuda test_cuda_decode test_cuda_prefill test_golden deltarun_cli > /tmp/build.log 2>&1 ||
-  { grep -E "error" /tmp/build.log | head -40; exit 1; }
+dr_device_build "$b" test_cuda test_cuda_decode test_cuda_prefill test_golden deltarun_cli
 echo "built in $(( $(date +%s) - t0 )) s"
 rc=0
 T="$OUT/tests.log"

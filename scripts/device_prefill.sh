@@ -4,22 +4,10 @@
 # and the 35B-A3B prefill bench with the new kernels and with
 # DR_CUDA_PREFILL=0 (the previous kernels) in the same run. Logs in $OUT.
 set -uo pipefail
-cd "$(dirname "$0")/.."
-OUT="${OUT:-/tmp/dr_out}"
-mkdir -p "$OUT"
-deps=/tmp/deps
-mkdir -p "$deps"
-for f in .debs/*.deb; do dpkg -x "$f" "$deps"; done
-export PKG_CONFIG_PATH="$deps/usr/lib/x86_64-linux-gnu/pkgconfig:$deps/usr/share/pkgconfig"
-export PKG_CONFIG_SYSROOT_DIR="$deps"
-export LD_LIBRARY_PATH="$deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
-export PATH="/usr/local/cuda/bin:$PATH"
+source "$(dirname "$0")/device_env.sh"
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader || true
 b=build-cuda
-cmake -S . -B $b -DCMAKE_BUILD_TYPE=Release -DDR_WERROR=OFF -DDR_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a \
-  > "$OUT/cmake.log" 2>&1 || { tail -20 "$OUT/cmake.log"; exit 1; }
-make -C $b -j"$(nproc)" test_cuda_prefill test_cuda test_golden bench_cuda deltarun_cli > "$OUT/build.log" 2>&1 ||
-  { grep -E "error" "$OUT/build.log" | head -30; exit 1; }
+dr_device_build "$b" test_cuda_prefill test_cuda test_golden bench_cuda deltarun_cli
 echo "== built"
 what="${*:-tests bench e2e}"
 if [[ "$what" == *tests* ]]; then

@@ -7,23 +7,11 @@
 # launches by kernel. Logs under $OUT.
 # Usage: scripts/device_profile.sh [decode] [prefill] [bench]
 set -uo pipefail
-root="$(cd "$(dirname "$0")/.." && pwd)"
-cd "$root"
-OUT="${OUT:-/tmp/dr_out}"
-mkdir -p "$OUT"
+source "$(dirname "$0")/device_env.sh"
 what="${*:-decode prefill bench}"
-deps=/tmp/deps
-mkdir -p "$deps"
-for f in .debs/*.deb; do dpkg -x "$f" "$deps"; done
-export PKG_CONFIG_PATH="$deps/usr/lib/x86_64-linux-gnu/pkgconfig:$deps/usr/share/pkgconfig"
-export PKG_CONFIG_SYSROOT_DIR="$deps"
-export LD_LIBRARY_PATH="$deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
-export PATH="/usr/local/cuda/bin:$PATH"
 b="${DR_BUILD:-$root/build-dev}"
 if [[ ! -x "$b/deltarun" || -n "${DR_REBUILD:-}" ]]; then
-  cmake -S . -B "$b" -DCMAKE_BUILD_TYPE=Release -DDR_WERROR=OFF -DDR_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a \
-    > /tmp/cmake.log 2>&1 || { tail -20 /tmp/cmake.log; exit 1; }
-  make -C "$b" -j"$(nproc)" deltarun_cli > /tmp/build.log 2>&1 || { grep -E "error" /tmp/build.log | head -40; exit 1; }
+  dr_device_build "$b" deltarun_cli
 fi
 cli="$b/deltarun"
 ncu --version | tail -1

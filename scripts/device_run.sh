@@ -5,18 +5,8 @@
 # on a fixture, and the kernel benchmarks. Logs go to $OUT.
 # Usage: scripts/device_run.sh [tests|sanitize|bench|all]...
 set -uo pipefail
-root="$(cd "$(dirname "$0")/.." && pwd)"
-cd "$root"
-OUT="${OUT:-/tmp/dr_out}"
-mkdir -p "$OUT"
+source "$(dirname "$0")/device_env.sh"
 what="${*:-all}"
-deps=/tmp/deps
-mkdir -p "$deps"
-for f in .debs/*.deb; do dpkg -x "$f" "$deps"; done
-export PKG_CONFIG_PATH="$deps/usr/lib/x86_64-linux-gnu/pkgconfig:$deps/usr/share/pkgconfig"
-export PKG_CONFIG_SYSROOT_DIR="$deps"
-export LD_LIBRARY_PATH="$deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
-export PATH="/usr/local/cuda/bin:$PATH"
 
 echo "== machine"
 uname -m
@@ -25,10 +15,7 @@ nvcc --version | tail -1
 
 echo "== build"
 b="$root/build-cuda"
-cmake -S . -B "$b" -DCMAKE_BUILD_TYPE=Release -DDR_WERROR=OFF -DDR_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90a \
-  > "$OUT/cmake.log" 2>&1 || { cat "$OUT/cmake.log"; exit 1; }
-make -C "$b" -j"$(nproc)" test_cuda test_golden bench_cuda > "$OUT/build.log" 2>&1 ||
-  { grep -E "error|Error" "$OUT/build.log" | head -40; exit 1; }
+dr_device_build "$b" test_cuda test_golden bench_cuda
 echo "built"
 make -C "$b" -j"$(nproc)" deltarun_cli > "$OUT/build_cli.log" 2>&1 || echo "CLI did not build (see build_cli.log)"
 rc=0

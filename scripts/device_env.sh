@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Sourced by the scripts/device_*.sh runs on the GPU machine (which has no
+# network and none of jansson/oniguruma/utf8proc): cd to the repo root, make
+# $OUT, unpack the .debs carried in .debs/ into /tmp/deps and point
+# pkg-config and the loader at them, put nvcc on PATH. Then
+# `dr_device_build DIR TARGET...` configures (Release, CUDA for sm_90a) and
+# builds, logging to $OUT and stopping the script on failure.
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+OUT="${OUT:-/tmp/dr_out}"
+mkdir -p "$OUT"
+deps=/tmp/deps
+mkdir -p "$deps"
+for f in .debs/*.deb; do dpkg -x "$f" "$deps"; done
+export PKG_CONFIG_PATH="$deps/usr/lib/x86_64-linux-gnu/pkgconfig:$deps/usr/share/pkgconfig"
+export PKG_CONFIG_SYSROOT_DIR="$deps"
+export LD_LIBRARY_PATH="$deps/usr/lib/x86_64-linux-gnu:${LD_LIBRARY_PATH:-}"
+export PATH="/usr/local/cuda/bin:$PATH"
+
+dr_device_build() {
+  local dir="$1"; shift
+  cmake -S "$root" -B "$dir" -DCMAKE_BUILD_TYPE=Release -DDR_WERROR=OFF -DDR_CUDA=ON \
+    -DCMAKE_CUDA_ARCHITECTURES=90a > "$OUT/cmake.log" 2>&1 || { tail -20 "$OUT/cmake.log"; exit 1; }
+  make -C "$dir" -j"$(nproc)" "$@" > "$OUT/build.log" 2>&1 ||
+    { grep -E "error" "$OUT/build.log" | head -40; exit 1; }
+}
