@@ -19,6 +19,18 @@ int dr_cli_err(const char *fmt, ...) {
     return 1;
 }
 
+int dr_cli_lib_err(void) {
+    fprintf(stderr, "deltarun: %s\n", dr_last_error());
+    return 2;
+}
+
+bool dr_cli_wants_help(int argc, char **argv) {
+    for (int i = 1; i < argc; i++)
+        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help"))
+            return true;
+    return false;
+}
+
 const char *dr_cli_value(int argc, char **argv, int *i) {
     if (*i + 1 >= argc) {
         dr_cli_err("option %s needs a value", argv[*i]);

@@ -9,6 +9,14 @@
 /* Print "deltarun: <msg>" to stderr; returns 1 (the CLI's usage-error code). */
 int dr_cli_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
+/* Report a library failure: "deltarun: " + dr_last_error() on stderr (the
+ * message already names the file, tensor or value); returns 2, the CLI's
+ * exit status for a failure while running. */
+int dr_cli_lib_err(void);
+
+/* True if -h or --help is among argv[1..argc). */
+bool dr_cli_wants_help(int argc, char **argv);
+
 /* Value of option argv[*i] (advances *i); NULL (after printing) if missing. */
 const char *dr_cli_value(int argc, char **argv, int *i);
 

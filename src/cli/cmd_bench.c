@@ -79,11 +79,6 @@ static double now_s(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
-static int lib_err(void) {
-    fprintf(stderr, "deltarun: %s\n", dr_last_error());
-    return 2;
-}
-
 /* ===================== options ===================== */
 
 static int int_opt(int argc, char **argv, int *i, long lo, long hi, int *out) {
@@ -166,14 +161,14 @@ static int open_model(const bench_opts *o, dr_model **m, double *secs) {
     if (o->dir) {
         fprintf(stderr, "bench: loading %s\n", o->dir);
         if (dr_model_load_ex(o->dir, &mp, m) != DR_OK)
-            return lib_err();
+            return dr_cli_lib_err();
     } else {
         dr_synth_params sp = {.n_layers = o->layers, .seed = (uint64_t)o->seed, .n_threads = o->threads, .mp = mp};
         if (quant_of(o->quant, &sp))
             return 1;
         fprintf(stderr, "bench: building random %s weights of %s\n", o->quant, o->synthetic);
         if (dr_model_synthetic(o->synthetic, &sp, m) != DR_OK)
-            return lib_err();
+            return dr_cli_lib_err();
     }
     *secs = now_s() - t0;
     return 0;
@@ -318,7 +313,7 @@ static int new_session(dr_model *m, int n_ctx, int n_batch, dr_session **s) {
     dr_session_params sp = dr_session_default_params();
     sp.n_ctx = n_ctx;
     sp.n_batch = n_batch;
-    return dr_session_new(m, &sp, s) == DR_OK ? 0 : lib_err();
+    return dr_session_new(m, &sp, s) == DR_OK ? 0 : dr_cli_lib_err();
 }
 
 /* Prefill the prompt as one block, then decode greedily. */
@@ -329,14 +324,14 @@ static int run_prefill_decode(dr_model *m, const bench_opts *o, const int32_t *i
         return 2;
     fprintf(stderr, "bench: prefill of %d tokens\n", o->p);
     double t0 = now_s();
-    int rc = dr_session_eval(s, ids, o->p, DR_LOGITS_LAST, logits) == DR_OK ? 0 : lib_err();
+    int rc = dr_session_eval(s, ids, o->p, DR_LOGITS_LAST, logits) == DR_OK ? 0 : dr_cli_lib_err();
     r->prefill_s = now_s() - t0;
     if (!rc)
         fprintf(stderr, "bench: decode of %d tokens\n", o->n);
     t0 = now_s();
     for (int i = 0; i < o->n && !rc; i++) {
         int32_t next = argmax(logits, m->hp.n_vocab);
-        rc = dr_session_eval(s, &next, 1, DR_LOGITS_LAST, logits) == DR_OK ? 0 : lib_err();
+        rc = dr_session_eval(s, &next, 1, DR_LOGITS_LAST, logits) == DR_OK ? 0 : dr_cli_lib_err();
     }
     r->decode_s = now_s() - t0;
     dr_session_free(s);
@@ -354,7 +349,7 @@ static int run_serial(dr_model *m, const bench_opts *o, const int32_t *ids, floa
     for (int i = 0; i < o->p && !rc; i++)
         rc = dr_session_eval(s, ids + i, 1, i + 1 == o->p ? DR_LOGITS_LAST : DR_LOGITS_NONE, logits) == DR_OK
                  ? 0
-                 : lib_err();
+                 : dr_cli_lib_err();
     r->serial_s = now_s() - t0;
     dr_session_free(s);
     return rc;
@@ -445,9 +440,8 @@ static void print_table(const bench_opts *o, const dr_model *m, const bench_res 
 }
 
 int dr_cli_bench(int argc, char **argv) {
-    for (int i = 1; i < argc; i++)
-        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help"))
-            return fputs(bench_help, stdout), 0;
+    if (dr_cli_wants_help(argc, argv))
+        return fputs(bench_help, stdout), 0;
     bench_opts o = {.quant = "bf16", .p = 512, .n = 128, .seed = 1, .device = "cpu"};
     int rc = parse(argc, argv, &o);
     if (rc)

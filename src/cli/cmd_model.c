@@ -15,19 +15,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* A library failure: its message already names the file, tensor or value. */
-static int lib_err(void) {
-    fprintf(stderr, "deltarun: %s\n", dr_last_error());
-    return 2;
-}
-
-static bool want_help(int argc, char **argv) {
-    for (int i = 1; i < argc; i++)
-        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help"))
-            return true;
-    return false;
-}
-
 /* Shared options of the model commands. */
 typedef struct {
     const char *dir;
@@ -125,12 +112,12 @@ static int open_model(model_opts *o, int extra, dr_model **m, dr_session **s) {
             return rc;
     }
     if (dr_model_load_ex(o->dir, &o->mp, m) != DR_OK)
-        return lib_err();
+        return dr_cli_lib_err();
     long need = (long)o->n_ids + extra;
     if (o->sp.n_ctx < need)
         o->sp.n_ctx = need > (1 << 24) ? (1 << 24) : (int)need;
     if (dr_session_new(*m, &o->sp, s) != DR_OK)
-        return lib_err();
+        return dr_cli_lib_err();
     return 0;
 }
 
@@ -153,7 +140,7 @@ static const char *const logits_help =
     "  --ctx N               context capacity (default: the prompt length)\n" BACKEND_HELP;
 
 int dr_cli_logits(int argc, char **argv) {
-    if (want_help(argc, argv))
+    if (dr_cli_wants_help(argc, argv))
         return fputs(logits_help, stdout), 0;
     model_opts o = {.sp = dr_session_default_params(), .mp = dr_model_default_params()};
     o.sp.n_ctx = 1;
@@ -191,16 +178,16 @@ int dr_cli_logits(int argc, char **argv) {
         if (!logits)
             rc = dr_cli_err("out of memory for %d x %d logits", T, V);
         if (!rc && dr_session_eval(s, o.ids, first, DR_LOGITS_ALL, logits) != DR_OK)
-            rc = lib_err();
+            rc = dr_cli_lib_err();
         for (int t = first; t < T && !rc; t++)
             if (dr_session_eval(s, o.ids + t, 1, DR_LOGITS_LAST, logits + (size_t)t * V) != DR_OK)
-                rc = lib_err();
+                rc = dr_cli_lib_err();
         const char *name = "logits";
         int nd = 2;
         int64_t shape[1][DR_ST_MAX_DIMS] = {{T, V}};
         const float *data = logits;
         if (!rc && dr_st_write_f32(out, 1, &name, &nd, shape, &data) != DR_OK)
-            rc = lib_err();
+            rc = dr_cli_lib_err();
     }
     free(logits);
     free(o.ids);
@@ -248,7 +235,7 @@ static int emitter_open(emitter *e, bool text, const char *dir) {
     if (!text)
         return 0;
     if (dr_tokenizer_load(dir, &e->tok) != DR_OK || dr_stream_decoder_new(e->tok, true, &e->sd) != DR_OK)
-        return lib_err();
+        return dr_cli_lib_err();
     return 0;
 }
 
@@ -269,7 +256,7 @@ static int emit(emitter *e, int32_t t) {
         const char *p;
         size_t n;
         if (dr_stream_decoder_push(e->sd, t, &p, &n) != DR_OK)
-            return lib_err();
+            return dr_cli_lib_err();
         fwrite(p, 1, n, stdout);
     }
     e->n++;
@@ -291,7 +278,7 @@ static void emitter_close(emitter *e) {
 }
 
 int dr_cli_generate(int argc, char **argv) {
-    if (want_help(argc, argv))
+    if (dr_cli_wants_help(argc, argv))
         return printf("%s\n%s", generate_help_head, dr_cli_sampling_help), 0;
     model_opts o = {.sp = dr_session_default_params(), .mp = dr_model_default_params()};
     o.sp.n_ctx = 1;
@@ -326,7 +313,7 @@ int dr_cli_generate(int argc, char **argv) {
     if (!rc)
         rc = open_model(&o, (int)n_gen, &m, &s);
     if (!rc && dr_sampler_new(&smp, dr_model_info_get(m)->n_vocab, &sampler) != DR_OK)
-        rc = lib_err();
+        rc = dr_cli_lib_err();
     if (!rc)
         rc = emitter_open(&em, as_text, o.dir);
     if (!rc) {
@@ -337,7 +324,7 @@ int dr_cli_generate(int argc, char **argv) {
         for (int i = 0; i < o.n_ids && !rc; i++)
             dr_sampler_accept(sampler, o.ids[i]);
         if (!rc && dr_session_eval(s, o.ids, o.n_ids, DR_LOGITS_LAST, logits) != DR_OK)
-            rc = lib_err();
+            rc = dr_cli_lib_err();
         for (long k = 0; k < n_gen && !rc; k++) {
             mask_untokenizable(&em, logits, in->n_vocab);
             int32_t t = dr_sampler_sample(sampler, logits);
@@ -346,7 +333,7 @@ int dr_cli_generate(int argc, char **argv) {
             if (rc || (!ignore_eos && is_eos(in, t)) || k + 1 == n_gen)
                 break;
             if (dr_session_eval(s, &t, 1, DR_LOGITS_LAST, logits) != DR_OK)
-                rc = lib_err();
+                rc = dr_cli_lib_err();
         }
     }
     emitter_close(&em);
@@ -391,7 +378,7 @@ static void print_info(const dr_model_info *in) {
 }
 
 int dr_cli_info(int argc, char **argv) {
-    if (want_help(argc, argv))
+    if (dr_cli_wants_help(argc, argv))
         return fputs(info_help, stdout), 0;
     dr_model_params mp = dr_model_default_params();
     const char *dir = NULL;
@@ -409,7 +396,7 @@ int dr_cli_info(int argc, char **argv) {
         return dr_cli_err("info: missing MODEL_DIR (see --help)");
     dr_model *m;
     if (dr_model_load_ex(dir, &mp, &m) != DR_OK)
-        return lib_err();
+        return dr_cli_lib_err();
     print_info(dr_model_info_get(m));
     dr_model_free(m);
     return 0;

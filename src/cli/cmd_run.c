@@ -124,11 +124,6 @@ static int parse(int argc, char **argv, run_opts *o) {
 
 /* ---- the runner ---- */
 
-static int fail(void) {
-    fprintf(stderr, "deltarun: %s\n", dr_last_error());
-    return 2;
-}
-
 static void runner_free(runner *r) {
     free(r->logits);
     dr_stream_decoder_free(r->sd);
@@ -141,11 +136,11 @@ static void runner_free(runner *r) {
 static int runner_open(runner *r, run_opts *o) {
     memset(r, 0, sizeof *r);
     if (dr_model_load_ex(o->dir, &o->mp, &r->m) != DR_OK || dr_tokenizer_load(o->dir, &r->tok) != DR_OK)
-        return fail();
+        return dr_cli_lib_err();
     r->n_vocab = dr_model_info_get(r->m)->n_vocab;
     if (dr_session_new(r->m, &o->sp, &r->s) != DR_OK || dr_sampler_new(&o->smp, r->n_vocab, &r->smp) != DR_OK ||
         dr_stream_decoder_new(r->tok, true, &r->sd) != DR_OK)
-        return fail();
+        return dr_cli_lib_err();
     r->logits = malloc((size_t)r->n_vocab * sizeof *r->logits);
     if (!r->logits)
         return dr_cli_err("out of memory");
@@ -157,7 +152,7 @@ static int feed(runner *r, const dr_tokens *t) {
     if (t->n == 0)
         return 0;
     if (dr_session_eval(r->s, t->ids, (int)t->n, DR_LOGITS_LAST, r->logits) != DR_OK)
-        return fail();
+        return dr_cli_lib_err();
     for (size_t i = 0; i < t->n; i++)
         dr_sampler_accept(r->smp, t->ids[i]);
     return 0;
@@ -192,7 +187,7 @@ static int reply(runner *r, long n_predict, int n_ctx) {
         const char *p;
         size_t n;
         if (dr_stream_decoder_push(r->sd, t, &p, &n) != DR_OK)
-            return fail();
+            return dr_cli_lib_err();
         print_piece(p, n);
         if (dr_session_pos(r->s) >= n_ctx) {
             fprintf(stderr, "\n[context full: %d tokens]", n_ctx);
@@ -200,7 +195,7 @@ static int reply(runner *r, long n_predict, int n_ctx) {
         }
         dr_sampler_accept(r->smp, t);
         if (dr_session_eval(r->s, &t, 1, DR_LOGITS_LAST, r->logits) != DR_OK)
-            return fail();
+            return dr_cli_lib_err();
     }
     const char *p;
     size_t n;
@@ -229,21 +224,21 @@ static int encode_turn(runner *r, const run_opts *o, const char *system, const c
     int rc = 0;
     if (dr_chat_render(dr_tokenizer_chat_renderer(r->tok), msgs, n, &cp, &prompt) != DR_OK ||
         dr_chat_encode(r->tok, &prompt, out) != DR_OK)
-        rc = fail();
+        rc = dr_cli_lib_err();
     dr_chat_prompt_free(&prompt);
     return rc;
 }
 
 /* Plain text (raw mode): special-token strings in it stay text. */
 static int encode_raw(runner *r, const char *text, dr_tokens *out) {
-    return dr_tokenize(r->tok, text, strlen(text), false, out) == DR_OK ? 0 : fail();
+    return dr_tokenize(r->tok, text, strlen(text), false, out) == DR_OK ? 0 : dr_cli_lib_err();
 }
 
 /* Tokens that close an assistant turn before the next user turn. The
  * built-in renderers are ChatML (the Qwen family). */
 static int encode_close(runner *r, dr_tokens *out) {
     static const char close[] = "<|im_end|>\n";
-    return dr_tokenize(r->tok, close, sizeof close - 1, true, out) == DR_OK ? 0 : fail();
+    return dr_tokenize(r->tok, close, sizeof close - 1, true, out) == DR_OK ? 0 : dr_cli_lib_err();
 }
 
 /* Evaluate a prompt's tokens, refusing what does not fit the context. */
@@ -318,9 +313,8 @@ static int interactive(runner *r, const run_opts *o) {
 }
 
 int dr_cli_run(int argc, char **argv) {
-    for (int i = 1; i < argc; i++)
-        if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help"))
-            return fputs(run_help, stdout), 0;
+    if (dr_cli_wants_help(argc, argv))
+        return fputs(run_help, stdout), 0;
     run_opts o = {0};
     int rc = parse(argc, argv, &o);
     if (rc)

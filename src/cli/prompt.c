@@ -10,10 +10,8 @@
 int dr_cli_prompt_ids(const char *model_dir, const char *text, int32_t **ids, int *n) {
     dr_tokenizer *tok = NULL;
     dr_tokens t = {0};
-    if (dr_tokenizer_load(model_dir, &tok) != DR_OK) {
-        fprintf(stderr, "deltarun: %s\n", dr_last_error());
-        return 2;
-    }
+    if (dr_tokenizer_load(model_dir, &tok) != DR_OK)
+        return dr_cli_lib_err();
     int rc = 0;
     if (dr_tokenize(tok, text, strlen(text), true, &t) != DR_OK) {
         fprintf(stderr, "deltarun: --prompt: %s\n", dr_last_error());
