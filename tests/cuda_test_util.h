@@ -1,13 +1,16 @@
 /* tests/cuda_test_util.h - what the CUDA op tests share: the GPU backend (G)
  * and the CPU reference (C), seeded random inputs, host<->device copies, the
- * relative error and a REPORT line that prints it beside its tolerance.
+ * relative error, a REPORT line that prints it beside its tolerance, and
+ * opening/closing the backend (77 = skipped without a device).
  * Define CUDA_TEST_SEED before including to pick the input stream. */
 #ifndef DR_TESTS_CUDA_TEST_UTIL_H
 #define DR_TESTS_CUDA_TEST_UTIL_H
 
+#include "ops/cuda/cuda_ops.h"
 #include "ops/ops.h"
 #include "test.h"
 
+#include <cuda_runtime_api.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -71,5 +74,27 @@ static inline float rel_err(const float *a, const float *b, size_t n) {
         snprintf(what_, sizeof what_, __VA_ARGS__);                                                       \
         CHECK_SHOW((err) <= (tol), "%-60s rel err %.2e (tol %.0e)", what_, (double)(err), (double)(tol)); \
     } while (0)
+
+/* Create G on GPU 0 and set C to the CPU reference. Returns 0, 77 ("skipped":
+ * no CUDA device, message printed) or 1 (creation failed, recorded). */
+static inline int cuda_test_open(void) {
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
+        printf("skipped: no CUDA device\n");
+        return 77;
+    }
+    dr_backend_params bp = {.n_threads = 1, .device = 0};
+    dr_status st = dr_ops_cuda_create(&bp, &G);
+    CHECK(st == DR_OK, "dr_ops_cuda_create: %s", dr_last_error());
+    C = dr_ops_cpu_ref();
+    return st == DR_OK ? 0 : 1;
+}
+
+/* Wait for the GPU, check no kernel failed on the way, free G. */
+static inline void cuda_test_close(void) {
+    G->sync(G->ctx);
+    CHECK(dr_cuda_backend_status(G) == DR_OK, "backend error: %s", dr_last_error());
+    G->destroy(G);
+}
 
 #endif

@@ -141,22 +141,14 @@ static void test_moe(void) {
 }
 
 int main(void) {
-    int n = 0;
-    if (cudaGetDeviceCount(&n) != cudaSuccess || n == 0) {
-        printf("skipped: no CUDA device\n");
+    int rc = cuda_test_open();
+    if (rc == 77)
         return 77;
-    }
-    dr_backend_params bp = {.n_threads = 1, .device = 0};
-    dr_status st = dr_ops_cuda_create(&bp, &G);
-    CHECK(st == DR_OK, "dr_ops_cuda_create: %s", dr_last_error());
-    if (st != DR_OK)
+    if (rc)
         return TEST_DONE();
-    C = dr_ops_cpu_ref();
     test_attention();
     test_gdn();
     test_moe();
-    G->sync(G->ctx);
-    CHECK(dr_cuda_backend_status(G) == DR_OK, "backend error: %s", dr_last_error());
-    G->destroy(G);
+    cuda_test_close();
     return TEST_DONE();
 }
