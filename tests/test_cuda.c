@@ -382,6 +382,68 @@ static void test_moe(void) {
         free(hs[i]);
 }
 
+/* The fused decode MoE block (moe_decode: route, experts, shared expert; y
+ * overwritten) against the CPU chain moe_route + moe_experts + swiglu +
+ * matmul + sigmoid_scale_rows + add. Shapes chosen so every loop of the
+ * kernels runs a partial pass: k = 10 > 8 picks per pass, H = 1032 (129
+ * 16-byte pieces per row), I = 600 and Is = 520 (> 64 pieces). */
+static void test_moe_decode(void) {
+    enum { E = 12, H = 1032, I = 600, IS = 520, K = 10 };
+    dr_expert ex[E];
+    void *hs[3 * E + 1];
+    for (int e = 0; e < E; e++) {
+        hs[3 * e] = make_weights(&ex[e].gate, DR_DT_BF16, I, H, 0.1f);
+        hs[3 * e + 1] = make_weights(&ex[e].up, DR_DT_BF16, I, H, 0.1f);
+        hs[3 * e + 2] = make_weights(&ex[e].down, DR_DT_BF16, H, I, 0.1f);
+    }
+    dr_tensor shd;
+    hs[3 * E] = make_weights(&shd, DR_DT_BF16, H, IS, 0.1f);
+    for (int T = 1; T <= 4; T += 2)
+        for (int with_sh = 0; with_sh < 2; with_sh++) {
+            const int k = with_sh ? K : 3;
+            float *lg = rnd((size_t)T * E, 3.0f), *x = rnd((size_t)T * H, 1.0f), *y = calloc((size_t)T * H, 4);
+            float *sg = rnd((size_t)T * IS, 2.0f), *su = rnd((size_t)T * IS, 2.0f), *ss = rnd((size_t)T, 2.0f);
+            float *w = malloc((size_t)T * k * 4), *ws = malloc((size_t)(2 * I + H) * 4);
+            int32_t *idx = malloc((size_t)T * k * 4);
+            float *dl = dput(lg, (size_t)T * E * 4), *dx = dput(x, (size_t)T * H * 4);
+            float *dsg = dput(sg, (size_t)T * IS * 4), *dsu = dput(su, (size_t)T * IS * 4), *dss = dput(ss, (size_t)T * 4);
+            float *junk = rnd((size_t)T * H, 9.0f), *dy = dput(junk, (size_t)T * H * 4); /* overwritten */
+            float *dw = G->alloc(G->ctx, (size_t)T * k * 4);
+            int32_t *di = G->alloc(G->ctx, (size_t)T * k * 4);
+            C->moe_route(NULL, idx, w, lg, T, E, k, true);
+            C->moe_experts(NULL, y, x, idx, w, ex, E, T, k, H, I, ws);
+            if (with_sh) {
+                float *act = malloc((size_t)T * IS * 4), *o2 = malloc((size_t)T * H * 4);
+                C->swiglu(NULL, act, sg, su, (size_t)T * IS);
+                C->matmul(NULL, o2, act, &shd, T);
+                C->sigmoid_scale_rows(NULL, o2, ss, T, H);
+                C->add(NULL, y, o2, (size_t)T * H);
+                free(act), free(o2);
+            }
+            const dr_moe_shared sh = {dsg, dsu, dss, &shd};
+            const bool done = G->moe_decode(G->ctx, dy, di, dw, dl, dx, ex, E, T, k, true, H, I, with_sh ? &sh : NULL);
+            CHECK(done, "moe_decode T=%d: handled by the fused kernels", T);
+            int32_t *gi = malloc((size_t)T * k * 4);
+            G->download(G->ctx, gi, di, (size_t)T * k * 4);
+            float *got = dget(dy, (size_t)T * H);
+            CHECK_SHOW(!memcmp(gi, idx, (size_t)T * k * 4), "moe_decode T=%d k=%d: same experts as the CPU", T, k);
+            REPORT(rel_err(got, y, (size_t)T * H), TOL, "moe_decode bf16 T=%d E=%d k=%d H=%d I=%d shared %d", T, E, k,
+                   H, I, with_sh ? IS : 0);
+            free(lg), free(x), free(y), free(sg), free(su), free(ss), free(w), free(ws), free(idx), free(junk);
+            free(gi), free(got);
+            G->free(G->ctx, dl), G->free(G->ctx, dx), G->free(G->ctx, dsg), G->free(G->ctx, dsu);
+            G->free(G->ctx, dss), G->free(G->ctx, dy), G->free(G->ctx, dw), G->free(G->ctx, di);
+        }
+    for (int e = 0; e < E; e++) {
+        G->weight_free(G->ctx, &ex[e].gate);
+        G->weight_free(G->ctx, &ex[e].up);
+        G->weight_free(G->ctx, &ex[e].down);
+    }
+    G->weight_free(G->ctx, &shd);
+    for (int i = 0; i < 3 * E + 1; i++)
+        free(hs[i]);
+}
+
 int main(void) {
     int rc = cuda_test_open();
     if (rc == 77)
@@ -393,6 +455,7 @@ int main(void) {
     test_rope_attention();
     test_gdn();
     test_moe();
+    test_moe_decode();
     cuda_test_close();
     return TEST_DONE();
 }

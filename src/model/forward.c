@@ -197,6 +197,11 @@ static void moe_block(const dr_model *m, const dr_ffn_weights *f, dr_scratch *sc
     } else {
         o->matmul(c, sc->router, sc->xn, &f->router, T);
     }
+    const dr_moe_shared sh = {sc->ff_a, sc->ff_b, sc->sh_s, &f->sh_down};
+    if (o->moe_decode && o->moe_decode(c, sc->out, sc->moe_idx, sc->moe_w, sc->router, sc->xn, f->experts,
+                                       hp->n_experts, T, k, hp->norm_topk, H, hp->d_ff_expert,
+                                       f->has_shared ? &sh : NULL))
+        return; /* the backend's fused decode block: the same sums as below */
     o->moe_route(c, sc->moe_idx, sc->moe_w, sc->router, T, hp->n_experts, k, hp->norm_topk);
     o->zero(c, sc->out, (size_t)T * H * sizeof(float));
     o->moe_experts(c, sc->out, sc->xn, sc->moe_idx, sc->moe_w, f->experts, hp->n_experts, T, k, H, hp->d_ff_expert,

@@ -275,6 +275,8 @@ extern "C" dr_status dr_ops_cuda_create(const dr_backend_params *p, dr_ops **out
         {
             const char *pe = getenv("DR_CUDA_PDL");
             cx->pdl = prop.major >= 9 && !(pe && pe[0] == '0');
+            pe = getenv("DR_CUDA_DEC3");
+            cx->dec3 = !(pe && pe[0] == '0');
         }
         if (prop.major < 8) {
             st = DR_FAIL(DR_ERR_UNSUPPORTED, "device cuda:%d (%s): compute capability %d.%d, need 8.0 or newer",
@@ -337,6 +339,7 @@ extern "C" void dr_cuda_fill_table(dr_ops *o) {
     o->gated_rmsnorm = dr_cuda_gated_rmsnorm;
     o->moe_route = dr_cuda_moe_route;
     o->moe_experts = dr_cuda_moe_experts;
+    o->moe_decode = dr_cuda_moe_decode;
     o->kv_store = dr_cuda_kv_store;
     o->matmul_n = dr_cuda_matmul_n;
     o->add_rmsnorm = dr_cuda_add_rmsnorm;

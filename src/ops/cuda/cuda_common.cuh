@@ -73,6 +73,8 @@ typedef struct dr_cuda_ctx {
     int device;
     int n_sm;
     int pdl;               /* GEMVs launched with programmatic dependent launch (sm_90+, DR_CUDA_PDL != 0) */
+    int dec3;              /* decode round 3 (docs/CUDA.md): fused MoE decode kernels, PDL on norms, gdn_decode,
+                              route (DR_CUDA_DEC3=0: the previous kernels, a same-run baseline) */
     cudaStream_t stream;
     cublasHandle_t blas;
     void *scr[DR_SCR_N];   /* growable device scratch */
@@ -173,6 +175,16 @@ static __device__ __forceinline__ float dr_block_sum(float v, float *sh) {
     return dr_warp_sum(t);
 }
 
+/* A 16-byte weight load that does not allocate in L1 (each weight is read
+ * once; activations, read by every warp, stay there). */
+static __device__ __forceinline__ uint4 dr_ld_w(const uint4 *p) {
+    uint4 r;
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+        : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+        : "l"(p));
+    return r;
+}
+
 static __device__ __forceinline__ float dr_dev_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 static __device__ __forceinline__ float dr_dev_silu(float x) { return x / (1.0f + expf(-x)); }
 
@@ -190,6 +202,25 @@ static __device__ __forceinline__ void dr_pdl_trigger(void) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.launch_dependents;");
 #endif
+}
+
+/* Launch kernel k on the context's stream; with `pdl` (and cx->pdl) as a
+ * programmatic dependent launch: k may start while the previous kernel
+ * finishes, so it must call dr_pdl_wait() before it reads or writes anything
+ * but read-only weights. */
+template <typename... P, typename... A>
+static inline void dr_cuda_launch(dr_cuda_ctx *cx, bool pdl, void (*k)(P...), dim3 grid, dim3 block, A... args) {
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = 0;
+    cfg.stream = cx->stream;
+    cfg.attrs = at;
+    cfg.numAttrs = pdl && cx->pdl ? 1 : 0;
+    DR_CUDA_NOTE(cx, cudaLaunchKernelEx(&cfg, k, ((P)args)...));
 }
 
 static inline unsigned dr_cdiv(size_t a, size_t b) { return (unsigned)((a + b - 1) / b); }

@@ -39,9 +39,13 @@ __global__ void __launch_bounds__(1024)
                       const float *__restrict__ b, const float *__restrict__ a, float *conv_state,
                       float *__restrict__ state, const float *__restrict__ cw, int K, const float *__restrict__ A_log,
                       const float *__restrict__ dt_bias, const float *__restrict__ nw, int Hk, int Hv, int dk, int dv,
-                      float eps, int *cnt) {
+                      float eps, int *cnt, int pdl) {
     __shared__ float sq[GD_MAX], sk[GD_MAX], sv[GD_MAX], so[GD_MAX], red[32];
     __shared__ int last;
+    if (pdl) { /* round 3: out_proj's GEMV may start streaming its weights; launched early itself, so wait */
+        dr_pdl_trigger();
+        dr_pdl_wait();
+    }
     const int j = blockIdx.x, ratio = Hv / Hk, kh = j / ratio;
     const size_t C = (size_t)2 * Hk * dk + (size_t)Hv * dv;
     const int tid = threadIdx.x, nt = blockDim.x;
@@ -183,9 +187,9 @@ void dr_cuda_gdn_decode(void *ctx, float *y, const float *qkv_raw, const float *
     }
     const unsigned threads = 32u * (unsigned)((dv + 7) / 8);
 #define GD_LAUNCH(R)                                                                                             \
-    gdn_decode_kernel<R><<<(unsigned)Hv, threads, 0, cx->stream>>>(y, qkv_raw, z, b, a, conv_state, state, conv_w, \
-                                                                   K, A_log, dt_bias, norm_w, Hk, Hv, dk, dv, eps,  \
-                                                                   cx->gdn_cnt)
+    dr_cuda_launch(cx, cx->dec3, gdn_decode_kernel<R>, dim3((unsigned)Hv), dim3(threads), y, qkv_raw, z, b, a,     \
+                   conv_state, state, conv_w, K, A_log, dt_bias, norm_w, Hk, Hv, dk, dv, eps, cx->gdn_cnt,        \
+                   cx->dec3)
     if (dk <= 32)
         GD_LAUNCH(8);
     else if (dk <= 64)
@@ -195,5 +199,4 @@ void dr_cuda_gdn_decode(void *ctx, float *y, const float *qkv_raw, const float *
     else
         GD_LAUNCH(64);
 #undef GD_LAUNCH
-    DR_CUDA_LAUNCHED(cx);
 }

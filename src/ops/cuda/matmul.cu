@@ -198,15 +198,8 @@ __global__ void __launch_bounds__(256) gemv_kernel(const gemv_set set, const flo
 }
 
 
-/* Weight loads that do not allocate in L1 (each weight is read once; x, read
- * by every warp, stays there). */
-static __device__ __forceinline__ uint4 ld_w(const uint4 *p) {
-    uint4 r;
-    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
-        : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
-        : "l"(p));
-    return r;
-}
+/* Weight loads that do not allocate in L1 (cuda_common.cuh). */
+static __device__ __forceinline__ uint4 ld_w(const uint4 *p) { return dr_ld_w(p); }
 
 /* Default decode GEMV (16-byte aligned rows and x, n a multiple of the
  * vector width): each warp owns R consecutive rows and keeps R x U 16-byte

@@ -23,6 +23,8 @@
 /* ---- router: one warp per token ---- */
 
 __global__ void route_kernel(int32_t *idx, float *wts, const float *logits, int T, int E, int k, int renorm) {
+    dr_pdl_trigger(); /* round 3: the expert kernels may be scheduled */
+    dr_pdl_wait();    /* launched early (PDL): the logits come from the GEMV before */
     const int lane = threadIdx.x & 31;
     const int t = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (t >= T)
@@ -77,6 +79,8 @@ __global__ void route_kernel(int32_t *idx, float *wts, const float *logits, int 
  * Pick j ends in lane j (k <= 32). */
 template <int PER>
 __global__ void route_reg_kernel(int32_t *idx, float *wts, const float *logits, int T, int E, int k, int renorm) {
+    dr_pdl_trigger(); /* round 3: the expert kernels may be scheduled */
+    dr_pdl_wait();    /* launched early (PDL): the logits come from the GEMV before */
     const int lane = threadIdx.x & 31;
     const int t = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (t >= T)
@@ -144,13 +148,14 @@ void dr_cuda_moe_route(void *ctx, int32_t *idx, float *wts, const float *logits,
         cx->failed = 1;
         return;
     }
+    const dim3 grid(dr_cdiv((size_t)T, 4)), block(128);
+    const int rn = renorm ? 1 : 0;
     if (E <= 256)
-        route_reg_kernel<8><<<dr_cdiv((size_t)T, 4), 128, 0, cx->stream>>>(idx, wts, logits, T, E, k, renorm ? 1 : 0);
+        dr_cuda_launch(cx, cx->dec3, route_reg_kernel<8>, grid, block, idx, wts, logits, T, E, k, rn);
     else if (E <= 512)
-        route_reg_kernel<16><<<dr_cdiv((size_t)T, 4), 128, 0, cx->stream>>>(idx, wts, logits, T, E, k, renorm ? 1 : 0);
+        dr_cuda_launch(cx, cx->dec3, route_reg_kernel<16>, grid, block, idx, wts, logits, T, E, k, rn);
     else
-        route_kernel<<<dr_cdiv((size_t)T, 4), 128, 0, cx->stream>>>(idx, wts, logits, T, E, k, renorm ? 1 : 0);
-    DR_CUDA_LAUNCHED(cx);
+        dr_cuda_launch(cx, cx->dec3, route_kernel, grid, block, idx, wts, logits, T, E, k, rn);
 }
 
 /* ---- expert pointer table ---- */
@@ -298,6 +303,172 @@ __global__ void moe_swiglu_kernel(float *g, const float *u, size_t n) {
         g[i] = dr_dev_silu(g[i]) * u[i];
 }
 
+/* ---- decode kernels, round 3 (BF16 experts, 16-byte aligned rows) ----
+ * The weights stream as in matmul.cu's rows kernel: 16-byte loads that do
+ * not allocate in L1, several in flight per lane before their first use,
+ * programmatic dependent launch. The expert ids come from the router kernel
+ * just before, so nothing of a routed expert can be read before
+ * dr_pdl_wait(); the shared expert's down rows can. */
+
+#define MD_U 4 /* gate/up kernel: 16-byte loads in flight per lane and matrix */
+#define MD_J 8 /* down kernel: picks whose rows are in flight together */
+
+/* s + the 8 bf16 weights of u times x0, x1 (index order) */
+static __device__ __forceinline__ float dot8_bf16(const uint4 &u, const float4 &x0, const float4 &x1, float s) {
+    return s + (__uint_as_float(u.x << 16) * x0.x + __uint_as_float(u.x & 0xffff0000u) * x0.y +
+                __uint_as_float(u.y << 16) * x0.z + __uint_as_float(u.y & 0xffff0000u) * x0.w +
+                __uint_as_float(u.z << 16) * x1.x + __uint_as_float(u.z & 0xffff0000u) * x1.y +
+                __uint_as_float(u.w << 16) * x1.z + __uint_as_float(u.w & 0xffff0000u) * x1.w);
+}
+
+/* act[r, i] = silu(gate_e[i] . x_t) * (up_e[i] . x_t), r = t*k + j, e = idx[r]:
+ * one warp per (r, i), the gate and up rows streamed together (2 * MD_U loads
+ * in flight per lane). 8 experts x 512 rows = 4096 warps at T = 1: about 31
+ * per SM on 132 SMs, one wave. */
+__global__ void __launch_bounds__(256) moe_gu_bf16_kernel(float *__restrict__ act, const float *__restrict__ x,
+                                                          const int32_t *__restrict__ idx,
+                                                          const void *const *__restrict__ tab, int E, int k, int H,
+                                                          int I) {
+    dr_pdl_trigger(); /* the down kernel may start: it prefetches only the shared expert's weights */
+    dr_pdl_wait();    /* idx (router) and x come from earlier kernels */
+    const int lane = threadIdx.x & 31, i = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), r = blockIdx.y;
+    if (i >= I)
+        return;
+    const int e = idx[r], nv = H / 8;
+    const uint4 *g = (const uint4 *)tab[e] + (size_t)i * nv, *u = (const uint4 *)tab[E + e] + (size_t)i * nv;
+    const float4 *xv = (const float4 *)(x + (size_t)(r / k) * H);
+    float sg = 0.0f, su = 0.0f;
+    for (int v0 = lane; v0 < nv; v0 += 32 * MD_U) {
+        uint4 a[MD_U], b[MD_U];
+#pragma unroll
+        for (int q = 0; q < MD_U; q++) {
+            const int v = v0 + 32 * q;
+            a[q] = v < nv ? dr_ld_w(g + v) : make_uint4(0, 0, 0, 0);
+            b[q] = v < nv ? dr_ld_w(u + v) : make_uint4(0, 0, 0, 0);
+        }
+#pragma unroll
+        for (int q = 0; q < MD_U; q++) {
+            const int v = v0 + 32 * q;
+            if (v < nv) {
+                const float4 x0 = __ldg(xv + 2 * v), x1 = __ldg(xv + 2 * v + 1);
+                sg = dot8_bf16(a[q], x0, x1, sg);
+                su = dot8_bf16(b[q], x0, x1, su);
+            }
+        }
+    }
+    sg = dr_warp_sum(sg);
+    su = dr_warp_sum(su);
+    if (lane == 0)
+        act[(size_t)r * I + i] = dr_dev_silu(sg) * su;
+}
+
+/* y[t, h] = (acc_y ? y[t, h] : 0) + sum_j wts[t, j] * (down_{e_j}[h] . act[t*k + j]), j in pick order (the
+ * CPU's order), then + sigmoid(shs[t]) * (shd[h] . silu(shg[t]) * shu[t]) when shd is given (the shared
+ * expert, MODEL.md 6.2; the same products as swiglu + matmul + sigmoid_scale_rows + add). One warp per
+ * (t, h): up to MD_J down rows, 2 loads each per lane, in flight together; the first two 16-byte
+ * pieces of the shared row are loaded before dr_pdl_wait(). */
+__global__ void __launch_bounds__(128) moe_down_bf16_kernel(float *__restrict__ y, const float *__restrict__ act,
+                                                            const int32_t *__restrict__ idx,
+                                                            const float *__restrict__ wts,
+                                                            const void *const *__restrict__ tab, int E, int k, int H,
+                                                            int I, int acc_y, const uint4 *__restrict__ shd,
+                                                            const float *__restrict__ shg,
+                                                            const float *__restrict__ shu,
+                                                            const float *__restrict__ shs, int Is) {
+    dr_pdl_trigger();
+    const int lane = threadIdx.x & 31, h = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), t = blockIdx.y;
+    const int nvs = Is / 8;
+    const uint4 *sr = shd ? shd + (size_t)(h < H ? h : 0) * nvs : NULL;
+    uint4 sp[2];
+#pragma unroll
+    for (int q = 0; q < 2; q++)
+        sp[q] = sr && lane + 32 * q < nvs ? dr_ld_w(sr + lane + 32 * q) : make_uint4(0, 0, 0, 0);
+    dr_pdl_wait(); /* act, idx, wts and the shared projections come from earlier kernels */
+    if (h >= H)
+        return;
+    const int nv = I / 8;
+    const int32_t *it = idx + (size_t)t * k;
+    float acc = acc_y ? y[(size_t)t * H + h] : 0.0f;
+    for (int j0 = 0; j0 < k; j0 += MD_J) {
+        const uint4 *dw[MD_J];
+        float d[MD_J];
+#pragma unroll
+        for (int jj = 0; jj < MD_J; jj++) {
+            dw[jj] = j0 + jj < k ? (const uint4 *)tab[2 * E + it[j0 + jj]] + (size_t)h * nv : NULL;
+            d[jj] = 0.0f;
+        }
+        for (int v0 = lane; v0 < nv; v0 += 64) {
+            uint4 w[MD_J][2];
+#pragma unroll
+            for (int jj = 0; jj < MD_J; jj++)
+#pragma unroll
+                for (int q = 0; q < 2; q++)
+                    w[jj][q] = dw[jj] && v0 + 32 * q < nv ? dr_ld_w(dw[jj] + v0 + 32 * q) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+            for (int jj = 0; jj < MD_J; jj++)
+#pragma unroll
+                for (int q = 0; q < 2; q++) {
+                    const int v = v0 + 32 * q;
+                    if (dw[jj] && v < nv) {
+                        const float4 *av = (const float4 *)(act + ((size_t)t * k + j0 + jj) * I) + 2 * v;
+                        d[jj] = dot8_bf16(w[jj][q], __ldg(av), __ldg(av + 1), d[jj]);
+                    }
+                }
+        }
+#pragma unroll
+        for (int jj = 0; jj < MD_J; jj++)
+            if (j0 + jj < k) /* the same for the whole warp */
+                acc += wts[(size_t)t * k + j0 + jj] * dr_warp_sum(d[jj]);
+    }
+    if (sr) {
+        const float *gt = shg + (size_t)t * Is, *ut = shu + (size_t)t * Is;
+        float s = 0.0f;
+        for (int v0 = lane; v0 < nvs; v0 += 64) {
+            uint4 w[2];
+#pragma unroll
+            for (int q = 0; q < 2; q++)
+                w[q] = v0 == lane ? sp[q] : v0 + 32 * q < nvs ? dr_ld_w(sr + v0 + 32 * q) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+            for (int q = 0; q < 2; q++) {
+                const int v = v0 + 32 * q;
+                if (v < nvs) {
+                    float a[8];
+#pragma unroll
+                    for (int c = 0; c < 8; c++)
+                        a[c] = dr_dev_silu(gt[8 * v + c]) * ut[8 * v + c];
+                    s = dot8_bf16(w[q], make_float4(a[0], a[1], a[2], a[3]), make_float4(a[4], a[5], a[6], a[7]), s);
+                }
+            }
+        }
+        acc += dr_warp_sum(s) * dr_dev_sigmoid(shs[t]);
+    }
+    if (lane == 0)
+        y[(size_t)t * H + h] = acc;
+}
+
+/* The round-3 kernels serve: BF16 experts, H and I multiples of 8, x 16-byte aligned. */
+static bool experts_fast_ok(const dr_cuda_ctx *cx, const dr_expert *ex, const float *x, int H, int I) {
+    return cx->dec3 && ex[0].gate.dtype == DR_DT_BF16 && ex[0].up.dtype == DR_DT_BF16 &&
+           ex[0].down.dtype == DR_DT_BF16 && H % 8 == 0 && I % 8 == 0 && (uintptr_t)x % 16 == 0;
+}
+
+/* gate/up (+ SiLU * up) for the T*k picks, then down + weighted sum (+ the
+ * shared expert's down when sh is given): two launches. acc_y: add to y. */
+static void experts_fast(dr_cuda_ctx *cx, float *y, const float *x, const int32_t *idx, const float *wts,
+                         const void *const *tab, int E, int T, int k, int H, int I, int acc_y,
+                         const dr_moe_shared *sh, int Is) {
+    const int R = T * k;
+    float *act = (float *)dr_cuda_scratch(cx, DR_SCR_MOE, (size_t)R * I * sizeof(float));
+    if (!act)
+        return;
+    dr_cuda_launch(cx, true, moe_gu_bf16_kernel, dim3(dr_cdiv((size_t)I, 8), (unsigned)R), dim3(256), act, x, idx,
+                   tab, E, k, H, I);
+    const uint4 *shd = sh ? (const uint4 *)sh->down->dev : NULL;
+    dr_cuda_launch(cx, true, moe_down_bf16_kernel, dim3(dr_cdiv((size_t)H, 4), (unsigned)T), dim3(128), y,
+                   (const float *)act, idx, wts, tab, E, k, H, I, acc_y, shd, sh ? sh->gate : NULL,
+                   sh ? sh->up : NULL, sh ? sh->s : NULL, Is);
+}
+
 static unsigned grid_cap(const dr_cuda_ctx *cx, size_t n) {
     size_t b = (n + 255) / 256, cap = (size_t)cx->n_sm * 16;
     return (unsigned)(b < 1 ? 1 : b > cap ? cap : b);
@@ -308,6 +479,10 @@ static void experts_decode(dr_cuda_ctx *cx, float *y, const float *x, const int3
     const void *const *tab = expert_table(cx, ex, E);
     if (!tab)
         return;
+    if (experts_fast_ok(cx, ex, x, H, I)) {
+        experts_fast(cx, y, x, idx, wts, tab, E, T, k, H, I, 1, NULL, 0);
+        return;
+    }
     const int R = T * k;
     float *act = (float *)dr_cuda_scratch(cx, DR_SCR_MOE, ((size_t)R * I + (size_t)R * H) * sizeof(float));
     if (!act)
@@ -421,4 +596,27 @@ void dr_cuda_moe_experts(void *ctx, float *y, const float *x, const int32_t *idx
         experts_decode(cx, y, x, idx, wts, experts, E, T, k, H, I);
     else if (!dr_cuda_moe_prefill(cx, y, x, idx, wts, experts, expert_table, E, T, k, H, I)) /* moe_prefill.cu */
         experts_grouped(cx, y, x, idx, wts, experts, E, T, k, H, I);
+}
+
+bool dr_cuda_moe_decode(void *ctx, float *y, int32_t *idx, float *wts, const float *logits, const float *x,
+                        const dr_expert *experts, int E, int T, int k, bool renorm, int H, int I,
+                        const dr_moe_shared *sh) {
+    dr_cuda_ctx *cx = (dr_cuda_ctx *)ctx;
+    if (T < 1 || T > MOE_GEMV_T || E <= 0 || k < 1 || k > E || k > ROUTE_MAX_K ||
+        !experts_fast_ok(cx, experts, x, H, I) || (uintptr_t)y % 16)
+        return false;
+    int Is = 0;
+    if (sh) {
+        const dr_tensor *d = sh->down;
+        if (!d || !d->dev || d->dtype != DR_DT_BF16 || !sh->gate || !sh->up || !sh->s || d->ndim != 2 ||
+            (int)d->ne[0] != H || (int)d->ne[1] % 8 || (uintptr_t)d->dev % 16)
+            return false;
+        Is = (int)d->ne[1];
+    }
+    const void *const *tab = expert_table(cx, experts, E);
+    if (!tab) /* failed (recorded) or first use while recording (the step runs again) */
+        return true;
+    dr_cuda_moe_route(ctx, idx, wts, logits, T, E, k, renorm);
+    experts_fast(cx, y, x, idx, wts, tab, E, T, k, H, I, 0, sh, Is);
+    return true;
 }
