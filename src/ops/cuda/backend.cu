@@ -8,6 +8,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+/* Round 3's PDL launches of the norms and the fused GDN step (cuda_common.cuh
+ * pdl_norm / pdl_gdn): measured in docs/CUDA.md, "Decode round 3". */
+#define DR_CUDA_PDL_NORM_DEFAULT 1
+#define DR_CUDA_PDL_GDN_DEFAULT 1
+
 extern "C" void dr_cuda_note_fail(dr_cuda_ctx *cx, const char *file, int line, const char *stmt, cudaError_t e) {
     if (cx->capturing) { /* the recording is dropped and the step runs again without it */
         cx->cap_bad = 1;
@@ -277,6 +282,10 @@ extern "C" dr_status dr_ops_cuda_create(const dr_backend_params *p, dr_ops **out
             cx->pdl = prop.major >= 9 && !(pe && pe[0] == '0');
             pe = getenv("DR_CUDA_DEC3");
             cx->dec3 = !(pe && pe[0] == '0');
+            pe = getenv("DR_CUDA_PDL_NORM");
+            cx->pdl_norm = !cx->dec3 ? 0 : pe && pe[0] >= '0' && pe[0] <= '2' ? pe[0] - '0' : DR_CUDA_PDL_NORM_DEFAULT;
+            pe = getenv("DR_CUDA_PDL_GDN");
+            cx->pdl_gdn = !cx->dec3 ? 0 : pe && pe[0] >= '0' && pe[0] <= '2' ? pe[0] - '0' : DR_CUDA_PDL_GDN_DEFAULT;
         }
         if (prop.major < 8) {
             st = DR_FAIL(DR_ERR_UNSUPPORTED, "device cuda:%d (%s): compute capability %d.%d, need 8.0 or newer",

@@ -75,6 +75,8 @@ typedef struct dr_cuda_ctx {
     int pdl;               /* GEMVs launched with programmatic dependent launch (sm_90+, DR_CUDA_PDL != 0) */
     int dec3;              /* decode round 3 (docs/CUDA.md): fused MoE decode kernels, PDL on norms, gdn_decode,
                               route (DR_CUDA_DEC3=0: the previous kernels, a same-run baseline) */
+    int pdl_norm, pdl_gdn; /* round 3: rmsnorm/add_rmsnorm and gdn_decode launched with PDL: 0 no, 1 (trigger
+                              at their start), 2 (trigger once their inputs are ready); DR_CUDA_PDL_NORM/_GDN */
     cudaStream_t stream;
     cublasHandle_t blas;
     void *scr[DR_SCR_N];   /* growable device scratch */
@@ -207,16 +209,17 @@ static __device__ __forceinline__ void dr_pdl_trigger(void) {
 /* Launch kernel k on the context's stream; with `pdl` (and cx->pdl) as a
  * programmatic dependent launch: k may start while the previous kernel
  * finishes, so it must call dr_pdl_wait() before it reads or writes anything
- * but read-only weights. */
+ * but read-only weights. smem: dynamic shared memory bytes. */
 template <typename... P, typename... A>
-static inline void dr_cuda_launch(dr_cuda_ctx *cx, bool pdl, void (*k)(P...), dim3 grid, dim3 block, A... args) {
+static inline void dr_cuda_launch(dr_cuda_ctx *cx, bool pdl, void (*k)(P...), dim3 grid, dim3 block, size_t smem,
+                                  A... args) {
     cudaLaunchAttribute at[1];
     at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
     at[0].val.programmaticStreamSerializationAllowed = 1;
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = grid;
     cfg.blockDim = block;
-    cfg.dynamicSmemBytes = 0;
+    cfg.dynamicSmemBytes = smem;
     cfg.stream = cx->stream;
     cfg.attrs = at;
     cfg.numAttrs = pdl && cx->pdl ? 1 : 0;

@@ -14,9 +14,12 @@ static unsigned grid_for(const dr_cuda_ctx *cx, size_t n) {
 
 /* y = x / sqrt(mean(x^2) + eps) * gain; in place allowed (each element is
  * read and written by one thread, after the reduction). */
-__global__ void rmsnorm_kernel(float *y, const float *x, const float *gain, int n, float eps) {
-    dr_pdl_trigger(); /* the next GEMV may start streaming its weights */
-    dr_pdl_wait();    /* launched early (PDL): x is written by the previous kernel */
+__global__ void rmsnorm_kernel(float *y, const float *x, const float *gain, int n, float eps, int late) {
+    if (!late)
+        dr_pdl_trigger(); /* the next GEMV may start streaming its weights */
+    dr_pdl_wait();        /* launched early (PDL): x is written by the previous kernel */
+    if (late)
+        dr_pdl_trigger();
     __shared__ float sh[32];
     const float *xr = x + (size_t)blockIdx.x * n;
     float *yr = y + (size_t)blockIdx.x * n;
@@ -53,9 +56,13 @@ __global__ void gated_rmsnorm_kernel(float *y, const float *x, const float *z, c
 
 /* x += d, then y = x / rms(x) * gain (the residual add and the next
  * pre-norm in one pass; the same sums as add + rmsnorm). */
-__global__ void add_rmsnorm_kernel(float *x, const float *d, float *y, const float *gain, int n, float eps) {
-    dr_pdl_trigger(); /* the next GEMV may start streaming its weights */
-    dr_pdl_wait();    /* launched early (PDL): d is written by the previous kernel */
+__global__ void add_rmsnorm_kernel(float *x, const float *d, float *y, const float *gain, int n, float eps,
+                                   int late) {
+    if (!late)
+        dr_pdl_trigger(); /* the next GEMV may start streaming its weights */
+    dr_pdl_wait();        /* launched early (PDL): d is written by the previous kernel */
+    if (late)
+        dr_pdl_trigger();
     __shared__ float sh[32];
     float *xr = x + (size_t)blockIdx.x * n;
     const float *dr = d + (size_t)blockIdx.x * n;
@@ -94,8 +101,9 @@ void dr_cuda_rmsnorm(void *ctx, float *y, const float *x, const float *gain, int
     dr_cuda_ctx *cx = (dr_cuda_ctx *)ctx;
     if (rows <= 0)
         return;
-    /* PDL (round 3): the block is resident and waiting when the kernel before ends */
-    dr_cuda_launch(cx, cx->dec3, rmsnorm_kernel, dim3(rows), dim3(norm_threads(cx, rows, n)), y, x, gain, n, eps);
+    /* PDL (round 3, cx->pdl_norm): the block is resident and waiting when the kernel before ends */
+    dr_cuda_launch(cx, cx->pdl_norm > 0, rmsnorm_kernel, dim3(rows), dim3(norm_threads(cx, rows, n)), 0, y, x, gain,
+                   n, eps, cx->pdl_norm == 2 ? 1 : 0);
 }
 
 void dr_cuda_add_rmsnorm(void *ctx, float *x, const float *d, float *y, const float *gain, int rows, int n,
@@ -103,8 +111,8 @@ void dr_cuda_add_rmsnorm(void *ctx, float *x, const float *d, float *y, const fl
     dr_cuda_ctx *cx = (dr_cuda_ctx *)ctx;
     if (rows <= 0)
         return;
-    dr_cuda_launch(cx, cx->dec3, add_rmsnorm_kernel, dim3(rows), dim3(norm_threads(cx, rows, n)), x, d, y, gain, n,
-                   eps);
+    dr_cuda_launch(cx, cx->pdl_norm > 0, add_rmsnorm_kernel, dim3(rows), dim3(norm_threads(cx, rows, n)), 0, x, d,
+                   y, gain, n, eps, cx->pdl_norm == 2 ? 1 : 0);
 }
 
 void dr_cuda_gated_rmsnorm(void *ctx, float *y, const float *x, const float *z, const float *w, int rows, int n,

@@ -42,27 +42,43 @@ __global__ void __launch_bounds__(1024)
                       float eps, int *cnt, int pdl) {
     __shared__ float sq[GD_MAX], sk[GD_MAX], sv[GD_MAX], so[GD_MAX], red[32];
     __shared__ int last;
-    if (pdl) { /* round 3: out_proj's GEMV may start streaming its weights; launched early itself, so wait */
+    /* round 3 (pdl 1 or 2): launched early, so wait; out_proj's GEMV may start streaming its weights
+       (1: at once, 2: once this kernel's inputs are ready) */
+    if (pdl == 1)
         dr_pdl_trigger();
-        dr_pdl_wait();
-    }
+    dr_pdl_wait();
+    if (pdl == 2)
+        dr_pdl_trigger();
     const int j = blockIdx.x, ratio = Hv / Hk, kh = j / ratio;
     const size_t C = (size_t)2 * Hk * dk + (size_t)Hv * dv;
     const int tid = threadIdx.x, nt = blockDim.x;
+
+    /* The head's fp32 state is loaded first, so its DRAM round trip overlaps
+       the conv and the norms instead of following them (round 3). */
+    const int lane = tid & 31, rg = lane >> 3, cc = lane & 7;
+    const int c = (tid >> 5) * 8 + cc;
+    const bool cok = c < dv;
+    float *S = state + (size_t)j * dk * dv;
+    float s[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        const int i = rg + 4 * r;
+        s[r] = (cok && i < dk) ? S[(size_t)i * dv + c] : 0.0f;
+    }
 
     /* 1. conv + SiLU */
     for (int e = tid; e < 2 * dk + dv; e += nt) {
         const int ch = gd_channel(e, kh, j, Hk, dk, dv);
         const float cur = m[ch];
-        float old[GD_MAX_K], s = 0.0f;
+        float old[GD_MAX_K], cs = 0.0f;
 #pragma unroll
         for (int t = 0; t < GD_MAX_K - 1; t++)
             if (t < K - 1) {
                 old[t] = conv_state[(size_t)(t + 1) * C + ch];
-                s += cw[(size_t)ch * K + t] * old[t];
+                cs += cw[(size_t)ch * K + t] * old[t];
             }
-        s += cw[(size_t)ch * K + K - 1] * cur;
-        const float o = dr_dev_silu(s);
+        cs += cw[(size_t)ch * K + K - 1] * cur;
+        const float o = dr_dev_silu(cs);
         if (e < dk)
             sq[e] = o;
         else if (e < 2 * dk)
@@ -110,17 +126,7 @@ __global__ void __launch_bounds__(1024)
     const float beta = dr_dev_sigmoid(b[j]);
     const float decay = expf(-expf(A_log[j]) * sp);
 
-    /* 3. the delta rule */
-    const int lane = tid & 31, rg = lane >> 3, cc = lane & 7;
-    const int c = (tid >> 5) * 8 + cc;
-    const bool cok = c < dv;
-    float *S = state + (size_t)j * dk * dv;
-    float s[R];
-#pragma unroll
-    for (int r = 0; r < R; r++) {
-        const int i = rg + 4 * r;
-        s[r] = (cok && i < dk) ? S[(size_t)i * dv + c] : 0.0f;
-    }
+    /* 3. the delta rule (state s loaded above) */
     float u = 0.0f;
 #pragma unroll
     for (int r = 0; r < R; r++) {
@@ -187,9 +193,9 @@ void dr_cuda_gdn_decode(void *ctx, float *y, const float *qkv_raw, const float *
     }
     const unsigned threads = 32u * (unsigned)((dv + 7) / 8);
 #define GD_LAUNCH(R)                                                                                             \
-    dr_cuda_launch(cx, cx->dec3, gdn_decode_kernel<R>, dim3((unsigned)Hv), dim3(threads), y, qkv_raw, z, b, a,     \
-                   conv_state, state, conv_w, K, A_log, dt_bias, norm_w, Hk, Hv, dk, dv, eps, cx->gdn_cnt,        \
-                   cx->dec3)
+    dr_cuda_launch(cx, cx->pdl_gdn > 0, gdn_decode_kernel<R>, dim3((unsigned)Hv), dim3(threads), 0, y, qkv_raw, z, \
+                   b, a, conv_state, state, conv_w, K, A_log, dt_bias, norm_w, Hk, Hv, dk, dv, eps, cx->gdn_cnt,   \
+                   cx->pdl_gdn)
     if (dk <= 32)
         GD_LAUNCH(8);
     else if (dk <= 64)

@@ -151,11 +151,11 @@ void dr_cuda_moe_route(void *ctx, int32_t *idx, float *wts, const float *logits,
     const dim3 grid(dr_cdiv((size_t)T, 4)), block(128);
     const int rn = renorm ? 1 : 0;
     if (E <= 256)
-        dr_cuda_launch(cx, cx->dec3, route_reg_kernel<8>, grid, block, idx, wts, logits, T, E, k, rn);
+        dr_cuda_launch(cx, cx->dec3, route_reg_kernel<8>, grid, block, 0, idx, wts, logits, T, E, k, rn);
     else if (E <= 512)
-        dr_cuda_launch(cx, cx->dec3, route_reg_kernel<16>, grid, block, idx, wts, logits, T, E, k, rn);
+        dr_cuda_launch(cx, cx->dec3, route_reg_kernel<16>, grid, block, 0, idx, wts, logits, T, E, k, rn);
     else
-        dr_cuda_launch(cx, cx->dec3, route_kernel, grid, block, idx, wts, logits, T, E, k, rn);
+        dr_cuda_launch(cx, cx->dec3, route_kernel, grid, block, 0, idx, wts, logits, T, E, k, rn);
 }
 
 /* ---- expert pointer table ---- */
@@ -312,6 +312,7 @@ __global__ void moe_swiglu_kernel(float *g, const float *u, size_t n) {
 
 #define MD_U 4 /* gate/up kernel: 16-byte loads in flight per lane and matrix */
 #define MD_J 8 /* down kernel: picks whose rows are in flight together */
+#define MD_SMEM (48 * 1024) /* the activations each block stages in shared memory */
 
 /* s + the 8 bf16 weights of u times x0, x1 (index order) */
 static __device__ __forceinline__ float dot8_bf16(const uint4 &u, const float4 &x0, const float4 &x1, float s) {
@@ -323,51 +324,82 @@ static __device__ __forceinline__ float dot8_bf16(const uint4 &u, const float4 &
 
 /* act[r, i] = silu(gate_e[i] . x_t) * (up_e[i] . x_t), r = t*k + j, e = idx[r]:
  * one warp per (r, i), the gate and up rows streamed together (2 * MD_U loads
- * in flight per lane). 8 experts x 512 rows = 4096 warps at T = 1: about 31
- * per SM on 132 SMs, one wave. */
+ * in flight per lane); x_t is staged in shared memory once per block while
+ * the first loads are in flight (read through L1 it cost one cache round
+ * trip per 16-byte piece). 8 experts x 512 rows = 4096 warps at T = 1. */
 __global__ void __launch_bounds__(256) moe_gu_bf16_kernel(float *__restrict__ act, const float *__restrict__ x,
                                                           const int32_t *__restrict__ idx,
                                                           const void *const *__restrict__ tab, int E, int k, int H,
                                                           int I) {
+    extern __shared__ float4 md_sx[];
     dr_pdl_trigger(); /* the down kernel may start: it prefetches only the shared expert's weights */
     dr_pdl_wait();    /* idx (router) and x come from earlier kernels */
-    const int lane = threadIdx.x & 31, i = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), r = blockIdx.y;
-    if (i >= I)
-        return;
+    const int lane = threadIdx.x & 31, r = blockIdx.y;
+    const int i0 = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    const bool live = i0 < I;
+    const int i = live ? i0 : I - 1; /* a warp past the end streams row I-1 too (it must reach the barrier) */
     const int e = idx[r], nv = H / 8;
     const uint4 *g = (const uint4 *)tab[e] + (size_t)i * nv, *u = (const uint4 *)tab[E + e] + (size_t)i * nv;
+    uint4 a[MD_U], b[MD_U];
+#pragma unroll
+    for (int q = 0; q < MD_U; q++) {
+        const int v = lane + 32 * q;
+        a[q] = v < nv ? dr_ld_w(g + v) : make_uint4(0, 0, 0, 0);
+        b[q] = v < nv ? dr_ld_w(u + v) : make_uint4(0, 0, 0, 0);
+    }
     const float4 *xv = (const float4 *)(x + (size_t)(r / k) * H);
+    for (int c = threadIdx.x; c < 2 * nv; c += blockDim.x)
+        md_sx[c] = __ldg(xv + c);
+    __syncthreads();
     float sg = 0.0f, su = 0.0f;
-    for (int v0 = lane; v0 < nv; v0 += 32 * MD_U) {
-        uint4 a[MD_U], b[MD_U];
+    for (int v0 = lane;;) {
+#pragma unroll
+        for (int q = 0; q < MD_U; q++) {
+            const int v = v0 + 32 * q;
+            if (v < nv) {
+                const float4 x0 = md_sx[2 * v], x1 = md_sx[2 * v + 1];
+                sg = dot8_bf16(a[q], x0, x1, sg);
+                su = dot8_bf16(b[q], x0, x1, su);
+            }
+        }
+        v0 += 32 * MD_U;
+        if (v0 >= nv)
+            break;
 #pragma unroll
         for (int q = 0; q < MD_U; q++) {
             const int v = v0 + 32 * q;
             a[q] = v < nv ? dr_ld_w(g + v) : make_uint4(0, 0, 0, 0);
             b[q] = v < nv ? dr_ld_w(u + v) : make_uint4(0, 0, 0, 0);
         }
-#pragma unroll
-        for (int q = 0; q < MD_U; q++) {
-            const int v = v0 + 32 * q;
-            if (v < nv) {
-                const float4 x0 = __ldg(xv + 2 * v), x1 = __ldg(xv + 2 * v + 1);
-                sg = dot8_bf16(a[q], x0, x1, sg);
-                su = dot8_bf16(b[q], x0, x1, su);
-            }
-        }
     }
     sg = dr_warp_sum(sg);
     su = dr_warp_sum(su);
-    if (lane == 0)
+    if (live && lane == 0)
         act[(size_t)r * I + i] = dr_dev_silu(sg) * su;
+}
+
+/* Down rows of picks j0 .. j0+MD_J-1 of token t for row h (NULL past k), and
+ * their first 16-byte pieces (2 per lane). */
+static __device__ __forceinline__ void md_down_rows(const uint4 **dw, uint4 (*w)[2], const int32_t *it,
+                                                    const void *const *tab, int E, int k, int j0, size_t off, int lane,
+                                                    int nv) {
+#pragma unroll
+    for (int jj = 0; jj < MD_J; jj++)
+        dw[jj] = j0 + jj < k ? (const uint4 *)tab[2 * E + it[j0 + jj]] + off : NULL;
+#pragma unroll
+    for (int jj = 0; jj < MD_J; jj++)
+#pragma unroll
+        for (int q = 0; q < 2; q++)
+            w[jj][q] = dw[jj] && lane + 32 * q < nv ? dr_ld_w(dw[jj] + lane + 32 * q) : make_uint4(0, 0, 0, 0);
 }
 
 /* y[t, h] = (acc_y ? y[t, h] : 0) + sum_j wts[t, j] * (down_{e_j}[h] . act[t*k + j]), j in pick order (the
  * CPU's order), then + sigmoid(shs[t]) * (shd[h] . silu(shg[t]) * shu[t]) when shd is given (the shared
  * expert, MODEL.md 6.2; the same products as swiglu + matmul + sigmoid_scale_rows + add). One warp per
- * (t, h): up to MD_J down rows, 2 loads each per lane, in flight together; the first two 16-byte
- * pieces of the shared row are loaded before dr_pdl_wait(). */
-__global__ void __launch_bounds__(128) moe_down_bf16_kernel(float *__restrict__ y, const float *__restrict__ act,
+ * (t, h): the down rows of MD_J picks, 2 loads each per lane, in flight together. The block stages the
+ * token's k activation rows and the shared expert's silu(g) * u in shared memory while the first loads
+ * are in flight; the shared row's first pieces are loaded before dr_pdl_wait(). */
+__global__ void __launch_bounds__(256) moe_down_bf16_kernel(float *__restrict__ y, const float *__restrict__ act,
                                                             const int32_t *__restrict__ idx,
                                                             const float *__restrict__ wts,
                                                             const void *const *__restrict__ tab, int E, int k, int H,
@@ -375,81 +407,93 @@ __global__ void __launch_bounds__(128) moe_down_bf16_kernel(float *__restrict__ 
                                                             const float *__restrict__ shg,
                                                             const float *__restrict__ shu,
                                                             const float *__restrict__ shs, int Is) {
+    extern __shared__ float4 md_sa[]; /* [k * I] activations, then [Is] shared-expert activations */
     dr_pdl_trigger();
-    const int lane = threadIdx.x & 31, h = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), t = blockIdx.y;
-    const int nvs = Is / 8;
-    const uint4 *sr = shd ? shd + (size_t)(h < H ? h : 0) * nvs : NULL;
+    const int lane = threadIdx.x & 31, t = blockIdx.y;
+    const int h0 = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    const bool live = h0 < H;
+    const int h = live ? h0 : H - 1; /* a warp past the end reads row H-1 too (it must reach the barrier) */
+    const int nvs = Is / 8, nv = I / 8;
+    const uint4 *sr = shd ? shd + (size_t)h * nvs : NULL;
     uint4 sp[2];
 #pragma unroll
     for (int q = 0; q < 2; q++)
         sp[q] = sr && lane + 32 * q < nvs ? dr_ld_w(sr + lane + 32 * q) : make_uint4(0, 0, 0, 0);
     dr_pdl_wait(); /* act, idx, wts and the shared projections come from earlier kernels */
-    if (h >= H)
-        return;
-    const int nv = I / 8;
     const int32_t *it = idx + (size_t)t * k;
-    float acc = acc_y ? y[(size_t)t * H + h] : 0.0f;
-    for (int j0 = 0; j0 < k; j0 += MD_J) {
-        const uint4 *dw[MD_J];
+    const uint4 *dw[MD_J];
+    uint4 w[MD_J][2];
+    md_down_rows(dw, w, it, tab, E, k, 0, (size_t)h * nv, lane, nv);
+    {
+        const float4 *at = (const float4 *)(act + (size_t)t * k * I);
+        const int na = k * I / 4;
+        for (int c = threadIdx.x; c < na; c += blockDim.x)
+            md_sa[c] = __ldg(at + c);
+        float *ss = (float *)(md_sa + na);
+        for (int c = threadIdx.x; c < Is; c += blockDim.x)
+            ss[c] = dr_dev_silu(shg[(size_t)t * Is + c]) * shu[(size_t)t * Is + c];
+    }
+    __syncthreads();
+    float acc = acc_y && live ? y[(size_t)t * H + h] : 0.0f;
+    for (int j0 = 0;;) {
         float d[MD_J];
 #pragma unroll
-        for (int jj = 0; jj < MD_J; jj++) {
-            dw[jj] = j0 + jj < k ? (const uint4 *)tab[2 * E + it[j0 + jj]] + (size_t)h * nv : NULL;
+        for (int jj = 0; jj < MD_J; jj++)
             d[jj] = 0.0f;
-        }
-        for (int v0 = lane; v0 < nv; v0 += 64) {
-            uint4 w[MD_J][2];
-#pragma unroll
-            for (int jj = 0; jj < MD_J; jj++)
-#pragma unroll
-                for (int q = 0; q < 2; q++)
-                    w[jj][q] = dw[jj] && v0 + 32 * q < nv ? dr_ld_w(dw[jj] + v0 + 32 * q) : make_uint4(0, 0, 0, 0);
+        for (int v0 = lane;;) {
 #pragma unroll
             for (int jj = 0; jj < MD_J; jj++)
 #pragma unroll
                 for (int q = 0; q < 2; q++) {
                     const int v = v0 + 32 * q;
                     if (dw[jj] && v < nv) {
-                        const float4 *av = (const float4 *)(act + ((size_t)t * k + j0 + jj) * I) + 2 * v;
-                        d[jj] = dot8_bf16(w[jj][q], __ldg(av), __ldg(av + 1), d[jj]);
+                        const float4 *av = md_sa + (size_t)(j0 + jj) * (I / 4) + 2 * v;
+                        d[jj] = dot8_bf16(w[jj][q], av[0], av[1], d[jj]);
                     }
                 }
+            v0 += 64;
+            if (v0 >= nv)
+                break;
+#pragma unroll
+            for (int jj = 0; jj < MD_J; jj++)
+#pragma unroll
+                for (int q = 0; q < 2; q++)
+                    w[jj][q] = dw[jj] && v0 + 32 * q < nv ? dr_ld_w(dw[jj] + v0 + 32 * q) : make_uint4(0, 0, 0, 0);
         }
 #pragma unroll
         for (int jj = 0; jj < MD_J; jj++)
             if (j0 + jj < k) /* the same for the whole warp */
                 acc += wts[(size_t)t * k + j0 + jj] * dr_warp_sum(d[jj]);
+        j0 += MD_J;
+        if (j0 >= k)
+            break;
+        md_down_rows(dw, w, it, tab, E, k, j0, (size_t)h * nv, lane, nv);
     }
     if (sr) {
-        const float *gt = shg + (size_t)t * Is, *ut = shu + (size_t)t * Is;
+        const float4 *sa = md_sa + (size_t)k * I / 4;
         float s = 0.0f;
         for (int v0 = lane; v0 < nvs; v0 += 64) {
-            uint4 w[2];
-#pragma unroll
-            for (int q = 0; q < 2; q++)
-                w[q] = v0 == lane ? sp[q] : v0 + 32 * q < nvs ? dr_ld_w(sr + v0 + 32 * q) : make_uint4(0, 0, 0, 0);
 #pragma unroll
             for (int q = 0; q < 2; q++) {
                 const int v = v0 + 32 * q;
                 if (v < nvs) {
-                    float a[8];
-#pragma unroll
-                    for (int c = 0; c < 8; c++)
-                        a[c] = dr_dev_silu(gt[8 * v + c]) * ut[8 * v + c];
-                    s = dot8_bf16(w[q], make_float4(a[0], a[1], a[2], a[3]), make_float4(a[4], a[5], a[6], a[7]), s);
+                    const uint4 wq = v0 == lane ? sp[q] : dr_ld_w(sr + v);
+                    s = dot8_bf16(wq, sa[2 * v], sa[2 * v + 1], s);
                 }
             }
         }
         acc += dr_warp_sum(s) * dr_dev_sigmoid(shs[t]);
     }
-    if (lane == 0)
+    if (live && lane == 0)
         y[(size_t)t * H + h] = acc;
 }
 
 /* The round-3 kernels serve: BF16 experts, H and I multiples of 8, x 16-byte aligned. */
-static bool experts_fast_ok(const dr_cuda_ctx *cx, const dr_expert *ex, const float *x, int H, int I) {
+static bool experts_fast_ok(const dr_cuda_ctx *cx, const dr_expert *ex, const float *x, int k, int H, int I,
+                            int Is) {
     return cx->dec3 && ex[0].gate.dtype == DR_DT_BF16 && ex[0].up.dtype == DR_DT_BF16 &&
-           ex[0].down.dtype == DR_DT_BF16 && H % 8 == 0 && I % 8 == 0 && (uintptr_t)x % 16 == 0;
+           ex[0].down.dtype == DR_DT_BF16 && H % 8 == 0 && I % 8 == 0 && (uintptr_t)x % 16 == 0 &&
+           (size_t)H * sizeof(float) <= MD_SMEM && ((size_t)k * I + (size_t)Is) * sizeof(float) <= MD_SMEM;
 }
 
 /* gate/up (+ SiLU * up) for the T*k picks, then down + weighted sum (+ the
@@ -461,10 +505,11 @@ static void experts_fast(dr_cuda_ctx *cx, float *y, const float *x, const int32_
     float *act = (float *)dr_cuda_scratch(cx, DR_SCR_MOE, (size_t)R * I * sizeof(float));
     if (!act)
         return;
-    dr_cuda_launch(cx, true, moe_gu_bf16_kernel, dim3(dr_cdiv((size_t)I, 8), (unsigned)R), dim3(256), act, x, idx,
-                   tab, E, k, H, I);
+    dr_cuda_launch(cx, true, moe_gu_bf16_kernel, dim3(dr_cdiv((size_t)I, 8), (unsigned)R), dim3(256),
+                   (size_t)H * sizeof(float), act, x, idx, tab, E, k, H, I);
     const uint4 *shd = sh ? (const uint4 *)sh->down->dev : NULL;
-    dr_cuda_launch(cx, true, moe_down_bf16_kernel, dim3(dr_cdiv((size_t)H, 4), (unsigned)T), dim3(128), y,
+    dr_cuda_launch(cx, true, moe_down_bf16_kernel, dim3(dr_cdiv((size_t)H, 8), (unsigned)T), dim3(256),
+                   ((size_t)k * I + (size_t)Is) * sizeof(float), y,
                    (const float *)act, idx, wts, tab, E, k, H, I, acc_y, shd, sh ? sh->gate : NULL,
                    sh ? sh->up : NULL, sh ? sh->s : NULL, Is);
 }
@@ -479,7 +524,7 @@ static void experts_decode(dr_cuda_ctx *cx, float *y, const float *x, const int3
     const void *const *tab = expert_table(cx, ex, E);
     if (!tab)
         return;
-    if (experts_fast_ok(cx, ex, x, H, I)) {
+    if (experts_fast_ok(cx, ex, x, k, H, I, 0)) {
         experts_fast(cx, y, x, idx, wts, tab, E, T, k, H, I, 1, NULL, 0);
         return;
     }
@@ -602,8 +647,7 @@ bool dr_cuda_moe_decode(void *ctx, float *y, int32_t *idx, float *wts, const flo
                         const dr_expert *experts, int E, int T, int k, bool renorm, int H, int I,
                         const dr_moe_shared *sh) {
     dr_cuda_ctx *cx = (dr_cuda_ctx *)ctx;
-    if (T < 1 || T > MOE_GEMV_T || E <= 0 || k < 1 || k > E || k > ROUTE_MAX_K ||
-        !experts_fast_ok(cx, experts, x, H, I) || (uintptr_t)y % 16)
+    if (T < 1 || T > MOE_GEMV_T || E <= 0 || k < 1 || k > E || k > ROUTE_MAX_K)
         return false;
     int Is = 0;
     if (sh) {
@@ -613,6 +657,8 @@ bool dr_cuda_moe_decode(void *ctx, float *y, int32_t *idx, float *wts, const flo
             return false;
         Is = (int)d->ne[1];
     }
+    if (!experts_fast_ok(cx, experts, x, k, H, I, Is))
+        return false;
     const void *const *tab = expert_table(cx, experts, E);
     if (!tab) /* failed (recorded) or first use while recording (the step runs again) */
         return true;
