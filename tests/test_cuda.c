@@ -384,13 +384,12 @@ static void test_moe(void) {
 
 /* The fused decode MoE block (moe_decode: route, experts, shared expert; y
  * overwritten) against the CPU chain moe_route + moe_experts + swiglu +
- * matmul + sigmoid_scale_rows + add. Shapes chosen so every loop of the
- * kernels runs a partial pass: k = 10 > 8 picks per pass, H = 1032 (129
- * 16-byte pieces per row), I = 600 and Is = 520 (> 64 pieces). */
-static void test_moe_decode(void) {
-    enum { E = 12, H = 1032, I = 600, IS = 520, K = 10 };
-    dr_expert ex[E];
-    void *hs[3 * E + 1];
+ * matmul + sigmoid_scale_rows + add, T = 1..4 (E <= 16). The first shape makes
+ * every loop of the kernels run a partial pass: k = 10 > 8 picks per pass,
+ * H = 1032 (129 16-byte pieces per row), I = 600 and Is = 520 (> 64 pieces). */
+static void moe_decode_shape(int E, int H, int I, int IS, int K) {
+    dr_expert ex[16];
+    void *hs[3 * 16 + 1];
     for (int e = 0; e < E; e++) {
         hs[3 * e] = make_weights(&ex[e].gate, DR_DT_BF16, I, H, 0.1f);
         hs[3 * e + 1] = make_weights(&ex[e].up, DR_DT_BF16, I, H, 0.1f);
@@ -398,9 +397,9 @@ static void test_moe_decode(void) {
     }
     dr_tensor shd;
     hs[3 * E] = make_weights(&shd, DR_DT_BF16, H, IS, 0.1f);
-    for (int T = 1; T <= 4; T += 2)
+    for (int T = 1; T <= 4; T++)
         for (int with_sh = 0; with_sh < 2; with_sh++) {
-            const int k = with_sh ? K : 3;
+            const int k = with_sh ? K : K < 3 ? K : 3;
             float *lg = rnd((size_t)T * E, 3.0f), *x = rnd((size_t)T * H, 1.0f), *y = calloc((size_t)T * H, 4);
             float *sg = rnd((size_t)T * IS, 2.0f), *su = rnd((size_t)T * IS, 2.0f), *ss = rnd((size_t)T, 2.0f);
             float *w = malloc((size_t)T * k * 4), *ws = malloc((size_t)(2 * I + H) * 4);
@@ -442,6 +441,11 @@ static void test_moe_decode(void) {
     G->weight_free(G->ctx, &shd);
     for (int i = 0; i < 3 * E + 1; i++)
         free(hs[i]);
+}
+
+static void test_moe_decode(void) {
+    moe_decode_shape(12, 1032, 600, 520, 10);
+    moe_decode_shape(8, 96, 48, 80, 2); /* the moe-bf16 fixture's shape */
 }
 
 int main(void) {

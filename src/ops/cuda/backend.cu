@@ -10,8 +10,8 @@
 
 /* Round 3's PDL launches of the norms and the fused GDN step (cuda_common.cuh
  * pdl_norm / pdl_gdn): measured in docs/CUDA.md, "Decode round 3". */
-#define DR_CUDA_PDL_NORM_DEFAULT 1
-#define DR_CUDA_PDL_GDN_DEFAULT 1
+#define DR_CUDA_PDL_NORM_DEFAULT 0
+#define DR_CUDA_PDL_GDN_DEFAULT 0
 
 extern "C" void dr_cuda_note_fail(dr_cuda_ctx *cx, const char *file, int line, const char *stmt, cudaError_t e) {
     if (cx->capturing) { /* the recording is dropped and the step runs again without it */
@@ -282,6 +282,8 @@ extern "C" dr_status dr_ops_cuda_create(const dr_backend_params *p, dr_ops **out
             cx->pdl = prop.major >= 9 && !(pe && pe[0] == '0');
             pe = getenv("DR_CUDA_DEC3");
             cx->dec3 = !(pe && pe[0] == '0');
+            pe = getenv("DR_CUDA_MOE_DEC");
+            cx->moe_dec = cx->dec3 && !(pe && pe[0] == '0');
             pe = getenv("DR_CUDA_PDL_NORM");
             cx->pdl_norm = !cx->dec3 ? 0 : pe && pe[0] >= '0' && pe[0] <= '2' ? pe[0] - '0' : DR_CUDA_PDL_NORM_DEFAULT;
             pe = getenv("DR_CUDA_PDL_GDN");

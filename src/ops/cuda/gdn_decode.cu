@@ -53,32 +53,19 @@ __global__ void __launch_bounds__(1024)
     const size_t C = (size_t)2 * Hk * dk + (size_t)Hv * dv;
     const int tid = threadIdx.x, nt = blockDim.x;
 
-    /* The head's fp32 state is loaded first, so its DRAM round trip overlaps
-       the conv and the norms instead of following them (round 3). */
-    const int lane = tid & 31, rg = lane >> 3, cc = lane & 7;
-    const int c = (tid >> 5) * 8 + cc;
-    const bool cok = c < dv;
-    float *S = state + (size_t)j * dk * dv;
-    float s[R];
-#pragma unroll
-    for (int r = 0; r < R; r++) {
-        const int i = rg + 4 * r;
-        s[r] = (cok && i < dk) ? S[(size_t)i * dv + c] : 0.0f;
-    }
-
     /* 1. conv + SiLU */
     for (int e = tid; e < 2 * dk + dv; e += nt) {
         const int ch = gd_channel(e, kh, j, Hk, dk, dv);
         const float cur = m[ch];
-        float old[GD_MAX_K], cs = 0.0f;
+        float old[GD_MAX_K], s = 0.0f;
 #pragma unroll
         for (int t = 0; t < GD_MAX_K - 1; t++)
             if (t < K - 1) {
                 old[t] = conv_state[(size_t)(t + 1) * C + ch];
-                cs += cw[(size_t)ch * K + t] * old[t];
+                s += cw[(size_t)ch * K + t] * old[t];
             }
-        cs += cw[(size_t)ch * K + K - 1] * cur;
-        const float o = dr_dev_silu(cs);
+        s += cw[(size_t)ch * K + K - 1] * cur;
+        const float o = dr_dev_silu(s);
         if (e < dk)
             sq[e] = o;
         else if (e < 2 * dk)
@@ -126,7 +113,17 @@ __global__ void __launch_bounds__(1024)
     const float beta = dr_dev_sigmoid(b[j]);
     const float decay = expf(-expf(A_log[j]) * sp);
 
-    /* 3. the delta rule (state s loaded above) */
+    /* 3. the delta rule */
+    const int lane = tid & 31, rg = lane >> 3, cc = lane & 7;
+    const int c = (tid >> 5) * 8 + cc;
+    const bool cok = c < dv;
+    float *S = state + (size_t)j * dk * dv;
+    float s[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        const int i = rg + 4 * r;
+        s[r] = (cok && i < dk) ? S[(size_t)i * dv + c] : 0.0f;
+    }
     float u = 0.0f;
 #pragma unroll
     for (int r = 0; r < R; r++) {

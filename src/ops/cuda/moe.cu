@@ -308,7 +308,11 @@ __global__ void moe_swiglu_kernel(float *g, const float *u, size_t n) {
  * not allocate in L1, several in flight per lane before their first use,
  * programmatic dependent launch. The expert ids come from the router kernel
  * just before, so nothing of a routed expert can be read before
- * dr_pdl_wait(); the shared expert's down rows can. */
+ * dr_pdl_wait(); the shared expert's down rows can. What earlier kernels
+ * wrote (x, ids, weights, activations) is read with coherent loads, not the
+ * read-only path: with PDL those kernels may still run while this one
+ * starts, and the read-only path assumes data constant for the kernel's
+ * lifetime. */
 
 #define MD_U 4 /* gate/up kernel: 16-byte loads in flight per lane and matrix */
 #define MD_J 8 /* down kernel: picks whose rows are in flight together */
@@ -327,8 +331,7 @@ static __device__ __forceinline__ float dot8_bf16(const uint4 &u, const float4 &
  * in flight per lane); x_t is staged in shared memory once per block while
  * the first loads are in flight (read through L1 it cost one cache round
  * trip per 16-byte piece). 8 experts x 512 rows = 4096 warps at T = 1. */
-__global__ void __launch_bounds__(256) moe_gu_bf16_kernel(float *__restrict__ act, const float *__restrict__ x,
-                                                          const int32_t *__restrict__ idx,
+__global__ void __launch_bounds__(256) moe_gu_bf16_kernel(float *__restrict__ act, const float *x, const int32_t *idx,
                                                           const void *const *__restrict__ tab, int E, int k, int H,
                                                           int I) {
     extern __shared__ float4 md_sx[];
@@ -349,7 +352,7 @@ __global__ void __launch_bounds__(256) moe_gu_bf16_kernel(float *__restrict__ ac
     }
     const float4 *xv = (const float4 *)(x + (size_t)(r / k) * H);
     for (int c = threadIdx.x; c < 2 * nv; c += blockDim.x)
-        md_sx[c] = __ldg(xv + c);
+        md_sx[c] = __ldcg(xv + c);
     __syncthreads();
     float sg = 0.0f, su = 0.0f;
     for (int v0 = lane;;) {
@@ -399,14 +402,12 @@ static __device__ __forceinline__ void md_down_rows(const uint4 **dw, uint4 (*w)
  * (t, h): the down rows of MD_J picks, 2 loads each per lane, in flight together. The block stages the
  * token's k activation rows and the shared expert's silu(g) * u in shared memory while the first loads
  * are in flight; the shared row's first pieces are loaded before dr_pdl_wait(). */
-__global__ void __launch_bounds__(256) moe_down_bf16_kernel(float *__restrict__ y, const float *__restrict__ act,
-                                                            const int32_t *__restrict__ idx,
-                                                            const float *__restrict__ wts,
+__global__ void __launch_bounds__(256) moe_down_bf16_kernel(float *__restrict__ y, const float *act,
+                                                            const int32_t *idx, const float *wts,
                                                             const void *const *__restrict__ tab, int E, int k, int H,
                                                             int I, int acc_y, const uint4 *__restrict__ shd,
-                                                            const float *__restrict__ shg,
-                                                            const float *__restrict__ shu,
-                                                            const float *__restrict__ shs, int Is) {
+                                                            const float *shg, const float *shu, const float *shs,
+                                                            int Is) {
     extern __shared__ float4 md_sa[]; /* [k * I] activations, then [Is] shared-expert activations */
     dr_pdl_trigger();
     const int lane = threadIdx.x & 31, t = blockIdx.y;
@@ -428,7 +429,7 @@ __global__ void __launch_bounds__(256) moe_down_bf16_kernel(float *__restrict__ 
         const float4 *at = (const float4 *)(act + (size_t)t * k * I);
         const int na = k * I / 4;
         for (int c = threadIdx.x; c < na; c += blockDim.x)
-            md_sa[c] = __ldg(at + c);
+            md_sa[c] = __ldcg(at + c);
         float *ss = (float *)(md_sa + na);
         for (int c = threadIdx.x; c < Is; c += blockDim.x)
             ss[c] = dr_dev_silu(shg[(size_t)t * Is + c]) * shu[(size_t)t * Is + c];
@@ -647,7 +648,7 @@ bool dr_cuda_moe_decode(void *ctx, float *y, int32_t *idx, float *wts, const flo
                         const dr_expert *experts, int E, int T, int k, bool renorm, int H, int I,
                         const dr_moe_shared *sh) {
     dr_cuda_ctx *cx = (dr_cuda_ctx *)ctx;
-    if (T < 1 || T > MOE_GEMV_T || E <= 0 || k < 1 || k > E || k > ROUTE_MAX_K)
+    if (!cx->moe_dec || T < 1 || T > MOE_GEMV_T || E <= 0 || k < 1 || k > E || k > ROUTE_MAX_K)
         return false;
     int Is = 0;
     if (sh) {
