@@ -26,6 +26,8 @@ void dr_cuda_set_mm_engine(int engine);
 /* matmul.cu */
 void dr_cuda_matmul(void *ctx, float *y, const float *x, const dr_tensor *w, int T);
 void dr_cuda_matmul_n(void *ctx, int n_w, float *const *ys, const float *x, const dr_tensor *const *ws, int T);
+bool dr_cuda_norm_matmul_n(void *ctx, float *x, const float *d, float *xn, const float *gain, float eps, int n_w,
+                           float *const *ys, const dr_tensor *const *ws, int T);
 void dr_cuda_embed(void *ctx, float *x, const dr_tensor *emb, const int32_t *ids, int T);
 
 /* elementwise.cu */

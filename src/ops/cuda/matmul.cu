@@ -397,6 +397,171 @@ static void gemv_launch(dr_cuda_ctx *cx, float *y, const float *x, const WT *W, 
     gemv_set_launch<WT>(cx, set, x, T, n);
 }
 
+/* ---- decode: residual add + RMSNorm folded into the GEMV (round 3) ----
+ * One token (T = 1), BF16 weights: every block computes v = x + d and
+ * xn = v / rms(v) * gain into shared memory itself (the sums in one fixed
+ * order, so every block gets the same xn), then streams its rows as
+ * gemv_rows_kernel does. The last block to finish reading x and d (a device
+ * counter, reset by that block) writes x = v and xn for the kernels after.
+ * This replaces the add_rmsnorm launch before the projections: a one-block
+ * kernel of a few microseconds plus a kernel boundary, twice per layer. */
+template <int R>
+__global__ void __launch_bounds__(256) gemv_norm_kernel(const gemv_set set, float *x, const float *d, float *xn,
+                                                        const float *__restrict__ gain, float eps, int n, int *cnt) {
+    extern __shared__ float4 gn_x[];
+    __shared__ float red[32];
+    __shared__ int last;
+    constexpr int U = 8 / R;
+    dr_pdl_trigger();
+    const int lane = threadIdx.x & 31, tid = threadIdx.x, nt = blockDim.x;
+    const int r0 = (blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5)) * R;
+    const int rows = set.row0[set.nm], nv = n / 8, n4 = n / 4;
+    const uint4 *wp[R];
+    float *yp[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        const int row = r0 + r < rows ? r0 + r : rows - 1; /* past the end: re-read the last row, result dropped */
+        const void *W = set.W[0];
+        float *Y = set.y[0];
+        int b = 0;
+#pragma unroll
+        for (int m = 1; m < GEMV_SETS; m++)
+            if (m < set.nm && row >= set.row0[m])
+                W = set.W[m], Y = set.y[m], b = set.row0[m];
+        wp[r] = (const uint4 *)W + (size_t)(row - b) * nv;
+        yp[r] = r0 + r < rows ? Y + (row - b) : NULL;
+    }
+    uint4 u[U][R];
+#pragma unroll
+    for (int j = 0; j < U; j++)
+#pragma unroll
+        for (int r = 0; r < R; r++)
+            u[j][r] = lane + 32 * j < nv ? ld_w(wp[r] + lane + 32 * j) : make_uint4(0, 0, 0, 0);
+    dr_pdl_wait(); /* x and d come from the kernels before */
+    const float4 *x4 = (const float4 *)x, *d4 = (const float4 *)d;
+    float ss = 0.0f;
+    for (int c = tid; c < n4; c += nt) {
+        float4 v = __ldcg(x4 + c);
+        if (d4) {
+            const float4 e = __ldcg(d4 + c);
+            v.x += e.x, v.y += e.y, v.z += e.z, v.w += e.w;
+        }
+        gn_x[c] = v;
+        ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+    }
+    ss = dr_block_sum(ss, red); /* its barriers also order the stores above before the count */
+    if (tid == 0) {
+        __threadfence();
+        last = atomicAdd(cnt, 1) == (int)gridDim.x - 1;
+    }
+    const float inv = 1.0f / sqrtf(ss / (float)n + eps);
+    const float4 *g4 = (const float4 *)gain;
+    for (int c = tid; c < n4; c += nt) {
+        float4 v = gn_x[c];
+        const float4 g = __ldg(g4 + c);
+        v.x = v.x * inv * g.x, v.y = v.y * inv * g.y, v.z = v.z * inv * g.z, v.w = v.w * inv * g.w;
+        gn_x[c] = v;
+    }
+    __syncthreads();
+    if (last) { /* every block has read x and d: write the sum and the norm */
+        for (int c = tid; c < n4; c += nt) {
+            float4 v = __ldcg(x4 + c);
+            if (d4) {
+                const float4 e = __ldcg(d4 + c);
+                v.x += e.x, v.y += e.y, v.z += e.z, v.w += e.w;
+            }
+            ((float4 *)x)[c] = v;
+            ((float4 *)xn)[c] = gn_x[c];
+        }
+        if (tid == 0)
+            *cnt = 0;
+    }
+    float acc[R];
+#pragma unroll
+    for (int r = 0; r < R; r++)
+        acc[r] = 0.0f;
+    for (int v0 = lane;;) {
+#pragma unroll
+        for (int j = 0; j < U; j++) {
+            const int v = v0 + 32 * j;
+            if (v < nv) {
+                const float4 x0 = gn_x[2 * v], x1 = gn_x[2 * v + 1];
+#pragma unroll
+                for (int r = 0; r < R; r++) {
+                    float wf[8];
+                    wvec<__nv_bfloat16>::get(u[j][r], wf);
+                    acc[r] += wf[0] * x0.x + wf[1] * x0.y + wf[2] * x0.z + wf[3] * x0.w + wf[4] * x1.x +
+                              wf[5] * x1.y + wf[6] * x1.z + wf[7] * x1.w;
+                }
+            }
+        }
+        v0 += 32 * U;
+        if (v0 >= nv)
+            break;
+#pragma unroll
+        for (int j = 0; j < U; j++)
+#pragma unroll
+            for (int r = 0; r < R; r++)
+                u[j][r] = v0 + 32 * j < nv ? ld_w(wp[r] + v0 + 32 * j) : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        const float s_ = dr_warp_sum(acc[r]);
+        if (lane == 0 && yp[r])
+            *yp[r] = s_;
+    }
+}
+
+#define GN_SMEM (48 * 1024)
+
+bool dr_cuda_norm_matmul_n(void *ctx, float *x, const float *d, float *xn, const float *gain, float eps, int n_w,
+                           float *const *ys, const dr_tensor *const *ws, int T) {
+    dr_cuda_ctx *cx = (dr_cuda_ctx *)ctx;
+    if (!cx->norm_gemv || T != 1 || n_w < 1 || n_w > GEMV_SETS || dr_cuda_mm_force != 0 || !cx->pdl)
+        return false;
+    const int n = (int)ws[0]->ne[ws[0]->ndim - 1];
+    if (n % 8 || (size_t)n * sizeof(float) > GN_SMEM || (uintptr_t)x % 16 || (uintptr_t)xn % 16 ||
+        (uintptr_t)gain % 16 || (d && (uintptr_t)d % 16))
+        return false;
+    gemv_set set = {};
+    for (int i = 0; i < n_w; i++) {
+        const dr_tensor *w = ws[i];
+        if (!w->dev || w->dtype != DR_DT_BF16 || (int)w->ne[w->ndim - 1] != n || (uintptr_t)w->dev % 16)
+            return false;
+        set.W[i] = w->dev;
+        set.y[i] = ys[i];
+        set.row0[i + 1] = set.row0[i] + (int)w->ne[w->ndim - 2];
+    }
+    set.nm = n_w;
+    const int rows = set.row0[n_w];
+    if (rows <= 0)
+        return false;
+    if (!cx->gemv_cnt) {
+        if (cx->capturing) { /* first use while recording: the step runs again without it */
+            cx->cap_bad = 1;
+            return true;
+        }
+        void *p = NULL;
+        DR_CUDA_NOTE(cx, cudaMalloc(&p, sizeof(int)));
+        if (!p)
+            return true;
+        DR_CUDA_NOTE(cx, cudaMemsetAsync(p, 0, sizeof(int), cx->stream));
+        cx->gemv_cnt = (int *)p;
+    }
+    const long sm = cx->n_sm > 0 ? cx->n_sm : 132;
+    const size_t smem = (size_t)n * sizeof(float);
+    if (rows >= 4 * 16 * sm)
+        dr_cuda_launch(cx, true, gemv_norm_kernel<4>, dim3(dr_cdiv((size_t)rows, 32)), dim3(256), smem, set, x, d, xn,
+                       gain, eps, n, cx->gemv_cnt);
+    else if (rows >= 2 * 16 * sm)
+        dr_cuda_launch(cx, true, gemv_norm_kernel<2>, dim3(dr_cdiv((size_t)rows, 16)), dim3(256), smem, set, x, d, xn,
+                       gain, eps, n, cx->gemv_cnt);
+    else
+        dr_cuda_launch(cx, true, gemv_norm_kernel<1>, dim3(dr_cdiv((size_t)rows, 8)), dim3(256), smem, set, x, d, xn,
+                       gain, eps, n, cx->gemv_cnt);
+    return true;
+}
+
 /* ---- tiled fp32 SIMT GEMM: 64 tokens x 64 rows of W per block ---- */
 
 #define TB 64
