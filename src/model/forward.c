@@ -102,13 +102,18 @@ static void matmuls(const dr_ops *o, int n, float *const *ys, const float *x, co
 /* Residual add, then the next pre-norm: x += d; xn = RMSNorm(x) (gain NULL:
  * the add alone). For one token on a backend with norm_matmul_n it is only
  * noted: the projections of xn that always come next run it (proj). */
+static void add_norm_now(const dr_model *m, dr_scratch *sc, const float *gain, int T);
+
 static void add_norm(const dr_model *m, dr_scratch *sc, const float *gain, int T) {
+    if (gain && T == 1 && m->ops->norm_matmul_n)
+        sc->pend_gain = gain;
+    else
+        add_norm_now(m, sc, gain, T);
+}
+
+static void add_norm_now(const dr_model *m, dr_scratch *sc, const float *gain, int T) {
     const dr_ops *o = m->ops;
     const int H = m->hp.d_model;
-    if (gain && T == 1 && o->norm_matmul_n) {
-        sc->pend_gain = gain;
-        return;
-    }
     if (!gain)
         o->add(o->ctx, sc->x, sc->out, (size_t)T * H);
     else if (o->add_rmsnorm)
@@ -128,8 +133,7 @@ static void proj(const dr_model *m, dr_scratch *sc, int n, float *const *ys, con
         sc->pend_gain = NULL;
         if (o->norm_matmul_n(o->ctx, sc->x, sc->out, sc->xn, gain, m->hp.eps, n, ys, ws, T))
             return;
-        add_norm(m, sc, NULL, T); /* x += out */
-        o->rmsnorm(o->ctx, sc->xn, sc->x, gain, T, m->hp.d_model, m->hp.eps);
+        add_norm_now(m, sc, gain, T);
     }
     matmuls(o, n, ys, sc->xn, ws, T);
 }
