@@ -180,6 +180,7 @@ static void bf16_weight(dr_tensor *w, int d, int n) {
  * (one row per warp), and 9000 + 8 or 4500 rows of width 264 so that the
  * 4- and 2-row warps run (132 SMs); with and without the add. */
 static void test_norm_matmul(void) {
+    dr_cuda_set_norm_gemv(1); /* off by default (docs/CUDA.md, decode round 3) */
     const struct { int n, nw, d[3]; } sh[3] = {{1032, 3, {67, 5, 33}}, {264, 2, {9000, 8, 0}}, {264, 1, {4500, 0, 0}}};
     for (int si = 0; si < 3; si++)
         for (int with_d = 0; with_d < 2; with_d++) {
@@ -217,6 +218,7 @@ static void test_norm_matmul(void) {
             free(x), free(dd), free(gain), free(xn), free(hx), free(hxn);
             G->free(G->ctx, gx), G->free(G->ctx, gd), G->free(G->ctx, gg), G->free(G->ctx, gxn);
         }
+    dr_cuda_set_norm_gemv(-1); /* back to the environment's setting */
 }
 
 /* ---- graphs: replayed steps against kernel-by-kernel steps ---- */

@@ -283,8 +283,8 @@ extern "C" dr_status dr_ops_cuda_create(const dr_backend_params *p, dr_ops **out
             cx->pdl = prop.major >= 9 && !(pe && pe[0] == '0');
             pe = getenv("DR_CUDA_DEC3");
             cx->dec3 = !(pe && pe[0] == '0');
-            pe = getenv("DR_CUDA_NORM_GEMV");
-            cx->norm_gemv = cx->dec3 && !(pe && pe[0] == '0');
+            pe = getenv("DR_CUDA_NORM_GEMV"); /* off by default: slower on 9B (docs/CUDA.md, round 3) */
+            cx->norm_gemv = cx->dec3 && pe && pe[0] == '1';
             pe = getenv("DR_CUDA_MOE_DEC");
             cx->moe_dec = cx->dec3 && !(pe && pe[0] == '0');
             pe = getenv("DR_CUDA_PDL_NORM");

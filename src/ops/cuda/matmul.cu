@@ -24,6 +24,10 @@ static int dr_cuda_mm_force = 0;
 
 extern "C" void dr_cuda_set_mm_engine(int engine) { dr_cuda_mm_force = engine; }
 
+static int dr_cuda_norm_force = -1;
+
+extern "C" void dr_cuda_set_norm_gemv(int on) { dr_cuda_norm_force = on; }
+
 #define GEMV_MAX_T 8
 
 /* ---- GEMV ---- */
@@ -517,7 +521,8 @@ __global__ void __launch_bounds__(256) gemv_norm_kernel(const gemv_set set, floa
 bool dr_cuda_norm_matmul_n(void *ctx, float *x, const float *d, float *xn, const float *gain, float eps, int n_w,
                            float *const *ys, const dr_tensor *const *ws, int T) {
     dr_cuda_ctx *cx = (dr_cuda_ctx *)ctx;
-    if (!cx->norm_gemv || T != 1 || n_w < 1 || n_w > GEMV_SETS || dr_cuda_mm_force != 0 || !cx->pdl)
+    const int on = dr_cuda_norm_force >= 0 ? dr_cuda_norm_force : cx->norm_gemv;
+    if (!on || T != 1 || n_w < 1 || n_w > GEMV_SETS || dr_cuda_mm_force != 0 || !cx->pdl)
         return false;
     const int n = (int)ws[0]->ne[ws[0]->ndim - 1];
     if (n % 8 || (size_t)n * sizeof(float) > GN_SMEM || (uintptr_t)x % 16 || (uintptr_t)xn % 16 ||
