@@ -99,18 +99,8 @@ static void matmuls(const dr_ops *o, int n, float *const *ys, const float *x, co
             o->matmul(o->ctx, ys[i], x, ws[i], T);
 }
 
-/* Residual add, then the next pre-norm: x += d; xn = RMSNorm(x) (gain NULL:
- * the add alone). For one token on a backend with norm_matmul_n it is only
- * noted: the projections of xn that always come next run it (proj). */
-static void add_norm_now(const dr_model *m, dr_scratch *sc, const float *gain, int T);
-
-static void add_norm(const dr_model *m, dr_scratch *sc, const float *gain, int T) {
-    if (gain && T == 1 && m->ops->norm_matmul_n)
-        sc->pend_gain = gain;
-    else
-        add_norm_now(m, sc, gain, T);
-}
-
+/* Residual add, then the next pre-norm, now: x += d; xn = RMSNorm(x) (gain
+ * NULL: the add alone). */
 static void add_norm_now(const dr_model *m, dr_scratch *sc, const float *gain, int T) {
     const dr_ops *o = m->ops;
     const int H = m->hp.d_model;
@@ -122,6 +112,16 @@ static void add_norm_now(const dr_model *m, dr_scratch *sc, const float *gain, i
         o->add(o->ctx, sc->x, sc->out, (size_t)T * H);
         o->rmsnorm(o->ctx, sc->xn, sc->x, gain, T, H, m->hp.eps);
     }
+}
+
+/* The same, except that for one token on a backend with norm_matmul_n the
+ * norm is only noted: the projections of xn, which always come next, run it
+ * (proj), fused into their GEMV when the backend can. */
+static void add_norm(const dr_model *m, dr_scratch *sc, const float *gain, int T) {
+    if (gain && T == 1 && m->ops->norm_matmul_n)
+        sc->pend_gain = gain;
+    else
+        add_norm_now(m, sc, gain, T);
 }
 
 /* ys_i = W_i xn (the projections of a mixer or FFN input), running a
