@@ -4,7 +4,10 @@
  * Decode (T <= MOE_GEMV_T): no host round trip. A device table of expert
  * weight pointers lets one launch compute gate/up for every (token, pick)
  * row reading the expert indices on the device, a second the down
- * projection, a third the weighted sum in pick order (as the CPU).
+ * projection, a third the weighted sum in pick order (as the CPU). For BF16
+ * experts (round 3, docs/CUDA.md) two PDL-launched kernels do it:
+ * gate/up + SiLU * up, then down + the weighted sum (+ the shared expert in
+ * the fused moe_decode slot, which also runs the router).
  * Prefill: the picks are read back once per MoE layer, grouped by expert on
  * the host (counting sort), the token rows gathered, and each used expert
  * runs dense GEMMs (cuBLAS, split bf16 for BF16 weights) over its rows.
