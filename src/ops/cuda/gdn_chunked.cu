@@ -28,6 +28,8 @@
 #include "prefill.cuh"
 
 #include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
 #define GC_C 64        /* chunk */
 #define GC_SEG 64      /* chunks per segment (4096 tokens) */
@@ -38,30 +40,46 @@
 /* padded head dim of q/k: 32, 64, 128 or 256 (zeros past d_k) */
 static int gc_dkp(int dk) { return dk <= 32 ? 32 : dk <= 64 ? 64 : dk <= 128 ? 128 : 256; }
 
-static size_t gc_prep_smem(int DKP) { return (size_t)(2 * GC_C * (DKP + 4) + GC_C * (GC_C + 1) + 2 * GC_C) * 4; }
+static size_t gc_prep_smem(int DKP) { return (size_t)(2 * GC_C * (DKP + 4) + GC_C * (GC_C + 1) + 4 * GC_C) * 4; }
 static size_t gc_scan_smem(int DKP) {
     return (size_t)(DKP * GC_COLS + 2 * GC_C * (DKP + 4) + GC_C * GC_COLS + GC_C * (GC_C + 4) + 2 * GC_C) * 4;
 }
 
+typedef __nv_bfloat16 bf16;
+
 /* Scratch, per segment of nc chunks (floats):
  * W [nc][Hv][64][DKP], U [nc][Hv][64][dv], P [nc][Hv][64][64], G [nc][Hv][64],
- * Qn, Kn [nc][Hk][64][DKP]. */
+ * Qn, Kn [nc][Hk][64][DKP].
+ * The tensor-core path (TC) keeps U and G and replaces the rest by split
+ * bf16 planes (hi, lo) of the scan's MMA operands, per v head:
+ * Wh/Wl = -W [64][DKP], Qh/Ql = exp(G) Q [64][DKP],
+ * Kh/Kl = (exp(G_last - G) K)^T [DKP][64], Ph/Pl = P [64][64]. */
 typedef struct gc_buf {
     float *W, *U, *P, *G, *Qn, *Kn;
+    bf16 *Wh, *Wl, *Qh, *Ql, *Kh, *Kl, *Ph, *Pl;
 } gc_buf;
 
-template <int DKP>
+/* one fp32 value -> its hi and lo bf16 (prefill.cuh) */
+static __device__ __forceinline__ void gc_split1(float x, bf16 *hi, bf16 *lo) {
+    const bf16 h = __float2bfloat16_rn(x);
+    *hi = h;
+    *lo = __float2bfloat16_rn(x - __bfloat162float(h));
+}
+
+/* TC: write the split operands of gct_scan instead of W, P, Qn, Kn in fp32 */
+template <int DKP, bool TC>
 __global__ void __launch_bounds__(GC_THREADS)
     gc_prep(gc_buf b, const float *__restrict__ qkv, const float *__restrict__ beta, const float *__restrict__ g,
             int t_base, int T, int Hk, int Hv, int dk, int dv) {
     const int SQ = DKP + 4;
     extern __shared__ __align__(16) float gc_sm[];
     float *sq = gc_sm, *sk = sq + GC_C * SQ, *sA = sk + GC_C * SQ, *sG = sA + GC_C * (GC_C + 1), *sB = sG + GC_C;
+    float *sE = sB + GC_C, *sF = sE + GC_C; /* exp(G), exp(G_last - G) (TC) */
     const int c = blockIdx.x, j = blockIdx.y, nc = gridDim.x, kh = j / (Hv / Hk);
     const int t0 = t_base + c * GC_C, n = min(GC_C, T - t0);
     const int C = 2 * Hk * dk + Hv * dv;
     const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
-    const bool first = j % (Hv / Hk) == 0; /* writes the k head's Qn/Kn */
+    const bool first = !TC && j % (Hv / Hk) == 0; /* writes the k head's Qn/Kn */
     const float qscale = 1.0f / sqrtf((float)dk);
 
     /* 1. unit q (times dk^-0.5) and k rows, zero past n and past dk */
@@ -104,6 +122,10 @@ __global__ void __launch_bounds__(GC_THREADS)
         }
     }
     __syncthreads();
+    if (TC && tid < GC_C) {
+        sE[tid] = expf(sG[tid]);
+        sF[tid] = expf(sG[GC_C - 1] - sG[tid]);
+    }
     /* 3. A (strictly lower) into shared memory, P (lower with the diagonal) out */
     {
         const int ty = tid >> 4, tx = tid & 15;
@@ -129,7 +151,7 @@ __global__ void __launch_bounds__(GC_THREADS)
                     qk[a][e] += qi[a].x * kj[e].x + qi[a].y * kj[e].y + qi[a].z * kj[e].z + qi[a].w * kj[e].w;
                 }
         }
-        float *P = b.P + ((size_t)c * Hv + j) * GC_C * GC_C;
+        const size_t po = ((size_t)c * Hv + j) * GC_C * GC_C;
 #pragma unroll
         for (int a = 0; a < 4; a++)
 #pragma unroll
@@ -137,16 +159,33 @@ __global__ void __launch_bounds__(GC_THREADS)
                 const int i = ty + 16 * a, k = tx + 16 * e;
                 const float dec = k <= i ? expf(sG[i] - sG[k]) : 0.0f;
                 sA[i * (GC_C + 1) + k] = k < i ? sB[i] * kk[a][e] * dec : 0.0f;
-                P[i * GC_C + k] = qk[a][e] * dec;
+                if (TC)
+                    gc_split1(qk[a][e] * dec, b.Ph + po + i * GC_C + k, b.Pl + po + i * GC_C + k);
+                else
+                    b.P[po + i * GC_C + k] = qk[a][e] * dec;
             }
     }
     __syncthreads();
+    if (TC) { /* exp(G) Q rows and (exp(G_last - G) K)^T, split, in pairs */
+        const size_t qo = ((size_t)c * Hv + j) * GC_C * DKP;
+        for (int p = tid; p < GC_C * DKP / 2; p += GC_THREADS) {
+            const int i = p / (DKP / 2), d = (p % (DKP / 2)) * 2;
+            uint32_t hi, lo;
+            dr_split2(sE[i] * sq[i * SQ + d], sE[i] * sq[i * SQ + d + 1], hi, lo);
+            *(uint32_t *)(b.Qh + qo + (size_t)i * DKP + d) = hi;
+            *(uint32_t *)(b.Ql + qo + (size_t)i * DKP + d) = lo;
+            const int dt = p / (GC_C / 2), it = (p % (GC_C / 2)) * 2;
+            dr_split2(sF[it] * sk[it * SQ + dt], sF[it + 1] * sk[(it + 1) * SQ + dt], hi, lo);
+            *(uint32_t *)(b.Kh + qo + (size_t)dt * GC_C + it) = hi;
+            *(uint32_t *)(b.Kl + qo + (size_t)dt * GC_C + it) = lo;
+        }
+    }
     /* 4. forward substitution, one column per thread: W (cols < DKP), U */
     for (int col = tid; col < DKP + dv; col += GC_THREADS) {
         float x[GC_C];
         const bool isw = col < DKP;
-        float *dst = isw ? b.W + ((size_t)c * Hv + j) * GC_C * DKP + col
-                         : b.U + ((size_t)c * Hv + j) * GC_C * dv + (col - DKP);
+        const size_t wo = ((size_t)c * Hv + j) * GC_C * DKP + col;
+        float *dst = isw ? (TC ? NULL : b.W + wo) : b.U + ((size_t)c * Hv + j) * GC_C * dv + (col - DKP);
         const int ld = isw ? DKP : dv;
         const float *vsrc = qkv + (size_t)t0 * C + (size_t)2 * Hk * dk + (size_t)j * dv + (isw ? 0 : col - DKP);
 #pragma unroll
@@ -160,7 +199,10 @@ __global__ void __launch_bounds__(GC_THREADS)
             for (int k = 0; k < i; k++)
                 acc -= sA[i * (GC_C + 1) + k] * x[k];
             x[i] = acc;
-            dst[(size_t)i * ld] = acc;
+            if (TC && isw)
+                gc_split1(-acc, b.Wh + wo + (size_t)i * DKP, b.Wl + wo + (size_t)i * DKP);
+            else
+                dst[(size_t)i * ld] = acc;
         }
     }
     (void)nc;
@@ -303,16 +345,334 @@ __global__ void __launch_bounds__(GC_THREADS)
     }
 }
 
+/* ---- the scan on the tensor cores (gct_scan) ----
+ * Block = (v head, GCT_NC state columns), 8 warps: warp w takes chunk rows
+ * 16 (w & 3).. and state rows (DKP / 4) (w & 3).. for the 16 columns
+ * 16 (w >> 2)... Per chunk, every product is three m16n8k16 bf16 MMAs on
+ * split operands (hi*hi + hi*lo + lo*hi) into a fresh fp32 accumulator:
+ *   X = (-W) S and Y = (exp(G) Q) S       (k = DKP)
+ *   V' = U + X;  O = Y + P V'             (k = 64, P lower: k-steps <= row tile)
+ *   D = (exp(G_last - G) K)^T V';  S <- exp(G_last) S + D   (k = 64)
+ * The fp32 state lives in registers (warp's rows x 16 columns); only its
+ * split copy S^T goes to shared memory as the next chunk's B operand. The
+ * additions to U and to the decayed S are fp32 adds outside the MMAs, so the
+ * accumulators hold only this chunk's terms. Operand tiles come by cp.async
+ * in two groups: -W and exp(G) Q for chunk c+1 load while chunk c does
+ * P V' and the update; P and K^T for c+1 load during the next X, Y. */
+#define GCT_NC 32
+#define GCT_THREADS 256
+
+template <int DKP> struct gct_lay {
+    static const int SA = DKP + 8;        /* row stride of W, Q, S^T tiles (bf16) */
+    static const int SB = GC_C + 8;       /* row stride of K^T, P, V'^T tiles */
+    static const int W = GC_C * SA;       /* one plane of -W (and of exp(G) Q) */
+    static const int K = DKP * SB;        /* one plane of K^T */
+    static const int P = GC_C * SB;       /* one plane of P */
+    static const int S = GCT_NC * SA;     /* one plane of S^T */
+    static const int V = GCT_NC * SB;     /* one plane of V'^T */
+    static const size_t BYTES = (size_t)2 * (2 * W + K + P + S + V) * sizeof(bf16);
+};
+
+static size_t gct_scan_smem(int DKP) { return DKP == 64 ? gct_lay<64>::BYTES : gct_lay<128>::BYTES; }
+
+template <int DKP>
+static __device__ __forceinline__ void gct_load_wq(bf16 *sWh, bf16 *sQh, const gc_buf &b, size_t off) {
+    typedef gct_lay<DKP> L;
+    for (int i = threadIdx.x; i < GC_C * DKP / 8; i += GCT_THREADS) {
+        const int r = i / (DKP / 8), e = (i % (DKP / 8)) * 8;
+        const size_t go = off + (size_t)r * DKP + e;
+        dr_cp16(sWh + r * L::SA + e, b.Wh + go);
+        dr_cp16(sWh + L::W + r * L::SA + e, b.Wl + go);
+        dr_cp16(sQh + r * L::SA + e, b.Qh + go);
+        dr_cp16(sQh + L::W + r * L::SA + e, b.Ql + go);
+    }
+}
+
+template <int DKP>
+static __device__ __forceinline__ void gct_load_kp(bf16 *sKh, bf16 *sPh, const gc_buf &b, size_t koff, size_t poff) {
+    typedef gct_lay<DKP> L;
+    for (int i = threadIdx.x; i < (DKP + GC_C) * GC_C / 8; i += GCT_THREADS) {
+        const int r = i / (GC_C / 8), e = (i % (GC_C / 8)) * 8;
+        if (r < DKP) {
+            const size_t go = koff + (size_t)r * GC_C + e;
+            dr_cp16(sKh + r * L::SB + e, b.Kh + go);
+            dr_cp16(sKh + L::K + r * L::SB + e, b.Kl + go);
+        } else {
+            const size_t go = poff + (size_t)(r - DKP) * GC_C + e;
+            dr_cp16(sPh + (r - DKP) * L::SB + e, b.Ph + go);
+            dr_cp16(sPh + L::P + (r - DKP) * L::SB + e, b.Pl + go);
+        }
+    }
+}
+
+/* acc[0..1] += A B for the two n-tiles of one x4 B load, split (3 MMAs each) */
+static __device__ __forceinline__ void gct_mma3(float acc[2][4], const uint32_t ah[4], const uint32_t al[4],
+                                               const uint32_t bh[4], const uint32_t bl[4]) {
+    dr_mma(acc[0], ah, bh);
+    dr_mma(acc[0], ah, bl);
+    dr_mma(acc[0], al, bh);
+    dr_mma(acc[1], ah, bh + 2);
+    dr_mma(acc[1], ah, bl + 2);
+    dr_mma(acc[1], al, bh + 2);
+}
+
+/* store the split of value x at row n, column k of a transposed plane pair */
+static __device__ __forceinline__ void gct_put(bf16 *h, int plane, int stride, int n, int k, float x) {
+    gc_split1(x, h + n * stride + k, h + plane + n * stride + k);
+}
+
+template <int DKP>
+__global__ void __launch_bounds__(GCT_THREADS)
+    gct_scan(gc_buf b, float *__restrict__ o, float *__restrict__ state, int nc, int t_base, int T, int Hv, int dk,
+             int dv) {
+    typedef gct_lay<DKP> L;
+    const int MT = DKP / 64; /* 16-row tiles of the state per warp */
+    extern __shared__ __align__(16) unsigned char gct_sm[];
+    bf16 *sW = (bf16 *)gct_sm, *sQ = sW + 2 * L::W, *sK = sQ + 2 * L::W, *sP = sK + 2 * L::K, *sS = sP + 2 * L::P,
+         *sV = sS + 2 * L::S;
+    const int j = blockIdx.x, c0 = blockIdx.y * GCT_NC;
+    const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, g = lane >> 2, t4 = lane & 3;
+    const int mi = lane >> 3, rr = lane & 7;
+    const int m0 = 16 * (w & 3), n0 = 16 * (w >> 2), s0 = (DKP / 4) * (w & 3);
+    float *S = state + (size_t)j * dk * dv;
+    const size_t hs = (size_t)Hv * GC_C; /* rows of one chunk over all heads */
+
+    gct_load_wq<DKP>(sW, sQ, b, (size_t)j * GC_C * DKP);
+    dr_cp_commit();
+    gct_load_kp<DKP>(sK, sP, b, (size_t)j * GC_C * DKP, (size_t)j * GC_C * GC_C);
+    dr_cp_commit();
+
+    /* state rows s0 + 16 mt + g (+8), columns c0 + n0 + 8 nt + 2 t4 (+1) */
+    float st[MT][2][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int r = s0 + 16 * mt + g + 8 * h, cl = n0 + 8 * nt + 2 * t4;
+                float2 v = make_float2(0.0f, 0.0f);
+                if (r < dk && c0 + cl < dv)
+                    v = *(const float2 *)(S + (size_t)r * dv + c0 + cl);
+                st[mt][nt][2 * h] = v.x;
+                st[mt][nt][2 * h + 1] = v.y;
+                gct_put(sS, L::S, L::SA, cl, r, v.x);
+                gct_put(sS, L::S, L::SA, cl + 1, r, v.y);
+            }
+    /* U of the chunk, rows m0 + g (+8), in the accumulator layout */
+    float u[2][4], el;
+    {
+        const float *U = b.U + (size_t)j * GC_C * dv;
+#pragma unroll
+        for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int cl = c0 + n0 + 8 * nt + 2 * t4;
+                const float2 v = cl < dv ? *(const float2 *)(U + (size_t)(m0 + g + 8 * h) * dv + cl)
+                                         : make_float2(0.0f, 0.0f);
+                u[nt][2 * h] = v.x;
+                u[nt][2 * h + 1] = v.y;
+            }
+        el = expf(b.G[(size_t)j * GC_C + GC_C - 1]);
+    }
+
+    for (int c = 0; c < nc; c++) {
+        const int t0 = t_base + c * GC_C, n = min(GC_C, T - t0);
+        dr_cp_wait<1>(); /* -W, exp(G) Q of chunk c */
+        __syncthreads(); /* ... and S^T, for every warp */
+        float x[2][4], y[2][4];
+#pragma unroll
+        for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                x[nt][e] = y[nt][e] = 0.0f;
+#pragma unroll 4
+        for (int kk = 0; kk < DKP / 16; kk++) {
+            uint32_t wh[4], wl[4], qh[4], ql[4], bh[4], bl[4];
+            const int ao = (m0 + (mi & 1) * 8 + rr) * L::SA + kk * 16 + (mi >> 1) * 8;
+            const int bo = (n0 + (mi >> 1) * 8 + rr) * L::SA + kk * 16 + (mi & 1) * 8;
+            dr_ldsm4(wh, sW + ao);
+            dr_ldsm4(wl, sW + L::W + ao);
+            dr_ldsm4(qh, sQ + ao);
+            dr_ldsm4(ql, sQ + L::W + ao);
+            dr_ldsm4(bh, sS + bo);
+            dr_ldsm4(bl, sS + L::S + bo);
+            gct_mma3(x, wh, wl, bh, bl);
+            gct_mma3(y, qh, ql, bh, bl);
+        }
+        /* V' = U + X, transposed and split into sV (rows past n are zero: U, W are) */
+#pragma unroll
+        for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                x[nt][e] += u[nt][e];
+                gct_put(sV, L::V, L::SB, n0 + 8 * nt + 2 * t4 + (e & 1), m0 + g + 8 * (e >> 1), x[nt][e]);
+            }
+        const float elc = el;
+        if (c + 1 < nc) { /* the next chunk's U and exp(G_last), in flight during the rest */
+            const float *U = b.U + ((size_t)(c + 1) * hs + (size_t)j * GC_C) * dv;
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    const int cl = c0 + n0 + 8 * nt + 2 * t4;
+                    const float2 v = cl < dv ? *(const float2 *)(U + (size_t)(m0 + g + 8 * h) * dv + cl)
+                                             : make_float2(0.0f, 0.0f);
+                    u[nt][2 * h] = v.x;
+                    u[nt][2 * h + 1] = v.y;
+                }
+            el = expf(b.G[(c + 1) * hs + (size_t)j * GC_C + GC_C - 1]);
+        }
+        dr_cp_wait<0>(); /* K^T, P of chunk c */
+        __syncthreads(); /* sV complete; every read of sW, sQ done */
+        if (c + 1 < nc)
+            gct_load_wq<DKP>(sW, sQ, b, ((c + 1) * hs + (size_t)j * GC_C) * DKP);
+        dr_cp_commit();
+        /* O = Y + P V' (P is lower triangular: k tiles up to the row tile) */
+        for (int kk = 0; kk <= (w & 3); kk++) {
+            uint32_t ph[4], pl[4], bh[4], bl[4];
+            dr_ldsm4(ph, sP + (m0 + (mi & 1) * 8 + rr) * L::SB + kk * 16 + (mi >> 1) * 8);
+            dr_ldsm4(pl, sP + L::P + (m0 + (mi & 1) * 8 + rr) * L::SB + kk * 16 + (mi >> 1) * 8);
+            const int bo = (n0 + (mi >> 1) * 8 + rr) * L::SB + kk * 16 + (mi & 1) * 8;
+            dr_ldsm4(bh, sV + bo);
+            dr_ldsm4(bl, sV + L::V + bo);
+            gct_mma3(y, ph, pl, bh, bl);
+        }
+#pragma unroll
+        for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int r = m0 + g + 8 * h, cl = c0 + n0 + 8 * nt + 2 * t4;
+                if (r < n && cl < dv)
+                    *(float2 *)(o + ((size_t)(t0 + r) * Hv + j) * dv + cl) = make_float2(y[nt][2 * h], y[nt][2 * h + 1]);
+            }
+        /* D = (f K)^T V' over the chunk, then S <- exp(G_last) S + D */
+        float dd[MT][2][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++)
+                    dd[mt][nt][e] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < GC_C / 16; kk++) {
+            uint32_t bh[4], bl[4];
+            const int bo = (n0 + (mi >> 1) * 8 + rr) * L::SB + kk * 16 + (mi & 1) * 8;
+            dr_ldsm4(bh, sV + bo);
+            dr_ldsm4(bl, sV + L::V + bo);
+#pragma unroll
+            for (int mt = 0; mt < MT; mt++) {
+                uint32_t kh[4], kl[4];
+                const int ao = (s0 + 16 * mt + (mi & 1) * 8 + rr) * L::SB + kk * 16 + (mi >> 1) * 8;
+                dr_ldsm4(kh, sK + ao);
+                dr_ldsm4(kl, sK + L::K + ao);
+                gct_mma3(dd[mt], kh, kl, bh, bl);
+            }
+        }
+        __syncthreads(); /* every read of sK, sP, sV, sS done */
+#pragma unroll
+        for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+            for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    const float v = elc * st[mt][nt][e] + dd[mt][nt][e];
+                    st[mt][nt][e] = v;
+                    gct_put(sS, L::S, L::SA, n0 + 8 * nt + 2 * t4 + (e & 1), s0 + 16 * mt + g + 8 * (e >> 1), v);
+                }
+        if (c + 1 < nc)
+            gct_load_kp<DKP>(sK, sP, b, ((c + 1) * hs + (size_t)j * GC_C) * DKP,
+                             ((c + 1) * hs + (size_t)j * GC_C) * GC_C);
+        dr_cp_commit();
+    }
+    dr_cp_wait<0>();
+#pragma unroll
+    for (int mt = 0; mt < MT; mt++)
+#pragma unroll
+        for (int nt = 0; nt < 2; nt++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int r = s0 + 16 * mt + g + 8 * h, cl = c0 + n0 + 8 * nt + 2 * t4;
+                if (r < dk && cl < dv)
+                    *(float2 *)(S + (size_t)r * dv + cl) = make_float2(st[mt][nt][2 * h], st[mt][nt][2 * h + 1]);
+            }
+}
+
+template <int DKP>
+static void gct_run(dr_cuda_ctx *cx, float *o, const float *qkv, const float *beta, const float *g, float *state,
+                    const dr_gdn_dims *d, int T, gc_buf b) {
+    const int Hk = d->n_k_heads, Hv = d->n_v_heads, dk = d->d_k, dv = d->d_v;
+    const size_t s1 = gc_prep_smem(DKP), s2 = gct_scan_smem(DKP);
+    DR_CUDA_NOTE(cx, cudaFuncSetAttribute(gc_prep<DKP, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)s1));
+    DR_CUDA_NOTE(cx, cudaFuncSetAttribute(gct_scan<DKP>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)s2));
+    for (int t_base = 0; t_base < T; t_base += GC_SEG * GC_C) {
+        const int rem = T - t_base, nc = (rem < GC_SEG * GC_C ? rem + GC_C - 1 : GC_SEG * GC_C) / GC_C;
+        gc_prep<DKP, true><<<dim3((unsigned)nc, (unsigned)Hv), GC_THREADS, s1, cx->stream>>>(b, qkv, beta, g, t_base,
+                                                                                             T, Hk, Hv, dk, dv);
+        DR_CUDA_LAUNCHED(cx);
+        gct_scan<DKP><<<dim3((unsigned)Hv, (unsigned)((dv + GCT_NC - 1) / GCT_NC)), GCT_THREADS, s2, cx->stream>>>(
+            b, o, state, nc, t_base, T, Hv, dk, dv);
+        DR_CUDA_LAUNCHED(cx);
+    }
+}
+
+/* false when the environment sets DR_CUDA_GDN_TC=0 (the fp32 FMA kernels
+ * run: same-run baselines; read at every call) */
+static bool gct_enabled(void) {
+    const char *e = getenv("DR_CUDA_GDN_TC");
+    return !(e && !strcmp(e, "0"));
+}
+
+/* The tensor-core path suits d_k <= 128 (padded to 64 / 128), even d_v
+ * (float2 rows), sm_80+ (bf16 mma.sync) and the device's shared memory. */
+static bool gct_suits(dr_cuda_ctx *cx, int dk, int dv, size_t optin) {
+    int major = 0;
+    if (!gct_enabled() || dk > 128 || dv % 2 ||
+        cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, cx->device) != cudaSuccess || major < 8)
+        return false;
+    const int D = dk <= 64 ? 64 : 128;
+    return gc_prep_smem(D) <= optin && gct_scan_smem(D) <= optin;
+}
+
+static void gct_chunked(dr_cuda_ctx *cx, float *o, const float *qkv, const float *beta, const float *g, float *state,
+                        const dr_gdn_dims *d, int T) {
+    const int Hv = d->n_v_heads, dv = d->d_v, D = d->d_k <= 64 ? 64 : 128;
+    const int ncs = (T < GC_SEG * GC_C ? T + GC_C - 1 : GC_SEG * GC_C) / GC_C;
+    const size_t rows = (size_t)ncs * GC_C * Hv;
+    const size_t nA = rows * D, nP = rows * GC_C; /* bf16 elements of one plane */
+    const size_t bytes = (6 * nA + 2 * nP) * sizeof(bf16) + (rows * dv + rows) * sizeof(float);
+    unsigned char *base = (unsigned char *)dr_cuda_scratch(cx, DR_SCR_ATTN, bytes);
+    if (!base)
+        return;
+    gc_buf b;
+    memset(&b, 0, sizeof b);
+    b.U = (float *)base;
+    b.G = b.U + rows * dv;
+    b.Wh = (bf16 *)(b.G + rows);
+    b.Wl = b.Wh + nA;
+    b.Qh = b.Wl + nA;
+    b.Ql = b.Qh + nA;
+    b.Kh = b.Ql + nA;
+    b.Kl = b.Kh + nA;
+    b.Ph = b.Kl + nA;
+    b.Pl = b.Ph + nP;
+    if (D == 64)
+        gct_run<64>(cx, o, qkv, beta, g, state, d, T, b);
+    else
+        gct_run<128>(cx, o, qkv, beta, g, state, d, T, b);
+}
+
 template <int DKP>
 static void gc_run(dr_cuda_ctx *cx, float *o, const float *qkv, const float *beta, const float *g, float *state,
                    const dr_gdn_dims *d, int T, gc_buf b) {
     const int Hk = d->n_k_heads, Hv = d->n_v_heads, dk = d->d_k, dv = d->d_v;
     const size_t s1 = gc_prep_smem(DKP), s2 = gc_scan_smem(DKP);
-    DR_CUDA_NOTE(cx, cudaFuncSetAttribute(gc_prep<DKP>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)s1));
+    DR_CUDA_NOTE(cx, cudaFuncSetAttribute(gc_prep<DKP, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)s1));
     DR_CUDA_NOTE(cx, cudaFuncSetAttribute(gc_scan<DKP>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)s2));
     for (int t_base = 0; t_base < T; t_base += GC_SEG * GC_C) {
         const int rem = T - t_base, nc = (rem < GC_SEG * GC_C ? rem + GC_C - 1 : GC_SEG * GC_C) / GC_C;
-        gc_prep<DKP><<<dim3((unsigned)nc, (unsigned)Hv), GC_THREADS, s1, cx->stream>>>(b, qkv, beta, g, t_base, T, Hk,
+        gc_prep<DKP, false><<<dim3((unsigned)nc, (unsigned)Hv), GC_THREADS, s1, cx->stream>>>(b, qkv, beta, g, t_base, T, Hk,
                                                                                        Hv, dk, dv);
         DR_CUDA_LAUNCHED(cx);
         gc_scan<DKP><<<dim3((unsigned)Hv, (unsigned)((dv + GC_COLS - 1) / GC_COLS)), GC_THREADS, s2, cx->stream>>>(
@@ -338,6 +698,10 @@ void dr_cuda_gdn_chunked(void *ctx, float *o, const float *qkv, const float *bet
         dr_cuda_gdn_recurrent(ctx, o, qkv, beta, g, state, d, T, ws);
         return;
     }
+    if (gct_suits(cx, dk, dv, optin)) {
+        gct_chunked(cx, o, qkv, beta, g, state, d, T);
+        return;
+    }
     const int ncs = (T < GC_SEG * GC_C ? T + GC_C - 1 : GC_SEG * GC_C) / GC_C;
     const size_t rows = (size_t)ncs * GC_C;
     const size_t nW = rows * Hv * DKP, nU = rows * Hv * dv, nP = rows * Hv * GC_C, nG = rows * Hv,
@@ -346,6 +710,7 @@ void dr_cuda_gdn_chunked(void *ctx, float *o, const float *qkv, const float *bet
     if (!base)
         return;
     gc_buf b;
+    memset(&b, 0, sizeof b);
     b.W = base;
     b.U = b.W + nW;
     b.P = b.U + nU;

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# One device-machine call for the GDN chunked tensor-core scan (docs/CUDA.md,
+# "GDN chunked on tensor cores"): build (sm_90a); test_cuda_prefill (every
+# GDN shape on both paths), test_cuda, the five goldens on the device;
+# bench_cuda (GDN chunked: tensor-core scan and DR_CUDA_GDN_TC=0 in one
+# process); ncu per-kernel times of one 8192-token GDN layer on both paths;
+# the 40-layer 35B-A3B 8192-token prefill, new and old alternating.
+# Logs under $OUT. Usage: scripts/device_gdn_tc.sh [tests] [bench] [ncu] [e2e]
+set -uo pipefail
+source "$(dirname "$0")/device_env.sh"
+what="${*:-tests bench ncu e2e}"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv,noheader || true
+b="$root/build-dev"
+t0=$(date +%s)
+dr_device_build "$b" test_cuda test_cuda_prefill test_golden bench_cuda deltarun_cli
+echo "built in $(( $(date +%s) - t0 )) s"
+rc=0
+T="$OUT/tests.log"
+if [[ "$what" == *tests* ]]; then
+  timeout 200 "$b/tests/test_cuda_prefill" > "$OUT/prefill.log" 2>&1 || { rc=1; echo "test_cuda_prefill FAILED"; }
+  grep -E "gdn|FAIL|passed" "$OUT/prefill.log" | head -70
+  timeout 120 "$b/tests/test_cuda" >> "$T" 2>&1 || { rc=1; echo "test_cuda FAILED"; }
+  for fx in dense-f32 moe-bf16 moe-bf16-fused next-f32 long-bf16; do
+    timeout 120 "$b/tests/test_golden" "tests/data/$fx" --device cuda >> "$T" 2>&1 || { rc=1; echo "golden $fx FAILED"; }
+  done
+  grep -E "FAIL|passed|gdn" "$T" | head -30
+  grep -E "incremental|greedy|max" "$T" | head -16
+  echo "tests done at $(( $(date +%s) - t0 )) s"
+fi
+if [[ "$what" == *bench* ]]; then
+  timeout 120 "$b/tests/bench_cuda" > "$OUT/bench_cuda.log" 2>&1 || echo "bench_cuda rc $?"
+  grep -E "gdn|floor|copy" "$OUT/bench_cuda.log"
+fi
+cli="$b/deltarun"
+if [[ "$what" == *ncu* ]]; then
+  NCU="ncu --clock-control none --cache-control none -k regex:^gc --metrics gpu__time_duration.sum --csv"
+  for tc in 1 0; do
+    DR_CUDA_GDN_TC=$tc timeout 100 $NCU "$cli" bench --device cuda --synthetic bench/configs/qwen3.5-35b-a3b.json \
+      --layers 1 -p 8192 -n 1 --json > "$OUT/ncu_tc$tc.csv" 2>/dev/null
+    echo "ncu DR_CUDA_GDN_TC=$tc (one GDN layer, T=8192)"
+    python3 scripts/ncu_sum.py "$OUT/ncu_tc$tc.csv" 1 2>/dev/null | head -6
+  done
+fi
+one() {
+  local nm="$1"; shift
+  local j
+  j=$(timeout 150 "$cli" bench --device cuda "$@" --json 2>>"$OUT/bench_err.log")
+  echo "$nm $j" >> "$OUT/e2e.log"
+  python3 -c "import json,sys; d=json.loads(sys.argv[1]); print('%-24s prefill %7.0f tok/s (p=%d, ttft %.0f ms)  decode %6.1f tok/s' % (sys.argv[2], d['prefill_tok_s'], d['prompt_tokens'], d['ttft_ms'], d['decode_tok_s']))" "$j" "$nm" 2>/dev/null || echo "$nm: failed"
+}
+if [[ "$what" == *e2e* ]]; then
+  for tc in 1 0 1 0; do
+    DR_CUDA_GDN_TC=$tc one "35B-A3B-40L GDN_TC=$tc" --synthetic bench/configs/qwen3.5-35b-a3b.json -p 8192 -n 16
+    [[ $(( $(date +%s) - t0 )) -gt 240 ]] && { echo "stopping e2e (time)"; break; }
+  done
+fi
+echo "total $(( $(date +%s) - t0 )) s"
+exit $rc
