@@ -30,15 +30,17 @@ fi
 if [[ "$what" == *bench* ]]; then
   timeout 120 "$b/tests/bench_cuda" > "$OUT/bench_cuda.log" 2>&1 || echo "bench_cuda rc $?"
   grep -E "gdn|floor|copy" "$OUT/bench_cuda.log"
+  DR_BENCH_GDN_ONLY=1 DR_CUDA_GDN_PREP_MINB=1 timeout 60 "$b/tests/bench_cuda" 2>&1 | grep -E "gdn prefill" | sed 's/^/[PREP_MINB=1] /'
 fi
 cli="$b/deltarun"
 if [[ "$what" == *ncu* ]]; then
   NCU="ncu --clock-control none --cache-control none -k regex:^gc --metrics gpu__time_duration.sum --csv"
-  for tc in 1 0; do
-    DR_CUDA_GDN_TC=$tc timeout 100 $NCU "$cli" bench --device cuda --synthetic bench/configs/qwen3.5-35b-a3b.json \
-      --layers 1 -p 8192 -n 1 --json > "$OUT/ncu_tc$tc.csv" 2>/dev/null
-    echo "ncu DR_CUDA_GDN_TC=$tc (one GDN layer, T=8192)"
-    python3 scripts/ncu_sum.py "$OUT/ncu_tc$tc.csv" 1 2>/dev/null | head -6
+  for tc in 1 0 m1; do
+    mb=2; [[ $tc == m1 ]] && { tc=1; mb=1; }
+    DR_CUDA_GDN_PREP_MINB=$mb DR_CUDA_GDN_TC=$tc timeout 100 $NCU "$cli" bench --device cuda --synthetic bench/configs/qwen3.5-35b-a3b.json \
+      --layers 1 -p 8192 -n 1 --json > "$OUT/ncu_tc$tc$mb.csv" 2>/dev/null
+    echo "ncu DR_CUDA_GDN_TC=$tc PREP_MINB=$mb (one GDN layer, T=8192)"
+    python3 scripts/ncu_sum.py "$OUT/ncu_tc$tc$mb.csv" 1 2>/dev/null | head -6
   done
 fi
 one() {

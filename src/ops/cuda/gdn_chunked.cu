@@ -40,7 +40,8 @@
 /* padded head dim of q/k: 32, 64, 128 or 256 (zeros past d_k) */
 static int gc_dkp(int dk) { return dk <= 32 ? 32 : dk <= 64 ? 64 : dk <= 128 ? 128 : 256; }
 
-static size_t gc_prep_smem(int DKP) { return (size_t)(2 * GC_C * (DKP + 4) + GC_C * (GC_C + 1) + 4 * GC_C) * 4; }
+#define GC_SA (GC_C + 4) /* row stride of A^T in gc_prep (float4 rows) */
+static size_t gc_prep_smem(int DKP) { return (size_t)(2 * GC_C * (DKP + 4) + GC_C * GC_SA + 4 * GC_C) * 4; }
 static size_t gc_scan_smem(int DKP) {
     return (size_t)(DKP * GC_COLS + 2 * GC_C * (DKP + 4) + GC_C * GC_COLS + GC_C * (GC_C + 4) + 2 * GC_C) * 4;
 }
@@ -67,41 +68,72 @@ static __device__ __forceinline__ void gc_split1(float x, bf16 *hi, bf16 *lo) {
 }
 
 /* TC: write the split operands of gct_scan instead of W, P, Qn, Kn in fp32 */
-template <int DKP, bool TC>
-__global__ void __launch_bounds__(GC_THREADS)
+/* MINB: blocks per SM the registers must allow (1: ~250 registers, no
+ * spills; 2: 128 registers, ~330 bytes spilled, twice the warps to hide
+ * the load and shared-memory latency) */
+template <int DKP, bool TC, int MINB>
+__global__ void __launch_bounds__(GC_THREADS, MINB)
     gc_prep(gc_buf b, const float *__restrict__ qkv, const float *__restrict__ beta, const float *__restrict__ g,
             int t_base, int T, int Hk, int Hv, int dk, int dv) {
     const int SQ = DKP + 4;
     extern __shared__ __align__(16) float gc_sm[];
-    float *sq = gc_sm, *sk = sq + GC_C * SQ, *sA = sk + GC_C * SQ, *sG = sA + GC_C * (GC_C + 1), *sB = sG + GC_C;
-    float *sE = sB + GC_C, *sF = sE + GC_C; /* exp(G), exp(G_last - G) (TC) */
-    const int c = blockIdx.x, j = blockIdx.y, nc = gridDim.x, kh = j / (Hv / Hk);
+    float *sq = gc_sm, *sk = sq + GC_C * SQ, *sA = sk + GC_C * SQ, *sG = sA + GC_C * GC_SA, *sB = sG + GC_C;
+    float *sE = sB + GC_C, *sF = sE + GC_C; /* exp(G), exp(G_last - G) */
+    const int c = blockIdx.x, j = blockIdx.y, kh = j / (Hv / Hk);
     const int t0 = t_base + c * GC_C, n = min(GC_C, T - t0);
     const int C = 2 * Hk * dk + Hv * dv;
     const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
     const bool first = !TC && j % (Hv / Hk) == 0; /* writes the k head's Qn/Kn */
     const float qscale = 1.0f / sqrtf((float)dk);
 
-    /* 1. unit q (times dk^-0.5) and k rows, zero past n and past dk */
+    /* 1. g and beta of the chunk (in flight during the copy), the raw q and
+     * k rows into shared memory (zero past n and past dk): every load is
+     * independent, so many are in flight */
+    float gi = 0.0f, bi = 0.0f;
+    if (tid < GC_C && tid < n) {
+        gi = g[(size_t)(t0 + tid) * Hv + j];
+        bi = beta[(size_t)(t0 + tid) * Hv + j];
+    }
+#pragma unroll 4
+    for (int e = tid; e < GC_C * DKP; e += GC_THREADS) {
+        const int i = e / DKP, d = e % DKP;
+        float a = 0.0f, k = 0.0f;
+        if (i < n && d < dk) {
+            const float *row = qkv + (size_t)(t0 + i) * C;
+            a = row[(size_t)kh * dk + d];
+            k = row[(size_t)(Hk + kh) * dk + d];
+        }
+        sq[i * SQ + d] = a;
+        sk[i * SQ + d] = k;
+    }
+    if (tid < GC_C) {
+        sG[tid] = gi;
+        sB[tid] = bi;
+    }
+    __syncthreads();
+    /* 2. unit q (times dk^-0.5) and k, in place (lane-strided sums, then the
+     * warp sum: the old per-row order); G = cumulative g in order, as the
+     * CPU (one thread; zero g past n keeps G constant there) */
+    if (tid == GC_THREADS - 32) {
+        float G = 0.0f;
+        for (int i = 0; i < GC_C; i++) {
+            G += sG[i];
+            sG[i] = G;
+        }
+    }
     for (int i = w; i < GC_C; i += GC_THREADS / 32) {
-        const float *row = qkv + (size_t)(t0 + i) * C;
         float sqq = 0.0f, skk = 0.0f;
-        if (i < n)
-            for (int d = lane; d < dk; d += 32) {
-                const float a = row[(size_t)kh * dk + d], e = row[(size_t)(Hk + kh) * dk + d];
-                sqq += a * a;
-                skk += e * e;
-            }
+        for (int d = lane; d < DKP; d += 32) {
+            const float a = sq[i * SQ + d], e = sk[i * SQ + d];
+            sqq += a * a;
+            skk += e * e;
+        }
         sqq = dr_warp_sum(sqq);
         skk = dr_warp_sum(skk);
         const float iq = qscale / sqrtf(sqq + GC_L2_EPS), ik = 1.0f / sqrtf(skk + GC_L2_EPS);
         float *qn = b.Qn + (((size_t)c * Hk + kh) * GC_C + i) * DKP, *kn = b.Kn + (((size_t)c * Hk + kh) * GC_C + i) * DKP;
         for (int d = lane; d < DKP; d += 32) {
-            float a = 0.0f, e = 0.0f;
-            if (i < n && d < dk) {
-                a = row[(size_t)kh * dk + d] * iq;
-                e = row[(size_t)(Hk + kh) * dk + d] * ik;
-            }
+            const float a = sq[i * SQ + d] * iq, e = sk[i * SQ + d] * ik;
             sq[i * SQ + d] = a;
             sk[i * SQ + d] = e;
             if (first) {
@@ -110,19 +142,9 @@ __global__ void __launch_bounds__(GC_THREADS)
             }
         }
     }
-    /* 2. G = cumulative g (in order, as the CPU), beta; zero past n */
-    if (tid == 0) {
-        float G = 0.0f;
-        for (int i = 0; i < GC_C; i++) {
-            if (i < n)
-                G += g[(size_t)(t0 + i) * Hv + j];
-            sG[i] = G;
-            sB[i] = i < n ? beta[(size_t)(t0 + i) * Hv + j] : 0.0f;
-            b.G[((size_t)c * Hv + j) * GC_C + i] = G;
-        }
-    }
     __syncthreads();
-    if (TC && tid < GC_C) {
+    if (tid < GC_C) {
+        b.G[((size_t)c * Hv + j) * GC_C + tid] = sG[tid];
         sE[tid] = expf(sG[tid]);
         sF[tid] = expf(sG[GC_C - 1] - sG[tid]);
     }
@@ -158,7 +180,7 @@ __global__ void __launch_bounds__(GC_THREADS)
             for (int e = 0; e < 4; e++) {
                 const int i = ty + 16 * a, k = tx + 16 * e;
                 const float dec = k <= i ? expf(sG[i] - sG[k]) : 0.0f;
-                sA[i * (GC_C + 1) + k] = k < i ? sB[i] * kk[a][e] * dec : 0.0f;
+                sA[k * GC_SA + i] = k < i ? sB[i] * kk[a][e] * dec : 0.0f; /* transposed */
                 if (TC)
                     gc_split1(qk[a][e] * dec, b.Ph + po + i * GC_C + k, b.Pl + po + i * GC_C + k);
                 else
@@ -180,7 +202,10 @@ __global__ void __launch_bounds__(GC_THREADS)
             *(uint32_t *)(b.Kl + qo + (size_t)dt * GC_C + it) = lo;
         }
     }
-    /* 4. forward substitution, one column per thread: W (cols < DKP), U */
+    /* 4. forward substitution, one column per thread: W (cols < DKP), U.
+     * Right-looking: once x_k is final it is subtracted from every later row
+     * (independent FMAs, A^T rows by float4); each x_i still gets its terms
+     * in k order, as a left-looking solve would. */
     for (int col = tid; col < DKP + dv; col += GC_THREADS) {
         float x[GC_C];
         const bool isw = col < DKP;
@@ -189,23 +214,28 @@ __global__ void __launch_bounds__(GC_THREADS)
         const int ld = isw ? DKP : dv;
         const float *vsrc = qkv + (size_t)t0 * C + (size_t)2 * Hk * dk + (size_t)j * dv + (isw ? 0 : col - DKP);
 #pragma unroll
-        for (int i = 0; i < GC_C; i++) {
-            float acc;
-            if (isw)
-                acc = sB[i] * expf(sG[i]) * sk[i * SQ + col];
-            else
-                acc = i < n ? sB[i] * vsrc[(size_t)i * C] : 0.0f;
+        for (int i = 0; i < GC_C; i++)
+            x[i] = isw ? sB[i] * sE[i] * sk[i * SQ + col] : (i < n ? sB[i] * vsrc[(size_t)i * C] : 0.0f);
 #pragma unroll
-            for (int k = 0; k < i; k++)
-                acc -= sA[i * (GC_C + 1) + k] * x[k];
-            x[i] = acc;
+        for (int k = 0; k < GC_C; k++) {
+            const float xk = x[k];
             if (TC && isw)
-                gc_split1(-acc, b.Wh + wo + (size_t)i * DKP, b.Wl + wo + (size_t)i * DKP);
+                gc_split1(-xk, b.Wh + wo + (size_t)k * DKP, b.Wl + wo + (size_t)k * DKP);
             else
-                dst[(size_t)i * ld] = acc;
+                dst[(size_t)k * ld] = xk;
+#pragma unroll
+            for (int i4 = (k + 1) / 4; i4 < GC_C / 4; i4++) {
+                const float4 a = *(const float4 *)(sA + k * GC_SA + 4 * i4);
+                if (4 * i4 > k)
+                    x[4 * i4] -= a.x * xk;
+                if (4 * i4 + 1 > k)
+                    x[4 * i4 + 1] -= a.y * xk;
+                if (4 * i4 + 2 > k)
+                    x[4 * i4 + 2] -= a.z * xk;
+                x[4 * i4 + 3] -= a.w * xk;
+            }
         }
     }
-    (void)nc;
 }
 
 /* RS = DKP / 16 state rows per thread in the update */
@@ -604,12 +634,17 @@ static void gct_run(dr_cuda_ctx *cx, float *o, const float *qkv, const float *be
                     const dr_gdn_dims *d, int T, gc_buf b) {
     const int Hk = d->n_k_heads, Hv = d->n_v_heads, dk = d->d_k, dv = d->d_v;
     const size_t s1 = gc_prep_smem(DKP), s2 = gct_scan_smem(DKP);
-    DR_CUDA_NOTE(cx, cudaFuncSetAttribute(gc_prep<DKP, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)s1));
+    /* DR_CUDA_GDN_PREP_MINB=1: the one-block-per-SM build of gc_prep (an experiment switch) */
+    const char *mb = getenv("DR_CUDA_GDN_PREP_MINB");
+    const bool one = mb && !strcmp(mb, "1");
+    void (*prep)(gc_buf, const float *, const float *, const float *, int, int, int, int, int, int) =
+        one ? gc_prep<DKP, true, 1> : gc_prep<DKP, true, 2>;
+    DR_CUDA_NOTE(cx, cudaFuncSetAttribute(prep, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)s1));
     DR_CUDA_NOTE(cx, cudaFuncSetAttribute(gct_scan<DKP>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)s2));
     for (int t_base = 0; t_base < T; t_base += GC_SEG * GC_C) {
         const int rem = T - t_base, nc = (rem < GC_SEG * GC_C ? rem + GC_C - 1 : GC_SEG * GC_C) / GC_C;
-        gc_prep<DKP, true><<<dim3((unsigned)nc, (unsigned)Hv), GC_THREADS, s1, cx->stream>>>(b, qkv, beta, g, t_base,
-                                                                                             T, Hk, Hv, dk, dv);
+        prep<<<dim3((unsigned)nc, (unsigned)Hv), GC_THREADS, s1, cx->stream>>>(b, qkv, beta, g, t_base, T, Hk, Hv, dk,
+                                                                                dv);
         DR_CUDA_LAUNCHED(cx);
         gct_scan<DKP><<<dim3((unsigned)Hv, (unsigned)((dv + GCT_NC - 1) / GCT_NC)), GCT_THREADS, s2, cx->stream>>>(
             b, o, state, nc, t_base, T, Hv, dk, dv);
@@ -668,11 +703,11 @@ static void gc_run(dr_cuda_ctx *cx, float *o, const float *qkv, const float *bet
                    const dr_gdn_dims *d, int T, gc_buf b) {
     const int Hk = d->n_k_heads, Hv = d->n_v_heads, dk = d->d_k, dv = d->d_v;
     const size_t s1 = gc_prep_smem(DKP), s2 = gc_scan_smem(DKP);
-    DR_CUDA_NOTE(cx, cudaFuncSetAttribute(gc_prep<DKP, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)s1));
+    DR_CUDA_NOTE(cx, cudaFuncSetAttribute(gc_prep<DKP, false, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)s1));
     DR_CUDA_NOTE(cx, cudaFuncSetAttribute(gc_scan<DKP>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)s2));
     for (int t_base = 0; t_base < T; t_base += GC_SEG * GC_C) {
         const int rem = T - t_base, nc = (rem < GC_SEG * GC_C ? rem + GC_C - 1 : GC_SEG * GC_C) / GC_C;
-        gc_prep<DKP, false><<<dim3((unsigned)nc, (unsigned)Hv), GC_THREADS, s1, cx->stream>>>(b, qkv, beta, g, t_base, T, Hk,
+        gc_prep<DKP, false, 1><<<dim3((unsigned)nc, (unsigned)Hv), GC_THREADS, s1, cx->stream>>>(b, qkv, beta, g, t_base, T, Hk,
                                                                                        Hv, dk, dv);
         DR_CUDA_LAUNCHED(cx);
         gc_scan<DKP><<<dim3((unsigned)Hv, (unsigned)((dv + GC_COLS - 1) / GC_COLS)), GC_THREADS, s2, cx->stream>>>(
