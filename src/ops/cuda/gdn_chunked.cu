@@ -68,6 +68,77 @@ static __device__ __forceinline__ void gc_split1(float x, bf16 *hi, bf16 *lo) {
 }
 
 /* TC: write the split operands of gct_scan instead of W, P, Qn, Kn in fp32 */
+/* fp32 pairs (x[0], x[1]) and (x[8], x[9]) of a shared row -> hi/lo halves
+ * of an mma fragment (elements e and e + 1 of it) */
+static __device__ __forceinline__ void gc_frag2(const float *x, uint32_t *hi, uint32_t *lo) {
+    const float2 a = *(const float2 *)x, c = *(const float2 *)(x + 8);
+    dr_split2(a.x, a.y, hi[0], lo[0]);
+    dr_split2(c.x, c.y, hi[1], lo[1]);
+}
+
+/* gc_prep step 3 on the tensor cores: K K^T and Q K^T of the chunk from the
+ * fp32 unit rows in shared memory, split into bf16 hi/lo fragments on the
+ * way (three MMAs per product). Warp w: rows 16 (w & 3).., columns
+ * 32 (w >> 2).., only the 8-column tiles that reach the lower triangle (the
+ * scan reads P only up to its diagonal tile; the substitution reads A only
+ * below the diagonal). Writes A^T (beta, decay, strictly lower) and P split. */
+template <int DKP>
+static __device__ __forceinline__ void gc_prods_tc(const gc_buf &b, const float *sq, const float *sk, float *sA,
+                                                   const float *sG, const float *sB, size_t po) {
+    const int SQ = DKP + 4;
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, g = lane >> 2, t4 = lane & 3;
+    const int m0 = 16 * (w & 3), nb0 = 32 * (w >> 2);
+    const int nq = min(4, (m0 + 16 - nb0 + 7) / 8); /* n tiles of 8 with a column <= the last row */
+    if (nq <= 0)
+        return;
+    float kk[4][4], qk[4][4];
+#pragma unroll
+    for (int q = 0; q < 4; q++)
+#pragma unroll
+        for (int e = 0; e < 4; e++)
+            kk[q][e] = qk[q][e] = 0.0f;
+#pragma unroll 2
+    for (int k0 = 0; k0 < DKP; k0 += 16) {
+        uint32_t kh[4], kl[4], qh[4], ql[4];
+        /* A fragment: (g, 2t), (g + 8, 2t), (g, 2t + 8), (g + 8, 2t + 8) */
+        const int ra = (m0 + g) * SQ + k0 + 2 * t4;
+        uint32_t t[2], u[2];
+        gc_frag2(sk + ra, t, u);
+        kh[0] = t[0], kh[2] = t[1], kl[0] = u[0], kl[2] = u[1];
+        gc_frag2(sk + ra + 8 * SQ, t, u);
+        kh[1] = t[0], kh[3] = t[1], kl[1] = u[0], kl[3] = u[1];
+        gc_frag2(sq + ra, t, u);
+        qh[0] = t[0], qh[2] = t[1], ql[0] = u[0], ql[2] = u[1];
+        gc_frag2(sq + ra + 8 * SQ, t, u);
+        qh[1] = t[0], qh[3] = t[1], ql[1] = u[0], ql[3] = u[1];
+#pragma unroll
+        for (int q = 0; q < 4; q++) {
+            if (q >= nq)
+                break;
+            uint32_t bh[2], bl[2]; /* B fragment: k rows 2t (+8) of column g = K row nb + g */
+            gc_frag2(sk + (nb0 + 8 * q + g) * SQ + k0 + 2 * t4, bh, bl);
+            dr_mma(kk[q], kh, bh);
+            dr_mma(kk[q], kh, bl);
+            dr_mma(kk[q], kl, bh);
+            dr_mma(qk[q], qh, bh);
+            dr_mma(qk[q], qh, bl);
+            dr_mma(qk[q], ql, bh);
+        }
+    }
+#pragma unroll
+    for (int q = 0; q < 4; q++) {
+        if (q >= nq)
+            break;
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            const int i = m0 + g + 8 * (e >> 1), k = nb0 + 8 * q + 2 * t4 + (e & 1);
+            const float dec = k <= i ? expf(sG[i] - sG[k]) : 0.0f;
+            sA[k * GC_SA + i] = k < i ? sB[i] * kk[q][e] * dec : 0.0f; /* transposed */
+            gc_split1(qk[q][e] * dec, b.Ph + po + i * GC_C + k, b.Pl + po + i * GC_C + k);
+        }
+    }
+}
+
 /* MINB: blocks per SM the registers must allow (1: ~250 registers, no
  * spills; 2: 128 registers, ~330 bytes spilled, twice the warps to hide
  * the load and shared-memory latency) */
@@ -149,7 +220,9 @@ __global__ void __launch_bounds__(GC_THREADS, MINB)
         sF[tid] = expf(sG[GC_C - 1] - sG[tid]);
     }
     /* 3. A (strictly lower) into shared memory, P (lower with the diagonal) out */
-    {
+    if (TC) {
+        gc_prods_tc<DKP>(b, sq, sk, sA, sG, sB, ((size_t)c * Hv + j) * GC_C * GC_C);
+    } else {
         const int ty = tid >> 4, tx = tid & 15;
         float kk[4][4], qk[4][4];
 #pragma unroll
@@ -181,10 +254,7 @@ __global__ void __launch_bounds__(GC_THREADS, MINB)
                 const int i = ty + 16 * a, k = tx + 16 * e;
                 const float dec = k <= i ? expf(sG[i] - sG[k]) : 0.0f;
                 sA[k * GC_SA + i] = k < i ? sB[i] * kk[a][e] * dec : 0.0f; /* transposed */
-                if (TC)
-                    gc_split1(qk[a][e] * dec, b.Ph + po + i * GC_C + k, b.Pl + po + i * GC_C + k);
-                else
-                    b.P[po + i * GC_C + k] = qk[a][e] * dec;
+                b.P[po + i * GC_C + k] = qk[a][e] * dec;
             }
     }
     __syncthreads();
