@@ -24,7 +24,25 @@ if [[ "$what" == *tests* ]]; then
     timeout 120 "$b/tests/test_golden" "tests/data/$fx" --device cuda >> "$T" 2>&1 || { rc=1; echo "golden $fx FAILED"; }
   done
   grep -E "FAIL|passed|gdn" "$T" | head -30
-  grep -E "incremental|greedy|max" "$T" | head -16
+  grep -E "max" "$T" | grep -v "state\|CPU" | sort -t'|' -k2 | head -40 > "$OUT/golden_tc1.txt"
+  # the same goldens on the fp32 FMA kernels: the logit error the tensor-core path adds
+  for fx in dense-f32 moe-bf16 next-f32 long-bf16; do
+    DR_CUDA_GDN_TC=0 timeout 120 "$b/tests/test_golden" "tests/data/$fx" --device cuda >> "$OUT/golden_tc0.log" 2>&1 || { rc=1; echo "golden $fx (TC=0) FAILED"; }
+  done
+  python3 - "$T" "$OUT/golden_tc0.log" <<'PY'
+import re, sys
+def worst(path):
+    w = {}
+    for ln in open(path, errors="replace"):
+        m = re.search(r"cuda (\S+) p\d+ (logits_full|logits_incremental).*max \|dlogit\| ([0-9.e+-]+)", ln)
+        if m:
+            k = (m.group(1), m.group(2) + (" vs CPU" if "CPU" in ln else ""))
+            w[k] = max(w.get(k, 0.0), float(m.group(3)))
+    return w
+a, b = worst(sys.argv[1]), worst(sys.argv[2])
+for k in sorted(b):
+    print("golden %-16s %-18s max |dlogit|  tensor-core %.3g   fp32 FMA %.3g" % (k[0], k[1], a.get(k, -1), b[k]))
+PY
   echo "tests done at $(( $(date +%s) - t0 )) s"
 fi
 if [[ "$what" == *bench* ]]; then

@@ -76,9 +76,27 @@ static __device__ __forceinline__ void gc_frag2(const float *x, uint32_t *hi, ui
     dr_split2(c.x, c.y, hi[1], lo[1]);
 }
 
+/* fp32 pairs (x[0], x[1]) and (x[8], x[9]) -> three-way split fragments:
+ * x = h + m + l, h = bf16(x), m = bf16(x - h), l = bf16(x - h - m)
+ * (|x - h - m - l| <= 2^-27 |x|) */
+static __device__ __forceinline__ float gc_bf0(uint32_t p) { return __uint_as_float(p << 16); }
+static __device__ __forceinline__ float gc_bf1(uint32_t p) { return __uint_as_float(p & 0xffff0000u); }
+static __device__ __forceinline__ void gc_frag3(const float *x, uint32_t *h, uint32_t *m, uint32_t *l) {
+    const float2 a = *(const float2 *)x, c = *(const float2 *)(x + 8);
+    /* m is the lo of the two-way split; x - h and (x - h) - m are exact */
+    dr_split2(a.x, a.y, h[0], m[0]);
+    l[0] = dr_pack_bf16(a.x - gc_bf0(h[0]) - gc_bf0(m[0]), a.y - gc_bf1(h[0]) - gc_bf1(m[0]));
+    dr_split2(c.x, c.y, h[1], m[1]);
+    l[1] = dr_pack_bf16(c.x - gc_bf0(h[1]) - gc_bf0(m[1]), c.y - gc_bf1(h[1]) - gc_bf1(m[1]));
+}
+
 /* gc_prep step 3 on the tensor cores: K K^T and Q K^T of the chunk from the
- * fp32 unit rows in shared memory, split into bf16 hi/lo fragments on the
- * way (three MMAs per product). Warp w: rows 16 (w & 3).., columns
+ * fp32 unit rows in shared memory, split into bf16 fragments on the way.
+ * Q K^T (P, used once in O) takes three MMAs (hi/lo, as the scan). K K^T
+ * takes six on a three-way split (h h + h m + m h + h l + l h + m m,
+ * ~2^-24 relative): A = beta K K^T decay goes through (I + A)^-1, which
+ * amplifies its error where keys are nearly parallel (three MMAs there
+ * raised the dense-f32 golden's logit error from 5e-5 to 7e-4). Warp w: rows 16 (w & 3).., columns
  * 32 (w >> 2).., only the 8-column tiles that reach the lower triangle (the
  * scan reads P only up to its diagonal tile; the substitution reads A only
  * below the diagonal). Writes A^T (beta, decay, strictly lower) and P split. */
@@ -99,14 +117,14 @@ static __device__ __forceinline__ void gc_prods_tc(const gc_buf &b, const float 
             kk[q][e] = qk[q][e] = 0.0f;
 #pragma unroll 2
     for (int k0 = 0; k0 < DKP; k0 += 16) {
-        uint32_t kh[4], kl[4], qh[4], ql[4];
+        uint32_t kh[4], km[4], kl[4], qh[4], ql[4];
         /* A fragment: (g, 2t), (g + 8, 2t), (g, 2t + 8), (g + 8, 2t + 8) */
         const int ra = (m0 + g) * SQ + k0 + 2 * t4;
-        uint32_t t[2], u[2];
-        gc_frag2(sk + ra, t, u);
-        kh[0] = t[0], kh[2] = t[1], kl[0] = u[0], kl[2] = u[1];
-        gc_frag2(sk + ra + 8 * SQ, t, u);
-        kh[1] = t[0], kh[3] = t[1], kl[1] = u[0], kl[3] = u[1];
+        uint32_t t[2], u[2], v[2];
+        gc_frag3(sk + ra, t, u, v);
+        kh[0] = t[0], kh[2] = t[1], km[0] = u[0], km[2] = u[1], kl[0] = v[0], kl[2] = v[1];
+        gc_frag3(sk + ra + 8 * SQ, t, u, v);
+        kh[1] = t[0], kh[3] = t[1], km[1] = u[0], km[3] = u[1], kl[1] = v[0], kl[3] = v[1];
         gc_frag2(sq + ra, t, u);
         qh[0] = t[0], qh[2] = t[1], ql[0] = u[0], ql[2] = u[1];
         gc_frag2(sq + ra + 8 * SQ, t, u);
@@ -115,13 +133,16 @@ static __device__ __forceinline__ void gc_prods_tc(const gc_buf &b, const float 
         for (int q = 0; q < 4; q++) {
             if (q >= nq)
                 break;
-            uint32_t bh[2], bl[2]; /* B fragment: k rows 2t (+8) of column g = K row nb + g */
-            gc_frag2(sk + (nb0 + 8 * q + g) * SQ + k0 + 2 * t4, bh, bl);
-            dr_mma(kk[q], kh, bh);
+            uint32_t bh[2], bm[2], bl[2]; /* B fragment: k rows 2t (+8) of column g = K row nb + g */
+            gc_frag3(sk + (nb0 + 8 * q + g) * SQ + k0 + 2 * t4, bh, bm, bl);
+            dr_mma(kk[q], km, bm);
             dr_mma(kk[q], kh, bl);
             dr_mma(kk[q], kl, bh);
-            dr_mma(qk[q], qh, bh);
-            dr_mma(qk[q], qh, bl);
+            dr_mma(kk[q], kh, bm);
+            dr_mma(kk[q], km, bh);
+            dr_mma(kk[q], kh, bh);
+            dr_mma(qk[q], qh, bh); /* (bh, bm) is K's hi/lo split */
+            dr_mma(qk[q], qh, bm);
             dr_mma(qk[q], ql, bh);
         }
     }
