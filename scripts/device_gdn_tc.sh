@@ -28,8 +28,9 @@ if [[ "$what" == *tests* ]]; then
   # the same goldens on the fp32 FMA kernels: the logit error the tensor-core path adds
   for fx in dense-f32 moe-bf16 next-f32 long-bf16; do
     DR_CUDA_GDN_TC=0 timeout 120 "$b/tests/test_golden" "tests/data/$fx" --device cuda >> "$OUT/golden_tc0.log" 2>&1 || { rc=1; echo "golden $fx (TC=0) FAILED"; }
+    DR_CUDA_GDN_SPLIT=2 timeout 120 "$b/tests/test_golden" "tests/data/$fx" --device cuda >> "$OUT/golden_s2.log" 2>&1 || { rc=1; echo "golden $fx (SPLIT=2) FAILED"; }
   done
-  python3 - "$T" "$OUT/golden_tc0.log" <<'PY'
+  python3 - "$T" "$OUT/golden_tc0.log" "$OUT/golden_s2.log" <<'PY'
 import re, sys
 def worst(path):
     w = {}
@@ -39,25 +40,24 @@ def worst(path):
             k = (m.group(1), m.group(2) + (" vs CPU" if "CPU" in ln else ""))
             w[k] = max(w.get(k, 0.0), float(m.group(3)))
     return w
-a, b = worst(sys.argv[1]), worst(sys.argv[2])
+a, b, c = worst(sys.argv[1]), worst(sys.argv[2]), worst(sys.argv[3])
 for k in sorted(b):
-    print("golden %-16s %-18s max |dlogit|  tensor-core %.3g   fp32 FMA %.3g" % (k[0], k[1], a.get(k, -1), b[k]))
+    print("golden %-14s %-25s max |dlogit|  TC split 3 %.3g  TC split 2 %.3g  fp32 FMA %.3g" % (k[0], k[1], a.get(k, -1), c.get(k, -1), b[k]))
 PY
   echo "tests done at $(( $(date +%s) - t0 )) s"
 fi
 if [[ "$what" == *bench* ]]; then
   timeout 120 "$b/tests/bench_cuda" > "$OUT/bench_cuda.log" 2>&1 || echo "bench_cuda rc $?"
   grep -E "gdn|floor|copy" "$OUT/bench_cuda.log"
-  DR_BENCH_GDN_ONLY=1 DR_CUDA_GDN_PREP_MINB=1 timeout 60 "$b/tests/bench_cuda" 2>&1 | grep -E "gdn prefill" | sed 's/^/[PREP_MINB=1] /'
 fi
 cli="$b/deltarun"
 if [[ "$what" == *ncu* ]]; then
   NCU="ncu --clock-control none --cache-control none -k regex:^gc --metrics gpu__time_duration.sum --csv"
-  for tc in 1 0 m1; do
-    mb=2; [[ $tc == m1 ]] && { tc=1; mb=1; }
-    DR_CUDA_GDN_PREP_MINB=$mb DR_CUDA_GDN_TC=$tc timeout 100 $NCU "$cli" bench --device cuda --synthetic bench/configs/qwen3.5-35b-a3b.json \
+  for tc in 1 0 s2; do
+    mb=3; [[ $tc == s2 ]] && { tc=1; mb=2; }
+    DR_CUDA_GDN_SPLIT=$mb DR_CUDA_GDN_TC=$tc timeout 100 $NCU "$cli" bench --device cuda --synthetic bench/configs/qwen3.5-35b-a3b.json \
       --layers 1 -p 8192 -n 1 --json > "$OUT/ncu_tc$tc$mb.csv" 2>/dev/null
-    echo "ncu DR_CUDA_GDN_TC=$tc PREP_MINB=$mb (one GDN layer, T=8192)"
+    echo "ncu DR_CUDA_GDN_TC=$tc SPLIT=$mb (one GDN layer, T=8192)"
     python3 scripts/ncu_sum.py "$OUT/ncu_tc$tc$mb.csv" 1 2>/dev/null | head -6
   done
 fi
@@ -69,9 +69,10 @@ one() {
   python3 -c "import json,sys; d=json.loads(sys.argv[1]); print('%-24s prefill %7.0f tok/s (p=%d, ttft %.0f ms)  decode %6.1f tok/s' % (sys.argv[2], d['prefill_tok_s'], d['prompt_tokens'], d['ttft_ms'], d['decode_tok_s']))" "$j" "$nm" 2>/dev/null || echo "$nm: failed"
 }
 if [[ "$what" == *e2e* ]]; then
-  for tc in 1 0 1 0; do
-    DR_CUDA_GDN_TC=$tc one "35B-A3B-40L GDN_TC=$tc" --synthetic bench/configs/qwen3.5-35b-a3b.json -p 8192 -n 16
-    [[ $(( $(date +%s) - t0 )) -gt 240 ]] && { echo "stopping e2e (time)"; break; }
+  for m in s3 fma s2 s3 fma; do
+    tc=1; sp=3; [[ $m == fma ]] && tc=0; [[ $m == s2 ]] && sp=2
+    DR_CUDA_GDN_TC=$tc DR_CUDA_GDN_SPLIT=$sp one "35B-A3B-40L GDN_TC=$tc SPLIT=$sp" --synthetic bench/configs/qwen3.5-35b-a3b.json -p 8192 -n 16
+    [[ $(( $(date +%s) - t0 )) -gt 250 ]] && { echo "stopping e2e (time)"; break; }
   done
 fi
 echo "total $(( $(date +%s) - t0 )) s"

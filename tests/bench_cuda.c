@@ -97,15 +97,24 @@ static void bench_gdn(double bw) {
     double tp = TIME(3, G->gdn_chunked(G->ctx, o, qkv, beta, g, st, &d, T, NULL));
     printf("%-52s %9.3f ms  %7.0f tok/s per layer  %.1fx\n", "gdn prefill T=8192 (chunked WY, fp32 FMA)", tp * 1e3,
            T / tp, tr / tp);
-    setenv("DR_CUDA_GDN_TC", "1", 1);
-    double tc = TIME(3, G->gdn_chunked(G->ctx, o, qkv, beta, g, st, &d, T, NULL));
-    /* bf16 MMA flops the scan issues per chunk and head (3 per split product):
-     * -W S and Q S (2 x 64 x dk x dv), P V' (10 of 16 k tiles of 64 x 64 x dv), K^T V' (dk x 64 x dv) */
-    const double mf = 3.0 * 2.0 * (2.0 * 64 * 128 * 128 + 64.0 * 64 * 128 * 10 / 16 + 128.0 * 64 * 128) * (T / 64) * 32;
-    printf("%-52s %9.3f ms  %7.0f tok/s per layer  %.1fx vs FMA  scan MMAs %.0f TFLOP/s over the layer "
-           "(%.1f%% of 989)\n",
-           "gdn prefill T=8192 (chunked WY, tensor-core scan)", tc * 1e3, T / tc, tp / tc, mf / tc / 1e12,
-           100.0 * mf / tc / 989e12);
+    /* bf16 MMA flops issued per chunk and head: prep K K^T and Q K^T (6 MMAs
+     * each, 10 of 16 16x16 tiles of 64 x 64 x dk); scan -W S and Q S (3 or 6
+     * MMAs, 2 x 64 x dk x dv), P V' (3, 10 of 16 k tiles of 64 x 64 x dv),
+     * K^T V' (3, dk x 64 x dv) */
+    const double nchk = (double)(T / 64) * 32;
+    const double prep = 6.0 * 2.0 * 2.0 * 64 * 64 * 128 * 10 / 16, pv = 3.0 * 2.0 * 64 * 64 * 128 * 10 / 16;
+    const double ws = 2.0 * 2.0 * 64 * 128 * 128, kv = 3.0 * 2.0 * 128 * 64 * 128;
+    for (int split = 2; split <= 3; split++) {
+        setenv("DR_CUDA_GDN_TC", "1", 1);
+        setenv("DR_CUDA_GDN_SPLIT", split == 2 ? "2" : "3", 1);
+        double tc = TIME(3, G->gdn_chunked(G->ctx, o, qkv, beta, g, st, &d, T, NULL));
+        const double mf = nchk * (prep + (split == 3 ? 6.0 : 3.0) * ws + pv + kv);
+        char nm[64];
+        snprintf(nm, sizeof nm, "gdn prefill T=8192 (chunked WY, tensor cores, split %d)", split);
+        printf("%-52s %9.3f ms  %7.0f tok/s per layer  %.1fx vs FMA  bf16 MMAs %.0f TFLOP/s (%.1f%% of 989)\n", nm,
+               tc * 1e3, T / tc, tp / tc, mf / tc / 1e12, 100.0 * mf / tc / 989e12);
+    }
+    unsetenv("DR_CUDA_GDN_SPLIT");
     if (had_set)
         setenv("DR_CUDA_GDN_TC", had, 1);
     else

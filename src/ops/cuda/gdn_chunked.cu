@@ -58,24 +58,22 @@ typedef __nv_bfloat16 bf16;
 typedef struct gc_buf {
     float *W, *U, *P, *G, *Qn, *Kn;
     bf16 *Wh, *Wl, *Qh, *Ql, *Kh, *Kl, *Ph, *Pl;
+    bf16 *W3, *Q3; /* third parts bf16(x - hi - lo) of -W, exp(G) Q (S3) */
 } gc_buf;
 
-/* one fp32 value -> its hi and lo bf16 (prefill.cuh) */
-static __device__ __forceinline__ void gc_split1(float x, bf16 *hi, bf16 *lo) {
+/* one fp32 value -> its hi and lo bf16 (prefill.cuh); with l3, also the
+ * third part bf16(x - hi - lo) (x - hi and x - hi - lo are exact) */
+static __device__ __forceinline__ void gc_split1(float x, bf16 *hi, bf16 *lo, bf16 *l3 = NULL) {
     const bf16 h = __float2bfloat16_rn(x);
+    const float r = x - __bfloat162float(h);
+    const bf16 m = __float2bfloat16_rn(r);
     *hi = h;
-    *lo = __float2bfloat16_rn(x - __bfloat162float(h));
+    *lo = m;
+    if (l3)
+        *l3 = __float2bfloat16_rn(r - __bfloat162float(m));
 }
 
 /* TC: write the split operands of gct_scan instead of W, P, Qn, Kn in fp32 */
-/* fp32 pairs (x[0], x[1]) and (x[8], x[9]) of a shared row -> hi/lo halves
- * of an mma fragment (elements e and e + 1 of it) */
-static __device__ __forceinline__ void gc_frag2(const float *x, uint32_t *hi, uint32_t *lo) {
-    const float2 a = *(const float2 *)x, c = *(const float2 *)(x + 8);
-    dr_split2(a.x, a.y, hi[0], lo[0]);
-    dr_split2(c.x, c.y, hi[1], lo[1]);
-}
-
 /* fp32 pairs (x[0], x[1]) and (x[8], x[9]) -> three-way split fragments:
  * x = h + m + l, h = bf16(x), m = bf16(x - h), l = bf16(x - h - m)
  * (|x - h - m - l| <= 2^-27 |x|) */
@@ -92,11 +90,11 @@ static __device__ __forceinline__ void gc_frag3(const float *x, uint32_t *h, uin
 
 /* gc_prep step 3 on the tensor cores: K K^T and Q K^T of the chunk from the
  * fp32 unit rows in shared memory, split into bf16 fragments on the way.
- * Q K^T (P, used once in O) takes three MMAs (hi/lo, as the scan). K K^T
- * takes six on a three-way split (h h + h m + m h + h l + l h + m m,
- * ~2^-24 relative): A = beta K K^T decay goes through (I + A)^-1, which
- * amplifies its error where keys are nearly parallel (three MMAs there
- * raised the dense-f32 golden's logit error from 5e-5 to 7e-4). Warp w: rows 16 (w & 3).., columns
+ * Both take six MMAs on a three-way split (h h + h m + m h + h l + l h +
+ * m m, ~2^-24 relative to |q| |k|): with the hi/lo split (three MMAs) the
+ * dense-f32 golden's logit error rose from 5e-5 to 7e-4 (K K^T alone on
+ * six: 6.5e-4), so the row products of unit vectors need more than
+ * 2^-17: they feed (I + A)^-1 and P, and often cancel. Warp w: rows 16 (w & 3).., columns
  * 32 (w >> 2).., only the 8-column tiles that reach the lower triangle (the
  * scan reads P only up to its diagonal tile; the substitution reads A only
  * below the diagonal). Writes A^T (beta, decay, strictly lower) and P split. */
@@ -117,7 +115,7 @@ static __device__ __forceinline__ void gc_prods_tc(const gc_buf &b, const float 
             kk[q][e] = qk[q][e] = 0.0f;
 #pragma unroll 2
     for (int k0 = 0; k0 < DKP; k0 += 16) {
-        uint32_t kh[4], km[4], kl[4], qh[4], ql[4];
+        uint32_t kh[4], km[4], kl[4], qh[4], qm[4], ql[4];
         /* A fragment: (g, 2t), (g + 8, 2t), (g, 2t + 8), (g + 8, 2t + 8) */
         const int ra = (m0 + g) * SQ + k0 + 2 * t4;
         uint32_t t[2], u[2], v[2];
@@ -125,10 +123,10 @@ static __device__ __forceinline__ void gc_prods_tc(const gc_buf &b, const float 
         kh[0] = t[0], kh[2] = t[1], km[0] = u[0], km[2] = u[1], kl[0] = v[0], kl[2] = v[1];
         gc_frag3(sk + ra + 8 * SQ, t, u, v);
         kh[1] = t[0], kh[3] = t[1], km[1] = u[0], km[3] = u[1], kl[1] = v[0], kl[3] = v[1];
-        gc_frag2(sq + ra, t, u);
-        qh[0] = t[0], qh[2] = t[1], ql[0] = u[0], ql[2] = u[1];
-        gc_frag2(sq + ra + 8 * SQ, t, u);
-        qh[1] = t[0], qh[3] = t[1], ql[1] = u[0], ql[3] = u[1];
+        gc_frag3(sq + ra, t, u, v);
+        qh[0] = t[0], qh[2] = t[1], qm[0] = u[0], qm[2] = u[1], ql[0] = v[0], ql[2] = v[1];
+        gc_frag3(sq + ra + 8 * SQ, t, u, v);
+        qh[1] = t[0], qh[3] = t[1], qm[1] = u[0], qm[3] = u[1], ql[1] = v[0], ql[3] = v[1];
 #pragma unroll
         for (int q = 0; q < 4; q++) {
             if (q >= nq)
@@ -141,9 +139,12 @@ static __device__ __forceinline__ void gc_prods_tc(const gc_buf &b, const float 
             dr_mma(kk[q], kh, bm);
             dr_mma(kk[q], km, bh);
             dr_mma(kk[q], kh, bh);
-            dr_mma(qk[q], qh, bh); /* (bh, bm) is K's hi/lo split */
-            dr_mma(qk[q], qh, bm);
+            dr_mma(qk[q], qm, bm);
+            dr_mma(qk[q], qh, bl);
             dr_mma(qk[q], ql, bh);
+            dr_mma(qk[q], qh, bm);
+            dr_mma(qk[q], qm, bh);
+            dr_mma(qk[q], qh, bh);
         }
     }
 #pragma unroll
@@ -161,9 +162,11 @@ static __device__ __forceinline__ void gc_prods_tc(const gc_buf &b, const float 
 }
 
 /* MINB: blocks per SM the registers must allow (1: ~250 registers, no
- * spills; 2: 128 registers, ~330 bytes spilled, twice the warps to hide
- * the load and shared-memory latency) */
-template <int DKP, bool TC, int MINB>
+ * spills; 2: 128 registers, ~370 bytes spilled, twice the warps to hide
+ * the load and shared-memory latency: the tensor-core path's prep took
+ * 0.91 ms per 4096-token segment with 1, 0.70 with 2, H200). S3: also
+ * the third parts of -W and exp(G) Q. */
+template <int DKP, bool TC, int MINB, bool S3>
 __global__ void __launch_bounds__(GC_THREADS, MINB)
     gc_prep(gc_buf b, const float *__restrict__ qkv, const float *__restrict__ beta, const float *__restrict__ g,
             int t_base, int T, int Hk, int Hv, int dk, int dv) {
@@ -287,6 +290,10 @@ __global__ void __launch_bounds__(GC_THREADS, MINB)
             dr_split2(sE[i] * sq[i * SQ + d], sE[i] * sq[i * SQ + d + 1], hi, lo);
             *(uint32_t *)(b.Qh + qo + (size_t)i * DKP + d) = hi;
             *(uint32_t *)(b.Ql + qo + (size_t)i * DKP + d) = lo;
+            if (S3)
+                *(uint32_t *)(b.Q3 + qo + (size_t)i * DKP + d) =
+                    dr_pack_bf16(sE[i] * sq[i * SQ + d] - gc_bf0(hi) - gc_bf0(lo),
+                                 sE[i] * sq[i * SQ + d + 1] - gc_bf1(hi) - gc_bf1(lo));
             const int dt = p / (GC_C / 2), it = (p % (GC_C / 2)) * 2;
             dr_split2(sF[it] * sk[it * SQ + dt], sF[it + 1] * sk[(it + 1) * SQ + dt], hi, lo);
             *(uint32_t *)(b.Kh + qo + (size_t)dt * GC_C + it) = hi;
@@ -311,7 +318,8 @@ __global__ void __launch_bounds__(GC_THREADS, MINB)
         for (int k = 0; k < GC_C; k++) {
             const float xk = x[k];
             if (TC && isw)
-                gc_split1(-xk, b.Wh + wo + (size_t)k * DKP, b.Wl + wo + (size_t)k * DKP);
+                gc_split1(-xk, b.Wh + wo + (size_t)k * DKP, b.Wl + wo + (size_t)k * DKP,
+                          S3 ? b.W3 + wo + (size_t)k * DKP : NULL);
             else
                 dst[(size_t)k * ld] = xk;
 #pragma unroll
@@ -483,7 +491,8 @@ __global__ void __launch_bounds__(GC_THREADS)
 #define GCT_NC 32
 #define GCT_THREADS 256
 
-template <int DKP> struct gct_lay {
+/* NS: planes of -W, exp(G) Q and S^T (2: hi, lo; 3: hi, lo, third part) */
+template <int DKP, int NS> struct gct_lay {
     static const int SA = DKP + 8;        /* row stride of W, Q, S^T tiles (bf16) */
     static const int SB = GC_C + 8;       /* row stride of K^T, P, V'^T tiles */
     static const int W = GC_C * SA;       /* one plane of -W (and of exp(G) Q) */
@@ -491,14 +500,18 @@ template <int DKP> struct gct_lay {
     static const int P = GC_C * SB;       /* one plane of P */
     static const int S = GCT_NC * SA;     /* one plane of S^T */
     static const int V = GCT_NC * SB;     /* one plane of V'^T */
-    static const size_t BYTES = (size_t)2 * (2 * W + K + P + S + V) * sizeof(bf16);
+    static const size_t BYTES = (size_t)(NS * (2 * W + S) + 2 * (K + P + V)) * sizeof(bf16);
 };
 
-static size_t gct_scan_smem(int DKP) { return DKP == 64 ? gct_lay<64>::BYTES : gct_lay<128>::BYTES; }
+static size_t gct_scan_smem(int DKP, bool s3) {
+    if (s3)
+        return DKP == 64 ? gct_lay<64, 3>::BYTES : gct_lay<128, 3>::BYTES;
+    return DKP == 64 ? gct_lay<64, 2>::BYTES : gct_lay<128, 2>::BYTES;
+}
 
-template <int DKP>
+template <int DKP, int NS>
 static __device__ __forceinline__ void gct_load_wq(bf16 *sWh, bf16 *sQh, const gc_buf &b, size_t off) {
-    typedef gct_lay<DKP> L;
+    typedef gct_lay<DKP, NS> L;
     for (int i = threadIdx.x; i < GC_C * DKP / 8; i += GCT_THREADS) {
         const int r = i / (DKP / 8), e = (i % (DKP / 8)) * 8;
         const size_t go = off + (size_t)r * DKP + e;
@@ -506,12 +519,16 @@ static __device__ __forceinline__ void gct_load_wq(bf16 *sWh, bf16 *sQh, const g
         dr_cp16(sWh + L::W + r * L::SA + e, b.Wl + go);
         dr_cp16(sQh + r * L::SA + e, b.Qh + go);
         dr_cp16(sQh + L::W + r * L::SA + e, b.Ql + go);
+        if (NS == 3) {
+            dr_cp16(sWh + 2 * L::W + r * L::SA + e, b.W3 + go);
+            dr_cp16(sQh + 2 * L::W + r * L::SA + e, b.Q3 + go);
+        }
     }
 }
 
-template <int DKP>
+template <int DKP, int NS>
 static __device__ __forceinline__ void gct_load_kp(bf16 *sKh, bf16 *sPh, const gc_buf &b, size_t koff, size_t poff) {
-    typedef gct_lay<DKP> L;
+    typedef gct_lay<DKP, NS> L;
     for (int i = threadIdx.x; i < (DKP + GC_C) * GC_C / 8; i += GCT_THREADS) {
         const int r = i / (GC_C / 8), e = (i % (GC_C / 8)) * 8;
         if (r < DKP) {
@@ -538,19 +555,37 @@ static __device__ __forceinline__ void gct_mma3(float acc[2][4], const uint32_t 
 }
 
 /* store the split of value x at row n, column k of a transposed plane pair */
-static __device__ __forceinline__ void gct_put(bf16 *h, int plane, int stride, int n, int k, float x) {
-    gc_split1(x, h + n * stride + k, h + plane + n * stride + k);
+static __device__ __forceinline__ void gct_put(bf16 *h, int plane, int stride, int n, int k, float x,
+                                               bool three = false) {
+    gc_split1(x, h + n * stride + k, h + plane + n * stride + k, three ? h + 2 * plane + n * stride + k : NULL);
 }
 
-template <int DKP>
+/* acc[0..1] += A B on a three-way split (six MMAs per n tile: h h, h m,
+ * m h, h l, l h, m m; m is the hi/lo split's lo) */
+static __device__ __forceinline__ void gct_mma6(float acc[2][4], const uint32_t ah[4], const uint32_t am[4],
+                                               const uint32_t al[4], const uint32_t bh[4], const uint32_t bm[4],
+                                               const uint32_t bl[4]) {
+#pragma unroll
+    for (int q = 0; q < 2; q++) {
+        dr_mma(acc[q], am, bm + 2 * q);
+        dr_mma(acc[q], ah, bl + 2 * q);
+        dr_mma(acc[q], al, bh + 2 * q);
+        dr_mma(acc[q], ah, bm + 2 * q);
+        dr_mma(acc[q], am, bh + 2 * q);
+        dr_mma(acc[q], ah, bh + 2 * q);
+    }
+}
+
+/* NS 3: -W S and exp(G) Q S on a three-way split (six MMAs) */
+template <int DKP, int NS>
 __global__ void __launch_bounds__(GCT_THREADS)
     gct_scan(gc_buf b, float *__restrict__ o, float *__restrict__ state, int nc, int t_base, int T, int Hv, int dk,
              int dv) {
-    typedef gct_lay<DKP> L;
+    typedef gct_lay<DKP, NS> L;
     const int MT = DKP / 64; /* 16-row tiles of the state per warp */
     extern __shared__ __align__(16) unsigned char gct_sm[];
-    bf16 *sW = (bf16 *)gct_sm, *sQ = sW + 2 * L::W, *sK = sQ + 2 * L::W, *sP = sK + 2 * L::K, *sS = sP + 2 * L::P,
-         *sV = sS + 2 * L::S;
+    bf16 *sW = (bf16 *)gct_sm, *sQ = sW + NS * L::W, *sK = sQ + NS * L::W, *sP = sK + 2 * L::K, *sS = sP + 2 * L::P,
+         *sV = sS + NS * L::S;
     const int j = blockIdx.x, c0 = blockIdx.y * GCT_NC;
     const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, g = lane >> 2, t4 = lane & 3;
     const int mi = lane >> 3, rr = lane & 7;
@@ -558,9 +593,9 @@ __global__ void __launch_bounds__(GCT_THREADS)
     float *S = state + (size_t)j * dk * dv;
     const size_t hs = (size_t)Hv * GC_C; /* rows of one chunk over all heads */
 
-    gct_load_wq<DKP>(sW, sQ, b, (size_t)j * GC_C * DKP);
+    gct_load_wq<DKP, NS>(sW, sQ, b, (size_t)j * GC_C * DKP);
     dr_cp_commit();
-    gct_load_kp<DKP>(sK, sP, b, (size_t)j * GC_C * DKP, (size_t)j * GC_C * GC_C);
+    gct_load_kp<DKP, NS>(sK, sP, b, (size_t)j * GC_C * DKP, (size_t)j * GC_C * GC_C);
     dr_cp_commit();
 
     /* state rows s0 + 16 mt + g (+8), columns c0 + n0 + 8 nt + 2 t4 (+1) */
@@ -577,8 +612,8 @@ __global__ void __launch_bounds__(GCT_THREADS)
                     v = *(const float2 *)(S + (size_t)r * dv + c0 + cl);
                 st[mt][nt][2 * h] = v.x;
                 st[mt][nt][2 * h + 1] = v.y;
-                gct_put(sS, L::S, L::SA, cl, r, v.x);
-                gct_put(sS, L::S, L::SA, cl + 1, r, v.y);
+                gct_put(sS, L::S, L::SA, cl, r, v.x, NS == 3);
+                gct_put(sS, L::S, L::SA, cl + 1, r, v.y, NS == 3);
             }
     /* U of the chunk, rows m0 + g (+8), in the accumulator layout */
     float u[2][4], el;
@@ -618,8 +653,17 @@ __global__ void __launch_bounds__(GCT_THREADS)
             dr_ldsm4(ql, sQ + L::W + ao);
             dr_ldsm4(bh, sS + bo);
             dr_ldsm4(bl, sS + L::S + bo);
-            gct_mma3(x, wh, wl, bh, bl);
-            gct_mma3(y, qh, ql, bh, bl);
+            if (NS == 3) {
+                uint32_t w3[4], q3[4], b3[4];
+                dr_ldsm4(w3, sW + 2 * L::W + ao);
+                dr_ldsm4(q3, sQ + 2 * L::W + ao);
+                dr_ldsm4(b3, sS + 2 * L::S + bo);
+                gct_mma6(x, wh, wl, w3, bh, bl, b3);
+                gct_mma6(y, qh, ql, q3, bh, bl, b3);
+            } else {
+                gct_mma3(x, wh, wl, bh, bl);
+                gct_mma3(y, qh, ql, bh, bl);
+            }
         }
         /* V' = U + X, transposed and split into sV (rows past n are zero: U, W are) */
 #pragma unroll
@@ -647,7 +691,7 @@ __global__ void __launch_bounds__(GCT_THREADS)
         dr_cp_wait<0>(); /* K^T, P of chunk c */
         __syncthreads(); /* sV complete; every read of sW, sQ done */
         if (c + 1 < nc)
-            gct_load_wq<DKP>(sW, sQ, b, ((c + 1) * hs + (size_t)j * GC_C) * DKP);
+            gct_load_wq<DKP, NS>(sW, sQ, b, ((c + 1) * hs + (size_t)j * GC_C) * DKP);
         dr_cp_commit();
         /* O = Y + P V' (P is lower triangular: k tiles up to the row tile) */
         for (int kk = 0; kk <= (w & 3); kk++) {
@@ -700,10 +744,11 @@ __global__ void __launch_bounds__(GCT_THREADS)
                 for (int e = 0; e < 4; e++) {
                     const float v = elc * st[mt][nt][e] + dd[mt][nt][e];
                     st[mt][nt][e] = v;
-                    gct_put(sS, L::S, L::SA, n0 + 8 * nt + 2 * t4 + (e & 1), s0 + 16 * mt + g + 8 * (e >> 1), v);
+                    gct_put(sS, L::S, L::SA, n0 + 8 * nt + 2 * t4 + (e & 1), s0 + 16 * mt + g + 8 * (e >> 1), v,
+                            NS == 3);
                 }
         if (c + 1 < nc)
-            gct_load_kp<DKP>(sK, sP, b, ((c + 1) * hs + (size_t)j * GC_C) * DKP,
+            gct_load_kp<DKP, NS>(sK, sP, b, ((c + 1) * hs + (size_t)j * GC_C) * DKP,
                              ((c + 1) * hs + (size_t)j * GC_C) * GC_C);
         dr_cp_commit();
     }
@@ -720,27 +765,32 @@ __global__ void __launch_bounds__(GCT_THREADS)
             }
 }
 
-template <int DKP>
+template <int DKP, bool S3>
 static void gct_run(dr_cuda_ctx *cx, float *o, const float *qkv, const float *beta, const float *g, float *state,
                     const dr_gdn_dims *d, int T, gc_buf b) {
     const int Hk = d->n_k_heads, Hv = d->n_v_heads, dk = d->d_k, dv = d->d_v;
-    const size_t s1 = gc_prep_smem(DKP), s2 = gct_scan_smem(DKP);
-    /* DR_CUDA_GDN_PREP_MINB=1: the one-block-per-SM build of gc_prep (an experiment switch) */
-    const char *mb = getenv("DR_CUDA_GDN_PREP_MINB");
-    const bool one = mb && !strcmp(mb, "1");
-    void (*prep)(gc_buf, const float *, const float *, const float *, int, int, int, int, int, int) =
-        one ? gc_prep<DKP, true, 1> : gc_prep<DKP, true, 2>;
-    DR_CUDA_NOTE(cx, cudaFuncSetAttribute(prep, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)s1));
-    DR_CUDA_NOTE(cx, cudaFuncSetAttribute(gct_scan<DKP>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)s2));
+    const size_t s1 = gc_prep_smem(DKP), s2 = gct_scan_smem(DKP, S3);
+    DR_CUDA_NOTE(cx, cudaFuncSetAttribute(gc_prep<DKP, true, 2, S3>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          (int)s1));
+    DR_CUDA_NOTE(cx, cudaFuncSetAttribute(gct_scan<DKP, S3 ? 3 : 2>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          (int)s2));
     for (int t_base = 0; t_base < T; t_base += GC_SEG * GC_C) {
         const int rem = T - t_base, nc = (rem < GC_SEG * GC_C ? rem + GC_C - 1 : GC_SEG * GC_C) / GC_C;
-        prep<<<dim3((unsigned)nc, (unsigned)Hv), GC_THREADS, s1, cx->stream>>>(b, qkv, beta, g, t_base, T, Hk, Hv, dk,
-                                                                                dv);
+        gc_prep<DKP, true, 2, S3><<<dim3((unsigned)nc, (unsigned)Hv), GC_THREADS, s1, cx->stream>>>(
+            b, qkv, beta, g, t_base, T, Hk, Hv, dk, dv);
         DR_CUDA_LAUNCHED(cx);
-        gct_scan<DKP><<<dim3((unsigned)Hv, (unsigned)((dv + GCT_NC - 1) / GCT_NC)), GCT_THREADS, s2, cx->stream>>>(
-            b, o, state, nc, t_base, T, Hv, dk, dv);
+        gct_scan<DKP, S3 ? 3 : 2>
+            <<<dim3((unsigned)Hv, (unsigned)((dv + GCT_NC - 1) / GCT_NC)), GCT_THREADS, s2, cx->stream>>>(
+                b, o, state, nc, t_base, T, Hv, dk, dv);
         DR_CUDA_LAUNCHED(cx);
     }
+}
+
+/* DR_CUDA_GDN_SPLIT=2: the scan's -W S and Q S on the hi/lo split (three
+ * MMAs) instead of the three-way split (six); read at every call */
+static bool gct_split3(void) {
+    const char *e = getenv("DR_CUDA_GDN_SPLIT");
+    return !(e && !strcmp(e, "2"));
 }
 
 /* false when the environment sets DR_CUDA_GDN_TC=0 (the fp32 FMA kernels
@@ -758,7 +808,7 @@ static bool gct_suits(dr_cuda_ctx *cx, int dk, int dv, size_t optin) {
         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, cx->device) != cudaSuccess || major < 8)
         return false;
     const int D = dk <= 64 ? 64 : 128;
-    return gc_prep_smem(D) <= optin && gct_scan_smem(D) <= optin;
+    return gc_prep_smem(D) <= optin && gct_scan_smem(D, gct_split3()) <= optin;
 }
 
 static void gct_chunked(dr_cuda_ctx *cx, float *o, const float *qkv, const float *beta, const float *g, float *state,
@@ -767,7 +817,8 @@ static void gct_chunked(dr_cuda_ctx *cx, float *o, const float *qkv, const float
     const int ncs = (T < GC_SEG * GC_C ? T + GC_C - 1 : GC_SEG * GC_C) / GC_C;
     const size_t rows = (size_t)ncs * GC_C * Hv;
     const size_t nA = rows * D, nP = rows * GC_C; /* bf16 elements of one plane */
-    const size_t bytes = (6 * nA + 2 * nP) * sizeof(bf16) + (rows * dv + rows) * sizeof(float);
+    const bool s3 = gct_split3();
+    const size_t bytes = ((s3 ? 8 : 6) * nA + 2 * nP) * sizeof(bf16) + (rows * dv + rows) * sizeof(float);
     unsigned char *base = (unsigned char *)dr_cuda_scratch(cx, DR_SCR_ATTN, bytes);
     if (!base)
         return;
@@ -783,10 +834,16 @@ static void gct_chunked(dr_cuda_ctx *cx, float *o, const float *qkv, const float
     b.Kl = b.Kh + nA;
     b.Ph = b.Kl + nA;
     b.Pl = b.Ph + nP;
+    if (s3) {
+        b.W3 = b.Pl + nP;
+        b.Q3 = b.W3 + nA;
+    }
     if (D == 64)
-        gct_run<64>(cx, o, qkv, beta, g, state, d, T, b);
+        s3 ? gct_run<64, true>(cx, o, qkv, beta, g, state, d, T, b)
+           : gct_run<64, false>(cx, o, qkv, beta, g, state, d, T, b);
     else
-        gct_run<128>(cx, o, qkv, beta, g, state, d, T, b);
+        s3 ? gct_run<128, true>(cx, o, qkv, beta, g, state, d, T, b)
+           : gct_run<128, false>(cx, o, qkv, beta, g, state, d, T, b);
 }
 
 template <int DKP>
@@ -794,12 +851,13 @@ static void gc_run(dr_cuda_ctx *cx, float *o, const float *qkv, const float *bet
                    const dr_gdn_dims *d, int T, gc_buf b) {
     const int Hk = d->n_k_heads, Hv = d->n_v_heads, dk = d->d_k, dv = d->d_v;
     const size_t s1 = gc_prep_smem(DKP), s2 = gc_scan_smem(DKP);
-    DR_CUDA_NOTE(cx, cudaFuncSetAttribute(gc_prep<DKP, false, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)s1));
+    DR_CUDA_NOTE(cx, cudaFuncSetAttribute(gc_prep<DKP, false, 1, false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                          (int)s1));
     DR_CUDA_NOTE(cx, cudaFuncSetAttribute(gc_scan<DKP>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)s2));
     for (int t_base = 0; t_base < T; t_base += GC_SEG * GC_C) {
         const int rem = T - t_base, nc = (rem < GC_SEG * GC_C ? rem + GC_C - 1 : GC_SEG * GC_C) / GC_C;
-        gc_prep<DKP, false, 1><<<dim3((unsigned)nc, (unsigned)Hv), GC_THREADS, s1, cx->stream>>>(b, qkv, beta, g, t_base, T, Hk,
-                                                                                       Hv, dk, dv);
+        gc_prep<DKP, false, 1, false><<<dim3((unsigned)nc, (unsigned)Hv), GC_THREADS, s1, cx->stream>>>(
+            b, qkv, beta, g, t_base, T, Hk, Hv, dk, dv);
         DR_CUDA_LAUNCHED(cx);
         gc_scan<DKP><<<dim3((unsigned)Hv, (unsigned)((dv + GC_COLS - 1) / GC_COLS)), GC_THREADS, s2, cx->stream>>>(
             b, o, state, nc, t_base, T, Hk, Hv, dk, dv);
