@@ -87,9 +87,9 @@ static void test_gdn_shapes(const gdn_case *cs, size_t ncs, const char *path) {
 }
 
 /* Runs every shape three times: the tensor-core path (where the shape
- * suits it: d_k <= 128, even d_v) with the scan's -W S and Q S on the
- * three-way split (default) and on the hi/lo split (DR_CUDA_GDN_SPLIT=2),
- * and the fp32 FMA kernels (DR_CUDA_GDN_TC=0). Shapes for the tensor-core path's edges: T < 64, T not a
+ * suits it: d_k <= 128, even d_v) with the scan's -W S and Q S on the hi/lo
+ * split (default) and on the three-way split (DR_CUDA_GDN_SPLIT=3), and
+ * the fp32 FMA kernels (DR_CUDA_GDN_TC=0). Shapes for the tensor-core path's edges: T < 64, T not a
  * multiple of 64, T over one segment (4096), d_k 24/64/100/128 (padded to
  * 64/128), d_v not a multiple of the 32-column scan block (20, 40, 130),
  * d_v > d_k and < d_k, Hv/Hk = 4; and shapes it leaves to the FMA kernels
@@ -101,10 +101,10 @@ static void test_gdn(void) {
         {2, 4, 128, 128, 2, S},  {1, 2, 64, 40, 64, S},    {1, 2, 64, 40, 4200, S},   {2, 4, 100, 130, 191, S},
         {1, 4, 128, 64, 37, S},  {2, 8, 64, 96, 129, S},   {1, 2, 128, 256, 300, S},  {1, 1, 64, 33, 100, S},
         {2, 2, 128, 32, 63, S},  {4, 8, 128, 128, 4500, W}, {2, 4, 64, 64, 1000, W}};
-    const char *names[3] = {"tensor cores, split 3", "tensor cores, split 2", "fp32 FMA"};
+    const char *names[3] = {"tensor cores, split 2", "tensor cores, split 3", "fp32 FMA"};
     for (int mode = 0; mode < 3; mode++) {
         setenv("DR_CUDA_GDN_TC", mode == 2 ? "0" : "1", 1);
-        setenv("DR_CUDA_GDN_SPLIT", mode == 1 ? "2" : "3", 1);
+        setenv("DR_CUDA_GDN_SPLIT", mode == 1 ? "3" : "2", 1);
         test_gdn_shapes(cs, sizeof cs / sizeof cs[0], names[mode]);
     }
     unsetenv("DR_CUDA_GDN_TC");

@@ -18,8 +18,17 @@
  * block per (v head, 32 state columns) walks the chunks in order with its
  * state slice in shared memory: V' and Q S in one pass over S, then P V',
  * then the state update. Both are fp32 FMA kernels (no tensor cores): the
- * whole layer is a few per cent of the recurrence's time at T = 8192 and
- * the results stay within fp32 reordering of the CPU (docs/CUDA.md).
+ * whole layer is a quarter of the recurrence's time at T = 8192 and the
+ * results stay within fp32 reordering of the CPU (docs/CUDA.md).
+ *
+ * Tensor-core path (the default where it suits: d_k <= 128, even d_v,
+ * sm_80+; DR_CUDA_GDN_TC=0 keeps the kernels above): gc_prep<TC> takes
+ * K K^T and Q K^T by bf16 MMAs on a three-way split of the fp32 rows and
+ * writes the scan's operands split into bf16 planes (-W, exp(G) Q,
+ * (exp(G_last - G) K)^T, P); gct_scan keeps the fp32 state in registers and
+ * takes every product of the chunk on the tensor cores (split-bf16, fp32
+ * accumulate; the state is split only as an MMA operand, never stored
+ * rounded). See the comment above gct_scan and docs/CUDA.md.
  *
  * Tokens are taken in segments of GC_SEG chunks so the scratch stays
  * bounded; the state in `state` carries between segments.
@@ -93,8 +102,9 @@ static __device__ __forceinline__ void gc_frag3(const float *x, uint32_t *h, uin
  * Both take six MMAs on a three-way split (h h + h m + m h + h l + l h +
  * m m, ~2^-24 relative to |q| |k|): with the hi/lo split (three MMAs) the
  * dense-f32 golden's logit error rose from 5e-5 to 7e-4 (K K^T alone on
- * six: 6.5e-4), so the row products of unit vectors need more than
- * 2^-17: they feed (I + A)^-1 and P, and often cancel. Warp w: rows 16 (w & 3).., columns
+ * six: 6.5e-4; both on six: 5.0e-5, the fp32 kernels 1.9e-5), so the row
+ * products of unit vectors need more than 2^-17: they feed (I + A)^-1 and
+ * P, and often cancel. Warp w: rows 16 (w & 3).., columns
  * 32 (w >> 2).., only the 8-column tiles that reach the lower triangle (the
  * scan reads P only up to its diagonal tile; the substitution reads A only
  * below the diagonal). Writes A^T (beta, decay, strictly lower) and P split. */
@@ -478,7 +488,8 @@ __global__ void __launch_bounds__(GC_THREADS)
  * Block = (v head, GCT_NC state columns), 8 warps: warp w takes chunk rows
  * 16 (w & 3).. and state rows (DKP / 4) (w & 3).. for the 16 columns
  * 16 (w >> 2)... Per chunk, every product is three m16n8k16 bf16 MMAs on
- * split operands (hi*hi + hi*lo + lo*hi) into a fresh fp32 accumulator:
+ * split operands (hi*hi + hi*lo + lo*hi; six on a three-way split for X
+ * and Y with DR_CUDA_GDN_SPLIT=3) into a fresh fp32 accumulator:
  *   X = (-W) S and Y = (exp(G) Q) S       (k = DKP)
  *   V' = U + X;  O = Y + P V'             (k = 64, P lower: k-steps <= row tile)
  *   D = (exp(G_last - G) K)^T V';  S <- exp(G_last) S + D   (k = 64)
@@ -786,11 +797,13 @@ static void gct_run(dr_cuda_ctx *cx, float *o, const float *qkv, const float *be
     }
 }
 
-/* DR_CUDA_GDN_SPLIT=2: the scan's -W S and Q S on the hi/lo split (three
- * MMAs) instead of the three-way split (six); read at every call */
+/* DR_CUDA_GDN_SPLIT=3: the scan's -W S and Q S on the three-way split (six
+ * MMAs) instead of hi/lo (three); read at every call. Off by default: it
+ * took 2.22 instead of 2.02 ms per layer and left every golden's logit
+ * error where it was (H200, docs/CUDA.md "GDN chunked on tensor cores"). */
 static bool gct_split3(void) {
     const char *e = getenv("DR_CUDA_GDN_SPLIT");
-    return !(e && !strcmp(e, "2"));
+    return e && !strcmp(e, "3");
 }
 
 /* false when the environment sets DR_CUDA_GDN_TC=0 (the fp32 FMA kernels
