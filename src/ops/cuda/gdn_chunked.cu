@@ -720,7 +720,8 @@ __global__ void __launch_bounds__(GCT_THREADS)
             for (int h = 0; h < 2; h++) {
                 const int r = m0 + g + 8 * h, cl = c0 + n0 + 8 * nt + 2 * t4;
                 if (r < n && cl < dv)
-                    *(float2 *)(o + ((size_t)(t0 + r) * Hv + j) * dv + cl) = make_float2(y[nt][2 * h], y[nt][2 * h + 1]);
+                    *(float2 *)(o + ((size_t)(t0 + r) * Hv + j) * dv + cl) =
+                        make_float2(y[nt][2 * h], y[nt][2 * h + 1]);
             }
         /* D = (f K)^T V' over the chunk, then S <- exp(G_last) S + D */
         float dd[MT][2][4];
