@@ -82,7 +82,6 @@ static __device__ __forceinline__ void gc_split1(float x, bf16 *hi, bf16 *lo, bf
         *l3 = __float2bfloat16_rn(r - __bfloat162float(m));
 }
 
-/* TC: write the split operands of gct_scan instead of W, P, Qn, Kn in fp32 */
 /* fp32 pairs (x[0], x[1]) and (x[8], x[9]) -> three-way split fragments:
  * x = h + m + l, h = bf16(x), m = bf16(x - h), l = bf16(x - h - m)
  * (|x - h - m - l| <= 2^-27 |x|) */
@@ -171,7 +170,9 @@ static __device__ __forceinline__ void gc_prods_tc(const gc_buf &b, const float 
     }
 }
 
-/* MINB: blocks per SM the registers must allow (1: ~250 registers, no
+/* TC: take K K^T and Q K^T on the tensor cores and write the split
+ * operands of gct_scan instead of W, P, Qn, Kn in fp32.
+ * MINB: blocks per SM the registers must allow (1: ~250 registers, no
  * spills; 2: 128 registers, ~370 bytes spilled, twice the warps to hide
  * the load and shared-memory latency: the tensor-core path's prep took
  * 0.91 ms per 4096-token segment with 1, 0.70 with 2, H200). S3: also
