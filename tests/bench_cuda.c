@@ -75,6 +75,53 @@ static void weight(dr_tensor *t, int d, int n) { /* bf16, random */
     t->data = NULL;
 }
 
+/* GDN delta rule, 35B shape: Hk 16, Hv 32, dk = dv = 128; bw: the copy floor */
+static void bench_gdn(double bw) {
+    dr_gdn_dims d = {16, 32, 128, 128};
+    const int Cc = 2 * 16 * 128 + 32 * 128, T = 8192;
+    float *qkv = dev_rand((size_t)T * Cc), *beta = dev_rand((size_t)T * 32), *g = dev_rand((size_t)T * 32);
+    float *st = dev_rand((size_t)32 * 128 * 128), *o = G->alloc(G->ctx, (size_t)T * 32 * 128 * 4);
+    const double sb = 2.0 * 32 * 128 * 128 * 4; /* state read + written */
+    double t1 = TIME(50, G->gdn_recurrent(G->ctx, o, qkv, beta, g, st, &d, 1, NULL));
+    printf("%-52s %9.3f ms  %7.0f GB/s state  %4.0f%% of floor\n", "gdn decode step (fp32 state 2 MiB)", t1 * 1e3,
+           sb / t1 / 1e9, 100.0 * sb / t1 / 1e9 / bw);
+    double tr = TIME(1, G->gdn_recurrent(G->ctx, o, qkv, beta, g, st, &d, T, NULL));
+    printf("%-52s %9.3f ms  %7.0f tok/s per layer\n", "gdn prefill T=8192 (recurrence kernel, baseline)",
+           tr * 1e3, T / tr);
+    /* the tensor-core scan (default) and the fp32 FMA kernels (DR_CUDA_GDN_TC=0), same process */
+    char had[32] = "";
+    const bool had_set = getenv("DR_CUDA_GDN_TC") != NULL;
+    if (had_set)
+        snprintf(had, sizeof had, "%s", getenv("DR_CUDA_GDN_TC"));
+    setenv("DR_CUDA_GDN_TC", "0", 1);
+    double tp = TIME(3, G->gdn_chunked(G->ctx, o, qkv, beta, g, st, &d, T, NULL));
+    printf("%-52s %9.3f ms  %7.0f tok/s per layer  %.1fx\n", "gdn prefill T=8192 (chunked WY, fp32 FMA)", tp * 1e3,
+           T / tp, tr / tp);
+    /* bf16 MMA flops issued per chunk and head: prep K K^T and Q K^T (6 MMAs
+     * each, 10 of 16 16x16 tiles of 64 x 64 x dk); scan -W S and Q S (3 or 6
+     * MMAs, 2 x 64 x dk x dv), P V' (3, 10 of 16 k tiles of 64 x 64 x dv),
+     * K^T V' (3, dk x 64 x dv) */
+    const double nchk = (double)(T / 64) * 32;
+    const double prep = 6.0 * 2.0 * 2.0 * 64 * 64 * 128 * 10 / 16, pv = 3.0 * 2.0 * 64 * 64 * 128 * 10 / 16;
+    const double ws = 2.0 * 2.0 * 64 * 128 * 128, kv = 3.0 * 2.0 * 128 * 64 * 128;
+    for (int split = 2; split <= 3; split++) {
+        setenv("DR_CUDA_GDN_TC", "1", 1);
+        setenv("DR_CUDA_GDN_SPLIT", split == 2 ? "2" : "3", 1);
+        double tc = TIME(3, G->gdn_chunked(G->ctx, o, qkv, beta, g, st, &d, T, NULL));
+        const double mf = nchk * (prep + (split == 3 ? 6.0 : 3.0) * ws + pv + kv);
+        char nm[64];
+        snprintf(nm, sizeof nm, "gdn prefill T=8192 (chunked WY, tensor cores, split %d)", split);
+        printf("%-52s %9.3f ms  %7.0f tok/s per layer  %.1fx vs FMA  bf16 MMAs %.0f TFLOP/s (%.1f%% of 989)\n", nm,
+               tc * 1e3, T / tc, tp / tc, mf / tc / 1e12, 100.0 * mf / tc / 989e12);
+    }
+    unsetenv("DR_CUDA_GDN_SPLIT");
+    if (had_set)
+        setenv("DR_CUDA_GDN_TC", had, 1);
+    else
+        unsetenv("DR_CUDA_GDN_TC");
+    G->free(G->ctx, qkv), G->free(G->ctx, beta), G->free(G->ctx, g), G->free(G->ctx, st), G->free(G->ctx, o);
+}
+
 int main(void) {
     int ndev = 0;
     if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
@@ -98,6 +145,13 @@ int main(void) {
     printf("%-52s %9.3f ms  %7.0f GB/s (floor)\n", "copy 1 GiB device-to-device", tc * 1e3, bw);
     G->free(G->ctx, a);
     G->free(G->ctx, b);
+
+    /* DR_BENCH_GDN_ONLY: the GDN timings alone (experiment switches in one call) */
+    if (getenv("DR_BENCH_GDN_ONLY")) {
+        bench_gdn(bw);
+        G->destroy(G);
+        return 0;
+    }
 
     /* GEMV (decode) and split-bf16 GEMM (prefill) */
     const struct {
@@ -134,24 +188,7 @@ int main(void) {
         G->destroy(G);
         return 0;
     }
-    /* GDN delta rule, 35B shape: Hk 16, Hv 32, dk = dv = 128 */
-    {
-        dr_gdn_dims d = {16, 32, 128, 128};
-        const int Cc = 2 * 16 * 128 + 32 * 128, T = 8192;
-        float *qkv = dev_rand((size_t)T * Cc), *beta = dev_rand((size_t)T * 32), *g = dev_rand((size_t)T * 32);
-        float *st = dev_rand((size_t)32 * 128 * 128), *o = G->alloc(G->ctx, (size_t)T * 32 * 128 * 4);
-        const double sb = 2.0 * 32 * 128 * 128 * 4; /* state read + written */
-        double t1 = TIME(50, G->gdn_recurrent(G->ctx, o, qkv, beta, g, st, &d, 1, NULL));
-        printf("%-52s %9.3f ms  %7.0f GB/s state  %4.0f%% of floor\n", "gdn decode step (fp32 state 2 MiB)", t1 * 1e3,
-               sb / t1 / 1e9, 100.0 * sb / t1 / 1e9 / bw);
-        double tr = TIME(1, G->gdn_recurrent(G->ctx, o, qkv, beta, g, st, &d, T, NULL));
-        printf("%-52s %9.3f ms  %7.0f tok/s per layer\n", "gdn prefill T=8192 (recurrence kernel, baseline)",
-               tr * 1e3, T / tr);
-        double tp = TIME(3, G->gdn_chunked(G->ctx, o, qkv, beta, g, st, &d, T, NULL));
-        printf("%-52s %9.3f ms  %7.0f tok/s per layer  %.1fx\n", "gdn prefill T=8192 (chunked WY, fp32)", tp * 1e3,
-               T / tp, tr / tp);
-        G->free(G->ctx, qkv), G->free(G->ctx, beta), G->free(G->ctx, g), G->free(G->ctx, st), G->free(G->ctx, o);
-    }
+    bench_gdn(bw);
     /* attention, 35B shape: nH 16, nKV 2, hd 256 */
     {
         const int nH = 16, nKV = 2, hd = 256, n_ctx = 32768;

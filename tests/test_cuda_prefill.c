@@ -7,7 +7,8 @@
  * Errors are max |gpu - cpu| / max |cpu|. Tolerances: attention 1e-4 (the
  * split-bf16 tensor-core products carry ~2^-16 relative operand error,
  * docs/CUDA.md "Prefill"); GDN 1e-4 (fp32, reordered sums over long
- * recurrences, as test_cuda); MoE 2e-5 (exact bf16 weights, split x, as the
+ * recurrences, as test_cuda; the tensor-core path measures ~1e-5, its
+ * split-bf16 products); MoE 2e-5 (exact bf16 weights, split x, as the
  * dense split GEMM). Returns 77 without a CUDA device (ctest: skipped).
  */
 #include "ops/cuda/cuda_ops.h"
@@ -51,12 +52,16 @@ static void test_attention(void) {
     }
 }
 
-static void test_gdn(void) {
-    const struct {
-        int Hk, Hv, dk, dv, T;
-    } cs[] = {{2, 6, 32, 48, 150}, {2, 4, 128, 128, 70}, {3, 3, 24, 20, 65},  {1, 2, 256, 64, 130},
-              {2, 4, 128, 128, 2}, {1, 2, 64, 40, 64},   {1, 2, 64, 40, 4200}, {2, 4, 100, 130, 191}};
-    for (size_t c = 0; c < sizeof cs / sizeof cs[0]; c++) {
+/* gl: log-decay scale (g = -|N(0, 0.5)| gl); 0.6 is a strong decay.
+ * A weak decay (0.01) keeps old chunks in the state, so rounding carried
+ * between chunks would show. */
+typedef struct gdn_case {
+    int Hk, Hv, dk, dv, T;
+    float gl;
+} gdn_case;
+
+static void test_gdn_shapes(const gdn_case *cs, size_t ncs, const char *path) {
+    for (size_t c = 0; c < ncs; c++) {
         dr_gdn_dims d = {cs[c].Hk, cs[c].Hv, cs[c].dk, cs[c].dv};
         const int T = cs[c].T, Cc = 2 * d.n_k_heads * d.d_k + d.n_v_heads * d.d_v;
         const size_t ns = (size_t)d.n_v_heads * d.d_k * d.d_v, no = (size_t)T * d.n_v_heads * d.d_v;
@@ -64,7 +69,7 @@ static void test_gdn(void) {
         float *g = rnd((size_t)T * d.n_v_heads, 0.5f), *st = rnd(ns, 0.3f), *o = malloc(no * 4);
         for (int i = 0; i < T * d.n_v_heads; i++) {
             beta[i] += 0.5f;
-            g[i] = -fabsf(g[i]) * 0.6f;
+            g[i] = -fabsf(g[i]) * cs[c].gl;
         }
         float *ws = malloc(dr_gdn_ws_floats(&d) * 4);
         float *dqkv = dput(qkv, (size_t)T * Cc * 4), *dbeta = dput(beta, (size_t)T * d.n_v_heads * 4);
@@ -72,13 +77,38 @@ static void test_gdn(void) {
         C->gdn_chunked(NULL, o, qkv, beta, g, st, &d, T, ws);
         G->gdn_chunked(G->ctx, dO, dqkv, dbeta, dg, dst, &d, T, NULL);
         float *go = dget(dO, no), *gs = dget(dst, ns);
-        REPORT(rel_err(go, o, no), GDN_TOL, "gdn_chunked Hk=%d Hv=%d dk=%d dv=%d T=%d: o", d.n_k_heads, d.n_v_heads,
-               d.d_k, d.d_v, T);
-        REPORT(rel_err(gs, st, ns), GDN_TOL, "gdn_chunked T=%d: fp32 state", T);
+        REPORT(rel_err(go, o, no), GDN_TOL, "gdn_chunked (%s) Hk=%d Hv=%d dk=%d dv=%d T=%d g x%.2f: o", path,
+               d.n_k_heads, d.n_v_heads, d.d_k, d.d_v, T, (double)cs[c].gl);
+        REPORT(rel_err(gs, st, ns), GDN_TOL, "gdn_chunked (%s) T=%d: fp32 state", path, T);
         free(qkv), free(beta), free(g), free(st), free(o), free(ws), free(go), free(gs);
         G->free(G->ctx, dqkv), G->free(G->ctx, dbeta), G->free(G->ctx, dg), G->free(G->ctx, dst);
         G->free(G->ctx, dO);
     }
+}
+
+/* Runs every shape three times: the tensor-core path (where the shape
+ * suits it: d_k <= 128, even d_v) with the scan's -W S and Q S on the hi/lo
+ * split (default) and on the three-way split (DR_CUDA_GDN_SPLIT=3), and
+ * the fp32 FMA kernels (DR_CUDA_GDN_TC=0). Shapes for the tensor-core path's edges: T < 64, T not a
+ * multiple of 64, T over one segment (4096), d_k 24/64/100/128 (padded to
+ * 64/128), d_v not a multiple of the 32-column scan block (20, 40, 130),
+ * d_v > d_k and < d_k, Hv/Hk = 4; and shapes it leaves to the FMA kernels
+ * (d_k 256, odd d_v). */
+static void test_gdn(void) {
+    const float S = 0.6f, W = 0.01f; /* strong, weak decay */
+    const gdn_case cs[] = {
+        {2, 6, 32, 48, 150, S},  {2, 4, 128, 128, 70, S},  {3, 3, 24, 20, 65, S},     {1, 2, 256, 64, 130, S},
+        {2, 4, 128, 128, 2, S},  {1, 2, 64, 40, 64, S},    {1, 2, 64, 40, 4200, S},   {2, 4, 100, 130, 191, S},
+        {1, 4, 128, 64, 37, S},  {2, 8, 64, 96, 129, S},   {1, 2, 128, 256, 300, S},  {1, 1, 64, 33, 100, S},
+        {2, 2, 128, 32, 63, S},  {4, 8, 128, 128, 4500, W}, {2, 4, 64, 64, 1000, W}};
+    const char *names[3] = {"tensor cores, split 2", "tensor cores, split 3", "fp32 FMA"};
+    for (int mode = 0; mode < 3; mode++) {
+        setenv("DR_CUDA_GDN_TC", mode == 2 ? "0" : "1", 1);
+        setenv("DR_CUDA_GDN_SPLIT", mode == 1 ? "3" : "2", 1);
+        test_gdn_shapes(cs, sizeof cs / sizeof cs[0], names[mode]);
+    }
+    unsetenv("DR_CUDA_GDN_TC");
+    unsetenv("DR_CUDA_GDN_SPLIT");
 }
 
 static void *bf16_weights(dr_tensor *t, int d, int n, float scale) {
