@@ -1,0 +1,606 @@
+/* ops/cuda/quant.cu - MLX affine 4/8-bit weights on the GPU (FORMATS.md 2.1,
+ * model/tensor.h dr_quant; reference semantics ops/cpu/matmul_quant.c:
+ * w = scale * q + bias, fp32 math).
+ *
+ * Device layout of one quantized tensor (one allocation, t->dev): the packed
+ * words as in the file ([rows, in * bits / 32] uint32), then scales and then
+ * biases ([rows, in / group_size] in the file's sb dtype), each part starting
+ * on a 256-byte boundary. Nothing is widened: decode streams the same bytes
+ * the file holds.
+ *
+ *  - Decode GEMV (T <= 8): each lane owns 16-byte pieces of a row (32 4-bit or
+ *    16 8-bit values, always inside one group since groups are >= 32 values
+ *    and pieces are aligned), 8 pieces in flight per lane like the bf16
+ *    gemv_rows_kernel (ld.global.nc.L1::no_allocate, PDL). Per piece
+ *    dot(w, x) = scale * dot(q, x) + bias * sum(x), so the per-value work is
+ *    one byte permute (q -> 2^23 + q as a float), one subtract and one FMA;
+ *    sum(x) is shared by the R rows a warp owns.
+ *  - Prefill (T > 32): rows are dequantized in chunks into bf16 hi/lo
+ *    (W = hi + lo, |W - hi - lo| <= 2^-16 |W|) and x is split the same way;
+ *    y = hi*xhi + hi*xlo + lo*xhi, three cuBLAS bf16 GEMMs accumulating in
+ *    fp32: fp32-grade (the dropped lo*lo term is below 2^-16). 8 < T <= 32
+ *    runs the GEMV per block of 8 tokens (weights re-read, no scratch).
+ *  - Embedding rows dequantized exactly as the CPU (scale * q, then + bias).
+ *  - MoE decode (T <= 4): gate/up of every (token, pick) in one launch, then
+ *    down fused with the weighted sum over picks in pick order. MoE prefill
+ *    goes through moe.cu's grouped path, whose per-expert products call
+ *    dr_cuda_mm_w (here) for quantized experts.
+ */
+#include "cuda_common.cuh"
+#include "cuda_ops.h"
+#include "quant.cuh"
+
+#include <stdlib.h>
+
+#define QG_MAX_T 8    /* GEMV for T <= this in one pass */
+#define QG_BLOCK_T 32 /* GEMV in blocks of 8 tokens up to this */
+#define QG_SETS 4
+
+typedef __nv_bfloat16 bf16;
+
+/* ---- layout ---- */
+
+static size_t align256(size_t n) { return (n + 255) & ~(size_t)255; }
+
+static size_t q_rows(const dr_tensor *t) {
+    size_t r = 1;
+    for (int i = 0; i < t->ndim - 1; i++)
+        r *= (size_t)t->ne[i];
+    return r;
+}
+
+/* Byte offsets of the scales and biases in the device block, and its size. */
+static void q_offsets(const dr_tensor *t, size_t *s_off, size_t *b_off, size_t *total) {
+    const size_t rows = q_rows(t), n = (size_t)t->ne[t->ndim - 1];
+    const size_t pk = rows * n * (size_t)t->q.bits / 8;
+    const size_t sb = rows * (n / (size_t)t->q.group_size) * dr_dtype_size(t->q.sb_dtype);
+    *s_off = align256(pk);
+    *b_off = *s_off + align256(sb);
+    *total = *b_off + sb;
+}
+
+typedef struct qmat {
+    const uint4 *w;
+    const void *s, *b;
+} qmat;
+
+static qmat q_parts(const dr_tensor *t) {
+    size_t so, bo, tot;
+    q_offsets(t, &so, &bo, &tot);
+    qmat m;
+    m.w = (const uint4 *)t->dev;
+    m.s = (const char *)t->dev + so;
+    m.b = (const char *)t->dev + bo;
+    return m;
+}
+
+dr_status dr_cuda_quant_upload(dr_cuda_ctx *cx, dr_tensor *t) {
+    const char *nm = t->name ? t->name : "?";
+    const int64_t n = t->ne[t->ndim - 1];
+    if (t->q.bits != 4 && t->q.bits != 8)
+        return DR_FAIL(DR_ERR_UNSUPPORTED, "tensor %s: %d-bit quantization, the CUDA backend runs 4 and 8", nm,
+                       t->q.bits);
+    if ((t->q.group_size != 32 && t->q.group_size != 64 && t->q.group_size != 128) || n % t->q.group_size)
+        return DR_FAIL(DR_ERR_UNSUPPORTED, "tensor %s: group size %d for rows of %lld (need 32, 64 or 128 dividing it)",
+                       nm, t->q.group_size, (long long)n);
+    if (t->q.sb_dtype != DR_DT_BF16 && t->q.sb_dtype != DR_DT_F16 && t->q.sb_dtype != DR_DT_F32)
+        return DR_FAIL(DR_ERR_UNSUPPORTED, "tensor %s: scales/biases in %s (need BF16, F16 or F32)", nm,
+                       dr_dtype_name(t->q.sb_dtype));
+    if (!t->data || !t->q.scales || !t->q.biases)
+        return DR_FAIL(DR_ERR_ARG, "tensor %s: quantized tensor without packed data, scales or biases", nm);
+    if (cx->failed)
+        return DR_FAIL(DR_ERR_DEVICE, "CUDA backend: an earlier kernel failed (%s)", dr_last_error());
+    size_t so, bo, tot;
+    q_offsets(t, &so, &bo, &tot);
+    const size_t pk = q_rows(t) * (size_t)n * (size_t)t->q.bits / 8, sb = tot - bo;
+    void *p = NULL;
+    cudaError_t e = cudaMalloc(&p, tot);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        size_t fr = 0, all = 0;
+        cudaMemGetInfo(&fr, &all);
+        return DR_FAIL(dr_cuda_status(e),
+                       "tensor %s: cannot allocate %zu bytes (%d-bit packed + scales + biases) on the GPU (%zu of %zu "
+                       "MiB free): %s",
+                       nm, tot, t->q.bits, fr >> 20, all >> 20, cudaGetErrorString(e));
+    }
+    char *d = (char *)p;
+    if ((e = cudaMemcpy(d, t->data, pk, cudaMemcpyHostToDevice)) != cudaSuccess ||
+        (e = cudaMemcpy(d + so, t->q.scales, sb, cudaMemcpyHostToDevice)) != cudaSuccess ||
+        (e = cudaMemcpy(d + bo, t->q.biases, sb, cudaMemcpyHostToDevice)) != cudaSuccess) {
+        cudaFree(p);
+        return DR_FAIL(dr_cuda_status(e), "tensor %s: upload of %zu quantized bytes failed: %s", nm, tot,
+                       cudaGetErrorString(e));
+    }
+    t->dev = p;
+    return DR_OK;
+}
+
+/* ---- device helpers ---- */
+
+static __device__ __forceinline__ float ld_sb(const void *p, dr_dtype dt, size_t i) {
+    if (dt == DR_DT_BF16)
+        return __bfloat162float(__ldg((const bf16 *)p + i));
+    if (dt == DR_DT_F16)
+        return __half2float(__ldg((const __half *)p + i));
+    return __ldg((const float *)p + i);
+}
+
+static __device__ __forceinline__ uint4 ld_q(const uint4 *p) {
+    uint4 r;
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+        : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+        : "l"(p));
+    return r;
+}
+
+/* byte i of v as a float 2^23 + byte (exact), minus 2^23: the value */
+#define QB(v, i) (__uint_as_float(__byte_perm((v), 0x4B000000u, 0x7440u | (i))) - 8388608.0f)
+
+/* The four values of float4 number f (0 .. E/4-1) of a 16-byte piece. */
+template <int BITS> static __device__ __forceinline__ void q4vals(const uint4 &u, int f, float *o) {
+    const unsigned w[4] = {u.x, u.y, u.z, u.w};
+    if (BITS == 8) {
+        const unsigned v = w[f];
+        o[0] = QB(v, 0), o[1] = QB(v, 1), o[2] = QB(v, 2), o[3] = QB(v, 3);
+    } else { /* values 4f .. 4f+3: nibbles 4 (f % 2) .. of word f / 2 */
+        const unsigned v = w[f >> 1];
+        const unsigned lo = v & 0x0F0F0F0Fu, hi = (v >> 4) & 0x0F0F0F0Fu; /* even / odd nibbles */
+        if (f & 1) {
+            o[0] = QB(lo, 2), o[1] = QB(hi, 2), o[2] = QB(lo, 3), o[3] = QB(hi, 3);
+        } else {
+            o[0] = QB(lo, 0), o[1] = QB(hi, 0), o[2] = QB(lo, 1), o[3] = QB(hi, 1);
+        }
+    }
+}
+
+/* ---- decode GEMV ---- */
+
+struct qgemv_set {
+    const uint4 *W[QG_SETS];
+    const void *S[QG_SETS], *B[QG_SETS];
+    float *y[QG_SETS];
+    int row0[QG_SETS + 1];
+    int nm;
+};
+
+/* Each warp owns R consecutive rows (of the concatenated matrices of the
+ * set) and walks them in 16-byte pieces, 8 / R pieces per row in flight per
+ * lane, scales and biases fetched with them. Fixed summation order
+ * (deterministic). x must be 16-byte aligned. */
+template <int BITS, int MT, int R>
+__global__ void __launch_bounds__(256) qgemv_kernel(const qgemv_set set, const float *__restrict__ x, int T, int n,
+                                                    int gs, dr_dtype sdt) {
+    constexpr int E = 128 / BITS; /* values per piece */
+    constexpr int U = 8 / R;
+    dr_pdl_trigger();
+    const int lane = threadIdx.x & 31;
+    const int r0 = (blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5)) * R;
+    const int rows = set.row0[set.nm];
+    if (r0 >= rows)
+        return;
+    const int nv = n / E, G = n / gs, pg = gs / E; /* pieces per row, groups per row, pieces per group */
+    const uint4 *wp[R];
+    size_t sbo[R];
+    const void *Sp[R], *Bp[R];
+    float *yp[R];
+    int ld[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        const int row = r0 + r < rows ? r0 + r : r0; /* a row past the end re-reads r0, result dropped */
+        int m = 0;
+#pragma unroll
+        for (int j = 1; j < QG_SETS; j++)
+            if (j < set.nm && row >= set.row0[j])
+                m = j;
+        const int rr = row - set.row0[m];
+        wp[r] = set.W[m] + (size_t)rr * nv;
+        sbo[r] = (size_t)rr * G;
+        Sp[r] = set.S[m];
+        Bp[r] = set.B[m];
+        yp[r] = r0 + r < rows ? set.y[m] + rr : NULL;
+        ld[r] = set.row0[m + 1] - set.row0[m];
+    }
+    float acc[R][MT];
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int t = 0; t < MT; t++)
+            acc[r][t] = 0.0f;
+    uint4 u[U][R];
+    float sc[U][R], bi[U][R];
+    int v0 = lane;
+#define QG_FETCH()                                                                         \
+    _Pragma("unroll") for (int j = 0; j < U; j++) {                                        \
+        const int v = v0 + 32 * j;                                                         \
+        _Pragma("unroll") for (int r = 0; r < R; r++) {                                    \
+            if (v < nv) {                                                                  \
+                u[j][r] = ld_q(wp[r] + v);                                                 \
+                sc[j][r] = ld_sb(Sp[r], sdt, sbo[r] + v / pg);                             \
+                bi[j][r] = ld_sb(Bp[r], sdt, sbo[r] + v / pg);                             \
+            } else {                                                                       \
+                u[j][r] = make_uint4(0, 0, 0, 0);                                          \
+                sc[j][r] = bi[j][r] = 0.0f;                                                \
+            }                                                                              \
+        }                                                                                  \
+    }
+    QG_FETCH();
+    dr_pdl_wait();
+    for (;;) {
+#pragma unroll
+        for (int j = 0; j < U; j++) {
+            const int v = v0 + 32 * j;
+            if (v < nv) {
+#pragma unroll
+                for (int t = 0; t < MT; t++) {
+                    if (t < T) {
+                        const float4 *xv = (const float4 *)(x + (size_t)t * n + (size_t)v * E);
+                        float dq[R], sx = 0.0f;
+#pragma unroll
+                        for (int r = 0; r < R; r++)
+                            dq[r] = 0.0f;
+#pragma unroll
+                        for (int f = 0; f < E / 4; f++) {
+                            const float4 xx = __ldg(xv + f);
+                            sx += (xx.x + xx.y) + (xx.z + xx.w);
+#pragma unroll
+                            for (int r = 0; r < R; r++) {
+                                float q[4];
+                                q4vals<BITS>(u[j][r], f, q);
+                                dq[r] = fmaf(q[0], xx.x, dq[r]);
+                                dq[r] = fmaf(q[1], xx.y, dq[r]);
+                                dq[r] = fmaf(q[2], xx.z, dq[r]);
+                                dq[r] = fmaf(q[3], xx.w, dq[r]);
+                            }
+                        }
+#pragma unroll
+                        for (int r = 0; r < R; r++)
+                            acc[r][t] = fmaf(sc[j][r], dq[r], fmaf(bi[j][r], sx, acc[r][t]));
+                    }
+                }
+            }
+        }
+        v0 += 32 * U;
+        if (v0 >= nv)
+            break;
+        QG_FETCH();
+    }
+#undef QG_FETCH
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int t = 0; t < MT; t++) {
+            const float s_ = dr_warp_sum(acc[r][t]);
+            if (lane == 0 && yp[r] && t < T)
+                yp[r][(size_t)t * ld[r]] = s_;
+        }
+}
+
+template <int BITS, int MT, int R>
+static void qgemv_launch(dr_cuda_ctx *cx, const qgemv_set &set, const float *x, int T, int n, int gs, dr_dtype sdt) {
+    const int rows = set.row0[set.nm];
+    dim3 grid(dr_cdiv((size_t)rows, (size_t)(8 * R))), block(256);
+    void (*k)(const qgemv_set, const float *, int, int, int, dr_dtype) = qgemv_kernel<BITS, MT, R>;
+    if (cx->pdl) {
+        cudaLaunchAttribute at[1];
+        at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        at[0].val.programmaticStreamSerializationAllowed = 1;
+        cudaLaunchConfig_t cfg = {};
+        cfg.gridDim = grid;
+        cfg.blockDim = block;
+        cfg.stream = cx->stream;
+        cfg.attrs = at;
+        cfg.numAttrs = 1;
+        DR_CUDA_NOTE(cx, cudaLaunchKernelEx(&cfg, k, set, x, T, n, gs, sdt));
+    } else {
+        k<<<grid, block, 0, cx->stream>>>(set, x, T, n, gs, sdt);
+        DR_CUDA_LAUNCHED(cx);
+    }
+}
+
+/* rows per warp: more rows share each x load (the x bytes per weight byte
+ * are 8x for 4-bit), as long as the warps still fill the GPU */
+template <int BITS, int MT>
+static void qgemv_pick(dr_cuda_ctx *cx, const qgemv_set &set, const float *x, int T, int n, int gs, dr_dtype sdt) {
+    const long rows = set.row0[set.nm], sm = cx->n_sm > 0 ? cx->n_sm : 132;
+    if (MT <= 2 && rows >= 4 * 12 * sm)
+        qgemv_launch<BITS, MT, 4>(cx, set, x, T, n, gs, sdt);
+    else if (MT <= 2 && rows >= 2 * 12 * sm)
+        qgemv_launch<BITS, MT, 2>(cx, set, x, T, n, gs, sdt);
+    else
+        qgemv_launch<BITS, MT, 1>(cx, set, x, T, n, gs, sdt);
+}
+
+template <int BITS>
+static void qgemv_bits(dr_cuda_ctx *cx, const qgemv_set &set, const float *x, int T, int n, int gs, dr_dtype sdt) {
+    if (T == 1)
+        qgemv_pick<BITS, 1>(cx, set, x, T, n, gs, sdt);
+    else if (T == 2)
+        qgemv_pick<BITS, 2>(cx, set, x, T, n, gs, sdt);
+    else if (T <= 4)
+        qgemv_pick<BITS, 4>(cx, set, x, T, n, gs, sdt);
+    else
+        qgemv_pick<BITS, 8>(cx, set, x, T, n, gs, sdt);
+}
+
+/* T <= QG_MAX_T tokens over the set (all of one bits / group / sb dtype / n) */
+static void qgemv_run(dr_cuda_ctx *cx, const qgemv_set &set, const dr_tensor *w0, const float *x, int T) {
+    const int n = (int)w0->ne[w0->ndim - 1];
+    if (w0->q.bits == 4)
+        qgemv_bits<4>(cx, set, x, T, n, w0->q.group_size, w0->q.sb_dtype);
+    else
+        qgemv_bits<8>(cx, set, x, T, n, w0->q.group_size, w0->q.sb_dtype);
+}
+
+static void qset_add(qgemv_set *set, const dr_tensor *w, float *y) {
+    const qmat m = q_parts(w);
+    const int i = set->nm++;
+    set->W[i] = m.w;
+    set->S[i] = m.s;
+    set->B[i] = m.b;
+    set->y[i] = y;
+    set->row0[i + 1] = set->row0[i] + (int)w->ne[w->ndim - 2];
+}
+
+/* ---- prefill: dequantize to bf16 hi/lo, three GEMMs ---- */
+
+/* rows [r0, r0 + nr) of the matrix -> hi/lo [nr, n]; one thread per word */
+__global__ void qdequant_split_kernel(bf16 *hi, bf16 *lo, const uint32_t *__restrict__ W, const void *S,
+                                      const void *B, dr_dtype sdt, int bits, int n, int gs, size_t r0, size_t nr) {
+    const int per = 32 / bits, wpr = n / per, G = n / gs;
+    const unsigned mask = (1u << bits) - 1u;
+    const size_t nw = nr * (size_t)wpr;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < nw; i += (size_t)gridDim.x * blockDim.x) {
+        const size_t r = i / wpr;
+        const int wi = (int)(i % wpr), e0 = wi * per;
+        const unsigned v = __ldg(W + (r0 + r) * wpr + wi);
+        const size_t g = (r0 + r) * G + e0 / gs;
+        const float s = ld_sb(S, sdt, g), b = ld_sb(B, sdt, g);
+        for (int j = 0; j < per; j++) {
+            const float w = __fadd_rn(__fmul_rn(s, (float)((v >> (j * bits)) & mask)), b); /* as the CPU */
+            const bf16 h = __float2bfloat16_rn(w);
+            hi[r * n + e0 + j] = h;
+            lo[r * n + e0 + j] = __float2bfloat16_rn(w - __bfloat162float(h));
+        }
+    }
+}
+
+static unsigned grid_for(const dr_cuda_ctx *cx, size_t n) {
+    size_t b = (n + 255) / 256, cap = (size_t)(cx->n_sm > 0 ? cx->n_sm : 132) * 16;
+    return (unsigned)(b < 1 ? 1 : b > cap ? cap : b);
+}
+
+#define QD_CHUNK_ELEMS ((size_t)32 << 20) /* 128 MiB of hi + lo scratch at most */
+
+static void qmm_gemm(dr_cuda_ctx *cx, float *y, const float *x, const dr_tensor *w, int T) {
+    const int d = (int)(q_rows(w)), n = (int)w->ne[w->ndim - 1];
+    const size_t nx = (size_t)T * n;
+    bf16 *xh = (bf16 *)dr_cuda_scratch(cx, DR_SCR_SPLIT, 2 * nx * sizeof(bf16));
+    if (!xh)
+        return;
+    bf16 *xl = xh + nx;
+    dr_cuda_split_bf16(cx, xh, xl, x, nx);
+    size_t cr = QD_CHUNK_ELEMS / (size_t)n;
+    cr = cr < 64 ? 64 : cr;
+    cr = cr > (size_t)d ? (size_t)d : cr;
+    bf16 *wh = (bf16 *)dr_cuda_scratch(cx, DR_SCR_QW, 2 * cr * (size_t)n * sizeof(bf16));
+    if (!wh)
+        return;
+    bf16 *wl = wh + cr * (size_t)n;
+    const qmat m = q_parts(w);
+    const float one = 1.0f, zero = 0.0f;
+    for (size_t r0 = 0; r0 < (size_t)d; r0 += cr) {
+        const size_t nr = (size_t)d - r0 < cr ? (size_t)d - r0 : cr;
+        qdequant_split_kernel<<<grid_for(cx, nr * n / 8), 256, 0, cx->stream>>>(
+            wh, wl, (const uint32_t *)m.w, m.s, m.b, w->q.sb_dtype, w->q.bits, n, w->q.group_size, r0, nr);
+        DR_CUDA_LAUNCHED(cx);
+        /* row-major y[T, d] columns r0.. = column-major y^T rows r0.. (ldc d) */
+        const bf16 *A[3] = {wh, wh, wl}, *Bx[3] = {xh, xl, xh};
+        for (int p = 0; p < 3; p++)
+            DR_BLAS_NOTE(cx, cublasGemmEx(cx->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)nr, T, n, &one, A[p], CUDA_R_16BF,
+                                          n, Bx[p], CUDA_R_16BF, n, p ? &one : &zero, y + r0, CUDA_R_32F, d,
+                                          CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    }
+}
+
+/* ---- slots ---- */
+
+static bool q_not_uploaded(dr_cuda_ctx *cx, const dr_tensor *w, const char *what) {
+    if (w->dev)
+        return false;
+    dr_fail_at(__FILE__, __LINE__, DR_ERR_ARG, "CUDA %s: tensor %s was not uploaded", what, w->name ? w->name : "?");
+    cx->failed = 1;
+    return true;
+}
+
+void dr_cuda_qmm(dr_cuda_ctx *cx, float *y, const float *x, const dr_tensor *w, int T) {
+    if (T <= 0 || q_not_uploaded(cx, w, "matmul"))
+        return;
+    const int d = (int)q_rows(w), n = (int)w->ne[w->ndim - 1];
+    if (d <= 0)
+        return;
+    if (T > QG_BLOCK_T || (uintptr_t)x % 16) {
+        qmm_gemm(cx, y, x, w, T);
+        return;
+    }
+    for (int t0 = 0; t0 < T; t0 += QG_MAX_T) { /* the weights are re-read per block of 8 tokens */
+        qgemv_set set = {};
+        qset_add(&set, w, y + (size_t)t0 * d);
+        qgemv_run(cx, set, w, x + (size_t)t0 * n, T - t0 < QG_MAX_T ? T - t0 : QG_MAX_T);
+    }
+}
+
+void dr_cuda_mm_w(dr_cuda_ctx *cx, float *y, const float *x, const dr_tensor *w, int T) {
+    if (w->q.bits)
+        dr_cuda_qmm(cx, y, x, w, T);
+    else
+        dr_cuda_mm(cx, y, x, w->dev, w->dtype, T, (int)w->ne[w->ndim - 2], (int)w->ne[w->ndim - 1]);
+}
+
+bool dr_cuda_quant_matmul_n(dr_cuda_ctx *cx, int n_w, float *const *ys, const float *x, const dr_tensor *const *ws,
+                            int T) {
+    bool any = false, same = n_w <= QG_SETS && T <= QG_MAX_T && (uintptr_t)x % 16 == 0;
+    for (int i = 0; i < n_w; i++) {
+        any = any || ws[i]->q.bits;
+        same = same && ws[i]->q.bits == ws[0]->q.bits && ws[i]->q.group_size == ws[0]->q.group_size &&
+               ws[i]->q.sb_dtype == ws[0]->q.sb_dtype && ws[i]->ne[ws[i]->ndim - 1] == ws[0]->ne[ws[0]->ndim - 1] &&
+               ws[i]->dev;
+    }
+    if (!any)
+        return false;
+    if (!same || T <= 0) { /* mixed or prefill: one product each */
+        for (int i = 0; i < n_w; i++)
+            dr_cuda_mm_w(cx, ys[i], x, ws[i], T);
+        return true;
+    }
+    qgemv_set set = {};
+    for (int i = 0; i < n_w; i++)
+        qset_add(&set, ws[i], ys[i]);
+    if (set.row0[n_w] > 0)
+        qgemv_run(cx, set, ws[0], x, T);
+    return true;
+}
+
+/* ---- embedding ---- */
+
+__global__ void qembed_kernel(float *x, const uint32_t *__restrict__ W, const void *S, const void *B, dr_dtype sdt,
+                              int bits, int gs, const int32_t *ids, int H) {
+    const int t = blockIdx.y, per = 32 / bits, wpr = H / per, G = H / gs;
+    const unsigned mask = (1u << bits) - 1u;
+    const size_t row = (size_t)ids[t];
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < H; i += gridDim.x * blockDim.x) {
+        const unsigned v = __ldg(W + row * wpr + i / per);
+        const size_t g = row * G + i / gs;
+        const float q = (float)((v >> ((i % per) * bits)) & mask);
+        x[(size_t)t * H + i] = __fadd_rn(__fmul_rn(ld_sb(S, sdt, g), q), ld_sb(B, sdt, g));
+    }
+}
+
+void dr_cuda_qembed(dr_cuda_ctx *cx, float *x, const dr_tensor *emb, const int32_t *dids, int T) {
+    const int H = (int)emb->ne[emb->ndim - 1];
+    const qmat m = q_parts(emb);
+    dim3 grid(dr_cdiv((size_t)H, 256), (unsigned)T);
+    qembed_kernel<<<grid, 256, 0, cx->stream>>>(x, (const uint32_t *)m.w, m.s, m.b, emb->q.sb_dtype, emb->q.bits,
+                                                emb->q.group_size, dids, H);
+    DR_CUDA_LAUNCHED(cx);
+}
+
+/* ---- MoE decode ---- */
+
+/* The geometry every expert matrix of one kind shares. */
+struct qgeo {
+    int rows, n, gs;
+    size_t s_off, b_off; /* bytes from the block start */
+};
+
+static qgeo q_geo(const dr_tensor *t) {
+    qgeo g;
+    size_t tot;
+    g.rows = (int)q_rows(t);
+    g.n = (int)t->ne[t->ndim - 1];
+    g.gs = t->q.group_size;
+    q_offsets(t, &g.s_off, &g.b_off, &tot);
+    return g;
+}
+
+/* One warp: dot of row `row` of a quantized block with x (16-byte aligned). */
+template <int BITS>
+static __device__ __forceinline__ float qdot_warp(const void *blk, const qgeo &g, dr_dtype sdt, int row,
+                                                  const float *__restrict__ x) {
+    constexpr int E = 128 / BITS;
+    const int lane = threadIdx.x & 31, nv = g.n / E, pg = g.gs / E;
+    const uint4 *w = (const uint4 *)blk + (size_t)row * nv;
+    const void *S = (const char *)blk + g.s_off, *B = (const char *)blk + g.b_off;
+    const size_t sb0 = (size_t)row * (g.n / g.gs);
+    float acc = 0.0f;
+#pragma unroll 2
+    for (int v = lane; v < nv; v += 32) {
+        const uint4 u = ld_q(w + v);
+        const float s = ld_sb(S, sdt, sb0 + v / pg), b = ld_sb(B, sdt, sb0 + v / pg);
+        const float4 *xv = (const float4 *)(x + (size_t)v * E);
+        float dq = 0.0f, sx = 0.0f;
+#pragma unroll
+        for (int f = 0; f < E / 4; f++) {
+            const float4 xx = __ldg(xv + f);
+            float q[4];
+            q4vals<BITS>(u, f, q);
+            sx += (xx.x + xx.y) + (xx.z + xx.w);
+            dq = fmaf(q[0], xx.x, dq);
+            dq = fmaf(q[1], xx.y, dq);
+            dq = fmaf(q[2], xx.z, dq);
+            dq = fmaf(q[3], xx.w, dq);
+        }
+        acc = fmaf(s, dq, fmaf(b, sx, acc));
+    }
+    return dr_warp_sum(acc);
+}
+
+/* act[r, i] = silu(gate_e[i] . x_t) * (up_e[i] . x_t), r = t*k + j, e = idx[r] */
+template <int BITS>
+__global__ void __launch_bounds__(256) qmoe_gate_up_kernel(float *act, const float *x, const int32_t *idx,
+                                                           const void *const *tab, int E, int k, qgeo g,
+                                                           dr_dtype sdt) {
+    const int r = blockIdx.y;
+    const int i = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (i >= g.rows)
+        return;
+    const int e = idx[r];
+    const float *xt = x + (size_t)(r / k) * g.n;
+    const float gv = qdot_warp<BITS>(tab[e], g, sdt, i, xt), uv = qdot_warp<BITS>(tab[E + e], g, sdt, i, xt);
+    if ((threadIdx.x & 31) == 0)
+        act[(size_t)r * g.rows + i] = dr_dev_silu(gv) * uv;
+}
+
+/* y[t, h] += sum_j wts[t, j] * (down_e[h] . act[t*k + j]), j in order (as the CPU) */
+template <int BITS>
+__global__ void __launch_bounds__(256) qmoe_down_kernel(float *y, const float *act, const int32_t *idx,
+                                                        const float *wts, const void *const *tab, int E, int k,
+                                                        qgeo g, dr_dtype sdt) {
+    const int t = blockIdx.y;
+    const int h = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (h >= g.rows)
+        return;
+    float acc = y[(size_t)t * g.rows + h];
+    for (int j = 0; j < k; j++) {
+        const size_t r = (size_t)t * k + j;
+        const float v = qdot_warp<BITS>(tab[2 * E + idx[r]], g, sdt, h, act + r * g.n);
+        acc += wts[r] * v;
+    }
+    if ((threadIdx.x & 31) == 0)
+        y[(size_t)t * g.rows + h] = acc;
+}
+
+bool dr_cuda_quant_moe_decode(dr_cuda_ctx *cx, float *y, const float *x, const int32_t *idx, const float *wts,
+                              const dr_expert *ex, dr_cuda_expert_tab_fn get_tab, int E, int T, int k, int H, int I) {
+    const dr_tensor *g0 = &ex[0].gate;
+    if ((uintptr_t)x % 16 || (H * 4) % 16 || (I * 4) % 16)
+        return false;
+    for (int e = 0; e < E; e++) { /* one launch reads every expert with one geometry */
+        const dr_tensor *m[3] = {&ex[e].gate, &ex[e].up, &ex[e].down};
+        for (int i = 0; i < 3; i++)
+            if (m[i]->q.bits != g0->q.bits || m[i]->q.group_size != g0->q.group_size ||
+                m[i]->q.sb_dtype != g0->q.sb_dtype)
+                return false;
+    }
+    const void *const *tab = get_tab(cx, ex, E);
+    if (!tab)
+        return true; /* recorded */
+    const int R = T * k;
+    float *act = (float *)dr_cuda_scratch(cx, DR_SCR_MOE, (size_t)R * I * sizeof(float));
+    if (!act)
+        return true;
+    const qgeo gu = q_geo(&ex[0].gate), dn = q_geo(&ex[0].down);
+    const dr_dtype sdt = g0->q.sb_dtype;
+    const dim3 g1(dr_cdiv((size_t)I, 8), (unsigned)R), g2(dr_cdiv((size_t)H, 8), (unsigned)T);
+    if (g0->q.bits == 4) {
+        qmoe_gate_up_kernel<4><<<g1, 256, 0, cx->stream>>>(act, x, idx, tab, E, k, gu, sdt);
+        DR_CUDA_LAUNCHED(cx);
+        qmoe_down_kernel<4><<<g2, 256, 0, cx->stream>>>(y, act, idx, wts, tab, E, k, dn, sdt);
+    } else {
+        qmoe_gate_up_kernel<8><<<g1, 256, 0, cx->stream>>>(act, x, idx, tab, E, k, gu, sdt);
+        DR_CUDA_LAUNCHED(cx);
+        qmoe_down_kernel<8><<<g2, 256, 0, cx->stream>>>(y, act, idx, wts, tab, E, k, dn, sdt);
+    }
+    DR_CUDA_LAUNCHED(cx);
+    return true;
+}
