@@ -67,7 +67,7 @@ static void check_mm(const dr_tensor *q, int T, const char *what) {
 
 static void test_matmul(void) {
     const int Ts[] = {1, 2, 3, 4, 5, 6, 7, 8, 20, 40};
-    const int shapes[][2] = {{67, 384}, {333, 1024}, {4099, 256}};
+    const int shapes[][2] = {{67, 384}, {333, 1024}, {4099, 256}, {12289, 128}}; /* 1, 2, 4 rows per warp */
     int c = 0;
     for (int bits = 4; bits <= 8; bits += 4)
         for (int gs = 32; gs <= 128; gs *= 2)
@@ -79,7 +79,7 @@ static void test_matmul(void) {
                 snprintf(what, sizeof what, "q%d g%d %s [%d, %d]", bits, gs, dr_dtype_name(sb), shapes[si][0],
                          shapes[si][1]);
                 for (size_t ti = 0; ti < sizeof Ts / sizeof Ts[0]; ti++)
-                    if (si < 2 || Ts[ti] == 1 || Ts[ti] == 40) /* the big shape: decode and prefill only */
+                    if (si < 2 || Ts[ti] <= 2 || Ts[ti] == 40) /* big shapes: decode and prefill only */
                         check_mm(&q, Ts[ti], what);
                 qfree(&q, own);
             }
@@ -164,7 +164,10 @@ static void test_moe(void) {
     const int E = 8, H = 256, I = 128, k = 3;
     for (int bits = 4; bits <= 8; bits += 4) {
         const int gs = bits == 4 ? 64 : 128;
-        dr_expert ex[8];
+        /* one array per bits: the backend caches its expert table by the
+           array's address, which must not be reused for other weights */
+        static dr_expert exs[2][8];
+        dr_expert *ex = exs[bits == 8];
         void *own[8][3];
         for (int e = 0; e < E; e++) {
             ex[e].gate = qmat(I, H, bits, gs, DR_DT_BF16, &own[e][0], NULL);

@@ -170,7 +170,7 @@ struct qgemv_set {
  * (deterministic). x must be 16-byte aligned. */
 template <int BITS, int MT, int R>
 __global__ void __launch_bounds__(256) qgemv_kernel(const qgemv_set set, const float *__restrict__ x, int T, int n,
-                                                    int gs, dr_dtype sdt) {
+                                                    int gsh, dr_dtype sdt) {
     constexpr int E = 128 / BITS; /* values per piece */
     constexpr int U = 8 / R;
     dr_pdl_trigger();
@@ -179,7 +179,8 @@ __global__ void __launch_bounds__(256) qgemv_kernel(const qgemv_set set, const f
     const int rows = set.row0[set.nm];
     if (r0 >= rows)
         return;
-    const int nv = n / E, G = n / gs, pg = gs / E; /* pieces per row, groups per row, pieces per group */
+    /* pieces per row, groups per row; piece v is in group v >> gsh */
+    const int nv = n / E, G = (n / E) >> gsh;
     const uint4 *wp[R];
     size_t sbo[R];
     const void *Sp[R], *Bp[R];
@@ -188,18 +189,20 @@ __global__ void __launch_bounds__(256) qgemv_kernel(const qgemv_set set, const f
 #pragma unroll
     for (int r = 0; r < R; r++) {
         const int row = r0 + r < rows ? r0 + r : r0; /* a row past the end re-reads r0, result dropped */
-        int m = 0;
+        const uint4 *W = set.W[0];
+        const void *S = set.S[0], *B = set.B[0];
+        float *Y = set.y[0];
+        int b = 0, e = set.row0[1];
 #pragma unroll
-        for (int j = 1; j < QG_SETS; j++)
+        for (int j = 1; j < QG_SETS; j++) /* constant indices: the set stays in the parameter bank */
             if (j < set.nm && row >= set.row0[j])
-                m = j;
-        const int rr = row - set.row0[m];
-        wp[r] = set.W[m] + (size_t)rr * nv;
-        sbo[r] = (size_t)rr * G;
-        Sp[r] = set.S[m];
-        Bp[r] = set.B[m];
-        yp[r] = r0 + r < rows ? set.y[m] + rr : NULL;
-        ld[r] = set.row0[m + 1] - set.row0[m];
+                W = set.W[j], S = set.S[j], B = set.B[j], Y = set.y[j], b = set.row0[j], e = set.row0[j + 1];
+        wp[r] = W + (size_t)(row - b) * nv;
+        sbo[r] = (size_t)(row - b) * G;
+        Sp[r] = S;
+        Bp[r] = B;
+        yp[r] = r0 + r < rows ? Y + (row - b) : NULL;
+        ld[r] = e - b;
     }
     float acc[R][MT];
 #pragma unroll
@@ -216,8 +219,8 @@ __global__ void __launch_bounds__(256) qgemv_kernel(const qgemv_set set, const f
         _Pragma("unroll") for (int r = 0; r < R; r++) {                                    \
             if (v < nv) {                                                                  \
                 u[j][r] = ld_q(wp[r] + v);                                                 \
-                sc[j][r] = ld_sb(Sp[r], sdt, sbo[r] + v / pg);                             \
-                bi[j][r] = ld_sb(Bp[r], sdt, sbo[r] + v / pg);                             \
+                sc[j][r] = ld_sb(Sp[r], sdt, sbo[r] + (v >> gsh));                         \
+                bi[j][r] = ld_sb(Bp[r], sdt, sbo[r] + (v >> gsh));                         \
             } else {                                                                       \
                 u[j][r] = make_uint4(0, 0, 0, 0);                                          \
                 sc[j][r] = bi[j][r] = 0.0f;                                                \
@@ -235,10 +238,11 @@ __global__ void __launch_bounds__(256) qgemv_kernel(const qgemv_set set, const f
                 for (int t = 0; t < MT; t++) {
                     if (t < T) {
                         const float4 *xv = (const float4 *)(x + (size_t)t * n + (size_t)v * E);
-                        float dq[R], sx = 0.0f;
+                        /* two partial sums per row: half the FMA chain */
+                        float dq[R][2], sx = 0.0f;
 #pragma unroll
                         for (int r = 0; r < R; r++)
-                            dq[r] = 0.0f;
+                            dq[r][0] = dq[r][1] = 0.0f;
 #pragma unroll
                         for (int f = 0; f < E / 4; f++) {
                             const float4 xx = __ldg(xv + f);
@@ -247,15 +251,16 @@ __global__ void __launch_bounds__(256) qgemv_kernel(const qgemv_set set, const f
                             for (int r = 0; r < R; r++) {
                                 float q[4];
                                 q4vals<BITS>(u[j][r], f, q);
-                                dq[r] = fmaf(q[0], xx.x, dq[r]);
-                                dq[r] = fmaf(q[1], xx.y, dq[r]);
-                                dq[r] = fmaf(q[2], xx.z, dq[r]);
-                                dq[r] = fmaf(q[3], xx.w, dq[r]);
+                                float d_ = dq[r][f & 1];
+                                d_ = fmaf(q[0], xx.x, d_);
+                                d_ = fmaf(q[1], xx.y, d_);
+                                d_ = fmaf(q[2], xx.z, d_);
+                                dq[r][f & 1] = fmaf(q[3], xx.w, d_);
                             }
                         }
 #pragma unroll
                         for (int r = 0; r < R; r++)
-                            acc[r][t] = fmaf(sc[j][r], dq[r], fmaf(bi[j][r], sx, acc[r][t]));
+                            acc[r][t] = fmaf(sc[j][r], dq[r][0] + dq[r][1], fmaf(bi[j][r], sx, acc[r][t]));
                     }
                 }
             }
@@ -279,6 +284,9 @@ __global__ void __launch_bounds__(256) qgemv_kernel(const qgemv_set set, const f
 template <int BITS, int MT, int R>
 static void qgemv_launch(dr_cuda_ctx *cx, const qgemv_set &set, const float *x, int T, int n, int gs, dr_dtype sdt) {
     const int rows = set.row0[set.nm];
+    int gsh = 0; /* log2 of pieces per group */
+    while ((128 / BITS) << gsh < gs)
+        gsh++;
     dim3 grid(dr_cdiv((size_t)rows, (size_t)(8 * R))), block(256);
     void (*k)(const qgemv_set, const float *, int, int, int, dr_dtype) = qgemv_kernel<BITS, MT, R>;
     if (cx->pdl) {
@@ -291,9 +299,9 @@ static void qgemv_launch(dr_cuda_ctx *cx, const qgemv_set &set, const float *x, 
         cfg.stream = cx->stream;
         cfg.attrs = at;
         cfg.numAttrs = 1;
-        DR_CUDA_NOTE(cx, cudaLaunchKernelEx(&cfg, k, set, x, T, n, gs, sdt));
+        DR_CUDA_NOTE(cx, cudaLaunchKernelEx(&cfg, k, set, x, T, n, gsh, sdt));
     } else {
-        k<<<grid, block, 0, cx->stream>>>(set, x, T, n, gs, sdt);
+        k<<<grid, block, 0, cx->stream>>>(set, x, T, n, gsh, sdt);
         DR_CUDA_LAUNCHED(cx);
     }
 }
@@ -303,6 +311,20 @@ static void qgemv_launch(dr_cuda_ctx *cx, const qgemv_set &set, const float *x, 
 template <int BITS, int MT>
 static void qgemv_pick(dr_cuda_ctx *cx, const qgemv_set &set, const float *x, int T, int n, int gs, dr_dtype sdt) {
     const long rows = set.row0[set.nm], sm = cx->n_sm > 0 ? cx->n_sm : 132;
+    static int force = -1; /* DR_CUDA_QGEMV_R=1/2/4: rows per warp forced (T <= 2; measurements) */
+    if (force < 0) {
+        const char *e = getenv("DR_CUDA_QGEMV_R");
+        force = e ? atoi(e) : 0;
+    }
+    if (MT <= 2 && force) {
+        if (force == 4)
+            qgemv_launch<BITS, MT, 4>(cx, set, x, T, n, gs, sdt);
+        else if (force == 2)
+            qgemv_launch<BITS, MT, 2>(cx, set, x, T, n, gs, sdt);
+        else
+            qgemv_launch<BITS, MT, 1>(cx, set, x, T, n, gs, sdt);
+        return;
+    }
     if (MT <= 2 && rows >= 4 * 12 * sm)
         qgemv_launch<BITS, MT, 4>(cx, set, x, T, n, gs, sdt);
     else if (MT <= 2 && rows >= 2 * 12 * sm)
@@ -434,7 +456,7 @@ void dr_cuda_mm_w(dr_cuda_ctx *cx, float *y, const float *x, const dr_tensor *w,
     if (w->q.bits)
         dr_cuda_qmm(cx, y, x, w, T);
     else
-        dr_cuda_mm(cx, y, x, w->dev, w->dtype, T, (int)w->ne[w->ndim - 2], (int)w->ne[w->ndim - 1]);
+        dr_cuda_matmul(cx, y, x, w, T); /* checks the upload */
 }
 
 bool dr_cuda_quant_matmul_n(dr_cuda_ctx *cx, int n_w, float *const *ys, const float *x, const dr_tensor *const *ws,
