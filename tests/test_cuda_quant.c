@@ -67,7 +67,7 @@ static void check_mm(const dr_tensor *q, int T, const char *what) {
 
 static void test_matmul(void) {
     const int Ts[] = {1, 2, 3, 4, 5, 6, 7, 8, 20, 40};
-    const int shapes[][2] = {{67, 384}, {333, 1024}, {4099, 256}, {12289, 128}}; /* 1, 2, 4 rows per warp */
+    const int shapes[][2] = {{67, 384}, {333, 1024}, {45, 4096}, {4099, 256}, {12289, 128}}; /* 1, 2, 4 rows per warp */
     int c = 0;
     for (int bits = 4; bits <= 8; bits += 4)
         for (int gs = 32; gs <= 128; gs *= 2)
@@ -79,7 +79,7 @@ static void test_matmul(void) {
                 snprintf(what, sizeof what, "q%d g%d %s [%d, %d]", bits, gs, dr_dtype_name(sb), shapes[si][0],
                          shapes[si][1]);
                 for (size_t ti = 0; ti < sizeof Ts / sizeof Ts[0]; ti++)
-                    if (si < 2 || Ts[ti] <= 2 || Ts[ti] == 40) /* big shapes: decode and prefill only */
+                    if (si < 3 || Ts[ti] <= 2 || Ts[ti] == 40) /* big shapes: decode and prefill only */
                         check_mm(&q, Ts[ti], what);
                 qfree(&q, own);
             }

@@ -35,6 +35,7 @@
 #define QG_MAX_T 8    /* GEMV for T <= this in one pass */
 #define QG_BLOCK_T 32 /* GEMV in blocks of 8 tokens up to this */
 #define QG_SETS 4
+#define QG_LOADS 4 /* 16-byte loads per lane in one batch (two batches in flight while loading) */
 
 typedef __nv_bfloat16 bf16;
 
@@ -164,75 +165,94 @@ struct qgemv_set {
     int nm;
 };
 
-/* Each warp owns R consecutive rows (of the concatenated matrices of the
- * set) and walks them in 16-byte pieces, 8 / R pieces per row in flight per
- * lane, scales and biases fetched with them. Fixed summation order
- * (deterministic). x must be 16-byte aligned. */
-template <int BITS, int MT, int R>
-__global__ void __launch_bounds__(256) qgemv_kernel(const qgemv_set set, const float *__restrict__ x, int T, int n,
-                                                    int gsh, dr_dtype sdt) {
-    constexpr int E = 128 / BITS; /* values per piece */
-    constexpr int U = 8 / R;
-    dr_pdl_trigger();
-    const int lane = threadIdx.x & 31;
-    const int r0 = (blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5)) * R;
-    const int rows = set.row0[set.nm];
-    if (r0 >= rows)
-        return;
-    /* pieces per row, groups per row; piece v is in group v >> gsh */
-    const int nv = n / E, G = (n / E) >> gsh;
-    const uint4 *wp[R];
-    size_t sbo[R];
-    const void *Sp[R], *Bp[R];
-    float *yp[R];
-    int ld[R];
+/* Row pointers of group g (rows g*R .. g*R+R-1 of the concatenated set): the
+ * packed row and its scale / bias rows (bytes), for the loads. */
+template <int R> struct qrows {
+    const uint4 *w[R];
+    const char *s[R], *b[R];
+};
+
+template <int R>
+static __device__ __forceinline__ void qrows_of(qrows<R> &q, const qgemv_set &set, int g, int rows, int nv, int G,
+                                                int sbsz) {
 #pragma unroll
     for (int r = 0; r < R; r++) {
-        const int row = r0 + r < rows ? r0 + r : r0; /* a row past the end re-reads r0, result dropped */
+        const int row = g * R + r < rows ? g * R + r : g * R; /* past the end: re-read, result dropped */
         const uint4 *W = set.W[0];
         const void *S = set.S[0], *B = set.B[0];
-        float *Y = set.y[0];
-        int b = 0, e = set.row0[1];
+        int b = 0;
 #pragma unroll
         for (int j = 1; j < QG_SETS; j++) /* constant indices: the set stays in the parameter bank */
             if (j < set.nm && row >= set.row0[j])
-                W = set.W[j], S = set.S[j], B = set.B[j], Y = set.y[j], b = set.row0[j], e = set.row0[j + 1];
-        wp[r] = W + (size_t)(row - b) * nv;
-        sbo[r] = (size_t)(row - b) * G;
-        Sp[r] = S;
-        Bp[r] = B;
-        yp[r] = r0 + r < rows ? Y + (row - b) : NULL;
-        ld[r] = e - b;
+                W = set.W[j], S = set.S[j], B = set.B[j], b = set.row0[j];
+        q.w[r] = W + (size_t)(row - b) * nv;
+        q.s[r] = (const char *)S + (size_t)(row - b) * G * sbsz;
+        q.b[r] = (const char *)B + (size_t)(row - b) * G * sbsz;
     }
+}
+
+/* Persistent warps: warp w takes row groups w, w + W, ... (W = warps in the
+ * grid), each group R rows; a batch is QG_LOADS / R pieces of each of the
+ * R rows per lane. The next batch (of this group or the
+ * warp's next one) is loaded before the current one is computed, so a warp
+ * keeps its loads in flight while it unpacks; rows in 4-bit are short (a
+ * 2048-wide row is 2 pieces per lane), so without this each warp would wait
+ * for one small load and then only compute. Fixed summation order per row
+ * (deterministic). x must be 16-byte aligned. */
+template <int BITS, int MT, int R>
+__global__ void __launch_bounds__(256, 2) qgemv_kernel(const qgemv_set set, const float *__restrict__ x, int T, int n,
+                                                       int gsh, dr_dtype sdt) {
+    constexpr int E = 128 / BITS; /* values per piece */
+    constexpr int U = QG_LOADS / R;
+    dr_pdl_trigger();
+    const int lane = threadIdx.x & 31;
+    const int nw = gridDim.x * (blockDim.x >> 5);
+    const int rows = set.row0[set.nm], ngroups = (rows + R - 1) / R;
+    const int nv = n / E, G = nv >> gsh, sbsz = sdt == DR_DT_F32 ? 4 : 2;
+    int lg = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lv = 0; /* load cursor: group, first piece */
+    if (lg >= ngroups)
+        return;
+    qrows<R> q;
+    qrows_of<R>(q, set, lg, rows, nv, G, sbsz);
+    uint4 ua[U][R], ub[U][R];
+    float sa[U][R], ba[U][R], sb[U][R], bb[U][R];
+#define QG_FETCH(u_, s_, b_)                                                                          \
+    _Pragma("unroll") for (int j = 0; j < U; j++) {                                                   \
+        const int v = lv + lane + 32 * j;                                                             \
+        _Pragma("unroll") for (int r = 0; r < R; r++) {                                               \
+            if (v < nv) {                                                                             \
+                u_[j][r] = ld_q(q.w[r] + v);                                                          \
+                s_[j][r] = ld_sb(q.s[r], sdt, v >> gsh);                                              \
+                b_[j][r] = ld_sb(q.b[r], sdt, v >> gsh);                                              \
+            } else {                                                                                  \
+                u_[j][r] = make_uint4(0, 0, 0, 0);                                                    \
+                s_[j][r] = b_[j][r] = 0.0f;                                                           \
+            }                                                                                         \
+        }                                                                                             \
+    }
+    QG_FETCH(ua, sa, ba);
+    dr_pdl_wait();
     float acc[R][MT];
 #pragma unroll
     for (int r = 0; r < R; r++)
 #pragma unroll
         for (int t = 0; t < MT; t++)
             acc[r][t] = 0.0f;
-    uint4 u[U][R];
-    float sc[U][R], bi[U][R];
-    int v0 = lane;
-#define QG_FETCH()                                                                         \
-    _Pragma("unroll") for (int j = 0; j < U; j++) {                                        \
-        const int v = v0 + 32 * j;                                                         \
-        _Pragma("unroll") for (int r = 0; r < R; r++) {                                    \
-            if (v < nv) {                                                                  \
-                u[j][r] = ld_q(wp[r] + v);                                                 \
-                sc[j][r] = ld_sb(Sp[r], sdt, sbo[r] + (v >> gsh));                         \
-                bi[j][r] = ld_sb(Bp[r], sdt, sbo[r] + (v >> gsh));                         \
-            } else {                                                                       \
-                u[j][r] = make_uint4(0, 0, 0, 0);                                          \
-                sc[j][r] = bi[j][r] = 0.0f;                                                \
-            }                                                                              \
-        }                                                                                  \
-    }
-    QG_FETCH();
-    dr_pdl_wait();
     for (;;) {
+        const int cg = lg, cv = lv; /* the batch in ua */
+        lv += 32 * U;
+        if (lv >= nv) {
+            lv = 0;
+            lg += nw;
+            if (lg < ngroups)
+                qrows_of<R>(q, set, lg, rows, nv, G, sbsz);
+        }
+        const bool more = lg < ngroups;
+        if (more)
+            QG_FETCH(ub, sb, bb);
 #pragma unroll
         for (int j = 0; j < U; j++) {
-            const int v = v0 + 32 * j;
+            const int v = cv + lane + 32 * j;
             if (v < nv) {
 #pragma unroll
                 for (int t = 0; t < MT; t++) {
@@ -249,36 +269,50 @@ __global__ void __launch_bounds__(256) qgemv_kernel(const qgemv_set set, const f
                             sx += (xx.x + xx.y) + (xx.z + xx.w);
 #pragma unroll
                             for (int r = 0; r < R; r++) {
-                                float q[4];
-                                q4vals<BITS>(u[j][r], f, q);
+                                float qv[4];
+                                q4vals<BITS>(ua[j][r], f, qv);
                                 float d_ = dq[r][f & 1];
-                                d_ = fmaf(q[0], xx.x, d_);
-                                d_ = fmaf(q[1], xx.y, d_);
-                                d_ = fmaf(q[2], xx.z, d_);
-                                dq[r][f & 1] = fmaf(q[3], xx.w, d_);
+                                d_ = fmaf(qv[0], xx.x, d_);
+                                d_ = fmaf(qv[1], xx.y, d_);
+                                d_ = fmaf(qv[2], xx.z, d_);
+                                dq[r][f & 1] = fmaf(qv[3], xx.w, d_);
                             }
                         }
 #pragma unroll
                         for (int r = 0; r < R; r++)
-                            acc[r][t] = fmaf(sc[j][r], dq[r][0] + dq[r][1], fmaf(bi[j][r], sx, acc[r][t]));
+                            acc[r][t] = fmaf(sa[j][r], dq[r][0] + dq[r][1], fmaf(ba[j][r], sx, acc[r][t]));
                     }
                 }
             }
         }
-        v0 += 32 * U;
-        if (v0 >= nv)
+        if (cv + 32 * U >= nv) { /* the group's last batch: reduce and store */
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                const int row = cg * R + r;
+                float *Y = set.y[0];
+                int b = 0, e = set.row0[1];
+#pragma unroll
+                for (int j = 1; j < QG_SETS; j++)
+                    if (j < set.nm && row >= set.row0[j])
+                        Y = set.y[j], b = set.row0[j], e = set.row0[j + 1];
+#pragma unroll
+                for (int t = 0; t < MT; t++) {
+                    const float s_ = dr_warp_sum(acc[r][t]);
+                    acc[r][t] = 0.0f;
+                    if (lane == 0 && row < rows && t < T)
+                        Y[(size_t)t * (e - b) + (row - b)] = s_;
+                }
+            }
+        }
+        if (!more)
             break;
-        QG_FETCH();
+#pragma unroll
+        for (int j = 0; j < U; j++)
+#pragma unroll
+            for (int r = 0; r < R; r++)
+                ua[j][r] = ub[j][r], sa[j][r] = sb[j][r], ba[j][r] = bb[j][r];
     }
 #undef QG_FETCH
-#pragma unroll
-    for (int r = 0; r < R; r++)
-#pragma unroll
-        for (int t = 0; t < MT; t++) {
-            const float s_ = dr_warp_sum(acc[r][t]);
-            if (lane == 0 && yp[r] && t < T)
-                yp[r][(size_t)t * ld[r]] = s_;
-        }
 }
 
 template <int BITS, int MT, int R>
@@ -287,8 +321,15 @@ static void qgemv_launch(dr_cuda_ctx *cx, const qgemv_set &set, const float *x, 
     int gsh = 0; /* log2 of pieces per group */
     while ((128 / BITS) << gsh < gs)
         gsh++;
-    dim3 grid(dr_cdiv((size_t)rows, (size_t)(8 * R))), block(256);
     void (*k)(const qgemv_set, const float *, int, int, int, dr_dtype) = qgemv_kernel<BITS, MT, R>;
+    static int per_sm = 0; /* resident blocks per SM of this instantiation */
+    if (!per_sm) {
+        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k, 256, 0) != cudaSuccess || per_sm < 1)
+            per_sm = 1;
+        cudaGetLastError();
+    }
+    const size_t want = dr_cdiv(dr_cdiv((size_t)rows, (size_t)R), 8), cap = (size_t)per_sm * (cx->n_sm > 0 ? cx->n_sm : 132);
+    dim3 grid((unsigned)(want < cap ? want : cap)), block(256);
     if (cx->pdl) {
         cudaLaunchAttribute at[1];
         at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
@@ -306,29 +347,22 @@ static void qgemv_launch(dr_cuda_ctx *cx, const qgemv_set &set, const float *x, 
     }
 }
 
-/* rows per warp: more rows share each x load (the x bytes per weight byte
- * are 8x for 4-bit), as long as the warps still fill the GPU */
+/* rows per warp: short rows (a few pieces per lane) are grouped so that a
+ * batch still has 8 loads per lane; T > 2 keeps one row (the accumulators
+ * grow with T) */
 template <int BITS, int MT>
 static void qgemv_pick(dr_cuda_ctx *cx, const qgemv_set &set, const float *x, int T, int n, int gs, dr_dtype sdt) {
-    const long rows = set.row0[set.nm], sm = cx->n_sm > 0 ? cx->n_sm : 132;
     static int force = -1; /* DR_CUDA_QGEMV_R=1/2/4: rows per warp forced (T <= 2; measurements) */
     if (force < 0) {
         const char *e = getenv("DR_CUDA_QGEMV_R");
         force = e ? atoi(e) : 0;
     }
-    if (MT <= 2 && force) {
-        if (force == 4)
-            qgemv_launch<BITS, MT, 4>(cx, set, x, T, n, gs, sdt);
-        else if (force == 2)
-            qgemv_launch<BITS, MT, 2>(cx, set, x, T, n, gs, sdt);
-        else
-            qgemv_launch<BITS, MT, 1>(cx, set, x, T, n, gs, sdt);
-        return;
-    }
-    if (MT <= 2 && rows >= 4 * 12 * sm)
-        qgemv_launch<BITS, MT, 4>(cx, set, x, T, n, gs, sdt);
-    else if (MT <= 2 && rows >= 2 * 12 * sm)
-        qgemv_launch<BITS, MT, 2>(cx, set, x, T, n, gs, sdt);
+    const int ppl = (n / (128 / BITS) + 31) / 32; /* pieces per lane and row */
+    const int R = MT > 2 ? 1 : force ? force : ppl <= 2 ? 4 : ppl <= 4 ? 2 : 1;
+    if (R == 4) /* (MT > 2 instantiates R = 1 only) */
+        qgemv_launch<BITS, MT, (MT <= 2 ? 4 : 1)>(cx, set, x, T, n, gs, sdt);
+    else if (R == 2)
+        qgemv_launch<BITS, MT, (MT <= 2 ? 2 : 1)>(cx, set, x, T, n, gs, sdt);
     else
         qgemv_launch<BITS, MT, 1>(cx, set, x, T, n, gs, sdt);
 }
@@ -366,11 +400,14 @@ static void qset_add(qgemv_set *set, const dr_tensor *w, float *y) {
 
 /* ---- prefill: dequantize to bf16 hi/lo, three GEMMs ---- */
 
-/* rows [r0, r0 + nr) of the matrix -> hi/lo [nr, n]; one thread per word */
+/* rows [r0, r0 + nr) of the matrix -> hi/lo [nr, n]; one thread per word,
+ * its 32 / bits values stored as one 16- (4-bit) or 8-byte (8-bit) vector */
+template <int BITS>
 __global__ void qdequant_split_kernel(bf16 *hi, bf16 *lo, const uint32_t *__restrict__ W, const void *S,
-                                      const void *B, dr_dtype sdt, int bits, int n, int gs, size_t r0, size_t nr) {
-    const int per = 32 / bits, wpr = n / per, G = n / gs;
-    const unsigned mask = (1u << bits) - 1u;
+                                      const void *B, dr_dtype sdt, int n, int gs, size_t r0, size_t nr) {
+    constexpr int per = 32 / BITS;
+    constexpr unsigned mask = (1u << BITS) - 1u;
+    const int wpr = n / per, G = n / gs;
     const size_t nw = nr * (size_t)wpr;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < nw; i += (size_t)gridDim.x * blockDim.x) {
         const size_t r = i / wpr;
@@ -378,11 +415,25 @@ __global__ void qdequant_split_kernel(bf16 *hi, bf16 *lo, const uint32_t *__rest
         const unsigned v = __ldg(W + (r0 + r) * wpr + wi);
         const size_t g = (r0 + r) * G + e0 / gs;
         const float s = ld_sb(S, sdt, g), b = ld_sb(B, sdt, g);
-        for (int j = 0; j < per; j++) {
-            const float w = __fadd_rn(__fmul_rn(s, (float)((v >> (j * bits)) & mask)), b); /* as the CPU */
-            const bf16 h = __float2bfloat16_rn(w);
-            hi[r * n + e0 + j] = h;
-            lo[r * n + e0 + j] = __float2bfloat16_rn(w - __bfloat162float(h));
+        uint32_t h[per / 2], l[per / 2];
+#pragma unroll
+        for (int j = 0; j < per; j += 2) {
+            float w[2], d[2];
+#pragma unroll
+            for (int k = 0; k < 2; k++) {
+                w[k] = __fadd_rn(__fmul_rn(s, (float)((v >> ((j + k) * BITS)) & mask)), b); /* as the CPU */
+                d[k] = w[k] - __bfloat162float(__float2bfloat16_rn(w[k]));
+            }
+            h[j / 2] = dr_pack_bf16(w[0], w[1]);
+            l[j / 2] = dr_pack_bf16(d[0], d[1]);
+        }
+        const size_t o = r * n + e0;
+        if (BITS == 4) {
+            *(uint4 *)(hi + o) = make_uint4(h[0], h[1], h[per / 2 - 2], h[per / 2 - 1]);
+            *(uint4 *)(lo + o) = make_uint4(l[0], l[1], l[per / 2 - 2], l[per / 2 - 1]);
+        } else {
+            *(uint2 *)(hi + o) = make_uint2(h[0], h[per / 2 - 1]);
+            *(uint2 *)(lo + o) = make_uint2(l[0], l[per / 2 - 1]);
         }
     }
 }
@@ -403,7 +454,7 @@ static void qmm_gemm(dr_cuda_ctx *cx, float *y, const float *x, const dr_tensor 
     bf16 *xl = xh + nx;
     dr_cuda_split_bf16(cx, xh, xl, x, nx);
     size_t cr = QD_CHUNK_ELEMS / (size_t)n;
-    cr = cr < 64 ? 64 : cr;
+    cr = cr < 128 ? 128 : cr / 128 * 128; /* whole GEMM tiles */
     cr = cr > (size_t)d ? (size_t)d : cr;
     bf16 *wh = (bf16 *)dr_cuda_scratch(cx, DR_SCR_QW, 2 * cr * (size_t)n * sizeof(bf16));
     if (!wh)
@@ -413,8 +464,12 @@ static void qmm_gemm(dr_cuda_ctx *cx, float *y, const float *x, const dr_tensor 
     const float one = 1.0f, zero = 0.0f;
     for (size_t r0 = 0; r0 < (size_t)d; r0 += cr) {
         const size_t nr = (size_t)d - r0 < cr ? (size_t)d - r0 : cr;
-        qdequant_split_kernel<<<grid_for(cx, nr * n / 8), 256, 0, cx->stream>>>(
-            wh, wl, (const uint32_t *)m.w, m.s, m.b, w->q.sb_dtype, w->q.bits, n, w->q.group_size, r0, nr);
+        if (w->q.bits == 4)
+            qdequant_split_kernel<4><<<grid_for(cx, nr * n / 8), 256, 0, cx->stream>>>(
+                wh, wl, (const uint32_t *)m.w, m.s, m.b, w->q.sb_dtype, n, w->q.group_size, r0, nr);
+        else
+            qdequant_split_kernel<8><<<grid_for(cx, nr * n / 4), 256, 0, cx->stream>>>(
+                wh, wl, (const uint32_t *)m.w, m.s, m.b, w->q.sb_dtype, n, w->q.group_size, r0, nr);
         DR_CUDA_LAUNCHED(cx);
         /* row-major y[T, d] columns r0.. = column-major y^T rows r0.. (ldc d) */
         const bf16 *A[3] = {wh, wh, wl}, *Bx[3] = {xh, xl, xh};
