@@ -28,7 +28,7 @@ if [[ "$what" == *tests* ]]; then
   grep -E "^FAIL|passed" "$T" | head -20
 fi
 if [[ "$what" == *kern* ]]; then # quantized kernels beside bf16 (bench_cuda), default and forced rows per warp
-  for v in "" DR_CUDA_QGEMV_R=1 DR_CUDA_QGEMV_R=2; do
+  for v in "" DR_CUDA_QGEMV_XS=0; do
     echo "== bench_cuda quant ${v:-default}" | tee -a "$OUT/kern.log"
     env $v DR_BENCH_QUANT=1 timeout 60 "$b/tests/bench_cuda" >> "$OUT/kern.log" 2>&1
   done

@@ -199,9 +199,10 @@ static __device__ __forceinline__ void qrows_of(qrows<R> &q, const qgemv_set &se
  * 2048-wide row is 2 pieces per lane), so without this each warp would wait
  * for one small load and then only compute. Fixed summation order per row
  * (deterministic). x must be 16-byte aligned. */
-template <int BITS, int MT, int R>
+template <int BITS, int MT, int R, bool XS>
 __global__ void __launch_bounds__(256, 2) qgemv_kernel(const qgemv_set set, const float *__restrict__ x, int T, int n,
                                                        int gsh, dr_dtype sdt) {
+    extern __shared__ float4 xs4[]; /* XS: x [T][E/4][nv] float4, see below */
     constexpr int E = 128 / BITS; /* values per piece */
     constexpr int U = QG_LOADS / R;
     dr_pdl_trigger();
@@ -210,10 +211,10 @@ __global__ void __launch_bounds__(256, 2) qgemv_kernel(const qgemv_set set, cons
     const int rows = set.row0[set.nm], ngroups = (rows + R - 1) / R;
     const int nv = n / E, G = nv >> gsh, sbsz = sdt == DR_DT_F32 ? 4 : 2;
     int lg = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lv = 0; /* load cursor: group, first piece */
-    if (lg >= ngroups)
-        return;
+    const bool active = lg < ngroups;
     qrows<R> q;
-    qrows_of<R>(q, set, lg, rows, nv, G, sbsz);
+    if (active)
+        qrows_of<R>(q, set, lg, rows, nv, G, sbsz);
     uint4 ua[U][R], ub[U][R];
     float sa[U][R], ba[U][R], sb[U][R], bb[U][R];
 #define QG_FETCH(u_, s_, b_)                                                                          \
@@ -230,8 +231,25 @@ __global__ void __launch_bounds__(256, 2) qgemv_kernel(const qgemv_set set, cons
             }                                                                                         \
         }                                                                                             \
     }
-    QG_FETCH(ua, sa, ba);
+    if (active)
+        QG_FETCH(ua, sa, ba);
     dr_pdl_wait();
+    /* XS: x staged once per (persistent) block, float4 f of piece p at
+       [f][p]: a lane reads piece v's x as it reads its weights, consecutive
+       16-byte slots across the warp (conflict-free). Read from L1 directly,
+       each lane's x is 128 (4-bit) or 64 bytes away from its neighbour's,
+       so one warp load touches 32 lines: that, not the unpacking, bounded
+       the first version (~5 values / clock / SM). */
+    if (XS) {
+        const int n4 = n / 4;
+        for (int i = threadIdx.x; i < T * n4; i += blockDim.x) {
+            const int t = i / n4, k = i - t * n4;
+            xs4[((size_t)t * (E / 4) + (k % (E / 4))) * nv + k / (E / 4)] = __ldg((const float4 *)x + i);
+        }
+        __syncthreads();
+    }
+    if (!active)
+        return;
     float acc[R][MT];
 #pragma unroll
     for (int r = 0; r < R; r++)
@@ -258,6 +276,7 @@ __global__ void __launch_bounds__(256, 2) qgemv_kernel(const qgemv_set set, cons
                 for (int t = 0; t < MT; t++) {
                     if (t < T) {
                         const float4 *xv = (const float4 *)(x + (size_t)t * n + (size_t)v * E);
+                        const float4 *xsv = xs4 + (size_t)t * (E / 4) * nv + v;
                         /* two partial sums per row: half the FMA chain */
                         float dq[R][2], sx = 0.0f;
 #pragma unroll
@@ -265,7 +284,7 @@ __global__ void __launch_bounds__(256, 2) qgemv_kernel(const qgemv_set set, cons
                             dq[r][0] = dq[r][1] = 0.0f;
 #pragma unroll
                         for (int f = 0; f < E / 4; f++) {
-                            const float4 xx = __ldg(xv + f);
+                            const float4 xx = XS ? xsv[(size_t)f * nv] : __ldg(xv + f);
                             sx += (xx.x + xx.y) + (xx.z + xx.w);
 #pragma unroll
                             for (int r = 0; r < R; r++) {
@@ -315,20 +334,26 @@ __global__ void __launch_bounds__(256, 2) qgemv_kernel(const qgemv_set set, cons
 #undef QG_FETCH
 }
 
-template <int BITS, int MT, int R>
-static void qgemv_launch(dr_cuda_ctx *cx, const qgemv_set &set, const float *x, int T, int n, int gs, dr_dtype sdt) {
+#define QG_XS_MAX (96 << 10) /* x staged in shared memory up to this many bytes per block */
+
+template <int BITS, int MT, int R, bool XS>
+static void qgemv_launch_k(dr_cuda_ctx *cx, const qgemv_set &set, const float *x, int T, int n, int gsh,
+                           dr_dtype sdt) {
     const int rows = set.row0[set.nm];
-    int gsh = 0; /* log2 of pieces per group */
-    while ((128 / BITS) << gsh < gs)
-        gsh++;
-    void (*k)(const qgemv_set, const float *, int, int, int, dr_dtype) = qgemv_kernel<BITS, MT, R>;
-    static int per_sm = 0; /* resident blocks per SM of this instantiation */
-    if (!per_sm) {
-        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k, 256, 0) != cudaSuccess || per_sm < 1)
+    const size_t smem = XS ? (size_t)T * n * sizeof(float) : 0;
+    void (*k)(const qgemv_set, const float *, int, int, int, dr_dtype) = qgemv_kernel<BITS, MT, R, XS>;
+    static int per_sm = 0;         /* resident blocks per SM at smem bytes of x (cached) */
+    static size_t per_sm_smem = 1; /* impossible value: not computed yet */
+    if (per_sm_smem != smem) {
+        if (XS)
+            cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, QG_XS_MAX);
+        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k, 256, smem) != cudaSuccess || per_sm < 1)
             per_sm = 1;
         cudaGetLastError();
+        per_sm_smem = smem;
     }
-    const size_t want = dr_cdiv(dr_cdiv((size_t)rows, (size_t)R), 8), cap = (size_t)per_sm * (cx->n_sm > 0 ? cx->n_sm : 132);
+    const size_t want = dr_cdiv(dr_cdiv((size_t)rows, (size_t)R), 8),
+                 cap = (size_t)per_sm * (cx->n_sm > 0 ? cx->n_sm : 132);
     dim3 grid((unsigned)(want < cap ? want : cap)), block(256);
     if (cx->pdl) {
         cudaLaunchAttribute at[1];
@@ -337,14 +362,32 @@ static void qgemv_launch(dr_cuda_ctx *cx, const qgemv_set &set, const float *x, 
         cudaLaunchConfig_t cfg = {};
         cfg.gridDim = grid;
         cfg.blockDim = block;
+        cfg.dynamicSmemBytes = smem;
         cfg.stream = cx->stream;
         cfg.attrs = at;
         cfg.numAttrs = 1;
         DR_CUDA_NOTE(cx, cudaLaunchKernelEx(&cfg, k, set, x, T, n, gsh, sdt));
     } else {
-        k<<<grid, block, 0, cx->stream>>>(set, x, T, n, gsh, sdt);
+        k<<<grid, block, smem, cx->stream>>>(set, x, T, n, gsh, sdt);
         DR_CUDA_LAUNCHED(cx);
     }
+}
+
+/* x in shared memory when it fits (T <= 2; DR_CUDA_QGEMV_XS=0: read from L1, the baseline) */
+template <int BITS, int MT, int R>
+static void qgemv_launch(dr_cuda_ctx *cx, const qgemv_set &set, const float *x, int T, int n, int gs, dr_dtype sdt) {
+    int gsh = 0; /* log2 of pieces per group */
+    while ((128 / BITS) << gsh < gs)
+        gsh++;
+    static int xs_on = -1;
+    if (xs_on < 0) {
+        const char *e = getenv("DR_CUDA_QGEMV_XS");
+        xs_on = !(e && e[0] == '0');
+    }
+    if (MT <= 2 && xs_on && (size_t)T * n * sizeof(float) <= QG_XS_MAX)
+        qgemv_launch_k<BITS, MT, R, (MT <= 2)>(cx, set, x, T, n, gsh, sdt);
+    else
+        qgemv_launch_k<BITS, MT, R, false>(cx, set, x, T, n, gsh, sdt);
 }
 
 /* rows per warp: short rows (a few pieces per lane) are grouped so that a
@@ -580,10 +623,19 @@ static qgeo q_geo(const dr_tensor *t) {
     return g;
 }
 
-/* One warp: dot of row `row` of a quantized block with x (16-byte aligned). */
+/* x [n] (global, 16-byte aligned) -> xs, float4 f of piece p at [f][p]
+ * (the GEMV's shared layout: a warp's x reads are consecutive). Whole block. */
+template <int BITS> static __device__ __forceinline__ void stage_x(float4 *xs, const float *x, int n) {
+    constexpr int E4 = 128 / BITS / 4;
+    const int nv = n / (4 * E4);
+    for (int k = threadIdx.x; k < n / 4; k += blockDim.x)
+        xs[(k % E4) * nv + k / E4] = __ldg((const float4 *)x + k);
+}
+
+/* One warp: dot of row `row` of a quantized block with x staged by stage_x. */
 template <int BITS>
 static __device__ __forceinline__ float qdot_warp(const void *blk, const qgeo &g, dr_dtype sdt, int row,
-                                                  const float *__restrict__ x) {
+                                                  const float4 *xs) {
     constexpr int E = 128 / BITS;
     const int lane = threadIdx.x & 31, nv = g.n / E, pg = g.gs / E;
     const uint4 *w = (const uint4 *)blk + (size_t)row * nv;
@@ -594,11 +646,10 @@ static __device__ __forceinline__ float qdot_warp(const void *blk, const qgeo &g
     for (int v = lane; v < nv; v += 32) {
         const uint4 u = ld_q(w + v);
         const float s = ld_sb(S, sdt, sb0 + v / pg), b = ld_sb(B, sdt, sb0 + v / pg);
-        const float4 *xv = (const float4 *)(x + (size_t)v * E);
         float dq = 0.0f, sx = 0.0f;
 #pragma unroll
         for (int f = 0; f < E / 4; f++) {
-            const float4 xx = __ldg(xv + f);
+            const float4 xx = xs[f * nv + v];
             float q[4];
             q4vals<BITS>(u, f, q);
             sx += (xx.x + xx.y) + (xx.z + xx.w);
@@ -612,35 +663,43 @@ static __device__ __forceinline__ float qdot_warp(const void *blk, const qgeo &g
     return dr_warp_sum(acc);
 }
 
-/* act[r, i] = silu(gate_e[i] . x_t) * (up_e[i] . x_t), r = t*k + j, e = idx[r] */
+/* act[r, i] = silu(gate_e[i] . x_t) * (up_e[i] . x_t), r = t*k + j, e = idx[r];
+ * x_t staged in shared memory (H floats) */
 template <int BITS>
 __global__ void __launch_bounds__(256) qmoe_gate_up_kernel(float *act, const float *x, const int32_t *idx,
                                                            const void *const *tab, int E, int k, qgeo g,
                                                            dr_dtype sdt) {
+    extern __shared__ float4 xs[];
     const int r = blockIdx.y;
     const int i = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    stage_x<BITS>(xs, x + (size_t)(r / k) * g.n, g.n);
+    __syncthreads();
     if (i >= g.rows)
         return;
     const int e = idx[r];
-    const float *xt = x + (size_t)(r / k) * g.n;
-    const float gv = qdot_warp<BITS>(tab[e], g, sdt, i, xt), uv = qdot_warp<BITS>(tab[E + e], g, sdt, i, xt);
+    const float gv = qdot_warp<BITS>(tab[e], g, sdt, i, xs), uv = qdot_warp<BITS>(tab[E + e], g, sdt, i, xs);
     if ((threadIdx.x & 31) == 0)
         act[(size_t)r * g.rows + i] = dr_dev_silu(gv) * uv;
 }
 
-/* y[t, h] += sum_j wts[t, j] * (down_e[h] . act[t*k + j]), j in order (as the CPU) */
+/* y[t, h] += sum_j wts[t, j] * (down_e[h] . act[t*k + j]), j in order (as the
+ * CPU); the token's k activation rows staged in shared memory (k * I floats) */
 template <int BITS>
 __global__ void __launch_bounds__(256) qmoe_down_kernel(float *y, const float *act, const int32_t *idx,
                                                         const float *wts, const void *const *tab, int E, int k,
                                                         qgeo g, dr_dtype sdt) {
+    extern __shared__ float4 xs[];
     const int t = blockIdx.y;
     const int h = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    for (int j = 0; j < k; j++)
+        stage_x<BITS>(xs + (size_t)j * (g.n / 4), act + ((size_t)t * k + j) * g.n, g.n);
+    __syncthreads();
     if (h >= g.rows)
         return;
     float acc = y[(size_t)t * g.rows + h];
     for (int j = 0; j < k; j++) {
         const size_t r = (size_t)t * k + j;
-        const float v = qdot_warp<BITS>(tab[2 * E + idx[r]], g, sdt, h, act + r * g.n);
+        const float v = qdot_warp<BITS>(tab[2 * E + idx[r]], g, sdt, h, xs + (size_t)j * (g.n / 4));
         acc += wts[r] * v;
     }
     if ((threadIdx.x & 31) == 0)
@@ -650,8 +709,9 @@ __global__ void __launch_bounds__(256) qmoe_down_kernel(float *y, const float *a
 bool dr_cuda_quant_moe_decode(dr_cuda_ctx *cx, float *y, const float *x, const int32_t *idx, const float *wts,
                               const dr_expert *ex, dr_cuda_expert_tab_fn get_tab, int E, int T, int k, int H, int I) {
     const dr_tensor *g0 = &ex[0].gate;
-    if ((uintptr_t)x % 16 || (H * 4) % 16 || (I * 4) % 16)
-        return false;
+    const size_t s1 = (size_t)H * sizeof(float), s2 = (size_t)k * I * sizeof(float); /* staged x, act rows */
+    if ((uintptr_t)x % 16 || (H * 4) % 16 || (I * 4) % 16 || s1 > (48 << 10) || s2 > (48 << 10))
+        return false; /* (the grouped path runs) */
     for (int e = 0; e < E; e++) { /* one launch reads every expert with one geometry */
         const dr_tensor *m[3] = {&ex[e].gate, &ex[e].up, &ex[e].down};
         for (int i = 0; i < 3; i++)
@@ -670,13 +730,13 @@ bool dr_cuda_quant_moe_decode(dr_cuda_ctx *cx, float *y, const float *x, const i
     const dr_dtype sdt = g0->q.sb_dtype;
     const dim3 g1(dr_cdiv((size_t)I, 8), (unsigned)R), g2(dr_cdiv((size_t)H, 8), (unsigned)T);
     if (g0->q.bits == 4) {
-        qmoe_gate_up_kernel<4><<<g1, 256, 0, cx->stream>>>(act, x, idx, tab, E, k, gu, sdt);
+        qmoe_gate_up_kernel<4><<<g1, 256, s1, cx->stream>>>(act, x, idx, tab, E, k, gu, sdt);
         DR_CUDA_LAUNCHED(cx);
-        qmoe_down_kernel<4><<<g2, 256, 0, cx->stream>>>(y, act, idx, wts, tab, E, k, dn, sdt);
+        qmoe_down_kernel<4><<<g2, 256, s2, cx->stream>>>(y, act, idx, wts, tab, E, k, dn, sdt);
     } else {
-        qmoe_gate_up_kernel<8><<<g1, 256, 0, cx->stream>>>(act, x, idx, tab, E, k, gu, sdt);
+        qmoe_gate_up_kernel<8><<<g1, 256, s1, cx->stream>>>(act, x, idx, tab, E, k, gu, sdt);
         DR_CUDA_LAUNCHED(cx);
-        qmoe_down_kernel<8><<<g2, 256, 0, cx->stream>>>(y, act, idx, wts, tab, E, k, dn, sdt);
+        qmoe_down_kernel<8><<<g2, 256, s2, cx->stream>>>(y, act, idx, wts, tab, E, k, dn, sdt);
     }
     DR_CUDA_LAUNCHED(cx);
     return true;
