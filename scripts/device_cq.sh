@@ -3,10 +3,10 @@
 # weights on the GPU"): build (sm_90a), test_cuda_quant, the other CUDA tests
 # and goldens, and decode/prefill benches of q4 / q8 / bf16 (the baseline, same
 # call). Logs under $OUT.
-# Usage: scripts/device_cq.sh [quant] [tests] [bench08] [bench] [prefill]
+# Usage: scripts/device_cq.sh [quant] [tests] [kern] [bench08] [bench9] [bench35]
 set -uo pipefail
 source "$(dirname "$0")/device_env.sh"
-what="${*:-quant tests bench}"
+what="${*:-quant tests kern bench08 bench9 bench35}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 b="$root/build-dev"
 t0=$(date +%s)
