@@ -8,13 +8,15 @@
  * on a 256-byte boundary. Nothing is widened: decode streams the same bytes
  * the file holds.
  *
- *  - Decode GEMV (T <= 8): each lane owns 16-byte pieces of a row (32 4-bit or
- *    16 8-bit values, always inside one group since groups are >= 32 values
- *    and pieces are aligned), 8 pieces in flight per lane like the bf16
- *    gemv_rows_kernel (ld.global.nc.L1::no_allocate, PDL). Per piece
- *    dot(w, x) = scale * dot(q, x) + bias * sum(x), so the per-value work is
- *    one byte permute (q -> 2^23 + q as a float), one subtract and one FMA;
- *    sum(x) is shared by the R rows a warp owns.
+ *  - Decode GEMV (T <= 8 in one pass): each lane owns 16-byte pieces of a
+ *    row (32 4-bit or 16 8-bit values, always inside one group since groups
+ *    are >= 32 values and pieces are aligned), loaded with
+ *    ld.global.nc.L1::no_allocate and PDL like the bf16 gemv_rows_kernel.
+ *    Per piece dot(w, x) = scale * dot(q, x) + bias * sum(x): per value one
+ *    byte permute (q -> 2^23 + q as a float), one subtract and one FMA;
+ *    sum(x) is shared by the R rows a warp owns. Persistent warps load the
+ *    next batch before unpacking the current one; x sits in shared memory in
+ *    piece-major order (details at qgemv_kernel).
  *  - Prefill (T > 32): rows are dequantized in chunks into bf16 hi/lo
  *    (W = hi + lo, |W - hi - lo| <= 2^-16 |W|) and x is split the same way;
  *    y = hi*xhi + hi*xlo + lo*xhi, three cuBLAS bf16 GEMMs accumulating in
