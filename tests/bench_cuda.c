@@ -122,6 +122,92 @@ static void bench_gdn(double bw) {
     G->free(G->ctx, qkv), G->free(G->ctx, beta), G->free(G->ctx, g), G->free(G->ctx, st), G->free(G->ctx, o);
 }
 
+/* An MLX affine quantized [d, n] weight (group 64, bf16 scale/bias), random
+ * packed values, uploaded (the host copy is freed). Returns the bytes. */
+static double qweight(dr_tensor *t, int d, int n, int bits) {
+    const size_t pk = (size_t)d * n * bits / 8, ng = (size_t)d * (n / 64);
+    unsigned char *h = malloc(pk + 4 * ng);
+    uint32_t s = 12345u;
+    for (size_t i = 0; i < pk; i++)
+        s = s * 1664525u + 1013904223u, h[i] = (unsigned char)(s >> 24);
+    uint16_t *sc = (uint16_t *)(h + pk);
+    for (size_t i = 0; i < ng; i++)
+        sc[i] = dr_f32_to_bf16(0.01f), sc[ng + i] = dr_f32_to_bf16(-0.05f);
+    memset(t, 0, sizeof *t);
+    t->name = "bench-q";
+    t->dtype = DR_DT_U32;
+    t->ndim = 2;
+    t->ne[0] = d;
+    t->ne[1] = n;
+    t->data = h;
+    t->q = (dr_quant){.bits = bits, .group_size = 64, .sb_dtype = DR_DT_BF16, .scales = sc, .biases = sc + ng};
+    if (G->weight_upload(G->ctx, t) != DR_OK)
+        printf("upload failed: %s\n", dr_last_error());
+    free(h);
+    t->data = NULL;
+    return (double)pk + 4.0 * ng;
+}
+
+/* DR_BENCH_QUANT=1: quantized GEMV (T = 1, 4) and prefill GEMMs beside bf16
+ * on the same shapes, and the 35B MoE decode with q4 experts. */
+static void bench_quant(double bw) {
+    const struct {
+        const char *nm;
+        int d, n;
+    } mats[] = {{"9B [4096,4096]", 4096, 4096},     {"9B mlp.up [12288,4096]", 12288, 4096},
+                {"9B mlp.down [4096,12288]", 4096, 12288}, {"35B lm_head [248320,2048]", 248320, 2048},
+                {"0.8B [1024,1024]", 1024, 1024},   {"0.8B mlp [3584,1024]", 3584, 1024},
+                {"0.8B lm_head [248320,1024]", 248320, 1024}};
+    float *x = dev_rand((size_t)512 * 12288), *y = G->alloc(G->ctx, (size_t)512 * 248320 * 4);
+    for (size_t m = 0; m < sizeof mats / sizeof mats[0]; m++) {
+        dr_tensor w;
+        weight(&w, mats[m].d, mats[m].n);
+        double bb = 2.0 * mats[m].d * mats[m].n, tb = TIME(20, G->matmul(G->ctx, y, x, &w, 1));
+        printf("%-40s bf16 T=1 %8.3f ms %6.0f GB/s %4.0f%%\n", mats[m].nm, tb * 1e3, bb / tb / 1e9,
+               100.0 * bb / tb / 1e9 / bw);
+        G->weight_free(G->ctx, &w);
+        for (int bits = 4; bits <= 8; bits += 4) {
+            double qb = qweight(&w, mats[m].d, mats[m].n, bits);
+            for (int T = 1; T <= 4; T *= 4) {
+                double t1 = TIME(20, G->matmul(G->ctx, y, x, &w, T));
+                printf("%-40s q%d   T=%d %8.3f ms %6.0f GB/s %4.0f%%\n", mats[m].nm, bits, T, t1 * 1e3,
+                       qb / t1 / 1e9, 100.0 * qb / t1 / 1e9 / bw);
+            }
+            if (mats[m].d <= 12288) {
+                double tp = TIME(3, G->matmul(G->ctx, y, x, &w, 512));
+                printf("%-40s q%d   T=512 %6.3f ms %6.1f TFLOP/s\n", mats[m].nm, bits, tp * 1e3,
+                       2.0 * 512 * mats[m].d * mats[m].n / tp / 1e12);
+            }
+            G->weight_free(G->ctx, &w);
+        }
+    }
+    const int E = 256, k = 8, H = 2048, I = 512;
+    dr_expert *ex = calloc(E, sizeof *ex);
+    double eb = 0.0;
+    for (int e = 0; e < E; e++) {
+        eb = qweight(&ex[e].gate, I, H, 4);
+        eb += qweight(&ex[e].up, I, H, 4);
+        eb += qweight(&ex[e].down, H, I, 4);
+    }
+    float *lg = dev_rand((size_t)512 * E), *w = G->alloc(G->ctx, (size_t)512 * k * 4);
+    int32_t *idx = G->alloc(G->ctx, (size_t)512 * k * 4);
+    double t1 = TIME(20, (G->moe_route(G->ctx, idx, w, lg, 1, E, k, true),
+                          G->moe_experts(G->ctx, y, x, idx, w, ex, E, 1, k, H, I, NULL)));
+    printf("%-40s q4   T=1 %8.3f ms %6.0f GB/s %4.0f%%\n", "35B moe decode (route + 8 experts)", t1 * 1e3,
+           k * eb / t1 / 1e9, 100.0 * k * eb / t1 / 1e9 / bw);
+    double tp = TIME(3, (G->moe_route(G->ctx, idx, w, lg, 512, E, k, true),
+                         G->moe_experts(G->ctx, y, x, idx, w, ex, E, 512, k, H, I, NULL)));
+    printf("%-40s q4   T=512 %6.3f ms %6.1f TFLOP/s\n", "35B moe prefill (grouped, per expert)", tp * 1e3,
+           2.0 * 512 * k * 3.0 * I * H / tp / 1e12);
+    for (int e = 0; e < E; e++) {
+        G->weight_free(G->ctx, &ex[e].gate);
+        G->weight_free(G->ctx, &ex[e].up);
+        G->weight_free(G->ctx, &ex[e].down);
+    }
+    free(ex);
+    G->free(G->ctx, x), G->free(G->ctx, y), G->free(G->ctx, lg), G->free(G->ctx, w), G->free(G->ctx, idx);
+}
+
 int main(void) {
     int ndev = 0;
     if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
@@ -145,6 +231,13 @@ int main(void) {
     printf("%-52s %9.3f ms  %7.0f GB/s (floor)\n", "copy 1 GiB device-to-device", tc * 1e3, bw);
     G->free(G->ctx, a);
     G->free(G->ctx, b);
+    if (getenv("DR_BENCH_QUANT")) {
+        bench_quant(bw);
+        G->sync(G->ctx);
+        printf("backend status: %s\n", dr_cuda_backend_status(G) == DR_OK ? "ok" : dr_last_error());
+        G->destroy(G);
+        return 0;
+    }
 
     /* DR_BENCH_GDN_ONLY: the GDN timings alone (experiment switches in one call) */
     if (getenv("DR_BENCH_GDN_ONLY")) {

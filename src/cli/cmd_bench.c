@@ -42,6 +42,11 @@ static const char *const bench_help =
     "                        see bench/configs/), built in memory\n"
     "  --quant Q             synthetic weights as bf16 (default), f16, f32, or\n"
     "                        MLX-affine q8 / q4 (group 64, quantized from bf16)\n"
+    "  --quant-random        with q8 / q4: write random packed values and one\n"
+    "                        bf16 (scale, bias) per matrix directly instead of\n"
+    "                        quantizing bf16 weights (the 4-bit search takes\n"
+    "                        minutes for 35B-sized models); same bytes, layout\n"
+    "                        and speed, no accuracy meaning\n"
     "  --layers N            synthetic: only the first N layers of the config\n"
     "  --ctx N               context capacity of the session (default p + n + 1):\n"
     "                        shows whether a model fits with a long context\n"
@@ -62,7 +67,7 @@ typedef struct {
     int layers, p, n, threads;
     int ctx;            /* --ctx: session capacity (0: p + n + 1) */
     long seed;
-    bool json, serial, bf16_dot;
+    bool json, serial, bf16_dot, quant_random; /* quant_random: --quant-random */
     const char *device;
 } bench_opts;
 
@@ -118,6 +123,8 @@ static int parse(int argc, char **argv, bench_opts *o) {
             o->seed = s;
         } else if (!strcmp(a, "--json"))
             o->json = true;
+        else if (!strcmp(a, "--quant-random"))
+            o->quant_random = true;
         else if (!strcmp(a, "--serial"))
             o->serial = true;
         else if (!strcmp(a, "--bf16-dot"))
@@ -166,6 +173,7 @@ static int open_model(const bench_opts *o, dr_model **m, double *secs) {
         dr_synth_params sp = {.n_layers = o->layers, .seed = (uint64_t)o->seed, .n_threads = o->threads, .mp = mp};
         if (quant_of(o->quant, &sp))
             return 1;
+        sp.quant_random = o->quant_random && sp.quant_bits;
         fprintf(stderr, "bench: building random %s weights of %s\n", o->quant, o->synthetic);
         if (dr_model_synthetic(o->synthetic, &sp, m) != DR_OK)
             return dr_cli_lib_err();

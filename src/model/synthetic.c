@@ -73,21 +73,7 @@ static void host_replace(dr_model *m, const void *old, void *repl) {
 
 /* ===================== tensors ===================== */
 
-/* A random matrix [rows, cols] with variance 1 / fan_in. */
-static dr_status mat(builder *b, dr_tensor *t, const char *name, int64_t rows, int64_t cols) {
-    const dr_dtype dt = b->p->dtype ? b->p->dtype : DR_DT_BF16;
-    const size_t n = (size_t)rows * (size_t)cols;
-    memset(t, 0, sizeof *t);
-    t->name = name;
-    t->dtype = dt;
-    t->ndim = 2;
-    t->ne[0] = rows;
-    t->ne[1] = cols;
-    void *data = host_buf(b->m, n * dr_dtype_size(dt));
-    if (!data)
-        return DR_FAIL(DR_ERR_NOMEM, "out of memory for synthetic %s [%lld, %lld]", name, (long long)rows,
-                       (long long)cols);
-    t->data = data;
+static dr_status push_item(builder *b, gen_item it) {
     if (b->n_items == b->cap_items) {
         int nc = b->cap_items ? 2 * b->cap_items : 256;
         gen_item *ni = realloc(b->items, (size_t)nc * sizeof *ni);
@@ -96,9 +82,54 @@ static dr_status mat(builder *b, dr_tensor *t, const char *name, int64_t rows, i
         b->items = ni;
         b->cap_items = nc;
     }
-    b->items[b->n_items++] = (gen_item){data, dt, n, sqrtf(3.0f / (float)cols)};
-    b->n_params += n;
+    b->items[b->n_items++] = it;
     return DR_OK;
+}
+
+/* quant_random: the matrix made quantized directly. Random words give q
+ * uniform in 0 .. 2^bits - 1; scale = 2 amp / (2^bits - 1), bias = -amp put
+ * the values uniform in [-amp, amp] (variance 1 / fan_in, as mat()). */
+static dr_status mat_qrandom(builder *b, dr_tensor *t, int64_t rows, int64_t cols, int gs) {
+    const int bits = b->p->quant_bits;
+    const size_t pk = (size_t)rows * (size_t)cols * (size_t)bits / 8, ng = (size_t)rows * (size_t)(cols / gs);
+    unsigned char *blk = host_buf(b->m, pk + 4 * ng);
+    if (!blk)
+        return DR_FAIL(DR_ERR_NOMEM, "out of memory for synthetic %s [%lld, %lld]", t->name, (long long)rows,
+                       (long long)cols);
+    const float amp = sqrtf(3.0f / (float)cols);
+    uint16_t *sc = (uint16_t *)(blk + pk), *bi = sc + ng;
+    const uint16_t s = dr_f32_to_bf16(2.0f * amp / (float)((1 << bits) - 1)), z = dr_f32_to_bf16(-amp);
+    for (size_t i = 0; i < ng; i++)
+        sc[i] = s, bi[i] = z;
+    t->dtype = DR_DT_U32;
+    t->data = blk;
+    t->q = (dr_quant){.bits = bits, .group_size = gs, .sb_dtype = DR_DT_BF16, .scales = sc, .biases = bi};
+    b->n_params += (uint64_t)rows * (uint64_t)cols;
+    return push_item(b, (gen_item){blk, DR_DT_U32, pk / 4, 0.0f});
+}
+
+/* A random matrix [rows, cols] with variance 1 / fan_in. */
+static dr_status mat(builder *b, dr_tensor *t, const char *name, int64_t rows, int64_t cols) {
+    const dr_dtype dt = b->p->dtype ? b->p->dtype : DR_DT_BF16;
+    const int gs = b->p->quant_group ? b->p->quant_group : 64;
+    const size_t n = (size_t)rows * (size_t)cols;
+    memset(t, 0, sizeof *t);
+    t->name = name;
+    t->dtype = dt;
+    t->ndim = 2;
+    t->ne[0] = rows;
+    t->ne[1] = cols;
+    /* as quantize_all: every matrix whose rows split into groups, except the
+       shared expert's one-row gate */
+    if (b->p->quant_bits && b->p->quant_random && cols % gs == 0 && strcmp(name, "shared_expert_gate"))
+        return mat_qrandom(b, t, rows, cols, gs);
+    void *data = host_buf(b->m, n * dr_dtype_size(dt));
+    if (!data)
+        return DR_FAIL(DR_ERR_NOMEM, "out of memory for synthetic %s [%lld, %lld]", name, (long long)rows,
+                       (long long)cols);
+    t->data = data;
+    b->n_params += n;
+    return push_item(b, (gen_item){data, dt, n, sqrtf(3.0f / (float)cols)});
 }
 
 /* An fp32 parameter [n] in backend memory: value(i) for each element. */
@@ -177,6 +208,11 @@ static void gen_task(void *arg, int task, int thread) {
     const gen_item *x = &g->items[it];
     size_t i0 = ((size_t)task - g->first[it]) * GEN_CHUNK, n = x->n - i0 < GEN_CHUNK ? x->n - i0 : GEN_CHUNK;
     uint64_t s = g->seed ^ ((uint64_t)task * 0xD1B54A32D192ED03ull);
+    if (x->dt == DR_DT_U32) { /* packed quantized values (quant_random) */
+        for (size_t i = i0; i < i0 + n; i++)
+            ((uint32_t *)x->data)[i] = (uint32_t)(splitmix(&s) >> 32);
+        return;
+    }
     for (size_t i = i0; i < i0 + n; i++) {
         float v = (2.0f * unif(&s) - 1.0f) * x->amp;
         if (x->dt == DR_DT_F32)
@@ -370,7 +406,7 @@ static dr_status synth_build(builder *b, const char *config_path) {
     DR_TRY(dr_model_open_backend(&p->mp, &m->ops));
     DR_TRY(synth_table(b));
     DR_TRY(generate(b));
-    if (p->quant_bits)
+    if (p->quant_bits && !p->quant_random)
         DR_TRY(quantize_all(b));
     return dr_weights_upload(m);
 }

@@ -9,6 +9,11 @@ typedef struct dr_synth_params {
     dr_dtype dtype;      /* matrices: DR_DT_BF16 (default when 0), DR_DT_F16 or DR_DT_F32 */
     int quant_bits;      /* 0, or 8 / 4: matrices quantized (MLX affine) after generation */
     int quant_group;     /* group size for quant_bits (0 = 64) */
+    int quant_random;    /* with quant_bits: write random packed values and one
+                            (scale, bias) per matrix (bf16, values uniform in
+                            +-sqrt(3 / fan_in)) directly instead of generating
+                            and quantizing (seconds, not minutes, for 35B-sized
+                            q4; same bytes and layout, for speed runs only) */
     int n_layers;        /* 0 = as the config; else the first n layers only */
     uint64_t seed;       /* same seed, same weights (any thread count) */
     int n_threads;       /* generation threads (0 = one per core) */

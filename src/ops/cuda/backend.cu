@@ -3,6 +3,7 @@
  */
 #include "cuda_common.cuh"
 #include "cuda_ops.h"
+#include "quant.cuh"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -177,9 +178,7 @@ static dr_status cu_weight_upload(void *ctx, dr_tensor *t) {
     if (t->dev)
         return DR_OK; /* a view shared with another entry (tied lm_head) */
     if (t->q.bits)
-        return DR_FAIL(DR_ERR_UNSUPPORTED,
-                       "tensor %s: %d-bit quantized weights are not supported by the CUDA backend yet",
-                       t->name ? t->name : "?", t->q.bits);
+        return dr_cuda_quant_upload(cx, t); /* quant.cu */
     if (t->dtype != DR_DT_F32 && t->dtype != DR_DT_BF16 && t->dtype != DR_DT_F16)
         return DR_FAIL(DR_ERR_UNSUPPORTED, "tensor %s: dtype %s is not supported by the CUDA backend",
                        t->name ? t->name : "?", dr_dtype_name(t->dtype));

@@ -48,6 +48,7 @@ if(DR_CUDA_ENABLED)
     src/ops/cuda/attention_prefill.cu
     src/ops/cuda/gdn_chunked.cu
     src/ops/cuda/moe_prefill.cu
+    src/ops/cuda/quant.cu
   )
 else()
   message(STATUS "deltarun: CUDA backend OFF")

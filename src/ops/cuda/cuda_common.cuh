@@ -60,7 +60,8 @@ static inline dr_status dr_cuda_status(cudaError_t e) {
 
 /* ---- context ---- */
 
-enum { DR_SCR_SPLIT, DR_SCR_ATTN, DR_SCR_MOE, DR_SCR_MOE2, DR_SCR_IDX, DR_SCR_N };
+/* DR_SCR_QW: dequantized bf16 hi/lo weight chunks (quant.cu, prefill) */
+enum { DR_SCR_SPLIT, DR_SCR_ATTN, DR_SCR_MOE, DR_SCR_MOE2, DR_SCR_IDX, DR_SCR_QW, DR_SCR_N };
 
 /* Device table of one experts array (pointers to the uploaded gate/up/down). */
 typedef struct dr_cuda_expert_tab {

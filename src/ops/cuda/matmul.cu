@@ -17,6 +17,7 @@
  */
 #include "cuda_common.cuh"
 #include "cuda_ops.h"
+#include "quant.cuh"
 
 #include <stdlib.h>
 
@@ -729,6 +730,10 @@ void dr_cuda_matmul(void *ctx, float *y, const float *x, const dr_tensor *w, int
         cx->failed = 1;
         return;
     }
+    if (w->q.bits) {
+        dr_cuda_qmm(cx, y, x, w, T); /* quant.cu */
+        return;
+    }
     dr_cuda_mm(cx, y, x, w->dev, w->dtype, T, d, n);
 }
 
@@ -736,6 +741,8 @@ void dr_cuda_matmul(void *ctx, float *y, const float *x, const dr_tensor *w, int
  * for T <= GEMV_MAX_T (decode), else one matmul each. */
 void dr_cuda_matmul_n(void *ctx, int n_w, float *const *ys, const float *x, const dr_tensor *const *ws, int T) {
     dr_cuda_ctx *cx = (dr_cuda_ctx *)ctx;
+    if (dr_cuda_quant_matmul_n(cx, n_w, ys, x, ws, T)) /* any of them quantized: quant.cu */
+        return;
     bool one = n_w >= 1 && n_w <= GEMV_SETS && T <= GEMV_MAX_T && (dr_cuda_mm_force == 0 || dr_cuda_mm_force == 1);
     const int n = one ? (int)ws[0]->ne[ws[0]->ndim - 1] : 0;
     gemv_set set = {};
@@ -809,6 +816,10 @@ void dr_cuda_embed(void *ctx, float *x, const dr_tensor *emb, const int32_t *ids
         dids = d;
     }
     dim3 grid(dr_cdiv((size_t)H, 256), (unsigned)T);
+    if (emb->q.bits) {
+        dr_cuda_qembed(cx, x, emb, dids, T); /* quant.cu */
+        return;
+    }
     embed_kernel<<<grid, 256, 0, cx->stream>>>(x, emb->dev, emb->dtype, dids, H);
     DR_CUDA_LAUNCHED(cx);
 }

@@ -15,6 +15,7 @@
 #include "cuda_common.cuh"
 #include "cuda_ops.h"
 #include "prefill.cuh"
+#include "quant.cuh"
 
 #include <math.h>
 #include <stdlib.h>
@@ -608,8 +609,8 @@ static void experts_grouped(dr_cuda_ctx *cx, float *y, const float *x, const int
             dr_cuda_mm_presplit(cx, gb + r0 * I, xg + r0 * H, hi + r0 * H, lo + r0 * H, ex[e].gate.dev, n, I, H);
             dr_cuda_mm_presplit(cx, ub + r0 * I, xg + r0 * H, hi + r0 * H, lo + r0 * H, ex[e].up.dev, n, I, H);
         } else {
-            dr_cuda_mm(cx, gb + r0 * I, xg + r0 * H, ex[e].gate.dev, ex[e].gate.dtype, n, I, H);
-            dr_cuda_mm(cx, ub + r0 * I, xg + r0 * H, ex[e].up.dev, ex[e].up.dtype, n, I, H);
+            dr_cuda_mm_w(cx, gb + r0 * I, xg + r0 * H, &ex[e].gate, n); /* quantized too */
+            dr_cuda_mm_w(cx, ub + r0 * I, xg + r0 * H, &ex[e].up, n);
         }
     }
     moe_swiglu_kernel<<<grid_cap(cx, (size_t)R * I), 256, 0, cx->stream>>>(gb, ub, (size_t)R * I);
@@ -624,7 +625,7 @@ static void experts_grouped(dr_cuda_ctx *cx, float *y, const float *x, const int
         if (pre && ex[e].down.dtype == DR_DT_BF16)
             dr_cuda_mm_presplit(cx, ob + r0 * H, gb + r0 * I, hi + r0 * I, lo + r0 * I, ex[e].down.dev, n, H, I);
         else
-            dr_cuda_mm(cx, ob + r0 * H, gb + r0 * I, ex[e].down.dev, ex[e].down.dtype, n, H, I);
+            dr_cuda_mm_w(cx, ob + r0 * H, gb + r0 * I, &ex[e].down, n);
     }
     moe_combine_kernel<<<grid_cap(cx, (size_t)T * H), 256, 0, cx->stream>>>(y, ob, wts, dmap + R, T, k, H);
     DR_CUDA_LAUNCHED(cx);
@@ -641,7 +642,10 @@ void dr_cuda_moe_experts(void *ctx, float *y, const float *x, const int32_t *idx
         cx->failed = 1;
         return;
     }
-    if (T <= MOE_GEMV_T)
+    if (experts[0].gate.q.bits && T <= MOE_GEMV_T &&
+        dr_cuda_quant_moe_decode(cx, y, x, idx, wts, experts, expert_table, E, T, k, H, I)) /* quant.cu */
+        return;
+    if (T <= MOE_GEMV_T && !experts[0].gate.q.bits)
         experts_decode(cx, y, x, idx, wts, experts, E, T, k, H, I);
     else if (!dr_cuda_moe_prefill(cx, y, x, idx, wts, experts, expert_table, E, T, k, H, I)) /* moe_prefill.cu */
         experts_grouped(cx, y, x, idx, wts, experts, E, T, k, H, I);

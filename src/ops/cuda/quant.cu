@@ -1,0 +1,745 @@
+/* ops/cuda/quant.cu - MLX affine 4/8-bit weights on the GPU (FORMATS.md 2.1,
+ * model/tensor.h dr_quant; reference semantics ops/cpu/matmul_quant.c:
+ * w = scale * q + bias, fp32 math).
+ *
+ * Device layout of one quantized tensor (one allocation, t->dev): the packed
+ * words as in the file ([rows, in * bits / 32] uint32), then scales and then
+ * biases ([rows, in / group_size] in the file's sb dtype), each part starting
+ * on a 256-byte boundary. Nothing is widened: decode streams the same bytes
+ * the file holds.
+ *
+ *  - Decode GEMV (T <= 8 in one pass): each lane owns 16-byte pieces of a
+ *    row (32 4-bit or 16 8-bit values, always inside one group since groups
+ *    are >= 32 values and pieces are aligned), loaded with
+ *    ld.global.nc.L1::no_allocate and PDL like the bf16 gemv_rows_kernel.
+ *    Per piece dot(w, x) = scale * dot(q, x) + bias * sum(x): per value one
+ *    byte permute (q -> 2^23 + q as a float), one subtract and one FMA;
+ *    sum(x) is shared by the R rows a warp owns. Persistent warps load the
+ *    next batch before unpacking the current one; x sits in shared memory in
+ *    piece-major order (details at qgemv_kernel).
+ *  - Prefill (T > 32): rows are dequantized in chunks into bf16 hi/lo
+ *    (W = hi + lo, |W - hi - lo| <= 2^-16 |W|) and x is split the same way;
+ *    y = hi*xhi + hi*xlo + lo*xhi, three cuBLAS bf16 GEMMs accumulating in
+ *    fp32: fp32-grade (the dropped lo*lo term is below 2^-16). 8 < T <= 32
+ *    runs the GEMV per block of 8 tokens (weights re-read, no scratch).
+ *  - Embedding rows dequantized exactly as the CPU (scale * q, then + bias).
+ *  - MoE decode (T <= 4): gate/up of every (token, pick) in one launch, then
+ *    down fused with the weighted sum over picks in pick order. MoE prefill
+ *    goes through moe.cu's grouped path, whose per-expert products call
+ *    dr_cuda_mm_w (here) for quantized experts.
+ */
+#include "cuda_common.cuh"
+#include "cuda_ops.h"
+#include "quant.cuh"
+
+#include <stdlib.h>
+
+#define QG_MAX_T 8    /* GEMV for T <= this in one pass */
+#define QG_BLOCK_T 32 /* GEMV in blocks of 8 tokens up to this */
+#define QG_SETS 4
+#define QG_LOADS 4 /* 16-byte loads per lane in one batch (two batches in flight while loading) */
+
+typedef __nv_bfloat16 bf16;
+
+/* ---- layout ---- */
+
+static size_t align256(size_t n) { return (n + 255) & ~(size_t)255; }
+
+static size_t q_rows(const dr_tensor *t) {
+    size_t r = 1;
+    for (int i = 0; i < t->ndim - 1; i++)
+        r *= (size_t)t->ne[i];
+    return r;
+}
+
+/* Byte offsets of the scales and biases in the device block, and its size. */
+static void q_offsets(const dr_tensor *t, size_t *s_off, size_t *b_off, size_t *total) {
+    const size_t rows = q_rows(t), n = (size_t)t->ne[t->ndim - 1];
+    const size_t pk = rows * n * (size_t)t->q.bits / 8;
+    const size_t sb = rows * (n / (size_t)t->q.group_size) * dr_dtype_size(t->q.sb_dtype);
+    *s_off = align256(pk);
+    *b_off = *s_off + align256(sb);
+    *total = *b_off + sb;
+}
+
+typedef struct qmat {
+    const uint4 *w;
+    const void *s, *b;
+} qmat;
+
+static qmat q_parts(const dr_tensor *t) {
+    size_t so, bo, tot;
+    q_offsets(t, &so, &bo, &tot);
+    qmat m;
+    m.w = (const uint4 *)t->dev;
+    m.s = (const char *)t->dev + so;
+    m.b = (const char *)t->dev + bo;
+    return m;
+}
+
+dr_status dr_cuda_quant_upload(dr_cuda_ctx *cx, dr_tensor *t) {
+    const char *nm = t->name ? t->name : "?";
+    const int64_t n = t->ne[t->ndim - 1];
+    if (t->q.bits != 4 && t->q.bits != 8)
+        return DR_FAIL(DR_ERR_UNSUPPORTED, "tensor %s: %d-bit quantization, the CUDA backend runs 4 and 8", nm,
+                       t->q.bits);
+    if ((t->q.group_size != 32 && t->q.group_size != 64 && t->q.group_size != 128) || n % t->q.group_size)
+        return DR_FAIL(DR_ERR_UNSUPPORTED, "tensor %s: group size %d for rows of %lld (need 32, 64 or 128 dividing it)",
+                       nm, t->q.group_size, (long long)n);
+    if (t->q.sb_dtype != DR_DT_BF16 && t->q.sb_dtype != DR_DT_F16 && t->q.sb_dtype != DR_DT_F32)
+        return DR_FAIL(DR_ERR_UNSUPPORTED, "tensor %s: scales/biases in %s (need BF16, F16 or F32)", nm,
+                       dr_dtype_name(t->q.sb_dtype));
+    if (!t->data || !t->q.scales || !t->q.biases)
+        return DR_FAIL(DR_ERR_ARG, "tensor %s: quantized tensor without packed data, scales or biases", nm);
+    if (cx->failed)
+        return DR_FAIL(DR_ERR_DEVICE, "CUDA backend: an earlier kernel failed (%s)", dr_last_error());
+    size_t so, bo, tot;
+    q_offsets(t, &so, &bo, &tot);
+    const size_t pk = q_rows(t) * (size_t)n * (size_t)t->q.bits / 8, sb = tot - bo;
+    void *p = NULL;
+    cudaError_t e = cudaMalloc(&p, tot);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        size_t fr = 0, all = 0;
+        cudaMemGetInfo(&fr, &all);
+        return DR_FAIL(dr_cuda_status(e),
+                       "tensor %s: cannot allocate %zu bytes (%d-bit packed + scales + biases) on the GPU (%zu of %zu "
+                       "MiB free): %s",
+                       nm, tot, t->q.bits, fr >> 20, all >> 20, cudaGetErrorString(e));
+    }
+    char *d = (char *)p;
+    if ((e = cudaMemcpy(d, t->data, pk, cudaMemcpyHostToDevice)) != cudaSuccess ||
+        (e = cudaMemcpy(d + so, t->q.scales, sb, cudaMemcpyHostToDevice)) != cudaSuccess ||
+        (e = cudaMemcpy(d + bo, t->q.biases, sb, cudaMemcpyHostToDevice)) != cudaSuccess) {
+        cudaFree(p);
+        return DR_FAIL(dr_cuda_status(e), "tensor %s: upload of %zu quantized bytes failed: %s", nm, tot,
+                       cudaGetErrorString(e));
+    }
+    t->dev = p;
+    return DR_OK;
+}
+
+/* ---- device helpers ---- */
+
+static __device__ __forceinline__ float ld_sb(const void *p, dr_dtype dt, size_t i) {
+    if (dt == DR_DT_BF16)
+        return __bfloat162float(__ldg((const bf16 *)p + i));
+    if (dt == DR_DT_F16)
+        return __half2float(__ldg((const __half *)p + i));
+    return __ldg((const float *)p + i);
+}
+
+static __device__ __forceinline__ uint4 ld_q(const uint4 *p) {
+    uint4 r;
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+        : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+        : "l"(p));
+    return r;
+}
+
+/* byte i of v as a float 2^23 + byte (exact), minus 2^23: the value */
+#define QB(v, i) (__uint_as_float(__byte_perm((v), 0x4B000000u, 0x7440u | (i))) - 8388608.0f)
+
+/* The four values of float4 number f (0 .. E/4-1) of a 16-byte piece. */
+template <int BITS> static __device__ __forceinline__ void q4vals(const uint4 &u, int f, float *o) {
+    const unsigned w[4] = {u.x, u.y, u.z, u.w};
+    if (BITS == 8) {
+        const unsigned v = w[f];
+        o[0] = QB(v, 0), o[1] = QB(v, 1), o[2] = QB(v, 2), o[3] = QB(v, 3);
+    } else { /* values 4f .. 4f+3: nibbles 4 (f % 2) .. of word f / 2 */
+        const unsigned v = w[f >> 1];
+        const unsigned lo = v & 0x0F0F0F0Fu, hi = (v >> 4) & 0x0F0F0F0Fu; /* even / odd nibbles */
+        if (f & 1) {
+            o[0] = QB(lo, 2), o[1] = QB(hi, 2), o[2] = QB(lo, 3), o[3] = QB(hi, 3);
+        } else {
+            o[0] = QB(lo, 0), o[1] = QB(hi, 0), o[2] = QB(lo, 1), o[3] = QB(hi, 1);
+        }
+    }
+}
+
+/* ---- decode GEMV ---- */
+
+struct qgemv_set {
+    const uint4 *W[QG_SETS];
+    const void *S[QG_SETS], *B[QG_SETS];
+    float *y[QG_SETS];
+    int row0[QG_SETS + 1];
+    int nm;
+};
+
+/* Row pointers of group g (rows g*R .. g*R+R-1 of the concatenated set): the
+ * packed row and its scale / bias rows (bytes), for the loads. */
+template <int R> struct qrows {
+    const uint4 *w[R];
+    const char *s[R], *b[R];
+};
+
+template <int R>
+static __device__ __forceinline__ void qrows_of(qrows<R> &q, const qgemv_set &set, int g, int rows, int nv, int G,
+                                                int sbsz) {
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        const int row = g * R + r < rows ? g * R + r : g * R; /* past the end: re-read, result dropped */
+        const uint4 *W = set.W[0];
+        const void *S = set.S[0], *B = set.B[0];
+        int b = 0;
+#pragma unroll
+        for (int j = 1; j < QG_SETS; j++) /* constant indices: the set stays in the parameter bank */
+            if (j < set.nm && row >= set.row0[j])
+                W = set.W[j], S = set.S[j], B = set.B[j], b = set.row0[j];
+        q.w[r] = W + (size_t)(row - b) * nv;
+        q.s[r] = (const char *)S + (size_t)(row - b) * G * sbsz;
+        q.b[r] = (const char *)B + (size_t)(row - b) * G * sbsz;
+    }
+}
+
+/* Persistent warps: warp w takes row groups w, w + W, ... (W = warps in the
+ * grid), each group R rows; a batch is QG_LOADS / R pieces of each of the
+ * R rows per lane. The next batch (of this group or the
+ * warp's next one) is loaded before the current one is computed, so a warp
+ * keeps its loads in flight while it unpacks; rows in 4-bit are short (a
+ * 2048-wide row is 2 pieces per lane), so without this each warp would wait
+ * for one small load and then only compute. Fixed summation order per row
+ * (deterministic). x must be 16-byte aligned. */
+template <int BITS, int MT, int R, bool XS>
+__global__ void __launch_bounds__(256, 2) qgemv_kernel(const qgemv_set set, const float *__restrict__ x, int T, int n,
+                                                       int gsh, dr_dtype sdt) {
+    extern __shared__ float4 xs4[]; /* XS: x [T][E/4][nv] float4, see below */
+    constexpr int E = 128 / BITS; /* values per piece */
+    constexpr int U = QG_LOADS / R;
+    dr_pdl_trigger();
+    const int lane = threadIdx.x & 31;
+    const int nw = gridDim.x * (blockDim.x >> 5);
+    const int rows = set.row0[set.nm], ngroups = (rows + R - 1) / R;
+    const int nv = n / E, G = nv >> gsh, sbsz = sdt == DR_DT_F32 ? 4 : 2;
+    int lg = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), lv = 0; /* load cursor: group, first piece */
+    const bool active = lg < ngroups;
+    qrows<R> q;
+    if (active)
+        qrows_of<R>(q, set, lg, rows, nv, G, sbsz);
+    uint4 ua[U][R], ub[U][R];
+    float sa[U][R], ba[U][R], sb[U][R], bb[U][R];
+#define QG_FETCH(u_, s_, b_)                                                                          \
+    _Pragma("unroll") for (int j = 0; j < U; j++) {                                                   \
+        const int v = lv + lane + 32 * j;                                                             \
+        _Pragma("unroll") for (int r = 0; r < R; r++) {                                               \
+            if (v < nv) {                                                                             \
+                u_[j][r] = ld_q(q.w[r] + v);                                                          \
+                s_[j][r] = ld_sb(q.s[r], sdt, v >> gsh);                                              \
+                b_[j][r] = ld_sb(q.b[r], sdt, v >> gsh);                                              \
+            } else {                                                                                  \
+                u_[j][r] = make_uint4(0, 0, 0, 0);                                                    \
+                s_[j][r] = b_[j][r] = 0.0f;                                                           \
+            }                                                                                         \
+        }                                                                                             \
+    }
+    if (active)
+        QG_FETCH(ua, sa, ba);
+    dr_pdl_wait();
+    /* XS: x staged once per (persistent) block, float4 f of piece p at
+       [f][p]: a lane reads piece v's x as it reads its weights, consecutive
+       16-byte slots across the warp (conflict-free). Read from L1 directly,
+       each lane's x is 128 (4-bit) or 64 bytes away from its neighbour's,
+       so one warp load touches 32 lines: that, not the unpacking, bounded
+       the first version (~5 values / clock / SM). */
+    if (XS) {
+        const int n4 = n / 4;
+        for (int i = threadIdx.x; i < T * n4; i += blockDim.x) {
+            const int t = i / n4, k = i - t * n4;
+            xs4[((size_t)t * (E / 4) + (k % (E / 4))) * nv + k / (E / 4)] = __ldg((const float4 *)x + i);
+        }
+        __syncthreads();
+    }
+    if (!active)
+        return;
+    float acc[R][MT];
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int t = 0; t < MT; t++)
+            acc[r][t] = 0.0f;
+    for (;;) {
+        const int cg = lg, cv = lv; /* the batch in ua */
+        lv += 32 * U;
+        if (lv >= nv) {
+            lv = 0;
+            lg += nw;
+            if (lg < ngroups)
+                qrows_of<R>(q, set, lg, rows, nv, G, sbsz);
+        }
+        const bool more = lg < ngroups;
+        if (more)
+            QG_FETCH(ub, sb, bb);
+#pragma unroll
+        for (int j = 0; j < U; j++) {
+            const int v = cv + lane + 32 * j;
+            if (v < nv) {
+#pragma unroll
+                for (int t = 0; t < MT; t++) {
+                    if (t < T) {
+                        const float4 *xv = (const float4 *)(x + (size_t)t * n + (size_t)v * E);
+                        const float4 *xsv = xs4 + (size_t)t * (E / 4) * nv + v;
+                        /* two partial sums per row: half the FMA chain */
+                        float dq[R][2], sx = 0.0f;
+#pragma unroll
+                        for (int r = 0; r < R; r++)
+                            dq[r][0] = dq[r][1] = 0.0f;
+#pragma unroll
+                        for (int f = 0; f < E / 4; f++) {
+                            const float4 xx = XS ? xsv[(size_t)f * nv] : __ldg(xv + f);
+                            sx += (xx.x + xx.y) + (xx.z + xx.w);
+#pragma unroll
+                            for (int r = 0; r < R; r++) {
+                                float qv[4];
+                                q4vals<BITS>(ua[j][r], f, qv);
+                                float d_ = dq[r][f & 1];
+                                d_ = fmaf(qv[0], xx.x, d_);
+                                d_ = fmaf(qv[1], xx.y, d_);
+                                d_ = fmaf(qv[2], xx.z, d_);
+                                dq[r][f & 1] = fmaf(qv[3], xx.w, d_);
+                            }
+                        }
+#pragma unroll
+                        for (int r = 0; r < R; r++)
+                            acc[r][t] = fmaf(sa[j][r], dq[r][0] + dq[r][1], fmaf(ba[j][r], sx, acc[r][t]));
+                    }
+                }
+            }
+        }
+        if (cv + 32 * U >= nv) { /* the group's last batch: reduce and store */
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                const int row = cg * R + r;
+                float *Y = set.y[0];
+                int b = 0, e = set.row0[1];
+#pragma unroll
+                for (int j = 1; j < QG_SETS; j++)
+                    if (j < set.nm && row >= set.row0[j])
+                        Y = set.y[j], b = set.row0[j], e = set.row0[j + 1];
+#pragma unroll
+                for (int t = 0; t < MT; t++) {
+                    const float s_ = dr_warp_sum(acc[r][t]);
+                    acc[r][t] = 0.0f;
+                    if (lane == 0 && row < rows && t < T)
+                        Y[(size_t)t * (e - b) + (row - b)] = s_;
+                }
+            }
+        }
+        if (!more)
+            break;
+#pragma unroll
+        for (int j = 0; j < U; j++)
+#pragma unroll
+            for (int r = 0; r < R; r++)
+                ua[j][r] = ub[j][r], sa[j][r] = sb[j][r], ba[j][r] = bb[j][r];
+    }
+#undef QG_FETCH
+}
+
+#define QG_XS_MAX (96 << 10) /* x staged in shared memory up to this many bytes per block */
+
+template <int BITS, int MT, int R, bool XS>
+static void qgemv_launch_k(dr_cuda_ctx *cx, const qgemv_set &set, const float *x, int T, int n, int gsh,
+                           dr_dtype sdt) {
+    const int rows = set.row0[set.nm];
+    const size_t smem = XS ? (size_t)T * n * sizeof(float) : 0;
+    void (*k)(const qgemv_set, const float *, int, int, int, dr_dtype) = qgemv_kernel<BITS, MT, R, XS>;
+    static int per_sm = 0;         /* resident blocks per SM at smem bytes of x (cached) */
+    static size_t per_sm_smem = 1; /* impossible value: not computed yet */
+    if (per_sm_smem != smem) {
+        if (XS)
+            cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, QG_XS_MAX);
+        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k, 256, smem) != cudaSuccess || per_sm < 1)
+            per_sm = 1;
+        cudaGetLastError();
+        per_sm_smem = smem;
+    }
+    const size_t want = dr_cdiv(dr_cdiv((size_t)rows, (size_t)R), 8),
+                 cap = (size_t)per_sm * (cx->n_sm > 0 ? cx->n_sm : 132);
+    dim3 grid((unsigned)(want < cap ? want : cap)), block(256);
+    if (cx->pdl) {
+        cudaLaunchAttribute at[1];
+        at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        at[0].val.programmaticStreamSerializationAllowed = 1;
+        cudaLaunchConfig_t cfg = {};
+        cfg.gridDim = grid;
+        cfg.blockDim = block;
+        cfg.dynamicSmemBytes = smem;
+        cfg.stream = cx->stream;
+        cfg.attrs = at;
+        cfg.numAttrs = 1;
+        DR_CUDA_NOTE(cx, cudaLaunchKernelEx(&cfg, k, set, x, T, n, gsh, sdt));
+    } else {
+        k<<<grid, block, smem, cx->stream>>>(set, x, T, n, gsh, sdt);
+        DR_CUDA_LAUNCHED(cx);
+    }
+}
+
+/* x in shared memory when it fits (T <= 2; DR_CUDA_QGEMV_XS=0: read from L1, the baseline) */
+template <int BITS, int MT, int R>
+static void qgemv_launch(dr_cuda_ctx *cx, const qgemv_set &set, const float *x, int T, int n, int gs, dr_dtype sdt) {
+    int gsh = 0; /* log2 of pieces per group */
+    while ((128 / BITS) << gsh < gs)
+        gsh++;
+    static int xs_on = -1;
+    if (xs_on < 0) {
+        const char *e = getenv("DR_CUDA_QGEMV_XS");
+        xs_on = !(e && e[0] == '0');
+    }
+    if (MT <= 2 && xs_on && (size_t)T * n * sizeof(float) <= QG_XS_MAX)
+        qgemv_launch_k<BITS, MT, R, (MT <= 2)>(cx, set, x, T, n, gsh, sdt);
+    else
+        qgemv_launch_k<BITS, MT, R, false>(cx, set, x, T, n, gsh, sdt);
+}
+
+/* rows per warp: short rows (a few pieces per lane) are grouped so that a
+ * batch still has 8 loads per lane; T > 2 keeps one row (the accumulators
+ * grow with T) */
+template <int BITS, int MT>
+static void qgemv_pick(dr_cuda_ctx *cx, const qgemv_set &set, const float *x, int T, int n, int gs, dr_dtype sdt) {
+    static int force = -1; /* DR_CUDA_QGEMV_R=1/2/4: rows per warp forced (T <= 2; measurements) */
+    if (force < 0) {
+        const char *e = getenv("DR_CUDA_QGEMV_R");
+        force = e ? atoi(e) : 0;
+    }
+    const int ppl = (n / (128 / BITS) + 31) / 32; /* pieces per lane and row */
+    const int R = MT > 2 ? 1 : force ? force : ppl <= 2 ? 4 : ppl <= 4 ? 2 : 1;
+    if (R == 4) /* (MT > 2 instantiates R = 1 only) */
+        qgemv_launch<BITS, MT, (MT <= 2 ? 4 : 1)>(cx, set, x, T, n, gs, sdt);
+    else if (R == 2)
+        qgemv_launch<BITS, MT, (MT <= 2 ? 2 : 1)>(cx, set, x, T, n, gs, sdt);
+    else
+        qgemv_launch<BITS, MT, 1>(cx, set, x, T, n, gs, sdt);
+}
+
+template <int BITS>
+static void qgemv_bits(dr_cuda_ctx *cx, const qgemv_set &set, const float *x, int T, int n, int gs, dr_dtype sdt) {
+    if (T == 1)
+        qgemv_pick<BITS, 1>(cx, set, x, T, n, gs, sdt);
+    else if (T == 2)
+        qgemv_pick<BITS, 2>(cx, set, x, T, n, gs, sdt);
+    else if (T <= 4)
+        qgemv_pick<BITS, 4>(cx, set, x, T, n, gs, sdt);
+    else
+        qgemv_pick<BITS, 8>(cx, set, x, T, n, gs, sdt);
+}
+
+/* T <= QG_MAX_T tokens over the set (all of one bits / group / sb dtype / n) */
+static void qgemv_run(dr_cuda_ctx *cx, const qgemv_set &set, const dr_tensor *w0, const float *x, int T) {
+    const int n = (int)w0->ne[w0->ndim - 1];
+    if (w0->q.bits == 4)
+        qgemv_bits<4>(cx, set, x, T, n, w0->q.group_size, w0->q.sb_dtype);
+    else
+        qgemv_bits<8>(cx, set, x, T, n, w0->q.group_size, w0->q.sb_dtype);
+}
+
+static void qset_add(qgemv_set *set, const dr_tensor *w, float *y) {
+    const qmat m = q_parts(w);
+    const int i = set->nm++;
+    set->W[i] = m.w;
+    set->S[i] = m.s;
+    set->B[i] = m.b;
+    set->y[i] = y;
+    set->row0[i + 1] = set->row0[i] + (int)w->ne[w->ndim - 2];
+}
+
+/* ---- prefill: dequantize to bf16 hi/lo, three GEMMs ---- */
+
+/* rows [r0, r0 + nr) of the matrix -> hi/lo [nr, n]; one thread per word,
+ * its 32 / bits values stored as one 16- (4-bit) or 8-byte (8-bit) vector */
+template <int BITS>
+__global__ void qdequant_split_kernel(bf16 *hi, bf16 *lo, const uint32_t *__restrict__ W, const void *S,
+                                      const void *B, dr_dtype sdt, int n, int gs, size_t r0, size_t nr) {
+    constexpr int per = 32 / BITS;
+    constexpr unsigned mask = (1u << BITS) - 1u;
+    const int wpr = n / per, G = n / gs;
+    const size_t nw = nr * (size_t)wpr;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < nw; i += (size_t)gridDim.x * blockDim.x) {
+        const size_t r = i / wpr;
+        const int wi = (int)(i % wpr), e0 = wi * per;
+        const unsigned v = __ldg(W + (r0 + r) * wpr + wi);
+        const size_t g = (r0 + r) * G + e0 / gs;
+        const float s = ld_sb(S, sdt, g), b = ld_sb(B, sdt, g);
+        uint32_t h[per / 2], l[per / 2];
+#pragma unroll
+        for (int j = 0; j < per; j += 2) {
+            float w[2], d[2];
+#pragma unroll
+            for (int k = 0; k < 2; k++) {
+                w[k] = __fadd_rn(__fmul_rn(s, (float)((v >> ((j + k) * BITS)) & mask)), b); /* as the CPU */
+                d[k] = w[k] - __bfloat162float(__float2bfloat16_rn(w[k]));
+            }
+            h[j / 2] = dr_pack_bf16(w[0], w[1]);
+            l[j / 2] = dr_pack_bf16(d[0], d[1]);
+        }
+        const size_t o = r * n + e0;
+        if (BITS == 4) {
+            *(uint4 *)(hi + o) = make_uint4(h[0], h[1], h[per / 2 - 2], h[per / 2 - 1]);
+            *(uint4 *)(lo + o) = make_uint4(l[0], l[1], l[per / 2 - 2], l[per / 2 - 1]);
+        } else {
+            *(uint2 *)(hi + o) = make_uint2(h[0], h[per / 2 - 1]);
+            *(uint2 *)(lo + o) = make_uint2(l[0], l[per / 2 - 1]);
+        }
+    }
+}
+
+static unsigned grid_for(const dr_cuda_ctx *cx, size_t n) {
+    size_t b = (n + 255) / 256, cap = (size_t)(cx->n_sm > 0 ? cx->n_sm : 132) * 16;
+    return (unsigned)(b < 1 ? 1 : b > cap ? cap : b);
+}
+
+#define QD_CHUNK_ELEMS ((size_t)32 << 20) /* 128 MiB of hi + lo scratch at most */
+
+static void qmm_gemm(dr_cuda_ctx *cx, float *y, const float *x, const dr_tensor *w, int T) {
+    const int d = (int)(q_rows(w)), n = (int)w->ne[w->ndim - 1];
+    const size_t nx = (size_t)T * n;
+    bf16 *xh = (bf16 *)dr_cuda_scratch(cx, DR_SCR_SPLIT, 2 * nx * sizeof(bf16));
+    if (!xh)
+        return;
+    bf16 *xl = xh + nx;
+    dr_cuda_split_bf16(cx, xh, xl, x, nx);
+    size_t cr = QD_CHUNK_ELEMS / (size_t)n;
+    cr = cr < 128 ? 128 : cr / 128 * 128; /* whole GEMM tiles */
+    cr = cr > (size_t)d ? (size_t)d : cr;
+    bf16 *wh = (bf16 *)dr_cuda_scratch(cx, DR_SCR_QW, 2 * cr * (size_t)n * sizeof(bf16));
+    if (!wh)
+        return;
+    bf16 *wl = wh + cr * (size_t)n;
+    const qmat m = q_parts(w);
+    const float one = 1.0f, zero = 0.0f;
+    for (size_t r0 = 0; r0 < (size_t)d; r0 += cr) {
+        const size_t nr = (size_t)d - r0 < cr ? (size_t)d - r0 : cr;
+        if (w->q.bits == 4)
+            qdequant_split_kernel<4><<<grid_for(cx, nr * n / 8), 256, 0, cx->stream>>>(
+                wh, wl, (const uint32_t *)m.w, m.s, m.b, w->q.sb_dtype, n, w->q.group_size, r0, nr);
+        else
+            qdequant_split_kernel<8><<<grid_for(cx, nr * n / 4), 256, 0, cx->stream>>>(
+                wh, wl, (const uint32_t *)m.w, m.s, m.b, w->q.sb_dtype, n, w->q.group_size, r0, nr);
+        DR_CUDA_LAUNCHED(cx);
+        /* row-major y[T, d] columns r0.. = column-major y^T rows r0.. (ldc d) */
+        const bf16 *A[3] = {wh, wh, wl}, *Bx[3] = {xh, xl, xh};
+        for (int p = 0; p < 3; p++)
+            DR_BLAS_NOTE(cx, cublasGemmEx(cx->blas, CUBLAS_OP_T, CUBLAS_OP_N, (int)nr, T, n, &one, A[p], CUDA_R_16BF,
+                                          n, Bx[p], CUDA_R_16BF, n, p ? &one : &zero, y + r0, CUDA_R_32F, d,
+                                          CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    }
+}
+
+/* ---- slots ---- */
+
+static bool q_not_uploaded(dr_cuda_ctx *cx, const dr_tensor *w, const char *what) {
+    if (w->dev)
+        return false;
+    dr_fail_at(__FILE__, __LINE__, DR_ERR_ARG, "CUDA %s: tensor %s was not uploaded", what, w->name ? w->name : "?");
+    cx->failed = 1;
+    return true;
+}
+
+void dr_cuda_qmm(dr_cuda_ctx *cx, float *y, const float *x, const dr_tensor *w, int T) {
+    if (T <= 0 || q_not_uploaded(cx, w, "matmul"))
+        return;
+    const int d = (int)q_rows(w), n = (int)w->ne[w->ndim - 1];
+    if (d <= 0)
+        return;
+    if (T > QG_BLOCK_T || (uintptr_t)x % 16) {
+        qmm_gemm(cx, y, x, w, T);
+        return;
+    }
+    for (int t0 = 0; t0 < T; t0 += QG_MAX_T) { /* the weights are re-read per block of 8 tokens */
+        qgemv_set set = {};
+        qset_add(&set, w, y + (size_t)t0 * d);
+        qgemv_run(cx, set, w, x + (size_t)t0 * n, T - t0 < QG_MAX_T ? T - t0 : QG_MAX_T);
+    }
+}
+
+void dr_cuda_mm_w(dr_cuda_ctx *cx, float *y, const float *x, const dr_tensor *w, int T) {
+    if (w->q.bits)
+        dr_cuda_qmm(cx, y, x, w, T);
+    else
+        dr_cuda_matmul(cx, y, x, w, T); /* checks the upload */
+}
+
+bool dr_cuda_quant_matmul_n(dr_cuda_ctx *cx, int n_w, float *const *ys, const float *x, const dr_tensor *const *ws,
+                            int T) {
+    bool any = false, same = n_w <= QG_SETS && T <= QG_MAX_T && (uintptr_t)x % 16 == 0;
+    for (int i = 0; i < n_w; i++) {
+        any = any || ws[i]->q.bits;
+        same = same && ws[i]->q.bits == ws[0]->q.bits && ws[i]->q.group_size == ws[0]->q.group_size &&
+               ws[i]->q.sb_dtype == ws[0]->q.sb_dtype && ws[i]->ne[ws[i]->ndim - 1] == ws[0]->ne[ws[0]->ndim - 1] &&
+               ws[i]->dev;
+    }
+    if (!any)
+        return false;
+    if (!same || T <= 0) { /* mixed or prefill: one product each */
+        for (int i = 0; i < n_w; i++)
+            dr_cuda_mm_w(cx, ys[i], x, ws[i], T);
+        return true;
+    }
+    qgemv_set set = {};
+    for (int i = 0; i < n_w; i++)
+        qset_add(&set, ws[i], ys[i]);
+    if (set.row0[n_w] > 0)
+        qgemv_run(cx, set, ws[0], x, T);
+    return true;
+}
+
+/* ---- embedding ---- */
+
+__global__ void qembed_kernel(float *x, const uint32_t *__restrict__ W, const void *S, const void *B, dr_dtype sdt,
+                              int bits, int gs, const int32_t *ids, int H) {
+    const int t = blockIdx.y, per = 32 / bits, wpr = H / per, G = H / gs;
+    const unsigned mask = (1u << bits) - 1u;
+    const size_t row = (size_t)ids[t];
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < H; i += gridDim.x * blockDim.x) {
+        const unsigned v = __ldg(W + row * wpr + i / per);
+        const size_t g = row * G + i / gs;
+        const float q = (float)((v >> ((i % per) * bits)) & mask);
+        x[(size_t)t * H + i] = __fadd_rn(__fmul_rn(ld_sb(S, sdt, g), q), ld_sb(B, sdt, g));
+    }
+}
+
+void dr_cuda_qembed(dr_cuda_ctx *cx, float *x, const dr_tensor *emb, const int32_t *dids, int T) {
+    const int H = (int)emb->ne[emb->ndim - 1];
+    const qmat m = q_parts(emb);
+    dim3 grid(dr_cdiv((size_t)H, 256), (unsigned)T);
+    qembed_kernel<<<grid, 256, 0, cx->stream>>>(x, (const uint32_t *)m.w, m.s, m.b, emb->q.sb_dtype, emb->q.bits,
+                                                emb->q.group_size, dids, H);
+    DR_CUDA_LAUNCHED(cx);
+}
+
+/* ---- MoE decode ---- */
+
+/* The geometry every expert matrix of one kind shares. */
+struct qgeo {
+    int rows, n, gs;
+    size_t s_off, b_off; /* bytes from the block start */
+};
+
+static qgeo q_geo(const dr_tensor *t) {
+    qgeo g;
+    size_t tot;
+    g.rows = (int)q_rows(t);
+    g.n = (int)t->ne[t->ndim - 1];
+    g.gs = t->q.group_size;
+    q_offsets(t, &g.s_off, &g.b_off, &tot);
+    return g;
+}
+
+/* x [n] (global, 16-byte aligned) -> xs, float4 f of piece p at [f][p]
+ * (the GEMV's shared layout: a warp's x reads are consecutive). Whole block. */
+template <int BITS> static __device__ __forceinline__ void stage_x(float4 *xs, const float *x, int n) {
+    constexpr int E4 = 128 / BITS / 4;
+    const int nv = n / (4 * E4);
+    for (int k = threadIdx.x; k < n / 4; k += blockDim.x)
+        xs[(k % E4) * nv + k / E4] = __ldg((const float4 *)x + k);
+}
+
+/* One warp: dot of row `row` of a quantized block with x staged by stage_x. */
+template <int BITS>
+static __device__ __forceinline__ float qdot_warp(const void *blk, const qgeo &g, dr_dtype sdt, int row,
+                                                  const float4 *xs) {
+    constexpr int E = 128 / BITS;
+    const int lane = threadIdx.x & 31, nv = g.n / E, pg = g.gs / E;
+    const uint4 *w = (const uint4 *)blk + (size_t)row * nv;
+    const void *S = (const char *)blk + g.s_off, *B = (const char *)blk + g.b_off;
+    const size_t sb0 = (size_t)row * (g.n / g.gs);
+    float acc = 0.0f;
+#pragma unroll 2
+    for (int v = lane; v < nv; v += 32) {
+        const uint4 u = ld_q(w + v);
+        const float s = ld_sb(S, sdt, sb0 + v / pg), b = ld_sb(B, sdt, sb0 + v / pg);
+        float dq = 0.0f, sx = 0.0f;
+#pragma unroll
+        for (int f = 0; f < E / 4; f++) {
+            const float4 xx = xs[f * nv + v];
+            float q[4];
+            q4vals<BITS>(u, f, q);
+            sx += (xx.x + xx.y) + (xx.z + xx.w);
+            dq = fmaf(q[0], xx.x, dq);
+            dq = fmaf(q[1], xx.y, dq);
+            dq = fmaf(q[2], xx.z, dq);
+            dq = fmaf(q[3], xx.w, dq);
+        }
+        acc = fmaf(s, dq, fmaf(b, sx, acc));
+    }
+    return dr_warp_sum(acc);
+}
+
+/* act[r, i] = silu(gate_e[i] . x_t) * (up_e[i] . x_t), r = t*k + j, e = idx[r];
+ * x_t staged in shared memory (H floats) */
+template <int BITS>
+__global__ void __launch_bounds__(256) qmoe_gate_up_kernel(float *act, const float *x, const int32_t *idx,
+                                                           const void *const *tab, int E, int k, qgeo g,
+                                                           dr_dtype sdt) {
+    extern __shared__ float4 xs[];
+    const int r = blockIdx.y;
+    const int i = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    stage_x<BITS>(xs, x + (size_t)(r / k) * g.n, g.n);
+    __syncthreads();
+    if (i >= g.rows)
+        return;
+    const int e = idx[r];
+    const float gv = qdot_warp<BITS>(tab[e], g, sdt, i, xs), uv = qdot_warp<BITS>(tab[E + e], g, sdt, i, xs);
+    if ((threadIdx.x & 31) == 0)
+        act[(size_t)r * g.rows + i] = dr_dev_silu(gv) * uv;
+}
+
+/* y[t, h] += sum_j wts[t, j] * (down_e[h] . act[t*k + j]), j in order (as the
+ * CPU); the token's k activation rows staged in shared memory (k * I floats) */
+template <int BITS>
+__global__ void __launch_bounds__(256) qmoe_down_kernel(float *y, const float *act, const int32_t *idx,
+                                                        const float *wts, const void *const *tab, int E, int k,
+                                                        qgeo g, dr_dtype sdt) {
+    extern __shared__ float4 xs[];
+    const int t = blockIdx.y;
+    const int h = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    for (int j = 0; j < k; j++)
+        stage_x<BITS>(xs + (size_t)j * (g.n / 4), act + ((size_t)t * k + j) * g.n, g.n);
+    __syncthreads();
+    if (h >= g.rows)
+        return;
+    float acc = y[(size_t)t * g.rows + h];
+    for (int j = 0; j < k; j++) {
+        const size_t r = (size_t)t * k + j;
+        const float v = qdot_warp<BITS>(tab[2 * E + idx[r]], g, sdt, h, xs + (size_t)j * (g.n / 4));
+        acc += wts[r] * v;
+    }
+    if ((threadIdx.x & 31) == 0)
+        y[(size_t)t * g.rows + h] = acc;
+}
+
+bool dr_cuda_quant_moe_decode(dr_cuda_ctx *cx, float *y, const float *x, const int32_t *idx, const float *wts,
+                              const dr_expert *ex, dr_cuda_expert_tab_fn get_tab, int E, int T, int k, int H, int I) {
+    const dr_tensor *g0 = &ex[0].gate;
+    const size_t s1 = (size_t)H * sizeof(float), s2 = (size_t)k * I * sizeof(float); /* staged x, act rows */
+    if ((uintptr_t)x % 16 || (H * 4) % 16 || (I * 4) % 16 || s1 > (48 << 10) || s2 > (48 << 10))
+        return false; /* (the grouped path runs) */
+    for (int e = 0; e < E; e++) { /* one launch reads every expert with one geometry */
+        const dr_tensor *m[3] = {&ex[e].gate, &ex[e].up, &ex[e].down};
+        for (int i = 0; i < 3; i++)
+            if (m[i]->q.bits != g0->q.bits || m[i]->q.group_size != g0->q.group_size ||
+                m[i]->q.sb_dtype != g0->q.sb_dtype)
+                return false;
+    }
+    const void *const *tab = get_tab(cx, ex, E);
+    if (!tab)
+        return true; /* recorded */
+    const int R = T * k;
+    float *act = (float *)dr_cuda_scratch(cx, DR_SCR_MOE, (size_t)R * I * sizeof(float));
+    if (!act)
+        return true;
+    const qgeo gu = q_geo(&ex[0].gate), dn = q_geo(&ex[0].down);
+    const dr_dtype sdt = g0->q.sb_dtype;
+    const dim3 g1(dr_cdiv((size_t)I, 8), (unsigned)R), g2(dr_cdiv((size_t)H, 8), (unsigned)T);
+    if (g0->q.bits == 4) {
+        qmoe_gate_up_kernel<4><<<g1, 256, s1, cx->stream>>>(act, x, idx, tab, E, k, gu, sdt);
+        DR_CUDA_LAUNCHED(cx);
+        qmoe_down_kernel<4><<<g2, 256, s2, cx->stream>>>(y, act, idx, wts, tab, E, k, dn, sdt);
+    } else {
+        qmoe_gate_up_kernel<8><<<g1, 256, s1, cx->stream>>>(act, x, idx, tab, E, k, gu, sdt);
+        DR_CUDA_LAUNCHED(cx);
+        qmoe_down_kernel<8><<<g2, 256, s2, cx->stream>>>(y, act, idx, wts, tab, E, k, dn, sdt);
+    }
+    DR_CUDA_LAUNCHED(cx);
+    return true;
+}

@@ -1,0 +1,330 @@
+/* tests/test_cuda_quant.c - MLX affine 4/8-bit weights on the CUDA backend
+ * (ops/cuda/quant.cu) against the CPU reference table, slot by slot, then
+ * whole quantized fixtures against the CPU backend.
+ *
+ * Slot errors are max |gpu - cpu| / max |cpu|, printed beside the tolerance:
+ *  - GEMV (T <= 32, dequantized in registers, fp32 sums in another order):
+ *    2e-5, fp32 reordering like test_cuda;
+ *  - prefill (T > 32: weights dequantized to bf16 hi + lo, x split the same
+ *    way, three bf16 GEMMs accumulating in fp32; each operand carries a
+ *    relative error below 2^-17): 5e-5;
+ *  - embedding (scale * q then + bias, rounded as the CPU): 1e-6.
+ * Fixtures (dense-f32, moe-bf16, moe-bf16-fused converted to q4 g64 and q8 g32
+ * by dr_quant_convert): prompt logits (prefill path) and 12 greedy steps
+ * (decode path, CUDA graphs) within 1e-3 of the CPU backend, tokens identical.
+ * Without a CUDA device it prints "skipped: no CUDA device" and returns 77.
+ */
+#define CUDA_TEST_SEED 0x853c49e6748fea9bull
+#include "cuda_test_util.h"
+#include "deltarun.h"
+#include "quant/convert.h"
+#include "quant/quant.h"
+#include "test.h"
+
+#include <dirent.h>
+#include <unistd.h>
+
+#define TOL_GEMV 2e-5f
+#define TOL_GEMM 5e-5f
+#define TOL_EMBED 1e-6f
+#define TOL_LOGIT 1e-3f
+
+static const dr_dtype SB[3] = {DR_DT_BF16, DR_DT_F16, DR_DT_F32};
+
+/* A quantized [d, n] matrix uploaded to G; *own frees the host block. */
+static dr_tensor qmat(int d, int n, int bits, int gs, dr_dtype sb, void **own, float **src_out) {
+    float *src = rnd((size_t)d * n, 1.0f / sqrtf((float)n));
+    dr_tensor s = {.name = "w", .dtype = DR_DT_F32, .ndim = 2, .ne = {d, n}, .data = src};
+    dr_tensor q;
+    dr_quant_opts o = {.bits = bits, .group_size = gs, .sb_dtype = sb, .n_threads = 1};
+    CHECK(dr_quantize_ex(&s, &o, &q, own) == DR_OK, "quantize: %s", dr_last_error());
+    CHECK(G->weight_upload(G->ctx, &q) == DR_OK, "upload: %s", dr_last_error());
+    if (src_out)
+        *src_out = src;
+    else
+        free(src);
+    return q;
+}
+
+static void qfree(dr_tensor *q, void *own) {
+    G->weight_free(G->ctx, q);
+    free(own);
+}
+
+/* ---- matmul: GEMV T = 1..8, blocked GEMV, prefill GEMMs ---- */
+
+static void check_mm(const dr_tensor *q, int T, const char *what) {
+    const int d = (int)q->ne[0], n = (int)q->ne[1];
+    float *x = rnd((size_t)T * n, 2.0f), *y = malloc((size_t)T * d * sizeof *y);
+    float *dx = dput(x, (size_t)T * n * 4), *dy = G->alloc(G->ctx, (size_t)T * d * 4);
+    C->matmul(NULL, y, x, q, T);
+    G->matmul(G->ctx, dy, dx, q, T);
+    float *got = dget(dy, (size_t)T * d);
+    REPORT(rel_err(got, y, (size_t)T * d), T > 32 ? TOL_GEMM : TOL_GEMV, "matmul %s T=%d", what, T);
+    free(got), free(x), free(y);
+    G->free(G->ctx, dx), G->free(G->ctx, dy);
+}
+
+static void test_matmul(void) {
+    const int Ts[] = {1, 2, 3, 4, 5, 6, 7, 8, 20, 40};
+    const int shapes[][2] = {{67, 384}, {333, 1024}, {45, 4096}, {4099, 256}, {12289, 128}}; /* 1, 2, 4 rows per warp */
+    int c = 0;
+    for (int bits = 4; bits <= 8; bits += 4)
+        for (int gs = 32; gs <= 128; gs *= 2)
+            for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++, c++) {
+                const dr_dtype sb = SB[c % 3];
+                void *own = NULL;
+                dr_tensor q = qmat(shapes[si][0], shapes[si][1], bits, gs, sb, &own, NULL);
+                char what[96];
+                snprintf(what, sizeof what, "q%d g%d %s [%d, %d]", bits, gs, dr_dtype_name(sb), shapes[si][0],
+                         shapes[si][1]);
+                for (size_t ti = 0; ti < sizeof Ts / sizeof Ts[0]; ti++)
+                    if (si < 3 || Ts[ti] <= 2 || Ts[ti] == 40) /* big shapes: decode and prefill only */
+                        check_mm(&q, Ts[ti], what);
+                qfree(&q, own);
+            }
+}
+
+/* matmul_n: three quantized matrices of one layout (one launch), and a mix
+ * of quantized and bf16 (one product each), decode and prefill. */
+static void test_matmul_n(void) {
+    const int n = 512, ds[3] = {129, 64, 31};
+    void *own[3];
+    dr_tensor q[3];
+    for (int i = 0; i < 3; i++)
+        q[i] = qmat(ds[i], n, 4, 64, DR_DT_BF16, &own[i], NULL);
+    /* a bf16 matrix [40, n] for the mixed set */
+    uint16_t *wb = malloc((size_t)40 * n * 2);
+    for (size_t i = 0; i < (size_t)40 * n; i++) {
+        float f = frand() * 0.05f;
+        uint32_t u;
+        memcpy(&u, &f, 4);
+        wb[i] = (uint16_t)(u >> 16);
+    }
+    dr_tensor b = {.name = "wb", .dtype = DR_DT_BF16, .ndim = 2, .ne = {40, n}, .data = wb};
+    CHECK(G->weight_upload(G->ctx, &b) == DR_OK, "upload bf16: %s", dr_last_error());
+    const int Ts[] = {1, 5, 48};
+    for (int mix = 0; mix < 2; mix++)
+        for (size_t ti = 0; ti < 3; ti++) {
+            const int T = Ts[ti];
+            const dr_tensor *ws[3] = {&q[0], mix ? &b : &q[1], &q[2]};
+            float *x = rnd((size_t)T * n, 1.0f), *dx = dput(x, (size_t)T * n * 4);
+            float *ys[3], *dys[3];
+            for (int i = 0; i < 3; i++) {
+                const int d = (int)ws[i]->ne[0];
+                ys[i] = malloc((size_t)T * d * 4);
+                dys[i] = G->alloc(G->ctx, (size_t)T * d * 4);
+                C->matmul(NULL, ys[i], x, ws[i], T);
+            }
+            G->matmul_n(G->ctx, 3, dys, dx, ws, T);
+            float e = 0.0f;
+            for (int i = 0; i < 3; i++) {
+                float *got = dget(dys[i], (size_t)T * ws[i]->ne[0]);
+                float ei = rel_err(got, ys[i], (size_t)T * ws[i]->ne[0]);
+                e = ei > e ? ei : e;
+                free(got), free(ys[i]);
+                G->free(G->ctx, dys[i]);
+            }
+            REPORT(e, T > 32 ? TOL_GEMM : TOL_GEMV, "matmul_n %s T=%d", mix ? "q4 + bf16 mixed" : "3 x q4 g64", T);
+            free(x);
+            G->free(G->ctx, dx);
+        }
+    for (int i = 0; i < 3; i++)
+        qfree(&q[i], own[i]);
+    G->weight_free(G->ctx, &b);
+    free(wb);
+}
+
+/* ---- embedding ---- */
+
+static void test_embed(void) {
+    const int V = 97, H = 384, T = 11;
+    int c = 0;
+    for (int bits = 4; bits <= 8; bits += 4)
+        for (int gs = 32; gs <= 128; gs *= 2, c++) {
+            void *own = NULL;
+            dr_tensor q = qmat(V, H, bits, gs, SB[c % 3], &own, NULL);
+            int32_t ids[T];
+            for (int t = 0; t < T; t++)
+                ids[t] = (t * 37 + 5) % V;
+            float *y = malloc((size_t)T * H * 4), *dy = G->alloc(G->ctx, (size_t)T * H * 4);
+            C->embed(NULL, y, &q, ids, T);
+            G->embed(G->ctx, dy, &q, ids, T);
+            float *got = dget(dy, (size_t)T * H);
+            REPORT(rel_err(got, y, (size_t)T * H), TOL_EMBED, "embed q%d g%d %s", bits, gs, dr_dtype_name(SB[c % 3]));
+            free(got), free(y);
+            G->free(G->ctx, dy);
+            qfree(&q, own);
+        }
+}
+
+/* ---- MoE experts: decode kernels (T <= 4) and the grouped prefill ---- */
+
+static void test_moe(void) {
+    const int E = 8, H = 256, I = 128, k = 3;
+    for (int bits = 4; bits <= 8; bits += 4) {
+        const int gs = bits == 4 ? 64 : 128;
+        /* one array per bits: the backend caches its expert table by the
+           array's address, which must not be reused for other weights */
+        static dr_expert exs[2][8];
+        dr_expert *ex = exs[bits == 8];
+        void *own[8][3];
+        for (int e = 0; e < E; e++) {
+            ex[e].gate = qmat(I, H, bits, gs, DR_DT_BF16, &own[e][0], NULL);
+            ex[e].up = qmat(I, H, bits, gs, DR_DT_BF16, &own[e][1], NULL);
+            ex[e].down = qmat(H, I, bits, gs, DR_DT_BF16, &own[e][2], NULL);
+        }
+        const int Ts[] = {1, 3, 4, 7, 37};
+        for (size_t ti = 0; ti < sizeof Ts / sizeof Ts[0]; ti++) {
+            const int T = Ts[ti];
+            float *x = rnd((size_t)T * H, 1.0f), *lg = rnd((size_t)T * E, 3.0f), *y = rnd((size_t)T * H, 0.5f);
+            int32_t *idx = malloc((size_t)T * k * 4);
+            float *wts = malloc((size_t)T * k * 4), *ws = malloc((size_t)(2 * I + H) * 4);
+            C->moe_route(NULL, idx, wts, lg, T, E, k, true);
+            float *dx = dput(x, (size_t)T * H * 4), *dy = dput(y, (size_t)T * H * 4);
+            int32_t *di = dput(idx, (size_t)T * k * 4);
+            float *dw = dput(wts, (size_t)T * k * 4);
+            C->moe_experts(NULL, y, x, idx, wts, ex, E, T, k, H, I, ws);
+            G->moe_experts(G->ctx, dy, dx, di, dw, ex, E, T, k, H, I, NULL);
+            float *got = dget(dy, (size_t)T * H);
+            REPORT(rel_err(got, y, (size_t)T * H), T > 32 ? TOL_GEMM : TOL_GEMV, "moe_experts q%d g%d E=%d k=%d T=%d",
+                   bits, gs, E, k, T);
+            free(got), free(x), free(lg), free(y), free(idx), free(wts), free(ws);
+            G->free(G->ctx, dx), G->free(G->ctx, dy), G->free(G->ctx, di), G->free(G->ctx, dw);
+        }
+        for (int e = 0; e < E; e++) {
+            qfree(&ex[e].gate, own[e][0]);
+            qfree(&ex[e].up, own[e][1]);
+            qfree(&ex[e].down, own[e][2]);
+        }
+    }
+}
+
+/* ---- whole models: CUDA against the CPU backend on one quantized copy ---- */
+
+static char g_tmp[256];
+
+static void rm_dir(const char *dir) {
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+            continue;
+        char p[1024];
+        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+        unlink(p);
+    }
+    if (d)
+        closedir(d);
+    rmdir(dir);
+}
+
+static float max_abs_diff(const float *a, const float *b, size_t n) {
+    float e = 0.0f;
+    for (size_t i = 0; i < n; i++) {
+        float d = fabsf(a[i] - b[i]);
+        if (!(d <= e))
+            e = isnan(d) ? INFINITY : d;
+    }
+    return e;
+}
+
+static int32_t argmax(const float *v, int n) {
+    int32_t b = 0;
+    for (int i = 1; i < n; i++)
+        if (v[i] > v[b])
+            b = i;
+    return b;
+}
+
+static dr_session *session(dr_model *m) {
+    dr_session_params p = dr_session_default_params();
+    p.n_ctx = 256;
+    dr_session *s = NULL;
+    CHECK(dr_session_new(m, &p, &s) == DR_OK, "session: %s", dr_last_error());
+    return s;
+}
+
+/* Prompt of T tokens (all logits), then `steps` greedy tokens one at a time. */
+static void compare_models(dr_model *mc, dr_model *mg, const char *what) {
+    const int V = dr_model_info_get(mc)->n_vocab, T = 40, steps = 12;
+    int32_t ids[40];
+    for (int t = 0; t < T; t++)
+        ids[t] = (int32_t)((t * 7919 + 13) % V);
+    float *a = malloc((size_t)T * V * 4), *b = malloc((size_t)T * V * 4);
+    dr_session *sc = session(mc), *sg = session(mg);
+    if (!sc || !sg)
+        goto out;
+    CHECK(dr_session_eval(sc, ids, T, DR_LOGITS_ALL, a) == DR_OK, "cpu eval: %s", dr_last_error());
+    CHECK(dr_session_eval(sg, ids, T, DR_LOGITS_ALL, b) == DR_OK, "cuda eval: %s", dr_last_error());
+    CHECK_SHOW(max_abs_diff(b, a, (size_t)T * V) <= TOL_LOGIT, "%s prompt of %d: max |dlogit| %.2e (tol %.0e)", what,
+               T, (double)max_abs_diff(b, a, (size_t)T * V), (double)TOL_LOGIT);
+    float worst = 0.0f;
+    int same = 0;
+    int32_t tc = argmax(a + (size_t)(T - 1) * V, V), tg = argmax(b + (size_t)(T - 1) * V, V);
+    for (int i = 0; i < steps; i++) {
+        if (tc != tg)
+            break;
+        same++;
+        dr_session_eval(sc, &tc, 1, DR_LOGITS_LAST, a);
+        dr_session_eval(sg, &tg, 1, DR_LOGITS_LAST, b);
+        float e = max_abs_diff(b, a, (size_t)V);
+        worst = e > worst ? e : worst;
+        tc = argmax(a, V), tg = argmax(b, V);
+    }
+    CHECK_SHOW(same == steps && worst <= TOL_LOGIT,
+               "%s greedy: %d/%d tokens identical, max |dlogit| %.2e per step (tol %.0e)", what, same, steps,
+               (double)worst, (double)TOL_LOGIT);
+out:
+    dr_session_free(sc);
+    dr_session_free(sg);
+    free(a), free(b);
+}
+
+static void test_fixtures(void) {
+    const char *fx[] = {"dense-f32", "moe-bf16", "moe-bf16-fused"};
+    const int cfg[][2] = {{4, 64}, {8, 32}};
+    for (size_t f = 0; f < sizeof fx / sizeof fx[0]; f++)
+        for (int c = 0; c < 2; c++) {
+            char in[512], out[600], what[128];
+            snprintf(in, sizeof in, "%s/%s", DR_TEST_DATA, fx[f]);
+            snprintf(out, sizeof out, "%s/%s-q%d", g_tmp, fx[f], cfg[c][0]);
+            snprintf(what, sizeof what, "%s q%d g%d", fx[f], cfg[c][0], cfg[c][1]);
+            dr_convert_opts o = {.in_dir = in, .out_dir = out, .bits = cfg[c][0], .group_size = cfg[c][1],
+                                 .n_threads = 2};
+            if (dr_quant_convert(&o, NULL) != DR_OK) {
+                CHECK(0, "convert %s: %s", what, dr_last_error());
+                continue;
+            }
+            dr_model *mc = NULL, *mg = NULL;
+            dr_model_params pc = dr_model_default_params(), pg = pc;
+            pc.device = "cpu";
+            pg.device = "cuda";
+            CHECK(dr_model_load_ex(out, &pc, &mc) == DR_OK, "load %s on cpu: %s", what, dr_last_error());
+            CHECK(dr_model_load_ex(out, &pg, &mg) == DR_OK, "load %s on cuda: %s", what, dr_last_error());
+            if (mc && mg)
+                compare_models(mc, mg, what);
+            dr_model_free(mc);
+            dr_model_free(mg);
+            rm_dir(out);
+        }
+}
+
+int main(void) {
+    int rc = cuda_test_open();
+    if (rc)
+        return rc == 77 ? 77 : TEST_DONE();
+    test_matmul();
+    test_matmul_n();
+    test_embed();
+    test_moe();
+    cuda_test_close();
+    snprintf(g_tmp, sizeof g_tmp, "/tmp/dr_test_cuda_quant_XXXXXX");
+    if (!mkdtemp(g_tmp)) {
+        printf("cannot create a temporary directory\n");
+        return 1;
+    }
+    test_fixtures();
+    rmdir(g_tmp);
+    return TEST_DONE();
+}
