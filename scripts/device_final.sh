@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The validation call for a release of the CUDA backend (docs/PERFORMANCE.md,
+# "CUDA (H100/H200)"): build (sm_90a), every CUDA test and golden, memcheck,
+# then the decode / prefill benches in bf16, q8 and q4 with same-call
+# baselines for the newest kernels. Logs under $OUT.
+# Usage: scripts/device_final.sh [tests] [memcheck] [bench] [quant] [prefill]
+set -uo pipefail
+source "$(dirname "$0")/device_env.sh"
+what="${*:-tests memcheck bench quant prefill}"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+b="$root/build-dev"
+t0=$(date +%s)
+dr_device_build "$b" test_cuda test_cuda_decode test_cuda_prefill test_cuda_quant test_golden deltarun_cli
+echo "built in $(( $(date +%s) - t0 )) s"
+T="$OUT/tests.log"
+if [[ "$what" == *tests* ]]; then
+  timeout 120 "$b/tests/test_cuda_decode" tests/data/moe-bf16 tests/data/next-f32 tests/data/long-bf16 >> "$T" 2>&1 || echo "test_cuda_decode FAILED"
+  timeout 60 "$b/tests/test_cuda" >> "$T" 2>&1 || echo "test_cuda FAILED"
+  timeout 60 "$b/tests/test_cuda_prefill" >> "$T" 2>&1 || echo "test_cuda_prefill FAILED"
+  timeout 120 "$b/tests/test_cuda_quant" >> "$T" 2>&1 || echo "test_cuda_quant FAILED"
+  for fx in dense-f32 moe-bf16 moe-bf16-fused next-f32 long-bf16; do
+    timeout 120 "$b/tests/test_golden" "tests/data/$fx" --device cuda >> "$T" 2>&1 || echo "golden $fx FAILED"
+  done
+  grep -cE "^ok" "$T" | sed 's/^/ok lines: /'
+  grep -E "^FAIL|passed|graphs" "$T" | head -30
+  grep -E "greedy|full|incremental" "$T" | head -12
+fi
+if [[ "$what" == *memcheck* ]]; then
+  timeout 150 compute-sanitizer --tool memcheck --leak-check full --error-exitcode 9 \
+    "$b/tests/test_golden" tests/data/moe-bf16 --device cuda --quick > "$OUT/memcheck.log" 2>&1
+  echo "memcheck moe-bf16 exit $?"; grep -E "ERROR SUMMARY|LEAK" "$OUT/memcheck.log" | head -3
+fi
+cli="$b/deltarun"
+one() { # label, then bench arguments
+  local nm="$1"; shift
+  local j
+  j=$(timeout 150 "$cli" bench --device cuda "$@" --json 2>>"$OUT/bench_err.log")
+  echo "$nm $* $j" >> "$OUT/bench.log"
+  python3 -c "import json,sys; d=json.loads(sys.argv[1]); print('%-22s decode %7.1f tok/s %5.0f GB/s of %5.0f floor %7.1f tok/s %5.1f%%  prefill %6.0f tok/s (p=%d)' % (sys.argv[2], d['decode_tok_s'], d['decode_gb_s'], d['measured_bandwidth_gb_s'], d['floor_tok_s'], 100*d['floor_fraction'], d['prefill_tok_s'], d['prompt_tokens']))" "$j" "$nm" 2>/dev/null || { echo "$nm: failed"; tail -2 "$OUT/bench_err.log"; }
+}
+C=bench/configs
+if [[ "$what" == *bench* ]]; then
+  one 0.8B-bf16 --synthetic $C/qwen3.5-0.8b.json -p 512 -n 256
+  one 9B-bf16 --synthetic $C/qwen3.5-9b.json -p 512 -n 128
+  one 35B-8L-bf16 --synthetic $C/qwen3.5-35b-a3b.json --layers 8 -p 512 -n 256
+  export DR_CUDA_DEC3=0
+  one 35B-8L-bf16-olddec --synthetic $C/qwen3.5-35b-a3b.json --layers 8 -p 512 -n 256
+  unset DR_CUDA_DEC3
+fi
+if [[ "$what" == *quant* ]]; then
+  for qq in q8 q4; do
+    one 0.8B-$qq --synthetic $C/qwen3.5-0.8b.json --quant $qq --quant-random -p 512 -n 256
+    one 9B-$qq --synthetic $C/qwen3.5-9b.json --quant $qq --quant-random -p 512 -n 128
+    one 35B-8L-$qq --synthetic $C/qwen3.5-35b-a3b.json --layers 8 --quant $qq --quant-random -p 512 -n 256
+  done
+fi
+if [[ "$what" == *prefill* ]]; then
+  one 35B-40L-bf16 --synthetic $C/qwen3.5-35b-a3b.json -p 8192 -n 64
+  export DR_CUDA_GDN_TC=0
+  one 35B-40L-bf16-fmaGDN --synthetic $C/qwen3.5-35b-a3b.json -p 8192 -n 64
+  unset DR_CUDA_GDN_TC
+fi
+echo "total $(( $(date +%s) - t0 )) s"
