@@ -119,38 +119,14 @@ static int bf16_q4(int level, const dr_tensor *w) {
 #endif
 }
 
-/* The bf16-pair layout of quant_kern.h (DR_QK_BF16_*): hi, lo, X_g, A_g.
- * Sums in double, so X_g and A_g carry one rounding each. */
-static void prep_bf16_pairs(float *xp, const float *x, int64_t n, int64_t gs) {
-    const int64_t np = DR_QK_BF16_PAD(n), G = n / gs;
-    uint16_t *hi = (uint16_t *)(void *)xp, *lo = hi + np;
-    float *xs = xp + np, *xa = xs + G;
-    for (int64_t b = 0; b < np; b += 128)
-        for (int k = 0; k < 4; k++)
-            for (int j = 0; j < 32; j++) {
-                const int64_t e = b + DR_QK_BF16_ELEM(k, j), p = b + 32 * k + j;
-                const float v = e < n ? x[e] : 0.0f;
-                hi[p] = dr_f32_to_bf16(v);
-                lo[p] = dr_f32_to_bf16(v - dr_bf16_to_f32(hi[p]));
-            }
-    for (int64_t g = 0; g < G; g++) {
-        double sx = 0.0, sh = 0.0;
-        for (int64_t e = g * gs; e < (g + 1) * gs; e++) {
-            const int64_t b = e / 128 * 128, p = b + 32 * (e % 4) + (e % 128) / 4; /* inverse of ELEM */
-            sx += x[e];
-            sh += (double)dr_bf16_to_f32(hi[p]) + (double)dr_bf16_to_f32(lo[p]);
-        }
-        xs[g] = (float)sx;
-        xa[g] = (float)(24.0 * sh - 8.0 * sx);
-    }
-}
-
 void dr_cpu_q_prep(float *xp, const float *x, const dr_tensor *w) {
     const int64_t n = w->ne[w->ndim - 1], gs = w->q.group_size;
-    if (bf16_q4(dr_cpu_quant_level(), w)) {
-        prep_bf16_pairs(xp, x, n, gs);
+#ifdef DR_QUANT_BF16
+    if (bf16_q4(dr_cpu_quant_level(), w)) { /* layout: DR_QK_BF16_* in quant_kern.h */
+        dr_qk_prep4_bf16(xp, x, n, (int)gs);
         return;
     }
+#endif
     if (w->q.bits == 4) { /* layout: DR_QK_PERM in quant_kern.h */
         for (int64_t b = 0; b < n; b += DR_QK_PERM)
             for (int k = 0; k < DR_QK_PERM / 2; k++) {

@@ -34,13 +34,18 @@
 #include <immintrin.h>
 
 #define AI static inline __attribute__((always_inline))
-/* Software prefetch: at least this many packed bytes ahead of the R row
- * streams together (quant_avx512.c found 4 KiB best for one stream). A row
- * prefetches its own offset in the row that a later pass will read (R rows
- * per pass, so R * row bytes per pass ahead), not p + PF_DIST: with R
- * contiguous rows in flight that address is another row already read. */
+/* Software prefetch into L2, at least this many packed bytes ahead of the R
+ * row streams together. A row prefetches its own offset in the row that a
+ * later pass will read (R rows per pass, so whole multiples of R * row bytes
+ * ahead), not p + PF_DIST: with R contiguous rows in flight that address is
+ * another row already read. Measured (2 threads, 128 MiB at q4, quiet VM):
+ * into L1 at 4 KiB as quant_avx512.c: ~20 GB/s, slower than that kernel;
+ * into L2 at 8-24 KiB: 25-30 GB/s; 16 KiB kept. */
 #ifndef PF_DIST
-#define PF_DIST 4096
+#define PF_DIST 16384
+#endif
+#ifndef PF_HINT
+#define PF_HINT _MM_HINT_T1
 #endif
 #ifndef ROWS
 #define ROWS 4 /* rows per pass: they share the x registers */
@@ -66,14 +71,16 @@ AI __m512bh as_bf16(__m512i v, __m512i mask, __m512i one) {
 AI __m512 block_dot(__m512i v, const __m512bh h[4], const __m512bh l[4], __m512i mask, __m512i one) {
     __m512bh q0 = as_bf16(_mm512_slli_epi16(v, 3), mask, one), q1 = as_bf16(_mm512_srli_epi16(v, 1), mask, one);
     __m512bh q2 = as_bf16(_mm512_srli_epi16(v, 5), mask, one), q3 = as_bf16(_mm512_srli_epi16(v, 9), mask, one);
-    /* four chains of two: vdpbf16ps has a long latency and the rows' chains
-       alone don't keep it busy; the adds run on other pipes */
-    const __m512 z = _mm512_setzero_ps();
-    __m512 d0 = _mm512_dpbf16_ps(_mm512_dpbf16_ps(z, q0, h[0]), q0, l[0]);
-    __m512 d1 = _mm512_dpbf16_ps(_mm512_dpbf16_ps(z, q1, h[1]), q1, l[1]);
-    __m512 d2 = _mm512_dpbf16_ps(_mm512_dpbf16_ps(z, q2, h[2]), q2, l[2]);
-    __m512 d3 = _mm512_dpbf16_ps(_mm512_dpbf16_ps(z, q3, h[3]), q3, l[3]);
-    return _mm512_add_ps(_mm512_add_ps(d0, d1), _mm512_add_ps(d2, d3));
+    /* two chains of four: one chain of eight (vdpbf16ps latency ~6) left
+       the pipe idle (-20% in L2), four chains of two cost more adds */
+    __m512 d0 = _mm512_dpbf16_ps(_mm512_setzero_ps(), q0, h[0]), d1 = _mm512_dpbf16_ps(_mm512_setzero_ps(), q2, h[2]);
+    d0 = _mm512_dpbf16_ps(d0, q0, l[0]);
+    d1 = _mm512_dpbf16_ps(d1, q2, l[2]);
+    d0 = _mm512_dpbf16_ps(d0, q1, h[1]);
+    d1 = _mm512_dpbf16_ps(d1, q3, h[3]);
+    d0 = _mm512_dpbf16_ps(d0, q1, l[1]);
+    d1 = _mm512_dpbf16_ps(d1, q3, l[3]);
+    return _mm512_add_ps(d0, d1);
 }
 
 typedef struct {
@@ -124,7 +131,7 @@ AI void rows_q4(float *y, const prepared *x, const dr_tensor *w, int64_t r, int 
             const int full = e + 128 <= n;
             for (int i = 0; i < R; i++) {
                 const unsigned char *p = row[i] + e / 2;
-                _mm_prefetch((const char *)(p + ahead), _MM_HINT_T0); /* one line per block; never faults */
+                _mm_prefetch((const char *)(p + ahead), PF_HINT); /* one line per block; never faults */
                 const __m512i v = full ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi8(tail, p);
                 acc[i] = _mm512_fmadd_ps(block_dot(v, h, l, mask, one), _mm512_permutexvar_ps(idx, S[i]), acc[i]);
             }
@@ -143,6 +150,79 @@ AI void gemv_gs(float *y, const float *xp, const dr_tensor *w, int64_t r0, int64
         rows_q4(y, &x, w, r, ROWS, gs);
     for (; r < r1; r++)
         rows_q4(y, &x, w, r, 1, gs);
+}
+
+/* ---- x prepared once per token (layout: DR_QK_BF16_* in quant_kern.h) ---- */
+
+/* Elements 4 j + k, j < 16, of the 64 floats in a..d: lanes 0-7 from a, b
+ * (elements 0..31), lanes 8-15 from c, d (32..63). */
+AI __m512 stride4(__m512 a, __m512 b, __m512 c, __m512 d, int k) {
+    const __m512i idx = _mm512_add_epi32(_mm512_set_epi32(28, 24, 20, 16, 12, 8, 4, 0, 28, 24, 20, 16, 12, 8, 4, 0),
+                                         _mm512_set1_epi32(k));
+    return _mm512_shuffle_f32x4(_mm512_permutex2var_ps(a, idx, b), _mm512_permutex2var_ps(c, idx, d), 0x44);
+}
+
+/* bf16 of 16 floats, round to nearest even (as dr_f32_to_bf16 for numbers),
+ * and back to fp32. */
+AI __m256i to_bf16(__m512 v, __m512 *back) {
+    __m256i h = (__m256i)_mm512_cvtneps_pbh(v);
+    *back = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    return h;
+}
+
+/* The group sums: X_g in double (element order); the split's residual
+ * D_g = sum (hi + lo - x) from the vectors (each term exact in fp32: hi + lo
+ * has at most 17 significant bits), A_g = 24 H_g - 8 X_g = 16 X_g + 24 D_g. */
+static void group_sums(float *xs, float *xa, const float *x, const float *dsum, int64_t G, int gs) {
+    for (int64_t g = 0; g < G; g++) {
+        __m512d a = _mm512_setzero_pd(), b = _mm512_setzero_pd();
+        for (int64_t i = g * gs; i < (g + 1) * gs; i += 16) {
+            a = _mm512_add_pd(a, _mm512_cvtps_pd(_mm256_loadu_ps(x + i)));
+            b = _mm512_add_pd(b, _mm512_cvtps_pd(_mm256_loadu_ps(x + i + 8)));
+        }
+        const double s = _mm512_reduce_add_pd(_mm512_add_pd(a, b));
+        xs[g] = (float)s;
+        xa[g] = (float)(16.0 * s + 24.0 * (double)dsum[g]);
+    }
+}
+
+void dr_qk_prep4_bf16(float *xp, const float *x, int64_t n, int gs) {
+    const int64_t np = DR_QK_BF16_PAD(n), G = n / gs;
+    uint16_t *hi = (uint16_t *)(void *)xp, *lo = hi + np;
+    float *xs = xp + np, *xa = xs + G;
+    float *dsum = xa; /* D_g first, turned into A_g by group_sums */
+    for (int64_t g = 0; g < G; g++)
+        dsum[g] = 0.0f;
+    for (int64_t b = 0; b < np; b += 128) {
+        __m512 v[8];
+        for (int i = 0; i < 8; i++) { /* zeros past n */
+            const int64_t left = n - (b + 16 * i);
+            const __mmask16 m = left >= 16 ? 0xFFFF : left > 0 ? (__mmask16)((1u << left) - 1u) : 0;
+            v[i] = _mm512_maskz_loadu_ps(m, x + b + 16 * i);
+        }
+        __m512 dh[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()}; /* residuals of the two 64-element halves */
+        for (int k = 0; k < 4; k++)
+            for (int h = 0; h < 2; h++) {
+                const __m512 e = stride4(v[4 * h], v[4 * h + 1], v[4 * h + 2], v[4 * h + 3], k);
+                __m512 fh, fl;
+                const __m256i bh = to_bf16(e, &fh), bl = to_bf16(_mm512_sub_ps(e, fh), &fl);
+                _mm256_storeu_si256((__m256i *)(void *)(hi + b + 32 * k + 16 * h), bh);
+                _mm256_storeu_si256((__m256i *)(void *)(lo + b + 32 * k + 16 * h), bl);
+                dh[h] = _mm512_add_ps(dh[h], _mm512_sub_ps(_mm512_add_ps(fh, fl), e));
+            }
+        /* lanes 0-7 of half h sum its first 32 elements (one group of 32, or
+           part of a larger one), lanes 8-15 the next 32 */
+        for (int h = 0; h < 2; h++) {
+            const int64_t e0 = b + 64 * h;
+            if (e0 >= n)
+                break;
+            const float lo8 = _mm512_mask_reduce_add_ps(0x00FF, dh[h]), hi8 = _mm512_mask_reduce_add_ps(0xFF00, dh[h]);
+            dsum[e0 / gs] += lo8;
+            if (e0 + 32 < n)
+                dsum[(e0 + 32) / gs] += hi8;
+        }
+    }
+    group_sums(xs, xa, x, dsum, G, gs);
 }
 
 void dr_qk_gemv4_bf16(float *y, const float *xp, const dr_tensor *w, int64_t r0, int64_t r1) {

@@ -59,6 +59,7 @@ extern const dr_qkern dr_qkern_avx512;
 #define DR_QK_BF16_PAD(n) (((n) + 127) / 128 * 128)
 #define DR_QK_BF16_ELEM(k, j) (4 * (j) + (k))
 void dr_qk_gemv4_bf16(float *y, const float *xp, const dr_tensor *w, int64_t r0, int64_t r1);
+void dr_qk_prep4_bf16(float *xp, const float *x, int64_t n, int gs); /* that layout */
 
 /* Shared address arithmetic (all kernels). */
 static inline const unsigned char *dr_qk_row(const dr_tensor *w, int64_t r) {
