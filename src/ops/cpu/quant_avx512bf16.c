@@ -7,8 +7,8 @@
  * two int->float conversions, two FMAs) and is bound by the FP pipes; here
  * 64 packed bytes (128 weights) are one plain load, and each quarter of
  * them one 16-bit shift and one vpternlogd (pipes the FMAs don't use), so
- * the two vdpbf16ps per 32 weights are the limit (~2 cycles per 32 weights
- * against ~4 in cache on Zen 4, measured).
+ * the two vdpbf16ps per 32 weights are the limit (Zen 4 register loops:
+ * ~2 cycles per 32 weights against ~4; the whole kernel 1.4x in L2).
  *
  * Weights: word j of the 64 bytes holds elements 4j .. 4j+3 (nibbles at bits
  * 0, 4, 8, 12); element 4j + k is shifted to bits 3..6 and OR-ed with
@@ -23,7 +23,8 @@
  * with H_g = sum (hi + lo), X_g = sum x and A_g = 24 H_g - 8 X_g computed
  * once per token (shared by every row). The -8 (H_g - X_g) term centres the
  * split error: what is left is sum (q - 8)(hi + lo - x), at most 2^-17 of
- * sum |s (q - 8) x|, next to the fp32 rounding of the fp32 kernels.
+ * sum |s (q - 8) x|, next to the fp32 rounding of the fp32 kernels
+ * (vdpbf16ps flushes denormals: only |x| below ~1e-35 loses its lo part).
  *     y = 16 sum_g s_g D_g + sum_g (b_g X_g - s_g A_g).
  * The dot of a block is one fresh accumulator over its 16 fp32 lanes; lane
  * i holds elements 8i + k and 8i + 4 + k, i.e. group (8i) / gs of the block,
@@ -38,7 +39,7 @@
  * row streams together. A row prefetches its own offset in the row that a
  * later pass will read (R rows per pass, so whole multiples of R * row bytes
  * ahead), not p + PF_DIST: with R contiguous rows in flight that address is
- * another row already read. Measured (2 threads, 128 MiB at q4, quiet VM):
+ * another row already read. Measured (2 threads, 144 MiB at q4, quiet VM):
  * into L1 at 4 KiB as quant_avx512.c: ~20 GB/s, slower than that kernel;
  * into L2 at 8-24 KiB: 25-30 GB/s; 16 KiB kept. */
 #ifndef PF_DIST
