@@ -64,6 +64,10 @@ static void detect(void) {
         best = DR_QLEVEL_AVX512_BF16;
 #endif
 #endif
+    const char *cap = getenv("DR_CPU_QLEVEL"); /* A/B runs of one binary: e.g. DR_CPU_QLEVEL=avx512 */
+    for (int lv = 0; cap && lv < best; lv++)
+        if (strcmp(cap, g_level_names[lv]) == 0)
+            best = lv;
     g_best = best;
     int unset = -1;
     atomic_compare_exchange_strong(&g_level, &unset, best);

@@ -46,7 +46,8 @@ float dr_q_get(const dr_tensor *w, int64_t r, int64_t i);
  * (4-bit GEMV through vdpbf16ps, quant_kern.h; the rest as AVX512). */
 enum { DR_QLEVEL_SCALAR = 0, DR_QLEVEL_AVX2 = 1, DR_QLEVEL_AVX512 = 2, DR_QLEVEL_AVX512_BF16 = 3, DR_QLEVEL_COUNT };
 
-/* The level in use (detected on first call). */
+/* The level in use (detected on first call; the environment variable
+ * DR_CPU_QLEVEL = "scalar" / "avx2" / "avx512" caps it, for A/B runs). */
 int dr_cpu_quant_level(void);
 
 /* Test / bench hook: use `level` from now on for every thread; a level the
