@@ -112,16 +112,11 @@ size_t dr_cpu_q_prep_floats(const dr_tensor *w) {
     return (size_t)(DR_QK_BF16_PAD(n) + 2 * (n / w->q.group_size));
 }
 
+#ifdef DR_QUANT_BF16
 /* Whether the 4-bit GEMV of quant_avx512bf16.c (and its bf16-pair x) serves
  * w at this level. */
-static int bf16_q4(int level, const dr_tensor *w) {
-#ifdef DR_QUANT_BF16
-    return level == DR_QLEVEL_AVX512_BF16 && w->q.bits == 4;
-#else
-    (void)level, (void)w;
-    return 0;
+static int bf16_q4(int level, const dr_tensor *w) { return level == DR_QLEVEL_AVX512_BF16 && w->q.bits == 4; }
 #endif
-}
 
 void dr_cpu_q_prep(float *xp, const float *x, const dr_tensor *w) {
     const int64_t n = w->ne[w->ndim - 1], gs = w->q.group_size;
