@@ -97,28 +97,64 @@ static void t_matmul(dr_ops *f, dr_ops *r) {
         }
 }
 
+/* max |y - ref| / sum_i |w_i x_i| over T x d outputs, w dequantized (the
+ * scale of the rounding any fp32 dot product of w and x carries). */
+static double q_rel_err(const float *y, const float *ref, const float *x, const dr_tensor *q, int T) {
+    const int64_t d = q->ne[0], n = q->ne[1];
+    double worst = 0.0;
+    for (int t = 0; t < T; t++)
+        for (int64_t r = 0; r < d; r++) {
+            double a = 0.0;
+            for (int64_t i = 0; i < n; i++)
+                a += fabs((double)dr_q_get(q, r, i) * x[(size_t)t * n + i]);
+            double e = fabs((double)y[t * d + r] - ref[t * d + r]) / (a > 0.0 ? a : 1.0);
+            if (!(e <= worst)) /* NaN counts */
+                worst = e;
+        }
+    return worst;
+}
+
 /* MLX-quantized weights: decode (prepared x, threaded GEMV) and prefill
  * (row blocks dequantized once, fp32 tiles) against the reference backend
- * forced to the element-by-element scalar kernel. */
+ * forced to the element-by-element scalar kernel (dequantize-then-fp32), at
+ * every quantized kernel level this CPU runs (dr_cpu_quant_set_level; the
+ * avx512bf16 level's 4-bit GEMV has its own x layout and tails). Shapes:
+ * rows not a multiple of the 4-row passes, rows whose length is not a
+ * multiple of 128 (a short last block), one shorter than 128, and more than
+ * 16 groups (a second group window). Error relative to sum |w x|, tol 1e-5. */
 static void t_matmul_q(dr_ops *f, dr_ops *r) {
+    static const struct { int d, n, gs; } sh[] = {{37, 320, 32}, {37, 320, 64}, {13, 416, 32}, {9, 2176, 64},
+                                                   {6, 640, 128}, {5, 96, 32},  {3, 1152, 128}};
     const int Ts[] = {1, 2, 5, 13};
-    for (int bits = 4; bits <= 8; bits += 4)
-        for (int gs = 32; gs <= 64; gs *= 2)
-            for (int ti = 0; ti < 4; ti++) {
-                const int d = 37, n = 320, T = Ts[ti];
-                void *buf, *own;
-                dr_tensor w = mat(DR_DT_BF16, d, n, &buf), q;
-                CHECK(dr_quantize(&w, bits, gs, &q, &own) == DR_OK, "quantize: %s", dr_last_error());
-                float *x = rnd((size_t)T * n, 1.0f), *y = calloc((size_t)T * d, 4), *yr = calloc((size_t)T * d, 4);
-                dr_cpu_quant_set_level(DR_QLEVEL_SCALAR);
-                r->matmul(r->ctx, yr, x, &q, T);
-                dr_cpu_quant_set_level(-1);
-                f->matmul(f->ctx, y, x, &q, T);
-                char what[64];
-                snprintf(what, sizeof what, "matmul q%d g%d [37,320] T=%d", bits, gs, T);
-                show(what, rel_err(y, yr, (size_t)T * d), TOL);
-                free(buf), free(own), free(x), free(y), free(yr);
-            }
+    for (int lv = 0; lv < DR_QLEVEL_COUNT; lv++) {
+        if (dr_cpu_quant_set_level(lv) != lv)
+            continue;
+        double worst[2] = {0.0, 0.0}; /* decode (T = 1), prefill */
+        int cases = 0;
+        for (int bits = 4; bits <= 8; bits += 4)
+            for (size_t s = 0; s < sizeof sh / sizeof sh[0]; s++)
+                for (int ti = 0; ti < 4; ti++) {
+                    const int d = sh[s].d, n = sh[s].n, T = Ts[ti];
+                    void *buf, *own;
+                    dr_tensor w = mat(DR_DT_BF16, d, n, &buf), q;
+                    CHECK(dr_quantize(&w, bits, sh[s].gs, &q, &own) == DR_OK, "quantize: %s", dr_last_error());
+                    float *x = rnd((size_t)T * n, 1.0f), *y = calloc((size_t)T * d, 4), *yr = calloc((size_t)T * d, 4);
+                    dr_cpu_quant_set_level(DR_QLEVEL_SCALAR);
+                    r->matmul(r->ctx, yr, x, &q, T);
+                    dr_cpu_quant_set_level(lv);
+                    f->matmul(f->ctx, y, x, &q, T);
+                    double e = q_rel_err(y, yr, x, &q, T);
+                    worst[T > 1] = e > worst[T > 1] || e != e ? e : worst[T > 1];
+                    cases++;
+                    free(buf), free(own), free(x), free(y), free(yr);
+                }
+        char what[64];
+        snprintf(what, sizeof what, "matmul q4/q8 %s decode (%d)", dr_cpu_quant_level_name(lv), cases / 4);
+        show(what, (float)worst[0], 1e-5f);
+        snprintf(what, sizeof what, "matmul q4/q8 %s T=2,5,13", dr_cpu_quant_level_name(lv));
+        show(what, (float)worst[1], 1e-5f);
+    }
+    dr_cpu_quant_set_level(-1);
 }
 
 static void t_attention(dr_ops *f, dr_ops *r) {

@@ -189,7 +189,7 @@ static void test_kernels(void) {
     static const dr_dtype sbs[] = {DR_DT_UNKNOWN, DR_DT_F16, DR_DT_F32};
     int levels = dr_cpu_quant_set_level(-1);
     printf("quantized kernels: best level on this CPU: %s\n", dr_cpu_quant_level_name(levels));
-    for (int lv = 0; lv <= DR_QLEVEL_AVX512; lv++) {
+    for (int lv = 0; lv < DR_QLEVEL_COUNT; lv++) {
         if (dr_cpu_quant_set_level(lv) != lv) {
             printf("skip %s: not supported by this CPU\n", dr_cpu_quant_level_name(lv));
             continue;
@@ -221,7 +221,7 @@ static void test_embed(void) {
     dr_quantize(&src, 4, 64, &q, &own);
     int32_t ids[3] = {0, 49, 17};
     float got[3 * 256], want[256];
-    for (int lv = 0; lv <= DR_QLEVEL_AVX512; lv++) {
+    for (int lv = 0; lv < DR_QLEVEL_COUNT; lv++) {
         if (dr_cpu_quant_set_level(lv) != lv)
             continue;
         dr_cpu_embed_q(got, &q, ids, 3);

@@ -33,4 +33,11 @@ if(CMAKE_SYSTEM_PROCESSOR MATCHES "x86_64|AMD64|amd64" AND CMAKE_C_COMPILER_ID M
     COMPILE_OPTIONS "-mavx2;-mfma;-mf16c;-mavx512f;-mavx512bw;-mavx512vl")
   set_source_files_properties(src/ops/cpu/simd_avx512bf16.c PROPERTIES
     COMPILE_OPTIONS "-mavx2;-mfma;-mf16c;-mavx512f;-mavx512bw;-mavx512vl;-mavx512bf16")
+  # The 4-bit GEMV on AVX512_BF16 (quant level avx512bf16); the other
+  # quantized kernels are in src/quant/quant.cmake. The define goes in as an
+  # option because quant.cmake sets matmul_quant.c's COMPILE_DEFINITIONS.
+  list(APPEND DR_CPU_SOURCES src/ops/cpu/quant_avx512bf16.c)
+  set_source_files_properties(src/ops/cpu/quant_avx512bf16.c PROPERTIES
+    COMPILE_OPTIONS "-mavx2;-mfma;-mf16c;-mavx512f;-mavx512bw;-mavx512vl;-mavx512bf16")
+  set_property(SOURCE src/ops/cpu/matmul_quant.c APPEND PROPERTY COMPILE_OPTIONS "-DDR_QUANT_BF16=1")
 endif()

@@ -45,7 +45,7 @@ static void matmul_q_scalar(float *y, const float *x, const dr_tensor *w, int T,
 
 /* ---- dispatch ---- */
 
-static const char *const g_level_names[] = {"scalar", "avx2", "avx512"};
+static const char *const g_level_names[DR_QLEVEL_COUNT] = {"scalar", "avx2", "avx512", "avx512bf16"};
 static atomic_int g_level = -1; /* DR_QLEVEL_*, -1 until first use */
 static int g_best;              /* best level this CPU runs */
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
@@ -59,7 +59,15 @@ static void detect(void) {
     if (best == DR_QLEVEL_AVX2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl"))
         best = DR_QLEVEL_AVX512;
+#ifdef DR_QUANT_BF16 /* quant_avx512bf16.c is built (src/ops/cpu/cpu.cmake) */
+    if (best == DR_QLEVEL_AVX512 && __builtin_cpu_supports("avx512bf16"))
+        best = DR_QLEVEL_AVX512_BF16;
 #endif
+#endif
+    const char *cap = getenv("DR_CPU_QLEVEL"); /* A/B runs of one binary: e.g. DR_CPU_QLEVEL=avx512 */
+    for (int lv = 0; cap && lv < best; lv++)
+        if (strcmp(cap, g_level_names[lv]) == 0)
+            best = lv;
     g_best = best;
     int unset = -1;
     atomic_compare_exchange_strong(&g_level, &unset, best);
@@ -79,12 +87,13 @@ int dr_cpu_quant_set_level(int level) {
 }
 
 const char *dr_cpu_quant_level_name(int level) {
-    return level >= 0 && level <= DR_QLEVEL_AVX512 ? g_level_names[level] : "?";
+    return level >= 0 && level < DR_QLEVEL_COUNT ? g_level_names[level] : "?";
 }
 
 static const dr_qkern *kernels(void) {
     switch (dr_cpu_quant_level()) {
 #ifdef DR_QUANT_X86
+    case DR_QLEVEL_AVX512_BF16: /* everything but the 4-bit GEMV: see gemv_at */
     case DR_QLEVEL_AVX512:
         return &dr_qkern_avx512;
     case DR_QLEVEL_AVX2:
@@ -97,13 +106,26 @@ static const dr_qkern *kernels(void) {
 
 /* ---- one token: prepared x, group sums ---- */
 
+/* Enough for every level's layout (the largest: DR_QK_BF16_* in quant_kern.h). */
 size_t dr_cpu_q_prep_floats(const dr_tensor *w) {
     const int64_t n = w->ne[w->ndim - 1];
-    return (size_t)(n + n / w->q.group_size);
+    return (size_t)(DR_QK_BF16_PAD(n) + 2 * (n / w->q.group_size));
 }
+
+#ifdef DR_QUANT_BF16
+/* Whether the 4-bit GEMV of quant_avx512bf16.c (and its bf16-pair x) serves
+ * w at this level. */
+static int bf16_q4(int level, const dr_tensor *w) { return level == DR_QLEVEL_AVX512_BF16 && w->q.bits == 4; }
+#endif
 
 void dr_cpu_q_prep(float *xp, const float *x, const dr_tensor *w) {
     const int64_t n = w->ne[w->ndim - 1], gs = w->q.group_size;
+#ifdef DR_QUANT_BF16
+    if (bf16_q4(dr_cpu_quant_level(), w)) { /* layout: DR_QK_BF16_* in quant_kern.h */
+        dr_qk_prep4_bf16(xp, x, n, (int)gs);
+        return;
+    }
+#endif
     if (w->q.bits == 4) { /* layout: DR_QK_PERM in quant_kern.h */
         for (int64_t b = 0; b < n; b += DR_QK_PERM)
             for (int k = 0; k < DR_QK_PERM / 2; k++) {
@@ -150,10 +172,21 @@ static void gemv_portable(float *y, const float *xp, const dr_tensor *w, int r0,
     }
 }
 
+/* The SIMD GEMV of k's level for w (k != NULL). */
+static void gemv_at(const dr_qkern *k, float *y, const float *xp, const dr_tensor *w, int r0, int r1) {
+#ifdef DR_QUANT_BF16
+    if (bf16_q4(dr_cpu_quant_level(), w)) {
+        dr_qk_gemv4_bf16(y, xp, w, r0, r1);
+        return;
+    }
+#endif
+    k->gemv(y, xp, w, r0, r1);
+}
+
 void dr_cpu_q_gemv_rows(float *y, const float *xp, const dr_tensor *w, int r0, int r1) {
     const dr_qkern *k = kernels();
     if (k)
-        k->gemv(y, xp, w, r0, r1);
+        gemv_at(k, y, xp, w, r0, r1);
     else
         gemv_portable(y, xp, w, r0, r1);
 }
@@ -215,7 +248,7 @@ void dr_cpu_matmul_q_rows(float *y, const float *x, const dr_tensor *w, int T, i
             return;
         }
         dr_cpu_q_prep(xp, x, w);
-        k->gemv(y, xp, w, r0, r1);
+        gemv_at(k, y, xp, w, r0, r1);
         free(xp);
         return;
     }

@@ -2,7 +2,8 @@
  *
  * matmul_quant.c holds the scalar reference and picks a table at run time
  * from the CPU's features; quant_avx2.c and quant_avx512.c (compiled with
- * their own -m flags, see src/quant/quant.cmake) fill the others. Every
+ * their own -m flags, see src/quant/quant.cmake) fill the others, and
+ * quant_avx512bf16.c (src/ops/cpu/cpu.cmake) adds a 4-bit GEMV. Every
  * kernel expands the 4/8-bit weights to fp32 in registers and accumulates in
  * fp32; activations are never quantized (so results match
  * dequantize-then-fp32 up to summation order).
@@ -47,6 +48,18 @@ typedef struct dr_qkern {
 
 extern const dr_qkern dr_qkern_avx2;
 extern const dr_qkern dr_qkern_avx512;
+
+/* Level DR_QLEVEL_AVX512_BF16: the AVX-512 table, except the 4-bit GEMV
+ * (quant_avx512bf16.c), which takes x prepared as bf16 pairs instead. With
+ * np = DR_QK_BF16_PAD(n): xp's first np floats hold hi[np] = bf16(x) then
+ * lo[np] = bf16(x - hi) (as uint16, zeros past n), every 128-element block
+ * stored as 4 vectors of 32: word 32 k + j of a block is element
+ * DR_QK_BF16_ELEM(k, j) of it; then X_g = sum of group g of x (G floats),
+ * then A_g = 24 H_g - 8 X_g with H_g = sum of hi + lo over the group. */
+#define DR_QK_BF16_PAD(n) (((n) + 127) / 128 * 128)
+#define DR_QK_BF16_ELEM(k, j) (4 * (j) + (k))
+void dr_qk_gemv4_bf16(float *y, const float *xp, const dr_tensor *w, int64_t r0, int64_t r1);
+void dr_qk_prep4_bf16(float *xp, const float *x, int64_t n, int gs); /* that layout */
 
 /* Shared address arithmetic (all kernels). */
 static inline const unsigned char *dr_qk_row(const dr_tensor *w, int64_t r) {
