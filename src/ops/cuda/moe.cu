@@ -552,6 +552,10 @@ static void experts_decode(dr_cuda_ctx *cx, float *y, const float *x, const int3
 static void experts_grouped(dr_cuda_ctx *cx, float *y, const float *x, const int32_t *idx, const float *wts,
                             const dr_expert *ex, int E, int T, int k, int H, int I) {
     const int R = T * k;
+    if (cx->capturing) { /* the host sort below waits on the stream: the step runs again without a graph */
+        cx->cap_bad = 1;
+        return;
+    }
     /* host: picks -> rows grouped by expert. tk[r] = t*k + j of sorted row r,
        pos[t*k + j] = r. */
     int32_t *hb = dr_cuda_host_ids(cx, 3 * (size_t)R + (size_t)E + 1);
