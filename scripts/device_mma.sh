@@ -13,6 +13,8 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 b="$root/build-dev"
 dr_device_build "$b" test_cuda_quant test_cuda test_cuda_decode deltarun_cli bench_cuda
 echo "built in $(( $(date +%s) - t0 )) s"
+DR_CUDA_QGEMV_MMA=0 timeout 60 "$b/tests/test_cuda_quant" > "$OUT/test_cuda_quant_old.log" 2>&1; echo "test_cuda_quant (DR_CUDA_QGEMV_MMA=0) rc=$?"
+grep -E "FAIL|passed" "$OUT/test_cuda_quant_old.log" | head -5
 timeout 60 "$b/tests/test_cuda_quant" > "$OUT/test_cuda_quant.log" 2>&1; echo "test_cuda_quant rc=$?"
 grep -E "FAIL|passed" "$OUT/test_cuda_quant.log" | head -20
 python3 - "$OUT/test_cuda_quant.log" <<'PY'
@@ -59,4 +61,8 @@ if [[ $(left) -gt 20 ]]; then
 fi
 e2e 0.8B qwen3.5-0.8b.json q8
 e2e 35B-A3B-8L qwen3.5-35b-a3b.json q8 --layers 8
+if [[ $(left) -gt 20 ]]; then
+  timeout $(left) compute-sanitizer --tool memcheck --error-exitcode 9 "$b/tests/test_cuda_quant" > "$OUT/memcheck.log" 2>&1
+  echo "memcheck test_cuda_quant rc=$? (124: cut by time)"; grep -E "ERROR SUMMARY|passed" "$OUT/memcheck.log" | head -3
+fi
 echo "total $(( $(date +%s) - t0 )) s"

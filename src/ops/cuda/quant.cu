@@ -34,6 +34,7 @@
 #include "quant.cuh"
 
 #include <stdlib.h>
+#include <string.h>
 
 #define QG_MAX_T 8    /* GEMV for T <= this in one pass */
 #define QG_BLOCK_T 32 /* GEMV in blocks of 8 tokens up to this */
@@ -442,7 +443,7 @@ static void qgemv_pick(dr_cuda_ctx *cx, const qgemv_set &set, const float *x, in
  * Slot order: nibble pair s (0..3) of word i (0..3) of a piece is A register
  * P(i, s) = nibbles at bits 4s and 16 + 4s; MMA m = 2i + s / 2 takes
  * P(i, 2(m%2)) (k 2c, 2c+1) and P(i, 2(m%2)+1) (k 2c+8, 2c+9); staged slot
- * 8i + 2s + half holds the matching x coefficient (xcoef below).
+ * 8i + 2s + half holds the matching x coefficient (qm_stage).
  *
  * Tiles of 16 rows; KW warps of a block split a tile's chunks (4 pieces per
  * quad row) and add their partial sums in shared memory in a fixed order
@@ -450,17 +451,7 @@ static void qgemv_pick(dr_cuda_ctx *cx, const qgemv_set &set, const float *x, in
  * current one is unpacked, PDL wait after the first weight loads. */
 
 #define QM_TPB 256
-
-/* nibble slot (i, s, half) of a piece -> value index and coefficient */
-template <int BITS> static __device__ __forceinline__ int xcoef(int slot, float *coef) {
-    const int i = slot >> 3, s = (slot >> 1) & 3, half = slot & 1;
-    if (BITS == 4) {
-        *coef = 1.0f;
-        return 8 * i + s + 4 * half;
-    }
-    *coef = (s & 1) ? 16.0f : 1.0f;
-    return 4 * i + 2 * half + (s >> 1);
-}
+#define QM_DEFAULT_BITS 12 /* bits the tensor-core GEMV runs by default: 4 | 8 */
 
 /* D = A B + D, m16n8k16 bf16 (not volatile: the scheduler may move it) */
 static __device__ __forceinline__ void qm_mma(float c[4], const uint32_t a0, const uint32_t a1, const uint32_t a2,
@@ -498,6 +489,52 @@ static __device__ __forceinline__ void qm_row(const qgemv_set &set, int row, int
     *b = (const char *)B + (size_t)(row - r0) * G * sbsz;
 }
 
+/* hi/lo of v (times coef, a power of 2: exact) into slot `slot` of the
+ * staged piece at d (64 bytes hi, then 64 bytes lo) */
+static __device__ __forceinline__ void qm_put(char *d, int slot, float v, float coef) {
+    const __nv_bfloat16 hi = __float2bfloat16_rn(v);
+    const float lo = v - __bfloat162float(hi);
+    ((__nv_bfloat16 *)d)[slot] = __float2bfloat16_rn(coef * __bfloat162float(hi));
+    ((__nv_bfloat16 *)d)[32 + slot] = __float2bfloat16_rn(coef * lo);
+}
+
+/* Stage x [T, n] (whole block): thread i takes float4 i (coalesced), writes
+ * its hi/lo slots and adds the piece sum over the F lanes of one piece by a
+ * fixed xor tree (deterministic). Slot of value e of a piece: 4-bit
+ * 8 (e / 8) + 2 (e % 4) + (e / 4) % 2; 8-bit 8 (e / 4) + 2 s + (e % 4) / 2
+ * with s = 2 (e % 2) (coefficient 1, low nibble) and s + 1 (16, high). */
+template <int BITS>
+static __device__ __forceinline__ void qm_stage(char *xb, float *xsum, const float *x, int T, int n, int nv) {
+    constexpr int F = 128 / BITS / 4; /* float4 per piece */
+    const int n4 = n / 4, total = T * n4, lane = threadIdx.x & 31;
+    for (int base = threadIdx.x - lane; base < total; base += QM_TPB) { /* whole warps: the shuffles */
+        const int i = base + lane;
+        const bool ok = i < total;
+        const float4 v = ok ? __ldg((const float4 *)x + i) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        const int t = i / n4, k = i - t * n4, f = k % F, tp = t * nv + k / F;
+        if (ok) {
+            char *d = xb + (size_t)tp * 128;
+            const float e[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                if (BITS == 4) {
+                    qm_put(d, 8 * (f >> 1) + 2 * j + (f & 1), e[j], 1.0f);
+                } else {
+                    const int sl = 8 * f + 4 * (j & 1) + (j >> 1);
+                    qm_put(d, sl, e[j], 1.0f);
+                    qm_put(d, sl + 2, e[j], 16.0f);
+                }
+            }
+        }
+        float sum = (v.x + v.y) + (v.z + v.w);
+#pragma unroll
+        for (int o = 1; o < F; o <<= 1)
+            sum += __shfl_xor_sync(0xffffffffu, sum, o);
+        if (ok && f == 0)
+            xsum[tp] = sum;
+    }
+}
+
 /* shared memory: x staged [T][nv][h][32 bf16] (64 bytes a slot), sums
  * [T][nv] floats, a 64-byte zero slot, then 2 x [8 warps][16 rows][MT]
  * partial sums */
@@ -506,7 +543,7 @@ static size_t qm_smem(int T, int MT, int nv) {
 }
 
 template <int BITS, int MT>
-__global__ void __launch_bounds__(QM_TPB, 2) qgemv_mma_kernel(const qgemv_set set, const float *__restrict__ x, int T,
+__global__ void __launch_bounds__(QM_TPB, MT <= 2 ? 2 : 1) qgemv_mma_kernel(const qgemv_set set, const float *__restrict__ x, int T,
                                                               int n, int gsh, dr_dtype sdt, int KW) {
     extern __shared__ uint4 qm_sm[];
     constexpr int E = 128 / BITS; /* values per piece */
@@ -551,41 +588,28 @@ __global__ void __launch_bounds__(QM_TPB, 2) qgemv_mma_kernel(const qgemv_set se
             }
         }
     };
+    /* advance the load cursor to the warp's next batch */
+    auto advance = [&]() {
+        lci += 2 * KW;
+        if (lci >= nc) {
+            lci = kw;
+            ls += gridDim.x;
+            if (ls < nsteps)
+                rows_of(ls);
+        }
+    };
+    /* two batches in flight before x is staged (a 4096-wide tile of 8 warps
+       is often all a block has to load) */
+    int cs = ls, cci = lci; /* the batch in ua */
     if (ls < nsteps) {
         rows_of(ls);
         fetch(ua, sa, ba);
+        advance();
+        if (ls < nsteps)
+            fetch(ub, sb_, bb_);
     }
     dr_pdl_wait();
-    /* stage x: hi/lo slots of every piece and token, then the piece sums */
-    for (int i = threadIdx.x; i < T * nv * 8; i += QM_TPB) {
-        const int tp = i >> 3, m = i & 7; /* (token, piece), MMA */
-        const float *xp = x + (size_t)(tp / nv) * n + (size_t)(tp % nv) * E;
-        uint32_t hi[2], lo[2];
-#pragma unroll
-        for (int k = 0; k < 2; k++) {
-            float c0, c1;
-            const int e0 = xcoef<BITS>(4 * m + 2 * k, &c0), e1 = xcoef<BITS>(4 * m + 2 * k + 1, &c1);
-            dr_split2(__ldg(xp + e0), __ldg(xp + e1), hi[k], lo[k]);
-            if (c0 != 1.0f) { /* 16 x: exact scaling of both halves */
-                __nv_bfloat162 s16 = __floats2bfloat162_rn(16.0f, 16.0f);
-                __nv_bfloat162 a = *(__nv_bfloat162 *)&hi[k], b = *(__nv_bfloat162 *)&lo[k];
-                a = __hmul2(a, s16), b = __hmul2(b, s16);
-                hi[k] = *(uint32_t *)&a, lo[k] = *(uint32_t *)&b;
-            }
-            (void)c1;
-        }
-        uint2 *d = (uint2 *)(smc + (size_t)tp * 128 + m * 8);
-        d[0] = make_uint2(hi[0], hi[1]);
-        d[8] = make_uint2(lo[0], lo[1]);
-    }
-    for (int i = threadIdx.x; i < T * nv; i += QM_TPB) {
-        const float *xp = x + (size_t)(i / nv) * n + (size_t)(i % nv) * E;
-        float s = 0.0f;
-#pragma unroll
-        for (int e = 0; e < E; e++)
-            s += __ldg(xp + e);
-        ((float *)xsum)[i] = s;
-    }
+    qm_stage<BITS>(smc, (float *)xsum, x, T, n, nv);
     if (threadIdx.x < 4)
         ((uint4 *)zero)[threadIdx.x] = make_uint4(0, 0, 0, 0);
     __syncthreads();
@@ -600,56 +624,73 @@ __global__ void __launch_bounds__(QM_TPB, 2) qgemv_mma_kernel(const qgemv_set se
             acc[r][t] = 0.0f;
     int buf = 0;
     for (;;) {
-        const int cs = ls, cci = lci; /* the batch in ua */
-        lci += 2 * KW;
-        if (lci >= nc) {
-            lci = kw;
-            ls += gridDim.x;
-            if (ls < nsteps)
-                rows_of(ls);
-        }
-        const bool more = ls < nsteps;
-        if (more)
-            fetch(ub, sb_, bb_);
 #pragma unroll
         for (int k = 0; k < 2; k++) {
             const int ci = cci + k * KW;
             if (ci >= nc) /* warp-uniform */
                 break;
             const int p = 4 * ci + c;
-            uint32_t A[2][16]; /* [row g / g + 8][4 i + s] */
+            /* word by word: 8 A registers live, one 16-byte B read per
+               token and word (MMAs 2i and 2i + 1); two accumulator chains
+               for T <= 2 */
+            constexpr int NCH = MT <= 2 ? 2 : 1;
+            float cc[MT][NCH][4];
 #pragma unroll
-            for (int r = 0; r < 2; r++) {
-                const uint32_t wd[4] = {ua[k][r].x, ua[k][r].y, ua[k][r].z, ua[k][r].w};
+            for (int t = 0; t < MT; t++)
 #pragma unroll
-                for (int i = 0; i < 4; i++)
+                for (int j = 0; j < NCH; j++)
+                    cc[t][j][0] = cc[t][j][1] = cc[t][j][2] = cc[t][j][3] = 0.0f;
+            const uint4 *xo = owner ? xb + (size_t)(p * 2 + h) * 4 : zero;
+            const size_t xt = owner ? (size_t)nv * 8 : 0; /* uint4 per token */
 #pragma unroll
-                    for (int s = 0; s < 4; s++)
-                        A[r][4 * i + s] = qm_pair(wd[i], s);
+            for (int i = 0; i < 4; i++) {
+                const uint32_t w0 = (&ua[k][0].x)[i], w1 = (&ua[k][1].x)[i];
+                uint32_t A0[4], A1[4];
+#pragma unroll
+                for (int s2 = 0; s2 < 4; s2++)
+                    A0[s2] = qm_pair(w0, s2), A1[s2] = qm_pair(w1, s2);
+#pragma unroll
+                for (int t = 0; t < MT; t++) {
+                    if (t < T) {
+                        const uint4 bq = xo[t * xt + i];
+                        qm_mma(cc[t][0], A0[0], A1[0], A0[1], A1[1], bq.x, bq.y);
+                        qm_mma(cc[t][NCH - 1], A0[2], A1[2], A0[3], A1[3], bq.z, bq.w);
+                    }
+                }
             }
 #pragma unroll
             for (int t = 0; t < MT; t++) {
                 if (t < T) {
-                    const uint4 *xp = owner ? xb + ((size_t)(t * nv + p) * 2 + h) * 4 : zero;
-                    uint4 bx[4];
-#pragma unroll
-                    for (int q = 0; q < 4; q++)
-                        bx[q] = xp[q];
-                    const uint32_t *B = (const uint32_t *)bx;
-                    float cc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-#pragma unroll
-                    for (int m = 0; m < 8; m++) {
-                        const int i = m >> 1, s0 = 2 * (m & 1);
-                        qm_mma(cc, A[0][4 * i + s0], A[1][4 * i + s0], A[0][4 * i + s0 + 1], A[1][4 * i + s0 + 1],
-                               B[2 * m], B[2 * m + 1]);
-                    }
+                    float d0 = cc[t][0][0] + cc[t][0][1], d1 = cc[t][0][2] + cc[t][0][3];
+                    if (NCH == 2)
+                        d0 += cc[t][NCH - 1][0] + cc[t][NCH - 1][1], d1 += cc[t][NCH - 1][2] + cc[t][NCH - 1][3];
                     const float sx = xsum[t * nv + p];
-                    acc[0][t] = fmaf(sa[k][0], cc[0] + cc[1], fmaf(ba[k][0], sx, acc[0][t]));
-                    acc[1][t] = fmaf(sa[k][1], cc[2] + cc[3], fmaf(ba[k][1], sx, acc[1][t]));
+                    acc[0][t] = fmaf(sa[k][0], d0, fmaf(ba[k][0], sx, acc[0][t]));
+                    acc[1][t] = fmaf(sa[k][1], d1, fmaf(ba[k][1], sx, acc[1][t]));
                 }
             }
         }
-        if (cci + 2 * KW >= nc) { /* the warp's last batch of the step: reduce and store */
+        if (cci + 2 * KW >= nc && KW == 1) { /* a warp per tile: the quad sums are the rows */
+#pragma unroll
+            for (int r = 0; r < 2; r++)
+#pragma unroll
+                for (int t = 0; t < MT; t++) {
+                    float v = acc[r][t];
+                    v += __shfl_xor_sync(0xffffffffu, v, 1);
+                    v += __shfl_xor_sync(0xffffffffu, v, 2);
+                    acc[r][t] = 0.0f;
+                    const int row = (cs * tpb + sub) * 16 + r * 8 + g;
+                    if (c == 0 && t < T && row < rows) {
+                        float *Y = set.y[0];
+                        int b0 = 0, e0 = set.row0[1];
+#pragma unroll
+                        for (int j = 1; j < QG_SETS; j++)
+                            if (j < set.nm && row >= set.row0[j])
+                                Y = set.y[j], b0 = set.row0[j], e0 = set.row0[j + 1];
+                        Y[(size_t)t * (e0 - b0) + (row - b0)] = v;
+                    }
+                }
+        } else if (cci + 2 * KW >= nc) { /* the warp's last batch of the step: reduce and store */
             float *rb = red + (size_t)buf * 8 * 16 * MT;
 #pragma unroll
             for (int r = 0; r < 2; r++)
@@ -681,27 +722,31 @@ __global__ void __launch_bounds__(QM_TPB, 2) qgemv_mma_kernel(const qgemv_set se
             }
             buf ^= 1;
         }
-        if (!more)
+        if (ls >= nsteps) /* (the cursor is at the batch in ub) */
             break;
 #pragma unroll
         for (int k = 0; k < 2; k++)
 #pragma unroll
             for (int r = 0; r < 2; r++)
                 ua[k][r] = ub[k][r], sa[k][r] = sb_[k][r], ba[k][r] = bb_[k][r];
+        cs = ls, cci = lci;
+        advance();
+        if (ls < nsteps)
+            fetch(ub, sb_, bb_);
     }
 }
 
-#define QM_SMEM_MAX (200 << 10) /* staged x per block at most (else the FMA kernel) */
+#define QM_SMEM_MAX (227 << 10) /* staged x per block at most (else the FMA kernel) */
 
 /* The tensor-core GEMV when it applies (DR_CUDA_QGEMV_MMA != 0, whole
  * chunks of 4 pieces, staged x fits); false: the caller runs the FMA kernel. */
 template <int BITS, int MT>
 static bool qgemv_mma_try(dr_cuda_ctx *cx, const qgemv_set &set, const float *x, int T, int n, int gs,
                           dr_dtype sdt) {
-    static int on = -1;
+    static int on = -1; /* DR_CUDA_QGEMV_MMA: "0" off, else the digits name the bits it runs ("48": both) */
     if (on < 0) {
         const char *e = getenv("DR_CUDA_QGEMV_MMA");
-        on = !(e && e[0] == '0');
+        on = e ? (strchr(e, '4') ? 4 : 0) | (strchr(e, '8') ? 8 : 0) : QM_DEFAULT_BITS;
     }
     static size_t smem_max = 0; /* the device's opt-in limit (163 KB on sm_80), at most QM_SMEM_MAX */
     if (!smem_max) {
@@ -714,14 +759,18 @@ static bool qgemv_mma_try(dr_cuda_ctx *cx, const qgemv_set &set, const float *x,
     }
     const int nv = n / (128 / BITS), nc = nv / 4;
     const size_t smem = qm_smem(T, MT, nv);
-    if (!on || nv < 4 || nv % 4 || smem > smem_max)
+    if (!(on & BITS) || nv < 4 || nv % 4 || smem > smem_max)
         return false;
     int gsh = 0;
     while ((128 / BITS) << gsh < gs)
         gsh++;
-    int KW = 8; /* warps per tile: at least 4 chunks (2 batches) each */
-    while (KW > 1 && nc < 4 * KW)
-        KW /= 2;
+    /* warps per tile: 1 (no shared-memory reduction, no barrier) when the
+       tiles alone fill two blocks of 8 warps per SM, else up to 8 (a chunk
+       at least each) */
+    const int rows = set.row0[set.nm], tiles = (rows + 15) / 16, fill = 16 * (cx->n_sm > 0 ? cx->n_sm : 132);
+    int KW = 1;
+    while (KW < 8 && 2 * KW <= nc && tiles * KW < fill)
+        KW *= 2;
     void (*k)(const qgemv_set, const float *, int, int, int, dr_dtype, int) = qgemv_mma_kernel<BITS, MT>;
     static int per_sm = 0;
     static size_t per_sm_smem = 0;
@@ -732,7 +781,7 @@ static bool qgemv_mma_try(dr_cuda_ctx *cx, const qgemv_set &set, const float *x,
         cudaGetLastError();
         per_sm_smem = smem;
     }
-    const int rows = set.row0[set.nm], tpb = 8 / KW;
+    const int tpb = 8 / KW;
     const size_t want = dr_cdiv((size_t)rows, (size_t)(16 * tpb)),
                  cap = (size_t)per_sm * (cx->n_sm > 0 ? cx->n_sm : 132);
     dim3 grid((unsigned)(want < cap ? want : cap)), block(QM_TPB);
