@@ -31,7 +31,9 @@ for k,v in sorted(w.items()): print('worst %-16s %.2e  %s' % (k, v[0], v[1][:110
 PY
 grep -m3 -E "matmul q4 g64.*T=1\b" "$OUT/test_cuda_quant.log"
 cli="$b/deltarun"
-for v in "" DR_CUDA_QGEMV_MMA=0; do
+DR_CUDA_QGEMV_KW=1 timeout 60 "$b/tests/test_cuda_quant" > "$OUT/test_cuda_quant_kw1.log" 2>&1; echo "test_cuda_quant (DR_CUDA_QGEMV_KW=1) rc=$?"
+grep -E "FAIL|passed" "$OUT/test_cuda_quant_kw1.log" | head -5
+for v in "" DR_CUDA_QGEMV_MMA=0 DR_CUDA_QGEMV_KW=1 DR_CUDA_QGEMV_KW=8; do
   echo "== bench_cuda quant ${v:-mma (default)}" | tee -a "$OUT/kern.log"
   env $v DR_BENCH_QUANT=1 timeout 40 "$b/tests/bench_cuda" 2>&1 | grep -E "q4|q8|bf16 T=1" | grep -v "T=512" | tee -a "$OUT/kern.log"
 done

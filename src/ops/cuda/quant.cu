@@ -768,8 +768,13 @@ static bool qgemv_mma_try(dr_cuda_ctx *cx, const qgemv_set &set, const float *x,
        tiles alone fill two blocks of 8 warps per SM, else up to 8 (a chunk
        at least each) */
     const int rows = set.row0[set.nm], tiles = (rows + 15) / 16, fill = 16 * (cx->n_sm > 0 ? cx->n_sm : 132);
+    static int kw_force = -1; /* DR_CUDA_QGEMV_KW=1/2/4/8: warps per tile forced (measurements) */
+    if (kw_force < 0) {
+        const char *e = getenv("DR_CUDA_QGEMV_KW");
+        kw_force = e ? atoi(e) : 0;
+    }
     int KW = 1;
-    while (KW < 8 && 2 * KW <= nc && tiles * KW < fill)
+    while (KW < 8 && 2 * KW <= nc && (kw_force ? KW < kw_force : tiles * KW < fill))
         KW *= 2;
     void (*k)(const qgemv_set, const float *, int, int, int, dr_dtype, int) = qgemv_mma_kernel<BITS, MT>;
     static int per_sm = 0;
