@@ -451,7 +451,11 @@ static void qgemv_pick(dr_cuda_ctx *cx, const qgemv_set &set, const float *x, in
  * current one is unpacked, PDL wait after the first weight loads. */
 
 #define QM_TPB 256
-#define QM_DEFAULT_BITS 12 /* bits the tensor-core GEMV runs by default: 4 | 8 */
+/* Default (H200, docs/CUDA.md "Tensor-core GEMV"): 4-bit only, and at T = 1
+ * only where every warp owns whole tiles (KW = 1: lm_head-sized matrices,
+ * +43-55% there); at T = 1 on 4096-12288-row matrices the FMA kernel was
+ * 4-14% faster, and 8-bit ran slower than the FMA kernel at T = 1. */
+#define QM_DEFAULT_BITS 4
 
 /* D = A B + D, m16n8k16 bf16 (not volatile: the scheduler may move it) */
 static __device__ __forceinline__ void qm_mma(float c[4], const uint32_t a0, const uint32_t a1, const uint32_t a2,
@@ -743,9 +747,12 @@ __global__ void __launch_bounds__(QM_TPB, MT <= 2 ? 2 : 1) qgemv_mma_kernel(cons
 template <int BITS, int MT>
 static bool qgemv_mma_try(dr_cuda_ctx *cx, const qgemv_set &set, const float *x, int T, int n, int gs,
                           dr_dtype sdt) {
-    static int on = -1; /* DR_CUDA_QGEMV_MMA: "0" off, else the digits name the bits it runs ("48": both) */
+    /* DR_CUDA_QGEMV_MMA: "0" off, else the digits name the bits it runs
+       wherever it applies ("48": both); unset: the measured default */
+    static int on = -1, dflt = 1;
     if (on < 0) {
         const char *e = getenv("DR_CUDA_QGEMV_MMA");
+        dflt = !e;
         on = e ? (strchr(e, '4') ? 4 : 0) | (strchr(e, '8') ? 8 : 0) : QM_DEFAULT_BITS;
     }
     static size_t smem_max = 0; /* the device's opt-in limit (163 KB on sm_80), at most QM_SMEM_MAX */
@@ -776,6 +783,8 @@ static bool qgemv_mma_try(dr_cuda_ctx *cx, const qgemv_set &set, const float *x,
     int KW = 1;
     while (KW < 8 && 2 * KW <= nc && (kw_force ? KW < kw_force : tiles * KW < fill))
         KW *= 2;
+    if (dflt && T == 1 && KW > 1)
+        return false;
     void (*k)(const qgemv_set, const float *, int, int, int, dr_dtype, int) = qgemv_mma_kernel<BITS, MT>;
     static int per_sm = 0;
     static size_t per_sm_smem = 0;
