@@ -17,6 +17,9 @@
  *    sum(x) is shared by the R rows a warp owns. Persistent warps load the
  *    next batch before unpacking the current one; x sits in shared memory in
  *    piece-major order (details at qgemv_kernel).
+ *    Tensor-core variant (qgemv_mma_kernel, mma.sync bf16 with x split into
+ *    hi + lo): the default for 4-bit at T > 1 and for lm_head-sized
+ *    matrices at T = 1 (qgemv_mma_try says where and why).
  *  - Prefill (T > 32): rows are dequantized in chunks into bf16 hi/lo
  *    (W = hi + lo, |W - hi - lo| <= 2^-16 |W|) and x is split the same way;
  *    y = hi*xhi + hi*xlo + lo*xhi, three cuBLAS bf16 GEMMs accumulating in
