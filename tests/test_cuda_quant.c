@@ -83,6 +83,20 @@ static void test_matmul(void) {
                         check_mm(&q, Ts[ti], what);
                 qfree(&q, own);
             }
+    /* edge cases of the tensor-core GEMV: rows a multiple of 16 with 4 warps
+       per tile ([48, 2048] q4 g128), and rows whose piece count is not a
+       multiple of 4 (n = 160: the FMA kernel runs) */
+    const int ex[][4] = {{48, 2048, 4, 128}, {48, 2048, 8, 64}, {50, 160, 4, 32}, {50, 160, 8, 32}};
+    for (size_t i = 0; i < sizeof ex / sizeof ex[0]; i++, c++) {
+        void *own = NULL;
+        dr_tensor q = qmat(ex[i][0], ex[i][1], ex[i][2], ex[i][3], SB[c % 3], &own, NULL);
+        char what[96];
+        snprintf(what, sizeof what, "q%d g%d %s [%d, %d]", ex[i][2], ex[i][3], dr_dtype_name(SB[c % 3]), ex[i][0],
+                 ex[i][1]);
+        for (int T = 1; T <= 8; T++)
+            check_mm(&q, T, what);
+        qfree(&q, own);
+    }
 }
 
 /* matmul_n: three quantized matrices of one layout (one launch), and a mix

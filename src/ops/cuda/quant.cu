@@ -17,6 +17,9 @@
  *    sum(x) is shared by the R rows a warp owns. Persistent warps load the
  *    next batch before unpacking the current one; x sits in shared memory in
  *    piece-major order (details at qgemv_kernel).
+ *    Tensor-core variant (qgemv_mma_kernel, mma.sync bf16 with x split into
+ *    hi + lo): the default for 4-bit at T > 1 and for lm_head-sized
+ *    matrices at T = 1 (qgemv_mma_try says where and why).
  *  - Prefill (T > 32): rows are dequantized in chunks into bf16 hi/lo
  *    (W = hi + lo, |W - hi - lo| <= 2^-16 |W|) and x is split the same way;
  *    y = hi*xhi + hi*xlo + lo*xhi, three cuBLAS bf16 GEMMs accumulating in
@@ -30,9 +33,11 @@
  */
 #include "cuda_common.cuh"
 #include "cuda_ops.h"
+#include "prefill.cuh"
 #include "quant.cuh"
 
 #include <stdlib.h>
+#include <string.h>
 
 #define QG_MAX_T 8    /* GEMV for T <= this in one pass */
 #define QG_BLOCK_T 32 /* GEMV in blocks of 8 tokens up to this */
@@ -412,16 +417,424 @@ static void qgemv_pick(dr_cuda_ctx *cx, const qgemv_set &set, const float *x, in
         qgemv_launch<BITS, MT, 1>(cx, set, x, T, n, gs, sdt);
 }
 
+/* ---- decode GEMV on the tensor cores (mma.sync m16n8k16 bf16, fp32 accumulate) ----
+ *
+ * Why: the FMA kernel above spends ~4 lane instructions per 4-bit value
+ * (permute, subtract, FMA, x loads and sum(x) adds) and is issue-bound at
+ * ~1.1 TB/s. Here a packed word v becomes bf16 pairs with one shift, one
+ * LOP3 and one HFMA2 per 2 values: ((v >> 4s) & 0x000F000F) | 0x43004300
+ * is the pair (128 + q, 128 + q') exactly (bf16's ulp at 128 is 1), minus
+ * 128 is q exactly; the products run on the tensor cores.
+ *
+ * x is split once per block into hi = bf16(x), lo = bf16(x - hi) (relative
+ * error ~2^-17, fp32-grade) and staged in shared memory. Group scales must
+ * multiply dot(q_piece, x_piece) before pieces are summed, so every MMA
+ * column is tied to one piece: thread (g = lane / 4, c = lane % 4) holds
+ * piece p of row g and of row g + 8 (p = 4 * chunk + c: the 4 threads of a
+ * quad hold 4 different pieces, always each inside one group); its A slots
+ * of 8 MMAs cover its 32 nibbles of both rows. B column n = 2c' + h holds x_h
+ * of thread c' 's piece in c' 's k slots and zero elsewhere, so after the 8
+ * MMAs the C elements (row g, columns 2c and 2c + 1) of thread (g, c) are
+ * exactly dot(q, x_hi) and dot(q, x_lo) of its own piece, and the thread
+ * applies its own scale and bias: acc += s * (c_hi + c_lo) + b * sum(x).
+ * Only the 8 threads with c == g / 2 read x; the others read a zero slot.
+ *
+ * 8-bit values are split into nibble planes, q = ql + 16 qh: the same
+ * nibble unpack gives ql and qh, and the staged x of a qh slot is 16 x
+ * (exact), so 8-bit pieces (16 values, 32 nibbles) run the same MMAs.
+ *
+ * Slot order: nibble pair s (0..3) of word i (0..3) of a piece is A register
+ * P(i, s) = nibbles at bits 4s and 16 + 4s; MMA m = 2i + s / 2 takes
+ * P(i, 2(m%2)) (k 2c, 2c+1) and P(i, 2(m%2)+1) (k 2c+8, 2c+9); staged slot
+ * 8i + 2s + half holds the matching x coefficient (qm_stage).
+ *
+ * Tiles of 16 rows; KW warps of a block split a tile's chunks (4 pieces per
+ * quad row) and add their partial sums in shared memory in a fixed order
+ * (deterministic). Persistent blocks, the next batch loaded before the
+ * current one is unpacked, PDL wait after the first weight loads. */
+
+#define QM_TPB 256
+/* Default (H200, docs/CUDA.md "Tensor-core GEMV"): 4-bit only, and at T = 1
+ * only where every warp owns whole tiles (KW = 1: lm_head-sized matrices,
+ * +43-55% there); at T = 1 on 4096-12288-row matrices the FMA kernel was
+ * 4-14% faster, and 8-bit ran slower than the FMA kernel at T = 1. */
+#define QM_DEFAULT_BITS 4
+
+/* D = A B + D, m16n8k16 bf16 (not volatile: the scheduler may move it) */
+static __device__ __forceinline__ void qm_mma(float c[4], const uint32_t a0, const uint32_t a1, const uint32_t a2,
+                                              const uint32_t a3, const uint32_t b0, const uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+/* nibble pair s of word v as bf16x2 (q, q') */
+static __device__ __forceinline__ uint32_t qm_pair(uint32_t v, int s) {
+    const uint32_t t = ((v >> (4 * s)) & 0x000F000Fu) | 0x43004300u;
+    __nv_bfloat162 h = *(const __nv_bfloat162 *)&t;
+    const uint32_t m128 = 0x43004300u;
+    h = __hsub2(h, *(const __nv_bfloat162 *)&m128);
+    return *(const uint32_t *)&h;
+}
+
+/* row pointers (packed, scales, biases) of row `row` of the set; past the
+ * end: row 0 (re-read, result dropped) */
+static __device__ __forceinline__ void qm_row(const qgemv_set &set, int row, int rows, int nv, int G, int sbsz,
+                                              const uint4 **w, const char **s, const char **b) {
+    if (row >= rows)
+        row = 0;
+    const uint4 *W = set.W[0];
+    const void *S = set.S[0], *B = set.B[0];
+    int r0 = 0;
+#pragma unroll
+    for (int j = 1; j < QG_SETS; j++)
+        if (j < set.nm && row >= set.row0[j])
+            W = set.W[j], S = set.S[j], B = set.B[j], r0 = set.row0[j];
+    *w = W + (size_t)(row - r0) * nv;
+    *s = (const char *)S + (size_t)(row - r0) * G * sbsz;
+    *b = (const char *)B + (size_t)(row - r0) * G * sbsz;
+}
+
+/* hi/lo of v (times coef, a power of 2: exact) into slot `slot` of the
+ * staged piece at d (64 bytes hi, then 64 bytes lo) */
+static __device__ __forceinline__ void qm_put(char *d, int slot, float v, float coef) {
+    const __nv_bfloat16 hi = __float2bfloat16_rn(v);
+    const float lo = v - __bfloat162float(hi);
+    ((__nv_bfloat16 *)d)[slot] = __float2bfloat16_rn(coef * __bfloat162float(hi));
+    ((__nv_bfloat16 *)d)[32 + slot] = __float2bfloat16_rn(coef * lo);
+}
+
+/* Stage x [T, n] (whole block): thread i takes float4 i (coalesced), writes
+ * its hi/lo slots and adds the piece sum over the F lanes of one piece by a
+ * fixed xor tree (deterministic). Slot of value e of a piece: 4-bit
+ * 8 (e / 8) + 2 (e % 4) + (e / 4) % 2; 8-bit 8 (e / 4) + 2 s + (e % 4) / 2
+ * with s = 2 (e % 2) (coefficient 1, low nibble) and s + 1 (16, high). */
+template <int BITS>
+static __device__ __forceinline__ void qm_stage(char *xb, float *xsum, const float *x, int T, int n, int nv) {
+    constexpr int F = 128 / BITS / 4; /* float4 per piece */
+    const int n4 = n / 4, total = T * n4, lane = threadIdx.x & 31;
+    for (int base = threadIdx.x - lane; base < total; base += QM_TPB) { /* whole warps: the shuffles */
+        const int i = base + lane;
+        const bool ok = i < total;
+        const float4 v = ok ? __ldg((const float4 *)x + i) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        const int t = i / n4, k = i - t * n4, f = k % F, tp = t * nv + k / F;
+        if (ok) {
+            char *d = xb + (size_t)tp * 128;
+            const float e[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+            for (int j = 0; j < 4; j++) {
+                if (BITS == 4) {
+                    qm_put(d, 8 * (f >> 1) + 2 * j + (f & 1), e[j], 1.0f);
+                } else {
+                    const int sl = 8 * f + 4 * (j & 1) + (j >> 1);
+                    qm_put(d, sl, e[j], 1.0f);
+                    qm_put(d, sl + 2, e[j], 16.0f);
+                }
+            }
+        }
+        float sum = (v.x + v.y) + (v.z + v.w);
+#pragma unroll
+        for (int o = 1; o < F; o <<= 1)
+            sum += __shfl_xor_sync(0xffffffffu, sum, o);
+        if (ok && f == 0)
+            xsum[tp] = sum;
+    }
+}
+
+/* shared memory: x staged [T][nv][h][32 bf16] (64 bytes a slot), sums
+ * [T][nv] floats, a 64-byte zero slot, then 2 x [8 warps][16 rows][MT]
+ * partial sums */
+static size_t qm_smem(int T, int MT, int nv) {
+    return (size_t)T * nv * 128 + (size_t)T * nv * 4 + 64 + 2 * 8 * 16 * (size_t)MT * 4;
+}
+
+template <int BITS, int MT>
+__global__ void __launch_bounds__(QM_TPB, MT <= 2 ? 2 : 1) qgemv_mma_kernel(const qgemv_set set, const float *__restrict__ x, int T,
+                                                              int n, int gsh, dr_dtype sdt, int KW) {
+    extern __shared__ uint4 qm_sm[];
+    constexpr int E = 128 / BITS; /* values per piece */
+    dr_pdl_trigger();
+    const int nv = n / E, nc = nv / 4, G = nv >> gsh, sbsz = sdt == DR_DT_F32 ? 4 : 2;
+    const int lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3, w = threadIdx.x >> 5;
+    const int sub = w / KW, kw = w % KW, tpb = 8 / KW; /* tiles per block step */
+    const int rows = set.row0[set.nm], nsteps = (rows + 16 * tpb - 1) / (16 * tpb);
+    char *smc = (char *)qm_sm;
+    const uint4 *xb = qm_sm;
+    const float *xsum = (const float *)(smc + (size_t)T * nv * 128);
+    const uint4 *zero = (const uint4 *)(smc + (size_t)T * nv * 132);
+    float *red = (float *)(smc + (size_t)T * nv * 132 + 64);
+    const bool owner = c == (g >> 1);
+    const int h = g & 1;
+
+    int ls = blockIdx.x, lci = kw; /* load cursor: block step, first chunk of the batch */
+    const uint4 *pw[2];
+    const char *ps[2], *pb[2];
+    uint4 ua[2][2], ub[2][2]; /* [chunk][row g / g + 8] */
+    float sa[2][2], ba[2][2], sb_[2][2], bb_[2][2];
+    auto rows_of = [&](int st) {
+        const int r = (st * tpb + sub) * 16 + g;
+        qm_row(set, r, rows, nv, G, sbsz, &pw[0], &ps[0], &pb[0]);
+        qm_row(set, r + 8, rows, nv, G, sbsz, &pw[1], &ps[1], &pb[1]);
+    };
+    auto fetch = [&](uint4 (&u)[2][2], float (&s_)[2][2], float (&b_)[2][2]) {
+#pragma unroll
+        for (int k = 0; k < 2; k++) {
+            const int ci = lci + k * KW;
+#pragma unroll
+            for (int r = 0; r < 2; r++) {
+                if (ci < nc) {
+                    const int p = 4 * ci + c;
+                    u[k][r] = ld_q(pw[r] + p);
+                    s_[k][r] = ld_sb(ps[r], sdt, p >> gsh);
+                    b_[k][r] = ld_sb(pb[r], sdt, p >> gsh);
+                } else {
+                    u[k][r] = make_uint4(0, 0, 0, 0);
+                    s_[k][r] = b_[k][r] = 0.0f;
+                }
+            }
+        }
+    };
+    /* advance the load cursor to the warp's next batch */
+    auto advance = [&]() {
+        lci += 2 * KW;
+        if (lci >= nc) {
+            lci = kw;
+            ls += gridDim.x;
+            if (ls < nsteps)
+                rows_of(ls);
+        }
+    };
+    /* two batches in flight before x is staged (a 4096-wide tile of 8 warps
+       is often all a block has to load) */
+    int cs = ls, cci = lci; /* the batch in ua */
+    if (ls < nsteps) {
+        rows_of(ls);
+        fetch(ua, sa, ba);
+        advance();
+        if (ls < nsteps)
+            fetch(ub, sb_, bb_);
+    }
+    dr_pdl_wait();
+    qm_stage<BITS>(smc, (float *)xsum, x, T, n, nv);
+    if (threadIdx.x < 4)
+        ((uint4 *)zero)[threadIdx.x] = make_uint4(0, 0, 0, 0);
+    __syncthreads();
+    if (blockIdx.x >= nsteps)
+        return;
+
+    float acc[2][MT];
+#pragma unroll
+    for (int r = 0; r < 2; r++)
+#pragma unroll
+        for (int t = 0; t < MT; t++)
+            acc[r][t] = 0.0f;
+    int buf = 0;
+    for (;;) {
+#pragma unroll
+        for (int k = 0; k < 2; k++) {
+            const int ci = cci + k * KW;
+            if (ci >= nc) /* warp-uniform */
+                break;
+            const int p = 4 * ci + c;
+            /* word by word: 8 A registers live, one 16-byte B read per
+               token and word (MMAs 2i and 2i + 1); two accumulator chains
+               for T <= 2 */
+            constexpr int NCH = MT <= 2 ? 2 : 1;
+            float cc[MT][NCH][4];
+#pragma unroll
+            for (int t = 0; t < MT; t++)
+#pragma unroll
+                for (int j = 0; j < NCH; j++)
+                    cc[t][j][0] = cc[t][j][1] = cc[t][j][2] = cc[t][j][3] = 0.0f;
+            const uint4 *xo = owner ? xb + (size_t)(p * 2 + h) * 4 : zero;
+            const size_t xt = owner ? (size_t)nv * 8 : 0; /* uint4 per token */
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const uint32_t w0 = (&ua[k][0].x)[i], w1 = (&ua[k][1].x)[i];
+                uint32_t A0[4], A1[4];
+#pragma unroll
+                for (int s2 = 0; s2 < 4; s2++)
+                    A0[s2] = qm_pair(w0, s2), A1[s2] = qm_pair(w1, s2);
+#pragma unroll
+                for (int t = 0; t < MT; t++) {
+                    if (t < T) {
+                        const uint4 bq = xo[t * xt + i];
+                        qm_mma(cc[t][0], A0[0], A1[0], A0[1], A1[1], bq.x, bq.y);
+                        qm_mma(cc[t][NCH - 1], A0[2], A1[2], A0[3], A1[3], bq.z, bq.w);
+                    }
+                }
+            }
+#pragma unroll
+            for (int t = 0; t < MT; t++) {
+                if (t < T) {
+                    float d0 = cc[t][0][0] + cc[t][0][1], d1 = cc[t][0][2] + cc[t][0][3];
+                    if (NCH == 2)
+                        d0 += cc[t][NCH - 1][0] + cc[t][NCH - 1][1], d1 += cc[t][NCH - 1][2] + cc[t][NCH - 1][3];
+                    const float sx = xsum[t * nv + p];
+                    acc[0][t] = fmaf(sa[k][0], d0, fmaf(ba[k][0], sx, acc[0][t]));
+                    acc[1][t] = fmaf(sa[k][1], d1, fmaf(ba[k][1], sx, acc[1][t]));
+                }
+            }
+        }
+        if (cci + 2 * KW >= nc && KW == 1) { /* a warp per tile: the quad sums are the rows */
+#pragma unroll
+            for (int r = 0; r < 2; r++)
+#pragma unroll
+                for (int t = 0; t < MT; t++) {
+                    float v = acc[r][t];
+                    v += __shfl_xor_sync(0xffffffffu, v, 1);
+                    v += __shfl_xor_sync(0xffffffffu, v, 2);
+                    acc[r][t] = 0.0f;
+                    const int row = (cs * tpb + sub) * 16 + r * 8 + g;
+                    if (c == 0 && t < T && row < rows) {
+                        float *Y = set.y[0];
+                        int b0 = 0, e0 = set.row0[1];
+#pragma unroll
+                        for (int j = 1; j < QG_SETS; j++)
+                            if (j < set.nm && row >= set.row0[j])
+                                Y = set.y[j], b0 = set.row0[j], e0 = set.row0[j + 1];
+                        Y[(size_t)t * (e0 - b0) + (row - b0)] = v;
+                    }
+                }
+        } else if (cci + 2 * KW >= nc) { /* the warp's last batch of the step: reduce and store */
+            float *rb = red + (size_t)buf * 8 * 16 * MT;
+#pragma unroll
+            for (int r = 0; r < 2; r++)
+#pragma unroll
+                for (int t = 0; t < MT; t++) {
+                    float v = acc[r][t];
+                    v += __shfl_xor_sync(0xffffffffu, v, 1);
+                    v += __shfl_xor_sync(0xffffffffu, v, 2);
+                    if (c == 0)
+                        rb[((size_t)w * 16 + r * 8 + g) * MT + t] = v;
+                    acc[r][t] = 0.0f;
+                }
+            __syncthreads();
+            for (int i = threadIdx.x; i < tpb * 16 * T; i += QM_TPB) {
+                const int st = i / (16 * T), rr = (i / T) % 16, t = i % T;
+                const int row = (cs * tpb + st) * 16 + rr;
+                float v = 0.0f;
+                for (int j = 0; j < KW; j++)
+                    v += rb[((size_t)(st * KW + j) * 16 + rr) * MT + t];
+                if (row < rows) {
+                    float *Y = set.y[0];
+                    int b0 = 0, e0 = set.row0[1];
+#pragma unroll
+                    for (int j = 1; j < QG_SETS; j++)
+                        if (j < set.nm && row >= set.row0[j])
+                            Y = set.y[j], b0 = set.row0[j], e0 = set.row0[j + 1];
+                    Y[(size_t)t * (e0 - b0) + (row - b0)] = v;
+                }
+            }
+            buf ^= 1;
+        }
+        if (ls >= nsteps) /* (the cursor is at the batch in ub) */
+            break;
+#pragma unroll
+        for (int k = 0; k < 2; k++)
+#pragma unroll
+            for (int r = 0; r < 2; r++)
+                ua[k][r] = ub[k][r], sa[k][r] = sb_[k][r], ba[k][r] = bb_[k][r];
+        cs = ls, cci = lci;
+        advance();
+        if (ls < nsteps)
+            fetch(ub, sb_, bb_);
+    }
+}
+
+#define QM_SMEM_MAX (227 << 10) /* staged x per block at most (else the FMA kernel) */
+
+/* The tensor-core GEMV when it applies (DR_CUDA_QGEMV_MMA != 0, whole
+ * chunks of 4 pieces, staged x fits); false: the caller runs the FMA kernel. */
+template <int BITS, int MT>
+static bool qgemv_mma_try(dr_cuda_ctx *cx, const qgemv_set &set, const float *x, int T, int n, int gs,
+                          dr_dtype sdt) {
+    /* DR_CUDA_QGEMV_MMA: "0" off, else the digits name the bits it runs
+       wherever it applies ("48": both); unset: the measured default */
+    static int on = -1, dflt = 1;
+    if (on < 0) {
+        const char *e = getenv("DR_CUDA_QGEMV_MMA");
+        dflt = !e;
+        on = e ? (strchr(e, '4') ? 4 : 0) | (strchr(e, '8') ? 8 : 0) : QM_DEFAULT_BITS;
+    }
+    static size_t smem_max = 0; /* the device's opt-in limit (163 KB on sm_80), at most QM_SMEM_MAX */
+    if (!smem_max) {
+        int dev = 0, v = 0;
+        if (cudaGetDevice(&dev) != cudaSuccess ||
+            cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess)
+            v = 48 << 10;
+        cudaGetLastError();
+        smem_max = (size_t)v < QM_SMEM_MAX ? (size_t)v : QM_SMEM_MAX;
+    }
+    const int nv = n / (128 / BITS), nc = nv / 4;
+    const size_t smem = qm_smem(T, MT, nv);
+    if (!(on & BITS) || nv < 4 || nv % 4 || smem > smem_max)
+        return false;
+    int gsh = 0;
+    while ((128 / BITS) << gsh < gs)
+        gsh++;
+    /* warps per tile: 1 (no shared-memory reduction, no barrier) when the
+       tiles alone fill two blocks of 8 warps per SM, else up to 8 (a chunk
+       at least each) */
+    const int rows = set.row0[set.nm], tiles = (rows + 15) / 16, fill = 16 * (cx->n_sm > 0 ? cx->n_sm : 132);
+    static int kw_force = -1; /* DR_CUDA_QGEMV_KW=1/2/4/8: warps per tile forced (measurements) */
+    if (kw_force < 0) {
+        const char *e = getenv("DR_CUDA_QGEMV_KW");
+        kw_force = e ? atoi(e) : 0;
+    }
+    int KW = 1;
+    while (KW < 8 && 2 * KW <= nc && (kw_force ? KW < kw_force : tiles * KW < fill))
+        KW *= 2;
+    if (dflt && T == 1 && KW > 1)
+        return false;
+    void (*k)(const qgemv_set, const float *, int, int, int, dr_dtype, int) = qgemv_mma_kernel<BITS, MT>;
+    static int per_sm = 0;
+    static size_t per_sm_smem = 0;
+    if (per_sm_smem != smem) {
+        cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_max);
+        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k, QM_TPB, smem) != cudaSuccess || per_sm < 1)
+            per_sm = 1;
+        cudaGetLastError();
+        per_sm_smem = smem;
+    }
+    const int tpb = 8 / KW;
+    const size_t want = dr_cdiv((size_t)rows, (size_t)(16 * tpb)),
+                 cap = (size_t)per_sm * (cx->n_sm > 0 ? cx->n_sm : 132);
+    dim3 grid((unsigned)(want < cap ? want : cap)), block(QM_TPB);
+    if (cx->pdl) {
+        cudaLaunchAttribute at[1];
+        at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        at[0].val.programmaticStreamSerializationAllowed = 1;
+        cudaLaunchConfig_t cfg = {};
+        cfg.gridDim = grid;
+        cfg.blockDim = block;
+        cfg.dynamicSmemBytes = smem;
+        cfg.stream = cx->stream;
+        cfg.attrs = at;
+        cfg.numAttrs = 1;
+        DR_CUDA_NOTE(cx, cudaLaunchKernelEx(&cfg, k, set, x, T, n, gsh, sdt, KW));
+    } else {
+        k<<<grid, block, smem, cx->stream>>>(set, x, T, n, gsh, sdt, KW);
+        DR_CUDA_LAUNCHED(cx);
+    }
+    return true;
+}
+
 template <int BITS>
 static void qgemv_bits(dr_cuda_ctx *cx, const qgemv_set &set, const float *x, int T, int n, int gs, dr_dtype sdt) {
-    if (T == 1)
-        qgemv_pick<BITS, 1>(cx, set, x, T, n, gs, sdt);
-    else if (T == 2)
-        qgemv_pick<BITS, 2>(cx, set, x, T, n, gs, sdt);
-    else if (T <= 4)
-        qgemv_pick<BITS, 4>(cx, set, x, T, n, gs, sdt);
-    else
+    if (T == 1) {
+        if (!qgemv_mma_try<BITS, 1>(cx, set, x, T, n, gs, sdt))
+            qgemv_pick<BITS, 1>(cx, set, x, T, n, gs, sdt);
+    } else if (T == 2) {
+        if (!qgemv_mma_try<BITS, 2>(cx, set, x, T, n, gs, sdt))
+            qgemv_pick<BITS, 2>(cx, set, x, T, n, gs, sdt);
+    } else if (T <= 4) {
+        if (!qgemv_mma_try<BITS, 4>(cx, set, x, T, n, gs, sdt))
+            qgemv_pick<BITS, 4>(cx, set, x, T, n, gs, sdt);
+    } else if (!qgemv_mma_try<BITS, 8>(cx, set, x, T, n, gs, sdt)) {
         qgemv_pick<BITS, 8>(cx, set, x, T, n, gs, sdt);
+    }
 }
 
 /* T <= QG_MAX_T tokens over the set (all of one bits / group / sb dtype / n) */
