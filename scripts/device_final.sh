@@ -3,7 +3,7 @@
 # "CUDA (H100/H200)"): build (sm_90a), every CUDA test and golden, memcheck,
 # then the decode / prefill benches in bf16, q8 and q4 with same-call
 # baselines for the newest kernels. Logs under $OUT.
-# Usage: scripts/device_final.sh [tests] [memcheck] [bench] [quant] [prefill]
+# Usage: scripts/device_final.sh [tests] [memcheck] [bench] [quant] [qold] [prefill]
 set -uo pipefail
 source "$(dirname "$0")/device_env.sh"
 what="${*:-tests memcheck bench quant prefill}"
@@ -29,6 +29,8 @@ if [[ "$what" == *memcheck* ]]; then
   timeout 150 compute-sanitizer --tool memcheck --leak-check full --error-exitcode 9 \
     "$b/tests/test_golden" tests/data/moe-bf16 --device cuda --quick > "$OUT/memcheck.log" 2>&1
   echo "memcheck moe-bf16 exit $?"; grep -E "ERROR SUMMARY|LEAK" "$OUT/memcheck.log" | head -3
+  timeout 240 compute-sanitizer --tool memcheck --error-exitcode 9 "$b/tests/test_cuda_quant" > "$OUT/memcheck_quant.log" 2>&1
+  echo "memcheck test_cuda_quant exit $?"; grep -E "ERROR SUMMARY|passed" "$OUT/memcheck_quant.log" | head -3
 fi
 cli="$b/deltarun"
 one() { # label, then bench arguments
@@ -46,6 +48,14 @@ if [[ "$what" == *bench* ]]; then
   export DR_CUDA_DEC3=0
   one 35B-8L-bf16-olddec --synthetic $C/qwen3.5-35b-a3b.json --layers 8 -p 512 -n 256
   unset DR_CUDA_DEC3
+fi
+if [[ "$what" == *qold* ]]; then # the FMA quantized GEMV (before the tensor-core one), same call
+  export DR_CUDA_QGEMV_MMA=0
+  for qq in q8 q4; do
+    one 9B-$qq-fma --synthetic $C/qwen3.5-9b.json --quant $qq --quant-random -p 512 -n 128
+    one 35B-8L-$qq-fma --synthetic $C/qwen3.5-35b-a3b.json --layers 8 --quant $qq --quant-random -p 512 -n 256
+  done
+  unset DR_CUDA_QGEMV_MMA
 fi
 if [[ "$what" == *quant* ]]; then
   for qq in q8 q4; do
