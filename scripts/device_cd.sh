@@ -24,7 +24,7 @@ if [[ "$what" == *tests* ]]; then
   done
   grep -E "FAIL|passed|graphs|moe_decode|moe_experts" "$T" | head -40
   # the MoE fixture under each switch (which part a failure comes from)
-  for v in ${CD_DIAG:-DR_CUDA_NORM_GEMV=0 DR_CUDA_MOE_DEC=0 DR_CUDA_DEC3=0}; do
+  for v in DR_CUDA_GRAPHS=0 DR_CUDA_PDL=0 DR_CUDA_MOE_DEC=0 DR_CUDA_PDL_NORM=1,DR_CUDA_PDL_GDN=1 DR_CUDA_DEC3=0; do
     (export ${v//,/ }; timeout 60 "$b/tests/test_golden" tests/data/moe-bf16 --device cuda > "/tmp/g_$v.log" 2>&1; echo "golden moe-bf16 $v: rc $? $(grep -c FAIL /tmp/g_$v.log) FAIL lines")
   done
   echo "tests done at $(( $(date +%s) - t0 )) s"
@@ -38,29 +38,24 @@ one() {
   python3 -c "import json,sys; d=json.loads(sys.argv[1]); print('%-22s decode %8.1f tok/s  %6.0f GB/s of %6.0f  floor %7.1f tok/s  floor_fraction %.3f' % (sys.argv[2], d['decode_tok_s'], d['decode_gb_s'], d['measured_bandwidth_gb_s'], d['floor_tok_s'], d['floor_fraction']))" "$j" "$nm" 2>/dev/null || echo "$nm: failed"
 }
 # settings compared (comma-separated env assignments per setting, space between settings)
-vars="${CD_VARS:-DR_CUDA_DEC3=0 DR_CUDA_DEC3=1 DR_CUDA_NORM_GEMV=0}"
-vars2="${CD_VARS2:-DR_CUDA_DEC3=0 DR_CUDA_DEC3=1}"
-big="${CD_BIG:-DR_CUDA_DEC3=0 DR_CUDA_DEC3=1 DR_CUDA_NORM_GEMV=0}"
-small() {
-  for v in "$@"; do
+vars="${CD_VARS:-DR_CUDA_DEC3=0 DR_CUDA_DEC3=1 DR_CUDA_DEC3=0 DR_CUDA_DEC3=1}"
+big="${CD_BIG:-DR_CUDA_DEC3=0 DR_CUDA_DEC3=1}"
+if [[ "$what" == *bench* ]]; then
+  for v in $vars; do
     (export ${v//,/ }; one "0.8B $v" --synthetic bench/configs/qwen3.5-0.8b.json -p 128 -n 256)
     (export ${v//,/ }; one "9B $v" --synthetic bench/configs/qwen3.5-9b.json -p 128 -n 128)
     (export ${v//,/ }; one "35B-8L $v" --synthetic bench/configs/qwen3.5-35b-a3b.json --layers 8 -p 128 -n 256)
   done
-}
-if [[ "$what" == *bench* ]]; then
-  small $vars
   for v in $big; do
     (export ${v//,/ }; one "35B-40L $v" --synthetic bench/configs/qwen3.5-35b-a3b.json -p 128 -n 64)
   done
-  small $vars2 # a second run of the two main settings
   echo "bench done at $(( $(date +%s) - t0 )) s"
 fi
 if [[ "$what" == *ncu* ]]; then
   NCU="ncu --clock-control none --cache-control none --metrics gpu__time_duration.sum --csv"
   prof() { # name steps args...
     local nm="$1" st="$2"; shift 2
-    timeout 40 $NCU "$cli" bench --device cuda "$@" --json > "/tmp/ncu_$nm.csv" 2>> "/tmp/ncu_err.log"
+    timeout 60 $NCU "$cli" bench --device cuda "$@" --json > "/tmp/ncu_$nm.csv" 2>> "/tmp/ncu_err.log"
     echo "== $nm ($*): rc $?"
     python3 scripts/ncu_sum.py "/tmp/ncu_$nm.csv" "$st" 2>/dev/null | head -16
   }

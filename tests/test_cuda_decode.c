@@ -154,73 +154,6 @@ static void test_fused_small(void) {
     G->free(G->ctx, dx), G->free(G->ctx, dd), G->free(G->ctx, dg), G->free(G->ctx, dy);
 }
 
-/* ---- norm_matmul_n (residual add + RMSNorm folded into the GEMV) ---- */
-
-/* bf16 weight [d, n] on the device, its values also in *h (host copy) */
-static void bf16_weight(dr_tensor *w, int d, int n) {
-    memset(w, 0, sizeof *w);
-    w->dtype = DR_DT_BF16;
-    w->ndim = 2;
-    w->ne[0] = d;
-    w->ne[1] = n;
-    const size_t ne = (size_t)d * n;
-    float *f = rnd(ne, 1.0f);
-    uint16_t *buf = malloc(ne * 2);
-    for (size_t e = 0; e < ne; e++) {
-        uint32_t u;
-        memcpy(&u, &f[e], 4);
-        buf[e] = (uint16_t)(u >> 16);
-    }
-    free(f);
-    w->data = buf;
-    w->dev = dput(buf, ne * 2);
-}
-
-/* Against add + rmsnorm + matmul on the CPU. Shapes: three small weights
- * (one row per warp), and 9000 + 8 or 4500 rows of width 264 so that the
- * 4- and 2-row warps run (132 SMs); with and without the add. */
-static void test_norm_matmul(void) {
-    dr_cuda_set_norm_gemv(1); /* off by default (docs/CUDA.md, decode round 3) */
-    const struct { int n, nw, d[3]; } sh[3] = {{1032, 3, {67, 5, 33}}, {264, 2, {9000, 8, 0}}, {264, 1, {4500, 0, 0}}};
-    for (int si = 0; si < 3; si++)
-        for (int with_d = 0; with_d < 2; with_d++) {
-            const int n = sh[si].n, nw = sh[si].nw;
-            dr_tensor w[3];
-            const dr_tensor *wp[3];
-            float *yh[3], *yd[3];
-            float *x = rnd(n, 2.0f), *dd = rnd(n, 2.0f), *gain = rnd(n, 1.0f), *xn = malloc((size_t)n * 4);
-            float *gx = dput(x, (size_t)n * 4), *gd = dput(dd, (size_t)n * 4), *gg = dput(gain, (size_t)n * 4);
-            float *gxn = G->alloc(G->ctx, (size_t)n * 4);
-            if (with_d)
-                C->add(NULL, x, dd, (size_t)n);
-            C->rmsnorm(NULL, xn, x, gain, 1, n, 1e-6f);
-            for (int i = 0; i < nw; i++) {
-                bf16_weight(&w[i], sh[si].d[i], n);
-                wp[i] = &w[i];
-                yh[i] = malloc((size_t)sh[si].d[i] * 4);
-                yd[i] = G->alloc(G->ctx, (size_t)sh[si].d[i] * 4);
-                C->matmul(NULL, yh[i], xn, &w[i], 1);
-            }
-            const bool done = G->norm_matmul_n(G->ctx, gx, with_d ? gd : NULL, gxn, gg, 1e-6f, nw, yd, wp, 1);
-            CHECK(done, "norm_matmul_n n=%d: handled", n);
-            float e = 0.0f;
-            for (int i = 0; i < nw; i++) {
-                float *g = dget(yd[i], (size_t)sh[si].d[i]), ei = rel_err(g, yh[i], (size_t)sh[si].d[i]);
-                e = ei > e ? ei : e;
-                free(g), free(yh[i]), free((void *)w[i].data);
-                G->free(G->ctx, w[i].dev), G->free(G->ctx, yd[i]);
-            }
-            float *hx = dget(gx, (size_t)n), *hxn = dget(gxn, (size_t)n);
-            REPORT(rel_err(hx, x, (size_t)n), 0.0f, "norm_matmul_n n=%d %d weights add=%d: x (exact)", n, nw, with_d);
-            REPORT(rel_err(hxn, xn, (size_t)n), TOL, "norm_matmul_n n=%d %d weights add=%d: xn", n, nw, with_d);
-            REPORT(e, TOL, "norm_matmul_n n=%d rows %d+%d+%d add=%d: y", n, sh[si].d[0], sh[si].d[1], sh[si].d[2],
-                   with_d);
-            free(x), free(dd), free(gain), free(xn), free(hx), free(hxn);
-            G->free(G->ctx, gx), G->free(G->ctx, gd), G->free(G->ctx, gg), G->free(G->ctx, gxn);
-        }
-    dr_cuda_set_norm_gemv(-1); /* back to the environment's setting */
-}
-
 /* ---- graphs: replayed steps against kernel-by-kernel steps ---- */
 
 static int argmax(const float *x, int n) {
@@ -309,7 +242,6 @@ int main(int argc, char **argv) {
     test_gdn_decode();
     test_kv_store();
     test_fused_small();
-    test_norm_matmul();
     cuda_test_close();
     for (int i = 1; i < argc; i++)
         test_graphs(argv[i]);

@@ -99,9 +99,9 @@ static void matmuls(const dr_ops *o, int n, float *const *ys, const float *x, co
             o->matmul(o->ctx, ys[i], x, ws[i], T);
 }
 
-/* Residual add, then the next pre-norm, now: x += d; xn = RMSNorm(x) (gain
- * NULL: the add alone). */
-static void add_norm_now(const dr_model *m, dr_scratch *sc, const float *gain, int T) {
+/* Residual add, then the next pre-norm: x += d; xn = RMSNorm(x) (gain NULL:
+ * the add alone). */
+static void add_norm(const dr_model *m, dr_scratch *sc, const float *gain, int T) {
     const dr_ops *o = m->ops;
     const int H = m->hp.d_model;
     if (!gain)
@@ -112,30 +112,6 @@ static void add_norm_now(const dr_model *m, dr_scratch *sc, const float *gain, i
         o->add(o->ctx, sc->x, sc->out, (size_t)T * H);
         o->rmsnorm(o->ctx, sc->xn, sc->x, gain, T, H, m->hp.eps);
     }
-}
-
-/* The same, except that for one token on a backend with norm_matmul_n the
- * norm is only noted: the projections of xn, which always come next, run it
- * (proj), fused into their GEMV when the backend can. */
-static void add_norm(const dr_model *m, dr_scratch *sc, const float *gain, int T) {
-    if (gain && T == 1 && m->ops->norm_matmul_n)
-        sc->pend_gain = gain;
-    else
-        add_norm_now(m, sc, gain, T);
-}
-
-/* ys_i = W_i xn (the projections of a mixer or FFN input), running a
- * deferred add_norm first: fused into them when the backend can. */
-static void proj(const dr_model *m, dr_scratch *sc, int n, float *const *ys, const dr_tensor *const *ws, int T) {
-    const dr_ops *o = m->ops;
-    const float *gain = sc->pend_gain;
-    if (gain) {
-        sc->pend_gain = NULL;
-        if (o->norm_matmul_n(o->ctx, sc->x, sc->out, sc->xn, gain, m->hp.eps, n, ys, ws, T))
-            return;
-        add_norm_now(m, sc, gain, T);
-    }
-    matmuls(o, n, ys, sc->xn, ws, T);
 }
 
 /* ===================== mixers ===================== */
@@ -151,7 +127,7 @@ static void gdn_layer(const dr_model *m, const dr_gdn_weights *w, float *conv_st
     /* m = W_qkv x (q | k | v channels), z, b, a: four projections of x */
     float *const ys[4] = {sc->qkv_raw, sc->z, sc->b, sc->a};
     const dr_tensor *const ws[4] = {&w->in_proj_qkv, &w->in_proj_z, &w->in_proj_b, &w->in_proj_a};
-    proj(m, sc, 4, ys, ws, T);
+    matmuls(o, 4, ys, sc->xn, ws, T);
     if (T == 1 && o->gdn_decode) { /* the backend's fused single-token step, same math */
         o->gdn_decode(c, sc->y, sc->qkv_raw, sc->z, sc->b, sc->a, conv_state, state, w->conv1d, hp->d_conv,
                       w->A_log, w->dt_bias, w->norm, &d, hp->eps);
@@ -179,7 +155,7 @@ static void attn_layer(const dr_model *m, const dr_attn_weights *w, float *k_cac
     const size_t kv_row = (size_t)nKV * hd;
     float *const ys[3] = {sc->qg, sc->k, sc->v};
     const dr_tensor *const ws[3] = {&w->q_proj, &w->k_proj, &w->v_proj};
-    proj(m, sc, 3, ys, ws, T);
+    matmuls(o, 3, ys, sc->xn, ws, T);
     o->split_halves(c, sc->q, sc->gate, sc->qg, T * nH, hd); /* per head: [query | gate] */
     o->rmsnorm(c, sc->q, sc->q, w->q_norm, T * nH, hd, hp->eps); /* per head, before RoPE */
     o->rmsnorm(c, sc->k, sc->k, w->k_norm, T * nKV, hd, hp->eps);
@@ -198,15 +174,14 @@ static void attn_layer(const dr_model *m, const dr_attn_weights *w, float *k_cac
 
 /* ===================== FFN ===================== */
 
-/* SwiGLU of xn: out = down(silu(gate xn) * up xn)   (6.1) */
-static void swiglu_mlp(const dr_model *m, dr_scratch *sc, const dr_tensor *gate, const dr_tensor *up,
-                       const dr_tensor *down, int T) {
-    const dr_ops *o = m->ops;
-    float *const ys[2] = {sc->ff_a, sc->ff_b};
+/* SwiGLU: out = down(silu(gate x) * up x)   (6.1) */
+static void swiglu_mlp(const dr_ops *o, const dr_tensor *gate, const dr_tensor *up, const dr_tensor *down,
+                       float *out, const float *x, float *ta, float *tb, int T) {
+    float *const ys[2] = {ta, tb};
     const dr_tensor *const ws[2] = {gate, up};
-    proj(m, sc, 2, ys, ws, T);
-    o->swiglu(o->ctx, sc->ff_a, sc->ff_a, sc->ff_b, (size_t)T * (size_t)gate->ne[0]);
-    o->matmul(o->ctx, sc->out, sc->ff_a, down, T);
+    matmuls(o, 2, ys, x, ws, T);
+    o->swiglu(o->ctx, ta, ta, tb, (size_t)T * (size_t)gate->ne[0]);
+    o->matmul(o->ctx, out, ta, down, T);
 }
 
 /* Sparse MoE block (6.2): routed experts plus the sigmoid-gated shared expert. */
@@ -218,11 +193,9 @@ static void moe_block(const dr_model *m, const dr_ffn_weights *f, dr_scratch *sc
     if (f->has_shared) { /* the projections of xn: router, shared gate/up, shared-expert gate (one pass) */
         float *const ys[4] = {sc->router, sc->ff_a, sc->ff_b, sc->sh_s};
         const dr_tensor *const ws[4] = {&f->router, &f->sh_gate, &f->sh_up, &f->sh_gate_w};
-        proj(m, sc, 4, ys, ws, T);
+        matmuls(o, 4, ys, sc->xn, ws, T);
     } else {
-        float *const ys[1] = {sc->router};
-        const dr_tensor *const ws[1] = {&f->router};
-        proj(m, sc, 1, ys, ws, T);
+        o->matmul(c, sc->router, sc->xn, &f->router, T);
     }
     const dr_moe_shared sh = {sc->ff_a, sc->ff_b, sc->sh_s, &f->sh_down};
     if (o->moe_decode && o->moe_decode(c, sc->out, sc->moe_idx, sc->moe_w, sc->router, sc->xn, f->experts,
@@ -264,7 +237,6 @@ void dr_forward(const dr_model *m, dr_kv_cache *kv, dr_gdn_cache *gdn, dr_scratc
     const dr_ops *o = m->ops;
     void *c = o->ctx;
     const int H = hp->d_model;
-    sc->pend_gain = NULL;
     o->embed(c, sc->x, &m->w.embed, ids, T); /* no scaling (2) */
     o->rmsnorm(c, sc->xn, sc->x, m->w.layers[0].ln1, T, H, hp->eps);
     for (int l = 0; l < hp->n_layers; l++) {
@@ -279,7 +251,7 @@ void dr_forward(const dr_model *m, dr_kv_cache *kv, dr_gdn_cache *gdn, dr_scratc
         if (hp->is_moe[l])
             moe_block(m, &lw->ffn, sc, T);
         else
-            swiglu_mlp(m, sc, &lw->ffn.gate, &lw->ffn.up, &lw->ffn.down, T);
+            swiglu_mlp(o, &lw->ffn.gate, &lw->ffn.up, &lw->ffn.down, sc->out, sc->xn, sc->ff_a, sc->ff_b, T);
         add_norm(m, sc, l + 1 < hp->n_layers ? m->w.layers[l + 1].ln1 : NULL, T); /* the next layer's RMSNorm(y) */
     }
     if (mode == DR_LOGITS_LAST)

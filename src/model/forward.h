@@ -39,7 +39,6 @@ typedef struct dr_scratch {
     float *logits;     /* [DR_LOGIT_ROWS, V] */
     float *ws;         /* op workspace */
     size_t ws_n;
-    const float *pend_gain; /* forward.c: a residual add + norm deferred into the next projections (decode) */
 } dr_scratch;
 
 dr_status dr_scratch_new(dr_scratch *sc, const dr_model *m, int n_batch, int n_ctx);

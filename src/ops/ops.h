@@ -74,14 +74,6 @@ struct dr_ops {
     /* (optional, NULL: one matmul per weight) y_i = x W_i^T for n_w <= 4 weights
        of the same input width (the projections that share one input). */
     void (*matmul_n)(void *ctx, int n_w, float *const *ys, const float *x, const dr_tensor *const *ws, int T);
-    /* (optional, NULL or false: add_rmsnorm (rmsnorm when d is NULL), then
-       matmul_n) The residual add, the pre-norm and the projections of one
-       decode token, fused: x [n] += d; xn = x / rms(x) * gain; ys_i = x W_i^T
-       with xn as input, n_w <= 4 weights of width n. x and xn are written as
-       add_rmsnorm writes them. Returns false, having queued nothing, when the
-       backend does not handle the shapes or dtypes. */
-    bool (*norm_matmul_n)(void *ctx, float *x, const float *d, float *xn, const float *gain, float eps, int n_w,
-                          float *const *ys, const dr_tensor *const *ws, int T);
     /* x [T, H] = E[ids[t]]   (ids on the host, already range-checked) */
     void (*embed)(void *ctx, float *x, const dr_tensor *emb, const int32_t *ids, int T);
     /* y [rows, n] = x / rms(x) * gain   (gain fp32 [n]; zero-centred norms

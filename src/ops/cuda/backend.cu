@@ -235,7 +235,6 @@ static void cu_destroy(dr_ops *self) {
         cudaFree(cx->rope_inv);
         cudaFree(cx->step_dev);
         cudaFree(cx->gdn_cnt);
-        cudaFree(cx->gemv_cnt);
         if (cx->blas)
             cublasDestroy(cx->blas);
         if (cx->stream)
@@ -282,8 +281,6 @@ extern "C" dr_status dr_ops_cuda_create(const dr_backend_params *p, dr_ops **out
             cx->pdl = prop.major >= 9 && !(pe && pe[0] == '0');
             pe = getenv("DR_CUDA_DEC3");
             cx->dec3 = !(pe && pe[0] == '0');
-            pe = getenv("DR_CUDA_NORM_GEMV"); /* off by default: slower on 9B (docs/CUDA.md, round 3) */
-            cx->norm_gemv = cx->dec3 && pe && pe[0] == '1';
             pe = getenv("DR_CUDA_MOE_DEC");
             cx->moe_dec = cx->dec3 && !(pe && pe[0] == '0');
             pe = getenv("DR_CUDA_PDL_NORM");
@@ -353,7 +350,6 @@ extern "C" void dr_cuda_fill_table(dr_ops *o) {
     o->moe_route = dr_cuda_moe_route;
     o->moe_experts = dr_cuda_moe_experts;
     o->moe_decode = dr_cuda_moe_decode;
-    o->norm_matmul_n = dr_cuda_norm_matmul_n;
     o->kv_store = dr_cuda_kv_store;
     o->matmul_n = dr_cuda_matmul_n;
     o->add_rmsnorm = dr_cuda_add_rmsnorm;

@@ -101,9 +101,6 @@ typedef struct dr_cuda_ctx {
     int cap_bad;           /* something failed while recording: the recording is dropped */
     unsigned scr_gen;      /* bumped when a scratch buffer moves (recordings hold its address) */
     int *gdn_cnt;          /* device counters of the fused GDN step (gdn_decode.cu), zero between launches */
-    int *gemv_cnt;         /* device counter of the norm + GEMV kernel (matmul.cu), zero between launches */
-    int norm_gemv;         /* round 3: residual add + RMSNorm folded into the next GEMV (DR_CUDA_NORM_GEMV=1: on;
-                              off by default, slower on 9B in device call 4) */
 } dr_cuda_ctx;
 
 /* Position of the open step in device memory, or NULL (kernels use their

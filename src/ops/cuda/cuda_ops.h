@@ -22,14 +22,10 @@ double dr_cuda_copy_bandwidth(int device);
 
 /* Force one GEMM engine (tests): 0 automatic, 1 GEMV, 2 tiled fp32, 3 cuBLAS. */
 void dr_cuda_set_mm_engine(int engine);
-/* Tests: norm_matmul_n's fused kernel on (1) or off (0) whatever DR_CUDA_NORM_GEMV says; -1: as it says. */
-void dr_cuda_set_norm_gemv(int on);
 
 /* matmul.cu */
 void dr_cuda_matmul(void *ctx, float *y, const float *x, const dr_tensor *w, int T);
 void dr_cuda_matmul_n(void *ctx, int n_w, float *const *ys, const float *x, const dr_tensor *const *ws, int T);
-bool dr_cuda_norm_matmul_n(void *ctx, float *x, const float *d, float *xn, const float *gain, float eps, int n_w,
-                           float *const *ys, const dr_tensor *const *ws, int T);
 void dr_cuda_embed(void *ctx, float *x, const dr_tensor *emb, const int32_t *ids, int T);
 
 /* elementwise.cu */
