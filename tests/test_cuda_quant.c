@@ -19,6 +19,7 @@
 #include "deltarun.h"
 #include "quant/convert.h"
 #include "quant/quant.h"
+#include "rm_dir.h"
 #include "test.h"
 
 #include <dirent.h>
@@ -217,21 +218,6 @@ static void test_moe(void) {
 /* ---- whole models: CUDA against the CPU backend on one quantized copy ---- */
 
 static char g_tmp[256];
-
-static void rm_dir(const char *dir) {
-    DIR *d = opendir(dir);
-    struct dirent *e;
-    while (d && (e = readdir(d))) {
-        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
-            continue;
-        char p[1024];
-        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-        unlink(p);
-    }
-    if (d)
-        closedir(d);
-    rmdir(dir);
-}
 
 static float max_abs_diff(const float *a, const float *b, size_t n) {
     float e = 0.0f;

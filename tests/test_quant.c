@@ -13,6 +13,7 @@
 #include "quant/convert.h"
 #include "quant/quant.h"
 #include "quant/st_writer.h"
+#include "rm_dir.h"
 #include "test.h"
 
 #include <dirent.h>
@@ -34,21 +35,6 @@ static float frand(void) { /* uniform [-1, 1) */
     return (float)((g_rng >> 40) * (1.0 / (1ull << 24))) * 2.0f - 1.0f;
 }
 static float grand(void) { return (frand() + frand() + frand()) * 0.6f; } /* roughly normal */
-
-static void rm_dir(const char *dir) {
-    DIR *d = opendir(dir);
-    struct dirent *e;
-    while (d && (e = readdir(d))) {
-        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
-            continue;
-        char p[1024];
-        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-        unlink(p);
-    }
-    if (d)
-        closedir(d);
-    rmdir(dir);
-}
 
 /* A random F32 or BF16 matrix [d, n] (owned buffer). */
 static dr_tensor rand_mat(int64_t d, int64_t n, dr_dtype dt, void **buf) {

@@ -8,6 +8,7 @@
  */
 #include "deltarun.h"
 #include "format/safetensors.h"
+#include "rm_dir.h"
 #include "test.h"
 
 #include <dirent.h>
@@ -41,21 +42,6 @@ static bool exists(const char *dir, const char *file) {
     snprintf(p, sizeof p, "%s/%s", dir, file);
     struct stat sb;
     return stat(p, &sb) == 0;
-}
-
-static void rm_dir(const char *dir) {
-    DIR *d = opendir(dir);
-    struct dirent *e;
-    while (d && (e = readdir(d))) {
-        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
-            continue;
-        char p[1024];
-        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-        unlink(p);
-    }
-    if (d)
-        closedir(d);
-    rmdir(dir);
 }
 
 /* Number of entries of g_tmp whose name starts with `prefix`. */
