@@ -310,22 +310,7 @@ static void gemv_rows_launch(dr_cuda_ctx *cx, const gemv_set &set, const float *
     }
     dim3 grid(dr_cdiv((size_t)rows, (size_t)(wpb * R))), block(32 * wpb);
     void (*k)(const gemv_set, const float *, int, int) = gemv_rows_kernel<WT, MT, R, 8 / R>;
-    if (cx->pdl) {
-        cudaLaunchAttribute at[1];
-        at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-        at[0].val.programmaticStreamSerializationAllowed = 1;
-        cudaLaunchConfig_t cfg = {};
-        cfg.gridDim = grid;
-        cfg.blockDim = block;
-        cfg.dynamicSmemBytes = 0;
-        cfg.stream = cx->stream;
-        cfg.attrs = at;
-        cfg.numAttrs = 1;
-        DR_CUDA_NOTE(cx, cudaLaunchKernelEx(&cfg, k, set, x, T, n));
-    } else {
-        k<<<grid, block, 0, cx->stream>>>(set, x, T, n);
-        DR_CUDA_LAUNCHED(cx);
-    }
+    dr_cuda_launch(cx, true, k, grid, block, 0, set, x, T, n);
 }
 
 /* rows per warp: enough warps first (16 per SM), then fewer x reads */

@@ -362,22 +362,7 @@ static void qgemv_launch_k(dr_cuda_ctx *cx, const qgemv_set &set, const float *x
     const size_t want = dr_cdiv(dr_cdiv((size_t)rows, (size_t)R), 8),
                  cap = (size_t)per_sm * (cx->n_sm > 0 ? cx->n_sm : 132);
     dim3 grid((unsigned)(want < cap ? want : cap)), block(256);
-    if (cx->pdl) {
-        cudaLaunchAttribute at[1];
-        at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-        at[0].val.programmaticStreamSerializationAllowed = 1;
-        cudaLaunchConfig_t cfg = {};
-        cfg.gridDim = grid;
-        cfg.blockDim = block;
-        cfg.dynamicSmemBytes = smem;
-        cfg.stream = cx->stream;
-        cfg.attrs = at;
-        cfg.numAttrs = 1;
-        DR_CUDA_NOTE(cx, cudaLaunchKernelEx(&cfg, k, set, x, T, n, gsh, sdt));
-    } else {
-        k<<<grid, block, smem, cx->stream>>>(set, x, T, n, gsh, sdt);
-        DR_CUDA_LAUNCHED(cx);
-    }
+    dr_cuda_launch(cx, true, k, grid, block, smem, set, x, T, n, gsh, sdt);
 }
 
 /* x in shared memory when it fits (T <= 2; DR_CUDA_QGEMV_XS=0: read from L1, the baseline) */
@@ -802,22 +787,7 @@ static bool qgemv_mma_try(dr_cuda_ctx *cx, const qgemv_set &set, const float *x,
     const size_t want = dr_cdiv((size_t)rows, (size_t)(16 * tpb)),
                  cap = (size_t)per_sm * (cx->n_sm > 0 ? cx->n_sm : 132);
     dim3 grid((unsigned)(want < cap ? want : cap)), block(QM_TPB);
-    if (cx->pdl) {
-        cudaLaunchAttribute at[1];
-        at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-        at[0].val.programmaticStreamSerializationAllowed = 1;
-        cudaLaunchConfig_t cfg = {};
-        cfg.gridDim = grid;
-        cfg.blockDim = block;
-        cfg.dynamicSmemBytes = smem;
-        cfg.stream = cx->stream;
-        cfg.attrs = at;
-        cfg.numAttrs = 1;
-        DR_CUDA_NOTE(cx, cudaLaunchKernelEx(&cfg, k, set, x, T, n, gsh, sdt, KW));
-    } else {
-        k<<<grid, block, smem, cx->stream>>>(set, x, T, n, gsh, sdt, KW);
-        DR_CUDA_LAUNCHED(cx);
-    }
+    dr_cuda_launch(cx, true, k, grid, block, smem, set, x, T, n, gsh, sdt, KW);
     return true;
 }
 
