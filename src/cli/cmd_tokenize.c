@@ -95,6 +95,22 @@ static const char *opt_value(const char *cmd, int argc, char **argv, int *i) {
     return argv[++*i];
 }
 
+/* Anything but a known option: the first one is MODEL_DIR (or
+ * tokenizer.json); an unknown option or a second positional is a usage error
+ * (message printed, false). */
+static bool positional(const char *cmd, const char *a, const char **model) {
+    if (a[0] == '-' && a[1]) {
+        fprintf(stderr, "deltarun %s: unknown option %s (see --help)\n", cmd, a);
+        return false;
+    }
+    if (*model) {
+        fprintf(stderr, "deltarun %s: unexpected argument \"%s\" (see --help)\n", cmd, a);
+        return false;
+    }
+    *model = a;
+    return true;
+}
+
 static dr_tokenizer *load(const char *cmd, const char *path) {
     dr_tokenizer *tok;
     if (dr_tokenizer_load(path, &tok) != DR_OK) {
@@ -208,13 +224,7 @@ int dr_cli_tokenize(int argc, char **argv) {
             runs = (int)n;
         } else if (is_flag(a, "--no-special")) {
             parse_special = false;
-        } else if (a[0] == '-' && a[1]) {
-            fprintf(stderr, "deltarun %s: unknown option %s (see --help)\n", cmd, a);
-            return 2;
-        } else if (!model) {
-            model = a;
-        } else {
-            fprintf(stderr, "deltarun %s: unexpected argument \"%s\" (see --help)\n", cmd, a);
+        } else if (!positional(cmd, a, &model)) {
             return 2;
         }
     }
@@ -310,13 +320,7 @@ int dr_cli_detokenize(int argc, char **argv) {
                 return 2;
         } else if (is_flag(a, "--skip-special")) {
             skip_special = true;
-        } else if (a[0] == '-' && a[1]) {
-            fprintf(stderr, "deltarun %s: unknown option %s (see --help)\n", cmd, a);
-            return 2;
-        } else if (!model) {
-            model = a;
-        } else {
-            fprintf(stderr, "deltarun %s: unexpected argument \"%s\" (see --help)\n", cmd, a);
+        } else if (!positional(cmd, a, &model)) {
             return 2;
         }
     }
