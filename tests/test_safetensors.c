@@ -558,6 +558,18 @@ static void write_text(const char *dir, const char *name, const char *text) {
     CHECK(write_file(p, text, strlen(text)), "cannot write %s", p);
 }
 
+/* The directory's index replaced by `index`: opening it must fail with
+ * `want` and a message that names `needle`. */
+static void bad_index(const char *d, const char *index, dr_status want, const char *needle, const char *what) {
+    write_text(d, "model.safetensors.index.json", index);
+    dr_error_clear();
+    dr_st_set s;
+    const dr_status st = dr_st_open_dir(d, &s);
+    CHECK(st == want && strstr(dr_last_error(), needle), "%s: st %d msg %s", what, st, dr_last_error());
+    if (st == DR_OK)
+        dr_st_close_set(&s);
+}
+
 static void test_dirs(void) {
     dr_st_set s;
     dr_status st;
@@ -610,55 +622,27 @@ static void test_dirs(void) {
     }
 
     /* index names a tensor that no shard holds */
-    write_text(d, "model.safetensors.index.json",
-               "{\"weight_map\":{\"layer.a\":\"model-00001-of-00002.safetensors\",\"layer.ghost\":"
-               "\"model-00002-of-00002.safetensors\",\"layer.c\":\"model-00002-of-00002.safetensors\"}}");
-    dr_error_clear();
-    st = dr_st_open_dir(d, &s);
-    CHECK(st == DR_ERR_FORMAT && strstr(dr_last_error(), "layer.ghost"), "index names a missing tensor: st %d msg %s",
-          st, dr_last_error());
+    bad_index(d, "{\"weight_map\":{\"layer.a\":\"model-00001-of-00002.safetensors\",\"layer.ghost\":"
+              "\"model-00002-of-00002.safetensors\",\"layer.c\":\"model-00002-of-00002.safetensors\"}}",
+              DR_ERR_FORMAT, "layer.ghost", "index names a missing tensor");
 
     /* index places a tensor in the wrong shard */
-    write_text(d, "model.safetensors.index.json",
-               "{\"weight_map\":{\"layer.a\":\"model-00002-of-00002.safetensors\",\"layer.c\":"
-               "\"model-00002-of-00002.safetensors\"}}");
-    dr_error_clear();
-    st = dr_st_open_dir(d, &s);
-    CHECK(st == DR_ERR_FORMAT && strstr(dr_last_error(), "layer.a"), "index names the wrong shard: st %d msg %s", st,
-          dr_last_error());
+    bad_index(d, "{\"weight_map\":{\"layer.a\":\"model-00002-of-00002.safetensors\",\"layer.c\":"
+              "\"model-00002-of-00002.safetensors\"}}",
+              DR_ERR_FORMAT, "layer.a", "index names the wrong shard");
 
     /* index names a shard file that does not exist */
-    write_text(d, "model.safetensors.index.json",
-               "{\"weight_map\":{\"layer.a\":\"model-00001-of-00002.safetensors\",\"layer.z\":"
-               "\"model-00009-of-00009.safetensors\"}}");
-    dr_error_clear();
-    st = dr_st_open_dir(d, &s);
-    CHECK(st == DR_ERR_IO && strstr(dr_last_error(), "model-00009-of-00009"), "index names a missing shard: st %d msg %s",
-          st, dr_last_error());
+    bad_index(d, "{\"weight_map\":{\"layer.a\":\"model-00001-of-00002.safetensors\",\"layer.z\":"
+              "\"model-00009-of-00009.safetensors\"}}",
+              DR_ERR_IO, "model-00009-of-00009", "index names a missing shard");
 
     /* index escaping the directory */
-    write_text(d, "model.safetensors.index.json", "{\"weight_map\":{\"layer.a\":\"../x.safetensors\"}}");
-    dr_error_clear();
-    st = dr_st_open_dir(d, &s);
-    CHECK(st == DR_ERR_FORMAT && strstr(dr_last_error(), "layer.a"), "index with ../: st %d msg %s", st,
-          dr_last_error());
+    bad_index(d, "{\"weight_map\":{\"layer.a\":\"../x.safetensors\"}}", DR_ERR_FORMAT, "layer.a", "index with ../");
 
     /* index: weight_map value not a string / weight_map missing / bad JSON */
-    write_text(d, "model.safetensors.index.json", "{\"weight_map\":{\"layer.a\":3}}");
-    dr_error_clear();
-    st = dr_st_open_dir(d, &s);
-    CHECK(st == DR_ERR_FORMAT && strstr(dr_last_error(), "layer.a"), "weight_map value 3: st %d msg %s", st,
-          dr_last_error());
-    write_text(d, "model.safetensors.index.json", "{\"metadata\":{}}");
-    dr_error_clear();
-    st = dr_st_open_dir(d, &s);
-    CHECK(st == DR_ERR_FORMAT && strstr(dr_last_error(), "weight_map"), "no weight_map: st %d msg %s", st,
-          dr_last_error());
-    write_text(d, "model.safetensors.index.json", "{\"weight_map\":{");
-    dr_error_clear();
-    st = dr_st_open_dir(d, &s);
-    CHECK(st == DR_ERR_FORMAT && strstr(dr_last_error(), "model.safetensors.index.json"),
-          "index bad JSON: st %d msg %s", st, dr_last_error());
+    bad_index(d, "{\"weight_map\":{\"layer.a\":3}}", DR_ERR_FORMAT, "layer.a", "weight_map value 3");
+    bad_index(d, "{\"metadata\":{}}", DR_ERR_FORMAT, "weight_map", "no weight_map");
+    bad_index(d, "{\"weight_map\":{", DR_ERR_FORMAT, "model.safetensors.index.json", "index bad JSON");
 
     /* tensor duplicated across shards */
     const char *n2dup[] = {"layer.c", "layer.a"};
@@ -667,7 +651,7 @@ static void test_dirs(void) {
                "{\"weight_map\":{\"layer.a\":\"model-00001-of-00002.safetensors\",\"layer.b\":"
                "\"model-00001-of-00002.safetensors\",\"layer.c\":\"model-00002-of-00002.safetensors\"}}");
     dr_error_clear();
-    st = dr_st_open_dir(d, &s);
+    st = dr_st_open_dir(d, &s); /* (not bad_index: the set it leaves is checked below) */
     CHECK(st == DR_ERR_FORMAT && strstr(dr_last_error(), "layer.a"), "duplicate across shards: st %d msg %s", st,
           dr_last_error());
     CHECK(s.n_files == 0 && s.files == NULL, "duplicate: set not cleared");
