@@ -1,7 +1,7 @@
 /* tests/cuda_test_util.h - what the CUDA op tests share: the GPU backend (G)
  * and the CPU reference (C), seeded random inputs, host<->device copies, the
- * relative error, a REPORT line that prints it beside its tolerance, and
- * opening/closing the backend (77 = skipped without a device).
+ * relative error, a REPORT line that prints it beside its tolerance, a
+ * weight upload, and opening/closing the backend (77 = skipped without a device).
  * Define CUDA_TEST_SEED before including to pick the input stream. */
 #ifndef DR_TESTS_CUDA_TEST_UTIL_H
 #define DR_TESTS_CUDA_TEST_UTIL_H
@@ -56,6 +56,20 @@ static inline float *dget(const void *d, size_t n) {
 }
 
 /* max |a - b| / max |b| (NaN counts as infinite) */
+/* t = a [d, n] weight of dtype dt over the host bytes h, uploaded to G (the
+ * upload is CHECKed). */
+static inline void upload_weight(dr_tensor *t, const char *name, dr_dtype dt, int d, int n, const void *h) {
+    memset(t, 0, sizeof *t);
+    t->name = name;
+    t->dtype = dt;
+    t->ndim = 2;
+    t->ne[0] = d;
+    t->ne[1] = n;
+    t->data = h;
+    const dr_status st = G->weight_upload(G->ctx, t);
+    CHECK(st == DR_OK, "weight_upload %s: %s", name, dr_last_error());
+}
+
 static inline float rel_err(const float *a, const float *b, size_t n) {
     float e = 0.0f, m = 0.0f;
     for (size_t i = 0; i < n; i++) {

@@ -138,15 +138,7 @@ static void *make_weights(dr_tensor *t, dr_dtype dt, int d, int n, float scale) 
             memcpy(h + 2 * i, &b, 2);
         }
     }
-    memset(t, 0, sizeof *t);
-    t->name = "test.weight";
-    t->dtype = dt;
-    t->ndim = 2;
-    t->ne[0] = d;
-    t->ne[1] = n;
-    t->data = h;
-    dr_status st = G->weight_upload(G->ctx, t);
-    CHECK(st == DR_OK, "weight_upload: %s", dr_last_error());
+    upload_weight(t, "test.weight", dt, d, n, h);
     return h;
 }
 

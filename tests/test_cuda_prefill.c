@@ -116,15 +116,7 @@ static void *bf16_weights(dr_tensor *t, int d, int n, float scale) {
     uint16_t *h = malloc(N * 2);
     for (size_t i = 0; i < N; i++)
         h[i] = dr_f32_to_bf16(frand() * scale);
-    memset(t, 0, sizeof *t);
-    t->name = "test.expert";
-    t->dtype = DR_DT_BF16;
-    t->ndim = 2;
-    t->ne[0] = d;
-    t->ne[1] = n;
-    t->data = h;
-    dr_status st = G->weight_upload(G->ctx, t);
-    CHECK(st == DR_OK, "weight_upload: %s", dr_last_error());
+    upload_weight(t, "test.expert", DR_DT_BF16, d, n, h);
     return h;
 }
 
