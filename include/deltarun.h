@@ -154,6 +154,13 @@ typedef enum dr_logits_mode {
 dr_status dr_session_eval(dr_session *s, const int32_t *ids, int n, dr_logits_mode mode,
                           float *logits);
 
+/* dr_session_eval, then the greedy next token: the index of the largest of
+ * the last position's logits over ids [0, n_cand) (n_cand <= 0: the whole
+ * vocabulary; ties: the lowest id). The pick runs where the logits are, so
+ * on a GPU 4 bytes come back instead of the logits. Same token as
+ * dr_sampler_sample with default (greedy) parameters over those ids. */
+dr_status dr_session_eval_greedy(dr_session *s, const int32_t *ids, int n, int n_cand, int32_t *next);
+
 /* Copy out the state of GDN layer `layer` (0-based index over all layers):
  * recurrent [Hv, dk, dv] fp32 and conv [conv_dim, K] (last K pre-conv inputs,
  * oldest first), in the transformers layout. Either pointer may be NULL. */

@@ -12,6 +12,7 @@
 #include "cuda_test_util.h"
 #include "ops/ops.h"
 #include "test.h"
+#include "util/argmax.h"
 #include "util/dtype.h"
 
 #include <cuda_runtime_api.h>
@@ -440,6 +441,54 @@ static void test_moe_decode(void) {
     moe_decode_shape(8, 96, 48, 80, 2); /* the moe-bf16 fixture's shape */
 }
 
+/* ---- argmax: the device pick against dr_argmax_f32 (ties, NaN, -0/+0) ---- */
+
+static void test_argmax(void) {
+    const int sizes[] = {1, 7, 256, 2049, 151936, 248320};
+    int bad = 0, runs = 0;
+    for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
+        const int n = sizes[si];
+        for (int c = 0; c < 8; c++) {
+            float *x = rnd((size_t)n, 4.0f);
+            if (c == 1) /* ties: a repeated maximum, the lowest index must win */
+                for (int i = n / 3; i < n; i += n / 5 + 1)
+                    x[i] = 9.5f;
+            if (c == 2) /* NaN everywhere but a few values, never picked */
+                for (int i = 0; i < n; i += 2)
+                    x[i + (i + 1 < n)] = NAN;
+            if (c == 3) /* NaN at index 0 is the answer (a left-to-right scan keeps it) */
+                x[0] = NAN;
+            if (c == 4) /* all equal: index 0 */
+                for (int i = 0; i < n; i++)
+                    x[i] = -2.0f;
+            if (c == 5) { /* -0 before +0 at the top: they compare equal, so the first */
+                for (int i = 0; i < n; i++)
+                    x[i] = -fabsf(x[i]) - 1.0f;
+                x[n - 1] = 0.0f;
+                x[n / 2] = -0.0f;
+            }
+            if (c == 6) /* all -inf: index 0 */
+                for (int i = 0; i < n; i++)
+                    x[i] = -INFINITY;
+            if (c == 7) /* +inf late, and a prefix: only [0, n - 1) is searched */
+                x[n - 1] = INFINITY;
+            const int m = c == 7 && n > 1 ? n - 1 : n;
+            float *d = dput(x, (size_t)n * 4);
+            int32_t got = -1;
+            const bool ok = G->argmax(G->ctx, &got, d, m);
+            const int32_t want = dr_argmax_f32(x, m);
+            runs++;
+            if (!ok || got != want) {
+                bad++;
+                printf("argmax n=%d case %d: got %d (ok %d), want %d\n", m, c, (int)got, ok, (int)want);
+            }
+            G->free(G->ctx, d);
+            free(x);
+        }
+    }
+    CHECK_SHOW(bad == 0, "argmax: %d of %d device picks differ from dr_argmax_f32 (need 0)", bad, runs);
+}
+
 int main(void) {
     int rc = cuda_test_open();
     if (rc == 77)
@@ -452,6 +501,7 @@ int main(void) {
     test_gdn();
     test_moe();
     test_moe_decode();
+    test_argmax();
     cuda_test_close();
     return TEST_DONE();
 }

@@ -3,6 +3,7 @@
 #include "deltarun.h"
 #include "golden_util.h"
 #include "test.h"
+#include "util/argmax.h"
 
 #define TOL 1e-4f
 
@@ -87,6 +88,32 @@ static void test_bad_calls(void) {
     dr_session_free(s);
 }
 
+/* eval_greedy picks what the logits pick (the CPU backend has no argmax
+ * slot: the download-and-scan fallback), also over a prefix of the ids. */
+static void test_greedy(const int32_t *ids, int T) {
+    dr_session *a = session(16), *b = session(16);
+    float *l = malloc((size_t)g_V * sizeof *l);
+    int32_t na = -1, nb = -1, same = 0, steps = 12;
+    CHECK(dr_session_eval(a, ids, T, DR_LOGITS_LAST, l) == DR_OK, "%s", dr_last_error());
+    CHECK(dr_session_eval_greedy(b, ids, T, 0, &nb) == DR_OK, "%s", dr_last_error());
+    for (int i = 0; i < steps; i++) {
+        na = dr_argmax_f32(l, g_V);
+        same += na == nb;
+        const int32_t pa = na, pb = nb;
+        CHECK(dr_session_eval(a, &pa, 1, DR_LOGITS_LAST, l) == DR_OK, "%s", dr_last_error());
+        CHECK(dr_session_eval_greedy(b, &pb, 1, 0, &nb) == DR_OK, "%s", dr_last_error());
+    }
+    CHECK_SHOW(same == steps, "eval_greedy: %d of %d greedy tokens equal the argmax of the logits", same, steps);
+    const int nc = g_V / 3;
+    CHECK(dr_session_eval_greedy(b, &nb, 1, nc, &nb) == DR_OK && nb >= 0 && nb < nc,
+          "eval_greedy over the first %d ids picked %d", nc, (int)nb);
+    CHECK(dr_session_eval_greedy(b, ids, 1, g_V + 1, &nb) == DR_ERR_ARG, "more candidates than the vocabulary");
+    CHECK(dr_session_eval_greedy(b, ids, 1, 0, NULL) == DR_ERR_ARG, "no place for the token not refused");
+    free(l);
+    dr_session_free(a);
+    dr_session_free(b);
+}
+
 int main(void) {
     CHECK(dr_model_load(DR_TEST_DATA "/dense-f32", &g_m) == DR_OK, "%s", dr_last_error());
     if (t_failed)
@@ -100,6 +127,7 @@ int main(void) {
     test_multiturn(ids, T);
     test_clone_reset(ids, T);
     test_bad_calls();
+    test_greedy(ids, 40);
     free(ids);
     dr_st_close(&g);
     dr_model_free(g_m);

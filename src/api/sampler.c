@@ -4,6 +4,7 @@
  * Order (as llama.cpp's default chain): penalty -> greedy or
  * top-k -> softmax with temperature -> min-p -> top-p -> draw.
  */
+#include "util/argmax.h"
 #include "util/status.h"
 
 #include <math.h>
@@ -104,14 +105,6 @@ static void apply_penalty(dr_sampler *s, float *logits) {
     }
 }
 
-static int32_t argmax(const float *x, int n) {
-    int32_t best = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[best])
-            best = i;
-    return best;
-}
-
 static int by_logit_desc(const void *a, const void *b) {
     const dr_cand *x = a, *y = b;
     if (x->logit != y->logit)
@@ -131,7 +124,7 @@ static void sort_candidates(dr_sampler *s, const float *logits) {
 int32_t dr_sampler_sample(dr_sampler *s, float *logits) {
     apply_penalty(s, logits);
     if (s->p.temperature <= 0.0f)
-        return argmax(logits, s->n_vocab);
+        return dr_argmax_f32(logits, s->n_vocab);
     int n = s->p.top_k > 0 && s->p.top_k < s->n_vocab ? s->p.top_k : s->n_vocab;
     sort_candidates(s, logits);
     /* softmax over the candidates with temperature */

@@ -5,6 +5,7 @@
  */
 #include "cache/cache.h"
 #include "model/forward.h"
+#include "util/argmax.h"
 #include "util/status.h"
 
 #include <stdlib.h>
@@ -18,6 +19,7 @@ struct dr_session {
     dr_gdn_cache gdn;
     dr_scratch sc;
     void *graph;        /* the backend's recorded single-token step (ops step_begin) */
+    float *host_logits; /* [n_vocab], eval_greedy on a backend without argmax */
 };
 
 dr_session_params dr_session_default_params(void) {
@@ -87,6 +89,7 @@ void dr_session_free(dr_session *s) {
     dr_gdn_cache_free(&s->gdn, ops, s->m->hp.n_layers);
     if (s->sc.x)
         dr_scratch_free(&s->sc, s->m);
+    free(s->host_logits);
     free(s);
 }
 
@@ -108,7 +111,8 @@ int dr_session_pos(const dr_session *s) { return s->pos; }
 
 /* One token through the backend's step recording (ops.h step_begin): the
  * first step of a kind runs normally, the next is recorded, later ones are
- * replays. The logits stay on the device until the step has run. */
+ * replays. The logits stay on the device until the step has run; logits
+ * NULL leaves them there (sc.logits). */
 static void eval_step(dr_session *s, int32_t id, dr_logits_mode mode, float *logits, bool bf16) {
     const dr_model *m = s->m;
     const dr_ops *o = m->ops;
@@ -118,16 +122,15 @@ static void eval_step(dr_session *s, int32_t id, dr_logits_mode mode, float *log
         if (!o->step_end(o->ctx, s->graph)) /* the recording failed and nothing ran */
             dr_forward(m, &s->kv, &s->gdn, &s->sc, s->pos, &id, 1, mode, NULL, bf16);
     }
-    if (mode != DR_LOGITS_NONE)
+    if (mode != DR_LOGITS_NONE && logits)
         o->download(o->ctx, logits, s->sc.logits, (size_t)m->hp.n_vocab * sizeof(float));
 }
 
-dr_status dr_session_eval(dr_session *s, const int32_t *ids, int n, dr_logits_mode mode, float *logits) {
+/* What dr_session_eval checks before any state moves. */
+static dr_status check_block(const dr_session *s, const int32_t *ids, int n) {
     const dr_model *m = s->m;
     if (n < 1 || !ids)
         return DR_FAIL(DR_ERR_ARG, "eval: empty block (need at least one token)");
-    if (mode != DR_LOGITS_NONE && !logits)
-        return DR_FAIL(DR_ERR_ARG, "eval: logits requested but no buffer given");
     if (n > s->p.n_ctx - s->pos)
         return DR_FAIL(DR_ERR_RANGE, "eval: %d tokens at position %d exceed the context of %d tokens", n, s->pos,
                        s->p.n_ctx);
@@ -135,6 +138,13 @@ dr_status dr_session_eval(dr_session *s, const int32_t *ids, int n, dr_logits_mo
         if (ids[i] < 0 || ids[i] >= m->hp.n_vocab)
             return DR_FAIL(DR_ERR_RANGE, "eval: token id %d at index %d is outside the vocabulary [0, %d)",
                            (int)ids[i], i, m->hp.n_vocab);
+    return DR_OK;
+}
+
+/* The block in pieces of n_batch tokens; with mode LAST and logits NULL the
+ * last row's logits are left in sc.logits on the backend. */
+static void run_blocks(dr_session *s, const int32_t *ids, int n, dr_logits_mode mode, float *logits) {
+    const dr_model *m = s->m;
     const bool bf16 = s->p.state_dtype == DR_STATE_BF16;
     for (int i0 = 0; i0 < n; i0 += s->p.n_batch) {
         int T = n - i0 < s->p.n_batch ? n - i0 : s->p.n_batch;
@@ -147,6 +157,35 @@ dr_status dr_session_eval(dr_session *s, const int32_t *ids, int n, dr_logits_mo
             dr_forward(m, &s->kv, &s->gdn, &s->sc, s->pos, ids + i0, T, pm, dst, bf16);
         s->pos += T;
     }
+}
+
+dr_status dr_session_eval(dr_session *s, const int32_t *ids, int n, dr_logits_mode mode, float *logits) {
+    if (mode != DR_LOGITS_NONE && !logits)
+        return DR_FAIL(DR_ERR_ARG, "eval: logits requested but no buffer given");
+    DR_TRY(check_block(s, ids, n));
+    run_blocks(s, ids, n, mode, logits);
+    return DR_OK;
+}
+
+dr_status dr_session_eval_greedy(dr_session *s, const int32_t *ids, int n, int n_cand, int32_t *next) {
+    const dr_model *m = s->m;
+    const dr_ops *o = m->ops;
+    const int V = m->hp.n_vocab;
+    if (!next)
+        return DR_FAIL(DR_ERR_ARG, "eval_greedy: no place for the next token given");
+    if (n_cand > V)
+        return DR_FAIL(DR_ERR_ARG, "eval_greedy: %d candidates but the vocabulary has %d tokens", n_cand, V);
+    DR_TRY(check_block(s, ids, n));
+    run_blocks(s, ids, n, DR_LOGITS_LAST, NULL);
+    const int nc = n_cand > 0 ? n_cand : V;
+    if (o->argmax)
+        return o->argmax(o->ctx, next, s->sc.logits, nc)
+                   ? DR_OK
+                   : DR_FAIL(DR_ERR_DEVICE, "eval_greedy: the %s backend's argmax failed", o->name);
+    if (!s->host_logits && !(s->host_logits = malloc((size_t)V * sizeof(float))))
+        return DR_FAIL(DR_ERR_NOMEM, "out of memory");
+    o->download(o->ctx, s->host_logits, s->sc.logits, (size_t)nc * sizeof(float));
+    *next = dr_argmax_f32(s->host_logits, nc);
     return DR_OK;
 }
 

@@ -16,6 +16,7 @@
 #include "model/model.h"
 #include "model/synthetic.h"
 #include "ops/cpu/simd.h"
+#include "util/argmax.h"
 #include "util/cpu_features.h"
 #include "util/threadpool.h"
 #ifdef DR_WITH_CUDA
@@ -32,7 +33,7 @@ static const char *const bench_help =
     "usage: deltarun bench (MODEL_DIR | --synthetic CONFIG.json) [options]\n"
     "\n"
     "Time a prefill of -p random prompt tokens (one block) and -n decoded tokens\n"
-    "(greedy, one at a time), and compare decode with the memory-bandwidth floor:\n"
+    "(greedy, one at a time, the pick made where the logits are), and compare decode with the memory-bandwidth floor:\n"
     "the bytes a decoded token must read (weights it uses, GDN states read and\n"
     "written, KV cache) over a read bandwidth measured in the same run with the\n"
     "same threads: the median of 9 passes over 1 GiB (the best pass is printed\n"
@@ -55,6 +56,9 @@ static const char *const bench_help =
     "  -n N                  decoded tokens (default 128)\n"
     "  --serial              also evaluate the prompt one token at a time and\n"
     "                        report the prefill speed-up over that\n"
+    "  --host-logits         decode by copying each token's logits to the host and\n"
+    "                        picking there (what sampling with a temperature\n"
+    "                        does) instead of the backend's greedy pick\n"
     "  --bf16-dot            BF16 decode through vdpbf16ps (AVX512_BF16 CPUs)\n"
     "                        instead of widening weights in registers\n"
     "  --json                print one JSON object instead of the table\n"
@@ -68,6 +72,7 @@ typedef struct {
     int ctx;            /* --ctx: session capacity (0: p + n + 1) */
     long seed;
     bool json, serial, bf16_dot, quant_random; /* quant_random: --quant-random */
+    bool host_logits;   /* --host-logits: logits to the host every decoded token */
     const char *device;
 } bench_opts;
 
@@ -127,6 +132,8 @@ static int parse(int argc, char **argv, bench_opts *o) {
             o->quant_random = true;
         else if (!strcmp(a, "--serial"))
             o->serial = true;
+        else if (!strcmp(a, "--host-logits"))
+            o->host_logits = true;
         else if (!strcmp(a, "--bf16-dot"))
             o->bf16_dot = true;
         else if (a[0] != '-' && !o->dir)
@@ -309,14 +316,6 @@ static double gpu_bandwidth(const char *dev) {
 
 /* ===================== the runs ===================== */
 
-static int32_t argmax(const float *x, int n) {
-    int32_t b = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[b])
-            b = i;
-    return b;
-}
-
 static int new_session(dr_model *m, int n_ctx, int n_batch, dr_session **s) {
     dr_session_params sp = dr_session_default_params();
     sp.n_ctx = n_ctx;
@@ -332,14 +331,21 @@ static int run_prefill_decode(dr_model *m, const bench_opts *o, const int32_t *i
         return 2;
     fprintf(stderr, "bench: prefill of %d tokens\n", o->p);
     double t0 = now_s();
-    int rc = dr_session_eval(s, ids, o->p, DR_LOGITS_LAST, logits) == DR_OK ? 0 : dr_cli_lib_err();
+    int32_t next = 0;
+    int rc = dr_session_eval_greedy(s, ids, o->p, 0, &next) == DR_OK ? 0 : dr_cli_lib_err();
     r->prefill_s = now_s() - t0;
     if (!rc)
-        fprintf(stderr, "bench: decode of %d tokens\n", o->n);
+        fprintf(stderr, "bench: decode of %d tokens%s\n", o->n, o->host_logits ? " (logits to the host)" : "");
     t0 = now_s();
     for (int i = 0; i < o->n && !rc; i++) {
-        int32_t next = argmax(logits, m->hp.n_vocab);
-        rc = dr_session_eval(s, &next, 1, DR_LOGITS_LAST, logits) == DR_OK ? 0 : dr_cli_lib_err();
+        dr_status st;
+        if (o->host_logits) {
+            st = dr_session_eval(s, &next, 1, DR_LOGITS_LAST, logits);
+            next = dr_argmax_f32(logits, m->hp.n_vocab);
+        } else {
+            st = dr_session_eval_greedy(s, &next, 1, 0, &next);
+        }
+        rc = st == DR_OK ? 0 : dr_cli_lib_err();
     }
     r->decode_s = now_s() - t0;
     dr_session_free(s);
@@ -410,12 +416,12 @@ static void print_json(const bench_opts *o, const dr_model *m, const bench_res *
            "\"weight_bytes_per_token\": %.0f, \"bytes_per_token\": %.0f, \"decode_gb_s\": %.3f, "
            "\"measured_bandwidth_gb_s\": %.3f, \"measured_bandwidth_best_gb_s\": %.3f, \"floor_tok_s\": %.3f, "
            "\"floor_fraction\": %.4f, \"floor_fraction_best\": %.4f, "
-           "\"peak_rss_mb\": %.1f, \"build_s\": %.2f",
+           "\"peak_rss_mb\": %.1f, \"build_s\": %.2f, \"host_logits\": %s",
            o->dir ? o->dir : o->synthetic, o->dir ? "false" : "true", o->dir ? m->info.weight_dtype : o->quant,
            m->hp.n_layers, (unsigned long long)m->info.n_params, o->device, thr,
            dr_simd_level_name(dr_simd_get()->level), o->p, o->n, d->prefill_tps, d->ttft_ms, d->decode_tps,
            r->weight_bytes, r->bytes, d->decode_gbs, r->bw_gbs, r->bw_best_gbs, d->floor_tps, d->floor_frac,
-           d->floor_best_frac, d->rss_mb, r->build_s);
+           d->floor_best_frac, d->rss_mb, r->build_s, o->host_logits ? "true" : "false");
     if (o->serial)
         printf(", \"serial_prefill_tok_s\": %.3f, \"prefill_speedup\": %.2f", d->serial_tps,
                d->prefill_tps / d->serial_tps);

@@ -42,7 +42,9 @@ typedef struct {
     dr_sampler *smp;
     dr_stream_decoder *sd;
     float *logits;
-    int n_vocab;
+    int n_vocab, n_tok;
+    bool greedy;  /* plain argmax: picked by the backend, logits stay where they are */
+    int32_t next; /* with greedy: the token the last evaluation picked */
 } runner;
 
 static const char *const run_help =
@@ -138,6 +140,8 @@ static int runner_open(runner *r, run_opts *o) {
     if (dr_model_load_ex(o->dir, &o->mp, &r->m) != DR_OK || dr_tokenizer_load(o->dir, &r->tok) != DR_OK)
         return dr_cli_lib_err();
     r->n_vocab = dr_model_info_get(r->m)->n_vocab;
+    r->n_tok = dr_tokenizer_n_vocab(r->tok) < r->n_vocab ? dr_tokenizer_n_vocab(r->tok) : r->n_vocab;
+    r->greedy = !(o->smp.temperature > 0.0f) && o->smp.repeat_penalty == 1.0f;
     if (dr_session_new(r->m, &o->sp, &r->s) != DR_OK || dr_sampler_new(&o->smp, r->n_vocab, &r->smp) != DR_OK ||
         dr_stream_decoder_new(r->tok, true, &r->sd) != DR_OK)
         return dr_cli_lib_err();
@@ -147,12 +151,21 @@ static int runner_open(runner *r, run_opts *o) {
     return 0;
 }
 
-/* Evaluate ids on top of the session; logits of the last one kept. */
+/* Evaluate n ids on top of the session: the logits of the last one kept,
+ * or with greedy sampling only the token they pick (padding rows past the
+ * tokenizer's vocabulary have no text and are never picked). */
+static int eval_ids(runner *r, const int32_t *ids, int n) {
+    dr_status st = r->greedy ? dr_session_eval_greedy(r->s, ids, n, r->n_tok, &r->next)
+                             : dr_session_eval(r->s, ids, n, DR_LOGITS_LAST, r->logits);
+    return st == DR_OK ? 0 : dr_cli_lib_err();
+}
+
 static int feed(runner *r, const dr_tokens *t) {
     if (t->n == 0)
         return 0;
-    if (dr_session_eval(r->s, t->ids, (int)t->n, DR_LOGITS_LAST, r->logits) != DR_OK)
-        return dr_cli_lib_err();
+    int rc = eval_ids(r, t->ids, (int)t->n);
+    if (rc)
+        return rc;
     for (size_t i = 0; i < t->n; i++)
         dr_sampler_accept(r->smp, t->ids[i]);
     return 0;
@@ -176,12 +189,14 @@ static void print_piece(const char *p, size_t n) {
 /* Sample and stream until end of turn, n_predict tokens, Ctrl-C or a full
  * context. Returns 0, or the exit status of an error. */
 static int reply(runner *r, long n_predict, int n_ctx) {
-    const int n_tok = dr_tokenizer_n_vocab(r->tok);
     g_interrupted = 0;
     for (long k = 0; n_predict < 0 || k < n_predict; k++) {
-        for (int i = n_tok; i < r->n_vocab; i++) /* padding rows have no text */
-            r->logits[i] = -INFINITY;
-        int32_t t = dr_sampler_sample(r->smp, r->logits);
+        int32_t t = r->next;
+        if (!r->greedy) {
+            for (int i = r->n_tok; i < r->n_vocab; i++) /* padding rows have no text */
+                r->logits[i] = -INFINITY;
+            t = dr_sampler_sample(r->smp, r->logits);
+        }
         if (is_end(r, t) || g_interrupted)
             break;
         const char *p;
@@ -194,8 +209,9 @@ static int reply(runner *r, long n_predict, int n_ctx) {
             break;
         }
         dr_sampler_accept(r->smp, t);
-        if (dr_session_eval(r->s, &t, 1, DR_LOGITS_LAST, r->logits) != DR_OK)
-            return dr_cli_lib_err();
+        int rc = eval_ids(r, &t, 1);
+        if (rc)
+            return rc;
     }
     const char *p;
     size_t n;

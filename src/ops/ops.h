@@ -91,6 +91,10 @@ struct dr_ops {
     void (*sigmoid_scale_rows)(void *ctx, float *y, const float *s, int rows, int n);
     /* x [rows, 2n] -> a [rows, n] (first halves), b [rows, n] (second halves) */
     void (*split_halves)(void *ctx, float *a, float *b, const float *x, int rows, int n);
+    /* (optional, NULL: download and scan on the host) *out = dr_argmax_f32 of
+       x [n] (util/argmax.h: ties to the lowest index, NaN never wins unless at
+       index 0); waits for the result. false: the backend failed. */
+    bool (*argmax)(void *ctx, int32_t *out, const float *x, int n);
     /* diagnostic: round x [n] to bf16 values in place */
     void (*round_bf16)(void *ctx, float *x, size_t n);
 

@@ -37,6 +37,7 @@ if(DR_CUDA_ENABLED)
   message(STATUS "deltarun: CUDA backend ON (nvcc ${CMAKE_CUDA_COMPILER_VERSION}, archs ${CMAKE_CUDA_ARCHITECTURES})")
   set(DR_CUDA_SOURCES
     src/ops/cuda/backend.cu
+    src/ops/cuda/argmax.cu
     src/ops/cuda/matmul.cu
     src/ops/cuda/elementwise.cu
     src/ops/cuda/attention.cu

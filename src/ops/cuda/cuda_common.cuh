@@ -101,6 +101,8 @@ typedef struct dr_cuda_ctx {
     int cap_bad;           /* something failed while recording: the recording is dropped */
     unsigned scr_gen;      /* bumped when a scratch buffer moves (recordings hold its address) */
     int *gdn_cnt;          /* device counters of the fused GDN step (gdn_decode.cu), zero between launches */
+    unsigned long long *am_state; /* argmax.cu: device key, block counter, result (zero between calls) */
+    int32_t *am_host;      /* pinned: the argmax result */
 } dr_cuda_ctx;
 
 /* Position of the open step in device memory, or NULL (kernels use their

@@ -84,6 +84,9 @@ bool dr_cuda_moe_decode(void *ctx, float *y, int32_t *idx, float *wts, const flo
                         const dr_expert *experts, int E, int T, int k, bool renorm, int H, int I,
                         const dr_moe_shared *sh);
 
+/* argmax.cu */
+bool dr_cuda_argmax(void *ctx, int32_t *out, const float *x, int n);
+
 #ifdef __cplusplus
 }
 #endif
