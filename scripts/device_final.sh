@@ -3,7 +3,10 @@
 # "CUDA (H100/H200)"): build (sm_90a), every CUDA test and golden, memcheck,
 # then the decode / prefill benches in bf16, q8 and q4 with same-call
 # baselines for the newest kernels. Logs under $OUT.
-# Usage: scripts/device_final.sh [tests] [memcheck] [bench] [quant] [qold] [prefill]
+# Usage: scripts/device_final.sh [tests] [memcheck] [bench] [r4] [quant] [qold] [prefill]
+# r4: decode round 4 against its same-call baselines (DR_R4_OFF: the
+# environment that turns every round-4 change off; --host-logits: the old
+# per-token logits download).
 set -uo pipefail
 source "$(dirname "$0")/device_env.sh"
 what="${*:-tests memcheck bench quant prefill}"
@@ -48,6 +51,21 @@ if [[ "$what" == *bench* ]]; then
   export DR_CUDA_DEC3=0
   one 35B-8L-bf16-olddec --synthetic $C/qwen3.5-35b-a3b.json --layers 8 -p 512 -n 256
   unset DR_CUDA_DEC3
+fi
+if [[ "$what" == *r4* ]]; then
+  off="${DR_R4_OFF:-DR_CUDA_ROUTE_FUSE=0}"
+  for sh in "0.8B --synthetic $C/qwen3.5-0.8b.json -n 256" "9B --synthetic $C/qwen3.5-9b.json -n 128" \
+            "35B-8L --synthetic $C/qwen3.5-35b-a3b.json --layers 8 -n 256"; do
+    set -- $sh; nm=$1; shift
+    one "$nm-r4" "$@" -p 128
+    ( export $off; one "$nm-r4off-hostlogits" "$@" -p 128 --host-logits )
+    one "$nm-r4-hostlogits" "$@" -p 128 --host-logits
+    one "$nm-r4" "$@" -p 128
+  done
+  if [[ "$what" == *r4big* ]]; then
+    one 35B-40L-r4 --synthetic $C/qwen3.5-35b-a3b.json -p 128 -n 64
+    ( export $off; one 35B-40L-r4off-hostlogits --synthetic $C/qwen3.5-35b-a3b.json -p 128 -n 64 --host-logits )
+  fi
 fi
 if [[ "$what" == *qold* ]]; then # the FMA quantized GEMV (before the tensor-core one), same call
   export DR_CUDA_QGEMV_MMA=0
