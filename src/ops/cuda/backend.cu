@@ -228,7 +228,7 @@ static void cu_destroy(dr_ops *self) {
         for (int i = 0; i < DR_SCR_N; i++)
             cudaFree(cx->scr[i]);
         for (int i = 0; i < cx->n_tabs; i++)
-            cudaFree((void *)cx->tabs[i].dev);
+            cudaFree((void *)cx->tabs[i].dev), free(cx->tabs[i].host);
         free(cx->tabs);
         cudaFreeHost(cx->ids_host);
         cudaFreeHost(cx->dl_host);

@@ -68,6 +68,7 @@ typedef struct dr_cuda_expert_tab {
     const dr_expert *key; /* the host array the forward passes */
     int E;
     const void **dev;     /* device [3][E]: gate, up, down */
+    const void **host;    /* the same pointers on the host (to notice weights uploaded again) */
 } dr_cuda_expert_tab;
 
 typedef struct dr_cuda_ctx {

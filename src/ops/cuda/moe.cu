@@ -173,57 +173,79 @@ void dr_cuda_moe_route(void *ctx, int32_t *idx, float *wts, const float *logits,
 
 /* ---- expert pointer table ---- */
 
-static const void *const *expert_table(dr_cuda_ctx *cx, const dr_expert *ex, int E) {
-    for (int i = 0; i < cx->n_tabs; i++)
-        if (cx->tabs[i].key == ex && cx->tabs[i].E == E)
-            return cx->tabs[i].dev;
-    if (cx->capturing) { /* first use while recording: the step runs again without it */
-        cx->cap_bad = 1;
-        return NULL;
-    }
-    const void **h = (const void **)malloc(3 * (size_t)E * sizeof *h);
-    if (!h)
-        goto nomem;
+/* The device pointers of the E experts' gate, up and down, in table order;
+ * false (error noted) when one is missing or the dtypes differ. */
+static bool expert_ptrs(dr_cuda_ctx *cx, const dr_expert *ex, int E, const void **h) {
     for (int e = 0; e < E; e++) {
         if (!ex[e].gate.dev || !ex[e].up.dev || !ex[e].down.dev || ex[e].gate.dtype != ex[0].gate.dtype ||
             ex[e].up.dtype != ex[0].gate.dtype || ex[e].down.dtype != ex[0].gate.dtype) {
-            free(h);
             dr_fail_at(__FILE__, __LINE__, DR_ERR_UNSUPPORTED,
                        "CUDA moe_experts: expert %d is not uploaded or its dtypes differ", e);
             cx->failed = 1;
-            return NULL;
+            return false;
         }
         h[e] = ex[e].gate.dev;
         h[E + e] = ex[e].up.dev;
         h[2 * E + e] = ex[e].down.dev;
     }
-    if (cx->n_tabs == cx->cap_tabs) {
-        int cap = cx->cap_tabs ? 2 * cx->cap_tabs : 64;
-        void *nt = realloc(cx->tabs, (size_t)cap * sizeof *cx->tabs);
-        if (!nt) {
-            free(h);
-            goto nomem;
-        }
-        cx->tabs = (dr_cuda_expert_tab *)nt;
-        cx->cap_tabs = cap;
+    return true;
+}
+
+/* The device table of an experts array, made on first use. A table is found
+ * by the host array's address, so it is checked against the pointers the
+ * array holds now: an array freed and another made at the same address
+ * (weights freed and uploaded again) gets its table rewritten. */
+static const void *const *expert_table(dr_cuda_ctx *cx, const dr_expert *ex, int E) {
+    dr_cuda_expert_tab *tb = NULL;
+    for (int i = 0; i < cx->n_tabs && !tb; i++)
+        if (cx->tabs[i].key == ex && cx->tabs[i].E == E)
+            tb = &cx->tabs[i];
+    if (tb) {
+        bool same = true;
+        for (int e = 0; e < E && same; e++)
+            same = tb->host[e] == ex[e].gate.dev && tb->host[E + e] == ex[e].up.dev &&
+                   tb->host[2 * E + e] == ex[e].down.dev;
+        if (same)
+            return tb->dev;
     }
-    {
+    if (cx->capturing) { /* first use (or a change) while recording: the step runs again without it */
+        cx->cap_bad = 1;
+        return NULL;
+    }
+    if (!tb) {
+        if (cx->n_tabs == cx->cap_tabs) {
+            int cap = cx->cap_tabs ? 2 * cx->cap_tabs : 64;
+            void *nt = realloc(cx->tabs, (size_t)cap * sizeof *cx->tabs);
+            if (!nt)
+                goto nomem;
+            cx->tabs = (dr_cuda_expert_tab *)nt;
+            cx->cap_tabs = cap;
+        }
+        tb = &cx->tabs[cx->n_tabs];
+        memset(tb, 0, sizeof *tb);
+        tb->host = (const void **)malloc(3 * (size_t)E * sizeof *tb->host);
         void *d = NULL;
+        if (!tb->host)
+            goto nomem;
         cudaError_t e = cudaMalloc(&d, 3 * (size_t)E * sizeof(void *));
-        if (e == cudaSuccess)
-            e = cudaMemcpy(d, h, 3 * (size_t)E * sizeof(void *), cudaMemcpyHostToDevice);
-        free(h);
         if (e != cudaSuccess) {
-            cudaFree(d);
-            dr_cuda_note_fail(cx, __FILE__, __LINE__, "expert table upload", e);
+            free(tb->host);
+            dr_cuda_note_fail(cx, __FILE__, __LINE__, "expert table allocation", e);
             return NULL;
         }
-        cx->tabs[cx->n_tabs].key = ex;
-        cx->tabs[cx->n_tabs].E = E;
-        cx->tabs[cx->n_tabs].dev = (const void **)d;
+        tb->key = ex;
+        tb->E = E;
+        tb->dev = (const void **)d;
         cx->n_tabs++;
-        return (const void *const *)d;
     }
+    if (!expert_ptrs(cx, ex, E, tb->host)) {
+        memset(tb->host, 0, 3 * (size_t)E * sizeof *tb->host); /* never matches: checked again next time */
+        return NULL;
+    }
+    /* kernels still queued may read the old table */
+    DR_CUDA_NOTE(cx, cudaStreamSynchronize(cx->stream));
+    DR_CUDA_NOTE(cx, cudaMemcpy(tb->dev, tb->host, 3 * (size_t)E * sizeof(void *), cudaMemcpyHostToDevice));
+    return cx->failed ? NULL : (const void *const *)tb->dev;
 nomem:
     dr_fail_at(__FILE__, __LINE__, DR_ERR_NOMEM, "out of memory (expert table)");
     cx->failed = 1;
