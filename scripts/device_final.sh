@@ -4,9 +4,9 @@
 # then the decode / prefill benches in bf16, q8 and q4 with same-call
 # baselines for the newest kernels. Logs under $OUT.
 # Usage: scripts/device_final.sh [tests] [memcheck] [bench] [r4] [quant] [qold] [prefill]
-# r4: decode round 4 against its same-call baselines (DR_R4_OFF: the
-# environment that turns every round-4 change off; --host-logits: the old
-# per-token logits download).
+# r4 (r4big: also 35B-A3B, 40 layers): decode round 4 against its same-call
+# baselines (DR_R4_OFF: the environment that turns the round-4 kernels off;
+# --host-logits: the per-token logits download to the host, as before).
 set -uo pipefail
 source "$(dirname "$0")/device_env.sh"
 what="${*:-tests memcheck bench quant prefill}"
@@ -58,13 +58,13 @@ if [[ "$what" == *r4* ]]; then
             "35B-8L --synthetic $C/qwen3.5-35b-a3b.json --layers 8 -n 256"; do
     set -- $sh; nm=$1; shift
     one "$nm-r4" "$@" -p 128
-    ( export $off; one "$nm-r4off-hostlogits" "$@" -p 128 --host-logits )
+    ( export $off; one "$nm-r4off" "$@" -p 128 )
     one "$nm-r4-hostlogits" "$@" -p 128 --host-logits
     one "$nm-r4" "$@" -p 128
   done
   if [[ "$what" == *r4big* ]]; then
     one 35B-40L-r4 --synthetic $C/qwen3.5-35b-a3b.json -p 128 -n 64
-    ( export $off; one 35B-40L-r4off-hostlogits --synthetic $C/qwen3.5-35b-a3b.json -p 128 -n 64 --host-logits )
+    ( export $off; one 35B-40L-r4off --synthetic $C/qwen3.5-35b-a3b.json -p 128 -n 64 )
   fi
 fi
 if [[ "$what" == *qold* ]]; then # the FMA quantized GEMV (before the tensor-core one), same call
