@@ -53,7 +53,7 @@ if [[ "$what" == *bench* ]]; then
   unset DR_CUDA_DEC3
 fi
 if [[ "$what" == *r4* ]]; then
-  off="${DR_R4_OFF:-DR_CUDA_ROUTE_FUSE=0}"
+  off="${DR_R4_OFF:-DR_CUDA_FUSE=0}"
   for sh in "0.8B --synthetic $C/qwen3.5-0.8b.json -n 256" "9B --synthetic $C/qwen3.5-9b.json -n 128" \
             "35B-8L --synthetic $C/qwen3.5-35b-a3b.json --layers 8 -n 256"; do
     set -- $sh; nm=$1; shift

@@ -78,8 +78,6 @@ typedef struct dr_cuda_ctx {
     int dec3;              /* decode round 3 (docs/CUDA.md): fused MoE decode kernels, PDL on norms, gdn_decode,
                               route (DR_CUDA_DEC3=0: the previous kernels, a same-run baseline) */
     int moe_dec;           /* round 3: the fused moe_decode slot (DR_CUDA_MOE_DEC=0: off, the chain runs) */
-    int route_fuse;        /* round 4: moe_decode's routing inside the gate/up kernel (DR_CUDA_ROUTE_FUSE=0: its
-                              own kernel) */
     int pdl_norm, pdl_gdn; /* round 3: rmsnorm/add_rmsnorm and gdn_decode launched with PDL: 0 no, 1 (trigger
                               at their start), 2 (trigger once their inputs are ready); DR_CUDA_PDL_NORM/_GDN */
     cudaStream_t stream;

@@ -83,9 +83,6 @@ void dr_cuda_moe_experts(void *ctx, float *y, const float *x, const int32_t *idx
 bool dr_cuda_moe_decode(void *ctx, float *y, int32_t *idx, float *wts, const float *logits, const float *x,
                         const dr_expert *experts, int E, int T, int k, bool renorm, int H, int I,
                         const dr_moe_shared *sh);
-/* Test hook: moe_decode's routing inside the gate/up kernel (1, default) or
- * in its own kernel first (0). */
-void dr_cuda_set_route_fuse(void *ctx, int on);
 
 /* argmax.cu */
 bool dr_cuda_argmax(void *ctx, int32_t *out, const float *x, int n);

@@ -366,38 +366,17 @@ static __device__ __forceinline__ float dot8_bf16(const uint4 &u, const float4 &
  * in flight per lane); x_t is staged in shared memory once per block while
  * the first loads are in flight (read through L1 it cost one cache round
  * trip per 16-byte piece). 8 experts x 512 rows = 4096 warps at T = 1. */
-template <int RPER>
-__global__ void __launch_bounds__(256) moe_gu_bf16_kernel(float *__restrict__ act, const float *x, int32_t *idx,
-                                                          float *wts, const float *logits, int renorm,
+__global__ void __launch_bounds__(256) moe_gu_bf16_kernel(float *__restrict__ act, const float *x, const int32_t *idx,
                                                           const void *const *__restrict__ tab, int E, int k, int H,
                                                           int I) {
     extern __shared__ float4 md_sx[];
-    __shared__ int s_e;
     dr_pdl_trigger(); /* the down kernel may start: it prefetches only the shared expert's weights */
-    dr_pdl_wait();    /* idx (router) or the router logits, and x, come from earlier kernels */
+    dr_pdl_wait();    /* idx (router) and x come from earlier kernels */
     const int lane = threadIdx.x & 31, r = blockIdx.y;
     const int i0 = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     const bool live = i0 < I;
     const int i = live ? i0 : I - 1; /* a warp past the end streams row I-1 too (it must reach the barrier) */
-    int e;
-    if constexpr (RPER > 0) { /* the routing fused in: every block's first warp picks (the same picks), one block writes them */
-        if (threadIdx.x < 32) {
-            int sel;
-            float wt;
-            const int t = r / k, j = r % k;
-            route_warp<RPER>(logits + (size_t)t * E, E, k, renorm, lane, &sel, &wt);
-            if (lane == j)
-                s_e = sel;
-            if (blockIdx.x == 0 && j == 0 && lane < k) {
-                idx[(size_t)t * k + lane] = sel;
-                wts[(size_t)t * k + lane] = wt;
-            }
-        }
-        __syncthreads();
-        e = s_e;
-    } else {
-        e = idx[r];
-    }
+    const int e = idx[r];
     const int nv = H / 8;
     const uint4 *g = (const uint4 *)tab[e] + (size_t)i * nv, *u = (const uint4 *)tab[E + e] + (size_t)i * nv;
     uint4 a[MD_U], b[MD_U];
@@ -554,27 +533,17 @@ static bool experts_fast_ok(const dr_cuda_ctx *cx, const dr_expert *ex, const fl
            (size_t)H * sizeof(float) <= MD_SMEM && ((size_t)k * I + (size_t)Is) * sizeof(float) <= MD_SMEM;
 }
 
-/* Routing fused into the gate/up kernel (rt != NULL): the router logits and
- * the lane count per logit row (RPER: E <= 32 RPER). */
-typedef struct moe_fused_route {
-    const float *logits;
-    int renorm, per;
-} moe_fused_route;
-
 /* gate/up (+ SiLU * up) for the T*k picks, then down + weighted sum (+ the
- * shared expert's down when sh is given): two launches. acc_y: add to y.
- * With rt, the gate/up kernel also makes the picks idx and weights wts. */
-static void experts_fast(dr_cuda_ctx *cx, float *y, const float *x, int32_t *idx, float *wts,
+ * shared expert's down when sh is given): two launches. acc_y: add to y. */
+static void experts_fast(dr_cuda_ctx *cx, float *y, const float *x, const int32_t *idx, const float *wts,
                          const void *const *tab, int E, int T, int k, int H, int I, int acc_y,
-                         const dr_moe_shared *sh, int Is, const moe_fused_route *rt) {
+                         const dr_moe_shared *sh, int Is) {
     const int R = T * k;
     float *act = (float *)dr_cuda_scratch(cx, DR_SCR_MOE, (size_t)R * I * sizeof(float));
     if (!act)
         return;
-    void (*gu)(float *, const float *, int32_t *, float *, const float *, int, const void *const *, int, int, int,
-               int) = !rt ? moe_gu_bf16_kernel<0> : rt->per == 8 ? moe_gu_bf16_kernel<8> : moe_gu_bf16_kernel<16>;
-    dr_cuda_launch(cx, true, gu, dim3(dr_cdiv((size_t)I, 8), (unsigned)R), dim3(256), (size_t)H * sizeof(float),
-                   act, x, idx, wts, rt ? rt->logits : (const float *)NULL, rt ? rt->renorm : 0, tab, E, k, H, I);
+    dr_cuda_launch(cx, true, moe_gu_bf16_kernel, dim3(dr_cdiv((size_t)I, 8), (unsigned)R), dim3(256),
+                   (size_t)H * sizeof(float), act, x, idx, tab, E, k, H, I);
     const uint4 *shd = sh ? (const uint4 *)sh->down->dev : NULL;
     dr_cuda_launch(cx, true, moe_down_bf16_kernel, dim3(dr_cdiv((size_t)H, 8), (unsigned)T), dim3(256),
                    ((size_t)k * I + (size_t)Is) * sizeof(float), y,
@@ -593,7 +562,7 @@ static void experts_decode(dr_cuda_ctx *cx, float *y, const float *x, const int3
     if (!tab)
         return;
     if (experts_fast_ok(cx, ex, x, k, H, I, 0)) {
-        experts_fast(cx, y, x, (int32_t *)idx, (float *)wts, tab, E, T, k, H, I, 1, NULL, 0, NULL);
+        experts_fast(cx, y, x, idx, wts, tab, E, T, k, H, I, 1, NULL, 0);
         return;
     }
     const int R = T * k;
@@ -718,8 +687,6 @@ void dr_cuda_moe_experts(void *ctx, float *y, const float *x, const int32_t *idx
         experts_grouped(cx, y, x, idx, wts, experts, E, T, k, H, I);
 }
 
-void dr_cuda_set_route_fuse(void *ctx, int on) { ((dr_cuda_ctx *)ctx)->route_fuse = on; }
-
 bool dr_cuda_moe_decode(void *ctx, float *y, int32_t *idx, float *wts, const float *logits, const float *x,
                         const dr_expert *experts, int E, int T, int k, bool renorm, int H, int I,
                         const dr_moe_shared *sh) {
@@ -739,12 +706,7 @@ bool dr_cuda_moe_decode(void *ctx, float *y, int32_t *idx, float *wts, const flo
     const void *const *tab = expert_table(cx, experts, E);
     if (!tab) /* failed (recorded) or first use while recording (the step runs again) */
         return true;
-    if (cx->route_fuse && E <= 512) {
-        const moe_fused_route rt = {logits, renorm ? 1 : 0, E <= 256 ? 8 : 16};
-        experts_fast(cx, y, x, idx, wts, tab, E, T, k, H, I, 0, sh, Is, &rt);
-        return true;
-    }
     dr_cuda_moe_route(ctx, idx, wts, logits, T, E, k, renorm);
-    experts_fast(cx, y, x, idx, wts, tab, E, T, k, H, I, 0, sh, Is, NULL);
+    experts_fast(cx, y, x, idx, wts, tab, E, T, k, H, I, 0, sh, Is);
     return true;
 }
