@@ -235,6 +235,7 @@ static void cu_destroy(dr_ops *self) {
         cudaFree(cx->rope_inv);
         cudaFree(cx->step_dev);
         cudaFree(cx->gdn_cnt);
+        cudaFree(cx->mm_cnt);
         if (cx->blas)
             cublasDestroy(cx->blas);
         if (cx->stream)
@@ -354,6 +355,7 @@ extern "C" void dr_cuda_fill_table(dr_ops *o) {
     o->matmul_n = dr_cuda_matmul_n;
     o->add_rmsnorm = dr_cuda_add_rmsnorm;
     o->gdn_decode = dr_cuda_gdn_decode;
+    o->matmul_swiglu = dr_cuda_matmul_swiglu, o->matmul_add_rmsnorm = dr_cuda_matmul_add_rmsnorm;
     o->step_begin = dr_cuda_step_begin;
     o->step_end = dr_cuda_step_end;
     o->graph_free = dr_cuda_graph_free;

@@ -101,6 +101,7 @@ typedef struct dr_cuda_ctx {
     int cap_bad;           /* something failed while recording: the recording is dropped */
     unsigned scr_gen;      /* bumped when a scratch buffer moves (recordings hold its address) */
     int *gdn_cnt;          /* device counters of the fused GDN step (gdn_decode.cu), zero between launches */
+    unsigned *mm_cnt;      /* device counter of the fused GEMV + add + norm (matmul.cu), zero between launches */
 } dr_cuda_ctx;
 
 /* Position of the open step in device memory, or NULL (kernels use their
