@@ -22,6 +22,10 @@ if [[ "$what" == *tests* ]]; then
   echo "test_cuda_decode exit $?"; grep -E "graphs|passed|FAIL" "$OUT/decode.log" | head -12
   (cd "$b" && timeout 200 ctest -R cuda -j4 > "$OUT/ctest.log" 2>&1); echo "ctest -R cuda exit $?"
   grep -E "tests passed|Failed|\*\*\*" "$OUT/ctest.log" | head -12
+  for f in 3 0; do # test_cuda_quant with the fusions on and off (quantized weights: the slots decline)
+    DR_CUDA_FUSE=$f timeout 120 "$b/tests/test_cuda_quant" > "$OUT/quant_$f.log" 2>&1
+    echo "test_cuda_quant DR_CUDA_FUSE=$f exit $?"; grep -E "^FAIL|passed" "$OUT/quant_$f.log" | head -8
+  done
   echo "tests done at $(( $(date +%s) - t0 )) s"
 fi
 if [[ "$what" == *memcheck* ]]; then
@@ -54,9 +58,9 @@ fi
 if [[ "$what" == *ncu* ]]; then
   NCU="ncu --clock-control none --cache-control none --metrics gpu__time_duration.sum --csv"
   for f in 0 3; do
-    DR_CUDA_FUSE=$f timeout 120 $NCU "$cli" bench --device cuda --synthetic $C/qwen3.5-0.8b.json -p 1 -n 3 --json \
+    DR_CUDA_FUSE=$f timeout 70 $NCU "$cli" bench --device cuda --synthetic $C/qwen3.5-0.8b.json -p 1 -n 3 --json \
       > "$OUT/ncu_08b_$f.csv" 2>> "$OUT/ncu_err.log"
-    echo "== ncu 0.8B DR_CUDA_FUSE=$f"; python3 scripts/ncu_sum.py "$OUT/ncu_08b_$f.csv" 4 | head -16
+    echo "== ncu 0.8B DR_CUDA_FUSE=$f"; python3 scripts/ncu_sum.py "$OUT/ncu_08b_$f.csv" 4 | head -14
   done
 fi
 echo "total $(( $(date +%s) - t0 )) s"

@@ -358,22 +358,25 @@ __global__ void __launch_bounds__(256) gemv_swiglu_kernel(float *__restrict__ ou
 }
 
 /* x [T, d] += a W^T, then (gain not NULL) xn = x / rms(x) * gain per token.
- * Each warp adds its R rows of W a into x (it owns them: no atomics); then
- * every block fences and bumps the device counter, and the last block to
- * arrive does the norm over the whole rows (they are all written by then),
- * its sums in a fixed order (per thread in index order, then the block
- * reduction), and puts the counter back to 0 for the next launch or graph
- * replay. No early exit: every warp reaches the block barriers. */
+ * Each warp adds its R rows of W a into x (it owns them: no atomics) and
+ * each block writes the sum of squares of its rows (warp by warp, row by
+ * row) to parts [T, gridDim.x]; then every block fences and bumps the device
+ * counter, and the last block to arrive sums the parts in block order (per
+ * thread, then the block reduction: a fixed order), writes xn for the whole
+ * rows, and puts the counter back to 0 for the next launch or graph replay.
+ * No early exit before the barriers. */
+#define FN_PARTS 16384 /* floats of parts after the counter (gridDim.x * T at most) */
 template <typename WT, int MT, int R>
 __global__ void __launch_bounds__(256) gemv_add_norm_kernel(float *x, float *__restrict__ xn, const WT *W,
                                                             const float *__restrict__ a,
                                                             const float *__restrict__ gain, int T, int d, int n,
                                                             float eps, unsigned *cnt) {
     constexpr int E = wvec<WT>::N;
-    __shared__ float sh[32];
+    __shared__ float sh[32], wsq[8][MT], inv[MT];
     __shared__ int last;
     dr_pdl_trigger();
-    const int r0 = (blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5)) * R;
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    const int r0 = (blockIdx.x * nw + w) * R;
     const int nv = n / E;
     const uint4 *wp[R];
 #pragma unroll
@@ -383,16 +386,34 @@ __global__ void __launch_bounds__(256) gemv_add_norm_kernel(float *x, float *__r
     }
     float acc[R][MT];
     gemv_rows_dot<WT, MT, R, 8 / R>(wp, a, T, n, acc);
-    if ((threadIdx.x & 31) == 0)
+    float sq[MT];
+#pragma unroll
+    for (int t = 0; t < MT; t++) {
+        sq[t] = 0.0f;
 #pragma unroll
         for (int r = 0; r < R; r++)
-#pragma unroll
-            for (int t = 0; t < MT; t++)
-                if (t < T && r0 + r < d)
-                    x[(size_t)t * d + r0 + r] += acc[r][t];
+            if (lane == 0 && t < T && r0 + r < d) {
+                float *p = x + (size_t)t * d + r0 + r;
+                const float v = *p + acc[r][t];
+                *p = v;
+                sq[t] += v * v;
+            }
+    }
     if (!gain)
         return;
-    __threadfence(); /* this block's rows of x are visible before its arrival is counted */
+    float *parts = (float *)(cnt + 64);
+    if (lane == 0)
+#pragma unroll
+        for (int t = 0; t < MT; t++)
+            wsq[w][t] = sq[t];
+    __syncthreads();
+    if ((int)threadIdx.x < T) {
+        float s_ = 0.0f;
+        for (int j = 0; j < nw; j++)
+            s_ += wsq[j][threadIdx.x];
+        parts[(size_t)threadIdx.x * gridDim.x + blockIdx.x] = s_;
+    }
+    __threadfence(); /* this block's x rows and parts are visible before its arrival is counted */
     __syncthreads();
     if (threadIdx.x == 0)
         last = atomicAdd(cnt, 1u) == gridDim.x - 1;
@@ -400,27 +421,37 @@ __global__ void __launch_bounds__(256) gemv_add_norm_kernel(float *x, float *__r
     if (!last)
         return;
     __threadfence();
-    const int nt = blockDim.x;
+    const int nt = blockDim.x, G = gridDim.x;
     for (int t = 0; t < T; t++) {
-        const float *xr = x + (size_t)t * d;
         float ss = 0.0f;
-        for (int i0 = threadIdx.x; i0 < d; i0 += 4 * nt) { /* four L2 loads in flight, sums in index order */
-            float v[4];
-#pragma unroll
-            for (int k = 0; k < 4; k++)
-                v[k] = i0 + k * nt < d ? __ldcg(xr + i0 + k * nt) : 0.0f;
-#pragma unroll
-            for (int k = 0; k < 4; k++)
-                ss += v[k] * v[k];
-        }
+        for (int j = threadIdx.x; j < G; j += nt)
+            ss += __ldcg(parts + (size_t)t * G + j);
         ss = dr_block_sum(ss, sh);
-        const float inv = 1.0f / sqrtf(ss / (float)d + eps);
-        for (int i = threadIdx.x; i < d; i += nt)
-            xn[(size_t)t * d + i] = __ldcg(xr + i) * inv * gain[i];
+        if (threadIdx.x == 0)
+            inv[t] = 1.0f / sqrtf(ss / (float)d + eps);
+    }
+    __syncthreads();
+    for (int t = 0; t < T; t++) {
+        const float *xr = x + (size_t)t * d, iv = inv[t];
+        float *yr = xn + (size_t)t * d;
+        for (int i0 = threadIdx.x; i0 < d; i0 += 8 * nt) { /* 16 loads in flight per thread */
+            float v[8], g[8];
+#pragma unroll
+            for (int k = 0; k < 8; k++) {
+                const int i = i0 + k * nt;
+                v[k] = i < d ? __ldcg(xr + i) : 0.0f;
+                g[k] = i < d ? gain[i] : 0.0f;
+            }
+#pragma unroll
+            for (int k = 0; k < 8; k++)
+                if (i0 + k * nt < d)
+                    yr[i0 + k * nt] = v[k] * iv * g[k];
+        }
     }
     if (threadIdx.x == 0)
         *cnt = 0;
 }
+
 
 template <typename WT, int MT, int R>
 static void gemv_rows_launch(dr_cuda_ctx *cx, const gemv_set &set, const float *x, int T, int n) {
@@ -607,15 +638,16 @@ bool dr_cuda_matmul_add_rmsnorm(void *ctx, float *x, float *xn, const float *a, 
                                 int T, float eps) {
     dr_cuda_ctx *cx = (dr_cuda_ctx *)ctx;
     const int d = (int)w->ne[w->ndim - 2], n = (int)w->ne[w->ndim - 1];
-    if (!(fuse_mode() & 2) || !fusable(w, a, T) || d <= 0)
+    if (!(fuse_mode() & 2) || !fusable(w, a, T) || d <= 0 ||
+        (long)dr_cdiv((size_t)d, 8) * T > FN_PARTS) /* the parts of the largest grid fit */
         return false;
-    if (gain && !cx->mm_cnt) { /* the arrival counter, allocated outside any recording */
+    if (gain && !cx->mm_cnt) { /* the arrival counter and parts, allocated outside any recording */
         if (cx->capturing) {   /* first use while recording: the step runs again without the recording */
             cx->cap_bad = 1;
             return true;
         }
         void *p = NULL;
-        DR_CUDA_NOTE(cx, cudaMalloc(&p, sizeof(unsigned)));
+        DR_CUDA_NOTE(cx, cudaMalloc(&p, 64 * sizeof(unsigned) + FN_PARTS * sizeof(float))); /* counter, parts */
         if (!p)
             return true; /* failed, recorded in cx */
         DR_CUDA_NOTE(cx, cudaMemsetAsync(p, 0, sizeof(unsigned), cx->stream));
