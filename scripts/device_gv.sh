@@ -20,12 +20,13 @@ if [[ "$what" == *tests* ]]; then
   awk '/rel err/ {for(i=1;i<=NF;i++) if($i=="err") print $(i+1), $0}' "$OUT/fused.log" | sort -g | tail -4
   timeout 120 "$b/tests/test_cuda_decode" tests/data/moe-bf16 tests/data/next-f32 tests/data/long-bf16 > "$OUT/decode.log" 2>&1
   echo "test_cuda_decode exit $?"; grep -E "graphs|passed|FAIL" "$OUT/decode.log" | head -12
-  (cd "$b" && timeout 200 ctest -R cuda -j4 > "$OUT/ctest.log" 2>&1); echo "ctest -R cuda exit $?"
-  grep -E "tests passed|Failed|\*\*\*" "$OUT/ctest.log" | head -12
-  for f in 3 0; do # test_cuda_quant with the fusions on and off (quantized weights: the slots decline)
-    DR_CUDA_FUSE=$f timeout 120 "$b/tests/test_cuda_quant" > "$OUT/quant_$f.log" 2>&1
-    echo "test_cuda_quant DR_CUDA_FUSE=$f exit $?"; grep -E "^FAIL|passed" "$OUT/quant_$f.log" | head -8
+  for f in 3 0; do # every CUDA test and golden, 4 at a time, fusions on (default) and off
+    (cd "$b" && DR_CUDA_FUSE=$f timeout 200 ctest -R cuda -j4 --output-on-failure > "$OUT/ctest_$f.log" 2>&1)
+    echo "ctest -R cuda -j4 DR_CUDA_FUSE=$f exit $?"
+    grep -E "tests passed|\*\*\*|^FAIL" "$OUT/ctest_$f.log" | head -8
   done
+  DR_CUDA_FUSE=3 timeout 120 "$b/tests/test_cuda_quant" > "$OUT/quant_3.log" 2>&1
+  echo "test_cuda_quant alone exit $?"; grep -E "^FAIL|passed" "$OUT/quant_3.log" | head -4
   echo "tests done at $(( $(date +%s) - t0 )) s"
 fi
 if [[ "$what" == *memcheck* ]]; then
@@ -42,14 +43,14 @@ one() { # label, then bench arguments
 }
 C=bench/configs
 if [[ "$what" == *bench* ]]; then
-  for rep in 1 2; do
+  for rep in 1 2; do # off / on interleaved, twice
     DR_CUDA_FUSE=0 one 0.8B-off --synthetic $C/qwen3.5-0.8b.json -p 128 -n 256
     one 0.8B-on --synthetic $C/qwen3.5-0.8b.json -p 128 -n 256
+    DR_CUDA_FUSE=0 one 9B-off --synthetic $C/qwen3.5-9b.json -p 128 -n 128
+    one 9B-on --synthetic $C/qwen3.5-9b.json -p 128 -n 128
+    DR_CUDA_FUSE=0 one 35B-8L-off --synthetic $C/qwen3.5-35b-a3b.json --layers 8 -p 128 -n 256
+    one 35B-8L-on --synthetic $C/qwen3.5-35b-a3b.json --layers 8 -p 128 -n 256
   done
-  DR_CUDA_FUSE=0 one 9B-off --synthetic $C/qwen3.5-9b.json -p 128 -n 128
-  one 9B-on --synthetic $C/qwen3.5-9b.json -p 128 -n 128
-  DR_CUDA_FUSE=0 one 35B-8L-off --synthetic $C/qwen3.5-35b-a3b.json --layers 8 -p 128 -n 256
-  one 35B-8L-on --synthetic $C/qwen3.5-35b-a3b.json --layers 8 -p 128 -n 256
   [[ "$what" == *split* ]] && for f in 1 2; do
     DR_CUDA_FUSE=$f one 0.8B-fuse$f --synthetic $C/qwen3.5-0.8b.json -p 128 -n 256
     DR_CUDA_FUSE=$f one 9B-fuse$f --synthetic $C/qwen3.5-9b.json -p 128 -n 128
