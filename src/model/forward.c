@@ -114,11 +114,23 @@ static void add_norm(const dr_model *m, dr_scratch *sc, const float *gain, int T
     }
 }
 
+/* A block's output projection, then the residual add and the next pre-norm:
+ * x += W a; xn = RMSNorm(x) (one pass when the backend can). */
+static void project_add_norm(const dr_model *m, dr_scratch *sc, const dr_tensor *W, const float *a,
+                             const float *gain, int T) {
+    const dr_ops *o = m->ops;
+    if (o->matmul_add_rmsnorm && o->matmul_add_rmsnorm(o->ctx, sc->x, sc->xn, a, W, gain, T, m->hp.eps))
+        return;
+    o->matmul(o->ctx, sc->out, a, W, T);
+    add_norm(m, sc, gain, T);
+}
+
 /* ===================== mixers ===================== */
 
-/* Gated DeltaNet (5.2): projections, conv + SiLU, gates, delta rule, gated norm, out_proj. */
+/* Gated DeltaNet (5.2): projections, conv + SiLU, gates, delta rule, gated norm, out_proj;
+ * added to x, xn = RMSNorm(x) with `gain`. */
 static void gdn_layer(const dr_model *m, const dr_gdn_weights *w, float *conv_state, float *state,
-                      dr_scratch *sc, int T, bool state_bf16) {
+                      dr_scratch *sc, int T, bool state_bf16, const float *gain) {
     const dr_hparams *hp = &m->hp;
     const dr_ops *o = m->ops;
     void *c = o->ctx;
@@ -142,12 +154,13 @@ static void gdn_layer(const dr_model *m, const dr_gdn_weights *w, float *conv_st
     }
     if (state_bf16) /* diagnostic only: the bug this project exists to avoid */
         o->round_bf16(c, state, (size_t)Hv * hp->d_k * hp->d_v);
-    o->matmul(c, sc->out, sc->y, &w->out_proj, T);
+    project_add_norm(m, sc, &w->out_proj, sc->y, gain, T);
 }
 
-/* Gated full attention (4): q/gate split per head, q/k norm, RoPE, cache, GQA, sigmoid gate. */
+/* Gated full attention (4): q/gate split per head, q/k norm, RoPE, cache, GQA, sigmoid gate,
+ * o_proj; added to x, xn = RMSNorm(x) with `gain`. */
 static void attn_layer(const dr_model *m, const dr_attn_weights *w, float *k_cache, float *v_cache,
-                       dr_scratch *sc, int pos0, int T) {
+                       dr_scratch *sc, int pos0, int T, const float *gain) {
     const dr_hparams *hp = &m->hp;
     const dr_ops *o = m->ops;
     void *c = o->ctx;
@@ -169,19 +182,26 @@ static void attn_layer(const dr_model *m, const dr_attn_weights *w, float *k_cac
     }
     o->attention(c, sc->att, sc->q, k_cache, v_cache, T, pos0, nH, nKV, hd, 1.0f / sqrtf((float)hd), sc->ws);
     o->sigmoid_mul(c, sc->att, sc->gate, (size_t)T * nH * hd); /* output gate, before o_proj */
-    o->matmul(c, sc->out, sc->att, &w->o_proj, T);
+    project_add_norm(m, sc, &w->o_proj, sc->att, gain, T);
 }
 
 /* ===================== FFN ===================== */
 
-/* SwiGLU: out = down(silu(gate x) * up x)   (6.1) */
-static void swiglu_mlp(const dr_ops *o, const dr_tensor *gate, const dr_tensor *up, const dr_tensor *down,
-                       float *out, const float *x, float *ta, float *tb, int T) {
+/* ta = silu(gate x) * up x   (tb: scratch) */
+static void swiglu_act(const dr_ops *o, const dr_tensor *gate, const dr_tensor *up, const float *x, float *ta,
+                       float *tb, int T) {
+    if (o->matmul_swiglu && o->matmul_swiglu(o->ctx, ta, x, gate, up, T))
+        return;
     float *const ys[2] = {ta, tb};
     const dr_tensor *const ws[2] = {gate, up};
     matmuls(o, 2, ys, x, ws, T);
     o->swiglu(o->ctx, ta, ta, tb, (size_t)T * (size_t)gate->ne[0]);
-    o->matmul(o->ctx, out, ta, down, T);
+}
+
+/* SwiGLU: x += down(silu(gate xn) * up xn)   (6.1); xn = RMSNorm(x) with `gain`. */
+static void swiglu_mlp(const dr_model *m, const dr_ffn_weights *f, dr_scratch *sc, const float *gain, int T) {
+    swiglu_act(m->ops, &f->gate, &f->up, sc->xn, sc->ff_a, sc->ff_b, T);
+    project_add_norm(m, sc, &f->down, sc->ff_a, gain, T);
 }
 
 /* Sparse MoE block (6.2): routed experts plus the sigmoid-gated shared expert. */
@@ -241,18 +261,19 @@ void dr_forward(const dr_model *m, dr_kv_cache *kv, dr_gdn_cache *gdn, dr_scratc
     o->rmsnorm(c, sc->xn, sc->x, m->w.layers[0].ln1, T, H, hp->eps);
     for (int l = 0; l < hp->n_layers; l++) {
         const dr_layer_weights *lw = &m->w.layers[l];
-        /* h = x + Mixer(RMSNorm(x))   (7.1); xn holds RMSNorm(x) */
+        const float *ln_next = l + 1 < hp->n_layers ? m->w.layers[l + 1].ln1 : NULL;
+        /* h = x + Mixer(RMSNorm(x))   (7.1); xn holds RMSNorm(x), then RMSNorm(h) */
         if (hp->is_attn[l])
-            attn_layer(m, &lw->attn, kv->k[l], kv->v[l], sc, pos0, T);
+            attn_layer(m, &lw->attn, kv->k[l], kv->v[l], sc, pos0, T, lw->ln2);
         else
-            gdn_layer(m, &lw->gdn, gdn->conv[l], gdn->state[l], sc, T, state_bf16);
-        add_norm(m, sc, lw->ln2, T); /* xn = RMSNorm(h) */
-        /* y = h + FFN(RMSNorm(h)) */
-        if (hp->is_moe[l])
+            gdn_layer(m, &lw->gdn, gdn->conv[l], gdn->state[l], sc, T, state_bf16, lw->ln2);
+        /* y = h + FFN(RMSNorm(h)); xn = the next layer's RMSNorm(y) */
+        if (hp->is_moe[l]) {
             moe_block(m, &lw->ffn, sc, T);
-        else
-            swiglu_mlp(o, &lw->ffn.gate, &lw->ffn.up, &lw->ffn.down, sc->out, sc->xn, sc->ff_a, sc->ff_b, T);
-        add_norm(m, sc, l + 1 < hp->n_layers ? m->w.layers[l + 1].ln1 : NULL, T); /* the next layer's RMSNorm(y) */
+            add_norm(m, sc, ln_next, T);
+        } else {
+            swiglu_mlp(m, &lw->ffn, sc, ln_next, T);
+        }
     }
     if (mode == DR_LOGITS_LAST)
         lm_head_rows(m, sc, T - 1, T, logits);

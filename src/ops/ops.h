@@ -97,6 +97,18 @@ struct dr_ops {
     bool (*argmax)(void *ctx, int32_t *out, const float *x, int n);
     /* diagnostic: round x [n] to bf16 values in place */
     void (*round_bf16)(void *ctx, float *x, size_t n);
+    /* (optional, NULL or false: the gate/up matmuls, then swiglu)
+       out [T, d] = silu(x gate^T) * (x up^T) for gate, up [d, n] of one dtype
+       (the SwiGLU activations in one pass). Returns false, having queued
+       nothing, when the backend does not fuse that shape or dtype. */
+    bool (*matmul_swiglu)(void *ctx, float *out, const float *x, const dr_tensor *gate, const dr_tensor *up, int T);
+    /* (optional, NULL or false: matmul, then add_rmsnorm / add) A block's
+       output projection, residual add and the next pre-norm:
+       x [T, d] += a [T, n] w^T; then, gain not NULL, xn = x / rms(x) * gain.
+       Returns false, having queued nothing, when the backend does not fuse
+       that shape or dtype. */
+    bool (*matmul_add_rmsnorm)(void *ctx, float *x, float *xn, const float *a, const dr_tensor *w,
+                               const float *gain, int T, float eps);
 
     /* ---- full attention ---- */
     /* NeoX rotate-half RoPE on the first d_rot dims of every head of

@@ -237,6 +237,7 @@ static void cu_destroy(dr_ops *self) {
         cudaFree(cx->gdn_cnt);
         cudaFree(cx->am_state);
         cudaFreeHost(cx->am_host);
+        cudaFree(cx->mm_cnt);
         if (cx->blas)
             cublasDestroy(cx->blas);
         if (cx->stream)
@@ -357,6 +358,7 @@ extern "C" void dr_cuda_fill_table(dr_ops *o) {
     o->add_rmsnorm = dr_cuda_add_rmsnorm;
     o->gdn_decode = dr_cuda_gdn_decode;
     o->argmax = dr_cuda_argmax;
+    o->matmul_swiglu = dr_cuda_matmul_swiglu, o->matmul_add_rmsnorm = dr_cuda_matmul_add_rmsnorm;
     o->step_begin = dr_cuda_step_begin;
     o->step_end = dr_cuda_step_end;
     o->graph_free = dr_cuda_graph_free;

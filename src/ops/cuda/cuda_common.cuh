@@ -104,6 +104,7 @@ typedef struct dr_cuda_ctx {
     int *gdn_cnt;          /* device counters of the fused GDN step (gdn_decode.cu), zero between launches */
     unsigned long long *am_state; /* argmax.cu: device key, block counter, result (zero between calls) */
     int32_t *am_host;      /* pinned: the argmax result */
+    unsigned *mm_cnt;      /* device counter of the fused GEMV + add + norm (matmul.cu), zero between launches */
 } dr_cuda_ctx;
 
 /* Position of the open step in device memory, or NULL (kernels use their

@@ -27,6 +27,12 @@ void dr_cuda_set_mm_engine(int engine);
 void dr_cuda_matmul(void *ctx, float *y, const float *x, const dr_tensor *w, int T);
 void dr_cuda_matmul_n(void *ctx, int n_w, float *const *ys, const float *x, const dr_tensor *const *ws, int T);
 void dr_cuda_embed(void *ctx, float *x, const dr_tensor *emb, const int32_t *ids, int T);
+/* GEMV epilogue fusions (ops.h matmul_swiglu / matmul_add_rmsnorm; decode
+ * round 4). DR_CUDA_FUSE: 0 both off (false), 1 swiglu only, 2 add + norm
+ * only, 3 both (default). */
+bool dr_cuda_matmul_swiglu(void *ctx, float *out, const float *x, const dr_tensor *gate, const dr_tensor *up, int T);
+bool dr_cuda_matmul_add_rmsnorm(void *ctx, float *x, float *xn, const float *a, const dr_tensor *w, const float *gain,
+                                int T, float eps);
 
 /* elementwise.cu */
 void dr_cuda_rmsnorm(void *ctx, float *y, const float *x, const float *gain, int rows, int n, float eps);

@@ -210,35 +210,17 @@ static __device__ __forceinline__ uint4 ld_w(const uint4 *p) { return dr_ld_w(p)
  * (a fixed order, deterministic). The first batch of weight loads is issued
  * before dr_pdl_wait(), so with programmatic dependent launch the weights
  * stream while the kernel that writes x is still finishing. */
+/* The streaming loop of the decode GEMV: acc[r][t] = dot(row r, x_t) for
+ * the R rows at wp[r] (16-byte vectors, nv of them), R x U 16-byte weight
+ * loads in flight per lane, the first batch issued before dr_pdl_wait();
+ * every lane gets the warp-reduced sums. Each row is one lane-strided walk
+ * (v = lane, lane + 32, ...) whatever R and U are, then a warp reduction:
+ * the same sums, bit for bit, for every kernel built on it. */
 template <typename WT, int MT, int R, int U>
-__global__ void __launch_bounds__(256) gemv_rows_kernel(const gemv_set set, const float *__restrict__ x, int T,
-                                                        int n) {
+static __device__ __forceinline__ void gemv_rows_dot(const uint4 *const (&wp)[R], const float *__restrict__ x, int T,
+                                                     int n, float (&acc)[R][MT]) {
     constexpr int E = wvec<WT>::N;
-    dr_pdl_trigger();
-    const int lane = threadIdx.x & 31;
-    const int r0 = (blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5)) * R;
-    const int rows = set.row0[set.nm];
-    if (r0 >= rows)
-        return;
-    const int nv = n / E;
-    const uint4 *wp[R];
-    float *yp[R];
-    int ld[R];
-#pragma unroll
-    for (int r = 0; r < R; r++) {
-        const int row = r0 + r < rows ? r0 + r : r0; /* a row past the end re-reads r0, result dropped */
-        const void *W = set.W[0];
-        float *Y = set.y[0];
-        int b = 0, e = set.row0[1];
-#pragma unroll
-        for (int m = 1; m < GEMV_SETS; m++) /* constant indices: the set stays in the parameter bank */
-            if (m < set.nm && row >= set.row0[m])
-                W = set.W[m], Y = set.y[m], b = set.row0[m], e = set.row0[m + 1];
-        wp[r] = (const uint4 *)W + (size_t)(row - b) * nv;
-        yp[r] = r0 + r < rows ? Y + (row - b) : NULL;
-        ld[r] = e - b;
-    }
-    float acc[R][MT];
+    const int lane = threadIdx.x & 31, nv = n / E;
 #pragma unroll
     for (int r = 0; r < R; r++)
 #pragma unroll
@@ -292,12 +274,184 @@ __global__ void __launch_bounds__(256) gemv_rows_kernel(const gemv_set set, cons
 #pragma unroll
     for (int r = 0; r < R; r++)
 #pragma unroll
-        for (int t = 0; t < MT; t++) {
-            const float s_ = dr_warp_sum(acc[r][t]);
-            if (lane == 0 && yp[r] && t < T)
-                yp[r][(size_t)t * ld[r]] = s_;
-        }
+        for (int t = 0; t < MT; t++)
+            acc[r][t] = dr_warp_sum(acc[r][t]);
 }
+
+/* Default decode GEMV (16-byte aligned rows and x, n a multiple of the
+ * vector width): each warp owns R consecutive rows and keeps R x U 16-byte
+ * weight loads in flight per lane (R * U = 8) before their first use; the
+ * x vector (fp32, small) is read through L1 once per R rows. No split-K, no
+ * atomics: each row's sum is one lane-strided walk plus a warp reduction
+ * (a fixed order, deterministic). The first batch of weight loads is issued
+ * before dr_pdl_wait(), so with programmatic dependent launch the weights
+ * stream while the kernel that writes x is still finishing. */
+template <typename WT, int MT, int R, int U>
+__global__ void __launch_bounds__(256) gemv_rows_kernel(const gemv_set set, const float *__restrict__ x, int T,
+                                                        int n) {
+    constexpr int E = wvec<WT>::N;
+    dr_pdl_trigger();
+    const int lane = threadIdx.x & 31;
+    const int r0 = (blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5)) * R;
+    const int rows = set.row0[set.nm];
+    if (r0 >= rows)
+        return;
+    const int nv = n / E;
+    const uint4 *wp[R];
+    float *yp[R];
+    int ld[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        const int row = r0 + r < rows ? r0 + r : r0; /* a row past the end re-reads r0, result dropped */
+        const void *W = set.W[0];
+        float *Y = set.y[0];
+        int b = 0, e = set.row0[1];
+#pragma unroll
+        for (int m = 1; m < GEMV_SETS; m++) /* constant indices: the set stays in the parameter bank */
+            if (m < set.nm && row >= set.row0[m])
+                W = set.W[m], Y = set.y[m], b = set.row0[m], e = set.row0[m + 1];
+        wp[r] = (const uint4 *)W + (size_t)(row - b) * nv;
+        yp[r] = r0 + r < rows ? Y + (row - b) : NULL;
+        ld[r] = e - b;
+    }
+    float acc[R][MT];
+    gemv_rows_dot<WT, MT, R, U>(wp, x, T, n, acc);
+#pragma unroll
+    for (int r = 0; r < R; r++)
+#pragma unroll
+        for (int t = 0; t < MT; t++)
+            if (lane == 0 && yp[r] && t < T)
+                yp[r][(size_t)t * ld[r]] = acc[r][t];
+}
+
+/* ---- GEMV epilogue fusions (docs/CUDA.md, "Decode round 4") ---- */
+
+/* out [T, d] = silu(gate x) * (up x): a warp owns P output rows and reads
+ * the P gate rows and the P up rows together (R = 2P rows of the GEMV),
+ * so silu(g) * u is formed in registers. Same dot products as the gate/up
+ * GEMV, same silu as swiglu_kernel: the unfused chain's results exactly. */
+template <typename WT, int MT, int P>
+__global__ void __launch_bounds__(256) gemv_swiglu_kernel(float *__restrict__ out, const WT *gate, const WT *up,
+                                                          const float *__restrict__ x, int T, int d, int n) {
+    constexpr int E = wvec<WT>::N, R = 2 * P;
+    dr_pdl_trigger();
+    const int i0 = (blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5)) * P;
+    if (i0 >= d)
+        return;
+    const int nv = n / E;
+    const uint4 *wp[R];
+#pragma unroll
+    for (int p = 0; p < P; p++) {
+        const size_t row = i0 + p < d ? i0 + p : i0; /* past the end: re-read i0, result dropped */
+        wp[p] = (const uint4 *)gate + row * nv;
+        wp[P + p] = (const uint4 *)up + row * nv;
+    }
+    float acc[R][MT];
+    gemv_rows_dot<WT, MT, R, 8 / R>(wp, x, T, n, acc);
+    if ((threadIdx.x & 31) == 0)
+#pragma unroll
+        for (int p = 0; p < P; p++)
+#pragma unroll
+            for (int t = 0; t < MT; t++)
+                if (t < T && i0 + p < d)
+                    out[(size_t)t * d + i0 + p] = dr_dev_silu(acc[p][t]) * acc[P + p][t];
+}
+
+/* x [T, d] += a W^T, then (gain not NULL) xn = x / rms(x) * gain per token.
+ * Each warp adds its R rows of W a into x (it owns them: no atomics) and
+ * each block writes the sum of squares of its rows (warp by warp, row by
+ * row) to parts [T, gridDim.x]; then every block fences and bumps the device
+ * counter, and the last block to arrive sums the parts in block order (per
+ * thread, then the block reduction: a fixed order), writes xn for the whole
+ * rows, and puts the counter back to 0 for the next launch or graph replay.
+ * No early exit before the barriers. */
+#define FN_PARTS 16384 /* floats of parts after the counter (gridDim.x * T at most) */
+template <typename WT, int MT, int R>
+__global__ void __launch_bounds__(256) gemv_add_norm_kernel(float *x, float *__restrict__ xn, const WT *W,
+                                                            const float *__restrict__ a,
+                                                            const float *__restrict__ gain, int T, int d, int n,
+                                                            float eps, unsigned *cnt) {
+    constexpr int E = wvec<WT>::N;
+    __shared__ float sh[32], wsq[8][MT], inv[MT];
+    __shared__ int last;
+    dr_pdl_trigger();
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    const int r0 = (blockIdx.x * nw + w) * R;
+    const int nv = n / E;
+    const uint4 *wp[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) { /* rows past the end re-read row d - 1, results dropped */
+        const size_t row = r0 + r < d ? r0 + r : d - 1;
+        wp[r] = (const uint4 *)W + row * nv;
+    }
+    float acc[R][MT];
+    gemv_rows_dot<WT, MT, R, 8 / R>(wp, a, T, n, acc);
+    float sq[MT];
+#pragma unroll
+    for (int t = 0; t < MT; t++) {
+        sq[t] = 0.0f;
+#pragma unroll
+        for (int r = 0; r < R; r++)
+            if (lane == 0 && t < T && r0 + r < d) {
+                float *p = x + (size_t)t * d + r0 + r;
+                const float v = *p + acc[r][t];
+                *p = v;
+                sq[t] += v * v;
+            }
+    }
+    if (!gain)
+        return;
+    float *parts = (float *)(cnt + 64);
+    if (lane == 0)
+#pragma unroll
+        for (int t = 0; t < MT; t++)
+            wsq[w][t] = sq[t];
+    __syncthreads();
+    if ((int)threadIdx.x < T) {
+        float s_ = 0.0f;
+        for (int j = 0; j < nw; j++)
+            s_ += wsq[j][threadIdx.x];
+        parts[(size_t)threadIdx.x * gridDim.x + blockIdx.x] = s_;
+    }
+    __threadfence(); /* this block's x rows and parts are visible before its arrival is counted */
+    __syncthreads();
+    if (threadIdx.x == 0)
+        last = atomicAdd(cnt, 1u) == gridDim.x - 1;
+    __syncthreads();
+    if (!last)
+        return;
+    __threadfence();
+    const int nt = blockDim.x, G = gridDim.x;
+    for (int t = 0; t < T; t++) {
+        float ss = 0.0f;
+        for (int j = threadIdx.x; j < G; j += nt)
+            ss += __ldcg(parts + (size_t)t * G + j);
+        ss = dr_block_sum(ss, sh);
+        if (threadIdx.x == 0)
+            inv[t] = 1.0f / sqrtf(ss / (float)d + eps);
+    }
+    __syncthreads();
+    for (int t = 0; t < T; t++) {
+        const float *xr = x + (size_t)t * d, iv = inv[t];
+        float *yr = xn + (size_t)t * d;
+        for (int i0 = threadIdx.x; i0 < d; i0 += 8 * nt) { /* 16 loads in flight per thread */
+            float v[8], g[8];
+#pragma unroll
+            for (int k = 0; k < 8; k++) {
+                const int i = i0 + k * nt;
+                v[k] = i < d ? __ldcg(xr + i) : 0.0f;
+                g[k] = i < d ? gain[i] : 0.0f;
+            }
+#pragma unroll
+            for (int k = 0; k < 8; k++)
+                if (i0 + k * nt < d)
+                    yr[i0 + k * nt] = v[k] * iv * g[k];
+        }
+    }
+    if (threadIdx.x == 0)
+        *cnt = 0;
+}
+
 
 template <typename WT, int MT, int R>
 static void gemv_rows_launch(dr_cuda_ctx *cx, const gemv_set &set, const float *x, int T, int n) {
@@ -325,6 +479,18 @@ static void gemv_rows_pick(dr_cuda_ctx *cx, const gemv_set &set, const float *x,
         gemv_rows_launch<WT, MT, 1>(cx, set, x, T, n);
 }
 
+static int gemv_env[2] = {-1, -1}; /* DR_CUDA_GEMV_SPLIT, DR_CUDA_GEMV_ROWS, read once */
+static void gemv_env_read(void) {
+    if (gemv_env[0] < 0) {
+        const char *e = getenv("DR_CUDA_GEMV_SPLIT");
+        gemv_env[0] = e && e[0] == '1' ? 1 : 0;
+        e = getenv("DR_CUDA_GEMV_ROWS"); /* 0: the previous one-warp-per-row kernel (same-run baseline) */
+        gemv_env[1] = e && e[0] == '0' ? 0 : 1;
+    }
+}
+static int gemv_split(void) { return gemv_env_read(), gemv_env[0]; }
+static int gemv_rowsk(void) { return gemv_env_read(), gemv_env[1]; }
+
 template <typename WT> static void gemv_set_launch(dr_cuda_ctx *cx, const gemv_set &set, const float *x, int T, int n) {
     const int E = wvec<WT>::N;
     int vec = (n % E == 0) && ((uintptr_t)x % 16 == 0);
@@ -338,13 +504,7 @@ template <typename WT> static void gemv_set_launch(dr_cuda_ctx *cx, const gemv_s
        DR_CUDA_GEMV_SPLIT=1: split-K + a grid of 8 blocks per SM. Measured on
        the H200 in one call, the split shape was slower end to end (9B decode
        115.6 vs 122.8 tok/s, 0.8B 350 vs 360), so it is off by default. */
-    static int split = -1, rowsk = -1;
-    if (split < 0) {
-        const char *e = getenv("DR_CUDA_GEMV_SPLIT");
-        split = e && e[0] == '1' ? 1 : 0;
-        e = getenv("DR_CUDA_GEMV_ROWS"); /* 0: the previous one-warp-per-row kernel (same-run baseline) */
-        rowsk = e && e[0] == '0' ? 0 : 1;
-    }
+    const int split = gemv_split(), rowsk = gemv_rowsk();
     if (vec && !split && rowsk) {
         if (T == 1)
             gemv_rows_pick<WT, 1>(cx, set, x, T, n);
@@ -381,6 +541,120 @@ static void gemv_launch(dr_cuda_ctx *cx, float *y, const float *x, const WT *W, 
     set.row0[1] = d;
     set.nm = 1;
     gemv_set_launch<WT>(cx, set, x, T, n);
+}
+
+/* ---- the fused decode slots (GEMV epilogues) ---- */
+
+/* DR_CUDA_FUSE: bit 0 matmul_swiglu, bit 1 matmul_add_rmsnorm (default 3) */
+static int fuse_mode(void) {
+    static int m = -1;
+    if (m < 0) {
+        const char *e = getenv("DR_CUDA_FUSE");
+        m = e && e[0] >= '0' && e[0] <= '3' ? e[0] - '0' : 3;
+    }
+    return m;
+}
+
+/* w goes through gemv_rows_kernel for input x: an uploaded F32/F16/BF16
+ * weight, T <= GEMV_MAX_T, 16-byte aligned rows and input, the default GEMV
+ * engine. Anything else: the slots decline and the unfused chain runs. */
+static bool fusable(const dr_tensor *w, const float *x, int T) {
+    if (!w->dev || w->q.bits || T < 1 || T > GEMV_MAX_T || (dr_cuda_mm_force != 0 && dr_cuda_mm_force != 1) ||
+        gemv_split() || !gemv_rowsk())
+        return false;
+    if (w->dtype != DR_DT_BF16 && w->dtype != DR_DT_F16 && w->dtype != DR_DT_F32)
+        return false;
+    const long n = w->ne[w->ndim - 1], E = w->dtype == DR_DT_F32 ? 4 : 8;
+    return n % E == 0 && (uintptr_t)x % 16 == 0 && (uintptr_t)w->dev % 16 == 0;
+}
+
+/* rows per warp, as gemv_rows_pick: enough warps first (16 per SM) */
+static int rows_per_warp(const dr_cuda_ctx *cx, long rows, int MT) {
+    const long sm = cx->n_sm > 0 ? cx->n_sm : 132;
+    return MT <= 2 && rows >= 4 * 16 * sm ? 4 : MT <= 2 && rows >= 2 * 16 * sm ? 2 : 1;
+}
+
+template <typename WT, int MT>
+static void swiglu_launch(dr_cuda_ctx *cx, float *out, const void *gate, const void *up, const float *x, int T, int d,
+                          int n) {
+    if (rows_per_warp(cx, 2L * d, MT) >= 4)
+        dr_cuda_launch(cx, true, gemv_swiglu_kernel<WT, MT, 2>, dim3(dr_cdiv((size_t)d, 16)), dim3(256), 0, out,
+                       (const WT *)gate, (const WT *)up, x, T, d, n);
+    else
+        dr_cuda_launch(cx, true, gemv_swiglu_kernel<WT, MT, 1>, dim3(dr_cdiv((size_t)d, 8)), dim3(256), 0, out,
+                       (const WT *)gate, (const WT *)up, x, T, d, n);
+}
+
+template <typename WT, int MT>
+static void add_norm_launch(dr_cuda_ctx *cx, float *x, float *xn, const void *W, const float *a, const float *gain,
+                            int T, int d, int n, float eps) {
+    const int R = rows_per_warp(cx, d, MT);
+#define AN_LAUNCH(R_)                                                                                             \
+    dr_cuda_launch(cx, true, gemv_add_norm_kernel<WT, MT, R_>, dim3(dr_cdiv((size_t)d, 8 * R_)), dim3(256), 0, x, \
+                   xn, (const WT *)W, a, gain, T, d, n, eps, cx->mm_cnt)
+    if (R == 4)
+        AN_LAUNCH(4);
+    else if (R == 2)
+        AN_LAUNCH(2);
+    else
+        AN_LAUNCH(1);
+#undef AN_LAUNCH
+}
+
+/* f<WT, MT>(args...) for the weight dtype and the token count */
+#define FUSE_DISPATCH(f, dt, T, ...)                                                                              \
+    do {                                                                                                           \
+        if ((dt) == DR_DT_BF16)                                                                                    \
+            FUSE_DISPATCH_T(f, __nv_bfloat16, T, __VA_ARGS__);                                                     \
+        else if ((dt) == DR_DT_F16)                                                                                \
+            FUSE_DISPATCH_T(f, __half, T, __VA_ARGS__);                                                            \
+        else                                                                                                       \
+            FUSE_DISPATCH_T(f, float, T, __VA_ARGS__);                                                             \
+    } while (0)
+#define FUSE_DISPATCH_T(f, WT, T, ...)                                                                            \
+    do {                                                                                                           \
+        if ((T) == 1)                                                                                              \
+            f<WT, 1>(__VA_ARGS__);                                                                                 \
+        else if ((T) == 2)                                                                                         \
+            f<WT, 2>(__VA_ARGS__);                                                                                 \
+        else if ((T) <= 4)                                                                                         \
+            f<WT, 4>(__VA_ARGS__);                                                                                 \
+        else                                                                                                       \
+            f<WT, 8>(__VA_ARGS__);                                                                                 \
+    } while (0)
+
+bool dr_cuda_matmul_swiglu(void *ctx, float *out, const float *x, const dr_tensor *gate, const dr_tensor *up, int T) {
+    dr_cuda_ctx *cx = (dr_cuda_ctx *)ctx;
+    if (!(fuse_mode() & 1) || !fusable(gate, x, T) || !fusable(up, x, T) || gate->dtype != up->dtype)
+        return false;
+    const int d = (int)gate->ne[gate->ndim - 2], n = (int)gate->ne[gate->ndim - 1];
+    if (d <= 0 || (int)up->ne[up->ndim - 2] != d || (int)up->ne[up->ndim - 1] != n)
+        return false;
+    FUSE_DISPATCH(swiglu_launch, gate->dtype, T, cx, out, gate->dev, up->dev, x, T, d, n);
+    return true;
+}
+
+bool dr_cuda_matmul_add_rmsnorm(void *ctx, float *x, float *xn, const float *a, const dr_tensor *w, const float *gain,
+                                int T, float eps) {
+    dr_cuda_ctx *cx = (dr_cuda_ctx *)ctx;
+    const int d = (int)w->ne[w->ndim - 2], n = (int)w->ne[w->ndim - 1];
+    if (!(fuse_mode() & 2) || !fusable(w, a, T) || d <= 0 ||
+        (long)dr_cdiv((size_t)d, 8) * T > FN_PARTS) /* the parts of the largest grid fit */
+        return false;
+    if (gain && !cx->mm_cnt) { /* the arrival counter and parts, allocated outside any recording */
+        if (cx->capturing) {   /* first use while recording: the step runs again without the recording */
+            cx->cap_bad = 1;
+            return true;
+        }
+        void *p = NULL;
+        DR_CUDA_NOTE(cx, cudaMalloc(&p, 64 * sizeof(unsigned) + FN_PARTS * sizeof(float))); /* counter, parts */
+        if (!p)
+            return true; /* failed, recorded in cx */
+        DR_CUDA_NOTE(cx, cudaMemsetAsync(p, 0, sizeof(unsigned), cx->stream));
+        cx->mm_cnt = (unsigned *)p;
+    }
+    FUSE_DISPATCH(add_norm_launch, w->dtype, T, cx, x, xn, w->dev, a, gain, T, d, n, eps);
+    return true;
 }
 
 /* ---- tiled fp32 SIMT GEMM: 64 tokens x 64 rows of W per block ---- */

@@ -1,0 +1,183 @@
+/* tests/test_cuda_fused.c - the GEMV epilogue fusions of the CUDA backend
+ * (ops.h matmul_swiglu and matmul_add_rmsnorm; docs/CUDA.md "Decode round
+ * 4") against the unfused CUDA chain they replace (matmul_n + swiglu,
+ * matmul + add_rmsnorm / add) and against the CPU reference, on odd shapes:
+ * rows not a multiple of 8, widths 1024 / 2048 / 4096 and an odd one,
+ * T = 1, 2, 3, bf16 and f32 weights. Every output is poisoned (NaN) before
+ * the fused call. Shapes the fused path can't take must be declined.
+ *
+ * Without a CUDA device it prints "skipped: no CUDA device" and returns 77.
+ */
+#include "cuda_test_util.h"
+
+#include <stdio.h>
+
+#define TOL_REF 2e-5f  /* against the CPU reference: other dot-product order */
+#define TOL_NORM 1e-6f /* against the CUDA chain: only the norm's sum order differs */
+
+/* a [d, n] weight of dtype dt from uniform random values; *hf gets the
+ * values the weight holds (bf16-rounded for bf16), for the CPU side */
+static void make_weight(dr_tensor *t, const char *name, dr_dtype dt, int d, int n, void **host) {
+    const size_t ne = (size_t)d * n, es = dt == DR_DT_BF16 ? 2 : 4;
+    float *f = rnd(ne, 1.0f);
+    void *buf = malloc(ne * es);
+    for (size_t e = 0; e < ne; e++)
+        if (es == 2) {
+            uint32_t u;
+            memcpy(&u, &f[e], 4);
+            ((uint16_t *)buf)[e] = (uint16_t)(u >> 16);
+        } else
+            ((float *)buf)[e] = f[e];
+    free(f);
+    upload_weight(t, name, dt, d, n, buf);
+    *host = buf;
+}
+
+static float *dnan(size_t n) {
+    float *h = malloc(n * sizeof *h);
+    for (size_t i = 0; i < n; i++)
+        h[i] = NAN;
+    float *d = dput(h, n * sizeof *h);
+    free(h);
+    return d;
+}
+
+static const char *dtn(dr_dtype dt) { return dt == DR_DT_BF16 ? "bf16" : "f32"; }
+
+/* ---- matmul_swiglu ---- */
+
+static void t_swiglu(int d, int n, int T, dr_dtype dt) {
+    dr_tensor g, u;
+    void *hg, *hu;
+    make_weight(&g, "gate", dt, d, n, &hg);
+    make_weight(&u, "up", dt, d, n, &hu);
+    const size_t nx = (size_t)T * n, ny = (size_t)T * d;
+    float *x = rnd(nx, 1.0f), *dx = dput(x, nx * 4);
+    /* CPU reference */
+    float *ga = malloc(ny * 4), *ub = malloc(ny * 4), *ref = malloc(ny * 4);
+    C->matmul(NULL, ga, x, &g, T);
+    C->matmul(NULL, ub, x, &u, T);
+    C->swiglu(NULL, ref, ga, ub, ny);
+    /* the unfused CUDA chain */
+    float *da = G->alloc(G->ctx, ny * 4), *db = G->alloc(G->ctx, ny * 4);
+    float *const ys[2] = {da, db};
+    const dr_tensor *const ws[2] = {&g, &u};
+    G->matmul_n(G->ctx, 2, ys, dx, ws, T);
+    G->swiglu(G->ctx, da, da, db, ny);
+    /* fused */
+    float *dout = dnan(ny);
+    const bool took = G->matmul_swiglu(G->ctx, dout, dx, &g, &u, T);
+    CHECK(took, "matmul_swiglu [%d, %d] %s T=%d: declined", d, n, dtn(dt), T);
+    float *chain = dget(da, ny), *fused = dget(dout, ny);
+    REPORT(rel_err(fused, chain, ny), 0.0f, "matmul_swiglu [%d, %d] %s T=%d vs CUDA chain (exact)", d, n, dtn(dt), T);
+    REPORT(rel_err(fused, ref, ny), TOL_REF, "matmul_swiglu [%d, %d] %s T=%d vs CPU", d, n, dtn(dt), T);
+    free(x), free(ga), free(ub), free(ref), free(chain), free(fused), free(hg), free(hu);
+    G->free(G->ctx, dx), G->free(G->ctx, da), G->free(G->ctx, db), G->free(G->ctx, dout);
+    G->weight_free(G->ctx, &g), G->weight_free(G->ctx, &u);
+}
+
+/* ---- matmul_add_rmsnorm ---- */
+
+static void t_add_norm(int d, int n, int T, dr_dtype dt, bool with_gain) {
+    dr_tensor w;
+    void *hw;
+    make_weight(&w, "down", dt, d, n, &hw);
+    const size_t na = (size_t)T * n, nx = (size_t)T * d;
+    const float eps = 1e-6f;
+    float *a = rnd(na, 1.0f), *x = rnd(nx, 4.0f), *gain = rnd(d, 1.0f);
+    float *da = dput(a, na * 4), *dg = dput(gain, d * 4);
+    /* CPU reference */
+    float *y = malloc(nx * 4), *xr = hcopy(x, nx), *xnr = malloc(nx * 4);
+    C->matmul(NULL, y, a, &w, T);
+    C->add(NULL, xr, y, nx);
+    C->rmsnorm(NULL, xnr, xr, gain, T, d, eps);
+    /* the unfused CUDA chain */
+    float *dx1 = dput(x, nx * 4), *dy = G->alloc(G->ctx, nx * 4), *dxn1 = dnan(nx);
+    G->matmul(G->ctx, dy, da, &w, T);
+    if (with_gain)
+        G->add_rmsnorm(G->ctx, dx1, dy, dxn1, dg, T, d, eps);
+    else
+        G->add(G->ctx, dx1, dy, nx);
+    /* fused, twice on the same inputs: the arrival counter must be back at 0 */
+    float *dx2 = dput(x, nx * 4), *dxn2 = dnan(nx);
+    float *fx[2] = {NULL, NULL}, *fxn[2] = {NULL, NULL};
+    for (int rep = 0; rep < 2; rep++) {
+        G->upload(G->ctx, dx2, x, nx * 4);
+        const bool took = G->matmul_add_rmsnorm(G->ctx, dx2, dxn2, da, &w, with_gain ? dg : NULL, T, eps);
+        CHECK(took, "matmul_add_rmsnorm [%d, %d] %s T=%d: declined", d, n, dtn(dt), T);
+        fx[rep] = dget(dx2, nx);
+        fxn[rep] = dget(dxn2, nx);
+    }
+    float *cx = dget(dx1, nx), *cxn = dget(dxn1, nx);
+    const char *g = with_gain ? "" : ", no gain";
+    REPORT(rel_err(fx[0], cx, nx), 0.0f, "matmul_add_rmsnorm [%d, %d] %s T=%d%s: x vs CUDA chain (exact)", d, n,
+           dtn(dt), T, g);
+    REPORT(rel_err(fx[0], xr, nx), TOL_REF, "matmul_add_rmsnorm [%d, %d] %s T=%d%s: x vs CPU", d, n, dtn(dt), T, g);
+    if (with_gain) {
+        REPORT(rel_err(fxn[0], cxn, nx), TOL_NORM, "matmul_add_rmsnorm [%d, %d] %s T=%d: xn vs CUDA chain", d, n,
+               dtn(dt), T);
+        REPORT(rel_err(fxn[0], xnr, nx), TOL_REF, "matmul_add_rmsnorm [%d, %d] %s T=%d: xn vs CPU", d, n, dtn(dt), T);
+        REPORT(rel_err(fxn[1], fxn[0], nx), 0.0f, "matmul_add_rmsnorm [%d, %d] %s T=%d: xn, second launch (same)", d,
+               n, dtn(dt), T);
+    }
+    free(a), free(x), free(gain), free(y), free(xr), free(xnr), free(cx), free(cxn), free(hw);
+    for (int rep = 0; rep < 2; rep++)
+        free(fx[rep]), free(fxn[rep]);
+    void *bufs[] = {da, dg, dx1, dy, dxn1, dx2, dxn2};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        G->free(G->ctx, bufs[i]);
+    G->weight_free(G->ctx, &w);
+}
+
+/* shapes the fused kernels do not take: declined, nothing queued */
+static void t_declines(void) {
+    dr_tensor w, w2;
+    void *hw, *hw2;
+    make_weight(&w, "odd", DR_DT_BF16, 40, 1031, &hw); /* width not a multiple of 8 */
+    make_weight(&w2, "wide", DR_DT_BF16, 40, 1032, &hw2);
+    float *dx = G->alloc(G->ctx, (size_t)9 * 1032 * 4), *dy = G->alloc(G->ctx, (size_t)9 * 40 * 4);
+    CHECK_SHOW(!G->matmul_swiglu(G->ctx, dy, dx, &w, &w, 1), "matmul_swiglu declines width 1031");
+    CHECK_SHOW(!G->matmul_add_rmsnorm(G->ctx, dy, dy, dx, &w, NULL, 1, 1e-6f), "matmul_add_rmsnorm declines width 1031");
+    CHECK_SHOW(!G->matmul_swiglu(G->ctx, dy, dx, &w2, &w2, 9), "matmul_swiglu declines T = 9");
+    CHECK_SHOW(!G->matmul_swiglu(G->ctx, dy, dx, &w2, &w, 1), "matmul_swiglu declines gate/up of other widths");
+    G->free(G->ctx, dx), G->free(G->ctx, dy);
+    G->weight_free(G->ctx, &w), G->weight_free(G->ctx, &w2);
+    free(hw), free(hw2);
+}
+
+int main(void) {
+    int rc = cuda_test_open();
+    if (rc == 77)
+        return 77;
+    if (rc)
+        return TEST_DONE();
+    if (!G->matmul_swiglu || !G->matmul_add_rmsnorm) {
+        CHECK(0, "the CUDA backend has no fused GEMV slots");
+        return TEST_DONE();
+    }
+    const char *fe = getenv("DR_CUDA_FUSE");
+    if (fe && fe[0] != '3') { /* the slots decline by design: nothing to compare */
+        printf("skipped: DR_CUDA_FUSE=%s\n", fe);
+        cuda_test_close();
+        return 77;
+    }
+    const int ns[4] = {1024, 2048, 4096, 1032}, ds[3] = {1003, 4100, 2053}, Ts[3] = {1, 2, 3};
+    const dr_dtype dts[2] = {DR_DT_BF16, DR_DT_F32};
+    for (int ti = 0; ti < 3; ti++)
+        for (int di = 0; di < 2; di++)
+            for (int ni = 0; ni < 4; ni++) {
+                const int n = ns[ni], d = ds[(ni + ti) % 3];
+                t_swiglu(d, n, Ts[ti], dts[di]);
+                t_add_norm(d, n, Ts[ti], dts[di], true);
+            }
+    /* 4 rows per warp (many rows; H100: 132 SMs), the add alone, and T up to 8 */
+    t_swiglu(9000, 1024, 1, DR_DT_BF16);
+    t_add_norm(9000, 1024, 2, DR_DT_BF16, true);
+    t_add_norm(5000, 1024, 1, DR_DT_BF16, true); /* 2 rows per warp on 132 SMs */
+    t_add_norm(1003, 2048, 1, DR_DT_BF16, false);
+    t_add_norm(517, 1024, 8, DR_DT_F32, true);
+    t_swiglu(517, 1024, 7, DR_DT_F32);
+    t_declines();
+    cuda_test_close();
+    return TEST_DONE();
+}
