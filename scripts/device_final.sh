@@ -5,8 +5,8 @@
 # baselines for the newest kernels. Logs under $OUT.
 # Usage: scripts/device_final.sh [tests] [memcheck] [bench] [r4] [quant] [qold] [prefill]
 # r4 (r4big: also 35B-A3B, 40 layers): decode round 4 against its same-call
-# baselines (DR_R4_OFF: the environment that turns the round-4 kernels off;
-# --host-logits: the per-token logits download to the host, as before).
+# baselines (each change's switch off alone, then all off with the per-token
+# logits download to the host, as before the round).
 set -uo pipefail
 source "$(dirname "$0")/device_env.sh"
 what="${*:-tests memcheck bench quant prefill}"
@@ -53,18 +53,19 @@ if [[ "$what" == *bench* ]]; then
   unset DR_CUDA_DEC3
 fi
 if [[ "$what" == *r4* ]]; then
-  off="${DR_R4_OFF:-DR_CUDA_FUSE=0}"
+  # each round-4 change off by itself, then all of them (DR_R4_VARIANTS overrides)
+  vars="${DR_R4_VARIANTS:-DR_CUDA_FUSE=0 DR_CUDA_MOE_PF=0 DR_CUDA_GDN_SLICES=0}"
   for sh in "0.8B --synthetic $C/qwen3.5-0.8b.json -n 256" "9B --synthetic $C/qwen3.5-9b.json -n 128" \
             "35B-8L --synthetic $C/qwen3.5-35b-a3b.json --layers 8 -n 256"; do
     set -- $sh; nm=$1; shift
     one "$nm-r4" "$@" -p 128
-    ( export $off; one "$nm-r4off" "$@" -p 128 )
-    one "$nm-r4-hostlogits" "$@" -p 128 --host-logits
+    for v in $vars; do ( export $v; one "$nm-${v#DR_CUDA_}" "$@" -p 128 ); done
+    ( export $vars; one "$nm-allold-hostlogits" "$@" -p 128 --host-logits )
     one "$nm-r4" "$@" -p 128
   done
   if [[ "$what" == *r4big* ]]; then
     one 35B-40L-r4 --synthetic $C/qwen3.5-35b-a3b.json -p 128 -n 64
-    ( export $off; one 35B-40L-r4off --synthetic $C/qwen3.5-35b-a3b.json -p 128 -n 64 )
+    ( export $vars; one 35B-40L-allold-hostlogits --synthetic $C/qwen3.5-35b-a3b.json -p 128 -n 64 --host-logits )
   fi
 fi
 if [[ "$what" == *qold* ]]; then # the FMA quantized GEMV (before the tensor-core one), same call
