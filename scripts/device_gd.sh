@@ -6,7 +6,7 @@
 # then the decode benches with the head kernel (DR_CUDA_GDN_SLICES=0) and the
 # sliced one (default) alternated in the same call, and ncu of both kernels.
 # Logs under $OUT.
-# Usage: scripts/device_gd.sh [tests] [bench] [san] [ncu] [wide]
+# Usage: scripts/device_gd.sh [tests] [bench] [san] [ncu] [wide] [early] [detail]
 set -uo pipefail
 source "$(dirname "$0")/device_env.sh"
 what="${*:-tests bench san ncu}"
@@ -52,6 +52,13 @@ if [[ "$what" == *bench* ]]; then
     one "35B-8L-s8" --synthetic $C/qwen3.5-35b-a3b.json --layers 8 -p 128 -n 256
     unset DR_CUDA_GDN_SLICES
   fi
+  if [[ "$what" == *early* ]]; then # the sliced kernel with its stores before the cluster barriers
+    export DR_CUDA_GDN_EARLY=1
+    one "0.8B-early" --synthetic $C/qwen3.5-0.8b.json -p 128 -n 256
+    one "9B-early" --synthetic $C/qwen3.5-9b.json -p 128 -n 128
+    one "35B-8L-early" --synthetic $C/qwen3.5-35b-a3b.json --layers 8 -p 128 -n 256
+    unset DR_CUDA_GDN_EARLY
+  fi
   echo "bench at $(( $(date +%s) - t0 )) s"
 fi
 if [[ "$what" == *san* ]]; then
@@ -63,16 +70,29 @@ if [[ "$what" == *san* ]]; then
 fi
 if [[ "$what" == *ncu* ]]; then
   NCU="ncu --clock-control none --cache-control none --metrics gpu__time_duration.sum --csv -k regex:gdn_decode -c 40"
-  for run in 0.8b:0 0.8b:auto 9b:0 9b:auto 9b:8; do
+  runs="0.8b:0 0.8b:auto 9b:0 9b:auto 9b:8"
+  [[ "$what" == *early* ]] && runs="$runs 0.8b:early 9b:early"
+  for run in $runs; do
     sh=${run%%:*} mode=${run##*:}
     {
-      if [[ $mode == auto ]]; then unset DR_CUDA_GDN_SLICES; else export DR_CUDA_GDN_SLICES=$mode; fi
+      unset DR_CUDA_GDN_EARLY
+      if [[ $mode == auto ]]; then unset DR_CUDA_GDN_SLICES
+      elif [[ $mode == early ]]; then unset DR_CUDA_GDN_SLICES; export DR_CUDA_GDN_EARLY=1
+      else export DR_CUDA_GDN_SLICES=$mode; fi
       timeout 60 $NCU "$cli" bench --device cuda --synthetic $C/qwen3.5-$sh.json -p 1 -n 3 --json \
         > "$OUT/ncu_${sh}_$mode.csv" 2>> "$OUT/ncu_err.log"
       echo "== ncu $sh slices=$mode: rc $?"
       python3 scripts/ncu_sum.py "$OUT/ncu_${sh}_$mode.csv" 1 | head -4
     }
   done
-  unset DR_CUDA_GDN_SLICES
+  unset DR_CUDA_GDN_SLICES DR_CUDA_GDN_EARLY
+fi
+if [[ "$what" == *detail* ]]; then # stall reasons of one sliced launch (9B) and the SASS
+  timeout 60 ncu --clock-control none --cache-control none --section WarpStateStats --section SourceCounters \
+    --section LaunchStats -k regex:gdn_decode_sliced -s 8 -c 1 "$cli" bench --device cuda \
+    --synthetic $C/qwen3.5-9b.json -p 1 -n 2 --json > "$OUT/ncu_detail.txt" 2>&1
+  echo "detail rc $?"; grep -iE "stall|warp cycles|duration|cluster" "$OUT/ncu_detail.txt" | head -20
+  cuobjdump -sass -fun '_Z24gdn_decode_sliced_kernelILi32ELi32EEvPfPKfS2_S2_S2_S0_S0_S2_iS2_S2_S2_iiiifPiiii' \
+    "$b/libdeltarun.a" > "$OUT/sass_32_32.txt" 2>&1; echo "sass lines $(wc -l < "$OUT/sass_32_32.txt")"
 fi
 echo "total $(( $(date +%s) - t0 )) s"

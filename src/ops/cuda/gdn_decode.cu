@@ -34,7 +34,10 @@
  *    from the values it kept in shared memory;
  *  - cluster barrier; q/k norms, gates, the delta rule on the slice (fp32,
  *    read once, written once), the slice's sum of squares of the output
- *    stored into every CTA, cluster barrier, gated RMSNorm of its columns.
+ *    stored into every CTA, cluster barrier, gated RMSNorm of its columns;
+ *  - only then its global stores (y, the state slice, the conv rows kept in
+ *    shared memory): a cluster barrier's release would wait for earlier
+ *    ones (DR_CUDA_GDN_EARLY=1 stores them before, as the head kernel does).
  * Same operation order per element as the separate kernels (the sums over
  * rows and columns are tree sums in a different order), so the results
  * agree with them to fp32 rounding.
@@ -192,6 +195,7 @@ __global__ void __launch_bounds__(1024)
 
 #define GD_T 128     /* threads of a sliced CTA */
 #define GD_MAX_S 8   /* slices (cluster size) limit: the portable cluster size */
+#define GD_KEEP (2 * GD_MAX + 32) /* channels a CTA convolves: <= 2 dk + W */
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 #define GD_SM90 1
@@ -255,11 +259,11 @@ __global__ void __launch_bounds__(GD_T)
                              float *__restrict__ state, const float *__restrict__ cw, int K,
                              const float *__restrict__ A_log, const float *__restrict__ dt_bias,
                              const float *__restrict__ nw, int Hk, int Hv, int dk, int dv, float eps, int *cnt, int pdl,
-                             int S) {
+                             int S, int early) {
 #ifdef GD_SM90
     constexpr int P = 32 / W, NW = GD_T / 32;
     __shared__ float sq[GD_MAX], sk[GD_MAX], sv[W], so[P][W], su[P][W], red[2][NW], part[GD_MAX_S];
-    __shared__ float keep[GD_MAX_K][2 * GD_MAX]; /* q/k conv rows for the deferred shift */
+    __shared__ float keep[GD_MAX_K][GD_KEEP]; /* new conv rows of its channels, written at the end */
     __shared__ int last;
     const bool clu = S > 1;
     if (clu)
@@ -297,7 +301,7 @@ __global__ void __launch_bounds__(GD_T)
     auto one = [&](int e) -> float {
         const bool isq = e < nq;
         const int ch = gd_channel(isq ? q0 + e : 2 * dk + v0 + e - nq, kh, j, Hk, dk, dv);
-        return gd_conv(m, conv_state, cw, K, C, ch, !isq || shq, &keep[0][isq ? e : 0], 2 * GD_MAX);
+        return gd_conv(m, conv_state, cw, K, C, ch, early && (!isq || shq), &keep[0][e], GD_KEEP);
     };
     auto put = [&](int e, float o) {
         if (e < nq) {
@@ -325,9 +329,9 @@ __global__ void __launch_bounds__(GD_T)
         gd_wait();
     } else
         __syncthreads();
-    /* This CTA has read its q/k channels: count it. Its last thread (no conv stores of its own for the
-       model shapes, so the fence waits for little) keeps the ticket; its first use is at the end, so the
-       atomic's round trip overlaps the rest. */
+    /* This CTA has read its q/k channels: count it. Its last thread (no global stores of its own so far,
+       so the fence waits for little) keeps the ticket; its first use is at the end, so the atomic's round
+       trip overlaps the rest. */
     int ticket = 0;
     if (!shq && nq > 0 && tid == GD_T - 1) {
         __threadfence();
@@ -382,12 +386,13 @@ __global__ void __launch_bounds__(GD_T)
         st[r] += ((i < dk ? sk[i] : 0.0f) * ik) * dl;
         ov += st[r] * ((i < dk ? sq[i] : 0.0f) * iq); /* read after the update */
     }
+    if (early)
 #pragma unroll
-    for (int r = 0; r < R; r++) {
-        const int i = (r * P + rp) * 4 + rg;
-        if (cok && i < dk)
-            Sh[(size_t)i * dv + c] = st[r];
-    }
+        for (int r = 0; r < R; r++) {
+            const int i = (r * P + rp) * 4 + rg;
+            if (cok && i < dk)
+                Sh[(size_t)i * dv + c] = st[r];
+        }
     ov += __shfl_xor_sync(0xffffffffu, ov, 8);
     ov += __shfl_xor_sync(0xffffffffu, ov, 16);
     if (rg == 0)
@@ -421,6 +426,20 @@ __global__ void __launch_bounds__(GD_T)
             tot += part[r];
         const float inv = 1.0f / sqrtf(tot / (float)dv + eps);
         y[(size_t)j * dv + v0 + tid] = nwv * (o * inv) * dr_dev_silu(zv);
+    }
+    if (!early) { /* the global stores after the last cluster barrier, whose release would wait for them */
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            const int i = (r * P + rp) * 4 + rg;
+            if (cok && i < dk)
+                Sh[(size_t)i * dv + c] = st[r];
+        }
+        for (int e = tid; e < n; e += GD_T)
+            if (e >= nq || shq) {
+                const int ch = gd_channel(e < nq ? q0 + e : 2 * dk + v0 + e - nq, kh, j, Hk, dk, dv);
+                for (int t = 0; t < K; t++)
+                    conv_state[(size_t)t * C + ch] = keep[t][e];
+            }
     }
 
     /* 6. the last reader of this rank's q/k channels (over the k head's clusters) shifts them */
@@ -460,6 +479,17 @@ static int gd_mode(void) {
             g_gd_mode = -1;
     }
     return g_gd_mode;
+}
+
+/* DR_CUDA_GDN_EARLY=1 (experiment): the sliced kernel stores its state and
+   conv rows before its cluster barriers instead of after the last one. */
+static int gd_early(void) {
+    static int v = -1;
+    if (v < 0) {
+        const char *e = getenv("DR_CUDA_GDN_EARLY");
+        v = e && e[0] == '1';
+    }
+    return v;
 }
 
 /* Compute capability 9.x with cluster launch (the sliced kernel's SASS is sm_90a). */
@@ -565,7 +595,7 @@ void dr_cuda_gdn_decode(void *ctx, float *y, const float *qkv_raw, const float *
         const unsigned grid = (unsigned)(Hv * S);
 #define GD_SL(R, WW)                                                                                           \
     gd_launch(cx, S, cx->pdl_gdn > 0, gdn_decode_sliced_kernel<R, WW>, grid, y, qkv_raw, z, b, a, conv_state, state, \
-              conv_w, K, A_log, dt_bias, norm_w, Hk, Hv, dk, dv, eps, cx->gdn_cnt, cx->pdl_gdn, S)
+              conv_w, K, A_log, dt_bias, norm_w, Hk, Hv, dk, dv, eps, cx->gdn_cnt, cx->pdl_gdn, S, gd_early())
 #define GD_SLW(R)                                                                                              \
     do {                                                                                                       \
         if (W == 32)                                                                                           \
