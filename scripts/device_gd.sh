@@ -4,9 +4,11 @@
 # gdn_decode kernels on every shape, graphs on three fixtures), the CUDA
 # goldens, compute-sanitizer memcheck + racecheck on the gdn_decode cases,
 # then the decode benches with the head kernel (DR_CUDA_GDN_SLICES=0) and the
-# sliced one (default) alternated in the same call, and ncu of both kernels.
+# sliced one (default; DR_CUDA_GDN_KCLUSTER=0: clusters of one v head) alternated
+# in the same call, ncu of the kernels, optionally ncu stall reasons + SASS
+# (detail). The logs come back as logs.tgz.
 # Logs under $OUT.
-# Usage: scripts/device_gd.sh [tests] [bench] [san] [ncu] [wide] [early] [detail]
+# Usage: scripts/device_gd.sh [tests] [bench] [san] [ncu] [wide] [detail]
 set -uo pipefail
 source "$(dirname "$0")/device_env.sh"
 what="${*:-tests bench san ncu}"
@@ -38,26 +40,21 @@ one() { # label, then bench arguments
 C=bench/configs
 if [[ "$what" == *bench* ]]; then
   for rep in 1 2; do
-    for mode in head slices; do
-      if [[ $mode == head ]]; then export DR_CUDA_GDN_SLICES=0; else unset DR_CUDA_GDN_SLICES; fi
+    for mode in head slices vclu; do # vclu: clusters of one v head's slices + the q/k counter
+      unset DR_CUDA_GDN_SLICES DR_CUDA_GDN_KCLUSTER
+      [[ $mode == head ]] && export DR_CUDA_GDN_SLICES=0
+      [[ $mode == vclu ]] && export DR_CUDA_GDN_KCLUSTER=0
       one "0.8B-$mode" --synthetic $C/qwen3.5-0.8b.json -p 128 -n 256
       one "9B-$mode" --synthetic $C/qwen3.5-9b.json -p 128 -n 128
       one "35B-8L-$mode" --synthetic $C/qwen3.5-35b-a3b.json --layers 8 -p 128 -n 256
     done
   done
-  unset DR_CUDA_GDN_SLICES
+  unset DR_CUDA_GDN_SLICES DR_CUDA_GDN_KCLUSTER
   if [[ "$what" == *wide* ]]; then # 8 slices of 16 columns on the Hv = 32 shapes (256 CTAs)
     export DR_CUDA_GDN_SLICES=8
     one "9B-s8" --synthetic $C/qwen3.5-9b.json -p 128 -n 128
     one "35B-8L-s8" --synthetic $C/qwen3.5-35b-a3b.json --layers 8 -p 128 -n 256
     unset DR_CUDA_GDN_SLICES
-  fi
-  if [[ "$what" == *early* ]]; then # the sliced kernel with its stores before the cluster barriers
-    export DR_CUDA_GDN_EARLY=1
-    one "0.8B-early" --synthetic $C/qwen3.5-0.8b.json -p 128 -n 256
-    one "9B-early" --synthetic $C/qwen3.5-9b.json -p 128 -n 128
-    one "35B-8L-early" --synthetic $C/qwen3.5-35b-a3b.json --layers 8 -p 128 -n 256
-    unset DR_CUDA_GDN_EARLY
   fi
   echo "bench at $(( $(date +%s) - t0 )) s"
 fi
@@ -70,22 +67,20 @@ if [[ "$what" == *san* ]]; then
 fi
 if [[ "$what" == *ncu* ]]; then
   NCU="ncu --clock-control none --cache-control none --metrics gpu__time_duration.sum --csv -k regex:gdn_decode -c 40"
-  runs="0.8b:0 0.8b:auto 9b:0 9b:auto 9b:8"
-  [[ "$what" == *early* ]] && runs="$runs 0.8b:early 9b:early"
+  runs="0.8b:0 0.8b:auto 9b:0 9b:auto 9b:vclu 9b:8"
   for run in $runs; do
     sh=${run%%:*} mode=${run##*:}
     {
-      unset DR_CUDA_GDN_EARLY
-      if [[ $mode == auto ]]; then unset DR_CUDA_GDN_SLICES
-      elif [[ $mode == early ]]; then unset DR_CUDA_GDN_SLICES; export DR_CUDA_GDN_EARLY=1
-      else export DR_CUDA_GDN_SLICES=$mode; fi
+      unset DR_CUDA_GDN_SLICES DR_CUDA_GDN_KCLUSTER
+      if [[ $mode == vclu ]]; then export DR_CUDA_GDN_KCLUSTER=0
+      elif [[ $mode != auto ]]; then export DR_CUDA_GDN_SLICES=$mode; fi
       timeout 60 $NCU "$cli" bench --device cuda --synthetic $C/qwen3.5-$sh.json -p 1 -n 3 --json \
         > "$OUT/ncu_${sh}_$mode.csv" 2>> "$OUT/ncu_err.log"
       echo "== ncu $sh slices=$mode: rc $?"
       python3 scripts/ncu_sum.py "$OUT/ncu_${sh}_$mode.csv" 1 | head -4
     }
   done
-  unset DR_CUDA_GDN_SLICES DR_CUDA_GDN_EARLY
+  unset DR_CUDA_GDN_SLICES DR_CUDA_GDN_KCLUSTER
 fi
 if [[ "$what" == *detail* ]]; then # stall reasons of one sliced launch (9B) and the SASS
   timeout 60 ncu --clock-control none --cache-control none --section WarpStateStats --section SourceCounters \
@@ -94,5 +89,9 @@ if [[ "$what" == *detail* ]]; then # stall reasons of one sliced launch (9B) and
   echo "detail rc $?"; grep -iE "stall|warp cycles|duration|cluster" "$OUT/ncu_detail.txt" | head -20
   cuobjdump -sass -fun '_Z24gdn_decode_sliced_kernelILi32ELi32EEvPfPKfS2_S2_S2_S0_S0_S2_iS2_S2_S2_iiiifPiiii' \
     "$b/libdeltarun.a" > "$OUT/sass_32_32.txt" 2>&1; echo "sass lines $(wc -l < "$OUT/sass_32_32.txt")"
+  grep -A12 -i "warp stall\|smsp__pcsamp" "$OUT/ncu_detail.txt" | head -40
 fi
 echo "total $(( $(date +%s) - t0 )) s"
+# only a few files come back from the device: the logs in one archive
+(cd "$OUT" && tar czf logs.tgz --exclude logs.tgz --exclude build.log --exclude cmake.log * && \
+  find . -maxdepth 1 -type f ! -name logs.tgz ! -name bench.log ! -name gdn.log -delete)

@@ -36,12 +36,14 @@
  * per head, sm_90) and the slices of the last launch (0: the head kernel). */
 void dr_cuda_gdn_decode_slices(int mode);
 int dr_cuda_gdn_decode_last_slices(void);
+void dr_cuda_gdn_decode_kcluster(int on); /* clusters over a k head's v heads (0 off, 1 on, -1 env) */
+int dr_cuda_gdn_decode_last_cluster(void);
 
 static int g_cc_major;
 
-/* One shape with the kernel choice `mode`: 6 chained steps (fresh random
- * inputs each) against the CPU chain. */
-static void gdn_case(int Hk, int Hv_, int dk, int dv, int K, int mode) {
+/* One shape with the kernel choice `mode` (and k-head clusters `kclu`, -1:
+ * default): 6 chained steps (fresh random inputs each) against the CPU chain. */
+static void gdn_case(int Hk, int Hv_, int dk, int dv, int K, int mode, int kclu) {
     const dr_gdn_dims d = {Hk, Hv_, dk, dv};
     const int Hv = d.n_v_heads, Cc = 2 * d.n_k_heads * d.d_k + Hv * d.d_v;
     const size_t ns = (size_t)Hv * d.d_k * d.d_v, nv = (size_t)Hv * d.d_v, ncs = (size_t)K * Cc;
@@ -59,6 +61,7 @@ static void gdn_case(int Hk, int Hv_, int dk, int dv, int K, int mode) {
     float ey = 0.0f;
     const int steps = 6;
     dr_cuda_gdn_decode_slices(mode);
+    dr_cuda_gdn_decode_kcluster(kclu);
     for (int t = 0; t < steps; t++) {
         float *m = rnd((size_t)Cc, 2.0f), *z = rnd(nv, 2.0f), *b = rnd(Hv, 3.0f), *a = rnd(Hv, t == 2 ? 30.0f : 2.0f);
         G->upload(G->ctx, dm, m, (size_t)Cc * 4), G->upload(G->ctx, dz, z, nv * 4);
@@ -73,16 +76,17 @@ static void gdn_case(int Hk, int Hv_, int dk, int dv, int K, int mode) {
         ey = e > ey ? e : ey;
         free(m), free(z), free(b), free(a), free(gy);
     }
-    const int S = dr_cuda_gdn_decode_last_slices();
+    const int S = dr_cuda_gdn_decode_last_slices(), Gc = dr_cuda_gdn_decode_last_cluster();
     dr_cuda_gdn_decode_slices(-1);
+    dr_cuda_gdn_decode_kcluster(-1);
     float *gs = dget(dst, ns), *gc = dget(dcst, ncs);
     char kn[48];
     if (S > 0)
-        snprintf(kn, sizeof kn, "%d slices", S);
+        snprintf(kn, sizeof kn, "%d slices, clusters of %d", S, Gc);
     else
         snprintf(kn, sizeof kn, "head kernel");
-    REPORT(ey, GDN_TOL, "gdn_decode Hk=%d Hv=%d dk=%d dv=%d K=%d mode %d (%s): y, %d steps", Hk, Hv, dk, dv, K, mode,
-           kn, steps);
+    REPORT(ey, GDN_TOL, "gdn_decode Hk=%d Hv=%d dk=%d dv=%d K=%d mode %d%s (%s): y, %d steps", Hk, Hv, dk, dv, K,
+           mode, kclu == 0 ? " kcluster 0" : "", kn, steps);
     REPORT(rel_err(gs, st, ns), GDN_TOL, "gdn_decode: fp32 state after %d steps", steps);
     REPORT(rel_err(gc, cst, ncs), 0.0f, "gdn_decode: conv state (exact)");
     if (g_cc_major == 9) /* sm_90: the sliced kernel unless told otherwise */
@@ -98,7 +102,10 @@ static void test_gdn_decode(void) {
     int dev = 0;
     if (cudaGetDevice(&dev) == cudaSuccess)
         cudaDeviceGetAttribute(&g_cc_major, cudaDevAttrComputeCapabilityMajor, dev);
-    /* force: a third mode (DR_CUDA_GDN_SLICES = force) besides 0 and auto, 0 = none.
+    /* force: a third mode (DR_CUDA_GDN_SLICES = force) besides 0 and auto, 0 = none. With Hv / Hk * S <= 8
+       the sliced kernel's clusters span the k head (no q/k counter): (16,32,128,128) auto, (2,6,40,24) forced
+       1, (2,4,64,72) forced 3, (16,16,*) and (4,4,*) (Hv = Hk), (4,16,64,48) forced 2 (W 32 S 2, ratio 4);
+       the others use the counter, and (16,32,128,128) runs auto with DR_CUDA_GDN_KCLUSTER=0 too.
        Auto on a 132-SM H100 (W columns per slice, S slices): (2,6,40,24) W 8 S 3; (3,3,128,128) and
        (16,16,128,128) W 16 S 8; (2,4,64,72) W 16 S 5 (last slice 8 columns); (16,32,128,128) and
        (8,32,128,128) W 32 S 4; (1,2,256,256) W 32 S 8; (4,4,20,8) S 1 (no cluster); (4,8,128,100) W 16 S 7
@@ -108,13 +115,14 @@ static void test_gdn_decode(void) {
         int Hk, Hv, dk, dv, K, force;
     } cs[] = {{2, 6, 40, 24, 4, 1},    {3, 3, 128, 128, 4, 0},   {2, 4, 64, 72, 3, 3},     {16, 32, 128, 128, 4, 8},
               {1, 2, 256, 256, 4, 0},  {4, 4, 20, 8, 2, 0},      {16, 16, 128, 128, 4, 4}, {8, 32, 128, 128, 4, 0},
-              {4, 8, 128, 100, 4, 0},  {2, 8, 96, 128, 3, 4},    {2, 4, 2, 64, 2, 0}};
+              {4, 8, 128, 100, 4, 0},  {2, 8, 96, 128, 3, 4},    {2, 4, 2, 64, 2, 0},      {4, 16, 64, 48, 4, 2}};
     for (size_t c = 0; c < sizeof cs / sizeof cs[0]; c++) {
-        gdn_case(cs[c].Hk, cs[c].Hv, cs[c].dk, cs[c].dv, cs[c].K, 0);
-        gdn_case(cs[c].Hk, cs[c].Hv, cs[c].dk, cs[c].dv, cs[c].K, -1);
+        gdn_case(cs[c].Hk, cs[c].Hv, cs[c].dk, cs[c].dv, cs[c].K, 0, -1);
+        gdn_case(cs[c].Hk, cs[c].Hv, cs[c].dk, cs[c].dv, cs[c].K, -1, -1);
         if (cs[c].force)
-            gdn_case(cs[c].Hk, cs[c].Hv, cs[c].dk, cs[c].dv, cs[c].K, cs[c].force);
+            gdn_case(cs[c].Hk, cs[c].Hv, cs[c].dk, cs[c].dv, cs[c].K, cs[c].force, -1);
     }
+    gdn_case(16, 32, 128, 128, 4, -1, 0); /* clusters of one v head's slices + the q/k counter */
 }
 
 /* ---- kv_store ---- */

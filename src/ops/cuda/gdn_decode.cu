@@ -19,25 +19,28 @@
  * gdn_decode_sliced_kernel (sm_90, the default there; decode round 4): the
  * delta rule is independent per state column given q, k, beta, decay and
  * v[c], so head j's d_v columns go to S slices of W (8, 16 or 32) columns,
- * one 128-thread CTA each, the S CTAs of a head one thread-block cluster
- * (grid Hv * S, e.g. 128 CTAs for Hv = 32, dk = dv = 128). Per CTA:
+ * one 128-thread CTA each (grid Hv * S, e.g. 128 CTAs for Hv = 32, dk = dv
+ * = 128). A thread-block cluster holds the (Hv / Hk) * S CTAs of a k head
+ * when that is <= 8 (the model shapes), else the S CTAs of a v head
+ * (DR_CUDA_GDN_KCLUSTER=0: always the latter). Per CTA:
  *  - first every independent load is issued: its state slice [dk, W] into
  *    registers, the gates, z and the norm weight of its columns;
- *  - conv + SiLU of 1/S of the head's q/k channels and of its own v
- *    channels (one channel per thread for the model shapes); the q/k
- *    results are stored into every CTA of the cluster (distributed shared
- *    memory), so each q/k channel is read once per cluster. The conv state
- *    of a v channel is shifted by its CTA; a q/k channel is read by the CTAs
- *    of that rank in the Hv/Hk clusters of its k head: with Hv = Hk that
- *    CTA shifts it at once, else the last of them to arrive (a device
- *    counter per (k head, rank), reset by that CTA) shifts it at its end
- *    from the values it kept in shared memory;
+ *  - conv + SiLU of 1/G of the k head's q/k channels (G: cluster size) and
+ *    of its own v channels (one channel per thread for the model shapes);
+ *    the q/k results are stored into every CTA of the cluster (distributed
+ *    shared memory), so each q/k channel is read once per cluster. The new
+ *    conv rows go to shared memory. A v channel's are written back by its
+ *    CTA; a q/k channel is read by one CTA per cluster: when the cluster
+ *    spans the k head, that CTA writes it back, else the last of the
+ *    Hv / Hk readers to arrive (a device counter per (k head, rank), reset
+ *    by that CTA) does;
  *  - cluster barrier; q/k norms, gates, the delta rule on the slice (fp32,
  *    read once, written once), the slice's sum of squares of the output
- *    stored into every CTA, cluster barrier, gated RMSNorm of its columns;
+ *    stored into the S CTAs of its head, cluster barrier, gated RMSNorm of
+ *    its columns;
  *  - only then its global stores (y, the state slice, the conv rows kept in
- *    shared memory): a cluster barrier's release would wait for earlier
- *    ones (DR_CUDA_GDN_EARLY=1 stores them before, as the head kernel does).
+ *    shared memory). (Storing them before the barriers, as the head kernel
+ *    does, measured the same: docs/CUDA.md, decode round 4.)
  * Same operation order per element as the separate kernels (the sums over
  * rows and columns are tree sums in a different order), so the results
  * agree with them to fp32 rounding.
@@ -218,10 +221,10 @@ static __device__ __forceinline__ void gd_st_rank(float *p, unsigned rank, float
     asm volatile("st.shared::cluster.f32 [%0], %1;" ::"r"(r), "f"(v) : "memory");
 }
 
-/* conv + SiLU of channel ch (as gdn_decode_kernel); the conv state is
-   shifted in place (shift) or its new rows 0..K-1 go to keep[t * ks]. */
-static __device__ __forceinline__ float gd_conv(const float *m, float *conv_state, const float *cw, int K, size_t C,
-                                                int ch, bool shift, float *keep, int ks) {
+/* conv + SiLU of channel ch (as gdn_decode_kernel); its new conv rows
+   0..K-1 go to keep[t * ks] (written back later). */
+static __device__ __forceinline__ float gd_conv(const float *m, const float *conv_state, const float *cw, int K,
+                                                size_t C, int ch, float *keep, int ks) {
     const float cur = m[ch];
     float old[GD_MAX_K], s = 0.0f;
 #pragma unroll
@@ -231,24 +234,17 @@ static __device__ __forceinline__ float gd_conv(const float *m, float *conv_stat
             s += cw[(size_t)ch * K + t] * old[t];
         }
     s += cw[(size_t)ch * K + K - 1] * cur;
-    if (shift) {
 #pragma unroll
-        for (int t = 0; t < GD_MAX_K - 1; t++)
-            if (t < K - 1)
-                conv_state[(size_t)t * C + ch] = old[t];
-        conv_state[(size_t)(K - 1) * C + ch] = cur;
-    } else {
-#pragma unroll
-        for (int t = 0; t < GD_MAX_K - 1; t++)
-            if (t < K - 1)
-                keep[t * ks] = old[t];
-        keep[(K - 1) * ks] = cur;
-    }
+    for (int t = 0; t < GD_MAX_K - 1; t++)
+        if (t < K - 1)
+            keep[t * ks] = old[t];
+    keep[(K - 1) * ks] = cur;
     return dr_dev_silu(s);
 }
 #endif
 
-/* Grid Hv * S CTAs of GD_T threads, clusters of S (no cluster when S = 1).
+/* Grid Hv * S CTAs of GD_T threads, clusters of G = S or (Hv / Hk) * S (no
+ * cluster when G = 1).
  * W: columns per slice (8, 16, 32); a warp holds 8 columns x 4 row groups,
  * the 4 warps W / 8 column groups x P = 32 / W row parts; R >= dk / (4 P)
  * state rows per thread. */
@@ -259,13 +255,13 @@ __global__ void __launch_bounds__(GD_T)
                              float *__restrict__ state, const float *__restrict__ cw, int K,
                              const float *__restrict__ A_log, const float *__restrict__ dt_bias,
                              const float *__restrict__ nw, int Hk, int Hv, int dk, int dv, float eps, int *cnt, int pdl,
-                             int S, int early) {
+                             int S, int G) {
 #ifdef GD_SM90
     constexpr int P = 32 / W, NW = GD_T / 32;
     __shared__ float sq[GD_MAX], sk[GD_MAX], sv[W], so[P][W], su[P][W], red[2][NW], part[GD_MAX_S];
     __shared__ float keep[GD_MAX_K][GD_KEEP]; /* new conv rows of its channels, written at the end */
     __shared__ int last;
-    const bool clu = S > 1;
+    const bool clu = G > 1;
     if (clu)
         gd_arrive_relaxed(); /* phase 0: this CTA has started (its shared memory may be written) */
     if (pdl == 1)
@@ -273,7 +269,7 @@ __global__ void __launch_bounds__(GD_T)
     dr_pdl_wait();
     if (pdl == 2)
         dr_pdl_trigger();
-    const int sl = blockIdx.x % S, j = blockIdx.x / S, ratio = Hv / Hk, kh = j / ratio;
+    const int sl = blockIdx.x % S, j = blockIdx.x / S, ratio = Hv / Hk, kh = j / ratio, rq = blockIdx.x % G;
     const size_t C = (size_t)2 * Hk * dk + (size_t)Hv * dv;
     const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, rg = lane >> 3;
     const int cl = (w % (W / 8)) * 8 + (lane & 7), rp = w / (W / 8), c = sl * W + cl;
@@ -295,20 +291,21 @@ __global__ void __launch_bounds__(GD_T)
         nwv = nw[v0 + tid];
     }
 
-    /* 2. conv + SiLU: q/k channels [q0, q0 + nq) of the head's 2 dk, then the slice's v channels */
-    const int Q = (2 * dk + S - 1) / S, q0 = sl * Q, nq = max(0, min(Q, 2 * dk - q0)), n = nq + nvc;
-    const bool shq = ratio == 1; /* this CTA is the only reader of its q/k channels */
+    /* 2. conv + SiLU: q/k channels [q0, q0 + nq) of the k head's 2 dk (1/G of them: rank rq of the
+       cluster), then the slice's v channels */
+    const int Q = (2 * dk + G - 1) / G, q0 = rq * Q, nq = max(0, min(Q, 2 * dk - q0)), n = nq + nvc;
+    const bool shq = G == ratio * S; /* the cluster holds every reader: this CTA is its q/k channels' only one */
     auto one = [&](int e) -> float {
         const bool isq = e < nq;
         const int ch = gd_channel(isq ? q0 + e : 2 * dk + v0 + e - nq, kh, j, Hk, dk, dv);
-        return gd_conv(m, conv_state, cw, K, C, ch, early && (!isq || shq), &keep[0][e], GD_KEEP);
+        return gd_conv(m, conv_state, cw, K, C, ch, &keep[0][e], GD_KEEP);
     };
     auto put = [&](int e, float o) {
         if (e < nq) {
             const int ee = q0 + e;
             float *d = ee < dk ? &sq[ee] : &sk[ee - dk];
             if (clu)
-                for (int r = 0; r < S; r++)
+                for (int r = 0; r < G; r++)
                     gd_st_rank(d, (unsigned)r, o);
             else
                 *d = o;
@@ -386,13 +383,6 @@ __global__ void __launch_bounds__(GD_T)
         st[r] += ((i < dk ? sk[i] : 0.0f) * ik) * dl;
         ov += st[r] * ((i < dk ? sq[i] : 0.0f) * iq); /* read after the update */
     }
-    if (early)
-#pragma unroll
-        for (int r = 0; r < R; r++) {
-            const int i = (r * P + rp) * 4 + rg;
-            if (cok && i < dk)
-                Sh[(size_t)i * dv + c] = st[r];
-        }
     ov += __shfl_xor_sync(0xffffffffu, ov, 8);
     ov += __shfl_xor_sync(0xffffffffu, ov, 16);
     if (rg == 0)
@@ -408,11 +398,11 @@ __global__ void __launch_bounds__(GD_T)
                 o += so[p][lane];
         const float ss = dr_warp_sum(o * o); /* columns past dv are 0 */
         if (lane == 0) {
-            if (clu)
+            if (clu) /* the S CTAs of head j: ranks rq - sl .. rq - sl + S - 1 */
                 for (int r = 0; r < S; r++)
-                    gd_st_rank(&part[sl], (unsigned)r, ss);
+                    gd_st_rank(&part[sl], (unsigned)(rq - sl + r), ss);
             else
-                part[0] = ss;
+                part[sl] = ss;
         }
     }
     if (clu) { /* phase 2; after it nothing touches another CTA's shared memory, so CTAs may exit */
@@ -427,20 +417,19 @@ __global__ void __launch_bounds__(GD_T)
         const float inv = 1.0f / sqrtf(tot / (float)dv + eps);
         y[(size_t)j * dv + v0 + tid] = nwv * (o * inv) * dr_dev_silu(zv);
     }
-    if (!early) { /* the global stores after the last cluster barrier, whose release would wait for them */
+    /* the global stores only now: a cluster barrier's release would wait for them */
 #pragma unroll
-        for (int r = 0; r < R; r++) {
-            const int i = (r * P + rp) * 4 + rg;
-            if (cok && i < dk)
-                Sh[(size_t)i * dv + c] = st[r];
-        }
-        for (int e = tid; e < n; e += GD_T)
-            if (e >= nq || shq) {
-                const int ch = gd_channel(e < nq ? q0 + e : 2 * dk + v0 + e - nq, kh, j, Hk, dk, dv);
-                for (int t = 0; t < K; t++)
-                    conv_state[(size_t)t * C + ch] = keep[t][e];
-            }
+    for (int r = 0; r < R; r++) {
+        const int i = (r * P + rp) * 4 + rg;
+        if (cok && i < dk)
+            Sh[(size_t)i * dv + c] = st[r];
     }
+    for (int e = tid; e < n; e += GD_T)
+        if (e >= nq || shq) {
+            const int ch = gd_channel(e < nq ? q0 + e : 2 * dk + v0 + e - nq, kh, j, Hk, dk, dv);
+            for (int t = 0; t < K; t++)
+                conv_state[(size_t)t * C + ch] = keep[t][e];
+        }
 
     /* 6. the last reader of this rank's q/k channels (over the k head's clusters) shifts them */
     if (!shq && nq > 0) {
@@ -466,10 +455,24 @@ __global__ void __launch_bounds__(GD_T)
 
 static int g_gd_mode = -2; /* -2: DR_CUDA_GDN_SLICES not read yet; -1 auto; 0 the head kernel; N: ~N slices */
 static int g_gd_last = -1; /* slices of the last launch (0: the head kernel) */
+static int g_gd_kclu = -2; /* -2: DR_CUDA_GDN_KCLUSTER not read yet; 0 off; 1 on */
+static int g_gd_last_g = 0; /* cluster size of the last sliced launch */
 
 /* Test hook: mode as DR_CUDA_GDN_SLICES (-1: back to the environment). */
 extern "C" void dr_cuda_gdn_decode_slices(int mode) { g_gd_mode = mode < 0 ? -2 : mode; }
 extern "C" int dr_cuda_gdn_decode_last_slices(void) { return g_gd_last; }
+/* Test hook: the k-head clusters as DR_CUDA_GDN_KCLUSTER (0 off, 1 on, -1: back to the environment);
+   the cluster size of the last sliced launch. */
+extern "C" void dr_cuda_gdn_decode_kcluster(int on) { g_gd_kclu = on < 0 ? -2 : on != 0; }
+extern "C" int dr_cuda_gdn_decode_last_cluster(void) { return g_gd_last_g; }
+
+static int gd_kclu(void) {
+    if (g_gd_kclu == -2) {
+        const char *e = getenv("DR_CUDA_GDN_KCLUSTER");
+        g_gd_kclu = !(e && e[0] == '0');
+    }
+    return g_gd_kclu;
+}
 
 static int gd_mode(void) {
     if (g_gd_mode == -2) {
@@ -479,17 +482,6 @@ static int gd_mode(void) {
             g_gd_mode = -1;
     }
     return g_gd_mode;
-}
-
-/* DR_CUDA_GDN_EARLY=1 (experiment): the sliced kernel stores its state and
-   conv rows before its cluster barriers instead of after the last one. */
-static int gd_early(void) {
-    static int v = -1;
-    if (v < 0) {
-        const char *e = getenv("DR_CUDA_GDN_EARLY");
-        v = e && e[0] == '1';
-    }
-    return v;
 }
 
 /* Compute capability 9.x with cluster launch (the sliced kernel's SASS is sm_90a). */
@@ -535,14 +527,14 @@ static int gd_pick(int Hv, int dv, int n_sm, int force, int *W) {
     return S;
 }
 
-/* cudaLaunchKernelEx with a cluster of S CTAs (S > 1) and optional PDL. */
+/* cudaLaunchKernelEx with a cluster of G CTAs (G > 1) and optional PDL. */
 template <typename... P, typename... A>
-static void gd_launch(dr_cuda_ctx *cx, int S, bool pdl, void (*k)(P...), unsigned grid, A... args) {
+static void gd_launch(dr_cuda_ctx *cx, int G, bool pdl, void (*k)(P...), unsigned grid, A... args) {
     cudaLaunchAttribute at[2];
     unsigned na = 0;
-    if (S > 1) {
+    if (G > 1) {
         at[na].id = cudaLaunchAttributeClusterDimension;
-        at[na].val.clusterDim.x = (unsigned)S;
+        at[na].val.clusterDim.x = (unsigned)G;
         at[na].val.clusterDim.y = 1;
         at[na].val.clusterDim.z = 1;
         na++;
@@ -591,11 +583,14 @@ void dr_cuda_gdn_decode(void *ctx, float *y, const float *qkv_raw, const float *
         S = 0;
     g_gd_last = S;
     if (S > 0) {
+        /* clusters of the k head's Hv / Hk heads when they fit (no q/k counter), else of the head's S CTAs */
+        const int G = gd_kclu() && (Hv / Hk) * S <= GD_MAX_S ? (Hv / Hk) * S : S;
+        g_gd_last_g = G;
         const int need = (dk * W + 127) / 128; /* state rows per thread */
         const unsigned grid = (unsigned)(Hv * S);
 #define GD_SL(R, WW)                                                                                           \
-    gd_launch(cx, S, cx->pdl_gdn > 0, gdn_decode_sliced_kernel<R, WW>, grid, y, qkv_raw, z, b, a, conv_state, state, \
-              conv_w, K, A_log, dt_bias, norm_w, Hk, Hv, dk, dv, eps, cx->gdn_cnt, cx->pdl_gdn, S, gd_early())
+    gd_launch(cx, G, cx->pdl_gdn > 0, gdn_decode_sliced_kernel<R, WW>, grid, y, qkv_raw, z, b, a, conv_state, state, \
+              conv_w, K, A_log, dt_bias, norm_w, Hk, Hv, dk, dv, eps, cx->gdn_cnt, cx->pdl_gdn, S, G)
 #define GD_SLW(R)                                                                                              \
     do {                                                                                                       \
         if (W == 32)                                                                                           \
