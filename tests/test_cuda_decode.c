@@ -5,6 +5,10 @@
  * attention capacities 256, 512 and 1024, with a block evaluated in the
  * middle and two sequences interleaved).
  *
+ * gdn_decode runs both kernels (the head kernel and, on sm_90, the sliced
+ * one) on each shape. DR_TEST_GDN_ONLY=1: only those cases (for the
+ * sanitizers).
+ *
  * Usage: test_cuda_decode [FIXTURE_DIR]. Without a CUDA device it prints
  * "skipped: no CUDA device" and returns 77 (ctest: skipped).
  */
@@ -27,50 +31,98 @@
 
 /* ---- gdn_decode: the fused step against the CPU chain, several steps ---- */
 
-static void test_gdn_decode(void) {
-    const struct {
-        int Hk, Hv, dk, dv, K;
-    } cs[] = {{2, 6, 40, 24, 4}, {3, 3, 128, 128, 4}, {2, 4, 64, 72, 3}, {16, 32, 128, 128, 4},
-              {1, 2, 256, 256, 4}, {4, 4, 20, 8, 2}};
-    for (size_t c = 0; c < sizeof cs / sizeof cs[0]; c++) {
-        const dr_gdn_dims d = {cs[c].Hk, cs[c].Hv, cs[c].dk, cs[c].dv};
-        const int Hv = d.n_v_heads, K = cs[c].K, Cc = 2 * d.n_k_heads * d.d_k + Hv * d.d_v;
-        const size_t ns = (size_t)Hv * d.d_k * d.d_v, nv = (size_t)Hv * d.d_v, ncs = (size_t)K * Cc;
-        const float eps = 1e-6f;
-        float *st = rnd(ns, 0.3f), *cst = rnd(ncs, 1.0f), *cw = rnd((size_t)Cc * K, 0.7f);
-        float *Al = rnd(Hv, 1.0f), *dtb = rnd(Hv, 1.0f), *nw = rnd(d.d_v, 1.0f);
-        float *dst = dput(st, ns * 4), *dcst = dput(cst, ncs * 4), *dcw = dput(cw, (size_t)Cc * K * 4);
-        float *dAl = dput(Al, Hv * 4), *ddtb = dput(dtb, Hv * 4), *dnw = dput(nw, d.d_v * 4);
-        float *dm = G->alloc(G->ctx, (size_t)Cc * 4), *dz = G->alloc(G->ctx, nv * 4);
-        float *db = G->alloc(G->ctx, Hv * 4), *da = G->alloc(G->ctx, Hv * 4), *dy = G->alloc(G->ctx, nv * 4);
-        float *qkv = malloc((size_t)Cc * 4), *beta = malloc(Hv * 4), *g = malloc(Hv * 4), *o = malloc(nv * 4);
-        float *y = malloc(nv * 4), *ws = malloc(dr_gdn_ws_floats(&d) * 4);
-        float ey = 0.0f;
-        const int steps = 6;
-        for (int t = 0; t < steps; t++) {
-            float *m = rnd((size_t)Cc, 2.0f), *z = rnd(nv, 2.0f), *b = rnd(Hv, 3.0f), *a = rnd(Hv, t == 2 ? 30.0f : 2.0f);
-            G->upload(G->ctx, dm, m, (size_t)Cc * 4), G->upload(G->ctx, dz, z, nv * 4);
-            G->upload(G->ctx, db, b, Hv * 4), G->upload(G->ctx, da, a, Hv * 4);
-            C->gdn_conv(NULL, qkv, m, cst, cw, 1, Cc, K);
-            C->gdn_gates(NULL, beta, g, b, a, Al, dtb, 1, Hv);
-            C->gdn_recurrent(NULL, o, qkv, beta, g, st, &d, 1, ws);
-            C->gated_rmsnorm(NULL, y, o, z, nw, Hv, d.d_v, eps);
-            G->gdn_decode(G->ctx, dy, dm, dz, db, da, dcst, dst, dcw, K, dAl, ddtb, dnw, &d, eps);
-            float *gy = dget(dy, nv), e = rel_err(gy, y, nv);
-            ey = e > ey ? e : ey;
-            free(m), free(z), free(b), free(a), free(gy);
-        }
-        float *gs = dget(dst, ns), *gc = dget(dcst, ncs);
-        REPORT(ey, GDN_TOL, "gdn_decode Hk=%d Hv=%d dk=%d dv=%d K=%d: y, %d steps", d.n_k_heads, Hv, d.d_k, d.d_v, K,
-               steps);
-        REPORT(rel_err(gs, st, ns), GDN_TOL, "gdn_decode: fp32 state after %d steps", steps);
-        REPORT(rel_err(gc, cst, ncs), 0.0f, "gdn_decode: conv state (exact)");
-        free(st), free(cst), free(cw), free(Al), free(dtb), free(nw), free(qkv), free(beta), free(g), free(o);
-        free(y), free(ws), free(gs), free(gc);
-        void *bufs[] = {dst, dcst, dcw, dAl, ddtb, dnw, dm, dz, db, da, dy};
-        for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
-            G->free(G->ctx, bufs[i]);
+/* gdn_decode.cu's test hooks: the kernel choice as DR_CUDA_GDN_SLICES (0: one
+ * block per v head; -1: back to the environment / auto; N: ~N column slices
+ * per head, sm_90) and the slices of the last launch (0: the head kernel). */
+void dr_cuda_gdn_decode_slices(int mode);
+int dr_cuda_gdn_decode_last_slices(void);
+void dr_cuda_gdn_decode_kcluster(int on); /* clusters over a k head's v heads (0 off, 1 on, -1 env) */
+int dr_cuda_gdn_decode_last_cluster(void);
+
+static int g_cc_major;
+
+/* One shape with the kernel choice `mode` (and k-head clusters `kclu`, -1:
+ * default): 6 chained steps (fresh random inputs each) against the CPU chain. */
+static void gdn_case(int Hk, int Hv_, int dk, int dv, int K, int mode, int kclu) {
+    const dr_gdn_dims d = {Hk, Hv_, dk, dv};
+    const int Hv = d.n_v_heads, Cc = 2 * d.n_k_heads * d.d_k + Hv * d.d_v;
+    const size_t ns = (size_t)Hv * d.d_k * d.d_v, nv = (size_t)Hv * d.d_v, ncs = (size_t)K * Cc;
+    const float eps = 1e-6f;
+    float *st = rnd(ns, 0.3f), *cst = rnd(ncs, 1.0f), *cw = rnd((size_t)Cc * K, 0.7f);
+    float *Al = rnd(Hv, 1.0f), *dtb = rnd(Hv, 1.0f), *nw = rnd(d.d_v, 1.0f);
+    float *dst = dput(st, ns * 4), *dcst = dput(cst, ncs * 4), *dcw = dput(cw, (size_t)Cc * K * 4);
+    float *dAl = dput(Al, Hv * 4), *ddtb = dput(dtb, Hv * 4), *dnw = dput(nw, d.d_v * 4);
+    float *dm = G->alloc(G->ctx, (size_t)Cc * 4), *dz = G->alloc(G->ctx, nv * 4);
+    float *db = G->alloc(G->ctx, Hv * 4), *da = G->alloc(G->ctx, Hv * 4), *dy = G->alloc(G->ctx, nv * 4);
+    float *qkv = malloc((size_t)Cc * 4), *beta = malloc(Hv * 4), *g = malloc(Hv * 4), *o = malloc(nv * 4);
+    float *y = malloc(nv * 4), *ws = malloc(dr_gdn_ws_floats(&d) * 4), *poison = malloc(nv * 4);
+    for (size_t i = 0; i < nv; i++)
+        poison[i] = NAN;
+    float ey = 0.0f;
+    const int steps = 6;
+    dr_cuda_gdn_decode_slices(mode);
+    dr_cuda_gdn_decode_kcluster(kclu);
+    for (int t = 0; t < steps; t++) {
+        float *m = rnd((size_t)Cc, 2.0f), *z = rnd(nv, 2.0f), *b = rnd(Hv, 3.0f), *a = rnd(Hv, t == 2 ? 30.0f : 2.0f);
+        G->upload(G->ctx, dm, m, (size_t)Cc * 4), G->upload(G->ctx, dz, z, nv * 4);
+        G->upload(G->ctx, db, b, Hv * 4), G->upload(G->ctx, da, a, Hv * 4);
+        G->upload(G->ctx, dy, poison, nv * 4); /* every y element must be written */
+        C->gdn_conv(NULL, qkv, m, cst, cw, 1, Cc, K);
+        C->gdn_gates(NULL, beta, g, b, a, Al, dtb, 1, Hv);
+        C->gdn_recurrent(NULL, o, qkv, beta, g, st, &d, 1, ws);
+        C->gated_rmsnorm(NULL, y, o, z, nw, Hv, d.d_v, eps);
+        G->gdn_decode(G->ctx, dy, dm, dz, db, da, dcst, dst, dcw, K, dAl, ddtb, dnw, &d, eps);
+        float *gy = dget(dy, nv), e = rel_err(gy, y, nv);
+        ey = e > ey ? e : ey;
+        free(m), free(z), free(b), free(a), free(gy);
     }
+    const int S = dr_cuda_gdn_decode_last_slices(), Gc = dr_cuda_gdn_decode_last_cluster();
+    dr_cuda_gdn_decode_slices(-1);
+    dr_cuda_gdn_decode_kcluster(-1);
+    float *gs = dget(dst, ns), *gc = dget(dcst, ncs);
+    char kn[48];
+    if (S > 0)
+        snprintf(kn, sizeof kn, "%d slices, clusters of %d", S, Gc);
+    else
+        snprintf(kn, sizeof kn, "head kernel");
+    REPORT(ey, GDN_TOL, "gdn_decode Hk=%d Hv=%d dk=%d dv=%d K=%d mode %d%s (%s): y, %d steps", Hk, Hv, dk, dv, K,
+           mode, kclu == 0 ? " kcluster 0" : "", kn, steps);
+    REPORT(rel_err(gs, st, ns), GDN_TOL, "gdn_decode: fp32 state after %d steps", steps);
+    REPORT(rel_err(gc, cst, ncs), 0.0f, "gdn_decode: conv state (exact)");
+    if (g_cc_major == 9) /* sm_90: the sliced kernel unless told otherwise */
+        CHECK_SHOW(mode == 0 ? S == 0 : S > 0, "gdn_decode mode %d ran %s", mode, kn);
+    free(st), free(cst), free(cw), free(Al), free(dtb), free(nw), free(qkv), free(beta), free(g), free(o);
+    free(y), free(ws), free(gs), free(gc), free(poison);
+    void *bufs[] = {dst, dcst, dcw, dAl, ddtb, dnw, dm, dz, db, da, dy};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        G->free(G->ctx, bufs[i]);
+}
+
+static void test_gdn_decode(void) {
+    int dev = 0;
+    if (cudaGetDevice(&dev) == cudaSuccess)
+        cudaDeviceGetAttribute(&g_cc_major, cudaDevAttrComputeCapabilityMajor, dev);
+    /* force: a third mode (DR_CUDA_GDN_SLICES = force) besides 0 and auto, 0 = none. With Hv / Hk * S <= 8
+       the sliced kernel's clusters span the k head (no q/k counter): (16,32,128,128) auto, (2,6,40,24) forced
+       1, (2,4,64,72) forced 3, (16,16,*) and (4,4,*) (Hv = Hk), (4,16,64,48) forced 2 (W 32 S 2, ratio 4);
+       the others use the counter, and (16,32,128,128) runs auto with DR_CUDA_GDN_KCLUSTER=0 too.
+       Auto on a 132-SM H100 (W columns per slice, S slices): (2,6,40,24) W 8 S 3; (3,3,128,128) and
+       (16,16,128,128) W 16 S 8; (2,4,64,72) W 16 S 5 (last slice 8 columns); (16,32,128,128) and
+       (8,32,128,128) W 32 S 4; (1,2,256,256) W 32 S 8; (4,4,20,8) S 1 (no cluster); (4,8,128,100) W 16 S 7
+       (last 4 columns); (2,8,96,128) W 16 S 8 (forced 4: W 32 S 4); (2,4,2,64) W 8 S 8 (ranks 4..7 own no
+       q/k channel). */
+    const struct {
+        int Hk, Hv, dk, dv, K, force;
+    } cs[] = {{2, 6, 40, 24, 4, 1},    {3, 3, 128, 128, 4, 0},   {2, 4, 64, 72, 3, 3},     {16, 32, 128, 128, 4, 8},
+              {1, 2, 256, 256, 4, 0},  {4, 4, 20, 8, 2, 0},      {16, 16, 128, 128, 4, 4}, {8, 32, 128, 128, 4, 0},
+              {4, 8, 128, 100, 4, 0},  {2, 8, 96, 128, 3, 4},    {2, 4, 2, 64, 2, 0},      {4, 16, 64, 48, 4, 2}};
+    for (size_t c = 0; c < sizeof cs / sizeof cs[0]; c++) {
+        gdn_case(cs[c].Hk, cs[c].Hv, cs[c].dk, cs[c].dv, cs[c].K, 0, -1);
+        gdn_case(cs[c].Hk, cs[c].Hv, cs[c].dk, cs[c].dv, cs[c].K, -1, -1);
+        if (cs[c].force)
+            gdn_case(cs[c].Hk, cs[c].Hv, cs[c].dk, cs[c].dv, cs[c].K, cs[c].force, -1);
+    }
+    gdn_case(16, 32, 128, 128, 4, -1, 0); /* clusters of one v head's slices + the q/k counter */
 }
 
 /* ---- kv_store ---- */
@@ -240,6 +292,10 @@ int main(int argc, char **argv) {
     if (rc)
         return TEST_DONE();
     test_gdn_decode();
+    if (getenv("DR_TEST_GDN_ONLY")) { /* the sanitizer runs: only the fused GDN step */
+        cuda_test_close();
+        return TEST_DONE();
+    }
     test_kv_store();
     test_fused_small();
     cuda_test_close();
