@@ -3,7 +3,7 @@
 # "CUDA (H100/H200)"): build (sm_90a), every CUDA test and golden, memcheck,
 # then the decode / prefill benches in bf16, q8 and q4 with same-call
 # baselines for the newest kernels. Logs under $OUT.
-# Usage: scripts/device_final.sh [tests] [memcheck] [bench] [r4] [quant] [qold] [prefill]
+# Usage: scripts/device_final.sh [tests] [conc] [memcheck] [bench] [r4] [quant] [qold] [prefill]
 # r4 (r4big: also 35B-A3B, 40 layers): decode round 4 against its same-call
 # baselines (each change's switch off alone, then all off with the per-token
 # logits download to the host, as before the round).
@@ -13,7 +13,7 @@ what="${*:-tests memcheck bench quant prefill}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 b="$root/build-dev"
 t0=$(date +%s)
-dr_device_build "$b" test_cuda test_cuda_decode test_cuda_prefill test_cuda_quant test_golden deltarun_cli
+dr_device_build "$b" test_cuda test_cuda_decode test_cuda_prefill test_cuda_quant test_cuda_fused test_golden deltarun_cli
 echo "built in $(( $(date +%s) - t0 )) s"
 T="$OUT/tests.log"
 if [[ "$what" == *tests* ]]; then
@@ -21,12 +21,17 @@ if [[ "$what" == *tests* ]]; then
   timeout 60 "$b/tests/test_cuda" >> "$T" 2>&1 || echo "test_cuda FAILED"
   timeout 60 "$b/tests/test_cuda_prefill" >> "$T" 2>&1 || echo "test_cuda_prefill FAILED"
   timeout 120 "$b/tests/test_cuda_quant" >> "$T" 2>&1 || echo "test_cuda_quant FAILED"
+  timeout 60 "$b/tests/test_cuda_fused" >> "$T" 2>&1 || echo "test_cuda_fused FAILED"
   for fx in dense-f32 moe-bf16 moe-bf16-fused next-f32 long-bf16; do
     timeout 120 "$b/tests/test_golden" "tests/data/$fx" --device cuda >> "$T" 2>&1 || echo "golden $fx FAILED"
   done
   grep -cE "^ok" "$T" | sed 's/^/ok lines: /'
   grep -E "^FAIL|passed|graphs" "$T" | head -30
   grep -E "greedy|full|incremental" "$T" | head -12
+fi
+if [[ "$what" == *conc* ]]; then # four test_cuda_quant processes at once (as ctest -j4 runs them)
+  for i in 1 2 3 4; do timeout 180 "$b/tests/test_cuda_quant" > "$OUT/conc_$i.log" 2>&1 & done; wait
+  for i in 1 2 3 4; do echo "concurrent test_cuda_quant $i: $(tail -1 "$OUT/conc_$i.log")"; grep "^FAIL" "$OUT/conc_$i.log" | head -3; done
 fi
 if [[ "$what" == *memcheck* ]]; then
   timeout 150 compute-sanitizer --tool memcheck --leak-check full --error-exitcode 9 \
