@@ -59,7 +59,7 @@ if [[ "$what" == *bench* ]]; then
 fi
 if [[ "$what" == *r4* ]]; then
   # each round-4 change off by itself, then all of them (DR_R4_VARIANTS overrides)
-  vars="${DR_R4_VARIANTS:-DR_CUDA_FUSE=0 DR_CUDA_MOE_PF=0 DR_CUDA_GDN_SLICES=0}"
+  vars="${DR_R4_VARIANTS:-DR_CUDA_FUSE=0 DR_CUDA_GDN_SLICES=0}"
   for sh in "0.8B --synthetic $C/qwen3.5-0.8b.json -n 256" "9B --synthetic $C/qwen3.5-9b.json -n 128" \
             "35B-8L --synthetic $C/qwen3.5-35b-a3b.json --layers 8 -n 256"; do
     set -- $sh; nm=$1; shift

@@ -286,8 +286,6 @@ extern "C" dr_status dr_ops_cuda_create(const dr_backend_params *p, dr_ops **out
             cx->dec3 = !(pe && pe[0] == '0');
             pe = getenv("DR_CUDA_MOE_DEC");
             cx->moe_dec = cx->dec3 && !(pe && pe[0] == '0');
-            pe = getenv("DR_CUDA_MOE_PF");
-            cx->moe_pf = !(pe && pe[0] == '0');
             pe = getenv("DR_CUDA_PDL_NORM");
             cx->pdl_norm = !cx->dec3 ? 0 : pe && pe[0] >= '0' && pe[0] <= '2' ? pe[0] - '0' : DR_CUDA_PDL_NORM_DEFAULT;
             pe = getenv("DR_CUDA_PDL_GDN");

@@ -78,8 +78,6 @@ typedef struct dr_cuda_ctx {
     int dec3;              /* decode round 3 (docs/CUDA.md): fused MoE decode kernels, PDL on norms, gdn_decode,
                               route (DR_CUDA_DEC3=0: the previous kernels, a same-run baseline) */
     int moe_dec;           /* round 3: the fused moe_decode slot (DR_CUDA_MOE_DEC=0: off, the chain runs) */
-    int moe_pf;            /* round 4: the MoE gate/up kernel prefetches its picks' down rows into L2
-                              (DR_CUDA_MOE_PF=0: off) */
     int pdl_norm, pdl_gdn; /* round 3: rmsnorm/add_rmsnorm and gdn_decode launched with PDL: 0 no, 1 (trigger
                               at their start), 2 (trigger once their inputs are ready); DR_CUDA_PDL_NORM/_GDN */
     cudaStream_t stream;

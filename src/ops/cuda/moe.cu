@@ -368,7 +368,7 @@ static __device__ __forceinline__ float dot8_bf16(const uint4 &u, const float4 &
  * trip per 16-byte piece). 8 experts x 512 rows = 4096 warps at T = 1. */
 __global__ void __launch_bounds__(256) moe_gu_bf16_kernel(float *__restrict__ act, const float *x, const int32_t *idx,
                                                           const void *const *__restrict__ tab, int E, int k, int H,
-                                                          int I, int pf) {
+                                                          int I) {
     extern __shared__ float4 md_sx[];
     dr_pdl_trigger(); /* the down kernel may start: it prefetches only the shared expert's weights */
     dr_pdl_wait();    /* idx (router) and x come from earlier kernels */
@@ -385,13 +385,6 @@ __global__ void __launch_bounds__(256) moe_gu_bf16_kernel(float *__restrict__ ac
         const int v = lane + 32 * q;
         a[q] = v < nv ? dr_ld_w(g + v) : make_uint4(0, 0, 0, 0);
         b[q] = v < nv ? dr_ld_w(u + v) : make_uint4(0, 0, 0, 0);
-    }
-    if (pf) { /* this block's share of the pick's down matrix [H, I] into L2, for the down kernel next */
-        const size_t bytes = (size_t)H * I * 2, per = (bytes + gridDim.x - 1) / gridDim.x;
-        const char *d = (const char *)tab[2 * E + e];
-        for (size_t o = blockIdx.x * per + (size_t)threadIdx.x * 128; o < (blockIdx.x + 1) * per && o < bytes;
-             o += (size_t)blockDim.x * 128)
-            asm volatile("prefetch.global.L2 [%0];" ::"l"(d + o));
     }
     const float4 *xv = (const float4 *)(x + (size_t)(r / k) * H);
     for (int c = threadIdx.x; c < 2 * nv; c += blockDim.x)
@@ -550,7 +543,7 @@ static void experts_fast(dr_cuda_ctx *cx, float *y, const float *x, const int32_
     if (!act)
         return;
     dr_cuda_launch(cx, true, moe_gu_bf16_kernel, dim3(dr_cdiv((size_t)I, 8), (unsigned)R), dim3(256),
-                   (size_t)H * sizeof(float), act, x, idx, tab, E, k, H, I, cx->moe_pf);
+                   (size_t)H * sizeof(float), act, x, idx, tab, E, k, H, I);
     const uint4 *shd = sh ? (const uint4 *)sh->down->dev : NULL;
     dr_cuda_launch(cx, true, moe_down_bf16_kernel, dim3(dr_cdiv((size_t)H, 8), (unsigned)T), dim3(256),
                    ((size_t)k * I + (size_t)Is) * sizeof(float), y,
