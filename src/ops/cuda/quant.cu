@@ -1361,10 +1361,11 @@ __global__ void __launch_bounds__(Q2_TPB, NB == 1 ? 2 : 1)
     }
 }
 
-/* shared memory of the v2 GEMV: staged x, segment sums, reduction buffers */
+/* shared memory of the v2 GEMV: staged x (64 bytes per 32 values and column,
+ * 2T columns), segment sums, reduction buffers */
 static size_t q2_smem(int T, int np, int gs, int bits, bool sb32) {
     const int kbat = (bits == 4 ? 128 : 64) * (sb32 ? 1 : 2), seg = gs < kbat ? gs : kbat;
-    return (size_t)(np / 32) * 2 * T * 16 + (size_t)T * (np / seg) * 4 + 2 * 8 * 16 * 8 * 4;
+    return (size_t)(np / 32) * 2 * T * 64 + (size_t)T * (np / seg) * 4 + 2 * 8 * 16 * 8 * 4;
 }
 
 template <int BITS, int NB, int GSH, bool SB32>
