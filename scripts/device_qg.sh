@@ -26,7 +26,7 @@ fi
 if [[ "$what" == *kern* ]]; then
   for v in 1 0; do
     echo "== bench_cuda quant DR_CUDA_QGEMV_V2=$v" >> "$OUT/kern.log"
-    DR_CUDA_QGEMV_V2=$v DR_BENCH_QUANT=1 timeout 150 "$b/tests/bench_cuda" >> "$OUT/kern.log" 2>&1 || echo "bench_cuda v2=$v rc=$?"
+    DR_CUDA_QGEMV_V2=$v DR_BENCH_QUANT=1 timeout 100 "$b/tests/bench_cuda" >> "$OUT/kern.log" 2>&1 || echo "bench_cuda v2=$v rc=$?"
   done
 fi
 cli="$b/deltarun"
@@ -51,7 +51,7 @@ if [[ "$what" == *e2e* ]]; then
   unset DR_CUDA_QGEMV_V2
 fi
 if [[ "$what" == *memcheck* ]]; then
-  timeout 240 compute-sanitizer --tool memcheck --error-exitcode 9 "$b/tests/test_cuda_quant" > "$OUT/memcheck_quant.log" 2>&1
+  timeout "${MC_T:-240}" compute-sanitizer --tool memcheck --error-exitcode 9 "$b/tests/test_cuda_quant" > "$OUT/memcheck_quant.log" 2>&1
   echo "memcheck test_cuda_quant exit $?" | tee -a "$SUM"
   grep -E "ERROR SUMMARY|passed|Invalid" "$OUT/memcheck_quant.log" | sort | uniq -c | sort -rn | head -8 | tee -a "$SUM"
 fi
