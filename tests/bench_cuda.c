@@ -168,7 +168,7 @@ static void bench_quant(double bw) {
         G->weight_free(G->ctx, &w);
         for (int bits = 4; bits <= 8; bits += 4) {
             double qb = qweight(&w, mats[m].d, mats[m].n, bits);
-            for (int T = 1; T <= 8; T = T == 1 ? 4 : 8) {
+            for (int T = 1; T <= 8; T = T == 1 ? 4 : 2 * T) {
                 double t1 = TIME(20, G->matmul(G->ctx, y, x, &w, T));
                 printf("%-40s q%d   T=%d %8.3f ms %6.0f GB/s %4.0f%%\n", mats[m].nm, bits, T, t1 * 1e3,
                        qb / t1 / 1e9, 100.0 * qb / t1 / 1e9 / bw);

@@ -1390,12 +1390,16 @@ static void q2_launch(dr_cuda_ctx *cx, const q2_set &set, const float *x, int T,
         kw_force = e ? atoi(e) : 0;
     }
     /* warps per tile: the fewest rounds of batches per warp (persistent
-       blocks: rounds of steps times batches per warp and step) */
+       blocks: rounds of steps times batches per warp and step), each
+       doubling of KW charged 15% (the shared-memory reduction and its
+       barrier; the old tensor-core kernel ran lm_head 37% slower at KW = 8
+       than at KW = 1 on the H200) */
     int KW = 1;
-    size_t best = (size_t)-1;
-    for (int kw = 1; kw <= 8 && kw <= nbat; kw *= 2) {
+    double best = 1e300;
+    for (int kw = 1, l2 = 0; kw <= 8 && kw <= nbat; kw *= 2, l2++) {
         const size_t steps = dr_cdiv((size_t)tiles, (size_t)(8 / kw));
-        const size_t cost = dr_cdiv(steps, cap) * (size_t)dr_cdiv((size_t)nbat, (size_t)kw);
+        const double cost =
+            (double)(dr_cdiv(steps, cap) * (size_t)dr_cdiv((size_t)nbat, (size_t)kw)) * (1.0 + 0.15 * l2);
         if (kw_force ? kw == kw_force : cost < best)
             best = cost, KW = kw;
     }
