@@ -2,7 +2,13 @@
  * model/tensor.h dr_quant; reference semantics ops/cpu/matmul_quant.c:
  * w = scale * q + bias, fp32 math).
  *
- * Device layout of one quantized tensor (one allocation, t->dev): the packed
+ * Device layout of one quantized tensor (one allocation, t->dev), default:
+ * the repacked layout (section "repacked layout (v2)" below: rows permuted
+ * for the tensor-core GEMV's A fragments, (scale, bias) interleaved), read by
+ * q2_gemv_kernel, q2_dequant_split_kernel, q2_embed_kernel and the q2_moe_*
+ * kernels. DR_CUDA_QGEMV_V2=0 (read once, at the first upload, for the
+ * process): the file layout below and the kernels written for it, kept as
+ * the same-run baseline. File layout: the packed
  * words as in the file ([rows, in * bits / 32] uint32), then scales and then
  * biases ([rows, in / group_size] in the file's sb dtype), each part starting
  * on a 256-byte boundary. Nothing is widened: decode streams the same bytes
