@@ -148,7 +148,7 @@ static double qweight(dr_tensor *t, int d, int n, int bits) {
     return (double)pk + 4.0 * ng;
 }
 
-/* DR_BENCH_QUANT=1: quantized GEMV (T = 1, 4) and prefill GEMMs beside bf16
+/* DR_BENCH_QUANT=1: quantized GEMV (T = 1, 4, 8) and prefill GEMMs beside bf16
  * on the same shapes, and the 35B MoE decode with q4 experts. */
 static void bench_quant(double bw) {
     const struct {
@@ -168,7 +168,7 @@ static void bench_quant(double bw) {
         G->weight_free(G->ctx, &w);
         for (int bits = 4; bits <= 8; bits += 4) {
             double qb = qweight(&w, mats[m].d, mats[m].n, bits);
-            for (int T = 1; T <= 4; T *= 4) {
+            for (int T = 1; T <= 8; T = T == 1 ? 4 : 2 * T) {
                 double t1 = TIME(20, G->matmul(G->ctx, y, x, &w, T));
                 printf("%-40s q%d   T=%d %8.3f ms %6.0f GB/s %4.0f%%\n", mats[m].nm, bits, T, t1 * 1e3,
                        qb / t1 / 1e9, 100.0 * qb / t1 / 1e9 / bw);

@@ -84,10 +84,15 @@ static void test_matmul(void) {
                         check_mm(&q, Ts[ti], what);
                 qfree(&q, own);
             }
-    /* edge cases of the tensor-core GEMV: rows a multiple of 16 with 4 warps
-       per tile ([48, 2048] q4 g128), and rows whose piece count is not a
-       multiple of 4 (n = 160: the FMA kernel runs) */
-    const int ex[][4] = {{48, 2048, 4, 128}, {48, 2048, 8, 64}, {50, 160, 4, 32}, {50, 160, 8, 32}};
+    /* edge cases of the tensor-core GEMVs: rows a multiple of 16 with 4 warps
+       per tile ([48, 2048] q4 g128), rows whose piece count is not a
+       multiple of 4 (n = 160: the FMA kernel of the file layout; padded to
+       256 / 128 values in the repacked one), and for the repacked layout:
+       a tile and a row (17 rows: 8 warps per tile), x of T = 8 over the
+       shared memory (n = 32768: tokens in blocks of 4), 8-bit with 12288
+       values, 8-bit g128 */
+    const int ex[][4] = {{48, 2048, 4, 128}, {48, 2048, 8, 64}, {50, 160, 4, 32},   {50, 160, 8, 32},
+                         {17, 4096, 4, 64},  {16, 32768, 4, 128}, {40, 12288, 8, 32}, {31, 2048, 8, 128}};
     for (size_t i = 0; i < sizeof ex / sizeof ex[0]; i++, c++) {
         void *own = NULL;
         dr_tensor q = qmat(ex[i][0], ex[i][1], ex[i][2], ex[i][3], SB[c % 3], &own, NULL);

@@ -2,7 +2,13 @@
  * model/tensor.h dr_quant; reference semantics ops/cpu/matmul_quant.c:
  * w = scale * q + bias, fp32 math).
  *
- * Device layout of one quantized tensor (one allocation, t->dev): the packed
+ * Device layout of one quantized tensor (one allocation, t->dev), default:
+ * the repacked layout (section "repacked layout (v2)" below: rows permuted
+ * for the tensor-core GEMV's A fragments, (scale, bias) interleaved), read by
+ * q2_gemv_kernel, q2_dequant_split_kernel, q2_embed_kernel and the q2_moe_*
+ * kernels. DR_CUDA_QGEMV_V2=0 (read once, at the first upload, for the
+ * process): the file layout below and the kernels written for it, kept as
+ * the same-run baseline. File layout: the packed
  * words as in the file ([rows, in * bits / 32] uint32), then scales and then
  * biases ([rows, in / group_size] in the file's sb dtype), each part starting
  * on a 256-byte boundary. Nothing is widened: decode streams the same bytes
@@ -82,6 +88,9 @@ static qmat q_parts(const dr_tensor *t) {
     return m;
 }
 
+static bool q2_on(void);
+static dr_status q2_upload(dr_cuda_ctx *cx, dr_tensor *t, const char *nm);
+
 dr_status dr_cuda_quant_upload(dr_cuda_ctx *cx, dr_tensor *t) {
     const char *nm = t->name ? t->name : "?";
     const int64_t n = t->ne[t->ndim - 1];
@@ -98,6 +107,8 @@ dr_status dr_cuda_quant_upload(dr_cuda_ctx *cx, dr_tensor *t) {
         return DR_FAIL(DR_ERR_ARG, "tensor %s: quantized tensor without packed data, scales or biases", nm);
     if (cx->failed)
         return DR_FAIL(DR_ERR_DEVICE, "CUDA backend: an earlier kernel failed (%s)", dr_last_error());
+    if (q2_on())
+        return q2_upload(cx, t, nm);
     size_t so, bo, tot;
     q_offsets(t, &so, &bo, &tot);
     const size_t pk = q_rows(t) * (size_t)n * (size_t)t->q.bits / 8, sb = tot - bo;
@@ -871,6 +882,761 @@ static unsigned grid_for(const dr_cuda_ctx *cx, size_t n) {
     return (unsigned)(b < 1 ? 1 : b > cap ? cap : b);
 }
 
+/* ---- repacked layout (v2, the default; DR_CUDA_QGEMV_V2=0: the file layout and the kernels above) ----
+ *
+ * Rows stay contiguous (MoE decode, embedding and prefill read single rows),
+ * but inside a row the values are permuted on upload so that the decode GEMV
+ * feeds mma.sync m16n8k16 A fragments straight from one 16-byte load per
+ * lane and row: rows are padded to np values (a multiple of 2 blocks), a
+ * block is 128 values (4-bit) or 64 (8-bit) = 4 lanes c x 16 bytes, and the
+ * word i of lane c holds (4-bit) the k-steps 2i and 2i + 1 of the block:
+ * nibble pair s (bits 4s and 16 + 4s) = k (2c, 2c + 1) + 8 (s % 2) of step
+ * 2i + s / 2, i.e. exactly the bf16 pairs a0/a2 of the MMA's row; 8-bit: the
+ * word i is step i, bytes (0, 2) = k (2c, 2c + 1), bytes (1, 3) = k
+ * (2c + 8, 2c + 9). Padded values are 0.
+ * Scales and biases are interleaved per row and group, (s, b) in the file's
+ * dtype, [rows][np / gs] (padded groups 0), 256 bytes after the packed words.
+ * Same bytes as the file (plus the padding of odd widths).
+ */
+
+static int q2_mode = -1; /* decided at the first upload, for the process */
+static bool q2_on(void) {
+    if (q2_mode < 0) {
+        const char *e = getenv("DR_CUDA_QGEMV_V2");
+        q2_mode = !(e && e[0] == '0');
+    }
+    return q2_mode != 0;
+}
+
+static int q2_np(int n, int bits) { /* padded width: whole pairs of blocks */
+    const int u = bits == 4 ? 256 : 128;
+    return (n + u - 1) / u * u;
+}
+
+/* k (within the row) of value `pos` (nibble / byte position) of word wd of a
+ * repacked row */
+static __host__ __device__ __forceinline__ int q2_k(int bits, int wd, int pos) {
+    const int blk = wd >> 4, c = (wd >> 2) & 3, i = wd & 3;
+    if (bits == 4) {
+        const int p = pos & 3;
+        return blk * 128 + 16 * (2 * i + (p >> 1)) + 2 * c + 8 * (p & 1) + (pos >> 2);
+    }
+    return blk * 64 + 16 * i + 2 * c + 8 * (pos & 1) + (pos >> 1);
+}
+
+/* word index and bit shift of value k of a repacked row */
+static __device__ __forceinline__ int q2_loc(int bits, int k, int *shift) {
+    const int ks = k & 15, c = (ks & 7) >> 1, h8 = ks >> 3, odd = ks & 1;
+    if (bits == 4) {
+        const int blk = k >> 7, j = (k & 127) >> 4;
+        *shift = 4 * (2 * (j & 1) + h8) + 16 * odd;
+        return blk * 16 + c * 4 + (j >> 1);
+    }
+    const int blk = k >> 6, j = (k & 63) >> 4;
+    *shift = 8 * (h8 + 2 * odd);
+    return blk * 16 + c * 4 + j;
+}
+
+/* (scale, bias) of pair word(s) p: bf16 / f16 pair in one word, f32 in two */
+static __device__ __forceinline__ void q2_sb(const uint32_t *p, int sdt, float *s, float *b) {
+    if (sdt == DR_DT_F32) {
+        *s = __uint_as_float(p[0]), *b = __uint_as_float(p[1]);
+    } else {
+        const uint32_t v = p[0];
+        if (sdt == DR_DT_BF16) {
+            *s = __uint_as_float(v << 16), *b = __uint_as_float(v & 0xFFFF0000u);
+        } else {
+            *s = __half2float(__ushort_as_half((unsigned short)(v & 0xFFFFu)));
+            *b = __half2float(__ushort_as_half((unsigned short)(v >> 16)));
+        }
+    }
+}
+
+/* file layout rows (fw [nr][n*bits/32], fs / fb [nr][n/gs]) -> repacked
+ * rows at dw (words) and dsb (pairs); one thread per destination word, then
+ * per (row, group) */
+__global__ void q2_repack_kernel(uint32_t *dw, uint32_t *dsb, const uint32_t *__restrict__ fw, const char *fs,
+                                 const char *fb, int bits, int n, int np, int gs, int sbsz, size_t nr) {
+    const int fr = n * bits / 32, rw = np * bits / 32, per = 32 / bits, G = n / gs, Gp = np / gs;
+    const unsigned mask = (1u << bits) - 1u;
+    const size_t nw = nr * (size_t)rw, ns = nr * (size_t)Gp, stride = (size_t)gridDim.x * blockDim.x;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < nw + ns; i += stride) {
+        if (i < nw) {
+            const size_t r = i / rw;
+            const int wd = (int)(i % rw);
+            uint32_t v = 0;
+            for (int pos = 0; pos < per; pos++) {
+                const int k = q2_k(bits, wd, pos);
+                if (k < n) {
+                    const uint32_t q = (__ldg(fw + r * fr + k / per) >> ((k % per) * bits)) & mask;
+                    v |= q << (pos * bits);
+                }
+            }
+            dw[i] = v;
+        } else {
+            const size_t j = i - nw, r = j / Gp;
+            const int g = (int)(j % Gp);
+            uint32_t s = 0, b = 0;
+            if (g < G) {
+                if (sbsz == 4) {
+                    s = ((const uint32_t *)fs)[r * G + g], b = ((const uint32_t *)fb)[r * G + g];
+                } else {
+                    s = ((const uint16_t *)fs)[r * G + g], b = ((const uint16_t *)fb)[r * G + g];
+                }
+            }
+            if (sbsz == 4)
+                dsb[2 * j] = s, dsb[2 * j + 1] = b;
+            else
+                dsb[j] = s | (b << 16);
+        }
+    }
+}
+
+#define Q2_CHUNK ((size_t)32 << 20) /* file bytes per repack step (DR_SCR_QW scratch) */
+
+static dr_status q2_upload(dr_cuda_ctx *cx, dr_tensor *t, const char *nm) {
+    const int n = (int)t->ne[t->ndim - 1], bits = t->q.bits, gs = t->q.group_size, np = q2_np(n, bits);
+    const int sbsz = (int)dr_dtype_size(t->q.sb_dtype), G = n / gs;
+    const size_t rows = q_rows(t), rw = (size_t)np * bits / 32, so = align256(rows * rw * 4);
+    const size_t tot = so + rows * (size_t)(np / gs) * 2 * sbsz;
+    void *p = NULL;
+    cudaError_t e = cudaMalloc(&p, tot);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        size_t fr = 0, all = 0;
+        cudaMemGetInfo(&fr, &all);
+        return DR_FAIL(dr_cuda_status(e),
+                       "tensor %s: cannot allocate %zu bytes (%d-bit packed + scales + biases) on the GPU (%zu of %zu "
+                       "MiB free): %s",
+                       nm, tot, bits, fr >> 20, all >> 20, cudaGetErrorString(e));
+    }
+    const size_t fpr = (size_t)n * bits / 8, fsr = (size_t)G * sbsz, frow = fpr + 2 * fsr;
+    size_t cr = Q2_CHUNK / frow;
+    cr = cr < 1 ? 1 : cr > rows ? rows : cr;
+    char *tmp = rows ? (char *)dr_cuda_scratch(cx, DR_SCR_QW, cr * frow + 512) : NULL;
+    if (rows && !tmp) {
+        cudaFree(p);
+        return DR_FAIL(DR_ERR_DEVICE, "tensor %s: no scratch for the repack: %s", nm, dr_last_error());
+    }
+    for (size_t r0 = 0; r0 < rows && e == cudaSuccess; r0 += cr) {
+        const size_t nr = rows - r0 < cr ? rows - r0 : cr;
+        char *tw = tmp, *ts = tmp + align256(nr * fpr), *tb = ts + align256(nr * fsr);
+        if ((e = cudaMemcpyAsync(tw, (const char *)t->data + r0 * fpr, nr * fpr, cudaMemcpyHostToDevice,
+                                 cx->stream)) != cudaSuccess ||
+            (e = cudaMemcpyAsync(ts, (const char *)t->q.scales + r0 * fsr, nr * fsr, cudaMemcpyHostToDevice,
+                                 cx->stream)) != cudaSuccess ||
+            (e = cudaMemcpyAsync(tb, (const char *)t->q.biases + r0 * fsr, nr * fsr, cudaMemcpyHostToDevice,
+                                 cx->stream)) != cudaSuccess)
+            break;
+        const size_t work = nr * rw + nr * (size_t)(np / gs);
+        q2_repack_kernel<<<grid_for(cx, work), 256, 0, cx->stream>>>(
+            (uint32_t *)p + r0 * rw, (uint32_t *)((char *)p + so) + r0 * (size_t)(np / gs) * (sbsz / 2),
+            (const uint32_t *)tw, ts, tb, bits, n, np, gs, sbsz, nr);
+        e = cudaGetLastError();
+        if (e == cudaSuccess)
+            e = cudaStreamSynchronize(cx->stream); /* the scratch is reused by the next chunk's copies */
+    }
+    if (e != cudaSuccess) {
+        cudaFree(p);
+        return DR_FAIL(dr_cuda_status(e), "tensor %s: upload / repack of %zu quantized bytes failed: %s", nm, tot,
+                       cudaGetErrorString(e));
+    }
+    t->dev = p;
+    return DR_OK;
+}
+
+/* geometry of a repacked tensor */
+struct q2geo {
+    int rows, n, np, gs, rq; /* rq: uint4 per row */
+    int sbw;                 /* 32-bit words per (s, b) pair: 1 or 2 */
+    size_t sb_off;           /* bytes from the block start */
+};
+
+static q2geo q2_geo(const dr_tensor *t) {
+    q2geo g;
+    g.rows = (int)q_rows(t);
+    g.n = (int)t->ne[t->ndim - 1];
+    g.np = q2_np(g.n, t->q.bits);
+    g.gs = t->q.group_size;
+    g.rq = g.np * t->q.bits / 128;
+    g.sbw = t->q.sb_dtype == DR_DT_F32 ? 2 : 1;
+    g.sb_off = align256((size_t)g.rows * g.rq * 16);
+    return g;
+}
+
+/* ---- v2 decode GEMV on the tensor cores ----
+ *
+ * A tile is 16 rows; lane (g, c) of a warp loads 16 bytes of row g and of row
+ * g + 8 per block (its 4 A-fragment words of 8 or 4 MMAs), so a warp reads
+ * 16 rows x 64 contiguous bytes per block load, every byte used. B columns
+ * are (token, hi / lo) pairs: column 2t + h of column block nb = t / 4 holds
+ * x_h of token t (x = hi + lo in bf16, relative error 2^-17), so thread
+ * (g, c)'s accumulators are rows g, g + 8 of token 4 nb + c, hi and lo. The
+ * C fragment is flushed per segment (a group, or a batch when the group is
+ * longer): acc += s (c_hi + c_lo) + b * sum(x over the segment), sum in fp32
+ * from x itself. x is staged per block in shared memory in fragment order:
+ * uint4 [k / 32][2T columns][c] = b0, b1 of two k-steps (conflict-free:
+ * 8 lanes read 128 consecutive bytes). Tiles are split over KW warps of a
+ * block by batches (BLK blocks) and summed in shared memory in a fixed
+ * order (deterministic); persistent blocks; the next batch is loaded before
+ * the current one is computed; PDL wait after the first weight loads.
+ */
+
+#define Q2_TPB 256
+
+struct q2_set {
+    const uint4 *W[QG_SETS];
+    const uint32_t *SB[QG_SETS];
+    float *y[QG_SETS];
+    int rows[QG_SETS];
+    int t0[QG_SETS + 1]; /* first tile of each matrix; t0[nm] = tiles */
+    int nm;
+};
+
+/* 4-bit: nibble pair s of v as bf16x2 (q, q') (128 + q exact, minus 128) */
+static __device__ __forceinline__ uint32_t q2_p4(uint32_t v, int s) {
+    return qm_pair(v, s);
+}
+
+/* 8-bit: bytes (h, h + 2) of v as bf16x2: q = 16 qh + ql, both exact */
+static __device__ __forceinline__ uint32_t q2_p8(uint32_t v, int h) {
+    const uint32_t lo = ((v >> (8 * h)) & 0x000F000Fu) | 0x43004300u;      /* 128 + ql */
+    const uint32_t hi = ((v >> (8 * h + 4)) & 0x000F000Fu) | 0x45004500u;  /* 2048 + 16 qh */
+    const uint32_t c1 = 0x45084508u;                                       /* 2176 */
+    __nv_bfloat162 a = __hsub2(*(const __nv_bfloat162 *)&hi, *(const __nv_bfloat162 *)&c1); /* 16 qh - 128 */
+    a = __hadd2(a, *(const __nv_bfloat162 *)&lo);
+    return *(const uint32_t *)&a;
+}
+
+template <int BITS, int NB, int GSH, bool SB32>
+__global__ void __launch_bounds__(Q2_TPB, NB == 1 ? 2 : 1)
+    q2_gemv_kernel(const q2_set set, const float *__restrict__ x, int T, int n, int np, int KW, int sdt) {
+    extern __shared__ uint4 q2_sm[];
+    constexpr int KB = BITS == 4 ? 128 : 64, SPB = KB / 16, BLK = SB32 ? 1 : 2, KBAT = BLK * KB;
+    constexpr int GS = 32 << GSH, SEG = GS < KBAT ? GS : KBAT, SPS = SEG / 16;
+    constexpr int SBW = SB32 ? 2 : 1, NGR = KBAT >= GS ? KBAT / GS : 1, NSW = NGR * SBW;
+    dr_pdl_trigger();
+    const int lane = threadIdx.x & 31, g = lane >> 2, c = lane & 3, w = threadIdx.x >> 5;
+    const int sub = w / KW, kw = w % KW, tpb = 8 / KW;
+    const int ntiles = set.t0[set.nm], nsteps = (ntiles + tpb - 1) / tpb, nbat = np / KBAT;
+    const int rq = np * BITS / 128, Gp = np / GS, ncol = 2 * T, njp = np / 32, nseg = np / SEG;
+    uint4 *xs = q2_sm;
+    float *sx = (float *)(q2_sm + (size_t)njp * ncol * 4);
+    float *red = sx + (size_t)T * nseg; /* [2][8 warps][16 rows][4 NB] */
+
+    int ls = blockIdx.x, lb = kw; /* load cursor: step, batch */
+    const uint4 *pw[2];
+    const uint32_t *psb[2];
+    auto rows_of = [&](int st) {
+        int tile = st * tpb + sub;
+        tile = tile < ntiles ? tile : 0; /* past the end: re-read tile 0, dropped */
+        int m = 0;
+#pragma unroll
+        for (int j = 1; j < QG_SETS; j++)
+            if (j < set.nm && tile >= set.t0[j])
+                m = j;
+        const uint4 *W = set.W[0];
+        const uint32_t *S = set.SB[0];
+        int rows = set.rows[0], t0 = 0;
+#pragma unroll
+        for (int j = 1; j < QG_SETS; j++)
+            if (j == m)
+                W = set.W[j], S = set.SB[j], rows = set.rows[j], t0 = set.t0[j];
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            int lr = (tile - t0) * 16 + r * 8 + g;
+            lr = lr < rows ? lr : 0;
+            pw[r] = W + (size_t)lr * rq + c;
+            psb[r] = S + (size_t)lr * Gp * SBW;
+        }
+    };
+    uint4 ua[BLK][2], ub[BLK][2];
+    uint32_t sa[2][NSW], sb[2][NSW];
+    auto fetch = [&](uint4 (&u)[BLK][2], uint32_t (&s)[2][NSW]) {
+#pragma unroll
+        for (int k = 0; k < BLK; k++)
+#pragma unroll
+            for (int r = 0; r < 2; r++)
+                u[k][r] = ld_q(pw[r] + (size_t)(lb * BLK + k) * 4);
+        const int g0 = lb * KBAT / GS;
+#pragma unroll
+        for (int r = 0; r < 2; r++)
+#pragma unroll
+            for (int i = 0; i < NSW; i++)
+                s[r][i] = __ldg(psb[r] + (size_t)g0 * SBW + i);
+    };
+    auto advance = [&]() {
+        lb += KW;
+        if (lb >= nbat) {
+            lb = kw;
+            ls += gridDim.x;
+            if (ls < nsteps)
+                rows_of(ls);
+        }
+    };
+    int cs = ls, cb = lb; /* the batch in ua */
+    if (ls < nsteps) {
+        rows_of(ls);
+        fetch(ua, sa);
+        advance();
+        if (ls < nsteps)
+            fetch(ub, sb);
+    }
+    dr_pdl_wait();
+    /* stage x: hi / lo in fragment order, then the segment sums */
+    for (int i = threadIdx.x; i < njp * T * 4; i += Q2_TPB) {
+        const int cc = i & 3, t = (i >> 2) % T, jp = (i >> 2) / T;
+        uint32_t hw[4], lw[4];
+#pragma unroll
+        for (int q = 0; q < 4; q++) {
+            const int k = 32 * jp + 8 * q + 2 * cc;
+            const float2 v = k < n ? __ldg((const float2 *)(x + (size_t)t * n + k)) : make_float2(0.0f, 0.0f);
+            dr_split2(v.x, v.y, hw[q], lw[q]);
+        }
+        xs[((size_t)jp * ncol + 2 * t) * 4 + cc] = make_uint4(hw[0], hw[1], hw[2], hw[3]);
+        xs[((size_t)jp * ncol + 2 * t + 1) * 4 + cc] = make_uint4(lw[0], lw[1], lw[2], lw[3]);
+    }
+    for (int i = threadIdx.x; i < T * nseg; i += Q2_TPB) {
+        const int t = i / nseg, k0 = (i % nseg) * SEG;
+        float s = 0.0f;
+        if (k0 < n) {
+            const float4 *xp = (const float4 *)(x + (size_t)t * n + k0);
+#pragma unroll 4
+            for (int j = 0; j < SEG / 4; j++) {
+                const float4 v = __ldg(xp + j);
+                s += (v.x + v.y) + (v.z + v.w);
+            }
+        }
+        sx[i] = s;
+    }
+    __syncthreads();
+    if (blockIdx.x >= nsteps)
+        return;
+
+    float acc[NB][2];
+#pragma unroll
+    for (int b = 0; b < NB; b++)
+        acc[b][0] = acc[b][1] = 0.0f;
+    int buf = 0;
+    for (;;) {
+        float C[NB][4];
+#pragma unroll
+        for (int b = 0; b < NB; b++)
+            C[b][0] = C[b][1] = C[b][2] = C[b][3] = 0.0f;
+        const uint4 zero4 = make_uint4(0, 0, 0, 0);
+#pragma unroll
+        for (int k = 0; k < BLK; k++) {
+            uint4 Bq[NB];
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const uint32_t w0 = (&ua[k][0].x)[i], w1 = (&ua[k][1].x)[i];
+                /* the step pair of this word (4-bit: steps 2i, 2i + 1; 8-bit: step i of pair i / 2) */
+                const int kk = cb * KBAT + k * KB + (BITS == 4 ? 32 * i : 16 * i);
+                if (BITS == 4 || (i & 1) == 0) {
+#pragma unroll
+                    for (int b = 0; b < NB; b++) {
+                        const int col = 8 * b + g;
+                        Bq[b] = col < ncol ? xs[((size_t)(kk >> 5) * ncol + col) * 4 + c] : zero4;
+                    }
+                }
+                static_assert(BITS == 4 || BITS == 8, "bits");
+                if (BITS == 4) {
+                    const uint32_t a0 = q2_p4(w0, 0), a1 = q2_p4(w1, 0), a2 = q2_p4(w0, 1), a3 = q2_p4(w1, 1);
+                    const uint32_t e0 = q2_p4(w0, 2), e1 = q2_p4(w1, 2), e2 = q2_p4(w0, 3), e3 = q2_p4(w1, 3);
+#pragma unroll
+                    for (int b = 0; b < NB; b++)
+                        qm_mma(C[b], a0, a1, a2, a3, Bq[b].x, Bq[b].y);
+                    const int st0 = k * SPB + 2 * i; /* step within the batch (segments are >= 2 steps) */
+#pragma unroll
+                    for (int b = 0; b < NB; b++)
+                        qm_mma(C[b], e0, e1, e2, e3, Bq[b].z, Bq[b].w);
+                    if ((st0 + 2) % SPS == 0) {
+                        const int si = (st0 + 2) / SPS - 1, gi = (si * SEG / GS) * SBW;
+                        float s0, b0, s1, b1;
+                        q2_sb(&sa[0][gi], SB32 ? DR_DT_F32 : sdt, &s0, &b0);
+                        q2_sb(&sa[1][gi], SB32 ? DR_DT_F32 : sdt, &s1, &b1);
+#pragma unroll
+                        for (int b = 0; b < NB; b++) {
+                            const int t = 4 * b + c;
+                            const float xsum = t < T ? sx[(size_t)t * nseg + cb * (KBAT / SEG) + si] : 0.0f;
+                            acc[b][0] = fmaf(s0, C[b][0] + C[b][1], fmaf(b0, xsum, acc[b][0]));
+                            acc[b][1] = fmaf(s1, C[b][2] + C[b][3], fmaf(b1, xsum, acc[b][1]));
+                            C[b][0] = C[b][1] = C[b][2] = C[b][3] = 0.0f;
+                        }
+                    }
+                } else {
+                    const uint32_t a0 = q2_p8(w0, 0), a1 = q2_p8(w1, 0), a2 = q2_p8(w0, 1), a3 = q2_p8(w1, 1);
+#pragma unroll
+                    for (int b = 0; b < NB; b++)
+                        qm_mma(C[b], a0, a1, a2, a3, (i & 1) ? Bq[b].z : Bq[b].x, (i & 1) ? Bq[b].w : Bq[b].y);
+                    const int st = k * SPB + i;
+                    if ((st + 1) % SPS == 0) {
+                        const int si = (st + 1) / SPS - 1, gi = (si * SEG / GS) * SBW;
+                        float s0, b0, s1, b1;
+                        q2_sb(&sa[0][gi], SB32 ? DR_DT_F32 : sdt, &s0, &b0);
+                        q2_sb(&sa[1][gi], SB32 ? DR_DT_F32 : sdt, &s1, &b1);
+#pragma unroll
+                        for (int b = 0; b < NB; b++) {
+                            const int t = 4 * b + c;
+                            const float xsum = t < T ? sx[(size_t)t * nseg + cb * (KBAT / SEG) + si] : 0.0f;
+                            acc[b][0] = fmaf(s0, C[b][0] + C[b][1], fmaf(b0, xsum, acc[b][0]));
+                            acc[b][1] = fmaf(s1, C[b][2] + C[b][3], fmaf(b1, xsum, acc[b][1]));
+                            C[b][0] = C[b][1] = C[b][2] = C[b][3] = 0.0f;
+                        }
+                    }
+                }
+            }
+        }
+        if (cb + KW >= nbat) { /* the warp's last batch of this step: its rows are done */
+            const int tile = cs * tpb + sub;
+            if (KW == 1) {
+                if (tile < ntiles) {
+                    int m = 0;
+#pragma unroll
+                    for (int j = 1; j < QG_SETS; j++)
+                        if (j < set.nm && tile >= set.t0[j])
+                            m = j;
+                    float *Y = set.y[0];
+                    int rows = set.rows[0], t0 = 0;
+#pragma unroll
+                    for (int j = 1; j < QG_SETS; j++)
+                        if (j == m)
+                            Y = set.y[j], rows = set.rows[j], t0 = set.t0[j];
+#pragma unroll
+                    for (int b = 0; b < NB; b++)
+#pragma unroll
+                        for (int r = 0; r < 2; r++) {
+                            const int lr = (tile - t0) * 16 + r * 8 + g, t = 4 * b + c;
+                            if (lr < rows && t < T)
+                                Y[(size_t)t * rows + lr] = acc[b][r];
+                        }
+                }
+            } else {
+                float *rb = red + (size_t)buf * 8 * 16 * 4 * NB;
+#pragma unroll
+                for (int b = 0; b < NB; b++)
+#pragma unroll
+                    for (int r = 0; r < 2; r++)
+                        rb[((size_t)w * 16 + r * 8 + g) * 4 * NB + 4 * b + c] = acc[b][r];
+                __syncthreads();
+                for (int i = threadIdx.x; i < tpb * 16 * T; i += Q2_TPB) {
+                    const int st = i / (16 * T), rr = (i / T) % 16, t = i % T;
+                    const int tl = cs * tpb + st;
+                    if (tl >= ntiles)
+                        continue;
+                    float v = 0.0f;
+                    for (int j = 0; j < KW; j++)
+                        v += rb[((size_t)(st * KW + j) * 16 + rr) * 4 * NB + t];
+                    int m = 0;
+#pragma unroll
+                    for (int j = 1; j < QG_SETS; j++)
+                        if (j < set.nm && tl >= set.t0[j])
+                            m = j;
+                    float *Y = set.y[0];
+                    int rows = set.rows[0], t0 = 0;
+#pragma unroll
+                    for (int j = 1; j < QG_SETS; j++)
+                        if (j == m)
+                            Y = set.y[j], rows = set.rows[j], t0 = set.t0[j];
+                    const int lr = (tl - t0) * 16 + rr;
+                    if (lr < rows)
+                        Y[(size_t)t * rows + lr] = v;
+                }
+                buf ^= 1;
+            }
+#pragma unroll
+            for (int b = 0; b < NB; b++)
+                acc[b][0] = acc[b][1] = 0.0f;
+        }
+        if (ls >= nsteps) /* (the cursor is at the batch in ub) */
+            break;
+#pragma unroll
+        for (int k = 0; k < BLK; k++)
+#pragma unroll
+            for (int r = 0; r < 2; r++)
+                ua[k][r] = ub[k][r];
+#pragma unroll
+        for (int r = 0; r < 2; r++)
+#pragma unroll
+            for (int i = 0; i < NSW; i++)
+                sa[r][i] = sb[r][i];
+        cs = ls, cb = lb;
+        advance();
+        if (ls < nsteps)
+            fetch(ub, sb);
+    }
+}
+
+/* shared memory of the v2 GEMV: staged x (64 bytes per 32 values and column,
+ * 2T columns), segment sums, reduction buffers */
+static size_t q2_smem(int T, int np, int gs, int bits, bool sb32) {
+    const int kbat = (bits == 4 ? 128 : 64) * (sb32 ? 1 : 2), seg = gs < kbat ? gs : kbat;
+    return (size_t)(np / 32) * 2 * T * 64 + (size_t)T * (np / seg) * 4 + 2 * 8 * 16 * 8 * 4;
+}
+
+template <int BITS, int NB, int GSH, bool SB32>
+static void q2_launch(dr_cuda_ctx *cx, const q2_set &set, const float *x, int T, int n, int np, int sdt,
+                      size_t smem, size_t smem_max) {
+    void (*k)(const q2_set, const float *, int, int, int, int, int) = q2_gemv_kernel<BITS, NB, GSH, SB32>;
+    static int per_sm = 0;
+    static size_t per_sm_smem = 0;
+    if (per_sm_smem != smem) {
+        cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_max);
+        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k, Q2_TPB, smem) != cudaSuccess || per_sm < 1)
+            per_sm = 1;
+        cudaGetLastError();
+        per_sm_smem = smem;
+    }
+    constexpr int KBAT = (BITS == 4 ? 128 : 64) * (SB32 ? 1 : 2);
+    const int tiles = set.t0[set.nm], nbat = np / KBAT, nsm = cx->n_sm > 0 ? cx->n_sm : 132;
+    const size_t cap = (size_t)per_sm * nsm;
+    static int kw_force = -1; /* DR_CUDA_QGEMV_KW=1/2/4/8: warps per tile forced (measurements) */
+    if (kw_force < 0) {
+        const char *e = getenv("DR_CUDA_QGEMV_KW");
+        kw_force = e ? atoi(e) : 0;
+    }
+    /* warps per tile: the fewest rounds of batches per warp (persistent
+       blocks: rounds of steps times batches per warp and step), each
+       doubling of KW charged 15% (the shared-memory reduction and its
+       barrier; the old tensor-core kernel ran lm_head 37% slower at KW = 8
+       than at KW = 1 on the H200) */
+    int KW = 1;
+    double best = 1e300;
+    for (int kw = 1, l2 = 0; kw <= 8 && kw <= nbat; kw *= 2, l2++) {
+        const size_t steps = dr_cdiv((size_t)tiles, (size_t)(8 / kw));
+        const double cost =
+            (double)(dr_cdiv(steps, cap) * (size_t)dr_cdiv((size_t)nbat, (size_t)kw)) * (1.0 + 0.15 * l2);
+        if (kw_force ? kw == kw_force : cost < best)
+            best = cost, KW = kw;
+    }
+    const size_t steps = dr_cdiv((size_t)tiles, (size_t)(8 / KW));
+    dim3 grid((unsigned)(steps < cap ? steps : cap)), block(Q2_TPB);
+    dr_cuda_launch(cx, true, k, grid, block, smem, set, x, T, n, np, KW, sdt);
+}
+
+template <int BITS, int NB, bool SB32>
+static void q2_gs(dr_cuda_ctx *cx, const q2_set &set, const float *x, int T, int n, int np, int gs, int sdt,
+                  size_t smem, size_t smem_max) {
+    if (gs == 32)
+        q2_launch<BITS, NB, 0, SB32>(cx, set, x, T, n, np, sdt, smem, smem_max);
+    else if (gs == 64)
+        q2_launch<BITS, NB, 1, SB32>(cx, set, x, T, n, np, sdt, smem, smem_max);
+    else
+        q2_launch<BITS, NB, 2, SB32>(cx, set, x, T, n, np, sdt, smem, smem_max);
+}
+
+static size_t q2_smem_max(void) {
+    static size_t m = 0; /* the device's opt-in limit, at most QM_SMEM_MAX */
+    if (!m) {
+        int dev = 0, v = 0;
+        if (cudaGetDevice(&dev) != cudaSuccess ||
+            cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess)
+            v = 48 << 10;
+        cudaGetLastError();
+        m = (size_t)v < QM_SMEM_MAX ? (size_t)v : QM_SMEM_MAX;
+    }
+    return m;
+}
+
+/* T <= QG_MAX_T tokens, all matrices of one geometry; tokens in blocks whose
+ * staged x fits the shared memory (the weights are read once per block) */
+static void q2_gemv_run(dr_cuda_ctx *cx, const q2_set &set, const dr_tensor *w0, const float *x, int T) {
+    const int n = (int)w0->ne[w0->ndim - 1], bits = w0->q.bits, gs = w0->q.group_size, np = q2_np(n, bits);
+    const int sdt = (int)w0->q.sb_dtype;
+    const bool sb32 = w0->q.sb_dtype == DR_DT_F32;
+    const size_t smax = q2_smem_max();
+    int tb = T;
+    while (tb > 1 && q2_smem(tb, np, gs, bits, sb32) > smax)
+        tb = tb > 4 ? 4 : tb / 2;
+    if (q2_smem(tb, np, gs, bits, sb32) > smax) {
+        dr_fail_at(__FILE__, __LINE__, DR_ERR_UNSUPPORTED, "CUDA quantized GEMV: rows of %d values do not fit", n);
+        cx->failed = 1;
+        return;
+    }
+    for (int t0 = 0; t0 < T; t0 += tb) {
+        const int tt = T - t0 < tb ? T - t0 : tb;
+        q2_set s = set;
+        for (int i = 0; i < s.nm; i++)
+            s.y[i] = set.y[i] + (size_t)t0 * set.rows[i];
+        const float *xt = x + (size_t)t0 * n;
+        const size_t smem = q2_smem(tt, np, gs, bits, sb32);
+        if (bits == 4) {
+            if (tt <= 4)
+                sb32 ? q2_gs<4, 1, true>(cx, s, xt, tt, n, np, gs, sdt, smem, smax)
+                     : q2_gs<4, 1, false>(cx, s, xt, tt, n, np, gs, sdt, smem, smax);
+            else
+                sb32 ? q2_gs<4, 2, true>(cx, s, xt, tt, n, np, gs, sdt, smem, smax)
+                     : q2_gs<4, 2, false>(cx, s, xt, tt, n, np, gs, sdt, smem, smax);
+        } else {
+            if (tt <= 4)
+                sb32 ? q2_gs<8, 1, true>(cx, s, xt, tt, n, np, gs, sdt, smem, smax)
+                     : q2_gs<8, 1, false>(cx, s, xt, tt, n, np, gs, sdt, smem, smax);
+            else
+                sb32 ? q2_gs<8, 2, true>(cx, s, xt, tt, n, np, gs, sdt, smem, smax)
+                     : q2_gs<8, 2, false>(cx, s, xt, tt, n, np, gs, sdt, smem, smax);
+        }
+    }
+}
+
+static void q2_set_add(q2_set *set, const dr_tensor *w, float *y) {
+    const q2geo g = q2_geo(w);
+    const int i = set->nm++;
+    set->W[i] = (const uint4 *)w->dev;
+    set->SB[i] = (const uint32_t *)((const char *)w->dev + g.sb_off);
+    set->y[i] = y;
+    set->rows[i] = g.rows;
+    set->t0[i + 1] = set->t0[i] + (g.rows + 15) / 16;
+}
+
+/* prefill: rows [r0, r0 + nr) -> hi/lo [nr, n]; one thread per (row, k-step
+ * of 16 values): the 4 lanes' words of the step, two 32-byte stores each */
+template <int BITS>
+__global__ void q2_dequant_split_kernel(bf16 *hi, bf16 *lo, const uint32_t *__restrict__ W,
+                                        const uint32_t *__restrict__ SB, int sdt, int n, int np, int gs, size_t r0,
+                                        size_t nr) {
+    const int ns = n / 16, rw = np * BITS / 32, sbw = sdt == DR_DT_F32 ? 2 : 1, Gp = np / gs;
+    const size_t tot = nr * (size_t)ns;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < tot; i += (size_t)gridDim.x * blockDim.x) {
+        const size_t r = i / ns;
+        const int j = (int)(i % ns);
+        const uint32_t *wr = W + (r0 + r) * rw;
+        float s, b;
+        q2_sb(SB + ((r0 + r) * Gp + (size_t)(j * 16 / gs)) * sbw, sdt, &s, &b);
+        float v[16];
+#pragma unroll
+        for (int c = 0; c < 4; c++) {
+            unsigned q[4]; /* k 2c, 2c + 1, 2c + 8, 2c + 9 */
+            if (BITS == 4) {
+                const uint32_t u = __ldg(wr + (j >> 3) * 16 + c * 4 + ((j & 7) >> 1));
+                const int p = 2 * (j & 1);
+                q[0] = (u >> (4 * p)) & 15u, q[1] = (u >> (16 + 4 * p)) & 15u;
+                q[2] = (u >> (4 * p + 4)) & 15u, q[3] = (u >> (20 + 4 * p)) & 15u;
+            } else {
+                const uint32_t u = __ldg(wr + (j >> 2) * 16 + c * 4 + (j & 3));
+                q[0] = u & 255u, q[1] = (u >> 16) & 255u, q[2] = (u >> 8) & 255u, q[3] = u >> 24;
+            }
+            const int ko[4] = {2 * c, 2 * c + 1, 2 * c + 8, 2 * c + 9};
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                v[ko[e]] = __fadd_rn(__fmul_rn(s, (float)q[e]), b); /* as the CPU */
+        }
+        uint32_t h[8], l[8];
+#pragma unroll
+        for (int e = 0; e < 8; e++)
+            dr_split2(v[2 * e], v[2 * e + 1], h[e], l[e]);
+        uint4 *ho = (uint4 *)(hi + r * n + (size_t)j * 16), *lo4 = (uint4 *)(lo + r * n + (size_t)j * 16);
+        ho[0] = make_uint4(h[0], h[1], h[2], h[3]), ho[1] = make_uint4(h[4], h[5], h[6], h[7]);
+        lo4[0] = make_uint4(l[0], l[1], l[2], l[3]), lo4[1] = make_uint4(l[4], l[5], l[6], l[7]);
+    }
+}
+
+__global__ void q2_embed_kernel(float *x, const uint32_t *__restrict__ W, const uint32_t *__restrict__ SB, int sdt,
+                                int bits, int gs, int np, const int32_t *ids, int H) {
+    const int t = blockIdx.y, rw = np * bits / 32, sbw = sdt == DR_DT_F32 ? 2 : 1;
+    const unsigned mask = (1u << bits) - 1u;
+    const size_t row = (size_t)ids[t];
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < H; i += gridDim.x * blockDim.x) {
+        int sh;
+        const int wd = q2_loc(bits, i, &sh);
+        const float q = (float)((__ldg(W + row * rw + wd) >> sh) & mask);
+        float s, b;
+        q2_sb(SB + (row * (np / gs) + i / gs) * sbw, sdt, &s, &b);
+        x[(size_t)t * H + i] = __fadd_rn(__fmul_rn(s, q), b);
+    }
+}
+
+/* MoE decode on the repacked layout: x [n] staged for row dots: float4 f of
+ * piece p (16 bytes of a row: block p / 4, lane p % 4) at [f][p], value
+ * order = nibble / byte order of the piece's words (q4vals' order) */
+template <int BITS> static __device__ __forceinline__ void q2_stage_x(float4 *xs, const float *x, int n, int np) {
+    constexpr int E = 128 / BITS, E4 = E / 4;
+    const int nv = np / E;
+    for (int i = threadIdx.x; i < E4 * nv; i += blockDim.x) {
+        const int f = i / nv, p = i % nv;
+        float v[4];
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const int e = 4 * f + j, wd = (p >> 2) * 16 + (p & 3) * 4 + e / (32 / BITS);
+            const int k = q2_k(BITS, wd, e % (32 / BITS));
+            v[j] = k < n ? x[k] : 0.0f;
+        }
+        xs[i] = make_float4(v[0], v[1], v[2], v[3]);
+    }
+}
+
+template <int BITS>
+static __device__ __forceinline__ float q2_dot_warp(const void *blk, const q2geo &g, int sdt, int row,
+                                                    const float4 *xs) {
+    constexpr int E = 128 / BITS, FW = 32 / BITS / 4; /* float4 per word */
+    const int lane = threadIdx.x & 31, nv = g.np / E, Gp = g.np / g.gs;
+    const uint4 *w = (const uint4 *)blk + (size_t)row * nv;
+    const uint32_t *sbp = (const uint32_t *)((const char *)blk + g.sb_off) + (size_t)row * Gp * g.sbw;
+    float acc = 0.0f;
+#pragma unroll 2
+    for (int v = lane; v < nv; v += 32) {
+        const uint4 u = ld_q(w + v);
+#pragma unroll
+        for (int wi = 0; wi < 4; wi++) {
+            const int k0 = (v >> 2) * (BITS == 4 ? 128 : 64) + wi * (BITS == 4 ? 32 : 16);
+            float s, b;
+            q2_sb(sbp + (size_t)(k0 / g.gs) * g.sbw, sdt, &s, &b);
+            float dq = 0.0f, sx = 0.0f;
+#pragma unroll
+            for (int ff = 0; ff < FW; ff++) {
+                const int f = wi * FW + ff;
+                const float4 xx = xs[f * nv + v];
+                float q[4];
+                q4vals<BITS>(u, f, q);
+                sx += (xx.x + xx.y) + (xx.z + xx.w);
+                dq = fmaf(q[0], xx.x, dq);
+                dq = fmaf(q[1], xx.y, dq);
+                dq = fmaf(q[2], xx.z, dq);
+                dq = fmaf(q[3], xx.w, dq);
+            }
+            acc = fmaf(s, dq, fmaf(b, sx, acc));
+        }
+    }
+    return dr_warp_sum(acc);
+}
+
+template <int BITS>
+__global__ void __launch_bounds__(256) q2_moe_gate_up_kernel(float *act, const float *x, const int32_t *idx,
+                                                             const void *const *tab, int E, int k, q2geo g, int sdt) {
+    extern __shared__ float4 xs[];
+    const int r = blockIdx.y;
+    const int i = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    q2_stage_x<BITS>(xs, x + (size_t)(r / k) * g.n, g.n, g.np);
+    __syncthreads();
+    if (i >= g.rows)
+        return;
+    const int e = idx[r];
+    const float gv = q2_dot_warp<BITS>(tab[e], g, sdt, i, xs), uv = q2_dot_warp<BITS>(tab[E + e], g, sdt, i, xs);
+    if ((threadIdx.x & 31) == 0)
+        act[(size_t)r * g.rows + i] = dr_dev_silu(gv) * uv;
+}
+
+template <int BITS>
+__global__ void __launch_bounds__(256) q2_moe_down_kernel(float *y, const float *act, const int32_t *idx,
+                                                          const float *wts, const void *const *tab, int E, int k,
+                                                          q2geo g, int sdt) {
+    extern __shared__ float4 xs[];
+    const int t = blockIdx.y;
+    const int h = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    for (int j = 0; j < k; j++)
+        q2_stage_x<BITS>(xs + (size_t)j * (g.np / 4), act + ((size_t)t * k + j) * g.n, g.n, g.np);
+    __syncthreads();
+    if (h >= g.rows)
+        return;
+    float acc = y[(size_t)t * g.rows + h];
+    for (int j = 0; j < k; j++) {
+        const size_t r = (size_t)t * k + j;
+        const float v = q2_dot_warp<BITS>(tab[2 * E + idx[r]], g, sdt, h, xs + (size_t)j * (g.np / 4));
+        acc += wts[r] * v;
+    }
+    if ((threadIdx.x & 31) == 0)
+        y[(size_t)t * g.rows + h] = acc;
+}
+
 #define QD_CHUNK_ELEMS ((size_t)32 << 20) /* 128 MiB of hi + lo scratch at most */
 
 static void qmm_gemm(dr_cuda_ctx *cx, float *y, const float *x, const dr_tensor *w, int T) {
@@ -892,7 +1658,16 @@ static void qmm_gemm(dr_cuda_ctx *cx, float *y, const float *x, const dr_tensor 
     const float one = 1.0f, zero = 0.0f;
     for (size_t r0 = 0; r0 < (size_t)d; r0 += cr) {
         const size_t nr = (size_t)d - r0 < cr ? (size_t)d - r0 : cr;
-        if (w->q.bits == 4)
+        if (q2_on()) {
+            const q2geo g = q2_geo(w);
+            const uint32_t *W = (const uint32_t *)w->dev, *SB = (const uint32_t *)((const char *)w->dev + g.sb_off);
+            if (w->q.bits == 4)
+                q2_dequant_split_kernel<4><<<grid_for(cx, nr * n / 16), 256, 0, cx->stream>>>(
+                    wh, wl, W, SB, (int)w->q.sb_dtype, n, g.np, g.gs, r0, nr);
+            else
+                q2_dequant_split_kernel<8><<<grid_for(cx, nr * n / 16), 256, 0, cx->stream>>>(
+                    wh, wl, W, SB, (int)w->q.sb_dtype, n, g.np, g.gs, r0, nr);
+        } else if (w->q.bits == 4)
             qdequant_split_kernel<4><<<grid_for(cx, nr * n / 8), 256, 0, cx->stream>>>(
                 wh, wl, (const uint32_t *)m.w, m.s, m.b, w->q.sb_dtype, n, w->q.group_size, r0, nr);
         else
@@ -929,6 +1704,12 @@ void dr_cuda_qmm(dr_cuda_ctx *cx, float *y, const float *x, const dr_tensor *w, 
         return;
     }
     for (int t0 = 0; t0 < T; t0 += QG_MAX_T) { /* the weights are re-read per block of 8 tokens */
+        if (q2_on()) {
+            q2_set set = {};
+            q2_set_add(&set, w, y + (size_t)t0 * d);
+            q2_gemv_run(cx, set, w, x + (size_t)t0 * n, T - t0 < QG_MAX_T ? T - t0 : QG_MAX_T);
+            continue;
+        }
         qgemv_set set = {};
         qset_add(&set, w, y + (size_t)t0 * d);
         qgemv_run(cx, set, w, x + (size_t)t0 * n, T - t0 < QG_MAX_T ? T - t0 : QG_MAX_T);
@@ -958,6 +1739,14 @@ bool dr_cuda_quant_matmul_n(dr_cuda_ctx *cx, int n_w, float *const *ys, const fl
             dr_cuda_mm_w(cx, ys[i], x, ws[i], T);
         return true;
     }
+    if (q2_on()) {
+        q2_set set = {};
+        for (int i = 0; i < n_w; i++)
+            q2_set_add(&set, ws[i], ys[i]);
+        if (set.t0[n_w] > 0)
+            q2_gemv_run(cx, set, ws[0], x, T);
+        return true;
+    }
     qgemv_set set = {};
     for (int i = 0; i < n_w; i++)
         qset_add(&set, ws[i], ys[i]);
@@ -983,8 +1772,16 @@ __global__ void qembed_kernel(float *x, const uint32_t *__restrict__ W, const vo
 
 void dr_cuda_qembed(dr_cuda_ctx *cx, float *x, const dr_tensor *emb, const int32_t *dids, int T) {
     const int H = (int)emb->ne[emb->ndim - 1];
-    const qmat m = q_parts(emb);
     dim3 grid(dr_cdiv((size_t)H, 256), (unsigned)T);
+    if (q2_on()) {
+        const q2geo g = q2_geo(emb);
+        q2_embed_kernel<<<grid, 256, 0, cx->stream>>>(x, (const uint32_t *)emb->dev,
+                                                      (const uint32_t *)((const char *)emb->dev + g.sb_off),
+                                                      (int)emb->q.sb_dtype, emb->q.bits, g.gs, g.np, dids, H);
+        DR_CUDA_LAUNCHED(cx);
+        return;
+    }
+    const qmat m = q_parts(emb);
     qembed_kernel<<<grid, 256, 0, cx->stream>>>(x, (const uint32_t *)m.w, m.s, m.b, emb->q.sb_dtype, emb->q.bits,
                                                 emb->q.group_size, dids, H);
     DR_CUDA_LAUNCHED(cx);
@@ -1094,7 +1891,8 @@ __global__ void __launch_bounds__(256) qmoe_down_kernel(float *y, const float *a
 bool dr_cuda_quant_moe_decode(dr_cuda_ctx *cx, float *y, const float *x, const int32_t *idx, const float *wts,
                               const dr_expert *ex, dr_cuda_expert_tab_fn get_tab, int E, int T, int k, int H, int I) {
     const dr_tensor *g0 = &ex[0].gate;
-    const size_t s1 = (size_t)H * sizeof(float), s2 = (size_t)k * I * sizeof(float); /* staged x, act rows */
+    const size_t s1 = (size_t)(q2_on() ? q2_np(H, g0->q.bits) : H) * sizeof(float),
+                 s2 = (size_t)k * (q2_on() ? q2_np(I, g0->q.bits) : I) * sizeof(float); /* staged x, act rows */
     if ((uintptr_t)x % 16 || (H * 4) % 16 || (I * 4) % 16 || s1 > (48 << 10) || s2 > (48 << 10))
         return false; /* (the grouped path runs) */
     for (int e = 0; e < E; e++) { /* one launch reads every expert with one geometry */
@@ -1111,9 +1909,23 @@ bool dr_cuda_quant_moe_decode(dr_cuda_ctx *cx, float *y, const float *x, const i
     float *act = (float *)dr_cuda_scratch(cx, DR_SCR_MOE, (size_t)R * I * sizeof(float));
     if (!act)
         return true;
-    const qgeo gu = q_geo(&ex[0].gate), dn = q_geo(&ex[0].down);
     const dr_dtype sdt = g0->q.sb_dtype;
     const dim3 g1(dr_cdiv((size_t)I, 8), (unsigned)R), g2(dr_cdiv((size_t)H, 8), (unsigned)T);
+    if (q2_on()) {
+        const q2geo gu = q2_geo(&ex[0].gate), dn = q2_geo(&ex[0].down);
+        if (g0->q.bits == 4) {
+            q2_moe_gate_up_kernel<4><<<g1, 256, s1, cx->stream>>>(act, x, idx, tab, E, k, gu, (int)sdt);
+            DR_CUDA_LAUNCHED(cx);
+            q2_moe_down_kernel<4><<<g2, 256, s2, cx->stream>>>(y, act, idx, wts, tab, E, k, dn, (int)sdt);
+        } else {
+            q2_moe_gate_up_kernel<8><<<g1, 256, s1, cx->stream>>>(act, x, idx, tab, E, k, gu, (int)sdt);
+            DR_CUDA_LAUNCHED(cx);
+            q2_moe_down_kernel<8><<<g2, 256, s2, cx->stream>>>(y, act, idx, wts, tab, E, k, dn, (int)sdt);
+        }
+        DR_CUDA_LAUNCHED(cx);
+        return true;
+    }
+    const qgeo gu = q_geo(&ex[0].gate), dn = q_geo(&ex[0].down);
     if (g0->q.bits == 4) {
         qmoe_gate_up_kernel<4><<<g1, 256, s1, cx->stream>>>(act, x, idx, tab, E, k, gu, sdt);
         DR_CUDA_LAUNCHED(cx);

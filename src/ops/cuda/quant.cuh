@@ -6,7 +6,9 @@
 #include "cuda_common.cuh"
 #include "prefill.cuh"
 
-/* Copy packed words, scales and biases of t to one device block (t->dev).
+/* Copy packed words, scales and biases of t to one device block (t->dev),
+ * repacked for the tensor-core GEMV (quant.cu "repacked layout (v2)"; the
+ * file layout with DR_CUDA_QGEMV_V2=0). Only quant.cu reads the block.
  * Fails naming the tensor on an unsupported layout or allocation failure. */
 dr_status dr_cuda_quant_upload(dr_cuda_ctx *cx, dr_tensor *t);
 
