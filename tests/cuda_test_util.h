@@ -55,7 +55,6 @@ static inline float *dget(const void *d, size_t n) {
     return h;
 }
 
-/* max |a - b| / max |b| (NaN counts as infinite) */
 /* t = a [d, n] weight of dtype dt over the host bytes h, uploaded to G (the
  * upload is CHECKed). */
 static inline void upload_weight(dr_tensor *t, const char *name, dr_dtype dt, int d, int n, const void *h) {
@@ -70,6 +69,26 @@ static inline void upload_weight(dr_tensor *t, const char *name, dr_dtype dt, in
     CHECK(st == DR_OK, "weight_upload %s: %s", name, dr_last_error());
 }
 
+/* t = a [d, n] weight of dtype dt (BF16 or F32) from uniform random values
+ * in [-1, 1), uploaded to G; returns the host bytes the weight holds
+ * (bf16: the values truncated to bf16), which the caller frees. */
+static inline void *rand_weight(dr_tensor *t, const char *name, dr_dtype dt, int d, int n) {
+    const size_t ne = (size_t)d * n, es = dt == DR_DT_BF16 ? 2 : 4;
+    float *f = rnd(ne, 1.0f);
+    void *buf = malloc(ne * es);
+    for (size_t e = 0; e < ne; e++)
+        if (es == 2) {
+            uint32_t u;
+            memcpy(&u, &f[e], 4);
+            ((uint16_t *)buf)[e] = (uint16_t)(u >> 16);
+        } else
+            ((float *)buf)[e] = f[e];
+    free(f);
+    upload_weight(t, name, dt, d, n, buf);
+    return buf;
+}
+
+/* max |a - b| / max |b| (NaN counts as infinite) */
 static inline float rel_err(const float *a, const float *b, size_t n) {
     float e = 0.0f, m = 0.0f;
     for (size_t i = 0; i < n; i++) {

@@ -155,24 +155,7 @@ static void test_fused_small(void) {
             const dr_tensor *wp[3];
             float *yh[3], *yd[3], *x = rnd((size_t)T * n, 1.0f), *dx = dput(x, (size_t)T * n * 4);
             for (int i = 0; i < 3; i++) {
-                memset(&w[i], 0, sizeof w[i]);
-                w[i].dtype = dts[di];
-                w[i].ndim = 2;
-                w[i].ne[0] = ds[i];
-                w[i].ne[1] = n;
-                const size_t ne = (size_t)ds[i] * n, es = dts[di] == DR_DT_BF16 ? 2 : 4;
-                float *f = rnd(ne, 1.0f);
-                void *buf = malloc(ne * es);
-                for (size_t e = 0; e < ne; e++)
-                    if (es == 2) {
-                        uint32_t u;
-                        memcpy(&u, &f[e], 4);
-                        ((uint16_t *)buf)[e] = (uint16_t)(u >> 16);
-                    } else
-                        ((float *)buf)[e] = f[e];
-                free(f);
-                w[i].data = buf;
-                w[i].dev = dput(buf, ne * es);
+                rand_weight(&w[i], "matmul_n.weight", dts[di], ds[i], n);
                 wp[i] = &w[i];
                 yh[i] = malloc((size_t)T * ds[i] * 4);
                 yd[i] = G->alloc(G->ctx, (size_t)T * ds[i] * 4);
@@ -186,7 +169,7 @@ static void test_fused_small(void) {
                 free(g);
                 free(yh[i]);
                 free((void *)w[i].data);
-                G->free(G->ctx, w[i].dev), G->free(G->ctx, yd[i]);
+                G->weight_free(G->ctx, &w[i]), G->free(G->ctx, yd[i]);
             }
             REPORT(e, TOL, "matmul_n 3 weights [67|5|33, %d] %s T=%d", n, di ? "f32" : "bf16", T);
             free(x);

@@ -15,24 +15,6 @@
 #define TOL_REF 2e-5f  /* against the CPU reference: other dot-product order */
 #define TOL_NORM 1e-6f /* against the CUDA chain: only the norm's sum order differs */
 
-/* a [d, n] weight of dtype dt from uniform random values; *hf gets the
- * values the weight holds (bf16-rounded for bf16), for the CPU side */
-static void make_weight(dr_tensor *t, const char *name, dr_dtype dt, int d, int n, void **host) {
-    const size_t ne = (size_t)d * n, es = dt == DR_DT_BF16 ? 2 : 4;
-    float *f = rnd(ne, 1.0f);
-    void *buf = malloc(ne * es);
-    for (size_t e = 0; e < ne; e++)
-        if (es == 2) {
-            uint32_t u;
-            memcpy(&u, &f[e], 4);
-            ((uint16_t *)buf)[e] = (uint16_t)(u >> 16);
-        } else
-            ((float *)buf)[e] = f[e];
-    free(f);
-    upload_weight(t, name, dt, d, n, buf);
-    *host = buf;
-}
-
 static float *dnan(size_t n) {
     float *h = malloc(n * sizeof *h);
     for (size_t i = 0; i < n; i++)
@@ -49,8 +31,8 @@ static const char *dtn(dr_dtype dt) { return dt == DR_DT_BF16 ? "bf16" : "f32"; 
 static void t_swiglu(int d, int n, int T, dr_dtype dt) {
     dr_tensor g, u;
     void *hg, *hu;
-    make_weight(&g, "gate", dt, d, n, &hg);
-    make_weight(&u, "up", dt, d, n, &hu);
+    hg = rand_weight(&g, "gate", dt, d, n);
+    hu = rand_weight(&u, "up", dt, d, n);
     const size_t nx = (size_t)T * n, ny = (size_t)T * d;
     float *x = rnd(nx, 1.0f), *dx = dput(x, nx * 4);
     /* CPU reference */
@@ -81,7 +63,7 @@ static void t_swiglu(int d, int n, int T, dr_dtype dt) {
 static void t_add_norm(int d, int n, int T, dr_dtype dt, bool with_gain) {
     dr_tensor w;
     void *hw;
-    make_weight(&w, "down", dt, d, n, &hw);
+    hw = rand_weight(&w, "down", dt, d, n);
     const size_t na = (size_t)T * n, nx = (size_t)T * d;
     const float eps = 1e-6f;
     float *a = rnd(na, 1.0f), *x = rnd(nx, 4.0f), *gain = rnd(d, 1.0f);
@@ -133,8 +115,8 @@ static void t_add_norm(int d, int n, int T, dr_dtype dt, bool with_gain) {
 static void t_declines(void) {
     dr_tensor w, w2;
     void *hw, *hw2;
-    make_weight(&w, "odd", DR_DT_BF16, 40, 1031, &hw); /* width not a multiple of 8 */
-    make_weight(&w2, "wide", DR_DT_BF16, 40, 1032, &hw2);
+    hw = rand_weight(&w, "odd", DR_DT_BF16, 40, 1031); /* width not a multiple of 8 */
+    hw2 = rand_weight(&w2, "wide", DR_DT_BF16, 40, 1032);
     float *dx = G->alloc(G->ctx, (size_t)9 * 1032 * 4), *dy = G->alloc(G->ctx, (size_t)9 * 40 * 4);
     CHECK_SHOW(!G->matmul_swiglu(G->ctx, dy, dx, &w, &w, 1), "matmul_swiglu declines width 1031");
     CHECK_SHOW(!G->matmul_add_rmsnorm(G->ctx, dy, dy, dx, &w, NULL, 1, 1e-6f), "matmul_add_rmsnorm declines width 1031");
