@@ -3,7 +3,12 @@
 # "CUDA (H100/H200)"): build (sm_90a), every CUDA test and golden, memcheck,
 # then the decode / prefill benches in bf16, q8 and q4 with same-call
 # baselines for the newest kernels. Logs under $OUT.
-# Usage: scripts/device_final.sh [tests] [conc] [memcheck] [bench] [r4] [quant] [qold] [prefill]
+# Usage: scripts/device_final.sh [tests] [conc] [legacy] [memcheck] [bench] [r4] [gemv] [p512] [quant]
+#        [qold] [prefill]
+# legacy: test_cuda and the concurrent test_cuda_quant with DR_CUDA_LEGACY_COPY=1 (the unordered
+# uploads before session 4's fix), to show the tests catch them. gemv: GEMV-only bench_cuda with
+# the GEMV-only bench_cuda lines (with the fused residual kernel).
+# p512: the 512-token prefill, twice per shape, device argmax against --host-logits.
 # r4 (r4big: also 35B-A3B, 40 layers): decode round 4 against its same-call
 # baselines (each change's switch off alone, then all off with the per-token
 # logits download to the host, as before the round).
@@ -13,7 +18,8 @@ what="${*:-tests memcheck bench quant prefill}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 b="$root/build-dev"
 t0=$(date +%s)
-dr_device_build "$b" test_cuda test_cuda_decode test_cuda_prefill test_cuda_quant test_cuda_fused test_golden deltarun_cli
+dr_device_build "$b" test_cuda test_cuda_decode test_cuda_prefill test_cuda_quant test_cuda_fused test_golden deltarun_cli \
+  bench_cuda
 echo "built in $(( $(date +%s) - t0 )) s"
 T="$OUT/tests.log"
 if [[ "$what" == *tests* ]]; then
@@ -32,6 +38,12 @@ fi
 if [[ "$what" == *conc* ]]; then # four test_cuda_quant processes at once (as ctest -j4 runs them)
   for i in 1 2 3 4; do timeout 180 "$b/tests/test_cuda_quant" > "$OUT/conc_$i.log" 2>&1 & done; wait
   for i in 1 2 3 4; do echo "concurrent test_cuda_quant $i: $(tail -1 "$OUT/conc_$i.log")"; grep "^FAIL" "$OUT/conc_$i.log" | head -3; done
+fi
+if [[ "$what" == *legacy* ]]; then
+  DR_CUDA_LEGACY_COPY=1 timeout 60 "$b/tests/test_cuda" > "$OUT/legacy_test_cuda.log" 2>&1
+  echo "test_cuda with legacy copies: exit $?"; grep -E "busy|^FAIL" "$OUT/legacy_test_cuda.log" | head -5
+  for i in 1 2 3 4; do DR_CUDA_LEGACY_COPY=1 timeout 180 "$b/tests/test_cuda_quant" > "$OUT/lconc_$i.log" 2>&1 & done; wait
+  for i in 1 2 3 4; do echo "legacy concurrent test_cuda_quant $i: $(tail -1 "$OUT/lconc_$i.log")"; grep "^FAIL" "$OUT/lconc_$i.log" | head -3; done
 fi
 if [[ "$what" == *memcheck* ]]; then
   timeout 150 compute-sanitizer --tool memcheck --leak-check full --error-exitcode 9 \
@@ -72,6 +84,16 @@ if [[ "$what" == *r4* ]]; then
     one 35B-40L-r4 --synthetic $C/qwen3.5-35b-a3b.json -p 128 -n 64
     ( export $vars; one 35B-40L-allold-hostlogits --synthetic $C/qwen3.5-35b-a3b.json -p 128 -n 64 --host-logits )
   fi
+fi
+if [[ "$what" == *gemv* ]]; then
+  DR_BENCH_GEMV_ONLY=1 timeout 60 "$b/tests/bench_cuda" 2>&1 | grep -E "floor|\[" | grep -v "^floor"
+fi
+if [[ "$what" == *p512* ]]; then
+  for sh in "0.8B --synthetic $C/qwen3.5-0.8b.json" "9B --synthetic $C/qwen3.5-9b.json"; do
+    set -- $sh; nm=$1; shift
+    one "$nm-p512" "$@" -p 512 -n 16; one "$nm-p512-hostlogits" "$@" -p 512 -n 16 --host-logits
+    one "$nm-p512" "$@" -p 512 -n 16; one "$nm-p2048" "$@" -p 2048 -n 16
+  done
 fi
 if [[ "$what" == *qold* ]]; then # the FMA quantized GEMV (before the tensor-core one), same call
   export DR_CUDA_QGEMV_MMA=0

@@ -267,6 +267,14 @@ int main(void) {
         double t1 = TIME(20, G->matmul(G->ctx, y, x, &w, 1));
         printf("%-52s %9.3f ms  %7.0f GB/s  %4.0f%% of floor\n", mats[m].nm, t1 * 1e3, bytes / t1 / 1e9,
                100.0 * bytes / t1 / 1e9 / bw);
+        if (G->matmul_add_rmsnorm && mats[m].d <= 16384) { /* the residual projections' fused kernel */
+            float *xr = dev_rand((size_t)mats[m].d), *xn = G->alloc(G->ctx, (size_t)mats[m].d * 4);
+            float *gain = dev_rand((size_t)mats[m].d);
+            double t2 = TIME(20, G->matmul_add_rmsnorm(G->ctx, xr, xn, x, &w, gain, 1, 1e-6f));
+            printf("%-52s %9.3f ms  %7.0f GB/s  %4.0f%% of floor\n", "   same, + residual add + RMSNorm (fused)",
+                   t2 * 1e3, bytes / t2 / 1e9, 100.0 * bytes / t2 / 1e9 / bw);
+            G->free(G->ctx, xr), G->free(G->ctx, xn), G->free(G->ctx, gain);
+        }
         for (int T = 512; !getenv("DR_BENCH_GEMV_ONLY") && T <= 8192 && (size_t)T * mats[m].d <= (size_t)8192 * 62080;
              T *= 16) {
             double tt = TIME(3, G->matmul(G->ctx, y, x, &w, T));

@@ -42,7 +42,7 @@ static const float *rope_table(dr_cuda_ctx *cx, int d_rot, float theta) {
     float *d = NULL;
     cudaError_t e = cudaMalloc(&d, (size_t)(half ? half : 1) * sizeof(float));
     if (e == cudaSuccess)
-        e = cudaMemcpy(d, h, (size_t)half * sizeof(float), cudaMemcpyHostToDevice);
+        e = dr_cuda_h2d(cx, d, h, (size_t)half * sizeof(float));
     free(h);
     if (e != cudaSuccess) {
         cudaFree(d);

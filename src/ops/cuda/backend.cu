@@ -55,6 +55,19 @@ void *dr_cuda_scratch(dr_cuda_ctx *cx, int slot, size_t n) {
     return p;
 }
 
+cudaError_t dr_cuda_h2d(dr_cuda_ctx *cx, void *dst, const void *src, size_t n) {
+    static int legacy = -1; /* DR_CUDA_LEGACY_COPY=1: the old unordered cudaMemcpy (same-call A/B only) */
+    if (legacy < 0) {
+        const char *e = getenv("DR_CUDA_LEGACY_COPY");
+        legacy = e && e[0] == '1';
+    }
+    if (!n)
+        return cudaSuccess;
+    if (legacy)
+        return cudaMemcpy(dst, src, n, cudaMemcpyHostToDevice);
+    return cudaMemcpyAsync(dst, src, n, cudaMemcpyHostToDevice, cx->stream);
+}
+
 int32_t *dr_cuda_host_ids(dr_cuda_ctx *cx, size_t n) {
     if (n <= cx->ids_host_n)
         return cx->ids_host;
@@ -196,7 +209,7 @@ static dr_status cu_weight_upload(void *ctx, dr_tensor *t) {
         return DR_FAIL(dr_cuda_status(e), "tensor %s: cannot allocate %zu bytes on the GPU (%zu of %zu MiB free): %s",
                        t->name ? t->name : "?", n, fr >> 20, tot >> 20, cudaGetErrorString(e));
     }
-    e = cudaMemcpy(p, t->data, n, cudaMemcpyHostToDevice);
+    e = dr_cuda_h2d(cx, p, t->data, n);
     if (e != cudaSuccess) {
         cudaFree(p);
         return DR_FAIL(dr_cuda_status(e), "tensor %s: upload of %zu bytes failed: %s", t->name ? t->name : "?", n,

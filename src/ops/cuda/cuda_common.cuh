@@ -126,6 +126,15 @@ extern "C" void dr_cuda_note_blas(dr_cuda_ctx *cx, const char *file, int line, c
  * buffer. NULL (and ctx->failed) when out of memory. */
 void *dr_cuda_scratch(dr_cuda_ctx *cx, int slot, size_t n);
 
+/* Host -> device copy of n bytes ordered on cx->stream. Every upload goes
+ * through here: a plain cudaMemcpy runs on the legacy default stream, which
+ * our non-blocking stream does not wait for, and from pageable memory it may
+ * return before the DMA lands, so a kernel queued right after could read
+ * the old bytes (seen as a rare wrong RoPE table when several processes
+ * shared the copy engines). From pageable memory the source is staged
+ * before the call returns, so the caller may free or reuse it at once. */
+cudaError_t dr_cuda_h2d(dr_cuda_ctx *cx, void *dst, const void *src, size_t n);
+
 /* Pinned host buffer of at least n int32 (for index uploads). */
 int32_t *dr_cuda_host_ids(dr_cuda_ctx *cx, size_t n);
 

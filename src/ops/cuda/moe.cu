@@ -244,7 +244,7 @@ static const void *const *expert_table(dr_cuda_ctx *cx, const dr_expert *ex, int
     }
     /* kernels still queued may read the old table */
     DR_CUDA_NOTE(cx, cudaStreamSynchronize(cx->stream));
-    DR_CUDA_NOTE(cx, cudaMemcpy(tb->dev, tb->host, 3 * (size_t)E * sizeof(void *), cudaMemcpyHostToDevice));
+    DR_CUDA_NOTE(cx, dr_cuda_h2d(cx, tb->dev, tb->host, 3 * (size_t)E * sizeof(void *)));
     return cx->failed ? NULL : (const void *const *)tb->dev;
 nomem:
     dr_fail_at(__FILE__, __LINE__, DR_ERR_NOMEM, "out of memory (expert table)");

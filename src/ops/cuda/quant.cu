@@ -124,9 +124,9 @@ dr_status dr_cuda_quant_upload(dr_cuda_ctx *cx, dr_tensor *t) {
                        nm, tot, t->q.bits, fr >> 20, all >> 20, cudaGetErrorString(e));
     }
     char *d = (char *)p;
-    if ((e = cudaMemcpy(d, t->data, pk, cudaMemcpyHostToDevice)) != cudaSuccess ||
-        (e = cudaMemcpy(d + so, t->q.scales, sb, cudaMemcpyHostToDevice)) != cudaSuccess ||
-        (e = cudaMemcpy(d + bo, t->q.biases, sb, cudaMemcpyHostToDevice)) != cudaSuccess) {
+    if ((e = dr_cuda_h2d(cx, d, t->data, pk)) != cudaSuccess ||
+        (e = dr_cuda_h2d(cx, d + so, t->q.scales, sb)) != cudaSuccess ||
+        (e = dr_cuda_h2d(cx, d + bo, t->q.biases, sb)) != cudaSuccess) {
         cudaFree(p);
         return DR_FAIL(dr_cuda_status(e), "tensor %s: upload of %zu quantized bytes failed: %s", nm, tot,
                        cudaGetErrorString(e));
