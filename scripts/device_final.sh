@@ -6,8 +6,8 @@
 # Usage: scripts/device_final.sh [tests] [conc] [legacy] [memcheck] [bench] [r4] [gemv] [p512] [quant]
 #        [qold] [prefill]
 # legacy: test_cuda and the concurrent test_cuda_quant with DR_CUDA_LEGACY_COPY=1 (the unordered
-# uploads before session 4's fix), to show the tests catch them. gemv: GEMV-only bench_cuda with
-# the GEMV-only bench_cuda lines (with the fused residual kernel).
+# uploads before session 4's fix), to show the tests catch them. gemv: the GEMV-only bench_cuda lines
+# (each shape also through the fused residual add + RMSNorm kernel).
 # p512: the 512-token prefill, twice per shape, device argmax against --host-logits.
 # r4 (r4big: also 35B-A3B, 40 layers): decode round 4 against its same-call
 # baselines (each change's switch off alone, then all off with the per-token
