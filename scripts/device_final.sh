@@ -8,7 +8,7 @@
 # legacy: test_cuda and the concurrent test_cuda_quant with DR_CUDA_LEGACY_COPY=1 (the unordered
 # uploads before session 4's fix), to show the tests catch them. gemv: the GEMV-only bench_cuda lines
 # (each shape also through the fused residual add + RMSNorm kernel).
-# chainb: decode with the GEMV chain against DR_CUDA_CHAIN=0.
+# chainm: test_cuda_chain and bench_cuda's chained layers (U = 8 and 4). chainb: decode with the GEMV chain against DR_CUDA_CHAIN=0.
 # p512: the 512-token prefill, twice per shape, device argmax against --host-logits.
 # r4 (r4big: also 35B-A3B, 40 layers): decode round 4 against its same-call
 # baselines (each change's switch off alone, then all off with the per-token
@@ -89,6 +89,11 @@ if [[ "$what" == *r4* ]]; then
 fi
 if [[ "$what" == *gemv* ]]; then
   DR_BENCH_GEMV_ONLY=1 timeout 60 "$b/tests/bench_cuda" 2>&1 | grep -E "floor|\[" | grep -v "^floor"
+fi
+if [[ "$what" == *chainm* ]]; then # the chain test, then chained dense layers against one kernel each (bench_cuda)
+  timeout 120 "$b/tests/test_cuda_chain" > "$OUT/chain_test.log" 2>&1; echo "test_cuda_chain: $(tail -1 "$OUT/chain_test.log")"
+  grep -E "^FAIL" "$OUT/chain_test.log" | head -5; grep -E "chain kernels" "$OUT/chain_test.log" | head -3
+  for u in 8 4; do echo "== DR_CUDA_CHAIN_U=$u"; DR_CUDA_CHAIN_U=$u DR_BENCH_CHAIN=1 timeout 120 "$b/tests/bench_cuda" 2>&1 | grep -E "floor|GEMVs|proj"; done
 fi
 if [[ "$what" == *chainb* ]]; then # decode with the GEMV chain (chain.cu) against DR_CUDA_CHAIN=0, interleaved
   for sh in "0.8B --synthetic $C/qwen3.5-0.8b.json -n 256" "9B --synthetic $C/qwen3.5-9b.json -n 128" \

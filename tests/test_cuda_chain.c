@@ -138,7 +138,7 @@ static void r_layers3(const layer *L, bufs *b) { run_layers(L, b, 3); }
 static void r_tail(const layer *L, bufs *b) { run_tail(L, b, true); }
 static void r_tail_nogain(const layer *L, bufs *b) { run_tail(L, b, false); }
 
-static void check(const layer *L, runner r, const char *what, int outs_written) {
+static void check(const layer *L, runner r, const char *what, int outs_written, bool chained) {
     float *x0 = rnd((size_t)L->H, 2.0f), *a0 = rnd((size_t)L->A, 1.0f);
     bufs c, u;
     bufs_new(&c, L, x0, a0);
@@ -152,9 +152,17 @@ static void check(const layer *L, runner r, const char *what, int outs_written) 
             G->upload(G->ctx, c.x, x0, (size_t)L->H * 4);
             G->upload(G->ctx, c.a, a0, (size_t)L->A * 4);
         }
+        long l0, o0, l1, o1;
+        dr_cuda_chain_counts(&l0, &o0);
         r(L, &c);
         G->sync(G->ctx); /* flushes what is pending */
+        dr_cuda_chain_counts(&l1, &o1);
         dr_cuda_set_chain(0);
+        if (chained)
+            CHECK_SHOW(l1 > l0 && o1 - o0 >= 2 * (l1 - l0), "chain %s: %ld chain kernels holding %ld ops", what,
+                       l1 - l0, o1 - o0);
+        else
+            CHECK_SHOW(l1 == l0, "chain %s: no chain kernel (the ordinary GEMV)", what);
         char w[96];
         snprintf(w, sizeof w, "%s%s", what, rep ? " (second run)" : "");
         compare(L, &c, &u, w, outs_written);
@@ -175,11 +183,11 @@ int main(void) {
     for (int s = 0; s < 3; s++) {
         layer L;
         layer_new(&L, shapes[s][0], shapes[s][1], shapes[s][2], shapes[s][3], shapes[s][4]);
-        check(&L, r_layers3, "3 layers", O_ALL);
-        check(&L, r_tail, "ending on a residual", O_X | O_XN | O_H);
-        check(&L, r_tail_nogain, "ending on an add without norm", O_X | O_H);
-        check(&L, run_mixed, "with declined ops between", O_ALL);
-        check(&L, run_lone, "of one GEMV", O_Y1);
+        check(&L, r_layers3, "3 layers", O_ALL, true);
+        check(&L, r_tail, "ending on a residual", O_X | O_XN | O_H, true);
+        check(&L, r_tail_nogain, "ending on an add without norm", O_X | O_H, true);
+        check(&L, run_mixed, "with declined ops between", O_ALL, true);
+        check(&L, run_lone, "of one GEMV", O_Y1, false);
         layer_free(&L);
     }
     dr_cuda_set_chain(1);

@@ -42,7 +42,8 @@
 
 #define CH_WARPS 16
 #define CH_TPB (32 * CH_WARPS)
-#define CH_U 4 /* 16-byte loads in flight per lane and row (two rows: 8) */
+/* U: 16-byte loads in flight per lane and row (two rows per warp): 8 by
+ * default, DR_CUDA_CHAIN_U=4 for a same-run comparison */
 
 enum { CH_MM, CH_SWIGLU, CH_ADD, CH_NORM };
 
@@ -101,14 +102,15 @@ static __device__ __forceinline__ void ch_rows(const ch_op &op, int u, int nv, c
     }
 }
 
-static __device__ __forceinline__ void ch_load(uint4 (&u)[CH_U][2], const uint4 *const (&wp)[2], const int (&row)[2],
+template <int U>
+static __device__ __forceinline__ void ch_load(uint4 (&u)[U][2], const uint4 *const (&wp)[2], const int (&row)[2],
                                                int b, int nv) {
     const int lane = threadIdx.x & 31;
 #pragma unroll
-    for (int j = 0; j < CH_U; j++)
+    for (int j = 0; j < U; j++)
 #pragma unroll
         for (int r = 0; r < 2; r++) {
-            const int v = b * 32 * CH_U + 32 * j + lane;
+            const int v = b * 32 * U + 32 * j + lane;
             u[j][r] = row[r] >= 0 && v < nv ? dr_ld_w(wp[r] + v) : make_uint4(0, 0, 0, 0);
         }
 }
@@ -147,12 +149,13 @@ static __device__ void ch_stage(const ch_prog &P, const ch_op &op, float *xs, fl
     }
 }
 
-static __device__ __forceinline__ void ch_dot_step(float (&acc)[2], const uint4 (&u)[CH_U][2], const float *xs,
+template <int U>
+static __device__ __forceinline__ void ch_dot_step(float (&acc)[2], const uint4 (&u)[U][2], const float *xs,
                                                    int b, int nv) {
     const int lane = threadIdx.x & 31;
 #pragma unroll
-    for (int j = 0; j < CH_U; j++) {
-        const int v = b * 32 * CH_U + 32 * j + lane;
+    for (int j = 0; j < U; j++) {
+        const int v = b * 32 * U + 32 * j + lane;
         if (v < nv) {
             const float4 *xv = (const float4 *)(xs + (size_t)v * 8);
             const float4 xx[2] = {xv[0], xv[1]};
@@ -198,6 +201,7 @@ static __device__ __forceinline__ void ch_store(const ch_op &op, const float (&a
     }
 }
 
+template <int U>
 __global__ void __launch_bounds__(CH_TPB, 1) chain_kernel(const __grid_constant__ ch_prog P) {
     extern __shared__ float4 ch_sm[];
     float *xs = (float *)ch_sm;
@@ -207,17 +211,17 @@ __global__ void __launch_bounds__(CH_TPB, 1) chain_kernel(const __grid_constant_
     const long gw = (long)blockIdx.x * CH_WARPS + w, GW = (long)G * CH_WARPS;
     for (int k = 0; k < P.nops; k++) {
         const ch_op &op = P.op[k];
-        const int nv = op.n / 8, nb = (nv + 32 * CH_U - 1) / (32 * CH_U);
+        const int nv = op.n / 8, nb = (nv + 32 * U - 1) / (32 * U);
         const int step = op.kind == CH_SWIGLU ? 1 : 2; /* rows per unit */
         const int units = op.kind == CH_NORM ? 0 : (op.units + step - 1) / step;
         const int u0 = (int)(units * gw / GW), u1 = (int)(units * (gw + 1) / GW);
         const int nsteps = (u1 - u0) * nb;
         const uint4 *wp[2];
         int m[2], row[2];
-        uint4 u[CH_U][2];
+        uint4 u[U][2];
         if (nsteps > 0) { /* the first weights stream while the previous op finishes */
             ch_rows(op, u0 * step, nv, wp, m, row);
-            ch_load(u, wp, row, 0, nv);
+            ch_load<U>(u, wp, row, 0, nv);
         }
         if (k == 0) {
             dr_pdl_wait();
@@ -231,13 +235,13 @@ __global__ void __launch_bounds__(CH_TPB, 1) chain_kernel(const __grid_constant_
         float acc[2] = {0.0f, 0.0f}, sq = 0.0f;
         for (int s = 0; s < nsteps; s++) {
             const int b = s % nb;
-            ch_dot_step(acc, u, xs, b, nv);
+            ch_dot_step<U>(acc, u, xs, b, nv);
             const int wpu = (u0 + s / nb) * step; /* this unit's first row */
             int mc[2] = {m[0], m[1]}, rc[2] = {row[0], row[1]};
             if (s + 1 < nsteps) { /* the next step's loads before this unit's reduction */
                 if (b + 1 == nb)
                     ch_rows(op, wpu + step, nv, wp, m, row);
-                ch_load(u, wp, row, (s + 1) % nb, nv);
+                ch_load<U>(u, wp, row, (s + 1) % nb, nv);
             }
             if (b + 1 == nb) {
                 acc[0] = dr_warp_sum(acc[0]);
@@ -285,6 +289,12 @@ struct dr_cuda_chain {
 };
 
 static int g_chain_mode = -1; /* 0 off, 1 while recording a step (default), 2 always (tests) */
+static long g_launches, g_ops;  /* chain kernels launched (recorded), ops they held */
+
+extern "C" void dr_cuda_chain_counts(long *launches, long *ops) {
+    *launches = g_launches;
+    *ops = g_ops;
+}
 
 extern "C" void dr_cuda_set_chain(int mode) { g_chain_mode = mode; }
 
@@ -301,11 +311,16 @@ static bool chain_ready(dr_cuda_ctx *cx) {
     if (cx->ch_state)
         return cx->ch_state > 0;
     cx->ch_state = -1;
-    int per_sm = 0;
-    if (cudaFuncSetAttribute(chain_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, CH_N_MAX * 4) !=
+    int per_sm = 0, per_sm4 = 0;
+    if (cudaFuncSetAttribute(chain_kernel<8>, cudaFuncAttributeMaxDynamicSharedMemorySize, CH_N_MAX * 4) !=
             cudaSuccess ||
-        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, chain_kernel, CH_TPB, CH_N_MAX * 4) != cudaSuccess ||
-        per_sm < 1 || cx->n_sm < 1) {
+        cudaFuncSetAttribute(chain_kernel<4>, cudaFuncAttributeMaxDynamicSharedMemorySize, CH_N_MAX * 4) !=
+            cudaSuccess ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, chain_kernel<8>, CH_TPB, CH_N_MAX * 4) !=
+            cudaSuccess ||
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm4, chain_kernel<4>, CH_TPB, CH_N_MAX * 4) !=
+            cudaSuccess ||
+        per_sm < 1 || per_sm4 < 1 || cx->n_sm < 1) { /* one block per SM must fit: the waits need them all */
         cudaGetLastError();
         return false;
     }
@@ -401,7 +416,15 @@ static void chain_launch(dr_cuda_ctx *cx) {
     chain_close_norm(cx);
     c->prog.cnt = (unsigned *)cx->ch_mem;
     c->prog.parts = (float *)((char *)cx->ch_mem + 64 * sizeof(unsigned));
-    dr_cuda_launch(cx, true, chain_kernel, dim3(cx->n_sm), dim3(CH_TPB), (size_t)c->n_max * 4, c->prog);
+    static int U = 0;
+    if (!U) {
+        const char *e = getenv("DR_CUDA_CHAIN_U");
+        U = e && e[0] == '4' ? 4 : 8;
+    }
+    void (*k)(const ch_prog) = U == 4 ? chain_kernel<4> : chain_kernel<8>;
+    dr_cuda_launch(cx, true, k, dim3(cx->n_sm), dim3(CH_TPB), (size_t)c->n_max * 4, c->prog);
+    g_launches++;
+    g_ops += c->prog.nops;
     c->prog.nops = 0;
     c->n_max = 0;
     c->norm_op = -1;

@@ -46,6 +46,8 @@ bool dr_cuda_chain_matmul_swiglu(void *ctx, float *out, const float *x, const dr
 bool dr_cuda_chain_matmul_add_rmsnorm(void *ctx, float *x, float *xn, const float *a, const dr_tensor *w,
                                       const float *gain, int T, float eps);
 void dr_cuda_set_chain(int mode);
+/* chain kernels launched or recorded so far in this process, and the ops they held */
+void dr_cuda_chain_counts(long *launches, long *ops);
 
 /* elementwise.cu */
 void dr_cuda_rmsnorm(void *ctx, float *y, const float *x, const float *gain, int rows, int n, float eps);
