@@ -3,7 +3,7 @@
 # "CUDA (H100/H200)"): build (sm_90a), every CUDA test and golden, memcheck,
 # then the decode / prefill benches in bf16, q8 and q4 with same-call
 # baselines for the newest kernels. Logs under $OUT.
-# Usage: scripts/device_final.sh [tests] [conc] [legacy] [memcheck] [bench] [r4] [gemv] [chainb] [p512] [quant]
+# Usage: scripts/device_final.sh [tests] [conc] [legacy] [memcheck] [bench] [r4] [gemv] [chainm] [chainb] [slope] [p512] [quant]
 #        [qold] [prefill]
 # legacy: test_cuda and the concurrent test_cuda_quant with DR_CUDA_LEGACY_COPY=1 (the unordered
 # uploads before session 4's fix), to show the tests catch them. gemv: the GEMV-only bench_cuda lines
@@ -94,6 +94,12 @@ if [[ "$what" == *chainm* ]]; then # the chain test, then chained dense layers a
   timeout 120 "$b/tests/test_cuda_chain" > "$OUT/chain_test.log" 2>&1; echo "test_cuda_chain: $(tail -1 "$OUT/chain_test.log")"
   grep -E "^FAIL" "$OUT/chain_test.log" | head -5; grep -E "chain kernels" "$OUT/chain_test.log" | head -3
   for u in 8 4; do echo "== DR_CUDA_CHAIN_U=$u"; DR_CUDA_CHAIN_U=$u DR_BENCH_CHAIN=1 timeout 120 "$b/tests/bench_cuda" 2>&1 | grep -E "floor|GEMVs|proj"; done
+fi
+if [[ "$what" == *slope* ]]; then # decode time against the layer count (per-layer cost and the fixed part)
+  for L in 4 8 16 32; do one "9B-L$L" --synthetic $C/qwen3.5-9b.json --layers $L -p 128 -n 128; done
+  for L in 6 12 24; do one "0.8B-L$L" --synthetic $C/qwen3.5-0.8b.json --layers $L -p 128 -n 256; done
+  grep -h "chains" "$OUT/bench_err.log" | tail -7
+  for v in 0 2 0 2; do ( export DR_CUDA_GRAPHS=0 DR_CUDA_CHAIN=$v; one "0.8B-nographs-chain$v" --synthetic $C/qwen3.5-0.8b.json -p 128 -n 256 ); done
 fi
 if [[ "$what" == *chainb* ]]; then # decode with the GEMV chain (chain.cu) against DR_CUDA_CHAIN=0, interleaved
   for sh in "0.8B --synthetic $C/qwen3.5-0.8b.json -n 256" "9B --synthetic $C/qwen3.5-9b.json -n 128" \
