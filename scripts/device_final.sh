@@ -3,7 +3,7 @@
 # "CUDA (H100/H200)"): build (sm_90a), every CUDA test and golden, memcheck,
 # then the decode / prefill benches in bf16, q8 and q4 with same-call
 # baselines for the newest kernels. Logs under $OUT.
-# Usage: scripts/device_final.sh [tests] [conc] [legacy] [memcheck] [bench] [r4] [gemv] [chainm] [chainb] [slope] [p512] [quant]
+# Usage: scripts/device_final.sh [tests] [conc] [legacy] [memcheck] [bench] [r4] [gemv] [chainm] [chainb] [slope] [types] [ncu08] [p512] [quant]
 #        [qold] [prefill]
 # legacy: test_cuda and the concurrent test_cuda_quant with DR_CUDA_LEGACY_COPY=1 (the unordered
 # uploads before session 4's fix), to show the tests catch them. gemv: the GEMV-only bench_cuda lines
@@ -100,6 +100,27 @@ if [[ "$what" == *slope* ]]; then # decode time against the layer count (per-lay
   for L in 6 12 24; do one "0.8B-L$L" --synthetic $C/qwen3.5-0.8b.json --layers $L -p 128 -n 256; done
   grep -h "chains" "$OUT/bench_err.log" | tail -7
   for v in 0 2 0 2; do ( export DR_CUDA_GRAPHS=0 DR_CUDA_CHAIN=$v; one "0.8B-nographs-chain$v" --synthetic $C/qwen3.5-0.8b.json -p 128 -n 256 ); done
+fi
+if [[ "$what" == *types* ]]; then # per-layer decode cost of each layer type: all-GDN and all-attention variants
+  for base in 9b 0.8b; do
+    for ty in linear_attention full_attention; do
+      for L in 8 16; do
+        f="/tmp/cfg-$base-$ty-$L.json"
+        python3 - "$C/qwen3.5-$base.json" "$f" "$ty" "$L" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1])); t = c["text_config"]
+t["num_hidden_layers"] = int(sys.argv[4]); t["layer_types"] = [sys.argv[3]] * int(sys.argv[4])
+json.dump(c, open(sys.argv[2], "w"))
+PY
+        one "$base-${ty%%_*}-L$L" --synthetic "$f" -p 128 -n 128
+      done
+    done
+  done
+fi
+if [[ "$what" == *ncu08* ]]; then
+  NCU="ncu --clock-control none --cache-control none --metrics gpu__time_duration.sum --csv"
+  timeout 200 $NCU "$cli" bench --device cuda --synthetic $C/qwen3.5-0.8b.json -p 1 -n 3 --json > "$OUT/ncu_08b.csv" 2>> "$OUT/ncu_err.log"
+  python3 scripts/ncu_sum.py "$OUT/ncu_08b.csv" 4 | head -40
 fi
 if [[ "$what" == *chainb* ]]; then # decode with the GEMV chain (chain.cu) against DR_CUDA_CHAIN=0, interleaved
   for sh in "0.8B --synthetic $C/qwen3.5-0.8b.json -n 256" "9B --synthetic $C/qwen3.5-9b.json -n 128" \
