@@ -117,6 +117,21 @@ PY
     done
   done
 fi
+if [[ "$what" == *attpos* ]]; then # all-attention 0.8B: decode cost against the position; ncu at p = 128
+  python3 - "$C/qwen3.5-0.8b.json" /tmp/att16.json <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1])); t = c["text_config"]
+t["num_hidden_layers"] = 16; t["layer_types"] = ["full_attention"] * 16
+json.dump(c, open(sys.argv[2], "w"))
+PY
+  one att16-p16 --synthetic /tmp/att16.json -p 16 -n 64
+  one att16-p128 --synthetic /tmp/att16.json -p 128 -n 64
+  one att16-p1000 --synthetic /tmp/att16.json -p 1000 -n 64
+  one att16-p4000 --synthetic /tmp/att16.json -p 4000 -n 64
+  NCU="ncu --clock-control none --cache-control none --metrics gpu__time_duration.sum --csv"
+  timeout 200 $NCU "$cli" bench --device cuda --synthetic /tmp/att16.json -p 128 -n 2 --json > "$OUT/ncu_att.csv" 2>> "$OUT/ncu_err.log"
+  python3 scripts/ncu_sum.py "$OUT/ncu_att.csv" 3 | head -30
+fi
 if [[ "$what" == *ncu08* ]]; then
   NCU="ncu --clock-control none --cache-control none --metrics gpu__time_duration.sum --csv"
   timeout 200 $NCU "$cli" bench --device cuda --synthetic $C/qwen3.5-0.8b.json -p 1 -n 3 --json > "$OUT/ncu_08b.csv" 2>> "$OUT/ncu_err.log"

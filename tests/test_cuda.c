@@ -230,8 +230,9 @@ static void test_rope_attention(void) {
     }
     const struct {
         int T, pos0, nH, nKV, hd;
-    } cs[] = {{1, 0, 4, 2, 64}, {1, 3000, 8, 2, 256}, {7, 50, 8, 2, 64}, {3, 700, 6, 3, 40}, {40, 5, 4, 1, 128},
-              {1, 9000, 16, 2, 256}};
+    } cs[] = {{1, 0, 4, 2, 64},    {1, 3000, 8, 2, 256}, {7, 50, 8, 2, 64},    {3, 700, 6, 3, 40},
+              {40, 5, 4, 1, 128},  {1, 9000, 16, 2, 256}, {1, 127, 16, 4, 128}, {1, 255, 8, 8, 40},
+              {1, 31, 6, 3, 100},  {1, 33, 16, 2, 256},   {1, 700, 4, 1, 64}}; /* T = 1: the decode kernel */
     for (size_t c = 0; c < sizeof cs / sizeof cs[0]; c++) {
         const int T = cs[c].T, pos0 = cs[c].pos0, nH = cs[c].nH, nKV = cs[c].nKV, hd = cs[c].hd;
         const int n_ctx = pos0 + T;
