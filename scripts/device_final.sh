@@ -3,7 +3,7 @@
 # "CUDA (H100/H200)"): build (sm_90a), every CUDA test and golden, memcheck,
 # then the decode / prefill benches in bf16, q8 and q4 with same-call
 # baselines for the newest kernels. Logs under $OUT.
-# Usage: scripts/device_final.sh [tests] [conc] [legacy] [memcheck] [bench] [r4] [gemv] [chainm] [chainb] [slope] [types] [attpos] [attdec] [ncu08] [p512] [quant]
+# Usage: scripts/device_final.sh [tests] [conc] [legacy] [memcheck] [bench] [r4] [gemv] [chainm] [chainb] [slope] [types] [attpos] [attdec] [ncu35] [big40] [ncu08] [p512] [quant]
 #        [qold] [prefill]
 # legacy: test_cuda and the concurrent test_cuda_quant with DR_CUDA_LEGACY_COPY=1 (the unordered
 # uploads before session 4's fix), to show the tests catch them. gemv: the GEMV-only bench_cuda lines
@@ -42,8 +42,10 @@ if [[ "$what" == *conc* ]]; then # four test_cuda_quant processes at once (as ct
   for i in 1 2 3 4; do echo "concurrent test_cuda_quant $i: $(tail -1 "$OUT/conc_$i.log")"; grep "^FAIL" "$OUT/conc_$i.log" | head -3; done
 fi
 if [[ "$what" == *legacy* ]]; then
-  DR_CUDA_LEGACY_COPY=1 timeout 60 "$b/tests/test_cuda" > "$OUT/legacy_test_cuda.log" 2>&1
-  echo "test_cuda with legacy copies: exit $?"; grep -E "busy|^FAIL" "$OUT/legacy_test_cuda.log" | head -5
+  for i in 1 2 3; do
+    DR_CUDA_LEGACY_COPY=1 timeout 60 "$b/tests/test_cuda" > "$OUT/legacy_test_cuda.log" 2>&1
+    echo "test_cuda with legacy copies: exit $?"; grep -E "busy|^FAIL" "$OUT/legacy_test_cuda.log" | head -5
+  done
   for i in 1 2 3 4; do DR_CUDA_LEGACY_COPY=1 timeout 180 "$b/tests/test_cuda_quant" > "$OUT/lconc_$i.log" 2>&1 & done; wait
   for i in 1 2 3 4; do echo "legacy concurrent test_cuda_quant $i: $(tail -1 "$OUT/lconc_$i.log")"; grep "^FAIL" "$OUT/lconc_$i.log" | head -3; done
 fi
@@ -139,6 +141,15 @@ if [[ "$what" == *attdec* ]]; then # decode attention kernel (attn_decode_kernel
     for v in 0 1 0 1; do ( export DR_CUDA_ATT_DEC=$v; one "$nm-attdec$v" "$@" -p 128 ); done
   done
   for v in 0 1; do ( export DR_CUDA_ATT_DEC=$v; one "9B-p4000-attdec$v" --synthetic $C/qwen3.5-9b.json -p 4000 -n 64 ); done
+fi
+if [[ "$what" == *ncu35* ]]; then
+  NCU="ncu --clock-control none --cache-control none --metrics gpu__time_duration.sum --csv"
+  timeout 200 $NCU "$cli" bench --device cuda --synthetic $C/qwen3.5-35b-a3b.json --layers 8 -p 1 -n 3 --json \
+    > "$OUT/ncu_35b8.csv" 2>> "$OUT/ncu_err.log"
+  python3 scripts/ncu_sum.py "$OUT/ncu_35b8.csv" 4 2>/dev/null | head -32
+fi
+if [[ "$what" == *big40* ]]; then
+  one 35B-40L --synthetic $C/qwen3.5-35b-a3b.json -p 128 -n 64
 fi
 if [[ "$what" == *ncu08* ]]; then
   NCU="ncu --clock-control none --cache-control none --metrics gpu__time_duration.sum --csv"
