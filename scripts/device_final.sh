@@ -3,12 +3,11 @@
 # "CUDA (H100/H200)"): build (sm_90a), every CUDA test and golden, memcheck,
 # then the decode / prefill benches in bf16, q8 and q4 with same-call
 # baselines for the newest kernels. Logs under $OUT.
-# Usage: scripts/device_final.sh [tests] [conc] [legacy] [memcheck] [bench] [r4] [gemv] [chainm] [chainb] [slope] [types] [attpos] [attdec] [ncu35] [big40] [ncu08] [p512] [quant]
+# Usage: scripts/device_final.sh [tests] [conc] [legacy] [memcheck] [bench] [r4] [gemv] [slope] [types] [attpos] [attdec] [ncu35] [big40] [ncu08] [p512] [quant]
 #        [qold] [prefill]
 # legacy: test_cuda and the concurrent test_cuda_quant with DR_CUDA_LEGACY_COPY=1 (the unordered
 # uploads before session 4's fix), to show the tests catch them. gemv: the GEMV-only bench_cuda lines
 # (each shape also through the fused residual add + RMSNorm kernel).
-# chainm: test_cuda_chain and bench_cuda's chained layers (U = 8 and 4). chainb: decode with the GEMV chain against DR_CUDA_CHAIN=0.
 # p512: the 512-token prefill, twice per shape, device argmax against --host-logits.
 # r4 (r4big: also 35B-A3B, 40 layers): decode round 4 against its same-call
 # baselines (each change's switch off alone, then all off with the per-token
@@ -20,7 +19,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 b="$root/build-dev"
 t0=$(date +%s)
 dr_device_build "$b" test_cuda test_cuda_decode test_cuda_prefill test_cuda_quant test_cuda_fused test_golden deltarun_cli \
-  bench_cuda test_cuda_chain
+  bench_cuda
 echo "built in $(( $(date +%s) - t0 )) s"
 T="$OUT/tests.log"
 if [[ "$what" == *tests* ]]; then
@@ -29,7 +28,6 @@ if [[ "$what" == *tests* ]]; then
   timeout 60 "$b/tests/test_cuda_prefill" >> "$T" 2>&1 || echo "test_cuda_prefill FAILED"
   timeout 120 "$b/tests/test_cuda_quant" >> "$T" 2>&1 || echo "test_cuda_quant FAILED"
   timeout 60 "$b/tests/test_cuda_fused" >> "$T" 2>&1 || echo "test_cuda_fused FAILED"
-  timeout 60 "$b/tests/test_cuda_chain" >> "$T" 2>&1 || echo "test_cuda_chain FAILED"
   for fx in dense-f32 moe-bf16 moe-bf16-fused next-f32 long-bf16; do
     timeout 120 "$b/tests/test_golden" "tests/data/$fx" --device cuda >> "$T" 2>&1 || echo "golden $fx FAILED"
   done
@@ -92,16 +90,9 @@ fi
 if [[ "$what" == *gemv* ]]; then
   DR_BENCH_GEMV_ONLY=1 timeout 60 "$b/tests/bench_cuda" 2>&1 | grep -E "floor|\[" | grep -v "^floor"
 fi
-if [[ "$what" == *chainm* ]]; then # the chain test, then chained dense layers against one kernel each (bench_cuda)
-  timeout 120 "$b/tests/test_cuda_chain" > "$OUT/chain_test.log" 2>&1; echo "test_cuda_chain: $(tail -1 "$OUT/chain_test.log")"
-  grep -E "^FAIL" "$OUT/chain_test.log" | head -5; grep -E "chain kernels" "$OUT/chain_test.log" | head -3
-  for u in 8 4; do echo "== DR_CUDA_CHAIN_U=$u"; DR_CUDA_CHAIN_U=$u DR_BENCH_CHAIN=1 timeout 120 "$b/tests/bench_cuda" 2>&1 | grep -E "floor|GEMVs|proj"; done
-fi
 if [[ "$what" == *slope* ]]; then # decode time against the layer count (per-layer cost and the fixed part)
   for L in 4 8 16 32; do one "9B-L$L" --synthetic $C/qwen3.5-9b.json --layers $L -p 128 -n 128; done
   for L in 6 12 24; do one "0.8B-L$L" --synthetic $C/qwen3.5-0.8b.json --layers $L -p 128 -n 256; done
-  grep -h "chains" "$OUT/bench_err.log" | tail -7
-  for v in 0 2 0 2; do ( export DR_CUDA_GRAPHS=0 DR_CUDA_CHAIN=$v; one "0.8B-nographs-chain$v" --synthetic $C/qwen3.5-0.8b.json -p 128 -n 256 ); done
 fi
 if [[ "$what" == *types* ]]; then # per-layer decode cost of each layer type: all-GDN and all-attention variants
   for base in 9b 0.8b; do
@@ -155,13 +146,6 @@ if [[ "$what" == *ncu08* ]]; then
   NCU="ncu --clock-control none --cache-control none --metrics gpu__time_duration.sum --csv"
   timeout 200 $NCU "$cli" bench --device cuda --synthetic $C/qwen3.5-0.8b.json -p 1 -n 3 --json > "$OUT/ncu_08b.csv" 2>> "$OUT/ncu_err.log"
   python3 scripts/ncu_sum.py "$OUT/ncu_08b.csv" 4 | head -40
-fi
-if [[ "$what" == *chainb* ]]; then # decode with the GEMV chain (chain.cu) against DR_CUDA_CHAIN=0, interleaved
-  for sh in "0.8B --synthetic $C/qwen3.5-0.8b.json -n 256" "9B --synthetic $C/qwen3.5-9b.json -n 128" \
-            "35B-8L --synthetic $C/qwen3.5-35b-a3b.json --layers 8 -n 256"; do
-    set -- $sh; nm=$1; shift
-    for v in 0 1 0 1; do ( export DR_CUDA_CHAIN=$v; one "$nm-chain$v" "$@" -p 128 ); done
-  done
 fi
 if [[ "$what" == *p512* ]]; then
   for sh in "0.8B --synthetic $C/qwen3.5-0.8b.json" "9B --synthetic $C/qwen3.5-9b.json"; do

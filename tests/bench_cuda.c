@@ -208,54 +208,6 @@ static void bench_quant(double bw) {
     G->free(G->ctx, x), G->free(G->ctx, y), G->free(G->ctx, lg), G->free(G->ctx, w), G->free(G->ctx, idx);
 }
 
-static void chain_layers(const float *x, float *xr, float *xn, const float *gain, float *h, float *y1, float *y2,
-                         dr_tensor *wo, dr_tensor *g, dr_tensor *u, dr_tensor *dn, dr_tensor *p1, dr_tensor *p2,
-                         int F) {
-    for (int l = 0; l < 8; l++) {
-        G->matmul_add_rmsnorm(G->ctx, xr, xn, x, &wo[l], gain, 1, 1e-6f);
-        if (F) {
-            G->matmul_swiglu(G->ctx, h, xn, &g[l], &u[l], 1);
-            G->matmul_add_rmsnorm(G->ctx, xr, xn, h, &dn[l], gain, 1, 1e-6f);
-        }
-        float *const ys[2] = {y1, y2};
-        const dr_tensor *const ws[2] = {&p1[l], &p2[l]};
-        G->matmul_n(G->ctx, 2, ys, xn, ws, 1);
-    }
-    G->sync(G->ctx);
-}
-
-/* 8 dense layers of single-token GEMVs as forward.c issues them (out_proj +
- * residual + norm, gate/up + SwiGLU (F > 0), down + residual + norm, the next
- * input projections), chained (dr_cuda_set_chain(2)) and one kernel each */
-static void bench_chain(const float *x, double bw, int H, int A, int F, int R1, int R2, const char *nm) {
-    dr_tensor wo[8], g[8], u[8], dn[8], p1[8], p2[8];
-    for (int l = 0; l < 8; l++) {
-        weight(&wo[l], H, A), weight(&p1[l], R1, H), weight(&p2[l], R2, H);
-        if (F)
-            weight(&g[l], F, H), weight(&u[l], F, H), weight(&dn[l], H, F);
-    }
-    float *xr = dev_rand((size_t)H), *xn = dev_rand((size_t)H), *gain = dev_rand((size_t)H);
-    float *h = G->alloc(G->ctx, (size_t)(F ? F : 1) * 4), *y1 = G->alloc(G->ctx, (size_t)R1 * 4);
-    float *y2 = G->alloc(G->ctx, (size_t)R2 * 4);
-    const double bytes = 8.0 * 2 * ((double)H * A + 3.0 * F * H + (double)(R1 + R2) * H);
-    for (int mode = 0; mode <= 2; mode += 2) {
-        dr_cuda_set_chain(mode);
-        double t = TIME(10, chain_layers(x, xr, xn, gain, h, y1, y2, wo, g, u, dn, p1, p2, F));
-        char lab[96];
-        snprintf(lab, sizeof lab, "%s, %s", nm, mode ? "chained" : "one kernel each");
-        printf("%-52s %9.3f ms  %7.0f GB/s  %4.0f%% of floor\n", lab, t * 1e3, bytes / t / 1e9,
-               100.0 * bytes / t / 1e9 / bw);
-    }
-    dr_cuda_set_chain(1);
-    for (int l = 0; l < 8; l++) {
-        G->weight_free(G->ctx, &wo[l]), G->weight_free(G->ctx, &p1[l]), G->weight_free(G->ctx, &p2[l]);
-        if (F)
-            G->weight_free(G->ctx, &g[l]), G->weight_free(G->ctx, &u[l]), G->weight_free(G->ctx, &dn[l]);
-    }
-    G->free(G->ctx, xr), G->free(G->ctx, xn), G->free(G->ctx, gain), G->free(G->ctx, h), G->free(G->ctx, y1);
-    G->free(G->ctx, y2);
-}
-
 int main(void) {
     int ndev = 0;
     if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
@@ -333,13 +285,6 @@ int main(void) {
         G->weight_free(G->ctx, &w);
     }
 
-    if (getenv("DR_BENCH_CHAIN")) { /* dense decode layers: the GEMV chain (chain.cu) against one kernel each */
-        bench_chain(x, bw, 4096, 4096, 12288, 12288, 64, "9B layer GEMVs x8");
-        bench_chain(x, bw, 1024, 2048, 3584, 8192, 32, "0.8B layer GEMVs x8");
-        bench_chain(x, bw, 2048, 4096, 0, 12288, 64, "35B out_proj + in_proj x8");
-        G->destroy(G);
-        return 0;
-    }
     if (getenv("DR_BENCH_GEMV_ONLY")) {
         G->destroy(G);
         return 0;

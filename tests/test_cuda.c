@@ -252,53 +252,6 @@ static void test_rope_attention(void) {
 
 /* ---- Gated DeltaNet ---- */
 
-/* Tables the backend uploads during a forward (here the RoPE frequencies,
- * rebuilt for each new theta) must be in place before the next kernel reads
- * them, even while the copy engines are busy with other transfers: before
- * each rope call, 64 MiB pinned copies each way are queued on four
- * independent streams. Before uploads were ordered on the backend's stream,
- * a table could be read before its DMA landed (a wrong RoPE, seen with four
- * test processes sharing the GPU). */
-#define UO_STREAMS 4
-static void test_uploads_ordered(void) {
-    const size_t big = (size_t)64 << 20;
-    void *hb[UO_STREAMS] = {0}, *db[UO_STREAMS] = {0};
-    cudaStream_t st[UO_STREAMS] = {0};
-    bool ok = true;
-    for (int i = 0; i < UO_STREAMS && ok; i++)
-        ok = cudaMallocHost(&hb[i], 2 * big) == cudaSuccess && cudaMalloc(&db[i], 2 * big) == cudaSuccess &&
-             cudaStreamCreateWithFlags(&st[i], cudaStreamNonBlocking) == cudaSuccess;
-    CHECK(ok, "busy-copy-engine setup: %s", cudaGetErrorString(cudaGetLastError()));
-    const int T = 3, nH = 2, hd = 64, d_rot = 32;
-    const size_t N = (size_t)T * nH * hd;
-    float worst = 0.0f;
-    for (int i = 0; i < 8 && ok; i++) {
-        const float theta = 1e4f * (float)(i + 2);
-        float *x = rnd(N, 1.0f), *dx = dput(x, N * 4);
-        G->sync(G->ctx);
-        for (int j = 0; j < UO_STREAMS; j++) {
-            cudaMemcpyAsync(db[j], hb[j], big, cudaMemcpyHostToDevice, st[j]);
-            cudaMemcpyAsync((char *)hb[j] + big, (char *)db[j] + big, big, cudaMemcpyDeviceToHost, st[j]);
-        }
-        C->rope(NULL, x, T, nH, hd, d_rot, 100 + i, theta);
-        G->rope(G->ctx, dx, T, nH, hd, d_rot, 100 + i, theta);
-        float *got = dget(dx, N);
-        const float e = rel_err(got, x, N);
-        worst = e > worst || isnan(e) ? e : worst;
-        free(x), free(got);
-        G->free(G->ctx, dx);
-        for (int j = 0; j < UO_STREAMS; j++)
-            cudaStreamSynchronize(st[j]);
-    }
-    REPORT(worst, TOL, "rope with a new table per theta while the copy engines are busy (8 thetas)");
-    for (int i = 0; i < UO_STREAMS; i++) {
-        if (st[i])
-            cudaStreamDestroy(st[i]);
-        cudaFree(db[i]);
-        cudaFreeHost(hb[i]);
-    }
-}
-
 static void test_gdn(void) {
     { /* conv with state */
         const int Cc = 100, K = 4, Ts[3] = {1, 2, 37};
@@ -549,7 +502,6 @@ int main(void) {
     test_elementwise();
     test_matmul();
     test_rope_attention();
-    test_uploads_ordered();
     test_gdn();
     test_moe();
     test_moe_decode();

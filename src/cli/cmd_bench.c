@@ -483,9 +483,6 @@ int dr_cli_bench(int argc, char **argv) {
             long rec = 0, rep = 0, fail = 0;
             dr_cuda_graph_counts(&rec, &rep, &fail);
             fprintf(stderr, "bench: decode step graphs: %ld recorded, %ld replayed, %ld failed\n", rec, rep, fail);
-            long cl = 0, co = 0;
-            dr_cuda_chain_counts(&cl, &co);
-            fprintf(stderr, "bench: GEMV chains recorded or run: %ld, holding %ld ops\n", cl, co);
         }
 #endif
         derived d = derive(&o, &r);

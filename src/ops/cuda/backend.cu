@@ -184,17 +184,6 @@ static size_t cu_mem_free_bytes(void *ctx) {
     return fr > reserve ? fr - reserve : 0;
 }
 
-/* Every slot but the chained GEMVs runs what the chain holds first
- * (chain.cu), so the ops still take effect in program order. */
-template <auto F> struct ch_flushed;
-template <typename R, typename... A, R (*F)(void *, A...)> struct ch_flushed<F> {
-    static R call(void *ctx, A... a) {
-        dr_cuda_chain_flush((dr_cuda_ctx *)ctx);
-        return F(ctx, a...);
-    }
-};
-#define FL(f) ch_flushed<f>::call
-
 /* ---- weights ---- */
 
 static dr_status cu_weight_upload(void *ctx, dr_tensor *t) {
@@ -262,7 +251,6 @@ static void cu_destroy(dr_ops *self) {
         cudaFree(cx->am_state);
         cudaFreeHost(cx->am_host);
         cudaFree(cx->mm_cnt);
-        dr_cuda_chain_free(cx);
         if (cx->blas)
             cublasDestroy(cx->blas);
         if (cx->stream)
@@ -337,16 +325,16 @@ extern "C" dr_status dr_ops_cuda_create(const dr_backend_params *p, dr_ops **out
     }
     dr_cuda_fill_table(o);
     o->name = "cuda";
-    o->weight_upload = FL(cu_weight_upload);
-    o->weight_free = FL(cu_weight_free);
-    o->sync = FL(cu_sync);
-    o->mem_free_bytes = FL(cu_mem_free_bytes);
-    o->alloc = FL(cu_alloc);
-    o->free = FL(cu_free);
-    o->upload = FL(cu_upload);
-    o->download = FL(cu_download);
-    o->copy = FL(cu_copy);
-    o->zero = FL(cu_zero);
+    o->weight_upload = cu_weight_upload;
+    o->weight_free = cu_weight_free;
+    o->sync = cu_sync;
+    o->mem_free_bytes = cu_mem_free_bytes;
+    o->alloc = cu_alloc;
+    o->free = cu_free;
+    o->upload = cu_upload;
+    o->download = cu_download;
+    o->copy = cu_copy;
+    o->zero = cu_zero;
     *out = o;
     return DR_OK;
 }
@@ -359,35 +347,34 @@ extern "C" dr_status dr_cuda_backend_status(const dr_ops *o) {
 }
 
 extern "C" void dr_cuda_fill_table(dr_ops *o) {
-    o->matmul = dr_cuda_chain_matmul; /* chain.cu: appended while a step is recorded, else the GEMV kernels */
-    o->matmul_n = dr_cuda_chain_matmul_n;
-    o->matmul_swiglu = dr_cuda_chain_matmul_swiglu;
-    o->matmul_add_rmsnorm = dr_cuda_chain_matmul_add_rmsnorm;
-    o->embed = FL(dr_cuda_embed);
-    o->rmsnorm = FL(dr_cuda_rmsnorm);
-    o->add = FL(dr_cuda_add);
-    o->swiglu = FL(dr_cuda_swiglu);
-    o->sigmoid_mul = FL(dr_cuda_sigmoid_mul);
-    o->sigmoid_scale_rows = FL(dr_cuda_sigmoid_scale_rows);
-    o->split_halves = FL(dr_cuda_split_halves);
-    o->round_bf16 = FL(dr_cuda_round_bf16);
-    o->rope = FL(dr_cuda_rope);
-    o->attention = FL(dr_cuda_attention);
-    o->gdn_conv = FL(dr_cuda_gdn_conv);
-    o->gdn_gates = FL(dr_cuda_gdn_gates);
-    o->gdn_recurrent = FL(dr_cuda_gdn_recurrent);
-    o->gdn_chunked = FL(dr_cuda_gdn_chunked);
-    o->gated_rmsnorm = FL(dr_cuda_gated_rmsnorm);
-    o->moe_route = FL(dr_cuda_moe_route);
-    o->moe_experts = FL(dr_cuda_moe_experts);
-    o->moe_decode = FL(dr_cuda_moe_decode);
-    o->kv_store = FL(dr_cuda_kv_store);
-    o->add_rmsnorm = FL(dr_cuda_add_rmsnorm);
-    o->gdn_decode = FL(dr_cuda_gdn_decode);
-    o->argmax = FL(dr_cuda_argmax);
-    o->step_begin = FL(dr_cuda_step_begin);
-    o->step_end = FL(dr_cuda_step_end);
-    o->graph_free = FL(dr_cuda_graph_free);
+    o->matmul = dr_cuda_matmul;
+    o->embed = dr_cuda_embed;
+    o->rmsnorm = dr_cuda_rmsnorm;
+    o->add = dr_cuda_add;
+    o->swiglu = dr_cuda_swiglu;
+    o->sigmoid_mul = dr_cuda_sigmoid_mul;
+    o->sigmoid_scale_rows = dr_cuda_sigmoid_scale_rows;
+    o->split_halves = dr_cuda_split_halves;
+    o->round_bf16 = dr_cuda_round_bf16;
+    o->rope = dr_cuda_rope;
+    o->attention = dr_cuda_attention;
+    o->gdn_conv = dr_cuda_gdn_conv;
+    o->gdn_gates = dr_cuda_gdn_gates;
+    o->gdn_recurrent = dr_cuda_gdn_recurrent;
+    o->gdn_chunked = dr_cuda_gdn_chunked;
+    o->gated_rmsnorm = dr_cuda_gated_rmsnorm;
+    o->moe_route = dr_cuda_moe_route;
+    o->moe_experts = dr_cuda_moe_experts;
+    o->moe_decode = dr_cuda_moe_decode;
+    o->kv_store = dr_cuda_kv_store;
+    o->matmul_n = dr_cuda_matmul_n;
+    o->add_rmsnorm = dr_cuda_add_rmsnorm;
+    o->gdn_decode = dr_cuda_gdn_decode;
+    o->argmax = dr_cuda_argmax;
+    o->matmul_swiglu = dr_cuda_matmul_swiglu, o->matmul_add_rmsnorm = dr_cuda_matmul_add_rmsnorm;
+    o->step_begin = dr_cuda_step_begin;
+    o->step_end = dr_cuda_step_end;
+    o->graph_free = dr_cuda_graph_free;
 }
 
 /* Device-to-device copy bandwidth of GPU `device` in GB/s (bytes read plus

@@ -50,7 +50,6 @@ if(DR_CUDA_ENABLED)
     src/ops/cuda/gdn_chunked.cu
     src/ops/cuda/moe_prefill.cu
     src/ops/cuda/quant.cu
-    src/ops/cuda/chain.cu
   )
 else()
   message(STATUS "deltarun: CUDA backend OFF")

@@ -105,9 +105,6 @@ typedef struct dr_cuda_ctx {
     unsigned long long *am_state; /* argmax.cu: device key, block counter, result (zero between calls) */
     int32_t *am_host;      /* pinned: the argmax result */
     unsigned *mm_cnt;      /* device counter of the fused GEMV + add + norm (matmul.cu), zero between launches */
-    struct dr_cuda_chain *chain; /* chain.cu: decode GEMVs waiting to run as one persistent kernel */
-    void *ch_mem;          /* chain.cu: device counters and partial sums */
-    int ch_state;          /* chain.cu: 0 not set up, 1 ready, -1 unavailable */
 } dr_cuda_ctx;
 
 /* Position of the open step in device memory, or NULL (kernels use their
@@ -137,17 +134,6 @@ void *dr_cuda_scratch(dr_cuda_ctx *cx, int slot, size_t n);
  * shared the copy engines). From pageable memory the source is staged
  * before the call returns, so the caller may free or reuse it at once. */
 cudaError_t dr_cuda_h2d(dr_cuda_ctx *cx, void *dst, const void *src, size_t n);
-
-/* chain.cu: consecutive single-token GEMVs as one persistent kernel. At most
- * CH_OPS ops of up to CH_MATS matrices, inputs of at most CH_N_MAX floats.
- * flush: run what is pending (every slot that is not a chained GEMV calls it
- * first, backend.cu); prepare: set up outside a recording (step_begin). */
-#define CH_OPS 8
-#define CH_MATS 4
-#define CH_N_MAX 16384
-void dr_cuda_chain_flush(dr_cuda_ctx *cx);
-void dr_cuda_chain_prepare(dr_cuda_ctx *cx);
-void dr_cuda_chain_free(dr_cuda_ctx *cx);
 
 /* Pinned host buffer of at least n int32 (for index uploads). */
 int32_t *dr_cuda_host_ids(dr_cuda_ctx *cx, size_t n);

@@ -34,21 +34,6 @@ bool dr_cuda_matmul_swiglu(void *ctx, float *out, const float *x, const dr_tenso
 bool dr_cuda_matmul_add_rmsnorm(void *ctx, float *x, float *xn, const float *a, const dr_tensor *w, const float *gain,
                                 int T, float eps);
 
-/* chain.cu: the table's matmul slots. While a single-token step is being
- * recorded (DR_CUDA_CHAIN=0: never, 2: always), qualifying GEMVs are
- * collected and run as one persistent kernel at the next other slot;
- * otherwise they are the slots above. dr_cuda_set_chain: the same for
- * tests (0, 1, 2). */
-void dr_cuda_chain_matmul(void *ctx, float *y, const float *x, const dr_tensor *w, int T);
-void dr_cuda_chain_matmul_n(void *ctx, int n_w, float *const *ys, const float *x, const dr_tensor *const *ws, int T);
-bool dr_cuda_chain_matmul_swiglu(void *ctx, float *out, const float *x, const dr_tensor *gate, const dr_tensor *up,
-                                 int T);
-bool dr_cuda_chain_matmul_add_rmsnorm(void *ctx, float *x, float *xn, const float *a, const dr_tensor *w,
-                                      const float *gain, int T, float eps);
-void dr_cuda_set_chain(int mode);
-/* chain kernels launched or recorded so far in this process, and the ops they held */
-void dr_cuda_chain_counts(long *launches, long *ops);
-
 /* elementwise.cu */
 void dr_cuda_rmsnorm(void *ctx, float *y, const float *x, const float *gain, int rows, int n, float eps);
 void dr_cuda_gated_rmsnorm(void *ctx, float *y, const float *x, const float *z, const float *w, int rows, int n,

@@ -82,7 +82,6 @@ int dr_cuda_step_begin(void *ctx, void **graph, int32_t token, int pos, int vari
     cx->step_on = 0;
     if (!graphs_on() || cx->failed || cx->capturing || variant < 0 || variant >= GR_VARIANTS)
         return DR_STEP_RUN;
-    dr_cuda_chain_prepare(cx); /* the chain's device state, never allocated while recording */
     if (!cx->step_dev) {
         void *p = NULL;
         if (cudaMalloc(&p, 2 * sizeof(int32_t)) != cudaSuccess) {
