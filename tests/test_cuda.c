@@ -250,6 +250,75 @@ static void test_rope_attention(void) {
     }
 }
 
+/* attention_block (one decode token): the fused prep + attention + gate
+ * against the same steps op by op on the GPU (the same arithmetic: equal
+ * up to the compiler's contractions) and on the CPU reference. */
+static void attn_steps(dr_ops *o, float *att, float *q, float *gate, float *k, const float *qg, const float *v,
+                       float *kc, float *vc, const float *qn, const float *kn, int pos0, int nH, int nKV, int hd,
+                       int d_rot, float scale, float *ws) {
+    void *c = o->ctx;
+    o->split_halves(c, q, gate, qg, nH, hd);
+    o->rmsnorm(c, q, q, qn, nH, hd, 1e-6f);
+    o->rmsnorm(c, k, k, kn, nKV, hd, 1e-6f);
+    o->rope(c, q, 1, nH, hd, d_rot, pos0, 1e7f);
+    o->rope(c, k, 1, nKV, hd, d_rot, pos0, 1e7f);
+    const size_t kv_row = (size_t)nKV * hd;
+    o->copy(c, kc + (size_t)pos0 * kv_row, k, kv_row * 4);
+    o->copy(c, vc + (size_t)pos0 * kv_row, v, kv_row * 4);
+    o->attention(c, att, q, kc, vc, 1, pos0, nH, nKV, hd, scale, ws);
+    o->sigmoid_mul(c, att, gate, (size_t)nH * hd);
+}
+
+static void test_attention_block(void) {
+    if (!G->attention_block) {
+        CHECK(0, "the CUDA backend has no attention_block slot");
+        return;
+    }
+    const struct {
+        int pos0, nH, nKV, hd, d_rot;
+    } cs[] = {{0, 8, 2, 256, 64}, {200, 16, 4, 256, 64}, {1500, 8, 2, 128, 32}, {77, 4, 4, 64, 64}, {40, 6, 3, 40, 0}};
+    for (size_t ci = 0; ci < sizeof cs / sizeof cs[0]; ci++) {
+        const int pos0 = cs[ci].pos0, nH = cs[ci].nH, nKV = cs[ci].nKV, hd = cs[ci].hd, d_rot = cs[ci].d_rot;
+        const size_t nq = (size_t)nH * hd, kv_row = (size_t)nKV * hd, ncache = (size_t)(pos0 + 1) * kv_row;
+        const float scale = 1.0f / sqrtf((float)hd);
+        float *qg = rnd(2 * nq, 2.0f), *k = rnd(kv_row, 2.0f), *v = rnd(kv_row, 1.0f);
+        float *qn = rnd((size_t)hd, 1.0f), *kn = rnd((size_t)hd, 1.0f), *kc = rnd(ncache, 1.0f), *vc = rnd(ncache, 1.0f);
+        /* CPU reference */
+        float *rq = malloc(nq * 4), *rg = malloc(nq * 4), *rk = hcopy(k, kv_row), *ratt = malloc(nq * 4);
+        float *rkc = hcopy(kc, ncache), *rvc = hcopy(vc, ncache), *ws = malloc((size_t)(pos0 + 2) * 4);
+        attn_steps(C, ratt, rq, rg, rk, qg, v, rkc, rvc, qn, kn, pos0, nH, nKV, hd, d_rot, scale, ws);
+        /* GPU: op by op, then fused */
+        float *dqg = dput(qg, 2 * nq * 4), *dv = dput(v, kv_row * 4), *dqn = dput(qn, (size_t)hd * 4);
+        float *dkn = dput(kn, (size_t)hd * 4), *dq = G->alloc(G->ctx, nq * 4), *dg = G->alloc(G->ctx, nq * 4);
+        float *da[2], *dkc[2], *dvc[2], *dk[2];
+        for (int f = 0; f < 2; f++) {
+            da[f] = G->alloc(G->ctx, nq * 4), dk[f] = dput(k, kv_row * 4);
+            dkc[f] = dput(kc, ncache * 4), dvc[f] = dput(vc, ncache * 4);
+        }
+        attn_steps(G, da[0], dq, dg, dk[0], dqg, dv, dkc[0], dvc[0], dqn, dkn, pos0, nH, nKV, hd, d_rot, scale, NULL);
+        const bool took = G->attention_block(G->ctx, da[1], dq, dg, dk[1], dqg, dv, dkc[1], dvc[1], dqn, dkn, 1, pos0,
+                                             nH, nKV, hd, d_rot, 1e7f, 1e-6f, scale);
+        CHECK(took, "attention_block pos0=%d nH=%d nKV=%d hd=%d: declined", pos0, nH, nKV, hd);
+        float *a0 = dget(da[0], nq), *a1 = dget(da[1], nq), *k0 = dget(dkc[0], ncache), *k1 = dget(dkc[1], ncache);
+        float *v1 = dget(dvc[1], ncache);
+        REPORT(rel_err(a1, a0, nq), 1e-6f, "attention_block pos0=%d nH=%d nKV=%d hd=%d d_rot=%d vs the steps on the GPU",
+               pos0, nH, nKV, hd, d_rot);
+        REPORT(rel_err(a1, ratt, nq), TOL, "attention_block pos0=%d nH=%d nKV=%d hd=%d vs CPU", pos0, nH, nKV, hd);
+        REPORT(rel_err(k1, k0, ncache), 1e-6f, "attention_block pos0=%d hd=%d: K cache vs the steps on the GPU", pos0,
+               hd);
+        REPORT(rel_err(k1, rkc, ncache), TOL, "attention_block pos0=%d hd=%d: K cache vs CPU", pos0, hd);
+        REPORT(rel_err(v1, rvc, ncache), 0.0f, "attention_block pos0=%d hd=%d: V cache vs CPU (a copy)", pos0, hd);
+        CHECK_SHOW(!G->attention_block(G->ctx, da[1], dq, dg, dk[1], dqg, dv, dkc[1], dvc[1], dqn, dkn, 2, pos0, nH, nKV,
+                                       hd, d_rot, 1e7f, 1e-6f, scale),
+                   "attention_block declines T = 2 (hd %d)", hd);
+        free(qg), free(k), free(v), free(qn), free(kn), free(kc), free(vc), free(rq), free(rg), free(rk), free(ratt);
+        free(rkc), free(rvc), free(ws), free(a0), free(a1), free(k0), free(k1), free(v1);
+        void *bufs[] = {dqg, dv, dqn, dkn, dq, dg, da[0], da[1], dk[0], dk[1], dkc[0], dkc[1], dvc[0], dvc[1]};
+        for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+            G->free(G->ctx, bufs[i]);
+    }
+}
+
 /* ---- Gated DeltaNet ---- */
 
 static void test_gdn(void) {
@@ -502,6 +571,7 @@ int main(void) {
     test_elementwise();
     test_matmul();
     test_rope_attention();
+    test_attention_block();
     test_gdn();
     test_moe();
     test_moe_decode();

@@ -157,18 +157,14 @@ static void gdn_layer(const dr_model *m, const dr_gdn_weights *w, float *conv_st
     project_add_norm(m, sc, &w->out_proj, sc->y, gain, T);
 }
 
-/* Gated full attention (4): q/gate split per head, q/k norm, RoPE, cache, GQA, sigmoid gate,
- * o_proj; added to x, xn = RMSNorm(x) with `gain`. */
-static void attn_layer(const dr_model *m, const dr_attn_weights *w, float *k_cache, float *v_cache,
-                       dr_scratch *sc, int pos0, int T, const float *gain) {
+/* The steps of attn_layer between the projections and o_proj, op by op. */
+static void attn_core(const dr_model *m, const dr_attn_weights *w, float *k_cache, float *v_cache, dr_scratch *sc,
+                      int pos0, int T, float scale) {
     const dr_hparams *hp = &m->hp;
     const dr_ops *o = m->ops;
     void *c = o->ctx;
     const int nH = hp->n_heads, nKV = hp->n_kv_heads, hd = hp->d_head;
     const size_t kv_row = (size_t)nKV * hd;
-    float *const ys[3] = {sc->qg, sc->k, sc->v};
-    const dr_tensor *const ws[3] = {&w->q_proj, &w->k_proj, &w->v_proj};
-    matmuls(o, 3, ys, sc->xn, ws, T);
     o->split_halves(c, sc->q, sc->gate, sc->qg, T * nH, hd); /* per head: [query | gate] */
     o->rmsnorm(c, sc->q, sc->q, w->q_norm, T * nH, hd, hp->eps); /* per head, before RoPE */
     o->rmsnorm(c, sc->k, sc->k, w->k_norm, T * nKV, hd, hp->eps);
@@ -180,8 +176,26 @@ static void attn_layer(const dr_model *m, const dr_attn_weights *w, float *k_cac
         o->copy(c, k_cache + (size_t)pos0 * kv_row, sc->k, (size_t)T * kv_row * sizeof(float));
         o->copy(c, v_cache + (size_t)pos0 * kv_row, sc->v, (size_t)T * kv_row * sizeof(float));
     }
-    o->attention(c, sc->att, sc->q, k_cache, v_cache, T, pos0, nH, nKV, hd, 1.0f / sqrtf((float)hd), sc->ws);
+    o->attention(c, sc->att, sc->q, k_cache, v_cache, T, pos0, nH, nKV, hd, scale, sc->ws);
     o->sigmoid_mul(c, sc->att, sc->gate, (size_t)T * nH * hd); /* output gate, before o_proj */
+}
+
+/* Gated full attention (4): q/gate split per head, q/k norm, RoPE, cache, GQA, sigmoid gate,
+ * o_proj; added to x, xn = RMSNorm(x) with `gain`. */
+static void attn_layer(const dr_model *m, const dr_attn_weights *w, float *k_cache, float *v_cache,
+                       dr_scratch *sc, int pos0, int T, const float *gain) {
+    const dr_hparams *hp = &m->hp;
+    const dr_ops *o = m->ops;
+    void *c = o->ctx;
+    const int nH = hp->n_heads, nKV = hp->n_kv_heads, hd = hp->d_head;
+    float *const ys[3] = {sc->qg, sc->k, sc->v};
+    const dr_tensor *const ws[3] = {&w->q_proj, &w->k_proj, &w->v_proj};
+    matmuls(o, 3, ys, sc->xn, ws, T);
+    const float scale = 1.0f / sqrtf((float)hd);
+    if (!o->attention_block ||
+        !o->attention_block(c, sc->att, sc->q, sc->gate, sc->k, sc->qg, sc->v, k_cache, v_cache, w->q_norm,
+                            w->k_norm, T, pos0, nH, nKV, hd, hp->d_rot, hp->rope_theta, hp->eps, scale))
+        attn_core(m, w, k_cache, v_cache, sc, pos0, T, scale); /* the same steps, op by op */
     project_add_norm(m, sc, &w->o_proj, sc->att, gain, T);
 }
 

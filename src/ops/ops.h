@@ -123,6 +123,17 @@ struct dr_ops {
        of k_cache, v_cache [n_ctx, kv_row]. */
     void (*kv_store)(void *ctx, float *k_cache, float *v_cache, const float *k, const float *v, int T, int pos0,
                      int kv_row);
+    /* (optional, NULL or false: the separate ops) Everything of a full
+       attention layer between its projections and o_proj, in few kernels:
+       q, gate = the halves of each head of qg [T, nH, 2 hd]; q and k [T, nKV,
+       hd] RMS-normed per head (q_norm, k_norm [hd]) and rotated (RoPE, d_rot,
+       theta) at positions pos0 + t; k and v [T, nKV, hd] stored at rows
+       pos0 + t of the caches; att [T, nH, hd] = attention(q) * sigmoid(gate).
+       q, gate and k are scratch it may overwrite. Returns false, having
+       queued nothing, when the backend does not take the case. */
+    bool (*attention_block)(void *ctx, float *att, float *q, float *gate, float *k, const float *qg, const float *v,
+                            float *k_cache, float *v_cache, const float *q_norm, const float *k_norm, int T,
+                            int pos0, int nH, int nKV, int hd, int d_rot, float theta, float eps, float scale);
 
     /* ---- Gated DeltaNet (MODEL.md 5) ---- */
     /* Causal depthwise conv + SiLU over m [T, C] with the conv state

@@ -221,7 +221,8 @@ __global__ void __launch_bounds__(32 * ATT_WARPS)
 }
 
 /* Merge the slices of one (t, h) row: out = sum_s exp(m_s - M) o_s / sum_s exp(m_s - M) l_s. */
-__global__ void attn_merge_kernel(float *out, const float *part, const float *ml, int nH, int hd, int nsplit) {
+__global__ void attn_merge_kernel(float *out, const float *part, const float *ml, int nH, int hd, int nsplit,
+                                  const float *gate) {
     const size_t row = (size_t)blockIdx.y * nH + blockIdx.x;
     const float *mlr = ml + row * nsplit * 2;
     float M = -INFINITY;
@@ -237,6 +238,8 @@ __global__ void attn_merge_kernel(float *out, const float *part, const float *ml
             if (mlr[2 * s] != -INFINITY)
                 o += part[(row * nsplit + s) * hd + e] * expf(mlr[2 * s] - M);
         out[row * hd + e] = o / L;
+        if (gate) /* the output gate (attention_block), as sigmoid_mul after the merge */
+            out[row * hd + e] *= dr_dev_sigmoid(gate[row * hd + e]);
     }
 }
 
@@ -251,7 +254,7 @@ template <int R>
 __global__ void __launch_bounds__(32 * ATT_WARPS)
     attn_decode_kernel(float *out, float *part, float *ml, const float *q, const float *kc, const float *vc,
                        int pos0, int nH, int nKV, int hd, float scale, int nsplit, int split_len,
-                       const int32_t *dpos) {
+                       const int32_t *dpos, const float *gate) {
     const int h = blockIdx.x, sp = blockIdx.y;
     if (dpos) /* an open single-token step: slices past the last key stay empty */
         pos0 = *dpos;
@@ -346,10 +349,13 @@ __global__ void __launch_bounds__(32 * ATT_WARPS)
 #pragma unroll
         for (int i = 0; i < ATT_WARPS; i++)
             o += sacc[i][e] * f[i];
-        if (nsplit == 1)
+        if (nsplit == 1) {
             out[(size_t)h * hd + e] = o / L;
-        else
+            if (gate) /* as sigmoid_mul after the kernel */
+                out[(size_t)h * hd + e] *= dr_dev_sigmoid(gate[(size_t)h * hd + e]);
+        } else {
             part[((size_t)h * nsplit + sp) * hd + e] = o;
+        }
     }
     if (nsplit > 1 && lane == 0) {
         ml[((size_t)h * nsplit + sp) * 2] = M;
@@ -369,7 +375,7 @@ static int attn_decode_on(void) { /* DR_CUDA_ATT_DEC=0: the split kernel for dec
 /* one token: slices of >= ATT_WARPS * AD_K keys (a chunk per warp), at most
  * 8 blocks per SM in all */
 static void attention_decode(dr_cuda_ctx *cx, float *out, const float *q, const float *k_cache, const float *v_cache,
-                             int pos0, int nH, int nKV, int hd, float scale) {
+                             int pos0, int nH, int nKV, int hd, float scale, const float *gate) {
     const int n_max = cx->step_on ? cx->step_cap : pos0 + 1, per = ATT_WARPS * AD_K;
     int nsplit = (n_max + per - 1) / per, lim = 8 * cx->n_sm / nH;
     nsplit = nsplit > lim ? lim : nsplit;
@@ -386,16 +392,16 @@ static void attention_decode(dr_cuda_ctx *cx, float *out, const float *q, const 
     const int32_t *dp = dr_cuda_step_pos(cx);
     if (hd <= 64)
         attn_decode_kernel<2><<<grid, block, 0, cx->stream>>>(out, part, ml, q, k_cache, v_cache, pos0, nH, nKV, hd,
-                                                              scale, nsplit, split_len, dp);
+                                                              scale, nsplit, split_len, dp, gate);
     else if (hd <= 128)
         attn_decode_kernel<4><<<grid, block, 0, cx->stream>>>(out, part, ml, q, k_cache, v_cache, pos0, nH, nKV, hd,
-                                                              scale, nsplit, split_len, dp);
+                                                              scale, nsplit, split_len, dp, gate);
     else
         attn_decode_kernel<8><<<grid, block, 0, cx->stream>>>(out, part, ml, q, k_cache, v_cache, pos0, nH, nKV, hd,
-                                                              scale, nsplit, split_len, dp);
+                                                              scale, nsplit, split_len, dp, gate);
     DR_CUDA_LAUNCHED(cx);
     if (nsplit > 1) {
-        attn_merge_kernel<<<dim3((unsigned)nH, 1), 128, 0, cx->stream>>>(out, part, ml, nH, hd, nsplit);
+        attn_merge_kernel<<<dim3((unsigned)nH, 1), 128, 0, cx->stream>>>(out, part, ml, nH, hd, nsplit, gate);
         DR_CUDA_LAUNCHED(cx);
     }
 }
@@ -414,7 +420,7 @@ void dr_cuda_attention(void *ctx, float *out, const float *q, const float *k_cac
     if (dr_cuda_attention_prefill(cx, out, q, k_cache, v_cache, T, pos0, n_heads, n_kv_heads, d_head, scale))
         return; /* tensor-core flash attention (attention_prefill.cu) */
     if (T == 1 && d_head % 2 == 0 && attn_decode_on()) {
-        attention_decode(cx, out, q, k_cache, v_cache, pos0, n_heads, n_kv_heads, d_head, scale);
+        attention_decode(cx, out, q, k_cache, v_cache, pos0, n_heads, n_kv_heads, d_head, scale, NULL);
         return;
     }
     /* enough blocks to fill the GPU 8 times over (latency hiding: the key
@@ -463,7 +469,91 @@ void dr_cuda_attention(void *ctx, float *out, const float *q, const float *k_cac
     DR_CUDA_LAUNCHED(cx);
     if (nsplit > 1) {
         attn_merge_kernel<<<dim3((unsigned)n_heads, (unsigned)T), 128, 0, cx->stream>>>(out, part, ml, n_heads,
-                                                                                         d_head, nsplit);
+                                                                                         d_head, nsplit, NULL);
         DR_CUDA_LAUNCHED(cx);
     }
+}
+
+/* ---- attention_block (ops.h): the decode side of a full attention layer ---- */
+
+/* Block b < T nH: query head b (its half of qg split from the gate, RMSNorm,
+ * RoPE); b >= T nH: KV head (k: RMSNorm, RoPE; k and v stored in the
+ * caches). The norm is rmsnorm_kernel's with the same thread count (the
+ * same sums) and the rotation rope_kernel's, so q, gate and the cache rows
+ * equal the separate kernels'. */
+__global__ void attn_prep_kernel(float *q, float *gate, float *k, float *kc, float *vc, const float *qg, const float *v,
+                                 const float *qn, const float *kn, const float *inv, int T, int pos0, int nH, int nKV,
+                                 int hd, int half, float eps, const int32_t *dpos) {
+    if (dpos)
+        pos0 = *dpos;
+    __shared__ float sh[32], row[256];
+    const int b = blockIdx.x, nq = T * nH, nt = blockDim.x;
+    const bool isq = b < nq;
+    const int t = isq ? b / nH : (b - nq) / nKV, kb = b - nq;
+    const float *x = isq ? qg + (size_t)b * 2 * hd : k + (size_t)kb * hd;
+    const float *gain = isq ? qn : kn;
+    if (isq)
+        for (int i = threadIdx.x; i < hd; i += nt)
+            gate[(size_t)b * hd + i] = x[hd + i];
+    float ss = 0.0f;
+    for (int i0 = threadIdx.x; i0 < hd; i0 += 4 * nt) { /* rmsnorm_kernel's loop */
+        float u[4];
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+            u[j] = i0 + j * nt < hd ? x[i0 + j * nt] : 0.0f;
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+            if (i0 + j * nt < hd)
+                ss += u[j] * u[j];
+    }
+    ss = dr_block_sum(ss, sh);
+    const float iv = 1.0f / sqrtf(ss / (float)hd + eps);
+    for (int i = threadIdx.x; i < hd; i += nt)
+        row[i] = x[i] * iv * gain[i];
+    __syncthreads();
+    const float ang0 = (float)(pos0 + t);
+    for (int i = threadIdx.x; i < half; i += nt) { /* rope_kernel's rotation */
+        const float ang = ang0 * inv[i];
+        const float c = cosf(ang), s_ = sinf(ang);
+        const float u1 = row[i], u2 = row[i + half];
+        row[i] = u1 * c - u2 * s_;
+        row[i + half] = u2 * c + u1 * s_;
+    }
+    __syncthreads();
+    if (isq) {
+        for (int i = threadIdx.x; i < hd; i += nt)
+            q[(size_t)b * hd + i] = row[i];
+        return;
+    }
+    const size_t kv_row = (size_t)nKV * hd, dst = (size_t)(pos0 + t) * kv_row + (size_t)(kb % nKV) * hd;
+    for (int i = threadIdx.x; i < hd; i += nt) {
+        k[(size_t)kb * hd + i] = row[i];
+        kc[dst + i] = row[i];
+        vc[dst + i] = v[(size_t)kb * hd + i];
+    }
+}
+
+/* Decode only (T = 1, hd <= 256 and even, the decode kernel on): prep,
+ * attention (the gate applied where the output is written), merge. */
+bool dr_cuda_attention_block(void *ctx, float *att, float *q, float *gate, float *k, const float *qg, const float *v,
+                             float *k_cache, float *v_cache, const float *q_norm, const float *k_norm, int T,
+                             int pos0, int nH, int nKV, int hd, int d_rot, float theta, float eps, float scale) {
+    dr_cuda_ctx *cx = (dr_cuda_ctx *)ctx;
+    static int on = -1; /* DR_CUDA_ATT_BLOCK=0: declined (the steps op by op, a same-run baseline) */
+    if (on < 0) {
+        const char *e = getenv("DR_CUDA_ATT_BLOCK");
+        on = !(e && e[0] == '0');
+    }
+    if (!on || T != 1 || hd > 256 || hd % 2 || d_rot > hd || d_rot < 0 || nKV <= 0 || nH % nKV || !attn_decode_on())
+        return false;
+    const float *inv = d_rot >= 2 ? rope_table(cx, d_rot, theta) : NULL;
+    if (d_rot >= 2 && !inv)
+        return true; /* failed or recording (the step runs again): recorded in cx */
+    const int nt = hd >= 256 ? 128 : 64; /* rmsnorm's block for rows of hd (elementwise.cu norm_threads) */
+    attn_prep_kernel<<<(unsigned)(T * (nH + nKV)), nt, 0, cx->stream>>>(q, gate, k, k_cache, v_cache, qg, v, q_norm,
+                                                                       k_norm, inv, T, pos0, nH, nKV, hd, d_rot / 2,
+                                                                       eps, dr_cuda_step_pos(cx));
+    DR_CUDA_LAUNCHED(cx);
+    attention_decode(cx, att, q, k_cache, v_cache, pos0, nH, nKV, hd, scale, gate);
+    return true;
 }

@@ -358,6 +358,7 @@ extern "C" void dr_cuda_fill_table(dr_ops *o) {
     o->round_bf16 = dr_cuda_round_bf16;
     o->rope = dr_cuda_rope;
     o->attention = dr_cuda_attention;
+    o->attention_block = dr_cuda_attention_block;
     o->gdn_conv = dr_cuda_gdn_conv;
     o->gdn_gates = dr_cuda_gdn_gates;
     o->gdn_recurrent = dr_cuda_gdn_recurrent;

@@ -51,6 +51,9 @@ void dr_cuda_round_bf16(void *ctx, float *x, size_t n);
 void dr_cuda_rope(void *ctx, float *x, int T, int n_heads, int d_head, int d_rot, int pos0, float theta);
 void dr_cuda_attention(void *ctx, float *out, const float *q, const float *k_cache, const float *v_cache, int T,
                        int pos0, int n_heads, int n_kv_heads, int d_head, float scale, float *ws);
+bool dr_cuda_attention_block(void *ctx, float *att, float *q, float *gate, float *k, const float *qg, const float *v,
+                             float *k_cache, float *v_cache, const float *q_norm, const float *k_norm, int T,
+                             int pos0, int nH, int nKV, int hd, int d_rot, float theta, float eps, float scale);
 
 /* gdn.cu */
 void dr_cuda_gdn_conv(void *ctx, float *out, const float *m, float *conv_state, const float *w, int T, int C,
