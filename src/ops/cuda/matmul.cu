@@ -330,7 +330,7 @@ __global__ void __launch_bounds__(256) gemv_rows_kernel(const gemv_set set, cons
  * the P gate rows and the P up rows together (R = 2P rows of the GEMV),
  * so silu(g) * u is formed in registers. Same dot products as the gate/up
  * GEMV, same silu as swiglu_kernel: the unfused chain's results exactly. */
-template <typename WT, int MT, int P, int U>
+template <typename WT, int MT, int P>
 __global__ void __launch_bounds__(256) gemv_swiglu_kernel(float *__restrict__ out, const WT *gate, const WT *up,
                                                           const float *__restrict__ x, int T, int d, int n) {
     constexpr int E = wvec<WT>::N, R = 2 * P;
@@ -347,7 +347,7 @@ __global__ void __launch_bounds__(256) gemv_swiglu_kernel(float *__restrict__ ou
         wp[P + p] = (const uint4 *)up + row * nv;
     }
     float acc[R][MT];
-    gemv_rows_dot<WT, MT, R, U>(wp, x, T, n, acc);
+    gemv_rows_dot<WT, MT, R, 8 / R>(wp, x, T, n, acc);
     if ((threadIdx.x & 31) == 0)
 #pragma unroll
         for (int p = 0; p < P; p++)
@@ -366,7 +366,7 @@ __global__ void __launch_bounds__(256) gemv_swiglu_kernel(float *__restrict__ ou
  * rows, and puts the counter back to 0 for the next launch or graph replay.
  * No early exit before the barriers. */
 #define FN_PARTS 16384 /* floats of parts after the counter (gridDim.x * T at most) */
-template <typename WT, int MT, int R, int U>
+template <typename WT, int MT, int R>
 __global__ void __launch_bounds__(256) gemv_add_norm_kernel(float *x, float *__restrict__ xn, const WT *W,
                                                             const float *__restrict__ a,
                                                             const float *__restrict__ gain, int T, int d, int n,
@@ -385,7 +385,7 @@ __global__ void __launch_bounds__(256) gemv_add_norm_kernel(float *x, float *__r
         wp[r] = (const uint4 *)W + row * nv;
     }
     float acc[R][MT];
-    gemv_rows_dot<WT, MT, R, U>(wp, a, T, n, acc);
+    gemv_rows_dot<WT, MT, R, 8 / R>(wp, a, T, n, acc);
     float sq[MT];
 #pragma unroll
     for (int t = 0; t < MT; t++) {
@@ -453,20 +453,6 @@ __global__ void __launch_bounds__(256) gemv_add_norm_kernel(float *x, float *__r
 }
 
 
-/* 16-byte loads in flight per lane and row: 8 / R, but 16 for one row per
- * warp at T <= 2 (matrices of few rows: a row of 4096 bf16 is one batch, one
- * memory round trip instead of two; the same lane-strided sums).
- * DR_CUDA_GEMV_DEEP=0: 8 (the kernels before, a same-run baseline). */
-static bool deep_loads(void) {
-    static int on = -1;
-    if (on < 0) {
-        const char *e = getenv("DR_CUDA_GEMV_DEEP");
-        on = !(e && e[0] == '0');
-    }
-    return on;
-}
-template <int MT, int R> static constexpr int gemv_u() { return R == 1 && MT <= 2 ? 16 : 8 / R; }
-
 template <typename WT, int MT, int R>
 static void gemv_rows_launch(dr_cuda_ctx *cx, const gemv_set &set, const float *x, int T, int n) {
     const int rows = set.row0[set.nm];
@@ -477,9 +463,7 @@ static void gemv_rows_launch(dr_cuda_ctx *cx, const gemv_set &set, const float *
         wpb = e && e[0] == '4' ? 4 : 8;
     }
     dim3 grid(dr_cdiv((size_t)rows, (size_t)(wpb * R))), block(32 * wpb);
-    void (*k)(const gemv_set, const float *, int, int) = gemv_rows_kernel<WT, MT, R, gemv_u<MT, R>()>;
-    if (R == 1 && MT <= 2 && !deep_loads())
-        k = gemv_rows_kernel<WT, MT, R, 8>;
+    void (*k)(const gemv_set, const float *, int, int) = gemv_rows_kernel<WT, MT, R, 8 / R>;
     dr_cuda_launch(cx, true, k, grid, block, 0, set, x, T, n);
 }
 
@@ -594,11 +578,10 @@ template <typename WT, int MT>
 static void swiglu_launch(dr_cuda_ctx *cx, float *out, const void *gate, const void *up, const float *x, int T, int d,
                           int n) {
     if (rows_per_warp(cx, 2L * d, MT) >= 4)
-        dr_cuda_launch(cx, true, gemv_swiglu_kernel<WT, MT, 2, 2>, dim3(dr_cdiv((size_t)d, 16)), dim3(256), 0, out,
+        dr_cuda_launch(cx, true, gemv_swiglu_kernel<WT, MT, 2>, dim3(dr_cdiv((size_t)d, 16)), dim3(256), 0, out,
                        (const WT *)gate, (const WT *)up, x, T, d, n);
     else
-        dr_cuda_launch(cx, true, MT <= 2 && deep_loads() ? gemv_swiglu_kernel<WT, MT, 1, 8> : gemv_swiglu_kernel<WT, MT, 1, 4>,
-                       dim3(dr_cdiv((size_t)d, 8)), dim3(256), 0, out,
+        dr_cuda_launch(cx, true, gemv_swiglu_kernel<WT, MT, 1>, dim3(dr_cdiv((size_t)d, 8)), dim3(256), 0, out,
                        (const WT *)gate, (const WT *)up, x, T, d, n);
 }
 
@@ -606,17 +589,15 @@ template <typename WT, int MT>
 static void add_norm_launch(dr_cuda_ctx *cx, float *x, float *xn, const void *W, const float *a, const float *gain,
                             int T, int d, int n, float eps) {
     const int R = rows_per_warp(cx, d, MT);
-#define AN_LAUNCH(R_, U_)                                                                                         \
-    dr_cuda_launch(cx, true, gemv_add_norm_kernel<WT, MT, R_, U_>, dim3(dr_cdiv((size_t)d, 8 * R_)), dim3(256), 0, \
-                   x, xn, (const WT *)W, a, gain, T, d, n, eps, cx->mm_cnt)
+#define AN_LAUNCH(R_)                                                                                             \
+    dr_cuda_launch(cx, true, gemv_add_norm_kernel<WT, MT, R_>, dim3(dr_cdiv((size_t)d, 8 * R_)), dim3(256), 0, x, \
+                   xn, (const WT *)W, a, gain, T, d, n, eps, cx->mm_cnt)
     if (R == 4)
-        AN_LAUNCH(4, 2);
+        AN_LAUNCH(4);
     else if (R == 2)
-        AN_LAUNCH(2, 4);
-    else if (MT <= 2 && deep_loads())
-        AN_LAUNCH(1, 16);
+        AN_LAUNCH(2);
     else
-        AN_LAUNCH(1, 8);
+        AN_LAUNCH(1);
 #undef AN_LAUNCH
 }
 
