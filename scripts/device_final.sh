@@ -3,7 +3,7 @@
 # "CUDA (H100/H200)"): build (sm_90a), every CUDA test and golden, memcheck,
 # then the decode / prefill benches in bf16, q8 and q4 with same-call
 # baselines for the newest kernels. Logs under $OUT.
-# Usage: scripts/device_final.sh [tests] [conc] [legacy] [memcheck] [bench] [r4] [gemv] [slope] [types] [attpos] [attdec] [attblk] [ncu35] [big40] [ncu08] [p512] [quant]
+# Usage: scripts/device_final.sh [tests] [conc] [legacy] [memcheck] [bench] [r4] [gemv] [slope] [types] [attpos] [attdec] [attblk] [moencu] [ncu35] [big40] [ncu08] [p512] [quant]
 #        [qold] [prefill]
 # legacy: test_cuda and the concurrent test_cuda_quant with DR_CUDA_LEGACY_COPY=1 (the unordered
 # uploads before session 4's fix), to show the tests catch them. gemv: the GEMV-only bench_cuda lines
@@ -132,6 +132,13 @@ if [[ "$what" == *attdec* ]]; then # decode attention kernel (attn_decode_kernel
     for v in 0 1 0 1; do ( export DR_CUDA_ATT_DEC=$v; one "$nm-attdec$v" "$@" -p 128 ); done
   done
   for v in 0 1; do ( export DR_CUDA_ATT_DEC=$v; one "9B-p4000-attdec$v" --synthetic $C/qwen3.5-9b.json -p 4000 -n 64 ); done
+fi
+if [[ "$what" == *moencu* ]]; then # the MoE decode kernels in detail (35B-A3B, 8 layers)
+  ncu --clock-control none --kernel-name regex:"moe_down_bf16|moe_gu_bf16|route_reg" --launch-skip 6 --launch-count 3 \
+    --section SpeedOfLight --section LaunchStats --section Occupancy --section WarpStateStats \
+    --section MemoryWorkloadAnalysis "$cli" bench --device cuda --synthetic $C/qwen3.5-35b-a3b.json --layers 8 \
+    -p 1 -n 2 --json > "$OUT/moe_ncu.txt" 2>&1
+  grep -E "^  [a-z_]+.*\(|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Theoretical Occupancy|Registers Per|Dynamic Shared|Block Limit|Waves Per|Stall|Warp Cycles Per Issued|L2 Hit|L1/TEX Hit" "$OUT/moe_ncu.txt" | head -90
 fi
 if [[ "$what" == *attblk* ]]; then # attention_block (prep + gated attention) against DR_CUDA_ATT_BLOCK=0
   for sh in "0.8B --synthetic $C/qwen3.5-0.8b.json -n 256" "9B --synthetic $C/qwen3.5-9b.json -n 128" \
