@@ -53,6 +53,8 @@ if [[ "$what" == *memcheck* ]]; then
   echo "memcheck moe-bf16 exit $?"; grep -E "ERROR SUMMARY|LEAK" "$OUT/memcheck.log" | head -3
   timeout 240 compute-sanitizer --tool memcheck --error-exitcode 9 "$b/tests/test_cuda_quant" > "$OUT/memcheck_quant.log" 2>&1
   echo "memcheck test_cuda_quant exit $?"; grep -E "ERROR SUMMARY|passed" "$OUT/memcheck_quant.log" | head -3
+  timeout 200 compute-sanitizer --tool memcheck --error-exitcode 9 "$b/tests/test_cuda" > "$OUT/memcheck_cuda.log" 2>&1
+  echo "memcheck test_cuda exit $?"; grep -E "ERROR SUMMARY|passed" "$OUT/memcheck_cuda.log" | head -3
 fi
 cli="$b/deltarun"
 one() { # label, then bench arguments
