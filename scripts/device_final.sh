@@ -3,7 +3,7 @@
 # "CUDA (H100/H200)"): build (sm_90a), every CUDA test and golden, memcheck,
 # then the decode / prefill benches in bf16, q8 and q4 with same-call
 # baselines for the newest kernels. Logs under $OUT.
-# Usage: scripts/device_final.sh [tests] [conc] [legacy] [memcheck] [bench] [r4] [gemv] [slope] [types] [attpos] [attdec] [attblk] [moencu] [ncu35] [big40] [ncu08] [p512] [quant]
+# Usage: scripts/device_final.sh [tests] [conc] [legacy] [memcheck] [bench] [r4] [gemv] [slope] [types] [attpos] [attdec] [attblk] [moek] [moencu] [ncu35] [big40] [ncu08] [p512] [quant]
 #        [qold] [prefill]
 # legacy: test_cuda and the concurrent test_cuda_quant with DR_CUDA_LEGACY_COPY=1 (the unordered
 # uploads before session 4's fix), to show the tests catch them. gemv: the GEMV-only bench_cuda lines
@@ -141,6 +141,16 @@ if [[ "$what" == *moencu* ]]; then # the MoE decode kernels in detail (35B-A3B, 
     --section MemoryWorkloadAnalysis "$cli" bench --device cuda --synthetic $C/qwen3.5-35b-a3b.json --layers 8 \
     -p 1 -n 2 --json > "$OUT/moe_ncu.txt" 2>&1
   grep -E "^  [a-z_]+.*\(|Duration|DRAM Throughput|Memory Throughput|Achieved Occupancy|Theoretical Occupancy|Registers Per|Dynamic Shared|Block Limit|Waves Per|Stall|Warp Cycles Per Issued|L2 Hit|L1/TEX Hit" "$OUT/moe_ncu.txt" | head -90
+fi
+if [[ "$what" == *moek* ]]; then # 35B-A3B, 8 layers: decode against the routed experts per token
+  for kk in 1 2 4 8; do
+    python3 - "$C/qwen3.5-35b-a3b.json" "/tmp/moe-k$kk.json" "$kk" <<'PY'
+import json, sys
+c = json.load(open(sys.argv[1])); c["text_config"]["num_experts_per_tok"] = int(sys.argv[3])
+json.dump(c, open(sys.argv[2], "w"))
+PY
+    one "35B-8L-k$kk" --synthetic "/tmp/moe-k$kk.json" --layers 8 -p 128 -n 256
+  done
 fi
 if [[ "$what" == *attblk* ]]; then # attention_block (prep + gated attention) against DR_CUDA_ATT_BLOCK=0
   for sh in "0.8B --synthetic $C/qwen3.5-0.8b.json -n 256" "9B --synthetic $C/qwen3.5-9b.json -n 128" \
