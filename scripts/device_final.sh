@@ -3,7 +3,7 @@
 # "CUDA (H100/H200)"): build (sm_90a), every CUDA test and golden, memcheck,
 # then the decode / prefill benches in bf16, q8 and q4 with same-call
 # baselines for the newest kernels. Logs under $OUT.
-# Usage: scripts/device_final.sh [tests] [conc] [legacy] [memcheck] [bench] [r4] [gemv] [slope] [types] [attpos] [attdec] [attblk] [moeres] [moek] [moencu] [ncu35] [big40] [ncu08] [p512] [quant]
+# Usage: scripts/device_final.sh [tests] [conc] [legacy] [memcheck] [bench] [r4] [gemv] [slope] [types] [attpos] [attdec] [attblk] [moek] [moencu] [ncu35] [big40] [ncu08] [p512] [quant]
 #        [qold] [prefill]
 # legacy: test_cuda and the concurrent test_cuda_quant with DR_CUDA_LEGACY_COPY=1 (the unordered
 # uploads before session 4's fix), to show the tests catch them. gemv: the GEMV-only bench_cuda lines
@@ -151,10 +151,6 @@ json.dump(c, open(sys.argv[2], "w"))
 PY
     one "35B-8L-k$kk" --synthetic "/tmp/moe-k$kk.json" --layers 8 -p 128 -n 256
   done
-fi
-if [[ "$what" == *moeres* ]]; then # the MoE block's residual add + norm in its down kernel, against DR_CUDA_MOE_RES=0
-  for v in 0 1 0 1; do ( export DR_CUDA_MOE_RES=$v; one "35B-8L-moeres$v" --synthetic $C/qwen3.5-35b-a3b.json --layers 8 -p 128 -n 256 ); done
-  for v in 0 1; do ( export DR_CUDA_MOE_RES=$v; one "35B-40L-moeres$v" --synthetic $C/qwen3.5-35b-a3b.json -p 128 -n 64 ); done
 fi
 if [[ "$what" == *attblk* ]]; then # attention_block (prep + gated attention) against DR_CUDA_ATT_BLOCK=0
   for sh in "0.8B --synthetic $C/qwen3.5-0.8b.json -n 256" "9B --synthetic $C/qwen3.5-9b.json -n 128" \

@@ -445,37 +445,6 @@ static void test_moe(void) {
         free(hs[i]);
 }
 
-/* moe_decode with the residual (x += y, xn = RMSNorm(x) * gain, or the add
- * alone): against add_rmsnorm / add of the y it wrote without one (dy). */
-static void moe_decode_residual(const dr_expert *ex, int E, int T, int k, int H, int I, const float *dl,
-                                const float *dx, const float *dy, int32_t *di, float *dw, const dr_moe_shared *sh) {
-    const size_t n = (size_t)T * H;
-    float *xr = rnd(n, 3.0f), *g = rnd((size_t)H, 1.0f), *nan = malloc(n * 4);
-    for (size_t i = 0; i < n; i++)
-        nan[i] = NAN;
-    float *dg = dput(g, (size_t)H * 4), *dy2 = G->alloc(G->ctx, n * 4);
-    for (int with_gain = 0; with_gain < 2; with_gain++) {
-        float *xa = dput(xr, n * 4), *xna = dput(nan, n * 4), *xb = dput(xr, n * 4), *xnb = dput(nan, n * 4);
-        if (with_gain)
-            G->add_rmsnorm(G->ctx, xa, dy, xna, dg, T, H, 1e-6f);
-        else
-            G->add(G->ctx, xa, dy, n);
-        const dr_residual res = {xb, xnb, with_gain ? dg : NULL, 1e-6f};
-        const bool done = G->moe_decode(G->ctx, dy2, di, dw, dl, dx, ex, E, T, k, true, H, I, sh, &res);
-        CHECK(done, "moe_decode T=%d with the residual: handled", T);
-        float *a = dget(xa, n), *b = dget(xb, n), *na = dget(xna, n), *nb = dget(xnb, n);
-        REPORT(rel_err(b, a, n), 0.0f, "moe_decode T=%d H=%d shared %d + residual%s: x vs add (exact)", T, H, sh != NULL,
-               with_gain ? " + norm" : "");
-        if (with_gain)
-            REPORT(rel_err(nb, na, n), 1e-6f, "moe_decode T=%d H=%d shared %d + residual + norm: xn vs add_rmsnorm", T,
-                   H, sh != NULL);
-        free(a), free(b), free(na), free(nb);
-        G->free(G->ctx, xa), G->free(G->ctx, xna), G->free(G->ctx, xb), G->free(G->ctx, xnb);
-    }
-    free(xr), free(g), free(nan);
-    G->free(G->ctx, dg), G->free(G->ctx, dy2);
-}
-
 /* The fused decode MoE block (moe_decode: route, experts, shared expert; y
  * overwritten) against the CPU chain moe_route + moe_experts + swiglu +
  * matmul + sigmoid_scale_rows + add, T = 1..4 (E <= 16). The first shape makes
@@ -514,8 +483,7 @@ static void moe_decode_shape(int E, int H, int I, int IS, int K) {
                 free(act), free(o2);
             }
             const dr_moe_shared sh = {dsg, dsu, dss, &shd};
-            const bool done =
-                G->moe_decode(G->ctx, dy, di, dw, dl, dx, ex, E, T, k, true, H, I, with_sh ? &sh : NULL, NULL);
+            const bool done = G->moe_decode(G->ctx, dy, di, dw, dl, dx, ex, E, T, k, true, H, I, with_sh ? &sh : NULL);
             CHECK(done, "moe_decode T=%d: handled by the fused kernels", T);
             int32_t *gi = malloc((size_t)T * k * 4);
             G->download(G->ctx, gi, di, (size_t)T * k * 4);
@@ -523,7 +491,6 @@ static void moe_decode_shape(int E, int H, int I, int IS, int K) {
             CHECK_SHOW(!memcmp(gi, idx, (size_t)T * k * 4), "moe_decode T=%d k=%d: same experts as the CPU", T, k);
             REPORT(rel_err(got, y, (size_t)T * H), TOL, "moe_decode bf16 T=%d E=%d k=%d H=%d I=%d shared %d", T, E, k,
                    H, I, with_sh ? IS : 0);
-            moe_decode_residual(ex, E, T, k, H, I, dl, dx, dy, di, dw, with_sh ? &sh : NULL);
             free(lg), free(x), free(y), free(sg), free(su), free(ss), free(w), free(ws), free(idx), free(junk);
             free(gi), free(got);
             G->free(G->ctx, dl), G->free(G->ctx, dx), G->free(G->ctx, dsg), G->free(G->ctx, dsu);

@@ -218,9 +218,8 @@ static void swiglu_mlp(const dr_model *m, const dr_ffn_weights *f, dr_scratch *s
     project_add_norm(m, sc, &f->down, sc->ff_a, gain, T);
 }
 
-/* Sparse MoE block (6.2): routed experts plus the sigmoid-gated shared expert;
- * added to x, xn = RMSNorm(x) with `gain`. */
-static void moe_block(const dr_model *m, const dr_ffn_weights *f, dr_scratch *sc, const float *gain, int T) {
+/* Sparse MoE block (6.2): routed experts plus the sigmoid-gated shared expert. */
+static void moe_block(const dr_model *m, const dr_ffn_weights *f, dr_scratch *sc, int T) {
     const dr_hparams *hp = &m->hp;
     const dr_ops *o = m->ops;
     void *c = o->ctx;
@@ -233,22 +232,21 @@ static void moe_block(const dr_model *m, const dr_ffn_weights *f, dr_scratch *sc
         o->matmul(c, sc->router, sc->xn, &f->router, T);
     }
     const dr_moe_shared sh = {sc->ff_a, sc->ff_b, sc->sh_s, &f->sh_down};
-    const dr_residual res = {sc->x, sc->xn, gain, hp->eps};
     if (o->moe_decode && o->moe_decode(c, sc->out, sc->moe_idx, sc->moe_w, sc->router, sc->xn, f->experts,
                                        hp->n_experts, T, k, hp->norm_topk, H, hp->d_ff_expert,
-                                       f->has_shared ? &sh : NULL, &res))
-        return; /* the backend's fused decode block, residual and next norm included: the same sums */
+                                       f->has_shared ? &sh : NULL))
+        return; /* the backend's fused decode block: the same sums as below */
     o->moe_route(c, sc->moe_idx, sc->moe_w, sc->router, T, hp->n_experts, k, hp->norm_topk);
     o->zero(c, sc->out, (size_t)T * H * sizeof(float));
     o->moe_experts(c, sc->out, sc->xn, sc->moe_idx, sc->moe_w, f->experts, hp->n_experts, T, k, H, hp->d_ff_expert,
                    sc->ws);
-    if (f->has_shared) { /* shared expert: down(silu(gate x) * up x), scaled by sigmoid(w_sg x) */
-        o->swiglu(c, sc->ff_a, sc->ff_a, sc->ff_b, (size_t)T * (size_t)f->sh_gate.ne[0]);
-        o->matmul(c, sc->out2, sc->ff_a, &f->sh_down, T);
-        o->sigmoid_scale_rows(c, sc->out2, sc->sh_s, T, H); /* s <- sigmoid(w_sg x) * s */
-        o->add(c, sc->out, sc->out2, (size_t)T * H);
-    }
-    add_norm(m, sc, gain, T);
+    if (!f->has_shared)
+        return;
+    /* shared expert: down(silu(gate x) * up x), scaled by sigmoid(w_sg x) */
+    o->swiglu(c, sc->ff_a, sc->ff_a, sc->ff_b, (size_t)T * (size_t)f->sh_gate.ne[0]);
+    o->matmul(c, sc->out2, sc->ff_a, &f->sh_down, T);
+    o->sigmoid_scale_rows(c, sc->out2, sc->sh_s, T, H); /* s <- sigmoid(w_sg x) * s */
+    o->add(c, sc->out, sc->out2, (size_t)T * H);
 }
 
 /* ===================== the whole model ===================== */
@@ -285,7 +283,8 @@ void dr_forward(const dr_model *m, dr_kv_cache *kv, dr_gdn_cache *gdn, dr_scratc
             gdn_layer(m, &lw->gdn, gdn->conv[l], gdn->state[l], sc, T, state_bf16, lw->ln2);
         /* y = h + FFN(RMSNorm(h)); xn = the next layer's RMSNorm(y) */
         if (hp->is_moe[l]) {
-            moe_block(m, &lw->ffn, sc, ln_next, T);
+            moe_block(m, &lw->ffn, sc, T);
+            add_norm(m, sc, ln_next, T);
         } else {
             swiglu_mlp(m, &lw->ffn, sc, ln_next, T);
         }

@@ -38,14 +38,6 @@ typedef struct dr_moe_shared {
     const dr_tensor *down;
 } dr_moe_shared;
 
-/* The residual stream a block's output is added to: x [T, H] += y; then,
-   gain not NULL, xn = x / rms(x) * gain (the next pre-norm). */
-typedef struct dr_residual {
-    float *x, *xn;
-    const float *gain;
-    float eps;
-} dr_residual;
-
 typedef struct dr_ops dr_ops;
 
 struct dr_ops {
@@ -210,12 +202,11 @@ struct dr_ops {
        idx, wts = moe_route(logits [T, E]); y [T, H] = sum_j wts[t, j] *
        expert_{idx[t, j]}(x) (j in pick order) + sigmoid(sh->s[t]) *
        sh->down(silu(sh->gate) * sh->up) (sh NULL: no shared expert). y is
-       written, not added to; with res, y is not written: res->x += y and the
-       next pre-norm as dr_residual says. Returns false, having queued
-       nothing, when the backend does not handle the shape or dtypes. */
+       written, not added to. Returns false, having queued nothing, when the
+       backend does not handle the shape or dtypes. */
     bool (*moe_decode)(void *ctx, float *y, int32_t *idx, float *wts, const float *logits, const float *x,
                        const dr_expert *experts, int E, int T, int k, bool renorm, int H, int I,
-                       const dr_moe_shared *sh, const dr_residual *res);
+                       const dr_moe_shared *sh);
 };
 
 enum { DR_STEP_RUN = 0, DR_STEP_RECORD = 1, DR_STEP_REPLAYED = 2 };

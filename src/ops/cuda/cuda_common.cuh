@@ -135,14 +135,6 @@ void *dr_cuda_scratch(dr_cuda_ctx *cx, int slot, size_t n);
  * before the call returns, so the caller may free or reuse it at once. */
 cudaError_t dr_cuda_h2d(dr_cuda_ctx *cx, void *dst, const void *src, size_t n);
 
-/* The device counter (first word, zero between launches) and DR_NORM_PARTS
- * floats of partial sums (at 64 words) that the kernels ending in a
- * residual add + RMSNorm by their last block share (matmul.cu, moe.cu);
- * allocated on first use outside a recording (NULL, cx->cap_bad while
- * recording, or cx->failed). */
-#define DR_NORM_PARTS 16384
-unsigned *dr_cuda_norm_counter(dr_cuda_ctx *cx);
-
 /* Pinned host buffer of at least n int32 (for index uploads). */
 int32_t *dr_cuda_host_ids(dr_cuda_ctx *cx, size_t n);
 

@@ -91,7 +91,7 @@ void dr_cuda_moe_experts(void *ctx, float *y, const float *x, const int32_t *idx
                          const dr_expert *experts, int E, int T, int k, int H, int I, float *ws);
 bool dr_cuda_moe_decode(void *ctx, float *y, int32_t *idx, float *wts, const float *logits, const float *x,
                         const dr_expert *experts, int E, int T, int k, bool renorm, int H, int I,
-                        const dr_moe_shared *sh, const dr_residual *res);
+                        const dr_moe_shared *sh);
 
 /* argmax.cu */
 bool dr_cuda_argmax(void *ctx, int32_t *out, const float *x, int n);

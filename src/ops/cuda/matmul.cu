@@ -365,7 +365,7 @@ __global__ void __launch_bounds__(256) gemv_swiglu_kernel(float *__restrict__ ou
  * thread, then the block reduction: a fixed order), writes xn for the whole
  * rows, and puts the counter back to 0 for the next launch or graph replay.
  * No early exit before the barriers. */
-#define FN_PARTS DR_NORM_PARTS /* floats of parts after the counter (gridDim.x * T at most) */
+#define FN_PARTS 16384 /* floats of parts after the counter (gridDim.x * T at most) */
 template <typename WT, int MT, int R>
 __global__ void __launch_bounds__(256) gemv_add_norm_kernel(float *x, float *__restrict__ xn, const WT *W,
                                                             const float *__restrict__ a,
@@ -601,22 +601,6 @@ static void add_norm_launch(dr_cuda_ctx *cx, float *x, float *xn, const void *W,
 #undef AN_LAUNCH
 }
 
-unsigned *dr_cuda_norm_counter(dr_cuda_ctx *cx) {
-    if (cx->mm_cnt)
-        return cx->mm_cnt;
-    if (cx->capturing) { /* first use while recording: the step runs again without the recording */
-        cx->cap_bad = 1;
-        return NULL;
-    }
-    void *p = NULL;
-    DR_CUDA_NOTE(cx, cudaMalloc(&p, 64 * sizeof(unsigned) + DR_NORM_PARTS * sizeof(float))); /* counter, parts */
-    if (!p)
-        return NULL; /* failed, recorded in cx */
-    DR_CUDA_NOTE(cx, cudaMemsetAsync(p, 0, sizeof(unsigned), cx->stream));
-    cx->mm_cnt = (unsigned *)p;
-    return cx->mm_cnt;
-}
-
 /* f<WT, MT>(args...) for the weight dtype and the token count */
 #define FUSE_DISPATCH(f, dt, T, ...)                                                                              \
     do {                                                                                                           \
@@ -657,8 +641,18 @@ bool dr_cuda_matmul_add_rmsnorm(void *ctx, float *x, float *xn, const float *a, 
     if (!(fuse_mode() & 2) || !fusable(w, a, T) || d <= 0 ||
         (long)dr_cdiv((size_t)d, 8) * T > FN_PARTS) /* the parts of the largest grid fit */
         return false;
-    if (gain && !dr_cuda_norm_counter(cx))
-        return true; /* failed or first use while recording: recorded in cx */
+    if (gain && !cx->mm_cnt) { /* the arrival counter and parts, allocated outside any recording */
+        if (cx->capturing) {   /* first use while recording: the step runs again without the recording */
+            cx->cap_bad = 1;
+            return true;
+        }
+        void *p = NULL;
+        DR_CUDA_NOTE(cx, cudaMalloc(&p, 64 * sizeof(unsigned) + FN_PARTS * sizeof(float))); /* counter, parts */
+        if (!p)
+            return true; /* failed, recorded in cx */
+        DR_CUDA_NOTE(cx, cudaMemsetAsync(p, 0, sizeof(unsigned), cx->stream));
+        cx->mm_cnt = (unsigned *)p;
+    }
     FUSE_DISPATCH(add_norm_launch, w->dtype, T, cx, x, xn, w->dev, a, gain, T, d, n, eps);
     return true;
 }

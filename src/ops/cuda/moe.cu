@@ -417,59 +417,6 @@ __global__ void __launch_bounds__(256) moe_gu_bf16_kernel(float *__restrict__ ac
         act[(size_t)r * I + i] = dr_dev_silu(sg) * su;
 }
 
-/* The block's output rows added to the residual x [T, H] (`mine`: this
- * thread holds row h of token t), then (gain) xn = x / rms(x) * gain per
- * token: each block writes the sum of squares of its rows to parts [T,
- * gridDim.x], fences and counts itself; the last block to arrive sums the
- * parts in block order, writes xn and puts the counter back to 0
- * (gemv_add_norm_kernel's scheme). Every thread of the block calls it. */
-static __device__ void md_residual(float *x, float *xn, const float *gain, float eps, unsigned *cnt, bool mine,
-                                   float add, int t, int h, int H) {
-    __shared__ float wsq[32], sh[32], inv;
-    __shared__ int last;
-    float sq = 0.0f;
-    if (mine) {
-        const float v = x[(size_t)t * H + h] + add;
-        x[(size_t)t * H + h] = v;
-        sq = v * v;
-    }
-    if (!gain)
-        return;
-    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5, G = gridDim.x;
-    float *parts = (float *)(cnt + 64);
-    if (lane == 0)
-        wsq[w] = sq;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        float s = 0.0f;
-        for (int j = 0; j < nw; j++)
-            s += wsq[j];
-        parts[(size_t)t * G + blockIdx.x] = s;
-    }
-    __threadfence(); /* this block's x rows and part are visible before its arrival is counted */
-    __syncthreads();
-    if (threadIdx.x == 0)
-        last = atomicAdd(cnt, 1u) == G * gridDim.y - 1;
-    __syncthreads();
-    if (!last)
-        return;
-    __threadfence();
-    for (int tt = 0; tt < (int)gridDim.y; tt++) {
-        float ss = 0.0f;
-        for (int j = threadIdx.x; j < G; j += blockDim.x)
-            ss += __ldcg(parts + (size_t)tt * G + j);
-        ss = dr_block_sum(ss, sh);
-        if (threadIdx.x == 0)
-            inv = 1.0f / sqrtf(ss / (float)H + eps);
-        __syncthreads();
-        for (int i = threadIdx.x; i < H; i += blockDim.x)
-            xn[(size_t)tt * H + i] = __ldcg(x + (size_t)tt * H + i) * inv * gain[i];
-        __syncthreads(); /* inv is rewritten for the next token */
-    }
-    if (threadIdx.x == 0)
-        *cnt = 0;
-}
-
 /* Down rows of picks j0 .. j0+MD_J-1 of token t for row h (NULL past k), and
  * their first 16-byte pieces (2 per lane). */
 static __device__ __forceinline__ void md_down_rows(const uint4 **dw, uint4 (*w)[2], const int32_t *it,
@@ -496,8 +443,7 @@ __global__ void __launch_bounds__(256) moe_down_bf16_kernel(float *__restrict__ 
                                                             const void *const *__restrict__ tab, int E, int k, int H,
                                                             int I, int acc_y, const uint4 *__restrict__ shd,
                                                             const float *shg, const float *shu, const float *shs,
-                                                            int Is, float *res, float *xn, const float *gain,
-                                                            float eps, unsigned *cnt) {
+                                                            int Is) {
     extern __shared__ float4 md_sa[]; /* [k * I] activations, then [Is] shared-expert activations */
     dr_pdl_trigger();
     const int lane = threadIdx.x & 31, t = blockIdx.y;
@@ -575,12 +521,8 @@ __global__ void __launch_bounds__(256) moe_down_bf16_kernel(float *__restrict__ 
         }
         acc += dr_warp_sum(s) * dr_dev_sigmoid(shs[t]);
     }
-    if (!res) {
-        if (live && lane == 0)
-            y[(size_t)t * H + h] = acc;
-        return;
-    }
-    md_residual(res, xn, gain, eps, cnt, live && lane == 0, acc, t, h, H);
+    if (live && lane == 0)
+        y[(size_t)t * H + h] = acc;
 }
 
 /* The round-3 kernels serve: BF16 experts, H and I multiples of 8, x 16-byte aligned. */
@@ -595,7 +537,7 @@ static bool experts_fast_ok(const dr_cuda_ctx *cx, const dr_expert *ex, const fl
  * shared expert's down when sh is given): two launches. acc_y: add to y. */
 static void experts_fast(dr_cuda_ctx *cx, float *y, const float *x, const int32_t *idx, const float *wts,
                          const void *const *tab, int E, int T, int k, int H, int I, int acc_y,
-                         const dr_moe_shared *sh, int Is, const dr_residual *res) {
+                         const dr_moe_shared *sh, int Is) {
     const int R = T * k;
     float *act = (float *)dr_cuda_scratch(cx, DR_SCR_MOE, (size_t)R * I * sizeof(float));
     if (!act)
@@ -606,8 +548,7 @@ static void experts_fast(dr_cuda_ctx *cx, float *y, const float *x, const int32_
     dr_cuda_launch(cx, true, moe_down_bf16_kernel, dim3(dr_cdiv((size_t)H, 8), (unsigned)T), dim3(256),
                    ((size_t)k * I + (size_t)Is) * sizeof(float), y,
                    (const float *)act, idx, wts, tab, E, k, H, I, acc_y, shd, sh ? sh->gate : NULL,
-                   sh ? sh->up : NULL, sh ? sh->s : NULL, Is, res ? res->x : NULL, res ? res->xn : NULL,
-                   res ? res->gain : NULL, res ? res->eps : 0.0f, res ? cx->mm_cnt : NULL);
+                   sh ? sh->up : NULL, sh ? sh->s : NULL, Is);
 }
 
 static unsigned grid_cap(const dr_cuda_ctx *cx, size_t n) {
@@ -621,7 +562,7 @@ static void experts_decode(dr_cuda_ctx *cx, float *y, const float *x, const int3
     if (!tab)
         return;
     if (experts_fast_ok(cx, ex, x, k, H, I, 0)) {
-        experts_fast(cx, y, x, idx, wts, tab, E, T, k, H, I, 1, NULL, 0, NULL);
+        experts_fast(cx, y, x, idx, wts, tab, E, T, k, H, I, 1, NULL, 0);
         return;
     }
     const int R = T * k;
@@ -746,20 +687,9 @@ void dr_cuda_moe_experts(void *ctx, float *y, const float *x, const int32_t *idx
         experts_grouped(cx, y, x, idx, wts, experts, E, T, k, H, I);
 }
 
-/* DR_CUDA_MOE_RES=0: the residual add + norm after moe_decode as their own
- * kernel (a same-run baseline) */
-static bool res_fused(void) {
-    static int on = -1;
-    if (on < 0) {
-        const char *e = getenv("DR_CUDA_MOE_RES");
-        on = !(e && e[0] == '0');
-    }
-    return on;
-}
-
 bool dr_cuda_moe_decode(void *ctx, float *y, int32_t *idx, float *wts, const float *logits, const float *x,
                         const dr_expert *experts, int E, int T, int k, bool renorm, int H, int I,
-                        const dr_moe_shared *sh, const dr_residual *res) {
+                        const dr_moe_shared *sh) {
     dr_cuda_ctx *cx = (dr_cuda_ctx *)ctx;
     if (!cx->moe_dec || T < 1 || T > MOE_GEMV_T || E <= 0 || k < 1 || k > E || k > ROUTE_MAX_K)
         return false;
@@ -774,16 +704,9 @@ bool dr_cuda_moe_decode(void *ctx, float *y, int32_t *idx, float *wts, const flo
     if (!experts_fast_ok(cx, experts, x, k, H, I, Is))
         return false;
     const void *const *tab = expert_table(cx, experts, E);
-    const bool fuse = res && res_fused() && (size_t)T * dr_cdiv((size_t)H, 8) <= DR_NORM_PARTS;
-    if (!tab || (fuse && res->gain && !dr_cuda_norm_counter(cx))) /* failed (recorded) or first use while */
-        return true;                                               /* recording (the step runs again) */
+    if (!tab) /* failed (recorded) or first use while recording (the step runs again) */
+        return true;
     dr_cuda_moe_route(ctx, idx, wts, logits, T, E, k, renorm);
-    experts_fast(cx, y, x, idx, wts, tab, E, T, k, H, I, 0, sh, Is, fuse ? res : NULL);
-    if (res && !fuse) { /* the residual by the separate kernels */
-        if (res->gain)
-            dr_cuda_add_rmsnorm(ctx, res->x, y, res->xn, res->gain, T, H, res->eps);
-        else
-            dr_cuda_add(ctx, res->x, y, (size_t)T * H);
-    }
+    experts_fast(cx, y, x, idx, wts, tab, E, T, k, H, I, 0, sh, Is);
     return true;
 }
