@@ -4,7 +4,7 @@
 # then the decode / prefill benches in bf16, q8 and q4 with same-call
 # baselines for the newest kernels. Logs under $OUT.
 # Usage: scripts/device_final.sh [tests] [conc] [legacy] [memcheck] [bench] [r4] [gemv] [slope] [types]
-#        [attpos] [attdec] [attblk] [moek] [moencu] [ncu35] [big40] [ncu08] [p512] [quant] [qold] [prefill]
+#        [attpos] [attdec] [attblk] [pdlsw] [moek] [moencu] [ncu35] [big40] [ncu08] [p512] [quant] [qold] [prefill]
 # conc: four test_cuda_quant processes at once (as ctest -j4); legacy: the same with
 # DR_CUDA_LEGACY_COPY=1, the unordered uploads before session 4's fix (it failed 2 of 4 runs once;
 # the race is timing-dependent). gemv: the GEMV-only bench_cuda lines (each shape also through the
@@ -150,6 +150,13 @@ c = json.load(open(sys.argv[1])); c["text_config"]["num_experts_per_tok"] = int(
 json.dump(c, open(sys.argv[2], "w"))
 PY
     one "35B-8L-k$kk" --synthetic "/tmp/moe-k$kk.json" --layers 8 -p 128 -n 256
+  done
+fi
+if [[ "$what" == *pdlsw* ]]; then # PDL launches of the norms / gdn_decode (DR_CUDA_PDL_NORM / _GDN) against the default
+  for sh in "0.8B --synthetic $C/qwen3.5-0.8b.json -n 256" "35B-8L --synthetic $C/qwen3.5-35b-a3b.json --layers 8 -n 256"; do
+    set -- $sh; nm=$1; shift
+    for v in "X=0" "DR_CUDA_PDL_GDN=1" "DR_CUDA_PDL_GDN=2" "DR_CUDA_PDL_NORM=1" "DR_CUDA_PDL_NORM=2" "X=0"; do
+      ( export $v; one "$nm-$v" "$@" -p 128 ); done
   done
 fi
 if [[ "$what" == *attblk* ]]; then # attention_block (prep + gated attention) against DR_CUDA_ATT_BLOCK=0
