@@ -92,6 +92,48 @@ void dr_cuda_rope(void *ctx, float *x, int T, int n_heads, int d_head, int d_rot
 
 #define ATT_WARPS 4
 
+/* Warp 0 combines the online-softmax states (m, l, acc) of the block's
+ * ATT_WARPS warps: M, L and o[r] = sum_i acc_i[r] exp(m_i - M) for the dims
+ * e = lane * ea + r * eb that this lane holds (an empty warp adds nothing).
+ * Returns false in the other warps, which are then done. Every thread of
+ * the block calls it (a barrier). */
+template <int R>
+static __device__ __forceinline__ bool att_merge_warps(float m, float l, const float (&acc)[R], int ea, int eb,
+                                                       float (&o)[R], float &M, float &L) {
+    __shared__ float sm[ATT_WARPS], sl[ATT_WARPS], sacc[ATT_WARPS][32 * R];
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    if (lane == 0) {
+        sm[w] = m;
+        sl[w] = l;
+    }
+#pragma unroll
+    for (int r = 0; r < R; r++)
+        sacc[w][lane * ea + r * eb] = acc[r];
+    __syncthreads();
+    if (w != 0)
+        return false;
+    M = -INFINITY;
+#pragma unroll
+    for (int i = 0; i < ATT_WARPS; i++)
+        M = fmaxf(M, sm[i]);
+    float f[ATT_WARPS];
+    L = 0.0f;
+#pragma unroll
+    for (int i = 0; i < ATT_WARPS; i++) {
+        f[i] = sm[i] == -INFINITY ? 0.0f : expf(sm[i] - M);
+        L += sl[i] * f[i];
+    }
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        float s = 0.0f;
+#pragma unroll
+        for (int i = 0; i < ATT_WARPS; i++)
+            s += sacc[i][lane * ea + r * eb] * f[i];
+        o[r] = s;
+    }
+    return true;
+}
+
 /* Block (h, t, split). R = head dims per lane (d_head <= 32 R). Writes the
  * slice's (m, l) and unnormalised output, or out directly when nsplit == 1. */
 template <int R, bool U4>
@@ -178,41 +220,19 @@ __global__ void __launch_bounds__(32 * ATT_WARPS)
         }
         m = mn;
     }
-    __shared__ float sm[ATT_WARPS], sl[ATT_WARPS], sacc[ATT_WARPS][32 * R];
-    if (lane == 0) {
-        sm[w] = m;
-        sl[w] = l;
-    }
-#pragma unroll
-    for (int r = 0; r < R; r++)
-        sacc[w][lane + 32 * r] = acc[r];
-    __syncthreads();
-    if (w != 0)
+    float o[R], M, L;
+    if (!att_merge_warps<R>(m, l, acc, 1, 32, o, M, L))
         return;
-    float M = -INFINITY;
-#pragma unroll
-    for (int i = 0; i < ATT_WARPS; i++)
-        M = fmaxf(M, sm[i]);
-    float f[ATT_WARPS], L = 0.0f;
-#pragma unroll
-    for (int i = 0; i < ATT_WARPS; i++) {
-        f[i] = sm[i] == -INFINITY ? 0.0f : expf(sm[i] - M); /* an empty warp adds nothing */
-        L += sl[i] * f[i];
-    }
     const size_t row = (size_t)t * nH + h;
 #pragma unroll
     for (int r = 0; r < R; r++) {
         const int e = lane + 32 * r;
         if (e >= hd)
             continue;
-        float o = 0.0f;
-#pragma unroll
-        for (int i = 0; i < ATT_WARPS; i++)
-            o += sacc[i][e] * f[i];
         if (nsplit == 1)
-            out[row * hd + e] = o / L;
+            out[row * hd + e] = o[r] / L;
         else
-            part[(row * nsplit + sp) * hd + e] = o;
+            part[(row * nsplit + sp) * hd + e] = o[r];
     }
     if (nsplit > 1 && lane == 0) {
         ml[(row * nsplit + sp) * 2] = M;
@@ -250,6 +270,21 @@ __global__ void attn_merge_kernel(float *out, const float *part, const float *ml
  * of two per key (attn_split_kernel's chain measured 90 us for 128 keys on
  * the H100). Same online softmax, the same (m, l, o) slices and merge. */
 #define AD_K 8
+
+/* this lane's R dims of the cache rows c .. c + nk - 1 (zeros past nk) */
+template <int R>
+static __device__ __forceinline__ void ad_rows(float (&kv)[AD_K][R], const float *cache, size_t kvs, size_t koff, int c,
+                                               int nk, bool on) {
+#pragma unroll
+    for (int j = 0; j < AD_K; j++)
+#pragma unroll
+        for (int r = 0; r < R; r += 2) {
+            const float2 v2 =
+                on && j < nk ? *(const float2 *)(cache + (size_t)(c + j) * kvs + koff + r) : make_float2(0.0f, 0.0f);
+            kv[j][r] = v2.x, kv[j][r + 1] = v2.y;
+        }
+}
+
 template <int R>
 __global__ void __launch_bounds__(32 * ATT_WARPS)
     attn_decode_kernel(float *out, float *part, float *ml, const float *q, const float *kc, const float *vc,
@@ -272,14 +307,7 @@ __global__ void __launch_bounds__(32 * ATT_WARPS)
     for (int c = s0 + w * AD_K; c < s1; c += ATT_WARPS * AD_K) {
         const int nk = min(AD_K, s1 - c);
         float kv[AD_K][R];
-#pragma unroll
-        for (int j = 0; j < AD_K; j++)
-#pragma unroll
-            for (int r = 0; r < R; r += 2) {
-                const float2 v2 = on && j < nk ? *(const float2 *)(kc + (size_t)(c + j) * kvs + koff + r)
-                                               : make_float2(0.0f, 0.0f);
-                kv[j][r] = v2.x, kv[j][r + 1] = v2.y;
-            }
+        ad_rows<R>(kv, kc, kvs, koff, c, nk, on);
         float sc[AD_K];
 #pragma unroll
         for (int j = 0; j < AD_K; j++) {
@@ -301,14 +329,7 @@ __global__ void __launch_bounds__(32 * ATT_WARPS)
             ps += p[j];
         }
         l = l * corr + ps;
-#pragma unroll
-        for (int j = 0; j < AD_K; j++)
-#pragma unroll
-            for (int r = 0; r < R; r += 2) {
-                const float2 v2 = on && j < nk ? *(const float2 *)(vc + (size_t)(c + j) * kvs + koff + r)
-                                               : make_float2(0.0f, 0.0f);
-                kv[j][r] = v2.x, kv[j][r + 1] = v2.y;
-            }
+        ad_rows<R>(kv, vc, kvs, koff, c, nk, on);
 #pragma unroll
         for (int r = 0; r < R; r++) {
             float a = acc[r] * corr;
@@ -319,42 +340,20 @@ __global__ void __launch_bounds__(32 * ATT_WARPS)
         }
         m = mn;
     }
-    __shared__ float sm[ATT_WARPS], sl[ATT_WARPS], sacc[ATT_WARPS][32 * R];
-    if (lane == 0) {
-        sm[w] = m;
-        sl[w] = l;
-    }
-#pragma unroll
-    for (int r = 0; r < R; r++)
-        sacc[w][e0 + r] = acc[r];
-    __syncthreads();
-    if (w != 0)
+    float o[R], M, L;
+    if (!att_merge_warps<R>(m, l, acc, R, 1, o, M, L))
         return;
-    float M = -INFINITY;
-#pragma unroll
-    for (int i = 0; i < ATT_WARPS; i++)
-        M = fmaxf(M, sm[i]);
-    float f[ATT_WARPS], L = 0.0f;
-#pragma unroll
-    for (int i = 0; i < ATT_WARPS; i++) {
-        f[i] = sm[i] == -INFINITY ? 0.0f : expf(sm[i] - M); /* an empty warp adds nothing */
-        L += sl[i] * f[i];
-    }
 #pragma unroll
     for (int r = 0; r < R; r++) {
         const int e = e0 + r;
         if (!on)
             break;
-        float o = 0.0f;
-#pragma unroll
-        for (int i = 0; i < ATT_WARPS; i++)
-            o += sacc[i][e] * f[i];
         if (nsplit == 1) {
-            out[(size_t)h * hd + e] = o / L;
+            out[(size_t)h * hd + e] = o[r] / L;
             if (gate) /* as sigmoid_mul after the kernel */
                 out[(size_t)h * hd + e] *= dr_dev_sigmoid(gate[(size_t)h * hd + e]);
         } else {
-            part[((size_t)h * nsplit + sp) * hd + e] = o;
+            part[((size_t)h * nsplit + sp) * hd + e] = o[r];
         }
     }
     if (nsplit > 1 && lane == 0) {
@@ -495,18 +494,7 @@ __global__ void attn_prep_kernel(float *q, float *gate, float *k, float *kc, flo
     if (isq)
         for (int i = threadIdx.x; i < hd; i += nt)
             gate[(size_t)b * hd + i] = x[hd + i];
-    float ss = 0.0f;
-    for (int i0 = threadIdx.x; i0 < hd; i0 += 4 * nt) { /* rmsnorm_kernel's loop */
-        float u[4];
-#pragma unroll
-        for (int j = 0; j < 4; j++)
-            u[j] = i0 + j * nt < hd ? x[i0 + j * nt] : 0.0f;
-#pragma unroll
-        for (int j = 0; j < 4; j++)
-            if (i0 + j * nt < hd)
-                ss += u[j] * u[j];
-    }
-    ss = dr_block_sum(ss, sh);
+    const float ss = dr_row_sumsq(x, hd, sh); /* rmsnorm_kernel's sums */
     const float iv = 1.0f / sqrtf(ss / (float)hd + eps);
     for (int i = threadIdx.x; i < hd; i += nt)
         row[i] = x[i] * iv * gain[i];

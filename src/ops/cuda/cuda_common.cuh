@@ -192,6 +192,25 @@ static __device__ __forceinline__ float dr_block_sum(float v, float *sh) {
     return dr_warp_sum(t);
 }
 
+/* Sum of squares of a row x [n] over the block: four loads in flight per
+ * thread, each thread's sum in index order, then dr_block_sum (every thread
+ * gets the total). rmsnorm's sums; kernels that must equal it use this. */
+static __device__ __forceinline__ float dr_row_sumsq(const float *x, int n, float *sh) {
+    const int nt = blockDim.x;
+    float ss = 0.0f;
+    for (int i0 = threadIdx.x; i0 < n; i0 += 4 * nt) {
+        float v[4];
+#pragma unroll
+        for (int u = 0; u < 4; u++)
+            v[u] = i0 + u * nt < n ? x[i0 + u * nt] : 0.0f;
+#pragma unroll
+        for (int u = 0; u < 4; u++)
+            if (i0 + u * nt < n)
+                ss += v[u] * v[u];
+    }
+    return dr_block_sum(ss, sh);
+}
+
 /* A 16-byte weight load that does not allocate in L1 (each weight is read
  * once; activations, read by every warp, stay there). */
 static __device__ __forceinline__ uint4 dr_ld_w(const uint4 *p) {

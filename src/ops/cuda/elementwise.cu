@@ -24,18 +24,7 @@ __global__ void rmsnorm_kernel(float *y, const float *x, const float *gain, int 
     const float *xr = x + (size_t)blockIdx.x * n;
     float *yr = y + (size_t)blockIdx.x * n;
     const int nt = blockDim.x;
-    float ss = 0.0f;
-    for (int i0 = threadIdx.x; i0 < n; i0 += 4 * nt) { /* four loads in flight, sums in index order */
-        float v[4];
-#pragma unroll
-        for (int u = 0; u < 4; u++)
-            v[u] = i0 + u * nt < n ? xr[i0 + u * nt] : 0.0f;
-#pragma unroll
-        for (int u = 0; u < 4; u++)
-            if (i0 + u * nt < n)
-                ss += v[u] * v[u];
-    }
-    ss = dr_block_sum(ss, sh);
+    const float ss = dr_row_sumsq(xr, n, sh);
     const float inv = 1.0f / sqrtf(ss / (float)n + eps);
     for (int i = threadIdx.x; i < n; i += nt)
         yr[i] = xr[i] * inv * gain[i];
