@@ -537,7 +537,7 @@ bool dr_cuda_attention_block(void *ctx, float *att, float *q, float *gate, float
     const float *inv = d_rot >= 2 ? rope_table(cx, d_rot, theta) : NULL;
     if (d_rot >= 2 && !inv)
         return true; /* failed or recording (the step runs again): recorded in cx */
-    const int nt = hd >= 256 ? 128 : 64; /* rmsnorm's block for rows of hd (elementwise.cu norm_threads) */
+    const int nt = dr_cuda_norm_threads(cx, T * nH, hd); /* rmsnorm's block for these rows: the same sums */
     attn_prep_kernel<<<(unsigned)(T * (nH + nKV)), nt, 0, cx->stream>>>(q, gate, k, k_cache, v_cache, qg, v, q_norm,
                                                                        k_norm, inv, T, pos0, nH, nKV, hd, d_rot / 2,
                                                                        eps, dr_cuda_step_pos(cx));

@@ -192,6 +192,11 @@ static __device__ __forceinline__ float dr_block_sum(float v, float *sh) {
     return dr_warp_sum(t);
 }
 
+/* Threads per block of the row norms (rmsnorm, add_rmsnorm, gated_rmsnorm;
+ * elementwise.cu) for `rows` rows of n: kernels that must reproduce a
+ * norm's sums launch with the same count. */
+int dr_cuda_norm_threads(const dr_cuda_ctx *cx, int rows, int n);
+
 /* Sum of squares of a row x [n] over the block: four loads in flight per
  * thread, each thread's sum in index order, then dr_block_sum (every thread
  * gets the total). rmsnorm's sums; kernels that must equal it use this. */

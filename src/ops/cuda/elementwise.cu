@@ -78,7 +78,7 @@ __global__ void add_rmsnorm_kernel(float *x, const float *d, float *y, const flo
 
 /* Many rows: small blocks. Few rows (decode): up to 1024 threads, about
    four elements each, so one row is not a long serial loop on one SM. */
-static int norm_threads(const dr_cuda_ctx *cx, int rows, int n) {
+int dr_cuda_norm_threads(const dr_cuda_ctx *cx, int rows, int n) {
     if (rows < cx->n_sm && n >= 1024) {
         int t = ((n / 4 + 31) / 32) * 32;
         return t > 1024 ? 1024 : t;
@@ -91,8 +91,8 @@ void dr_cuda_rmsnorm(void *ctx, float *y, const float *x, const float *gain, int
     if (rows <= 0)
         return;
     /* PDL (round 3, cx->pdl_norm): the block is resident and waiting when the kernel before ends */
-    dr_cuda_launch(cx, cx->pdl_norm > 0, rmsnorm_kernel, dim3(rows), dim3(norm_threads(cx, rows, n)), 0, y, x, gain,
-                   n, eps, cx->pdl_norm == 2 ? 1 : 0);
+    dr_cuda_launch(cx, cx->pdl_norm > 0, rmsnorm_kernel, dim3(rows), dim3(dr_cuda_norm_threads(cx, rows, n)), 0, y,
+                   x, gain, n, eps, cx->pdl_norm == 2 ? 1 : 0);
 }
 
 void dr_cuda_add_rmsnorm(void *ctx, float *x, const float *d, float *y, const float *gain, int rows, int n,
@@ -100,8 +100,8 @@ void dr_cuda_add_rmsnorm(void *ctx, float *x, const float *d, float *y, const fl
     dr_cuda_ctx *cx = (dr_cuda_ctx *)ctx;
     if (rows <= 0)
         return;
-    dr_cuda_launch(cx, cx->pdl_norm > 0, add_rmsnorm_kernel, dim3(rows), dim3(norm_threads(cx, rows, n)), 0, x, d,
-                   y, gain, n, eps, cx->pdl_norm == 2 ? 1 : 0);
+    dr_cuda_launch(cx, cx->pdl_norm > 0, add_rmsnorm_kernel, dim3(rows), dim3(dr_cuda_norm_threads(cx, rows, n)), 0,
+                   x, d, y, gain, n, eps, cx->pdl_norm == 2 ? 1 : 0);
 }
 
 void dr_cuda_gated_rmsnorm(void *ctx, float *y, const float *x, const float *z, const float *w, int rows, int n,
@@ -109,7 +109,7 @@ void dr_cuda_gated_rmsnorm(void *ctx, float *y, const float *x, const float *z, 
     dr_cuda_ctx *cx = (dr_cuda_ctx *)ctx;
     if (rows <= 0)
         return;
-    gated_rmsnorm_kernel<<<rows, norm_threads(cx, rows, n), 0, cx->stream>>>(y, x, z, w, n, eps);
+    gated_rmsnorm_kernel<<<rows, dr_cuda_norm_threads(cx, rows, n), 0, cx->stream>>>(y, x, z, w, n, eps);
     DR_CUDA_LAUNCHED(cx);
 }
 
