@@ -447,12 +447,14 @@ static void test_moe(void) {
 
 /* The fused decode MoE block (moe_decode: route, experts, shared expert; y
  * overwritten) against the CPU chain moe_route + moe_experts + swiglu +
- * matmul + sigmoid_scale_rows + add, T = 1..4 (E <= 16). The first shape makes
- * every loop of the kernels run a partial pass: k = 10 > 8 picks per pass,
- * H = 1032 (129 16-byte pieces per row), I = 600 and Is = 520 (> 64 pieces). */
+ * matmul + sigmoid_scale_rows + add, T = 1..4. The first shape makes every
+ * loop of the kernels run a partial pass: k = 10 > 8 picks per pass,
+ * H = 1032 (129 16-byte pieces per row), I = 600 and Is = 520 (> 64 pieces).
+ * The routing runs in the gate/up kernel (E <= 256 and E <= 512 variants)
+ * unless DR_CUDA_MOE_ROUTE=0; its picks and weights are checked too. */
 static void moe_decode_shape(int E, int H, int I, int IS, int K) {
-    dr_expert ex[16];
-    void *hs[3 * 16 + 1];
+    dr_expert *ex = calloc((size_t)E, sizeof *ex);
+    void **hs = calloc(3 * (size_t)E + 1, sizeof *hs);
     for (int e = 0; e < E; e++) {
         hs[3 * e] = make_weights(&ex[e].gate, DR_DT_BF16, I, H, 0.1f);
         hs[3 * e + 1] = make_weights(&ex[e].up, DR_DT_BF16, I, H, 0.1f);
@@ -487,12 +489,13 @@ static void moe_decode_shape(int E, int H, int I, int IS, int K) {
             CHECK(done, "moe_decode T=%d: handled by the fused kernels", T);
             int32_t *gi = malloc((size_t)T * k * 4);
             G->download(G->ctx, gi, di, (size_t)T * k * 4);
-            float *got = dget(dy, (size_t)T * H);
+            float *got = dget(dy, (size_t)T * H), *gw = dget(dw, (size_t)T * k);
             CHECK_SHOW(!memcmp(gi, idx, (size_t)T * k * 4), "moe_decode T=%d k=%d: same experts as the CPU", T, k);
+            REPORT(rel_err(gw, w, (size_t)T * k), TOL, "moe_decode T=%d E=%d k=%d: routing weights", T, E, k);
             REPORT(rel_err(got, y, (size_t)T * H), TOL, "moe_decode bf16 T=%d E=%d k=%d H=%d I=%d shared %d", T, E, k,
                    H, I, with_sh ? IS : 0);
             free(lg), free(x), free(y), free(sg), free(su), free(ss), free(w), free(ws), free(idx), free(junk);
-            free(gi), free(got);
+            free(gi), free(got), free(gw);
             G->free(G->ctx, dl), G->free(G->ctx, dx), G->free(G->ctx, dsg), G->free(G->ctx, dsu);
             G->free(G->ctx, dss), G->free(G->ctx, dy), G->free(G->ctx, dw), G->free(G->ctx, di);
         }
@@ -504,10 +507,13 @@ static void moe_decode_shape(int E, int H, int I, int IS, int K) {
     G->weight_free(G->ctx, &shd);
     for (int i = 0; i < 3 * E + 1; i++)
         free(hs[i]);
+    free(hs), free(ex);
 }
 
 static void test_moe_decode(void) {
     moe_decode_shape(12, 1032, 600, 520, 10);
+    moe_decode_shape(256, 64, 32, 40, 8);  /* the 35B-A3B router: 256 experts, top-8 */
+    moe_decode_shape(300, 64, 32, 40, 8);  /* > 256 experts: the 16-logits-per-lane router warp */
     moe_decode_shape(8, 96, 48, 80, 2); /* the moe-bf16 fixture's shape */
     /* again: the same host array address with new weights (the expert table
        must follow the weights, not the address) */

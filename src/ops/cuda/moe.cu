@@ -361,6 +361,53 @@ static __device__ __forceinline__ float dot8_bf16(const uint4 &u, const float4 &
                 __uint_as_float(u.w << 16) * x1.z + __uint_as_float(u.w & 0xffff0000u) * x1.w);
 }
 
+/* The first MD_U 16-byte pieces per lane of gate row g and up row u. */
+static __device__ __forceinline__ void md_gu_first(uint4 (&a)[MD_U], uint4 (&b)[MD_U], const uint4 *g,
+                                                   const uint4 *u, int lane, int nv) {
+#pragma unroll
+    for (int q = 0; q < MD_U; q++) {
+        const int v = lane + 32 * q;
+        a[q] = v < nv ? dr_ld_w(g + v) : make_uint4(0, 0, 0, 0);
+        b[q] = v < nv ? dr_ld_w(u + v) : make_uint4(0, 0, 0, 0);
+    }
+}
+
+/* silu(g . x) * (u . x) for the rows g, u (nv 16-byte pieces each) and x in
+ * shared memory, the first pieces already in a, b (md_gu_first); every lane
+ * gets the result. */
+static __device__ __forceinline__ float md_gu_dot(uint4 (&a)[MD_U], uint4 (&b)[MD_U], const uint4 *g,
+                                                  const uint4 *u, const float4 *sx, int lane, int nv) {
+    float sg = 0.0f, su = 0.0f;
+    for (int v0 = lane;;) {
+#pragma unroll
+        for (int q = 0; q < MD_U; q++) {
+            const int v = v0 + 32 * q;
+            if (v < nv) {
+                const float4 x0 = sx[2 * v], x1 = sx[2 * v + 1];
+                sg = dot8_bf16(a[q], x0, x1, sg);
+                su = dot8_bf16(b[q], x0, x1, su);
+            }
+        }
+        v0 += 32 * MD_U;
+        if (v0 >= nv)
+            break;
+#pragma unroll
+        for (int q = 0; q < MD_U; q++) {
+            const int v = v0 + 32 * q;
+            a[q] = v < nv ? dr_ld_w(g + v) : make_uint4(0, 0, 0, 0);
+            b[q] = v < nv ? dr_ld_w(u + v) : make_uint4(0, 0, 0, 0);
+        }
+    }
+    return dr_dev_silu(dr_warp_sum(sg)) * dr_warp_sum(su);
+}
+
+/* Token t's x (H floats) into shared memory, by the whole block. */
+static __device__ __forceinline__ void md_stage_x(float4 *sx, const float *x, int t, int H) {
+    const float4 *xv = (const float4 *)(x + (size_t)t * H);
+    for (int c = threadIdx.x; c < H / 4; c += blockDim.x)
+        sx[c] = __ldcg(xv + c);
+}
+
 /* act[r, i] = silu(gate_e[i] . x_t) * (up_e[i] . x_t), r = t*k + j, e = idx[r]:
  * one warp per (r, i), the gate and up rows streamed together (2 * MD_U loads
  * in flight per lane); x_t is staged in shared memory once per block while
@@ -380,41 +427,51 @@ __global__ void __launch_bounds__(256) moe_gu_bf16_kernel(float *__restrict__ ac
     const int nv = H / 8;
     const uint4 *g = (const uint4 *)tab[e] + (size_t)i * nv, *u = (const uint4 *)tab[E + e] + (size_t)i * nv;
     uint4 a[MD_U], b[MD_U];
-#pragma unroll
-    for (int q = 0; q < MD_U; q++) {
-        const int v = lane + 32 * q;
-        a[q] = v < nv ? dr_ld_w(g + v) : make_uint4(0, 0, 0, 0);
-        b[q] = v < nv ? dr_ld_w(u + v) : make_uint4(0, 0, 0, 0);
-    }
-    const float4 *xv = (const float4 *)(x + (size_t)(r / k) * H);
-    for (int c = threadIdx.x; c < 2 * nv; c += blockDim.x)
-        md_sx[c] = __ldcg(xv + c);
+    md_gu_first(a, b, g, u, lane, nv);
+    md_stage_x(md_sx, x, r / k, H);
     __syncthreads();
-    float sg = 0.0f, su = 0.0f;
-    for (int v0 = lane;;) {
-#pragma unroll
-        for (int q = 0; q < MD_U; q++) {
-            const int v = v0 + 32 * q;
-            if (v < nv) {
-                const float4 x0 = md_sx[2 * v], x1 = md_sx[2 * v + 1];
-                sg = dot8_bf16(a[q], x0, x1, sg);
-                su = dot8_bf16(b[q], x0, x1, su);
-            }
-        }
-        v0 += 32 * MD_U;
-        if (v0 >= nv)
-            break;
-#pragma unroll
-        for (int q = 0; q < MD_U; q++) {
-            const int v = v0 + 32 * q;
-            a[q] = v < nv ? dr_ld_w(g + v) : make_uint4(0, 0, 0, 0);
-            b[q] = v < nv ? dr_ld_w(u + v) : make_uint4(0, 0, 0, 0);
+    const float v = md_gu_dot(a, b, g, u, md_sx, lane, nv);
+    if (live && lane == 0)
+        act[(size_t)r * I + i] = v;
+}
+
+/* The same with the routing done here (session 5, docs/CUDA.md): warp 0 of
+ * every block runs route_warp on token t's router logits (the route
+ * kernel's arithmetic: identical picks and weights) while the other warps
+ * stage x, so the separate route launch and its round trip through idx go.
+ * Block (0, t*k) writes the token's idx and wts for the down kernel. */
+template <int PER>
+__global__ void __launch_bounds__(256) moe_gu_route_bf16_kernel(float *__restrict__ act, int32_t *idx, float *wts,
+                                                                const float *logits, int renorm, const float *x,
+                                                                const void *const *__restrict__ tab, int E, int k,
+                                                                int H, int I) {
+    extern __shared__ float4 md_sx[];
+    __shared__ int pick;
+    dr_pdl_trigger(); /* the down kernel may start: it prefetches only the shared expert's weights */
+    dr_pdl_wait();    /* the logits and x come from earlier kernels */
+    const int lane = threadIdx.x & 31, r = blockIdx.y, t = r / k, j = r - t * k;
+    if (threadIdx.x < 32) {
+        int sel;
+        float wt;
+        route_warp<PER>(logits + (size_t)t * E, E, k, renorm, lane, &sel, &wt);
+        if (lane == j)
+            pick = sel;
+        if (blockIdx.x == 0 && j == 0 && lane < k) {
+            idx[(size_t)t * k + lane] = sel;
+            wts[(size_t)t * k + lane] = wt;
         }
     }
-    sg = dr_warp_sum(sg);
-    su = dr_warp_sum(su);
+    md_stage_x(md_sx, x, t, H);
+    __syncthreads();
+    const int i0 = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    const bool live = i0 < I;
+    const int i = live ? i0 : I - 1, e = pick, nv = H / 8;
+    const uint4 *g = (const uint4 *)tab[e] + (size_t)i * nv, *u = (const uint4 *)tab[E + e] + (size_t)i * nv;
+    uint4 a[MD_U], b[MD_U];
+    md_gu_first(a, b, g, u, lane, nv);
+    const float v = md_gu_dot(a, b, g, u, md_sx, lane, nv);
     if (live && lane == 0)
-        act[(size_t)r * I + i] = dr_dev_silu(sg) * su;
+        act[(size_t)r * I + i] = v;
 }
 
 /* Down rows of picks j0 .. j0+MD_J-1 of token t for row h (NULL past k), and
@@ -533,17 +590,48 @@ static bool experts_fast_ok(const dr_cuda_ctx *cx, const dr_expert *ex, const fl
            (size_t)H * sizeof(float) <= MD_SMEM && ((size_t)k * I + (size_t)Is) * sizeof(float) <= MD_SMEM;
 }
 
-/* gate/up (+ SiLU * up) for the T*k picks, then down + weighted sum (+ the
- * shared expert's down when sh is given): two launches. acc_y: add to y. */
+/* The routing folded into the gate/up kernel (moe_decode): the router
+ * logits, whether the picked weights are renormalised, and where the picks
+ * go (the idx and wts the down kernel reads). */
+typedef struct {
+    const float *logits;
+    int renorm;
+    int32_t *idx;
+    float *wts;
+} md_route;
+
+/* Whether the gate/up kernel can do the routing of E experts (its warp
+ * holds the logits in registers); DR_CUDA_MOE_ROUTE=0: never (the separate
+ * route kernel, a same-run baseline). */
+static bool route_in_gu(int E) {
+    static int on = -1;
+    if (on < 0) {
+        const char *e = getenv("DR_CUDA_MOE_ROUTE");
+        on = !(e && e[0] == '0');
+    }
+    return on && E <= 512;
+}
+
+/* gate/up (+ SiLU * up) for the T*k picks (routing first when rt is given:
+ * idx and wts are written), then down + weighted sum (+ the shared expert's
+ * down when sh is given): two launches. acc_y: add to y. */
 static void experts_fast(dr_cuda_ctx *cx, float *y, const float *x, const int32_t *idx, const float *wts,
                          const void *const *tab, int E, int T, int k, int H, int I, int acc_y,
-                         const dr_moe_shared *sh, int Is) {
+                         const dr_moe_shared *sh, int Is, const md_route *rt) {
     const int R = T * k;
     float *act = (float *)dr_cuda_scratch(cx, DR_SCR_MOE, (size_t)R * I * sizeof(float));
     if (!act)
         return;
-    dr_cuda_launch(cx, true, moe_gu_bf16_kernel, dim3(dr_cdiv((size_t)I, 8), (unsigned)R), dim3(256),
-                   (size_t)H * sizeof(float), act, x, idx, tab, E, k, H, I);
+    const dim3 gg(dr_cdiv((size_t)I, 8), (unsigned)R);
+    const size_t gs = (size_t)H * sizeof(float);
+    if (!rt)
+        dr_cuda_launch(cx, true, moe_gu_bf16_kernel, gg, dim3(256), gs, act, x, idx, tab, E, k, H, I);
+    else if (E <= 256)
+        dr_cuda_launch(cx, true, moe_gu_route_bf16_kernel<8>, gg, dim3(256), gs, act, rt->idx, rt->wts, rt->logits,
+                       rt->renorm, x, tab, E, k, H, I);
+    else
+        dr_cuda_launch(cx, true, moe_gu_route_bf16_kernel<16>, gg, dim3(256), gs, act, rt->idx, rt->wts,
+                       rt->logits, rt->renorm, x, tab, E, k, H, I);
     const uint4 *shd = sh ? (const uint4 *)sh->down->dev : NULL;
     dr_cuda_launch(cx, true, moe_down_bf16_kernel, dim3(dr_cdiv((size_t)H, 8), (unsigned)T), dim3(256),
                    ((size_t)k * I + (size_t)Is) * sizeof(float), y,
@@ -562,7 +650,7 @@ static void experts_decode(dr_cuda_ctx *cx, float *y, const float *x, const int3
     if (!tab)
         return;
     if (experts_fast_ok(cx, ex, x, k, H, I, 0)) {
-        experts_fast(cx, y, x, idx, wts, tab, E, T, k, H, I, 1, NULL, 0);
+        experts_fast(cx, y, x, idx, wts, tab, E, T, k, H, I, 1, NULL, 0, NULL);
         return;
     }
     const int R = T * k;
@@ -706,7 +794,9 @@ bool dr_cuda_moe_decode(void *ctx, float *y, int32_t *idx, float *wts, const flo
     const void *const *tab = expert_table(cx, experts, E);
     if (!tab) /* failed (recorded) or first use while recording (the step runs again) */
         return true;
-    dr_cuda_moe_route(ctx, idx, wts, logits, T, E, k, renorm);
-    experts_fast(cx, y, x, idx, wts, tab, E, T, k, H, I, 0, sh, Is);
+    const md_route rt = {logits, renorm ? 1 : 0, idx, wts};
+    if (!route_in_gu(E))
+        dr_cuda_moe_route(ctx, idx, wts, logits, T, E, k, renorm);
+    experts_fast(cx, y, x, idx, wts, tab, E, T, k, H, I, 0, sh, Is, route_in_gu(E) ? &rt : NULL);
     return true;
 }
