@@ -4,7 +4,7 @@
 # then the decode / prefill benches in bf16, q8 and q4 with same-call
 # baselines for the newest kernels. Logs under $OUT.
 # Usage: scripts/device_final.sh [tests] [conc] [legacy] [memcheck] [bench] [r4] [gemv] [slope] [types]
-#        [attpos] [attdec] [attblk] [pdlsw] [moek] [moencu] [ncu35] [big40] [ncu08] [p512] [quant] [qold] [prefill] [pfsw] [mroute]
+#        [attpos] [attdec] [attblk] [pdlsw] [moek] [moencu] [ncu35] [big40] [ncu08] [p512] [quant] [qold] [prefill] [pfsw] [mroute] [normin]
 # conc: four test_cuda_quant processes at once (as ctest -j4); legacy: the same with
 # DR_CUDA_LEGACY_COPY=1, the unordered uploads before session 4's fix (it failed 2 of 4 runs once;
 # the race is timing-dependent). gemv: the GEMV-only bench_cuda lines (each shape also through the
@@ -90,6 +90,18 @@ if [[ "$what" == *mroute* ]]; then # session 5: MoE routing inside the gate/up k
     for v in 0 1; do DR_CUDA_MOE_ROUTE=$v one "35B-8L-route$v" --synthetic $C/qwen3.5-35b-a3b.json --layers 8 -p 128 -n 256; done
   done
   for v in 0 1; do DR_CUDA_MOE_ROUTE=$v one "35B-40L-route$v" --synthetic $C/qwen3.5-35b-a3b.json -p 128 -n 64; done
+fi
+if [[ "$what" == *normin* ]]; then # session 5: the pre-norm in the next layer's input GEMV against DR_CUDA_NORM_IN=0
+  for t in test_cuda_fused test_cuda_decode; do
+    DR_CUDA_NORM_IN=0 timeout 120 "$b/tests/$t" tests/data/moe-bf16 tests/data/next-f32 > "$OUT/${t}_normin0.log" 2>&1
+    echo "$t (norm kernel) exit $?: $(tail -1 "$OUT/${t}_normin0.log")"
+  done
+  for sh in "0.8B --synthetic $C/qwen3.5-0.8b.json -p 128 -n 256" "9B --synthetic $C/qwen3.5-9b.json -p 128 -n 128" \
+            "35B-8L --synthetic $C/qwen3.5-35b-a3b.json --layers 8 -p 128 -n 256"; do
+    set -- $sh; nm=$1; shift
+    for v in 0 1 0 1; do DR_CUDA_NORM_IN=$v one "$nm-normin$v" "$@"; done
+  done
+  for v in 0 1; do DR_CUDA_NORM_IN=$v one "35B-40L-normin$v" --synthetic $C/qwen3.5-35b-a3b.json -p 128 -n 64; done
 fi
 if [[ "$what" == *r4* ]]; then
   # each round-4 change off by itself, then all of them (DR_R4_VARIANTS overrides)

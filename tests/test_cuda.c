@@ -485,8 +485,19 @@ static void moe_decode_shape(int E, int H, int I, int IS, int K) {
                 free(act), free(o2);
             }
             const dr_moe_shared sh = {dsg, dsu, dss, &shd};
-            const bool done = G->moe_decode(G->ctx, dy, di, dw, dl, dx, ex, E, T, k, true, H, I, with_sh ? &sh : NULL);
+            const bool done =
+                G->moe_decode(G->ctx, dy, di, dw, dl, dx, ex, E, T, k, true, H, I, with_sh ? &sh : NULL, false);
             CHECK(done, "moe_decode T=%d: handled by the fused kernels", T);
+            /* acc: added to what y holds (the residual add folded in) */
+            float *da = dput(junk, (size_t)T * H * 4), *want = malloc((size_t)T * H * 4);
+            G->moe_decode(G->ctx, da, di, dw, dl, dx, ex, E, T, k, true, H, I, with_sh ? &sh : NULL, true);
+            for (size_t i = 0; i < (size_t)T * H; i++)
+                want[i] = junk[i] + y[i];
+            float *gota = dget(da, (size_t)T * H);
+            REPORT(rel_err(gota, want, (size_t)T * H), TOL, "moe_decode bf16 T=%d E=%d k=%d shared %d, added to y", T, E,
+                   k, with_sh ? IS : 0);
+            free(want), free(gota);
+            G->free(G->ctx, da);
             int32_t *gi = malloc((size_t)T * k * 4);
             G->download(G->ctx, gi, di, (size_t)T * k * 4);
             float *got = dget(dy, (size_t)T * H), *gw = dget(dw, (size_t)T * k);

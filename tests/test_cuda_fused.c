@@ -111,6 +111,49 @@ static void t_add_norm(int d, int n, int T, dr_dtype dt, bool with_gain) {
     G->weight_free(G->ctx, &w);
 }
 
+/* ---- rmsnorm_matmul_n (session 5) ---- */
+
+/* ys[i] = RMSNorm(x; gain) W_i^T for nw matrices of width n with the given
+ * row counts, against the CUDA chain rmsnorm + matmul_n and the CPU. Only
+ * the norm's sum order differs from the chain (the block's 256 threads
+ * against rmsnorm's count), so the two agree to ~1e-7. */
+static void t_norm_n(int nw, const int *d, int n, dr_dtype dt) {
+    dr_tensor w[4];
+    void *hw[4];
+    float *dy[4], *dc[4], *ref[4];
+    const float eps = 1e-6f;
+    float *x = rnd((size_t)n, 3.0f), *gain = rnd((size_t)n, 1.0f), *xn = malloc((size_t)n * 4);
+    float *dx = dput(x, (size_t)n * 4), *dg = dput(gain, (size_t)n * 4), *dxn = dnan((size_t)n);
+    C->rmsnorm(NULL, xn, x, gain, 1, n, eps);
+    const dr_tensor *ws[4];
+    for (int i = 0; i < nw; i++) {
+        hw[i] = rand_weight(&w[i], "proj", dt, d[i], n);
+        ws[i] = &w[i];
+        ref[i] = malloc((size_t)d[i] * 4);
+        C->matmul(NULL, ref[i], xn, &w[i], 1);
+        dy[i] = dnan((size_t)d[i]);
+        dc[i] = dnan((size_t)d[i]);
+    }
+    G->rmsnorm(G->ctx, dxn, dx, dg, 1, n, eps);
+    G->matmul_n(G->ctx, nw, dc, dxn, ws, 1);
+    const bool took = G->rmsnorm_matmul_n(G->ctx, nw, dy, dx, dg, eps, ws, 1);
+    CHECK(took, "rmsnorm_matmul_n %d x [%d.., %d] %s: declined", nw, d[0], n, dtn(dt));
+    for (int i = 0; i < nw; i++) {
+        float *got = dget(dy[i], (size_t)d[i]), *chain = dget(dc[i], (size_t)d[i]);
+        REPORT(rel_err(got, chain, (size_t)d[i]), TOL_NORM, "rmsnorm_matmul_n %d/%d [%d, %d] %s vs CUDA chain", i + 1,
+               nw, d[i], n, dtn(dt));
+        REPORT(rel_err(got, ref[i], (size_t)d[i]), TOL_REF, "rmsnorm_matmul_n %d/%d [%d, %d] %s vs CPU", i + 1, nw,
+               d[i], n, dtn(dt));
+        free(got), free(chain), free(ref[i]), free(hw[i]);
+        G->free(G->ctx, dy[i]), G->free(G->ctx, dc[i]);
+        G->weight_free(G->ctx, &w[i]);
+    }
+    float *xa = dget(dx, (size_t)n);
+    REPORT(rel_err(xa, x, (size_t)n), 0.0f, "rmsnorm_matmul_n [%d] %s: x left as it was", n, dtn(dt));
+    free(xa), free(x), free(gain), free(xn);
+    G->free(G->ctx, dx), G->free(G->ctx, dg), G->free(G->ctx, dxn);
+}
+
 /* shapes the fused kernels do not take: declined, nothing queued */
 static void t_declines(void) {
     dr_tensor w, w2;
@@ -122,6 +165,19 @@ static void t_declines(void) {
     CHECK_SHOW(!G->matmul_add_rmsnorm(G->ctx, dy, dy, dx, &w, NULL, 1, 1e-6f), "matmul_add_rmsnorm declines width 1031");
     CHECK_SHOW(!G->matmul_swiglu(G->ctx, dy, dx, &w2, &w2, 9), "matmul_swiglu declines T = 9");
     CHECK_SHOW(!G->matmul_swiglu(G->ctx, dy, dx, &w2, &w, 1), "matmul_swiglu declines gate/up of other widths");
+    float *const ys[2] = {dy, dy};
+    const dr_tensor *const ow[1] = {&w}, *const tw[1] = {&w2}, *const mixed[2] = {&w2, &w};
+    CHECK_SHOW(!G->rmsnorm_matmul_n(G->ctx, 1, ys, dx, dx, 1e-6f, ow, 1), "rmsnorm_matmul_n declines width 1031");
+    CHECK_SHOW(!G->rmsnorm_matmul_n(G->ctx, 1, ys, dx, dx, 1e-6f, tw, 2), "rmsnorm_matmul_n declines T = 2");
+    CHECK_SHOW(!G->rmsnorm_matmul_n(G->ctx, 2, ys, dx, dx, 1e-6f, mixed, 1), "rmsnorm_matmul_n declines other widths");
+    dr_tensor w3;
+    void *hw3 = rand_weight(&w3, "too wide", DR_DT_BF16, 8, 6152);
+    float *dxw = G->alloc(G->ctx, (size_t)6152 * 4);
+    const dr_tensor *const ww[1] = {&w3};
+    CHECK_SHOW(!G->rmsnorm_matmul_n(G->ctx, 1, ys, dxw, dxw, 1e-6f, ww, 1), "rmsnorm_matmul_n declines width 6152");
+    G->free(G->ctx, dxw);
+    G->weight_free(G->ctx, &w3);
+    free(hw3);
     G->free(G->ctx, dx), G->free(G->ctx, dy);
     G->weight_free(G->ctx, &w), G->weight_free(G->ctx, &w2);
     free(hw), free(hw2);
@@ -133,7 +189,7 @@ int main(void) {
         return 77;
     if (rc)
         return TEST_DONE();
-    if (!G->matmul_swiglu || !G->matmul_add_rmsnorm) {
+    if (!G->matmul_swiglu || !G->matmul_add_rmsnorm || !G->rmsnorm_matmul_n) {
         CHECK(0, "the CUDA backend has no fused GEMV slots");
         return TEST_DONE();
     }
@@ -159,6 +215,25 @@ int main(void) {
     t_add_norm(1003, 2048, 1, DR_DT_BF16, false);
     t_add_norm(517, 1024, 8, DR_DT_F32, true);
     t_swiglu(517, 1024, 7, DR_DT_F32);
+    /* the GDN input projections of the 0.8B / 35B-A3B shapes (odd row counts), one matrix of 1, 2 and 4
+       rows per warp (H100: 132 SMs), f32 weights, widths of 520 and 1032 */
+    const int gdn08[4] = {6144, 2048, 16, 16}, gdn35[4] = {8192, 4096, 32, 32}, one[1] = {9000}, two[1] = {5000};
+    const int odd[3] = {1003, 77, 5}, att[3] = {4096, 512, 512};
+    const char *ni = getenv("DR_CUDA_NORM_IN");
+    if (ni && ni[0] == '0') { /* declined by design: nothing to compare */
+        printf("skipped: rmsnorm_matmul_n, DR_CUDA_NORM_IN=0\n");
+        t_declines();
+        cuda_test_close();
+        return TEST_DONE();
+    }
+    t_norm_n(4, gdn08, 1024, DR_DT_BF16);
+    t_norm_n(4, gdn35, 2048, DR_DT_BF16);
+    t_norm_n(3, att, 4096, DR_DT_BF16);
+    t_norm_n(1, one, 1024, DR_DT_BF16);
+    t_norm_n(1, two, 1024, DR_DT_BF16);
+    t_norm_n(3, odd, 1032, DR_DT_F32);
+    t_norm_n(3, odd, 520, DR_DT_BF16);
+    t_norm_n(2, att, 6144, DR_DT_BF16); /* the widest x taken: 24 elements per thread */
     t_declines();
     cuda_test_close();
     return TEST_DONE();

@@ -99,6 +99,34 @@ static void matmuls(const dr_ops *o, int n, float *const *ys, const float *x, co
             o->matmul(o->ctx, ys[i], x, ws[i], T);
 }
 
+/* The input projections of a mixer: y_i = W_i xn, or with `gain` (xn not
+ * made yet, see defer_norm) y_i = W_i RMSNorm(x; gain), in one pass when
+ * the backend can. */
+static void in_matmuls(const dr_model *m, dr_scratch *sc, int n, float *const *ys, const dr_tensor *const *ws,
+                       const float *gain, int T) {
+    const dr_ops *o = m->ops;
+    if (gain) {
+        if (o->rmsnorm_matmul_n && o->rmsnorm_matmul_n(o->ctx, n, ys, sc->x, gain, m->hp.eps, ws, T))
+            return;
+        o->rmsnorm(o->ctx, sc->xn, sc->x, gain, T, m->hp.d_model, m->hp.eps);
+    }
+    matmuls(o, n, ys, sc->xn, ws, T);
+}
+
+/* Whether layer l's pre-norm is left to its input projections (decode, a
+ * backend with rmsnorm_matmul_n, unquantized projections): the block
+ * before it then ends with the residual add alone, one launch less per
+ * layer on a GPU. */
+static bool defer_norm(const dr_model *m, int l, int T) {
+    if (T != 1 || l >= m->hp.n_layers || !m->ops->rmsnorm_matmul_n)
+        return false;
+    const dr_layer_weights *lw = &m->w.layers[l];
+    if (m->hp.is_attn[l])
+        return !lw->attn.q_proj.q.bits && !lw->attn.k_proj.q.bits && !lw->attn.v_proj.q.bits;
+    return !lw->gdn.in_proj_qkv.q.bits && !lw->gdn.in_proj_z.q.bits && !lw->gdn.in_proj_b.q.bits &&
+           !lw->gdn.in_proj_a.q.bits;
+}
+
 /* Residual add, then the next pre-norm: x += d; xn = RMSNorm(x) (gain NULL:
  * the add alone). */
 static void add_norm(const dr_model *m, dr_scratch *sc, const float *gain, int T) {
@@ -127,10 +155,11 @@ static void project_add_norm(const dr_model *m, dr_scratch *sc, const dr_tensor 
 
 /* ===================== mixers ===================== */
 
-/* Gated DeltaNet (5.2): projections, conv + SiLU, gates, delta rule, gated norm, out_proj;
+/* Gated DeltaNet (5.2): projections (of RMSNorm(x; in_gain) when in_gain is
+ * given, else of xn), conv + SiLU, gates, delta rule, gated norm, out_proj;
  * added to x, xn = RMSNorm(x) with `gain`. */
 static void gdn_layer(const dr_model *m, const dr_gdn_weights *w, float *conv_state, float *state,
-                      dr_scratch *sc, int T, bool state_bf16, const float *gain) {
+                      dr_scratch *sc, int T, bool state_bf16, const float *in_gain, const float *gain) {
     const dr_hparams *hp = &m->hp;
     const dr_ops *o = m->ops;
     void *c = o->ctx;
@@ -139,7 +168,7 @@ static void gdn_layer(const dr_model *m, const dr_gdn_weights *w, float *conv_st
     /* m = W_qkv x (q | k | v channels), z, b, a: four projections of x */
     float *const ys[4] = {sc->qkv_raw, sc->z, sc->b, sc->a};
     const dr_tensor *const ws[4] = {&w->in_proj_qkv, &w->in_proj_z, &w->in_proj_b, &w->in_proj_a};
-    matmuls(o, 4, ys, sc->xn, ws, T);
+    in_matmuls(m, sc, 4, ys, ws, in_gain, T);
     if (T == 1 && o->gdn_decode) { /* the backend's fused single-token step, same math */
         o->gdn_decode(c, sc->y, sc->qkv_raw, sc->z, sc->b, sc->a, conv_state, state, w->conv1d, hp->d_conv,
                       w->A_log, w->dt_bias, w->norm, &d, hp->eps);
@@ -180,17 +209,17 @@ static void attn_core(const dr_model *m, const dr_attn_weights *w, float *k_cach
     o->sigmoid_mul(c, sc->att, sc->gate, (size_t)T * nH * hd); /* output gate, before o_proj */
 }
 
-/* Gated full attention (4): q/gate split per head, q/k norm, RoPE, cache, GQA, sigmoid gate,
- * o_proj; added to x, xn = RMSNorm(x) with `gain`. */
+/* Gated full attention (4): projections (as gdn_layer), q/gate split per head, q/k norm, RoPE,
+ * cache, GQA, sigmoid gate, o_proj; added to x, xn = RMSNorm(x) with `gain`. */
 static void attn_layer(const dr_model *m, const dr_attn_weights *w, float *k_cache, float *v_cache,
-                       dr_scratch *sc, int pos0, int T, const float *gain) {
+                       dr_scratch *sc, int pos0, int T, const float *in_gain, const float *gain) {
     const dr_hparams *hp = &m->hp;
     const dr_ops *o = m->ops;
     void *c = o->ctx;
     const int nH = hp->n_heads, nKV = hp->n_kv_heads, hd = hp->d_head;
     float *const ys[3] = {sc->qg, sc->k, sc->v};
     const dr_tensor *const ws[3] = {&w->q_proj, &w->k_proj, &w->v_proj};
-    matmuls(o, 3, ys, sc->xn, ws, T);
+    in_matmuls(m, sc, 3, ys, ws, in_gain, T);
     const float scale = 1.0f / sqrtf((float)hd);
     if (!o->attention_block ||
         !o->attention_block(c, sc->att, sc->q, sc->gate, sc->k, sc->qg, sc->v, k_cache, v_cache, w->q_norm,
@@ -218,8 +247,9 @@ static void swiglu_mlp(const dr_model *m, const dr_ffn_weights *f, dr_scratch *s
     project_add_norm(m, sc, &f->down, sc->ff_a, gain, T);
 }
 
-/* Sparse MoE block (6.2): routed experts plus the sigmoid-gated shared expert. */
-static void moe_block(const dr_model *m, const dr_ffn_weights *f, dr_scratch *sc, int T) {
+/* Sparse MoE block (6.2): routed experts plus the sigmoid-gated shared expert, into sc->out;
+ * with into_x, when the backend's fused decode block runs, added to x instead (returns true). */
+static bool moe_block(const dr_model *m, const dr_ffn_weights *f, dr_scratch *sc, int T, bool into_x) {
     const dr_hparams *hp = &m->hp;
     const dr_ops *o = m->ops;
     void *c = o->ctx;
@@ -232,21 +262,22 @@ static void moe_block(const dr_model *m, const dr_ffn_weights *f, dr_scratch *sc
         o->matmul(c, sc->router, sc->xn, &f->router, T);
     }
     const dr_moe_shared sh = {sc->ff_a, sc->ff_b, sc->sh_s, &f->sh_down};
-    if (o->moe_decode && o->moe_decode(c, sc->out, sc->moe_idx, sc->moe_w, sc->router, sc->xn, f->experts,
-                                       hp->n_experts, T, k, hp->norm_topk, H, hp->d_ff_expert,
-                                       f->has_shared ? &sh : NULL))
-        return; /* the backend's fused decode block: the same sums as below */
+    if (o->moe_decode && o->moe_decode(c, into_x ? sc->x : sc->out, sc->moe_idx, sc->moe_w, sc->router, sc->xn,
+                                       f->experts, hp->n_experts, T, k, hp->norm_topk, H, hp->d_ff_expert,
+                                       f->has_shared ? &sh : NULL, into_x))
+        return into_x; /* the backend's fused decode block: the same sums as below */
     o->moe_route(c, sc->moe_idx, sc->moe_w, sc->router, T, hp->n_experts, k, hp->norm_topk);
     o->zero(c, sc->out, (size_t)T * H * sizeof(float));
     o->moe_experts(c, sc->out, sc->xn, sc->moe_idx, sc->moe_w, f->experts, hp->n_experts, T, k, H, hp->d_ff_expert,
                    sc->ws);
     if (!f->has_shared)
-        return;
+        return false;
     /* shared expert: down(silu(gate x) * up x), scaled by sigmoid(w_sg x) */
     o->swiglu(c, sc->ff_a, sc->ff_a, sc->ff_b, (size_t)T * (size_t)f->sh_gate.ne[0]);
     o->matmul(c, sc->out2, sc->ff_a, &f->sh_down, T);
     o->sigmoid_scale_rows(c, sc->out2, sc->sh_s, T, H); /* s <- sigmoid(w_sg x) * s */
     o->add(c, sc->out, sc->out2, (size_t)T * H);
+    return false;
 }
 
 /* ===================== the whole model ===================== */
@@ -272,21 +303,25 @@ void dr_forward(const dr_model *m, dr_kv_cache *kv, dr_gdn_cache *gdn, dr_scratc
     void *c = o->ctx;
     const int H = hp->d_model;
     o->embed(c, sc->x, &m->w.embed, ids, T); /* no scaling (2) */
-    o->rmsnorm(c, sc->xn, sc->x, m->w.layers[0].ln1, T, H, hp->eps);
+    bool later = defer_norm(m, 0, T); /* xn not made: the next input projections normalise x */
+    if (!later)
+        o->rmsnorm(c, sc->xn, sc->x, m->w.layers[0].ln1, T, H, hp->eps);
     for (int l = 0; l < hp->n_layers; l++) {
         const dr_layer_weights *lw = &m->w.layers[l];
         const float *ln_next = l + 1 < hp->n_layers ? m->w.layers[l + 1].ln1 : NULL;
+        const float *in_gain = later ? lw->ln1 : NULL;
         /* h = x + Mixer(RMSNorm(x))   (7.1); xn holds RMSNorm(x), then RMSNorm(h) */
         if (hp->is_attn[l])
-            attn_layer(m, &lw->attn, kv->k[l], kv->v[l], sc, pos0, T, lw->ln2);
+            attn_layer(m, &lw->attn, kv->k[l], kv->v[l], sc, pos0, T, in_gain, lw->ln2);
         else
-            gdn_layer(m, &lw->gdn, gdn->conv[l], gdn->state[l], sc, T, state_bf16, lw->ln2);
-        /* y = h + FFN(RMSNorm(h)); xn = the next layer's RMSNorm(y) */
+            gdn_layer(m, &lw->gdn, gdn->conv[l], gdn->state[l], sc, T, state_bf16, in_gain, lw->ln2);
+        /* y = h + FFN(RMSNorm(h)); xn = the next layer's RMSNorm(y), or left to its projections */
+        later = defer_norm(m, l + 1, T);
         if (hp->is_moe[l]) {
-            moe_block(m, &lw->ffn, sc, T);
-            add_norm(m, sc, ln_next, T);
+            if (!moe_block(m, &lw->ffn, sc, T, later))
+                add_norm(m, sc, later ? NULL : ln_next, T);
         } else {
-            swiglu_mlp(m, &lw->ffn, sc, ln_next, T);
+            swiglu_mlp(m, &lw->ffn, sc, later ? NULL : ln_next, T);
         }
     }
     if (mode == DR_LOGITS_LAST)

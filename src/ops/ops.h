@@ -109,6 +109,14 @@ struct dr_ops {
        that shape or dtype. */
     bool (*matmul_add_rmsnorm)(void *ctx, float *x, float *xn, const float *a, const dr_tensor *w,
                                const float *gain, int T, float eps);
+    /* (optional, NULL or false: rmsnorm into a buffer, then matmul_n)
+       ys[i] [T, d_i] = RMSNorm(x; gain) ws[i]^T for projections that share
+       their normalised input, the norm not written anywhere: a decode step
+       normalises the residual stream where the next layer reads it instead
+       of in a launch of its own. Returns false, having queued nothing, when
+       the backend does not fuse that T, shape or dtype. */
+    bool (*rmsnorm_matmul_n)(void *ctx, int n_w, float *const *ys, const float *x, const float *gain, float eps,
+                             const dr_tensor *const *ws, int T);
 
     /* ---- full attention ---- */
     /* NeoX rotate-half RoPE on the first d_rot dims of every head of
@@ -202,11 +210,12 @@ struct dr_ops {
        idx, wts = moe_route(logits [T, E]); y [T, H] = sum_j wts[t, j] *
        expert_{idx[t, j]}(x) (j in pick order) + sigmoid(sh->s[t]) *
        sh->down(silu(sh->gate) * sh->up) (sh NULL: no shared expert). y is
-       written, not added to. Returns false, having queued nothing, when the
-       backend does not handle the shape or dtypes. */
+       written (acc: added to, the residual add folded in). Returns false,
+       having queued nothing, when the backend does not handle the shape or
+       dtypes. */
     bool (*moe_decode)(void *ctx, float *y, int32_t *idx, float *wts, const float *logits, const float *x,
                        const dr_expert *experts, int E, int T, int k, bool renorm, int H, int I,
-                       const dr_moe_shared *sh);
+                       const dr_moe_shared *sh, bool acc);
 };
 
 enum { DR_STEP_RUN = 0, DR_STEP_RECORD = 1, DR_STEP_REPLAYED = 2 };

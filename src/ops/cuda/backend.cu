@@ -373,6 +373,7 @@ extern "C" void dr_cuda_fill_table(dr_ops *o) {
     o->gdn_decode = dr_cuda_gdn_decode;
     o->argmax = dr_cuda_argmax;
     o->matmul_swiglu = dr_cuda_matmul_swiglu, o->matmul_add_rmsnorm = dr_cuda_matmul_add_rmsnorm;
+    o->rmsnorm_matmul_n = dr_cuda_rmsnorm_matmul_n;
     o->step_begin = dr_cuda_step_begin;
     o->step_end = dr_cuda_step_end;
     o->graph_free = dr_cuda_graph_free;

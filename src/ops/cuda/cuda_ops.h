@@ -31,6 +31,8 @@ void dr_cuda_embed(void *ctx, float *x, const dr_tensor *emb, const int32_t *ids
  * round 4). DR_CUDA_FUSE: 0 both off (false), 1 swiglu only, 2 add + norm
  * only, 3 both (default). */
 bool dr_cuda_matmul_swiglu(void *ctx, float *out, const float *x, const dr_tensor *gate, const dr_tensor *up, int T);
+bool dr_cuda_rmsnorm_matmul_n(void *ctx, int n_w, float *const *ys, const float *x, const float *gain, float eps,
+                              const dr_tensor *const *ws, int T);
 bool dr_cuda_matmul_add_rmsnorm(void *ctx, float *x, float *xn, const float *a, const dr_tensor *w, const float *gain,
                                 int T, float eps);
 
@@ -91,7 +93,7 @@ void dr_cuda_moe_experts(void *ctx, float *y, const float *x, const int32_t *idx
                          const dr_expert *experts, int E, int T, int k, int H, int I, float *ws);
 bool dr_cuda_moe_decode(void *ctx, float *y, int32_t *idx, float *wts, const float *logits, const float *x,
                         const dr_expert *experts, int E, int T, int k, bool renorm, int H, int I,
-                        const dr_moe_shared *sh);
+                        const dr_moe_shared *sh, bool acc);
 
 /* argmax.cu */
 bool dr_cuda_argmax(void *ctx, int32_t *out, const float *x, int n);

@@ -216,9 +216,16 @@ static __device__ __forceinline__ uint4 ld_w(const uint4 *p) { return dr_ld_w(p)
  * every lane gets the warp-reduced sums. Each row is one lane-strided walk
  * (v = lane, lane + 32, ...) whatever R and U are, then a warp reduction:
  * the same sums, bit for bit, for every kernel built on it. */
-template <typename WT, int MT, int R, int U>
+struct gemv_no_hook {
+    __device__ void operator()() const {}
+};
+
+/* SX: x is in shared memory (plain loads; __ldg is for global memory only).
+ * after_wait runs right after dr_pdl_wait(), with the first weight loads in
+ * flight (the whole block calls it: it may hold barriers). */
+template <typename WT, int MT, int R, int U, bool SX = false, typename F = gemv_no_hook>
 static __device__ __forceinline__ void gemv_rows_dot(const uint4 *const (&wp)[R], const float *__restrict__ x, int T,
-                                                     int n, float (&acc)[R][MT]) {
+                                                     int n, float (&acc)[R][MT], F after_wait = F()) {
     constexpr int E = wvec<WT>::N;
     const int lane = threadIdx.x & 31, nv = n / E;
 #pragma unroll
@@ -234,6 +241,7 @@ static __device__ __forceinline__ void gemv_rows_dot(const uint4 *const (&wp)[R]
         for (int r = 0; r < R; r++)
             u[j][r] = v0 + 32 * j < nv ? ld_w(wp[r] + v0 + 32 * j) : make_uint4(0, 0, 0, 0);
     dr_pdl_wait();
+    after_wait();
     for (;;) {
 #pragma unroll
         for (int j = 0; j < U; j++) {
@@ -246,7 +254,7 @@ static __device__ __forceinline__ void gemv_rows_dot(const uint4 *const (&wp)[R]
                         float4 xx[E / 4];
 #pragma unroll
                         for (int q = 0; q < E / 4; q++)
-                            xx[q] = __ldg(xv + q);
+                            xx[q] = SX ? xv[q] : __ldg(xv + q);
 #pragma unroll
                         for (int r = 0; r < R; r++) {
                             float wf[E];
@@ -286,23 +294,16 @@ static __device__ __forceinline__ void gemv_rows_dot(const uint4 *const (&wp)[R]
  * (a fixed order, deterministic). The first batch of weight loads is issued
  * before dr_pdl_wait(), so with programmatic dependent launch the weights
  * stream while the kernel that writes x is still finishing. */
-template <typename WT, int MT, int R, int U>
-__global__ void __launch_bounds__(256) gemv_rows_kernel(const gemv_set set, const float *__restrict__ x, int T,
-                                                        int n) {
-    constexpr int E = wvec<WT>::N;
-    dr_pdl_trigger();
-    const int lane = threadIdx.x & 31;
-    const int r0 = (blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5)) * R;
+/* Rows r0 .. r0+R-1 of a gemv_set: their weight rows (nv 16-byte vectors
+ * each), outputs (NULL past the end: a row past the end re-reads the last
+ * row, result dropped) and output strides between tokens. */
+template <int R>
+static __device__ __forceinline__ void gemv_set_rows(const gemv_set &set, int r0, int nv, const uint4 *(&wp)[R],
+                                                     float *(&yp)[R], int (&ld)[R]) {
     const int rows = set.row0[set.nm];
-    if (r0 >= rows)
-        return;
-    const int nv = n / E;
-    const uint4 *wp[R];
-    float *yp[R];
-    int ld[R];
 #pragma unroll
     for (int r = 0; r < R; r++) {
-        const int row = r0 + r < rows ? r0 + r : r0; /* a row past the end re-reads r0, result dropped */
+        const int row = r0 + r < rows ? r0 + r : rows - 1;
         const void *W = set.W[0];
         float *Y = set.y[0];
         int b = 0, e = set.row0[1];
@@ -314,6 +315,22 @@ __global__ void __launch_bounds__(256) gemv_rows_kernel(const gemv_set set, cons
         yp[r] = r0 + r < rows ? Y + (row - b) : NULL;
         ld[r] = e - b;
     }
+}
+
+template <typename WT, int MT, int R, int U>
+__global__ void __launch_bounds__(256) gemv_rows_kernel(const gemv_set set, const float *__restrict__ x, int T,
+                                                        int n) {
+    constexpr int E = wvec<WT>::N;
+    dr_pdl_trigger();
+    const int lane = threadIdx.x & 31;
+    const int r0 = (blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5)) * R;
+    const int rows = set.row0[set.nm];
+    if (r0 >= rows)
+        return;
+    const uint4 *wp[R];
+    float *yp[R];
+    int ld[R];
+    gemv_set_rows<R>(set, r0, n / E, wp, yp, ld);
     float acc[R][MT];
     gemv_rows_dot<WT, MT, R, U>(wp, x, T, n, acc);
 #pragma unroll
@@ -322,6 +339,60 @@ __global__ void __launch_bounds__(256) gemv_rows_kernel(const gemv_set set, cons
         for (int t = 0; t < MT; t++)
             if (lane == 0 && yp[r] && t < T)
                 yp[r][(size_t)t * ld[r]] = acc[r][t];
+}
+
+/* y_i = W_i RMSNorm(x; gain) for one token (ops.h rmsnorm_matmul_n): each
+ * block normalises x into shared memory once the kernel before it is done,
+ * with its first weight loads already in flight, and runs gemv_rows_kernel's
+ * dot on it. The norm is not a kernel of its own (session 5, docs/CUDA.md).
+ * Each thread takes its elements of x and gain GN_BATCH at a time (one
+ * round trip for n <= 2048), sums the squares in index order as
+ * dr_row_sumsq does, and stages x * gain, scaled by 1 / rms once the block
+ * has the sum. Widths up to GN_MAX_N (x in the default shared memory). */
+#define GN_BATCH 8
+#define GN_MAX_N 6144
+template <typename WT, int R, int U>
+__global__ void __launch_bounds__(256) gemv_rows_norm_kernel(const gemv_set set, const float *x,
+                                                             const float *__restrict__ gain, int n, float eps) {
+    constexpr int E = wvec<WT>::N;
+    extern __shared__ float4 gn_x[];
+    __shared__ float sh[32];
+    dr_pdl_trigger();
+    float *sx = (float *)gn_x;
+    const int lane = threadIdx.x & 31;
+    const int r0 = (blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5)) * R; /* no early exit: barriers */
+    const uint4 *wp[R];
+    float *yp[R];
+    int ld[R];
+    gemv_set_rows<R>(set, r0, n / E, wp, yp, ld);
+    float acc[R][1];
+    gemv_rows_dot<WT, 1, R, U, true>(wp, sx, 1, n, acc, [&]() {
+        const int nt = blockDim.x;
+        float ss = 0.0f;
+        for (int i0 = threadIdx.x; i0 < n; i0 += GN_BATCH * nt) {
+            float v[GN_BATCH], g[GN_BATCH];
+#pragma unroll
+            for (int k = 0; k < GN_BATCH; k++) {
+                const int i = i0 + k * nt;
+                v[k] = i < n ? x[i] : 0.0f;
+                g[k] = i < n ? gain[i] : 0.0f;
+            }
+#pragma unroll
+            for (int k = 0; k < GN_BATCH; k++)
+                if (i0 + k * nt < n) {
+                    ss += v[k] * v[k];
+                    sx[i0 + k * nt] = v[k] * g[k];
+                }
+        }
+        const float inv = 1.0f / sqrtf(dr_block_sum(ss, sh) / (float)n + eps);
+        for (int i = threadIdx.x; i < n; i += nt) /* this thread's own elements: no barrier before */
+            sx[i] *= inv;
+        __syncthreads();
+    });
+#pragma unroll
+    for (int r = 0; r < R; r++)
+        if (lane == 0 && yp[r])
+            *yp[r] = acc[r][0];
 }
 
 /* ---- GEMV epilogue fusions (docs/CUDA.md, "Decode round 4") ---- */
@@ -828,6 +899,61 @@ void dr_cuda_matmul(void *ctx, float *y, const float *x, const dr_tensor *w, int
 
 /* Several weights of the same width and dtype over one x: one GEMV launch
  * for T <= GEMV_MAX_T (decode), else one matmul each. */
+template <typename WT> static void norm_set_launch(dr_cuda_ctx *cx, const gemv_set &set, const float *x,
+                                                   const float *gain, int n, float eps) {
+    const long rows = set.row0[set.nm], sm = cx->n_sm > 0 ? cx->n_sm : 132;
+    const size_t smem = (size_t)n * sizeof(float);
+    if (rows >= 4 * 16 * sm)
+        dr_cuda_launch(cx, true, gemv_rows_norm_kernel<WT, 4, 2>, dim3(dr_cdiv((size_t)rows, 32)), dim3(256), smem,
+                       set, x, gain, n, eps);
+    else if (rows >= 2 * 16 * sm)
+        dr_cuda_launch(cx, true, gemv_rows_norm_kernel<WT, 2, 4>, dim3(dr_cdiv((size_t)rows, 16)), dim3(256), smem,
+                       set, x, gain, n, eps);
+    else
+        dr_cuda_launch(cx, true, gemv_rows_norm_kernel<WT, 1, 8>, dim3(dr_cdiv((size_t)rows, 8)), dim3(256), smem,
+                       set, x, gain, n, eps);
+}
+
+/* DR_CUDA_NORM_IN=0: rmsnorm_matmul_n declines (the norm kernel, a same-run baseline) */
+static int norm_in_on(void) {
+    static int on = -1;
+    if (on < 0) {
+        const char *e = getenv("DR_CUDA_NORM_IN");
+        on = !(e && e[0] == '0');
+    }
+    return on;
+}
+
+
+bool dr_cuda_rmsnorm_matmul_n(void *ctx, int n_w, float *const *ys, const float *x, const float *gain, float eps,
+                              const dr_tensor *const *ws, int T) {
+    dr_cuda_ctx *cx = (dr_cuda_ctx *)ctx;
+    if (!norm_in_on() || T != 1 || n_w < 1 || n_w > GEMV_SETS || dr_cuda_mm_force > 1 || gemv_split() ||
+        !gemv_rowsk())
+        return false;
+    const dr_dtype dt = ws[0]->dtype;
+    const long n = ws[0]->ne[ws[0]->ndim - 1], E = dt == DR_DT_F32 ? 4 : 8;
+    if ((dt != DR_DT_BF16 && dt != DR_DT_F16 && dt != DR_DT_F32) || n % E || n > GN_MAX_N)
+        return false;
+    gemv_set set = {};
+    for (int i = 0; i < n_w; i++) {
+        const dr_tensor *w = ws[i];
+        if (!w->dev || w->q.bits || w->dtype != dt || w->ne[w->ndim - 1] != n || (uintptr_t)w->dev % 16)
+            return false;
+        set.W[i] = w->dev;
+        set.y[i] = ys[i];
+        set.row0[i + 1] = set.row0[i] + (int)w->ne[w->ndim - 2];
+    }
+    set.nm = n_w;
+    if (dt == DR_DT_BF16)
+        norm_set_launch<__nv_bfloat16>(cx, set, x, gain, (int)n, eps);
+    else if (dt == DR_DT_F16)
+        norm_set_launch<__half>(cx, set, x, gain, (int)n, eps);
+    else
+        norm_set_launch<float>(cx, set, x, gain, (int)n, eps);
+    return true;
+}
+
 void dr_cuda_matmul_n(void *ctx, int n_w, float *const *ys, const float *x, const dr_tensor *const *ws, int T) {
     dr_cuda_ctx *cx = (dr_cuda_ctx *)ctx;
     if (dr_cuda_quant_matmul_n(cx, n_w, ys, x, ws, T)) /* any of them quantized: quant.cu */

@@ -777,7 +777,7 @@ void dr_cuda_moe_experts(void *ctx, float *y, const float *x, const int32_t *idx
 
 bool dr_cuda_moe_decode(void *ctx, float *y, int32_t *idx, float *wts, const float *logits, const float *x,
                         const dr_expert *experts, int E, int T, int k, bool renorm, int H, int I,
-                        const dr_moe_shared *sh) {
+                        const dr_moe_shared *sh, bool acc) {
     dr_cuda_ctx *cx = (dr_cuda_ctx *)ctx;
     if (!cx->moe_dec || T < 1 || T > MOE_GEMV_T || E <= 0 || k < 1 || k > E || k > ROUTE_MAX_K)
         return false;
@@ -797,6 +797,6 @@ bool dr_cuda_moe_decode(void *ctx, float *y, int32_t *idx, float *wts, const flo
     const md_route rt = {logits, renorm ? 1 : 0, idx, wts};
     if (!route_in_gu(E))
         dr_cuda_moe_route(ctx, idx, wts, logits, T, E, k, renorm);
-    experts_fast(cx, y, x, idx, wts, tab, E, T, k, H, I, 0, sh, Is, route_in_gu(E) ? &rt : NULL);
+    experts_fast(cx, y, x, idx, wts, tab, E, T, k, H, I, acc ? 1 : 0, sh, Is, route_in_gu(E) ? &rt : NULL);
     return true;
 }
