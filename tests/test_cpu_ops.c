@@ -362,6 +362,37 @@ static void t_elementwise(dr_ops *f, dr_ops *r) {
     free(x), free(z), free(gain), free(y), free(yr);
 }
 
+/* The GDN decode step's state passes of table k (st2, decay_rank1) against
+ * the two gemm_nn calls and the scale + axpy rows they replace: the same
+ * operations per element, so the same bits. Shapes cover the ST_CB-wide
+ * column blocks, single vectors and the column tail of every level. */
+static void t_st2(const dr_simd *k) {
+    const int shapes[][2] = {{128, 128}, {16, 24}, {17, 147}, {5, 3}};
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        const int dk = shapes[si][0], dv = shapes[si][1];
+        const size_t ns = (size_t)dk * dv;
+        float *S = rnd(ns, 1.0f), *S2 = malloc(ns * 4), *kv = rnd((size_t)dk, 1.0f), *qv = rnd((size_t)dk, 1.0f);
+        float *d = rnd((size_t)dv, 1.0f), *u = malloc((size_t)dv * 4), *w = malloc((size_t)dv * 4);
+        float *ur = malloc((size_t)dv * 4), *wr = malloc((size_t)dv * 4);
+        memcpy(S2, S, ns * 4);
+        k->gemm_nn(ur, dv, kv, dk, S, dv, 1, dv, dk, false);
+        k->gemm_nn(wr, dv, qv, dk, S, dv, 1, dv, dk, false);
+        k->st2(u, w, S, kv, qv, dk, dv);
+        CHECK_SHOW(!memcmp(u, ur, (size_t)dv * 4) && !memcmp(w, wr, (size_t)dv * 4),
+                   "[%s] st2 [%d, %d]: u and w identical to gemm_nn", g_cfg, dk, dv);
+        const float decay = 0.93f;
+        for (int i = 0; i < dk; i++) {
+            float *row = S2 + (size_t)i * dv;
+            for (int c = 0; c < dv; c++)
+                row[c] *= decay;
+            k->axpy(row, kv[i], d, dv);
+        }
+        k->decay_rank1(S, dk, dv, decay, kv, d);
+        CHECK_SHOW(!memcmp(S, S2, ns * 4), "[%s] decay_rank1 [%d, %d]: identical to scale + axpy", g_cfg, dk, dv);
+        free(S), free(S2), free(kv), free(qv), free(d), free(u), free(w), free(ur), free(wr);
+    }
+}
+
 /* vdpbf16ps GEMV (x split in two bf16 halves) against the reference */
 static void t_bf16x2(dr_ops *r) {
     const dr_simd *k = dr_simd_get();
@@ -457,6 +488,8 @@ int main(void) {
             t_gdn_decode(f, ref, (dr_gdn_dims){2, 4, 16, 24});
             t_gdn_decode(f, ref, (dr_gdn_dims){3, 3, 17, 13});
             t_gdn_decode(f, ref, (dr_gdn_dims){1, 3, 33, 7});
+            t_gdn_decode(f, ref, (dr_gdn_dims){2, 4, 128, 128}); /* the real head size */
+            t_gdn_decode(f, ref, (dr_gdn_dims){1, 2, 20, 147});
             t_add_rmsnorm(f, ref);
             t_moe(f, ref);
             t_elementwise(f, ref);
@@ -464,6 +497,7 @@ int main(void) {
         }
         g_cfg = dr_simd_level_name((dr_simd_level)lv);
         t_bf16x2(ref);
+        t_st2(dr_simd_table((dr_simd_level)lv));
     }
     dr_simd_force(DR_SIMD_COUNT);
     dr_simd_use_bf16_dot(best >= DR_SIMD_AVX512_BF16); /* the vdpbf16ps decode path end to end too */

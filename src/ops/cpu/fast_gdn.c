@@ -90,19 +90,13 @@ typedef struct {
  * d = beta (v - exp(g) u) and o = exp(g) w + (k . q) d. Scratch u, w, dl [dv]. */
 static void rec_step(const dr_simd *k, float *S, float *o, const float *qn, const float *kn, const float *v,
                      float decay, float b, int dk, int dv, float *u, float *w, float *dl) {
-    k->gemm_nn(u, dv, kn, dk, S, dv, 1, dv, dk, false); /* u = S^T k */
-    k->gemm_nn(w, dv, qn, dk, S, dv, 1, dv, dk, false); /* w = S^T q (S now in cache) */
+    k->st2(u, w, S, kn, qn, dk, dv); /* u = S^T k, w = S^T q: the read pass */
     const float kq = k->dot(kn, qn, dk);
     for (int c = 0; c < dv; c++) {
         dl[c] = b * (v[c] - decay * u[c]); /* delta against the decayed state */
         o[c] = decay * w[c] + kq * dl[c]; /* = (exp(g) S + k d^T)^T q */
     }
-    for (int i = 0; i < dk; i++) { /* S = exp(g) S + k d^T: the one write pass */
-        float *Si = S + (size_t)i * dv;
-        for (int c = 0; c < dv; c++)
-            Si[c] *= decay;
-        k->axpy(Si, kn[i], dl, dv);
-    }
+    k->decay_rank1(S, dk, dv, decay, kn, dl); /* S = exp(g) S + k d^T: the write pass */
 }
 
 /* One v head over the block's tokens. Scratch: qn, kn [dk], u, w, dl [dv]. */

@@ -37,6 +37,13 @@ typedef struct dr_simd {
     /* C [M, N] = A [M, K] B [K, N] (acc: C +=), row-major, leading dims in elements */
     void (*gemm_nn)(float *C, int ldc, const float *A, int lda, const float *B, int ldb, int M, int N, int K,
                     bool acc);
+    /* The GDN decode step's passes over its fp32 state S [dk, dv] (row-major):
+       st2: u = S^T k and w = S^T q [dv] with one read of S; decay_rank1:
+       S = decay S + k d^T with one read and write. Per element the same
+       operations in the same order as gemm_nn (u, w) and a scale then axpy
+       (S): the same results, fewer passes over S. */
+    void (*st2)(float *u, float *w, const float *S, const float *k, const float *q, int dk, int dv);
+    void (*decay_rank1)(float *S, int dk, int dv, float decay, const float *k, const float *d);
     /* sum of x [n] (bandwidth probe) */
     float (*sum)(const float *x, size_t n);
     /* (optional, NULL: use gemv) like gemv for BF16 rows, with x given split

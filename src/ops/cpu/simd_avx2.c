@@ -13,6 +13,8 @@
 #define V_STOREU(p, v) _mm256_storeu_ps(p, v)
 #define V_FMA(a, b, c) _mm256_fmadd_ps(a, b, c)
 #define V_ADD(a, b) _mm256_add_ps(a, b)
+#define V_MUL(a, b) _mm256_mul_ps(a, b)
+#define ST_CB 4 /* 4 x 2 accumulators + loads: 16 ymm */
 #define V_HSUM(v) hsum256(v)
 #define V_LOAD_BF16(p) \
     _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p))), 16))
@@ -35,6 +37,8 @@ static const dr_simd g_avx2 = {
     .gemv = k_gemv,
     .tile = k_tile,
     .gemm_nn = k_gemm_nn,
+    .st2 = k_st2,
+    .decay_rank1 = k_decay_rank1,
     .sum = k_sum,
     .gemv_bf16x2 = NULL,
 };

@@ -15,6 +15,8 @@
 #define V_STOREU(p, v) _mm512_storeu_ps(p, v)
 #define V_FMA(a, b, c) _mm512_fmadd_ps(a, b, c)
 #define V_ADD(a, b) _mm512_add_ps(a, b)
+#define V_MUL(a, b) _mm512_mul_ps(a, b)
+#define ST_CB 8 /* 8 x 2 accumulators + loads: 32 zmm */
 #define V_HSUM(v) _mm512_reduce_add_ps(v)
 #define V_LOAD_BF16(p) \
     _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(p))), 16))
@@ -77,6 +79,8 @@ static const dr_simd TABLE = {
     .gemv = k_gemv,
     .tile = k_tile,
     .gemm_nn = k_gemm_nn,
+    .st2 = k_st2,
+    .decay_rank1 = k_decay_rank1,
     .sum = k_sum,
     .gemv_bf16x2 = GEMV_BF16X2,
 };

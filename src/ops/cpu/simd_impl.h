@@ -209,3 +209,65 @@ static void k_gemm_nn(float *C, int ldc, const float *A, int lda, const float *B
             C[(size_t)r * ldc + j] = s;
         }
 }
+
+/* ---- the GDN decode step's passes over its state (simd.h st2, decay_rank1) ---- */
+
+#ifndef ST_CB
+#define ST_CB 4 /* column vectors per walk down the rows: 2 * ST_CB accumulators in registers */
+#endif
+
+/* columns j .. j + NB*VL - 1 of u and w: the rows in order, one FMA chain per
+ * output column from zero (gemm_1x1's order) */
+#define ST2_BLOCK(NB)                                                                                     \
+    do {                                                                                                  \
+        V a[NB], b[NB];                                                                                   \
+        for (int c = 0; c < (NB); c++)                                                                    \
+            a[c] = b[c] = V_ZERO();                                                                       \
+        for (int i = 0; i < dk; i++) {                                                                    \
+            const V ki = V_SET1(k[i]), qi = V_SET1(q[i]);                                                 \
+            const float *row = S + (size_t)i * dv + j;                                                    \
+            for (int c = 0; c < (NB); c++) {                                                              \
+                const V s = V_LOADU(row + c * VL);                                                        \
+                a[c] = V_FMA(ki, s, a[c]);                                                                \
+                b[c] = V_FMA(qi, s, b[c]);                                                                \
+            }                                                                                             \
+        }                                                                                                 \
+        for (int c = 0; c < (NB); c++) {                                                                  \
+            V_STOREU(u + j + c * VL, a[c]);                                                               \
+            V_STOREU(w + j + c * VL, b[c]);                                                               \
+        }                                                                                                 \
+    } while (0)
+
+static void k_st2(float *u, float *w, const float *S, const float *k, const float *q, int dk, int dv) {
+    const int nv = dv / VL * VL;
+    int j = 0;
+    for (; j + ST_CB * VL <= nv; j += ST_CB * VL)
+        ST2_BLOCK(ST_CB);
+    for (; j < nv; j += VL)
+        ST2_BLOCK(1);
+    for (; j < dv; j++) { /* column tail, as gemm_nn's */
+        float su = 0.0f, sw = 0.0f;
+        for (int i = 0; i < dk; i++) {
+            su += k[i] * S[(size_t)i * dv + j];
+            sw += q[i] * S[(size_t)i * dv + j];
+        }
+        u[j] = su;
+        w[j] = sw;
+    }
+}
+
+/* per row: s * decay, then + k[i] d (k_axpy's FMA and tail) */
+static void k_decay_rank1(float *S, int dk, int dv, float decay, const float *k, const float *d) {
+    const V dc = V_SET1(decay);
+    for (int i = 0; i < dk; i++) {
+        float *row = S + (size_t)i * dv;
+        const V ki = V_SET1(k[i]);
+        int j = 0;
+        for (; j + VL <= dv; j += VL)
+            V_STOREU(row + j, V_FMA(ki, V_LOADU(d + j), V_MUL(V_LOADU(row + j), dc)));
+        for (; j < dv; j++) {
+            row[j] *= decay;
+            row[j] += k[i] * d[j];
+        }
+    }
+}

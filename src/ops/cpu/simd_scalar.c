@@ -70,6 +70,24 @@ static float s_sum(const float *x, size_t n) {
     return s0 + s1;
 }
 
+static void s_st2(float *u, float *w, const float *S, const float *k, const float *q, int dk, int dv) {
+    for (int j = 0; j < dv; j++)
+        u[j] = w[j] = 0.0f;
+    for (int i = 0; i < dk; i++) { /* s_gemm_nn's order: row i added to every column */
+        s_axpy(u, k[i], S + (size_t)i * dv, dv);
+        s_axpy(w, q[i], S + (size_t)i * dv, dv);
+    }
+}
+
+static void s_decay_rank1(float *S, int dk, int dv, float decay, const float *k, const float *d) {
+    for (int i = 0; i < dk; i++) {
+        float *row = S + (size_t)i * dv;
+        for (int j = 0; j < dv; j++)
+            row[j] *= decay;
+        s_axpy(row, k[i], d, dv);
+    }
+}
+
 static const dr_simd g_scalar = {
     .level = DR_SIMD_SCALAR,
     .dot = s_dot,
@@ -78,6 +96,8 @@ static const dr_simd g_scalar = {
     .gemv = s_gemv,
     .tile = s_tile,
     .gemm_nn = s_gemm_nn,
+    .st2 = s_st2,
+    .decay_rank1 = s_decay_rank1,
     .sum = s_sum,
     .gemv_bf16x2 = NULL,
 };
