@@ -4,7 +4,7 @@
 # then the decode / prefill benches in bf16, q8 and q4 with same-call
 # baselines for the newest kernels. Logs under $OUT.
 # Usage: scripts/device_final.sh [tests] [conc] [legacy] [memcheck] [bench] [r4] [gemv] [slope] [types]
-#        [attpos] [attdec] [attblk] [pdlsw] [moek] [moencu] [ncu35] [big40] [ncu08] [p512] [quant] [qold] [prefill] [pfsw] [mroute] [normin]
+#        [attpos] [attdec] [attblk] [pdlsw] [moek] [moencu] [ncu35] [big40] [ncu08] [p512] [quant] [qold] [prefill] [mroute] [normin]
 # conc: four test_cuda_quant processes at once (as ctest -j4); legacy: the same with
 # DR_CUDA_LEGACY_COPY=1, the unordered uploads before session 4's fix (it failed 2 of 4 runs once;
 # the race is timing-dependent). gemv: the GEMV-only bench_cuda lines (each shape also through the
@@ -15,7 +15,8 @@
 # p512: the 512-token prefill, twice per shape, device argmax against --host-logits.
 # r4 (r4big: also 35B-A3B, 40 layers): decode round 4 against its same-call
 # baselines (each change's switch off alone, then all off with the per-token
-# logits download to the host, as before the round).
+# logits download to the host, as before the round). mroute / normin: session 5's MoE routing in
+# the gate/up kernel and pre-norm in the input GEMV against their switches (+ the tests with them off).
 set -uo pipefail
 source "$(dirname "$0")/device_env.sh"
 what="${*:-tests memcheck bench quant prefill}"
@@ -72,17 +73,6 @@ if [[ "$what" == *bench* ]]; then
   export DR_CUDA_DEC3=0
   one 35B-8L-bf16-olddec --synthetic $C/qwen3.5-35b-a3b.json --layers 8 -p 512 -n 256
   unset DR_CUDA_DEC3
-fi
-if [[ "$what" == *pfsw* ]]; then # the L2 prefetch hint (prefetch.cu) against its budget, same call
-  shapes=("0.8B --synthetic $C/qwen3.5-0.8b.json -p 128 -n 256" "9B --synthetic $C/qwen3.5-9b.json -p 128 -n 128"
-          "35B-8L --synthetic $C/qwen3.5-35b-a3b.json --layers 8 -p 128 -n 256")
-  for sh in "${shapes[@]}"; do
-    set -- $sh; nm=$1; shift
-    [[ " ${DR_PF_SKIP:-} " == *" $nm "* ]] && continue
-    for v in ${DR_PF_VARIANTS:-DR_CUDA_PF_MB=0 DR_CUDA_PF_MB=24 DR_CUDA_PF_MB=24,DR_PF_NEXT=1 DR_CUDA_PF_MB=40 DR_CUDA_PF_MB=12 DR_CUDA_PF_MB=0}; do
-      ( export ${v//,/ }; one "$nm-$v" "$@" )
-    done
-  done
 fi
 if [[ "$what" == *mroute* ]]; then # session 5: MoE routing inside the gate/up kernel against DR_CUDA_MOE_ROUTE=0
   DR_CUDA_MOE_ROUTE=0 timeout 60 "$b/tests/test_cuda" > "$OUT/test_cuda_route0.log" 2>&1; echo "test_cuda (route kernel) exit $?: $(tail -1 "$OUT/test_cuda_route0.log")"
