@@ -86,12 +86,14 @@ if [[ "$what" == *normin* ]]; then # session 5: the pre-norm in the next layer's
     DR_CUDA_NORM_IN=0 timeout 120 "$b/tests/$t" tests/data/moe-bf16 tests/data/next-f32 > "$OUT/${t}_normin0.log" 2>&1
     echo "$t (norm kernel) exit $?: $(tail -1 "$OUT/${t}_normin0.log")"
   done
-  for sh in "0.8B --synthetic $C/qwen3.5-0.8b.json -p 128 -n 256" "9B --synthetic $C/qwen3.5-9b.json -p 128 -n 128" \
-            "35B-8L --synthetic $C/qwen3.5-35b-a3b.json --layers 8 -p 128 -n 256"; do
+  for sh in "0.8B --synthetic $C/qwen3.5-0.8b.json -p 128 -n 256" "9B --synthetic $C/qwen3.5-9b.json -p 128 -n 128"; do
     set -- $sh; nm=$1; shift
-    for v in 0 1 0 1; do DR_CUDA_NORM_IN=$v one "$nm-normin$v" "$@"; done
+    for v in 0 2 1 0 2 1; do DR_CUDA_NORM_IN=$v one "$nm-normin$v" "$@"; done # 2: input projections only
   done
-  for v in 0 1; do DR_CUDA_NORM_IN=$v one "35B-40L-normin$v" --synthetic $C/qwen3.5-35b-a3b.json -p 128 -n 64; done
+  if [[ "$what" == *normin35* ]]; then
+    for v in 0 1 0 1; do DR_CUDA_NORM_IN=$v one "35B-8L-normin$v" --synthetic $C/qwen3.5-35b-a3b.json --layers 8 -p 128 -n 256; done
+    for v in 0 1; do DR_CUDA_NORM_IN=$v one "35B-40L-normin$v" --synthetic $C/qwen3.5-35b-a3b.json -p 128 -n 64; done
+  fi
 fi
 if [[ "$what" == *r4* ]]; then
   # each round-4 change off by itself, then all of them (DR_R4_VARIANTS overrides)

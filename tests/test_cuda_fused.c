@@ -48,7 +48,7 @@ static void t_swiglu(int d, int n, int T, dr_dtype dt) {
     G->swiglu(G->ctx, da, da, db, ny);
     /* fused */
     float *dout = dnan(ny);
-    const bool took = G->matmul_swiglu(G->ctx, dout, dx, &g, &u, T);
+    const bool took = G->matmul_swiglu(G->ctx, dout, dx, &g, &u, T, NULL, 0.0f);
     CHECK(took, "matmul_swiglu [%d, %d] %s T=%d: declined", d, n, dtn(dt), T);
     float *chain = dget(da, ny), *fused = dget(dout, ny);
     REPORT(rel_err(fused, chain, ny), 0.0f, "matmul_swiglu [%d, %d] %s T=%d vs CUDA chain (exact)", d, n, dtn(dt), T);
@@ -154,6 +154,36 @@ static void t_norm_n(int nw, const int *d, int n, dr_dtype dt) {
     G->free(G->ctx, dx), G->free(G->ctx, dg), G->free(G->ctx, dxn);
 }
 
+/* matmul_swiglu with a gain: silu(RMSNorm(x) gate^T) * (RMSNorm(x) up^T)
+ * for one token, against rmsnorm + matmul_swiglu on the GPU and the CPU. */
+static void t_swiglu_norm(int d, int n, dr_dtype dt) {
+    dr_tensor g, u;
+    void *hg = rand_weight(&g, "gate", dt, d, n), *hu = rand_weight(&u, "up", dt, d, n);
+    const float eps = 1e-6f;
+    float *x = rnd((size_t)n, 3.0f), *gain = rnd((size_t)n, 1.0f), *xn = malloc((size_t)n * 4);
+    float *ga = malloc((size_t)d * 4), *ub = malloc((size_t)d * 4), *ref = malloc((size_t)d * 4);
+    C->rmsnorm(NULL, xn, x, gain, 1, n, eps);
+    C->matmul(NULL, ga, xn, &g, 1);
+    C->matmul(NULL, ub, xn, &u, 1);
+    C->swiglu(NULL, ref, ga, ub, (size_t)d);
+    float *dx = dput(x, (size_t)n * 4), *dg = dput(gain, (size_t)n * 4), *dxn = dnan((size_t)n);
+    float *dc = dnan((size_t)d), *dy = dnan((size_t)d);
+    G->rmsnorm(G->ctx, dxn, dx, dg, 1, n, eps);
+    G->matmul_swiglu(G->ctx, dc, dxn, &g, &u, 1, NULL, 0.0f);
+    const bool took = G->matmul_swiglu(G->ctx, dy, dx, &g, &u, 1, dg, eps);
+    CHECK(took, "matmul_swiglu with a gain [%d, %d] %s: declined", d, n, dtn(dt));
+    float *got = dget(dy, (size_t)d), *chain = dget(dc, (size_t)d), *xa = dget(dx, (size_t)n);
+    REPORT(rel_err(got, chain, (size_t)d), TOL_NORM, "matmul_swiglu with a gain [%d, %d] %s vs CUDA chain", d, n,
+           dtn(dt));
+    REPORT(rel_err(got, ref, (size_t)d), TOL_REF, "matmul_swiglu with a gain [%d, %d] %s vs CPU", d, n, dtn(dt));
+    REPORT(rel_err(xa, x, (size_t)n), 0.0f, "matmul_swiglu with a gain [%d, %d] %s: x left as it was", d, n, dtn(dt));
+    free(x), free(gain), free(xn), free(ga), free(ub), free(ref), free(got), free(chain), free(xa), free(hg), free(hu);
+    void *bufs[] = {dx, dg, dxn, dc, dy};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        G->free(G->ctx, bufs[i]);
+    G->weight_free(G->ctx, &g), G->weight_free(G->ctx, &u);
+}
+
 /* shapes the fused kernels do not take: declined, nothing queued */
 static void t_declines(void) {
     dr_tensor w, w2;
@@ -161,10 +191,11 @@ static void t_declines(void) {
     hw = rand_weight(&w, "odd", DR_DT_BF16, 40, 1031); /* width not a multiple of 8 */
     hw2 = rand_weight(&w2, "wide", DR_DT_BF16, 40, 1032);
     float *dx = G->alloc(G->ctx, (size_t)9 * 1032 * 4), *dy = G->alloc(G->ctx, (size_t)9 * 40 * 4);
-    CHECK_SHOW(!G->matmul_swiglu(G->ctx, dy, dx, &w, &w, 1), "matmul_swiglu declines width 1031");
+    CHECK_SHOW(!G->matmul_swiglu(G->ctx, dy, dx, &w, &w, 1, NULL, 0.0f), "matmul_swiglu declines width 1031");
     CHECK_SHOW(!G->matmul_add_rmsnorm(G->ctx, dy, dy, dx, &w, NULL, 1, 1e-6f), "matmul_add_rmsnorm declines width 1031");
-    CHECK_SHOW(!G->matmul_swiglu(G->ctx, dy, dx, &w2, &w2, 9), "matmul_swiglu declines T = 9");
-    CHECK_SHOW(!G->matmul_swiglu(G->ctx, dy, dx, &w2, &w, 1), "matmul_swiglu declines gate/up of other widths");
+    CHECK_SHOW(!G->matmul_swiglu(G->ctx, dy, dx, &w2, &w2, 9, NULL, 0.0f), "matmul_swiglu declines T = 9");
+    CHECK_SHOW(!G->matmul_swiglu(G->ctx, dy, dx, &w2, &w, 1, NULL, 0.0f), "matmul_swiglu declines gate/up of other widths");
+    CHECK_SHOW(!G->matmul_swiglu(G->ctx, dy, dx, &w2, &w2, 2, dx, 1e-6f), "matmul_swiglu with a gain declines T = 2");
     float *const ys[2] = {dy, dy};
     const dr_tensor *const ow[1] = {&w}, *const tw[1] = {&w2}, *const mixed[2] = {&w2, &w};
     CHECK_SHOW(!G->rmsnorm_matmul_n(G->ctx, 1, ys, dx, dx, 1e-6f, ow, 1), "rmsnorm_matmul_n declines width 1031");
@@ -175,6 +206,7 @@ static void t_declines(void) {
     float *dxw = G->alloc(G->ctx, (size_t)6152 * 4);
     const dr_tensor *const ww[1] = {&w3};
     CHECK_SHOW(!G->rmsnorm_matmul_n(G->ctx, 1, ys, dxw, dxw, 1e-6f, ww, 1), "rmsnorm_matmul_n declines width 6152");
+    CHECK_SHOW(!G->matmul_swiglu(G->ctx, dy, dxw, &w3, &w3, 1, dxw, 1e-6f), "matmul_swiglu with a gain declines width 6152");
     G->free(G->ctx, dxw);
     G->weight_free(G->ctx, &w3);
     free(hw3);
@@ -233,7 +265,13 @@ int main(void) {
     t_norm_n(1, two, 1024, DR_DT_BF16);
     t_norm_n(3, odd, 1032, DR_DT_F32);
     t_norm_n(3, odd, 520, DR_DT_BF16);
-    t_norm_n(2, att, 6144, DR_DT_BF16); /* the widest x taken: 24 elements per thread */
+    t_norm_n(2, att, 6144, DR_DT_BF16); /* the widest x taken */
+    if (!ni || ni[0] != '2') { /* DR_CUDA_NORM_IN=2: the input projections only */
+        t_swiglu_norm(3584, 1024, DR_DT_BF16);  /* the 0.8B FFN: one row per warp */
+        t_swiglu_norm(12288, 4096, DR_DT_BF16); /* the 9B FFN: two per warp (H100) */
+        t_swiglu_norm(517, 1032, DR_DT_F32);
+        t_swiglu_norm(77, 6144, DR_DT_BF16);
+    }
     t_declines();
     cuda_test_close();
     return TEST_DONE();

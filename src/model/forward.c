@@ -127,6 +127,13 @@ static bool defer_norm(const dr_model *m, int l, int T) {
            !lw->gdn.in_proj_a.q.bits;
 }
 
+/* The same for layer l's FFN (dense, unquantized gate/up, a backend that
+ * fuses the SwiGLU activations): the mixer then ends with the residual add. */
+static bool defer_ffn_norm(const dr_model *m, int l, int T) {
+    const dr_ffn_weights *f = &m->w.layers[l].ffn;
+    return T == 1 && m->ops->matmul_swiglu && !m->hp.is_moe[l] && !f->gate.q.bits && !f->up.q.bits;
+}
+
 /* Residual add, then the next pre-norm: x += d; xn = RMSNorm(x) (gain NULL:
  * the add alone). */
 static void add_norm(const dr_model *m, dr_scratch *sc, const float *gain, int T) {
@@ -230,20 +237,30 @@ static void attn_layer(const dr_model *m, const dr_attn_weights *w, float *k_cac
 
 /* ===================== FFN ===================== */
 
-/* ta = silu(gate x) * up x   (tb: scratch) */
-static void swiglu_act(const dr_ops *o, const dr_tensor *gate, const dr_tensor *up, const float *x, float *ta,
-                       float *tb, int T) {
-    if (o->matmul_swiglu && o->matmul_swiglu(o->ctx, ta, x, gate, up, T))
+/* ff_a = silu(gate xn) * up xn (ff_b: scratch); with in_gain (xn not made
+ * yet, see defer_norm) of RMSNorm(x; in_gain), in one pass when the backend
+ * can. */
+static void swiglu_act(const dr_model *m, dr_scratch *sc, const dr_tensor *gate, const dr_tensor *up,
+                       const float *in_gain, int T) {
+    const dr_ops *o = m->ops;
+    if (in_gain) {
+        if (o->matmul_swiglu && o->matmul_swiglu(o->ctx, sc->ff_a, sc->x, gate, up, T, in_gain, m->hp.eps))
+            return;
+        o->rmsnorm(o->ctx, sc->xn, sc->x, in_gain, T, m->hp.d_model, m->hp.eps);
+    }
+    if (o->matmul_swiglu && o->matmul_swiglu(o->ctx, sc->ff_a, sc->xn, gate, up, T, NULL, 0.0f))
         return;
-    float *const ys[2] = {ta, tb};
+    float *const ys[2] = {sc->ff_a, sc->ff_b};
     const dr_tensor *const ws[2] = {gate, up};
-    matmuls(o, 2, ys, x, ws, T);
-    o->swiglu(o->ctx, ta, ta, tb, (size_t)T * (size_t)gate->ne[0]);
+    matmuls(o, 2, ys, sc->xn, ws, T);
+    o->swiglu(o->ctx, sc->ff_a, sc->ff_a, sc->ff_b, (size_t)T * (size_t)gate->ne[0]);
 }
 
-/* SwiGLU: x += down(silu(gate xn) * up xn)   (6.1); xn = RMSNorm(x) with `gain`. */
-static void swiglu_mlp(const dr_model *m, const dr_ffn_weights *f, dr_scratch *sc, const float *gain, int T) {
-    swiglu_act(m->ops, &f->gate, &f->up, sc->xn, sc->ff_a, sc->ff_b, T);
+/* SwiGLU: x += down(silu(gate xn) * up xn)   (6.1), xn = RMSNorm(x; in_gain) when given;
+ * then xn = RMSNorm(x) with `gain`. */
+static void swiglu_mlp(const dr_model *m, const dr_ffn_weights *f, dr_scratch *sc, const float *in_gain,
+                       const float *gain, int T) {
+    swiglu_act(m, sc, &f->gate, &f->up, in_gain, T);
     project_add_norm(m, sc, &f->down, sc->ff_a, gain, T);
 }
 
@@ -310,18 +327,20 @@ void dr_forward(const dr_model *m, dr_kv_cache *kv, dr_gdn_cache *gdn, dr_scratc
         const dr_layer_weights *lw = &m->w.layers[l];
         const float *ln_next = l + 1 < hp->n_layers ? m->w.layers[l + 1].ln1 : NULL;
         const float *in_gain = later ? lw->ln1 : NULL;
-        /* h = x + Mixer(RMSNorm(x))   (7.1); xn holds RMSNorm(x), then RMSNorm(h) */
+        const bool ffn_later = defer_ffn_norm(m, l, T);
+        const float *mix_gain = ffn_later ? NULL : lw->ln2;
+        /* h = x + Mixer(RMSNorm(x))   (7.1); xn holds RMSNorm(x), then RMSNorm(h) (or not yet) */
         if (hp->is_attn[l])
-            attn_layer(m, &lw->attn, kv->k[l], kv->v[l], sc, pos0, T, in_gain, lw->ln2);
+            attn_layer(m, &lw->attn, kv->k[l], kv->v[l], sc, pos0, T, in_gain, mix_gain);
         else
-            gdn_layer(m, &lw->gdn, gdn->conv[l], gdn->state[l], sc, T, state_bf16, in_gain, lw->ln2);
+            gdn_layer(m, &lw->gdn, gdn->conv[l], gdn->state[l], sc, T, state_bf16, in_gain, mix_gain);
         /* y = h + FFN(RMSNorm(h)); xn = the next layer's RMSNorm(y), or left to its projections */
         later = defer_norm(m, l + 1, T);
         if (hp->is_moe[l]) {
             if (!moe_block(m, &lw->ffn, sc, T, later))
                 add_norm(m, sc, later ? NULL : ln_next, T);
         } else {
-            swiglu_mlp(m, &lw->ffn, sc, later ? NULL : ln_next, T);
+            swiglu_mlp(m, &lw->ffn, sc, ffn_later ? lw->ln2 : NULL, later ? NULL : ln_next, T);
         }
     }
     if (mode == DR_LOGITS_LAST)

@@ -99,9 +99,12 @@ struct dr_ops {
     void (*round_bf16)(void *ctx, float *x, size_t n);
     /* (optional, NULL or false: the gate/up matmuls, then swiglu)
        out [T, d] = silu(x gate^T) * (x up^T) for gate, up [d, n] of one dtype
-       (the SwiGLU activations in one pass). Returns false, having queued
-       nothing, when the backend does not fuse that shape or dtype. */
-    bool (*matmul_swiglu)(void *ctx, float *out, const float *x, const dr_tensor *gate, const dr_tensor *up, int T);
+       (the SwiGLU activations in one pass); with gain, of RMSNorm(x; gain)
+       instead of x (the pre-norm folded in, as rmsnorm_matmul_n). Returns
+       false, having queued nothing, when the backend does not fuse that T,
+       shape or dtype. */
+    bool (*matmul_swiglu)(void *ctx, float *out, const float *x, const dr_tensor *gate, const dr_tensor *up, int T,
+                          const float *gain, float eps);
     /* (optional, NULL or false: matmul, then add_rmsnorm / add) A block's
        output projection, residual add and the next pre-norm:
        x [T, d] += a [T, n] w^T; then, gain not NULL, xn = x / rms(x) * gain.

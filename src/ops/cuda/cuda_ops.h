@@ -30,7 +30,8 @@ void dr_cuda_embed(void *ctx, float *x, const dr_tensor *emb, const int32_t *ids
 /* GEMV epilogue fusions (ops.h matmul_swiglu / matmul_add_rmsnorm; decode
  * round 4). DR_CUDA_FUSE: 0 both off (false), 1 swiglu only, 2 add + norm
  * only, 3 both (default). */
-bool dr_cuda_matmul_swiglu(void *ctx, float *out, const float *x, const dr_tensor *gate, const dr_tensor *up, int T);
+bool dr_cuda_matmul_swiglu(void *ctx, float *out, const float *x, const dr_tensor *gate, const dr_tensor *up, int T,
+                           const float *gain, float eps);
 bool dr_cuda_rmsnorm_matmul_n(void *ctx, int n_w, float *const *ys, const float *x, const float *gain, float eps,
                               const dr_tensor *const *ws, int T);
 bool dr_cuda_matmul_add_rmsnorm(void *ctx, float *x, float *xn, const float *a, const dr_tensor *w, const float *gain,

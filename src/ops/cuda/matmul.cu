@@ -351,6 +351,45 @@ __global__ void __launch_bounds__(256) gemv_rows_kernel(const gemv_set set, cons
  * has the sum. Widths up to GN_MAX_N (x in the default shared memory). */
 #define GN_BATCH 8
 #define GN_MAX_N 6144
+
+/* DR_CUDA_NORM_IN=0: rmsnorm_matmul_n and matmul_swiglu with a gain decline (the
+ * norm made by the block before, a same-run baseline); 2: only the latter */
+static int norm_in_mode(void) {
+    static int mode = -1;
+    if (mode < 0) {
+        const char *e = getenv("DR_CUDA_NORM_IN");
+        mode = e && (e[0] == '0' || e[0] == '2') ? e[0] - '0' : 1;
+    }
+    return mode;
+}
+
+
+/* sx [n] = RMSNorm(x; gain) staged by the whole block (see above); every
+ * thread must call it. */
+static __device__ __forceinline__ void gn_stage(float *sx, const float *x, const float *__restrict__ gain, int n,
+                                                float eps, float *sh) {
+    const int nt = blockDim.x;
+    float ss = 0.0f;
+    for (int i0 = threadIdx.x; i0 < n; i0 += GN_BATCH * nt) {
+        float v[GN_BATCH], g[GN_BATCH];
+#pragma unroll
+        for (int k = 0; k < GN_BATCH; k++) {
+            const int i = i0 + k * nt;
+            v[k] = i < n ? x[i] : 0.0f;
+            g[k] = i < n ? gain[i] : 0.0f;
+        }
+#pragma unroll
+        for (int k = 0; k < GN_BATCH; k++)
+            if (i0 + k * nt < n) {
+                ss += v[k] * v[k];
+                sx[i0 + k * nt] = v[k] * g[k];
+            }
+    }
+    const float inv = 1.0f / sqrtf(dr_block_sum(ss, sh) / (float)n + eps);
+    for (int i = threadIdx.x; i < n; i += nt) /* this thread's own elements: no barrier before */
+        sx[i] *= inv;
+    __syncthreads();
+}
 template <typename WT, int R, int U>
 __global__ void __launch_bounds__(256) gemv_rows_norm_kernel(const gemv_set set, const float *x,
                                                              const float *__restrict__ gain, int n, float eps) {
@@ -366,29 +405,7 @@ __global__ void __launch_bounds__(256) gemv_rows_norm_kernel(const gemv_set set,
     int ld[R];
     gemv_set_rows<R>(set, r0, n / E, wp, yp, ld);
     float acc[R][1];
-    gemv_rows_dot<WT, 1, R, U, true>(wp, sx, 1, n, acc, [&]() {
-        const int nt = blockDim.x;
-        float ss = 0.0f;
-        for (int i0 = threadIdx.x; i0 < n; i0 += GN_BATCH * nt) {
-            float v[GN_BATCH], g[GN_BATCH];
-#pragma unroll
-            for (int k = 0; k < GN_BATCH; k++) {
-                const int i = i0 + k * nt;
-                v[k] = i < n ? x[i] : 0.0f;
-                g[k] = i < n ? gain[i] : 0.0f;
-            }
-#pragma unroll
-            for (int k = 0; k < GN_BATCH; k++)
-                if (i0 + k * nt < n) {
-                    ss += v[k] * v[k];
-                    sx[i0 + k * nt] = v[k] * g[k];
-                }
-        }
-        const float inv = 1.0f / sqrtf(dr_block_sum(ss, sh) / (float)n + eps);
-        for (int i = threadIdx.x; i < n; i += nt) /* this thread's own elements: no barrier before */
-            sx[i] *= inv;
-        __syncthreads();
-    });
+    gemv_rows_dot<WT, 1, R, U, true>(wp, sx, 1, n, acc, [&]() { gn_stage(sx, x, gain, n, eps, sh); });
 #pragma unroll
     for (int r = 0; r < R; r++)
         if (lane == 0 && yp[r])
@@ -401,24 +418,33 @@ __global__ void __launch_bounds__(256) gemv_rows_norm_kernel(const gemv_set set,
  * the P gate rows and the P up rows together (R = 2P rows of the GEMV),
  * so silu(g) * u is formed in registers. Same dot products as the gate/up
  * GEMV, same silu as swiglu_kernel: the unfused chain's results exactly. */
-template <typename WT, int MT, int P>
+/* NORM (T = 1, session 5): x is the residual stream, normalised with gain
+ * into shared memory by every block first (gn_stage, as gemv_rows_norm_kernel). */
+template <typename WT, int MT, int P, bool NORM = false>
 __global__ void __launch_bounds__(256) gemv_swiglu_kernel(float *__restrict__ out, const WT *gate, const WT *up,
-                                                          const float *__restrict__ x, int T, int d, int n) {
+                                                          const float *x, int T, int d, int n,
+                                                          const float *__restrict__ gain, float eps) {
     constexpr int E = wvec<WT>::N, R = 2 * P;
+    extern __shared__ float4 gs_x[];
+    __shared__ float sh[32];
     dr_pdl_trigger();
     const int i0 = (blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5)) * P;
-    if (i0 >= d)
+    if (!NORM && i0 >= d) /* with NORM every warp reaches gn_stage's barriers */
         return;
     const int nv = n / E;
     const uint4 *wp[R];
 #pragma unroll
     for (int p = 0; p < P; p++) {
-        const size_t row = i0 + p < d ? i0 + p : i0; /* past the end: re-read i0, result dropped */
+        const size_t row = i0 + p < d ? i0 + p : d - 1; /* past the end: re-read row d-1, result dropped */
         wp[p] = (const uint4 *)gate + row * nv;
         wp[P + p] = (const uint4 *)up + row * nv;
     }
     float acc[R][MT];
-    gemv_rows_dot<WT, MT, R, 8 / R>(wp, x, T, n, acc);
+    if (NORM)
+        gemv_rows_dot<WT, MT, R, 8 / R, true>(wp, (const float *)gs_x, T, n, acc,
+                                              [&]() { gn_stage((float *)gs_x, x, gain, n, eps, sh); });
+    else
+        gemv_rows_dot<WT, MT, R, 8 / R>(wp, x, T, n, acc);
     if ((threadIdx.x & 31) == 0)
 #pragma unroll
         for (int p = 0; p < P; p++)
@@ -650,10 +676,23 @@ static void swiglu_launch(dr_cuda_ctx *cx, float *out, const void *gate, const v
                           int n) {
     if (rows_per_warp(cx, 2L * d, MT) >= 4)
         dr_cuda_launch(cx, true, gemv_swiglu_kernel<WT, MT, 2>, dim3(dr_cdiv((size_t)d, 16)), dim3(256), 0, out,
-                       (const WT *)gate, (const WT *)up, x, T, d, n);
+                       (const WT *)gate, (const WT *)up, x, T, d, n, (const float *)NULL, 0.0f);
     else
         dr_cuda_launch(cx, true, gemv_swiglu_kernel<WT, MT, 1>, dim3(dr_cdiv((size_t)d, 8)), dim3(256), 0, out,
-                       (const WT *)gate, (const WT *)up, x, T, d, n);
+                       (const WT *)gate, (const WT *)up, x, T, d, n, (const float *)NULL, 0.0f);
+}
+
+/* one token of the residual stream x, normalised with gain by the kernel */
+template <typename WT>
+static void swiglu_norm_launch(dr_cuda_ctx *cx, float *out, const void *gate, const void *up, const float *x,
+                               const float *gain, float eps, int d, int n) {
+    const size_t smem = (size_t)n * sizeof(float);
+    if (rows_per_warp(cx, 2L * d, 1) >= 4)
+        dr_cuda_launch(cx, true, gemv_swiglu_kernel<WT, 1, 2, true>, dim3(dr_cdiv((size_t)d, 16)), dim3(256), smem,
+                       out, (const WT *)gate, (const WT *)up, x, 1, d, n, gain, eps);
+    else
+        dr_cuda_launch(cx, true, gemv_swiglu_kernel<WT, 1, 1, true>, dim3(dr_cdiv((size_t)d, 8)), dim3(256), smem,
+                       out, (const WT *)gate, (const WT *)up, x, 1, d, n, gain, eps);
 }
 
 template <typename WT, int MT>
@@ -694,13 +733,25 @@ static void add_norm_launch(dr_cuda_ctx *cx, float *x, float *xn, const void *W,
             f<WT, 8>(__VA_ARGS__);                                                                                 \
     } while (0)
 
-bool dr_cuda_matmul_swiglu(void *ctx, float *out, const float *x, const dr_tensor *gate, const dr_tensor *up, int T) {
+bool dr_cuda_matmul_swiglu(void *ctx, float *out, const float *x, const dr_tensor *gate, const dr_tensor *up, int T,
+                           const float *gain, float eps) {
     dr_cuda_ctx *cx = (dr_cuda_ctx *)ctx;
     if (!(fuse_mode() & 1) || !fusable(gate, x, T) || !fusable(up, x, T) || gate->dtype != up->dtype)
         return false;
     const int d = (int)gate->ne[gate->ndim - 2], n = (int)gate->ne[gate->ndim - 1];
     if (d <= 0 || (int)up->ne[up->ndim - 2] != d || (int)up->ne[up->ndim - 1] != n)
         return false;
+    if (gain) { /* the pre-norm in the kernel: one token, x in shared memory */
+        if (norm_in_mode() != 1 || T != 1 || n > GN_MAX_N)
+            return false;
+        if (gate->dtype == DR_DT_BF16)
+            swiglu_norm_launch<__nv_bfloat16>(cx, out, gate->dev, up->dev, x, gain, eps, d, n);
+        else if (gate->dtype == DR_DT_F16)
+            swiglu_norm_launch<__half>(cx, out, gate->dev, up->dev, x, gain, eps, d, n);
+        else
+            swiglu_norm_launch<float>(cx, out, gate->dev, up->dev, x, gain, eps, d, n);
+        return true;
+    }
     FUSE_DISPATCH(swiglu_launch, gate->dtype, T, cx, out, gate->dev, up->dev, x, T, d, n);
     return true;
 }
@@ -914,21 +965,11 @@ template <typename WT> static void norm_set_launch(dr_cuda_ctx *cx, const gemv_s
                        set, x, gain, n, eps);
 }
 
-/* DR_CUDA_NORM_IN=0: rmsnorm_matmul_n declines (the norm kernel, a same-run baseline) */
-static int norm_in_on(void) {
-    static int on = -1;
-    if (on < 0) {
-        const char *e = getenv("DR_CUDA_NORM_IN");
-        on = !(e && e[0] == '0');
-    }
-    return on;
-}
-
 
 bool dr_cuda_rmsnorm_matmul_n(void *ctx, int n_w, float *const *ys, const float *x, const float *gain, float eps,
                               const dr_tensor *const *ws, int T) {
     dr_cuda_ctx *cx = (dr_cuda_ctx *)ctx;
-    if (!norm_in_on() || T != 1 || n_w < 1 || n_w > GEMV_SETS || dr_cuda_mm_force > 1 || gemv_split() ||
+    if (!norm_in_mode() || T != 1 || n_w < 1 || n_w > GEMV_SETS || dr_cuda_mm_force > 1 || gemv_split() ||
         !gemv_rowsk())
         return false;
     const dr_dtype dt = ws[0]->dtype;
