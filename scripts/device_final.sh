@@ -56,6 +56,11 @@ if [[ "$what" == *memcheck* ]]; then
   echo "memcheck test_cuda_quant exit $?"; grep -E "ERROR SUMMARY|passed" "$OUT/memcheck_quant.log" | head -3
   timeout 200 compute-sanitizer --tool memcheck --error-exitcode 9 "$b/tests/test_cuda" > "$OUT/memcheck_cuda.log" 2>&1
   echo "memcheck test_cuda exit $?"; grep -E "ERROR SUMMARY|passed" "$OUT/memcheck_cuda.log" | head -3
+  timeout 200 compute-sanitizer --tool memcheck --error-exitcode 9 "$b/tests/test_cuda_fused" > "$OUT/memcheck_fused.log" 2>&1
+  echo "memcheck test_cuda_fused exit $?"; grep -E "ERROR SUMMARY|passed" "$OUT/memcheck_fused.log" | head -3
+  timeout 150 compute-sanitizer --tool memcheck --leak-check full --error-exitcode 9 \
+    "$b/tests/test_golden" tests/data/dense-f32 --device cuda --quick > "$OUT/memcheck_dense.log" 2>&1
+  echo "memcheck dense-f32 exit $?"; grep -E "ERROR SUMMARY|LEAK" "$OUT/memcheck_dense.log" | head -3
 fi
 cli="$b/deltarun"
 one() { # label, then bench arguments
