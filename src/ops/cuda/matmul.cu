@@ -341,14 +341,6 @@ __global__ void __launch_bounds__(256) gemv_rows_kernel(const gemv_set set, cons
                 yp[r][(size_t)t * ld[r]] = acc[r][t];
 }
 
-/* y_i = W_i RMSNorm(x; gain) for one token (ops.h rmsnorm_matmul_n): each
- * block normalises x into shared memory once the kernel before it is done,
- * with its first weight loads already in flight, and runs gemv_rows_kernel's
- * dot on it. The norm is not a kernel of its own (session 5, docs/CUDA.md).
- * Each thread takes its elements of x and gain GN_BATCH at a time (one
- * round trip for n <= 2048), sums the squares in index order as
- * dr_row_sumsq does, and stages x * gain, scaled by 1 / rms once the block
- * has the sum. Widths up to GN_MAX_N (x in the default shared memory). */
 #define GN_BATCH 8
 #define GN_MAX_N 6144
 
@@ -363,9 +355,11 @@ static int norm_in_mode(void) {
     return mode;
 }
 
-
-/* sx [n] = RMSNorm(x; gain) staged by the whole block (see above); every
- * thread must call it. */
+/* sx [n] = RMSNorm(x; gain) staged by the whole block: each thread takes
+ * its elements of x and gain GN_BATCH at a time (one round trip for n <=
+ * 2048), sums the squares in index order as dr_row_sumsq does, and stages
+ * x * gain, scaled by 1 / rms once the block has the sum. Every thread must
+ * call it. */
 static __device__ __forceinline__ void gn_stage(float *sx, const float *x, const float *__restrict__ gain, int n,
                                                 float eps, float *sh) {
     const int nt = blockDim.x;
@@ -390,6 +384,13 @@ static __device__ __forceinline__ void gn_stage(float *sx, const float *x, const
         sx[i] *= inv;
     __syncthreads();
 }
+
+/* y_i = W_i RMSNorm(x; gain) for one token (ops.h rmsnorm_matmul_n): each
+ * block normalises x into shared memory (gn_stage) once the kernel before
+ * it is done, with its first weight loads already in flight, and runs
+ * gemv_rows_kernel's dot on it. The norm is not a kernel of its own
+ * (session 5, docs/CUDA.md). Widths up to GN_MAX_N (x in the default shared
+ * memory). */
 template <typename WT, int R, int U>
 __global__ void __launch_bounds__(256) gemv_rows_norm_kernel(const gemv_set set, const float *x,
                                                              const float *__restrict__ gain, int n, float eps) {
@@ -417,8 +418,8 @@ __global__ void __launch_bounds__(256) gemv_rows_norm_kernel(const gemv_set set,
 /* out [T, d] = silu(gate x) * (up x): a warp owns P output rows and reads
  * the P gate rows and the P up rows together (R = 2P rows of the GEMV),
  * so silu(g) * u is formed in registers. Same dot products as the gate/up
- * GEMV, same silu as swiglu_kernel: the unfused chain's results exactly. */
-/* NORM (T = 1, session 5): x is the residual stream, normalised with gain
+ * GEMV, same silu as swiglu_kernel: the unfused chain's results exactly.
+ * NORM (T = 1, session 5): x is the residual stream, normalised with gain
  * into shared memory by every block first (gn_stage, as gemv_rows_norm_kernel). */
 template <typename WT, int MT, int P, bool NORM = false>
 __global__ void __launch_bounds__(256) gemv_swiglu_kernel(float *__restrict__ out, const WT *gate, const WT *up,
