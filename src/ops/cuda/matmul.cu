@@ -345,7 +345,8 @@ __global__ void __launch_bounds__(256) gemv_rows_kernel(const gemv_set set, cons
 #define GN_MAX_N 6144
 
 /* DR_CUDA_NORM_IN=0: rmsnorm_matmul_n and matmul_swiglu with a gain decline (the
- * norm made by the block before, a same-run baseline); 2: only the latter */
+ * norm made by the block before, a same-run baseline); 2: only matmul_swiglu
+ * with a gain declines */
 static int norm_in_mode(void) {
     static int mode = -1;
     if (mode < 0) {
@@ -949,38 +950,35 @@ void dr_cuda_matmul(void *ctx, float *y, const float *x, const dr_tensor *w, int
     dr_cuda_mm(cx, y, x, w->dev, w->dtype, T, d, n);
 }
 
-/* Several weights of the same width and dtype over one x: one GEMV launch
- * for T <= GEMV_MAX_T (decode), else one matmul each. */
+/* gemv_rows_norm_kernel over a set, rows per warp as gemv_rows_pick */
 template <typename WT> static void norm_set_launch(dr_cuda_ctx *cx, const gemv_set &set, const float *x,
                                                    const float *gain, int n, float eps) {
-    const long rows = set.row0[set.nm], sm = cx->n_sm > 0 ? cx->n_sm : 132;
+    const int rows = set.row0[set.nm], R = rows_per_warp(cx, rows, 1);
+    const dim3 grid(dr_cdiv((size_t)rows, (size_t)(8 * R))), block(256);
     const size_t smem = (size_t)n * sizeof(float);
-    if (rows >= 4 * 16 * sm)
-        dr_cuda_launch(cx, true, gemv_rows_norm_kernel<WT, 4, 2>, dim3(dr_cdiv((size_t)rows, 32)), dim3(256), smem,
-                       set, x, gain, n, eps);
-    else if (rows >= 2 * 16 * sm)
-        dr_cuda_launch(cx, true, gemv_rows_norm_kernel<WT, 2, 4>, dim3(dr_cdiv((size_t)rows, 16)), dim3(256), smem,
-                       set, x, gain, n, eps);
+    if (R == 4)
+        dr_cuda_launch(cx, true, gemv_rows_norm_kernel<WT, 4, 2>, grid, block, smem, set, x, gain, n, eps);
+    else if (R == 2)
+        dr_cuda_launch(cx, true, gemv_rows_norm_kernel<WT, 2, 4>, grid, block, smem, set, x, gain, n, eps);
     else
-        dr_cuda_launch(cx, true, gemv_rows_norm_kernel<WT, 1, 8>, dim3(dr_cdiv((size_t)rows, 8)), dim3(256), smem,
-                       set, x, gain, n, eps);
+        dr_cuda_launch(cx, true, gemv_rows_norm_kernel<WT, 1, 8>, grid, block, smem, set, x, gain, n, eps);
 }
 
-
+/* The decode GEMV's conditions (fusable: T = 1 here) for every matrix, one
+ * dtype and width, x at most GN_MAX_N wide. */
 bool dr_cuda_rmsnorm_matmul_n(void *ctx, int n_w, float *const *ys, const float *x, const float *gain, float eps,
                               const dr_tensor *const *ws, int T) {
     dr_cuda_ctx *cx = (dr_cuda_ctx *)ctx;
-    if (!norm_in_mode() || T != 1 || n_w < 1 || n_w > GEMV_SETS || dr_cuda_mm_force > 1 || gemv_split() ||
-        !gemv_rowsk())
+    if (!norm_in_mode() || T != 1 || n_w < 1 || n_w > GEMV_SETS)
         return false;
     const dr_dtype dt = ws[0]->dtype;
-    const long n = ws[0]->ne[ws[0]->ndim - 1], E = dt == DR_DT_F32 ? 4 : 8;
-    if ((dt != DR_DT_BF16 && dt != DR_DT_F16 && dt != DR_DT_F32) || n % E || n > GN_MAX_N)
+    const long n = ws[0]->ne[ws[0]->ndim - 1];
+    if (n > GN_MAX_N)
         return false;
     gemv_set set = {};
     for (int i = 0; i < n_w; i++) {
         const dr_tensor *w = ws[i];
-        if (!w->dev || w->q.bits || w->dtype != dt || w->ne[w->ndim - 1] != n || (uintptr_t)w->dev % 16)
+        if (!fusable(w, x, T) || w->dtype != dt || w->ne[w->ndim - 1] != n)
             return false;
         set.W[i] = w->dev;
         set.y[i] = ys[i];
@@ -996,6 +994,8 @@ bool dr_cuda_rmsnorm_matmul_n(void *ctx, int n_w, float *const *ys, const float 
     return true;
 }
 
+/* Several weights of the same width and dtype over one x: one GEMV launch
+ * for T <= GEMV_MAX_T (decode), else one matmul each. */
 void dr_cuda_matmul_n(void *ctx, int n_w, float *const *ys, const float *x, const dr_tensor *const *ws, int T) {
     dr_cuda_ctx *cx = (dr_cuda_ctx *)ctx;
     if (dr_cuda_quant_matmul_n(cx, n_w, ys, x, ws, T)) /* any of them quantized: quant.cu */

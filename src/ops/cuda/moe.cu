@@ -795,8 +795,9 @@ bool dr_cuda_moe_decode(void *ctx, float *y, int32_t *idx, float *wts, const flo
     if (!tab) /* failed (recorded) or first use while recording (the step runs again) */
         return true;
     const md_route rt = {logits, renorm ? 1 : 0, idx, wts};
-    if (!route_in_gu(E))
+    const bool in_gu = route_in_gu(E);
+    if (!in_gu)
         dr_cuda_moe_route(ctx, idx, wts, logits, T, E, k, renorm);
-    experts_fast(cx, y, x, idx, wts, tab, E, T, k, H, I, acc ? 1 : 0, sh, Is, route_in_gu(E) ? &rt : NULL);
+    experts_fast(cx, y, x, idx, wts, tab, E, T, k, H, I, acc ? 1 : 0, sh, Is, in_gu ? &rt : NULL);
     return true;
 }
