@@ -232,7 +232,8 @@ static void test_rope_attention(void) {
         int T, pos0, nH, nKV, hd;
     } cs[] = {{1, 0, 4, 2, 64},    {1, 3000, 8, 2, 256}, {7, 50, 8, 2, 64},    {3, 700, 6, 3, 40},
               {40, 5, 4, 1, 128},  {1, 9000, 16, 2, 256}, {1, 127, 16, 4, 128}, {1, 255, 8, 8, 40},
-              {1, 31, 6, 3, 100},  {1, 33, 16, 2, 256},   {1, 700, 4, 1, 64}}; /* T = 1: the decode kernel */
+              {1, 31, 6, 3, 100},  {1, 33, 16, 2, 256},   {1, 700, 4, 1, 64}, /* T = 1: the decode kernel */
+              {1, 300, 4, 2, 66},  {1, 90, 4, 1, 130}}; /* T = 1, hd not a multiple of the dims per lane: split kernel */
     for (size_t c = 0; c < sizeof cs / sizeof cs[0]; c++) {
         const int T = cs[c].T, pos0 = cs[c].pos0, nH = cs[c].nH, nKV = cs[c].nKV, hd = cs[c].hd;
         const int n_ctx = pos0 + T;
@@ -317,6 +318,12 @@ static void test_attention_block(void) {
         for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
             G->free(G->ctx, bufs[i]);
     }
+    /* head sizes whose lanes would hold dims on both sides of the head's end: declined before any buffer is used */
+    const int odd_hd[2] = {66, 130};
+    for (int i = 0; i < 2; i++)
+        CHECK_SHOW(!G->attention_block(G->ctx, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 1, 5, 4, 2,
+                                       odd_hd[i], 0, 1e7f, 1e-6f, 0.1f),
+                   "attention_block declines hd %d", odd_hd[i]);
 }
 
 /* ---- Gated DeltaNet ---- */

@@ -362,6 +362,13 @@ __global__ void __launch_bounds__(32 * ATT_WARPS)
     }
 }
 
+/* Head dims per lane of attn_decode_kernel for head size hd (<= 256). */
+static int ad_dims(int hd) { return hd <= 64 ? 2 : hd <= 128 ? 4 : 8; }
+
+/* The decode kernel takes hd when every lane's R dims are all inside the
+ * head or all past it (a lane holds dims e0 .. e0 + R - 1, e0 = lane R). */
+static bool ad_fits(int hd) { return hd <= 256 && hd % ad_dims(hd) == 0; }
+
 static int attn_decode_on(void) { /* DR_CUDA_ATT_DEC=0: the split kernel for decode too (a same-run baseline) */
     static int on = -1;
     if (on < 0) {
@@ -389,10 +396,10 @@ static void attention_decode(dr_cuda_ctx *cx, float *out, const float *q, const 
     }
     dim3 grid((unsigned)nH, (unsigned)nsplit), block(32 * ATT_WARPS);
     const int32_t *dp = dr_cuda_step_pos(cx);
-    if (hd <= 64)
+    if (ad_dims(hd) == 2)
         attn_decode_kernel<2><<<grid, block, 0, cx->stream>>>(out, part, ml, q, k_cache, v_cache, pos0, nH, nKV, hd,
                                                               scale, nsplit, split_len, dp, gate);
-    else if (hd <= 128)
+    else if (ad_dims(hd) == 4)
         attn_decode_kernel<4><<<grid, block, 0, cx->stream>>>(out, part, ml, q, k_cache, v_cache, pos0, nH, nKV, hd,
                                                               scale, nsplit, split_len, dp, gate);
     else
@@ -418,7 +425,7 @@ void dr_cuda_attention(void *ctx, float *out, const float *q, const float *k_cac
     }
     if (dr_cuda_attention_prefill(cx, out, q, k_cache, v_cache, T, pos0, n_heads, n_kv_heads, d_head, scale))
         return; /* tensor-core flash attention (attention_prefill.cu) */
-    if (T == 1 && d_head % 2 == 0 && attn_decode_on()) {
+    if (T == 1 && ad_fits(d_head) && attn_decode_on()) {
         attention_decode(cx, out, q, k_cache, v_cache, pos0, n_heads, n_kv_heads, d_head, scale, NULL);
         return;
     }
@@ -521,7 +528,7 @@ __global__ void attn_prep_kernel(float *q, float *gate, float *k, float *kc, flo
     }
 }
 
-/* Decode only (T = 1, hd <= 256 and even, the decode kernel on): prep,
+/* Decode only (T = 1, a head size the decode kernel takes and it on): prep,
  * attention (the gate applied where the output is written), merge. */
 bool dr_cuda_attention_block(void *ctx, float *att, float *q, float *gate, float *k, const float *qg, const float *v,
                              float *k_cache, float *v_cache, const float *q_norm, const float *k_norm, int T,
@@ -532,7 +539,7 @@ bool dr_cuda_attention_block(void *ctx, float *att, float *q, float *gate, float
         const char *e = getenv("DR_CUDA_ATT_BLOCK");
         on = !(e && e[0] == '0');
     }
-    if (!on || T != 1 || hd > 256 || hd % 2 || d_rot > hd || d_rot < 0 || nKV <= 0 || nH % nKV || !attn_decode_on())
+    if (!on || T != 1 || !ad_fits(hd) || d_rot > hd || d_rot < 0 || nKV <= 0 || nH % nKV || !attn_decode_on())
         return false;
     const float *inv = d_rot >= 2 ? rope_table(cx, d_rot, theta) : NULL;
     if (d_rot >= 2 && !inv)
