@@ -4,7 +4,7 @@
 # then the decode / prefill benches in bf16, q8 and q4 with same-call
 # baselines for the newest kernels. Logs under $OUT.
 # Usage: scripts/device_final.sh [tests] [conc] [legacy] [memcheck] [bench] [r4] [gemv] [slope] [types]
-#        [attpos] [attdec] [attblk] [pdlsw] [moek] [moencu] [ncu35] [big40] [ncu08] [p512] [quant] [qold] [prefill] [mroute] [normin]
+#        [attpos] [attdec] [attblk] [pdlsw] [moek] [moencu] [ncu35] [big40] [ncu08] [p512] [quant] [qold] [prefill] [mroute] [normin] [s6]
 # conc: four test_cuda_quant processes at once (as ctest -j4); legacy: the same with
 # DR_CUDA_LEGACY_COPY=1, the unordered uploads before session 4's fix (it failed 2 of 4 runs once;
 # the race is timing-dependent). gemv: the GEMV-only bench_cuda lines (each shape also through the
@@ -17,6 +17,8 @@
 # baselines (each change's switch off alone, then all off with the per-token
 # logits download to the host, as before the round). mroute / normin: session 5's MoE routing in
 # the gate/up kernel and pre-norm in the input GEMV against their switches (+ the tests with them off).
+# s6: session 6's MoE decode changes (early down rows, shared gate/up in the gate/up kernel, routing by
+# integer reductions) each against its switch, and all of them off.
 set -uo pipefail
 source "$(dirname "$0")/device_env.sh"
 what="${*:-tests memcheck bench quant prefill}"
@@ -99,6 +101,23 @@ if [[ "$what" == *normin* ]]; then # session 5: the pre-norm in the next layer's
     for v in 0 1 0 1; do DR_CUDA_NORM_IN=$v one "35B-8L-normin$v" --synthetic $C/qwen3.5-35b-a3b.json --layers 8 -p 128 -n 256; done
     for v in 0 1; do DR_CUDA_NORM_IN=$v one "35B-40L-normin$v" --synthetic $C/qwen3.5-35b-a3b.json -p 128 -n 64; done
   fi
+fi
+if [[ "$what" == *s6* ]]; then # session 6's MoE decode changes, each against its switch (0 = before)
+  for v in DR_CUDA_MOE_EARLY DR_CUDA_MOE_SHGU DR_CUDA_ROUTE_RX; do
+    env $v=0 timeout 60 "$b/tests/test_cuda" > "$OUT/test_cuda_$v.log" 2>&1
+    echo "test_cuda $v=0 exit $?: $(tail -1 "$OUT/test_cuda_$v.log")"
+  done
+  DR_CUDA_MOE_EARLY=0 DR_CUDA_MOE_SHGU=0 DR_CUDA_ROUTE_RX=0 timeout 120 "$b/tests/test_cuda_decode" tests/data/moe-bf16 \
+    tests/data/next-f32 > "$OUT/tcd_s6off.log" 2>&1
+  echo "test_cuda_decode all off exit $?: $(tail -1 "$OUT/tcd_s6off.log")"
+  for i in 1 2; do
+    for v in on DR_CUDA_MOE_EARLY DR_CUDA_MOE_SHGU DR_CUDA_ROUTE_RX; do
+      ( [[ $v != on ]] && export $v=0; one "35B-8L-s6-${v#DR_CUDA_}" --synthetic $C/qwen3.5-35b-a3b.json --layers 8 -p 128 -n 256 )
+    done
+  done
+  ( export DR_CUDA_MOE_EARLY=0 DR_CUDA_MOE_SHGU=0 DR_CUDA_ROUTE_RX=0; one "35B-8L-s6-alloff" --synthetic $C/qwen3.5-35b-a3b.json --layers 8 -p 128 -n 256 )
+  one "35B-40L-s6-on" --synthetic $C/qwen3.5-35b-a3b.json -p 128 -n 64
+  ( export DR_CUDA_MOE_EARLY=0 DR_CUDA_MOE_SHGU=0 DR_CUDA_ROUTE_RX=0; one "35B-40L-s6-alloff" --synthetic $C/qwen3.5-35b-a3b.json -p 128 -n 64 )
 fi
 if [[ "$what" == *r4* ]]; then
   # each round-4 change off by itself, then all of them (DR_R4_VARIANTS overrides)

@@ -452,52 +452,66 @@ static void test_moe(void) {
         free(hs[i]);
 }
 
-/* The fused decode MoE block (moe_decode: route, experts, shared expert; y
- * overwritten) against the CPU chain moe_route + moe_experts + swiglu +
- * matmul + sigmoid_scale_rows + add, T = 1..4. The first shape makes every
- * loop of the kernels run a partial pass: k = 10 > 8 picks per pass,
- * H = 1032 (129 16-byte pieces per row), I = 600 and Is = 520 (> 64 pieces).
- * The routing runs in the gate/up kernel (E <= 256 and E <= 512 variants)
- * unless DR_CUDA_MOE_ROUTE=0; its picks and weights are checked too. */
+/* The fused decode MoE block (moe_decode: router and shared projections,
+ * route, experts, shared expert; y overwritten) against the CPU chain
+ * matmul (router, shared gate / up / scalar gate) + moe_route + moe_experts
+ * + swiglu + matmul + sigmoid_scale_rows + add, T = 1..4. The first shape
+ * makes every loop of the kernels run a partial pass: k = 10 > 8 picks per
+ * pass, H = 1032 (129 16-byte pieces per row), I = 600 and Is = 520 (> 64
+ * pieces; Is < I: gate/up blocks of routed rows only). The routing runs in
+ * the gate/up kernel (E <= 256 and E <= 512 variants) unless
+ * DR_CUDA_MOE_ROUTE=0, and so do the shared expert's gate / up unless
+ * DR_CUDA_MOE_SHGU=0; the router logits, picks and weights are checked too. */
 static void moe_decode_shape(int E, int H, int I, int IS, int K) {
     dr_expert *ex = calloc((size_t)E, sizeof *ex);
-    void **hs = calloc(3 * (size_t)E + 1, sizeof *hs);
+    void **hs = calloc(3 * (size_t)E + 5, sizeof *hs);
     for (int e = 0; e < E; e++) {
         hs[3 * e] = make_weights(&ex[e].gate, DR_DT_BF16, I, H, 0.1f);
         hs[3 * e + 1] = make_weights(&ex[e].up, DR_DT_BF16, I, H, 0.1f);
         hs[3 * e + 2] = make_weights(&ex[e].down, DR_DT_BF16, H, I, 0.1f);
     }
-    dr_tensor shd;
+    dr_tensor shd, shg, shu, shs, rw;
     hs[3 * E] = make_weights(&shd, DR_DT_BF16, H, IS, 0.1f);
+    hs[3 * E + 1] = make_weights(&shg, DR_DT_BF16, IS, H, 0.2f);
+    hs[3 * E + 2] = make_weights(&shu, DR_DT_BF16, IS, H, 0.2f);
+    hs[3 * E + 3] = make_weights(&shs, DR_DT_BF16, 1, H, 0.2f);
+    hs[3 * E + 4] = make_weights(&rw, DR_DT_BF16, E, H, 0.3f);
     for (int T = 1; T <= 4; T++)
         for (int with_sh = 0; with_sh < 2; with_sh++) {
             const int k = with_sh ? K : K < 3 ? K : 3;
-            float *lg = rnd((size_t)T * E, 3.0f), *x = rnd((size_t)T * H, 1.0f), *y = calloc((size_t)T * H, 4);
-            float *sg = rnd((size_t)T * IS, 2.0f), *su = rnd((size_t)T * IS, 2.0f), *ss = rnd((size_t)T, 2.0f);
+            float *x = rnd((size_t)T * H, 1.0f), *y = calloc((size_t)T * H, 4), *lg = malloc((size_t)T * E * 4);
+            float *sg = malloc((size_t)T * IS * 4), *su = malloc((size_t)T * IS * 4), *ss = malloc((size_t)T * 4);
             float *w = malloc((size_t)T * k * 4), *ws = malloc((size_t)(2 * I + H) * 4);
             int32_t *idx = malloc((size_t)T * k * 4);
-            float *dl = dput(lg, (size_t)T * E * 4), *dx = dput(x, (size_t)T * H * 4);
-            float *dsg = dput(sg, (size_t)T * IS * 4), *dsu = dput(su, (size_t)T * IS * 4), *dss = dput(ss, (size_t)T * 4);
+            float *dx = dput(x, (size_t)T * H * 4), *dl = G->alloc(G->ctx, (size_t)T * E * 4);
+            float *dsg = G->alloc(G->ctx, (size_t)T * IS * 4), *dsu = G->alloc(G->ctx, (size_t)T * IS * 4);
+            float *dss = G->alloc(G->ctx, (size_t)T * 4);
             float *junk = rnd((size_t)T * H, 9.0f), *dy = dput(junk, (size_t)T * H * 4); /* overwritten */
             float *dw = G->alloc(G->ctx, (size_t)T * k * 4);
             int32_t *di = G->alloc(G->ctx, (size_t)T * k * 4);
+            C->matmul(NULL, lg, x, &rw, T);
             C->moe_route(NULL, idx, w, lg, T, E, k, true);
             C->moe_experts(NULL, y, x, idx, w, ex, E, T, k, H, I, ws);
             if (with_sh) {
                 float *act = malloc((size_t)T * IS * 4), *o2 = malloc((size_t)T * H * 4);
+                C->matmul(NULL, sg, x, &shg, T);
+                C->matmul(NULL, su, x, &shu, T);
+                C->matmul(NULL, ss, x, &shs, T);
                 C->swiglu(NULL, act, sg, su, (size_t)T * IS);
                 C->matmul(NULL, o2, act, &shd, T);
                 C->sigmoid_scale_rows(NULL, o2, ss, T, H);
                 C->add(NULL, y, o2, (size_t)T * H);
                 free(act), free(o2);
             }
-            const dr_moe_shared sh = {dsg, dsu, dss, &shd};
-            const bool done =
-                G->moe_decode(G->ctx, dy, di, dw, dl, dx, ex, E, T, k, true, H, I, with_sh ? &sh : NULL, false);
+            const dr_moe_shared sh = {&shg, &shu, &shs, &shd, dsg, dsu, dss};
+            const bool done = G->moe_decode(G->ctx, dy, di, dw, dl, &rw, dx, ex, E, T, k, true, H, I,
+                                            with_sh ? &sh : NULL, false);
             CHECK(done, "moe_decode T=%d: handled by the fused kernels", T);
+            float *glg = dget(dl, (size_t)T * E);
+            REPORT(rel_err(glg, lg, (size_t)T * E), TOL, "moe_decode T=%d E=%d: router logits", T, E);
             /* acc: added to what y holds (the residual add folded in) */
             float *da = dput(junk, (size_t)T * H * 4), *want = malloc((size_t)T * H * 4);
-            G->moe_decode(G->ctx, da, di, dw, dl, dx, ex, E, T, k, true, H, I, with_sh ? &sh : NULL, true);
+            G->moe_decode(G->ctx, da, di, dw, dl, &rw, dx, ex, E, T, k, true, H, I, with_sh ? &sh : NULL, true);
             for (size_t i = 0; i < (size_t)T * H; i++)
                 want[i] = junk[i] + y[i];
             float *gota = dget(da, (size_t)T * H);
@@ -513,7 +527,7 @@ static void moe_decode_shape(int E, int H, int I, int IS, int K) {
             REPORT(rel_err(got, y, (size_t)T * H), TOL, "moe_decode bf16 T=%d E=%d k=%d H=%d I=%d shared %d", T, E, k,
                    H, I, with_sh ? IS : 0);
             free(lg), free(x), free(y), free(sg), free(su), free(ss), free(w), free(ws), free(idx), free(junk);
-            free(gi), free(got), free(gw);
+            free(gi), free(got), free(gw), free(glg);
             G->free(G->ctx, dl), G->free(G->ctx, dx), G->free(G->ctx, dsg), G->free(G->ctx, dsu);
             G->free(G->ctx, dss), G->free(G->ctx, dy), G->free(G->ctx, dw), G->free(G->ctx, di);
         }
@@ -523,13 +537,18 @@ static void moe_decode_shape(int E, int H, int I, int IS, int K) {
         G->weight_free(G->ctx, &ex[e].down);
     }
     G->weight_free(G->ctx, &shd);
-    for (int i = 0; i < 3 * E + 1; i++)
+    G->weight_free(G->ctx, &shg);
+    G->weight_free(G->ctx, &shu);
+    G->weight_free(G->ctx, &shs);
+    G->weight_free(G->ctx, &rw);
+    for (int i = 0; i < 3 * E + 5; i++)
         free(hs[i]);
     free(hs), free(ex);
 }
 
 static void test_moe_decode(void) {
     moe_decode_shape(12, 1032, 600, 520, 10);
+    moe_decode_shape(12, 136, 40, 72, 4); /* Is > I: gate/up blocks of shared-expert rows only */
     moe_decode_shape(256, 64, 32, 40, 8);  /* the 35B-A3B router: 256 experts, top-8 */
     moe_decode_shape(300, 64, 32, 40, 8);  /* > 256 experts: the 16-logits-per-lane router warp */
     moe_decode_shape(8, 96, 48, 80, 2); /* the moe-bf16 fixture's shape */

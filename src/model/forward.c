@@ -271,6 +271,11 @@ static bool moe_block(const dr_model *m, const dr_ffn_weights *f, dr_scratch *sc
     const dr_ops *o = m->ops;
     void *c = o->ctx;
     const int H = hp->d_model, k = hp->n_experts_used;
+    const dr_moe_shared sh = {&f->sh_gate, &f->sh_up, &f->sh_gate_w, &f->sh_down, sc->ff_a, sc->ff_b, sc->sh_s};
+    if (o->moe_decode && o->moe_decode(c, into_x ? sc->x : sc->out, sc->moe_idx, sc->moe_w, sc->router, &f->router,
+                                       sc->xn, f->experts, hp->n_experts, T, k, hp->norm_topk, H, hp->d_ff_expert,
+                                       f->has_shared ? &sh : NULL, into_x))
+        return into_x; /* the backend's fused decode block: the same sums as below */
     if (f->has_shared) { /* the projections of xn: router, shared gate/up, shared-expert gate (one pass) */
         float *const ys[4] = {sc->router, sc->ff_a, sc->ff_b, sc->sh_s};
         const dr_tensor *const ws[4] = {&f->router, &f->sh_gate, &f->sh_up, &f->sh_gate_w};
@@ -278,11 +283,6 @@ static bool moe_block(const dr_model *m, const dr_ffn_weights *f, dr_scratch *sc
     } else {
         o->matmul(c, sc->router, sc->xn, &f->router, T);
     }
-    const dr_moe_shared sh = {sc->ff_a, sc->ff_b, sc->sh_s, &f->sh_down};
-    if (o->moe_decode && o->moe_decode(c, into_x ? sc->x : sc->out, sc->moe_idx, sc->moe_w, sc->router, sc->xn,
-                                       f->experts, hp->n_experts, T, k, hp->norm_topk, H, hp->d_ff_expert,
-                                       f->has_shared ? &sh : NULL, into_x))
-        return into_x; /* the backend's fused decode block: the same sums as below */
     o->moe_route(c, sc->moe_idx, sc->moe_w, sc->router, T, hp->n_experts, k, hp->norm_topk);
     o->zero(c, sc->out, (size_t)T * H * sizeof(float));
     o->moe_experts(c, sc->out, sc->xn, sc->moe_idx, sc->moe_w, f->experts, hp->n_experts, T, k, H, hp->d_ff_expert,

@@ -30,12 +30,13 @@ typedef struct dr_gdn_dims {
 /* Chunk length of the chunked (WY / UT) GDN form. */
 #define DR_GDN_CHUNK 64
 
-/* The shared expert of a MoE block, for the fused decode slot: its gate and
- * up projections of the token (already computed, [T, Is]), the raw scalar
- * gate s [T] (before the sigmoid) and the down weight [H, Is]. */
+/* The shared expert of a MoE block, for the fused decode slot: its weights
+ * (gate and up [Is, H], the scalar gate's row gate_s [1, H], down [H, Is])
+ * and device scratch the slot may use for the token's projections
+ * (ws_gate, ws_up [T, Is], ws_s [T]). */
 typedef struct dr_moe_shared {
-    const float *gate, *up, *s;
-    const dr_tensor *down;
+    const dr_tensor *gate, *up, *gate_s, *down;
+    float *ws_gate, *ws_up, *ws_s;
 } dr_moe_shared;
 
 typedef struct dr_ops dr_ops;
@@ -207,17 +208,17 @@ struct dr_ops {
        of width I. ws: >= 2 * I + H floats. */
     void (*moe_experts)(void *ctx, float *y, const float *x, const int32_t *idx, const float *wts,
                         const dr_expert *experts, int E, int T, int k, int H, int I, float *ws);
-    /* (optional, NULL or false: moe_route, zero, moe_experts, then the shared
-       expert's swiglu, matmul, sigmoid_scale_rows and add) The MoE block of a
-       few decode tokens after its router and shared projections, fused:
-       idx, wts = moe_route(logits [T, E]); y [T, H] = sum_j wts[t, j] *
-       expert_{idx[t, j]}(x) (j in pick order) + sigmoid(sh->s[t]) *
-       sh->down(silu(sh->gate) * sh->up) (sh NULL: no shared expert). y is
-       written (acc: added to, the residual add folded in). Returns false,
-       having queued nothing, when the backend does not handle the shape or
-       dtypes. */
-    bool (*moe_decode)(void *ctx, float *y, int32_t *idx, float *wts, const float *logits, const float *x,
-                       const dr_expert *experts, int E, int T, int k, bool renorm, int H, int I,
+    /* (optional, NULL or false: the router and shared projections, then
+       moe_route, zero, moe_experts, and the shared expert's swiglu, matmul,
+       sigmoid_scale_rows and add) The MoE block of a few decode tokens,
+       fused: logits [T, E] = router x (scratch the slot writes); idx, wts =
+       moe_route(logits); y [T, H] = sum_j wts[t, j] * expert_{idx[t, j]}(x)
+       (j in pick order) + sigmoid(sh->gate_s x) * sh->down(silu(sh->gate x)
+       * sh->up x) (sh NULL: no shared expert). y is written (acc: added to,
+       the residual add folded in). Returns false, having queued nothing,
+       when the backend does not handle the shape or dtypes. */
+    bool (*moe_decode)(void *ctx, float *y, int32_t *idx, float *wts, float *logits, const dr_tensor *router,
+                       const float *x, const dr_expert *experts, int E, int T, int k, bool renorm, int H, int I,
                        const dr_moe_shared *sh, bool acc);
 };
 

@@ -251,6 +251,7 @@ static void cu_destroy(dr_ops *self) {
         cudaFree(cx->am_state);
         cudaFreeHost(cx->am_host);
         cudaFree(cx->mm_cnt);
+        cudaFree(cx->moe_ready);
         if (cx->blas)
             cublasDestroy(cx->blas);
         if (cx->stream)

@@ -105,6 +105,7 @@ typedef struct dr_cuda_ctx {
     unsigned long long *am_state; /* argmax.cu: device key, block counter, result (zero between calls) */
     int32_t *am_host;      /* pinned: the argmax result */
     unsigned *mm_cnt;      /* device counter of the fused GEMV + add + norm (matmul.cu), zero between launches */
+    int *moe_ready;        /* device [4]: per token, the MoE decode picks are written (moe.cu) */
 } dr_cuda_ctx;
 
 /* Position of the open step in device memory, or NULL (kernels use their

@@ -92,8 +92,8 @@ void dr_cuda_graph_counts(long *recorded, long *replayed, long *failed);
 void dr_cuda_moe_route(void *ctx, int32_t *idx, float *wts, const float *logits, int T, int E, int k, bool renorm);
 void dr_cuda_moe_experts(void *ctx, float *y, const float *x, const int32_t *idx, const float *wts,
                          const dr_expert *experts, int E, int T, int k, int H, int I, float *ws);
-bool dr_cuda_moe_decode(void *ctx, float *y, int32_t *idx, float *wts, const float *logits, const float *x,
-                        const dr_expert *experts, int E, int T, int k, bool renorm, int H, int I,
+bool dr_cuda_moe_decode(void *ctx, float *y, int32_t *idx, float *wts, float *logits, const dr_tensor *router,
+                        const float *x, const dr_expert *experts, int E, int T, int k, bool renorm, int H, int I,
                         const dr_moe_shared *sh, bool acc);
 
 /* argmax.cu */

@@ -81,7 +81,20 @@ __global__ void route_kernel(int32_t *idx, float *wts, const float *logits, int 
  * keeps the picks in local memory, about 17 us per token at E = 256, k = 8.
  * Same comparisons in the same order, same arithmetic: identical results.
  * Pick j ends in lane j (k <= 32). */
-template <int PER>
+/* An unsigned key of a float that orders as the float does (non-NaN; -0
+ * taken as +0, which compares equal to it), and back. */
+static __device__ __forceinline__ unsigned route_key(float v) {
+    const unsigned b = __float_as_uint(v + 0.0f);
+    return b & 0x80000000u ? ~b : b | 0x80000000u;
+}
+static __device__ __forceinline__ float route_unkey(unsigned u) {
+    return __uint_as_float(u & 0x80000000u ? u & 0x7fffffffu : ~u);
+}
+
+/* RX (session 6): each round's warp-wide best by two integer reductions
+ * (the largest key, then the lowest expert id holding it) instead of five
+ * shuffle rounds; the same pick and tie rule. */
+template <int PER, bool RX = false>
 static __device__ __forceinline__ void route_warp(const float *l, int E, int k, int renorm, int lane, int *sel,
                                                   float *wt) {
     float v[PER];
@@ -106,20 +119,36 @@ static __device__ __forceinline__ void route_warp(const float *l, int E, int k, 
     for (int j = 0; j < k; j++) {
         int best = -1;
         float bv = -INFINITY;
+        if (RX) {
+            unsigned kb = 0; /* every real key is above 0 */
+            int bi = -1;
 #pragma unroll
-        for (int i = 0; i < PER; i++) {
-            const int e = lane + 32 * i;
-            if (e < E && !((used >> i) & 1u) && (best < 0 || v[i] > bv)) {
-                best = e;
-                bv = v[i];
+            for (int i = 0; i < PER; i++) {
+                const unsigned kk = route_key(v[i]);
+                if (lane + 32 * i < E && !((used >> i) & 1u) && kk > kb) {
+                    kb = kk;
+                    bi = i;
+                }
             }
-        }
-        for (int o = 16; o > 0; o >>= 1) {
-            const int ob = __shfl_xor_sync(0xffffffffu, best, o);
-            const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-            if (ob >= 0 && (best < 0 || ov > bv || (ov == bv && ob < best))) {
-                best = ob;
-                bv = ov;
+            const unsigned m = __reduce_max_sync(0xffffffffu, kb);
+            best = (int)__reduce_min_sync(0xffffffffu, bi >= 0 && kb == m ? (unsigned)(lane + 32 * bi) : 0xffffffffu);
+            bv = route_unkey(m);
+        } else {
+#pragma unroll
+            for (int i = 0; i < PER; i++) {
+                const int e = lane + 32 * i;
+                if (e < E && !((used >> i) & 1u) && (best < 0 || v[i] > bv)) {
+                    best = e;
+                    bv = v[i];
+                }
+            }
+            for (int o = 16; o > 0; o >>= 1) {
+                const int ob = __shfl_xor_sync(0xffffffffu, best, o);
+                const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+                if (ob >= 0 && (best < 0 || ov > bv || (ov == bv && ob < best))) {
+                    best = ob;
+                    bv = ov;
+                }
             }
         }
         if ((best & 31) == lane)
@@ -353,6 +382,18 @@ __global__ void moe_swiglu_kernel(float *g, const float *u, size_t n) {
 #define MD_J 8 /* down kernel: picks whose rows are in flight together */
 #define MD_SMEM (48 * 1024) /* the activations each block stages in shared memory */
 
+/* Device-scope release store / acquire load of a flag (the picks-ready flag
+ * below): what the storing thread wrote before is visible to a thread that
+ * reads the flag set. */
+static __device__ __forceinline__ void md_st_release(int *p, int v) {
+    asm volatile("st.release.gpu.global.b32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}
+static __device__ __forceinline__ int md_ld_acquire(const int *p) {
+    int v;
+    asm volatile("ld.acquire.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+
 /* s + the 8 bf16 weights of u times x0, x1 (index order) */
 static __device__ __forceinline__ float dot8_bf16(const uint4 &u, const float4 &x0, const float4 &x1, float s) {
     return s + (__uint_as_float(u.x << 16) * x0.x + __uint_as_float(u.x & 0xffff0000u) * x0.y +
@@ -435,30 +476,81 @@ __global__ void __launch_bounds__(256) moe_gu_bf16_kernel(float *__restrict__ ac
         act[(size_t)r * I + i] = v;
 }
 
+/* sa[t, i] = silu(g[i] . x_t) * (u[i] . x_t) for the shared expert's rows
+ * of this block (Is rows in all): no routing to wait for, so the first
+ * weights load before the PDL wait. The shared-expert blocks of the routing
+ * gate/up kernel (session 6). */
+static __device__ __forceinline__ void md_gu_shared(float *sa, const float *x, const uint4 *gw, const uint4 *uw, int t,
+                                                    int H, int Is) {
+    extern __shared__ float4 md_sx[];
+    dr_pdl_trigger();
+    const int lane = threadIdx.x & 31, i0 = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if ((int)blockIdx.x * (int)(blockDim.x >> 5) >= Is) /* only routed rows here (I > Is) */
+        return;
+    const bool live = i0 < Is;
+    const int i = live ? i0 : Is - 1, nv = H / 8;
+    const uint4 *g = gw + (size_t)i * nv, *u = uw + (size_t)i * nv;
+    uint4 a[MD_U], b[MD_U];
+    md_gu_first(a, b, g, u, lane, nv);
+    dr_pdl_wait(); /* x comes from earlier kernels */
+    md_stage_x(md_sx, x, t, H);
+    __syncthreads();
+    const float v = md_gu_dot(a, b, g, u, md_sx, lane, nv);
+    if (live && lane == 0)
+        sa[(size_t)t * Is + i] = v;
+}
+
 /* The same with the routing done here (session 5, docs/CUDA.md): warp 0 of
  * every block runs route_warp on token t's router logits (the route
  * kernel's arithmetic: identical picks and weights) while the other warps
  * stage x, so the separate route launch and its round trip through idx go.
  * Block (0, t*k) writes the token's idx and wts for the down kernel. */
-template <int PER>
+template <int PER, bool RX>
 __global__ void __launch_bounds__(256) moe_gu_route_bf16_kernel(float *__restrict__ act, int32_t *idx, float *wts,
                                                                 const float *logits, int renorm, const float *x,
                                                                 const void *const *__restrict__ tab, int E, int k,
-                                                                int H, int I) {
+                                                                int H, int I, int *ready, int R,
+                                                                const uint4 *__restrict__ sgw,
+                                                                const uint4 *__restrict__ suw, int Is) {
     extern __shared__ float4 md_sx[];
     __shared__ int pick;
-    dr_pdl_trigger(); /* the down kernel may start: it prefetches only the shared expert's weights */
-    dr_pdl_wait();    /* the logits and x come from earlier kernels */
+    if ((int)blockIdx.y >= R) { /* the shared expert of token blockIdx.y - R: rows Is, output after the picks' */
+        md_gu_shared(act + (size_t)R * I, x, sgw, suw, (int)blockIdx.y - R, H, Is);
+        return;
+    }
     const int lane = threadIdx.x & 31, r = blockIdx.y, t = r / k, j = r - t * k;
+    if ((int)blockIdx.x * (int)(blockDim.x >> 5) >= I) /* only shared-expert rows here (Is > I) */
+        return;
+    const bool writer = blockIdx.x == 0 && j == 0; /* writes the token's idx and wts */
+    if (ready && writer) {
+        /* the picks-ready flag of token t is cleared before the down kernel can start: that kernel
+           (PDL) is scheduled only once every block of this one has triggered */
+        dr_pdl_wait(); /* the previous layer's down kernel, which read the flag, has finished */
+        if (threadIdx.x == 0) {
+            ready[t] = 0;
+            __threadfence();
+        }
+        __syncthreads();
+        dr_pdl_trigger();
+    } else {
+        dr_pdl_trigger(); /* the down kernel may start: it prefetches only the shared expert's weights */
+        dr_pdl_wait();    /* the logits and x come from earlier kernels */
+    }
     if (threadIdx.x < 32) {
         int sel;
         float wt;
-        route_warp<PER>(logits + (size_t)t * E, E, k, renorm, lane, &sel, &wt);
+        route_warp<PER, RX>(logits + (size_t)t * E, E, k, renorm, lane, &sel, &wt);
         if (lane == j)
             pick = sel;
-        if (blockIdx.x == 0 && j == 0 && lane < k) {
+        if (writer && lane < k) {
             idx[(size_t)t * k + lane] = sel;
             wts[(size_t)t * k + lane] = wt;
+            __threadfence();
+        }
+        if (writer && ready) {
+            __syncwarp();
+            if (lane == 0)
+                md_st_release(ready + t, 1); /* the down kernel may read idx now */
         }
     }
     md_stage_x(md_sx, x, t, H);
@@ -481,7 +573,7 @@ static __device__ __forceinline__ void md_down_rows(const uint4 **dw, uint4 (*w)
                                                     int nv) {
 #pragma unroll
     for (int jj = 0; jj < MD_J; jj++)
-        dw[jj] = j0 + jj < k ? (const uint4 *)tab[2 * E + it[j0 + jj]] + off : NULL;
+        dw[jj] = j0 + jj < k ? (const uint4 *)tab[2 * E + __ldcg(it + j0 + jj)] + off : NULL;
 #pragma unroll
     for (int jj = 0; jj < MD_J; jj++)
 #pragma unroll
@@ -500,7 +592,7 @@ __global__ void __launch_bounds__(256) moe_down_bf16_kernel(float *__restrict__ 
                                                             const void *const *__restrict__ tab, int E, int k, int H,
                                                             int I, int acc_y, const uint4 *__restrict__ shd,
                                                             const float *shg, const float *shu, const float *shs,
-                                                            int Is) {
+                                                            int Is, const int *ready, const float *sha) {
     extern __shared__ float4 md_sa[]; /* [k * I] activations, then [Is] shared-expert activations */
     dr_pdl_trigger();
     const int lane = threadIdx.x & 31, t = blockIdx.y;
@@ -513,11 +605,19 @@ __global__ void __launch_bounds__(256) moe_down_bf16_kernel(float *__restrict__ 
 #pragma unroll
     for (int q = 0; q < 2; q++)
         sp[q] = sr && lane + 32 * q < nvs ? dr_ld_w(sr + lane + 32 * q) : make_uint4(0, 0, 0, 0);
-    dr_pdl_wait(); /* act, idx, wts and the shared projections come from earlier kernels */
     const int32_t *it = idx + (size_t)t * k;
     const uint4 *dw[MD_J];
     uint4 w[MD_J][2];
-    md_down_rows(dw, w, it, tab, E, k, 0, (size_t)h * nv, lane, nv);
+    if (ready) { /* the picks are out before the gate/up kernel ends: the first down rows load meanwhile */
+        if (lane == 0)
+            while (!md_ld_acquire(ready + t))
+                __nanosleep(64);
+        __syncwarp();
+        md_down_rows(dw, w, it, tab, E, k, 0, (size_t)h * nv, lane, nv);
+    }
+    dr_pdl_wait(); /* act, idx, wts and the shared projections come from earlier kernels */
+    if (!ready)
+        md_down_rows(dw, w, it, tab, E, k, 0, (size_t)h * nv, lane, nv);
     {
         const float4 *at = (const float4 *)(act + (size_t)t * k * I);
         const int na = k * I / 4;
@@ -525,7 +625,8 @@ __global__ void __launch_bounds__(256) moe_down_bf16_kernel(float *__restrict__ 
             md_sa[c] = __ldcg(at + c);
         float *ss = (float *)(md_sa + na);
         for (int c = threadIdx.x; c < Is; c += blockDim.x)
-            ss[c] = dr_dev_silu(shg[(size_t)t * Is + c]) * shu[(size_t)t * Is + c];
+            ss[c] = sha ? __ldcg(sha + (size_t)t * Is + c)
+                        : dr_dev_silu(shg[(size_t)t * Is + c]) * shu[(size_t)t * Is + c];
     }
     __syncthreads();
     float acc = acc_y && live ? y[(size_t)t * H + h] : 0.0f;
@@ -612,31 +713,89 @@ static bool route_in_gu(int E) {
     return on && E <= 512;
 }
 
+/* Whether the down kernel loads its first expert rows as soon as the picks
+ * are out (the picks-ready flag; session 6, docs/CUDA.md);
+ * DR_CUDA_MOE_EARLY=0: behind its PDL wait (a same-run baseline). */
+static bool md_early(void) {
+    static int on = -1;
+    if (on < 0) {
+        const char *e = getenv("DR_CUDA_MOE_EARLY");
+        on = !(e && e[0] == '0');
+    }
+    return on;
+}
+
+/* Whether the gate/up kernel's routing warp picks by integer reductions
+ * (route_warp RX); DR_CUDA_ROUTE_RX=0: by shuffles (a same-run baseline). */
+static bool md_rx(void) {
+    static int on = -1;
+    if (on < 0) {
+        const char *e = getenv("DR_CUDA_ROUTE_RX");
+        on = !(e && e[0] == '0');
+    }
+    return on;
+}
+
+/* Whether the gate/up kernel also projects the shared expert (its gate and
+ * up rows stream while the picks are made; session 6, docs/CUDA.md);
+ * DR_CUDA_MOE_SHGU=0: the router's GEMV projects it (a same-run baseline). */
+static bool md_shgu(void) {
+    static int on = -1;
+    if (on < 0) {
+        const char *e = getenv("DR_CUDA_MOE_SHGU");
+        on = !(e && e[0] == '0');
+    }
+    return on;
+}
+
+/* The shared expert as the decode kernels take it: its down rows, the raw
+ * scalar gate s [T], and either its projections (gate, up [T, Is], made by a
+ * GEMV before) or its gate / up weights (the gate/up kernel projects). */
+typedef struct {
+    const uint4 *down, *gate_w, *up_w;
+    const float *gate, *up, *s;
+    int Is;
+} md_shared;
+
 /* gate/up (+ SiLU * up) for the T*k picks (routing first when rt is given:
- * idx and wts are written), then down + weighted sum (+ the shared expert's
- * down when sh is given): two launches. acc_y: add to y. */
+ * idx and wts are written; the shared expert's gate/up too when sh has its
+ * weights), then down + weighted sum (+ the shared expert's down when sh is
+ * given): two launches. acc_y: add to y. */
 static void experts_fast(dr_cuda_ctx *cx, float *y, const float *x, const int32_t *idx, const float *wts,
-                         const void *const *tab, int E, int T, int k, int H, int I, int acc_y,
-                         const dr_moe_shared *sh, int Is, const md_route *rt) {
-    const int R = T * k;
-    float *act = (float *)dr_cuda_scratch(cx, DR_SCR_MOE, (size_t)R * I * sizeof(float));
+                         const void *const *tab, int E, int T, int k, int H, int I, int acc_y, const md_shared *sh,
+                         const md_route *rt) {
+    const int R = T * k, Is = sh ? sh->Is : 0;
+    const bool shgu = rt && sh && sh->gate_w; /* the gate/up kernel projects the shared expert */
+    float *act = (float *)dr_cuda_scratch(cx, DR_SCR_MOE, ((size_t)R * I + (shgu ? (size_t)T * Is : 0)) * sizeof(float));
     if (!act)
         return;
-    const dim3 gg(dr_cdiv((size_t)I, 8), (unsigned)R);
     const size_t gs = (size_t)H * sizeof(float);
-    if (!rt)
+    /* the picks-ready flags: only where the gate/up kernel routes (it writes idx) */
+    int *ready = rt && md_early() ? cx->moe_ready : NULL;
+    if (!rt) {
+        const dim3 gg(dr_cdiv((size_t)I, 8), (unsigned)R);
         dr_cuda_launch(cx, true, moe_gu_bf16_kernel, gg, dim3(256), gs, act, x, idx, tab, E, k, H, I);
-    else if (E <= 256)
-        dr_cuda_launch(cx, true, moe_gu_route_bf16_kernel<8>, gg, dim3(256), gs, act, rt->idx, rt->wts, rt->logits,
-                       rt->renorm, x, tab, E, k, H, I);
-    else
-        dr_cuda_launch(cx, true, moe_gu_route_bf16_kernel<16>, gg, dim3(256), gs, act, rt->idx, rt->wts,
-                       rt->logits, rt->renorm, x, tab, E, k, H, I);
-    const uint4 *shd = sh ? (const uint4 *)sh->down->dev : NULL;
+    } else {
+        const dim3 gg(dr_cdiv((size_t)(shgu && Is > I ? Is : I), 8), (unsigned)(R + (shgu ? T : 0)));
+        const uint4 *sgw = shgu ? sh->gate_w : NULL, *suw = shgu ? sh->up_w : NULL;
+#define MD_GU_ROUTE(PER, RX)                                                                                     \
+    dr_cuda_launch(cx, true, moe_gu_route_bf16_kernel<PER, RX>, gg, dim3(256), gs, act, rt->idx, rt->wts, rt->logits, \
+                   rt->renorm, x, tab, E, k, H, I, ready, R, sgw, suw, Is)
+        const bool rx = md_rx();
+        if (E <= 256 && rx)
+            MD_GU_ROUTE(8, true);
+        else if (E <= 256)
+            MD_GU_ROUTE(8, false);
+        else if (rx)
+            MD_GU_ROUTE(16, true);
+        else
+            MD_GU_ROUTE(16, false);
+#undef MD_GU_ROUTE
+    }
     dr_cuda_launch(cx, true, moe_down_bf16_kernel, dim3(dr_cdiv((size_t)H, 8), (unsigned)T), dim3(256),
-                   ((size_t)k * I + (size_t)Is) * sizeof(float), y,
-                   (const float *)act, idx, wts, tab, E, k, H, I, acc_y, shd, sh ? sh->gate : NULL,
-                   sh ? sh->up : NULL, sh ? sh->s : NULL, Is);
+                   ((size_t)k * I + (size_t)Is) * sizeof(float), y, (const float *)act, idx, wts, tab, E, k, H, I,
+                   acc_y, sh ? sh->down : NULL, sh ? sh->gate : NULL, sh ? sh->up : NULL, sh ? sh->s : NULL, Is,
+                   (const int *)ready, shgu ? (const float *)act + (size_t)R * I : NULL);
 }
 
 static unsigned grid_cap(const dr_cuda_ctx *cx, size_t n) {
@@ -650,7 +809,7 @@ static void experts_decode(dr_cuda_ctx *cx, float *y, const float *x, const int3
     if (!tab)
         return;
     if (experts_fast_ok(cx, ex, x, k, H, I, 0)) {
-        experts_fast(cx, y, x, idx, wts, tab, E, T, k, H, I, 1, NULL, 0, NULL);
+        experts_fast(cx, y, x, idx, wts, tab, E, T, k, H, I, 1, NULL, NULL);
         return;
     }
     const int R = T * k;
@@ -775,17 +934,24 @@ void dr_cuda_moe_experts(void *ctx, float *y, const float *x, const int32_t *idx
         experts_grouped(cx, y, x, idx, wts, experts, E, T, k, H, I);
 }
 
-bool dr_cuda_moe_decode(void *ctx, float *y, int32_t *idx, float *wts, const float *logits, const float *x,
-                        const dr_expert *experts, int E, int T, int k, bool renorm, int H, int I,
+/* A bf16 matrix [rows, cols] on the device with 16-byte aligned rows. */
+static bool bf16_rows_ok(const dr_tensor *w, long rows, long cols) {
+    return w && w->dev && w->dtype == DR_DT_BF16 && w->ndim == 2 && w->ne[0] == rows && w->ne[1] == cols &&
+           cols % 8 == 0 && (uintptr_t)w->dev % 16 == 0;
+}
+
+bool dr_cuda_moe_decode(void *ctx, float *y, int32_t *idx, float *wts, float *logits, const dr_tensor *router,
+                        const float *x, const dr_expert *experts, int E, int T, int k, bool renorm, int H, int I,
                         const dr_moe_shared *sh, bool acc) {
     dr_cuda_ctx *cx = (dr_cuda_ctx *)ctx;
-    if (!cx->moe_dec || T < 1 || T > MOE_GEMV_T || E <= 0 || k < 1 || k > E || k > ROUTE_MAX_K)
+    if (!cx->moe_dec || T < 1 || T > MOE_GEMV_T || E <= 0 || k < 1 || k > E || k > ROUTE_MAX_K || !router->dev ||
+        router->ndim != 2 || router->ne[0] != E || router->ne[1] != H)
         return false;
     int Is = 0;
     if (sh) {
         const dr_tensor *d = sh->down;
-        if (!d || !d->dev || d->dtype != DR_DT_BF16 || !sh->gate || !sh->up || !sh->s || d->ndim != 2 ||
-            (int)d->ne[0] != H || (int)d->ne[1] % 8 || (uintptr_t)d->dev % 16)
+        if (!d || d->ndim != 2 || !bf16_rows_ok(d, H, d->ne[1]) || !sh->gate->dev || !sh->up->dev ||
+            !sh->gate_s->dev)
             return false;
         Is = (int)d->ne[1];
     }
@@ -794,10 +960,40 @@ bool dr_cuda_moe_decode(void *ctx, float *y, int32_t *idx, float *wts, const flo
     const void *const *tab = expert_table(cx, experts, E);
     if (!tab) /* failed (recorded) or first use while recording (the step runs again) */
         return true;
-    const md_route rt = {logits, renorm ? 1 : 0, idx, wts};
+    if (!cx->moe_ready) { /* made outside any recording */
+        if (cx->capturing) {
+            cx->cap_bad = 1;
+            return true;
+        }
+        void *p = NULL;
+        DR_CUDA_NOTE(cx, cudaMalloc(&p, MOE_GEMV_T * sizeof(int)));
+        if (!p)
+            return true;
+        DR_CUDA_NOTE(cx, cudaMemsetAsync(p, 0, MOE_GEMV_T * sizeof(int), cx->stream));
+        cx->moe_ready = (int *)p;
+    }
     const bool in_gu = route_in_gu(E);
+    /* the shared expert's gate / up in the gate/up kernel when it routes and they are bf16 [Is, H] */
+    const bool shgu = sh && in_gu && md_shgu() && bf16_rows_ok(sh->gate, Is, H) && bf16_rows_ok(sh->up, Is, H);
+    md_shared ms;
+    memset(&ms, 0, sizeof ms);
+    if (sh) { /* router, scalar gate (and the shared projections unless the gate/up kernel makes them): one pass */
+        float *const ys[4] = {logits, sh->ws_s, sh->ws_gate, sh->ws_up};
+        const dr_tensor *const ws[4] = {router, sh->gate_s, sh->gate, sh->up};
+        dr_cuda_matmul_n(ctx, shgu ? 2 : 4, ys, x, ws, T);
+        ms.down = (const uint4 *)sh->down->dev;
+        ms.s = sh->ws_s;
+        ms.Is = Is;
+        if (shgu)
+            ms.gate_w = (const uint4 *)sh->gate->dev, ms.up_w = (const uint4 *)sh->up->dev;
+        else
+            ms.gate = sh->ws_gate, ms.up = sh->ws_up;
+    } else {
+        dr_cuda_matmul(ctx, logits, x, router, T);
+    }
+    const md_route rt = {logits, renorm ? 1 : 0, idx, wts};
     if (!in_gu)
         dr_cuda_moe_route(ctx, idx, wts, logits, T, E, k, renorm);
-    experts_fast(cx, y, x, idx, wts, tab, E, T, k, H, I, acc ? 1 : 0, sh, Is, in_gu ? &rt : NULL);
+    experts_fast(cx, y, x, idx, wts, tab, E, T, k, H, I, acc ? 1 : 0, sh ? &ms : NULL, in_gu ? &rt : NULL);
     return true;
 }
