@@ -452,6 +452,77 @@ static void test_moe(void) {
         free(hs[i]);
 }
 
+/* The weights of a MoE block for the moe_decode tests. */
+typedef struct {
+    dr_expert *ex;
+    dr_tensor shd, shg, shu, shs, rw;
+    int E, H, I, IS;
+} moe_w;
+
+/* The CPU chain for x [T, H]: lg = router x, idx / w = moe_route (k
+ * picks), y = the experts + (with_sh) the shared expert. */
+static void moe_ref(const moe_w *mw, const float *x, int T, int k, bool with_sh, float *lg, int32_t *idx, float *w,
+                    float *y) {
+    const int E = mw->E, H = mw->H, I = mw->I, IS = mw->IS;
+    float *ws = malloc((size_t)(2 * I + H) * 4);
+    C->matmul(NULL, lg, x, &mw->rw, T);
+    C->moe_route(NULL, idx, w, lg, T, E, k, true);
+    memset(y, 0, (size_t)T * H * 4);
+    C->moe_experts(NULL, y, x, idx, w, mw->ex, E, T, k, H, I, ws);
+    if (with_sh) {
+        float *sg = malloc((size_t)T * IS * 4), *su = malloc((size_t)T * IS * 4), *ss = malloc((size_t)T * 4);
+        float *act = malloc((size_t)T * IS * 4), *o2 = malloc((size_t)T * H * 4);
+        C->matmul(NULL, sg, x, &mw->shg, T);
+        C->matmul(NULL, su, x, &mw->shu, T);
+        C->matmul(NULL, ss, x, &mw->shs, T);
+        C->swiglu(NULL, act, sg, su, (size_t)T * IS);
+        C->matmul(NULL, o2, act, &mw->shd, T);
+        C->sigmoid_scale_rows(NULL, o2, ss, T, H);
+        C->add(NULL, y, o2, (size_t)T * H);
+        free(sg), free(su), free(ss), free(act), free(o2);
+    }
+    free(ws);
+}
+
+/* One moe_decode call on device x (gain: the residual stream, normalised
+ * by the slot) against the CPU results: logits, picks, weights, y; then
+ * again with acc (added to what y holds). */
+static void moe_decode_check(const moe_w *mw, const float *dx, const float *gain, int T, int k, bool with_sh,
+                             const float *lg, const int32_t *idx, const float *w, const float *y, const char *what) {
+    const int E = mw->E, H = mw->H, IS = mw->IS;
+    float *dl = G->alloc(G->ctx, (size_t)T * E * 4);
+    float *dsg = G->alloc(G->ctx, (size_t)T * IS * 4), *dsu = G->alloc(G->ctx, (size_t)T * IS * 4);
+    float *dss = G->alloc(G->ctx, (size_t)T * 4);
+    float *junk = rnd((size_t)T * H, 9.0f), *dy = dput(junk, (size_t)T * H * 4); /* overwritten */
+    float *dw = G->alloc(G->ctx, (size_t)T * k * 4);
+    int32_t *di = G->alloc(G->ctx, (size_t)T * k * 4);
+    const dr_moe_shared sh = {&mw->shg, &mw->shu, &mw->shs, &mw->shd, dsg, dsu, dss};
+    const bool done = G->moe_decode(G->ctx, dy, di, dw, dl, &mw->rw, dx, gain, 1e-6f, mw->ex, E, T, k, true, H, mw->I,
+                                    with_sh ? &sh : NULL, false);
+    CHECK(done, "moe_decode T=%d%s: handled by the fused kernels", T, what);
+    float *glg = dget(dl, (size_t)T * E);
+    REPORT(rel_err(glg, lg, (size_t)T * E), TOL, "moe_decode T=%d E=%d%s: router logits", T, E, what);
+    int32_t *gi = malloc((size_t)T * k * 4);
+    G->download(G->ctx, gi, di, (size_t)T * k * 4);
+    float *got = dget(dy, (size_t)T * H), *gw = dget(dw, (size_t)T * k);
+    CHECK_SHOW(!memcmp(gi, idx, (size_t)T * k * 4), "moe_decode T=%d k=%d%s: same experts as the CPU", T, k, what);
+    REPORT(rel_err(gw, w, (size_t)T * k), TOL, "moe_decode T=%d E=%d k=%d%s: routing weights", T, E, k, what);
+    REPORT(rel_err(got, y, (size_t)T * H), TOL, "moe_decode bf16 T=%d E=%d k=%d H=%d I=%d shared %d%s", T, E, k, H,
+           mw->I, with_sh ? IS : 0, what);
+    /* acc: added to what y holds (the residual add folded in) */
+    float *da = dput(junk, (size_t)T * H * 4), *want = malloc((size_t)T * H * 4);
+    G->moe_decode(G->ctx, da, di, dw, dl, &mw->rw, dx, gain, 1e-6f, mw->ex, E, T, k, true, H, mw->I,
+                  with_sh ? &sh : NULL, true);
+    for (size_t i = 0; i < (size_t)T * H; i++)
+        want[i] = junk[i] + y[i];
+    float *gota = dget(da, (size_t)T * H);
+    REPORT(rel_err(gota, want, (size_t)T * H), TOL, "moe_decode bf16 T=%d E=%d k=%d shared %d%s, added to y", T, E,
+           k, with_sh ? IS : 0, what);
+    free(junk), free(glg), free(gi), free(got), free(gw), free(want), free(gota);
+    G->free(G->ctx, dl), G->free(G->ctx, dsg), G->free(G->ctx, dsu), G->free(G->ctx, dss);
+    G->free(G->ctx, dy), G->free(G->ctx, dw), G->free(G->ctx, di), G->free(G->ctx, da);
+}
+
 /* The fused decode MoE block (moe_decode: router and shared projections,
  * route, experts, shared expert; y overwritten) against the CPU chain
  * matmul (router, shared gate / up / scalar gate) + moe_route + moe_experts
@@ -461,89 +532,63 @@ static void test_moe(void) {
  * pieces; Is < I: gate/up blocks of routed rows only). The routing runs in
  * the gate/up kernel (E <= 256 and E <= 512 variants) unless
  * DR_CUDA_MOE_ROUTE=0, and so do the shared expert's gate / up unless
- * DR_CUDA_MOE_SHGU=0; the router logits, picks and weights are checked too. */
+ * DR_CUDA_MOE_SHGU=0; the router logits, picks and weights are checked too.
+ * T = 1 also with the pre-norm folded in (x the residual stream and a gain;
+ * the CPU normalises with rmsnorm first); T = 2 with a gain is declined. */
 static void moe_decode_shape(int E, int H, int I, int IS, int K) {
-    dr_expert *ex = calloc((size_t)E, sizeof *ex);
+    moe_w mw = {calloc((size_t)E, sizeof(dr_expert)), {0}, {0}, {0}, {0}, {0}, E, H, I, IS};
     void **hs = calloc(3 * (size_t)E + 5, sizeof *hs);
     for (int e = 0; e < E; e++) {
-        hs[3 * e] = make_weights(&ex[e].gate, DR_DT_BF16, I, H, 0.1f);
-        hs[3 * e + 1] = make_weights(&ex[e].up, DR_DT_BF16, I, H, 0.1f);
-        hs[3 * e + 2] = make_weights(&ex[e].down, DR_DT_BF16, H, I, 0.1f);
+        hs[3 * e] = make_weights(&mw.ex[e].gate, DR_DT_BF16, I, H, 0.1f);
+        hs[3 * e + 1] = make_weights(&mw.ex[e].up, DR_DT_BF16, I, H, 0.1f);
+        hs[3 * e + 2] = make_weights(&mw.ex[e].down, DR_DT_BF16, H, I, 0.1f);
     }
-    dr_tensor shd, shg, shu, shs, rw;
-    hs[3 * E] = make_weights(&shd, DR_DT_BF16, H, IS, 0.1f);
-    hs[3 * E + 1] = make_weights(&shg, DR_DT_BF16, IS, H, 0.2f);
-    hs[3 * E + 2] = make_weights(&shu, DR_DT_BF16, IS, H, 0.2f);
-    hs[3 * E + 3] = make_weights(&shs, DR_DT_BF16, 1, H, 0.2f);
-    hs[3 * E + 4] = make_weights(&rw, DR_DT_BF16, E, H, 0.3f);
+    hs[3 * E] = make_weights(&mw.shd, DR_DT_BF16, H, IS, 0.1f);
+    hs[3 * E + 1] = make_weights(&mw.shg, DR_DT_BF16, IS, H, 0.2f);
+    hs[3 * E + 2] = make_weights(&mw.shu, DR_DT_BF16, IS, H, 0.2f);
+    hs[3 * E + 3] = make_weights(&mw.shs, DR_DT_BF16, 1, H, 0.2f);
+    hs[3 * E + 4] = make_weights(&mw.rw, DR_DT_BF16, E, H, 0.3f);
     for (int T = 1; T <= 4; T++)
         for (int with_sh = 0; with_sh < 2; with_sh++) {
             const int k = with_sh ? K : K < 3 ? K : 3;
-            float *x = rnd((size_t)T * H, 1.0f), *y = calloc((size_t)T * H, 4), *lg = malloc((size_t)T * E * 4);
-            float *sg = malloc((size_t)T * IS * 4), *su = malloc((size_t)T * IS * 4), *ss = malloc((size_t)T * 4);
-            float *w = malloc((size_t)T * k * 4), *ws = malloc((size_t)(2 * I + H) * 4);
+            float *x = rnd((size_t)T * H, 1.0f), *y = malloc((size_t)T * H * 4), *lg = malloc((size_t)T * E * 4);
+            float *w = malloc((size_t)T * k * 4);
             int32_t *idx = malloc((size_t)T * k * 4);
-            float *dx = dput(x, (size_t)T * H * 4), *dl = G->alloc(G->ctx, (size_t)T * E * 4);
-            float *dsg = G->alloc(G->ctx, (size_t)T * IS * 4), *dsu = G->alloc(G->ctx, (size_t)T * IS * 4);
-            float *dss = G->alloc(G->ctx, (size_t)T * 4);
-            float *junk = rnd((size_t)T * H, 9.0f), *dy = dput(junk, (size_t)T * H * 4); /* overwritten */
-            float *dw = G->alloc(G->ctx, (size_t)T * k * 4);
-            int32_t *di = G->alloc(G->ctx, (size_t)T * k * 4);
-            C->matmul(NULL, lg, x, &rw, T);
-            C->moe_route(NULL, idx, w, lg, T, E, k, true);
-            C->moe_experts(NULL, y, x, idx, w, ex, E, T, k, H, I, ws);
-            if (with_sh) {
-                float *act = malloc((size_t)T * IS * 4), *o2 = malloc((size_t)T * H * 4);
-                C->matmul(NULL, sg, x, &shg, T);
-                C->matmul(NULL, su, x, &shu, T);
-                C->matmul(NULL, ss, x, &shs, T);
-                C->swiglu(NULL, act, sg, su, (size_t)T * IS);
-                C->matmul(NULL, o2, act, &shd, T);
-                C->sigmoid_scale_rows(NULL, o2, ss, T, H);
-                C->add(NULL, y, o2, (size_t)T * H);
-                free(act), free(o2);
+            float *dx = dput(x, (size_t)T * H * 4);
+            moe_ref(&mw, x, T, k, with_sh, lg, idx, w, y);
+            moe_decode_check(&mw, dx, NULL, T, k, with_sh, lg, idx, w, y, "");
+            /* the pre-norm folded in: x the residual stream (larger), a gain */
+            float *xr = rnd((size_t)T * H, 3.0f), *gn = rnd((size_t)H, 1.0f);
+            float *dxr = dput(xr, (size_t)T * H * 4), *dgn = dput(gn, (size_t)H * 4);
+            if (T == 1) {
+                C->rmsnorm(NULL, x, xr, gn, T, H, 1e-6f);
+                moe_ref(&mw, x, T, k, with_sh, lg, idx, w, y);
+                moe_decode_check(&mw, dxr, dgn, T, k, with_sh, lg, idx, w, y, " (pre-norm in)");
+                float *back = dget(dxr, (size_t)T * H);
+                CHECK(!memcmp(back, xr, (size_t)T * H * 4), "moe_decode T=1 pre-norm in: x left unchanged");
+                free(back);
+            } else if (T == 2) {
+                const dr_moe_shared sh = {&mw.shg, &mw.shu, &mw.shs, &mw.shd, NULL, NULL, NULL};
+                CHECK(!G->moe_decode(G->ctx, dxr, NULL, NULL, NULL, &mw.rw, dxr, dgn, 1e-6f, mw.ex, E, T, k, true, H,
+                                     I, with_sh ? &sh : NULL, true),
+                      "moe_decode T=2 with a gain: declined");
             }
-            const dr_moe_shared sh = {&shg, &shu, &shs, &shd, dsg, dsu, dss};
-            const bool done = G->moe_decode(G->ctx, dy, di, dw, dl, &rw, dx, ex, E, T, k, true, H, I,
-                                            with_sh ? &sh : NULL, false);
-            CHECK(done, "moe_decode T=%d: handled by the fused kernels", T);
-            float *glg = dget(dl, (size_t)T * E);
-            REPORT(rel_err(glg, lg, (size_t)T * E), TOL, "moe_decode T=%d E=%d: router logits", T, E);
-            /* acc: added to what y holds (the residual add folded in) */
-            float *da = dput(junk, (size_t)T * H * 4), *want = malloc((size_t)T * H * 4);
-            G->moe_decode(G->ctx, da, di, dw, dl, &rw, dx, ex, E, T, k, true, H, I, with_sh ? &sh : NULL, true);
-            for (size_t i = 0; i < (size_t)T * H; i++)
-                want[i] = junk[i] + y[i];
-            float *gota = dget(da, (size_t)T * H);
-            REPORT(rel_err(gota, want, (size_t)T * H), TOL, "moe_decode bf16 T=%d E=%d k=%d shared %d, added to y", T, E,
-                   k, with_sh ? IS : 0);
-            free(want), free(gota);
-            G->free(G->ctx, da);
-            int32_t *gi = malloc((size_t)T * k * 4);
-            G->download(G->ctx, gi, di, (size_t)T * k * 4);
-            float *got = dget(dy, (size_t)T * H), *gw = dget(dw, (size_t)T * k);
-            CHECK_SHOW(!memcmp(gi, idx, (size_t)T * k * 4), "moe_decode T=%d k=%d: same experts as the CPU", T, k);
-            REPORT(rel_err(gw, w, (size_t)T * k), TOL, "moe_decode T=%d E=%d k=%d: routing weights", T, E, k);
-            REPORT(rel_err(got, y, (size_t)T * H), TOL, "moe_decode bf16 T=%d E=%d k=%d H=%d I=%d shared %d", T, E, k,
-                   H, I, with_sh ? IS : 0);
-            free(lg), free(x), free(y), free(sg), free(su), free(ss), free(w), free(ws), free(idx), free(junk);
-            free(gi), free(got), free(gw), free(glg);
-            G->free(G->ctx, dl), G->free(G->ctx, dx), G->free(G->ctx, dsg), G->free(G->ctx, dsu);
-            G->free(G->ctx, dss), G->free(G->ctx, dy), G->free(G->ctx, dw), G->free(G->ctx, di);
+            free(x), free(y), free(lg), free(w), free(idx), free(xr), free(gn);
+            G->free(G->ctx, dx), G->free(G->ctx, dxr), G->free(G->ctx, dgn);
         }
     for (int e = 0; e < E; e++) {
-        G->weight_free(G->ctx, &ex[e].gate);
-        G->weight_free(G->ctx, &ex[e].up);
-        G->weight_free(G->ctx, &ex[e].down);
+        G->weight_free(G->ctx, &mw.ex[e].gate);
+        G->weight_free(G->ctx, &mw.ex[e].up);
+        G->weight_free(G->ctx, &mw.ex[e].down);
     }
-    G->weight_free(G->ctx, &shd);
-    G->weight_free(G->ctx, &shg);
-    G->weight_free(G->ctx, &shu);
-    G->weight_free(G->ctx, &shs);
-    G->weight_free(G->ctx, &rw);
+    G->weight_free(G->ctx, &mw.shd);
+    G->weight_free(G->ctx, &mw.shg);
+    G->weight_free(G->ctx, &mw.shu);
+    G->weight_free(G->ctx, &mw.shs);
+    G->weight_free(G->ctx, &mw.rw);
     for (int i = 0; i < 3 * E + 5; i++)
         free(hs[i]);
-    free(hs), free(ex);
+    free(hs), free(mw.ex);
 }
 
 static void test_moe_decode(void) {
