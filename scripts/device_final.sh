@@ -4,7 +4,7 @@
 # then the decode / prefill benches in bf16, q8 and q4 with same-call
 # baselines for the newest kernels. Logs under $OUT.
 # Usage: scripts/device_final.sh [tests] [conc] [legacy] [memcheck] [bench] [r4] [gemv] [slope] [types]
-#        [attpos] [attdec] [attblk] [pdlsw] [moek] [moencu] [ncu35] [big40] [ncu08] [p512] [quant] [qold] [prefill] [mroute] [normin] [s6] [vsold] [normr]
+#        [attpos] [attdec] [attblk] [pdlsw] [moek] [moencu] [ncu35] [big40] [ncu08] [p512] [quant] [qold] [prefill] [mroute] [normin] [s6] [vsold]
 # conc: four test_cuda_quant processes at once (as ctest -j4); legacy: the same with
 # DR_CUDA_LEGACY_COPY=1, the unordered uploads before session 4's fix (it failed 2 of 4 runs once;
 # the race is timing-dependent). gemv: the GEMV-only bench_cuda lines (each shape also through the
@@ -19,7 +19,7 @@
 # the gate/up kernel and pre-norm in the input GEMV against their switches (+ the tests with them off).
 # s6: session 6's MoE decode changes (early down rows, shared gate/up in the gate/up kernel, routing by
 # integer reductions) each against its switch, and all of them off. vsold: 35B-A3B decode against
-# build-old/deltarun, a binary of an earlier commit built on this machine and carried (run's carry).
+# build-old/deltarun, a binary of an earlier commit built on this machine's kind and carried (run's carry).
 set -uo pipefail
 source "$(dirname "$0")/device_env.sh"
 what="${*:-tests memcheck bench quant prefill}"
@@ -121,8 +121,6 @@ if [[ "$what" == *s6* ]]; then # session 6's MoE decode changes, each against it
   ( export DR_CUDA_MOE_EARLY=0 DR_CUDA_MOE_SHGU=0 DR_CUDA_ROUTE_RX=0; one "35B-40L-s6-alloff" --synthetic $C/qwen3.5-35b-a3b.json -p 128 -n 64 )
 fi
 if [[ "$what" == *vsold* ]]; then # this tree against build-old/deltarun (an older commit built elsewhere, carried)
-  DR_CUDA_NORM_IN=0 timeout 120 "$b/tests/test_cuda_decode" tests/data/moe-bf16 tests/data/next-f32 > "$OUT/tcd_normin0.log" 2>&1
-  echo "test_cuda_decode DR_CUDA_NORM_IN=0 (no pre-norm folded in) exit $?: $(tail -1 "$OUT/tcd_normin0.log")"
   for i in 1 2; do
     for v in old new; do
       ( [[ $v == old ]] && cli="$root/build-old/deltarun"
@@ -131,13 +129,6 @@ if [[ "$what" == *vsold* ]]; then # this tree against build-old/deltarun (an old
   done
   for v in old new; do
     ( [[ $v == old ]] && cli="$root/build-old/deltarun"; one "35B-40L-$v" --synthetic $C/qwen3.5-35b-a3b.json -p 128 -n 64 )
-  done
-fi
-if [[ "$what" == *normr* ]]; then # the norm-in GEMV's rows per warp forced (DR_CUDA_NORM_R), 35B-A3B / 9B / 0.8B
-  for v in 0 2 1 0 2; do
-    DR_CUDA_NORM_R=$v one "35B-8L-normr$v" --synthetic $C/qwen3.5-35b-a3b.json --layers 8 -p 128 -n 256
-    DR_CUDA_NORM_R=$v one "9B-normr$v" --synthetic $C/qwen3.5-9b.json -p 128 -n 128
-    DR_CUDA_NORM_R=$v one "0.8B-normr$v" --synthetic $C/qwen3.5-0.8b.json -p 128 -n 256
   done
 fi
 if [[ "$what" == *r4* ]]; then

@@ -484,11 +484,10 @@ static void moe_ref(const moe_w *mw, const float *x, int T, int k, bool with_sh,
     free(ws);
 }
 
-/* One moe_decode call on device x (gain: the residual stream, normalised
- * by the slot) against the CPU results: logits, picks, weights, y; then
- * again with acc (added to what y holds). */
-static void moe_decode_check(const moe_w *mw, const float *dx, const float *gain, int T, int k, bool with_sh,
-                             const float *lg, const int32_t *idx, const float *w, const float *y, const char *what) {
+/* One moe_decode call on device x against the CPU results: logits, picks,
+ * weights, y; then again with acc (added to what y holds). */
+static void moe_decode_check(const moe_w *mw, const float *dx, int T, int k, bool with_sh, const float *lg,
+                             const int32_t *idx, const float *w, const float *y) {
     const int E = mw->E, H = mw->H, IS = mw->IS;
     float *dl = G->alloc(G->ctx, (size_t)T * E * 4);
     float *dsg = G->alloc(G->ctx, (size_t)T * IS * 4), *dsu = G->alloc(G->ctx, (size_t)T * IS * 4);
@@ -497,27 +496,26 @@ static void moe_decode_check(const moe_w *mw, const float *dx, const float *gain
     float *dw = G->alloc(G->ctx, (size_t)T * k * 4);
     int32_t *di = G->alloc(G->ctx, (size_t)T * k * 4);
     const dr_moe_shared sh = {&mw->shg, &mw->shu, &mw->shs, &mw->shd, dsg, dsu, dss};
-    const bool done = G->moe_decode(G->ctx, dy, di, dw, dl, &mw->rw, dx, gain, 1e-6f, mw->ex, E, T, k, true, H, mw->I,
-                                    with_sh ? &sh : NULL, false);
-    CHECK(done, "moe_decode T=%d%s: handled by the fused kernels", T, what);
+    const bool done =
+        G->moe_decode(G->ctx, dy, di, dw, dl, &mw->rw, dx, mw->ex, E, T, k, true, H, mw->I, with_sh ? &sh : NULL, false);
+    CHECK(done, "moe_decode T=%d: handled by the fused kernels", T);
     float *glg = dget(dl, (size_t)T * E);
-    REPORT(rel_err(glg, lg, (size_t)T * E), TOL, "moe_decode T=%d E=%d%s: router logits", T, E, what);
+    REPORT(rel_err(glg, lg, (size_t)T * E), TOL, "moe_decode T=%d E=%d: router logits", T, E);
     int32_t *gi = malloc((size_t)T * k * 4);
     G->download(G->ctx, gi, di, (size_t)T * k * 4);
     float *got = dget(dy, (size_t)T * H), *gw = dget(dw, (size_t)T * k);
-    CHECK_SHOW(!memcmp(gi, idx, (size_t)T * k * 4), "moe_decode T=%d k=%d%s: same experts as the CPU", T, k, what);
-    REPORT(rel_err(gw, w, (size_t)T * k), TOL, "moe_decode T=%d E=%d k=%d%s: routing weights", T, E, k, what);
-    REPORT(rel_err(got, y, (size_t)T * H), TOL, "moe_decode bf16 T=%d E=%d k=%d H=%d I=%d shared %d%s", T, E, k, H,
-           mw->I, with_sh ? IS : 0, what);
+    CHECK_SHOW(!memcmp(gi, idx, (size_t)T * k * 4), "moe_decode T=%d k=%d: same experts as the CPU", T, k);
+    REPORT(rel_err(gw, w, (size_t)T * k), TOL, "moe_decode T=%d E=%d k=%d: routing weights", T, E, k);
+    REPORT(rel_err(got, y, (size_t)T * H), TOL, "moe_decode bf16 T=%d E=%d k=%d H=%d I=%d shared %d", T, E, k, H,
+           mw->I, with_sh ? IS : 0);
     /* acc: added to what y holds (the residual add folded in) */
     float *da = dput(junk, (size_t)T * H * 4), *want = malloc((size_t)T * H * 4);
-    G->moe_decode(G->ctx, da, di, dw, dl, &mw->rw, dx, gain, 1e-6f, mw->ex, E, T, k, true, H, mw->I,
-                  with_sh ? &sh : NULL, true);
+    G->moe_decode(G->ctx, da, di, dw, dl, &mw->rw, dx, mw->ex, E, T, k, true, H, mw->I, with_sh ? &sh : NULL, true);
     for (size_t i = 0; i < (size_t)T * H; i++)
         want[i] = junk[i] + y[i];
     float *gota = dget(da, (size_t)T * H);
-    REPORT(rel_err(gota, want, (size_t)T * H), TOL, "moe_decode bf16 T=%d E=%d k=%d shared %d%s, added to y", T, E,
-           k, with_sh ? IS : 0, what);
+    REPORT(rel_err(gota, want, (size_t)T * H), TOL, "moe_decode bf16 T=%d E=%d k=%d shared %d, added to y", T, E,
+           k, with_sh ? IS : 0);
     free(junk), free(glg), free(gi), free(got), free(gw), free(want), free(gota);
     G->free(G->ctx, dl), G->free(G->ctx, dsg), G->free(G->ctx, dsu), G->free(G->ctx, dss);
     G->free(G->ctx, dy), G->free(G->ctx, dw), G->free(G->ctx, di), G->free(G->ctx, da);
@@ -532,9 +530,7 @@ static void moe_decode_check(const moe_w *mw, const float *dx, const float *gain
  * pieces; Is < I: gate/up blocks of routed rows only). The routing runs in
  * the gate/up kernel (E <= 256 and E <= 512 variants) unless
  * DR_CUDA_MOE_ROUTE=0, and so do the shared expert's gate / up unless
- * DR_CUDA_MOE_SHGU=0; the router logits, picks and weights are checked too.
- * T = 1 also with the pre-norm folded in (x the residual stream and a gain;
- * the CPU normalises with rmsnorm first); T = 2 with a gain is declined. */
+ * DR_CUDA_MOE_SHGU=0; the router logits, picks and weights are checked too. */
 static void moe_decode_shape(int E, int H, int I, int IS, int K) {
     moe_w mw = {calloc((size_t)E, sizeof(dr_expert)), {0}, {0}, {0}, {0}, {0}, E, H, I, IS};
     void **hs = calloc(3 * (size_t)E + 5, sizeof *hs);
@@ -556,25 +552,9 @@ static void moe_decode_shape(int E, int H, int I, int IS, int K) {
             int32_t *idx = malloc((size_t)T * k * 4);
             float *dx = dput(x, (size_t)T * H * 4);
             moe_ref(&mw, x, T, k, with_sh, lg, idx, w, y);
-            moe_decode_check(&mw, dx, NULL, T, k, with_sh, lg, idx, w, y, "");
-            /* the pre-norm folded in: x the residual stream (larger), a gain */
-            float *xr = rnd((size_t)T * H, 3.0f), *gn = rnd((size_t)H, 1.0f);
-            float *dxr = dput(xr, (size_t)T * H * 4), *dgn = dput(gn, (size_t)H * 4);
-            if (T == 1) {
-                C->rmsnorm(NULL, x, xr, gn, T, H, 1e-6f);
-                moe_ref(&mw, x, T, k, with_sh, lg, idx, w, y);
-                moe_decode_check(&mw, dxr, dgn, T, k, with_sh, lg, idx, w, y, " (pre-norm in)");
-                float *back = dget(dxr, (size_t)T * H);
-                CHECK(!memcmp(back, xr, (size_t)T * H * 4), "moe_decode T=1 pre-norm in: x left unchanged");
-                free(back);
-            } else if (T == 2) {
-                const dr_moe_shared sh = {&mw.shg, &mw.shu, &mw.shs, &mw.shd, NULL, NULL, NULL};
-                CHECK(!G->moe_decode(G->ctx, dxr, NULL, NULL, NULL, &mw.rw, dxr, dgn, 1e-6f, mw.ex, E, T, k, true, H,
-                                     I, with_sh ? &sh : NULL, true),
-                      "moe_decode T=2 with a gain: declined");
-            }
-            free(x), free(y), free(lg), free(w), free(idx), free(xr), free(gn);
-            G->free(G->ctx, dx), G->free(G->ctx, dxr), G->free(G->ctx, dgn);
+            moe_decode_check(&mw, dx, T, k, with_sh, lg, idx, w, y);
+            free(x), free(y), free(lg), free(w), free(idx);
+            G->free(G->ctx, dx);
         }
     for (int e = 0; e < E; e++) {
         G->weight_free(G->ctx, &mw.ex[e].gate);

@@ -214,15 +214,12 @@ struct dr_ops {
        fused: logits [T, E] = router x (scratch the slot writes); idx, wts =
        moe_route(logits); y [T, H] = sum_j wts[t, j] * expert_{idx[t, j]}(x)
        (j in pick order) + sigmoid(sh->gate_s x) * sh->down(silu(sh->gate x)
-       * sh->up x) (sh NULL: no shared expert). With gain, x is the residual
-       stream and every x above is RMSNorm(x; gain, eps), made by the slot
-       (the pre-norm folded in; x is not changed). y is written (acc: added
-       to, the residual add folded in; y may then be x). Returns false,
-       having queued nothing, when the backend does not handle the shape,
-       dtypes or the gain. */
+       * sh->up x) (sh NULL: no shared expert). y is written (acc: added to,
+       the residual add folded in). Returns false, having queued nothing,
+       when the backend does not handle the shape or dtypes. */
     bool (*moe_decode)(void *ctx, float *y, int32_t *idx, float *wts, float *logits, const dr_tensor *router,
-                       const float *x, const float *gain, float eps, const dr_expert *experts, int E, int T, int k,
-                       bool renorm, int H, int I, const dr_moe_shared *sh, bool acc);
+                       const float *x, const dr_expert *experts, int E, int T, int k, bool renorm, int H, int I,
+                       const dr_moe_shared *sh, bool acc);
 };
 
 enum { DR_STEP_RUN = 0, DR_STEP_RECORD = 1, DR_STEP_REPLAYED = 2 };

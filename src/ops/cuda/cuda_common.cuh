@@ -217,38 +217,6 @@ static __device__ __forceinline__ float dr_row_sumsq(const float *x, int n, floa
     return dr_block_sum(ss, sh);
 }
 
-#define DR_GN_BATCH 8
-
-/* sx [n] = RMSNorm(x; gain) staged by the whole block: each thread takes
- * its elements of x and gain DR_GN_BATCH at a time (one round trip for n <=
- * 2048), sums the squares in index order as dr_row_sumsq does, and stages
- * x * gain, scaled by 1 / rms once the block has the sum. Every thread must
- * call it. */
-static __device__ __forceinline__ void dr_gn_stage(float *sx, const float *x, const float *__restrict__ gain, int n,
-                                                float eps, float *sh) {
-    const int nt = blockDim.x;
-    float ss = 0.0f;
-    for (int i0 = threadIdx.x; i0 < n; i0 += DR_GN_BATCH * nt) {
-        float v[DR_GN_BATCH], g[DR_GN_BATCH];
-#pragma unroll
-        for (int k = 0; k < DR_GN_BATCH; k++) {
-            const int i = i0 + k * nt;
-            v[k] = i < n ? x[i] : 0.0f;
-            g[k] = i < n ? gain[i] : 0.0f;
-        }
-#pragma unroll
-        for (int k = 0; k < DR_GN_BATCH; k++)
-            if (i0 + k * nt < n) {
-                ss += v[k] * v[k];
-                sx[i0 + k * nt] = v[k] * g[k];
-            }
-    }
-    const float inv = 1.0f / sqrtf(dr_block_sum(ss, sh) / (float)n + eps);
-    for (int i = threadIdx.x; i < n; i += nt) /* this thread's own elements: no barrier before */
-        sx[i] *= inv;
-    __syncthreads();
-}
-
 /* A 16-byte weight load that does not allocate in L1 (each weight is read
  * once; activations, read by every warp, stay there). */
 static __device__ __forceinline__ uint4 dr_ld_w(const uint4 *p) {

@@ -341,6 +341,7 @@ __global__ void __launch_bounds__(256) gemv_rows_kernel(const gemv_set set, cons
                 yp[r][(size_t)t * ld[r]] = acc[r][t];
 }
 
+#define GN_BATCH 8
 #define GN_MAX_N 6144
 
 /* DR_CUDA_NORM_IN=0: rmsnorm_matmul_n and matmul_swiglu with a gain decline (the
@@ -355,8 +356,38 @@ static int norm_in_mode(void) {
     return mode;
 }
 
+/* sx [n] = RMSNorm(x; gain) staged by the whole block: each thread takes
+ * its elements of x and gain GN_BATCH at a time (one round trip for n <=
+ * 2048), sums the squares in index order as dr_row_sumsq does, and stages
+ * x * gain, scaled by 1 / rms once the block has the sum. Every thread must
+ * call it. */
+static __device__ __forceinline__ void gn_stage(float *sx, const float *x, const float *__restrict__ gain, int n,
+                                                float eps, float *sh) {
+    const int nt = blockDim.x;
+    float ss = 0.0f;
+    for (int i0 = threadIdx.x; i0 < n; i0 += GN_BATCH * nt) {
+        float v[GN_BATCH], g[GN_BATCH];
+#pragma unroll
+        for (int k = 0; k < GN_BATCH; k++) {
+            const int i = i0 + k * nt;
+            v[k] = i < n ? x[i] : 0.0f;
+            g[k] = i < n ? gain[i] : 0.0f;
+        }
+#pragma unroll
+        for (int k = 0; k < GN_BATCH; k++)
+            if (i0 + k * nt < n) {
+                ss += v[k] * v[k];
+                sx[i0 + k * nt] = v[k] * g[k];
+            }
+    }
+    const float inv = 1.0f / sqrtf(dr_block_sum(ss, sh) / (float)n + eps);
+    for (int i = threadIdx.x; i < n; i += nt) /* this thread's own elements: no barrier before */
+        sx[i] *= inv;
+    __syncthreads();
+}
+
 /* y_i = W_i RMSNorm(x; gain) for one token (ops.h rmsnorm_matmul_n): each
- * block normalises x into shared memory (dr_gn_stage) once the kernel before
+ * block normalises x into shared memory (gn_stage) once the kernel before
  * it is done, with its first weight loads already in flight, and runs
  * gemv_rows_kernel's dot on it. The norm is not a kernel of its own
  * (session 5, docs/CUDA.md). Widths up to GN_MAX_N (x in the default shared
@@ -376,7 +407,7 @@ __global__ void __launch_bounds__(256) gemv_rows_norm_kernel(const gemv_set set,
     int ld[R];
     gemv_set_rows<R>(set, r0, n / E, wp, yp, ld);
     float acc[R][1];
-    gemv_rows_dot<WT, 1, R, U, true>(wp, sx, 1, n, acc, [&]() { dr_gn_stage(sx, x, gain, n, eps, sh); });
+    gemv_rows_dot<WT, 1, R, U, true>(wp, sx, 1, n, acc, [&]() { gn_stage(sx, x, gain, n, eps, sh); });
 #pragma unroll
     for (int r = 0; r < R; r++)
         if (lane == 0 && yp[r])
@@ -390,7 +421,7 @@ __global__ void __launch_bounds__(256) gemv_rows_norm_kernel(const gemv_set set,
  * so silu(g) * u is formed in registers. Same dot products as the gate/up
  * GEMV, same silu as swiglu_kernel: the unfused chain's results exactly.
  * NORM (T = 1, session 5): x is the residual stream, normalised with gain
- * into shared memory by every block first (dr_gn_stage, as gemv_rows_norm_kernel). */
+ * into shared memory by every block first (gn_stage, as gemv_rows_norm_kernel). */
 template <typename WT, int MT, int P, bool NORM = false>
 __global__ void __launch_bounds__(256) gemv_swiglu_kernel(float *__restrict__ out, const WT *gate, const WT *up,
                                                           const float *x, int T, int d, int n,
@@ -400,7 +431,7 @@ __global__ void __launch_bounds__(256) gemv_swiglu_kernel(float *__restrict__ ou
     __shared__ float sh[32];
     dr_pdl_trigger();
     const int i0 = (blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5)) * P;
-    if (!NORM && i0 >= d) /* with NORM every warp reaches dr_gn_stage's barriers */
+    if (!NORM && i0 >= d) /* with NORM every warp reaches gn_stage's barriers */
         return;
     const int nv = n / E;
     const uint4 *wp[R];
@@ -413,7 +444,7 @@ __global__ void __launch_bounds__(256) gemv_swiglu_kernel(float *__restrict__ ou
     float acc[R][MT];
     if (NORM)
         gemv_rows_dot<WT, MT, R, 8 / R, true>(wp, (const float *)gs_x, T, n, acc,
-                                              [&]() { dr_gn_stage((float *)gs_x, x, gain, n, eps, sh); });
+                                              [&]() { gn_stage((float *)gs_x, x, gain, n, eps, sh); });
     else
         gemv_rows_dot<WT, MT, R, 8 / R>(wp, x, T, n, acc);
     if ((threadIdx.x & 31) == 0)
@@ -920,19 +951,9 @@ void dr_cuda_matmul(void *ctx, float *y, const float *x, const dr_tensor *w, int
 }
 
 /* gemv_rows_norm_kernel over a set, rows per warp as gemv_rows_pick */
-/* DR_CUDA_NORM_R=1/2/4: force the rows per warp of gemv_rows_norm_kernel (a measurement switch, session 6) */
-static int norm_rows_forced(void) {
-    static int r = -1;
-    if (r < 0) {
-        const char *e = getenv("DR_CUDA_NORM_R");
-        r = e && (e[0] == '1' || e[0] == '2' || e[0] == '4') ? e[0] - '0' : 0;
-    }
-    return r;
-}
-
 template <typename WT> static void norm_set_launch(dr_cuda_ctx *cx, const gemv_set &set, const float *x,
                                                    const float *gain, int n, float eps) {
-    const int rows = set.row0[set.nm], R = norm_rows_forced() ? norm_rows_forced() : rows_per_warp(cx, rows, 1);
+    const int rows = set.row0[set.nm], R = rows_per_warp(cx, rows, 1);
     const dim3 grid(dr_cdiv((size_t)rows, (size_t)(8 * R))), block(256);
     const size_t smem = (size_t)n * sizeof(float);
     if (R == 4)

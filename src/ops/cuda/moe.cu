@@ -449,17 +449,6 @@ static __device__ __forceinline__ void md_stage_x(float4 *sx, const float *x, in
         sx[c] = __ldcg(xv + c);
 }
 
-/* The same, or with gain RMSNorm(x_t; gain) (x is then the residual stream;
- * dr_gn_stage, as the GEMVs that fold the norm in). Every thread must call
- * it; sh: 32 floats of shared memory. */
-static __device__ __forceinline__ void md_stage(float4 *sx, const float *x, int t, int H, const float *gain, float eps,
-                                                float *sh) {
-    if (gain)
-        dr_gn_stage((float *)sx, x + (size_t)t * H, gain, H, eps, sh);
-    else
-        md_stage_x(sx, x, t, H);
-}
-
 /* act[r, i] = silu(gate_e[i] . x_t) * (up_e[i] . x_t), r = t*k + j, e = idx[r]:
  * one warp per (r, i), the gate and up rows streamed together (2 * MD_U loads
  * in flight per lane); x_t is staged in shared memory once per block while
@@ -492,7 +481,7 @@ __global__ void __launch_bounds__(256) moe_gu_bf16_kernel(float *__restrict__ ac
  * weights load before the PDL wait. The shared-expert blocks of the routing
  * gate/up kernel (session 6). */
 static __device__ __forceinline__ void md_gu_shared(float *sa, const float *x, const uint4 *gw, const uint4 *uw, int t,
-                                                    int H, int Is, const float *gain, float eps, float *sh) {
+                                                    int H, int Is) {
     extern __shared__ float4 md_sx[];
     dr_pdl_trigger();
     const int lane = threadIdx.x & 31, i0 = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
@@ -504,7 +493,7 @@ static __device__ __forceinline__ void md_gu_shared(float *sa, const float *x, c
     uint4 a[MD_U], b[MD_U];
     md_gu_first(a, b, g, u, lane, nv);
     dr_pdl_wait(); /* x comes from earlier kernels */
-    md_stage(md_sx, x, t, H, gain, eps, sh);
+    md_stage_x(md_sx, x, t, H);
     __syncthreads();
     const float v = md_gu_dot(a, b, g, u, md_sx, lane, nv);
     if (live && lane == 0)
@@ -522,13 +511,11 @@ __global__ void __launch_bounds__(256) moe_gu_route_bf16_kernel(float *__restric
                                                                 const void *const *__restrict__ tab, int E, int k,
                                                                 int H, int I, int *ready, int R,
                                                                 const uint4 *__restrict__ sgw,
-                                                                const uint4 *__restrict__ suw, int Is,
-                                                                const float *gain, float eps) {
+                                                                const uint4 *__restrict__ suw, int Is) {
     extern __shared__ float4 md_sx[];
     __shared__ int pick;
-    __shared__ float sh[32];
     if ((int)blockIdx.y >= R) { /* the shared expert of token blockIdx.y - R: rows Is, output after the picks' */
-        md_gu_shared(act + (size_t)R * I, x, sgw, suw, (int)blockIdx.y - R, H, Is, gain, eps, sh);
+        md_gu_shared(act + (size_t)R * I, x, sgw, suw, (int)blockIdx.y - R, H, Is);
         return;
     }
     const int lane = threadIdx.x & 31, r = blockIdx.y, t = r / k, j = r - t * k;
@@ -566,7 +553,7 @@ __global__ void __launch_bounds__(256) moe_gu_route_bf16_kernel(float *__restric
                 md_st_release(ready + t, 1); /* the down kernel may read idx now */
         }
     }
-    md_stage(md_sx, x, t, H, gain, eps, sh);
+    md_stage_x(md_sx, x, t, H);
     __syncthreads();
     const int i0 = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     const bool live = i0 < I;
@@ -705,16 +692,13 @@ static bool experts_fast_ok(const dr_cuda_ctx *cx, const dr_expert *ex, const fl
 }
 
 /* The routing folded into the gate/up kernel (moe_decode): the router
- * logits, whether the picked weights are renormalised, where the picks go
- * (the idx and wts the down kernel reads), and the pre-norm's gain when x
- * is the residual stream (NULL: x is normalised already). */
+ * logits, whether the picked weights are renormalised, and where the picks
+ * go (the idx and wts the down kernel reads). */
 typedef struct {
     const float *logits;
     int renorm;
     int32_t *idx;
     float *wts;
-    const float *gain;
-    float eps;
 } md_route;
 
 /* Whether the gate/up kernel can do the routing of E experts (its warp
@@ -796,7 +780,7 @@ static void experts_fast(dr_cuda_ctx *cx, float *y, const float *x, const int32_
         const uint4 *sgw = shgu ? sh->gate_w : NULL, *suw = shgu ? sh->up_w : NULL;
 #define MD_GU_ROUTE(PER, RX)                                                                                     \
     dr_cuda_launch(cx, true, moe_gu_route_bf16_kernel<PER, RX>, gg, dim3(256), gs, act, rt->idx, rt->wts, rt->logits, \
-                   rt->renorm, x, tab, E, k, H, I, ready, R, sgw, suw, Is, rt->gain, rt->eps)
+                   rt->renorm, x, tab, E, k, H, I, ready, R, sgw, suw, Is)
         const bool rx = md_rx();
         if (E <= 256 && rx)
             MD_GU_ROUTE(8, true);
@@ -957,14 +941,11 @@ static bool bf16_rows_ok(const dr_tensor *w, long rows, long cols) {
 }
 
 bool dr_cuda_moe_decode(void *ctx, float *y, int32_t *idx, float *wts, float *logits, const dr_tensor *router,
-                        const float *x, const float *gain, float eps, const dr_expert *experts, int E, int T, int k,
-                        bool renorm, int H, int I, const dr_moe_shared *sh, bool acc) {
+                        const float *x, const dr_expert *experts, int E, int T, int k, bool renorm, int H, int I,
+                        const dr_moe_shared *sh, bool acc) {
     dr_cuda_ctx *cx = (dr_cuda_ctx *)ctx;
     if (!cx->moe_dec || T < 1 || T > MOE_GEMV_T || E <= 0 || k < 1 || k > E || k > ROUTE_MAX_K || !router->dev ||
         router->ndim != 2 || router->ne[0] != E || router->ne[1] != H)
-        return false;
-    const bool in_gu = route_in_gu(E);
-    if (gain && !in_gu) /* the pre-norm is staged by the routing gate/up kernel */
         return false;
     int Is = 0;
     if (sh) {
@@ -976,19 +957,6 @@ bool dr_cuda_moe_decode(void *ctx, float *y, int32_t *idx, float *wts, float *lo
     }
     if (!experts_fast_ok(cx, experts, x, k, H, I, Is))
         return false;
-    /* the shared expert's gate / up in the gate/up kernel when it routes and they are bf16 [Is, H] */
-    const bool shgu = sh && in_gu && md_shgu() && bf16_rows_ok(sh->gate, Is, H) && bf16_rows_ok(sh->up, Is, H);
-    /* first the router's GEMV (+ the scalar gate, + the shared projections unless the gate/up kernel makes
-       them): with a gain it normalises x too, and may decline (T > 1, too wide), before anything is queued */
-    float *const ys[4] = {logits, sh ? sh->ws_s : NULL, sh ? sh->ws_gate : NULL, sh ? sh->ws_up : NULL};
-    const dr_tensor *const ws[4] = {router, sh ? sh->gate_s : NULL, sh ? sh->gate : NULL, sh ? sh->up : NULL};
-    const int n_w = !sh ? 1 : shgu ? 2 : 4;
-    if (gain) {
-        if (!dr_cuda_rmsnorm_matmul_n(ctx, n_w, ys, x, gain, eps, ws, T))
-            return false;
-    } else {
-        dr_cuda_matmul_n(ctx, n_w, ys, x, ws, T);
-    }
     const void *const *tab = expert_table(cx, experts, E);
     if (!tab) /* failed (recorded) or first use while recording (the step runs again) */
         return true;
@@ -1004,9 +972,15 @@ bool dr_cuda_moe_decode(void *ctx, float *y, int32_t *idx, float *wts, float *lo
         DR_CUDA_NOTE(cx, cudaMemsetAsync(p, 0, MOE_GEMV_T * sizeof(int), cx->stream));
         cx->moe_ready = (int *)p;
     }
+    const bool in_gu = route_in_gu(E);
+    /* the shared expert's gate / up in the gate/up kernel when it routes and they are bf16 [Is, H] */
+    const bool shgu = sh && in_gu && md_shgu() && bf16_rows_ok(sh->gate, Is, H) && bf16_rows_ok(sh->up, Is, H);
     md_shared ms;
     memset(&ms, 0, sizeof ms);
-    if (sh) {
+    if (sh) { /* router, scalar gate (and the shared projections unless the gate/up kernel makes them): one pass */
+        float *const ys[4] = {logits, sh->ws_s, sh->ws_gate, sh->ws_up};
+        const dr_tensor *const ws[4] = {router, sh->gate_s, sh->gate, sh->up};
+        dr_cuda_matmul_n(ctx, shgu ? 2 : 4, ys, x, ws, T);
         ms.down = (const uint4 *)sh->down->dev;
         ms.s = sh->ws_s;
         ms.Is = Is;
@@ -1014,8 +988,10 @@ bool dr_cuda_moe_decode(void *ctx, float *y, int32_t *idx, float *wts, float *lo
             ms.gate_w = (const uint4 *)sh->gate->dev, ms.up_w = (const uint4 *)sh->up->dev;
         else
             ms.gate = sh->ws_gate, ms.up = sh->ws_up;
+    } else {
+        dr_cuda_matmul(ctx, logits, x, router, T);
     }
-    const md_route rt = {logits, renorm ? 1 : 0, idx, wts, gain, eps};
+    const md_route rt = {logits, renorm ? 1 : 0, idx, wts};
     if (!in_gu)
         dr_cuda_moe_route(ctx, idx, wts, logits, T, E, k, renorm);
     experts_fast(cx, y, x, idx, wts, tab, E, T, k, H, I, acc ? 1 : 0, sh ? &ms : NULL, in_gu ? &rt : NULL);
