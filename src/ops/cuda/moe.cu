@@ -100,7 +100,7 @@ static __device__ __forceinline__ void route_warp(const float *l, int E, int k, 
     float v[PER];
 #pragma unroll
     for (int i = 0; i < PER; i++)
-        v[i] = lane + 32 * i < E ? __ldcg(l + lane + 32 * i) : -INFINITY; /* L2: maybe written by this kernel */
+        v[i] = lane + 32 * i < E ? l[lane + 32 * i] : -INFINITY;
     float mx = -INFINITY;
 #pragma unroll
     for (int i = 0; i < PER; i++)
@@ -202,8 +202,6 @@ void dr_cuda_moe_route(void *ctx, int32_t *idx, float *wts, const float *logits,
 
 /* ---- expert pointer table ---- */
 
-#define MD_CNT 4 /* counters kept after each table's pointers */
-
 /* The device pointers of the E experts' gate, up and down, in table order;
  * false (error noted) when one is missing or the dtypes differ. */
 static bool expert_ptrs(dr_cuda_ctx *cx, const dr_expert *ex, int E, const void **h) {
@@ -258,12 +256,8 @@ static const void *const *expert_table(dr_cuda_ctx *cx, const dr_expert *ex, int
         void *d = NULL;
         if (!tb->host)
             goto nomem;
-        /* the pointers, then the routing gate/up kernel's 4 counters (md_gu_args cnt), zeroed once */
-        cudaError_t e = cudaMalloc(&d, 3 * (size_t)E * sizeof(void *) + MD_CNT * sizeof(int));
-        if (e == cudaSuccess)
-            e = cudaMemsetAsync((char *)d + 3 * (size_t)E * sizeof(void *), 0, MD_CNT * sizeof(int), cx->stream);
+        cudaError_t e = cudaMalloc(&d, 3 * (size_t)E * sizeof(void *));
         if (e != cudaSuccess) {
-            cudaFree(d);
             free(tb->host);
             dr_cuda_note_fail(cx, __FILE__, __LINE__, "expert table allocation", e);
             return NULL;
@@ -482,125 +476,58 @@ __global__ void __launch_bounds__(256) moe_gu_bf16_kernel(float *__restrict__ ac
         act[(size_t)r * I + i] = v;
 }
 
-/* Arguments of the routing gate/up kernel (one struct: there are many). */
-typedef struct {
-    float *act;                    /* [R, I] the picks' activations, then [T, Is] the shared expert's */
-    int32_t *idx;                  /* [T, k] the picks and their weights, written by each token's first block */
-    float *wts;
-    float *logits;                 /* [T, E] router logits: made before, or by the router blocks */
-    int renorm;                    /* the picked weights renormalised */
-    const float *x;                /* [T, H] */
-    const void *const *tab;        /* expert pointer table */
-    int E, k, H, I, R;             /* R = T * k picks */
-    int *ready;                    /* [T] picks-ready flags (early down loads) or NULL */
-    const uint4 *sgw, *suw;        /* the shared expert's gate / up rows [Is, H], or NULL */
-    int Is;
-    const uint4 *rw;               /* router rows [E, H] when the router blocks make the logits (T = 1), else NULL */
-    const uint4 *ssw;              /* and the shared expert's scalar gate row [1, H] (or NULL), into ss [1] */
-    float *ss;
-    int *cnt;                      /* with rw: [0] arrivals, [1] router blocks done, [2] blocks done; zero between */
-    int nrb;                       /* router blocks (rw), 8 rows each */
-} md_gu_args;
-
-/* The first 2 * MD_U 16-byte pieces per lane of row w, and its dot with x
- * in shared memory (every lane gets it): a router row. */
-static __device__ __forceinline__ void md_row_first(uint4 (&a)[2 * MD_U], const uint4 *w, int lane, int nv) {
-#pragma unroll
-    for (int q = 0; q < 2 * MD_U; q++)
-        a[q] = lane + 32 * q < nv ? dr_ld_w(w + lane + 32 * q) : make_uint4(0, 0, 0, 0);
-}
-static __device__ __forceinline__ float md_row_dot(uint4 (&a)[2 * MD_U], const uint4 *w, const float4 *sx, int lane,
-                                                   int nv) {
-    float s = 0.0f;
-    for (int v0 = lane;;) {
-#pragma unroll
-        for (int q = 0; q < 2 * MD_U; q++) {
-            const int v = v0 + 32 * q;
-            if (v < nv)
-                s = dot8_bf16(a[q], sx[2 * v], sx[2 * v + 1], s);
-        }
-        v0 += 64 * MD_U;
-        if (v0 >= nv)
-            break;
-#pragma unroll
-        for (int q = 0; q < 2 * MD_U; q++)
-            a[q] = v0 + 32 * q < nv ? dr_ld_w(w + v0 + 32 * q) : make_uint4(0, 0, 0, 0);
-    }
-    return dr_warp_sum(s);
-}
-
-/* Router block rb (T = 1): rows 8 rb .. 8 rb + 7 of [router; scalar gate],
- * one per warp, into logits / ss; the block then counts itself done (the
- * routing warps wait for all nrb). Its rows load before the PDL wait. */
-static __device__ __forceinline__ void md_router_block(const md_gu_args &a, int rb) {
-    extern __shared__ float4 md_sx[];
-    dr_pdl_trigger();
-    const int lane = threadIdx.x & 31, row = rb * (blockDim.x >> 5) + (threadIdx.x >> 5), nv = a.H / 8;
-    const uint4 *w = row < a.E ? a.rw + (size_t)row * nv : row == a.E && a.ssw ? a.ssw : NULL;
-    uint4 q[2 * MD_U];
-    if (w)
-        md_row_first(q, w, lane, nv);
-    dr_pdl_wait(); /* x comes from earlier kernels */
-    md_stage_x(md_sx, a.x, 0, a.H);
-    __syncthreads();
-    if (w) {
-        const float v = md_row_dot(q, w, md_sx, lane, nv);
-        if (lane == 0) {
-            if (row < a.E)
-                a.logits[row] = v;
-            else
-                a.ss[0] = v;
-            __threadfence();
-        }
-    }
-    __syncthreads();
-    if (threadIdx.x == 0)
-        atomicAdd(a.cnt + 1, 1); /* after every warp's write and fence */
-}
-
 /* sa[t, i] = silu(g[i] . x_t) * (u[i] . x_t) for the shared expert's rows
- * of block column bx (Is rows in all): no routing to wait for, so the first
+ * of this block (Is rows in all): no routing to wait for, so the first
  * weights load before the PDL wait. The shared-expert blocks of the routing
  * gate/up kernel (session 6). */
-static __device__ __forceinline__ void md_gu_shared(const md_gu_args &a, int bx, int t) {
+static __device__ __forceinline__ void md_gu_shared(float *sa, const float *x, const uint4 *gw, const uint4 *uw, int t,
+                                                    int H, int Is) {
     extern __shared__ float4 md_sx[];
     dr_pdl_trigger();
-    const int lane = threadIdx.x & 31, i0 = bx * (blockDim.x >> 5) + (threadIdx.x >> 5), Is = a.Is, H = a.H;
-    if (bx * (int)(blockDim.x >> 5) >= Is) /* only routed rows in this column (I > Is) */
+    const int lane = threadIdx.x & 31, i0 = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if ((int)blockIdx.x * (int)(blockDim.x >> 5) >= Is) /* only routed rows here (I > Is) */
         return;
     const bool live = i0 < Is;
     const int i = live ? i0 : Is - 1, nv = H / 8;
-    const uint4 *g = a.sgw + (size_t)i * nv, *u = a.suw + (size_t)i * nv;
-    uint4 p[MD_U], q[MD_U];
-    md_gu_first(p, q, g, u, lane, nv);
+    const uint4 *g = gw + (size_t)i * nv, *u = uw + (size_t)i * nv;
+    uint4 a[MD_U], b[MD_U];
+    md_gu_first(a, b, g, u, lane, nv);
     dr_pdl_wait(); /* x comes from earlier kernels */
-    md_stage_x(md_sx, a.x, t, H);
+    md_stage_x(md_sx, x, t, H);
     __syncthreads();
-    const float v = md_gu_dot(p, q, g, u, md_sx, lane, nv);
+    const float v = md_gu_dot(a, b, g, u, md_sx, lane, nv);
     if (live && lane == 0)
-        a.act[(size_t)a.R * a.I + (size_t)t * Is + i] = v;
+        sa[(size_t)t * Is + i] = v;
 }
 
-/* Block (bx, r) of the picks: warp 0 runs route_warp on token t's router
- * logits (the route kernel's arithmetic: identical picks and weights; with
- * router blocks, once they are all done) while the other warps stage x,
- * then the block streams rows of its pick's gate / up. Block (0, t*k)
- * writes the token's idx and wts for the down kernel, and raises the
- * token's picks-ready flag. */
+/* The same with the routing done here (session 5, docs/CUDA.md): warp 0 of
+ * every block runs route_warp on token t's router logits (the route
+ * kernel's arithmetic: identical picks and weights) while the other warps
+ * stage x, so the separate route launch and its round trip through idx go.
+ * Block (0, t*k) writes the token's idx and wts for the down kernel. */
 template <int PER, bool RX>
-static __device__ __forceinline__ void md_gu_routed(const md_gu_args &a, int bx, int r) {
+__global__ void __launch_bounds__(256) moe_gu_route_bf16_kernel(float *__restrict__ act, int32_t *idx, float *wts,
+                                                                const float *logits, int renorm, const float *x,
+                                                                const void *const *__restrict__ tab, int E, int k,
+                                                                int H, int I, int *ready, int R,
+                                                                const uint4 *__restrict__ sgw,
+                                                                const uint4 *__restrict__ suw, int Is) {
     extern __shared__ float4 md_sx[];
     __shared__ int pick;
-    const int lane = threadIdx.x & 31, k = a.k, t = r / k, j = r - t * k, I = a.I, H = a.H, E = a.E;
-    if (bx * (int)(blockDim.x >> 5) >= I) /* only shared-expert rows in this column (Is > I) */
+    if ((int)blockIdx.y >= R) { /* the shared expert of token blockIdx.y - R: rows Is, output after the picks' */
+        md_gu_shared(act + (size_t)R * I, x, sgw, suw, (int)blockIdx.y - R, H, Is);
         return;
-    const bool writer = bx == 0 && j == 0; /* writes the token's idx and wts */
-    if (a.ready && writer) {
+    }
+    const int lane = threadIdx.x & 31, r = blockIdx.y, t = r / k, j = r - t * k;
+    if ((int)blockIdx.x * (int)(blockDim.x >> 5) >= I) /* only shared-expert rows here (Is > I) */
+        return;
+    const bool writer = blockIdx.x == 0 && j == 0; /* writes the token's idx and wts */
+    if (ready && writer) {
         /* the picks-ready flag of token t is cleared before the down kernel can start: that kernel
            (PDL) is scheduled only once every block of this one has triggered */
         dr_pdl_wait(); /* the previous layer's down kernel, which read the flag, has finished */
         if (threadIdx.x == 0) {
-            a.ready[t] = 0;
+            ready[t] = 0;
             __threadfence();
         }
         __syncthreads();
@@ -610,80 +537,33 @@ static __device__ __forceinline__ void md_gu_routed(const md_gu_args &a, int bx,
         dr_pdl_wait();    /* the logits and x come from earlier kernels */
     }
     if (threadIdx.x < 32) {
-        if (a.rw) { /* the logits come from this kernel's router blocks */
-            if (lane == 0)
-                while (md_ld_acquire(a.cnt + 1) < a.nrb)
-                    __nanosleep(32);
-            __syncwarp();
-        }
         int sel;
         float wt;
-        route_warp<PER, RX>(a.logits + (size_t)t * E, E, k, a.renorm, lane, &sel, &wt);
+        route_warp<PER, RX>(logits + (size_t)t * E, E, k, renorm, lane, &sel, &wt);
         if (lane == j)
             pick = sel;
         if (writer && lane < k) {
-            a.idx[(size_t)t * k + lane] = sel;
-            a.wts[(size_t)t * k + lane] = wt;
+            idx[(size_t)t * k + lane] = sel;
+            wts[(size_t)t * k + lane] = wt;
             __threadfence();
         }
-        if (writer && a.ready) {
+        if (writer && ready) {
             __syncwarp();
             if (lane == 0)
-                md_st_release(a.ready + t, 1); /* the down kernel may read idx now */
+                md_st_release(ready + t, 1); /* the down kernel may read idx now */
         }
     }
-    md_stage_x(md_sx, a.x, t, H);
+    md_stage_x(md_sx, x, t, H);
     __syncthreads();
-    const int i0 = bx * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    const int i0 = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     const bool live = i0 < I;
     const int i = live ? i0 : I - 1, e = pick, nv = H / 8;
-    const uint4 *g = (const uint4 *)a.tab[e] + (size_t)i * nv, *u = (const uint4 *)a.tab[E + e] + (size_t)i * nv;
-    uint4 p[MD_U], q[MD_U];
-    md_gu_first(p, q, g, u, lane, nv);
-    const float v = md_gu_dot(p, q, g, u, md_sx, lane, nv);
+    const uint4 *g = (const uint4 *)tab[e] + (size_t)i * nv, *u = (const uint4 *)tab[E + e] + (size_t)i * nv;
+    uint4 a[MD_U], b[MD_U];
+    md_gu_first(a, b, g, u, lane, nv);
+    const float v = md_gu_dot(a, b, g, u, md_sx, lane, nv);
     if (live && lane == 0)
-        a.act[(size_t)r * I + i] = v;
-}
-
-/* The gate/up kernel with the routing done here (session 5, docs/CUDA.md:
- * the separate route launch and its round trip through idx go), the shared
- * expert's gate / up (session 6) and, for one token, the router GEMV itself
- * (session 6: nrb router blocks, so the router's launch goes too). Block
- * roles, in order: router blocks, then (gridDim.x columns) the picks' rows,
- * then the shared expert's. With router blocks a block takes its role from
- * an arrival counter instead of its index, so the blocks the routing waits
- * for are always ones that already run; the last block out zeroes the
- * counters for the next launch. */
-template <int PER, bool RX>
-__global__ void __launch_bounds__(256) moe_gu_route_bf16_kernel(const md_gu_args a) {
-    __shared__ int role;
-    int b = blockIdx.x + blockIdx.y * gridDim.x;
-    if (a.rw) {
-        if (threadIdx.x == 0)
-            role = atomicAdd(a.cnt, 1);
-        __syncthreads();
-        b = role;
-    }
-    if (b < a.nrb) {
-        md_router_block(a, b);
-    } else {
-        b -= a.nrb;
-        const int bx = b % gridDim.x, by = b / gridDim.x;
-        if (by < a.R)
-            md_gu_routed<PER, RX>(a, bx, by);
-        else if (a.sgw && by < a.R + a.R / a.k)
-            md_gu_shared(a, bx, by - a.R);
-        else
-            dr_pdl_trigger(); /* a spare block */
-    }
-    if (a.rw) {
-        __syncthreads();
-        if (threadIdx.x == 0 && atomicAdd(a.cnt + 2, 1) == (int)(gridDim.x * gridDim.y) - 1) {
-            a.cnt[0] = 0;
-            a.cnt[1] = 0;
-            a.cnt[2] = 0;
-        }
-    }
+        act[(size_t)r * I + i] = v;
 }
 
 /* Down rows of picks j0 .. j0+MD_J-1 of token t for row h (NULL past k), and
@@ -815,13 +695,10 @@ static bool experts_fast_ok(const dr_cuda_ctx *cx, const dr_expert *ex, const fl
  * logits, whether the picked weights are renormalised, and where the picks
  * go (the idx and wts the down kernel reads). */
 typedef struct {
-    float *logits;
+    const float *logits;
     int renorm;
     int32_t *idx;
     float *wts;
-    const uint4 *rw, *ssw; /* the router GEMV in the gate/up kernel (T = 1): router and scalar gate rows */
-    float *ss;
-    int *cnt;
 } md_route;
 
 /* Whether the gate/up kernel can do the routing of E experts (its warp
@@ -854,18 +731,6 @@ static bool md_rx(void) {
     static int on = -1;
     if (on < 0) {
         const char *e = getenv("DR_CUDA_ROUTE_RX");
-        on = !(e && e[0] == '0');
-    }
-    return on;
-}
-
-/* Whether the gate/up kernel also makes the router logits for one token
- * (router blocks; session 6, docs/CUDA.md); DR_CUDA_MOE_RIN=0: a GEMV
- * launch before it (a same-run baseline). */
-static bool md_rin(void) {
-    static int on = -1;
-    if (on < 0) {
-        const char *e = getenv("DR_CUDA_MOE_RIN");
         on = !(e && e[0] == '0');
     }
     return on;
@@ -911,29 +776,21 @@ static void experts_fast(dr_cuda_ctx *cx, float *y, const float *x, const int32_
         const dim3 gg(dr_cdiv((size_t)I, 8), (unsigned)R);
         dr_cuda_launch(cx, true, moe_gu_bf16_kernel, gg, dim3(256), gs, act, x, idx, tab, E, k, H, I);
     } else {
-        md_gu_args ga;
-        memset(&ga, 0, sizeof ga);
-        ga.act = act, ga.idx = rt->idx, ga.wts = rt->wts, ga.logits = rt->logits, ga.renorm = rt->renorm, ga.x = x;
-        ga.tab = tab, ga.E = E, ga.k = k, ga.H = H, ga.I = I, ga.R = R, ga.ready = ready;
-        if (shgu)
-            ga.sgw = sh->gate_w, ga.suw = sh->up_w, ga.Is = Is;
-        const unsigned cols = dr_cdiv((size_t)(shgu && Is > I ? Is : I), 8);
-        unsigned rows = (unsigned)(R + (shgu ? T : 0));
-        if (rt->rw) { /* router blocks first: 8 rows each of [router; scalar gate] */
-            ga.rw = rt->rw, ga.ssw = rt->ssw, ga.ss = rt->ss, ga.cnt = rt->cnt;
-            ga.nrb = (int)dr_cdiv((size_t)E + (rt->ssw ? 1 : 0), 8);
-            rows += dr_cdiv((size_t)ga.nrb, cols);
-        }
-        const dim3 gg(cols, rows);
+        const dim3 gg(dr_cdiv((size_t)(shgu && Is > I ? Is : I), 8), (unsigned)(R + (shgu ? T : 0)));
+        const uint4 *sgw = shgu ? sh->gate_w : NULL, *suw = shgu ? sh->up_w : NULL;
+#define MD_GU_ROUTE(PER, RX)                                                                                     \
+    dr_cuda_launch(cx, true, moe_gu_route_bf16_kernel<PER, RX>, gg, dim3(256), gs, act, rt->idx, rt->wts, rt->logits, \
+                   rt->renorm, x, tab, E, k, H, I, ready, R, sgw, suw, Is)
         const bool rx = md_rx();
         if (E <= 256 && rx)
-            dr_cuda_launch(cx, true, moe_gu_route_bf16_kernel<8, true>, gg, dim3(256), gs, ga);
+            MD_GU_ROUTE(8, true);
         else if (E <= 256)
-            dr_cuda_launch(cx, true, moe_gu_route_bf16_kernel<8, false>, gg, dim3(256), gs, ga);
+            MD_GU_ROUTE(8, false);
         else if (rx)
-            dr_cuda_launch(cx, true, moe_gu_route_bf16_kernel<16, true>, gg, dim3(256), gs, ga);
+            MD_GU_ROUTE(16, true);
         else
-            dr_cuda_launch(cx, true, moe_gu_route_bf16_kernel<16, false>, gg, dim3(256), gs, ga);
+            MD_GU_ROUTE(16, false);
+#undef MD_GU_ROUTE
     }
     dr_cuda_launch(cx, true, moe_down_bf16_kernel, dim3(dr_cdiv((size_t)H, 8), (unsigned)T), dim3(256),
                    ((size_t)k * I + (size_t)Is) * sizeof(float), y, (const float *)act, idx, wts, tab, E, k, H, I,
@@ -1118,25 +975,12 @@ bool dr_cuda_moe_decode(void *ctx, float *y, int32_t *idx, float *wts, float *lo
     const bool in_gu = route_in_gu(E);
     /* the shared expert's gate / up in the gate/up kernel when it routes and they are bf16 [Is, H] */
     const bool shgu = sh && in_gu && md_shgu() && bf16_rows_ok(sh->gate, Is, H) && bf16_rows_ok(sh->up, Is, H);
-    /* one token: the router GEMV (and the scalar gate) in the gate/up kernel too */
-    const bool rin = T == 1 && in_gu && md_rin() && bf16_rows_ok(router, E, H) &&
-                     (!sh || bf16_rows_ok(sh->gate_s, 1, H)) && (!sh || shgu);
-    md_route rt;
-    memset(&rt, 0, sizeof rt);
-    rt.logits = logits, rt.renorm = renorm ? 1 : 0, rt.idx = idx, rt.wts = wts;
-    if (rin) {
-        rt.rw = (const uint4 *)router->dev;
-        rt.ssw = sh ? (const uint4 *)sh->gate_s->dev : NULL;
-        rt.ss = sh ? sh->ws_s : NULL;
-        rt.cnt = (int *)(tab + 3 * (size_t)E);
-    }
     md_shared ms;
     memset(&ms, 0, sizeof ms);
     if (sh) { /* router, scalar gate (and the shared projections unless the gate/up kernel makes them): one pass */
         float *const ys[4] = {logits, sh->ws_s, sh->ws_gate, sh->ws_up};
         const dr_tensor *const ws[4] = {router, sh->gate_s, sh->gate, sh->up};
-        if (!rin)
-            dr_cuda_matmul_n(ctx, shgu ? 2 : 4, ys, x, ws, T);
+        dr_cuda_matmul_n(ctx, shgu ? 2 : 4, ys, x, ws, T);
         ms.down = (const uint4 *)sh->down->dev;
         ms.s = sh->ws_s;
         ms.Is = Is;
@@ -1144,9 +988,10 @@ bool dr_cuda_moe_decode(void *ctx, float *y, int32_t *idx, float *wts, float *lo
             ms.gate_w = (const uint4 *)sh->gate->dev, ms.up_w = (const uint4 *)sh->up->dev;
         else
             ms.gate = sh->ws_gate, ms.up = sh->ws_up;
-    } else if (!rin) {
+    } else {
         dr_cuda_matmul(ctx, logits, x, router, T);
     }
+    const md_route rt = {logits, renorm ? 1 : 0, idx, wts};
     if (!in_gu)
         dr_cuda_moe_route(ctx, idx, wts, logits, T, E, k, renorm);
     experts_fast(cx, y, x, idx, wts, tab, E, T, k, H, I, acc ? 1 : 0, sh ? &ms : NULL, in_gu ? &rt : NULL);
