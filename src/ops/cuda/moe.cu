@@ -511,7 +511,7 @@ __global__ void __launch_bounds__(256) moe_gu_route_bf16_kernel(float *__restric
                                                                 const void *const *__restrict__ tab, int E, int k,
                                                                 int H, int I, int *ready, int R,
                                                                 const uint4 *__restrict__ sgw,
-                                                                const uint4 *__restrict__ suw, int Is, int wr) {
+                                                                const uint4 *__restrict__ suw, int Is) {
     extern __shared__ float4 md_sx[];
     __shared__ int pick;
     if ((int)blockIdx.y >= R) { /* the shared expert of token blockIdx.y - R: rows Is, output after the picks' */
@@ -536,40 +536,31 @@ __global__ void __launch_bounds__(256) moe_gu_route_bf16_kernel(float *__restric
         dr_pdl_trigger(); /* the down kernel may start: it prefetches only the shared expert's weights */
         dr_pdl_wait();    /* the logits and x come from earlier kernels */
     }
-    const int i0 = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    const bool live = i0 < I;
-    const int i = live ? i0 : I - 1, nv = H / 8;
-    const uint4 *g, *u;
-    uint4 a[MD_U], b[MD_U];
-    if (wr || threadIdx.x < 32) {
+    if (threadIdx.x < 32) {
         int sel;
         float wt;
         route_warp<PER, RX>(logits + (size_t)t * E, E, k, renorm, lane, &sel, &wt);
-        if (threadIdx.x < 32 && lane == j)
+        if (lane == j)
             pick = sel;
-        if (threadIdx.x < 32 && writer && lane < k) {
+        if (writer && lane < k) {
             idx[(size_t)t * k + lane] = sel;
             wts[(size_t)t * k + lane] = wt;
             __threadfence();
         }
-        if (threadIdx.x < 32 && writer && ready) {
+        if (writer && ready) {
             __syncwarp();
             if (lane == 0)
                 md_st_release(ready + t, 1); /* the down kernel may read idx now */
         }
-        if (wr) { /* this warp's own pick: its first loads go out before x is staged */
-            const int e = __shfl_sync(0xffffffffu, sel, j);
-            g = (const uint4 *)tab[e] + (size_t)i * nv, u = (const uint4 *)tab[E + e] + (size_t)i * nv;
-            md_gu_first(a, b, g, u, lane, nv);
-        }
     }
     md_stage_x(md_sx, x, t, H);
     __syncthreads();
-    if (!wr) {
-        const int e = pick;
-        g = (const uint4 *)tab[e] + (size_t)i * nv, u = (const uint4 *)tab[E + e] + (size_t)i * nv;
-        md_gu_first(a, b, g, u, lane, nv);
-    }
+    const int i0 = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    const bool live = i0 < I;
+    const int i = live ? i0 : I - 1, e = pick, nv = H / 8;
+    const uint4 *g = (const uint4 *)tab[e] + (size_t)i * nv, *u = (const uint4 *)tab[E + e] + (size_t)i * nv;
+    uint4 a[MD_U], b[MD_U];
+    md_gu_first(a, b, g, u, lane, nv);
     const float v = md_gu_dot(a, b, g, u, md_sx, lane, nv);
     if (live && lane == 0)
         act[(size_t)r * I + i] = v;
@@ -745,18 +736,6 @@ static bool md_rx(void) {
     return on;
 }
 
-/* Whether every warp of a gate/up block makes the picks itself (its weight
- * loads then go out before x is staged), instead of warp 0 handing them on
- * through shared memory; DR_CUDA_MOE_WR=0: warp 0 (a same-run baseline). */
-static bool md_wr(void) {
-    static int on = -1;
-    if (on < 0) {
-        const char *e = getenv("DR_CUDA_MOE_WR");
-        on = !(e && e[0] == '0');
-    }
-    return on;
-}
-
 /* Whether the gate/up kernel also projects the shared expert (its gate and
  * up rows stream while the picks are made; session 6, docs/CUDA.md);
  * DR_CUDA_MOE_SHGU=0: the router's GEMV projects it (a same-run baseline). */
@@ -801,7 +780,7 @@ static void experts_fast(dr_cuda_ctx *cx, float *y, const float *x, const int32_
         const uint4 *sgw = shgu ? sh->gate_w : NULL, *suw = shgu ? sh->up_w : NULL;
 #define MD_GU_ROUTE(PER, RX)                                                                                     \
     dr_cuda_launch(cx, true, moe_gu_route_bf16_kernel<PER, RX>, gg, dim3(256), gs, act, rt->idx, rt->wts, rt->logits, \
-                   rt->renorm, x, tab, E, k, H, I, ready, R, sgw, suw, Is, md_wr() ? 1 : 0)
+                   rt->renorm, x, tab, E, k, H, I, ready, R, sgw, suw, Is)
         const bool rx = md_rx();
         if (E <= 256 && rx)
             MD_GU_ROUTE(8, true);
