@@ -18,7 +18,7 @@
 # logits download to the host, as before the round). mroute / normin: session 5's MoE routing in
 # the gate/up kernel and pre-norm in the input GEMV against their switches (+ the tests with them off).
 # s6: session 6's MoE decode changes (early down rows, shared gate/up in the gate/up kernel, routing by
-# integer reductions, every warp routing for itself) each against its switch, and all of them off. vsold: 35B-A3B decode against
+# integer reductions) each against its switch, and all of them off. vsold: 35B-A3B decode against
 # build-old/deltarun, a binary of an earlier commit built on this machine's kind and carried (run's carry).
 set -uo pipefail
 source "$(dirname "$0")/device_env.sh"
@@ -104,21 +104,21 @@ if [[ "$what" == *normin* ]]; then # session 5: the pre-norm in the next layer's
   fi
 fi
 if [[ "$what" == *s6* ]]; then # session 6's MoE decode changes, each against its switch (0 = before)
-  for v in DR_CUDA_MOE_EARLY DR_CUDA_MOE_SHGU DR_CUDA_ROUTE_RX DR_CUDA_MOE_WR; do
+  for v in DR_CUDA_MOE_EARLY DR_CUDA_MOE_SHGU DR_CUDA_ROUTE_RX; do
     env $v=0 timeout 60 "$b/tests/test_cuda" > "$OUT/test_cuda_$v.log" 2>&1
     echo "test_cuda $v=0 exit $?: $(tail -1 "$OUT/test_cuda_$v.log")"
   done
-  DR_CUDA_MOE_EARLY=0 DR_CUDA_MOE_SHGU=0 DR_CUDA_ROUTE_RX=0 DR_CUDA_MOE_WR=0 timeout 120 "$b/tests/test_cuda_decode" tests/data/moe-bf16 \
+  DR_CUDA_MOE_EARLY=0 DR_CUDA_MOE_SHGU=0 DR_CUDA_ROUTE_RX=0=0 timeout 120 "$b/tests/test_cuda_decode" tests/data/moe-bf16 \
     tests/data/next-f32 > "$OUT/tcd_s6off.log" 2>&1
   echo "test_cuda_decode all off exit $?: $(tail -1 "$OUT/tcd_s6off.log")"
   for i in 1 2; do
-    for v in on DR_CUDA_MOE_EARLY DR_CUDA_MOE_SHGU DR_CUDA_ROUTE_RX DR_CUDA_MOE_WR; do
+    for v in on DR_CUDA_MOE_EARLY DR_CUDA_MOE_SHGU DR_CUDA_ROUTE_RX; do
       ( [[ $v != on ]] && export $v=0; one "35B-8L-s6-${v#DR_CUDA_}" --synthetic $C/qwen3.5-35b-a3b.json --layers 8 -p 128 -n 256 )
     done
   done
-  ( export DR_CUDA_MOE_EARLY=0 DR_CUDA_MOE_SHGU=0 DR_CUDA_ROUTE_RX=0 DR_CUDA_MOE_WR=0; one "35B-8L-s6-alloff" --synthetic $C/qwen3.5-35b-a3b.json --layers 8 -p 128 -n 256 )
+  ( export DR_CUDA_MOE_EARLY=0 DR_CUDA_MOE_SHGU=0 DR_CUDA_ROUTE_RX=0=0; one "35B-8L-s6-alloff" --synthetic $C/qwen3.5-35b-a3b.json --layers 8 -p 128 -n 256 )
   one "35B-40L-s6-on" --synthetic $C/qwen3.5-35b-a3b.json -p 128 -n 64
-  ( export DR_CUDA_MOE_EARLY=0 DR_CUDA_MOE_SHGU=0 DR_CUDA_ROUTE_RX=0 DR_CUDA_MOE_WR=0; one "35B-40L-s6-alloff" --synthetic $C/qwen3.5-35b-a3b.json -p 128 -n 64 )
+  ( export DR_CUDA_MOE_EARLY=0 DR_CUDA_MOE_SHGU=0 DR_CUDA_ROUTE_RX=0=0; one "35B-40L-s6-alloff" --synthetic $C/qwen3.5-35b-a3b.json -p 128 -n 64 )
 fi
 if [[ "$what" == *vsold* ]]; then # this tree against build-old/deltarun (an older commit built elsewhere, carried)
   for i in 1 2; do
