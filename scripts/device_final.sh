@@ -120,26 +120,6 @@ if [[ "$what" == *s6* ]]; then # session 6's MoE decode changes, each against it
   one "35B-40L-s6-on" --synthetic $C/qwen3.5-35b-a3b.json -p 128 -n 64
   ( export DR_CUDA_MOE_EARLY=0 DR_CUDA_MOE_SHGU=0 DR_CUDA_ROUTE_RX=0=0; one "35B-40L-s6-alloff" --synthetic $C/qwen3.5-35b-a3b.json -p 128 -n 64 )
 fi
-if [[ "$what" == *gu5* ]]; then # the gate/up kernel at 5 blocks per SM (DR_CUDA_MOE_GU5) / shared-expert blocks first
-  DR_CUDA_MOE_GU5=1 DR_CUDA_MOE_SHFIRST=1 timeout 60 "$b/tests/test_cuda" > "$OUT/test_cuda_gu5.log" 2>&1
-  echo "test_cuda GU5=1 SHFIRST=1 exit $?: $(tail -1 "$OUT/test_cuda_gu5.log")"
-  for i in 1 2; do
-    for v in 00 10 01 11; do
-      DR_CUDA_MOE_GU5=${v:0:1} DR_CUDA_MOE_SHFIRST=${v:1:1} one "35B-8L-gu5-shfirst-$v" --synthetic $C/qwen3.5-35b-a3b.json --layers 8 -p 128 -n 256
-    done
-  done
-  for v in 00 10 11; do
-    DR_CUDA_MOE_GU5=${v:0:1} DR_CUDA_MOE_SHFIRST=${v:1:1} one "35B-40L-gu5-shfirst-$v" --synthetic $C/qwen3.5-35b-a3b.json -p 128 -n 64
-  done
-fi
-if [[ "$what" == *norm3* ]]; then # the norm-in GEMV (R = 4) at 3 blocks per SM (DR_CUDA_NORM3)
-  DR_CUDA_NORM3=1 timeout 60 "$b/tests/test_cuda_fused" > "$OUT/test_cuda_fused_n3.log" 2>&1
-  echo "test_cuda_fused NORM3=1 exit $?: $(tail -1 "$OUT/test_cuda_fused_n3.log")"
-  for v in 0 1 0 1; do
-    DR_CUDA_NORM3=$v one "9B-norm3-$v" --synthetic $C/qwen3.5-9b.json -p 128 -n 128
-    DR_CUDA_NORM3=$v one "35B-8L-norm3-$v" --synthetic $C/qwen3.5-35b-a3b.json --layers 8 -p 128 -n 256
-  done
-fi
 if [[ "$what" == *vsold* ]]; then # this tree against build-old/deltarun (an older commit built elsewhere, carried)
   for i in 1 2; do
     for v in old new; do

@@ -391,9 +391,11 @@ static __device__ __forceinline__ void gn_stage(float *sx, const float *x, const
  * it is done, with its first weight loads already in flight, and runs
  * gemv_rows_kernel's dot on it. The norm is not a kernel of its own
  * (session 5, docs/CUDA.md). Widths up to GN_MAX_N (x in the default shared
- * memory). */
-template <typename WT, int R, int U, int MINB = 1>
-__global__ void __launch_bounds__(256, MINB) gemv_rows_norm_kernel(const gemv_set set, const float *x,
+ * memory). At most 80 registers, 3 blocks per SM (session 6): the 386 blocks
+ * of the 35B-A3B's GDN input projections then run as one wave (2 per SM at
+ * 102 registers left a second wave; decode +2%, 9B +0.7%). */
+template <typename WT, int R, int U>
+__global__ void __launch_bounds__(256, 3) gemv_rows_norm_kernel(const gemv_set set, const float *x,
                                                              const float *__restrict__ gain, int n, float eps) {
     constexpr int E = wvec<WT>::N;
     extern __shared__ float4 gn_x[];
@@ -956,14 +958,7 @@ template <typename WT> static void norm_set_launch(dr_cuda_ctx *cx, const gemv_s
     const int rows = set.row0[set.nm], R = rows_per_warp(cx, rows, 1);
     const dim3 grid(dr_cdiv((size_t)rows, (size_t)(8 * R))), block(256);
     const size_t smem = (size_t)n * sizeof(float);
-    static int b3 = -1; /* DR_CUDA_NORM3=1: 3 blocks per SM for R = 4 (a session 6 experiment) */
-    if (b3 < 0) {
-        const char *e = getenv("DR_CUDA_NORM3");
-        b3 = e && e[0] == '1';
-    }
-    if (R == 4 && b3)
-        dr_cuda_launch(cx, true, gemv_rows_norm_kernel<WT, 4, 2, 3>, grid, block, smem, set, x, gain, n, eps);
-    else if (R == 4)
+    if (R == 4)
         dr_cuda_launch(cx, true, gemv_rows_norm_kernel<WT, 4, 2>, grid, block, smem, set, x, gain, n, eps);
     else if (R == 2)
         dr_cuda_launch(cx, true, gemv_rows_norm_kernel<WT, 2, 4>, grid, block, smem, set, x, gain, n, eps);

@@ -504,24 +504,27 @@ static __device__ __forceinline__ void md_gu_shared(float *sa, const float *x, c
  * every block runs route_warp on token t's router logits (the route
  * kernel's arithmetic: identical picks and weights) while the other warps
  * stage x, so the separate route launch and its round trip through idx go.
- * Block (0, t*k) writes the token's idx and wts for the down kernel. */
-template <int PER, bool RX, int MINB>
-__global__ void __launch_bounds__(256, MINB) moe_gu_route_bf16_kernel(float *__restrict__ act, int32_t *idx, float *wts,
+ * Block (0, t*k) writes the token's idx and wts for the down kernel and,
+ * with `ready`, raises the token's picks-ready flag, so the down kernel
+ * can load its expert rows before this kernel ends (session 6). With sgw /
+ * suw, the block rows past R are the shared expert's gate / up of each
+ * token (md_gu_shared). At most 48 registers, 5 blocks per SM (session 6):
+ * one token's 9 x 64 blocks (8 picks and the shared expert) fit in one
+ * wave on the H100. */
+template <int PER, bool RX>
+__global__ void __launch_bounds__(256, 5) moe_gu_route_bf16_kernel(float *__restrict__ act, int32_t *idx, float *wts,
                                                                 const float *logits, int renorm, const float *x,
                                                                 const void *const *__restrict__ tab, int E, int k,
                                                                 int H, int I, int *ready, int R,
                                                                 const uint4 *__restrict__ sgw,
-                                                                const uint4 *__restrict__ suw, int Is,
-                                                                int shfirst) {
+                                                                const uint4 *__restrict__ suw, int Is) {
     extern __shared__ float4 md_sx[];
     __shared__ int pick;
-    const int nsh = sgw ? (int)gridDim.y - R : 0; /* shared-expert block rows */
-    const int y = shfirst ? ((int)blockIdx.y + (int)gridDim.y - nsh) % (int)gridDim.y : (int)blockIdx.y;
-    if (y >= R) { /* the shared expert of token y - R: rows Is, output after the picks' */
-        md_gu_shared(act + (size_t)R * I, x, sgw, suw, y - R, H, Is);
+    if ((int)blockIdx.y >= R) { /* the shared expert of token blockIdx.y - R: rows Is, output after the picks' */
+        md_gu_shared(act + (size_t)R * I, x, sgw, suw, (int)blockIdx.y - R, H, Is);
         return;
     }
-    const int lane = threadIdx.x & 31, r = y, t = r / k, j = r - t * k;
+    const int lane = threadIdx.x & 31, r = blockIdx.y, t = r / k, j = r - t * k;
     if ((int)blockIdx.x * (int)(blockDim.x >> 5) >= I) /* only shared-expert rows here (Is > I) */
         return;
     const bool writer = blockIdx.x == 0 && j == 0; /* writes the token's idx and wts */
@@ -739,12 +742,6 @@ static bool md_rx(void) {
     return on;
 }
 
-/* An experiment switch read each call (session 6 measurements). */
-static int md_sw(const char *name, int dflt) {
-    const char *e = getenv(name);
-    return e && e[0] >= '0' && e[0] <= '9' ? e[0] - '0' : dflt;
-}
-
 /* Whether the gate/up kernel also projects the shared expert (its gate and
  * up rows stream while the picks are made; session 6, docs/CUDA.md);
  * DR_CUDA_MOE_SHGU=0: the router's GEMV projects it (a same-run baseline). */
@@ -787,20 +784,18 @@ static void experts_fast(dr_cuda_ctx *cx, float *y, const float *x, const int32_
     } else {
         const dim3 gg(dr_cdiv((size_t)(shgu && Is > I ? Is : I), 8), (unsigned)(R + (shgu ? T : 0)));
         const uint4 *sgw = shgu ? sh->gate_w : NULL, *suw = shgu ? sh->up_w : NULL;
-#define MD_GU_ROUTE(PER, RX, MINB)                                                                               \
-    dr_cuda_launch(cx, true, moe_gu_route_bf16_kernel<PER, RX, MINB>, gg, dim3(256), gs, act, rt->idx, rt->wts,       \
-                   rt->logits, rt->renorm, x, tab, E, k, H, I, ready, R, sgw, suw, Is, md_sw("DR_CUDA_MOE_SHFIRST", 0))
-        const bool rx = md_rx(), b5 = md_sw("DR_CUDA_MOE_GU5", 0);
-        if (E <= 256 && rx && b5)
-            MD_GU_ROUTE(8, true, 5);
-        else if (E <= 256 && rx)
-            MD_GU_ROUTE(8, true, 1);
+#define MD_GU_ROUTE(PER, RX)                                                                                     \
+    dr_cuda_launch(cx, true, moe_gu_route_bf16_kernel<PER, RX>, gg, dim3(256), gs, act, rt->idx, rt->wts, rt->logits, \
+                   rt->renorm, x, tab, E, k, H, I, ready, R, sgw, suw, Is)
+        const bool rx = md_rx();
+        if (E <= 256 && rx)
+            MD_GU_ROUTE(8, true);
         else if (E <= 256)
-            MD_GU_ROUTE(8, false, 1);
+            MD_GU_ROUTE(8, false);
         else if (rx)
-            MD_GU_ROUTE(16, true, 1);
+            MD_GU_ROUTE(16, true);
         else
-            MD_GU_ROUTE(16, false, 1);
+            MD_GU_ROUTE(16, false);
 #undef MD_GU_ROUTE
     }
     dr_cuda_launch(cx, true, moe_down_bf16_kernel, dim3(dr_cdiv((size_t)H, 8), (unsigned)T), dim3(256),
