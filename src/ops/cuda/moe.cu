@@ -6,8 +6,10 @@
  * row reading the expert indices on the device, a second the down
  * projection, a third the weighted sum in pick order (as the CPU). For BF16
  * experts (round 3, docs/CUDA.md) two PDL-launched kernels do it:
- * gate/up + SiLU * up, then down + the weighted sum (+ the shared expert in
- * the fused moe_decode slot, which also runs the router).
+ * gate/up + SiLU * up, then down + the weighted sum; in the fused
+ * moe_decode slot after one GEMV for the router (sessions 5 and 6), the
+ * gate/up kernel also routes and projects the shared expert, and the down
+ * kernel also adds the shared expert's down.
  * Prefill: the picks are read back once per MoE layer, grouped by expert on
  * the host (counting sort), the token rows gathered, and each used expert
  * runs dense GEMMs (cuBLAS, split bf16 for BF16 weights) over its rows.
@@ -370,9 +372,11 @@ __global__ void moe_swiglu_kernel(float *g, const float *u, size_t n) {
 /* ---- decode kernels, round 3 (BF16 experts, 16-byte aligned rows) ----
  * The weights stream as in matmul.cu's rows kernel: 16-byte loads that do
  * not allocate in L1, several in flight per lane before their first use,
- * programmatic dependent launch. The expert ids come from the router kernel
- * just before, so nothing of a routed expert can be read before
- * dr_pdl_wait(); the shared expert's down rows can. What earlier kernels
+ * programmatic dependent launch. The expert ids come from the kernel just
+ * before, so nothing of a routed expert can be read before dr_pdl_wait(),
+ * except where the routing gate/up kernel raises a picks-ready flag (the
+ * down kernel then waits on the flag, not on the whole kernel); the shared
+ * expert's rows can. What earlier kernels
  * wrote (x, ids, weights, activations) is read with coherent loads, not the
  * read-only path: with PDL those kernels may still run while this one
  * starts, and the read-only path assumes data constant for the kernel's
@@ -591,8 +595,10 @@ static __device__ __forceinline__ void md_down_rows(const uint4 **dw, uint4 (*w)
  * CPU's order), then + sigmoid(shs[t]) * (shd[h] . silu(shg[t]) * shu[t]) when shd is given (the shared
  * expert, MODEL.md 6.2; the same products as swiglu + matmul + sigmoid_scale_rows + add). One warp per
  * (t, h): the down rows of MD_J picks, 2 loads each per lane, in flight together. The block stages the
- * token's k activation rows and the shared expert's silu(g) * u in shared memory while the first loads
- * are in flight; the shared row's first pieces are loaded before dr_pdl_wait(). */
+ * token's k activation rows and the shared expert's silu(g) * u (sha: made by the gate/up kernel) in
+ * shared memory while the first loads are in flight; the shared row's first pieces are loaded before
+ * dr_pdl_wait(), and with `ready` (session 6) so are the first MD_J picks' rows, once token t's
+ * picks-ready flag is up. */
 __global__ void __launch_bounds__(256) moe_down_bf16_kernel(float *__restrict__ y, const float *act,
                                                             const int32_t *idx, const float *wts,
                                                             const void *const *__restrict__ tab, int E, int k, int H,
