@@ -121,10 +121,11 @@ if [[ "$what" == *s6* ]]; then # session 6's MoE decode changes, each against it
   ( export DR_CUDA_MOE_EARLY=0 DR_CUDA_MOE_SHGU=0 DR_CUDA_ROUTE_RX=0=0; one "35B-40L-s6-alloff" --synthetic $C/qwen3.5-35b-a3b.json -p 128 -n 64 )
 fi
 if [[ "$what" == *vsold* ]]; then # this tree against build-old/deltarun (an older commit built elsewhere, carried)
-  for i in 1 2; do
-    for v in old new; do
-      ( [[ $v == old ]] && cli="$root/build-old/deltarun"
-        one "35B-8L-$v" --synthetic $C/qwen3.5-35b-a3b.json --layers 8 -p 128 -n 256 )
+  for sh in "0.8B --synthetic $C/qwen3.5-0.8b.json -p 128 -n 256" "9B --synthetic $C/qwen3.5-9b.json -p 128 -n 128" \
+            "35B-8L --synthetic $C/qwen3.5-35b-a3b.json --layers 8 -p 128 -n 256"; do
+    set -- $sh; nm=$1; shift
+    for v in old new old new; do
+      ( [[ $v == old ]] && cli="$root/build-old/deltarun"; one "$nm-$v" "$@" )
     done
   done
   for v in old new; do
