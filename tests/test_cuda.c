@@ -496,8 +496,8 @@ static void moe_decode_check(const moe_w *mw, const float *dx, int T, int k, boo
     float *dw = G->alloc(G->ctx, (size_t)T * k * 4);
     int32_t *di = G->alloc(G->ctx, (size_t)T * k * 4);
     const dr_moe_shared sh = {&mw->shg, &mw->shu, &mw->shs, &mw->shd, dsg, dsu, dss};
-    const bool done =
-        G->moe_decode(G->ctx, dy, di, dw, dl, &mw->rw, dx, mw->ex, E, T, k, true, H, mw->I, with_sh ? &sh : NULL, false);
+    const dr_moe_shared *shp = with_sh ? &sh : NULL;
+    const bool done = G->moe_decode(G->ctx, dy, di, dw, dl, &mw->rw, dx, mw->ex, E, T, k, true, H, mw->I, shp, false);
     CHECK(done, "moe_decode T=%d: handled by the fused kernels", T);
     float *glg = dget(dl, (size_t)T * E);
     REPORT(rel_err(glg, lg, (size_t)T * E), TOL, "moe_decode T=%d E=%d: router logits", T, E);
@@ -510,7 +510,7 @@ static void moe_decode_check(const moe_w *mw, const float *dx, int T, int k, boo
            mw->I, with_sh ? IS : 0);
     /* acc: added to what y holds (the residual add folded in) */
     float *da = dput(junk, (size_t)T * H * 4), *want = malloc((size_t)T * H * 4);
-    G->moe_decode(G->ctx, da, di, dw, dl, &mw->rw, dx, mw->ex, E, T, k, true, H, mw->I, with_sh ? &sh : NULL, true);
+    G->moe_decode(G->ctx, da, di, dw, dl, &mw->rw, dx, mw->ex, E, T, k, true, H, mw->I, shp, true);
     for (size_t i = 0; i < (size_t)T * H; i++)
         want[i] = junk[i] + y[i];
     float *gota = dget(da, (size_t)T * H);

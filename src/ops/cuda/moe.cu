@@ -28,6 +28,19 @@
 
 /* ---- router: one warp per token ---- */
 
+/* The warp's best of the lanes' (best id, value bv): the largest value, ties
+ * to the lower id, best < 0 for none; every lane gets it. */
+static __device__ __forceinline__ void route_best_shfl(int &best, float &bv) {
+    for (int o = 16; o > 0; o >>= 1) {
+        const int ob = __shfl_xor_sync(0xffffffffu, best, o);
+        const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+        if (ob >= 0 && (best < 0 || ov > bv || (ov == bv && ob < best))) {
+            best = ob;
+            bv = ov;
+        }
+    }
+}
+
 __global__ void route_kernel(int32_t *idx, float *wts, const float *logits, int T, int E, int k, int renorm) {
     dr_pdl_trigger(); /* round 3: the expert kernels may be scheduled */
     dr_pdl_wait();    /* launched early (PDL): the logits come from the GEMV before */
@@ -59,14 +72,7 @@ __global__ void route_kernel(int32_t *idx, float *wts, const float *logits, int 
                 bv = l[e];
             }
         }
-        for (int o = 16; o > 0; o >>= 1) {
-            const int ob = __shfl_xor_sync(0xffffffffu, best, o);
-            const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-            if (ob >= 0 && (best < 0 || ov > bv || (ov == bv && ob < best))) {
-                best = ob;
-                bv = ov;
-            }
-        }
+        route_best_shfl(best, bv);
         sel[j] = best;
         wt[j] = expf(l[best] - mx) / sum;
         picked += wt[j];
@@ -144,14 +150,7 @@ static __device__ __forceinline__ void route_warp(const float *l, int E, int k, 
                     bv = v[i];
                 }
             }
-            for (int o = 16; o > 0; o >>= 1) {
-                const int ob = __shfl_xor_sync(0xffffffffu, best, o);
-                const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-                if (ob >= 0 && (best < 0 || ov > bv || (ov == bv && ob < best))) {
-                    best = ob;
-                    bv = ov;
-                }
-            }
+            route_best_shfl(best, bv);
         }
         if ((best & 31) == lane)
             used |= 1u << (best >> 5);
@@ -713,51 +712,41 @@ typedef struct {
     float *wts;
 } md_route;
 
+/* A same-run baseline switch: on unless the variable starts with '0'
+ * (read once into *cache). */
+static bool md_on(const char *name, int *cache) {
+    if (*cache < 0) {
+        const char *e = getenv(name);
+        *cache = !(e && e[0] == '0');
+    }
+    return *cache;
+}
+
 /* Whether the gate/up kernel can do the routing of E experts (its warp
  * holds the logits in registers); DR_CUDA_MOE_ROUTE=0: never (the separate
- * route kernel, a same-run baseline). */
+ * route kernel). */
 static bool route_in_gu(int E) {
     static int on = -1;
-    if (on < 0) {
-        const char *e = getenv("DR_CUDA_MOE_ROUTE");
-        on = !(e && e[0] == '0');
-    }
-    return on && E <= 512;
+    return md_on("DR_CUDA_MOE_ROUTE", &on) && E <= 512;
 }
 
-/* Whether the down kernel loads its first expert rows as soon as the picks
- * are out (the picks-ready flag; session 6, docs/CUDA.md);
- * DR_CUDA_MOE_EARLY=0: behind its PDL wait (a same-run baseline). */
+/* Session 6 (docs/CUDA.md), each with its baseline at 0:
+ * DR_CUDA_MOE_EARLY, the down kernel loads its first expert rows as soon as
+ * the picks are out (the picks-ready flag), not behind its PDL wait;
+ * DR_CUDA_ROUTE_RX, the routing warp picks by integer reductions, not
+ * shuffles; DR_CUDA_MOE_SHGU, the gate/up kernel projects the shared expert
+ * (its rows stream while the picks are made), not the router's GEMV. */
 static bool md_early(void) {
     static int on = -1;
-    if (on < 0) {
-        const char *e = getenv("DR_CUDA_MOE_EARLY");
-        on = !(e && e[0] == '0');
-    }
-    return on;
+    return md_on("DR_CUDA_MOE_EARLY", &on);
 }
-
-/* Whether the gate/up kernel's routing warp picks by integer reductions
- * (route_warp RX); DR_CUDA_ROUTE_RX=0: by shuffles (a same-run baseline). */
 static bool md_rx(void) {
     static int on = -1;
-    if (on < 0) {
-        const char *e = getenv("DR_CUDA_ROUTE_RX");
-        on = !(e && e[0] == '0');
-    }
-    return on;
+    return md_on("DR_CUDA_ROUTE_RX", &on);
 }
-
-/* Whether the gate/up kernel also projects the shared expert (its gate and
- * up rows stream while the picks are made; session 6, docs/CUDA.md);
- * DR_CUDA_MOE_SHGU=0: the router's GEMV projects it (a same-run baseline). */
 static bool md_shgu(void) {
     static int on = -1;
-    if (on < 0) {
-        const char *e = getenv("DR_CUDA_MOE_SHGU");
-        on = !(e && e[0] == '0');
-    }
-    return on;
+    return md_on("DR_CUDA_MOE_SHGU", &on);
 }
 
 /* The shared expert as the decode kernels take it: its down rows, the raw
@@ -778,7 +767,8 @@ static void experts_fast(dr_cuda_ctx *cx, float *y, const float *x, const int32_
                          const md_route *rt) {
     const int R = T * k, Is = sh ? sh->Is : 0;
     const bool shgu = rt && sh && sh->gate_w; /* the gate/up kernel projects the shared expert */
-    float *act = (float *)dr_cuda_scratch(cx, DR_SCR_MOE, ((size_t)R * I + (shgu ? (size_t)T * Is : 0)) * sizeof(float));
+    const size_t n_act = (size_t)R * I + (shgu ? (size_t)T * Is : 0); /* the picks', then the shared expert's */
+    float *act = (float *)dr_cuda_scratch(cx, DR_SCR_MOE, n_act * sizeof(float));
     if (!act)
         return;
     const size_t gs = (size_t)H * sizeof(float);
