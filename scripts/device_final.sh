@@ -120,6 +120,18 @@ if [[ "$what" == *s6* ]]; then # session 6's MoE decode changes, each against it
   one "35B-40L-s6-on" --synthetic $C/qwen3.5-35b-a3b.json -p 128 -n 64
   ( export DR_CUDA_MOE_EARLY=0 DR_CUDA_MOE_SHGU=0 DR_CUDA_ROUTE_RX=0=0; one "35B-40L-s6-alloff" --synthetic $C/qwen3.5-35b-a3b.json -p 128 -n 64 )
 fi
+if [[ "$what" == *an16* ]]; then # the GEMV + residual (+ norm) kernel with a whole row per warp in flight (DR_CUDA_AN16)
+  for t in test_cuda_fused test_cuda; do
+    DR_CUDA_AN16=1 timeout 60 "$b/tests/$t" > "$OUT/${t}_an16.log" 2>&1; echo "$t AN16=1 exit $?: $(tail -1 "$OUT/${t}_an16.log")"
+  done
+  DR_CUDA_AN16=1 timeout 120 "$b/tests/test_cuda_decode" tests/data/moe-bf16 tests/data/next-f32 > "$OUT/tcd_an16.log" 2>&1
+  echo "test_cuda_decode AN16=1 exit $?: $(tail -1 "$OUT/tcd_an16.log")"
+  for v in 0 1 0 1; do
+    DR_CUDA_AN16=$v one "35B-8L-an16-$v" --synthetic $C/qwen3.5-35b-a3b.json --layers 8 -p 128 -n 256
+    DR_CUDA_AN16=$v one "0.8B-an16-$v" --synthetic $C/qwen3.5-0.8b.json -p 128 -n 256
+  done
+  for v in 0 1; do DR_CUDA_AN16=$v one "35B-40L-an16-$v" --synthetic $C/qwen3.5-35b-a3b.json -p 128 -n 64; done
+fi
 if [[ "$what" == *vsold* ]]; then # this tree against build-old/deltarun (an older commit built elsewhere, carried)
   for sh in "0.8B --synthetic $C/qwen3.5-0.8b.json -p 128 -n 256" "9B --synthetic $C/qwen3.5-9b.json -p 128 -n 128" \
             "35B-8L --synthetic $C/qwen3.5-35b-a3b.json --layers 8 -p 128 -n 256"; do

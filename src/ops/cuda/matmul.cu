@@ -467,7 +467,7 @@ __global__ void __launch_bounds__(256) gemv_swiglu_kernel(float *__restrict__ ou
  * rows, and puts the counter back to 0 for the next launch or graph replay.
  * No early exit before the barriers. */
 #define FN_PARTS 16384 /* floats of parts after the counter (gridDim.x * T at most) */
-template <typename WT, int MT, int R>
+template <typename WT, int MT, int R, int U = 8 / R>
 __global__ void __launch_bounds__(256) gemv_add_norm_kernel(float *x, float *__restrict__ xn, const WT *W,
                                                             const float *__restrict__ a,
                                                             const float *__restrict__ gain, int T, int d, int n,
@@ -486,7 +486,7 @@ __global__ void __launch_bounds__(256) gemv_add_norm_kernel(float *x, float *__r
         wp[r] = (const uint4 *)W + row * nv;
     }
     float acc[R][MT];
-    gemv_rows_dot<WT, MT, R, 8 / R>(wp, a, T, n, acc);
+    gemv_rows_dot<WT, MT, R, U>(wp, a, T, n, acc);
     float sq[MT];
 #pragma unroll
     for (int t = 0; t < MT; t++) {
@@ -699,6 +699,8 @@ static void swiglu_norm_launch(dr_cuda_ctx *cx, float *out, const void *gate, co
                        out, (const WT *)gate, (const WT *)up, x, 1, d, n, gain, eps);
 }
 
+template <typename WT> static constexpr int cx_elems() { return wvec<WT>::N; }
+
 template <typename WT, int MT>
 static void add_norm_launch(dr_cuda_ctx *cx, float *x, float *xn, const void *W, const float *a, const float *gain,
                             int T, int d, int n, float eps) {
@@ -706,7 +708,16 @@ static void add_norm_launch(dr_cuda_ctx *cx, float *x, float *xn, const void *W,
 #define AN_LAUNCH(R_)                                                                                             \
     dr_cuda_launch(cx, true, gemv_add_norm_kernel<WT, MT, R_>, dim3(dr_cdiv((size_t)d, 8 * R_)), dim3(256), 0, x, \
                    xn, (const WT *)W, a, gain, T, d, n, eps, cx->mm_cnt)
-    if (R == 4)
+    static int u16 = -1; /* DR_CUDA_AN16=1: one row per warp wholly in flight (session 6 experiment) */
+    if (u16 < 0) {
+        const char *e = getenv("DR_CUDA_AN16");
+        u16 = e && e[0] == '1';
+    }
+    const int E = cx_elems<WT>();
+    if (u16 && MT == 1 && R == 1 && n / E > 256 && n / E <= 512 && (long)dr_cdiv((size_t)d, 8) <= 2L * cx->n_sm)
+        dr_cuda_launch(cx, true, gemv_add_norm_kernel<WT, MT, 1, 16>, dim3(dr_cdiv((size_t)d, 8)), dim3(256), 0, x,
+                       xn, (const WT *)W, a, gain, T, d, n, eps, cx->mm_cnt);
+    else if (R == 4)
         AN_LAUNCH(4);
     else if (R == 2)
         AN_LAUNCH(2);
