@@ -4,7 +4,7 @@
 # then the decode / prefill benches in bf16, q8 and q4 with same-call
 # baselines for the newest kernels. Logs under $OUT.
 # Usage: scripts/device_final.sh [tests] [conc] [legacy] [memcheck] [bench] [r4] [gemv] [slope] [types]
-#        [attpos] [attdec] [attblk] [pdlsw] [moek] [moencu] [ncu35] [big40] [ncu08] [p512] [quant] [qold] [prefill] [mroute] [normin] [s6] [vsold]
+#        [attpos] [attdec] [attblk] [pdlsw] [moek] [moencu] [ncu35] [big40] [ncu08] [p512] [quant] [qold] [prefill] [mroute] [normin] [s6] [vsold] [an16]
 # conc: four test_cuda_quant processes at once (as ctest -j4); legacy: the same with
 # DR_CUDA_LEGACY_COPY=1, the unordered uploads before session 4's fix (it failed 2 of 4 runs once;
 # the race is timing-dependent). gemv: the GEMV-only bench_cuda lines (each shape also through the
@@ -20,6 +20,7 @@
 # s6: session 6's MoE decode changes (early down rows, shared gate/up in the gate/up kernel, routing by
 # integer reductions) each against its switch, and all of them off. vsold: 35B-A3B decode against
 # build-old/deltarun, a binary of an earlier commit built on this machine's kind and carried (run's carry).
+# an16: the GEMV + residual kernel's whole-row-in-flight variant against DR_CUDA_AN16=0.
 set -uo pipefail
 source "$(dirname "$0")/device_env.sh"
 what="${*:-tests memcheck bench quant prefill}"
@@ -122,10 +123,10 @@ if [[ "$what" == *s6* ]]; then # session 6's MoE decode changes, each against it
 fi
 if [[ "$what" == *an16* ]]; then # the GEMV + residual (+ norm) kernel with a whole row per warp in flight (DR_CUDA_AN16)
   for t in test_cuda_fused test_cuda; do
-    DR_CUDA_AN16=1 timeout 60 "$b/tests/$t" > "$OUT/${t}_an16.log" 2>&1; echo "$t AN16=1 exit $?: $(tail -1 "$OUT/${t}_an16.log")"
+    DR_CUDA_AN16=0 timeout 60 "$b/tests/$t" > "$OUT/${t}_an16.log" 2>&1; echo "$t AN16=0 exit $?: $(tail -1 "$OUT/${t}_an16.log")"
   done
-  DR_CUDA_AN16=1 timeout 120 "$b/tests/test_cuda_decode" tests/data/moe-bf16 tests/data/next-f32 > "$OUT/tcd_an16.log" 2>&1
-  echo "test_cuda_decode AN16=1 exit $?: $(tail -1 "$OUT/tcd_an16.log")"
+  DR_CUDA_AN16=0 timeout 120 "$b/tests/test_cuda_decode" tests/data/moe-bf16 tests/data/next-f32 > "$OUT/tcd_an16.log" 2>&1
+  echo "test_cuda_decode AN16=0 exit $?: $(tail -1 "$OUT/tcd_an16.log")"
   for v in 0 1 0 1; do
     DR_CUDA_AN16=$v one "35B-8L-an16-$v" --synthetic $C/qwen3.5-35b-a3b.json --layers 8 -p 128 -n 256
     DR_CUDA_AN16=$v one "0.8B-an16-$v" --synthetic $C/qwen3.5-0.8b.json -p 128 -n 256

@@ -699,8 +699,6 @@ static void swiglu_norm_launch(dr_cuda_ctx *cx, float *out, const void *gate, co
                        out, (const WT *)gate, (const WT *)up, x, 1, d, n, gain, eps);
 }
 
-template <typename WT> static constexpr int cx_elems() { return wvec<WT>::N; }
-
 template <typename WT, int MT>
 static void add_norm_launch(dr_cuda_ctx *cx, float *x, float *xn, const void *W, const float *a, const float *gain,
                             int T, int d, int n, float eps) {
@@ -708,12 +706,15 @@ static void add_norm_launch(dr_cuda_ctx *cx, float *x, float *xn, const void *W,
 #define AN_LAUNCH(R_)                                                                                             \
     dr_cuda_launch(cx, true, gemv_add_norm_kernel<WT, MT, R_>, dim3(dr_cdiv((size_t)d, 8 * R_)), dim3(256), 0, x, \
                    xn, (const WT *)W, a, gain, T, d, n, eps, cx->mm_cnt)
-    static int u16 = -1; /* DR_CUDA_AN16=1: one row per warp wholly in flight (session 6 experiment) */
+    /* one token, one row per warp of 257-512 16-byte pieces: all of the row in flight before the PDL wait
+       (82 registers, 2 blocks per SM, so only grids of one wave; session 6: the 0.8B's FFN down +2%,
+       35B-A3B within noise). DR_CUDA_AN16=0: 8 pieces, the rest after the wait (a same-run baseline). */
+    static int u16 = -1;
     if (u16 < 0) {
         const char *e = getenv("DR_CUDA_AN16");
-        u16 = e && e[0] == '1';
+        u16 = !(e && e[0] == '0');
     }
-    const int E = cx_elems<WT>();
+    const int E = wvec<WT>::N;
     if (u16 && MT == 1 && R == 1 && n / E > 256 && n / E <= 512 && (long)dr_cdiv((size_t)d, 8) <= 2L * cx->n_sm)
         dr_cuda_launch(cx, true, gemv_add_norm_kernel<WT, MT, 1, 16>, dim3(dr_cdiv((size_t)d, 8)), dim3(256), 0, x,
                        xn, (const WT *)W, a, gain, T, d, n, eps, cx->mm_cnt);
