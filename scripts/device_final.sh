@@ -133,6 +133,12 @@ if [[ "$what" == *an16* ]]; then # the GEMV + residual (+ norm) kernel with a wh
   done
   for v in 0 1; do DR_CUDA_AN16=$v one "35B-40L-an16-$v" --synthetic $C/qwen3.5-35b-a3b.json -p 128 -n 64; done
 fi
+if [[ "$what" == *pdlgdn6* ]]; then # session 6: gdn_decode with PDL again, now that out_proj keeps whole rows in flight
+  for v in 0 2 0 2; do
+    DR_CUDA_PDL_GDN=$v one "35B-8L-pdlgdn$v" --synthetic $C/qwen3.5-35b-a3b.json --layers 8 -p 128 -n 256
+    DR_CUDA_PDL_GDN=$v one "0.8B-pdlgdn$v" --synthetic $C/qwen3.5-0.8b.json -p 128 -n 256
+  done
+fi
 if [[ "$what" == *vsold* ]]; then # this tree against build-old/deltarun (an older commit built elsewhere, carried)
   for sh in "0.8B --synthetic $C/qwen3.5-0.8b.json -p 128 -n 256" "9B --synthetic $C/qwen3.5-9b.json -p 128 -n 128" \
             "35B-8L --synthetic $C/qwen3.5-35b-a3b.json --layers 8 -p 128 -n 256"; do
