@@ -19,7 +19,8 @@
 # the gate/up kernel and pre-norm in the input GEMV against their switches (+ the tests with them off).
 # s6: session 6's MoE decode changes (early down rows, shared gate/up in the gate/up kernel, routing by
 # integer reductions) each against its switch, and all of them off. vsold: 35B-A3B decode against
-# build-old/deltarun, a binary of an earlier commit built on this machine's kind and carried (run's carry).
+# build-old/deltarun, a binary of an earlier commit built on the dev box and carried (run's carry);
+# DR_NEW_CLI=PATH (relative to the repo) times a carried binary of this tree too, built the same way.
 # an16: the GEMV + residual kernel's whole-row-in-flight variant against DR_CUDA_AN16=0.
 set -uo pipefail
 source "$(dirname "$0")/device_env.sh"
@@ -144,11 +145,13 @@ if [[ "$what" == *vsold* ]]; then # this tree against build-old/deltarun (an old
             "35B-8L --synthetic $C/qwen3.5-35b-a3b.json --layers 8 -p 128 -n 256"; do
     set -- $sh; nm=$1; shift
     for v in old new old new; do
-      ( [[ $v == old ]] && cli="$root/build-old/deltarun"; one "$nm-$v" "$@" )
+      ( if [[ $v == old ]]; then cli="$root/build-old/deltarun"; elif [[ -n "${DR_NEW_CLI:-}" ]]; then cli="$root/$DR_NEW_CLI"; fi
+        one "$nm-$v" "$@" )
     done
   done
   for v in old new; do
-    ( [[ $v == old ]] && cli="$root/build-old/deltarun"; one "35B-40L-$v" --synthetic $C/qwen3.5-35b-a3b.json -p 128 -n 64 )
+    ( if [[ $v == old ]]; then cli="$root/build-old/deltarun"; elif [[ -n "${DR_NEW_CLI:-}" ]]; then cli="$root/$DR_NEW_CLI"; fi
+      one "35B-40L-$v" --synthetic $C/qwen3.5-35b-a3b.json -p 128 -n 64 )
   done
 fi
 if [[ "$what" == *r4* ]]; then
