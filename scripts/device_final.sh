@@ -4,7 +4,7 @@
 # then the decode / prefill benches in bf16, q8 and q4 with same-call
 # baselines for the newest kernels. Logs under $OUT.
 # Usage: scripts/device_final.sh [tests] [conc] [legacy] [memcheck] [bench] [r4] [gemv] [slope] [types]
-#        [attpos] [attdec] [attblk] [pdlsw] [moek] [moencu] [ncu35] [big40] [ncu08] [p512] [quant] [qold] [prefill] [mroute] [normin] [s6] [vsold] [an16]
+#        [attpos] [attdec] [attblk] [pdlsw] [moek] [moencu] [ncu35] [big40] [ncu08] [p512] [quant] [qold] [prefill] [mroute] [normin] [s6] [vsold] [an16] [pdlgdn6]
 # conc: four test_cuda_quant processes at once (as ctest -j4); legacy: the same with
 # DR_CUDA_LEGACY_COPY=1, the unordered uploads before session 4's fix (it failed 2 of 4 runs once;
 # the race is timing-dependent). gemv: the GEMV-only bench_cuda lines (each shape also through the
@@ -21,7 +21,8 @@
 # integer reductions) each against its switch, and all of them off. vsold: 35B-A3B decode against
 # build-old/deltarun, a binary of an earlier commit built on the dev box and carried (run's carry);
 # DR_NEW_CLI=PATH (relative to the repo) times a carried binary of this tree too, built the same way.
-# an16: the GEMV + residual kernel's whole-row-in-flight variant against DR_CUDA_AN16=0.
+# an16: the GEMV + residual kernel's whole-row-in-flight variant against DR_CUDA_AN16=0. pdlgdn6:
+# gdn_decode with PDL (DR_CUDA_PDL_GDN=2) against the default.
 set -uo pipefail
 source "$(dirname "$0")/device_env.sh"
 what="${*:-tests memcheck bench quant prefill}"
