@@ -18,7 +18,7 @@
 # logits download to the host, as before the round). mroute / normin: session 5's MoE routing in
 # the gate/up kernel and pre-norm in the input GEMV against their switches (+ the tests with them off).
 # s6: session 6's MoE decode changes (early down rows, shared gate/up in the gate/up kernel, routing by
-# integer reductions) each against its switch, and all of them off. vsold: 35B-A3B decode against
+# integer reductions) each against its switch, and all of them off. vsold: 0.8B, 9B, 35B-A3B decode against
 # build-old/deltarun, a binary of an earlier commit built on the dev box and carried (run's carry);
 # DR_NEW_CLI=PATH (relative to the repo) times a carried binary of this tree too, built the same way.
 # an16: the GEMV + residual kernel's whole-row-in-flight variant against DR_CUDA_AN16=0. pdlgdn6:
