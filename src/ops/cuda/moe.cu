@@ -84,11 +84,6 @@ __global__ void route_kernel(int32_t *idx, float *wts, const float *logits, int 
         }
 }
 
-/* The same selection with the lane's logits in registers (E <= 32 PER) and a
- * bit per used expert: the loop above re-reads the logits from memory and
- * keeps the picks in local memory, about 17 us per token at E = 256, k = 8.
- * Same comparisons in the same order, same arithmetic: identical results.
- * Pick j ends in lane j (k <= 32). */
 /* An unsigned key of a float that orders as the float does (non-NaN; -0
  * taken as +0, which compares equal to it), and back. */
 static __device__ __forceinline__ unsigned route_key(float v) {
@@ -99,9 +94,13 @@ static __device__ __forceinline__ float route_unkey(unsigned u) {
     return __uint_as_float(u & 0x80000000u ? u & 0x7fffffffu : ~u);
 }
 
-/* RX (session 6): each round's warp-wide best by two integer reductions
- * (the largest key, then the lowest expert id holding it) instead of five
- * shuffle rounds; the same pick and tie rule. */
+/* The same selection with the lane's logits in registers (E <= 32 PER) and a
+ * bit per used expert: the loop above re-reads the logits from memory and
+ * keeps the picks in local memory, about 17 us per token at E = 256, k = 8.
+ * Same comparisons in the same order, same arithmetic: identical results.
+ * Pick j ends in lane j (k <= 32). RX (session 6): each round's warp-wide
+ * best by two integer reductions (the largest key, then the lowest expert
+ * id holding it) instead of five shuffle rounds; the same pick and tie rule. */
 template <int PER, bool RX = false>
 static __device__ __forceinline__ void route_warp(const float *l, int E, int k, int renorm, int lane, int *sel,
                                                   float *wt) {
