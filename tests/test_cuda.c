@@ -459,6 +459,42 @@ typedef struct {
     int E, H, I, IS;
 } moe_w;
 
+/* Random bf16 weights of a MoE block (router rows scaled by rs), uploaded;
+ * *hs: the host copies, [3 E] experts' gate / up / down, then shared down,
+ * gate, up, scalar gate and the router. */
+static moe_w moe_w_make(int E, int H, int I, int IS, float rs, void ***hs) {
+    moe_w mw = {calloc((size_t)E, sizeof(dr_expert)), {0}, {0}, {0}, {0}, {0}, E, H, I, IS};
+    void **h = calloc(3 * (size_t)E + 5, sizeof *h);
+    for (int e = 0; e < E; e++) {
+        h[3 * e] = make_weights(&mw.ex[e].gate, DR_DT_BF16, I, H, 0.1f);
+        h[3 * e + 1] = make_weights(&mw.ex[e].up, DR_DT_BF16, I, H, 0.1f);
+        h[3 * e + 2] = make_weights(&mw.ex[e].down, DR_DT_BF16, H, I, 0.1f);
+    }
+    h[3 * E] = make_weights(&mw.shd, DR_DT_BF16, H, IS, 0.1f);
+    h[3 * E + 1] = make_weights(&mw.shg, DR_DT_BF16, IS, H, 0.2f);
+    h[3 * E + 2] = make_weights(&mw.shu, DR_DT_BF16, IS, H, 0.2f);
+    h[3 * E + 3] = make_weights(&mw.shs, DR_DT_BF16, 1, H, 0.2f);
+    h[3 * E + 4] = make_weights(&mw.rw, DR_DT_BF16, E, H, rs);
+    *hs = h;
+    return mw;
+}
+
+static void moe_w_free(moe_w *mw, void **hs) {
+    for (int e = 0; e < mw->E; e++) {
+        G->weight_free(G->ctx, &mw->ex[e].gate);
+        G->weight_free(G->ctx, &mw->ex[e].up);
+        G->weight_free(G->ctx, &mw->ex[e].down);
+    }
+    G->weight_free(G->ctx, &mw->shd);
+    G->weight_free(G->ctx, &mw->shg);
+    G->weight_free(G->ctx, &mw->shu);
+    G->weight_free(G->ctx, &mw->shs);
+    G->weight_free(G->ctx, &mw->rw);
+    for (int i = 0; i < 3 * mw->E + 5; i++)
+        free(hs[i]);
+    free(hs), free(mw->ex);
+}
+
 /* The CPU chain for x [T, H]: lg = router x, idx / w = moe_route (k
  * picks), y = the experts + (with_sh) the shared expert. */
 static void moe_ref(const moe_w *mw, const float *x, int T, int k, bool with_sh, float *lg, int32_t *idx, float *w,
@@ -532,18 +568,8 @@ static void moe_decode_check(const moe_w *mw, const float *dx, int T, int k, boo
  * DR_CUDA_MOE_ROUTE=0, and so do the shared expert's gate / up unless
  * DR_CUDA_MOE_SHGU=0; the router logits, picks and weights are checked too. */
 static void moe_decode_shape(int E, int H, int I, int IS, int K) {
-    moe_w mw = {calloc((size_t)E, sizeof(dr_expert)), {0}, {0}, {0}, {0}, {0}, E, H, I, IS};
-    void **hs = calloc(3 * (size_t)E + 5, sizeof *hs);
-    for (int e = 0; e < E; e++) {
-        hs[3 * e] = make_weights(&mw.ex[e].gate, DR_DT_BF16, I, H, 0.1f);
-        hs[3 * e + 1] = make_weights(&mw.ex[e].up, DR_DT_BF16, I, H, 0.1f);
-        hs[3 * e + 2] = make_weights(&mw.ex[e].down, DR_DT_BF16, H, I, 0.1f);
-    }
-    hs[3 * E] = make_weights(&mw.shd, DR_DT_BF16, H, IS, 0.1f);
-    hs[3 * E + 1] = make_weights(&mw.shg, DR_DT_BF16, IS, H, 0.2f);
-    hs[3 * E + 2] = make_weights(&mw.shu, DR_DT_BF16, IS, H, 0.2f);
-    hs[3 * E + 3] = make_weights(&mw.shs, DR_DT_BF16, 1, H, 0.2f);
-    hs[3 * E + 4] = make_weights(&mw.rw, DR_DT_BF16, E, H, 0.3f);
+    void **hs = NULL;
+    moe_w mw = moe_w_make(E, H, I, IS, 0.3f, &hs);
     for (int T = 1; T <= 4; T++)
         for (int with_sh = 0; with_sh < 2; with_sh++) {
             const int k = with_sh ? K : K < 3 ? K : 3;
@@ -556,19 +582,38 @@ static void moe_decode_shape(int E, int H, int I, int IS, int K) {
             free(x), free(y), free(lg), free(w), free(idx);
             G->free(G->ctx, dx);
         }
-    for (int e = 0; e < E; e++) {
-        G->weight_free(G->ctx, &mw.ex[e].gate);
-        G->weight_free(G->ctx, &mw.ex[e].up);
-        G->weight_free(G->ctx, &mw.ex[e].down);
-    }
-    G->weight_free(G->ctx, &mw.shd);
-    G->weight_free(G->ctx, &mw.shg);
-    G->weight_free(G->ctx, &mw.shu);
-    G->weight_free(G->ctx, &mw.shs);
+    moe_w_free(&mw, hs);
+}
+
+/* Exact ties among the router logits: router rows 2, 5, 17 and 33 equal
+ * (bf16(0.5) with the sign of x, so they lead by far), the others small.
+ * The picks must be the CPU's, lowest id first among equal logits, on
+ * every routing path (test_cuda runs again with DR_CUDA_ROUTE_RX=0 and
+ * DR_CUDA_MOE_ROUTE=0 on the device). */
+static void test_moe_decode_ties(void) {
+    const int E = 40, H = 64, I = 32, IS = 40, k = 6, tied[4] = {2, 5, 17, 33};
+    void **hs = NULL;
+    moe_w mw = moe_w_make(E, H, I, IS, 0.01f, &hs);
+    float *x = rnd((size_t)H, 1.0f), *y = malloc((size_t)H * 4), *lg = malloc((size_t)E * 4);
+    float *w = malloc((size_t)k * 4);
+    int32_t *idx = malloc((size_t)k * 4);
+    uint16_t *rh = hs[3 * E + 4];
+    for (int q = 0; q < 4; q++)
+        for (int i = 0; i < H; i++)
+            rh[(size_t)tied[q] * H + i] = dr_f32_to_bf16(x[i] < 0.0f ? -0.5f : 0.5f);
     G->weight_free(G->ctx, &mw.rw);
-    for (int i = 0; i < 3 * E + 5; i++)
-        free(hs[i]);
-    free(hs), free(mw.ex);
+    upload_weight(&mw.rw, "test.router", DR_DT_BF16, E, H, rh);
+    float *dx = dput(x, (size_t)H * 4);
+    moe_ref(&mw, x, 1, k, true, lg, idx, w, y);
+    bool lead = true;
+    for (int q = 0; q < 4; q++)
+        lead &= idx[q] == tied[q];
+    CHECK(lead, "moe_decode ties: the CPU picks the tied experts first, lowest id first (%d %d %d %d)", idx[0], idx[1],
+          idx[2], idx[3]);
+    moe_decode_check(&mw, dx, 1, k, true, lg, idx, w, y);
+    free(x), free(y), free(lg), free(w), free(idx);
+    G->free(G->ctx, dx);
+    moe_w_free(&mw, hs);
 }
 
 static void test_moe_decode(void) {
@@ -643,6 +688,7 @@ int main(void) {
     test_gdn();
     test_moe();
     test_moe_decode();
+    test_moe_decode_ties();
     test_argmax();
     cuda_test_close();
     return TEST_DONE();
