@@ -4,7 +4,7 @@
 # then the decode / prefill benches in bf16, q8 and q4 with same-call
 # baselines for the newest kernels. Logs under $OUT.
 # Usage: scripts/device_final.sh [tests] [conc] [legacy] [memcheck] [bench] [r4] [gemv] [slope] [types]
-#        [attpos] [attdec] [attblk] [pdlsw] [moek] [moencu] [ncu35] [big40] [ncu08] [p512] [quant] [qold] [prefill] [mroute] [normin] [s6] [vsold] [an16] [pdlgdn6]
+#        [attpos] [attdec] [attblk] [pdlsw] [moek] [moencu] [ncu35] [big40] [ncu08] [p512] [quant] [qold] [prefill] [mroute] [normin] [s6] [vsold] [an16] [pdlgdn6] [routes]
 # conc: four test_cuda_quant processes at once (as ctest -j4); legacy: the same with
 # DR_CUDA_LEGACY_COPY=1, the unordered uploads before session 4's fix (it failed 2 of 4 runs once;
 # the race is timing-dependent). gemv: the GEMV-only bench_cuda lines (each shape also through the
@@ -22,7 +22,7 @@
 # build-old/deltarun, a binary of an earlier commit built on the dev box and carried (run's carry);
 # DR_NEW_CLI=PATH (relative to the repo) times a carried binary of this tree too, built the same way.
 # an16: the GEMV + residual kernel's whole-row-in-flight variant against DR_CUDA_AN16=0. pdlgdn6:
-# gdn_decode with PDL (DR_CUDA_PDL_GDN=2) against the default.
+# gdn_decode with PDL (DR_CUDA_PDL_GDN=2) against the default. routes: test_cuda on every MoE routing path.
 set -uo pipefail
 source "$(dirname "$0")/device_env.sh"
 what="${*:-tests memcheck bench quant prefill}"
@@ -134,6 +134,12 @@ if [[ "$what" == *an16* ]]; then # the GEMV + residual (+ norm) kernel with a wh
     DR_CUDA_AN16=$v one "0.8B-an16-$v" --synthetic $C/qwen3.5-0.8b.json -p 128 -n 256
   done
   for v in 0 1; do DR_CUDA_AN16=$v one "35B-40L-an16-$v" --synthetic $C/qwen3.5-35b-a3b.json -p 128 -n 64; done
+fi
+if [[ "$what" == *routes* ]]; then # test_cuda on every MoE routing path (ties included)
+  for v in "" DR_CUDA_ROUTE_RX=0 DR_CUDA_MOE_ROUTE=0 DR_CUDA_MOE_EARLY=0 DR_CUDA_MOE_SHGU=0; do
+    env $v timeout 60 "$b/tests/test_cuda" > "$OUT/test_cuda_r.log" 2>&1
+    echo "test_cuda ${v:-defaults} exit $?: $(tail -1 "$OUT/test_cuda_r.log")"; grep -E "^FAIL|ties" "$OUT/test_cuda_r.log" | head -4
+  done
 fi
 if [[ "$what" == *pdlgdn6* ]]; then # session 6: gdn_decode with PDL again, now that out_proj keeps whole rows in flight
   for v in 0 2 0 2; do
