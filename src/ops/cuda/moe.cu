@@ -793,6 +793,8 @@ static void experts_fast(dr_cuda_ctx *cx, float *y, const float *x, const int32_
             MD_GU_ROUTE(16, false);
 #undef MD_GU_ROUTE
     }
+    if (ready && cx->failed) /* the gate/up launch failed: its flag may never be raised */
+        return;
     dr_cuda_launch(cx, true, moe_down_bf16_kernel, dim3(dr_cdiv((size_t)H, 8), (unsigned)T), dim3(256),
                    ((size_t)k * I + (size_t)Is) * sizeof(float), y, (const float *)act, idx, wts, tab, E, k, H, I,
                    acc_y, sh ? sh->down : NULL, sh ? sh->gate : NULL, sh ? sh->up : NULL, sh ? sh->s : NULL, Is,
