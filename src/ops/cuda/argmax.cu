@@ -64,8 +64,7 @@ __global__ void __launch_bounds__(AM_THREADS) argmax_kernel(const float *__restr
 static bool am_state(dr_cuda_ctx *cx) {
     if (cx->am_state)
         return true;
-    void *p = NULL, *h = NULL;
-    DR_CUDA_NOTE(cx, cudaMalloc(&p, 2 * sizeof(unsigned long long) + sizeof(int32_t)));
+    void *p = dr_cuda_zeroed(cx, 2 * sizeof(unsigned long long) + sizeof(int32_t)), *h = NULL;
     if (!p)
         return false;
     DR_CUDA_NOTE(cx, cudaMallocHost(&h, sizeof(int32_t)));
@@ -73,7 +72,6 @@ static bool am_state(dr_cuda_ctx *cx) {
         cudaFree(p);
         return false;
     }
-    DR_CUDA_NOTE(cx, cudaMemsetAsync(p, 0, 2 * sizeof(unsigned long long) + sizeof(int32_t), cx->stream));
     cx->am_state = (unsigned long long *)p;
     cx->am_host = (int32_t *)h;
     return true;

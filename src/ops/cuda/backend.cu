@@ -30,6 +30,18 @@ extern "C" void dr_cuda_note_blas(dr_cuda_ctx *cx, const char *file, int line, c
     cx->failed = 1;
 }
 
+void *dr_cuda_zeroed(dr_cuda_ctx *cx, size_t n) {
+    if (cx->capturing) {
+        cx->cap_bad = 1;
+        return NULL;
+    }
+    void *p = NULL;
+    DR_CUDA_NOTE(cx, cudaMalloc(&p, n));
+    if (p)
+        DR_CUDA_NOTE(cx, cudaMemsetAsync(p, 0, n, cx->stream));
+    return p;
+}
+
 void *dr_cuda_scratch(dr_cuda_ctx *cx, int slot, size_t n) {
     if (n <= cx->scr_n[slot])
         return cx->scr[slot];

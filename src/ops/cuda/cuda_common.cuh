@@ -127,6 +127,12 @@ extern "C" void dr_cuda_note_blas(dr_cuda_ctx *cx, const char *file, int line, c
  * buffer. NULL (and ctx->failed) when out of memory. */
 void *dr_cuda_scratch(dr_cuda_ctx *cx, int slot, size_t n);
 
+/* n bytes of device memory, zeroed, for state the kernels keep zero
+ * between launches (counters, flags); made once and kept in a ctx field by
+ * the caller. NULL when asked for while recording (cap_bad set: the step
+ * runs again without the recording) or when allocation fails (noted in cx). */
+void *dr_cuda_zeroed(dr_cuda_ctx *cx, size_t n);
+
 /* Host -> device copy of n bytes ordered on cx->stream. Every upload goes
  * through here: a plain cudaMemcpy runs on the legacy default stream, which
  * our non-blocking stream does not wait for, and from pageable memory it may

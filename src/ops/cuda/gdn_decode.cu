@@ -565,18 +565,8 @@ void dr_cuda_gdn_decode(void *ctx, float *y, const float *qkv_raw, const float *
         cx->failed = 1;
         return;
     }
-    if (!cx->gdn_cnt) {
-        if (cx->capturing) { /* first use while recording: the step runs again without it */
-            cx->cap_bad = 1;
-            return;
-        }
-        void *p = NULL;
-        DR_CUDA_NOTE(cx, cudaMalloc(&p, GD_CNT * sizeof(int)));
-        if (!p)
-            return;
-        DR_CUDA_NOTE(cx, cudaMemsetAsync(p, 0, GD_CNT * sizeof(int), cx->stream));
-        cx->gdn_cnt = (int *)p;
-    }
+    if (!cx->gdn_cnt && !(cx->gdn_cnt = (int *)dr_cuda_zeroed(cx, GD_CNT * sizeof(int))))
+        return; /* first use while recording (the step runs again without it), or failed */
     const int mode = gd_mode();
     int W = 0, S = mode != 0 && gd_sm90(cx->device) ? gd_pick(Hv, dv, cx->n_sm, mode, &W) : 0;
     if (S > 0 && Hk * S > GD_CNT)

@@ -703,9 +703,9 @@ template <typename WT, int MT>
 static void add_norm_launch(dr_cuda_ctx *cx, float *x, float *xn, const void *W, const float *a, const float *gain,
                             int T, int d, int n, float eps) {
     const int R = rows_per_warp(cx, d, MT);
-#define AN_LAUNCH(R_)                                                                                             \
-    dr_cuda_launch(cx, true, gemv_add_norm_kernel<WT, MT, R_>, dim3(dr_cdiv((size_t)d, 8 * R_)), dim3(256), 0, x, \
-                   xn, (const WT *)W, a, gain, T, d, n, eps, cx->mm_cnt)
+#define AN_LAUNCH(R_, U_)                                                                                         \
+    dr_cuda_launch(cx, true, gemv_add_norm_kernel<WT, MT, R_, U_>, dim3(dr_cdiv((size_t)d, 8 * R_)), dim3(256), 0, \
+                   x, xn, (const WT *)W, a, gain, T, d, n, eps, cx->mm_cnt)
     /* one token, one row per warp of 257-512 16-byte pieces: all of the row in flight before the PDL wait
        (82 registers, 2 blocks per SM, so only grids of one wave; session 6: the 0.8B's FFN down +2%,
        35B-A3B within noise). DR_CUDA_AN16=0: 8 pieces, the rest after the wait (a same-run baseline). */
@@ -716,14 +716,13 @@ static void add_norm_launch(dr_cuda_ctx *cx, float *x, float *xn, const void *W,
     }
     const int E = wvec<WT>::N;
     if (u16 && MT == 1 && R == 1 && n / E > 256 && n / E <= 512 && (long)dr_cdiv((size_t)d, 8) <= 2L * cx->n_sm)
-        dr_cuda_launch(cx, true, gemv_add_norm_kernel<WT, MT, 1, 16>, dim3(dr_cdiv((size_t)d, 8)), dim3(256), 0, x,
-                       xn, (const WT *)W, a, gain, T, d, n, eps, cx->mm_cnt);
+        AN_LAUNCH(1, 16);
     else if (R == 4)
-        AN_LAUNCH(4);
+        AN_LAUNCH(4, 2);
     else if (R == 2)
-        AN_LAUNCH(2);
+        AN_LAUNCH(2, 4);
     else
-        AN_LAUNCH(1);
+        AN_LAUNCH(1, 8);
 #undef AN_LAUNCH
 }
 
@@ -779,18 +778,10 @@ bool dr_cuda_matmul_add_rmsnorm(void *ctx, float *x, float *xn, const float *a, 
     if (!(fuse_mode() & 2) || !fusable(w, a, T) || d <= 0 ||
         (long)dr_cdiv((size_t)d, 8) * T > FN_PARTS) /* the parts of the largest grid fit */
         return false;
-    if (gain && !cx->mm_cnt) { /* the arrival counter and parts, allocated outside any recording */
-        if (cx->capturing) {   /* first use while recording: the step runs again without the recording */
-            cx->cap_bad = 1;
-            return true;
-        }
-        void *p = NULL;
-        DR_CUDA_NOTE(cx, cudaMalloc(&p, 64 * sizeof(unsigned) + FN_PARTS * sizeof(float))); /* counter, parts */
-        if (!p)
-            return true; /* failed, recorded in cx */
-        DR_CUDA_NOTE(cx, cudaMemsetAsync(p, 0, sizeof(unsigned), cx->stream));
-        cx->mm_cnt = (unsigned *)p;
-    }
+    /* the arrival counter and parts, made outside any recording */
+    if (gain && !cx->mm_cnt &&
+        !(cx->mm_cnt = (unsigned *)dr_cuda_zeroed(cx, 64 * sizeof(unsigned) + FN_PARTS * sizeof(float))))
+        return true; /* first use while recording (the step runs again without it), or failed */
     FUSE_DISPATCH(add_norm_launch, w->dtype, T, cx, x, xn, w->dev, a, gain, T, d, n, eps);
     return true;
 }

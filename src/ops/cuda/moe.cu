@@ -963,18 +963,8 @@ bool dr_cuda_moe_decode(void *ctx, float *y, int32_t *idx, float *wts, float *lo
     const void *const *tab = expert_table(cx, experts, E);
     if (!tab) /* failed (recorded) or first use while recording (the step runs again) */
         return true;
-    if (!cx->moe_ready) { /* made outside any recording */
-        if (cx->capturing) {
-            cx->cap_bad = 1;
-            return true;
-        }
-        void *p = NULL;
-        DR_CUDA_NOTE(cx, cudaMalloc(&p, MOE_GEMV_T * sizeof(int)));
-        if (!p)
-            return true;
-        DR_CUDA_NOTE(cx, cudaMemsetAsync(p, 0, MOE_GEMV_T * sizeof(int), cx->stream));
-        cx->moe_ready = (int *)p;
-    }
+    if (!cx->moe_ready && !(cx->moe_ready = (int *)dr_cuda_zeroed(cx, MOE_GEMV_T * sizeof(int))))
+        return true; /* first use while recording (the step runs again without it), or failed */
     const bool in_gu = route_in_gu(E);
     /* the shared expert's gate / up in the gate/up kernel when it routes and they are bf16 [Is, H] */
     const bool shgu = sh && in_gu && md_shgu() && bf16_rows_ok(sh->gate, Is, H) && bf16_rows_ok(sh->up, Is, H);
