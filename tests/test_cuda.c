@@ -277,7 +277,8 @@ static void test_attention_block(void) {
     }
     const struct {
         int pos0, nH, nKV, hd, d_rot;
-    } cs[] = {{0, 8, 2, 256, 64}, {200, 16, 4, 256, 64}, {1500, 8, 2, 128, 32}, {77, 4, 4, 64, 64}, {40, 6, 3, 40, 0}};
+    } cs[] = {{0, 8, 2, 256, 64},    {200, 16, 4, 256, 64}, {1500, 8, 2, 128, 32},
+              {77, 4, 4, 64, 64},    {40, 6, 3, 40, 0},     {3000, 16, 2, 256, 64}};
     for (size_t ci = 0; ci < sizeof cs / sizeof cs[0]; ci++) {
         const int pos0 = cs[ci].pos0, nH = cs[ci].nH, nKV = cs[ci].nKV, hd = cs[ci].hd, d_rot = cs[ci].d_rot;
         const size_t nq = (size_t)nH * hd, kv_row = (size_t)nKV * hd, ncache = (size_t)(pos0 + 1) * kv_row;
@@ -291,7 +292,8 @@ static void test_attention_block(void) {
         /* GPU: op by op, then fused */
         float *dqg = dput(qg, 2 * nq * 4), *dv = dput(v, kv_row * 4), *dqn = dput(qn, (size_t)hd * 4);
         float *dkn = dput(kn, (size_t)hd * 4), *dq = G->alloc(G->ctx, nq * 4), *dg = G->alloc(G->ctx, nq * 4);
-        float *da[2], *dkc[2], *dvc[2], *dk[2];
+        float *da[3], *dkc[2], *dvc[2], *dk[2];
+        da[2] = G->alloc(G->ctx, nq * 4);
         for (int f = 0; f < 2; f++) {
             da[f] = G->alloc(G->ctx, nq * 4), dk[f] = dput(k, kv_row * 4);
             dkc[f] = dput(kc, ncache * 4), dvc[f] = dput(vc, ncache * 4);
@@ -300,7 +302,16 @@ static void test_attention_block(void) {
         const bool took = G->attention_block(G->ctx, da[1], dq, dg, dk[1], dqg, dv, dkc[1], dvc[1], dqn, dkn, 1, pos0,
                                              nH, nKV, hd, d_rot, 1e7f, 1e-6f, scale);
         CHECK(took, "attention_block pos0=%d nH=%d nKV=%d hd=%d: declined", pos0, nH, nKV, hd);
+        /* again on the same inputs (k is scratch it may overwrite: a fresh copy): the same result (the
+           per-head slice counters of the fused kernel are back at zero) */
+        float *dk2 = dput(k, kv_row * 4);
+        G->attention_block(G->ctx, da[2], dq, dg, dk2, dqg, dv, dkc[1], dvc[1], dqn, dkn, 1, pos0, nH, nKV, hd, d_rot,
+                           1e7f, 1e-6f, scale);
+        G->free(G->ctx, dk2);
         float *a0 = dget(da[0], nq), *a1 = dget(da[1], nq), *k0 = dget(dkc[0], ncache), *k1 = dget(dkc[1], ncache);
+        float *a2 = dget(da[2], nq);
+        REPORT(rel_err(a2, a1, nq), 0.0f, "attention_block pos0=%d nH=%d: a second call gives the same output", pos0,
+               nH);
         float *v1 = dget(dvc[1], ncache);
         REPORT(rel_err(a1, a0, nq), 1e-6f, "attention_block pos0=%d nH=%d nKV=%d hd=%d d_rot=%d vs the steps on the GPU",
                pos0, nH, nKV, hd, d_rot);
@@ -313,8 +324,8 @@ static void test_attention_block(void) {
                                        hd, d_rot, 1e7f, 1e-6f, scale),
                    "attention_block declines T = 2 (hd %d)", hd);
         free(qg), free(k), free(v), free(qn), free(kn), free(kc), free(vc), free(rq), free(rg), free(rk), free(ratt);
-        free(rkc), free(rvc), free(ws), free(a0), free(a1), free(k0), free(k1), free(v1);
-        void *bufs[] = {dqg, dv, dqn, dkn, dq, dg, da[0], da[1], dk[0], dk[1], dkc[0], dkc[1], dvc[0], dvc[1]};
+        free(rkc), free(rvc), free(ws), free(a0), free(a1), free(a2), free(k0), free(k1), free(v1);
+        void *bufs[] = {dqg, dv, dqn, dkn, dq, dg, da[0], da[1], da[2], dk[0], dk[1], dkc[0], dkc[1], dvc[0], dvc[1]};
         for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
             G->free(G->ctx, bufs[i]);
     }

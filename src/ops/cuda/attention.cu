@@ -240,27 +240,39 @@ __global__ void __launch_bounds__(32 * ATT_WARPS)
     }
 }
 
-/* Merge the slices of one (t, h) row: out = sum_s exp(m_s - M) o_s / sum_s exp(m_s - M) l_s. */
-__global__ void attn_merge_kernel(float *out, const float *part, const float *ml, int nH, int hd, int nsplit,
-                                  const float *gate) {
-    const size_t row = (size_t)blockIdx.y * nH + blockIdx.x;
+/* Merge the slices of row `row` with the block's threads: out = sum_s
+ * exp(m_s - M) o_s / sum_s exp(m_s - M) l_s, times sigmoid(gate[row gs + e])
+ * when gate is given (attention_block's output gate). Loads bypass L1: the
+ * fused decode block merges slices other blocks of the same kernel wrote. */
+static __device__ void att_merge_row(float *out, const float *part, const float *ml, size_t row, int hd, int nsplit,
+                                     const float *gate, int gs) {
     const float *mlr = ml + row * nsplit * 2;
     float M = -INFINITY;
     for (int s = 0; s < nsplit; s++)
-        M = fmaxf(M, mlr[2 * s]);
+        M = fmaxf(M, __ldcg(mlr + 2 * s));
     float L = 0.0f;
-    for (int s = 0; s < nsplit; s++)
-        if (mlr[2 * s] != -INFINITY)
-            L += mlr[2 * s + 1] * expf(mlr[2 * s] - M);
+    for (int s = 0; s < nsplit; s++) {
+        const float ms = __ldcg(mlr + 2 * s);
+        if (ms != -INFINITY)
+            L += __ldcg(mlr + 2 * s + 1) * expf(ms - M);
+    }
     for (int e = threadIdx.x; e < hd; e += blockDim.x) {
         float o = 0.0f;
-        for (int s = 0; s < nsplit; s++)
-            if (mlr[2 * s] != -INFINITY)
-                o += part[(row * nsplit + s) * hd + e] * expf(mlr[2 * s] - M);
+        for (int s = 0; s < nsplit; s++) {
+            const float ms = __ldcg(mlr + 2 * s);
+            if (ms != -INFINITY)
+                o += __ldcg(part + (row * nsplit + s) * hd + e) * expf(ms - M);
+        }
         out[row * hd + e] = o / L;
-        if (gate) /* the output gate (attention_block), as sigmoid_mul after the merge */
-            out[row * hd + e] *= dr_dev_sigmoid(gate[row * hd + e]);
+        if (gate) /* as sigmoid_mul after the merge */
+            out[row * hd + e] *= dr_dev_sigmoid(gate[row * gs + e]);
     }
+}
+
+/* Merge the slices of one (t, h) row (block (h, t)). */
+__global__ void attn_merge_kernel(float *out, const float *part, const float *ml, int nH, int hd, int nsplit,
+                                  const float *gate) {
+    att_merge_row(out, part, ml, (size_t)blockIdx.y * nH + blockIdx.x, hd, nsplit, gate, hd);
 }
 
 /* Decode (T = 1). Block (head h, slice sp) of 4 warps; a warp takes chunks
@@ -285,6 +297,93 @@ static __device__ __forceinline__ void ad_rows(float (&kv)[AD_K][R], const float
         }
 }
 
+/* One chunk of nk <= AD_K keys (their K rows kk, this lane's R dims) into a
+ * warp's online softmax (query qr): the new running max m and sum l, the
+ * chunk's weights p against m, and corr, the factor for the old V sum. */
+template <int R>
+static __device__ __forceinline__ void ad_softmax(const float (&qr)[R], const float (&kk)[AD_K][R], int nk, float scale,
+                                                  float &m, float &l, float (&p)[AD_K], float &corr) {
+    float sc[AD_K];
+#pragma unroll
+    for (int j = 0; j < AD_K; j++) {
+        float d = 0.0f;
+#pragma unroll
+        for (int r = 0; r < R; r++)
+            d += qr[r] * kk[j][r];
+        sc[j] = j < nk ? dr_warp_sum(d) * scale : -INFINITY;
+    }
+    float mn = m;
+#pragma unroll
+    for (int j = 0; j < AD_K; j++)
+        mn = fmaxf(mn, sc[j]);
+    corr = expf(m - mn);
+    float ps = 0.0f;
+#pragma unroll
+    for (int j = 0; j < AD_K; j++) {
+        p[j] = j < nk ? expf(sc[j] - mn) : 0.0f;
+        ps += p[j];
+    }
+    l = l * corr + ps;
+    m = mn;
+}
+
+/* acc = acc corr + sum_j p[j] V row j (this lane's R dims, vv). */
+template <int R>
+static __device__ __forceinline__ void ad_accum(float (&acc)[R], const float (&p)[AD_K], float corr,
+                                                const float (&vv)[AD_K][R]) {
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        float a = acc[r] * corr;
+#pragma unroll
+        for (int j = 0; j < AD_K; j++)
+            a += p[j] * vv[j][r];
+        acc[r] = a;
+    }
+}
+
+/* One warp's online softmax over keys c0, c0 + ATT_WARPS AD_K, ... (chunks
+ * of AD_K) below s1: running max m, sum l and weighted V sum acc of the R
+ * dims this lane holds (query qr). */
+template <int R>
+static __device__ __forceinline__ void ad_scan(const float (&qr)[R], const float *kc, const float *vc, size_t kvs,
+                                               size_t koff, int c0, int s1, bool on, float scale, float &m, float &l,
+                                               float (&acc)[R]) {
+    for (int c = c0; c < s1; c += ATT_WARPS * AD_K) {
+        const int nk = min(AD_K, s1 - c);
+        float kv[AD_K][R], p[AD_K], corr;
+        ad_rows<R>(kv, kc, kvs, koff, c, nk, on);
+        ad_softmax<R>(qr, kv, nk, scale, m, l, p, corr);
+        ad_rows<R>(kv, vc, kvs, koff, c, nk, on);
+        ad_accum<R>(acc, p, corr, kv);
+    }
+}
+
+/* Warp 0 of block (h, sp) after att_merge_warps: the row's output (one
+ * slice: o / L, times sigmoid(gate[h gs + e]) when gate is given) or the
+ * slice's unnormalised o and (M, L). */
+template <int R>
+static __device__ __forceinline__ void ad_write(float *out, float *part, float *ml, int h, int sp, int hd, int nsplit,
+                                                const float (&o)[R], float M, float L, const float *gate, int gs) {
+    const int lane = threadIdx.x & 31, e0 = lane * R;
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        const int e = e0 + r;
+        if (e0 >= hd)
+            break;
+        if (nsplit == 1) {
+            out[(size_t)h * hd + e] = o[r] / L;
+            if (gate) /* as sigmoid_mul after the kernel */
+                out[(size_t)h * hd + e] *= dr_dev_sigmoid(gate[(size_t)h * gs + e]);
+        } else {
+            part[((size_t)h * nsplit + sp) * hd + e] = o[r];
+        }
+    }
+    if (nsplit > 1 && lane == 0) {
+        ml[((size_t)h * nsplit + sp) * 2] = M;
+        ml[((size_t)h * nsplit + sp) * 2 + 1] = L;
+    }
+}
+
 template <int R>
 __global__ void __launch_bounds__(32 * ATT_WARPS)
     attn_decode_kernel(float *out, float *part, float *ml, const float *q, const float *kc, const float *vc,
@@ -304,62 +403,10 @@ __global__ void __launch_bounds__(32 * ATT_WARPS)
         acc[r] = 0.0f;
     }
     float m = -INFINITY, l = 0.0f;
-    for (int c = s0 + w * AD_K; c < s1; c += ATT_WARPS * AD_K) {
-        const int nk = min(AD_K, s1 - c);
-        float kv[AD_K][R];
-        ad_rows<R>(kv, kc, kvs, koff, c, nk, on);
-        float sc[AD_K];
-#pragma unroll
-        for (int j = 0; j < AD_K; j++) {
-            float d = 0.0f;
-#pragma unroll
-            for (int r = 0; r < R; r++)
-                d += qr[r] * kv[j][r];
-            sc[j] = j < nk ? dr_warp_sum(d) * scale : -INFINITY;
-        }
-        float mn = m;
-#pragma unroll
-        for (int j = 0; j < AD_K; j++)
-            mn = fmaxf(mn, sc[j]);
-        const float corr = expf(m - mn);
-        float p[AD_K], ps = 0.0f;
-#pragma unroll
-        for (int j = 0; j < AD_K; j++) {
-            p[j] = j < nk ? expf(sc[j] - mn) : 0.0f;
-            ps += p[j];
-        }
-        l = l * corr + ps;
-        ad_rows<R>(kv, vc, kvs, koff, c, nk, on);
-#pragma unroll
-        for (int r = 0; r < R; r++) {
-            float a = acc[r] * corr;
-#pragma unroll
-            for (int j = 0; j < AD_K; j++)
-                a += p[j] * kv[j][r];
-            acc[r] = a;
-        }
-        m = mn;
-    }
+    ad_scan<R>(qr, kc, vc, kvs, koff, s0 + w * AD_K, s1, on, scale, m, l, acc);
     float o[R], M, L;
-    if (!att_merge_warps<R>(m, l, acc, R, 1, o, M, L))
-        return;
-#pragma unroll
-    for (int r = 0; r < R; r++) {
-        const int e = e0 + r;
-        if (!on)
-            break;
-        if (nsplit == 1) {
-            out[(size_t)h * hd + e] = o[r] / L;
-            if (gate) /* as sigmoid_mul after the kernel */
-                out[(size_t)h * hd + e] *= dr_dev_sigmoid(gate[(size_t)h * hd + e]);
-        } else {
-            part[((size_t)h * nsplit + sp) * hd + e] = o[r];
-        }
-    }
-    if (nsplit > 1 && lane == 0) {
-        ml[((size_t)h * nsplit + sp) * 2] = M;
-        ml[((size_t)h * nsplit + sp) * 2 + 1] = L;
-    }
+    if (att_merge_warps<R>(m, l, acc, R, 1, o, M, L))
+        ad_write<R>(out, part, ml, h, sp, hd, nsplit, o, M, L, gate, hd);
 }
 
 /* Head dims per lane of attn_decode_kernel for head size hd (<= 256). */
@@ -380,20 +427,35 @@ static int attn_decode_on(void) { /* DR_CUDA_ATT_DEC=0: the split kernel for dec
 
 /* one token: slices of >= ATT_WARPS * AD_K keys (a chunk per warp), at most
  * 8 blocks per SM in all */
+static void ad_split(const dr_cuda_ctx *cx, int pos0, int nH, int *nsplit, int *split_len) {
+    const int n_max = cx->step_on ? cx->step_cap : pos0 + 1, per = ATT_WARPS * AD_K;
+    int ns = (n_max + per - 1) / per, lim = 8 * cx->n_sm / nH;
+    ns = ns > lim ? lim : ns;
+    ns = ns < 1 ? 1 : ns;
+    *nsplit = ns;
+    *split_len = (n_max + ns - 1) / ns;
+}
+
+/* The slices' partial outputs and (m, l) (NULL with one slice); false when
+ * the scratch could not be had (recorded in cx). */
+static bool ad_parts(dr_cuda_ctx *cx, int nH, int hd, int nsplit, float **part, float **ml) {
+    *part = *ml = NULL;
+    if (nsplit == 1)
+        return true;
+    *part = (float *)dr_cuda_scratch(cx, DR_SCR_ATTN, (size_t)nH * nsplit * ((size_t)hd + 2) * sizeof(float));
+    if (!*part)
+        return false;
+    *ml = *part + (size_t)nH * nsplit * hd;
+    return true;
+}
+
 static void attention_decode(dr_cuda_ctx *cx, float *out, const float *q, const float *k_cache, const float *v_cache,
                              int pos0, int nH, int nKV, int hd, float scale, const float *gate) {
-    const int n_max = cx->step_on ? cx->step_cap : pos0 + 1, per = ATT_WARPS * AD_K;
-    int nsplit = (n_max + per - 1) / per, lim = 8 * cx->n_sm / nH;
-    nsplit = nsplit > lim ? lim : nsplit;
-    nsplit = nsplit < 1 ? 1 : nsplit;
-    const int split_len = (n_max + nsplit - 1) / nsplit;
-    float *part = NULL, *ml = NULL;
-    if (nsplit > 1) {
-        part = (float *)dr_cuda_scratch(cx, DR_SCR_ATTN, (size_t)nH * nsplit * ((size_t)hd + 2) * sizeof(float));
-        if (!part)
-            return;
-        ml = part + (size_t)nH * nsplit * hd;
-    }
+    int nsplit, split_len;
+    ad_split(cx, pos0, nH, &nsplit, &split_len);
+    float *part, *ml;
+    if (!ad_parts(cx, nH, hd, nsplit, &part, &ml))
+        return;
     dim3 grid((unsigned)nH, (unsigned)nsplit), block(32 * ATT_WARPS);
     const int32_t *dp = dr_cuda_step_pos(cx);
     if (ad_dims(hd) == 2)
@@ -528,8 +590,230 @@ __global__ void attn_prep_kernel(float *q, float *gate, float *k, float *kc, flo
     }
 }
 
-/* Decode only (T = 1, a head size the decode kernel takes and it on): prep,
- * attention (the gate applied where the output is written), merge. */
+/* ---- the fused decode block (one kernel) ---- */
+
+#define AB_CNT 1024 /* query heads the fused block's counters cover */
+
+/* RMSNorm (gain) and RoPE (position pos, the first 2 half dims) of one head
+ * row x [hd] by one warp: y gets this lane's R dims (e0 = lane R). The same
+ * products as attn_prep_kernel (the sum of squares in another order); rot:
+ * the warp's hd floats of shared memory. */
+template <int R>
+static __device__ __forceinline__ void ab_row(float (&y)[R], const float *x, const float *gain, const float *inv,
+                                              int hd, int half, float eps, float pos, float *rot, bool on) {
+    const int e0 = (threadIdx.x & 31) * R;
+    float ss = 0.0f;
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        y[r] = on ? x[e0 + r] : 0.0f;
+        ss += y[r] * y[r];
+    }
+    ss = dr_warp_sum(ss);
+    const float iv = 1.0f / sqrtf(ss / (float)hd + eps);
+#pragma unroll
+    for (int r = 0; r < R; r++)
+        y[r] = on ? y[r] * iv * gain[e0 + r] : 0.0f;
+    if (half <= 0)
+        return;
+#pragma unroll
+    for (int r = 0; r < R; r++)
+        if (on)
+            rot[e0 + r] = y[r];
+    __syncwarp();
+#pragma unroll
+    for (int r = 0; r < R; r++) { /* rope_kernel's rotation of the pairs (i, i + half) */
+        const int e = e0 + r, i = e < half ? e : e - half;
+        if (!on || e >= 2 * half)
+            continue;
+        const float ang = pos * inv[i];
+        const float c = cosf(ang), s_ = sinf(ang);
+        y[r] = e < half ? rot[e] * c - rot[e + half] * s_ : rot[e] * c + rot[i] * s_;
+    }
+    __syncwarp(); /* rot may be written again */
+}
+
+#define AB_MAX_SPLIT 2048 /* slices the fused block's merge takes */
+
+/* The merge of attn_merge_kernel for head h by one block, in parallel over
+ * the slices: M, the weights exp(m_s - M) (in fs) and L from a thread per
+ * slice, then each output dim over the slices. Loads bypass L1 (the other
+ * blocks of this kernel wrote them). */
+static __device__ void ab_merge(float *out, const float *part, const float *ml, int h, int hd, int nsplit,
+                                const float *gate, int gs, float *fs, float *sh) {
+    const int tid = threadIdx.x, nt = blockDim.x, lane = tid & 31, w = tid >> 5;
+    const float *mlr = ml + (size_t)h * nsplit * 2;
+    float M = -INFINITY;
+    for (int s = tid; s < nsplit; s += nt)
+        M = fmaxf(M, __ldcg(mlr + 2 * s));
+    M = dr_warp_max(M);
+    if (lane == 0)
+        sh[w] = M;
+    __syncthreads();
+    M = -INFINITY;
+    for (int i = 0; i < (nt >> 5); i++)
+        M = fmaxf(M, sh[i]);
+    float L = 0.0f;
+    for (int s = tid; s < nsplit; s += nt) {
+        const float ms = __ldcg(mlr + 2 * s), f = ms == -INFINITY ? 0.0f : expf(ms - M);
+        fs[s] = f;
+        L += __ldcg(mlr + 2 * s + 1) * f;
+    }
+    L = dr_block_sum(L, sh); /* its barrier also publishes fs */
+    for (int e = tid; e < hd; e += nt) {
+        const float *pe = part + (size_t)h * nsplit * hd + e;
+        float o = 0.0f;
+        for (int s = 0; s < nsplit; s++)
+            if (fs[s] != 0.0f)
+                o += __ldcg(pe + (size_t)s * hd) * fs[s];
+        out[(size_t)h * hd + e] = o / L * dr_dev_sigmoid(gate[(size_t)h * gs + e]); /* as sigmoid_mul */
+    }
+}
+
+/* attention_block for one token in one launch (instead of prep, decode and
+ * merge: two launch latencies less per attention layer). Block (h, sp), the
+ * grid of attn_decode_kernel; warp w takes the chunks of AD_K keys from
+ * s0 + w AD_K, as there:
+ *  - before the PDL wait: the K and V rows of the warp's first chunk below
+ *    pos0 into registers (rows earlier steps wrote, and the position: each
+ *    step starts with a kernel launched without PDL, the embedding, so no
+ *    kernel of an earlier step still runs);
+ *  - after it, each warp: q of head h (its half of qg, RMSNorm, RoPE);
+ *  - the slice that ends at pos0: warp 0 makes the new key (k of KV head
+ *    h / (nH / nKV): RMSNorm, RoPE) and stores it and v at row pos0 of the
+ *    caches (the nH / nKV query heads of a KV head store the same values;
+ *    no other block reads that row); block barrier; the warp whose first
+ *    chunk holds pos0 loads that row;
+ *  - the online softmax as attn_decode_kernel (first chunk from registers);
+ *  - one slice: the gated output; else the slice's part, and the last of
+ *    the head's nsplit blocks to finish (a device counter per head, reset
+ *    by that block) merges them.
+ * trig: let the next kernel (o_proj's GEMV, PDL) start loading its weights at
+ * once. */
+template <int R>
+__global__ void __launch_bounds__(32 * ATT_WARPS)
+    attn_block_kernel(float *out, float *part, float *ml, int *cnt, const float *qg, const float *k, const float *v,
+                      float *kc, float *vc, const float *qnw, const float *knw, const float *inv, int pos0,
+                      const int32_t *dpos, int nH, int nKV, int hd, int half, float eps, float scale, int nsplit,
+                      int split_len, int trig) {
+    __shared__ float rot[ATT_WARPS][256], fs[AB_MAX_SPLIT], sh[32];
+    __shared__ int last;
+    if (trig)
+        dr_pdl_trigger();
+    if (dpos)
+        pos0 = *dpos;
+    const int h = blockIdx.x, sp = blockIdx.y, g = h / (nH / nKV);
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, e0 = lane * R;
+    const bool on = e0 < hd;
+    const int s0 = sp * split_len, s1 = min(pos0 + 1, s0 + split_len), c0 = s0 + w * AD_K;
+    const size_t kvs = (size_t)nKV * hd, koff = (size_t)g * hd + e0;
+    float kk[AD_K][R], vv[AD_K][R];
+    const int nold = min(AD_K, min(s1 - 1, pos0 - 1) - c0 + 1); /* rows c0 .. < pos0 of the first chunk */
+    ad_rows<R>(kk, kc, kvs, koff, c0, nold, on);
+    ad_rows<R>(vv, vc, kvs, koff, c0, nold, on);
+    dr_pdl_wait();
+    float m = -INFINITY, l = 0.0f, acc[R];
+#pragma unroll
+    for (int r = 0; r < R; r++)
+        acc[r] = 0.0f;
+    if (s0 < s1) { /* (block-uniform) */
+        float qr[R];
+        ab_row<R>(qr, qg + (size_t)h * 2 * hd, qnw, inv, hd, half, eps, (float)pos0, rot[w], on);
+        if (pos0 < s1) { /* the slice ends with the new key */
+            if (w == 0) {
+                float kr[R];
+                ab_row<R>(kr, k + (size_t)g * hd, knw, inv, hd, half, eps, (float)pos0, rot[0], on);
+                const size_t dst = (size_t)pos0 * kvs + koff;
+#pragma unroll
+                for (int r = 0; r < R; r++)
+                    if (on) {
+                        kc[dst + r] = kr[r];
+                        vc[dst + r] = v[(size_t)g * hd + e0 + r];
+                    }
+            }
+            __syncthreads(); /* the block's reads of that row below see the stores */
+#pragma unroll
+            for (int j = 0; j < AD_K; j++)
+                if (c0 + j == pos0 && on)
+#pragma unroll
+                    for (int r = 0; r < R; r++) {
+                        kk[j][r] = kc[(size_t)pos0 * kvs + koff + r];
+                        vv[j][r] = vc[(size_t)pos0 * kvs + koff + r];
+                    }
+        }
+        const int nk = min(AD_K, s1 - c0);
+        if (nk > 0) {
+            float p[AD_K], corr;
+            ad_softmax<R>(qr, kk, nk, scale, m, l, p, corr);
+            ad_accum<R>(acc, p, corr, vv);
+        }
+        ad_scan<R>(qr, kc, vc, kvs, koff, c0 + ATT_WARPS * AD_K, s1, on, scale, m, l, acc);
+    }
+    float o[R], M, L;
+    const bool w0 = att_merge_warps<R>(m, l, acc, R, 1, o, M, L);
+    if (w0)
+        ad_write<R>(out, part, ml, h, sp, hd, nsplit, o, M, L, qg + hd, 2 * hd);
+    if (nsplit == 1)
+        return;
+    if (w0)
+        __threadfence(); /* the slice's part and (M, L) before the count */
+    __syncthreads();
+    if (threadIdx.x == 0)
+        last = atomicAdd(&cnt[h], 1) == nsplit - 1;
+    __syncthreads();
+    if (!last)
+        return;
+    __threadfence();
+    ab_merge(out, part, ml, h, hd, nsplit, qg + hd, 2 * hd, fs, sh);
+    if (threadIdx.x == 0)
+        cnt[h] = 0;
+}
+
+/* DR_CUDA_ATT_FUSED=0: prep, decode and merge kernels (a same-run
+ * baseline); 2: fused without the early trigger. */
+static int ab_fused_mode(void) {
+    static int mode = -1;
+    if (mode < 0) {
+        const char *e = getenv("DR_CUDA_ATT_FUSED");
+        mode = e && (e[0] == '0' || e[0] == '2') ? e[0] - '0' : 1;
+    }
+    return mode;
+}
+
+/* The fused block's launch; false when it does not take the case (nothing
+ * queued), true otherwise (also when it failed or was first needed while
+ * recording: recorded in cx). */
+static bool attention_block_fused(dr_cuda_ctx *cx, float *att, const float *qg, const float *k, const float *v,
+                                  float *k_cache, float *v_cache, const float *q_norm, const float *k_norm,
+                                  const float *inv, int pos0, int nH, int nKV, int hd, int d_rot, float eps,
+                                  float scale) {
+    int nsplit, split_len;
+    ad_split(cx, pos0, nH, &nsplit, &split_len);
+    if (!ab_fused_mode() || nH > AB_CNT || nsplit > AB_MAX_SPLIT)
+        return false;
+    float *part, *ml;
+    if (!ad_parts(cx, nH, hd, nsplit, &part, &ml))
+        return true;
+    if (!cx->att_cnt && !(cx->att_cnt = (int *)dr_cuda_zeroed(cx, AB_CNT * sizeof(int))))
+        return true; /* first use while recording (the step runs again without it), or failed */
+    const dim3 grid((unsigned)nH, (unsigned)nsplit), block(32 * ATT_WARPS);
+    const int32_t *dp = dr_cuda_step_pos(cx);
+#define AB_LAUNCH(R)                                                                                              \
+    dr_cuda_launch(cx, true, attn_block_kernel<R>, grid, block, 0, att, part, ml, cx->att_cnt, qg, k, v, k_cache, \
+                   v_cache, q_norm, k_norm, inv, pos0, dp, nH, nKV, hd, d_rot / 2, eps, scale, nsplit, split_len, \
+                   ab_fused_mode() == 1)
+    if (ad_dims(hd) == 2)
+        AB_LAUNCH(2);
+    else if (ad_dims(hd) == 4)
+        AB_LAUNCH(4);
+    else
+        AB_LAUNCH(8);
+#undef AB_LAUNCH
+    return true;
+}
+
+/* Decode only (T = 1, a head size the decode kernel takes and it on): the
+ * fused kernel, or (DR_CUDA_ATT_FUSED=0) prep, attention (the gate applied
+ * where the output is written), merge. */
 bool dr_cuda_attention_block(void *ctx, float *att, float *q, float *gate, float *k, const float *qg, const float *v,
                              float *k_cache, float *v_cache, const float *q_norm, const float *k_norm, int T,
                              int pos0, int nH, int nKV, int hd, int d_rot, float theta, float eps, float scale) {
@@ -544,6 +828,9 @@ bool dr_cuda_attention_block(void *ctx, float *att, float *q, float *gate, float
     const float *inv = d_rot >= 2 ? rope_table(cx, d_rot, theta) : NULL;
     if (d_rot >= 2 && !inv)
         return true; /* failed or recording (the step runs again): recorded in cx */
+    if (attention_block_fused(cx, att, qg, k, v, k_cache, v_cache, q_norm, k_norm, inv, pos0, nH, nKV, hd, d_rot, eps,
+                              scale))
+        return true;
     const int nt = dr_cuda_norm_threads(cx, T * nH, hd); /* rmsnorm's block for these rows: the same sums */
     attn_prep_kernel<<<(unsigned)(T * (nH + nKV)), nt, 0, cx->stream>>>(q, gate, k, k_cache, v_cache, qg, v, q_norm,
                                                                        k_norm, inv, T, pos0, nH, nKV, hd, d_rot / 2,

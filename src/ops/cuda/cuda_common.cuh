@@ -79,7 +79,8 @@ typedef struct dr_cuda_ctx {
                               route (DR_CUDA_DEC3=0: the previous kernels, a same-run baseline) */
     int moe_dec;           /* round 3: the fused moe_decode slot (DR_CUDA_MOE_DEC=0: off, the chain runs) */
     int pdl_norm, pdl_gdn; /* round 3: rmsnorm/add_rmsnorm and gdn_decode launched with PDL: 0 no, 1 (trigger
-                              at their start), 2 (trigger once their inputs are ready); DR_CUDA_PDL_NORM/_GDN */
+                              at their start), 2 (trigger once their inputs are ready); gdn_decode also 3 (in
+                              stream order, trigger at its start); DR_CUDA_PDL_NORM/_GDN */
     cudaStream_t stream;
     cublasHandle_t blas;
     void *scr[DR_SCR_N];   /* growable device scratch */
@@ -106,6 +107,8 @@ typedef struct dr_cuda_ctx {
     int32_t *am_host;      /* pinned: the argmax result */
     unsigned *mm_cnt;      /* device counter of the fused GEMV + add + norm (matmul.cu), zero between launches */
     int *moe_ready;        /* device [4]: per token, the MoE decode picks are written (moe.cu) */
+    int *att_cnt;          /* device counters per query head of the fused decode attention (attention.cu), zero
+                              between launches */
 } dr_cuda_ctx;
 
 /* Position of the open step in device memory, or NULL (kernels use their
