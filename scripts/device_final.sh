@@ -4,7 +4,7 @@
 # then the decode / prefill benches in bf16, q8 and q4 with same-call
 # baselines for the newest kernels. Logs under $OUT.
 # Usage: scripts/device_final.sh [tests] [conc] [legacy] [memcheck] [bench] [r4] [gemv] [slope] [types]
-#        [attpos] [attdec] [attblk] [pdlsw] [moek] [moencu] [ncu35] [big40] [ncu08] [p512] [quant] [qold] [prefill] [mroute] [normin] [s6] [vsold] [an16] [pdlgdn6] [routes] [s7] [gdn3] [attlong]
+#        [attpos] [attdec] [attblk] [pdlsw] [moek] [moencu] [ncu35] [big40] [ncu08] [p512] [quant] [qold] [prefill] [mroute] [normin] [s6] [vsold] [an16] [pdlgdn6] [routes] [s7] [attlong]
 # conc: four test_cuda_quant processes at once (as ctest -j4); legacy: the same with
 # DR_CUDA_LEGACY_COPY=1, the unordered uploads before session 4's fix (it failed 2 of 4 runs once;
 # the race is timing-dependent). gemv: the GEMV-only bench_cuda lines (each shape also through the
@@ -24,7 +24,7 @@
 # an16: the GEMV + residual kernel's whole-row-in-flight variant against DR_CUDA_AN16=0. pdlgdn6:
 # gdn_decode with PDL (DR_CUDA_PDL_GDN=2) against the default. routes: test_cuda on every MoE routing path.
 # s7: the one-kernel decode attention block against DR_CUDA_ATT_FUSED=0 (test_cuda with it off, then decode;
-# =2: fused without the early trigger). gdn3: gdn_decode in stream order with an early trigger (DR_CUDA_PDL_GDN=3).
+# =2: fused without the early trigger).
 # attlong: the fused attention against DR_CUDA_ATT_FUSED=0 after 8192-token prompts (9B, 35B-A3B 40 layers).
 set -uo pipefail
 source "$(dirname "$0")/device_env.sh"
@@ -159,15 +159,6 @@ if [[ "$what" == *attlong* ]]; then # session 7: the fused decode attention afte
     DR_CUDA_ATT_FUSED=$v one "9B-p8k-attf$v" --synthetic $C/qwen3.5-9b.json -p 8192 -n 64
     DR_CUDA_ATT_FUSED=$v one "35B-40L-p8k-attf$v" --synthetic $C/qwen3.5-35b-a3b.json -p 8192 -n 64
   done
-fi
-if [[ "$what" == *gdn3* ]]; then # session 7: gdn_decode in stream order, triggering out_proj at its start
-  for v in 0 3 0 3; do
-    DR_CUDA_PDL_GDN=$v one "0.8B-gdn$v" --synthetic $C/qwen3.5-0.8b.json -p 128 -n 512
-    DR_CUDA_PDL_GDN=$v one "35B-8L-gdn$v" --synthetic $C/qwen3.5-35b-a3b.json --layers 8 -p 128 -n 256
-    DR_CUDA_PDL_GDN=$v one "9B-gdn$v" --synthetic $C/qwen3.5-9b.json -p 128 -n 128
-  done
-  DR_CUDA_PDL_GDN=3 timeout 120 "$b/tests/test_cuda_decode" tests/data/moe-bf16 tests/data/next-f32 tests/data/long-bf16 > "$OUT/tcd_gdn3.log" 2>&1
-  echo "test_cuda_decode DR_CUDA_PDL_GDN=3 exit $?: $(tail -1 "$OUT/tcd_gdn3.log")"
 fi
 if [[ "$what" == *pdlgdn6* ]]; then # session 6: gdn_decode with PDL again, now that out_proj keeps whole rows in flight
   for v in 0 2 0 2; do

@@ -73,8 +73,8 @@ __global__ void __launch_bounds__(1024)
     __shared__ float sq[GD_MAX], sk[GD_MAX], sv[GD_MAX], so[GD_MAX], red[32];
     __shared__ int last;
     /* round 3 (pdl 1 or 2): launched early, so wait; out_proj's GEMV may start streaming its weights
-       (1 and 3: at once, 2: once this kernel's inputs are ready; 3: launched in stream order) */
-    if (pdl == 1 || pdl == 3)
+       (1: at once, 2: once this kernel's inputs are ready) */
+    if (pdl == 1)
         dr_pdl_trigger();
     dr_pdl_wait();
     if (pdl == 2)
@@ -264,7 +264,7 @@ __global__ void __launch_bounds__(GD_T)
     const bool clu = G > 1;
     if (clu)
         gd_arrive_relaxed(); /* phase 0: this CTA has started (its shared memory may be written) */
-    if (pdl == 1 || pdl == 3)
+    if (pdl == 1)
         dr_pdl_trigger();
     dr_pdl_wait();
     if (pdl == 2)
@@ -527,11 +527,6 @@ static int gd_pick(int Hv, int dv, int n_sm, int force, int *W) {
     return S;
 }
 
-/* pdl_gdn (cuda_common.cuh): 1 and 2 launch the step with PDL (it may start
- * during the input projections and waits); 3 launches it in stream order
- * and lets the next kernel start at once, as 1 does. */
-static bool gd_pdl_attr(const dr_cuda_ctx *cx) { return cx->pdl_gdn == 1 || cx->pdl_gdn == 2; }
-
 /* cudaLaunchKernelEx with a cluster of G CTAs (G > 1) and optional PDL. */
 template <typename... P, typename... A>
 static void gd_launch(dr_cuda_ctx *cx, int G, bool pdl, void (*k)(P...), unsigned grid, A... args) {
@@ -584,7 +579,7 @@ void dr_cuda_gdn_decode(void *ctx, float *y, const float *qkv_raw, const float *
         const int need = (dk * W + 127) / 128; /* state rows per thread */
         const unsigned grid = (unsigned)(Hv * S);
 #define GD_SL(R, WW)                                                                                           \
-    gd_launch(cx, G, gd_pdl_attr(cx), gdn_decode_sliced_kernel<R, WW>, grid, y, qkv_raw, z, b, a, conv_state, state, \
+    gd_launch(cx, G, cx->pdl_gdn > 0, gdn_decode_sliced_kernel<R, WW>, grid, y, qkv_raw, z, b, a, conv_state, state, \
               conv_w, K, A_log, dt_bias, norm_w, Hk, Hv, dk, dv, eps, cx->gdn_cnt, cx->pdl_gdn, S, G)
 #define GD_SLW(R)                                                                                              \
     do {                                                                                                       \
@@ -609,7 +604,7 @@ void dr_cuda_gdn_decode(void *ctx, float *y, const float *qkv_raw, const float *
     }
     const unsigned threads = 32u * (unsigned)((dv + 7) / 8);
 #define GD_LAUNCH(R)                                                                                             \
-    dr_cuda_launch(cx, gd_pdl_attr(cx), gdn_decode_kernel<R>, dim3((unsigned)Hv), dim3(threads), 0, y, qkv_raw, z, \
+    dr_cuda_launch(cx, cx->pdl_gdn > 0, gdn_decode_kernel<R>, dim3((unsigned)Hv), dim3(threads), 0, y, qkv_raw, z, \
                    b, a, conv_state, state, conv_w, K, A_log, dt_bias, norm_w, Hk, Hv, dk, dv, eps, cx->gdn_cnt,   \
                    cx->pdl_gdn)
     if (dk <= 32)
