@@ -687,18 +687,17 @@ static __device__ void ab_merge(float *out, const float *part, const float *ml, 
  *  - one slice: the gated output; else the slice's part, and the last of
  *    the head's nsplit blocks to finish (a device counter per head, reset
  *    by that block) merges them.
- * trig: let the next kernel (o_proj's GEMV, PDL) start loading its weights at
+ * It lets the next kernel (o_proj's GEMV, PDL) start loading its weights at
  * once. */
 template <int R>
 __global__ void __launch_bounds__(32 * ATT_WARPS)
     attn_block_kernel(float *out, float *part, float *ml, int *cnt, const float *qg, const float *k, const float *v,
                       float *kc, float *vc, const float *qnw, const float *knw, const float *inv, int pos0,
                       const int32_t *dpos, int nH, int nKV, int hd, int half, float eps, float scale, int nsplit,
-                      int split_len, int trig) {
+                      int split_len) {
     __shared__ float rot[ATT_WARPS][256], fs[AB_MAX_SPLIT], sh[32];
     __shared__ int last;
-    if (trig)
-        dr_pdl_trigger();
+    dr_pdl_trigger();
     if (dpos)
         pos0 = *dpos;
     const int h = blockIdx.x, sp = blockIdx.y, g = h / (nH / nKV);
@@ -768,15 +767,13 @@ __global__ void __launch_bounds__(32 * ATT_WARPS)
         cnt[h] = 0;
 }
 
-/* DR_CUDA_ATT_FUSED=0: prep, decode and merge kernels (a same-run
- * baseline); 2: fused without the early trigger. */
-static int ab_fused_mode(void) {
-    static int mode = -1;
-    if (mode < 0) {
+static int ab_fused_on(void) { /* DR_CUDA_ATT_FUSED=0: prep, decode and merge kernels (a same-run baseline) */
+    static int on = -1;
+    if (on < 0) {
         const char *e = getenv("DR_CUDA_ATT_FUSED");
-        mode = e && (e[0] == '0' || e[0] == '2') ? e[0] - '0' : 1;
+        on = !(e && e[0] == '0');
     }
-    return mode;
+    return on;
 }
 
 /* The fused block's launch; false when it does not take the case (nothing
@@ -788,7 +785,7 @@ static bool attention_block_fused(dr_cuda_ctx *cx, float *att, const float *qg, 
                                   float scale) {
     int nsplit, split_len;
     ad_split(cx, pos0, nH, &nsplit, &split_len);
-    if (!ab_fused_mode() || nH > AB_CNT || nsplit > AB_MAX_SPLIT)
+    if (!ab_fused_on() || nH > AB_CNT || nsplit > AB_MAX_SPLIT)
         return false;
     float *part, *ml;
     if (!ad_parts(cx, nH, hd, nsplit, &part, &ml))
@@ -799,8 +796,7 @@ static bool attention_block_fused(dr_cuda_ctx *cx, float *att, const float *qg, 
     const int32_t *dp = dr_cuda_step_pos(cx);
 #define AB_LAUNCH(R)                                                                                              \
     dr_cuda_launch(cx, true, attn_block_kernel<R>, grid, block, 0, att, part, ml, cx->att_cnt, qg, k, v, k_cache, \
-                   v_cache, q_norm, k_norm, inv, pos0, dp, nH, nKV, hd, d_rot / 2, eps, scale, nsplit, split_len, \
-                   ab_fused_mode() == 1)
+                   v_cache, q_norm, k_norm, inv, pos0, dp, nH, nKV, hd, d_rot / 2, eps, scale, nsplit, split_len)
     if (ad_dims(hd) == 2)
         AB_LAUNCH(2);
     else if (ad_dims(hd) == 4)
