@@ -278,7 +278,8 @@ static void test_attention_block(void) {
     const struct {
         int pos0, nH, nKV, hd, d_rot;
     } cs[] = {{0, 8, 2, 256, 64},    {200, 16, 4, 256, 64}, {1500, 8, 2, 128, 32},
-              {77, 4, 4, 64, 64},    {40, 6, 3, 40, 0},     {3000, 16, 2, 256, 64}};
+              {77, 4, 4, 64, 64},    {40, 6, 3, 40, 0},     {3000, 16, 2, 256, 64},
+              {333, 16, 2, 128, 64}, {500, 8, 1, 64, 64},   {20, 4, 2, 256, 64}};
     for (size_t ci = 0; ci < sizeof cs / sizeof cs[0]; ci++) {
         const int pos0 = cs[ci].pos0, nH = cs[ci].nH, nKV = cs[ci].nKV, hd = cs[ci].hd, d_rot = cs[ci].d_rot;
         const size_t nq = (size_t)nH * hd, kv_row = (size_t)nKV * hd, ncache = (size_t)(pos0 + 1) * kv_row;
