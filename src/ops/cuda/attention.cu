@@ -240,39 +240,27 @@ __global__ void __launch_bounds__(32 * ATT_WARPS)
     }
 }
 
-/* Merge the slices of row `row` with the block's threads: out = sum_s
- * exp(m_s - M) o_s / sum_s exp(m_s - M) l_s, times sigmoid(gate[row gs + e])
- * when gate is given (attention_block's output gate). Loads bypass L1: the
- * fused decode block merges slices other blocks of the same kernel wrote. */
-static __device__ void att_merge_row(float *out, const float *part, const float *ml, size_t row, int hd, int nsplit,
-                                     const float *gate, int gs) {
+/* Merge the slices of one (t, h) row: out = sum_s exp(m_s - M) o_s / sum_s exp(m_s - M) l_s. */
+__global__ void attn_merge_kernel(float *out, const float *part, const float *ml, int nH, int hd, int nsplit,
+                                  const float *gate) {
+    const size_t row = (size_t)blockIdx.y * nH + blockIdx.x;
     const float *mlr = ml + row * nsplit * 2;
     float M = -INFINITY;
     for (int s = 0; s < nsplit; s++)
-        M = fmaxf(M, __ldcg(mlr + 2 * s));
+        M = fmaxf(M, mlr[2 * s]);
     float L = 0.0f;
-    for (int s = 0; s < nsplit; s++) {
-        const float ms = __ldcg(mlr + 2 * s);
-        if (ms != -INFINITY)
-            L += __ldcg(mlr + 2 * s + 1) * expf(ms - M);
-    }
+    for (int s = 0; s < nsplit; s++)
+        if (mlr[2 * s] != -INFINITY)
+            L += mlr[2 * s + 1] * expf(mlr[2 * s] - M);
     for (int e = threadIdx.x; e < hd; e += blockDim.x) {
         float o = 0.0f;
-        for (int s = 0; s < nsplit; s++) {
-            const float ms = __ldcg(mlr + 2 * s);
-            if (ms != -INFINITY)
-                o += __ldcg(part + (row * nsplit + s) * hd + e) * expf(ms - M);
-        }
+        for (int s = 0; s < nsplit; s++)
+            if (mlr[2 * s] != -INFINITY)
+                o += part[(row * nsplit + s) * hd + e] * expf(mlr[2 * s] - M);
         out[row * hd + e] = o / L;
-        if (gate) /* as sigmoid_mul after the merge */
-            out[row * hd + e] *= dr_dev_sigmoid(gate[row * gs + e]);
+        if (gate) /* the output gate (attention_block), as sigmoid_mul after the merge */
+            out[row * hd + e] *= dr_dev_sigmoid(gate[row * hd + e]);
     }
-}
-
-/* Merge the slices of one (t, h) row (block (h, t)). */
-__global__ void attn_merge_kernel(float *out, const float *part, const float *ml, int nH, int hd, int nsplit,
-                                  const float *gate) {
-    att_merge_row(out, part, ml, (size_t)blockIdx.y * nH + blockIdx.x, hd, nsplit, gate, hd);
 }
 
 /* Decode (T = 1). Block (head h, slice sp) of 4 warps; a warp takes chunks
