@@ -661,8 +661,8 @@ static __device__ void ab_merge(float *out, const float *part, const float *ml, 
  * merge: two launch latencies less per attention layer). Block (h, sp), the
  * grid of attn_decode_kernel; warp w takes the chunks of AD_K keys from
  * s0 + w AD_K, as there:
- *  - before the PDL wait: the K and V rows of the warp's first chunk below
- *    pos0 into registers (rows earlier steps wrote, and the position: each
+ *  - before the PDL wait: the K rows of the warp's first chunk below pos0
+ *    into registers (rows earlier steps wrote, and the position: each
  *    step starts with a kernel launched without PDL, the embedding, so no
  *    kernel of an earlier step still runs);
  *  - after it, each warp: q of head h (its half of qg, RMSNorm, RoPE);
@@ -670,8 +670,8 @@ static __device__ void ab_merge(float *out, const float *part, const float *ml, 
  *    h / (nH / nKV): RMSNorm, RoPE) and stores it and v at row pos0 of the
  *    caches (the nH / nKV query heads of a KV head store the same values;
  *    no other block reads that row); block barrier; the warp whose first
- *    chunk holds pos0 loads that row;
- *  - the online softmax as attn_decode_kernel (first chunk from registers);
+ *    chunk holds pos0 loads that K row;
+ *  - the online softmax as attn_decode_kernel (the first chunk's K rows from registers);
  *  - one slice: the gated output; else the slice's part, and the last of
  *    the head's nsplit blocks to finish (a device counter per head, reset
  *    by that block) merges them.
@@ -693,10 +693,9 @@ __global__ void __launch_bounds__(32 * ATT_WARPS)
     const bool on = e0 < hd;
     const int s0 = sp * split_len, s1 = min(pos0 + 1, s0 + split_len), c0 = s0 + w * AD_K;
     const size_t kvs = (size_t)nKV * hd, koff = (size_t)g * hd + e0;
-    float kk[AD_K][R], vv[AD_K][R];
+    float kv[AD_K][R]; /* the first chunk's K rows, then its V rows (one set of registers: one wave) */
     const int nold = min(AD_K, min(s1 - 1, pos0 - 1) - c0 + 1); /* rows c0 .. < pos0 of the first chunk */
-    ad_rows<R>(kk, kc, kvs, koff, c0, nold, on);
-    ad_rows<R>(vv, vc, kvs, koff, c0, nold, on);
+    ad_rows<R>(kv, kc, kvs, koff, c0, nold, on);
     dr_pdl_wait();
     float m = -INFINITY, l = 0.0f, acc[R];
 #pragma unroll
@@ -722,16 +721,15 @@ __global__ void __launch_bounds__(32 * ATT_WARPS)
             for (int j = 0; j < AD_K; j++)
                 if (c0 + j == pos0 && on)
 #pragma unroll
-                    for (int r = 0; r < R; r++) {
-                        kk[j][r] = kc[(size_t)pos0 * kvs + koff + r];
-                        vv[j][r] = vc[(size_t)pos0 * kvs + koff + r];
-                    }
+                    for (int r = 0; r < R; r++)
+                        kv[j][r] = kc[(size_t)pos0 * kvs + koff + r];
         }
         const int nk = min(AD_K, s1 - c0);
         if (nk > 0) {
             float p[AD_K], corr;
-            ad_softmax<R>(qr, kk, nk, scale, m, l, p, corr);
-            ad_accum<R>(acc, p, corr, vv);
+            ad_softmax<R>(qr, kv, nk, scale, m, l, p, corr);
+            ad_rows<R>(kv, vc, kvs, koff, c0, nk, on);
+            ad_accum<R>(acc, p, corr, kv);
         }
         ad_scan<R>(qr, kc, vc, kvs, koff, c0 + ATT_WARPS * AD_K, s1, on, scale, m, l, acc);
     }
