@@ -23,7 +23,8 @@
 # DR_NEW_CLI=PATH (relative to the repo) times a carried binary of this tree too, built the same way.
 # an16: the GEMV + residual kernel's whole-row-in-flight variant against DR_CUDA_AN16=0. pdlgdn6:
 # gdn_decode with PDL (DR_CUDA_PDL_GDN=2) against the default. routes: test_cuda on every MoE routing path.
-# s7: the one-kernel decode attention block against DR_CUDA_ATT_FUSED=0 (test_cuda with it off, then decode).
+# s7: the one-kernel decode attention block (DR_CUDA_ATT_FUSED=2: always; default: past 4096 keys) against
+# DR_CUDA_ATT_FUSED=0 (test_cuda both ways, test_cuda_decode always fused, then decode).
 # attlong: the fused attention against DR_CUDA_ATT_FUSED=0 after 8192-token prompts (9B, 35B-A3B 40 layers).
 set -uo pipefail
 source "$(dirname "$0")/device_env.sh"
@@ -144,14 +145,19 @@ if [[ "$what" == *routes* ]]; then # test_cuda on every MoE routing path (ties i
   done
 fi
 if [[ "$what" == *s7* ]]; then # session 7: the one-kernel decode attention block against DR_CUDA_ATT_FUSED=0
-  DR_CUDA_ATT_FUSED=0 timeout 60 "$b/tests/test_cuda" > "$OUT/test_cuda_f0.log" 2>&1
-  echo "test_cuda DR_CUDA_ATT_FUSED=0 exit $?: $(tail -1 "$OUT/test_cuda_f0.log")"; grep -E "^FAIL" "$OUT/test_cuda_f0.log" | head -4
-  for v in 0 1 0 1; do
+  for v in 0 2; do
+    DR_CUDA_ATT_FUSED=$v timeout 60 "$b/tests/test_cuda" > "$OUT/test_cuda_f$v.log" 2>&1
+    echo "test_cuda DR_CUDA_ATT_FUSED=$v exit $?: $(tail -1 "$OUT/test_cuda_f$v.log")"; grep -E "^FAIL" "$OUT/test_cuda_f$v.log" | head -4
+  done
+  DR_CUDA_ATT_FUSED=2 timeout 120 "$b/tests/test_cuda_decode" tests/data/moe-bf16 tests/data/next-f32 tests/data/long-bf16 > "$OUT/tcd_f2.log" 2>&1
+  echo "test_cuda_decode DR_CUDA_ATT_FUSED=2 exit $?: $(tail -1 "$OUT/tcd_f2.log")"
+  for v in 0 2 0 2; do
     DR_CUDA_ATT_FUSED=$v one "0.8B-attf$v" --synthetic $C/qwen3.5-0.8b.json -p 128 -n 512
     DR_CUDA_ATT_FUSED=$v one "35B-8L-attf$v" --synthetic $C/qwen3.5-35b-a3b.json --layers 8 -p 128 -n 256
     DR_CUDA_ATT_FUSED=$v one "9B-attf$v" --synthetic $C/qwen3.5-9b.json -p 128 -n 128
   done
   for v in 0 1 0 1; do DR_CUDA_ATT_FUSED=$v one "0.8B-p4k-attf$v" --synthetic $C/qwen3.5-0.8b.json -p 4096 -n 256; done
+  for v in 0 1; do DR_CUDA_ATT_FUSED=$v one "0.8B-p2k-attf$v" --synthetic $C/qwen3.5-0.8b.json -p 2048 -n 256; done
 fi
 if [[ "$what" == *attlong* ]]; then # session 7: the fused decode attention after 8192-token prompts
   for v in 0 1; do

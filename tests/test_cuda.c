@@ -253,7 +253,10 @@ static void test_rope_attention(void) {
 
 /* attention_block (one decode token): the fused prep + attention + gate
  * against the same steps op by op on the GPU (the same arithmetic: equal
- * up to the compiler's contractions) and on the CPU reference. */
+ * up to the compiler's contractions and the order of the sums) and on the
+ * CPU reference. By default the cases past 4096 keys run the one-kernel
+ * block, the others the prep / decode / merge kernels; the device runs
+ * repeat this with DR_CUDA_ATT_FUSED=2 (always the one kernel) and 0. */
 static void attn_steps(dr_ops *o, float *att, float *q, float *gate, float *k, const float *qg, const float *v,
                        float *kc, float *vc, const float *qn, const float *kn, int pos0, int nH, int nKV, int hd,
                        int d_rot, float scale, float *ws) {
@@ -279,7 +282,8 @@ static void test_attention_block(void) {
         int pos0, nH, nKV, hd, d_rot;
     } cs[] = {{0, 8, 2, 256, 64},    {200, 16, 4, 256, 64}, {1500, 8, 2, 128, 32},
               {77, 4, 4, 64, 64},    {40, 6, 3, 40, 0},     {3000, 16, 2, 256, 64},
-              {333, 16, 2, 128, 64}, {500, 8, 1, 64, 64},   {20, 4, 2, 256, 64}};
+              {333, 16, 2, 128, 64}, {500, 8, 1, 64, 64},   {20, 4, 2, 256, 64},
+              {5000, 8, 2, 256, 64}, {4200, 16, 2, 128, 32}};
     for (size_t ci = 0; ci < sizeof cs / sizeof cs[0]; ci++) {
         const int pos0 = cs[ci].pos0, nH = cs[ci].nH, nKV = cs[ci].nKV, hd = cs[ci].hd, d_rot = cs[ci].d_rot;
         const size_t nq = (size_t)nH * hd, kv_row = (size_t)nKV * hd, ncache = (size_t)(pos0 + 1) * kv_row;

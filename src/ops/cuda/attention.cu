@@ -753,13 +753,20 @@ __global__ void __launch_bounds__(32 * ATT_WARPS)
         cnt[h] = 0;
 }
 
-static int ab_fused_on(void) { /* DR_CUDA_ATT_FUSED=0: prep, decode and merge kernels (a same-run baseline) */
-    static int on = -1;
-    if (on < 0) {
+/* When the fused kernel runs: DR_CUDA_ATT_FUSED=0 never (prep, decode and
+ * merge kernels, a same-run baseline), 2 always, else for grids shaped for
+ * more than AB_MIN_KEYS keys. Measured on the H100 (docs/CUDA.md, session
+ * 7): after 128-token prompts the three kernels are 1-1.6% faster over the
+ * whole decode step; after 4096 the fused one is 6% faster (0.8B), after
+ * 8192 the same (9B, 35B-A3B). */
+#define AB_MIN_KEYS 4096
+static bool ab_fused_for(int n_max) {
+    static int mode = -1;
+    if (mode < 0) {
         const char *e = getenv("DR_CUDA_ATT_FUSED");
-        on = !(e && e[0] == '0');
+        mode = e && (e[0] == '0' || e[0] == '2') ? e[0] - '0' : 1;
     }
-    return on;
+    return mode == 2 || (mode == 1 && n_max > AB_MIN_KEYS);
 }
 
 /* The fused block's launch; false when it does not take the case (nothing
@@ -771,7 +778,7 @@ static bool attention_block_fused(dr_cuda_ctx *cx, float *att, const float *qg, 
                                   float scale) {
     int nsplit, split_len;
     ad_split(cx, pos0, nH, &nsplit, &split_len);
-    if (!ab_fused_on() || nH > AB_CNT || nsplit > AB_MAX_SPLIT)
+    if (!ab_fused_for(cx->step_on ? cx->step_cap : pos0 + 1) || nH > AB_CNT || nsplit > AB_MAX_SPLIT)
         return false;
     float *part, *ml;
     if (!ad_parts(cx, nH, hd, nsplit, &part, &ml))
@@ -794,8 +801,8 @@ static bool attention_block_fused(dr_cuda_ctx *cx, float *att, const float *qg, 
 }
 
 /* Decode only (T = 1, a head size the decode kernel takes and it on): the
- * fused kernel, or (DR_CUDA_ATT_FUSED=0) prep, attention (the gate applied
- * where the output is written), merge. */
+ * fused kernel (long contexts, see ab_fused_for), or prep, attention (the
+ * gate applied where the output is written), merge. */
 bool dr_cuda_attention_block(void *ctx, float *att, float *q, float *gate, float *k, const float *qg, const float *v,
                              float *k_cache, float *v_cache, const float *q_norm, const float *k_norm, int T,
                              int pos0, int nH, int nKV, int hd, int d_rot, float theta, float eps, float scale) {
