@@ -4,7 +4,7 @@
 # then the decode / prefill benches in bf16, q8 and q4 with same-call
 # baselines for the newest kernels. Logs under $OUT.
 # Usage: scripts/device_final.sh [tests] [conc] [legacy] [memcheck] [bench] [r4] [gemv] [slope] [types]
-#        [attpos] [attdec] [attblk] [pdlsw] [moek] [moencu] [ncu35] [big40] [ncu08] [p512] [quant] [qold] [prefill] [mroute] [normin] [s6] [vsold] [an16] [pdlgdn6] [routes] [s7] [attlong] [attpdl]
+#        [attpos] [attdec] [attblk] [pdlsw] [moek] [moencu] [ncu35] [big40] [ncu08] [p512] [quant] [qold] [prefill] [mroute] [normin] [s6] [vsold] [an16] [pdlgdn6] [routes] [s7] [attlong]
 # conc: four test_cuda_quant processes at once (as ctest -j4); legacy: the same with
 # DR_CUDA_LEGACY_COPY=1, the unordered uploads before session 4's fix (it failed 2 of 4 runs once;
 # the race is timing-dependent). gemv: the GEMV-only bench_cuda lines (each shape also through the
@@ -26,7 +26,6 @@
 # s7: the one-kernel decode attention block (DR_CUDA_ATT_FUSED=2: always; default: past 4096 keys) against
 # DR_CUDA_ATT_FUSED=0 (test_cuda both ways, test_cuda_decode always fused, then decode).
 # attlong: the fused attention against DR_CUDA_ATT_FUSED=0 after 8192-token prompts (9B, 35B-A3B 40 layers).
-# attpdl: attention_block's prep / decode / merge kernels launched with PDL against DR_CUDA_ATT_PDL=0.
 set -uo pipefail
 source "$(dirname "$0")/device_env.sh"
 what="${*:-tests memcheck bench quant prefill}"
@@ -159,15 +158,6 @@ if [[ "$what" == *s7* ]]; then # session 7: the one-kernel decode attention bloc
   done
   for v in 0 1 0 1; do DR_CUDA_ATT_FUSED=$v one "0.8B-p4k-attf$v" --synthetic $C/qwen3.5-0.8b.json -p 4096 -n 256; done
   for v in 0 1; do DR_CUDA_ATT_FUSED=$v one "0.8B-p2k-attf$v" --synthetic $C/qwen3.5-0.8b.json -p 2048 -n 256; done
-fi
-if [[ "$what" == *attpdl* ]]; then # session 7: attention_block's three kernels with PDL against DR_CUDA_ATT_PDL=0
-  DR_CUDA_ATT_PDL=0 timeout 60 "$b/tests/test_cuda" > "$OUT/test_cuda_p0.log" 2>&1
-  echo "test_cuda DR_CUDA_ATT_PDL=0 exit $?: $(tail -1 "$OUT/test_cuda_p0.log")"
-  for v in 0 1 0 1; do
-    DR_CUDA_ATT_PDL=$v one "0.8B-attpdl$v" --synthetic $C/qwen3.5-0.8b.json -p 128 -n 512
-    DR_CUDA_ATT_PDL=$v one "35B-8L-attpdl$v" --synthetic $C/qwen3.5-35b-a3b.json --layers 8 -p 128 -n 256
-    DR_CUDA_ATT_PDL=$v one "9B-attpdl$v" --synthetic $C/qwen3.5-9b.json -p 128 -n 128
-  done
 fi
 if [[ "$what" == *attlong* ]]; then # session 7: the fused decode attention after 8192-token prompts
   for v in 0 1; do

@@ -243,8 +243,6 @@ __global__ void __launch_bounds__(32 * ATT_WARPS)
 /* Merge the slices of one (t, h) row: out = sum_s exp(m_s - M) o_s / sum_s exp(m_s - M) l_s. */
 __global__ void attn_merge_kernel(float *out, const float *part, const float *ml, int nH, int hd, int nsplit,
                                   const float *gate) {
-    dr_pdl_trigger();
-    dr_pdl_wait();
     const size_t row = (size_t)blockIdx.y * nH + blockIdx.x;
     const float *mlr = ml + row * nsplit * 2;
     float M = -INFINITY;
@@ -379,8 +377,6 @@ __global__ void __launch_bounds__(32 * ATT_WARPS)
     attn_decode_kernel(float *out, float *part, float *ml, const float *q, const float *kc, const float *vc,
                        int pos0, int nH, int nKV, int hd, float scale, int nsplit, int split_len,
                        const int32_t *dpos, const float *gate) {
-    dr_pdl_trigger();
-    dr_pdl_wait();
     const int h = blockIdx.x, sp = blockIdx.y;
     if (dpos) /* an open single-token step: slices past the last key stay empty */
         pos0 = *dpos;
@@ -441,10 +437,8 @@ static bool ad_parts(dr_cuda_ctx *cx, int nH, int hd, int nsplit, float **part, 
     return true;
 }
 
-/* attn_decode_kernel, then the merge when there are slices; with pdl both
- * launched with PDL (each lets the next kernel start and waits). */
 static void attention_decode(dr_cuda_ctx *cx, float *out, const float *q, const float *k_cache, const float *v_cache,
-                             int pos0, int nH, int nKV, int hd, float scale, const float *gate, bool pdl) {
+                             int pos0, int nH, int nKV, int hd, float scale, const float *gate) {
     int nsplit, split_len;
     ad_split(cx, pos0, nH, &nsplit, &split_len);
     float *part, *ml;
@@ -453,18 +447,17 @@ static void attention_decode(dr_cuda_ctx *cx, float *out, const float *q, const 
     dim3 grid((unsigned)nH, (unsigned)nsplit), block(32 * ATT_WARPS);
     const int32_t *dp = dr_cuda_step_pos(cx);
     if (ad_dims(hd) == 2)
-        dr_cuda_launch(cx, pdl, attn_decode_kernel<2>, grid, block, 0, out, part, ml, q, k_cache, v_cache, pos0, nH,
-                       nKV, hd, scale, nsplit, split_len, dp, gate);
+        attn_decode_kernel<2><<<grid, block, 0, cx->stream>>>(out, part, ml, q, k_cache, v_cache, pos0, nH, nKV, hd,
+                                                              scale, nsplit, split_len, dp, gate);
     else if (ad_dims(hd) == 4)
-        dr_cuda_launch(cx, pdl, attn_decode_kernel<4>, grid, block, 0, out, part, ml, q, k_cache, v_cache, pos0, nH,
-                       nKV, hd, scale, nsplit, split_len, dp, gate);
+        attn_decode_kernel<4><<<grid, block, 0, cx->stream>>>(out, part, ml, q, k_cache, v_cache, pos0, nH, nKV, hd,
+                                                              scale, nsplit, split_len, dp, gate);
     else
-        dr_cuda_launch(cx, pdl, attn_decode_kernel<8>, grid, block, 0, out, part, ml, q, k_cache, v_cache, pos0, nH,
-                       nKV, hd, scale, nsplit, split_len, dp, gate);
+        attn_decode_kernel<8><<<grid, block, 0, cx->stream>>>(out, part, ml, q, k_cache, v_cache, pos0, nH, nKV, hd,
+                                                              scale, nsplit, split_len, dp, gate);
     DR_CUDA_LAUNCHED(cx);
     if (nsplit > 1) {
-        dr_cuda_launch(cx, pdl, attn_merge_kernel, dim3((unsigned)nH, 1), dim3(128), 0, out, part, ml, nH, hd, nsplit,
-                       gate);
+        attn_merge_kernel<<<dim3((unsigned)nH, 1), 128, 0, cx->stream>>>(out, part, ml, nH, hd, nsplit, gate);
         DR_CUDA_LAUNCHED(cx);
     }
 }
@@ -483,7 +476,7 @@ void dr_cuda_attention(void *ctx, float *out, const float *q, const float *k_cac
     if (dr_cuda_attention_prefill(cx, out, q, k_cache, v_cache, T, pos0, n_heads, n_kv_heads, d_head, scale))
         return; /* tensor-core flash attention (attention_prefill.cu) */
     if (T == 1 && ad_fits(d_head) && attn_decode_on()) {
-        attention_decode(cx, out, q, k_cache, v_cache, pos0, n_heads, n_kv_heads, d_head, scale, NULL, false);
+        attention_decode(cx, out, q, k_cache, v_cache, pos0, n_heads, n_kv_heads, d_head, scale, NULL);
         return;
     }
     /* enough blocks to fill the GPU 8 times over (latency hiding: the key
@@ -547,8 +540,6 @@ void dr_cuda_attention(void *ctx, float *out, const float *q, const float *k_cac
 __global__ void attn_prep_kernel(float *q, float *gate, float *k, float *kc, float *vc, const float *qg, const float *v,
                                  const float *qn, const float *kn, const float *inv, int T, int pos0, int nH, int nKV,
                                  int hd, int half, float eps, const int32_t *dpos) {
-    dr_pdl_trigger(); /* with PDL (attention_decode's pdl): the next kernel may start, and this one waits */
-    dr_pdl_wait();
     if (dpos)
         pos0 = *dpos;
     __shared__ float sh[32], row[256];
@@ -762,17 +753,6 @@ __global__ void __launch_bounds__(32 * ATT_WARPS)
         cnt[h] = 0;
 }
 
-/* DR_CUDA_ATT_PDL=0: attention_block's three kernels launched in stream
- * order (a same-run baseline for their PDL launches). */
-static bool ad_pdl_on(void) {
-    static int on = -1;
-    if (on < 0) {
-        const char *e = getenv("DR_CUDA_ATT_PDL");
-        on = !(e && e[0] == '0');
-    }
-    return on;
-}
-
 /* When the fused kernel runs: DR_CUDA_ATT_FUSED=0 never (prep, decode and
  * merge kernels, a same-run baseline), 2 always, else for grids shaped for
  * more than AB_MIN_KEYS keys. Measured on the H100 (docs/CUDA.md, session
@@ -841,11 +821,10 @@ bool dr_cuda_attention_block(void *ctx, float *att, float *q, float *gate, float
                               scale))
         return true;
     const int nt = dr_cuda_norm_threads(cx, T * nH, hd); /* rmsnorm's block for these rows: the same sums */
-    const bool pdl = ad_pdl_on();
-    dr_cuda_launch(cx, pdl, attn_prep_kernel, dim3((unsigned)(T * (nH + nKV))), dim3((unsigned)nt), 0, q, gate, k,
-                   k_cache, v_cache, qg, v, q_norm, k_norm, inv, T, pos0, nH, nKV, hd, d_rot / 2, eps,
-                   dr_cuda_step_pos(cx));
+    attn_prep_kernel<<<(unsigned)(T * (nH + nKV)), nt, 0, cx->stream>>>(q, gate, k, k_cache, v_cache, qg, v, q_norm,
+                                                                       k_norm, inv, T, pos0, nH, nKV, hd, d_rot / 2,
+                                                                       eps, dr_cuda_step_pos(cx));
     DR_CUDA_LAUNCHED(cx);
-    attention_decode(cx, att, q, k_cache, v_cache, pos0, nH, nKV, hd, scale, gate, pdl);
+    attention_decode(cx, att, q, k_cache, v_cache, pos0, nH, nKV, hd, scale, gate);
     return true;
 }
