@@ -413,10 +413,15 @@ static int attn_decode_on(void) { /* DR_CUDA_ATT_DEC=0: the split kernel for dec
     return on;
 }
 
+/* Keys an attention grid for rows pos0 .. pos0 + T - 1 is shaped for: an
+ * open step's capacity (so a recording serves every position up to it),
+ * else the keys of the last row. */
+static int att_grid_keys(const dr_cuda_ctx *cx, int pos0, int T) { return cx->step_on ? cx->step_cap : pos0 + T; }
+
 /* one token: slices of >= ATT_WARPS * AD_K keys (a chunk per warp), at most
  * 8 blocks per SM in all */
 static void ad_split(const dr_cuda_ctx *cx, int pos0, int nH, int *nsplit, int *split_len) {
-    const int n_max = cx->step_on ? cx->step_cap : pos0 + 1, per = ATT_WARPS * AD_K;
+    const int n_max = att_grid_keys(cx, pos0, 1), per = ATT_WARPS * AD_K;
     int ns = (n_max + per - 1) / per, lim = 8 * cx->n_sm / nH;
     ns = ns > lim ? lim : ns;
     ns = ns < 1 ? 1 : ns;
@@ -481,9 +486,7 @@ void dr_cuda_attention(void *ctx, float *out, const float *q, const float *k_cac
     }
     /* enough blocks to fill the GPU 8 times over (latency hiding: the key
        loop is a dependent chain), slices of at least 128 keys */
-    /* an open step shapes the grid for its capacity, so a recording serves
-       every position up to it */
-    const int n_max = cx->step_on ? cx->step_cap : pos0 + T, rows = T * n_heads, want = 8 * cx->n_sm;
+    const int n_max = att_grid_keys(cx, pos0, T), rows = T * n_heads, want = 8 * cx->n_sm;
     int nsplit = rows >= want ? 1 : (want + rows - 1) / rows;
     int cap = (n_max + 127) / 128;
     if (nsplit > cap)
@@ -778,7 +781,7 @@ static bool attention_block_fused(dr_cuda_ctx *cx, float *att, const float *qg, 
                                   float scale) {
     int nsplit, split_len;
     ad_split(cx, pos0, nH, &nsplit, &split_len);
-    if (!ab_fused_for(cx->step_on ? cx->step_cap : pos0 + 1) || nH > AB_CNT || nsplit > AB_MAX_SPLIT)
+    if (!ab_fused_for(att_grid_keys(cx, pos0, 1)) || nH > AB_CNT || nsplit > AB_MAX_SPLIT)
         return false;
     float *part, *ml;
     if (!ad_parts(cx, nH, hd, nsplit, &part, &ml))
