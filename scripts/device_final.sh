@@ -4,7 +4,7 @@
 # then the decode / prefill benches in bf16, q8 and q4 with same-call
 # baselines for the newest kernels. Logs under $OUT.
 # Usage: scripts/device_final.sh [tests] [conc] [legacy] [memcheck] [bench] [r4] [gemv] [slope] [types]
-#        [attpos] [attdec] [attblk] [pdlsw] [moek] [moencu] [ncu35] [big40] [ncu08] [p512] [quant] [qold] [prefill] [mroute] [normin] [s6] [vsold] [an16] [pdlgdn6] [routes] [s7] [attlong]
+#        [attpos] [attdec] [attblk] [pdlsw] [moek] [moencu] [ncu35] [big40] [ncu08] [p512] [quant] [qold] [prefill] [mroute] [normin] [s6] [vsold] [an16] [pdlgdn6] [routes] [s7] [attlong] [s8]
 # conc: four test_cuda_quant processes at once (as ctest -j4); legacy: the same with
 # DR_CUDA_LEGACY_COPY=1, the unordered uploads before session 4's fix (it failed 2 of 4 runs once;
 # the race is timing-dependent). gemv: the GEMV-only bench_cuda lines (each shape also through the
@@ -319,5 +319,18 @@ if [[ "$what" == *prefill* ]]; then
   export DR_CUDA_GDN_TC=0
   one 35B-40L-bf16-fmaGDN --synthetic $C/qwen3.5-35b-a3b.json -p 8192 -n 64
   unset DR_CUDA_GDN_TC
+fi
+if [[ "$what" == *s8* ]]; then # session 8: MoE prefill GEMM block order (DR_CUDA_MOE_GRID=0: tiles fastest, before)
+  for v in 1 0; do
+    DR_CUDA_MOE_GRID=$v timeout 60 "$b/tests/test_cuda_prefill" > "$OUT/tcp_g$v.log" 2>&1
+    echo "test_cuda_prefill DR_CUDA_MOE_GRID=$v exit $?: $(tail -1 "$OUT/tcp_g$v.log")"; grep -E "^FAIL|moe" "$OUT/tcp_g$v.log" | head -6
+  done
+  for v in ${S8_ORDER:-1 0 1 0}; do DR_CUDA_MOE_GRID=$v one "35B-40L-p8k-grid$v" --synthetic $C/qwen3.5-35b-a3b.json -p 8192 -n 4; done
+  [[ "${S8_NCU:-1}" == 0 ]] || for v in 1 0; do
+    NCU="ncu --clock-control none --cache-control none --metrics gpu__time_duration.sum --csv"
+    DR_CUDA_MOE_GRID=$v timeout 200 $NCU "$cli" bench --device cuda --synthetic $C/qwen3.5-35b-a3b.json --layers 4 -p 8192 -n 1 \
+      --json > "$OUT/ncu_p4_g$v.csv" 2>> "$OUT/ncu_err.log"
+    echo "== ncu prefill 4 layers, DR_CUDA_MOE_GRID=$v"; python3 scripts/ncu_sum.py "$OUT/ncu_p4_g$v.csv" 1 2>/dev/null | head -24
+  done
 fi
 echo "total $(( $(date +%s) - t0 )) s"

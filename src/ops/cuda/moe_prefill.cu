@@ -110,15 +110,15 @@ __global__ void mp_scatter(mp_idx m, const int32_t *idx, int R, int E) {
 template <bool GATEUP>
 __global__ void __launch_bounds__(MP_THREADS)
     mp_gemm(float *__restrict__ out, const float *__restrict__ a, mp_idx m, const void *const *tab, int E, int k,
-            int N, int K) {
+            int N, int K, bool cols_fast) {
     const int NB = GATEUP ? 2 : 1;
     __shared__ __align__(16) bf16 sA[2][2][MP_BM * MP_SK]; /* [stage][hi/lo] */
     __shared__ __align__(16) bf16 sB[2][NB][MP_BN * MP_SK];
-    const int tile = blockIdx.x;
+    const int tile = cols_fast ? blockIdx.y : blockIdx.x;
     if (tile >= *m.ntile)
         return;
     const int e = m.tile_e[tile], r0 = m.tile_r0[tile], rn = min(MP_BM, m.off[e + 1] - r0);
-    const int n0 = blockIdx.y * MP_BN;
+    const int n0 = (cols_fast ? blockIdx.x : blockIdx.y) * MP_BN;
     const bf16 *W0 = GATEUP ? (const bf16 *)tab[e] : (const bf16 *)tab[2 * E + e];
     const bf16 *W1 = GATEUP ? (const bf16 *)tab[E + e] : W0;
     const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, wm = w >> 1, wn = w & 1;
@@ -269,6 +269,27 @@ __global__ void mp_combine_rows(float *y, const float *ob, const float *wts, con
     }
 }
 
+/* The order the GEMM blocks run in. Columns fastest: the column blocks of
+ * one tile run side by side and share its A rows in L2, and consecutive
+ * tiles of one expert follow each other and share its weights. Tiles
+ * fastest (DR_CUDA_MOE_GRID=0, the earlier order, a same-run baseline):
+ * every tile's A rows are read again by each column block in a later sweep,
+ * by then mostly out of L2 (act is R x I fp32, 128 MB at 8192 tokens of
+ * the 35B shape). gridDim.y caps the tile count at 65535. */
+static bool cols_fast(int MT) {
+    static int on = -1;
+    if (on < 0) {
+        const char *e = getenv("DR_CUDA_MOE_GRID");
+        on = !(e && e[0] == '0');
+    }
+    return on && MT <= 65535;
+}
+
+static dim3 mp_grid(bool cf, int MT, int N) {
+    const unsigned nc = (unsigned)(N / MP_BN);
+    return cf ? dim3(nc, (unsigned)MT) : dim3((unsigned)MT, nc);
+}
+
 bool dr_cuda_moe_prefill(dr_cuda_ctx *cx, float *y, const float *x, const int32_t *idx, const float *wts,
                          const dr_expert *experts, dr_cuda_expert_tab_fn get_tab, int E, int T, int k, int H,
                          int I) {
@@ -308,11 +329,10 @@ bool dr_cuda_moe_prefill(dr_cuda_ctx *cx, float *y, const float *x, const int32_
     DR_CUDA_LAUNCHED(cx);
     mp_scatter<<<gr, 256, 0, cx->stream>>>(m, idx, R, E);
     DR_CUDA_LAUNCHED(cx);
-    mp_gemm<true><<<dim3((unsigned)MT, (unsigned)(I / MP_BN)), MP_THREADS, 0, cx->stream>>>(act, x, m, tab, E, k, I,
-                                                                                             H);
+    const bool cf = cols_fast(MT);
+    mp_gemm<true><<<mp_grid(cf, MT, I), MP_THREADS, 0, cx->stream>>>(act, x, m, tab, E, k, I, H, cf);
     DR_CUDA_LAUNCHED(cx);
-    mp_gemm<false><<<dim3((unsigned)MT, (unsigned)(H / MP_BN)), MP_THREADS, 0, cx->stream>>>(ob, act, m, tab, E, k,
-                                                                                              H, I);
+    mp_gemm<false><<<mp_grid(cf, MT, H), MP_THREADS, 0, cx->stream>>>(ob, act, m, tab, E, k, H, I, cf);
     DR_CUDA_LAUNCHED(cx);
     mp_combine_rows<<<(unsigned)(T < 16 * cx->n_sm ? T : 16 * cx->n_sm), 256, 0, cx->stream>>>(y, ob, wts, m.pos, T,
                                                                                                  k, H);
