@@ -4,7 +4,7 @@
 # then the decode / prefill benches in bf16, q8 and q4 with same-call
 # baselines for the newest kernels. Logs under $OUT.
 # Usage: scripts/device_final.sh [tests] [conc] [legacy] [memcheck] [bench] [r4] [gemv] [slope] [types]
-#        [attpos] [attdec] [attblk] [pdlsw] [moek] [moencu] [ncu35] [big40] [ncu08] [p512] [quant] [qold] [prefill] [mroute] [normin] [s6] [vsold] [an16] [pdlgdn6] [routes] [s7] [attlong] [s8] [mpdet]
+#        [attpos] [attdec] [attblk] [pdlsw] [moek] [moencu] [ncu35] [big40] [ncu08] [p512] [quant] [qold] [prefill] [mroute] [normin] [s6] [vsold] [an16] [pdlgdn6] [routes] [s7] [attlong] [s8] [mpdet] [s9]
 # conc: four test_cuda_quant processes at once (as ctest -j4); legacy: the same with
 # DR_CUDA_LEGACY_COPY=1, the unordered uploads before session 4's fix (it failed 2 of 4 runs once;
 # the race is timing-dependent). gemv: the GEMV-only bench_cuda lines (each shape also through the
@@ -334,10 +334,24 @@ if [[ "$what" == *s8* ]]; then # session 8: MoE prefill GEMM block order (DR_CUD
   done
 fi
 if [[ "$what" == *mpdet* ]]; then # session 9: the MoE prefill GEMMs in detail (35B-A3B, one layer, 8192 tokens)
-  ncu --clock-control none --kernel-name regex:"mp_gemm" --launch-count 2 --section SpeedOfLight --section ComputeWorkloadAnalysis \
+  ncu --clock-control none --kernel-name regex:"mp_gemm" --launch-count ${MPDET_N:-2} --section SpeedOfLight --section ComputeWorkloadAnalysis \
     --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy --section LaunchStats \
     --metrics sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,l1tex__data_pipe_lsu_wavefronts_mem_shared.sum,smsp__inst_executed_op_ldsm.sum,sm__inst_executed_pipe_tensor_op_hmma.sum \
     "$cli" bench --device cuda --synthetic $C/qwen3.5-35b-a3b.json --layers 1 -p 8192 -n 1 --json > "$OUT/mp_ncu.txt" 2>&1
   grep -E "^  [a-z_]+.*\(|Duration|Compute \(SM\) Throughput|Memory Throughput|L1/TEX Cache Throughput|L2 Cache Throughput|DRAM Throughput|Achieved Occupancy|Theoretical Occupancy|Registers Per|Shared Memory Configuration|Block Limit|Stall|Warp Cycles Per Issued|Issue Slots Busy|Executed Ipc|hmma|ldsm|shared|Bank" "$OUT/mp_ncu.txt" | head -120
+fi
+if [[ "$what" == *s9* ]]; then # session 9: the 128-row MoE prefill GEMMs (mp_gemm2, the default)
+  # against DR_CUDA_MOE_GEMM=1 (mp_gemm, before)
+  timeout 90 "$b/tests/test_cuda_prefill" > "$OUT/tcp_s9.log" 2>&1
+  echo "test_cuda_prefill exit $?: $(tail -1 "$OUT/tcp_s9.log")"; grep -E "^FAIL|moe" "$OUT/tcp_s9.log" | head -${S9_TLINES:-60}
+  [[ "${S9_MC:-1}" == 0 ]] || { timeout 300 compute-sanitizer --tool memcheck --leak-check full "$b/tests/test_cuda_prefill" > "$OUT/mc_s9.log" 2>&1
+    echo "memcheck test_cuda_prefill exit $?: $(grep -E "ERROR SUMMARY|LEAK SUMMARY" "$OUT/mc_s9.log" | head -2)"; }
+  for v in ${S9_NCU:-0 1}; do
+    NCU="ncu --clock-control none --cache-control none --metrics gpu__time_duration.sum --csv"
+    DR_CUDA_MOE_GEMM=$v timeout 200 $NCU "$cli" bench --device cuda --synthetic $C/qwen3.5-35b-a3b.json --layers 4 -p 8192 -n 1 \
+      --json > "$OUT/ncu_p4_m$v.csv" 2>> "$OUT/ncu_err.log"
+    echo "== ncu prefill 4 layers, DR_CUDA_MOE_GEMM=$v"; python3 scripts/ncu_sum.py "$OUT/ncu_p4_m$v.csv" 1 2>/dev/null | head -${S9_NCU_LINES:-5}
+  done
+  for v in ${S9_ORDER:-0 1 0 1}; do DR_CUDA_MOE_GEMM=$v one "35B-40L-p8k-gemm$v" --synthetic $C/qwen3.5-35b-a3b.json -p 8192 -n 4; done
 fi
 echo "total $(( $(date +%s) - t0 )) s"

@@ -120,9 +120,17 @@ static void *bf16_weights(dr_tensor *t, int d, int n, float scale) {
     return h;
 }
 
-static void test_moe(void) {
+/* Both grouped GEMMs against the CPU: the 128-row mp_gemm2 (the default
+ * where H % 128 == 0 and I % 64 == 0) and mp_gemm (DR_CUDA_MOE_GEMM=1, and
+ * what runs for other shapes). They must agree bit for bit (the same MMAs
+ * in the same order per output). */
+static const char *moe_variant(int v, int H, int I) {
+    return v == 0 && H % 128 == 0 && I % 64 == 0 ? "128-row" : "64-row";
+}
+
+static void test_moe_shape(int H, int I) {
     enum { E = 7 };
-    const int H = 128, I = 192, k = 3;
+    const int k = 3;
     dr_expert ex[E];
     void *hs[3 * E];
     for (int e = 0; e < E; e++) {
@@ -138,20 +146,34 @@ static void test_moe(void) {
             for (int t = 0; t < T; t++)
                 for (int e = 0; e < 3; e++)
                     lg[(size_t)t * E + e] += 6.0f;
-        float *dl = dput(lg, (size_t)T * E * 4), *dx = dput(x, (size_t)T * H * 4), *dy = dput(y, (size_t)T * H * 4);
+        float *dl = dput(lg, (size_t)T * E * 4), *dx = dput(x, (size_t)T * H * 4);
         float *dw = G->alloc(G->ctx, (size_t)T * k * 4);
         int32_t *di = G->alloc(G->ctx, (size_t)T * k * 4);
         G->moe_route(G->ctx, di, dw, dl, T, E, k, true);
         int32_t *idx = malloc((size_t)T * k * 4);
         G->download(G->ctx, idx, di, (size_t)T * k * 4);
-        float *w = dget(dw, (size_t)T * k), *ws = malloc((size_t)(2 * I + H) * 4);
-        C->moe_experts(NULL, y, x, idx, w, ex, E, T, k, H, I, ws);
-        G->moe_experts(G->ctx, dy, dx, di, dw, ex, E, T, k, H, I, NULL);
-        float *got = dget(dy, (size_t)T * H);
-        REPORT(rel_err(got, y, (size_t)T * H), MOE_TOL, "moe_experts grouped bf16 T=%d E=%d k=%d H=%d I=%d", T, E, k,
-               H, I);
-        free(lg), free(x), free(y), free(idx), free(w), free(ws), free(got);
-        G->free(G->ctx, dl), G->free(G->ctx, dx), G->free(G->ctx, dy), G->free(G->ctx, dw), G->free(G->ctx, di);
+        float *w = dget(dw, (size_t)T * k), *ws = malloc((size_t)(2 * I + H) * 4), *got[2];
+        float *ref = malloc((size_t)T * H * 4);
+        memcpy(ref, y, (size_t)T * H * 4);
+        C->moe_experts(NULL, ref, x, idx, w, ex, E, T, k, H, I, ws);
+        for (int v = 0; v < 2; v++) { /* the default, then mp_gemm */
+            if (v)
+                setenv("DR_CUDA_MOE_GEMM", "1", 1);
+            float *dy = dput(y, (size_t)T * H * 4);
+            G->moe_experts(G->ctx, dy, dx, di, dw, ex, E, T, k, H, I, NULL);
+            got[v] = dget(dy, (size_t)T * H);
+            G->free(G->ctx, dy);
+            unsetenv("DR_CUDA_MOE_GEMM");
+            REPORT(rel_err(got[v], ref, (size_t)T * H), MOE_TOL, "moe_experts bf16 %s T=%d E=%d k=%d H=%d I=%d",
+                   moe_variant(v, H, I), T, E, k, H, I);
+        }
+        size_t diff = 0;
+        for (size_t i = 0; i < (size_t)T * H; i++)
+            diff += memcmp(&got[0][i], &got[1][i], 4) != 0;
+        CHECK_SHOW(diff == 0, "moe_experts %s vs 64-row T=%d H=%d I=%d: %zu of %zu outputs differ (want 0)",
+                   moe_variant(0, H, I), T, H, I, diff, (size_t)T * H);
+        free(lg), free(x), free(y), free(idx), free(w), free(ws), free(ref), free(got[0]), free(got[1]);
+        G->free(G->ctx, dl), G->free(G->ctx, dx), G->free(G->ctx, dw), G->free(G->ctx, di);
     }
     for (int e = 0; e < E; e++) {
         G->weight_free(G->ctx, &ex[e].gate);
@@ -160,6 +182,12 @@ static void test_moe(void) {
     }
     for (int i = 0; i < 3 * E; i++)
         free(hs[i]);
+}
+
+static void test_moe(void) {
+    test_moe_shape(512, 256); /* both; 4 column blocks of each mp_gemm2 */
+    test_moe_shape(128, 192); /* both; 3 gate/up column blocks */
+    test_moe_shape(192, 128); /* mp_gemm only (H % 128 != 0) */
 }
 
 int main(void) {

@@ -7,15 +7,19 @@
  *    also lists the 64-row tiles of every expert, a scatter. Row order
  *    inside one expert does not matter: every output element is one dot
  *    product whose summation order does not depend on where its row sits.
- * 2. gate/up: one launch over (tile, 64 columns of I) computes both
+ * 2. gate/up: one launch over (64 columns of I, tile) computes both
  *    products for the tile's rows, reading x through the row map (no
- *    gather pass), and writes silu(gate) * up in fp32.
- * 3. down: one launch over (tile, 64 columns of H).
+ *    gather pass), and writes silu(gate) * up.
+ * 3. down: one launch over (columns of H, tile).
+ *    Two kernels do 2 and 3: mp_gemm2 (128-row tiles, the default where
+ *    H % 128 == 0 and I % 64 == 0; x and act as bf16 hi / lo planes) and
+ *    mp_gemm (64-row tiles, fp32 x and act, split on the way in).
  * 4. y += sum_j wts[t, j] * out[row(t, j)], picks in order (as the CPU).
- * GEMM blocks: 4 warps of 32 x 32, k steps of 32, two stages (weights by
- * cp.async, activations through registers, split into bf16 hi/lo on the
- * way to shared memory); W*hi + W*lo on mma.sync m16n8k16 with fp32
- * accumulate, exact weights: fp32-grade like the dense split GEMMs.
+ * mp_gemm blocks: 4 warps of 32 x 32, k steps of 32, two stages (weights
+ * by cp.async, activations through registers, split into bf16 hi/lo on the
+ * way to shared memory). Both kernels: W*hi + W*lo on mma.sync m16n8k16
+ * with fp32 accumulate, exact weights: fp32-grade like the dense split
+ * GEMMs.
  */
 #include "cuda_ops.h"
 #include "prefill.cuh"
@@ -41,14 +45,14 @@ __global__ void mp_count(mp_idx m, const int32_t *idx, int R, int E) {
     }
 }
 
-__global__ void mp_scan(mp_idx m, int E) {
+__global__ void mp_scan(mp_idx m, int E, int bm) {
     if (threadIdx.x != 0 || blockIdx.x != 0)
         return;
     int o = 0, nt = 0;
     for (int e = 0; e < E; e++) {
         m.off[e] = o;
         m.cur[e] = o;
-        for (int r = 0; r < m.cnt[e]; r += MP_BM) {
+        for (int r = 0; r < m.cnt[e]; r += bm) {
             m.tile_e[nt] = e;
             m.tile_r0[nt] = o + r;
             nt++;
@@ -62,10 +66,10 @@ __global__ void mp_scan(mp_idx m, int E) {
 /* The same offsets and tile list with one thread per expert (E <= 1024):
  * block scans of the counts and the tile counts; the one-thread loop above
  * took ~73 us per MoE layer. */
-__global__ void mp_scan_par(mp_idx m, int E) {
+__global__ void mp_scan_par(mp_idx m, int E, int bm) {
     __shared__ int sc[1024], stl[1024];
     const int e = threadIdx.x;
-    const int c = e < E ? m.cnt[e] : 0, nt = (c + MP_BM - 1) / MP_BM;
+    const int c = e < E ? m.cnt[e] : 0, nt = (c + bm - 1) / bm;
     sc[e] = c;
     stl[e] = nt;
     __syncthreads();
@@ -82,7 +86,7 @@ __global__ void mp_scan_par(mp_idx m, int E) {
         m.cur[e] = o0;
         for (int r = 0; r < nt; r++) {
             m.tile_e[t0 + r] = e;
-            m.tile_r0[t0 + r] = o0 + r * MP_BM;
+            m.tile_r0[t0 + r] = o0 + r * bm;
         }
         if (e == E - 1) {
             m.off[E] = sc[e];
@@ -237,6 +241,180 @@ __global__ void __launch_bounds__(MP_THREADS)
             }
 }
 
+/* ---- the 128-row GEMMs (default where the shapes allow; DR_CUDA_MOE_GEMM=1: mp_gemm) ----
+ *
+ * mp_gemm is bound by the memory system, not the tensor cores (ncu, 35B-A3B
+ * at 8192 tokens: tensor pipe 51% / 34% active for gate/up / down; L2 73%
+ * busy for gate/up, whose 64-row tiles read each weight column block once
+ * per 64 rows; L1 / shared memory 82% busy for down, whose warps load 192
+ * bytes of fragments per MMA). Here a block is 8 warps over 128 rows and
+ * 128 weight rows (gate/up: 64 of gate and the same 64 of up; down: 128),
+ * each warp 32 rows x 64 weight rows: half the weight traffic per row of
+ * gate/up, 128 bytes of fragments per MMA. A arrives pre-split into bf16
+ * hi / lo planes (x by mp_split, act by the gate/up epilogue), so A and W
+ * both stream by cp.async through 3 stages with one barrier per k step.
+ * A warp whose 32 rows all lie past the tile's end skips its MMAs (an
+ * expert's last tile is partly empty). Each accumulator sees the same MMAs
+ * in the same order as in mp_gemm (k ascending, hi then lo): bit-identical
+ * results. Measured (docs/CUDA.md, session 9): gate/up -8%, down -32%
+ * against mp_gemm; L2 is then ~93% busy. 256 weight rows per block (16
+ * warps, one block per SM: a third less L2 traffic) and issuing the hi
+ * products of four accumulators before their lo ones were no faster. */
+#define M2_BM 128 /* rows per tile: 4 warps of 32 */
+#define M2_BN 128 /* weight rows per block: 2 warps of 64 */
+#define M2_BK 32
+#define M2_SK (M2_BK + 8)
+#define M2_STAGES 3
+#define M2_THREADS 256
+#define M2_PASS (M2_THREADS / 4)                     /* rows per pass of 16-byte pieces (4 per row) */
+#define M2_STAGE (2 * M2_BM * M2_SK + M2_BN * M2_SK) /* bf16: A hi, A lo, W */
+#define M2_SMEM (M2_STAGES * M2_STAGE * 2)            /* 92,160 bytes: two blocks per SM */
+
+/* cp.async of 16 bytes, or 16 zero bytes when !ok (nothing is read) */
+static __device__ __forceinline__ void mp_cp16z(void *s, const void *g, bool ok) {
+    const unsigned a = (unsigned)__cvta_generic_to_shared(s);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(a), "l"(g), "r"(ok ? 16 : 0));
+}
+
+/* hi / lo planes of x [n] (n a multiple of 4), as dr_split2 makes them */
+__global__ void mp_split(bf16 *__restrict__ hi, bf16 *__restrict__ lo, const float *__restrict__ x, size_t n4) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n4; i += (size_t)gridDim.x * blockDim.x) {
+        const float4 v = ((const float4 *)x)[i];
+        uint32_t h0, l0, h1, l1;
+        dr_split2(v.x, v.y, h0, l0);
+        dr_split2(v.z, v.w, h1, l1);
+        ((uint2 *)hi)[i] = make_uint2(h0, h1);
+        ((uint2 *)lo)[i] = make_uint2(l0, l1);
+    }
+}
+
+/* GATEUP: act[p, n] = silu(x_p . gate_n) * (x_p . up_n) into the hi / lo planes oh, ol [R, N = I];
+ *         A = x planes [T, K = H], row p reads x row rowmap[p] / k; block columns n0 .. n0 + 63.
+ * else:   of[p, n] = act_p . down_n [R, N = H]; A = act planes [R, K = I]; columns n0 .. n0 + 127.
+ * Grid (column blocks, tiles). */
+template <bool GATEUP>
+__global__ void __launch_bounds__(M2_THREADS, 2)
+    mp_gemm2(bf16 *__restrict__ oh, bf16 *__restrict__ ol, float *__restrict__ of, const bf16 *__restrict__ ah,
+             const bf16 *__restrict__ al, mp_idx m, const void *const *tab, int E, int k, int N, int K) {
+    extern __shared__ __align__(16) bf16 m2s[];
+    const int tile = blockIdx.y;
+    if (tile >= *m.ntile)
+        return;
+    const int e = m.tile_e[tile], r0 = m.tile_r0[tile], rn = min(M2_BM, m.off[e + 1] - r0);
+    const int n0 = blockIdx.x * (GATEUP ? M2_BN / 2 : M2_BN);
+    const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, wm = w >> 1, wn = w & 1;
+    const int g = lane >> 2, t4 = lane & 3, mi = lane >> 3, rr = lane & 7;
+
+    /* this thread's 16-byte pieces of a stage: A rows ra and ra + 64 (both planes), W rows ra and ra + 64,
+       columns c8 .. c8 + 7 of the k step */
+    const int ra = tid >> 2, c8 = (tid & 3) * 8;
+    size_t aoff[2];
+    bool aok[2];
+#pragma unroll
+    for (int u = 0; u < 2; u++) {
+        const int r = ra + M2_PASS * u;
+        aok[u] = r < rn;
+        const int p = r0 + (aok[u] ? r : 0);
+        aoff[u] = (size_t)(GATEUP ? m.rowmap[p] / k : p) * K + c8;
+    }
+    const bf16 *wrow[2];
+    if (GATEUP) {
+        wrow[0] = (const bf16 *)tab[e] + (size_t)(n0 + ra) * K + c8;     /* gate: smem W rows 0..63 */
+        wrow[1] = (const bf16 *)tab[E + e] + (size_t)(n0 + ra) * K + c8; /* up: 64..127 */
+    } else {
+        wrow[0] = (const bf16 *)tab[2 * E + e] + (size_t)(n0 + ra) * K + c8;
+        wrow[1] = wrow[0] + (size_t)M2_PASS * K;
+    }
+    auto load = [&](int st, int k0) {
+        bf16 *s = m2s + st * M2_STAGE;
+#pragma unroll
+        for (int u = 0; u < 2; u++) {
+            const int so = (ra + M2_PASS * u) * M2_SK + c8;
+            mp_cp16z(s + so, ah + aoff[u] + k0, aok[u]);
+            mp_cp16z(s + M2_BM * M2_SK + so, al + aoff[u] + k0, aok[u]);
+            dr_cp16(s + 2 * M2_BM * M2_SK + so, wrow[u] + k0);
+        }
+    };
+
+    float acc[2][8][4];
+#pragma unroll
+    for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+            acc[mt][j][0] = acc[mt][j][1] = acc[mt][j][2] = acc[mt][j][3] = 0.0f;
+    const bool active = wm * 32 < rn; /* warp-uniform */
+    const int nk = K / M2_BK;
+#pragma unroll
+    for (int st = 0; st < M2_STAGES - 1; st++) {
+        if (st < nk)
+            load(st, st * M2_BK);
+        dr_cp_commit();
+    }
+    for (int kt = 0; kt < nk; kt++) {
+        dr_cp_wait<M2_STAGES - 2>();
+        __syncthreads(); /* stage kt landed for every thread; stage kt - 1 is free */
+        const int nx = kt + M2_STAGES - 1;
+        if (nx < nk)
+            load(nx % M2_STAGES, nx * M2_BK);
+        dr_cp_commit();
+        if (!active)
+            continue;
+        const bf16 *s = m2s + (kt % M2_STAGES) * M2_STAGE;
+#pragma unroll
+        for (int kk = 0; kk < M2_BK / 16; kk++) {
+            uint32_t fh[2][4], fl[2][4];
+#pragma unroll
+            for (int mt = 0; mt < 2; mt++) {
+                const int off = (wm * 32 + mt * 16 + (mi & 1) * 8 + rr) * M2_SK + kk * 16 + (mi >> 1) * 8;
+                dr_ldsm4(fh[mt], s + off);
+                dr_ldsm4(fl[mt], s + M2_BM * M2_SK + off);
+            }
+#pragma unroll
+            for (int c = 0; c < 4; c++) { /* 16 weight rows each */
+                const int wr = GATEUP ? (c >> 1) * 64 + wn * 32 + (c & 1) * 16 : wn * 64 + c * 16;
+                uint32_t bw[4];
+                dr_ldsm4(bw, s + 2 * M2_BM * M2_SK + (wr + (mi >> 1) * 8 + rr) * M2_SK + kk * 16 + (mi & 1) * 8);
+#pragma unroll
+                for (int mt = 0; mt < 2; mt++) {
+                    dr_mma(acc[mt][2 * c], fh[mt], bw);
+                    dr_mma(acc[mt][2 * c], fl[mt], bw);
+                    dr_mma(acc[mt][2 * c + 1], fh[mt], bw + 2);
+                    dr_mma(acc[mt][2 * c + 1], fl[mt], bw + 2);
+                }
+            }
+        }
+    }
+    if (!active)
+        return;
+#pragma unroll
+    for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int r = wm * 32 + mt * 16 + g + 8 * h;
+            if (r >= rn)
+                continue;
+            const size_t ro = (size_t)(r0 + r) * N;
+            if (GATEUP) {
+#pragma unroll
+                for (int j = 0; j < 4; j++) { /* gate n8 tile j, its up tile j + 4 */
+                    const int n = n0 + wn * 32 + j * 8 + 2 * t4;
+                    const float v0 = dr_dev_silu(acc[mt][j][2 * h]) * acc[mt][j + 4][2 * h];
+                    const float v1 = dr_dev_silu(acc[mt][j][2 * h + 1]) * acc[mt][j + 4][2 * h + 1];
+                    uint32_t hv, lv;
+                    dr_split2(v0, v1, hv, lv);
+                    *(uint32_t *)(oh + ro + n) = hv;
+                    *(uint32_t *)(ol + ro + n) = lv;
+                }
+            } else {
+#pragma unroll
+                for (int j = 0; j < 8; j++) {
+                    const int n = n0 + wn * 64 + j * 8 + 2 * t4;
+                    *(float2 *)(of + ro + n) = make_float2(acc[mt][j][2 * h], acc[mt][j][2 * h + 1]);
+                }
+            }
+        }
+}
+
 /* y[t, h] += sum_j wts[t, j] * ob[pos[t k + j], h], j in order */
 __global__ void mp_combine(float *y, const float *ob, const float *wts, const int *pos, int T, int k, int H) {
     const size_t n = (size_t)T * H;
@@ -290,6 +468,14 @@ static dim3 mp_grid(bool cf, int MT, int N) {
     return cf ? dim3(nc, (unsigned)MT) : dim3((unsigned)MT, nc);
 }
 
+/* mp_gemm2 unless DR_CUDA_MOE_GEMM=1 (mp_gemm, a same-run baseline; read
+ * at every call) or the shapes don't suit it: H a multiple of down's 128
+ * columns per block, I of gate/up's 64. */
+static bool use_gemm2(int H, int I) {
+    const char *e = getenv("DR_CUDA_MOE_GEMM");
+    return !(e && e[0] == '1') && H % M2_BN == 0 && I % (M2_BN / 2) == 0;
+}
+
 bool dr_cuda_moe_prefill(dr_cuda_ctx *cx, float *y, const float *x, const int32_t *idx, const float *wts,
                          const dr_expert *experts, dr_cuda_expert_tab_fn get_tab, int E, int T, int k, int H,
                          int I) {
@@ -302,10 +488,14 @@ bool dr_cuda_moe_prefill(dr_cuda_ctx *cx, float *y, const float *x, const int32_
     const void *const *tab = get_tab(cx, experts, E);
     if (!tab)
         return true; /* the table's failure is recorded */
-    const int R = T * k, MT = R / MP_BM + E;
+    const int R = T * k;
+    const bool v2 = use_gemm2(H, I) && R / M2_BM + E <= 65535;
+    const int bm = v2 ? M2_BM : MP_BM, MT = R / bm + E;
     const size_t ni = (size_t)E + (E + 1) + E + 1 + 2 * (size_t)MT + 2 * (size_t)R;
     int *ib = (int *)dr_cuda_scratch(cx, DR_SCR_MOE2, ni * sizeof(int));
-    float *act = (float *)dr_cuda_scratch(cx, DR_SCR_MOE, ((size_t)R * I + (size_t)R * H) * sizeof(float));
+    /* act [R, I] (fp32, or its bf16 hi / lo planes), ob [R, H]; v2: x's planes [T, H] */
+    const size_t nf = (size_t)R * I + (size_t)R * H + (v2 ? (size_t)T * H : 0);
+    float *act = (float *)dr_cuda_scratch(cx, DR_SCR_MOE, nf * sizeof(float));
     if (!ib || !act)
         return true;
     float *ob = act + (size_t)R * I;
@@ -323,17 +513,33 @@ bool dr_cuda_moe_prefill(dr_cuda_ctx *cx, float *y, const float *x, const int32_
     mp_count<<<gr, 256, 0, cx->stream>>>(m, idx, R, E);
     DR_CUDA_LAUNCHED(cx);
     if (E <= 1024)
-        mp_scan_par<<<1, (E + 31) / 32 * 32, 0, cx->stream>>>(m, E);
+        mp_scan_par<<<1, (E + 31) / 32 * 32, 0, cx->stream>>>(m, E, bm);
     else
-        mp_scan<<<1, 32, 0, cx->stream>>>(m, E);
+        mp_scan<<<1, 32, 0, cx->stream>>>(m, E, bm);
     DR_CUDA_LAUNCHED(cx);
     mp_scatter<<<gr, 256, 0, cx->stream>>>(m, idx, R, E);
     DR_CUDA_LAUNCHED(cx);
-    const bool cf = cols_fast(MT);
-    mp_gemm<true><<<mp_grid(cf, MT, I), MP_THREADS, 0, cx->stream>>>(act, x, m, tab, E, k, I, H, cf);
-    DR_CUDA_LAUNCHED(cx);
-    mp_gemm<false><<<mp_grid(cf, MT, H), MP_THREADS, 0, cx->stream>>>(ob, act, m, tab, E, k, H, I, cf);
-    DR_CUDA_LAUNCHED(cx);
+    if (v2) {
+        bf16 *act_h = (bf16 *)act, *act_l = act_h + (size_t)R * I;
+        bf16 *x_h = (bf16 *)(ob + (size_t)R * H), *x_l = x_h + (size_t)T * H;
+        const size_t n4 = (size_t)T * H / 4;
+        mp_split<<<(unsigned)dr_cdiv(n4, 256), 256, 0, cx->stream>>>(x_h, x_l, x, n4);
+        DR_CUDA_LAUNCHED(cx);
+        DR_CUDA_NOTE(cx, cudaFuncSetAttribute(mp_gemm2<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, M2_SMEM));
+        DR_CUDA_NOTE(cx, cudaFuncSetAttribute(mp_gemm2<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, M2_SMEM));
+        mp_gemm2<true><<<dim3((unsigned)(I / (M2_BN / 2)), (unsigned)MT), M2_THREADS, M2_SMEM, cx->stream>>>(
+            act_h, act_l, NULL, x_h, x_l, m, tab, E, k, I, H);
+        DR_CUDA_LAUNCHED(cx);
+        mp_gemm2<false><<<dim3((unsigned)(H / M2_BN), (unsigned)MT), M2_THREADS, M2_SMEM, cx->stream>>>(
+            NULL, NULL, ob, act_h, act_l, m, tab, E, k, H, I);
+        DR_CUDA_LAUNCHED(cx);
+    } else {
+        const bool cf = cols_fast(MT);
+        mp_gemm<true><<<mp_grid(cf, MT, I), MP_THREADS, 0, cx->stream>>>(act, x, m, tab, E, k, I, H, cf);
+        DR_CUDA_LAUNCHED(cx);
+        mp_gemm<false><<<mp_grid(cf, MT, H), MP_THREADS, 0, cx->stream>>>(ob, act, m, tab, E, k, H, I, cf);
+        DR_CUDA_LAUNCHED(cx);
+    }
     mp_combine_rows<<<(unsigned)(T < 16 * cx->n_sm ? T : 16 * cx->n_sm), 256, 0, cx->stream>>>(y, ob, wts, m.pos, T,
                                                                                                  k, H);
     DR_CUDA_LAUNCHED(cx);
