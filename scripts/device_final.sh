@@ -4,7 +4,7 @@
 # then the decode / prefill benches in bf16, q8 and q4 with same-call
 # baselines for the newest kernels. Logs under $OUT.
 # Usage: scripts/device_final.sh [tests] [conc] [legacy] [memcheck] [bench] [r4] [gemv] [slope] [types]
-#        [attpos] [attdec] [attblk] [pdlsw] [moek] [moencu] [ncu35] [big40] [ncu08] [p512] [quant] [qold] [prefill] [mroute] [normin] [s6] [vsold] [an16] [pdlgdn6] [routes] [s7] [attlong] [s8] [mpdet] [s9]
+#        [attpos] [attdec] [attblk] [pdlsw] [moek] [moencu] [ncu35] [big40] [ncu08] [p512] [quant] [qold] [prefill] [mroute] [normin] [s6] [vsold] [an16] [pdlgdn6] [routes] [s7] [attlong] [s8] [mpdet] [s9] [apdet]
 # conc: four test_cuda_quant processes at once (as ctest -j4); legacy: the same with
 # DR_CUDA_LEGACY_COPY=1, the unordered uploads before session 4's fix (it failed 2 of 4 runs once;
 # the race is timing-dependent). gemv: the GEMV-only bench_cuda lines (each shape also through the
@@ -353,5 +353,12 @@ if [[ "$what" == *s9* ]]; then # session 9: the 128-row MoE prefill GEMMs (mp_ge
     echo "== ncu prefill 4 layers, DR_CUDA_MOE_GEMM=$v"; python3 scripts/ncu_sum.py "$OUT/ncu_p4_m$v.csv" 1 2>/dev/null | head -${S9_NCU_LINES:-5}
   done
   for v in ${S9_ORDER:-0 1 0 1}; do DR_CUDA_MOE_GEMM=$v one "35B-40L-p8k-gemm$v" --synthetic $C/qwen3.5-35b-a3b.json -p 8192 -n 4; done
+fi
+if [[ "$what" == *apdet* ]]; then # session 9: the prefill flash-attention kernel in detail (35B-A3B's attention layer, 8192 tokens)
+  ncu --clock-control none --kernel-name regex:"ap_flash" --launch-count 1 --section SpeedOfLight --section ComputeWorkloadAnalysis \
+    --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy --section LaunchStats \
+    --metrics sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,smsp__average_warps_issue_stalled_barrier_per_issue_active.ratio,smsp__average_warps_issue_stalled_long_scoreboard_per_issue_active.ratio,smsp__average_warps_issue_stalled_short_scoreboard_per_issue_active.ratio,smsp__average_warps_issue_stalled_math_pipe_throttle_per_issue_active.ratio,smsp__average_warps_issue_stalled_mio_throttle_per_issue_active.ratio,smsp__average_warps_issue_stalled_wait_per_issue_active.ratio,smsp__average_warps_issue_stalled_not_selected_per_issue_active.ratio \
+    "$cli" bench --device cuda --synthetic $C/qwen3.5-35b-a3b.json --layers 4 -p 8192 -n 1 --json > "$OUT/ap_ncu.txt" 2>&1
+  grep -E "^  [a-z_]+.*\(|Duration|Compute \(SM\) Throughput|L1/TEX Cache Throughput|L2 Cache Throughput|DRAM Throughput|Achieved Occupancy|Registers Per|Warp Cycles Per Issued|Issue Slots Busy|hmma|stalled" "$OUT/ap_ncu.txt" | head -40
 fi
 echo "total $(( $(date +%s) - t0 )) s"
