@@ -4,7 +4,7 @@
 # then the decode / prefill benches in bf16, q8 and q4 with same-call
 # baselines for the newest kernels. Logs under $OUT.
 # Usage: scripts/device_final.sh [tests] [conc] [legacy] [memcheck] [bench] [r4] [gemv] [slope] [types]
-#        [attpos] [attdec] [attblk] [pdlsw] [moek] [moencu] [ncu35] [big40] [ncu08] [p512] [quant] [qold] [prefill] [mroute] [normin] [s6] [vsold] [an16] [pdlgdn6] [routes] [s7] [attlong] [s8] [mpdet] [s9] [apdet]
+#        [attpos] [attdec] [attblk] [pdlsw] [moek] [moencu] [ncu35] [big40] [ncu08] [p512] [quant] [qold] [prefill] [mroute] [normin] [s6] [vsold] [an16] [pdlgdn6] [routes] [s7] [attlong] [s8] [mpdet] [s9] [apdet] [s9att]
 # conc: four test_cuda_quant processes at once (as ctest -j4); legacy: the same with
 # DR_CUDA_LEGACY_COPY=1, the unordered uploads before session 4's fix (it failed 2 of 4 runs once;
 # the race is timing-dependent). gemv: the GEMV-only bench_cuda lines (each shape also through the
@@ -46,7 +46,7 @@ if [[ "$what" == *tests* ]]; then
     timeout 120 "$b/tests/test_golden" "tests/data/$fx" --device cuda >> "$T" 2>&1 || echo "golden $fx FAILED"
   done
   grep -cE "^ok" "$T" | sed 's/^/ok lines: /'
-  grep -E "^FAIL|passed|graphs" "$T" | head -30
+  grep -E "^FAIL|passed|graphs" "$T" | head -${TESTS_LINES:-30}
   grep -E "greedy|full|incremental" "$T" | head -12
 fi
 if [[ "$what" == *conc* ]]; then # four test_cuda_quant processes at once (as ctest -j4 runs them)
@@ -360,5 +360,19 @@ if [[ "$what" == *apdet* ]]; then # session 9: the prefill flash-attention kerne
     --metrics sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,smsp__average_warps_issue_stalled_barrier_per_issue_active.ratio,smsp__average_warps_issue_stalled_long_scoreboard_per_issue_active.ratio,smsp__average_warps_issue_stalled_short_scoreboard_per_issue_active.ratio,smsp__average_warps_issue_stalled_math_pipe_throttle_per_issue_active.ratio,smsp__average_warps_issue_stalled_mio_throttle_per_issue_active.ratio,smsp__average_warps_issue_stalled_wait_per_issue_active.ratio,smsp__average_warps_issue_stalled_not_selected_per_issue_active.ratio \
     "$cli" bench --device cuda --synthetic $C/qwen3.5-35b-a3b.json --layers 4 -p 8192 -n 1 --json > "$OUT/ap_ncu.txt" 2>&1
   grep -E "^  [a-z_]+.*\(|Duration|Compute \(SM\) Throughput|L1/TEX Cache Throughput|L2 Cache Throughput|DRAM Throughput|Achieved Occupancy|Registers Per|Warp Cycles Per Issued|Issue Slots Busy|hmma|stalled" "$OUT/ap_ncu.txt" | head -40
+fi
+if [[ "$what" == *s9att* ]]; then # session 9: prefill attention with the head dim split over two warps (D = 256) against
+  # DR_CUDA_ATT_DSPLIT=0 (ap_flash_kernel<256>, before)
+  timeout 90 "$b/tests/test_cuda_prefill" > "$OUT/tcp_att.log" 2>&1
+  echo "test_cuda_prefill exit $?: $(tail -1 "$OUT/tcp_att.log")"; grep -E "^FAIL|attention" "$OUT/tcp_att.log" | head -20
+  [[ "${S9_MC:-1}" == 0 ]] || { timeout 300 compute-sanitizer --tool memcheck --leak-check full "$b/tests/test_cuda_prefill" > "$OUT/mc_att.log" 2>&1
+    echo "memcheck test_cuda_prefill exit $?: $(grep -E "ERROR SUMMARY|LEAK SUMMARY" "$OUT/mc_att.log" | head -2)"; }
+  for v in 1 0; do
+    NCU="ncu --clock-control none --cache-control none --metrics gpu__time_duration.sum --csv"
+    DR_CUDA_ATT_DSPLIT=$v timeout 200 $NCU "$cli" bench --device cuda --synthetic $C/qwen3.5-35b-a3b.json --layers 4 -p 8192 -n 1 \
+      --json > "$OUT/ncu_att_d$v.csv" 2>> "$OUT/ncu_err.log"
+    echo "== ncu prefill 4 layers, DR_CUDA_ATT_DSPLIT=$v"; python3 scripts/ncu_sum.py "$OUT/ncu_att_d$v.csv" 1 2>/dev/null | head -5
+  done
+  for v in ${S9A_ORDER:-1 0 1 0}; do DR_CUDA_ATT_DSPLIT=$v one "35B-40L-p8k-dsplit$v" --synthetic $C/qwen3.5-35b-a3b.json -p 8192 -n 4; done
 fi
 echo "total $(( $(date +%s) - t0 )) s"

@@ -28,27 +28,39 @@
 #define MOE_TOL 2e-5f
 
 
+static void test_attention_case(int T, int pos0, int nH, int nKV, int hd, float sharp, const char *path) {
+    const int n_ctx = pos0 + T;
+    size_t nq = (size_t)T * nH * hd, nkv = (size_t)n_ctx * nKV * hd;
+    float *q = rnd(nq, 1.0f), *k = rnd(nkv, 1.0f), *v = rnd(nkv, 1.0f), *o = malloc(nq * 4);
+    float *ws = malloc((size_t)(n_ctx + 1) * 4);
+    float *dq = dput(q, nq * 4), *dk = dput(k, nkv * 4), *dv = dput(v, nkv * 4), *dO = G->alloc(G->ctx, nq * 4);
+    const float scale = 1.0f / sqrtf((float)hd) * sharp;
+    C->attention(NULL, o, q, k, v, T, pos0, nH, nKV, hd, scale, ws);
+    G->attention(G->ctx, dO, dq, dk, dv, T, pos0, nH, nKV, hd, scale, NULL);
+    float *got = dget(dO, nq);
+    REPORT(rel_err(got, o, nq), ATT_TOL, "attention prefill%s T=%d pos0=%d nH=%d nKV=%d hd=%d x%.0f", path, T, pos0,
+           nH, nKV, hd, (double)sharp);
+    free(q), free(k), free(v), free(o), free(ws), free(got);
+    G->free(G->ctx, dq), G->free(G->ctx, dk), G->free(G->ctx, dv), G->free(G->ctx, dO);
+}
+
 static void test_attention(void) {
     const struct {
         int T, pos0, nH, nKV, hd;
         float sharp;
     } cs[] = {{64, 0, 4, 2, 64, 4.0f},    {100, 37, 6, 3, 40, 4.0f},  {129, 0, 8, 2, 128, 4.0f},
-              {77, 300, 16, 2, 256, 1.0f}, {200, 1000, 4, 1, 256, 4.0f}, {513, 5, 2, 2, 96, 2.0f}};
+              {77, 300, 16, 2, 256, 1.0f}, {200, 1000, 4, 1, 256, 4.0f}, {513, 5, 2, 2, 96, 2.0f},
+              {130, 0, 8, 1, 200, 4.0f},   {64, 64, 2, 1, 130, 2.0f},  {700, 0, 4, 2, 256, 4.0f}};
     for (size_t c = 0; c < sizeof cs / sizeof cs[0]; c++) {
-        const int T = cs[c].T, pos0 = cs[c].pos0, nH = cs[c].nH, nKV = cs[c].nKV, hd = cs[c].hd;
-        const int n_ctx = pos0 + T;
-        size_t nq = (size_t)T * nH * hd, nkv = (size_t)n_ctx * nKV * hd;
-        float *q = rnd(nq, 1.0f), *k = rnd(nkv, 1.0f), *v = rnd(nkv, 1.0f), *o = malloc(nq * 4);
-        float *ws = malloc((size_t)(n_ctx + 1) * 4);
-        float *dq = dput(q, nq * 4), *dk = dput(k, nkv * 4), *dv = dput(v, nkv * 4), *dO = G->alloc(G->ctx, nq * 4);
-        const float scale = 1.0f / sqrtf((float)hd) * cs[c].sharp;
-        C->attention(NULL, o, q, k, v, T, pos0, nH, nKV, hd, scale, ws);
-        G->attention(G->ctx, dO, dq, dk, dv, T, pos0, nH, nKV, hd, scale, NULL);
-        float *got = dget(dO, nq);
-        REPORT(rel_err(got, o, nq), ATT_TOL, "attention prefill T=%d pos0=%d nH=%d nKV=%d hd=%d x%.0f", T, pos0, nH,
-               nKV, hd, (double)cs[c].sharp);
-        free(q), free(k), free(v), free(o), free(ws), free(got);
-        G->free(G->ctx, dq), G->free(G->ctx, dk), G->free(G->ctx, dv), G->free(G->ctx, dO);
+        if (cs[c].hd <= 128) {
+            test_attention_case(cs[c].T, cs[c].pos0, cs[c].nH, cs[c].nKV, cs[c].hd, cs[c].sharp, "");
+            continue;
+        }
+        /* D = 256: the head-dim split over two warps (the default), then ap_flash_kernel<256> */
+        test_attention_case(cs[c].T, cs[c].pos0, cs[c].nH, cs[c].nKV, cs[c].hd, cs[c].sharp, " (head dim split)");
+        setenv("DR_CUDA_ATT_DSPLIT", "0", 1);
+        test_attention_case(cs[c].T, cs[c].pos0, cs[c].nH, cs[c].nKV, cs[c].hd, cs[c].sharp, " (one warp per 16 rows)");
+        unsetenv("DR_CUDA_ATT_DSPLIT");
     }
 }
 
