@@ -4,7 +4,7 @@
 # then the decode / prefill benches in bf16, q8 and q4 with same-call
 # baselines for the newest kernels. Logs under $OUT.
 # Usage: scripts/device_final.sh [tests] [conc] [legacy] [memcheck] [bench] [r4] [gemv] [slope] [types]
-#        [attpos] [attdec] [attblk] [pdlsw] [moek] [moencu] [ncu35] [big40] [ncu08] [p512] [quant] [qold] [prefill] [mroute] [normin] [s6] [vsold] [an16] [pdlgdn6] [routes] [s7] [attlong] [s8] [mpdet] [s9] [apdet] [s9att]
+#        [attpos] [attdec] [attblk] [pdlsw] [moek] [moencu] [ncu35] [big40] [ncu08] [p512] [quant] [qold] [prefill] [mroute] [normin] [s6] [vsold] [an16] [pdlgdn6] [routes] [s7] [attlong] [s8] [mpdet] [s9] [apdet] [attsplit]
 # conc: four test_cuda_quant processes at once (as ctest -j4); legacy: the same with
 # DR_CUDA_LEGACY_COPY=1, the unordered uploads before session 4's fix (it failed 2 of 4 runs once;
 # the race is timing-dependent). gemv: the GEMV-only bench_cuda lines (each shape also through the
@@ -361,7 +361,7 @@ if [[ "$what" == *apdet* ]]; then # session 9: the prefill flash-attention kerne
     "$cli" bench --device cuda --synthetic $C/qwen3.5-35b-a3b.json --layers 4 -p 8192 -n 1 --json > "$OUT/ap_ncu.txt" 2>&1
   grep -E "^  [a-z_]+.*\(|Duration|Compute \(SM\) Throughput|L1/TEX Cache Throughput|L2 Cache Throughput|DRAM Throughput|Achieved Occupancy|Registers Per|Warp Cycles Per Issued|Issue Slots Busy|hmma|stalled" "$OUT/ap_ncu.txt" | head -40
 fi
-if [[ "$what" == *s9att* ]]; then # session 9: prefill attention with the head dim split over two warps (D = 256) against
+if [[ "$what" == *attsplit* ]]; then # session 9: prefill attention with the head dim split over two warps (D = 256) against
   # DR_CUDA_ATT_DSPLIT=0 (ap_flash_kernel<256>, before)
   timeout 90 "$b/tests/test_cuda_prefill" > "$OUT/tcp_att.log" 2>&1
   echo "test_cuda_prefill exit $?: $(tail -1 "$OUT/tcp_att.log")"; grep -E "^FAIL|attention" "$OUT/tcp_att.log" | head -20
