@@ -1,6 +1,7 @@
 /* tests/test_cli.c - the `deltarun` command as a user runs it: help texts,
  * exit codes and messages on bad input, `generate` reproducing the golden
- * greedy tokens, `logits --split` reproducing the golden incremental logits.
+ * greedy tokens, `logits --split` reproducing the golden incremental logits,
+ * `bench` reporting what issue 4 asks for.
  * Usage: test_cli PATH_TO_DELTARUN */
 #include "golden_util.h"
 #include "test.h"
@@ -163,6 +164,96 @@ static void test_run(void) {
     CHECK(run(a, sizeof a, cmd) == 1, "--raw with --system accepted: %s", a);
 }
 
+/* `deltarun bench --json` with stderr dropped: the parsed object (NULL if
+ * the output is not one), the exit status in *rc. */
+static json_t *bench_json(char *out, size_t cap, const char *args, int *rc) {
+    char cmd[4096];
+    snprintf(cmd, sizeof cmd, "'%s' bench %s --json 2>/dev/null", g_bin, args);
+    *rc = run_sh(out, cap, cmd);
+    return json_loads(out, 0, NULL);
+}
+
+static double jnum(const json_t *o, const char *k) {
+    const json_t *v = json_object_get(o, k);
+    return json_is_number(v) ? json_number_value(v) : -1.0;
+}
+
+static int cmp_dbl(const void *a, const void *b) {
+    const double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* `deltarun bench` on two fixtures' shapes with random weights (each run also
+ * measures the machine's read bandwidth over 1 GiB): the JSON fields issue 4
+ * asks for, with values that must hold whatever the machine's speed
+ * (positive rates, decode_gb_s = bytes_per_token x decode_tok_s, the runs of
+ * --reps and their median), the table form, and clear errors. */
+static void test_bench(void) {
+    static char out[1 << 16];
+    const char *dense = "--synthetic " DR_TEST_DATA "/dense-f32/config.json";
+    char args[1024];
+    int rc;
+    CHECK(run(out, sizeof out, "bench --help") == 0 && strstr(out, "usage: deltarun bench") && strstr(out, "--reps"),
+          "bench --help: %s", out);
+
+    snprintf(args, sizeof args, "%s -p 16 -n 8 -t 2", dense);
+    json_t *j = bench_json(out, sizeof out, args, &rc);
+    CHECK(rc == 0 && j, "bench --json: rc %d, not one JSON object: %s", rc, out);
+    if (j) {
+        const char *keys[] = {"prefill_tok_s", "decode_tok_s",  "decode_gb_s",         "measured_bandwidth_gb_s",
+                              "peak_rss_mb",   "ttft_ms",       "floor_tok_s",         "weight_bytes_per_token",
+                              "bytes_per_token", "floor_fraction"};
+        for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+            const double v = jnum(j, keys[i]);
+            CHECK(v > 0 && isfinite(v), "bench --json %s = %g (want a positive number)", keys[i], v);
+        }
+        CHECK(jnum(j, "prompt_tokens") == 16 && jnum(j, "gen_tokens") == 8 && jnum(j, "threads") == 2,
+              "bench --json echoes -p 16 -n 8 -t 2: %g %g %g", jnum(j, "prompt_tokens"), jnum(j, "gen_tokens"),
+              jnum(j, "threads"));
+        const double want = jnum(j, "bytes_per_token") * jnum(j, "decode_tok_s") / 1e9, got = jnum(j, "decode_gb_s");
+        CHECK(fabs(got - want) <= 1e-3 * want + 2e-3, "decode_gb_s %g = bytes_per_token x decode_tok_s %g", got,
+              want);
+        json_decref(j);
+    }
+
+    j = bench_json(out, sizeof out, "--synthetic " DR_TEST_DATA "/moe-bf16/config.json --quant q4 -p 12 -n 4 -r 3",
+                   &rc);
+    CHECK(rc == 0 && j, "bench --quant q4 -r 3 --json: rc %d: %s", rc, out);
+    if (j) {
+        const json_t *pr = json_object_get(j, "prefill_tok_s_runs"), *dc = json_object_get(j, "decode_tok_s_runs");
+        CHECK(jnum(j, "reps") == 3 && json_array_size(pr) == 3 && json_array_size(dc) == 3,
+              "-r 3: reps %g, %zu prefill and %zu decode runs", jnum(j, "reps"), json_array_size(pr),
+              json_array_size(dc));
+        if (json_array_size(pr) == 3) {
+            double a[3];
+            for (int i = 0; i < 3; i++)
+                a[i] = json_number_value(json_array_get(pr, (size_t)i));
+            qsort(a, 3, sizeof a[0], cmp_dbl);
+            CHECK(fabs(jnum(j, "prefill_tok_s") - a[1]) <= 1e-3 * a[1] + 2e-3,
+                  "-r 3: prefill_tok_s %g is the median of the runs %g %g %g", jnum(j, "prefill_tok_s"), a[0], a[1],
+                  a[2]);
+        }
+        const char *q = json_string_value(json_object_get(j, "quant"));
+        CHECK(q && !strcmp(q, "q4") && jnum(j, "decode_tok_s") > 0, "bench q4: quant %s, decode %g", q ? q : "?",
+              jnum(j, "decode_tok_s"));
+        json_decref(j);
+    }
+
+    snprintf(args, sizeof args, "bench %s -p 8 -n 4 -r 2", dense);
+    CHECK(run(out, sizeof out, args) == 0 && strstr(out, "prefill ") && strstr(out, "runs ") && strstr(out, "floor "),
+          "bench table: %s", out);
+    CHECK(run(out, sizeof out, "bench --synthetic /nonexistent/config.json -p 8 -n 4") != 0 &&
+              strstr(out, "/nonexistent/config.json"),
+          "bench, missing config: %s", out);
+    snprintf(args, sizeof args, "bench %s -p 0", dense);
+    CHECK(run(out, sizeof out, args) == 1 && strstr(out, "-p"), "bench -p 0: %s", out);
+    snprintf(args, sizeof args, "bench %s --reps 0", dense);
+    CHECK(run(out, sizeof out, args) == 1 && strstr(out, "--reps"), "bench --reps 0: %s", out);
+    snprintf(args, sizeof args, "bench %s --quant q3 -p 4 -n 2", dense);
+    CHECK(run(out, sizeof out, args) == 1 && strstr(out, "--quant"), "bench --quant q3: %s", out);
+    CHECK(run(out, sizeof out, "bench -p 4") == 1 && strstr(out, "--synthetic"), "bench without a model: %s", out);
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
         printf("usage: test_cli PATH_TO_DELTARUN\n");
@@ -175,5 +266,6 @@ int main(int argc, char **argv) {
         test_generate(fx[i]);
     test_logits();
     test_run();
+    test_bench();
     return TEST_DONE();
 }

@@ -29,6 +29,8 @@
 #include <sys/resource.h>
 #include <time.h>
 
+#define BENCH_MAX_REPS 100 /* -r */
+
 static const char *const bench_help =
     "usage: deltarun bench (MODEL_DIR | --synthetic CONFIG.json) [options]\n"
     "\n"
@@ -54,6 +56,12 @@ static const char *const bench_help =
     "  --seed S              synthetic: weight and prompt seed (default 1)\n"
     "  -p N                  prompt tokens (default 512)\n"
     "  -n N                  decoded tokens (default 128)\n"
+    "  -r, --reps N          run the prefill and the decode N times (fresh\n"
+    "                        sessions, same weights and prompt) and report the\n"
+    "                        median of each (default 1: one cold pass, whose\n"
+    "                        prefill includes first-use costs such as scratch\n"
+    "                        allocation and, on CUDA, module loading); --json\n"
+    "                        lists every run\n"
     "  --serial              also evaluate the prompt one token at a time and\n"
     "                        report the prefill speed-up over that\n"
     "  --host-logits         decode by copying each token's logits to the host and\n"
@@ -68,7 +76,7 @@ static const char *const bench_help =
 
 typedef struct {
     const char *dir, *synthetic, *quant;
-    int layers, p, n, threads;
+    int layers, p, n, threads, reps;
     int ctx;            /* --ctx: session capacity (0: p + n + 1) */
     long seed;
     bool json, serial, bf16_dot, quant_random; /* quant_random: --quant-random */
@@ -77,7 +85,8 @@ typedef struct {
 } bench_opts;
 
 typedef struct {
-    double build_s, prefill_s, decode_s, serial_s;
+    double build_s, prefill_s, decode_s, serial_s; /* prefill_s, decode_s: the medians of the runs */
+    double prefill_runs[BENCH_MAX_REPS], decode_runs[BENCH_MAX_REPS];
     double weight_bytes, bytes, bw_gbs; /* bw_gbs: the median pass (the floor's bandwidth) */
     double bw_best_gbs;                 /* the best pass */
     long peak_rss_kb;
@@ -118,6 +127,8 @@ static int parse(int argc, char **argv, bench_opts *o) {
             rc = int_opt(argc, argv, &i, 1, 1 << 20, &o->p);
         else if (!strcmp(a, "-n"))
             rc = int_opt(argc, argv, &i, 1, 1 << 20, &o->n);
+        else if (!strcmp(a, "-r") || !strcmp(a, "--reps"))
+            rc = int_opt(argc, argv, &i, 1, BENCH_MAX_REPS, &o->reps);
         else if (!strcmp(a, "--ctx"))
             rc = int_opt(argc, argv, &i, 1, 1 << 24, &o->ctx);
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads"))
@@ -178,8 +189,9 @@ static int open_model(const bench_opts *o, dr_model **m, double *secs) {
             return dr_cli_lib_err();
     } else {
         dr_synth_params sp = {.n_layers = o->layers, .seed = (uint64_t)o->seed, .n_threads = o->threads, .mp = mp};
-        if (quant_of(o->quant, &sp))
-            return 1;
+        int rc = quant_of(o->quant, &sp);
+        if (rc)
+            return rc;
         sp.quant_random = o->quant_random && sp.quant_bits;
         fprintf(stderr, "bench: building random %s weights of %s\n", o->quant, o->synthetic);
         if (dr_model_synthetic(o->synthetic, &sp, m) != DR_OK)
@@ -272,6 +284,14 @@ static void touch_task(void *arg, int task, int thread) {
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;
     return (x > y) - (x < y);
+}
+
+/* The median of v[0..n) (the mean of the middle two for even n); v is left as is. */
+static double median(const double *v, int n) {
+    double s[BENCH_MAX_REPS];
+    memcpy(s, v, (size_t)n * sizeof *s);
+    qsort(s, (size_t)n, sizeof *s, cmp_double);
+    return n % 2 ? s[n / 2] : 0.5 * (s[n / 2 - 1] + s[n / 2]);
 }
 
 /* Read bandwidth (GB/s) of BW_REPS passes over a 1 GiB buffer with n_threads
@@ -379,8 +399,17 @@ static int run_all(dr_model *m, const bench_opts *o, bench_res *r) {
         x ^= x << 13, x ^= x >> 7, x ^= x << 17;
         ids[i] = (int32_t)(x % (uint64_t)V);
     }
-    if (!rc)
+    for (int i = 0; !rc && i < o->reps; i++) {
+        if (o->reps > 1)
+            fprintf(stderr, "bench: run %d of %d\n", i + 1, o->reps);
         rc = run_prefill_decode(m, o, ids, logits, r);
+        r->prefill_runs[i] = r->prefill_s;
+        r->decode_runs[i] = r->decode_s;
+    }
+    if (!rc) {
+        r->prefill_s = median(r->prefill_runs, o->reps);
+        r->decode_s = median(r->decode_runs, o->reps);
+    }
     if (!rc && o->serial)
         rc = run_serial(m, o, ids, logits, r);
     free(ids);
@@ -425,7 +454,13 @@ static void print_json(const bench_opts *o, const dr_model *m, const bench_res *
     if (o->serial)
         printf(", \"serial_prefill_tok_s\": %.3f, \"prefill_speedup\": %.2f", d->serial_tps,
                d->prefill_tps / d->serial_tps);
-    printf("}\n");
+    printf(", \"reps\": %d, \"prefill_tok_s_runs\": [", o->reps);
+    for (int i = 0; i < o->reps; i++)
+        printf("%s%.3f", i ? ", " : "", o->p / r->prefill_runs[i]);
+    printf("], \"decode_tok_s_runs\": [");
+    for (int i = 0; i < o->reps; i++)
+        printf("%s%.3f", i ? ", " : "", o->n / r->decode_runs[i]);
+    printf("]}\n");
 }
 
 static void print_table(const bench_opts *o, const dr_model *m, const bench_res *r, const derived *d, int thr) {
@@ -433,7 +468,17 @@ static void print_table(const bench_opts *o, const dr_model *m, const bench_res 
            o->dir ? o->dir : o->synthetic, m->hp.n_layers, o->dir ? m->info.weight_dtype : o->quant,
            (double)m->info.n_params / 1e9);
     printf("device     %s, %d threads, %s kernels\n", o->device, thr, dr_simd_level_name(dr_simd_get()->level));
-    printf("prefill    %d tokens: %.2f tok/s (time to first token %.0f ms)\n", o->p, d->prefill_tps, d->ttft_ms);
+    printf("prefill    %d tokens: %.2f tok/s (time to first token %.0f ms)%s\n", o->p, d->prefill_tps, d->ttft_ms,
+           o->reps > 1 ? ", median of the runs" : "");
+    if (o->reps > 1) {
+        printf("runs       prefill tok/s");
+        for (int i = 0; i < o->reps; i++)
+            printf(" %.2f", o->p / r->prefill_runs[i]);
+        printf("; decode tok/s");
+        for (int i = 0; i < o->reps; i++)
+            printf(" %.2f", o->n / r->decode_runs[i]);
+        printf("\n");
+    }
     if (o->serial)
         printf("serial     %d tokens one at a time: %.2f tok/s -> prefill is %.1fx faster\n", o->p, d->serial_tps,
                d->prefill_tps / d->serial_tps);
@@ -456,7 +501,7 @@ static void print_table(const bench_opts *o, const dr_model *m, const bench_res 
 int dr_cli_bench(int argc, char **argv) {
     if (dr_cli_wants_help(argc, argv))
         return fputs(bench_help, stdout), 0;
-    bench_opts o = {.quant = "bf16", .p = 512, .n = 128, .seed = 1, .device = "cpu"};
+    bench_opts o = {.quant = "bf16", .p = 512, .n = 128, .reps = 1, .seed = 1, .device = "cpu"};
     int rc = parse(argc, argv, &o);
     if (rc)
         return rc;
