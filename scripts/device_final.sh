@@ -4,7 +4,7 @@
 # then the decode / prefill benches in bf16, q8 and q4 with same-call
 # baselines for the newest kernels. Logs under $OUT.
 # Usage: scripts/device_final.sh [tests] [conc] [legacy] [memcheck] [bench] [r4] [gemv] [slope] [types]
-#        [attpos] [attdec] [attblk] [pdlsw] [moek] [moencu] [ncu35] [big40] [ncu08] [p512] [quant] [qold] [prefill] [mroute] [normin] [s6] [vsold] [an16] [pdlgdn6] [routes] [s7] [attlong] [s8] [mpdet] [s9] [apdet] [attsplit]
+#        [attpos] [attdec] [attblk] [pdlsw] [moek] [moencu] [ncu35] [big40] [ncu08] [p512] [quant] [qold] [prefill] [mroute] [normin] [s6] [vsold] [an16] [pdlgdn6] [routes] [s7] [attlong] [s8] [mpdet] [s9] [apdet] [attsplit] [s9e2e]
 # conc: four test_cuda_quant processes at once (as ctest -j4); legacy: the same with
 # DR_CUDA_LEGACY_COPY=1, the unordered uploads before session 4's fix (it failed 2 of 4 runs once;
 # the race is timing-dependent). gemv: the GEMV-only bench_cuda lines (each shape also through the
@@ -374,5 +374,20 @@ if [[ "$what" == *attsplit* ]]; then # session 9: prefill attention with the hea
     echo "== ncu prefill 4 layers, DR_CUDA_ATT_DSPLIT=$v"; python3 scripts/ncu_sum.py "$OUT/ncu_att_d$v.csv" 1 2>/dev/null | head -5
   done
   for v in ${S9A_ORDER:-1 0 1 0}; do DR_CUDA_ATT_DSPLIT=$v one "35B-40L-p8k-dsplit$v" --synthetic $C/qwen3.5-35b-a3b.json -p 8192 -n 4; done
+fi
+if [[ "$what" == *s9e2e* ]]; then # session 9's prefill (mp_gemm2 + the split-head-dim attention) against both switched off
+  # (session 8's kernels), warm medians of 3 runs (-r 3), alternated
+  old() { DR_CUDA_MOE_GEMM=1 DR_CUDA_ATT_DSPLIT=0 one "$@"; }
+  for i in 1 2; do
+    one "35B-40L-p8k-new" --synthetic $C/qwen3.5-35b-a3b.json -p 8192 -n 32 -r 3
+    old "35B-40L-p8k-old" --synthetic $C/qwen3.5-35b-a3b.json -p 8192 -n 32 -r 3
+  done
+  one "35B-40L-p512-new" --synthetic $C/qwen3.5-35b-a3b.json -p 512 -n 32 -r 3
+  old "35B-40L-p512-old" --synthetic $C/qwen3.5-35b-a3b.json -p 512 -n 32 -r 3
+  for sh in 9b 0.8b; do
+    one "$sh-p8k-new" --synthetic $C/qwen3.5-$sh.json -p 8192 -n 32 -r 3
+    old "$sh-p8k-old" --synthetic $C/qwen3.5-$sh.json -p 8192 -n 32 -r 3
+  done
+  grep -o '"prefill_tok_s_runs": \[[^]]*\]' "$OUT/bench.log" | head -20
 fi
 echo "total $(( $(date +%s) - t0 )) s"
