@@ -4,7 +4,7 @@
 # then the decode / prefill benches in bf16, q8 and q4 with same-call
 # baselines for the newest kernels. Logs under $OUT.
 # Usage: scripts/device_final.sh [tests] [conc] [legacy] [memcheck] [bench] [r4] [gemv] [slope] [types]
-#        [attpos] [attdec] [attblk] [pdlsw] [moek] [moencu] [ncu35] [big40] [ncu08] [p512] [quant] [qold] [prefill] [mroute] [normin] [s6] [vsold] [an16] [pdlgdn6] [routes] [s7] [attlong] [s8] [mpdet] [s9] [apdet] [attsplit] [s9e2e]
+#        [attpos] [attdec] [attblk] [pdlsw] [moek] [moencu] [ncu35] [big40] [ncu08] [p512] [quant] [qold] [prefill] [mroute] [normin] [s6] [vsold] [an16] [pdlgdn6] [routes] [s7] [attlong] [s8] [mpdet] [s9] [apdet] [attsplit] [pf9]
 # conc: four test_cuda_quant processes at once (as ctest -j4); legacy: the same with
 # DR_CUDA_LEGACY_COPY=1, the unordered uploads before session 4's fix (it failed 2 of 4 runs once;
 # the race is timing-dependent). gemv: the GEMV-only bench_cuda lines (each shape also through the
@@ -375,7 +375,7 @@ if [[ "$what" == *attsplit* ]]; then # session 9: prefill attention with the hea
   done
   for v in ${S9A_ORDER:-1 0 1 0}; do DR_CUDA_ATT_DSPLIT=$v one "35B-40L-p8k-dsplit$v" --synthetic $C/qwen3.5-35b-a3b.json -p 8192 -n 4; done
 fi
-if [[ "$what" == *s9e2e* ]]; then # session 9's prefill (mp_gemm2 + the split-head-dim attention) against both switched off
+if [[ "$what" == *pf9* ]]; then # session 9's prefill (mp_gemm2 + the split-head-dim attention) against both switched off
   # (session 8's kernels), warm medians of 3 runs (-r 3), alternated
   old() { DR_CUDA_MOE_GEMM=1 DR_CUDA_ATT_DSPLIT=0 one "$@"; }
   for i in 1 2; do
