@@ -11,6 +11,9 @@
  *    MMAs (hi*hi + hi*lo + lo*hi, fp32 accumulate); the online softmax
  *    (running max, sum, rescale) is fp32 in registers; P is split like the
  *    operands before P V.
+ * 3. Head dims 129-256 (D = 256) run ap_flash_dsplit_kernel instead: 8
+ *    warps per block, the head dim split over two warps per 16 rows, Q in
+ *    registers (why: at the kernel).
  *
  * Accuracy: each operand is represented to 2^-16 relative (worse case;
  * typically 2^-17), so scores and outputs carry ~1e-5 relative error

@@ -3,14 +3,14 @@
  * (semantics: ops/cpu/moe.c, MODEL.md 6.2).
  *
  * 1. Counting sort of the (token, pick) rows by expert on the GPU: counts
- *    (atomics), one thread's prefix sum (E is at most a few hundred) that
- *    also lists the 64-row tiles of every expert, a scatter. Row order
+ *    (atomics), a prefix sum (a thread per expert) that also lists the
+ *    row tiles of every expert (64 or 128 rows: the GEMM's), a scatter. Row order
  *    inside one expert does not matter: every output element is one dot
  *    product whose summation order does not depend on where its row sits.
- * 2. gate/up: one launch over (64 columns of I, tile) computes both
+ * 2. gate/up: one launch over (column blocks of I, tiles) computes both
  *    products for the tile's rows, reading x through the row map (no
  *    gather pass), and writes silu(gate) * up.
- * 3. down: one launch over (columns of H, tile).
+ * 3. down: one launch over (column blocks of H, tiles).
  *    Two kernels do 2 and 3: mp_gemm2 (128-row tiles, the default where
  *    H % 128 == 0 and I % 64 == 0; x and act as bf16 hi / lo planes) and
  *    mp_gemm (64-row tiles, fp32 x and act, split on the way in).
