@@ -93,6 +93,30 @@ static __device__ __forceinline__ void ap_load(bf16 *st, const bf16 *gKh, const 
     }
 }
 
+/* acc[2 j], acc[2 j + 1] (the n8 tiles of B rows b0 + 16 j ..) += A B^T over
+ * one k step of 16, j < NP: A as split fragments (ah, al), B's hi plane at
+ * sB and its lo plane lo elements further (row stride ST, columns k0 ..
+ * k0 + 15); three MMAs per tile, hi*hi + hi*lo + lo*hi. S = Q K^T (B = K)
+ * and O += P V (B = V^T) both go through it. */
+template <int NP, int ST>
+static __device__ __forceinline__ void ap_mma3(float (*acc)[4], const uint32_t ah[4], const uint32_t al[4],
+                                               const bf16 *sB, int lo, int b0, int k0) {
+    const int lane = threadIdx.x & 31, mi = lane >> 3, rr = lane & 7;
+#pragma unroll
+    for (int jp = 0; jp < NP; jp++) {
+        uint32_t bh[4], bl[4];
+        const bf16 *pb = sB + (b0 + jp * 16 + (mi >> 1) * 8 + rr) * ST + k0 + (mi & 1) * 8;
+        dr_ldsm4(bh, pb);
+        dr_ldsm4(bl, pb + lo);
+        dr_mma(acc[2 * jp], ah, bh);
+        dr_mma(acc[2 * jp], ah, bl);
+        dr_mma(acc[2 * jp], al, bh);
+        dr_mma(acc[2 * jp + 1], ah, bh + 2);
+        dr_mma(acc[2 * jp + 1], ah, bl + 2);
+        dr_mma(acc[2 * jp + 1], al, bh + 2);
+    }
+}
+
 /* The online softmax of one key tile (keys kb .. kb + 31) for this thread's
  * rows g and g + 8 of its warp's 16 (positions qp0, qp1; qbase: the
  * block's first): s (the m16n8 accumulators of S) scaled, masked past the
@@ -252,19 +276,7 @@ __global__ void __launch_bounds__(AP_THREADS)
             const bf16 *pa = sQh + (warp * 16 + (mi & 1) * 8 + rr) * L::QS + kk * 16 + (mi >> 1) * 8;
             dr_ldsm4(ah, pa);
             dr_ldsm4(al, pa + L::Q);
-#pragma unroll
-            for (int jp = 0; jp < 2; jp++) {
-                uint32_t bh[4], bl[4];
-                const bf16 *pb = sKh + (jp * 16 + (mi >> 1) * 8 + rr) * L::QS + kk * 16 + (mi & 1) * 8;
-                dr_ldsm4(bh, pb);
-                dr_ldsm4(bl, pb + L::K);
-                dr_mma(s[2 * jp], ah, bh);
-                dr_mma(s[2 * jp], ah, bl);
-                dr_mma(s[2 * jp], al, bh);
-                dr_mma(s[2 * jp + 1], ah, bh + 2);
-                dr_mma(s[2 * jp + 1], ah, bl + 2);
-                dr_mma(s[2 * jp + 1], al, bh + 2);
-            }
+            ap_mma3<2, L::QS>(s, ah, al, sKh, L::K, 0, kk * 16);
         }
 
         ap_softmax(s, o, m0, m1, l0, l1, kt * AP_BN, pos0 + q0, qp0, qp1, scale);
@@ -274,19 +286,7 @@ __global__ void __launch_bounds__(AP_THREADS)
         for (int kk = 0; kk < AP_BN / 16; kk++) {
             uint32_t ph[4], pl[4];
             ap_p_frag(s, kk, ph, pl);
-#pragma unroll
-            for (int jp = 0; jp < D / 16; jp++) {
-                uint32_t bh[4], bl[4];
-                const bf16 *pb = sVh + (jp * 16 + (mi >> 1) * 8 + rr) * L::VS + kk * 16 + (mi & 1) * 8;
-                dr_ldsm4(bh, pb);
-                dr_ldsm4(bl, pb + L::V);
-                dr_mma(o[2 * jp], ph, bh);
-                dr_mma(o[2 * jp], ph, bl);
-                dr_mma(o[2 * jp], pl, bh);
-                dr_mma(o[2 * jp + 1], ph, bh + 2);
-                dr_mma(o[2 * jp + 1], ph, bl + 2);
-                dr_mma(o[2 * jp + 1], pl, bh + 2);
-            }
+            ap_mma3<D / 16, L::VS>(o, ph, pl, sVh, L::V, 0, kk * 16);
         }
         __syncthreads(); /* the next iteration refills the stage read here */
     }
@@ -323,7 +323,7 @@ __global__ void __launch_bounds__(A2_THREADS, 1)
     const int qt = nqt - 1 - (int)blockIdx.x; /* the longest rows first */
     const int h = blockIdx.y, kvh = h / (nH / nKV), q0 = qt * AP_BM;
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, rg = warp & 3, dh = warp >> 2;
-    const int g = lane >> 2, t4 = lane & 3, mi = lane >> 3, rr = lane & 7;
+    const int g = lane >> 2, t4 = lane & 3;
 
     const size_t kvo = (size_t)kvh * NK * D;
     const bf16 *gKh = Kh + kvo, *gKl = Kl + kvo, *gVh = Vh + kvo, *gVl = Vl + kvo;
@@ -374,21 +374,8 @@ __global__ void __launch_bounds__(A2_THREADS, 1)
         for (int j = 0; j < 4; j++)
             s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.0f;
 #pragma unroll
-        for (int kk = 0; kk < KQ; kk++) {
-#pragma unroll
-            for (int jp = 0; jp < 2; jp++) {
-                uint32_t bh[4], bl[4];
-                const bf16 *pb = sKh + (jp * 16 + (mi >> 1) * 8 + rr) * L::QS + (dh * KQ + kk) * 16 + (mi & 1) * 8;
-                dr_ldsm4(bh, pb);
-                dr_ldsm4(bl, pb + L::K);
-                dr_mma(s[2 * jp], qh[kk], bh);
-                dr_mma(s[2 * jp], qh[kk], bl);
-                dr_mma(s[2 * jp], ql[kk], bh);
-                dr_mma(s[2 * jp + 1], qh[kk], bh + 2);
-                dr_mma(s[2 * jp + 1], qh[kk], bl + 2);
-                dr_mma(s[2 * jp + 1], ql[kk], bh + 2);
-            }
-        }
+        for (int kk = 0; kk < KQ; kk++)
+            ap_mma3<2, L::QS>(s, qh[kk], ql[kk], sKh, L::K, 0, (dh * KQ + kk) * 16);
 #pragma unroll
         for (int j = 0; j < 4; j++)
 #pragma unroll
@@ -408,19 +395,7 @@ __global__ void __launch_bounds__(A2_THREADS, 1)
         for (int kk = 0; kk < AP_BN / 16; kk++) {
             uint32_t ph[4], pl[4];
             ap_p_frag(s, kk, ph, pl);
-#pragma unroll
-            for (int jp = 0; jp < DH / 16; jp++) {
-                uint32_t bh[4], bl[4];
-                const bf16 *pb = sVh + (dh * DH + jp * 16 + (mi >> 1) * 8 + rr) * L::VS + kk * 16 + (mi & 1) * 8;
-                dr_ldsm4(bh, pb);
-                dr_ldsm4(bl, pb + L::V);
-                dr_mma(o[2 * jp], ph, bh);
-                dr_mma(o[2 * jp], ph, bl);
-                dr_mma(o[2 * jp], pl, bh);
-                dr_mma(o[2 * jp + 1], ph, bh + 2);
-                dr_mma(o[2 * jp + 1], ph, bl + 2);
-                dr_mma(o[2 * jp + 1], pl, bh + 2);
-            }
+            ap_mma3<DH / 16, L::VS>(o, ph, pl, sVh, L::V, dh * DH, kk * 16);
         }
         __syncthreads(); /* the next iteration refills the stage read here, and the partial S */
     }
