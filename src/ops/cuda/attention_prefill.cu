@@ -93,6 +93,33 @@ static __device__ __forceinline__ void ap_load(bf16 *st, const bf16 *gKh, const 
     }
 }
 
+/* Queue key tile kt + 1 (if any) into the other stage, then wait until tile
+ * kt has landed for every thread: its stage (K planes, then V^T planes). */
+template <int D, int NT>
+static __device__ __forceinline__ const bf16 *ap_next_tile(bf16 *sKV, const bf16 *gKh, const bf16 *gKl,
+                                                           const bf16 *gVh, const bf16 *gVl, int kt, int nt, int NK) {
+    if (kt + 1 < nt)
+        ap_load<D, NT>(sKV + ((kt + 1) & 1) * ap_lay<D>::STAGE, gKh, gKl, gVh, gVl, kt + 1, NK);
+    dr_cp_commit();
+    dr_cp_wait<1>();
+    __syncthreads();
+    return sKV + (kt & 1) * ap_lay<D>::STAGE;
+}
+
+/* q's elements (t, c) and (t, c + 1) of head h, split (zero past T and hd) */
+static __device__ __forceinline__ void ap_q_pair(const float *q, int t, int c, int T, int nH, int h, int hd,
+                                                 uint32_t &hi, uint32_t &lo) {
+    float a = 0.0f, b = 0.0f;
+    if (t < T) {
+        const float *qr = q + ((size_t)t * nH + h) * hd;
+        if (c < hd)
+            a = qr[c];
+        if (c + 1 < hd)
+            b = qr[c + 1];
+    }
+    dr_split2(a, b, hi, lo);
+}
+
 /* acc[2 j], acc[2 j + 1] (the n8 tiles of B rows b0 + 16 j ..) += A B^T over
  * one k step of 16, j < NP: A as split fragments (ah, al), B's hi plane at
  * sB and its lo plane lo elements further (row stride ST, columns k0 ..
@@ -235,17 +262,9 @@ __global__ void __launch_bounds__(AP_THREADS)
 
     /* Q rows q0.. of head h, split; rows past T and dims past hd are zero */
     for (int i = tid; i < AP_BM * (D / 2); i += AP_THREADS) {
-        const int r = i / (D / 2), c = (i % (D / 2)) * 2, t = q0 + r;
-        float a = 0.0f, b = 0.0f;
-        if (t < T) {
-            const float *qr = q + ((size_t)t * nH + h) * hd;
-            if (c < hd)
-                a = qr[c];
-            if (c + 1 < hd)
-                b = qr[c + 1];
-        }
+        const int r = i / (D / 2), c = (i % (D / 2)) * 2;
         uint32_t hi, lo;
-        dr_split2(a, b, hi, lo);
+        ap_q_pair(q, q0 + r, c, T, nH, h, hd, hi, lo);
         *(uint32_t *)(sQh + r * L::QS + c) = hi;
         *(uint32_t *)(sQl + r * L::QS + c) = lo;
     }
@@ -258,12 +277,7 @@ __global__ void __launch_bounds__(AP_THREADS)
     const int qp0 = pos0 + q0 + warp * 16 + g, qp1 = qp0 + 8; /* positions of this thread's two rows */
 
     for (int kt = 0; kt < nt; kt++) {
-        if (kt + 1 < nt)
-            ap_load<D>(sKV + ((kt + 1) & 1) * L::STAGE, gKh, gKl, gVh, gVl, kt + 1, NK);
-        dr_cp_commit();
-        dr_cp_wait<1>();
-        __syncthreads();
-        const bf16 *sKh = sKV + (kt & 1) * L::STAGE, *sVh = sKh + 2 * L::K;
+        const bf16 *sKh = ap_next_tile<D, AP_THREADS>(sKV, gKh, gKl, gVh, gVl, kt, nt, NK), *sVh = sKh + 2 * L::K;
 
         /* S = Q K^T: 16 rows x 32 keys per warp */
         float s[4][4];
@@ -340,16 +354,8 @@ __global__ void __launch_bounds__(A2_THREADS, 1)
     for (int kk = 0; kk < KQ; kk++)
 #pragma unroll
         for (int r = 0; r < 4; r++) {
-            const int t = r & 1 ? t1 : t0, c = dh * DH + kk * 16 + (r >> 1) * 8 + 2 * t4;
-            float a = 0.0f, b = 0.0f;
-            if (t < T) {
-                const float *qr = q + ((size_t)t * nH + h) * hd;
-                if (c < hd)
-                    a = qr[c];
-                if (c + 1 < hd)
-                    b = qr[c + 1];
-            }
-            dr_split2(a, b, qh[kk][r], ql[kk][r]);
+            const int c = dh * DH + kk * 16 + (r >> 1) * 8 + 2 * t4;
+            ap_q_pair(q, r & 1 ? t1 : t0, c, T, nH, h, hd, qh[kk][r], ql[kk][r]);
         }
 
     float o[DH / 8][4];
@@ -361,12 +367,7 @@ __global__ void __launch_bounds__(A2_THREADS, 1)
     float *mine = xb + warp * 512, *other = xb + (warp ^ 4) * 512;
 
     for (int kt = 0; kt < nt; kt++) {
-        if (kt + 1 < nt)
-            ap_load<D, A2_THREADS>(sKV + ((kt + 1) & 1) * L::STAGE, gKh, gKl, gVh, gVl, kt + 1, NK);
-        dr_cp_commit();
-        dr_cp_wait<1>();
-        __syncthreads();
-        const bf16 *sKh = sKV + (kt & 1) * L::STAGE, *sVh = sKh + 2 * L::K;
+        const bf16 *sKh = ap_next_tile<D, A2_THREADS>(sKV, gKh, gKl, gVh, gVl, kt, nt, NK), *sVh = sKh + 2 * L::K;
 
         /* partial S over this warp's dims, then the other half added */
         float s[4][4];
