@@ -4,7 +4,7 @@
 # then the decode / prefill benches in bf16, q8 and q4 with same-call
 # baselines for the newest kernels. Logs under $OUT.
 # Usage: scripts/device_final.sh [tests] [conc] [legacy] [memcheck] [bench] [r4] [gemv] [slope] [types]
-#        [attpos] [attdec] [attblk] [pdlsw] [moek] [moencu] [ncu35] [big40] [ncu08] [p512] [quant] [qold] [prefill] [mroute] [normin] [s6] [vsold] [an16] [pdlgdn6] [routes] [s7] [attlong] [s8] [mpdet] [s9] [apdet] [attsplit] [pf9]
+#        [attpos] [attdec] [attblk] [pdlsw] [moek] [moencu] [ncu35] [big40] [ncu08] [p512] [quant] [qold] [prefill] [mroute] [normin] [s6] [vsold] [an16] [pdlgdn6] [routes] [s7] [attlong] [s8] [mpdet] [s9] [apdet] [attsplit] [pf9] [cold9]
 # conc: four test_cuda_quant processes at once (as ctest -j4); legacy: the same with
 # DR_CUDA_LEGACY_COPY=1, the unordered uploads before session 4's fix (it failed 2 of 4 runs once;
 # the race is timing-dependent). gemv: the GEMV-only bench_cuda lines (each shape also through the
@@ -389,5 +389,23 @@ if [[ "$what" == *pf9* ]]; then # session 9's prefill (mp_gemm2 + the split-head
     old "$sh-p8k-old" --synthetic $C/qwen3.5-$sh.json -p 8192 -n 32 -r 3
   done
   grep -o '"prefill_tok_s_runs": \[[^]]*\]' "$OUT/bench.log" | head -20
+fi
+if [[ "$what" == *cold9* ]]; then # session 9: where a process's first prefill loses time (module loading?) + gc_prep in detail
+  for v in lazy eager lazy eager; do
+    if [[ $v == eager ]]; then export CUDA_MODULE_LOADING=EAGER; else unset CUDA_MODULE_LOADING; fi
+    one "35B-40L-p512-$v" --synthetic $C/qwen3.5-35b-a3b.json -p 512 -n 16 -r 3
+  done
+  unset CUDA_MODULE_LOADING
+  for v in lazy eager; do
+    if [[ $v == eager ]]; then export CUDA_MODULE_LOADING=EAGER; else unset CUDA_MODULE_LOADING; fi
+    one "0.8B-p512-$v" --synthetic $C/qwen3.5-0.8b.json -p 512 -n 16 -r 3
+  done
+  unset CUDA_MODULE_LOADING
+  grep -o '"build_s": [0-9.]*\|"prefill_tok_s_runs": \[[^]]*\]' "$OUT/bench.log" | paste - - | head -12
+  ncu --clock-control none --kernel-name regex:"gc_prep|gct_scan" --launch-count 2 --section SpeedOfLight --section ComputeWorkloadAnalysis \
+    --section MemoryWorkloadAnalysis --section WarpStateStats --section Occupancy --section LaunchStats \
+    --metrics sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active,sm__pipe_fma_cycles_active.avg.pct_of_peak_sustained_active,smsp__average_warps_issue_stalled_barrier_per_issue_active.ratio,smsp__average_warps_issue_stalled_long_scoreboard_per_issue_active.ratio,smsp__average_warps_issue_stalled_short_scoreboard_per_issue_active.ratio,smsp__average_warps_issue_stalled_wait_per_issue_active.ratio,smsp__average_warps_issue_stalled_mio_throttle_per_issue_active.ratio,smsp__average_warps_issue_stalled_math_pipe_throttle_per_issue_active.ratio \
+    "$cli" bench --device cuda --synthetic $C/qwen3.5-35b-a3b.json --layers 1 -p 8192 -n 1 --json > "$OUT/gc_ncu.txt" 2>&1
+  grep -E "^  [a-z_]+.*\(|Duration|Compute \(SM\) Throughput|L1/TEX Cache Throughput|L2 Cache Throughput|DRAM Throughput|Achieved Occupancy|Theoretical Occ|Registers Per|Dynamic Shared|Warp Cycles Per Issued|Issue Slots Busy|hmma|fma_cycles|stalled" "$OUT/gc_ncu.txt" | head -60
 fi
 echo "total $(( $(date +%s) - t0 )) s"
