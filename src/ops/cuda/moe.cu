@@ -241,6 +241,7 @@ static const void *const *expert_table(dr_cuda_ctx *cx, const dr_expert *ex, int
         cx->cap_bad = 1;
         return NULL;
     }
+    const bool fresh = !tb; /* a new device table: no queued kernel can read it */
     if (!tb) {
         if (cx->n_tabs == cx->cap_tabs) {
             int cap = cx->cap_tabs ? 2 * cx->cap_tabs : 64;
@@ -271,8 +272,10 @@ static const void *const *expert_table(dr_cuda_ctx *cx, const dr_expert *ex, int
         memset(tb->host, 0, 3 * (size_t)E * sizeof *tb->host); /* never matches: checked again next time */
         return NULL;
     }
-    /* kernels still queued may read the old table */
-    DR_CUDA_NOTE(cx, cudaStreamSynchronize(cx->stream));
+    /* kernels still queued may read a rewritten table's old contents; a new one needs no wait (the waits
+       held the host in each MoE layer of a process's first prefill: docs/CUDA.md, session 9) */
+    if (!fresh)
+        DR_CUDA_NOTE(cx, cudaStreamSynchronize(cx->stream));
     DR_CUDA_NOTE(cx, dr_cuda_h2d(cx, tb->dev, tb->host, 3 * (size_t)E * sizeof(void *)));
     return cx->failed ? NULL : (const void *const *)tb->dev;
 nomem:
