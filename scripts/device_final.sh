@@ -390,7 +390,7 @@ if [[ "$what" == *pf9* ]]; then # session 9's prefill (mp_gemm2 + the split-head
   done
   grep -o '"prefill_tok_s_runs": \[[^]]*\]' "$OUT/bench.log" | head -20
 fi
-if [[ "$what" == *cold9* ]]; then # session 9: where a process's first prefill loses time (module loading?) + gc_prep in detail
+if [[ "$what" == *cold9* ]]; then # session 9: a process's first prefill with lazy vs eager module loading (no difference), + gc_prep in detail
   for v in lazy eager lazy eager; do
     if [[ $v == eager ]]; then export CUDA_MODULE_LOADING=EAGER; else unset CUDA_MODULE_LOADING; fi
     one "35B-40L-p512-$v" --synthetic $C/qwen3.5-35b-a3b.json -p 512 -n 16 -r 3
