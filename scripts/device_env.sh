@@ -4,7 +4,8 @@
 # $OUT, unpack the .debs carried in .debs/ into /tmp/deps and point
 # pkg-config and the loader at them, put nvcc on PATH. Then
 # `dr_device_build DIR TARGET...` configures (Release, CUDA for sm_90a) and
-# builds, logging to $OUT and stopping the script on failure.
+# builds, logging to $OUT and stopping the script on failure
+# (DR_CMAKE_EXTRA: more configure flags, e.g. -DDR_CUDA_TIMELINE=ON).
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 OUT="${OUT:-/tmp/dr_out}"
@@ -20,7 +21,7 @@ export PATH="/usr/local/cuda/bin:$PATH"
 dr_device_build() {
   local dir="$1"; shift
   cmake -S "$root" -B "$dir" -DCMAKE_BUILD_TYPE=Release -DDR_WERROR=OFF -DDR_CUDA=ON \
-    -DCMAKE_CUDA_ARCHITECTURES=90a > "$OUT/cmake.log" 2>&1 || { tail -20 "$OUT/cmake.log"; exit 1; }
+    -DCMAKE_CUDA_ARCHITECTURES=90a ${DR_CMAKE_EXTRA:-} > "$OUT/cmake.log" 2>&1 || { tail -20 "$OUT/cmake.log"; exit 1; }
   make -C "$dir" -j"$(nproc)" "$@" > "$OUT/build.log" 2>&1 ||
     { grep -E "error" "$OUT/build.log" | head -40; exit 1; }
 }

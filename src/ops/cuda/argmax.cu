@@ -24,6 +24,7 @@ static __device__ __forceinline__ unsigned long long am_key(float v, int i) {
 /* st: device [0] key, [1] blocks done; out: device int32. */
 __global__ void __launch_bounds__(AM_THREADS) argmax_kernel(const float *__restrict__ x, int n,
                                                             unsigned long long *st, int32_t *out) {
+    DR_TL_SCOPE();
     __shared__ unsigned long long wbest[AM_THREADS / 32];
     __shared__ int last;
     unsigned long long best = 0;

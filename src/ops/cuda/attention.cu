@@ -57,6 +57,7 @@ static const float *rope_table(dr_cuda_ctx *cx, int d_rot, float theta) {
 
 __global__ void rope_kernel(float *x, const float *inv, int T, int n_heads, int d_head, int half, int pos0,
                             const int32_t *dpos) {
+    DR_TL_SCOPE();
     if (dpos) /* an open single-token step: the position is in device memory */
         pos0 = *dpos;
     const size_t n = (size_t)T * n_heads * half;
@@ -140,6 +141,7 @@ template <int R, bool U4>
 __global__ void __launch_bounds__(32 * ATT_WARPS)
     attn_split_kernel(float *out, float *part, float *ml, const float *q, const float *kc, const float *vc, int pos0,
                       int nH, int nKV, int hd, float scale, int nsplit, int split_len, const int32_t *dpos) {
+    DR_TL_SCOPE();
     const int h = blockIdx.x, t = blockIdx.y, sp = blockIdx.z;
     if (dpos) /* an open single-token step: slices past the last key stay empty */
         pos0 = *dpos;
@@ -243,6 +245,7 @@ __global__ void __launch_bounds__(32 * ATT_WARPS)
 /* Merge the slices of one (t, h) row: out = sum_s exp(m_s - M) o_s / sum_s exp(m_s - M) l_s. */
 __global__ void attn_merge_kernel(float *out, const float *part, const float *ml, int nH, int hd, int nsplit,
                                   const float *gate) {
+    DR_TL_SCOPE();
     const size_t row = (size_t)blockIdx.y * nH + blockIdx.x;
     const float *mlr = ml + row * nsplit * 2;
     float M = -INFINITY;
@@ -377,6 +380,7 @@ __global__ void __launch_bounds__(32 * ATT_WARPS)
     attn_decode_kernel(float *out, float *part, float *ml, const float *q, const float *kc, const float *vc,
                        int pos0, int nH, int nKV, int hd, float scale, int nsplit, int split_len,
                        const int32_t *dpos, const float *gate) {
+    DR_TL_SCOPE();
     const int h = blockIdx.x, sp = blockIdx.y;
     if (dpos) /* an open single-token step: slices past the last key stay empty */
         pos0 = *dpos;
@@ -543,6 +547,7 @@ void dr_cuda_attention(void *ctx, float *out, const float *q, const float *k_cac
 __global__ void attn_prep_kernel(float *q, float *gate, float *k, float *kc, float *vc, const float *qg, const float *v,
                                  const float *qn, const float *kn, const float *inv, int T, int pos0, int nH, int nKV,
                                  int hd, int half, float eps, const int32_t *dpos) {
+    DR_TL_SCOPE();
     if (dpos)
         pos0 = *dpos;
     __shared__ float sh[32], row[256];
@@ -686,6 +691,7 @@ __global__ void __launch_bounds__(32 * ATT_WARPS)
                       float *kc, float *vc, const float *qnw, const float *knw, const float *inv, int pos0,
                       const int32_t *dpos, int nH, int nKV, int hd, int half, float eps, float scale, int nsplit,
                       int split_len) {
+    DR_TL_SCOPE();
     __shared__ float rot[ATT_WARPS][256], fs[AB_MAX_SPLIT], sh[32];
     __shared__ int last;
     dr_pdl_trigger();

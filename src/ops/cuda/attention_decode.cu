@@ -9,6 +9,7 @@
 /* k_cache[pos0 + t] = k[t], v_cache[pos0 + t] = v[t] (rows of kv_row floats) */
 __global__ void kv_store_kernel(float *__restrict__ kc, float *__restrict__ vc, const float *__restrict__ k,
                                 const float *__restrict__ v, size_t n, int kv_row, int pos0, const int32_t *dpos) {
+    DR_TL_SCOPE();
     if (dpos)
         pos0 = *dpos;
     const size_t off = (size_t)pos0 * kv_row;

@@ -240,6 +240,64 @@ static void cu_weight_free(void *ctx, dr_tensor *t) {
     t->dev = NULL;
 }
 
+/* ---- timeline (measurement builds only: timeline.cuh) ---- */
+
+#ifdef DR_CUDA_TIMELINE
+#define TL_UNITS 32
+#define TL_CAP (1u << 22) /* records (192 MiB) */
+static dr_tl_binder tl_units[TL_UNITS];
+static int tl_n_units;
+static dr_tl_rec *tl_buf;
+static unsigned *tl_count;
+
+int dr_tl_register(dr_tl_binder b) {
+    if (tl_n_units < TL_UNITS)
+        tl_units[tl_n_units++] = b;
+    return 0;
+}
+
+/* Allocate the record buffer and point every unit's kernels at it when
+ * DR_CUDA_TIMELINE names a file (one backend at a time). */
+static void tl_start(void) {
+    if (!getenv("DR_CUDA_TIMELINE") || tl_buf)
+        return;
+    if (cudaMalloc(&tl_buf, (size_t)TL_CAP * sizeof *tl_buf) != cudaSuccess ||
+        cudaMalloc(&tl_count, sizeof *tl_count) != cudaSuccess) {
+        fprintf(stderr, "timeline: no device memory for the records\n");
+        return;
+    }
+    cudaMemset(tl_count, 0, sizeof *tl_count);
+    for (int i = 0; i < tl_n_units; i++)
+        tl_units[i](tl_buf, tl_count, TL_CAP);
+    cudaDeviceSynchronize();
+}
+
+static void tl_dump(void) {
+    const char *path = getenv("DR_CUDA_TIMELINE");
+    if (!tl_buf || !path)
+        return;
+    unsigned n = 0;
+    cudaDeviceSynchronize();
+    cudaMemcpy(&n, tl_count, sizeof n, cudaMemcpyDeviceToHost);
+    const unsigned keep = n < TL_CAP ? n : TL_CAP;
+    dr_tl_rec *h = (dr_tl_rec *)malloc((size_t)keep * sizeof *h + 1);
+    FILE *f = fopen(path, "wb");
+    if (h && f && cudaMemcpy(h, tl_buf, (size_t)keep * sizeof *h, cudaMemcpyDeviceToHost) == cudaSuccess)
+        fwrite(h, sizeof *h, keep, f);
+    if (f)
+        fclose(f);
+    fprintf(stderr, "timeline: %u records to %s (%u dropped)\n", keep, path, n - keep);
+    free(h);
+    for (int i = 0; i < tl_n_units; i++)
+        tl_units[i](NULL, NULL, 0);
+    cudaFree(tl_buf), cudaFree(tl_count);
+    tl_buf = NULL, tl_count = NULL;
+}
+#else
+static void tl_start(void) {}
+static void tl_dump(void) {}
+#endif
+
 /* ---- lifecycle ---- */
 
 static void cu_destroy(dr_ops *self) {
@@ -250,6 +308,7 @@ static void cu_destroy(dr_ops *self) {
         cudaSetDevice(cx->device);
         if (cx->stream)
             cudaStreamSynchronize(cx->stream);
+        tl_dump();
         for (int i = 0; i < DR_SCR_N; i++)
             cudaFree(cx->scr[i]);
         for (int i = 0; i < cx->n_tabs; i++)
@@ -306,6 +365,7 @@ extern "C" dr_status dr_ops_cuda_create(const dr_backend_params *p, dr_ops **out
             break;
         }
         cx->n_sm = prop.multiProcessorCount;
+        tl_start();
         {
             const char *pe = getenv("DR_CUDA_PDL");
             cx->pdl = prop.major >= 9 && !(pe && pe[0] == '0');

@@ -7,6 +7,10 @@
 set(DR_CUDA "AUTO" CACHE STRING "Build the CUDA backend: AUTO, ON or OFF")
 set_property(CACHE DR_CUDA PROPERTY STRINGS AUTO ON OFF)
 
+# DR_CUDA_TIMELINE: a measurement build whose kernels record a per-block
+# timeline (ops/cuda/timeline.cuh, scripts/timeline.py); never for use.
+option(DR_CUDA_TIMELINE "Record a kernel timeline (measurement builds only)" OFF)
+
 set(DR_CUDA_SOURCES)
 set(DR_CUDA_ENABLED OFF)
 string(TOUPPER "${DR_CUDA}" _dr_cuda_mode)
@@ -75,5 +79,8 @@ function(dr_cuda_setup target)
   endif()
   set_target_properties(${target} PROPERTIES COMPILE_OPTIONS "${_new}")
   target_compile_definitions(${target} PUBLIC DR_WITH_CUDA=1)
+  if(DR_CUDA_TIMELINE)
+    target_compile_definitions(${target} PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:DR_CUDA_TIMELINE=1>)
+  endif()
   target_link_libraries(${target} PUBLIC CUDA::cudart CUDA::cublas)
 endfunction()

@@ -19,6 +19,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "ops/cuda/timeline.cuh"
+
 extern "C" {
 #include "ops/ops.h"
 #include "util/status.h"
@@ -247,6 +249,7 @@ static __device__ __forceinline__ void dr_pdl_wait(void) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
+    DR_TL_WAITED();
 }
 static __device__ __forceinline__ void dr_pdl_trigger(void) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900

@@ -15,6 +15,7 @@ static unsigned grid_for(const dr_cuda_ctx *cx, size_t n) {
 /* y = x / sqrt(mean(x^2) + eps) * gain; in place allowed (each element is
  * read and written by one thread, after the reduction). */
 __global__ void rmsnorm_kernel(float *y, const float *x, const float *gain, int n, float eps, int late) {
+    DR_TL_SCOPE();
     if (!late)
         dr_pdl_trigger(); /* the next GEMV may start streaming its weights */
     dr_pdl_wait();        /* launched early (PDL): x is written by the previous kernel */
@@ -31,6 +32,7 @@ __global__ void rmsnorm_kernel(float *y, const float *x, const float *gain, int 
 }
 
 __global__ void gated_rmsnorm_kernel(float *y, const float *x, const float *z, const float *w, int n, float eps) {
+    DR_TL_SCOPE();
     dr_pdl_trigger(); /* the next GEMV may start streaming its weights */
     __shared__ float sh[32];
     const size_t off = (size_t)blockIdx.x * n;
@@ -47,6 +49,7 @@ __global__ void gated_rmsnorm_kernel(float *y, const float *x, const float *z, c
  * pre-norm in one pass; the same sums as add + rmsnorm). */
 __global__ void add_rmsnorm_kernel(float *x, const float *d, float *y, const float *gain, int n, float eps,
                                    int late) {
+    DR_TL_SCOPE();
     if (!late)
         dr_pdl_trigger(); /* the next GEMV may start streaming its weights */
     dr_pdl_wait();        /* launched early (PDL): d is written by the previous kernel */
@@ -114,20 +117,25 @@ void dr_cuda_gated_rmsnorm(void *ctx, float *y, const float *x, const float *z, 
 }
 
 __global__ void add_kernel(float *y, const float *x, size_t n) {
+    DR_TL_SCOPE();
     GRID_STRIDE(i, n) y[i] += x[i];
 }
 __global__ void swiglu_kernel(float *out, const float *gate, const float *up, size_t n) {
+    DR_TL_SCOPE();
     dr_pdl_trigger();
     GRID_STRIDE(i, n) out[i] = dr_dev_silu(gate[i]) * up[i];
 }
 __global__ void sigmoid_mul_kernel(float *x, const float *gate, size_t n) {
+    DR_TL_SCOPE();
     dr_pdl_trigger();
     GRID_STRIDE(i, n) x[i] *= dr_dev_sigmoid(gate[i]);
 }
 __global__ void sigmoid_scale_rows_kernel(float *y, const float *s, size_t n, int cols) {
+    DR_TL_SCOPE();
     GRID_STRIDE(i, n) y[i] *= dr_dev_sigmoid(s[i / cols]);
 }
 __global__ void split_halves_kernel(float *a, float *b, const float *x, size_t n, int cols) {
+    DR_TL_SCOPE();
     GRID_STRIDE(i, n) {
         size_t r = i / cols, c = i % cols;
         a[i] = x[r * 2 * cols + c];
@@ -136,6 +144,7 @@ __global__ void split_halves_kernel(float *a, float *b, const float *x, size_t n
 }
 /* round to nearest even, NaN kept quiet (as dr_f32_to_bf16) */
 __global__ void round_bf16_kernel(float *x, size_t n) {
+    DR_TL_SCOPE();
     GRID_STRIDE(i, n) {
         unsigned u = __float_as_uint(x[i]);
         if ((u & 0x7fffffffu) > 0x7f800000u)

@@ -24,6 +24,7 @@
 /* out[t, ch] = silu(sum_j w[ch, j] * in(t - (K-1) + j)); in(s) for s < 0 comes
  * from the conv state (row s + K). */
 __global__ void conv_out_kernel(float *out, const float *m, const float *st, const float *w, int T, int C, int K) {
+    DR_TL_SCOPE();
     const size_t n = (size_t)T * C;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
         const int t = (int)(i / C), ch = (int)(i % C);
@@ -44,6 +45,7 @@ __global__ void conv_out_kernel(float *out, const float *m, const float *st, con
 #define CONV_TT 32
 __global__ void conv_out4_kernel(float *__restrict__ out, const float *__restrict__ m, const float *__restrict__ st,
                                  const float *__restrict__ w, int T, int C) {
+    DR_TL_SCOPE();
     const int ch = blockIdx.x * blockDim.x + threadIdx.x;
     if (ch >= C)
         return;
@@ -74,6 +76,7 @@ __global__ void conv_out4_kernel(float *__restrict__ out, const float *__restric
 /* New state row j = input at time T - K + j (old state row j + T when < 0).
  * One thread per channel reads all K first, so the update is in place. */
 __global__ void conv_state_kernel(float *st, const float *m, int T, int C, int K) {
+    DR_TL_SCOPE();
     const int ch = blockIdx.x * blockDim.x + threadIdx.x;
     if (ch >= C)
         return;
@@ -111,6 +114,7 @@ void dr_cuda_gdn_conv(void *ctx, float *out, const float *m, float *conv_state, 
 
 __global__ void gates_kernel(float *beta, float *g, const float *b, const float *a, const float *A_log,
                              const float *dt_bias, int n, int Hv) {
+    DR_TL_SCOPE();
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
         const int j = i % Hv;
         const float x = a[i] + dt_bias[j];
@@ -137,6 +141,7 @@ template <int R>
 __global__ void __launch_bounds__(128)
     delta_rule_kernel(float *__restrict__ o, const float *__restrict__ qkv, const float *__restrict__ beta,
                       const float *__restrict__ g, float *__restrict__ state, int Hk, int Hv, int dk, int dv, int T) {
+    DR_TL_SCOPE();
     const int lane = threadIdx.x & 31, rg = lane >> 3, cc = lane & 7;
     const int warp = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     const int wph = (dv + 7) / 8; /* warps per head */

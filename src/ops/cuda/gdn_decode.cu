@@ -70,6 +70,7 @@ __global__ void __launch_bounds__(1024)
                       float *__restrict__ state, const float *__restrict__ cw, int K, const float *__restrict__ A_log,
                       const float *__restrict__ dt_bias, const float *__restrict__ nw, int Hk, int Hv, int dk, int dv,
                       float eps, int *cnt, int pdl) {
+    DR_TL_SCOPE();
     __shared__ float sq[GD_MAX], sk[GD_MAX], sv[GD_MAX], so[GD_MAX], red[32];
     __shared__ int last;
     /* round 3 (pdl 1 or 2): launched early, so wait; out_proj's GEMV may start streaming its weights
@@ -256,6 +257,7 @@ __global__ void __launch_bounds__(GD_T)
                              const float *__restrict__ A_log, const float *__restrict__ dt_bias,
                              const float *__restrict__ nw, int Hk, int Hv, int dk, int dv, float eps, int *cnt, int pdl,
                              int S, int G) {
+    DR_TL_SCOPE();
 #ifdef GD_SM90
     constexpr int P = 32 / W, NW = GD_T / 32;
     __shared__ float sq[GD_MAX], sk[GD_MAX], sv[W], so[P][W], su[P][W], red[2][NW], part[GD_MAX_S];

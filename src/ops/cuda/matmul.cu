@@ -88,6 +88,7 @@ struct gemv_set {
 template <typename WT, int MT>
 __global__ void __launch_bounds__(256) gemv_kernel(const gemv_set set, const float *__restrict__ x, int T, int n,
                                                    int vec, int ks) {
+    DR_TL_SCOPE();
     __shared__ float part[8][MT];
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
     const int rpb = 8 / ks, wr = w / ks, sl = w - wr * ks;
@@ -320,6 +321,7 @@ static __device__ __forceinline__ void gemv_set_rows(const gemv_set &set, int r0
 template <typename WT, int MT, int R, int U>
 __global__ void __launch_bounds__(256) gemv_rows_kernel(const gemv_set set, const float *__restrict__ x, int T,
                                                         int n) {
+    DR_TL_SCOPE();
     constexpr int E = wvec<WT>::N;
     dr_pdl_trigger();
     const int lane = threadIdx.x & 31;
@@ -397,6 +399,7 @@ static __device__ __forceinline__ void gn_stage(float *sx, const float *x, const
 template <typename WT, int R, int U>
 __global__ void __launch_bounds__(256, 3) gemv_rows_norm_kernel(const gemv_set set, const float *x,
                                                              const float *__restrict__ gain, int n, float eps) {
+    DR_TL_SCOPE();
     constexpr int E = wvec<WT>::N;
     extern __shared__ float4 gn_x[];
     __shared__ float sh[32];
@@ -428,6 +431,7 @@ template <typename WT, int MT, int P, bool NORM = false>
 __global__ void __launch_bounds__(256) gemv_swiglu_kernel(float *__restrict__ out, const WT *gate, const WT *up,
                                                           const float *x, int T, int d, int n,
                                                           const float *__restrict__ gain, float eps) {
+    DR_TL_SCOPE();
     constexpr int E = wvec<WT>::N, R = 2 * P;
     extern __shared__ float4 gs_x[];
     __shared__ float sh[32];
@@ -472,6 +476,7 @@ __global__ void __launch_bounds__(256) gemv_add_norm_kernel(float *x, float *__r
                                                             const float *__restrict__ a,
                                                             const float *__restrict__ gain, int T, int d, int n,
                                                             float eps, unsigned *cnt) {
+    DR_TL_SCOPE();
     constexpr int E = wvec<WT>::N;
     __shared__ float sh[32], wsq[8][MT], inv[MT];
     __shared__ int last;
@@ -794,6 +799,7 @@ bool dr_cuda_matmul_add_rmsnorm(void *ctx, float *x, float *xn, const float *a, 
 template <typename WT>
 __global__ void __launch_bounds__(256) gemm_tiled_kernel(float *__restrict__ y, const float *__restrict__ x,
                                                          const WT *__restrict__ W, int T, int d, int n) {
+    DR_TL_SCOPE();
     __shared__ float xs[TK][TB + 4]; /* x tile, k-major */
     __shared__ float ws[TK][TB + 4]; /* widened W tile, k-major */
     const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
@@ -849,6 +855,7 @@ static void tiled_launch(dr_cuda_ctx *cx, float *y, const float *x, const WT *W,
 
 /* hi = bf16(x), lo = bf16(x - hi) */
 __global__ void split_bf16_kernel(__nv_bfloat16 *hi, __nv_bfloat16 *lo, const float *x, size_t n) {
+    DR_TL_SCOPE();
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
         float v = x[i];
         __nv_bfloat16 h = __float2bfloat16_rn(v);
@@ -1051,6 +1058,7 @@ void dr_cuda_matmul_n(void *ctx, int n_w, float *const *ys, const float *x, cons
 /* ---- embedding ---- */
 
 __global__ void embed_kernel(float *x, const void *E, dr_dtype dt, const int32_t *ids, int H) {
+    DR_TL_SCOPE();
     const int t = blockIdx.y;
     const size_t row = (size_t)ids[t];
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < H; i += gridDim.x * blockDim.x)

@@ -42,6 +42,7 @@ static __device__ __forceinline__ void route_best_shfl(int &best, float &bv) {
 }
 
 __global__ void route_kernel(int32_t *idx, float *wts, const float *logits, int T, int E, int k, int renorm) {
+    DR_TL_SCOPE();
     dr_pdl_trigger(); /* round 3: the expert kernels may be scheduled */
     dr_pdl_wait();    /* launched early (PDL): the logits come from the GEMV before */
     const int lane = threadIdx.x & 31;
@@ -166,6 +167,7 @@ static __device__ __forceinline__ void route_warp(const float *l, int E, int k, 
 
 template <int PER>
 __global__ void route_reg_kernel(int32_t *idx, float *wts, const float *logits, int T, int E, int k, int renorm) {
+    DR_TL_SCOPE();
     dr_pdl_trigger(); /* round 3: the expert kernels may be scheduled */
     dr_pdl_wait();    /* launched early (PDL): the logits come from the GEMV before */
     const int lane = threadIdx.x & 31;
@@ -311,6 +313,7 @@ static __device__ __forceinline__ float warp_dot(const void *w, dr_dtype dt, con
 /* act[r, i] = silu(gate_e[i] . x_t) * (up_e[i] . x_t), r = t*k + j, e = idx[r] */
 __global__ void moe_gate_up_kernel(float *act, const float *x, const int32_t *idx, const void *const *tab, int E,
                                    dr_dtype dt, int k, int H, int I) {
+    DR_TL_SCOPE();
     const int r = blockIdx.y;
     const int i = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (i >= I)
@@ -328,6 +331,7 @@ __global__ void moe_gate_up_kernel(float *act, const float *x, const int32_t *id
 /* out[r, h] = down_e[h] . act[r] */
 __global__ void moe_down_kernel(float *out, const float *act, const int32_t *idx, const void *const *tab, int E,
                                 dr_dtype dt, int H, int I) {
+    DR_TL_SCOPE();
     const int r = blockIdx.y;
     const int h = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (h >= H)
@@ -344,6 +348,7 @@ __global__ void moe_down_kernel(float *out, const float *act, const int32_t *idx
  * pos = NULL: row t*k + j. */
 __global__ void moe_combine_kernel(float *y, const float *out, const float *wts, const int32_t *pos, int T, int k,
                                    int H) {
+    DR_TL_SCOPE();
     const size_t n = (size_t)T * H;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
         const size_t t = i / H, h = i % H;
@@ -358,6 +363,7 @@ __global__ void moe_combine_kernel(float *y, const float *out, const float *wts,
 
 /* xg[r] = x[tok[r] / k] */
 __global__ void moe_gather_kernel(float *xg, const float *x, const int32_t *tk, int R, int k, int H) {
+    DR_TL_SCOPE();
     const size_t n = (size_t)R * H;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
         const size_t r = i / H, h = i % H;
@@ -366,6 +372,7 @@ __global__ void moe_gather_kernel(float *xg, const float *x, const int32_t *tk, 
 }
 
 __global__ void moe_swiglu_kernel(float *g, const float *u, size_t n) {
+    DR_TL_SCOPE();
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
         g[i] = dr_dev_silu(g[i]) * u[i];
 }
@@ -462,6 +469,7 @@ static __device__ __forceinline__ void md_stage_x(float4 *sx, const float *x, in
 __global__ void __launch_bounds__(256) moe_gu_bf16_kernel(float *__restrict__ act, const float *x, const int32_t *idx,
                                                           const void *const *__restrict__ tab, int E, int k, int H,
                                                           int I) {
+    DR_TL_SCOPE();
     extern __shared__ float4 md_sx[];
     dr_pdl_trigger(); /* the down kernel may start: it prefetches only the shared expert's weights */
     dr_pdl_wait();    /* idx (router) and x come from earlier kernels */
@@ -523,6 +531,7 @@ __global__ void __launch_bounds__(256, 5) moe_gu_route_bf16_kernel(float *__rest
                                                                 int H, int I, int *ready, int R,
                                                                 const uint4 *__restrict__ sgw,
                                                                 const uint4 *__restrict__ suw, int Is) {
+    DR_TL_SCOPE();
     extern __shared__ float4 md_sx[];
     __shared__ int pick;
     if ((int)blockIdx.y >= R) { /* the shared expert of token blockIdx.y - R: rows Is, output after the picks' */
@@ -606,6 +615,7 @@ __global__ void __launch_bounds__(256) moe_down_bf16_kernel(float *__restrict__ 
                                                             int I, int acc_y, const uint4 *__restrict__ shd,
                                                             const float *shg, const float *shu, const float *shs,
                                                             int Is, const int *ready, const float *sha) {
+    DR_TL_SCOPE();
     extern __shared__ float4 md_sa[]; /* [k * I] activations, then [Is] shared-expert activations */
     dr_pdl_trigger();
     const int lane = threadIdx.x & 31, t = blockIdx.y;

@@ -1,0 +1,100 @@
+/* ops/cuda/timeline.cuh - a per-block timeline of the kernels a run
+ * launches, for finding where a replayed decode step spends its time
+ * (docs/CUDA.md, "Session 10"). A measurement build only: with the CMake
+ * option DR_CUDA_TIMELINE=ON (default OFF) and DR_CUDA_TIMELINE=FILE in the
+ * environment, thread 0 of every block of an instrumented kernel writes one
+ * record (launch id, kernel, block, SM, %globaltimer at its start, when its
+ * PDL wait returned, at its end); the records are written to FILE when the
+ * backend is destroyed and scripts/timeline.py turns them into a table.
+ * In normal builds DR_TL_SCOPE() is empty.
+ *
+ * The cost when on: one atomic per block (issued at the start, its result
+ * used only at the end) and one 48-byte store per block. */
+#ifndef DR_OPS_CUDA_TIMELINE_CUH
+#define DR_OPS_CUDA_TIMELINE_CUH
+
+#ifdef DR_CUDA_TIMELINE
+
+#include <cuda_runtime.h>
+
+typedef struct {
+    unsigned long long grid;   /* %gridid: the same for every block of one launch */
+    unsigned long long t0, tw, t1; /* ns: block start, PDL wait returned (0: none), block end */
+    unsigned kid;              /* file hash << 16 | source line of DR_TL_SCOPE */
+    unsigned block, smid, nblocks;
+} dr_tl_rec;
+
+/* Host side (backend.cu): every translation unit registers its binder. */
+typedef void (*dr_tl_binder)(dr_tl_rec *buf, unsigned *count, unsigned cap);
+int dr_tl_register(dr_tl_binder b);
+
+static __device__ dr_tl_rec *dr_tl_buf_;
+static __device__ unsigned *dr_tl_count_;
+static __device__ unsigned dr_tl_cap_;
+static __shared__ unsigned long long dr_tl_waited_;
+
+static void dr_tl_bind_(dr_tl_rec *buf, unsigned *count, unsigned cap) {
+    cudaMemcpyToSymbol(dr_tl_buf_, &buf, sizeof buf);
+    cudaMemcpyToSymbol(dr_tl_count_, &count, sizeof count);
+    cudaMemcpyToSymbol(dr_tl_cap_, &cap, sizeof cap);
+}
+static const int dr_tl_registered_ = dr_tl_register(dr_tl_bind_);
+
+static __host__ __device__ constexpr unsigned dr_tl_hash(const char *s) { /* FNV-1a of the file's base name */
+    const char *b = s;
+    for (const char *p = s; *p; p++)
+        if (*p == '/')
+            b = p + 1;
+    unsigned h = 2166136261u;
+    for (const char *p = b; *p; p++)
+        h = (h ^ (unsigned char)*p) * 16777619u;
+    return h;
+}
+
+static __device__ __forceinline__ unsigned long long dr_tl_now(void) {
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+
+struct dr_tl_scope {
+    unsigned long long t0;
+    unsigned slot, kid;
+    __device__ __forceinline__ explicit dr_tl_scope(unsigned k) : t0(0), slot(~0u), kid(k) {
+        if (threadIdx.x + threadIdx.y + threadIdx.z == 0 && dr_tl_count_) {
+            t0 = dr_tl_now();
+            dr_tl_waited_ = 0;
+            slot = atomicAdd(dr_tl_count_, 1u);
+        }
+    }
+    __device__ __forceinline__ ~dr_tl_scope() {
+        if (slot >= dr_tl_cap_)
+            return;
+        dr_tl_rec r;
+        asm volatile("mov.u64 %0, %%gridid;" : "=l"(r.grid));
+        asm volatile("mov.u32 %0, %%smid;" : "=r"(r.smid));
+        r.t0 = t0;
+        r.tw = dr_tl_waited_;
+        r.t1 = dr_tl_now();
+        r.kid = kid;
+        r.block = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
+        r.nblocks = gridDim.x * gridDim.y * gridDim.z;
+        dr_tl_buf_[slot] = r;
+    }
+};
+
+#define DR_TL_SCOPE()                                                                                \
+    constexpr unsigned dr_tl_k_ = (dr_tl_hash(__FILE__) << 16) | (unsigned)__LINE__;                \
+    dr_tl_scope dr_tl_s_(dr_tl_k_)
+#define DR_TL_WAITED()                                                                               \
+    do {                                                                                             \
+        if (threadIdx.x + threadIdx.y + threadIdx.z == 0)                                            \
+            dr_tl_waited_ = dr_tl_now();                                                             \
+    } while (0)
+
+#else
+#define DR_TL_SCOPE() ((void)0)
+#define DR_TL_WAITED() ((void)0)
+#endif
+
+#endif
