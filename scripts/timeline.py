@@ -19,7 +19,7 @@ import struct
 import sys
 from collections import Counter, defaultdict
 
-REC = struct.Struct("<QQQQIIII")
+REC = struct.Struct("<QQQQQQQQIIII")
 
 
 def fnv(name):
@@ -52,8 +52,8 @@ def launches(path):
     by = defaultdict(list)
     data = open(path, "rb").read()
     for off in range(0, len(data) - REC.size + 1, REC.size):
-        g, t0, tw, t1, kid, blk, sm, nb = REC.unpack_from(data, off)
-        by[g].append((t0, tw, t1, kid, nb))
+        g, t0, tw, t1, m0, m1, m2, m3, kid, blk, sm, nb = REC.unpack_from(data, off)
+        by[g].append((t0, tw, t1, kid, nb, (m0, m1, m2, m3)))
     groups = []
     for rs in by.values():  # split a %gridid that repeats (graph replays) at gaps of > 100 us
         rs.sort()
@@ -69,7 +69,8 @@ def launches(path):
         tws = [r[1] for r in rs if r[1]]
         out.append(dict(kid=rs[0][3], n=len(rs), nb=rs[0][4], t0=min(r[0] for r in rs),
                         tw=min(tws) if tws else None, tw1=max(tws) if tws else None,
-                        t1=max(r[2] for r in rs)))
+                        t1=max(r[2] for r in rs),
+                        marks=[max((r[5][k] for r in rs if r[5][k]), default=None) for k in range(4)]))
     out.sort(key=lambda l: l["t0"])
     return out
 
@@ -128,6 +129,20 @@ def main():
     print("\ncritical-path time per kernel (sum of 'adds' over the step, us):")
     for k, v in sorted(per_kernel.items(), key=lambda kv: -kv[1]):
         print("  %-30s %8.1f" % (k, v))
+    marks = defaultdict(list)
+    for s_ in keep:
+        for l in s_:
+            if any(m is not None for m in l["marks"]):
+                ref = l["tw"] if l["tw"] else l["t0"]
+                marks[l["name"]].append([(m - ref) / 1e3 if m else None for m in l["marks"]] + [(l["t1"] - ref) / 1e3])
+    if marks:
+        print("\nDR_TL_MARK points, latest block, us after the first wait (or start); medians:")
+        for k, v in marks.items():
+            cols = []
+            for i in range(5):
+                xs = [r[i] for r in v if r[i] is not None]
+                cols.append("%7.2f" % med(xs) if xs else "      -")
+            print("  %-30s %s   (end)" % (k, " ".join(cols)))
     return 0
 
 

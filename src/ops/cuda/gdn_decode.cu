@@ -317,6 +317,7 @@ __global__ void __launch_bounds__(GD_T)
     float o0 = 0.0f;
     if (tid < n)
         o0 = one(tid);
+    DR_TL_MARK(0, o0);
     if (clu)
         gd_wait(); /* phase 0 complete: every CTA of the cluster runs */
     if (tid < n)
@@ -328,6 +329,7 @@ __global__ void __launch_bounds__(GD_T)
         gd_wait();
     } else
         __syncthreads();
+    DR_TL_MARK(1, sq[0]);
     /* This CTA has read its q/k channels: count it. Its last thread (no global stores of its own so far,
        so the fence waits for little) keeps the ticket; its first use is at the end, so the atomic's round
        trip overlaps the rest. */
@@ -387,6 +389,7 @@ __global__ void __launch_bounds__(GD_T)
     }
     ov += __shfl_xor_sync(0xffffffffu, ov, 8);
     ov += __shfl_xor_sync(0xffffffffu, ov, 16);
+    DR_TL_MARK(2, ov);
     if (rg == 0)
         so[rp][cl] = ov;
     __syncthreads();
@@ -412,6 +415,7 @@ __global__ void __launch_bounds__(GD_T)
         gd_wait();
     } else
         __syncthreads();
+    DR_TL_MARK(3, part[0]);
     if (tid < nvc) {
         float tot = 0.0f;
         for (int r = 0; r < S; r++) /* rank order: the same total in every CTA of the head */

@@ -492,6 +492,7 @@ __global__ void __launch_bounds__(256) gemv_add_norm_kernel(float *x, float *__r
     }
     float acc[R][MT];
     gemv_rows_dot<WT, MT, R, U>(wp, a, T, n, acc);
+    DR_TL_MARK(0, acc[0][0]);
     float sq[MT];
 #pragma unroll
     for (int t = 0; t < MT; t++) {
@@ -524,6 +525,7 @@ __global__ void __launch_bounds__(256) gemv_add_norm_kernel(float *x, float *__r
     if (threadIdx.x == 0)
         last = atomicAdd(cnt, 1u) == gridDim.x - 1;
     __syncthreads();
+    DR_TL_MARK(1, (float)last);
     if (!last)
         return;
     __threadfence();
@@ -537,6 +539,7 @@ __global__ void __launch_bounds__(256) gemv_add_norm_kernel(float *x, float *__r
             inv[t] = 1.0f / sqrtf(ss / (float)d + eps);
     }
     __syncthreads();
+    DR_TL_MARK(2, inv[0]);
     for (int t = 0; t < T; t++) {
         const float *xr = x + (size_t)t * d, iv = inv[t];
         float *yr = xn + (size_t)t * d;

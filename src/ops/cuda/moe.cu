@@ -652,6 +652,7 @@ __global__ void __launch_bounds__(256) moe_down_bf16_kernel(float *__restrict__ 
                         : dr_dev_silu(shg[(size_t)t * Is + c]) * shu[(size_t)t * Is + c];
     }
     __syncthreads();
+    DR_TL_MARK(0, md_sa[0].x);
     float acc = acc_y && live ? y[(size_t)t * H + h] : 0.0f;
     for (int j0 = 0;;) {
         float d[MD_J];
@@ -687,6 +688,7 @@ __global__ void __launch_bounds__(256) moe_down_bf16_kernel(float *__restrict__ 
             break;
         md_down_rows(dw, w, it, tab, E, k, j0, (size_t)h * nv, lane, nv);
     }
+    DR_TL_MARK(1, acc);
     if (sr) {
         const float4 *sa = md_sa + (size_t)k * I / 4;
         float s = 0.0f;
@@ -702,6 +704,7 @@ __global__ void __launch_bounds__(256) moe_down_bf16_kernel(float *__restrict__ 
         }
         acc += dr_warp_sum(s) * dr_dev_sigmoid(shs[t]);
     }
+    DR_TL_MARK(2, acc);
     if (live && lane == 0)
         y[(size_t)t * H + h] = acc;
 }

@@ -20,6 +20,7 @@
 typedef struct {
     unsigned long long grid;   /* %gridid: the same for every block of one launch */
     unsigned long long t0, tw, t1; /* ns: block start, PDL wait returned (0: none), block end */
+    unsigned long long tm[4];  /* ns: DR_TL_MARK(k, v) points of thread 0 (0: not reached) */
     unsigned kid;              /* file hash << 16 | source line of DR_TL_SCOPE */
     unsigned block, smid, nblocks;
 } dr_tl_rec;
@@ -31,7 +32,7 @@ int dr_tl_register(dr_tl_binder b);
 static __device__ dr_tl_rec *dr_tl_buf_;
 static __device__ unsigned *dr_tl_count_;
 static __device__ unsigned dr_tl_cap_;
-static __shared__ unsigned long long dr_tl_waited_;
+static __shared__ unsigned long long dr_tl_waited_, dr_tl_mark_[4];
 
 static void dr_tl_bind_(dr_tl_rec *buf, unsigned *count, unsigned cap) {
     cudaMemcpyToSymbol(dr_tl_buf_, &buf, sizeof buf);
@@ -64,6 +65,7 @@ struct dr_tl_scope {
         if (threadIdx.x + threadIdx.y + threadIdx.z == 0 && dr_tl_count_) {
             t0 = dr_tl_now();
             dr_tl_waited_ = 0;
+            dr_tl_mark_[0] = dr_tl_mark_[1] = dr_tl_mark_[2] = dr_tl_mark_[3] = 0;
             slot = atomicAdd(dr_tl_count_, 1u);
         }
     }
@@ -76,6 +78,8 @@ struct dr_tl_scope {
         r.t0 = t0;
         r.tw = dr_tl_waited_;
         r.t1 = dr_tl_now();
+        for (int k = 0; k < 4; k++)
+            r.tm[k] = dr_tl_mark_[k];
         r.kid = kid;
         r.block = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
         r.nblocks = gridDim.x * gridDim.y * gridDim.z;
@@ -92,8 +96,22 @@ struct dr_tl_scope {
             dr_tl_waited_ = dr_tl_now();                                                             \
     } while (0)
 
+/* Thread 0's time once v (a float it computed) is known: the timer read
+ * depends on v, so it cannot run before the loads behind v return. */
+#define DR_TL_MARK(k, v)                                                                             \
+    do {                                                                                             \
+        if (threadIdx.x + threadIdx.y + threadIdx.z == 0) {                                          \
+            float dr_tl_v_ = (v);                                                                    \
+            asm volatile("" : "+f"(dr_tl_v_));                                                       \
+            unsigned long long dr_tl_t_;                                                             \
+            asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(dr_tl_t_) : "f"(dr_tl_v_));             \
+            dr_tl_mark_[k] = dr_tl_t_;                                                               \
+        }                                                                                            \
+    } while (0)
+
 #else
 #define DR_TL_SCOPE() ((void)0)
+#define DR_TL_MARK(k, v) ((void)0)
 #define DR_TL_WAITED() ((void)0)
 #endif
 
