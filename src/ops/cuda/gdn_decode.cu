@@ -278,14 +278,16 @@ __global__ void __launch_bounds__(GD_T)
     const bool cok = c < dv;
     const int v0 = sl * W, nvc = min(W, dv - v0);
 
-    /* 1. every independent load first: the state slice, gates, z, norm weight */
-    float *Sh = state + (size_t)j * dk * dv;
+    /* 1. every independent load first: the state slice, gates, z, norm weight. The thread's state rows
+       are i0 + 4 P r (r < R); nr of them lie below dk (0 past dv). One base pointer and a fixed stride,
+       so each load and store is one address add (recomputing the row index per access cost ~1 us of
+       instructions per launch: docs/CUDA.md, session 10). */
+    const int i0 = rp * 4 + rg, nk = (dk - i0 + 4 * P - 1) / (4 * P), nr = cok ? nk : 0, rstep = 4 * P * dv;
+    float *sth = state + (size_t)j * dk * dv + (size_t)i0 * dv + c;
     float st[R];
 #pragma unroll
-    for (int r = 0; r < R; r++) {
-        const int i = (r * P + rp) * 4 + rg;
-        st[r] = (cok && i < dk) ? Sh[(size_t)i * dv + c] : 0.0f;
-    }
+    for (int r = 0; r < R; r++)
+        st[r] = r < nr ? sth[r * rstep] : 0.0f;
     const float av = a[j], bv = b[j], dtb = dt_bias[j], al = A_log[j];
     float zv = 0.0f, nwv = 0.0f;
     if (tid < nvc) {
@@ -362,11 +364,11 @@ __global__ void __launch_bounds__(GD_T)
 
     /* 4. the delta rule on the slice */
     float u = 0.0f;
+    const float *skp = sk + i0, *sqp = sq + i0;
 #pragma unroll
     for (int r = 0; r < R; r++) {
-        const int i = (r * P + rp) * 4 + rg;
         st[r] *= decay;
-        u += st[r] * ((i < dk ? sk[i] : 0.0f) * ik);
+        u += st[r] * ((r < nk ? skp[4 * P * r] : 0.0f) * ik);
     }
     u += __shfl_xor_sync(0xffffffffu, u, 8);
     u += __shfl_xor_sync(0xffffffffu, u, 16);
@@ -383,9 +385,8 @@ __global__ void __launch_bounds__(GD_T)
     float ov = 0.0f;
 #pragma unroll
     for (int r = 0; r < R; r++) {
-        const int i = (r * P + rp) * 4 + rg;
-        st[r] += ((i < dk ? sk[i] : 0.0f) * ik) * dl;
-        ov += st[r] * ((i < dk ? sq[i] : 0.0f) * iq); /* read after the update */
+        st[r] += ((r < nk ? skp[4 * P * r] : 0.0f) * ik) * dl;
+        ov += st[r] * ((r < nk ? sqp[4 * P * r] : 0.0f) * iq); /* read after the update */
     }
     ov += __shfl_xor_sync(0xffffffffu, ov, 8);
     ov += __shfl_xor_sync(0xffffffffu, ov, 16);
@@ -425,11 +426,9 @@ __global__ void __launch_bounds__(GD_T)
     }
     /* the global stores only now: a cluster barrier's release would wait for them */
 #pragma unroll
-    for (int r = 0; r < R; r++) {
-        const int i = (r * P + rp) * 4 + rg;
-        if (cok && i < dk)
-            Sh[(size_t)i * dv + c] = st[r];
-    }
+    for (int r = 0; r < R; r++)
+        if (r < nr)
+            sth[r * rstep] = st[r];
     for (int e = tid; e < n; e += GD_T)
         if (e >= nq || shq) {
             const int ch = gd_channel(e < nq ? q0 + e : 2 * dk + v0 + e - nq, kh, j, Hk, dk, dv);
