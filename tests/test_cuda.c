@@ -536,18 +536,10 @@ static void moe_ref(const moe_w *mw, const float *x, int T, int k, bool with_sh,
     free(ws);
 }
 
-/* The pre-norm handed to moe_decode: the raw residual stream on the device,
- * the gain on the device, and the CPU's RMSNorm of the stream (the input the
- * CPU results were made from). */
-typedef struct {
-    const float *dx, *dgain, *xn;
-} moe_norm_in;
-
 /* One moe_decode call on device x against the CPU results: logits, picks,
- * weights, y; then again with acc (added to what y holds). With ni, the
- * slot gets the raw stream and the gain and must also write xn. */
+ * weights, y; then again with acc (added to what y holds). */
 static void moe_decode_check(const moe_w *mw, const float *dx, int T, int k, bool with_sh, const float *lg,
-                             const int32_t *idx, const float *w, const float *y, const moe_norm_in *ni) {
+                             const int32_t *idx, const float *w, const float *y) {
     const int E = mw->E, H = mw->H, IS = mw->IS;
     float *dl = G->alloc(G->ctx, (size_t)T * E * 4);
     float *dsg = G->alloc(G->ctx, (size_t)T * IS * 4), *dsu = G->alloc(G->ctx, (size_t)T * IS * 4);
@@ -557,16 +549,8 @@ static void moe_decode_check(const moe_w *mw, const float *dx, int T, int k, boo
     int32_t *di = G->alloc(G->ctx, (size_t)T * k * 4);
     const dr_moe_shared sh = {&mw->shg, &mw->shu, &mw->shs, &mw->shd, dsg, dsu, dss};
     const dr_moe_shared *shp = with_sh ? &sh : NULL;
-    float *dxn = ni ? G->alloc(G->ctx, (size_t)T * H * 4) : NULL;
-    const float *xin = ni ? ni->dx : dx, *gain = ni ? ni->dgain : NULL;
-    const bool done = G->moe_decode(G->ctx, dy, di, dw, dl, &mw->rw, xin, mw->ex, E, T, k, true, H, mw->I, shp, false,
-                                    gain, 1e-6f, dxn);
+    const bool done = G->moe_decode(G->ctx, dy, di, dw, dl, &mw->rw, dx, mw->ex, E, T, k, true, H, mw->I, shp, false);
     CHECK(done, "moe_decode T=%d: handled by the fused kernels", T);
-    if (ni) {
-        float *gxn = dget(dxn, (size_t)T * H);
-        REPORT(rel_err(gxn, ni->xn, (size_t)T * H), TOL, "moe_decode T=%d H=%d: the pre-norm it writes", T, H);
-        free(gxn);
-    }
     float *glg = dget(dl, (size_t)T * E);
     REPORT(rel_err(glg, lg, (size_t)T * E), TOL, "moe_decode T=%d E=%d: router logits", T, E);
     int32_t *gi = malloc((size_t)T * k * 4);
@@ -578,17 +562,15 @@ static void moe_decode_check(const moe_w *mw, const float *dx, int T, int k, boo
            mw->I, with_sh ? IS : 0);
     /* acc: added to what y holds (the residual add folded in) */
     float *da = dput(junk, (size_t)T * H * 4), *want = malloc((size_t)T * H * 4);
-    G->moe_decode(G->ctx, da, di, dw, dl, &mw->rw, xin, mw->ex, E, T, k, true, H, mw->I, shp, true, gain, 1e-6f, dxn);
+    G->moe_decode(G->ctx, da, di, dw, dl, &mw->rw, dx, mw->ex, E, T, k, true, H, mw->I, shp, true);
     for (size_t i = 0; i < (size_t)T * H; i++)
         want[i] = junk[i] + y[i];
     float *gota = dget(da, (size_t)T * H);
-    REPORT(rel_err(gota, want, (size_t)T * H), TOL, "moe_decode bf16 T=%d E=%d k=%d shared %d%s, added to y", T, E,
-           k, with_sh ? IS : 0, ni ? ", pre-norm in" : "");
+    REPORT(rel_err(gota, want, (size_t)T * H), TOL, "moe_decode bf16 T=%d E=%d k=%d shared %d, added to y", T, E,
+           k, with_sh ? IS : 0);
     free(junk), free(glg), free(gi), free(got), free(gw), free(want), free(gota);
     G->free(G->ctx, dl), G->free(G->ctx, dsg), G->free(G->ctx, dsu), G->free(G->ctx, dss);
     G->free(G->ctx, dy), G->free(G->ctx, dw), G->free(G->ctx, di), G->free(G->ctx, da);
-    if (dxn)
-        G->free(G->ctx, dxn);
 }
 
 /* The fused decode MoE block (moe_decode: router and shared projections,
@@ -612,17 +594,9 @@ static void moe_decode_shape(int E, int H, int I, int IS, int K) {
             int32_t *idx = malloc((size_t)T * k * 4);
             float *dx = dput(x, (size_t)T * H * 4);
             moe_ref(&mw, x, T, k, with_sh, lg, idx, w, y);
-            moe_decode_check(&mw, dx, T, k, with_sh, lg, idx, w, y, NULL);
-            /* the pre-norm in the slot (session 10): x above is RMSNorm(xr; g) of a raw stream xr; T = 1
-               takes the norm GEMV that writes xn, T > 1 the norm kernel before it */
-            float *xr = rnd((size_t)T * H, 3.0f), *g = rnd((size_t)H, 1.0f);
-            C->rmsnorm(NULL, x, xr, g, T, H, 1e-6f);
-            moe_ref(&mw, x, T, k, with_sh, lg, idx, w, y);
-            float *dxr = dput(xr, (size_t)T * H * 4), *dg = dput(g, (size_t)H * 4);
-            const moe_norm_in ni = {dxr, dg, x};
-            moe_decode_check(&mw, dx, T, k, with_sh, lg, idx, w, y, &ni);
-            free(x), free(y), free(lg), free(w), free(idx), free(xr), free(g);
-            G->free(G->ctx, dx), G->free(G->ctx, dxr), G->free(G->ctx, dg);
+            moe_decode_check(&mw, dx, T, k, with_sh, lg, idx, w, y);
+            free(x), free(y), free(lg), free(w), free(idx);
+            G->free(G->ctx, dx);
         }
     moe_w_free(&mw, hs);
 }
@@ -652,7 +626,7 @@ static void test_moe_decode_ties(void) {
         lead &= idx[q] == tied[q];
     CHECK(lead, "moe_decode ties: the CPU picks the tied experts first, lowest id first (%d %d %d %d)", idx[0], idx[1],
           idx[2], idx[3]);
-    moe_decode_check(&mw, dx, 1, k, true, lg, idx, w, y, NULL);
+    moe_decode_check(&mw, dx, 1, k, true, lg, idx, w, y);
     free(x), free(y), free(lg), free(w), free(idx);
     G->free(G->ctx, dx);
     moe_w_free(&mw, hs);

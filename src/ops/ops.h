@@ -211,10 +211,7 @@ struct dr_ops {
     /* (optional, NULL or false: the router and shared projections, then
        moe_route, zero, moe_experts, and the shared expert's swiglu, matmul,
        sigmoid_scale_rows and add) The MoE block of a few decode tokens,
-       fused. With gain (not NULL), x is the residual stream and the slot
-       first makes xn = RMSNorm(x; gain) (written: the block's pre-norm
-       folded in), then uses xn as x below; gain NULL: xn unused.
-       logits [T, E] = router x (scratch the slot writes); idx, wts =
+       fused: logits [T, E] = router x (scratch the slot writes); idx, wts =
        moe_route(logits); y [T, H] = sum_j wts[t, j] * expert_{idx[t, j]}(x)
        (j in pick order) + sigmoid(sh->gate_s x) * sh->down(silu(sh->gate x)
        * sh->up x) (sh NULL: no shared expert). y is written (acc: added to,
@@ -222,11 +219,7 @@ struct dr_ops {
        when the backend does not handle the shape or dtypes. */
     bool (*moe_decode)(void *ctx, float *y, int32_t *idx, float *wts, float *logits, const dr_tensor *router,
                        const float *x, const dr_expert *experts, int E, int T, int k, bool renorm, int H, int I,
-                       const dr_moe_shared *sh, bool acc, const float *gain, float eps, float *xn);
-    /* Whether a decode step should hand moe_decode its pre-norm (gain) rather
-       than make xn in the block before (the output projection then ends with
-       the residual add alone). */
-    bool moe_decode_norm;
+                       const dr_moe_shared *sh, bool acc);
 };
 
 enum { DR_STEP_RUN = 0, DR_STEP_RECORD = 1, DR_STEP_REPLAYED = 2 };

@@ -441,10 +441,6 @@ extern "C" void dr_cuda_fill_table(dr_ops *o) {
     o->moe_route = dr_cuda_moe_route;
     o->moe_experts = dr_cuda_moe_experts;
     o->moe_decode = dr_cuda_moe_decode;
-    { /* DR_CUDA_MOE_NORM=0: the pre-norm made by the output projection's last block (a same-run baseline) */
-        const char *e = getenv("DR_CUDA_MOE_NORM");
-        o->moe_decode_norm = !(e && e[0] == '0');
-    }
     o->kv_store = dr_cuda_kv_store;
     o->matmul_n = dr_cuda_matmul_n;
     o->add_rmsnorm = dr_cuda_add_rmsnorm;

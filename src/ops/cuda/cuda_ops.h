@@ -34,8 +34,6 @@ bool dr_cuda_matmul_swiglu(void *ctx, float *out, const float *x, const dr_tenso
                            const float *gain, float eps);
 bool dr_cuda_rmsnorm_matmul_n(void *ctx, int n_w, float *const *ys, const float *x, const float *gain, float eps,
                               const dr_tensor *const *ws, int T);
-bool dr_cuda_rmsnorm_matmul_xn(void *ctx, int n_w, float *const *ys, const float *x, const float *gain, float eps,
-                               const dr_tensor *const *ws, int T, float *xn_out);
 bool dr_cuda_matmul_add_rmsnorm(void *ctx, float *x, float *xn, const float *a, const dr_tensor *w, const float *gain,
                                 int T, float eps);
 
@@ -96,7 +94,7 @@ void dr_cuda_moe_experts(void *ctx, float *y, const float *x, const int32_t *idx
                          const dr_expert *experts, int E, int T, int k, int H, int I, float *ws);
 bool dr_cuda_moe_decode(void *ctx, float *y, int32_t *idx, float *wts, float *logits, const dr_tensor *router,
                         const float *x, const dr_expert *experts, int E, int T, int k, bool renorm, int H, int I,
-                        const dr_moe_shared *sh, bool acc, const float *gain, float eps, float *xn);
+                        const dr_moe_shared *sh, bool acc);
 
 /* argmax.cu */
 bool dr_cuda_argmax(void *ctx, int32_t *out, const float *x, int n);

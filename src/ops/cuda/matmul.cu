@@ -396,12 +396,9 @@ static __device__ __forceinline__ void gn_stage(float *sx, const float *x, const
  * memory). At most 80 registers, 3 blocks per SM (session 6): the 386 blocks
  * of the 35B-A3B's GDN input projections then run as one wave (2 per SM at
  * 102 registers left a second wave; decode +2%, 9B +0.7%). */
-/* xn_out (not NULL): the norm is written there too, each block its share,
- * for kernels after this one that read RMSNorm(x) (the MoE block: session 10). */
 template <typename WT, int R, int U>
 __global__ void __launch_bounds__(256, 3) gemv_rows_norm_kernel(const gemv_set set, const float *x,
-                                                             const float *__restrict__ gain, int n, float eps,
-                                                             float *__restrict__ xn_out) {
+                                                             const float *__restrict__ gain, int n, float eps) {
     DR_TL_SCOPE();
     constexpr int E = wvec<WT>::N;
     extern __shared__ float4 gn_x[];
@@ -415,14 +412,7 @@ __global__ void __launch_bounds__(256, 3) gemv_rows_norm_kernel(const gemv_set s
     int ld[R];
     gemv_set_rows<R>(set, r0, n / E, wp, yp, ld);
     float acc[R][1];
-    gemv_rows_dot<WT, 1, R, U, true>(wp, sx, 1, n, acc, [&]() {
-        gn_stage(sx, x, gain, n, eps, sh);
-        if (xn_out) {
-            const int per = (n + gridDim.x - 1) / gridDim.x, e1 = min(n, (int)(blockIdx.x + 1) * per);
-            for (int i = blockIdx.x * per + threadIdx.x; i < e1; i += blockDim.x)
-                xn_out[i] = sx[i];
-        }
-    });
+    gemv_rows_dot<WT, 1, R, U, true>(wp, sx, 1, n, acc, [&]() { gn_stage(sx, x, gain, n, eps, sh); });
 #pragma unroll
     for (int r = 0; r < R; r++)
         if (lane == 0 && yp[r])
@@ -977,28 +967,22 @@ void dr_cuda_matmul(void *ctx, float *y, const float *x, const dr_tensor *w, int
 
 /* gemv_rows_norm_kernel over a set, rows per warp as gemv_rows_pick */
 template <typename WT> static void norm_set_launch(dr_cuda_ctx *cx, const gemv_set &set, const float *x,
-                                                   const float *gain, int n, float eps, float *xn_out) {
+                                                   const float *gain, int n, float eps) {
     const int rows = set.row0[set.nm], R = rows_per_warp(cx, rows, 1);
     const dim3 grid(dr_cdiv((size_t)rows, (size_t)(8 * R))), block(256);
     const size_t smem = (size_t)n * sizeof(float);
     if (R == 4)
-        dr_cuda_launch(cx, true, gemv_rows_norm_kernel<WT, 4, 2>, grid, block, smem, set, x, gain, n, eps, xn_out);
+        dr_cuda_launch(cx, true, gemv_rows_norm_kernel<WT, 4, 2>, grid, block, smem, set, x, gain, n, eps);
     else if (R == 2)
-        dr_cuda_launch(cx, true, gemv_rows_norm_kernel<WT, 2, 4>, grid, block, smem, set, x, gain, n, eps, xn_out);
+        dr_cuda_launch(cx, true, gemv_rows_norm_kernel<WT, 2, 4>, grid, block, smem, set, x, gain, n, eps);
     else
-        dr_cuda_launch(cx, true, gemv_rows_norm_kernel<WT, 1, 8>, grid, block, smem, set, x, gain, n, eps, xn_out);
+        dr_cuda_launch(cx, true, gemv_rows_norm_kernel<WT, 1, 8>, grid, block, smem, set, x, gain, n, eps);
 }
 
 /* The decode GEMV's conditions (fusable: T = 1 here) for every matrix, one
  * dtype and width, x at most GN_MAX_N wide. */
 bool dr_cuda_rmsnorm_matmul_n(void *ctx, int n_w, float *const *ys, const float *x, const float *gain, float eps,
                               const dr_tensor *const *ws, int T) {
-    return dr_cuda_rmsnorm_matmul_xn(ctx, n_w, ys, x, gain, eps, ws, T, NULL);
-}
-
-/* The same, and (xn_out not NULL) RMSNorm(x; gain) written to xn_out. */
-bool dr_cuda_rmsnorm_matmul_xn(void *ctx, int n_w, float *const *ys, const float *x, const float *gain, float eps,
-                               const dr_tensor *const *ws, int T, float *xn_out) {
     dr_cuda_ctx *cx = (dr_cuda_ctx *)ctx;
     if (!norm_in_mode() || T != 1 || n_w < 1 || n_w > GEMV_SETS)
         return false;
@@ -1017,11 +1001,11 @@ bool dr_cuda_rmsnorm_matmul_xn(void *ctx, int n_w, float *const *ys, const float
     }
     set.nm = n_w;
     if (dt == DR_DT_BF16)
-        norm_set_launch<__nv_bfloat16>(cx, set, x, gain, (int)n, eps, xn_out);
+        norm_set_launch<__nv_bfloat16>(cx, set, x, gain, (int)n, eps);
     else if (dt == DR_DT_F16)
-        norm_set_launch<__half>(cx, set, x, gain, (int)n, eps, xn_out);
+        norm_set_launch<__half>(cx, set, x, gain, (int)n, eps);
     else
-        norm_set_launch<float>(cx, set, x, gain, (int)n, eps, xn_out);
+        norm_set_launch<float>(cx, set, x, gain, (int)n, eps);
     return true;
 }
 

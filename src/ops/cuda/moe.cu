@@ -959,27 +959,9 @@ static bool bf16_rows_ok(const dr_tensor *w, long rows, long cols) {
            cols % 8 == 0 && (uintptr_t)w->dev % 16 == 0;
 }
 
-/* The MoE block's first GEMV pass (router, shared-expert gate, maybe its
- * gate / up) over *x; with gain, over RMSNorm(*x; gain), which the GEMV
- * blocks make for themselves and write to xn (no kernel of its own, and
- * the output projection before ends with the residual add alone: session
- * 10), or a norm kernel first where that GEMV does not apply. *x is then xn. */
-static void router_pass(dr_cuda_ctx *cx, int n_w, float *const *ys, const float **x, const dr_tensor *const *ws,
-                        int T, const float *gain, float eps, float *xn) {
-    if (gain && dr_cuda_rmsnorm_matmul_xn(cx, n_w, ys, *x, gain, eps, ws, T, xn)) {
-        *x = xn;
-        return;
-    }
-    if (gain) {
-        dr_cuda_rmsnorm(cx, xn, *x, gain, T, (int)ws[0]->ne[ws[0]->ndim - 1], eps);
-        *x = xn;
-    }
-    dr_cuda_matmul_n(cx, n_w, ys, *x, ws, T);
-}
-
 bool dr_cuda_moe_decode(void *ctx, float *y, int32_t *idx, float *wts, float *logits, const dr_tensor *router,
                         const float *x, const dr_expert *experts, int E, int T, int k, bool renorm, int H, int I,
-                        const dr_moe_shared *sh, bool acc, const float *gain, float eps, float *xn) {
+                        const dr_moe_shared *sh, bool acc) {
     dr_cuda_ctx *cx = (dr_cuda_ctx *)ctx;
     if (!cx->moe_dec || T < 1 || T > MOE_GEMV_T || E <= 0 || k < 1 || k > E || k > ROUTE_MAX_K || !router->dev ||
         router->ndim != 2 || router->ne[0] != E || router->ne[1] != H)
@@ -992,7 +974,7 @@ bool dr_cuda_moe_decode(void *ctx, float *y, int32_t *idx, float *wts, float *lo
             return false;
         Is = (int)d->ne[1];
     }
-    if (!experts_fast_ok(cx, experts, gain ? xn : x, k, H, I, Is) || (gain && (!xn || xn == x)))
+    if (!experts_fast_ok(cx, experts, x, k, H, I, Is))
         return false;
     const void *const *tab = expert_table(cx, experts, E);
     if (!tab) /* failed (recorded) or first use while recording (the step runs again) */
@@ -1007,7 +989,7 @@ bool dr_cuda_moe_decode(void *ctx, float *y, int32_t *idx, float *wts, float *lo
     if (sh) { /* router, scalar gate (and the shared projections unless the gate/up kernel makes them): one pass */
         float *const ys[4] = {logits, sh->ws_s, sh->ws_gate, sh->ws_up};
         const dr_tensor *const ws[4] = {router, sh->gate_s, sh->gate, sh->up};
-        router_pass(cx, shgu ? 2 : 4, ys, &x, ws, T, gain, eps, xn);
+        dr_cuda_matmul_n(ctx, shgu ? 2 : 4, ys, x, ws, T);
         ms.down = (const uint4 *)sh->down->dev;
         ms.s = sh->ws_s;
         ms.Is = Is;
@@ -1016,7 +998,7 @@ bool dr_cuda_moe_decode(void *ctx, float *y, int32_t *idx, float *wts, float *lo
         else
             ms.gate = sh->ws_gate, ms.up = sh->ws_up;
     } else {
-        router_pass(cx, 1, &logits, &x, &router, T, gain, eps, xn);
+        dr_cuda_matmul(ctx, logits, x, router, T);
     }
     const md_route rt = {logits, renorm ? 1 : 0, idx, wts};
     if (!in_gu)
