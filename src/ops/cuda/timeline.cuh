@@ -2,14 +2,15 @@
  * launches, for finding where a replayed decode step spends its time
  * (docs/CUDA.md, "Session 10"). A measurement build only: with the CMake
  * option DR_CUDA_TIMELINE=ON (default OFF) and DR_CUDA_TIMELINE=FILE in the
- * environment, thread 0 of every block of an instrumented kernel writes one
- * record (launch id, kernel, block, SM, %globaltimer at its start, when its
- * PDL wait returned, at its end); the records are written to FILE when the
- * backend is destroyed and scripts/timeline.py turns them into a table.
+ * environment, every block of an instrumented kernel writes one record
+ * (launch id, kernel, block, SM, %globaltimer at its start, when its PDL
+ * wait returned, when its last warp ended, DR_TL_MARK points); the records
+ * are written to FILE when the backend is destroyed and scripts/timeline.py
+ * turns them into a table.
  * In normal builds DR_TL_SCOPE() is empty.
  *
- * The cost when on: one atomic per block (issued at the start, its result
- * used only at the end) and one 48-byte store per block. */
+ * The cost when on: one atomic and one barrier per block at its start, two
+ * shared-memory atomics per warp at its end, one 80-byte store per block. */
 #ifndef DR_OPS_CUDA_TIMELINE_CUH
 #define DR_OPS_CUDA_TIMELINE_CUH
 
@@ -32,7 +33,8 @@ int dr_tl_register(dr_tl_binder b);
 static __device__ dr_tl_rec *dr_tl_buf_;
 static __device__ unsigned *dr_tl_count_;
 static __device__ unsigned dr_tl_cap_;
-static __shared__ unsigned long long dr_tl_waited_, dr_tl_mark_[4];
+static __shared__ unsigned long long dr_tl_waited_, dr_tl_mark_[4], dr_tl_t0_, dr_tl_end_;
+static __shared__ unsigned dr_tl_slot_, dr_tl_out_;
 
 static void dr_tl_bind_(dr_tl_rec *buf, unsigned *count, unsigned cap) {
     cudaMemcpyToSymbol(dr_tl_buf_, &buf, sizeof buf);
@@ -58,32 +60,53 @@ static __device__ __forceinline__ unsigned long long dr_tl_now(void) {
     return t;
 }
 
+/* Thread 0 takes the record's slot at the start; at the end every warp's
+ * lane 0 raises the block's latest exit time and counts itself out, and
+ * the last warp out writes the record (its end is the block's real end, not
+ * warp 0's). The constructor's barrier is safe: every thread runs it at the
+ * kernel's entry. */
 struct dr_tl_scope {
     unsigned long long t0;
     unsigned slot, kid;
     __device__ __forceinline__ explicit dr_tl_scope(unsigned k) : t0(0), slot(~0u), kid(k) {
-        if (threadIdx.x + threadIdx.y + threadIdx.z == 0 && dr_tl_count_) {
+        if (!dr_tl_count_)
+            return;
+        if (threadIdx.x + threadIdx.y + threadIdx.z == 0) {
             t0 = dr_tl_now();
-            dr_tl_waited_ = 0;
+            dr_tl_waited_ = dr_tl_end_ = 0;
             dr_tl_mark_[0] = dr_tl_mark_[1] = dr_tl_mark_[2] = dr_tl_mark_[3] = 0;
+            dr_tl_out_ = 0;
             slot = atomicAdd(dr_tl_count_, 1u);
         }
+        __syncthreads();
     }
     __device__ __forceinline__ ~dr_tl_scope() {
-        if (slot >= dr_tl_cap_)
+        const unsigned tid = threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z);
+        if (!dr_tl_count_ || (tid & 31))
+            return;
+        atomicMax(&dr_tl_end_, dr_tl_now());
+        if (tid == 0)
+            dr_tl_slot_ = slot, dr_tl_t0_ = t0;
+        __threadfence_block();
+        const unsigned nw = (blockDim.x * blockDim.y * blockDim.z + 31) / 32;
+        if (atomicAdd(&dr_tl_out_, 1u) != nw - 1)
+            return;
+        __threadfence_block();
+        const unsigned sl = dr_tl_slot_;
+        if (sl >= dr_tl_cap_)
             return;
         dr_tl_rec r;
         asm volatile("mov.u64 %0, %%gridid;" : "=l"(r.grid));
         asm volatile("mov.u32 %0, %%smid;" : "=r"(r.smid));
-        r.t0 = t0;
+        r.t0 = dr_tl_t0_;
         r.tw = dr_tl_waited_;
-        r.t1 = dr_tl_now();
+        r.t1 = dr_tl_end_;
         for (int k = 0; k < 4; k++)
             r.tm[k] = dr_tl_mark_[k];
         r.kid = kid;
         r.block = blockIdx.x + gridDim.x * (blockIdx.y + gridDim.y * blockIdx.z);
         r.nblocks = gridDim.x * gridDim.y * gridDim.z;
-        dr_tl_buf_[slot] = r;
+        dr_tl_buf_[sl] = r;
     }
 };
 
