@@ -238,17 +238,6 @@ static __device__ __forceinline__ uint4 dr_ld_w(const uint4 *p) {
     return r;
 }
 
-/* 16 bytes global -> shared without registers (cp.async, sm_80+): queue,
- * commit the group, wait until at most N groups are still in flight. */
-static __device__ __forceinline__ void dr_cp16(void *s, const void *g) {
-    const unsigned a = (unsigned)__cvta_generic_to_shared(s);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(a), "l"(g));
-}
-static __device__ __forceinline__ void dr_cp_commit(void) { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N> static __device__ __forceinline__ void dr_cp_wait(void) {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
 static __device__ __forceinline__ float dr_dev_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 static __device__ __forceinline__ float dr_dev_silu(float x) { return x / (1.0f + expf(-x)); }
 

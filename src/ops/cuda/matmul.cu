@@ -471,22 +471,7 @@ __global__ void __launch_bounds__(256) gemv_swiglu_kernel(float *__restrict__ ou
  * rows, and puts the counter back to 0 for the next launch or graph replay.
  * No early exit before the barriers. */
 #define FN_PARTS 16384 /* floats of parts after the counter (gridDim.x * T at most) */
-/* SX (one token, n <= GN_MAX_N): a is staged in shared memory right after
- * the PDL wait, every element's load in flight at once, and the dot reads it
- * there. Read through L1 inside the dot, the first touch of each piece of a
- * was an L2 round trip per 32 pieces of the row, one after the other: ~0.5
- * us each, 8 us of the 35B-A3B's 16.8 MB out_proj (the kernel timeline,
- * docs/CUDA.md "Session 10"). */
-static __device__ __forceinline__ void an_stage(float4 *sx, const float *__restrict__ a, int n) {
-    const float4 *av = (const float4 *)a;
-    for (int i = threadIdx.x; i < n / 4; i += blockDim.x) /* cp.async: no registers held for the data */
-        dr_cp16(sx + i, av + i);
-    dr_cp_commit();
-    dr_cp_wait<0>();
-    __syncthreads();
-}
-
-template <typename WT, int MT, int R, int U = 8 / R, bool SX = false>
+template <typename WT, int MT, int R, int U = 8 / R>
 __global__ void __launch_bounds__(256) gemv_add_norm_kernel(float *x, float *__restrict__ xn, const WT *W,
                                                             const float *__restrict__ a,
                                                             const float *__restrict__ gain, int T, int d, int n,
@@ -495,7 +480,6 @@ __global__ void __launch_bounds__(256) gemv_add_norm_kernel(float *x, float *__r
     constexpr int E = wvec<WT>::N;
     __shared__ float sh[32], wsq[8][MT], inv[MT];
     __shared__ int last;
-    extern __shared__ float4 an_x[];
     dr_pdl_trigger();
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
     const int r0 = (blockIdx.x * nw + w) * R;
@@ -507,10 +491,7 @@ __global__ void __launch_bounds__(256) gemv_add_norm_kernel(float *x, float *__r
         wp[r] = (const uint4 *)W + row * nv;
     }
     float acc[R][MT];
-    if (SX)
-        gemv_rows_dot<WT, MT, R, U, true>(wp, (const float *)an_x, T, n, acc, [&]() { an_stage(an_x, a, n); });
-    else
-        gemv_rows_dot<WT, MT, R, U>(wp, a, T, n, acc);
+    gemv_rows_dot<WT, MT, R, U>(wp, a, T, n, acc);
     DR_TL_MARK(0, acc[0][0]);
     float sq[MT];
 #pragma unroll
@@ -730,23 +711,9 @@ template <typename WT, int MT>
 static void add_norm_launch(dr_cuda_ctx *cx, float *x, float *xn, const void *W, const float *a, const float *gain,
                             int T, int d, int n, float eps) {
     const int R = rows_per_warp(cx, d, MT);
-    /* one token: a staged in shared memory (an_stage); DR_CUDA_AN_SX=0: read through L1 (a same-run baseline) */
-    static int sx_on = -1;
-    if (sx_on < 0) {
-        const char *e = getenv("DR_CUDA_AN_SX");
-        sx_on = !(e && e[0] == '0');
-    }
-    const bool sx = sx_on && MT == 1 && n <= GN_MAX_N && (uintptr_t)a % 16 == 0 && n % 4 == 0;
 #define AN_LAUNCH(R_, U_)                                                                                         \
-    do {                                                                                                           \
-        const dim3 grid(dr_cdiv((size_t)d, 8 * R_));                                                               \
-        if (sx)                                                                                                    \
-            dr_cuda_launch(cx, true, gemv_add_norm_kernel<WT, MT, R_, U_, MT == 1>, grid, dim3(256),               \
-                           (size_t)n * sizeof(float), x, xn, (const WT *)W, a, gain, T, d, n, eps, cx->mm_cnt);    \
-        else                                                                                                       \
-            dr_cuda_launch(cx, true, gemv_add_norm_kernel<WT, MT, R_, U_>, grid, dim3(256), 0, x, xn,              \
-                           (const WT *)W, a, gain, T, d, n, eps, cx->mm_cnt);                                     \
-    } while (0)
+    dr_cuda_launch(cx, true, gemv_add_norm_kernel<WT, MT, R_, U_>, dim3(dr_cdiv((size_t)d, 8 * R_)), dim3(256), 0, \
+                   x, xn, (const WT *)W, a, gain, T, d, n, eps, cx->mm_cnt)
     /* one token, one row per warp of 257-512 16-byte pieces: all of the row in flight before the PDL wait
        (82 registers, 2 blocks per SM, so only grids of one wave; session 6: the 0.8B's FFN down +2%,
        35B-A3B within noise). DR_CUDA_AN16=0: 8 pieces, the rest after the wait (a same-run baseline). */
