@@ -245,8 +245,8 @@ int main(void) {
     t_add_norm(9000, 1024, 2, DR_DT_BF16, true);
     t_add_norm(5000, 1024, 1, DR_DT_BF16, true); /* 2 rows per warp on 132 SMs */
     t_add_norm(1003, 2048, 1, DR_DT_BF16, false);
-    t_add_norm(700, 6144, 1, DR_DT_BF16, true);  /* the widest input staged in shared memory (GN_MAX_N) */
-    t_add_norm(300, 6152, 1, DR_DT_BF16, true);  /* wider: read through L1 */
+    t_add_norm(700, 6144, 1, DR_DT_BF16, true); /* wide inputs, one token */
+    t_add_norm(300, 6152, 1, DR_DT_BF16, true);
     t_add_norm(517, 1024, 8, DR_DT_F32, true);
     t_swiglu(517, 1024, 7, DR_DT_F32);
     /* the GDN input projections of the 0.8B / 35B-A3B shapes (odd row counts), one matrix of 1, 2 and 4
