@@ -81,8 +81,7 @@ typedef struct dr_cuda_ctx {
                               route (DR_CUDA_DEC3=0: the previous kernels, a same-run baseline) */
     int moe_dec;           /* round 3: the fused moe_decode slot (DR_CUDA_MOE_DEC=0: off, the chain runs) */
     int pdl_norm, pdl_gdn; /* round 3: rmsnorm/add_rmsnorm and gdn_decode launched with PDL: 0 no, 1 (trigger
-                              at their start), 2 (trigger once their inputs are ready); gdn only: 3 (in stream
-                              order, the sliced kernel triggers once its loads are back); DR_CUDA_PDL_NORM/_GDN */
+                              at their start), 2 (trigger once their inputs are ready); DR_CUDA_PDL_NORM/_GDN */
     cudaStream_t stream;
     cublasHandle_t blas;
     void *scr[DR_SCR_N];   /* growable device scratch */

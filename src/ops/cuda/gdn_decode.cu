@@ -320,8 +320,6 @@ __global__ void __launch_bounds__(GD_T)
     if (tid < n)
         o0 = one(tid);
     DR_TL_MARK(0, o0);
-    if (pdl == 3) /* launched in stream order; the next kernel may start once this CTA's loads are back */
-        dr_pdl_trigger();
     if (clu)
         gd_wait(); /* phase 0 complete: every CTA of the cluster runs */
     if (tid < n)
@@ -586,7 +584,7 @@ void dr_cuda_gdn_decode(void *ctx, float *y, const float *qkv_raw, const float *
         const int need = (dk * W + 127) / 128; /* state rows per thread */
         const unsigned grid = (unsigned)(Hv * S);
 #define GD_SL(R, WW)                                                                                           \
-    gd_launch(cx, G, cx->pdl_gdn == 1 || cx->pdl_gdn == 2, gdn_decode_sliced_kernel<R, WW>, grid, y, qkv_raw, z, b, a, conv_state, state, \
+    gd_launch(cx, G, cx->pdl_gdn > 0, gdn_decode_sliced_kernel<R, WW>, grid, y, qkv_raw, z, b, a, conv_state, state, \
               conv_w, K, A_log, dt_bias, norm_w, Hk, Hv, dk, dv, eps, cx->gdn_cnt, cx->pdl_gdn, S, G)
 #define GD_SLW(R)                                                                                              \
     do {                                                                                                       \
@@ -611,7 +609,7 @@ void dr_cuda_gdn_decode(void *ctx, float *y, const float *qkv_raw, const float *
     }
     const unsigned threads = 32u * (unsigned)((dv + 7) / 8);
 #define GD_LAUNCH(R)                                                                                             \
-    dr_cuda_launch(cx, cx->pdl_gdn == 1 || cx->pdl_gdn == 2, gdn_decode_kernel<R>, dim3((unsigned)Hv), dim3(threads), 0, y, qkv_raw, z, \
+    dr_cuda_launch(cx, cx->pdl_gdn > 0, gdn_decode_kernel<R>, dim3((unsigned)Hv), dim3(threads), 0, y, qkv_raw, z, \
                    b, a, conv_state, state, conv_w, K, A_log, dt_bias, norm_w, Hk, Hv, dk, dv, eps, cx->gdn_cnt,   \
                    cx->pdl_gdn)
     if (dk <= 32)
