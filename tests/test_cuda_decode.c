@@ -146,8 +146,7 @@ static void gdn_out_case(int Hk, int Hv, int dk, int dv, int K, int H, bool with
         }
         free(m), free(z), free(b), free(a), free(gx);
     }
-    const char *off = getenv("DR_CUDA_GDN_OUT");
-    if (g_cc_major == 9 && !(off && off[0] == '0'))
+    if (g_cc_major == 9)
         CHECK_SHOW(took, "gdn_decode_out Hk=%d Hv=%d dk=%d dv=%d H=%d: taken on sm_90", Hk, Hv, dk, dv, H);
     if (took) {
         REPORT(ex, GDN_TOL, "gdn_decode_out Hk=%d Hv=%d dk=%d dv=%d K=%d H=%d: x += W_o y, 4 steps", Hk, Hv, dk, dv,

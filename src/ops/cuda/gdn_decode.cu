@@ -264,32 +264,6 @@ template <int W> static __device__ __forceinline__ int gd_swz(int r) {
 }
 
 #ifdef GD_SM90
-/* bytes (a multiple of 16, <= 1 MB) from global src to this CTA's shared dst
- * by the copy engine, in 32 KB pieces completing on the one-shot barrier
- * *mb (one thread calls it). */
-static __device__ __forceinline__ void gd_bulk_in(void *dst, const void *src, unsigned bytes,
-                                                  unsigned long long *mb) {
-    const unsigned b = (unsigned)__cvta_generic_to_shared(mb), d = (unsigned)__cvta_generic_to_shared(dst);
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(b) : "memory");
-    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(b), "r"(bytes) : "memory");
-    for (unsigned o = 0; o < bytes; o += 32768) {
-        const unsigned n = bytes - o < 32768 ? bytes - o : 32768;
-        asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
-                         d + o),
-                     "l"((const char *)src + o), "r"(n), "r"(b)
-                     : "memory");
-    }
-}
-
-/* Wait for gd_bulk_in's copy (every thread that reads it; the barrier was
- * made by thread 0 before a block barrier all callers passed). */
-static __device__ __forceinline__ void gd_bulk_wait(unsigned long long *mb) {
-    const unsigned b = (unsigned)__cvta_generic_to_shared(mb);
-    asm volatile("{\n .reg .pred p;\n W_%=:\n mbarrier.try_wait.parity.shared::cta.b64 p, [%0], 0;\n @!p bra W_%=;\n}" ::"r"(b)
-                 : "memory");
-}
-
 /* *p (a __shared__ address of this CTA) in the CTA of cluster rank `rank` */
 static __device__ __forceinline__ float gd_ld_rank(const float *p, unsigned rank) {
     const unsigned a = (unsigned)__cvta_generic_to_shared(p);
@@ -306,10 +280,10 @@ static __device__ __forceinline__ float gd_ld_rank(const float *p, unsigned rank
  * thread of every CTA of the cluster calls it (barriers). */
 template <int W>
 static __device__ __forceinline__ void gd_out_part(const __nv_bfloat16 *wsl, float *pb, const float *ys, int nvc,
-                                                   const gd_proj &pj, int G, int rq, unsigned long long *mb) {
+                                                   const gd_proj &pj, int G, int rq) {
     const int pc = nvc / 8;
-    __syncthreads(); /* ys is in */
-    gd_bulk_wait(mb);
+    dr_cp_wait<0>();
+    __syncthreads(); /* the slice copies of every thread and ys are in */
     for (int r = threadIdx.x; r < pj.H; r += GD_T) {
         const uint4 *wr = (const uint4 *)(wsl + (size_t)r * W);
         float acc = 0.0f;
@@ -363,7 +337,6 @@ __global__ void __launch_bounds__(GD_T)
 #ifdef GD_SM90
     constexpr int P = 32 / W, NW = GD_T / 32;
     extern __shared__ uint4 gd_dyn[]; /* PROJ: the W_o slice [H][W] bf16, then the partial [H] floats */
-    __shared__ __align__(8) unsigned long long gd_mb; /* PROJ: the slice copy's barrier */
     __shared__ float sq[GD_MAX], sk[GD_MAX], sv[W], so[P][W], su[P][W], red[2][NW], part[GD_MAX_S];
     __shared__ float keep[GD_MAX_K][GD_KEEP]; /* new conv rows of its channels, written at the end */
     __shared__ int last;
@@ -425,9 +398,12 @@ __global__ void __launch_bounds__(GD_T)
     if (tid < n)
         o0 = one(tid);
     DR_TL_MARK(0, o0);
-    if (PROJ && tid == 0) /* the W_o slice, one contiguous run by the copy engine (TMA); after the step's own
-                             loads are back. 16-byte cp.async from 128 threads ran at ~0.6 TB/s. */
-        gd_bulk_in(gd_dyn, pj.wo + (size_t)blockIdx.x * pj.H * (W / 8), (unsigned)(pj.H * W * 2), &gd_mb);
+    if (PROJ) { /* the W_o slice, one contiguous run; after the step's own loads are back */
+        const uint4 *src = pj.wo + (size_t)blockIdx.x * pj.H * (W / 8);
+        for (int i = tid; i < pj.H * (W / 8); i += GD_T)
+            dr_cp16(gd_dyn + i, src + i);
+        dr_cp_commit();
+    }
     if (clu)
         gd_wait(); /* phase 0 complete: every CTA of the cluster runs */
     if (tid < n)
@@ -536,7 +512,7 @@ __global__ void __launch_bounds__(GD_T)
             sv[tid] = yv; /* sv (the v inputs) is free again */
     }
     if (PROJ)
-        gd_out_part<W>(wsl, (float *)(wsl + (size_t)pj.H * W), sv, nvc, pj, G, rq, &gd_mb);
+        gd_out_part<W>(wsl, (float *)(wsl + (size_t)pj.H * W), sv, nvc, pj, G, rq);
     /* the global stores only now: a cluster barrier's release would wait for them */
 #pragma unroll
     for (int r = 0; r < R; r++)
