@@ -236,11 +236,6 @@ static void cu_weight_free(void *ctx, dr_tensor *t) {
     if (!t->dev)
         return;
     DR_CUDA_NOTE(cx, cudaStreamSynchronize(cx->stream));
-    for (int i = 0; i < cx->n_gdn_perm; i++) /* copies made from it (gdn_decode.cu) go with it */
-        if (cx->gdn_perm[i].src == t->dev) {
-            cudaFree(cx->gdn_perm[i].perm);
-            cx->gdn_perm[i--] = cx->gdn_perm[--cx->n_gdn_perm];
-        }
     cudaFree(t->dev);
     t->dev = NULL;
 }
@@ -327,8 +322,6 @@ static void cu_destroy(dr_ops *self) {
         cudaFree(cx->am_state);
         cudaFreeHost(cx->am_host);
         cudaFree(cx->mm_cnt);
-        for (int i = 0; i < cx->n_gdn_perm; i++)
-            cudaFree(cx->gdn_perm[i].perm);
         cudaFree(cx->moe_ready);
         cudaFree(cx->att_cnt);
         if (cx->blas)

@@ -108,12 +108,6 @@ typedef struct dr_cuda_ctx {
     int *gdn_cnt;          /* device counters of the fused GDN step (gdn_decode.cu), zero between launches */
     unsigned long long *am_state; /* argmax.cu: device key, block counter, result (zero between calls) */
     int32_t *am_host;      /* pinned: the argmax result */
-    struct { /* gdn_decode_out: W_o copies with each CTA's column slice contiguous (gdn_decode.cu) */
-        const void *src;
-        void *perm;
-        int W;
-    } gdn_perm[128];
-    int n_gdn_perm;
     unsigned *mm_cnt;      /* device counter of the fused GEMV + add + norm (matmul.cu), zero between launches */
     int *moe_ready;        /* device [4]: per token, the MoE decode picks are written (moe.cu) */
     int *att_cnt;          /* device counters per query head of the fused decode attention (attention.cu), zero

@@ -252,9 +252,9 @@ static __device__ __forceinline__ float gd_conv(const float *m, const float *con
  * outputs, and the cluster sums its CTAs' [H] partials in rank order into
  * part [grid / G, H]; gdn_out_add_kernel adds those to x in a fixed order. */
 struct gd_proj {
-    const uint4 *wo; /* the slices (gd_perm): CTA b's [H][W] bf16 at b H W / 8, swizzled as it keeps them */
+    const __nv_bfloat16 *wo;
     float *part;
-    int H;
+    int H, ldo;
 };
 
 /* Row r's 16-byte piece q of a slice copy sits at piece q ^ gd_swz(r): a
@@ -372,6 +372,15 @@ __global__ void __launch_bounds__(GD_T)
         nwv = nw[v0 + tid];
     }
     __nv_bfloat16 *wsl = (__nv_bfloat16 *)gd_dyn;
+    if (PROJ) { /* after the loads above, so they go out first */
+        const int pc = nvc / 8; /* 16-byte pieces of a row's slice */
+        const __nv_bfloat16 *src = pj.wo + (size_t)j * dv + v0;
+        for (int i = tid; i < pj.H * pc; i += GD_T) {
+            const int r = i / pc, q = i - r * pc;
+            dr_cp16(wsl + (size_t)r * W + (q ^ gd_swz<W>(r)) * 8, src + (size_t)r * pj.ldo + q * 8);
+        }
+        dr_cp_commit();
+    }
 
     /* 2. conv + SiLU: q/k channels [q0, q0 + nq) of the k head's 2 dk (1/G of them: rank rq of the
        cluster), then the slice's v channels */
@@ -398,12 +407,6 @@ __global__ void __launch_bounds__(GD_T)
     if (tid < n)
         o0 = one(tid);
     DR_TL_MARK(0, o0);
-    if (PROJ) { /* the W_o slice, one contiguous run; after the step's own loads are back */
-        const uint4 *src = pj.wo + (size_t)blockIdx.x * pj.H * (W / 8);
-        for (int i = tid; i < pj.H * (W / 8); i += GD_T)
-            dr_cp16(gd_dyn + i, src + i);
-        dr_cp_commit();
-    }
     if (clu)
         gd_wait(); /* phase 0 complete: every CTA of the cluster runs */
     if (tid < n)
@@ -750,7 +753,7 @@ void dr_cuda_gdn_decode(void *ctx, float *y, const float *qkv_raw, const float *
     g_gd_last = pl.S;
     if (pl.S > 0) {
         g_gd_last_g = pl.G;
-        const gd_proj none = {NULL, NULL, 0};
+        const gd_proj none = {NULL, NULL, 0, 0};
         gd_sliced<false>(cx, pl, 0, none, y, qkv_raw, z, b, a, conv_state, state, conv_w, K, A_log, dt_bias, norm_w,
                          d, eps);
         return;
@@ -817,54 +820,6 @@ __global__ void __launch_bounds__(256) gdn_out_add_kernel(float *x, float *__res
         *cnt = 0;
 }
 
-/* Piece q of row r of CTA b's slice (columns j dv + sl W + 8 q ..., b = j S + sl)
- * to where the CTA keeps it: b H W / 8 + r W / 8 + (q ^ gd_swz(r)); zeros past dv. */
-template <int W>
-__global__ void gd_perm_kernel(uint4 *dst, const uint4 *src, int H, int S, int dv, int ldo, int nb) {
-    const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x, per = (size_t)H * (W / 8);
-    if (i >= per * nb)
-        return;
-    const int b = (int)(i / per), r = (int)(i % per) / (W / 8), q = (int)(i % (W / 8));
-    const int j = b / S, c0 = (b % S) * W + q * 8;
-    dst[(size_t)b * per + (size_t)r * (W / 8) + (q ^ gd_swz<W>(r))] =
-        c0 < dv ? src[((size_t)r * ldo + (size_t)j * dv + c0) / 8] : make_uint4(0, 0, 0, 0);
-}
-
-/* The slice-major copy of w_out for plan pl, made on first use (never while
- * recording: NULL, the step runs again) and kept until the backend goes. */
-static const uint4 *gd_perm(dr_cuda_ctx *cx, const dr_tensor *w, const gd_plan &pl, int Hv, int dv) {
-    for (int i = 0; i < cx->n_gdn_perm; i++)
-        if (cx->gdn_perm[i].src == w->dev && cx->gdn_perm[i].W == pl.W)
-            return (const uint4 *)cx->gdn_perm[i].perm;
-    if (cx->n_gdn_perm == (int)(sizeof cx->gdn_perm / sizeof cx->gdn_perm[0]))
-        return NULL;
-    if (cx->capturing) {
-        cx->cap_bad = 1;
-        return NULL;
-    }
-    const int H = (int)w->ne[0], nb = Hv * pl.S;
-    const size_t n = (size_t)nb * H * (pl.W / 8);
-    void *p = NULL;
-    if (cudaMalloc(&p, n * sizeof(uint4)) != cudaSuccess) {
-        (void)cudaGetLastError();
-        return NULL; /* no room: the unfused path */
-    }
-    const unsigned grid = dr_cdiv(n, 256);
-    const uint4 *src = (const uint4 *)w->dev;
-    if (pl.W == 32)
-        gd_perm_kernel<32><<<grid, 256, 0, cx->stream>>>((uint4 *)p, src, H, pl.S, dv, Hv * dv, nb);
-    else if (pl.W == 16)
-        gd_perm_kernel<16><<<grid, 256, 0, cx->stream>>>((uint4 *)p, src, H, pl.S, dv, Hv * dv, nb);
-    else
-        gd_perm_kernel<8><<<grid, 256, 0, cx->stream>>>((uint4 *)p, src, H, pl.S, dv, Hv * dv, nb);
-    DR_CUDA_LAUNCHED(cx);
-    cx->gdn_perm[cx->n_gdn_perm].src = w->dev;
-    cx->gdn_perm[cx->n_gdn_perm].perm = p;
-    cx->gdn_perm[cx->n_gdn_perm].W = pl.W;
-    cx->n_gdn_perm++;
-    return (const uint4 *)p;
-}
-
 static int gd_out_on(void) { /* DR_CUDA_GDN_OUT=0: the step, then the output projection's GEMV (a baseline) */
     static int on = -1;
     if (on < 0) {
@@ -904,10 +859,7 @@ bool dr_cuda_gdn_decode_out(void *ctx, float *y, const float *qkv_raw, const flo
     if (!gd_proj_smem(cx, smem))
         return false;
     g_gd_last = pl.S, g_gd_last_g = pl.G;
-    const uint4 *perm = gd_perm(cx, w_out, pl, Hv, dv);
-    if (!perm)
-        return false;
-    const gd_proj pj = {perm, part, H};
+    const gd_proj pj = {(const __nv_bfloat16 *)w_out->dev, part, H, Hv * dv};
     gd_sliced<true>(cx, pl, smem, pj, y, qkv_raw, z, b, a, conv_state, state, conv_w, K, A_log, dt_bias, norm_w, d,
                     eps);
     dr_cuda_launch(cx, true, gdn_out_add_kernel, dim3(dr_cdiv((size_t)H, 256)), dim3(256), 0, x, xn,
