@@ -26,8 +26,6 @@ if [[ "$what" == *tests* ]]; then
   grep -E "^FAIL|passed" "$T" | head -20
 fi
 if [[ "$what" == *memcheck* ]]; then
-  DR_TEST_GDN_ONLY=1 timeout 200 compute-sanitizer --tool memcheck --error-exitcode 9 "$b/tests/test_cuda_decode" > "$OUT/memcheck_gdn.log" 2>&1
-  echo "memcheck test_cuda_decode (GDN only) exit $?"; grep -E "ERROR SUMMARY|passed" "$OUT/memcheck_gdn.log" | head -3
   timeout 200 compute-sanitizer --tool memcheck --error-exitcode 9 "$b/tests/test_cuda" > "$OUT/memcheck_cuda.log" 2>&1
   echo "memcheck test_cuda exit $?"; grep -E "ERROR SUMMARY|passed" "$OUT/memcheck_cuda.log" | head -3
   timeout 150 compute-sanitizer --tool memcheck --leak-check full --error-exitcode 9 \

@@ -98,73 +98,6 @@ static void gdn_case(int Hk, int Hv_, int dk, int dv, int K, int mode, int kclu)
         G->free(G->ctx, bufs[i]);
 }
 
-/* gdn_decode_out (the step and the output projection in one pass; session
- * 10): 4 chained steps against the CPU chain gdn_conv .. gated_rmsnorm, then
- * x += W_o y (a bf16 W_o [H, Hv dv]) and, with a gain, xn = RMSNorm(x). On
- * sm_90 the slot must take the shapes the sliced kernel runs. */
-static void gdn_out_case(int Hk, int Hv, int dk, int dv, int K, int H, bool with_gain) {
-    const dr_gdn_dims d = {Hk, Hv, dk, dv};
-    const int Cc = 2 * Hk * dk + Hv * dv;
-    const size_t ns = (size_t)Hv * dk * dv, nv = (size_t)Hv * dv, ncs = (size_t)K * Cc;
-    const float eps = 1e-6f;
-    float *st = rnd(ns, 0.3f), *cst = rnd(ncs, 1.0f), *cw = rnd((size_t)Cc * K, 0.7f);
-    float *Al = rnd(Hv, 1.0f), *dtb = rnd(Hv, 1.0f), *nw = rnd(dv, 1.0f), *x = rnd(H, 2.0f), *gain = rnd(H, 1.0f);
-    dr_tensor wo;
-    void *woh = rand_weight(&wo, "test.out_proj", DR_DT_BF16, H, (int)nv);
-    float *dst = dput(st, ns * 4), *dcst = dput(cst, ncs * 4), *dcw = dput(cw, (size_t)Cc * K * 4);
-    float *dAl = dput(Al, Hv * 4), *ddtb = dput(dtb, Hv * 4), *dnw = dput(nw, dv * 4);
-    float *dx = dput(x, (size_t)H * 4), *dg = dput(gain, (size_t)H * 4), *dxn = G->alloc(G->ctx, (size_t)H * 4);
-    float *dm = G->alloc(G->ctx, (size_t)Cc * 4), *dz = G->alloc(G->ctx, nv * 4);
-    float *db = G->alloc(G->ctx, Hv * 4), *da = G->alloc(G->ctx, Hv * 4), *dy = G->alloc(G->ctx, nv * 4);
-    float *qkv = malloc((size_t)Cc * 4), *beta = malloc(Hv * 4), *g = malloc(Hv * 4), *o = malloc(nv * 4);
-    float *y = malloc(nv * 4), *ws = malloc(dr_gdn_ws_floats(&d) * 4), *py = malloc((size_t)H * 4);
-    float *xn = malloc((size_t)H * 4);
-    float ex = 0.0f, exn = 0.0f;
-    bool took = true;
-    for (int t = 0; t < 4; t++) {
-        float *m = rnd((size_t)Cc, 2.0f), *z = rnd(nv, 2.0f), *b = rnd(Hv, 3.0f), *a = rnd(Hv, 2.0f);
-        G->upload(G->ctx, dm, m, (size_t)Cc * 4), G->upload(G->ctx, dz, z, nv * 4);
-        G->upload(G->ctx, db, b, Hv * 4), G->upload(G->ctx, da, a, Hv * 4);
-        C->gdn_conv(NULL, qkv, m, cst, cw, 1, Cc, K);
-        C->gdn_gates(NULL, beta, g, b, a, Al, dtb, 1, Hv);
-        C->gdn_recurrent(NULL, o, qkv, beta, g, st, &d, 1, ws);
-        C->gated_rmsnorm(NULL, y, o, z, nw, Hv, dv, eps);
-        C->matmul(NULL, py, y, &wo, 1);
-        C->add(NULL, x, py, (size_t)H);
-        C->rmsnorm(NULL, xn, x, gain, 1, H, eps);
-        took = took && G->gdn_decode_out(G->ctx, dy, dm, dz, db, da, dcst, dst, dcw, K, dAl, ddtb, dnw, &d, eps, dx,
-                                         dxn, &wo, with_gain ? dg : NULL, eps);
-        if (!took) /* the plain step and the output projection, so the states stay comparable */
-            break;
-        float *gx = dget(dx, (size_t)H), e = rel_err(gx, x, (size_t)H);
-        ex = e > ex ? e : ex;
-        if (with_gain) {
-            float *gxn = dget(dxn, (size_t)H);
-            e = rel_err(gxn, xn, (size_t)H);
-            exn = e > exn ? e : exn;
-            free(gxn);
-        }
-        free(m), free(z), free(b), free(a), free(gx);
-    }
-    if (g_cc_major == 9)
-        CHECK_SHOW(took, "gdn_decode_out Hk=%d Hv=%d dk=%d dv=%d H=%d: taken on sm_90", Hk, Hv, dk, dv, H);
-    if (took) {
-        REPORT(ex, GDN_TOL, "gdn_decode_out Hk=%d Hv=%d dk=%d dv=%d K=%d H=%d: x += W_o y, 4 steps", Hk, Hv, dk, dv,
-               K, H);
-        if (with_gain)
-            REPORT(exn, GDN_TOL, "gdn_decode_out H=%d: xn = RMSNorm(x), 4 steps", H);
-        float *gs = dget(dst, ns);
-        REPORT(rel_err(gs, st, ns), GDN_TOL, "gdn_decode_out: fp32 state after 4 steps");
-        free(gs);
-    }
-    free(st), free(cst), free(cw), free(Al), free(dtb), free(nw), free(x), free(gain), free(woh), free(qkv);
-    free(beta), free(g), free(o), free(y), free(ws), free(py), free(xn);
-    G->weight_free(G->ctx, &wo);
-    void *bufs[] = {dst, dcst, dcw, dAl, ddtb, dnw, dx, dg, dxn, dm, dz, db, da, dy};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
-        G->free(G->ctx, bufs[i]);
-}
-
 static void test_gdn_decode(void) {
     int dev = 0;
     if (cudaGetDevice(&dev) == cudaSuccess)
@@ -190,13 +123,6 @@ static void test_gdn_decode(void) {
             gdn_case(cs[c].Hk, cs[c].Hv, cs[c].dk, cs[c].dv, cs[c].K, cs[c].force, -1);
     }
     gdn_case(16, 32, 128, 128, 4, -1, 0); /* clusters of one v head's slices + the q/k counter */
-    if (G->gdn_decode_out) { /* the 35B-A3B and 0.8B shapes, odd H, partial last slices, no cluster */
-        gdn_out_case(16, 32, 128, 128, 4, 2048, true);
-        gdn_out_case(16, 16, 128, 128, 4, 1024, false);
-        gdn_out_case(2, 4, 64, 72, 3, 1000, true);
-        gdn_out_case(4, 8, 128, 100 - 4, 4, 520, true);
-        gdn_out_case(4, 4, 20, 8, 2, 136, true);
-    }
 }
 
 /* ---- kv_store ---- */

@@ -176,13 +176,6 @@ static void gdn_layer(const dr_model *m, const dr_gdn_weights *w, float *conv_st
     float *const ys[4] = {sc->qkv_raw, sc->z, sc->b, sc->a};
     const dr_tensor *const ws[4] = {&w->in_proj_qkv, &w->in_proj_z, &w->in_proj_b, &w->in_proj_a};
     in_matmuls(m, sc, 4, ys, ws, in_gain, T);
-    if (T == 1 && o->gdn_decode_out && !w->out_proj.q.bits &&
-        o->gdn_decode_out(c, sc->y, sc->qkv_raw, sc->z, sc->b, sc->a, conv_state, state, w->conv1d, hp->d_conv,
-                          w->A_log, w->dt_bias, w->norm, &d, hp->eps, sc->x, sc->xn, &w->out_proj, gain, hp->eps)) {
-        if (state_bf16) /* diagnostic only (below) */
-            o->round_bf16(c, state, (size_t)Hv * hp->d_k * hp->d_v);
-        return; /* the step and its output projection in one pass */
-    }
     if (T == 1 && o->gdn_decode) { /* the backend's fused single-token step, same math */
         o->gdn_decode(c, sc->y, sc->qkv_raw, sc->z, sc->b, sc->a, conv_state, state, w->conv1d, hp->d_conv,
                       w->A_log, w->dt_bias, w->norm, &d, hp->eps);

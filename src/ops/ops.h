@@ -177,16 +177,6 @@ struct dr_ops {
                        const float *a, float *conv_state, float *state, const float *conv_w, int K,
                        const float *A_log, const float *dt_bias, const float *norm_w, const dr_gdn_dims *d,
                        float eps);
-    /* (optional, NULL or false: gdn_decode, then matmul_add_rmsnorm or its
-       chain) gdn_decode (same arguments, y written) and the layer's output
-       projection in one pass: x [H] += w_out y (w_out [H, Hv*dv]); then,
-       gain not NULL, xn = RMSNorm(x; gain) with norm_eps. Returns false,
-       having queued nothing, when the backend does not fuse the shape or
-       dtype. */
-    bool (*gdn_decode_out)(void *ctx, float *y, const float *qkv_raw, const float *z, const float *b,
-                           const float *a, float *conv_state, float *state, const float *conv_w, int K,
-                           const float *A_log, const float *dt_bias, const float *norm_w, const dr_gdn_dims *d,
-                           float eps, float *x, float *xn, const dr_tensor *w_out, const float *gain, float norm_eps);
     /* y [rows, n] = w * rmsnorm(x) * silu(z)   (plain gain w [n], not 1 + w) */
     void (*gated_rmsnorm)(void *ctx, float *y, const float *x, const float *z, const float *w, int rows, int n,
                           float eps);

@@ -63,9 +63,7 @@ static inline dr_status dr_cuda_status(cudaError_t e) {
 /* ---- context ---- */
 
 /* DR_SCR_QW: dequantized bf16 hi/lo weight chunks (quant.cu, prefill) */
-/* DR_SCR_GDNP: gdn_decode_out's partial output projections (gdn_decode.cu) */
-enum { DR_SCR_SPLIT, DR_SCR_ATTN, DR_SCR_MOE, DR_SCR_MOE2, DR_SCR_IDX, DR_SCR_QW, DR_SCR_GDNP, DR_SCR_N };
-#define DR_MM_PARTS 16384 /* floats of per-block partial sums after mm_cnt's 64 counters */
+enum { DR_SCR_SPLIT, DR_SCR_ATTN, DR_SCR_MOE, DR_SCR_MOE2, DR_SCR_IDX, DR_SCR_QW, DR_SCR_N };
 
 /* Device table of one experts array (pointers to the uploaded gate/up/down). */
 typedef struct dr_cuda_expert_tab {
@@ -237,17 +235,6 @@ static __device__ __forceinline__ uint4 dr_ld_w(const uint4 *p) {
         : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
         : "l"(p));
     return r;
-}
-
-/* 16 bytes global -> shared without registers (cp.async, sm_80+): queue,
- * commit the group, wait until at most N groups are still in flight. */
-static __device__ __forceinline__ void dr_cp16(void *s, const void *g) {
-    const unsigned a = (unsigned)__cvta_generic_to_shared(s);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(a), "l"(g));
-}
-static __device__ __forceinline__ void dr_cp_commit(void) { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N> static __device__ __forceinline__ void dr_cp_wait(void) {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
 static __device__ __forceinline__ float dr_dev_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }

@@ -76,10 +76,6 @@ void dr_cuda_kv_store(void *ctx, float *k_cache, float *v_cache, const float *k,
 void dr_cuda_gdn_decode(void *ctx, float *y, const float *qkv_raw, const float *z, const float *b, const float *a,
                         float *conv_state, float *state, const float *conv_w, int K, const float *A_log,
                         const float *dt_bias, const float *norm_w, const dr_gdn_dims *d, float eps);
-bool dr_cuda_gdn_decode_out(void *ctx, float *y, const float *qkv_raw, const float *z, const float *b, const float *a,
-                            float *conv_state, float *state, const float *conv_w, int K, const float *A_log,
-                            const float *dt_bias, const float *norm_w, const dr_gdn_dims *d, float eps, float *x,
-                            float *xn, const dr_tensor *w_out, const float *gain, float norm_eps);
 
 /* graph.cu: single-token steps recorded as CUDA graphs and replayed */
 int dr_cuda_step_begin(void *ctx, void **graph, int32_t token, int pos, int variant);

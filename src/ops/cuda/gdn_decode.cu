@@ -244,99 +244,22 @@ static __device__ __forceinline__ float gd_conv(const float *m, const float *con
 }
 #endif
 
-/* The layer's output projection folded into the sliced kernel (session 10,
- * ops.h gdn_decode_out): wo [H, ldo] bf16 (ldo = Hv dv). Each CTA copies the
- * columns of its slice, W_o[:, j dv + v0 .. + W), into shared memory by
- * cp.async while it runs the GDN step (the 35B-A3B's 16.8 MB then stream
- * during the step's latency instead of after it), multiplies them by its
- * outputs, and the cluster sums its CTAs' [H] partials in rank order into
- * part [grid / G, H]; gdn_out_add_kernel adds those to x in a fixed order. */
-struct gd_proj {
-    const __nv_bfloat16 *wo;
-    float *part;
-    int H, ldo;
-};
-
-/* Row r's 16-byte piece q of a slice copy sits at piece q ^ gd_swz(r): a
- * quarter-warp reading 8 consecutive rows then hits 8 distinct bank groups. */
-template <int W> static __device__ __forceinline__ int gd_swz(int r) {
-    return W == 32 ? (r >> 1) & 3 : W == 16 ? (r >> 2) & 1 : 0;
-}
-
-#ifdef GD_SM90
-/* *p (a __shared__ address of this CTA) in the CTA of cluster rank `rank` */
-static __device__ __forceinline__ float gd_ld_rank(const float *p, unsigned rank) {
-    const unsigned a = (unsigned)__cvta_generic_to_shared(p);
-    unsigned r;
-    float v;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(rank));
-    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(r) : "memory");
-    return v;
-}
-
-/* PROJ's end: pb[r] = sum_c wsl[r][c] ys[c] over the slice's nvc columns
- * (column order), then the cluster's G partials summed in rank order, each
- * CTA a 1/G share of the rows, into row blockIdx.x / G of pj.part. Every
- * thread of every CTA of the cluster calls it (barriers). */
-template <int W>
-static __device__ __forceinline__ void gd_out_part(const __nv_bfloat16 *wsl, float *pb, const float *ys, int nvc,
-                                                   const gd_proj &pj, int G, int rq) {
-    const int pc = nvc / 8;
-    dr_cp_wait<0>();
-    __syncthreads(); /* the slice copies of every thread and ys are in */
-    for (int r = threadIdx.x; r < pj.H; r += GD_T) {
-        const uint4 *wr = (const uint4 *)(wsl + (size_t)r * W);
-        float acc = 0.0f;
-        for (int q = 0; q < pc; q++) {
-            const uint4 u = wr[q ^ gd_swz<W>(r)];
-            const __nv_bfloat162 *h = (const __nv_bfloat162 *)&u;
-#pragma unroll
-            for (int k = 0; k < 4; k++) {
-                const float2 f = __bfloat1622float2(h[k]);
-                acc += f.x * ys[8 * q + 2 * k];
-                acc += f.y * ys[8 * q + 2 * k + 1];
-            }
-        }
-        pb[r] = acc;
-    }
-    float *dst = pj.part + (size_t)(blockIdx.x / G) * pj.H;
-    if (G == 1) { /* no cluster: the CTA's partial is its row */
-        __syncthreads();
-        for (int r = threadIdx.x; r < pj.H; r += GD_T)
-            dst[r] = pb[r];
-        return;
-    }
-    gd_arrive(); /* phase 3: every CTA's partial is in its shared memory */
-    gd_wait();
-    const int share = (pj.H + G - 1) / G, r1 = min(pj.H, (rq + 1) * share);
-    for (int r = rq * share + threadIdx.x; r < r1; r += GD_T) {
-        float s_ = 0.0f;
-        for (int q = 0; q < G; q++)
-            s_ += gd_ld_rank(pb + r, (unsigned)q);
-        dst[r] = s_;
-    }
-    gd_arrive(); /* phase 4: no CTA leaves while another reads its partial */
-    gd_wait();
-}
-#endif
-
 /* Grid Hv * S CTAs of GD_T threads, clusters of G = S or (Hv / Hk) * S (no
  * cluster when G = 1).
  * W: columns per slice (8, 16, 32); a warp holds 8 columns x 4 row groups,
  * the 4 warps W / 8 column groups x P = 32 / W row parts; R >= dk / (4 P)
  * state rows per thread. */
-template <int R, int W, bool PROJ = false>
+template <int R, int W>
 __global__ void __launch_bounds__(GD_T)
     gdn_decode_sliced_kernel(float *__restrict__ y, const float *__restrict__ m, const float *__restrict__ z,
                              const float *__restrict__ b, const float *__restrict__ a, float *conv_state,
                              float *__restrict__ state, const float *__restrict__ cw, int K,
                              const float *__restrict__ A_log, const float *__restrict__ dt_bias,
                              const float *__restrict__ nw, int Hk, int Hv, int dk, int dv, float eps, int *cnt, int pdl,
-                             int S, int G, const gd_proj pj) {
+                             int S, int G) {
     DR_TL_SCOPE();
 #ifdef GD_SM90
     constexpr int P = 32 / W, NW = GD_T / 32;
-    extern __shared__ uint4 gd_dyn[]; /* PROJ: the W_o slice [H][W] bf16, then the partial [H] floats */
     __shared__ float sq[GD_MAX], sk[GD_MAX], sv[W], so[P][W], su[P][W], red[2][NW], part[GD_MAX_S];
     __shared__ float keep[GD_MAX_K][GD_KEEP]; /* new conv rows of its channels, written at the end */
     __shared__ int last;
@@ -370,16 +293,6 @@ __global__ void __launch_bounds__(GD_T)
     if (tid < nvc) {
         zv = z[(size_t)j * dv + v0 + tid];
         nwv = nw[v0 + tid];
-    }
-    __nv_bfloat16 *wsl = (__nv_bfloat16 *)gd_dyn;
-    if (PROJ) { /* after the loads above, so they go out first */
-        const int pc = nvc / 8; /* 16-byte pieces of a row's slice */
-        const __nv_bfloat16 *src = pj.wo + (size_t)j * dv + v0;
-        for (int i = tid; i < pj.H * pc; i += GD_T) {
-            const int r = i / pc, q = i - r * pc;
-            dr_cp16(wsl + (size_t)r * W + (q ^ gd_swz<W>(r)) * 8, src + (size_t)r * pj.ldo + q * 8);
-        }
-        dr_cp_commit();
     }
 
     /* 2. conv + SiLU: q/k channels [q0, q0 + nq) of the k head's 2 dk (1/G of them: rank rq of the
@@ -509,13 +422,8 @@ __global__ void __launch_bounds__(GD_T)
         for (int r = 0; r < S; r++) /* rank order: the same total in every CTA of the head */
             tot += part[r];
         const float inv = 1.0f / sqrtf(tot / (float)dv + eps);
-        const float yv = nwv * (o * inv) * dr_dev_silu(zv);
-        y[(size_t)j * dv + v0 + tid] = yv;
-        if (PROJ)
-            sv[tid] = yv; /* sv (the v inputs) is free again */
+        y[(size_t)j * dv + v0 + tid] = nwv * (o * inv) * dr_dev_silu(zv);
     }
-    if (PROJ)
-        gd_out_part<W>(wsl, (float *)(wsl + (size_t)pj.H * W), sv, nvc, pj, G, rq);
     /* the global stores only now: a cluster barrier's release would wait for them */
 #pragma unroll
     for (int r = 0; r < R; r++)
@@ -626,7 +534,7 @@ static int gd_pick(int Hv, int dv, int n_sm, int force, int *W) {
 
 /* cudaLaunchKernelEx with a cluster of G CTAs (G > 1) and optional PDL. */
 template <typename... P, typename... A>
-static void gd_launch(dr_cuda_ctx *cx, int G, bool pdl, size_t smem, void (*k)(P...), unsigned grid, A... args) {
+static void gd_launch(dr_cuda_ctx *cx, int G, bool pdl, void (*k)(P...), unsigned grid, A... args) {
     cudaLaunchAttribute at[2];
     unsigned na = 0;
     if (G > 1) {
@@ -644,76 +552,40 @@ static void gd_launch(dr_cuda_ctx *cx, int G, bool pdl, size_t smem, void (*k)(P
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = dim3(grid);
     cfg.blockDim = dim3(GD_T);
-    cfg.dynamicSmemBytes = smem;
     cfg.stream = cx->stream;
     cfg.attrs = at;
     cfg.numAttrs = na;
     DR_CUDA_NOTE(cx, cudaLaunchKernelEx(&cfg, k, ((P)args)...));
 }
 
-/* How a decode step of these dims runs: slices S of W columns in clusters of
- * G (S = 0: the head kernel). false: outside what the kernels handle. */
-typedef struct {
-    int S, W, G;
-} gd_plan;
-
-static bool gd_plan_for(dr_cuda_ctx *cx, const dr_gdn_dims *d, int K, gd_plan *pl) {
+void dr_cuda_gdn_decode(void *ctx, float *y, const float *qkv_raw, const float *z, const float *b, const float *a,
+                        float *conv_state, float *state, const float *conv_w, int K, const float *A_log,
+                        const float *dt_bias, const float *norm_w, const dr_gdn_dims *d, float eps) {
+    dr_cuda_ctx *cx = (dr_cuda_ctx *)ctx;
     const int Hk = d->n_k_heads, Hv = d->n_v_heads, dk = d->d_k, dv = d->d_v;
-    if (Hk <= 0 || Hv <= 0 || Hv % Hk || dk > GD_MAX || dv > GD_MAX || K < 1 || K > GD_MAX_K || Hk > GD_CNT)
-        return false;
+    if (Hk <= 0 || Hv <= 0 || Hv % Hk || dk > GD_MAX || dv > GD_MAX || K < 1 || K > GD_MAX_K || Hk > GD_CNT) {
+        dr_fail_at(__FILE__, __LINE__, DR_ERR_UNSUPPORTED,
+                   "CUDA gdn_decode: Hk %d, Hv %d, d_k %d, d_v %d, conv %d outside what the kernel handles", Hk, Hv,
+                   dk, dv, K);
+        cx->failed = 1;
+        return;
+    }
+    if (!cx->gdn_cnt && !(cx->gdn_cnt = (int *)dr_cuda_zeroed(cx, GD_CNT * sizeof(int))))
+        return; /* first use while recording (the step runs again without it), or failed */
     const int mode = gd_mode();
     int W = 0, S = mode != 0 && gd_sm90(cx->device) ? gd_pick(Hv, dv, cx->n_sm, mode, &W) : 0;
     if (S > 0 && Hk * S > GD_CNT)
         S = 0;
-    /* clusters of the k head's Hv / Hk heads when they fit (no q/k counter), else of the head's S CTAs */
-    pl->S = S, pl->W = W, pl->G = S > 0 && gd_kclu() && (Hv / Hk) * S <= GD_MAX_S ? (Hv / Hk) * S : S;
-    return true;
-}
-
-/* Let every PROJ instance of the sliced kernel take smem bytes of dynamic
- * shared memory (once per size, never while a step is being recorded). */
-static bool gd_proj_smem(dr_cuda_ctx *cx, size_t smem) {
-    static size_t done = 0;
-    if (smem <= done)
-        return true;
-    if (cx->capturing) { /* the step runs again, unrecorded */
-        cx->cap_bad = 1;
-        return false;
-    }
-    bool ok = true;
-#define GD_ATTR(R, WW)                                                                                         \
-    ok = ok && cudaFuncSetAttribute(gdn_decode_sliced_kernel<R, WW, true>,                                     \
-                                    cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem) == cudaSuccess
-#define GD_ATTRW(R) GD_ATTR(R, 32); GD_ATTR(R, 16); GD_ATTR(R, 8)
-    GD_ATTRW(8);
-    GD_ATTRW(16);
-    GD_ATTRW(32);
-    GD_ATTRW(64);
-#undef GD_ATTRW
-#undef GD_ATTR
-    if (!ok) {
-        (void)cudaGetLastError();
-        return false;
-    }
-    done = smem;
-    return true;
-}
-
-/* The sliced kernel for plan pl (PROJ: with the output projection pj, smem bytes of it). */
-template <bool PROJ>
-static void gd_sliced(dr_cuda_ctx *cx, const gd_plan &pl, size_t smem, const gd_proj &pj, float *y,
-                      const float *qkv_raw, const float *z, const float *b, const float *a, float *conv_state,
-                      float *state, const float *conv_w, int K, const float *A_log, const float *dt_bias,
-                      const float *norm_w, const dr_gdn_dims *d, float eps) {
-    const int Hk = d->n_k_heads, Hv = d->n_v_heads, dk = d->d_k, dv = d->d_v, W = pl.W, S = pl.S, G = pl.G;
-    const int need = (dk * W + 127) / 128; /* state rows per thread */
-    const unsigned grid = (unsigned)(Hv * S);
+    g_gd_last = S;
+    if (S > 0) {
+        /* clusters of the k head's Hv / Hk heads when they fit (no q/k counter), else of the head's S CTAs */
+        const int G = gd_kclu() && (Hv / Hk) * S <= GD_MAX_S ? (Hv / Hk) * S : S;
+        g_gd_last_g = G;
+        const int need = (dk * W + 127) / 128; /* state rows per thread */
+        const unsigned grid = (unsigned)(Hv * S);
 #define GD_SL(R, WW)                                                                                           \
-    do {                                                                                                       \
-        gd_launch(cx, G, cx->pdl_gdn > 0, smem, gdn_decode_sliced_kernel<R, WW, PROJ>, grid, y, qkv_raw, z, b, a, \
-                  conv_state, state, conv_w, K, A_log, dt_bias, norm_w, Hk, Hv, dk, dv, eps, cx->gdn_cnt,       \
-                  cx->pdl_gdn, S, G, pj);                                                                      \
-    } while (0)
+    gd_launch(cx, G, cx->pdl_gdn > 0, gdn_decode_sliced_kernel<R, WW>, grid, y, qkv_raw, z, b, a, conv_state, state, \
+              conv_w, K, A_log, dt_bias, norm_w, Hk, Hv, dk, dv, eps, cx->gdn_cnt, cx->pdl_gdn, S, G)
 #define GD_SLW(R)                                                                                              \
     do {                                                                                                       \
         if (W == 32)                                                                                           \
@@ -723,39 +595,16 @@ static void gd_sliced(dr_cuda_ctx *cx, const gd_plan &pl, size_t smem, const gd_
         else                                                                                                   \
             GD_SL(R, 8);                                                                                       \
     } while (0)
-    if (need <= 8)
-        GD_SLW(8);
-    else if (need <= 16)
-        GD_SLW(16);
-    else if (need <= 32)
-        GD_SLW(32);
-    else
-        GD_SLW(64);
+        if (need <= 8)
+            GD_SLW(8);
+        else if (need <= 16)
+            GD_SLW(16);
+        else if (need <= 32)
+            GD_SLW(32);
+        else
+            GD_SLW(64);
 #undef GD_SLW
 #undef GD_SL
-}
-
-void dr_cuda_gdn_decode(void *ctx, float *y, const float *qkv_raw, const float *z, const float *b, const float *a,
-                        float *conv_state, float *state, const float *conv_w, int K, const float *A_log,
-                        const float *dt_bias, const float *norm_w, const dr_gdn_dims *d, float eps) {
-    dr_cuda_ctx *cx = (dr_cuda_ctx *)ctx;
-    const int Hk = d->n_k_heads, Hv = d->n_v_heads, dk = d->d_k, dv = d->d_v;
-    gd_plan pl;
-    if (!gd_plan_for(cx, d, K, &pl)) {
-        dr_fail_at(__FILE__, __LINE__, DR_ERR_UNSUPPORTED,
-                   "CUDA gdn_decode: Hk %d, Hv %d, d_k %d, d_v %d, conv %d outside what the kernel handles", Hk, Hv,
-                   dk, dv, K);
-        cx->failed = 1;
-        return;
-    }
-    if (!cx->gdn_cnt && !(cx->gdn_cnt = (int *)dr_cuda_zeroed(cx, GD_CNT * sizeof(int))))
-        return; /* first use while recording (the step runs again without it), or failed */
-    g_gd_last = pl.S;
-    if (pl.S > 0) {
-        g_gd_last_g = pl.G;
-        const gd_proj none = {NULL, NULL, 0, 0};
-        gd_sliced<false>(cx, pl, 0, none, y, qkv_raw, z, b, a, conv_state, state, conv_w, K, A_log, dt_bias, norm_w,
-                         d, eps);
         return;
     }
     const unsigned threads = 32u * (unsigned)((dv + 7) / 8);
@@ -772,97 +621,4 @@ void dr_cuda_gdn_decode(void *ctx, float *y, const float *qkv_raw, const float *
     else
         GD_LAUNCH(64);
 #undef GD_LAUNCH
-}
-
-/* x [H] += the sum of the np partial rows part [np, H] (in row order); then
- * (gain) xn = RMSNorm(x; gain): each block's sum of squares to the parts
- * after the counter, the last block to arrive normalises the whole row and
- * puts the counter back (as gemv_add_norm_kernel). */
-__global__ void __launch_bounds__(256) gdn_out_add_kernel(float *x, float *__restrict__ xn, const float *part, int np,
-                                                          int H, const float *__restrict__ gain, float eps,
-                                                          unsigned *cnt) {
-    DR_TL_SCOPE();
-    __shared__ float sh[32];
-    __shared__ int last;
-    dr_pdl_trigger();
-    const int e = blockIdx.x * blockDim.x + threadIdx.x;
-    dr_pdl_wait();
-    float v = 0.0f;
-    if (e < H) {
-        float s_ = 0.0f;
-#pragma unroll 8
-        for (int p = 0; p < np; p++)
-            s_ += __ldcg(part + (size_t)p * H + e);
-        v = x[e] + s_;
-        x[e] = v;
-    }
-    if (!gain)
-        return;
-    float *parts = (float *)(cnt + 64);
-    const float ss = dr_block_sum(v * v, sh);
-    if (threadIdx.x == 0)
-        parts[blockIdx.x] = ss;
-    __threadfence(); /* this block's x and part are visible before its arrival is counted */
-    __syncthreads();
-    if (threadIdx.x == 0)
-        last = atomicAdd(cnt, 1u) == gridDim.x - 1;
-    __syncthreads();
-    if (!last)
-        return;
-    __threadfence();
-    float t = 0.0f;
-    for (int i = threadIdx.x; i < (int)gridDim.x; i += blockDim.x)
-        t += __ldcg(parts + i);
-    const float inv = 1.0f / sqrtf(dr_block_sum(t, sh) / (float)H + eps);
-    for (int i = threadIdx.x; i < H; i += blockDim.x)
-        xn[i] = __ldcg(x + i) * inv * gain[i];
-    if (threadIdx.x == 0)
-        *cnt = 0;
-}
-
-static int gd_out_on(void) { /* DR_CUDA_GDN_OUT=0: the step, then the output projection's GEMV (a baseline) */
-    static int on = -1;
-    if (on < 0) {
-        const char *e = getenv("DR_CUDA_GDN_OUT");
-        on = !(e && e[0] == '0');
-    }
-    return on;
-}
-
-bool dr_cuda_gdn_decode_out(void *ctx, float *y, const float *qkv_raw, const float *z, const float *b, const float *a,
-                            float *conv_state, float *state, const float *conv_w, int K, const float *A_log,
-                            const float *dt_bias, const float *norm_w, const dr_gdn_dims *d, float eps, float *x,
-                            float *xn, const dr_tensor *w_out, const float *gain, float norm_eps) {
-    dr_cuda_ctx *cx = (dr_cuda_ctx *)ctx;
-    const int Hv = d->n_v_heads, dv = d->d_v;
-    gd_plan pl;
-    if (!gd_out_on() || !gd_plan_for(cx, d, K, &pl) || pl.S == 0 || dv % 8 || !w_out->dev ||
-        w_out->dtype != DR_DT_BF16 || w_out->ndim != 2 || w_out->ne[1] != (int64_t)Hv * dv ||
-        (uintptr_t)w_out->dev % 16)
-        return false;
-    const int H = (int)w_out->ne[0];
-    const size_t smem = (size_t)H * pl.W * 2 + (size_t)H * sizeof(float);
-    static int optin = -1;
-    if (optin < 0 && cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, cx->device) != cudaSuccess)
-        optin = 0;
-    if (smem + 24 * 1024 > (size_t)optin || H > 256 * DR_MM_PARTS)
-        return false; /* 24 KB: the kernel's static shared memory */
-    const int np = Hv * pl.S / pl.G;
-    float *part = (float *)dr_cuda_scratch(cx, DR_SCR_GDNP, (size_t)np * H * sizeof(float));
-    if (!part)
-        return false; /* first use while recording: the step runs again */
-    if (gain && !cx->mm_cnt &&
-        !(cx->mm_cnt = (unsigned *)dr_cuda_zeroed(cx, 64 * sizeof(unsigned) + DR_MM_PARTS * sizeof(float))))
-        return false;
-    if (!cx->gdn_cnt && !(cx->gdn_cnt = (int *)dr_cuda_zeroed(cx, GD_CNT * sizeof(int))))
-        return false;
-    if (!gd_proj_smem(cx, smem))
-        return false;
-    g_gd_last = pl.S, g_gd_last_g = pl.G;
-    const gd_proj pj = {(const __nv_bfloat16 *)w_out->dev, part, H, Hv * dv};
-    gd_sliced<true>(cx, pl, smem, pj, y, qkv_raw, z, b, a, conv_state, state, conv_w, K, A_log, dt_bias, norm_w, d,
-                    eps);
-    dr_cuda_launch(cx, true, gdn_out_add_kernel, dim3(dr_cdiv((size_t)H, 256)), dim3(256), 0, x, xn,
-                   (const float *)part, np, H, gain, norm_eps, cx->mm_cnt);
-    return true;
 }

@@ -470,7 +470,7 @@ __global__ void __launch_bounds__(256) gemv_swiglu_kernel(float *__restrict__ ou
  * thread, then the block reduction: a fixed order), writes xn for the whole
  * rows, and puts the counter back to 0 for the next launch or graph replay.
  * No early exit before the barriers. */
-#define FN_PARTS DR_MM_PARTS /* floats of parts after the counter (gridDim.x * T at most) */
+#define FN_PARTS 16384 /* floats of parts after the counter (gridDim.x * T at most) */
 template <typename WT, int MT, int R, int U = 8 / R>
 __global__ void __launch_bounds__(256) gemv_add_norm_kernel(float *x, float *__restrict__ xn, const WT *W,
                                                             const float *__restrict__ a,

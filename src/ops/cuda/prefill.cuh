@@ -64,6 +64,15 @@ static __device__ __forceinline__ void dr_ldsm4(uint32_t r[4], const void *p) {
                  : "r"(a));
 }
 
+static __device__ __forceinline__ void dr_cp16(void *s, const void *g) {
+    const unsigned a = (unsigned)__cvta_generic_to_shared(s);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(a), "l"(g));
+}
+static __device__ __forceinline__ void dr_cp_commit(void) { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N> static __device__ __forceinline__ void dr_cp_wait(void) {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
 /* Largest dynamic shared memory a block may opt into on the context's device. */
 static inline int dr_cuda_smem_optin(dr_cuda_ctx *cx) {
     int v = 0;
