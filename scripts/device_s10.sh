@@ -1,23 +1,25 @@
 #!/usr/bin/env bash
 # Session 10's device call: the CUDA tests and goldens, then decode of this
 # tree against build-old/deltarun (the previous commit, built on the dev box
-# and carried) and against the settings in AB_ENV (default DR_CUDA_PDL_GDN=3),
+# and carried) and against the settings in AB_ENV (default DR_CUDA_PDL_GDN=2),
 # alternated, then (tl) the kernel timeline of this tree, with the defaults
 # and with AB_ENV. Usage: scripts/device_s10.sh [tests] [ab] [big] [tl] [memcheck]
 set -uo pipefail
 source "$(dirname "$0")/device_env.sh"
 what="${*:-tests ab tl}"
-ab_env="${AB_ENV:-DR_CUDA_PDL_GDN=3}"
+ab_env="${AB_ENV:-DR_CUDA_PDL_GDN=2}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 b="$root/build-dev"
 t0=$(date +%s)
-dr_device_build "$b" test_cuda test_cuda_decode test_golden deltarun_cli
+dr_device_build "$b" test_cuda test_cuda_decode test_cuda_fused test_cuda_prefill test_golden deltarun_cli
 echo "built in $(( $(date +%s) - t0 )) s"
 C=bench/configs
 if [[ "$what" == *tests* ]]; then
   T="$OUT/tests.log"
   timeout 120 "$b/tests/test_cuda_decode" tests/data/moe-bf16 tests/data/next-f32 tests/data/long-bf16 >> "$T" 2>&1 || echo "test_cuda_decode FAILED"
   timeout 90 "$b/tests/test_cuda" >> "$T" 2>&1 || echo "test_cuda FAILED"
+  timeout 60 "$b/tests/test_cuda_fused" >> "$T" 2>&1 || echo "test_cuda_fused FAILED"
+  timeout 60 "$b/tests/test_cuda_prefill" >> "$T" 2>&1 || echo "test_cuda_prefill FAILED"
   env $ab_env timeout 120 "$b/tests/test_cuda_decode" tests/data/moe-bf16 tests/data/next-f32 tests/data/long-bf16 >> "$T" 2>&1 || echo "test_cuda_decode $ab_env FAILED"
   env $ab_env timeout 120 "$b/tests/test_golden" tests/data/moe-bf16 --device cuda >> "$T" 2>&1 || echo "golden moe-bf16 $ab_env FAILED"
   for fx in dense-f32 moe-bf16 moe-bf16-fused next-f32 long-bf16; do
