@@ -4,13 +4,15 @@ and print where a replayed decode step spends its time.
 
 usage: scripts/timeline.py RECORDS [--steps N] [--src DIR]
 
-A launch is every record with the same %gridid; its start is its first
-block's start, "wait" the first return from its PDL wait (blank: it has
-none), its end the last block's end. Decode steps begin at embed_kernel;
-the steps with the most common launch count are kept and, position by
-position, the medians over the last N of them are printed (ns -> us,
-relative to the step's first launch). "adds" is how much later this launch
-ends than the one before it: the critical path's share of each kernel.
+A launch is the records of one %gridid and kernel (split where a graph
+replay reuses the id); its start is its first block's start, "last st"
+its last block's (late blocks could not be resident early), "wait" the
+first return from its PDL wait (blank: it has none), its end the last
+block's end. Decode steps begin at embed_kernel; the steps with the most
+common launch count are kept and, position by position, the medians over
+the last N of them are printed (us, relative to the step's first launch).
+"adds" is how much later a launch ends than the ones before it: its share
+of the critical path.
 """
 import glob
 import os
@@ -67,7 +69,7 @@ def launches(path):
     out = []
     for rs in groups:
         tws = [r[1] for r in rs if r[1]]
-        out.append(dict(kid=rs[0][3], n=len(rs), nb=rs[0][4], t0=min(r[0] for r in rs),
+        out.append(dict(kid=rs[0][3], n=len(rs), nb=rs[0][4], t0=min(r[0] for r in rs), t0max=max(r[0] for r in rs),
                         tw=min(tws) if tws else None, tw1=max(tws) if tws else None,
                         t1=max(r[2] for r in rs),
                         marks=[max((r[5][k] for r in rs if r[5][k]), default=None) for k in range(4)]))
@@ -110,13 +112,15 @@ def main():
     keep = keep[-nsteps:]
     print("%d steps of %d launches (kept the last %d); step period median %.1f us" %
           (len(steps), mode, len(keep), (med(periods) or 0) / 1e3))
-    print("%3s %-28s %5s %8s %8s %8s %8s %8s" % ("#", "kernel", "blks", "start", "wait", "end", "adds", "run"))
+    print("%3s %-28s %5s %8s %8s %8s %8s %8s %8s" % ("#", "kernel", "blks", "start", "last st", "wait", "end", "adds",
+                                                   "run"))
     per_kernel = defaultdict(float)
     prev_end = 0.0
     for i in range(mode):
         rows = [s[i] for s in keep]
         base = [s[0]["t0"] for s in keep]
         st = med([r["t0"] - b for r, b in zip(rows, base)]) / 1e3
+        st1 = med([r["t0max"] - b for r, b in zip(rows, base)]) / 1e3  # last block's start: residency
         en = med([r["t1"] - b for r, b in zip(rows, base)]) / 1e3
         tw = [r["tw"] - b for r, b in zip(rows, base) if r["tw"]]
         wt = med(tw) / 1e3 if tw else None
@@ -124,7 +128,7 @@ def main():
         adds = en - prev_end
         prev_end = max(prev_end, en)
         per_kernel[rows[0]["name"]] += adds
-        print("%3d %-28s %5d %8.1f %8s %8.1f %8.1f %8.1f" % (i, rows[0]["name"][:28], rows[0]["nb"], st,
+        print("%3d %-28s %5d %8.1f %8.1f %8s %8.1f %8.1f %8.1f" % (i, rows[0]["name"][:28], rows[0]["nb"], st, st1,
               "%.1f" % wt if wt is not None else "-", en, adds, run))
     print("\ncritical-path time per kernel (sum of 'adds' over the step, us):")
     for k, v in sorted(per_kernel.items(), key=lambda kv: -kv[1]):
