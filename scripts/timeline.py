@@ -57,7 +57,7 @@ def launches(path):
         g, t0, tw, t1, m0, m1, m2, m3, kid, blk, sm, nb = REC.unpack_from(data, off)
         by[g].append((t0, tw, t1, kid, nb, (m0, m1, m2, m3)))
     groups = []
-    for rs in by.values():  # split a %gridid that repeats (graph replays) at gaps of > 100 us
+    for rs in by.values():  # a %gridid that repeats (graph replays): split at gaps of > 100 us and kernel changes
         rs.sort()
         cur = [rs[0]]
         for r in rs[1:]:
@@ -69,9 +69,8 @@ def launches(path):
     out = []
     for rs in groups:
         tws = [r[1] for r in rs if r[1]]
-        out.append(dict(kid=rs[0][3], n=len(rs), nb=rs[0][4], t0=min(r[0] for r in rs), t0max=max(r[0] for r in rs),
-                        tw=min(tws) if tws else None, tw1=max(tws) if tws else None,
-                        t1=max(r[2] for r in rs),
+        out.append(dict(kid=rs[0][3], nb=rs[0][4], t0=min(r[0] for r in rs), t0max=max(r[0] for r in rs),
+                        tw=min(tws) if tws else None, t1=max(r[2] for r in rs),
                         marks=[max((r[5][k] for r in rs if r[5][k]), default=None) for k in range(4)]))
     out.sort(key=lambda l: l["t0"])
     return out

@@ -54,6 +54,9 @@ static __host__ __device__ constexpr unsigned dr_tl_hash(const char *s) { /* FNV
     return h;
 }
 
+/* Thread 0 of the block: it takes the slot and the wait / mark times. */
+static __device__ __forceinline__ bool dr_tl_first(void) { return threadIdx.x + threadIdx.y + threadIdx.z == 0; }
+
 static __device__ __forceinline__ unsigned long long dr_tl_now(void) {
     unsigned long long t;
     asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
@@ -71,7 +74,7 @@ struct dr_tl_scope {
     __device__ __forceinline__ explicit dr_tl_scope(unsigned k) : t0(0), slot(~0u), kid(k) {
         if (!dr_tl_count_)
             return;
-        if (threadIdx.x + threadIdx.y + threadIdx.z == 0) {
+        if (dr_tl_first()) {
             t0 = dr_tl_now();
             dr_tl_waited_ = dr_tl_end_ = 0;
             dr_tl_mark_[0] = dr_tl_mark_[1] = dr_tl_mark_[2] = dr_tl_mark_[3] = 0;
@@ -115,7 +118,7 @@ struct dr_tl_scope {
     dr_tl_scope dr_tl_s_(dr_tl_k_)
 #define DR_TL_WAITED()                                                                               \
     do {                                                                                             \
-        if (threadIdx.x + threadIdx.y + threadIdx.z == 0)                                            \
+        if (dr_tl_first())                                                                           \
             dr_tl_waited_ = dr_tl_now();                                                             \
     } while (0)
 
@@ -123,9 +126,8 @@ struct dr_tl_scope {
  * depends on v, so it cannot run before the loads behind v return. */
 #define DR_TL_MARK(k, v)                                                                             \
     do {                                                                                             \
-        if (threadIdx.x + threadIdx.y + threadIdx.z == 0) {                                          \
-            float dr_tl_v_ = (v);                                                                    \
-            asm volatile("" : "+f"(dr_tl_v_));                                                       \
+        if (dr_tl_first()) {                                                                         \
+            const float dr_tl_v_ = (v);                                                              \
             unsigned long long dr_tl_t_;                                                             \
             asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(dr_tl_t_) : "f"(dr_tl_v_));             \
             dr_tl_mark_[k] = dr_tl_t_;                                                               \
