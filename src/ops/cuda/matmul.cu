@@ -470,6 +470,36 @@ __global__ void __launch_bounds__(256) gemv_swiglu_kernel(float *__restrict__ ou
  * thread, then the block reduction: a fixed order), writes xn for the whole
  * rows, and puts the counter back to 0 for the next launch or graph replay.
  * No early exit before the barriers. */
+/* The last block's norm of one token (gemv_add_norm_kernel, d <= 8 threads
+ * per block): xn = x / rms * gain with the sum of squares from the blocks'
+ * parts [G], summed as the general path does (per thread in block order,
+ * then the block reduction), so the values are the same; x and gain are
+ * loaded before the parts are summed instead of after. */
+static __device__ __forceinline__ void gn_last_one(float *__restrict__ xn, const float *x,
+                                                   const float *__restrict__ gain, const float *parts, int G, int d,
+                                                   float eps, float *sh) {
+    const int nt = blockDim.x;
+    float v[8], g[8];
+#pragma unroll
+    for (int k = 0; k < 8; k++) {
+        const int i = threadIdx.x + k * nt;
+        v[k] = i < d ? __ldcg(x + i) : 0.0f;
+        g[k] = i < d ? gain[i] : 0.0f;
+    }
+    float ss = 0.0f;
+    for (int j = threadIdx.x; j < G; j += nt)
+        ss += __ldcg(parts + j);
+    ss = dr_block_sum(ss, sh);
+    const float iv = 1.0f / sqrtf(ss / (float)d + eps);
+    DR_TL_MARK(2, iv);
+#pragma unroll
+    for (int k = 0; k < 8; k++) {
+        const int i = threadIdx.x + k * nt;
+        if (i < d)
+            xn[i] = v[k] * iv * g[k];
+    }
+}
+
 #define FN_PARTS 16384 /* floats of parts after the counter (gridDim.x * T at most) */
 template <typename WT, int MT, int R, int U = 8 / R>
 __global__ void __launch_bounds__(256) gemv_add_norm_kernel(float *x, float *__restrict__ xn, const WT *W,
@@ -530,6 +560,12 @@ __global__ void __launch_bounds__(256) gemv_add_norm_kernel(float *x, float *__r
         return;
     __threadfence();
     const int nt = blockDim.x, G = gridDim.x;
+    if (T == 1 && d <= 8 * nt) { /* one token: x and gain load with the parts, one round trip (session 11) */
+        gn_last_one(xn, x, gain, parts, G, d, eps, sh);
+        if (threadIdx.x == 0)
+            *cnt = 0;
+        return;
+    }
     for (int t = 0; t < T; t++) {
         float ss = 0.0f;
         for (int j = threadIdx.x; j < G; j += nt)

@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Session 11's device call: the CUDA tests and goldens (also under each
+# setting of AB_ENVS), then decode of this tree against build-old/deltarun
+# (the session's first commit, built on the dev box and carried) and against
+# each setting of AB_ENVS (space-separated VAR=val, default
+# "DR_CUDA_MOE_SLIM=1 DR_CUDA_MOE_SLIM=2 DR_CUDA_MOE_SLIM=3"), alternated;
+# (tl) the kernel timeline with the defaults and with the last setting.
+# (sass) the SASS of the decode GEMV kernels, to see where their first
+# weight loads sit against the PDL wait.
+# Usage: scripts/device_s11.sh [tests] [ab] [big] [tl] [memcheck] [sass]
+set -uo pipefail
+source "$(dirname "$0")/device_env.sh"
+what="${*:-tests ab tl}"
+read -r -a envs <<< "${AB_ENVS:-DR_CUDA_MOE_SLIM=1 DR_CUDA_MOE_SLIM=2 DR_CUDA_MOE_SLIM=3}"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+b="$root/build-dev"
+t0=$(date +%s)
+dr_device_build "$b" test_cuda test_cuda_decode test_cuda_fused test_cuda_prefill test_golden deltarun_cli
+echo "built in $(( $(date +%s) - t0 )) s"
+C=bench/configs
+D="tests/data/moe-bf16 tests/data/next-f32 tests/data/long-bf16"
+if [[ "$what" == *tests* ]]; then
+  T="$OUT/tests.log"
+  timeout 120 "$b/tests/test_cuda_decode" $D >> "$T" 2>&1 || echo "test_cuda_decode FAILED"
+  timeout 90 "$b/tests/test_cuda" >> "$T" 2>&1 || echo "test_cuda FAILED"
+  timeout 60 "$b/tests/test_cuda_fused" >> "$T" 2>&1 || echo "test_cuda_fused FAILED"
+  timeout 60 "$b/tests/test_cuda_prefill" >> "$T" 2>&1 || echo "test_cuda_prefill FAILED"
+  for fx in dense-f32 moe-bf16 moe-bf16-fused next-f32 long-bf16; do
+    timeout 120 "$b/tests/test_golden" "tests/data/$fx" --device cuda >> "$T" 2>&1 || echo "golden $fx FAILED"
+  done
+  for e in "${envs[@]}"; do
+    env "$e" timeout 120 "$b/tests/test_cuda_decode" $D >> "$T" 2>&1 || echo "test_cuda_decode $e FAILED"
+    for fx in moe-bf16 moe-bf16-fused next-f32; do
+      env "$e" timeout 120 "$b/tests/test_golden" "tests/data/$fx" --device cuda >> "$T" 2>&1 || echo "golden $fx $e FAILED"
+    done
+  done
+  echo "tests: $(grep -c '^ok' "$T") ok lines, $(grep -c -E '^FAIL|not ok' "$T") failures"
+  grep -E "^FAIL|not ok" "$T" | head -10
+fi
+if [[ "$what" == *memcheck* ]]; then
+  e="${envs[${#envs[@]}-1]}"
+  timeout 150 compute-sanitizer --tool memcheck --leak-check full --error-exitcode 9 \
+    "$b/tests/test_golden" tests/data/moe-bf16 --device cuda --quick > "$OUT/memcheck_moe.log" 2>&1
+  echo "memcheck moe-bf16 exit $?"; grep -E "ERROR SUMMARY|LEAK" "$OUT/memcheck_moe.log" | head -3
+  env "$e" timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 \
+    "$b/tests/test_golden" tests/data/moe-bf16 --device cuda --quick > "$OUT/memcheck_moe_e.log" 2>&1
+  echo "memcheck moe-bf16 $e exit $?"; grep -E "ERROR SUMMARY" "$OUT/memcheck_moe_e.log" | head -3
+fi
+one() { # label, binary, env (VAR=val or empty), bench arguments
+  local nm="$1" cli="$2" e="$3"; shift 3
+  local j
+  j=$(env $e timeout 200 "$cli" bench --device cuda "$@" --json 2>>"$OUT/bench_err.log")
+  echo "$nm $* $j" >> "$OUT/bench.log"
+  python3 -c "import json,sys; d=json.loads(sys.argv[1]); print('%-32s decode %7.1f tok/s  %5.1f%% of the floor' % (sys.argv[2], d['decode_tok_s'], 100*d['floor_fraction']))" "$j" "$nm" 2>/dev/null || { echo "$nm: failed"; tail -2 "$OUT/bench_err.log"; }
+}
+variants() { # label, bench arguments: old, new, new + each setting
+  local nm="$1"; shift
+  one "$nm-old" "$root/build-old/deltarun" "" "$@"
+  one "$nm-new" "$b/deltarun" "" "$@"
+  for e in "${envs[@]}"; do one "$nm-new-$e" "$b/deltarun" "$e" "$@"; done
+}
+if [[ "$what" == *ab* ]]; then
+  for r in 1 2; do variants 35B-8L --synthetic $C/qwen3.5-35b-a3b.json --layers 8 -p 128 -n 256; done
+fi
+if [[ "$what" == *big* ]]; then
+  variants 35B-40L --synthetic $C/qwen3.5-35b-a3b.json -p 128 -n 128
+fi
+if [[ "$what" == *tl* ]]; then
+  DR_CMAKE_EXTRA=-DDR_CUDA_TIMELINE=ON dr_device_build "$root/build-tl" deltarun_cli
+  e="${envs[${#envs[@]}-1]}"
+  for nm in 35b8 35b8e; do
+    f="$OUT/tl_$nm.bin"
+    ee=""; [[ $nm == *e ]] && ee="$e"
+    env $ee DR_CUDA_TIMELINE="$f" timeout 150 "$root/build-tl/deltarun" bench --device cuda --synthetic \
+      $C/qwen3.5-35b-a3b.json --layers 8 -p 128 -n 48 --json > /dev/null 2>>"$OUT/err.log"
+    python3 scripts/timeline.py "$f" --steps 30 > "$OUT/tl_$nm.txt" 2>&1
+    echo "== timeline $nm $ee"; head -1 "$OUT/tl_$nm.txt"; sed -n '/critical-path/,$p' "$OUT/tl_$nm.txt" | head -24
+    rm -f "$f"
+  done
+fi
+if [[ "$what" == *sass* ]]; then
+  for f in matmul moe; do
+    o=$(find "$b" -name "$f.cu.o" | head -1)
+    cuobjdump -sass "$o" > "$OUT/sass_$f.txt" 2>&1
+  done
+  python3 - "$OUT/sass_matmul.txt" "$OUT/sass_moe.txt" <<'PY'
+import re, sys
+# per kernel: the opcodes of its first 60 instructions that are loads, barriers or PDL-looking
+for fn in sys.argv[1:]:
+    cur = None
+    for line in open(fn):
+        m = re.search(r"Function : (\S+)", line)
+        if m:
+            cur = m.group(1); n = 0; shown = []
+            continue
+        if cur and ("gemv_add_norm_kernelI13__nv_bfloat16Li1ELi1ELi8" in cur or "gemv_rows_norm_kernelI13__nv_bfloat16" in cur or "moe_down_bf16_kernelILi8" in cur):
+            m = re.search(r"/\*([0-9a-f]{4})\*/\s+(.*?);", line)
+            if m:
+                n += 1
+                op = m.group(2)
+                if n <= 400 and len(shown) < 14 and re.search(r"LDG|ACQ|DEPBAR|BAR|griddep|PREEXIT|ACQBULK|CCTL|EXIT|MEMBAR|ERRBAR|UCGABAR", op):
+                    shown.append(1)
+                    print(cur[:60], n, op[:90])
+PY
+fi
