@@ -2,8 +2,9 @@
 # Session 11's device call: the CUDA tests and goldens (also under each
 # setting of AB_ENVS), then decode of this tree against build-old/deltarun
 # (the session's first commit, built on the dev box and carried) and against
-# each setting of AB_ENVS (space-separated VAR=val, default
-# "DR_CUDA_MOE_SLIM=1 DR_CUDA_MOE_SLIM=2 DR_CUDA_MOE_SLIM=3"), alternated;
+# each setting of AB_ENVS (space-separated settings, each VAR=val[,VAR=val],
+# default "DR_CUDA_MOE_SLIM=1 DR_CUDA_MOE_SLIM=2 DR_CUDA_MOE_SLIM=3"),
+# alternated (AB_SHAPES: 35b8 and / or 08b, default 35b8);
 # (tl) the kernel timeline with the defaults and with the last setting.
 # (sass) the SASS of the decode GEMV kernels, to see where their first
 # weight loads sit against the PDL wait.
@@ -29,9 +30,10 @@ if [[ "$what" == *tests* ]]; then
     timeout 120 "$b/tests/test_golden" "tests/data/$fx" --device cuda >> "$T" 2>&1 || echo "golden $fx FAILED"
   done
   for e in "${envs[@]}"; do
-    env "$e" timeout 120 "$b/tests/test_cuda_decode" $D >> "$T" 2>&1 || echo "test_cuda_decode $e FAILED"
-    for fx in moe-bf16 moe-bf16-fused next-f32; do
-      env "$e" timeout 120 "$b/tests/test_golden" "tests/data/$fx" --device cuda >> "$T" 2>&1 || echo "golden $fx $e FAILED"
+    env ${e//,/ } timeout 120 "$b/tests/test_cuda_decode" $D >> "$T" 2>&1 || echo "test_cuda_decode $e FAILED"
+    env ${e//,/ } timeout 60 "$b/tests/test_cuda_fused" >> "$T" 2>&1 || echo "test_cuda_fused $e FAILED"
+    for fx in dense-f32 moe-bf16 moe-bf16-fused next-f32; do
+      env ${e//,/ } timeout 120 "$b/tests/test_golden" "tests/data/$fx" --device cuda >> "$T" 2>&1 || echo "golden $fx $e FAILED"
     done
   done
   echo "tests: $(grep -c '^ok' "$T") ok lines, $(grep -c -E '^FAIL|not ok' "$T") failures"
@@ -42,14 +44,14 @@ if [[ "$what" == *memcheck* ]]; then
   timeout 150 compute-sanitizer --tool memcheck --leak-check full --error-exitcode 9 \
     "$b/tests/test_golden" tests/data/moe-bf16 --device cuda --quick > "$OUT/memcheck_moe.log" 2>&1
   echo "memcheck moe-bf16 exit $?"; grep -E "ERROR SUMMARY|LEAK" "$OUT/memcheck_moe.log" | head -3
-  env "$e" timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 \
+  env ${e//,/ } timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 \
     "$b/tests/test_golden" tests/data/moe-bf16 --device cuda --quick > "$OUT/memcheck_moe_e.log" 2>&1
   echo "memcheck moe-bf16 $e exit $?"; grep -E "ERROR SUMMARY" "$OUT/memcheck_moe_e.log" | head -3
 fi
 one() { # label, binary, env (VAR=val or empty), bench arguments
   local nm="$1" cli="$2" e="$3"; shift 3
   local j
-  j=$(env $e timeout 200 "$cli" bench --device cuda "$@" --json 2>>"$OUT/bench_err.log")
+  j=$(env ${e//,/ } timeout 200 "$cli" bench --device cuda "$@" --json 2>>"$OUT/bench_err.log")
   echo "$nm $* $j" >> "$OUT/bench.log"
   python3 -c "import json,sys; d=json.loads(sys.argv[1]); print('%-32s decode %7.1f tok/s  %5.1f%% of the floor' % (sys.argv[2], d['decode_tok_s'], 100*d['floor_fraction']))" "$j" "$nm" 2>/dev/null || { echo "$nm: failed"; tail -2 "$OUT/bench_err.log"; }
 }
@@ -60,7 +62,10 @@ variants() { # label, bench arguments: old, new, new + each setting
   for e in "${envs[@]}"; do one "$nm-new-$e" "$b/deltarun" "$e" "$@"; done
 }
 if [[ "$what" == *ab* ]]; then
-  for r in 1 2; do variants 35B-8L --synthetic $C/qwen3.5-35b-a3b.json --layers 8 -p 128 -n 256; done
+  for r in 1 2; do
+    [[ "${AB_SHAPES:-35b8}" == *35b8* ]] && variants 35B-8L --synthetic $C/qwen3.5-35b-a3b.json --layers 8 -p 128 -n 256
+    [[ "${AB_SHAPES:-35b8}" == *08b* ]] && variants 0.8B --synthetic $C/qwen3.5-0.8b.json -p 128 -n 256
+  done
 fi
 if [[ "$what" == *big* ]]; then
   variants 35B-40L --synthetic $C/qwen3.5-35b-a3b.json -p 128 -n 128
@@ -71,7 +76,7 @@ if [[ "$what" == *tl* ]]; then
   for nm in 35b8 35b8e; do
     f="$OUT/tl_$nm.bin"
     ee=""; [[ $nm == *e ]] && ee="$e"
-    env $ee DR_CUDA_TIMELINE="$f" timeout 150 "$root/build-tl/deltarun" bench --device cuda --synthetic \
+    env ${ee//,/ } DR_CUDA_TIMELINE="$f" timeout 150 "$root/build-tl/deltarun" bench --device cuda --synthetic \
       $C/qwen3.5-35b-a3b.json --layers 8 -p 128 -n 48 --json > /dev/null 2>>"$OUT/err.log"
     python3 scripts/timeline.py "$f" --steps 30 > "$OUT/tl_$nm.txt" 2>&1
     echo "== timeline $nm $ee"; head -1 "$OUT/tl_$nm.txt"; sed -n '/critical-path/,$p' "$OUT/tl_$nm.txt" | head -24
@@ -98,7 +103,7 @@ for fn in sys.argv[1:]:
             if m:
                 n += 1
                 op = m.group(2)
-                if n <= 400 and len(shown) < 14 and re.search(r"LDG|ACQ|DEPBAR|BAR|griddep|PREEXIT|ACQBULK|CCTL|EXIT|MEMBAR|ERRBAR|UCGABAR", op):
+                if n <= 400 and len(shown) < 14 and re.search(r"LDG|ACQ|DEPBAR|BAR|griddep|PREEXIT|ACQBULK|CCTL|EXIT|MEMBAR|ERRBAR|UCGABAR|BLK|PF|PREF|UTMA", op):
                     shown.append(1)
                     print(cur[:60], n, op[:90])
 PY

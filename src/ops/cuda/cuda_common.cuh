@@ -81,7 +81,8 @@ typedef struct dr_cuda_ctx {
                               route (DR_CUDA_DEC3=0: the previous kernels, a same-run baseline) */
     int moe_dec;           /* round 3: the fused moe_decode slot (DR_CUDA_MOE_DEC=0: off, the chain runs) */
     int pdl_norm, pdl_gdn; /* round 3: rmsnorm/add_rmsnorm and gdn_decode launched with PDL: 0 no, 1 (trigger
-                              at their start), 2 (trigger once their inputs are ready); DR_CUDA_PDL_NORM/_GDN */
+                              at their start), 2 (trigger once their inputs are ready); DR_CUDA_PDL_NORM/_GDN;
+                              pdl_gdn 3 (session 11): in stream order, triggering at its start */
     cudaStream_t stream;
     cublasHandle_t blas;
     void *scr[DR_SCR_N];   /* growable device scratch */
@@ -208,6 +209,10 @@ static __device__ __forceinline__ float dr_block_sum(float v, float *sh) {
  * norm's sums launch with the same count. */
 int dr_cuda_norm_threads(const dr_cuda_ctx *cx, int rows, int n);
 
+/* DR_CUDA_PF (matmul.cu): bytes of each weight row a decode kernel asks of
+ * L2 before its PDL wait, 0 for none. */
+unsigned dr_cuda_pf_bytes(void);
+
 /* Sum of squares of a row x [n] over the block: four loads in flight per
  * thread, each thread's sum in index order, then dr_block_sum (every thread
  * gets the total). rmsnorm's sums; kernels that must equal it use this. */
@@ -235,6 +240,18 @@ static __device__ __forceinline__ uint4 dr_ld_w(const uint4 *p) {
         : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
         : "l"(p));
     return r;
+}
+
+/* Ask L2 for `bytes` (a multiple of 16) at p (16-byte aligned) and go on:
+ * weights a kernel reads after dr_pdl_wait() stream in while the kernel
+ * before it finishes. Register loads issued before the wait do not do this
+ * reliably: the compiler sank them below it (the SASS of session 11 had
+ * the GEMVs' first weight loads after the wait). No register result, so
+ * nothing to sink; volatile keeps it before the wait. sm_90 and later. */
+static __device__ __forceinline__ void dr_prefetch_l2(const void *p, unsigned bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
+#endif
 }
 
 static __device__ __forceinline__ float dr_dev_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }

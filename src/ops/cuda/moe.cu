@@ -523,7 +523,7 @@ static __device__ __forceinline__ void md_gu_rows(float *out, uint4 (&a)[MD_U], 
  * the routing gate/up kernel (session 6). */
 template <int RW>
 static __device__ __forceinline__ void md_gu_shared(float *sa, const float *x, const uint4 *gw, const uint4 *uw, int t,
-                                                    int H, int Is) {
+                                                    int H, int Is, unsigned pf) {
     extern __shared__ float4 md_sx[];
     dr_pdl_trigger();
     const int lane = threadIdx.x & 31, nw = blockDim.x >> 5;
@@ -531,6 +531,8 @@ static __device__ __forceinline__ void md_gu_shared(float *sa, const float *x, c
     if ((int)blockIdx.x * nw * RW >= Is) /* only routed rows here (I > Is) */
         return;
     const int nv = H / 8;
+    if (pf && lane < 2 * RW) /* lane q: gate row i0 + q, lane RW + q: its up row (dr_prefetch_l2) */
+        dr_prefetch_l2(md_row(lane < RW ? gw : uw, i0 + lane % RW, Is, nv), pf < 16u * nv ? pf : 16u * nv);
     uint4 a[MD_U], b[MD_U];
     md_gu_first(a, b, md_row(gw, i0, Is, nv), md_row(uw, i0, Is, nv), lane, nv);
     dr_pdl_wait(); /* x comes from earlier kernels */
@@ -556,12 +558,12 @@ __global__ void __launch_bounds__(RW == 1 ? 256 : 128, RW == 1 ? 5 : 8) moe_gu_r
                                                                 const void *const *__restrict__ tab, int E, int k,
                                                                 int H, int I, int *ready, int R,
                                                                 const uint4 *__restrict__ sgw,
-                                                                const uint4 *__restrict__ suw, int Is) {
+                                                                const uint4 *__restrict__ suw, int Is, unsigned pf) {
     DR_TL_SCOPE();
     extern __shared__ float4 md_sx[];
     __shared__ int pick;
     if ((int)blockIdx.y >= R) { /* the shared expert of token blockIdx.y - R: rows Is, output after the picks' */
-        md_gu_shared<RW>(act + (size_t)R * I, x, sgw, suw, (int)blockIdx.y - R, H, Is);
+        md_gu_shared<RW>(act + (size_t)R * I, x, sgw, suw, (int)blockIdx.y - R, H, Is, pf);
         return;
     }
     const int lane = threadIdx.x & 31, r = blockIdx.y, t = r / k, j = r - t * k, nw = blockDim.x >> 5;
@@ -835,14 +837,15 @@ static void experts_fast(dr_cuda_ctx *cx, float *y, const float *x, const int32_
         const dim3 gg(dr_cdiv((size_t)(shgu && Is > I ? Is : I), 8), (unsigned)(R + (shgu ? T : 0)));
         const uint4 *sgw = shgu ? sh->gate_w : NULL, *suw = shgu ? sh->up_w : NULL;
         const bool slim = md_slim() & 1;
+        const unsigned pf = dr_cuda_pf_bytes();
 #define MD_GU_ROUTE(PER, RX)                                                                                       \
     do {                                                                                                           \
         if (slim)                                                                                                  \
             dr_cuda_launch(cx, true, moe_gu_route_bf16_kernel<PER, RX, 2>, gg, dim3(128), gs, act, rt->idx, rt->wts, \
-                           rt->logits, rt->renorm, x, tab, E, k, H, I, ready, R, sgw, suw, Is);                     \
+                           rt->logits, rt->renorm, x, tab, E, k, H, I, ready, R, sgw, suw, Is, pf);                     \
         else                                                                                                       \
             dr_cuda_launch(cx, true, moe_gu_route_bf16_kernel<PER, RX, 1>, gg, dim3(256), gs, act, rt->idx, rt->wts, \
-                           rt->logits, rt->renorm, x, tab, E, k, H, I, ready, R, sgw, suw, Is);                     \
+                           rt->logits, rt->renorm, x, tab, E, k, H, I, ready, R, sgw, suw, Is, pf);                     \
     } while (0)
         const bool rx = md_rx();
         if (E <= 256 && rx)
