@@ -8,7 +8,9 @@
 # (tl) the kernel timeline with the defaults and with the last setting.
 # (sass) the SASS of the decode GEMV kernels, to see where their first
 # weight loads sit against the PDL wait.
-# Usage: scripts/device_s11.sh [tests] [ab] [big] [tl] [memcheck] [sass]
+# (plain) also builds this tree with -DDR_CUDA_PRELOAD_PLAIN and runs it
+# in the A/B.
+# Usage: scripts/device_s11.sh [tests] [plain] [ab] [big] [tl] [memcheck] [sass]
 set -uo pipefail
 source "$(dirname "$0")/device_env.sh"
 what="${*:-tests ab tl}"
@@ -18,6 +20,9 @@ b="$root/build-dev"
 t0=$(date +%s)
 dr_device_build "$b" test_cuda test_cuda_decode test_cuda_fused test_cuda_prefill test_golden deltarun_cli
 echo "built in $(( $(date +%s) - t0 )) s"
+if [[ "$what" == *plain* ]]; then # this tree with the weight preloads as plain loads (the baseline of dr_ld_w_pre)
+  DR_CMAKE_EXTRA=-DCMAKE_CUDA_FLAGS=-DDR_CUDA_PRELOAD_PLAIN dr_device_build "$root/build-plain" deltarun_cli
+fi
 C=bench/configs
 D="tests/data/moe-bf16 tests/data/next-f32 tests/data/long-bf16"
 if [[ "$what" == *tests* ]]; then
@@ -58,6 +63,7 @@ one() { # label, binary, env (VAR=val or empty), bench arguments
 variants() { # label, bench arguments: old, new, new + each setting
   local nm="$1"; shift
   one "$nm-old" "$root/build-old/deltarun" "" "$@"
+  [[ -x "$root/build-plain/deltarun" ]] && one "$nm-plain" "$root/build-plain/deltarun" "" "$@"
   one "$nm-new" "$b/deltarun" "" "$@"
   for e in "${envs[@]}"; do one "$nm-new-$e" "$b/deltarun" "$e" "$@"; done
 }
@@ -90,21 +96,25 @@ if [[ "$what" == *sass* ]]; then
   done
   python3 - "$OUT/sass_matmul.txt" "$OUT/sass_moe.txt" <<'PY'
 import re, sys
-# per kernel: the opcodes of its first 60 instructions that are loads, barriers or PDL-looking
+# per kernel with a PDL wait (ACQBULK): its 128-bit weight loads before and after the wait
 for fn in sys.argv[1:]:
+    stats = {}
     cur = None
     for line in open(fn):
         m = re.search(r"Function : (\S+)", line)
         if m:
-            cur = m.group(1); n = 0; shown = []
+            cur = m.group(1); stats[cur] = [0, 0, False]
             continue
-        if cur and ("gemv_add_norm_kernelI13__nv_bfloat16Li1ELi1ELi8" in cur or "gemv_rows_norm_kernelI13__nv_bfloat16" in cur or "moe_down_bf16_kernelILi8" in cur):
-            m = re.search(r"/\*([0-9a-f]{4})\*/\s+(.*?);", line)
-            if m:
-                n += 1
-                op = m.group(2)
-                if n <= 400 and len(shown) < 14 and re.search(r"LDG|ACQ|DEPBAR|BAR|griddep|PREEXIT|ACQBULK|CCTL|EXIT|MEMBAR|ERRBAR|UCGABAR|BLK|PF|PREF|UTMA", op):
-                    shown.append(1)
-                    print(cur[:60], n, op[:90])
+        if cur is None or ";" not in line:
+            continue
+        st = stats[cur]
+        if "ACQBULK" in line:
+            st[2] = True
+        elif "LDG.E.NA.128" in line:
+            st[1 if st[2] else 0] += 1
+    for k, (pre, post, w) in stats.items():
+        if w and ("bfloat16" in k or "moe" in k) and ("gemv" in k or "moe" in k):
+            print("sass %-70s weight loads before the wait %2d, after %3d" % (k[:70], pre, post))
+PY
 PY
 fi

@@ -254,6 +254,24 @@ static __device__ __forceinline__ void dr_prefetch_l2(const void *p, unsigned by
 #endif
 }
 
+/* dr_ld_w for the weights a kernel loads before its dr_pdl_wait(), so that
+ * they stream while the kernel before it finishes. volatile: a plain asm
+ * has no side effects, and the compiler sank such loads below the wait
+ * (session 11: in the SASS of the decode GEMVs, 0-3 of 8 first loads per
+ * lane were issued before the wait). A measurement build with
+ * -DDR_CUDA_PRELOAD_PLAIN keeps the plain loads (the same-run baseline). */
+static __device__ __forceinline__ uint4 dr_ld_w_pre(const uint4 *p) {
+#ifdef DR_CUDA_PRELOAD_PLAIN
+    return dr_ld_w(p);
+#else
+    uint4 r;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+                 : "l"(p));
+    return r;
+#endif
+}
+
 static __device__ __forceinline__ float dr_dev_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 static __device__ __forceinline__ float dr_dev_silu(float x) { return x / (1.0f + expf(-x)); }
 
