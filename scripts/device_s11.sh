@@ -2,9 +2,10 @@
 # Session 11's device call: the CUDA tests and goldens (also under each
 # setting of AB_ENVS), then decode of this tree against build-old/deltarun
 # (the session's first commit, built on the dev box and carried) and against
-# each setting of AB_ENVS (space-separated settings, each VAR=val[,VAR=val],
-# default "DR_CUDA_MOE_SLIM=1 DR_CUDA_MOE_SLIM=2 DR_CUDA_MOE_SLIM=3"),
-# alternated (AB_SHAPES: 35b8 and / or 08b, default 35b8);
+# build-cur/deltarun when carried (an intermediate commit), and against each
+# setting of AB_ENVS (space-separated settings, each VAR=val[,VAR=val];
+# none by default), alternated (AB_SHAPES: 35b8 and / or 08b, default
+# 35b8);
 # (tl) the kernel timeline with the defaults and with the last setting.
 # (sass) the SASS of the decode GEMV kernels, to see where their first
 # weight loads sit against the PDL wait.
@@ -14,7 +15,7 @@
 set -uo pipefail
 source "$(dirname "$0")/device_env.sh"
 what="${*:-tests ab tl}"
-read -r -a envs <<< "${AB_ENVS:-DR_CUDA_MOE_SLIM=1 DR_CUDA_MOE_SLIM=2 DR_CUDA_MOE_SLIM=3}"
+read -r -a envs <<< "${AB_ENVS-}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 b="$root/build-dev"
 t0=$(date +%s)
@@ -45,13 +46,11 @@ if [[ "$what" == *tests* ]]; then
   grep -E "^FAIL|not ok" "$T" | head -10
 fi
 if [[ "$what" == *memcheck* ]]; then
-  e="${envs[${#envs[@]}-1]}"
   timeout 150 compute-sanitizer --tool memcheck --leak-check full --error-exitcode 9 \
     "$b/tests/test_golden" tests/data/moe-bf16 --device cuda --quick > "$OUT/memcheck_moe.log" 2>&1
   echo "memcheck moe-bf16 exit $?"; grep -E "ERROR SUMMARY|LEAK" "$OUT/memcheck_moe.log" | head -3
-  env ${e//,/ } timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 \
-    "$b/tests/test_golden" tests/data/moe-bf16 --device cuda --quick > "$OUT/memcheck_moe_e.log" 2>&1
-  echo "memcheck moe-bf16 $e exit $?"; grep -E "ERROR SUMMARY" "$OUT/memcheck_moe_e.log" | head -3
+  timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 "$b/tests/test_cuda_fused" > "$OUT/memcheck_fused.log" 2>&1
+  echo "memcheck test_cuda_fused exit $?"; grep -E "ERROR SUMMARY" "$OUT/memcheck_fused.log" | head -3
 fi
 one() { # label, binary, env (VAR=val or empty), bench arguments
   local nm="$1" cli="$2" e="$3"; shift 3
@@ -63,6 +62,7 @@ one() { # label, binary, env (VAR=val or empty), bench arguments
 variants() { # label, bench arguments: old, new, new + each setting
   local nm="$1"; shift
   one "$nm-old" "$root/build-old/deltarun" "" "$@"
+  [[ -x "$root/build-cur/deltarun" ]] && one "$nm-cur" "$root/build-cur/deltarun" "" "$@"
   [[ -x "$root/build-plain/deltarun" ]] && one "$nm-plain" "$root/build-plain/deltarun" "" "$@"
   one "$nm-new" "$b/deltarun" "" "$@"
   for e in "${envs[@]}"; do one "$nm-new-$e" "$b/deltarun" "$e" "$@"; done
@@ -78,8 +78,9 @@ if [[ "$what" == *big* ]]; then
 fi
 if [[ "$what" == *tl* ]]; then
   DR_CMAKE_EXTRA=-DDR_CUDA_TIMELINE=ON dr_device_build "$root/build-tl" deltarun_cli
-  e="${envs[${#envs[@]}-1]}"
+  e="${envs[${#envs[@]}-1]:-}"
   for nm in 35b8 35b8e; do
+    [[ $nm == *e && -z "$e" ]] && continue
     f="$OUT/tl_$nm.bin"
     ee=""; [[ $nm == *e ]] && ee="$e"
     env ${ee//,/ } DR_CUDA_TIMELINE="$f" timeout 150 "$root/build-tl/deltarun" bench --device cuda --synthetic \

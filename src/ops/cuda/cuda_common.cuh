@@ -81,8 +81,7 @@ typedef struct dr_cuda_ctx {
                               route (DR_CUDA_DEC3=0: the previous kernels, a same-run baseline) */
     int moe_dec;           /* round 3: the fused moe_decode slot (DR_CUDA_MOE_DEC=0: off, the chain runs) */
     int pdl_norm, pdl_gdn; /* round 3: rmsnorm/add_rmsnorm and gdn_decode launched with PDL: 0 no, 1 (trigger
-                              at their start), 2 (trigger once their inputs are ready); DR_CUDA_PDL_NORM/_GDN;
-                              pdl_gdn 3 (session 11): in stream order, triggering at its start */
+                              at their start), 2 (trigger once their inputs are ready); DR_CUDA_PDL_NORM/_GDN */
     cudaStream_t stream;
     cublasHandle_t blas;
     void *scr[DR_SCR_N];   /* growable device scratch */
@@ -209,10 +208,6 @@ static __device__ __forceinline__ float dr_block_sum(float v, float *sh) {
  * norm's sums launch with the same count. */
 int dr_cuda_norm_threads(const dr_cuda_ctx *cx, int rows, int n);
 
-/* DR_CUDA_PF (matmul.cu): bytes of each weight row a decode kernel asks of
- * L2 before its PDL wait, 0 for none. */
-unsigned dr_cuda_pf_bytes(void);
-
 /* Sum of squares of a row x [n] over the block: four loads in flight per
  * thread, each thread's sum in index order, then dr_block_sum (every thread
  * gets the total). rmsnorm's sums; kernels that must equal it use this. */
@@ -242,36 +237,6 @@ static __device__ __forceinline__ uint4 dr_ld_w(const uint4 *p) {
     return r;
 }
 
-/* Ask L2 for `bytes` (a multiple of 16) at p (16-byte aligned) and go on:
- * weights a kernel reads after dr_pdl_wait() stream in while the kernel
- * before it finishes. Register loads issued before the wait do not do this
- * reliably: the compiler sank them below it (the SASS of session 11 had
- * the GEMVs' first weight loads after the wait). No register result, so
- * nothing to sink; volatile keeps it before the wait. sm_90 and later. */
-static __device__ __forceinline__ void dr_prefetch_l2(const void *p, unsigned bytes) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
-#endif
-}
-
-/* dr_ld_w for the weights a kernel loads before its dr_pdl_wait(), so that
- * they stream while the kernel before it finishes. volatile: a plain asm
- * has no side effects, and the compiler sank such loads below the wait
- * (session 11: in the SASS of the decode GEMVs, 0-3 of 8 first loads per
- * lane were issued before the wait). A measurement build with
- * -DDR_CUDA_PRELOAD_PLAIN keeps the plain loads (the same-run baseline). */
-static __device__ __forceinline__ uint4 dr_ld_w_pre(const uint4 *p) {
-#ifdef DR_CUDA_PRELOAD_PLAIN
-    return dr_ld_w(p);
-#else
-    uint4 r;
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
-                 : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
-                 : "l"(p));
-    return r;
-#endif
-}
-
 static __device__ __forceinline__ float dr_dev_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 static __device__ __forceinline__ float dr_dev_silu(float x) { return x / (1.0f + expf(-x)); }
 
@@ -289,6 +254,26 @@ static __device__ __forceinline__ void dr_pdl_wait(void) {
 static __device__ __forceinline__ void dr_pdl_trigger(void) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.launch_dependents;");
+#endif
+}
+
+/* dr_pdl_wait() for a kernel that issued weight loads before it, so that
+ * they stream while the kernel before it finishes: the wait runs in a loop
+ * the compiler cannot see through (1 to 4 trips from `opaque`, any value
+ * the caller has; waiting again is harmless), and loads do not move into or
+ * past a loop. In straight-line code ptxas placed the wait above most of
+ * those loads (session 11: 0-4 of a decode GEMV's 16 first loads per lane
+ * were issued before it in the SASS). A measurement build with
+ * -DDR_CUDA_PRELOAD_PLAIN makes it a plain wait (the same-run baseline). */
+static __device__ __forceinline__ void dr_pdl_wait_fenced(unsigned opaque) {
+#ifdef DR_CUDA_PRELOAD_PLAIN
+    (void)opaque;
+    dr_pdl_wait();
+#else
+    const unsigned trips = (opaque >> 30) + 1u;
+#pragma unroll 1
+    for (unsigned i = 0; i < trips; i++)
+        dr_pdl_wait();
 #endif
 }
 

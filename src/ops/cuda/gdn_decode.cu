@@ -75,7 +75,7 @@ __global__ void __launch_bounds__(1024)
     __shared__ int last;
     /* round 3 (pdl 1 or 2): launched early, so wait; out_proj's GEMV may start streaming its weights
        (1: at once, 2: once this kernel's inputs are ready) */
-    if (pdl == 1 || pdl == 3) /* 3: launched in stream order, the next kernel may start now */
+    if (pdl == 1)
         dr_pdl_trigger();
     dr_pdl_wait();
     if (pdl == 2)
@@ -266,7 +266,7 @@ __global__ void __launch_bounds__(GD_T)
     const bool clu = G > 1;
     if (clu)
         gd_arrive_relaxed(); /* phase 0: this CTA has started (its shared memory may be written) */
-    if (pdl == 1 || pdl == 3) /* 3: launched in stream order, the next kernel may start now */
+    if (pdl == 1)
         dr_pdl_trigger();
     dr_pdl_wait();
     if (pdl == 2)
@@ -584,7 +584,7 @@ void dr_cuda_gdn_decode(void *ctx, float *y, const float *qkv_raw, const float *
         const int need = (dk * W + 127) / 128; /* state rows per thread */
         const unsigned grid = (unsigned)(Hv * S);
 #define GD_SL(R, WW)                                                                                           \
-    gd_launch(cx, G, cx->pdl_gdn == 1 || cx->pdl_gdn == 2, gdn_decode_sliced_kernel<R, WW>, grid, y, qkv_raw, z, b, a, conv_state, state, \
+    gd_launch(cx, G, cx->pdl_gdn > 0, gdn_decode_sliced_kernel<R, WW>, grid, y, qkv_raw, z, b, a, conv_state, state, \
               conv_w, K, A_log, dt_bias, norm_w, Hk, Hv, dk, dv, eps, cx->gdn_cnt, cx->pdl_gdn, S, G)
 #define GD_SLW(R)                                                                                              \
     do {                                                                                                       \
@@ -609,7 +609,7 @@ void dr_cuda_gdn_decode(void *ctx, float *y, const float *qkv_raw, const float *
     }
     const unsigned threads = 32u * (unsigned)((dv + 7) / 8);
 #define GD_LAUNCH(R)                                                                                             \
-    dr_cuda_launch(cx, cx->pdl_gdn == 1 || cx->pdl_gdn == 2, gdn_decode_kernel<R>, dim3((unsigned)Hv), dim3(threads), 0, y, qkv_raw, z, \
+    dr_cuda_launch(cx, cx->pdl_gdn > 0, gdn_decode_kernel<R>, dim3((unsigned)Hv), dim3(threads), 0, y, qkv_raw, z, \
                    b, a, conv_state, state, conv_w, K, A_log, dt_bias, norm_w, Hk, Hv, dk, dv, eps, cx->gdn_cnt,   \
                    cx->pdl_gdn)
     if (dk <= 32)

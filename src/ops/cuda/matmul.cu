@@ -76,7 +76,6 @@ struct gemv_set {
     float *y[GEMV_SETS];
     int row0[GEMV_SETS + 1];
     int nm;
-    unsigned pf; /* bytes of each weight row asked of L2 before the PDL wait (dr_cuda_pf_bytes) */
 };
 
 /* One weight row is read by KS warps of a block (KS = 1, 2, 4, 8: split-K,
@@ -227,16 +226,9 @@ struct gemv_no_hook {
  * flight (the whole block calls it: it may hold barriers). */
 template <typename WT, int MT, int R, int U, bool SX = false, typename F = gemv_no_hook>
 static __device__ __forceinline__ void gemv_rows_dot(const uint4 *const (&wp)[R], const float *__restrict__ x, int T,
-                                                     int n, float (&acc)[R][MT], unsigned pf, F after_wait = F()) {
+                                                     int n, float (&acc)[R][MT], F after_wait = F()) {
     constexpr int E = wvec<WT>::N;
     const int lane = threadIdx.x & 31, nv = n / E;
-    if (pf) { /* the first pf bytes of each row into L2, lane r asking for row r */
-        const unsigned rb = (unsigned)nv * 16u;
-#pragma unroll
-        for (int r = 0; r < R; r++)
-            if (lane == r)
-                dr_prefetch_l2(wp[r], pf < rb ? pf : rb);
-    }
 #pragma unroll
     for (int r = 0; r < R; r++)
 #pragma unroll
@@ -248,8 +240,8 @@ static __device__ __forceinline__ void gemv_rows_dot(const uint4 *const (&wp)[R]
     for (int j = 0; j < U; j++)
 #pragma unroll
         for (int r = 0; r < R; r++)
-            u[j][r] = v0 + 32 * j < nv ? dr_ld_w_pre(wp[r] + v0 + 32 * j) : make_uint4(0, 0, 0, 0);
-    dr_pdl_wait();
+            u[j][r] = v0 + 32 * j < nv ? ld_w(wp[r] + v0 + 32 * j) : make_uint4(0, 0, 0, 0);
+    dr_pdl_wait_fenced((unsigned)nv);
     after_wait();
     for (;;) {
 #pragma unroll
@@ -342,7 +334,7 @@ __global__ void __launch_bounds__(256) gemv_rows_kernel(const gemv_set set, cons
     int ld[R];
     gemv_set_rows<R>(set, r0, n / E, wp, yp, ld);
     float acc[R][MT];
-    gemv_rows_dot<WT, MT, R, U>(wp, x, T, n, acc, set.pf);
+    gemv_rows_dot<WT, MT, R, U>(wp, x, T, n, acc);
 #pragma unroll
     for (int r = 0; r < R; r++)
 #pragma unroll
@@ -420,7 +412,7 @@ __global__ void __launch_bounds__(256, 3) gemv_rows_norm_kernel(const gemv_set s
     int ld[R];
     gemv_set_rows<R>(set, r0, n / E, wp, yp, ld);
     float acc[R][1];
-    gemv_rows_dot<WT, 1, R, U, true>(wp, sx, 1, n, acc, set.pf, [&]() { gn_stage(sx, x, gain, n, eps, sh); });
+    gemv_rows_dot<WT, 1, R, U, true>(wp, sx, 1, n, acc, [&]() { gn_stage(sx, x, gain, n, eps, sh); });
 #pragma unroll
     for (int r = 0; r < R; r++)
         if (lane == 0 && yp[r])
@@ -438,7 +430,7 @@ __global__ void __launch_bounds__(256, 3) gemv_rows_norm_kernel(const gemv_set s
 template <typename WT, int MT, int P, bool NORM = false>
 __global__ void __launch_bounds__(256) gemv_swiglu_kernel(float *__restrict__ out, const WT *gate, const WT *up,
                                                           const float *x, int T, int d, int n,
-                                                          const float *__restrict__ gain, float eps, unsigned pf) {
+                                                          const float *__restrict__ gain, float eps) {
     DR_TL_SCOPE();
     constexpr int E = wvec<WT>::N, R = 2 * P;
     extern __shared__ float4 gs_x[];
@@ -457,10 +449,10 @@ __global__ void __launch_bounds__(256) gemv_swiglu_kernel(float *__restrict__ ou
     }
     float acc[R][MT];
     if (NORM)
-        gemv_rows_dot<WT, MT, R, 8 / R, true>(wp, (const float *)gs_x, T, n, acc, pf,
+        gemv_rows_dot<WT, MT, R, 8 / R, true>(wp, (const float *)gs_x, T, n, acc,
                                               [&]() { gn_stage((float *)gs_x, x, gain, n, eps, sh); });
     else
-        gemv_rows_dot<WT, MT, R, 8 / R>(wp, x, T, n, acc, pf);
+        gemv_rows_dot<WT, MT, R, 8 / R>(wp, x, T, n, acc);
     if ((threadIdx.x & 31) == 0)
 #pragma unroll
         for (int p = 0; p < P; p++)
@@ -513,7 +505,7 @@ template <typename WT, int MT, int R, int U = 8 / R>
 __global__ void __launch_bounds__(256) gemv_add_norm_kernel(float *x, float *__restrict__ xn, const WT *W,
                                                             const float *__restrict__ a,
                                                             const float *__restrict__ gain, int T, int d, int n,
-                                                            float eps, unsigned *cnt, unsigned pf) {
+                                                            float eps, unsigned *cnt) {
     DR_TL_SCOPE();
     constexpr int E = wvec<WT>::N;
     __shared__ float sh[32], wsq[8][MT], inv[MT];
@@ -529,7 +521,7 @@ __global__ void __launch_bounds__(256) gemv_add_norm_kernel(float *x, float *__r
         wp[r] = (const uint4 *)W + row * nv;
     }
     float acc[R][MT];
-    gemv_rows_dot<WT, MT, R, U>(wp, a, T, n, acc, pf);
+    gemv_rows_dot<WT, MT, R, U>(wp, a, T, n, acc);
     DR_TL_MARK(0, acc[0][0]);
     float sq[MT];
 #pragma unroll
@@ -642,20 +634,6 @@ static void gemv_env_read(void) {
     }
 }
 static int gemv_split(void) { return gemv_env_read(), gemv_env[0]; }
-
-/* DR_CUDA_PF=BYTES (session 11; default 0, off): the decode GEMVs ask L2
- * for the first BYTES of each of their weight rows before the PDL wait
- * (dr_prefetch_l2), rounded down to 16 bytes; the MoE decode kernels too,
- * for the shared expert's rows. */
-unsigned dr_cuda_pf_bytes(void) {
-    static long pf = -1;
-    if (pf < 0) {
-        const char *e = getenv("DR_CUDA_PF");
-        pf = e ? atol(e) : 0;
-        pf = pf < 0 ? 0 : pf > (1L << 20) ? (1L << 20) : pf & ~15L;
-    }
-    return (unsigned)pf;
-}
 static int gemv_rowsk(void) { return gemv_env_read(), gemv_env[1]; }
 
 template <typename WT> static void gemv_set_launch(dr_cuda_ctx *cx, const gemv_set &set, const float *x, int T, int n) {
@@ -707,7 +685,6 @@ static void gemv_launch(dr_cuda_ctx *cx, float *y, const float *x, const WT *W, 
     set.y[0] = y;
     set.row0[1] = d;
     set.nm = 1;
-    set.pf = dr_cuda_pf_bytes();
     gemv_set_launch<WT>(cx, set, x, T, n);
 }
 
@@ -747,10 +724,10 @@ static void swiglu_launch(dr_cuda_ctx *cx, float *out, const void *gate, const v
                           int n) {
     if (rows_per_warp(cx, 2L * d, MT) >= 4)
         dr_cuda_launch(cx, true, gemv_swiglu_kernel<WT, MT, 2>, dim3(dr_cdiv((size_t)d, 16)), dim3(256), 0, out,
-                       (const WT *)gate, (const WT *)up, x, T, d, n, (const float *)NULL, 0.0f, dr_cuda_pf_bytes());
+                       (const WT *)gate, (const WT *)up, x, T, d, n, (const float *)NULL, 0.0f);
     else
         dr_cuda_launch(cx, true, gemv_swiglu_kernel<WT, MT, 1>, dim3(dr_cdiv((size_t)d, 8)), dim3(256), 0, out,
-                       (const WT *)gate, (const WT *)up, x, T, d, n, (const float *)NULL, 0.0f, dr_cuda_pf_bytes());
+                       (const WT *)gate, (const WT *)up, x, T, d, n, (const float *)NULL, 0.0f);
 }
 
 /* one token of the residual stream x, normalised with gain by the kernel */
@@ -760,10 +737,10 @@ static void swiglu_norm_launch(dr_cuda_ctx *cx, float *out, const void *gate, co
     const size_t smem = (size_t)n * sizeof(float);
     if (rows_per_warp(cx, 2L * d, 1) >= 4)
         dr_cuda_launch(cx, true, gemv_swiglu_kernel<WT, 1, 2, true>, dim3(dr_cdiv((size_t)d, 16)), dim3(256), smem,
-                       out, (const WT *)gate, (const WT *)up, x, 1, d, n, gain, eps, dr_cuda_pf_bytes());
+                       out, (const WT *)gate, (const WT *)up, x, 1, d, n, gain, eps);
     else
         dr_cuda_launch(cx, true, gemv_swiglu_kernel<WT, 1, 1, true>, dim3(dr_cdiv((size_t)d, 8)), dim3(256), smem,
-                       out, (const WT *)gate, (const WT *)up, x, 1, d, n, gain, eps, dr_cuda_pf_bytes());
+                       out, (const WT *)gate, (const WT *)up, x, 1, d, n, gain, eps);
 }
 
 template <typename WT, int MT>
@@ -772,7 +749,7 @@ static void add_norm_launch(dr_cuda_ctx *cx, float *x, float *xn, const void *W,
     const int R = rows_per_warp(cx, d, MT);
 #define AN_LAUNCH(R_, U_)                                                                                         \
     dr_cuda_launch(cx, true, gemv_add_norm_kernel<WT, MT, R_, U_>, dim3(dr_cdiv((size_t)d, 8 * R_)), dim3(256), 0, \
-                   x, xn, (const WT *)W, a, gain, T, d, n, eps, cx->mm_cnt, dr_cuda_pf_bytes())
+                   x, xn, (const WT *)W, a, gain, T, d, n, eps, cx->mm_cnt)
     /* one token, one row per warp of 257-512 16-byte pieces: all of the row in flight before the PDL wait
        (82 registers, 2 blocks per SM, so only grids of one wave; session 6: the 0.8B's FFN down +2%,
        35B-A3B within noise). DR_CUDA_AN16=0: 8 pieces, the rest after the wait (a same-run baseline). */
@@ -1059,7 +1036,6 @@ bool dr_cuda_rmsnorm_matmul_n(void *ctx, int n_w, float *const *ys, const float 
         set.row0[i + 1] = set.row0[i] + (int)w->ne[w->ndim - 2];
     }
     set.nm = n_w;
-    set.pf = dr_cuda_pf_bytes();
     if (dt == DR_DT_BF16)
         norm_set_launch<__nv_bfloat16>(cx, set, x, gain, (int)n, eps);
     else if (dt == DR_DT_F16)
@@ -1108,7 +1084,6 @@ void dr_cuda_matmul_n(void *ctx, int n_w, float *const *ys, const float *x, cons
         return;
     }
     set.nm = n_w;
-    set.pf = dr_cuda_pf_bytes();
     if (T <= 0 || set.row0[n_w] <= 0)
         return;
     if (ws[0]->dtype == DR_DT_BF16)

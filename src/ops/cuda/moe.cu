@@ -391,6 +391,7 @@ __global__ void moe_swiglu_kernel(float *g, const float *u, size_t n) {
  * lifetime. */
 
 #define MD_U 4 /* gate/up kernel: 16-byte loads in flight per lane and matrix */
+#define MD_J 8 /* down kernel: picks whose rows are in flight together */
 #define MD_SMEM (48 * 1024) /* the activations each block stages in shared memory */
 
 /* Device-scope release store / acquire load of a flag (the picks-ready flag
@@ -419,18 +420,16 @@ static __device__ __forceinline__ void md_gu_first(uint4 (&a)[MD_U], uint4 (&b)[
 #pragma unroll
     for (int q = 0; q < MD_U; q++) {
         const int v = lane + 32 * q;
-        a[q] = v < nv ? dr_ld_w_pre(g + v) : make_uint4(0, 0, 0, 0);
-        b[q] = v < nv ? dr_ld_w_pre(u + v) : make_uint4(0, 0, 0, 0);
+        a[q] = v < nv ? dr_ld_w(g + v) : make_uint4(0, 0, 0, 0);
+        b[q] = v < nv ? dr_ld_w(u + v) : make_uint4(0, 0, 0, 0);
     }
 }
 
 /* silu(g . x) * (u . x) for the rows g, u (nv 16-byte pieces each) and x in
  * shared memory, the first pieces already in a, b (md_gu_first); every lane
- * gets the result. With gn (a warp with a next row gn, un), that row's first
- * pieces are issued into a, b before the reductions. */
+ * gets the result. */
 static __device__ __forceinline__ float md_gu_dot(uint4 (&a)[MD_U], uint4 (&b)[MD_U], const uint4 *g,
-                                                  const uint4 *u, const float4 *sx, int lane, int nv,
-                                                  const uint4 *gn = NULL, const uint4 *un = NULL) {
+                                                  const uint4 *u, const float4 *sx, int lane, int nv) {
     float sg = 0.0f, su = 0.0f;
     for (int v0 = lane;;) {
 #pragma unroll
@@ -452,8 +451,6 @@ static __device__ __forceinline__ float md_gu_dot(uint4 (&a)[MD_U], uint4 (&b)[M
             b[q] = v < nv ? dr_ld_w(u + v) : make_uint4(0, 0, 0, 0);
         }
     }
-    if (gn)
-        md_gu_first(a, b, gn, un, lane, nv);
     return dr_dev_silu(dr_warp_sum(sg)) * dr_warp_sum(su);
 }
 
@@ -492,53 +489,28 @@ __global__ void __launch_bounds__(256) moe_gu_bf16_kernel(float *__restrict__ ac
         act[(size_t)r * I + i] = v;
 }
 
-/* Row i of a matrix of n_rows rows (nv 16-byte pieces each); past the end
- * the last row (re-read, result dropped). */
-static __device__ __forceinline__ const uint4 *md_row(const uint4 *w, int i, int n_rows, int nv) {
-    return w + (size_t)(i < n_rows ? i : n_rows - 1) * nv;
-}
-
-/* out[i] = silu(g[i] . x) * (u[i] . x) for this warp's RW rows i0 .. i0+RW-1
- * (rows past n_rows dropped), row i0's first pieces already in a, b; each
- * next row's first pieces are issued before the row before it is reduced. */
-template <int RW>
-static __device__ __forceinline__ void md_gu_rows(float *out, uint4 (&a)[MD_U], uint4 (&b)[MD_U], const uint4 *gw,
-                                                  const uint4 *uw, const float4 *sx, int i0, int n_rows, int lane,
-                                                  int nv) {
-#pragma unroll
-    for (int q = 0; q < RW; q++) {
-        const int i = i0 + q;
-        const bool more = q + 1 < RW;
-        const float v = md_gu_dot(a, b, md_row(gw, i, n_rows, nv), md_row(uw, i, n_rows, nv), sx, lane, nv,
-                                  more ? md_row(gw, i + 1, n_rows, nv) : NULL,
-                                  more ? md_row(uw, i + 1, n_rows, nv) : NULL);
-        if (i < n_rows && lane == 0)
-            out[i] = v;
-    }
-}
-
 /* sa[t, i] = silu(g[i] . x_t) * (u[i] . x_t) for the shared expert's rows
- * of this block (Is rows in all, RW per warp): no routing to wait for, so
- * the first weights load before the PDL wait. The shared-expert blocks of
- * the routing gate/up kernel (session 6). */
-template <int RW>
+ * of this block (Is rows in all): no routing to wait for, so the first
+ * weights load before the PDL wait. The shared-expert blocks of the routing
+ * gate/up kernel (session 6). */
 static __device__ __forceinline__ void md_gu_shared(float *sa, const float *x, const uint4 *gw, const uint4 *uw, int t,
-                                                    int H, int Is, unsigned pf) {
+                                                    int H, int Is) {
     extern __shared__ float4 md_sx[];
     dr_pdl_trigger();
-    const int lane = threadIdx.x & 31, nw = blockDim.x >> 5;
-    const int i0 = (blockIdx.x * nw + (threadIdx.x >> 5)) * RW;
-    if ((int)blockIdx.x * nw * RW >= Is) /* only routed rows here (I > Is) */
+    const int lane = threadIdx.x & 31, i0 = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if ((int)blockIdx.x * (int)(blockDim.x >> 5) >= Is) /* only routed rows here (I > Is) */
         return;
-    const int nv = H / 8;
-    if (pf && lane < 2 * RW) /* lane q: gate row i0 + q, lane RW + q: its up row (dr_prefetch_l2) */
-        dr_prefetch_l2(md_row(lane < RW ? gw : uw, i0 + lane % RW, Is, nv), pf < 16u * nv ? pf : 16u * nv);
+    const bool live = i0 < Is;
+    const int i = live ? i0 : Is - 1, nv = H / 8;
+    const uint4 *g = gw + (size_t)i * nv, *u = uw + (size_t)i * nv;
     uint4 a[MD_U], b[MD_U];
-    md_gu_first(a, b, md_row(gw, i0, Is, nv), md_row(uw, i0, Is, nv), lane, nv);
-    dr_pdl_wait(); /* x comes from earlier kernels */
+    md_gu_first(a, b, g, u, lane, nv);
+    dr_pdl_wait_fenced((unsigned)nv); /* x comes from earlier kernels */
     md_stage_x(md_sx, x, t, H);
     __syncthreads();
-    md_gu_rows<RW>(sa + (size_t)t * Is, a, b, gw, uw, md_sx, i0, Is, lane, nv);
+    const float v = md_gu_dot(a, b, g, u, md_sx, lane, nv);
+    if (live && lane == 0)
+        sa[(size_t)t * Is + i] = v;
 }
 
 /* The same with the routing done here (session 5, docs/CUDA.md): warp 0 of
@@ -552,22 +524,22 @@ static __device__ __forceinline__ void md_gu_shared(float *sa, const float *x, c
  * token (md_gu_shared). At most 48 registers, 5 blocks per SM (session 6):
  * one token's 9 x 64 blocks (8 picks and the shared expert) fit in one
  * wave on the H100. */
-template <int PER, bool RX, int RW>
-__global__ void __launch_bounds__(RW == 1 ? 256 : 128, RW == 1 ? 5 : 8) moe_gu_route_bf16_kernel(float *__restrict__ act, int32_t *idx, float *wts,
+template <int PER, bool RX>
+__global__ void __launch_bounds__(256, 5) moe_gu_route_bf16_kernel(float *__restrict__ act, int32_t *idx, float *wts,
                                                                 const float *logits, int renorm, const float *x,
                                                                 const void *const *__restrict__ tab, int E, int k,
                                                                 int H, int I, int *ready, int R,
                                                                 const uint4 *__restrict__ sgw,
-                                                                const uint4 *__restrict__ suw, int Is, unsigned pf) {
+                                                                const uint4 *__restrict__ suw, int Is) {
     DR_TL_SCOPE();
     extern __shared__ float4 md_sx[];
     __shared__ int pick;
     if ((int)blockIdx.y >= R) { /* the shared expert of token blockIdx.y - R: rows Is, output after the picks' */
-        md_gu_shared<RW>(act + (size_t)R * I, x, sgw, suw, (int)blockIdx.y - R, H, Is, pf);
+        md_gu_shared(act + (size_t)R * I, x, sgw, suw, (int)blockIdx.y - R, H, Is);
         return;
     }
-    const int lane = threadIdx.x & 31, r = blockIdx.y, t = r / k, j = r - t * k, nw = blockDim.x >> 5;
-    if ((int)blockIdx.x * nw * RW >= I) /* only shared-expert rows here (Is > I) */
+    const int lane = threadIdx.x & 31, r = blockIdx.y, t = r / k, j = r - t * k;
+    if ((int)blockIdx.x * (int)(blockDim.x >> 5) >= I) /* only shared-expert rows here (Is > I) */
         return;
     const bool writer = blockIdx.x == 0 && j == 0; /* writes the token's idx and wts */
     if (ready && writer) {
@@ -603,38 +575,40 @@ __global__ void __launch_bounds__(RW == 1 ? 256 : 128, RW == 1 ? 5 : 8) moe_gu_r
     }
     md_stage_x(md_sx, x, t, H);
     __syncthreads();
-    const int i0 = (blockIdx.x * nw + (threadIdx.x >> 5)) * RW, e = pick, nv = H / 8;
-    const uint4 *gw = (const uint4 *)tab[e], *uw = (const uint4 *)tab[E + e];
+    const int i0 = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    const bool live = i0 < I;
+    const int i = live ? i0 : I - 1, e = pick, nv = H / 8;
+    const uint4 *g = (const uint4 *)tab[e] + (size_t)i * nv, *u = (const uint4 *)tab[E + e] + (size_t)i * nv;
     uint4 a[MD_U], b[MD_U];
-    md_gu_first(a, b, md_row(gw, i0, I, nv), md_row(uw, i0, I, nv), lane, nv);
-    md_gu_rows<RW>(act + (size_t)r * I, a, b, gw, uw, md_sx, i0, I, lane, nv);
+    md_gu_first(a, b, g, u, lane, nv);
+    const float v = md_gu_dot(a, b, g, u, md_sx, lane, nv);
+    if (live && lane == 0)
+        act[(size_t)r * I + i] = v;
 }
 
-/* Down rows of picks j0 .. j0+J-1 of token t for row h (NULL past k), and
+/* Down rows of picks j0 .. j0+MD_J-1 of token t for row h (NULL past k), and
  * their first 16-byte pieces (2 per lane). */
-template <int J>
 static __device__ __forceinline__ void md_down_rows(const uint4 **dw, uint4 (*w)[2], const int32_t *it,
                                                     const void *const *tab, int E, int k, int j0, size_t off, int lane,
                                                     int nv) {
 #pragma unroll
-    for (int jj = 0; jj < J; jj++)
+    for (int jj = 0; jj < MD_J; jj++)
         dw[jj] = j0 + jj < k ? (const uint4 *)tab[2 * E + __ldcg(it + j0 + jj)] + off : NULL;
 #pragma unroll
-    for (int jj = 0; jj < J; jj++)
+    for (int jj = 0; jj < MD_J; jj++)
 #pragma unroll
         for (int q = 0; q < 2; q++)
-            w[jj][q] = dw[jj] && lane + 32 * q < nv ? dr_ld_w_pre(dw[jj] + lane + 32 * q) : make_uint4(0, 0, 0, 0);
+            w[jj][q] = dw[jj] && lane + 32 * q < nv ? dr_ld_w(dw[jj] + lane + 32 * q) : make_uint4(0, 0, 0, 0);
 }
 
 /* y[t, h] = (acc_y ? y[t, h] : 0) + sum_j wts[t, j] * (down_{e_j}[h] . act[t*k + j]), j in pick order (the
  * CPU's order), then + sigmoid(shs[t]) * (shd[h] . silu(shg[t]) * shu[t]) when shd is given (the shared
  * expert, MODEL.md 6.2; the same products as swiglu + matmul + sigmoid_scale_rows + add). One warp per
- * (t, h): the down rows of J picks, 2 loads each per lane, in flight together. The block stages the
+ * (t, h): the down rows of MD_J picks, 2 loads each per lane, in flight together. The block stages the
  * token's k activation rows and the shared expert's silu(g) * u (sha: made by the gate/up kernel) in
  * shared memory while the first loads are in flight; the shared row's first pieces are loaded before
- * dr_pdl_wait(), and with `ready` (session 6) so are the first J picks' rows, once token t's
+ * dr_pdl_wait(), and with `ready` (session 6) so are the first MD_J picks' rows, once token t's
  * picks-ready flag is up. */
-template <int J>
 __global__ void __launch_bounds__(256) moe_down_bf16_kernel(float *__restrict__ y, const float *act,
                                                             const int32_t *idx, const float *wts,
                                                             const void *const *__restrict__ tab, int E, int k, int H,
@@ -653,20 +627,20 @@ __global__ void __launch_bounds__(256) moe_down_bf16_kernel(float *__restrict__ 
     uint4 sp[2];
 #pragma unroll
     for (int q = 0; q < 2; q++)
-        sp[q] = sr && lane + 32 * q < nvs ? dr_ld_w_pre(sr + lane + 32 * q) : make_uint4(0, 0, 0, 0);
+        sp[q] = sr && lane + 32 * q < nvs ? dr_ld_w(sr + lane + 32 * q) : make_uint4(0, 0, 0, 0);
     const int32_t *it = idx + (size_t)t * k;
-    const uint4 *dw[J];
-    uint4 w[J][2];
+    const uint4 *dw[MD_J];
+    uint4 w[MD_J][2];
     if (ready) { /* the picks are out before the gate/up kernel ends: the first down rows load meanwhile */
         if (lane == 0)
             while (!md_ld_acquire(ready + t))
                 __nanosleep(64);
         __syncwarp();
-        md_down_rows<J>(dw, w, it, tab, E, k, 0, (size_t)h * nv, lane, nv);
+        md_down_rows(dw, w, it, tab, E, k, 0, (size_t)h * nv, lane, nv);
     }
-    dr_pdl_wait(); /* act, idx, wts and the shared projections come from earlier kernels */
+    dr_pdl_wait_fenced((unsigned)nv); /* act, idx, wts and the shared projections come from earlier kernels */
     if (!ready)
-        md_down_rows<J>(dw, w, it, tab, E, k, 0, (size_t)h * nv, lane, nv);
+        md_down_rows(dw, w, it, tab, E, k, 0, (size_t)h * nv, lane, nv);
     {
         const float4 *at = (const float4 *)(act + (size_t)t * k * I);
         const int na = k * I / 4;
@@ -681,13 +655,13 @@ __global__ void __launch_bounds__(256) moe_down_bf16_kernel(float *__restrict__ 
     DR_TL_MARK(0, md_sa[0].x);
     float acc = acc_y && live ? y[(size_t)t * H + h] : 0.0f;
     for (int j0 = 0;;) {
-        float d[J];
+        float d[MD_J];
 #pragma unroll
-        for (int jj = 0; jj < J; jj++)
+        for (int jj = 0; jj < MD_J; jj++)
             d[jj] = 0.0f;
         for (int v0 = lane;;) {
 #pragma unroll
-            for (int jj = 0; jj < J; jj++)
+            for (int jj = 0; jj < MD_J; jj++)
 #pragma unroll
                 for (int q = 0; q < 2; q++) {
                     const int v = v0 + 32 * q;
@@ -700,19 +674,19 @@ __global__ void __launch_bounds__(256) moe_down_bf16_kernel(float *__restrict__ 
             if (v0 >= nv)
                 break;
 #pragma unroll
-            for (int jj = 0; jj < J; jj++)
+            for (int jj = 0; jj < MD_J; jj++)
 #pragma unroll
                 for (int q = 0; q < 2; q++)
                     w[jj][q] = dw[jj] && v0 + 32 * q < nv ? dr_ld_w(dw[jj] + v0 + 32 * q) : make_uint4(0, 0, 0, 0);
         }
 #pragma unroll
-        for (int jj = 0; jj < J; jj++)
+        for (int jj = 0; jj < MD_J; jj++)
             if (j0 + jj < k) /* the same for the whole warp */
                 acc += wts[(size_t)t * k + j0 + jj] * dr_warp_sum(d[jj]);
-        j0 += J;
+        j0 += MD_J;
         if (j0 >= k)
             break;
-        md_down_rows<J>(dw, w, it, tab, E, k, j0, (size_t)h * nv, lane, nv);
+        md_down_rows(dw, w, it, tab, E, k, j0, (size_t)h * nv, lane, nv);
     }
     DR_TL_MARK(1, acc);
     if (sr) {
@@ -790,20 +764,6 @@ static bool md_shgu(void) {
     return md_on("DR_CUDA_MOE_SHGU", &on);
 }
 
-/* Session 11 (docs/CUDA.md), a bit mask, 0 the baseline: DR_CUDA_MOE_SLIM=1
- * the gate/up kernel in 128-thread blocks of two rows per warp, 2 the down
- * kernel in 128-thread blocks with four picks' rows in flight (not eight):
- * each leaves part of the SM's registers free, so the next kernel's blocks
- * can be resident and load their first weights before it ends. */
-static int md_slim(void) {
-    static int v = -1;
-    if (v < 0) {
-        const char *e = getenv("DR_CUDA_MOE_SLIM");
-        v = e && e[0] >= '0' && e[0] <= '3' ? e[0] - '0' : 0;
-    }
-    return v;
-}
-
 /* The shared expert as the decode kernels take it: its down rows, the raw
  * scalar gate s [T], and either its projections (gate, up [T, Is], made by a
  * GEMV before) or its gate / up weights (the gate/up kernel projects). */
@@ -833,20 +793,11 @@ static void experts_fast(dr_cuda_ctx *cx, float *y, const float *x, const int32_
         const dim3 gg(dr_cdiv((size_t)I, 8), (unsigned)R);
         dr_cuda_launch(cx, true, moe_gu_bf16_kernel, gg, dim3(256), gs, act, x, idx, tab, E, k, H, I);
     } else {
-        /* 8 rows per block either way: 8 warps of one row, or (slim) 4 warps of two */
         const dim3 gg(dr_cdiv((size_t)(shgu && Is > I ? Is : I), 8), (unsigned)(R + (shgu ? T : 0)));
         const uint4 *sgw = shgu ? sh->gate_w : NULL, *suw = shgu ? sh->up_w : NULL;
-        const bool slim = md_slim() & 1;
-        const unsigned pf = dr_cuda_pf_bytes();
-#define MD_GU_ROUTE(PER, RX)                                                                                       \
-    do {                                                                                                           \
-        if (slim)                                                                                                  \
-            dr_cuda_launch(cx, true, moe_gu_route_bf16_kernel<PER, RX, 2>, gg, dim3(128), gs, act, rt->idx, rt->wts, \
-                           rt->logits, rt->renorm, x, tab, E, k, H, I, ready, R, sgw, suw, Is, pf);                     \
-        else                                                                                                       \
-            dr_cuda_launch(cx, true, moe_gu_route_bf16_kernel<PER, RX, 1>, gg, dim3(256), gs, act, rt->idx, rt->wts, \
-                           rt->logits, rt->renorm, x, tab, E, k, H, I, ready, R, sgw, suw, Is, pf);                     \
-    } while (0)
+#define MD_GU_ROUTE(PER, RX)                                                                                     \
+    dr_cuda_launch(cx, true, moe_gu_route_bf16_kernel<PER, RX>, gg, dim3(256), gs, act, rt->idx, rt->wts, rt->logits, \
+                   rt->renorm, x, tab, E, k, H, I, ready, R, sgw, suw, Is)
         const bool rx = md_rx();
         if (E <= 256 && rx)
             MD_GU_ROUTE(8, true);
@@ -860,12 +811,7 @@ static void experts_fast(dr_cuda_ctx *cx, float *y, const float *x, const int32_
     }
     if (ready && cx->failed) /* the gate/up launch failed: its flag may never be raised */
         return;
-    const bool dslim = md_slim() & 2; /* 4 warps of 4 picks in flight, else 8 warps of 8 */
-    const unsigned dwarps = dslim ? 4 : 8;
-    void (*down)(float *, const float *, const int32_t *, const float *, const void *const *, int, int, int, int, int,
-                 const uint4 *, const float *, const float *, const float *, int, const int *, const float *) =
-        dslim ? moe_down_bf16_kernel<4> : moe_down_bf16_kernel<8>;
-    dr_cuda_launch(cx, true, down, dim3(dr_cdiv((size_t)H, dwarps), (unsigned)T), dim3(32 * dwarps),
+    dr_cuda_launch(cx, true, moe_down_bf16_kernel, dim3(dr_cdiv((size_t)H, 8), (unsigned)T), dim3(256),
                    ((size_t)k * I + (size_t)Is) * sizeof(float), y, (const float *)act, idx, wts, tab, E, k, H, I,
                    acc_y, sh ? sh->down : NULL, sh ? sh->gate : NULL, sh ? sh->up : NULL, sh ? sh->s : NULL, Is,
                    (const int *)ready, shgu ? (const float *)act + (size_t)R * I : NULL);
