@@ -45,13 +45,6 @@ if [[ "$what" == *tests* ]]; then
   echo "tests: $(grep -c '^ok' "$T") ok lines, $(grep -c -E '^FAIL|not ok' "$T") failures"
   grep -E "^FAIL|not ok" "$T" | head -10
 fi
-if [[ "$what" == *memcheck* ]]; then
-  timeout 150 compute-sanitizer --tool memcheck --leak-check full --error-exitcode 9 \
-    "$b/tests/test_golden" tests/data/moe-bf16 --device cuda --quick > "$OUT/memcheck_moe.log" 2>&1
-  echo "memcheck moe-bf16 exit $?"; grep -E "ERROR SUMMARY|LEAK" "$OUT/memcheck_moe.log" | head -3
-  timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 "$b/tests/test_cuda_fused" > "$OUT/memcheck_fused.log" 2>&1
-  echo "memcheck test_cuda_fused exit $?"; grep -E "ERROR SUMMARY" "$OUT/memcheck_fused.log" | head -3
-fi
 one() { # label, binary, env (VAR=val or empty), bench arguments
   local nm="$1" cli="$2" e="$3"; shift 3
   local j
@@ -67,29 +60,6 @@ variants() { # label, bench arguments: old, new, new + each setting
   one "$nm-new" "$b/deltarun" "" "$@"
   for e in "${envs[@]}"; do one "$nm-new-$e" "$b/deltarun" "$e" "$@"; done
 }
-if [[ "$what" == *ab* ]]; then
-  for r in 1 2; do
-    [[ "${AB_SHAPES:-35b8}" == *35b8* ]] && variants 35B-8L --synthetic $C/qwen3.5-35b-a3b.json --layers 8 -p 128 -n 256
-    [[ "${AB_SHAPES:-35b8}" == *08b* ]] && variants 0.8B --synthetic $C/qwen3.5-0.8b.json -p 128 -n 256
-  done
-fi
-if [[ "$what" == *big* ]]; then
-  variants 35B-40L --synthetic $C/qwen3.5-35b-a3b.json -p 128 -n 128
-fi
-if [[ "$what" == *tl* ]]; then
-  DR_CMAKE_EXTRA=-DDR_CUDA_TIMELINE=ON dr_device_build "$root/build-tl" deltarun_cli
-  e="${envs[${#envs[@]}-1]:-}"
-  for nm in 35b8 35b8e; do
-    [[ $nm == *e && -z "$e" ]] && continue
-    f="$OUT/tl_$nm.bin"
-    ee=""; [[ $nm == *e ]] && ee="$e"
-    env ${ee//,/ } DR_CUDA_TIMELINE="$f" timeout 150 "$root/build-tl/deltarun" bench --device cuda --synthetic \
-      $C/qwen3.5-35b-a3b.json --layers 8 -p 128 -n 48 --json > /dev/null 2>>"$OUT/err.log"
-    python3 scripts/timeline.py "$f" --steps 30 > "$OUT/tl_$nm.txt" 2>&1
-    echo "== timeline $nm $ee"; head -1 "$OUT/tl_$nm.txt"; sed -n '/critical-path/,$p' "$OUT/tl_$nm.txt" | head -24
-    rm -f "$f"
-  done
-fi
 if [[ "$what" == *sass* ]]; then
   for f in matmul moe; do
     o=$(find "$b" -name "$f.cu.o" | head -1)
@@ -118,4 +88,32 @@ for fn in sys.argv[1:]:
             print("sass %-70s weight loads before the wait %2d, after %3d" % (k[:70], pre, post))
 PY
 PY
+fi
+if [[ "$what" == *ab* ]]; then
+  for r in 1 2; do
+    [[ "${AB_SHAPES:-35b8}" == *35b8* ]] && variants 35B-8L --synthetic $C/qwen3.5-35b-a3b.json --layers 8 -p 128 -n 256
+    [[ "${AB_SHAPES:-35b8}" == *08b* ]] && variants 0.8B --synthetic $C/qwen3.5-0.8b.json -p 128 -n 256
+  done
+fi
+if [[ "$what" == *big* ]]; then
+  variants 35B-40L --synthetic $C/qwen3.5-35b-a3b.json -p 128 -n 128
+fi
+if [[ "$what" == *tl* ]]; then
+  DR_CMAKE_EXTRA=-DDR_CUDA_TIMELINE=ON dr_device_build "$root/build-tl" deltarun_cli
+  e="${envs[${#envs[@]}-1]:-}"
+  for nm in 35b8 35b8e; do
+    [[ $nm == *e && -z "$e" ]] && continue
+    f="$OUT/tl_$nm.bin"
+    ee=""; [[ $nm == *e ]] && ee="$e"
+    env ${ee//,/ } DR_CUDA_TIMELINE="$f" timeout 150 "$root/build-tl/deltarun" bench --device cuda --synthetic \
+      $C/qwen3.5-35b-a3b.json --layers 8 -p 128 -n 48 --json > /dev/null 2>>"$OUT/err.log"
+    python3 scripts/timeline.py "$f" --steps 30 > "$OUT/tl_$nm.txt" 2>&1
+    echo "== timeline $nm $ee"; head -1 "$OUT/tl_$nm.txt"; sed -n '/critical-path/,$p' "$OUT/tl_$nm.txt" | head -24
+    rm -f "$f"
+  done
+fi
+if [[ "$what" == *memcheck* ]]; then
+  timeout 150 compute-sanitizer --tool memcheck --leak-check full --error-exitcode 9 \
+    "$b/tests/test_golden" tests/data/moe-bf16 --device cuda --quick > "$OUT/memcheck_moe.log" 2>&1
+  echo "memcheck moe-bf16 exit $?"; grep -E "ERROR SUMMARY|LEAK" "$OUT/memcheck_moe.log" | head -3
 fi
