@@ -9,7 +9,7 @@
 # (tl) the kernel timeline with the defaults and with the last setting.
 # (sass) the SASS of the decode GEMV kernels, to see where their first
 # weight loads sit against the PDL wait.
-# (plain) also builds this tree with -DDR_CUDA_PRELOAD_PLAIN and runs it
+# (plain) also builds this tree with -DDR_CUDA_PRELOAD_PLAIN (a plain PDL wait) and runs it
 # in the A/B.
 # Usage: scripts/device_s11.sh [tests] [plain] [ab] [big] [tl] [memcheck] [sass]
 set -uo pipefail
@@ -21,7 +21,7 @@ b="$root/build-dev"
 t0=$(date +%s)
 dr_device_build "$b" test_cuda test_cuda_decode test_cuda_fused test_cuda_prefill test_golden deltarun_cli
 echo "built in $(( $(date +%s) - t0 )) s"
-if [[ "$what" == *plain* ]]; then # this tree with the weight preloads as plain loads (the baseline of dr_ld_w_pre)
+if [[ "$what" == *plain* ]]; then # this tree with the weight preloads as plain loads (the baseline of dr_pdl_wait_fenced)
   DR_CMAKE_EXTRA=-DCMAKE_CUDA_FLAGS=-DDR_CUDA_PRELOAD_PLAIN dr_device_build "$root/build-plain" deltarun_cli
 fi
 C=bench/configs
