@@ -22,7 +22,7 @@ t0=$(date +%s)
 dr_device_build "$b" test_cuda test_cuda_decode test_cuda_fused test_cuda_prefill test_golden deltarun_cli
 echo "built in $(( $(date +%s) - t0 )) s"
 if [[ "$what" == *plain* ]]; then # this tree with the weight preloads as plain loads (the baseline of dr_pdl_wait_fenced)
-  DR_CMAKE_EXTRA=-DCMAKE_CUDA_FLAGS=-DDR_CUDA_PRELOAD_PLAIN dr_device_build "$root/build-plain" deltarun_cli
+  DR_CMAKE_EXTRA=-DCMAKE_CUDA_FLAGS=${PLAIN_FLAG:--DDR_CUDA_PRELOAD_PLAIN} dr_device_build "$root/build-plain" deltarun_cli
 fi
 C=bench/configs
 D="tests/data/moe-bf16 tests/data/next-f32 tests/data/long-bf16"
@@ -54,7 +54,7 @@ one() { # label, binary, env (VAR=val or empty), bench arguments
 }
 variants() { # label, bench arguments: old, new, new + each setting
   local nm="$1"; shift
-  one "$nm-old" "$root/build-old/deltarun" "" "$@"
+  [[ -z "${NO_OLD-}" ]] && one "$nm-old" "$root/build-old/deltarun" "" "$@"
   [[ -x "$root/build-cur/deltarun" ]] && one "$nm-cur" "$root/build-cur/deltarun" "" "$@"
   [[ -x "$root/build-plain/deltarun" ]] && one "$nm-plain" "$root/build-plain/deltarun" "" "$@"
   one "$nm-new" "$b/deltarun" "" "$@"
