@@ -9,8 +9,9 @@
 # (tl) the kernel timeline with the defaults and with the last setting.
 # (sass) the SASS of the decode GEMV kernels, to see where their first
 # weight loads sit against the PDL wait.
-# (plain) also builds this tree with -DDR_CUDA_PRELOAD_PLAIN (a plain PDL wait) and runs it
-# in the A/B.
+# (plain) also builds this tree with -DDR_CUDA_PRELOAD_PLAIN (a plain PDL
+# wait; PLAIN_FLAG: other CUDA flags instead) and runs it in the A/B;
+# NO_OLD=1 leaves build-old out.
 # Usage: scripts/device_s11.sh [tests] [plain] [ab] [big] [tl] [memcheck] [sass]
 set -uo pipefail
 source "$(dirname "$0")/device_env.sh"

@@ -237,23 +237,6 @@ static __device__ __forceinline__ uint4 dr_ld_w(const uint4 *p) {
     return r;
 }
 
-/* dr_ld_w for the weight loads a kernel issues before its PDL wait
- * (dr_pdl_wait_fenced). volatile: measured faster on the 0.8B shape
- * (session 11; docs/CUDA.md) although the loads' place in the SASS is the
- * same. -DDR_CUDA_PRELOAD_PLAIN or -DDR_CUDA_PRELOAD_NV (measurement
- * builds): a plain dr_ld_w. */
-static __device__ __forceinline__ uint4 dr_ld_w_pre(const uint4 *p) {
-#if defined(DR_CUDA_PRELOAD_PLAIN) || defined(DR_CUDA_PRELOAD_NV)
-    return dr_ld_w(p);
-#else
-    uint4 r;
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
-                 : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
-                 : "l"(p));
-    return r;
-#endif
-}
-
 static __device__ __forceinline__ float dr_dev_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 static __device__ __forceinline__ float dr_dev_silu(float x) { return x / (1.0f + expf(-x)); }
 

@@ -240,7 +240,7 @@ static __device__ __forceinline__ void gemv_rows_dot(const uint4 *const (&wp)[R]
     for (int j = 0; j < U; j++)
 #pragma unroll
         for (int r = 0; r < R; r++)
-            u[j][r] = v0 + 32 * j < nv ? dr_ld_w_pre(wp[r] + v0 + 32 * j) : make_uint4(0, 0, 0, 0);
+            u[j][r] = v0 + 32 * j < nv ? ld_w(wp[r] + v0 + 32 * j) : make_uint4(0, 0, 0, 0);
     dr_pdl_wait_fenced((unsigned)nv);
     after_wait();
     for (;;) {

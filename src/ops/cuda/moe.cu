@@ -420,8 +420,8 @@ static __device__ __forceinline__ void md_gu_first(uint4 (&a)[MD_U], uint4 (&b)[
 #pragma unroll
     for (int q = 0; q < MD_U; q++) {
         const int v = lane + 32 * q;
-        a[q] = v < nv ? dr_ld_w_pre(g + v) : make_uint4(0, 0, 0, 0);
-        b[q] = v < nv ? dr_ld_w_pre(u + v) : make_uint4(0, 0, 0, 0);
+        a[q] = v < nv ? dr_ld_w(g + v) : make_uint4(0, 0, 0, 0);
+        b[q] = v < nv ? dr_ld_w(u + v) : make_uint4(0, 0, 0, 0);
     }
 }
 
@@ -598,7 +598,7 @@ static __device__ __forceinline__ void md_down_rows(const uint4 **dw, uint4 (*w)
     for (int jj = 0; jj < MD_J; jj++)
 #pragma unroll
         for (int q = 0; q < 2; q++)
-            w[jj][q] = dw[jj] && lane + 32 * q < nv ? dr_ld_w_pre(dw[jj] + lane + 32 * q) : make_uint4(0, 0, 0, 0);
+            w[jj][q] = dw[jj] && lane + 32 * q < nv ? dr_ld_w(dw[jj] + lane + 32 * q) : make_uint4(0, 0, 0, 0);
 }
 
 /* y[t, h] = (acc_y ? y[t, h] : 0) + sum_j wts[t, j] * (down_{e_j}[h] . act[t*k + j]), j in pick order (the
@@ -627,7 +627,7 @@ __global__ void __launch_bounds__(256) moe_down_bf16_kernel(float *__restrict__ 
     uint4 sp[2];
 #pragma unroll
     for (int q = 0; q < 2; q++)
-        sp[q] = sr && lane + 32 * q < nvs ? dr_ld_w_pre(sr + lane + 32 * q) : make_uint4(0, 0, 0, 0);
+        sp[q] = sr && lane + 32 * q < nvs ? dr_ld_w(sr + lane + 32 * q) : make_uint4(0, 0, 0, 0);
     const int32_t *it = idx + (size_t)t * k;
     const uint4 *dw[MD_J];
     uint4 w[MD_J][2];
