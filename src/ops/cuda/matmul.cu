@@ -462,14 +462,6 @@ __global__ void __launch_bounds__(256) gemv_swiglu_kernel(float *__restrict__ ou
                     out[(size_t)t * d + i0 + p] = dr_dev_silu(acc[p][t]) * acc[P + p][t];
 }
 
-/* x [T, d] += a W^T, then (gain not NULL) xn = x / rms(x) * gain per token.
- * Each warp adds its R rows of W a into x (it owns them: no atomics) and
- * each block writes the sum of squares of its rows (warp by warp, row by
- * row) to parts [T, gridDim.x]; then every block fences and bumps the device
- * counter, and the last block to arrive sums the parts in block order (per
- * thread, then the block reduction: a fixed order), writes xn for the whole
- * rows, and puts the counter back to 0 for the next launch or graph replay.
- * No early exit before the barriers. */
 /* The last block's norm of one token (gemv_add_norm_kernel, d <= 8 threads
  * per block): xn = x / rms * gain with the sum of squares from the blocks'
  * parts [G], summed as the general path does (per thread in block order,
@@ -500,6 +492,14 @@ static __device__ __forceinline__ void gn_last_one(float *__restrict__ xn, const
     }
 }
 
+/* x [T, d] += a W^T, then (gain not NULL) xn = x / rms(x) * gain per token.
+ * Each warp adds its R rows of W a into x (it owns them: no atomics) and
+ * each block writes the sum of squares of its rows (warp by warp, row by
+ * row) to parts [T, gridDim.x]; then every block fences and bumps the device
+ * counter, and the last block to arrive sums the parts in block order (per
+ * thread, then the block reduction: a fixed order), writes xn for the whole
+ * rows, and puts the counter back to 0 for the next launch or graph replay.
+ * No early exit before the barriers. */
 #define FN_PARTS 16384 /* floats of parts after the counter (gridDim.x * T at most) */
 template <typename WT, int MT, int R, int U = 8 / R>
 __global__ void __launch_bounds__(256) gemv_add_norm_kernel(float *x, float *__restrict__ xn, const WT *W,
