@@ -6,6 +6,9 @@
 # `dr_device_build DIR TARGET...` configures (Release, CUDA for sm_90a) and
 # builds, logging to $OUT and stopping the script on failure
 # (DR_CMAKE_EXTRA: more configure flags, e.g. -DDR_CUDA_TIMELINE=ON).
+# `dr_device_tests DIR LOG [VAR=val...]` runs every CUDA test and golden of
+# the build in DIR (test_cuda_quant where it was built) with those
+# settings, appending to LOG and naming each one that fails.
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 OUT="${OUT:-/tmp/dr_out}"
@@ -24,4 +27,18 @@ dr_device_build() {
     -DCMAKE_CUDA_ARCHITECTURES=90a ${DR_CMAKE_EXTRA:-} > "$OUT/cmake.log" 2>&1 || { tail -20 "$OUT/cmake.log"; exit 1; }
   make -C "$dir" -j"$(nproc)" "$@" > "$OUT/build.log" 2>&1 ||
     { grep -E "error" "$OUT/build.log" | head -40; exit 1; }
+}
+
+dr_device_tests() {
+  local dir="$1" log="$2"; shift 2
+  local t fx
+  env "$@" timeout 120 "$dir/tests/test_cuda_decode" tests/data/moe-bf16 tests/data/next-f32 tests/data/long-bf16 \
+    >> "$log" 2>&1 || echo "test_cuda_decode $* FAILED"
+  for t in test_cuda test_cuda_fused test_cuda_prefill test_cuda_quant; do
+    [[ -x "$dir/tests/$t" ]] || continue
+    env "$@" timeout 120 "$dir/tests/$t" >> "$log" 2>&1 || echo "$t $* FAILED"
+  done
+  for fx in dense-f32 moe-bf16 moe-bf16-fused next-f32 long-bf16; do
+    env "$@" timeout 120 "$dir/tests/test_golden" "tests/data/$fx" --device cuda >> "$log" 2>&1 || echo "golden $fx $* FAILED"
+  done
 }

@@ -37,14 +37,7 @@ dr_device_build "$b" test_cuda test_cuda_decode test_cuda_prefill test_cuda_quan
 echo "built in $(( $(date +%s) - t0 )) s"
 T="$OUT/tests.log"
 if [[ "$what" == *tests* ]]; then
-  timeout 120 "$b/tests/test_cuda_decode" tests/data/moe-bf16 tests/data/next-f32 tests/data/long-bf16 >> "$T" 2>&1 || echo "test_cuda_decode FAILED"
-  timeout 60 "$b/tests/test_cuda" >> "$T" 2>&1 || echo "test_cuda FAILED"
-  timeout 60 "$b/tests/test_cuda_prefill" >> "$T" 2>&1 || echo "test_cuda_prefill FAILED"
-  timeout 120 "$b/tests/test_cuda_quant" >> "$T" 2>&1 || echo "test_cuda_quant FAILED"
-  timeout 60 "$b/tests/test_cuda_fused" >> "$T" 2>&1 || echo "test_cuda_fused FAILED"
-  for fx in dense-f32 moe-bf16 moe-bf16-fused next-f32 long-bf16; do
-    timeout 120 "$b/tests/test_golden" "tests/data/$fx" --device cuda >> "$T" 2>&1 || echo "golden $fx FAILED"
-  done
+  dr_device_tests "$b" "$T"
   grep -cE "^ok" "$T" | sed 's/^/ok lines: /'
   grep -E "^FAIL|passed|graphs" "$T" | head -${TESTS_LINES:-30}
   grep -E "greedy|full|incremental" "$T" | head -12

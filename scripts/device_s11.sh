@@ -26,23 +26,10 @@ if [[ "$what" == *plain* ]]; then # this tree with the weight preloads as plain 
   DR_CMAKE_EXTRA=-DCMAKE_CUDA_FLAGS=${PLAIN_FLAG:--DDR_CUDA_PRELOAD_PLAIN} dr_device_build "$root/build-plain" deltarun_cli
 fi
 C=bench/configs
-D="tests/data/moe-bf16 tests/data/next-f32 tests/data/long-bf16"
 if [[ "$what" == *tests* ]]; then
   T="$OUT/tests.log"
-  timeout 120 "$b/tests/test_cuda_decode" $D >> "$T" 2>&1 || echo "test_cuda_decode FAILED"
-  timeout 90 "$b/tests/test_cuda" >> "$T" 2>&1 || echo "test_cuda FAILED"
-  timeout 60 "$b/tests/test_cuda_fused" >> "$T" 2>&1 || echo "test_cuda_fused FAILED"
-  timeout 60 "$b/tests/test_cuda_prefill" >> "$T" 2>&1 || echo "test_cuda_prefill FAILED"
-  for fx in dense-f32 moe-bf16 moe-bf16-fused next-f32 long-bf16; do
-    timeout 120 "$b/tests/test_golden" "tests/data/$fx" --device cuda >> "$T" 2>&1 || echo "golden $fx FAILED"
-  done
-  for e in "${envs[@]}"; do
-    env ${e//,/ } timeout 120 "$b/tests/test_cuda_decode" $D >> "$T" 2>&1 || echo "test_cuda_decode $e FAILED"
-    env ${e//,/ } timeout 60 "$b/tests/test_cuda_fused" >> "$T" 2>&1 || echo "test_cuda_fused $e FAILED"
-    for fx in dense-f32 moe-bf16 moe-bf16-fused next-f32; do
-      env ${e//,/ } timeout 120 "$b/tests/test_golden" "tests/data/$fx" --device cuda >> "$T" 2>&1 || echo "golden $fx $e FAILED"
-    done
-  done
+  dr_device_tests "$b" "$T"
+  for e in "${envs[@]}"; do dr_device_tests "$b" "$T" ${e//,/ }; done
   echo "tests: $(grep -c '^ok' "$T") ok lines, $(grep -c -E '^FAIL|not ok' "$T") failures"
   grep -E "^FAIL|not ok" "$T" | head -10
 fi
