@@ -75,7 +75,6 @@ for fn in sys.argv[1:]:
         if w and ("bfloat16" in k or "moe" in k) and ("gemv" in k or "moe" in k):
             print("sass %-70s weight loads before the wait %2d, after %3d" % (k[:70], pre, post))
 PY
-PY
 fi
 if [[ "$what" == *ab* ]]; then
   for r in 1 2; do
