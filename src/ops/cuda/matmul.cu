@@ -462,11 +462,11 @@ __global__ void __launch_bounds__(256) gemv_swiglu_kernel(float *__restrict__ ou
                     out[(size_t)t * d + i0 + p] = dr_dev_silu(acc[p][t]) * acc[P + p][t];
 }
 
-/* The last block's norm of one token (gemv_add_norm_kernel, d <= 8 threads
- * per block): xn = x / rms * gain with the sum of squares from the blocks'
- * parts [G], summed as the general path does (per thread in block order,
- * then the block reduction), so the values are the same; x and gain are
- * loaded before the parts are summed instead of after. */
+/* The last block's norm of one token (gemv_add_norm_kernel, d at most 8
+ * times the block's threads): xn = x / rms * gain with the sum of squares
+ * from the blocks' parts [G], summed as the general path does (per thread
+ * in block order, then the block reduction), so the values are the same;
+ * x and gain are loaded before the parts are summed instead of after. */
 static __device__ __forceinline__ void gn_last_one(float *__restrict__ xn, const float *x,
                                                    const float *__restrict__ gain, const float *parts, int G, int d,
                                                    float eps, float *sh) {
