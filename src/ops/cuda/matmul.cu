@@ -462,11 +462,11 @@ __global__ void __launch_bounds__(256) gemv_swiglu_kernel(float *__restrict__ ou
                     out[(size_t)t * d + i0 + p] = dr_dev_silu(acc[p][t]) * acc[P + p][t];
 }
 
-/* The last block's norm of one token (gemv_add_norm_kernel, d at most 8
- * times the block's threads): xn = x / rms * gain with the sum of squares
- * from the blocks' parts [G], summed as the general path does (per thread
- * in block order, then the block reduction), so the values are the same;
- * x and gain are loaded before the parts are summed instead of after. */
+/* The last block's norm of one token's row (gemv_add_norm_kernel, d at
+ * most 8 times the block's threads): xn = x / rms * gain with the sum of
+ * squares from the blocks' parts [G], summed as the wide path does (per
+ * thread in block order, then the block reduction), so the values are the
+ * same; x and gain are loaded before the parts are summed, not after. */
 static __device__ __forceinline__ void gn_last_one(float *__restrict__ xn, const float *x,
                                                    const float *__restrict__ gain, const float *parts, int G, int d,
                                                    float eps, float *sh) {
@@ -560,8 +560,9 @@ __global__ void __launch_bounds__(256) gemv_add_norm_kernel(float *x, float *__r
         return;
     __threadfence();
     const int nt = blockDim.x, G = gridDim.x;
-    if (T == 1 && d <= 8 * nt) { /* one token: x and gain load with the parts, one round trip (session 11) */
-        gn_last_one(xn, x, gain, parts, G, d, eps, sh);
+    if (d <= 8 * nt) { /* x and gain load with the parts: one round trip per token (session 11) */
+        for (int t = 0; t < T; t++)
+            gn_last_one(xn + (size_t)t * d, x + (size_t)t * d, gain, parts + (size_t)t * G, G, d, eps, sh);
         if (threadIdx.x == 0)
             *cnt = 0;
         return;
