@@ -287,14 +287,6 @@ static __device__ __forceinline__ void gemv_rows_dot(const uint4 *const (&wp)[R]
             acc[r][t] = dr_warp_sum(acc[r][t]);
 }
 
-/* Default decode GEMV (16-byte aligned rows and x, n a multiple of the
- * vector width): each warp owns R consecutive rows and keeps R x U 16-byte
- * weight loads in flight per lane (R * U = 8) before their first use; the
- * x vector (fp32, small) is read through L1 once per R rows. No split-K, no
- * atomics: each row's sum is one lane-strided walk plus a warp reduction
- * (a fixed order, deterministic). The first batch of weight loads is issued
- * before dr_pdl_wait(), so with programmatic dependent launch the weights
- * stream while the kernel that writes x is still finishing. */
 /* Rows r0 .. r0+R-1 of a gemv_set: their weight rows (nv 16-byte vectors
  * each), outputs (NULL past the end: a row past the end re-reads the last
  * row, result dropped) and output strides between tokens. */
