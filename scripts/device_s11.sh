@@ -11,7 +11,8 @@
 # weight loads sit against the PDL wait.
 # (plain) also builds this tree with -DDR_CUDA_PRELOAD_PLAIN (a plain PDL
 # wait; PLAIN_FLAG: other CUDA flags instead) and runs it in the A/B;
-# NO_OLD=1 leaves build-old out.
+# NO_OLD=1 leaves build-old out. TEST_ENVS / BIG_ENVS: the settings for the
+# tests / the 40-layer run instead of AB_ENVS.
 # Usage: scripts/device_s11.sh [tests] [plain] [ab] [big] [tl] [memcheck] [sass]
 set -uo pipefail
 source "$(dirname "$0")/device_env.sh"
@@ -29,7 +30,8 @@ C=bench/configs
 if [[ "$what" == *tests* ]]; then
   T="$OUT/tests.log"
   dr_device_tests "$b" "$T"
-  for e in "${envs[@]}"; do dr_device_tests "$b" "$T" ${e//,/ }; done
+  read -r -a tenvs <<< "${TEST_ENVS-${AB_ENVS-}}"
+  for e in "${tenvs[@]}"; do dr_device_tests "$b" "$T" ${e//,/ }; done
   echo "tests: $(grep -c '^ok' "$T") ok lines, $(grep -c -E '^FAIL|not ok' "$T") failures"
   grep -E "^FAIL|not ok" "$T" | head -10
 fi
@@ -83,6 +85,7 @@ if [[ "$what" == *ab* ]]; then
   done
 fi
 if [[ "$what" == *big* ]]; then
+  read -r -a envs <<< "${BIG_ENVS-${AB_ENVS-}}"
   variants 35B-40L --synthetic $C/qwen3.5-35b-a3b.json -p 128 -n 128
 fi
 if [[ "$what" == *tl* ]]; then
