@@ -125,55 +125,6 @@ static void test_gdn_decode(void) {
     gdn_case(16, 32, 128, 128, 4, -1, 0); /* clusters of one v head's slices + the q/k counter */
 }
 
-/* ---- prefetch_hint: the fused GDN step with a pending hint changes nothing ---- */
-
-/* Two runs of the same two steps from the same state and inputs, the
- * second with a hint before its first step: a 12 MiB range and one of 12012
- * bytes (not a multiple of 16), so the sliced kernel issues L2 prefetches
- * (sm_90). y, the fp32 state and the conv state after both steps must be
- * bitwise equal. */
-static void test_prefetch_hint(void) {
-    if (!G->prefetch_hint) {
-        CHECK_SHOW(0, "the CUDA backend has no prefetch_hint slot");
-        return;
-    }
-    const dr_gdn_dims d = {16, 32, 128, 128};
-    const int K = 4, Cc = 2 * 16 * 128 + 32 * 128;
-    const size_t ns = (size_t)32 * 128 * 128, nv = (size_t)32 * 128, ncs = (size_t)K * Cc;
-    float *st = rnd(ns, 0.3f), *cst = rnd(ncs, 1.0f), *cw = rnd((size_t)Cc * K, 0.7f), *Al = rnd(32, 1.0f);
-    float *dtb = rnd(32, 1.0f), *nw = rnd(128, 1.0f), *m = rnd((size_t)Cc, 2.0f), *z = rnd(nv, 2.0f);
-    float *b = rnd(32, 3.0f), *a = rnd(32, 2.0f), *wbig = rnd((size_t)3 << 20, 1.0f);
-    float *dcw = dput(cw, (size_t)Cc * K * 4), *dAl = dput(Al, 32 * 4), *ddtb = dput(dtb, 32 * 4);
-    float *dnw = dput(nw, 128 * 4), *dm = dput(m, (size_t)Cc * 4), *dz = dput(z, nv * 4), *db = dput(b, 32 * 4);
-    float *da = dput(a, 32 * 4), *dw = dput(wbig, ((size_t)3 << 20) * 4);
-    /* a [3 * 2^20] f32 weight and a [1001, 3] one (12012 bytes) */
-    dr_tensor t1 = {.name = "big", .dtype = DR_DT_F32, .ndim = 1, .ne = {(int64_t)3 << 20}, .dev = dw};
-    dr_tensor t2 = {.name = "odd", .dtype = DR_DT_F32, .ndim = 2, .ne = {1001, 3}, .dev = dw};
-    const dr_tensor *const hint[2] = {&t1, &t2};
-    float *out[2][3];
-    for (int run = 0; run < 2; run++) {
-        float *dst = dput(st, ns * 4), *dcst = dput(cst, ncs * 4), *dy = G->alloc(G->ctx, nv * 4);
-        for (int step = 0; step < 2; step++) {
-            if (run == 1 && step == 0)
-                G->prefetch_hint(G->ctx, hint, 2);
-            G->gdn_decode(G->ctx, dy, dm, dz, db, da, dcst, dst, dcw, K, dAl, ddtb, dnw, &d, 1e-6f);
-        }
-        out[run][0] = dget(dy, nv), out[run][1] = dget(dst, ns), out[run][2] = dget(dcst, ncs);
-        G->free(G->ctx, dst), G->free(G->ctx, dcst), G->free(G->ctx, dy);
-    }
-    const size_t n[3] = {nv, ns, ncs};
-    const char *what[3] = {"y", "fp32 state", "conv state"};
-    for (int i = 0; i < 3; i++) {
-        CHECK_SHOW(memcmp(out[0][i], out[1][i], n[i] * 4) == 0, "gdn_decode after a prefetch hint: %s bitwise equal",
-                   what[i]);
-        free(out[0][i]), free(out[1][i]);
-    }
-    free(st), free(cst), free(cw), free(Al), free(dtb), free(nw), free(m), free(z), free(b), free(a), free(wbig);
-    void *bufs[] = {dcw, dAl, ddtb, dnw, dm, dz, db, da, dw};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
-        G->free(G->ctx, bufs[i]);
-}
-
 /* ---- kv_store ---- */
 
 static void test_kv_store(void) {
@@ -324,7 +275,6 @@ int main(int argc, char **argv) {
     if (rc)
         return TEST_DONE();
     test_gdn_decode();
-    test_prefetch_hint();
     if (getenv("DR_TEST_GDN_ONLY")) { /* the sanitizer runs: only the fused GDN step */
         cuda_test_close();
         return TEST_DONE();

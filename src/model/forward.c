@@ -313,27 +313,6 @@ static void lm_head_rows(const dr_model *m, dr_scratch *sc, int r0, int r1, floa
     }
 }
 
-/* Decode: the weights read right after layer l's latency-bound mixer kernel
- * (the GDN step, or attention), in the order they are read: its output
- * projection, then the FFN's first (ops.h prefetch_hint). */
-static void hint_layer(const dr_model *m, int l) {
-    const dr_layer_weights *lw = &m->w.layers[l];
-    const dr_ffn_weights *f = &lw->ffn;
-    const dr_tensor *w[4] = {m->hp.is_attn[l] ? &lw->attn.o_proj : &lw->gdn.out_proj};
-    int n = 1;
-    if (!m->hp.is_moe[l]) {
-        w[n++] = &f->gate;
-        w[n++] = &f->up;
-    } else {
-        w[n++] = &f->router;
-        if (f->has_shared) {
-            w[n++] = &f->sh_gate;
-            w[n++] = &f->sh_up;
-        }
-    }
-    m->ops->prefetch_hint(m->ops->ctx, w, n);
-}
-
 void dr_forward(const dr_model *m, dr_kv_cache *kv, dr_gdn_cache *gdn, dr_scratch *sc, int pos0,
                 const int32_t *ids, int T, dr_logits_mode mode, float *logits, bool state_bf16) {
     const dr_hparams *hp = &m->hp;
@@ -351,8 +330,6 @@ void dr_forward(const dr_model *m, dr_kv_cache *kv, dr_gdn_cache *gdn, dr_scratc
         const bool ffn_later = defer_ffn_norm(m, l, T);
         const float *mix_gain = ffn_later ? NULL : lw->ln2;
         /* h = x + Mixer(RMSNorm(x))   (7.1); xn holds RMSNorm(x), then RMSNorm(h) (or not yet) */
-        if (T == 1 && o->prefetch_hint)
-            hint_layer(m, l);
         if (hp->is_attn[l])
             attn_layer(m, &lw->attn, kv->k[l], kv->v[l], sc, pos0, T, in_gain, mix_gain);
         else

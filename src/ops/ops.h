@@ -177,11 +177,6 @@ struct dr_ops {
                        const float *a, float *conv_state, float *state, const float *conv_w, int K,
                        const float *A_log, const float *dt_bias, const float *norm_w, const dr_gdn_dims *d,
                        float eps);
-    /* (optional, NULL: not called) A decode-step hint: the n tensors of w are
-       read right after the backend's next latency-bound kernel (the fused GDN
-       step or decode attention), which may pull them toward the compute
-       units while it runs. Replaces any earlier hint; changes no value. */
-    void (*prefetch_hint)(void *ctx, const dr_tensor *const *w, int n);
     /* y [rows, n] = w * rmsnorm(x) * silu(z)   (plain gain w [n], not 1 + w) */
     void (*gated_rmsnorm)(void *ctx, float *y, const float *x, const float *z, const float *w, int rows, int n,
                           float eps);

@@ -546,10 +546,8 @@ void dr_cuda_attention(void *ctx, float *out, const float *q, const float *k_cac
  * equal the separate kernels'. */
 __global__ void attn_prep_kernel(float *q, float *gate, float *k, float *kc, float *vc, const float *qg, const float *v,
                                  const float *qn, const float *kn, const float *inv, int T, int pos0, int nH, int nKV,
-                                 int hd, int half, float eps, const int32_t *dpos, dr_l2pf pf) {
+                                 int hd, int half, float eps, const int32_t *dpos) {
     DR_TL_SCOPE();
-    /* o_proj and the FFN's first weights: read after the attention, which leaves HBM idle at short contexts */
-    dr_l2pf_share(pf, blockIdx.x, gridDim.x);
     if (dpos)
         pos0 = *dpos;
     __shared__ float sh[32], row[256];
@@ -829,14 +827,12 @@ bool dr_cuda_attention_block(void *ctx, float *att, float *q, float *gate, float
     if (d_rot >= 2 && !inv)
         return true; /* failed or recording (the step runs again): recorded in cx */
     if (attention_block_fused(cx, att, qg, k, v, k_cache, v_cache, q_norm, k_norm, inv, pos0, nH, nKV, hd, d_rot, eps,
-                              scale)) {
-        (void)dr_cuda_take_pf(cx); /* long contexts: the attention streams the cache, no prefetch beside it */
+                              scale))
         return true;
-    }
     const int nt = dr_cuda_norm_threads(cx, T * nH, hd); /* rmsnorm's block for these rows: the same sums */
     attn_prep_kernel<<<(unsigned)(T * (nH + nKV)), nt, 0, cx->stream>>>(q, gate, k, k_cache, v_cache, qg, v, q_norm,
                                                                        k_norm, inv, T, pos0, nH, nKV, hd, d_rot / 2,
-                                                                       eps, dr_cuda_step_pos(cx), dr_cuda_take_pf(cx));
+                                                                       eps, dr_cuda_step_pos(cx));
     DR_CUDA_LAUNCHED(cx);
     attention_decode(cx, att, q, k_cache, v_cache, pos0, nH, nKV, hd, scale, gate);
     return true;

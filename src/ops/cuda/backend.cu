@@ -24,26 +24,6 @@ extern "C" void dr_cuda_note_fail(dr_cuda_ctx *cx, const char *file, int line, c
     cx->failed = 1;
 }
 
-/* ops.h prefetch_hint: the device ranges of up to DR_PF_N uploaded tensors
- * (packed bytes only for quantized ones), kept for the next kernel that
- * prefetches (cuda_common.cuh dr_l2pf). */
-static void cu_prefetch_hint(void *ctx, const dr_tensor *const *w, int n) {
-    dr_cuda_ctx *cx = (dr_cuda_ctx *)ctx;
-    memset(&cx->pf, 0, sizeof cx->pf);
-    const int lim = cx->l2pf == 2 ? DR_PF_N : cx->l2pf;
-    for (int i = 0, k = 0; i < n && k < lim; i++) {
-        const dr_tensor *t = w[i];
-        if (!t || !t->dev || (uintptr_t)t->dev % 16)
-            continue;
-        size_t elems = 1;
-        for (int d = 0; d < t->ndim; d++)
-            elems *= (size_t)t->ne[d];
-        const size_t bytes = t->q.bits ? elems * (size_t)t->q.bits / 8 : elems * dr_dtype_size(t->dtype);
-        cx->pf.p[k] = (const char *)t->dev;
-        cx->pf.n[k++] = (unsigned)((bytes < 0xFFFFFFF0u ? bytes : 0xFFFFFFF0u) & ~(size_t)15);
-    }
-}
-
 extern "C" void dr_cuda_note_blas(dr_cuda_ctx *cx, const char *file, int line, const char *stmt, cublasStatus_t s) {
     if (!cx->failed)
         dr_fail_at(file, line, DR_ERR_DEVICE, "cuBLAS: %s failed: status %d", stmt, (int)s);
@@ -397,8 +377,6 @@ extern "C" dr_status dr_ops_cuda_create(const dr_backend_params *p, dr_ops **out
             cx->pdl_norm = !cx->dec3 ? 0 : pe && pe[0] >= '0' && pe[0] <= '2' ? pe[0] - '0' : DR_CUDA_PDL_NORM_DEFAULT;
             pe = getenv("DR_CUDA_PDL_GDN");
             cx->pdl_gdn = !cx->dec3 ? 0 : pe && pe[0] >= '0' && pe[0] <= '2' ? pe[0] - '0' : DR_CUDA_PDL_GDN_DEFAULT;
-            pe = getenv("DR_CUDA_L2PF");
-            cx->l2pf = prop.major < 9 ? 0 : pe && pe[0] >= '0' && pe[0] <= '2' ? pe[0] - '0' : 2;
         }
         if (prop.major < 8) {
             st = DR_FAIL(DR_ERR_UNSUPPORTED, "device cuda:%d (%s): compute capability %d.%d, need 8.0 or newer",
@@ -467,7 +445,6 @@ extern "C" void dr_cuda_fill_table(dr_ops *o) {
     o->matmul_n = dr_cuda_matmul_n;
     o->add_rmsnorm = dr_cuda_add_rmsnorm;
     o->gdn_decode = dr_cuda_gdn_decode;
-    o->prefetch_hint = cu_prefetch_hint;
     o->argmax = dr_cuda_argmax;
     o->matmul_swiglu = dr_cuda_matmul_swiglu, o->matmul_add_rmsnorm = dr_cuda_matmul_add_rmsnorm;
     o->rmsnorm_matmul_n = dr_cuda_rmsnorm_matmul_n;

@@ -18,7 +18,6 @@
 #include <cuda_runtime.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <string.h>
 
 #include "ops/cuda/timeline.cuh"
 
@@ -74,17 +73,6 @@ typedef struct dr_cuda_expert_tab {
     const void **host;    /* the same pointers on the host (to notice weights uploaded again) */
 } dr_cuda_expert_tab;
 
-/* Weights the decode step reads right after a latency-bound kernel (the
- * fused GDN step, decode attention's prep): that kernel asks L2 for them
- * while it runs, so their GEMVs read L2 instead of waiting on HBM (ops.h
- * prefetch_hint; docs/CUDA.md, session 12). Up to DR_PF_N byte ranges. */
-#define DR_PF_N 4
-#define DR_PF_PIECE 4096u /* bytes per bulk prefetch */
-typedef struct dr_l2pf {
-    const char *p[DR_PF_N];
-    unsigned n[DR_PF_N]; /* bytes, a multiple of 16; 0: unused */
-} dr_l2pf;
-
 typedef struct dr_cuda_ctx {
     int device;
     int n_sm;
@@ -122,8 +110,6 @@ typedef struct dr_cuda_ctx {
     int *moe_ready;        /* device [4]: per token, the MoE decode picks are written (moe.cu) */
     int *att_cnt;          /* device counters per query head of the fused decode attention (attention.cu), zero
                               between launches */
-    int l2pf;              /* DR_CUDA_L2PF: 0 ignore prefetch hints, 1 the first range only, 2 all (default) */
-    dr_l2pf pf;            /* the pending hint, taken (and cleared) by the next kernel that prefetches */
 } dr_cuda_ctx;
 
 /* Position of the open step in device memory, or NULL (kernels use their
@@ -269,34 +255,6 @@ static __device__ __forceinline__ void dr_pdl_trigger(void) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.launch_dependents;");
 #endif
-}
-
-/* Block b of nb asks L2 for its share of every range of pf: one bulk
- * prefetch (cp.async.bulk.prefetch.L2, no registers, no completion to wait
- * for) per DR_PF_PIECE bytes, spread over the block's threads. A hint: no
- * value depends on it. sm_90 only; a no-op on older devices. */
-static __device__ __forceinline__ void dr_l2pf_share(const dr_l2pf &pf, unsigned b, unsigned nb) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-#pragma unroll 1
-    for (int i = 0; i < DR_PF_N; i++) {
-        const size_t n = pf.n[i], per = ((n + nb - 1) / nb + 15) & ~(size_t)15;
-        const size_t end = min(n, (b + 1) * per);
-        for (size_t o = b * per + threadIdx.x * (size_t)DR_PF_PIECE; o < end; o += blockDim.x * (size_t)DR_PF_PIECE)
-            asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(pf.p[i] + o),
-                         "r"((unsigned)min((size_t)DR_PF_PIECE, end - o))
-                         : "memory");
-    }
-#else
-    (void)pf, (void)b, (void)nb;
-#endif
-}
-
-/* The pending prefetch hint for the kernel about to be launched, which
- * takes it: the hint is cleared, so no later kernel repeats it. */
-static inline dr_l2pf dr_cuda_take_pf(dr_cuda_ctx *cx) {
-    dr_l2pf pf = cx->pf;
-    memset(&cx->pf, 0, sizeof cx->pf);
-    return pf;
 }
 
 /* dr_pdl_wait() for a kernel that issued weight loads before it, so that

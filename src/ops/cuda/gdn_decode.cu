@@ -256,7 +256,7 @@ __global__ void __launch_bounds__(GD_T)
                              float *__restrict__ state, const float *__restrict__ cw, int K,
                              const float *__restrict__ A_log, const float *__restrict__ dt_bias,
                              const float *__restrict__ nw, int Hk, int Hv, int dk, int dv, float eps, int *cnt, int pdl,
-                             int S, int G, dr_l2pf pf) {
+                             int S, int G) {
     DR_TL_SCOPE();
 #ifdef GD_SM90
     constexpr int P = 32 / W, NW = GD_T / 32;
@@ -294,8 +294,6 @@ __global__ void __launch_bounds__(GD_T)
         zv = z[(size_t)j * dv + v0 + tid];
         nwv = nw[v0 + tid];
     }
-    /* the weights read after this step (out_proj, then the FFN's first): HBM is idle during its ~6 us */
-    dr_l2pf_share(pf, blockIdx.x, gridDim.x);
 
     /* 2. conv + SiLU: q/k channels [q0, q0 + nq) of the k head's 2 dk (1/G of them: rank rq of the
        cluster), then the slice's v channels */
@@ -585,10 +583,9 @@ void dr_cuda_gdn_decode(void *ctx, float *y, const float *qkv_raw, const float *
         g_gd_last_g = G;
         const int need = (dk * W + 127) / 128; /* state rows per thread */
         const unsigned grid = (unsigned)(Hv * S);
-        const dr_l2pf pf = dr_cuda_take_pf(cx);
 #define GD_SL(R, WW)                                                                                           \
     gd_launch(cx, G, cx->pdl_gdn > 0, gdn_decode_sliced_kernel<R, WW>, grid, y, qkv_raw, z, b, a, conv_state, state, \
-              conv_w, K, A_log, dt_bias, norm_w, Hk, Hv, dk, dv, eps, cx->gdn_cnt, cx->pdl_gdn, S, G, pf)
+              conv_w, K, A_log, dt_bias, norm_w, Hk, Hv, dk, dv, eps, cx->gdn_cnt, cx->pdl_gdn, S, G)
 #define GD_SLW(R)                                                                                              \
     do {                                                                                                       \
         if (W == 32)                                                                                           \
@@ -611,7 +608,6 @@ void dr_cuda_gdn_decode(void *ctx, float *y, const float *qkv_raw, const float *
         return;
     }
     const unsigned threads = 32u * (unsigned)((dv + 7) / 8);
-    (void)dr_cuda_take_pf(cx); /* this kernel does not prefetch: the hint is dropped */
 #define GD_LAUNCH(R)                                                                                             \
     dr_cuda_launch(cx, cx->pdl_gdn > 0, gdn_decode_kernel<R>, dim3((unsigned)Hv), dim3(threads), 0, y, qkv_raw, z, \
                    b, a, conv_state, state, conv_w, K, A_log, dt_bias, norm_w, Hk, Hv, dk, dv, eps, cx->gdn_cnt,   \

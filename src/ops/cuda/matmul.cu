@@ -727,18 +727,7 @@ static void swiglu_launch(dr_cuda_ctx *cx, float *out, const void *gate, const v
 template <typename WT>
 static void swiglu_norm_launch(dr_cuda_ctx *cx, float *out, const void *gate, const void *up, const float *x,
                                const float *gain, float eps, int d, int n) {
-    size_t smem = (size_t)n * sizeof(float);
-    static int pad = -1; /* DR_CUDA_SWG_SMEM=bytes: measurement only (docs/CUDA.md, session 12) */
-    if (pad < 0) {
-        const char *e = getenv("DR_CUDA_SWG_SMEM");
-        pad = e ? atoi(e) : 0;
-        if (pad > 0) {
-            cudaFuncSetAttribute(gemv_swiglu_kernel<WT, 1, 1, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, pad);
-            cudaFuncSetAttribute(gemv_swiglu_kernel<WT, 1, 2, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, pad);
-        }
-    }
-    if ((size_t)pad > smem)
-        smem = (size_t)pad;
+    const size_t smem = (size_t)n * sizeof(float);
     if (rows_per_warp(cx, 2L * d, 1) >= 4)
         dr_cuda_launch(cx, true, gemv_swiglu_kernel<WT, 1, 2, true>, dim3(dr_cdiv((size_t)d, 16)), dim3(256), smem,
                        out, (const WT *)gate, (const WT *)up, x, 1, d, n, gain, eps);
