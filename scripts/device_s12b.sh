@@ -4,7 +4,8 @@
 # the repo) are built (deltarun_cli, Release, sm_90a) and decode the 0.8B
 # shape in alternation (ROUNDS rounds; SHAPES as in device_s11.sh: 08b,
 # 35b8); the register counts of each build's decode GEMV kernels are
-# printed (cuobjdump -res-usage of matmul.cu's object).
+# printed (cuobjdump -res-usage of matmul.cu's object); SASS=1 also keeps
+# matmul.cu's SASS of each build in $OUT.
 set -uo pipefail
 source "$(dirname "$0")/device_env.sh"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
@@ -34,6 +35,12 @@ for line in sys.stdin:
 print('regs ${names[$i]}: ' + ' '.join(sorted(out)))
 "
 done
+if [[ -n "${SASS:-}" ]]; then # matmul.cu's SASS of each build, gzipped
+  for i in "${!names[@]}"; do
+    o=$(find "$(dirname "${clis[$i]}")" -name "matmul.cu.o" | head -1)
+    cuobjdump -sass "$o" 2>&1 | gzip -6 > "$OUT/sass_matmul_${names[$i]}.txt.gz"
+  done
+fi
 C=bench/configs
 for r in $(seq "${ROUNDS:-3}"); do
   for s in ${SHAPES:-08b}; do
