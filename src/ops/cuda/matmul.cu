@@ -213,20 +213,34 @@ static __device__ __forceinline__ uint4 ld_w(const uint4 *p) { return dr_ld_w(p)
  * stream while the kernel that writes x is still finishing. */
 /* The streaming loop of the decode GEMV: acc[r][t] = dot(row r, x_t) for
  * the R rows at wp[r] (16-byte vectors, nv of them), R x U 16-byte weight
- * loads in flight per lane, the first batch issued before dr_pdl_wait();
+ * loads in flight per lane, the first batch issued before dr_pdl_wait()
+ * (after it, right behind x's loads, where the block stages x: SX below);
  * every lane gets the warp-reduced sums. Each row is one lane-strided walk
  * (v = lane, lane + 32, ...) whatever R and U are, then a warp reduction:
  * the same sums, bit for bit, for every kernel built on it. */
-struct gemv_no_hook {
-    __device__ void operator()() const {}
+/* What the block needs to stage RMSNorm(x; gain) into sx (gn_load,
+ * gn_finish below); sh: 32 floats of shared memory for the block sum. */
+struct gn_args {
+    float *sx;
+    const float *x, *gain;
+    int n;
+    float eps;
+    float *sh;
 };
+#define GN_BATCH 8
+static __device__ __forceinline__ void gn_load(const gn_args &ga, int i0, float (&v)[GN_BATCH],
+                                               float (&g)[GN_BATCH]);
+static __device__ __forceinline__ void gn_finish(const gn_args &ga, float (&v)[GN_BATCH], float (&g)[GN_BATCH]);
 
-/* SX: x is in shared memory (plain loads; __ldg is for global memory only).
- * after_wait runs right after dr_pdl_wait(), with the first weight loads in
- * flight (the whole block calls it: it may hold barriers). */
-template <typename WT, int MT, int R, int U, bool SX = false, typename F = gemv_no_hook>
+/* SX: x is staged in shared memory by the whole block from what the kernel
+ * before wrote (ga: gn_args; plain loads of x, __ldg being for global
+ * memory only). Then x's loads come first after the PDL wait and the
+ * first weight loads follow, before the norm's barrier (gn_finish): the norm
+ * is this kernel's critical path, and x's loads issued behind a batch of
+ * weight loads came back that much later (session 12: 0.8B decode ~6%). */
+template <typename WT, int MT, int R, int U, bool SX = false>
 static __device__ __forceinline__ void gemv_rows_dot(const uint4 *const (&wp)[R], const float *__restrict__ x, int T,
-                                                     int n, float (&acc)[R][MT], F after_wait = F()) {
+                                                     int n, float (&acc)[R][MT], const gn_args &ga = gn_args()) {
     constexpr int E = wvec<WT>::N;
     const int lane = threadIdx.x & 31, nv = n / E;
 #pragma unroll
@@ -235,14 +249,22 @@ static __device__ __forceinline__ void gemv_rows_dot(const uint4 *const (&wp)[R]
         for (int t = 0; t < MT; t++)
             acc[r][t] = 0.0f;
     uint4 u[U][R];
+    float gv[GN_BATCH], gg[GN_BATCH];
     int v0 = lane;
+    if (SX) {
+        dr_pdl_wait();
+        gn_load(ga, threadIdx.x, gv, gg);
+        dr_pdl_wait_fenced((unsigned)nv); /* waits no more; ptxas does not hoist the weight loads above it */
+    }
 #pragma unroll
     for (int j = 0; j < U; j++)
 #pragma unroll
         for (int r = 0; r < R; r++)
             u[j][r] = v0 + 32 * j < nv ? ld_w(wp[r] + v0 + 32 * j) : make_uint4(0, 0, 0, 0);
-    dr_pdl_wait_fenced((unsigned)nv);
-    after_wait();
+    if (SX)
+        gn_finish(ga, gv, gg);
+    else
+        dr_pdl_wait_fenced((unsigned)nv);
     for (;;) {
 #pragma unroll
         for (int j = 0; j < U; j++) {
@@ -335,7 +357,6 @@ __global__ void __launch_bounds__(256) gemv_rows_kernel(const gemv_set set, cons
                 yp[r][(size_t)t * ld[r]] = acc[r][t];
 }
 
-#define GN_BATCH 8
 #define GN_MAX_N 6144
 
 /* DR_CUDA_NORM_IN=0: rmsnorm_matmul_n and matmul_swiglu with a gain decline (the
@@ -350,39 +371,46 @@ static int norm_in_mode(void) {
     return mode;
 }
 
-/* sx [n] = RMSNorm(x; gain) staged by the whole block: each thread takes
- * its elements of x and gain GN_BATCH at a time (one round trip for n <=
- * 2048), sums the squares in index order as dr_row_sumsq does, and stages
- * x * gain, scaled by 1 / rms once the block has the sum. Every thread must
- * call it. */
-static __device__ __forceinline__ void gn_stage(float *sx, const float *x, const float *__restrict__ gain, int n,
-                                                float eps, float *sh) {
-    const int nt = blockDim.x;
-    float ss = 0.0f;
-    for (int i0 = threadIdx.x; i0 < n; i0 += GN_BATCH * nt) {
-        float v[GN_BATCH], g[GN_BATCH];
+/* sx [n] = RMSNorm(x; gain) staged by the whole block, in two steps so
+ * that the GEMV issues its first weight loads between them
+ * (gemv_rows_dot): gn_load reads this thread's first GN_BATCH elements of x
+ * and gain (one round trip for n <= GN_BATCH x threads) into v, g;
+ * gn_finish sums the squares in index order as dr_row_sumsq does (further
+ * elements GN_BATCH at a time), stages x * gain and scales it by 1 / rms
+ * once the block has the sum. Every thread must call both. */
+static __device__ __forceinline__ void gn_load(const gn_args &ga, int i0, float (&v)[GN_BATCH],
+                                               float (&g)[GN_BATCH]) {
 #pragma unroll
-        for (int k = 0; k < GN_BATCH; k++) {
-            const int i = i0 + k * nt;
-            v[k] = i < n ? x[i] : 0.0f;
-            g[k] = i < n ? gain[i] : 0.0f;
-        }
+    for (int k = 0; k < GN_BATCH; k++) {
+        const int i = i0 + k * (int)blockDim.x;
+        v[k] = i < ga.n ? ga.x[i] : 0.0f;
+        g[k] = i < ga.n ? ga.gain[i] : 0.0f;
+    }
+}
+static __device__ __forceinline__ void gn_finish(const gn_args &ga, float (&v)[GN_BATCH], float (&g)[GN_BATCH]) {
+    const int nt = blockDim.x, n = ga.n;
+    float ss = 0.0f;
+    for (int i0 = threadIdx.x;;) {
 #pragma unroll
         for (int k = 0; k < GN_BATCH; k++)
             if (i0 + k * nt < n) {
                 ss += v[k] * v[k];
-                sx[i0 + k * nt] = v[k] * g[k];
+                ga.sx[i0 + k * nt] = v[k] * g[k];
             }
+        i0 += GN_BATCH * nt;
+        if (i0 >= n)
+            break;
+        gn_load(ga, i0, v, g);
     }
-    const float inv = 1.0f / sqrtf(dr_block_sum(ss, sh) / (float)n + eps);
+    const float inv = 1.0f / sqrtf(dr_block_sum(ss, ga.sh) / (float)n + ga.eps);
     for (int i = threadIdx.x; i < n; i += nt) /* this thread's own elements: no barrier before */
-        sx[i] *= inv;
+        ga.sx[i] *= inv;
     __syncthreads();
 }
 
 /* y_i = W_i RMSNorm(x; gain) for one token (ops.h rmsnorm_matmul_n): each
- * block normalises x into shared memory (gn_stage) once the kernel before
- * it is done, with its first weight loads already in flight, and runs
+ * block normalises x into shared memory (gn_load, gn_finish) once the kernel before
+ * it is done, its first weight loads issued right after x's, and runs
  * gemv_rows_kernel's dot on it. The norm is not a kernel of its own
  * (session 5, docs/CUDA.md). Widths up to GN_MAX_N (x in the default shared
  * memory). At most 80 registers, 3 blocks per SM (session 6): the 386 blocks
@@ -404,7 +432,7 @@ __global__ void __launch_bounds__(256, 3) gemv_rows_norm_kernel(const gemv_set s
     int ld[R];
     gemv_set_rows<R>(set, r0, n / E, wp, yp, ld);
     float acc[R][1];
-    gemv_rows_dot<WT, 1, R, U, true>(wp, sx, 1, n, acc, [&]() { gn_stage(sx, x, gain, n, eps, sh); });
+    gemv_rows_dot<WT, 1, R, U, true>(wp, sx, 1, n, acc, gn_args{sx, x, gain, n, eps, sh});
 #pragma unroll
     for (int r = 0; r < R; r++)
         if (lane == 0 && yp[r])
@@ -418,7 +446,7 @@ __global__ void __launch_bounds__(256, 3) gemv_rows_norm_kernel(const gemv_set s
  * so silu(g) * u is formed in registers. Same dot products as the gate/up
  * GEMV, same silu as swiglu_kernel: the unfused chain's results exactly.
  * NORM (T = 1, session 5): x is the residual stream, normalised with gain
- * into shared memory by every block first (gn_stage, as gemv_rows_norm_kernel). */
+ * into shared memory by every block first (gn_finish, as gemv_rows_norm_kernel). */
 template <typename WT, int MT, int P, bool NORM = false>
 __global__ void __launch_bounds__(256) gemv_swiglu_kernel(float *__restrict__ out, const WT *gate, const WT *up,
                                                           const float *x, int T, int d, int n,
@@ -429,7 +457,7 @@ __global__ void __launch_bounds__(256) gemv_swiglu_kernel(float *__restrict__ ou
     __shared__ float sh[32];
     dr_pdl_trigger();
     const int i0 = (blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5)) * P;
-    if (!NORM && i0 >= d) /* with NORM every warp reaches gn_stage's barriers */
+    if (!NORM && i0 >= d) /* with NORM every warp reaches the norm's barriers */
         return;
     const int nv = n / E;
     const uint4 *wp[R];
@@ -442,7 +470,7 @@ __global__ void __launch_bounds__(256) gemv_swiglu_kernel(float *__restrict__ ou
     float acc[R][MT];
     if (NORM)
         gemv_rows_dot<WT, MT, R, 8 / R, true>(wp, (const float *)gs_x, T, n, acc,
-                                              [&]() { gn_stage((float *)gs_x, x, gain, n, eps, sh); });
+                                              gn_args{(float *)gs_x, x, gain, n, eps, sh});
     else
         gemv_rows_dot<WT, MT, R, 8 / R>(wp, x, T, n, acc);
     if ((threadIdx.x & 31) == 0)
