@@ -203,6 +203,21 @@ __global__ void __launch_bounds__(256) gemv_kernel(const gemv_set set, const flo
 /* Weight loads that do not allocate in L1 (cuda_common.cuh). */
 static __device__ __forceinline__ uint4 ld_w(const uint4 *p) { return dr_ld_w(p); }
 
+/* What the block needs to stage RMSNorm(x; gain) into sx (gn_load,
+ * gn_stage_sq, gn_scale below); sh: 32 floats of shared memory for the block sum. */
+struct gn_args {
+    float *sx;
+    const float *x, *gain;
+    int n;
+    float eps;
+    float *sh;
+};
+#define GN_BATCH 8
+static __device__ __forceinline__ void gn_load(const gn_args &ga, int i0, float (&v)[GN_BATCH],
+                                               float (&g)[GN_BATCH]);
+static __device__ __forceinline__ float gn_stage_sq(const gn_args &ga, float (&v)[GN_BATCH], float (&g)[GN_BATCH]);
+static __device__ __forceinline__ void gn_scale(const gn_args &ga, float ss);
+
 /* Default decode GEMV (16-byte aligned rows and x, n a multiple of the
  * vector width): each warp owns R consecutive rows and keeps R x U 16-byte
  * weight loads in flight per lane (R * U = 8) before their first use; the
@@ -214,30 +229,17 @@ static __device__ __forceinline__ uint4 ld_w(const uint4 *p) { return dr_ld_w(p)
 /* The streaming loop of the decode GEMV: acc[r][t] = dot(row r, x_t) for
  * the R rows at wp[r] (16-byte vectors, nv of them), R x U 16-byte weight
  * loads in flight per lane, the first batch issued before dr_pdl_wait()
- * (after it, right behind x's loads, where the block stages x: SX below);
+ * (after it, once x is loaded, where the block stages x: SX below);
  * every lane gets the warp-reduced sums. Each row is one lane-strided walk
  * (v = lane, lane + 32, ...) whatever R and U are, then a warp reduction:
- * the same sums, bit for bit, for every kernel built on it. */
-/* What the block needs to stage RMSNorm(x; gain) into sx (gn_load,
- * gn_finish below); sh: 32 floats of shared memory for the block sum. */
-struct gn_args {
-    float *sx;
-    const float *x, *gain;
-    int n;
-    float eps;
-    float *sh;
-};
-#define GN_BATCH 8
-static __device__ __forceinline__ void gn_load(const gn_args &ga, int i0, float (&v)[GN_BATCH],
-                                               float (&g)[GN_BATCH]);
-static __device__ __forceinline__ void gn_finish(const gn_args &ga, float (&v)[GN_BATCH], float (&g)[GN_BATCH]);
-
-/* SX: x is staged in shared memory by the whole block from what the kernel
+ * the same sums, bit for bit, for every kernel built on it.
+ * SX: x is staged in shared memory by the whole block from what the kernel
  * before wrote (ga: gn_args; plain loads of x, __ldg being for global
- * memory only). Then x's loads come first after the PDL wait and the
- * first weight loads follow, before the norm's barrier (gn_finish): the norm
- * is this kernel's critical path, and x's loads issued behind a batch of
- * weight loads came back that much later (session 12: 0.8B decode ~6%). */
+ * memory only). Then x's loads come first after the PDL wait, and the
+ * first weight loads once x is back and staged, before the block sum of the
+ * norm (gn_scale): the norm is this kernel's critical path, and x's loads
+ * issued with or behind a batch of weight loads came back that much later
+ * (docs/CUDA.md, session 12). */
 template <typename WT, int MT, int R, int U, bool SX = false>
 static __device__ __forceinline__ void gemv_rows_dot(const uint4 *const (&wp)[R], const float *__restrict__ x, int T,
                                                      int n, float (&acc)[R][MT], const gn_args &ga = gn_args()) {
@@ -249,11 +251,12 @@ static __device__ __forceinline__ void gemv_rows_dot(const uint4 *const (&wp)[R]
         for (int t = 0; t < MT; t++)
             acc[r][t] = 0.0f;
     uint4 u[U][R];
-    float gv[GN_BATCH], gg[GN_BATCH];
+    float gv[GN_BATCH], gg[GN_BATCH], ss = 0.0f;
     int v0 = lane;
     if (SX) {
         dr_pdl_wait();
         gn_load(ga, threadIdx.x, gv, gg);
+        ss = gn_stage_sq(ga, gv, gg);
         dr_pdl_wait_fenced((unsigned)nv); /* waits no more; ptxas does not hoist the weight loads above it */
     }
 #pragma unroll
@@ -262,7 +265,7 @@ static __device__ __forceinline__ void gemv_rows_dot(const uint4 *const (&wp)[R]
         for (int r = 0; r < R; r++)
             u[j][r] = v0 + 32 * j < nv ? ld_w(wp[r] + v0 + 32 * j) : make_uint4(0, 0, 0, 0);
     if (SX)
-        gn_finish(ga, gv, gg);
+        gn_scale(ga, ss);
     else
         dr_pdl_wait_fenced((unsigned)nv);
     for (;;) {
@@ -371,13 +374,14 @@ static int norm_in_mode(void) {
     return mode;
 }
 
-/* sx [n] = RMSNorm(x; gain) staged by the whole block, in two steps so
- * that the GEMV issues its first weight loads between them
- * (gemv_rows_dot): gn_load reads this thread's first GN_BATCH elements of x
- * and gain (one round trip for n <= GN_BATCH x threads) into v, g;
- * gn_finish sums the squares in index order as dr_row_sumsq does (further
- * elements GN_BATCH at a time), stages x * gain and scales it by 1 / rms
- * once the block has the sum. Every thread must call both. */
+/* sx [n] = RMSNorm(x; gain) staged by the whole block in three steps, so
+ * that the GEMV issues its first weight loads between the second and the
+ * third (gemv_rows_dot): gn_load reads this thread's first GN_BATCH
+ * elements of x and gain (one round trip for n <= GN_BATCH x threads) into
+ * v, g; gn_stage_sq stages x * gain and returns the thread's sum of squares
+ * in index order, as dr_row_sumsq does (further elements GN_BATCH at a
+ * time); gn_scale scales sx by 1 / rms once the block has the sum. Every
+ * thread must call all three. */
 static __device__ __forceinline__ void gn_load(const gn_args &ga, int i0, float (&v)[GN_BATCH],
                                                float (&g)[GN_BATCH]) {
 #pragma unroll
@@ -387,7 +391,7 @@ static __device__ __forceinline__ void gn_load(const gn_args &ga, int i0, float 
         g[k] = i < ga.n ? ga.gain[i] : 0.0f;
     }
 }
-static __device__ __forceinline__ void gn_finish(const gn_args &ga, float (&v)[GN_BATCH], float (&g)[GN_BATCH]) {
+static __device__ __forceinline__ float gn_stage_sq(const gn_args &ga, float (&v)[GN_BATCH], float (&g)[GN_BATCH]) {
     const int nt = blockDim.x, n = ga.n;
     float ss = 0.0f;
     for (int i0 = threadIdx.x;;) {
@@ -399,18 +403,20 @@ static __device__ __forceinline__ void gn_finish(const gn_args &ga, float (&v)[G
             }
         i0 += GN_BATCH * nt;
         if (i0 >= n)
-            break;
+            return ss;
         gn_load(ga, i0, v, g);
     }
-    const float inv = 1.0f / sqrtf(dr_block_sum(ss, ga.sh) / (float)n + ga.eps);
-    for (int i = threadIdx.x; i < n; i += nt) /* this thread's own elements: no barrier before */
+}
+static __device__ __forceinline__ void gn_scale(const gn_args &ga, float ss) {
+    const float inv = 1.0f / sqrtf(dr_block_sum(ss, ga.sh) / (float)ga.n + ga.eps);
+    for (int i = threadIdx.x; i < ga.n; i += blockDim.x) /* this thread's own elements: no barrier before */
         ga.sx[i] *= inv;
     __syncthreads();
 }
 
 /* y_i = W_i RMSNorm(x; gain) for one token (ops.h rmsnorm_matmul_n): each
- * block normalises x into shared memory (gn_load, gn_finish) once the kernel before
- * it is done, its first weight loads issued right after x's, and runs
+ * block normalises x into shared memory (gn_load, gn_stage_sq, gn_scale) once the kernel before
+ * it is done, its first weight loads issued once x is back, and runs
  * gemv_rows_kernel's dot on it. The norm is not a kernel of its own
  * (session 5, docs/CUDA.md). Widths up to GN_MAX_N (x in the default shared
  * memory). At most 80 registers, 3 blocks per SM (session 6): the 386 blocks
@@ -446,7 +452,7 @@ __global__ void __launch_bounds__(256, 3) gemv_rows_norm_kernel(const gemv_set s
  * so silu(g) * u is formed in registers. Same dot products as the gate/up
  * GEMV, same silu as swiglu_kernel: the unfused chain's results exactly.
  * NORM (T = 1, session 5): x is the residual stream, normalised with gain
- * into shared memory by every block first (gn_finish, as gemv_rows_norm_kernel). */
+ * into shared memory by every block first (gn_stage_sq, gn_scale, as gemv_rows_norm_kernel). */
 template <typename WT, int MT, int P, bool NORM = false>
 __global__ void __launch_bounds__(256) gemv_swiglu_kernel(float *__restrict__ out, const WT *gate, const WT *up,
                                                           const float *x, int T, int d, int n,
