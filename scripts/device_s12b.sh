@@ -3,7 +3,7 @@
 # source trees named in TREES (NAME:DIR[:CUDA_FLAGS] ...; DIR relative to
 # the repo) are built (deltarun_cli, Release, sm_90a) and decode the 0.8B
 # shape in alternation (ROUNDS rounds; SHAPES as in device_s11.sh: 08b,
-# 35b8, 35b40); the register counts of each build's decode GEMV kernels are
+# 35b8, 35b40, 9b); the register counts of each build's decode GEMV kernels are
 # printed (cuobjdump -res-usage of matmul.cu's object); SASS=1 also keeps
 # matmul.cu's SASS of each build in $OUT.
 set -uo pipefail
@@ -48,6 +48,7 @@ for r in $(seq "${ROUNDS:-3}"); do
       08b) args="$C/qwen3.5-0.8b.json" ;;
       35b8) args="$C/qwen3.5-35b-a3b.json --layers 8" ;;
       35b40) args="$C/qwen3.5-35b-a3b.json" ;;
+      9b) args="$C/qwen3.5-9b.json" ;;
     esac
     for i in "${!names[@]}"; do
       j=$(timeout 150 "${clis[$i]}" bench --device cuda --synthetic $args -p 128 -n 256 --json 2>>"$OUT/err.log")
