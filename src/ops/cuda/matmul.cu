@@ -253,10 +253,17 @@ static __device__ __forceinline__ void gemv_rows_dot(const uint4 *const (&wp)[R]
     uint4 u[U][R];
     float gv[GN_BATCH], gg[GN_BATCH], ss = 0.0f;
     int v0 = lane;
-    if (SX) {
+#ifdef DR_CUDA_PRELOAD_AFTER /* measurement build: every decode GEMV's first weight loads after the wait */
+    constexpr bool after = true;
+#else
+    constexpr bool after = SX;
+#endif
+    if (after) {
         dr_pdl_wait();
-        gn_load(ga, threadIdx.x, gv, gg);
-        ss = gn_stage_sq(ga, gv, gg);
+        if (SX) {
+            gn_load(ga, threadIdx.x, gv, gg);
+            ss = gn_stage_sq(ga, gv, gg);
+        }
         dr_pdl_wait_fenced((unsigned)nv); /* waits no more; ptxas does not hoist the weight loads above it */
     }
 #pragma unroll
@@ -266,7 +273,7 @@ static __device__ __forceinline__ void gemv_rows_dot(const uint4 *const (&wp)[R]
             u[j][r] = v0 + 32 * j < nv ? ld_w(wp[r] + v0 + 32 * j) : make_uint4(0, 0, 0, 0);
     if (SX)
         gn_scale(ga, ss);
-    else
+    else if (!after)
         dr_pdl_wait_fenced((unsigned)nv);
     for (;;) {
 #pragma unroll
