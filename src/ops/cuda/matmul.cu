@@ -240,7 +240,7 @@ static __device__ __forceinline__ void gn_scale(const gn_args &ga, float ss);
  * norm (gn_scale): the norm is this kernel's critical path, and x's loads
  * issued with or behind a batch of weight loads came back that much later
  * (docs/CUDA.md, session 12). */
-template <typename WT, int MT, int R, int U, bool SX = false, bool PRE = true>
+template <typename WT, int MT, int R, int U, bool SX = false>
 static __device__ __forceinline__ void gemv_rows_dot(const uint4 *const (&wp)[R], const float *__restrict__ x, int T,
                                                      int n, float (&acc)[R][MT], const gn_args &ga = gn_args()) {
     constexpr int E = wvec<WT>::N;
@@ -256,7 +256,7 @@ static __device__ __forceinline__ void gemv_rows_dot(const uint4 *const (&wp)[R]
 #ifdef DR_CUDA_PRELOAD_AFTER /* measurement build: every decode GEMV's first weight loads after the wait */
     constexpr bool after = true;
 #else
-    constexpr bool after = SX || !PRE;
+    constexpr bool after = SX;
 #endif
     if (after) {
         dr_pdl_wait();
@@ -534,7 +534,7 @@ static __device__ __forceinline__ void gn_last_one(float *__restrict__ xn, const
  * rows, and puts the counter back to 0 for the next launch or graph replay.
  * No early exit before the barriers. */
 #define FN_PARTS 16384 /* floats of parts after the counter (gridDim.x * T at most) */
-template <typename WT, int MT, int R, int U = 8 / R, bool PRE = true>
+template <typename WT, int MT, int R, int U = 8 / R>
 __global__ void __launch_bounds__(256) gemv_add_norm_kernel(float *x, float *__restrict__ xn, const WT *W,
                                                             const float *__restrict__ a,
                                                             const float *__restrict__ gain, int T, int d, int n,
@@ -554,7 +554,7 @@ __global__ void __launch_bounds__(256) gemv_add_norm_kernel(float *x, float *__r
         wp[r] = (const uint4 *)W + row * nv;
     }
     float acc[R][MT];
-    gemv_rows_dot<WT, MT, R, U, false, PRE>(wp, a, T, n, acc);
+    gemv_rows_dot<WT, MT, R, U>(wp, a, T, n, acc);
     DR_TL_MARK(0, acc[0][0]);
     float sq[MT];
 #pragma unroll
@@ -781,23 +781,9 @@ template <typename WT, int MT>
 static void add_norm_launch(dr_cuda_ctx *cx, float *x, float *xn, const void *W, const float *a, const float *gain,
                             int T, int d, int n, float eps) {
     const int R = rows_per_warp(cx, d, MT);
-    /* DR_CUDA_AN_AFTER_N=n (measurement, session 12): one-token launches of width n issue their first
-       weight loads after the PDL wait (-1: every width) */
-    static int after_n = -2;
-    if (after_n == -2) {
-        const char *e = getenv("DR_CUDA_AN_AFTER_N");
-        after_n = e ? atoi(e) : 0;
-    }
-    const bool after = MT == 1 && (after_n == -1 || after_n == n);
-#define AN_LAUNCH(R_, U_)                                                                                          \
-    do {                                                                                                           \
-        if (after)                                                                                                 \
-            dr_cuda_launch(cx, true, gemv_add_norm_kernel<WT, MT, R_, U_, MT != 1>, dim3(dr_cdiv((size_t)d, 8 * R_)), \
-                           dim3(256), 0, x, xn, (const WT *)W, a, gain, T, d, n, eps, cx->mm_cnt);                \
-        else                                                                                                       \
-            dr_cuda_launch(cx, true, gemv_add_norm_kernel<WT, MT, R_, U_>, dim3(dr_cdiv((size_t)d, 8 * R_)),      \
-                           dim3(256), 0, x, xn, (const WT *)W, a, gain, T, d, n, eps, cx->mm_cnt);                \
-    } while (0)
+#define AN_LAUNCH(R_, U_)                                                                                         \
+    dr_cuda_launch(cx, true, gemv_add_norm_kernel<WT, MT, R_, U_>, dim3(dr_cdiv((size_t)d, 8 * R_)), dim3(256), 0, \
+                   x, xn, (const WT *)W, a, gain, T, d, n, eps, cx->mm_cnt)
     /* one token, one row per warp of 257-512 16-byte pieces: all of the row in flight before the PDL wait
        (82 registers, 2 blocks per SM, so only grids of one wave; session 6: the 0.8B's FFN down +2%,
        35B-A3B within noise). DR_CUDA_AN16=0: 8 pieces, the rest after the wait (a same-run baseline). */
