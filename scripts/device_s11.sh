@@ -11,7 +11,7 @@
 # weight loads sit against the PDL wait.
 # (plain) also builds this tree with -DDR_CUDA_PRELOAD_PLAIN (a plain PDL
 # wait; PLAIN_FLAG: other CUDA flags instead) and runs it in the A/B;
-# NO_OLD=1 leaves build-old out. TEST_ENVS / BIG_ENVS: the settings for the
+# NO_OLD=1 leaves build-old out; AB_ROUNDS: rounds (2). TEST_ENVS / BIG_ENVS: the settings for the
 # tests / the 40-layer run instead of AB_ENVS.
 # Usage: scripts/device_s11.sh [tests] [plain] [ab] [big] [tl] [memcheck] [sass]
 set -uo pipefail
@@ -79,7 +79,7 @@ for fn in sys.argv[1:]:
 PY
 fi
 if [[ "$what" == *ab* ]]; then
-  for r in 1 2; do
+  for r in $(seq "${AB_ROUNDS:-2}"); do
     [[ "${AB_SHAPES:-35b8}" == *35b8* ]] && variants 35B-8L --synthetic $C/qwen3.5-35b-a3b.json --layers 8 -p 128 -n 256
     [[ "${AB_SHAPES:-35b8}" == *08b* ]] && variants 0.8B --synthetic $C/qwen3.5-0.8b.json -p 128 -n 256
   done
