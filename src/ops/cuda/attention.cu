@@ -835,5 +835,6 @@ bool dr_cuda_attention_block(void *ctx, float *att, float *q, float *gate, float
                                                                        eps, dr_cuda_step_pos(cx));
     DR_CUDA_LAUNCHED(cx);
     attention_decode(cx, att, q, k_cache, v_cache, pos0, nH, nKV, hd, scale, gate);
+    cx->prev_waits = 1; /* plain launches: o_proj's GEMV starts when the attention ends */
     return true;
 }

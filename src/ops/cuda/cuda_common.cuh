@@ -110,6 +110,8 @@ typedef struct dr_cuda_ctx {
     int *moe_ready;        /* device [4]: per token, the MoE decode picks are written (moe.cu) */
     int *att_cnt;          /* device counters per query head of the fused decode attention (attention.cu), zero
                               between launches */
+    int prev_waits;        /* the kernel queued last lets no dependent start before it ends (the fused GDN step
+                              and decode attention without PDL); dr_cuda_launch clears it (session 12) */
 } dr_cuda_ctx;
 
 /* Position of the open step in device memory, or NULL (kernels use their
@@ -295,6 +297,7 @@ static inline void dr_cuda_launch(dr_cuda_ctx *cx, bool pdl, void (*k)(P...), di
     cfg.attrs = at;
     cfg.numAttrs = pdl && cx->pdl ? 1 : 0;
     DR_CUDA_NOTE(cx, cudaLaunchKernelEx(&cfg, k, ((P)args)...));
+    cx->prev_waits = 0;
 }
 
 static inline unsigned dr_cdiv(size_t a, size_t b) { return (unsigned)((a + b - 1) / b); }

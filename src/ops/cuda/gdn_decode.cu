@@ -556,6 +556,7 @@ static void gd_launch(dr_cuda_ctx *cx, int G, bool pdl, void (*k)(P...), unsigne
     cfg.attrs = at;
     cfg.numAttrs = na;
     DR_CUDA_NOTE(cx, cudaLaunchKernelEx(&cfg, k, ((P)args)...));
+    cx->prev_waits = cx->pdl_gdn == 0; /* no early trigger: the next kernel starts when this one ends */
 }
 
 void dr_cuda_gdn_decode(void *ctx, float *y, const float *qkv_raw, const float *z, const float *b, const float *a,

@@ -786,14 +786,18 @@ static void add_norm_launch(dr_cuda_ctx *cx, float *x, float *xn, const void *W,
                    x, xn, (const WT *)W, a, gain, T, d, n, eps, cx->mm_cnt)
     /* one token, one row per warp of 257-512 16-byte pieces: all of the row in flight before the PDL wait
        (82 registers, 2 blocks per SM, so only grids of one wave; session 6: the 0.8B's FFN down +2%,
-       35B-A3B within noise). DR_CUDA_AN16=0: 8 pieces, the rest after the wait (a same-run baseline). */
+       35B-A3B within noise), when the kernel before lets this one start early (the FFN down after the
+       SwiGLU GEMV); after one that does not (out_proj after the fused GDN step) the 8-piece kernel
+       measured faster (session 12: 35B-A3B +1%). DR_CUDA_AN16=0: 8 pieces, the rest after the wait
+       (a same-run baseline). */
     static int u16 = -1;
     if (u16 < 0) {
         const char *e = getenv("DR_CUDA_AN16");
         u16 = !(e && e[0] == '0');
     }
     const int E = wvec<WT>::N;
-    if (u16 && MT == 1 && R == 1 && n / E > 256 && n / E <= 512 && (long)dr_cdiv((size_t)d, 8) <= 2L * cx->n_sm)
+    if (u16 && !cx->prev_waits && MT == 1 && R == 1 && n / E > 256 && n / E <= 512 &&
+        (long)dr_cdiv((size_t)d, 8) <= 2L * cx->n_sm)
         AN_LAUNCH(1, 16);
     else if (R == 4)
         AN_LAUNCH(4, 2);
