@@ -203,8 +203,8 @@ __global__ void __launch_bounds__(256) gemv_kernel(const gemv_set set, const flo
 /* Weight loads that do not allocate in L1 (cuda_common.cuh). */
 static __device__ __forceinline__ uint4 ld_w(const uint4 *p) { return dr_ld_w(p); }
 
-/* What the block needs to stage RMSNorm(x; gain) into sx (gn_load,
- * gn_stage_sq, gn_scale below); sh: 32 floats of shared memory for the block sum. */
+/* What a block needs to stage RMSNorm(x; gain) into sx; sh: 32 floats of
+ * shared memory for the block sum. */
 struct gn_args {
     float *sx;
     const float *x, *gain;
@@ -213,10 +213,46 @@ struct gn_args {
     float *sh;
 };
 #define GN_BATCH 8
+
+/* sx [n] = RMSNorm(x; gain) staged by the whole block in three steps, so
+ * that the GEMV issues its first weight loads between the second and the
+ * third (gemv_rows_dot): gn_load reads this thread's first GN_BATCH
+ * elements of x and gain (one round trip for n <= GN_BATCH x threads) into
+ * v, g; gn_stage_sq stages x * gain and returns the thread's sum of squares
+ * in index order, as dr_row_sumsq does (further elements GN_BATCH at a
+ * time); gn_scale scales sx by 1 / rms once the block has the sum. Every
+ * thread must call all three. */
 static __device__ __forceinline__ void gn_load(const gn_args &ga, int i0, float (&v)[GN_BATCH],
-                                               float (&g)[GN_BATCH]);
-static __device__ __forceinline__ float gn_stage_sq(const gn_args &ga, float (&v)[GN_BATCH], float (&g)[GN_BATCH]);
-static __device__ __forceinline__ void gn_scale(const gn_args &ga, float ss);
+                                               float (&g)[GN_BATCH]) {
+#pragma unroll
+    for (int k = 0; k < GN_BATCH; k++) {
+        const int i = i0 + k * (int)blockDim.x;
+        v[k] = i < ga.n ? ga.x[i] : 0.0f;
+        g[k] = i < ga.n ? ga.gain[i] : 0.0f;
+    }
+}
+static __device__ __forceinline__ float gn_stage_sq(const gn_args &ga, float (&v)[GN_BATCH], float (&g)[GN_BATCH]) {
+    const int nt = blockDim.x, n = ga.n;
+    float ss = 0.0f;
+    for (int i0 = threadIdx.x;;) {
+#pragma unroll
+        for (int k = 0; k < GN_BATCH; k++)
+            if (i0 + k * nt < n) {
+                ss += v[k] * v[k];
+                ga.sx[i0 + k * nt] = v[k] * g[k];
+            }
+        i0 += GN_BATCH * nt;
+        if (i0 >= n)
+            return ss;
+        gn_load(ga, i0, v, g);
+    }
+}
+static __device__ __forceinline__ void gn_scale(const gn_args &ga, float ss) {
+    const float inv = 1.0f / sqrtf(dr_block_sum(ss, ga.sh) / (float)ga.n + ga.eps);
+    for (int i = threadIdx.x; i < ga.n; i += blockDim.x) /* this thread's own elements: no barrier before */
+        ga.sx[i] *= inv;
+    __syncthreads();
+}
 
 /* Default decode GEMV (16-byte aligned rows and x, n a multiple of the
  * vector width): each warp owns R consecutive rows and keeps R x U 16-byte
@@ -224,8 +260,9 @@ static __device__ __forceinline__ void gn_scale(const gn_args &ga, float ss);
  * x vector (fp32, small) is read through L1 once per R rows. No split-K, no
  * atomics: each row's sum is one lane-strided walk plus a warp reduction
  * (a fixed order, deterministic). The first batch of weight loads is issued
- * before dr_pdl_wait(), so with programmatic dependent launch the weights
- * stream while the kernel that writes x is still finishing. */
+ * before dr_pdl_wait() (unless the block stages x first), so with
+ * programmatic dependent launch the weights stream while the kernel that
+ * writes x is still finishing. */
 /* The streaming loop of the decode GEMV: acc[r][t] = dot(row r, x_t) for
  * the R rows at wp[r] (16-byte vectors, nv of them), R x U 16-byte weight
  * loads in flight per lane, the first batch issued before dr_pdl_wait()
@@ -381,49 +418,10 @@ static int norm_in_mode(void) {
     return mode;
 }
 
-/* sx [n] = RMSNorm(x; gain) staged by the whole block in three steps, so
- * that the GEMV issues its first weight loads between the second and the
- * third (gemv_rows_dot): gn_load reads this thread's first GN_BATCH
- * elements of x and gain (one round trip for n <= GN_BATCH x threads) into
- * v, g; gn_stage_sq stages x * gain and returns the thread's sum of squares
- * in index order, as dr_row_sumsq does (further elements GN_BATCH at a
- * time); gn_scale scales sx by 1 / rms once the block has the sum. Every
- * thread must call all three. */
-static __device__ __forceinline__ void gn_load(const gn_args &ga, int i0, float (&v)[GN_BATCH],
-                                               float (&g)[GN_BATCH]) {
-#pragma unroll
-    for (int k = 0; k < GN_BATCH; k++) {
-        const int i = i0 + k * (int)blockDim.x;
-        v[k] = i < ga.n ? ga.x[i] : 0.0f;
-        g[k] = i < ga.n ? ga.gain[i] : 0.0f;
-    }
-}
-static __device__ __forceinline__ float gn_stage_sq(const gn_args &ga, float (&v)[GN_BATCH], float (&g)[GN_BATCH]) {
-    const int nt = blockDim.x, n = ga.n;
-    float ss = 0.0f;
-    for (int i0 = threadIdx.x;;) {
-#pragma unroll
-        for (int k = 0; k < GN_BATCH; k++)
-            if (i0 + k * nt < n) {
-                ss += v[k] * v[k];
-                ga.sx[i0 + k * nt] = v[k] * g[k];
-            }
-        i0 += GN_BATCH * nt;
-        if (i0 >= n)
-            return ss;
-        gn_load(ga, i0, v, g);
-    }
-}
-static __device__ __forceinline__ void gn_scale(const gn_args &ga, float ss) {
-    const float inv = 1.0f / sqrtf(dr_block_sum(ss, ga.sh) / (float)ga.n + ga.eps);
-    for (int i = threadIdx.x; i < ga.n; i += blockDim.x) /* this thread's own elements: no barrier before */
-        ga.sx[i] *= inv;
-    __syncthreads();
-}
-
 /* y_i = W_i RMSNorm(x; gain) for one token (ops.h rmsnorm_matmul_n): each
- * block normalises x into shared memory (gn_load, gn_stage_sq, gn_scale) once the kernel before
- * it is done, its first weight loads issued once x is back, and runs
+ * block normalises x into shared memory (gn_load, gn_stage_sq, gn_scale)
+ * once the kernel before it is done, its first weight loads issued once x
+ * is back, and runs
  * gemv_rows_kernel's dot on it. The norm is not a kernel of its own
  * (session 5, docs/CUDA.md). Widths up to GN_MAX_N (x in the default shared
  * memory). At most 80 registers, 3 blocks per SM (session 6): the 386 blocks
@@ -459,7 +457,7 @@ __global__ void __launch_bounds__(256, 3) gemv_rows_norm_kernel(const gemv_set s
  * so silu(g) * u is formed in registers. Same dot products as the gate/up
  * GEMV, same silu as swiglu_kernel: the unfused chain's results exactly.
  * NORM (T = 1, session 5): x is the residual stream, normalised with gain
- * into shared memory by every block first (gn_stage_sq, gn_scale, as gemv_rows_norm_kernel). */
+ * into shared memory by every block first (as gemv_rows_norm_kernel). */
 template <typename WT, int MT, int P, bool NORM = false>
 __global__ void __launch_bounds__(256) gemv_swiglu_kernel(float *__restrict__ out, const WT *gate, const WT *up,
                                                           const float *x, int T, int d, int n,
