@@ -556,7 +556,6 @@ static void gd_launch(dr_cuda_ctx *cx, int G, bool pdl, void (*k)(P...), unsigne
     cfg.attrs = at;
     cfg.numAttrs = na;
     DR_CUDA_NOTE(cx, cudaLaunchKernelEx(&cfg, k, ((P)args)...));
-    cx->prev_waits = cx->pdl_gdn == 0; /* no early trigger: the next kernel starts when this one ends */
 }
 
 void dr_cuda_gdn_decode(void *ctx, float *y, const float *qkv_raw, const float *z, const float *b, const float *a,
@@ -606,6 +605,7 @@ void dr_cuda_gdn_decode(void *ctx, float *y, const float *qkv_raw, const float *
             GD_SLW(64);
 #undef GD_SLW
 #undef GD_SL
+        cx->prev_waits = cx->pdl_gdn == 0; /* no early trigger: the next kernel starts when this one ends */
         return;
     }
     const unsigned threads = 32u * (unsigned)((dv + 7) / 8);
@@ -622,4 +622,5 @@ void dr_cuda_gdn_decode(void *ctx, float *y, const float *qkv_raw, const float *
     else
         GD_LAUNCH(64);
 #undef GD_LAUNCH
+    cx->prev_waits = cx->pdl_gdn == 0; /* as above (dr_cuda_launch cleared it) */
 }

@@ -260,16 +260,14 @@ static __device__ __forceinline__ void gn_scale(const gn_args &ga, float ss) {
  * x vector (fp32, small) is read through L1 once per R rows. No split-K, no
  * atomics: each row's sum is one lane-strided walk plus a warp reduction
  * (a fixed order, deterministic). The first batch of weight loads is issued
- * before dr_pdl_wait() (unless the block stages x first), so with
+ * before dr_pdl_wait() (unless the block stages x first, SX below), so with
  * programmatic dependent launch the weights stream while the kernel that
- * writes x is still finishing. */
-/* The streaming loop of the decode GEMV: acc[r][t] = dot(row r, x_t) for
- * the R rows at wp[r] (16-byte vectors, nv of them), R x U 16-byte weight
- * loads in flight per lane, the first batch issued before dr_pdl_wait()
- * (after it, once x is loaded, where the block stages x: SX below);
- * every lane gets the warp-reduced sums. Each row is one lane-strided walk
- * (v = lane, lane + 32, ...) whatever R and U are, then a warp reduction:
- * the same sums, bit for bit, for every kernel built on it.
+ * writes x is still finishing.
+ * gemv_rows_dot is its streaming loop: acc[r][t] = dot(row r, x_t) for the
+ * R rows at wp[r] (16-byte vectors, nv of them); every lane gets the
+ * warp-reduced sums. Each row is one lane-strided walk (v = lane, lane +
+ * 32, ...) whatever R and U are, then a warp reduction: the same sums, bit
+ * for bit, for every kernel built on it.
  * SX: x is staged in shared memory by the whole block from what the kernel
  * before wrote (ga: gn_args; plain loads of x, __ldg being for global
  * memory only). Then x's loads come first after the PDL wait, and the
