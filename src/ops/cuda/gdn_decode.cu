@@ -200,6 +200,18 @@ __global__ void __launch_bounds__(1024)
 #define GD_T 128     /* threads of a sliced CTA */
 #define GD_MAX_S 8   /* slices (cluster size) limit: the portable cluster size */
 #define GD_KEEP (2 * GD_MAX + 32) /* channels a CTA convolves: <= 2 dk + W */
+#define GD_ZT 256    /* threads that project z when the step does it (gdn_decode_z): 8 warps */
+#define GD_ZW (GD_ZT / 32)
+#define GD_ZU 8      /* z's 16-byte weight loads per lane in one batch (two batches in flight) */
+#define GD_ZMAX 6144 /* the widest x whose normalised copy z's warps keep in shared memory */
+
+/* z = W_z RMSNorm(x; gain) made by the step itself (gdn_decode_z); w NULL: z is an input */
+struct gd_zp {
+    const uint4 *w; /* W_z [Hv * dv, H] bf16, rows of H / 8 16-byte vectors */
+    const float *x, *gain;
+    int H;
+    float eps;
+};
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 #define GD_SM90 1
@@ -242,6 +254,117 @@ static __device__ __forceinline__ float gd_conv(const float *m, const float *con
     keep[(K - 1) * ks] = cur;
     return dr_dev_silu(s);
 }
+
+/* Barriers of one warp group: the 128 threads of the step (id 1) and z's
+   GD_ZT threads (id 2); with ZP a CTA holds both, so __syncthreads() would
+   mix them. */
+template <bool ZP> static __device__ __forceinline__ void gd_sync_main(void) {
+    if (ZP)
+        asm volatile("bar.sync 1, %0;" ::"n"(GD_T) : "memory");
+    else
+        __syncthreads();
+}
+static __device__ __forceinline__ void gd_sync_z(void) { asm volatile("bar.sync 2, %0;" ::"n"(GD_ZT) : "memory"); }
+
+/* z's unit u of a warp: row zw + GD_ZW * (u / nb) of the CTA's (from row0),
+   16-byte pieces (u % nb) * GD_ZU + q, q < GD_ZU, lane-strided as the decode
+   GEMV walks a row (piece p of a lane is vector lane + 32 p). */
+static __device__ __forceinline__ void gd_zload(uint4 (&w)[GD_ZU], const gd_zp &zp, size_t row0, int nv, int nb,
+                                                int zw, int lane, int u, int nu) {
+    const uint4 *p = zp.w + (row0 + zw + (size_t)GD_ZW * (u / nb)) * nv;
+    const int v0 = lane + 32 * GD_ZU * (u % nb);
+#pragma unroll
+    for (int q = 0; q < GD_ZU; q++)
+        w[q] = u < nu && v0 + 32 * q < nv ? dr_ld_w(p + v0 + 32 * q) : make_uint4(0, 0, 0, 0);
+}
+
+/* acc + unit u's weights . sx, each 8-element piece summed as the decode
+   GEMV sums it (gemv_rows_dot), so z is the in_proj GEMV's z bit for bit. */
+static __device__ __forceinline__ float gd_zdot(const uint4 (&w)[GD_ZU], const float *sx, int nv, int nb, int lane,
+                                                int u, float acc) {
+    const int v0 = lane + 32 * GD_ZU * (u % nb);
+#pragma unroll
+    for (int q = 0; q < GD_ZU; q++) {
+        const int v = v0 + 32 * q;
+        if (v < nv) {
+            const float4 *xv = (const float4 *)(sx + (size_t)v * 8);
+            const unsigned h[4] = {w[q].x, w[q].y, w[q].z, w[q].w};
+#pragma unroll
+            for (int c = 0; c < 2; c++) {
+                const float4 xx = xv[c];
+                const float f0 = __uint_as_float(h[2 * c] << 16), f1 = __uint_as_float(h[2 * c] & 0xffff0000u);
+                const float f2 = __uint_as_float(h[2 * c + 1] << 16),
+                            f3 = __uint_as_float(h[2 * c + 1] & 0xffff0000u);
+                acc += f0 * xx.x + f1 * xx.y + f2 * xx.z + f3 * xx.w;
+            }
+        }
+    }
+    return acc;
+}
+
+/* The GD_ZT z threads of a CTA (cluster launch only): z for its nvc channels
+   (rows row0 .. row0 + nvc - 1 of W_z) into sz. The first two batches of
+   weights go out before anything else; the norm is staged as the input
+   projections stage it (x * gain, per-thread sums in index order, the block
+   sum of dr_block_sum) while they are in flight. Cluster phases: 0 and 1
+   pass at once (the step's threads never wait for z there); z's threads
+   arrive at phase 2 with sz written, so the step's threads, which read z
+   only after that barrier (the gated norm), see it. */
+static __device__ __forceinline__ void gd_zproj(const gd_zp &zp, size_t row0, int nvc, float *sx, float *sz,
+                                                float *zred) {
+    const int zt = threadIdx.x - GD_T, lane = zt & 31, zw = zt >> 5, H = zp.H, nv = H / 8;
+    const int nb = ((nv + 31) / 32 + GD_ZU - 1) / GD_ZU; /* units per row */
+    const int nu = (nvc > zw ? (nvc - zw + GD_ZW - 1) / GD_ZW : 0) * nb;
+    uint4 wa[GD_ZU], wb[GD_ZU];
+    gd_zload(wa, zp, row0, nv, nb, zw, lane, 0, nu);
+    gd_zload(wb, zp, row0, nv, nb, zw, lane, 1, nu);
+    gd_wait();           /* phase 0 */
+    gd_arrive_relaxed(); /* phase 1: nothing of z's is read there */
+    float ss = 0.0f;
+    for (int i0 = zt; i0 < H; i0 += 8 * GD_ZT) {
+        float v[8], g[8];
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            const int i = i0 + k * GD_ZT;
+            v[k] = i < H ? zp.x[i] : 0.0f;
+            g[k] = i < H ? zp.gain[i] : 0.0f;
+        }
+#pragma unroll
+        for (int k = 0; k < 8; k++)
+            if (i0 + k * GD_ZT < H) {
+                ss += v[k] * v[k];
+                sx[i0 + k * GD_ZT] = v[k] * g[k];
+            }
+    }
+    ss = dr_warp_sum(ss);
+    if (lane == 0)
+        zred[zw] = ss;
+    gd_sync_z();
+    const float inv = 1.0f / sqrtf(dr_warp_sum(lane < GD_ZW ? zred[lane] : 0.0f) / (float)H + zp.eps);
+    for (int i = zt; i < H; i += GD_ZT)
+        sx[i] *= inv;
+    gd_sync_z();
+    float acc = 0.0f;
+    auto unit = [&](uint4(&w)[GD_ZU], int u) { /* consume unit u, then load unit u + 2 into its registers */
+        if (u >= nu)
+            return;
+        acc = gd_zdot(w, sx, nv, nb, lane, u, acc);
+        if (u % nb == nb - 1) { /* the row's last unit */
+            acc = dr_warp_sum(acc);
+            if (lane == 0)
+                sz[zw + GD_ZW * (u / nb)] = acc;
+            acc = 0.0f;
+        }
+        gd_zload(w, zp, row0, nv, nb, zw, lane, u + 2, nu);
+    };
+    for (int u = 0; u < nu; u += 2) {
+        unit(wa, u);
+        unit(wb, u + 1);
+    }
+    gd_wait();   /* phase 1 */
+    gd_arrive(); /* phase 2, release: sz */
+    gd_wait();
+}
 #endif
 
 /* Grid Hv * S CTAs of GD_T threads, clusters of G = S or (Hv / Hk) * S (no
@@ -249,20 +372,22 @@ static __device__ __forceinline__ float gd_conv(const float *m, const float *con
  * W: columns per slice (8, 16, 32); a warp holds 8 columns x 4 row groups,
  * the 4 warps W / 8 column groups x P = 32 / W row parts; R >= dk / (4 P)
  * state rows per thread. */
-template <int R, int W>
-__global__ void __launch_bounds__(GD_T)
+template <int R, int W, bool ZP>
+__global__ void __launch_bounds__(ZP ? GD_T + GD_ZT : GD_T)
     gdn_decode_sliced_kernel(float *__restrict__ y, const float *__restrict__ m, const float *__restrict__ z,
                              const float *__restrict__ b, const float *__restrict__ a, float *conv_state,
                              float *__restrict__ state, const float *__restrict__ cw, int K,
                              const float *__restrict__ A_log, const float *__restrict__ dt_bias,
                              const float *__restrict__ nw, int Hk, int Hv, int dk, int dv, float eps, int *cnt, int pdl,
-                             int S, int G) {
+                             int S, int G, gd_zp zp) {
     DR_TL_SCOPE();
 #ifdef GD_SM90
     constexpr int P = 32 / W, NW = GD_T / 32;
     __shared__ float sq[GD_MAX], sk[GD_MAX], sv[W], so[P][W], su[P][W], red[2][NW], part[GD_MAX_S];
     __shared__ float keep[GD_MAX_K][GD_KEEP]; /* new conv rows of its channels, written at the end */
     __shared__ int last;
+    __shared__ float sz[ZP ? 32 : 1], zred[GD_ZW]; /* z of the slice's columns (W <= 32), z's block sum */
+    extern __shared__ float4 gd_sx[];              /* ZP: RMSNorm(x; gain) [H] */
     const bool clu = G > 1;
     if (clu)
         gd_arrive_relaxed(); /* phase 0: this CTA has started (its shared memory may be written) */
@@ -277,6 +402,10 @@ __global__ void __launch_bounds__(GD_T)
     const int cl = (w % (W / 8)) * 8 + (lane & 7), rp = w / (W / 8), c = sl * W + cl;
     const bool cok = c < dv;
     const int v0 = sl * W, nvc = min(W, dv - v0);
+    if (ZP && tid >= GD_T) { /* z's warps (launched with clusters only) */
+        gd_zproj(zp, (size_t)j * dv + v0, nvc, (float *)gd_sx, sz, zred);
+        return;
+    }
 
     /* 1. every independent load first: the state slice, gates, z, norm weight. The thread's state rows
        are i0 + 4 P r (r < R); nr of them lie below dk (0 past dv). One base pointer and a fixed stride,
@@ -291,7 +420,7 @@ __global__ void __launch_bounds__(GD_T)
     const float av = a[j], bv = b[j], dtb = dt_bias[j], al = A_log[j];
     float zv = 0.0f, nwv = 0.0f;
     if (tid < nvc) {
-        zv = z[(size_t)j * dv + v0 + tid];
+        zv = ZP ? 0.0f : z[(size_t)j * dv + v0 + tid];
         nwv = nw[v0 + tid];
     }
 
@@ -330,7 +459,7 @@ __global__ void __launch_bounds__(GD_T)
         gd_arrive();
         gd_wait();
     } else
-        __syncthreads();
+        gd_sync_main<ZP>();
     DR_TL_MARK(1, sq[0]);
     /* This CTA has read its q/k channels: count it. Its last thread (no global stores of its own so far,
        so the fence waits for little) keeps the ticket; its first use is at the end, so the atomic's round
@@ -351,7 +480,7 @@ __global__ void __launch_bounds__(GD_T)
     pk = dr_warp_sum(pk);
     if (lane == 0)
         red[0][w] = pq, red[1][w] = pk;
-    __syncthreads();
+    gd_sync_main<ZP>();
     pq = 0.0f, pk = 0.0f;
 #pragma unroll
     for (int i = 0; i < NW; i++)
@@ -375,7 +504,7 @@ __global__ void __launch_bounds__(GD_T)
     if (P > 1) {
         if (rg == 0)
             su[rp][cl] = u;
-        __syncthreads();
+        gd_sync_main<ZP>();
         u = 0.0f;
 #pragma unroll
         for (int p = 0; p < P; p++)
@@ -393,7 +522,7 @@ __global__ void __launch_bounds__(GD_T)
     DR_TL_MARK(2, ov);
     if (rg == 0)
         so[rp][cl] = ov;
-    __syncthreads();
+    gd_sync_main<ZP>();
 
     /* 5. gated RMSNorm: the slice's sum of squares to every CTA of the head */
     float o = 0.0f;
@@ -415,13 +544,15 @@ __global__ void __launch_bounds__(GD_T)
         gd_arrive();
         gd_wait();
     } else
-        __syncthreads();
+        gd_sync_main<ZP>();
     DR_TL_MARK(3, part[0]);
     if (tid < nvc) {
         float tot = 0.0f;
         for (int r = 0; r < S; r++) /* rank order: the same total in every CTA of the head */
             tot += part[r];
         const float inv = 1.0f / sqrtf(tot / (float)dv + eps);
+        if (ZP) /* z's warps wrote it before their phase-2 arrival */
+            zv = sz[tid];
         y[(size_t)j * dv + v0 + tid] = nwv * (o * inv) * dr_dev_silu(zv);
     }
     /* the global stores only now: a cluster barrier's release would wait for them */
@@ -440,7 +571,7 @@ __global__ void __launch_bounds__(GD_T)
     if (!shq && nq > 0) {
         if (tid == GD_T - 1)
             last = ticket == ratio - 1;
-        __syncthreads();
+        gd_sync_main<ZP>();
         if (last) {
             for (int e = tid; e < nq; e += GD_T) {
                 const int ch = gd_channel(q0 + e, kh, j, Hk, dk, dv);
@@ -534,7 +665,8 @@ static int gd_pick(int Hv, int dv, int n_sm, int force, int *W) {
 
 /* cudaLaunchKernelEx with a cluster of G CTAs (G > 1) and optional PDL. */
 template <typename... P, typename... A>
-static void gd_launch(dr_cuda_ctx *cx, int G, bool pdl, void (*k)(P...), unsigned grid, A... args) {
+static void gd_launch(dr_cuda_ctx *cx, int G, bool pdl, void (*k)(P...), unsigned grid, unsigned block,
+                      size_t smem, A... args) {
     cudaLaunchAttribute at[2];
     unsigned na = 0;
     if (G > 1) {
@@ -551,11 +683,84 @@ static void gd_launch(dr_cuda_ctx *cx, int G, bool pdl, void (*k)(P...), unsigne
     }
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = dim3(grid);
-    cfg.blockDim = dim3(GD_T);
+    cfg.blockDim = dim3(block);
+    cfg.dynamicSmemBytes = smem;
     cfg.stream = cx->stream;
     cfg.attrs = at;
     cfg.numAttrs = na;
     DR_CUDA_NOTE(cx, cudaLaunchKernelEx(&cfg, k, ((P)args)...));
+}
+
+/* Whether the kernels take these dims (names them in the error if not). */
+static bool gd_dims_ok(int Hk, int Hv, int dk, int dv, int K, bool report) {
+    if (Hk > 0 && Hv > 0 && Hv % Hk == 0 && dk <= GD_MAX && dv <= GD_MAX && K >= 1 && K <= GD_MAX_K && Hk <= GD_CNT)
+        return true;
+    if (report)
+        dr_fail_at(__FILE__, __LINE__, DR_ERR_UNSUPPORTED,
+                   "CUDA gdn_decode: Hk %d, Hv %d, d_k %d, d_v %d, conv %d outside what the kernel handles", Hk, Hv,
+                   dk, dv, K);
+    return false;
+}
+
+/* The sliced kernel's shape on this device: S slices of W columns per v
+ * head (S 0: the head kernel runs), clusters of G CTAs. */
+typedef struct {
+    int S, W, G;
+} gd_plan;
+
+static gd_plan gd_plan_for(const dr_cuda_ctx *cx, int Hk, int Hv, int dv) {
+    gd_plan p = {0, 0, 0};
+    const int mode = gd_mode();
+    p.S = mode != 0 && gd_sm90(cx->device) ? gd_pick(Hv, dv, cx->n_sm, mode, &p.W) : 0;
+    if (p.S > 0 && Hk * p.S > GD_CNT)
+        p.S = 0;
+    /* clusters of the k head's Hv / Hk heads when they fit (no q/k counter), else of the head's S CTAs */
+    if (p.S > 0)
+        p.G = gd_kclu() && (Hv / Hk) * p.S <= GD_MAX_S ? (Hv / Hk) * p.S : p.S;
+    return p;
+}
+
+/* The sliced kernel with z as an input (zp.w NULL) or projected inside
+ * (GD_ZT more threads, x's normalised copy in dynamic shared memory). */
+static void gd_sliced(dr_cuda_ctx *cx, const gd_plan &p, const gd_zp &zp, float *y, const float *qkv_raw,
+                      const float *z, const float *b, const float *a, float *conv_state, float *state,
+                      const float *conv_w, int K, const float *A_log, const float *dt_bias, const float *norm_w,
+                      int Hk, int Hv, int dk, int dv, float eps) {
+    const int need = (dk * p.W + 127) / 128; /* state rows per thread */
+    const unsigned grid = (unsigned)(Hv * p.S), block = zp.w ? GD_T + GD_ZT : GD_T;
+    const size_t smem = zp.w ? (size_t)zp.H * sizeof(float) : 0;
+#define GD_SL(R, WW, Z)                                                                                          \
+    gd_launch(cx, p.G, cx->pdl_gdn > 0, gdn_decode_sliced_kernel<R, WW, Z>, grid, block, smem, y, qkv_raw, z, b, a, \
+              conv_state, state, conv_w, K, A_log, dt_bias, norm_w, Hk, Hv, dk, dv, eps, cx->gdn_cnt, cx->pdl_gdn,  \
+              p.S, p.G, zp)
+#define GD_SLZ(R, WW)                                                                                            \
+    do {                                                                                                         \
+        if (zp.w)                                                                                                \
+            GD_SL(R, WW, true);                                                                                  \
+        else                                                                                                     \
+            GD_SL(R, WW, false);                                                                                 \
+    } while (0)
+#define GD_SLW(R)                                                                                                \
+    do {                                                                                                         \
+        if (p.W == 32)                                                                                           \
+            GD_SLZ(R, 32);                                                                                       \
+        else if (p.W == 16)                                                                                      \
+            GD_SLZ(R, 16);                                                                                       \
+        else                                                                                                     \
+            GD_SLZ(R, 8);                                                                                        \
+    } while (0)
+    if (need <= 8)
+        GD_SLW(8);
+    else if (need <= 16)
+        GD_SLW(16);
+    else if (need <= 32)
+        GD_SLW(32);
+    else
+        GD_SLW(64);
+#undef GD_SLW
+#undef GD_SLZ
+#undef GD_SL
+    cx->prev_waits = cx->pdl_gdn == 0; /* no early trigger: the next kernel starts when this one ends */
 }
 
 void dr_cuda_gdn_decode(void *ctx, float *y, const float *qkv_raw, const float *z, const float *b, const float *a,
@@ -563,49 +768,19 @@ void dr_cuda_gdn_decode(void *ctx, float *y, const float *qkv_raw, const float *
                         const float *dt_bias, const float *norm_w, const dr_gdn_dims *d, float eps) {
     dr_cuda_ctx *cx = (dr_cuda_ctx *)ctx;
     const int Hk = d->n_k_heads, Hv = d->n_v_heads, dk = d->d_k, dv = d->d_v;
-    if (Hk <= 0 || Hv <= 0 || Hv % Hk || dk > GD_MAX || dv > GD_MAX || K < 1 || K > GD_MAX_K || Hk > GD_CNT) {
-        dr_fail_at(__FILE__, __LINE__, DR_ERR_UNSUPPORTED,
-                   "CUDA gdn_decode: Hk %d, Hv %d, d_k %d, d_v %d, conv %d outside what the kernel handles", Hk, Hv,
-                   dk, dv, K);
+    if (!gd_dims_ok(Hk, Hv, dk, dv, K, true)) {
         cx->failed = 1;
         return;
     }
     if (!cx->gdn_cnt && !(cx->gdn_cnt = (int *)dr_cuda_zeroed(cx, GD_CNT * sizeof(int))))
         return; /* first use while recording (the step runs again without it), or failed */
-    const int mode = gd_mode();
-    int W = 0, S = mode != 0 && gd_sm90(cx->device) ? gd_pick(Hv, dv, cx->n_sm, mode, &W) : 0;
-    if (S > 0 && Hk * S > GD_CNT)
-        S = 0;
-    g_gd_last = S;
-    if (S > 0) {
-        /* clusters of the k head's Hv / Hk heads when they fit (no q/k counter), else of the head's S CTAs */
-        const int G = gd_kclu() && (Hv / Hk) * S <= GD_MAX_S ? (Hv / Hk) * S : S;
-        g_gd_last_g = G;
-        const int need = (dk * W + 127) / 128; /* state rows per thread */
-        const unsigned grid = (unsigned)(Hv * S);
-#define GD_SL(R, WW)                                                                                           \
-    gd_launch(cx, G, cx->pdl_gdn > 0, gdn_decode_sliced_kernel<R, WW>, grid, y, qkv_raw, z, b, a, conv_state, state, \
-              conv_w, K, A_log, dt_bias, norm_w, Hk, Hv, dk, dv, eps, cx->gdn_cnt, cx->pdl_gdn, S, G)
-#define GD_SLW(R)                                                                                              \
-    do {                                                                                                       \
-        if (W == 32)                                                                                           \
-            GD_SL(R, 32);                                                                                      \
-        else if (W == 16)                                                                                      \
-            GD_SL(R, 16);                                                                                      \
-        else                                                                                                   \
-            GD_SL(R, 8);                                                                                       \
-    } while (0)
-        if (need <= 8)
-            GD_SLW(8);
-        else if (need <= 16)
-            GD_SLW(16);
-        else if (need <= 32)
-            GD_SLW(32);
-        else
-            GD_SLW(64);
-#undef GD_SLW
-#undef GD_SL
-        cx->prev_waits = cx->pdl_gdn == 0; /* no early trigger: the next kernel starts when this one ends */
+    const gd_plan p = gd_plan_for(cx, Hk, Hv, dv);
+    g_gd_last = p.S;
+    if (p.S > 0) {
+        g_gd_last_g = p.G;
+        const gd_zp none = {NULL, NULL, NULL, 0, 0.0f};
+        gd_sliced(cx, p, none, y, qkv_raw, z, b, a, conv_state, state, conv_w, K, A_log, dt_bias, norm_w, Hk, Hv,
+                  dk, dv, eps);
         return;
     }
     const unsigned threads = 32u * (unsigned)((dv + 7) / 8);
@@ -623,4 +798,61 @@ void dr_cuda_gdn_decode(void *ctx, float *y, const float *qkv_raw, const float *
         GD_LAUNCH(64);
 #undef GD_LAUNCH
     cx->prev_waits = cx->pdl_gdn == 0; /* as above (dr_cuda_launch cleared it) */
+}
+
+/* ---- z projected by the step (ops.h gdn_decode_z; session 13) ---- */
+
+static int g_gd_z = -2; /* -2: DR_CUDA_GDN_Z not read yet; 0 off; 1 on */
+
+/* Test hook: as DR_CUDA_GDN_Z (0 off: gdn_decode_z_ok says no; -1: back to the environment). */
+extern "C" void dr_cuda_gdn_decode_zmode(int on) { g_gd_z = on < 0 ? -2 : on != 0; }
+
+static int gd_zon(void) {
+    if (g_gd_z == -2) {
+        const char *e = getenv("DR_CUDA_GDN_Z");
+        g_gd_z = !(e && e[0] == '0');
+    }
+    return g_gd_z;
+}
+
+/* The sliced kernel with clusters (z's warps hand z over at a cluster
+ * barrier), W_z an unquantized bf16 [Hv * dv, H] on the device, H a
+ * multiple of 8 and at most GD_ZMAX. */
+bool dr_cuda_gdn_decode_z_ok(void *ctx, const dr_tensor *wz, int H, const dr_gdn_dims *d) {
+    const dr_cuda_ctx *cx = (const dr_cuda_ctx *)ctx;
+    const int Hk = d->n_k_heads, Hv = d->n_v_heads, dv = d->d_v;
+    if (!gd_zon() || !gd_dims_ok(Hk, Hv, d->d_k, dv, 1, false))
+        return false;
+    if (!wz->dev || wz->dtype != DR_DT_BF16 || wz->q.bits || wz->ndim != 2 || wz->ne[0] != (int64_t)Hv * dv ||
+        wz->ne[1] != H || H % 8 || H > GD_ZMAX || (uintptr_t)wz->dev % 16)
+        return false;
+    const gd_plan p = gd_plan_for(cx, Hk, Hv, dv);
+    return p.S > 0 && p.G > 1;
+}
+
+void dr_cuda_gdn_decode_z(void *ctx, float *y, const float *qkv_raw, const dr_tensor *wz, const float *x,
+                          const float *gain, float in_eps, const float *b, const float *a, float *conv_state,
+                          float *state, const float *conv_w, int K, const float *A_log, const float *dt_bias,
+                          const float *norm_w, const dr_gdn_dims *d, float eps) {
+    dr_cuda_ctx *cx = (dr_cuda_ctx *)ctx;
+    const int Hk = d->n_k_heads, Hv = d->n_v_heads, dk = d->d_k, dv = d->d_v, H = (int)wz->ne[1];
+    if (!gd_dims_ok(Hk, Hv, dk, dv, K, true)) {
+        cx->failed = 1;
+        return;
+    }
+    if (!dr_cuda_gdn_decode_z_ok(ctx, wz, H, d)) {
+        dr_fail_at(__FILE__, __LINE__, DR_ERR_UNSUPPORTED,
+                   "CUDA gdn_decode_z: %s [%lld, %lld] with Hv %d, d_v %d: not a case it takes (ask gdn_decode_z_ok)",
+                   wz->name ? wz->name : "W_z", (long long)wz->ne[0], (long long)wz->ne[1], Hv, dv);
+        cx->failed = 1;
+        return;
+    }
+    if (!cx->gdn_cnt && !(cx->gdn_cnt = (int *)dr_cuda_zeroed(cx, GD_CNT * sizeof(int))))
+        return;
+    const gd_plan p = gd_plan_for(cx, Hk, Hv, dv);
+    g_gd_last = p.S;
+    g_gd_last_g = p.G;
+    const gd_zp zp = {(const uint4 *)wz->dev, x, gain, H, in_eps};
+    gd_sliced(cx, p, zp, y, qkv_raw, NULL, b, a, conv_state, state, conv_w, K, A_log, dt_bias, norm_w, Hk, Hv, dk,
+              dv, eps);
 }
