@@ -128,6 +128,7 @@ static void test_gdn_decode(void) {
 /* ---- gdn_decode_z: z projected by the step against rmsnorm_matmul_n + gdn_decode ---- */
 
 void dr_cuda_gdn_decode_zmode(int on); /* as DR_CUDA_GDN_Z (0 off, -1 back to the environment) */
+int dr_cuda_gdn_decode_zclusters(void); /* its clusters that fit at once, last shape asked */
 
 #define ZIN_TOL 1e-6f /* z's sums are the input projection's, in its order: equal up to FMA contraction */
 
@@ -141,8 +142,10 @@ static void zin_case(int Hk, int Hv, int dk, int dv, int K, int H) {
     const float eps = 1e-6f, ein = 1e-6f;
     dr_tensor wz;
     uint16_t *wzh = rand_weight(&wz, "linear_attn.in_proj_z.weight", DR_DT_BF16, (int)nv, H);
+    const bool off = getenv("DR_CUDA_GDN_Z") && getenv("DR_CUDA_GDN_Z")[0] == '0';
     if (!G->gdn_decode_z_ok(G->ctx, &wz, H, &d)) {
-        CHECK_SHOW(g_cc_major != 9, "gdn_decode_z takes Hk=%d Hv=%d dk=%d dv=%d H=%d on sm_90", Hk, Hv, dk, dv, H);
+        CHECK_SHOW(g_cc_major != 9 || off, "gdn_decode_z takes Hk=%d Hv=%d dk=%d dv=%d H=%d on sm_90 (%d clusters fit)",
+                   Hk, Hv, dk, dv, H, dr_cuda_gdn_decode_zclusters());
         free(wzh);
         G->weight_free(G->ctx, &wz);
         return;
@@ -188,6 +191,7 @@ static void zin_case(int Hk, int Hv, int dk, int dv, int K, int H) {
     float *sa = dget(dst[0], ns), *sb = dget(dst[1], ns), *ca = dget(dcst[0], ncs), *cb = dget(dcst[1], ncs);
     REPORT(eab, ZIN_TOL, "gdn_decode_z Hk=%d Hv=%d dk=%d dv=%d H=%d: y vs rmsnorm_matmul_n + gdn_decode", Hk, Hv, dk,
            dv, H);
+    printf("     (%d clusters of the kernel with z's warps fit at once)\n", dr_cuda_gdn_decode_zclusters());
     REPORT(eref, GDN_TOL, "gdn_decode_z Hk=%d Hv=%d dk=%d dv=%d H=%d: y vs the CPU chain", Hk, Hv, dk, dv, H);
     REPORT(rel_err(sb, sa, ns), ZIN_TOL, "gdn_decode_z: fp32 state vs gdn_decode's");
     REPORT(rel_err(sb, st, ns), GDN_TOL, "gdn_decode_z: fp32 state vs the CPU chain");

@@ -200,8 +200,9 @@ __global__ void __launch_bounds__(1024)
 #define GD_T 128     /* threads of a sliced CTA */
 #define GD_MAX_S 8   /* slices (cluster size) limit: the portable cluster size */
 #define GD_KEEP (2 * GD_MAX + 32) /* channels a CTA convolves: <= 2 dk + W */
-#define GD_ZT 256    /* threads that project z when the step does it (gdn_decode_z): 8 warps */
+#define GD_ZT 128    /* threads that project z when the step does it (gdn_decode_z): 4 warps */
 #define GD_ZW (GD_ZT / 32)
+#define GD_NT 256    /* threads of the input projections' block, whose norm sums z's warps reproduce */
 #define GD_ZU 8      /* z's 16-byte weight loads per lane in one batch (two batches in flight) */
 #define GD_ZMAX 6144 /* the widest x whose normalised copy z's warps keep in shared memory */
 
@@ -320,27 +321,31 @@ static __device__ __forceinline__ void gd_zproj(const gd_zp &zp, size_t row0, in
     gd_zload(wb, zp, row0, nv, nb, zw, lane, 1, nu);
     gd_wait();           /* phase 0 */
     gd_arrive_relaxed(); /* phase 1: nothing of z's is read there */
-    float ss = 0.0f;
-    for (int i0 = zt; i0 < H; i0 += 8 * GD_ZT) {
-        float v[8], g[8];
+    /* thread zt stands for threads zt and zt + GD_ZT of the GD_NT-thread block (warps zw and zw + GD_ZW) */
 #pragma unroll
-        for (int k = 0; k < 8; k++) {
-            const int i = i0 + k * GD_ZT;
-            v[k] = i < H ? zp.x[i] : 0.0f;
-            g[k] = i < H ? zp.gain[i] : 0.0f;
-        }
+    for (int hh = 0; hh < GD_NT / GD_ZT; hh++) {
+        float ss = 0.0f;
+        for (int i0 = zt + hh * GD_ZT; i0 < H; i0 += 8 * GD_NT) {
+            float v[8], g[8];
 #pragma unroll
-        for (int k = 0; k < 8; k++)
-            if (i0 + k * GD_ZT < H) {
-                ss += v[k] * v[k];
-                sx[i0 + k * GD_ZT] = v[k] * g[k];
+            for (int k = 0; k < 8; k++) {
+                const int i = i0 + k * GD_NT;
+                v[k] = i < H ? zp.x[i] : 0.0f;
+                g[k] = i < H ? zp.gain[i] : 0.0f;
             }
+#pragma unroll
+            for (int k = 0; k < 8; k++)
+                if (i0 + k * GD_NT < H) {
+                    ss += v[k] * v[k];
+                    sx[i0 + k * GD_NT] = v[k] * g[k];
+                }
+        }
+        ss = dr_warp_sum(ss);
+        if (lane == 0)
+            zred[zw + hh * GD_ZW] = ss;
     }
-    ss = dr_warp_sum(ss);
-    if (lane == 0)
-        zred[zw] = ss;
     gd_sync_z();
-    const float inv = 1.0f / sqrtf(dr_warp_sum(lane < GD_ZW ? zred[lane] : 0.0f) / (float)H + zp.eps);
+    const float inv = 1.0f / sqrtf(dr_warp_sum(lane < GD_NT / 32 ? zred[lane] : 0.0f) / (float)H + zp.eps);
     for (int i = zt; i < H; i += GD_ZT)
         sx[i] *= inv;
     gd_sync_z();
@@ -373,7 +378,7 @@ static __device__ __forceinline__ void gd_zproj(const gd_zp &zp, size_t row0, in
  * the 4 warps W / 8 column groups x P = 32 / W row parts; R >= dk / (4 P)
  * state rows per thread. */
 template <int R, int W, bool ZP>
-__global__ void __launch_bounds__(ZP ? GD_T + GD_ZT : GD_T)
+__global__ void __launch_bounds__(ZP ? GD_T + GD_ZT : GD_T, ZP ? 2 : 1)
     gdn_decode_sliced_kernel(float *__restrict__ y, const float *__restrict__ m, const float *__restrict__ z,
                              const float *__restrict__ b, const float *__restrict__ a, float *conv_state,
                              float *__restrict__ state, const float *__restrict__ cw, int K,
@@ -386,7 +391,7 @@ __global__ void __launch_bounds__(ZP ? GD_T + GD_ZT : GD_T)
     __shared__ float sq[GD_MAX], sk[GD_MAX], sv[W], so[P][W], su[P][W], red[2][NW], part[GD_MAX_S];
     __shared__ float keep[GD_MAX_K][GD_KEEP]; /* new conv rows of its channels, written at the end */
     __shared__ int last;
-    __shared__ float sz[ZP ? 32 : 1], zred[GD_ZW]; /* z of the slice's columns (W <= 32), z's block sum */
+    __shared__ float sz[ZP ? 32 : 1], zred[GD_NT / 32]; /* z of the slice's columns (W <= 32), the norm's sum */
     extern __shared__ float4 gd_sx[];              /* ZP: RMSNorm(x; gain) [H] */
     const bool clu = G > 1;
     if (clu)
@@ -691,6 +696,39 @@ static void gd_launch(dr_cuda_ctx *cx, int G, bool pdl, void (*k)(P...), unsigne
     DR_CUDA_NOTE(cx, cudaLaunchKernelEx(&cfg, k, ((P)args)...));
 }
 
+/* How many clusters of G CTAs of kernel k can be resident at once (0:
+ * unknown). */
+template <typename... P>
+static int gd_max_clusters(void (*k)(P...), int G, unsigned block, size_t smem) {
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeClusterDimension;
+    at[0].val.clusterDim.x = (unsigned)G;
+    at[0].val.clusterDim.y = 1;
+    at[0].val.clusterDim.z = 1;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3((unsigned)G);
+    cfg.blockDim = dim3(block);
+    cfg.dynamicSmemBytes = smem;
+    cfg.attrs = at;
+    cfg.numAttrs = 1;
+    int n = 0;
+    if (cudaOccupancyMaxActiveClusters(&n, k, &cfg) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return 0;
+    }
+    return n;
+}
+
+/* Launch, or with `clusters` set only report how many clusters of it fit at once. */
+template <typename... P, typename... A>
+static void gd_go(dr_cuda_ctx *cx, int *clusters, int G, void (*k)(P...), unsigned grid, unsigned block, size_t smem,
+                  A... args) {
+    if (clusters)
+        *clusters = gd_max_clusters(k, G, block, smem);
+    else
+        gd_launch(cx, G, cx->pdl_gdn > 0, k, grid, block, smem, args...);
+}
+
 /* Whether the kernels take these dims (names them in the error if not). */
 static bool gd_dims_ok(int Hk, int Hv, int dk, int dv, int K, bool report) {
     if (Hk > 0 && Hv > 0 && Hv % Hk == 0 && dk <= GD_MAX && dv <= GD_MAX && K >= 1 && K <= GD_MAX_K && Hk <= GD_CNT)
@@ -721,8 +759,9 @@ static gd_plan gd_plan_for(const dr_cuda_ctx *cx, int Hk, int Hv, int dv) {
 }
 
 /* The sliced kernel with z as an input (zp.w NULL) or projected inside
- * (GD_ZT more threads, x's normalised copy in dynamic shared memory). */
-static void gd_sliced(dr_cuda_ctx *cx, const gd_plan &p, const gd_zp &zp, float *y, const float *qkv_raw,
+ * (GD_ZT more threads, x's normalised copy in dynamic shared memory).
+ * clusters: launch nothing, report how many of its clusters fit at once. */
+static void gd_sliced(dr_cuda_ctx *cx, int *clusters, const gd_plan &p, const gd_zp &zp, float *y, const float *qkv_raw,
                       const float *z, const float *b, const float *a, float *conv_state, float *state,
                       const float *conv_w, int K, const float *A_log, const float *dt_bias, const float *norm_w,
                       int Hk, int Hv, int dk, int dv, float eps) {
@@ -730,9 +769,8 @@ static void gd_sliced(dr_cuda_ctx *cx, const gd_plan &p, const gd_zp &zp, float 
     const unsigned grid = (unsigned)(Hv * p.S), block = zp.w ? GD_T + GD_ZT : GD_T;
     const size_t smem = zp.w ? (size_t)zp.H * sizeof(float) : 0;
 #define GD_SL(R, WW, Z)                                                                                          \
-    gd_launch(cx, p.G, cx->pdl_gdn > 0, gdn_decode_sliced_kernel<R, WW, Z>, grid, block, smem, y, qkv_raw, z, b, a, \
-              conv_state, state, conv_w, K, A_log, dt_bias, norm_w, Hk, Hv, dk, dv, eps, cx->gdn_cnt, cx->pdl_gdn,  \
-              p.S, p.G, zp)
+    gd_go(cx, clusters, p.G, gdn_decode_sliced_kernel<R, WW, Z>, grid, block, smem, y, qkv_raw, z, b, a, conv_state, \
+          state, conv_w, K, A_log, dt_bias, norm_w, Hk, Hv, dk, dv, eps, cx->gdn_cnt, cx->pdl_gdn, p.S, p.G, zp)
 #define GD_SLZ(R, WW)                                                                                            \
     do {                                                                                                         \
         if (zp.w)                                                                                                \
@@ -760,7 +798,8 @@ static void gd_sliced(dr_cuda_ctx *cx, const gd_plan &p, const gd_zp &zp, float 
 #undef GD_SLW
 #undef GD_SLZ
 #undef GD_SL
-    cx->prev_waits = cx->pdl_gdn == 0; /* no early trigger: the next kernel starts when this one ends */
+    if (!clusters)
+        cx->prev_waits = cx->pdl_gdn == 0; /* no early trigger: the next kernel starts when this one ends */
 }
 
 void dr_cuda_gdn_decode(void *ctx, float *y, const float *qkv_raw, const float *z, const float *b, const float *a,
@@ -779,7 +818,7 @@ void dr_cuda_gdn_decode(void *ctx, float *y, const float *qkv_raw, const float *
     if (p.S > 0) {
         g_gd_last_g = p.G;
         const gd_zp none = {NULL, NULL, NULL, 0, 0.0f};
-        gd_sliced(cx, p, none, y, qkv_raw, z, b, a, conv_state, state, conv_w, K, A_log, dt_bias, norm_w, Hk, Hv,
+        gd_sliced(cx, NULL, p, none, y, qkv_raw, z, b, a, conv_state, state, conv_w, K, A_log, dt_bias, norm_w, Hk, Hv,
                   dk, dv, eps);
         return;
     }
@@ -804,8 +843,12 @@ void dr_cuda_gdn_decode(void *ctx, float *y, const float *qkv_raw, const float *
 
 static int g_gd_z = -2; /* -2: DR_CUDA_GDN_Z not read yet; 0 off; 1 on */
 
-/* Test hook: as DR_CUDA_GDN_Z (0 off: gdn_decode_z_ok says no; -1: back to the environment). */
+static int g_gd_zclusters = 0; /* clusters with z's warps that fit at once, last shape asked */
+
+/* Test hooks: as DR_CUDA_GDN_Z (0 off: gdn_decode_z_ok says no; -1: back to the environment); how many
+   clusters of the kernel with z's warps fit at once for the last shape gdn_decode_z_ok measured. */
 extern "C" void dr_cuda_gdn_decode_zmode(int on) { g_gd_z = on < 0 ? -2 : on != 0; }
+extern "C" int dr_cuda_gdn_decode_zclusters(void) { return g_gd_zclusters; }
 
 static int gd_zon(void) {
     if (g_gd_z == -2) {
@@ -816,18 +859,34 @@ static int gd_zon(void) {
 }
 
 /* The sliced kernel with clusters (z's warps hand z over at a cluster
- * barrier), W_z an unquantized bf16 [Hv * dv, H] on the device, H a
- * multiple of 8 and at most GD_ZMAX. */
+ * barrier) whose grid fits on the device at once (with z's warps a CTA
+ * needs more of an SM: a second wave of clusters would double the step),
+ * W_z an unquantized bf16 [Hv * dv, H] on the device, H a multiple of 8 and
+ * at most GD_ZMAX. The cluster count is asked once per shape. */
 bool dr_cuda_gdn_decode_z_ok(void *ctx, const dr_tensor *wz, int H, const dr_gdn_dims *d) {
-    const dr_cuda_ctx *cx = (const dr_cuda_ctx *)ctx;
-    const int Hk = d->n_k_heads, Hv = d->n_v_heads, dv = d->d_v;
-    if (!gd_zon() || !gd_dims_ok(Hk, Hv, d->d_k, dv, 1, false))
+    dr_cuda_ctx *cx = (dr_cuda_ctx *)ctx;
+    const int Hk = d->n_k_heads, Hv = d->n_v_heads, dk = d->d_k, dv = d->d_v;
+    if (!gd_zon() || !gd_dims_ok(Hk, Hv, dk, dv, 1, false))
         return false;
     if (!wz->dev || wz->dtype != DR_DT_BF16 || wz->q.bits || wz->ndim != 2 || wz->ne[0] != (int64_t)Hv * dv ||
         wz->ne[1] != H || H % 8 || H > GD_ZMAX || (uintptr_t)wz->dev % 16)
         return false;
     const gd_plan p = gd_plan_for(cx, Hk, Hv, dv);
-    return p.S > 0 && p.G > 1;
+    if (p.S <= 0 || p.G <= 1)
+        return false;
+    static struct {
+        int dev, Hk, Hv, dk, dv, H, fits;
+    } memo = {-1, 0, 0, 0, 0, 0, 0};
+    if (memo.dev != cx->device || memo.Hk != Hk || memo.Hv != Hv || memo.dk != dk || memo.dv != dv || memo.H != H) {
+        const gd_zp zp = {(const uint4 *)wz->dev, NULL, NULL, H, 0.0f};
+        int n = 0;
+        gd_sliced(cx, &n, p, zp, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 1, NULL, NULL, NULL, Hk, Hv, dk, dv,
+                  0.0f);
+        memo.dev = cx->device, memo.Hk = Hk, memo.Hv = Hv, memo.dk = dk, memo.dv = dv, memo.H = H;
+        memo.fits = n * p.G >= Hv * p.S;
+        g_gd_zclusters = n;
+    }
+    return memo.fits;
 }
 
 void dr_cuda_gdn_decode_z(void *ctx, float *y, const float *qkv_raw, const dr_tensor *wz, const float *x,
@@ -853,6 +912,6 @@ void dr_cuda_gdn_decode_z(void *ctx, float *y, const float *qkv_raw, const dr_te
     g_gd_last = p.S;
     g_gd_last_g = p.G;
     const gd_zp zp = {(const uint4 *)wz->dev, x, gain, H, in_eps};
-    gd_sliced(cx, p, zp, y, qkv_raw, NULL, b, a, conv_state, state, conv_w, K, A_log, dt_bias, norm_w, Hk, Hv, dk,
+    gd_sliced(cx, NULL, p, zp, y, qkv_raw, NULL, b, a, conv_state, state, conv_w, K, A_log, dt_bias, norm_w, Hk, Hv, dk,
               dv, eps);
 }
