@@ -206,15 +206,15 @@ static void zin_case(int Hk, int Hv, int dk, int dv, int K, int H) {
 
 static void test_gdn_decode_z(void) {
     /* the 35B-A3B and 0.8B layers (W 32 S 4 and W 16 S 8 on a 132-SM H100, clusters of 8); W 16 S 5 with a
-       last slice of 8 columns and x not a multiple of 256 wide; the widest x; W 8 S 3 (clusters of 9 > 8: of
+       last slice of 8 columns and x not a multiple of 256 wide; x 4096 wide (147 KB of rows and x); W 8 S 3 (clusters of 9 > 8: of
        the head's 3 CTAs, the q/k counter) */
     const struct {
         int Hk, Hv, dk, dv, K, H;
     } cs[] = {{16, 32, 128, 128, 4, 2048}, {16, 16, 128, 128, 4, 1024}, {2, 4, 64, 72, 3, 136},
-              {2, 8, 96, 128, 4, 6144},    {4, 16, 64, 48, 4, 520},     {2, 6, 40, 24, 4, 264}};
+              {2, 8, 96, 128, 4, 4096},    {4, 16, 64, 48, 4, 520},     {2, 6, 40, 24, 4, 264}};
     for (size_t c = 0; c < sizeof cs / sizeof cs[0]; c++)
         zin_case(cs[c].Hk, cs[c].Hv, cs[c].dk, cs[c].dv, cs[c].K, cs[c].H);
-    /* what it declines: x wider than its shared copy, a width not a multiple of 8, f32 weights, switched off */
+    /* what it declines: rows and x beyond its shared memory, a width not a multiple of 8, f32 weights, switched off */
     const dr_gdn_dims d = {16, 32, 128, 128};
     dr_tensor w[3];
     free(rand_weight(&w[0], "in_proj_z.wide", DR_DT_BF16, 4096, 6152));

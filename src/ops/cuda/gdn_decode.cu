@@ -203,8 +203,10 @@ __global__ void __launch_bounds__(1024)
 #define GD_ZT 128    /* threads that project z when the step does it (gdn_decode_z): 4 warps */
 #define GD_ZW (GD_ZT / 32)
 #define GD_NT 256    /* threads of the input projections' block, whose norm sums z's warps reproduce */
-#define GD_ZU 8      /* z's 16-byte weight loads per lane in one batch (two batches in flight) */
-#define GD_ZMAX 6144 /* the widest x whose normalised copy z's warps keep in shared memory */
+#define GD_ZBUF (160 * 1024) /* shared memory for x's copy and the CTA's W_z rows */
+
+/* 16-byte vectors of shared memory before the W_z rows: x's copy, H floats rounded up to 128 bytes */
+static __host__ __device__ __forceinline__ int gd_zx4(int H) { return (H + 31) / 32 * 8; }
 
 /* z = W_z RMSNorm(x; gain) made by the step itself (gdn_decode_z); w NULL: z is an input */
 struct gd_zp {
@@ -267,58 +269,73 @@ template <bool ZP> static __device__ __forceinline__ void gd_sync_main(void) {
 }
 static __device__ __forceinline__ void gd_sync_z(void) { asm volatile("bar.sync 2, %0;" ::"n"(GD_ZT) : "memory"); }
 
-/* z's unit u of a warp: row zw + GD_ZW * (u / nb) of the CTA's (from row0),
-   16-byte pieces (u % nb) * GD_ZU + q, q < GD_ZU, lane-strided as the decode
-   GEMV walks a row (piece p of a lane is vector lane + 32 p). */
-static __device__ __forceinline__ void gd_zload(uint4 (&w)[GD_ZU], const gd_zp &zp, size_t row0, int nv, int nb,
-                                                int zw, int lane, int u, int nu) {
-    const uint4 *p = zp.w + (row0 + zw + (size_t)GD_ZW * (u / nb)) * nv;
-    const int v0 = lane + 32 * GD_ZU * (u % nb);
-#pragma unroll
-    for (int q = 0; q < GD_ZU; q++)
-        w[q] = u < nu && v0 + 32 * q < nv ? dr_ld_w(p + v0 + 32 * q) : make_uint4(0, 0, 0, 0);
+/* The bulk copy engine (TMA) fetches the CTA's W_z rows into shared memory:
+   one instruction per row from one thread, all in flight at once, completion
+   counted in bytes on an mbarrier. (Session 13: z's warps loading their rows
+   into registers kept too few bytes in flight per SM, ~1 TB/s, and the step
+   grew by more than the input projections shrank.) */
+static __device__ __forceinline__ unsigned gd_smem(const void *p) { return (unsigned)__cvta_generic_to_shared(p); }
+static __device__ __forceinline__ void gd_mbar_init(unsigned long long *bar) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(gd_smem(bar)) : "memory");
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+}
+static __device__ __forceinline__ void gd_mbar_expect(unsigned long long *bar, unsigned bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(gd_smem(bar)), "r"(bytes) : "memory");
+}
+static __device__ __forceinline__ void gd_bulk_load(void *dst, const void *src, unsigned bytes,
+                                                    unsigned long long *bar) {
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                     gd_smem(dst)),
+                 "l"(src), "r"(bytes), "r"(gd_smem(bar))
+                 : "memory");
+}
+static __device__ __forceinline__ void gd_mbar_wait(unsigned long long *bar) {
+    unsigned done = 0;
+    while (!done)
+        asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], 0; selp.u32 %0, 1, 0, p; }"
+                     : "=r"(done)
+                     : "r"(gd_smem(bar))
+                     : "memory");
 }
 
-/* acc + unit u's weights . sx, each 8-element piece summed as the decode
-   GEMV sums it (gemv_rows_dot), so z is the in_proj GEMV's z bit for bit. */
-static __device__ __forceinline__ float gd_zdot(const uint4 (&w)[GD_ZU], const float *sx, int nv, int nb, int lane,
-                                                int u, float acc) {
-    const int v0 = lane + 32 * GD_ZU * (u % nb);
+/* Row w (nv 16-byte vectors of bf16 in shared memory) . sx, each lane's
+   pieces lane, lane + 32, ... summed as the decode GEMV sums them
+   (gemv_rows_dot), then the warp sum: the input projection's z bit for bit. */
+static __device__ __forceinline__ float gd_zrow(const uint4 *w, const float *sx, int nv, int lane) {
+    float acc = 0.0f;
+    for (int v = lane; v < nv; v += 32) {
+        const uint4 q = w[v];
+        const float4 *xv = (const float4 *)(sx + (size_t)v * 8);
+        const unsigned h[4] = {q.x, q.y, q.z, q.w};
 #pragma unroll
-    for (int q = 0; q < GD_ZU; q++) {
-        const int v = v0 + 32 * q;
-        if (v < nv) {
-            const float4 *xv = (const float4 *)(sx + (size_t)v * 8);
-            const unsigned h[4] = {w[q].x, w[q].y, w[q].z, w[q].w};
-#pragma unroll
-            for (int c = 0; c < 2; c++) {
-                const float4 xx = xv[c];
-                const float f0 = __uint_as_float(h[2 * c] << 16), f1 = __uint_as_float(h[2 * c] & 0xffff0000u);
-                const float f2 = __uint_as_float(h[2 * c + 1] << 16),
-                            f3 = __uint_as_float(h[2 * c + 1] & 0xffff0000u);
-                acc += f0 * xx.x + f1 * xx.y + f2 * xx.z + f3 * xx.w;
-            }
+        for (int c = 0; c < 2; c++) {
+            const float4 xx = xv[c];
+            const float f0 = __uint_as_float(h[2 * c] << 16), f1 = __uint_as_float(h[2 * c] & 0xffff0000u);
+            const float f2 = __uint_as_float(h[2 * c + 1] << 16), f3 = __uint_as_float(h[2 * c + 1] & 0xffff0000u);
+            acc += f0 * xx.x + f1 * xx.y + f2 * xx.z + f3 * xx.w;
         }
     }
-    return acc;
+    return dr_warp_sum(acc);
 }
 
 /* The GD_ZT z threads of a CTA (cluster launch only): z for its nvc channels
-   (rows row0 .. row0 + nvc - 1 of W_z) into sz. The first two batches of
-   weights go out before anything else; the norm is staged as the input
-   projections stage it (x * gain, per-thread sums in index order, the block
-   sum of dr_block_sum) while they are in flight. Cluster phases: 0 and 1
-   pass at once (the step's threads never wait for z there); z's threads
-   arrive at phase 2 with sz written, so the step's threads, which read z
-   only after that barrier (the gated norm), see it. */
-static __device__ __forceinline__ void gd_zproj(const gd_zp &zp, size_t row0, int nvc, float *sx, float *sz,
-                                                float *zred) {
+   (rows row0 .. row0 + nvc - 1 of W_z, contiguous) into sz. Their first
+   thread starts the bulk copies of the rows into wz before anything else;
+   the norm is staged meanwhile as the input projections stage it (x * gain,
+   per-thread sums in index order, the block sum of dr_block_sum, for their
+   GD_NT threads). Cluster phases: 0 and 1 pass at once (the step's threads
+   never wait for z there); z's threads arrive at phase 2 with sz written,
+   so the step's threads, which read z only after that barrier (the gated
+   norm), see it. */
+static __device__ __forceinline__ void gd_zproj(const gd_zp &zp, size_t row0, int nvc, float *sx, uint4 *wz,
+                                                unsigned long long *bar, float *sz, float *zred) {
     const int zt = threadIdx.x - GD_T, lane = zt & 31, zw = zt >> 5, H = zp.H, nv = H / 8;
-    const int nb = ((nv + 31) / 32 + GD_ZU - 1) / GD_ZU; /* units per row */
-    const int nu = (nvc > zw ? (nvc - zw + GD_ZW - 1) / GD_ZW : 0) * nb;
-    uint4 wa[GD_ZU], wb[GD_ZU];
-    gd_zload(wa, zp, row0, nv, nb, zw, lane, 0, nu);
-    gd_zload(wb, zp, row0, nv, nb, zw, lane, 1, nu);
+    if (zt == 0) {
+        gd_mbar_init(bar);
+        gd_mbar_expect(bar, (unsigned)nvc * (unsigned)nv * 16u);
+        for (int r = 0; r < nvc; r++)
+            gd_bulk_load(wz + (size_t)r * nv, zp.w + (row0 + r) * nv, (unsigned)nv * 16u, bar);
+    }
     gd_wait();           /* phase 0 */
     gd_arrive_relaxed(); /* phase 1: nothing of z's is read there */
     /* thread zt stands for threads zt and zt + GD_ZT of the GD_NT-thread block (warps zw and zw + GD_ZW) */
@@ -349,22 +366,11 @@ static __device__ __forceinline__ void gd_zproj(const gd_zp &zp, size_t row0, in
     for (int i = zt; i < H; i += GD_ZT)
         sx[i] *= inv;
     gd_sync_z();
-    float acc = 0.0f;
-    auto unit = [&](uint4(&w)[GD_ZU], int u) { /* consume unit u, then load unit u + 2 into its registers */
-        if (u >= nu)
-            return;
-        acc = gd_zdot(w, sx, nv, nb, lane, u, acc);
-        if (u % nb == nb - 1) { /* the row's last unit */
-            acc = dr_warp_sum(acc);
-            if (lane == 0)
-                sz[zw + GD_ZW * (u / nb)] = acc;
-            acc = 0.0f;
-        }
-        gd_zload(w, zp, row0, nv, nb, zw, lane, u + 2, nu);
-    };
-    for (int u = 0; u < nu; u += 2) {
-        unit(wa, u);
-        unit(wb, u + 1);
+    gd_mbar_wait(bar); /* the rows are in (the barrier above also published bar's init) */
+    for (int r = zw; r < nvc; r += GD_ZW) {
+        const float v = gd_zrow(wz + (size_t)r * nv, sx, nv, lane);
+        if (lane == 0)
+            sz[r] = v;
     }
     gd_wait();   /* phase 1 */
     gd_arrive(); /* phase 2, release: sz */
@@ -378,7 +384,7 @@ static __device__ __forceinline__ void gd_zproj(const gd_zp &zp, size_t row0, in
  * the 4 warps W / 8 column groups x P = 32 / W row parts; R >= dk / (4 P)
  * state rows per thread. */
 template <int R, int W, bool ZP>
-__global__ void __launch_bounds__(ZP ? GD_T + GD_ZT : GD_T, ZP ? 2 : 1)
+__global__ void __launch_bounds__(ZP ? GD_T + GD_ZT : GD_T)
     gdn_decode_sliced_kernel(float *__restrict__ y, const float *__restrict__ m, const float *__restrict__ z,
                              const float *__restrict__ b, const float *__restrict__ a, float *conv_state,
                              float *__restrict__ state, const float *__restrict__ cw, int K,
@@ -392,7 +398,8 @@ __global__ void __launch_bounds__(ZP ? GD_T + GD_ZT : GD_T, ZP ? 2 : 1)
     __shared__ float keep[GD_MAX_K][GD_KEEP]; /* new conv rows of its channels, written at the end */
     __shared__ int last;
     __shared__ float sz[ZP ? 32 : 1], zred[GD_NT / 32]; /* z of the slice's columns (W <= 32), the norm's sum */
-    extern __shared__ float4 gd_sx[];              /* ZP: RMSNorm(x; gain) [H] */
+    extern __shared__ uint4 gd_sx[]; /* ZP: RMSNorm(x; gain) [H], then the slice's W_z rows */
+    __shared__ unsigned long long zbar; /* ZP: the rows' bulk copies done */
     const bool clu = G > 1;
     if (clu)
         gd_arrive_relaxed(); /* phase 0: this CTA has started (its shared memory may be written) */
@@ -408,7 +415,7 @@ __global__ void __launch_bounds__(ZP ? GD_T + GD_ZT : GD_T, ZP ? 2 : 1)
     const bool cok = c < dv;
     const int v0 = sl * W, nvc = min(W, dv - v0);
     if (ZP && tid >= GD_T) { /* z's warps (launched with clusters only) */
-        gd_zproj(zp, (size_t)j * dv + v0, nvc, (float *)gd_sx, sz, zred);
+        gd_zproj(zp, (size_t)j * dv + v0, nvc, (float *)gd_sx, gd_sx + gd_zx4(zp.H), &zbar, sz, zred);
         return;
     }
 
@@ -719,10 +726,22 @@ static int gd_max_clusters(void (*k)(P...), int G, unsigned block, size_t smem) 
     return n;
 }
 
-/* Launch, or with `clusters` set only report how many clusters of it fit at once. */
+/* Launch, or with `clusters` set only report how many clusters of it fit at
+ * once. Dynamic shared memory beyond the default 48 KB (up to GD_ZBUF) is
+ * allowed first (a host call, not queued work: with step graphs it runs
+ * only while a step is recorded). */
 template <typename... P, typename... A>
 static void gd_go(dr_cuda_ctx *cx, int *clusters, int G, void (*k)(P...), unsigned grid, unsigned block, size_t smem,
                   A... args) {
+    if (smem > 48 * 1024 &&
+        cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, GD_ZBUF) != cudaSuccess) {
+        (void)cudaGetLastError();
+        if (clusters)
+            *clusters = 0;
+        else
+            DR_CUDA_NOTE(cx, cudaErrorInvalidValue);
+        return;
+    }
     if (clusters)
         *clusters = gd_max_clusters(k, G, block, smem);
     else
@@ -758,6 +777,9 @@ static gd_plan gd_plan_for(const dr_cuda_ctx *cx, int Hk, int Hv, int dv) {
     return p;
 }
 
+/* Dynamic shared memory of the kernel with z's warps: x's copy and W rows of W_z. */
+static size_t gd_zsmem(int H, int W) { return ((size_t)gd_zx4(H) + (size_t)W * (H / 8)) * 16; }
+
 /* The sliced kernel with z as an input (zp.w NULL) or projected inside
  * (GD_ZT more threads, x's normalised copy in dynamic shared memory).
  * clusters: launch nothing, report how many of its clusters fit at once. */
@@ -767,7 +789,7 @@ static void gd_sliced(dr_cuda_ctx *cx, int *clusters, const gd_plan &p, const gd
                       int Hk, int Hv, int dk, int dv, float eps) {
     const int need = (dk * p.W + 127) / 128; /* state rows per thread */
     const unsigned grid = (unsigned)(Hv * p.S), block = zp.w ? GD_T + GD_ZT : GD_T;
-    const size_t smem = zp.w ? (size_t)zp.H * sizeof(float) : 0;
+    const size_t smem = zp.w ? gd_zsmem(zp.H, p.W) : 0;
 #define GD_SL(R, WW, Z)                                                                                          \
     gd_go(cx, clusters, p.G, gdn_decode_sliced_kernel<R, WW, Z>, grid, block, smem, y, qkv_raw, z, b, a, conv_state, \
           state, conv_w, K, A_log, dt_bias, norm_w, Hk, Hv, dk, dv, eps, cx->gdn_cnt, cx->pdl_gdn, p.S, p.G, zp)
@@ -859,20 +881,21 @@ static int gd_zon(void) {
 }
 
 /* The sliced kernel with clusters (z's warps hand z over at a cluster
- * barrier) whose grid fits on the device at once (with z's warps a CTA
- * needs more of an SM: a second wave of clusters would double the step),
- * W_z an unquantized bf16 [Hv * dv, H] on the device, H a multiple of 8 and
- * at most GD_ZMAX. The cluster count is asked once per shape. */
+ * barrier) whose grid fits on the device at once (a CTA holding its W_z
+ * rows needs most of an SM: a second wave of clusters would double the
+ * step), W_z an unquantized bf16 [Hv * dv, H] on the device, H a multiple
+ * of 8, x's copy and the slice's rows within GD_ZBUF. The cluster count is
+ * asked once per shape. */
 bool dr_cuda_gdn_decode_z_ok(void *ctx, const dr_tensor *wz, int H, const dr_gdn_dims *d) {
     dr_cuda_ctx *cx = (dr_cuda_ctx *)ctx;
     const int Hk = d->n_k_heads, Hv = d->n_v_heads, dk = d->d_k, dv = d->d_v;
     if (!gd_zon() || !gd_dims_ok(Hk, Hv, dk, dv, 1, false))
         return false;
     if (!wz->dev || wz->dtype != DR_DT_BF16 || wz->q.bits || wz->ndim != 2 || wz->ne[0] != (int64_t)Hv * dv ||
-        wz->ne[1] != H || H % 8 || H > GD_ZMAX || (uintptr_t)wz->dev % 16)
+        wz->ne[1] != H || H % 8 || (uintptr_t)wz->dev % 16)
         return false;
     const gd_plan p = gd_plan_for(cx, Hk, Hv, dv);
-    if (p.S <= 0 || p.G <= 1)
+    if (p.S <= 0 || p.G <= 1 || gd_zsmem(H, p.W) > GD_ZBUF)
         return false;
     static struct {
         int dev, Hk, Hv, dk, dv, H, fits;
