@@ -727,14 +727,13 @@ static int gd_max_clusters(void (*k)(P...), int G, unsigned block, size_t smem) 
 }
 
 /* Launch, or with `clusters` set only report how many clusters of it fit at
- * once. Dynamic shared memory beyond the default 48 KB (up to GD_ZBUF) is
- * allowed first (a host call, not queued work: with step graphs it runs
+ * once. Dynamic shared memory up to GD_ZBUF is allowed first (static and
+ * dynamic together may pass the default 48 KB) (a host call, not queued work: with step graphs it runs
  * only while a step is recorded). */
 template <typename... P, typename... A>
 static void gd_go(dr_cuda_ctx *cx, int *clusters, int G, void (*k)(P...), unsigned grid, unsigned block, size_t smem,
                   A... args) {
-    if (smem > 48 * 1024 &&
-        cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, GD_ZBUF) != cudaSuccess) {
+    if (smem > 0 && cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, GD_ZBUF) != cudaSuccess) {
         (void)cudaGetLastError();
         if (clusters)
             *clusters = 0;
@@ -880,36 +879,55 @@ static int gd_zon(void) {
     return g_gd_z;
 }
 
-/* The sliced kernel with clusters (z's warps hand z over at a cluster
- * barrier) whose grid fits on the device at once (a CTA holding its W_z
- * rows needs most of an SM: a second wave of clusters would double the
- * step), W_z an unquantized bf16 [Hv * dv, H] on the device, H a multiple
- * of 8, x's copy and the slice's rows within GD_ZBUF. The cluster count is
- * asked once per shape. */
-bool dr_cuda_gdn_decode_z_ok(void *ctx, const dr_tensor *wz, int H, const dr_gdn_dims *d) {
-    dr_cuda_ctx *cx = (dr_cuda_ctx *)ctx;
+/* The plan of the kernel with z's warps for W_z [Hv * dv, H] (false: none).
+ * It needs clusters (z's warps hand z over at a cluster barrier) that all
+ * fit on the device at once: a CTA holding its W_z rows needs most of an
+ * SM, and a second wave of clusters would double the step. The k head's
+ * clusters are tried first, then the v head's (S CTAs, the q/k counter;
+ * on a 132-SM H100 only 15 clusters of 8 such CTAs fit, 16 are needed for
+ * 35B-A3B). W_z: unquantized bf16 on the device, H a multiple of 8, x's
+ * copy and the slice's rows within GD_ZBUF. Asked of the device once per
+ * shape. */
+static bool gd_zplan(dr_cuda_ctx *cx, const dr_tensor *wz, int H, const dr_gdn_dims *d, gd_plan *out) {
     const int Hk = d->n_k_heads, Hv = d->n_v_heads, dk = d->d_k, dv = d->d_v;
     if (!gd_zon() || !gd_dims_ok(Hk, Hv, dk, dv, 1, false))
         return false;
     if (!wz->dev || wz->dtype != DR_DT_BF16 || wz->q.bits || wz->ndim != 2 || wz->ne[0] != (int64_t)Hv * dv ||
         wz->ne[1] != H || H % 8 || (uintptr_t)wz->dev % 16)
         return false;
-    const gd_plan p = gd_plan_for(cx, Hk, Hv, dv);
-    if (p.S <= 0 || p.G <= 1 || gd_zsmem(H, p.W) > GD_ZBUF)
+    gd_plan p = gd_plan_for(cx, Hk, Hv, dv);
+    if (p.S <= 0 || gd_zsmem(H, p.W) > GD_ZBUF)
         return false;
     static struct {
-        int dev, Hk, Hv, dk, dv, H, fits;
-    } memo = {-1, 0, 0, 0, 0, 0, 0};
+        int dev, Hk, Hv, dk, dv, H;
+        gd_plan p;
+    } memo = {-1, 0, 0, 0, 0, 0, {0, 0, 0}};
     if (memo.dev != cx->device || memo.Hk != Hk || memo.Hv != Hv || memo.dk != dk || memo.dv != dv || memo.H != H) {
         const gd_zp zp = {(const uint4 *)wz->dev, NULL, NULL, H, 0.0f};
         int n = 0;
-        gd_sliced(cx, &n, p, zp, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 1, NULL, NULL, NULL, Hk, Hv, dk, dv,
-                  0.0f);
+        for (int k = 0; k < 2; k++) {
+            if (k == 1)
+                p.G = p.S; /* the v head's clusters */
+            if (p.G <= 1)
+                break;
+            gd_sliced(cx, &n, p, zp, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 1, NULL, NULL, NULL, Hk, Hv, dk,
+                      dv, 0.0f);
+            if (n * p.G >= Hv * p.S)
+                break;
+        }
         memo.dev = cx->device, memo.Hk = Hk, memo.Hv = Hv, memo.dk = dk, memo.dv = dv, memo.H = H;
-        memo.fits = n * p.G >= Hv * p.S;
+        memo.p = p;
+        if (p.G <= 1 || n * p.G < Hv * p.S)
+            memo.p.S = 0;
         g_gd_zclusters = n;
     }
-    return memo.fits;
+    *out = memo.p;
+    return memo.p.S > 0;
+}
+
+bool dr_cuda_gdn_decode_z_ok(void *ctx, const dr_tensor *wz, int H, const dr_gdn_dims *d) {
+    gd_plan p;
+    return gd_zplan((dr_cuda_ctx *)ctx, wz, H, d, &p);
 }
 
 void dr_cuda_gdn_decode_z(void *ctx, float *y, const float *qkv_raw, const dr_tensor *wz, const float *x,
@@ -918,11 +936,12 @@ void dr_cuda_gdn_decode_z(void *ctx, float *y, const float *qkv_raw, const dr_te
                           const float *norm_w, const dr_gdn_dims *d, float eps) {
     dr_cuda_ctx *cx = (dr_cuda_ctx *)ctx;
     const int Hk = d->n_k_heads, Hv = d->n_v_heads, dk = d->d_k, dv = d->d_v, H = (int)wz->ne[1];
+    gd_plan p;
     if (!gd_dims_ok(Hk, Hv, dk, dv, K, true)) {
         cx->failed = 1;
         return;
     }
-    if (!dr_cuda_gdn_decode_z_ok(ctx, wz, H, d)) {
+    if (!gd_zplan(cx, wz, H, d, &p)) {
         dr_fail_at(__FILE__, __LINE__, DR_ERR_UNSUPPORTED,
                    "CUDA gdn_decode_z: %s [%lld, %lld] with Hv %d, d_v %d: not a case it takes (ask gdn_decode_z_ok)",
                    wz->name ? wz->name : "W_z", (long long)wz->ne[0], (long long)wz->ne[1], Hv, dv);
@@ -931,7 +950,6 @@ void dr_cuda_gdn_decode_z(void *ctx, float *y, const float *qkv_raw, const dr_te
     }
     if (!cx->gdn_cnt && !(cx->gdn_cnt = (int *)dr_cuda_zeroed(cx, GD_CNT * sizeof(int))))
         return;
-    const gd_plan p = gd_plan_for(cx, Hk, Hv, dv);
     g_gd_last = p.S;
     g_gd_last_g = p.G;
     const gd_zp zp = {(const uint4 *)wz->dev, x, gain, H, in_eps};
