@@ -204,6 +204,7 @@ __global__ void __launch_bounds__(1024)
 #define GD_ZW (GD_ZT / 32)
 #define GD_NT 256    /* threads of the input projections' block, whose norm sums z's warps reproduce */
 #define GD_ZBUF (160 * 1024) /* shared memory for x's copy and the CTA's W_z rows */
+#define GD_ZCH 8 /* W_z rows per chunk; two chunks' slots (a CTA of 32 rows refills them) */
 
 /* 16-byte vectors of shared memory before the W_z rows: x's copy, H floats rounded up to 128 bytes */
 static __host__ __device__ __forceinline__ int gd_zx4(int H) { return (H + 31) / 32 * 8; }
@@ -289,12 +290,12 @@ static __device__ __forceinline__ void gd_bulk_load(void *dst, const void *src, 
                  "l"(src), "r"(bytes), "r"(gd_smem(bar))
                  : "memory");
 }
-static __device__ __forceinline__ void gd_mbar_wait(unsigned long long *bar) {
+static __device__ __forceinline__ void gd_mbar_wait(unsigned long long *bar, int parity) {
     unsigned done = 0;
     while (!done)
-        asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], 0; selp.u32 %0, 1, 0, p; }"
+        asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
                      : "=r"(done)
-                     : "r"(gd_smem(bar))
+                     : "r"(gd_smem(bar)), "r"(parity)
                      : "memory");
 }
 
@@ -330,11 +331,19 @@ static __device__ __forceinline__ float gd_zrow(const uint4 *w, const float *sx,
 static __device__ __forceinline__ void gd_zproj(const gd_zp &zp, size_t row0, int nvc, float *sx, uint4 *wz,
                                                 unsigned long long *bar, float *sz, float *zred) {
     const int zt = threadIdx.x - GD_T, lane = zt & 31, zw = zt >> 5, H = zp.H, nv = H / 8;
+    const int nch = (nvc + GD_ZCH - 1) / GD_ZCH; /* chunks of GD_ZCH rows, in two slots */
+    auto fetch = [&](int c) { /* chunk c into slot c % 2 (one thread) */
+        const int r0 = c * GD_ZCH, nr = min(GD_ZCH, nvc - r0);
+        uint4 *dst = wz + (size_t)(c % 2) * GD_ZCH * nv;
+        gd_mbar_expect(&bar[c % 2], (unsigned)nr * (unsigned)nv * 16u);
+        for (int r = 0; r < nr; r++)
+            gd_bulk_load(dst + (size_t)r * nv, zp.w + (row0 + r0 + r) * nv, (unsigned)nv * 16u, &bar[c % 2]);
+    };
     if (zt == 0) {
-        gd_mbar_init(bar);
-        gd_mbar_expect(bar, (unsigned)nvc * (unsigned)nv * 16u);
-        for (int r = 0; r < nvc; r++)
-            gd_bulk_load(wz + (size_t)r * nv, zp.w + (row0 + r) * nv, (unsigned)nv * 16u, bar);
+        gd_mbar_init(&bar[0]);
+        gd_mbar_init(&bar[1]);
+        for (int c = 0; c < nch && c < 2; c++)
+            fetch(c);
     }
     gd_wait();           /* phase 0 */
     gd_arrive_relaxed(); /* phase 1: nothing of z's is read there */
@@ -366,11 +375,21 @@ static __device__ __forceinline__ void gd_zproj(const gd_zp &zp, size_t row0, in
     for (int i = zt; i < H; i += GD_ZT)
         sx[i] *= inv;
     gd_sync_z();
-    gd_mbar_wait(bar); /* the rows are in (the barrier above also published bar's init) */
-    for (int r = zw; r < nvc; r += GD_ZW) {
-        const float v = gd_zrow(wz + (size_t)r * nv, sx, nv, lane);
-        if (lane == 0)
-            sz[r] = v;
+    for (int c = 0; c < nch; c++) {
+        gd_mbar_wait(&bar[c % 2], (c / 2) & 1); /* (the barriers above also published the init) */
+        const uint4 *rows = wz + (size_t)(c % 2) * GD_ZCH * nv;
+        for (int r = zw; r < GD_ZCH && c * GD_ZCH + r < nvc; r += GD_ZW) {
+            const float v = gd_zrow(rows + (size_t)r * nv, sx, nv, lane);
+            if (lane == 0)
+                sz[c * GD_ZCH + r] = v;
+        }
+        if (c + 2 < nch) { /* the slot is read: refill it */
+            gd_sync_z();
+            if (zt == 0) {
+                asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); /* our reads before the copy's writes */
+                fetch(c + 2);
+            }
+        }
     }
     gd_wait();   /* phase 1 */
     gd_arrive(); /* phase 2, release: sz */
@@ -399,7 +418,7 @@ __global__ void __launch_bounds__(ZP ? GD_T + GD_ZT : GD_T)
     __shared__ int last;
     __shared__ float sz[ZP ? 32 : 1], zred[GD_NT / 32]; /* z of the slice's columns (W <= 32), the norm's sum */
     extern __shared__ uint4 gd_sx[]; /* ZP: RMSNorm(x; gain) [H], then the slice's W_z rows */
-    __shared__ unsigned long long zbar; /* ZP: the rows' bulk copies done */
+    __shared__ unsigned long long zbar[2]; /* ZP: the two row slots' bulk copies done */
     const bool clu = G > 1;
     if (clu)
         gd_arrive_relaxed(); /* phase 0: this CTA has started (its shared memory may be written) */
@@ -415,7 +434,7 @@ __global__ void __launch_bounds__(ZP ? GD_T + GD_ZT : GD_T)
     const bool cok = c < dv;
     const int v0 = sl * W, nvc = min(W, dv - v0);
     if (ZP && tid >= GD_T) { /* z's warps (launched with clusters only) */
-        gd_zproj(zp, (size_t)j * dv + v0, nvc, (float *)gd_sx, gd_sx + gd_zx4(zp.H), &zbar, sz, zred);
+        gd_zproj(zp, (size_t)j * dv + v0, nvc, (float *)gd_sx, gd_sx + gd_zx4(zp.H), zbar, sz, zred);
         return;
     }
 
@@ -777,7 +796,9 @@ static gd_plan gd_plan_for(const dr_cuda_ctx *cx, int Hk, int Hv, int dv) {
 }
 
 /* Dynamic shared memory of the kernel with z's warps: x's copy and W rows of W_z. */
-static size_t gd_zsmem(int H, int W) { return ((size_t)gd_zx4(H) + (size_t)W * (H / 8)) * 16; }
+static size_t gd_zsmem(int H, int W) {
+    return ((size_t)gd_zx4(H) + (size_t)(W < 2 * GD_ZCH ? W : 2 * GD_ZCH) * (H / 8)) * 16;
+}
 
 /* The sliced kernel with z as an input (zp.w NULL) or projected inside
  * (GD_ZT more threads, x's normalised copy in dynamic shared memory).
