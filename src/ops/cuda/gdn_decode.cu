@@ -403,7 +403,7 @@ static __device__ __forceinline__ void gd_zproj(const gd_zp &zp, size_t row0, in
  * the 4 warps W / 8 column groups x P = 32 / W row parts; R >= dk / (4 P)
  * state rows per thread. */
 template <int R, int W, bool ZP>
-__global__ void __launch_bounds__(ZP ? GD_T + GD_ZT : GD_T)
+__global__ void __launch_bounds__(ZP ? GD_T + GD_ZT : GD_T, ZP ? 2 : 1)
     gdn_decode_sliced_kernel(float *__restrict__ y, const float *__restrict__ m, const float *__restrict__ z,
                              const float *__restrict__ b, const float *__restrict__ a, float *conv_state,
                              float *__restrict__ state, const float *__restrict__ cw, int K,
