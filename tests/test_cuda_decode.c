@@ -125,114 +125,6 @@ static void test_gdn_decode(void) {
     gdn_case(16, 32, 128, 128, 4, -1, 0); /* clusters of one v head's slices + the q/k counter */
 }
 
-/* ---- gdn_decode_z: z projected by the step against rmsnorm_matmul_n + gdn_decode ---- */
-
-void dr_cuda_gdn_decode_zmode(int on); /* as DR_CUDA_GDN_Z (0 off, -1 back to the environment) */
-int dr_cuda_gdn_decode_zclusters(void); /* its clusters that fit at once, last shape asked */
-
-#define ZIN_TOL 1e-6f /* z's sums are the input projection's, in its order: equal up to FMA contraction */
-
-/* 5 chained steps of one shape with an input width H, both ways from the
- * same states: (a) z = W_z RMSNorm(x) by rmsnorm_matmul_n, then gdn_decode;
- * (b) gdn_decode_z. Also (b) against the CPU chain. */
-static void zin_case(int Hk, int Hv, int dk, int dv, int K, int H) {
-    const dr_gdn_dims d = {Hk, Hv, dk, dv};
-    const int Cc = 2 * Hk * dk + Hv * dv;
-    const size_t ns = (size_t)Hv * dk * dv, nv = (size_t)Hv * dv, ncs = (size_t)K * Cc;
-    const float eps = 1e-6f, ein = 1e-6f;
-    dr_tensor wz;
-    uint16_t *wzh = rand_weight(&wz, "linear_attn.in_proj_z.weight", DR_DT_BF16, (int)nv, H);
-    const bool off = getenv("DR_CUDA_GDN_Z") && getenv("DR_CUDA_GDN_Z")[0] == '0';
-    if (!G->gdn_decode_z_ok(G->ctx, &wz, H, &d)) {
-        CHECK_SHOW(g_cc_major != 9 || off, "gdn_decode_z takes Hk=%d Hv=%d dk=%d dv=%d H=%d on sm_90 (%d clusters fit)",
-                   Hk, Hv, dk, dv, H, dr_cuda_gdn_decode_zclusters());
-        free(wzh);
-        G->weight_free(G->ctx, &wz);
-        return;
-    }
-    float *st = rnd(ns, 0.3f), *cst = rnd(ncs, 1.0f), *cw = rnd((size_t)Cc * K, 0.7f);
-    float *Al = rnd(Hv, 1.0f), *dtb = rnd(Hv, 1.0f), *nw = rnd(dv, 1.0f), *gain = rnd(H, 1.0f);
-    float *dst[2] = {dput(st, ns * 4), dput(st, ns * 4)}, *dcst[2] = {dput(cst, ncs * 4), dput(cst, ncs * 4)};
-    float *dcw = dput(cw, (size_t)Cc * K * 4), *dAl = dput(Al, Hv * 4), *ddtb = dput(dtb, Hv * 4);
-    float *dnw = dput(nw, dv * 4), *dgain = dput(gain, H * 4);
-    float *dm = G->alloc(G->ctx, (size_t)Cc * 4), *dx = G->alloc(G->ctx, (size_t)H * 4);
-    float *db = G->alloc(G->ctx, Hv * 4), *da = G->alloc(G->ctx, Hv * 4), *dz = G->alloc(G->ctx, nv * 4);
-    float *dy[2] = {G->alloc(G->ctx, nv * 4), G->alloc(G->ctx, nv * 4)};
-    float *qkv = malloc((size_t)Cc * 4), *beta = malloc(Hv * 4), *g = malloc(Hv * 4), *o = malloc(nv * 4);
-    float *y = malloc(nv * 4), *z = malloc(nv * 4), *xn = malloc((size_t)H * 4);
-    float *ws = malloc(dr_gdn_ws_floats(&d) * 4), *poison = malloc(nv * 4);
-    for (size_t i = 0; i < nv; i++)
-        poison[i] = NAN;
-    float eab = 0.0f, eref = 0.0f;
-    for (int t = 0; t < 5; t++) {
-        float *m = rnd((size_t)Cc, 2.0f), *x = rnd(H, t == 3 ? 40.0f : 2.0f), *b = rnd(Hv, 3.0f);
-        float *a = rnd(Hv, 2.0f);
-        G->upload(G->ctx, dm, m, (size_t)Cc * 4), G->upload(G->ctx, dx, x, (size_t)H * 4);
-        G->upload(G->ctx, db, b, Hv * 4), G->upload(G->ctx, da, a, Hv * 4);
-        G->upload(G->ctx, dy[0], poison, nv * 4), G->upload(G->ctx, dy[1], poison, nv * 4);
-        const dr_tensor *wl[1] = {&wz};
-        float *zl[1] = {dz};
-        CHECK(G->rmsnorm_matmul_n(G->ctx, 1, zl, dx, dgain, ein, wl, 1), "rmsnorm_matmul_n declined W_z [%zu, %d]",
-              nv, H);
-        G->gdn_decode(G->ctx, dy[0], dm, dz, db, da, dcst[0], dst[0], dcw, K, dAl, ddtb, dnw, &d, eps);
-        G->gdn_decode_z(G->ctx, dy[1], dm, &wz, dx, dgain, ein, db, da, dcst[1], dst[1], dcw, K, dAl, ddtb, dnw, &d,
-                        eps);
-        C->rmsnorm(NULL, xn, x, gain, 1, H, ein); /* the CPU chain */
-        C->matmul(NULL, z, xn, &wz, 1);
-        C->gdn_conv(NULL, qkv, m, cst, cw, 1, Cc, K);
-        C->gdn_gates(NULL, beta, g, b, a, Al, dtb, 1, Hv);
-        C->gdn_recurrent(NULL, o, qkv, beta, g, st, &d, 1, ws);
-        C->gated_rmsnorm(NULL, y, o, z, nw, Hv, dv, eps);
-        float *ya = dget(dy[0], nv), *yb = dget(dy[1], nv), e1 = rel_err(yb, ya, nv), e2 = rel_err(yb, y, nv);
-        eab = e1 > eab ? e1 : eab;
-        eref = e2 > eref ? e2 : eref;
-        free(m), free(x), free(b), free(a), free(ya), free(yb);
-    }
-    float *sa = dget(dst[0], ns), *sb = dget(dst[1], ns), *ca = dget(dcst[0], ncs), *cb = dget(dcst[1], ncs);
-    REPORT(eab, ZIN_TOL, "gdn_decode_z Hk=%d Hv=%d dk=%d dv=%d H=%d: y vs rmsnorm_matmul_n + gdn_decode", Hk, Hv, dk,
-           dv, H);
-    printf("     (%d clusters of the kernel with z's warps fit at once)\n", dr_cuda_gdn_decode_zclusters());
-    REPORT(eref, GDN_TOL, "gdn_decode_z Hk=%d Hv=%d dk=%d dv=%d H=%d: y vs the CPU chain", Hk, Hv, dk, dv, H);
-    REPORT(rel_err(sb, sa, ns), ZIN_TOL, "gdn_decode_z: fp32 state vs gdn_decode's");
-    REPORT(rel_err(sb, st, ns), GDN_TOL, "gdn_decode_z: fp32 state vs the CPU chain");
-    REPORT(rel_err(cb, ca, ncs), 0.0f, "gdn_decode_z: conv state vs gdn_decode's (exact)");
-    free(st), free(cst), free(cw), free(Al), free(dtb), free(nw), free(gain), free(qkv), free(beta), free(g);
-    free(o), free(y), free(z), free(xn), free(ws), free(poison), free(sa), free(sb), free(ca), free(cb), free(wzh);
-    G->weight_free(G->ctx, &wz);
-    void *bufs[] = {dst[0], dst[1], dcst[0], dcst[1], dcw, dAl, ddtb, dnw, dgain, dm, dx, db, da, dz, dy[0], dy[1]};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
-        G->free(G->ctx, bufs[i]);
-}
-
-static void test_gdn_decode_z(void) {
-    /* the 35B-A3B and 0.8B layers (W 32 S 4 and W 16 S 8 on a 132-SM H100, clusters of 8); W 16 S 5 with a
-       last slice of 8 columns and x not a multiple of 256 wide; x 4096 wide (147 KB of rows and x); W 8 S 3 (clusters of 9 > 8: of
-       the head's 3 CTAs, the q/k counter) */
-    const struct {
-        int Hk, Hv, dk, dv, K, H;
-    } cs[] = {{16, 32, 128, 128, 4, 2048}, {16, 16, 128, 128, 4, 1024}, {2, 4, 64, 72, 3, 136},
-              {2, 8, 96, 128, 4, 4096},    {4, 16, 64, 48, 4, 520},     {2, 6, 40, 24, 4, 264}};
-    for (size_t c = 0; c < sizeof cs / sizeof cs[0]; c++)
-        zin_case(cs[c].Hk, cs[c].Hv, cs[c].dk, cs[c].dv, cs[c].K, cs[c].H);
-    /* what it declines: rows and x beyond its shared memory, a width not a multiple of 8, f32 weights, switched off */
-    const dr_gdn_dims d = {16, 32, 128, 128};
-    dr_tensor w[3];
-    free(rand_weight(&w[0], "in_proj_z.wide", DR_DT_BF16, 4096, 6152));
-    free(rand_weight(&w[1], "in_proj_z.odd", DR_DT_BF16, 4096, 1028));
-    free(rand_weight(&w[2], "in_proj_z.f32", DR_DT_F32, 4096, 2048));
-    CHECK_SHOW(!G->gdn_decode_z_ok(G->ctx, &w[0], 6152, &d), "gdn_decode_z_ok declines H = 6152");
-    CHECK_SHOW(!G->gdn_decode_z_ok(G->ctx, &w[1], 1028, &d), "gdn_decode_z_ok declines H = 1028");
-    CHECK_SHOW(!G->gdn_decode_z_ok(G->ctx, &w[2], 2048, &d), "gdn_decode_z_ok declines f32 W_z");
-    dr_cuda_gdn_decode_zmode(0);
-    dr_tensor w35;
-    free(rand_weight(&w35, "in_proj_z.35b", DR_DT_BF16, 4096, 2048));
-    CHECK_SHOW(!G->gdn_decode_z_ok(G->ctx, &w35, 2048, &d), "gdn_decode_z_ok declines with DR_CUDA_GDN_Z=0");
-    dr_cuda_gdn_decode_zmode(-1);
-    for (int i = 0; i < 3; i++)
-        G->weight_free(G->ctx, &w[i]);
-    G->weight_free(G->ctx, &w35);
-}
-
 /* ---- kv_store ---- */
 
 static void test_kv_store(void) {
@@ -383,7 +275,6 @@ int main(int argc, char **argv) {
     if (rc)
         return TEST_DONE();
     test_gdn_decode();
-    test_gdn_decode_z();
     if (getenv("DR_TEST_GDN_ONLY")) { /* the sanitizer runs: only the fused GDN step */
         cuda_test_close();
         return TEST_DONE();

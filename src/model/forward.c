@@ -173,15 +173,10 @@ static void gdn_layer(const dr_model *m, const dr_gdn_weights *w, float *conv_st
     const int Hv = hp->n_v_heads, C = dr_hp_conv_dim(hp);
     const dr_gdn_dims d = {hp->n_k_heads, hp->n_v_heads, hp->d_k, hp->d_v};
     /* m = W_qkv x (q | k | v channels), z, b, a: four projections of x */
-    float *const ys[4] = {sc->qkv_raw, sc->b, sc->a, sc->z};
-    const dr_tensor *const ws[4] = {&w->in_proj_qkv, &w->in_proj_b, &w->in_proj_a, &w->in_proj_z};
-    /* decode with the norm not made yet: the step itself may project z (z last in ys / ws, left out) */
-    const bool zin = T == 1 && in_gain && o->gdn_decode_z_ok && o->gdn_decode_z_ok(c, &w->in_proj_z, hp->d_model, &d);
-    in_matmuls(m, sc, zin ? 3 : 4, ys, ws, in_gain, T);
-    if (zin)
-        o->gdn_decode_z(c, sc->y, sc->qkv_raw, &w->in_proj_z, sc->x, in_gain, hp->eps, sc->b, sc->a, conv_state,
-                        state, w->conv1d, hp->d_conv, w->A_log, w->dt_bias, w->norm, &d, hp->eps);
-    else if (T == 1 && o->gdn_decode) { /* the backend's fused single-token step, same math */
+    float *const ys[4] = {sc->qkv_raw, sc->z, sc->b, sc->a};
+    const dr_tensor *const ws[4] = {&w->in_proj_qkv, &w->in_proj_z, &w->in_proj_b, &w->in_proj_a};
+    in_matmuls(m, sc, 4, ys, ws, in_gain, T);
+    if (T == 1 && o->gdn_decode) { /* the backend's fused single-token step, same math */
         o->gdn_decode(c, sc->y, sc->qkv_raw, sc->z, sc->b, sc->a, conv_state, state, w->conv1d, hp->d_conv,
                       w->A_log, w->dt_bias, w->norm, &d, hp->eps);
     } else {

@@ -177,18 +177,6 @@ struct dr_ops {
                        const float *a, float *conv_state, float *state, const float *conv_w, int K,
                        const float *A_log, const float *dt_bias, const float *norm_w, const dr_gdn_dims *d,
                        float eps);
-    /* (optional, both NULL or both set) gdn_decode for a token whose z is
-       not projected yet: z = W_z RMSNorm(x; gain) (eps in_eps; W_z [Hv*dv, H])
-       is made inside the step, where streaming W_z overlaps the step's
-       latency instead of lengthening the input projections. gdn_decode_z_ok
-       says (queuing nothing) whether gdn_decode_z takes these weights and
-       dims; the caller asks first and then leaves z out of its projections.
-       Same results as rmsnorm + matmul + gdn_decode to fp32 rounding. */
-    bool (*gdn_decode_z_ok)(void *ctx, const dr_tensor *wz, int H, const dr_gdn_dims *d);
-    void (*gdn_decode_z)(void *ctx, float *y, const float *qkv_raw, const dr_tensor *wz, const float *x,
-                         const float *gain, float in_eps, const float *b, const float *a, float *conv_state,
-                         float *state, const float *conv_w, int K, const float *A_log, const float *dt_bias,
-                         const float *norm_w, const dr_gdn_dims *d, float eps);
     /* y [rows, n] = w * rmsnorm(x) * silu(z)   (plain gain w [n], not 1 + w) */
     void (*gated_rmsnorm)(void *ctx, float *y, const float *x, const float *z, const float *w, int rows, int n,
                           float eps);

@@ -445,8 +445,6 @@ extern "C" void dr_cuda_fill_table(dr_ops *o) {
     o->matmul_n = dr_cuda_matmul_n;
     o->add_rmsnorm = dr_cuda_add_rmsnorm;
     o->gdn_decode = dr_cuda_gdn_decode;
-    o->gdn_decode_z_ok = dr_cuda_gdn_decode_z_ok;
-    o->gdn_decode_z = dr_cuda_gdn_decode_z;
     o->argmax = dr_cuda_argmax;
     o->matmul_swiglu = dr_cuda_matmul_swiglu, o->matmul_add_rmsnorm = dr_cuda_matmul_add_rmsnorm;
     o->rmsnorm_matmul_n = dr_cuda_rmsnorm_matmul_n;

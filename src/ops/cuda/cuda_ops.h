@@ -76,11 +76,6 @@ void dr_cuda_kv_store(void *ctx, float *k_cache, float *v_cache, const float *k,
 void dr_cuda_gdn_decode(void *ctx, float *y, const float *qkv_raw, const float *z, const float *b, const float *a,
                         float *conv_state, float *state, const float *conv_w, int K, const float *A_log,
                         const float *dt_bias, const float *norm_w, const dr_gdn_dims *d, float eps);
-bool dr_cuda_gdn_decode_z_ok(void *ctx, const dr_tensor *wz, int H, const dr_gdn_dims *d);
-void dr_cuda_gdn_decode_z(void *ctx, float *y, const float *qkv_raw, const dr_tensor *wz, const float *x,
-                          const float *gain, float in_eps, const float *b, const float *a, float *conv_state,
-                          float *state, const float *conv_w, int K, const float *A_log, const float *dt_bias,
-                          const float *norm_w, const dr_gdn_dims *d, float eps);
 
 /* graph.cu: single-token steps recorded as CUDA graphs and replayed */
 int dr_cuda_step_begin(void *ctx, void **graph, int32_t token, int pos, int variant);

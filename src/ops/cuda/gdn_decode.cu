@@ -200,22 +200,6 @@ __global__ void __launch_bounds__(1024)
 #define GD_T 128     /* threads of a sliced CTA */
 #define GD_MAX_S 8   /* slices (cluster size) limit: the portable cluster size */
 #define GD_KEEP (2 * GD_MAX + 32) /* channels a CTA convolves: <= 2 dk + W */
-#define GD_ZT 128    /* threads that project z when the step does it (gdn_decode_z): 4 warps */
-#define GD_ZW (GD_ZT / 32)
-#define GD_NT 256    /* threads of the input projections' block, whose norm sums z's warps reproduce */
-#define GD_ZBUF (160 * 1024) /* shared memory for x's copy and the CTA's W_z rows */
-#define GD_ZCH 8 /* W_z rows per chunk; two chunks' slots (a CTA of 32 rows refills them) */
-
-/* 16-byte vectors of shared memory before the W_z rows: x's copy, H floats rounded up to 128 bytes */
-static __host__ __device__ __forceinline__ int gd_zx4(int H) { return (H + 31) / 32 * 8; }
-
-/* z = W_z RMSNorm(x; gain) made by the step itself (gdn_decode_z); w NULL: z is an input */
-struct gd_zp {
-    const uint4 *w; /* W_z [Hv * dv, H] bf16, rows of H / 8 16-byte vectors */
-    const float *x, *gain;
-    int H;
-    float eps;
-};
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 #define GD_SM90 1
@@ -258,143 +242,6 @@ static __device__ __forceinline__ float gd_conv(const float *m, const float *con
     keep[(K - 1) * ks] = cur;
     return dr_dev_silu(s);
 }
-
-/* Barriers of one warp group: the 128 threads of the step (id 1) and z's
-   GD_ZT threads (id 2); with ZP a CTA holds both, so __syncthreads() would
-   mix them. */
-template <bool ZP> static __device__ __forceinline__ void gd_sync_main(void) {
-    if (ZP)
-        asm volatile("bar.sync 1, %0;" ::"n"(GD_T) : "memory");
-    else
-        __syncthreads();
-}
-static __device__ __forceinline__ void gd_sync_z(void) { asm volatile("bar.sync 2, %0;" ::"n"(GD_ZT) : "memory"); }
-
-/* The bulk copy engine (TMA) fetches the CTA's W_z rows into shared memory:
-   one instruction per row from one thread, all in flight at once, completion
-   counted in bytes on an mbarrier. (Session 13: z's warps loading their rows
-   into registers kept too few bytes in flight per SM, ~1 TB/s, and the step
-   grew by more than the input projections shrank.) */
-static __device__ __forceinline__ unsigned gd_smem(const void *p) { return (unsigned)__cvta_generic_to_shared(p); }
-static __device__ __forceinline__ void gd_mbar_init(unsigned long long *bar) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(gd_smem(bar)) : "memory");
-    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-}
-static __device__ __forceinline__ void gd_mbar_expect(unsigned long long *bar, unsigned bytes) {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(gd_smem(bar)), "r"(bytes) : "memory");
-}
-static __device__ __forceinline__ void gd_bulk_load(void *dst, const void *src, unsigned bytes,
-                                                    unsigned long long *bar) {
-    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
-                     gd_smem(dst)),
-                 "l"(src), "r"(bytes), "r"(gd_smem(bar))
-                 : "memory");
-}
-static __device__ __forceinline__ void gd_mbar_wait(unsigned long long *bar, int parity) {
-    unsigned done = 0;
-    while (!done)
-        asm volatile("{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
-                     : "=r"(done)
-                     : "r"(gd_smem(bar)), "r"(parity)
-                     : "memory");
-}
-
-/* Row w (nv 16-byte vectors of bf16 in shared memory) . sx, each lane's
-   pieces lane, lane + 32, ... summed as the decode GEMV sums them
-   (gemv_rows_dot), then the warp sum: the input projection's z bit for bit. */
-static __device__ __forceinline__ float gd_zrow(const uint4 *w, const float *sx, int nv, int lane) {
-    float acc = 0.0f;
-    for (int v = lane; v < nv; v += 32) {
-        const uint4 q = w[v];
-        const float4 *xv = (const float4 *)(sx + (size_t)v * 8);
-        const unsigned h[4] = {q.x, q.y, q.z, q.w};
-#pragma unroll
-        for (int c = 0; c < 2; c++) {
-            const float4 xx = xv[c];
-            const float f0 = __uint_as_float(h[2 * c] << 16), f1 = __uint_as_float(h[2 * c] & 0xffff0000u);
-            const float f2 = __uint_as_float(h[2 * c + 1] << 16), f3 = __uint_as_float(h[2 * c + 1] & 0xffff0000u);
-            acc += f0 * xx.x + f1 * xx.y + f2 * xx.z + f3 * xx.w;
-        }
-    }
-    return dr_warp_sum(acc);
-}
-
-/* The GD_ZT z threads of a CTA (cluster launch only): z for its nvc channels
-   (rows row0 .. row0 + nvc - 1 of W_z, contiguous) into sz. Their first
-   thread starts the bulk copies of the rows into wz before anything else;
-   the norm is staged meanwhile as the input projections stage it (x * gain,
-   per-thread sums in index order, the block sum of dr_block_sum, for their
-   GD_NT threads). Cluster phases: 0 and 1 pass at once (the step's threads
-   never wait for z there); z's threads arrive at phase 2 with sz written,
-   so the step's threads, which read z only after that barrier (the gated
-   norm), see it. */
-static __device__ __forceinline__ void gd_zproj(const gd_zp &zp, size_t row0, int nvc, float *sx, uint4 *wz,
-                                                unsigned long long *bar, float *sz, float *zred) {
-    const int zt = threadIdx.x - GD_T, lane = zt & 31, zw = zt >> 5, H = zp.H, nv = H / 8;
-    const int nch = (nvc + GD_ZCH - 1) / GD_ZCH; /* chunks of GD_ZCH rows, in two slots */
-    auto fetch = [&](int c) { /* chunk c into slot c % 2 (one thread) */
-        const int r0 = c * GD_ZCH, nr = min(GD_ZCH, nvc - r0);
-        uint4 *dst = wz + (size_t)(c % 2) * GD_ZCH * nv;
-        gd_mbar_expect(&bar[c % 2], (unsigned)nr * (unsigned)nv * 16u);
-        for (int r = 0; r < nr; r++)
-            gd_bulk_load(dst + (size_t)r * nv, zp.w + (row0 + r0 + r) * nv, (unsigned)nv * 16u, &bar[c % 2]);
-    };
-    if (zt == 0) {
-        gd_mbar_init(&bar[0]);
-        gd_mbar_init(&bar[1]);
-        for (int c = 0; c < nch && c < 2; c++)
-            fetch(c);
-    }
-    gd_wait();           /* phase 0 */
-    gd_arrive_relaxed(); /* phase 1: nothing of z's is read there */
-    /* thread zt stands for threads zt and zt + GD_ZT of the GD_NT-thread block (warps zw and zw + GD_ZW) */
-#pragma unroll
-    for (int hh = 0; hh < GD_NT / GD_ZT; hh++) {
-        float ss = 0.0f;
-        for (int i0 = zt + hh * GD_ZT; i0 < H; i0 += 8 * GD_NT) {
-            float v[8], g[8];
-#pragma unroll
-            for (int k = 0; k < 8; k++) {
-                const int i = i0 + k * GD_NT;
-                v[k] = i < H ? zp.x[i] : 0.0f;
-                g[k] = i < H ? zp.gain[i] : 0.0f;
-            }
-#pragma unroll
-            for (int k = 0; k < 8; k++)
-                if (i0 + k * GD_NT < H) {
-                    ss += v[k] * v[k];
-                    sx[i0 + k * GD_NT] = v[k] * g[k];
-                }
-        }
-        ss = dr_warp_sum(ss);
-        if (lane == 0)
-            zred[zw + hh * GD_ZW] = ss;
-    }
-    gd_sync_z();
-    const float inv = 1.0f / sqrtf(dr_warp_sum(lane < GD_NT / 32 ? zred[lane] : 0.0f) / (float)H + zp.eps);
-    for (int i = zt; i < H; i += GD_ZT)
-        sx[i] *= inv;
-    gd_sync_z();
-    for (int c = 0; c < nch; c++) {
-        gd_mbar_wait(&bar[c % 2], (c / 2) & 1); /* (the barriers above also published the init) */
-        const uint4 *rows = wz + (size_t)(c % 2) * GD_ZCH * nv;
-        for (int r = zw; r < GD_ZCH && c * GD_ZCH + r < nvc; r += GD_ZW) {
-            const float v = gd_zrow(rows + (size_t)r * nv, sx, nv, lane);
-            if (lane == 0)
-                sz[c * GD_ZCH + r] = v;
-        }
-        if (c + 2 < nch) { /* the slot is read: refill it */
-            gd_sync_z();
-            if (zt == 0) {
-                asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); /* our reads before the copy's writes */
-                fetch(c + 2);
-            }
-        }
-    }
-    gd_wait();   /* phase 1 */
-    gd_arrive(); /* phase 2, release: sz */
-    gd_wait();
-}
 #endif
 
 /* Grid Hv * S CTAs of GD_T threads, clusters of G = S or (Hv / Hk) * S (no
@@ -402,23 +249,20 @@ static __device__ __forceinline__ void gd_zproj(const gd_zp &zp, size_t row0, in
  * W: columns per slice (8, 16, 32); a warp holds 8 columns x 4 row groups,
  * the 4 warps W / 8 column groups x P = 32 / W row parts; R >= dk / (4 P)
  * state rows per thread. */
-template <int R, int W, bool ZP>
-__global__ void __launch_bounds__(ZP ? GD_T + GD_ZT : GD_T, ZP ? 2 : 1)
+template <int R, int W>
+__global__ void __launch_bounds__(GD_T)
     gdn_decode_sliced_kernel(float *__restrict__ y, const float *__restrict__ m, const float *__restrict__ z,
                              const float *__restrict__ b, const float *__restrict__ a, float *conv_state,
                              float *__restrict__ state, const float *__restrict__ cw, int K,
                              const float *__restrict__ A_log, const float *__restrict__ dt_bias,
                              const float *__restrict__ nw, int Hk, int Hv, int dk, int dv, float eps, int *cnt, int pdl,
-                             int S, int G, gd_zp zp) {
+                             int S, int G) {
     DR_TL_SCOPE();
 #ifdef GD_SM90
     constexpr int P = 32 / W, NW = GD_T / 32;
     __shared__ float sq[GD_MAX], sk[GD_MAX], sv[W], so[P][W], su[P][W], red[2][NW], part[GD_MAX_S];
     __shared__ float keep[GD_MAX_K][GD_KEEP]; /* new conv rows of its channels, written at the end */
     __shared__ int last;
-    __shared__ float sz[ZP ? 32 : 1], zred[GD_NT / 32]; /* z of the slice's columns (W <= 32), the norm's sum */
-    extern __shared__ uint4 gd_sx[]; /* ZP: RMSNorm(x; gain) [H], then the slice's W_z rows */
-    __shared__ unsigned long long zbar[2]; /* ZP: the two row slots' bulk copies done */
     const bool clu = G > 1;
     if (clu)
         gd_arrive_relaxed(); /* phase 0: this CTA has started (its shared memory may be written) */
@@ -433,10 +277,6 @@ __global__ void __launch_bounds__(ZP ? GD_T + GD_ZT : GD_T, ZP ? 2 : 1)
     const int cl = (w % (W / 8)) * 8 + (lane & 7), rp = w / (W / 8), c = sl * W + cl;
     const bool cok = c < dv;
     const int v0 = sl * W, nvc = min(W, dv - v0);
-    if (ZP && tid >= GD_T) { /* z's warps (launched with clusters only) */
-        gd_zproj(zp, (size_t)j * dv + v0, nvc, (float *)gd_sx, gd_sx + gd_zx4(zp.H), zbar, sz, zred);
-        return;
-    }
 
     /* 1. every independent load first: the state slice, gates, z, norm weight. The thread's state rows
        are i0 + 4 P r (r < R); nr of them lie below dk (0 past dv). One base pointer and a fixed stride,
@@ -451,7 +291,7 @@ __global__ void __launch_bounds__(ZP ? GD_T + GD_ZT : GD_T, ZP ? 2 : 1)
     const float av = a[j], bv = b[j], dtb = dt_bias[j], al = A_log[j];
     float zv = 0.0f, nwv = 0.0f;
     if (tid < nvc) {
-        zv = ZP ? 0.0f : z[(size_t)j * dv + v0 + tid];
+        zv = z[(size_t)j * dv + v0 + tid];
         nwv = nw[v0 + tid];
     }
 
@@ -490,7 +330,7 @@ __global__ void __launch_bounds__(ZP ? GD_T + GD_ZT : GD_T, ZP ? 2 : 1)
         gd_arrive();
         gd_wait();
     } else
-        gd_sync_main<ZP>();
+        __syncthreads();
     DR_TL_MARK(1, sq[0]);
     /* This CTA has read its q/k channels: count it. Its last thread (no global stores of its own so far,
        so the fence waits for little) keeps the ticket; its first use is at the end, so the atomic's round
@@ -511,7 +351,7 @@ __global__ void __launch_bounds__(ZP ? GD_T + GD_ZT : GD_T, ZP ? 2 : 1)
     pk = dr_warp_sum(pk);
     if (lane == 0)
         red[0][w] = pq, red[1][w] = pk;
-    gd_sync_main<ZP>();
+    __syncthreads();
     pq = 0.0f, pk = 0.0f;
 #pragma unroll
     for (int i = 0; i < NW; i++)
@@ -535,7 +375,7 @@ __global__ void __launch_bounds__(ZP ? GD_T + GD_ZT : GD_T, ZP ? 2 : 1)
     if (P > 1) {
         if (rg == 0)
             su[rp][cl] = u;
-        gd_sync_main<ZP>();
+        __syncthreads();
         u = 0.0f;
 #pragma unroll
         for (int p = 0; p < P; p++)
@@ -553,7 +393,7 @@ __global__ void __launch_bounds__(ZP ? GD_T + GD_ZT : GD_T, ZP ? 2 : 1)
     DR_TL_MARK(2, ov);
     if (rg == 0)
         so[rp][cl] = ov;
-    gd_sync_main<ZP>();
+    __syncthreads();
 
     /* 5. gated RMSNorm: the slice's sum of squares to every CTA of the head */
     float o = 0.0f;
@@ -575,15 +415,13 @@ __global__ void __launch_bounds__(ZP ? GD_T + GD_ZT : GD_T, ZP ? 2 : 1)
         gd_arrive();
         gd_wait();
     } else
-        gd_sync_main<ZP>();
+        __syncthreads();
     DR_TL_MARK(3, part[0]);
     if (tid < nvc) {
         float tot = 0.0f;
         for (int r = 0; r < S; r++) /* rank order: the same total in every CTA of the head */
             tot += part[r];
         const float inv = 1.0f / sqrtf(tot / (float)dv + eps);
-        if (ZP) /* z's warps wrote it before their phase-2 arrival */
-            zv = sz[tid];
         y[(size_t)j * dv + v0 + tid] = nwv * (o * inv) * dr_dev_silu(zv);
     }
     /* the global stores only now: a cluster barrier's release would wait for them */
@@ -602,7 +440,7 @@ __global__ void __launch_bounds__(ZP ? GD_T + GD_ZT : GD_T, ZP ? 2 : 1)
     if (!shq && nq > 0) {
         if (tid == GD_T - 1)
             last = ticket == ratio - 1;
-        gd_sync_main<ZP>();
+        __syncthreads();
         if (last) {
             for (int e = tid; e < nq; e += GD_T) {
                 const int ch = gd_channel(q0 + e, kh, j, Hk, dk, dv);
@@ -696,8 +534,7 @@ static int gd_pick(int Hv, int dv, int n_sm, int force, int *W) {
 
 /* cudaLaunchKernelEx with a cluster of G CTAs (G > 1) and optional PDL. */
 template <typename... P, typename... A>
-static void gd_launch(dr_cuda_ctx *cx, int G, bool pdl, void (*k)(P...), unsigned grid, unsigned block,
-                      size_t smem, A... args) {
+static void gd_launch(dr_cuda_ctx *cx, int G, bool pdl, void (*k)(P...), unsigned grid, A... args) {
     cudaLaunchAttribute at[2];
     unsigned na = 0;
     if (G > 1) {
@@ -714,134 +551,11 @@ static void gd_launch(dr_cuda_ctx *cx, int G, bool pdl, void (*k)(P...), unsigne
     }
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = dim3(grid);
-    cfg.blockDim = dim3(block);
-    cfg.dynamicSmemBytes = smem;
+    cfg.blockDim = dim3(GD_T);
     cfg.stream = cx->stream;
     cfg.attrs = at;
     cfg.numAttrs = na;
     DR_CUDA_NOTE(cx, cudaLaunchKernelEx(&cfg, k, ((P)args)...));
-}
-
-/* How many clusters of G CTAs of kernel k can be resident at once (0:
- * unknown). */
-template <typename... P>
-static int gd_max_clusters(void (*k)(P...), int G, unsigned block, size_t smem) {
-    cudaLaunchAttribute at[1];
-    at[0].id = cudaLaunchAttributeClusterDimension;
-    at[0].val.clusterDim.x = (unsigned)G;
-    at[0].val.clusterDim.y = 1;
-    at[0].val.clusterDim.z = 1;
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3((unsigned)G);
-    cfg.blockDim = dim3(block);
-    cfg.dynamicSmemBytes = smem;
-    cfg.attrs = at;
-    cfg.numAttrs = 1;
-    int n = 0;
-    if (cudaOccupancyMaxActiveClusters(&n, k, &cfg) != cudaSuccess) {
-        (void)cudaGetLastError();
-        return 0;
-    }
-    return n;
-}
-
-/* Launch, or with `clusters` set only report how many clusters of it fit at
- * once. Dynamic shared memory up to GD_ZBUF is allowed first (static and
- * dynamic together may pass the default 48 KB) (a host call, not queued work: with step graphs it runs
- * only while a step is recorded). */
-template <typename... P, typename... A>
-static void gd_go(dr_cuda_ctx *cx, int *clusters, int G, void (*k)(P...), unsigned grid, unsigned block, size_t smem,
-                  A... args) {
-    if (smem > 0 && cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, GD_ZBUF) != cudaSuccess) {
-        (void)cudaGetLastError();
-        if (clusters)
-            *clusters = 0;
-        else
-            DR_CUDA_NOTE(cx, cudaErrorInvalidValue);
-        return;
-    }
-    if (clusters)
-        *clusters = gd_max_clusters(k, G, block, smem);
-    else
-        gd_launch(cx, G, cx->pdl_gdn > 0, k, grid, block, smem, args...);
-}
-
-/* Whether the kernels take these dims (names them in the error if not). */
-static bool gd_dims_ok(int Hk, int Hv, int dk, int dv, int K, bool report) {
-    if (Hk > 0 && Hv > 0 && Hv % Hk == 0 && dk <= GD_MAX && dv <= GD_MAX && K >= 1 && K <= GD_MAX_K && Hk <= GD_CNT)
-        return true;
-    if (report)
-        dr_fail_at(__FILE__, __LINE__, DR_ERR_UNSUPPORTED,
-                   "CUDA gdn_decode: Hk %d, Hv %d, d_k %d, d_v %d, conv %d outside what the kernel handles", Hk, Hv,
-                   dk, dv, K);
-    return false;
-}
-
-/* The sliced kernel's shape on this device: S slices of W columns per v
- * head (S 0: the head kernel runs), clusters of G CTAs. */
-typedef struct {
-    int S, W, G;
-} gd_plan;
-
-static gd_plan gd_plan_for(const dr_cuda_ctx *cx, int Hk, int Hv, int dv) {
-    gd_plan p = {0, 0, 0};
-    const int mode = gd_mode();
-    p.S = mode != 0 && gd_sm90(cx->device) ? gd_pick(Hv, dv, cx->n_sm, mode, &p.W) : 0;
-    if (p.S > 0 && Hk * p.S > GD_CNT)
-        p.S = 0;
-    /* clusters of the k head's Hv / Hk heads when they fit (no q/k counter), else of the head's S CTAs */
-    if (p.S > 0)
-        p.G = gd_kclu() && (Hv / Hk) * p.S <= GD_MAX_S ? (Hv / Hk) * p.S : p.S;
-    return p;
-}
-
-/* Dynamic shared memory of the kernel with z's warps: x's copy and W rows of W_z. */
-static size_t gd_zsmem(int H, int W) {
-    return ((size_t)gd_zx4(H) + (size_t)(W < 2 * GD_ZCH ? W : 2 * GD_ZCH) * (H / 8)) * 16;
-}
-
-/* The sliced kernel with z as an input (zp.w NULL) or projected inside
- * (GD_ZT more threads, x's normalised copy in dynamic shared memory).
- * clusters: launch nothing, report how many of its clusters fit at once. */
-static void gd_sliced(dr_cuda_ctx *cx, int *clusters, const gd_plan &p, const gd_zp &zp, float *y, const float *qkv_raw,
-                      const float *z, const float *b, const float *a, float *conv_state, float *state,
-                      const float *conv_w, int K, const float *A_log, const float *dt_bias, const float *norm_w,
-                      int Hk, int Hv, int dk, int dv, float eps) {
-    const int need = (dk * p.W + 127) / 128; /* state rows per thread */
-    const unsigned grid = (unsigned)(Hv * p.S), block = zp.w ? GD_T + GD_ZT : GD_T;
-    const size_t smem = zp.w ? gd_zsmem(zp.H, p.W) : 0;
-#define GD_SL(R, WW, Z)                                                                                          \
-    gd_go(cx, clusters, p.G, gdn_decode_sliced_kernel<R, WW, Z>, grid, block, smem, y, qkv_raw, z, b, a, conv_state, \
-          state, conv_w, K, A_log, dt_bias, norm_w, Hk, Hv, dk, dv, eps, cx->gdn_cnt, cx->pdl_gdn, p.S, p.G, zp)
-#define GD_SLZ(R, WW)                                                                                            \
-    do {                                                                                                         \
-        if (zp.w)                                                                                                \
-            GD_SL(R, WW, true);                                                                                  \
-        else                                                                                                     \
-            GD_SL(R, WW, false);                                                                                 \
-    } while (0)
-#define GD_SLW(R)                                                                                                \
-    do {                                                                                                         \
-        if (p.W == 32)                                                                                           \
-            GD_SLZ(R, 32);                                                                                       \
-        else if (p.W == 16)                                                                                      \
-            GD_SLZ(R, 16);                                                                                       \
-        else                                                                                                     \
-            GD_SLZ(R, 8);                                                                                        \
-    } while (0)
-    if (need <= 8)
-        GD_SLW(8);
-    else if (need <= 16)
-        GD_SLW(16);
-    else if (need <= 32)
-        GD_SLW(32);
-    else
-        GD_SLW(64);
-#undef GD_SLW
-#undef GD_SLZ
-#undef GD_SL
-    if (!clusters)
-        cx->prev_waits = cx->pdl_gdn == 0; /* no early trigger: the next kernel starts when this one ends */
 }
 
 void dr_cuda_gdn_decode(void *ctx, float *y, const float *qkv_raw, const float *z, const float *b, const float *a,
@@ -849,19 +563,49 @@ void dr_cuda_gdn_decode(void *ctx, float *y, const float *qkv_raw, const float *
                         const float *dt_bias, const float *norm_w, const dr_gdn_dims *d, float eps) {
     dr_cuda_ctx *cx = (dr_cuda_ctx *)ctx;
     const int Hk = d->n_k_heads, Hv = d->n_v_heads, dk = d->d_k, dv = d->d_v;
-    if (!gd_dims_ok(Hk, Hv, dk, dv, K, true)) {
+    if (Hk <= 0 || Hv <= 0 || Hv % Hk || dk > GD_MAX || dv > GD_MAX || K < 1 || K > GD_MAX_K || Hk > GD_CNT) {
+        dr_fail_at(__FILE__, __LINE__, DR_ERR_UNSUPPORTED,
+                   "CUDA gdn_decode: Hk %d, Hv %d, d_k %d, d_v %d, conv %d outside what the kernel handles", Hk, Hv,
+                   dk, dv, K);
         cx->failed = 1;
         return;
     }
     if (!cx->gdn_cnt && !(cx->gdn_cnt = (int *)dr_cuda_zeroed(cx, GD_CNT * sizeof(int))))
         return; /* first use while recording (the step runs again without it), or failed */
-    const gd_plan p = gd_plan_for(cx, Hk, Hv, dv);
-    g_gd_last = p.S;
-    if (p.S > 0) {
-        g_gd_last_g = p.G;
-        const gd_zp none = {NULL, NULL, NULL, 0, 0.0f};
-        gd_sliced(cx, NULL, p, none, y, qkv_raw, z, b, a, conv_state, state, conv_w, K, A_log, dt_bias, norm_w, Hk, Hv,
-                  dk, dv, eps);
+    const int mode = gd_mode();
+    int W = 0, S = mode != 0 && gd_sm90(cx->device) ? gd_pick(Hv, dv, cx->n_sm, mode, &W) : 0;
+    if (S > 0 && Hk * S > GD_CNT)
+        S = 0;
+    g_gd_last = S;
+    if (S > 0) {
+        /* clusters of the k head's Hv / Hk heads when they fit (no q/k counter), else of the head's S CTAs */
+        const int G = gd_kclu() && (Hv / Hk) * S <= GD_MAX_S ? (Hv / Hk) * S : S;
+        g_gd_last_g = G;
+        const int need = (dk * W + 127) / 128; /* state rows per thread */
+        const unsigned grid = (unsigned)(Hv * S);
+#define GD_SL(R, WW)                                                                                           \
+    gd_launch(cx, G, cx->pdl_gdn > 0, gdn_decode_sliced_kernel<R, WW>, grid, y, qkv_raw, z, b, a, conv_state, state, \
+              conv_w, K, A_log, dt_bias, norm_w, Hk, Hv, dk, dv, eps, cx->gdn_cnt, cx->pdl_gdn, S, G)
+#define GD_SLW(R)                                                                                              \
+    do {                                                                                                       \
+        if (W == 32)                                                                                           \
+            GD_SL(R, 32);                                                                                      \
+        else if (W == 16)                                                                                      \
+            GD_SL(R, 16);                                                                                      \
+        else                                                                                                   \
+            GD_SL(R, 8);                                                                                       \
+    } while (0)
+        if (need <= 8)
+            GD_SLW(8);
+        else if (need <= 16)
+            GD_SLW(16);
+        else if (need <= 32)
+            GD_SLW(32);
+        else
+            GD_SLW(64);
+#undef GD_SLW
+#undef GD_SL
+        cx->prev_waits = cx->pdl_gdn == 0; /* no early trigger: the next kernel starts when this one ends */
         return;
     }
     const unsigned threads = 32u * (unsigned)((dv + 7) / 8);
@@ -879,101 +623,4 @@ void dr_cuda_gdn_decode(void *ctx, float *y, const float *qkv_raw, const float *
         GD_LAUNCH(64);
 #undef GD_LAUNCH
     cx->prev_waits = cx->pdl_gdn == 0; /* as above (dr_cuda_launch cleared it) */
-}
-
-/* ---- z projected by the step (ops.h gdn_decode_z; session 13) ---- */
-
-static int g_gd_z = -2; /* -2: DR_CUDA_GDN_Z not read yet; 0 off; 1 on */
-
-static int g_gd_zclusters = 0; /* clusters with z's warps that fit at once, last shape asked */
-
-/* Test hooks: as DR_CUDA_GDN_Z (0 off: gdn_decode_z_ok says no; -1: back to the environment); how many
-   clusters of the kernel with z's warps fit at once for the last shape gdn_decode_z_ok measured. */
-extern "C" void dr_cuda_gdn_decode_zmode(int on) { g_gd_z = on < 0 ? -2 : on != 0; }
-extern "C" int dr_cuda_gdn_decode_zclusters(void) { return g_gd_zclusters; }
-
-static int gd_zon(void) {
-    if (g_gd_z == -2) {
-        const char *e = getenv("DR_CUDA_GDN_Z");
-        g_gd_z = !(e && e[0] == '0');
-    }
-    return g_gd_z;
-}
-
-/* The plan of the kernel with z's warps for W_z [Hv * dv, H] (false: none).
- * It needs clusters (z's warps hand z over at a cluster barrier) that all
- * fit on the device at once: a CTA holding its W_z rows needs most of an
- * SM, and a second wave of clusters would double the step. The k head's
- * clusters are tried first, then the v head's (S CTAs, the q/k counter;
- * on a 132-SM H100 only 15 clusters of 8 such CTAs fit, 16 are needed for
- * 35B-A3B). W_z: unquantized bf16 on the device, H a multiple of 8, x's
- * copy and the slice's rows within GD_ZBUF. Asked of the device once per
- * shape. */
-static bool gd_zplan(dr_cuda_ctx *cx, const dr_tensor *wz, int H, const dr_gdn_dims *d, gd_plan *out) {
-    const int Hk = d->n_k_heads, Hv = d->n_v_heads, dk = d->d_k, dv = d->d_v;
-    if (!gd_zon() || !gd_dims_ok(Hk, Hv, dk, dv, 1, false))
-        return false;
-    if (!wz->dev || wz->dtype != DR_DT_BF16 || wz->q.bits || wz->ndim != 2 || wz->ne[0] != (int64_t)Hv * dv ||
-        wz->ne[1] != H || H % 8 || (uintptr_t)wz->dev % 16)
-        return false;
-    gd_plan p = gd_plan_for(cx, Hk, Hv, dv);
-    if (p.S <= 0 || gd_zsmem(H, p.W) > GD_ZBUF)
-        return false;
-    static struct {
-        int dev, Hk, Hv, dk, dv, H;
-        gd_plan p;
-    } memo = {-1, 0, 0, 0, 0, 0, {0, 0, 0}};
-    if (memo.dev != cx->device || memo.Hk != Hk || memo.Hv != Hv || memo.dk != dk || memo.dv != dv || memo.H != H) {
-        const gd_zp zp = {(const uint4 *)wz->dev, NULL, NULL, H, 0.0f};
-        int n = 0;
-        for (int k = 0; k < 2; k++) {
-            if (k == 1)
-                p.G = p.S; /* the v head's clusters */
-            if (p.G <= 1)
-                break;
-            gd_sliced(cx, &n, p, zp, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, 1, NULL, NULL, NULL, Hk, Hv, dk,
-                      dv, 0.0f);
-            if (n * p.G >= Hv * p.S)
-                break;
-        }
-        memo.dev = cx->device, memo.Hk = Hk, memo.Hv = Hv, memo.dk = dk, memo.dv = dv, memo.H = H;
-        memo.p = p;
-        if (p.G <= 1 || n * p.G < Hv * p.S)
-            memo.p.S = 0;
-        g_gd_zclusters = n;
-    }
-    *out = memo.p;
-    return memo.p.S > 0;
-}
-
-bool dr_cuda_gdn_decode_z_ok(void *ctx, const dr_tensor *wz, int H, const dr_gdn_dims *d) {
-    gd_plan p;
-    return gd_zplan((dr_cuda_ctx *)ctx, wz, H, d, &p);
-}
-
-void dr_cuda_gdn_decode_z(void *ctx, float *y, const float *qkv_raw, const dr_tensor *wz, const float *x,
-                          const float *gain, float in_eps, const float *b, const float *a, float *conv_state,
-                          float *state, const float *conv_w, int K, const float *A_log, const float *dt_bias,
-                          const float *norm_w, const dr_gdn_dims *d, float eps) {
-    dr_cuda_ctx *cx = (dr_cuda_ctx *)ctx;
-    const int Hk = d->n_k_heads, Hv = d->n_v_heads, dk = d->d_k, dv = d->d_v, H = (int)wz->ne[1];
-    gd_plan p;
-    if (!gd_dims_ok(Hk, Hv, dk, dv, K, true)) {
-        cx->failed = 1;
-        return;
-    }
-    if (!gd_zplan(cx, wz, H, d, &p)) {
-        dr_fail_at(__FILE__, __LINE__, DR_ERR_UNSUPPORTED,
-                   "CUDA gdn_decode_z: %s [%lld, %lld] with Hv %d, d_v %d: not a case it takes (ask gdn_decode_z_ok)",
-                   wz->name ? wz->name : "W_z", (long long)wz->ne[0], (long long)wz->ne[1], Hv, dv);
-        cx->failed = 1;
-        return;
-    }
-    if (!cx->gdn_cnt && !(cx->gdn_cnt = (int *)dr_cuda_zeroed(cx, GD_CNT * sizeof(int))))
-        return;
-    g_gd_last = p.S;
-    g_gd_last_g = p.G;
-    const gd_zp zp = {(const uint4 *)wz->dev, x, gain, H, in_eps};
-    gd_sliced(cx, NULL, p, zp, y, qkv_raw, NULL, b, a, conv_state, state, conv_w, K, A_log, dt_bias, norm_w, Hk, Hv, dk,
-              dv, eps);
 }
