@@ -27,7 +27,7 @@
  * over the read bandwidth of a plain streaming kernel over the same buffer,
  * measured in the same run (and cudaMemcpy's copy rate, for reference).
  *
- * Usage: persist_probe [layers (8)] [iterations (20)]
+ * Usage: persist_probe [layers (8)] [iterations (20)] [layer|big|small] [VARIANT...]
  */
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -38,9 +38,7 @@
 #include <string.h>
 
 #define PP_MAXPH 64          /* phases (4 a layer) */
-#define PP_CHUNK (32 * 1024) /* bytes a ring slot holds (whole rows) */
-#define PP_NS 6              /* ring slots */
-#define PP_NW 8              /* consumer warps */
+#define PP_MAXNW 16 /* consumer warps at most */
 #define PP_MAXCOLS 4608
 #define PP_SEP_THREADS 256
 
@@ -62,6 +60,10 @@ typedef struct pp_phase {
 typedef struct pp_plan {
     pp_phase ph[PP_MAXPH];
     int n;
+    int ns, chunk, nw; /* ring slots, bytes a slot holds (whole rows), consumer warps */
+    int ahead;         /* the producer runs ahead of the grid barriers */
+    int free;          /* consumers skip the grid barrier (a streaming bound; wrong values) */
+    int copy_only;     /* consumers only release the slots (the ring's streaming rate) */
     float *buf[2]; /* phase p reads buf[p & 1], writes buf[(p + 1) & 1] */
 } pp_plan;
 
@@ -71,15 +73,18 @@ typedef struct pp_plan {
 static __device__ __forceinline__ float bf_lo(unsigned u) { return __uint_as_float(u << 16); }
 static __device__ __forceinline__ float bf_hi(unsigned u) { return __uint_as_float(u & 0xffff0000u); }
 
+/* x is 16-byte aligned: two vector loads (scalar ones would double the
+   shared-memory instructions, and x's bytes are twice the weights'). */
 static __device__ __forceinline__ float dot8(uint4 q, const float *x) {
-    float a = bf_lo(q.x) * x[0];
-    a = fmaf(bf_hi(q.x), x[1], a);
-    a = fmaf(bf_lo(q.y), x[2], a);
-    a = fmaf(bf_hi(q.y), x[3], a);
-    a = fmaf(bf_lo(q.z), x[4], a);
-    a = fmaf(bf_hi(q.z), x[5], a);
-    a = fmaf(bf_lo(q.w), x[6], a);
-    return fmaf(bf_hi(q.w), x[7], a);
+    const float4 x0 = ((const float4 *)x)[0], x1 = ((const float4 *)x)[1];
+    float a = bf_lo(q.x) * x0.x;
+    a = fmaf(bf_hi(q.x), x0.y, a);
+    a = fmaf(bf_lo(q.y), x0.z, a);
+    a = fmaf(bf_hi(q.y), x0.w, a);
+    a = fmaf(bf_lo(q.z), x1.x, a);
+    a = fmaf(bf_hi(q.z), x1.y, a);
+    a = fmaf(bf_lo(q.w), x1.z, a);
+    return fmaf(bf_hi(q.w), x1.w, a);
 }
 
 static __device__ __forceinline__ float row_dot(const uint4 *w, const float *x, int nv, int lane) {
@@ -104,14 +109,33 @@ static __device__ __forceinline__ float row_dot(const uint4 *w, const float *x, 
     return acc;
 }
 
+/* x (n floats, n % 4 == 0) from L2 into shared memory by nt threads, the
+   loads of five float4 a thread in flight before their stores (one L2
+   round trip per five, where a plain loop pays one per element). */
+static __device__ __forceinline__ void stage_x(float *xs, const float *in, int n, int t, int nt) {
+    const float4 *in4 = (const float4 *)in;
+    float4 *xs4 = (float4 *)xs;
+    const int n4 = n / 4;
+    for (int base = t; base < n4; base += 5 * nt) {
+        float4 v[5];
+#pragma unroll
+        for (int u = 0; u < 5; u++)
+            if (base + u * nt < n4)
+                v[u] = __ldcg(in4 + base + u * nt);
+#pragma unroll
+        for (int u = 0; u < 5; u++)
+            if (base + u * nt < n4)
+                xs4[base + u * nt] = v[u];
+    }
+}
+
 /* ---- one kernel per GEMV ---- */
 
 static __global__ void __launch_bounds__(PP_SEP_THREADS) sep_kernel(pp_phase ph, const float *in, float *out) {
-    __shared__ float xs[PP_MAXCOLS];
+    __shared__ __align__(16) float xs[PP_MAXCOLS];
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
     asm volatile("griddepcontrol.wait;" ::: "memory"); /* a no-op without PDL */
-    for (int i = threadIdx.x; i < ph.cols; i += blockDim.x)
-        xs[i] = __ldcg(in + i);
+    stage_x(xs, in, ph.cols, (int)threadIdx.x, (int)blockDim.x);
     __syncthreads();
     const int lane = threadIdx.x & 31, nv = ph.cols / 8;
     const int warps = (int)(gridDim.x * blockDim.x) / 32;
@@ -154,8 +178,8 @@ static __device__ __forceinline__ unsigned ld_acquire(const unsigned *p) {
     asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
     return v;
 }
-static __device__ __forceinline__ void consumers_sync(void) {
-    asm volatile("bar.sync 1, %0;" ::"r"(PP_NW * 32) : "memory");
+static __device__ __forceinline__ void consumers_sync(int nw) {
+    asm volatile("bar.sync 1, %0;" ::"r"(nw * 32) : "memory");
 }
 
 /* The CTA's rows of a phase and how many fit a ring slot. */
@@ -163,13 +187,13 @@ typedef struct pp_share {
     int r0, r1, rpc, nchunk, nv;
 } pp_share;
 
-static __device__ __forceinline__ pp_share share_of(const pp_phase *ph) {
+static __device__ __forceinline__ pp_share share_of(const pp_phase *ph, int chunk) {
     pp_share s;
     const int G = (int)gridDim.x, b = (int)blockIdx.x;
     s.r0 = (int)((long long)b * ph->rows / G);
     s.r1 = (int)((long long)(b + 1) * ph->rows / G);
     s.nv = ph->cols / 8;
-    s.rpc = PP_CHUNK / (ph->cols * 2);
+    s.rpc = chunk / (ph->cols * 2);
     s.nchunk = (s.r1 - s.r0 + s.rpc - 1) / s.rpc;
     return s;
 }
@@ -177,54 +201,53 @@ static __device__ __forceinline__ pp_share share_of(const pp_phase *ph) {
 /* Warp 0 lane 0: every phase's rows of this CTA, slot after slot. With
    ahead == 0 a phase's first copy waits for its grid barrier. */
 static __device__ void produce(const pp_plan *plan, uint4 *ring, unsigned long long *full,
-                               unsigned long long *empty, const unsigned *bar, int ahead) {
-    const unsigned G = gridDim.x;
+                               unsigned long long *empty, const unsigned *bar) {
+    const unsigned G = gridDim.x, NS = (unsigned)plan->ns;
     unsigned k = 0;
     for (int p = 0; p < plan->n; p++) {
         const pp_phase *ph = &plan->ph[p];
-        const pp_share s = share_of(ph);
-        if (!ahead)
+        const pp_share s = share_of(ph, plan->chunk);
+        if (!plan->ahead)
             while (ld_acquire(bar) < (unsigned)p * G) {
             }
         for (int c = 0; c < s.nchunk; c++, k++) {
-            const unsigned slot = k % PP_NS;
-            if (k >= PP_NS)
-                mbar_wait(&empty[slot], ((k / PP_NS) - 1) & 1);
+            const unsigned slot = k % NS;
+            if (k >= NS)
+                mbar_wait(&empty[slot], ((k / NS) - 1) & 1);
             const int row = s.r0 + c * s.rpc;
             const int n = min(s.rpc, s.r1 - row);
             const unsigned bytes = (unsigned)(n * ph->cols * 2);
             mbar_expect(&full[slot], bytes);
-            bulk_copy(ring + (size_t)slot * (PP_CHUNK / 16), ph->w + (size_t)row * s.nv, bytes, &full[slot]);
+            bulk_copy(ring + (size_t)slot * (plan->chunk / 16), ph->w + (size_t)row * s.nv, bytes, &full[slot]);
         }
     }
 }
 
-/* Warps 1..PP_NW: per phase, wait for the grid, stage x, then a row per warp
+/* Warps 1..nw: per phase, wait for the grid, stage x, then a row per warp
    from each slot as it fills; then this CTA's arrival at the grid barrier. */
 static __device__ void consume(const pp_plan *plan, const uint4 *ring, float *xs, unsigned long long *full,
                                unsigned long long *empty, unsigned *bar) {
-    const int ct = (int)threadIdx.x - 32, warp = ct / 32, lane = ct & 31;
-    const unsigned G = gridDim.x;
+    const int ct = (int)threadIdx.x - 32, warp = ct / 32, lane = ct & 31, nw = plan->nw;
+    const unsigned G = gridDim.x, NS = (unsigned)plan->ns;
     unsigned k = 0;
     for (int p = 0; p < plan->n; p++) {
         const pp_phase *ph = &plan->ph[p];
-        const pp_share s = share_of(ph);
+        const pp_share s = share_of(ph, plan->chunk);
         const float *in = plan->buf[p & 1];
         float *out = plan->buf[(p + 1) & 1];
-        if (ct == 0)
+        if (ct == 0 && !plan->free)
             while (ld_acquire(bar) < (unsigned)p * G) {
             }
-        consumers_sync();
-        for (int i = ct; i < ph->cols; i += PP_NW * 32)
-            xs[i] = __ldcg(in + i);
-        consumers_sync();
+        consumers_sync(nw);
+        stage_x(xs, in, ph->cols, ct, nw * 32);
+        consumers_sync(nw);
         for (int c = 0; c < s.nchunk; c++, k++) {
-            const unsigned slot = k % PP_NS;
-            mbar_wait(&full[slot], (k / PP_NS) & 1);
+            const unsigned slot = k % NS;
+            mbar_wait(&full[slot], (k / NS) & 1);
             const int row = s.r0 + c * s.rpc;
             const int n = min(s.rpc, s.r1 - row);
-            const uint4 *base = ring + (size_t)slot * (PP_CHUNK / 16);
-            for (int r = warp; r < n; r += PP_NW) {
+            const uint4 *base = ring + (size_t)slot * (plan->chunk / 16);
+            for (int r = warp; r < n && !plan->copy_only; r += nw) {
                 const float y = row_dot(base + (size_t)r * s.nv, xs, s.nv, lane);
                 if (lane == 0)
                     __stcg(out + row + r, y * ph->scale);
@@ -233,7 +256,7 @@ static __device__ void consume(const pp_plan *plan, const uint4 *ring, float *xs
             if (lane == 0)
                 mbar_arrive(&empty[slot]);
         }
-        consumers_sync();
+        consumers_sync(nw);
         if (ct == 0) {
             __threadfence();
             atomicAdd(bar, 1u);
@@ -241,24 +264,24 @@ static __device__ void consume(const pp_plan *plan, const uint4 *ring, float *xs
     }
 }
 
-static __global__ void __launch_bounds__(32 * (PP_NW + 1), 1)
-    persist_kernel(const __grid_constant__ pp_plan plan, unsigned *bar, int ahead) {
+static __global__ void __launch_bounds__(32 * (PP_MAXNW + 1), 1)
+    persist_kernel(const __grid_constant__ pp_plan plan, unsigned *bar) {
     extern __shared__ __align__(128) unsigned char smem[];
-    uint4 *ring = (uint4 *)smem;
-    float *xs = (float *)(smem + PP_NS * PP_CHUNK);
-    unsigned long long *full = (unsigned long long *)(xs + PP_MAXCOLS);
-    unsigned long long *empty = full + PP_NS;
+    float *xs = (float *)smem;
+    uint4 *ring = (uint4 *)(smem + PP_MAXCOLS * 4);
+    unsigned long long *full = (unsigned long long *)(smem + PP_MAXCOLS * 4 + (size_t)plan.ns * plan.chunk);
+    unsigned long long *empty = full + plan.ns;
     if (threadIdx.x == 0) {
-        for (int i = 0; i < PP_NS; i++) {
+        for (int i = 0; i < plan.ns; i++) {
             mbar_init(&full[i], 1);
-            mbar_init(&empty[i], PP_NW);
+            mbar_init(&empty[i], (unsigned)plan.nw);
         }
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
     __syncthreads();
     if (threadIdx.x < 32) {
         if (threadIdx.x == 0)
-            produce(&plan, ring, full, empty, bar, ahead);
+            produce(&plan, ring, full, empty, bar);
     } else {
         consume(&plan, ring, xs, full, empty, bar);
     }
@@ -297,7 +320,15 @@ static __global__ void read_kernel(const uint4 *w, size_t nv, unsigned *sink) {
         atomicAdd(sink, 1u); /* keeps the loads */
 }
 
+/* The phases of a layer: 35B-A3B's decode GEMVs ("layer"), or one shape
+   repeated ("big": the input projections', "small": out_proj's). */
 static const int layer_shape[4][2] = {{12352, 2048}, {2048, 4096}, {9216, 2048}, {2048, 4608}};
+
+static void shape_of(const char *mode, int p, int *rows, int *cols) {
+    const int q = !strcmp(mode, "big") ? 0 : !strcmp(mode, "small") ? 1 : p % 4;
+    *rows = layer_shape[q][0];
+    *cols = layer_shape[q][1];
+}
 
 static double time_graph(cudaGraphExec_t g, cudaStream_t st, int iters) {
     cudaEvent_t a, b;
@@ -317,16 +348,52 @@ static double time_graph(cudaGraphExec_t g, cudaStream_t st, int iters) {
     return ms * 1e3 / iters;
 }
 
+/* A variant: sep | sep_pdl | per_wait | per_pf | per_free, the persistent
+   ones (and per_copy) optionally ":SLOTS:KB:WARPS" (ring slots, KB a slot, consumer warps;
+   default 6:32:8). */
+typedef struct pp_variant {
+    char name[16];
+    int sep, pdl, ns, chunk, nw, ahead, free, copy_only;
+} pp_variant;
+
+static int parse_variant(const char *spec, pp_variant *v) {
+    memset(v, 0, sizeof *v);
+    int kb = 32;
+    v->ns = 6;
+    v->nw = 8;
+    const char *c = strchr(spec, ':');
+    const size_t n = c ? (size_t)(c - spec) : strlen(spec);
+    if (n >= sizeof v->name)
+        return -1;
+    memcpy(v->name, spec, n);
+    if (c && sscanf(c, ":%d:%d:%d", &v->ns, &kb, &v->nw) != 3)
+        return -1;
+    v->chunk = kb * 1024;
+    v->sep = !strcmp(v->name, "sep") || !strcmp(v->name, "sep_pdl");
+    v->pdl = !strcmp(v->name, "sep_pdl");
+    v->copy_only = !strcmp(v->name, "per_copy");
+    v->free = !strcmp(v->name, "per_free") || v->copy_only;
+    v->ahead = !strcmp(v->name, "per_pf") || v->free;
+    if (!v->sep && strcmp(v->name, "per_wait") && !v->ahead)
+        return -1;
+    if (v->ns < 1 || v->nw < 1 || v->nw > PP_MAXNW || v->chunk < PP_MAXCOLS * 2 || v->chunk % 16)
+        return -1;
+    return 0;
+}
+
+static size_t persist_smem(const pp_variant *v) {
+    return (size_t)v->ns * v->chunk + PP_MAXCOLS * 4 + 2 * (size_t)v->ns * 8;
+}
+
 /* Capture one pass of a variant into a graph. */
-static cudaError_t capture(const char *v, const pp_plan *plan, unsigned *bar, const float *x0, int n_sm,
+static cudaError_t capture(const pp_variant *v, pp_plan *plan, unsigned *bar, const float *x0, int n_sm,
                            cudaStream_t st, cudaGraphExec_t *exec) {
     cudaGraph_t g;
     cudaError_t e = cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal);
     if (e != cudaSuccess)
         return e;
     cudaMemcpyAsync(plan->buf[0], x0, PP_MAXCOLS * sizeof(float), cudaMemcpyDeviceToDevice, st);
-    if (!strncmp(v, "sep", 3)) {
-        const int pdl = !strcmp(v, "sep_pdl");
+    if (v->sep) {
         for (int p = 0; p < plan->n; p++) {
             cudaLaunchConfig_t cfg = {};
             cudaLaunchAttribute at[1] = {};
@@ -336,15 +403,19 @@ static cudaError_t capture(const char *v, const pp_plan *plan, unsigned *bar, co
             at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
             at[0].val.programmaticStreamSerializationAllowed = 1;
             cfg.attrs = at;
-            cfg.numAttrs = pdl && p > 0 ? 1 : 0;
+            cfg.numAttrs = v->pdl && p > 0 ? 1 : 0;
             cudaLaunchKernelEx(&cfg, sep_kernel, plan->ph[p], (const float *)plan->buf[p & 1],
                                plan->buf[(p + 1) & 1]);
         }
     } else {
+        plan->ns = v->ns;
+        plan->chunk = v->chunk;
+        plan->nw = v->nw;
+        plan->ahead = v->ahead;
+        plan->free = v->free;
+        plan->copy_only = v->copy_only;
         cudaMemsetAsync(bar, 0, sizeof(unsigned), st);
-        const int ahead = !strcmp(v, "per_pf");
-        const size_t smem = PP_NS * PP_CHUNK + PP_MAXCOLS * 4 + 2 * PP_NS * 8;
-        persist_kernel<<<n_sm, 32 * (PP_NW + 1), smem, st>>>(*plan, bar, ahead);
+        persist_kernel<<<n_sm, 32 * (v->nw + 1), persist_smem(v), st>>>(*plan, bar);
     }
     e = cudaStreamEndCapture(st, &g);
     if (e != cudaSuccess)
@@ -354,61 +425,13 @@ static cudaError_t capture(const char *v, const pp_plan *plan, unsigned *bar, co
     return e;
 }
 
-int main(int argc, char **argv) {
-    const int layers = argc > 1 ? atoi(argv[1]) : 8, iters = argc > 2 ? atoi(argv[2]) : 20;
-    if (layers < 1 || layers * 4 > PP_MAXPH || iters < 1) {
-        fprintf(stderr, "usage: persist_probe [layers 1..%d] [iterations >= 1]\n", PP_MAXPH / 4);
-        return 2;
-    }
-    cudaDeviceProp prop;
-    CK(cudaGetDeviceProperties(&prop, 0));
-    const int n_sm = prop.multiProcessorCount;
-    printf("device: %s, %d SMs\n", prop.name, n_sm);
-
-    size_t total = 0, off[PP_MAXPH];
-    pp_plan plan;
-    memset(&plan, 0, sizeof plan);
-    plan.n = layers * 4;
-    for (int p = 0; p < plan.n; p++) {
-        off[p] = total;
-        total += (size_t)layer_shape[p % 4][0] * layer_shape[p % 4][1] * 2;
-    }
-    uint4 *w;
-    CK(cudaMalloc(&w, total));
-    fill_kernel<<<n_sm * 8, 256>>>(w, total / 16, 12345u);
-    for (int p = 0; p < plan.n; p++) {
-        plan.ph[p].w = w + off[p] / 16;
-        plan.ph[p].rows = layer_shape[p % 4][0];
-        plan.ph[p].cols = layer_shape[p % 4][1];
-        plan.ph[p].scale = 1.3f / sqrtf((float)plan.ph[p].cols);
-    }
-    float *x0, *host = (float *)malloc(PP_MAXCOLS * sizeof(float)), *ref = (float *)malloc(2048 * sizeof(float));
-    unsigned *bar, *sink;
-    CK(cudaMalloc(&plan.buf[0], 12352 * sizeof(float)));
-    CK(cudaMalloc(&plan.buf[1], 12352 * sizeof(float)));
-    CK(cudaMalloc(&x0, PP_MAXCOLS * sizeof(float)));
-    CK(cudaMalloc(&bar, sizeof(unsigned)));
-    CK(cudaMalloc(&sink, sizeof(unsigned)));
-    for (int i = 0; i < PP_MAXCOLS; i++)
-        host[i] = sinf(0.37f * (float)i);
-    CK(cudaMemcpy(x0, host, PP_MAXCOLS * sizeof(float), cudaMemcpyHostToDevice));
-    const size_t smem = PP_NS * PP_CHUNK + PP_MAXCOLS * 4 + 2 * PP_NS * 8;
-    CK(cudaFuncSetAttribute(persist_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    int per_sm = 0;
-    CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, persist_kernel, 32 * (PP_NW + 1), smem));
-    if (per_sm < 1) {
-        fprintf(stderr, "persist_probe: the persistent kernel does not fit an SM\n");
-        return 1;
-    }
-    cudaStream_t st;
-    CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-    CK(cudaDeviceSynchronize());
-
-    /* the floors, measured now */
+/* The read kernel's and cudaMemcpy's rates over the weights (GB/s). */
+static int measure_floor(const uint4 *w, size_t total, int n_sm, cudaStream_t st, unsigned *sink,
+                         double *read_gbs, double *copy_gbs) {
     cudaEvent_t a, b;
-    cudaEventCreate(&a);
-    cudaEventCreate(&b);
     float ms = 0;
+    CK(cudaEventCreate(&a));
+    CK(cudaEventCreate(&b));
     read_kernel<<<n_sm * 8, 512, 0, st>>>(w, total / 16, sink);
     cudaEventRecord(a, st);
     for (int i = 0; i < 5; i++)
@@ -416,7 +439,7 @@ int main(int argc, char **argv) {
     cudaEventRecord(b, st);
     CK(cudaEventSynchronize(b));
     cudaEventElapsedTime(&ms, a, b);
-    const double read_gbs = 5.0 * total / (ms * 1e-3) / 1e9;
+    *read_gbs = 5.0 * total / (ms * 1e-3) / 1e9;
     void *cp;
     const size_t half = total / 2;
     CK(cudaMalloc(&cp, half));
@@ -427,40 +450,120 @@ int main(int argc, char **argv) {
     cudaEventRecord(b, st);
     CK(cudaEventSynchronize(b));
     cudaEventElapsedTime(&ms, a, b);
-    const double copy_gbs = 5.0 * 2.0 * half / (ms * 1e-3) / 1e9;
+    *copy_gbs = 5.0 * 2.0 * half / (ms * 1e-3) / 1e9;
     CK(cudaFree(cp));
+    cudaEventDestroy(a);
+    cudaEventDestroy(b);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    const int layers = argc > 1 ? atoi(argv[1]) : 8, iters = argc > 2 ? atoi(argv[2]) : 20;
+    const char *mode = argc > 3 ? argv[3] : "layer";
+    const char *defaults[] = {"sep", "sep_pdl", "per_wait", "per_pf"};
+    const int nvar = argc > 4 ? argc - 4 : 4;
+    const char *const *specs = argc > 4 ? (const char *const *)argv + 4 : defaults;
+    if (layers < 1 || layers * 4 > PP_MAXPH || iters < 1 ||
+        (strcmp(mode, "layer") && strcmp(mode, "big") && strcmp(mode, "small"))) {
+        fprintf(stderr, "usage: persist_probe [layers 1..%d] [iterations >= 1] [layer|big|small] [VARIANT...]\n"
+                        "  VARIANT: sep | sep_pdl | per_wait[:SLOTS:KB:WARPS] | per_pf[:...] | per_free[:...] | per_copy[:...]\n",
+                PP_MAXPH / 4);
+        return 2;
+    }
+    pp_variant *vars = (pp_variant *)calloc((size_t)nvar, sizeof *vars);
+    for (int i = 0; i < nvar; i++)
+        if (parse_variant(specs[i], &vars[i])) {
+            fprintf(stderr, "persist_probe: bad variant '%s'\n", specs[i]);
+            return 2;
+        }
+    cudaDeviceProp prop;
+    CK(cudaGetDeviceProperties(&prop, 0));
+    const int n_sm = prop.multiProcessorCount;
+    printf("device: %s, %d SMs; mode %s\n", prop.name, n_sm, mode);
+
+    size_t total = 0, off[PP_MAXPH];
+    pp_plan plan;
+    memset(&plan, 0, sizeof plan);
+    plan.n = layers * 4;
+    for (int p = 0; p < plan.n; p++) {
+        int r, c;
+        shape_of(mode, p, &r, &c);
+        off[p] = total;
+        total += (size_t)r * c * 2;
+    }
+    uint4 *w;
+    CK(cudaMalloc(&w, total));
+    fill_kernel<<<n_sm * 8, 256>>>(w, total / 16, 12345u);
+    for (int p = 0; p < plan.n; p++) {
+        plan.ph[p].w = w + off[p] / 16;
+        shape_of(mode, p, &plan.ph[p].rows, &plan.ph[p].cols);
+        plan.ph[p].scale = 1.3f / sqrtf((float)plan.ph[p].cols);
+    }
+    const int out_n = plan.ph[plan.n - 1].rows;
+    float *x0, *host = (float *)malloc(12352 * sizeof(float)), *ref = (float *)malloc(12352 * sizeof(float));
+    unsigned *bar, *sink;
+    CK(cudaMalloc(&plan.buf[0], 12352 * sizeof(float)));
+    CK(cudaMalloc(&plan.buf[1], 12352 * sizeof(float)));
+    CK(cudaMalloc(&x0, PP_MAXCOLS * sizeof(float)));
+    CK(cudaMalloc(&bar, sizeof(unsigned)));
+    CK(cudaMalloc(&sink, sizeof(unsigned)));
+    for (int i = 0; i < PP_MAXCOLS; i++)
+        host[i] = sinf(0.37f * (float)i);
+    CK(cudaMemcpy(x0, host, PP_MAXCOLS * sizeof(float), cudaMemcpyHostToDevice));
+    CK(cudaFuncSetAttribute(persist_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 227 * 1024));
+    cudaStream_t st;
+    CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    CK(cudaDeviceSynchronize());
+
+    double read_gbs, copy_gbs;
+    if (measure_floor(w, total, n_sm, st, sink, &read_gbs, &copy_gbs))
+        return 1;
     const double floor_us = total / (read_gbs * 1e9) * 1e6;
     printf("weights %.1f MB (%d layers x 4 GEMVs); read kernel %.0f GB/s, cudaMemcpy %.0f GB/s (read + write); "
            "floor %.1f us (%.2f us a layer)\n",
            total / 1e6, layers, read_gbs, copy_gbs, floor_us, floor_us / layers);
 
-    const char *vars[] = {"sep", "sep_pdl", "per_wait", "per_pf"};
-    int status = 0;
+    int status = 0, have_ref = 0;
     for (int round = 0; round < 2; round++) {
-        for (int vi = 0; vi < 4; vi++) {
+        for (int vi = 0; vi < nvar; vi++) {
+            const pp_variant *v = &vars[vi];
+            if (!v->sep) {
+                int per_sm = 0;
+                CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, persist_kernel, 32 * (v->nw + 1),
+                                                                 persist_smem(v)));
+                if (per_sm < 1) {
+                    printf("%s: does not fit an SM (%zu bytes of shared memory)\n", specs[vi], persist_smem(v));
+                    continue;
+                }
+            }
             cudaGraphExec_t ex;
-            CK(capture(vars[vi], &plan, bar, x0, n_sm, st, &ex));
+            CK(capture(v, &plan, bar, x0, n_sm, st, &ex));
             const double us = time_graph(ex, st, iters);
             CK(cudaStreamSynchronize(st));
             CK(cudaGetLastError());
-            CK(cudaMemcpy(host, plan.buf[plan.n & 1], 2048 * sizeof(float), cudaMemcpyDeviceToHost));
+            CK(cudaMemcpy(host, plan.buf[plan.n & 1], out_n * sizeof(float), cudaMemcpyDeviceToHost));
             double maxd = 0, norm = 0;
-            for (int i = 0; i < 2048; i++) {
-                if (vi == 0 && round == 0)
-                    ref[i] = host[i];
+            const int check = !v->free;
+            if (check && !have_ref) {
+                memcpy(ref, host, out_n * sizeof(float));
+                have_ref = 1;
+            }
+            for (int i = 0; i < out_n; i++) {
                 maxd = fmax(maxd, fabs((double)host[i] - ref[i]));
                 norm += (double)host[i] * host[i];
             }
-            printf("round %d %-8s %8.1f us  %6.2f us/layer  %6.0f GB/s  %5.1f%% of the read floor  "
-                   "max |diff| vs sep %.3g (rms %.3g)\n",
-                   round, vars[vi], us, us / layers, total / (us * 1e-6) / 1e9, 100.0 * floor_us / us, maxd,
-                   sqrt(norm / 2048));
-            if (maxd != 0.0)
+            printf("round %d %-18s %8.1f us  %6.2f us/layer  %6.0f GB/s  %5.1f%% of the read floor  ", round,
+                   specs[vi], us, us / layers, total / (us * 1e-6) / 1e9, 100.0 * floor_us / us);
+            if (check)
+                printf("max |diff| vs the first %.3g (rms %.3g)\n", maxd, sqrt(norm / out_n));
+            else
+                printf("(values not checked)\n");
+            if (check && maxd != 0.0)
                 status = 1;
             cudaGraphExecDestroy(ex);
         }
     }
     if (status)
-        printf("FAIL: a variant's output differs from sep's\n");
+        printf("FAIL: a variant's output differs from the first's\n");
     return status;
 }
