@@ -64,6 +64,7 @@ typedef struct pp_plan {
     int ahead;         /* the producer runs ahead of the grid barriers */
     int free;          /* consumers skip the grid barrier (a streaming bound; wrong values) */
     int copy_only;     /* consumers only release the slots (the ring's streaming rate) */
+    int own;           /* a slot is one warp's (slot k: warp k % nw), not a row per warp */
     float *buf[2]; /* phase p reads buf[p & 1], writes buf[(p + 1) & 1] */
 } pp_plan;
 
@@ -242,12 +243,15 @@ static __device__ void consume(const pp_plan *plan, const uint4 *ring, float *xs
         stage_x(xs, in, ph->cols, ct, nw * 32);
         consumers_sync(nw);
         for (int c = 0; c < s.nchunk; c++, k++) {
+            if (plan->own && (int)(k % (unsigned)nw) != warp)
+                continue; /* another warp's slot */
             const unsigned slot = k % NS;
             mbar_wait(&full[slot], (k / NS) & 1);
             const int row = s.r0 + c * s.rpc;
             const int n = min(s.rpc, s.r1 - row);
             const uint4 *base = ring + (size_t)slot * (plan->chunk / 16);
-            for (int r = warp; r < n && !plan->copy_only; r += nw) {
+            const int r0 = plan->own ? 0 : warp, rstep = plan->own ? 1 : nw;
+            for (int r = r0; r < n && !plan->copy_only; r += rstep) {
                 const float y = row_dot(base + (size_t)r * s.nv, xs, s.nv, lane);
                 if (lane == 0)
                     __stcg(out + row + r, y * ph->scale);
@@ -274,7 +278,7 @@ static __global__ void __launch_bounds__(32 * (PP_MAXNW + 1), 1)
     if (threadIdx.x == 0) {
         for (int i = 0; i < plan.ns; i++) {
             mbar_init(&full[i], 1);
-            mbar_init(&empty[i], (unsigned)plan.nw);
+            mbar_init(&empty[i], plan.own ? 1u : (unsigned)plan.nw);
         }
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
@@ -349,11 +353,12 @@ static double time_graph(cudaGraphExec_t g, cudaStream_t st, int iters) {
 }
 
 /* A variant: sep | sep_pdl | per_wait | per_pf | per_free, the persistent
-   ones (and per_copy) optionally ":SLOTS:KB:WARPS" (ring slots, KB a slot, consumer warps;
+   ones (and per_copy) optionally ":SLOTS:KB:WARPS"; an "own_" prefix
+   (own_per_pf, ...) makes each slot one warp's (ring slots, KB a slot, consumer warps;
    default 6:32:8). */
 typedef struct pp_variant {
     char name[16];
-    int sep, pdl, ns, chunk, nw, ahead, free, copy_only;
+    int sep, pdl, ns, chunk, nw, ahead, free, copy_only, own;
 } pp_variant;
 
 static int parse_variant(const char *spec, pp_variant *v) {
@@ -372,9 +377,13 @@ static int parse_variant(const char *spec, pp_variant *v) {
     v->sep = !strcmp(v->name, "sep") || !strcmp(v->name, "sep_pdl");
     v->pdl = !strcmp(v->name, "sep_pdl");
     v->copy_only = !strcmp(v->name, "per_copy");
-    v->free = !strcmp(v->name, "per_free") || v->copy_only;
-    v->ahead = !strcmp(v->name, "per_pf") || v->free;
-    if (!v->sep && strcmp(v->name, "per_wait") && !v->ahead)
+    v->own = !strncmp(v->name, "own_", 4);
+    const char *base = v->own ? v->name + 4 : v->name;
+    v->free = !strcmp(base, "per_free") || v->copy_only;
+    v->ahead = !strcmp(base, "per_pf") || v->free;
+    if (!v->sep && strcmp(base, "per_wait") && !v->ahead)
+        return -1;
+    if (v->own && v->nw > v->ns) /* a slot's parity wait must not see the fill before */
         return -1;
     if (v->ns < 1 || v->nw < 1 || v->nw > PP_MAXNW || v->chunk < PP_MAXCOLS * 2 || v->chunk % 16)
         return -1;
@@ -414,6 +423,7 @@ static cudaError_t capture(const pp_variant *v, pp_plan *plan, unsigned *bar, co
         plan->ahead = v->ahead;
         plan->free = v->free;
         plan->copy_only = v->copy_only;
+        plan->own = v->own;
         cudaMemsetAsync(bar, 0, sizeof(unsigned), st);
         persist_kernel<<<n_sm, 32 * (v->nw + 1), persist_smem(v), st>>>(*plan, bar);
     }
