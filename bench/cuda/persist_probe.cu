@@ -39,6 +39,12 @@
 
 #define PP_MAXPH 64          /* phases (4 a layer) */
 #define PP_MAXNW 16 /* consumer warps at most */
+/* where the cycles go: consumer warp 0's grid-barrier wait, x staging,
+   slot waits, its rows, the phase-end sync; the producer's waits for a free
+   slot; the kernel's whole time in the CTA */
+enum { ST_GRID, ST_STAGE, ST_FULL, ST_ROWS, ST_END, ST_EMPTY, ST_TOTAL, PP_NSTAT };
+static const char *const st_name[PP_NSTAT] = {"grid wait", "x staging", "slot wait", "rows",
+                                              "phase-end sync", "producer slot wait", "total"};
 #define PP_MAXCOLS 4608
 #define PP_SEP_THREADS 256
 
@@ -65,6 +71,7 @@ typedef struct pp_plan {
     int free;          /* consumers skip the grid barrier (a streaming bound; wrong values) */
     int copy_only;     /* consumers only release the slots (the ring's streaming rate) */
     int own;           /* a slot is one warp's (slot k: warp k % nw), not a row per warp */
+    unsigned long long *stats; /* PP_NSTAT cycle sums over the CTAs (consumer warp 0, the producer) */
     float *buf[2]; /* phase p reads buf[p & 1], writes buf[(p + 1) & 1] */
 } pp_plan;
 
@@ -205,6 +212,7 @@ static __device__ void produce(const pp_plan *plan, uint4 *ring, unsigned long l
                                unsigned long long *empty, const unsigned *bar) {
     const unsigned G = gridDim.x, NS = (unsigned)plan->ns;
     unsigned k = 0;
+    long long t_empty = 0;
     for (int p = 0; p < plan->n; p++) {
         const pp_phase *ph = &plan->ph[p];
         const pp_share s = share_of(ph, plan->chunk);
@@ -213,8 +221,11 @@ static __device__ void produce(const pp_plan *plan, uint4 *ring, unsigned long l
             }
         for (int c = 0; c < s.nchunk; c++, k++) {
             const unsigned slot = k % NS;
-            if (k >= NS)
+            if (k >= NS) {
+                const long long t0 = clock64();
                 mbar_wait(&empty[slot], ((k / NS) - 1) & 1);
+                t_empty += clock64() - t0;
+            }
             const int row = s.r0 + c * s.rpc;
             const int n = min(s.rpc, s.r1 - row);
             const unsigned bytes = (unsigned)(n * ph->cols * 2);
@@ -222,6 +233,8 @@ static __device__ void produce(const pp_plan *plan, uint4 *ring, unsigned long l
             bulk_copy(ring + (size_t)slot * (plan->chunk / 16), ph->w + (size_t)row * s.nv, bytes, &full[slot]);
         }
     }
+    if (plan->stats)
+        atomicAdd(&plan->stats[ST_EMPTY], (unsigned long long)t_empty);
 }
 
 /* Warps 1..nw: per phase, wait for the grid, stage x, then a row per warp
@@ -231,6 +244,8 @@ static __device__ void consume(const pp_plan *plan, const uint4 *ring, float *xs
     const int ct = (int)threadIdx.x - 32, warp = ct / 32, lane = ct & 31, nw = plan->nw;
     const unsigned G = gridDim.x, NS = (unsigned)plan->ns;
     unsigned k = 0;
+    long long t[PP_NSTAT] = {0}, t0 = clock64(), t1;
+#define PP_TICK(i) (t1 = clock64(), t[i] += t1 - t0, t0 = t1)
     for (int p = 0; p < plan->n; p++) {
         const pp_phase *ph = &plan->ph[p];
         const pp_share s = share_of(ph, plan->chunk);
@@ -240,13 +255,16 @@ static __device__ void consume(const pp_plan *plan, const uint4 *ring, float *xs
             while (ld_acquire(bar) < (unsigned)p * G) {
             }
         consumers_sync(nw);
+        PP_TICK(ST_GRID);
         stage_x(xs, in, ph->cols, ct, nw * 32);
         consumers_sync(nw);
+        PP_TICK(ST_STAGE);
         for (int c = 0; c < s.nchunk; c++, k++) {
             if (plan->own && (int)(k % (unsigned)nw) != warp)
                 continue; /* another warp's slot */
             const unsigned slot = k % NS;
             mbar_wait(&full[slot], (k / NS) & 1);
+            PP_TICK(ST_FULL);
             const int row = s.r0 + c * s.rpc;
             const int n = min(s.rpc, s.r1 - row);
             const uint4 *base = ring + (size_t)slot * (plan->chunk / 16);
@@ -259,13 +277,19 @@ static __device__ void consume(const pp_plan *plan, const uint4 *ring, float *xs
             __syncwarp();
             if (lane == 0)
                 mbar_arrive(&empty[slot]);
+            PP_TICK(ST_ROWS);
         }
         consumers_sync(nw);
         if (ct == 0) {
             __threadfence();
             atomicAdd(bar, 1u);
         }
+        PP_TICK(ST_END);
     }
+#undef PP_TICK
+    if (ct == 0 && plan->stats)
+        for (int i = 0; i < ST_EMPTY; i++)
+            atomicAdd(&plan->stats[i], (unsigned long long)t[i]);
 }
 
 static __global__ void __launch_bounds__(32 * (PP_MAXNW + 1), 1)
@@ -283,12 +307,16 @@ static __global__ void __launch_bounds__(32 * (PP_MAXNW + 1), 1)
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
     __syncthreads();
+    const long long t0 = clock64();
     if (threadIdx.x < 32) {
         if (threadIdx.x == 0)
             produce(&plan, ring, full, empty, bar);
     } else {
         consume(&plan, ring, xs, full, empty, bar);
     }
+    __syncthreads();
+    if (threadIdx.x == 0 && plan.stats)
+        atomicAdd(&plan.stats[ST_TOTAL], (unsigned long long)(clock64() - t0));
 }
 
 /* ---- set-up, the read floor ---- */
@@ -489,6 +517,8 @@ int main(int argc, char **argv) {
     cudaDeviceProp prop;
     CK(cudaGetDeviceProperties(&prop, 0));
     const int n_sm = prop.multiProcessorCount;
+    int clock_khz = 0;
+    CK(cudaDeviceGetAttribute(&clock_khz, cudaDevAttrClockRate, 0));
     printf("device: %s, %d SMs; mode %s\n", prop.name, n_sm, mode);
 
     size_t total = 0, off[PP_MAXPH];
@@ -516,6 +546,7 @@ int main(int argc, char **argv) {
     CK(cudaMalloc(&plan.buf[1], 12352 * sizeof(float)));
     CK(cudaMalloc(&x0, PP_MAXCOLS * sizeof(float)));
     CK(cudaMalloc(&bar, sizeof(unsigned)));
+    CK(cudaMalloc(&plan.stats, PP_NSTAT * sizeof(unsigned long long)));
     CK(cudaMalloc(&sink, sizeof(unsigned)));
     for (int i = 0; i < PP_MAXCOLS; i++)
         host[i] = sinf(0.37f * (float)i);
@@ -547,6 +578,7 @@ int main(int argc, char **argv) {
                 }
             }
             cudaGraphExec_t ex;
+            CK(cudaMemset(plan.stats, 0, PP_NSTAT * sizeof(unsigned long long)));
             CK(capture(v, &plan, bar, x0, n_sm, st, &ex));
             const double us = time_graph(ex, st, iters);
             CK(cudaStreamSynchronize(st));
@@ -570,6 +602,14 @@ int main(int argc, char **argv) {
                 printf("(values not checked)\n");
             if (check && maxd != 0.0)
                 status = 1;
+            if (!v->sep) {
+                unsigned long long h[PP_NSTAT];
+                CK(cudaMemcpy(h, plan.stats, sizeof h, cudaMemcpyDeviceToHost));
+                const double per = (double)(iters + 3) * n_sm * (clock_khz * 1e3) / 1e6; /* cycles per us */
+                printf("    per CTA and pass, us:");
+                for (int i = 0; i < PP_NSTAT; i++)
+                    printf(" %s %.1f%s", st_name[i], h[i] / per, i + 1 < PP_NSTAT ? "," : "\n");
+            }
             cudaGraphExecDestroy(ex);
         }
     }
