@@ -458,14 +458,14 @@ static double time_graph(cudaGraphExec_t g, cudaStream_t st, int iters) {
     return ms * 1e3 / iters;
 }
 
-/* A variant: sep | sep_pdl | per_wait | per_pf | per_free, the persistent
+/* A variant: sep | sep_pdl | sep1 (one block an SM, as the persistent grid) | per_wait | per_pf | per_free, the persistent
    ones (and per_copy) optionally ":SLOTS:KB:WARPS" (ring slots, KB a slot,
    consumer warps; default 6:32:8). Prefixes of per_wait / per_pf /
    per_free: "own_" makes each slot one warp's, "kx_" gives every warp a
    column slice of every row with x in registers. */
 typedef struct pp_variant {
     char name[16];
-    int sep, pdl, ns, chunk, nw, ahead, free, copy_only, own, kx;
+    int sep, sep_blocks, pdl, ns, chunk, nw, ahead, free, copy_only, own, kx;
 } pp_variant;
 
 static int parse_variant(const char *spec, pp_variant *v) {
@@ -481,7 +481,8 @@ static int parse_variant(const char *spec, pp_variant *v) {
     if (c && sscanf(c, ":%d:%d:%d", &v->ns, &kb, &v->nw) != 3)
         return -1;
     v->chunk = kb * 1024;
-    v->sep = !strcmp(v->name, "sep") || !strcmp(v->name, "sep_pdl");
+    v->sep = !strcmp(v->name, "sep") || !strcmp(v->name, "sep_pdl") || !strcmp(v->name, "sep1");
+    v->sep_blocks = !strcmp(v->name, "sep1") ? 1 : 4;
     v->pdl = !strcmp(v->name, "sep_pdl");
     v->copy_only = !strcmp(v->name, "per_copy");
     v->own = !strncmp(v->name, "own_", 4);
@@ -516,7 +517,7 @@ static cudaError_t capture(const pp_variant *v, pp_plan *plan, unsigned *bar, co
         for (int p = 0; p < plan->n; p++) {
             cudaLaunchConfig_t cfg = {};
             cudaLaunchAttribute at[1] = {};
-            cfg.gridDim = dim3((unsigned)(n_sm * 4));
+            cfg.gridDim = dim3((unsigned)(n_sm * v->sep_blocks));
             cfg.blockDim = dim3(PP_SEP_THREADS);
             cfg.stream = st;
             at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
@@ -587,7 +588,7 @@ int main(int argc, char **argv) {
     if (layers < 1 || layers * 4 > PP_MAXPH || iters < 1 ||
         (strcmp(mode, "layer") && strcmp(mode, "big") && strcmp(mode, "small"))) {
         fprintf(stderr, "usage: persist_probe [layers 1..%d] [iterations >= 1] [layer|big|small] [VARIANT...]\n"
-                        "  VARIANT: sep | sep_pdl | per_wait[:SLOTS:KB:WARPS] | per_pf[:...] | per_free[:...] | per_copy[:...]\n",
+                        "  VARIANT: sep | sep_pdl | sep1 | per_wait[:SLOTS:KB:WARPS] | per_pf[:...] | per_free[:...] | per_copy[:...]\n",
                 PP_MAXPH / 4);
         return 2;
     }
