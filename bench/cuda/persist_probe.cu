@@ -38,9 +38,8 @@
 #include <string.h>
 
 #define PP_MAXPH 64          /* phases (4 a layer) */
-#define PP_MAXNW 12 /* consumer warps at most (more would cap the registers below the kx path's) */
+#define PP_MAXNW 16 /* consumer warps at most */
 #define PP_MAXRPC 16 /* rows a ring slot holds at most */
-#define PP_KX 3      /* kx: 16-byte pieces of x a lane holds (cols <= PP_KX * 8 * 32 * warps) */
 /* where the cycles go: consumer warp 0's grid-barrier wait, x staging,
    slot waits, its rows, the phase-end sync; the producer's waits for a free
    slot; the kernel's whole time in the CTA */
@@ -73,7 +72,7 @@ typedef struct pp_plan {
     int free;          /* consumers skip the grid barrier (a streaming bound; wrong values) */
     int copy_only;     /* consumers only release the slots (the ring's streaming rate) */
     int own;           /* a slot is one warp's (slot k: warp k % nw), not a row per warp */
-    int kx;            /* every warp a column slice of every row, x in registers (PP_KX) */
+    int rr;            /* rows dealt to the warps across slots, not within each */
     unsigned long long *stats; /* PP_NSTAT cycle sums over the CTAs (consumer warp 0, the producer) */
     float *buf[2]; /* phase p reads buf[p & 1], writes buf[(p + 1) & 1] */
 } pp_plan;
@@ -96,24 +95,6 @@ static __device__ __forceinline__ float dot8(uint4 q, const float *x) {
     a = fmaf(bf_hi(q.z), x1.y, a);
     a = fmaf(bf_lo(q.w), x1.z, a);
     return fmaf(bf_hi(q.w), x1.w, a);
-}
-
-static __device__ __forceinline__ float dot8r(uint4 q, float4 x0, float4 x1) {
-    float a = bf_lo(q.x) * x0.x;
-    a = fmaf(bf_hi(q.x), x0.y, a);
-    a = fmaf(bf_lo(q.y), x0.z, a);
-    a = fmaf(bf_hi(q.y), x0.w, a);
-    a = fmaf(bf_lo(q.z), x1.x, a);
-    a = fmaf(bf_hi(q.z), x1.y, a);
-    a = fmaf(bf_lo(q.w), x1.z, a);
-    return fmaf(bf_hi(q.w), x1.w, a);
-}
-
-static __device__ __forceinline__ float warp_sum(float a) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1)
-        a += __shfl_xor_sync(0xffffffffu, a, o);
-    return a;
 }
 
 static __device__ __forceinline__ float row_dot(const uint4 *w, const float *x, int nv, int lane) {
@@ -260,51 +241,8 @@ static __device__ void produce(const pp_plan *plan, uint4 *ring, unsigned long l
 
 /* Warps 1..nw: per phase, wait for the grid, stage x, then a row per warp
    from each slot as it fills; then this CTA's arrival at the grid barrier. */
-/* kx: the row sums of one slot. Lane l of warp w holds x's pieces v = w 32
-   + l + j 32 nw in registers for the whole phase, so x is read from shared
-   memory once a phase instead of once a row (read per row, x's fp32 bytes
-   were twice the weights' and the consumers, not HBM, set the pace). Each
-   warp writes its partial of every row; the warp that finishes the slot
-   last sums them in warp order (deterministic) and writes y. */
-static __device__ __forceinline__ void kx_slot(const uint4 *base, const pp_share &s, int n, int warp, int lane, int nw,
-                                               const float4 (&xa)[PP_KX], const float4 (&xb)[PP_KX], float *part,
-                                               unsigned *cnt, float *out, int row, float scale) {
-    for (int r = 0; r < n; r++) {
-        float acc = 0.0f;
-#pragma unroll
-        for (int j = 0; j < PP_KX; j++) {
-            const int v = warp * 32 + lane + j * 32 * nw;
-            if (v < s.nv)
-                acc += dot8r(base[(size_t)r * s.nv + v], xa[j], xb[j]);
-        }
-        acc = warp_sum(acc);
-        if (lane == 0)
-            part[r * PP_MAXNW + warp] = acc;
-    }
-    __syncwarp();
-    unsigned last = 0;
-    if (lane == 0) {
-        __threadfence_block();
-        last = atomicAdd(cnt, 1u) == (unsigned)nw - 1;
-        __threadfence_block();
-    }
-    last = __shfl_sync(0xffffffffu, last, 0);
-    if (last) {
-        if (lane < n) {
-            float y = 0.0f;
-            for (int w = 0; w < nw; w++)
-                y += part[lane * PP_MAXNW + w];
-            __stcg(out + row + lane, y * scale);
-        }
-        __syncwarp();
-        if (lane == 0)
-            *cnt = 0;
-    }
-    __syncwarp();
-}
-
 static __device__ void consume(const pp_plan *plan, const uint4 *ring, float *xs, unsigned long long *full,
-                               unsigned long long *empty, unsigned *bar, float *part, unsigned *cnt) {
+                               unsigned long long *empty, unsigned *bar) {
     const int ct = (int)threadIdx.x - 32, warp = ct / 32, lane = ct & 31, nw = plan->nw;
     const unsigned G = gridDim.x, NS = (unsigned)plan->ns;
     unsigned k = 0;
@@ -322,14 +260,6 @@ static __device__ void consume(const pp_plan *plan, const uint4 *ring, float *xs
         PP_TICK(ST_GRID);
         stage_x(xs, in, ph->cols, ct, nw * 32);
         consumers_sync(nw);
-        float4 xa[PP_KX], xb[PP_KX];
-        if (plan->kx)
-#pragma unroll
-            for (int j = 0; j < PP_KX; j++) {
-                const int v = warp * 32 + lane + j * 32 * nw;
-                xa[j] = v < s.nv ? ((const float4 *)xs)[2 * v] : make_float4(0, 0, 0, 0);
-                xb[j] = v < s.nv ? ((const float4 *)xs)[2 * v + 1] : make_float4(0, 0, 0, 0);
-            }
         PP_TICK(ST_STAGE);
         for (int c = 0; c < s.nchunk; c++, k++) {
             if (plan->own && (int)(k % (unsigned)nw) != warp)
@@ -340,11 +270,13 @@ static __device__ void consume(const pp_plan *plan, const uint4 *ring, float *xs
             const int row = s.r0 + c * s.rpc;
             const int n = min(s.rpc, s.r1 - row);
             const uint4 *base = ring + (size_t)slot * (plan->chunk / 16);
-            const int r0 = plan->own ? 0 : warp, rstep = plan->own ? 1 : nw;
-            if (plan->kx)
-                kx_slot(base, s, n, warp, lane, nw, xa, xb, part + (size_t)slot * PP_MAXRPC * PP_MAXNW, &cnt[slot],
-                        out, row, ph->scale);
-            for (int r = r0; r < n && !plan->copy_only && !plan->kx; r += rstep) {
+            /* rr: row c rpc + r of the phase is warp (c rpc + r) % nw's, so a
+               warp with no row in this slot goes on to the next one */
+            const int r0 = plan->own  ? 0
+                           : plan->rr ? (warp - (c * s.rpc) % nw + nw) % nw
+                                      : warp,
+                      rstep = plan->own ? 1 : nw;
+            for (int r = r0; r < n && !plan->copy_only; r += rstep) {
                 const float y = row_dot(base + (size_t)r * s.nv, xs, s.nv, lane);
                 if (lane == 0)
                     __stcg(out + row + r, y * ph->scale);
@@ -374,11 +306,8 @@ static __global__ void __launch_bounds__(32 * (PP_MAXNW + 1), 1)
     uint4 *ring = (uint4 *)(smem + PP_MAXCOLS * 4);
     unsigned long long *full = (unsigned long long *)(smem + PP_MAXCOLS * 4 + (size_t)plan.ns * plan.chunk);
     unsigned long long *empty = full + plan.ns;
-    float *part = (float *)(empty + plan.ns);
-    unsigned *cnt = (unsigned *)(part + (size_t)plan.ns * PP_MAXRPC * PP_MAXNW);
     if (threadIdx.x == 0) {
         for (int i = 0; i < plan.ns; i++) {
-            cnt[i] = 0;
             mbar_init(&full[i], 1);
             mbar_init(&empty[i], plan.own ? 1u : (unsigned)plan.nw);
         }
@@ -390,7 +319,7 @@ static __global__ void __launch_bounds__(32 * (PP_MAXNW + 1), 1)
         if (threadIdx.x == 0)
             produce(&plan, ring, full, empty, bar);
     } else {
-        consume(&plan, ring, xs, full, empty, bar, part, cnt);
+        consume(&plan, ring, xs, full, empty, bar);
     }
     __syncthreads();
     if (threadIdx.x == 0 && plan.stats)
@@ -461,11 +390,12 @@ static double time_graph(cudaGraphExec_t g, cudaStream_t st, int iters) {
 /* A variant: sep | sep_pdl | sep1 (one block an SM, as the persistent grid) | per_wait | per_pf | per_free, the persistent
    ones (and per_copy) optionally ":SLOTS:KB:WARPS" (ring slots, KB a slot,
    consumer warps; default 6:32:8). Prefixes of per_wait / per_pf /
-   per_free: "own_" makes each slot one warp's, "kx_" gives every warp a
-   column slice of every row with x in registers. */
+   per_free: "own_" makes each slot one warp's, "rr_" deals the rows to the
+   warps across slots. (A "kx_" variant, every warp a column slice of every
+   row with x in registers, was slower: commit history.) */
 typedef struct pp_variant {
     char name[16];
-    int sep, sep_blocks, pdl, ns, chunk, nw, ahead, free, copy_only, own, kx;
+    int sep, sep_blocks, pdl, ns, chunk, nw, ahead, free, copy_only, own, rr;
 } pp_variant;
 
 static int parse_variant(const char *spec, pp_variant *v) {
@@ -486,13 +416,11 @@ static int parse_variant(const char *spec, pp_variant *v) {
     v->pdl = !strcmp(v->name, "sep_pdl");
     v->copy_only = !strcmp(v->name, "per_copy");
     v->own = !strncmp(v->name, "own_", 4);
-    v->kx = !strncmp(v->name, "kx_", 3);
-    const char *base = v->own ? v->name + 4 : v->kx ? v->name + 3 : v->name;
+    v->rr = !strncmp(v->name, "rr_", 3);
+    const char *base = v->own ? v->name + 4 : v->rr ? v->name + 3 : v->name;
     v->free = !strcmp(base, "per_free") || v->copy_only;
     v->ahead = !strcmp(base, "per_pf") || v->free;
     if (!v->sep && strcmp(base, "per_wait") && !v->ahead)
-        return -1;
-    if (v->kx && PP_KX * 8 * 32 * v->nw < PP_MAXCOLS)
         return -1;
     if (v->own && v->nw > v->ns) /* a slot's parity wait must not see the fill before */
         return -1;
@@ -502,7 +430,7 @@ static int parse_variant(const char *spec, pp_variant *v) {
 }
 
 static size_t persist_smem(const pp_variant *v) {
-    return (size_t)v->ns * (v->chunk + 16 + PP_MAXRPC * PP_MAXNW * 4 + 4) + PP_MAXCOLS * 4;
+    return (size_t)v->ns * (v->chunk + 16) + PP_MAXCOLS * 4;
 }
 
 /* Capture one pass of a variant into a graph. */
@@ -535,7 +463,7 @@ static cudaError_t capture(const pp_variant *v, pp_plan *plan, unsigned *bar, co
         plan->free = v->free;
         plan->copy_only = v->copy_only;
         plan->own = v->own;
-        plan->kx = v->kx;
+        plan->rr = v->rr;
         cudaMemsetAsync(bar, 0, sizeof(unsigned), st);
         persist_kernel<<<n_sm, 32 * (v->nw + 1), persist_smem(v), st>>>(*plan, bar);
     }
@@ -684,8 +612,7 @@ int main(int argc, char **argv) {
                 printf("max |diff| vs the first %.3g (rms %.3g)\n", maxd, sqrt(norm / out_n));
             else
                 printf("(values not checked)\n");
-            /* kx sums each row in another order: a relative tolerance */
-            if (check && maxd > (v->kx ? 1e-4 * sqrt(norm / out_n) : 0.0))
+            if (check && maxd != 0.0)
                 status = 1;
             if (!v->sep) {
                 unsigned long long h[PP_NSTAT];
