@@ -38,7 +38,7 @@
 #include <string.h>
 
 #define PP_MAXPH 64          /* phases (4 a layer) */
-#define PP_MAXNW 16 /* consumer warps at most */
+#define PP_MAXNW 12 /* consumer warps at most */
 #define PP_MAXRPC 16 /* rows a ring slot holds at most */
 /* where the cycles go: consumer warp 0's grid-barrier wait, x staging,
    slot waits, its rows, the phase-end sync; the producer's waits for a free
@@ -73,6 +73,7 @@ typedef struct pp_plan {
     int copy_only;     /* consumers only release the slots (the ring's streaming rate) */
     int own;           /* a slot is one warp's (slot k: warp k % nw), not a row per warp */
     int rr;            /* rows dealt to the warps across slots, not within each */
+    int mr;            /* groups of up to 4 rows a warp (rows_dot), dealt as rr */
     unsigned long long *stats; /* PP_NSTAT cycle sums over the CTAs (consumer warp 0, the producer) */
     float *buf[2]; /* phase p reads buf[p & 1], writes buf[(p + 1) & 1] */
 } pp_plan;
@@ -117,6 +118,49 @@ static __device__ __forceinline__ float row_dot(const uint4 *w, const float *x, 
     for (int o = 16; o > 0; o >>= 1)
         acc += __shfl_xor_sync(0xffffffffu, acc, o);
     return acc;
+}
+
+/* R rows at once (mr): the same sums as row_dot row by row (the same
+   pieces in the same order), but each x piece is loaded once for R rows
+   and the R chains are independent, so a warp has R times the work in
+   flight (one CTA an SM leaves few warps to hide latency). Rows at or past
+   nrows are skipped; lane 0 writes out[row + r] = sum * scale. */
+template <int R>
+static __device__ __forceinline__ void rows_dot(const uint4 *w, int nv, int nrows, const float *x, int lane,
+                                                float *out, int row, float scale) {
+    float acc[R];
+#pragma unroll
+    for (int r = 0; r < R; r++)
+        acc[r] = 0.0f;
+    constexpr int U = R >= 3 ? 2 : 8 / R; /* pieces a row and batch: ~8 loads a lane in flight */
+    for (int base = lane; base < nv; base += 32 * U) {
+        uint4 q[R][U];
+#pragma unroll
+        for (int u = 0; u < U; u++)
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                const int v = base + 32 * u;
+                q[r][u] = v < nv && r < nrows ? w[(size_t)r * nv + v] : make_uint4(0, 0, 0, 0);
+            }
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int v = base + 32 * u;
+            if (v < nv)
+#pragma unroll
+                for (int r = 0; r < R; r++)
+                    acc[r] += dot8(q[r][u], x + 8 * v);
+        }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+#pragma unroll
+        for (int r = 0; r < R; r++)
+            acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], o);
+    if (lane == 0)
+#pragma unroll
+        for (int r = 0; r < R; r++)
+            if (r < nrows)
+                __stcg(out + row + r, acc[r] * scale);
 }
 
 /* x (n floats, n % 4 == 0) from L2 into shared memory by nt threads, the
@@ -276,7 +320,24 @@ static __device__ void consume(const pp_plan *plan, const uint4 *ring, float *xs
                            : plan->rr ? (warp - (c * s.rpc) % nw + nw) % nw
                                       : warp,
                       rstep = plan->own ? 1 : nw;
-            for (int r = r0; r < n && !plan->copy_only; r += rstep) {
+            if (plan->mr) { /* groups of R rows dealt to the warps across slots */
+                const int R = s.rpc % 4 == 0 ? 4 : s.rpc % 3 == 0 ? 3 : s.rpc % 2 == 0 ? 2 : 1, gpc = s.rpc / R;
+                for (int j = 0; j < gpc && j * R < n; j++) {
+                    if ((c * gpc + j) % nw != warp)
+                        continue;
+                    const uint4 *wr = base + (size_t)j * R * s.nv;
+                    const int nr = min(R, n - j * R);
+                    if (R == 4)
+                        rows_dot<4>(wr, s.nv, nr, xs, lane, out, row + j * R, ph->scale);
+                    else if (R == 3)
+                        rows_dot<3>(wr, s.nv, nr, xs, lane, out, row + j * R, ph->scale);
+                    else if (R == 2)
+                        rows_dot<2>(wr, s.nv, nr, xs, lane, out, row + j * R, ph->scale);
+                    else
+                        rows_dot<1>(wr, s.nv, nr, xs, lane, out, row + j * R, ph->scale);
+                }
+            }
+            for (int r = r0; r < n && !plan->copy_only && !plan->mr; r += rstep) {
                 const float y = row_dot(base + (size_t)r * s.nv, xs, s.nv, lane);
                 if (lane == 0)
                     __stcg(out + row + r, y * ph->scale);
@@ -391,11 +452,11 @@ static double time_graph(cudaGraphExec_t g, cudaStream_t st, int iters) {
    ones (and per_copy) optionally ":SLOTS:KB:WARPS" (ring slots, KB a slot,
    consumer warps; default 6:32:8). Prefixes of per_wait / per_pf /
    per_free: "own_" makes each slot one warp's, "rr_" deals the rows to the
-   warps across slots. (A "kx_" variant, every warp a column slice of every
+   warps across slots, "mr_" deals groups of up to 4 rows (rows_dot). (A "kx_" variant, every warp a column slice of every
    row with x in registers, was slower: commit history.) */
 typedef struct pp_variant {
     char name[16];
-    int sep, sep_blocks, pdl, ns, chunk, nw, ahead, free, copy_only, own, rr;
+    int sep, sep_blocks, pdl, ns, chunk, nw, ahead, free, copy_only, own, rr, mr;
 } pp_variant;
 
 static int parse_variant(const char *spec, pp_variant *v) {
@@ -417,7 +478,8 @@ static int parse_variant(const char *spec, pp_variant *v) {
     v->copy_only = !strcmp(v->name, "per_copy");
     v->own = !strncmp(v->name, "own_", 4);
     v->rr = !strncmp(v->name, "rr_", 3);
-    const char *base = v->own ? v->name + 4 : v->rr ? v->name + 3 : v->name;
+    v->mr = !strncmp(v->name, "mr_", 3);
+    const char *base = v->own ? v->name + 4 : v->rr || v->mr ? v->name + 3 : v->name;
     v->free = !strcmp(base, "per_free") || v->copy_only;
     v->ahead = !strcmp(base, "per_pf") || v->free;
     if (!v->sep && strcmp(base, "per_wait") && !v->ahead)
@@ -464,6 +526,7 @@ static cudaError_t capture(const pp_variant *v, pp_plan *plan, unsigned *bar, co
         plan->copy_only = v->copy_only;
         plan->own = v->own;
         plan->rr = v->rr;
+        plan->mr = v->mr;
         cudaMemsetAsync(bar, 0, sizeof(unsigned), st);
         persist_kernel<<<n_sm, 32 * (v->nw + 1), persist_smem(v), st>>>(*plan, bar);
     }
