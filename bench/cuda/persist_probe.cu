@@ -74,6 +74,7 @@ typedef struct pp_plan {
     int own;           /* a slot is one warp's (slot k: warp k % nw), not a row per warp */
     int rr;            /* rows dealt to the warps across slots, not within each */
     int mr;            /* groups of up to 4 rows a warp (rows_dot), dealt as rr */
+    int calc_only;     /* no copies: consumers sum whatever the ring holds (their own pace) */
     unsigned long long *stats; /* PP_NSTAT cycle sums over the CTAs (consumer warp 0, the producer) */
     float *buf[2]; /* phase p reads buf[p & 1], writes buf[(p + 1) & 1] */
 } pp_plan;
@@ -309,7 +310,8 @@ static __device__ void consume(const pp_plan *plan, const uint4 *ring, float *xs
             if (plan->own && (int)(k % (unsigned)nw) != warp)
                 continue; /* another warp's slot */
             const unsigned slot = k % NS;
-            mbar_wait(&full[slot], (k / NS) & 1);
+            if (!plan->calc_only)
+                mbar_wait(&full[slot], (k / NS) & 1);
             PP_TICK(ST_FULL);
             const int row = s.r0 + c * s.rpc;
             const int n = min(s.rpc, s.r1 - row);
@@ -343,7 +345,7 @@ static __device__ void consume(const pp_plan *plan, const uint4 *ring, float *xs
                     __stcg(out + row + r, y * ph->scale);
             }
             __syncwarp();
-            if (lane == 0)
+            if (lane == 0 && !plan->calc_only)
                 mbar_arrive(&empty[slot]);
             PP_TICK(ST_ROWS);
         }
@@ -377,7 +379,7 @@ static __global__ void __launch_bounds__(32 * (PP_MAXNW + 1), 1)
     __syncthreads();
     const long long t0 = clock64();
     if (threadIdx.x < 32) {
-        if (threadIdx.x == 0)
+        if (threadIdx.x == 0 && !plan.calc_only)
             produce(&plan, ring, full, empty, bar);
     } else {
         consume(&plan, ring, xs, full, empty, bar);
@@ -452,11 +454,12 @@ static double time_graph(cudaGraphExec_t g, cudaStream_t st, int iters) {
    ones (and per_copy) optionally ":SLOTS:KB:WARPS" (ring slots, KB a slot,
    consumer warps; default 6:32:8). Prefixes of per_wait / per_pf /
    per_free: "own_" makes each slot one warp's, "rr_" deals the rows to the
-   warps across slots, "mr_" deals groups of up to 4 rows (rows_dot). (A "kx_" variant, every warp a column slice of every
+   warps across slots, "mr_" deals groups of up to 4 rows (rows_dot).
+   per_calc: no copies at all, the consumers' own pace (wrong values). (A "kx_" variant, every warp a column slice of every
    row with x in registers, was slower: commit history.) */
 typedef struct pp_variant {
     char name[16];
-    int sep, sep_blocks, pdl, ns, chunk, nw, ahead, free, copy_only, own, rr, mr;
+    int sep, sep_blocks, pdl, ns, chunk, nw, ahead, free, copy_only, own, rr, mr, calc_only;
 } pp_variant;
 
 static int parse_variant(const char *spec, pp_variant *v) {
@@ -480,7 +483,8 @@ static int parse_variant(const char *spec, pp_variant *v) {
     v->rr = !strncmp(v->name, "rr_", 3);
     v->mr = !strncmp(v->name, "mr_", 3);
     const char *base = v->own ? v->name + 4 : v->rr || v->mr ? v->name + 3 : v->name;
-    v->free = !strcmp(base, "per_free") || v->copy_only;
+    v->calc_only = !strcmp(base, "per_calc");
+    v->free = !strcmp(base, "per_free") || v->copy_only || v->calc_only;
     v->ahead = !strcmp(base, "per_pf") || v->free;
     if (!v->sep && strcmp(base, "per_wait") && !v->ahead)
         return -1;
@@ -527,6 +531,7 @@ static cudaError_t capture(const pp_variant *v, pp_plan *plan, unsigned *bar, co
         plan->own = v->own;
         plan->rr = v->rr;
         plan->mr = v->mr;
+        plan->calc_only = v->calc_only;
         cudaMemsetAsync(bar, 0, sizeof(unsigned), st);
         persist_kernel<<<n_sm, 32 * (v->nw + 1), persist_smem(v), st>>>(*plan, bar);
     }
