@@ -38,6 +38,7 @@
 #include <string.h>
 
 #define PP_MAXPH 64          /* phases (4 a layer) */
+#define PP_LEANNW 23 /* the lean consumer's warps at most (80 registers) */
 #define PP_MAXNW 12 /* consumer warps at most */
 #define PP_MAXRPC 16 /* rows a ring slot holds at most */
 /* where the cycles go: consumer warp 0's grid-barrier wait, x staging,
@@ -126,14 +127,14 @@ static __device__ __forceinline__ float row_dot(const uint4 *w, const float *x, 
    and the R chains are independent, so a warp has R times the work in
    flight (one CTA an SM leaves few warps to hide latency). Rows at or past
    nrows are skipped; lane 0 writes out[row + r] = sum * scale. */
-template <int R>
+template <int R, int UB = 8>
 static __device__ __forceinline__ void rows_dot(const uint4 *w, int nv, int nrows, const float *x, int lane,
                                                 float *out, int row, float scale) {
     float acc[R];
 #pragma unroll
     for (int r = 0; r < R; r++)
         acc[r] = 0.0f;
-    constexpr int U = R >= 3 ? 2 : 8 / R; /* pieces a row and batch: ~8 loads a lane in flight */
+    constexpr int U = UB / R > 1 ? UB / R : 1; /* pieces a row and batch: ~UB loads a lane in flight */
     for (int base = lane; base < nv; base += 32 * U) {
         uint4 q[R][U];
 #pragma unroll
@@ -362,7 +363,67 @@ static __device__ void consume(const pp_plan *plan, const uint4 *ring, float *xs
             atomicAdd(&plan->stats[i], (unsigned long long)t[i]);
 }
 
-static __global__ void __launch_bounds__(32 * (PP_MAXNW + 1), 1)
+/* The lean consumer (variants "leanR_"): only the mr scheme, groups of R
+   rows (1 where R does not divide a slot's rows) dealt to the warps across
+   slots, compiled alone so that up to PP_LEANNW consumer warps fit its registers. */
+template <int R>
+static __device__ void consume_lean(const pp_plan *plan, const uint4 *ring, float *xs, unsigned long long *full,
+                                    unsigned long long *empty, unsigned *bar) {
+    const int ct = (int)threadIdx.x - 32, warp = ct / 32, lane = ct & 31, nw = plan->nw;
+    const unsigned G = gridDim.x, NS = (unsigned)plan->ns;
+    unsigned k = 0;
+    unsigned t[PP_NSTAT] = {0}, t0 = (unsigned)clock(), t1; /* 32-bit: fewer registers */
+#define PP_TICK(i) (t1 = (unsigned)clock(), t[i] += t1 - t0, t0 = t1)
+    for (int p = 0; p < plan->n; p++) {
+        const pp_phase *ph = &plan->ph[p];
+        const pp_share s = share_of(ph, plan->chunk);
+        const float *in = plan->buf[p & 1];
+        float *out = plan->buf[(p + 1) & 1];
+        if (ct == 0 && !plan->free)
+            while (ld_acquire(bar) < (unsigned)p * G) {
+            }
+        consumers_sync(nw);
+        PP_TICK(ST_GRID);
+        stage_x(xs, in, ph->cols, ct, nw * 32);
+        consumers_sync(nw);
+        PP_TICK(ST_STAGE);
+        const int rg = s.rpc % R == 0 ? R : 1, gpc = s.rpc / rg;
+        for (int c = 0; c < s.nchunk; c++, k++) {
+            const unsigned slot = k % NS;
+            if (!plan->calc_only)
+                mbar_wait(&full[slot], (k / NS) & 1);
+            PP_TICK(ST_FULL);
+            const int row = s.r0 + c * s.rpc, n = min(s.rpc, s.r1 - row);
+            const uint4 *base = ring + (size_t)slot * (plan->chunk / 16);
+            for (int j = (warp - (c * gpc) % nw + nw) % nw; j < gpc && j * rg < n; j += nw) {
+                const uint4 *wr = base + (size_t)j * rg * s.nv;
+                const int nr = min(rg, n - j * rg);
+                if (rg == R)
+                    rows_dot<R, 4>(wr, s.nv, nr, xs, lane, out, row + j * rg, ph->scale);
+                else
+                    rows_dot<1, 4>(wr, s.nv, nr, xs, lane, out, row + j * rg, ph->scale);
+            }
+            __syncwarp();
+            if (lane == 0 && !plan->calc_only)
+                mbar_arrive(&empty[slot]);
+            PP_TICK(ST_ROWS);
+        }
+        consumers_sync(nw);
+        if (ct == 0) {
+            __threadfence();
+            atomicAdd(bar, 1u);
+        }
+        PP_TICK(ST_END);
+    }
+#undef PP_TICK
+    if (ct == 0 && plan->stats)
+        for (int i = 0; i < ST_EMPTY; i++)
+            atomicAdd(&plan->stats[i], (unsigned long long)t[i]);
+}
+
+/* LEAN = 0: the general consumer (up to PP_MAXNW warps); R > 0: consume_lean<R>. */
+template <int LEAN>
+static __global__ void __launch_bounds__(LEAN ? 32 * (PP_LEANNW + 1) : 32 * (PP_MAXNW + 1), 1)
     persist_kernel(const __grid_constant__ pp_plan plan, unsigned *bar) {
     extern __shared__ __align__(128) unsigned char smem[];
     float *xs = (float *)smem;
@@ -381,12 +442,25 @@ static __global__ void __launch_bounds__(32 * (PP_MAXNW + 1), 1)
     if (threadIdx.x < 32) {
         if (threadIdx.x == 0 && !plan.calc_only)
             produce(&plan, ring, full, empty, bar);
+    } else if (LEAN) {
+        consume_lean<LEAN ? LEAN : 1>(&plan, ring, xs, full, empty, bar);
     } else {
         consume(&plan, ring, xs, full, empty, bar);
     }
     __syncthreads();
     if (threadIdx.x == 0 && plan.stats)
         atomicAdd(&plan.stats[ST_TOTAL], (unsigned long long)(clock64() - t0));
+}
+
+typedef void (*pp_kernel)(const pp_plan, unsigned *);
+static pp_kernel kernel_of(int lean) {
+    switch (lean) {
+    case 1: return persist_kernel<1>;
+    case 2: return persist_kernel<2>;
+    case 3: return persist_kernel<3>;
+    case 4: return persist_kernel<4>;
+    default: return persist_kernel<0>;
+    }
 }
 
 /* ---- set-up, the read floor ---- */
@@ -455,11 +529,13 @@ static double time_graph(cudaGraphExec_t g, cudaStream_t st, int iters) {
    consumer warps; default 6:32:8). Prefixes of per_wait / per_pf /
    per_free: "own_" makes each slot one warp's, "rr_" deals the rows to the
    warps across slots, "mr_" deals groups of up to 4 rows (rows_dot).
-   per_calc: no copies at all, the consumers' own pace (wrong values). (A "kx_" variant, every warp a column slice of every
+   per_calc: no copies at all, the consumers' own pace (wrong values).
+   "leanR_" (R = 1..4; e.g. lean2_per_pf:6:32:23): consume_lean<R>, up to PP_LEANNW
+   consumer warps. (A "kx_" variant, every warp a column slice of every
    row with x in registers, was slower: commit history.) */
 typedef struct pp_variant {
     char name[16];
-    int sep, sep_blocks, pdl, ns, chunk, nw, ahead, free, copy_only, own, rr, mr, calc_only;
+    int sep, sep_blocks, pdl, ns, chunk, nw, ahead, free, copy_only, own, rr, mr, calc_only, lean;
 } pp_variant;
 
 static int parse_variant(const char *spec, pp_variant *v) {
@@ -482,7 +558,9 @@ static int parse_variant(const char *spec, pp_variant *v) {
     v->own = !strncmp(v->name, "own_", 4);
     v->rr = !strncmp(v->name, "rr_", 3);
     v->mr = !strncmp(v->name, "mr_", 3);
-    const char *base = v->own ? v->name + 4 : v->rr || v->mr ? v->name + 3 : v->name;
+    if (!strncmp(v->name, "lean", 4) && v->name[4] >= '1' && v->name[4] <= '4' && v->name[5] == '_')
+        v->lean = v->name[4] - '0';
+    const char *base = v->own ? v->name + 4 : v->rr || v->mr ? v->name + 3 : v->lean ? v->name + 6 : v->name;
     v->calc_only = !strcmp(base, "per_calc");
     v->free = !strcmp(base, "per_free") || v->copy_only || v->calc_only;
     v->ahead = !strcmp(base, "per_pf") || v->free;
@@ -490,7 +568,7 @@ static int parse_variant(const char *spec, pp_variant *v) {
         return -1;
     if (v->own && v->nw > v->ns) /* a slot's parity wait must not see the fill before */
         return -1;
-    if (v->ns < 1 || v->nw < 1 || v->nw > PP_MAXNW || v->chunk < PP_MAXCOLS * 2 || v->chunk % 16)
+    if (v->ns < 1 || v->nw < 1 || v->nw > (v->lean ? PP_LEANNW : PP_MAXNW) || v->chunk < PP_MAXCOLS * 2 || v->chunk % 16)
         return -1;
     return 0;
 }
@@ -532,8 +610,14 @@ static cudaError_t capture(const pp_variant *v, pp_plan *plan, unsigned *bar, co
         plan->rr = v->rr;
         plan->mr = v->mr;
         plan->calc_only = v->calc_only;
+        plan->mr = v->mr || v->lean; /* (the general consumer ignores it when lean) */
         cudaMemsetAsync(bar, 0, sizeof(unsigned), st);
-        persist_kernel<<<n_sm, 32 * (v->nw + 1), persist_smem(v), st>>>(*plan, bar);
+        cudaLaunchConfig_t cfg = {};
+        cfg.gridDim = dim3((unsigned)n_sm);
+        cfg.blockDim = dim3((unsigned)(32 * (v->nw + 1)));
+        cfg.dynamicSmemBytes = persist_smem(v);
+        cfg.stream = st;
+        cudaLaunchKernelEx(&cfg, kernel_of(v->lean), (const pp_plan)*plan, bar);
     }
     e = cudaStreamEndCapture(st, &g);
     if (e != cudaSuccess)
@@ -631,7 +715,8 @@ int main(int argc, char **argv) {
     for (int i = 0; i < PP_MAXCOLS; i++)
         host[i] = sinf(0.37f * (float)i);
     CK(cudaMemcpy(x0, host, PP_MAXCOLS * sizeof(float), cudaMemcpyHostToDevice));
-    CK(cudaFuncSetAttribute(persist_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 227 * 1024));
+    for (int l = 0; l <= 4; l++)
+        CK(cudaFuncSetAttribute(kernel_of(l), cudaFuncAttributeMaxDynamicSharedMemorySize, 227 * 1024));
     cudaStream_t st;
     CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
     CK(cudaDeviceSynchronize());
@@ -650,7 +735,7 @@ int main(int argc, char **argv) {
             const pp_variant *v = &vars[vi];
             if (!v->sep) {
                 int per_sm = 0;
-                CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, persist_kernel, 32 * (v->nw + 1),
+                CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel_of(v->lean), 32 * (v->nw + 1),
                                                                  persist_smem(v)));
                 if (per_sm < 1) {
                     printf("%s: does not fit an SM (%zu bytes of shared memory)\n", specs[vi], persist_smem(v));
