@@ -9,23 +9,33 @@
  * for the small activations. This probe times a chain of dependent GEMVs
  * with 35B-A3B's decode bytes per layer (input projections 12352 x 2048,
  * out_proj 2048 x 4096, the routed + shared experts' gate/up as 9216 x 2048
- * and their down as 2048 x 4608), 8 layers of distinct weights (~1 GB, so
- * nothing stays in L2), four ways, each phase reading the previous phase's
- * output:
+ * and their down as 2048 x 4608; mode "layer"), or one of those shapes
+ * repeated ("big": 12352 x 2048, "small": 2048 x 4096), 8 layers of
+ * distinct weights (~1 GB, so nothing stays in L2), each phase reading the
+ * previous phase's output. Variants:
  *
- *   sep       one kernel per GEMV, in a CUDA graph, no PDL
- *   sep_pdl   the same with programmatic dependent launch
+ *   sep       one kernel per GEMV in a CUDA graph (4 blocks an SM, a warp a
+ *             row, grid-stride); sep_pdl with programmatic dependent
+ *             launch; sep1 with one block an SM
  *   per_wait  one persistent kernel (a CTA per SM), a grid barrier between
- *             phases; a producer warp copies the CTA's weight rows into a
- *             shared-memory ring with bulk copies (TMA) only once the
- *             phase's barrier has passed
+ *             phases; a producer thread copies the CTA's weight rows into a
+ *             shared-memory ring with bulk copies (TMA) once the phase's
+ *             barrier has passed, consumer warps sum the rows from the ring
  *   per_pf    the same, the producer running ahead across the barriers
  *             (bounded only by the ring)
+ *   per_free  per_pf without the barrier waits (wrong values; a bound)
+ *   per_copy  copies only, the consumers release each slot unread (a bound)
+ *   per_calc  no copies, the consumers sum what the ring holds (a bound)
  *
- * Every variant sums each row in the same order (row_dot), so their outputs
- * must agree bit for bit; the probe checks it. The floor is the weight bytes
- * over the read bandwidth of a plain streaming kernel over the same buffer,
- * measured in the same run (and cudaMemcpy's copy rate, for reference).
+ * and consumer layouts as prefixes (own_, rr_, mr_, leanR_; see
+ * parse_variant), each with ":SLOTS:KB:WARPS" for the ring. Findings:
+ * docs/CUDA.md, session 14.
+ *
+ * Every checked variant sums each row in the same order (row_dot,
+ * rows_dot), so their outputs must agree bit for bit; the probe checks it
+ * and exits 1 if not. The floor is the weight bytes over the read
+ * bandwidth of a plain streaming kernel over the same buffer, measured in
+ * the same run (and cudaMemcpy's copy rate, for reference).
  *
  * Usage: persist_probe [layers (8)] [iterations (20)] [layer|big|small] [VARIANT...]
  */
@@ -76,6 +86,7 @@ typedef struct pp_plan {
     int rr;            /* rows dealt to the warps across slots, not within each */
     int mr;            /* groups of up to 4 rows a warp (rows_dot), dealt as rr */
     int calc_only;     /* no copies: consumers sum whatever the ring holds (their own pace) */
+    int lane0;         /* lean: only lane 0 of a warp polls a slot's barrier, then __syncwarp */
     unsigned long long *stats; /* PP_NSTAT cycle sums over the CTAs (consumer warp 0, the producer) */
     float *buf[2]; /* phase p reads buf[p & 1], writes buf[(p + 1) & 1] */
 } pp_plan;
@@ -390,8 +401,10 @@ static __device__ void consume_lean(const pp_plan *plan, const uint4 *ring, floa
         const int rg = s.rpc % R == 0 ? R : 1, gpc = s.rpc / rg;
         for (int c = 0; c < s.nchunk; c++, k++) {
             const unsigned slot = k % NS;
-            if (!plan->calc_only)
+            if (!plan->calc_only && (!plan->lane0 || lane == 0))
                 mbar_wait(&full[slot], (k / NS) & 1);
+            if (plan->lane0)
+                __syncwarp(); /* orders the other lanes' reads after lane 0's wait */
             PP_TICK(ST_FULL);
             const int row = s.r0 + c * s.rpc, n = min(s.rpc, s.r1 - row);
             const uint4 *base = ring + (size_t)slot * (plan->chunk / 16);
@@ -531,11 +544,11 @@ static double time_graph(cudaGraphExec_t g, cudaStream_t st, int iters) {
    warps across slots, "mr_" deals groups of up to 4 rows (rows_dot).
    per_calc: no copies at all, the consumers' own pace (wrong values).
    "leanR_" (R = 1..4; e.g. lean2_per_pf:6:32:23): consume_lean<R>, up to PP_LEANNW
-   consumer warps. (A "kx_" variant, every warp a column slice of every
+   consumer warps; "leanRw_": lane 0 alone polls each slot's barrier. (A "kx_" variant, every warp a column slice of every
    row with x in registers, was slower: commit history.) */
 typedef struct pp_variant {
     char name[16];
-    int sep, sep_blocks, pdl, ns, chunk, nw, ahead, free, copy_only, own, rr, mr, calc_only, lean;
+    int sep, sep_blocks, pdl, ns, chunk, nw, ahead, free, copy_only, own, rr, mr, calc_only, lean, lane0;
 } pp_variant;
 
 static int parse_variant(const char *spec, pp_variant *v) {
@@ -558,9 +571,15 @@ static int parse_variant(const char *spec, pp_variant *v) {
     v->own = !strncmp(v->name, "own_", 4);
     v->rr = !strncmp(v->name, "rr_", 3);
     v->mr = !strncmp(v->name, "mr_", 3);
-    if (!strncmp(v->name, "lean", 4) && v->name[4] >= '1' && v->name[4] <= '4' && v->name[5] == '_')
-        v->lean = v->name[4] - '0';
-    const char *base = v->own ? v->name + 4 : v->rr || v->mr ? v->name + 3 : v->lean ? v->name + 6 : v->name;
+    if (!strncmp(v->name, "lean", 4) && v->name[4] >= '1' && v->name[4] <= '4') {
+        v->lane0 = v->name[5] == 'w';
+        if (v->name[5 + v->lane0] == '_')
+            v->lean = v->name[4] - '0';
+    }
+    const char *base = v->own                ? v->name + 4
+                       : v->rr || v->mr      ? v->name + 3
+                       : v->lean             ? v->name + 6 + v->lane0
+                                             : v->name;
     v->calc_only = !strcmp(base, "per_calc");
     v->free = !strcmp(base, "per_free") || v->copy_only || v->calc_only;
     v->ahead = !strcmp(base, "per_pf") || v->free;
@@ -610,6 +629,7 @@ static cudaError_t capture(const pp_variant *v, pp_plan *plan, unsigned *bar, co
         plan->rr = v->rr;
         plan->mr = v->mr;
         plan->calc_only = v->calc_only;
+        plan->lane0 = v->lane0;
         plan->mr = v->mr || v->lean; /* (the general consumer ignores it when lean) */
         cudaMemsetAsync(bar, 0, sizeof(unsigned), st);
         cudaLaunchConfig_t cfg = {};
