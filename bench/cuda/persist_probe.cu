@@ -48,7 +48,7 @@
 #include <string.h>
 
 #define PP_MAXPH 64          /* phases (4 a layer) */
-#define PP_LEANNW 23 /* the lean consumer's warps at most (80 registers) */
+#define PP_LEANNW 15 /* the lean consumer's warps at most (the fixed widths need ~120 registers) */
 #define PP_MAXNW 12 /* consumer warps at most */
 #define PP_MAXRPC 16 /* rows a ring slot holds at most */
 /* where the cycles go: consumer warp 0's grid-barrier wait, x staging,
@@ -162,6 +162,81 @@ static __device__ __forceinline__ void rows_dot(const uint4 *w, int nv, int nrow
 #pragma unroll
                 for (int r = 0; r < R; r++)
                     acc[r] += dot8(q[r][u], x + 8 * v);
+        }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+#pragma unroll
+        for (int r = 0; r < R; r++)
+            acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], o);
+    if (lane == 0)
+#pragma unroll
+        for (int r = 0; r < R; r++)
+            if (r < nrows)
+                __stcg(out + row + r, acc[r] * scale);
+}
+
+/* The lean consumer's x layout: piece v's first four floats at xp[v], its
+   last four at xp[n / 8 + v] (float4 units), so a warp's 32 lanes read 512
+   contiguous bytes (the plain layout's 32-byte lane stride reads each
+   float4 in two bank passes). */
+static __device__ __forceinline__ void stage_x_split(float4 *xp, const float *in, int n, int t, int nt) {
+    const float4 *in4 = (const float4 *)in;
+    const int n4 = n / 4, half = n / 8;
+    for (int base = t; base < n4; base += 5 * nt) {
+        float4 v[5];
+#pragma unroll
+        for (int u = 0; u < 5; u++)
+            if (base + u * nt < n4)
+                v[u] = __ldcg(in4 + base + u * nt);
+#pragma unroll
+        for (int u = 0; u < 5; u++) {
+            const int i = base + u * nt; /* float4 i: piece i / 2, half i % 2 */
+            if (i < n4)
+                xp[(i & 1) * half + (i >> 1)] = v[u];
+        }
+    }
+}
+
+/* R rows of NV pieces (a compile-time width: no bounds checks, offsets as
+   immediates): the sums of row_dot in the same order, x from the split
+   layout. Rows at or past nrows re-read row 0 and are not written. */
+template <int R, int NV, int U>
+static __device__ __forceinline__ void rows_dot_fixed(const uint4 *w, int nrows, const float4 *xp, int lane,
+                                                      float *out, int row, float scale) {
+    static_assert(NV % (32 * U) == 0, "whole batches");
+    const uint4 *wr[R];
+#pragma unroll
+    for (int r = 0; r < R; r++)
+        wr[r] = w + (size_t)(r < nrows ? r : 0) * NV + lane;
+    const float4 *xa = xp + lane, *xb = xp + NV + lane;
+    float acc[R];
+#pragma unroll
+    for (int r = 0; r < R; r++)
+        acc[r] = 0.0f;
+#pragma unroll
+    for (int b = 0; b < NV / 32; b += U) {
+        uint4 q[R][U];
+#pragma unroll
+        for (int u = 0; u < U; u++)
+#pragma unroll
+            for (int r = 0; r < R; r++)
+                q[r][u] = wr[r][32 * (b + u)];
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const float4 x0 = xa[32 * (b + u)], x1 = xb[32 * (b + u)];
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                const uint4 qq = q[r][u];
+                float d = bf_lo(qq.x) * x0.x;
+                d = fmaf(bf_hi(qq.x), x0.y, d);
+                d = fmaf(bf_lo(qq.y), x0.z, d);
+                d = fmaf(bf_hi(qq.y), x0.w, d);
+                d = fmaf(bf_lo(qq.z), x1.x, d);
+                d = fmaf(bf_hi(qq.z), x1.y, d);
+                d = fmaf(bf_lo(qq.w), x1.z, d);
+                acc[r] += fmaf(bf_hi(qq.w), x1.w, d);
+            }
         }
     }
 #pragma unroll
@@ -377,7 +452,7 @@ static __device__ void consume(const pp_plan *plan, const uint4 *ring, float *xs
 /* The lean consumer (variants "leanR_"): only the mr scheme, groups of R
    rows (1 where R does not divide a slot's rows) dealt to the warps across
    slots, compiled alone so that up to PP_LEANNW consumer warps fit its registers. */
-template <int R>
+template <int R, bool FIXED>
 static __device__ void consume_lean(const pp_plan *plan, const uint4 *ring, float *xs, unsigned long long *full,
                                     unsigned long long *empty, unsigned *bar) {
     const int ct = (int)threadIdx.x - 32, warp = ct / 32, lane = ct & 31, nw = plan->nw;
@@ -395,7 +470,12 @@ static __device__ void consume_lean(const pp_plan *plan, const uint4 *ring, floa
             }
         consumers_sync(nw);
         PP_TICK(ST_GRID);
-        stage_x(xs, in, ph->cols, ct, nw * 32);
+        /* fixed: the probe's three widths with rows_dot_fixed (split x) */
+        const bool fixed = FIXED && (s.nv == 256 || s.nv == 512 || s.nv == 576);
+        if (fixed)
+            stage_x_split((float4 *)xs, in, ph->cols, ct, nw * 32);
+        else
+            stage_x(xs, in, ph->cols, ct, nw * 32);
         consumers_sync(nw);
         PP_TICK(ST_STAGE);
         const int rg = s.rpc % R == 0 ? R : 1, gpc = s.rpc / rg;
@@ -411,7 +491,25 @@ static __device__ void consume_lean(const pp_plan *plan, const uint4 *ring, floa
             for (int j = (warp - (c * gpc) % nw + nw) % nw; j < gpc && j * rg < n; j += nw) {
                 const uint4 *wr = base + (size_t)j * rg * s.nv;
                 const int nr = min(rg, n - j * rg);
-                if (rg == R)
+                const float4 *xp = (const float4 *)xs;
+                constexpr int UR = R >= 3 ? 1 : 4 / R;
+                if (fixed && rg == R && s.nv == 256)
+                    rows_dot_fixed<R, 256, UR>(wr, nr, xp, lane, out, row + j * rg, ph->scale);
+                else if (fixed && rg == R && s.nv == 512)
+                    rows_dot_fixed<R, 512, UR>(wr, nr, xp, lane, out, row + j * rg, ph->scale);
+                else if (fixed) /* a row at a time (576 pieces: 18 a lane) */
+                    for (int i = 0; i < nr; i++) {
+                        const uint4 *wi = wr + (size_t)i * s.nv;
+                        if (s.nv == 576)
+                            rows_dot_fixed<1, 576, 2>(wi, 1, xp, lane, out, row + j * rg + i, ph->scale);
+                        else if (s.nv == 512)
+                            rows_dot_fixed<1, 512, 4>(wi, 1, xp, lane, out, row + j * rg + i, ph->scale);
+                        else
+                            rows_dot_fixed<1, 256, 4>(wi, 1, xp, lane, out, row + j * rg + i, ph->scale);
+                    }
+                else if (FIXED) /* other widths: not in this probe */
+                    continue;
+                else if (rg == R)
                     rows_dot<R, 4>(wr, s.nv, nr, xs, lane, out, row + j * rg, ph->scale);
                 else
                     rows_dot<1, 4>(wr, s.nv, nr, xs, lane, out, row + j * rg, ph->scale);
@@ -435,7 +533,7 @@ static __device__ void consume_lean(const pp_plan *plan, const uint4 *ring, floa
 }
 
 /* LEAN = 0: the general consumer (up to PP_MAXNW warps); R > 0: consume_lean<R>. */
-template <int LEAN>
+template <int LEAN, bool FIXED>
 static __global__ void __launch_bounds__(LEAN ? 32 * (PP_LEANNW + 1) : 32 * (PP_MAXNW + 1), 1)
     persist_kernel(const __grid_constant__ pp_plan plan, unsigned *bar) {
     extern __shared__ __align__(128) unsigned char smem[];
@@ -456,7 +554,7 @@ static __global__ void __launch_bounds__(LEAN ? 32 * (PP_LEANNW + 1) : 32 * (PP_
         if (threadIdx.x == 0 && !plan.calc_only)
             produce(&plan, ring, full, empty, bar);
     } else if (LEAN) {
-        consume_lean<LEAN ? LEAN : 1>(&plan, ring, xs, full, empty, bar);
+        consume_lean<LEAN ? LEAN : 1, FIXED>(&plan, ring, xs, full, empty, bar);
     } else {
         consume(&plan, ring, xs, full, empty, bar);
     }
@@ -466,13 +564,13 @@ static __global__ void __launch_bounds__(LEAN ? 32 * (PP_LEANNW + 1) : 32 * (PP_
 }
 
 typedef void (*pp_kernel)(const pp_plan, unsigned *);
-static pp_kernel kernel_of(int lean) {
+static pp_kernel kernel_of(int lean, int fixed) {
     switch (lean) {
-    case 1: return persist_kernel<1>;
-    case 2: return persist_kernel<2>;
-    case 3: return persist_kernel<3>;
-    case 4: return persist_kernel<4>;
-    default: return persist_kernel<0>;
+    case 1: return fixed ? persist_kernel<1, true> : persist_kernel<1, false>;
+    case 2: return fixed ? persist_kernel<2, true> : persist_kernel<2, false>;
+    case 3: return fixed ? persist_kernel<3, true> : persist_kernel<3, false>;
+    case 4: return fixed ? persist_kernel<4, true> : persist_kernel<4, false>;
+    default: return persist_kernel<0, false>;
     }
 }
 
@@ -543,12 +641,13 @@ static double time_graph(cudaGraphExec_t g, cudaStream_t st, int iters) {
    per_free: "own_" makes each slot one warp's, "rr_" deals the rows to the
    warps across slots, "mr_" deals groups of up to 4 rows (rows_dot).
    per_calc: no copies at all, the consumers' own pace (wrong values).
-   "leanR_" (R = 1..4; e.g. lean2_per_pf:6:32:23): consume_lean<R>, up to PP_LEANNW
-   consumer warps; "leanRw_": lane 0 alone polls each slot's barrier. (A "kx_" variant, every warp a column slice of every
+   "leanR_" (R = 1..4; e.g. lean2_per_pf:6:32:15): consume_lean<R>, up to PP_LEANNW
+   consumer warps; "leanRw_": lane 0 alone polls each slot's barrier;
+   "leanRf_" / "leanRwf_": rows_dot_fixed (compile-time widths, split x). (A "kx_" variant, every warp a column slice of every
    row with x in registers, was slower: commit history.) */
 typedef struct pp_variant {
     char name[16];
-    int sep, sep_blocks, pdl, ns, chunk, nw, ahead, free, copy_only, own, rr, mr, calc_only, lean, lane0;
+    int sep, sep_blocks, pdl, ns, chunk, nw, ahead, free, copy_only, own, rr, mr, calc_only, lean, lane0, fixed;
 } pp_variant;
 
 static int parse_variant(const char *spec, pp_variant *v) {
@@ -571,14 +670,21 @@ static int parse_variant(const char *spec, pp_variant *v) {
     v->own = !strncmp(v->name, "own_", 4);
     v->rr = !strncmp(v->name, "rr_", 3);
     v->mr = !strncmp(v->name, "mr_", 3);
+    int lean_len = 0; /* "leanR[w][f]_" */
     if (!strncmp(v->name, "lean", 4) && v->name[4] >= '1' && v->name[4] <= '4') {
-        v->lane0 = v->name[5] == 'w';
-        if (v->name[5 + v->lane0] == '_')
+        int i = 5;
+        v->lane0 = v->name[i] == 'w';
+        i += v->lane0;
+        v->fixed = v->name[i] == 'f';
+        i += v->fixed;
+        if (v->name[i] == '_') {
             v->lean = v->name[4] - '0';
+            lean_len = i + 1;
+        }
     }
     const char *base = v->own                ? v->name + 4
                        : v->rr || v->mr      ? v->name + 3
-                       : v->lean             ? v->name + 6 + v->lane0
+                       : v->lean             ? v->name + lean_len
                                              : v->name;
     v->calc_only = !strcmp(base, "per_calc");
     v->free = !strcmp(base, "per_free") || v->copy_only || v->calc_only;
@@ -637,7 +743,7 @@ static cudaError_t capture(const pp_variant *v, pp_plan *plan, unsigned *bar, co
         cfg.blockDim = dim3((unsigned)(32 * (v->nw + 1)));
         cfg.dynamicSmemBytes = persist_smem(v);
         cfg.stream = st;
-        cudaLaunchKernelEx(&cfg, kernel_of(v->lean), (const pp_plan)*plan, bar);
+        cudaLaunchKernelEx(&cfg, kernel_of(v->lean, v->fixed), (const pp_plan)*plan, bar);
     }
     e = cudaStreamEndCapture(st, &g);
     if (e != cudaSuccess)
@@ -736,7 +842,8 @@ int main(int argc, char **argv) {
         host[i] = sinf(0.37f * (float)i);
     CK(cudaMemcpy(x0, host, PP_MAXCOLS * sizeof(float), cudaMemcpyHostToDevice));
     for (int l = 0; l <= 4; l++)
-        CK(cudaFuncSetAttribute(kernel_of(l), cudaFuncAttributeMaxDynamicSharedMemorySize, 227 * 1024));
+        for (int f = 0; f < 2; f++)
+            CK(cudaFuncSetAttribute(kernel_of(l, f), cudaFuncAttributeMaxDynamicSharedMemorySize, 227 * 1024));
     cudaStream_t st;
     CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
     CK(cudaDeviceSynchronize());
@@ -755,7 +862,7 @@ int main(int argc, char **argv) {
             const pp_variant *v = &vars[vi];
             if (!v->sep) {
                 int per_sm = 0;
-                CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel_of(v->lean), 32 * (v->nw + 1),
+                CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel_of(v->lean, v->fixed), 32 * (v->nw + 1),
                                                                  persist_smem(v)));
                 if (per_sm < 1) {
                     printf("%s: does not fit an SM (%zu bytes of shared memory)\n", specs[vi], persist_smem(v));
