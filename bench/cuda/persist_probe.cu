@@ -201,9 +201,15 @@ static __device__ __forceinline__ void stage_x_split(float4 *xp, const float *in
 /* R rows of NV pieces (a compile-time width: no bounds checks, offsets as
    immediates): the sums of row_dot in the same order, x from the split
    layout. Rows at or past nrows re-read row 0 and are not written. */
+/* Where element i of a vector goes in the split layout of an nn-wide input
+   (nn = 0 or i >= nn: where it is). */
+static __device__ __forceinline__ int split_pos(int i, int nn) {
+    return nn && i < nn ? ((i & 4) ? nn / 2 : 0) + (i >> 3) * 4 + (i & 3) : i;
+}
+
 template <int R, int NV, int U>
 static __device__ __forceinline__ void rows_dot_fixed(const uint4 *w, int nrows, const float4 *xp, int lane,
-                                                      float *out, int row, float scale) {
+                                                      float *out, int row, float scale, int nnext = 0) {
     static_assert(NV % (32 * U) == 0, "whole batches");
     const uint4 *wr[R];
 #pragma unroll
@@ -248,7 +254,7 @@ static __device__ __forceinline__ void rows_dot_fixed(const uint4 *w, int nrows,
 #pragma unroll
         for (int r = 0; r < R; r++)
             if (r < nrows)
-                __stcg(out + row + r, acc[r] * scale);
+                __stcg(out + split_pos(row + r, nnext), acc[r] * scale);
 }
 
 /* x (n floats, n % 4 == 0) from L2 into shared memory by nt threads, the
@@ -452,9 +458,29 @@ static __device__ void consume(const pp_plan *plan, const uint4 *ring, float *xs
 /* The lean consumer (variants "leanR_"): only the mr scheme, groups of R
    rows (1 where R does not divide a slot's rows) dealt to the warps across
    slots, compiled alone so that up to PP_LEANNW consumer warps fit its registers. */
-template <int R, bool FIXED>
+/* DEC (with FIXED): no CTA-wide step between phases. Thread 1 copies each
+   phase's x (already in the split layout: the phase before wrote its
+   outputs there) into one of two buffers by a bulk copy once the grid
+   barrier has passed (stage_dec); a warp waits for that copy, sums its
+   rows, and the CTA's last warp to finish a phase arrives at the grid
+   barrier. A warp no longer waits for the CTA's slowest one. */
+static __device__ void stage_dec(const pp_plan *plan, float *xs, unsigned long long *xbar, const unsigned *bar) {
+    const unsigned G = gridDim.x;
+    for (int p = 0; p < plan->n; p++) {
+        while (ld_acquire(bar) < (unsigned)p * G) {
+        }
+        asm volatile("fence.proxy.async.global;" ::: "memory"); /* the bulk copy reads what the grid wrote */
+        const unsigned bytes = (unsigned)plan->ph[p].cols * 4;
+        mbar_expect(&xbar[p & 1], bytes);
+        bulk_copy(xs + (p & 1) * PP_MAXCOLS, plan->buf[p & 1], bytes, &xbar[p & 1]);
+    }
+}
+
+template <int R, bool FIXED, bool DEC>
 static __device__ void consume_lean(const pp_plan *plan, const uint4 *ring, float *xs, unsigned long long *full,
-                                    unsigned long long *empty, unsigned *bar) {
+                                    unsigned long long *empty, unsigned *bar, unsigned long long *xbar,
+                                    unsigned *done) {
+    static_assert(!DEC || FIXED, "DEC needs the split layout");
     const int ct = (int)threadIdx.x - 32, warp = ct / 32, lane = ct & 31, nw = plan->nw;
     const unsigned G = gridDim.x, NS = (unsigned)plan->ns;
     unsigned k = 0;
@@ -465,19 +491,28 @@ static __device__ void consume_lean(const pp_plan *plan, const uint4 *ring, floa
         const pp_share s = share_of(ph, plan->chunk);
         const float *in = plan->buf[p & 1];
         float *out = plan->buf[(p + 1) & 1];
-        if (ct == 0 && !plan->free)
-            while (ld_acquire(bar) < (unsigned)p * G) {
-            }
-        consumers_sync(nw);
-        PP_TICK(ST_GRID);
-        /* fixed: the probe's three widths with rows_dot_fixed (split x) */
         const bool fixed = FIXED && (s.nv == 256 || s.nv == 512 || s.nv == 576);
-        if (fixed)
-            stage_x_split((float4 *)xs, in, ph->cols, ct, nw * 32);
-        else
-            stage_x(xs, in, ph->cols, ct, nw * 32);
-        consumers_sync(nw);
-        PP_TICK(ST_STAGE);
+        const int nnext = DEC && p + 1 < plan->n ? plan->ph[p + 1].cols : 0;
+        const float4 *xp = (const float4 *)(xs + (DEC ? (p & 1) * PP_MAXCOLS : 0));
+        if (DEC) {
+            if (lane == 0)
+                mbar_wait(&xbar[p & 1], (p >> 1) & 1);
+            __syncwarp();
+            PP_TICK(ST_STAGE);
+        } else {
+            if (ct == 0 && !plan->free)
+                while (ld_acquire(bar) < (unsigned)p * G) {
+                }
+            consumers_sync(nw);
+            PP_TICK(ST_GRID);
+            /* fixed: the probe's three widths with rows_dot_fixed (split x) */
+            if (fixed)
+                stage_x_split((float4 *)xs, in, ph->cols, ct, nw * 32);
+            else
+                stage_x(xs, in, ph->cols, ct, nw * 32);
+            consumers_sync(nw);
+            PP_TICK(ST_STAGE);
+        }
         const int rg = s.rpc % R == 0 ? R : 1, gpc = s.rpc / rg;
         for (int c = 0; c < s.nchunk; c++, k++) {
             const unsigned slot = k % NS;
@@ -491,21 +526,21 @@ static __device__ void consume_lean(const pp_plan *plan, const uint4 *ring, floa
             for (int j = (warp - (c * gpc) % nw + nw) % nw; j < gpc && j * rg < n; j += nw) {
                 const uint4 *wr = base + (size_t)j * rg * s.nv;
                 const int nr = min(rg, n - j * rg);
-                const float4 *xp = (const float4 *)xs;
                 constexpr int UR = R >= 3 ? 1 : 4 / R;
                 if (fixed && rg == R && s.nv == 256)
-                    rows_dot_fixed<R, 256, UR>(wr, nr, xp, lane, out, row + j * rg, ph->scale);
+                    rows_dot_fixed<R, 256, UR>(wr, nr, xp, lane, out, row + j * rg, ph->scale, nnext);
                 else if (fixed && rg == R && s.nv == 512)
-                    rows_dot_fixed<R, 512, UR>(wr, nr, xp, lane, out, row + j * rg, ph->scale);
+                    rows_dot_fixed<R, 512, UR>(wr, nr, xp, lane, out, row + j * rg, ph->scale, nnext);
                 else if (fixed) /* a row at a time (576 pieces: 18 a lane) */
                     for (int i = 0; i < nr; i++) {
                         const uint4 *wi = wr + (size_t)i * s.nv;
+                        const int ri = row + j * rg + i;
                         if (s.nv == 576)
-                            rows_dot_fixed<1, 576, 2>(wi, 1, xp, lane, out, row + j * rg + i, ph->scale);
+                            rows_dot_fixed<1, 576, 2>(wi, 1, xp, lane, out, ri, ph->scale, nnext);
                         else if (s.nv == 512)
-                            rows_dot_fixed<1, 512, 4>(wi, 1, xp, lane, out, row + j * rg + i, ph->scale);
+                            rows_dot_fixed<1, 512, 4>(wi, 1, xp, lane, out, ri, ph->scale, nnext);
                         else
-                            rows_dot_fixed<1, 256, 4>(wi, 1, xp, lane, out, row + j * rg + i, ph->scale);
+                            rows_dot_fixed<1, 256, 4>(wi, 1, xp, lane, out, ri, ph->scale, nnext);
                     }
                 else if (FIXED) /* other widths: not in this probe */
                     continue;
@@ -519,10 +554,22 @@ static __device__ void consume_lean(const pp_plan *plan, const uint4 *ring, floa
                 mbar_arrive(&empty[slot]);
             PP_TICK(ST_ROWS);
         }
-        consumers_sync(nw);
-        if (ct == 0) {
-            __threadfence();
-            atomicAdd(bar, 1u);
+        if (DEC) {
+            __syncwarp();
+            if (lane == 0) {
+                __threadfence(); /* this warp's outputs before the CTA's arrival */
+                if (atomicAdd(&done[p & 1], 1u) == (unsigned)nw - 1) {
+                    done[p & 1] = 0;
+                    __threadfence();
+                    atomicAdd(bar, 1u);
+                }
+            }
+        } else {
+            consumers_sync(nw);
+            if (ct == 0) {
+                __threadfence();
+                atomicAdd(bar, 1u);
+            }
         }
         PP_TICK(ST_END);
     }
@@ -533,19 +580,24 @@ static __device__ void consume_lean(const pp_plan *plan, const uint4 *ring, floa
 }
 
 /* LEAN = 0: the general consumer (up to PP_MAXNW warps); R > 0: consume_lean<R>. */
-template <int LEAN, bool FIXED>
+template <int LEAN, bool FIXED, bool DEC>
 static __global__ void __launch_bounds__(LEAN ? 32 * (PP_LEANNW + 1) : 32 * (PP_MAXNW + 1), 1)
     persist_kernel(const __grid_constant__ pp_plan plan, unsigned *bar) {
     extern __shared__ __align__(128) unsigned char smem[];
+    constexpr int XB = DEC ? 2 : 1; /* x buffers */
     float *xs = (float *)smem;
-    uint4 *ring = (uint4 *)(smem + PP_MAXCOLS * 4);
-    unsigned long long *full = (unsigned long long *)(smem + PP_MAXCOLS * 4 + (size_t)plan.ns * plan.chunk);
-    unsigned long long *empty = full + plan.ns;
+    uint4 *ring = (uint4 *)(smem + XB * PP_MAXCOLS * 4);
+    unsigned long long *full = (unsigned long long *)(smem + XB * PP_MAXCOLS * 4 + (size_t)plan.ns * plan.chunk);
+    unsigned long long *empty = full + plan.ns, *xbar = empty + plan.ns;
+    unsigned *done = (unsigned *)(xbar + 2);
     if (threadIdx.x == 0) {
         for (int i = 0; i < plan.ns; i++) {
             mbar_init(&full[i], 1);
             mbar_init(&empty[i], plan.own ? 1u : (unsigned)plan.nw);
         }
+        mbar_init(&xbar[0], 1);
+        mbar_init(&xbar[1], 1);
+        done[0] = done[1] = 0;
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
     __syncthreads();
@@ -553,8 +605,10 @@ static __global__ void __launch_bounds__(LEAN ? 32 * (PP_LEANNW + 1) : 32 * (PP_
     if (threadIdx.x < 32) {
         if (threadIdx.x == 0 && !plan.calc_only)
             produce(&plan, ring, full, empty, bar);
+        if (DEC && threadIdx.x == 1)
+            stage_dec(&plan, xs, xbar, bar);
     } else if (LEAN) {
-        consume_lean<LEAN ? LEAN : 1, FIXED>(&plan, ring, xs, full, empty, bar);
+        consume_lean<LEAN ? LEAN : 1, FIXED, DEC>(&plan, ring, xs, full, empty, bar, xbar, done);
     } else {
         consume(&plan, ring, xs, full, empty, bar);
     }
@@ -564,13 +618,17 @@ static __global__ void __launch_bounds__(LEAN ? 32 * (PP_LEANNW + 1) : 32 * (PP_
 }
 
 typedef void (*pp_kernel)(const pp_plan, unsigned *);
-static pp_kernel kernel_of(int lean, int fixed) {
+/* The instances: the general one, leanR (R = 1..4), leanRf, and leanRd
+   (R = 1, 2; decoupled phases, fixed widths). */
+static pp_kernel kernel_of(int lean, int fixed, int dec) {
+    if (dec)
+        return lean == 2 ? persist_kernel<2, true, true> : persist_kernel<1, true, true>;
     switch (lean) {
-    case 1: return fixed ? persist_kernel<1, true> : persist_kernel<1, false>;
-    case 2: return fixed ? persist_kernel<2, true> : persist_kernel<2, false>;
-    case 3: return fixed ? persist_kernel<3, true> : persist_kernel<3, false>;
-    case 4: return fixed ? persist_kernel<4, true> : persist_kernel<4, false>;
-    default: return persist_kernel<0, false>;
+    case 1: return fixed ? persist_kernel<1, true, false> : persist_kernel<1, false, false>;
+    case 2: return fixed ? persist_kernel<2, true, false> : persist_kernel<2, false, false>;
+    case 3: return fixed ? persist_kernel<3, true, false> : persist_kernel<3, false, false>;
+    case 4: return fixed ? persist_kernel<4, true, false> : persist_kernel<4, false, false>;
+    default: return persist_kernel<0, false, false>;
     }
 }
 
@@ -643,11 +701,12 @@ static double time_graph(cudaGraphExec_t g, cudaStream_t st, int iters) {
    per_calc: no copies at all, the consumers' own pace (wrong values).
    "leanR_" (R = 1..4; e.g. lean2_per_pf:6:32:15): consume_lean<R>, up to PP_LEANNW
    consumer warps; "leanRw_": lane 0 alone polls each slot's barrier;
-   "leanRf_" / "leanRwf_": rows_dot_fixed (compile-time widths, split x). (A "kx_" variant, every warp a column slice of every
+   "leanRf_" / "leanRwf_": rows_dot_fixed (compile-time widths, split x);
+   "leanRfd_" (R = 1, 2): that with decoupled phases (consume_lean's DEC). (A "kx_" variant, every warp a column slice of every
    row with x in registers, was slower: commit history.) */
 typedef struct pp_variant {
     char name[16];
-    int sep, sep_blocks, pdl, ns, chunk, nw, ahead, free, copy_only, own, rr, mr, calc_only, lean, lane0, fixed;
+    int sep, sep_blocks, pdl, ns, chunk, nw, ahead, free, copy_only, own, rr, mr, calc_only, lean, lane0, fixed, dec;
 } pp_variant;
 
 static int parse_variant(const char *spec, pp_variant *v) {
@@ -677,6 +736,8 @@ static int parse_variant(const char *spec, pp_variant *v) {
         i += v->lane0;
         v->fixed = v->name[i] == 'f';
         i += v->fixed;
+        v->dec = v->name[i] == 'd';
+        i += v->dec;
         if (v->name[i] == '_') {
             v->lean = v->name[4] - '0';
             lean_len = i + 1;
@@ -691,6 +752,8 @@ static int parse_variant(const char *spec, pp_variant *v) {
     v->ahead = !strcmp(base, "per_pf") || v->free;
     if (!v->sep && strcmp(base, "per_wait") && !v->ahead)
         return -1;
+    if (v->dec && (!v->fixed || v->lean > 2 || v->free))
+        return -1;
     if (v->own && v->nw > v->ns) /* a slot's parity wait must not see the fill before */
         return -1;
     if (v->ns < 1 || v->nw < 1 || v->nw > (v->lean ? PP_LEANNW : PP_MAXNW) || v->chunk < PP_MAXCOLS * 2 || v->chunk % 16)
@@ -699,17 +762,17 @@ static int parse_variant(const char *spec, pp_variant *v) {
 }
 
 static size_t persist_smem(const pp_variant *v) {
-    return (size_t)v->ns * (v->chunk + 16) + PP_MAXCOLS * 4;
+    return (size_t)v->ns * (v->chunk + 16) + PP_MAXCOLS * 4 * (v->dec ? 2 : 1) + 32;
 }
 
 /* Capture one pass of a variant into a graph. */
-static cudaError_t capture(const pp_variant *v, pp_plan *plan, unsigned *bar, const float *x0, int n_sm,
+static cudaError_t capture(const pp_variant *v, pp_plan *plan, unsigned *bar, const float *x0, const float *x0s, int n_sm,
                            cudaStream_t st, cudaGraphExec_t *exec) {
     cudaGraph_t g;
     cudaError_t e = cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal);
     if (e != cudaSuccess)
         return e;
-    cudaMemcpyAsync(plan->buf[0], x0, PP_MAXCOLS * sizeof(float), cudaMemcpyDeviceToDevice, st);
+    cudaMemcpyAsync(plan->buf[0], v->dec ? x0s : x0, PP_MAXCOLS * sizeof(float), cudaMemcpyDeviceToDevice, st);
     if (v->sep) {
         for (int p = 0; p < plan->n; p++) {
             cudaLaunchConfig_t cfg = {};
@@ -743,7 +806,7 @@ static cudaError_t capture(const pp_variant *v, pp_plan *plan, unsigned *bar, co
         cfg.blockDim = dim3((unsigned)(32 * (v->nw + 1)));
         cfg.dynamicSmemBytes = persist_smem(v);
         cfg.stream = st;
-        cudaLaunchKernelEx(&cfg, kernel_of(v->lean, v->fixed), (const pp_plan)*plan, bar);
+        cudaLaunchKernelEx(&cfg, kernel_of(v->lean, v->fixed, v->dec), (const pp_plan)*plan, bar);
     }
     e = cudaStreamEndCapture(st, &g);
     if (e != cudaSuccess)
@@ -830,7 +893,7 @@ int main(int argc, char **argv) {
         plan.ph[p].scale = 1.3f / sqrtf((float)plan.ph[p].cols);
     }
     const int out_n = plan.ph[plan.n - 1].rows;
-    float *x0, *host = (float *)malloc(12352 * sizeof(float)), *ref = (float *)malloc(12352 * sizeof(float));
+    float *x0, *x0s, *host = (float *)malloc(12352 * sizeof(float)), *ref = (float *)malloc(12352 * sizeof(float));
     unsigned *bar, *sink;
     CK(cudaMalloc(&plan.buf[0], 12352 * sizeof(float)));
     CK(cudaMalloc(&plan.buf[1], 12352 * sizeof(float)));
@@ -841,9 +904,19 @@ int main(int argc, char **argv) {
     for (int i = 0; i < PP_MAXCOLS; i++)
         host[i] = sinf(0.37f * (float)i);
     CK(cudaMemcpy(x0, host, PP_MAXCOLS * sizeof(float), cudaMemcpyHostToDevice));
+    { /* the same x in the split layout of phase 0's width (the decoupled variants) */
+        const int n0 = plan.ph[0].cols;
+        float *sp = (float *)malloc(PP_MAXCOLS * sizeof(float));
+        for (int i = 0; i < PP_MAXCOLS; i++)
+            sp[i < n0 ? ((i & 4) ? n0 / 2 : 0) + (i >> 3) * 4 + (i & 3) : i] = host[i];
+        CK(cudaMalloc(&x0s, PP_MAXCOLS * sizeof(float)));
+        CK(cudaMemcpy(x0s, sp, PP_MAXCOLS * sizeof(float), cudaMemcpyHostToDevice));
+        free(sp);
+    }
     for (int l = 0; l <= 4; l++)
-        for (int f = 0; f < 2; f++)
-            CK(cudaFuncSetAttribute(kernel_of(l, f), cudaFuncAttributeMaxDynamicSharedMemorySize, 227 * 1024));
+        for (int f = 0; f < 4; f++)
+            CK(cudaFuncSetAttribute(kernel_of(l, f & 1, f >> 1), cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                    227 * 1024));
     cudaStream_t st;
     CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
     CK(cudaDeviceSynchronize());
@@ -862,7 +935,7 @@ int main(int argc, char **argv) {
             const pp_variant *v = &vars[vi];
             if (!v->sep) {
                 int per_sm = 0;
-                CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel_of(v->lean, v->fixed), 32 * (v->nw + 1),
+                CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel_of(v->lean, v->fixed, v->dec), 32 * (v->nw + 1),
                                                                  persist_smem(v)));
                 if (per_sm < 1) {
                     printf("%s: does not fit an SM (%zu bytes of shared memory)\n", specs[vi], persist_smem(v));
@@ -871,7 +944,7 @@ int main(int argc, char **argv) {
             }
             cudaGraphExec_t ex;
             CK(cudaMemset(plan.stats, 0, PP_NSTAT * sizeof(unsigned long long)));
-            CK(capture(v, &plan, bar, x0, n_sm, st, &ex));
+            CK(capture(v, &plan, bar, x0, x0s, n_sm, st, &ex));
             const double us = time_graph(ex, st, iters);
             CK(cudaStreamSynchronize(st));
             CK(cudaGetLastError());
