@@ -10,7 +10,7 @@
  * with 35B-A3B's decode bytes per layer (input projections 12352 x 2048,
  * out_proj 2048 x 4096, the routed + shared experts' gate/up as 9216 x 2048
  * and their down as 2048 x 4608; mode "layer"), or one of those shapes
- * repeated ("big": 12352 x 2048, "small": 2048 x 4096), 8 layers of
+ * repeated ("big": 12352 x 2048, "small": 2048 x 2048), 8 layers of
  * distinct weights (~1 GB, so nothing stays in L2), each phase reading the
  * previous phase's output. Variants:
  *
@@ -666,11 +666,12 @@ static __global__ void read_kernel(const uint4 *w, size_t nv, unsigned *sink) {
 }
 
 /* The phases of a layer: 35B-A3B's decode GEMVs ("layer"), or one shape
-   repeated ("big": the input projections', "small": out_proj's). */
-static const int layer_shape[4][2] = {{12352, 2048}, {2048, 4096}, {9216, 2048}, {2048, 4608}};
+   repeated ("big": the input projections'; "small": 2048 x 2048, square so
+   that each phase reads only what the one before wrote). */
+static const int layer_shape[5][2] = {{12352, 2048}, {2048, 4096}, {9216, 2048}, {2048, 4608}, {2048, 2048}};
 
 static void shape_of(const char *mode, int p, int *rows, int *cols) {
-    const int q = !strcmp(mode, "big") ? 0 : !strcmp(mode, "small") ? 1 : p % 4;
+    const int q = !strcmp(mode, "big") ? 0 : !strcmp(mode, "small") ? 4 : p % 4;
     *rows = layer_shape[q][0];
     *cols = layer_shape[q][1];
 }
