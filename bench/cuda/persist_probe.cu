@@ -88,6 +88,7 @@ typedef struct pp_plan {
     int calc_only;     /* no copies: consumers sum whatever the ring holds (their own pace) */
     int lane0;         /* lean: only lane 0 of a warp polls a slot's barrier, then __syncwarp */
     unsigned long long *stats; /* PP_NSTAT cycle sums over the CTAs (consumer warp 0, the producer) */
+    unsigned long long *ll[2]; /* LL: phase p's outputs as (tag << 32 | float bits) in ll[(p + 1) & 1] */
     float *buf[2]; /* phase p reads buf[p & 1], writes buf[(p + 1) & 1] */
 } pp_plan;
 
@@ -207,9 +208,20 @@ static __device__ __forceinline__ int split_pos(int i, int nn) {
     return nn && i < nn ? ((i & 4) ? nn / 2 : 0) + (i >> 3) * 4 + (i & 3) : i;
 }
 
+static __device__ __forceinline__ void st_ll(unsigned long long *p, float y, unsigned tag) {
+    const unsigned long long v = ((unsigned long long)tag << 32) | __float_as_uint(y);
+    asm volatile("st.volatile.global.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
+}
+static __device__ __forceinline__ unsigned long long ld_ll(const unsigned long long *p) {
+    unsigned long long v;
+    asm volatile("ld.volatile.global.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
+    return v;
+}
+
 template <int R, int NV, int U>
 static __device__ __forceinline__ void rows_dot_fixed(const uint4 *w, int nrows, const float4 *xp, int lane,
-                                                      float *out, int row, float scale, int nnext = 0) {
+                                                      float *out, int row, float scale, int nnext = 0,
+                                                      unsigned long long *llout = nullptr, unsigned tag = 0) {
     static_assert(NV % (32 * U) == 0, "whole batches");
     const uint4 *wr[R];
 #pragma unroll
@@ -253,8 +265,35 @@ static __device__ __forceinline__ void rows_dot_fixed(const uint4 *w, int nrows,
     if (lane == 0)
 #pragma unroll
         for (int r = 0; r < R; r++)
-            if (r < nrows)
-                __stcg(out + split_pos(row + r, nnext), acc[r] * scale);
+            if (r < nrows) {
+                if (llout)
+                    st_ll(llout + row + r, acc[r] * scale, tag);
+                else
+                    __stcg(out + split_pos(row + r, nnext), acc[r] * scale);
+            }
+}
+
+/* LL: x of phase p (>= 1) from the tagged words the phase before wrote, each
+   re-read until it carries this pass's tag for p, into the split layout;
+   no grid barrier, no fence (the value and its tag are one 8-byte store). */
+static __device__ __forceinline__ void stage_ll(float *xs, const unsigned long long *src, int n, unsigned want,
+                                                int t, int nt) {
+    for (int i0 = t; i0 < n; i0 += 8 * nt) {
+        unsigned long long v[8];
+#pragma unroll
+        for (int u = 0; u < 8; u++)
+            if (i0 + u * nt < n)
+                v[u] = ld_ll(src + i0 + u * nt);
+#pragma unroll
+        for (int u = 0; u < 8; u++) {
+            const int i = i0 + u * nt;
+            if (i < n) {
+                while ((unsigned)(v[u] >> 32) != want)
+                    v[u] = ld_ll(src + i);
+                xs[split_pos(i, n)] = __uint_as_float((unsigned)v[u]);
+            }
+        }
+    }
 }
 
 /* x (n floats, n % 4 == 0) from L2 into shared memory by nt threads, the
@@ -476,11 +515,12 @@ static __device__ void stage_dec(const pp_plan *plan, float *xs, unsigned long l
     }
 }
 
-template <int R, bool FIXED, bool DEC>
+template <int R, bool FIXED, bool DEC, bool LL>
 static __device__ void consume_lean(const pp_plan *plan, const uint4 *ring, float *xs, unsigned long long *full,
                                     unsigned long long *empty, unsigned *bar, unsigned long long *xbar,
-                                    unsigned *done) {
-    static_assert(!DEC || FIXED, "DEC needs the split layout");
+                                    unsigned *done, unsigned epoch) {
+    static_assert(!(DEC || LL) || FIXED, "DEC and LL need the split layout");
+    static_assert(!(DEC && LL), "one or the other");
     const int ct = (int)threadIdx.x - 32, warp = ct / 32, lane = ct & 31, nw = plan->nw;
     const unsigned G = gridDim.x, NS = (unsigned)plan->ns;
     unsigned k = 0;
@@ -493,11 +533,23 @@ static __device__ void consume_lean(const pp_plan *plan, const uint4 *ring, floa
         float *out = plan->buf[(p + 1) & 1];
         const bool fixed = FIXED && (s.nv == 256 || s.nv == 512 || s.nv == 576);
         const int nnext = DEC && p + 1 < plan->n ? plan->ph[p + 1].cols : 0;
+        /* LL: outputs tagged for phase p + 1 (plain floats from the last phase) */
+        unsigned long long *llout = LL && p + 1 < plan->n ? plan->ll[(p + 1) & 1] : nullptr;
+        const unsigned tag = epoch * 128u + (unsigned)p + 1u;
         const float4 *xp = (const float4 *)(xs + (DEC ? (p & 1) * PP_MAXCOLS : 0));
         if (DEC) {
             if (lane == 0)
                 mbar_wait(&xbar[p & 1], (p >> 1) & 1);
             __syncwarp();
+            PP_TICK(ST_STAGE);
+        } else if (LL) {
+            consumers_sync(nw); /* every warp is done with x of phase p - 1 */
+            PP_TICK(ST_GRID);
+            if (p == 0)
+                stage_x_split((float4 *)xs, in, ph->cols, ct, nw * 32);
+            else
+                stage_ll(xs, plan->ll[p & 1], ph->cols, epoch * 128u + (unsigned)p, ct, nw * 32);
+            consumers_sync(nw);
             PP_TICK(ST_STAGE);
         } else {
             if (ct == 0 && !plan->free)
@@ -528,19 +580,19 @@ static __device__ void consume_lean(const pp_plan *plan, const uint4 *ring, floa
                 const int nr = min(rg, n - j * rg);
                 constexpr int UR = R >= 3 ? 1 : 4 / R;
                 if (fixed && rg == R && s.nv == 256)
-                    rows_dot_fixed<R, 256, UR>(wr, nr, xp, lane, out, row + j * rg, ph->scale, nnext);
+                    rows_dot_fixed<R, 256, UR>(wr, nr, xp, lane, out, row + j * rg, ph->scale, nnext, llout, tag);
                 else if (fixed && rg == R && s.nv == 512)
-                    rows_dot_fixed<R, 512, UR>(wr, nr, xp, lane, out, row + j * rg, ph->scale, nnext);
+                    rows_dot_fixed<R, 512, UR>(wr, nr, xp, lane, out, row + j * rg, ph->scale, nnext, llout, tag);
                 else if (fixed) /* a row at a time (576 pieces: 18 a lane) */
                     for (int i = 0; i < nr; i++) {
                         const uint4 *wi = wr + (size_t)i * s.nv;
                         const int ri = row + j * rg + i;
                         if (s.nv == 576)
-                            rows_dot_fixed<1, 576, 2>(wi, 1, xp, lane, out, ri, ph->scale, nnext);
+                            rows_dot_fixed<1, 576, 2>(wi, 1, xp, lane, out, ri, ph->scale, nnext, llout, tag);
                         else if (s.nv == 512)
-                            rows_dot_fixed<1, 512, 4>(wi, 1, xp, lane, out, ri, ph->scale, nnext);
+                            rows_dot_fixed<1, 512, 4>(wi, 1, xp, lane, out, ri, ph->scale, nnext, llout, tag);
                         else
-                            rows_dot_fixed<1, 256, 4>(wi, 1, xp, lane, out, ri, ph->scale, nnext);
+                            rows_dot_fixed<1, 256, 4>(wi, 1, xp, lane, out, ri, ph->scale, nnext, llout, tag);
                     }
                 else if (FIXED) /* other widths: not in this probe */
                     continue;
@@ -564,7 +616,7 @@ static __device__ void consume_lean(const pp_plan *plan, const uint4 *ring, floa
                     atomicAdd(bar, 1u);
                 }
             }
-        } else {
+        } else if (!LL) {
             consumers_sync(nw);
             if (ct == 0) {
                 __threadfence();
@@ -580,9 +632,9 @@ static __device__ void consume_lean(const pp_plan *plan, const uint4 *ring, floa
 }
 
 /* LEAN = 0: the general consumer (up to PP_MAXNW warps); R > 0: consume_lean<R>. */
-template <int LEAN, bool FIXED, bool DEC>
+template <int LEAN, bool FIXED, bool DEC, bool LL>
 static __global__ void __launch_bounds__(LEAN ? 32 * (PP_LEANNW + 1) : 32 * (PP_MAXNW + 1), 1)
-    persist_kernel(const __grid_constant__ pp_plan plan, unsigned *bar) {
+    persist_kernel(const __grid_constant__ pp_plan plan, unsigned *bar, const unsigned *epoch) {
     extern __shared__ __align__(128) unsigned char smem[];
     constexpr int XB = DEC ? 2 : 1; /* x buffers */
     float *xs = (float *)smem;
@@ -608,7 +660,7 @@ static __global__ void __launch_bounds__(LEAN ? 32 * (PP_LEANNW + 1) : 32 * (PP_
         if (DEC && threadIdx.x == 1)
             stage_dec(&plan, xs, xbar, bar);
     } else if (LEAN) {
-        consume_lean<LEAN ? LEAN : 1, FIXED, DEC>(&plan, ring, xs, full, empty, bar, xbar, done);
+        consume_lean<LEAN ? LEAN : 1, FIXED, DEC, LL>(&plan, ring, xs, full, empty, bar, xbar, done, *epoch);
     } else {
         consume(&plan, ring, xs, full, empty, bar);
     }
@@ -617,20 +669,25 @@ static __global__ void __launch_bounds__(LEAN ? 32 * (PP_LEANNW + 1) : 32 * (PP_
         atomicAdd(&plan.stats[ST_TOTAL], (unsigned long long)(clock64() - t0));
 }
 
-typedef void (*pp_kernel)(const pp_plan, unsigned *);
-/* The instances: the general one, leanR (R = 1..4), leanRf, and leanRd
-   (R = 1, 2; decoupled phases, fixed widths). */
-static pp_kernel kernel_of(int lean, int fixed, int dec) {
+typedef void (*pp_kernel)(const pp_plan, unsigned *, const unsigned *);
+/* The instances: the general one, leanR (R = 1..4), leanRf, leanRfd and
+   leanRfl (R = 1, 2; decoupled phases / tagged outputs, fixed widths). */
+static pp_kernel kernel_of(int lean, int fixed, int dec, int ll) {
     if (dec)
-        return lean == 2 ? persist_kernel<2, true, true> : persist_kernel<1, true, true>;
+        return lean == 2 ? persist_kernel<2, true, true, false> : persist_kernel<1, true, true, false>;
+    if (ll)
+        return lean == 2 ? persist_kernel<2, true, false, true> : persist_kernel<1, true, false, true>;
     switch (lean) {
-    case 1: return fixed ? persist_kernel<1, true, false> : persist_kernel<1, false, false>;
-    case 2: return fixed ? persist_kernel<2, true, false> : persist_kernel<2, false, false>;
-    case 3: return fixed ? persist_kernel<3, true, false> : persist_kernel<3, false, false>;
-    case 4: return fixed ? persist_kernel<4, true, false> : persist_kernel<4, false, false>;
-    default: return persist_kernel<0, false, false>;
+    case 1: return fixed ? persist_kernel<1, true, false, false> : persist_kernel<1, false, false, false>;
+    case 2: return fixed ? persist_kernel<2, true, false, false> : persist_kernel<2, false, false, false>;
+    case 3: return fixed ? persist_kernel<3, true, false, false> : persist_kernel<3, false, false, false>;
+    case 4: return fixed ? persist_kernel<4, true, false, false> : persist_kernel<4, false, false, false>;
+    default: return persist_kernel<0, false, false, false>;
     }
 }
+
+/* LL: a new tag base for every pass of the graph. */
+static __global__ void epoch_kernel(unsigned *epoch) { *epoch += 1; }
 
 /* ---- set-up, the read floor ---- */
 
@@ -703,11 +760,13 @@ static double time_graph(cudaGraphExec_t g, cudaStream_t st, int iters) {
    "leanR_" (R = 1..4; e.g. lean2_per_pf:6:32:15): consume_lean<R>, up to PP_LEANNW
    consumer warps; "leanRw_": lane 0 alone polls each slot's barrier;
    "leanRf_" / "leanRwf_": rows_dot_fixed (compile-time widths, split x);
-   "leanRfd_" (R = 1, 2): that with decoupled phases (consume_lean's DEC). (A "kx_" variant, every warp a column slice of every
+   "leanRfd_" (R = 1, 2): that with decoupled phases (consume_lean's DEC);
+   "leanRfl_" (R = 1, 2): tagged outputs instead of the grid barrier (LL). (A "kx_" variant, every warp a column slice of every
    row with x in registers, was slower: commit history.) */
 typedef struct pp_variant {
     char name[16];
-    int sep, sep_blocks, pdl, ns, chunk, nw, ahead, free, copy_only, own, rr, mr, calc_only, lean, lane0, fixed, dec;
+    int sep, sep_blocks, pdl, ns, chunk, nw, ahead, free, copy_only, own, rr, mr, calc_only, lean, lane0, fixed, dec,
+        ll;
 } pp_variant;
 
 static int parse_variant(const char *spec, pp_variant *v) {
@@ -739,6 +798,8 @@ static int parse_variant(const char *spec, pp_variant *v) {
         i += v->fixed;
         v->dec = v->name[i] == 'd';
         i += v->dec;
+        v->ll = v->name[i] == 'l';
+        i += v->ll;
         if (v->name[i] == '_') {
             v->lean = v->name[4] - '0';
             lean_len = i + 1;
@@ -753,7 +814,7 @@ static int parse_variant(const char *spec, pp_variant *v) {
     v->ahead = !strcmp(base, "per_pf") || v->free;
     if (!v->sep && strcmp(base, "per_wait") && !v->ahead)
         return -1;
-    if (v->dec && (!v->fixed || v->lean > 2 || v->free))
+    if ((v->dec || v->ll) && (!v->fixed || v->lean > 2 || v->free || (v->dec && v->ll)))
         return -1;
     if (v->own && v->nw > v->ns) /* a slot's parity wait must not see the fill before */
         return -1;
@@ -767,8 +828,8 @@ static size_t persist_smem(const pp_variant *v) {
 }
 
 /* Capture one pass of a variant into a graph. */
-static cudaError_t capture(const pp_variant *v, pp_plan *plan, unsigned *bar, const float *x0, const float *x0s, int n_sm,
-                           cudaStream_t st, cudaGraphExec_t *exec) {
+static cudaError_t capture(const pp_variant *v, pp_plan *plan, unsigned *bar, unsigned *epoch, const float *x0,
+                           const float *x0s, int n_sm, cudaStream_t st, cudaGraphExec_t *exec) {
     cudaGraph_t g;
     cudaError_t e = cudaStreamBeginCapture(st, cudaStreamCaptureModeGlobal);
     if (e != cudaSuccess)
@@ -807,7 +868,10 @@ static cudaError_t capture(const pp_variant *v, pp_plan *plan, unsigned *bar, co
         cfg.blockDim = dim3((unsigned)(32 * (v->nw + 1)));
         cfg.dynamicSmemBytes = persist_smem(v);
         cfg.stream = st;
-        cudaLaunchKernelEx(&cfg, kernel_of(v->lean, v->fixed, v->dec), (const pp_plan)*plan, bar);
+        if (v->ll)
+            epoch_kernel<<<1, 1, 0, st>>>(epoch);
+        cudaLaunchKernelEx(&cfg, kernel_of(v->lean, v->fixed, v->dec, v->ll), (const pp_plan)*plan, bar,
+                           (const unsigned *)epoch);
     }
     e = cudaStreamEndCapture(st, &g);
     if (e != cudaSuccess)
@@ -901,6 +965,13 @@ int main(int argc, char **argv) {
     CK(cudaMalloc(&x0, PP_MAXCOLS * sizeof(float)));
     CK(cudaMalloc(&bar, sizeof(unsigned)));
     CK(cudaMalloc(&plan.stats, PP_NSTAT * sizeof(unsigned long long)));
+    unsigned *epoch;
+    CK(cudaMalloc(&epoch, sizeof(unsigned)));
+    CK(cudaMemset(epoch, 0, sizeof(unsigned)));
+    for (int i = 0; i < 2; i++) { /* tags start at 0: never a pass's (epochs start at 1) */
+        CK(cudaMalloc(&plan.ll[i], 12352 * sizeof(unsigned long long)));
+        CK(cudaMemset(plan.ll[i], 0, 12352 * sizeof(unsigned long long)));
+    }
     CK(cudaMalloc(&sink, sizeof(unsigned)));
     for (int i = 0; i < PP_MAXCOLS; i++)
         host[i] = sinf(0.37f * (float)i);
@@ -915,9 +986,9 @@ int main(int argc, char **argv) {
         free(sp);
     }
     for (int l = 0; l <= 4; l++)
-        for (int f = 0; f < 4; f++)
-            CK(cudaFuncSetAttribute(kernel_of(l, f & 1, f >> 1), cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                    227 * 1024));
+        for (int f = 0; f < 8; f++)
+            CK(cudaFuncSetAttribute(kernel_of(l, f & 1, (f >> 1) & 1, f >> 2),
+                                    cudaFuncAttributeMaxDynamicSharedMemorySize, 227 * 1024));
     cudaStream_t st;
     CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
     CK(cudaDeviceSynchronize());
@@ -936,7 +1007,7 @@ int main(int argc, char **argv) {
             const pp_variant *v = &vars[vi];
             if (!v->sep) {
                 int per_sm = 0;
-                CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel_of(v->lean, v->fixed, v->dec), 32 * (v->nw + 1),
+                CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel_of(v->lean, v->fixed, v->dec, v->ll), 32 * (v->nw + 1),
                                                                  persist_smem(v)));
                 if (per_sm < 1) {
                     printf("%s: does not fit an SM (%zu bytes of shared memory)\n", specs[vi], persist_smem(v));
@@ -945,7 +1016,7 @@ int main(int argc, char **argv) {
             }
             cudaGraphExec_t ex;
             CK(cudaMemset(plan.stats, 0, PP_NSTAT * sizeof(unsigned long long)));
-            CK(capture(v, &plan, bar, x0, x0s, n_sm, st, &ex));
+            CK(capture(v, &plan, bar, epoch, x0, x0s, n_sm, st, &ex));
             const double us = time_graph(ex, st, iters);
             CK(cudaStreamSynchronize(st));
             CK(cudaGetLastError());
