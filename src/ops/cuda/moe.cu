@@ -454,11 +454,31 @@ static __device__ __forceinline__ float md_gu_dot(uint4 (&a)[MD_U], uint4 (&b)[M
     return dr_dev_silu(dr_warp_sum(sg)) * dr_warp_sum(su);
 }
 
+/* n4 16-byte pieces from global memory into shared memory, by the whole
+ * block: MD_SB loads a thread in flight before their stores. (A plain
+ * `dst[c] = src[c]` loop is compiled as load, store, load, ...: one L2
+ * round trip per piece a thread, on the kernel's critical path; docs/CUDA.md,
+ * session 14.) Two, not more: the routing gate/up kernel runs at 48
+ * registers, and x (H = 2048) is two pieces a thread at 256 threads. */
+#define MD_SB 2
+static __device__ __forceinline__ void md_stage_f4(float4 *dst, const float4 *src, int n4) {
+    const int nt = blockDim.x;
+    for (int c0 = threadIdx.x; c0 < n4; c0 += MD_SB * nt) {
+        float4 v[MD_SB];
+#pragma unroll
+        for (int q = 0; q < MD_SB; q++)
+            if (c0 + q * nt < n4)
+                v[q] = __ldcg(src + c0 + q * nt);
+#pragma unroll
+        for (int q = 0; q < MD_SB; q++)
+            if (c0 + q * nt < n4)
+                dst[c0 + q * nt] = v[q];
+    }
+}
+
 /* Token t's x (H floats) into shared memory, by the whole block. */
 static __device__ __forceinline__ void md_stage_x(float4 *sx, const float *x, int t, int H) {
-    const float4 *xv = (const float4 *)(x + (size_t)t * H);
-    for (int c = threadIdx.x; c < H / 4; c += blockDim.x)
-        sx[c] = __ldcg(xv + c);
+    md_stage_f4(sx, (const float4 *)(x + (size_t)t * H), H / 4);
 }
 
 /* act[r, i] = silu(gate_e[i] . x_t) * (up_e[i] . x_t), r = t*k + j, e = idx[r]:
@@ -641,15 +661,31 @@ __global__ void __launch_bounds__(256) moe_down_bf16_kernel(float *__restrict__ 
     dr_pdl_wait_fenced((unsigned)nv); /* act, idx, wts and the shared projections come from earlier kernels */
     if (!ready)
         md_down_rows(dw, w, it, tab, E, k, 0, (size_t)h * nv, lane, nv);
-    {
+    { /* the token's k * I activations and the shared expert's Is, their loads together (md_stage_f4) */
         const float4 *at = (const float4 *)(act + (size_t)t * k * I);
-        const int na = k * I / 4;
-        for (int c = threadIdx.x; c < na; c += blockDim.x)
-            md_sa[c] = __ldcg(at + c);
+        const int na = k * I / 4, nt = blockDim.x;
         float *ss = (float *)(md_sa + na);
-        for (int c = threadIdx.x; c < Is; c += blockDim.x)
-            ss[c] = sha ? __ldcg(sha + (size_t)t * Is + c)
-                        : dr_dev_silu(shg[(size_t)t * Is + c]) * shu[(size_t)t * Is + c];
+        for (int c0 = threadIdx.x; c0 < na || c0 < Is; c0 += MD_SB * nt) {
+            float4 va[MD_SB];
+            float vs[MD_SB];
+#pragma unroll
+            for (int q = 0; q < MD_SB; q++) {
+                const int c = c0 + q * nt;
+                if (c < na)
+                    va[q] = __ldcg(at + c);
+                if (c < Is)
+                    vs[q] = sha ? __ldcg(sha + (size_t)t * Is + c)
+                                : dr_dev_silu(shg[(size_t)t * Is + c]) * shu[(size_t)t * Is + c];
+            }
+#pragma unroll
+            for (int q = 0; q < MD_SB; q++) {
+                const int c = c0 + q * nt;
+                if (c < na)
+                    md_sa[c] = va[q];
+                if (c < Is)
+                    ss[c] = vs[q];
+            }
+        }
     }
     __syncthreads();
     DR_TL_MARK(0, md_sa[0].x);
