@@ -934,6 +934,11 @@ int main(int argc, char **argv) {
         }
     cudaDeviceProp prop;
     CK(cudaGetDeviceProperties(&prop, 0));
+    if (prop.major != 9) {
+        fprintf(stderr, "persist_probe: needs a Hopper GPU (compute capability 9.x); device 0 is %s (%d.%d)\n",
+                prop.name, prop.major, prop.minor);
+        return 1;
+    }
     const int n_sm = prop.multiProcessorCount;
     int clock_khz = 0;
     CK(cudaDeviceGetAttribute(&clock_khz, cudaDevAttrClockRate, 0));
