@@ -98,10 +98,8 @@ typedef struct pp_plan {
 static __device__ __forceinline__ float bf_lo(unsigned u) { return __uint_as_float(u << 16); }
 static __device__ __forceinline__ float bf_hi(unsigned u) { return __uint_as_float(u & 0xffff0000u); }
 
-/* x is 16-byte aligned: two vector loads (scalar ones would double the
-   shared-memory instructions, and x's bytes are twice the weights'). */
-static __device__ __forceinline__ float dot8(uint4 q, const float *x) {
-    const float4 x0 = ((const float4 *)x)[0], x1 = ((const float4 *)x)[1];
+/* Eight bf16 weights . eight floats, in element order. */
+static __device__ __forceinline__ float dot8x(uint4 q, float4 x0, float4 x1) {
     float a = bf_lo(q.x) * x0.x;
     a = fmaf(bf_hi(q.x), x0.y, a);
     a = fmaf(bf_lo(q.y), x0.z, a);
@@ -110,6 +108,22 @@ static __device__ __forceinline__ float dot8(uint4 q, const float *x) {
     a = fmaf(bf_hi(q.z), x1.y, a);
     a = fmaf(bf_lo(q.w), x1.z, a);
     return fmaf(bf_hi(q.w), x1.w, a);
+}
+
+/* x is 16-byte aligned: two vector loads (scalar ones would double the
+   shared-memory instructions, and x's bytes are twice the weights'). */
+static __device__ __forceinline__ float dot8(uint4 q, const float *x) {
+    return dot8x(q, ((const float4 *)x)[0], ((const float4 *)x)[1]);
+}
+
+/* R row sums of a warp, each summed over the lanes (butterfly, in the
+   same order for every row). */
+template <int R> static __device__ __forceinline__ void warp_sums(float (&acc)[R]) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+#pragma unroll
+        for (int r = 0; r < R; r++)
+            acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], o);
 }
 
 static __device__ __forceinline__ float row_dot(const uint4 *w, const float *x, int nv, int lane) {
@@ -128,10 +142,9 @@ static __device__ __forceinline__ float row_dot(const uint4 *w, const float *x, 
                 acc += dot8(q[u], x + 8 * v);
         }
     }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1)
-        acc += __shfl_xor_sync(0xffffffffu, acc, o);
-    return acc;
+    float one[1] = {acc};
+    warp_sums<1>(one);
+    return one[0];
 }
 
 /* R rows at once (mr): the same sums as row_dot row by row (the same
@@ -165,38 +178,12 @@ static __device__ __forceinline__ void rows_dot(const uint4 *w, int nv, int nrow
                     acc[r] += dot8(q[r][u], x + 8 * v);
         }
     }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1)
-#pragma unroll
-        for (int r = 0; r < R; r++)
-            acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], o);
+    warp_sums<R>(acc);
     if (lane == 0)
 #pragma unroll
         for (int r = 0; r < R; r++)
             if (r < nrows)
                 __stcg(out + row + r, acc[r] * scale);
-}
-
-/* The lean consumer's x layout: piece v's first four floats at xp[v], its
-   last four at xp[n / 8 + v] (float4 units), so a warp's 32 lanes read 512
-   contiguous bytes (the plain layout's 32-byte lane stride reads each
-   float4 in two bank passes). */
-static __device__ __forceinline__ void stage_x_split(float4 *xp, const float *in, int n, int t, int nt) {
-    const float4 *in4 = (const float4 *)in;
-    const int n4 = n / 4, half = n / 8;
-    for (int base = t; base < n4; base += 5 * nt) {
-        float4 v[5];
-#pragma unroll
-        for (int u = 0; u < 5; u++)
-            if (base + u * nt < n4)
-                v[u] = __ldcg(in4 + base + u * nt);
-#pragma unroll
-        for (int u = 0; u < 5; u++) {
-            const int i = base + u * nt; /* float4 i: piece i / 2, half i % 2 */
-            if (i < n4)
-                xp[(i & 1) * half + (i >> 1)] = v[u];
-        }
-    }
 }
 
 /* R rows of NV pieces (a compile-time width: no bounds checks, offsets as
@@ -244,24 +231,11 @@ static __device__ __forceinline__ void rows_dot_fixed(const uint4 *w, int nrows,
         for (int u = 0; u < U; u++) {
             const float4 x0 = xa[32 * (b + u)], x1 = xb[32 * (b + u)];
 #pragma unroll
-            for (int r = 0; r < R; r++) {
-                const uint4 qq = q[r][u];
-                float d = bf_lo(qq.x) * x0.x;
-                d = fmaf(bf_hi(qq.x), x0.y, d);
-                d = fmaf(bf_lo(qq.y), x0.z, d);
-                d = fmaf(bf_hi(qq.y), x0.w, d);
-                d = fmaf(bf_lo(qq.z), x1.x, d);
-                d = fmaf(bf_hi(qq.z), x1.y, d);
-                d = fmaf(bf_lo(qq.w), x1.z, d);
-                acc[r] += fmaf(bf_hi(qq.w), x1.w, d);
-            }
+            for (int r = 0; r < R; r++)
+                acc[r] += dot8x(q[r][u], x0, x1);
         }
     }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1)
-#pragma unroll
-        for (int r = 0; r < R; r++)
-            acc[r] += __shfl_xor_sync(0xffffffffu, acc[r], o);
+    warp_sums<R>(acc);
     if (lane == 0)
 #pragma unroll
         for (int r = 0; r < R; r++)
@@ -298,11 +272,15 @@ static __device__ __forceinline__ void stage_ll(float *xs, const unsigned long l
 
 /* x (n floats, n % 4 == 0) from L2 into shared memory by nt threads, the
    loads of five float4 a thread in flight before their stores (one L2
-   round trip per five, where a plain loop pays one per element). */
-static __device__ __forceinline__ void stage_x(float *xs, const float *in, int n, int t, int nt) {
+   round trip per five, where a plain loop pays one per element).
+   split: the fixed-width layout, piece v's first four floats at float4
+   v, its last four at float4 n / 8 + v, so a warp's 32 lanes read 512
+   contiguous bytes (the plain layout's 32-byte lane stride reads each
+   float4 in two bank passes). */
+static __device__ __forceinline__ void stage_x(float *xs, const float *in, int n, int t, int nt, bool split = false) {
     const float4 *in4 = (const float4 *)in;
     float4 *xs4 = (float4 *)xs;
-    const int n4 = n / 4;
+    const int n4 = n / 4, half = n / 8;
     for (int base = t; base < n4; base += 5 * nt) {
         float4 v[5];
 #pragma unroll
@@ -310,9 +288,11 @@ static __device__ __forceinline__ void stage_x(float *xs, const float *in, int n
             if (base + u * nt < n4)
                 v[u] = __ldcg(in4 + base + u * nt);
 #pragma unroll
-        for (int u = 0; u < 5; u++)
-            if (base + u * nt < n4)
-                xs4[base + u * nt] = v[u];
+        for (int u = 0; u < 5; u++) {
+            const int i = base + u * nt; /* split: float4 i is piece i / 2's half i % 2 */
+            if (i < n4)
+                xs4[split ? (i & 1) * half + (i >> 1) : i] = v[u];
+        }
     }
 }
 
@@ -416,87 +396,50 @@ static __device__ void produce(const pp_plan *plan, uint4 *ring, unsigned long l
         atomicAdd(&plan->stats[ST_EMPTY], (unsigned long long)t_empty);
 }
 
-/* Warps 1..nw: per phase, wait for the grid, stage x, then a row per warp
-   from each slot as it fills; then this CTA's arrival at the grid barrier. */
-static __device__ void consume(const pp_plan *plan, const uint4 *ring, float *xs, unsigned long long *full,
-                               unsigned long long *empty, unsigned *bar) {
-    const int ct = (int)threadIdx.x - 32, warp = ct / 32, lane = ct & 31, nw = plan->nw;
-    const unsigned G = gridDim.x, NS = (unsigned)plan->ns;
-    unsigned k = 0;
-    long long t[PP_NSTAT] = {0}, t0 = clock64(), t1;
-#define PP_TICK(i) (t1 = clock64(), t[i] += t1 - t0, t0 = t1)
-    for (int p = 0; p < plan->n; p++) {
-        const pp_phase *ph = &plan->ph[p];
-        const pp_share s = share_of(ph, plan->chunk);
-        const float *in = plan->buf[p & 1];
-        float *out = plan->buf[(p + 1) & 1];
-        if (ct == 0 && !plan->free)
-            while (ld_acquire(bar) < (unsigned)p * G) {
-            }
-        consumers_sync(nw);
-        PP_TICK(ST_GRID);
-        stage_x(xs, in, ph->cols, ct, nw * 32);
-        consumers_sync(nw);
-        PP_TICK(ST_STAGE);
-        for (int c = 0; c < s.nchunk; c++, k++) {
-            if (plan->own && (int)(k % (unsigned)nw) != warp)
-                continue; /* another warp's slot */
-            const unsigned slot = k % NS;
-            if (!plan->calc_only)
-                mbar_wait(&full[slot], (k / NS) & 1);
-            PP_TICK(ST_FULL);
-            const int row = s.r0 + c * s.rpc;
-            const int n = min(s.rpc, s.r1 - row);
-            const uint4 *base = ring + (size_t)slot * (plan->chunk / 16);
-            /* rr: row c rpc + r of the phase is warp (c rpc + r) % nw's, so a
-               warp with no row in this slot goes on to the next one */
-            const int r0 = plan->own  ? 0
-                           : plan->rr ? (warp - (c * s.rpc) % nw + nw) % nw
-                                      : warp,
-                      rstep = plan->own ? 1 : nw;
-            if (plan->mr) { /* groups of R rows dealt to the warps across slots */
-                const int R = s.rpc % 4 == 0 ? 4 : s.rpc % 3 == 0 ? 3 : s.rpc % 2 == 0 ? 2 : 1, gpc = s.rpc / R;
-                for (int j = 0; j < gpc && j * R < n; j++) {
-                    if ((c * gpc + j) % nw != warp)
-                        continue;
-                    const uint4 *wr = base + (size_t)j * R * s.nv;
-                    const int nr = min(R, n - j * R);
-                    if (R == 4)
-                        rows_dot<4>(wr, s.nv, nr, xs, lane, out, row + j * R, ph->scale);
-                    else if (R == 3)
-                        rows_dot<3>(wr, s.nv, nr, xs, lane, out, row + j * R, ph->scale);
-                    else if (R == 2)
-                        rows_dot<2>(wr, s.nv, nr, xs, lane, out, row + j * R, ph->scale);
-                    else
-                        rows_dot<1>(wr, s.nv, nr, xs, lane, out, row + j * R, ph->scale);
-                }
-            }
-            for (int r = r0; r < n && !plan->copy_only && !plan->mr; r += rstep) {
-                const float y = row_dot(base + (size_t)r * s.nv, xs, s.nv, lane);
-                if (lane == 0)
-                    __stcg(out + row + r, y * ph->scale);
-            }
-            __syncwarp();
-            if (lane == 0 && !plan->calc_only)
-                mbar_arrive(&empty[slot]);
-            PP_TICK(ST_ROWS);
+/* The general consumer's rows of one slot (persist_kernel<0>): a row per
+   warp (own_: every row of the slot; rr_: rows dealt across slots) or, with
+   mr_, groups of up to 4 rows dealt across slots. */
+static __device__ __forceinline__ void general_rows(const pp_plan *plan, const uint4 *base, const pp_share &s, int c,
+                                                    int n, int warp, int lane, const float *xs, float *out, int row,
+                                                    float scale) {
+    const int nw = plan->nw;
+    if (plan->copy_only)
+        return;
+    if (plan->mr) {
+        const int R = s.rpc % 4 == 0 ? 4 : s.rpc % 3 == 0 ? 3 : s.rpc % 2 == 0 ? 2 : 1, gpc = s.rpc / R;
+        for (int j = 0; j < gpc && j * R < n; j++) {
+            if ((c * gpc + j) % nw != warp)
+                continue;
+            const uint4 *wr = base + (size_t)j * R * s.nv;
+            const int nr = min(R, n - j * R);
+            if (R == 4)
+                rows_dot<4>(wr, s.nv, nr, xs, lane, out, row + j * R, scale);
+            else if (R == 3)
+                rows_dot<3>(wr, s.nv, nr, xs, lane, out, row + j * R, scale);
+            else if (R == 2)
+                rows_dot<2>(wr, s.nv, nr, xs, lane, out, row + j * R, scale);
+            else
+                rows_dot<1>(wr, s.nv, nr, xs, lane, out, row + j * R, scale);
         }
-        consumers_sync(nw);
-        if (ct == 0) {
-            __threadfence();
-            atomicAdd(bar, 1u);
-        }
-        PP_TICK(ST_END);
+        return;
     }
-#undef PP_TICK
-    if (ct == 0 && plan->stats)
-        for (int i = 0; i < ST_EMPTY; i++)
-            atomicAdd(&plan->stats[i], (unsigned long long)t[i]);
+    /* rr: row c rpc + r of the phase is warp (c rpc + r) % nw's, so a warp
+       with no row in this slot goes on to the next one */
+    const int r0 = plan->own ? 0 : plan->rr ? (warp - (c * s.rpc) % nw + nw) % nw : warp;
+    const int rstep = plan->own ? 1 : nw;
+    for (int r = r0; r < n; r += rstep) {
+        const float y = row_dot(base + (size_t)r * s.nv, xs, s.nv, lane);
+        if (lane == 0)
+            __stcg(out + row + r, y * scale);
+    }
 }
 
-/* The lean consumer (variants "leanR_"): only the mr scheme, groups of R
-   rows (1 where R does not divide a slot's rows) dealt to the warps across
-   slots, compiled alone so that up to PP_LEANNW consumer warps fit its registers. */
+/* Warps 1..nw, per phase: wait for the grid, stage x, sum the rows of each
+   slot as it fills, then the CTA's arrival at the grid barrier.
+   R = 0: general_rows (persist_kernel<0>, up to PP_MAXNW warps).
+   R > 0 (variants "leanR_"): only groups of R rows (1 where R does not
+   divide a slot's rows) dealt to the warps across slots, compiled alone so
+   that up to PP_LEANNW consumer warps fit its registers. */
 /* DEC (with FIXED): no CTA-wide step between phases. Thread 1 copies each
    phase's x (already in the split layout: the phase before wrote its
    outputs there) into one of two buffers by a bulk copy once the grid
@@ -516,7 +459,7 @@ static __device__ void stage_dec(const pp_plan *plan, float *xs, unsigned long l
 }
 
 template <int R, bool FIXED, bool DEC, bool LL>
-static __device__ void consume_lean(const pp_plan *plan, const uint4 *ring, float *xs, unsigned long long *full,
+static __device__ void consume(const pp_plan *plan, const uint4 *ring, float *xs, unsigned long long *full,
                                     unsigned long long *empty, unsigned *bar, unsigned long long *xbar,
                                     unsigned *done, unsigned epoch) {
     static_assert(!(DEC || LL) || FIXED, "DEC and LL need the split layout");
@@ -546,7 +489,7 @@ static __device__ void consume_lean(const pp_plan *plan, const uint4 *ring, floa
             consumers_sync(nw); /* every warp is done with x of phase p - 1 */
             PP_TICK(ST_GRID);
             if (p == 0)
-                stage_x_split((float4 *)xs, in, ph->cols, ct, nw * 32);
+                stage_x(xs, in, ph->cols, ct, nw * 32, true);
             else
                 stage_ll(xs, plan->ll[p & 1], ph->cols, epoch * 128u + (unsigned)p, ct, nw * 32);
             consumers_sync(nw);
@@ -558,15 +501,15 @@ static __device__ void consume_lean(const pp_plan *plan, const uint4 *ring, floa
             consumers_sync(nw);
             PP_TICK(ST_GRID);
             /* fixed: the probe's three widths with rows_dot_fixed (split x) */
-            if (fixed)
-                stage_x_split((float4 *)xs, in, ph->cols, ct, nw * 32);
-            else
-                stage_x(xs, in, ph->cols, ct, nw * 32);
+            stage_x(xs, in, ph->cols, ct, nw * 32, fixed);
             consumers_sync(nw);
             PP_TICK(ST_STAGE);
         }
-        const int rg = s.rpc % R == 0 ? R : 1, gpc = s.rpc / rg;
+        constexpr int RR = R > 0 ? R : 1; /* (R = 0 never reaches the grouped path) */
+        const int rg = s.rpc % RR == 0 ? RR : 1, gpc = s.rpc / rg;
         for (int c = 0; c < s.nchunk; c++, k++) {
+            if (R == 0 && plan->own && (int)(k % (unsigned)nw) != warp)
+                continue; /* another warp's slot */
             const unsigned slot = k % NS;
             if (!plan->calc_only && (!plan->lane0 || lane == 0))
                 mbar_wait(&full[slot], (k / NS) & 1);
@@ -575,14 +518,16 @@ static __device__ void consume_lean(const pp_plan *plan, const uint4 *ring, floa
             PP_TICK(ST_FULL);
             const int row = s.r0 + c * s.rpc, n = min(s.rpc, s.r1 - row);
             const uint4 *base = ring + (size_t)slot * (plan->chunk / 16);
-            for (int j = (warp - (c * gpc) % nw + nw) % nw; j < gpc && j * rg < n; j += nw) {
+            if (R == 0)
+                general_rows(plan, base, s, c, n, warp, lane, xs, out, row, ph->scale);
+            for (int j = (warp - (c * gpc) % nw + nw) % nw; R > 0 && j < gpc && j * rg < n; j += nw) {
                 const uint4 *wr = base + (size_t)j * rg * s.nv;
                 const int nr = min(rg, n - j * rg);
-                constexpr int UR = R >= 3 ? 1 : 4 / R;
-                if (fixed && rg == R && s.nv == 256)
-                    rows_dot_fixed<R, 256, UR>(wr, nr, xp, lane, out, row + j * rg, ph->scale, nnext, llout, tag);
-                else if (fixed && rg == R && s.nv == 512)
-                    rows_dot_fixed<R, 512, UR>(wr, nr, xp, lane, out, row + j * rg, ph->scale, nnext, llout, tag);
+                constexpr int UR = RR >= 3 ? 1 : 4 / RR;
+                if (fixed && rg == RR && s.nv == 256)
+                    rows_dot_fixed<RR, 256, UR>(wr, nr, xp, lane, out, row + j * rg, ph->scale, nnext, llout, tag);
+                else if (fixed && rg == RR && s.nv == 512)
+                    rows_dot_fixed<RR, 512, UR>(wr, nr, xp, lane, out, row + j * rg, ph->scale, nnext, llout, tag);
                 else if (fixed) /* a row at a time (576 pieces: 18 a lane) */
                     for (int i = 0; i < nr; i++) {
                         const uint4 *wi = wr + (size_t)i * s.nv;
@@ -596,8 +541,8 @@ static __device__ void consume_lean(const pp_plan *plan, const uint4 *ring, floa
                     }
                 else if (FIXED) /* other widths: not in this probe */
                     continue;
-                else if (rg == R)
-                    rows_dot<R, 4>(wr, s.nv, nr, xs, lane, out, row + j * rg, ph->scale);
+                else if (rg == RR)
+                    rows_dot<RR, 4>(wr, s.nv, nr, xs, lane, out, row + j * rg, ph->scale);
                 else
                     rows_dot<1, 4>(wr, s.nv, nr, xs, lane, out, row + j * rg, ph->scale);
             }
@@ -631,7 +576,7 @@ static __device__ void consume_lean(const pp_plan *plan, const uint4 *ring, floa
             atomicAdd(&plan->stats[i], (unsigned long long)t[i]);
 }
 
-/* LEAN = 0: the general consumer (up to PP_MAXNW warps); R > 0: consume_lean<R>. */
+/* LEAN = 0: the general consumer (up to PP_MAXNW warps); LEAN > 0: groups of LEAN rows (consume). */
 template <int LEAN, bool FIXED, bool DEC, bool LL>
 static __global__ void __launch_bounds__(LEAN ? 32 * (PP_LEANNW + 1) : 32 * (PP_MAXNW + 1), 1)
     persist_kernel(const __grid_constant__ pp_plan plan, unsigned *bar, const unsigned *epoch) {
@@ -659,10 +604,8 @@ static __global__ void __launch_bounds__(LEAN ? 32 * (PP_LEANNW + 1) : 32 * (PP_
             produce(&plan, ring, full, empty, bar);
         if (DEC && threadIdx.x == 1)
             stage_dec(&plan, xs, xbar, bar);
-    } else if (LEAN) {
-        consume_lean<LEAN ? LEAN : 1, FIXED, DEC, LL>(&plan, ring, xs, full, empty, bar, xbar, done, *epoch);
     } else {
-        consume(&plan, ring, xs, full, empty, bar);
+        consume<LEAN, FIXED, DEC, LL>(&plan, ring, xs, full, empty, bar, xbar, done, *epoch);
     }
     __syncthreads();
     if (threadIdx.x == 0 && plan.stats)
@@ -757,10 +700,10 @@ static double time_graph(cudaGraphExec_t g, cudaStream_t st, int iters) {
    per_free: "own_" makes each slot one warp's, "rr_" deals the rows to the
    warps across slots, "mr_" deals groups of up to 4 rows (rows_dot).
    per_calc: no copies at all, the consumers' own pace (wrong values).
-   "leanR_" (R = 1..4; e.g. lean2_per_pf:6:32:15): consume_lean<R>, up to PP_LEANNW
+   "leanR_" (R = 1..4; e.g. lean2_per_pf:6:32:15): consume<R>, up to PP_LEANNW
    consumer warps; "leanRw_": lane 0 alone polls each slot's barrier;
    "leanRf_" / "leanRwf_": rows_dot_fixed (compile-time widths, split x);
-   "leanRfd_" (R = 1, 2): that with decoupled phases (consume_lean's DEC);
+   "leanRfd_" (R = 1, 2): that with decoupled phases (consume's DEC);
    "leanRfl_" (R = 1, 2): tagged outputs instead of the grid barrier (LL). (A "kx_" variant, every warp a column slice of every
    row with x in registers, was slower: commit history.) */
 typedef struct pp_variant {
