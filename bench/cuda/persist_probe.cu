@@ -28,7 +28,8 @@
  *   per_calc  no copies, the consumers sum what the ring holds (a bound)
  *
  * and consumer layouts as prefixes (own_, rr_, mr_, leanR_; see
- * parse_variant), each with ":SLOTS:KB:WARPS" for the ring. Findings:
+ * parse_variant), each with ":SLOTS:KB:WARPS[:L2AHEAD]" for the ring (L2AHEAD:
+ * chunks the producer asks L2 for while it waits for a slot). Findings:
  * docs/CUDA.md, session 14.
  *
  * Every checked variant sums each row in the same order (row_dot,
@@ -80,6 +81,7 @@ typedef struct pp_plan {
     pp_phase ph[PP_MAXPH];
     int n;
     int ns, chunk, nw; /* ring slots, bytes a slot holds (whole rows), consumer warps */
+    int l2ahead;       /* chunks the producer may ask L2 for ahead of its copies (0: none) */
     int ahead;         /* the producer runs ahead of the grid barriers */
     int free;          /* consumers skip the grid barrier (a streaming bound; wrong values) */
     int copy_only;     /* consumers only release the slots (the ring's streaming rate) */
@@ -366,12 +368,56 @@ static __device__ __forceinline__ pp_share share_of(const pp_phase *ph, int chun
     return s;
 }
 
+/* A chunk of the CTA's weight stream: phase p's slot-sized piece c. */
+typedef struct pp_cursor {
+    int p, c;
+} pp_cursor;
+
+/* Where chunk (p, c) is and how many bytes (0 past the last phase). */
+static __device__ __forceinline__ unsigned chunk_at(const pp_plan *plan, pp_cursor q, const uint4 **src) {
+    if (q.p >= plan->n)
+        return 0;
+    const pp_phase *ph = &plan->ph[q.p];
+    const pp_share s = share_of(ph, plan->chunk);
+    const int row = s.r0 + q.c * s.rpc, n = min(s.rpc, s.r1 - row);
+    *src = ph->w + (size_t)row * s.nv;
+    return n > 0 ? (unsigned)(n * ph->cols * 2) : 0;
+}
+
+static __device__ __forceinline__ pp_cursor chunk_next(const pp_plan *plan, pp_cursor q) {
+    if (q.p >= plan->n)
+        return q;
+    if (++q.c >= share_of(&plan->ph[q.p], plan->chunk).nchunk) {
+        q.p++;
+        q.c = 0;
+    }
+    return q;
+}
+
+static __device__ __forceinline__ bool mbar_test(unsigned long long *b, unsigned parity) {
+    unsigned done;
+    asm volatile("{ .reg .pred p; mbarrier.test_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
+                 : "=r"(done)
+                 : "r"(sm_addr(b)), "r"(parity)
+                 : "memory");
+    return done != 0;
+}
+
+static __device__ __forceinline__ void prefetch_l2(const void *src, unsigned bytes) {
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(src), "r"(bytes) : "memory");
+}
+
 /* Warp 0 lane 0: every phase's rows of this CTA, slot after slot. With
-   ahead == 0 a phase's first copy waits for its grid barrier. */
+   ahead == 0 a phase's first copy waits for its grid barrier. With l2ahead
+   = D > 0, while it waits for a free slot it asks L2 for the next chunks of
+   its stream, up to D past the one it waits to copy, so that HBM keeps
+   streaming while the ring is full (the copies then hit L2). */
 static __device__ void produce(const pp_plan *plan, uint4 *ring, unsigned long long *full,
                                unsigned long long *empty, const unsigned *bar) {
     const unsigned G = gridDim.x, NS = (unsigned)plan->ns;
-    unsigned k = 0;
+    unsigned k = 0, kp = 1;      /* kp: the next chunk to prefetch */
+    pp_cursor qp = {0, 0};       /* its position */
+    qp = chunk_next(plan, qp);
     long long t_empty = 0;
     for (int p = 0; p < plan->n; p++) {
         const pp_phase *ph = &plan->ph[p];
@@ -383,8 +429,24 @@ static __device__ void produce(const pp_plan *plan, uint4 *ring, unsigned long l
             const unsigned slot = k % NS;
             if (k >= NS) {
                 const long long t0 = clock64();
-                mbar_wait(&empty[slot], ((k / NS) - 1) & 1);
+                const unsigned par = ((k / NS) - 1) & 1;
+                if (plan->l2ahead)
+                    while (!mbar_test(&empty[slot], par)) {
+                        const uint4 *src;
+                        const unsigned nb = kp <= k + (unsigned)plan->l2ahead ? chunk_at(plan, qp, &src) : 0;
+                        if (nb) {
+                            prefetch_l2(src, nb);
+                            kp++;
+                            qp = chunk_next(plan, qp);
+                        }
+                    }
+                else
+                    mbar_wait(&empty[slot], par);
                 t_empty += clock64() - t0;
+            }
+            while (kp <= k) { /* chunks copied before their prefetch came: none needed */
+                kp++;
+                qp = chunk_next(plan, qp);
             }
             const int row = s.r0 + c * s.rpc;
             const int n = min(s.rpc, s.r1 - row);
@@ -696,8 +758,9 @@ static double time_graph(cudaGraphExec_t g, cudaStream_t st, int iters) {
 }
 
 /* A variant: sep | sep_pdl | sep1 (one block an SM, as the persistent grid) | per_wait | per_pf | per_free, the persistent
-   ones (and per_copy) optionally ":SLOTS:KB:WARPS" (ring slots, KB a slot,
-   consumer warps; default 6:32:8). Prefixes of per_wait / per_pf /
+   ones (and per_copy) optionally ":SLOTS:KB:WARPS[:L2AHEAD]" (ring slots,
+   KB a slot, consumer warps; default 6:32:8; L2AHEAD, default 0: chunks the
+   producer may prefetch into L2 ahead of its copies while the ring is full). Prefixes of per_wait / per_pf /
    per_free: "own_" makes each slot one warp's, "rr_" deals the rows to the
    warps across slots, "mr_" deals groups of up to 4 rows (rows_dot).
    per_calc: no copies at all, the consumers' own pace (wrong values).
@@ -709,7 +772,7 @@ static double time_graph(cudaGraphExec_t g, cudaStream_t st, int iters) {
    row with x in registers, was slower: commit history.) */
 typedef struct pp_variant {
     char name[16];
-    int sep, sep_blocks, pdl, ns, chunk, nw, ahead, free, copy_only, own, rr, mr, calc_only, lean, lane0, fixed, dec,
+    int sep, sep_blocks, pdl, ns, chunk, nw, l2ahead, ahead, free, copy_only, own, rr, mr, calc_only, lean, lane0, fixed, dec,
         ll;
 } pp_variant;
 
@@ -723,7 +786,7 @@ static int parse_variant(const char *spec, pp_variant *v) {
     if (n >= sizeof v->name)
         return -1;
     memcpy(v->name, spec, n);
-    if (c && sscanf(c, ":%d:%d:%d", &v->ns, &kb, &v->nw) != 3)
+    if (c && sscanf(c, ":%d:%d:%d:%d", &v->ns, &kb, &v->nw, &v->l2ahead) < 3)
         return -1;
     v->chunk = kb * 1024;
     v->sep = !strcmp(v->name, "sep") || !strcmp(v->name, "sep_pdl") || !strcmp(v->name, "sep1");
@@ -762,6 +825,8 @@ static int parse_variant(const char *spec, pp_variant *v) {
         return -1;
     if (v->own && v->nw > v->ns) /* a slot's parity wait must not see the fill before */
         return -1;
+    if (v->l2ahead < 0 || v->l2ahead > 64)
+        return -1;
     if (v->ns < 1 || v->nw < 1 || v->nw > (v->lean ? PP_LEANNW : PP_MAXNW) || v->chunk < PP_MAXCOLS * 2 || v->chunk % 16)
         return -1;
     return 0;
@@ -797,6 +862,7 @@ static cudaError_t capture(const pp_variant *v, pp_plan *plan, unsigned *bar, un
         plan->ns = v->ns;
         plan->chunk = v->chunk;
         plan->nw = v->nw;
+        plan->l2ahead = v->l2ahead;
         plan->ahead = v->ahead;
         plan->free = v->free;
         plan->copy_only = v->copy_only;
@@ -866,7 +932,7 @@ int main(int argc, char **argv) {
     if (layers < 1 || layers * 4 > PP_MAXPH || iters < 1 ||
         (strcmp(mode, "layer") && strcmp(mode, "big") && strcmp(mode, "small"))) {
         fprintf(stderr, "usage: persist_probe [layers 1..%d] [iterations >= 1] [layer|big|small] [VARIANT...]\n"
-                        "  VARIANT: sep | sep_pdl | sep1 | per_wait[:SLOTS:KB:WARPS] | per_pf[:...] | per_free[:...] | per_copy[:...]\n",
+                        "  VARIANT: sep | sep_pdl | sep1 | per_wait[:SLOTS:KB:WARPS[:L2AHEAD]] | per_pf[:...] | per_free[:...] | per_copy[:...]\n",
                 PP_MAXPH / 4);
         return 2;
     }
