@@ -521,21 +521,122 @@ static __device__ void stage_dec(const pp_plan *plan, float *xs, unsigned long l
     }
 }
 
+/* Cycle sums of consumer warp 0 (thread ct 0 reports them). 32-bit
+   counters: fewer registers. */
+typedef struct pp_ticks {
+    unsigned t[PP_NSTAT], t0;
+} pp_ticks;
+static __device__ __forceinline__ void tick(pp_ticks &tk, int i) {
+    const unsigned t1 = (unsigned)clock();
+    tk.t[i] += t1 - tk.t0;
+    tk.t0 = t1;
+}
+
+/* A phase's start: x of phase p into shared memory once it exists.
+   DEC: wait for thread 1's bulk copy into buffer p & 1. LL: every warp done
+   with the last x, then the tagged words. Otherwise: the grid barrier
+   (unless free), then x from the buffer (split layout when fixed). */
+template <bool DEC, bool LL>
+static __device__ __forceinline__ void phase_start(const pp_plan *plan, int p, float *xs, bool fixed,
+                                                   const unsigned *bar, unsigned long long *xbar, unsigned epoch,
+                                                   int ct, int lane, pp_ticks &tk) {
+    const int nw = plan->nw, cols = plan->ph[p].cols;
+    if (DEC) {
+        if (lane == 0)
+            mbar_wait(&xbar[p & 1], (p >> 1) & 1);
+        __syncwarp();
+        tick(tk, ST_STAGE);
+        return;
+    }
+    if (!LL && ct == 0 && !plan->free)
+        while (ld_acquire(bar) < (unsigned)p * gridDim.x) {
+        }
+    consumers_sync(nw); /* every warp is done with x of phase p - 1 */
+    tick(tk, ST_GRID);
+    if (LL && p > 0)
+        stage_ll(xs, plan->ll[p & 1], cols, epoch * 128u + (unsigned)p, ct, nw * 32);
+    else
+        stage_x(xs, plan->buf[p & 1], cols, ct, nw * 32, fixed || LL);
+    consumers_sync(nw);
+    tick(tk, ST_STAGE);
+}
+
+/* A phase's end: this CTA's arrival at the grid barrier, after its outputs.
+   DEC: each warp fences its own outputs, the CTA's last warp arrives. LL:
+   nothing (the outputs carry their tags). */
+template <bool DEC, bool LL>
+static __device__ __forceinline__ void phase_end(const pp_plan *plan, int p, unsigned *bar, unsigned *done, int ct,
+                                                 int lane) {
+    if (DEC) {
+        __syncwarp();
+        if (lane == 0) {
+            __threadfence(); /* this warp's outputs before the CTA's arrival */
+            if (atomicAdd(&done[p & 1], 1u) == (unsigned)plan->nw - 1) {
+                done[p & 1] = 0;
+                __threadfence();
+                atomicAdd(bar, 1u);
+            }
+        }
+    } else if (!LL) {
+        consumers_sync(plan->nw);
+        if (ct == 0) {
+            __threadfence();
+            atomicAdd(bar, 1u);
+        }
+    }
+}
+
+/* One group of nr <= RR rows at wr (rows row ...): rows_dot_fixed for the
+   probe's widths when FIXED (a row at a time where the group is short of RR
+   or the width is 576 pieces, 18 a lane), rows_dot otherwise. */
+template <int RR, bool FIXED>
+static __device__ __forceinline__ void group_rows(const uint4 *wr, int nv, int nr, int rg, const float *xs,
+                                                  const float4 *xp, int lane, float *out, int row, float scale,
+                                                  int nnext, unsigned long long *llout, unsigned tag) {
+    constexpr int UR = RR >= 3 ? 1 : 4 / RR;
+    if (!FIXED) {
+        if (rg == RR)
+            rows_dot<RR, 4>(wr, nv, nr, xs, lane, out, row, scale);
+        else
+            rows_dot<1, 4>(wr, nv, nr, xs, lane, out, row, scale);
+    } else if (rg == RR && nv == 256) {
+        rows_dot_fixed<RR, 256, UR>(wr, nr, xp, lane, out, row, scale, nnext, llout, tag);
+    } else if (rg == RR && nv == 512) {
+        rows_dot_fixed<RR, 512, UR>(wr, nr, xp, lane, out, row, scale, nnext, llout, tag);
+    } else {
+        for (int i = 0; i < nr; i++) {
+            const uint4 *wi = wr + (size_t)i * nv;
+            if (nv == 576)
+                rows_dot_fixed<1, 576, 2>(wi, 1, xp, lane, out, row + i, scale, nnext, llout, tag);
+            else if (nv == 512)
+                rows_dot_fixed<1, 512, 4>(wi, 1, xp, lane, out, row + i, scale, nnext, llout, tag);
+            else
+                rows_dot_fixed<1, 256, 4>(wi, 1, xp, lane, out, row + i, scale, nnext, llout, tag);
+        }
+    }
+}
+
+/* Warps 1..nw, per phase: x in (phase_start), the rows of each slot as it
+   fills, the CTA's arrival (phase_end).
+   R = 0: general_rows (persist_kernel<0>, up to PP_MAXNW warps).
+   R > 0 (variants "leanR_"): only groups of R rows (1 where R does not
+   divide a slot's rows) dealt to the warps across slots, compiled alone so
+   that up to PP_LEANNW consumer warps fit its registers. FIXED: the probe's
+   three widths with rows_dot_fixed and x split; DEC, LL: phase_start's. */
 template <int R, bool FIXED, bool DEC, bool LL>
 static __device__ void consume(const pp_plan *plan, const uint4 *ring, float *xs, unsigned long long *full,
-                                    unsigned long long *empty, unsigned *bar, unsigned long long *xbar,
-                                    unsigned *done, unsigned epoch) {
+                               unsigned long long *empty, unsigned *bar, unsigned long long *xbar, unsigned *done,
+                               unsigned epoch) {
     static_assert(!(DEC || LL) || FIXED, "DEC and LL need the split layout");
     static_assert(!(DEC && LL), "one or the other");
+    constexpr int RR = R > 0 ? R : 1; /* (R = 0 never reaches the grouped path) */
     const int ct = (int)threadIdx.x - 32, warp = ct / 32, lane = ct & 31, nw = plan->nw;
-    const unsigned G = gridDim.x, NS = (unsigned)plan->ns;
+    const unsigned NS = (unsigned)plan->ns;
     unsigned k = 0;
-    unsigned t[PP_NSTAT] = {0}, t0 = (unsigned)clock(), t1; /* 32-bit: fewer registers */
-#define PP_TICK(i) (t1 = (unsigned)clock(), t[i] += t1 - t0, t0 = t1)
+    pp_ticks tk = {{0}, (unsigned)clock()};
     for (int p = 0; p < plan->n; p++) {
         const pp_phase *ph = &plan->ph[p];
         const pp_share s = share_of(ph, plan->chunk);
-        const float *in = plan->buf[p & 1];
         float *out = plan->buf[(p + 1) & 1];
         const bool fixed = FIXED && (s.nv == 256 || s.nv == 512 || s.nv == 576);
         const int nnext = DEC && p + 1 < plan->n ? plan->ph[p + 1].cols : 0;
@@ -543,32 +644,7 @@ static __device__ void consume(const pp_plan *plan, const uint4 *ring, float *xs
         unsigned long long *llout = LL && p + 1 < plan->n ? plan->ll[(p + 1) & 1] : nullptr;
         const unsigned tag = epoch * 128u + (unsigned)p + 1u;
         const float4 *xp = (const float4 *)(xs + (DEC ? (p & 1) * PP_MAXCOLS : 0));
-        if (DEC) {
-            if (lane == 0)
-                mbar_wait(&xbar[p & 1], (p >> 1) & 1);
-            __syncwarp();
-            PP_TICK(ST_STAGE);
-        } else if (LL) {
-            consumers_sync(nw); /* every warp is done with x of phase p - 1 */
-            PP_TICK(ST_GRID);
-            if (p == 0)
-                stage_x(xs, in, ph->cols, ct, nw * 32, true);
-            else
-                stage_ll(xs, plan->ll[p & 1], ph->cols, epoch * 128u + (unsigned)p, ct, nw * 32);
-            consumers_sync(nw);
-            PP_TICK(ST_STAGE);
-        } else {
-            if (ct == 0 && !plan->free)
-                while (ld_acquire(bar) < (unsigned)p * G) {
-                }
-            consumers_sync(nw);
-            PP_TICK(ST_GRID);
-            /* fixed: the probe's three widths with rows_dot_fixed (split x) */
-            stage_x(xs, in, ph->cols, ct, nw * 32, fixed);
-            consumers_sync(nw);
-            PP_TICK(ST_STAGE);
-        }
-        constexpr int RR = R > 0 ? R : 1; /* (R = 0 never reaches the grouped path) */
+        phase_start<DEC, LL>(plan, p, xs, fixed, bar, xbar, epoch, ct, lane, tk);
         const int rg = s.rpc % RR == 0 ? RR : 1, gpc = s.rpc / rg;
         for (int c = 0; c < s.nchunk; c++, k++) {
             if (R == 0 && plan->own && (int)(k % (unsigned)nw) != warp)
@@ -578,65 +654,28 @@ static __device__ void consume(const pp_plan *plan, const uint4 *ring, float *xs
                 mbar_wait(&full[slot], (k / NS) & 1);
             if (plan->lane0)
                 __syncwarp(); /* orders the other lanes' reads after lane 0's wait */
-            PP_TICK(ST_FULL);
+            tick(tk, ST_FULL);
             const int row = s.r0 + c * s.rpc, n = min(s.rpc, s.r1 - row);
             const uint4 *base = ring + (size_t)slot * (plan->chunk / 16);
             if (R == 0)
                 general_rows(plan, base, s, c, n, warp, lane, xs, out, row, ph->scale);
-            for (int j = (warp - (c * gpc) % nw + nw) % nw; R > 0 && j < gpc && j * rg < n; j += nw) {
-                const uint4 *wr = base + (size_t)j * rg * s.nv;
-                const int nr = min(rg, n - j * rg);
-                constexpr int UR = RR >= 3 ? 1 : 4 / RR;
-                if (fixed && rg == RR && s.nv == 256)
-                    rows_dot_fixed<RR, 256, UR>(wr, nr, xp, lane, out, row + j * rg, ph->scale, nnext, llout, tag);
-                else if (fixed && rg == RR && s.nv == 512)
-                    rows_dot_fixed<RR, 512, UR>(wr, nr, xp, lane, out, row + j * rg, ph->scale, nnext, llout, tag);
-                else if (fixed) /* a row at a time (576 pieces: 18 a lane) */
-                    for (int i = 0; i < nr; i++) {
-                        const uint4 *wi = wr + (size_t)i * s.nv;
-                        const int ri = row + j * rg + i;
-                        if (s.nv == 576)
-                            rows_dot_fixed<1, 576, 2>(wi, 1, xp, lane, out, ri, ph->scale, nnext, llout, tag);
-                        else if (s.nv == 512)
-                            rows_dot_fixed<1, 512, 4>(wi, 1, xp, lane, out, ri, ph->scale, nnext, llout, tag);
-                        else
-                            rows_dot_fixed<1, 256, 4>(wi, 1, xp, lane, out, ri, ph->scale, nnext, llout, tag);
-                    }
-                else if (FIXED) /* other widths: not in this probe */
-                    continue;
-                else if (rg == RR)
-                    rows_dot<RR, 4>(wr, s.nv, nr, xs, lane, out, row + j * rg, ph->scale);
-                else
-                    rows_dot<1, 4>(wr, s.nv, nr, xs, lane, out, row + j * rg, ph->scale);
-            }
+            else if (FIXED && !fixed)
+                ; /* other widths: not in this probe */
+            else
+                for (int j = (warp - (c * gpc) % nw + nw) % nw; j < gpc && j * rg < n; j += nw)
+                    group_rows<RR, FIXED>(base + (size_t)j * rg * s.nv, s.nv, min(rg, n - j * rg), rg, xs, xp,
+                                          lane, out, row + j * rg, ph->scale, nnext, llout, tag);
             __syncwarp();
             if (lane == 0 && !plan->calc_only)
                 mbar_arrive(&empty[slot]);
-            PP_TICK(ST_ROWS);
+            tick(tk, ST_ROWS);
         }
-        if (DEC) {
-            __syncwarp();
-            if (lane == 0) {
-                __threadfence(); /* this warp's outputs before the CTA's arrival */
-                if (atomicAdd(&done[p & 1], 1u) == (unsigned)nw - 1) {
-                    done[p & 1] = 0;
-                    __threadfence();
-                    atomicAdd(bar, 1u);
-                }
-            }
-        } else if (!LL) {
-            consumers_sync(nw);
-            if (ct == 0) {
-                __threadfence();
-                atomicAdd(bar, 1u);
-            }
-        }
-        PP_TICK(ST_END);
+        phase_end<DEC, LL>(plan, p, bar, done, ct, lane);
+        tick(tk, ST_END);
     }
-#undef PP_TICK
     if (ct == 0 && plan->stats)
         for (int i = 0; i < ST_EMPTY; i++)
-            atomicAdd(&plan->stats[i], (unsigned long long)t[i]);
+            atomicAdd(&plan->stats[i], (unsigned long long)tk.t[i]);
 }
 
 /* LEAN = 0: the general consumer (up to PP_MAXNW warps); LEAN > 0: groups of LEAN rows (consume). */
@@ -923,154 +962,194 @@ static int measure_floor(const uint4 *w, size_t total, int n_sm, cudaStream_t st
     return 0;
 }
 
+/* Everything a timed run needs. */
+typedef struct pp_run {
+    pp_plan plan;
+    unsigned *bar, *epoch, *sink;
+    float *x0, *x0s;     /* phase 0's x, plain and in the split layout */
+    float *host, *ref;   /* the last phase's output, and the first checked variant's */
+    int have_ref, out_n;
+    cudaStream_t st;
+    int n_sm, clock_khz, iters, layers;
+    size_t total;        /* weight bytes */
+    double floor_us;
+} pp_run;
+
+/* 0, or 77 (ctest: skipped) where there is no Hopper GPU. */
+static int check_device(cudaDeviceProp *prop) {
+    int ndev = 0;
+    if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev < 1) {
+        printf("persist_probe: skipped: no CUDA device\n");
+        return 77;
+    }
+    if (cudaGetDeviceProperties(prop, 0) != cudaSuccess || prop->major != 9) {
+        printf("persist_probe: skipped: needs a Hopper GPU (compute capability 9.x)\n");
+        return 77;
+    }
+    return 0;
+}
+
+/* The weights (random bf16, one block per phase) and the plan's phases. */
+static int build_weights(pp_run *R, const char *mode) {
+    size_t off[PP_MAXPH];
+    R->total = 0;
+    R->plan.n = R->layers * 4;
+    for (int p = 0; p < R->plan.n; p++) {
+        int r, c;
+        shape_of(mode, p, &r, &c);
+        off[p] = R->total;
+        R->total += (size_t)r * c * 2;
+    }
+    uint4 *w;
+    CK(cudaMalloc(&w, R->total));
+    fill_kernel<<<R->n_sm * 8, 256>>>(w, R->total / 16, 12345u);
+    for (int p = 0; p < R->plan.n; p++) {
+        pp_phase *ph = &R->plan.ph[p];
+        ph->w = w + off[p] / 16;
+        shape_of(mode, p, &ph->rows, &ph->cols);
+        ph->scale = 1.3f / sqrtf((float)ph->cols);
+    }
+    R->out_n = R->plan.ph[R->plan.n - 1].rows;
+    return 0;
+}
+
+/* The activations, barriers, tags and phase 0's x (plain and split). */
+static int build_buffers(pp_run *R) {
+    pp_plan *pl = &R->plan;
+    R->host = (float *)malloc(12352 * sizeof(float));
+    R->ref = (float *)malloc(12352 * sizeof(float));
+    float *sp = (float *)malloc(PP_MAXCOLS * sizeof(float));
+    if (!R->host || !R->ref || !sp) {
+        fprintf(stderr, "persist_probe: out of host memory\n");
+        return 1;
+    }
+    for (int i = 0; i < 2; i++) {
+        CK(cudaMalloc(&pl->buf[i], 12352 * sizeof(float)));
+        CK(cudaMalloc(&pl->ll[i], 12352 * sizeof(unsigned long long)));
+        CK(cudaMemset(pl->ll[i], 0, 12352 * sizeof(unsigned long long))); /* tag 0: no pass's (epochs from 1) */
+    }
+    CK(cudaMalloc(&pl->stats, PP_NSTAT * sizeof(unsigned long long)));
+    CK(cudaMalloc(&R->bar, sizeof(unsigned)));
+    CK(cudaMalloc(&R->sink, sizeof(unsigned)));
+    CK(cudaMalloc(&R->epoch, sizeof(unsigned)));
+    CK(cudaMemset(R->epoch, 0, sizeof(unsigned)));
+    const int n0 = pl->ph[0].cols;
+    for (int i = 0; i < PP_MAXCOLS; i++) {
+        R->host[i] = sinf(0.37f * (float)i);
+        sp[i < n0 ? ((i & 4) ? n0 / 2 : 0) + (i >> 3) * 4 + (i & 3) : i] = R->host[i];
+    }
+    CK(cudaMalloc(&R->x0, PP_MAXCOLS * sizeof(float)));
+    CK(cudaMalloc(&R->x0s, PP_MAXCOLS * sizeof(float)));
+    CK(cudaMemcpy(R->x0, R->host, PP_MAXCOLS * sizeof(float), cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(R->x0s, sp, PP_MAXCOLS * sizeof(float), cudaMemcpyHostToDevice));
+    free(sp);
+    for (int l = 0; l <= 4; l++)
+        for (int f = 0; f < 8; f++)
+            CK(cudaFuncSetAttribute(kernel_of(l, f & 1, (f >> 1) & 1, f >> 2),
+                                    cudaFuncAttributeMaxDynamicSharedMemorySize, 227 * 1024));
+    return 0;
+}
+
+/* One variant: time it, check its output against the first checked
+   variant's, print the line (and the persistent kernel's cycle accounting).
+   *mismatch is set when the output differs. */
+static int run_variant(pp_run *R, const pp_variant *v, const char *spec, int round, int *mismatch) {
+    if (!v->sep) {
+        int per_sm = 0;
+        CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel_of(v->lean, v->fixed, v->dec, v->ll),
+                                                         32 * (v->nw + 1), persist_smem(v)));
+        if (per_sm < 1) {
+            printf("%s: does not fit an SM (%zu bytes of shared memory)\n", spec, persist_smem(v));
+            return 0;
+        }
+    }
+    cudaGraphExec_t ex;
+    CK(cudaMemset(R->plan.stats, 0, PP_NSTAT * sizeof(unsigned long long)));
+    CK(capture(v, &R->plan, R->bar, R->epoch, R->x0, R->x0s, R->n_sm, R->st, &ex));
+    const double us = time_graph(ex, R->st, R->iters);
+    CK(cudaStreamSynchronize(R->st));
+    CK(cudaGetLastError());
+    CK(cudaMemcpy(R->host, R->plan.buf[R->plan.n & 1], R->out_n * sizeof(float), cudaMemcpyDeviceToHost));
+    const int check = !v->free;
+    if (check && !R->have_ref) {
+        memcpy(R->ref, R->host, R->out_n * sizeof(float));
+        R->have_ref = 1;
+    }
+    double maxd = 0, norm = 0;
+    for (int i = 0; i < R->out_n; i++) {
+        maxd = fmax(maxd, fabs((double)R->host[i] - R->ref[i]));
+        norm += (double)R->host[i] * R->host[i];
+    }
+    printf("round %d %-18s %8.1f us  %6.2f us/layer  %6.0f GB/s  %5.1f%% of the read floor  ", round, spec, us,
+           us / R->layers, R->total / (us * 1e-6) / 1e9, 100.0 * R->floor_us / us);
+    if (check)
+        printf("max |diff| vs the first %.3g (rms %.3g)\n", maxd, sqrt(norm / R->out_n));
+    else
+        printf("(values not checked)\n");
+    if (check && maxd != 0.0)
+        *mismatch = 1;
+    if (!v->sep) {
+        unsigned long long h[PP_NSTAT];
+        CK(cudaMemcpy(h, R->plan.stats, sizeof h, cudaMemcpyDeviceToHost));
+        const double per = (double)(R->iters + 3) * R->n_sm * (R->clock_khz * 1e3) / 1e6; /* cycles per us */
+        printf("    per CTA and pass, us:");
+        for (int i = 0; i < PP_NSTAT; i++)
+            printf(" %s %.1f%s", st_name[i], h[i] / per, i + 1 < PP_NSTAT ? "," : "\n");
+    }
+    cudaGraphExecDestroy(ex);
+    return 0;
+}
+
 int main(int argc, char **argv) {
-    const int layers = argc > 1 ? atoi(argv[1]) : 8, iters = argc > 2 ? atoi(argv[2]) : 20;
+    static pp_run R; /* the plan is ~3 KB */
+    R.layers = argc > 1 ? atoi(argv[1]) : 8;
+    R.iters = argc > 2 ? atoi(argv[2]) : 20;
     const char *mode = argc > 3 ? argv[3] : "layer";
     const char *defaults[] = {"sep", "sep_pdl", "per_wait", "per_pf"};
     const int nvar = argc > 4 ? argc - 4 : 4;
     const char *const *specs = argc > 4 ? (const char *const *)argv + 4 : defaults;
-    if (layers < 1 || layers * 4 > PP_MAXPH || iters < 1 ||
+    if (R.layers < 1 || R.layers * 4 > PP_MAXPH || R.iters < 1 ||
         (strcmp(mode, "layer") && strcmp(mode, "big") && strcmp(mode, "small"))) {
-        fprintf(stderr, "usage: persist_probe [layers 1..%d] [iterations >= 1] [layer|big|small] [VARIANT...]\n"
-                        "  VARIANT: sep | sep_pdl | sep1 | per_wait[:SLOTS:KB:WARPS[:L2AHEAD]] | per_pf[:...] | per_free[:...] | per_copy[:...]\n",
+        fprintf(stderr,
+                "usage: persist_probe [layers 1..%d] [iterations >= 1] [layer|big|small] [VARIANT...]\n"
+                "  VARIANT: sep | sep_pdl | sep1 | [PREFIX]MODE[:SLOTS:KB:WARPS[:L2AHEAD]]\n"
+                "  MODE: per_wait | per_pf | per_free | per_copy | per_calc\n"
+                "  PREFIX: own_ | rr_ | mr_ | leanR_ | leanRw_ | leanRf_ | leanRfd_ | leanRfl_ (R = 1..4)\n",
                 PP_MAXPH / 4);
         return 2;
     }
     pp_variant *vars = (pp_variant *)calloc((size_t)nvar, sizeof *vars);
     for (int i = 0; i < nvar; i++)
-        if (parse_variant(specs[i], &vars[i])) {
+        if (!vars || parse_variant(specs[i], &vars[i])) {
             fprintf(stderr, "persist_probe: bad variant '%s'\n", specs[i]);
             return 2;
         }
-    int ndev = 0;
-    if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev < 1) {
-        printf("persist_probe: skipped: no CUDA device\n");
-        return 77; /* ctest: skipped */
-    }
     cudaDeviceProp prop;
-    CK(cudaGetDeviceProperties(&prop, 0));
-    if (prop.major != 9) {
-        printf("persist_probe: skipped: needs a Hopper GPU (compute capability 9.x); device 0 is %s (%d.%d)\n",
-               prop.name, prop.major, prop.minor);
-        return 77;
-    }
-    const int n_sm = prop.multiProcessorCount;
-    int clock_khz = 0;
-    CK(cudaDeviceGetAttribute(&clock_khz, cudaDevAttrClockRate, 0));
-    printf("device: %s, %d SMs; mode %s\n", prop.name, n_sm, mode);
-
-    size_t total = 0, off[PP_MAXPH];
-    pp_plan plan;
-    memset(&plan, 0, sizeof plan);
-    plan.n = layers * 4;
-    for (int p = 0; p < plan.n; p++) {
-        int r, c;
-        shape_of(mode, p, &r, &c);
-        off[p] = total;
-        total += (size_t)r * c * 2;
-    }
-    uint4 *w;
-    CK(cudaMalloc(&w, total));
-    fill_kernel<<<n_sm * 8, 256>>>(w, total / 16, 12345u);
-    for (int p = 0; p < plan.n; p++) {
-        plan.ph[p].w = w + off[p] / 16;
-        shape_of(mode, p, &plan.ph[p].rows, &plan.ph[p].cols);
-        plan.ph[p].scale = 1.3f / sqrtf((float)plan.ph[p].cols);
-    }
-    const int out_n = plan.ph[plan.n - 1].rows;
-    float *x0, *x0s, *host = (float *)malloc(12352 * sizeof(float)), *ref = (float *)malloc(12352 * sizeof(float));
-    unsigned *bar, *sink;
-    CK(cudaMalloc(&plan.buf[0], 12352 * sizeof(float)));
-    CK(cudaMalloc(&plan.buf[1], 12352 * sizeof(float)));
-    CK(cudaMalloc(&x0, PP_MAXCOLS * sizeof(float)));
-    CK(cudaMalloc(&bar, sizeof(unsigned)));
-    CK(cudaMalloc(&plan.stats, PP_NSTAT * sizeof(unsigned long long)));
-    unsigned *epoch;
-    CK(cudaMalloc(&epoch, sizeof(unsigned)));
-    CK(cudaMemset(epoch, 0, sizeof(unsigned)));
-    for (int i = 0; i < 2; i++) { /* tags start at 0: never a pass's (epochs start at 1) */
-        CK(cudaMalloc(&plan.ll[i], 12352 * sizeof(unsigned long long)));
-        CK(cudaMemset(plan.ll[i], 0, 12352 * sizeof(unsigned long long)));
-    }
-    CK(cudaMalloc(&sink, sizeof(unsigned)));
-    for (int i = 0; i < PP_MAXCOLS; i++)
-        host[i] = sinf(0.37f * (float)i);
-    CK(cudaMemcpy(x0, host, PP_MAXCOLS * sizeof(float), cudaMemcpyHostToDevice));
-    { /* the same x in the split layout of phase 0's width (the decoupled variants) */
-        const int n0 = plan.ph[0].cols;
-        float *sp = (float *)malloc(PP_MAXCOLS * sizeof(float));
-        for (int i = 0; i < PP_MAXCOLS; i++)
-            sp[i < n0 ? ((i & 4) ? n0 / 2 : 0) + (i >> 3) * 4 + (i & 3) : i] = host[i];
-        CK(cudaMalloc(&x0s, PP_MAXCOLS * sizeof(float)));
-        CK(cudaMemcpy(x0s, sp, PP_MAXCOLS * sizeof(float), cudaMemcpyHostToDevice));
-        free(sp);
-    }
-    for (int l = 0; l <= 4; l++)
-        for (int f = 0; f < 8; f++)
-            CK(cudaFuncSetAttribute(kernel_of(l, f & 1, (f >> 1) & 1, f >> 2),
-                                    cudaFuncAttributeMaxDynamicSharedMemorySize, 227 * 1024));
-    cudaStream_t st;
-    CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    const int dev = check_device(&prop);
+    if (dev)
+        return dev;
+    R.n_sm = prop.multiProcessorCount;
+    CK(cudaDeviceGetAttribute(&R.clock_khz, cudaDevAttrClockRate, 0));
+    printf("device: %s, %d SMs; mode %s\n", prop.name, R.n_sm, mode);
+    if (build_weights(&R, mode) || build_buffers(&R))
+        return 1;
+    CK(cudaStreamCreateWithFlags(&R.st, cudaStreamNonBlocking));
     CK(cudaDeviceSynchronize());
 
     double read_gbs, copy_gbs;
-    if (measure_floor(w, total, n_sm, st, sink, &read_gbs, &copy_gbs))
+    if (measure_floor(R.plan.ph[0].w, R.total, R.n_sm, R.st, R.sink, &read_gbs, &copy_gbs))
         return 1;
-    const double floor_us = total / (read_gbs * 1e9) * 1e6;
+    R.floor_us = R.total / (read_gbs * 1e9) * 1e6;
     printf("weights %.1f MB (%d layers x 4 GEMVs); read kernel %.0f GB/s, cudaMemcpy %.0f GB/s (read + write); "
            "floor %.1f us (%.2f us a layer)\n",
-           total / 1e6, layers, read_gbs, copy_gbs, floor_us, floor_us / layers);
+           R.total / 1e6, R.layers, read_gbs, copy_gbs, R.floor_us, R.floor_us / R.layers);
 
-    int status = 0, have_ref = 0;
-    for (int round = 0; round < 2; round++) {
-        for (int vi = 0; vi < nvar; vi++) {
-            const pp_variant *v = &vars[vi];
-            if (!v->sep) {
-                int per_sm = 0;
-                CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel_of(v->lean, v->fixed, v->dec, v->ll), 32 * (v->nw + 1),
-                                                                 persist_smem(v)));
-                if (per_sm < 1) {
-                    printf("%s: does not fit an SM (%zu bytes of shared memory)\n", specs[vi], persist_smem(v));
-                    continue;
-                }
-            }
-            cudaGraphExec_t ex;
-            CK(cudaMemset(plan.stats, 0, PP_NSTAT * sizeof(unsigned long long)));
-            CK(capture(v, &plan, bar, epoch, x0, x0s, n_sm, st, &ex));
-            const double us = time_graph(ex, st, iters);
-            CK(cudaStreamSynchronize(st));
-            CK(cudaGetLastError());
-            CK(cudaMemcpy(host, plan.buf[plan.n & 1], out_n * sizeof(float), cudaMemcpyDeviceToHost));
-            double maxd = 0, norm = 0;
-            const int check = !v->free;
-            if (check && !have_ref) {
-                memcpy(ref, host, out_n * sizeof(float));
-                have_ref = 1;
-            }
-            for (int i = 0; i < out_n; i++) {
-                maxd = fmax(maxd, fabs((double)host[i] - ref[i]));
-                norm += (double)host[i] * host[i];
-            }
-            printf("round %d %-18s %8.1f us  %6.2f us/layer  %6.0f GB/s  %5.1f%% of the read floor  ", round,
-                   specs[vi], us, us / layers, total / (us * 1e-6) / 1e9, 100.0 * floor_us / us);
-            if (check)
-                printf("max |diff| vs the first %.3g (rms %.3g)\n", maxd, sqrt(norm / out_n));
-            else
-                printf("(values not checked)\n");
-            if (check && maxd != 0.0)
-                status = 1;
-            if (!v->sep) {
-                unsigned long long h[PP_NSTAT];
-                CK(cudaMemcpy(h, plan.stats, sizeof h, cudaMemcpyDeviceToHost));
-                const double per = (double)(iters + 3) * n_sm * (clock_khz * 1e3) / 1e6; /* cycles per us */
-                printf("    per CTA and pass, us:");
-                for (int i = 0; i < PP_NSTAT; i++)
-                    printf(" %s %.1f%s", st_name[i], h[i] / per, i + 1 < PP_NSTAT ? "," : "\n");
-            }
-            cudaGraphExecDestroy(ex);
-        }
-    }
-    if (status)
+    int mismatch = 0;
+    for (int round = 0; round < 2; round++)
+        for (int vi = 0; vi < nvar; vi++)
+            if (run_variant(&R, &vars[vi], specs[vi], round, &mismatch))
+                return 1;
+    if (mismatch)
         printf("FAIL: a variant's output differs from the first's\n");
-    return status;
+    return mismatch;
 }
