@@ -1018,8 +1018,8 @@ static int build_buffers(pp_run *R) {
     pp_plan *pl = &R->plan;
     R->host = (float *)malloc(12352 * sizeof(float));
     R->ref = (float *)malloc(12352 * sizeof(float));
-    float *sp = (float *)malloc(PP_MAXCOLS * sizeof(float));
-    if (!R->host || !R->ref || !sp) {
+    static float sp[PP_MAXCOLS]; /* phase 0's x in the split layout, staged here */
+    if (!R->host || !R->ref) {
         fprintf(stderr, "persist_probe: out of host memory\n");
         return 1;
     }
@@ -1042,7 +1042,6 @@ static int build_buffers(pp_run *R) {
     CK(cudaMalloc(&R->x0s, PP_MAXCOLS * sizeof(float)));
     CK(cudaMemcpy(R->x0, R->host, PP_MAXCOLS * sizeof(float), cudaMemcpyHostToDevice));
     CK(cudaMemcpy(R->x0s, sp, PP_MAXCOLS * sizeof(float), cudaMemcpyHostToDevice));
-    free(sp);
     for (int l = 0; l <= 4; l++)
         for (int f = 0; f < 8; f++)
             CK(cudaFuncSetAttribute(kernel_of(l, f & 1, (f >> 1) & 1, f >> 2),
@@ -1100,6 +1099,38 @@ static int run_variant(pp_run *R, const pp_variant *v, const char *spec, int rou
     return 0;
 }
 
+/* Set up on the device, measure the floor, run every variant twice. */
+static int run_all(pp_run *R, const char *mode, const pp_variant *vars, const char *const *specs, int nvar) {
+    cudaDeviceProp prop;
+    const int dev = check_device(&prop);
+    if (dev)
+        return dev;
+    R->n_sm = prop.multiProcessorCount;
+    CK(cudaDeviceGetAttribute(&R->clock_khz, cudaDevAttrClockRate, 0));
+    printf("device: %s, %d SMs; mode %s\n", prop.name, R->n_sm, mode);
+    if (build_weights(R, mode) || build_buffers(R))
+        return 1;
+    CK(cudaStreamCreateWithFlags(&R->st, cudaStreamNonBlocking));
+    CK(cudaDeviceSynchronize());
+
+    double read_gbs, copy_gbs;
+    if (measure_floor(R->plan.ph[0].w, R->total, R->n_sm, R->st, R->sink, &read_gbs, &copy_gbs))
+        return 1;
+    R->floor_us = R->total / (read_gbs * 1e9) * 1e6;
+    printf("weights %.1f MB (%d layers x 4 GEMVs); read kernel %.0f GB/s, cudaMemcpy %.0f GB/s (read + write); "
+           "floor %.1f us (%.2f us a layer)\n",
+           R->total / 1e6, R->layers, read_gbs, copy_gbs, R->floor_us, R->floor_us / R->layers);
+
+    int mismatch = 0;
+    for (int round = 0; round < 2; round++)
+        for (int vi = 0; vi < nvar; vi++)
+            if (run_variant(R, &vars[vi], specs[vi], round, &mismatch))
+                return 1;
+    if (mismatch)
+        printf("FAIL: a variant's output differs from the first's\n");
+    return mismatch;
+}
+
 int main(int argc, char **argv) {
     static pp_run R; /* the plan is ~3 KB */
     R.layers = argc > 1 ? atoi(argv[1]) : 8;
@@ -1119,37 +1150,16 @@ int main(int argc, char **argv) {
         return 2;
     }
     pp_variant *vars = (pp_variant *)calloc((size_t)nvar, sizeof *vars);
-    for (int i = 0; i < nvar; i++)
-        if (!vars || parse_variant(specs[i], &vars[i])) {
+    int rc = vars ? 0 : 1;
+    for (int i = 0; i < nvar && !rc; i++)
+        if (parse_variant(specs[i], &vars[i])) {
             fprintf(stderr, "persist_probe: bad variant '%s'\n", specs[i]);
-            return 2;
+            rc = 2;
         }
-    cudaDeviceProp prop;
-    const int dev = check_device(&prop);
-    if (dev)
-        return dev;
-    R.n_sm = prop.multiProcessorCount;
-    CK(cudaDeviceGetAttribute(&R.clock_khz, cudaDevAttrClockRate, 0));
-    printf("device: %s, %d SMs; mode %s\n", prop.name, R.n_sm, mode);
-    if (build_weights(&R, mode) || build_buffers(&R))
-        return 1;
-    CK(cudaStreamCreateWithFlags(&R.st, cudaStreamNonBlocking));
-    CK(cudaDeviceSynchronize());
-
-    double read_gbs, copy_gbs;
-    if (measure_floor(R.plan.ph[0].w, R.total, R.n_sm, R.st, R.sink, &read_gbs, &copy_gbs))
-        return 1;
-    R.floor_us = R.total / (read_gbs * 1e9) * 1e6;
-    printf("weights %.1f MB (%d layers x 4 GEMVs); read kernel %.0f GB/s, cudaMemcpy %.0f GB/s (read + write); "
-           "floor %.1f us (%.2f us a layer)\n",
-           R.total / 1e6, R.layers, read_gbs, copy_gbs, R.floor_us, R.floor_us / R.layers);
-
-    int mismatch = 0;
-    for (int round = 0; round < 2; round++)
-        for (int vi = 0; vi < nvar; vi++)
-            if (run_variant(&R, &vars[vi], specs[vi], round, &mismatch))
-                return 1;
-    if (mismatch)
-        printf("FAIL: a variant's output differs from the first's\n");
-    return mismatch;
+    if (!rc)
+        rc = run_all(&R, mode, vars, specs, nvar);
+    free(vars);
+    free(R.host);
+    free(R.ref);
+    return rc;
 }
