@@ -910,7 +910,6 @@ static cudaError_t capture(const pp_variant *v, pp_plan *plan, unsigned *bar, un
         plan->mr = v->mr;
         plan->calc_only = v->calc_only;
         plan->lane0 = v->lane0;
-        plan->mr = v->mr || v->lean; /* (the general consumer ignores it when lean) */
         cudaMemsetAsync(bar, 0, sizeof(unsigned), st);
         cudaLaunchConfig_t cfg = {};
         cfg.gridDim = dim3((unsigned)n_sm);
