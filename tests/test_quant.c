@@ -9,6 +9,7 @@
 #include "deltarun.h"
 #include "format/safetensors.h"
 #include "golden_util.h"
+#include "model/model.h"
 #include "ops/cpu/quant.h"
 #include "quant/convert.h"
 #include "quant/quant.h"
@@ -18,6 +19,7 @@
 
 #include <dirent.h>
 #include <jansson.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -120,7 +122,69 @@ static double split_case(const dr_tensor *q, const float *x, const double *yr, c
 
 typedef struct {
     double mm, gemv, deq; /* worst relative errors: matmul_q_rows, split GEMV, split dequant */
+    int tiled;            /* 4-bit cases rearranged into the decode layout */
+    bool tile_same;       /* ... whose every output matched file order bit for bit */
 } kerr;
+
+/* Every output of the level's paths on w for token 0 (or T tokens): the
+ * matmul, the split GEMV on prepared x, dequantized rows, the embedding of
+ * three rows and dr_q_get over rows r0 and d - 1. */
+static float *all_outputs(const dr_tensor *w, const float *x, int T, int r0, int r1, size_t *count) {
+    const int64_t d = w->ne[0], n = w->ne[1];
+    const size_t nm = (size_t)T * d, ng = (size_t)d, nd = (size_t)(r1 - r0) * n, ne = 3 * (size_t)n;
+    float *o = malloc((nm + ng + nd + ne + 2 * (size_t)n) * sizeof *o), *xp = malloc(dr_cpu_q_prep_floats(w) * sizeof *xp);
+    for (size_t i = 0; i < nm + ng; i++)
+        o[i] = -12345.0f;
+    dr_cpu_matmul_q_rows(o, x, w, T, r0, r1);
+    dr_cpu_q_prep(xp, x, w);
+    dr_cpu_q_gemv_rows(o + nm, xp, w, r0, r1);
+    dr_cpu_q_dequant_rows(o + nm + ng, w, r0, r1 - r0);
+    const int32_t ids[3] = {0, (int32_t)d - 1, r0};
+    dr_cpu_embed_q(o + nm + ng + nd, w, ids, 3);
+    for (int64_t i = 0; i < n; i++) {
+        o[nm + ng + nd + ne + (size_t)i] = dr_q_get(w, r0, i);
+        o[nm + ng + nd + ne + (size_t)(n + i)] = dr_q_get(w, d - 1, i);
+    }
+    free(xp);
+    *count = nm + ng + nd + ne + 2 * (size_t)n;
+    return o;
+}
+
+/* A 4-bit q rearranged into the CPU's decode layout (dr_cpu_q_tile, on a
+ * copy): rows of whole 128-element blocks in tiles of four, block b of the
+ * tile's row i at (4 b + i) * 64; every output of the level bit-identical
+ * to file order (the kernels do the same operations, only the addresses
+ * move). Other rows, 8 bits, a second call or too small a budget: left as
+ * they are. */
+static void tiled_case(const dr_tensor *q, const float *x, int T, int r0, int r1, kerr *err) {
+    const int64_t d = q->ne[0], n = q->ne[1];
+    const size_t rb = dr_quant_row_bytes(n, 4), pk = (size_t)d * rb;
+    const int64_t want_rows = n % 128 ? 0 : d / 4 * 4;
+    unsigned char *copy = malloc(pk);
+    memcpy(copy, q->data, pk);
+    dr_tensor t = *q;
+    t.data = copy;
+    if (want_rows)
+        CHECK(dr_cpu_q_tile(&t, (size_t)want_rows * rb - 1) == 0 && t.q.tiled_rows == 0, "tile: over its budget");
+    const size_t got = dr_cpu_q_tile(&t, SIZE_MAX);
+    CHECK(got == (size_t)want_rows * rb && t.q.tiled_rows == want_rows, "tile [%lld, %lld]: %zu bytes, %lld rows",
+          (long long)d, (long long)n, got, (long long)t.q.tiled_rows);
+    CHECK(dr_cpu_q_tile(&t, SIZE_MAX) == 0, "tile: a second call rearranged again");
+    const unsigned char *src = q->data;
+    bool layout = true;
+    for (int64_t r = 0; r < d; r++)
+        for (size_t b = 0; b < rb / 64 + (rb % 64 != 0); b++) {
+            const size_t len = rb - b * 64 < 64 ? rb - b * 64 : 64;
+            const size_t at = r < want_rows ? (size_t)(r / 4 * 4) * rb + (b * 4 + (size_t)(r % 4)) * 64 : (size_t)r * rb + b * 64;
+            layout &= !memcmp(copy + at, src + (size_t)r * rb + b * 64, len);
+        }
+    CHECK(layout, "tile [%lld, %lld]: bytes not where the decode layout puts them", (long long)d, (long long)n);
+    size_t na, nb;
+    float *a = all_outputs(q, x, T, r0, r1, &na), *b = all_outputs(&t, x, T, r0, r1, &nb);
+    err->tile_same &= na == nb && !memcmp(a, b, na * sizeof *a);
+    err->tiled += got > 0;
+    free(a), free(b), free(copy);
+}
 
 static void kernel_case(int level, int bits, int gs, int64_t d, int64_t n, int T, dr_dtype dt, dr_dtype sb,
                         bool unaligned, kerr *err) {
@@ -159,6 +223,12 @@ static void kernel_case(int level, int bits, int gs, int64_t d, int64_t n, int T
         }
     CHECK(untouched, "level %d: rows outside [r0, r1) were written", level);
     double deq, gv = split_case(&q, x, yr, sa, r0, r1, &deq);
+    if (bits == 4) {
+        tiled_case(&q, x, T, r0, r1, err);
+    } else {
+        dr_tensor t8 = q;
+        CHECK(dr_cpu_q_tile(&t8, SIZE_MAX) == 0 && t8.q.tiled_rows == 0, "tile: an 8-bit tensor was rearranged");
+    }
     err->mm = fmax(err->mm, worst);
     err->gemv = fmax(err->gemv, gv);
     err->deq = fmax(err->deq, deq);
@@ -180,7 +250,7 @@ static void test_kernels(void) {
             printf("skip %s: not supported by this CPU\n", dr_cpu_quant_level_name(lv));
             continue;
         }
-        kerr e = {0};
+        kerr e = {.tile_same = true};
         int cases = 0;
         for (int bits = 4; bits <= 8; bits += 4)
             for (int gs = 32; gs <= 128; gs *= 2)
@@ -197,6 +267,10 @@ static void test_kernels(void) {
                    "err %.2e, split GEMV %.2e (tol 1e-5)", dr_cpu_quant_level_name(lv), cases, e.mm, e.gemv);
         CHECK_SHOW(e.deq <= 1e-6, "dequant_rows %s: max err %.2e of |scale q| + |bias| (tol 1e-6)",
                    dr_cpu_quant_level_name(lv), e.deq);
+        CHECK_SHOW(e.tile_same && e.tiled >= 3,
+                   "decode layout %s: %d 4-bit cases rearranged (tails in file order), matmul / GEMV / dequant / "
+                   "embed / get bit-identical to file order: %s", dr_cpu_quant_level_name(lv), e.tiled,
+                   e.tile_same ? "yes" : "NO");
     }
     dr_cpu_quant_set_level(-1);
 }
@@ -590,6 +664,62 @@ static void test_loader_exact(void) {
     }
 }
 
+/* ---- the CPU's decode layout in a whole model ---- */
+
+/* Rows the backend rearranged over every layer's out_proj / FFN down. */
+static int64_t tiled_rows(const dr_model *m) {
+    int64_t n = m->w.embed.q.tiled_rows;
+    for (int l = 0; l < m->hp.n_layers; l++)
+        n += m->w.layers[l].gdn.out_proj.q.tiled_rows + m->w.layers[l].ffn.down.q.tiled_rows;
+    return n;
+}
+
+/* Logits of ids [T]: the first half as one prefill, then token by token
+ * (the decode GEMVs). */
+static bool eval_split(dr_model *m, const int32_t *ids, int T, float *logits) {
+    dr_session *s = NULL;
+    dr_session_params p = dr_session_default_params();
+    const int V = dr_model_info_get(m)->n_vocab, h = T / 2;
+    bool ok = dr_session_new(m, &p, &s) == DR_OK && dr_session_eval(s, ids, h, DR_LOGITS_ALL, logits) == DR_OK;
+    for (int t = h; ok && t < T; t++)
+        ok = dr_session_eval(s, ids + t, 1, DR_LOGITS_ALL, logits + (size_t)t * V) == DR_OK;
+    dr_session_free(s);
+    return ok;
+}
+
+/* long-bf16 at 4 bits (its GDN out_proj and FFN down rows are one 128-element
+ * block each) loaded with the decode layout and with DR_CPU_TILE=0: the same
+ * logits bit for bit, prefill and decode (rows of several blocks: the kernel
+ * cases above). The backend makes the layout only where the avx512bf16
+ * GEMV runs; elsewhere both loads are in file order, which the line says. */
+static void test_tiled_model(void) {
+    char in[512], q[512];
+    snprintf(in, sizeof in, "%s/long-bf16", DR_TEST_DATA);
+    snprintf(q, sizeof q, "%s/tiled-q4", g_tmp);
+    CHECK(convert(in, q, 4, 32) == DR_OK, "%s", dr_last_error());
+    dr_model *mt = NULL, *mf = NULL;
+    CHECK(dr_model_load(q, &mt) == DR_OK, "%s", dr_last_error());
+    setenv("DR_CPU_TILE", "0", 1);
+    CHECK(dr_model_load(q, &mf) == DR_OK, "%s", dr_last_error());
+    unsetenv("DR_CPU_TILE");
+    if (mt && mf) {
+        int32_t ids[12] = {1, 17, 200, 42, 99, 5, 77, 128, 3, 0, 64, 255}; /* vocabulary 256 */
+        const int V = dr_model_info_get(mt)->n_vocab;
+        float *a = malloc(12 * (size_t)V * sizeof *a), *b = malloc(12 * (size_t)V * sizeof *b);
+        CHECK(eval_split(mt, ids, 12, a) && eval_split(mf, ids, 12, b), "%s", dr_last_error());
+        const int64_t rt = tiled_rows(mt), rf = tiled_rows(mf);
+        CHECK(rf == 0, "DR_CPU_TILE=0 still rearranged %lld rows", (long long)rf);
+        CHECK(rt > 0 || dr_cpu_quant_level() != DR_QLEVEL_AVX512_BF16, "the avx512bf16 level left every row in file order");
+        CHECK_SHOW(!memcmp(a, b, 12 * (size_t)V * sizeof *a),
+                   "long-bf16 q4, 6 tokens of prefill and 6 of decode: logits with the decode layout (%lld rows rearranged, level %s) and in "
+                   "file order bit-identical", (long long)rt, dr_cpu_quant_level_name(dr_cpu_quant_level()));
+        free(a), free(b);
+    }
+    dr_model_free(mt);
+    dr_model_free(mf);
+    rm_dir(q);
+}
+
 /* ---- malformed quantized checkpoints ---- */
 
 /* Copy src (an MLX dir) to dst, dropping tensor `drop`, replacing the
@@ -692,6 +822,7 @@ int main(void) {
     test_quantize_error();
     test_zero_rows();
     test_loader_exact();
+    test_tiled_model();
     test_fixtures();
     test_malformed();
     rmdir(g_tmp);

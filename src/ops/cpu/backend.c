@@ -4,10 +4,12 @@
  * context), plus their (host) memory slots. */
 #include "ops/cpu/fast.h"
 
+#include "ops/cpu/quant.h"
 #include "util/status.h"
 
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static void *cpu_alloc(void *ctx, size_t n) {
     (void)ctx;
@@ -99,6 +101,28 @@ static void ctx_free(dr_cpu_ctx *c) {
     free(c);
 }
 
+/* 4-bit weights go into the decode layout of the avx512bf16 GEMV, in place
+ * (dr_cpu_q_tile; 1.3-1.7x faster from DRAM, docs/PERFORMANCE.md session
+ * 15), the other levels read both layouts at their old speed. At most half
+ * the machine's memory: a mapped file's pages become private ones, so a
+ * model larger than that keeps the rest in file order, where the page cache
+ * can still drop and reread it. DR_CPU_TILE=0 keeps file order (A/B runs). */
+static dr_status cpu_weight_upload(void *ctx, dr_tensor *t) {
+    dr_cpu_ctx *c = ctx;
+    if (t->q.bits == 4 && c->tile_left && dr_cpu_quant_level() == DR_QLEVEL_AVX512_BF16)
+        c->tile_left -= dr_cpu_q_tile(t, c->tile_left);
+    return DR_OK;
+}
+
+/* Half the physical memory, or 0 when DR_CPU_TILE=0 or unknown. */
+static size_t tile_budget(void) {
+    const char *e = getenv("DR_CPU_TILE");
+    const long pages = sysconf(_SC_PHYS_PAGES), pg = sysconf(_SC_PAGESIZE);
+    if ((e && e[0] == '0') || pages <= 0 || pg <= 0)
+        return 0;
+    return (size_t)pages / 2 * (size_t)pg;
+}
+
 static void cpu_destroy(dr_ops *self) {
     ctx_free(self->ctx);
     free(self);
@@ -117,6 +141,7 @@ dr_status dr_ops_cpu_create(const dr_backend_params *p, dr_ops **out) {
         return DR_FAIL(DR_ERR_NOMEM, "out of memory creating the CPU backend");
     }
     c->n_threads = n;
+    c->tile_left = tile_budget();
     c->k = dr_simd_get();
     c->bf16_dot = dr_simd_bf16_dot() && c->k->gemv_bf16x2;
     dr_status st = dr_pool_new(n, &c->pool);
@@ -129,6 +154,7 @@ dr_status dr_ops_cpu_create(const dr_backend_params *p, dr_ops **out) {
     o->name = "cpu";
     o->ctx = c;
     o->destroy = cpu_destroy;
+    o->weight_upload = cpu_weight_upload;
     o->matmul = dr_fast_matmul;
     o->matmul_n = dr_fast_matmul_n;
     o->gdn_decode = dr_fast_gdn_decode;

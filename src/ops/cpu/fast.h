@@ -33,6 +33,7 @@ typedef struct dr_cpu_ctx {
     dr_cpu_scratch *thr;        /* [n_threads], grown by their own thread */
     void *shared[DR_SHARED_N];  /* grown by the calling thread, outside parallel loops */
     size_t shared_cap[DR_SHARED_N];
+    size_t tile_left;           /* bytes of 4-bit weights the decode layout may still take */
 } dr_cpu_ctx;
 
 /* Make every thread's scratch at least n floats. Call from the calling

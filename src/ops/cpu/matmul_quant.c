@@ -16,16 +16,19 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 /* ---- scalar reference ---- */
 
 float dr_q_get(const dr_tensor *w, int64_t r, int64_t i) {
     const int bits = w->q.bits, per_word = 32 / bits;
-    const int64_t n = w->ne[w->ndim - 1], words = n / per_word, groups = n / w->q.group_size;
-    uint32_t word;
-    memcpy(&word, (const unsigned char *)w->data + ((size_t)r * words + (size_t)(i / per_word)) * 4, 4);
+    const int64_t n = w->ne[w->ndim - 1], groups = n / w->q.group_size;
+    uint32_t word; /* a word never crosses a 128-element block of the tiled layout */
+    memcpy(&word, dr_qk_at(w, r, i / per_word * per_word), 4);
     uint32_t q = (word >> ((i % per_word) * bits)) & ((1u << bits) - 1u);
     size_t g = (size_t)r * groups + (size_t)(i / w->q.group_size);
     float scale = dr_load_f32(w->q.scales, w->q.sb_dtype, g), bias = dr_load_f32(w->q.biases, w->q.sb_dtype, g);
@@ -161,7 +164,7 @@ static void gemv_portable(float *y, const float *xp, const dr_tensor *w, int r0,
             } else {
                 for (int64_t b = g * gs; b < (g + 1) * gs; b += DR_QK_PERM)
                     for (int k = 0; k < DR_QK_PERM / 2; k++) {
-                        unsigned v = row[b / 2 + k];
+                        unsigned v = dr_qk_at(w, r, b)[k];
                         d += (float)(v & 15u) * xp[b + k] + (float)(v >> 4) * xp[b + DR_QK_PERM / 2 + k];
                     }
             }
@@ -253,6 +256,48 @@ void dr_cpu_matmul_q_rows(float *y, const float *x, const dr_tensor *w, int T, i
         return;
     }
     matmul_q_block(k, y, x, w, T, r0, r1);
+}
+
+/* ---- the decode layout (quant_kern.h) ---- */
+
+/* The whole pages holding [p, p + n), made readable and writable. */
+static int make_writable(const void *p, size_t n) {
+    const long pg = sysconf(_SC_PAGESIZE);
+    if (pg <= 0)
+        return 0;
+    const uintptr_t a = (uintptr_t)p, lo = a / (uintptr_t)pg * (uintptr_t)pg;
+    const uintptr_t hi = (a + n + (uintptr_t)pg - 1) / (uintptr_t)pg * (uintptr_t)pg;
+    return mprotect((void *)lo, hi - lo, PROT_READ | PROT_WRITE) == 0;
+}
+
+size_t dr_cpu_q_tile(dr_tensor *t, size_t max_bytes) {
+    const int R = DR_QK_TILE_ROWS, B = DR_QK_TILE_BLOCK;
+    if (t->q.bits != 4 || t->q.tiled_rows || !t->data || t->ndim < 2)
+        return 0;
+    const int64_t n = t->ne[t->ndim - 1];
+    int64_t rows = 1;
+    for (int i = 0; i < t->ndim - 1; i++)
+        rows *= t->ne[i];
+    const int64_t tr = rows / R * R;
+    const size_t rb = (size_t)n / 2, bytes = (size_t)tr * rb;
+    if (n <= 0 || n % 128 || tr == 0 || bytes > max_bytes)
+        return 0;
+    unsigned char *tmp = malloc((size_t)R * rb);
+    if (!tmp || !make_writable(t->data, bytes)) {
+        free(tmp);
+        return 0;
+    }
+    unsigned char *d = (unsigned char *)(uintptr_t)t->data; /* made writable above */
+    for (int64_t r = 0; r < tr; r += R) {
+        unsigned char *tile = d + (size_t)r * rb;
+        memcpy(tmp, tile, (size_t)R * rb);
+        for (size_t b = 0; b < rb / B; b++)
+            for (int i = 0; i < R; i++)
+                memcpy(tile + (b * R + (size_t)i) * B, tmp + (size_t)i * rb + b * B, B);
+    }
+    free(tmp);
+    t->q.tiled_rows = tr;
+    return bytes;
 }
 
 void dr_cpu_embed_q(float *x, const dr_tensor *emb, const int32_t *ids, int T) {

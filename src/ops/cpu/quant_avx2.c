@@ -32,9 +32,9 @@ static inline __m128i nibbles16(const unsigned char *p) {
 
 static inline __m256 widen8(__m128i bytes) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(bytes)); }
 
-/* The 8 weights [i, i+8) of a row as fp32 (i a multiple of 8). */
-static inline void weights16_q4(const unsigned char *row, int64_t i, __m256 s, __m256 b, __m256 *w0, __m256 *w1) {
-    __m128i u = nibbles16(row + i / 2);
+/* The 16 weights [i, i+16) after p (a group's start) as fp32 (i a multiple of 16). */
+static inline void weights16_q4(const unsigned char *p, int64_t i, __m256 s, __m256 b, __m256 *w0, __m256 *w1) {
+    __m128i u = nibbles16(p + i / 2);
     *w0 = _mm256_fmadd_ps(widen8(u), s, b);
     *w1 = _mm256_fmadd_ps(widen8(_mm_srli_si128(u, 8)), s, b);
 }
@@ -45,6 +45,13 @@ static inline void weights16_q4(const unsigned char *row, int64_t i, __m256 s, _
 #ifndef PF_DIST
 #define PF_DIST 4096
 #endif
+
+/* Packed bytes of group g of row r: row + g * gb in file order, else where
+ * the tiled layout put it (quant_kern.h; a group never crosses a block). */
+AI const unsigned char *group_at(const dr_tensor *w, const unsigned char *row, int64_t r, int tl, int64_t g, int gs,
+                                 int gb) {
+    return tl ? dr_qk_at(w, r, g * gs) : row + (size_t)g * (size_t)gb;
+}
 
 /* sum_i q_i x_i over one group of gs weights at p (x prepared, DR_QK_PERM
  * for 4-bit), as 8 partial sums. 4-bit: each 8 bytes widen to 8 int32 lanes
@@ -82,6 +89,7 @@ AI void gemv_rows(float *y, const float *xp, const dr_tensor *w, int64_t r0, int
     const int gb = gs * bits / 8; /* packed bytes per group */
     for (int64_t r = r0; r < r1; r++) {
         const unsigned char *row = dr_qk_row(w, r);
+        const int tl = r < w->q.tiled_rows;
         const size_t sb0 = dr_qk_sb(w, r, 0);
         __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps(), accb = _mm256_setzero_ps();
         float tail = 0.0f;
@@ -108,18 +116,21 @@ AI void gemv_rows(float *y, const float *xp, const dr_tensor *w, int64_t r0, int
                     tail += dr_load_f32(w->q.biases, dt, i + (size_t)j) * xs[g0 + j];
                 }
             }
-            const unsigned char *p = row + (size_t)g0 * gb;
+            const unsigned char *p = row + (size_t)g0 * gb; /* the prefetches' guide, either layout */
             const float *x = xp + g0 * gs;
             int j = 0;
             for (; j + 2 <= ng; j += 2) {
                 for (int o = 0; o < 2 * gb; o += 64) /* prefetches never fault past the end */
                     _mm_prefetch((const char *)(p + (size_t)j * gb + PF_DIST + o), _MM_HINT_T0);
-                acc0 = _mm256_fmadd_ps(_mm256_set1_ps(s[j]), group_dot(p + (size_t)j * gb, x + j * gs, bits, gs), acc0);
+                acc0 = _mm256_fmadd_ps(_mm256_set1_ps(s[j]),
+                                       group_dot(group_at(w, row, r, tl, g0 + j, gs, gb), x + j * gs, bits, gs), acc0);
                 acc1 = _mm256_fmadd_ps(_mm256_set1_ps(s[j + 1]),
-                                       group_dot(p + (size_t)(j + 1) * gb, x + (j + 1) * gs, bits, gs), acc1);
+                                       group_dot(group_at(w, row, r, tl, g0 + j + 1, gs, gb), x + (j + 1) * gs, bits, gs),
+                                       acc1);
             }
             if (j < ng)
-                acc0 = _mm256_fmadd_ps(_mm256_set1_ps(s[j]), group_dot(p + (size_t)j * gb, x + j * gs, bits, gs), acc0);
+                acc0 = _mm256_fmadd_ps(_mm256_set1_ps(s[j]),
+                                       group_dot(group_at(w, row, r, tl, g0 + j, gs, gb), x + j * gs, bits, gs), acc0);
         }
         y[r] = hsum8(_mm256_add_ps(_mm256_add_ps(acc0, acc1), accb)) + tail;
     }
@@ -147,20 +158,20 @@ static void gemv(float *y, const float *xp, const dr_tensor *w, int64_t r0, int6
 
 static void dequant(float *dst, const dr_tensor *w, int64_t r, int64_t g0, int64_t ng) {
     const int64_t gs = w->q.group_size;
-    const unsigned char *row = dr_qk_row(w, r);
     for (int64_t g = g0; g < g0 + ng; g++) {
+        const unsigned char *gp = dr_qk_at(w, r, g * gs); /* the group's bytes, either layout */
         __m256 s = _mm256_set1_ps(dr_load_f32(w->q.scales, w->q.sb_dtype, dr_qk_sb(w, r, g)));
         __m256 b = _mm256_set1_ps(dr_load_f32(w->q.biases, w->q.sb_dtype, dr_qk_sb(w, r, g)));
-        for (int64_t i = g * gs; i < (g + 1) * gs; i += 16) {
+        for (int64_t i = 0; i < gs; i += 16) {
             __m256 w0, w1;
             if (w->q.bits == 8) {
-                w0 = _mm256_fmadd_ps(widen8(load8(row + i)), s, b);
-                w1 = _mm256_fmadd_ps(widen8(load8(row + i + 8)), s, b);
+                w0 = _mm256_fmadd_ps(widen8(load8(gp + i)), s, b);
+                w1 = _mm256_fmadd_ps(widen8(load8(gp + i + 8)), s, b);
             } else {
-                weights16_q4(row, i, s, b, &w0, &w1);
+                weights16_q4(gp, i, s, b, &w0, &w1);
             }
-            _mm256_storeu_ps(dst + (i - g0 * gs), w0);
-            _mm256_storeu_ps(dst + (i - g0 * gs) + 8, w1);
+            _mm256_storeu_ps(dst + ((g - g0) * gs + i), w0);
+            _mm256_storeu_ps(dst + ((g - g0) * gs + i) + 8, w1);
         }
     }
 }

@@ -19,16 +19,16 @@ static inline __m128i load16(const unsigned char *p) { return _mm_loadu_si128((c
 
 static inline __m512 widen16(__m128i bytes) { return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(bytes)); }
 
-/* The 32 weights [i, i+32) of a row as fp32, w = s * q + b. */
-static inline void weights32(const unsigned char *row, int bits, int64_t i, __m512 s, __m512 b, __m512 *w0,
+/* The 32 weights [i, i+32) after p (a group's start) as fp32, w = s * q + b. */
+static inline void weights32(const unsigned char *p, int bits, int64_t i, __m512 s, __m512 b, __m512 *w0,
                              __m512 *w1) {
     __m128i u0, u1;
     if (bits == 8) {
-        u0 = load16(row + i);
-        u1 = load16(row + i + 16);
+        u0 = load16(p + i);
+        u1 = load16(p + i + 16);
     } else {
         const __m128i m = _mm_set1_epi8(0x0f);
-        __m128i v = load16(row + i / 2);
+        __m128i v = load16(p + i / 2);
         __m128i lo = _mm_and_si128(v, m), hi = _mm_and_si128(_mm_srli_epi16(v, 4), m);
         u0 = _mm_unpacklo_epi8(lo, hi); /* elements i .. i+15 */
         u1 = _mm_unpackhi_epi8(lo, hi); /* elements i+16 .. i+31 */
@@ -44,6 +44,13 @@ static inline void weights32(const unsigned char *row, int bits, int64_t i, __m5
 #ifndef PF_DIST
 #define PF_DIST 4096
 #endif
+
+/* Packed bytes of group g of row r: row + g * gb in file order, else where
+ * the tiled layout put it (quant_kern.h; a group never crosses a block). */
+AI const unsigned char *group_at(const dr_tensor *w, const unsigned char *row, int64_t r, int tl, int64_t g, int gs,
+                                 int gb) {
+    return tl ? dr_qk_at(w, r, g * gs) : row + (size_t)g * (size_t)gb;
+}
 
 /* Scales or biases [i, i + 16) of storage dtype dt as fp32 (lanes outside m
  * read nothing and are 0). */
@@ -88,6 +95,7 @@ AI void gemv_rows(float *y, const float *xp, const dr_tensor *w, int64_t r0, int
     const int gb = gs * bits / 8; /* packed bytes per group */
     for (int64_t r = r0; r < r1; r++) {
         const unsigned char *row = dr_qk_row(w, r);
+        const int tl = r < w->q.tiled_rows;
         const size_t sb0 = dr_qk_sb(w, r, 0);
         __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps(), accb = _mm512_setzero_ps();
         _Alignas(64) float s[16];
@@ -97,18 +105,21 @@ AI void gemv_rows(float *y, const float *xp, const dr_tensor *w, int64_t r0, int
             _mm512_store_ps(s, load_sb16(w->q.scales, dt, sb0 + (size_t)g0, m));
             accb = _mm512_fmadd_ps(load_sb16(w->q.biases, dt, sb0 + (size_t)g0, m), _mm512_maskz_loadu_ps(m, xs + g0),
                                    accb);
-            const unsigned char *p = row + (size_t)g0 * gb;
+            const unsigned char *p = row + (size_t)g0 * gb; /* the prefetches' guide, either layout */
             const float *x = xp + g0 * gs;
             int j = 0;
             for (; j + 2 <= ng; j += 2) {
                 for (int o = 0; o < 2 * gb; o += 64) /* prefetches never fault past the end */
                     _mm_prefetch((const char *)(p + (size_t)j * gb + PF_DIST + o), _MM_HINT_T0);
-                acc0 = _mm512_fmadd_ps(_mm512_set1_ps(s[j]), group_dot(p + (size_t)j * gb, x + j * gs, bits, gs), acc0);
+                acc0 = _mm512_fmadd_ps(_mm512_set1_ps(s[j]),
+                                       group_dot(group_at(w, row, r, tl, g0 + j, gs, gb), x + j * gs, bits, gs), acc0);
                 acc1 = _mm512_fmadd_ps(_mm512_set1_ps(s[j + 1]),
-                                       group_dot(p + (size_t)(j + 1) * gb, x + (j + 1) * gs, bits, gs), acc1);
+                                       group_dot(group_at(w, row, r, tl, g0 + j + 1, gs, gb), x + (j + 1) * gs, bits, gs),
+                                       acc1);
             }
             if (j < ng)
-                acc0 = _mm512_fmadd_ps(_mm512_set1_ps(s[j]), group_dot(p + (size_t)j * gb, x + j * gs, bits, gs), acc0);
+                acc0 = _mm512_fmadd_ps(_mm512_set1_ps(s[j]),
+                                       group_dot(group_at(w, row, r, tl, g0 + j, gs, gb), x + j * gs, bits, gs), acc0);
         }
         y[r] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc0, acc1), accb));
     }
@@ -136,13 +147,13 @@ static void gemv(float *y, const float *xp, const dr_tensor *w, int64_t r0, int6
 
 static void dequant(float *dst, const dr_tensor *w, int64_t r, int64_t g0, int64_t ng) {
     const int64_t gs = w->q.group_size;
-    const unsigned char *row = dr_qk_row(w, r);
     for (int64_t g = g0; g < g0 + ng; g++) {
+        const unsigned char *gp = dr_qk_at(w, r, g * gs); /* the group's bytes, either layout */
         __m512 s = _mm512_set1_ps(dr_load_f32(w->q.scales, w->q.sb_dtype, dr_qk_sb(w, r, g)));
         __m512 b = _mm512_set1_ps(dr_load_f32(w->q.biases, w->q.sb_dtype, dr_qk_sb(w, r, g)));
         for (int64_t i = g * gs; i < (g + 1) * gs; i += 32) {
             __m512 w0, w1;
-            weights32(row, w->q.bits, i, s, b, &w0, &w1);
+            weights32(gp, w->q.bits, i - g * gs, s, b, &w0, &w1);
             _mm512_storeu_ps(dst + (i - g0 * gs), w0);
             _mm512_storeu_ps(dst + (i - g0 * gs) + 16, w1);
         }

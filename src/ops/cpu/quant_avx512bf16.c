@@ -105,10 +105,11 @@ AI void rows_q4(float *y, const prepared *x, const dr_tensor *w, int64_t r, int 
     const size_t rb = (size_t)n / 2, pass = (size_t)R * rb;
     const size_t ahead = (PF_DIST + pass - 1) / pass * pass; /* whole passes */
     const unsigned char *row[ROWS];
-    size_t sb0[ROWS];
+    size_t sb0[ROWS], step[ROWS]; /* block b of row i at row[i] + b * step[i] (either layout) */
     __m512 acc[ROWS], accb[ROWS], S[ROWS];
     for (int i = 0; i < R; i++) {
-        row[i] = dr_qk_row(w, r + i);
+        row[i] = dr_qk_at(w, r + i, 0);
+        step[i] = dr_qk_block_step(w, r + i);
         sb0[i] = dr_qk_sb(w, r + i, 0);
         acc[i] = accb[i] = _mm512_setzero_ps();
     }
@@ -131,7 +132,7 @@ AI void rows_q4(float *y, const prepared *x, const dr_tensor *w, int64_t r, int 
             const __m512i idx = _mm512_add_epi32(lane_g, _mm512_set1_epi32((int)b * gpb));
             const int full = e + 128 <= n;
             for (int i = 0; i < R; i++) {
-                const unsigned char *p = row[i] + e / 2;
+                const unsigned char *p = row[i] + (size_t)(e / 128) * step[i];
                 _mm_prefetch((const char *)(p + ahead), PF_HINT); /* one line per block; never faults */
                 const __m512i v = full ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi8(tail, p);
                 acc[i] = _mm512_fmadd_ps(block_dot(v, h, l, mask, one), _mm512_permutexvar_ps(idx, S[i]), acc[i]);

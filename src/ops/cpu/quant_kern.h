@@ -65,6 +65,34 @@ void dr_qk_prep4_bf16(float *xp, const float *x, int64_t n, int gs); /* that lay
 static inline const unsigned char *dr_qk_row(const dr_tensor *w, int64_t r) {
     return (const unsigned char *)w->data + (size_t)r * (size_t)w->ne[w->ndim - 1] * (size_t)w->q.bits / 8;
 }
+
+/* The CPU's decode layout of 4-bit rows (w->q.tiled_rows > 0; made by
+ * dr_cpu_q_tile). Rows go in tiles of DR_QK_TILE_ROWS; inside a tile the
+ * 64-byte blocks (128 elements) of its rows alternate: block b of the tile's
+ * row i sits at (b * DR_QK_TILE_ROWS + i) * 64. The 4-row GEMV of
+ * quant_avx512bf16.c, which walks a tile's rows block by block, then reads
+ * one sequential stream instead of four interleaved ones: 1.3-1.7x faster
+ * from DRAM on the dev VM (docs/PERFORMANCE.md, session 15). A tile holds
+ * the bytes of its rows, so row r still starts inside [r, r + 1) * row
+ * bytes, and rows from tiled_rows on keep file order. Rows must be a whole
+ * number of blocks (n % 128 == 0). */
+#define DR_QK_TILE_ROWS 4
+#define DR_QK_TILE_BLOCK 64 /* packed bytes of one block */
+
+/* Packed byte holding element e (a multiple of 8) of row r, either layout;
+ * the DR_QK_TILE_BLOCK bytes of e's block from there on are the row's. */
+static inline const unsigned char *dr_qk_at(const dr_tensor *w, int64_t r, int64_t e) {
+    if (r >= w->q.tiled_rows)
+        return dr_qk_row(w, r) + (size_t)e * (size_t)w->q.bits / 8;
+    const size_t rb = (size_t)w->ne[w->ndim - 1] / 2, i = (size_t)(r % DR_QK_TILE_ROWS);
+    const size_t b = (size_t)e / 128, in = (size_t)(e % 128) / 2;
+    return (const unsigned char *)w->data + (size_t)(r - (int64_t)i) * rb + (b * DR_QK_TILE_ROWS + i) * DR_QK_TILE_BLOCK + in;
+}
+
+/* Bytes from one block of row r to its next (64 in file order). */
+static inline size_t dr_qk_block_step(const dr_tensor *w, int64_t r) {
+    return r < w->q.tiled_rows ? (size_t)DR_QK_TILE_ROWS * DR_QK_TILE_BLOCK : (size_t)DR_QK_TILE_BLOCK;
+}
 static inline size_t dr_qk_sb(const dr_tensor *w, int64_t r, int64_t g) {
     return (size_t)(r * (w->ne[w->ndim - 1] / w->q.group_size) + g);
 }

@@ -202,6 +202,9 @@ static dr_status cu_weight_upload(void *ctx, dr_tensor *t) {
     dr_cuda_ctx *cx = (dr_cuda_ctx *)ctx;
     if (t->dev)
         return DR_OK; /* a view shared with another entry (tied lm_head) */
+    if (t->q.bits && t->q.tiled_rows) /* only a CPU backend makes that layout, on its own model */
+        return DR_FAIL(DR_ERR_UNSUPPORTED, "tensor %s: rows in the CPU's decode layout, expected file order",
+                       t->name ? t->name : "?");
     if (t->q.bits)
         return dr_cuda_quant_upload(cx, t); /* quant.cu */
     if (t->dtype != DR_DT_F32 && t->dtype != DR_DT_BF16 && t->dtype != DR_DT_F16)
