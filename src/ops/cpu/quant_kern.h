@@ -72,15 +72,16 @@ static inline const unsigned char *dr_qk_row(const dr_tensor *w, int64_t r) {
  * row i sits at (b * DR_QK_TILE_ROWS + i) * 64. The 4-row GEMV of
  * quant_avx512bf16.c, which walks a tile's rows block by block, then reads
  * one sequential stream instead of four interleaved ones: 1.3-1.7x faster
- * from DRAM on the dev VM (docs/PERFORMANCE.md, session 15). A tile holds
- * the bytes of its rows, so row r still starts inside [r, r + 1) * row
- * bytes, and rows from tiled_rows on keep file order. Rows must be a whole
- * number of blocks (n % 128 == 0). */
+ * from DRAM on the dev VM (docs/PERFORMANCE.md, CPU, session 15). A tile
+ * occupies the bytes its four rows had in file order, and rows from
+ * tiled_rows on keep their file-order place. Only rows of whole blocks
+ * (n % 128 == 0) are rearranged. */
 #define DR_QK_TILE_ROWS 4
 #define DR_QK_TILE_BLOCK 64 /* packed bytes of one block */
 
-/* Packed byte holding element e (a multiple of 8) of row r, either layout;
- * the DR_QK_TILE_BLOCK bytes of e's block from there on are the row's. */
+/* The packed byte holding element e of row r (e even for 4 bits), either
+ * layout; the bytes from there to the end of e's 128-element block are row
+ * r's in both. */
 static inline const unsigned char *dr_qk_at(const dr_tensor *w, int64_t r, int64_t e) {
     if (r >= w->q.tiled_rows)
         return dr_qk_row(w, r) + (size_t)e * (size_t)w->q.bits / 8;
@@ -93,6 +94,7 @@ static inline const unsigned char *dr_qk_at(const dr_tensor *w, int64_t r, int64
 static inline size_t dr_qk_block_step(const dr_tensor *w, int64_t r) {
     return r < w->q.tiled_rows ? (size_t)DR_QK_TILE_ROWS * DR_QK_TILE_BLOCK : (size_t)DR_QK_TILE_BLOCK;
 }
+
 static inline size_t dr_qk_sb(const dr_tensor *w, int64_t r, int64_t g) {
     return (size_t)(r * (w->ne[w->ndim - 1] / w->q.group_size) + g);
 }
