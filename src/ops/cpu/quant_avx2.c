@@ -46,13 +46,6 @@ static inline void weights16_q4(const unsigned char *p, int64_t i, __m256 s, __m
 #define PF_DIST 4096
 #endif
 
-/* Packed bytes of group g of row r: row + g * gb in file order, else where
- * the tiled layout put it (quant_kern.h; a group never crosses a block). */
-AI const unsigned char *group_at(const dr_tensor *w, const unsigned char *row, int64_t r, int tl, int64_t g, int gs,
-                                 int gb) {
-    return tl ? dr_qk_at(w, r, g * gs) : row + (size_t)g * (size_t)gb;
-}
-
 /* sum_i q_i x_i over one group of gs weights at p (x prepared, DR_QK_PERM
  * for 4-bit), as 8 partial sums. 4-bit: each 8 bytes widen to 8 int32 lanes
  * once; AND 15 gives the low nibbles (even elements), a shift the high ones
@@ -123,14 +116,14 @@ AI void gemv_rows(float *y, const float *xp, const dr_tensor *w, int64_t r0, int
                 for (int o = 0; o < 2 * gb; o += 64) /* prefetches never fault past the end */
                     _mm_prefetch((const char *)(p + (size_t)j * gb + PF_DIST + o), _MM_HINT_T0);
                 acc0 = _mm256_fmadd_ps(_mm256_set1_ps(s[j]),
-                                       group_dot(group_at(w, row, r, tl, g0 + j, gs, gb), x + j * gs, bits, gs), acc0);
+                                       group_dot(dr_qk_group(w, row, r, tl, g0 + j, gs, gb), x + j * gs, bits, gs), acc0);
                 acc1 = _mm256_fmadd_ps(_mm256_set1_ps(s[j + 1]),
-                                       group_dot(group_at(w, row, r, tl, g0 + j + 1, gs, gb), x + (j + 1) * gs, bits, gs),
+                                       group_dot(dr_qk_group(w, row, r, tl, g0 + j + 1, gs, gb), x + (j + 1) * gs, bits, gs),
                                        acc1);
             }
             if (j < ng)
                 acc0 = _mm256_fmadd_ps(_mm256_set1_ps(s[j]),
-                                       group_dot(group_at(w, row, r, tl, g0 + j, gs, gb), x + j * gs, bits, gs), acc0);
+                                       group_dot(dr_qk_group(w, row, r, tl, g0 + j, gs, gb), x + j * gs, bits, gs), acc0);
         }
         y[r] = hsum8(_mm256_add_ps(_mm256_add_ps(acc0, acc1), accb)) + tail;
     }

@@ -45,13 +45,6 @@ static inline void weights32(const unsigned char *p, int bits, int64_t i, __m512
 #define PF_DIST 4096
 #endif
 
-/* Packed bytes of group g of row r: row + g * gb in file order, else where
- * the tiled layout put it (quant_kern.h; a group never crosses a block). */
-AI const unsigned char *group_at(const dr_tensor *w, const unsigned char *row, int64_t r, int tl, int64_t g, int gs,
-                                 int gb) {
-    return tl ? dr_qk_at(w, r, g * gs) : row + (size_t)g * (size_t)gb;
-}
-
 /* Scales or biases [i, i + 16) of storage dtype dt as fp32 (lanes outside m
  * read nothing and are 0). */
 AI __m512 load_sb16(const void *base, dr_dtype dt, size_t i, __mmask16 m) {
@@ -112,14 +105,14 @@ AI void gemv_rows(float *y, const float *xp, const dr_tensor *w, int64_t r0, int
                 for (int o = 0; o < 2 * gb; o += 64) /* prefetches never fault past the end */
                     _mm_prefetch((const char *)(p + (size_t)j * gb + PF_DIST + o), _MM_HINT_T0);
                 acc0 = _mm512_fmadd_ps(_mm512_set1_ps(s[j]),
-                                       group_dot(group_at(w, row, r, tl, g0 + j, gs, gb), x + j * gs, bits, gs), acc0);
+                                       group_dot(dr_qk_group(w, row, r, tl, g0 + j, gs, gb), x + j * gs, bits, gs), acc0);
                 acc1 = _mm512_fmadd_ps(_mm512_set1_ps(s[j + 1]),
-                                       group_dot(group_at(w, row, r, tl, g0 + j + 1, gs, gb), x + (j + 1) * gs, bits, gs),
+                                       group_dot(dr_qk_group(w, row, r, tl, g0 + j + 1, gs, gb), x + (j + 1) * gs, bits, gs),
                                        acc1);
             }
             if (j < ng)
                 acc0 = _mm512_fmadd_ps(_mm512_set1_ps(s[j]),
-                                       group_dot(group_at(w, row, r, tl, g0 + j, gs, gb), x + j * gs, bits, gs), acc0);
+                                       group_dot(dr_qk_group(w, row, r, tl, g0 + j, gs, gb), x + j * gs, bits, gs), acc0);
         }
         y[r] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc0, acc1), accb));
     }

@@ -90,6 +90,14 @@ static inline const unsigned char *dr_qk_at(const dr_tensor *w, int64_t r, int64
     return (const unsigned char *)w->data + (size_t)(r - (int64_t)i) * rb + (b * DR_QK_TILE_ROWS + i) * DR_QK_TILE_BLOCK + in;
 }
 
+/* Packed bytes of group g (gs elements, gb bytes) of row r: row + g * gb in
+ * file order (row = dr_qk_row(w, r), tl = 0), else where the decode layout
+ * put it (tl = r < w->q.tiled_rows; a group never crosses a block). */
+static inline const unsigned char *dr_qk_group(const dr_tensor *w, const unsigned char *row, int64_t r, int tl,
+                                               int64_t g, int gs, int gb) {
+    return tl ? dr_qk_at(w, r, g * gs) : row + (size_t)g * (size_t)gb;
+}
+
 /* Bytes from one block of row r to its next (64 in file order). */
 static inline size_t dr_qk_block_step(const dr_tensor *w, int64_t r) {
     return r < w->q.tiled_rows ? (size_t)DR_QK_TILE_ROWS * DR_QK_TILE_BLOCK : (size_t)DR_QK_TILE_BLOCK;
