@@ -454,13 +454,22 @@ static void compare_logits(const float *a, const float *b, int V, bool golden, c
         acc->gold_agree += ia == ib, acc->gold_n++;
 }
 
-static bool eval_all(dr_model *m, const int32_t *ids, int T, float *logits) {
+/* Logits of ids [T] in a fresh session: the first `prefill` as one block,
+ * then token by token (the decode paths). */
+static bool eval_tokens(dr_model *m, const int32_t *ids, int T, int prefill, float *logits) {
     dr_session *s = NULL;
     dr_session_params p = dr_session_default_params();
     p.n_ctx = 2048;
-    bool ok = dr_session_new(m, &p, &s) == DR_OK && dr_session_eval(s, ids, T, DR_LOGITS_ALL, logits) == DR_OK;
+    const int V = dr_model_info_get(m)->n_vocab;
+    bool ok = dr_session_new(m, &p, &s) == DR_OK && dr_session_eval(s, ids, prefill, DR_LOGITS_ALL, logits) == DR_OK;
+    for (int t = prefill; ok && t < T; t++)
+        ok = dr_session_eval(s, ids + t, 1, DR_LOGITS_ALL, logits + (size_t)t * V) == DR_OK;
     dr_session_free(s);
     return ok;
+}
+
+static bool eval_all(dr_model *m, const int32_t *ids, int T, float *logits) {
+    return eval_tokens(m, ids, T, T, logits);
 }
 
 static void compare_prompt(dr_model *ref, dr_model *m, const int32_t *ids, int T, int V, bool golden, cmp_acc *acc) {
@@ -674,19 +683,6 @@ static int64_t tiled_rows(const dr_model *m) {
     return n;
 }
 
-/* Logits of ids [T]: the first half as one prefill, then token by token
- * (the decode GEMVs). */
-static bool eval_split(dr_model *m, const int32_t *ids, int T, float *logits) {
-    dr_session *s = NULL;
-    dr_session_params p = dr_session_default_params();
-    const int V = dr_model_info_get(m)->n_vocab, h = T / 2;
-    bool ok = dr_session_new(m, &p, &s) == DR_OK && dr_session_eval(s, ids, h, DR_LOGITS_ALL, logits) == DR_OK;
-    for (int t = h; ok && t < T; t++)
-        ok = dr_session_eval(s, ids + t, 1, DR_LOGITS_ALL, logits + (size_t)t * V) == DR_OK;
-    dr_session_free(s);
-    return ok;
-}
-
 /* long-bf16 at 4 bits (its GDN out_proj and FFN down rows are one 128-element
  * block each) loaded with the decode layout and with DR_CPU_TILE=0: the same
  * logits bit for bit, prefill and decode (rows of several blocks: the kernel
@@ -706,7 +702,7 @@ static void test_tiled_model(void) {
         int32_t ids[12] = {1, 17, 200, 42, 99, 5, 77, 128, 3, 0, 64, 255}; /* vocabulary 256 */
         const int V = dr_model_info_get(mt)->n_vocab;
         float *a = malloc(12 * (size_t)V * sizeof *a), *b = malloc(12 * (size_t)V * sizeof *b);
-        CHECK(eval_split(mt, ids, 12, a) && eval_split(mf, ids, 12, b), "%s", dr_last_error());
+        CHECK(eval_tokens(mt, ids, 12, 6, a) && eval_tokens(mf, ids, 12, 6, b), "%s", dr_last_error());
         const int64_t rt = tiled_rows(mt), rf = tiled_rows(mf);
         CHECK(rf == 0, "DR_CPU_TILE=0 still rearranged %lld rows", (long long)rf);
         CHECK(rt > 0 || dr_cpu_quant_level() != DR_QLEVEL_AVX512_BF16, "the avx512bf16 level left every row in file order");

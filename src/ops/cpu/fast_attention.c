@@ -93,14 +93,25 @@ static void att_group(const att_job *j, const float *q, int ng, int kvh, int s0,
 static int group_size(const att_job *j) { return j->nH / j->nKV; }
 static int pieces(const att_job *j) { return (group_size(j) + GQ - 1) / GQ; }
 
+/* First query head of piece pc of kv head kvh; *ng: its heads (<= GQ). */
+static int piece_heads(const att_job *j, int kvh, int pc, int *ng) {
+    const int G = group_size(j);
+    *ng = G - pc * GQ < GQ ? G - pc * GQ : GQ;
+    return kvh * G + pc * GQ;
+}
+
+/* The task's score scratch (att_group), or NULL when it could not be reserved. */
+static float *scores(const att_job *j, int thread) { return j->have_sc ? dr_cpu_tbuf(j->c, thread) : NULL; }
+
 /* task = (token * nKV + kv head) * pieces + piece: its heads' whole causal rows */
 static void row_task(void *arg, int task, int thread) {
     const att_job *j = arg;
-    const int np = pieces(j), G = group_size(j), pc = task % np, kvh = task / np % j->nKV, t = task / np / j->nKV;
-    const int h0 = kvh * G + pc * GQ, ng = G - pc * GQ < GQ ? G - pc * GQ : GQ, n_keys = j->pos0 + t + 1;
+    const int np = pieces(j), pc = task % np, kvh = task / np % j->nKV, t = task / np / j->nKV;
+    int ng;
+    const int h0 = piece_heads(j, kvh, pc, &ng), n_keys = j->pos0 + t + 1;
     float *o = j->out + ((size_t)t * j->nH + h0) * j->hd, ml[2 * GQ];
     att_group(j, j->q + ((size_t)t * j->nH + h0) * j->hd, ng, kvh, 0, n_keys, o, (size_t)j->hd, ml,
-              j->have_sc ? dr_cpu_tbuf(j->c, thread) : NULL);
+              scores(j, thread));
     for (int g = 0; g < ng; g++) {
         const float inv = 1.0f / ml[2 * g + 1];
         for (int i = 0; i < j->hd; i++)
@@ -111,9 +122,9 @@ static void row_task(void *arg, int task, int thread) {
 /* split mode (T = 1): task = (kv head * pieces + piece) * n_seg + segment */
 static void seg_task(void *arg, int task, int thread) {
     const att_job *j = arg;
-    const int np = pieces(j), G = group_size(j), sg = task % j->n_seg, pc = task / j->n_seg % np;
-    const int kvh = task / j->n_seg / np, h0 = kvh * G + pc * GQ, ng = G - pc * GQ < GQ ? G - pc * GQ : GQ;
-    const int n_keys = j->pos0 + 1, per = (n_keys + j->n_seg - 1) / j->n_seg, s0 = sg * per;
+    const int np = pieces(j), sg = task % j->n_seg, pc = task / j->n_seg % np, kvh = task / j->n_seg / np;
+    int ng;
+    const int h0 = piece_heads(j, kvh, pc, &ng), n_keys = j->pos0 + 1, per = (n_keys + j->n_seg - 1) / j->n_seg, s0 = sg * per;
     const int s1 = s0 + per < n_keys ? s0 + per : n_keys;
     const size_t ps = 2 + (size_t)j->hd, hs = (size_t)j->n_seg * ps; /* part: [nH, n_seg, 2 + hd] */
     float *p = j->part + (size_t)h0 * hs + (size_t)sg * ps, ml[2 * GQ];
@@ -122,8 +133,7 @@ static void seg_task(void *arg, int task, int thread) {
             p[(size_t)g * hs] = -INFINITY, p[(size_t)g * hs + 1] = 0.0f;
         return;
     }
-    att_group(j, j->q + (size_t)h0 * j->hd, ng, kvh, s0, s1, p + 2, hs, ml,
-              j->have_sc ? dr_cpu_tbuf(j->c, thread) : NULL);
+    att_group(j, j->q + (size_t)h0 * j->hd, ng, kvh, s0, s1, p + 2, hs, ml, scores(j, thread));
     for (int g = 0; g < ng; g++)
         p[(size_t)g * hs] = ml[2 * g], p[(size_t)g * hs + 1] = ml[2 * g + 1];
 }

@@ -13,6 +13,7 @@
 #include "ops/cpu/quant.h"
 
 #include "ops/cpu/quant_kern.h"
+#include "quant/quant.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -274,11 +275,7 @@ size_t dr_cpu_q_tile(dr_tensor *t, size_t max_bytes) {
     const int R = DR_QK_TILE_ROWS, B = DR_QK_TILE_BLOCK;
     if (t->q.bits != 4 || t->q.tiled_rows || !t->data || t->ndim < 2)
         return 0;
-    const int64_t n = t->ne[t->ndim - 1];
-    int64_t rows = 1;
-    for (int i = 0; i < t->ndim - 1; i++)
-        rows *= t->ne[i];
-    const int64_t tr = rows / R * R;
+    const int64_t n = t->ne[t->ndim - 1], tr = dr_tensor_rows(t) / R * R;
     const size_t rb = (size_t)n / 2, bytes = (size_t)tr * rb;
     if (n <= 0 || n % 128 || tr == 0 || bytes > max_bytes)
         return 0;
