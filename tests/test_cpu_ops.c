@@ -464,9 +464,23 @@ static void t_golden(const char *fixture, int n_threads) {
     dr_model_free(m);
 }
 
+/* DR_EXPECT_SIMD (set for the emulated runs of tests/CMakeLists.txt, e.g.
+ * "avx2" under an AVX2-only CPU model): the levels this process must see.
+ * Without it an emulator that passed the host's AVX-512 through would make
+ * those runs prove nothing. */
+static void t_expected_level(dr_simd_level best) {
+    const char *want = getenv("DR_EXPECT_SIMD");
+    if (!want)
+        return;
+    const char *got = dr_simd_level_name(best), *qgot = dr_cpu_quant_level_name(dr_cpu_quant_level());
+    CHECK_SHOW(!strcmp(got, want) && !strcmp(qgot, want), "best SIMD level %s, quantized kernels %s (expected %s)", got,
+               qgot, want);
+}
+
 int main(void) {
     dr_ops *ref = dr_ops_cpu_ref();
     const dr_simd_level best = dr_cpu_simd_level();
+    t_expected_level(best);
     for (int lv = DR_SIMD_SCALAR; lv <= (int)best; lv++) {
         if (!dr_simd_table((dr_simd_level)lv))
             continue;
