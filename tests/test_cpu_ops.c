@@ -11,11 +11,13 @@
  */
 #include "golden_util.h"
 #include "model/model.h"
+#include "ops/cpu/cpu.h"
 #include "ops/cpu/quant.h"
 #include "ops/cpu/simd.h"
 #include "quant/quant.h"
 #include "test.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,6 +25,7 @@
 #define TOL 2e-5f      /* fp32 kernels: only the summation order differs */
 #define TOL_BF16X2 2e-4f /* vdpbf16ps with x split into two bf16 halves */
 #define TOL_GOLDEN 1e-3f
+#define TOL_ACT 5e-7f  /* activations: about 4 ulp, the vector tables' exp polynomial (simd_impl.h v_exp) */
 
 static uint64_t g_rng = 42;
 static float frand(void) { /* uniform [-1, 1) */
@@ -347,7 +350,11 @@ static void t_moe(dr_ops *f, dr_ops *r) {
     free(wts), free(x), free(ws), free(y), free(yr);
 }
 
+/* RMSNorm is the reference's arithmetic, bit for bit; the activations are
+ * too at the scalar level, and above it take exp from the vector tables
+ * (TOL_ACT, see t_act). */
 static void t_elementwise(dr_ops *f, dr_ops *r) {
+    const float ta = dr_simd_get()->level == DR_SIMD_SCALAR ? 0.0f : TOL_ACT;
     const int rows = 301, n = 129;
     const size_t N = (size_t)rows * n;
     float *x = rnd(N, 2.0f), *z = rnd(N, 3.0f), *gain = rnd((size_t)n, 1.0f), *y = malloc(N * 4), *yr = malloc(N * 4);
@@ -356,15 +363,66 @@ static void t_elementwise(dr_ops *f, dr_ops *r) {
     show("rmsnorm [301,129]", rel_err(y, yr, N), 0.0f);
     f->gated_rmsnorm(f->ctx, y, x, z, gain, rows, n, 1e-6f);
     r->gated_rmsnorm(r->ctx, yr, x, z, gain, rows, n, 1e-6f);
-    show("gated_rmsnorm [301,129]", rel_err(y, yr, N), 0.0f);
+    show("gated_rmsnorm [301,129]", rel_err(y, yr, N), ta);
     f->swiglu(f->ctx, y, x, z, N);
     r->swiglu(r->ctx, yr, x, z, N);
-    show("swiglu 38829", rel_err(y, yr, N), 0.0f);
+    show("swiglu 38829", rel_err(y, yr, N), ta);
     memcpy(y, x, N * 4), memcpy(yr, x, N * 4);
     f->sigmoid_mul(f->ctx, y, z, N);
     r->sigmoid_mul(r->ctx, yr, z, N);
-    show("sigmoid_mul 38829", rel_err(y, yr, N), 0.0f);
+    show("sigmoid_mul 38829", rel_err(y, yr, N), ta);
     free(x), free(z), free(gain), free(y), free(yr);
+}
+
+/* ---- the activation kernels of one table (simd.h silu, swiglu, sigmoid_mul, exp_sub) ---- */
+
+/* |got - want| relative to |want| (to FLT_MIN for results in the subnormal
+ * range); NaN and the infinities must be matched exactly. */
+static float act_err(float got, float want) {
+    if (isnan(want) || isinf(want))
+        return (isnan(want) ? isnan(got) : got == want) ? 0.0f : INFINITY;
+    const float d = fabsf(got - want);
+    return d == d ? d / fmaxf(fabsf(want), FLT_MIN) : INFINITY;
+}
+
+static float act_worst(const float *got, const float *want, int n) {
+    float e = 0.0f;
+    for (int i = 0; i < n; i++)
+        e = fmaxf(e, act_err(got[i], want[i]));
+    return e;
+}
+
+/* Inputs over [-120, 120] plus the ends of exp's range, signed zeros, a
+ * subnormal, the infinities and NaN; an odd count, so the tails run too.
+ * The scalar table calls expf, so it must match the reference exactly. */
+static void t_act(const dr_simd *k) {
+    const float special[] = {0.0f, -0.0f, 1e-30f, -1e-30f, 1e-40f, 87.3f, 88.72f, 88.73f, 89.0f, 100.0f, -87.3f,
+                             -88.0f, -103.9f, -104.0f, -110.0f, INFINITY, -INFINITY, NAN};
+    const int ns = (int)(sizeof special / sizeof special[0]), n = 4001 + ns;
+    float *x = malloc((size_t)n * 4), *u = malloc((size_t)n * 4), *y = malloc((size_t)n * 4), *r = malloc((size_t)n * 4);
+    for (int i = 0; i < n; i++) {
+        x[i] = i < 4001 ? -120.0f + 0.06f * (float)i : special[i - 4001];
+        u[i] = 0.5f + 0.001f * (float)(i % 997);
+    }
+    const float tol = k->level == DR_SIMD_SCALAR ? 0.0f : TOL_ACT;
+    k->silu(y, x, n);
+    for (int i = 0; i < n; i++)
+        r[i] = dr_siluf(x[i]);
+    show("silu [-120, 120] + specials", act_worst(y, r, n), tol);
+    k->swiglu(y, x, u, n);
+    for (int i = 0; i < n; i++)
+        r[i] = dr_siluf(x[i]) * u[i];
+    show("swiglu", act_worst(y, r, n), tol);
+    memcpy(y, u, (size_t)n * 4);
+    k->sigmoid_mul(y, x, n);
+    for (int i = 0; i < n; i++)
+        r[i] = u[i] * dr_sigmoidf(x[i]);
+    show("sigmoid_mul", act_worst(y, r, n), tol);
+    k->exp_sub(y, x, 3.0f, n);
+    for (int i = 0; i < n; i++)
+        r[i] = expf(x[i] - 3.0f);
+    show("exp_sub (exp over [-123, 117])", act_worst(y, r, n), tol);
+    free(x), free(u), free(y), free(r);
 }
 
 /* The GDN decode step's state passes of table k (st2, decay_rank1) against
@@ -517,6 +575,7 @@ int main(void) {
         g_cfg = dr_simd_level_name((dr_simd_level)lv);
         t_bf16x2(ref);
         t_st2(dr_simd_table((dr_simd_level)lv));
+        t_act(dr_simd_table((dr_simd_level)lv));
     }
     dr_simd_force(DR_SIMD_COUNT);
     dr_simd_use_bf16_dot(best >= DR_SIMD_AVX512_BF16); /* the vdpbf16ps decode path end to end too */

@@ -48,6 +48,11 @@ static inline float *dr_cpu_tbuf(dr_cpu_ctx *c, int thread) { return c->thr[thre
  * memory. Call only from the thread that calls the slot functions. */
 void *dr_cpu_shared_buf(dr_cpu_ctx *c, int slot, size_t bytes);
 
+/* dr_cpu_gated_rmsnorm's rows with silu from table k (fast_elementwise.c);
+ * y may be x or z. For kernels that gate inside their own tasks. */
+void dr_fast_gated_rows(const dr_simd *k, float *y, const float *x, const float *z, const float *w, int rows, int n,
+                        float eps);
+
 void dr_fast_matmul(void *ctx, float *y, const float *x, const dr_tensor *w, int T);
 void dr_fast_matmul_n(void *ctx, int n_w, float *const *ys, const float *x, const dr_tensor *const *ws, int T);
 void dr_fast_attention(void *ctx, float *out, const float *q, const float *k_cache, const float *v_cache, int T,

@@ -78,10 +78,9 @@ static void att_group(const att_job *j, const float *q, int ng, int kvh, int s0,
             w[s] *= j->scale;
             m = w[s] > m ? w[s] : m;
         }
-        for (int s = 0; s < n; s++) {
-            w[s] = expf(w[s] - m);
+        k->exp_sub(w, w, m, n);
+        for (int s = 0; s < n; s++)
             l += w[s];
-        }
         ml[2 * g] = m, ml[2 * g + 1] = l;
     }
     for (int s = 0; s < n; s += PV_KEYS) /* value rows of a block stay in L2 over gemm_nn's column passes */

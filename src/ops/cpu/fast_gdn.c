@@ -21,6 +21,7 @@
 /* ===================== conv ===================== */
 
 typedef struct {
+    const dr_simd *k;
     float *out;
     const float *m, *w;
     float *st;
@@ -44,8 +45,7 @@ static void conv_task(void *arg, int task, int thread) {
             for (int ch = c0; ch < c1; ch++)
                 o[ch] += j->w[(size_t)ch * K + tap] * src[ch];
         }
-        for (int ch = c0; ch < c1; ch++)
-            o[ch] = dr_siluf(o[ch]);
+        j->k->silu(o + c0, o + c0, c1 - c0);
     }
     for (int r = 0; r < K; r++) { /* ascending: a row read from the old state is never overwritten first */
         int s = j->T - K + r;
@@ -61,7 +61,7 @@ void dr_fast_gdn_conv(void *ctx, float *out, const float *m, float *conv_state, 
         dr_cpu_gdn_conv(ctx, out, m, conv_state, w, T, C, K);
         return;
     }
-    conv_job j = {.out = out, .m = m, .w = w, .st = conv_state, .T = T, .C = C, .K = K};
+    conv_job j = {.k = c->k, .out = out, .m = m, .w = w, .st = conv_state, .T = T, .C = C, .K = K};
     dr_pool_run(c->pool, (C + CONV_CB - 1) / CONV_CB, conv_task, &j);
 }
 
@@ -154,8 +154,9 @@ static void dec_conv(const dec_job *jb, float *out, int c0, int c1, int C) {
         float s = 0.0f;
         for (int tap = 0; tap < K; tap++)
             s += jb->conv_w[(size_t)ch * K + tap] * st[(size_t)tap * C + ch];
-        out[ch - c0] = dr_siluf(s);
+        out[ch - c0] = s;
     }
+    jb->c->k->silu(out, out, c1 - c0);
 }
 
 /* One k head and the v heads that read it (their conv channels are disjoint
@@ -179,7 +180,7 @@ static void dec_head(const dec_job *jb, int kh, float *buf) {
         const float g = -expf(jb->A_log[j]) * softplusf(jb->a[j] + jb->dt_bias[j]);
         rec_step(k, jb->state + (size_t)j * dk * dv, o, qn, kn, vc + (size_t)i * dv, expf(g), beta, dk, dv, u, w,
                  dl);
-        dr_cpu_gated_rmsnorm(NULL, jb->y + (size_t)j * dv, o, jb->z + (size_t)j * dv, jb->norm_w, 1, dv, jb->eps);
+        dr_fast_gated_rows(k, jb->y + (size_t)j * dv, o, jb->z + (size_t)j * dv, jb->norm_w, 1, dv, jb->eps);
     }
 }
 

@@ -44,6 +44,16 @@ typedef struct dr_simd {
        (S): the same results, fewer passes over S. */
     void (*st2)(float *u, float *w, const float *S, const float *k, const float *q, int dk, int dv);
     void (*decay_rank1)(float *S, int dk, int dv, float decay, const float *k, const float *d);
+    /* Activations, each element as the reference writes it (cpu.h dr_siluf,
+       dr_sigmoidf) with exp(-x) in place of expf(-x): the scalar table calls
+       expf, the vector tables a polynomial within a few ulp of it
+       (simd_impl.h v_exp). silu: y = x / (1 + exp(-x)); swiglu:
+       y = silu(g) * u; sigmoid_mul: x *= 1 / (1 + exp(-g)); exp_sub:
+       y = exp(x - m) (softmax weights). Outputs may alias inputs. */
+    void (*silu)(float *y, const float *x, int n);
+    void (*swiglu)(float *y, const float *g, const float *u, int n);
+    void (*sigmoid_mul)(float *x, const float *g, int n);
+    void (*exp_sub)(float *y, const float *x, float m, int n);
     /* sum of x [n] (bandwidth probe) */
     float (*sum)(const float *x, size_t n);
     /* (optional, NULL: use gemv) like gemv for BF16 rows, with x given split

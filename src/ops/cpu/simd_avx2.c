@@ -14,6 +14,12 @@
 #define V_FMA(a, b, c) _mm256_fmadd_ps(a, b, c)
 #define V_ADD(a, b) _mm256_add_ps(a, b)
 #define V_MUL(a, b) _mm256_mul_ps(a, b)
+#define V_SUB(a, b) _mm256_sub_ps(a, b)
+#define V_DIV(a, b) _mm256_div_ps(a, b)
+#define V_MIN(a, b) _mm256_min_ps(a, b)
+#define V_MAX(a, b) _mm256_max_ps(a, b)
+#define V_ROUND(a) _mm256_round_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+#define V_LDEXP(p, n) ldexp256(p, n)
 #define ST_CB 4 /* 4 x 2 accumulators + loads: 16 ymm */
 #define V_HSUM(v) hsum256(v)
 #define V_LOAD_BF16(p) \
@@ -25,6 +31,16 @@ static inline float hsum256(__m256 v) {
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
+}
+
+/* p 2^n for integer-valued n in [-252, 254]: two factors 2^a 2^b, a + b = n,
+ * each a normal float, so the products round (and underflow) as IEEE does. */
+static inline __m256 ldexp256(__m256 p, __m256 n) {
+    const __m256i ni = _mm256_cvtps_epi32(n), a = _mm256_srai_epi32(ni, 1), b = _mm256_sub_epi32(ni, a);
+    const __m256i bias = _mm256_set1_epi32(127);
+    const __m256 fa = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(a, bias), 23));
+    const __m256 fb = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(b, bias), 23));
+    return _mm256_mul_ps(_mm256_mul_ps(p, fa), fb);
 }
 
 #include "ops/cpu/simd_impl.h"
@@ -39,6 +55,10 @@ static const dr_simd g_avx2 = {
     .gemm_nn = k_gemm_nn,
     .st2 = k_st2,
     .decay_rank1 = k_decay_rank1,
+    .silu = k_silu,
+    .swiglu = k_swiglu,
+    .sigmoid_mul = k_sigmoid_mul,
+    .exp_sub = k_exp_sub,
     .sum = k_sum,
     .gemv_bf16x2 = NULL,
 };

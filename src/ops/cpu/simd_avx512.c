@@ -16,6 +16,12 @@
 #define V_FMA(a, b, c) _mm512_fmadd_ps(a, b, c)
 #define V_ADD(a, b) _mm512_add_ps(a, b)
 #define V_MUL(a, b) _mm512_mul_ps(a, b)
+#define V_SUB(a, b) _mm512_sub_ps(a, b)
+#define V_DIV(a, b) _mm512_div_ps(a, b)
+#define V_MIN(a, b) _mm512_min_ps(a, b)
+#define V_MAX(a, b) _mm512_max_ps(a, b)
+#define V_ROUND(a) _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
+#define V_LDEXP(p, n) _mm512_scalef_ps(p, n) /* p 2^n, IEEE overflow and underflow */
 #define ST_CB 8 /* 8 x 2 accumulators + loads: 32 zmm */
 #define V_HSUM(v) _mm512_reduce_add_ps(v)
 #define V_LOAD_BF16(p) \
@@ -81,6 +87,10 @@ static const dr_simd TABLE = {
     .gemm_nn = k_gemm_nn,
     .st2 = k_st2,
     .decay_rank1 = k_decay_rank1,
+    .silu = k_silu,
+    .swiglu = k_swiglu,
+    .sigmoid_mul = k_sigmoid_mul,
+    .exp_sub = k_exp_sub,
     .sum = k_sum,
     .gemv_bf16x2 = GEMV_BF16X2,
 };

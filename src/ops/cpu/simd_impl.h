@@ -5,6 +5,9 @@
  * The includer defines: V (vector type), VL (floats per vector), V_ZERO(),
  * V_SET1(a), V_LOADU(p), V_STOREU(p, v), V_FMA(a, b, c) = a*b + c, V_ADD,
  * V_HSUM(v), V_LOAD_BF16(p) and V_LOAD_F16(p) (VL halfs at p -> fp32),
+ * V_SUB, V_DIV, V_MIN(a, b) / V_MAX(a, b) (b returned when either is NaN),
+ * V_ROUND (to nearest, ties even), V_LDEXP(p, n) = p 2^n for integer-valued n
+ * in [-252, 254] with IEEE overflow and underflow,
  * TILE_TT (tokens per register tile: as many as the register file holds),
  * SIMD_LEVEL and SIMD_GETTER (the exported table function).
  */
@@ -270,4 +273,81 @@ static void k_decay_rank1(float *S, int dk, int dv, float decay, const float *k,
             row[j] += k[i] * d[j];
         }
     }
+}
+
+/* ---- activations: exp in registers (simd.h silu, swiglu, sigmoid_mul, exp_sub) ---- */
+
+/* exp(x): x = n ln2 + r with n = round(x / ln2) and |r| <= ln2 / 2 (ln2 in two
+ * parts, so n ln2 is exact enough for |n| <= 150), e^r from its Taylor series to
+ * r^7 (truncation 5e-9 relative, under a tenth of an ulp) by Horner's rule,
+ * then scaled by 2^n. x is first clamped to [-104, 89]: past those ends expf
+ * gives 0 and +inf, and so does the scaling; NaN stays NaN. Within a few ulp
+ * of expf everywhere (test_cpu_ops measures it). */
+AI V v_exp(V x) {
+    const V xc = V_MIN(V_SET1(89.0f), V_MAX(V_SET1(-104.0f), x));
+    const V n = V_ROUND(V_MUL(xc, V_SET1(1.44269504088896341f)));
+    V r = V_FMA(n, V_SET1(-0.693359375f), xc);
+    r = V_FMA(n, V_SET1(2.12194440e-4f), r);
+    V p = V_SET1(1.0f / 5040.0f);
+    p = V_FMA(p, r, V_SET1(1.0f / 720.0f));
+    p = V_FMA(p, r, V_SET1(1.0f / 120.0f));
+    p = V_FMA(p, r, V_SET1(1.0f / 24.0f));
+    p = V_FMA(p, r, V_SET1(1.0f / 6.0f));
+    p = V_FMA(p, r, V_SET1(0.5f));
+    p = V_FMA(p, r, V_SET1(1.0f));
+    p = V_FMA(p, r, V_SET1(1.0f));
+    return V_LDEXP(p, n);
+}
+
+/* x / (1 + exp(-x)) and 1 / (1 + exp(-x)): the reference's formulas (cpu.h) */
+AI V v_silu(V x) { return V_DIV(x, V_ADD(V_SET1(1.0f), v_exp(V_SUB(V_ZERO(), x)))); }
+AI V v_sigmoid(V x) { return V_DIV(V_SET1(1.0f), V_ADD(V_SET1(1.0f), v_exp(V_SUB(V_ZERO(), x)))); }
+
+/* The last m < VL elements of a [m] into a zero-padded vector: tails take the
+ * same arithmetic as whole vectors. */
+AI V load_tail(const float *a, int m) {
+    float t[VL] = {0};
+    for (int i = 0; i < m; i++)
+        t[i] = a[i];
+    return V_LOADU(t);
+}
+
+AI void store_tail(float *y, V v, int m) {
+    float t[VL];
+    V_STOREU(t, v);
+    for (int i = 0; i < m; i++)
+        y[i] = t[i];
+}
+
+static void k_silu(float *y, const float *x, int n) {
+    int i = 0;
+    for (; i + VL <= n; i += VL)
+        V_STOREU(y + i, v_silu(V_LOADU(x + i)));
+    if (i < n)
+        store_tail(y + i, v_silu(load_tail(x + i, n - i)), n - i);
+}
+
+static void k_swiglu(float *y, const float *g, const float *u, int n) {
+    int i = 0;
+    for (; i + VL <= n; i += VL)
+        V_STOREU(y + i, V_MUL(v_silu(V_LOADU(g + i)), V_LOADU(u + i)));
+    if (i < n)
+        store_tail(y + i, V_MUL(v_silu(load_tail(g + i, n - i)), load_tail(u + i, n - i)), n - i);
+}
+
+static void k_sigmoid_mul(float *x, const float *g, int n) {
+    int i = 0;
+    for (; i + VL <= n; i += VL)
+        V_STOREU(x + i, V_MUL(V_LOADU(x + i), v_sigmoid(V_LOADU(g + i))));
+    if (i < n)
+        store_tail(x + i, V_MUL(load_tail(x + i, n - i), v_sigmoid(load_tail(g + i, n - i))), n - i);
+}
+
+static void k_exp_sub(float *y, const float *x, float m, int n) {
+    const V mv = V_SET1(m);
+    int i = 0;
+    for (; i + VL <= n; i += VL)
+        V_STOREU(y + i, v_exp(V_SUB(V_LOADU(x + i), mv)));
+    if (i < n)
+        store_tail(y + i, v_exp(V_SUB(load_tail(x + i, n - i), mv)), n - i);
 }

@@ -2,7 +2,10 @@
  * run-time choice of table (dr_simd_get). */
 #include "ops/cpu/simd.h"
 
+#include "ops/cpu/cpu.h"
 #include "util/dtype.h"
+
+#include <math.h>
 
 static float s_dot(const float *a, const float *b, int n) {
     float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f; /* 4 chains for latency */
@@ -88,6 +91,27 @@ static void s_decay_rank1(float *S, int dk, int dv, float decay, const float *k,
     }
 }
 
+/* the activations exactly as the reference kernels (cpu.h) */
+static void s_silu(float *y, const float *x, int n) {
+    for (int i = 0; i < n; i++)
+        y[i] = dr_siluf(x[i]);
+}
+
+static void s_swiglu(float *y, const float *g, const float *u, int n) {
+    for (int i = 0; i < n; i++)
+        y[i] = dr_siluf(g[i]) * u[i];
+}
+
+static void s_sigmoid_mul(float *x, const float *g, int n) {
+    for (int i = 0; i < n; i++)
+        x[i] *= dr_sigmoidf(g[i]);
+}
+
+static void s_exp_sub(float *y, const float *x, float m, int n) {
+    for (int i = 0; i < n; i++)
+        y[i] = expf(x[i] - m);
+}
+
 static const dr_simd g_scalar = {
     .level = DR_SIMD_SCALAR,
     .dot = s_dot,
@@ -98,6 +122,10 @@ static const dr_simd g_scalar = {
     .gemm_nn = s_gemm_nn,
     .st2 = s_st2,
     .decay_rank1 = s_decay_rank1,
+    .silu = s_silu,
+    .swiglu = s_swiglu,
+    .sigmoid_mul = s_sigmoid_mul,
+    .exp_sub = s_exp_sub,
     .sum = s_sum,
     .gemv_bf16x2 = NULL,
 };
