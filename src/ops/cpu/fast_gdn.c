@@ -150,11 +150,19 @@ static void dec_conv(const dec_job *jb, float *out, int c0, int c1, int C) {
     for (int r = 0; r + 1 < K; r++)
         memcpy(st + (size_t)r * C + c0, st + (size_t)(r + 1) * C + c0, (size_t)(c1 - c0) * sizeof(float));
     memcpy(st + (size_t)(K - 1) * C + c0, jb->qkv_raw + c0, (size_t)(c1 - c0) * sizeof(float));
-    for (int ch = c0; ch < c1; ch++) {
-        float s = 0.0f;
-        for (int tap = 0; tap < K; tap++)
-            s += jb->conv_w[(size_t)ch * K + tap] * st[(size_t)tap * C + ch];
-        out[ch - c0] = s;
+    if (K == 4) { /* the models' kernel size, unrolled so the compiler vectorizes over channels */
+        const float *w = jb->conv_w, *s0 = st, *s1 = st + C, *s2 = st + 2 * (size_t)C, *s3 = st + 3 * (size_t)C;
+        for (int ch = c0; ch < c1; ch++) {
+            const float *wc = w + (size_t)ch * 4;
+            out[ch - c0] = (((0.0f + wc[0] * s0[ch]) + wc[1] * s1[ch]) + wc[2] * s2[ch]) + wc[3] * s3[ch];
+        }
+    } else {
+        for (int ch = c0; ch < c1; ch++) {
+            float s = 0.0f;
+            for (int tap = 0; tap < K; tap++)
+                s += jb->conv_w[(size_t)ch * K + tap] * st[(size_t)tap * C + ch];
+            out[ch - c0] = s;
+        }
     }
     jb->c->k->silu(out, out, c1 - c0);
 }
