@@ -16,6 +16,7 @@
 #include "ops/cpu/simd.h"
 #include "quant/quant.h"
 #include "test.h"
+#include "util/argmax.h"
 
 #include <float.h>
 #include <math.h>
@@ -309,6 +310,51 @@ static void t_gdn_decode(dr_ops *f, dr_ops *r, dr_gdn_dims d, int K) {
     free(qkv), free(beta), free(g), free(o), free(y), free(yr);
 }
 
+/* The backend's argmax (threaded pieces over long inputs) against
+ * dr_argmax_f32 on cases that test its rule: a maximum tied in several
+ * pieces (the lowest index wins), at a piece's first or last element, NaN
+ * at index 0 (it stays the answer), a piece that starts with NaN or is all
+ * NaN, and a short input (one thread). */
+/* the rule of util/argmax.h as its definition: a left-to-right scan with `>` */
+static int32_t argmax_rule(const float *x, int n) {
+    int32_t best = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[best])
+            best = i;
+    return best;
+}
+
+static void t_argmax(dr_ops *f) {
+    const int n = 70001, per = (n + 15) / 16; /* the fast backend's pieces (fast_elementwise.c) */
+    float *x = malloc((size_t)n * 4);
+    int fails = 0, cases = 0;
+    for (int c = 0; c < 8; c++) {
+        for (int i = 0; i < n; i++)
+            x[i] = frand();
+        int len = n;
+        switch (c) {
+        case 1: x[5 * per + 7] = x[9 * per + 2] = x[12 * per] = 3.0f; break; /* tie across pieces */
+        case 2: x[3 * per] = 5.0f; break;                                 /* a piece's first element */
+        case 3: x[4 * per - 1] = 5.0f; break;                             /* a piece's last element */
+        case 4: x[0] = NAN; x[100] = 9.0f; break;                         /* NaN at 0 stays the answer */
+        case 5: x[6 * per] = NAN; x[6 * per + 1] = 7.0f; break;           /* a piece starting with NaN */
+        case 6:
+            for (int i = 2 * per; i < 3 * per; i++)
+                x[i] = NAN; /* a piece of NaN only, the maximum after it */
+            x[n - 1] = 4.0f;
+            break;
+        case 7: len = 1000, x[999] = 2.0f, x[10] = 2.0f; break; /* short: one thread, tie */
+        }
+        int32_t got = -1;
+        const bool ok = f->argmax(f->ctx, &got, x, len);
+        cases++;
+        fails += !ok || got != argmax_rule(x, len) || dr_argmax_f32(x, len) != argmax_rule(x, len);
+    }
+    CHECK_SHOW(fails == 0, "argmax: %d of %d cases agree with the rule (and dr_argmax_f32) (%s)", cases - fails, cases,
+               g_cfg);
+    free(x);
+}
+
 /* add_rmsnorm against add then rmsnorm (decode row and a threaded block) */
 static void t_add_rmsnorm(dr_ops *f, dr_ops *r) {
     const int rows_[] = {1, 301}, n = 129;
@@ -572,6 +618,7 @@ int main(void) {
             t_add_rmsnorm(f, ref);
             t_moe(f, ref);
             t_elementwise(f, ref);
+            t_argmax(f);
             f->destroy(f);
         }
         g_cfg = dr_simd_level_name((dr_simd_level)lv);

@@ -168,6 +168,7 @@ dr_status dr_ops_cpu_create(const dr_backend_params *p, dr_ops **out) {
     o->gated_rmsnorm = dr_fast_gated_rmsnorm;
     o->swiglu = dr_fast_swiglu;
     o->sigmoid_mul = dr_fast_sigmoid_mul;
+    o->argmax = dr_fast_argmax;
     *out = o;
     return DR_OK;
 }

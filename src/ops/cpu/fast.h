@@ -53,6 +53,7 @@ void *dr_cpu_shared_buf(dr_cpu_ctx *c, int slot, size_t bytes);
 void dr_fast_gated_rows(const dr_simd *k, float *y, const float *x, const float *z, const float *w, int rows, int n,
                         float eps);
 
+bool dr_fast_argmax(void *ctx, int32_t *out, const float *x, int n);
 void dr_fast_matmul(void *ctx, float *y, const float *x, const dr_tensor *w, int T);
 void dr_fast_matmul_n(void *ctx, int n_w, float *const *ys, const float *x, const dr_tensor *const *ws, int T);
 void dr_fast_attention(void *ctx, float *out, const float *q, const float *k_cache, const float *v_cache, int T,

@@ -8,6 +8,8 @@
  * elements of the 0.8B, session 16). */
 #include "ops/cpu/fast.h"
 
+#include "util/argmax.h"
+
 #include <math.h>
 
 #define EW_MIN 32768  /* elements below which the reference runs unthreaded */
@@ -171,4 +173,41 @@ void dr_fast_sigmoid_mul(void *ctx, float *x, const float *gate, size_t n) {
         return;
     }
     dr_pool_run(c->pool, (int)((n + EW_CHUNK - 1) / EW_CHUNK), sigmul_task, &j);
+}
+
+/* ---- the greedy pick (ops.h argmax) on the logits where they are ---- */
+
+#define AM_MIN 65536  /* logits below which one thread scans them */
+#define AM_PIECES 16  /* pieces of a threaded scan */
+
+typedef struct {
+    const float *x;
+    int n, per;
+    int32_t best[AM_PIECES];
+} am_job;
+
+static void am_task(void *arg, int task, int thread) {
+    am_job *j = arg;
+    (void)thread;
+    const int i0 = task * j->per, i1 = i0 + j->per < j->n ? i0 + j->per : j->n;
+    j->best[task] = task == 0 ? dr_argmax_f32(j->x, i1) : dr_argmax_f32_from(j->x, i0, i1);
+}
+
+/* dr_argmax_f32 of x [n], read in place (no copy to the host: it is host
+ * memory): pieces scanned in parallel, then combined in order with `>`,
+ * which keeps its rule for ties and NaN (util/argmax.h). */
+bool dr_fast_argmax(void *ctx, int32_t *out, const float *x, int n) {
+    dr_cpu_ctx *c = ctx;
+    if (n < AM_MIN) {
+        *out = dr_argmax_f32(x, n);
+        return true;
+    }
+    am_job j = {.x = x, .n = n, .per = (n + AM_PIECES - 1) / AM_PIECES};
+    dr_pool_run(c->pool, AM_PIECES, am_task, &j);
+    int32_t best = j.best[0];
+    for (int p = 1; p < AM_PIECES; p++)
+        if (j.best[p] >= 0 && x[j.best[p]] > x[best])
+            best = j.best[p];
+    *out = best;
+    return true;
 }
