@@ -310,6 +310,48 @@ static void t_gdn_decode(dr_ops *f, dr_ops *r, dr_gdn_dims d, int K) {
     free(qkv), free(beta), free(g), free(o), free(y), free(yr);
 }
 
+/* Decode GEMVs (T < 4) with 1, 2 and 3 threads: bit-identical (fast.h:
+ * results do not depend on the thread count). The shapes give 5-17 row
+ * tasks of each weight format, so the threads share every GEMV; the other
+ * matmul cases are one task each. */
+static void t_threads_identical(void) {
+    static const struct { dr_dtype dt; int bits, d, n; } sh[] = {
+        {DR_DT_BF16, 4, 4100, 512}, {DR_DT_BF16, 8, 2050, 1024}, {DR_DT_BF16, 0, 1030, 2048}, {DR_DT_F32, 0, 515, 1024}};
+    dr_ops *f[3] = {NULL, NULL, NULL};
+    for (int i = 0; i < 3; i++) {
+        dr_backend_params bp = {.n_threads = i + 1};
+        CHECK(dr_ops_cpu_create(&bp, &f[i]) == DR_OK, "create: %s", dr_last_error());
+    }
+    int cases = 0, same = 0;
+    for (size_t s = 0; f[2] && s < sizeof sh / sizeof sh[0]; s++) {
+        void *buf, *own = NULL;
+        dr_tensor w = mat(sh[s].dt, sh[s].d, sh[s].n, &buf), q = w;
+        if (sh[s].bits)
+            CHECK(dr_quantize(&w, sh[s].bits, 64, &q, &own) == DR_OK, "quantize: %s", dr_last_error());
+        if (f[0]->weight_upload) /* the CPU's 4-bit decode layout, read by all three */
+            CHECK(f[0]->weight_upload(f[0]->ctx, &q) == DR_OK, "upload: %s", dr_last_error());
+        for (int T = 1; T <= 3; T++) {
+            const size_t ny = (size_t)T * sh[s].d;
+            float *x = rnd((size_t)T * sh[s].n, 1.0f), *y[3];
+            for (int i = 0; i < 3; i++) {
+                y[i] = malloc(ny * 4);
+                f[i]->matmul(f[i]->ctx, y[i], x, &q, T);
+            }
+            cases++;
+            same += !memcmp(y[0], y[1], ny * 4) && !memcmp(y[0], y[2], ny * 4);
+            for (int i = 0; i < 3; i++)
+                free(y[i]);
+            free(x);
+        }
+        free(buf), free(own);
+    }
+    CHECK_SHOW(same == cases, "decode GEMV with 1, 2, 3 threads: %d of %d cases bit-identical (q4, q8, bf16, f32)",
+               same, cases);
+    for (int i = 0; i < 3; i++)
+        if (f[i])
+            f[i]->destroy(f[i]);
+}
+
 /* The backend's argmax (threaded pieces over long inputs) against
  * dr_argmax_f32 on cases that test its rule: a maximum tied in several
  * pieces (the lowest index wins), at a piece's first or last element, NaN
@@ -627,6 +669,7 @@ int main(void) {
         t_act(dr_simd_table((dr_simd_level)lv));
     }
     dr_simd_force(DR_SIMD_COUNT);
+    t_threads_identical();
     dr_simd_use_bf16_dot(best >= DR_SIMD_AVX512_BF16); /* the vdpbf16ps decode path end to end too */
     t_golden("moe-bf16", 3);
     dr_simd_use_bf16_dot(false);
