@@ -35,6 +35,16 @@ static int t_passed, t_failed;
             t_failed++;                                           \
     } while (0)
 
+/* The greedy pick's rule (util/argmax.h) written as its definition, a
+ * left-to-right scan with `>`: what the library's picks are checked against. */
+static inline int test_argmax_rule(const float *x, int n) {
+    int best = 0;
+    for (int i = 1; i < n; i++)
+        if (x[i] > x[best])
+            best = i;
+    return best;
+}
+
 #define TEST_DONE()                                               \
     (printf("%d passed, %d failed\n", t_passed, t_failed), t_failed ? 1 : 0)
 

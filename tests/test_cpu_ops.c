@@ -352,19 +352,11 @@ static void t_threads_identical(void) {
             f[i]->destroy(f[i]);
 }
 
-/* The backend's argmax (threaded pieces over long inputs) against
- * dr_argmax_f32 on cases that test its rule: a maximum tied in several
- * pieces (the lowest index wins), at a piece's first or last element, NaN
- * at index 0 (it stays the answer), a piece that starts with NaN or is all
- * NaN, and a short input (one thread). */
-/* the rule of util/argmax.h as its definition: a left-to-right scan with `>` */
-static int32_t argmax_rule(const float *x, int n) {
-    int32_t best = 0;
-    for (int i = 1; i < n; i++)
-        if (x[i] > x[best])
-            best = i;
-    return best;
-}
+/* The backend's argmax (threaded pieces over long inputs) and
+ * dr_argmax_f32 against the rule (test.h) on cases that test it: a maximum
+ * tied in several pieces (the lowest index wins), at a piece's first or last
+ * element, NaN at index 0 (it stays the answer), a piece that starts with
+ * NaN or is all NaN, and a short input (one thread). */
 
 static void t_argmax(dr_ops *f) {
     const int n = 70001, per = (n + 15) / 16; /* the fast backend's pieces (fast_elementwise.c) */
@@ -390,7 +382,8 @@ static void t_argmax(dr_ops *f) {
         int32_t got = -1;
         const bool ok = f->argmax(f->ctx, &got, x, len);
         cases++;
-        fails += !ok || got != argmax_rule(x, len) || dr_argmax_f32(x, len) != argmax_rule(x, len);
+        const int want = test_argmax_rule(x, len);
+        fails += !ok || got != want || dr_argmax_f32(x, len) != want;
     }
     CHECK_SHOW(fails == 0, "argmax: %d of %d cases agree with the rule (and dr_argmax_f32) (%s)", cases - fails, cases,
                g_cfg);
