@@ -149,12 +149,74 @@ void dr_pool_free(dr_pool *p) {
 
 int dr_pool_size(const dr_pool *p) { return p ? p->n : 1; }
 
+#ifdef DR_POOL_TIMELINE
+/* A measurement build (CMake DR_CPU_TIMELINE=ON, docs/PERFORMANCE.md session
+ * 16): with DR_CPU_TIMELINE=FILE in the environment every dr_pool_run call
+ * is recorded (start, end, task count, the task function as an offset from
+ * dr_pool_run) and FILE is written at exit for scripts/cpu_timeline.py.
+ * Only outermost calls are kept (nested ones run inline inside a task),
+ * so only the thread that calls the backend writes; the first TL_MAX. */
+#include <stdio.h>
+#include <time.h>
+
+#define TL_MAX (1 << 20)
+
+typedef struct {
+    double t0, t1;
+    long fn;
+    int n_tasks;
+} tl_rec;
+
+static tl_rec *g_tl;
+static int g_tl_n, g_tl_state; /* 0 unknown, 1 recording, -1 off */
+
+static double tl_now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+static void tl_write(void) {
+    FILE *f = fopen(getenv("DR_CPU_TIMELINE"), "w");
+    if (!f)
+        return;
+    fprintf(f, "# start_s end_s n_tasks fn_offset_from_dr_pool_run\n");
+    for (int i = 0; i < g_tl_n; i++)
+        fprintf(f, "%.9f %.9f %d %ld\n", g_tl[i].t0, g_tl[i].t1, g_tl[i].n_tasks, g_tl[i].fn);
+    fclose(f);
+}
+
+static bool tl_on(void) {
+    if (!g_tl_state) {
+        g_tl_state = getenv("DR_CPU_TIMELINE") && (g_tl = malloc(TL_MAX * sizeof *g_tl)) ? 1 : -1;
+        if (g_tl_state > 0)
+            atexit(tl_write);
+    }
+    return g_tl_state > 0;
+}
+#endif
+
 static void run_inline(int n_tasks, dr_pool_fn fn, void *arg) {
     for (int t = 0; t < n_tasks; t++)
         fn(arg, t, 0);
 }
 
+static void pool_run(dr_pool *p, int n_tasks, dr_pool_fn fn, void *arg);
+
 void dr_pool_run(dr_pool *p, int n_tasks, dr_pool_fn fn, void *arg) {
+#ifdef DR_POOL_TIMELINE
+    if (tl_on() && g_tl_n < TL_MAX && !(p && atomic_load(&p->busy))) { /* outermost calls only */
+        const double t0 = tl_now();
+        pool_run(p, n_tasks, fn, arg);
+        g_tl[g_tl_n++] = (tl_rec){t0, tl_now(), (long)((const char *)(void *)fn - (const char *)(void *)dr_pool_run),
+                                  n_tasks};
+        return;
+    }
+#endif
+    pool_run(p, n_tasks, fn, arg);
+}
+
+static void pool_run(dr_pool *p, int n_tasks, dr_pool_fn fn, void *arg) {
     if (n_tasks <= 0)
         return;
     if (!p || p->n == 1 || n_tasks == 1 || atomic_exchange(&p->busy, true)) {

@@ -41,3 +41,11 @@ if(CMAKE_SYSTEM_PROCESSOR MATCHES "x86_64|AMD64|amd64" AND CMAKE_C_COMPILER_ID M
     COMPILE_OPTIONS "-mavx2;-mfma;-mf16c;-mavx512f;-mavx512bw;-mavx512vl;-mavx512bf16")
   set_property(SOURCE src/ops/cpu/matmul_quant.c APPEND PROPERTY COMPILE_OPTIONS "-DDR_QUANT_BF16=1")
 endif()
+
+# DR_CPU_TIMELINE: a measurement build whose thread pool records every
+# parallel job when DR_CPU_TIMELINE=FILE is set (src/util/threadpool.c,
+# scripts/cpu_timeline.py; docs/PERFORMANCE.md session 16). Never for use.
+option(DR_CPU_TIMELINE "Record the CPU thread pool's jobs (measurement builds only)" OFF)
+if(DR_CPU_TIMELINE)
+  set_property(SOURCE src/util/threadpool.c APPEND PROPERTY COMPILE_DEFINITIONS DR_POOL_TIMELINE=1)
+endif()
