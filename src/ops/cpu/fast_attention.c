@@ -48,14 +48,49 @@ static void att_group_slow(const att_job *j, const float *q, int ng, const float
     }
 }
 
+/* Scores of keys [a, b) (of a block whose key s is at kb + s * stride) for
+ * the ng heads at q (rows hd apart), into sc (head g's row at sc + g * n):
+ * register tiles of 4 keys x 4 heads (simd tile). a is a multiple of
+ * DR_TILE, so splitting a range gives the same tiles as one call. */
+static void scores_range(const dr_simd *k, float *sc, int n, const float *kb, size_t stride, int a, int b,
+                         const float *q, int ng, int hd) {
+    for (int s = a; s < b; s += DR_TILE)
+        for (int g = 0; g < ng; g += DR_TILE)
+            k->tile(sc + (size_t)g * n + s, (size_t)n, kb + (size_t)s * stride, stride, b - s < DR_TILE ? b - s : DR_TILE,
+                    q + (size_t)g * hd, (size_t)hd, ng - g < DR_TILE ? ng - g : DR_TILE, hd);
+}
+
+/* Rows of n scores -> unnormalised softmax weights in fp32, their max and
+ * sum at ml[2 g], ml[2 g + 1]. */
+static void softmax_rows(const att_job *j, float *sc, int ng, int n, float *ml) {
+    for (int g = 0; g < ng; g++) {
+        float *w = sc + (size_t)g * n, m = -INFINITY, l = 0.0f;
+        for (int s = 0; s < n; s++) {
+            w[s] *= j->scale;
+            m = w[s] > m ? w[s] : m;
+        }
+        j->c->k->exp_sub(w, w, m, n);
+        for (int s = 0; s < n; s++)
+            l += w[s];
+        ml[2 * g] = m, ml[2 * g + 1] = l;
+    }
+}
+
+/* o (ng rows, ostride apart) += the weights of keys [s, s + PV_KEYS) times
+ * their value rows (simd gemm_nn; s == 0 starts the sums). */
+static void pv_block(const dr_simd *k, float *o, size_t ostride, const float *sc, int n, const float *vb,
+                     size_t stride, int s, int ng, int hd) {
+    k->gemm_nn(o, (int)ostride, sc + s, n, vb + (size_t)s * stride, (int)stride, ng, hd,
+               n - s < PV_KEYS ? n - s : PV_KEYS, s > 0);
+}
+
 /* Keys [s0, s1) for the ng <= GQ query heads at q (rows hd apart) of kv
  * head kvh, a GQA group or part of one: per head g, o_g = sum_s exp(score_gs
  * - max_g) v_s, written at o + g * ostride, with max_g and the sum at
  * ml[2 g], ml[2 g + 1]. The ng heads share every key and value row read.
- * With scratch sc (ng (s1 - s0) floats) the scores are register tiles of 4
- * keys x 4 heads (simd tile) and the output small GEMMs of the weights
- * with PV_KEYS value rows at a time (simd gemm_nn); without it (out of
- * memory) key by key, the scores computed twice. */
+ * With scratch sc (ng (s1 - s0) floats) the scores are register tiles and
+ * the output small GEMMs of the weights with PV_KEYS value rows at a time;
+ * without it (out of memory) key by key, the scores computed twice. */
 static void att_group(const att_job *j, const float *q, int ng, int kvh, int s0, int s1, float *o, size_t ostride,
                       float *ml, float *sc) {
     const dr_simd *k = j->c->k;
@@ -67,25 +102,10 @@ static void att_group(const att_job *j, const float *q, int ng, int kvh, int s0,
         att_group_slow(j, q, ng, kb, vb, n, o, ostride, ml);
         return;
     }
-    for (int s = 0; s < n; s += DR_TILE)
-        for (int g = 0; g < ng; g += DR_TILE)
-            k->tile(sc + (size_t)g * n + s, (size_t)n, kb + (size_t)s * stride, stride,
-                    n - s < DR_TILE ? n - s : DR_TILE, q + (size_t)g * hd, (size_t)hd,
-                    ng - g < DR_TILE ? ng - g : DR_TILE, hd);
-    for (int g = 0; g < ng; g++) { /* softmax weights in fp32, unnormalised */
-        float *w = sc + (size_t)g * n, m = -INFINITY, l = 0.0f;
-        for (int s = 0; s < n; s++) {
-            w[s] *= j->scale;
-            m = w[s] > m ? w[s] : m;
-        }
-        k->exp_sub(w, w, m, n);
-        for (int s = 0; s < n; s++)
-            l += w[s];
-        ml[2 * g] = m, ml[2 * g + 1] = l;
-    }
+    scores_range(k, sc, n, kb, stride, 0, n, q, ng, hd);
+    softmax_rows(j, sc, ng, n, ml);
     for (int s = 0; s < n; s += PV_KEYS) /* value rows of a block stay in L2 over gemm_nn's column passes */
-        k->gemm_nn(o, (int)ostride, sc + s, n, vb + (size_t)s * stride, (int)stride, ng, hd,
-                   n - s < PV_KEYS ? n - s : PV_KEYS, s > 0);
+        pv_block(k, o, ostride, sc, n, vb, stride, s, ng, hd);
 }
 
 /* Query heads of one task: kv head kvh's group, cut in pieces of GQ. */
@@ -118,23 +138,63 @@ static void row_task(void *arg, int task, int thread) {
     }
 }
 
-/* split mode (T = 1): task = (kv head * pieces + piece) * n_seg + segment */
-static void seg_task(void *arg, int task, int thread) {
+/* Rows of n cache floats at p read in one sequential stream (the simd sum;
+ * a call through the table, so it is not optimised away). The kv heads of a
+ * cache row sit side by side, so each head's own pass reads a strided part
+ * of every row, which this VM streams at 12-19 GB/s against ~40 for the
+ * whole rows in order (session 16); after this the heads' passes hit L2. */
+static void read_rows(const dr_simd *k, const float *p, size_t n) { (void)k->sum(p, n); }
+
+#define ATT_BLOCK 128 /* keys whose rows are read together before their scores (256 KiB at 2 x 256) */
+
+/* Split mode (T = 1, a long cache): task = a segment of the cache for every
+ * head. Block by block the segment's key rows are read whole, then each kv
+ * head's pieces take their scores from them; the value rows go the same way
+ * before each PV_KEYS block of output GEMMs. Per head the tiles and GEMMs
+ * are att_group's, in the same order. Scratch: nH rows of the segment's
+ * scores. The part of head h: [max, sum, o] at part + (h n_seg + seg) (2 + hd). */
+static void seg_task(void *arg, int sg, int thread) {
     const att_job *j = arg;
-    const int np = pieces(j), sg = task % j->n_seg, pc = task / j->n_seg % np, kvh = task / j->n_seg / np;
-    int ng;
-    const int h0 = piece_heads(j, kvh, pc, &ng), n_keys = j->pos0 + 1, per = (n_keys + j->n_seg - 1) / j->n_seg, s0 = sg * per;
-    const int s1 = s0 + per < n_keys ? s0 + per : n_keys;
-    const size_t ps = 2 + (size_t)j->hd, hs = (size_t)j->n_seg * ps; /* part: [nH, n_seg, 2 + hd] */
-    float *p = j->part + (size_t)h0 * hs + (size_t)sg * ps, ml[2 * GQ];
-    if (s0 >= s1) { /* empty segment: contributes nothing */
-        for (int g = 0; g < ng; g++)
-            p[(size_t)g * hs] = -INFINITY, p[(size_t)g * hs + 1] = 0.0f;
+    const dr_simd *k = j->c->k;
+    const int hd = j->hd, np = pieces(j), n_keys = j->pos0 + 1, per = (n_keys + j->n_seg - 1) / j->n_seg;
+    const int s0 = sg * per, n = (s0 + per < n_keys ? s0 + per : n_keys) - s0;
+    const size_t stride = (size_t)j->nKV * hd, ps = 2 + (size_t)hd, hs = (size_t)j->n_seg * ps;
+    float *sc = dr_cpu_tbuf(j->c, thread), ml[2 * GQ], *part = j->part + (size_t)sg * ps;
+    if (n <= 0) { /* empty segment: contributes nothing */
+        for (int h = 0; h < j->nH; h++)
+            part[(size_t)h * hs] = -INFINITY, part[(size_t)h * hs + 1] = 0.0f;
         return;
     }
-    att_group(j, j->q + (size_t)h0 * j->hd, ng, kvh, s0, s1, p + 2, hs, ml, scores(j, thread));
-    for (int g = 0; g < ng; g++)
-        p[(size_t)g * hs] = ml[2 * g], p[(size_t)g * hs + 1] = ml[2 * g + 1];
+    const float *kb = j->kc + (size_t)s0 * stride, *vb = j->vc + (size_t)s0 * stride;
+    for (int a = 0; a < n; a += ATT_BLOCK) {
+        const int b = n - a < ATT_BLOCK ? n : a + ATT_BLOCK;
+        read_rows(k, kb + (size_t)a * stride, (size_t)(b - a) * stride);
+        for (int kvh = 0; kvh < j->nKV; kvh++)
+            for (int pc = 0; pc < np; pc++) {
+                int ng;
+                const int h0 = piece_heads(j, kvh, pc, &ng);
+                scores_range(k, sc + (size_t)h0 * n, n, kb + (size_t)kvh * hd, stride, a, b, j->q + (size_t)h0 * hd, ng,
+                             hd);
+            }
+    }
+    for (int kvh = 0; kvh < j->nKV; kvh++)
+        for (int pc = 0; pc < np; pc++) {
+            int ng;
+            const int h0 = piece_heads(j, kvh, pc, &ng);
+            softmax_rows(j, sc + (size_t)h0 * n, ng, n, ml);
+            for (int g = 0; g < ng; g++)
+                part[(size_t)(h0 + g) * hs] = ml[2 * g], part[(size_t)(h0 + g) * hs + 1] = ml[2 * g + 1];
+        }
+    for (int s = 0; s < n; s += PV_KEYS) {
+        read_rows(k, vb + (size_t)s * stride, (size_t)(n - s < PV_KEYS ? n - s : PV_KEYS) * stride);
+        for (int kvh = 0; kvh < j->nKV; kvh++)
+            for (int pc = 0; pc < np; pc++) {
+                int ng;
+                const int h0 = piece_heads(j, kvh, pc, &ng);
+                pv_block(k, part + (size_t)h0 * hs + 2, hs, sc + (size_t)h0 * n, n, vb + (size_t)kvh * hd, stride, s, ng,
+                         hd);
+            }
+    }
 }
 
 /* out_h = sum_seg exp(m_seg - M) o_seg / sum_seg exp(m_seg - M) l_seg */
@@ -159,14 +219,15 @@ static void merge_segments(const att_job *j) {
     }
 }
 
-/* Segments of the cache for one token: enough tasks (kv heads x pieces x
- * segments) to keep every thread busy, each at least SEG_MIN keys. Depends
- * on the thread count, so a long-cache decode may differ in the last bits
- * between thread counts (the sum order). */
-static int n_segments(const dr_cpu_ctx *c, int T, int n_keys, int groups) {
-    if (T != 1 || n_keys < SPLIT_MIN_KEYS || groups >= 2 * c->n_threads)
+/* Segments of the cache for one token: twice as many as threads (each task
+ * serves every head), each at least SEG_MIN keys; 1 (no split) below
+ * SPLIT_MIN_KEYS or for more than one token. Depends on the thread count,
+ * so a long-cache decode may differ in the last bits between thread counts
+ * (the sum order). */
+static int n_segments(const dr_cpu_ctx *c, int T, int n_keys) {
+    if (T != 1 || n_keys < SPLIT_MIN_KEYS)
         return 1;
-    int want = (2 * c->n_threads + groups - 1) / groups, most = n_keys / SEG_MIN;
+    const int want = 2 * c->n_threads, most = n_keys / SEG_MIN;
     return want < most ? want : most;
 }
 
@@ -176,15 +237,18 @@ void dr_fast_attention(void *ctx, float *out, const float *q, const float *k_cac
     (void)ws;
     att_job j = {.c = c, .out = out, .q = q, .kc = k_cache, .vc = v_cache, .T = T, .pos0 = pos0,
                  .nH = n_heads, .nKV = n_kv_heads, .hd = d_head, .scale = scale};
-    const int tasks = n_kv_heads * pieces(&j); /* per token */
-    j.n_seg = n_segments(c, T, pos0 + T, tasks);
-    j.have_sc = dr_cpu_reserve(c, (size_t)GQ * (size_t)(pos0 + T)); /* the pieces' scores (att_group) */
-    if (j.n_seg > 1)
-        j.part = dr_cpu_shared_buf(c, DR_SHARED_ATT, (size_t)n_heads * j.n_seg * (2 + d_head) * sizeof(float));
-    if (j.part) {
-        dr_pool_run(c->pool, tasks * j.n_seg, seg_task, &j);
-        merge_segments(&j);
-        return;
+    j.n_seg = n_segments(c, T, pos0 + T);
+    if (j.n_seg > 1) { /* every head's scores of one segment per thread; else the row tasks below */
+        const size_t per = (size_t)(pos0 + T + j.n_seg - 1) / (size_t)j.n_seg;
+        if (dr_cpu_reserve(c, (size_t)n_heads * per))
+            j.part = dr_cpu_shared_buf(c, DR_SHARED_ATT, (size_t)n_heads * j.n_seg * (2 + d_head) * sizeof(float));
+        if (j.part) {
+            dr_pool_run(c->pool, j.n_seg, seg_task, &j);
+            merge_segments(&j);
+            return;
+        }
+        j.n_seg = 1;
     }
-    dr_pool_run(c->pool, T * tasks, row_task, &j);
+    j.have_sc = dr_cpu_reserve(c, (size_t)GQ * (size_t)(pos0 + T)); /* the pieces' scores (att_group) */
+    dr_pool_run(c->pool, T * n_kv_heads * pieces(&j), row_task, &j);
 }
