@@ -164,10 +164,11 @@ static void t_matmul_q(dr_ops *f, dr_ops *r) {
 static void t_attention(dr_ops *f, dr_ops *r) {
     /* GQA groups of 1-12 query heads (the fast backend serves up to 8 from
        one read of the kv head's rows, so 12 takes two pieces), caches split
-       into segments (T = 1, 512 keys and more) or not */
-    struct { int T, pos0, nH, nKV, hd; } cs[] = {{5, 3, 4, 2, 24},     {1, 700, 2, 1, 20}, {33, 0, 3, 3, 17},
+       into segments (T = 1, 512 keys and more) or not; blocks of tokens
+       read the cache together (up to 8 a task, the last block partial) */
+    struct { int T, pos0, nH, nKV, hd; } cs[] = {{5, 3, 4, 2, 24},     {1, 700, 2, 1, 20},  {33, 0, 3, 3, 17},
                                                 {1, 1500, 8, 2, 64}, {1, 300, 16, 2, 32}, {1, 900, 24, 2, 16},
-                                                {7, 600, 6, 2, 40}};
+                                                {7, 600, 6, 2, 40},  {21, 650, 8, 2, 48}, {13, 1000, 24, 2, 16}};
     for (int c = 0; c < (int)(sizeof cs / sizeof cs[0]); c++) {
         const int T = cs[c].T, n_ctx = cs[c].pos0 + T, nH = cs[c].nH, nKV = cs[c].nKV, hd = cs[c].hd;
         float *q = rnd((size_t)T * nH * hd, 1.0f), *kc = rnd((size_t)n_ctx * nKV * hd, 1.0f);

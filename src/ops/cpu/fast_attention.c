@@ -1,12 +1,15 @@
 /* ops/cpu/fast_attention.c - causal GQA attention over the KV cache on the
- * fast backend: threaded over (token, kv head) pairs, each task serving the
- * query heads that share the kv head from one read of its keys and values,
- * and for a single token with a long cache also over segments of the cache
- * (each segment keeps its own max, sum and unnormalised output; the caller
- * merges them). */
+ * fast backend. Blocks of tokens (prefill) or a single token with a short
+ * cache: tasks of (token block, kv head), each serving the query heads that
+ * share the kv head, for up to QT_MAX tokens, from one read of its keys and
+ * values (row_task). A single token with a long cache: tasks of cache
+ * segments for every head, whose rows are read whole and in order (each
+ * segment keeps its own max, sum and unnormalised output; merge_segments
+ * combines them; seg_task). */
 #include "ops/cpu/fast.h"
 
 #include <math.h>
+#include <string.h>
 
 #define SPLIT_MIN_KEYS 512 /* shorter caches are not split */
 #define SEG_MIN 256        /* keys per segment at least */
@@ -16,6 +19,7 @@ typedef struct {
     float *out;
     const float *q, *kc, *vc;
     int T, pos0, nH, nKV, hd, n_seg;
+    int qt;       /* tokens per row task (row_task) */
     float scale;
     float *part; /* [nH, n_seg, 2 + hd]: max, sum, o (split mode) */
     bool have_sc; /* per-thread score scratch reserved */
@@ -23,8 +27,12 @@ typedef struct {
 
 #define GQ 8        /* query heads handled together: they share each key / value row read */
 #define PV_KEYS 128 /* keys per output GEMM: 128 value rows of 256 floats are 128 KiB */
+#define QT_MAX 8    /* tokens per row task: the cache is read once for them */
+#define QT_FLOATS (1 << 22) /* row-task scratch at most (16 MiB a thread): fewer tokens for long caches */
 
-/* att_group without scratch: key by key, each score computed twice. */
+/* Without scratch (out of memory): the ng heads at q over keys [0, n) of kb
+ * / vb, key by key, each score computed twice; o unnormalised, max and sum
+ * at ml[2 g], ml[2 g + 1]. */
 static void att_group_slow(const att_job *j, const float *q, int ng, const float *kb, const float *vb, int n,
                            float *o, size_t ostride, float *ml) {
     const dr_simd *k = j->c->k;
@@ -60,20 +68,25 @@ static void scores_range(const dr_simd *k, float *sc, int n, const float *kb, si
                     q + (size_t)g * hd, (size_t)hd, ng - g < DR_TILE ? ng - g : DR_TILE, hd);
 }
 
-/* Rows of n scores -> unnormalised softmax weights in fp32, their max and
- * sum at ml[2 g], ml[2 g + 1]. */
-static void softmax_rows(const att_job *j, float *sc, int ng, int n, float *ml) {
-    for (int g = 0; g < ng; g++) {
-        float *w = sc + (size_t)g * n, m = -INFINITY, l = 0.0f;
-        for (int s = 0; s < n; s++) {
-            w[s] *= j->scale;
-            m = w[s] > m ? w[s] : m;
-        }
-        j->c->k->exp_sub(w, w, m, n);
-        for (int s = 0; s < n; s++)
-            l += w[s];
-        ml[2 * g] = m, ml[2 * g + 1] = l;
+/* n scores -> unnormalised softmax weights in fp32; their max and sum at
+ * ml[0], ml[1]. */
+static void softmax_row(const att_job *j, float *w, int n, float *ml) {
+    float m = -INFINITY, l = 0.0f;
+    for (int s = 0; s < n; s++) {
+        w[s] *= j->scale;
+        m = w[s] > m ? w[s] : m;
     }
+    j->c->k->exp_sub(w, w, m, n);
+    for (int s = 0; s < n; s++)
+        l += w[s];
+    ml[0] = m, ml[1] = l;
+}
+
+/* softmax_row over ng rows of n scores (n apart); row g's max and sum at
+ * ml[2 g], ml[2 g + 1]. */
+static void softmax_rows(const att_job *j, float *sc, int ng, int n, float *ml) {
+    for (int g = 0; g < ng; g++)
+        softmax_row(j, sc + (size_t)g * n, n, ml + 2 * g);
 }
 
 /* o (ng rows, ostride apart) += the weights of keys [s, s + PV_KEYS) times
@@ -82,30 +95,6 @@ static void pv_block(const dr_simd *k, float *o, size_t ostride, const float *sc
                      size_t stride, int s, int ng, int hd) {
     k->gemm_nn(o, (int)ostride, sc + s, n, vb + (size_t)s * stride, (int)stride, ng, hd,
                n - s < PV_KEYS ? n - s : PV_KEYS, s > 0);
-}
-
-/* Keys [s0, s1) for the ng <= GQ query heads at q (rows hd apart) of kv
- * head kvh, a GQA group or part of one: per head g, o_g = sum_s exp(score_gs
- * - max_g) v_s, written at o + g * ostride, with max_g and the sum at
- * ml[2 g], ml[2 g + 1]. The ng heads share every key and value row read.
- * With scratch sc (ng (s1 - s0) floats) the scores are register tiles and
- * the output small GEMMs of the weights with PV_KEYS value rows at a time;
- * without it (out of memory) key by key, the scores computed twice. */
-static void att_group(const att_job *j, const float *q, int ng, int kvh, int s0, int s1, float *o, size_t ostride,
-                      float *ml, float *sc) {
-    const dr_simd *k = j->c->k;
-    const int hd = j->hd, n = s1 - s0;
-    const size_t stride = (size_t)j->nKV * hd;
-    const float *kb = j->kc + (size_t)kvh * hd + (size_t)s0 * stride;
-    const float *vb = j->vc + (size_t)kvh * hd + (size_t)s0 * stride;
-    if (!sc) {
-        att_group_slow(j, q, ng, kb, vb, n, o, ostride, ml);
-        return;
-    }
-    scores_range(k, sc, n, kb, stride, 0, n, q, ng, hd);
-    softmax_rows(j, sc, ng, n, ml);
-    for (int s = 0; s < n; s += PV_KEYS) /* value rows of a block stay in L2 over gemm_nn's column passes */
-        pv_block(k, o, ostride, sc, n, vb, stride, s, ng, hd);
 }
 
 /* Query heads of one task: kv head kvh's group, cut in pieces of GQ. */
@@ -119,22 +108,53 @@ static int piece_heads(const att_job *j, int kvh, int pc, int *ng) {
     return kvh * G + pc * GQ;
 }
 
-/* The task's score scratch (att_group), or NULL when it could not be reserved. */
-static float *scores(const att_job *j, int thread) { return j->have_sc ? dr_cpu_tbuf(j->c, thread) : NULL; }
-
-/* task = (token * nKV + kv head) * pieces + piece: its heads' whole causal rows */
+/* Row tasks (more than one token, or a short cache): task = (token block *
+ * nKV + kv head) * pieces + piece, a block of j->qt tokens. Its ng heads'
+ * query rows for every token of the block are gathered into one matrix
+ * (row i ng + g: token t0 + i, head h0 + g), so each key and value row of
+ * the cache is read once for the block instead of once a token: the scores
+ * of all the rows against the keys of the block's last token, each row's
+ * softmax over its own causal keys (the later ones zeroed), one GEMM per
+ * PV_KEYS value rows. Scratch: rows x (2 hd + keys) floats (attn_rows). */
 static void row_task(void *arg, int task, int thread) {
     const att_job *j = arg;
-    const int np = pieces(j), pc = task % np, kvh = task / np % j->nKV, t = task / np / j->nKV;
+    const dr_simd *k = j->c->k;
+    const int np = pieces(j), pc = task % np, kvh = task / np % j->nKV, t0 = task / np / j->nKV * j->qt;
+    const int nt = j->T - t0 < j->qt ? j->T - t0 : j->qt, hd = j->hd, n = j->pos0 + t0 + nt;
     int ng;
-    const int h0 = piece_heads(j, kvh, pc, &ng), n_keys = j->pos0 + t + 1;
-    float *o = j->out + ((size_t)t * j->nH + h0) * j->hd, ml[2 * GQ];
-    att_group(j, j->q + ((size_t)t * j->nH + h0) * j->hd, ng, kvh, 0, n_keys, o, (size_t)j->hd, ml,
-              scores(j, thread));
-    for (int g = 0; g < ng; g++) {
-        const float inv = 1.0f / ml[2 * g + 1];
-        for (int i = 0; i < j->hd; i++)
-            o[(size_t)g * j->hd + i] *= inv;
+    const int h0 = piece_heads(j, kvh, pc, &ng), M = nt * ng;
+    const size_t stride = (size_t)j->nKV * hd;
+    const float *kb = j->kc + (size_t)kvh * hd, *vb = j->vc + (size_t)kvh * hd;
+    float ml[2], inv[GQ * QT_MAX];
+    if (!j->have_sc) { /* out of memory: token by token, key by key */
+        for (int i = 0; i < nt; i++) {
+            const size_t r = ((size_t)(t0 + i) * j->nH + h0) * hd;
+            float mls[2 * GQ];
+            att_group_slow(j, j->q + r, ng, kb, vb, j->pos0 + t0 + i + 1, j->out + r, (size_t)hd, mls);
+            for (int g = 0; g < ng; g++)
+                for (int e = 0; e < hd; e++)
+                    j->out[r + (size_t)g * hd + e] /= mls[2 * g + 1];
+        }
+        return;
+    }
+    float *qs = dr_cpu_tbuf(j->c, thread), *os = qs + (size_t)M * hd, *sc = os + (size_t)M * hd;
+    for (int i = 0; i < nt; i++)
+        memcpy(qs + (size_t)i * ng * hd, j->q + ((size_t)(t0 + i) * j->nH + h0) * hd, (size_t)ng * hd * sizeof(float));
+    scores_range(k, sc, n, kb, stride, 0, n, qs, M, hd);
+    for (int r = 0; r < M; r++) {
+        const int valid = j->pos0 + t0 + r / ng + 1; /* token t0 + r / ng sees keys [0, valid) */
+        float *w = sc + (size_t)r * n;
+        softmax_row(j, w, valid, ml);
+        for (int s = valid; s < n; s++)
+            w[s] = 0.0f;
+        inv[r] = 1.0f / ml[1];
+    }
+    for (int s = 0; s < n; s += PV_KEYS)
+        pv_block(k, os, (size_t)hd, sc, n, vb, stride, s, M, hd);
+    for (int r = 0; r < M; r++) {
+        float *o = j->out + ((size_t)(t0 + r / ng) * j->nH + h0 + r % ng) * hd;
+        for (int e = 0; e < hd; e++)
+            o[e] = os[(size_t)r * hd + e] * inv[r];
     }
 }
 
@@ -151,7 +171,7 @@ static void read_rows(const dr_simd *k, const float *p, size_t n) { (void)k->sum
  * head. Block by block the segment's key rows are read whole, then each kv
  * head's pieces take their scores from them; the value rows go the same way
  * before each PV_KEYS block of output GEMMs. Per head the tiles and GEMMs
- * are att_group's, in the same order. Scratch: nH rows of the segment's
+ * are the same as a pass over that head alone, in the same order. Scratch: nH rows of the segment's
  * scores. The part of head h: [max, sum, o] at part + (h n_seg + seg) (2 + hd). */
 static void seg_task(void *arg, int sg, int thread) {
     const att_job *j = arg;
@@ -231,6 +251,23 @@ static int n_segments(const dr_cpu_ctx *c, int T, int n_keys) {
     return want < most ? want : most;
 }
 
+/* Tokens per row task and its scratch (qs, os: rows x hd; scores: rows x
+ * keys): up to QT_MAX tokens, fewer when that would pass QT_FLOATS, and
+ * fewer when the blocks would leave threads idle; one token without
+ * scratch. Returns the number of token blocks. */
+static int row_plan(att_job *j) {
+    const int rows = j->nH / j->nKV < GQ ? j->nH / j->nKV : GQ, n = j->pos0 + j->T;
+    const int tasks = j->nKV * pieces(j);
+    int qt = QT_MAX < j->T ? QT_MAX : j->T;
+    while (qt > 1 && (size_t)qt * rows * (2 * (size_t)j->hd + (size_t)n) > QT_FLOATS)
+        qt /= 2;
+    while (qt > 1 && (size_t)(j->T + qt - 1) / (size_t)qt * (size_t)tasks < 2 * (size_t)j->c->n_threads)
+        qt /= 2;
+    j->have_sc = dr_cpu_reserve(j->c, (size_t)qt * rows * (2 * (size_t)j->hd + (size_t)n));
+    j->qt = j->have_sc ? qt : 1;
+    return (j->T + j->qt - 1) / j->qt;
+}
+
 void dr_fast_attention(void *ctx, float *out, const float *q, const float *k_cache, const float *v_cache, int T,
                        int pos0, int n_heads, int n_kv_heads, int d_head, float scale, float *ws) {
     dr_cpu_ctx *c = ctx;
@@ -249,6 +286,5 @@ void dr_fast_attention(void *ctx, float *out, const float *q, const float *k_cac
         }
         j.n_seg = 1;
     }
-    j.have_sc = dr_cpu_reserve(c, (size_t)GQ * (size_t)(pos0 + T)); /* the pieces' scores (att_group) */
-    dr_pool_run(c->pool, T * n_kv_heads * pieces(&j), row_task, &j);
+    dr_pool_run(c->pool, row_plan(&j) * n_kv_heads * pieces(&j), row_task, &j);
 }
