@@ -115,7 +115,7 @@ static int piece_heads(const att_job *j, int kvh, int pc, int *ng) {
  * the cache is read once for the block instead of once a token: the scores
  * of all the rows against the keys of the block's last token, each row's
  * softmax over its own causal keys (the later ones zeroed), one GEMM per
- * PV_KEYS value rows. Scratch: rows x (2 hd + keys) floats (attn_rows). */
+ * PV_KEYS value rows. Scratch: rows x (2 hd + keys) floats (row_plan). */
 static void row_task(void *arg, int task, int thread) {
     const att_job *j = arg;
     const dr_simd *k = j->c->k;
@@ -171,8 +171,9 @@ static void read_rows(const dr_simd *k, const float *p, size_t n) { (void)k->sum
  * head. Block by block the segment's key rows are read whole, then each kv
  * head's pieces take their scores from them; the value rows go the same way
  * before each PV_KEYS block of output GEMMs. Per head the tiles and GEMMs
- * are the same as a pass over that head alone, in the same order. Scratch: nH rows of the segment's
- * scores. The part of head h: [max, sum, o] at part + (h n_seg + seg) (2 + hd). */
+ * are the same as a pass over that head alone, in the same order. Scratch:
+ * nH rows of the segment's scores. The part of head h: [max, sum, o] at
+ * part + (h n_seg + seg) (2 + hd). */
 static void seg_task(void *arg, int sg, int thread) {
     const att_job *j = arg;
     const dr_simd *k = j->c->k;
