@@ -42,6 +42,14 @@ static inline const void *dr_tensor_row(const dr_tensor *t, int64_t r) {
     return (const unsigned char *)t->data + (size_t)r * (size_t)t->ne[t->ndim - 1] * dr_dtype_size(t->dtype);
 }
 
+/* Rows of a 2-D or stacked 3-D tensor (product of all but the last dim). */
+static inline int64_t dr_tensor_rows(const dr_tensor *t) {
+    int64_t r = 1;
+    for (int i = 0; i < t->ndim - 1; i++)
+        r *= t->ne[i];
+    return r;
+}
+
 /* One routed expert's SwiGLU weights: views into fused [E, 2I, H] / [E, H, I]
  * tensors or the per-expert tensors, whichever the checkpoint has. */
 typedef struct dr_expert {

@@ -590,9 +590,7 @@ static dr_status free_one(dr_model *m, dr_tensor *t, void *arg) {
  * biases for quantized ones). */
 static dr_status bytes_one(dr_model *m, dr_tensor *t, void *arg) {
     (void)m;
-    uint64_t rows = 1, in = (uint64_t)t->ne[t->ndim - 1];
-    for (int i = 0; i < t->ndim - 1; i++)
-        rows *= (uint64_t)t->ne[i];
+    const uint64_t rows = (uint64_t)dr_tensor_rows(t), in = (uint64_t)t->ne[t->ndim - 1];
     uint64_t n;
     if (t->q.bits)
         n = rows * (in * (uint64_t)t->q.bits / 8 + 2 * (in / (uint64_t)t->q.group_size) * dr_dtype_size(t->q.sb_dtype));

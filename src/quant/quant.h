@@ -23,9 +23,6 @@
 static inline bool dr_quant_bits_ok(int bits) { return bits == 4 || bits == 8; }
 static inline bool dr_quant_group_ok(int gs) { return gs == 32 || gs == 64 || gs == 128; }
 
-/* Rows of a 2-D or stacked 3-D tensor (product of all but the last dim). */
-int64_t dr_tensor_rows(const dr_tensor *t);
-
 /* Bytes of one packed row (in * bits / 8) and of one row of scales or
  * biases (in / group_size elements of sb_dtype). */
 size_t dr_quant_row_bytes(int64_t in, int bits);

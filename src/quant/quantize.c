@@ -18,13 +18,6 @@
 #define MAX_THREADS 64
 #define MIN_ROWS_PER_THREAD 16
 
-int64_t dr_tensor_rows(const dr_tensor *t) {
-    int64_t r = 1;
-    for (int i = 0; i < t->ndim - 1; i++)
-        r *= t->ne[i];
-    return r;
-}
-
 size_t dr_quant_row_bytes(int64_t in, int bits) { return (size_t)in * (size_t)bits / 8; }
 
 size_t dr_quant_sb_row_bytes(int64_t in, int group_size, dr_dtype sb_dtype) {

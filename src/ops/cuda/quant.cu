@@ -56,12 +56,7 @@ typedef __nv_bfloat16 bf16;
 
 static size_t align256(size_t n) { return (n + 255) & ~(size_t)255; }
 
-static size_t q_rows(const dr_tensor *t) {
-    size_t r = 1;
-    for (int i = 0; i < t->ndim - 1; i++)
-        r *= (size_t)t->ne[i];
-    return r;
-}
+static size_t q_rows(const dr_tensor *t) { return (size_t)dr_tensor_rows(t); }
 
 /* Byte offsets of the scales and biases in the device block, and its size. */
 static void q_offsets(const dr_tensor *t, size_t *s_off, size_t *b_off, size_t *total) {
