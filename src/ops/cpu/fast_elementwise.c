@@ -146,15 +146,22 @@ static void swiglu_task(void *arg, int task, int thread) {
     j->k->swiglu(j->y + i0, j->a + i0, j->b + i0, (int)n);
 }
 
+/* fn over j->len elements in EW_CHUNK spans: on this thread below EW_MIN
+ * (a parallel loop would cost more than it saves), else on the pool. */
+static void run_spans(dr_cpu_ctx *c, dr_pool_fn fn, ew_job *j) {
+    const int tasks = (int)((j->len + EW_CHUNK - 1) / EW_CHUNK);
+    if (j->len < EW_MIN) {
+        for (int t = 0; t < tasks; t++)
+            fn(j, t, 0);
+        return;
+    }
+    dr_pool_run(c->pool, tasks, fn, j);
+}
+
 void dr_fast_swiglu(void *ctx, float *out, const float *gate, const float *up, size_t n) {
     dr_cpu_ctx *c = ctx;
     ew_job j = {.k = c->k, .y = out, .a = gate, .b = up, .len = n};
-    if (n < EW_MIN) {
-        for (int t = 0; t < (int)((n + EW_CHUNK - 1) / EW_CHUNK); t++)
-            swiglu_task(&j, t, 0);
-        return;
-    }
-    dr_pool_run(c->pool, (int)((n + EW_CHUNK - 1) / EW_CHUNK), swiglu_task, &j);
+    run_spans(c, swiglu_task, &j);
 }
 
 static void sigmul_task(void *arg, int task, int thread) {
@@ -167,12 +174,7 @@ static void sigmul_task(void *arg, int task, int thread) {
 void dr_fast_sigmoid_mul(void *ctx, float *x, const float *gate, size_t n) {
     dr_cpu_ctx *c = ctx;
     ew_job j = {.k = c->k, .y = x, .a = gate, .len = n};
-    if (n < EW_MIN) {
-        for (int t = 0; t < (int)((n + EW_CHUNK - 1) / EW_CHUNK); t++)
-            sigmul_task(&j, t, 0);
-        return;
-    }
-    dr_pool_run(c->pool, (int)((n + EW_CHUNK - 1) / EW_CHUNK), sigmul_task, &j);
+    run_spans(c, sigmul_task, &j);
 }
 
 /* ---- the greedy pick (ops.h argmax) on the logits where they are ---- */
