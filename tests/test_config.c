@@ -489,6 +489,19 @@ static void test_bad(void) {
     bad(d, "rope_parameters", json_pack("{s:s, s:f}", "rope_type", "yarn", "rope_theta", 1e6), U, "yarn");
     bad(d, "rope_parameters", json_pack("{s:f, s:f}", "rope_theta", 1e6, "partial_rotary_factor", 0.1), F, "rotary");
     bad(d, "head_dim", json_integer(36), F, "rotary"); /* 36 x 0.25 = 9 */
+    /* present but not an object, or a rope_type that is not a string: an
+       error, not the class defaults (which would be the wrong theta) */
+    bad(d, "rope_parameters", json_string("default"), F, "rope_parameters");
+    bad(d, "rope_parameters", json_integer(1), F, "rope_parameters");
+    bad(d, "rope_parameters", json_array(), F, "rope_parameters");
+    bad(d, "rope_parameters", json_pack("{s:i, s:f}", "rope_type", 1, "rope_theta", 1e6), F, "rope_type");
+    bad(d, "rope_parameters", json_pack("{s:[], s:f}", "rope_type", "rope_theta", 1e6), F, "rope_type");
+    {
+        json_t *c = json_deep_copy(d);
+        json_object_del(c, "rope_parameters");
+        bad(c, "rope_scaling", json_string("linear"), F, "rope_scaling");
+        json_decref(c);
+    }
 
     /* other fields */
     bad(d, "rms_norm_eps", json_real(0.0), F, "rms_norm_eps");

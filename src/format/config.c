@@ -118,9 +118,12 @@ static dr_status parse_layer_types(cfg *c, dr_hparams *hp) {
 /* rope_parameters {rope_theta, partial_rotary_factor}, or the legacy top-level keys. */
 static dr_status parse_rope(cfg *c, dr_hparams *hp) {
     double theta = hp->arch == DR_ARCH_QWEN3_NEXT ? 10000.0 : 10000000.0, factor = 0.25;
-    json_t *rp = json_object_get(c->text, "rope_parameters");
-    if (!json_is_object(rp))
-        rp = json_object_get(c->text, "rope_scaling");
+    const char *rkey = "rope_parameters";
+    json_t *rp = json_object_get(c->text, rkey);
+    if (!rp || json_is_null(rp))
+        rp = json_object_get(c->text, rkey = "rope_scaling");
+    if (rp && !json_is_null(rp) && !json_is_object(rp)) /* not silently the defaults */
+        return DR_FAIL(DR_ERR_FORMAT, "%s: field \"%s\" must be an object", c->label, rkey);
     bool found = false;
     if (json_is_object(rp))
         DR_TRY(get_number(rp, "rope_theta", c->label, &theta, &found));
@@ -134,6 +137,8 @@ static dr_status parse_rope(cfg *c, dr_hparams *hp) {
     if (json_is_object(rp)) {
         json_t *type = json_object_get(rp, "rope_type");
         const char *ts = json_string_value(type);
+        if (type && !json_is_null(type) && !ts)
+            return DR_FAIL(DR_ERR_FORMAT, "%s: field \"%s.rope_type\" must be a string", c->label, rkey);
         if (ts && strcmp(ts, "default") != 0)
             return DR_FAIL(DR_ERR_UNSUPPORTED, "%s: rope_type \"%s\" is not supported (only \"default\")",
                            c->label, ts);
