@@ -794,14 +794,30 @@ static void test_malformed(void) {
     expect_load_error(bad, "group size not dividing the row", w);
     mutate(good, bad, NULL, NULL, over, "{\"group_size\": 32, \"bits\": 4}");
     expect_load_error(bad, "packed width mismatch", "packed shape");
+    mutate(good, bad, NULL, NULL, over, "false");
+    expect_load_error(bad, "override false on a quantized module", "not quantized (false)");
+    mutate(good, bad, NULL, NULL, over, "7");
+    expect_load_error(bad, "override neither object nor boolean", "must be an object or true/false");
+    mutate(good, bad, NULL, NULL, "mode", "3");
+    expect_load_error(bad, "mode not a string", "\"mode\" must be a string");
+    mutate(good, bad, NULL, NULL, "bits", "0");
+    expect_load_error(bad, "bits 0", "from 1 to 1024");
+    mutate(good, bad, NULL, NULL, "group_size", "\"64\"");
+    expect_load_error(bad, "group_size a string", "group_size");
     mutate(good, bad, sc, NULL, NULL, NULL);
     expect_load_error(bad, "missing scales", sc);
     mutate(good, bad, bi, NULL, NULL, NULL);
     expect_load_error(bad, "missing biases", bi);
-    /* the untouched copy loads (the mutation helper itself is sound) */
+    /* the untouched copy loads (the mutation helper itself is sound), and so
+       does an override of true (mlx-lm: quantized with the block's values) */
     mutate(good, bad, NULL, NULL, NULL, NULL);
     dr_model *m = NULL;
     CHECK(dr_model_load(bad, &m) == DR_OK, "unmodified copy: %s", dr_last_error());
+    dr_model_free(m);
+    rm_dir(bad);
+    mutate(good, bad, NULL, NULL, over, "true");
+    m = NULL;
+    CHECK(dr_model_load(bad, &m) == DR_OK, "override true: %s", dr_last_error());
     dr_model_free(m);
     rm_dir(bad);
     rm_dir(good);

@@ -22,8 +22,8 @@ static dr_status get_qint(json_t *o, const char *key, int def, const char *label
         *out = def;
         return DR_OK;
     }
-    if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > 1024)
-        return DR_FAIL(DR_ERR_FORMAT, "%s: %s \"%s\" must be a small non-negative integer", label, where, key);
+    if (!json_is_integer(v) || json_integer_value(v) < 1 || json_integer_value(v) > 1024) /* 0 bits = "false" */
+        return DR_FAIL(DR_ERR_FORMAT, "%s: %s \"%s\" must be an integer from 1 to 1024", label, where, key);
     *out = (int)json_integer_value(v);
     return DR_OK;
 }
@@ -50,7 +50,10 @@ static dr_status add_override(dr_mlx_qconfig *qc, const char *path, json_t *v, c
 }
 
 static dr_status parse_block(json_t *q, const char *label, dr_mlx_qconfig *qc) {
-    const char *mode = json_string_value(json_object_get(q, "mode"));
+    json_t *mv = json_object_get(q, "mode");
+    const char *mode = json_string_value(mv);
+    if (mv && !json_is_null(mv) && !mode)
+        return DR_FAIL(DR_ERR_FORMAT, "%s: quantization \"mode\" must be a string", label);
     if (mode && strcmp(mode, "affine") != 0)
         return DR_FAIL(DR_ERR_UNSUPPORTED, "%s: quantization mode \"%s\" is not supported (only \"affine\")",
                        label, mode);
@@ -62,6 +65,8 @@ static dr_status parse_block(json_t *q, const char *label, dr_mlx_qconfig *qc) {
     json_object_foreach(q, key, v) {
         if (json_is_object(v) || json_is_boolean(v))
             DR_TRY(add_override(qc, key, v, label));
+        else if (strchr(key, '.')) /* a module path: only {..}, true or false mean something */
+            return DR_FAIL(DR_ERR_FORMAT, "%s: quantization[\"%s\"] must be an object or true/false", label, key);
     }
     return DR_OK;
 }

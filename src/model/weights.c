@@ -157,6 +157,9 @@ static dr_status bind_quant(binder *b, const char *name, const char *base, int n
         return DR_FAIL(DR_ERR_FORMAT, "%s: %s.scales is present but config.json has no \"quantization\" block",
                        b->dir, base);
     dr_mlx_qparams(&b->qc, base, &bits, &gs);
+    if (bits == 0) /* an override of false */
+        return DR_FAIL(DR_ERR_FORMAT, "%s: %s.scales is present but config.json's quantization marks %s as not "
+                       "quantized (false)", b->dir, base, base);
     if (!dr_quant_bits_ok(bits))
         return DR_FAIL(DR_ERR_UNSUPPORTED, "%s: %s: %d-bit quantization is not supported (expected 4 or 8)", b->dir,
                        name, bits);
