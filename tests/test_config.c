@@ -613,6 +613,26 @@ static void test_load(void) {
     st = dr_hparams_load(dir, &hp);
     CHECK(st == DR_ERR_FORMAT && strstr(dr_last_error(), "eos_token_id"), "generation_config eos null: st %d msg %s",
           st, dr_last_error());
+    /* a value that is not a token id is an error, not "no eos" (generation
+       would then run past the end); the fixture's vocab_size is 1024 */
+    static const char *bad_eos[] = {"\"x\"", "{}", "true", "1.5", "-1", "256", "1099511627776", "[1, \"x\"]",
+                                    "[1, -2]", "[1, 256]"};
+    for (size_t i = 0; i < sizeof bad_eos / sizeof *bad_eos; i++) {
+        char text[128];
+        snprintf(text, sizeof text, "{\"eos_token_id\": %s}", bad_eos[i]);
+        write_text(gen, text);
+        dr_error_clear();
+        st = dr_hparams_load(dir, &hp);
+        CHECK(st == DR_ERR_FORMAT && strstr(dr_last_error(), "eos_token_id") && strstr(dr_last_error(), gen),
+              "generation_config eos %s: st %d msg %s", bad_eos[i], st, dr_last_error());
+    }
+    write_text(gen, "{\"eos_token_id\": 255}");
+    st = dr_hparams_load(dir, &hp);
+    CHECK(st == DR_OK && hp.n_eos == 1 && hp.eos[0] == 255, "eos 255 (the last id): st %d (%s)", st,
+          dr_last_error());
+    write_text(gen, "{\"eos_token_id\": null}");
+    st = dr_hparams_load(dir, &hp);
+    CHECK(st == DR_OK && hp.n_eos == 0, "eos null: st %d n_eos %d", st, hp.n_eos);
 
     unlink(gen);
     unlink(cfg);

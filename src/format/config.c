@@ -235,20 +235,32 @@ static dr_status check_unsupported(cfg *c) {
     return DR_OK;
 }
 
-/* eos ids: an int or a list of ints. */
+/* One eos id: an integer naming a row of the vocabulary. */
+static dr_status eos_id(json_t *e, const char *label, const char *what, const dr_hparams *hp, int *out) {
+    if (!json_is_integer(e) || json_integer_value(e) < 0 || json_integer_value(e) >= hp->n_vocab)
+        return DR_FAIL(DR_ERR_FORMAT, "%s: %s must be a token id from 0 to %d (vocab_size - 1)", label, what,
+                       hp->n_vocab - 1);
+    *out = (int)json_integer_value(e);
+    return DR_OK;
+}
+
+/* eos ids: an int, a list of ints, or null / absent (none). Anything else is
+ * an error: a silently empty list would let generation run past the end. */
 static dr_status parse_eos(json_t *v, const char *label, dr_hparams *hp) {
     hp->n_eos = 0;
-    if (json_is_integer(v)) {
-        hp->eos[hp->n_eos++] = (int)json_integer_value(v);
+    if (!v || json_is_null(v))
         return DR_OK;
+    if (json_is_integer(v)) {
+        hp->n_eos = 1;
+        return eos_id(v, label, "eos_token_id", hp, &hp->eos[0]);
     }
     if (!json_is_array(v))
-        return DR_OK;
+        return DR_FAIL(DR_ERR_FORMAT, "%s: eos_token_id must be a token id or a list of them", label);
     for (size_t i = 0; i < json_array_size(v) && hp->n_eos < DR_MAX_EOS; i++) {
-        json_t *e = json_array_get(v, i);
-        if (!json_is_integer(e))
-            return DR_FAIL(DR_ERR_FORMAT, "%s: eos_token_id[%zu] must be an integer", label, i);
-        hp->eos[hp->n_eos++] = (int)json_integer_value(e);
+        char what[64];
+        snprintf(what, sizeof what, "eos_token_id[%zu]", i);
+        DR_TRY(eos_id(json_array_get(v, i), label, what, hp, &hp->eos[hp->n_eos]));
+        hp->n_eos++;
     }
     return DR_OK;
 }
