@@ -1,7 +1,8 @@
-/* test_config_fuzz.c - every field of a fixture's config.json (and of one
- * generation_config.json) replaced by a
- * value of another type or range, or removed; then the model is loaded and,
- * where that works, evaluated for a few tokens.
+/* test_config_fuzz.c - every field of a config.json replaced by a value of
+ * another type or range, or removed; then the model is loaded and, where
+ * that works, evaluated for a few tokens. The files: three fixtures'
+ * config.json, one generation_config.json, and the config.json of a 4-bit
+ * MLX conversion (its "quantization" block with per-module overrides).
  *
  * What must hold for every case: no crash and no sanitizer report (the
  * ASan + UBSan pass runs this test too), and a refusal, at load or at eval,
@@ -15,6 +16,7 @@
  * the case count, and the time under ASan, down.
  */
 #include "deltarun.h"
+#include "quant/convert.h"
 #include "util/status.h"
 
 #include "test.h"
@@ -121,10 +123,9 @@ static json_t *value(int i) {
     }
 }
 
-/* Symlinks in dir to every file of the fixture but `file`. */
-static void link_fixture(const char *fixture, const char *file, const char *dir) {
-    char src[1024], a[2048], b[2048];
-    snprintf(src, sizeof src, "%s/%s", DR_TEST_DATA, fixture);
+/* Symlinks in dir to every file of src but `file`. */
+static void link_fixture(const char *src, const char *file, const char *dir) {
+    char a[2048], b[2048];
     DIR *d = opendir(src);
     CHECK(d != NULL, "open %s", src);
     if (!d)
@@ -218,10 +219,8 @@ static void write_config(json_t *cfg, const char *file, const char *dir) {
     CHECK(json_dump_file(cfg, p, JSON_COMPACT) == 0, "write %s", p);
 }
 
-/* The unmutated copy gives the fixture's logits exactly. */
-static void control(const char *fixture, const char *dir) {
-    char src[1024];
-    snprintf(src, sizeof src, "%s/%s", DR_TEST_DATA, fixture);
+/* The unmutated copy gives the logits of src exactly. */
+static void control(const char *fixture, const char *src, const char *dir) {
     dr_model *a = NULL, *b = NULL;
     float *la = NULL, *lb = NULL;
     int ok = load(src, &a) == DR_OK && load(dir, &b) == DR_OK && eval(a, &la) == DR_OK &&
@@ -238,21 +237,21 @@ static void control(const char *fixture, const char *dir) {
     dr_model_free(b);
 }
 
-/* Every node of the fixture's `file` (config.json or generation_config.json)
- * through every value. */
-static void fuzz_fixture(const char *fixture, const char *file) {
-    char src[1024], dir[512];
-    snprintf(src, sizeof src, "%s/%s/%s", DR_TEST_DATA, fixture, file);
-    snprintf(dir, sizeof dir, "%s/%s", g_tmp, fixture);
-    json_t *root = json_load_file(src, 0, NULL);
-    CHECK(root != NULL, "read %s", src);
+/* Every node of `file` (config.json or generation_config.json) of the
+ * model directory src through every value; fixture labels the output. */
+static void fuzz_dir(const char *fixture, const char *src, const char *file) {
+    char path[1024], dir[512];
+    snprintf(path, sizeof path, "%s/%s", src, file);
+    snprintf(dir, sizeof dir, "%s/case", g_tmp);
+    json_t *root = json_load_file(path, 0, NULL);
+    CHECK(root != NULL, "read %s", path);
     if (!root || mkdir(dir, 0700) != 0) {
         json_decref(root);
         return;
     }
-    link_fixture(fixture, file, dir);
+    link_fixture(src, file, dir);
     write_config(root, file, dir);
-    control(fixture, dir);
+    control(fixture, src, dir);
 
     static jpaths paths; /* large: not on the stack */
     jpath cur = {0};
@@ -283,10 +282,22 @@ int main(void) {
         perror("mkdtemp");
         return 1;
     }
-    fuzz_fixture("dense-f32", "config.json");
-    fuzz_fixture("moe-bf16", "config.json");
-    fuzz_fixture("next-f32", "config.json");
-    fuzz_fixture("dense-f32", "generation_config.json");
+    static const char *fx[] = {"dense-f32", "moe-bf16", "next-f32"};
+    char src[1024];
+    for (int i = 0; i < 3; i++) {
+        snprintf(src, sizeof src, "%s/%s", DR_TEST_DATA, fx[i]);
+        fuzz_dir(fx[i], src, "config.json");
+    }
+    snprintf(src, sizeof src, "%s/%s", DR_TEST_DATA, "dense-f32");
+    fuzz_dir("dense-f32", src, "generation_config.json");
+    /* a 4-bit MLX conversion: its "quantization" block and overrides */
+    snprintf(src, sizeof src, "%s/%s", DR_TEST_DATA, "moe-bf16");
+    char q4[512];
+    snprintf(q4, sizeof q4, "%s/q4", g_tmp);
+    dr_convert_opts o = {.in_dir = src, .out_dir = q4, .bits = 4, .group_size = 32, .n_threads = 1};
+    CHECK(dr_quant_convert(&o, NULL) == DR_OK, "convert %s: %s", src, dr_last_error());
+    fuzz_dir("moe-bf16 q4", q4, "config.json");
+    unlink_all(q4);
     rmdir(g_tmp);
     return TEST_DONE();
 }
