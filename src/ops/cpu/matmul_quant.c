@@ -49,7 +49,7 @@ static void matmul_q_scalar(float *y, const float *x, const dr_tensor *w, int T,
 
 /* ---- dispatch ---- */
 
-static const char *const g_level_names[DR_QLEVEL_COUNT] = {"scalar", "avx2", "avx512", "avx512bf16"};
+static const char *const g_level_names[DR_QLEVEL_COUNT] = {"scalar", "avx2", "avx512", "avx512bf16", "avx512vnni"};
 static atomic_int g_level = -1; /* DR_QLEVEL_*, -1 until first use */
 static int g_best;              /* best level this CPU runs */
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
@@ -63,9 +63,11 @@ static void detect(void) {
     if (best == DR_QLEVEL_AVX2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl"))
         best = DR_QLEVEL_AVX512;
-#ifdef DR_QUANT_BF16 /* quant_avx512bf16.c is built (src/ops/cpu/cpu.cmake) */
+#ifdef DR_QUANT_BF16 /* quant_avx512bf16.c and quant_avx512vnni.c are built (src/ops/cpu/cpu.cmake) */
     if (best == DR_QLEVEL_AVX512 && __builtin_cpu_supports("avx512bf16"))
         best = DR_QLEVEL_AVX512_BF16;
+    if (best == DR_QLEVEL_AVX512_BF16 && __builtin_cpu_supports("avx512vnni"))
+        best = DR_QLEVEL_AVX512_VNNI;
 #endif
 #endif
     const char *cap = getenv("DR_CPU_QLEVEL"); /* A/B runs of one binary: e.g. DR_CPU_QLEVEL=avx512 */
@@ -97,7 +99,8 @@ const char *dr_cpu_quant_level_name(int level) {
 static const dr_qkern *kernels(void) {
     switch (dr_cpu_quant_level()) {
 #ifdef DR_QUANT_X86
-    case DR_QLEVEL_AVX512_BF16: /* everything but the 4-bit GEMV: see gemv_at */
+    case DR_QLEVEL_AVX512_VNNI: /* everything but the 4-bit GEMV: see gemv_at */
+    case DR_QLEVEL_AVX512_BF16:
     case DR_QLEVEL_AVX512:
         return &dr_qkern_avx512;
     case DR_QLEVEL_AVX2:
@@ -110,23 +113,27 @@ static const dr_qkern *kernels(void) {
 
 /* ---- one token: prepared x, group sums ---- */
 
-/* Enough for every level's layout (the largest: DR_QK_BF16_* in quant_kern.h). */
+/* Enough for every level's layout (the largest: DR_QK_BF16_* in quant_kern.h;
+ * DR_QK_VNNI_* takes 3 of its 4 bytes an element, and a float more a group). */
 size_t dr_cpu_q_prep_floats(const dr_tensor *w) {
     const int64_t n = w->ne[w->ndim - 1];
     return (size_t)(DR_QK_BF16_PAD(n) + 2 * (n / w->q.group_size));
 }
 
 #ifdef DR_QUANT_BF16
-/* Whether the 4-bit GEMV of quant_avx512bf16.c (and its bf16-pair x) serves
- * w at this level. */
-static int bf16_q4(int level, const dr_tensor *w) { return level == DR_QLEVEL_AVX512_BF16 && w->q.bits == 4; }
+/* Which 4-bit GEMV of its own serves w at this level: 1 = quant_avx512bf16.c
+ * (bf16-pair x), 2 = quant_avx512vnni.c (8-bit digits), 0 = the table's. */
+static int own_q4(int level, const dr_tensor *w) {
+    return w->q.bits != 4 ? 0 : level == DR_QLEVEL_AVX512_BF16 ? 1 : level == DR_QLEVEL_AVX512_VNNI ? 2 : 0;
+}
 #endif
 
 void dr_cpu_q_prep(float *xp, const float *x, const dr_tensor *w) {
     const int64_t n = w->ne[w->ndim - 1], gs = w->q.group_size;
 #ifdef DR_QUANT_BF16
-    if (bf16_q4(dr_cpu_quant_level(), w)) { /* layout: DR_QK_BF16_* in quant_kern.h */
-        dr_qk_prep4_bf16(xp, x, n, (int)gs);
+    const int own = own_q4(dr_cpu_quant_level(), w);
+    if (own) { /* layouts: DR_QK_BF16_* / DR_QK_VNNI_* in quant_kern.h */
+        (own == 1 ? dr_qk_prep4_bf16 : dr_qk_prep4_vnni)(xp, x, n, (int)gs);
         return;
     }
 #endif
@@ -179,8 +186,9 @@ static void gemv_portable(float *y, const float *xp, const dr_tensor *w, int r0,
 /* The SIMD GEMV of k's level for w (k != NULL). */
 static void gemv_at(const dr_qkern *k, float *y, const float *xp, const dr_tensor *w, int r0, int r1) {
 #ifdef DR_QUANT_BF16
-    if (bf16_q4(dr_cpu_quant_level(), w)) {
-        dr_qk_gemv4_bf16(y, xp, w, r0, r1);
+    const int own = own_q4(dr_cpu_quant_level(), w);
+    if (own) {
+        (own == 1 ? dr_qk_gemv4_bf16 : dr_qk_gemv4_vnni)(y, xp, w, r0, r1);
         return;
     }
 #endif

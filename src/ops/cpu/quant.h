@@ -2,11 +2,15 @@
  *
  * Layout in model/tensor.h (dr_quant). Every CPU matmul / embedding path
  * hands a tensor with w->q.bits != 0 to these functions. The kernels are
- * chosen once from the CPU's features (AVX-512 F/BW/VL with AVX512_BF16,
- * else AVX-512 F/BW/VL, else AVX2+FMA, else the scalar
- * reference); dr_cpu_quant_set_level lets tests force each one.
- * All levels accumulate in fp32 with fp32 activations (avx512bf16's 4-bit
- * GEMV: x as two bf16 halves, hi + lo within 2^-17 |x| of x, exact products).
+ * chosen once from the CPU's features (AVX-512 F/BW/VL with AVX512_BF16 and
+ * AVX512_VNNI, or with AVX512_BF16, else AVX-512 F/BW/VL, else AVX2+FMA,
+ * else the scalar reference); dr_cpu_quant_set_level lets tests force each
+ * one. All levels accumulate in fp32 with fp32 activations, except the two
+ * 4-bit GEMVs of the top levels: avx512bf16 takes x as two bf16 halves
+ * (hi + lo within 2^-17 |x| of x, exact products), avx512vnni as 24-bit
+ * integers in steps of 2^-24 of each group's largest |x| (exact integer
+ * sums). Every level is held to 1e-5 of sum |w x| against
+ * dequantize-then-fp32 (tests/test_quant.c).
  */
 #ifndef DR_OPS_CPU_QUANT_H
 #define DR_OPS_CPU_QUANT_H
@@ -24,8 +28,9 @@ void dr_cpu_matmul_q_rows(float *y, const float *x, const dr_tensor *w, int T, i
  * dr_cpu_q_prep_floats: floats of one prepared token (at most n + 128 +
  *   2 n / group_size).
  * dr_cpu_q_prep: xp = x [n] prepared for dr_cpu_q_gemv_rows (4-bit: x
- *   permuted to the nibble order, or split into bf16 pairs at level
- *   avx512bf16; then the per-group sums of x). Depends on w's bits, group
+ *   permuted to the nibble order, split into bf16 pairs at level
+ *   avx512bf16, or into 8-bit digits at avx512vnni; then the per-group sums
+ *   of x). Depends on w's bits, group
  *   size and row length and on the kernel level: prepare and multiply under
  *   the same level.
  * dr_cpu_q_gemv_rows: y[r] = W[r] . x for r in [r0, r1). Reentrant.
@@ -53,11 +58,22 @@ void dr_cpu_embed_q(float *x, const dr_tensor *emb, const int32_t *ids, int T);
 float dr_q_get(const dr_tensor *w, int64_t r, int64_t i);
 
 /* Kernel levels, slowest first. AVX512_BF16: AVX-512 plus AVX512_BF16
- * (4-bit GEMV through vdpbf16ps, quant_kern.h; the rest as AVX512). */
-enum { DR_QLEVEL_SCALAR = 0, DR_QLEVEL_AVX2 = 1, DR_QLEVEL_AVX512 = 2, DR_QLEVEL_AVX512_BF16 = 3, DR_QLEVEL_COUNT };
+ * (4-bit GEMV through vdpbf16ps, quant_kern.h; the rest as AVX512).
+ * AVX512_VNNI: that plus AVX512_VNNI (4-bit GEMV through vpdpbusd). It sits
+ * above AVX512_BF16 so that each level's CPU runs every level below it;
+ * a CPU with VNNI but no BF16 (Ice Lake) stays at AVX512. */
+enum {
+    DR_QLEVEL_SCALAR = 0,
+    DR_QLEVEL_AVX2 = 1,
+    DR_QLEVEL_AVX512 = 2,
+    DR_QLEVEL_AVX512_BF16 = 3,
+    DR_QLEVEL_AVX512_VNNI = 4,
+    DR_QLEVEL_COUNT
+};
 
 /* The level in use (detected on first call; the environment variable
- * DR_CPU_QLEVEL = "scalar" / "avx2" / "avx512" caps it, for A/B runs). */
+ * DR_CPU_QLEVEL = "scalar" / "avx2" / "avx512" / "avx512bf16" caps it, for
+ * A/B runs). */
 int dr_cpu_quant_level(void);
 
 /* Test / bench hook: use `level` from now on for every thread; a level the
@@ -65,7 +81,7 @@ int dr_cpu_quant_level(void);
  * Not to be called while quantized kernels run on other threads. */
 int dr_cpu_quant_set_level(int level);
 
-/* "scalar", "avx2", "avx512", "avx512bf16". */
+/* "scalar", "avx2", "avx512", "avx512bf16", "avx512vnni". */
 const char *dr_cpu_quant_level_name(int level);
 
 #endif

@@ -3,10 +3,13 @@
  * matmul_quant.c holds the scalar reference and picks a table at run time
  * from the CPU's features; quant_avx2.c and quant_avx512.c (compiled with
  * their own -m flags, see src/quant/quant.cmake) fill the others, and
- * quant_avx512bf16.c (src/ops/cpu/cpu.cmake) adds a 4-bit GEMV. Every
+ * quant_avx512bf16.c and quant_avx512vnni.c (src/ops/cpu/cpu.cmake) add a
+ * 4-bit GEMV each. Every
  * kernel expands the 4/8-bit weights to fp32 in registers and accumulates in
  * fp32; activations are never quantized (so results match
- * dequantize-then-fp32 up to summation order).
+ * dequantize-then-fp32 up to summation order), except in the two 4-bit
+ * GEMVs below, whose x representations are exact to 2^-17 of |x| (bf16
+ * pairs) or 2^-24 of the group's largest |x| (8-bit digits).
  *
  * GEMV (one token) does not form w = s q + b per element. Per group g,
  *     sum_i w_i x_i = s_g * sum_i q_i x_i + b_g * X_g,   X_g = sum_i x_i,
@@ -60,6 +63,17 @@ extern const dr_qkern dr_qkern_avx512;
 #define DR_QK_BF16_ELEM(k, j) (4 * (j) + (k))
 void dr_qk_gemv4_bf16(float *y, const float *xp, const dr_tensor *w, int64_t r0, int64_t r1);
 void dr_qk_prep4_bf16(float *xp, const float *x, int64_t n, int gs); /* that layout */
+
+/* Level DR_QLEVEL_AVX512_VNNI: as AVX512_BF16, but the 4-bit GEMV is
+ * quant_avx512vnni.c's, with x prepared as 8-bit digits. For each of the
+ * DR_QK_BF16_PAD(n) / 128 blocks, DR_QK_VNNI_BLOCK bytes: six vectors of 64
+ * signed bytes, the digits d2, d1, d0 of the block's even elements (byte j:
+ * element 2j), then those of its odd elements (element 2j + 1); zeros past
+ * n. Then, as floats, X_g = sum of group g of x (G), and the groups' steps
+ * sx_g (G): x_i ~= (d2 2^16 + d1 2^8 + d0) sx_g. */
+#define DR_QK_VNNI_BLOCK 384
+void dr_qk_gemv4_vnni(float *y, const float *xp, const dr_tensor *w, int64_t r0, int64_t r1);
+void dr_qk_prep4_vnni(float *xp, const float *x, int64_t n, int gs); /* that layout */
 
 /* Shared address arithmetic (all kernels). */
 static inline const unsigned char *dr_qk_row(const dr_tensor *w, int64_t r) {
