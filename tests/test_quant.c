@@ -276,7 +276,8 @@ static void test_kernels(void) {
                         dr_dtype sb = sbs[(s + (size_t)gs / 32) % 3]; /* source dtype, F16 or F32 scales */
                         if (shapes[s].n % gs)
                             continue;
-                        kernel_case(lv, bits, gs, shapes[s].d, shapes[s].n, shapes[s].T, dt, sb, s == 2, hard ? &h : &e);
+                        kerr *into = hard ? &h : &e;
+                        kernel_case(lv, bits, gs, shapes[s].d, shapes[s].n, shapes[s].T, dt, sb, s == 2, into);
                         cases += !hard;
                     }
         }

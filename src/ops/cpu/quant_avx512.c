@@ -12,6 +12,7 @@
  * one bias.
  */
 #include "ops/cpu/quant_kern.h"
+#include "ops/cpu/quant_sb512.h"
 
 #include <immintrin.h>
 
@@ -44,17 +45,6 @@ static inline void weights32(const unsigned char *p, int bits, int64_t i, __m512
 #ifndef PF_DIST
 #define PF_DIST 4096
 #endif
-
-/* Scales or biases [i, i + 16) of storage dtype dt as fp32 (lanes outside m
- * read nothing and are 0). */
-AI __m512 load_sb16(const void *base, dr_dtype dt, size_t i, __mmask16 m) {
-    if (dt == DR_DT_F32)
-        return _mm512_maskz_loadu_ps(m, (const float *)base + i);
-    __m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)base + i);
-    if (dt == DR_DT_BF16)
-        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-    return _mm512_cvtph_ps(h);
-}
 
 /* sum_i q_i x_i over one group of gs weights at p (x prepared, DR_QK_PERM
  * for 4-bit), as 16 partial sums. 4-bit: 16 bytes widen to 16 int32 lanes
@@ -95,9 +85,9 @@ AI void gemv_rows(float *y, const float *xp, const dr_tensor *w, int64_t r0, int
         for (int64_t g0 = 0; g0 < G; g0 += 16) {
             const int ng = G - g0 < 16 ? (int)(G - g0) : 16;
             const __mmask16 m = (__mmask16)((1u << ng) - 1u);
-            _mm512_store_ps(s, load_sb16(w->q.scales, dt, sb0 + (size_t)g0, m));
-            accb = _mm512_fmadd_ps(load_sb16(w->q.biases, dt, sb0 + (size_t)g0, m), _mm512_maskz_loadu_ps(m, xs + g0),
-                                   accb);
+            _mm512_store_ps(s, dr_load_sb16(w->q.scales, dt, sb0 + (size_t)g0, m));
+            const __m512 bias = dr_load_sb16(w->q.biases, dt, sb0 + (size_t)g0, m);
+            accb = _mm512_fmadd_ps(bias, _mm512_maskz_loadu_ps(m, xs + g0), accb);
             const unsigned char *p = row + (size_t)g0 * gb; /* the prefetches' guide, either layout */
             const float *x = xp + g0 * gs;
             int j = 0;

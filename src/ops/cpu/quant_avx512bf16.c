@@ -37,6 +37,7 @@
  * The kernel reads both: each row's blocks are step[i] bytes apart.
  */
 #include "ops/cpu/quant_kern.h"
+#include "ops/cpu/quant_sb512.h"
 
 #include <immintrin.h>
 
@@ -57,15 +58,6 @@
 #ifndef ROWS
 #define ROWS 4 /* rows per pass: they share the x registers */
 #endif
-
-AI __m512 load_sb16(const void *base, dr_dtype dt, size_t i, __mmask16 m) {
-    if (dt == DR_DT_F32)
-        return _mm512_maskz_loadu_ps(m, (const float *)base + i);
-    __m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)base + i);
-    if (dt == DR_DT_BF16)
-        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-    return _mm512_cvtph_ps(h);
-}
 
 /* ((v shifted) & 0x78) | 0x3F80 per 16-bit word: the nibble moved to bits
  * 3..6 of a bf16 1.0, i.e. u = 1 + q / 16. */
@@ -124,8 +116,8 @@ AI void rows_q4(float *y, const prepared *x, const dr_tensor *w, int64_t r, int 
         const __mmask16 m = (__mmask16)((1u << ng) - 1u);
         const __m512 X = _mm512_maskz_loadu_ps(m, x->xs + g0), A = _mm512_maskz_loadu_ps(m, x->xa + g0);
         for (int i = 0; i < R; i++) {
-            S[i] = load_sb16(w->q.scales, dt, sb0[i] + (size_t)g0, m);
-            accb[i] = _mm512_fmadd_ps(load_sb16(w->q.biases, dt, sb0[i] + (size_t)g0, m), X, accb[i]);
+            S[i] = dr_load_sb16(w->q.scales, dt, sb0[i] + (size_t)g0, m);
+            accb[i] = _mm512_fmadd_ps(dr_load_sb16(w->q.biases, dt, sb0[i] + (size_t)g0, m), X, accb[i]);
             accb[i] = _mm512_fnmadd_ps(S[i], A, accb[i]);
         }
         const int64_t e1 = (g0 + ng) * gs;

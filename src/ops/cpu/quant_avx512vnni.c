@@ -32,6 +32,7 @@
  * and read either the file order or the decode layout (dr_cpu_q_tile).
  */
 #include "ops/cpu/quant_kern.h"
+#include "ops/cpu/quant_sb512.h"
 
 #include <float.h>
 #include <immintrin.h>
@@ -42,15 +43,6 @@
  * there; the same streams). */
 #define PF_DIST 16384
 #define ROWS 4
-
-AI __m512 load_sb16(const void *base, dr_dtype dt, size_t i, __mmask16 m) {
-    if (dt == DR_DT_F32)
-        return _mm512_maskz_loadu_ps(m, (const float *)base + i);
-    __m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)base + i);
-    if (dt == DR_DT_BF16)
-        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
-    return _mm512_cvtph_ps(h);
-}
 
 typedef struct {
     const int8_t *d;              /* digits: DR_QK_VNNI_BLOCK bytes a block */
@@ -98,8 +90,8 @@ AI void rows_q4(float *y, const prepared *x, const dr_tensor *w, int64_t r, int 
         const __mmask16 m = (__mmask16)((1u << ng) - 1u);
         const __m512 X = _mm512_maskz_loadu_ps(m, x->xs + g0), SX = _mm512_maskz_loadu_ps(m, x->sx + g0);
         for (int i = 0; i < R; i++) {
-            S[i] = _mm512_mul_ps(load_sb16(w->q.scales, dt, sb0[i] + (size_t)g0, m), SX);
-            accb[i] = _mm512_fmadd_ps(load_sb16(w->q.biases, dt, sb0[i] + (size_t)g0, m), X, accb[i]);
+            S[i] = _mm512_mul_ps(dr_load_sb16(w->q.scales, dt, sb0[i] + (size_t)g0, m), SX);
+            accb[i] = _mm512_fmadd_ps(dr_load_sb16(w->q.biases, dt, sb0[i] + (size_t)g0, m), X, accb[i]);
         }
         const int64_t e1 = (g0 + ng) * gs;
         for (int64_t e = g0 * gs, b = 0; e < e1; e += 128, b++) {
