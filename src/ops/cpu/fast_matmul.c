@@ -15,6 +15,7 @@
 
 #define GEMV_MAX_T 4  /* below this many tokens, stream weights per token */
 #define GEMV_BYTES (256 << 10) /* weight bytes per decode task: long forward streams per thread */
+#define GEMV_MIN_BYTES (32 << 10) /* ... but at least this much when split finer to reach every thread */
 #define GEMM_FLOATS 65536 /* widened rows per task: 256 KiB, fits L2 */
 
 typedef struct {
@@ -103,11 +104,19 @@ static int gemm_rows(int n) {
     return rb < DR_TILE ? DR_TILE : rb > 64 ? 64 : rb;
 }
 
-/* Rows per decode task: about GEMV_BYTES of weights, so each thread reads
- * long contiguous runs (the prefetcher needs them to reach full bandwidth). */
-static int gemv_rows(int n, dr_dtype dt) {
-    size_t row = (size_t)(n > 0 ? n : 1) * dr_dtype_size(dt);
-    size_t rb = GEMV_BYTES / row;
+/* Rows per decode task for W [d, n]: about GEMV_BYTES of weights, so each
+ * thread reads long contiguous runs (the prefetcher needs them to reach full
+ * bandwidth); fewer where that would leave threads idle: at least two tasks
+ * a thread, as long as a task keeps GEMV_MIN_BYTES. One core streams only a
+ * share of the memory bandwidth (~8 GB/s on a 16-core Xeon), so a weight in
+ * 4 tasks on 16 threads ran at a quarter of the machine's bandwidth. Each
+ * output row is one thread's whole dot, so results don't depend on this. */
+static int gemv_rows(const dr_cpu_ctx *c, int d, int n, dr_dtype dt) {
+    const size_t row = (size_t)(n > 0 ? n : 1) * dr_dtype_size(dt), spread_tasks = 2 * (size_t)c->n_threads;
+    size_t rb = GEMV_BYTES / row, spread = ((size_t)d + spread_tasks - 1) / spread_tasks;
+    if (spread * row < GEMV_MIN_BYTES)
+        spread = GEMV_MIN_BYTES / row;
+    rb = spread < rb ? spread : rb;
     return rb < DR_GEMV_ROWS ? DR_GEMV_ROWS : (int)(rb / DR_GEMV_ROWS * DR_GEMV_ROWS);
 }
 
@@ -131,16 +140,16 @@ static dr_pool_fn plan(mm_job *j, dr_cpu_ctx *c, float *y, const float *x, const
         if (T == 1 && buf) {
             dr_cpu_q_prep(buf, x, w); /* once per call, shared by every row */
             j->xp = buf;
-            j->rb = gemv_rows(j->n * w->q.bits / 16, DR_DT_BF16); /* packed rows: same long runs per task */
+            j->rb = gemv_rows(c, j->d, j->n * w->q.bits / 16, DR_DT_BF16); /* packed rows as bf16-sized */
             return q_gemv_task;
         }
         if (T > 1 && (j->rb = gemm_rows(j->n), dr_cpu_reserve(c, (size_t)j->rb * j->n)))
             return gemm_task; /* blocks of rows dequantized once, reused by every token */
-        j->rb = gemv_rows(j->n * w->q.bits / 16, DR_DT_BF16);
+        j->rb = gemv_rows(c, j->d, j->n * w->q.bits / 16, DR_DT_BF16);
         return q_task;
     }
     if (T < GEMV_MAX_T) {
-        j->rb = gemv_rows(j->n, w->dtype);
+        j->rb = gemv_rows(c, j->d, j->n, w->dtype);
         if (w->dtype == DR_DT_BF16 && c->bf16_dot && buf) {
             const size_t n = (size_t)T * j->n;
             uint16_t *hl = buf;
@@ -153,7 +162,7 @@ static dr_pool_fn plan(mm_job *j, dr_cpu_ctx *c, float *y, const float *x, const
     j->rb = gemm_rows(j->n);
     if (dr_cpu_reserve(c, (size_t)j->rb * j->n))
         return gemm_task;
-    j->rb = gemv_rows(j->n, w->dtype); /* no scratch: stream the rows per token */
+    j->rb = gemv_rows(c, j->d, j->n, w->dtype); /* no scratch: stream the rows per token */
     return gemv_task;
 }
 
