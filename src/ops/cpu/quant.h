@@ -10,7 +10,8 @@
  * (hi + lo within 2^-17 |x| of x, exact products), avx512vnni as 24-bit
  * integers in steps of 2^-24 of each group's largest |x| (exact integer
  * sums). Every level is held to 1e-5 of sum |w x| against
- * dequantize-then-fp32 (tests/test_quant.c).
+ * dequantize-then-fp32 for Gaussian x, and to 1e-4 for x spanning up to 1e7
+ * inside a group (tests/test_quant.c).
  */
 #ifndef DR_OPS_CPU_QUANT_H
 #define DR_OPS_CPU_QUANT_H

@@ -9,7 +9,8 @@
  * (128 weights) become two vectors of unsigned bytes (one AND, one shift and
  * AND), and x enters as three signed 8-bit digits: six vpdpbusd of 64
  * products each per 128 weights instead of eight vdpbf16ps of 32. Measured
- * on the dev VM's Zen 4, one thread: 1.15-1.3x in L2 and from DRAM
+ * on the dev VM's Zen 4, one thread: 1.15-1.3x in L2 and from DRAM; decode
+ * end to end +3-9% there (2 threads) and 1.4x on a 16-core Xeon
  * (docs/PERFORMANCE.md, CPU, session 17).
  *
  * x as integers: each group g of x gets a step sx_g = max |x_g| / (127 *
