@@ -100,17 +100,12 @@ AI void rows_q4(float *y, const prepared *x, const dr_tensor *w, int64_t r, int 
                                              gs == 32 ? 2 : gs == 64 ? 3 : 4);
     const int gpb = 128 / gs;                                     /* groups per block */
     const __mmask64 tail = (__mmask64)((1ull << ((n % 128) / 2)) - 1); /* packed bytes of a short last block */
-    const size_t rb = (size_t)n / 2, pass = (size_t)R * rb;
-    const size_t ahead = (PF_DIST + pass - 1) / pass * pass; /* whole passes */
     const unsigned char *row[ROWS];
     size_t sb0[ROWS], step[ROWS]; /* block b of row i at row[i] + b * step[i] (either layout) */
+    const size_t ahead = dr_qk_rows_walk(w, r, R, PF_DIST, row, step, sb0);
     __m512 acc[ROWS], accb[ROWS], S[ROWS];
-    for (int i = 0; i < R; i++) {
-        row[i] = dr_qk_at(w, r + i, 0);
-        step[i] = dr_qk_block_step(w, r + i);
-        sb0[i] = dr_qk_sb(w, r + i, 0);
+    for (int i = 0; i < R; i++)
         acc[i] = accb[i] = _mm512_setzero_ps();
-    }
     for (int64_t g0 = 0; g0 < G; g0 += 16) {
         const int ng = G - g0 < 16 ? (int)(G - g0) : 16;
         const __mmask16 m = (__mmask16)((1u << ng) - 1u);

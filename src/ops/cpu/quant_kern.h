@@ -121,4 +121,21 @@ static inline size_t dr_qk_sb(const dr_tensor *w, int64_t r, int64_t g) {
     return (size_t)(r * (w->ne[w->ndim - 1] / w->q.group_size) + g);
 }
 
+/* The walk of the 4-bit GEMVs that take R rows together block by block
+ * (quant_avx512bf16.c, quant_avx512vnni.c): block b of row r + i starts at
+ * row[i] + b * step[i] in either layout, its scales / biases at sb0[i].
+ * Returns how far ahead to prefetch: at least pf_dist packed bytes in whole
+ * passes of R rows, so that a row prefetches its own later bytes, not
+ * another row's that a pass already read. */
+static inline size_t dr_qk_rows_walk(const dr_tensor *w, int64_t r, int R, size_t pf_dist,
+                                     const unsigned char **row, size_t *step, size_t *sb0) {
+    for (int i = 0; i < R; i++) {
+        row[i] = dr_qk_at(w, r + i, 0);
+        step[i] = dr_qk_block_step(w, r + i);
+        sb0[i] = dr_qk_sb(w, r + i, 0);
+    }
+    const size_t pass = (size_t)R * (size_t)w->ne[w->ndim - 1] / 2;
+    return (pf_dist + pass - 1) / pass * pass;
+}
+
 #endif
