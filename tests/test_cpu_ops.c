@@ -83,6 +83,50 @@ static void show(const char *what, float e, float tol) { CHECK_SHOW(e <= tol, "%
 
 /* ===================== kernels ===================== */
 
+/* matmul_n over weights of which some share their prepared x (fast_matmul.c
+ * same_scratch): q4 gs 32 twice, bf16 twice (one split of x, on a backend
+ * made with the vdpbf16ps GEMV), and q4 gs 64 and q8 gs 32 of the same row
+ * length, which must not share it.
+ * Every output must equal the single matmul's bit for bit. */
+static void t_matmul_n_shared(dr_ops *f) {
+    const int n = 256, ds[4] = {37, 19, 23, 11};
+    void *src[4], *own[4] = {NULL, NULL, NULL, NULL};
+    static const int bits[3][4] = {{4, 4, 4, 8}, {0, 0, 4, 4}, {4, 0, 4, 0}};
+    static const int gss[3][4] = {{32, 32, 64, 32}, {0, 0, 32, 32}, {32, 0, 64, 0}};
+    for (int set = 0; set < 3; set++) {
+        dr_tensor w[4];
+        const dr_tensor *ws[4];
+        for (int i = 0; i < 4; i++) {
+            dr_tensor b = mat(DR_DT_BF16, ds[i], n, &src[i]);
+            w[i] = b;
+            if (bits[set][i])
+                CHECK(dr_quantize(&b, bits[set][i], gss[set][i], &w[i], &own[i]) == DR_OK, "quantize: %s",
+                      dr_last_error());
+            ws[i] = &w[i];
+        }
+        float e = 0.0f;
+        for (int T = 1; T <= 2; T++) {
+            float *x = rnd((size_t)T * n, 1.0f), *ys[4], *y1[4];
+            for (int i = 0; i < 4; i++)
+                ys[i] = calloc((size_t)T * ds[i], 4), y1[i] = calloc((size_t)T * ds[i], 4);
+            f->matmul_n(f->ctx, 4, ys, x, ws, T);
+            for (int i = 0; i < 4; i++) {
+                f->matmul(f->ctx, y1[i], x, ws[i], T);
+                e = fmaxf(e, rel_err(ys[i], y1[i], (size_t)T * ds[i]));
+                free(ys[i]), free(y1[i]);
+            }
+            free(x);
+        }
+        char what[64];
+        snprintf(what, sizeof what, "matmul_n shared x, set %d = matmul", set);
+        show(what, e, 0.0f);
+        for (int i = 0; i < 4; i++) {
+            free(src[i]), free(own[i]);
+            own[i] = NULL;
+        }
+    }
+}
+
 static void t_matmul(dr_ops *f, dr_ops *r) {
     const dr_dtype dts[] = {DR_DT_F32, DR_DT_F16, DR_DT_BF16};
     const int Ts[] = {1, 3, 5, 13};
@@ -649,6 +693,7 @@ int main(void) {
             t_gdn(f, ref, true, 150);
             t_gdn(f, ref, true, 64);
             t_matmul_n(f, ref);
+            t_matmul_n_shared(f);
             t_gdn_decode(f, ref, (dr_gdn_dims){2, 4, 16, 24}, 4);
             t_gdn_decode(f, ref, (dr_gdn_dims){3, 3, 17, 13}, 4);
             t_gdn_decode(f, ref, (dr_gdn_dims){3, 3, 17, 13}, 3);
@@ -669,6 +714,15 @@ int main(void) {
     dr_simd_force(DR_SIMD_COUNT);
     t_threads_identical();
     dr_simd_use_bf16_dot(best >= DR_SIMD_AVX512_BF16); /* the vdpbf16ps decode path end to end too */
+    {
+        dr_ops *f = NULL;
+        dr_backend_params bp = {.n_threads = 3};
+        g_cfg = "bf16 dot/3t";
+        if (dr_ops_cpu_create(&bp, &f) == DR_OK && f) { /* bf16 weights share one split of x */
+            t_matmul_n_shared(f);
+            f->destroy(f);
+        }
+    }
     t_golden("moe-bf16", 3);
     dr_simd_use_bf16_dot(false);
     t_golden("dense-f32", 2);

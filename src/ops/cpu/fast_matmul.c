@@ -131,14 +131,18 @@ static size_t plan_bytes(const dr_cpu_ctx *c, const dr_tensor *w, int T) {
 }
 
 /* Fill j (tasks, kernel) for W [d, n] @ x [T, n] -> y [T, d]. buf: plan_bytes
- * of shared scratch for this weight, or NULL (then the paths that need none). */
-static dr_pool_fn plan(mm_job *j, dr_cpu_ctx *c, float *y, const float *x, const dr_tensor *w, int T, void *buf) {
+ * of shared scratch for this weight, or NULL (then the paths that need none);
+ * filled: buf already holds what this plan would write there (another
+ * weight's, see same_scratch). */
+static dr_pool_fn plan(mm_job *j, dr_cpu_ctx *c, float *y, const float *x, const dr_tensor *w, int T, void *buf,
+                       bool filled) {
     *j = (mm_job){.c = c, .y = y, .x = x, .w = w, .T = T};
     j->d = (int)w->ne[w->ndim - 2];
     j->n = (int)w->ne[w->ndim - 1];
     if (w->q.bits) {
         if (T == 1 && buf) {
-            dr_cpu_q_prep(buf, x, w); /* once per call, shared by every row */
+            if (!filled)
+                dr_cpu_q_prep(buf, x, w); /* once per call, shared by every row */
             j->xp = buf;
             j->rb = gemv_rows(c, j->d, j->n * w->q.bits / 16, DR_DT_BF16); /* packed rows as bf16-sized */
             return q_gemv_task;
@@ -153,7 +157,8 @@ static dr_pool_fn plan(mm_job *j, dr_cpu_ctx *c, float *y, const float *x, const
         if (w->dtype == DR_DT_BF16 && c->bf16_dot && buf) {
             const size_t n = (size_t)T * j->n;
             uint16_t *hl = buf;
-            dr_split_bf16x2(hl, hl + n, x, (int)n);
+            if (!filled)
+                dr_split_bf16x2(hl, hl + n, x, (int)n);
             j->hi = hl;
             j->lo = hl + n;
         }
@@ -174,7 +179,7 @@ void dr_fast_matmul(void *ctx, float *y, const float *x, const dr_tensor *w, int
     size_t nb = plan_bytes(c, w, T);
     void *buf = nb ? dr_cpu_shared_buf(c, DR_SHARED_X, nb) : NULL;
     mm_job j;
-    dr_pool_fn fn = plan(&j, c, y, x, w, T, buf);
+    dr_pool_fn fn = plan(&j, c, y, x, w, T, buf, false);
     dr_pool_run(c->pool, n_tasks(&j), fn, &j);
 }
 
@@ -197,9 +202,18 @@ static void mmn_task(void *arg, int task, int thread) {
     m->fn[i]((void *)&m->j[i], task - m->first[i], thread);
 }
 
+/* Whether plan() writes the same scratch for a and b from one x and T, both
+ * wanting some: the same row length and quantization (x is prepared per bits
+ * and group size; unquantized, the bf16 split depends on x alone). */
+static bool same_scratch(const dr_tensor *a, const dr_tensor *b) {
+    return a->ne[a->ndim - 1] == b->ne[b->ndim - 1] && a->q.bits == b->q.bits &&
+           (!a->q.bits || a->q.group_size == b->q.group_size);
+}
+
 /* ys[i] = x W_i^T for every weight in one dr_pool_run: one barrier instead of
  * n_w. Each weight keeps its own rows per task and kernel, so every output
- * is computed exactly as dr_fast_matmul computes it. */
+ * is computed exactly as dr_fast_matmul computes it. Weights whose prepared
+ * x would be the same (e.g. a GDN layer's input projections) share one. */
 void dr_fast_matmul_n(void *ctx, int n_w, float *const *ys, const float *x, const dr_tensor *const *ws, int T) {
     dr_cpu_ctx *c = ctx;
     if (n_w < 1 || n_w > MMN_MAX) {
@@ -207,17 +221,23 @@ void dr_fast_matmul_n(void *ctx, int n_w, float *const *ys, const float *x, cons
             dr_fast_matmul(ctx, ys[i], x, ws[i], T);
         return;
     }
-    size_t off[MMN_MAX], total = 0;
+    size_t off[MMN_MAX], nb[MMN_MAX], total = 0;
+    int from[MMN_MAX]; /* the weight whose scratch i shares (i: its own) */
     for (int i = 0; i < n_w; i++) { /* 64-byte aligned pieces of one shared buffer */
-        off[i] = total;
-        total += (plan_bytes(c, ws[i], T) + 63) & ~(size_t)63;
+        nb[i] = plan_bytes(c, ws[i], T);
+        from[i] = i;
+        for (int k = 0; k < i && nb[i] && from[i] == i; k++)
+            if (nb[k] && from[k] == k && same_scratch(ws[i], ws[k]))
+                from[i] = k;
+        off[i] = from[i] == i ? total : off[from[i]];
+        total += from[i] == i ? (nb[i] + 63) & ~(size_t)63 : 0;
     }
     char *buf = total ? dr_cpu_shared_buf(c, DR_SHARED_X, total) : NULL;
     mmn_job m = {.n = n_w};
     m.first[0] = 0;
     for (int i = 0; i < n_w; i++) {
-        void *b = buf && plan_bytes(c, ws[i], T) ? buf + off[i] : NULL;
-        m.fn[i] = plan(&m.j[i], c, ys[i], x, ws[i], T, b);
+        void *b = buf && nb[i] ? buf + off[i] : NULL;
+        m.fn[i] = plan(&m.j[i], c, ys[i], x, ws[i], T, b, from[i] != i);
         m.first[i + 1] = m.first[i] + n_tasks(&m.j[i]);
     }
     dr_pool_run(c->pool, m.first[n_w], mmn_task, &m);
