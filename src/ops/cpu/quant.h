@@ -9,9 +9,11 @@
  * 4-bit GEMVs of the top levels: avx512bf16 takes x as two bf16 halves
  * (hi + lo within 2^-17 |x| of x, exact products), avx512vnni as 24-bit
  * integers in steps of 2^-24 of each group's largest |x| (exact integer
- * sums). Every level is held to 1e-5 of sum |w x| against
- * dequantize-then-fp32 for Gaussian x, and to 1e-4 for x spanning up to 1e7
- * inside a group (tests/test_quant.c).
+ * sums). Every level is held to 1e-5 of sum |w x| against the exact
+ * product (w = scale q + bias in double) for Gaussian x. For x spanning up
+ * to 1e7 inside a group, to 1e-5 of sum (|scale q| + |bias|) |x|: the GEMVs'
+ * one FMA a weight (quant_kern.h) rounds on that scale, which exceeds
+ * sum |w x| where w nearly cancels (tests/test_quant.c).
  */
 #ifndef DR_OPS_CPU_QUANT_H
 #define DR_OPS_CPU_QUANT_H

@@ -23,7 +23,7 @@
  * where only x's rounding to the step is new: |X_i sx_g - x_i| <= sx_g / 2,
  * 2^-24 of the group's largest |x|, the size of an fp32 rounding of the
  * group's partial sums. test_quant and test_cpu_ops hold this kernel to the
- * same 1e-5 of sum |w x| as every level, against dequantize-then-fp32.
+ * same bounds as every level (ops/cpu/quant.h).
  *
  * Weights and walk as in quant_avx512bf16.c: byte j of a block holds
  * elements 2j (low nibble) and 2j + 1 (high), so the prepared digits are
