@@ -607,6 +607,33 @@ static void t_bf16x2(dr_ops *r) {
     free(buf), free(x), free(hi), free(lo);
 }
 
+/* The BF16 GEMV on x in pair order (bf16_pairs + gemv_bf16p) against the
+ * reference: 1-4 rows, lengths with and without whole pair blocks (2 VL
+ * elements) and with vector and scalar tails after them. */
+static void t_bf16p(const dr_simd *k, dr_ops *r) {
+    if (!k->gemv_bf16p)
+        return;
+    const int ns[] = {1001, 64, 32, 16, 48, 7, 77};
+    for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++) {
+        const int n = ns[ni];
+        void *buf;
+        dr_tensor w = mat(DR_DT_BF16, 4, n, &buf);
+        float *x = rnd((size_t)n, 1.0f), *xp = malloc((size_t)n * 4), y[4], yr[4];
+        k->bf16_pairs(xp, x, n);
+        r->matmul(NULL, yr, x, &w, 1);
+        double worst = 0;
+        for (int nr = 1; nr <= 4; nr++) {
+            k->gemv_bf16p(y, w.data, (size_t)n, nr, xp, n);
+            const double e = rel_err(y, yr, (size_t)nr);
+            worst = e > worst || e != e ? e : worst;
+        }
+        char what[64];
+        snprintf(what, sizeof what, "gemv_bf16p 1-4 rows n=%d", n);
+        show(what, worst, TOL);
+        free(buf), free(x), free(xp);
+    }
+}
+
 /* ===================== golden fixtures, several threads ===================== */
 
 static void t_golden(const char *fixture, int n_threads) {
@@ -708,6 +735,7 @@ int main(void) {
         }
         g_cfg = dr_simd_level_name((dr_simd_level)lv);
         t_bf16x2(ref);
+        t_bf16p(dr_simd_table((dr_simd_level)lv), ref);
         t_st2(dr_simd_table((dr_simd_level)lv));
         t_act(dr_simd_table((dr_simd_level)lv));
     }

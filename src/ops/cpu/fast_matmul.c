@@ -2,8 +2,9 @@
  * blocks of weight rows, SIMD through the dr_simd table.
  *
  * Decode (T < GEMV_MAX_T): each weight row is streamed once from memory and
- * widened in registers (or, for BF16 with AVX512_BF16, multiplied as bf16
- * against x split into two bf16 halves). Prefill: a block of rows is widened
+ * widened in registers; BF16 rows at the AVX2 and AVX-512 levels meet x
+ * prepared once in pair order (k->bf16_pairs), or, with dr_simd_use_bf16_dot,
+ * are multiplied as bf16 against x split into two bf16 halves. Prefill: a block of rows is widened
  * to fp32 once into the thread's scratch and reused by every token through a
  * register tile of 4 rows x 4 tokens. Quantized weights (ops/cpu/quant.h):
  * decode prepares x once (group sums, nibble order) and splits the rows the
@@ -25,7 +26,8 @@ typedef struct {
     const dr_tensor *w;
     int T, d, n, rb;
     const uint16_t *hi, *lo; /* x split for vdpbf16ps, or NULL */
-    const float *xp;         /* quantized GEMV: x prepared by dr_cpu_q_prep */
+    const float *xp;         /* x prepared: by dr_cpu_q_prep (quantized GEMV) or in
+                                pair order (BF16 GEMV, k->bf16_pairs), or NULL */
 } mm_job;
 
 static int rows_of(const mm_job *j, int task, int *r0) {
@@ -47,6 +49,8 @@ static void gemv_task(void *arg, int task, int thread) {
         for (int t = 0; t < j->T; t++) {
             if (j->hi)
                 k->gemv_bf16x2(yb, row, (size_t)j->n, m, j->hi + (size_t)t * j->n, j->lo + (size_t)t * j->n, j->n);
+            else if (j->xp)
+                k->gemv_bf16p(yb, row, (size_t)j->n, m, j->xp + (size_t)t * j->n, j->n);
             else
                 k->gemv(yb, row, j->w->dtype, (size_t)j->n, m, j->x + (size_t)t * j->n, j->n);
             for (int i = 0; i < m; i++)
@@ -127,6 +131,8 @@ static size_t plan_bytes(const dr_cpu_ctx *c, const dr_tensor *w, int T) {
         return T == 1 ? dr_cpu_q_prep_floats(w) * sizeof(float) : 0;
     if (T < GEMV_MAX_T && w->dtype == DR_DT_BF16 && c->bf16_dot)
         return 2 * (size_t)T * n * sizeof(uint16_t);
+    if (T < GEMV_MAX_T && w->dtype == DR_DT_BF16 && c->k->gemv_bf16p)
+        return (size_t)T * n * sizeof(float);
     return 0;
 }
 
@@ -161,6 +167,11 @@ static dr_pool_fn plan(mm_job *j, dr_cpu_ctx *c, float *y, const float *x, const
                 dr_split_bf16x2(hl, hl + n, x, (int)n);
             j->hi = hl;
             j->lo = hl + n;
+        } else if (w->dtype == DR_DT_BF16 && c->k->gemv_bf16p && buf) {
+            float *xp = buf;
+            for (int t = 0; t < T && !filled; t++)
+                c->k->bf16_pairs(xp + (size_t)t * j->n, x + (size_t)t * j->n, j->n);
+            j->xp = xp;
         }
         return gemv_task;
     }

@@ -56,6 +56,11 @@ typedef struct dr_simd {
     void (*exp_sub)(float *y, const float *x, float m, int n);
     /* sum of x [n] (bandwidth probe) */
     float (*sum)(const float *x, size_t n);
+    /* (optional, both or neither; NULL: use gemv) like gemv for BF16 rows,
+       with x given in the level's pair order (bf16_pairs: xp [n] from x [n]),
+       which lets one load feed two vectors (simd_impl.h k_gemv_bf16p) */
+    void (*bf16_pairs)(float *xp, const float *x, int n);
+    void (*gemv_bf16p)(float *y, const void *w, size_t ld, int nr, const float *xp, int n);
     /* (optional, NULL: use gemv) like gemv for BF16 rows, with x given split
        as bf16 pairs x = hi + lo (hi, lo [n]) for vdpbf16ps */
     void (*gemv_bf16x2)(float *y, const void *w, size_t ld, int nr, const uint16_t *hi, const uint16_t *lo, int n);

@@ -25,6 +25,12 @@
 #define V_LOAD_BF16(p) \
     _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(p))), 16))
 #define V_LOAD_F16(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p)))
+#define V_LOAD_BF16_PAIRS(p, ev, od)                                                                    \
+    do {                                                                                                \
+        const __m256i v_ = _mm256_loadu_si256((const __m256i *)(const void *)(p));                    \
+        ev = _mm256_castsi256_ps(_mm256_slli_epi32(v_, 16));                                           \
+        od = _mm256_castsi256_ps(_mm256_and_si256(v_, _mm256_set1_epi32((int)0xFFFF0000u)));         \
+    } while (0)
 
 static inline float hsum256(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -60,6 +66,8 @@ static const dr_simd g_avx2 = {
     .sigmoid_mul = k_sigmoid_mul,
     .exp_sub = k_exp_sub,
     .sum = k_sum,
+    .bf16_pairs = k_bf16_pairs,
+    .gemv_bf16p = k_gemv_bf16p,
     .gemv_bf16x2 = NULL,
 };
 

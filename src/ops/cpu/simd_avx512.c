@@ -27,6 +27,12 @@
 #define V_LOAD_BF16(p) \
     _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(p))), 16))
 #define V_LOAD_F16(p) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p)))
+#define V_LOAD_BF16_PAIRS(p, ev, od)                                                                    \
+    do {                                                                                                \
+        const __m512i v_ = _mm512_loadu_si512((const void *)(p));                                     \
+        ev = _mm512_castsi512_ps(_mm512_slli_epi32(v_, 16));                                           \
+        od = _mm512_castsi512_ps(_mm512_and_si512(v_, _mm512_set1_epi32((int)0xFFFF0000u)));         \
+    } while (0)
 
 #include "ops/cpu/simd_impl.h"
 
@@ -92,6 +98,8 @@ static const dr_simd TABLE = {
     .sigmoid_mul = k_sigmoid_mul,
     .exp_sub = k_exp_sub,
     .sum = k_sum,
+    .bf16_pairs = k_bf16_pairs,
+    .gemv_bf16p = k_gemv_bf16p,
     .gemv_bf16x2 = GEMV_BF16X2,
 };
 

@@ -127,6 +127,8 @@ static const dr_simd g_scalar = {
     .sigmoid_mul = s_sigmoid_mul,
     .exp_sub = s_exp_sub,
     .sum = s_sum,
+    .bf16_pairs = NULL,
+    .gemv_bf16p = NULL,
     .gemv_bf16x2 = NULL,
 };
 
