@@ -609,7 +609,8 @@ static void t_bf16x2(dr_ops *r) {
 
 /* The BF16 GEMV on x in pair order (bf16_pairs + gemv_bf16p) against the
  * reference: 1-4 rows, lengths with and without whole pair blocks (2 VL
- * elements) and with vector and scalar tails after them. */
+ * elements) and with vector and scalar tails after them; with the software
+ * prefetch the same bits. */
 static void t_bf16p(const dr_simd *k, dr_ops *r) {
     if (!k->gemv_bf16p)
         return;
@@ -622,14 +623,19 @@ static void t_bf16p(const dr_simd *k, dr_ops *r) {
         k->bf16_pairs(xp, x, n);
         r->matmul(NULL, yr, x, &w, 1);
         double worst = 0;
+        bool same = true;
         for (int nr = 1; nr <= 4; nr++) {
-            k->gemv_bf16p(y, w.data, (size_t)n, nr, xp, n);
+            float ypf[4];
+            k->gemv_bf16p(y, w.data, (size_t)n, nr, xp, n, 0);
+            k->gemv_bf16p(ypf, w.data, (size_t)n, nr, xp, n, 16384);
+            same &= !memcmp(y, ypf, (size_t)nr * sizeof *y);
             const double e = rel_err(y, yr, (size_t)nr);
             worst = e > worst || e != e ? e : worst;
         }
         char what[64];
         snprintf(what, sizeof what, "gemv_bf16p 1-4 rows n=%d", n);
         show(what, worst, TOL);
+        CHECK_SHOW(same, "[%s] gemv_bf16p n=%d: the same bits with and without the software prefetch", g_cfg, n);
         free(buf), free(x), free(xp);
     }
 }

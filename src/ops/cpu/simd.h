@@ -58,9 +58,12 @@ typedef struct dr_simd {
     float (*sum)(const float *x, size_t n);
     /* (optional, both or neither; NULL: use gemv) like gemv for BF16 rows,
        with x given in the level's pair order (bf16_pairs: xp [n] from x [n]),
-       which lets one load feed two vectors (simd_impl.h k_gemv_bf16p) */
+       which lets one load feed two vectors (simd_impl.h k_gemv_bf16p); pf:
+       software prefetch into L2 that many bytes ahead of the rows, which are
+       then read as one stream (rows ld = n apart), or 0 for none. pf does not
+       change the results. */
     void (*bf16_pairs)(float *xp, const float *x, int n);
-    void (*gemv_bf16p)(float *y, const void *w, size_t ld, int nr, const float *xp, int n);
+    void (*gemv_bf16p)(float *y, const void *w, size_t ld, int nr, const float *xp, int n, size_t pf);
     /* (optional, NULL: use gemv) like gemv for BF16 rows, with x given split
        as bf16 pairs x = hi + lo (hi, lo [n]) for vdpbf16ps */
     void (*gemv_bf16x2)(float *y, const void *w, size_t ld, int nr, const uint16_t *hi, const uint16_t *lo, int n);

@@ -117,11 +117,14 @@ AI void gemv_dt(float *y, const void *w, size_t ld, int nr, const float *x, int 
  * of rows 3-11% faster, at the plain read's rate (dev VM's Zen 4, one
  * thread: 22.5-22.9 -> 23.1-25.4 GB/s); at AVX2 +0.4-1.8% there
  * (docs/PERFORMANCE.md, CPU, session 18). The order of the sums differs from
- * k_gemv's, not their precision. */
-AI void gemv1_pairs(float *y, const uint16_t *w, const float *xp, int n) {
+ * k_gemv's, not their precision. pf > 0: a prefetch into L2 pf bytes ahead
+ * per 64-byte line (the backend's choice per CPU, ops/cpu/backend.c). */
+AI void gemv1_pairs(float *y, const uint16_t *w, const float *xp, int n, size_t pf) {
     V a0 = V_ZERO(), a1 = V_ZERO(), ev, od;
     int i = 0;
     for (; i + 2 * VL <= n; i += 2 * VL) {
+        if (pf && !(i & (32 - 1))) /* once per 64-byte line; never faults */
+            __builtin_prefetch((const char *)(w + i) + pf, 0, 2);
         V_LOAD_BF16_PAIRS(w + i, ev, od);
         a0 = V_FMA(ev, V_LOADU(xp + i), a0);
         a1 = V_FMA(od, V_LOADU(xp + i + VL), a1);
@@ -134,9 +137,9 @@ AI void gemv1_pairs(float *y, const uint16_t *w, const float *xp, int n) {
     *y = s;
 }
 
-static void k_gemv_bf16p(float *y, const void *w, size_t ld, int nr, const float *xp, int n) {
+static void k_gemv_bf16p(float *y, const void *w, size_t ld, int nr, const float *xp, int n, size_t pf) {
     for (int r = 0; r < nr; r++)
-        gemv1_pairs(y + r, (const uint16_t *)w + (size_t)r * ld, xp, n);
+        gemv1_pairs(y + r, (const uint16_t *)w + (size_t)r * ld, xp, n, pf);
 }
 
 /* xp = x in pair order: per whole block of 2 VL elements, the even ones then
