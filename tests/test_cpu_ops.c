@@ -615,6 +615,7 @@ static void t_bf16p(const dr_simd *k, dr_ops *r) {
     if (!k->gemv_bf16p)
         return;
     const int ns[] = {1001, 64, 32, 16, 48, 7, 77};
+    bool same = true;
     for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++) {
         const int n = ns[ni];
         void *buf;
@@ -623,7 +624,6 @@ static void t_bf16p(const dr_simd *k, dr_ops *r) {
         k->bf16_pairs(xp, x, n);
         r->matmul(NULL, yr, x, &w, 1);
         double worst = 0;
-        bool same = true;
         for (int nr = 1; nr <= 4; nr++) {
             float ypf[4];
             k->gemv_bf16p(y, w.data, (size_t)n, nr, xp, n, 0);
@@ -635,9 +635,27 @@ static void t_bf16p(const dr_simd *k, dr_ops *r) {
         char what[64];
         snprintf(what, sizeof what, "gemv_bf16p 1-4 rows n=%d", n);
         show(what, worst, TOL);
-        CHECK_SHOW(same, "[%s] gemv_bf16p n=%d: the same bits with and without the software prefetch", g_cfg, n);
         free(buf), free(x), free(xp);
     }
+    CHECK_SHOW(same, "[%s] gemv_bf16p: the same bits with and without the software prefetch", g_cfg);
+}
+
+/* The software prefetch of the unquantized GEMV (k->gemv's pf) changes no
+ * bit: F32, F16 and BF16 rows, lengths with vector and scalar tails. */
+static void t_gemv_pf(const dr_simd *k) {
+    const dr_dtype dts[] = {DR_DT_F32, DR_DT_F16, DR_DT_BF16};
+    bool same = true;
+    for (int di = 0; di < 3; di++)
+        for (int n = 1; n <= 300; n += 37) {
+            void *buf;
+            dr_tensor w = mat(dts[di], 4, n, &buf);
+            float *x = rnd((size_t)n, 1.0f), y[4], ypf[4];
+            k->gemv(y, w.data, dts[di], (size_t)n, 4, x, n, 0);
+            k->gemv(ypf, w.data, dts[di], (size_t)n, 4, x, n, 16384);
+            same &= !memcmp(y, ypf, sizeof y);
+            free(buf), free(x);
+        }
+    CHECK_SHOW(same, "[%s] gemv F32/F16/BF16, n = 1..300: the same bits with and without the software prefetch", g_cfg);
 }
 
 /* ===================== golden fixtures, several threads ===================== */
@@ -742,6 +760,7 @@ int main(void) {
         g_cfg = dr_simd_level_name((dr_simd_level)lv);
         t_bf16x2(ref);
         t_bf16p(dr_simd_table((dr_simd_level)lv), ref);
+        t_gemv_pf(dr_simd_table((dr_simd_level)lv));
         t_st2(dr_simd_table((dr_simd_level)lv));
         t_act(dr_simd_table((dr_simd_level)lv));
     }

@@ -114,14 +114,15 @@ static dr_status cpu_weight_upload(void *ctx, dr_tensor *t) {
     return DR_OK;
 }
 
-/* How far ahead the BF16 decode GEMV prefetches its rows into L2 (bytes).
+/* How far ahead the unquantized decode GEMVs (BF16, F16, F32) prefetch
+ * their rows into L2 (bytes; the quantized kernels have their own).
  * 16 KiB, measured (docs/PERFORMANCE.md, CPU, session 18): on the 16-core
  * Intel Xeon of the GPU host, 1 GiB of rows read 1.4-1.6x faster at 1, 8
  * and 16 threads (16 threads: 92 -> 125-135 GB/s, the plain read's rate);
  * on the dev VM's 2-core Zen 4, 0.8B / 2B decode +10% / +18% when its
  * memory reads ~50 GB/s, within noise at ~30. DR_CPU_PREFETCH=BYTES (0:
  * none) overrides it, for A/B runs. */
-static size_t bf16_prefetch(void) {
+static size_t gemv_prefetch(void) {
     const char *e = getenv("DR_CPU_PREFETCH");
     if (e && *e) {
         char *end;
@@ -162,7 +163,7 @@ dr_status dr_ops_cpu_create(const dr_backend_params *p, dr_ops **out) {
     c->tile_left = tile_budget();
     c->k = dr_simd_get();
     c->bf16_dot = dr_simd_bf16_dot() && c->k->gemv_bf16x2;
-    c->bf16_pf = bf16_prefetch();
+    c->gemv_pf = gemv_prefetch();
     dr_status st = dr_pool_new(n, &c->pool);
     if (st != DR_OK) {
         free(o);

@@ -30,7 +30,7 @@ typedef struct dr_cpu_ctx {
     int n_threads;
     const dr_simd *k;           /* kernels of the chosen SIMD level */
     bool bf16_dot;              /* BF16 GEMV through k->gemv_bf16x2 */
-    size_t bf16_pf;             /* k->gemv_bf16p's software prefetch distance (bytes, 0: none) */
+    size_t gemv_pf;             /* the decode GEMVs' software prefetch distance (bytes, 0: none) */
     dr_cpu_scratch *thr;        /* [n_threads], grown by their own thread */
     void *shared[DR_SHARED_N];  /* grown by the calling thread, outside parallel loops */
     size_t shared_cap[DR_SHARED_N];

@@ -50,9 +50,9 @@ static void gemv_task(void *arg, int task, int thread) {
             if (j->hi)
                 k->gemv_bf16x2(yb, row, (size_t)j->n, m, j->hi + (size_t)t * j->n, j->lo + (size_t)t * j->n, j->n);
             else if (j->xp)
-                k->gemv_bf16p(yb, row, (size_t)j->n, m, j->xp + (size_t)t * j->n, j->n, j->c->bf16_pf);
+                k->gemv_bf16p(yb, row, (size_t)j->n, m, j->xp + (size_t)t * j->n, j->n, j->c->gemv_pf);
             else
-                k->gemv(yb, row, j->w->dtype, (size_t)j->n, m, j->x + (size_t)t * j->n, j->n);
+                k->gemv(yb, row, j->w->dtype, (size_t)j->n, m, j->x + (size_t)t * j->n, j->n, j->c->gemv_pf);
             for (int i = 0; i < m; i++)
                 j->y[(size_t)t * j->d + r + i] = yb[i];
         }

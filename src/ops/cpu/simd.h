@@ -28,8 +28,10 @@ typedef struct dr_simd {
     /* dst [n] = fp32 of src [n] (dtype dt) */
     void (*widen)(float *dst, const void *src, dr_dtype dt, int n);
     /* y [nr] = W x for nr <= DR_GEMV_ROWS rows of W (dtype dt, rows ld
-       elements apart) and x [n] */
-    void (*gemv)(float *y, const void *w, dr_dtype dt, size_t ld, int nr, const float *x, int n);
+       elements apart) and x [n]; pf: software prefetch into L2 that many
+       bytes ahead of the rows, which are then read as one stream (ld = n),
+       or 0 for none. pf does not change the results. */
+    void (*gemv)(float *y, const void *w, dr_dtype dt, size_t ld, int nr, const float *x, int n, size_t pf);
     /* y[t*ldy + r] = w_r . x_t for r < nr, t < nt (both <= DR_TILE);
        w fp32 rows ldw apart, x rows ldx apart, length n */
     void (*tile)(float *y, size_t ldy, const float *w, size_t ldw, int nr, const float *x, size_t ldx, int nt,
@@ -58,10 +60,8 @@ typedef struct dr_simd {
     float (*sum)(const float *x, size_t n);
     /* (optional, both or neither; NULL: use gemv) like gemv for BF16 rows,
        with x given in the level's pair order (bf16_pairs: xp [n] from x [n]),
-       which lets one load feed two vectors (simd_impl.h k_gemv_bf16p); pf:
-       software prefetch into L2 that many bytes ahead of the rows, which are
-       then read as one stream (rows ld = n apart), or 0 for none. pf does not
-       change the results. */
+       which lets one load feed two vectors (simd_impl.h k_gemv_bf16p); pf as
+       gemv's */
     void (*bf16_pairs)(float *xp, const float *x, int n);
     void (*gemv_bf16p)(float *y, const void *w, size_t ld, int nr, const float *xp, int n, size_t pf);
     /* (optional, NULL: use gemv) like gemv for BF16 rows, with x given split

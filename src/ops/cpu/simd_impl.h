@@ -87,13 +87,25 @@ static void k_widen(float *dst, const void *src, dr_dtype dt, int n) {
         widen_dt(dst, src, n, DR_DT_F32);
 }
 
+/* Software prefetch into L2 of the 64-byte lines that begin in the bytes
+ * [b, b + len) of the row stream w, pf bytes ahead (pf = 0: none; the
+ * backend's choice, ops/cpu/backend.c). Never faults. */
+AI void prefetch_ahead(const void *w, size_t b, size_t len, size_t pf) {
+    if (!pf)
+        return;
+    for (size_t o = (64 - (b & 63)) & 63; o < len; o += 64)
+        __builtin_prefetch((const char *)w + b + o + pf, 0, 2);
+}
+
 /* One row: rows are read one after another, a single forward stream. (Four
  * rows interleaved, sharing each x load, ran at half the DRAM bandwidth: four
  * short streams defeat the hardware prefetcher; x is in L1 anyway.) */
-AI void gemv1_dt(float *y, const void *w, const float *x, int n, int dt) {
+AI void gemv1_dt(float *y, const void *w, const float *x, int n, int dt, size_t pf) {
+    const size_t esz = dt == DR_DT_F32 ? 4 : 2;
     V a0 = V_ZERO(), a1 = V_ZERO(); /* two chains hide the FMA latency */
     int i = 0;
     for (; i + 2 * VL <= n; i += 2 * VL) {
+        prefetch_ahead(w, (size_t)i * esz, 2 * VL * esz, pf);
         a0 = V_FMA(load_w(w, (size_t)i, dt), V_LOADU(x + i), a0);
         a1 = V_FMA(load_w(w, (size_t)i + VL, dt), V_LOADU(x + i + VL), a1);
     }
@@ -105,10 +117,10 @@ AI void gemv1_dt(float *y, const void *w, const float *x, int n, int dt) {
     *y = s;
 }
 
-AI void gemv_dt(float *y, const void *w, size_t ld, int nr, const float *x, int n, int dt) {
+AI void gemv_dt(float *y, const void *w, size_t ld, int nr, const float *x, int n, int dt, size_t pf) {
     const size_t ldb = ld * (dt == DR_DT_F32 ? 4 : 2);
     for (int r = 0; r < nr; r++)
-        gemv1_dt(y + r, (const unsigned char *)w + (size_t)r * ldb, x, n, dt);
+        gemv1_dt(y + r, (const unsigned char *)w + (size_t)r * ldb, x, n, dt, pf);
 }
 
 /* BF16 rows against x in pair order (k_bf16_pairs): each 2 VL weights are
@@ -117,14 +129,12 @@ AI void gemv_dt(float *y, const void *w, size_t ld, int nr, const float *x, int 
  * of rows 3-11% faster, at the plain read's rate (dev VM's Zen 4, one
  * thread: 22.5-22.9 -> 23.1-25.4 GB/s); at AVX2 +0.4-1.8% there
  * (docs/PERFORMANCE.md, CPU, session 18). The order of the sums differs from
- * k_gemv's, not their precision. pf > 0: a prefetch into L2 pf bytes ahead
- * per 64-byte line (the backend's choice per CPU, ops/cpu/backend.c). */
+ * k_gemv's, not their precision. pf: as k_gemv's (prefetch_ahead). */
 AI void gemv1_pairs(float *y, const uint16_t *w, const float *xp, int n, size_t pf) {
     V a0 = V_ZERO(), a1 = V_ZERO(), ev, od;
     int i = 0;
     for (; i + 2 * VL <= n; i += 2 * VL) {
-        if (pf && !(i & (32 - 1))) /* once per 64-byte line; never faults */
-            __builtin_prefetch((const char *)(w + i) + pf, 0, 2);
+        prefetch_ahead(w, 2 * (size_t)i, 4 * VL, pf);
         V_LOAD_BF16_PAIRS(w + i, ev, od);
         a0 = V_FMA(ev, V_LOADU(xp + i), a0);
         a1 = V_FMA(od, V_LOADU(xp + i + VL), a1);
@@ -155,13 +165,13 @@ static void k_bf16_pairs(float *xp, const float *x, int n) {
         xp[b] = x[b];
 }
 
-static void k_gemv(float *y, const void *w, dr_dtype dt, size_t ld, int nr, const float *x, int n) {
+static void k_gemv(float *y, const void *w, dr_dtype dt, size_t ld, int nr, const float *x, int n, size_t pf) {
     if (dt == DR_DT_BF16)
-        gemv_dt(y, w, ld, nr, x, n, DR_DT_BF16);
+        gemv_dt(y, w, ld, nr, x, n, DR_DT_BF16, pf);
     else if (dt == DR_DT_F16)
-        gemv_dt(y, w, ld, nr, x, n, DR_DT_F16);
+        gemv_dt(y, w, ld, nr, x, n, DR_DT_F16, pf);
     else
-        gemv_dt(y, w, ld, nr, x, n, DR_DT_F32);
+        gemv_dt(y, w, ld, nr, x, n, DR_DT_F32, pf);
 }
 
 /* ---- fp32 register tile (prefill GEMM on widened weight rows) ---- */

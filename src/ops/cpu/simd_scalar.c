@@ -31,7 +31,8 @@ static void s_widen(float *dst, const void *src, dr_dtype dt, int n) {
         dst[i] = dr_load_f32(src, dt, (size_t)i);
 }
 
-static void s_gemv(float *y, const void *w, dr_dtype dt, size_t ld, int nr, const float *x, int n) {
+static void s_gemv(float *y, const void *w, dr_dtype dt, size_t ld, int nr, const float *x, int n, size_t pf) {
+    (void)pf; /* the portable level leaves reading ahead to the hardware */
     const size_t es = dr_dtype_size(dt);
     for (int r = 0; r < nr; r++) {
         const unsigned char *row = (const unsigned char *)w + (size_t)r * ld * es;
