@@ -1,12 +1,13 @@
 /* ops/cpu/fast_matmul.c - y = x W^T on the fast backend: threaded over
  * blocks of weight rows, SIMD through the dr_simd table.
  *
- * Decode (T < GEMV_MAX_T): each weight row is streamed once from memory and
- * widened in registers; BF16 rows at the AVX2 and AVX-512 levels meet x
- * prepared once in pair order (k->bf16_pairs), or, with dr_simd_use_bf16_dot,
- * are multiplied as bf16 against x split into two bf16 halves. Prefill: a block of rows is widened
- * to fp32 once into the thread's scratch and reused by every token through a
- * register tile of 4 rows x 4 tokens. Quantized weights (ops/cpu/quant.h):
+ * Decode (T < GEMV_MAX_T): each weight row is streamed once from memory
+ * (with a software prefetch c->gemv_pf bytes ahead) and widened in
+ * registers; BF16 rows at the AVX2 and AVX-512 levels meet x prepared once
+ * in pair order (k->bf16_pairs), or, with dr_simd_use_bf16_dot, are
+ * multiplied as bf16 against x split into two bf16 halves. Prefill: a block
+ * of rows is widened to fp32 once into the thread's scratch and reused by
+ * every token through a register tile of 4 rows x 4 tokens. Quantized weights (ops/cpu/quant.h):
  * decode prepares x once (group sums, nibble order) and splits the rows the
  * same way; prefill dequantizes each row block to fp32 in the thread's
  * scratch and runs the same tiles as fp32 weights.
