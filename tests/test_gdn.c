@@ -2,6 +2,7 @@
  * recurrence on random inputs: T not a multiple of 64, a non-zero initial
  * state, Hv > Hk (grouped v heads), dk != dv. Also the decay extremes
  * (g = 0 and very strong decay) and the conv state sliding window. */
+#include "golden_util.h"
 #include "ops/ops.h"
 #include "test.h"
 
@@ -15,16 +16,6 @@ static float urand(void) { /* uniform in [-1, 1) */
     g_rng ^= g_rng >> 7;
     g_rng ^= g_rng << 17;
     return (float)(g_rng >> 40) / 8388608.0f - 1.0f;
-}
-
-static float max_abs(const float *a, const float *b, size_t n) {
-    float m = 0.0f;
-    for (size_t i = 0; i < n; i++) {
-        const float d = fabsf(a[i] - b[i]);
-        if (!(d <= m)) /* NaN counts as infinite: fmaxf would have dropped it */
-            m = isnan(d) ? INFINITY : d;
-    }
-    return m;
 }
 
 /* g_scale: decay logs are drawn from [-g_scale, 0]. */
@@ -46,7 +37,7 @@ static void compare(const char *label, dr_gdn_dims d, int T, float g_scale, floa
         s1[i] = s2[i] = 0.5f * urand(); /* non-zero initial state */
     ops->gdn_recurrent(ops->ctx, o1, qkv, beta, g, s1, &d, T, ws);
     ops->gdn_chunked(ops->ctx, o2, qkv, beta, g, s2, &d, T, ws);
-    float eo = max_abs(o1, o2, (size_t)T * Hv * d.d_v), es = max_abs(s1, s2, sn);
+    float eo = max_abs_diff(o1, o2, (size_t)T * Hv * d.d_v), es = max_abs_diff(s1, s2, sn);
     CHECK_SHOW(eo <= tol && es <= tol,
                "%-28s Hk=%d Hv=%d dk=%d dv=%d T=%d: max |d out| %.2g, max |d state| %.2g (tol %.0e)", label,
                d.n_k_heads, d.n_v_heads, d.d_k, d.d_v, T, eo, es, tol);
@@ -68,7 +59,7 @@ static void conv_split(void) {
     ops->gdn_conv(ops->ctx, o1, m, st1, w, T, C, K);
     for (int t = 0; t < T; t++)
         ops->gdn_conv(ops->ctx, o2 + t * C, m + t * C, st2, w, 1, C, K);
-    float e = fmaxf(max_abs(o1, o2, T * C), max_abs(st1, st2, K * C));
+    float e = fmaxf(max_abs_diff(o1, o2, T * C), max_abs_diff(st1, st2, K * C));
     CHECK_SHOW(e == 0.0f, "conv block vs token-by-token: max |d| %.2g (exact)", e);
     /* state = the last K inputs, oldest first */
     CHECK(memcmp(st1, m + (T - K) * C, sizeof st1) == 0, "conv state is not the last K inputs");

@@ -103,10 +103,11 @@ static void ctx_free(dr_cpu_ctx *c) {
 
 /* 4-bit weights go into the decode layout of the avx512bf16 / avx512vnni
  * GEMVs, in place (dr_cpu_q_tile; 1.3-1.7x faster from DRAM,
- * docs/PERFORMANCE.md session 15), the other levels read both layouts at their old speed. At most half
- * the machine's memory: a mapped file's pages become private ones, so a
- * model larger than that keeps the rest in file order, where the page cache
- * can still drop and reread it. DR_CPU_TILE=0 keeps file order (A/B runs). */
+ * docs/PERFORMANCE.md session 15); the other levels read both layouts at
+ * their old speed. At most half the machine's memory: a mapped file's pages
+ * become private ones, so a model larger than that keeps the rest in file
+ * order, where the page cache can still drop and reread it. DR_CPU_TILE=0
+ * keeps file order (A/B runs). */
 static dr_status cpu_weight_upload(void *ctx, dr_tensor *t) {
     dr_cpu_ctx *c = ctx;
     if (t->q.bits == 4 && c->tile_left && dr_cpu_quant_level() >= DR_QLEVEL_AVX512_BF16)

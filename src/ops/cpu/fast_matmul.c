@@ -7,10 +7,11 @@
  * in pair order (k->bf16_pairs), or, with dr_simd_use_bf16_dot, are
  * multiplied as bf16 against x split into two bf16 halves. Prefill: a block
  * of rows is widened to fp32 once into the thread's scratch and reused by
- * every token through a register tile of 4 rows x 4 tokens. Quantized weights (ops/cpu/quant.h):
- * decode prepares x once (group sums, nibble order) and splits the rows the
- * same way; prefill dequantizes each row block to fp32 in the thread's
- * scratch and runs the same tiles as fp32 weights.
+ * every token through a register tile of 4 rows x 4 tokens. Quantized
+ * weights (ops/cpu/quant.h): decode prepares x once (group sums, nibble
+ * order) and splits the rows the same way; prefill dequantizes each row
+ * block to fp32 in the thread's scratch and runs the same tiles as fp32
+ * weights.
  */
 #include "ops/cpu/fast.h"
 #include "ops/cpu/quant.h"
@@ -216,7 +217,8 @@ static void mmn_task(void *arg, int task, int thread) {
 
 /* Whether plan() writes the same scratch for a and b from one x and T, both
  * wanting some: the same row length and quantization (x is prepared per bits
- * and group size; unquantized, the bf16 split depends on x alone). */
+ * and group size; unquantized, the bf16 split or pair order depends on x
+ * alone). */
 static bool same_scratch(const dr_tensor *a, const dr_tensor *b) {
     return a->ne[a->ndim - 1] == b->ne[b->ndim - 1] && a->q.bits == b->q.bits &&
            (!a->q.bits || a->q.group_size == b->q.group_size);
