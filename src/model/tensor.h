@@ -21,9 +21,9 @@ typedef struct dr_quant {
     dr_dtype sb_dtype;    /* dtype of scales and biases (BF16, F16 or F32) */
     const void *scales;   /* [out, in / group_size] */
     const void *biases;   /* [out, in / group_size] */
-    /* 0: packed rows in file order. Else the CPU backend rearranged rows
-       [0, tiled_rows) of a 4-bit tensor in place into its decode layout
-       (ops/cpu/quant_kern.h, dr_qk_at); scales and biases keep file order. */
+    /* 0: file order. Else the CPU backend rearranged all tiled_rows rows of
+       a 4-bit tensor, with their scales and biases, in place into its
+       decode layout (ops/cpu/quant_kern.h). */
     int64_t tiled_rows;
 } dr_quant;
 

@@ -153,6 +153,8 @@ static dr_pool_fn plan(mm_job *j, dr_cpu_ctx *c, float *y, const float *x, const
                 dr_cpu_q_prep(buf, x, w); /* once per call, shared by every row */
             j->xp = buf;
             j->rb = gemv_rows(c, j->d, j->n * w->q.bits / 16, DR_DT_BF16); /* packed rows as bf16-sized */
+            if (w->q.tiled_rows) /* whole 16-row tiles of the decode layout */
+                j->rb = (j->rb + 15) / 16 * 16;
             return q_gemv_task;
         }
         if (T > 1 && (j->rb = gemm_rows(j->n), dr_cpu_reserve(c, (size_t)j->rb * j->n)))
@@ -216,12 +218,12 @@ static void mmn_task(void *arg, int task, int thread) {
 }
 
 /* Whether plan() writes the same scratch for a and b from one x and T, both
- * wanting some: the same row length and quantization (x is prepared per bits
- * and group size; unquantized, the bf16 split or pair order depends on x
- * alone). */
+ * wanting some: the same row length and quantization (x is prepared per bits,
+ * group size and layout; unquantized, the bf16 split or pair order depends
+ * on x alone). */
 static bool same_scratch(const dr_tensor *a, const dr_tensor *b) {
     return a->ne[a->ndim - 1] == b->ne[b->ndim - 1] && a->q.bits == b->q.bits &&
-           (!a->q.bits || a->q.group_size == b->q.group_size);
+           (!a->q.bits || (a->q.group_size == b->q.group_size && !a->q.tiled_rows == !b->q.tiled_rows));
 }
 
 /* ys[i] = x W_i^T for every weight in one dr_pool_run: one barrier instead of

@@ -25,15 +25,64 @@
 
 /* ---- scalar reference ---- */
 
+/* Longest row dr_cpu_q_tile rearranges: untile_row copies one to the stack. */
+#define TILE_MAX_N 32768
+
+/* Row r's tile in the decode layout (quant_kern.h; 2-D tensors only): its
+ * first row, *m its rows. */
+static int64_t tile_of(const dr_tensor *w, int64_t r, int *m) {
+    const int64_t d = w->ne[0], t0 = r / DR_QK_TILE_ROWS * DR_QK_TILE_ROWS;
+    *m = d - t0 < DR_QK_TILE_ROWS ? (int)(d - t0) : DR_QK_TILE_ROWS;
+    return t0;
+}
+
 float dr_q_get(const dr_tensor *w, int64_t r, int64_t i) {
     const int bits = w->q.bits, per_word = 32 / bits;
     const int64_t n = w->ne[w->ndim - 1], groups = n / w->q.group_size;
-    uint32_t word; /* a word never crosses a 128-element block of the tiled layout */
-    memcpy(&word, dr_qk_at(w, r, i / per_word * per_word), 4);
-    uint32_t q = (word >> ((i % per_word) * bits)) & ((1u << bits) - 1u);
+    uint32_t word;
     size_t g = (size_t)r * groups + (size_t)(i / w->q.group_size);
+    if (w->q.tiled_rows) { /* word i / 8 of row r is chunk i / 8 of its tile */
+        int m;
+        const int64_t t0 = tile_of(w, r, &m), k = r - t0;
+        memcpy(&word, dr_qk_row(w, t0) + ((size_t)(i / 8) * (size_t)m + (size_t)k) * 4, 4);
+        g = (size_t)t0 * groups + (size_t)(i / w->q.group_size) * (size_t)m + (size_t)k;
+    } else {
+        memcpy(&word, dr_qk_at(w, r, i / per_word * per_word), 4);
+    }
+    uint32_t q = (word >> ((i % per_word) * bits)) & ((1u << bits) - 1u);
     float scale = dr_load_f32(w->q.scales, w->q.sb_dtype, g), bias = dr_load_f32(w->q.biases, w->q.sb_dtype, g);
     return scale * (float)q + bias;
+}
+
+/* One row of a tiled tensor, copied back to file order (every reader but
+ * the avx512vnni GEMV sees the decode layout this way). */
+typedef struct {
+    unsigned char pk[TILE_MAX_N / 2];            /* packed row */
+    unsigned char sb[2 * (TILE_MAX_N / 32) * 4]; /* G scales, then G biases */
+} row_copy;
+
+/* *v = a one-row file-order view of row r of the tiled tensor w, held in c. */
+static void untile_row(const dr_tensor *w, int64_t r, row_copy *c, dr_tensor *v) {
+    int m;
+    const int64_t t0 = tile_of(w, r, &m), k = r - t0, n = w->ne[w->ndim - 1], G = n / w->q.group_size;
+    const unsigned char *tile = dr_qk_row(w, t0);
+    for (int64_t ch = 0; ch < n / 8; ch++)
+        memcpy(c->pk + 4 * ch, tile + ((size_t)ch * (size_t)m + (size_t)k) * 4, 4);
+    const size_t es = dr_dtype_size(w->q.sb_dtype), at = (size_t)t0 * (size_t)G * es;
+    const unsigned char *sc = (const unsigned char *)w->q.scales + at, *bi = (const unsigned char *)w->q.biases + at;
+    for (int64_t g = 0; g < G; g++) {
+        memcpy(c->sb + (size_t)g * es, sc + ((size_t)g * (size_t)m + (size_t)k) * es, es);
+        memcpy(c->sb + (size_t)(G + g) * es, bi + ((size_t)g * (size_t)m + (size_t)k) * es, es);
+    }
+    *v = *w;
+    v->ndim = 2;
+    v->ne[0] = 1;
+    v->ne[1] = n;
+    v->ne[2] = v->ne[3] = 0;
+    v->data = c->pk;
+    v->q.scales = c->sb;
+    v->q.biases = c->sb + (size_t)G * es;
+    v->q.tiled_rows = 0;
 }
 
 static void matmul_q_scalar(float *y, const float *x, const dr_tensor *w, int T, int r0, int r1) {
@@ -122,9 +171,14 @@ size_t dr_cpu_q_prep_floats(const dr_tensor *w) {
 
 #ifdef DR_QUANT_BF16
 /* Which 4-bit GEMV of its own serves w at this level: 1 = quant_avx512bf16.c
- * (bf16-pair x), 2 = quant_avx512vnni.c (8-bit digits), 0 = the table's. */
+ * (bf16-pair x), 2 = quant_avx512vnni.c (8-bit digits), 3 =
+ * quant_avx512vnni_t16.c (the same digits, decode layout), 0 = the table's. */
 static int own_q4(int level, const dr_tensor *w) {
-    return w->q.bits != 4 ? 0 : level == DR_QLEVEL_AVX512_BF16 ? 1 : level == DR_QLEVEL_AVX512_VNNI ? 2 : 0;
+    if (w->q.bits != 4)
+        return 0;
+    if (level == DR_QLEVEL_AVX512_VNNI)
+        return w->q.tiled_rows ? 3 : 2;
+    return level == DR_QLEVEL_AVX512_BF16;
 }
 #endif
 
@@ -132,8 +186,8 @@ void dr_cpu_q_prep(float *xp, const float *x, const dr_tensor *w) {
     const int64_t n = w->ne[w->ndim - 1], gs = w->q.group_size;
 #ifdef DR_QUANT_BF16
     const int own = own_q4(dr_cpu_quant_level(), w);
-    if (own) { /* layouts: DR_QK_BF16_* / DR_QK_VNNI_* in quant_kern.h */
-        (own == 1 ? dr_qk_prep4_bf16 : dr_qk_prep4_vnni)(xp, x, n, (int)gs);
+    if (own) { /* layouts: DR_QK_BF16_* / DR_QK_VNNI_* / DR_QK_T16_* in quant_kern.h */
+        (own == 1 ? dr_qk_prep4_bf16 : own == 2 ? dr_qk_prep4_vnni : dr_qk_prep4_t16)(xp, x, n, (int)gs);
         return;
     }
 #endif
@@ -183,8 +237,8 @@ static void gemv_portable(float *y, const float *xp, const dr_tensor *w, int r0,
     }
 }
 
-/* The SIMD GEMV of k's level for w (k != NULL). */
-static void gemv_at(const dr_qkern *k, float *y, const float *xp, const dr_tensor *w, int r0, int r1) {
+/* The GEMV of k's level (NULL: the portable one) for a file-order w. */
+static void gemv_file(const dr_qkern *k, float *y, const float *xp, const dr_tensor *w, int r0, int r1) {
 #ifdef DR_QUANT_BF16
     const int own = own_q4(dr_cpu_quant_level(), w);
     if (own) {
@@ -192,29 +246,58 @@ static void gemv_at(const dr_qkern *k, float *y, const float *xp, const dr_tenso
         return;
     }
 #endif
-    k->gemv(y, xp, w, r0, r1);
+    if (k)
+        k->gemv(y, xp, w, r0, r1);
+    else
+        gemv_portable(y, xp, w, r0, r1);
+}
+
+/* The level's GEMV for w in either layout: the decode layout's own kernel
+ * at avx512vnni, else row by row through file-order copies. */
+static void gemv_at(const dr_qkern *k, float *y, const float *xp, const dr_tensor *w, int r0, int r1) {
+#ifdef DR_QUANT_BF16
+    if (own_q4(dr_cpu_quant_level(), w) == 3) {
+        dr_qk_gemv4_t16(y, xp, w, r0, r1);
+        return;
+    }
+#endif
+    if (!w->q.tiled_rows) {
+        gemv_file(k, y, xp, w, r0, r1);
+        return;
+    }
+    row_copy c;
+    dr_tensor v;
+    for (int r = r0; r < r1; r++) {
+        untile_row(w, r, &c, &v);
+        gemv_file(k, y + r, xp, &v, 0, 1);
+    }
 }
 
 void dr_cpu_q_gemv_rows(float *y, const float *xp, const dr_tensor *w, int r0, int r1) {
-    const dr_qkern *k = kernels();
-    if (k)
-        gemv_at(k, y, xp, w, r0, r1);
-    else
-        gemv_portable(y, xp, w, r0, r1);
+    gemv_at(kernels(), y, xp, w, r0, r1);
+}
+
+/* dst [n] = row r of w dequantized, either layout. */
+static void dequant_row(const dr_qkern *k, float *dst, const dr_tensor *w, int64_t r) {
+    const int64_t n = w->ne[w->ndim - 1];
+    if (!k) {
+        for (int64_t i = 0; i < n; i++)
+            dst[i] = dr_q_get(w, r, i);
+    } else if (w->q.tiled_rows) {
+        row_copy c;
+        dr_tensor v;
+        untile_row(w, r, &c, &v);
+        k->dequant(dst, &v, 0, 0, n / w->q.group_size);
+    } else {
+        k->dequant(dst, w, r, 0, n / w->q.group_size);
+    }
 }
 
 void dr_cpu_q_dequant_rows(float *dst, const dr_tensor *w, int r0, int nr) {
     const dr_qkern *k = kernels();
     const int64_t n = w->ne[w->ndim - 1];
-    for (int r = 0; r < nr; r++) {
-        float *row = dst + (size_t)r * (size_t)n;
-        if (k) {
-            k->dequant(row, w, r0 + r, 0, n / w->q.group_size);
-        } else {
-            for (int64_t i = 0; i < n; i++)
-                row[i] = dr_q_get(w, r0 + r, i);
-        }
-    }
+    for (int r = 0; r < nr; r++)
+        dequant_row(k, dst + (size_t)r * (size_t)n, w, r0 + r);
 }
 
 /* ---- SIMD drivers ---- */
@@ -225,10 +308,19 @@ static void matmul_q_block(const dr_qkern *k, float *y, const float *x, const dr
                            int r1) {
     const int64_t d = w->ne[w->ndim - 2], n = w->ne[w->ndim - 1], gs = w->q.group_size;
     _Alignas(64) float buf[DR_QK_BLOCK];
+    row_copy c;
+    dr_tensor v;
     for (int r = r0; r < r1; r++) {
+        const dr_tensor *wr = w; /* row r is row rr of wr, in file order */
+        int64_t rr = r;
+        if (w->q.tiled_rows) {
+            untile_row(w, r, &c, &v);
+            wr = &v;
+            rr = 0;
+        }
         for (int64_t i0 = 0; i0 < n; i0 += DR_QK_BLOCK) {
             const int64_t nb = n - i0 < DR_QK_BLOCK ? n - i0 : DR_QK_BLOCK;
-            k->dequant(buf, w, r, i0 / gs, nb / gs);
+            k->dequant(buf, wr, rr, i0 / gs, nb / gs);
             int t = 0;
             for (; t + 4 <= T; t += 4) {
                 float o[4];
@@ -279,42 +371,55 @@ static int make_writable(const void *p, size_t n) {
     return mprotect((void *)lo, hi - lo, PROT_READ | PROT_WRITE) == 0;
 }
 
+/* The m rows of one tile (packed bytes p, rb a row; es-byte scale or bias
+ * entries e, G a row) from file order into the decode layout, through tmp. */
+static void tile_one(unsigned char *p, unsigned char *sc, unsigned char *bi, int m, size_t rb, int64_t G, size_t es,
+                     unsigned char *tmp) {
+    memcpy(tmp, p, (size_t)m * rb);
+    for (size_t c = 0; c < rb / 4; c++)
+        for (int i = 0; i < m; i++)
+            memcpy(p + (c * (size_t)m + (size_t)i) * 4, tmp + (size_t)i * rb + c * 4, 4);
+    unsigned char *e[2] = {sc, bi};
+    for (int k = 0; k < 2; k++) {
+        memcpy(tmp, e[k], (size_t)m * (size_t)G * es);
+        for (int64_t g = 0; g < G; g++)
+            for (int i = 0; i < m; i++)
+                memcpy(e[k] + ((size_t)g * (size_t)m + (size_t)i) * es, tmp + ((size_t)i * (size_t)G + (size_t)g) * es, es);
+    }
+}
+
 size_t dr_cpu_q_tile(dr_tensor *t, size_t max_bytes) {
-    const int R = DR_QK_TILE_ROWS, B = DR_QK_TILE_BLOCK;
-    if (t->q.bits != 4 || t->q.tiled_rows || !t->data || t->ndim < 2)
+    if (t->q.bits != 4 || t->q.tiled_rows || !t->data || t->ndim != 2)
         return 0;
-    const int64_t n = t->ne[t->ndim - 1], tr = dr_tensor_rows(t) / R * R;
-    const size_t rb = (size_t)n / 2, bytes = (size_t)tr * rb;
-    if (n <= 0 || n % 128 || tr == 0 || bytes > max_bytes)
+    const int64_t n = t->ne[1], rows = t->ne[0], G = n / t->q.group_size;
+    const size_t rb = (size_t)n / 2, bytes = (size_t)rows * rb, es = dr_dtype_size(t->q.sb_dtype);
+    const size_t sbytes = (size_t)rows * (size_t)G * es;
+    if (n <= 0 || n % 8 || n > TILE_MAX_N || rows <= 0 || bytes > max_bytes)
         return 0;
-    unsigned char *tmp = malloc((size_t)R * rb);
-    if (!tmp || !make_writable(t->data, bytes)) {
+    unsigned char *tmp = malloc((size_t)DR_QK_TILE_ROWS * rb);
+    if (!tmp || !make_writable(t->data, bytes) || !make_writable(t->q.scales, sbytes) ||
+        !make_writable(t->q.biases, sbytes)) {
         free(tmp);
         return 0;
     }
-    unsigned char *d = (unsigned char *)(uintptr_t)t->data; /* made writable above */
-    for (int64_t r = 0; r < tr; r += R) {
-        unsigned char *tile = d + (size_t)r * rb;
-        memcpy(tmp, tile, (size_t)R * rb);
-        for (size_t b = 0; b < rb / B; b++)
-            for (int i = 0; i < R; i++)
-                memcpy(tile + (b * R + (size_t)i) * B, tmp + (size_t)i * rb + b * B, B);
+    /* made writable above */
+    unsigned char *p = (unsigned char *)(uintptr_t)t->data, *sc = (unsigned char *)(uintptr_t)t->q.scales;
+    unsigned char *bi = (unsigned char *)(uintptr_t)t->q.biases;
+    for (int64_t r = 0; r < rows;) {
+        int m;
+        tile_of(t, r, &m);
+        tile_one(p + (size_t)r * rb, sc + (size_t)r * (size_t)G * es, bi + (size_t)r * (size_t)G * es, m, rb, G, es,
+                 tmp);
+        r += m;
     }
     free(tmp);
-    t->q.tiled_rows = tr;
+    t->q.tiled_rows = rows;
     return bytes;
 }
 
 void dr_cpu_embed_q(float *x, const dr_tensor *emb, const int32_t *ids, int T) {
     const dr_qkern *k = kernels();
     const int64_t H = emb->ne[emb->ndim - 1];
-    for (int t = 0; t < T; t++) {
-        float *row = x + (size_t)t * H;
-        if (k) {
-            k->dequant(row, emb, ids[t], 0, H / emb->q.group_size);
-        } else {
-            for (int64_t i = 0; i < H; i++)
-                row[i] = dr_q_get(emb, ids[t], i);
-        }
-    }
+    for (int t = 0; t < T; t++)
+        dequant_row(k, x + (size_t)t * H, emb, ids[t]);
 }

@@ -82,7 +82,6 @@ AI void gemv_rows(float *y, const float *xp, const dr_tensor *w, int64_t r0, int
     const int gb = gs * bits / 8; /* packed bytes per group */
     for (int64_t r = r0; r < r1; r++) {
         const unsigned char *row = dr_qk_row(w, r);
-        const int tl = r < w->q.tiled_rows;
         const size_t sb0 = dr_qk_sb(w, r, 0);
         __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps(), accb = _mm256_setzero_ps();
         float tail = 0.0f;
@@ -109,21 +108,21 @@ AI void gemv_rows(float *y, const float *xp, const dr_tensor *w, int64_t r0, int
                     tail += dr_load_f32(w->q.biases, dt, i + (size_t)j) * xs[g0 + j];
                 }
             }
-            const unsigned char *p = row + (size_t)g0 * gb; /* the prefetches' guide, either layout */
+            const unsigned char *p = row + (size_t)g0 * gb; /* the prefetches' guide */
             const float *x = xp + g0 * gs;
             int j = 0;
             for (; j + 2 <= ng; j += 2) {
                 for (int o = 0; o < 2 * gb; o += 64) /* prefetches never fault past the end */
                     _mm_prefetch((const char *)(p + (size_t)j * gb + PF_DIST + o), _MM_HINT_T0);
                 acc0 = _mm256_fmadd_ps(_mm256_set1_ps(s[j]),
-                                       group_dot(dr_qk_group(w, row, r, tl, g0 + j, gs, gb), x + j * gs, bits, gs), acc0);
+                                       group_dot(row + (size_t)(g0 + j) * gb, x + j * gs, bits, gs), acc0);
                 acc1 = _mm256_fmadd_ps(_mm256_set1_ps(s[j + 1]),
-                                       group_dot(dr_qk_group(w, row, r, tl, g0 + j + 1, gs, gb), x + (j + 1) * gs, bits, gs),
+                                       group_dot(row + (size_t)(g0 + j + 1) * gb, x + (j + 1) * gs, bits, gs),
                                        acc1);
             }
             if (j < ng)
                 acc0 = _mm256_fmadd_ps(_mm256_set1_ps(s[j]),
-                                       group_dot(dr_qk_group(w, row, r, tl, g0 + j, gs, gb), x + j * gs, bits, gs), acc0);
+                                       group_dot(row + (size_t)(g0 + j) * gb, x + j * gs, bits, gs), acc0);
         }
         y[r] = hsum8(_mm256_add_ps(_mm256_add_ps(acc0, acc1), accb)) + tail;
     }
@@ -152,7 +151,7 @@ static void gemv(float *y, const float *xp, const dr_tensor *w, int64_t r0, int6
 static void dequant(float *dst, const dr_tensor *w, int64_t r, int64_t g0, int64_t ng) {
     const int64_t gs = w->q.group_size;
     for (int64_t g = g0; g < g0 + ng; g++) {
-        const unsigned char *gp = dr_qk_at(w, r, g * gs); /* the group's bytes, either layout */
+        const unsigned char *gp = dr_qk_at(w, r, g * gs); /* the group's bytes */
         __m256 s = _mm256_set1_ps(dr_load_f32(w->q.scales, w->q.sb_dtype, dr_qk_sb(w, r, g)));
         __m256 b = _mm256_set1_ps(dr_load_f32(w->q.biases, w->q.sb_dtype, dr_qk_sb(w, r, g)));
         for (int64_t i = 0; i < gs; i += 16) {

@@ -30,11 +30,12 @@
  * i holds elements 8i + k and 8i + 4 + k, i.e. group (8i) / gs of the block,
  * so one FMA with the scales permuted to the lanes (vpermps) adds it in.
  *
- * Four rows go together, block by block. In file order that is four
- * interleaved streams 1/4 of a tile apart; the backend stores 4-bit weights
- * in the decode layout of quant_kern.h instead (dr_cpu_q_tile), where the
- * same walk reads one sequential stream: 1.3-1.7x from DRAM (session 15).
- * The kernel reads both: each row's blocks are step[i] bytes apart.
+ * Four rows go together, block by block, in file order (four streams).
+ * A tensor in the CPU's decode layout (quant_kern.h) reaches this kernel
+ * through a file-order copy of its tiles (dr_qk_untile): that layout is
+ * made for the avx512vnni level, which every CPU with AVX512_BF16 so far
+ * also has, so this level only meets it when a test or DR_CPU_QLEVEL caps
+ * the level.
  */
 #include "ops/cpu/quant_kern.h"
 #include "ops/cpu/quant_sb512.h"
@@ -101,8 +102,8 @@ AI void rows_q4(float *y, const prepared *x, const dr_tensor *w, int64_t r, int 
     const int gpb = 128 / gs;                                     /* groups per block */
     const __mmask64 tail = (__mmask64)((1ull << ((n % 128) / 2)) - 1); /* packed bytes of a short last block */
     const unsigned char *row[ROWS];
-    size_t sb0[ROWS], step[ROWS]; /* block b of row i at row[i] + b * step[i] (either layout) */
-    const size_t ahead = dr_qk_rows_walk(w, r, R, PF_DIST, row, step, sb0);
+    size_t sb0[ROWS]; /* block b of row i at row[i] + b * 64 */
+    const size_t ahead = dr_qk_rows_walk(w, r, R, PF_DIST, row, sb0);
     __m512 acc[ROWS], accb[ROWS], S[ROWS];
     for (int i = 0; i < R; i++)
         acc[i] = accb[i] = _mm512_setzero_ps();
@@ -125,7 +126,7 @@ AI void rows_q4(float *y, const prepared *x, const dr_tensor *w, int64_t r, int 
             const __m512i idx = _mm512_add_epi32(lane_g, _mm512_set1_epi32((int)b * gpb));
             const int full = e + 128 <= n;
             for (int i = 0; i < R; i++) {
-                const unsigned char *p = row[i] + (size_t)(e / 128) * step[i];
+                const unsigned char *p = row[i] + (size_t)(e / 128) * DR_QK_BLOCK_STEP;
                 _mm_prefetch((const char *)(p + ahead), PF_HINT); /* one line per block; never faults */
                 const __m512i v = full ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi8(tail, p);
                 acc[i] = _mm512_fmadd_ps(block_dot(v, h, l, mask, one), _mm512_permutexvar_ps(idx, S[i]), acc[i]);

@@ -76,8 +76,8 @@ AI void rows_q4(float *y, const prepared *x, const dr_tensor *w, int64_t r, int 
     const int gpb = 128 / gs;
     const __mmask64 tail = (__mmask64)((1ull << ((n % 128) / 2)) - 1);
     const unsigned char *row[ROWS];
-    size_t sb0[ROWS], step[ROWS];
-    const size_t ahead = dr_qk_rows_walk(w, r, R, PF_DIST, row, step, sb0);
+    size_t sb0[ROWS];
+    const size_t ahead = dr_qk_rows_walk(w, r, R, PF_DIST, row, sb0);
     __m512 acc[ROWS], accb[ROWS], S[ROWS];
     for (int i = 0; i < R; i++)
         acc[i] = accb[i] = _mm512_setzero_ps();
@@ -98,7 +98,7 @@ AI void rows_q4(float *y, const prepared *x, const dr_tensor *w, int64_t r, int 
             const __m512i idx = _mm512_add_epi32(lane_g, _mm512_set1_epi32((int)b * gpb));
             const int full = e + 128 <= n;
             for (int i = 0; i < R; i++) {
-                const unsigned char *p = row[i] + (size_t)(e / 128) * step[i];
+                const unsigned char *p = row[i] + (size_t)(e / 128) * DR_QK_BLOCK_STEP;
                 _mm_prefetch((const char *)(p + ahead), _MM_HINT_T1); /* never faults */
                 const __m512i v = full ? _mm512_loadu_si512(p) : _mm512_maskz_loadu_epi8(tail, p);
                 const __m512 dot = _mm512_cvtepi32_ps(block_dot(v, d, m4));

@@ -75,67 +75,59 @@ void dr_qk_prep4_bf16(float *xp, const float *x, int64_t n, int gs); /* that lay
 void dr_qk_gemv4_vnni(float *y, const float *xp, const dr_tensor *w, int64_t r0, int64_t r1);
 void dr_qk_prep4_vnni(float *xp, const float *x, int64_t n, int gs); /* that layout */
 
+/* Level DR_QLEVEL_AVX512_VNNI on a tensor in the decode layout below
+ * (quant_avx512vnni_t16.c): x as the same 8-bit digits, stored by chunks of
+ * 8 elements: DR_QK_T16_CHUNK bytes each, the 32-bit words d2, d1, d0 of its
+ * elements 0, 2, 4, 6 (byte j: element 2j), then those of 1, 3, 5, 7; then,
+ * as floats, X_g (G) and sx_g (G). Rows r0 .. r1 - 1 may start or end
+ * inside a tile (the tile is computed, only those rows stored). */
+#define DR_QK_T16_CHUNK 24
+void dr_qk_gemv4_t16(float *y, const float *xp, const dr_tensor *w, int64_t r0, int64_t r1);
+void dr_qk_prep4_t16(float *xp, const float *x, int64_t n, int gs); /* that layout */
+
 /* Shared address arithmetic (all kernels). */
 static inline const unsigned char *dr_qk_row(const dr_tensor *w, int64_t r) {
     return (const unsigned char *)w->data + (size_t)r * (size_t)w->ne[w->ndim - 1] * (size_t)w->q.bits / 8;
 }
 
-/* The CPU's decode layout of 4-bit rows (w->q.tiled_rows > 0; made by
- * dr_cpu_q_tile). Rows go in tiles of DR_QK_TILE_ROWS; inside a tile the
- * 64-byte blocks (128 elements) of its rows alternate: block b of the tile's
- * row i sits at (b * DR_QK_TILE_ROWS + i) * 64. The 4-row GEMV of
- * quant_avx512bf16.c, which walks a tile's rows block by block, then reads
- * one sequential stream instead of four interleaved ones: 1.3-1.7x faster
- * from DRAM on the dev VM (docs/PERFORMANCE.md, CPU, session 15). A tile
- * occupies the bytes its four rows had in file order, and rows from
- * tiled_rows on keep their file-order place. Only rows of whole blocks
- * (n % 128 == 0) are rearranged. */
-#define DR_QK_TILE_ROWS 4
-#define DR_QK_TILE_BLOCK 64 /* packed bytes of one block */
+/* The CPU's decode layout of 4-bit rows (w->q.tiled_rows != 0; made by
+ * dr_cpu_q_tile for the avx512vnni GEMV, dr_qk_gemv4_t16; 2-D tensors).
+ * Rows go in tiles of DR_QK_TILE_ROWS, the last tile holding the m < 16
+ * rows left. Inside a tile the packed bytes
+ * go by chunks of 8 elements (4 bytes, one uint32 word): chunk c of the
+ * tile's row i sits at c * 4 m + 4 i, so one 64-byte load brings the same
+ * 8 elements of 16 rows, and the GEMV reads one sequential stream with a
+ * row in each 32-bit lane. The tile's scales and biases are transposed the
+ * same way: group g of row i at g m + i. A tile occupies the bytes (and
+ * scale / bias entries) its rows had in file order. Every other reader sees
+ * such a tensor through dr_qk_untile (matmul_quant.c), in file order;
+ * the helpers below address file order only. */
+#define DR_QK_TILE_ROWS 16
 
-/* The packed byte holding element e of row r (e even for 4 bits), either
- * layout; the bytes from there to the end of e's 128-element block are row
- * r's in both. */
+/* The packed byte holding element e of row r (e even for 4 bits), file
+ * order. */
 static inline const unsigned char *dr_qk_at(const dr_tensor *w, int64_t r, int64_t e) {
-    if (r >= w->q.tiled_rows)
-        return dr_qk_row(w, r) + (size_t)e * (size_t)w->q.bits / 8;
-    const size_t rb = (size_t)w->ne[w->ndim - 1] / 2, i = (size_t)(r % DR_QK_TILE_ROWS);
-    const size_t b = (size_t)e / 128, in = (size_t)(e % 128) / 2;
-    return (const unsigned char *)w->data + (size_t)(r - (int64_t)i) * rb + (b * DR_QK_TILE_ROWS + i) * DR_QK_TILE_BLOCK + in;
+    return dr_qk_row(w, r) + (size_t)e * (size_t)w->q.bits / 8;
 }
 
-/* Packed bytes of group g (gs elements, gb bytes) of row r: row + g * gb in
- * file order (row = dr_qk_row(w, r), tl = 0), else where the decode layout
- * put it (tl = r < w->q.tiled_rows; a group never crosses a block). */
-static inline const unsigned char *dr_qk_group(const dr_tensor *w, const unsigned char *row, int64_t r, int tl,
-                                               int64_t g, int gs, int gb) {
-    return tl ? dr_qk_at(w, r, g * gs) : row + (size_t)g * (size_t)gb;
-}
-
-/* Bytes from one block of row r to its next (64 in file order). */
-static inline size_t dr_qk_block_step(const dr_tensor *w, int64_t r) {
-    return r < w->q.tiled_rows ? (size_t)DR_QK_TILE_ROWS * DR_QK_TILE_BLOCK : (size_t)DR_QK_TILE_BLOCK;
-}
+/* Bytes from one 128-element block of a row to its next. */
+#define DR_QK_BLOCK_STEP 64
 
 static inline size_t dr_qk_sb(const dr_tensor *w, int64_t r, int64_t g) {
     return (size_t)(r * (w->ne[w->ndim - 1] / w->q.group_size) + g);
 }
 
 /* The walk of the 4-bit GEMVs that take R rows together block by block
- * (quant_avx512bf16.c, quant_avx512vnni.c): block b of row r + i starts at
- * row[i] + b * step[i] in either layout, its scales / biases at sb0[i].
- * Returns how far ahead to prefetch: at least pf_dist packed bytes in whole
- * passes of R rows, so that a row prefetches its own later bytes, not
- * another row's that a pass already read. */
+ * (quant_avx512bf16.c, and quant_avx512vnni.c on file order): block b of
+ * row r + i starts at row[i] + b * 64, its scales / biases at sb0[i].
+ * Returns how far ahead to prefetch: pf_dist packed bytes. */
 static inline size_t dr_qk_rows_walk(const dr_tensor *w, int64_t r, int R, size_t pf_dist,
-                                     const unsigned char **row, size_t *step, size_t *sb0) {
+                                     const unsigned char **row, size_t *sb0) {
     for (int i = 0; i < R; i++) {
-        row[i] = dr_qk_at(w, r + i, 0);
-        step[i] = dr_qk_block_step(w, r + i);
+        row[i] = dr_qk_row(w, r + i);
         sb0[i] = dr_qk_sb(w, r + i, 0);
     }
-    const size_t pass = (size_t)R * (size_t)w->ne[w->ndim - 1] / 2;
-    return (pf_dist + pass - 1) / pass * pass;
+    return pf_dist;
 }
 
 #endif

@@ -1,0 +1,174 @@
+/* ops/cpu/quant_avx512vnni_t16.c - the 4-bit GEMV of level avx512vnni on
+ * the CPU's decode layout (16-row tiles, quant_kern.h): one row per 32-bit
+ * lane, x's digits broadcast.
+ *
+ * x is the same 24-bit integer as in quant_avx512vnni.c (per group g a step
+ * sx_g = max |x_g| / (127 * 2^16), X_i = round(x_i / sx_g) written as
+ * digits d2 2^16 + d1 2^8 + d0, each in [-128, 127]), only stored by chunks
+ * of 8 elements: six 32-bit words a chunk (DR_QK_T16_CHUNK bytes), the
+ * digits d2, d1, d0 of its elements 0, 2, 4, 6, then those of 1, 3, 5, 7.
+ * A 64-byte load of a tile gives chunk c of 16 rows, byte j of lane i
+ * holding elements 8c + 2j (low nibble) and 8c + 2j + 1 (high nibble) of
+ * row i; one vpdpbusd of the low nibbles against a broadcast digit word
+ * adds that digit's four products of every row at once. Per group and row
+ * the three digit sums D_k = sum q d_k (each below 2^18: 16 x 8 products
+ * of at most 15 * 128 at group size 128) stay exact in int32 over the whole
+ * group; then
+ *     sum_i w_i x_i ~= s_g sx_g (2^16 D_2 + 2^8 D_1 + D_0) + b_g X_g,
+ * where only the rounding of x to its step (2^-24 of the group's largest
+ * |x|) and the fp32 sum of the three parts are new. Against the 4-row
+ * kernel of quant_avx512vnni.c this has no per-block conversion, scale
+ * permute or horizontal sums, and the tile is one stream: 1.15-1.35x the
+ * bytes a second from DRAM on the dev VM (docs/PERFORMANCE.md, session 19).
+ *
+ * Two sets of six accumulators (even and odd chunks, low and high nibbles
+ * apart) keep vpdpbusd's latency off the critical path.
+ */
+#include "ops/cpu/quant_kern.h"
+
+#include <float.h>
+#include <immintrin.h>
+#include <math.h>
+#include <string.h>
+
+#define AI static inline __attribute__((always_inline))
+#define PF_DIST 16384 /* L2 prefetch distance in the tile's stream (as the other GEMVs) */
+
+/* The six digit sums of one chunk v (16 rows x 8 elements) against the
+ * chunk's digit words dg[0..5], into a0..a5. */
+#define CHUNK_DOT(v, dg, a0, a1, a2, a3, a4, a5)                                                                \
+    do {                                                                                                     \
+        const __m512i lo_ = _mm512_and_si512(v, m4), hi_ = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4); \
+        a0 = _mm512_dpbusd_epi32(a0, lo_, _mm512_set1_epi32((dg)[0]));                                      \
+        a1 = _mm512_dpbusd_epi32(a1, lo_, _mm512_set1_epi32((dg)[1]));                                      \
+        a2 = _mm512_dpbusd_epi32(a2, lo_, _mm512_set1_epi32((dg)[2]));                                      \
+        a3 = _mm512_dpbusd_epi32(a3, hi_, _mm512_set1_epi32((dg)[3]));                                      \
+        a4 = _mm512_dpbusd_epi32(a4, hi_, _mm512_set1_epi32((dg)[4]));                                      \
+        a5 = _mm512_dpbusd_epi32(a5, hi_, _mm512_set1_epi32((dg)[5]));                                      \
+    } while (0)
+
+/* m (<= 16) scale / bias entries of a tile's group as fp32 lanes. */
+AI __m512 load_sb(const void *base, dr_dtype dt, size_t i, __mmask16 m) {
+    if (dt == DR_DT_F32)
+        return _mm512_maskz_loadu_ps(m, (const float *)base + i);
+    const __m256i h = _mm256_maskz_loadu_epi16(m, (const uint16_t *)base + i);
+    if (dt == DR_DT_BF16)
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+    return _mm512_cvtph_ps(h);
+}
+
+/* 2^16 D_2 + 2^8 D_1 + D_0 as fp32, D_k the sum of a pair of accumulators. */
+AI __m512 combine(__m512i a0, __m512i a1, __m512i a2, __m512i a3, __m512i a4, __m512i a5) {
+    const __m512 d2 = _mm512_cvtepi32_ps(_mm512_add_epi32(a0, a3)), d1 = _mm512_cvtepi32_ps(_mm512_add_epi32(a1, a4));
+    const __m512 d0 = _mm512_cvtepi32_ps(_mm512_add_epi32(a2, a5));
+    return _mm512_fmadd_ps(d2, _mm512_set1_ps(65536.0f), _mm512_fmadd_ps(d1, _mm512_set1_ps(256.0f), d0));
+}
+
+/* The m rows of one tile (packed bytes from q, scale / bias entries from
+ * sb): their dots with the prepared x, lane i = row i. */
+AI __m512 tile_dot(const unsigned char *q, size_t sb, int m, dr_dtype dt, const dr_tensor *w, const int32_t *dg,
+                   const float *xs, const float *sx) {
+    const int64_t n = w->ne[w->ndim - 1];
+    const int gs = w->q.group_size, cpg = gs / 8, G = (int)(n / gs);
+    const size_t cs = (size_t)m * 4; /* bytes a chunk */
+    const __mmask64 lm = m == 16 ? ~(__mmask64)0 : (((__mmask64)1 << cs) - 1);
+    const __mmask16 rm = (__mmask16)((1u << m) - 1u);
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    __m512 acc = _mm512_setzero_ps(), accb = _mm512_setzero_ps();
+    for (int g = 0; g < G; g++) {
+        __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0;
+        __m512i b0 = a0, b1 = a0, b2 = a0, b3 = a0, b4 = a0, b5 = a0;
+        for (int c = 0; c < cpg; c += 2, q += 2 * cs, dg += 12) { /* cpg is even: gs >= 32 */
+            _mm_prefetch((const char *)q + PF_DIST, _MM_HINT_T1); /* never faults */
+            _mm_prefetch((const char *)q + PF_DIST + 64, _MM_HINT_T1);
+            __m512i v0, v1;
+            if (m == DR_QK_TILE_ROWS) { /* a constant after inlining: plain loads for full tiles */
+                v0 = _mm512_loadu_si512(q);
+                v1 = _mm512_loadu_si512(q + 64);
+            } else {
+                v0 = _mm512_maskz_loadu_epi8(lm, q);
+                v1 = _mm512_maskz_loadu_epi8(lm, q + cs);
+            }
+            CHUNK_DOT(v0, dg, a0, a1, a2, a3, a4, a5);
+            CHUNK_DOT(v1, dg + 6, b0, b1, b2, b3, b4, b5);
+        }
+        const __m512 dot = combine(_mm512_add_epi32(a0, b0), _mm512_add_epi32(a1, b1), _mm512_add_epi32(a2, b2),
+                                   _mm512_add_epi32(a3, b3), _mm512_add_epi32(a4, b4), _mm512_add_epi32(a5, b5));
+        const size_t e = sb + (size_t)g * (size_t)m;
+        const __m512 s = _mm512_mul_ps(load_sb(w->q.scales, dt, e, rm), _mm512_set1_ps(sx[g]));
+        acc = _mm512_fmadd_ps(dot, s, acc);
+        accb = _mm512_fmadd_ps(load_sb(w->q.biases, dt, e, rm), _mm512_set1_ps(xs[g]), accb);
+    }
+    return _mm512_add_ps(acc, accb);
+}
+
+void dr_qk_gemv4_t16(float *y, const float *xp, const dr_tensor *w, int64_t r0, int64_t r1) {
+    const int64_t n = w->ne[w->ndim - 1], d = w->ne[w->ndim - 2], G = n / w->q.group_size;
+    const int32_t *dg = (const int32_t *)(const void *)xp;
+    const float *xs = xp + DR_QK_T16_CHUNK / 4 * (n / 8), *sx = xs + G;
+    for (int64_t t0 = r0 / DR_QK_TILE_ROWS * DR_QK_TILE_ROWS; t0 < r1; t0 += DR_QK_TILE_ROWS) {
+        const int m = d - t0 < DR_QK_TILE_ROWS ? (int)(d - t0) : DR_QK_TILE_ROWS;
+        const unsigned char *q = dr_qk_row(w, t0);
+        const size_t sb = (size_t)t0 * (size_t)G;
+        __m512 v;
+        if (m < DR_QK_TILE_ROWS)
+            v = tile_dot(q, sb, m, w->q.sb_dtype, w, dg, xs, sx);
+        else if (w->q.sb_dtype == DR_DT_BF16) /* constants inside: plain loads, no dtype branch */
+            v = tile_dot(q, sb, DR_QK_TILE_ROWS, DR_DT_BF16, w, dg, xs, sx);
+        else
+            v = tile_dot(q, sb, DR_QK_TILE_ROWS, w->q.sb_dtype, w, dg, xs, sx);
+        const int64_t a = t0 < r0 ? r0 : t0, b = t0 + m < r1 ? t0 + m : r1;
+        const __mmask16 keep = (__mmask16)(((1u << (b - t0)) - 1u) & ~((1u << (a - t0)) - 1u));
+        _mm512_mask_storeu_ps(y + t0, keep, v); /* only rows in [r0, r1) */
+    }
+}
+
+/* ---- x prepared once per token: DR_QK_T16_* in quant_kern.h ---- */
+
+/* Group g's step sx_g and its sum X_g, as quant_avx512vnni.c defines them
+ * (the sum in double; the step at least FLT_MIN, see there). */
+static void group_steps(float *xs, float *sx, const float *x, int64_t G, int gs) {
+    for (int64_t g = 0; g < G; g++) {
+        float m = 0.0f;
+        double s = 0.0;
+        for (int64_t i = g * gs; i < (g + 1) * gs; i++) {
+            m = fmaxf(m, fabsf(x[i]));
+            s += (double)x[i];
+        }
+        xs[g] = (float)s;
+        sx[g] = fmaxf(m / (127.0f * 65536.0f), FLT_MIN);
+    }
+}
+
+/* The three digits of 16 integers X (|X| <= 127 * 2^16 + 1), d2, d1, d0. */
+AI void digits(__m512i X, __m512i *d2, __m512i *d1, __m512i *d0) {
+    *d0 = _mm512_srai_epi32(_mm512_slli_epi32(X, 24), 24);
+    const __m512i x1 = _mm512_srai_epi32(_mm512_sub_epi32(X, *d0), 8);
+    *d1 = _mm512_srai_epi32(_mm512_slli_epi32(x1, 24), 24);
+    *d2 = _mm512_srai_epi32(_mm512_sub_epi32(x1, *d1), 8);
+}
+
+void dr_qk_prep4_t16(float *xp, const float *x, int64_t n, int gs) {
+    const int64_t G = n / gs, nc = n / 8;
+    unsigned char *out = (unsigned char *)xp;
+    float *xs = xp + DR_QK_T16_CHUNK / 4 * nc, *sx = xs + G;
+    group_steps(xs, sx, x, G, gs);
+    /* 16 elements (two chunks) at a time */
+    for (int64_t c = 0; c < nc; c += 2) {
+        const __m512 inv = _mm512_set1_ps(1.0f / sx[(8 * c) / gs]); /* a pair never spans groups: gs % 16 == 0 */
+        const __m512i X = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + 8 * c), inv));
+        __m512i d[3];
+        digits(X, &d[0], &d[1], &d[2]);
+        for (int k = 0; k < 3; k++) { /* lane j of d[k]: digit k of element 8c + j */
+            _Alignas(16) int8_t b[16];
+            _mm_store_si128((__m128i *)(void *)b, _mm512_cvtepi32_epi8(d[k]));
+            for (int h = 0; h < 2; h++) { /* chunk c + h */
+                unsigned char *o = out + (size_t)(c + h) * DR_QK_T16_CHUNK;
+                const int8_t *e = b + 8 * h;
+                const int8_t even[4] = {e[0], e[2], e[4], e[6]}, odd[4] = {e[1], e[3], e[5], e[7]};
+                memcpy(o + 4 * k, even, 4);
+                memcpy(o + 12 + 4 * k, odd, 4);
+            }
+        }
+    }
+}
