@@ -161,7 +161,7 @@ AI void digits(__m512i X, int8_t *out) {
  * is at least FLT_MIN, so 1 / sx_g stays finite: a group whose largest |x|
  * is below ~1e-31 is then stored in steps of FLT_MIN (what fp32 arithmetic
  * on such values keeps anyway), and an all-zero group as zeros. */
-static void group_steps(float *xs, float *sx, const float *x, int64_t G, int gs) {
+void dr_qk_vnni_steps(float *xs, float *sx, const float *x, int64_t G, int gs) {
     for (int64_t g = 0; g < G; g++) {
         __m512 mx = _mm512_setzero_ps();
         __m512d a = _mm512_setzero_pd(), b = _mm512_setzero_pd();
@@ -181,7 +181,7 @@ void dr_qk_prep4_vnni(float *xp, const float *x, int64_t n, int gs) {
     const int64_t nb = DR_QK_BF16_PAD(n) / 128, G = n / gs;
     int8_t *dg = (int8_t *)(void *)xp;
     float *xs = xp + nb * DR_QK_VNNI_BLOCK / 4, *sx = xs + G;
-    group_steps(xs, sx, x, G, gs);
+    dr_qk_vnni_steps(xs, sx, x, G, gs);
     for (int64_t b = 0; b < nb; b++) {
         __m512 v[8];
         for (int i = 0; i < 8; i++) { /* zeros past n */

@@ -26,10 +26,7 @@
  */
 #include "ops/cpu/quant_kern.h"
 
-#include <float.h>
 #include <immintrin.h>
-#include <math.h>
-#include <string.h>
 
 #define AI static inline __attribute__((always_inline))
 #define PF_DIST 16384 /* L2 prefetch distance in the tile's stream (as the other GEMVs) */
@@ -125,21 +122,6 @@ void dr_qk_gemv4_t16(float *y, const float *xp, const dr_tensor *w, int64_t r0, 
 
 /* ---- x prepared once per token: DR_QK_T16_* in quant_kern.h ---- */
 
-/* Group g's step sx_g and its sum X_g, as quant_avx512vnni.c defines them
- * (the sum in double; the step at least FLT_MIN, see there). */
-static void group_steps(float *xs, float *sx, const float *x, int64_t G, int gs) {
-    for (int64_t g = 0; g < G; g++) {
-        float m = 0.0f;
-        double s = 0.0;
-        for (int64_t i = g * gs; i < (g + 1) * gs; i++) {
-            m = fmaxf(m, fabsf(x[i]));
-            s += (double)x[i];
-        }
-        xs[g] = (float)s;
-        sx[g] = fmaxf(m / (127.0f * 65536.0f), FLT_MIN);
-    }
-}
-
 /* The three digits of 16 integers X (|X| <= 127 * 2^16 + 1), d2, d1, d0. */
 AI void digits(__m512i X, __m512i *d2, __m512i *d1, __m512i *d0) {
     *d0 = _mm512_srai_epi32(_mm512_slli_epi32(X, 24), 24);
@@ -150,25 +132,25 @@ AI void digits(__m512i X, __m512i *d2, __m512i *d1, __m512i *d0) {
 
 void dr_qk_prep4_t16(float *xp, const float *x, int64_t n, int gs) {
     const int64_t G = n / gs, nc = n / 8;
-    unsigned char *out = (unsigned char *)xp;
+    uint32_t *out = (uint32_t *)(void *)xp; /* DR_QK_T16_CHUNK / 4 words a chunk */
     float *xs = xp + DR_QK_T16_CHUNK / 4 * nc, *sx = xs + G;
-    group_steps(xs, sx, x, G, gs);
-    /* 16 elements (two chunks) at a time */
-    for (int64_t c = 0; c < nc; c += 2) {
-        const __m512 inv = _mm512_set1_ps(1.0f / sx[(8 * c) / gs]); /* a pair never spans groups: gs % 16 == 0 */
+    dr_qk_vnni_steps(xs, sx, x, G, gs);
+    /* a digit's 16 bytes of a chunk pair -> the even elements of the first
+       chunk, its odd ones, the same of the second (four words) */
+    const __m128i split = _mm_setr_epi8(0, 2, 4, 6, 1, 3, 5, 7, 8, 10, 12, 14, 9, 11, 13, 15);
+    for (int64_t c = 0; c < nc; c += 2) { /* a pair never spans groups: gs % 16 == 0 */
+        const __m512 inv = _mm512_set1_ps(1.0f / sx[(8 * c) / gs]);
         const __m512i X = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + 8 * c), inv));
         __m512i d[3];
         digits(X, &d[0], &d[1], &d[2]);
-        for (int k = 0; k < 3; k++) { /* lane j of d[k]: digit k of element 8c + j */
-            _Alignas(16) int8_t b[16];
-            _mm_store_si128((__m128i *)(void *)b, _mm512_cvtepi32_epi8(d[k]));
-            for (int h = 0; h < 2; h++) { /* chunk c + h */
-                unsigned char *o = out + (size_t)(c + h) * DR_QK_T16_CHUNK;
-                const int8_t *e = b + 8 * h;
-                const int8_t even[4] = {e[0], e[2], e[4], e[6]}, odd[4] = {e[1], e[3], e[5], e[7]};
-                memcpy(o + 4 * k, even, 4);
-                memcpy(o + 12 + 4 * k, odd, 4);
-            }
+        uint32_t *o = out + (DR_QK_T16_CHUNK / 4) * c;
+        for (int k = 0; k < 3; k++) {
+            uint32_t wd[4];
+            _mm_storeu_si128((__m128i *)(void *)wd, _mm_shuffle_epi8(_mm512_cvtepi32_epi8(d[k]), split));
+            o[k] = wd[0];      /* chunk c: even elements */
+            o[3 + k] = wd[1];  /* odd */
+            o[6 + k] = wd[2];  /* chunk c + 1 */
+            o[9 + k] = wd[3];
         }
     }
 }

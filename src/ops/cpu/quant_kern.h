@@ -74,6 +74,8 @@ void dr_qk_prep4_bf16(float *xp, const float *x, int64_t n, int gs); /* that lay
 #define DR_QK_VNNI_BLOCK 384
 void dr_qk_gemv4_vnni(float *y, const float *xp, const dr_tensor *w, int64_t r0, int64_t r1);
 void dr_qk_prep4_vnni(float *xp, const float *x, int64_t n, int gs); /* that layout */
+/* xs[g] = X_g, sx[g] = sx_g of x's G groups (both preparations). */
+void dr_qk_vnni_steps(float *xs, float *sx, const float *x, int64_t G, int gs);
 
 /* Level DR_QLEVEL_AVX512_VNNI on a tensor in the decode layout below
  * (quant_avx512vnni_t16.c): x as the same 8-bit digits, stored by chunks of
