@@ -939,7 +939,11 @@ int main(void) {
     test_zero_rows();
     test_loader_exact();
     test_tiled_model();
-    test_fixtures();
+    if (getenv("DR_EXPECT_SIMD")) /* the emulated run (tests/CMakeLists.txt) */
+        printf("skip fixture quality (KL / top-1 of q8 and q4 over ~12k positions): ~40 minutes under "
+               "emulation; the native run measures it, and the kernel cases above ran at this level\n");
+    else
+        test_fixtures();
     test_malformed();
     rmdir(g_tmp);
     return TEST_DONE();
