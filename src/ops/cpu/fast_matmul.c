@@ -17,7 +17,12 @@
 #include "ops/cpu/quant.h"
 
 #define GEMV_MAX_T 4  /* below this many tokens, stream weights per token */
-#define GEMV_BYTES (256 << 10) /* weight bytes per decode task: long forward streams per thread */
+/* Weight bytes per decode task: long forward streams per thread. 1 MiB, not
+ * 256 KiB (session 19, docs/PERFORMANCE.md): on the 2-core dev VM a pure
+ * read in 256 KiB tasks ran ~5% below one in 1 MiB ones, and decode gained
+ * 3-5 points of the floor (0.8B q4, 0.8B bf16, 2B q4); on the 16-core Xeon
+ * 0.8B bf16 +5-8%, q4 within noise. */
+#define GEMV_BYTES (1 << 20)
 #define GEMV_MIN_BYTES (32 << 10) /* ... but at least this much when split finer to reach every thread */
 #define GEMM_FLOATS 65536 /* widened rows per task: 256 KiB, fits L2 */
 
