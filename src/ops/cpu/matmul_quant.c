@@ -9,6 +9,9 @@
  * dr_cpu_q_dequant_rows and runs its fp32 GEMM tiles (fast_matmul.c).
  * The scalar level keeps the original element-by-element reference (w =
  * scale * q + bias, fp32 accumulation) that the tests compare against.
+ * Tensors in the CPU's decode layout (dr_cpu_q_tile) meet their own GEMV at
+ * level avx512vnni; every other path here reads them a row at a time
+ * through a file-order copy (untile_row).
  */
 #include "ops/cpu/quant.h"
 
@@ -163,7 +166,8 @@ static const dr_qkern *kernels(void) {
 /* ---- one token: prepared x, group sums ---- */
 
 /* Enough for every level's layout (the largest: DR_QK_BF16_* in quant_kern.h;
- * DR_QK_VNNI_* takes 3 of its 4 bytes an element, and a float more a group). */
+ * DR_QK_VNNI_* and DR_QK_T16_* take 3 of its 4 bytes an element, and a
+ * float more a group). */
 size_t dr_cpu_q_prep_floats(const dr_tensor *w) {
     const int64_t n = w->ne[w->ndim - 1];
     return (size_t)(DR_QK_BF16_PAD(n) + 2 * (n / w->q.group_size));

@@ -18,8 +18,9 @@
  * where only the rounding of x to its step (2^-24 of the group's largest
  * |x|) and the fp32 sum of the three parts are new. Against the 4-row
  * kernel of quant_avx512vnni.c this has no per-block conversion, scale
- * permute or horizontal sums, and the tile is one stream: 1.15-1.35x the
- * bytes a second from DRAM on the dev VM (docs/PERFORMANCE.md, session 19).
+ * permute or horizontal sums, and the tile is one stream: on the dev VM
+ * ~1.25x the bytes a second hot in L2 and 1.1-1.2x from DRAM, decode of
+ * the 0.8B / 2B q4 shapes +7-10% (docs/PERFORMANCE.md, session 19).
  *
  * Two sets of six accumulators (even and odd chunks, low and high nibbles
  * apart) keep vpdpbusd's latency off the critical path.
