@@ -102,7 +102,8 @@ static inline const unsigned char *dr_qk_row(const dr_tensor *w, int64_t r) {
  * row in each 32-bit lane. The tile's scales and biases are transposed the
  * same way: group g of row i at g m + i. A tile occupies the bytes (and
  * scale / bias entries) its rows had in file order. Every other reader sees
- * such a tensor through dr_qk_untile (matmul_quant.c), in file order;
+ * such a tensor a row at a time through untile_row (matmul_quant.c), in
+ * file order;
  * the helpers below address file order only. */
 #define DR_QK_TILE_ROWS 16
 
@@ -121,15 +122,18 @@ static inline size_t dr_qk_sb(const dr_tensor *w, int64_t r, int64_t g) {
 
 /* The walk of the 4-bit GEMVs that take R rows together block by block
  * (quant_avx512bf16.c, and quant_avx512vnni.c on file order): block b of
- * row r + i starts at row[i] + b * 64, its scales / biases at sb0[i].
- * Returns how far ahead to prefetch: pf_dist packed bytes. */
+ * row r + i starts at row[i] + b * DR_QK_BLOCK_STEP, its scales / biases at
+ * sb0[i]. Returns how far ahead to prefetch: at least pf_dist packed bytes
+ * in whole passes of R rows, so that a row prefetches its own offset in a
+ * row a later pass reads, not bytes of the pass in flight. */
 static inline size_t dr_qk_rows_walk(const dr_tensor *w, int64_t r, int R, size_t pf_dist,
                                      const unsigned char **row, size_t *sb0) {
     for (int i = 0; i < R; i++) {
         row[i] = dr_qk_row(w, r + i);
         sb0[i] = dr_qk_sb(w, r + i, 0);
     }
-    return pf_dist;
+    const size_t pass = (size_t)R * (size_t)w->ne[w->ndim - 1] / 2;
+    return (pf_dist + pass - 1) / pass * pass;
 }
 
 #endif
