@@ -15,6 +15,7 @@
  */
 #include "ops/cpu/fast.h"
 #include "ops/cpu/quant.h"
+#include "ops/cpu/quant_kern.h"
 
 #define GEMV_MAX_T 4  /* below this many tokens, stream weights per token */
 /* Weight bytes per decode task: long forward streams per thread. 1 MiB, not
@@ -159,7 +160,7 @@ static dr_pool_fn plan(mm_job *j, dr_cpu_ctx *c, float *y, const float *x, const
             j->xp = buf;
             j->rb = gemv_rows(c, j->d, j->n * w->q.bits / 16, DR_DT_BF16); /* packed rows as bf16-sized */
             if (w->q.tiled_rows) /* whole 16-row tiles of the decode layout */
-                j->rb = (j->rb + 15) / 16 * 16;
+                j->rb = (j->rb + DR_QK_TILE_ROWS - 1) / DR_QK_TILE_ROWS * DR_QK_TILE_ROWS;
             return q_gemv_task;
         }
         if (T > 1 && (j->rb = gemm_rows(j->n), dr_cpu_reserve(c, (size_t)j->rb * j->n)))

@@ -32,7 +32,7 @@
  *
  * Four rows go together, block by block, in file order (four streams).
  * A tensor in the CPU's decode layout (quant_kern.h) reaches this kernel
- * through a file-order copy of its tiles (dr_qk_untile): that layout is
+ * through file-order copies of its rows (untile_row): that layout is
  * made for the avx512vnni level, which every CPU with AVX512_BF16 so far
  * also has, so this level only meets it when a test or DR_CPU_QLEVEL caps
  * the level.

@@ -69,7 +69,7 @@ AI __m512 tile_dot(const unsigned char *q, size_t sb, int m, dr_dtype dt, const 
     const int64_t n = w->ne[w->ndim - 1];
     const int gs = w->q.group_size, cpg = gs / 8, G = (int)(n / gs);
     const size_t cs = (size_t)m * 4; /* bytes a chunk */
-    const __mmask64 lm = m == 16 ? ~(__mmask64)0 : (((__mmask64)1 << cs) - 1);
+    const __mmask64 lm = m == DR_QK_TILE_ROWS ? ~(__mmask64)0 : (((__mmask64)1 << cs) - 1);
     const __mmask16 rm = (__mmask16)((1u << m) - 1u);
     const __m512i m4 = _mm512_set1_epi8(0x0F);
     __m512 acc = _mm512_setzero_ps(), accb = _mm512_setzero_ps();
