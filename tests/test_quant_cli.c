@@ -60,6 +60,7 @@ static void test_usage(void) {
     CHECK(run(NULL, "--help") == 0 && strstr(g_out, "--embed-bits") && strstr(g_out, "--force"), "--help: %s", g_out);
     CHECK(run(NULL, "a b") == 1 && strstr(g_out, "--bits"), "missing --bits: %s", g_out);
     CHECK(run(NULL, "a b --bits 3") == 1 && strstr(g_out, "4 or 8"), "--bits 3: %s", g_out);
+    CHECK(!strstr(g_out, "quantize: quantize:"), "the command named once: %s", g_out);
     CHECK(run(NULL, "a --bits 4") == 1 && strstr(g_out, "OUT_DIR"), "one dir: %s", g_out);
     CHECK(run(NULL, "a b --bits 4 --frobnicate") == 1 && strstr(g_out, "unknown option"), "bad flag: %s", g_out);
 }

@@ -607,15 +607,15 @@ static dr_status commit_dir(conv *c) {
 
 static dr_status check_opts(const dr_convert_opts *o) {
     if (!o->in_dir || !o->out_dir)
-        return DR_FAIL(DR_ERR_ARG, "quantize: input and output directories are required");
+        return DR_FAIL(DR_ERR_ARG, "input and output directories are required");
     if (!dr_quant_bits_ok(o->bits))
-        return DR_FAIL(DR_ERR_ARG, "quantize: --bits %d (expected 4 or 8)", o->bits);
+        return DR_FAIL(DR_ERR_ARG, "--bits %d (expected 4 or 8)", o->bits);
     if (!dr_quant_group_ok(o->group_size))
-        return DR_FAIL(DR_ERR_ARG, "quantize: --group-size %d (expected 32, 64 or 128)", o->group_size);
+        return DR_FAIL(DR_ERR_ARG, "--group-size %d (expected 32, 64 or 128)", o->group_size);
     if (o->embed_bits && !dr_quant_bits_ok(o->embed_bits) && o->embed_bits != 16)
-        return DR_FAIL(DR_ERR_ARG, "quantize: --embed-bits %d (expected 4, 8 or 16)", o->embed_bits);
+        return DR_FAIL(DR_ERR_ARG, "--embed-bits %d (expected 4, 8 or 16)", o->embed_bits);
     if (o->lm_head_bits && !dr_quant_bits_ok(o->lm_head_bits) && o->lm_head_bits != 16)
-        return DR_FAIL(DR_ERR_ARG, "quantize: --lm-head-bits %d (expected 4, 8 or 16)", o->lm_head_bits);
+        return DR_FAIL(DR_ERR_ARG, "--lm-head-bits %d (expected 4, 8 or 16)", o->lm_head_bits);
     return DR_OK;
 }
 
