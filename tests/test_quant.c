@@ -161,7 +161,7 @@ typedef struct {
     double mm, gemv, deq; /* worst relative errors: matmul_q_rows, split GEMV, split dequant */
     double mmc, gemvc;    /* matmul_q_rows, split GEMV: relative to sum (|scale q| + |bias|) |x| */
     double ref32;         /* dequantize-then-fp32 against the exact product (ref_matmul) */
-    int tiled;            /* 4-bit cases rearranged into the decode layout */
+    int tiled;            /* cases rearranged into the decode layout */
     bool tile_same;       /* ... whose every output matched file order bit for bit */
 } kerr;
 
@@ -189,19 +189,19 @@ static float *all_outputs(const dr_tensor *w, const float *x, int T, int r0, int
     return o;
 }
 
-/* A 4-bit q rearranged into the CPU's decode layout (dr_cpu_q_tile, on a
- * copy of its bytes, scales and biases): 16-row tiles (the last one the
- * rows left), chunk c (4 bytes) of the tile's row i at (c m + i) * 4, group
- * g's scale and bias at g m + i. Every output of the level bit-identical to
- * file order (the other kernels read the rows back in file order), except
- * the GEMVs at avx512vnni, whose own kernel reads the layout and sums in
- * another order: those are held to the exact product like the file-order
- * ones (err->gemv). Too small a budget, a second call, 8 bits: left as they
- * are. */
+/* A 4- or 8-bit q rearranged into the CPU's decode layout (dr_cpu_q_tile,
+ * on a copy of its bytes, scales and biases): 16-row tiles (the last one
+ * the rows left), chunk c (4 bytes) of the tile's row i at (c m + i) * 4,
+ * group g's scale and bias at g m + i. Every output of the level
+ * bit-identical to file order (the other kernels read the rows back in file
+ * order), except the GEMVs at avx512vnni, whose own kernels read the layout
+ * and sum in another order: those are held to the exact product like the
+ * file-order ones (err->gemv). Too small a budget, a second call: left as
+ * they are. */
 static void tiled_case(const dr_tensor *q, const float *x, int T, int r0, int r1, const double *yr, const double *sa,
                        const double *sc, kerr *err) {
     const int64_t d = q->ne[0], n = q->ne[1], G = n / q->q.group_size;
-    const size_t rb = dr_quant_row_bytes(n, 4), pk = (size_t)d * rb, es = dr_dtype_size(q->q.sb_dtype);
+    const size_t rb = dr_quant_row_bytes(n, q->q.bits), pk = (size_t)d * rb, es = dr_dtype_size(q->q.sb_dtype);
     const size_t nsb = (size_t)d * (size_t)G * es;
     unsigned char *copy = malloc(pk), *sbc = malloc(2 * nsb);
     memcpy(copy, q->data, pk);
@@ -220,7 +220,7 @@ static void tiled_case(const dr_tensor *q, const float *x, int T, int r0, int r1
     bool layout = true;
     for (int64_t r = 0; r < d; r++) {
         const int64_t t0 = r / 16 * 16, m = d - t0 < 16 ? d - t0 : 16, i = r - t0;
-        for (int64_t c = 0; c < n / 8; c++)
+        for (int64_t c = 0; c < (int64_t)rb / 4; c++)
             layout &= !memcmp(copy + (size_t)t0 * rb + (size_t)(c * m + i) * 4, src + (size_t)r * rb + (size_t)c * 4, 4);
         for (int64_t g = 0; g < G; g++) {
             const size_t at = ((size_t)t0 * (size_t)G + (size_t)(g * m + i)) * es, was = ((size_t)r * (size_t)G + (size_t)g) * es;
@@ -298,12 +298,7 @@ static void kernel_case(int level, int bits, int gs, int64_t d, int64_t n, int T
         }
     CHECK(untouched, "level %d: rows outside [r0, r1) were written", level);
     double deq, gvc, gv = split_case(&q, x, yr, sa, sc, r0, r1, &gvc, &deq);
-    if (bits == 4) {
-        tiled_case(&q, x, T, r0, r1, yr, sa, sc, err);
-    } else {
-        dr_tensor t8 = q;
-        CHECK(dr_cpu_q_tile(&t8, SIZE_MAX) == 0 && t8.q.tiled_rows == 0, "tile: an 8-bit tensor was rearranged");
-    }
+    tiled_case(&q, x, T, r0, r1, yr, sa, sc, err);
     err->mm = fmax(err->mm, worst);
     err->gemv = fmax(err->gemv, gv);
     err->mmc = fmax(err->mmc, worst_c);
@@ -364,7 +359,7 @@ static void test_kernels(void) {
         CHECK_SHOW(e.deq <= 1e-6, "dequant_rows %s: max err %.2e of |scale q| + |bias| (tol 1e-6)",
                    dr_cpu_quant_level_name(lv), e.deq);
         CHECK_SHOW(e.tile_same && e.tiled >= 3,
-                   "decode layout %s: %d 4-bit cases rearranged, matmul / GEMV / dequant / embed / get "
+                   "decode layout %s: %d 4- and 8-bit cases rearranged, matmul / GEMV / dequant / embed / get "
                    "bit-identical to file order (at avx512vnni the GEMVs are its own, in the errors above): %s",
                    dr_cpu_quant_level_name(lv), e.tiled,
                    e.tile_same ? "yes" : "NO");
@@ -780,18 +775,19 @@ static int64_t tiled_rows(const dr_model *m) {
     return n;
 }
 
-/* long-bf16 at 4 bits loaded with the decode layout and with DR_CPU_TILE=0.
+/* long-bf16 at 4 and at 8 bits loaded with the decode layout and with
+ * DR_CPU_TILE=0.
  * The backend makes the layout only where the avx512vnni GEMV runs (else
  * both loads are in file order, which the line says). Prefill reads the
  * rows back in file order: logits bit-identical. Decode runs that level's
  * own GEMV on the layout, which sums in another order (each output within
  * ~1e-7 of sum |w x| of the exact product, the kernel cases above): its
  * logits are held to 1e-4 of the file-order run's. */
-static void test_tiled_model(void) {
+static void tiled_model(int bits) {
     char in[512], q[512];
     snprintf(in, sizeof in, "%s/long-bf16", DR_TEST_DATA);
-    snprintf(q, sizeof q, "%s/tiled-q4", g_tmp);
-    CHECK(convert(in, q, 4, 32) == DR_OK, "%s", dr_last_error());
+    snprintf(q, sizeof q, "%s/tiled-q%d", g_tmp, bits);
+    CHECK(convert(in, q, bits, 32) == DR_OK, "%s", dr_last_error());
     dr_model *mt = NULL, *mf = NULL;
     CHECK(dr_model_load(q, &mt) == DR_OK, "%s", dr_last_error());
     setenv("DR_CPU_TILE", "0", 1);
@@ -809,15 +805,20 @@ static void test_tiled_model(void) {
         const size_t np = 6 * (size_t)V;
         const float dd = max_abs_diff(a + np, b + np, 6 * V);
         CHECK_SHOW(!memcmp(a, b, np * sizeof *a) && dd <= 1e-4f,
-                   "long-bf16 q4 with the decode layout (%lld rows rearranged, level %s) against file order: 6 "
+                   "long-bf16 q%d with the decode layout (%lld rows rearranged, level %s) against file order: 6 "
                    "tokens of prefill bit-identical: %s; 6 of decode max |d logit| %.2e (tol 1e-4)",
-                   (long long)rt, dr_cpu_quant_level_name(dr_cpu_quant_level()),
+                   bits, (long long)rt, dr_cpu_quant_level_name(dr_cpu_quant_level()),
                    memcmp(a, b, np * sizeof *a) ? "NO" : "yes", dd);
         free(a), free(b);
     }
     dr_model_free(mt);
     dr_model_free(mf);
     rm_dir(q);
+}
+
+static void test_tiled_model(void) {
+    tiled_model(4);
+    tiled_model(8);
 }
 
 /* ---- malformed quantized checkpoints ---- */

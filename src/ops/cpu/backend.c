@@ -101,16 +101,16 @@ static void ctx_free(dr_cpu_ctx *c) {
     free(c);
 }
 
-/* 4-bit weights go into the decode layout of the avx512vnni GEMV, in place
- * (dr_cpu_q_tile: 16-row tiles read as one stream, a row per lane;
- * docs/PERFORMANCE.md, CPU, session 19). At most half the machine's
+/* 4- and 8-bit weights go into the decode layout of the avx512vnni GEMVs,
+ * in place (dr_cpu_q_tile: 16-row tiles read as one stream, a row per lane;
+ * docs/PERFORMANCE.md, CPU, sessions 19 and 20). At most half the machine's
  * memory: a mapped file's pages become private ones, so a model larger than
  * that keeps the rest in file order, where the page cache can still drop and
  * reread it. The other levels read file order faster (they would see the
  * layout through copies). DR_CPU_TILE=0 keeps file order (A/B runs). */
 static dr_status cpu_weight_upload(void *ctx, dr_tensor *t) {
     dr_cpu_ctx *c = ctx;
-    if (t->q.bits == 4 && c->tile_left && dr_cpu_quant_level() == DR_QLEVEL_AVX512_VNNI)
+    if (t->q.bits && c->tile_left && dr_cpu_quant_level() == DR_QLEVEL_AVX512_VNNI)
         c->tile_left -= dr_cpu_q_tile(t, c->tile_left);
     return DR_OK;
 }

@@ -44,10 +44,10 @@ float dr_q_get(const dr_tensor *w, int64_t r, int64_t i) {
     const int64_t n = w->ne[w->ndim - 1], groups = n / w->q.group_size;
     uint32_t word;
     size_t g = (size_t)r * groups + (size_t)(i / w->q.group_size);
-    if (w->q.tiled_rows) { /* word i / 8 of row r is chunk i / 8 of its tile */
+    if (w->q.tiled_rows) { /* word i / per_word of row r is that chunk of its tile */
         int m;
         const int64_t t0 = tile_of(w, r, &m), k = r - t0;
-        memcpy(&word, dr_qk_row(w, t0) + ((size_t)(i / 8) * (size_t)m + (size_t)k) * 4, 4);
+        memcpy(&word, dr_qk_row(w, t0) + ((size_t)(i / per_word) * (size_t)m + (size_t)k) * 4, 4);
         g = (size_t)t0 * groups + (size_t)(i / w->q.group_size) * (size_t)m + (size_t)k;
     } else {
         memcpy(&word, dr_qk_at(w, r, i / per_word * per_word), 4);
@@ -60,7 +60,7 @@ float dr_q_get(const dr_tensor *w, int64_t r, int64_t i) {
 /* One row of a tiled tensor, copied back to file order (every reader but
  * the avx512vnni GEMV sees the decode layout this way). */
 typedef struct {
-    unsigned char pk[TILE_MAX_N / 2];            /* packed row */
+    unsigned char pk[TILE_MAX_N];                /* packed row (8-bit: a byte an element) */
     unsigned char sb[2 * (TILE_MAX_N / 32) * 4]; /* G scales, then G biases */
 } row_copy;
 
@@ -69,7 +69,7 @@ static void untile_row(const dr_tensor *w, int64_t r, row_copy *c, dr_tensor *v)
     int m;
     const int64_t t0 = tile_of(w, r, &m), k = r - t0, n = w->ne[w->ndim - 1], G = n / w->q.group_size;
     const unsigned char *tile = dr_qk_row(w, t0);
-    for (int64_t ch = 0; ch < n / 8; ch++)
+    for (int64_t ch = 0; ch < n * w->q.bits / 32; ch++) /* 4-byte chunks */
         memcpy(c->pk + 4 * ch, tile + ((size_t)ch * (size_t)m + (size_t)k) * 4, 4);
     const size_t es = dr_dtype_size(w->q.sb_dtype), at = (size_t)t0 * (size_t)G * es;
     const unsigned char *sc = (const unsigned char *)w->q.scales + at, *bi = (const unsigned char *)w->q.biases + at;
@@ -174,14 +174,17 @@ size_t dr_cpu_q_prep_floats(const dr_tensor *w) {
 }
 
 #ifdef DR_QUANT_BF16
-/* Which 4-bit GEMV of its own serves w at this level: 1 = quant_avx512bf16.c
- * (bf16-pair x), 2 = quant_avx512vnni.c (8-bit digits), 3 =
- * quant_avx512vnni_t16.c (the same digits, decode layout), 0 = the table's. */
-static int own_q4(int level, const dr_tensor *w) {
+/* Which GEMV of its own serves w at this level: for 4 bits 1 =
+ * quant_avx512bf16.c (bf16-pair x), 2 = quant_avx512vnni.c (8-bit digits);
+ * 3 = quant_avx512vnni_t16.c (the same digits, decode layout; 4 or 8 bits);
+ * 0 = the table's. */
+static int own_q(int level, const dr_tensor *w) {
+    if (level == DR_QLEVEL_AVX512_VNNI && w->q.tiled_rows)
+        return 3;
     if (w->q.bits != 4)
         return 0;
     if (level == DR_QLEVEL_AVX512_VNNI)
-        return w->q.tiled_rows ? 3 : 2;
+        return 2;
     return level == DR_QLEVEL_AVX512_BF16;
 }
 #endif
@@ -189,9 +192,12 @@ static int own_q4(int level, const dr_tensor *w) {
 void dr_cpu_q_prep(float *xp, const float *x, const dr_tensor *w) {
     const int64_t n = w->ne[w->ndim - 1], gs = w->q.group_size;
 #ifdef DR_QUANT_BF16
-    const int own = own_q4(dr_cpu_quant_level(), w);
+    const int own = own_q(dr_cpu_quant_level(), w);
     if (own) { /* layouts: DR_QK_BF16_* / DR_QK_VNNI_* / DR_QK_T16_* in quant_kern.h */
-        (own == 1 ? dr_qk_prep4_bf16 : own == 2 ? dr_qk_prep4_vnni : dr_qk_prep4_t16)(xp, x, n, (int)gs);
+        (own == 1   ? dr_qk_prep4_bf16
+         : own == 2 ? dr_qk_prep4_vnni
+         : w->q.bits == 8 ? dr_qk_prep8_t16
+                          : dr_qk_prep4_t16)(xp, x, n, (int)gs);
         return;
     }
 #endif
@@ -244,7 +250,7 @@ static void gemv_portable(float *y, const float *xp, const dr_tensor *w, int r0,
 /* The GEMV of k's level (NULL: the portable one) for a file-order w. */
 static void gemv_file(const dr_qkern *k, float *y, const float *xp, const dr_tensor *w, int r0, int r1) {
 #ifdef DR_QUANT_BF16
-    const int own = own_q4(dr_cpu_quant_level(), w);
+    const int own = own_q(dr_cpu_quant_level(), w); /* 1 or 2: w is in file order */
     if (own) {
         (own == 1 ? dr_qk_gemv4_bf16 : dr_qk_gemv4_vnni)(y, xp, w, r0, r1);
         return;
@@ -260,8 +266,8 @@ static void gemv_file(const dr_qkern *k, float *y, const float *xp, const dr_ten
  * at avx512vnni, else row by row through file-order copies. */
 static void gemv_at(const dr_qkern *k, float *y, const float *xp, const dr_tensor *w, int r0, int r1) {
 #ifdef DR_QUANT_BF16
-    if (own_q4(dr_cpu_quant_level(), w) == 3) {
-        dr_qk_gemv4_t16(y, xp, w, r0, r1);
+    if (own_q(dr_cpu_quant_level(), w) == 3) {
+        (w->q.bits == 8 ? dr_qk_gemv8_t16 : dr_qk_gemv4_t16)(y, xp, w, r0, r1);
         return;
     }
 #endif
@@ -393,10 +399,10 @@ static void tile_one(unsigned char *p, unsigned char *sc, unsigned char *bi, int
 }
 
 size_t dr_cpu_q_tile(dr_tensor *t, size_t max_bytes) {
-    if (t->q.bits != 4 || t->q.tiled_rows || !t->data || t->ndim != 2)
+    if ((t->q.bits != 4 && t->q.bits != 8) || t->q.tiled_rows || !t->data || t->ndim != 2)
         return 0;
     const int64_t n = t->ne[1], rows = t->ne[0], G = n / t->q.group_size;
-    const size_t rb = (size_t)n / 2, bytes = (size_t)rows * rb, es = dr_dtype_size(t->q.sb_dtype);
+    const size_t rb = (size_t)n * (size_t)t->q.bits / 8, bytes = (size_t)rows * rb, es = dr_dtype_size(t->q.sb_dtype);
     const size_t sbytes = (size_t)rows * (size_t)G * es;
     if (n <= 0 || n % 8 || n > TILE_MAX_N || rows <= 0 || bytes > max_bytes)
         return 0;

@@ -44,14 +44,14 @@ void dr_cpu_q_prep(float *xp, const float *x, const dr_tensor *w);
 void dr_cpu_q_gemv_rows(float *y, const float *xp, const dr_tensor *w, int r0, int r1);
 void dr_cpu_q_dequant_rows(float *dst, const dr_tensor *w, int r0, int nr);
 
-/* Rearrange a 2-D 4-bit tensor in place into the CPU's decode layout
+/* Rearrange a 2-D 4- or 8-bit tensor in place into the CPU's decode layout
  * (quant_kern.h: 16-row tiles, packed bytes, scales and biases) and set
  * t->q.tiled_rows to its row count; every function of this header reads
  * either layout, at every level (only the avx512vnni GEMV is faster on it).
  * Only rows of at most 32768 elements, at most max_bytes of packed rows; the
  * memory is made writable with mprotect (a private file mapping turns into
  * private pages). Returns the packed bytes rearranged: 0 when t is left in
- * file order (not 2-D 4-bit, already tiled, rows too long, over max_bytes, or
+ * file order (not 2-D 4- or 8-bit, already tiled, rows too long, over max_bytes, or
  * its memory can't be written). */
 size_t dr_cpu_q_tile(dr_tensor *t, size_t max_bytes);
 

@@ -1,6 +1,7 @@
-/* ops/cpu/quant_avx512vnni_t16.c - the 4-bit GEMV of level avx512vnni on
- * the CPU's decode layout (16-row tiles, quant_kern.h): one row per 32-bit
- * lane, x's digits broadcast.
+/* ops/cpu/quant_avx512vnni_t16.c - the 4- and 8-bit GEMVs of level
+ * avx512vnni on the CPU's decode layout (16-row tiles, quant_kern.h): one
+ * row per 32-bit lane, x's digits broadcast. The 4-bit one first; the 8-bit
+ * one (below) is the same with a byte an element.
  *
  * x is the same 24-bit integer as in quant_avx512vnni.c (per group g a step
  * sx_g = max |x_g| / (127 * 2^16), X_i = round(x_i / sx_g) written as
@@ -121,6 +122,74 @@ void dr_qk_gemv4_t16(float *y, const float *xp, const dr_tensor *w, int64_t r0, 
     }
 }
 
+/* ---- 8-bit: a chunk is 4 elements, one byte each ---- */
+
+/* The m rows of one 8-bit tile: lane i = row i. A 64-byte load holds chunk
+ * c of 16 rows (byte j of lane i: element 4c + j of row i, q in 0..255), so
+ * one vpdpbusd per digit adds the chunk's four products of every row; the
+ * digit sums D_k = sum q d_k stay exact in int32 over a group (below 2^22:
+ * 128 products of at most 255 * 128 at group size 128). Two sets of three
+ * accumulators (even and odd chunks) keep vpdpbusd's latency off the
+ * critical path. The rest is tile_dot's. */
+AI __m512 tile_dot8(const unsigned char *q, size_t sb, int m, dr_dtype dt, const dr_tensor *w, const int32_t *dg,
+                    const float *xs, const float *sx) {
+    const int64_t n = w->ne[w->ndim - 1];
+    const int gs = w->q.group_size, cpg = gs / 4, G = (int)(n / gs);
+    const size_t cs = (size_t)m * 4; /* bytes a chunk */
+    const __mmask64 lm = m == DR_QK_TILE_ROWS ? ~(__mmask64)0 : (((__mmask64)1 << cs) - 1);
+    const __mmask16 rm = (__mmask16)((1u << m) - 1u);
+    __m512 acc = _mm512_setzero_ps(), accb = _mm512_setzero_ps();
+    for (int g = 0; g < G; g++) {
+        __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, b0 = a0, b1 = a0, b2 = a0;
+        for (int c = 0; c < cpg; c += 2, q += 2 * cs, dg += 6) { /* cpg is even: gs >= 32 */
+            _mm_prefetch((const char *)q + PF_DIST, _MM_HINT_T1); /* never faults */
+            _mm_prefetch((const char *)q + PF_DIST + 64, _MM_HINT_T1);
+            __m512i v0, v1;
+            if (m == DR_QK_TILE_ROWS) {
+                v0 = _mm512_loadu_si512(q);
+                v1 = _mm512_loadu_si512(q + 64);
+            } else {
+                v0 = _mm512_maskz_loadu_epi8(lm, q);
+                v1 = _mm512_maskz_loadu_epi8(lm, q + cs);
+            }
+            a0 = _mm512_dpbusd_epi32(a0, v0, _mm512_set1_epi32(dg[0]));
+            a1 = _mm512_dpbusd_epi32(a1, v0, _mm512_set1_epi32(dg[1]));
+            a2 = _mm512_dpbusd_epi32(a2, v0, _mm512_set1_epi32(dg[2]));
+            b0 = _mm512_dpbusd_epi32(b0, v1, _mm512_set1_epi32(dg[3]));
+            b1 = _mm512_dpbusd_epi32(b1, v1, _mm512_set1_epi32(dg[4]));
+            b2 = _mm512_dpbusd_epi32(b2, v1, _mm512_set1_epi32(dg[5]));
+        }
+        const __m512i z = _mm512_setzero_si512();
+        const __m512 dot = combine(_mm512_add_epi32(a0, b0), _mm512_add_epi32(a1, b1), _mm512_add_epi32(a2, b2), z, z, z);
+        const size_t e = sb + (size_t)g * (size_t)m;
+        const __m512 s = _mm512_mul_ps(load_sb(w->q.scales, dt, e, rm), _mm512_set1_ps(sx[g]));
+        acc = _mm512_fmadd_ps(dot, s, acc);
+        accb = _mm512_fmadd_ps(load_sb(w->q.biases, dt, e, rm), _mm512_set1_ps(xs[g]), accb);
+    }
+    return _mm512_add_ps(acc, accb);
+}
+
+void dr_qk_gemv8_t16(float *y, const float *xp, const dr_tensor *w, int64_t r0, int64_t r1) {
+    const int64_t n = w->ne[w->ndim - 1], d = w->ne[w->ndim - 2], G = n / w->q.group_size;
+    const int32_t *dg = (const int32_t *)(const void *)xp;
+    const float *xs = xp + DR_QK_T16_CHUNK / 4 * (n / 8), *sx = xs + G;
+    for (int64_t t0 = r0 / DR_QK_TILE_ROWS * DR_QK_TILE_ROWS; t0 < r1; t0 += DR_QK_TILE_ROWS) {
+        const int m = d - t0 < DR_QK_TILE_ROWS ? (int)(d - t0) : DR_QK_TILE_ROWS;
+        const unsigned char *q = dr_qk_row(w, t0);
+        const size_t sb = (size_t)t0 * (size_t)G;
+        __m512 v;
+        if (m < DR_QK_TILE_ROWS)
+            v = tile_dot8(q, sb, m, w->q.sb_dtype, w, dg, xs, sx);
+        else if (w->q.sb_dtype == DR_DT_BF16)
+            v = tile_dot8(q, sb, DR_QK_TILE_ROWS, DR_DT_BF16, w, dg, xs, sx);
+        else
+            v = tile_dot8(q, sb, DR_QK_TILE_ROWS, w->q.sb_dtype, w, dg, xs, sx);
+        const int64_t a = t0 < r0 ? r0 : t0, b = t0 + m < r1 ? t0 + m : r1;
+        const __mmask16 keep = (__mmask16)(((1u << (b - t0)) - 1u) & ~((1u << (a - t0)) - 1u));
+        _mm512_mask_storeu_ps(y + t0, keep, v);
+    }
+}
+
 /* ---- x prepared once per token: DR_QK_T16_* in quant_kern.h ---- */
 
 /* The three digits of 16 integers X (|X| <= 127 * 2^16 + 1), d2, d1, d0. */
@@ -152,6 +221,26 @@ void dr_qk_prep4_t16(float *xp, const float *x, int64_t n, int gs) {
             o[3 + k] = wd[1];  /* odd */
             o[6 + k] = wd[2];  /* chunk c + 1 */
             o[9 + k] = wd[3];
+        }
+    }
+}
+
+void dr_qk_prep8_t16(float *xp, const float *x, int64_t n, int gs) {
+    const int64_t G = n / gs;
+    uint32_t *out = (uint32_t *)(void *)xp; /* three words a 4-element chunk */
+    float *xs = xp + DR_QK_T16_CHUNK / 4 * (n / 8), *sx = xs + G;
+    dr_qk_vnni_steps(xs, sx, x, G, gs);
+    for (int64_t i = 0; i < n; i += 16) { /* four chunks; never spans groups: gs % 16 == 0 */
+        const __m512 inv = _mm512_set1_ps(1.0f / sx[i / gs]);
+        const __m512i X = _mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + i), inv));
+        __m512i d[3];
+        digits(X, &d[0], &d[1], &d[2]);
+        uint32_t *o = out + 3 * (i / 4);
+        for (int k = 0; k < 3; k++) {
+            uint32_t wd[4]; /* word c: the digit k of chunk c's four elements */
+            _mm_storeu_si128((__m128i *)(void *)wd, _mm512_cvtepi32_epi8(d[k]));
+            for (int c = 0; c < 4; c++)
+                o[3 * c + k] = wd[c];
         }
     }
 }

@@ -86,20 +86,26 @@ void dr_qk_vnni_steps(float *xs, float *sx, const float *x, int64_t G, int gs);
 #define DR_QK_T16_CHUNK 24
 void dr_qk_gemv4_t16(float *y, const float *xp, const dr_tensor *w, int64_t r0, int64_t r1);
 void dr_qk_prep4_t16(float *xp, const float *x, int64_t n, int gs); /* that layout */
+/* The same for 8-bit tensors in the decode layout: chunks of 4 elements
+ * (one byte each), x's digits by the same chunks, three words each (d2, d1,
+ * d0, byte j: element j), the same 3 bytes an element, X_g and sx_g at the
+ * same place. */
+void dr_qk_gemv8_t16(float *y, const float *xp, const dr_tensor *w, int64_t r0, int64_t r1);
+void dr_qk_prep8_t16(float *xp, const float *x, int64_t n, int gs);
 
 /* Shared address arithmetic (all kernels). */
 static inline const unsigned char *dr_qk_row(const dr_tensor *w, int64_t r) {
     return (const unsigned char *)w->data + (size_t)r * (size_t)w->ne[w->ndim - 1] * (size_t)w->q.bits / 8;
 }
 
-/* The CPU's decode layout of 4-bit rows (w->q.tiled_rows != 0; made by
- * dr_cpu_q_tile for the avx512vnni GEMV, dr_qk_gemv4_t16; 2-D tensors).
- * Rows go in tiles of DR_QK_TILE_ROWS, the last tile holding the m < 16
- * rows left. Inside a tile the packed bytes
- * go by chunks of 8 elements (4 bytes, one uint32 word): chunk c of the
- * tile's row i sits at c * 4 m + 4 i, so one 64-byte load brings the same
- * 8 elements of 16 rows, and the GEMV reads one sequential stream with a
- * row in each 32-bit lane. The tile's scales and biases are transposed the
+/* The CPU's decode layout of 4- and 8-bit rows (w->q.tiled_rows != 0; made
+ * by dr_cpu_q_tile for the avx512vnni GEMVs, dr_qk_gemv4_t16 and
+ * dr_qk_gemv8_t16; 2-D tensors). Rows go in tiles of DR_QK_TILE_ROWS, the
+ * last tile holding the m < 16 rows left. Inside a tile the packed bytes go
+ * by 4-byte chunks (one uint32 word: 8 elements at 4 bits, 4 at 8 bits):
+ * chunk c of the tile's row i sits at c * 4 m + 4 i, so one 64-byte load
+ * brings the same elements of 16 rows, and the GEMV reads one sequential
+ * stream with a row in each 32-bit lane. The tile's scales and biases are transposed the
  * same way: group g of row i at g m + i. A tile occupies the bytes (and
  * scale / bias entries) its rows had in file order. Every other reader sees
  * such a tensor a row at a time through untile_row (matmul_quant.c), in
