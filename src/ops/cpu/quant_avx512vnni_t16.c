@@ -25,6 +25,11 @@
  *
  * Two sets of six accumulators (even and odd chunks, low and high nibbles
  * apart) keep vpdpbusd's latency off the critical path.
+ *
+ * 8 bits: three vpdpbusd per 64 bytes instead of the avx512 table kernel's
+ * byte -> fp32 widening and FMA per element; on the dev VM 2.6x the bytes
+ * a second hot in L2, from DRAM about a plain read's rate, decode of the
+ * 0.8B / 2B q8 shapes +23-30% (docs/PERFORMANCE.md, session 20).
  */
 #include "ops/cpu/quant_kern.h"
 
