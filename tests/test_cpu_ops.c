@@ -11,6 +11,7 @@
  */
 #include "golden_util.h"
 #include "model/model.h"
+#include "ops/cpu/amx.h"
 #include "ops/cpu/cpu.h"
 #include "ops/cpu/quant.h"
 #include "ops/cpu/simd.h"
@@ -25,6 +26,8 @@
 
 #define TOL 2e-5f      /* fp32 kernels: only the summation order differs */
 #define TOL_BF16X2 2e-4f /* vdpbf16ps with x split into two bf16 halves */
+#define TOL_AMX 1e-6f    /* BF16 matmuls of 16+ tokens: fp32 numerics, x in three bf16 parts on the AMX tiles;
+                            measured <= 3.5e-7; with two parts 1.9e-6 .. 2.8e-6 */
 #define TOL_GOLDEN 1e-3f
 #define TOL_ACT 5e-7f  /* activations: about 4 ulp, the vector tables' exp polynomial (simd_impl.h v_exp) */
 
@@ -143,6 +146,35 @@ static void t_matmul(dr_ops *f, dr_ops *r) {
             show(what, rel_err(y, yr, (size_t)T * d), TOL);
             free(buf), free(x), free(y), free(yr);
         }
+}
+
+/* BF16 weights with 16 or more tokens: the AMX tiles where this CPU has
+ * them (ops/cpu/amx.h), else the fp32 tiles; either way fp32 numerics, so
+ * TOL. Rows not a multiple of 16 or 32 (the fp32 path takes the last ones),
+ * token counts not a multiple of 16 or 32, and two weights sharing one
+ * prepared x through matmul_n (each output equal to its single matmul). */
+static void t_matmul_amx(dr_ops *f, dr_ops *r) {
+    static const struct { int d, n, T; } cases[] = {{16, 32, 16}, {48, 320, 17}, {50, 320, 40}, {101, 64, 64},
+                                                    {32, 1024, 33}};
+    const char *path = dr_amx_enabled() ? "amx" : "no amx: fp32";
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        const int d = cases[c].d, n = cases[c].n, T = cases[c].T;
+        void *b1, *b2;
+        dr_tensor w1 = mat(DR_DT_BF16, d, n, &b1), w2 = mat(DR_DT_BF16, d + 3, n, &b2);
+        float *x = rnd((size_t)T * n, 1.0f), *y = calloc((size_t)T * d, 4), *yr = calloc((size_t)T * d, 4);
+        float *ys[2] = {calloc((size_t)T * d, 4), calloc((size_t)T * (d + 3), 4)}, *y2 = calloc((size_t)T * (d + 3), 4);
+        const dr_tensor *ws[2] = {&w1, &w2};
+        f->matmul(f->ctx, y, x, &w1, T);
+        r->matmul(r->ctx, yr, x, &w1, T);
+        f->matmul(f->ctx, y2, x, &w2, T);
+        f->matmul_n(f->ctx, 2, ys, x, ws, T);
+        char what[80];
+        snprintf(what, sizeof what, "matmul BF16 [%d,%d] T=%d (%s)", d, n, T, path);
+        show(what, rel_err(y, yr, (size_t)T * d), TOL_AMX);
+        snprintf(what, sizeof what, "matmul_n 2 BF16 n=%d T=%d = matmul", n, T);
+        show(what, fmaxf(rel_err(ys[0], y, (size_t)T * d), rel_err(ys[1], y2, (size_t)T * (d + 3))), 0.0f);
+        free(b1), free(b2), free(x), free(y), free(yr), free(ys[0]), free(ys[1]), free(y2);
+    }
 }
 
 /* max |y - ref| / sum_i |w_i x_i| over T x d outputs, w dequantized (the
@@ -735,6 +767,7 @@ int main(void) {
             if (!f)
                 continue;
             t_matmul(f, ref);
+            t_matmul_amx(f, ref);
             t_matmul_q(f, ref);
             t_attention(f, ref);
             t_conv(f, ref);

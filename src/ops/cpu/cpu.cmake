@@ -14,6 +14,7 @@ set(DR_CPU_SOURCES
   src/ops/cpu/fast_gdn.c
   src/ops/cpu/fast_moe.c
   src/ops/cpu/fast_elementwise.c
+  src/ops/cpu/amx.c
   src/util/threadpool.c
   src/util/cpu_features.c
   src/model/synthetic.c
@@ -44,6 +45,14 @@ if(CMAKE_SYSTEM_PROCESSOR MATCHES "x86_64|AMD64|amd64" AND CMAKE_C_COMPILER_ID M
   set_source_files_properties(src/ops/cpu/quant_avx512vnni.c src/ops/cpu/quant_avx512vnni_t16.c PROPERTIES
     COMPILE_OPTIONS "-mavx2;-mfma;-mf16c;-mavx512f;-mavx512bw;-mavx512vl;-mavx512vnni")
   set_property(SOURCE src/ops/cpu/matmul_quant.c APPEND PROPERTY COMPILE_OPTIONS "-DDR_QUANT_BF16=1")
+  # AMX-BF16 tiles for the prefill matmuls of BF16 weights (ops/cpu/amx.h);
+  # without the compiler's support amx.c reports "not available".
+  include(CheckCCompilerFlag)
+  check_c_compiler_flag("-mamx-tile -mamx-bf16" DR_CC_HAS_AMX)
+  if(DR_CC_HAS_AMX)
+    set_source_files_properties(src/ops/cpu/amx.c PROPERTIES
+      COMPILE_OPTIONS "-mavx2;-mfma;-mf16c;-mavx512f;-mavx512bw;-mavx512vl;-mamx-tile;-mamx-bf16")
+  endif()
 endif()
 
 # DR_CPU_TIMELINE: a measurement build whose thread pool records every

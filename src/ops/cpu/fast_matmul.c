@@ -11,8 +11,11 @@
  * weights (ops/cpu/quant.h): decode prepares x once (group sums, nibble
  * order) and splits the rows the same way; prefill dequantizes each row
  * block to fp32 in the thread's scratch and runs the same tiles as fp32
- * weights.
+ * weights. BF16 weights with at least DR_AMX_MIN_T tokens run on the AMX
+ * tiles where the CPU has them (ops/cpu/amx.h: x prepared once in three
+ * bf16 parts, the same fp32 numerics).
  */
+#include "ops/cpu/amx.h"
 #include "ops/cpu/fast.h"
 #include "ops/cpu/quant.h"
 #include "ops/cpu/quant_kern.h"
@@ -26,6 +29,7 @@
 #define GEMV_BYTES (1 << 20)
 #define GEMV_MIN_BYTES (32 << 10) /* ... but at least this much when split finer to reach every thread */
 #define GEMM_FLOATS 65536 /* widened rows per task: 256 KiB, fits L2 */
+#define AMX_ROWS 64       /* rows per AMX task: two 32-row blocks of tiles */
 
 typedef struct {
     dr_cpu_ctx *c;
@@ -36,6 +40,7 @@ typedef struct {
     const uint16_t *hi, *lo; /* x split for vdpbf16ps, or NULL */
     const float *xp;         /* x prepared: by dr_cpu_q_prep (quantized GEMV) or in
                                 pair order (BF16 GEMV, k->bf16_pairs), or NULL */
+    const uint16_t *xa;      /* x prepared for the AMX tiles (dr_amx_prep), or NULL */
 } mm_job;
 
 static int rows_of(const mm_job *j, int task, int *r0) {
@@ -69,10 +74,10 @@ static void gemv_task(void *arg, int task, int thread) {
 
 /* ---- prefill: widened row block x register tiles ---- */
 
-static void gemm_task(void *arg, int task, int thread) {
-    const mm_job *j = arg;
+/* Rows r0 .. r0 + nr - 1, all tokens: widened (or dequantized) into this
+ * thread's buffer, then the fp32 tiles. */
+static void fp32_rows(const mm_job *j, int r0, int nr, int thread) {
     const dr_simd *k = j->c->k;
-    int r0, nr = rows_of(j, task, &r0);
     const int n = j->n;
     float *wb = dr_cpu_tbuf(j->c, thread);
     if (j->w->q.bits) /* quantized: dequantized once here, then the same fp32 tiles */
@@ -88,6 +93,31 @@ static void gemm_task(void *arg, int task, int thread) {
                     j->x + (size_t)t0 * n, (size_t)n, nt, n);
         }
     }
+}
+
+static void gemm_task(void *arg, int task, int thread) {
+    const mm_job *j = arg;
+    int r0, nr = rows_of(j, task, &r0);
+    fp32_rows(j, r0, nr, thread);
+}
+
+/* BF16 weights, several tokens: the AMX tiles (ops/cpu/amx.h); the last
+ * rows of a weight whose row count is not a multiple of 16 take the fp32
+ * path. */
+static void amx_task(void *arg, int task, int thread) {
+    const mm_job *j = arg;
+    int r0, nr = rows_of(j, task, &r0);
+    const int full = nr / DR_AMX_ROWS * DR_AMX_ROWS;
+    if (full)
+        dr_amx_gemm(j->y + r0, (size_t)j->d, dr_tensor_row(j->w, r0), (size_t)j->n, full, j->xa, j->T, j->n);
+    if (full < nr)
+        fp32_rows(j, r0 + full, nr - full, thread);
+}
+
+/* Whether W [d, n] @ x [T, n] takes the AMX tiles. */
+static bool use_amx(const dr_tensor *w, int T) {
+    return T >= DR_AMX_MIN_T && !w->q.bits && w->dtype == DR_DT_BF16 && w->ne[w->ndim - 1] % DR_AMX_K == 0 &&
+           dr_amx_enabled();
 }
 
 /* ---- quantized ---- */
@@ -141,6 +171,8 @@ static size_t plan_bytes(const dr_cpu_ctx *c, const dr_tensor *w, int T) {
         return 2 * (size_t)T * n * sizeof(uint16_t);
     if (T < GEMV_MAX_T && w->dtype == DR_DT_BF16 && c->k->gemv_bf16p)
         return (size_t)T * n * sizeof(float);
+    if (use_amx(w, T))
+        return dr_amx_x_bytes(T, (int)n);
     return 0;
 }
 
@@ -184,6 +216,13 @@ static dr_pool_fn plan(mm_job *j, dr_cpu_ctx *c, float *y, const float *x, const
             j->xp = xp;
         }
         return gemv_task;
+    }
+    if (buf && use_amx(w, T) && dr_cpu_reserve(c, (size_t)DR_AMX_ROWS * j->n)) {
+        if (!filled)
+            dr_amx_prep(buf, x, T, j->n);
+        j->xa = buf;
+        j->rb = AMX_ROWS;
+        return amx_task;
     }
     j->rb = gemm_rows(j->n);
     if (dr_cpu_reserve(c, (size_t)j->rb * j->n))

@@ -1,0 +1,43 @@
+/* ops/cpu/amx.h - prefill matmuls of BF16 weights on Intel AMX tiles.
+ *
+ * For T >= DR_AMX_MIN_T tokens, y = W x with W bf16 [d, n] runs on the
+ * AMX-BF16 tile unit (Sapphire Rapids and later Xeons) instead of widening
+ * W to fp32 for the AVX FMA tiles. The numerics stay those of the fp32
+ * path (DESIGN.md: fp32 activations, weights expanded, fp32 accumulation):
+ * each x is split exactly into three bf16 parts, x = h + m + l (8 + 8 + 8
+ * significant bits), and the tile unit adds the three products w h, w m,
+ * w l (each exact in fp32) into fp32 accumulators. What differs is the
+ * order of the fp32 sums, and that the tile unit flushes subnormal inputs
+ * and results to zero (only |x| below ~1e-33 loses bits that way).
+ *
+ * Available where the CPU has AMX-TILE and AMX-BF16, the kernel grants the
+ * process the tile state (Linux 5.16+, arch_prctl) and DR_CPU_AMX is not 0.
+ * Without the compiler's AMX support the functions below report "not
+ * available" and the fp32 path runs. */
+#ifndef DR_OPS_CPU_AMX_H
+#define DR_OPS_CPU_AMX_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define DR_AMX_MIN_T 16 /* fewer tokens: a tile of 16 would be mostly padding */
+#define DR_AMX_K 32     /* n must be a multiple of this (one tile row of bf16) */
+#define DR_AMX_ROWS 16  /* dr_amx_gemm takes rows in multiples of this */
+
+/* Whether the tile path runs (checked once; dr_amx_enable can turn it off). */
+bool dr_amx_enabled(void);
+/* Turn the path on (if available) or off; returns whether it is on. For
+ * tests and A/B runs. */
+bool dr_amx_enable(bool on);
+
+/* Bytes of x prepared for T tokens of length n (n % DR_AMX_K == 0). */
+size_t dr_amx_x_bytes(int T, int n);
+/* xp = x [T, n] (rows n apart) as three bf16 parts in the tiles' layout,
+ * zero tokens padding T to a multiple of 32. */
+void dr_amx_prep(uint16_t *xp, const float *x, int T, int n);
+/* y[t * ldy + r] = w_r . x_t for rows r < m (m % DR_AMX_ROWS == 0, bf16,
+ * ldw elements apart) and tokens t < T, x prepared by dr_amx_prep. */
+void dr_amx_gemm(float *y, size_t ldy, const uint16_t *w, size_t ldw, int m, const uint16_t *xp, int T, int n);
+
+#endif
