@@ -27,18 +27,20 @@
 #include <unistd.h>
 #endif
 
-/* x's layout: per 32 columns of k (kb) and 32 tokens (tp), the three parts
- * (h, m, l), each as two B tiles (tokens 0-15, 16-31) of 16 x 32 bf16. */
+/* x's layout: per 32 tokens (tp) and 32 columns of k (kb), the three parts
+ * (h, m, l), each as two B tiles (tokens 0-15, 16-31) of 16 x 32 bf16; one
+ * tp's tiles are contiguous (dr_amx_gemm keeps them in L2 while it runs
+ * every row block against them). */
 #define TILE_ELEMS 512 /* bf16 in a B tile: 16 rows x 64 bytes */
 #define TOK_BLOCK 32
 
-static size_t x_tile(int kb, int tp, int part, int n_tp) {
-    return ((((size_t)kb * (size_t)n_tp + (size_t)tp) * 3 + (size_t)part) * 2) * TILE_ELEMS;
+static size_t x_tile(int kb, int tp, int part, int nk) {
+    return ((((size_t)tp * (size_t)nk + (size_t)kb) * 3 + (size_t)part) * 2) * TILE_ELEMS;
 }
 
 size_t dr_amx_x_bytes(int T, int n) {
     const int n_tp = (T + TOK_BLOCK - 1) / TOK_BLOCK;
-    return x_tile(n / DR_AMX_K, n_tp, 0, n_tp) * sizeof(uint16_t);
+    return x_tile(0, n_tp, 0, n / DR_AMX_K) * sizeof(uint16_t);
 }
 
 #ifdef DR_HAVE_AMX
@@ -102,7 +104,7 @@ void dr_amx_prep(uint16_t *xp, const float *x, int T, int n) {
             }
             for (int part = 0; part < 3; part++) { /* h, m, l: each the rounding of what is left */
                 const __m512 pa = round_bf16(a), pb = round_bf16(b);
-                _mm512_i32scatter_epi32(xp + x_tile(kb, tp, part, n_tp), idx, pairs(pa, pb), 4);
+                _mm512_i32scatter_epi32(xp + x_tile(kb, tp, part, nk), idx, pairs(pa, pb), 4);
                 a = _mm512_sub_ps(a, pa);
                 b = _mm512_sub_ps(b, pb);
             }
@@ -140,7 +142,7 @@ static void configure(void) {
 /* The B tiles of x's three parts for (kb, tp) against A tiles 4 (and 5). */
 #define PRODUCTS(two_a)                                                  \
     for (int part = 0; part < 3; part++) {                               \
-        const uint16_t *bp = xp + x_tile(kb, tp, part, n_tp);            \
+        const uint16_t *bp = xp + x_tile(kb, tp, part, nk);              \
         _tile_loadd(6, bp, 64);                                          \
         _tile_loadd(7, bp + TILE_ELEMS, 64);                             \
         _tile_dpbf16ps(0, 4, 6);                                         \
@@ -156,9 +158,9 @@ void dr_amx_gemm(float *y, size_t ldy, const uint16_t *w, size_t ldw, int m, con
     const size_t stride = ldw * sizeof(uint16_t);
     _Alignas(64) float cb[16][16];
     configure();
-    for (int r = 0; r < m; r += 32) {
-        const bool two = m - r >= 32;
-        for (int tp = 0; tp < n_tp; tp++) {
+    for (int tp = 0; tp < n_tp; tp++) /* x's tiles of tp stay in L2 for all the rows */
+        for (int r = 0; r < m; r += 32) {
+            const bool two = m - r >= 32;
             _tile_zero(0);
             _tile_zero(1);
             _tile_zero(2);
@@ -180,7 +182,6 @@ void dr_amx_gemm(float *y, size_t ldy, const uint16_t *w, size_t ldw, int m, con
                 STORE_C(3, r + 16, tp * TOK_BLOCK + 16);
             }
         }
-    }
     _tile_release();
 }
 

@@ -29,7 +29,7 @@
 #define GEMV_BYTES (1 << 20)
 #define GEMV_MIN_BYTES (32 << 10) /* ... but at least this much when split finer to reach every thread */
 #define GEMM_FLOATS 65536 /* widened rows per task: 256 KiB, fits L2 */
-#define AMX_ROWS 64       /* rows per AMX task: two 32-row blocks of tiles */
+#define AMX_W_BYTES (1 << 20) /* bf16 rows per AMX task, at most (amx_rows) */
 
 typedef struct {
     dr_cpu_ctx *c;
@@ -112,6 +112,18 @@ static void amx_task(void *arg, int task, int thread) {
         dr_amx_gemm(j->y + r0, (size_t)j->d, dr_tensor_row(j->w, r0), (size_t)j->n, full, j->xa, j->T, j->n);
     if (full < nr)
         fp32_rows(j, r0 + full, nr - full, thread);
+}
+
+/* Rows per AMX task: about AMX_W_BYTES of bf16 rows, which stay in L2 while
+ * the task runs them against one 32-token slice of the prepared x after
+ * another (each task reads all of x once, so larger tasks read it fewer
+ * times); fewer where that leaves threads idle (at least two tasks a
+ * thread); whole blocks of 32 rows. The outputs don't depend on it. */
+static int amx_rows(const dr_cpu_ctx *c, int d, int n) {
+    const int spread_tasks = 2 * c->n_threads;
+    int rb = AMX_W_BYTES / (2 * (n > 0 ? n : 1)), spread = (d + spread_tasks - 1) / spread_tasks;
+    rb = (spread < rb ? spread : rb) / 32 * 32;
+    return rb < 32 ? 32 : rb;
 }
 
 /* Whether W [d, n] @ x [T, n] takes the AMX tiles. */
@@ -221,7 +233,7 @@ static dr_pool_fn plan(mm_job *j, dr_cpu_ctx *c, float *y, const float *x, const
         if (!filled)
             dr_amx_prep(buf, x, T, j->n);
         j->xa = buf;
-        j->rb = AMX_ROWS;
+        j->rb = amx_rows(c, j->d, j->n);
         return amx_task;
     }
     j->rb = gemm_rows(j->n);
