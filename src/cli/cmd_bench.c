@@ -15,6 +15,7 @@
 #include "cli/args.h"
 #include "model/model.h"
 #include "model/synthetic.h"
+#include "ops/cpu/amx.h"
 #include "ops/cpu/simd.h"
 #include "util/argmax.h"
 #include "util/cpu_features.h"
@@ -438,9 +439,12 @@ static derived derive(const bench_opts *o, const bench_res *r) {
     return d;
 }
 
+/* Whether the CPU's bf16 prefill matmuls run on AMX tiles (ops/cpu/amx.h). */
+static bool uses_amx(const bench_opts *o) { return strcmp(o->device, "cpu") == 0 && dr_amx_enabled(); }
+
 static void print_json(const bench_opts *o, const dr_model *m, const bench_res *r, const derived *d, int thr) {
     printf("{\"model\": \"%s\", \"synthetic\": %s, \"quant\": \"%s\", \"layers\": %d, \"params\": %llu, "
-           "\"device\": \"%s\", \"threads\": %d, \"simd\": \"%s\", \"prompt_tokens\": %d, \"gen_tokens\": %d, "
+           "\"device\": \"%s\", \"threads\": %d, \"simd\": \"%s\", \"amx\": %s, \"prompt_tokens\": %d, \"gen_tokens\": %d, "
            "\"prefill_tok_s\": %.3f, \"ttft_ms\": %.1f, \"decode_tok_s\": %.3f, "
            "\"weight_bytes_per_token\": %.0f, \"bytes_per_token\": %.0f, \"decode_gb_s\": %.3f, "
            "\"measured_bandwidth_gb_s\": %.3f, \"measured_bandwidth_best_gb_s\": %.3f, \"floor_tok_s\": %.3f, "
@@ -448,8 +452,8 @@ static void print_json(const bench_opts *o, const dr_model *m, const bench_res *
            "\"peak_rss_mb\": %.1f, \"build_s\": %.2f, \"host_logits\": %s",
            o->dir ? o->dir : o->synthetic, o->dir ? "false" : "true", o->dir ? m->info.weight_dtype : o->quant,
            m->hp.n_layers, (unsigned long long)m->info.n_params, o->device, thr,
-           dr_simd_level_name(dr_simd_get()->level), o->p, o->n, d->prefill_tps, d->ttft_ms, d->decode_tps,
-           r->weight_bytes, r->bytes, d->decode_gbs, r->bw_gbs, r->bw_best_gbs, d->floor_tps, d->floor_frac,
+           dr_simd_level_name(dr_simd_get()->level), uses_amx(o) ? "true" : "false", o->p, o->n, d->prefill_tps,
+           d->ttft_ms, d->decode_tps, r->weight_bytes, r->bytes, d->decode_gbs, r->bw_gbs, r->bw_best_gbs, d->floor_tps, d->floor_frac,
            d->floor_best_frac, d->rss_mb, r->build_s, o->host_logits ? "true" : "false");
     if (o->serial)
         printf(", \"serial_prefill_tok_s\": %.3f, \"prefill_speedup\": %.2f", d->serial_tps,
@@ -467,7 +471,8 @@ static void print_table(const bench_opts *o, const dr_model *m, const bench_res 
     printf("model      %s%s (%d layers, %s, %.3f B params)\n", o->dir ? "" : "synthetic ",
            o->dir ? o->dir : o->synthetic, m->hp.n_layers, o->dir ? m->info.weight_dtype : o->quant,
            (double)m->info.n_params / 1e9);
-    printf("device     %s, %d threads, %s kernels\n", o->device, thr, dr_simd_level_name(dr_simd_get()->level));
+    printf("device     %s, %d threads, %s kernels%s\n", o->device, thr, dr_simd_level_name(dr_simd_get()->level),
+           uses_amx(o) ? " + AMX tiles (bf16 prefill)" : "");
     printf("prefill    %d tokens: %.2f tok/s (time to first token %.0f ms)%s\n", o->p, d->prefill_tps, d->ttft_ms,
            o->reps > 1 ? ", median of the runs" : "");
     if (o->reps > 1) {
