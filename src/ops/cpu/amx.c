@@ -88,28 +88,58 @@ AI __m512i pairs(__m512 a, __m512 b) {
     return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
 }
 
+/* r[i] lane j -> r[j] lane i (16 x 16 dwords): pairs by token -> by kk. */
+AI void transpose16(__m512i r[16]) {
+    __m512i t[16];
+    for (int i = 0; i < 8; i++) {
+        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 4; i++) {
+        r[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+        r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+        r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+        r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+    }
+    for (int i = 0; i < 2; i++)
+        for (int k = 0; k < 4; k++) {
+            t[8 * i + k] = _mm512_shuffle_i32x4(r[8 * i + k], r[8 * i + 4 + k], 0x88);
+            t[8 * i + 4 + k] = _mm512_shuffle_i32x4(r[8 * i + k], r[8 * i + 4 + k], 0xDD);
+        }
+    for (int k = 0; k < 8; k++) {
+        r[k] = _mm512_shuffle_i32x4(t[k], t[8 + k], 0x88);
+        r[8 + k] = _mm512_shuffle_i32x4(t[k], t[8 + k], 0xDD);
+    }
+}
+
+/* Part `part` (0: h, 1: m, 2: l) of the 32 floats at p (NULL: zeros) as 16
+ * pairs: each part the rounding of what the ones before leave. */
+AI __m512i part_pairs(const float *p, int part) {
+    if (!p)
+        return _mm512_setzero_si512();
+    __m512 a = _mm512_loadu_ps(p), b = _mm512_loadu_ps(p + 16);
+    for (int k = 0; k < part; k++) {
+        a = _mm512_sub_ps(a, round_bf16(a));
+        b = _mm512_sub_ps(b, round_bf16(b));
+    }
+    return pairs(round_bf16(a), round_bf16(b));
+}
+
 void dr_amx_prep(uint16_t *xp, const float *x, int T, int n) {
     const int n_tp = (T + TOK_BLOCK - 1) / TOK_BLOCK, nk = n / DR_AMX_K;
-    /* pair kk of a token goes to row kk of its B tile: 16 dwords apart */
-    const __m512i rows = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                            _mm512_set1_epi32(16));
-    for (int t = 0; t < n_tp * TOK_BLOCK; t++) {
-        const int tp = t / TOK_BLOCK, half = t / 16 % 2, col = t % 16;
-        const __m512i idx = _mm512_add_epi32(rows, _mm512_set1_epi32(half * 256 + col));
-        for (int kb = 0; kb < nk; kb++) {
-            __m512 a = _mm512_setzero_ps(), b = a; /* tokens past T: zeros */
-            if (t < T) {
-                a = _mm512_loadu_ps(x + (size_t)t * (size_t)n + (size_t)kb * DR_AMX_K);
-                b = _mm512_loadu_ps(x + (size_t)t * (size_t)n + (size_t)kb * DR_AMX_K + 16);
+    for (int tb = 0; tb < 2 * n_tp; tb++) /* 16 tokens: one B tile per part and kb */
+        for (int kb = 0; kb < nk; kb++)
+            for (int part = 0; part < 3; part++) {
+                __m512i r[16]; /* r[t]: token t's 16 pairs, then (transposed) r[kk]: pair kk of the tokens */
+                for (int t = 0; t < 16; t++) {
+                    const int tt = 16 * tb + t; /* past T: zeros */
+                    r[t] = part_pairs(tt < T ? x + (size_t)tt * (size_t)n + (size_t)kb * DR_AMX_K : NULL, part);
+                }
+                transpose16(r);
+                uint16_t *dst = xp + x_tile(kb, tb / 2, part, nk) + (size_t)(tb % 2) * TILE_ELEMS;
+                for (int kk = 0; kk < 16; kk++)
+                    _mm512_storeu_si512(dst + 32 * kk, r[kk]);
             }
-            for (int part = 0; part < 3; part++) { /* h, m, l: each the rounding of what is left */
-                const __m512 pa = round_bf16(a), pb = round_bf16(b);
-                _mm512_i32scatter_epi32(xp + x_tile(kb, tp, part, nk), idx, pairs(pa, pb), 4);
-                a = _mm512_sub_ps(a, pa);
-                b = _mm512_sub_ps(b, pb);
-            }
-        }
-    }
 }
 
 typedef struct {
