@@ -80,10 +80,12 @@ bool dr_cpu_reserve(dr_cpu_ctx *c, size_t n) {
     return true;
 }
 
+/* 64-byte aligned: AMX tile loads of a prepared x that straddle cache lines
+ * ran ~20% slower (ops/cpu/amx.c; docs/PERFORMANCE.md, CPU, session 20). */
 void *dr_cpu_shared_buf(dr_cpu_ctx *c, int slot, size_t bytes) {
     if (c->shared_cap[slot] < bytes) {
         free(c->shared[slot]);
-        c->shared[slot] = malloc(bytes);
+        c->shared[slot] = aligned_alloc(64, (bytes + 63) / 64 * 64);
         c->shared_cap[slot] = c->shared[slot] ? bytes : 0;
     }
     return c->shared[slot];
