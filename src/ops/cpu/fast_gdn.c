@@ -17,6 +17,7 @@
 #define L2_EPS 1e-6f     /* as the reference (and transformers / FLA) */
 #define CONV_CB 256      /* channels per conv task */
 #define CONV_MIN 65536   /* T * C below this: the reference conv, unthreaded */
+#define CONV_MAX_K 8     /* longer kernels (the models' is 4): the reference conv */
 
 /* ===================== conv ===================== */
 
@@ -28,24 +29,35 @@ typedef struct {
     int T, C, K;
 } conv_job;
 
+/* o [n] += w [n] * s [n], element by element (restrict: vectorised). */
+static void mul_add(float *restrict o, const float *restrict w, const float *restrict s, int n) {
+    for (int i = 0; i < n; i++)
+        o[i] += w[i] * s[i];
+}
+
 /* Channels [c0, c1): out_t = silu(sum_j w_j x_{t-K+1+j}); inputs before the
  * block come from the state (row r = input at time r - K), then the state
- * keeps the last K inputs. */
+ * keeps the last K inputs. The task's weights are first copied tap-major
+ * (wt[tap][ch]), so the sums run over contiguous channels (vectorised; the
+ * per-channel stride K kept them scalar: 0.8B, 512 tokens, 7 ms a layer);
+ * each output is still 0 + w_0 x_0 + ... + w_{K-1} x_{K-1} in that order. */
 static void conv_task(void *arg, int task, int thread) {
     const conv_job *j = arg;
     (void)thread;
-    const int C = j->C, K = j->K, c0 = task * CONV_CB, c1 = c0 + CONV_CB < C ? c0 + CONV_CB : C;
-    for (int t = 0; t < j->T; t++) {
-        float *o = j->out + (size_t)t * C;
+    const int C = j->C, K = j->K, c0 = task * CONV_CB, c1 = c0 + CONV_CB < C ? c0 + CONV_CB : C, nc = c1 - c0;
+    float wt[CONV_MAX_K * CONV_CB];
+    for (int tap = 0; tap < K; tap++)
         for (int ch = c0; ch < c1; ch++)
-            o[ch] = 0.0f;
+            wt[tap * CONV_CB + (ch - c0)] = j->w[(size_t)ch * K + tap];
+    for (int t = 0; t < j->T; t++) {
+        float *o = j->out + (size_t)t * C + c0;
+        memset(o, 0, (size_t)nc * sizeof *o);
         for (int tap = 0; tap < K; tap++) {
             int s = t - K + 1 + tap; /* time of the input under this tap */
             const float *src = s >= 0 ? j->m + (size_t)s * C : j->st + (size_t)(s + K) * C;
-            for (int ch = c0; ch < c1; ch++)
-                o[ch] += j->w[(size_t)ch * K + tap] * src[ch];
+            mul_add(o, wt + tap * CONV_CB, src + c0, nc);
         }
-        j->k->silu(o + c0, o + c0, c1 - c0);
+        j->k->silu(o, o, nc);
     }
     for (int r = 0; r < K; r++) { /* ascending: a row read from the old state is never overwritten first */
         int s = j->T - K + r;
@@ -57,7 +69,7 @@ static void conv_task(void *arg, int task, int thread) {
 void dr_fast_gdn_conv(void *ctx, float *out, const float *m, float *conv_state, const float *w, int T, int C,
                       int K) {
     dr_cpu_ctx *c = ctx;
-    if ((size_t)T * C < CONV_MIN) {
+    if ((size_t)T * C < CONV_MIN || K > CONV_MAX_K) {
         dr_cpu_gdn_conv(ctx, out, m, conv_state, w, T, C, K);
         return;
     }
