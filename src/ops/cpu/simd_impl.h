@@ -245,6 +245,33 @@ static void gemm_1x1(float *C, const float *A, const float *B, int ldb, int K, b
     gemm_store(C, c, acc);
 }
 
+/* one row, columns j0..j0+4VL-1: gemm_1x1 on four column blocks at once
+ * (four FMA chains in flight, not one; each the same sum in the same order).
+ * The chunked GDN's forward substitution is all one-row products. */
+static void gemm_1x4(float *C, const float *A, const float *B, int ldb, int K, bool acc) {
+    V c0 = V_ZERO(), c1 = c0, c2 = c0, c3 = c0;
+    for (int k = 0; k < K; k++) {
+        const V a = V_SET1(A[k]);
+        const float *b = B + (size_t)k * ldb;
+        c0 = V_FMA(a, V_LOADU(b), c0);
+        c1 = V_FMA(a, V_LOADU(b + VL), c1);
+        c2 = V_FMA(a, V_LOADU(b + 2 * VL), c2);
+        c3 = V_FMA(a, V_LOADU(b + 3 * VL), c3);
+    }
+    gemm_store(C, c0, acc);
+    gemm_store(C + VL, c1, acc);
+    gemm_store(C + 2 * VL, c2, acc);
+    gemm_store(C + 3 * VL, c3, acc);
+}
+
+/* one row, the vector columns [j, nv) */
+static void gemm_row(float *C, const float *A, const float *B, int ldb, int K, bool acc, int j, int nv) {
+    for (; j + 4 * VL <= nv; j += 4 * VL)
+        gemm_1x4(C + j, A, B + j, ldb, K, acc);
+    for (; j < nv; j += VL)
+        gemm_1x1(C + j, A, B + j, ldb, K, acc);
+}
+
 static void k_gemm_nn(float *C, int ldc, const float *A, int lda, const float *B, int ldb, int M, int N, int K,
                       bool acc) {
     const int nv = N / VL * VL; /* columns the vector code covers */
@@ -253,13 +280,11 @@ static void k_gemm_nn(float *C, int ldc, const float *A, int lda, const float *B
         int j = 0;
         for (; j + 2 * VL <= nv; j += 2 * VL)
             gemm_4x2(C + (size_t)i * ldc + j, ldc, A + (size_t)i * lda, lda, B + j, ldb, K, acc);
-        for (; j < nv; j += VL)
-            for (int r = 0; r < 4; r++)
-                gemm_1x1(C + (size_t)(i + r) * ldc + j, A + (size_t)(i + r) * lda, B + j, ldb, K, acc);
+        for (int r = 0; r < 4 && j < nv; r++)
+            gemm_row(C + (size_t)(i + r) * ldc, A + (size_t)(i + r) * lda, B, ldb, K, acc, j, nv);
     }
     for (; i < M; i++)
-        for (int j = 0; j < nv; j += VL)
-            gemm_1x1(C + (size_t)i * ldc + j, A + (size_t)i * lda, B + j, ldb, K, acc);
+        gemm_row(C + (size_t)i * ldc, A + (size_t)i * lda, B, ldb, K, acc, 0, nv);
     for (int r = 0; r < M && nv < N; r++) /* column tail */
         for (int j = nv; j < N; j++) {
             float s = acc ? C[(size_t)r * ldc + j] : 0.0f;
