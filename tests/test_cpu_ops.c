@@ -237,6 +237,41 @@ static void t_matmul_q(dr_ops *f, dr_ops *r) {
     dr_cpu_quant_set_level(-1);
 }
 
+/* MLX-quantized weights with 16 or more tokens: the AMX tiles where this
+ * CPU has them (q exact in bf16 on the tiles, scales and biases in fp32:
+ * the decode GEMVs' split form), else the dequantized fp32 tiles; against
+ * the element-by-element reference, to 1e-5 of sum |w x| as t_matmul_q.
+ * Rows not a multiple of 16 or 32, token counts not a multiple of 16 or 32,
+ * group sizes 32 / 64 / 128, and a tensor in the decode layout. */
+static void t_matmul_amx_q(dr_ops *f, dr_ops *r) {
+    static const struct { int d, n, gs, T; } sh[] = {{37, 320, 32, 17}, {48, 320, 64, 40}, {16, 1024, 128, 16},
+                                                     {101, 640, 64, 33}, {50, 2176, 64, 20}};
+    double worst = 0.0;
+    int cases = 0;
+    for (int bits = 4; bits <= 8; bits += 4)
+        for (size_t c = 0; c < sizeof sh / sizeof sh[0]; c++)
+            for (int tiled = 0; tiled < 2; tiled++) {
+                const int d = sh[c].d, n = sh[c].n, T = sh[c].T;
+                void *buf, *own;
+                dr_tensor w = mat(DR_DT_BF16, d, n, &buf), q;
+                CHECK(dr_quantize(&w, bits, sh[c].gs, &q, &own) == DR_OK, "quantize: %s", dr_last_error());
+                if (tiled)
+                    CHECK(dr_cpu_q_tile(&q, SIZE_MAX) > 0, "tile [%d, %d]", d, n);
+                float *x = rnd((size_t)T * n, 1.0f), *y = calloc((size_t)T * d, 4), *yr = calloc((size_t)T * d, 4);
+                dr_cpu_quant_set_level(DR_QLEVEL_SCALAR);
+                r->matmul(r->ctx, yr, x, &q, T);
+                dr_cpu_quant_set_level(-1);
+                f->matmul(f->ctx, y, x, &q, T);
+                const double e = q_rel_err(y, yr, x, &q, T);
+                worst = e > worst || e != e ? e : worst;
+                cases++;
+                free(buf), free(own), free(x), free(y), free(yr);
+            }
+    char what[80];
+    snprintf(what, sizeof what, "matmul q4/q8 T>=16 (%d, %s)", cases, dr_amx_enabled() ? "amx" : "no amx: fp32");
+    show(what, (float)worst, 1e-5f);
+}
+
 static void t_attention(dr_ops *f, dr_ops *r) {
     /* GQA groups of 1-12 query heads (the fast backend serves up to 8 from
        one read of the kv head's rows, so 12 takes two pieces), caches split
@@ -768,6 +803,7 @@ int main(void) {
                 continue;
             t_matmul(f, ref);
             t_matmul_amx(f, ref);
+            t_matmul_amx_q(f, ref);
             t_matmul_q(f, ref);
             t_attention(f, ref);
             t_conv(f, ref);

@@ -43,6 +43,22 @@ size_t dr_amx_x_bytes(int T, int n) {
     return x_tile(0, n_tp, 0, n / DR_AMX_K) * sizeof(uint16_t);
 }
 
+size_t dr_amx_group_floats(int T, int n, int gs) {
+    const int n_tp = (T + TOK_BLOCK - 1) / TOK_BLOCK;
+    return (size_t)(n / gs) * (size_t)n_tp * TOK_BLOCK;
+}
+
+void dr_amx_group_sums(float *xg, const float *x, int T, int n, int gs) {
+    const int G = n / gs, tpad = (T + TOK_BLOCK - 1) / TOK_BLOCK * TOK_BLOCK;
+    for (int g = 0; g < G; g++)
+        for (int t = 0; t < tpad; t++) {
+            float sum = 0.0f;
+            for (int i = 0; t < T && i < gs; i++)
+                sum += x[(size_t)t * (size_t)n + (size_t)g * (size_t)gs + (size_t)i];
+            xg[(size_t)g * (size_t)tpad + (size_t)t] = sum;
+        }
+}
+
 #ifdef DR_HAVE_AMX
 
 #define AI static inline __attribute__((always_inline))
@@ -148,17 +164,16 @@ typedef struct {
     uint8_t rows[16];
 } tile_config;
 
-/* Every tile 16 rows of 64 bytes: C 0-3, A 4-5, B 6-7. */
-static void configure(void) {
-    tile_config c;
-    memset(&c, 0, sizeof c);
-    c.palette = 1;
-    for (int i = 0; i < 8; i++) {
-        c.rows[i] = 16;
-        c.colsb[i] = 64;
-    }
-    _tile_loadconfig(&c);
-}
+/* Every tile 16 rows of 64 bytes: C 0-3, A 4-5, B 6-7. A constant: GCC 12
+ * moved the stores that filled a local config past the ldtilecfg reading
+ * it (the instruction faulted on tiles never configured). */
+static const tile_config g_config = {
+    .palette = 1,
+    .colsb = {64, 64, 64, 64, 64, 64, 64, 64},
+    .rows = {16, 16, 16, 16, 16, 16, 16, 16},
+};
+
+static void configure(void) { _tile_loadconfig(&g_config); }
 
 /* Tile `tile` (C: 16 rows from r, 16 tokens from t0) into y, tokens < T:
  * transposed in registers, so each token's 16 outputs go out as one 64-byte
@@ -221,6 +236,104 @@ void dr_amx_gemm(float *y, size_t ldy, const uint16_t *w, size_t ldw, int m, con
     _tile_release();
 }
 
+/* 16 codes (bytes) as bf16: exact, q <= 255. */
+AI void store_codes16(uint16_t *dst, __m128i q) {
+    const __m512i f = _mm512_castps_si512(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(q)));
+    _mm256_storeu_si256((__m256i *)(void *)dst, _mm512_cvtepi32_epi16(_mm512_srli_epi32(f, 16)));
+}
+
+void dr_amx_codes(uint16_t *codes, const unsigned char *row, int bits, int n) {
+    if (bits == 8) {
+        for (int i = 0; i < n; i += 16)
+            store_codes16(codes + i, _mm_loadu_si128((const __m128i *)(const void *)(row + i)));
+        return;
+    }
+    const __m128i m4 = _mm_set1_epi8(0x0F);
+    for (int i = 0; i < n; i += 32) { /* byte j: element 2j (low nibble), 2j + 1 (high) */
+        const __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(row + i / 2));
+        const __m128i lo = _mm_and_si128(v, m4), hi = _mm_and_si128(_mm_srli_epi16(v, 4), m4);
+        store_codes16(codes + i, _mm_unpacklo_epi8(lo, hi));
+        store_codes16(codes + i + 16, _mm_unpackhi_epi8(lo, hi));
+    }
+}
+
+/* acc [rows][32] += s_i * C tiles (tile 0/1: rows 0-15, tokens 0-15 / 16-31;
+ * 2/3: rows 16-31) for one group; s: the rows' scales, G apart. */
+AI void scale_add(float acc[32][32], float cb[4][16][16], const float *s, int G, int rows) {
+    for (int i = 0; i < rows; i++) {
+        const __m512 sv = _mm512_set1_ps(s[(size_t)i * (size_t)G]);
+        float *cr0 = cb[(i / 16) * 2][i % 16], *cr1 = cb[(i / 16) * 2 + 1][i % 16];
+        _mm512_store_ps(acc[i], _mm512_fmadd_ps(sv, _mm512_load_ps(cr0), _mm512_load_ps(acc[i])));
+        _mm512_store_ps(acc[i] + 16, _mm512_fmadd_ps(sv, _mm512_load_ps(cr1), _mm512_load_ps(acc[i] + 16)));
+    }
+}
+
+/* acc rows [r0, r0 + 16) x tokens [t0, t0 + 16) transposed into y (its
+ * row 0 = token t0), nt of the tokens (the rest are padding). */
+AI void store_acc(float *y, size_t ldy, float acc[32][32], int r0, int t0, int yr, int nt) {
+    __m512i v[16];
+    for (int i = 0; i < 16; i++)
+        v[i] = _mm512_load_si512(acc[r0 + i] + t0);
+    transpose16(v);
+    for (int t = 0; t < 16 && t < nt; t++)
+        _mm512_storeu_si512(y + (size_t)t * ldy + (size_t)yr, v[t]);
+}
+
+void dr_amx_gemm_q(float *y, size_t ldy, const uint16_t *codes, const float *s, const float *b, int gs, int m,
+                   const uint16_t *xp, const float *xg, int T, int n) {
+    const int n_tp = (T + TOK_BLOCK - 1) / TOK_BLOCK, nk = n / DR_AMX_K, G = n / gs, kpg = gs / DR_AMX_K;
+    const size_t stride = (size_t)n * sizeof(uint16_t), tpad = (size_t)n_tp * TOK_BLOCK;
+    _Alignas(64) float cb[4][16][16];
+    _Alignas(64) float acc[32][32];
+    configure();
+    for (int tp = 0; tp < n_tp; tp++)
+        for (int r = 0; r < m; r += 32) {
+            const bool two = m - r >= 32;
+            const int rows = two ? 32 : 16;
+            memset(acc, 0, sizeof acc);
+            for (int g = 0; g < G; g++) {
+                _tile_zero(0);
+                _tile_zero(1);
+                _tile_zero(2);
+                _tile_zero(3);
+                for (int kb = g * kpg; kb < (g + 1) * kpg; kb++) {
+                    const uint16_t *a = codes + (size_t)r * (size_t)n + (size_t)kb * DR_AMX_K;
+                    _tile_loadd(4, a, stride);
+                    if (two) {
+                        _tile_loadd(5, a + 16 * (size_t)n, stride);
+                        PRODUCTS(1)
+                    } else {
+                        PRODUCTS(0)
+                    }
+                }
+                _tile_stored(0, cb[0], 64);
+                _tile_stored(1, cb[1], 64);
+                if (two) {
+                    _tile_stored(2, cb[2], 64);
+                    _tile_stored(3, cb[3], 64);
+                }
+                scale_add(acc, cb, s + (size_t)r * (size_t)G + (size_t)g, G, rows);
+            }
+            for (int g = 0; g < G; g++) { /* + b_g (sum of x_g), after every group's q part */
+                const float *xs = xg + (size_t)g * tpad + (size_t)tp * TOK_BLOCK;
+                const __m512 x0 = _mm512_loadu_ps(xs), x1 = _mm512_loadu_ps(xs + 16);
+                for (int i = 0; i < rows; i++) {
+                    const __m512 bv = _mm512_set1_ps(b[(size_t)(r + i) * (size_t)G + (size_t)g]);
+                    _mm512_store_ps(acc[i], _mm512_fmadd_ps(bv, x0, _mm512_load_ps(acc[i])));
+                    _mm512_store_ps(acc[i] + 16, _mm512_fmadd_ps(bv, x1, _mm512_load_ps(acc[i] + 16)));
+                }
+            }
+            float *yt = y + (size_t)tp * TOK_BLOCK * ldy;
+            const int tl = T - tp * TOK_BLOCK; /* tokens left from this slice's first */
+            for (int rb = 0; rb < rows; rb += 16) {
+                store_acc(yt, ldy, acc, rb, 0, r + rb, tl);
+                if (tl > 16)
+                    store_acc(yt + 16 * ldy, ldy, acc, rb, 16, r + rb, tl - 16);
+            }
+        }
+    _tile_release();
+}
+
 #else /* no AMX in this build: the fp32 path always runs */
 
 bool dr_amx_enabled(void) { return false; }
@@ -231,6 +344,13 @@ bool dr_amx_enable(bool on) {
 void dr_amx_prep(uint16_t *xp, const float *x, int T, int n) { (void)xp, (void)x, (void)T, (void)n; }
 void dr_amx_gemm(float *y, size_t ldy, const uint16_t *w, size_t ldw, int m, const uint16_t *xp, int T, int n) {
     (void)y, (void)ldy, (void)w, (void)ldw, (void)m, (void)xp, (void)T, (void)n;
+}
+void dr_amx_gemm_q(float *y, size_t ldy, const uint16_t *codes, const float *s, const float *b, int gs, int m,
+                   const uint16_t *xp, const float *xg, int T, int n) {
+    (void)y, (void)ldy, (void)codes, (void)s, (void)b, (void)gs, (void)m, (void)xp, (void)xg, (void)T, (void)n;
+}
+void dr_amx_codes(uint16_t *codes, const unsigned char *row, int bits, int n) {
+    (void)codes, (void)row, (void)bits, (void)n;
 }
 
 #endif

@@ -40,4 +40,20 @@ void dr_amx_prep(uint16_t *xp, const float *x, int T, int n);
  * ldw elements apart) and tokens t < T, x prepared by dr_amx_prep. */
 void dr_amx_gemm(float *y, size_t ldy, const uint16_t *w, size_t ldw, int m, const uint16_t *xp, int T, int n);
 
+/* Quantized weights (MLX affine, w = s q + b per group): per group g of
+ * each row, s_g (q . x_g) + b_g (sum of x_g), the form the decode GEMVs
+ * use, with q . x_g on the tiles (q exact in bf16, x in its three parts)
+ * and the rest in fp32. Inputs: codes [m, n] the rows' q as bf16 (n apart,
+ * from dr_amx_codes), s and b [m, G] fp32, x prepared by dr_amx_prep and
+ * its group sums by dr_amx_group_sums; gs a multiple of DR_AMX_K. */
+void dr_amx_gemm_q(float *y, size_t ldy, const uint16_t *codes, const float *s, const float *b, int gs, int m,
+                   const uint16_t *xp, const float *xg, int T, int n);
+/* codes [n] = q of one packed file-order row (bits 4 or 8) as bf16. */
+void dr_amx_codes(uint16_t *codes, const unsigned char *row, int bits, int n);
+/* Floats of x's group sums for T tokens (dr_amx_group_sums). */
+size_t dr_amx_group_floats(int T, int n, int gs);
+/* xg = sum of each group of gs elements of each token of x [T, n], in the
+ * layout dr_amx_gemm_q reads (group-major, tokens padded to 32 with 0). */
+void dr_amx_group_sums(float *xg, const float *x, int T, int n, int gs);
+
 #endif

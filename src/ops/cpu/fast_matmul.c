@@ -41,6 +41,7 @@ typedef struct {
     const float *xp;         /* x prepared: by dr_cpu_q_prep (quantized GEMV) or in
                                 pair order (BF16 GEMV, k->bf16_pairs), or NULL */
     const uint16_t *xa;      /* x prepared for the AMX tiles (dr_amx_prep), or NULL */
+    const float *xg;         /* ... and its group sums (quantized weights) */
 } mm_job;
 
 static int rows_of(const mm_job *j, int task, int *r0) {
@@ -126,10 +127,48 @@ static int amx_rows(const dr_cpu_ctx *c, int d, int n) {
     return rb < 32 ? 32 : rb;
 }
 
-/* Whether W [d, n] @ x [T, n] takes the AMX tiles. */
+/* Quantized weights, several tokens, on the AMX tiles: the task's rows as
+ * bf16 codes and fp32 scales / biases in the thread's buffer, then
+ * dr_amx_gemm_q; the last rows of a weight whose row count is not a
+ * multiple of 16 take the fp32 path (dequantized). */
+static void amx_q_task(void *arg, int task, int thread) {
+    const mm_job *j = arg;
+    int r0, nr = rows_of(j, task, &r0);
+    const int full = nr / DR_AMX_ROWS * DR_AMX_ROWS, G = j->n / j->w->q.group_size;
+    if (full) {
+        float *tb = dr_cpu_tbuf(j->c, thread), *s = tb + (size_t)full * (size_t)j->n / 2, *b = s + (size_t)full * G;
+        uint16_t *codes = (uint16_t *)(void *)tb;
+        dr_cpu_q_codes_rows(codes, s, b, j->w, r0, full);
+        dr_amx_gemm_q(j->y + r0, (size_t)j->d, codes, s, b, j->w->q.group_size, full, j->xa, j->xg, j->T, j->n);
+    }
+    if (full < nr)
+        fp32_rows(j, r0 + full, nr - full, thread);
+}
+
+/* Whether W [d, n] @ x [T, n] takes the AMX tiles: BF16, or MLX-quantized
+ * with groups of whole tile rows. */
 static bool use_amx(const dr_tensor *w, int T) {
-    return T >= DR_AMX_MIN_T && !w->q.bits && w->dtype == DR_DT_BF16 && w->ne[w->ndim - 1] % DR_AMX_K == 0 &&
-           dr_amx_enabled();
+    const int64_t n = w->ne[w->ndim - 1];
+    if (T < DR_AMX_MIN_T || n % DR_AMX_K || !dr_amx_enabled())
+        return false;
+    return w->q.bits ? w->q.group_size % DR_AMX_K == 0 : w->dtype == DR_DT_BF16;
+}
+
+/* Scratch of the AMX plan: x prepared, then (quantized) its group sums. */
+static size_t amx_x_bytes(const dr_tensor *w, int T) {
+    const int n = (int)w->ne[w->ndim - 1];
+    const size_t xb = (dr_amx_x_bytes(T, n) + 63) / 64 * 64;
+    return xb + (w->q.bits ? dr_amx_group_floats(T, n, w->q.group_size) * sizeof(float) : 0);
+}
+
+/* Thread buffer floats an AMX task of rb rows wants: codes, scales and
+ * biases (quantized), and 16 rows widened for the fp32 tail. */
+static size_t amx_tbuf(const dr_tensor *w, int rb) {
+    const size_t n = (size_t)w->ne[w->ndim - 1], tail = (size_t)DR_AMX_ROWS * n;
+    if (!w->q.bits)
+        return tail;
+    const size_t q = (size_t)rb * n / 2 + 2 * (size_t)rb * (n / (size_t)w->q.group_size);
+    return q > tail ? q : tail;
 }
 
 /* ---- quantized ---- */
@@ -178,13 +217,13 @@ static int gemv_rows(const dr_cpu_ctx *c, int d, int n, dr_dtype dt) {
 static size_t plan_bytes(const dr_cpu_ctx *c, const dr_tensor *w, int T) {
     const size_t n = (size_t)w->ne[w->ndim - 1];
     if (w->q.bits)
-        return T == 1 ? dr_cpu_q_prep_floats(w) * sizeof(float) : 0;
+        return T == 1 ? dr_cpu_q_prep_floats(w) * sizeof(float) : use_amx(w, T) ? amx_x_bytes(w, T) : 0;
     if (T < GEMV_MAX_T && w->dtype == DR_DT_BF16 && c->bf16_dot)
         return 2 * (size_t)T * n * sizeof(uint16_t);
     if (T < GEMV_MAX_T && w->dtype == DR_DT_BF16 && c->k->gemv_bf16p)
         return (size_t)T * n * sizeof(float);
     if (use_amx(w, T))
-        return dr_amx_x_bytes(T, (int)n);
+        return amx_x_bytes(w, T);
     return 0;
 }
 
@@ -192,6 +231,19 @@ static size_t plan_bytes(const dr_cpu_ctx *c, const dr_tensor *w, int T) {
  * of shared scratch for this weight, or NULL (then the paths that need none);
  * filled: buf already holds what this plan would write there (another
  * weight's, see same_scratch). */
+/* x prepared for the tiles in buf (unless filled: another weight's plan
+ * wrote the same), and the job's pointers to it. */
+static void amx_plan(mm_job *j, const float *x, void *buf, bool filled) {
+    const size_t xb = (dr_amx_x_bytes(j->T, j->n) + 63) / 64 * 64;
+    j->xa = buf;
+    j->xg = j->w->q.bits ? (const float *)(const void *)((const char *)buf + xb) : NULL;
+    if (filled)
+        return;
+    dr_amx_prep(buf, x, j->T, j->n);
+    if (j->w->q.bits)
+        dr_amx_group_sums((float *)((char *)buf + xb), x, j->T, j->n, j->w->q.group_size);
+}
+
 static dr_pool_fn plan(mm_job *j, dr_cpu_ctx *c, float *y, const float *x, const dr_tensor *w, int T, void *buf,
                        bool filled) {
     *j = (mm_job){.c = c, .y = y, .x = x, .w = w, .T = T};
@@ -206,6 +258,10 @@ static dr_pool_fn plan(mm_job *j, dr_cpu_ctx *c, float *y, const float *x, const
             if (w->q.tiled_rows) /* whole 16-row tiles of the decode layout */
                 j->rb = (j->rb + DR_QK_TILE_ROWS - 1) / DR_QK_TILE_ROWS * DR_QK_TILE_ROWS;
             return q_gemv_task;
+        }
+        if (buf && use_amx(w, T) && (j->rb = amx_rows(c, j->d, j->n), dr_cpu_reserve(c, amx_tbuf(w, j->rb)))) {
+            amx_plan(j, x, buf, filled);
+            return amx_q_task;
         }
         if (T > 1 && (j->rb = gemm_rows(j->n), dr_cpu_reserve(c, (size_t)j->rb * j->n)))
             return gemm_task; /* blocks of rows dequantized once, reused by every token */
@@ -229,11 +285,8 @@ static dr_pool_fn plan(mm_job *j, dr_cpu_ctx *c, float *y, const float *x, const
         }
         return gemv_task;
     }
-    if (buf && use_amx(w, T) && dr_cpu_reserve(c, (size_t)DR_AMX_ROWS * j->n)) {
-        if (!filled)
-            dr_amx_prep(buf, x, T, j->n);
-        j->xa = buf;
-        j->rb = amx_rows(c, j->d, j->n);
+    if (buf && use_amx(w, T) && (j->rb = amx_rows(c, j->d, j->n), dr_cpu_reserve(c, amx_tbuf(w, j->rb)))) {
+        amx_plan(j, x, buf, filled);
         return amx_task;
     }
     j->rb = gemm_rows(j->n);

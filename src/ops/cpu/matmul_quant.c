@@ -14,7 +14,7 @@
  * through a file-order copy (untile_row).
  */
 #include "ops/cpu/quant.h"
-
+#include "ops/cpu/amx.h"
 #include "ops/cpu/quant_kern.h"
 #include "quant/quant.h"
 
@@ -425,6 +425,26 @@ size_t dr_cpu_q_tile(dr_tensor *t, size_t max_bytes) {
     free(tmp);
     t->q.tiled_rows = rows;
     return bytes;
+}
+
+void dr_cpu_q_codes_rows(uint16_t *codes, float *s, float *b, const dr_tensor *w, int r0, int nr) {
+    const int64_t n = w->ne[w->ndim - 1], G = n / w->q.group_size;
+    row_copy c;
+    dr_tensor v;
+    for (int i = 0; i < nr; i++) {
+        const dr_tensor *wr = w; /* row r0 + i is row rr of wr, in file order */
+        int64_t rr = r0 + i;
+        if (w->q.tiled_rows) {
+            untile_row(w, r0 + i, &c, &v);
+            wr = &v;
+            rr = 0;
+        }
+        dr_amx_codes(codes + (size_t)i * (size_t)n, dr_qk_row(wr, rr), wr->q.bits, (int)n);
+        for (int64_t g = 0; g < G; g++) {
+            s[(size_t)i * (size_t)G + (size_t)g] = dr_load_f32(wr->q.scales, wr->q.sb_dtype, dr_qk_sb(wr, rr, g));
+            b[(size_t)i * (size_t)G + (size_t)g] = dr_load_f32(wr->q.biases, wr->q.sb_dtype, dr_qk_sb(wr, rr, g));
+        }
+    }
 }
 
 void dr_cpu_embed_q(float *x, const dr_tensor *emb, const int32_t *ids, int T) {

@@ -55,6 +55,11 @@ void dr_cpu_q_dequant_rows(float *dst, const dr_tensor *w, int r0, int nr);
  * its memory can't be written). */
 size_t dr_cpu_q_tile(dr_tensor *t, size_t max_bytes);
 
+/* Rows r0 .. r0 + nr - 1 of w (either layout) for the AMX prefill
+ * (ops/cpu/amx.h): codes [nr, n] their q as bf16, s and b [nr, G] the
+ * scales and biases as fp32. */
+void dr_cpu_q_codes_rows(uint16_t *codes, float *s, float *b, const dr_tensor *w, int r0, int nr);
+
 /* x [T, H] = dequantized rows ids[t] of a quantized embedding [V, H]. */
 void dr_cpu_embed_q(float *x, const dr_tensor *emb, const int32_t *ids, int T);
 
