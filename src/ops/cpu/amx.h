@@ -1,4 +1,5 @@
-/* ops/cpu/amx.h - prefill matmuls of BF16 weights on Intel AMX tiles.
+/* ops/cpu/amx.h - prefill matmuls of BF16 and MLX-quantized weights on
+ * Intel AMX tiles.
  *
  * For T >= DR_AMX_MIN_T tokens, y = W x with W bf16 [d, n] runs on the
  * AMX-BF16 tile unit (Sapphire Rapids and later Xeons) instead of widening
