@@ -439,7 +439,7 @@ static derived derive(const bench_opts *o, const bench_res *r) {
     return d;
 }
 
-/* Whether the CPU's bf16 prefill matmuls run on AMX tiles (ops/cpu/amx.h). */
+/* Whether the CPU's prefill matmuls run on AMX tiles (ops/cpu/amx.h). */
 static bool uses_amx(const bench_opts *o) { return strcmp(o->device, "cpu") == 0 && dr_amx_enabled(); }
 
 static void print_json(const bench_opts *o, const dr_model *m, const bench_res *r, const derived *d, int thr) {
@@ -472,7 +472,7 @@ static void print_table(const bench_opts *o, const dr_model *m, const bench_res 
            o->dir ? o->dir : o->synthetic, m->hp.n_layers, o->dir ? m->info.weight_dtype : o->quant,
            (double)m->info.n_params / 1e9);
     printf("device     %s, %d threads, %s kernels%s\n", o->device, thr, dr_simd_level_name(dr_simd_get()->level),
-           uses_amx(o) ? " + AMX tiles (bf16 prefill)" : "");
+           uses_amx(o) ? " + AMX tiles (prefill)" : "");
     printf("prefill    %d tokens: %.2f tok/s (time to first token %.0f ms)%s\n", o->p, d->prefill_tps, d->ttft_ms,
            o->reps > 1 ? ", median of the runs" : "");
     if (o->reps > 1) {

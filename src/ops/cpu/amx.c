@@ -1,5 +1,5 @@
-/* ops/cpu/amx.c - prefill matmuls of BF16 weights on AMX-BF16 tiles (see
- * amx.h for what and why).
+/* ops/cpu/amx.c - prefill matmuls of BF16 and quantized weights on AMX-BF16
+ * tiles (see amx.h for what and why).
  *
  * One `tdpbf16ps` multiplies a tile A of 16 rows x 32 bf16 (here: 16 weight
  * rows, 32 columns of k, loaded straight from W with its row stride) by a
@@ -9,8 +9,10 @@
  * dr_amx_prep. Per 32 columns of k a block of 32 rows x 32 tokens takes two
  * A tiles, then for each of x's three parts two B tiles and four products
  * into the four C tiles (8 tile registers in all). On the dev VM (one core,
- * throwaway harness) this ran 165-210 GFLOP/s against ~80 for the fp32 FMA
- * tiles (docs/PERFORMANCE.md, CPU, session 20).
+ * throwaway harness) this ran 440-500 GFLOP/s against ~80 for the fp32 FMA
+ * tiles (docs/PERFORMANCE.md, CPU, session 20). Quantized rows come as their
+ * codes q in bf16 (exact), one group's products at a time, the scales and
+ * biases applied in fp32 (dr_amx_gemm_q).
  */
 #include "ops/cpu/amx.h"
 

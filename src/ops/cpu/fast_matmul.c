@@ -11,9 +11,9 @@
  * weights (ops/cpu/quant.h): decode prepares x once (group sums, nibble
  * order) and splits the rows the same way; prefill dequantizes each row
  * block to fp32 in the thread's scratch and runs the same tiles as fp32
- * weights. BF16 weights with at least DR_AMX_MIN_T tokens run on the AMX
- * tiles where the CPU has them (ops/cpu/amx.h: x prepared once in three
- * bf16 parts, the same fp32 numerics).
+ * weights. BF16 and quantized weights with at least DR_AMX_MIN_T tokens run
+ * on the AMX tiles where the CPU has them (ops/cpu/amx.h: x prepared once in
+ * three bf16 parts, the same fp32 numerics).
  */
 #include "ops/cpu/amx.h"
 #include "ops/cpu/fast.h"
