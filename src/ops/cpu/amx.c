@@ -66,7 +66,7 @@ void dr_amx_group_sums(float *xg, const float *x, int T, int n, int gs) {
 #define AI static inline __attribute__((always_inline))
 
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
-static bool g_avail, g_on;
+static bool g_on;
 
 /* CPUID leaf 7: AMX-BF16 is EDX bit 22, AMX-TILE bit 24; then ask Linux for
  * the tile state (ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA), without which
@@ -74,19 +74,12 @@ static bool g_avail, g_on;
 static void detect(void) {
     unsigned a, b, c, d;
     const bool cpu = __get_cpuid_count(7, 0, &a, &b, &c, &d) && (d >> 22 & 1) && (d >> 24 & 1);
-    g_avail = cpu && syscall(SYS_arch_prctl, 0x1023, 18) == 0;
-    const char *e = getenv("DR_CPU_AMX");
-    g_on = g_avail && !(e && strcmp(e, "0") == 0);
+    const char *e = getenv("DR_CPU_AMX"); /* 0: off, for A/B runs */
+    g_on = cpu && !(e && strcmp(e, "0") == 0) && syscall(SYS_arch_prctl, 0x1023, 18) == 0;
 }
 
 bool dr_amx_enabled(void) {
     pthread_once(&g_once, detect);
-    return g_on;
-}
-
-bool dr_amx_enable(bool on) {
-    pthread_once(&g_once, detect);
-    g_on = on && g_avail;
     return g_on;
 }
 
@@ -339,10 +332,6 @@ void dr_amx_gemm_q(float *y, size_t ldy, const uint16_t *codes, const float *s, 
 #else /* no AMX in this build: the fp32 path always runs */
 
 bool dr_amx_enabled(void) { return false; }
-bool dr_amx_enable(bool on) {
-    (void)on;
-    return false;
-}
 void dr_amx_prep(uint16_t *xp, const float *x, int T, int n) { (void)xp, (void)x, (void)T, (void)n; }
 void dr_amx_gemm(float *y, size_t ldy, const uint16_t *w, size_t ldw, int m, const uint16_t *xp, int T, int n) {
     (void)y, (void)ldy, (void)w, (void)ldw, (void)m, (void)xp, (void)T, (void)n;

@@ -26,11 +26,8 @@
 #define DR_AMX_K 32     /* n must be a multiple of this (one tile row of bf16) */
 #define DR_AMX_ROWS 16  /* dr_amx_gemm takes rows in multiples of this */
 
-/* Whether the tile path runs (checked once; dr_amx_enable can turn it off). */
+/* Whether the tile path runs (checked once). */
 bool dr_amx_enabled(void);
-/* Turn the path on (if available) or off; returns whether it is on. For
- * tests and A/B runs. */
-bool dr_amx_enable(bool on);
 
 /* Bytes of x prepared for T tokens of length n (n % DR_AMX_K == 0). */
 size_t dr_amx_x_bytes(int T, int n);
