@@ -106,27 +106,6 @@ AI __m512 tile_dot(const unsigned char *q, size_t sb, int m, dr_dtype dt, const 
     return _mm512_add_ps(acc, accb);
 }
 
-void dr_qk_gemv4_t16(float *y, const float *xp, const dr_tensor *w, int64_t r0, int64_t r1) {
-    const int64_t n = w->ne[w->ndim - 1], d = w->ne[w->ndim - 2], G = n / w->q.group_size;
-    const int32_t *dg = (const int32_t *)(const void *)xp;
-    const float *xs = xp + DR_QK_T16_CHUNK / 4 * (n / 8), *sx = xs + G;
-    for (int64_t t0 = r0 / DR_QK_TILE_ROWS * DR_QK_TILE_ROWS; t0 < r1; t0 += DR_QK_TILE_ROWS) {
-        const int m = d - t0 < DR_QK_TILE_ROWS ? (int)(d - t0) : DR_QK_TILE_ROWS;
-        const unsigned char *q = dr_qk_row(w, t0);
-        const size_t sb = (size_t)t0 * (size_t)G;
-        __m512 v;
-        if (m < DR_QK_TILE_ROWS)
-            v = tile_dot(q, sb, m, w->q.sb_dtype, w, dg, xs, sx);
-        else if (w->q.sb_dtype == DR_DT_BF16) /* constants inside: plain loads, no dtype branch */
-            v = tile_dot(q, sb, DR_QK_TILE_ROWS, DR_DT_BF16, w, dg, xs, sx);
-        else
-            v = tile_dot(q, sb, DR_QK_TILE_ROWS, w->q.sb_dtype, w, dg, xs, sx);
-        const int64_t a = t0 < r0 ? r0 : t0, b = t0 + m < r1 ? t0 + m : r1;
-        const __mmask16 keep = (__mmask16)(((1u << (b - t0)) - 1u) & ~((1u << (a - t0)) - 1u));
-        _mm512_mask_storeu_ps(y + t0, keep, v); /* only rows in [r0, r1) */
-    }
-}
-
 /* ---- 8-bit: a chunk is 4 elements, one byte each ---- */
 
 /* The m rows of one 8-bit tile: lane i = row i. A 64-byte load holds chunk
@@ -174,7 +153,10 @@ AI __m512 tile_dot8(const unsigned char *q, size_t sb, int m, dr_dtype dt, const
     return _mm512_add_ps(acc, accb);
 }
 
-void dr_qk_gemv8_t16(float *y, const float *xp, const dr_tensor *w, int64_t r0, int64_t r1) {
+/* The tiles holding rows [r0, r1) (bits: 4 or 8, a constant after
+ * inlining): each tile's dots, only those rows stored. Full tiles with bf16
+ * scales get their own copy of the tile loop, with the dtype a constant. */
+AI void gemv_tiles(float *y, const float *xp, const dr_tensor *w, int64_t r0, int64_t r1, int bits) {
     const int64_t n = w->ne[w->ndim - 1], d = w->ne[w->ndim - 2], G = n / w->q.group_size;
     const int32_t *dg = (const int32_t *)(const void *)xp;
     const float *xs = xp + DR_QK_T16_CHUNK / 4 * (n / 8), *sx = xs + G;
@@ -182,17 +164,28 @@ void dr_qk_gemv8_t16(float *y, const float *xp, const dr_tensor *w, int64_t r0, 
         const int m = d - t0 < DR_QK_TILE_ROWS ? (int)(d - t0) : DR_QK_TILE_ROWS;
         const unsigned char *q = dr_qk_row(w, t0);
         const size_t sb = (size_t)t0 * (size_t)G;
+        const dr_dtype dt = w->q.sb_dtype;
         __m512 v;
         if (m < DR_QK_TILE_ROWS)
-            v = tile_dot8(q, sb, m, w->q.sb_dtype, w, dg, xs, sx);
-        else if (w->q.sb_dtype == DR_DT_BF16)
-            v = tile_dot8(q, sb, DR_QK_TILE_ROWS, DR_DT_BF16, w, dg, xs, sx);
+            v = bits == 8 ? tile_dot8(q, sb, m, dt, w, dg, xs, sx) : tile_dot(q, sb, m, dt, w, dg, xs, sx);
+        else if (dt == DR_DT_BF16) /* constants inside: plain loads, no dtype branch */
+            v = bits == 8 ? tile_dot8(q, sb, DR_QK_TILE_ROWS, DR_DT_BF16, w, dg, xs, sx)
+                          : tile_dot(q, sb, DR_QK_TILE_ROWS, DR_DT_BF16, w, dg, xs, sx);
         else
-            v = tile_dot8(q, sb, DR_QK_TILE_ROWS, w->q.sb_dtype, w, dg, xs, sx);
+            v = bits == 8 ? tile_dot8(q, sb, DR_QK_TILE_ROWS, dt, w, dg, xs, sx)
+                          : tile_dot(q, sb, DR_QK_TILE_ROWS, dt, w, dg, xs, sx);
         const int64_t a = t0 < r0 ? r0 : t0, b = t0 + m < r1 ? t0 + m : r1;
         const __mmask16 keep = (__mmask16)(((1u << (b - t0)) - 1u) & ~((1u << (a - t0)) - 1u));
-        _mm512_mask_storeu_ps(y + t0, keep, v);
+        _mm512_mask_storeu_ps(y + t0, keep, v); /* only rows in [r0, r1) */
     }
+}
+
+void dr_qk_gemv4_t16(float *y, const float *xp, const dr_tensor *w, int64_t r0, int64_t r1) {
+    gemv_tiles(y, xp, w, r0, r1, 4);
+}
+
+void dr_qk_gemv8_t16(float *y, const float *xp, const dr_tensor *w, int64_t r0, int64_t r1) {
+    gemv_tiles(y, xp, w, r0, r1, 8);
 }
 
 /* ---- x prepared once per token: DR_QK_T16_* in quant_kern.h ---- */
