@@ -9,7 +9,9 @@
  * significant bits), and the tile unit adds the three products w h, w m,
  * w l (each exact in fp32) into fp32 accumulators. What differs is the
  * order of the fp32 sums, and that the tile unit flushes subnormal inputs
- * and results to zero (only |x| below ~1e-33 loses bits that way).
+ * and results to zero (only |x| below ~1e-33 loses bits that way); an
+ * infinite x (or one that rounds to infinity in bf16, |x| > 3.39e38) gives
+ * NaN where the FMA path gives an infinity.
  *
  * Available where the CPU has AMX-TILE and AMX-BF16, the kernel grants the
  * process the tile state (Linux 5.16+, arch_prctl) and DR_CPU_AMX is not 0.

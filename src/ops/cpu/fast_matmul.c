@@ -171,6 +171,19 @@ static size_t amx_tbuf(const dr_tensor *w, int rb) {
     return q > tail ? q : tail;
 }
 
+/* x prepared for the tiles in buf (unless filled: another weight's plan
+ * wrote the same), and the job's pointers to it. */
+static void amx_plan(mm_job *j, const float *x, void *buf, bool filled) {
+    const size_t xb = (dr_amx_x_bytes(j->T, j->n) + 63) / 64 * 64;
+    j->xa = buf;
+    j->xg = j->w->q.bits ? (const float *)(const void *)((const char *)buf + xb) : NULL;
+    if (filled)
+        return;
+    dr_amx_prep(buf, x, j->T, j->n);
+    if (j->w->q.bits)
+        dr_amx_group_sums((float *)((char *)buf + xb), x, j->T, j->n, j->w->q.group_size);
+}
+
 /* ---- quantized ---- */
 
 /* One token: rows against the shared prepared x (group sums computed once). */
@@ -231,19 +244,6 @@ static size_t plan_bytes(const dr_cpu_ctx *c, const dr_tensor *w, int T) {
  * of shared scratch for this weight, or NULL (then the paths that need none);
  * filled: buf already holds what this plan would write there (another
  * weight's, see same_scratch). */
-/* x prepared for the tiles in buf (unless filled: another weight's plan
- * wrote the same), and the job's pointers to it. */
-static void amx_plan(mm_job *j, const float *x, void *buf, bool filled) {
-    const size_t xb = (dr_amx_x_bytes(j->T, j->n) + 63) / 64 * 64;
-    j->xa = buf;
-    j->xg = j->w->q.bits ? (const float *)(const void *)((const char *)buf + xb) : NULL;
-    if (filled)
-        return;
-    dr_amx_prep(buf, x, j->T, j->n);
-    if (j->w->q.bits)
-        dr_amx_group_sums((float *)((char *)buf + xb), x, j->T, j->n, j->w->q.group_size);
-}
-
 static dr_pool_fn plan(mm_job *j, dr_cpu_ctx *c, float *y, const float *x, const dr_tensor *w, int T, void *buf,
                        bool filled) {
     *j = (mm_job){.c = c, .y = y, .x = x, .w = w, .T = T};
