@@ -170,19 +170,25 @@ static const tile_config g_config = {
 
 static void configure(void) { _tile_loadconfig(&g_config); }
 
-/* Tile `tile` (C: 16 rows from r, 16 tokens from t0) into y, tokens < T:
- * transposed in registers, so each token's 16 outputs go out as one 64-byte
- * store (element by element, y's rows 4 KiB apart for the usual d kept
- * hitting one L1 set: ~40% slower in the harness). */
-#define STORE_C(tile, r, t0)                                                                     \
-    do {                                                                                         \
-        _tile_stored(tile, cb, 64);                                                              \
-        __m512i v_[16];                                                                          \
-        for (int i_ = 0; i_ < 16; i_++)                                                          \
-            v_[i_] = _mm512_load_si512(cb[i_]);                                                  \
-        transpose16(v_);                                                                         \
-        for (int t_ = 0; t_ < 16 && (t0) + t_ < T; t_++)                                         \
-            _mm512_storeu_si512(y + (size_t)((t0) + t_) * ldy + (size_t)(r), v_[t_]);            \
+/* A block of 16 outputs x 16 tokens (src: output i's 16 tokens at src +
+ * i ld, 64-byte aligned) into y (token t's 16 outputs at y + t ldy), nt of
+ * the tokens (the rest are padding): transposed in registers, so each token
+ * goes out as one 64-byte store (element by element, y's rows 4 KiB apart
+ * for the usual d kept hitting one L1 set: ~40% slower in the harness). */
+AI void store_block(float *y, size_t ldy, const float *src, size_t ld, int nt) {
+    __m512i v[16];
+    for (int i = 0; i < 16; i++)
+        v[i] = _mm512_load_si512(src + (size_t)i * ld);
+    transpose16(v);
+    for (int t = 0; t < 16 && t < nt; t++)
+        _mm512_storeu_si512(y + (size_t)t * ldy, v[t]);
+}
+
+/* C tile `tile` (16 outputs from r, 16 tokens from t0) into y, tokens < T. */
+#define STORE_C(tile, r, t0)                                                              \
+    do {                                                                                  \
+        _tile_stored(tile, cb, 64);                                                       \
+        store_block(y + (size_t)(t0) * ldy + (size_t)(r), ldy, cb[0], 16, T - (t0));     \
     } while (0)
 
 /* The B tiles of x's three parts for (kb, tp) against A tiles 4 (and 5). */
@@ -199,28 +205,35 @@ static void configure(void) { _tile_loadconfig(&g_config); }
         }                                                                \
     }
 
+/* C tiles 0-3 = the 16 rows at a (two: 32; rows ld elements apart) times
+ * x's 32-token slice tp, over the columns of blocks kb0 .. kb1 - 1. */
+AI void block_products(const uint16_t *a, size_t ld, bool two, const uint16_t *xp, int tp, int kb0, int kb1,
+                       int nk) {
+    const size_t stride = ld * sizeof(uint16_t);
+    _tile_zero(0);
+    _tile_zero(1);
+    _tile_zero(2);
+    _tile_zero(3);
+    for (int kb = kb0; kb < kb1; kb++) {
+        const uint16_t *ak = a + (size_t)kb * DR_AMX_K;
+        _tile_loadd(4, ak, stride);
+        if (two) {
+            _tile_loadd(5, ak + 16 * ld, stride);
+            PRODUCTS(1)
+        } else {
+            PRODUCTS(0)
+        }
+    }
+}
+
 void dr_amx_gemm(float *y, size_t ldy, const uint16_t *w, size_t ldw, int m, const uint16_t *xp, int T, int n) {
     const int n_tp = (T + TOK_BLOCK - 1) / TOK_BLOCK, nk = n / DR_AMX_K;
-    const size_t stride = ldw * sizeof(uint16_t);
     _Alignas(64) float cb[16][16];
     configure();
     for (int tp = 0; tp < n_tp; tp++) /* x's tiles of tp stay in L2 for all the rows */
         for (int r = 0; r < m; r += 32) {
             const bool two = m - r >= 32;
-            _tile_zero(0);
-            _tile_zero(1);
-            _tile_zero(2);
-            _tile_zero(3);
-            for (int kb = 0; kb < nk; kb++) {
-                const uint16_t *a = w + (size_t)r * ldw + (size_t)kb * DR_AMX_K;
-                _tile_loadd(4, a, stride);
-                if (two) {
-                    _tile_loadd(5, a + 16 * ldw, stride);
-                    PRODUCTS(1)
-                } else {
-                    PRODUCTS(0)
-                }
-            }
+            block_products(w + (size_t)r * ldw, ldw, two, xp, tp, 0, nk, nk);
             STORE_C(0, r, tp * TOK_BLOCK);
             STORE_C(1, r, tp * TOK_BLOCK + 16);
             if (two) {
@@ -263,21 +276,10 @@ AI void scale_add(float acc[32][32], float cb[4][16][16], const float *s, int G,
     }
 }
 
-/* acc rows [r0, r0 + 16) x tokens [t0, t0 + 16) transposed into y (its
- * row 0 = token t0), nt of the tokens (the rest are padding). */
-AI void store_acc(float *y, size_t ldy, float acc[32][32], int r0, int t0, int yr, int nt) {
-    __m512i v[16];
-    for (int i = 0; i < 16; i++)
-        v[i] = _mm512_load_si512(acc[r0 + i] + t0);
-    transpose16(v);
-    for (int t = 0; t < 16 && t < nt; t++)
-        _mm512_storeu_si512(y + (size_t)t * ldy + (size_t)yr, v[t]);
-}
-
 void dr_amx_gemm_q(float *y, size_t ldy, const uint16_t *codes, const float *s, const float *b, int gs, int m,
                    const uint16_t *xp, const float *xg, int T, int n) {
     const int n_tp = (T + TOK_BLOCK - 1) / TOK_BLOCK, nk = n / DR_AMX_K, G = n / gs, kpg = gs / DR_AMX_K;
-    const size_t stride = (size_t)n * sizeof(uint16_t), tpad = (size_t)n_tp * TOK_BLOCK;
+    const size_t tpad = (size_t)n_tp * TOK_BLOCK;
     _Alignas(64) float cb[4][16][16];
     _Alignas(64) float acc[32][32];
     configure();
@@ -287,20 +289,7 @@ void dr_amx_gemm_q(float *y, size_t ldy, const uint16_t *codes, const float *s, 
             const int rows = two ? 32 : 16;
             memset(acc, 0, sizeof acc);
             for (int g = 0; g < G; g++) {
-                _tile_zero(0);
-                _tile_zero(1);
-                _tile_zero(2);
-                _tile_zero(3);
-                for (int kb = g * kpg; kb < (g + 1) * kpg; kb++) {
-                    const uint16_t *a = codes + (size_t)r * (size_t)n + (size_t)kb * DR_AMX_K;
-                    _tile_loadd(4, a, stride);
-                    if (two) {
-                        _tile_loadd(5, a + 16 * (size_t)n, stride);
-                        PRODUCTS(1)
-                    } else {
-                        PRODUCTS(0)
-                    }
-                }
+                block_products(codes + (size_t)r * (size_t)n, (size_t)n, two, xp, tp, g * kpg, (g + 1) * kpg, nk);
                 _tile_stored(0, cb[0], 64);
                 _tile_stored(1, cb[1], 64);
                 if (two) {
@@ -321,9 +310,9 @@ void dr_amx_gemm_q(float *y, size_t ldy, const uint16_t *codes, const float *s, 
             float *yt = y + (size_t)tp * TOK_BLOCK * ldy;
             const int tl = T - tp * TOK_BLOCK; /* tokens left from this slice's first */
             for (int rb = 0; rb < rows; rb += 16) {
-                store_acc(yt, ldy, acc, rb, 0, r + rb, tl);
+                store_block(yt + (size_t)(r + rb), ldy, acc[rb], 32, tl);
                 if (tl > 16)
-                    store_acc(yt + 16 * ldy, ldy, acc, rb, 16, r + rb, tl - 16);
+                    store_block(yt + 16 * ldy + (size_t)(r + rb), ldy, acc[rb] + 16, 32, tl - 16);
             }
         }
     _tile_release();

@@ -1,7 +1,7 @@
 /* ops/cpu/quant_avx512vnni_t16.c - the 4- and 8-bit GEMVs of level
  * avx512vnni on the CPU's decode layout (16-row tiles, quant_kern.h): one
- * row per 32-bit lane, x's digits broadcast. The 4-bit one first; the 8-bit
- * one (below) is the same with a byte an element.
+ * row per 32-bit lane, x's digits broadcast. Described here for 4 bits;
+ * the 8-bit one (tile_dot) is the same with a byte an element.
  *
  * x is the same 24-bit integer as in quant_avx512vnni.c (per group g a step
  * sx_g = max |x_g| / (127 * 2^16), X_i = round(x_i / sx_g) written as
@@ -69,12 +69,19 @@ AI __m512 combine(__m512i a0, __m512i a1, __m512i a2, __m512i a3, __m512i a4, __
 }
 
 /* The m rows of one tile (packed bytes from q, scale / bias entries from
- * sb): their dots with the prepared x, lane i = row i. */
+ * sb): their dots with the prepared x, lane i = row i. bits is 4 or 8 (a
+ * constant after inlining). At 8 bits a chunk is 4 elements, one byte each:
+ * a 64-byte load holds chunk c of 16 rows (byte j of lane i: element 4c + j
+ * of row i, q in 0..255), so one vpdpbusd per digit adds the chunk's four
+ * products of every row (three accumulators a chunk, the other three stay
+ * zero); the digit sums stay exact in int32 over a group (below 2^22: 128
+ * products of at most 255 * 128 at group size 128). */
 AI __m512 tile_dot(const unsigned char *q, size_t sb, int m, dr_dtype dt, const dr_tensor *w, const int32_t *dg,
-                   const float *xs, const float *sx) {
+                   const float *xs, const float *sx, int bits) {
     const int64_t n = w->ne[w->ndim - 1];
-    const int gs = w->q.group_size, cpg = gs / 8, G = (int)(n / gs);
-    const size_t cs = (size_t)m * 4; /* bytes a chunk */
+    const int gs = w->q.group_size, cpg = gs * bits / 32, G = (int)(n / gs);
+    const int dstep = bits == 8 ? 6 : 12;  /* digit words a pair of chunks */
+    const size_t cs = (size_t)m * 4;       /* bytes a chunk */
     const __mmask64 lm = m == DR_QK_TILE_ROWS ? ~(__mmask64)0 : (((__mmask64)1 << cs) - 1);
     const __mmask16 rm = (__mmask16)((1u << m) - 1u);
     const __m512i m4 = _mm512_set1_epi8(0x0F);
@@ -82,7 +89,7 @@ AI __m512 tile_dot(const unsigned char *q, size_t sb, int m, dr_dtype dt, const 
     for (int g = 0; g < G; g++) {
         __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0;
         __m512i b0 = a0, b1 = a0, b2 = a0, b3 = a0, b4 = a0, b5 = a0;
-        for (int c = 0; c < cpg; c += 2, q += 2 * cs, dg += 12) { /* cpg is even: gs >= 32 */
+        for (int c = 0; c < cpg; c += 2, q += 2 * cs, dg += dstep) { /* cpg is even: gs >= 32 */
             _mm_prefetch((const char *)q + PF_DIST, _MM_HINT_T1); /* never faults */
             _mm_prefetch((const char *)q + PF_DIST + 64, _MM_HINT_T1);
             __m512i v0, v1;
@@ -93,58 +100,20 @@ AI __m512 tile_dot(const unsigned char *q, size_t sb, int m, dr_dtype dt, const 
                 v0 = _mm512_maskz_loadu_epi8(lm, q);
                 v1 = _mm512_maskz_loadu_epi8(lm, q + cs);
             }
-            CHUNK_DOT(v0, dg, a0, a1, a2, a3, a4, a5);
-            CHUNK_DOT(v1, dg + 6, b0, b1, b2, b3, b4, b5);
+            if (bits == 8) {
+                a0 = _mm512_dpbusd_epi32(a0, v0, _mm512_set1_epi32(dg[0]));
+                a1 = _mm512_dpbusd_epi32(a1, v0, _mm512_set1_epi32(dg[1]));
+                a2 = _mm512_dpbusd_epi32(a2, v0, _mm512_set1_epi32(dg[2]));
+                b0 = _mm512_dpbusd_epi32(b0, v1, _mm512_set1_epi32(dg[3]));
+                b1 = _mm512_dpbusd_epi32(b1, v1, _mm512_set1_epi32(dg[4]));
+                b2 = _mm512_dpbusd_epi32(b2, v1, _mm512_set1_epi32(dg[5]));
+            } else {
+                CHUNK_DOT(v0, dg, a0, a1, a2, a3, a4, a5);
+                CHUNK_DOT(v1, dg + 6, b0, b1, b2, b3, b4, b5);
+            }
         }
         const __m512 dot = combine(_mm512_add_epi32(a0, b0), _mm512_add_epi32(a1, b1), _mm512_add_epi32(a2, b2),
                                    _mm512_add_epi32(a3, b3), _mm512_add_epi32(a4, b4), _mm512_add_epi32(a5, b5));
-        const size_t e = sb + (size_t)g * (size_t)m;
-        const __m512 s = _mm512_mul_ps(load_sb(w->q.scales, dt, e, rm), _mm512_set1_ps(sx[g]));
-        acc = _mm512_fmadd_ps(dot, s, acc);
-        accb = _mm512_fmadd_ps(load_sb(w->q.biases, dt, e, rm), _mm512_set1_ps(xs[g]), accb);
-    }
-    return _mm512_add_ps(acc, accb);
-}
-
-/* ---- 8-bit: a chunk is 4 elements, one byte each ---- */
-
-/* The m rows of one 8-bit tile: lane i = row i. A 64-byte load holds chunk
- * c of 16 rows (byte j of lane i: element 4c + j of row i, q in 0..255), so
- * one vpdpbusd per digit adds the chunk's four products of every row; the
- * digit sums D_k = sum q d_k stay exact in int32 over a group (below 2^22:
- * 128 products of at most 255 * 128 at group size 128). Two sets of three
- * accumulators (even and odd chunks) keep vpdpbusd's latency off the
- * critical path. The rest is tile_dot's. */
-AI __m512 tile_dot8(const unsigned char *q, size_t sb, int m, dr_dtype dt, const dr_tensor *w, const int32_t *dg,
-                    const float *xs, const float *sx) {
-    const int64_t n = w->ne[w->ndim - 1];
-    const int gs = w->q.group_size, cpg = gs / 4, G = (int)(n / gs);
-    const size_t cs = (size_t)m * 4; /* bytes a chunk */
-    const __mmask64 lm = m == DR_QK_TILE_ROWS ? ~(__mmask64)0 : (((__mmask64)1 << cs) - 1);
-    const __mmask16 rm = (__mmask16)((1u << m) - 1u);
-    __m512 acc = _mm512_setzero_ps(), accb = _mm512_setzero_ps();
-    for (int g = 0; g < G; g++) {
-        __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, b0 = a0, b1 = a0, b2 = a0;
-        for (int c = 0; c < cpg; c += 2, q += 2 * cs, dg += 6) { /* cpg is even: gs >= 32 */
-            _mm_prefetch((const char *)q + PF_DIST, _MM_HINT_T1); /* never faults */
-            _mm_prefetch((const char *)q + PF_DIST + 64, _MM_HINT_T1);
-            __m512i v0, v1;
-            if (m == DR_QK_TILE_ROWS) {
-                v0 = _mm512_loadu_si512(q);
-                v1 = _mm512_loadu_si512(q + 64);
-            } else {
-                v0 = _mm512_maskz_loadu_epi8(lm, q);
-                v1 = _mm512_maskz_loadu_epi8(lm, q + cs);
-            }
-            a0 = _mm512_dpbusd_epi32(a0, v0, _mm512_set1_epi32(dg[0]));
-            a1 = _mm512_dpbusd_epi32(a1, v0, _mm512_set1_epi32(dg[1]));
-            a2 = _mm512_dpbusd_epi32(a2, v0, _mm512_set1_epi32(dg[2]));
-            b0 = _mm512_dpbusd_epi32(b0, v1, _mm512_set1_epi32(dg[3]));
-            b1 = _mm512_dpbusd_epi32(b1, v1, _mm512_set1_epi32(dg[4]));
-            b2 = _mm512_dpbusd_epi32(b2, v1, _mm512_set1_epi32(dg[5]));
-        }
-        const __m512i z = _mm512_setzero_si512();
-        const __m512 dot = combine(_mm512_add_epi32(a0, b0), _mm512_add_epi32(a1, b1), _mm512_add_epi32(a2, b2), z, z, z);
         const size_t e = sb + (size_t)g * (size_t)m;
         const __m512 s = _mm512_mul_ps(load_sb(w->q.scales, dt, e, rm), _mm512_set1_ps(sx[g]));
         acc = _mm512_fmadd_ps(dot, s, acc);
@@ -167,13 +136,11 @@ AI void gemv_tiles(float *y, const float *xp, const dr_tensor *w, int64_t r0, in
         const dr_dtype dt = w->q.sb_dtype;
         __m512 v;
         if (m < DR_QK_TILE_ROWS)
-            v = bits == 8 ? tile_dot8(q, sb, m, dt, w, dg, xs, sx) : tile_dot(q, sb, m, dt, w, dg, xs, sx);
+            v = tile_dot(q, sb, m, dt, w, dg, xs, sx, bits);
         else if (dt == DR_DT_BF16) /* constants inside: plain loads, no dtype branch */
-            v = bits == 8 ? tile_dot8(q, sb, DR_QK_TILE_ROWS, DR_DT_BF16, w, dg, xs, sx)
-                          : tile_dot(q, sb, DR_QK_TILE_ROWS, DR_DT_BF16, w, dg, xs, sx);
+            v = tile_dot(q, sb, DR_QK_TILE_ROWS, DR_DT_BF16, w, dg, xs, sx, bits);
         else
-            v = bits == 8 ? tile_dot8(q, sb, DR_QK_TILE_ROWS, dt, w, dg, xs, sx)
-                          : tile_dot(q, sb, DR_QK_TILE_ROWS, dt, w, dg, xs, sx);
+            v = tile_dot(q, sb, DR_QK_TILE_ROWS, dt, w, dg, xs, sx, bits);
         const int64_t a = t0 < r0 ? r0 : t0, b = t0 + m < r1 ? t0 + m : r1;
         const __mmask16 keep = (__mmask16)(((1u << (b - t0)) - 1u) & ~((1u << (a - t0)) - 1u));
         _mm512_mask_storeu_ps(y + t0, keep, v); /* only rows in [r0, r1) */
