@@ -154,11 +154,13 @@ static bool use_amx(const dr_tensor *w, int T) {
     return w->q.bits ? w->q.group_size % DR_AMX_K == 0 : w->dtype == DR_DT_BF16;
 }
 
+/* Bytes of x prepared for the tiles, to the next 64 (its group sums follow). */
+static size_t amx_xa_bytes(int T, int n) { return (dr_amx_x_bytes(T, n) + 63) / 64 * 64; }
+
 /* Scratch of the AMX plan: x prepared, then (quantized) its group sums. */
 static size_t amx_x_bytes(const dr_tensor *w, int T) {
     const int n = (int)w->ne[w->ndim - 1];
-    const size_t xb = (dr_amx_x_bytes(T, n) + 63) / 64 * 64;
-    return xb + (w->q.bits ? dr_amx_group_floats(T, n, w->q.group_size) * sizeof(float) : 0);
+    return amx_xa_bytes(T, n) + (w->q.bits ? dr_amx_group_floats(T, n, w->q.group_size) * sizeof(float) : 0);
 }
 
 /* Thread buffer floats an AMX task of rb rows wants: codes, scales and
@@ -174,7 +176,7 @@ static size_t amx_tbuf(const dr_tensor *w, int rb) {
 /* x prepared for the tiles in buf (unless filled: another weight's plan
  * wrote the same), and the job's pointers to it. */
 static void amx_plan(mm_job *j, const float *x, void *buf, bool filled) {
-    const size_t xb = (dr_amx_x_bytes(j->T, j->n) + 63) / 64 * 64;
+    const size_t xb = amx_xa_bytes(j->T, j->n);
     j->xa = buf;
     j->xg = j->w->q.bits ? (const float *)(const void *)((const char *)buf + xb) : NULL;
     if (filled)
