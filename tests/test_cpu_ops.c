@@ -309,14 +309,17 @@ static void t_conv(dr_ops *f, dr_ops *r) {
     }
 }
 
-/* recurrent (T tokens) or chunked, from a non-zero state; Hv > Hk, dk != dv */
-static void t_gdn(dr_ops *f, dr_ops *r, bool chunked, int T) {
+/* recurrent (T tokens) or chunked, from a non-zero state; Hv > Hk, dk != dv.
+ * decay: the log-decays g are -|N(0, 0.5)| * decay; at 40 the decay between
+ * a chunk's first and last tokens is far below FLT_MIN (exp underflows, and
+ * the fast backend flushes subnormals there: fast_gdn.c chunk_task). */
+static void t_gdn(dr_ops *f, dr_ops *r, bool chunked, int T, float decay) {
     const dr_gdn_dims d = {2, 4, 16, 24};
     const int C = 2 * d.n_k_heads * d.d_k + d.n_v_heads * d.d_v, Hv = d.n_v_heads;
     const size_t sn = (size_t)Hv * d.d_k * d.d_v, on = (size_t)T * Hv * d.d_v;
     float *qkv = rnd((size_t)T * C, 1.0f), *beta = rnd((size_t)T * Hv, 0.5f), *g = rnd((size_t)T * Hv, 0.5f);
     for (int i = 0; i < T * Hv; i++)
-        beta[i] = 0.5f + beta[i], g[i] = -fabsf(g[i]) * 0.2f;
+        beta[i] = 0.5f + beta[i], g[i] = -fabsf(g[i]) * decay;
     float *st = rnd(sn, 0.3f), *st2 = dup(st, sn), *o = malloc(on * 4), *orf = malloc(on * 4);
     float *ws = malloc(dr_gdn_ws_floats(&d) * 4);
     if (chunked) {
@@ -327,9 +330,9 @@ static void t_gdn(dr_ops *f, dr_ops *r, bool chunked, int T) {
         r->gdn_recurrent(r->ctx, orf, qkv, beta, g, st2, &d, T, ws);
     }
     char what[64];
-    snprintf(what, sizeof what, "gdn_%s T=%d out", chunked ? "chunked" : "recurrent", T);
+    snprintf(what, sizeof what, "gdn_%s T=%d g*%g out", chunked ? "chunked" : "recurrent", T, decay);
     show(what, rel_err(o, orf, on), TOL);
-    snprintf(what, sizeof what, "gdn_%s T=%d fp32 state", chunked ? "chunked" : "recurrent", T);
+    snprintf(what, sizeof what, "gdn_%s T=%d g*%g fp32 state", chunked ? "chunked" : "recurrent", T, decay);
     show(what, rel_err(st, st2, sn), TOL);
     free(qkv), free(beta), free(g), free(st), free(st2), free(o), free(orf), free(ws);
 }
@@ -807,10 +810,11 @@ int main(void) {
             t_matmul_q(f, ref);
             t_attention(f, ref);
             t_conv(f, ref);
-            t_gdn(f, ref, false, 1);
-            t_gdn(f, ref, false, 3);
-            t_gdn(f, ref, true, 150);
-            t_gdn(f, ref, true, 64);
+            t_gdn(f, ref, false, 1, 0.2f);
+            t_gdn(f, ref, false, 3, 0.2f);
+            t_gdn(f, ref, true, 150, 0.2f);
+            t_gdn(f, ref, true, 64, 0.2f);
+            t_gdn(f, ref, true, 150, 40.0f);
             t_matmul_n(f, ref);
             t_matmul_n_shared(f);
             t_gdn_decode(f, ref, (dr_gdn_dims){2, 4, 16, 24}, 4);

@@ -20,6 +20,8 @@ dr_status dr_gdn_cache_new(dr_gdn_cache *c, const dr_ops *ops, const dr_hparams 
         c->state[l] = ops->alloc(ops->ctx, c->state_n * sizeof(float)); /* fp32, always */
         if (!c->conv[l] || !c->state[l])
             goto oom;
+        ops->zero(ops->ctx, c->conv[l], c->conv_n * sizeof(float));
+        ops->zero(ops->ctx, c->state[l], c->state_n * sizeof(float));
     }
     return DR_OK;
 oom:

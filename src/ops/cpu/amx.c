@@ -50,10 +50,12 @@ size_t dr_amx_group_floats(int T, int n, int gs) {
     return (size_t)(n / gs) * (size_t)n_tp * TOK_BLOCK;
 }
 
-void dr_amx_group_sums(float *xg, const float *x, int T, int n, int gs) {
+int dr_amx_prep_blocks(int T) { return (T + TOK_BLOCK - 1) / TOK_BLOCK * (TOK_BLOCK / 16); }
+
+void dr_amx_group_sums(float *xg, const float *x, int T, int n, int gs, int b0, int b1) {
     const int G = n / gs, tpad = (T + TOK_BLOCK - 1) / TOK_BLOCK * TOK_BLOCK;
     for (int g = 0; g < G; g++)
-        for (int t = 0; t < tpad; t++) {
+        for (int t = 16 * b0; t < 16 * b1; t++) {
             float sum = 0.0f;
             for (int i = 0; t < T && i < gs; i++)
                 sum += x[(size_t)t * (size_t)n + (size_t)g * (size_t)gs + (size_t)i];
@@ -136,9 +138,9 @@ AI __m512i part_pairs(const float *p, int part) {
     return pairs(round_bf16(a), round_bf16(b));
 }
 
-void dr_amx_prep(uint16_t *xp, const float *x, int T, int n) {
-    const int n_tp = (T + TOK_BLOCK - 1) / TOK_BLOCK, nk = n / DR_AMX_K;
-    for (int tb = 0; tb < 2 * n_tp; tb++) /* 16 tokens: one B tile per part and kb */
+void dr_amx_prep(uint16_t *xp, const float *x, int T, int n, int b0, int b1) {
+    const int nk = n / DR_AMX_K;
+    for (int tb = b0; tb < b1; tb++) /* 16 tokens: one B tile per part and kb */
         for (int kb = 0; kb < nk; kb++)
             for (int part = 0; part < 3; part++) {
                 __m512i r[16]; /* r[t]: token t's 16 pairs, then (transposed) r[kk]: pair kk of the tokens */
@@ -321,7 +323,9 @@ void dr_amx_gemm_q(float *y, size_t ldy, const uint16_t *codes, const float *s, 
 #else /* no AMX in this build: the fp32 path always runs */
 
 bool dr_amx_enabled(void) { return false; }
-void dr_amx_prep(uint16_t *xp, const float *x, int T, int n) { (void)xp, (void)x, (void)T, (void)n; }
+void dr_amx_prep(uint16_t *xp, const float *x, int T, int n, int b0, int b1) {
+    (void)xp, (void)x, (void)T, (void)n, (void)b0, (void)b1;
+}
 void dr_amx_gemm(float *y, size_t ldy, const uint16_t *w, size_t ldw, int m, const uint16_t *xp, int T, int n) {
     (void)y, (void)ldy, (void)w, (void)ldw, (void)m, (void)xp, (void)T, (void)n;
 }

@@ -33,9 +33,12 @@ bool dr_amx_enabled(void);
 
 /* Bytes of x prepared for T tokens of length n (n % DR_AMX_K == 0). */
 size_t dr_amx_x_bytes(int T, int n);
-/* xp = x [T, n] (rows n apart) as three bf16 parts in the tiles' layout,
- * zero tokens padding T to a multiple of 32. */
-void dr_amx_prep(uint16_t *xp, const float *x, int T, int n);
+/* Blocks of 16 tokens that x prepared for T tokens has (T padded to 32). */
+int dr_amx_prep_blocks(int T);
+/* Blocks [b0, b1) of xp = x [T, n] (rows n apart) as three bf16 parts in
+ * the tiles' layout, zero tokens padding T to a multiple of 32. Blocks are
+ * independent: threads may fill different ones at once. */
+void dr_amx_prep(uint16_t *xp, const float *x, int T, int n, int b0, int b1);
 /* y[t * ldy + r] = w_r . x_t for rows r < m (m % DR_AMX_ROWS == 0, bf16,
  * ldw elements apart) and tokens t < T, x prepared by dr_amx_prep. */
 void dr_amx_gemm(float *y, size_t ldy, const uint16_t *w, size_t ldw, int m, const uint16_t *xp, int T, int n);
@@ -53,7 +56,8 @@ void dr_amx_codes(uint16_t *codes, const unsigned char *row, int bits, int n);
 /* Floats of x's group sums for T tokens (dr_amx_group_sums). */
 size_t dr_amx_group_floats(int T, int n, int gs);
 /* xg = sum of each group of gs elements of each token of x [T, n], in the
- * layout dr_amx_gemm_q reads (group-major, tokens padded to 32 with 0). */
-void dr_amx_group_sums(float *xg, const float *x, int T, int n, int gs);
+ * layout dr_amx_gemm_q reads (group-major, tokens padded to 32 with 0), for
+ * the tokens of blocks [b0, b1) (16 tokens each, as dr_amx_prep's). */
+void dr_amx_group_sums(float *xg, const float *x, int T, int n, int gs, int b0, int b1);
 
 #endif

@@ -13,6 +13,9 @@
 
 #include <math.h>
 #include <string.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+#endif
 
 #define L2_EPS 1e-6f     /* as the reference (and transformers / FLA) */
 #define CONV_CB 256      /* channels per conv task */
@@ -247,11 +250,12 @@ typedef struct {
     float *U;      /* [CH, dv] V' rows */
     float *X;      /* [CH, dv] K S, then Q S */
     float *A, *P;  /* [CH, CH] K K^T -> solve weights, Q K^T -> output weights */
-    float *G;      /* [CH] cumulative log-decay */
+    float *D;      /* [CH, CH] row i: exp(G_i - G_k) for k <= i (both weights' decay) */
+    float *G, *nG; /* [CH] cumulative log-decay G and -G */
 } chunk_ws;
 
 static size_t chunk_ws_floats(const dr_gdn_dims *d) {
-    return 3 * (size_t)CH * d->d_k + 2 * (size_t)CH * d->d_v + 2 * (size_t)CH * CH + CH;
+    return 3 * (size_t)CH * d->d_k + 2 * (size_t)CH * d->d_v + 3 * (size_t)CH * CH + 2 * CH;
 }
 
 static chunk_ws chunk_ws_carve(float *p, int dk, int dv) {
@@ -263,11 +267,15 @@ static chunk_ws chunk_ws_carve(float *p, int dk, int dv) {
     c.X = c.U + (size_t)CH * dv;
     c.A = c.X + (size_t)CH * dv;
     c.P = c.A + (size_t)CH * CH;
-    c.G = c.P + (size_t)CH * CH;
+    c.D = c.P + (size_t)CH * CH;
+    c.G = c.D + (size_t)CH * CH;
+    c.nG = c.G + CH;
     return c;
 }
 
-/* Steps 1-2: normalised q, k rows, K^T, cumulative decay. */
+/* Steps 1-2: normalised q, k rows, K^T, cumulative decay and the decay
+ * between tokens, exp(G_i - G_k) = exp(-G_k - (-G_i)) (the same float
+ * difference), in vector code: one exp per pair, shared by steps 3-5 and 7. */
 static void chunk_load(const gdn_job *jb, chunk_ws *c, int t0, int n, int j) {
     const dr_simd *k = jb->c->k;
     const int Hk = jb->d.n_k_heads, Hv = jb->d.n_v_heads, dk = jb->d.d_k, dv = jb->d.d_v, kh = j / (Hv / Hk);
@@ -281,7 +289,10 @@ static void chunk_load(const gdn_job *jb, chunk_ws *c, int t0, int n, int j) {
             c->Kt[(size_t)a * CH + i] = c->K[(size_t)i * dk + a];
         G += jb->g[(size_t)(t0 + i) * Hv + j];
         c->G[i] = G; /* G_i = sum_{s<=i} g_s */
+        c->nG[i] = -G;
     }
+    for (int i = 0; i < n; i++)
+        k->exp_sub(c->D + (size_t)i * CH, c->nG, c->nG[i], i + 1);
 }
 
 /* Steps 3-5: (I + A) V' = beta (V - exp(G) K S), A_ik = beta_i (k_i . k_k)
@@ -300,8 +311,9 @@ static void chunk_solve(const gdn_job *jb, chunk_ws *c, const float *S, int t0, 
             ui[e] = b * (v[e] - eG * tmp[e]);
         if (i == 0)
             continue;
+        const float *di = c->D + (size_t)i * CH;
         for (int kk = 0; kk < i; kk++)
-            ai[kk] = b * ai[kk] * expf(c->G[i] - c->G[kk]);
+            ai[kk] = b * ai[kk] * di[kk];
         k->gemm_nn(tmp, dv, ai, CH, c->U, dv, 1, dv, i, false); /* row i of X is no longer needed */
         for (int e = 0; e < dv; e++)
             ui[e] -= tmp[e];
@@ -318,9 +330,9 @@ static void chunk_output(const gdn_job *jb, chunk_ws *c, const float *S, int t0,
     k->gemm_nn(c->P, CH, c->Q, dk, c->Kt, CH, n, n, dk, false); /* Q K^T */
     for (int i = 0; i < n; i++) {
         float *pi = c->P + (size_t)i * CH, *oi = O + (size_t)i * ldo;
-        const float eG = expf(c->G[i]), *xi = c->X + (size_t)i * dv;
+        const float eG = expf(c->G[i]), *xi = c->X + (size_t)i * dv, *di = c->D + (size_t)i * CH;
         for (int kk = 0; kk < n; kk++)
-            pi[kk] = kk <= i ? pi[kk] * expf(c->G[i] - c->G[kk]) : 0.0f;
+            pi[kk] = kk <= i ? pi[kk] * di[kk] : 0.0f;
         for (int e = 0; e < dv; e++)
             oi[e] = eG * xi[e];
     }
@@ -344,6 +356,10 @@ static void chunk_state(const gdn_job *jb, chunk_ws *c, float *S, int n) {
 /* One v head over every chunk of the block (its state carried in place). */
 static void chunk_task(void *arg, int j, int thread) {
     const gdn_job *jb = arg;
+#if defined(__x86_64__) || defined(__i386__)
+    const unsigned csr = _mm_getcsr();
+    _mm_setcsr(csr | 0x8040u);
+#endif
     chunk_ws c = chunk_ws_carve(dr_cpu_tbuf(jb->c, thread), jb->d.d_k, jb->d.d_v);
     float *S = jb->state + (size_t)j * jb->d.d_k * jb->d.d_v;
     for (int t0 = 0; t0 < jb->T; t0 += CH) {
@@ -353,6 +369,9 @@ static void chunk_task(void *arg, int j, int thread) {
         chunk_output(jb, &c, S, t0, n, j);
         chunk_state(jb, &c, S, n);
     }
+#if defined(__x86_64__) || defined(__i386__)
+    _mm_setcsr(csr);
+#endif
 }
 
 void dr_fast_gdn_chunked(void *ctx, float *o, const float *qkv, const float *beta, const float *g, float *state,

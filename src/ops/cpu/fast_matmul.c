@@ -173,17 +173,33 @@ static size_t amx_tbuf(const dr_tensor *w, int rb) {
     return q > tail ? q : tail;
 }
 
+typedef struct {
+    uint16_t *xa;
+    float *xg; /* or NULL (unquantized) */
+    const float *x;
+    int T, n, gs;
+} amx_prep_job;
+
+/* One block of 16 tokens of x prepared (and its group sums). */
+static void amx_prep_task(void *arg, int task, int thread) {
+    const amx_prep_job *p = arg;
+    (void)thread;
+    dr_amx_prep(p->xa, p->x, p->T, p->n, task, task + 1);
+    if (p->xg)
+        dr_amx_group_sums(p->xg, p->x, p->T, p->n, p->gs, task, task + 1);
+}
+
 /* x prepared for the tiles in buf (unless filled: another weight's plan
- * wrote the same), and the job's pointers to it. */
+ * wrote the same), and the job's pointers to it. The preparation runs on
+ * the pool: on the calling thread alone it was ~7% of a 0.8B prefill. */
 static void amx_plan(mm_job *j, const float *x, void *buf, bool filled) {
-    const size_t xb = amx_xa_bytes(j->T, j->n);
+    float *xg = j->w->q.bits ? (float *)(void *)((char *)buf + amx_xa_bytes(j->T, j->n)) : NULL;
     j->xa = buf;
-    j->xg = j->w->q.bits ? (const float *)(const void *)((const char *)buf + xb) : NULL;
+    j->xg = xg;
     if (filled)
         return;
-    dr_amx_prep(buf, x, j->T, j->n);
-    if (j->w->q.bits)
-        dr_amx_group_sums((float *)((char *)buf + xb), x, j->T, j->n, j->w->q.group_size);
+    amx_prep_job p = {.xa = buf, .xg = xg, .x = x, .T = j->T, .n = j->n, .gs = j->w->q.group_size};
+    dr_pool_run(j->c->pool, dr_amx_prep_blocks(j->T), amx_prep_task, &p);
 }
 
 /* ---- quantized ---- */
