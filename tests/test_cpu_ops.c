@@ -294,6 +294,17 @@ static void t_attention(dr_ops *f, dr_ops *r) {
     }
 }
 
+/* RoPE on token blocks (a partial last one), partial rotation, a late
+ * position: the reference's values exactly (same angles, cosf / sinf). */
+static void t_rope(dr_ops *f, dr_ops *r) {
+    const int T = 37, nH = 3, hd = 40, d_rot = 24, pos0 = 1000;
+    float *x = rnd((size_t)T * nH * hd, 1.0f), *xr = dup(x, (size_t)T * nH * hd);
+    f->rope(f->ctx, x, T, nH, hd, d_rot, pos0, 1e7f);
+    r->rope(r->ctx, xr, T, nH, hd, d_rot, pos0, 1e7f);
+    show("rope T=37 pos0=1000 d_rot=24/40", rel_err(x, xr, (size_t)T * nH * hd), 0.0f);
+    free(x), free(xr);
+}
+
 static void t_conv(dr_ops *f, dr_ops *r) {
     const int cs[][2] = {{3, 37}, {45, 2001}};
     for (int c = 0; c < 2; c++) {
@@ -810,6 +821,7 @@ int main(void) {
             t_matmul_q(f, ref);
             t_attention(f, ref);
             t_conv(f, ref);
+            t_rope(f, ref);
             t_gdn(f, ref, false, 1, 0.2f);
             t_gdn(f, ref, false, 3, 0.2f);
             t_gdn(f, ref, true, 150, 0.2f);

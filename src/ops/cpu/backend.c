@@ -183,6 +183,7 @@ dr_status dr_ops_cpu_create(const dr_backend_params *p, dr_ops **out) {
     o->gdn_decode = dr_fast_gdn_decode;
     o->add_rmsnorm = dr_fast_add_rmsnorm;
     o->attention = dr_fast_attention;
+    o->rope = dr_fast_rope;
     o->gdn_conv = dr_fast_gdn_conv;
     o->gdn_recurrent = dr_fast_gdn_recurrent;
     o->gdn_chunked = dr_fast_gdn_chunked;

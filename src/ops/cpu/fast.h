@@ -59,6 +59,7 @@ void dr_fast_matmul(void *ctx, float *y, const float *x, const dr_tensor *w, int
 void dr_fast_matmul_n(void *ctx, int n_w, float *const *ys, const float *x, const dr_tensor *const *ws, int T);
 void dr_fast_attention(void *ctx, float *out, const float *q, const float *k_cache, const float *v_cache, int T,
                        int pos0, int n_heads, int n_kv_heads, int d_head, float scale, float *ws);
+void dr_fast_rope(void *ctx, float *x, int T, int n_heads, int d_head, int d_rot, int pos0, float theta);
 void dr_fast_gdn_conv(void *ctx, float *out, const float *m, float *conv_state, const float *w, int T, int C,
                       int K);
 void dr_fast_gdn_recurrent(void *ctx, float *o, const float *qkv, const float *beta, const float *g,

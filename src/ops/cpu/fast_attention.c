@@ -5,7 +5,7 @@
  * values (row_task). A single token with a long cache: tasks of cache
  * segments for every head, whose rows are read whole and in order (each
  * segment keeps its own max, sum and unnormalised output; merge_segments
- * combines them; seg_task). */
+ * combines them; seg_task). RoPE over blocks of tokens (rope_task). */
 #include "ops/cpu/fast.h"
 
 #include <math.h>
@@ -288,4 +288,50 @@ void dr_fast_attention(void *ctx, float *out, const float *q, const float *k_cac
         j.n_seg = 1;
     }
     dr_pool_run(c->pool, row_plan(&j) * n_kv_heads * pieces(&j), row_task, &j);
+}
+
+/* ===================== RoPE ===================== */
+
+#define ROPE_MAX_HALF 256 /* d_rot / 2 up to this (the models': 32); more: the reference */
+#define ROPE_TOKENS 16    /* tokens per task */
+
+typedef struct {
+    float *x;
+    const float *inv_freq;
+    int T, nh, dh, half, pos0;
+} rope_job;
+
+/* Tokens [16 task, 16 task + 16): the reference's rotation, its angles
+ * (float(pos) * inv_freq) and its cosf / sinf, so the same values. */
+static void rope_task(void *arg, int task, int thread) {
+    const rope_job *j = arg;
+    (void)thread;
+    const int t1 = (task + 1) * ROPE_TOKENS < j->T ? (task + 1) * ROPE_TOKENS : j->T;
+    for (int t = task * ROPE_TOKENS; t < t1; t++) {
+        const float pos = (float)(j->pos0 + t);
+        for (int i = 0; i < j->half; i++) {
+            const float ang = pos * j->inv_freq[i], c = cosf(ang), s = sinf(ang);
+            for (int h = 0; h < j->nh; h++) {
+                float *u = j->x + ((size_t)t * j->nh + h) * j->dh;
+                const float u1 = u[i], u2 = u[i + j->half];
+                u[i] = u1 * c - u2 * s;
+                u[i + j->half] = u2 * c + u1 * s;
+            }
+        }
+    }
+}
+
+/* As dr_cpu_rope, over token blocks on the pool (one token: the reference). */
+void dr_fast_rope(void *ctx, float *x, int T, int n_heads, int d_head, int d_rot, int pos0, float theta) {
+    dr_cpu_ctx *c = ctx;
+    const int half = d_rot / 2;
+    if (T < 2 || half > ROPE_MAX_HALF) {
+        dr_cpu_rope(ctx, x, T, n_heads, d_head, d_rot, pos0, theta);
+        return;
+    }
+    float inv_freq[ROPE_MAX_HALF];
+    for (int i = 0; i < half; i++) /* the reference's expression */
+        inv_freq[i] = 1.0f / powf(theta, (float)(2 * i) / (float)d_rot);
+    rope_job j = {.x = x, .inv_freq = inv_freq, .T = T, .nh = n_heads, .dh = d_head, .half = half, .pos0 = pos0};
+    dr_pool_run(c->pool, (T + ROPE_TOKENS - 1) / ROPE_TOKENS, rope_task, &j);
 }

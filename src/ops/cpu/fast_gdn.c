@@ -32,18 +32,13 @@ typedef struct {
     int T, C, K;
 } conv_job;
 
-/* o [n] += w [n] * s [n], element by element (restrict: vectorised). */
-static void mul_add(float *restrict o, const float *restrict w, const float *restrict s, int n) {
-    for (int i = 0; i < n; i++)
-        o[i] += w[i] * s[i];
-}
-
 /* Channels [c0, c1): out_t = silu(sum_j w_j x_{t-K+1+j}); inputs before the
  * block come from the state (row r = input at time r - K), then the state
  * keeps the last K inputs. The task's weights are first copied tap-major
- * (wt[tap][ch]), so the sums run over contiguous channels (vectorised; the
- * per-channel stride K kept them scalar: 0.8B, 512 tokens, 7 ms a layer);
- * each output is still 0 + w_0 x_0 + ... + w_{K-1} x_{K-1} in that order. */
+ * (wt[tap][ch]), so the sums run over contiguous channels in the SIMD
+ * table's conv_silu (the per-channel stride K kept them scalar: 0.8B, 512
+ * tokens, 7 ms a layer); each output is still 0 + w_0 x_0 + ... +
+ * w_{K-1} x_{K-1} in that order. */
 static void conv_task(void *arg, int task, int thread) {
     const conv_job *j = arg;
     (void)thread;
@@ -53,14 +48,12 @@ static void conv_task(void *arg, int task, int thread) {
         for (int ch = c0; ch < c1; ch++)
             wt[tap * CONV_CB + (ch - c0)] = j->w[(size_t)ch * K + tap];
     for (int t = 0; t < j->T; t++) {
-        float *o = j->out + (size_t)t * C + c0;
-        memset(o, 0, (size_t)nc * sizeof *o);
+        const float *src[CONV_MAX_K];
         for (int tap = 0; tap < K; tap++) {
             int s = t - K + 1 + tap; /* time of the input under this tap */
-            const float *src = s >= 0 ? j->m + (size_t)s * C : j->st + (size_t)(s + K) * C;
-            mul_add(o, wt + tap * CONV_CB, src + c0, nc);
+            src[tap] = (s >= 0 ? j->m + (size_t)s * C : j->st + (size_t)(s + K) * C) + c0;
         }
-        j->k->silu(o, o, nc);
+        j->k->conv_silu(j->out + (size_t)t * C + c0, wt, CONV_CB, src, K, nc);
     }
     for (int r = 0; r < K; r++) { /* ascending: a row read from the old state is never overwritten first */
         int s = j->T - K + r;

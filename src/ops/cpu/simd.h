@@ -56,6 +56,11 @@ typedef struct dr_simd {
     void (*swiglu)(float *y, const float *g, const float *u, int n);
     void (*sigmoid_mul)(float *x, const float *g, int n);
     void (*exp_sub)(float *y, const float *x, float m, int n);
+    /* The GDN causal conv of one token over n channels, then silu (as
+       silu above): y[i] = silu(((0 + w_0[i] x_0[i]) + w_1[i] x_1[i]) + ...)
+       over taps j < K in order, w_j = w + j * ldw and x_j = x[j], each
+       product rounded before its add, as the reference conv sums. */
+    void (*conv_silu)(float *y, const float *w, int ldw, const float *const *x, int K, int n);
     /* sum of x [n] (bandwidth probe) */
     float (*sum)(const float *x, size_t n);
     /* (optional, both or neither; NULL: use gemv) like gemv for BF16 rows,

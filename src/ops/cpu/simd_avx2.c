@@ -65,6 +65,7 @@ static const dr_simd g_avx2 = {
     .swiglu = k_swiglu,
     .sigmoid_mul = k_sigmoid_mul,
     .exp_sub = k_exp_sub,
+    .conv_silu = k_conv_silu,
     .sum = k_sum,
     .bf16_pairs = k_bf16_pairs,
     .gemv_bf16p = k_gemv_bf16p,

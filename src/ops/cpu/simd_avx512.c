@@ -23,6 +23,7 @@
 #define V_ROUND(a) _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
 #define V_LDEXP(p, n) _mm512_scalef_ps(p, n) /* p 2^n, IEEE overflow and underflow */
 #define ST_CB 8 /* 8 x 2 accumulators + loads: 32 zmm */
+#define GEMM_NB 4 /* gemm_nn's register tile 4 x 4 vectors: 16 accumulators + 4 of B + a */
 #define V_HSUM(v) _mm512_reduce_add_ps(v)
 #define V_LOAD_BF16(p) \
     _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(p))), 16))
@@ -97,6 +98,7 @@ static const dr_simd TABLE = {
     .swiglu = k_swiglu,
     .sigmoid_mul = k_sigmoid_mul,
     .exp_sub = k_exp_sub,
+    .conv_silu = k_conv_silu,
     .sum = k_sum,
     .bf16_pairs = k_bf16_pairs,
     .gemv_bf16p = k_gemv_bf16p,

@@ -218,23 +218,29 @@ static void k_tile(float *y, size_t ldy, const float *w, size_t ldw, int nr, con
 
 AI void gemm_store(float *c, V v, bool acc) { V_STOREU(c, acc ? V_ADD(V_LOADU(c), v) : v); }
 
-/* rows i0..i0+3, columns j0..j0+2VL-1 */
-static void gemm_4x2(float *C, int ldc, const float *A, int lda, const float *B, int ldb, int K, bool acc) {
-    V c[4][2];
+#ifndef GEMM_NB
+#define GEMM_NB 2 /* column vectors of the 4-row register tile: 8 accumulators */
+#endif
+
+/* rows i0..i0+3, columns j0..j0+GEMM_NB VL-1 */
+static void gemm_4xnb(float *C, int ldc, const float *A, int lda, const float *B, int ldb, int K, bool acc) {
+    V c[4][GEMM_NB];
     for (int r = 0; r < 4; r++)
-        c[r][0] = c[r][1] = V_ZERO();
+        for (int v = 0; v < GEMM_NB; v++)
+            c[r][v] = V_ZERO();
     for (int k = 0; k < K; k++) {
-        const V b0 = V_LOADU(B + (size_t)k * ldb), b1 = V_LOADU(B + (size_t)k * ldb + VL);
+        V b[GEMM_NB];
+        for (int v = 0; v < GEMM_NB; v++)
+            b[v] = V_LOADU(B + (size_t)k * ldb + v * VL);
         for (int r = 0; r < 4; r++) {
             const V a = V_SET1(A[(size_t)r * lda + k]);
-            c[r][0] = V_FMA(a, b0, c[r][0]);
-            c[r][1] = V_FMA(a, b1, c[r][1]);
+            for (int v = 0; v < GEMM_NB; v++)
+                c[r][v] = V_FMA(a, b[v], c[r][v]);
         }
     }
-    for (int r = 0; r < 4; r++) {
-        gemm_store(C + (size_t)r * ldc, c[r][0], acc);
-        gemm_store(C + (size_t)r * ldc + VL, c[r][1], acc);
-    }
+    for (int r = 0; r < 4; r++)
+        for (int v = 0; v < GEMM_NB; v++)
+            gemm_store(C + (size_t)r * ldc + v * VL, c[r][v], acc);
 }
 
 /* one row, columns j0..j0+VL-1 */
@@ -278,8 +284,8 @@ static void k_gemm_nn(float *C, int ldc, const float *A, int lda, const float *B
     int i = 0;
     for (; i + 4 <= M; i += 4) {
         int j = 0;
-        for (; j + 2 * VL <= nv; j += 2 * VL)
-            gemm_4x2(C + (size_t)i * ldc + j, ldc, A + (size_t)i * lda, lda, B + j, ldb, K, acc);
+        for (; j + GEMM_NB * VL <= nv; j += GEMM_NB * VL)
+            gemm_4xnb(C + (size_t)i * ldc + j, ldc, A + (size_t)i * lda, lda, B + j, ldb, K, acc);
         for (int r = 0; r < 4 && j < nv; r++)
             gemm_row(C + (size_t)(i + r) * ldc, A + (size_t)(i + r) * lda, B, ldb, K, acc, j, nv);
     }
@@ -422,6 +428,28 @@ static void k_sigmoid_mul(float *x, const float *g, int n) {
         V_STOREU(x + i, V_MUL(V_LOADU(x + i), v_sigmoid(V_LOADU(g + i))));
     if (i < n)
         store_tail(x + i, V_MUL(load_tail(x + i, n - i), v_sigmoid(load_tail(g + i, n - i))), n - i);
+}
+
+/* one vector of conv_silu's sums: V_MUL then V_ADD, never an FMA */
+AI V conv_sum(const float *w, size_t ldw, const float *const *x, int K, int i) {
+    V s = V_ZERO();
+    for (int j = 0; j < K; j++)
+        s = V_ADD(s, V_MUL(V_LOADU(w + (size_t)j * ldw + i), V_LOADU(x[j] + i)));
+    return s;
+}
+
+static void k_conv_silu(float *y, const float *w, int ldw, const float *const *x, int K, int n) {
+    int i = 0;
+    for (; i + VL <= n; i += VL)
+        V_STOREU(y + i, v_silu(conv_sum(w, (size_t)ldw, x, K, i)));
+    for (; i < n; i++) { /* the same sums one lane at a time, then silu on what is left */
+        float s = 0.0f;
+        for (int j = 0; j < K; j++)
+            s += w[(size_t)j * (size_t)ldw + (size_t)i] * x[j][i];
+        y[i] = s;
+    }
+    if (n % VL)
+        k_silu(y + n / VL * VL, y + n / VL * VL, n % VL);
 }
 
 static void k_exp_sub(float *y, const float *x, float m, int n) {

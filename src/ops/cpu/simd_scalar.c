@@ -113,6 +113,15 @@ static void s_exp_sub(float *y, const float *x, float m, int n) {
         y[i] = expf(x[i] - m);
 }
 
+static void s_conv_silu(float *y, const float *w, int ldw, const float *const *x, int K, int n) {
+    for (int i = 0; i < n; i++) {
+        float s = 0.0f;
+        for (int j = 0; j < K; j++)
+            s += w[(size_t)j * (size_t)ldw + (size_t)i] * x[j][i];
+        y[i] = dr_siluf(s);
+    }
+}
+
 static const dr_simd g_scalar = {
     .level = DR_SIMD_SCALAR,
     .dot = s_dot,
@@ -127,6 +136,7 @@ static const dr_simd g_scalar = {
     .swiglu = s_swiglu,
     .sigmoid_mul = s_sigmoid_mul,
     .exp_sub = s_exp_sub,
+    .conv_silu = s_conv_silu,
     .sum = s_sum,
     .bf16_pairs = NULL,
     .gemv_bf16p = NULL,
