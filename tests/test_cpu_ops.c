@@ -148,14 +148,14 @@ static void t_matmul(dr_ops *f, dr_ops *r) {
         }
 }
 
-/* BF16 weights with 16 or more tokens: the AMX tiles where this CPU has
+/* BF16 weights with 8 or more tokens (DR_AMX_MIN_T): the AMX tiles where this CPU has
  * them (ops/cpu/amx.h), else the fp32 tiles; either way fp32 numerics, so
  * TOL. Rows not a multiple of 16 or 32 (the fp32 path takes the last ones),
  * token counts not a multiple of 16 or 32, and two weights sharing one
  * prepared x through matmul_n (each output equal to its single matmul). */
 static void t_matmul_amx(dr_ops *f, dr_ops *r) {
     static const struct { int d, n, T; } cases[] = {{16, 32, 16}, {48, 320, 17}, {50, 320, 40}, {101, 64, 64},
-                                                    {32, 1024, 33}};
+                                                    {32, 1024, 33}, {40, 96, 9}};
     const char *path = dr_amx_enabled() ? "amx" : "no amx: fp32";
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         const int d = cases[c].d, n = cases[c].n, T = cases[c].T;
@@ -245,7 +245,7 @@ static void t_matmul_q(dr_ops *f, dr_ops *r) {
  * group sizes 32 / 64 / 128, and a tensor in the decode layout. */
 static void t_matmul_amx_q(dr_ops *f, dr_ops *r) {
     static const struct { int d, n, gs, T; } sh[] = {{37, 320, 32, 17}, {48, 320, 64, 40}, {16, 1024, 128, 16},
-                                                     {101, 640, 64, 33}, {50, 2176, 64, 20}};
+                                                     {101, 640, 64, 33}, {50, 2176, 64, 20}, {33, 256, 32, 8}};
     double worst = 0.0;
     int cases = 0;
     for (int bits = 4; bits <= 8; bits += 4)
@@ -268,7 +268,7 @@ static void t_matmul_amx_q(dr_ops *f, dr_ops *r) {
                 free(buf), free(own), free(x), free(y), free(yr);
             }
     char what[80];
-    snprintf(what, sizeof what, "matmul q4/q8 T>=16 (%d, %s)", cases, dr_amx_enabled() ? "amx" : "no amx: fp32");
+    snprintf(what, sizeof what, "matmul q4/q8 T>=8 (%d, %s)", cases, dr_amx_enabled() ? "amx" : "no amx: fp32");
     show(what, (float)worst, 1e-5f);
 }
 

@@ -24,9 +24,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define DR_AMX_MIN_T 16 /* fewer tokens: a tile of 16 would be mostly padding */
-#define DR_AMX_K 32     /* n must be a multiple of this (one tile row of bf16) */
-#define DR_AMX_ROWS 16  /* dr_amx_gemm takes rows in multiples of this */
+#define DR_AMX_MIN_T 8 /* fewer tokens: 32-token slices mostly padding; from 8 on (e.g. a
+                           MoE expert's share of a prefill block) the tiles still beat
+                           the fp32 path (docs/PERFORMANCE.md, CPU, session 21) */
+#define DR_AMX_K 32    /* n must be a multiple of this (one tile row of bf16) */
+#define DR_AMX_ROWS 16 /* dr_amx_gemm takes rows in multiples of this */
 
 /* Whether the tile path runs (checked once). */
 bool dr_amx_enabled(void);

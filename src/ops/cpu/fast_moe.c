@@ -63,8 +63,9 @@ void dr_fast_moe_experts(void *ctx, float *y, const float *x, const int32_t *idx
         const int32_t *rows = w.rows + w.start[e];
         for (int r = 0; r < n; r++)
             memcpy(w.xe + (size_t)r * H, x + (size_t)(rows[r] / k) * H, (size_t)H * sizeof(float));
-        dr_fast_matmul(c, w.ge, w.xe, &experts[e].gate, n);
-        dr_fast_matmul(c, w.ue, w.xe, &experts[e].up, n);
+        float *const gu[2] = {w.ge, w.ue}; /* one parallel loop, x prepared once */
+        const dr_tensor *const wgu[2] = {&experts[e].gate, &experts[e].up};
+        dr_fast_matmul_n(c, 2, gu, w.xe, wgu, n);
         dr_fast_swiglu(c, w.ge, w.ge, w.ue, (size_t)n * I);
         dr_fast_matmul(c, w.ye, w.ge, &experts[e].down, n);
         for (int r = 0; r < n; r++) /* y_t += w_tj * expert(x_t) */
