@@ -7,13 +7,41 @@
 #include "ops/cpu/quant.h"
 #include "util/status.h"
 
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
+
+#define HUGE_PAGE ((size_t)2 << 20)
+
+/* Ask Linux for 2 MiB pages in the whole 2 MiB blocks of [p, p + n)
+ * (transparent huge pages in "madvise" mode, the common default, give them
+ * only to ranges that ask). The buffers here (caches, scratch) are first
+ * touched in the first prefill, and a fault per 4 KiB page there cost
+ * ~25% of a cold 35B-A3B prefill on the dev VM (docs/PERFORMANCE.md, CPU,
+ * session 21). Pages still come on first touch; a refusal changes nothing. */
+static void *huge_pages(void *p, size_t n) {
+#ifdef MADV_HUGEPAGE
+    const uintptr_t a = ((uintptr_t)p + HUGE_PAGE - 1) & ~(uintptr_t)(HUGE_PAGE - 1);
+    const uintptr_t b = ((uintptr_t)p + n) & ~(uintptr_t)(HUGE_PAGE - 1);
+    if (p && b > a)
+        (void)madvise((void *)a, b - a, MADV_HUGEPAGE);
+#else
+    (void)n;
+#endif
+    return p;
+}
+
+/* n bytes, 64-byte aligned (huge-page aligned when large), not zeroed */
+static void *big_alloc(size_t n) {
+    const size_t align = n >= 2 * HUGE_PAGE ? HUGE_PAGE : 64;
+    return huge_pages(aligned_alloc(align, (n + align - 1) / align * align), n);
+}
 
 static void *cpu_alloc(void *ctx, size_t n) {
     (void)ctx;
-    return calloc(1, n ? n : 1);
+    return huge_pages(calloc(1, n ? n : 1), n); /* calloc: lazily zeroed pages */
 }
 static void cpu_free(void *ctx, void *p) {
     (void)ctx;
@@ -72,7 +100,7 @@ bool dr_cpu_reserve(dr_cpu_ctx *c, size_t n) {
         if (s->cap >= n)
             continue;
         free(s->p);
-        s->p = malloc(n * sizeof(float));
+        s->p = big_alloc(n * sizeof(float));
         s->cap = s->p ? n : 0;
         if (!s->p)
             return false;
@@ -85,7 +113,7 @@ bool dr_cpu_reserve(dr_cpu_ctx *c, size_t n) {
 void *dr_cpu_shared_buf(dr_cpu_ctx *c, int slot, size_t bytes) {
     if (c->shared_cap[slot] < bytes) {
         free(c->shared[slot]);
-        c->shared[slot] = aligned_alloc(64, (bytes + 63) / 64 * 64);
+        c->shared[slot] = big_alloc(bytes);
         c->shared_cap[slot] = c->shared[slot] ? bytes : 0;
     }
     return c->shared[slot];
