@@ -26,7 +26,7 @@
 
 #define TOL 2e-5f      /* fp32 kernels: only the summation order differs */
 #define TOL_BF16X2 2e-4f /* vdpbf16ps with x split into two bf16 halves */
-#define TOL_AMX 1e-6f    /* BF16 matmuls of 16+ tokens: fp32 numerics, x in three bf16 parts on the AMX tiles;
+#define TOL_AMX 1e-6f    /* BF16 matmuls of 8+ tokens: fp32 numerics, x in three bf16 parts on the AMX tiles;
                             measured <= 3.5e-7; with two parts 1.9e-6 .. 2.8e-6 */
 #define TOL_GOLDEN 1e-3f
 #define TOL_ACT 5e-7f  /* activations: about 4 ulp, the vector tables' exp polynomial (simd_impl.h v_exp) */
@@ -237,7 +237,7 @@ static void t_matmul_q(dr_ops *f, dr_ops *r) {
     dr_cpu_quant_set_level(-1);
 }
 
-/* MLX-quantized weights with 16 or more tokens: the AMX tiles where this
+/* MLX-quantized weights with 8 or more tokens: the AMX tiles where this
  * CPU has them (q exact in bf16 on the tiles, scales and biases in fp32:
  * the decode GEMVs' split form), else the dequantized fp32 tiles; against
  * the element-by-element reference, to 1e-5 of sum |w x| as t_matmul_q.
