@@ -125,34 +125,41 @@ AI void transpose16(__m512i r[16]) {
     }
 }
 
-/* Part `part` (0: h, 1: m, 2: l) of the 32 floats at p (NULL: zeros) as 16
- * pairs: each part the rounding of what the ones before leave. */
-AI __m512i part_pairs(const float *p, int part) {
-    if (!p)
-        return _mm512_setzero_si512();
-    __m512 a = _mm512_loadu_ps(p), b = _mm512_loadu_ps(p + 16);
-    for (int k = 0; k < part; k++) {
-        a = _mm512_sub_ps(a, round_bf16(a));
-        b = _mm512_sub_ps(b, round_bf16(b));
+/* The three parts (h, m, l) of the 32 floats at p (NULL: zeros) as 16
+ * pairs each, into r[0], r[1], r[2]: each part the rounding of what the
+ * ones before leave. */
+AI void split_pairs(__m512i r[3], const float *p) {
+    if (!p) {
+        r[0] = r[1] = r[2] = _mm512_setzero_si512();
+        return;
     }
-    return pairs(round_bf16(a), round_bf16(b));
+    __m512 a = _mm512_loadu_ps(p), b = _mm512_loadu_ps(p + 16);
+    for (int part = 0; part < 3; part++) {
+        const __m512 ha = round_bf16(a), hb = round_bf16(b);
+        r[part] = pairs(ha, hb);
+        a = _mm512_sub_ps(a, ha);
+        b = _mm512_sub_ps(b, hb);
+    }
 }
 
 void dr_amx_prep(uint16_t *xp, const float *x, int T, int n, int b0, int b1) {
     const int nk = n / DR_AMX_K;
     for (int tb = b0; tb < b1; tb++) /* 16 tokens: one B tile per part and kb */
-        for (int kb = 0; kb < nk; kb++)
+        for (int kb = 0; kb < nk; kb++) {
+            __m512i r[3][16]; /* r[part][t]: token t's 16 pairs, then (transposed) r[part][kk]: pair kk */
+            for (int t = 0; t < 16; t++) {
+                const int tt = 16 * tb + t; /* past T: zeros */
+                __m512i p3[3];
+                split_pairs(p3, tt < T ? x + (size_t)tt * (size_t)n + (size_t)kb * DR_AMX_K : NULL);
+                r[0][t] = p3[0], r[1][t] = p3[1], r[2][t] = p3[2];
+            }
             for (int part = 0; part < 3; part++) {
-                __m512i r[16]; /* r[t]: token t's 16 pairs, then (transposed) r[kk]: pair kk of the tokens */
-                for (int t = 0; t < 16; t++) {
-                    const int tt = 16 * tb + t; /* past T: zeros */
-                    r[t] = part_pairs(tt < T ? x + (size_t)tt * (size_t)n + (size_t)kb * DR_AMX_K : NULL, part);
-                }
-                transpose16(r);
+                transpose16(r[part]);
                 uint16_t *dst = xp + x_tile(kb, tb / 2, part, nk) + (size_t)(tb % 2) * TILE_ELEMS;
                 for (int kk = 0; kk < 16; kk++)
-                    _mm512_storeu_si512(dst + 32 * kk, r[kk]);
+                    _mm512_storeu_si512(dst + 32 * kk, r[part][kk]);
             }
+        }
 }
 
 typedef struct {
