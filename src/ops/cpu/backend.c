@@ -19,8 +19,9 @@
  * (transparent huge pages in "madvise" mode, the common default, give them
  * only to ranges that ask). The buffers here (caches, scratch) are first
  * touched in the first prefill, and a fault per 4 KiB page there cost
- * ~25% of a cold 35B-A3B prefill on the dev VM (docs/PERFORMANCE.md, CPU,
- * session 21). Pages still come on first touch; a refusal changes nothing. */
+ * about a fifth of a cold 35B-A3B prefill on the dev VM (docs/PERFORMANCE.md,
+ * CPU, session 21). Pages still come on first touch; a refusal changes
+ * nothing. */
 static void *huge_pages(void *p, size_t n) {
 #ifdef MADV_HUGEPAGE
     const uintptr_t a = ((uintptr_t)p + HUGE_PAGE - 1) & ~(uintptr_t)(HUGE_PAGE - 1);

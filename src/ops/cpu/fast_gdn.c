@@ -346,13 +346,32 @@ static void chunk_state(const gdn_job *jb, chunk_ws *c, float *S, int n) {
     jb->c->k->gemm_nn(S, dv, c->Kt, CH, c->U, dv, dk, dv, n, true);
 }
 
-/* One v head over every chunk of the block (its state carried in place). */
-static void chunk_task(void *arg, int j, int thread) {
-    const gdn_job *jb = arg;
+/* Subnormals flushed to zero on this thread (MXCSR flush-to-zero, bit 15,
+ * and denormals-are-zero, bit 6) until flush_end(the returned value):
+ * strong decay makes exp(G_i - G_k) subnormal inside a chunk, and each
+ * operation on one took a microcode assist (5x slower; NUMERICS.md). */
+static unsigned flush_begin(void) {
 #if defined(__x86_64__) || defined(__i386__)
     const unsigned csr = _mm_getcsr();
     _mm_setcsr(csr | 0x8040u);
+    return csr;
+#else
+    return 0;
 #endif
+}
+
+static void flush_end(unsigned csr) {
+#if defined(__x86_64__) || defined(__i386__)
+    _mm_setcsr(csr);
+#else
+    (void)csr;
+#endif
+}
+
+/* One v head over every chunk of the block (its state carried in place). */
+static void chunk_task(void *arg, int j, int thread) {
+    const gdn_job *jb = arg;
+    const unsigned csr = flush_begin();
     chunk_ws c = chunk_ws_carve(dr_cpu_tbuf(jb->c, thread), jb->d.d_k, jb->d.d_v);
     float *S = jb->state + (size_t)j * jb->d.d_k * jb->d.d_v;
     for (int t0 = 0; t0 < jb->T; t0 += CH) {
@@ -362,9 +381,7 @@ static void chunk_task(void *arg, int j, int thread) {
         chunk_output(jb, &c, S, t0, n, j);
         chunk_state(jb, &c, S, n);
     }
-#if defined(__x86_64__) || defined(__i386__)
-    _mm_setcsr(csr);
-#endif
+    flush_end(csr);
 }
 
 void dr_fast_gdn_chunked(void *ctx, float *o, const float *qkv, const float *beta, const float *g, float *state,
