@@ -42,3 +42,17 @@ dr_device_tests() {
     env "$@" timeout 120 "$dir/tests/test_golden" "tests/data/$fx" --device cuda >> "$log" 2>&1 || echo "golden $fx $* FAILED"
   done
 }
+
+# `dr_cpu_builds BUILD:SRC...` builds deltarun_cli CPU-only (Release) from
+# each source tree SRC into BUILD (A/B runs of this tree against an older
+# one unpacked beside it), logging to $OUT; then prints the host CPU.
+dr_cpu_builds() {
+  local d b s
+  for d in "$@"; do
+    b=${d%%:*}; s=${d#*:}
+    cmake -S "$s" -B "$b" -DCMAKE_BUILD_TYPE=Release -DDR_CUDA=OFF -DDR_WERROR=OFF > "$OUT/cmake_$(basename "$b").log" 2>&1 &&
+      make -C "$b" -j"$(nproc)" deltarun_cli > "$OUT/make_$(basename "$b").log" 2>&1 ||
+      { echo "build $b failed"; tail -5 "$OUT/make_$(basename "$b").log"; }
+  done
+  lscpu | grep -E "Model name|^CPU\(s\)"
+}

@@ -11,12 +11,7 @@ if [[ "$what" == *ctest* ]]; then
   bash scripts/device_s15.sh ctest
 fi
 if [[ "$what" == *cpu* || "$what" == *prefill* ]]; then
-  for d in "$root/build-cpu20:$root" "$root/exp20/old/b:$root/exp20/old"; do
-    b=${d%%:*}; s=${d#*:}
-    cmake -S "$s" -B "$b" -DCMAKE_BUILD_TYPE=Release -DDR_CUDA=OFF -DDR_WERROR=OFF > "$OUT/cmake_$(basename "$b").log" 2>&1 &&
-      make -C "$b" -j16 deltarun_cli > "$OUT/make_$(basename "$b").log" 2>&1 || { echo "build $b failed"; tail -5 "$OUT/make_$(basename "$b").log"; }
-  done
-  lscpu | grep -E "Model name|^CPU\(s\)"
+  dr_cpu_builds "$root/build-cpu20:$root" "$root/exp20/old/b:$root/exp20/old"
 fi
 if [[ "$what" == *cpu* ]]; then
   for r in 1 2 3; do for q in q8 q4; do for b in "$root/exp20/old/b/deltarun" "$root/build-cpu20/deltarun"; do

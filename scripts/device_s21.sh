@@ -11,12 +11,7 @@ if [[ "$what" == *ctest* ]]; then
   bash scripts/device_s15.sh ctest
 fi
 if [[ "$what" == *prefill* ]]; then
-  for d in "$root/build-cpu21:$root" "$root/exp21/oldsrc/b:$root/exp21/oldsrc"; do
-    b=${d%%:*}; s=${d#*:}
-    cmake -S "$s" -B "$b" -DCMAKE_BUILD_TYPE=Release -DDR_CUDA=OFF -DDR_WERROR=OFF > "$OUT/cmake_$(basename "$b").log" 2>&1 &&
-      make -C "$b" -j16 deltarun_cli > "$OUT/make_$(basename "$b").log" 2>&1 || { echo "build $b failed"; tail -5 "$OUT/make_$(basename "$b").log"; }
-  done
-  lscpu | grep -E "Model name|^CPU\(s\)"
+  dr_cpu_builds "$root/build-cpu21:$root" "$root/exp21/oldsrc/b:$root/exp21/oldsrc"
   grep -o -E "amx[a-z0-9_]*" /proc/cpuinfo | sort -u | tr '\n' ' '; cat /sys/kernel/mm/transparent_hugepage/enabled
   for r in 1 2; do for c in "0.8b 1" "2b 1" "35b-a3b 2"; do set -- $c; for b in "$root/exp21/oldsrc/b/deltarun" "$root/build-cpu21/deltarun"; do
     x=""; [ "$1" = 35b-a3b ] && x="--layers 4"
