@@ -637,6 +637,47 @@ static void t_act(const dr_simd *k) {
     free(x), free(u), free(y), free(r);
 }
 
+/* The prefill panel GEMM of table k (pack_panel + gemm_panel), where the
+ * level has one, against sums in double: whole and partial panels, one to
+ * 37 tokens (every register tile width and tails), k ranges of several
+ * PANEL_KC blocks and not a multiple of the vector width, each dtype; the
+ * output columns past nr (another task's rows) must stay untouched. Error
+ * relative to sum |w x| per output, TOL. */
+static void t_panel(const dr_simd *k) {
+    if (!k->gemm_panel)
+        return;
+    const struct { int nr, nt, n; dr_dtype dt; } cs[] = {
+        {0, 37, 600, DR_DT_BF16}, {13, 7, 300, DR_DT_F32}, {0, 1, 33, DR_DT_F16}, {1, 5, 513, DR_DT_BF16}};
+    for (size_t c = 0; c < sizeof cs / sizeof cs[0]; c++) {
+        const int nr = cs[c].nr ? cs[c].nr : k->panel, nt = cs[c].nt, n = cs[c].n, ldy = nr + 5;
+        void *buf;
+        const dr_tensor w = mat(cs[c].dt, nr, n, &buf);
+        float *x = rnd((size_t)nt * n, 1.0f), *wp = malloc((size_t)k->panel * n * 4), *y = malloc((size_t)nt * ldy * 4);
+        for (int i = 0; i < nt * ldy; i++)
+            y[i] = -7.0f; /* the sentinel past nr */
+        k->pack_panel(wp, w.data, cs[c].dt, (size_t)n, nr, n);
+        k->gemm_panel(y, (size_t)ldy, wp, nr, x, (size_t)n, nt, n);
+        double e = 0.0;
+        bool kept = true;
+        for (int t = 0; t < nt; t++) {
+            for (int r = 0; r < nr; r++) {
+                double sum = 0.0, mag = 0.0;
+                for (int i = 0; i < n; i++) {
+                    const double p = (double)dr_load_f32(w.data, cs[c].dt, (size_t)r * n + i) * x[(size_t)t * n + i];
+                    sum += p, mag += fabs(p);
+                }
+                e = fmax(e, fabs(y[(size_t)t * ldy + r] - sum) / (mag > 0.0 ? mag : 1.0));
+            }
+            for (int r = nr; r < ldy; r++)
+                kept &= y[(size_t)t * ldy + r] == -7.0f;
+        }
+        CHECK_SHOW(e <= TOL && kept, "[%s] gemm_panel %s rows %d of %d, %d tokens, n %d: err %.2e of sum |w x| (tol %.0e); "
+                   "columns past the rows untouched: %s", g_cfg, dr_dtype_name(cs[c].dt), nr, k->panel, nt, n, e, TOL,
+                   kept ? "yes" : "NO");
+        free(buf), free(x), free(wp), free(y);
+    }
+}
+
 /* The GDN decode step's state passes of table k (st2, decay_rank1) against
  * the two gemm_nn calls and the scale + axpy rows they replace: the same
  * operations per element, so the same bits. Shapes cover the ST_CB-wide
@@ -846,6 +887,7 @@ int main(void) {
         t_bf16p(dr_simd_table((dr_simd_level)lv), ref);
         t_gemv_pf(dr_simd_table((dr_simd_level)lv));
         t_st2(dr_simd_table((dr_simd_level)lv));
+        t_panel(dr_simd_table((dr_simd_level)lv));
         t_act(dr_simd_table((dr_simd_level)lv));
     }
     dr_simd_force(DR_SIMD_COUNT);

@@ -75,12 +75,31 @@ static void gemv_task(void *arg, int task, int thread) {
 
 /* ---- prefill: widened row block x register tiles ---- */
 
+/* Whether the fp32 path of T tokens packs weight panels (gemm_panel):
+ * packing costs about what widening does, and pays from this many tokens
+ * (35B-A3B's experts, mostly 8-31 tokens each: slower on panels). */
+#define PANEL_MIN_T 32
+static bool use_panel(const dr_cpu_ctx *c, int T) { return c->k->gemm_panel && T >= PANEL_MIN_T; }
+
 /* Rows r0 .. r0 + nr - 1, all tokens: widened (or dequantized) into this
  * thread's buffer, then the fp32 tiles. */
 static void fp32_rows(const mm_job *j, int r0, int nr, int thread) {
     const dr_simd *k = j->c->k;
     const int n = j->n;
     float *wb = dr_cpu_tbuf(j->c, thread);
+    if (use_panel(j->c, j->T)) { /* panel by panel: packed (quantized: dequantized first), then every token */
+        for (int r = r0; r < r0 + nr; r += k->panel) {
+            const int m = r0 + nr - r < k->panel ? r0 + nr - r : k->panel;
+            if (j->w->q.bits) {
+                float *rows = wb + (size_t)k->panel * (size_t)n;
+                dr_cpu_q_dequant_rows(rows, j->w, r, m);
+                k->pack_panel(wb, rows, DR_DT_F32, (size_t)n, m, n);
+            } else
+                k->pack_panel(wb, dr_tensor_row(j->w, r), j->w->dtype, (size_t)n, m, n);
+            k->gemm_panel(j->y + r, (size_t)j->d, wb, m, j->x, (size_t)n, j->T, n);
+        }
+        return;
+    }
     if (j->w->q.bits) /* quantized: dequantized once here, then the same fp32 tiles */
         dr_cpu_q_dequant_rows(wb, j->w, r0, nr);
     else
@@ -163,10 +182,19 @@ static size_t amx_x_bytes(const dr_tensor *w, int T) {
     return amx_xa_bytes(T, n) + (w->q.bits ? dr_amx_group_floats(T, n, w->q.group_size) * sizeof(float) : 0);
 }
 
+/* Thread buffer floats fp32_rows wants for tasks of rb rows: a packed
+ * panel (and its rows dequantized), or the rows widened. */
+static size_t fp32_floats(const dr_cpu_ctx *c, const dr_tensor *w, int rb, int T) {
+    const size_t n = (size_t)w->ne[w->ndim - 1];
+    if (use_panel(c, T))
+        return (size_t)c->k->panel * n * (w->q.bits ? 2 : 1);
+    return (size_t)rb * n;
+}
+
 /* Thread buffer floats an AMX task of rb rows wants: codes, scales and
- * biases (quantized), and 16 rows widened for the fp32 tail. */
-static size_t amx_tbuf(const dr_tensor *w, int rb) {
-    const size_t n = (size_t)w->ne[w->ndim - 1], tail = (size_t)DR_AMX_ROWS * n;
+ * biases (quantized), and what fp32_rows wants for the last rows. */
+static size_t amx_tbuf(const dr_cpu_ctx *c, const dr_tensor *w, int rb, int T) {
+    const size_t n = (size_t)w->ne[w->ndim - 1], tail = fp32_floats(c, w, DR_AMX_ROWS, T);
     if (!w->q.bits)
         return tail;
     const size_t q = (size_t)rb * n / 2 + 2 * (size_t)rb * (n / (size_t)w->q.group_size);
@@ -220,10 +248,12 @@ static void q_task(void *arg, int task, int thread) {
     dr_cpu_matmul_q_rows(j->y, j->x, j->w, j->T, r0, r0 + nr);
 }
 
-/* Rows per prefill task: as many as fit GEMM_FLOATS widened, a multiple of
- * the tile height; fixed by the shape alone so results don't depend on the
- * thread count. */
-static int gemm_rows(int n) {
+/* Rows per prefill task: one panel (gemm_panel), else as many as fit
+ * GEMM_FLOATS widened, a multiple of the tile height. Each output is one
+ * task's whole sum either way, so results don't depend on the thread count. */
+static int gemm_rows(const dr_cpu_ctx *c, int n, int T) {
+    if (use_panel(c, T))
+        return c->k->panel;
     int rb = GEMM_FLOATS / (n > 0 ? n : 1) / DR_TILE * DR_TILE;
     return rb < DR_TILE ? DR_TILE : rb > 64 ? 64 : rb;
 }
@@ -277,11 +307,11 @@ static dr_pool_fn plan(mm_job *j, dr_cpu_ctx *c, float *y, const float *x, const
                 j->rb = (j->rb + DR_QK_TILE_ROWS - 1) / DR_QK_TILE_ROWS * DR_QK_TILE_ROWS;
             return q_gemv_task;
         }
-        if (buf && use_amx(w, T) && (j->rb = amx_rows(c, j->d, j->n), dr_cpu_reserve(c, amx_tbuf(w, j->rb)))) {
+        if (buf && use_amx(w, T) && (j->rb = amx_rows(c, j->d, j->n), dr_cpu_reserve(c, amx_tbuf(c, w, j->rb, T)))) {
             amx_plan(j, x, buf, filled);
             return amx_q_task;
         }
-        if (T > 1 && (j->rb = gemm_rows(j->n), dr_cpu_reserve(c, (size_t)j->rb * j->n)))
+        if (T > 1 && (j->rb = gemm_rows(c, j->n, T), dr_cpu_reserve(c, fp32_floats(c, w, j->rb, T))))
             return gemm_task; /* blocks of rows dequantized once, reused by every token */
         j->rb = gemv_rows(c, j->d, j->n * w->q.bits / 16, DR_DT_BF16);
         return q_task;
@@ -303,12 +333,12 @@ static dr_pool_fn plan(mm_job *j, dr_cpu_ctx *c, float *y, const float *x, const
         }
         return gemv_task;
     }
-    if (buf && use_amx(w, T) && (j->rb = amx_rows(c, j->d, j->n), dr_cpu_reserve(c, amx_tbuf(w, j->rb)))) {
+    if (buf && use_amx(w, T) && (j->rb = amx_rows(c, j->d, j->n), dr_cpu_reserve(c, amx_tbuf(c, w, j->rb, T)))) {
         amx_plan(j, x, buf, filled);
         return amx_task;
     }
-    j->rb = gemm_rows(j->n);
-    if (dr_cpu_reserve(c, (size_t)j->rb * j->n))
+    j->rb = gemm_rows(c, j->n, T);
+    if (dr_cpu_reserve(c, fp32_floats(c, w, j->rb, T)))
         return gemm_task;
     j->rb = gemv_rows(c, j->d, j->n, w->dtype); /* no scratch: stream the rows per token */
     return gemv_task;

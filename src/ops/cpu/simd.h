@@ -36,6 +36,16 @@ typedef struct dr_simd {
        w fp32 rows ldw apart, x rows ldx apart, length n */
     void (*tile)(float *y, size_t ldy, const float *w, size_t ldw, int nr, const float *x, size_t ldx, int nt,
                  int n);
+    /* (optional, all three or none; NULL: widen + tile) prefill GEMM on
+       weight panels: pack_panel writes rows [0, nr) of W (nr <= panel, dtype
+       dt, rows ldw elements apart) as wp [n][panel], k-major, the rows past
+       nr zero; gemm_panel: y[t*ldy + r] = sum_k wp[k][r] x_t[k] for r < nr,
+       t < nt (x rows ldx apart), each output FMA chains over fixed blocks of k
+       (simd_impl.h PANEL_KC) added in k order. panel:
+       rows a panel holds (a few vectors' worth, per level). */
+    int panel;
+    void (*pack_panel)(float *wp, const void *w, dr_dtype dt, size_t ldw, int nr, int n);
+    void (*gemm_panel)(float *y, size_t ldy, const float *wp, int nr, const float *x, size_t ldx, int nt, int n);
     /* C [M, N] = A [M, K] B [K, N] (acc: C +=), row-major, leading dims in elements */
     void (*gemm_nn)(float *C, int ldc, const float *A, int lda, const float *B, int ldb, int M, int N, int K,
                     bool acc);

@@ -7,6 +7,8 @@
 #define V __m256
 #define VL 8
 #define TILE_TT 2 /* 16 ymm registers: 8 accumulators + 4 weights + x */
+#define PANEL_NV 2 /* prefill panels: 2 vectors of rows ... */
+#define PANEL_TT 4 /* ... x 4 tokens: 8 accumulators + 2 weights + x */
 #define V_ZERO() _mm256_setzero_ps()
 #define V_SET1(a) _mm256_set1_ps(a)
 #define V_LOADU(p) _mm256_loadu_ps(p)
@@ -58,6 +60,9 @@ static const dr_simd g_avx2 = {
     .widen = k_widen,
     .gemv = k_gemv,
     .tile = k_tile,
+    .panel = PANEL,
+    .pack_panel = k_pack_panel,
+    .gemm_panel = k_gemm_panel,
     .gemm_nn = k_gemm_nn,
     .st2 = k_st2,
     .decay_rank1 = k_decay_rank1,

@@ -9,6 +9,8 @@
 #define V __m512
 #define VL 16
 #define TILE_TT 4 /* 32 zmm registers: 16 accumulators + 4 weights + x */
+#define PANEL_NV 4 /* prefill panels: 4 vectors of rows ... */
+#define PANEL_TT 6 /* ... x 6 tokens: 24 accumulators + 4 weights + x */
 #define V_ZERO() _mm512_setzero_ps()
 #define V_SET1(a) _mm512_set1_ps(a)
 #define V_LOADU(p) _mm512_loadu_ps(p)
@@ -91,6 +93,9 @@ static const dr_simd TABLE = {
     .widen = k_widen,
     .gemv = k_gemv,
     .tile = k_tile,
+    .panel = PANEL,
+    .pack_panel = k_pack_panel,
+    .gemm_panel = k_gemm_panel,
     .gemm_nn = k_gemm_nn,
     .st2 = k_st2,
     .decay_rank1 = k_decay_rank1,
