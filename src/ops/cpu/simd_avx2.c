@@ -8,7 +8,7 @@
 #define VL 8
 #define TILE_TT 2 /* 16 ymm registers: 8 accumulators + 4 weights + x */
 #define PANEL_NV 2 /* prefill panels: 2 vectors of rows ... */
-#define PANEL_TT 4 /* ... x 4 tokens: 8 accumulators + 2 weights + x */
+#define PANEL_TT 6 /* ... x 6 tokens: 12 accumulators + 2 weights + x */
 #define V_ZERO() _mm256_setzero_ps()
 #define V_SET1(a) _mm256_set1_ps(a)
 #define V_LOADU(p) _mm256_loadu_ps(p)
@@ -50,6 +50,26 @@ static inline __m256 ldexp256(__m256 p, __m256 n) {
     const __m256 fb = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(b, bias), 23));
     return _mm256_mul_ps(_mm256_mul_ps(p, fa), fb);
 }
+
+/* r[i] element j -> r[j] element i (8 x 8 floats) */
+static inline void transpose8(__m256 r[8]) {
+    __m256 t[8], u[8];
+    for (int i = 0; i < 4; i++) {
+        t[2 * i] = _mm256_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm256_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+    }
+    for (int i = 0; i < 2; i++) {
+        u[4 * i] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
+        u[4 * i + 1] = _mm256_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
+        u[4 * i + 2] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
+        u[4 * i + 3] = _mm256_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
+    }
+    for (int i = 0; i < 4; i++) {
+        r[i] = _mm256_permute2f128_ps(u[i], u[4 + i], 0x20);
+        r[4 + i] = _mm256_permute2f128_ps(u[i], u[4 + i], 0x31);
+    }
+}
+#define V_TRANSPOSE(r) transpose8(r)
 
 #include "ops/cpu/simd_impl.h"
 

@@ -9,7 +9,9 @@
  * elements, od = the odd ones, as fp32),
  * V_SUB, V_DIV, V_MIN(a, b) / V_MAX(a, b) (b returned when either is NaN),
  * V_ROUND (to nearest, ties even), V_LDEXP(p, n) = p 2^n for integer-valued n
- * in [-252, 254] with IEEE overflow and underflow,
+ * in [-252, 254] with IEEE overflow and underflow, V_TRANSPOSE(r) (V r[VL]:
+ * r[i] element j -> r[j] element i), PANEL_NV and PANEL_TT (the panel GEMM's
+ * register tile: vectors of rows x tokens),
  * TILE_TT (tokens per register tile: as many as the register file holds),
  * SIMD_LEVEL and SIMD_GETTER (the exported table function).
  */
@@ -235,16 +237,19 @@ AI void gemm_store(float *c, V v, bool acc) { V_STOREU(c, acc ? V_ADD(V_LOADU(c)
 
 static void k_pack_panel(float *wp, const void *w, dr_dtype dt, size_t ldw, int nr, int n) {
     const size_t row_bytes = ldw * (dt == DR_DT_F32 ? 4 : 2);
-    float tmp[PANEL][VL];
     int k0 = 0;
-    for (; k0 + VL <= n; k0 += VL) { /* VL columns of every row, then their transposition */
-        for (int r = 0; r < PANEL; r++)
-            V_STOREU(tmp[r], r < nr ? load_w((const unsigned char *)w + (size_t)r * row_bytes, (size_t)k0, (int)dt)
-                                    : V_ZERO());
-        for (int k = 0; k < VL; k++)
-            for (int r = 0; r < PANEL; r++)
-                wp[(size_t)(k0 + k) * PANEL + r] = tmp[r][k];
-    }
+    for (; k0 + VL <= n; k0 += VL) /* VL columns of VL rows at a time, transposed in registers */
+        for (int g = 0; g < PANEL_NV; g++) {
+            V r[VL];
+            for (int i = 0; i < VL; i++) {
+                const int row = g * VL + i;
+                r[i] = row < nr ? load_w((const unsigned char *)w + (size_t)row * row_bytes, (size_t)k0, (int)dt)
+                                : V_ZERO();
+            }
+            V_TRANSPOSE(r);
+            for (int k = 0; k < VL; k++)
+                V_STOREU(wp + (size_t)(k0 + k) * PANEL + g * VL, r[k]);
+        }
     for (; k0 < n; k0++)
         for (int r = 0; r < PANEL; r++)
             wp[(size_t)k0 * PANEL + r] =
