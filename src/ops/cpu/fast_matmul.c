@@ -82,8 +82,9 @@ static void gemv_task(void *arg, int task, int thread) {
 #define PANEL_MIN_T 16
 static bool use_panel(const dr_cpu_ctx *c, int T) { return c->k->gemm_panel && T >= PANEL_MIN_T; }
 
-/* Rows r0 .. r0 + nr - 1, all tokens: widened (or dequantized) into this
- * thread's buffer, then the fp32 tiles. */
+/* Rows r0 .. r0 + nr - 1, all tokens: from 16 tokens panel by panel
+ * (packed into this thread's buffer, then gemm_panel), else widened (or
+ * dequantized) into it whole, then the fp32 dot tiles. */
 static void fp32_rows(const mm_job *j, int r0, int nr, int thread) {
     const dr_simd *k = j->c->k;
     const int n = j->n;

@@ -278,6 +278,8 @@ AI void panel_tile(float *y, size_t ldy, const float *wp, const float *x, size_t
             gemm_store(y + (size_t)t * ldy + v * VL, acc[t][v], k0 > 0);
 }
 
+_Static_assert(PANEL_TT >= 4 && PANEL_TT <= 6, "panel_tiles has cases for 1 to 6 tokens");
+
 /* panel_tile with the token count as a constant for the compiler */
 static void panel_tiles(float *y, size_t ldy, const float *wp, const float *x, size_t ldx, int k0, int k1, int tt) {
     switch (tt) {
