@@ -22,6 +22,8 @@
 #if defined(__x86_64__) && defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512F__) && \
     defined(__AVX512BW__)
 #define DR_HAVE_AMX 1
+#include "ops/cpu/transpose16.h"
+
 #include <cpuid.h>
 #include <immintrin.h>
 #include <pthread.h>
@@ -101,30 +103,6 @@ AI __m512i pairs(__m512 a, __m512 b) {
     return _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
 }
 
-/* r[i] lane j -> r[j] lane i (16 x 16 dwords): pairs by token -> by kk. */
-AI void transpose16(__m512i r[16]) {
-    __m512i t[16];
-    for (int i = 0; i < 8; i++) {
-        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
-    }
-    for (int i = 0; i < 4; i++) {
-        r[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
-        r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
-        r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
-        r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
-    }
-    for (int i = 0; i < 2; i++)
-        for (int k = 0; k < 4; k++) {
-            t[8 * i + k] = _mm512_shuffle_i32x4(r[8 * i + k], r[8 * i + 4 + k], 0x88);
-            t[8 * i + 4 + k] = _mm512_shuffle_i32x4(r[8 * i + k], r[8 * i + 4 + k], 0xDD);
-        }
-    for (int k = 0; k < 8; k++) {
-        r[k] = _mm512_shuffle_i32x4(t[k], t[8 + k], 0x88);
-        r[8 + k] = _mm512_shuffle_i32x4(t[k], t[8 + k], 0xDD);
-    }
-}
-
 /* The three parts (h, m, l) of the 32 floats at p (NULL: zeros) as 16
  * pairs each, into r[0], r[1], r[2]: each part the rounding of what the
  * ones before leave. */
@@ -154,7 +132,7 @@ void dr_amx_prep(uint16_t *xp, const float *x, int T, int n, int b0, int b1) {
                 r[0][t] = p3[0], r[1][t] = p3[1], r[2][t] = p3[2];
             }
             for (int part = 0; part < 3; part++) {
-                transpose16(r[part]);
+                dr_transpose16(r[part]);
                 uint16_t *dst = xp + x_tile(kb, tb / 2, part, nk) + (size_t)(tb % 2) * TILE_ELEMS;
                 for (int kk = 0; kk < 16; kk++)
                     _mm512_storeu_si512(dst + 32 * kk, r[part][kk]);
@@ -188,7 +166,7 @@ AI void store_block(float *y, size_t ldy, const float *src, size_t ld, int nt) {
     __m512i v[16];
     for (int i = 0; i < 16; i++)
         v[i] = _mm512_load_si512(src + (size_t)i * ld);
-    transpose16(v);
+    dr_transpose16(v);
     for (int t = 0; t < 16 && t < nt; t++)
         _mm512_storeu_si512(y + (size_t)t * ldy, v[t]);
 }

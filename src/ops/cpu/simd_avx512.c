@@ -4,6 +4,8 @@
  * second time with -mavx512bf16, which adds the vdpbf16ps GEMV. */
 #include "ops/cpu/simd.h"
 
+#include "ops/cpu/transpose16.h"
+
 #include <immintrin.h>
 
 #define V __m512
@@ -39,26 +41,12 @@
 
 /* r[i] element j -> r[j] element i (16 x 16 floats) */
 static inline void transpose16(__m512 r[16]) {
-    __m512 t[16];
-    for (int i = 0; i < 8; i++) {
-        t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-        t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-    }
-    for (int i = 0; i < 4; i++) {
-        r[4 * i] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0x44);
-        r[4 * i + 1] = _mm512_shuffle_ps(t[4 * i], t[4 * i + 2], 0xEE);
-        r[4 * i + 2] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0x44);
-        r[4 * i + 3] = _mm512_shuffle_ps(t[4 * i + 1], t[4 * i + 3], 0xEE);
-    }
-    for (int i = 0; i < 2; i++)
-        for (int k = 0; k < 4; k++) {
-            t[8 * i + k] = _mm512_shuffle_f32x4(r[8 * i + k], r[8 * i + 4 + k], 0x88);
-            t[8 * i + 4 + k] = _mm512_shuffle_f32x4(r[8 * i + k], r[8 * i + 4 + k], 0xDD);
-        }
-    for (int k = 0; k < 8; k++) {
-        r[k] = _mm512_shuffle_f32x4(t[k], t[8 + k], 0x88);
-        r[8 + k] = _mm512_shuffle_f32x4(t[k], t[8 + k], 0xDD);
-    }
+    __m512i v[16];
+    for (int i = 0; i < 16; i++)
+        v[i] = _mm512_castps_si512(r[i]);
+    dr_transpose16(v);
+    for (int i = 0; i < 16; i++)
+        r[i] = _mm512_castsi512_ps(v[i]);
 }
 #define V_TRANSPOSE(r) transpose16(r)
 
