@@ -88,6 +88,18 @@ static void untile_row(const dr_tensor *w, int64_t r, row_copy *c, dr_tensor *v)
     v->q.tiled_rows = 0;
 }
 
+/* Row r of w in file order: w itself, row *rr = r, or for a tiled w the
+ * one-row copy held in c and v, row *rr = 0. */
+static const dr_tensor *file_row(const dr_tensor *w, int64_t r, row_copy *c, dr_tensor *v, int64_t *rr) {
+    if (!w->q.tiled_rows) {
+        *rr = r;
+        return w;
+    }
+    untile_row(w, r, c, v);
+    *rr = 0;
+    return v;
+}
+
 static void matmul_q_scalar(float *y, const float *x, const dr_tensor *w, int T, int r0, int r1) {
     const int64_t d = w->ne[w->ndim - 2], n = w->ne[w->ndim - 1];
     for (int r = r0; r < r1; r++)
@@ -293,13 +305,12 @@ static void dequant_row(const dr_qkern *k, float *dst, const dr_tensor *w, int64
     if (!k) {
         for (int64_t i = 0; i < n; i++)
             dst[i] = dr_q_get(w, r, i);
-    } else if (w->q.tiled_rows) {
+    } else {
         row_copy c;
         dr_tensor v;
-        untile_row(w, r, &c, &v);
-        k->dequant(dst, &v, 0, 0, n / w->q.group_size);
-    } else {
-        k->dequant(dst, w, r, 0, n / w->q.group_size);
+        int64_t rr;
+        const dr_tensor *wr = file_row(w, r, &c, &v, &rr);
+        k->dequant(dst, wr, rr, 0, n / w->q.group_size);
     }
 }
 
@@ -321,13 +332,8 @@ static void matmul_q_block(const dr_qkern *k, float *y, const float *x, const dr
     row_copy c;
     dr_tensor v;
     for (int r = r0; r < r1; r++) {
-        const dr_tensor *wr = w; /* row r is row rr of wr, in file order */
-        int64_t rr = r;
-        if (w->q.tiled_rows) {
-            untile_row(w, r, &c, &v);
-            wr = &v;
-            rr = 0;
-        }
+        int64_t rr;
+        const dr_tensor *wr = file_row(w, r, &c, &v, &rr);
         for (int64_t i0 = 0; i0 < n; i0 += DR_QK_BLOCK) {
             const int64_t nb = n - i0 < DR_QK_BLOCK ? n - i0 : DR_QK_BLOCK;
             k->dequant(buf, wr, rr, i0 / gs, nb / gs);
@@ -432,13 +438,8 @@ void dr_cpu_q_codes_rows(uint16_t *codes, float *s, float *b, const dr_tensor *w
     row_copy c;
     dr_tensor v;
     for (int i = 0; i < nr; i++) {
-        const dr_tensor *wr = w; /* row r0 + i is row rr of wr, in file order */
-        int64_t rr = r0 + i;
-        if (w->q.tiled_rows) {
-            untile_row(w, r0 + i, &c, &v);
-            wr = &v;
-            rr = 0;
-        }
+        int64_t rr;
+        const dr_tensor *wr = file_row(w, r0 + i, &c, &v, &rr);
         dr_amx_codes(codes + (size_t)i * (size_t)n, dr_qk_row(wr, rr), wr->q.bits, (int)n);
         for (int64_t g = 0; g < G; g++) {
             s[(size_t)i * (size_t)G + (size_t)g] = dr_load_f32(wr->q.scales, wr->q.sb_dtype, dr_qk_sb(wr, rr, g));
