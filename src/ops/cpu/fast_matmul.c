@@ -123,15 +123,23 @@ static void gemm_task(void *arg, int task, int thread) {
     fp32_rows(j, r0, nr, thread);
 }
 
-/* BF16 weights, several tokens: the AMX tiles (ops/cpu/amx.h); the last
- * rows of a weight whose row count is not a multiple of 16 take the fp32
- * path. */
+/* Several tokens on the AMX tiles (ops/cpu/amx.h): BF16 rows straight from
+ * W; quantized rows as bf16 codes and fp32 scales / biases in the thread's
+ * buffer, then dr_amx_gemm_q. The last rows of a weight whose row count is
+ * not a multiple of 16 take the fp32 path. */
 static void amx_task(void *arg, int task, int thread) {
     const mm_job *j = arg;
     int r0, nr = rows_of(j, task, &r0);
     const int full = nr / DR_AMX_ROWS * DR_AMX_ROWS;
-    if (full)
+    if (full && j->w->q.bits) {
+        const int G = j->n / j->w->q.group_size;
+        float *tb = dr_cpu_tbuf(j->c, thread), *s = tb + (size_t)full * (size_t)j->n / 2, *b = s + (size_t)full * G;
+        uint16_t *codes = (uint16_t *)(void *)tb;
+        dr_cpu_q_codes_rows(codes, s, b, j->w, r0, full);
+        dr_amx_gemm_q(j->y + r0, (size_t)j->d, codes, s, b, j->w->q.group_size, full, j->xa, j->xg, j->T, j->n);
+    } else if (full) {
         dr_amx_gemm(j->y + r0, (size_t)j->d, dr_tensor_row(j->w, r0), (size_t)j->n, full, j->xa, j->T, j->n);
+    }
     if (full < nr)
         fp32_rows(j, r0 + full, nr - full, thread);
 }
@@ -148,23 +156,7 @@ static int amx_rows(const dr_cpu_ctx *c, int d, int n) {
     return rb < 32 ? 32 : rb;
 }
 
-/* Quantized weights, several tokens, on the AMX tiles: the task's rows as
- * bf16 codes and fp32 scales / biases in the thread's buffer, then
- * dr_amx_gemm_q; the last rows of a weight whose row count is not a
- * multiple of 16 take the fp32 path (dequantized). */
-static void amx_q_task(void *arg, int task, int thread) {
-    const mm_job *j = arg;
-    int r0, nr = rows_of(j, task, &r0);
-    const int full = nr / DR_AMX_ROWS * DR_AMX_ROWS, G = j->n / j->w->q.group_size;
-    if (full) {
-        float *tb = dr_cpu_tbuf(j->c, thread), *s = tb + (size_t)full * (size_t)j->n / 2, *b = s + (size_t)full * G;
-        uint16_t *codes = (uint16_t *)(void *)tb;
-        dr_cpu_q_codes_rows(codes, s, b, j->w, r0, full);
-        dr_amx_gemm_q(j->y + r0, (size_t)j->d, codes, s, b, j->w->q.group_size, full, j->xa, j->xg, j->T, j->n);
-    }
-    if (full < nr)
-        fp32_rows(j, r0 + full, nr - full, thread);
-}
+_Static_assert(DR_AMX_MIN_T > 1 && DR_AMX_MIN_T >= GEMV_MAX_T, "plan() tries the tiles before the few-token paths");
 
 /* Whether W [d, n] @ x [T, n] takes the AMX tiles: BF16, or MLX-quantized
  * with groups of whole tile rows. */
@@ -299,6 +291,10 @@ static dr_pool_fn plan(mm_job *j, dr_cpu_ctx *c, float *y, const float *x, const
     *j = (mm_job){.c = c, .y = y, .x = x, .w = w, .T = T};
     j->d = (int)w->ne[w->ndim - 2];
     j->n = (int)w->ne[w->ndim - 1];
+    if (buf && use_amx(w, T) && (j->rb = amx_rows(c, j->d, j->n), dr_cpu_reserve(c, amx_tbuf(c, w, j->rb, T)))) {
+        amx_plan(j, x, buf, filled); /* BF16 or quantized, 8+ tokens: never the one-token paths below */
+        return amx_task;
+    }
     if (w->q.bits) {
         if (T == 1 && buf) {
             if (!filled)
@@ -308,10 +304,6 @@ static dr_pool_fn plan(mm_job *j, dr_cpu_ctx *c, float *y, const float *x, const
             if (w->q.tiled_rows) /* whole 16-row tiles of the decode layout */
                 j->rb = (j->rb + DR_QK_TILE_ROWS - 1) / DR_QK_TILE_ROWS * DR_QK_TILE_ROWS;
             return q_gemv_task;
-        }
-        if (buf && use_amx(w, T) && (j->rb = amx_rows(c, j->d, j->n), dr_cpu_reserve(c, amx_tbuf(c, w, j->rb, T)))) {
-            amx_plan(j, x, buf, filled);
-            return amx_q_task;
         }
         if (T > 1 && (j->rb = gemm_rows(c, j->n, T), dr_cpu_reserve(c, fp32_floats(c, w, j->rb, T))))
             return gemm_task; /* blocks of rows dequantized once, reused by every token */
@@ -334,10 +326,6 @@ static dr_pool_fn plan(mm_job *j, dr_cpu_ctx *c, float *y, const float *x, const
             j->xp = xp;
         }
         return gemv_task;
-    }
-    if (buf && use_amx(w, T) && (j->rb = amx_rows(c, j->d, j->n), dr_cpu_reserve(c, amx_tbuf(c, w, j->rb, T)))) {
-        amx_plan(j, x, buf, filled);
-        return amx_task;
     }
     j->rb = gemm_rows(c, j->n, T);
     if (dr_cpu_reserve(c, fp32_floats(c, w, j->rb, T)))
