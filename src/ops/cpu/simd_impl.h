@@ -535,26 +535,23 @@ static void k_sigmoid_mul(float *x, const float *g, int n) {
         store_tail(x + i, V_MUL(load_tail(x + i, n - i), v_sigmoid(load_tail(g + i, n - i))), n - i);
 }
 
-/* one vector of conv_silu's sums: V_MUL then V_ADD, never an FMA */
-AI V conv_sum(const float *w, size_t ldw, const float *const *x, int K, int i) {
+/* one vector of conv_silu's sums at element i, m lanes (m < VL: the tail,
+ * a constant VL otherwise): V_MUL then V_ADD, never an FMA */
+AI V conv_sum(const float *w, size_t ldw, const float *const *x, int K, int i, int m) {
     V s = V_ZERO();
-    for (int j = 0; j < K; j++)
-        s = V_ADD(s, V_MUL(V_LOADU(w + (size_t)j * ldw + i), V_LOADU(x[j] + i)));
+    for (int j = 0; j < K; j++) {
+        const float *wj = w + (size_t)j * ldw + i, *xj = x[j] + i;
+        s = V_ADD(s, V_MUL(m < VL ? load_tail(wj, m) : V_LOADU(wj), m < VL ? load_tail(xj, m) : V_LOADU(xj)));
+    }
     return s;
 }
 
 static void k_conv_silu(float *y, const float *w, int ldw, const float *const *x, int K, int n) {
     int i = 0;
     for (; i + VL <= n; i += VL)
-        V_STOREU(y + i, v_silu(conv_sum(w, (size_t)ldw, x, K, i)));
-    for (; i < n; i++) { /* the same sums one lane at a time, then silu on what is left */
-        float s = 0.0f;
-        for (int j = 0; j < K; j++)
-            s += w[(size_t)j * (size_t)ldw + (size_t)i] * x[j][i];
-        y[i] = s;
-    }
-    if (n % VL)
-        k_silu(y + n / VL * VL, y + n / VL * VL, n % VL);
+        V_STOREU(y + i, v_silu(conv_sum(w, (size_t)ldw, x, K, i, VL)));
+    if (i < n)
+        store_tail(y + i, v_silu(conv_sum(w, (size_t)ldw, x, K, i, n - i)), n - i);
 }
 
 static void k_exp_sub(float *y, const float *x, float m, int n) {
