@@ -38,24 +38,27 @@
 #define TILE_ELEMS 512 /* bf16 in a B tile: 16 rows x 64 bytes */
 #define TOK_BLOCK 32
 
+/* 32-token slices of x for T tokens (the last one padded with zeros) */
+static int slices(int T) { return (T + TOK_BLOCK - 1) / TOK_BLOCK; }
+
 static size_t x_tile(int kb, int tp, int part, int nk) {
     return ((((size_t)tp * (size_t)nk + (size_t)kb) * 3 + (size_t)part) * 2) * TILE_ELEMS;
 }
 
 size_t dr_amx_x_bytes(int T, int n) {
-    const int n_tp = (T + TOK_BLOCK - 1) / TOK_BLOCK;
+    const int n_tp = slices(T);
     return x_tile(0, n_tp, 0, n / DR_AMX_K) * sizeof(uint16_t);
 }
 
 size_t dr_amx_group_floats(int T, int n, int gs) {
-    const int n_tp = (T + TOK_BLOCK - 1) / TOK_BLOCK;
+    const int n_tp = slices(T);
     return (size_t)(n / gs) * (size_t)n_tp * TOK_BLOCK;
 }
 
-int dr_amx_prep_blocks(int T) { return (T + TOK_BLOCK - 1) / TOK_BLOCK * (TOK_BLOCK / 16); }
+int dr_amx_prep_blocks(int T) { return slices(T) * (TOK_BLOCK / 16); }
 
 void dr_amx_group_sums(float *xg, const float *x, int T, int n, int gs, int b0, int b1) {
-    const int G = n / gs, tpad = (T + TOK_BLOCK - 1) / TOK_BLOCK * TOK_BLOCK;
+    const int G = n / gs, tpad = slices(T) * TOK_BLOCK;
     for (int g = 0; g < G; g++)
         for (int t = 16 * b0; t < 16 * b1; t++) {
             float sum = 0.0f;
@@ -214,7 +217,7 @@ AI void block_products(const uint16_t *a, size_t ld, bool two, const uint16_t *x
 }
 
 void dr_amx_gemm(float *y, size_t ldy, const uint16_t *w, size_t ldw, int m, const uint16_t *xp, int T, int n) {
-    const int n_tp = (T + TOK_BLOCK - 1) / TOK_BLOCK, nk = n / DR_AMX_K;
+    const int n_tp = slices(T), nk = n / DR_AMX_K;
     _Alignas(64) float cb[16][16];
     configure();
     for (int tp = 0; tp < n_tp; tp++) /* x's tiles of tp stay in L2 for all the rows */
@@ -265,7 +268,7 @@ AI void scale_add(float acc[32][32], float cb[4][16][16], const float *s, int G,
 
 void dr_amx_gemm_q(float *y, size_t ldy, const uint16_t *codes, const float *s, const float *b, int gs, int m,
                    const uint16_t *xp, const float *xg, int T, int n) {
-    const int n_tp = (T + TOK_BLOCK - 1) / TOK_BLOCK, nk = n / DR_AMX_K, G = n / gs, kpg = gs / DR_AMX_K;
+    const int n_tp = slices(T), nk = n / DR_AMX_K, G = n / gs, kpg = gs / DR_AMX_K;
     const size_t tpad = (size_t)n_tp * TOK_BLOCK;
     _Alignas(64) float cb[4][16][16];
     _Alignas(64) float acc[32][32];
