@@ -538,28 +538,76 @@ static void t_add_rmsnorm(dr_ops *f, dr_ops *r) {
     }
 }
 
-static void t_moe(dr_ops *f, dr_ops *r) {
-    const int E = 6, k = 2, H = 40, I = 24, T = 7;
-    dr_expert ex[6];
-    void *bufs[18];
+/* The routed experts one at a time through the fast backend's own matmuls
+ * (matmul_n of gate and up, swiglu, matmul of down, the weighted add by
+ * the backend's SIMD axpy in ascending expert ids): what dr_fast_moe_experts computes unbatched. */
+static void moe_by_expert(dr_ops *f, const dr_simd *k_, float *y, const float *x, const int32_t *idx, const float *wts,
+                          const dr_expert *ex, int E, int T, int k, int H, int I) {
+    float *xe = malloc((size_t)T * H * 4), *g = malloc((size_t)T * I * 4), *u = malloc((size_t)T * I * 4);
+    float *ye = malloc((size_t)T * H * 4);
+    int rows[64];
     for (int e = 0; e < E; e++) {
-        ex[e].gate = mat(DR_DT_BF16, I, H, &bufs[3 * e]);
-        ex[e].up = mat(DR_DT_BF16, I, H, &bufs[3 * e + 1]);
-        ex[e].down = mat(DR_DT_BF16, H, I, &bufs[3 * e + 2]);
+        int n = 0;
+        for (int i = 0; i < T * k; i++)
+            if (idx[i] == e)
+                rows[n++] = i;
+        if (!n)
+            continue;
+        for (int r = 0; r < n; r++)
+            memcpy(xe + (size_t)r * H, x + (size_t)(rows[r] / k) * H, (size_t)H * 4);
+        float *const gu[2] = {g, u};
+        const dr_tensor *const wgu[2] = {&ex[e].gate, &ex[e].up};
+        f->matmul_n(f->ctx, 2, gu, xe, wgu, n);
+        f->swiglu(f->ctx, g, g, u, (size_t)n * I);
+        f->matmul(f->ctx, ye, g, &ex[e].down, n);
+        for (int r = 0; r < n; r++)
+            k_->axpy(y + (size_t)(rows[r] / k) * H, wts[rows[r]], ye + (size_t)r * H, H);
     }
-    int32_t idx[14];
-    float *wts = rnd((size_t)T * k, 1.0f), *x = rnd((size_t)T * H, 1.0f), *ws = malloc((2 * (size_t)I + H) * 4);
-    for (int t = 0; t < T; t++) {
-        idx[2 * t] = (t * 5) % E; /* two distinct experts per token */
-        idx[2 * t + 1] = (t * 5 + 2) % E;
-    }
-    float *y = calloc((size_t)T * H, 4), *yr = calloc((size_t)T * H, 4);
-    f->moe_experts(f->ctx, y, x, idx, wts, ex, E, T, k, H, I, ws);
-    r->moe_experts(r->ctx, yr, x, idx, wts, ex, E, T, k, H, I, ws);
-    show("moe_experts E=6 k=2 T=7 bf16", rel_err(y, yr, (size_t)T * H), TOL);
-    for (int i = 0; i < 18; i++)
-        free(bufs[i]);
-    free(wts), free(x), free(ws), free(y), free(yr);
+    free(xe), free(g), free(u), free(ye);
+}
+
+/* moe_experts against the reference, bf16 and 4-bit (the decode layout),
+ * for T = 1 and 3 (every routed expert's matrices batched in two parallel
+ * loops) and T = 7 (one expert at a time); and against moe_by_expert bit
+ * for bit (batching changes which thread computes a row, not its sum). */
+static void t_moe(dr_ops *f, dr_ops *r, dr_simd_level lv) {
+    const int E = 6, k = 2, H = 64, I = 32, Ts[] = {1, 3, 7};
+    for (int bits = 0; bits <= 4; bits += 4)
+        for (int ti = 0; ti < 3; ti++) {
+            const int T = Ts[ti];
+            dr_expert ex[6];
+            void *bufs[36] = {0};
+            for (int e = 0; e < E; e++)
+                for (int m = 0; m < 3; m++) {
+                    dr_tensor *t = m == 0 ? &ex[e].gate : m == 1 ? &ex[e].up : &ex[e].down;
+                    *t = mat(DR_DT_BF16, m == 2 ? H : I, m == 2 ? I : H, &bufs[6 * e + 2 * m]);
+                    if (bits) {
+                        dr_tensor q;
+                        CHECK(dr_quantize(t, bits, 32, &q, &bufs[6 * e + 2 * m + 1]) == DR_OK, "quantize: %s",
+                              dr_last_error());
+                        *t = q;
+                        dr_cpu_q_tile(t, SIZE_MAX); /* the decode layout where this CPU has its GEMV */
+                    }
+                }
+            int32_t idx[14];
+            float *wts = rnd((size_t)T * k, 1.0f), *x = rnd((size_t)T * H, 1.0f), *ws = malloc((2 * (size_t)I + H) * 4);
+            for (int t = 0; t < T; t++) {
+                idx[2 * t] = (t * 5 + 1) % E; /* two distinct experts per token */
+                idx[2 * t + 1] = (t * 5 + 3) % E;
+            }
+            float *y = calloc((size_t)T * H, 4), *yr = calloc((size_t)T * H, 4), *yb = calloc((size_t)T * H, 4);
+            f->moe_experts(f->ctx, y, x, idx, wts, ex, E, T, k, H, I, ws);
+            r->moe_experts(r->ctx, yr, x, idx, wts, ex, E, T, k, H, I, ws);
+            moe_by_expert(f, dr_simd_table(lv), yb, x, idx, wts, ex, E, T, k, H, I);
+            char what[64];
+            snprintf(what, sizeof what, "moe_experts E=6 k=2 T=%d %s", T, bits ? "q4" : "bf16");
+            show(what, rel_err(y, yr, (size_t)T * H), bits ? 1e-5f : TOL);
+            snprintf(what, sizeof what, "moe_experts T=%d %s as by expert", T, bits ? "q4" : "bf16");
+            show(what, rel_err(y, yb, (size_t)T * H), 0.0f);
+            for (int i = 0; i < 36; i++)
+                free(bufs[i]);
+            free(wts), free(x), free(ws), free(y), free(yr), free(yb);
+        }
 }
 
 /* RMSNorm is the reference's arithmetic, bit for bit; the activations are
@@ -877,7 +925,7 @@ int main(void) {
             t_gdn_decode(f, ref, (dr_gdn_dims){2, 4, 128, 128}, 4); /* the real head size */
             t_gdn_decode(f, ref, (dr_gdn_dims){1, 2, 20, 147}, 5);
             t_add_rmsnorm(f, ref);
-            t_moe(f, ref);
+            t_moe(f, ref, (dr_simd_level)lv);
             t_elementwise(f, ref);
             t_argmax(f);
             f->destroy(f);

@@ -57,6 +57,8 @@ void dr_fast_gated_rows(const dr_simd *k, float *y, const float *x, const float 
 bool dr_fast_argmax(void *ctx, int32_t *out, const float *x, int n);
 void dr_fast_matmul(void *ctx, float *y, const float *x, const dr_tensor *w, int T);
 void dr_fast_matmul_n(void *ctx, int n_w, float *const *ys, const float *x, const dr_tensor *const *ws, int T);
+void dr_fast_matmul_batch(void *ctx, int n_w, float *const *ys, const float *const *xs, const dr_tensor *const *ws,
+                          const int *Ts);
 void dr_fast_attention(void *ctx, float *out, const float *q, const float *k_cache, const float *v_cache, int T,
                        int pos0, int n_heads, int n_kv_heads, int d_head, float scale, float *ws);
 void dr_fast_rope(void *ctx, float *x, int T, int n_heads, int d_head, int d_rot, int pos0, float theta);

@@ -346,9 +346,9 @@ void dr_fast_matmul(void *ctx, float *y, const float *x, const dr_tensor *w, int
     dr_pool_run(c->pool, n_tasks(&j), fn, &j);
 }
 
-/* ---- several weights sharing x: one parallel loop ---- */
+/* ---- several weights in one parallel loop ---- */
 
-#define MMN_MAX 4
+#define MMN_MAX 40
 
 typedef struct {
     mm_job j[MMN_MAX];
@@ -359,10 +359,15 @@ typedef struct {
 
 static void mmn_task(void *arg, int task, int thread) {
     const mmn_job *m = arg;
-    int i = 0;
-    while (task >= m->first[i + 1])
-        i++;
-    m->fn[i]((void *)&m->j[i], task - m->first[i], thread);
+    int lo = 0, hi = m->n - 1; /* the weight whose range holds task */
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) / 2;
+        if (task >= m->first[mid])
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    m->fn[lo]((void *)&m->j[lo], task - m->first[lo], thread);
 }
 
 /* Whether plan() writes the same scratch for a and b from one x and T, both
@@ -374,24 +379,27 @@ static bool same_scratch(const dr_tensor *a, const dr_tensor *b) {
            (!a->q.bits || (a->q.group_size == b->q.group_size && !a->q.tiled_rows == !b->q.tiled_rows));
 }
 
-/* ys[i] = x W_i^T for every weight in one dr_pool_run: one barrier instead of
- * n_w. Each weight keeps its own rows per task and kernel, so every output
- * is computed exactly as dr_fast_matmul computes it. Weights whose prepared
- * x would be the same (e.g. a GDN layer's input projections) share one. */
-void dr_fast_matmul_n(void *ctx, int n_w, float *const *ys, const float *x, const dr_tensor *const *ws, int T) {
+/* ys[i] = xs[i] W_i^T (Ts[i] tokens) for every weight in one dr_pool_run:
+ * one barrier instead of n_w, and the threads stream one weight after the
+ * next without waiting at each. Each weight keeps its own rows per task and
+ * kernel, so every output is computed exactly as dr_fast_matmul computes it.
+ * Weights whose prepared x would be the same (the same x and T, e.g. a GDN
+ * layer's input projections) share one. */
+void dr_fast_matmul_batch(void *ctx, int n_w, float *const *ys, const float *const *xs, const dr_tensor *const *ws,
+                          const int *Ts) {
     dr_cpu_ctx *c = ctx;
     if (n_w < 1 || n_w > MMN_MAX) {
         for (int i = 0; i < n_w; i++)
-            dr_fast_matmul(ctx, ys[i], x, ws[i], T);
+            dr_fast_matmul(ctx, ys[i], xs[i], ws[i], Ts[i]);
         return;
     }
     size_t off[MMN_MAX], nb[MMN_MAX], total = 0;
     int from[MMN_MAX]; /* the weight whose scratch i shares (i: its own) */
     for (int i = 0; i < n_w; i++) { /* 64-byte aligned pieces of one shared buffer */
-        nb[i] = plan_bytes(c, ws[i], T);
+        nb[i] = plan_bytes(c, ws[i], Ts[i]);
         from[i] = i;
         for (int k = 0; k < i && nb[i] && from[i] == i; k++)
-            if (nb[k] && from[k] == k && same_scratch(ws[i], ws[k]))
+            if (nb[k] && from[k] == k && xs[k] == xs[i] && Ts[k] == Ts[i] && same_scratch(ws[i], ws[k]))
                 from[i] = k;
         off[i] = from[i] == i ? total : off[from[i]];
         total += from[i] == i ? (nb[i] + 63) & ~(size_t)63 : 0;
@@ -401,8 +409,22 @@ void dr_fast_matmul_n(void *ctx, int n_w, float *const *ys, const float *x, cons
     m.first[0] = 0;
     for (int i = 0; i < n_w; i++) {
         void *b = buf && nb[i] ? buf + off[i] : NULL;
-        m.fn[i] = plan(&m.j[i], c, ys[i], x, ws[i], T, b, from[i] != i);
+        m.fn[i] = plan(&m.j[i], c, ys[i], xs[i], ws[i], Ts[i], b, from[i] != i);
         m.first[i + 1] = m.first[i] + n_tasks(&m.j[i]);
     }
     dr_pool_run(c->pool, m.first[n_w], mmn_task, &m);
+}
+
+/* ys[i] = x W_i^T for every weight: dr_fast_matmul_batch with one x. */
+void dr_fast_matmul_n(void *ctx, int n_w, float *const *ys, const float *x, const dr_tensor *const *ws, int T) {
+    const float *xs[MMN_MAX];
+    int Ts[MMN_MAX];
+    if (n_w < 1 || n_w > MMN_MAX) {
+        for (int i = 0; i < n_w; i++)
+            dr_fast_matmul(ctx, ys[i], x, ws[i], T);
+        return;
+    }
+    for (int i = 0; i < n_w; i++)
+        xs[i] = x, Ts[i] = T;
+    dr_fast_matmul_batch(ctx, n_w, ys, xs, ws, Ts);
 }
