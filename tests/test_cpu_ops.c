@@ -18,6 +18,7 @@
 #include "quant/quant.h"
 #include "test.h"
 #include "util/argmax.h"
+#include "util/hugemem.h"
 
 #include <float.h>
 #include <math.h>
@@ -235,6 +236,72 @@ static void t_matmul_q(dr_ops *f, dr_ops *r) {
         show(what, (float)worst[1], 1e-5f);
     }
     dr_cpu_quant_set_level(-1);
+}
+
+/* The fast backend's weight_upload of 4- and 8-bit weights: a copy on 2 MiB
+ * pages (in the decode layout at level avx512vnni), the source bytes
+ * untouched (a mapped file's pages stay clean), the same products as the
+ * reference within the quantized kernels' tolerance; and with
+ * DR_CPU_HUGE_WEIGHTS=0 no copy. */
+static void t_upload(dr_ops *r) {
+    g_cfg = "2t";
+    for (int huge = 0; huge <= 1; huge++)
+        for (int bits = 4; bits <= 8; bits += 4) {
+            setenv("DR_CPU_HUGE_WEIGHTS", huge ? "1" : "0", 1);
+            dr_backend_params bp = {.n_threads = 2};
+            dr_ops *f = NULL;
+            CHECK(dr_ops_cpu_create(&bp, &f) == DR_OK, "create: %s", dr_last_error());
+            void *buf, *own;
+            const int d = 48, n = 256, T = 1;
+            dr_tensor w = mat(DR_DT_BF16, d, n, &buf), q;
+            CHECK(dr_quantize(&w, bits, 64, &q, &own) == DR_OK, "quantize: %s", dr_last_error());
+            const size_t pk = (size_t)d * n * bits / 8, sb = (size_t)d * (n / 64) * dr_dtype_size(q.q.sb_dtype);
+            unsigned char *before = malloc(pk + 2 * sb);
+            memcpy(before, q.data, pk);
+            memcpy(before + pk, q.q.scales, sb);
+            memcpy(before + pk + sb, q.q.biases, sb);
+            float *x = rnd((size_t)T * n, 1.0f), *y = calloc((size_t)d, 4), *yr = calloc((size_t)d, 4);
+            r->matmul(r->ctx, yr, x, &q, T); /* before: without a copy the upload rearranges q's bytes */
+            dr_tensor up = q;
+            CHECK(f->weight_upload(f->ctx, &up) == DR_OK, "upload: %s", dr_last_error());
+            const bool moved = up.data != q.data && up.q.scales != q.q.scales && up.q.biases != q.q.biases;
+            const bool vnni = dr_cpu_quant_level() == DR_QLEVEL_AVX512_VNNI;
+            CHECK_SHOW(moved == (huge == 1) && (!moved || ((uintptr_t)up.data & 63) == 0),
+                       "upload q%d huge=%d: %s", bits, huge, moved ? "a copy, 64-byte aligned" : "no copy");
+            if (huge) /* without a copy the decode layout is made in place */
+                CHECK_SHOW(!memcmp(before, q.data, pk) && !memcmp(before + pk, q.q.scales, sb) &&
+                               !memcmp(before + pk + sb, q.q.biases, sb),
+                           "upload q%d: the source bytes unchanged", bits);
+            CHECK_SHOW(!up.q.tiled_rows == !vnni, "upload q%d huge=%d: decode layout %s (level %s)", bits, huge,
+                       up.q.tiled_rows ? "on" : "off", dr_cpu_quant_level_name(dr_cpu_quant_level()));
+            f->matmul(f->ctx, y, x, &up, T);
+            char what[64];
+            snprintf(what, sizeof what, "matmul q%d after upload huge=%d", bits, huge);
+            show(what, (float)q_rel_err(y, yr, x, &q, T), 1e-5f);
+            f->destroy(f);
+            free(buf), free(own), free(before), free(x), free(y), free(yr);
+        }
+    unsetenv("DR_CPU_HUGE_WEIGHTS");
+}
+
+/* dr_arena: 64-byte aligned blocks that don't overlap, one larger than a
+ * chunk, all freed at once (ASan checks the frees). */
+static void t_arena(void) {
+    dr_arena a = {.chunk_bytes = (size_t)4 << 20};
+    const size_t sizes[] = {1, 63, 64, 100000, (size_t)3 << 20, (size_t)9 << 20, 7, (size_t)2 << 20};
+    unsigned char *p[8];
+    bool ok = true;
+    for (int i = 0; i < 8; i++) {
+        p[i] = dr_arena_alloc(&a, sizes[i]);
+        ok = ok && p[i] && ((uintptr_t)p[i] & 63) == 0;
+        if (p[i])
+            memset(p[i], i + 1, sizes[i]);
+    }
+    for (int i = 0; i < 8 && ok; i++)
+        for (size_t k = 0; k < sizes[i]; k += 4093)
+            ok = ok && p[i][k] == i + 1 && p[i][sizes[i] - 1] == i + 1;
+    dr_arena_free(&a);
+    CHECK_SHOW(ok && !a.head, "arena: 8 blocks of 1 B .. 9 MiB (chunks of 4 MiB), aligned and separate");
 }
 
 /* MLX-quantized weights with 8 or more tokens: the AMX tiles where this
@@ -952,6 +1019,8 @@ int main(void) {
     }
     t_golden("moe-bf16", 3);
     dr_simd_use_bf16_dot(false);
+    t_upload(ref);
+    t_arena();
     t_golden("dense-f32", 2);
     t_golden("moe-bf16-fused", 3);
     t_golden("next-f32", 3);

@@ -576,9 +576,26 @@ static dr_status each_matrix(dr_model *m, tensor_fn fn, void *arg) {
     return DR_OK;
 }
 
+/* Free the model's host buffer that starts at p, if it owns one: every such
+ * buffer holds one matrix (with its scales and biases), so once the backend
+ * has pointed that matrix at a copy of its own (the CPU backend's decode
+ * layout on 2 MiB pages) nothing reads the buffer. */
+static void release_host(dr_model *m, const void *p) {
+    for (int i = 0; i < m->n_host_owned; i++)
+        if (m->host_owned[i] == p) {
+            free(m->host_owned[i]);
+            m->host_owned[i] = m->host_owned[--m->n_host_owned];
+            return;
+        }
+}
+
 static dr_status upload_one(dr_model *m, dr_tensor *t, void *arg) {
     (void)arg;
-    return m->ops->weight_upload(m->ops->ctx, t);
+    const void *old = t->data;
+    DR_TRY(m->ops->weight_upload(m->ops->ctx, t));
+    if (t->data != old)
+        release_host(m, old);
+    return DR_OK;
 }
 
 static dr_status free_one(dr_model *m, dr_tensor *t, void *arg) {

@@ -50,7 +50,10 @@ struct dr_ops {
 
     /* ---- weights ---- */
     /* (optional, NULL: kernels read weights from host memory) make weight
-       `t` available to the kernels, e.g. copy it to the GPU and set t->dev. */
+       `t` available to the kernels, e.g. copy it to the GPU and set t->dev.
+       A host backend may instead point t's data (and scales and biases) at
+       a copy it owns until destroy; the model then frees its own buffer of
+       t, if it had one. */
     dr_status (*weight_upload)(void *ctx, dr_tensor *t);
     /* (optional) release what weight_upload made. */
     void (*weight_free)(void *ctx, dr_tensor *t);

@@ -5,44 +5,21 @@
 #include "ops/cpu/fast.h"
 
 #include "ops/cpu/quant.h"
+#include "util/hugemem.h"
 #include "util/status.h"
 
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <unistd.h>
 
-#define HUGE_PAGE ((size_t)2 << 20)
-
-/* Ask Linux for 2 MiB pages in the whole 2 MiB blocks of [p, p + n)
- * (transparent huge pages in "madvise" mode, the common default, give them
- * only to ranges that ask). The buffers here (caches, scratch) are first
- * touched in the first prefill, and a fault per 4 KiB page there cost
- * about a fifth of a cold 35B-A3B prefill on the dev VM (docs/PERFORMANCE.md,
- * CPU, session 21). Pages still come on first touch; a refusal changes
- * nothing. */
-static void *huge_pages(void *p, size_t n) {
-#ifdef MADV_HUGEPAGE
-    const uintptr_t a = ((uintptr_t)p + HUGE_PAGE - 1) & ~(uintptr_t)(HUGE_PAGE - 1);
-    const uintptr_t b = ((uintptr_t)p + n) & ~(uintptr_t)(HUGE_PAGE - 1);
-    if (p && b > a)
-        (void)madvise((void *)a, b - a, MADV_HUGEPAGE);
-#else
-    (void)n;
-#endif
-    return p;
-}
-
-/* n bytes, 64-byte aligned (huge-page aligned when large), not zeroed */
-static void *big_alloc(size_t n) {
-    const size_t align = n >= 2 * HUGE_PAGE ? HUGE_PAGE : 64;
-    return huge_pages(aligned_alloc(align, (n + align - 1) / align * align), n);
-}
-
+/* Caches and scratch on 2 MiB pages (util/hugemem.h): they are first
+ * touched in the first prefill, and a fault per 4 KiB page there cost about
+ * a fifth of a cold 35B-A3B prefill on the dev VM (docs/PERFORMANCE.md,
+ * CPU, session 21). */
 static void *cpu_alloc(void *ctx, size_t n) {
     (void)ctx;
-    return huge_pages(calloc(1, n ? n : 1), n); /* calloc: lazily zeroed pages */
+    return dr_huge_advise(calloc(1, n ? n : 1), n); /* calloc: lazily zeroed pages */
 }
 static void cpu_free(void *ctx, void *p) {
     (void)ctx;
@@ -101,7 +78,7 @@ bool dr_cpu_reserve(dr_cpu_ctx *c, size_t n) {
         if (s->cap >= n)
             continue;
         free(s->p);
-        s->p = big_alloc(n * sizeof(float));
+        s->p = dr_huge_alloc(n * sizeof(float));
         s->cap = s->p ? n : 0;
         if (!s->p)
             return false;
@@ -114,7 +91,7 @@ bool dr_cpu_reserve(dr_cpu_ctx *c, size_t n) {
 void *dr_cpu_shared_buf(dr_cpu_ctx *c, int slot, size_t bytes) {
     if (c->shared_cap[slot] < bytes) {
         free(c->shared[slot]);
-        c->shared[slot] = big_alloc(bytes);
+        c->shared[slot] = dr_huge_alloc(bytes);
         c->shared_cap[slot] = c->shared[slot] ? bytes : 0;
     }
     return c->shared[slot];
@@ -129,20 +106,51 @@ static void ctx_free(dr_cpu_ctx *c) {
     free(c->thr);
     for (int i = 0; i < DR_SHARED_N; i++)
         free(c->shared[i]);
+    dr_arena_free(&c->weights);
     free(c);
 }
 
-/* 4- and 8-bit weights go into the decode layout of the avx512vnni GEMVs,
- * in place (dr_cpu_q_tile: 16-row tiles read as one stream, a row per lane;
- * docs/PERFORMANCE.md, CPU, sessions 19 and 20). At most half the machine's
- * memory: a mapped file's pages become private ones, so a model larger than
- * that keeps the rest in file order, where the page cache can still drop and
- * reread it. The other levels read file order faster (they would see the
- * layout through copies). DR_CPU_TILE=0 keeps file order (A/B runs). */
+/* t's packed words, scales and biases copied into one block of the weight
+ * arena (2 MiB pages, util/hugemem.h) and t pointed at the copy; t is
+ * unchanged when out of memory. */
+static void rehome(dr_cpu_ctx *c, dr_tensor *t) {
+    const int64_t n = t->ne[t->ndim - 1];
+    const size_t rows = (size_t)dr_tensor_rows(t), pk = rows * (size_t)n * (size_t)t->q.bits / 8;
+    const size_t sb = rows * (size_t)(n / t->q.group_size) * dr_dtype_size(t->q.sb_dtype);
+    const size_t sb_at = (pk + 63) & ~(size_t)63, bi_at = sb_at + ((sb + 63) & ~(size_t)63);
+    char *p = dr_arena_alloc(&c->weights, bi_at + sb);
+    if (!p)
+        return;
+    memcpy(p, t->data, pk);
+    memcpy(p + sb_at, t->q.scales, sb);
+    memcpy(p + bi_at, t->q.biases, sb);
+    t->data = p;
+    t->q.scales = p + sb_at;
+    t->q.biases = p + bi_at;
+}
+
+/* 4- and 8-bit weights are copied to 2 MiB pages (rehome; decode +12-20%
+ * on the dev VM, docs/PERFORMANCE.md, CPU, session 22) and, for the
+ * avx512vnni GEMVs, put into their decode layout there (dr_cpu_q_tile:
+ * 16-row tiles read as one stream, a row per lane; sessions 19 and 20); the
+ * other levels read file order faster (they would see the layout through
+ * copies). The model frees a host buffer a copy replaces (model/weights.c);
+ * a mapped file's pages stay clean page cache. At most half the machine's
+ * memory, so a model larger than that keeps the rest where it was, where
+ * the page cache can still drop and reread it. DR_CPU_TILE=0 keeps every
+ * weight where and as it is; DR_CPU_HUGE_WEIGHTS=0 tiles in place, without
+ * copies (A/B runs). */
 static dr_status cpu_weight_upload(void *ctx, dr_tensor *t) {
     dr_cpu_ctx *c = ctx;
-    if (t->q.bits && c->tile_left && dr_cpu_quant_level() == DR_QLEVEL_AVX512_VNNI)
-        c->tile_left -= dr_cpu_q_tile(t, c->tile_left);
+    const bool tile = dr_cpu_quant_level() == DR_QLEVEL_AVX512_VNNI;
+    size_t need = t->q.bits && !t->q.tiled_rows ? dr_cpu_q_tile_bytes(t) : 0;
+    if (!need || need > c->tile_left || (!tile && !c->huge_weights))
+        return DR_OK;
+    if (c->huge_weights)
+        rehome(c, t);
+    if (tile)
+        need = dr_cpu_q_tile(t, c->tile_left); /* 0 when the memory can't be written */
+    c->tile_left -= need;
     return DR_OK;
 }
 
@@ -193,6 +201,8 @@ dr_status dr_ops_cpu_create(const dr_backend_params *p, dr_ops **out) {
     }
     c->n_threads = n;
     c->tile_left = tile_budget();
+    const char *hw = getenv("DR_CPU_HUGE_WEIGHTS");
+    c->huge_weights = !(hw && hw[0] == '0');
     c->k = dr_simd_get();
     c->bf16_dot = dr_simd_bf16_dot() && c->k->gemv_bf16x2;
     c->gemv_pf = gemv_prefetch();

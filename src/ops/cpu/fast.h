@@ -14,6 +14,7 @@
 
 #include "ops/cpu/cpu.h"
 #include "ops/cpu/simd.h"
+#include "util/hugemem.h"
 #include "util/threadpool.h"
 
 /* Scratch owned by one thread (cache-line padded so threads don't share lines). */
@@ -35,6 +36,8 @@ typedef struct dr_cpu_ctx {
     void *shared[DR_SHARED_N];  /* grown by the calling thread, outside parallel loops */
     size_t shared_cap[DR_SHARED_N];
     size_t tile_left;           /* bytes of 4-bit weights the decode layout may still take */
+    bool huge_weights;          /* the decode layout goes into copies on 2 MiB pages */
+    dr_arena weights;           /* those copies */
 } dr_cpu_ctx;
 
 /* Make every thread's scratch at least n floats. Call from the calling

@@ -404,14 +404,22 @@ static void tile_one(unsigned char *p, unsigned char *sc, unsigned char *bi, int
     }
 }
 
-size_t dr_cpu_q_tile(dr_tensor *t, size_t max_bytes) {
+size_t dr_cpu_q_tile_bytes(const dr_tensor *t) {
     if ((t->q.bits != 4 && t->q.bits != 8) || t->q.tiled_rows || !t->data || t->ndim != 2)
         return 0;
-    const int64_t n = t->ne[1], rows = t->ne[0], G = n / t->q.group_size;
-    const size_t rb = (size_t)n * (size_t)t->q.bits / 8, bytes = (size_t)rows * rb, es = dr_dtype_size(t->q.sb_dtype);
-    const size_t sbytes = (size_t)rows * (size_t)G * es;
-    if (n <= 0 || n % 8 || n > TILE_MAX_N || rows <= 0 || bytes > max_bytes)
+    const int64_t n = t->ne[1], rows = t->ne[0];
+    if (n <= 0 || n % 8 || n > TILE_MAX_N || rows <= 0)
         return 0;
+    return (size_t)rows * (size_t)n * (size_t)t->q.bits / 8;
+}
+
+size_t dr_cpu_q_tile(dr_tensor *t, size_t max_bytes) {
+    const size_t bytes = dr_cpu_q_tile_bytes(t);
+    if (!bytes || bytes > max_bytes)
+        return 0;
+    const int64_t n = t->ne[1], rows = t->ne[0], G = n / t->q.group_size;
+    const size_t rb = (size_t)n * (size_t)t->q.bits / 8, es = dr_dtype_size(t->q.sb_dtype);
+    const size_t sbytes = (size_t)rows * (size_t)G * es;
     unsigned char *tmp = malloc((size_t)DR_QK_TILE_ROWS * rb);
     if (!tmp || !make_writable(t->data, bytes) || !make_writable(t->q.scales, sbytes) ||
         !make_writable(t->q.biases, sbytes)) {

@@ -55,6 +55,10 @@ void dr_cpu_q_dequant_rows(float *dst, const dr_tensor *w, int r0, int nr);
  * its memory can't be written). */
 size_t dr_cpu_q_tile(dr_tensor *t, size_t max_bytes);
 
+/* The packed bytes dr_cpu_q_tile would rearrange with no max_bytes limit:
+ * 0 when t stays in file order whatever the limit. */
+size_t dr_cpu_q_tile_bytes(const dr_tensor *t);
+
 /* Rows r0 .. r0 + nr - 1 of w (either layout) for the AMX prefill
  * (ops/cpu/amx.h): codes [nr, n] their q as bf16, s and b [nr, G] the
  * scales and biases as fp32. */
