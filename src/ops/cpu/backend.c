@@ -111,22 +111,23 @@ static void ctx_free(dr_cpu_ctx *c) {
 }
 
 /* t's packed words, scales and biases copied into one block of the weight
- * arena (2 MiB pages, util/hugemem.h) and t pointed at the copy; t is
- * unchanged when out of memory. */
-static void rehome(dr_cpu_ctx *c, dr_tensor *t) {
+ * arena (2 MiB pages, util/hugemem.h) and t pointed at the copy; false (t
+ * unchanged) when out of memory. */
+static bool rehome(dr_cpu_ctx *c, dr_tensor *t) {
     const int64_t n = t->ne[t->ndim - 1];
     const size_t rows = (size_t)dr_tensor_rows(t), pk = rows * (size_t)n * (size_t)t->q.bits / 8;
     const size_t sb = rows * (size_t)(n / t->q.group_size) * dr_dtype_size(t->q.sb_dtype);
     const size_t sb_at = (pk + 63) & ~(size_t)63, bi_at = sb_at + ((sb + 63) & ~(size_t)63);
     char *p = dr_arena_alloc(&c->weights, bi_at + sb);
     if (!p)
-        return;
+        return false;
     memcpy(p, t->data, pk);
     memcpy(p + sb_at, t->q.scales, sb);
     memcpy(p + bi_at, t->q.biases, sb);
     t->data = p;
     t->q.scales = p + sb_at;
     t->q.biases = p + bi_at;
+    return true;
 }
 
 /* 4- and 8-bit weights are copied to 2 MiB pages (rehome; decode +12-20%
@@ -143,14 +144,13 @@ static void rehome(dr_cpu_ctx *c, dr_tensor *t) {
 static dr_status cpu_weight_upload(void *ctx, dr_tensor *t) {
     dr_cpu_ctx *c = ctx;
     const bool tile = dr_cpu_quant_level() == DR_QLEVEL_AVX512_VNNI;
-    size_t need = t->q.bits && !t->q.tiled_rows ? dr_cpu_q_tile_bytes(t) : 0;
-    if (!need || need > c->tile_left || (!tile && !c->huge_weights))
+    const size_t need = t->q.bits && !t->q.tiled_rows ? dr_cpu_q_tile_bytes(t) : 0;
+    if (!need || need > c->tile_left)
         return DR_OK;
-    if (c->huge_weights)
-        rehome(c, t);
-    if (tile)
-        need = dr_cpu_q_tile(t, c->tile_left); /* 0 when the memory can't be written */
-    c->tile_left -= need;
+    const bool copied = c->huge_weights && rehome(c, t);
+    const bool tiled = tile && dr_cpu_q_tile(t, c->tile_left) > 0; /* fails if the memory can't be written */
+    if (copied || tiled)
+        c->tile_left -= need;
     return DR_OK;
 }
 

@@ -35,8 +35,9 @@ typedef struct dr_cpu_ctx {
     dr_cpu_scratch *thr;        /* [n_threads], grown by their own thread */
     void *shared[DR_SHARED_N];  /* grown by the calling thread, outside parallel loops */
     size_t shared_cap[DR_SHARED_N];
-    size_t tile_left;           /* bytes of 4-bit weights the decode layout may still take */
-    bool huge_weights;          /* the decode layout goes into copies on 2 MiB pages */
+    size_t tile_left;           /* packed bytes of 4- and 8-bit weights that copies and the
+                                   decode layout may still take (backend.c) */
+    bool huge_weights;          /* copy them to 2 MiB pages (and lay them out there) */
     dr_arena weights;           /* those copies */
 } dr_cpu_ctx;
 
