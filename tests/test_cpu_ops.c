@@ -242,7 +242,8 @@ static void t_matmul_q(dr_ops *f, dr_ops *r) {
  * pages (in the decode layout at level avx512vnni), the source bytes
  * untouched (a mapped file's pages stay clean), the same products as the
  * reference within the quantized kernels' tolerance; and with
- * DR_CPU_HUGE_WEIGHTS=0 no copy. */
+ * DR_CPU_HUGE_WEIGHTS=0 no copy (=1: a copy whether or not this machine
+ * has transparent huge pages, which the default asks for). */
 static void t_upload(dr_ops *r) {
     g_cfg = "2t";
     for (int huge = 0; huge <= 1; huge++)

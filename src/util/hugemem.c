@@ -2,8 +2,25 @@
 #include "util/hugemem.h"
 
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/mman.h>
+
+bool dr_huge_available(void) {
+#ifdef MADV_HUGEPAGE
+    FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
+    char line[128] = {0};
+    if (f) {
+        if (!fgets(line, sizeof line, f))
+            line[0] = '\0';
+        fclose(f);
+    }
+    return strstr(line, "[never]") == NULL;
+#else
+    return false;
+#endif
+}
 
 void *dr_huge_advise(void *p, size_t n) {
 #ifdef MADV_HUGEPAGE

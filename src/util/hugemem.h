@@ -11,9 +11,14 @@
 #ifndef DR_UTIL_HUGEMEM_H
 #define DR_UTIL_HUGEMEM_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #define DR_HUGE_PAGE ((size_t)2 << 20)
+
+/* Whether asking can get 2 MiB pages: false when transparent huge pages are
+ * off ("[never]" in /sys/kernel/mm/transparent_hugepage/enabled). */
+bool dr_huge_available(void);
 
 /* Ask for 2 MiB pages in the whole 2 MiB blocks of [p, p + n); returns p. */
 void *dr_huge_advise(void *p, size_t n);

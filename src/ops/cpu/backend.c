@@ -138,9 +138,10 @@ static bool rehome(dr_cpu_ctx *c, dr_tensor *t) {
  * copies). The model frees a host buffer a copy replaces (model/weights.c);
  * a mapped file's pages stay clean page cache. At most half the machine's
  * memory, so a model larger than that keeps the rest where it was, where
- * the page cache can still drop and reread it. DR_CPU_TILE=0 keeps every
- * weight where and as it is; DR_CPU_HUGE_WEIGHTS=0 tiles in place, without
- * copies (A/B runs). */
+ * the page cache can still drop and reread it. Not where transparent huge
+ * pages are off. DR_CPU_TILE=0 keeps every weight where and as it is;
+ * DR_CPU_HUGE_WEIGHTS=0 lays them out in place, without copies, and =1
+ * copies even without THP (A/B runs, tests). */
 static dr_status cpu_weight_upload(void *ctx, dr_tensor *t) {
     dr_cpu_ctx *c = ctx;
     const bool tile = dr_cpu_quant_level() == DR_QLEVEL_AVX512_VNNI;
@@ -201,8 +202,8 @@ dr_status dr_ops_cpu_create(const dr_backend_params *p, dr_ops **out) {
     }
     c->n_threads = n;
     c->tile_left = tile_budget();
-    const char *hw = getenv("DR_CPU_HUGE_WEIGHTS");
-    c->huge_weights = !(hw && hw[0] == '0');
+    const char *hw = getenv("DR_CPU_HUGE_WEIGHTS"); /* 0 / 1: off / on even without THP (A/B runs, tests) */
+    c->huge_weights = hw && *hw ? hw[0] != '0' : dr_huge_available(); /* without THP a copy only costs time */
     c->k = dr_simd_get();
     c->bf16_dot = dr_simd_bf16_dot() && c->k->gemv_bf16x2;
     c->gemv_pf = gemv_prefetch();
