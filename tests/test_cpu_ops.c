@@ -607,8 +607,9 @@ static void t_add_rmsnorm(dr_ops *f, dr_ops *r) {
 }
 
 /* The routed experts one at a time through the fast backend's own matmuls
- * (matmul_n of gate and up, swiglu, matmul of down, the weighted add by
- * the backend's SIMD axpy in ascending expert ids): what dr_fast_moe_experts computes unbatched. */
+ * (matmul_n of gate and up, swiglu, matmul of down, the weighted add by the
+ * backend's SIMD axpy in ascending expert ids): what dr_fast_moe_experts
+ * computes unbatched. */
 static void moe_by_expert(dr_ops *f, const dr_simd *k_, float *y, const float *x, const int32_t *idx, const float *wts,
                           const dr_expert *ex, int E, int T, int k, int H, int I) {
     float *xe = malloc((size_t)T * H * 4), *g = malloc((size_t)T * I * 4), *u = malloc((size_t)T * I * 4);
