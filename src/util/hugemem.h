@@ -2,12 +2,13 @@
  * arena of it for data that lives as long as its owner (the CPU backend's
  * copies of the weights).
  *
- * Why: a 4 KiB page costs a TLB miss and a page walk per 4 KiB read, and
- * under a hypervisor each walk is two-dimensional. Streams that start at
- * random places (a MoE layer's routed experts, ~1-2 MB each) paid ~100 us
- * per fresh 2 MiB region on the dev VM (docs/PERFORMANCE.md, CPU, session
- * 22). Transparent huge pages in "madvise" mode, the common default, give
- * 2 MiB pages only to ranges that ask. A refusal changes nothing but speed. */
+ * Why: streams that start at random places (a MoE layer's routed experts,
+ * ~1-2 MB each) paid ~100 us per fresh region on the dev VM, and 2 MiB
+ * pages cut both that and the streaming cost (docs/PERFORMANCE.md, CPU,
+ * session 22; likely the page walks, two-dimensional under a hypervisor,
+ * though that VM has no TLB counters to show it). Transparent huge pages
+ * in "madvise" mode, the common default, give 2 MiB pages only to ranges
+ * that ask. A refusal changes nothing but speed. */
 #ifndef DR_UTIL_HUGEMEM_H
 #define DR_UTIL_HUGEMEM_H
 

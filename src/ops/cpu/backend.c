@@ -5,6 +5,7 @@
 #include "ops/cpu/fast.h"
 
 #include "ops/cpu/quant.h"
+#include "quant/quant.h"
 #include "util/hugemem.h"
 #include "util/status.h"
 
@@ -115,8 +116,8 @@ static void ctx_free(dr_cpu_ctx *c) {
  * unchanged) when out of memory. */
 static bool rehome(dr_cpu_ctx *c, dr_tensor *t) {
     const int64_t n = t->ne[t->ndim - 1];
-    const size_t rows = (size_t)dr_tensor_rows(t), pk = rows * (size_t)n * (size_t)t->q.bits / 8;
-    const size_t sb = rows * (size_t)(n / t->q.group_size) * dr_dtype_size(t->q.sb_dtype);
+    const size_t rows = (size_t)dr_tensor_rows(t), pk = rows * dr_quant_row_bytes(n, t->q.bits);
+    const size_t sb = rows * dr_quant_sb_row_bytes(n, t->q.group_size, t->q.sb_dtype);
     const size_t sb_at = (pk + 63) & ~(size_t)63, bi_at = sb_at + ((sb + 63) & ~(size_t)63);
     char *p = dr_arena_alloc(&c->weights, bi_at + sb);
     if (!p)

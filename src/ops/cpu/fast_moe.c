@@ -79,41 +79,39 @@ static void scatter(dr_cpu_ctx *c, float *y, const float *ye, const int32_t *row
         c->k->axpy(y + (size_t)(rows[r] / k) * H, wts[rows[r]], ye + (size_t)r * H, H);
 }
 
-/* Every routed expert of a small block in two parallel loops (see the top). */
+/* Every routed expert of a small block in two parallel loops (see the top).
+ * Routed expert j (ascending ids) owns rows [r[j], r[j] + n[j]) of the
+ * gathered blocks. */
 static void experts_batched(dr_cpu_ctx *c, moe_ws *w, float *y, const float *x, const float *wts,
                             const dr_expert *experts, int E, int T, int k, int H, int I) {
+    int ids[BATCH_MAX / 2], n[BATCH_MAX / 2], r[BATCH_MAX / 2 + 1], m = 0;
+    r[0] = 0;
+    for (int e = 0; e < E; e++)
+        if (w->start[e + 1] > w->start[e]) {
+            ids[m] = e, n[m] = w->start[e + 1] - w->start[e];
+            r[m + 1] = r[m] + n[m];
+            m++;
+        }
     float *ys[BATCH_MAX] = {0};
     const float *xs[BATCH_MAX] = {0};
     const dr_tensor *ws[BATCH_MAX] = {0};
-    int Ts[BATCH_MAX] = {0}, m = 0, r0 = 0;
-    for (int e = 0; e < E; e++) { /* gate and up of each, ascending ids */
-        const int n = w->start[e + 1] - w->start[e];
-        if (n == 0)
-            continue;
-        const float *xe = expert_x(x, w->rows + w->start[e], n, T, k, H, w->xe + (size_t)r0 * H);
-        ys[m] = w->ge + (size_t)r0 * I, ys[m + 1] = w->ue + (size_t)r0 * I;
-        xs[m] = xs[m + 1] = xe;
-        ws[m] = &experts[e].gate, ws[m + 1] = &experts[e].up;
-        Ts[m] = Ts[m + 1] = n;
-        m += 2, r0 += n;
+    int Ts[BATCH_MAX] = {0};
+    for (int j = 0; j < m; j++) { /* gate and up of each */
+        const float *xe = expert_x(x, w->rows + w->start[ids[j]], n[j], T, k, H, w->xe + (size_t)r[j] * H);
+        ys[2 * j] = w->ge + (size_t)r[j] * I, ys[2 * j + 1] = w->ue + (size_t)r[j] * I;
+        xs[2 * j] = xs[2 * j + 1] = xe;
+        ws[2 * j] = &experts[ids[j]].gate, ws[2 * j + 1] = &experts[ids[j]].up;
+        Ts[2 * j] = Ts[2 * j + 1] = n[j];
+    }
+    dr_fast_matmul_batch(c, 2 * m, ys, xs, ws, Ts);
+    dr_fast_swiglu(c, w->ge, w->ge, w->ue, (size_t)r[m] * I);
+    for (int j = 0; j < m; j++) { /* down of each */
+        ys[j] = w->ye + (size_t)r[j] * H, xs[j] = w->ge + (size_t)r[j] * I;
+        ws[j] = &experts[ids[j]].down, Ts[j] = n[j];
     }
     dr_fast_matmul_batch(c, m, ys, xs, ws, Ts);
-    dr_fast_swiglu(c, w->ge, w->ge, w->ue, (size_t)r0 * I);
-    m = r0 = 0;
-    for (int e = 0; e < E; e++) { /* down of each */
-        const int n = w->start[e + 1] - w->start[e];
-        if (n == 0)
-            continue;
-        ys[m] = w->ye + (size_t)r0 * H, xs[m] = w->ge + (size_t)r0 * I, ws[m] = &experts[e].down, Ts[m] = n;
-        m++, r0 += n;
-    }
-    dr_fast_matmul_batch(c, m, ys, xs, ws, Ts);
-    r0 = 0;
-    for (int e = 0; e < E; e++) { /* in ascending ids, as the unbatched loop */
-        const int n = w->start[e + 1] - w->start[e];
-        scatter(c, y, w->ye + (size_t)r0 * H, w->rows + w->start[e], n, wts, k, H);
-        r0 += n;
-    }
+    for (int j = 0; j < m; j++) /* in ascending ids, as the unbatched loop */
+        scatter(c, y, w->ye + (size_t)r[j] * H, w->rows + w->start[ids[j]], n[j], wts, k, H);
 }
 
 void dr_fast_moe_experts(void *ctx, float *y, const float *x, const int32_t *idx, const float *wts,
