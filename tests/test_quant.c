@@ -163,6 +163,8 @@ typedef struct {
     double ref32;         /* dequantize-then-fp32 against the exact product (ref_matmul) */
     int tiled;            /* cases rearranged into the decode layout */
     bool tile_same;       /* ... whose every output matched file order bit for bit */
+    int multi;            /* multi-token GEMV cases on the level's own kernel */
+    bool multi_same;      /* ... every multi-token output bit-identical to the one-token GEMV's */
 } kerr;
 
 /* Every output of the level's paths on w for token 0 (or T tokens): the
@@ -187,6 +189,51 @@ static float *all_outputs(const dr_tensor *w, const float *x, int T, int r0, int
     free(xp);
     *count = nm + ng + nd + ne + 2 * (size_t)n;
     return o;
+}
+
+/* x for the "hard" cases: by 32-element span of a token, Gaussian with
+ * every 13th element x1000 (outliers next to small values in one group),
+ * zeros, values near 1e-33 (below the avx512vnni digits' smallest step
+ * scale), and one 1e4 among values near 1e-3 (a range of 1e7). */
+static float hard_x(int64_t k) {
+    switch ((k / 32) % 4) {
+    case 0: return grand() * (k % 13 ? 1.0f : 1000.0f);
+    case 1: return 0.0f;
+    case 2: return grand() * 1e-33f;
+    default: return k % 32 == 5 ? 1e4f : grand() * 1e-3f;
+    }
+}
+
+static bool g_hard_x; /* kernel_case's x: hard_x instead of Gaussian */
+
+/* The multi-token GEMV on w (either layout, the level in use) for T tokens
+ * of fresh x: every output bit for bit the one-token GEMV's on that token,
+ * rows outside [r0, r1) untouched. Levels without a multi-token kernel for
+ * w run the one-token one per token, which this checks the same way. */
+static void multi_case(const dr_tensor *w, int T, int r0, int r1, kerr *err) {
+    const int64_t d = w->ne[0], n = w->ne[1];
+    const size_t pf = dr_cpu_q_prep_floats(w);
+    float *x = malloc((size_t)n * sizeof *x), *xp = malloc((size_t)T * pf * sizeof *xp);
+    float *y = malloc((size_t)T * (size_t)d * sizeof *y), *y1 = malloc((size_t)d * sizeof *y1);
+    for (int t = 0; t < T; t++) {
+        for (int64_t i = 0; i < n; i++)
+            x[i] = g_hard_x ? hard_x(i + t) : grand();
+        dr_cpu_q_prep(xp + (size_t)t * pf, x, w);
+    }
+    for (size_t i = 0; i < (size_t)T * (size_t)d; i++)
+        y[i] = -12345.0f;
+    dr_cpu_q_gemv_rows_n(y, xp, T, w, r0, r1);
+    bool same = true;
+    for (int t = 0; t < T; t++) {
+        dr_cpu_q_gemv_rows(y1, xp + (size_t)t * pf, w, r0, r1);
+        for (int64_t r = 0; r < d; r++) {
+            const float v = y[(size_t)t * (size_t)d + (size_t)r];
+            same &= r < r0 || r >= r1 ? v == -12345.0f : !memcmp(&v, &y1[r], sizeof v);
+        }
+    }
+    err->multi_same &= same;
+    err->multi += w->q.tiled_rows && dr_cpu_q_multi_max(w) >= T;
+    free(x), free(xp), free(y), free(y1);
 }
 
 /* A 4- or 8-bit q rearranged into the CPU's decode layout (dr_cpu_q_tile,
@@ -242,23 +289,14 @@ static void tiled_case(const dr_tensor *q, const float *x, int T, int r0, int r1
     }
     err->tile_same &= na == nb && !memcmp(a, b, na * sizeof *a);
     err->tiled += got > 0;
+    static const int Ts[] = {2, 3, 5, 8, DR_QK_MULTI_T};
+    for (size_t i = 0; i < sizeof Ts / sizeof Ts[0]; i++) {
+        multi_case(q, Ts[i], r0, r1, err);
+        multi_case(&t, Ts[i], r0, r1, err);
+    }
     free(a), free(b), free(copy), free(sbc);
 }
 
-/* x for the "hard" cases: by 32-element span of a token, Gaussian with
- * every 13th element x1000 (outliers next to small values in one group),
- * zeros, values near 1e-33 (below the avx512vnni digits' smallest step
- * scale), and one 1e4 among values near 1e-3 (a range of 1e7). */
-static float hard_x(int64_t k) {
-    switch ((k / 32) % 4) {
-    case 0: return grand() * (k % 13 ? 1.0f : 1000.0f);
-    case 1: return 0.0f;
-    case 2: return grand() * 1e-33f;
-    default: return k % 32 == 5 ? 1e4f : grand() * 1e-3f;
-    }
-}
-
-static bool g_hard_x; /* kernel_case's x: hard_x instead of Gaussian */
 
 static void kernel_case(int level, int bits, int gs, int64_t d, int64_t n, int T, dr_dtype dt, dr_dtype sb,
                         bool unaligned, kerr *err) {
@@ -322,7 +360,7 @@ static void test_kernels(void) {
             printf("skip %s: not supported by this CPU\n", dr_cpu_quant_level_name(lv));
             continue;
         }
-        kerr e = {.tile_same = true}, h = {.tile_same = true};
+        kerr e = {.tile_same = true, .multi_same = true}, h = {.tile_same = true, .multi_same = true};
         int cases = 0;
         for (int hard = 0; hard < 2; hard++) {
             g_hard_x = hard;
@@ -363,6 +401,13 @@ static void test_kernels(void) {
                    "bit-identical to file order (at avx512vnni the GEMVs are its own, in the errors above): %s",
                    dr_cpu_quant_level_name(lv), e.tiled,
                    e.tile_same ? "yes" : "NO");
+        e.multi += h.multi;
+        e.multi_same &= h.multi_same;
+        CHECK_SHOW(e.multi_same && (e.multi > 0) == (lv == DR_QLEVEL_AVX512_VNNI),
+                   "multi-token GEMV %s: T = 2..%d on both layouts, %d cases on its own kernel (the decode layout at "
+                   "avx512vnni; elsewhere the one-token GEMV per token), every output bit-identical to the "
+                   "one-token GEMV's: %s",
+                   dr_cpu_quant_level_name(lv), DR_QK_MULTI_T, e.multi, e.multi_same ? "yes" : "NO");
     }
     dr_cpu_quant_set_level(-1);
 }
@@ -775,14 +820,30 @@ static int64_t tiled_rows(const dr_model *m) {
     return n;
 }
 
+/* Logits of every position of ids evaluated in chunks of the given sizes
+ * (one session), as a prompt and then the turns of a chat arrive. */
+static bool eval_chunks(dr_model *m, const int32_t *ids, const int *chunk, int n_chunks, float *logits) {
+    dr_session *s = NULL;
+    dr_session_params p = dr_session_default_params();
+    p.n_ctx = 2048;
+    const int V = dr_model_info_get(m)->n_vocab;
+    bool ok = dr_session_new(m, &p, &s) == DR_OK;
+    for (int c = 0, at = 0; ok && c < n_chunks; at += chunk[c++])
+        ok = dr_session_eval(s, ids + at, chunk[c], DR_LOGITS_ALL, logits + (size_t)at * V) == DR_OK;
+    dr_session_free(s);
+    return ok;
+}
+
 /* long-bf16 at 4 and at 8 bits loaded with the decode layout and with
- * DR_CPU_TILE=0.
- * The backend makes the layout only where the avx512vnni GEMV runs (else
- * both loads are in file order, which the line says). Prefill reads the
- * rows back in file order: logits bit-identical. Decode runs that level's
- * own GEMV on the layout, which sums in another order (each output within
- * ~1e-7 of sum |w x| of the exact product, the kernel cases above): its
- * logits are held to 1e-4 of the file-order run's. */
+ * DR_CPU_TILE=0, evaluated as a prompt of DR_QK_MULTI_T + 2 tokens, a
+ * chunk of 5 and 2 single tokens. The backend makes the layout only where
+ * the avx512vnni GEMVs run (else both loads are in file order, which the
+ * line says). Those GEMVs (one token, and a few at once: the chunk, and
+ * the prompt's lm_head in blocks of DR_LOGIT_ROWS) sum in another order
+ * than the file-order paths (each output within ~1e-7 of sum |w x| of the
+ * exact product, the kernel cases above), so the logits are held to 1e-4
+ * of the file-order run's; that every path reads the layout's rows back
+ * exactly is checked bit for bit by the kernel cases' decode-layout line. */
 static void tiled_model(int bits) {
     char in[512], q[512];
     snprintf(in, sizeof in, "%s/long-bf16", DR_TEST_DATA);
@@ -794,21 +855,24 @@ static void tiled_model(int bits) {
     CHECK(dr_model_load(q, &mf) == DR_OK, "%s", dr_last_error());
     unsetenv("DR_CPU_TILE");
     if (mt && mf) {
-        int32_t ids[12] = {1, 17, 200, 42, 99, 5, 77, 128, 3, 0, 64, 255}; /* vocabulary 256 */
+        enum { LONG = DR_QK_MULTI_T + 2, N = LONG + 7 };
+        const int chunk[] = {LONG, 5, 1, 1};
+        int32_t ids[N];
+        for (int i = 0; i < N; i++)
+            ids[i] = (int32_t)((i * 37 + 11) % 256); /* vocabulary 256 */
         const int V = dr_model_info_get(mt)->n_vocab;
-        float *a = malloc(12 * (size_t)V * sizeof *a), *b = malloc(12 * (size_t)V * sizeof *b);
-        CHECK(eval_tokens(mt, ids, 12, 6, a) && eval_tokens(mf, ids, 12, 6, b), "%s", dr_last_error());
+        float *a = malloc(N * (size_t)V * sizeof *a), *b = malloc(N * (size_t)V * sizeof *b);
+        CHECK(eval_chunks(mt, ids, chunk, 4, a) && eval_chunks(mf, ids, chunk, 4, b), "%s", dr_last_error());
         const int64_t rt = tiled_rows(mt), rf = tiled_rows(mf);
         CHECK(rf == 0, "DR_CPU_TILE=0 still rearranged %lld rows", (long long)rf);
         CHECK(rt > 0 || dr_cpu_quant_level() < DR_QLEVEL_AVX512_VNNI, "the %s level left every row in file order",
               dr_cpu_quant_level_name(dr_cpu_quant_level()));
-        const size_t np = 6 * (size_t)V;
-        const float dd = max_abs_diff(a + np, b + np, 6 * V);
-        CHECK_SHOW(!memcmp(a, b, np * sizeof *a) && dd <= 1e-4f,
-                   "long-bf16 q%d with the decode layout (%lld rows rearranged, level %s) against file order: 6 "
-                   "tokens of prefill bit-identical: %s; 6 of decode max |d logit| %.2e (tol 1e-4)",
-                   bits, (long long)rt, dr_cpu_quant_level_name(dr_cpu_quant_level()),
-                   memcmp(a, b, np * sizeof *a) ? "NO" : "yes", dd);
+        const size_t np = LONG * (size_t)V;
+        const float dp = max_abs_diff(a, b, np), dd = max_abs_diff(a + np, b + np, (N - LONG) * (size_t)V);
+        CHECK_SHOW(dp <= 1e-4f && dd <= 1e-4f,
+                   "long-bf16 q%d with the decode layout (%lld rows rearranged, level %s) against file order: %d "
+                   "tokens of prompt max |d logit| %.2e, a chunk of 5 and 2 single tokens %.2e (tol 1e-4)",
+                   bits, (long long)rt, dr_cpu_quant_level_name(dr_cpu_quant_level()), (int)LONG, dp, dd);
         free(a), free(b);
     }
     dr_model_free(mt);

@@ -20,6 +20,8 @@
 #include "ops/cpu/quant.h"
 #include "ops/cpu/quant_kern.h"
 
+#include <stdlib.h>
+
 #define GEMV_MAX_T 4  /* below this many tokens, stream weights per token */
 /* Weight bytes per decode task: long forward streams per thread. 1 MiB, not
  * 256 KiB (session 19, docs/PERFORMANCE.md): on the 2-core dev VM a pure
@@ -30,6 +32,7 @@
 #define GEMV_MIN_BYTES (32 << 10) /* ... but at least this much when split finer to reach every thread */
 #define GEMM_FLOATS 65536 /* widened rows per task: 256 KiB, fits L2 */
 #define AMX_W_BYTES (1 << 20) /* bf16 rows per AMX task, at most (amx_rows) */
+#define Q_MULTI_MAX_T 8 /* quantized weights: the multi-token GEMV up to this many tokens */
 
 typedef struct {
     dr_cpu_ctx *c;
@@ -167,6 +170,15 @@ static bool use_amx(const dr_tensor *w, int T) {
     return w->q.bits ? w->q.group_size % DR_AMX_K == 0 : w->dtype == DR_DT_BF16;
 }
 
+/* Whether T > 1 tokens on quantized w take the multi-token GEMV (each row
+ * read once for all of them) rather than rows dequantized for a GEMM or the
+ * AMX tiles. */
+static bool q_multi(const dr_tensor *w, int T) {
+    static int max_t = -1;
+    if (max_t < 0) { const char *e = getenv("DR_QMULTI"); max_t = e ? atoi(e) : Q_MULTI_MAX_T; }
+    return T > 1 && T <= max_t && T <= dr_cpu_q_multi_max(w);
+}
+
 /* Bytes of x prepared for the tiles, to the next 64 (its group sums follow). */
 static size_t amx_xa_bytes(int T, int n) { return (dr_amx_x_bytes(T, n) + 63) / 64 * 64; }
 
@@ -234,6 +246,14 @@ static void q_gemv_task(void *arg, int task, int thread) {
     dr_cpu_q_gemv_rows(j->y, j->xp, j->w, r0, r0 + nr);
 }
 
+/* A few tokens: rows against every token's prepared x (dr_cpu_q_gemv_rows_n). */
+static void q_gemvn_task(void *arg, int task, int thread) {
+    const mm_job *j = arg;
+    (void)thread;
+    int r0, nr = rows_of(j, task, &r0);
+    dr_cpu_q_gemv_rows_n(j->y, j->xp, j->T, j->w, r0, r0 + nr);
+}
+
 /* No scratch: the self-contained kernel per row range. */
 static void q_task(void *arg, int task, int thread) {
     const mm_job *j = arg;
@@ -271,8 +291,10 @@ static int gemv_rows(const dr_cpu_ctx *c, int d, int n, dr_dtype dt) {
 /* Bytes of shared scratch a plan of W for T tokens wants (prepared or split x). */
 static size_t plan_bytes(const dr_cpu_ctx *c, const dr_tensor *w, int T) {
     const size_t n = (size_t)w->ne[w->ndim - 1];
+    if (w->q.bits && (T == 1 || q_multi(w, T)))
+        return (size_t)T * dr_cpu_q_prep_floats(w) * sizeof(float);
     if (w->q.bits)
-        return T == 1 ? dr_cpu_q_prep_floats(w) * sizeof(float) : use_amx(w, T) ? amx_x_bytes(w, T) : 0;
+        return use_amx(w, T) ? amx_x_bytes(w, T) : 0;
     if (T < GEMV_MAX_T && w->dtype == DR_DT_BF16 && c->bf16_dot)
         return 2 * (size_t)T * n * sizeof(uint16_t);
     if (T < GEMV_MAX_T && w->dtype == DR_DT_BF16 && c->k->gemv_bf16p)
@@ -280,6 +302,14 @@ static size_t plan_bytes(const dr_cpu_ctx *c, const dr_tensor *w, int T) {
     if (use_amx(w, T))
         return amx_x_bytes(w, T);
     return 0;
+}
+
+/* Rows per quantized GEMV task (decode layout: whole 16-row tiles). */
+static int q_gemv_rows(const dr_cpu_ctx *c, const mm_job *j) {
+    int rb = gemv_rows(c, j->d, j->n * j->w->q.bits / 16, DR_DT_BF16); /* packed rows as bf16-sized */
+    if (j->w->q.tiled_rows)
+        rb = (rb + DR_QK_TILE_ROWS - 1) / DR_QK_TILE_ROWS * DR_QK_TILE_ROWS;
+    return rb;
 }
 
 /* Fill j (tasks, kernel) for W [d, n] @ x [T, n] -> y [T, d]. buf: plan_bytes
@@ -291,6 +321,14 @@ static dr_pool_fn plan(mm_job *j, dr_cpu_ctx *c, float *y, const float *x, const
     *j = (mm_job){.c = c, .y = y, .x = x, .w = w, .T = T};
     j->d = (int)w->ne[w->ndim - 2];
     j->n = (int)w->ne[w->ndim - 1];
+    if (buf && q_multi(w, T)) { /* a few tokens, quantized: each row read once for all */
+        const size_t pf = dr_cpu_q_prep_floats(w);
+        for (int t = 0; t < T && !filled; t++)
+            dr_cpu_q_prep((float *)buf + (size_t)t * pf, x + (size_t)t * (size_t)j->n, w);
+        j->xp = buf;
+        j->rb = q_gemv_rows(c, j);
+        return q_gemvn_task;
+    }
     if (buf && use_amx(w, T) && (j->rb = amx_rows(c, j->d, j->n), dr_cpu_reserve(c, amx_tbuf(c, w, j->rb, T)))) {
         amx_plan(j, x, buf, filled); /* BF16 or quantized, 8+ tokens: never the one-token paths below */
         return amx_task;
@@ -300,9 +338,7 @@ static dr_pool_fn plan(mm_job *j, dr_cpu_ctx *c, float *y, const float *x, const
             if (!filled)
                 dr_cpu_q_prep(buf, x, w); /* once per call, shared by every row */
             j->xp = buf;
-            j->rb = gemv_rows(c, j->d, j->n * w->q.bits / 16, DR_DT_BF16); /* packed rows as bf16-sized */
-            if (w->q.tiled_rows) /* whole 16-row tiles of the decode layout */
-                j->rb = (j->rb + DR_QK_TILE_ROWS - 1) / DR_QK_TILE_ROWS * DR_QK_TILE_ROWS;
+            j->rb = q_gemv_rows(c, j);
             return q_gemv_task;
         }
         if (T > 1 && (j->rb = gemm_rows(c, j->n, T), dr_cpu_reserve(c, fp32_floats(c, w, j->rb, T))))

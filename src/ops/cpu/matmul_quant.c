@@ -299,6 +299,30 @@ void dr_cpu_q_gemv_rows(float *y, const float *xp, const dr_tensor *w, int r0, i
     gemv_at(kernels(), y, xp, w, r0, r1);
 }
 
+int dr_cpu_q_multi_max(const dr_tensor *w) {
+#ifdef DR_QUANT_BF16
+    if (own_q(dr_cpu_quant_level(), w) == 3)
+        return DR_QK_MULTI_T;
+#else
+    (void)w;
+#endif
+    return 1;
+}
+
+void dr_cpu_q_gemv_rows_n(float *y, const float *xp, int T, const dr_tensor *w, int r0, int r1) {
+    const int64_t d = w->ne[w->ndim - 2];
+    const size_t ldxp = dr_cpu_q_prep_floats(w);
+#ifdef DR_QUANT_BF16
+    if (T > 1 && T <= DR_QK_MULTI_T && own_q(dr_cpu_quant_level(), w) == 3) {
+        dr_qk_gemv_t16_n(y, d, xp, ldxp, T, w, r0, r1);
+        return;
+    }
+#endif
+    const dr_qkern *k = kernels();
+    for (int t = 0; t < T; t++)
+        gemv_at(k, y + (size_t)t * (size_t)d, xp + (size_t)t * ldxp, w, r0, r1);
+}
+
 /* dst [n] = row r of w dequantized, either layout. */
 static void dequant_row(const dr_qkern *k, float *dst, const dr_tensor *w, int64_t r) {
     const int64_t n = w->ne[w->ndim - 1];

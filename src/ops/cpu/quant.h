@@ -44,6 +44,16 @@ void dr_cpu_q_prep(float *xp, const float *x, const dr_tensor *w);
 void dr_cpu_q_gemv_rows(float *y, const float *xp, const dr_tensor *w, int r0, int r1);
 void dr_cpu_q_dequant_rows(float *dst, const dr_tensor *w, int r0, int nr);
 
+/* A few tokens at once, each weight row read from memory once for all:
+ * dr_cpu_q_multi_max: the most tokens the level's multi-token GEMV takes
+ *   for w (1: it has none; then dr_cpu_q_gemv_rows_n runs the one-token
+ *   GEMV per token, and dequantizing rows for a GEMM is the faster way).
+ * dr_cpu_q_gemv_rows_n: y [T, d] rows [r0, r1) of every token from T
+ *   tokens prepared by dr_cpu_q_prep, dr_cpu_q_prep_floats(w) floats
+ *   apart; each output bit for bit what dr_cpu_q_gemv_rows gives. */
+int dr_cpu_q_multi_max(const dr_tensor *w);
+void dr_cpu_q_gemv_rows_n(float *y, const float *xp, int T, const dr_tensor *w, int r0, int r1);
+
 /* Rearrange a 2-D 4- or 8-bit tensor in place into the CPU's decode layout
  * (quant_kern.h: 16-row tiles, packed bytes, scales and biases) and set
  * t->q.tiled_rows to its row count; every function of this header reads

@@ -34,6 +34,7 @@
 #include "ops/cpu/quant_kern.h"
 
 #include <immintrin.h>
+#include <stdbool.h>
 
 #define AI static inline __attribute__((always_inline))
 #define PF_DIST 16384 /* L2 prefetch distance in the tile's stream (as the other GEMVs) */
@@ -153,6 +154,135 @@ void dr_qk_gemv4_t16(float *y, const float *xp, const dr_tensor *w, int64_t r0, 
 
 void dr_qk_gemv8_t16(float *y, const float *xp, const dr_tensor *w, int64_t r0, int64_t r1) {
     gemv_tiles(y, xp, w, r0, r1, 8);
+}
+
+/* ---- several tokens: each tile streamed once for all of them ---- */
+
+/* Tokens a group's pass serves together: 3 int32 digit sums each, plus the
+ * group's loads and nibbles, stay in the 32 vector registers. */
+#define NT_MAX 4
+
+/* The digit sums of one group of a tile (q: its first chunk pair; cpg
+ * chunks; bits 4 or 8, nt <= NT_MAX: constants after inlining) against nt
+ * tokens' digit words (dg[t]: the group's first word of token t), as
+ * 2^16 D_2 + 2^8 D_1 + D_0 in fp32, dot[t]. tile_dot keeps two sets of six
+ * int32 accumulators for one token; here the three D_k of a token each sum
+ * the products of both nibbles and both chunks of a pair, so the latency
+ * is hidden across tokens instead. The sums are exact int32 either way, so
+ * each dot[t] is bit for bit the one tile_dot forms for that token. */
+AI void group_dots(__m512 *dot, const unsigned char *q, size_t cs, __mmask64 lm, bool full, int cpg,
+                   const int32_t *const *dg, int nt, int bits, bool pf) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    const int dstep = bits == 8 ? 6 : 12;
+    __m512i D[NT_MAX][3];
+    for (int t = 0; t < nt; t++)
+        D[t][0] = D[t][1] = D[t][2] = _mm512_setzero_si512();
+    for (int c = 0, di = 0; c < cpg; c += 2, q += 2 * cs, di += dstep) {
+        if (pf) {
+            _mm_prefetch((const char *)q + PF_DIST, _MM_HINT_T1); /* never faults */
+            _mm_prefetch((const char *)q + PF_DIST + 64, _MM_HINT_T1);
+        }
+        const __m512i v0 = full ? _mm512_loadu_si512(q) : _mm512_maskz_loadu_epi8(lm, q);
+        const __m512i v1 = full ? _mm512_loadu_si512(q + 64) : _mm512_maskz_loadu_epi8(lm, q + cs);
+        if (bits == 8) { /* words: d2 d1 d0 of chunk c, then of chunk c + 1 */
+            for (int t = 0; t < nt; t++)
+                for (int k = 0; k < 3; k++) {
+                    D[t][k] = _mm512_dpbusd_epi32(D[t][k], v0, _mm512_set1_epi32(dg[t][di + k]));
+                    D[t][k] = _mm512_dpbusd_epi32(D[t][k], v1, _mm512_set1_epi32(dg[t][di + 3 + k]));
+                }
+        } else { /* words: d2 d1 d0 of chunk c's even elements, its odd ones, the same of c + 1 */
+            const __m512i lo0 = _mm512_and_si512(v0, m4), hi0 = _mm512_and_si512(_mm512_srli_epi16(v0, 4), m4);
+            const __m512i lo1 = _mm512_and_si512(v1, m4), hi1 = _mm512_and_si512(_mm512_srli_epi16(v1, 4), m4);
+            for (int t = 0; t < nt; t++)
+                for (int k = 0; k < 3; k++) {
+                    D[t][k] = _mm512_dpbusd_epi32(D[t][k], lo0, _mm512_set1_epi32(dg[t][di + k]));
+                    D[t][k] = _mm512_dpbusd_epi32(D[t][k], hi0, _mm512_set1_epi32(dg[t][di + 3 + k]));
+                    D[t][k] = _mm512_dpbusd_epi32(D[t][k], lo1, _mm512_set1_epi32(dg[t][di + 6 + k]));
+                    D[t][k] = _mm512_dpbusd_epi32(D[t][k], hi1, _mm512_set1_epi32(dg[t][di + 9 + k]));
+                }
+        }
+    }
+    for (int t = 0; t < nt; t++) /* combine's arithmetic on the same integers */
+        dot[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(D[t][0]), _mm512_set1_ps(65536.0f),
+                                 _mm512_fmadd_ps(_mm512_cvtepi32_ps(D[t][1]), _mm512_set1_ps(256.0f),
+                                                 _mm512_cvtepi32_ps(D[t][2])));
+}
+
+/* One tile (m rows at q, scale / bias entries from sb) against T prepared
+ * tokens (token t at xp + t ldxp), lane i of out[t] = row i: every group
+ * read from memory once (its first token block) and again from L1 for the
+ * next blocks of up to NT_MAX tokens. acc / accb per token in tile_dot's
+ * order, so each out[t] equals tile_dot's for that token. */
+AI void tile_dot_n(__m512 *out, const unsigned char *q, size_t sb, int m, dr_dtype dt, const dr_tensor *w,
+                   const float *xp, size_t ldxp, int T, int bits) {
+    const int64_t n = w->ne[w->ndim - 1];
+    const int gs = w->q.group_size, cpg = gs * bits / 32, G = (int)(n / gs);
+    const int dgroup = cpg / 2 * (bits == 8 ? 6 : 12); /* digit words a group */
+    const size_t cs = (size_t)m * 4, gbytes = (size_t)cpg * cs;
+    const bool full = m == DR_QK_TILE_ROWS;
+    const __mmask64 lm = full ? ~(__mmask64)0 : (((__mmask64)1 << cs) - 1);
+    const __mmask16 rm = (__mmask16)((1u << m) - 1u);
+    const size_t xs_at = DR_QK_T16_CHUNK / 4 * (size_t)(n / 8);
+    __m512 accb[DR_QK_MULTI_T];
+    for (int t = 0; t < T; t++)
+        out[t] = accb[t] = _mm512_setzero_ps();
+    for (int g = 0; g < G; g++, q += gbytes) {
+        const size_t e = sb + (size_t)g * (size_t)m;
+        const __m512 sv = load_sb(w->q.scales, dt, e, rm), bv = load_sb(w->q.biases, dt, e, rm);
+        for (int t0 = 0; t0 < T; t0 += NT_MAX) {
+            const int nt = T - t0 < NT_MAX ? T - t0 : NT_MAX;
+            const int32_t *dg[NT_MAX];
+            for (int t = 0; t < nt; t++)
+                dg[t] = (const int32_t *)(const void *)(xp + (size_t)(t0 + t) * ldxp) + (size_t)g * (size_t)dgroup;
+            __m512 dot[NT_MAX];
+            if (nt == NT_MAX)
+                group_dots(dot, q, cs, lm, full, cpg, dg, NT_MAX, bits, t0 == 0);
+            else if (nt == 3)
+                group_dots(dot, q, cs, lm, full, cpg, dg, 3, bits, t0 == 0);
+            else if (nt == 2)
+                group_dots(dot, q, cs, lm, full, cpg, dg, 2, bits, t0 == 0);
+            else
+                group_dots(dot, q, cs, lm, full, cpg, dg, 1, bits, t0 == 0);
+            for (int t = 0; t < nt; t++) {
+                const float *xs = xp + (size_t)(t0 + t) * ldxp + xs_at, *sx = xs + G;
+                out[t0 + t] = _mm512_fmadd_ps(dot[t], _mm512_mul_ps(sv, _mm512_set1_ps(sx[g])), out[t0 + t]);
+                accb[t0 + t] = _mm512_fmadd_ps(bv, _mm512_set1_ps(xs[g]), accb[t0 + t]);
+            }
+        }
+    }
+    for (int t = 0; t < T; t++)
+        out[t] = _mm512_add_ps(out[t], accb[t]);
+}
+
+/* gemv_tiles for T tokens: y [T, ldy], token t's outputs at y + t ldy. */
+AI void gemv_tiles_n(float *y, int64_t ldy, const float *xp, size_t ldxp, int T, const dr_tensor *w, int64_t r0,
+                     int64_t r1, int bits) {
+    const int64_t d = w->ne[w->ndim - 2], G = w->ne[w->ndim - 1] / w->q.group_size;
+    for (int64_t t0 = r0 / DR_QK_TILE_ROWS * DR_QK_TILE_ROWS; t0 < r1; t0 += DR_QK_TILE_ROWS) {
+        const int m = d - t0 < DR_QK_TILE_ROWS ? (int)(d - t0) : DR_QK_TILE_ROWS;
+        const unsigned char *q = dr_qk_row(w, t0);
+        const size_t sb = (size_t)t0 * (size_t)G;
+        const dr_dtype dt = w->q.sb_dtype;
+        __m512 v[DR_QK_MULTI_T];
+        if (m < DR_QK_TILE_ROWS)
+            tile_dot_n(v, q, sb, m, dt, w, xp, ldxp, T, bits);
+        else if (dt == DR_DT_BF16)
+            tile_dot_n(v, q, sb, DR_QK_TILE_ROWS, DR_DT_BF16, w, xp, ldxp, T, bits);
+        else
+            tile_dot_n(v, q, sb, DR_QK_TILE_ROWS, dt, w, xp, ldxp, T, bits);
+        const int64_t a = t0 < r0 ? r0 : t0, b = t0 + m < r1 ? t0 + m : r1;
+        const __mmask16 keep = (__mmask16)(((1u << (b - t0)) - 1u) & ~((1u << (a - t0)) - 1u));
+        for (int t = 0; t < T; t++)
+            _mm512_mask_storeu_ps(y + (size_t)t * (size_t)ldy + t0, keep, v[t]);
+    }
+}
+
+void dr_qk_gemv_t16_n(float *y, int64_t ldy, const float *xp, size_t ldxp, int T, const dr_tensor *w, int64_t r0,
+                      int64_t r1) {
+    if (w->q.bits == 8)
+        gemv_tiles_n(y, ldy, xp, ldxp, T, w, r0, r1, 8);
+    else
+        gemv_tiles_n(y, ldy, xp, ldxp, T, w, r0, r1, 4);
 }
 
 /* ---- x prepared once per token: DR_QK_T16_* in quant_kern.h ---- */

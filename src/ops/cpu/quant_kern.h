@@ -92,6 +92,13 @@ void dr_qk_prep4_t16(float *xp, const float *x, int64_t n, int gs); /* that layo
  * same place. */
 void dr_qk_gemv8_t16(float *y, const float *xp, const dr_tensor *w, int64_t r0, int64_t r1);
 void dr_qk_prep8_t16(float *xp, const float *x, int64_t n, int gs);
+/* Both on several tokens at once (2 <= T <= DR_QK_MULTI_T): y [T, ldy]
+ * (token t's rows at y + t ldy) from T tokens prepared as above, token t at
+ * xp + t ldxp. Each tile is read from memory once for all of them, and
+ * every output is bit for bit the one-token GEMV's. */
+#define DR_QK_MULTI_T 16
+void dr_qk_gemv_t16_n(float *y, int64_t ldy, const float *xp, size_t ldxp, int T, const dr_tensor *w, int64_t r0,
+                      int64_t r1);
 
 /* Shared address arithmetic (all kernels). */
 static inline const unsigned char *dr_qk_row(const dr_tensor *w, int64_t r) {
