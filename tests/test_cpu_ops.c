@@ -305,15 +305,19 @@ static void t_arena(void) {
     CHECK_SHOW(ok && !a.head, "arena: 8 blocks of 1 B .. 9 MiB (chunks of 4 MiB), aligned and separate");
 }
 
-/* MLX-quantized weights with 8 or more tokens: the AMX tiles where this
- * CPU has them (q exact in bf16 on the tiles, scales and biases in fp32:
- * the decode GEMVs' split form), else the dequantized fp32 tiles; against
- * the element-by-element reference, to 1e-5 of sum |w x| as t_matmul_q.
- * Rows not a multiple of 16 or 32, token counts not a multiple of 16 or 32,
- * group sizes 32 / 64 / 128, and a tensor in the decode layout. */
+/* MLX-quantized weights with several tokens: the AMX tiles where this CPU
+ * has them (q exact in bf16 on the tiles, scales and biases in fp32: the
+ * decode GEMVs' split form), else the dequantized fp32 tiles; and, for a
+ * tensor in the decode layout at level avx512vnni, the multi-token GEMV up
+ * to 32 tokens (64 without AMX). Against the element-by-element reference,
+ * to 1e-5 of sum |w x| as t_matmul_q. Rows not a multiple of 16 or 32,
+ * token counts not a multiple of 4, 16 or 32, group sizes 32 / 64 / 128,
+ * file order and the decode layout. */
 static void t_matmul_amx_q(dr_ops *f, dr_ops *r) {
-    static const struct { int d, n, gs, T; } sh[] = {{37, 320, 32, 17}, {48, 320, 64, 40}, {16, 1024, 128, 16},
-                                                     {101, 640, 64, 33}, {50, 2176, 64, 20}, {33, 256, 32, 8}};
+    static const struct { int d, n, gs, T; } sh[] = {{37, 320, 32, 17}, {48, 320, 64, 40},  {16, 1024, 128, 16},
+                                                     {101, 640, 64, 33}, {50, 2176, 64, 20}, {33, 256, 32, 8},
+                                                     {29, 192, 64, 3},   {64, 512, 32, 2},   {20, 256, 128, 5},
+                                                     {70, 384, 64, 64}};
     double worst = 0.0;
     int cases = 0;
     for (int bits = 4; bits <= 8; bits += 4)
@@ -336,7 +340,8 @@ static void t_matmul_amx_q(dr_ops *f, dr_ops *r) {
                 free(buf), free(own), free(x), free(y), free(yr);
             }
     char what[80];
-    snprintf(what, sizeof what, "matmul q4/q8 T>=8 (%d, %s)", cases, dr_amx_enabled() ? "amx" : "no amx: fp32");
+    snprintf(what, sizeof what, "matmul q4/q8 T 2..64 (%d, %s%s)", cases, dr_amx_enabled() ? "amx" : "no amx: fp32",
+             dr_cpu_quant_level() == DR_QLEVEL_AVX512_VNNI ? ", multi-token GEMV" : "");
     show(what, (float)worst, 1e-5f);
 }
 

@@ -9,9 +9,10 @@
  * of rows is widened to fp32 once into the thread's scratch and reused by
  * every token through a register tile of 4 rows x 4 tokens. Quantized
  * weights (ops/cpu/quant.h): decode prepares x once (group sums, nibble
- * order) and splits the rows the same way; prefill dequantizes each row
- * block to fp32 in the thread's scratch and runs the same tiles as fp32
- * weights. BF16 and quantized weights with at least DR_AMX_MIN_T tokens run
+ * order) and splits the rows the same way; up to Q_MULTI_MAX_T tokens on a
+ * level with a multi-token GEMV, x is prepared per token and each row
+ * block meets all of them in one read; prefill dequantizes each row block
+ * to fp32 in the thread's scratch and runs the same tiles as fp32 weights. BF16 and quantized weights with at least DR_AMX_MIN_T tokens run
  * on the AMX tiles where the CPU has them (ops/cpu/amx.h: x prepared once in
  * three bf16 parts, the same fp32 numerics).
  */
@@ -19,8 +20,6 @@
 #include "ops/cpu/fast.h"
 #include "ops/cpu/quant.h"
 #include "ops/cpu/quant_kern.h"
-
-#include <stdlib.h>
 
 #define GEMV_MAX_T 4  /* below this many tokens, stream weights per token */
 /* Weight bytes per decode task: long forward streams per thread. 1 MiB, not
@@ -32,7 +31,9 @@
 #define GEMV_MIN_BYTES (32 << 10) /* ... but at least this much when split finer to reach every thread */
 #define GEMM_FLOATS 65536 /* widened rows per task: 256 KiB, fits L2 */
 #define AMX_W_BYTES (1 << 20) /* bf16 rows per AMX task, at most (amx_rows) */
-#define Q_MULTI_MAX_T 8 /* quantized weights: the multi-token GEMV up to this many tokens */
+#define Q_MULTI_MAX_T 64 /* quantized weights: the multi-token GEMV up to this many tokens, */
+#define Q_MULTI_AMX_T 32 /* ... or this many where the AMX tiles would take them */
+_Static_assert(Q_MULTI_AMX_T <= Q_MULTI_MAX_T && Q_MULTI_MAX_T <= DR_QK_MULTI_T, "the kernel's token limit");
 
 typedef struct {
     dr_cpu_ctx *c;
@@ -171,12 +172,12 @@ static bool use_amx(const dr_tensor *w, int T) {
 }
 
 /* Whether T > 1 tokens on quantized w take the multi-token GEMV (each row
- * read once for all of them) rather than rows dequantized for a GEMM or the
- * AMX tiles. */
+ * read once for all of them) rather than rows dequantized for the AMX tiles
+ * or the fp32 GEMM: up to Q_MULTI_AMX_T tokens where the tiles would run,
+ * else up to Q_MULTI_MAX_T (docs/PERFORMANCE.md, session 23). */
 static bool q_multi(const dr_tensor *w, int T) {
-    static int max_t = -1;
-    if (max_t < 0) { const char *e = getenv("DR_QMULTI"); max_t = e ? atoi(e) : Q_MULTI_MAX_T; }
-    return T > 1 && T <= max_t && T <= dr_cpu_q_multi_max(w);
+    const int most = use_amx(w, T) ? Q_MULTI_AMX_T : Q_MULTI_MAX_T;
+    return T > 1 && T <= most && T <= dr_cpu_q_multi_max(w);
 }
 
 /* Bytes of x prepared for the tiles, to the next 64 (its group sums follow). */

@@ -116,6 +116,7 @@ static void matmul_q_scalar(float *y, const float *x, const dr_tensor *w, int T,
 static const char *const g_level_names[DR_QLEVEL_COUNT] = {"scalar", "avx2", "avx512", "avx512bf16", "avx512vnni"};
 static atomic_int g_level = -1; /* DR_QLEVEL_*, -1 until first use */
 static int g_best;              /* best level this CPU runs */
+static bool g_multi_off;        /* DR_CPU_QMULTI=0: no multi-token GEMV, for A/B runs */
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 
 static void detect(void) {
@@ -139,6 +140,8 @@ static void detect(void) {
         if (strcmp(cap, g_level_names[lv]) == 0)
             best = lv;
     g_best = best;
+    const char *mt = getenv("DR_CPU_QMULTI");
+    g_multi_off = mt && strcmp(mt, "0") == 0;
     int unset = -1;
     atomic_compare_exchange_strong(&g_level, &unset, best);
 }
@@ -301,7 +304,7 @@ void dr_cpu_q_gemv_rows(float *y, const float *xp, const dr_tensor *w, int r0, i
 
 int dr_cpu_q_multi_max(const dr_tensor *w) {
 #ifdef DR_QUANT_BF16
-    if (own_q(dr_cpu_quant_level(), w) == 3)
+    if (own_q(dr_cpu_quant_level(), w) == 3 && !g_multi_off) /* the level read first: detect ran */
         return DR_QK_MULTI_T;
 #else
     (void)w;

@@ -96,7 +96,7 @@ void dr_qk_prep8_t16(float *xp, const float *x, int64_t n, int gs);
  * (token t's rows at y + t ldy) from T tokens prepared as above, token t at
  * xp + t ldxp. Each tile is read from memory once for all of them, and
  * every output is bit for bit the one-token GEMV's. */
-#define DR_QK_MULTI_T 16
+#define DR_QK_MULTI_T 64
 void dr_qk_gemv_t16_n(float *y, int64_t ldy, const float *xp, size_t ldxp, int T, const dr_tensor *w, int64_t r0,
                       int64_t r1);
 
