@@ -177,7 +177,7 @@ static bool use_amx(const dr_tensor *w, int T) {
  * else up to Q_MULTI_MAX_T (docs/PERFORMANCE.md, session 23). */
 static bool q_multi(const dr_tensor *w, int T) {
     const int most = use_amx(w, T) ? Q_MULTI_AMX_T : Q_MULTI_MAX_T;
-    return T > 1 && T <= most && T <= dr_cpu_q_multi_max(w);
+    return w->q.bits && T > 1 && T <= most && T <= dr_cpu_q_multi_max(w);
 }
 
 /* Bytes of x prepared for the tiles, to the next 64 (its group sums follow). */

@@ -302,26 +302,43 @@ void dr_cpu_q_gemv_rows(float *y, const float *xp, const dr_tensor *w, int r0, i
     gemv_at(kernels(), y, xp, w, r0, r1);
 }
 
-int dr_cpu_q_multi_max(const dr_tensor *w) {
+/* Which multi-token GEMV serves w at this level: 2 = the decode layout's
+ * (quant_avx512vnni_t16.c), 1 = the table's (file order, where the table's
+ * one-token GEMV serves w), 0 = none (then one GEMV per token). */
+static int multi_kind(const dr_qkern *k, const dr_tensor *w) {
+    if (g_multi_off || !w->q.bits)
+        return 0;
 #ifdef DR_QUANT_BF16
-    if (own_q(dr_cpu_quant_level(), w) == 3 && !g_multi_off) /* the level read first: detect ran */
-        return DR_QK_MULTI_T;
-#else
-    (void)w;
+    const int own = own_q(dr_cpu_quant_level(), w);
+    if (own == 3)
+        return 2;
+    if (own)
+        return 0;
 #endif
-    return 1;
+    return k && k->gemv_n && !w->q.tiled_rows ? 1 : 0;
+}
+
+int dr_cpu_q_multi_max(const dr_tensor *w) {
+    const dr_qkern *k = kernels(); /* first: it runs detect */
+    const int kind = multi_kind(k, w);
+    return kind == 2 ? DR_QK_MULTI_T : kind == 1 ? k->gemv_n_max : 1;
 }
 
 void dr_cpu_q_gemv_rows_n(float *y, const float *xp, int T, const dr_tensor *w, int r0, int r1) {
     const int64_t d = w->ne[w->ndim - 2];
     const size_t ldxp = dr_cpu_q_prep_floats(w);
+    const dr_qkern *k = kernels();
+    const int kind = T > 1 && T <= DR_QK_MULTI_T ? multi_kind(k, w) : 0;
 #ifdef DR_QUANT_BF16
-    if (T > 1 && T <= DR_QK_MULTI_T && own_q(dr_cpu_quant_level(), w) == 3) {
+    if (kind == 2) {
         dr_qk_gemv_t16_n(y, d, xp, ldxp, T, w, r0, r1);
         return;
     }
 #endif
-    const dr_qkern *k = kernels();
+    if (kind == 1) {
+        k->gemv_n(y, d, xp, ldxp, T, w, r0, r1);
+        return;
+    }
     for (int t = 0; t < T; t++)
         gemv_at(k, y + (size_t)t * (size_t)d, xp + (size_t)t * ldxp, w, r0, r1);
 }

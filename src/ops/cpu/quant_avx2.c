@@ -12,6 +12,7 @@
 #include "ops/cpu/quant_kern.h"
 
 #include <immintrin.h>
+#include <stdbool.h>
 
 static inline float hsum8(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -148,6 +149,132 @@ static void gemv(float *y, const float *xp, const dr_tensor *w, int64_t r0, int6
     }
 }
 
+/* ---- several tokens: each row read once for all of them ---- */
+
+#define NT 2 /* tokens a row pass serves: 5 accumulators each in the 16 registers */
+
+/* group_dot for nt tokens (nt <= NT; x of token t at xp + t ldxp + at): the
+ * weights widened once, each token's FMAs in group_dot's order. */
+AI void group_dots(__m256 *dot, const unsigned char *p, const float *xp, size_t ldxp, int64_t at, int nt, int bits,
+                   int gs) {
+    __m256 d0[NT], d1[NT];
+    for (int t = 0; t < nt; t++)
+        d0[t] = d1[t] = _mm256_setzero_ps();
+    if (bits == 4) {
+        for (int k = 0; k < gs; k += 32)
+            for (int h = 0; h < 16; h += 8) {
+                const __m256i b = _mm256_cvtepu8_epi32(load8(p + k / 2 + h));
+                const __m256 lo = _mm256_cvtepi32_ps(_mm256_and_si256(b, _mm256_set1_epi32(0x0f)));
+                const __m256 hi = _mm256_cvtepi32_ps(_mm256_srli_epi32(b, 4));
+                for (int t = 0; t < nt; t++) {
+                    const float *x = xp + (size_t)t * ldxp + at + k;
+                    d0[t] = _mm256_fmadd_ps(lo, _mm256_loadu_ps(x + h), d0[t]);
+                    d1[t] = _mm256_fmadd_ps(hi, _mm256_loadu_ps(x + 16 + h), d1[t]);
+                }
+            }
+    } else {
+        for (int k = 0; k < gs; k += 16) {
+            const __m256 w0 = widen8(load8(p + k)), w1 = widen8(load8(p + k + 8));
+            for (int t = 0; t < nt; t++) {
+                const float *x = xp + (size_t)t * ldxp + at + k;
+                d0[t] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x), d0[t]);
+                d1[t] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + 8), d1[t]);
+            }
+        }
+    }
+    for (int t = 0; t < nt; t++)
+        dot[t] = _mm256_add_ps(d0[t], d1[t]);
+}
+
+/* Row r for nt tokens (y[t ldy + r]), each token's sums in gemv_rows'
+ * order: bit for bit its outputs. pf: the block that streams the row. */
+AI void row_n(float *y, int64_t ldy, const float *xp, size_t ldxp, int nt, const dr_tensor *w, int64_t r, int bits,
+              int gs, bool pf) {
+    const int64_t n = w->ne[w->ndim - 1], G = n / gs;
+    const dr_dtype dt = w->q.sb_dtype;
+    const int gb = gs * bits / 8;
+    const unsigned char *row = dr_qk_row(w, r);
+    const size_t sb0 = dr_qk_sb(w, r, 0);
+    __m256 acc0[NT], acc1[NT], accb[NT], dot[NT];
+    float tail[NT];
+    for (int t = 0; t < nt; t++) {
+        acc0[t] = acc1[t] = accb[t] = _mm256_setzero_ps();
+        tail[t] = 0.0f;
+    }
+    _Alignas(32) float s[8];
+    for (int64_t g0 = 0; g0 < G; g0 += 8) {
+        const int ng = G - g0 < 8 ? (int)(G - g0) : 8;
+        const size_t i = sb0 + (size_t)g0;
+        if (ng == 8 && dt != DR_DT_F16) {
+            __m256 sv, bv;
+            if (dt == DR_DT_BF16) {
+                sv = _mm256_castsi256_ps(_mm256_slli_epi32(
+                    _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)((const uint16_t *)w->q.scales + i))), 16));
+                bv = _mm256_castsi256_ps(_mm256_slli_epi32(
+                    _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)((const uint16_t *)w->q.biases + i))), 16));
+            } else {
+                sv = _mm256_loadu_ps((const float *)w->q.scales + i);
+                bv = _mm256_loadu_ps((const float *)w->q.biases + i);
+            }
+            _mm256_store_ps(s, sv);
+            for (int t = 0; t < nt; t++)
+                accb[t] = _mm256_fmadd_ps(bv, _mm256_loadu_ps(xp + (size_t)t * ldxp + n + g0), accb[t]);
+        } else {
+            for (int j = 0; j < ng; j++) {
+                s[j] = dr_load_f32(w->q.scales, dt, i + (size_t)j);
+                const float b = dr_load_f32(w->q.biases, dt, i + (size_t)j);
+                for (int t = 0; t < nt; t++)
+                    tail[t] += b * xp[(size_t)t * ldxp + (size_t)n + (size_t)(g0 + j)];
+            }
+        }
+        for (int j = 0; j < ng; j++) {
+            if (pf && j % 2 == 0 && j + 1 < ng)
+                for (int o = 0; o < 2 * gb; o += 64) /* never faults past the end */
+                    _mm_prefetch((const char *)(row + (size_t)(g0 + j) * gb + PF_DIST + o), _MM_HINT_T0);
+            group_dots(dot, row + (size_t)(g0 + j) * gb, xp, ldxp, (g0 + j) * gs, nt, bits, gs);
+            __m256 *acc = j % 2 ? acc1 : acc0; /* even / odd groups, as gemv_rows */
+            for (int t = 0; t < nt; t++)
+                acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(s[j]), dot[t], acc[t]);
+        }
+    }
+    for (int t = 0; t < nt; t++)
+        y[(size_t)t * (size_t)ldy + (size_t)r] = hsum8(_mm256_add_ps(_mm256_add_ps(acc0[t], acc1[t]), accb[t])) + tail[t];
+}
+
+/* Rows [r0, r1) for T tokens, blocks of up to NT (the row again from L1). */
+AI void rows_n(float *y, int64_t ldy, const float *xp, size_t ldxp, int T, const dr_tensor *w, int64_t r0, int64_t r1,
+               int bits, int gs) {
+    for (int64_t r = r0; r < r1; r++)
+        for (int t0 = 0; t0 < T; t0 += NT) {
+            float *yt = y + (size_t)t0 * (size_t)ldy;
+            const float *xt = xp + (size_t)t0 * ldxp;
+            if (T - t0 < NT)
+                row_n(yt, ldy, xt, ldxp, 1, w, r, bits, gs, t0 == 0);
+            else
+                row_n(yt, ldy, xt, ldxp, NT, w, r, bits, gs, t0 == 0);
+        }
+}
+
+static void gemv_n(float *y, int64_t ldy, const float *xp, size_t ldxp, int T, const dr_tensor *w, int64_t r0,
+                   int64_t r1) {
+    const int gs = w->q.group_size;
+    if (w->q.bits == 4) {
+        if (gs == 32)
+            rows_n(y, ldy, xp, ldxp, T, w, r0, r1, 4, 32);
+        else if (gs == 64)
+            rows_n(y, ldy, xp, ldxp, T, w, r0, r1, 4, 64);
+        else
+            rows_n(y, ldy, xp, ldxp, T, w, r0, r1, 4, 128);
+    } else {
+        if (gs == 32)
+            rows_n(y, ldy, xp, ldxp, T, w, r0, r1, 8, 32);
+        else if (gs == 64)
+            rows_n(y, ldy, xp, ldxp, T, w, r0, r1, 8, 64);
+        else
+            rows_n(y, ldy, xp, ldxp, T, w, r0, r1, 8, 128);
+    }
+}
+
 static void dequant(float *dst, const dr_tensor *w, int64_t r, int64_t g0, int64_t ng) {
     const int64_t gs = w->q.group_size;
     for (int64_t g = g0; g < g0 + ng; g++) {
@@ -193,4 +320,5 @@ static float dot(const float *a, const float *b, int64_t n) {
     return hsum8(_mm256_add_ps(c0, c1));
 }
 
-const dr_qkern dr_qkern_avx2 = {"avx2", gemv, dequant, dot4, dot};
+const dr_qkern dr_qkern_avx2 = {
+    .name = "avx2", .gemv = gemv, .gemv_n = gemv_n, .gemv_n_max = 4, .dequant = dequant, .dot4 = dot4, .dot = dot};

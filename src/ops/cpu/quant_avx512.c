@@ -15,6 +15,7 @@
 #include "ops/cpu/quant_sb512.h"
 
 #include <immintrin.h>
+#include <stdbool.h>
 
 static inline __m128i load16(const unsigned char *p) { return _mm_loadu_si128((const __m128i *)(const void *)p); }
 
@@ -127,6 +128,107 @@ static void gemv(float *y, const float *xp, const dr_tensor *w, int64_t r0, int6
     }
 }
 
+/* ---- several tokens: each row read once for all of them ---- */
+
+#define NT 4 /* tokens a row pass serves: 5 accumulators each stay in registers */
+
+/* group_dot for nt tokens (nt <= NT; x of token t at xp + t ldxp + at): the
+ * weights widened once, each token's FMAs in group_dot's order. */
+AI void group_dots(__m512 *dot, const unsigned char *p, const float *xp, size_t ldxp, int64_t at, int nt, int bits,
+                   int gs) {
+    __m512 d0[NT], d1[NT];
+    for (int t = 0; t < nt; t++)
+        d0[t] = d1[t] = _mm512_setzero_ps();
+    for (int k = 0; k < gs; k += 32) {
+        __m512 w0, w1;
+        if (bits == 4) {
+            const __m512i b = _mm512_cvtepu8_epi32(load16(p + k / 2));
+            w0 = _mm512_cvtepi32_ps(_mm512_and_si512(b, _mm512_set1_epi32(0x0f)));
+            w1 = _mm512_cvtepi32_ps(_mm512_srli_epi32(b, 4));
+        } else {
+            w0 = widen16(load16(p + k));
+            w1 = widen16(load16(p + k + 16));
+        }
+        for (int t = 0; t < nt; t++) {
+            const float *x = xp + (size_t)t * ldxp + at + k;
+            d0[t] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(x), d0[t]);
+            d1[t] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(x + 16), d1[t]);
+        }
+    }
+    for (int t = 0; t < nt; t++)
+        dot[t] = _mm512_add_ps(d0[t], d1[t]);
+}
+
+/* Row r for nt tokens (y[t ldy + r]), each token's sums in gemv_rows'
+ * order: bit for bit its outputs. pf: the block that streams the row. */
+AI void row_n(float *y, int64_t ldy, const float *xp, size_t ldxp, int nt, const dr_tensor *w, int64_t r, int bits,
+              int gs, bool pf) {
+    const int64_t n = w->ne[w->ndim - 1], G = n / gs;
+    const dr_dtype dt = w->q.sb_dtype;
+    const int gb = gs * bits / 8;
+    const unsigned char *row = dr_qk_row(w, r);
+    const size_t sb0 = dr_qk_sb(w, r, 0);
+    __m512 acc0[NT], acc1[NT], accb[NT], dot[NT];
+    for (int t = 0; t < nt; t++)
+        acc0[t] = acc1[t] = accb[t] = _mm512_setzero_ps();
+    _Alignas(64) float s[16];
+    for (int64_t g0 = 0; g0 < G; g0 += 16) {
+        const int ng = G - g0 < 16 ? (int)(G - g0) : 16;
+        const __mmask16 m = (__mmask16)((1u << ng) - 1u);
+        _mm512_store_ps(s, dr_load_sb16(w->q.scales, dt, sb0 + (size_t)g0, m));
+        const __m512 bias = dr_load_sb16(w->q.biases, dt, sb0 + (size_t)g0, m);
+        for (int t = 0; t < nt; t++)
+            accb[t] = _mm512_fmadd_ps(bias, _mm512_maskz_loadu_ps(m, xp + (size_t)t * ldxp + n + g0), accb[t]);
+        for (int j = 0; j < ng; j++) {
+            if (pf && j % 2 == 0)
+                for (int o = 0; o < 2 * gb; o += 64) /* never faults past the end */
+                    _mm_prefetch((const char *)(row + (size_t)(g0 + j) * gb + PF_DIST + o), _MM_HINT_T0);
+            group_dots(dot, row + (size_t)(g0 + j) * gb, xp, ldxp, (g0 + j) * gs, nt, bits, gs);
+            __m512 *acc = j % 2 ? acc1 : acc0; /* even / odd groups, as gemv_rows */
+            for (int t = 0; t < nt; t++)
+                acc[t] = _mm512_fmadd_ps(_mm512_set1_ps(s[j]), dot[t], acc[t]);
+        }
+    }
+    for (int t = 0; t < nt; t++)
+        y[(size_t)t * (size_t)ldy + (size_t)r] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc0[t], acc1[t]), accb[t]));
+}
+
+/* Rows [r0, r1) for T tokens, blocks of up to NT (the row again from L1). */
+AI void rows_n(float *y, int64_t ldy, const float *xp, size_t ldxp, int T, const dr_tensor *w, int64_t r0, int64_t r1,
+               int bits, int gs) {
+    for (int64_t r = r0; r < r1; r++)
+        for (int t0 = 0; t0 < T; t0 += NT) {
+            float *yt = y + (size_t)t0 * (size_t)ldy;
+            const float *xt = xp + (size_t)t0 * ldxp;
+            switch (T - t0 < NT ? T - t0 : NT) {
+            case 1: row_n(yt, ldy, xt, ldxp, 1, w, r, bits, gs, t0 == 0); break;
+            case 2: row_n(yt, ldy, xt, ldxp, 2, w, r, bits, gs, t0 == 0); break;
+            case 3: row_n(yt, ldy, xt, ldxp, 3, w, r, bits, gs, t0 == 0); break;
+            default: row_n(yt, ldy, xt, ldxp, NT, w, r, bits, gs, t0 == 0); break;
+            }
+        }
+}
+
+static void gemv_n(float *y, int64_t ldy, const float *xp, size_t ldxp, int T, const dr_tensor *w, int64_t r0,
+                   int64_t r1) {
+    const int gs = w->q.group_size;
+    if (w->q.bits == 4) {
+        if (gs == 32)
+            rows_n(y, ldy, xp, ldxp, T, w, r0, r1, 4, 32);
+        else if (gs == 64)
+            rows_n(y, ldy, xp, ldxp, T, w, r0, r1, 4, 64);
+        else
+            rows_n(y, ldy, xp, ldxp, T, w, r0, r1, 4, 128);
+    } else {
+        if (gs == 32)
+            rows_n(y, ldy, xp, ldxp, T, w, r0, r1, 8, 32);
+        else if (gs == 64)
+            rows_n(y, ldy, xp, ldxp, T, w, r0, r1, 8, 64);
+        else
+            rows_n(y, ldy, xp, ldxp, T, w, r0, r1, 8, 128);
+    }
+}
+
 static void dequant(float *dst, const dr_tensor *w, int64_t r, int64_t g0, int64_t ng) {
     const int64_t gs = w->q.group_size;
     for (int64_t g = g0; g < g0 + ng; g++) {
@@ -167,4 +269,5 @@ static float dot(const float *a, const float *b, int64_t n) {
     return _mm512_reduce_add_ps(_mm512_add_ps(c0, c1));
 }
 
-const dr_qkern dr_qkern_avx512 = {"avx512", gemv, dequant, dot4, dot};
+const dr_qkern dr_qkern_avx512 = {
+    .name = "avx512", .gemv = gemv, .gemv_n = gemv_n, .gemv_n_max = 8, .dequant = dequant, .dot4 = dot4, .dot = dot};

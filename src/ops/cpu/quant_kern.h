@@ -41,6 +41,12 @@ typedef struct dr_qkern {
     const char *name;
     /* y[r] = row r . x for r in [r0, r1); xp = x prepared by dr_cpu_q_prep */
     void (*gemv)(float *y, const float *xp, const dr_tensor *w, int64_t r0, int64_t r1);
+    /* the same for T tokens (token t's x at xp + t ldxp, its outputs at
+       y + t ldy), each row read from memory once, every output bit for bit
+       what gemv gives; file order only */
+    void (*gemv_n)(float *y, int64_t ldy, const float *xp, size_t ldxp, int T, const dr_tensor *w, int64_t r0,
+                   int64_t r1);
+    int gemv_n_max; /* up to this many tokens gemv_n beats the dequantized GEMM (docs/PERFORMANCE.md, session 23) */
     /* dst [ng * gs] = dequantized groups g0 .. g0+ng-1 of row r (element order) */
     void (*dequant)(float *dst, const dr_tensor *w, int64_t r, int64_t g0, int64_t ng);
     /* out[j] = sum_i a[i] * x[j * ldx + i], j < 4 (four tokens share the loads of a) */
