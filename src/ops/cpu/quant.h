@@ -45,9 +45,9 @@ void dr_cpu_q_gemv_rows(float *y, const float *xp, const dr_tensor *w, int r0, i
 void dr_cpu_q_dequant_rows(float *dst, const dr_tensor *w, int r0, int nr);
 
 /* A few tokens at once, each weight row read from memory once for all:
- * dr_cpu_q_multi_max: the most tokens the level's multi-token GEMV takes
- *   for w (1: it has none; then dr_cpu_q_gemv_rows_n runs the one-token
- *   GEMV per token, and dequantizing rows for a GEMM is the faster way).
+ * dr_cpu_q_multi_max: up to how many tokens the level's multi-token GEMV
+ *   for w measured faster than dequantizing rows for a GEMM (1: it has
+ *   none; then dr_cpu_q_gemv_rows_n runs the one-token GEMV per token).
  * dr_cpu_q_gemv_rows_n: y [T, d] rows [r0, r1) of every token from T
  *   tokens prepared by dr_cpu_q_prep, dr_cpu_q_prep_floats(w) floats
  *   apart; each output bit for bit what dr_cpu_q_gemv_rows gives. */
