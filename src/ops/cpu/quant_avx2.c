@@ -47,16 +47,114 @@ static inline void weights16_q4(const unsigned char *p, int64_t i, __m256 s, __m
 #define PF_DIST 4096
 #endif
 
-/* ---- GEMV: one token or several, each row read from memory once ---- */
+/* sum_i q_i x_i over one group of gs weights at p (x prepared, DR_QK_PERM
+ * for 4-bit), as 8 partial sums. 4-bit: each 8 bytes widen to 8 int32 lanes
+ * once; AND 15 gives the low nibbles (even elements), a shift the high ones
+ * (odd elements), each against its half of the permuted 32-element block. */
+AI __m256 group_dot(const unsigned char *p, const float *x, int bits, int gs) {
+    __m256 d0 = _mm256_setzero_ps(), d1 = _mm256_setzero_ps();
+    if (bits == 4) {
+        const __m256i m = _mm256_set1_epi32(0x0f);
+        for (int k = 0; k < gs; k += 32)
+            for (int h = 0; h < 16; h += 8) {
+                __m256i b = _mm256_cvtepu8_epi32(load8(p + k / 2 + h));
+                d0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_and_si256(b, m)), _mm256_loadu_ps(x + k + h), d0);
+                d1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_srli_epi32(b, 4)), _mm256_loadu_ps(x + k + 16 + h),
+                                     d1);
+            }
+    } else {
+        for (int k = 0; k < gs; k += 16) {
+            d0 = _mm256_fmadd_ps(widen8(load8(p + k)), _mm256_loadu_ps(x + k), d0);
+            d1 = _mm256_fmadd_ps(widen8(load8(p + k + 8)), _mm256_loadu_ps(x + k + 8), d1);
+        }
+    }
+    return _mm256_add_ps(d0, d1);
+}
+
+/* Rows [r0, r1): y[r] = sum_g s_g * (q . x)_g + (b . X) over the row's
+ * groups, 8 groups' scales and biases widened at a time (BF16 in vectors;
+ * F16 and tails element by element: F16C is not part of this level's
+ * check). Two accumulators (even / odd groups) keep the per-group FMAs off
+ * one dependency chain. */
+AI void gemv_rows(float *y, const float *xp, const dr_tensor *w, int64_t r0, int64_t r1, int bits, int gs) {
+    const int64_t n = w->ne[w->ndim - 1], G = n / gs;
+    const float *xs = xp + n;
+    const dr_dtype dt = w->q.sb_dtype;
+    const int gb = gs * bits / 8; /* packed bytes per group */
+    for (int64_t r = r0; r < r1; r++) {
+        const unsigned char *row = dr_qk_row(w, r);
+        const size_t sb0 = dr_qk_sb(w, r, 0);
+        __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps(), accb = _mm256_setzero_ps();
+        float tail = 0.0f;
+        _Alignas(32) float s[8];
+        for (int64_t g0 = 0; g0 < G; g0 += 8) {
+            const int ng = G - g0 < 8 ? (int)(G - g0) : 8;
+            const size_t i = sb0 + (size_t)g0;
+            if (ng == 8 && dt != DR_DT_F16) {
+                __m256 sv, bv;
+                if (dt == DR_DT_BF16) {
+                    sv = _mm256_castsi256_ps(_mm256_slli_epi32(
+                        _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)((const uint16_t *)w->q.scales + i))), 16));
+                    bv = _mm256_castsi256_ps(_mm256_slli_epi32(
+                        _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)((const uint16_t *)w->q.biases + i))), 16));
+                } else {
+                    sv = _mm256_loadu_ps((const float *)w->q.scales + i);
+                    bv = _mm256_loadu_ps((const float *)w->q.biases + i);
+                }
+                _mm256_store_ps(s, sv);
+                accb = _mm256_fmadd_ps(bv, _mm256_loadu_ps(xs + g0), accb);
+            } else {
+                for (int j = 0; j < ng; j++) {
+                    s[j] = dr_load_f32(w->q.scales, dt, i + (size_t)j);
+                    tail += dr_load_f32(w->q.biases, dt, i + (size_t)j) * xs[g0 + j];
+                }
+            }
+            const unsigned char *p = row + (size_t)g0 * gb; /* the prefetches' guide */
+            const float *x = xp + g0 * gs;
+            int j = 0;
+            for (; j + 2 <= ng; j += 2) {
+                for (int o = 0; o < 2 * gb; o += 64) /* prefetches never fault past the end */
+                    _mm_prefetch((const char *)(p + (size_t)j * gb + PF_DIST + o), _MM_HINT_T0);
+                acc0 = _mm256_fmadd_ps(_mm256_set1_ps(s[j]),
+                                       group_dot(row + (size_t)(g0 + j) * gb, x + j * gs, bits, gs), acc0);
+                acc1 = _mm256_fmadd_ps(_mm256_set1_ps(s[j + 1]),
+                                       group_dot(row + (size_t)(g0 + j + 1) * gb, x + (j + 1) * gs, bits, gs),
+                                       acc1);
+            }
+            if (j < ng)
+                acc0 = _mm256_fmadd_ps(_mm256_set1_ps(s[j]),
+                                       group_dot(row + (size_t)(g0 + j) * gb, x + j * gs, bits, gs), acc0);
+        }
+        y[r] = hsum8(_mm256_add_ps(_mm256_add_ps(acc0, acc1), accb)) + tail;
+    }
+}
+
+/* One specialisation per (bits, group size): the group loop fully unrolled. */
+static void gemv(float *y, const float *xp, const dr_tensor *w, int64_t r0, int64_t r1) {
+    const int gs = w->q.group_size;
+    if (w->q.bits == 4) {
+        if (gs == 32)
+            gemv_rows(y, xp, w, r0, r1, 4, 32);
+        else if (gs == 64)
+            gemv_rows(y, xp, w, r0, r1, 4, 64);
+        else
+            gemv_rows(y, xp, w, r0, r1, 4, 128);
+    } else {
+        if (gs == 32)
+            gemv_rows(y, xp, w, r0, r1, 8, 32);
+        else if (gs == 64)
+            gemv_rows(y, xp, w, r0, r1, 8, 64);
+        else
+            gemv_rows(y, xp, w, r0, r1, 8, 128);
+    }
+}
+
+/* ---- several tokens: each row read once for all of them ---- */
 
 #define NT 2 /* tokens a row pass serves: 5 accumulators each in the 16 registers */
 
-/* sum_i q_i x_i over one group of gs weights at p for nt tokens (nt <= NT;
- * x of token t prepared, DR_QK_PERM for 4-bit, at xp + t ldxp + at), as 8
- * partial sums each: the weights widened once for all tokens. 4-bit: each
- * 8 bytes widen to 8 int32 lanes once; AND 15 gives the low nibbles (even
- * elements), a shift the high ones (odd elements), each against its half
- * of the permuted 32-element block. */
+/* group_dot for nt tokens (nt <= NT; x of token t at xp + t ldxp + at): the
+ * weights widened once, each token's FMAs in group_dot's order. */
 AI void group_dots(__m256 *dot, const unsigned char *p, const float *xp, size_t ldxp, int64_t at, int nt, int bits,
                    int gs) {
     __m256 d0[NT], d1[NT];
@@ -88,13 +186,8 @@ AI void group_dots(__m256 *dot, const unsigned char *p, const float *xp, size_t 
         dot[t] = _mm256_add_ps(d0[t], d1[t]);
 }
 
-/* Row r for nt tokens: y[t ldy + r] = sum_g s_g * (q . x)_g + (b . X) over
- * the row's groups, 8 groups' scales and biases widened at a time (BF16 in
- * vectors; F16 and tails element by element: F16C is not part of this
- * level's check). Two accumulators a token (even / odd groups) keep the
- * per-group FMAs off one dependency chain. Each token's sums run in the
- * same order whatever nt is, so a token's output does not depend on the
- * others. pf: the pass that streams the row (the first). */
+/* Row r for nt tokens (y[t ldy + r]), each token's sums in gemv_rows'
+ * order: bit for bit its outputs. pf: the block that streams the row. */
 AI void row_n(float *y, int64_t ldy, const float *xp, size_t ldxp, int nt, const dr_tensor *w, int64_t r, int bits,
               int gs, bool pf) {
     const int64_t n = w->ne[w->ndim - 1], G = n / gs;
@@ -139,7 +232,7 @@ AI void row_n(float *y, int64_t ldy, const float *xp, size_t ldxp, int nt, const
                 for (int o = 0; o < 2 * gb; o += 64) /* never faults past the end */
                     _mm_prefetch((const char *)(row + (size_t)(g0 + j) * gb + PF_DIST + o), _MM_HINT_T0);
             group_dots(dot, row + (size_t)(g0 + j) * gb, xp, ldxp, (g0 + j) * gs, nt, bits, gs);
-            __m256 *acc = j % 2 ? acc1 : acc0; /* even / odd groups */
+            __m256 *acc = j % 2 ? acc1 : acc0; /* even / odd groups, as gemv_rows */
             for (int t = 0; t < nt; t++)
                 acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(s[j]), dot[t], acc[t]);
         }
@@ -162,7 +255,6 @@ AI void rows_n(float *y, int64_t ldy, const float *xp, size_t ldxp, int T, const
         }
 }
 
-/* One specialisation per (bits, group size): the group loop fully unrolled. */
 static void gemv_n(float *y, int64_t ldy, const float *xp, size_t ldxp, int T, const dr_tensor *w, int64_t r0,
                    int64_t r1) {
     const int gs = w->q.group_size;
@@ -181,10 +273,6 @@ static void gemv_n(float *y, int64_t ldy, const float *xp, size_t ldxp, int T, c
         else
             rows_n(y, ldy, xp, ldxp, T, w, r0, r1, 8, 128);
     }
-}
-
-static void gemv(float *y, const float *xp, const dr_tensor *w, int64_t r0, int64_t r1) {
-    gemv_n(y, 0, xp, 0, 1, w, r0, r1);
 }
 
 static void dequant(float *dst, const dr_tensor *w, int64_t r, int64_t g0, int64_t ng) {

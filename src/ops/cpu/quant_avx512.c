@@ -47,16 +47,93 @@ static inline void weights32(const unsigned char *p, int bits, int64_t i, __m512
 #define PF_DIST 4096
 #endif
 
-/* ---- GEMV: one token or several, each row read from memory once ---- */
+/* sum_i q_i x_i over one group of gs weights at p (x prepared, DR_QK_PERM
+ * for 4-bit), as 16 partial sums. 4-bit: 16 bytes widen to 16 int32 lanes
+ * once; AND 15 gives the low nibbles (even elements), a shift the high ones
+ * (odd elements), each against its half of the permuted x block. */
+AI __m512 group_dot(const unsigned char *p, const float *x, int bits, int gs) {
+    __m512 d0 = _mm512_setzero_ps(), d1 = _mm512_setzero_ps();
+    if (bits == 4) {
+        const __m512i m = _mm512_set1_epi32(0x0f);
+        for (int k = 0; k < gs; k += 32) {
+            __m512i b = _mm512_cvtepu8_epi32(load16(p + k / 2));
+            d0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_and_si512(b, m)), _mm512_loadu_ps(x + k), d0);
+            d1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(b, 4)), _mm512_loadu_ps(x + k + 16), d1);
+        }
+    } else {
+        for (int k = 0; k < gs; k += 32) {
+            d0 = _mm512_fmadd_ps(widen16(load16(p + k)), _mm512_loadu_ps(x + k), d0);
+            d1 = _mm512_fmadd_ps(widen16(load16(p + k + 16)), _mm512_loadu_ps(x + k + 16), d1);
+        }
+    }
+    return _mm512_add_ps(d0, d1);
+}
+
+/* Rows [r0, r1): y[r] = sum_g s_g * (q . x)_g + (b . X) over the row's
+ * groups, 16 groups' scales and biases widened at a time. Two accumulators
+ * (even / odd groups) keep the per-group FMAs off one dependency chain. */
+AI void gemv_rows(float *y, const float *xp, const dr_tensor *w, int64_t r0, int64_t r1, int bits, int gs) {
+    const int64_t n = w->ne[w->ndim - 1], G = n / gs;
+    const float *xs = xp + n;
+    const dr_dtype dt = w->q.sb_dtype;
+    const int gb = gs * bits / 8; /* packed bytes per group */
+    for (int64_t r = r0; r < r1; r++) {
+        const unsigned char *row = dr_qk_row(w, r);
+        const size_t sb0 = dr_qk_sb(w, r, 0);
+        __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps(), accb = _mm512_setzero_ps();
+        _Alignas(64) float s[16];
+        for (int64_t g0 = 0; g0 < G; g0 += 16) {
+            const int ng = G - g0 < 16 ? (int)(G - g0) : 16;
+            const __mmask16 m = (__mmask16)((1u << ng) - 1u);
+            _mm512_store_ps(s, dr_load_sb16(w->q.scales, dt, sb0 + (size_t)g0, m));
+            const __m512 bias = dr_load_sb16(w->q.biases, dt, sb0 + (size_t)g0, m);
+            accb = _mm512_fmadd_ps(bias, _mm512_maskz_loadu_ps(m, xs + g0), accb);
+            const unsigned char *p = row + (size_t)g0 * gb; /* the prefetches' guide */
+            const float *x = xp + g0 * gs;
+            int j = 0;
+            for (; j + 2 <= ng; j += 2) {
+                for (int o = 0; o < 2 * gb; o += 64) /* prefetches never fault past the end */
+                    _mm_prefetch((const char *)(p + (size_t)j * gb + PF_DIST + o), _MM_HINT_T0);
+                acc0 = _mm512_fmadd_ps(_mm512_set1_ps(s[j]),
+                                       group_dot(row + (size_t)(g0 + j) * gb, x + j * gs, bits, gs), acc0);
+                acc1 = _mm512_fmadd_ps(_mm512_set1_ps(s[j + 1]),
+                                       group_dot(row + (size_t)(g0 + j + 1) * gb, x + (j + 1) * gs, bits, gs),
+                                       acc1);
+            }
+            if (j < ng)
+                acc0 = _mm512_fmadd_ps(_mm512_set1_ps(s[j]),
+                                       group_dot(row + (size_t)(g0 + j) * gb, x + j * gs, bits, gs), acc0);
+        }
+        y[r] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc0, acc1), accb));
+    }
+}
+
+/* One specialisation per (bits, group size): the group loop fully unrolled. */
+static void gemv(float *y, const float *xp, const dr_tensor *w, int64_t r0, int64_t r1) {
+    const int gs = w->q.group_size;
+    if (w->q.bits == 4) {
+        if (gs == 32)
+            gemv_rows(y, xp, w, r0, r1, 4, 32);
+        else if (gs == 64)
+            gemv_rows(y, xp, w, r0, r1, 4, 64);
+        else
+            gemv_rows(y, xp, w, r0, r1, 4, 128);
+    } else {
+        if (gs == 32)
+            gemv_rows(y, xp, w, r0, r1, 8, 32);
+        else if (gs == 64)
+            gemv_rows(y, xp, w, r0, r1, 8, 64);
+        else
+            gemv_rows(y, xp, w, r0, r1, 8, 128);
+    }
+}
+
+/* ---- several tokens: each row read once for all of them ---- */
 
 #define NT 4 /* tokens a row pass serves: 5 accumulators each stay in registers */
 
-/* sum_i q_i x_i over one group of gs weights at p for nt tokens (nt <= NT;
- * x of token t prepared, DR_QK_PERM for 4-bit, at xp + t ldxp + at), as 16
- * partial sums each: the weights widened once for all tokens. 4-bit: 16
- * bytes widen to 16 int32 lanes once; AND 15 gives the low nibbles (even
- * elements), a shift the high ones (odd elements), each against its half
- * of the permuted x block. */
+/* group_dot for nt tokens (nt <= NT; x of token t at xp + t ldxp + at): the
+ * weights widened once, each token's FMAs in group_dot's order. */
 AI void group_dots(__m512 *dot, const unsigned char *p, const float *xp, size_t ldxp, int64_t at, int nt, int bits,
                    int gs) {
     __m512 d0[NT], d1[NT];
@@ -82,12 +159,8 @@ AI void group_dots(__m512 *dot, const unsigned char *p, const float *xp, size_t 
         dot[t] = _mm512_add_ps(d0[t], d1[t]);
 }
 
-/* Row r for nt tokens: y[t ldy + r] = sum_g s_g * (q . x)_g + (b . X) over
- * the row's groups, 16 groups' scales and biases widened at a time. Two
- * accumulators a token (even / odd groups) keep the per-group FMAs off one
- * dependency chain. Each token's sums run in the same order whatever nt
- * is, so a token's output does not depend on the others. pf: the pass
- * that streams the row (the first). */
+/* Row r for nt tokens (y[t ldy + r]), each token's sums in gemv_rows'
+ * order: bit for bit its outputs. pf: the block that streams the row. */
 AI void row_n(float *y, int64_t ldy, const float *xp, size_t ldxp, int nt, const dr_tensor *w, int64_t r, int bits,
               int gs, bool pf) {
     const int64_t n = w->ne[w->ndim - 1], G = n / gs;
@@ -111,7 +184,7 @@ AI void row_n(float *y, int64_t ldy, const float *xp, size_t ldxp, int nt, const
                 for (int o = 0; o < 2 * gb; o += 64) /* never faults past the end */
                     _mm_prefetch((const char *)(row + (size_t)(g0 + j) * gb + PF_DIST + o), _MM_HINT_T0);
             group_dots(dot, row + (size_t)(g0 + j) * gb, xp, ldxp, (g0 + j) * gs, nt, bits, gs);
-            __m512 *acc = j % 2 ? acc1 : acc0; /* even / odd groups */
+            __m512 *acc = j % 2 ? acc1 : acc0; /* even / odd groups, as gemv_rows */
             for (int t = 0; t < nt; t++)
                 acc[t] = _mm512_fmadd_ps(_mm512_set1_ps(s[j]), dot[t], acc[t]);
         }
@@ -136,7 +209,6 @@ AI void rows_n(float *y, int64_t ldy, const float *xp, size_t ldxp, int T, const
         }
 }
 
-/* One specialisation per (bits, group size): the group loop fully unrolled. */
 static void gemv_n(float *y, int64_t ldy, const float *xp, size_t ldxp, int T, const dr_tensor *w, int64_t r0,
                    int64_t r1) {
     const int gs = w->q.group_size;
@@ -155,10 +227,6 @@ static void gemv_n(float *y, int64_t ldy, const float *xp, size_t ldxp, int T, c
         else
             rows_n(y, ldy, xp, ldxp, T, w, r0, r1, 8, 128);
     }
-}
-
-static void gemv(float *y, const float *xp, const dr_tensor *w, int64_t r0, int64_t r1) {
-    gemv_n(y, 0, xp, 0, 1, w, r0, r1);
 }
 
 static void dequant(float *dst, const dr_tensor *w, int64_t r, int64_t g0, int64_t ng) {
