@@ -149,7 +149,10 @@ static void gemv(float *y, const float *xp, const dr_tensor *w, int64_t r0, int6
     }
 }
 
-/* ---- several tokens: each row read once for all of them ---- */
+/* ---- several tokens: each row read once for all of them ----
+ * gemv_rows at T = 1 stays its own loop: running decode through row_n with
+ * one token gave the same values but 12-18% slower decode (PERFORMANCE.md,
+ * session 23). */
 
 #define NT 2 /* tokens a row pass serves: 5 accumulators each in the 16 registers */
 
