@@ -321,14 +321,14 @@ typedef struct {
     float *xp;
     const float *x;
     const dr_tensor *w;
-    int n;
+    size_t n, pf; /* x's row length, floats of one prepared token */
 } q_prep_job;
 
 /* Token `task` of x prepared for the multi-token GEMV. */
 static void q_prep_task(void *arg, int task, int thread) {
     const q_prep_job *p = arg;
     (void)thread;
-    dr_cpu_q_prep(p->xp + (size_t)task * dr_cpu_q_prep_floats(p->w), p->x + (size_t)task * (size_t)p->n, p->w);
+    dr_cpu_q_prep(p->xp + (size_t)task * p->pf, p->x + (size_t)task * p->n, p->w);
 }
 
 /* Fill j (tasks, kernel) for W [d, n] @ x [T, n] -> y [T, d]. buf: plan_bytes
@@ -341,11 +341,12 @@ static dr_pool_fn plan(mm_job *j, dr_cpu_ctx *c, float *y, const float *x, const
     j->d = (int)w->ne[w->ndim - 2];
     j->n = (int)w->ne[w->ndim - 1];
     if (buf && q_multi(w, T)) { /* a few tokens, quantized: each row read once for all */
-        q_prep_job p = {.xp = buf, .x = x, .w = w, .n = j->n};
+        q_prep_job p = {.xp = buf, .x = x, .w = w, .n = (size_t)j->n, .pf = dr_cpu_q_prep_floats(w)};
         if (!filled && T >= Q_PREP_POOL_T) /* on the calling thread alone: ~5% of a 32-token 0.8B prefill */
             dr_pool_run(c->pool, T, q_prep_task, &p);
-        for (int t = 0; t < T && !filled && T < Q_PREP_POOL_T; t++)
-            q_prep_task(&p, t, 0);
+        else if (!filled) /* (filled: another weight's plan prepared the same x) */
+            for (int t = 0; t < T; t++)
+                q_prep_task(&p, t, 0);
         j->xp = buf;
         j->rb = q_gemv_rows(c, j);
         return q_gemvn_task;

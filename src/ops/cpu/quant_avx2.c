@@ -47,6 +47,14 @@ static inline void weights16_q4(const unsigned char *p, int64_t i, __m256 s, __m
 #define PF_DIST 4096
 #endif
 
+/* Scales or biases [i, i + 8) of storage dtype dt (BF16 or F32) as fp32. */
+AI __m256 load_sb8(const void *base, dr_dtype dt, size_t i) {
+    if (dt == DR_DT_BF16)
+        return _mm256_castsi256_ps(_mm256_slli_epi32(
+            _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)((const uint16_t *)base + i))), 16));
+    return _mm256_loadu_ps((const float *)base + i);
+}
+
 /* sum_i q_i x_i over one group of gs weights at p (x prepared, DR_QK_PERM
  * for 4-bit), as 8 partial sums. 4-bit: each 8 bytes widen to 8 int32 lanes
  * once; AND 15 gives the low nibbles (even elements), a shift the high ones
@@ -91,17 +99,8 @@ AI void gemv_rows(float *y, const float *xp, const dr_tensor *w, int64_t r0, int
             const int ng = G - g0 < 8 ? (int)(G - g0) : 8;
             const size_t i = sb0 + (size_t)g0;
             if (ng == 8 && dt != DR_DT_F16) {
-                __m256 sv, bv;
-                if (dt == DR_DT_BF16) {
-                    sv = _mm256_castsi256_ps(_mm256_slli_epi32(
-                        _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)((const uint16_t *)w->q.scales + i))), 16));
-                    bv = _mm256_castsi256_ps(_mm256_slli_epi32(
-                        _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)((const uint16_t *)w->q.biases + i))), 16));
-                } else {
-                    sv = _mm256_loadu_ps((const float *)w->q.scales + i);
-                    bv = _mm256_loadu_ps((const float *)w->q.biases + i);
-                }
-                _mm256_store_ps(s, sv);
+                const __m256 bv = load_sb8(w->q.biases, dt, i);
+                _mm256_store_ps(s, load_sb8(w->q.scales, dt, i));
                 accb = _mm256_fmadd_ps(bv, _mm256_loadu_ps(xs + g0), accb);
             } else {
                 for (int j = 0; j < ng; j++) {
@@ -209,17 +208,8 @@ AI void row_n(float *y, int64_t ldy, const float *xp, size_t ldxp, int nt, const
         const int ng = G - g0 < 8 ? (int)(G - g0) : 8;
         const size_t i = sb0 + (size_t)g0;
         if (ng == 8 && dt != DR_DT_F16) {
-            __m256 sv, bv;
-            if (dt == DR_DT_BF16) {
-                sv = _mm256_castsi256_ps(_mm256_slli_epi32(
-                    _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)((const uint16_t *)w->q.scales + i))), 16));
-                bv = _mm256_castsi256_ps(_mm256_slli_epi32(
-                    _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)((const uint16_t *)w->q.biases + i))), 16));
-            } else {
-                sv = _mm256_loadu_ps((const float *)w->q.scales + i);
-                bv = _mm256_loadu_ps((const float *)w->q.biases + i);
-            }
-            _mm256_store_ps(s, sv);
+            const __m256 bv = load_sb8(w->q.biases, dt, i);
+            _mm256_store_ps(s, load_sb8(w->q.scales, dt, i));
             for (int t = 0; t < nt; t++)
                 accb[t] = _mm256_fmadd_ps(bv, _mm256_loadu_ps(xp + (size_t)t * ldxp + n + g0), accb[t]);
         } else {
