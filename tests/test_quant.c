@@ -207,8 +207,10 @@ static float hard_x(int64_t k) {
 static bool g_hard_x; /* kernel_case's x: hard_x instead of Gaussian */
 
 /* The multi-token GEMV on w (either layout, the level in use) for T tokens
- * of fresh x: every output bit for bit the one-token GEMV's on that token,
- * rows outside [r0, r1) untouched. Where the level has no multi-token
+ * of fresh x: every output bit for bit its own output for that token alone
+ * (T = 1; the one-token GEMV's except at avx2 for 4 bits, whose one-token
+ * GEMV takes another x layout: split_case holds that one to the exact
+ * product), rows outside [r0, r1) untouched. Where the level has no multi-token
  * kernel for w (the scalar level, a layout its kernels don't read, the
  * 4-bit GEMVs of their own at avx512bf16 / avx512vnni on file order),
  * dr_cpu_q_gemv_rows_n runs the one-token one per token, which this checks
@@ -221,14 +223,14 @@ static void multi_case(const dr_tensor *w, int T, int r0, int r1, kerr *err) {
     for (int t = 0; t < T; t++) {
         for (int64_t i = 0; i < n; i++)
             x[i] = g_hard_x ? hard_x(i + t) : grand();
-        dr_cpu_q_prep(xp + (size_t)t * pf, x, w);
+        dr_cpu_q_prep_n(xp + (size_t)t * pf, x, w);
     }
     for (size_t i = 0; i < (size_t)T * (size_t)d; i++)
         y[i] = -12345.0f;
     dr_cpu_q_gemv_rows_n(y, xp, T, w, r0, r1);
     bool same = true;
     for (int t = 0; t < T; t++) {
-        dr_cpu_q_gemv_rows(y1, xp + (size_t)t * pf, w, r0, r1);
+        dr_cpu_q_gemv_rows_n(y1, xp + (size_t)t * pf, 1, w, r0, r1);
         for (int64_t r = 0; r < d; r++) {
             const float v = y[(size_t)t * (size_t)d + (size_t)r];
             same &= r < r0 || r >= r1 ? v == -12345.0f : !memcmp(&v, &y1[r], sizeof v);
@@ -408,7 +410,7 @@ static void test_kernels(void) {
         e.multi_same &= h.multi_same;
         CHECK_SHOW(e.multi_same && (e.multi > 0) == (lv != DR_QLEVEL_SCALAR),
                    "multi-token GEMV %s: T = 2..%d on both layouts, %d cases on a multi-token kernel (the rest: the "
-                   "one-token GEMV per token), every output bit-identical to the one-token GEMV's: %s",
+                   "one-token GEMV per token), every output bit-identical to its output for that token alone: %s",
                    dr_cpu_quant_level_name(lv), DR_QK_MULTI_T, e.multi, e.multi_same ? "yes" : "NO");
     }
     dr_cpu_quant_set_level(-1);

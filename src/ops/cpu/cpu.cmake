@@ -40,6 +40,8 @@ if(CMAKE_SYSTEM_PROCESSOR MATCHES "x86_64|AMD64|amd64" AND CMAKE_C_COMPILER_ID M
   list(APPEND DR_CPU_SOURCES src/ops/cpu/quant_avx512bf16.c)
   set_source_files_properties(src/ops/cpu/quant_avx512bf16.c PROPERTIES
     COMPILE_OPTIONS "-mavx2;-mfma;-mf16c;-mavx512f;-mavx512bw;-mavx512vl;-mavx512bf16")
+  list(APPEND DR_CPU_SOURCES src/ops/cpu/quant_avx2_digits.c) # quant level avx2: the 4-bit GEMV
+  set_source_files_properties(src/ops/cpu/quant_avx2_digits.c PROPERTIES COMPILE_OPTIONS "-mavx2;-mfma")
   list(APPEND DR_CPU_SOURCES src/ops/cpu/quant_avx512vnni.c # quant level avx512vnni
                              src/ops/cpu/quant_avx512vnni_t16.c)
   set_source_files_properties(src/ops/cpu/quant_avx512vnni.c src/ops/cpu/quant_avx512vnni_t16.c PROPERTIES

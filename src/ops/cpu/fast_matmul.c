@@ -328,7 +328,7 @@ typedef struct {
 static void q_prep_task(void *arg, int task, int thread) {
     const q_prep_job *p = arg;
     (void)thread;
-    dr_cpu_q_prep(p->xp + (size_t)task * p->pf, p->x + (size_t)task * p->n, p->w);
+    dr_cpu_q_prep_n(p->xp + (size_t)task * p->pf, p->x + (size_t)task * p->n, p->w);
 }
 
 /* Fill j (tasks, kernel) for W [d, n] @ x [T, n] -> y [T, d]. buf: plan_bytes

@@ -117,6 +117,7 @@ static const char *const g_level_names[DR_QLEVEL_COUNT] = {"scalar", "avx2", "av
 static atomic_int g_level = -1; /* DR_QLEVEL_*, -1 until first use */
 static int g_best;              /* best level this CPU runs */
 static bool g_multi_off;        /* DR_CPU_QMULTI=0: no multi-token GEMV, for A/B runs */
+static bool g_digits_off;       /* DR_CPU_QDIGITS=0: no quant_avx2_digits.c, for A/B runs */
 static pthread_once_t g_once = PTHREAD_ONCE_INIT;
 
 static void detect(void) {
@@ -142,6 +143,8 @@ static void detect(void) {
     g_best = best;
     const char *mt = getenv("DR_CPU_QMULTI");
     g_multi_off = mt && strcmp(mt, "0") == 0;
+    const char *dg = getenv("DR_CPU_QDIGITS");
+    g_digits_off = dg && strcmp(dg, "0") == 0;
     int unset = -1;
     atomic_compare_exchange_strong(&g_level, &unset, best);
 }
@@ -190,31 +193,39 @@ size_t dr_cpu_q_prep_floats(const dr_tensor *w) {
 
 #ifdef DR_QUANT_BF16
 /* Which GEMV of its own serves w at this level: for 4 bits 1 =
- * quant_avx512bf16.c (bf16-pair x), 2 = quant_avx512vnni.c (8-bit digits);
+ * quant_avx512bf16.c (bf16-pair x), 2 = quant_avx512vnni.c (8-bit digits),
+ * 4 = quant_avx2_digits.c (8-bit digits; one token only, rows a multiple of
+ * 64: multi = a multi-token product, whose avx2 kernel is the table's);
  * 3 = quant_avx512vnni_t16.c (the same digits, decode layout; 4 or 8 bits);
  * 0 = the table's. */
-static int own_q(int level, const dr_tensor *w) {
+static int own_q(int level, const dr_tensor *w, bool multi) {
     if (level == DR_QLEVEL_AVX512_VNNI && w->q.tiled_rows)
         return 3;
     if (w->q.bits != 4)
         return 0;
     if (level == DR_QLEVEL_AVX512_VNNI)
         return 2;
+    if (level == DR_QLEVEL_AVX2)
+        return !multi && !g_digits_off && w->ne[w->ndim - 1] % 64 == 0 ? 4 : 0;
     return level == DR_QLEVEL_AVX512_BF16;
 }
 #endif
 
-void dr_cpu_q_prep(float *xp, const float *x, const dr_tensor *w) {
+/* x prepared for one token's GEMV, or (multi) for the multi-token one. */
+static void prep(float *xp, const float *x, const dr_tensor *w, bool multi) {
     const int64_t n = w->ne[w->ndim - 1], gs = w->q.group_size;
 #ifdef DR_QUANT_BF16
-    const int own = own_q(dr_cpu_quant_level(), w);
-    if (own) { /* layouts: DR_QK_BF16_* / DR_QK_VNNI_* / DR_QK_T16_* in quant_kern.h */
+    const int own = own_q(dr_cpu_quant_level(), w, multi);
+    if (own) { /* layouts: DR_QK_BF16_* / DR_QK_VNNI_* / DR_QK_T16_* / DR_QK_DIG_* in quant_kern.h */
         (own == 1   ? dr_qk_prep4_bf16
          : own == 2 ? dr_qk_prep4_vnni
+         : own == 4 ? dr_qk_prep4_dig
          : w->q.bits == 8 ? dr_qk_prep8_t16
                           : dr_qk_prep4_t16)(xp, x, n, (int)gs);
         return;
     }
+#else
+    (void)multi;
 #endif
     if (w->q.bits == 4) { /* layout: DR_QK_PERM in quant_kern.h */
         for (int64_t b = 0; b < n; b += DR_QK_PERM)
@@ -233,6 +244,10 @@ void dr_cpu_q_prep(float *xp, const float *x, const dr_tensor *w) {
         xs[g] = s;
     }
 }
+
+void dr_cpu_q_prep(float *xp, const float *x, const dr_tensor *w) { prep(xp, x, w, false); }
+
+void dr_cpu_q_prep_n(float *xp, const float *x, const dr_tensor *w) { prep(xp, x, w, true); }
 
 /* Portable form of the SIMD GEMV (same algebra, no vectors): the scalar
  * level and non-x86 builds of the threaded backend. */
@@ -263,13 +278,15 @@ static void gemv_portable(float *y, const float *xp, const dr_tensor *w, int r0,
 }
 
 /* The GEMV of k's level (NULL: the portable one) for a file-order w. */
-static void gemv_file(const dr_qkern *k, float *y, const float *xp, const dr_tensor *w, int r0, int r1) {
+static void gemv_file(const dr_qkern *k, float *y, const float *xp, const dr_tensor *w, int r0, int r1, bool multi) {
 #ifdef DR_QUANT_BF16
-    const int own = own_q(dr_cpu_quant_level(), w); /* 1 or 2: w is in file order */
+    const int own = own_q(dr_cpu_quant_level(), w, multi); /* 1, 2 or 4: w is in file order */
     if (own) {
-        (own == 1 ? dr_qk_gemv4_bf16 : dr_qk_gemv4_vnni)(y, xp, w, r0, r1);
+        (own == 1 ? dr_qk_gemv4_bf16 : own == 2 ? dr_qk_gemv4_vnni : dr_qk_gemv4_dig)(y, xp, w, r0, r1);
         return;
     }
+#else
+    (void)multi;
 #endif
     if (k)
         k->gemv(y, xp, w, r0, r1);
@@ -278,28 +295,29 @@ static void gemv_file(const dr_qkern *k, float *y, const float *xp, const dr_ten
 }
 
 /* The level's GEMV for w in either layout: the decode layout's own kernel
- * at avx512vnni, else row by row through file-order copies. */
-static void gemv_at(const dr_qkern *k, float *y, const float *xp, const dr_tensor *w, int r0, int r1) {
+ * at avx512vnni, else row by row through file-order copies. multi: x was
+ * prepared for the multi-token GEMV (dr_cpu_q_prep_n). */
+static void gemv_at(const dr_qkern *k, float *y, const float *xp, const dr_tensor *w, int r0, int r1, bool multi) {
 #ifdef DR_QUANT_BF16
-    if (own_q(dr_cpu_quant_level(), w) == 3) {
+    if (own_q(dr_cpu_quant_level(), w, multi) == 3) {
         (w->q.bits == 8 ? dr_qk_gemv8_t16 : dr_qk_gemv4_t16)(y, xp, w, r0, r1);
         return;
     }
 #endif
     if (!w->q.tiled_rows) {
-        gemv_file(k, y, xp, w, r0, r1);
+        gemv_file(k, y, xp, w, r0, r1, multi);
         return;
     }
     row_copy c;
     dr_tensor v;
     for (int r = r0; r < r1; r++) {
         untile_row(w, r, &c, &v);
-        gemv_file(k, y + r, xp, &v, 0, 1);
+        gemv_file(k, y + r, xp, &v, 0, 1, multi);
     }
 }
 
 void dr_cpu_q_gemv_rows(float *y, const float *xp, const dr_tensor *w, int r0, int r1) {
-    gemv_at(kernels(), y, xp, w, r0, r1);
+    gemv_at(kernels(), y, xp, w, r0, r1, false);
 }
 
 /* Which multi-token GEMV serves w at this level: 2 = the decode layout's
@@ -309,7 +327,7 @@ static int multi_kind(const dr_qkern *k, const dr_tensor *w) {
     if (g_multi_off || !w->q.bits)
         return 0;
 #ifdef DR_QUANT_BF16
-    const int own = own_q(dr_cpu_quant_level(), w);
+    const int own = own_q(dr_cpu_quant_level(), w, true);
     if (own == 3)
         return 2;
     if (own)
@@ -340,7 +358,7 @@ void dr_cpu_q_gemv_rows_n(float *y, const float *xp, int T, const dr_tensor *w, 
         return;
     }
     for (int t = 0; t < T; t++)
-        gemv_at(k, y + (size_t)t * (size_t)d, xp + (size_t)t * ldxp, w, r0, r1);
+        gemv_at(k, y + (size_t)t * (size_t)d, xp + (size_t)t * ldxp, w, r0, r1, true);
 }
 
 /* dst [n] = row r of w dequantized, either layout. */
@@ -412,7 +430,7 @@ void dr_cpu_matmul_q_rows(float *y, const float *x, const dr_tensor *w, int T, i
             return;
         }
         dr_cpu_q_prep(xp, x, w);
-        gemv_at(k, y, xp, w, r0, r1);
+        gemv_at(k, y, xp, w, r0, r1, false);
         free(xp);
         return;
     }

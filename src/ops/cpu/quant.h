@@ -5,11 +5,11 @@
  * chosen once from the CPU's features (AVX-512 F/BW/VL with AVX512_BF16 and
  * AVX512_VNNI, or with AVX512_BF16, else AVX-512 F/BW/VL, else AVX2+FMA,
  * else the scalar reference); dr_cpu_quant_set_level lets tests force each
- * one. All levels accumulate in fp32 with fp32 activations, except the two
- * 4-bit GEMVs of the top levels: avx512bf16 takes x as two bf16 halves
- * (hi + lo within 2^-17 |x| of x, exact products), avx512vnni as 24-bit
- * integers in steps of 2^-24 of each group's largest |x| (exact integer
- * sums). Every level is held to 1e-5 of sum |w x| against the exact
+ * one. All levels accumulate in fp32 with fp32 activations, except the
+ * one-token 4-bit GEMVs of avx2, avx512bf16 and avx512vnni: avx512bf16 takes
+ * x as two bf16 halves (hi + lo within 2^-17 |x| of x, exact products),
+ * avx2 and avx512vnni as 24-bit integers in steps of 2^-24 of each group's
+ * largest |x| (exact integer sums). Every level is held to 1e-5 of sum |w x| against the exact
  * product (w = scale q + bias in double) for Gaussian x. For x spanning up
  * to 1e7 inside a group, to 1e-5 of sum (|scale q| + |bias|) |x|: the GEMVs'
  * one FMA a weight (quant_kern.h) rounds on that scale, which exceeds
@@ -32,8 +32,8 @@ void dr_cpu_matmul_q_rows(float *y, const float *x, const dr_tensor *w, int T, i
  *   2 n / group_size).
  * dr_cpu_q_prep: xp = x [n] prepared for dr_cpu_q_gemv_rows (4-bit: x
  *   permuted to the nibble order, split into bf16 pairs at level
- *   avx512bf16, or into 8-bit digits at avx512vnni; then the per-group sums
- *   of x). Depends on w's bits, group
+ *   avx512bf16, or into 8-bit digits at avx512vnni and avx2; then the
+ *   per-group sums of x). Depends on w's bits, group
  *   size and row length and on the kernel level: prepare and multiply under
  *   the same level.
  * dr_cpu_q_gemv_rows: y[r] = W[r] . x for r in [r0, r1). Reentrant.
@@ -48,10 +48,17 @@ void dr_cpu_q_dequant_rows(float *dst, const dr_tensor *w, int r0, int nr);
  * dr_cpu_q_multi_max: up to how many tokens the level's multi-token GEMV
  *   for w measured faster than dequantizing rows for a GEMM (1: it has
  *   none; then dr_cpu_q_gemv_rows_n runs the one-token GEMV per token).
+ * dr_cpu_q_prep_n: one token's x prepared for dr_cpu_q_gemv_rows_n. The
+ *   same as dr_cpu_q_prep, except at level avx2 for 4 bits, where the
+ *   one-token GEMV takes x as 8-bit digits and the multi-token one keeps
+ *   the table's layout (quant_kern.h).
  * dr_cpu_q_gemv_rows_n: y [T, d] rows [r0, r1) of every token from T
- *   tokens prepared by dr_cpu_q_prep, dr_cpu_q_prep_floats(w) floats
- *   apart; each output bit for bit what dr_cpu_q_gemv_rows gives. */
+ *   tokens prepared by dr_cpu_q_prep_n, dr_cpu_q_prep_floats(w) floats
+ *   apart; each output bit for bit what it gives for that token alone
+ *   (T = 1), and that is dr_cpu_q_gemv_rows' output except at avx2 for 4
+ *   bits (another x layout and summation; both held to the same bounds). */
 int dr_cpu_q_multi_max(const dr_tensor *w);
+void dr_cpu_q_prep_n(float *xp, const float *x, const dr_tensor *w);
 void dr_cpu_q_gemv_rows_n(float *y, const float *xp, int T, const dr_tensor *w, int r0, int r1);
 
 /* Rearrange a 2-D 4- or 8-bit tensor in place into the CPU's decode layout

@@ -106,6 +106,17 @@ void dr_qk_prep8_t16(float *xp, const float *x, int64_t n, int gs);
 void dr_qk_gemv_t16_n(float *y, int64_t ldy, const float *xp, size_t ldxp, int T, const dr_tensor *w, int64_t r0,
                       int64_t r1);
 
+/* Level DR_QLEVEL_AVX2, 4 bits, one token, rows a multiple of 64 long:
+ * quant_avx2_digits.c's GEMV, with x as the same 8-bit digits as
+ * DR_QK_VNNI_* in 64-element blocks: per block DR_QK_DIG_BLOCK bytes, six
+ * runs of 32 signed bytes, the digits d2, d1, d0 of the block's even
+ * elements (byte j: element 2j), then those of its odd elements (element
+ * 2j + 1). Then, as floats, X_g (G) and sx_g (G). The multi-token GEMV of
+ * this level keeps the table's layout (DR_QK_PERM). */
+#define DR_QK_DIG_BLOCK 192
+void dr_qk_gemv4_dig(float *y, const float *xp, const dr_tensor *w, int64_t r0, int64_t r1);
+void dr_qk_prep4_dig(float *xp, const float *x, int64_t n, int gs); /* that layout */
+
 /* Shared address arithmetic (all kernels). */
 static inline const unsigned char *dr_qk_row(const dr_tensor *w, int64_t r) {
     return (const unsigned char *)w->data + (size_t)r * (size_t)w->ne[w->ndim - 1] * (size_t)w->q.bits / 8;
