@@ -130,22 +130,10 @@ AI void gemv_rows(float *y, const float *xp, const dr_tensor *w, int64_t r0, int
 
 /* One specialisation per (bits, group size): the group loop fully unrolled. */
 static void gemv(float *y, const float *xp, const dr_tensor *w, int64_t r0, int64_t r1) {
-    const int gs = w->q.group_size;
-    if (w->q.bits == 4) {
-        if (gs == 32)
-            gemv_rows(y, xp, w, r0, r1, 4, 32);
-        else if (gs == 64)
-            gemv_rows(y, xp, w, r0, r1, 4, 64);
-        else
-            gemv_rows(y, xp, w, r0, r1, 4, 128);
-    } else {
-        if (gs == 32)
-            gemv_rows(y, xp, w, r0, r1, 8, 32);
-        else if (gs == 64)
-            gemv_rows(y, xp, w, r0, r1, 8, 64);
-        else
-            gemv_rows(y, xp, w, r0, r1, 8, 128);
-    }
+    if (w->q.bits == 4)
+        DR_QK_BY_GS(w->q.group_size, gemv_rows, y, xp, w, r0, r1, 4);
+    else
+        DR_QK_BY_GS(w->q.group_size, gemv_rows, y, xp, w, r0, r1, 8);
 }
 
 /* ---- several tokens: each row read once for all of them ----
@@ -250,22 +238,10 @@ AI void rows_n(float *y, int64_t ldy, const float *xp, size_t ldxp, int T, const
 
 static void gemv_n(float *y, int64_t ldy, const float *xp, size_t ldxp, int T, const dr_tensor *w, int64_t r0,
                    int64_t r1) {
-    const int gs = w->q.group_size;
-    if (w->q.bits == 4) {
-        if (gs == 32)
-            rows_n(y, ldy, xp, ldxp, T, w, r0, r1, 4, 32);
-        else if (gs == 64)
-            rows_n(y, ldy, xp, ldxp, T, w, r0, r1, 4, 64);
-        else
-            rows_n(y, ldy, xp, ldxp, T, w, r0, r1, 4, 128);
-    } else {
-        if (gs == 32)
-            rows_n(y, ldy, xp, ldxp, T, w, r0, r1, 8, 32);
-        else if (gs == 64)
-            rows_n(y, ldy, xp, ldxp, T, w, r0, r1, 8, 64);
-        else
-            rows_n(y, ldy, xp, ldxp, T, w, r0, r1, 8, 128);
-    }
+    if (w->q.bits == 4)
+        DR_QK_BY_GS(w->q.group_size, rows_n, y, ldy, xp, ldxp, T, w, r0, r1, 4);
+    else
+        DR_QK_BY_GS(w->q.group_size, rows_n, y, ldy, xp, ldxp, T, w, r0, r1, 8);
 }
 
 static void dequant(float *dst, const dr_tensor *w, int64_t r, int64_t g0, int64_t ng) {

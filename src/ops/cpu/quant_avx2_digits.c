@@ -148,17 +148,7 @@ AI void gemv_gs(float *y, const float *xp, const dr_tensor *w, int64_t r0, int64
 }
 
 void dr_qk_gemv4_dig(float *y, const float *xp, const dr_tensor *w, int64_t r0, int64_t r1) {
-    switch (w->q.group_size) {
-    case 32:
-        gemv_gs(y, xp, w, r0, r1, 32);
-        break;
-    case 64:
-        gemv_gs(y, xp, w, r0, r1, 64);
-        break;
-    default:
-        gemv_gs(y, xp, w, r0, r1, 128);
-        break;
-    }
+    DR_QK_BY_GS(w->q.group_size, gemv_gs, y, xp, w, r0, r1);
 }
 
 /* ---- x prepared once per token ---- */

@@ -117,6 +117,18 @@ void dr_qk_gemv_t16_n(float *y, int64_t ldy, const float *xp, size_t ldxp, int T
 void dr_qk_gemv4_dig(float *y, const float *xp, const dr_tensor *w, int64_t r0, int64_t r1);
 void dr_qk_prep4_dig(float *xp, const float *x, int64_t n, int gs); /* that layout */
 
+/* f(args..., GS) with the group size gs (32, 64 or 128) as a constant, so
+ * that each kernel file's inlined group loops are specialised per size. */
+#define DR_QK_BY_GS(gs, f, ...)          \
+    do {                                 \
+        if ((gs) == 32)                  \
+            f(__VA_ARGS__, 32);          \
+        else if ((gs) == 64)             \
+            f(__VA_ARGS__, 64);          \
+        else                             \
+            f(__VA_ARGS__, 128);         \
+    } while (0)
+
 /* Shared address arithmetic (all kernels). */
 static inline const unsigned char *dr_qk_row(const dr_tensor *w, int64_t r) {
     return (const unsigned char *)w->data + (size_t)r * (size_t)w->ne[w->ndim - 1] * (size_t)w->q.bits / 8;
