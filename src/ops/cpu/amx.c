@@ -12,7 +12,9 @@
  * throwaway harness) this ran 440-500 GFLOP/s against ~80 for the fp32 FMA
  * tiles (docs/PERFORMANCE.md, CPU, session 20). Quantized rows come as their
  * codes q in bf16 (exact), one group's products at a time, the scales and
- * biases applied in fp32 (dr_amx_gemm_q).
+ * biases applied in fp32 (dr_amx_gemm_q). Whether the tiles can run here
+ * (dr_amx_enabled) is asked in amx_detect.c: this file is compiled with
+ * AVX-512 and AMX flags, so nothing in it may run before that answer.
  */
 #include "ops/cpu/amx.h"
 
@@ -24,11 +26,7 @@
 #define DR_HAVE_AMX 1
 #include "ops/cpu/transpose16.h"
 
-#include <cpuid.h>
 #include <immintrin.h>
-#include <pthread.h>
-#include <sys/syscall.h>
-#include <unistd.h>
 #endif
 
 /* x's layout: per 32 tokens (tp) and 32 columns of k (kb), the three parts
@@ -71,24 +69,6 @@ void dr_amx_group_sums(float *xg, const float *x, int T, int n, int gs, int b0, 
 #ifdef DR_HAVE_AMX
 
 #define AI static inline __attribute__((always_inline))
-
-static pthread_once_t g_once = PTHREAD_ONCE_INIT;
-static bool g_on;
-
-/* CPUID leaf 7: AMX-BF16 is EDX bit 22, AMX-TILE bit 24; then ask Linux for
- * the tile state (ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA), without which
- * the first tile instruction faults. */
-static void detect(void) {
-    unsigned a, b, c, d;
-    const bool cpu = __get_cpuid_count(7, 0, &a, &b, &c, &d) && (d >> 22 & 1) && (d >> 24 & 1);
-    const char *e = getenv("DR_CPU_AMX"); /* 0: off, for A/B runs */
-    g_on = cpu && !(e && strcmp(e, "0") == 0) && syscall(SYS_arch_prctl, 0x1023, 18) == 0;
-}
-
-bool dr_amx_enabled(void) {
-    pthread_once(&g_once, detect);
-    return g_on;
-}
 
 /* The 16 fp32 lanes of v rounded to bf16 (nearest, ties to even), kept in
  * the high halves (the low ones zero): the value of the part as fp32. */
@@ -310,7 +290,6 @@ void dr_amx_gemm_q(float *y, size_t ldy, const uint16_t *codes, const float *s, 
 
 #else /* no AMX in this build: the fp32 path always runs */
 
-bool dr_amx_enabled(void) { return false; }
 void dr_amx_prep(uint16_t *xp, const float *x, int T, int n, int b0, int b1) {
     (void)xp, (void)x, (void)T, (void)n, (void)b0, (void)b1;
 }

@@ -15,6 +15,7 @@ set(DR_CPU_SOURCES
   src/ops/cpu/fast_moe.c
   src/ops/cpu/fast_elementwise.c
   src/ops/cpu/amx.c
+  src/ops/cpu/amx_detect.c
   src/util/threadpool.c
   src/util/cpu_features.c
   src/model/synthetic.c
@@ -54,6 +55,7 @@ if(CMAKE_SYSTEM_PROCESSOR MATCHES "x86_64|AMD64|amd64" AND CMAKE_C_COMPILER_ID M
   if(DR_CC_HAS_AMX)
     set_source_files_properties(src/ops/cpu/amx.c PROPERTIES
       COMPILE_OPTIONS "-mavx2;-mfma;-mf16c;-mavx512f;-mavx512bw;-mavx512vl;-mamx-tile;-mamx-bf16")
+    set_source_files_properties(src/ops/cpu/amx_detect.c PROPERTIES COMPILE_DEFINITIONS DR_AMX_BUILT=1)
   endif()
 endif()
 
