@@ -5,12 +5,13 @@
  * the run-time check in matmul_quant.c (quant level avx2, one token, rows a
  * multiple of 64 long). Why: the table's FMA GEMV (quant_avx2.c) spends per
  * 16 weights a widening load, an AND, a shift, two int -> fp32 conversions
- * and two FMAs, and on a Zen 3 that held one thread to ~14 G weights/s,
- * about half of what one core can read from DRAM; decode of the 0.8B q4
- * shape reached 42-52% of the bandwidth floor. Here 32 packed bytes (64
- * weights) cost an AND, a shift and AND, six vpmaddubsw, three vpmaddwd and
- * one conversion and FMA: ~1.6x the weights a second on that core, hot or
- * from DRAM (docs/PERFORMANCE.md, session 24).
+ * and two FMAs, and on a Zen 3 that held one thread to ~15-17 G weights/s
+ * even in L2, about half of what one core can read from DRAM; decode of the
+ * 0.8B q4 shape reached 38-59% of the bandwidth floor. Here 32 packed bytes
+ * (64 weights) cost an AND, a shift and AND, six vpmaddubsw, three vpmaddwd
+ * and one conversion and FMA: ~24 G weights/s on that core in L2 or L3,
+ * 0.8B q4 decode +24% (from DRAM two threads then stay near 16-24 GB/s, the
+ * misses a core keeps in flight; docs/PERFORMANCE.md, session 24).
  *
  * x as integers, as in quant_avx512vnni.c: each group g of x gets a step
  * sx_g = max |x_g| / (127 * 2^16) and X_i = round(x_i / sx_g), written as
@@ -43,8 +44,8 @@
 #define AI static inline __attribute__((always_inline))
 #define PF_DIST 4096 /* software prefetch distance in packed bytes (as quant_avx2.c) */
 /* Rows a pass, sharing the block's digits in registers: on the Zen 3 dev VM
- * 2 rows ran ~1.4x one at a time, and 4 with the digits loaded once another
- * ~1.1x hot in cache and from DRAM (session 24). */
+ * 2 rows ran up to ~1.2x one at a time, and 4 with the digits loaded once
+ * another ~1.1-1.2x, in L2 and in L3 (session 24). */
 #define ROWS 4
 
 static inline float hsum8(__m256 v) {

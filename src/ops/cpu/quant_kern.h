@@ -3,13 +3,13 @@
  * matmul_quant.c holds the scalar reference and picks a table at run time
  * from the CPU's features; quant_avx2.c and quant_avx512.c (compiled with
  * their own -m flags, see src/quant/quant.cmake) fill the others, and
- * quant_avx512bf16.c and quant_avx512vnni.c (src/ops/cpu/cpu.cmake) add a
- * 4-bit GEMV each. Every
- * kernel expands the 4/8-bit weights to fp32 in registers and accumulates in
- * fp32; activations are never quantized (so results match
- * dequantize-then-fp32 up to summation order), except in the two 4-bit
- * GEMVs below, whose x representations are exact to 2^-17 of |x| (bf16
- * pairs) or 2^-24 of the group's largest |x| (8-bit digits).
+ * quant_avx512bf16.c, quant_avx512vnni.c (+ _t16.c for the decode layout)
+ * and quant_avx2_digits.c (src/ops/cpu/cpu.cmake) add GEMVs of their own.
+ * The table's kernels expand the 4/8-bit weights to fp32 in registers and
+ * accumulate in fp32 with fp32 x (so results match dequantize-then-fp32 up
+ * to summation order). The own GEMVs take x exact to 2^-17 of |x| (bf16
+ * pairs, fp32 sums) or to 2^-24 of the group's largest |x| (8-bit digits,
+ * exact integer sums per group or block, then fp32).
  *
  * GEMV (one token) does not form w = s q + b per element. Per group g,
  *     sum_i w_i x_i = s_g * sum_i q_i x_i + b_g * X_g,   X_g = sum_i x_i,
