@@ -10,16 +10,10 @@
  * one byte unpack, then widened; w = scale * q + bias formed in registers.
  */
 #include "ops/cpu/quant_kern.h"
+#include "ops/cpu/quant_sb256.h"
 
 #include <immintrin.h>
 #include <stdbool.h>
-
-static inline float hsum8(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
 
 static inline __m128i load8(const unsigned char *p) { return _mm_loadl_epi64((const __m128i *)(const void *)p); }
 
@@ -46,14 +40,6 @@ static inline void weights16_q4(const unsigned char *p, int64_t i, __m256 s, __m
 #ifndef PF_DIST
 #define PF_DIST 4096
 #endif
-
-/* Scales or biases [i, i + 8) of storage dtype dt (BF16 or F32) as fp32. */
-AI __m256 load_sb8(const void *base, dr_dtype dt, size_t i) {
-    if (dt == DR_DT_BF16)
-        return _mm256_castsi256_ps(_mm256_slli_epi32(
-            _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)((const uint16_t *)base + i))), 16));
-    return _mm256_loadu_ps((const float *)base + i);
-}
 
 /* sum_i q_i x_i over one group of gs weights at p (x prepared, DR_QK_PERM
  * for 4-bit), as 8 partial sums. 4-bit: each 8 bytes widen to 8 int32 lanes
@@ -99,8 +85,8 @@ AI void gemv_rows(float *y, const float *xp, const dr_tensor *w, int64_t r0, int
             const int ng = G - g0 < 8 ? (int)(G - g0) : 8;
             const size_t i = sb0 + (size_t)g0;
             if (ng == 8 && dt != DR_DT_F16) {
-                const __m256 bv = load_sb8(w->q.biases, dt, i);
-                _mm256_store_ps(s, load_sb8(w->q.scales, dt, i));
+                const __m256 bv = dr_load_sb8(w->q.biases, dt, i);
+                _mm256_store_ps(s, dr_load_sb8(w->q.scales, dt, i));
                 accb = _mm256_fmadd_ps(bv, _mm256_loadu_ps(xs + g0), accb);
             } else {
                 for (int j = 0; j < ng; j++) {
@@ -124,7 +110,7 @@ AI void gemv_rows(float *y, const float *xp, const dr_tensor *w, int64_t r0, int
                 acc0 = _mm256_fmadd_ps(_mm256_set1_ps(s[j]),
                                        group_dot(row + (size_t)(g0 + j) * gb, x + j * gs, bits, gs), acc0);
         }
-        y[r] = hsum8(_mm256_add_ps(_mm256_add_ps(acc0, acc1), accb)) + tail;
+        y[r] = dr_hsum8(_mm256_add_ps(_mm256_add_ps(acc0, acc1), accb)) + tail;
     }
 }
 
@@ -196,8 +182,8 @@ AI void row_n(float *y, int64_t ldy, const float *xp, size_t ldxp, int nt, const
         const int ng = G - g0 < 8 ? (int)(G - g0) : 8;
         const size_t i = sb0 + (size_t)g0;
         if (ng == 8 && dt != DR_DT_F16) {
-            const __m256 bv = load_sb8(w->q.biases, dt, i);
-            _mm256_store_ps(s, load_sb8(w->q.scales, dt, i));
+            const __m256 bv = dr_load_sb8(w->q.biases, dt, i);
+            _mm256_store_ps(s, dr_load_sb8(w->q.scales, dt, i));
             for (int t = 0; t < nt; t++)
                 accb[t] = _mm256_fmadd_ps(bv, _mm256_loadu_ps(xp + (size_t)t * ldxp + n + g0), accb[t]);
         } else {
@@ -219,7 +205,7 @@ AI void row_n(float *y, int64_t ldy, const float *xp, size_t ldxp, int nt, const
         }
     }
     for (int t = 0; t < nt; t++)
-        y[(size_t)t * (size_t)ldy + (size_t)r] = hsum8(_mm256_add_ps(_mm256_add_ps(acc0[t], acc1[t]), accb[t])) + tail[t];
+        y[(size_t)t * (size_t)ldy + (size_t)r] = dr_hsum8(_mm256_add_ps(_mm256_add_ps(acc0[t], acc1[t]), accb[t])) + tail[t];
 }
 
 /* Rows [r0, r1) for T tokens, blocks of up to NT (the row again from L1). */
@@ -274,10 +260,10 @@ static void dot4(float out[4], const float *a, const float *x, int64_t ldx, int6
         c2 = _mm256_fmadd_ps(w, _mm256_loadu_ps(x + 2 * ldx + i), c2);
         c3 = _mm256_fmadd_ps(w, _mm256_loadu_ps(x + 3 * ldx + i), c3);
     }
-    out[0] = hsum8(c0);
-    out[1] = hsum8(c1);
-    out[2] = hsum8(c2);
-    out[3] = hsum8(c3);
+    out[0] = dr_hsum8(c0);
+    out[1] = dr_hsum8(c1);
+    out[2] = dr_hsum8(c2);
+    out[3] = dr_hsum8(c3);
 }
 
 static float dot(const float *a, const float *b, int64_t n) {
@@ -286,7 +272,7 @@ static float dot(const float *a, const float *b, int64_t n) {
         c0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), c0);
         c1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), c1);
     }
-    return hsum8(_mm256_add_ps(c0, c1));
+    return dr_hsum8(_mm256_add_ps(c0, c1));
 }
 
 const dr_qkern dr_qkern_avx2 = {

@@ -36,6 +36,7 @@
  * lanes' s_g sx_g adds the block in.
  */
 #include "ops/cpu/quant_kern.h"
+#include "ops/cpu/quant_sb256.h"
 
 #include <float.h>
 #include <immintrin.h>
@@ -47,21 +48,6 @@
  * 2 rows ran up to ~1.2x one at a time, and 4 with the digits loaded once
  * another ~1.1-1.2x, in L2 and in L3 (session 24). */
 #define ROWS 4
-
-static inline float hsum8(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-
-/* Scales or biases [i, i + 8) of storage dtype dt (BF16 or F32) as fp32. */
-AI __m256 load_sb8(const void *base, dr_dtype dt, size_t i) {
-    if (dt == DR_DT_BF16)
-        return _mm256_castsi256_ps(_mm256_slli_epi32(
-            _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(const void *)((const uint16_t *)base + i))), 16));
-    return _mm256_loadu_ps((const float *)base + i);
-}
 
 /* sum q X of one 64-element block as 8 exact int32 lanes: q from the 32
  * packed bytes v, X from the block's six digit vectors d. */
@@ -104,8 +90,8 @@ AI void rows_q4(float *y, const prepared *x, const dr_tensor *w, int64_t r, int 
         if (ng == 8 && dt != DR_DT_F16) { /* F16 needs F16C, not part of this level's check */
             const __m256 SX = _mm256_loadu_ps(x->sx + g0), XS = _mm256_loadu_ps(x->xs + g0);
             for (int i = 0; i < R; i++) {
-                _mm256_store_ps(s[i], _mm256_mul_ps(load_sb8(w->q.scales, dt, sb0[i] + (size_t)g0), SX));
-                accb[i] = _mm256_fmadd_ps(load_sb8(w->q.biases, dt, sb0[i] + (size_t)g0), XS, accb[i]);
+                _mm256_store_ps(s[i], _mm256_mul_ps(dr_load_sb8(w->q.scales, dt, sb0[i] + (size_t)g0), SX));
+                accb[i] = _mm256_fmadd_ps(dr_load_sb8(w->q.biases, dt, sb0[i] + (size_t)g0), XS, accb[i]);
             }
         } else {
             for (int i = 0; i < R; i++)
@@ -134,7 +120,7 @@ AI void rows_q4(float *y, const prepared *x, const dr_tensor *w, int64_t r, int 
         }
     }
     for (int i = 0; i < R; i++)
-        y[r + i] = hsum8(_mm256_add_ps(acc[i], accb[i])) + tail[i];
+        y[r + i] = dr_hsum8(_mm256_add_ps(acc[i], accb[i])) + tail[i];
 }
 
 AI void gemv_gs(float *y, const float *xp, const dr_tensor *w, int64_t r0, int64_t r1, int gs) {
