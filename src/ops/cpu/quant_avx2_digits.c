@@ -10,8 +10,8 @@
  * 0.8B q4 shape reached 38-59% of the bandwidth floor. Here 32 packed bytes
  * (64 weights) cost an AND, a shift and AND, six vpmaddubsw, three vpmaddwd
  * and one conversion and FMA: ~24 G weights/s on that core in L2 or L3,
- * 0.8B q4 decode +24% (docs/PERFORMANCE.md, session 24), and another
- * +10-15% with the prefetch in address order (PF_DIST below, session 25).
+ * 0.8B q4 decode +24% (docs/PERFORMANCE.md, session 24); the prefetch in
+ * address order (PF_DIST below) added 3-30% by shape (session 25).
  *
  * x as integers, as in quant_avx512vnni.c: each group g of x gets a step
  * sx_g = max |x_g| / (127 * 2^16) and X_i = round(x_i / sx_g), written as
@@ -47,8 +47,9 @@
  * by side, R short streams, which Zen 3's prefetchers follow badly: with
  * each row's own lines prefetched (as quant_avx2.c does) two threads read
  * 16-21 GB/s of 0.8B-shaped rows from DRAM, with the pass's bytes
- * prefetched in address order 20-22 (a plain read: 28-40; 0.8B q4 decode
- * +10-15%; docs/PERFORMANCE.md, CPU, session 25). 4-16 KiB measured alike. */
+ * prefetched in address order 20-22 (a plain read: 28-40; q4 decode
+ * 0.8B +3-8%, 2B +11-30%; docs/PERFORMANCE.md, CPU, session 25). 4-16 KiB
+ * measured alike. */
 #define PF_DIST 4096
 /* Rows a pass, sharing the block's digits in registers: on the Zen 3 dev VM
  * 2 rows ran up to ~1.2x one at a time, and 4 with the digits loaded once
@@ -114,9 +115,10 @@ AI void rows_q4(float *y, const prepared *x, const dr_tensor *w, int64_t r, int 
             __m256i dd[DR_QK_DIG_BLOCK / 32]; /* loaded once for the R rows */
             for (int k = 0; k < DR_QK_DIG_BLOCK / 32; k++)
                 dd[k] = _mm256_loadu_si256(d + k);
-            /* The pass's rows are one run of memory (file order): prefetch
-             * it in address order, the lines that start in the R * 32 bytes
-             * this block takes from it, PF_DIST ahead. Never faults. */
+            /* The pass's rows are one run of memory (file order): sweep it
+             * in address order at the pace the pass reads it, R * 32 bytes
+             * a block, prefetching the lines that start there PF_DIST
+             * ahead. Never faults. */
             const size_t b = (size_t)(e / 2) * (size_t)R;
             for (size_t o = (64 - (b & 63)) & 63; o < 32 * (size_t)R; o += 64)
                 _mm_prefetch((const char *)row[0] + b + o + PF_DIST, _MM_HINT_T0);
