@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Session 26 on the GPU machine: one switch's settings against each other.
+# VAR (default DR_CUDA_PDL_GDN) takes each value of VALS (default "0 3"):
+#   tests: every CUDA test and golden under each setting.
+#   ab: decode A/B, the settings alternated within each round.
+#   tl: kernel timelines of each setting (-DDR_CUDA_TIMELINE=ON build).
+# SHAPES (default "08b 35b8"): any of 08b 2b 35b8 35b 9b. ROUNDS (default 3).
+# Usage: [VAR=.. VALS=..] scripts/device_s26.sh [tests] [ab] [tl]
+set -uo pipefail
+source "$(dirname "$0")/device_env.sh"
+what="${*:-tests ab}"
+VAR="${VAR:-DR_CUDA_PDL_GDN}"; VALS="${VALS:-0 3}"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+t0=$(date +%s)
+b="$root/build-dev"
+dr_device_build "$b" deltarun_cli test_cuda test_cuda_decode test_cuda_fused test_cuda_prefill test_cuda_quant test_golden
+echo "built in $(( $(date +%s) - t0 )) s"
+if [[ "$what" == *tests* ]]; then
+  for m in $VALS; do
+    dr_device_tests "$b" "$OUT/tests_$m.log" $VAR=$m
+    echo "tests $VAR=$m: $(grep -h -E '^[0-9]+ passed, [0-9]+ failed' "$OUT/tests_$m.log" | awk '{p+=$1; f+=$3} END {print p " passed, " f " failed"}')"
+  done
+fi
+declare -A args=([08b]="qwen3.5-0.8b.json -p 128 -n 256" [2b]="qwen3.5-2b.json -p 128 -n 256" [35b8]="qwen3.5-35b-a3b.json --layers 8 -p 128 -n 256"
+                 [35b]="qwen3.5-35b-a3b.json -p 128 -n 128" [9b]="qwen3.5-9b.json -p 128 -n 128")
+rate() { python3 -c "import json,sys; d=json.loads(sys.argv[1]); print('%.1f (%.1f%%)' % (d['decode_tok_s'], 100*d['floor_fraction']))" "$1" 2>/dev/null || echo failed; }
+if [[ "$what" == *ab* ]]; then
+  for r in $(seq 1 "${ROUNDS:-3}"); do
+    for s in ${SHAPES:-08b 35b8}; do
+      line="round $r $s:"
+      for m in $VALS; do
+        j=$(env $VAR=$m timeout 300 "$b/deltarun" bench --device cuda --synthetic bench/configs/${args[$s]} --json \
+          2>>"$OUT/bench_err.log")
+        echo "$s $m $j" >> "$OUT/bench.log"
+        line="$line  mode $m $(rate "$j")"
+      done
+      echo "$line"
+    done
+  done
+fi
+if [[ "$what" == *tl* ]]; then
+  DR_CMAKE_EXTRA=-DDR_CUDA_TIMELINE=ON dr_device_build "$root/build-tl" deltarun_cli
+  for s in ${SHAPES:-08b 35b8}; do
+    for m in $VALS; do
+      f="$OUT/tl_${s}_$m.bin"
+      env $VAR=$m DR_CUDA_TIMELINE="$f" timeout 150 "$root/build-tl/deltarun" bench --device cuda --synthetic \
+        bench/configs/${args[$s]%-n*}-n 48 --json > /dev/null 2>>"$OUT/err.log"
+      python3 scripts/timeline.py "$f" --steps 30 > "$OUT/tl_${s}_$m.txt" 2>&1
+      rm -f "$f"
+      echo "== $s mode $m"; head -1 "$OUT/tl_${s}_$m.txt"
+      sed -n '/critical-path/,$p' "$OUT/tl_${s}_$m.txt" | head -12
+    done
+  done
+fi
