@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Session 26 on the GPU machine: one switch's settings against each other.
-# VAR (default DR_CUDA_PDL_GDN) takes each value of VALS (default "0 3"):
+# VAR (default DR_CUDA_NORM_WAVE) takes each value of VALS (default "0 1"):
 #   tests: every CUDA test and golden under each setting.
 #   ab: decode A/B, the settings alternated within each round.
 #   tl: kernel timelines of each setting (-DDR_CUDA_TIMELINE=ON build).
 # SHAPES (default "08b 35b8"): any of 08b 2b 35b8 35b 9b. ROUNDS (default 3).
 # Usage: [VAR=.. VALS=..] scripts/device_s26.sh [tests] [ab] [tl]
+# (DR_CUDA_PDL_GDN=3, measured with VAR=DR_CUDA_PDL_GDN VALS="0 3", exists
+# only at commit c8aee09: docs/CUDA.md, session 26.)
 set -uo pipefail
 source "$(dirname "$0")/device_env.sh"
 what="${*:-tests ab}"
-VAR="${VAR:-DR_CUDA_PDL_GDN}"; VALS="${VALS:-0 3}"
+VAR="${VAR:-DR_CUDA_NORM_WAVE}"; VALS="${VALS:-0 1}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 t0=$(date +%s)
 b="$root/build-dev"

@@ -379,7 +379,7 @@ extern "C" dr_status dr_ops_cuda_create(const dr_backend_params *p, dr_ops **out
             pe = getenv("DR_CUDA_PDL_NORM");
             cx->pdl_norm = !cx->dec3 ? 0 : pe && pe[0] >= '0' && pe[0] <= '2' ? pe[0] - '0' : DR_CUDA_PDL_NORM_DEFAULT;
             pe = getenv("DR_CUDA_PDL_GDN");
-            cx->pdl_gdn = !cx->dec3 ? 0 : pe && pe[0] >= '0' && pe[0] <= '3' ? pe[0] - '0' : DR_CUDA_PDL_GDN_DEFAULT;
+            cx->pdl_gdn = !cx->dec3 ? 0 : pe && pe[0] >= '0' && pe[0] <= '2' ? pe[0] - '0' : DR_CUDA_PDL_GDN_DEFAULT;
         }
         if (prop.major < 8) {
             st = DR_FAIL(DR_ERR_UNSUPPORTED, "device cuda:%d (%s): compute capability %d.%d, need 8.0 or newer",

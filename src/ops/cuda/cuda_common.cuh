@@ -259,11 +259,6 @@ static __device__ __forceinline__ void dr_pdl_trigger(void) {
 #endif
 }
 
-/* Ask L2 for the line holding *p (a hint: no register, never faults). */
-static __device__ __forceinline__ void dr_prefetch_l2(const void *p) {
-    asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
-}
-
 /* dr_pdl_wait() for a kernel that issued weight loads before it, so that
  * they stream while the kernel before it finishes: the wait runs in a loop
  * the compiler cannot see through (1 to 4 trips from `opaque`, any value

@@ -266,15 +266,9 @@ __global__ void __launch_bounds__(GD_T)
     const bool clu = G > 1;
     if (clu)
         gd_arrive_relaxed(); /* phase 0: this CTA has started (its shared memory may be written) */
-    /* pdl 3: launched early, no early trigger of its own. The state, the conv state and the weights are
-       not written by the kernel before (the state and conv state by this layer's step of the token
-       before, which ended before anything after it started, as this kernel triggers nothing), so they
-       load before the wait, while the input projections finish. */
-    const bool pre = pdl == 3;
     if (pdl == 1)
         dr_pdl_trigger();
-    if (!pre)
-        dr_pdl_wait();
+    dr_pdl_wait();
     if (pdl == 2)
         dr_pdl_trigger();
     const int sl = blockIdx.x % S, j = blockIdx.x / S, ratio = Hv / Hk, kh = j / ratio, rq = blockIdx.x % G;
@@ -294,20 +288,17 @@ __global__ void __launch_bounds__(GD_T)
 #pragma unroll
     for (int r = 0; r < R; r++)
         st[r] = r < nr ? sth[r * rstep] : 0.0f;
-    const float dtb = dt_bias[j], al = A_log[j], nwv = tid < nvc ? nw[v0 + tid] : 0.0f;
+    const float av = a[j], bv = b[j], dtb = dt_bias[j], al = A_log[j];
+    float zv = 0.0f, nwv = 0.0f;
+    if (tid < nvc) {
+        zv = z[(size_t)j * dv + v0 + tid];
+        nwv = nw[v0 + tid];
+    }
 
     /* 2. conv + SiLU: q/k channels [q0, q0 + nq) of the k head's 2 dk (1/G of them: rank rq of the
        cluster), then the slice's v channels */
     const int Q = (2 * dk + G - 1) / G, q0 = rq * Q, nq = max(0, min(Q, 2 * dk - q0)), n = nq + nvc;
     const bool shq = G == ratio * S; /* the cluster holds every reader: this CTA is its q/k channels' only one */
-    if (pre) { /* the first channel's conv rows into L2 too, then the wait (as a GEMV's preloads) */
-        if (tid < n)
-            for (int t = 1; t < K; t++)
-                dr_prefetch_l2(conv_state + (size_t)t * C +
-                               gd_channel(tid < nq ? q0 + tid : 2 * dk + v0 + tid - nq, kh, j, Hk, dk, dv));
-        dr_pdl_wait_fenced((unsigned)dk);
-    }
-    const float av = a[j], bv = b[j], zv = tid < nvc ? z[(size_t)j * dv + v0 + tid] : 0.0f;
     auto one = [&](int e) -> float {
         const bool isq = e < nq;
         const int ch = gd_channel(isq ? q0 + e : 2 * dk + v0 + e - nq, kh, j, Hk, dk, dv);
@@ -614,7 +605,7 @@ void dr_cuda_gdn_decode(void *ctx, float *y, const float *qkv_raw, const float *
             GD_SLW(64);
 #undef GD_SLW
 #undef GD_SL
-        cx->prev_waits = cx->pdl_gdn == 0 || cx->pdl_gdn == 3; /* no early trigger: the next kernel starts when this one ends */
+        cx->prev_waits = cx->pdl_gdn == 0; /* no early trigger: the next kernel starts when this one ends */
         return;
     }
     const unsigned threads = 32u * (unsigned)((dv + 7) / 8);
@@ -631,5 +622,5 @@ void dr_cuda_gdn_decode(void *ctx, float *y, const float *qkv_raw, const float *
     else
         GD_LAUNCH(64);
 #undef GD_LAUNCH
-    cx->prev_waits = cx->pdl_gdn == 0 || cx->pdl_gdn == 3; /* as above (dr_cuda_launch cleared it) */
+    cx->prev_waits = cx->pdl_gdn == 0; /* as above (dr_cuda_launch cleared it) */
 }

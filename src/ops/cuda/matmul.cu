@@ -1035,10 +1035,32 @@ void dr_cuda_matmul(void *ctx, float *y, const float *x, const dr_tensor *w, int
     dr_cuda_mm(cx, y, x, w->dev, w->dtype, T, d, n);
 }
 
-/* gemv_rows_norm_kernel over a set, rows per warp as gemv_rows_pick */
+/* DR_CUDA_NORM_WAVE=0: the norm GEMV's rows per warp as every GEMV's (a same-run baseline) */
+static int norm_wave(void) {
+    static int on = -1;
+    if (on < 0) {
+        const char *e = getenv("DR_CUDA_NORM_WAVE");
+        on = !(e && e[0] == '0');
+    }
+    return on;
+}
+
+/* gemv_rows_norm_kernel over a set, rows per warp as gemv_rows_pick, or
+ * twice that where it makes the grid one wave and a warp's rows still take
+ * at most two batches of loads (512 16-byte vectors). The kernel runs 3
+ * blocks an SM (its launch bounds) and each block normalises x before its
+ * first weight load, so a second, partial wave costs a whole block's
+ * lifetime; each further batch costs a round trip. On the H200 (docs/CUDA.md,
+ * session 26): the 0.8B's GDN input projections, 514 blocks of 2 rows a
+ * warp, as 257 of 4: decode +0.7-3.3% in 6 of 6 rounds; the 2B's, where 4
+ * rows a warp take 4 batches: -0.4% on average, so they stay at 2. */
 template <typename WT> static void norm_set_launch(dr_cuda_ctx *cx, const gemv_set &set, const float *x,
                                                    const float *gain, int n, float eps) {
-    const int rows = set.row0[set.nm], R = rows_per_warp(cx, rows, 1);
+    const int rows = set.row0[set.nm], slots = 3 * (cx->n_sm > 0 ? cx->n_sm : 132);
+    int R = rows_per_warp(cx, rows, 1);
+    if (norm_wave() && R < 4 && dr_cdiv((size_t)rows, (size_t)(8 * R)) > (size_t)slots &&
+        dr_cdiv((size_t)rows, (size_t)(16 * R)) <= (size_t)slots && 2L * R * (n / wvec<WT>::N) <= 512)
+        R *= 2;
     const dim3 grid(dr_cdiv((size_t)rows, (size_t)(8 * R))), block(256);
     const size_t smem = (size_t)n * sizeof(float);
     if (R == 4)
