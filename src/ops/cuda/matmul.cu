@@ -1052,7 +1052,7 @@ static int norm_wave(void) {
  * first weight load, so a second, partial wave costs a whole block's
  * lifetime; each further batch costs a round trip. On the H200 (docs/CUDA.md,
  * session 26): the 0.8B's GDN input projections, 514 blocks of 2 rows a
- * warp, as 257 of 4: decode +0.7-3.3% in 6 of 6 rounds; the 2B's, where 4
+ * warp, as 257 of 4: decode +0.2-3.3% in 12 of 12 rounds; the 2B's, where 4
  * rows a warp take 4 batches: -0.4% on average, so they stay at 2. */
 template <typename WT> static void norm_set_launch(dr_cuda_ctx *cx, const gemv_set &set, const float *x,
                                                    const float *gain, int n, float eps) {
