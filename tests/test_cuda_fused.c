@@ -274,6 +274,7 @@ int main(void) {
     if (!ni || ni[0] != '2') { /* DR_CUDA_NORM_IN=2: the input projections only */
         t_swiglu_norm(3584, 1024, DR_DT_BF16);  /* the 0.8B FFN: one row per warp */
         t_swiglu_norm(12288, 4096, DR_DT_BF16); /* the 9B FFN: two per warp (H100) */
+        t_swiglu_norm(6144, 2048, DR_DT_BF16);  /* the 2B FFN: one per warp (a pair within two load batches) */
         t_swiglu_norm(517, 1032, DR_DT_F32);
         t_swiglu_norm(77, 6144, DR_DT_BF16);
     }

@@ -760,12 +760,23 @@ static void swiglu_launch(dr_cuda_ctx *cx, float *out, const void *gate, const v
                        (const WT *)gate, (const WT *)up, x, T, d, n, (const float *)NULL, 0.0f);
 }
 
-/* one token of the residual stream x, normalised with gain by the kernel */
+/* one token of the residual stream x, normalised with gain by the kernel:
+ * two gate/up pairs a warp where every GEMV would take 4 rows, unless one
+ * pair's two rows fit in two batches of loads (512 16-byte vectors). More
+ * rows a warp add round trips, each after the block's norm (session 26,
+ * H200: the 2B's FFN, rows of 2048, one pair a warp: decode +3.0-4.0% in
+ * 4 of 4 rounds; the 9B's, rows of 4096, within noise, so it keeps two).
+ * DR_CUDA_SWG_PICK=0: two pairs wherever 4 rows (a same-run baseline). */
 template <typename WT>
 static void swiglu_norm_launch(dr_cuda_ctx *cx, float *out, const void *gate, const void *up, const float *x,
                                const float *gain, float eps, int d, int n) {
     const size_t smem = (size_t)n * sizeof(float);
-    if (rows_per_warp(cx, 2L * d, 1) >= 4)
+    static int pick = -1;
+    if (pick < 0) {
+        const char *e = getenv("DR_CUDA_SWG_PICK");
+        pick = !(e && e[0] == '0');
+    }
+    if (rows_per_warp(cx, 2L * d, 1) >= 4 && !(pick && 2L * (n / wvec<WT>::N) <= 512))
         dr_cuda_launch(cx, true, gemv_swiglu_kernel<WT, 1, 2, true>, dim3(dr_cdiv((size_t)d, 16)), dim3(256), smem,
                        out, (const WT *)gate, (const WT *)up, x, 1, d, n, gain, eps);
     else
