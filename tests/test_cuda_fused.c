@@ -250,8 +250,8 @@ int main(void) {
     t_add_norm(517, 1024, 8, DR_DT_F32, true);
     t_swiglu(517, 1024, 7, DR_DT_F32);
     /* the GDN input projections of the 0.8B / 35B-A3B shapes (odd row counts), one matrix of 1, 2 and 4
-       rows per warp (132 SMs; 4000 rows: 2 a warp, doubled to make the grid one wave, as the 0.8B's 8224
-       rows to 4), f32 weights, widths of 520 and 1032 */
+       rows per warp (132 SMs; 4000 rows: 1 a warp, doubled to 2 to make the grid one wave, as the 0.8B's 8224
+       rows go from 2 to 4), f32 weights, widths of 520 and 1032 */
     const int gdn08[4] = {6144, 2048, 16, 16}, gdn35[4] = {8192, 4096, 32, 32}, one[1] = {9000}, two[1] = {5000},
               wave[1] = {4000};
     const int odd[3] = {1003, 77, 5}, att[3] = {4096, 512, 512};
