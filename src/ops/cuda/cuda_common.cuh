@@ -18,6 +18,7 @@
 #include <cuda_runtime.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #include "ops/cuda/timeline.cuh"
 
@@ -257,6 +258,16 @@ static __device__ __forceinline__ void dr_pdl_trigger(void) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.launch_dependents;");
 #endif
+}
+
+/* A same-run baseline switch (docs/CUDA.md, "Environment switches"): on
+ * unless the variable starts with '0', read once into *cache (-1 before). */
+static inline bool dr_env_on(const char *name, int *cache) {
+    if (*cache < 0) {
+        const char *e = getenv(name);
+        *cache = !(e && e[0] == '0');
+    }
+    return *cache;
 }
 
 /* dr_pdl_wait() for a kernel that issued weight loads before it, so that

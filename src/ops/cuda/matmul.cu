@@ -403,6 +403,7 @@ __global__ void __launch_bounds__(256) gemv_rows_kernel(const gemv_set set, cons
 }
 
 #define GN_MAX_N 6144
+#define GN_BLOCKS_PER_SM 3 /* gemv_rows_norm_kernel's launch bounds: at most 80 registers */
 
 /* DR_CUDA_NORM_IN=0: rmsnorm_matmul_n and matmul_swiglu with a gain decline (the
  * norm made by the block before, a same-run baseline); 2: only matmul_swiglu
@@ -426,7 +427,7 @@ static int norm_in_mode(void) {
  * of the 35B-A3B's GDN input projections then run as one wave (2 per SM at
  * 102 registers left a second wave; decode +2%, 9B +0.7%). */
 template <typename WT, int R, int U>
-__global__ void __launch_bounds__(256, 3) gemv_rows_norm_kernel(const gemv_set set, const float *x,
+__global__ void __launch_bounds__(256, GN_BLOCKS_PER_SM) gemv_rows_norm_kernel(const gemv_set set, const float *x,
                                                              const float *__restrict__ gain, int n, float eps) {
     DR_TL_SCOPE();
     constexpr int E = wvec<WT>::N;
@@ -760,6 +761,12 @@ static void swiglu_launch(dr_cuda_ctx *cx, float *out, const void *gate, const v
                        (const WT *)gate, (const WT *)up, x, T, d, n, (const float *)NULL, 0.0f);
 }
 
+/* Whether a warp's `rows` weight rows of n elements take at most two of
+ * gemv_rows_dot's batches of loads (8 16-byte vectors a lane, 32 lanes). */
+template <typename WT> static bool two_batches(int rows, int n) {
+    return (long)rows * (n / wvec<WT>::N) <= 2 * 8 * 32;
+}
+
 /* one token of the residual stream x, normalised with gain by the kernel:
  * two gate/up pairs a warp where every GEMV would take 4 rows, unless one
  * pair's two rows fit in two batches of loads (512 16-byte vectors). More
@@ -772,11 +779,7 @@ static void swiglu_norm_launch(dr_cuda_ctx *cx, float *out, const void *gate, co
                                const float *gain, float eps, int d, int n) {
     const size_t smem = (size_t)n * sizeof(float);
     static int pick = -1;
-    if (pick < 0) {
-        const char *e = getenv("DR_CUDA_SWG_PICK");
-        pick = !(e && e[0] == '0');
-    }
-    if (rows_per_warp(cx, 2L * d, 1) >= 4 && !(pick && 2L * (n / wvec<WT>::N) <= 512))
+    if (rows_per_warp(cx, 2L * d, 1) >= 4 && !(dr_env_on("DR_CUDA_SWG_PICK", &pick) && two_batches<WT>(2, n)))
         dr_cuda_launch(cx, true, gemv_swiglu_kernel<WT, 1, 2, true>, dim3(dr_cdiv((size_t)d, 16)), dim3(256), smem,
                        out, (const WT *)gate, (const WT *)up, x, 1, d, n, gain, eps);
     else
@@ -1046,16 +1049,6 @@ void dr_cuda_matmul(void *ctx, float *y, const float *x, const dr_tensor *w, int
     dr_cuda_mm(cx, y, x, w->dev, w->dtype, T, d, n);
 }
 
-/* DR_CUDA_NORM_WAVE=0: the norm GEMV's rows per warp as every GEMV's (a same-run baseline) */
-static int norm_wave(void) {
-    static int on = -1;
-    if (on < 0) {
-        const char *e = getenv("DR_CUDA_NORM_WAVE");
-        on = !(e && e[0] == '0');
-    }
-    return on;
-}
-
 /* gemv_rows_norm_kernel over a set, rows per warp as gemv_rows_pick, or
  * twice that where it makes the grid one wave and a warp's rows still take
  * at most two batches of loads (512 16-byte vectors). The kernel runs 3
@@ -1067,10 +1060,11 @@ static int norm_wave(void) {
  * rows a warp take 4 batches: -0.4% on average, so they stay at 2. */
 template <typename WT> static void norm_set_launch(dr_cuda_ctx *cx, const gemv_set &set, const float *x,
                                                    const float *gain, int n, float eps) {
-    const int rows = set.row0[set.nm], slots = 3 * (cx->n_sm > 0 ? cx->n_sm : 132);
+    static int wave = -1; /* DR_CUDA_NORM_WAVE=0: rows per warp as every GEMV's (a same-run baseline) */
+    const int rows = set.row0[set.nm], slots = GN_BLOCKS_PER_SM * (cx->n_sm > 0 ? cx->n_sm : 132);
     int R = rows_per_warp(cx, rows, 1);
-    if (norm_wave() && R < 4 && dr_cdiv((size_t)rows, (size_t)(8 * R)) > (size_t)slots &&
-        dr_cdiv((size_t)rows, (size_t)(16 * R)) <= (size_t)slots && 2L * R * (n / wvec<WT>::N) <= 512)
+    if (dr_env_on("DR_CUDA_NORM_WAVE", &wave) && R < 4 && dr_cdiv((size_t)rows, (size_t)(8 * R)) > (size_t)slots &&
+        dr_cdiv((size_t)rows, (size_t)(16 * R)) <= (size_t)slots && two_batches<WT>(2 * R, n))
         R *= 2;
     const dim3 grid(dr_cdiv((size_t)rows, (size_t)(8 * R))), block(256);
     const size_t smem = (size_t)n * sizeof(float);

@@ -763,22 +763,12 @@ typedef struct {
     float *wts;
 } md_route;
 
-/* A same-run baseline switch: on unless the variable starts with '0'
- * (read once into *cache). */
-static bool md_on(const char *name, int *cache) {
-    if (*cache < 0) {
-        const char *e = getenv(name);
-        *cache = !(e && e[0] == '0');
-    }
-    return *cache;
-}
-
 /* Whether the gate/up kernel can do the routing of E experts (its warp
  * holds the logits in registers); DR_CUDA_MOE_ROUTE=0: never (the separate
  * route kernel). */
 static bool route_in_gu(int E) {
     static int on = -1;
-    return md_on("DR_CUDA_MOE_ROUTE", &on) && E <= 512;
+    return dr_env_on("DR_CUDA_MOE_ROUTE", &on) && E <= 512;
 }
 
 /* Session 6 (docs/CUDA.md), each with its baseline at 0:
@@ -789,15 +779,15 @@ static bool route_in_gu(int E) {
  * (its rows stream while the picks are made), not the router's GEMV. */
 static bool md_early(void) {
     static int on = -1;
-    return md_on("DR_CUDA_MOE_EARLY", &on);
+    return dr_env_on("DR_CUDA_MOE_EARLY", &on);
 }
 static bool md_rx(void) {
     static int on = -1;
-    return md_on("DR_CUDA_ROUTE_RX", &on);
+    return dr_env_on("DR_CUDA_ROUTE_RX", &on);
 }
 static bool md_shgu(void) {
     static int on = -1;
-    return md_on("DR_CUDA_MOE_SHGU", &on);
+    return dr_env_on("DR_CUDA_MOE_SHGU", &on);
 }
 
 /* The shared expert as the decode kernels take it: its down rows, the raw
