@@ -158,6 +158,12 @@ int32_t *dr_cuda_host_ids(dr_cuda_ctx *cx, size_t n);
  * ldx, ldy: row strides of x and y in floats. */
 void dr_cuda_mm(dr_cuda_ctx *cx, float *y, const float *x, const void *wdev, dr_dtype dt, int T, int d, int n);
 
+/* ops.h rmsnorm_matmul_n (false: nothing queued, the shapes or dtypes do
+ * not suit it); with `pre`, one row a warp and each block's first weight
+ * loads before its PDL wait, for the few rows of a MoE router whose blocks
+ * are resident while the kernel before still runs (matmul.cu). */
+bool dr_cuda_rmsnorm_matmul_set(dr_cuda_ctx *cx, int n_w, float *const *ys, const float *x, const float *gain,
+                                float eps, const dr_tensor *const *ws, int T, bool pre);
 
 /* hi = bf16(x), lo = bf16(x - hi), n elements. */
 void dr_cuda_split_bf16(dr_cuda_ctx *cx, __nv_bfloat16 *hi, __nv_bfloat16 *lo, const float *x, size_t n);
