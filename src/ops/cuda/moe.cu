@@ -647,7 +647,9 @@ __global__ void __launch_bounds__(256, 5) moe_gu_route_bf16_kernel(float *__rest
                 md_st_release(ready + t, 1); /* the down kernel may read idx now */
         }
     }
+    DR_TL_MARK(0, 0.0f);
     md_stage_in(md_sx, x, gain, t, H, eps, sh);
+    DR_TL_MARK(1, 0.0f);
     const int i0 = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     const bool live = i0 < I;
     const int i = live ? i0 : I - 1, e = pick, nv = H / 8;
@@ -655,6 +657,7 @@ __global__ void __launch_bounds__(256, 5) moe_gu_route_bf16_kernel(float *__rest
     uint4 a[MD_U], b[MD_U];
     md_gu_first(a, b, g, u, lane, nv);
     const float v = md_gu_dot(a, b, g, u, md_sx, lane, nv);
+    DR_TL_MARK(2, v);
     if (live && lane == 0)
         act[(size_t)r * I + i] = v;
 }
@@ -854,6 +857,22 @@ typedef struct {
     int Is;
 } md_shared;
 
+/* DR_CUDA_MOE_NORM: 1 (default) moe_decode normalises x itself when given
+ * in_gain, the router GEMV's first weight loads before its PDL wait; 2 the
+ * same with them after the norm (the input projections' kernel as is); 0
+ * declines in_gain (the forward then leaves the norm to out_proj's last
+ * block: the same-run baseline). Session 27, docs/CUDA.md. */
+static int moe_norm_mode(void) {
+    static int mode = -1;
+    if (mode < 0) {
+        const char *e = getenv("DR_CUDA_MOE_NORM");
+        mode = e && (e[0] == '0' || e[0] == '2' || e[0] == '3') ? e[0] - '0' : 1;
+    }
+    return mode;
+}
+
+bool dr_cuda_moe_norm_in(void) { return moe_norm_mode() != 0 && moe_norm_mode() != 3; }
+
 /* gate/up (+ SiLU * up) for the T*k picks (routing first when rt is given:
  * idx and wts are written; the shared expert's gate/up too when sh has its
  * weights), then down + weighted sum (+ the shared expert's down when sh is
@@ -867,7 +886,7 @@ static void experts_fast(dr_cuda_ctx *cx, float *y, const float *x, const int32_
     float *act = (float *)dr_cuda_scratch(cx, DR_SCR_MOE, n_act * sizeof(float));
     if (!act)
         return;
-    const size_t gs = (size_t)H * sizeof(float) * (rt && rt->gain ? 2 : 1); /* x (and the norm's gain) */
+    const size_t gs = (size_t)H * sizeof(float) * (rt && (rt->gain || moe_norm_mode() == 3) ? 2 : 1); /* x (and the norm's gain) */
     /* the picks-ready flags: only where the gate/up kernel routes (it writes idx) */
     int *ready = rt && md_early() ? cx->moe_ready : NULL;
     if (!rt) {
@@ -1040,21 +1059,6 @@ static bool bf16_rows_ok(const dr_tensor *w, long rows, long cols) {
            cols % 8 == 0 && (uintptr_t)w->dev % 16 == 0;
 }
 
-/* DR_CUDA_MOE_NORM: 1 (default) moe_decode normalises x itself when given
- * in_gain, the router GEMV's first weight loads before its PDL wait; 2 the
- * same with them after the norm (the input projections' kernel as is); 0
- * declines in_gain (the forward then leaves the norm to out_proj's last
- * block: the same-run baseline). Session 27, docs/CUDA.md. */
-static int moe_norm_mode(void) {
-    static int mode = -1;
-    if (mode < 0) {
-        const char *e = getenv("DR_CUDA_MOE_NORM");
-        mode = e && (e[0] == '0' || e[0] == '2') ? e[0] - '0' : 1;
-    }
-    return mode;
-}
-
-bool dr_cuda_moe_norm_in(void) { return moe_norm_mode() != 0; }
 
 bool dr_cuda_moe_decode(void *ctx, float *y, int32_t *idx, float *wts, float *logits, const dr_tensor *router,
                         const float *x, const float *in_gain, float eps, const dr_expert *experts, int E, int T,
