@@ -33,7 +33,18 @@ def main(argv):
         r = timeline.REC.unpack_from(data, off)
         if names.get(r[8]) == kernel:
             by[r[0]].append(r)
-    runs = [rs for rs in by.values() if len(rs) == max(len(x) for x in by.values())][-nl:]
+    runs = []
+    for rs in by.values():  # a %gridid repeats across graph replays: split at gaps of > 100 us, as timeline.py
+        rs.sort(key=lambda r: r[1])
+        cur = [rs[0]]
+        for r in rs[1:]:
+            if r[1] - cur[-1][1] > 100000:
+                runs.append(cur)
+                cur = []
+            cur.append(r)
+        runs.append(cur)
+    full = max(len(rs) for rs in runs)
+    runs = sorted((rs for rs in runs if len(rs) == full), key=lambda rs: rs[0][1])[-nl:]
     cols = ["start", "wait", "m0", "m1", "m2", "end"]
     acc = defaultdict(lambda: defaultdict(list))
     for rs in runs:
