@@ -1,30 +1,26 @@
 #!/usr/bin/env bash
-# Session 27 on the GPU machine: the MoE pre-norm in the MoE decode kernels
-# (DR_CUDA_MOE_NORM) crossed with the shared-memory carveout
-# (DR_CUDA_CARVEOUT), decode A/Bs alternated within each round, then
-# timelines. Everything is scripts/device_s26.sh with other variables.
-# Usage: scripts/device_s27.sh [ab] [tl] [tests]
-#   NORMS (default "0 1"), CARVES (default "-1 100"), SHAPES, ROUNDS as device_s26.sh.
+# Session 27 on the GPU machine: the shared expert's gate/up blocks first in
+# the routing gate/up kernel's grid (DR_CUDA_MOE_SHFIRST 0 / 1): every CUDA
+# test and golden under both, decode A/Bs alternated within each round, and
+# the per-block spread of the gate/up kernel (scripts/timeline_blocks.py).
+# Usage: scripts/device_s27.sh [tests] [ab] [blocks]  (SHAPES, ROUNDS as device_s26.sh)
 set -uo pipefail
 here="$(dirname "$0")"
-what="${*:-ab tl}"
-for nm in ${NORMS:-0 1}; do
-  echo "=== DR_CUDA_MOE_NORM=$nm"
-  if [[ "$what" == *ab* ]]; then
-    DR_CUDA_MOE_NORM=$nm VAR=DR_CUDA_CARVEOUT VALS="${CARVES:--1 100}" bash "$here/device_s26.sh" ab | grep -E "^round|built"
-  fi
-  if [[ "$what" == *tests* ]]; then
-    DR_CUDA_MOE_NORM=$nm VAR=DR_CUDA_CARVEOUT VALS="${CARVES:--1 100}" bash "$here/device_s26.sh" tests | grep -E "^tests|FAILED"
-  fi
-done
-if [[ "$what" == *tl* ]]; then
-  for nm in ${NORMS:-0 1}; do
-    DR_CUDA_MOE_NORM=$nm VAR=DR_CUDA_CARVEOUT VALS="${CARVES:--1 100}" SHAPES="${TL_SHAPES:-35b8}" bash "$here/device_s26.sh" tl > /dev/null
-    for f in "${OUT:-/tmp/dr_out}"/tl_*.txt; do mv "$f" "${f%.txt}_norm$nm.txt"; done
-  done
-  for f in "${OUT:-/tmp/dr_out}"/tl_*_norm*.txt; do
-    echo "== $(basename "$f"): $(head -1 "$f" | grep -o 'median.*')"
-    sed -n '3,9p' "$f"
-    grep -A6 "MARK points" "$f" | grep moe_gu
+what="${*:-tests ab blocks}"
+export VAR=DR_CUDA_MOE_SHFIRST VALS="${VALS:-0 1}"
+if [[ "$what" == *tests* || "$what" == *ab* ]]; then
+  bash "$here/device_s26.sh" $(echo "$what" | grep -o -E "tests|ab" | tr '\n' ' ')
+fi
+if [[ "$what" == *blocks* ]]; then
+  source "$here/device_env.sh"
+  DR_CMAKE_EXTRA=-DDR_CUDA_TIMELINE=ON dr_device_build "$root/build-tl" deltarun_cli
+  for m in $VALS; do
+    echo "== DR_CUDA_MOE_SHFIRST=$m"
+    f="$OUT/blk_$m.bin"
+    DR_CUDA_MOE_SHFIRST=$m DR_CUDA_TIMELINE="$f" timeout 120 "$root/build-tl/deltarun" bench --device cuda --synthetic \
+      bench/configs/qwen3.5-35b-a3b.json --layers 8 -p 128 -n 48 --json > /dev/null 2>> "$OUT/err.log"
+    python3 "$here/timeline_blocks.py" "$f" moe_gu_route_bf16_kernel --gridx 64 --launches 160
+    python3 "$here/timeline.py" "$f" --steps 30 | sed -n '3,9p'
+    rm -f "$f"
   done
 fi

@@ -549,8 +549,7 @@ static void moe_decode_check(const moe_w *mw, const float *dx, int T, int k, boo
     int32_t *di = G->alloc(G->ctx, (size_t)T * k * 4);
     const dr_moe_shared sh = {&mw->shg, &mw->shu, &mw->shs, &mw->shd, dsg, dsu, dss};
     const dr_moe_shared *shp = with_sh ? &sh : NULL;
-    const bool done =
-        G->moe_decode(G->ctx, dy, di, dw, dl, &mw->rw, dx, NULL, 0.0f, mw->ex, E, T, k, true, H, mw->I, shp, false);
+    const bool done = G->moe_decode(G->ctx, dy, di, dw, dl, &mw->rw, dx, mw->ex, E, T, k, true, H, mw->I, shp, false);
     CHECK(done, "moe_decode T=%d: handled by the fused kernels", T);
     float *glg = dget(dl, (size_t)T * E);
     REPORT(rel_err(glg, lg, (size_t)T * E), TOL, "moe_decode T=%d E=%d: router logits", T, E);
@@ -563,7 +562,7 @@ static void moe_decode_check(const moe_w *mw, const float *dx, int T, int k, boo
            mw->I, with_sh ? IS : 0);
     /* acc: added to what y holds (the residual add folded in) */
     float *da = dput(junk, (size_t)T * H * 4), *want = malloc((size_t)T * H * 4);
-    G->moe_decode(G->ctx, da, di, dw, dl, &mw->rw, dx, NULL, 0.0f, mw->ex, E, T, k, true, H, mw->I, shp, true);
+    G->moe_decode(G->ctx, da, di, dw, dl, &mw->rw, dx, mw->ex, E, T, k, true, H, mw->I, shp, true);
     for (size_t i = 0; i < (size_t)T * H; i++)
         want[i] = junk[i] + y[i];
     float *gota = dget(da, (size_t)T * H);
@@ -572,48 +571,6 @@ static void moe_decode_check(const moe_w *mw, const float *dx, int T, int k, boo
     free(junk), free(glg), free(gi), free(got), free(gw), free(want), free(gota);
     G->free(G->ctx, dl), G->free(G->ctx, dsg), G->free(G->ctx, dsu), G->free(G->ctx, dss);
     G->free(G->ctx, dy), G->free(G->ctx, dw), G->free(G->ctx, di), G->free(G->ctx, da);
-}
-
-/* moe_decode of one token given the residual stream and the norm's gain
- * (in_gain: the kernels normalise x themselves) against the CPU chain on
- * RMSNorm(x; gain): logits, picks, weights, y added to what y holds. The
- * slot declines only where the switches or the expert count say so. */
-static void moe_decode_norm_check(const moe_w *mw, int k, bool with_sh) {
-    const int E = mw->E, H = mw->H, IS = mw->IS;
-    const float eps = 1e-6f;
-    float *x = rnd((size_t)H, 3.0f), *gain = rnd((size_t)H, 1.5f), *xn = malloc((size_t)H * 4);
-    float *y = malloc((size_t)H * 4), *lg = malloc((size_t)E * 4), *w = malloc((size_t)k * 4);
-    int32_t *idx = malloc((size_t)k * 4);
-    C->rmsnorm(NULL, xn, x, gain, 1, H, eps);
-    moe_ref(mw, xn, 1, k, with_sh, lg, idx, w, y);
-    float *dx = dput(x, (size_t)H * 4), *dg = dput(gain, (size_t)H * 4), *dl = G->alloc(G->ctx, (size_t)E * 4);
-    float *dsg = G->alloc(G->ctx, (size_t)IS * 4), *dsu = G->alloc(G->ctx, (size_t)IS * 4);
-    float *dss = G->alloc(G->ctx, 4), *dw = G->alloc(G->ctx, (size_t)k * 4);
-    float *junk = rnd((size_t)H, 9.0f), *dy = dput(junk, (size_t)H * 4);
-    int32_t *di = G->alloc(G->ctx, (size_t)k * 4);
-    const dr_moe_shared sh = {&mw->shg, &mw->shu, &mw->shs, &mw->shd, dsg, dsu, dss};
-    const char *route = getenv("DR_CUDA_MOE_ROUTE"), *nin = getenv("DR_CUDA_NORM_IN");
-    const bool expect = G->moe_norm_in && E <= 512 && !(route && route[0] == '0') && !(nin && nin[0] == '0');
-    const bool done = G->moe_decode(G->ctx, dy, di, dw, dl, &mw->rw, dx, dg, eps, mw->ex, E, 1, k, true, H, mw->I,
-                                    with_sh ? &sh : NULL, true);
-    CHECK(done == expect, "moe_decode with the norm (E=%d): %s, expected %s", E, done ? "done" : "declined",
-          expect ? "done" : "declined");
-    if (done) {
-        float *glg = dget(dl, (size_t)E), *gw = dget(dw, (size_t)k), *got = dget(dy, (size_t)H);
-        int32_t *gi = malloc((size_t)k * 4);
-        G->download(G->ctx, gi, di, (size_t)k * 4);
-        for (int i = 0; i < H; i++)
-            y[i] += junk[i];
-        REPORT(rel_err(glg, lg, (size_t)E), TOL, "moe_decode with the norm E=%d: router logits", E);
-        CHECK_SHOW(!memcmp(gi, idx, (size_t)k * 4), "moe_decode with the norm k=%d: same experts as the CPU", k);
-        REPORT(rel_err(gw, w, (size_t)k), TOL, "moe_decode with the norm E=%d k=%d: routing weights", E, k);
-        REPORT(rel_err(got, y, (size_t)H), TOL, "moe_decode with the norm E=%d k=%d H=%d I=%d shared %d, added to y",
-               E, k, H, mw->I, with_sh ? IS : 0);
-        free(glg), free(gw), free(got), free(gi);
-    }
-    free(x), free(gain), free(xn), free(y), free(lg), free(w), free(idx), free(junk);
-    G->free(G->ctx, dx), G->free(G->ctx, dg), G->free(G->ctx, dl), G->free(G->ctx, dsg), G->free(G->ctx, dsu);
-    G->free(G->ctx, dss), G->free(G->ctx, dw), G->free(G->ctx, dy), G->free(G->ctx, di);
 }
 
 /* The fused decode MoE block (moe_decode: router and shared projections,
@@ -640,8 +597,6 @@ static void moe_decode_shape(int E, int H, int I, int IS, int K) {
             moe_decode_check(&mw, dx, T, k, with_sh, lg, idx, w, y);
             free(x), free(y), free(lg), free(w), free(idx);
             G->free(G->ctx, dx);
-            if (T == 1)
-                moe_decode_norm_check(&mw, k, with_sh);
         }
     moe_w_free(&mw, hs);
 }

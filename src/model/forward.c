@@ -264,42 +264,17 @@ static void swiglu_mlp(const dr_model *m, const dr_ffn_weights *f, dr_scratch *s
     project_add_norm(m, sc, &f->down, sc->ff_a, gain, T);
 }
 
-/* Whether layer l's MoE pre-norm is left to the backend's fused decode
- * block (ops.h moe_norm_in; unquantized router and experts, which that
- * block takes): the mixer then ends with the residual add. */
-static bool defer_moe_norm(const dr_model *m, int l, int T) {
-    const dr_ffn_weights *f = &m->w.layers[l].ffn;
-    return T == 1 && m->hp.is_moe[l] && m->ops->moe_decode && m->ops->moe_norm_in && !f->router.q.bits &&
-           !f->experts[0].gate.q.bits;
-}
-
-/* The backend's fused decode MoE block of x (in_gain: x is the residual
- * stream, normalised by the block), into sc->out or (into_x) added to x. */
-static bool moe_fused(const dr_model *m, const dr_ffn_weights *f, dr_scratch *sc, int T, bool into_x,
-                      const float *x, const float *in_gain) {
-    const dr_hparams *hp = &m->hp;
-    const dr_ops *o = m->ops;
-    const dr_moe_shared sh = {&f->sh_gate, &f->sh_up, &f->sh_gate_w, &f->sh_down, sc->ff_a, sc->ff_b, sc->sh_s};
-    return o->moe_decode && o->moe_decode(o->ctx, into_x ? sc->x : sc->out, sc->moe_idx, sc->moe_w, sc->router,
-                                          &f->router, x, in_gain, hp->eps, f->experts, hp->n_experts, T,
-                                          hp->n_experts_used, hp->norm_topk, hp->d_model, hp->d_ff_expert,
-                                          f->has_shared ? &sh : NULL, into_x);
-}
-
 /* Sparse MoE block (6.2): routed experts plus the sigmoid-gated shared expert, into sc->out;
- * with into_x, when the backend's fused decode block runs, added to x instead (returns true).
- * in_gain (see defer_moe_norm): xn not made yet, the block's input is RMSNorm(x; in_gain). */
-static bool moe_block(const dr_model *m, const dr_ffn_weights *f, dr_scratch *sc, int T, bool into_x,
-                      const float *in_gain) {
+ * with into_x, when the backend's fused decode block runs, added to x instead (returns true). */
+static bool moe_block(const dr_model *m, const dr_ffn_weights *f, dr_scratch *sc, int T, bool into_x) {
     const dr_hparams *hp = &m->hp;
     const dr_ops *o = m->ops;
     void *c = o->ctx;
     const int H = hp->d_model, k = hp->n_experts_used;
-    if (in_gain && moe_fused(m, f, sc, T, into_x, sc->x, in_gain))
-        return into_x; /* the backend's fused decode block with the norm in it */
-    if (in_gain) /* it declined: the norm first */
-        o->rmsnorm(c, sc->xn, sc->x, in_gain, T, H, hp->eps);
-    if (moe_fused(m, f, sc, T, into_x, sc->xn, NULL))
+    const dr_moe_shared sh = {&f->sh_gate, &f->sh_up, &f->sh_gate_w, &f->sh_down, sc->ff_a, sc->ff_b, sc->sh_s};
+    if (o->moe_decode && o->moe_decode(c, into_x ? sc->x : sc->out, sc->moe_idx, sc->moe_w, sc->router, &f->router,
+                                       sc->xn, f->experts, hp->n_experts, T, k, hp->norm_topk, H, hp->d_ff_expert,
+                                       f->has_shared ? &sh : NULL, into_x))
         return into_x; /* the backend's fused decode block: the same sums as below */
     if (f->has_shared) { /* the projections of xn: router, shared gate/up, shared-expert gate (one pass) */
         float *const ys[4] = {sc->router, sc->ff_a, sc->ff_b, sc->sh_s};
@@ -352,7 +327,7 @@ void dr_forward(const dr_model *m, dr_kv_cache *kv, dr_gdn_cache *gdn, dr_scratc
         const dr_layer_weights *lw = &m->w.layers[l];
         const float *ln_next = l + 1 < hp->n_layers ? m->w.layers[l + 1].ln1 : NULL;
         const float *in_gain = later ? lw->ln1 : NULL;
-        const bool ffn_later = defer_ffn_norm(m, l, T) || defer_moe_norm(m, l, T);
+        const bool ffn_later = defer_ffn_norm(m, l, T);
         const float *mix_gain = ffn_later ? NULL : lw->ln2;
         /* h = x + Mixer(RMSNorm(x))   (7.1); xn holds RMSNorm(x), then RMSNorm(h) (or not yet) */
         if (hp->is_attn[l])
@@ -362,7 +337,7 @@ void dr_forward(const dr_model *m, dr_kv_cache *kv, dr_gdn_cache *gdn, dr_scratc
         /* y = h + FFN(RMSNorm(h)); xn = the next layer's RMSNorm(y), or left to its projections */
         later = defer_norm(m, l + 1, T);
         if (hp->is_moe[l]) {
-            if (!moe_block(m, &lw->ffn, sc, T, later, ffn_later ? lw->ln2 : NULL))
+            if (!moe_block(m, &lw->ffn, sc, T, later))
                 add_norm(m, sc, later ? NULL : ln_next, T);
         } else {
             swiglu_mlp(m, &lw->ffn, sc, ffn_later ? lw->ln2 : NULL, later ? NULL : ln_next, T);

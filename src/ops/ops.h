@@ -218,17 +218,11 @@ struct dr_ops {
        moe_route(logits); y [T, H] = sum_j wts[t, j] * expert_{idx[t, j]}(x)
        (j in pick order) + sigmoid(sh->gate_s x) * sh->down(silu(sh->gate x)
        * sh->up x) (sh NULL: no shared expert). y is written (acc: added to,
-       the residual add folded in). With in_gain (T = 1), x is the residual
-       stream and the slot normalises it itself: every x above is then
-       RMSNorm(x; in_gain, eps), so the block before needs no norm of its
-       own. Returns false, having queued nothing, when the backend does not
-       handle the shape, dtypes or in_gain. */
+       the residual add folded in). Returns false, having queued nothing,
+       when the backend does not handle the shape or dtypes. */
     bool (*moe_decode)(void *ctx, float *y, int32_t *idx, float *wts, float *logits, const dr_tensor *router,
-                       const float *x, const float *in_gain, float eps, const dr_expert *experts, int E, int T, int k,
-                       bool renorm, int H, int I, const dr_moe_shared *sh, bool acc);
-    /* Whether moe_decode takes in_gain: the forward then leaves a decode
-       token's MoE pre-norm to it (false: the block before makes xn). */
-    bool moe_norm_in;
+                       const float *x, const dr_expert *experts, int E, int T, int k, bool renorm, int H, int I,
+                       const dr_moe_shared *sh, bool acc);
 };
 
 enum { DR_STEP_RUN = 0, DR_STEP_RECORD = 1, DR_STEP_REPLAYED = 2 };

@@ -444,7 +444,6 @@ extern "C" void dr_cuda_fill_table(dr_ops *o) {
     o->moe_route = dr_cuda_moe_route;
     o->moe_experts = dr_cuda_moe_experts;
     o->moe_decode = dr_cuda_moe_decode;
-    o->moe_norm_in = dr_cuda_moe_norm_in();
     o->kv_store = dr_cuda_kv_store;
     o->matmul_n = dr_cuda_matmul_n;
     o->add_rmsnorm = dr_cuda_add_rmsnorm;

@@ -158,12 +158,6 @@ int32_t *dr_cuda_host_ids(dr_cuda_ctx *cx, size_t n);
  * ldx, ldy: row strides of x and y in floats. */
 void dr_cuda_mm(dr_cuda_ctx *cx, float *y, const float *x, const void *wdev, dr_dtype dt, int T, int d, int n);
 
-/* ops.h rmsnorm_matmul_n (false: nothing queued, the shapes or dtypes do
- * not suit it); with `pre`, one row a warp and each block's first weight
- * loads before its PDL wait, for the few rows of a MoE router whose blocks
- * are resident while the kernel before still runs (matmul.cu). */
-bool dr_cuda_rmsnorm_matmul_set(dr_cuda_ctx *cx, int n_w, float *const *ys, const float *x, const float *gain,
-                                float eps, const dr_tensor *const *ws, int T, bool pre);
 
 /* hi = bf16(x), lo = bf16(x - hi), n elements. */
 void dr_cuda_split_bf16(dr_cuda_ctx *cx, __nv_bfloat16 *hi, __nv_bfloat16 *lo, const float *x, size_t n);
@@ -296,28 +290,6 @@ static __device__ __forceinline__ void dr_pdl_wait_fenced(unsigned opaque) {
 #endif
 }
 
-/* DR_CUDA_CARVEOUT=P (0-100, a session 27 experiment): every kernel
- * launched by dr_cuda_launch prefers P% of the unified L1 as shared memory
- * (cudaFuncAttributePreferredSharedMemoryCarveout), set at its first
- * launch in each file. Unset: the driver's choice. */
-static inline void dr_cuda_carveout(const void *k) {
-    static int pct = -2;
-    static const void *seen[256];
-    static int n_seen = 0;
-    if (pct == -2) {
-        const char *e = getenv("DR_CUDA_CARVEOUT");
-        pct = e && e[0] >= '0' && e[0] <= '9' ? atoi(e) : -1;
-    }
-    if (pct < 0)
-        return;
-    for (int i = 0; i < n_seen; i++)
-        if (seen[i] == k)
-            return;
-    if (n_seen < 256)
-        seen[n_seen++] = k;
-    cudaFuncSetAttribute(k, cudaFuncAttributePreferredSharedMemoryCarveout, pct > 100 ? 100 : pct);
-}
-
 /* Launch kernel k on the context's stream; with `pdl` (and cx->pdl) as a
  * programmatic dependent launch: k may start while the previous kernel
  * finishes, so it must call dr_pdl_wait() before it reads or writes anything
@@ -335,7 +307,6 @@ static inline void dr_cuda_launch(dr_cuda_ctx *cx, bool pdl, void (*k)(P...), di
     cfg.stream = cx->stream;
     cfg.attrs = at;
     cfg.numAttrs = pdl && cx->pdl ? 1 : 0;
-    dr_cuda_carveout((const void *)k);
     DR_CUDA_NOTE(cx, cudaLaunchKernelEx(&cfg, k, ((P)args)...));
     cx->prev_waits = 0;
 }

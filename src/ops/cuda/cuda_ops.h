@@ -93,11 +93,8 @@ void dr_cuda_moe_route(void *ctx, int32_t *idx, float *wts, const float *logits,
 void dr_cuda_moe_experts(void *ctx, float *y, const float *x, const int32_t *idx, const float *wts,
                          const dr_expert *experts, int E, int T, int k, int H, int I, float *ws);
 bool dr_cuda_moe_decode(void *ctx, float *y, int32_t *idx, float *wts, float *logits, const dr_tensor *router,
-                        const float *x, const float *in_gain, float eps, const dr_expert *experts, int E, int T,
-                        int k, bool renorm, int H, int I, const dr_moe_shared *sh, bool acc);
-/* DR_CUDA_MOE_NORM=0: moe_decode declines in_gain (ops.h moe_norm_in false;
- * the block before makes the MoE pre-norm, a same-run baseline). */
-bool dr_cuda_moe_norm_in(void);
+                        const float *x, const dr_expert *experts, int E, int T, int k, bool renorm, int H, int I,
+                        const dr_moe_shared *sh, bool acc);
 
 /* argmax.cu */
 bool dr_cuda_argmax(void *ctx, int32_t *out, const float *x, int n);

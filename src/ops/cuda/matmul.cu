@@ -274,12 +274,8 @@ static __device__ __forceinline__ void gn_scale(const gn_args &ga, float ss) {
  * first weight loads once x is back and staged, before the block sum of the
  * norm (gn_scale): the norm is this kernel's critical path, and x's loads
  * issued with or behind a batch of weight loads came back that much later
- * (docs/CUDA.md, session 12).
- * PRE (with SX): the first weight loads go out before the PDL wait, then x
- * is staged: for a kernel whose blocks are resident while the one before
- * still runs (the MoE router after out_proj, session 27), so the weights
- * stream during it. */
-template <typename WT, int MT, int R, int U, bool SX = false, bool PRE = false>
+ * (docs/CUDA.md, session 12). */
+template <typename WT, int MT, int R, int U, bool SX = false>
 static __device__ __forceinline__ void gemv_rows_dot(const uint4 *const (&wp)[R], const float *__restrict__ x, int T,
                                                      int n, float (&acc)[R][MT], const gn_args &ga = gn_args()) {
     constexpr int E = wvec<WT>::N;
@@ -295,7 +291,7 @@ static __device__ __forceinline__ void gemv_rows_dot(const uint4 *const (&wp)[R]
 #ifdef DR_CUDA_PRELOAD_AFTER /* measurement build: every decode GEMV's first weight loads after the wait */
     constexpr bool after = true;
 #else
-    constexpr bool after = SX && !PRE;
+    constexpr bool after = SX;
 #endif
     if (after) {
         dr_pdl_wait();
@@ -310,11 +306,6 @@ static __device__ __forceinline__ void gemv_rows_dot(const uint4 *const (&wp)[R]
 #pragma unroll
         for (int r = 0; r < R; r++)
             u[j][r] = v0 + 32 * j < nv ? ld_w(wp[r] + v0 + 32 * j) : make_uint4(0, 0, 0, 0);
-    if (SX && !after) {
-        dr_pdl_wait_fenced((unsigned)nv);
-        gn_load(ga, threadIdx.x, gv, gg);
-        ss = gn_stage_sq(ga, gv, gg);
-    }
     if (SX)
         gn_scale(ga, ss);
     else if (!after)
@@ -435,7 +426,7 @@ static int norm_in_mode(void) {
  * memory). At most 80 registers, 3 blocks per SM (session 6): the 386 blocks
  * of the 35B-A3B's GDN input projections then run as one wave (2 per SM at
  * 102 registers left a second wave; decode +2%, 9B +0.7%). */
-template <typename WT, int R, int U, bool PRE = false>
+template <typename WT, int R, int U>
 __global__ void __launch_bounds__(256, GN_BLOCKS_PER_SM) gemv_rows_norm_kernel(const gemv_set set, const float *x,
                                                              const float *__restrict__ gain, int n, float eps) {
     DR_TL_SCOPE();
@@ -451,7 +442,7 @@ __global__ void __launch_bounds__(256, GN_BLOCKS_PER_SM) gemv_rows_norm_kernel(c
     int ld[R];
     gemv_set_rows<R>(set, r0, n / E, wp, yp, ld);
     float acc[R][1];
-    gemv_rows_dot<WT, 1, R, U, true, PRE>(wp, sx, 1, n, acc, gn_args{sx, x, gain, n, eps, sh});
+    gemv_rows_dot<WT, 1, R, U, true>(wp, sx, 1, n, acc, gn_args{sx, x, gain, n, eps, sh});
 #pragma unroll
     for (int r = 0; r < R; r++)
         if (lane == 0 && yp[r])
@@ -1068,20 +1059,15 @@ void dr_cuda_matmul(void *ctx, float *y, const float *x, const dr_tensor *w, int
  * warp, as 257 of 4: decode +0.2-3.3% in 12 of 12 rounds; the 2B's, where 4
  * rows a warp take 4 batches: -0.4% on average, so they stay at 2. */
 template <typename WT> static void norm_set_launch(dr_cuda_ctx *cx, const gemv_set &set, const float *x,
-                                                   const float *gain, int n, float eps, bool pre) {
+                                                   const float *gain, int n, float eps) {
     static int wave = -1; /* DR_CUDA_NORM_WAVE=0: rows per warp as every GEMV's (a same-run baseline) */
     const int rows = set.row0[set.nm], slots = GN_BLOCKS_PER_SM * (cx->n_sm > 0 ? cx->n_sm : 132);
-    const size_t smem = (size_t)n * sizeof(float);
-    if (pre) { /* one row a warp: the few rows of a MoE router */
-        dr_cuda_launch(cx, true, gemv_rows_norm_kernel<WT, 1, 8, true>, dim3(dr_cdiv((size_t)rows, 8)), dim3(256),
-                       smem, set, x, gain, n, eps);
-        return;
-    }
     int R = rows_per_warp(cx, rows, 1);
     if (dr_env_on("DR_CUDA_NORM_WAVE", &wave) && R < 4 && dr_cdiv((size_t)rows, (size_t)(8 * R)) > (size_t)slots &&
         dr_cdiv((size_t)rows, (size_t)(16 * R)) <= (size_t)slots && two_batches<WT>(2 * R, n))
         R *= 2;
     const dim3 grid(dr_cdiv((size_t)rows, (size_t)(8 * R))), block(256);
+    const size_t smem = (size_t)n * sizeof(float);
     if (R == 4)
         dr_cuda_launch(cx, true, gemv_rows_norm_kernel<WT, 4, 2>, grid, block, smem, set, x, gain, n, eps);
     else if (R == 2)
@@ -1094,11 +1080,7 @@ template <typename WT> static void norm_set_launch(dr_cuda_ctx *cx, const gemv_s
  * dtype and width, x at most GN_MAX_N wide. */
 bool dr_cuda_rmsnorm_matmul_n(void *ctx, int n_w, float *const *ys, const float *x, const float *gain, float eps,
                               const dr_tensor *const *ws, int T) {
-    return dr_cuda_rmsnorm_matmul_set((dr_cuda_ctx *)ctx, n_w, ys, x, gain, eps, ws, T, false);
-}
-
-bool dr_cuda_rmsnorm_matmul_set(dr_cuda_ctx *cx, int n_w, float *const *ys, const float *x, const float *gain,
-                                float eps, const dr_tensor *const *ws, int T, bool pre) {
+    dr_cuda_ctx *cx = (dr_cuda_ctx *)ctx;
     if (!norm_in_mode() || T != 1 || n_w < 1 || n_w > GEMV_SETS)
         return false;
     const dr_dtype dt = ws[0]->dtype;
@@ -1116,11 +1098,11 @@ bool dr_cuda_rmsnorm_matmul_set(dr_cuda_ctx *cx, int n_w, float *const *ys, cons
     }
     set.nm = n_w;
     if (dt == DR_DT_BF16)
-        norm_set_launch<__nv_bfloat16>(cx, set, x, gain, (int)n, eps, pre);
+        norm_set_launch<__nv_bfloat16>(cx, set, x, gain, (int)n, eps);
     else if (dt == DR_DT_F16)
-        norm_set_launch<__half>(cx, set, x, gain, (int)n, eps, pre);
+        norm_set_launch<__half>(cx, set, x, gain, (int)n, eps);
     else
-        norm_set_launch<float>(cx, set, x, gain, (int)n, eps, pre);
+        norm_set_launch<float>(cx, set, x, gain, (int)n, eps);
     return true;
 }
 

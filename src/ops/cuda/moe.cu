@@ -481,58 +481,6 @@ static __device__ __forceinline__ void md_stage_x(float4 *sx, const float *x, in
     md_stage_f4(sx, (const float4 *)(x + (size_t)t * H), H / 4);
 }
 
-/* One token's x (H floats, the residual stream) normalised with gain into
- * shared memory by the whole block: sx = x * gain / rms(x), each element
- * (x * gain) * inv as gemv_rows_norm_kernel stages it (session 27: the MoE
- * pre-norm made here, not by a last block of out_proj). x and the gain
- * (into sx + H) are copied with cp.async, every piece in flight at once
- * and no registers held (the shared-expert blocks hold their first weight
- * loads meanwhile: plain loads spilled ~200 bytes a thread at 48
- * registers); then each thread stages x * gain of its own pieces with its
- * sum of squares of x, and scales them after the block sum. sh: 32 floats.
- * Ends with a block barrier. */
-static __device__ __forceinline__ void md_stage_norm(float4 *sx, const float *x, const float *gain, int H, float eps,
-                                                     float *sh) {
-    const int nt = blockDim.x, n4 = H / 4;
-    float4 *sg = sx + n4;
-    for (int c = threadIdx.x; c < n4; c += nt) {
-        dr_cp16(sx + c, (const float4 *)x + c);
-        dr_cp16(sg + c, (const float4 *)gain + c);
-    }
-    dr_cp_commit();
-    dr_cp_wait<0>();
-    __syncthreads(); /* each thread reads only its own pieces, but not before the wait */
-    float ss = 0.0f;
-    for (int c = threadIdx.x; c < n4; c += nt) {
-        const float4 v = sx[c], g = sg[c];
-        ss += v.x * v.x;
-        ss += v.y * v.y;
-        ss += v.z * v.z;
-        ss += v.w * v.w;
-        sx[c] = make_float4(v.x * g.x, v.y * g.y, v.z * g.z, v.w * g.w);
-    }
-    const float inv = 1.0f / sqrtf(dr_block_sum(ss, sh) / (float)H + eps);
-    for (int c = threadIdx.x; c < n4; c += nt) {
-        float4 v = sx[c];
-        v.x *= inv, v.y *= inv, v.z *= inv, v.w *= inv;
-        sx[c] = v;
-    }
-    __syncthreads();
-}
-
-/* Token t's x into shared memory: as it is (gain NULL: x is already the
- * norm's output), or normalised with gain (md_stage_norm). Ends with a
- * block barrier. */
-static __device__ __forceinline__ void md_stage_in(float4 *sx, const float *x, const float *gain, int t, int H,
-                                                   float eps, float *sh) {
-    if (gain) {
-        md_stage_norm(sx, x + (size_t)t * H, gain, H, eps, sh);
-    } else {
-        md_stage_x(sx, x, t, H);
-        __syncthreads();
-    }
-}
-
 /* act[r, i] = silu(gate_e[i] . x_t) * (up_e[i] . x_t), r = t*k + j, e = idx[r]:
  * one warp per (r, i), the gate and up rows streamed together (2 * MD_U loads
  * in flight per lane); x_t is staged in shared memory once per block while
@@ -565,9 +513,8 @@ __global__ void __launch_bounds__(256) moe_gu_bf16_kernel(float *__restrict__ ac
  * of this block (Is rows in all): no routing to wait for, so the first
  * weights load before the PDL wait. The shared-expert blocks of the routing
  * gate/up kernel (session 6). */
-static __device__ __forceinline__ void md_gu_shared(float *sa, const float *x, const float *gain, float eps,
-                                                    const uint4 *gw, const uint4 *uw, int t, int H, int Is,
-                                                    float *sh) {
+static __device__ __forceinline__ void md_gu_shared(float *sa, const float *x, const uint4 *gw, const uint4 *uw, int t,
+                                                    int H, int Is) {
     extern __shared__ float4 md_sx[];
     dr_pdl_trigger();
     const int lane = threadIdx.x & 31, i0 = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
@@ -579,7 +526,8 @@ static __device__ __forceinline__ void md_gu_shared(float *sa, const float *x, c
     uint4 a[MD_U], b[MD_U];
     md_gu_first(a, b, g, u, lane, nv);
     dr_pdl_wait_fenced((unsigned)nv); /* x comes from earlier kernels */
-    md_stage_in(md_sx, x, gain, t, H, eps, sh);
+    md_stage_x(md_sx, x, t, H);
+    __syncthreads();
     const float v = md_gu_dot(a, b, g, u, md_sx, lane, nv);
     if (live && lane == 0)
         sa[(size_t)t * Is + i] = v;
@@ -599,20 +547,23 @@ static __device__ __forceinline__ void md_gu_shared(float *sa, const float *x, c
 template <int PER, bool RX>
 __global__ void __launch_bounds__(256, 5) moe_gu_route_bf16_kernel(float *__restrict__ act, int32_t *idx, float *wts,
                                                                 const float *logits, int renorm, const float *x,
-                                                                const float *__restrict__ gain, float eps,
                                                                 const void *const *__restrict__ tab, int E, int k,
                                                                 int H, int I, int *ready, int R,
                                                                 const uint4 *__restrict__ sgw,
-                                                                const uint4 *__restrict__ suw, int Is) {
+                                                                const uint4 *__restrict__ suw, int Is,
+                                                                int sh_first) {
     DR_TL_SCOPE();
     extern __shared__ float4 md_sx[];
     __shared__ int pick;
-    __shared__ float sh[32];
-    if ((int)blockIdx.y >= R) { /* the shared expert of token blockIdx.y - R: rows Is, output after the picks' */
-        md_gu_shared(act + (size_t)R * I, x, gain, eps, sgw, suw, (int)blockIdx.y - R, H, Is, sh);
+    /* grid rows: the R picks, then the shared expert of each token; with sh_first the shared expert's rows
+       come first (blocks start in grid order, and only those rows can load weights before the wait) */
+    const int n_sh = (int)gridDim.y - R, y = (int)blockIdx.y;
+    const int ysh = sh_first ? y : y - R; /* the shared-expert row of this block, if it is one */
+    if (ysh >= 0 && ysh < n_sh) { /* the shared expert of token ysh: rows Is, output after the picks' */
+        md_gu_shared(act + (size_t)R * I, x, sgw, suw, ysh, H, Is);
         return;
     }
-    const int lane = threadIdx.x & 31, r = blockIdx.y, t = r / k, j = r - t * k;
+    const int lane = threadIdx.x & 31, r = sh_first ? y - n_sh : y, t = r / k, j = r - t * k;
     if ((int)blockIdx.x * (int)(blockDim.x >> 5) >= I) /* only shared-expert rows here (Is > I) */
         return;
     const bool writer = blockIdx.x == 0 && j == 0; /* writes the token's idx and wts */
@@ -647,9 +598,10 @@ __global__ void __launch_bounds__(256, 5) moe_gu_route_bf16_kernel(float *__rest
                 md_st_release(ready + t, 1); /* the down kernel may read idx now */
         }
     }
-    DR_TL_MARK(0, 0.0f);
-    md_stage_in(md_sx, x, gain, t, H, eps, sh);
-    DR_TL_MARK(1, 0.0f);
+    DR_TL_MARK(0, 0.0f); /* routed (thread 0 is the routing warp's) */
+    md_stage_x(md_sx, x, t, H);
+    __syncthreads();
+    DR_TL_MARK(1, 0.0f); /* x staged */
     const int i0 = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     const bool live = i0 < I;
     const int i = live ? i0 : I - 1, e = pick, nv = H / 8;
@@ -657,7 +609,7 @@ __global__ void __launch_bounds__(256, 5) moe_gu_route_bf16_kernel(float *__rest
     uint4 a[MD_U], b[MD_U];
     md_gu_first(a, b, g, u, lane, nv);
     const float v = md_gu_dot(a, b, g, u, md_sx, lane, nv);
-    DR_TL_MARK(2, v);
+    DR_TL_MARK(2, v); /* the dot done */
     if (live && lane == 0)
         act[(size_t)r * I + i] = v;
 }
@@ -817,8 +769,6 @@ typedef struct {
     int renorm;
     int32_t *idx;
     float *wts;
-    const float *gain; /* x is the residual stream: the gate/up kernel normalises it (NULL: x is the norm's) */
-    float eps;
 } md_route;
 
 /* Whether the gate/up kernel can do the routing of E experts (its warp
@@ -847,6 +797,13 @@ static bool md_shgu(void) {
     static int on = -1;
     return dr_env_on("DR_CUDA_MOE_SHGU", &on);
 }
+/* Session 27: the shared expert's gate/up blocks first in the grid, so they
+ * start (and load their first weights) before the routed ones, which can
+ * load nothing before the picks; DR_CUDA_MOE_SHFIRST=0: last (the old order). */
+static bool md_shfirst(void) {
+    static int on = -1;
+    return dr_env_on("DR_CUDA_MOE_SHFIRST", &on);
+}
 
 /* The shared expert as the decode kernels take it: its down rows, the raw
  * scalar gate s [T], and either its projections (gate, up [T, Is], made by a
@@ -856,22 +813,6 @@ typedef struct {
     const float *gate, *up, *s;
     int Is;
 } md_shared;
-
-/* DR_CUDA_MOE_NORM: 1 (default) moe_decode normalises x itself when given
- * in_gain, the router GEMV's first weight loads before its PDL wait; 2 the
- * same with them after the norm (the input projections' kernel as is); 0
- * declines in_gain (the forward then leaves the norm to out_proj's last
- * block: the same-run baseline). Session 27, docs/CUDA.md. */
-static int moe_norm_mode(void) {
-    static int mode = -1;
-    if (mode < 0) {
-        const char *e = getenv("DR_CUDA_MOE_NORM");
-        mode = e && (e[0] == '0' || e[0] == '2' || e[0] == '3') ? e[0] - '0' : 1;
-    }
-    return mode;
-}
-
-bool dr_cuda_moe_norm_in(void) { return moe_norm_mode() != 0 && moe_norm_mode() != 3; }
 
 /* gate/up (+ SiLU * up) for the T*k picks (routing first when rt is given:
  * idx and wts are written; the shared expert's gate/up too when sh has its
@@ -886,7 +827,7 @@ static void experts_fast(dr_cuda_ctx *cx, float *y, const float *x, const int32_
     float *act = (float *)dr_cuda_scratch(cx, DR_SCR_MOE, n_act * sizeof(float));
     if (!act)
         return;
-    const size_t gs = (size_t)H * sizeof(float) * (rt && (rt->gain || moe_norm_mode() == 3) ? 2 : 1); /* x (and the norm's gain) */
+    const size_t gs = (size_t)H * sizeof(float);
     /* the picks-ready flags: only where the gate/up kernel routes (it writes idx) */
     int *ready = rt && md_early() ? cx->moe_ready : NULL;
     if (!rt) {
@@ -897,7 +838,7 @@ static void experts_fast(dr_cuda_ctx *cx, float *y, const float *x, const int32_
         const uint4 *sgw = shgu ? sh->gate_w : NULL, *suw = shgu ? sh->up_w : NULL;
 #define MD_GU_ROUTE(PER, RX)                                                                                     \
     dr_cuda_launch(cx, true, moe_gu_route_bf16_kernel<PER, RX>, gg, dim3(256), gs, act, rt->idx, rt->wts, rt->logits, \
-                   rt->renorm, x, rt->gain, rt->eps, tab, E, k, H, I, ready, R, sgw, suw, Is)
+                   rt->renorm, x, tab, E, k, H, I, ready, R, sgw, suw, Is, shgu && md_shfirst() ? 1 : 0)
         const bool rx = md_rx();
         if (E <= 256 && rx)
             MD_GU_ROUTE(8, true);
@@ -1059,17 +1000,12 @@ static bool bf16_rows_ok(const dr_tensor *w, long rows, long cols) {
            cols % 8 == 0 && (uintptr_t)w->dev % 16 == 0;
 }
 
-
 bool dr_cuda_moe_decode(void *ctx, float *y, int32_t *idx, float *wts, float *logits, const dr_tensor *router,
-                        const float *x, const float *in_gain, float eps, const dr_expert *experts, int E, int T,
-                        int k, bool renorm, int H, int I, const dr_moe_shared *sh, bool acc) {
+                        const float *x, const dr_expert *experts, int E, int T, int k, bool renorm, int H, int I,
+                        const dr_moe_shared *sh, bool acc) {
     dr_cuda_ctx *cx = (dr_cuda_ctx *)ctx;
     if (!cx->moe_dec || T < 1 || T > MOE_GEMV_T || E <= 0 || k < 1 || k > E || k > ROUTE_MAX_K || !router->dev ||
         router->ndim != 2 || router->ne[0] != E || router->ne[1] != H)
-        return false;
-    /* the norm in the kernels: one token, the routing and the shared expert's gate/up in the gate/up kernel */
-    if (in_gain && (!moe_norm_mode() || T != 1 || !route_in_gu(E) || (uintptr_t)in_gain % 16 != 0 ||
-                    2 * (size_t)H * sizeof(float) > MD_SMEM))
         return false;
     int Is = 0;
     if (sh) {
@@ -1091,19 +1027,10 @@ bool dr_cuda_moe_decode(void *ctx, float *y, int32_t *idx, float *wts, float *lo
     const bool shgu = sh && in_gu && md_shgu() && bf16_rows_ok(sh->gate, Is, H) && bf16_rows_ok(sh->up, Is, H);
     md_shared ms;
     memset(&ms, 0, sizeof ms);
-    /* router, scalar gate (and the shared projections unless the gate/up kernel makes them): one pass */
-    float *const ys[4] = {logits, sh ? sh->ws_s : NULL, sh ? sh->ws_gate : NULL, sh ? sh->ws_up : NULL};
-    const dr_tensor *const ws[4] = {router, sh ? sh->gate_s : NULL, sh ? sh->gate : NULL, sh ? sh->up : NULL};
-    const int n_w = !sh ? 1 : shgu ? 2 : 4;
-    if (in_gain) { /* of RMSNorm(x; in_gain), made by each block of the GEMV */
-        if (!dr_cuda_rmsnorm_matmul_set(cx, n_w, ys, x, in_gain, eps, ws, T, moe_norm_mode() == 1))
-            return false; /* nothing queued */
-    } else if (sh) {
-        dr_cuda_matmul_n(ctx, n_w, ys, x, ws, T);
-    } else {
-        dr_cuda_matmul(ctx, logits, x, router, T);
-    }
-    if (sh) {
+    if (sh) { /* router, scalar gate (and the shared projections unless the gate/up kernel makes them): one pass */
+        float *const ys[4] = {logits, sh->ws_s, sh->ws_gate, sh->ws_up};
+        const dr_tensor *const ws[4] = {router, sh->gate_s, sh->gate, sh->up};
+        dr_cuda_matmul_n(ctx, shgu ? 2 : 4, ys, x, ws, T);
         ms.down = (const uint4 *)sh->down->dev;
         ms.s = sh->ws_s;
         ms.Is = Is;
@@ -1111,8 +1038,10 @@ bool dr_cuda_moe_decode(void *ctx, float *y, int32_t *idx, float *wts, float *lo
             ms.gate_w = (const uint4 *)sh->gate->dev, ms.up_w = (const uint4 *)sh->up->dev;
         else
             ms.gate = sh->ws_gate, ms.up = sh->ws_up;
+    } else {
+        dr_cuda_matmul(ctx, logits, x, router, T);
     }
-    const md_route rt = {logits, renorm ? 1 : 0, idx, wts, in_gain, eps};
+    const md_route rt = {logits, renorm ? 1 : 0, idx, wts};
     if (!in_gu)
         dr_cuda_moe_route(ctx, idx, wts, logits, T, E, k, renorm);
     experts_fast(cx, y, x, idx, wts, tab, E, T, k, H, I, acc ? 1 : 0, sh ? &ms : NULL, in_gu ? &rt : NULL);
