@@ -550,20 +550,15 @@ __global__ void __launch_bounds__(256, 5) moe_gu_route_bf16_kernel(float *__rest
                                                                 const void *const *__restrict__ tab, int E, int k,
                                                                 int H, int I, int *ready, int R,
                                                                 const uint4 *__restrict__ sgw,
-                                                                const uint4 *__restrict__ suw, int Is,
-                                                                int sh_first) {
+                                                                const uint4 *__restrict__ suw, int Is) {
     DR_TL_SCOPE();
     extern __shared__ float4 md_sx[];
     __shared__ int pick;
-    /* grid rows: the R picks, then the shared expert of each token; with sh_first the shared expert's rows
-       come first (blocks start in grid order, and only those rows can load weights before the wait) */
-    const int n_sh = (int)gridDim.y - R, y = (int)blockIdx.y;
-    const int ysh = sh_first ? y : y - R; /* the shared-expert row of this block, if it is one */
-    if (ysh >= 0 && ysh < n_sh) { /* the shared expert of token ysh: rows Is, output after the picks' */
-        md_gu_shared(act + (size_t)R * I, x, sgw, suw, ysh, H, Is);
+    if ((int)blockIdx.y >= R) { /* the shared expert of token blockIdx.y - R: rows Is, output after the picks' */
+        md_gu_shared(act + (size_t)R * I, x, sgw, suw, (int)blockIdx.y - R, H, Is);
         return;
     }
-    const int lane = threadIdx.x & 31, r = sh_first ? y - n_sh : y, t = r / k, j = r - t * k;
+    const int lane = threadIdx.x & 31, r = blockIdx.y, t = r / k, j = r - t * k;
     if ((int)blockIdx.x * (int)(blockDim.x >> 5) >= I) /* only shared-expert rows here (Is > I) */
         return;
     const bool writer = blockIdx.x == 0 && j == 0; /* writes the token's idx and wts */
@@ -797,13 +792,6 @@ static bool md_shgu(void) {
     static int on = -1;
     return dr_env_on("DR_CUDA_MOE_SHGU", &on);
 }
-/* Session 27: the shared expert's gate/up blocks first in the grid, so they
- * start (and load their first weights) before the routed ones, which can
- * load nothing before the picks; DR_CUDA_MOE_SHFIRST=0: last (the old order). */
-static bool md_shfirst(void) {
-    static int on = -1;
-    return dr_env_on("DR_CUDA_MOE_SHFIRST", &on);
-}
 
 /* The shared expert as the decode kernels take it: its down rows, the raw
  * scalar gate s [T], and either its projections (gate, up [T, Is], made by a
@@ -838,7 +826,7 @@ static void experts_fast(dr_cuda_ctx *cx, float *y, const float *x, const int32_
         const uint4 *sgw = shgu ? sh->gate_w : NULL, *suw = shgu ? sh->up_w : NULL;
 #define MD_GU_ROUTE(PER, RX)                                                                                     \
     dr_cuda_launch(cx, true, moe_gu_route_bf16_kernel<PER, RX>, gg, dim3(256), gs, act, rt->idx, rt->wts, rt->logits, \
-                   rt->renorm, x, tab, E, k, H, I, ready, R, sgw, suw, Is, shgu && md_shfirst() ? 1 : 0)
+                   rt->renorm, x, tab, E, k, H, I, ready, R, sgw, suw, Is)
         const bool rx = md_rx();
         if (E <= 256 && rx)
             MD_GU_ROUTE(8, true);
