@@ -2,8 +2,9 @@
 """Per-block spread of one kernel in a DR_CUDA_TIMELINE record file: for
 each launch of KERNEL (the last --launches of them), every block's start,
 PDL wait, DR_TL_MARK points and end in us after the launch's first wait
-return, grouped by blockIdx.y (rows of the grid), as percentiles over the
-blocks (p0 p50 p90 p100). Session 27 (docs/CUDA.md): where the routing
+return, grouped by blockIdx.y (rows of the grid; --gridx gives the grid's
+width, else all blocks are one row), as percentiles over the blocks (p0
+p50 p90 p100). Session 27 (docs/CUDA.md): where the routing
 gate/up kernel's blocks spend the time before their dot.
 
 usage: scripts/timeline_blocks.py RECORDS KERNEL [--gridx N] [--launches N]
@@ -22,6 +23,9 @@ def pct(v, p):
 
 
 def main(argv):
+    if len(argv) < 3:
+        print(__doc__.strip().split("\n")[-1], file=sys.stderr)
+        return 2
     path, kernel = argv[1], argv[2]
     gx = int(argv[argv.index("--gridx") + 1]) if "--gridx" in argv else 0
     nl = int(argv[argv.index("--launches") + 1]) if "--launches" in argv else 40
@@ -33,6 +37,9 @@ def main(argv):
         r = timeline.REC.unpack_from(data, off)
         if names.get(r[8]) == kernel:
             by[r[0]].append(r)
+    if not by:
+        print("%s: no records of kernel %s (a -DDR_CUDA_TIMELINE=ON build's file?)" % (path, kernel), file=sys.stderr)
+        return 1
     runs = []
     for rs in by.values():  # a %gridid repeats across graph replays: split at gaps of > 100 us, as timeline.py
         rs.sort(key=lambda r: r[1])
