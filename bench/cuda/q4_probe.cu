@@ -114,7 +114,7 @@ __global__ void prep_kernel(const float *x, int n, int *dig, float *sx, float *x
     b[(k * 6 + 4 + odd) * 4 + j] = (signed char)d0;
 }
 
-/* ---- the kernels: warp w of the grid owns rows w R .. w R + R - 1 ---- */
+/* ---- the kernels ---- */
 
 /* The rows of a warp (past the end: the last row again, results dropped)
  * and the first of its U x R vectors' weights, scales and biases. */
@@ -142,59 +142,31 @@ static __device__ __forceinline__ int word_dp4a(uint32_t q, int de, int dodd, in
     return __dp4a((int)((q >> 4) & 0x0F0F0F0Fu), dodd, acc);
 }
 
-template <int R, int U>
-__global__ void __launch_bounds__(NT) dp4a_kernel(q4m m, q4x px, float *y) {
-    extern __shared__ int4 sm[];
-    const int nw = m.n / 8, nv = m.n / 32; /* words, 16-byte vectors a row */
-    int4 *sd = sm;
-    float *ssx = (float *)(sm + nw * 6 / 4), *sxs = ssx + m.n / GS;
-    for (int i = threadIdx.x; i < nw * 6 / 4; i += NT)
-        sd[i] = px.dig[i];
-    for (int i = threadIdx.x; i < m.n / GS; i += NT)
-        ssx[i] = px.sx[i];
-    for (int i = threadIdx.x; i < nv; i += NT)
-        sxs[i] = px.xs[i];
-    __syncthreads();
-    const int lane = threadIdx.x & 31, r0 = (blockIdx.x * (NT / 32) + (threadIdx.x >> 5)) * R;
+/* The walk both kernels share: warp w of the grid owns rows w R .. w R +
+ * R - 1 and reads them lane-strided, U x R vectors of 16 bytes in flight
+ * (load_batch); vec(v, w, s, b, acc) adds vector v (weights 32 v .. 32 v +
+ * 31) of the R rows into acc; then the warp sums go to y. */
+template <int R, int U, typename F>
+static __device__ __forceinline__ void walk_rows(const q4m &m, float *y, const F &vec) {
+    const int nv = m.n / 32, lane = threadIdx.x & 31, r0 = (blockIdx.x * (NT / 32) + (threadIdx.x >> 5)) * R;
     if (r0 >= m.d)
         return;
     int row[R];
-#pragma unroll
-    for (int r = 0; r < R; r++)
-        row[r] = r0 + r < m.d ? r0 + r : m.d - 1;
     float acc[R];
 #pragma unroll
-    for (int r = 0; r < R; r++)
+    for (int r = 0; r < R; r++) {
+        row[r] = r0 + r < m.d ? r0 + r : m.d - 1;
         acc[r] = 0.0f;
+    }
     for (int v0 = lane; v0 < nv; v0 += 32 * U) {
         uint4 w[U][R];
         float s[U][R], b[U][R];
         load_batch<R, U>(m, row, v0, nv, w, s, b);
 #pragma unroll
         for (int u = 0; u < U; u++) {
-            const int v = v0 + 32 * u;
-            if (v >= nv)
+            if (v0 + 32 * u >= nv)
                 break;
-            int dg[24];
-#pragma unroll
-            for (int q = 0; q < 6; q++) {
-                const int4 t = sd[v * 6 + q];
-                dg[4 * q] = t.x, dg[4 * q + 1] = t.y, dg[4 * q + 2] = t.z, dg[4 * q + 3] = t.w;
-            }
-            const float f = ssx[v * 32 / GS], xsum = sxs[v];
-#pragma unroll
-            for (int r = 0; r < R; r++) {
-                const uint32_t q4[4] = {w[u][r].x, w[u][r].y, w[u][r].z, w[u][r].w};
-                int a2 = 0, a1 = 0, a0 = 0;
-#pragma unroll
-                for (int k = 0; k < 4; k++) {
-                    a2 = word_dp4a(q4[k], dg[6 * k], dg[6 * k + 1], a2);
-                    a1 = word_dp4a(q4[k], dg[6 * k + 2], dg[6 * k + 3], a1);
-                    a0 = word_dp4a(q4[k], dg[6 * k + 4], dg[6 * k + 5], a0);
-                }
-                const float t = (float)a2 * 65536.0f + (float)(a1 * 256 + a0); /* |a1 256 + a0| < 2^24 */
-                acc[r] += s[u][r] * f * t + b[u][r] * xsum;
-            }
+            vec(v0 + 32 * u, w[u], s[u], b[u], acc);
         }
     }
     warp_sums<R>(acc);
@@ -202,6 +174,53 @@ __global__ void __launch_bounds__(NT) dp4a_kernel(q4m m, q4x px, float *y) {
     for (int r = 0; r < R; r++)
         if (lane == 0 && r0 + r < m.d)
             y[r0 + r] = acc[r];
+}
+
+/* dp4a: the vector's 24 digit words and its group's step from shared memory,
+ * once for the R rows. */
+struct dp4a_vec {
+    const int4 *sd;
+    const float *ssx, *sxs;
+    template <int R>
+    __device__ __forceinline__ void operator()(int v, const uint4 (&w)[R], const float (&s)[R], const float (&b)[R],
+                                               float (&acc)[R]) const {
+        int dg[24];
+#pragma unroll
+        for (int q = 0; q < 6; q++) {
+            const int4 t = sd[v * 6 + q];
+            dg[4 * q] = t.x, dg[4 * q + 1] = t.y, dg[4 * q + 2] = t.z, dg[4 * q + 3] = t.w;
+        }
+        const float f = ssx[v * 32 / GS], xsum = sxs[v];
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            const uint32_t q4[4] = {w[r].x, w[r].y, w[r].z, w[r].w};
+            int a2 = 0, a1 = 0, a0 = 0;
+#pragma unroll
+            for (int k = 0; k < 4; k++) {
+                a2 = word_dp4a(q4[k], dg[6 * k], dg[6 * k + 1], a2);
+                a1 = word_dp4a(q4[k], dg[6 * k + 2], dg[6 * k + 3], a1);
+                a0 = word_dp4a(q4[k], dg[6 * k + 4], dg[6 * k + 5], a0);
+            }
+            const float t = (float)a2 * 65536.0f + (float)(a1 * 256 + a0); /* |a1 256 + a0| < 2^24 */
+            acc[r] += s[r] * f * t + b[r] * xsum;
+        }
+    }
+};
+
+template <int R, int U>
+__global__ void __launch_bounds__(NT) dp4a_kernel(q4m m, q4x px, float *y) {
+    extern __shared__ int4 sm[];
+    const int nw = m.n / 8; /* words a row */
+    int4 *sd = sm;
+    float *ssx = (float *)(sm + nw * 6 / 4), *sxs = ssx + m.n / GS;
+    for (int i = threadIdx.x; i < nw * 6 / 4; i += NT)
+        sd[i] = px.dig[i];
+    for (int i = threadIdx.x; i < m.n / GS; i += NT)
+        ssx[i] = px.sx[i];
+    for (int i = threadIdx.x; i < m.n / 32; i += NT)
+        sxs[i] = px.xs[i];
+    __syncthreads();
+    walk_rows<R, U>(m, y, dp4a_vec{sd, ssx, sxs});
 }
 
 /* Nibble j of q as a float: 2^23 + q read as an fp32, minus 2^23 (exact). */
@@ -209,13 +228,46 @@ static __device__ __forceinline__ float nib(uint32_t q, int j) {
     return __uint_as_float(((q >> (4 * j)) & 15u) | 0x4B000000u) - 8388608.0f;
 }
 
+/* fma: each nibble an fp32, one FMA with x; x's float4 loads once for the R rows. */
+struct fma_vec {
+    const float *sx, *sxs;
+    template <int R>
+    __device__ __forceinline__ void operator()(int v, const uint4 (&w)[R], const float (&s)[R], const float (&b)[R],
+                                               float (&acc)[R]) const {
+        float qx[R];
+#pragma unroll
+        for (int r = 0; r < R; r++)
+            qx[r] = 0.0f;
+#pragma unroll
+        for (int k = 0; k < 4; k++) {
+            const float4 xa = ((const float4 *)sx)[v * 8 + 2 * k], xb = ((const float4 *)sx)[v * 8 + 2 * k + 1];
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                const uint32_t q = k == 0 ? w[r].x : k == 1 ? w[r].y : k == 2 ? w[r].z : w[r].w;
+                float a = qx[r];
+                a = fmaf(nib(q, 0), xa.x, a);
+                a = fmaf(nib(q, 1), xa.y, a);
+                a = fmaf(nib(q, 2), xa.z, a);
+                a = fmaf(nib(q, 3), xa.w, a);
+                a = fmaf(nib(q, 4), xb.x, a);
+                a = fmaf(nib(q, 5), xb.y, a);
+                a = fmaf(nib(q, 6), xb.z, a);
+                qx[r] = fmaf(nib(q, 7), xb.w, a);
+            }
+        }
+        const float xsum = sxs[v];
+#pragma unroll
+        for (int r = 0; r < R; r++)
+            acc[r] += s[r] * qx[r] + b[r] * xsum;
+    }
+};
+
 template <int R, int U>
 __global__ void __launch_bounds__(NT) fma_kernel(q4m m, const float *x, float *y) {
     extern __shared__ int4 sm[];
-    float *sx = (float *)sm;
+    float *sx = (float *)sm, *sxs = sx + m.n; /* x, then its sum over each 32 weights */
     for (int i = threadIdx.x; i < m.n / 4; i += NT)
         sm[i] = ((const int4 *)x)[i];
-    float *sxs = sx + m.n; /* the sum of x over each 32 weights */
     for (int i = threadIdx.x; i < m.n / 32; i += NT) {
         float t = 0.0f;
         for (int e = 0; e < 32; e++)
@@ -223,59 +275,7 @@ __global__ void __launch_bounds__(NT) fma_kernel(q4m m, const float *x, float *y
         sxs[i] = t;
     }
     __syncthreads();
-    const int nv = m.n / 32;
-    const int lane = threadIdx.x & 31, r0 = (blockIdx.x * (NT / 32) + (threadIdx.x >> 5)) * R;
-    if (r0 >= m.d)
-        return;
-    int row[R];
-#pragma unroll
-    for (int r = 0; r < R; r++)
-        row[r] = r0 + r < m.d ? r0 + r : m.d - 1;
-    float acc[R];
-#pragma unroll
-    for (int r = 0; r < R; r++)
-        acc[r] = 0.0f;
-    for (int v0 = lane; v0 < nv; v0 += 32 * U) {
-        uint4 w[U][R];
-        float s[U][R], b[U][R];
-        load_batch<R, U>(m, row, v0, nv, w, s, b);
-#pragma unroll
-        for (int u = 0; u < U; u++) {
-            const int v = v0 + 32 * u;
-            if (v >= nv)
-                break;
-            float qx[R];
-#pragma unroll
-            for (int r = 0; r < R; r++)
-                qx[r] = 0.0f;
-#pragma unroll
-            for (int k = 0; k < 4; k++) {
-                const float4 xa = ((const float4 *)sx)[v * 8 + 2 * k], xb = ((const float4 *)sx)[v * 8 + 2 * k + 1];
-#pragma unroll
-                for (int r = 0; r < R; r++) {
-                    const uint32_t q = k == 0 ? w[u][r].x : k == 1 ? w[u][r].y : k == 2 ? w[u][r].z : w[u][r].w;
-                    float a = qx[r];
-                    a = fmaf(nib(q, 0), xa.x, a);
-                    a = fmaf(nib(q, 1), xa.y, a);
-                    a = fmaf(nib(q, 2), xa.z, a);
-                    a = fmaf(nib(q, 3), xa.w, a);
-                    a = fmaf(nib(q, 4), xb.x, a);
-                    a = fmaf(nib(q, 5), xb.y, a);
-                    a = fmaf(nib(q, 6), xb.z, a);
-                    qx[r] = fmaf(nib(q, 7), xb.w, a);
-                }
-            }
-            const float xsum = sxs[v];
-#pragma unroll
-            for (int r = 0; r < R; r++)
-                acc[r] += s[u][r] * qx[r] + b[u][r] * xsum;
-        }
-    }
-    warp_sums<R>(acc);
-#pragma unroll
-    for (int r = 0; r < R; r++)
-        if (lane == 0 && r0 + r < m.d)
-            y[r0 + r] = acc[r];
+    walk_rows<R, U>(m, y, fma_vec{sx, sxs});
 }
 
 /* fp64 reference: ref = sum (s q + b) x, mag = sum |(s q + b) x|; a thread a row. */
