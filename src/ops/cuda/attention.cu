@@ -410,11 +410,7 @@ static bool ad_fits(int hd) { return hd <= 256 && hd % ad_dims(hd) == 0; }
 
 static int attn_decode_on(void) { /* DR_CUDA_ATT_DEC=0: the split kernel for decode too (a same-run baseline) */
     static int on = -1;
-    if (on < 0) {
-        const char *e = getenv("DR_CUDA_ATT_DEC");
-        on = !(e && e[0] == '0');
-    }
-    return on;
+    return dr_env_on("DR_CUDA_ATT_DEC", &on);
 }
 
 /* Keys an attention grid for rows pos0 .. pos0 + T - 1 is shaped for: an
@@ -817,11 +813,7 @@ bool dr_cuda_attention_block(void *ctx, float *att, float *q, float *gate, float
                              int pos0, int nH, int nKV, int hd, int d_rot, float theta, float eps, float scale) {
     dr_cuda_ctx *cx = (dr_cuda_ctx *)ctx;
     static int on = -1; /* DR_CUDA_ATT_BLOCK=0: declined (the steps op by op, a same-run baseline) */
-    if (on < 0) {
-        const char *e = getenv("DR_CUDA_ATT_BLOCK");
-        on = !(e && e[0] == '0');
-    }
-    if (!on || T != 1 || !ad_fits(hd) || d_rot > hd || d_rot < 0 || nKV <= 0 || nH % nKV || !attn_decode_on())
+    if (!dr_env_on("DR_CUDA_ATT_BLOCK", &on) || T != 1 || !ad_fits(hd) || d_rot > hd || d_rot < 0 || nKV <= 0 || nH % nKV || !attn_decode_on())
         return false;
     const float *inv = d_rot >= 2 ? rope_table(cx, d_rot, theta) : NULL;
     if (d_rot >= 2 && !inv)

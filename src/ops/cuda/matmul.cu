@@ -801,12 +801,8 @@ static void add_norm_launch(dr_cuda_ctx *cx, float *x, float *xn, const void *W,
        measured faster (session 12: 35B-A3B +1%). DR_CUDA_AN16=0: 8 pieces, the rest after the wait
        (a same-run baseline). */
     static int u16 = -1;
-    if (u16 < 0) {
-        const char *e = getenv("DR_CUDA_AN16");
-        u16 = !(e && e[0] == '0');
-    }
     const int E = wvec<WT>::N;
-    if (u16 && !cx->prev_waits && MT == 1 && R == 1 && n / E > 256 && n / E <= 512 &&
+    if (dr_env_on("DR_CUDA_AN16", &u16) && !cx->prev_waits && MT == 1 && R == 1 && n / E > 256 && n / E <= 512 &&
         (long)dr_cdiv((size_t)d, 8) <= 2L * cx->n_sm)
         AN_LAUNCH(1, 16);
     else if (R == 4)

@@ -456,11 +456,7 @@ __global__ void mp_combine_rows(float *y, const float *ob, const float *wts, con
  * the 35B shape). gridDim.y caps the tile count at 65535. */
 static bool cols_fast(int MT) {
     static int on = -1;
-    if (on < 0) {
-        const char *e = getenv("DR_CUDA_MOE_GRID");
-        on = !(e && e[0] == '0');
-    }
-    return on && MT <= 65535;
+    return dr_env_on("DR_CUDA_MOE_GRID", &on) && MT <= 65535;
 }
 
 static dim3 mp_grid(bool cf, int MT, int N) {

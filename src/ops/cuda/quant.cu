@@ -378,11 +378,7 @@ static void qgemv_launch(dr_cuda_ctx *cx, const qgemv_set &set, const float *x, 
     while ((128 / BITS) << gsh < gs)
         gsh++;
     static int xs_on = -1;
-    if (xs_on < 0) {
-        const char *e = getenv("DR_CUDA_QGEMV_XS");
-        xs_on = !(e && e[0] == '0');
-    }
-    if (MT <= 2 && xs_on && (size_t)T * n * sizeof(float) <= QG_XS_MAX)
+    if (MT <= 2 && dr_env_on("DR_CUDA_QGEMV_XS", &xs_on) && (size_t)T * n * sizeof(float) <= QG_XS_MAX)
         qgemv_launch_k<BITS, MT, R, (MT <= 2)>(cx, set, x, T, n, gsh, sdt);
     else
         qgemv_launch_k<BITS, MT, R, false>(cx, set, x, T, n, gsh, sdt);
