@@ -4,8 +4,11 @@
 #   tests: every CUDA test and golden under each setting.
 #   ab: decode A/B, the settings alternated within each round.
 #   tl: kernel timelines of each setting (-DDR_CUDA_TIMELINE=ON build).
+#   kern: DR_BENCH_QUANT=1 tests/bench_cuda under each setting (quantized GEMV
+#   kernels; session 28).
 # SHAPES (default "08b 35b8"): any of 08b 2b 35b8 35b 9b. ROUNDS (default 3).
-# Usage: [VAR=.. VALS=..] scripts/device_s26.sh [tests] [ab] [tl]
+# QUANT (default none): bench flags for ab, e.g. "--quant q4 --quant-random".
+# Usage: [VAR=.. VALS=..] scripts/device_s26.sh [tests] [ab] [tl] [kern]
 # (DR_CUDA_PDL_GDN=3, measured with VAR=DR_CUDA_PDL_GDN VALS="0 3", exists
 # only at commit c8aee09: docs/CUDA.md, session 26.)
 set -uo pipefail
@@ -15,7 +18,8 @@ VAR="${VAR:-DR_CUDA_NORM_WAVE}"; VALS="${VALS:-0 1}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 t0=$(date +%s)
 b="$root/build-dev"
-dr_device_build "$b" deltarun_cli test_cuda test_cuda_decode test_cuda_fused test_cuda_prefill test_cuda_quant test_golden
+dr_device_build "$b" deltarun_cli test_cuda test_cuda_decode test_cuda_fused test_cuda_prefill test_cuda_quant test_golden \
+  $([[ "$what" == *kern* ]] && echo bench_cuda)
 echo "built in $(( $(date +%s) - t0 )) s"
 if [[ "$what" == *tests* ]]; then
   for m in $VALS; do
@@ -31,13 +35,19 @@ if [[ "$what" == *ab* ]]; then
     for s in ${SHAPES:-08b 35b8}; do
       line="round $r $s:"
       for m in $VALS; do
-        j=$(env $VAR=$m timeout 300 "$b/deltarun" bench --device cuda --synthetic bench/configs/${args[$s]} --json \
+        j=$(env $VAR=$m timeout 300 "$b/deltarun" bench --device cuda --synthetic bench/configs/${args[$s]} ${QUANT:-} --json \
           2>>"$OUT/bench_err.log")
         echo "$s $m $j" >> "$OUT/bench.log"
         line="$line  mode $m $(rate "$j")"
       done
       echo "$line"
     done
+  done
+fi
+if [[ "$what" == *kern* ]]; then
+  for m in $VALS; do
+    env $VAR=$m DR_BENCH_QUANT=1 timeout 300 "$b/tests/bench_cuda" > "$OUT/kern_$m.log" 2>&1
+    echo "== kern $VAR=$m"; grep -E "floor|T=1 |T=4 |moe decode|status" "$OUT/kern_$m.log"
   done
 fi
 if [[ "$what" == *tl* ]]; then

@@ -1101,7 +1101,7 @@ static __device__ __forceinline__ uint32_t q2_p8(uint32_t v, int h) {
 
 template <int BITS, int NB, int GSH, bool SB32>
 __global__ void __launch_bounds__(Q2_TPB, NB == 1 ? 2 : 1)
-    q2_gemv_kernel(const q2_set set, const float *__restrict__ x, int T, int n, int np, int KW, int sdt) {
+    q2_gemv_kernel(const q2_set set, const float *__restrict__ x, int T, int n, int np, int KW, int sdt, int pfd) {
     extern __shared__ uint4 q2_sm[];
     constexpr int KB = BITS == 4 ? 128 : 64, SPB = KB / 16, BLK = SB32 ? 1 : 2, KBAT = BLK * KB;
     constexpr int GS = 32 << GSH, SEG = GS < KBAT ? GS : KBAT, SPS = SEG / 16;
@@ -1149,6 +1149,15 @@ __global__ void __launch_bounds__(Q2_TPB, NB == 1 ? 2 : 1)
 #pragma unroll
             for (int r = 0; r < 2; r++)
                 u[k][r] = ld_q(pw[r] + (size_t)(lb * BLK + k) * 4);
+        /* pfd batches ahead of this one in the same tile into L2: more bytes in
+           flight than the registers hold (DR_CUDA_QGEMV_PF) */
+        if (pfd && lb + pfd * KW < nbat) {
+#pragma unroll
+            for (int k = 0; k < BLK; k++)
+#pragma unroll
+                for (int r = 0; r < 2; r++)
+                    asm volatile("prefetch.global.L2 [%0];" ::"l"(pw[r] + (size_t)((lb + pfd * KW) * BLK + k) * 4));
+        }
         const int g0 = lb * KBAT / GS;
 #pragma unroll
         for (int r = 0; r < 2; r++)
@@ -1368,7 +1377,7 @@ static size_t q2_smem(int T, int np, int gs, int bits, bool sb32) {
 template <int BITS, int NB, int GSH, bool SB32>
 static void q2_launch(dr_cuda_ctx *cx, const q2_set &set, const float *x, int T, int n, int np, int sdt,
                       size_t smem, size_t smem_max) {
-    void (*k)(const q2_set, const float *, int, int, int, int, int) = q2_gemv_kernel<BITS, NB, GSH, SB32>;
+    void (*k)(const q2_set, const float *, int, int, int, int, int, int) = q2_gemv_kernel<BITS, NB, GSH, SB32>;
     static int per_sm = 0;
     static size_t per_sm_smem = 0;
     if (per_sm_smem != smem) {
@@ -1402,7 +1411,12 @@ static void q2_launch(dr_cuda_ctx *cx, const q2_set &set, const float *x, int T,
     }
     const size_t steps = dr_cdiv((size_t)tiles, (size_t)(8 / KW));
     dim3 grid((unsigned)(steps < cap ? steps : cap)), block(Q2_TPB);
-    dr_cuda_launch(cx, true, k, grid, block, smem, set, x, T, n, np, KW, sdt);
+    static int pfd = -1; /* DR_CUDA_QGEMV_PF=D: L2 prefetch D batches ahead (0: none) */
+    if (pfd < 0) {
+        const char *e = getenv("DR_CUDA_QGEMV_PF");
+        pfd = e ? atoi(e) : 0;
+    }
+    dr_cuda_launch(cx, true, k, grid, block, smem, set, x, T, n, np, KW, sdt, pfd);
 }
 
 template <int BITS, int NB, bool SB32>
@@ -1429,12 +1443,364 @@ static size_t q2_smem_max(void) {
     return m;
 }
 
+/* ---- v2 decode GEMV on dp4a (one token, 4-bit, bf16 / f16 scales) ----
+ *
+ * The tensor-core kernel above issues ~2.2 instructions a weight through
+ * chains of unpack -> HSUB2 -> MMA and holds 109 registers (2 blocks an SM):
+ * ncu put it at 22-32% of DRAM throughput on the 9B / 0.8B shapes, its
+ * warps stalled on fixed-latency dependencies and on memory (docs/CUDA.md,
+ * session 28). This kernel takes x to integers instead, as the CPU's
+ * quant_avx2_digits.c does: per group of gs values a step sx = max |x| /
+ * (127 2^16) and X = round(x / sx) = d2 2^16 + d1 2^8 + d0 with int8
+ * digits, so sum q X is exact in int32 through dp4a (four products an
+ * instruction): per word, one AND and one shift-AND split the nibbles into
+ * even and odd bytes and six dp4a take them against three digit levels,
+ * ~1.5 instructions a weight. The dot is then sum_g s_g sx_g t_g + b_g X_g,
+ * t_g the digit sums recombined in fp32 (exact below 2^24), X_g the sum of
+ * x over the group (a fixed shuffle tree: deterministic).
+ *
+ * Each block stages the digits of x in the repacked order (the nibbles of
+ * each word split even / odd; 24 int32 per 16-byte vector) in shared
+ * memory. A warp owns R rows at a time and walks them lane-strided by 16-byte
+ * vectors, U vectors a row per batch. Batches come by cp.async through a
+ * ring of S stages that each thread owns alone (it reads back only what it
+ * copied: no barrier), S - 1 batches ahead, the next rows' once a row's
+ * vectors are done, so the bytes in flight cost no registers. Persistent
+ * warps; the first S - 1 batches are issued before the PDL wait.
+ */
+
+#define QD_TPB 256
+#define QD_MINB 3 /* blocks an SM: 24 warps, <= 85 registers */
+#define QD_SJ 4   /* float4 of x a thread loads at once when staging (4096 values a block) */
+
+/* Stage x [n] (zero-padded to np) as digits, steps and group sums; the whole
+ * block; thread t takes float4 f = t + QD_TPB j, its group's lanes reduce
+ * with shuffles (gs / 4 lanes: 8, 16 or 32). */
+template <int GS>
+static __device__ __forceinline__ void qd_stage(signed char *dig, float *sx, float *xg, const float *x, int n,
+                                                int np) {
+    constexpr int GL = GS / 4; /* lanes a group */
+    const int nf = np / 4;
+    for (int f0 = 0; f0 < nf; f0 += QD_SJ * QD_TPB) {
+        float4 v[QD_SJ];
+#pragma unroll
+        for (int j = 0; j < QD_SJ; j++) {
+            const int f = f0 + threadIdx.x + QD_TPB * j;
+            v[j] = f < nf && 4 * f < n ? __ldg((const float4 *)x + f) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        }
+#pragma unroll
+        for (int j = 0; j < QD_SJ; j++) {
+            const int f = f0 + threadIdx.x + QD_TPB * j;
+            if (f >= nf) /* whole warps past the end (nf is a multiple of 64): the shuffles stay whole */
+                continue;
+            float m = fmaxf(fmaxf(fabsf(v[j].x), fabsf(v[j].y)), fmaxf(fabsf(v[j].z), fabsf(v[j].w)));
+            float s = (v[j].x + v[j].y) + (v[j].z + v[j].w);
+#pragma unroll
+            for (int o = 1; o < GL; o <<= 1) {
+                m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+                s += __shfl_xor_sync(0xffffffffu, s, o);
+            }
+            const float step = m > 0.0f ? m / (127.0f * 65536.0f) : 1.0f;
+            if ((threadIdx.x & (GL - 1)) == 0)
+                sx[4 * f / GS] = step, xg[4 * f / GS] = s;
+            const float e4[4] = {v[j].x, v[j].y, v[j].z, v[j].w};
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int X = __float2int_rn(e4[e] / step); /* |X| <= 127 2^16 */
+                const int d0 = ((X & 255) ^ 128) - 128, X1 = (X - d0) >> 8;
+                const int d1 = ((X1 & 255) ^ 128) - 128, d2 = (X1 - d1) >> 8;
+                int sh;
+                const int wd = q2_loc(4, 4 * f + e, &sh), p = sh >> 2; /* nibble p of word wd */
+                signed char *b = dig + (size_t)wd * 24 + 4 * (p & 1) + (p >> 1);
+                b[0] = (signed char)d2, b[8] = (signed char)d1, b[16] = (signed char)d0;
+            }
+        }
+    }
+}
+
+/* cp.async of the weights' 16 bytes (.cg: L2 only) or of a vector's NB bytes
+ * of (s, b) words (.ca: the 4 lanes of a block read the same ones); zeros and
+ * no read when !ok */
+static __device__ __forceinline__ void qd_cp_w(void *s, const void *g, bool ok) {
+    const unsigned a = (unsigned)__cvta_generic_to_shared(s);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(a), "l"(g), "r"(ok ? 16 : 0));
+}
+template <int NB> static __device__ __forceinline__ void qd_cp_sb(void *s, const void *g, bool ok) {
+    const unsigned a = (unsigned)__cvta_generic_to_shared(s);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(a), "l"(g), "n"(NB), "r"(ok ? NB : 0));
+}
+
+/* The row pointers (packed, (s, b)) of row group rg (R rows of one tile) */
+template <int R>
+static __device__ __forceinline__ void qd_rows(const q2_set &set, int rg, int nv, int ng, const uint4 *(&pw)[R],
+                                               const uint32_t *(&ps)[R]) {
+    const int tile = rg * R / 16;
+    int m = 0;
+#pragma unroll
+    for (int j = 1; j < QG_SETS; j++)
+        if (j < set.nm && tile >= set.t0[j])
+            m = j;
+    const uint4 *W = set.W[0];
+    const uint32_t *S = set.SB[0];
+    int rows = set.rows[0], t0 = 0;
+#pragma unroll
+    for (int j = 1; j < QG_SETS; j++)
+        if (j == m)
+            W = set.W[j], S = set.SB[j], rows = set.rows[j], t0 = set.t0[j];
+#pragma unroll
+    for (int r = 0; r < R; r++) {
+        int lr = rg * R - 16 * t0 + r;
+        lr = lr < rows ? lr : 0; /* padding rows of the last tile: row 0 again, dropped */
+        pw[r] = W + (size_t)lr * nv;
+        ps[r] = S + (size_t)lr * ng;
+    }
+}
+
+/* y of the R rows of row group rg (lane 0 holds the sums) */
+template <int R> static __device__ __forceinline__ void qd_store(const q2_set &set, int rg, const float (&acc)[R]) {
+    const int tile = rg * R / 16;
+    int m = 0;
+#pragma unroll
+    for (int j = 1; j < QG_SETS; j++)
+        if (j < set.nm && tile >= set.t0[j])
+            m = j;
+    float *Y = set.y[0];
+    int rows = set.rows[0], t0 = 0;
+#pragma unroll
+    for (int j = 1; j < QG_SETS; j++)
+        if (j == m)
+            Y = set.y[j], rows = set.rows[j], t0 = set.t0[j];
+#pragma unroll
+    for (int r = 0; r < R; r++)
+        if (rg * R - 16 * t0 + r < rows)
+            Y[rg * R - 16 * t0 + r] = acc[r];
+}
+
+/* shared memory: the ring (S stages of R U 16-byte vectors and R U NGV (s, b)
+ * words per thread), then the staged x */
+static size_t qd_ring(int S, int RU, int ngv) { return (size_t)S * RU * (16 + 4 * ngv) * QD_TPB; }
+static size_t qd_smem(int S, int RU, int np, int gs) {
+    return qd_ring(S, RU, 128 / gs) + (size_t)np / 32 * 96 + (size_t)np / gs * 8;
+}
+
+template <int GSH, int R, int U, int S>
+__global__ void __launch_bounds__(QD_TPB, QD_MINB)
+    q2_dp4a_kernel(const q2_set set, const float *__restrict__ x, int n, int np, int sdt) {
+    extern __shared__ int4 qd_sm[];
+    constexpr int GS = 32 << GSH, NGV = 128 / GS, WPG = 4 / NGV, RU = R * U;
+    dr_pdl_trigger();
+    const int nv = np / 32, ng = np / GS, lane = threadIdx.x & 31, tid = threadIdx.x;
+    const int nwarp = gridDim.x * (QD_TPB / 32), wid = blockIdx.x * (QD_TPB / 32) + (threadIdx.x >> 5);
+    const int ngr = set.t0[set.nm] * (16 / R); /* row groups (tiles of 16 rows) */
+    uint4 *rw = (uint4 *)qd_sm;                                   /* [S][RU][QD_TPB] */
+    uint32_t *rs = (uint32_t *)(rw + (size_t)S * RU * QD_TPB);    /* [S][RU][QD_TPB][NGV] */
+    const int4 *dig = (const int4 *)(rs + (size_t)S * RU * QD_TPB * NGV);
+    float *sx = (float *)(dig + (size_t)nv * 6), *xg = sx + ng;
+
+    /* the load cursor (row group lg, first vector lv) runs S - 1 batches ahead */
+    int lg = wid, lv = 0;
+    const uint4 *pw[R];
+    const uint32_t *ps[R];
+    if (lg < ngr)
+        qd_rows<R>(set, lg, nv, ng, pw, ps);
+    auto issue = [&](int slot) { /* the batch at the cursor into slot, then the cursor on */
+        if (lg < ngr) {
+#pragma unroll
+            for (int u = 0; u < U; u++) {
+                const int v = lv + lane + 32 * u;
+                const bool ok = v < nv;
+#pragma unroll
+                for (int r = 0; r < R; r++) {
+                    const int it = (slot * RU + u * R + r) * QD_TPB + tid;
+                    qd_cp_w(rw + it, pw[r] + (ok ? v : 0), ok);
+                    qd_cp_sb<4 * NGV>(rs + (size_t)it * NGV, ps[r] + (ok ? (v >> 2) * NGV : 0), ok);
+                }
+            }
+            lv += 32 * U;
+            if (lv >= nv) {
+                lv = 0;
+                lg += nwarp;
+                if (lg < ngr)
+                    qd_rows<R>(set, lg, nv, ng, pw, ps);
+            }
+        }
+        dr_cp_commit(); /* empty groups past the end keep the count */
+    };
+#pragma unroll
+    for (int j = 0; j < S - 1; j++)
+        issue(j);
+    dr_pdl_wait();
+    if (GS == 32)
+        qd_stage<32>((signed char *)dig, sx, xg, x, n, np);
+    else if (GS == 64)
+        qd_stage<64>((signed char *)dig, sx, xg, x, n, np);
+    else
+        qd_stage<128>((signed char *)dig, sx, xg, x, n, np);
+    __syncthreads();
+
+    float acc[R];
+#pragma unroll
+    for (int r = 0; r < R; r++)
+        acc[r] = 0.0f;
+    int slot = 0;
+    for (int cg = wid, cv = 0; cg < ngr;) { /* the batch (cg, cv) is in slot */
+        dr_cp_wait<S - 2>();
+        uint4 w[U][R];
+        uint32_t sb[U][R][NGV];
+#pragma unroll
+        for (int u = 0; u < U; u++)
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                const int it = (slot * RU + u * R + r) * QD_TPB + tid;
+                w[u][r] = rw[it];
+#pragma unroll
+                for (int i = 0; i < NGV; i++)
+                    sb[u][r][i] = rs[(size_t)it * NGV + i];
+            }
+        issue(slot == 0 ? S - 1 : slot - 1); /* the slot read one batch ago */
+        slot = slot == S - 1 ? 0 : slot + 1;
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int v = cv + lane + 32 * u;
+            if (v >= nv)
+                break;
+            const int g0 = (v >> 2) * NGV;
+#pragma unroll
+            for (int gi = 0; gi < NGV; gi++) {
+                int a2[R], a1[R], a0[R];
+#pragma unroll
+                for (int r = 0; r < R; r++)
+                    a2[r] = a1[r] = a0[r] = 0;
+#pragma unroll
+                for (int i = gi * WPG; i < (gi + 1) * WPG; i++) {
+                    const int4 da = dig[(size_t)v * 6 + (6 * i) / 4];
+                    const int4 db = dig[(size_t)v * 6 + (6 * i) / 4 + 1];
+                    /* word i's six digit words start at int 6 i: offset 0 or 2 in da */
+                    const int o = (6 * i) & 3;
+                    const int d0 = o ? da.z : da.x, d1 = o ? da.w : da.y, d2 = o ? db.x : da.z;
+                    const int d3 = o ? db.y : da.w, d4 = o ? db.z : db.x, d5 = o ? db.w : db.y;
+#pragma unroll
+                    for (int r = 0; r < R; r++) {
+                        const uint32_t q = i == 0 ? w[u][r].x : i == 1 ? w[u][r].y : i == 2 ? w[u][r].z : w[u][r].w;
+                        const int ev = (int)(q & 0x0F0F0F0Fu), od = (int)((q >> 4) & 0x0F0F0F0Fu);
+                        a2[r] = __dp4a(od, d1, __dp4a(ev, d0, a2[r]));
+                        a1[r] = __dp4a(od, d3, __dp4a(ev, d2, a1[r]));
+                        a0[r] = __dp4a(od, d5, __dp4a(ev, d4, a0[r]));
+                    }
+                }
+                const float f = sx[g0 + gi], X = xg[g0 + gi];
+#pragma unroll
+                for (int r = 0; r < R; r++) {
+                    const float t = fmaf((float)a2[r], 65536.0f, (float)(a1[r] * 256 + a0[r])); /* < 2^24 */
+                    float s, b;
+                    q2_sb(&sb[u][r][gi], sdt, &s, &b);
+                    acc[r] = fmaf(s, f * t, acc[r]);
+                    if ((v & 3) == 0) /* one lane a block adds each group's bias term */
+                        acc[r] = fmaf(b, X, acc[r]);
+                }
+            }
+        }
+        cv += 32 * U;
+        if (cv >= nv) { /* the last batch of these rows */
+#pragma unroll
+            for (int r = 0; r < R; r++)
+                acc[r] = dr_warp_sum(acc[r]);
+            if (lane == 0)
+                qd_store<R>(set, cg, acc);
+#pragma unroll
+            for (int r = 0; r < R; r++)
+                acc[r] = 0.0f;
+            cv = 0;
+            cg += nwarp;
+        }
+    }
+    dr_cp_wait<0>(); /* nothing in flight at exit */
+}
+
+/* DR_CUDA_QGEMV_DP4A=0: one-token 4-bit GEMVs on the tensor-core kernel (the
+ * same-run baseline); DR_CUDA_QGEMV_RU=41 / 22 forces rows x vectors a
+ * warp, DR_CUDA_QGEMV_ST=2 / 3 / 4 caps the stages (measurements) */
+static int qd_mode = -1;
+
+template <int GSH, int R, int U, int S>
+static void qd_launch_k(dr_cuda_ctx *cx, const q2_set &set, const float *x, int n, int np, int sdt) {
+    void (*k)(const q2_set, const float *, int, int, int) = q2_dp4a_kernel<GSH, R, U, S>;
+    const size_t smem = qd_smem(S, R * U, np, 32 << GSH);
+    static int per_sm = 0;
+    static size_t per_sm_smem = 0;
+    if (per_sm_smem != smem) {
+        cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)q2_smem_max());
+        if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k, QD_TPB, smem) != cudaSuccess || per_sm < 1)
+            per_sm = 1;
+        cudaGetLastError();
+        per_sm_smem = smem;
+    }
+    const size_t groups = (size_t)set.t0[set.nm] * (16 / R), cap = (size_t)per_sm * (cx->n_sm > 0 ? cx->n_sm : 132);
+    const size_t blocks = dr_cdiv(groups, (size_t)(QD_TPB / 32));
+    dr_cuda_launch(cx, true, k, dim3((unsigned)(blocks < cap ? blocks : cap)), dim3(QD_TPB), smem, set, x, n, np,
+                   sdt);
+}
+
+template <int GSH, int R, int U>
+static void qd_stages(dr_cuda_ctx *cx, const q2_set &set, const float *x, int n, int np, int sdt, int st) {
+    if (st == 4)
+        qd_launch_k<GSH, R, U, 4>(cx, set, x, n, np, sdt);
+    else if (st == 3)
+        qd_launch_k<GSH, R, U, 3>(cx, set, x, n, np, sdt);
+    else
+        qd_launch_k<GSH, R, U, 2>(cx, set, x, n, np, sdt);
+}
+
+template <int R, int U>
+static void qd_gs(dr_cuda_ctx *cx, const q2_set &set, const float *x, int n, int np, int gs, int sdt, int st) {
+    if (gs == 32)
+        qd_stages<0, R, U>(cx, set, x, n, np, sdt, st);
+    else if (gs == 64)
+        qd_stages<1, R, U>(cx, set, x, n, np, sdt, st);
+    else
+        qd_stages<2, R, U>(cx, set, x, n, np, sdt, st);
+}
+
+/* The dp4a GEMV when it applies (one token, 4-bit, 16-bit scales, x 16-byte
+ * aligned, its staging within the shared memory); false: the caller runs
+ * the tensor-core kernel. */
+static bool qd_try(dr_cuda_ctx *cx, const q2_set &set, const dr_tensor *w0, const float *x, int T) {
+    const int n = (int)w0->ne[w0->ndim - 1], gs = w0->q.group_size, np = q2_np(n, 4);
+    if (!dr_env_on("DR_CUDA_QGEMV_DP4A", &qd_mode) || T != 1 || w0->q.bits != 4 ||
+        w0->q.sb_dtype == DR_DT_F32 || ((uintptr_t)x & 15))
+        return false;
+    static int ru = -1, st_force = -1;
+    if (ru < 0) {
+        const char *e = getenv("DR_CUDA_QGEMV_RU"), *f = getenv("DR_CUDA_QGEMV_ST");
+        ru = e ? atoi(e) : 0;
+        st_force = f ? atoi(f) : 0;
+    }
+    /* rows x vectors a warp: 4 x 1 up to 4096 values a row, 2 x 2 above (H200,
+       docs/CUDA.md session 28: 4 x 1 ran the 2048-wide lm_head at 86% of the
+       copy floor against 65% for 2 x 2; 1 x 4 was the slowest everywhere) */
+    const int pick = ru ? ru : np <= 4096 ? 41 : 22;
+    /* stages: 2 (one batch ahead; 3 blocks an SM by registers) unless forced:
+       on the H200 3 and 4 stages (2 blocks an SM by shared memory) were 0-4%
+       slower on the 9B matrices and both lm_heads (docs/CUDA.md, session 28) */
+    const int st = st_force >= 2 && st_force <= 4 ? st_force : 2;
+    if (qd_smem(st, 4, np, gs) > q2_smem_max())
+        return false;
+    const int sdt = (int)w0->q.sb_dtype;
+    if (pick == 41)
+        qd_gs<4, 1>(cx, set, x, n, np, gs, sdt, st);
+    else
+        qd_gs<2, 2>(cx, set, x, n, np, gs, sdt, st);
+    return true;
+}
+
 /* T <= QG_MAX_T tokens, all matrices of one geometry; tokens in blocks whose
  * staged x fits the shared memory (the weights are read once per block) */
 static void q2_gemv_run(dr_cuda_ctx *cx, const q2_set &set, const dr_tensor *w0, const float *x, int T) {
     const int n = (int)w0->ne[w0->ndim - 1], bits = w0->q.bits, gs = w0->q.group_size, np = q2_np(n, bits);
     const int sdt = (int)w0->q.sb_dtype;
     const bool sb32 = w0->q.sb_dtype == DR_DT_F32;
+    if (qd_try(cx, set, w0, x, T))
+        return;
     const size_t smax = q2_smem_max();
     int tb = T;
     while (tb > 1 && q2_smem(tb, np, gs, bits, sb32) > smax)
