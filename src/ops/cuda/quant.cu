@@ -1101,7 +1101,7 @@ static __device__ __forceinline__ uint32_t q2_p8(uint32_t v, int h) {
 
 template <int BITS, int NB, int GSH, bool SB32>
 __global__ void __launch_bounds__(Q2_TPB, NB == 1 ? 2 : 1)
-    q2_gemv_kernel(const q2_set set, const float *__restrict__ x, int T, int n, int np, int KW, int sdt, int pfd) {
+    q2_gemv_kernel(const q2_set set, const float *__restrict__ x, int T, int n, int np, int KW, int sdt) {
     extern __shared__ uint4 q2_sm[];
     constexpr int KB = BITS == 4 ? 128 : 64, SPB = KB / 16, BLK = SB32 ? 1 : 2, KBAT = BLK * KB;
     constexpr int GS = 32 << GSH, SEG = GS < KBAT ? GS : KBAT, SPS = SEG / 16;
@@ -1149,15 +1149,6 @@ __global__ void __launch_bounds__(Q2_TPB, NB == 1 ? 2 : 1)
 #pragma unroll
             for (int r = 0; r < 2; r++)
                 u[k][r] = ld_q(pw[r] + (size_t)(lb * BLK + k) * 4);
-        /* pfd batches ahead of this one in the same tile into L2: more bytes in
-           flight than the registers hold (DR_CUDA_QGEMV_PF) */
-        if (pfd && lb + pfd * KW < nbat) {
-#pragma unroll
-            for (int k = 0; k < BLK; k++)
-#pragma unroll
-                for (int r = 0; r < 2; r++)
-                    asm volatile("prefetch.global.L2 [%0];" ::"l"(pw[r] + (size_t)((lb + pfd * KW) * BLK + k) * 4));
-        }
         const int g0 = lb * KBAT / GS;
 #pragma unroll
         for (int r = 0; r < 2; r++)
@@ -1377,7 +1368,7 @@ static size_t q2_smem(int T, int np, int gs, int bits, bool sb32) {
 template <int BITS, int NB, int GSH, bool SB32>
 static void q2_launch(dr_cuda_ctx *cx, const q2_set &set, const float *x, int T, int n, int np, int sdt,
                       size_t smem, size_t smem_max) {
-    void (*k)(const q2_set, const float *, int, int, int, int, int, int) = q2_gemv_kernel<BITS, NB, GSH, SB32>;
+    void (*k)(const q2_set, const float *, int, int, int, int, int) = q2_gemv_kernel<BITS, NB, GSH, SB32>;
     static int per_sm = 0;
     static size_t per_sm_smem = 0;
     if (per_sm_smem != smem) {
@@ -1411,12 +1402,7 @@ static void q2_launch(dr_cuda_ctx *cx, const q2_set &set, const float *x, int T,
     }
     const size_t steps = dr_cdiv((size_t)tiles, (size_t)(8 / KW));
     dim3 grid((unsigned)(steps < cap ? steps : cap)), block(Q2_TPB);
-    static int pfd = -1; /* DR_CUDA_QGEMV_PF=D: L2 prefetch D batches ahead (0: none) */
-    if (pfd < 0) {
-        const char *e = getenv("DR_CUDA_QGEMV_PF");
-        pfd = e ? atoi(e) : 0;
-    }
-    dr_cuda_launch(cx, true, k, grid, block, smem, set, x, T, n, np, KW, sdt, pfd);
+    dr_cuda_launch(cx, true, k, grid, block, smem, set, x, T, n, np, KW, sdt);
 }
 
 template <int BITS, int NB, bool SB32>
@@ -1921,77 +1907,160 @@ template <int BITS> static __device__ __forceinline__ void q2_stage_x(float4 *xs
     }
 }
 
-template <int BITS>
-static __device__ __forceinline__ float q2_dot_warp(const void *blk, const q2geo &g, int sdt, int row,
-                                                    const float4 *xs) {
-    constexpr int E = 128 / BITS, FW = 32 / BITS / 4; /* float4 per word */
-    const int lane = threadIdx.x & 31, nv = g.np / E, Gp = g.np / g.gs;
-    const uint4 *w = (const uint4 *)blk + (size_t)row * nv;
-    const uint32_t *sbp = (const uint32_t *)((const char *)blk + g.sb_off) + (size_t)row * Gp * g.sbw;
-    float acc = 0.0f;
-#pragma unroll 2
-    for (int v = lane; v < nv; v += 32) {
-        const uint4 u = ld_q(w + v);
+/* One 16-byte piece v of a repacked row in registers, with the (s, b) words
+ * of its four words' groups (SBW words each: 2 for f32 scales), so that a
+ * kernel can issue all its weight loads before it stages x. */
+template <int SBW> struct q2_piece {
+    uint4 u;
+    uint32_t sb[4 * SBW];
+};
+
+template <int BITS, int SBW>
+static __device__ __forceinline__ void q2_piece_load(q2_piece<SBW> &p, const void *blk, const q2geo &g, int row, int v,
+                                                     bool ok) {
+    constexpr int KB = BITS == 4 ? 128 : 64, KW = BITS == 4 ? 32 : 16; /* values a block, a word */
+    if (!ok) {
+        p.u = make_uint4(0, 0, 0, 0);
 #pragma unroll
-        for (int wi = 0; wi < 4; wi++) {
-            const int k0 = (v >> 2) * (BITS == 4 ? 128 : 64) + wi * (BITS == 4 ? 32 : 16);
-            float s, b;
-            q2_sb(sbp + (size_t)(k0 / g.gs) * g.sbw, sdt, &s, &b);
-            float dq = 0.0f, sx = 0.0f;
-#pragma unroll
-            for (int ff = 0; ff < FW; ff++) {
-                const int f = wi * FW + ff;
-                const float4 xx = xs[f * nv + v];
-                float q[4];
-                q4vals<BITS>(u, f, q);
-                sx += (xx.x + xx.y) + (xx.z + xx.w);
-                dq = fmaf(q[0], xx.x, dq);
-                dq = fmaf(q[1], xx.y, dq);
-                dq = fmaf(q[2], xx.z, dq);
-                dq = fmaf(q[3], xx.w, dq);
-            }
-            acc = fmaf(s, dq, fmaf(b, sx, acc));
-        }
+        for (int i = 0; i < 4 * SBW; i++)
+            p.sb[i] = 0;
+        return;
     }
-    return dr_warp_sum(acc);
+    p.u = ld_q((const uint4 *)blk + (size_t)row * g.rq + v);
+    const uint32_t *sbp = (const uint32_t *)((const char *)blk + g.sb_off) + (size_t)row * (g.np / g.gs) * SBW;
+#pragma unroll
+    for (int wi = 0; wi < 4; wi++)
+#pragma unroll
+        for (int h = 0; h < SBW; h++)
+            p.sb[wi * SBW + h] = __ldg(sbp + (size_t)(((v >> 2) * KB + wi * KW) / g.gs) * SBW + h);
 }
 
-template <int BITS>
+/* piece v . x, x staged by q2_stage_x (nv pieces a row) */
+template <int BITS, int SBW>
+static __device__ __forceinline__ float q2_piece_dot(const q2_piece<SBW> &p, int sdt, int v, int nv, const float4 *xs) {
+    constexpr int FW = 32 / BITS / 4; /* float4 per word */
+    float acc = 0.0f;
+#pragma unroll
+    for (int wi = 0; wi < 4; wi++) {
+        float s, b, dq = 0.0f, sx = 0.0f;
+        q2_sb(&p.sb[wi * SBW], SBW == 2 ? DR_DT_F32 : sdt, &s, &b);
+#pragma unroll
+        for (int ff = 0; ff < FW; ff++) {
+            const int f = wi * FW + ff;
+            const float4 xx = xs[f * nv + v];
+            float q[4];
+            q4vals<BITS>(p.u, f, q);
+            sx += (xx.x + xx.y) + (xx.z + xx.w);
+            dq = fmaf(q[0], xx.x, dq);
+            dq = fmaf(q[1], xx.y, dq);
+            dq = fmaf(q[2], xx.z, dq);
+            dq = fmaf(q[3], xx.w, dq);
+        }
+        acc = fmaf(s, dq, fmaf(b, sx, acc));
+    }
+    return acc;
+}
+
+/* act[r, i] = silu(gate_e[i] . x) * (up_e[i] . x), e = idx[r]: a warp a row i,
+ * NL pieces of each matrix a lane in flight; the first NL x 32 pieces are
+ * loaded before x is staged (that L2 round trip then overlaps theirs) */
+template <int BITS, int SBW, int NL>
 __global__ void __launch_bounds__(256) q2_moe_gate_up_kernel(float *act, const float *x, const int32_t *idx,
                                                              const void *const *tab, int E, int k, q2geo g, int sdt) {
     extern __shared__ float4 xs[];
-    const int r = blockIdx.y;
-    const int i = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    q2_stage_x<BITS>(xs, x + (size_t)(r / k) * g.n, g.n, g.np);
-    __syncthreads();
-    if (i >= g.rows)
-        return;
+    const int r = blockIdx.y, lane = threadIdx.x & 31;
+    const int i = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), nv = g.rq;
+    const bool live = i < g.rows;
     const int e = idx[r];
-    const float gv = q2_dot_warp<BITS>(tab[e], g, sdt, i, xs), uv = q2_dot_warp<BITS>(tab[E + e], g, sdt, i, xs);
-    if ((threadIdx.x & 31) == 0)
+    float gv = 0.0f, uv = 0.0f;
+    for (int c0 = 0;; c0 += 32 * NL) { /* the same trips in every warp: the barrier below is whole */
+        q2_piece<SBW> pg[NL], pu[NL];
+#pragma unroll
+        for (int j = 0; j < NL; j++) {
+            const int v = c0 + lane + 32 * j;
+            q2_piece_load<BITS>(pg[j], tab[e], g, i, v, live && v < nv);
+            q2_piece_load<BITS>(pu[j], tab[E + e], g, i, v, live && v < nv);
+        }
+        if (c0 == 0) {
+            q2_stage_x<BITS>(xs, x + (size_t)(r / k) * g.n, g.n, g.np);
+            __syncthreads();
+        }
+#pragma unroll
+        for (int j = 0; j < NL; j++) {
+            const int v = c0 + lane + 32 * j;
+            if (v < nv) {
+                gv += q2_piece_dot<BITS>(pg[j], sdt, v, nv, xs);
+                uv += q2_piece_dot<BITS>(pu[j], sdt, v, nv, xs);
+            }
+        }
+        if (c0 + 32 * NL >= nv)
+            break;
+    }
+    gv = dr_warp_sum(gv), uv = dr_warp_sum(uv);
+    if (live && lane == 0)
         act[(size_t)r * g.rows + i] = dr_dev_silu(gv) * uv;
 }
 
-template <int BITS>
+/* y[t, h] += sum_j wts[t, j] (down_e[h] . act[t k + j]), e = idx[t k + j]: a
+ * warp a row h, its lanes over the k x nv (expert, piece) pairs, NL a lane
+ * in flight, the first ones loaded before the k activation rows are staged */
+template <int BITS, int SBW, int NL>
 __global__ void __launch_bounds__(256) q2_moe_down_kernel(float *y, const float *act, const int32_t *idx,
                                                           const float *wts, const void *const *tab, int E, int k,
                                                           q2geo g, int sdt) {
     extern __shared__ float4 xs[];
-    const int t = blockIdx.y;
-    const int h = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
-    for (int j = 0; j < k; j++)
-        q2_stage_x<BITS>(xs + (size_t)j * (g.np / 4), act + ((size_t)t * k + j) * g.n, g.n, g.np);
-    __syncthreads();
-    if (h >= g.rows)
-        return;
-    float acc = y[(size_t)t * g.rows + h];
-    for (int j = 0; j < k; j++) {
-        const size_t r = (size_t)t * k + j;
-        const float v = q2_dot_warp<BITS>(tab[2 * E + idx[r]], g, sdt, h, xs + (size_t)j * (g.np / 4));
-        acc += wts[r] * v;
+    const int t = blockIdx.y, lane = threadIdx.x & 31;
+    const int h = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), nv = g.rq, P = k * nv;
+    const bool live = h < g.rows;
+    float acc = 0.0f;
+    for (int c0 = 0;; c0 += 32 * NL) {
+        q2_piece<SBW> pc[NL];
+#pragma unroll
+        for (int j = 0; j < NL; j++) {
+            const int p = c0 + lane + 32 * j, js = p < P ? p / nv : 0;
+            q2_piece_load<BITS>(pc[j], tab[2 * E + idx[(size_t)t * k + js]], g, h, p - js * nv, live && p < P);
+        }
+        if (c0 == 0) {
+            for (int j = 0; j < k; j++)
+                q2_stage_x<BITS>(xs + (size_t)j * (g.np / 4), act + ((size_t)t * k + j) * g.n, g.n, g.np);
+            __syncthreads();
+        }
+#pragma unroll
+        for (int j = 0; j < NL; j++) {
+            const int p = c0 + lane + 32 * j, js = p < P ? p / nv : 0;
+            if (p < P)
+                acc = fmaf(wts[(size_t)t * k + js],
+                           q2_piece_dot<BITS>(pc[j], sdt, p - js * nv, nv, xs + (size_t)js * (g.np / 4)), acc);
+        }
+        if (c0 + 32 * NL >= P)
+            break;
     }
-    if ((threadIdx.x & 31) == 0)
-        y[(size_t)t * g.rows + h] = acc;
+    acc = dr_warp_sum(acc);
+    if (live && lane == 0)
+        y[(size_t)t * g.rows + h] += acc;
+}
+
+/* the q2 MoE decode pair with NL pieces a lane in flight: enough for a whole
+ * row's (gate / up) or a row's k experts' (down) pieces up to 8 x 32 */
+template <int BITS, int SBW>
+static void q2_moe_decode_launch(dr_cuda_ctx *cx, float *y, float *act, const float *x, const int32_t *idx,
+                                 const float *wts, const void *const *tab, int E, int k, const q2geo &gu,
+                                 const q2geo &dn, int sdt, dim3 g1, dim3 g2, size_t s1, size_t s2) {
+    const int n1 = gu.rq, n2 = k * dn.rq;
+    if (n1 <= 32)
+        q2_moe_gate_up_kernel<BITS, SBW, 1><<<g1, 256, s1, cx->stream>>>(act, x, idx, tab, E, k, gu, sdt);
+    else if (n1 <= 64)
+        q2_moe_gate_up_kernel<BITS, SBW, 2><<<g1, 256, s1, cx->stream>>>(act, x, idx, tab, E, k, gu, sdt);
+    else
+        q2_moe_gate_up_kernel<BITS, SBW, 4><<<g1, 256, s1, cx->stream>>>(act, x, idx, tab, E, k, gu, sdt);
+    DR_CUDA_LAUNCHED(cx);
+    if (n2 <= 64)
+        q2_moe_down_kernel<BITS, SBW, 2><<<g2, 256, s2, cx->stream>>>(y, act, idx, wts, tab, E, k, dn, sdt);
+    else if (n2 <= 128)
+        q2_moe_down_kernel<BITS, SBW, 4><<<g2, 256, s2, cx->stream>>>(y, act, idx, wts, tab, E, k, dn, sdt);
+    else
+        q2_moe_down_kernel<BITS, SBW, 8><<<g2, 256, s2, cx->stream>>>(y, act, idx, wts, tab, E, k, dn, sdt);
+    DR_CUDA_LAUNCHED(cx);
 }
 
 #define QD_CHUNK_ELEMS ((size_t)32 << 20) /* 128 MiB of hi + lo scratch at most */
@@ -2270,16 +2339,13 @@ bool dr_cuda_quant_moe_decode(dr_cuda_ctx *cx, float *y, const float *x, const i
     const dim3 g1(dr_cdiv((size_t)I, 8), (unsigned)R), g2(dr_cdiv((size_t)H, 8), (unsigned)T);
     if (q2_on()) {
         const q2geo gu = q2_geo(&ex[0].gate), dn = q2_geo(&ex[0].down);
-        if (g0->q.bits == 4) {
-            q2_moe_gate_up_kernel<4><<<g1, 256, s1, cx->stream>>>(act, x, idx, tab, E, k, gu, (int)sdt);
-            DR_CUDA_LAUNCHED(cx);
-            q2_moe_down_kernel<4><<<g2, 256, s2, cx->stream>>>(y, act, idx, wts, tab, E, k, dn, (int)sdt);
-        } else {
-            q2_moe_gate_up_kernel<8><<<g1, 256, s1, cx->stream>>>(act, x, idx, tab, E, k, gu, (int)sdt);
-            DR_CUDA_LAUNCHED(cx);
-            q2_moe_down_kernel<8><<<g2, 256, s2, cx->stream>>>(y, act, idx, wts, tab, E, k, dn, (int)sdt);
-        }
-        DR_CUDA_LAUNCHED(cx);
+        const bool f32 = sdt == DR_DT_F32;
+        if (g0->q.bits == 4)
+            f32 ? q2_moe_decode_launch<4, 2>(cx, y, act, x, idx, wts, tab, E, k, gu, dn, (int)sdt, g1, g2, s1, s2)
+                : q2_moe_decode_launch<4, 1>(cx, y, act, x, idx, wts, tab, E, k, gu, dn, (int)sdt, g1, g2, s1, s2);
+        else
+            f32 ? q2_moe_decode_launch<8, 2>(cx, y, act, x, idx, wts, tab, E, k, gu, dn, (int)sdt, g1, g2, s1, s2)
+                : q2_moe_decode_launch<8, 1>(cx, y, act, x, idx, wts, tab, E, k, gu, dn, (int)sdt, g1, g2, s1, s2);
         return true;
     }
     const qgeo gu = q_geo(&ex[0].gate), dn = q_geo(&ex[0].down);
