@@ -5,9 +5,10 @@
 #       each round (ROUNDS, default 2) over SHAPES (default "35b8 9b 08b"),
 #       with QUANT (default "--quant q4 --quant-random").
 #   kern: DR_BENCH_QUANT=1 tests/bench_cuda of this tree (q4 T=1 rows).
+#   memcheck: compute-sanitizer memcheck of tests/test_cuda_quant (MC_T s).
 # OLDSRC: the older source tree, unpacked under the repo (e.g. `git archive
 # REV | tar -x -C build-oldsrc --exclude=tests/data`, carried as build-oldsrc).
-# Usage: OLDSRC=build-oldsrc scripts/device_s28.sh [tests] [ab] [kern]
+# Usage: OLDSRC=build-oldsrc scripts/device_s28.sh [tests] [ab] [kern] [memcheck]
 set -uo pipefail
 source "$(dirname "$0")/device_env.sh"
 what="${*:-tests ab kern}"
@@ -47,4 +48,10 @@ fi
 if [[ "$what" == *kern* ]]; then
   DR_BENCH_QUANT=1 timeout 300 "$b/tests/bench_cuda" > "$OUT/kern.log" 2>&1
   grep -E "floor|q4   T=1 |status" "$OUT/kern.log"
+fi
+if [[ "$what" == *memcheck* ]]; then
+  timeout "${MC_T:-200}" compute-sanitizer --tool memcheck --leak-check full "$b/tests/test_cuda_quant" \
+    > "$OUT/memcheck.log" 2>&1; echo "memcheck rc $?"
+  grep -E "ERROR SUMMARY|LEAK SUMMARY|^[0-9]+ passed" "$OUT/memcheck.log" | head -5
+  grep -c "^ok" "$OUT/memcheck.log"; grep -E "^(FAIL|not ok)" "$OUT/memcheck.log" | head -5
 fi

@@ -8,7 +8,9 @@
  *  - prefill (T > 32: weights dequantized to bf16 hi + lo, x split the same
  *    way, three bf16 GEMMs accumulating in fp32; each operand carries a
  *    relative error below 2^-17): 5e-5;
- *  - embedding (scale * q then + bias, rounded as the CPU): 1e-6.
+ *  - embedding (scale * q then + bias, rounded as the CPU): 1e-6;
+ *  - the 4-bit GEMV's decode epilogues (RMSNorm folded in, residual add):
+ *    2e-5, as the GEMV.
  * Fixtures (dense-f32, moe-bf16, moe-bf16-fused converted to q4 g64 and q8 g32
  * by dr_quant_convert): prompt logits (prefill path) and 12 greedy steps
  * (decode path, CUDA graphs) within 1e-3 of the CPU backend, tokens identical.
@@ -153,6 +155,91 @@ static void test_matmul_n(void) {
         qfree(&q[i], own[i]);
     G->weight_free(G->ctx, &b);
     free(wb);
+}
+
+/* ---- the 4-bit GEMV's decode epilogues: the norm folded in, the residual add ---- */
+
+/* ys[i] = RMSNorm(x; gain) W_i^T for sets of 1-4 4-bit matrices (rows not a
+ * multiple of 16; rows of 4096 and 8192 values: both warp shapes), against
+ * the CPU's rmsnorm then matmul; and the cases it must decline. */
+static void test_norm_in(void) {
+    const int ds[4] = {129, 64, 31, 16}, ns[3] = {256, 4096, 8192}, gss[3] = {32, 64, 128};
+    const float eps = 1e-6f;
+    for (int c = 0; c < 3; c++) {
+        const int n = ns[c], gs = gss[c], nw = c + 2 > 4 ? 4 : c + 2;
+        const dr_dtype sb = c == 1 ? DR_DT_F16 : DR_DT_BF16;
+        void *own[4];
+        dr_tensor q[4];
+        const dr_tensor *ws[4];
+        for (int i = 0; i < nw; i++)
+            q[i] = qmat(ds[i], n, 4, gs, sb, &own[i], NULL), ws[i] = &q[i];
+        float *x = rnd(n, 3.0f), *g = rnd(n, 1.0f), *xn = malloc((size_t)n * 4);
+        float *dx = dput(x, (size_t)n * 4), *dg = dput(g, (size_t)n * 4), *ys[4], *dys[4];
+        C->rmsnorm(NULL, xn, x, g, 1, n, eps);
+        for (int i = 0; i < nw; i++) {
+            ys[i] = malloc((size_t)ds[i] * 4);
+            dys[i] = G->alloc(G->ctx, (size_t)ds[i] * 4);
+            C->matmul(NULL, ys[i], xn, ws[i], 1);
+        }
+        const bool took = G->rmsnorm_matmul_n(G->ctx, nw, dys, dx, dg, eps, ws, 1);
+        CHECK(took, "rmsnorm_matmul_n %d x q4 g%d [*, %d]: taken", nw, gs, n);
+        float e = 0.0f;
+        for (int i = 0; took && i < nw; i++) {
+            float *got = dget(dys[i], (size_t)ds[i]);
+            const float ei = rel_err(got, ys[i], (size_t)ds[i]);
+            e = ei > e ? ei : e;
+            free(got);
+        }
+        if (took)
+            REPORT(e, TOL_GEMV, "rmsnorm_matmul_n %d x q4 g%d %s [*, %d]", nw, gs, dr_dtype_name(sb), n);
+        for (int i = 0; i < nw; i++)
+            free(ys[i]), G->free(G->ctx, dys[i]), qfree(&q[i], own[i]);
+        free(x), free(g), free(xn);
+        G->free(G->ctx, dx), G->free(G->ctx, dg);
+    }
+    /* declined, nothing queued: 8-bit, f32 scales, two tokens */
+    const struct {
+        int bits;
+        dr_dtype sb;
+        int T;
+    } no[3] = {{8, DR_DT_BF16, 1}, {4, DR_DT_F32, 1}, {4, DR_DT_BF16, 2}};
+    for (int i = 0; i < 3; i++) {
+        void *own = NULL;
+        dr_tensor q = qmat(64, 256, no[i].bits, 64, no[i].sb, &own, NULL);
+        const dr_tensor *ws[1] = {&q};
+        float *dx = G->alloc(G->ctx, 2 * 256 * 4), *dg = G->alloc(G->ctx, 256 * 4), *dy = G->alloc(G->ctx, 2 * 64 * 4);
+        CHECK(!G->rmsnorm_matmul_n(G->ctx, 1, &dy, dx, dg, 1e-6f, ws, no[i].T),
+              "rmsnorm_matmul_n declines q%d %s T=%d", no[i].bits, dr_dtype_name(no[i].sb), no[i].T);
+        G->free(G->ctx, dx), G->free(G->ctx, dg), G->free(G->ctx, dy);
+        qfree(&q, own);
+    }
+}
+
+/* x += a W^T (matmul_add_rmsnorm without a gain) for one token on 4-bit W,
+ * against the CPU's matmul then add; with a gain it declines. */
+static void test_matmul_add(void) {
+    const int shapes[3][3] = {{4096, 1024, 64}, {1000, 12288, 128}, {31, 256, 32}}; /* d, n, gs */
+    for (int c = 0; c < 3; c++) {
+        const int d = shapes[c][0], n = shapes[c][1];
+        void *own = NULL;
+        dr_tensor q = qmat(d, n, 4, shapes[c][2], c == 2 ? DR_DT_F16 : DR_DT_BF16, &own, NULL);
+        float *a = rnd(n, 2.0f), *x = rnd(d, 1.0f), *y = malloc((size_t)d * 4);
+        float *da = dput(a, (size_t)n * 4), *dx = dput(x, (size_t)d * 4), *dg = G->alloc(G->ctx, (size_t)d * 4);
+        C->matmul(NULL, y, a, &q, 1);
+        for (int i = 0; i < d; i++)
+            y[i] += x[i];
+        CHECK(!G->matmul_add_rmsnorm(G->ctx, dx, dg, da, &q, dg, 1, 1e-6f), "matmul_add_rmsnorm q4 with a gain declines");
+        const bool took = G->matmul_add_rmsnorm(G->ctx, dx, NULL, da, &q, NULL, 1, 0.0f);
+        CHECK(took, "matmul_add_rmsnorm q4 g%d [%d, %d]: taken", shapes[c][2], d, n);
+        if (took) {
+            float *got = dget(dx, (size_t)d);
+            REPORT(rel_err(got, y, (size_t)d), TOL_GEMV, "matmul_add q4 g%d [%d, %d]", shapes[c][2], d, n);
+            free(got);
+        }
+        free(a), free(x), free(y);
+        G->free(G->ctx, da), G->free(G->ctx, dx), G->free(G->ctx, dg);
+        qfree(&q, own);
+    }
 }
 
 /* ---- embedding ---- */
@@ -321,6 +408,8 @@ int main(void) {
         return rc == 77 ? 77 : TEST_DONE();
     test_matmul();
     test_matmul_n();
+    test_norm_in();
+    test_matmul_add();
     test_embed();
     test_moe();
     cuda_test_close();

@@ -113,18 +113,23 @@ static void in_matmuls(const dr_model *m, dr_scratch *sc, int n, float *const *y
     matmuls(o, n, ys, sc->xn, ws, T);
 }
 
+/* Whether the backend's rmsnorm_matmul_n can take w: unquantized, or 4-bit
+ * (the CUDA backend's dp4a GEMV folds the norm in; 8-bit declines). */
+static bool norm_in_weight(const dr_tensor *w) { return !w->q.bits || w->q.bits == 4; }
+
 /* Whether layer l's pre-norm is left to its input projections (decode, a
- * backend with rmsnorm_matmul_n, unquantized projections): the block
- * before it then ends with the residual add alone, one launch less per
- * layer on a GPU. */
+ * backend with rmsnorm_matmul_n, projections it takes): the block before
+ * it then ends with the residual add alone, one launch less per layer on a
+ * GPU. */
 static bool defer_norm(const dr_model *m, int l, int T) {
     if (T != 1 || l >= m->hp.n_layers || !m->ops->rmsnorm_matmul_n)
         return false;
     const dr_layer_weights *lw = &m->w.layers[l];
     if (m->hp.is_attn[l])
-        return !lw->attn.q_proj.q.bits && !lw->attn.k_proj.q.bits && !lw->attn.v_proj.q.bits;
-    return !lw->gdn.in_proj_qkv.q.bits && !lw->gdn.in_proj_z.q.bits && !lw->gdn.in_proj_b.q.bits &&
-           !lw->gdn.in_proj_a.q.bits;
+        return norm_in_weight(&lw->attn.q_proj) && norm_in_weight(&lw->attn.k_proj) &&
+               norm_in_weight(&lw->attn.v_proj);
+    return norm_in_weight(&lw->gdn.in_proj_qkv) && norm_in_weight(&lw->gdn.in_proj_z) &&
+           norm_in_weight(&lw->gdn.in_proj_b) && norm_in_weight(&lw->gdn.in_proj_a);
 }
 
 /* The same for layer l's FFN (dense, unquantized gate/up, a backend that

@@ -863,6 +863,8 @@ bool dr_cuda_matmul_add_rmsnorm(void *ctx, float *x, float *xn, const float *a, 
                                 int T, float eps) {
     dr_cuda_ctx *cx = (dr_cuda_ctx *)ctx;
     const int d = (int)w->ne[w->ndim - 2], n = (int)w->ne[w->ndim - 1];
+    if (w->q.bits) /* the residual add alone, on the 4-bit GEMV (quant.cu) */
+        return !gain && (fuse_mode() & 2) && dr_cuda_quant_matmul_add(cx, x, a, w, T);
     if (!(fuse_mode() & 2) || !fusable(w, a, T) || d <= 0 ||
         (long)dr_cdiv((size_t)d, 8) * T > FN_PARTS) /* the parts of the largest grid fit */
         return false;
@@ -1079,6 +1081,8 @@ bool dr_cuda_rmsnorm_matmul_n(void *ctx, int n_w, float *const *ys, const float 
     dr_cuda_ctx *cx = (dr_cuda_ctx *)ctx;
     if (!norm_in_mode() || T != 1 || n_w < 1 || n_w > GEMV_SETS)
         return false;
+    if (ws[0]->q.bits) /* quant.cu: every w 4-bit, or declined */
+        return dr_cuda_quant_rmsnorm_matmul_n(cx, n_w, ys, x, gain, eps, ws, T);
     const dr_dtype dt = ws[0]->dtype;
     const long n = ws[0]->ne[ws[0]->ndim - 1];
     if (n > GN_MAX_N)

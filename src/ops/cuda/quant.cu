@@ -1449,30 +1449,51 @@ static size_t q2_smem_max(void) {
  * each word split even / odd; 24 int32 per 16-byte vector) in shared
  * memory. A warp owns R rows at a time and walks them lane-strided by 16-byte
  * vectors, U vectors a row per batch. Batches come by cp.async through a
- * ring of S stages that each thread owns alone (it reads back only what it
- * copied: no barrier), S - 1 batches ahead, the next rows' once a row's
- * vectors are done, so the bytes in flight cost no registers. Persistent
- * warps; the first S - 1 batches are issued before the PDL wait.
+ * ring of QD_ST stages that each thread owns alone (it reads back only what
+ * it copied: no barrier), QD_ST - 1 batches ahead, the next rows' once a
+ * row's vectors are done, so the bytes in flight cost no registers.
+ * Persistent warps; the first batches are issued before the PDL wait.
+ * Epilogues (EPI): QD_NORM stages RMSNorm(x; gain) instead of x (the block
+ * sums the squares first: rmsnorm_matmul_n); QD_ADD adds the products to y
+ * (matmul_add_rmsnorm without a norm: the residual add).
  */
 
 #define QD_TPB 256
 #define QD_MINB 3 /* blocks an SM: 24 warps, <= 85 registers */
 #define QD_SJ 4   /* float4 of x a thread loads at once when staging (4096 values a block) */
+/* stages of the ring: one batch ahead. On the H200 3 and 4 stages (2 blocks
+   an SM by shared memory, against 3 by registers) were 0-4% slower on the 9B
+   matrices and both lm_heads (docs/CUDA.md, session 28). */
+#define QD_ST 2
+enum { QD_PLAIN, QD_NORM, QD_ADD };
 
 /* Stage x [n] (zero-padded to np) as digits, steps and group sums; the whole
  * block; thread t takes float4 f = t + QD_TPB j, its group's lanes reduce
  * with shuffles (gs / 4 lanes: 8, 16 or 32). */
 template <int GS>
 static __device__ __forceinline__ void qd_stage(signed char *dig, float *sx, float *xg, const float *x, int n,
-                                                int np) {
+                                                int np, const float *gain, float eps, float *sh) {
     constexpr int GL = GS / 4; /* lanes a group */
     const int nf = np / 4;
+    float inv = 1.0f; /* with gain: x * gain / rms(x), as the bf16 GEMVs' gn_scale */
+    if (gain) {
+        float ss = 0.0f;
+        for (int f = threadIdx.x; 4 * f < n; f += QD_TPB) {
+            const float4 v = __ldg((const float4 *)x + f);
+            ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+        }
+        inv = 1.0f / sqrtf(dr_block_sum(ss, sh) / (float)n + eps);
+    }
     for (int f0 = 0; f0 < nf; f0 += QD_SJ * QD_TPB) {
         float4 v[QD_SJ];
 #pragma unroll
         for (int j = 0; j < QD_SJ; j++) {
             const int f = f0 + threadIdx.x + QD_TPB * j;
             v[j] = f < nf && 4 * f < n ? __ldg((const float4 *)x + f) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            if (gain && f < nf && 4 * f < n) {
+                const float4 g = __ldg((const float4 *)gain + f);
+                v[j] = make_float4(v[j].x * g.x * inv, v[j].y * g.y * inv, v[j].z * g.z * inv, v[j].w * g.w * inv);
+            }
         }
 #pragma unroll
         for (int j = 0; j < QD_SJ; j++) {
@@ -1543,7 +1564,8 @@ static __device__ __forceinline__ void qd_rows(const q2_set &set, int rg, int nv
 }
 
 /* y of the R rows of row group rg (lane 0 holds the sums) */
-template <int R> static __device__ __forceinline__ void qd_store(const q2_set &set, int rg, const float (&acc)[R]) {
+template <int R>
+static __device__ __forceinline__ void qd_store(const q2_set &set, int rg, const float (&acc)[R], bool add) {
     const int tile = rg * R / 16;
     int m = 0;
 #pragma unroll
@@ -1559,21 +1581,20 @@ template <int R> static __device__ __forceinline__ void qd_store(const q2_set &s
 #pragma unroll
     for (int r = 0; r < R; r++)
         if (rg * R - 16 * t0 + r < rows)
-            Y[rg * R - 16 * t0 + r] = acc[r];
+            Y[rg * R - 16 * t0 + r] = add ? Y[rg * R - 16 * t0 + r] + acc[r] : acc[r];
 }
 
-/* shared memory: the ring (S stages of R U 16-byte vectors and R U NGV (s, b)
- * words per thread), then the staged x */
-static size_t qd_ring(int S, int RU, int ngv) { return (size_t)S * RU * (16 + 4 * ngv) * QD_TPB; }
-static size_t qd_smem(int S, int RU, int np, int gs) {
-    return qd_ring(S, RU, 128 / gs) + (size_t)np / 32 * 96 + (size_t)np / gs * 8;
+/* shared memory: the ring (QD_ST stages of R U 16-byte vectors and R U NGV
+ * (s, b) words per thread), the staged x, 32 floats for the norm's sum */
+static size_t qd_smem(int RU, int np, int gs) {
+    return (size_t)QD_ST * RU * (16 + 4 * (128 / gs)) * QD_TPB + (size_t)np / 32 * 96 + (size_t)np / gs * 8 + 128;
 }
 
-template <int GSH, int R, int U, int S>
-__global__ void __launch_bounds__(QD_TPB, QD_MINB)
-    q2_dp4a_kernel(const q2_set set, const float *__restrict__ x, int n, int np, int sdt) {
+template <int GSH, int R, int U, int EPI>
+__global__ void __launch_bounds__(QD_TPB, QD_MINB) q2_dp4a_kernel(const q2_set set, const float *__restrict__ x, int n,
+                                                                 int np, int sdt, const float *gain, float eps) {
     extern __shared__ int4 qd_sm[];
-    constexpr int GS = 32 << GSH, NGV = 128 / GS, WPG = 4 / NGV, RU = R * U;
+    constexpr int GS = 32 << GSH, NGV = 128 / GS, WPG = 4 / NGV, RU = R * U, S = QD_ST;
     dr_pdl_trigger();
     const int nv = np / 32, ng = np / GS, lane = threadIdx.x & 31, tid = threadIdx.x;
     const int nwarp = gridDim.x * (QD_TPB / 32), wid = blockIdx.x * (QD_TPB / 32) + (threadIdx.x >> 5);
@@ -1581,7 +1602,8 @@ __global__ void __launch_bounds__(QD_TPB, QD_MINB)
     uint4 *rw = (uint4 *)qd_sm;                                   /* [S][RU][QD_TPB] */
     uint32_t *rs = (uint32_t *)(rw + (size_t)S * RU * QD_TPB);    /* [S][RU][QD_TPB][NGV] */
     const int4 *dig = (const int4 *)(rs + (size_t)S * RU * QD_TPB * NGV);
-    float *sx = (float *)(dig + (size_t)nv * 6), *xg = sx + ng;
+    float *sx = (float *)(dig + (size_t)nv * 6), *xg = sx + ng, *sh = xg + ng;
+    const float *gn = EPI == QD_NORM ? gain : NULL;
 
     /* the load cursor (row group lg, first vector lv) runs S - 1 batches ahead */
     int lg = wid, lv = 0;
@@ -1617,11 +1639,11 @@ __global__ void __launch_bounds__(QD_TPB, QD_MINB)
         issue(j);
     dr_pdl_wait();
     if (GS == 32)
-        qd_stage<32>((signed char *)dig, sx, xg, x, n, np);
+        qd_stage<32>((signed char *)dig, sx, xg, x, n, np, gn, eps, sh);
     else if (GS == 64)
-        qd_stage<64>((signed char *)dig, sx, xg, x, n, np);
+        qd_stage<64>((signed char *)dig, sx, xg, x, n, np, gn, eps, sh);
     else
-        qd_stage<128>((signed char *)dig, sx, xg, x, n, np);
+        qd_stage<128>((signed char *)dig, sx, xg, x, n, np, gn, eps, sh);
     __syncthreads();
 
     float acc[R];
@@ -1692,7 +1714,7 @@ __global__ void __launch_bounds__(QD_TPB, QD_MINB)
             for (int r = 0; r < R; r++)
                 acc[r] = dr_warp_sum(acc[r]);
             if (lane == 0)
-                qd_store<R>(set, cg, acc);
+                qd_store<R>(set, cg, acc, EPI == QD_ADD);
 #pragma unroll
             for (int r = 0; r < R; r++)
                 acc[r] = 0.0f;
@@ -1703,15 +1725,16 @@ __global__ void __launch_bounds__(QD_TPB, QD_MINB)
     dr_cp_wait<0>(); /* nothing in flight at exit */
 }
 
-/* DR_CUDA_QGEMV_DP4A=0: one-token 4-bit GEMVs on the tensor-core kernel (the
- * same-run baseline); DR_CUDA_QGEMV_RU=41 / 22 forces rows x vectors a
- * warp, DR_CUDA_QGEMV_ST=2 / 3 / 4 caps the stages (measurements) */
+/* DR_CUDA_QGEMV_DP4A=0: one-token 4-bit GEMVs on the tensor-core kernel and
+ * no quantized norm / add epilogues (the same-run baseline);
+ * DR_CUDA_QGEMV_RU=41 / 22 forces rows x vectors a warp (measurements) */
 static int qd_mode = -1;
 
-template <int GSH, int R, int U, int S>
-static void qd_launch_k(dr_cuda_ctx *cx, const q2_set &set, const float *x, int n, int np, int sdt) {
-    void (*k)(const q2_set, const float *, int, int, int) = q2_dp4a_kernel<GSH, R, U, S>;
-    const size_t smem = qd_smem(S, R * U, np, 32 << GSH);
+template <int GSH, int R, int U, int EPI>
+static void qd_launch_k(dr_cuda_ctx *cx, const q2_set &set, const float *x, int n, int np, int sdt,
+                        const float *gain, float eps) {
+    void (*k)(const q2_set, const float *, int, int, int, const float *, float) = q2_dp4a_kernel<GSH, R, U, EPI>;
+    const size_t smem = qd_smem(R * U, np, 32 << GSH);
     static int per_sm = 0;
     static size_t per_sm_smem = 0;
     if (per_sm_smem != smem) {
@@ -1724,59 +1747,51 @@ static void qd_launch_k(dr_cuda_ctx *cx, const q2_set &set, const float *x, int 
     const size_t groups = (size_t)set.t0[set.nm] * (16 / R), cap = (size_t)per_sm * (cx->n_sm > 0 ? cx->n_sm : 132);
     const size_t blocks = dr_cdiv(groups, (size_t)(QD_TPB / 32));
     dr_cuda_launch(cx, true, k, dim3((unsigned)(blocks < cap ? blocks : cap)), dim3(QD_TPB), smem, set, x, n, np,
-                   sdt);
+                   sdt, gain, eps);
 }
 
-template <int GSH, int R, int U>
-static void qd_stages(dr_cuda_ctx *cx, const q2_set &set, const float *x, int n, int np, int sdt, int st) {
-    if (st == 4)
-        qd_launch_k<GSH, R, U, 4>(cx, set, x, n, np, sdt);
-    else if (st == 3)
-        qd_launch_k<GSH, R, U, 3>(cx, set, x, n, np, sdt);
-    else
-        qd_launch_k<GSH, R, U, 2>(cx, set, x, n, np, sdt);
-}
-
-template <int R, int U>
-static void qd_gs(dr_cuda_ctx *cx, const q2_set &set, const float *x, int n, int np, int gs, int sdt, int st) {
+template <int R, int U, int EPI>
+static void qd_gs(dr_cuda_ctx *cx, const q2_set &set, const float *x, int n, int np, int gs, int sdt,
+                  const float *gain, float eps) {
     if (gs == 32)
-        qd_stages<0, R, U>(cx, set, x, n, np, sdt, st);
+        qd_launch_k<0, R, U, EPI>(cx, set, x, n, np, sdt, gain, eps);
     else if (gs == 64)
-        qd_stages<1, R, U>(cx, set, x, n, np, sdt, st);
+        qd_launch_k<1, R, U, EPI>(cx, set, x, n, np, sdt, gain, eps);
     else
-        qd_stages<2, R, U>(cx, set, x, n, np, sdt, st);
+        qd_launch_k<2, R, U, EPI>(cx, set, x, n, np, sdt, gain, eps);
 }
 
-/* The dp4a GEMV when it applies (one token, 4-bit, 16-bit scales, x 16-byte
- * aligned, its staging within the shared memory); false: the caller runs
- * the tensor-core kernel. */
-static bool qd_try(dr_cuda_ctx *cx, const q2_set &set, const dr_tensor *w0, const float *x, int T) {
-    const int n = (int)w0->ne[w0->ndim - 1], gs = w0->q.group_size, np = q2_np(n, 4);
-    if (!dr_env_on("DR_CUDA_QGEMV_DP4A", &qd_mode) || T != 1 || w0->q.bits != 4 ||
-        w0->q.sb_dtype == DR_DT_F32 || ((uintptr_t)x & 15))
-        return false;
-    static int ru = -1, st_force = -1;
+/* Whether the dp4a GEMV takes one token of w0's geometry: 4-bit, 16-bit
+ * scales, x (and gain) 16-byte aligned, the staging within the shared memory */
+static bool qd_fits(const dr_tensor *w0, const float *x, const float *gain, int T) {
+    const int n = (int)w0->ne[w0->ndim - 1], gs = w0->q.group_size;
+    return dr_env_on("DR_CUDA_QGEMV_DP4A", &qd_mode) && q2_on() && T == 1 && w0->q.bits == 4 &&
+           w0->q.sb_dtype != DR_DT_F32 && !((uintptr_t)x & 15) && !((uintptr_t)gain & 15) && n % 4 == 0 &&
+           qd_smem(4, q2_np(n, 4), gs) <= q2_smem_max();
+}
+
+/* The dp4a GEMV over the set (qd_fits(w0, ...) holds) with epilogue epi */
+static void qd_run(dr_cuda_ctx *cx, const q2_set &set, const dr_tensor *w0, const float *x, int epi,
+                   const float *gain, float eps) {
+    const int n = (int)w0->ne[w0->ndim - 1], gs = w0->q.group_size, np = q2_np(n, 4), sdt = (int)w0->q.sb_dtype;
+    static int ru = -1;
     if (ru < 0) {
-        const char *e = getenv("DR_CUDA_QGEMV_RU"), *f = getenv("DR_CUDA_QGEMV_ST");
+        const char *e = getenv("DR_CUDA_QGEMV_RU");
         ru = e ? atoi(e) : 0;
-        st_force = f ? atoi(f) : 0;
     }
     /* rows x vectors a warp: 4 x 1 up to 4096 values a row, 2 x 2 above (H200,
        docs/CUDA.md session 28: 4 x 1 ran the 2048-wide lm_head at 86% of the
        copy floor against 65% for 2 x 2; 1 x 4 was the slowest everywhere) */
-    const int pick = ru ? ru : np <= 4096 ? 41 : 22;
-    /* stages: 2 (one batch ahead; 3 blocks an SM by registers) unless forced:
-       on the H200 3 and 4 stages (2 blocks an SM by shared memory) were 0-4%
-       slower on the 9B matrices and both lm_heads (docs/CUDA.md, session 28) */
-    const int st = st_force >= 2 && st_force <= 4 ? st_force : 2;
-    if (qd_smem(st, 4, np, gs) > q2_smem_max())
-        return false;
-    const int sdt = (int)w0->q.sb_dtype;
-    if (pick == 41)
-        qd_gs<4, 1>(cx, set, x, n, np, gs, sdt, st);
+    const bool r4 = ru ? ru == 41 : np <= 4096;
+    if (epi == QD_NORM)
+        r4 ? qd_gs<4, 1, QD_NORM>(cx, set, x, n, np, gs, sdt, gain, eps)
+           : qd_gs<2, 2, QD_NORM>(cx, set, x, n, np, gs, sdt, gain, eps);
+    else if (epi == QD_ADD)
+        r4 ? qd_gs<4, 1, QD_ADD>(cx, set, x, n, np, gs, sdt, NULL, 0.0f)
+           : qd_gs<2, 2, QD_ADD>(cx, set, x, n, np, gs, sdt, NULL, 0.0f);
     else
-        qd_gs<2, 2>(cx, set, x, n, np, gs, sdt, st);
-    return true;
+        r4 ? qd_gs<4, 1, QD_PLAIN>(cx, set, x, n, np, gs, sdt, NULL, 0.0f)
+           : qd_gs<2, 2, QD_PLAIN>(cx, set, x, n, np, gs, sdt, NULL, 0.0f);
 }
 
 /* T <= QG_MAX_T tokens, all matrices of one geometry; tokens in blocks whose
@@ -1785,8 +1800,10 @@ static void q2_gemv_run(dr_cuda_ctx *cx, const q2_set &set, const dr_tensor *w0,
     const int n = (int)w0->ne[w0->ndim - 1], bits = w0->q.bits, gs = w0->q.group_size, np = q2_np(n, bits);
     const int sdt = (int)w0->q.sb_dtype;
     const bool sb32 = w0->q.sb_dtype == DR_DT_F32;
-    if (qd_try(cx, set, w0, x, T))
+    if (qd_fits(w0, x, NULL, T)) {
+        qd_run(cx, set, w0, x, QD_PLAIN, NULL, 0.0f);
         return;
+    }
     const size_t smax = q2_smem_max();
     int tb = T;
     while (tb > 1 && q2_smem(tb, np, gs, bits, sb32) > smax)
@@ -1829,6 +1846,36 @@ static void q2_set_add(q2_set *set, const dr_tensor *w, float *y) {
     set->y[i] = y;
     set->rows[i] = g.rows;
     set->t0[i + 1] = set->t0[i] + (g.rows + 15) / 16;
+}
+
+/* ys[i] = RMSNorm(x; gain) ws[i]^T for one token when every w is 4-bit of
+ * one geometry the dp4a GEMV takes (rmsnorm_matmul_n); false: queued nothing */
+bool dr_cuda_quant_rmsnorm_matmul_n(dr_cuda_ctx *cx, int n_w, float *const *ys, const float *x, const float *gain,
+                                    float eps, const dr_tensor *const *ws, int T) {
+    if (n_w < 1 || n_w > QG_SETS || !qd_fits(ws[0], x, gain, T))
+        return false;
+    for (int i = 0; i < n_w; i++)
+        if (!ws[i]->dev || ws[i]->q.bits != 4 || ws[i]->q.group_size != ws[0]->q.group_size ||
+            ws[i]->q.sb_dtype != ws[0]->q.sb_dtype || ws[i]->ne[ws[i]->ndim - 1] != ws[0]->ne[ws[0]->ndim - 1])
+            return false;
+    q2_set set = {};
+    for (int i = 0; i < n_w; i++)
+        q2_set_add(&set, ws[i], ys[i]);
+    if (set.t0[n_w] > 0)
+        qd_run(cx, set, ws[0], x, QD_NORM, gain, eps);
+    return true;
+}
+
+/* x [1, d] += a w^T for a 4-bit w the dp4a GEMV takes (matmul_add_rmsnorm
+ * without a norm); false: queued nothing */
+bool dr_cuda_quant_matmul_add(dr_cuda_ctx *cx, float *x, const float *a, const dr_tensor *w, int T) {
+    if (!w->dev || !qd_fits(w, a, NULL, T))
+        return false;
+    q2_set set = {};
+    q2_set_add(&set, w, x);
+    if (set.t0[1] > 0)
+        qd_run(cx, set, w, a, QD_ADD, NULL, 0.0f);
+    return true;
 }
 
 /* prefill: rows [r0, r0 + nr) -> hi/lo [nr, n]; one thread per (row, k-step

@@ -24,6 +24,13 @@ void dr_cuda_mm_w(dr_cuda_ctx *cx, float *y, const float *x, const dr_tensor *w,
 bool dr_cuda_quant_matmul_n(dr_cuda_ctx *cx, int n_w, float *const *ys, const float *x, const dr_tensor *const *ws,
                             int T);
 
+/* The decode epilogues of the 4-bit dp4a GEMV (one token, 16-bit scales):
+ * ys[i] = RMSNorm(x; gain) ws[i]^T (rmsnorm_matmul_n), and x += a w^T
+ * (matmul_add_rmsnorm without a norm). false: not taken, nothing queued. */
+bool dr_cuda_quant_rmsnorm_matmul_n(dr_cuda_ctx *cx, int n_w, float *const *ys, const float *x, const float *gain,
+                                    float eps, const dr_tensor *const *ws, int T);
+bool dr_cuda_quant_matmul_add(dr_cuda_ctx *cx, float *x, const float *a, const dr_tensor *w, int T);
+
 /* x [T, H] = dequantized rows ids[t] (device ids) of a quantized embedding. */
 void dr_cuda_qembed(dr_cuda_ctx *cx, float *x, const dr_tensor *emb, const int32_t *dids, int T);
 
