@@ -1470,36 +1470,55 @@ enum { QD_PLAIN, QD_NORM, QD_ADD };
 /* Stage x [n] (zero-padded to np) as digits, steps and group sums; the whole
  * block; thread t takes float4 f = t + QD_TPB j, its group's lanes reduce
  * with shuffles (gs / 4 lanes: 8, 16 or 32). */
+/* float4 f0 + threadIdx.x + QD_TPB j of x into v[j] (zeros past n) */
+static __device__ __forceinline__ void qd_load(float4 (&v)[QD_SJ], const float *x, int n, int f0) {
+#pragma unroll
+    for (int j = 0; j < QD_SJ; j++) {
+        const int f = f0 + threadIdx.x + QD_TPB * j;
+        v[j] = 4 * f < n ? __ldg((const float4 *)x + f) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    }
+}
+
+static __device__ __forceinline__ float qd_sumsq(const float4 (&v)[QD_SJ]) {
+    float ss = 0.0f;
+#pragma unroll
+    for (int j = 0; j < QD_SJ; j++)
+        ss += v[j].x * v[j].x + v[j].y * v[j].y + v[j].z * v[j].z + v[j].w * v[j].w;
+    return ss;
+}
+
+/* With gain, x * gain / rms(x) (the bf16 GEMVs' gn_scale): the first 4096
+ * values' loads serve both the sum of squares and the staging, so a row of
+ * up to 4096 values costs the norm one block sum and no second round trip. */
 template <int GS>
 static __device__ __forceinline__ void qd_stage(signed char *dig, float *sx, float *xg, const float *x, int n,
-                                                int np, const float *gain, float eps, float *sh) {
+                                                int np, const float *gain, float eps, float *red) {
     constexpr int GL = GS / 4; /* lanes a group */
     const int nf = np / 4;
-    float inv = 1.0f; /* with gain: x * gain / rms(x), as the bf16 GEMVs' gn_scale */
+    float4 v[QD_SJ];
+    qd_load(v, x, n, 0);
+    float inv = 1.0f;
     if (gain) {
-        float ss = 0.0f;
-        for (int f = threadIdx.x; 4 * f < n; f += QD_TPB) {
-            const float4 v = __ldg((const float4 *)x + f);
-            ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
+        float ss = qd_sumsq(v);
+        for (int f0 = QD_SJ * QD_TPB; 4 * f0 < n; f0 += QD_SJ * QD_TPB) {
+            float4 t[QD_SJ];
+            qd_load(t, x, n, f0);
+            ss += qd_sumsq(t);
         }
-        inv = 1.0f / sqrtf(dr_block_sum(ss, sh) / (float)n + eps);
+        inv = 1.0f / sqrtf(dr_block_sum(ss, red) / (float)n + eps);
     }
     for (int f0 = 0; f0 < nf; f0 += QD_SJ * QD_TPB) {
-        float4 v[QD_SJ];
-#pragma unroll
-        for (int j = 0; j < QD_SJ; j++) {
-            const int f = f0 + threadIdx.x + QD_TPB * j;
-            v[j] = f < nf && 4 * f < n ? __ldg((const float4 *)x + f) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-            if (gain && f < nf && 4 * f < n) {
-                const float4 g = __ldg((const float4 *)gain + f);
-                v[j] = make_float4(v[j].x * g.x * inv, v[j].y * g.y * inv, v[j].z * g.z * inv, v[j].w * g.w * inv);
-            }
-        }
+        if (f0)
+            qd_load(v, x, n, f0);
 #pragma unroll
         for (int j = 0; j < QD_SJ; j++) {
             const int f = f0 + threadIdx.x + QD_TPB * j;
             if (f >= nf) /* whole warps past the end (nf is a multiple of 64): the shuffles stay whole */
                 continue;
+            if (gain && 4 * f < n) {
+                const float4 g = __ldg((const float4 *)gain + f);
+                v[j] = make_float4(v[j].x * g.x * inv, v[j].y * g.y * inv, v[j].z * g.z * inv, v[j].w * g.w * inv);
+            }
             float m = fmaxf(fmaxf(fabsf(v[j].x), fabsf(v[j].y)), fmaxf(fabsf(v[j].z), fabsf(v[j].w)));
             float s = (v[j].x + v[j].y) + (v[j].z + v[j].w);
 #pragma unroll
@@ -1516,8 +1535,8 @@ static __device__ __forceinline__ void qd_stage(signed char *dig, float *sx, flo
                 int X = __float2int_rn(e4[e] / step); /* |X| <= 127 2^16 */
                 const int d0 = ((X & 255) ^ 128) - 128, X1 = (X - d0) >> 8;
                 const int d1 = ((X1 & 255) ^ 128) - 128, d2 = (X1 - d1) >> 8;
-                int sh;
-                const int wd = q2_loc(4, 4 * f + e, &sh), p = sh >> 2; /* nibble p of word wd */
+                int bit;
+                const int wd = q2_loc(4, 4 * f + e, &bit), p = bit >> 2; /* nibble p of word wd */
                 signed char *b = dig + (size_t)wd * 24 + 4 * (p & 1) + (p >> 1);
                 b[0] = (signed char)d2, b[8] = (signed char)d1, b[16] = (signed char)d0;
             }
