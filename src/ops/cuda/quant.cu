@@ -1488,15 +1488,18 @@ static __device__ __forceinline__ float qd_sumsq(const float4 (&v)[QD_SJ]) {
 }
 
 /* With gain, x * gain / rms(x) (the bf16 GEMVs' gn_scale): the first 4096
- * values' loads serve both the sum of squares and the staging, so a row of
- * up to 4096 values costs the norm one block sum and no second round trip. */
+ * values' loads (x and gain together) serve both the sum of squares and the
+ * staging, so a row of up to 4096 values costs the norm one block sum and
+ * no second round trip. */
 template <int GS>
 static __device__ __forceinline__ void qd_stage(signed char *dig, float *sx, float *xg, const float *x, int n,
                                                 int np, const float *gain, float eps, float *red) {
     constexpr int GL = GS / 4; /* lanes a group */
     const int nf = np / 4;
-    float4 v[QD_SJ];
+    float4 v[QD_SJ], g[QD_SJ];
     qd_load(v, x, n, 0);
+    if (gain) /* with x, not behind the block sum */
+        qd_load(g, gain, n, 0);
     float inv = 1.0f;
     if (gain) {
         float ss = qd_sumsq(v);
@@ -1508,17 +1511,19 @@ static __device__ __forceinline__ void qd_stage(signed char *dig, float *sx, flo
         inv = 1.0f / sqrtf(dr_block_sum(ss, red) / (float)n + eps);
     }
     for (int f0 = 0; f0 < nf; f0 += QD_SJ * QD_TPB) {
-        if (f0)
+        if (f0) {
             qd_load(v, x, n, f0);
+            if (gain)
+                qd_load(g, gain, n, f0);
+        }
 #pragma unroll
         for (int j = 0; j < QD_SJ; j++) {
             const int f = f0 + threadIdx.x + QD_TPB * j;
             if (f >= nf) /* whole warps past the end (nf is a multiple of 64): the shuffles stay whole */
                 continue;
-            if (gain && 4 * f < n) {
-                const float4 g = __ldg((const float4 *)gain + f);
-                v[j] = make_float4(v[j].x * g.x * inv, v[j].y * g.y * inv, v[j].z * g.z * inv, v[j].w * g.w * inv);
-            }
+            if (gain)
+                v[j] = make_float4(v[j].x * g[j].x * inv, v[j].y * g[j].y * inv, v[j].z * g[j].z * inv,
+                                   v[j].w * g[j].w * inv);
             float m = fmaxf(fmaxf(fabsf(v[j].x), fabsf(v[j].y)), fmaxf(fabsf(v[j].z), fabsf(v[j].w)));
             float s = (v[j].x + v[j].y) + (v[j].z + v[j].w);
 #pragma unroll
