@@ -1561,51 +1561,52 @@ template <int NB> static __device__ __forceinline__ void qd_cp_sb(void *s, const
     asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(a), "l"(g), "n"(NB), "r"(ok ? NB : 0));
 }
 
-/* The row pointers (packed, (s, b)) of row group rg (R rows of one tile) */
-template <int R>
-static __device__ __forceinline__ void qd_rows(const q2_set &set, int rg, int nv, int ng, const uint4 *(&pw)[R],
-                                               const uint32_t *(&ps)[R]) {
-    const int tile = rg * R / 16;
+/* Matrix m of the set that holds tile (16 rows) `tile`: constant indices
+ * only, so the set stays in the parameter bank */
+struct q2_mat {
+    const uint4 *W;
+    const uint32_t *S;
+    float *Y;
+    int rows, t0;
+};
+static __device__ __forceinline__ q2_mat q2_mat_of(const q2_set &set, int tile) {
     int m = 0;
 #pragma unroll
     for (int j = 1; j < QG_SETS; j++)
         if (j < set.nm && tile >= set.t0[j])
             m = j;
-    const uint4 *W = set.W[0];
-    const uint32_t *S = set.SB[0];
-    int rows = set.rows[0], t0 = 0;
+    q2_mat r = {set.W[0], set.SB[0], set.y[0], set.rows[0], 0};
 #pragma unroll
     for (int j = 1; j < QG_SETS; j++)
         if (j == m)
-            W = set.W[j], S = set.SB[j], rows = set.rows[j], t0 = set.t0[j];
+            r = (q2_mat){set.W[j], set.SB[j], set.y[j], set.rows[j], set.t0[j]};
+    return r;
+}
+
+/* The row pointers (packed, (s, b)) of row group rg (R rows of one tile) */
+template <int R>
+static __device__ __forceinline__ void qd_rows(const q2_set &set, int rg, int nv, int ng, const uint4 *(&pw)[R],
+                                               const uint32_t *(&ps)[R]) {
+    const q2_mat mt = q2_mat_of(set, rg * R / 16);
 #pragma unroll
     for (int r = 0; r < R; r++) {
-        int lr = rg * R - 16 * t0 + r;
-        lr = lr < rows ? lr : 0; /* padding rows of the last tile: row 0 again, dropped */
-        pw[r] = W + (size_t)lr * nv;
-        ps[r] = S + (size_t)lr * ng;
+        int lr = rg * R - 16 * mt.t0 + r;
+        lr = lr < mt.rows ? lr : 0; /* padding rows of the last tile: row 0 again, dropped */
+        pw[r] = mt.W + (size_t)lr * nv;
+        ps[r] = mt.S + (size_t)lr * ng;
     }
 }
 
 /* y of the R rows of row group rg (lane 0 holds the sums) */
 template <int R>
 static __device__ __forceinline__ void qd_store(const q2_set &set, int rg, const float (&acc)[R], bool add) {
-    const int tile = rg * R / 16;
-    int m = 0;
+    const q2_mat mt = q2_mat_of(set, rg * R / 16);
 #pragma unroll
-    for (int j = 1; j < QG_SETS; j++)
-        if (j < set.nm && tile >= set.t0[j])
-            m = j;
-    float *Y = set.y[0];
-    int rows = set.rows[0], t0 = 0;
-#pragma unroll
-    for (int j = 1; j < QG_SETS; j++)
-        if (j == m)
-            Y = set.y[j], rows = set.rows[j], t0 = set.t0[j];
-#pragma unroll
-    for (int r = 0; r < R; r++)
-        if (rg * R - 16 * t0 + r < rows)
-            Y[rg * R - 16 * t0 + r] = add ? Y[rg * R - 16 * t0 + r] + acc[r] : acc[r];
+    for (int r = 0; r < R; r++) {
+        const int lr = rg * R - 16 * mt.t0 + r;
+        if (lr < mt.rows)
+            mt.Y[lr] = add ? mt.Y[lr] + acc[r] : acc[r];
+    }
 }
 
 /* shared memory: the ring (QD_ST stages of R U 16-byte vectors and R U NGV
