@@ -5,8 +5,9 @@
  * Device layout of one quantized tensor (one allocation, t->dev), default:
  * the repacked layout (section "repacked layout (v2)" below: rows permuted
  * for the tensor-core GEMV's A fragments, (scale, bias) interleaved), read by
- * q2_gemv_kernel, q2_dequant_split_kernel, q2_embed_kernel and the q2_moe_*
- * kernels. DR_CUDA_QGEMV_V2=0 (read once, at the first upload, for the
+ * q2_gemv_kernel, q2_dp4a_kernel (one token, 4-bit, 16-bit scales: the
+ * decode default, with the norm-in and residual-add epilogues),
+ * q2_dequant_split_kernel, q2_embed_kernel and the q2_moe_* kernels. DR_CUDA_QGEMV_V2=0 (read once, at the first upload, for the
  * process): the file layout below and the kernels written for it, kept as
  * the same-run baseline. File layout: the packed
  * words as in the file ([rows, in * bits / 32] uint32), then scales and then
@@ -33,7 +34,9 @@
  *    runs the GEMV per block of 8 tokens (weights re-read, no scratch).
  *  - Embedding rows dequantized exactly as the CPU (scale * q, then + bias).
  *  - MoE decode (T <= 4): gate/up of every (token, pick) in one launch, then
- *    down fused with the weighted sum over picks in pick order. MoE prefill
+ *    down fused with the weighted sum over picks (repacked layout: a warp's
+ *    lanes spread over the picks' pieces, every weight load issued before x
+ *    is staged). MoE prefill
  *    goes through moe.cu's grouped path, whose per-expert products call
  *    dr_cuda_mm_w (here) for quantized experts.
  */
