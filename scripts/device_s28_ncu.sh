@@ -1,3 +1,11 @@
+#!/usr/bin/env bash
+# Session 28 on the GPU machine: ncu's speed-of-light, warp-state, occupancy
+# and memory sections plus every warp-stall ratio for one launch of the
+# engine's one-token 4-bit GEMV on the 9B mlp.up and the 0.8B lm_head
+# (tests/bench_cuda, DR_BENCH_QUANT_SHAPE) and of the q4 probe's dp4a kernel
+# (bench/cuda/q4_probe.cu). The kernel regex q2_gemv was the tensor-core
+# kernel's name when this ran; for the dp4a kernel use q2_dp4a.
+# Usage: scripts/device_s28_ncu.sh (logs ncu_*.txt under $OUT)
 set -uo pipefail
 source scripts/device_env.sh
 b=build-dev
