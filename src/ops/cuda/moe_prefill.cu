@@ -270,12 +270,6 @@ __global__ void __launch_bounds__(MP_THREADS)
 #define M2_STAGE (2 * M2_BM * M2_SK + M2_BN * M2_SK) /* bf16: A hi, A lo, W */
 #define M2_SMEM (M2_STAGES * M2_STAGE * 2)            /* 92,160 bytes: two blocks per SM */
 
-/* cp.async of 16 bytes, or 16 zero bytes when !ok (nothing is read) */
-static __device__ __forceinline__ void mp_cp16z(void *s, const void *g, bool ok) {
-    const unsigned a = (unsigned)__cvta_generic_to_shared(s);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(a), "l"(g), "r"(ok ? 16 : 0));
-}
-
 /* hi / lo planes of x [n] (n a multiple of 4), as dr_split2 makes them */
 __global__ void mp_split(bf16 *__restrict__ hi, bf16 *__restrict__ lo, const float *__restrict__ x, size_t n4) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n4; i += (size_t)gridDim.x * blockDim.x) {
@@ -330,8 +324,8 @@ __global__ void __launch_bounds__(M2_THREADS, 2)
 #pragma unroll
         for (int u = 0; u < 2; u++) {
             const int so = (ra + M2_PASS * u) * M2_SK + c8;
-            mp_cp16z(s + so, ah + aoff[u] + k0, aok[u]);
-            mp_cp16z(s + M2_BM * M2_SK + so, al + aoff[u] + k0, aok[u]);
+            dr_cp16z(s + so, ah + aoff[u] + k0, aok[u]);
+            dr_cp16z(s + M2_BM * M2_SK + so, al + aoff[u] + k0, aok[u]);
             dr_cp16(s + 2 * M2_BM * M2_SK + so, wrow[u] + k0);
         }
     };

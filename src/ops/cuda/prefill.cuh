@@ -68,6 +68,11 @@ static __device__ __forceinline__ void dr_cp16(void *s, const void *g) {
     const unsigned a = (unsigned)__cvta_generic_to_shared(s);
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(a), "l"(g));
 }
+/* cp.async of 16 bytes, or 16 zero bytes when !ok (nothing is read) */
+static __device__ __forceinline__ void dr_cp16z(void *s, const void *g, bool ok) {
+    const unsigned a = (unsigned)__cvta_generic_to_shared(s);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(a), "l"(g), "r"(ok ? 16 : 0));
+}
 static __device__ __forceinline__ void dr_cp_commit(void) { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N> static __device__ __forceinline__ void dr_cp_wait(void) {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N));

@@ -7,8 +7,9 @@
  * for the tensor-core GEMV's A fragments, (scale, bias) interleaved), read by
  * q2_gemv_kernel, q2_dp4a_kernel (one token, 4-bit, 16-bit scales: the
  * decode default, with the norm-in and residual-add epilogues),
- * q2_dequant_split_kernel, q2_embed_kernel and the q2_moe_* kernels. DR_CUDA_QGEMV_V2=0 (read once, at the first upload, for the
- * process): the file layout below and the kernels written for it, kept as
+ * q2_dequant_split_kernel, q2_embed_kernel and the q2_moe_* kernels.
+ * DR_CUDA_QGEMV_V2=0 (read once, at the first upload, for the process): the
+ * file layout below and the kernels written for it, kept as
  * the same-run baseline. File layout: the packed
  * words as in the file ([rows, in * bits / 32] uint32), then scales and then
  * biases ([rows, in / group_size] in the file's sb dtype), each part starting
@@ -36,9 +37,8 @@
  *  - MoE decode (T <= 4): gate/up of every (token, pick) in one launch, then
  *    down fused with the weighted sum over picks (repacked layout: a warp's
  *    lanes spread over the picks' pieces, every weight load issued before x
- *    is staged). MoE prefill
- *    goes through moe.cu's grouped path, whose per-expert products call
- *    dr_cuda_mm_w (here) for quantized experts.
+ *    is staged). MoE prefill goes through moe.cu's grouped path, whose
+ *    per-expert products call dr_cuda_mm_w (here) for quantized experts.
  */
 #include "cuda_common.cuh"
 #include "cuda_ops.h"
@@ -143,13 +143,6 @@ static __device__ __forceinline__ float ld_sb(const void *p, dr_dtype dt, size_t
     return __ldg((const float *)p + i);
 }
 
-static __device__ __forceinline__ uint4 ld_q(const uint4 *p) {
-    uint4 r;
-    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
-        : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
-        : "l"(p));
-    return r;
-}
 
 /* byte i of v as a float 2^23 + byte (exact), minus 2^23: the value */
 #define QB(v, i) (__uint_as_float(__byte_perm((v), 0x4B000000u, 0x7440u | (i))) - 8388608.0f)
@@ -238,7 +231,7 @@ __global__ void __launch_bounds__(256, 2) qgemv_kernel(const qgemv_set set, cons
         const int v = lv + lane + 32 * j;                                                             \
         _Pragma("unroll") for (int r = 0; r < R; r++) {                                               \
             if (v < nv) {                                                                             \
-                u_[j][r] = ld_q(q.w[r] + v);                                                          \
+                u_[j][r] = dr_ld_w(q.w[r] + v);                                                          \
                 s_[j][r] = ld_sb(q.s[r], sdt, v >> gsh);                                              \
                 b_[j][r] = ld_sb(q.b[r], sdt, v >> gsh);                                              \
             } else {                                                                                  \
@@ -575,7 +568,7 @@ __global__ void __launch_bounds__(QM_TPB, MT <= 2 ? 2 : 1) qgemv_mma_kernel(cons
             for (int r = 0; r < 2; r++) {
                 if (ci < nc) {
                     const int p = 4 * ci + c;
-                    u[k][r] = ld_q(pw[r] + p);
+                    u[k][r] = dr_ld_w(pw[r] + p);
                     s_[k][r] = ld_sb(ps[r], sdt, p >> gsh);
                     b_[k][r] = ld_sb(pb[r], sdt, p >> gsh);
                 } else {
@@ -1151,7 +1144,7 @@ __global__ void __launch_bounds__(Q2_TPB, NB == 1 ? 2 : 1)
         for (int k = 0; k < BLK; k++)
 #pragma unroll
             for (int r = 0; r < 2; r++)
-                u[k][r] = ld_q(pw[r] + (size_t)(lb * BLK + k) * 4);
+                u[k][r] = dr_ld_w(pw[r] + (size_t)(lb * BLK + k) * 4);
         const int g0 = lb * KBAT / GS;
 #pragma unroll
         for (int r = 0; r < 2; r++)
@@ -1470,9 +1463,6 @@ static size_t q2_smem_max(void) {
 #define QD_ST 2
 enum { QD_PLAIN, QD_NORM, QD_ADD };
 
-/* Stage x [n] (zero-padded to np) as digits, steps and group sums; the whole
- * block; thread t takes float4 f = t + QD_TPB j, its group's lanes reduce
- * with shuffles (gs / 4 lanes: 8, 16 or 32). */
 /* float4 f0 + threadIdx.x + QD_TPB j of x into v[j] (zeros past n) */
 static __device__ __forceinline__ void qd_load(float4 (&v)[QD_SJ], const float *x, int n, int f0) {
 #pragma unroll
@@ -1490,7 +1480,10 @@ static __device__ __forceinline__ float qd_sumsq(const float4 (&v)[QD_SJ]) {
     return ss;
 }
 
-/* With gain, x * gain / rms(x) (the bf16 GEMVs' gn_scale): the first 4096
+/* Stage x [n] (zero-padded to np) as digits, steps and group sums; the whole
+ * block; thread t takes float4 f = t + QD_TPB j, its group's lanes reduce
+ * with shuffles (gs / 4 lanes: 8, 16 or 32).
+ * With gain, x * gain / rms(x) (the bf16 GEMVs' gn_scale): the first 4096
  * values' loads (x and gain together) serve both the sum of squares and the
  * staging, so a row of up to 4096 values costs the norm one block sum and
  * no second round trip. */
@@ -1501,10 +1494,9 @@ static __device__ __forceinline__ void qd_stage(signed char *dig, float *sx, flo
     const int nf = np / 4;
     float4 v[QD_SJ], g[QD_SJ];
     qd_load(v, x, n, 0);
-    if (gain) /* with x, not behind the block sum */
-        qd_load(g, gain, n, 0);
     float inv = 1.0f;
     if (gain) {
+        qd_load(g, gain, n, 0); /* with x, not behind the block sum */
         float ss = qd_sumsq(v);
         for (int f0 = QD_SJ * QD_TPB; 4 * f0 < n; f0 += QD_SJ * QD_TPB) {
             float4 t[QD_SJ];
@@ -1552,13 +1544,9 @@ static __device__ __forceinline__ void qd_stage(signed char *dig, float *sx, flo
     }
 }
 
-/* cp.async of the weights' 16 bytes (.cg: L2 only) or of a vector's NB bytes
- * of (s, b) words (.ca: the 4 lanes of a block read the same ones); zeros and
- * no read when !ok */
-static __device__ __forceinline__ void qd_cp_w(void *s, const void *g, bool ok) {
-    const unsigned a = (unsigned)__cvta_generic_to_shared(s);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(a), "l"(g), "r"(ok ? 16 : 0));
-}
+/* cp.async of a vector's NB bytes of (s, b) words (.ca: the 4 lanes of a
+ * block read the same ones; the weights go by prefill.cuh's dr_cp16z, .cg);
+ * zeros and no read when !ok */
 template <int NB> static __device__ __forceinline__ void qd_cp_sb(void *s, const void *g, bool ok) {
     const unsigned a = (unsigned)__cvta_generic_to_shared(s);
     asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;\n" ::"r"(a), "l"(g), "n"(NB), "r"(ok ? NB : 0));
@@ -1648,7 +1636,7 @@ __global__ void __launch_bounds__(QD_TPB, QD_MINB) q2_dp4a_kernel(const q2_set s
 #pragma unroll
                 for (int r = 0; r < R; r++) {
                     const int it = (slot * RU + u * R + r) * QD_TPB + tid;
-                    qd_cp_w(rw + it, pw[r] + (ok ? v : 0), ok);
+                    dr_cp16z(rw + it, pw[r] + (ok ? v : 0), ok);
                     qd_cp_sb<4 * NGV>(rs + (size_t)it * NGV, ps[r] + (ok ? (v >> 2) * NGV : 0), ok);
                 }
             }
@@ -2001,7 +1989,7 @@ static __device__ __forceinline__ void q2_piece_load(q2_piece<SBW> &p, const voi
             p.sb[i] = 0;
         return;
     }
-    p.u = ld_q((const uint4 *)blk + (size_t)row * g.rq + v);
+    p.u = dr_ld_w((const uint4 *)blk + (size_t)row * g.rq + v);
     const uint32_t *sbp = (const uint32_t *)((const char *)blk + g.sb_off) + (size_t)row * (g.np / g.gs) * SBW;
 #pragma unroll
     for (int wi = 0; wi < 4; wi++)
@@ -2327,7 +2315,7 @@ static __device__ __forceinline__ float qdot_warp(const void *blk, const qgeo &g
     float acc = 0.0f;
 #pragma unroll 2
     for (int v = lane; v < nv; v += 32) {
-        const uint4 u = ld_q(w + v);
+        const uint4 u = dr_ld_w(w + v);
         const float s = ld_sb(S, sdt, sb0 + v / pg), b = ld_sb(B, sdt, sb0 + v / pg);
         float dq = 0.0f, sx = 0.0f;
 #pragma unroll
