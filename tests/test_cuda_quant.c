@@ -228,7 +228,8 @@ static void test_matmul_add(void) {
         C->matmul(NULL, y, a, &q, 1);
         for (int i = 0; i < d; i++)
             y[i] += x[i];
-        CHECK(!G->matmul_add_rmsnorm(G->ctx, dx, dg, da, &q, dg, 1, 1e-6f), "matmul_add_rmsnorm q4 with a gain declines");
+        CHECK(!G->matmul_add_rmsnorm(G->ctx, dx, dg, da, &q, dg, 1, 1e-6f),
+              "matmul_add_rmsnorm q4 with a gain declines");
         const bool took = G->matmul_add_rmsnorm(G->ctx, dx, NULL, da, &q, NULL, 1, 0.0f);
         CHECK(took, "matmul_add_rmsnorm q4 g%d [%d, %d]: taken", shapes[c][2], d, n);
         if (took) {

@@ -813,7 +813,8 @@ bool dr_cuda_attention_block(void *ctx, float *att, float *q, float *gate, float
                              int pos0, int nH, int nKV, int hd, int d_rot, float theta, float eps, float scale) {
     dr_cuda_ctx *cx = (dr_cuda_ctx *)ctx;
     static int on = -1; /* DR_CUDA_ATT_BLOCK=0: declined (the steps op by op, a same-run baseline) */
-    if (!dr_env_on("DR_CUDA_ATT_BLOCK", &on) || T != 1 || !ad_fits(hd) || d_rot > hd || d_rot < 0 || nKV <= 0 || nH % nKV || !attn_decode_on())
+    if (!dr_env_on("DR_CUDA_ATT_BLOCK", &on) || T != 1 || !ad_fits(hd) || d_rot > hd || d_rot < 0 || nKV <= 0 ||
+        nH % nKV || !attn_decode_on())
         return false;
     const float *inv = d_rot >= 2 ? rope_table(cx, d_rot, theta) : NULL;
     if (d_rot >= 2 && !inv)
