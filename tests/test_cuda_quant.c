@@ -9,8 +9,8 @@
  *    way, three bf16 GEMMs accumulating in fp32; each operand carries a
  *    relative error below 2^-17): 5e-5;
  *  - embedding (scale * q then + bias, rounded as the CPU): 1e-6;
- *  - the 4-bit GEMV's decode epilogues (RMSNorm folded in, residual add):
- *    2e-5, as the GEMV.
+ *  - the 4-bit GEMV's decode epilogues (RMSNorm folded in, residual add,
+ *    SwiGLU pairs): 2e-5, as the GEMV.
  * Fixtures (dense-f32, moe-bf16, moe-bf16-fused converted to q4 g64 and q8 g32
  * by dr_quant_convert): prompt logits (prefill path) and 12 greedy steps
  * (decode path, CUDA graphs) within 1e-3 of the CPU backend, tokens identical.
@@ -243,6 +243,54 @@ static void test_matmul_add(void) {
     }
 }
 
+/* out = silu(gate xn) * (up xn) for one token on 4-bit gate / up, xn =
+ * RMSNorm(x; gain) or x (matmul_swiglu; both warp shapes, rows not a
+ * multiple of the pair), against the CPU; and the declines. */
+static void test_swiglu(void) {
+    const int shapes[3][3] = {{3584, 1024, 64}, {1001, 4096, 32}, {37, 8192, 128}}; /* d, n, gs */
+    const float eps = 1e-6f;
+    for (int c = 0; c < 3; c++)
+        for (int with_gain = 0; with_gain < 2; with_gain++) {
+            const int d = shapes[c][0], n = shapes[c][1];
+            const dr_dtype sb = c == 1 ? DR_DT_F16 : DR_DT_BF16;
+            void *og = NULL, *ou = NULL;
+            dr_tensor g = qmat(d, n, 4, shapes[c][2], sb, &og, NULL), u = qmat(d, n, 4, shapes[c][2], sb, &ou, NULL);
+            float *x = rnd(n, 3.0f), *gn = rnd(n, 1.0f), *xn = malloc((size_t)n * 4);
+            float *yg = malloc((size_t)d * 4), *yu = malloc((size_t)d * 4);
+            float *dx = dput(x, (size_t)n * 4), *dg = dput(gn, (size_t)n * 4), *dy = G->alloc(G->ctx, (size_t)d * 4);
+            if (with_gain)
+                C->rmsnorm(NULL, xn, x, gn, 1, n, eps);
+            else
+                memcpy(xn, x, (size_t)n * 4);
+            C->matmul(NULL, yg, xn, &g, 1);
+            C->matmul(NULL, yu, xn, &u, 1);
+            for (int i = 0; i < d; i++)
+                yg[i] = yg[i] / (1.0f + expf(-yg[i])) * yu[i];
+            const bool took = G->matmul_swiglu(G->ctx, dy, dx, &g, &u, 1, with_gain ? dg : NULL, eps);
+            CHECK(took, "matmul_swiglu q4 g%d [%d, %d]%s: taken", shapes[c][2], d, n, with_gain ? " with a gain" : "");
+            if (took) {
+                float *got = dget(dy, (size_t)d);
+                REPORT(rel_err(got, yg, (size_t)d), TOL_GEMV, "matmul_swiglu q4 g%d %s [%d, %d]%s", shapes[c][2],
+                       dr_dtype_name(sb), d, n, with_gain ? " with a gain" : "");
+                free(got);
+            }
+            free(x), free(gn), free(xn), free(yg), free(yu);
+            G->free(G->ctx, dx), G->free(G->ctx, dg), G->free(G->ctx, dy);
+            qfree(&g, og), qfree(&u, ou);
+        }
+    /* declined, nothing queued: 8-bit, two tokens */
+    for (int i = 0; i < 2; i++) {
+        void *og = NULL, *ou = NULL;
+        dr_tensor g = qmat(64, 256, i ? 4 : 8, 64, DR_DT_BF16, &og, NULL);
+        dr_tensor u = qmat(64, 256, i ? 4 : 8, 64, DR_DT_BF16, &ou, NULL);
+        float *dx = G->alloc(G->ctx, 2 * 256 * 4), *dy = G->alloc(G->ctx, 2 * 64 * 4);
+        CHECK(!G->matmul_swiglu(G->ctx, dy, dx, &g, &u, i ? 2 : 1, NULL, 0.0f), "matmul_swiglu declines %s",
+              i ? "q4 T=2" : "q8");
+        G->free(G->ctx, dx), G->free(G->ctx, dy);
+        qfree(&g, og), qfree(&u, ou);
+    }
+}
+
 /* ---- embedding ---- */
 
 static void test_embed(void) {
@@ -411,6 +459,7 @@ int main(void) {
     test_matmul_n();
     test_norm_in();
     test_matmul_add();
+    test_swiglu();
     test_embed();
     test_moe();
     cuda_test_close();

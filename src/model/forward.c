@@ -132,11 +132,12 @@ static bool defer_norm(const dr_model *m, int l, int T) {
            norm_in_weight(&lw->gdn.in_proj_b) && norm_in_weight(&lw->gdn.in_proj_a);
 }
 
-/* The same for layer l's FFN (dense, unquantized gate/up, a backend that
- * fuses the SwiGLU activations): the mixer then ends with the residual add. */
+/* The same for layer l's FFN (dense, unquantized or 4-bit gate/up, a
+ * backend that fuses the SwiGLU activations): the mixer then ends with the
+ * residual add. */
 static bool defer_ffn_norm(const dr_model *m, int l, int T) {
     const dr_ffn_weights *f = &m->w.layers[l].ffn;
-    return T == 1 && m->ops->matmul_swiglu && !m->hp.is_moe[l] && !f->gate.q.bits && !f->up.q.bits;
+    return T == 1 && m->ops->matmul_swiglu && !m->hp.is_moe[l] && norm_in_weight(&f->gate) && norm_in_weight(&f->up);
 }
 
 /* Residual add, then the next pre-norm: x += d; xn = RMSNorm(x) (gain NULL:

@@ -839,6 +839,9 @@ static void add_norm_launch(dr_cuda_ctx *cx, float *x, float *xn, const void *W,
 bool dr_cuda_matmul_swiglu(void *ctx, float *out, const float *x, const dr_tensor *gate, const dr_tensor *up, int T,
                            const float *gain, float eps) {
     dr_cuda_ctx *cx = (dr_cuda_ctx *)ctx;
+    if (gate->q.bits || up->q.bits) /* 4-bit gate / up on the dp4a GEMV (quant.cu), or declined */
+        return (fuse_mode() & 1) && (!gain || norm_in_mode() == 1) && gate->q.bits && up->q.bits &&
+               dr_cuda_quant_matmul_swiglu(cx, out, x, gate, up, T, gain, eps);
     if (!(fuse_mode() & 1) || !fusable(gate, x, T) || !fusable(up, x, T) || gate->dtype != up->dtype)
         return false;
     const int d = (int)gate->ne[gate->ndim - 2], n = (int)gate->ne[gate->ndim - 1];

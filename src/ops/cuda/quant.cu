@@ -1461,7 +1461,9 @@ static size_t q2_smem_max(void) {
    an SM by shared memory, against 3 by registers) were 0-4% slower on the 9B
    matrices and both lm_heads (docs/CUDA.md, session 28). */
 #define QD_ST 2
-enum { QD_PLAIN, QD_NORM, QD_ADD };
+/* epilogues; QD_SWIGLU*: the set is (gate, up) of equal rows, a warp's R
+   rows are R / 2 gate rows and the same up rows, y = silu(gate) * up */
+enum { QD_PLAIN, QD_NORM, QD_ADD, QD_SWIGLU, QD_SWIGLU_NORM };
 
 /* float4 f0 + threadIdx.x + QD_TPB j of x into v[j] (zeros past n) */
 static __device__ __forceinline__ void qd_load(float4 (&v)[QD_SJ], const float *x, int n, int f0) {
@@ -1575,9 +1577,19 @@ static __device__ __forceinline__ q2_mat q2_mat_of(const q2_set &set, int tile) 
 }
 
 /* The row pointers (packed, (s, b)) of row group rg (R rows of one tile) */
-template <int R>
+template <int R, bool SW>
 static __device__ __forceinline__ void qd_rows(const q2_set &set, int rg, int nv, int ng, const uint4 *(&pw)[R],
                                                const uint32_t *(&ps)[R]) {
+    if (SW) { /* rows rg R/2 .. of gate (m = 0), then the same rows of up (m = 1) */
+#pragma unroll
+        for (int r = 0; r < R; r++) {
+            int lr = rg * (R / 2) + r % (R / 2);
+            lr = lr < set.rows[0] ? lr : 0; /* past the end: row 0 again, dropped */
+            pw[r] = set.W[r < R / 2 ? 0 : 1] + (size_t)lr * nv;
+            ps[r] = set.SB[r < R / 2 ? 0 : 1] + (size_t)lr * ng;
+        }
+        return;
+    }
     const q2_mat mt = q2_mat_of(set, rg * R / 16);
 #pragma unroll
     for (int r = 0; r < R; r++) {
@@ -1589,8 +1601,15 @@ static __device__ __forceinline__ void qd_rows(const q2_set &set, int rg, int nv
 }
 
 /* y of the R rows of row group rg (lane 0 holds the sums) */
-template <int R>
+template <int R, bool SW>
 static __device__ __forceinline__ void qd_store(const q2_set &set, int rg, const float (&acc)[R], bool add) {
+    if (SW) {
+#pragma unroll
+        for (int j = 0; j < R / 2; j++)
+            if (rg * (R / 2) + j < set.rows[0])
+                set.y[0][rg * (R / 2) + j] = dr_dev_silu(acc[j]) * acc[j + R / 2];
+        return;
+    }
     const q2_mat mt = q2_mat_of(set, rg * R / 16);
 #pragma unroll
     for (int r = 0; r < R; r++) {
@@ -1598,6 +1617,11 @@ static __device__ __forceinline__ void qd_store(const q2_set &set, int rg, const
         if (lr < mt.rows)
             mt.Y[lr] = add ? mt.Y[lr] + acc[r] : acc[r];
     }
+}
+
+/* row groups of R rows: tiles of 16 rows, or (swiglu) R / 2 rows of gate and up */
+static __host__ __device__ __forceinline__ int qd_groups(const q2_set &set, int R, bool sw) {
+    return sw ? (set.rows[0] + R / 2 - 1) / (R / 2) : set.t0[set.nm] * (16 / R);
 }
 
 /* shared memory: the ring (QD_ST stages of R U 16-byte vectors and R U NGV
@@ -1614,19 +1638,20 @@ __global__ void __launch_bounds__(QD_TPB, QD_MINB) q2_dp4a_kernel(const q2_set s
     dr_pdl_trigger();
     const int nv = np / 32, ng = np / GS, lane = threadIdx.x & 31, tid = threadIdx.x;
     const int nwarp = gridDim.x * (QD_TPB / 32), wid = blockIdx.x * (QD_TPB / 32) + (threadIdx.x >> 5);
-    const int ngr = set.t0[set.nm] * (16 / R); /* row groups (tiles of 16 rows) */
+    constexpr bool SW = EPI == QD_SWIGLU || EPI == QD_SWIGLU_NORM;
+    const int ngr = qd_groups(set, R, SW);
     uint4 *rw = (uint4 *)qd_sm;                                   /* [S][RU][QD_TPB] */
     uint32_t *rs = (uint32_t *)(rw + (size_t)S * RU * QD_TPB);    /* [S][RU][QD_TPB][NGV] */
     const int4 *dig = (const int4 *)(rs + (size_t)S * RU * QD_TPB * NGV);
     float *sx = (float *)(dig + (size_t)nv * 6), *xg = sx + ng, *sh = xg + ng;
-    const float *gn = EPI == QD_NORM ? gain : NULL;
+    const float *gn = EPI == QD_NORM || EPI == QD_SWIGLU_NORM ? gain : NULL;
 
     /* the load cursor (row group lg, first vector lv) runs S - 1 batches ahead */
     int lg = wid, lv = 0;
     const uint4 *pw[R];
     const uint32_t *ps[R];
     if (lg < ngr)
-        qd_rows<R>(set, lg, nv, ng, pw, ps);
+        qd_rows<R, SW>(set, lg, nv, ng, pw, ps);
     auto issue = [&](int slot) { /* the batch at the cursor into slot, then the cursor on */
         if (lg < ngr) {
 #pragma unroll
@@ -1645,7 +1670,7 @@ __global__ void __launch_bounds__(QD_TPB, QD_MINB) q2_dp4a_kernel(const q2_set s
                 lv = 0;
                 lg += nwarp;
                 if (lg < ngr)
-                    qd_rows<R>(set, lg, nv, ng, pw, ps);
+                    qd_rows<R, SW>(set, lg, nv, ng, pw, ps);
             }
         }
         dr_cp_commit(); /* empty groups past the end keep the count */
@@ -1730,7 +1755,7 @@ __global__ void __launch_bounds__(QD_TPB, QD_MINB) q2_dp4a_kernel(const q2_set s
             for (int r = 0; r < R; r++)
                 acc[r] = dr_warp_sum(acc[r]);
             if (lane == 0)
-                qd_store<R>(set, cg, acc, EPI == QD_ADD);
+                qd_store<R, SW>(set, cg, acc, EPI == QD_ADD);
 #pragma unroll
             for (int r = 0; r < R; r++)
                 acc[r] = 0.0f;
@@ -1760,7 +1785,8 @@ static void qd_launch_k(dr_cuda_ctx *cx, const q2_set &set, const float *x, int 
         cudaGetLastError();
         per_sm_smem = smem;
     }
-    const size_t groups = (size_t)set.t0[set.nm] * (16 / R), cap = (size_t)per_sm * (cx->n_sm > 0 ? cx->n_sm : 132);
+    const size_t groups = (size_t)qd_groups(set, R, EPI == QD_SWIGLU || EPI == QD_SWIGLU_NORM);
+    const size_t cap = (size_t)per_sm * (cx->n_sm > 0 ? cx->n_sm : 132);
     const size_t blocks = dr_cdiv(groups, (size_t)(QD_TPB / 32));
     dr_cuda_launch(cx, true, k, dim3((unsigned)(blocks < cap ? blocks : cap)), dim3(QD_TPB), smem, set, x, n, np,
                    sdt, gain, eps);
@@ -1805,6 +1831,12 @@ static void qd_run(dr_cuda_ctx *cx, const q2_set &set, const dr_tensor *w0, cons
     else if (epi == QD_ADD)
         r4 ? qd_gs<4, 1, QD_ADD>(cx, set, x, n, np, gs, sdt, NULL, 0.0f)
            : qd_gs<2, 2, QD_ADD>(cx, set, x, n, np, gs, sdt, NULL, 0.0f);
+    else if (epi == QD_SWIGLU_NORM)
+        r4 ? qd_gs<4, 1, QD_SWIGLU_NORM>(cx, set, x, n, np, gs, sdt, gain, eps)
+           : qd_gs<2, 2, QD_SWIGLU_NORM>(cx, set, x, n, np, gs, sdt, gain, eps);
+    else if (epi == QD_SWIGLU)
+        r4 ? qd_gs<4, 1, QD_SWIGLU>(cx, set, x, n, np, gs, sdt, NULL, 0.0f)
+           : qd_gs<2, 2, QD_SWIGLU>(cx, set, x, n, np, gs, sdt, NULL, 0.0f);
     else
         r4 ? qd_gs<4, 1, QD_PLAIN>(cx, set, x, n, np, gs, sdt, NULL, 0.0f)
            : qd_gs<2, 2, QD_PLAIN>(cx, set, x, n, np, gs, sdt, NULL, 0.0f);
@@ -1891,6 +1923,23 @@ bool dr_cuda_quant_matmul_add(dr_cuda_ctx *cx, float *x, const float *a, const d
     q2_set_add(&set, w, x);
     if (set.t0[1] > 0)
         qd_run(cx, set, w, a, QD_ADD, NULL, 0.0f);
+    return true;
+}
+
+/* out = silu(gate xn) * (up xn), xn = RMSNorm(x; gain) or (gain NULL) x, for
+ * one token on 4-bit gate / up of one geometry (matmul_swiglu); false:
+ * not taken, nothing queued */
+bool dr_cuda_quant_matmul_swiglu(dr_cuda_ctx *cx, float *out, const float *x, const dr_tensor *gate,
+                                 const dr_tensor *up, int T, const float *gain, float eps) {
+    if (!gate->dev || !up->dev || !qd_fits(gate, x, gain, T) || up->q.bits != 4 ||
+        up->q.group_size != gate->q.group_size || up->q.sb_dtype != gate->q.sb_dtype ||
+        q_rows(up) != q_rows(gate) || up->ne[up->ndim - 1] != gate->ne[gate->ndim - 1])
+        return false;
+    q2_set set = {};
+    q2_set_add(&set, gate, out);
+    q2_set_add(&set, up, out); /* (y[1] unused: the pair is written to out) */
+    if (set.rows[0] > 0)
+        qd_run(cx, set, gate, x, gain ? QD_SWIGLU_NORM : QD_SWIGLU, gain, eps);
     return true;
 }
 

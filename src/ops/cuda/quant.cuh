@@ -30,6 +30,9 @@ bool dr_cuda_quant_matmul_n(dr_cuda_ctx *cx, int n_w, float *const *ys, const fl
 bool dr_cuda_quant_rmsnorm_matmul_n(dr_cuda_ctx *cx, int n_w, float *const *ys, const float *x, const float *gain,
                                     float eps, const dr_tensor *const *ws, int T);
 bool dr_cuda_quant_matmul_add(dr_cuda_ctx *cx, float *x, const float *a, const dr_tensor *w, int T);
+/* out = silu(gate xn) * (up xn), xn = RMSNorm(x; gain) or x (matmul_swiglu) */
+bool dr_cuda_quant_matmul_swiglu(dr_cuda_ctx *cx, float *out, const float *x, const dr_tensor *gate,
+                                 const dr_tensor *up, int T, const float *gain, float eps);
 
 /* x [T, H] = dequantized rows ids[t] (device ids) of a quantized embedding. */
 void dr_cuda_qembed(dr_cuda_ctx *cx, float *x, const dr_tensor *emb, const int32_t *dids, int T);
