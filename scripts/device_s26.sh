@@ -7,7 +7,7 @@
 #   kern: DR_BENCH_QUANT=1 tests/bench_cuda under each setting (quantized GEMV
 #   kernels; session 28).
 # SHAPES (default "08b 35b8"): any of 08b 2b 35b8 35b 9b. ROUNDS (default 3).
-# QUANT (default none): bench flags for ab, e.g. "--quant q4 --quant-random".
+# QUANT (default none): bench flags for ab and tl, e.g. "--quant q4 --quant-random".
 # Usage: [VAR=.. VALS=..] scripts/device_s26.sh [tests] [ab] [tl] [kern]
 # (DR_CUDA_PDL_GDN=3, measured with VAR=DR_CUDA_PDL_GDN VALS="0 3", exists
 # only at commit c8aee09: docs/CUDA.md, session 26.)
@@ -56,7 +56,7 @@ if [[ "$what" == *tl* ]]; then
     for m in $VALS; do
       f="$OUT/tl_${s}_$m.bin"
       env $VAR=$m DR_CUDA_TIMELINE="$f" timeout 150 "$root/build-tl/deltarun" bench --device cuda --synthetic \
-        bench/configs/${args[$s]%-n*}-n 48 --json > /dev/null 2>>"$OUT/err.log"
+        bench/configs/${args[$s]%-n*}-n 48 ${QUANT:-} --json > /dev/null 2>>"$OUT/err.log"
       python3 scripts/timeline.py "$f" --steps 30 > "$OUT/tl_${s}_$m.txt" 2>&1
       rm -f "$f"
       echo "== $s mode $m"; head -1 "$OUT/tl_${s}_$m.txt"

@@ -8,8 +8,8 @@ A launch is the records of one %gridid and kernel (split where a graph
 replay reuses the id); its start is its first block's start, "last st"
 its last block's (late blocks could not be resident early), "wait" the
 first return from its PDL wait (blank: it has none), its end the last
-block's end. Decode steps begin at embed_kernel; the steps with the most
-common launch count are kept and, position by position, the medians over
+block's end. Decode steps begin at an embedding kernel (embed_kernel,
+q2_embed_kernel, qembed_kernel); the steps with the most common launch count are kept and, position by position, the medians over
 the last N of them are printed (us, relative to the step's first launch).
 "adds" is how much later a launch ends than the ones before it: its share
 of the critical path.
@@ -97,7 +97,7 @@ def main():
         l["name"] = names.get(l["kid"], "kid%x" % l["kid"])
     steps, cur = [], None
     for l in ls:
-        if l["name"] == "embed_kernel":
+        if l["name"].endswith("embed_kernel"):
             cur = []
             steps.append(cur)
         if cur is not None:

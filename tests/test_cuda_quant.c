@@ -356,6 +356,125 @@ static void test_moe(void) {
     }
 }
 
+/* ---- the fused MoE block of a decode step (moe_decode) ---- */
+
+/* The CPU chain the fused block replaces: router logits, moe_route, the
+ * routed experts into y = 0, then (with_sh) the shared expert's gate, up,
+ * swiglu, down, sigmoid(scalar gate) scale and add. */
+static void moe_block_ref(const dr_expert *ex, const dr_tensor *rw, const dr_tensor *sh, const float *x, int T, int E,
+                          int k, int H, int I, bool with_sh, float *lg, int32_t *idx, float *w, float *y) {
+    float *ws = malloc((size_t)(2 * I + H) * 4), *g = malloc((size_t)T * I * 4), *u = malloc((size_t)T * I * 4);
+    float *o = malloc((size_t)T * H * 4), *s = malloc((size_t)T * 4);
+    C->matmul(NULL, lg, x, rw, T);
+    C->moe_route(NULL, idx, w, lg, T, E, k, true);
+    memset(y, 0, (size_t)T * H * 4);
+    C->moe_experts(NULL, y, x, idx, w, ex, E, T, k, H, I, ws);
+    if (with_sh) { /* sh: gate, up, down, scalar gate */
+        C->matmul(NULL, g, x, &sh[0], T);
+        C->matmul(NULL, u, x, &sh[1], T);
+        C->swiglu(NULL, g, g, u, (size_t)T * I);
+        C->matmul(NULL, o, g, &sh[2], T);
+        C->matmul(NULL, s, x, &sh[3], T);
+        C->sigmoid_scale_rows(NULL, o, s, T, H);
+        C->add(NULL, y, o, (size_t)T * H);
+    }
+    free(ws), free(g), free(u), free(o), free(s);
+}
+
+/* moe_decode on 8/4-bit experts (quant.cu's block: the router GEMV, gate/up
+ * with the routing and the shared expert, down with the shared expert and
+ * the residual add) against moe_block_ref, T = 1..4, with and without the
+ * shared expert (quantized as the experts; its scalar gate f32), y written
+ * and added to; the picks must be the CPU's. E = 40 takes the E <= 256
+ * routing warp, E = 300 the E <= 512 one. Declined (nothing queued): a
+ * shared expert of another width, and everything with DR_CUDA_QMOE_BLOCK=0
+ * (the same-run baseline switch). */
+static void test_moe_block(void) {
+    const char *sw = getenv("DR_CUDA_QMOE_BLOCK");
+    const bool off = sw && sw[0] == '0';
+    const int cfg[][5] = {{4, 64, 40, 6, 0}, {8, 32, 40, 6, 0}, {4, 128, 300, 8, 1}}; /* bits, gs, E, k, f32 scales */
+    const int H = 256, I = 128;
+    for (int c = 0; c < 3; c++) {
+        const int bits = cfg[c][0], gs = cfg[c][1], E = cfg[c][2], k = cfg[c][3];
+        const dr_dtype sb = cfg[c][4] ? DR_DT_F32 : DR_DT_BF16;
+        static dr_expert exs[3][300]; /* one array per configuration: the backend caches its table by address */
+        dr_expert *ex = exs[c];
+        void **own = malloc((size_t)(3 * E + 5) * sizeof *own);
+        for (int e = 0; e < E; e++) {
+            ex[e].gate = qmat(I, H, bits, gs, sb, &own[3 * e], NULL);
+            ex[e].up = qmat(I, H, bits, gs, sb, &own[3 * e + 1], NULL);
+            ex[e].down = qmat(H, I, bits, gs, sb, &own[3 * e + 2], NULL);
+        }
+        dr_tensor rw = qmat(E, H, bits, gs, sb, &own[3 * E], NULL), sh[4];
+        sh[0] = qmat(I, H, bits, gs, sb, &own[3 * E + 1], NULL);
+        sh[1] = qmat(I, H, bits, gs, sb, &own[3 * E + 2], NULL);
+        sh[2] = qmat(H, I, bits, gs, sb, &own[3 * E + 3], NULL);
+        own[3 * E + 4] = rnd(H, 0.2f);
+        sh[3] = (dr_tensor){.name = "shared_expert_gate", .dtype = DR_DT_F32, .ndim = 2, .ne = {1, H},
+                            .data = own[3 * E + 4]};
+        CHECK(G->weight_upload(G->ctx, &sh[3]) == DR_OK, "upload: %s", dr_last_error());
+        for (int T = 1; T <= 4; T++)
+            for (int with_sh = 0; with_sh < 2; with_sh++) {
+                float *x = rnd((size_t)T * H, 1.0f), *lg = malloc((size_t)T * E * 4), *w = malloc((size_t)T * k * 4);
+                float *y = malloc((size_t)T * H * 4), *junk = rnd((size_t)T * H, 1.0f);
+                int32_t *idx = malloc((size_t)T * k * 4), *gi = malloc((size_t)T * k * 4);
+                moe_block_ref(ex, &rw, sh, x, T, E, k, H, I, with_sh, lg, idx, w, y);
+                float *dx = dput(x, (size_t)T * H * 4), *dy = dput(junk, (size_t)T * H * 4);
+                float *dl = G->alloc(G->ctx, (size_t)T * E * 4), *dw = G->alloc(G->ctx, (size_t)T * k * 4);
+                float *dsg = G->alloc(G->ctx, (size_t)T * I * 4), *dsu = G->alloc(G->ctx, (size_t)T * I * 4);
+                float *dss = G->alloc(G->ctx, (size_t)T * 4);
+                int32_t *di = G->alloc(G->ctx, (size_t)T * k * 4);
+                const dr_moe_shared shp = {&sh[0], &sh[1], &sh[3], &sh[2], dsg, dsu, dss};
+                for (int acc = 0; acc < 2; acc++) {
+                    const bool done = G->moe_decode(G->ctx, dy, di, dw, dl, &rw, dx, ex, E, T, k, true, H, I,
+                                                    with_sh ? &shp : NULL, acc);
+                    CHECK(done == !off, "moe_decode q%d g%d E=%d T=%d shared %d: %s", bits, gs, E, T, with_sh,
+                          off ? "declined (DR_CUDA_QMOE_BLOCK=0)" : "taken");
+                    if (!done)
+                        continue;
+                    float *got = dget(dy, (size_t)T * H), *gw = dget(dw, (size_t)T * k), *want = y;
+                    if (acc) { /* the second call added to the first's result */
+                        want = malloc((size_t)T * H * 4);
+                        for (int i = 0; i < T * H; i++)
+                            want[i] = 2.0f * y[i];
+                    }
+                    G->download(G->ctx, gi, di, (size_t)T * k * 4);
+                    CHECK_SHOW(!memcmp(gi, idx, (size_t)T * k * 4), "moe_decode q%d E=%d k=%d T=%d: the CPU's picks",
+                               bits, E, k, T);
+                    REPORT(rel_err(gw, w, (size_t)T * k), TOL_GEMV, "moe_decode q%d E=%d T=%d: routing weights",
+                           bits, E, T);
+                    REPORT(rel_err(got, want, (size_t)T * H), TOL_GEMV, "moe_decode q%d g%d %s E=%d k=%d T=%d shared %d%s",
+                           bits, gs, dr_dtype_name(sb), E, k, T, with_sh, acc ? ", added to y" : "");
+                    free(got), free(gw);
+                    if (want != y)
+                        free(want);
+                }
+                free(x), free(lg), free(w), free(y), free(junk), free(idx), free(gi);
+                G->free(G->ctx, dx), G->free(G->ctx, dy), G->free(G->ctx, dl), G->free(G->ctx, dw);
+                G->free(G->ctx, dsg), G->free(G->ctx, dsu), G->free(G->ctx, dss), G->free(G->ctx, di);
+            }
+        if (c == 0) { /* a shared expert of another width: declined, the op-by-op path runs */
+            void *o2 = NULL;
+            dr_tensor wide = qmat(2 * I, H, bits, gs, sb, &o2, NULL);
+            const dr_moe_shared bad = {&wide, &wide, &sh[3], &sh[2], NULL, NULL, NULL};
+            float *dx = G->alloc(G->ctx, (size_t)H * 4), *dy = G->alloc(G->ctx, (size_t)H * 4);
+            CHECK(!G->moe_decode(G->ctx, dy, NULL, NULL, NULL, &rw, dx, ex, E, 1, k, true, H, I, &bad, false),
+                  "moe_decode q%d: a shared expert of width %d (experts %d) declined", bits, 2 * I, I);
+            G->free(G->ctx, dx), G->free(G->ctx, dy);
+            qfree(&wide, o2);
+        }
+        for (int e = 0; e < E; e++) {
+            qfree(&ex[e].gate, own[3 * e]);
+            qfree(&ex[e].up, own[3 * e + 1]);
+            qfree(&ex[e].down, own[3 * e + 2]);
+        }
+        qfree(&rw, own[3 * E]);
+        for (int i = 0; i < 4; i++)
+            qfree(&sh[i], own[3 * E + 1 + i]);
+        free(own);
+    }
+}
+
 /* ---- whole models: CUDA against the CPU backend on one quantized copy ---- */
 
 static char g_tmp[256];
@@ -462,6 +581,7 @@ int main(void) {
     test_swiglu();
     test_embed();
     test_moe();
+    test_moe_block();
     cuda_test_close();
     snprintf(g_tmp, sizeof g_tmp, "/tmp/dr_test_cuda_quant_XXXXXX");
     if (!mkdtemp(g_tmp)) {

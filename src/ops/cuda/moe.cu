@@ -16,6 +16,7 @@
  */
 #include "cuda_common.cuh"
 #include "cuda_ops.h"
+#include "moe_route.cuh"
 #include "prefill.cuh"
 #include "quant.cuh"
 
@@ -24,22 +25,8 @@
 #include <string.h>
 
 #define MOE_GEMV_T 4
-#define ROUTE_MAX_K 32
 
 /* ---- router: one warp per token ---- */
-
-/* The warp's best of the lanes' (best id, value bv): the largest value, ties
- * to the lower id, best < 0 for none; every lane gets it. */
-static __device__ __forceinline__ void route_best_shfl(int &best, float &bv) {
-    for (int o = 16; o > 0; o >>= 1) {
-        const int ob = __shfl_xor_sync(0xffffffffu, best, o);
-        const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-        if (ob >= 0 && (best < 0 || ov > bv || (ov == bv && ob < best))) {
-            best = ob;
-            bv = ov;
-        }
-    }
-}
 
 __global__ void route_kernel(int32_t *idx, float *wts, const float *logits, int T, int E, int k, int renorm) {
     DR_TL_SCOPE();
@@ -83,86 +70,6 @@ __global__ void route_kernel(int32_t *idx, float *wts, const float *logits, int 
             idx[(size_t)t * k + j] = sel[j];
             wts[(size_t)t * k + j] = renorm ? wt[j] / picked : wt[j];
         }
-}
-
-/* An unsigned key of a float that orders as the float does (non-NaN; -0
- * taken as +0, which compares equal to it), and back. */
-static __device__ __forceinline__ unsigned route_key(float v) {
-    const unsigned b = __float_as_uint(v + 0.0f);
-    return b & 0x80000000u ? ~b : b | 0x80000000u;
-}
-static __device__ __forceinline__ float route_unkey(unsigned u) {
-    return __uint_as_float(u & 0x80000000u ? u & 0x7fffffffu : ~u);
-}
-
-/* The same selection with the lane's logits in registers (E <= 32 PER) and a
- * bit per used expert: the loop above re-reads the logits from memory and
- * keeps the picks in local memory, about 17 us per token at E = 256, k = 8.
- * Same comparisons in the same order, same arithmetic: identical results.
- * Pick j ends in lane j (k <= 32). RX (session 6): each round's warp-wide
- * best by two integer reductions (the largest key, then the lowest expert
- * id holding it) instead of five shuffle rounds; the same pick and tie rule. */
-template <int PER, bool RX = false>
-static __device__ __forceinline__ void route_warp(const float *l, int E, int k, int renorm, int lane, int *sel,
-                                                  float *wt) {
-    float v[PER];
-#pragma unroll
-    for (int i = 0; i < PER; i++)
-        v[i] = lane + 32 * i < E ? l[lane + 32 * i] : -INFINITY;
-    float mx = -INFINITY;
-#pragma unroll
-    for (int i = 0; i < PER; i++)
-        if (lane + 32 * i < E)
-            mx = fmaxf(mx, v[i]);
-    mx = dr_warp_max(mx);
-    float sum = 0.0f;
-#pragma unroll
-    for (int i = 0; i < PER; i++)
-        if (lane + 32 * i < E)
-            sum += expf(v[i] - mx);
-    sum = dr_warp_sum(sum);
-    unsigned used = 0;
-    int my_sel = 0;
-    float my_wt = 0.0f, picked = 0.0f;
-    for (int j = 0; j < k; j++) {
-        int best = -1;
-        float bv = -INFINITY;
-        if (RX) {
-            unsigned kb = 0; /* every real key is above 0 */
-            int bi = -1;
-#pragma unroll
-            for (int i = 0; i < PER; i++) {
-                const unsigned kk = route_key(v[i]);
-                if (lane + 32 * i < E && !((used >> i) & 1u) && kk > kb) {
-                    kb = kk;
-                    bi = i;
-                }
-            }
-            const unsigned m = __reduce_max_sync(0xffffffffu, kb);
-            best = (int)__reduce_min_sync(0xffffffffu, bi >= 0 && kb == m ? (unsigned)(lane + 32 * bi) : 0xffffffffu);
-            bv = route_unkey(m);
-        } else {
-#pragma unroll
-            for (int i = 0; i < PER; i++) {
-                const int e = lane + 32 * i;
-                if (e < E && !((used >> i) & 1u) && (best < 0 || v[i] > bv)) {
-                    best = e;
-                    bv = v[i];
-                }
-            }
-            route_best_shfl(best, bv);
-        }
-        if ((best & 31) == lane)
-            used |= 1u << (best >> 5);
-        const float wj = expf(bv - mx) / sum;
-        picked += wj;
-        if (lane == j) {
-            my_sel = best;
-            my_wt = wj;
-        }
-    }
-    *sel = my_sel;
-    *wt = renorm ? my_wt / picked : my_wt;
 }
 
 template <int PER>
@@ -995,6 +902,9 @@ bool dr_cuda_moe_decode(void *ctx, float *y, int32_t *idx, float *wts, float *lo
     if (!cx->moe_dec || T < 1 || T > MOE_GEMV_T || E <= 0 || k < 1 || k > E || k > ROUTE_MAX_K || !router->dev ||
         router->ndim != 2 || router->ne[0] != E || router->ne[1] != H)
         return false;
+    if (experts[0].gate.q.bits) /* 8/4-bit experts: quant.cu's block, or the op-by-op path */
+        return dr_cuda_quant_moe_block(cx, y, idx, wts, logits, router, x, experts, expert_table, E, T, k, renorm, H,
+                                       I, sh, acc);
     int Is = 0;
     if (sh) {
         const dr_tensor *d = sh->down;

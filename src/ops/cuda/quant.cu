@@ -42,6 +42,7 @@
  */
 #include "cuda_common.cuh"
 #include "cuda_ops.h"
+#include "moe_route.cuh"
 #include "prefill.cuh"
 #include "quant.cuh"
 
@@ -211,6 +212,7 @@ static __device__ __forceinline__ void qrows_of(qrows<R> &q, const qgemv_set &se
 template <int BITS, int MT, int R, bool XS>
 __global__ void __launch_bounds__(256, 2) qgemv_kernel(const qgemv_set set, const float *__restrict__ x, int T, int n,
                                                        int gsh, dr_dtype sdt) {
+    DR_TL_SCOPE();
     extern __shared__ float4 xs4[]; /* XS: x [T][E/4][nv] float4, see below */
     constexpr int E = 128 / BITS; /* values per piece */
     constexpr int U = QG_LOADS / R;
@@ -535,6 +537,7 @@ static size_t qm_smem(int T, int MT, int nv) {
 template <int BITS, int MT>
 __global__ void __launch_bounds__(QM_TPB, MT <= 2 ? 2 : 1) qgemv_mma_kernel(const qgemv_set set, const float *__restrict__ x, int T,
                                                               int n, int gsh, dr_dtype sdt, int KW) {
+    DR_TL_SCOPE();
     extern __shared__ uint4 qm_sm[];
     constexpr int E = 128 / BITS; /* values per piece */
     dr_pdl_trigger();
@@ -748,6 +751,7 @@ static bool qgemv_mma_try(dr_cuda_ctx *cx, const qgemv_set &set, const float *x,
             cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess)
             v = 48 << 10;
         cudaGetLastError();
+        v -= DR_TL_SMEM; /* (a timeline build's scope) */
         smem_max = (size_t)v < QM_SMEM_MAX ? (size_t)v : QM_SMEM_MAX;
     }
     const int nv = n / (128 / BITS), nc = nv / 4;
@@ -1098,6 +1102,7 @@ static __device__ __forceinline__ uint32_t q2_p8(uint32_t v, int h) {
 template <int BITS, int NB, int GSH, bool SB32>
 __global__ void __launch_bounds__(Q2_TPB, NB == 1 ? 2 : 1)
     q2_gemv_kernel(const q2_set set, const float *__restrict__ x, int T, int n, int np, int KW, int sdt) {
+    DR_TL_SCOPE();
     extern __shared__ uint4 q2_sm[];
     constexpr int KB = BITS == 4 ? 128 : 64, SPB = KB / 16, BLK = SB32 ? 1 : 2, KBAT = BLK * KB;
     constexpr int GS = 32 << GSH, SEG = GS < KBAT ? GS : KBAT, SPS = SEG / 16;
@@ -1420,6 +1425,7 @@ static size_t q2_smem_max(void) {
             cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess)
             v = 48 << 10;
         cudaGetLastError();
+        v -= DR_TL_SMEM; /* (a timeline build's scope) */
         m = (size_t)v < QM_SMEM_MAX ? (size_t)v : QM_SMEM_MAX;
     }
     return m;
@@ -1633,6 +1639,7 @@ static size_t qd_smem(int RU, int np, int gs) {
 template <int GSH, int R, int U, int EPI>
 __global__ void __launch_bounds__(QD_TPB, QD_MINB) q2_dp4a_kernel(const q2_set set, const float *__restrict__ x, int n,
                                                                  int np, int sdt, const float *gain, float eps) {
+    DR_TL_SCOPE();
     extern __shared__ int4 qd_sm[];
     constexpr int GS = 32 << GSH, NGV = 128 / GS, WPG = 4 / NGV, RU = R * U, S = QD_ST;
     dr_pdl_trigger();
@@ -1987,6 +1994,7 @@ __global__ void q2_dequant_split_kernel(bf16 *hi, bf16 *lo, const uint32_t *__re
 
 __global__ void q2_embed_kernel(float *x, const uint32_t *__restrict__ W, const uint32_t *__restrict__ SB, int sdt,
                                 int bits, int gs, int np, const int32_t *ids, int H) {
+    DR_TL_SCOPE();
     const int t = blockIdx.y, rw = np * bits / 32, sbw = sdt == DR_DT_F32 ? 2 : 1;
     const unsigned mask = (1u << bits) - 1u;
     const size_t row = (size_t)ids[t];
@@ -2073,30 +2081,70 @@ static __device__ __forceinline__ float q2_piece_dot(const q2_piece<SBW> &p, int
     return acc;
 }
 
-/* act[r, i] = silu(gate_e[i] . x) * (up_e[i] . x), e = idx[r]: a warp a row i,
- * NL pieces of each matrix a lane in flight; the first NL x 32 pieces are
- * loaded before x is staged (that L2 round trip then overlaps theirs) */
+/* The batch of NL pieces a lane at c0 of gate row i and up row i (zeros past
+ * the row or for a dead warp) */
 template <int BITS, int SBW, int NL>
-__global__ void __launch_bounds__(256) q2_moe_gate_up_kernel(float *act, const float *x, const int32_t *idx,
-                                                             const void *const *tab, int E, int k, q2geo g, int sdt) {
-    extern __shared__ float4 xs[];
-    const int r = blockIdx.y, lane = threadIdx.x & 31;
-    const int i = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), nv = g.rq;
-    const bool live = i < g.rows;
-    const int e = idx[r];
-    float gv = 0.0f, uv = 0.0f;
-    for (int c0 = 0;; c0 += 32 * NL) { /* the same trips in every warp: the barrier below is whole */
-        q2_piece<SBW> pg[NL], pu[NL];
+static __device__ __forceinline__ void q2_gu_load(q2_piece<SBW> (&pg)[NL], q2_piece<SBW> (&pu)[NL], const void *gw,
+                                                  const void *uw, const q2geo &g, int i, int c0, int lane, bool live) {
 #pragma unroll
-        for (int j = 0; j < NL; j++) {
-            const int v = c0 + lane + 32 * j;
-            q2_piece_load<BITS>(pg[j], tab[e], g, i, v, live && v < nv);
-            q2_piece_load<BITS>(pu[j], tab[E + e], g, i, v, live && v < nv);
+    for (int j = 0; j < NL; j++) {
+        const int v = c0 + lane + 32 * j;
+        q2_piece_load<BITS>(pg[j], gw, g, i, v, live && v < g.rq);
+        q2_piece_load<BITS>(pu[j], uw, g, i, v, live && v < g.rq);
+    }
+}
+
+/* act[r, i] = silu(gate[i] . x_t) * (up[i] . x_t): a warp a row i, NL pieces
+ * of each matrix a lane in flight, the first NL x 32 loaded before x_t is
+ * staged (that L2 round trip then overlaps theirs).
+ * - Rows r < R are the picks, r = t k + j, of expert e = idx[r]; with
+ *   `logits` warp 0 makes the picks first (route_warp: the route kernel's
+ *   arithmetic) and block (0, t k) writes token t's idx and wts.
+ * - Rows R + t (sgw, suw: the shared expert's gate and up, the experts'
+ *   geometry) are token t's shared expert: no picks to wait for, so its
+ *   first pieces load before the PDL wait. */
+template <int BITS, int SBW, int NL, int PER>
+__global__ void __launch_bounds__(256) q2_moe_gate_up_kernel(float *act, const float *x, int32_t *idx, float *wts,
+                                                             const float *logits, int renorm, const void *const *tab,
+                                                             int E, int k, int R, const void *sgw, const void *suw,
+                                                             q2geo g, int sdt) {
+    DR_TL_SCOPE();
+    extern __shared__ float4 xs[];
+    __shared__ int pick;
+    const int r = blockIdx.y, lane = threadIdx.x & 31, nv = g.rq;
+    const int i = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    const bool live = i < g.rows, shared = r >= R;
+    const int t = shared ? r - R : r / k;
+    q2_piece<SBW> pg[NL], pu[NL];
+    const void *gw = sgw, *uw = suw;
+    dr_pdl_trigger(); /* the down kernel may be scheduled: it waits for this one */
+    if (shared) {
+        q2_gu_load<BITS>(pg, pu, gw, uw, g, i, 0, lane, live);
+        dr_pdl_wait_fenced((unsigned)nv); /* x comes from earlier kernels */
+    } else {
+        dr_pdl_wait(); /* the logits (or idx) and x come from earlier kernels */
+        if (logits && threadIdx.x < 32) {
+            const int j = r - t * k;
+            int sel;
+            float wt;
+            route_warp<PER, true>(logits + (size_t)t * E, E, k, renorm, lane, &sel, &wt);
+            if (lane == j)
+                pick = sel;
+            if (blockIdx.x == 0 && j == 0 && lane < k) {
+                idx[(size_t)t * k + lane] = sel;
+                wts[(size_t)t * k + lane] = wt;
+            }
+        } else if (!logits && threadIdx.x == 0) {
+            pick = idx[r];
         }
-        if (c0 == 0) {
-            q2_stage_x<BITS>(xs, x + (size_t)(r / k) * g.n, g.n, g.np);
-            __syncthreads();
-        }
+        __syncthreads();
+        gw = tab[pick], uw = tab[E + pick];
+        q2_gu_load<BITS>(pg, pu, gw, uw, g, i, 0, lane, live);
+    }
+    q2_stage_x<BITS>(xs, x + (size_t)t * g.n, g.n, g.np);
+    __syncthreads();
+    float gv = 0.0f, uv = 0.0f;
+    for (int c0 = 0;;) {
 #pragma unroll
         for (int j = 0; j < NL; j++) {
             const int v = c0 + lane + 32 * j;
@@ -2105,74 +2153,118 @@ __global__ void __launch_bounds__(256) q2_moe_gate_up_kernel(float *act, const f
                 uv += q2_piece_dot<BITS>(pu[j], sdt, v, nv, xs);
             }
         }
-        if (c0 + 32 * NL >= nv)
+        c0 += 32 * NL;
+        if (c0 >= nv)
             break;
+        q2_gu_load<BITS>(pg, pu, gw, uw, g, i, c0, lane, live);
     }
     gv = dr_warp_sum(gv), uv = dr_warp_sum(uv);
     if (live && lane == 0)
         act[(size_t)r * g.rows + i] = dr_dev_silu(gv) * uv;
 }
 
-/* y[t, h] += sum_j wts[t, j] (down_e[h] . act[t k + j]), e = idx[t k + j]: a
- * warp a row h, its lanes over the k x nv (expert, piece) pairs, NL a lane
- * in flight, the first ones loaded before the k activation rows are staged */
+/* y[t, h] = (acc_y ? y[t, h] : 0) + sum_j wts[t, j] (down_e[h] . act[t k + j]),
+ * e = idx[t k + j], + with sd (the shared expert's down, the experts'
+ * geometry) sigmoid(shs[t]) (sd[h] . act[R + t]): a warp a row h, its lanes
+ * over the (expert, piece) pairs, NL a lane in flight, the first ones loaded
+ * before the activation rows are staged (slot k: the shared expert's). */
 template <int BITS, int SBW, int NL>
 __global__ void __launch_bounds__(256) q2_moe_down_kernel(float *y, const float *act, const int32_t *idx,
                                                           const float *wts, const void *const *tab, int E, int k,
+                                                          int R, const void *sd, const float *shs, int acc_y,
                                                           q2geo g, int sdt) {
+    DR_TL_SCOPE();
     extern __shared__ float4 xs[];
     const int t = blockIdx.y, lane = threadIdx.x & 31;
-    const int h = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), nv = g.rq, P = k * nv;
+    const int h = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), nv = g.rq, P = (k + (sd ? 1 : 0)) * nv;
     const bool live = h < g.rows;
+    dr_pdl_trigger();
+    dr_pdl_wait(); /* act, idx, wts and shs come from earlier kernels */
     float acc = 0.0f;
     for (int c0 = 0;; c0 += 32 * NL) {
         q2_piece<SBW> pc[NL];
 #pragma unroll
         for (int j = 0; j < NL; j++) {
             const int p = c0 + lane + 32 * j, js = p < P ? p / nv : 0;
-            q2_piece_load<BITS>(pc[j], tab[2 * E + idx[(size_t)t * k + js]], g, h, p - js * nv, live && p < P);
+            const void *blk = js < k ? tab[2 * E + idx[(size_t)t * k + js]] : sd;
+            q2_piece_load<BITS>(pc[j], blk, g, h, p - js * nv, live && p < P);
         }
         if (c0 == 0) {
             for (int j = 0; j < k; j++)
                 q2_stage_x<BITS>(xs + (size_t)j * (g.np / 4), act + ((size_t)t * k + j) * g.n, g.n, g.np);
+            if (sd)
+                q2_stage_x<BITS>(xs + (size_t)k * (g.np / 4), act + ((size_t)R + t) * g.n, g.n, g.np);
             __syncthreads();
         }
 #pragma unroll
         for (int j = 0; j < NL; j++) {
             const int p = c0 + lane + 32 * j, js = p < P ? p / nv : 0;
-            if (p < P)
-                acc = fmaf(wts[(size_t)t * k + js],
-                           q2_piece_dot<BITS>(pc[j], sdt, p - js * nv, nv, xs + (size_t)js * (g.np / 4)), acc);
+            if (p < P) {
+                const float wj = js < k ? wts[(size_t)t * k + js] : dr_dev_sigmoid(shs[t]);
+                acc = fmaf(wj, q2_piece_dot<BITS>(pc[j], sdt, p - js * nv, nv, xs + (size_t)js * (g.np / 4)), acc);
+            }
         }
         if (c0 + 32 * NL >= P)
             break;
     }
     acc = dr_warp_sum(acc);
     if (live && lane == 0)
-        y[(size_t)t * g.rows + h] += acc;
+        y[(size_t)t * g.rows + h] = acc_y ? y[(size_t)t * g.rows + h] + acc : acc;
 }
 
-/* the q2 MoE decode pair with NL pieces a lane in flight: enough for a whole
- * row's (gate / up) or a row's k experts' (down) pieces up to 8 x 32 */
+/* What one launch pair of the q2 MoE decode kernels takes: with `logits` the
+ * gate/up kernel routes (E <= 512), with sg / su / sd the shared expert runs
+ * in both (rows R .. R + T - 1 of act). */
+struct q2_moe_args {
+    float *y, *act;
+    const float *x, *logits, *shs;
+    int32_t *idx;
+    float *wts;
+    const void *const *tab;
+    const void *sg, *su, *sd;
+    int E, k, R, T, renorm, acc_y;
+};
+
+/* the gate/up kernel with NL pieces a lane in flight: enough for a whole row
+ * up to 4 x 32 */
+template <int BITS, int SBW, int PER>
+static void q2_moe_gu_launch(dr_cuda_ctx *cx, bool pdl, const q2_moe_args &a, const q2geo &gu, int sdt, dim3 grid,
+                             size_t smem) {
+#define Q2_GU(NL)                                                                                                     \
+    dr_cuda_launch(cx, pdl, q2_moe_gate_up_kernel<BITS, SBW, NL, PER>, grid, dim3(256), smem, a.act, a.x, a.idx,     \
+                   a.wts, a.logits, a.renorm, a.tab, a.E, a.k, a.R, a.sg, a.su, gu, sdt)
+    if (gu.rq <= 32)
+        Q2_GU(1);
+    else if (gu.rq <= 64)
+        Q2_GU(2);
+    else
+        Q2_GU(4);
+#undef Q2_GU
+}
+
+/* the q2 MoE decode pair; the down kernel with NL pieces a lane in flight:
+ * enough for a row's k (+ 1) experts' pieces up to 8 x 32 */
 template <int BITS, int SBW>
-static void q2_moe_decode_launch(dr_cuda_ctx *cx, float *y, float *act, const float *x, const int32_t *idx,
-                                 const float *wts, const void *const *tab, int E, int k, const q2geo &gu,
-                                 const q2geo &dn, int sdt, dim3 g1, dim3 g2, size_t s1, size_t s2) {
-    const int n1 = gu.rq, n2 = k * dn.rq;
-    if (n1 <= 32)
-        q2_moe_gate_up_kernel<BITS, SBW, 1><<<g1, 256, s1, cx->stream>>>(act, x, idx, tab, E, k, gu, sdt);
-    else if (n1 <= 64)
-        q2_moe_gate_up_kernel<BITS, SBW, 2><<<g1, 256, s1, cx->stream>>>(act, x, idx, tab, E, k, gu, sdt);
+static void q2_moe_decode_launch(dr_cuda_ctx *cx, bool pdl, const q2_moe_args &a, const q2geo &gu, const q2geo &dn,
+                                 int sdt) {
+    const int H = dn.rows, I = gu.rows, nsh = a.sd ? 1 : 0;
+    const size_t s1 = (size_t)gu.np * sizeof(float), s2 = (size_t)(a.k + nsh) * dn.np * sizeof(float);
+    const dim3 g1(dr_cdiv((size_t)I, 8), (unsigned)(a.R + (a.sg ? a.T : 0))), g2(dr_cdiv((size_t)H, 8), (unsigned)a.T);
+    if (a.logits && a.E > 256)
+        q2_moe_gu_launch<BITS, SBW, 16>(cx, pdl, a, gu, sdt, g1, s1);
     else
-        q2_moe_gate_up_kernel<BITS, SBW, 4><<<g1, 256, s1, cx->stream>>>(act, x, idx, tab, E, k, gu, sdt);
-    DR_CUDA_LAUNCHED(cx);
+        q2_moe_gu_launch<BITS, SBW, 8>(cx, pdl, a, gu, sdt, g1, s1);
+    const int n2 = (a.k + nsh) * dn.rq;
+#define Q2_DN(NL)                                                                                                     \
+    dr_cuda_launch(cx, pdl, q2_moe_down_kernel<BITS, SBW, NL>, g2, dim3(256), s2, a.y, (const float *)a.act,          \
+                   (const int32_t *)a.idx, (const float *)a.wts, a.tab, a.E, a.k, a.R, a.sd, a.shs, a.acc_y, dn, sdt)
     if (n2 <= 64)
-        q2_moe_down_kernel<BITS, SBW, 2><<<g2, 256, s2, cx->stream>>>(y, act, idx, wts, tab, E, k, dn, sdt);
+        Q2_DN(2);
     else if (n2 <= 128)
-        q2_moe_down_kernel<BITS, SBW, 4><<<g2, 256, s2, cx->stream>>>(y, act, idx, wts, tab, E, k, dn, sdt);
+        Q2_DN(4);
     else
-        q2_moe_down_kernel<BITS, SBW, 8><<<g2, 256, s2, cx->stream>>>(y, act, idx, wts, tab, E, k, dn, sdt);
-    DR_CUDA_LAUNCHED(cx);
+        Q2_DN(8);
+#undef Q2_DN
 }
 
 #define QD_CHUNK_ELEMS ((size_t)32 << 20) /* 128 MiB of hi + lo scratch at most */
@@ -2297,6 +2389,7 @@ bool dr_cuda_quant_matmul_n(dr_cuda_ctx *cx, int n_w, float *const *ys, const fl
 
 __global__ void qembed_kernel(float *x, const uint32_t *__restrict__ W, const void *S, const void *B, dr_dtype sdt,
                               int bits, int gs, const int32_t *ids, int H) {
+    DR_TL_SCOPE();
     const int t = blockIdx.y, per = 32 / bits, wpr = H / per, G = H / gs;
     const unsigned mask = (1u << bits) - 1u;
     const size_t row = (size_t)ids[t];
@@ -2389,6 +2482,7 @@ template <int BITS>
 __global__ void __launch_bounds__(256) qmoe_gate_up_kernel(float *act, const float *x, const int32_t *idx,
                                                            const void *const *tab, int E, int k, qgeo g,
                                                            dr_dtype sdt) {
+    DR_TL_SCOPE();
     extern __shared__ float4 xs[];
     const int r = blockIdx.y;
     const int i = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
@@ -2408,6 +2502,7 @@ template <int BITS>
 __global__ void __launch_bounds__(256) qmoe_down_kernel(float *y, const float *act, const int32_t *idx,
                                                         const float *wts, const void *const *tab, int E, int k,
                                                         qgeo g, dr_dtype sdt) {
+    DR_TL_SCOPE();
     extern __shared__ float4 xs[];
     const int t = blockIdx.y;
     const int h = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
@@ -2426,20 +2521,40 @@ __global__ void __launch_bounds__(256) qmoe_down_kernel(float *y, const float *a
         y[(size_t)t * g.rows + h] = acc;
 }
 
-bool dr_cuda_quant_moe_decode(dr_cuda_ctx *cx, float *y, const float *x, const int32_t *idx, const float *wts,
-                              const dr_expert *ex, dr_cuda_expert_tab_fn get_tab, int E, int T, int k, int H, int I) {
+/* Whether the q2 / FMA MoE decode kernels take these experts: one
+ * quantization for every matrix (one launch reads them all), x aligned, the
+ * staged x and the k (+ nsh) activation rows within 48 KB. */
+static bool qmoe_ok(const dr_expert *ex, int E, const float *x, int k, int H, int I, int nsh) {
     const dr_tensor *g0 = &ex[0].gate;
     const size_t s1 = (size_t)(q2_on() ? q2_np(H, g0->q.bits) : H) * sizeof(float),
-                 s2 = (size_t)k * (q2_on() ? q2_np(I, g0->q.bits) : I) * sizeof(float); /* staged x, act rows */
+                 s2 = (size_t)(k + nsh) * (q2_on() ? q2_np(I, g0->q.bits) : I) * sizeof(float);
     if ((uintptr_t)x % 16 || (H * 4) % 16 || (I * 4) % 16 || s1 > (48 << 10) || s2 > (48 << 10))
-        return false; /* (the grouped path runs) */
-    for (int e = 0; e < E; e++) { /* one launch reads every expert with one geometry */
+        return false;
+    for (int e = 0; e < E; e++) {
         const dr_tensor *m[3] = {&ex[e].gate, &ex[e].up, &ex[e].down};
         for (int i = 0; i < 3; i++)
             if (m[i]->q.bits != g0->q.bits || m[i]->q.group_size != g0->q.group_size ||
                 m[i]->q.sb_dtype != g0->q.sb_dtype)
                 return false;
     }
+    return true;
+}
+
+/* The q2 pair for the experts ex (their geometry), by bits and scale dtype */
+static void q2_moe_run(dr_cuda_ctx *cx, bool pdl, const q2_moe_args &a, const dr_expert *ex) {
+    const q2geo gu = q2_geo(&ex[0].gate), dn = q2_geo(&ex[0].down);
+    const int sdt = (int)ex[0].gate.q.sb_dtype;
+    const bool f32 = sdt == DR_DT_F32;
+    if (ex[0].gate.q.bits == 4)
+        f32 ? q2_moe_decode_launch<4, 2>(cx, pdl, a, gu, dn, sdt) : q2_moe_decode_launch<4, 1>(cx, pdl, a, gu, dn, sdt);
+    else
+        f32 ? q2_moe_decode_launch<8, 2>(cx, pdl, a, gu, dn, sdt) : q2_moe_decode_launch<8, 1>(cx, pdl, a, gu, dn, sdt);
+}
+
+bool dr_cuda_quant_moe_decode(dr_cuda_ctx *cx, float *y, const float *x, const int32_t *idx, const float *wts,
+                              const dr_expert *ex, dr_cuda_expert_tab_fn get_tab, int E, int T, int k, int H, int I) {
+    if (!qmoe_ok(ex, E, x, k, H, I, 0))
+        return false; /* (the grouped path runs) */
     const void *const *tab = get_tab(cx, ex, E);
     if (!tab)
         return true; /* recorded */
@@ -2447,21 +2562,17 @@ bool dr_cuda_quant_moe_decode(dr_cuda_ctx *cx, float *y, const float *x, const i
     float *act = (float *)dr_cuda_scratch(cx, DR_SCR_MOE, (size_t)R * I * sizeof(float));
     if (!act)
         return true;
-    const dr_dtype sdt = g0->q.sb_dtype;
-    const dim3 g1(dr_cdiv((size_t)I, 8), (unsigned)R), g2(dr_cdiv((size_t)H, 8), (unsigned)T);
     if (q2_on()) {
-        const q2geo gu = q2_geo(&ex[0].gate), dn = q2_geo(&ex[0].down);
-        const bool f32 = sdt == DR_DT_F32;
-        if (g0->q.bits == 4)
-            f32 ? q2_moe_decode_launch<4, 2>(cx, y, act, x, idx, wts, tab, E, k, gu, dn, (int)sdt, g1, g2, s1, s2)
-                : q2_moe_decode_launch<4, 1>(cx, y, act, x, idx, wts, tab, E, k, gu, dn, (int)sdt, g1, g2, s1, s2);
-        else
-            f32 ? q2_moe_decode_launch<8, 2>(cx, y, act, x, idx, wts, tab, E, k, gu, dn, (int)sdt, g1, g2, s1, s2)
-                : q2_moe_decode_launch<8, 1>(cx, y, act, x, idx, wts, tab, E, k, gu, dn, (int)sdt, g1, g2, s1, s2);
+        const q2_moe_args a = {y, act, x, NULL, NULL, (int32_t *)idx, (float *)wts, tab, NULL, NULL, NULL,
+                               E, k, R, T, 0, 1};
+        q2_moe_run(cx, false, a, ex);
         return true;
     }
+    const dr_dtype sdt = ex[0].gate.q.sb_dtype;
+    const size_t s1 = (size_t)H * sizeof(float), s2 = (size_t)k * I * sizeof(float); /* staged x, act rows */
+    const dim3 g1(dr_cdiv((size_t)I, 8), (unsigned)R), g2(dr_cdiv((size_t)H, 8), (unsigned)T);
     const qgeo gu = q_geo(&ex[0].gate), dn = q_geo(&ex[0].down);
-    if (g0->q.bits == 4) {
+    if (ex[0].gate.q.bits == 4) {
         qmoe_gate_up_kernel<4><<<g1, 256, s1, cx->stream>>>(act, x, idx, tab, E, k, gu, sdt);
         DR_CUDA_LAUNCHED(cx);
         qmoe_down_kernel<4><<<g2, 256, s2, cx->stream>>>(y, act, idx, wts, tab, E, k, dn, sdt);
@@ -2471,5 +2582,43 @@ bool dr_cuda_quant_moe_decode(dr_cuda_ctx *cx, float *y, const float *x, const i
         qmoe_down_kernel<8><<<g2, 256, s2, cx->stream>>>(y, act, idx, wts, tab, E, k, dn, sdt);
     }
     DR_CUDA_LAUNCHED(cx);
+    return true;
+}
+
+/* Whether w has the quantization and shape [rows, cols] of the experts'
+ * matrix like (the shared expert run as one more expert) */
+static bool q_same(const dr_tensor *w, const dr_tensor *like, long rows, long cols) {
+    return w && w->dev && w->q.bits == like->q.bits && w->q.group_size == like->q.group_size &&
+           w->q.sb_dtype == like->q.sb_dtype && (long)q_rows(w) == rows && w->ne[w->ndim - 1] == cols;
+}
+
+bool dr_cuda_quant_moe_block(dr_cuda_ctx *cx, float *y, int32_t *idx, float *wts, float *logits,
+                             const dr_tensor *router, const float *x, const dr_expert *ex,
+                             dr_cuda_expert_tab_fn get_tab, int E, int T, int k, bool renorm, int H, int I,
+                             const dr_moe_shared *sh, bool acc) {
+    static int on = -1;
+    if (!dr_env_on("DR_CUDA_QMOE_BLOCK", &on) || !q2_on() || E > 512 || !qmoe_ok(ex, E, x, k, H, I, sh ? 1 : 0))
+        return false;
+    if (sh && (!q_same(sh->gate, &ex[0].gate, I, H) || !q_same(sh->up, &ex[0].gate, I, H) ||
+               !q_same(sh->down, &ex[0].down, H, I) || !sh->gate_s->dev))
+        return false;
+    const void *const *tab = get_tab(cx, ex, E);
+    if (!tab)
+        return true; /* recorded */
+    const int R = T * k;
+    float *act = (float *)dr_cuda_scratch(cx, DR_SCR_MOE, (size_t)(R + (sh ? T : 0)) * I * sizeof(float));
+    if (!act)
+        return true;
+    if (sh) { /* the router's logits and the shared expert's scalar gate: one call */
+        float *const ys[2] = {logits, sh->ws_s};
+        const dr_tensor *const ws[2] = {router, sh->gate_s};
+        dr_cuda_matmul_n(cx, 2, ys, x, ws, T);
+    } else {
+        dr_cuda_matmul(cx, logits, x, router, T);
+    }
+    const q2_moe_args a = {y,   act, x,    logits, sh ? sh->ws_s : NULL, idx, wts, tab, sh ? sh->gate->dev : NULL,
+                           sh ? sh->up->dev : NULL, sh ? sh->down->dev : NULL, E, k, R, T, renorm ? 1 : 0,
+                           acc ? 1 : 0};
+    q2_moe_run(cx, true, a, ex);
     return true;
 }

@@ -42,5 +42,15 @@ void dr_cuda_qembed(dr_cuda_ctx *cx, float *x, const dr_tensor *emb, const int32
  * quantization, unaligned x): the caller's general path runs. */
 bool dr_cuda_quant_moe_decode(dr_cuda_ctx *cx, float *y, const float *x, const int32_t *idx, const float *wts,
                               const dr_expert *ex, dr_cuda_expert_tab_fn get_tab, int E, int T, int k, int H, int I);
+/* The whole MoE block of a few decode tokens on 8/4-bit experts (the
+ * moe_decode slot; the shared expert, when given, quantized as the
+ * experts): the router's logits (and the shared scalar gate) by one GEMV
+ * call, then two kernels, gate/up with the routing and down with the
+ * shared expert and (acc) the residual add. false: not taken, nothing
+ * queued (the op-by-op path runs). */
+bool dr_cuda_quant_moe_block(dr_cuda_ctx *cx, float *y, int32_t *idx, float *wts, float *logits,
+                             const dr_tensor *router, const float *x, const dr_expert *ex,
+                             dr_cuda_expert_tab_fn get_tab, int E, int T, int k, bool renorm, int H, int I,
+                             const dr_moe_shared *sh, bool acc);
 
 #endif

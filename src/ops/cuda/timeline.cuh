@@ -124,6 +124,11 @@ struct dr_tl_scope {
 
 /* Thread 0's time once v (a float it computed) is known: the timer read
  * depends on v, so it cannot run before the loads behind v return. */
+/* The static shared memory a scope adds to its kernel (rounded up): kernels
+ * that size their dynamic shared memory to the device's opt-in limit leave
+ * this much free, or their launches fail in a timeline build. */
+#define DR_TL_SMEM 128
+
 #define DR_TL_MARK(k, v)                                                                             \
     do {                                                                                             \
         if (dr_tl_first()) {                                                                         \
@@ -135,6 +140,7 @@ struct dr_tl_scope {
     } while (0)
 
 #else
+#define DR_TL_SMEM 0
 #define DR_TL_SCOPE() ((void)0)
 #define DR_TL_MARK(k, v) ((void)0)
 #define DR_TL_WAITED() ((void)0)

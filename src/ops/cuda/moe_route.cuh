@@ -1,0 +1,108 @@
+/* ops/cuda/moe_route.cuh - the router's softmax + top-k as one warp runs it
+ * (MODEL.md 6.2; semantics: ops/cpu/moe.c): shared by the route kernels and
+ * the decode gate/up kernels that route in their first warp (moe.cu for
+ * BF16 experts, quant.cu for 8/4-bit ones). Same comparisons in the same
+ * order everywhere: identical picks and weights. */
+#ifndef DR_OPS_CUDA_MOE_ROUTE_CUH
+#define DR_OPS_CUDA_MOE_ROUTE_CUH
+
+#include "cuda_common.cuh"
+
+#include <math.h>
+
+#define ROUTE_MAX_K 32
+
+/* The warp's best of the lanes' (best id, value bv): the largest value, ties
+ * to the lower id, best < 0 for none; every lane gets it. */
+static __device__ __forceinline__ void route_best_shfl(int &best, float &bv) {
+    for (int o = 16; o > 0; o >>= 1) {
+        const int ob = __shfl_xor_sync(0xffffffffu, best, o);
+        const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+        if (ob >= 0 && (best < 0 || ov > bv || (ov == bv && ob < best))) {
+            best = ob;
+            bv = ov;
+        }
+    }
+}
+
+/* An unsigned key of a float that orders as the float does (non-NaN; -0
+ * taken as +0, which compares equal to it), and back. */
+static __device__ __forceinline__ unsigned route_key(float v) {
+    const unsigned b = __float_as_uint(v + 0.0f);
+    return b & 0x80000000u ? ~b : b | 0x80000000u;
+}
+static __device__ __forceinline__ float route_unkey(unsigned u) {
+    return __uint_as_float(u & 0x80000000u ? u & 0x7fffffffu : ~u);
+}
+
+/* The same selection with the lane's logits in registers (E <= 32 PER) and a
+ * bit per used expert: route_kernel's loop (moe.cu) re-reads the logits and
+ * keeps the picks in local memory, about 17 us per token at E = 256, k = 8.
+ * Same comparisons in the same order, same arithmetic: identical results.
+ * Pick j ends in lane j (k <= 32). RX (session 6): each round's warp-wide
+ * best by two integer reductions (the largest key, then the lowest expert
+ * id holding it) instead of five shuffle rounds; the same pick and tie rule. */
+template <int PER, bool RX = false>
+static __device__ __forceinline__ void route_warp(const float *l, int E, int k, int renorm, int lane, int *sel,
+                                                  float *wt) {
+    float v[PER];
+#pragma unroll
+    for (int i = 0; i < PER; i++)
+        v[i] = lane + 32 * i < E ? l[lane + 32 * i] : -INFINITY;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int i = 0; i < PER; i++)
+        if (lane + 32 * i < E)
+            mx = fmaxf(mx, v[i]);
+    mx = dr_warp_max(mx);
+    float sum = 0.0f;
+#pragma unroll
+    for (int i = 0; i < PER; i++)
+        if (lane + 32 * i < E)
+            sum += expf(v[i] - mx);
+    sum = dr_warp_sum(sum);
+    unsigned used = 0;
+    int my_sel = 0;
+    float my_wt = 0.0f, picked = 0.0f;
+    for (int j = 0; j < k; j++) {
+        int best = -1;
+        float bv = -INFINITY;
+        if (RX) {
+            unsigned kb = 0; /* every real key is above 0 */
+            int bi = -1;
+#pragma unroll
+            for (int i = 0; i < PER; i++) {
+                const unsigned kk = route_key(v[i]);
+                if (lane + 32 * i < E && !((used >> i) & 1u) && kk > kb) {
+                    kb = kk;
+                    bi = i;
+                }
+            }
+            const unsigned m = __reduce_max_sync(0xffffffffu, kb);
+            best = (int)__reduce_min_sync(0xffffffffu, bi >= 0 && kb == m ? (unsigned)(lane + 32 * bi) : 0xffffffffu);
+            bv = route_unkey(m);
+        } else {
+#pragma unroll
+            for (int i = 0; i < PER; i++) {
+                const int e = lane + 32 * i;
+                if (e < E && !((used >> i) & 1u) && (best < 0 || v[i] > bv)) {
+                    best = e;
+                    bv = v[i];
+                }
+            }
+            route_best_shfl(best, bv);
+        }
+        if ((best & 31) == lane)
+            used |= 1u << (best >> 5);
+        const float wj = expf(bv - mx) / sum;
+        picked += wj;
+        if (lane == j) {
+            my_sel = best;
+            my_wt = wj;
+        }
+    }
+    *sel = my_sel;
+    *wt = renorm ? my_wt / picked : my_wt;
+}
+
+#endif
