@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Session 29 on the GPU machine: this tree against an older one, switches of
+# this tree, and a kernel timeline, in one call.
+#   tests: every CUDA test and golden of this tree (default settings).
+#   ab: decode of the older tree's deltarun (OLDSRC, as device_s28.sh) and
+#       this tree's, then this tree's under each VAR=VAL in ENVS (e.g.
+#       "DR_CUDA_QGEMV_RU=22"), alternated in each round (ROUNDS, default 2)
+#       over SHAPES (default "35b8 35b 9b 08b") with QUANT (default
+#       "--quant q4 --quant-random").
+#   tl: kernel timelines of this tree (-DDR_CUDA_TIMELINE=ON build) for
+#       TL_SHAPES (default "35b8"), same QUANT.
+# Usage: [OLDSRC=build-oldsrc] [ENVS=..] scripts/device_s29.sh [tests] [ab] [tl]
+set -uo pipefail
+source "$(dirname "$0")/device_env.sh"
+what="${*:-tests ab}"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+t0=$(date +%s)
+b="$root/build-dev"
+dr_device_build "$b" deltarun_cli test_cuda test_cuda_decode test_cuda_fused test_cuda_prefill test_cuda_quant test_golden
+echo "built in $(( $(date +%s) - t0 )) s"
+old=""
+if [[ -n "${OLDSRC:-}" && "$what" == *ab* ]]; then
+  cmake -S "$root/$OLDSRC" -B "$root/build-old" -DCMAKE_BUILD_TYPE=Release -DDR_WERROR=OFF -DDR_CUDA=ON \
+    -DCMAKE_CUDA_ARCHITECTURES=90a > "$OUT/cmake_old.log" 2>&1 &&
+    make -C "$root/build-old" -j"$(nproc)" deltarun_cli > "$OUT/build_old.log" 2>&1 && old="$root/build-old/deltarun"
+  echo "old tree built in $(( $(date +%s) - t0 )) s: ${old:-FAILED}"
+fi
+if [[ "$what" == *tests* ]]; then
+  dr_device_tests "$b" "$OUT/tests.log"
+  echo "tests: $(grep -h -E '^[0-9]+ passed, [0-9]+ failed' "$OUT/tests.log" | awk '{p+=$1; f+=$3} END {print p " passed, " f " failed"}')"
+fi
+declare -A args=([08b]="qwen3.5-0.8b.json -p 128 -n 256" [35b8]="qwen3.5-35b-a3b.json --layers 8 -p 128 -n 256"
+                 [35b]="qwen3.5-35b-a3b.json -p 128 -n 128" [9b]="qwen3.5-9b.json -p 128 -n 128")
+rate() { python3 -c "import json,sys; d=json.loads(sys.argv[1]); print('%.1f (%.1f%%)' % (d['decode_tok_s'], 100*d['floor_fraction']))" "$1" 2>/dev/null || echo failed; }
+if [[ "$what" == *ab* ]]; then
+  for r in $(seq 1 "${ROUNDS:-2}"); do
+    for s in ${SHAPES:-35b8 35b 9b 08b}; do
+      line="round $r $s:"
+      for v in ${old:+old} new ${ENVS:-}; do
+        bin="$b/deltarun"; e=""
+        [[ $v == old ]] && bin="$old"
+        [[ $v == *=* ]] && e="$v"
+        j=$(env $e timeout 300 "$bin" bench --device cuda --synthetic bench/configs/${args[$s]} \
+          ${QUANT:---quant q4 --quant-random} --json 2>>"$OUT/bench_err.log")
+        echo "$s $v $j" >> "$OUT/bench.log"
+        line="$line  $v $(rate "$j")"
+      done
+      echo "$line"
+    done
+  done
+fi
+if [[ "$what" == *tl* ]]; then
+  DR_CMAKE_EXTRA=-DDR_CUDA_TIMELINE=ON dr_device_build "$root/build-tl" deltarun_cli
+  for s in ${TL_SHAPES:-35b8}; do
+    f="$OUT/tl_$s.bin"
+    DR_CUDA_TIMELINE="$f" timeout 150 "$root/build-tl/deltarun" bench --device cuda --synthetic \
+      bench/configs/${args[$s]%-n*}-n 48 ${QUANT:---quant q4 --quant-random} --json > /dev/null 2>>"$OUT/err.log"
+    python3 scripts/timeline.py "$f" --steps 30 > "$OUT/tl_$s.txt" 2>&1
+    rm -f "$f"
+    echo "== $s"; head -1 "$OUT/tl_$s.txt"; sed -n '/critical-path/,$p' "$OUT/tl_$s.txt" | head -14
+  done
+fi
