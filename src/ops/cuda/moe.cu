@@ -9,7 +9,8 @@
  * gate/up + SiLU * up, then down + the weighted sum; in the fused
  * moe_decode slot after one GEMV for the router (sessions 5 and 6), the
  * gate/up kernel also routes and projects the shared expert, and the down
- * kernel also adds the shared expert's down.
+ * kernel also adds the shared expert's down. 8/4-bit experts take the same
+ * shape of block in quant.cu (dr_cuda_quant_moe_block, session 29).
  * Prefill: the picks are read back once per MoE layer, grouped by expert on
  * the host (counting sort), the token rows gathered, and each used expert
  * runs dense GEMMs (cuBLAS, split bf16 for BF16 weights) over its rows.

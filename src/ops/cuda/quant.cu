@@ -6,8 +6,9 @@
  * the repacked layout (section "repacked layout (v2)" below: rows permuted
  * for the tensor-core GEMV's A fragments, (scale, bias) interleaved), read by
  * q2_gemv_kernel, q2_dp4a_kernel (one token, 4-bit, 16-bit scales: the
- * decode default, with the norm-in and residual-add epilogues),
- * q2_dequant_split_kernel, q2_embed_kernel and the q2_moe_* kernels.
+ * decode default, with the norm-in, residual-add and SwiGLU epilogues),
+ * q2_dequant_split_kernel, q2_embed_kernel and the q2_moe_* kernels (the
+ * MoE decode block: routing and the shared expert in them, session 29).
  * DR_CUDA_QGEMV_V2=0 (read once, at the first upload, for the process): the
  * file layout below and the kernels written for it, kept as
  * the same-run baseline. File layout: the packed
