@@ -43,6 +43,16 @@ dr_device_tests() {
   done
 }
 
+# `dr_device_build_old SRC` builds deltarun_cli of an older tree unpacked at
+# $root/SRC (`git archive REV | tar -x -C SRC --exclude=tests/data`) into
+# build-old, logging to $OUT, and prints the binary's path (nothing when the
+# build fails): the older side of the device_s28 / s29 A/Bs.
+dr_device_build_old() {
+  cmake -S "$root/$1" -B "$root/build-old" -DCMAKE_BUILD_TYPE=Release -DDR_WERROR=OFF -DDR_CUDA=ON \
+    -DCMAKE_CUDA_ARCHITECTURES=90a > "$OUT/cmake_old.log" 2>&1 &&
+    make -C "$root/build-old" -j"$(nproc)" deltarun_cli > "$OUT/build_old.log" 2>&1 && echo "$root/build-old/deltarun"
+}
+
 # `dr_cpu_builds BUILD:SRC...` builds deltarun_cli CPU-only (Release) from
 # each source tree SRC into BUILD (A/B runs of this tree against an older
 # one unpacked beside it), logging to $OUT; then prints the host CPU.

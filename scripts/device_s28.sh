@@ -19,9 +19,7 @@ dr_device_build "$b" deltarun_cli test_cuda test_cuda_decode test_cuda_fused tes
 echo "built in $(( $(date +%s) - t0 )) s"
 old=""
 if [[ -n "${OLDSRC:-}" && "$what" == *ab* ]]; then
-  cmake -S "$root/$OLDSRC" -B "$root/build-old" -DCMAKE_BUILD_TYPE=Release -DDR_WERROR=OFF -DDR_CUDA=ON \
-    -DCMAKE_CUDA_ARCHITECTURES=90a > "$OUT/cmake_old.log" 2>&1 &&
-    make -C "$root/build-old" -j"$(nproc)" deltarun_cli > "$OUT/build_old.log" 2>&1 && old="$root/build-old/deltarun"
+  old=$(dr_device_build_old "$OLDSRC")
   echo "old tree built in $(( $(date +%s) - t0 )) s: ${old:-FAILED}"
 fi
 if [[ "$what" == *tests* ]]; then
