@@ -53,6 +53,16 @@ dr_device_build_old() {
     make -C "$root/build-old" -j"$(nproc)" deltarun_cli > "$OUT/build_old.log" 2>&1 && echo "$root/build-old/deltarun"
 }
 
+# `dr_device_memcheck DIR` runs compute-sanitizer memcheck (leak check on)
+# over DIR's tests/test_cuda_quant for at most MC_T seconds (default 200),
+# logging to $OUT/memcheck.log, and prints its summary lines.
+dr_device_memcheck() {
+  timeout "${MC_T:-200}" compute-sanitizer --tool memcheck --leak-check full "$1/tests/test_cuda_quant" \
+    > "$OUT/memcheck.log" 2>&1; echo "memcheck rc $?"
+  grep -E "ERROR SUMMARY|LEAK SUMMARY|^[0-9]+ passed" "$OUT/memcheck.log" | head -5
+  grep -c "^ok" "$OUT/memcheck.log"; grep -E "^(FAIL|not ok)" "$OUT/memcheck.log" | head -5
+}
+
 # `dr_cpu_builds BUILD:SRC...` builds deltarun_cli CPU-only (Release) from
 # each source tree SRC into BUILD (A/B runs of this tree against an older
 # one unpacked beside it), logging to $OUT; then prints the host CPU.

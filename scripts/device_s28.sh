@@ -48,8 +48,5 @@ if [[ "$what" == *kern* ]]; then
   grep -E "floor|q4   T=1 |status" "$OUT/kern.log"
 fi
 if [[ "$what" == *memcheck* ]]; then
-  timeout "${MC_T:-200}" compute-sanitizer --tool memcheck --leak-check full "$b/tests/test_cuda_quant" \
-    > "$OUT/memcheck.log" 2>&1; echo "memcheck rc $?"
-  grep -E "ERROR SUMMARY|LEAK SUMMARY|^[0-9]+ passed" "$OUT/memcheck.log" | head -5
-  grep -c "^ok" "$OUT/memcheck.log"; grep -E "^(FAIL|not ok)" "$OUT/memcheck.log" | head -5
+  dr_device_memcheck "$b"
 fi

@@ -9,7 +9,8 @@
 #       "--quant q4 --quant-random").
 #   tl: kernel timelines of this tree (-DDR_CUDA_TIMELINE=ON build) for
 #       TL_SHAPES (default "35b8"), same QUANT.
-# Usage: [OLDSRC=build-oldsrc] [ENVS=..] scripts/device_s29.sh [tests] [ab] [tl]
+#   memcheck: compute-sanitizer memcheck of tests/test_cuda_quant (MC_T s).
+# Usage: [OLDSRC=build-oldsrc] [ENVS=..] scripts/device_s29.sh [tests] [ab] [tl] [memcheck]
 set -uo pipefail
 source "$(dirname "$0")/device_env.sh"
 what="${*:-tests ab}"
@@ -57,4 +58,7 @@ if [[ "$what" == *tl* ]]; then
     rm -f "$f"
     echo "== $s"; head -1 "$OUT/tl_$s.txt"; sed -n '/critical-path/,$p' "$OUT/tl_$s.txt" | head -14
   done
+fi
+if [[ "$what" == *memcheck* ]]; then
+  dr_device_memcheck "$b"
 fi
