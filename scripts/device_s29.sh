@@ -9,15 +9,17 @@
 #       "--quant q4 --quant-random").
 #   tl: kernel timelines of this tree (-DDR_CUDA_TIMELINE=ON build) for
 #       TL_SHAPES (default "35b8"), same QUANT.
+#   kern: DR_BENCH_QUANT=1 tests/bench_cuda of this tree (q4 T=1 rows).
 #   memcheck: compute-sanitizer memcheck of tests/test_cuda_quant (MC_T s).
-# Usage: [OLDSRC=build-oldsrc] [ENVS=..] scripts/device_s29.sh [tests] [ab] [tl] [memcheck]
+# Usage: [OLDSRC=build-oldsrc] [ENVS=..] scripts/device_s29.sh [tests] [ab] [tl] [kern] [memcheck]
 set -uo pipefail
 source "$(dirname "$0")/device_env.sh"
 what="${*:-tests ab}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 t0=$(date +%s)
 b="$root/build-dev"
-dr_device_build "$b" deltarun_cli test_cuda test_cuda_decode test_cuda_fused test_cuda_prefill test_cuda_quant test_golden
+dr_device_build "$b" deltarun_cli test_cuda test_cuda_decode test_cuda_fused test_cuda_prefill test_cuda_quant test_golden \
+  $([[ "$what" == *kern* ]] && echo bench_cuda)
 echo "built in $(( $(date +%s) - t0 )) s"
 old=""
 if [[ -n "${OLDSRC:-}" && "$what" == *ab* ]]; then
@@ -58,6 +60,10 @@ if [[ "$what" == *tl* ]]; then
     rm -f "$f"
     echo "== $s"; head -1 "$OUT/tl_$s.txt"; sed -n '/critical-path/,$p' "$OUT/tl_$s.txt" | head -14
   done
+fi
+if [[ "$what" == *kern* ]]; then
+  DR_BENCH_QUANT=1 timeout 300 "$b/tests/bench_cuda" > "$OUT/kern.log" 2>&1
+  grep -E "floor|q4   T=1 |status" "$OUT/kern.log"
 fi
 if [[ "$what" == *memcheck* ]]; then
   dr_device_memcheck "$b"
