@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Session 29 on the GPU machine: this tree against an older one, switches of
 # this tree, and a kernel timeline, in one call.
-#   tests: every CUDA test and golden of this tree (default settings).
+#   tests: every CUDA test and golden of this tree (default settings, then
+#       again under each VAR=VAL in TEST_ENVS).
 #   ab: decode of the older tree's deltarun (OLDSRC, as device_s28.sh) and
 #       this tree's, then this tree's under each VAR=VAL in ENVS (e.g.
 #       "DR_CUDA_QGEMV_RU=22"), alternated in each round (ROUNDS, default 2)
@@ -11,7 +12,7 @@
 #       TL_SHAPES (default "35b8"), same QUANT.
 #   kern: DR_BENCH_QUANT=1 tests/bench_cuda of this tree (q4 T=1 rows).
 #   memcheck: compute-sanitizer memcheck of tests/test_cuda_quant (MC_T s).
-# Usage: [OLDSRC=build-oldsrc] [ENVS=..] scripts/device_s29.sh [tests] [ab] [tl] [kern] [memcheck]
+# Usage: [OLDSRC=build-oldsrc] [ENVS=..] [TEST_ENVS=..] scripts/device_s29.sh [tests] [ab] [tl] [kern] [memcheck]
 set -uo pipefail
 source "$(dirname "$0")/device_env.sh"
 what="${*:-tests ab}"
@@ -27,8 +28,11 @@ if [[ -n "${OLDSRC:-}" && "$what" == *ab* ]]; then
   echo "old tree built in $(( $(date +%s) - t0 )) s: ${old:-FAILED}"
 fi
 if [[ "$what" == *tests* ]]; then
-  dr_device_tests "$b" "$OUT/tests.log"
-  echo "tests: $(grep -h -E '^[0-9]+ passed, [0-9]+ failed' "$OUT/tests.log" | awk '{p+=$1; f+=$3} END {print p " passed, " f " failed"}')"
+  for e in "" ${TEST_ENVS:-}; do
+    log="$OUT/tests${e:+_$e}.log"
+    dr_device_tests "$b" "$log" $e
+    echo "tests ${e:-default}: $(grep -h -E '^[0-9]+ passed, [0-9]+ failed' "$log" | awk '{p+=$1; f+=$3} END {print p " passed, " f " failed"}')"
+  done
 fi
 declare -A args=([08b]="qwen3.5-0.8b.json -p 128 -n 256" [35b8]="qwen3.5-35b-a3b.json --layers 8 -p 128 -n 256"
                  [35b]="qwen3.5-35b-a3b.json -p 128 -n 128" [9b]="qwen3.5-9b.json -p 128 -n 128")
