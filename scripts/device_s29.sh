@@ -8,6 +8,8 @@
 #       "DR_CUDA_QGEMV_RU=22"), alternated in each round (ROUNDS, default 2)
 #       over SHAPES (default "35b8 35b 9b 08b") with QUANT (default
 #       "--quant q4 --quant-random").
+#       VARIANTS="name:-DFLAG=1[,..] ..": this tree built again with those
+#       nvcc flags (CUDAFLAGS, commas for spaces) as more columns.
 #   tl: kernel timelines of this tree (-DDR_CUDA_TIMELINE=ON build) for
 #       TL_SHAPES (default "35b8"), same QUANT.
 #   kern: DR_BENCH_QUANT=1 tests/bench_cuda of this tree (q4 T=1 rows).
@@ -23,9 +25,21 @@ dr_device_build "$b" deltarun_cli test_cuda test_cuda_decode test_cuda_fused tes
   $([[ "$what" == *kern* ]] && echo bench_cuda)
 echo "built in $(( $(date +%s) - t0 )) s"
 old=""
-if [[ -n "${OLDSRC:-}" && "$what" == *ab* ]]; then
-  old=$(dr_device_build_old "$OLDSRC")
-  echo "old tree built in $(( $(date +%s) - t0 )) s: ${old:-FAILED}"
+declare -A vbin=()
+if [[ "$what" == *ab* ]]; then
+  # compile-time variants of this tree, built beside the old tree at once
+  # (each build is one long nvcc of quant.cu: they run side by side)
+  for v in ${VARIANTS:-}; do
+    ( OUT="$OUT/var_${v%%:*}"; mkdir -p "$OUT"
+      export CUDAFLAGS="${v#*:}"; export CUDAFLAGS="${CUDAFLAGS//,/ }"; dr_device_build "$root/build-var-${v%%:*}" deltarun_cli ) &
+  done
+  [[ -n "${OLDSRC:-}" ]] && old=$(dr_device_build_old "$OLDSRC")
+  wait
+  for v in ${VARIANTS:-}; do
+    n=${v%%:*}; f="$root/build-var-$n/deltarun"
+    [[ -x "$f" ]] && vbin[$n]="$f" || echo "variant $n failed to build"
+  done
+  echo "old tree and variants built in $(( $(date +%s) - t0 )) s: old ${old:-none} variants ${!vbin[*]}"
 fi
 if [[ "$what" == *tests* ]]; then
   for e in "" ${TEST_ENVS:-}; do
@@ -41,9 +55,10 @@ if [[ "$what" == *ab* ]]; then
   for r in $(seq 1 "${ROUNDS:-2}"); do
     for s in ${SHAPES:-35b8 35b 9b 08b}; do
       line="round $r $s:"
-      for v in ${old:+old} new ${ENVS:-}; do
+      for v in ${old:+old} new ${!vbin[*]} ${ENVS:-}; do
         bin="$b/deltarun"; e=""
         [[ $v == old ]] && bin="$old"
+        [[ -n "${vbin[$v]:-}" ]] && bin="${vbin[$v]}"
         [[ $v == *=* ]] && e="$v"
         j=$(env $e timeout 300 "$bin" bench --device cuda --synthetic bench/configs/${args[$s]} \
           ${QUANT:---quant q4 --quant-random} --json 2>>"$OUT/bench_err.log")

@@ -25,7 +25,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define MOE_GEMV_T 4
 
 /* ---- router: one warp per token ---- */
 
@@ -301,18 +300,6 @@ __global__ void moe_swiglu_kernel(float *g, const float *u, size_t n) {
 #define MD_U 4 /* gate/up kernel: 16-byte loads in flight per lane and matrix */
 #define MD_J 8 /* down kernel: picks whose rows are in flight together */
 #define MD_SMEM (48 * 1024) /* the activations each block stages in shared memory */
-
-/* Device-scope release store / acquire load of a flag (the picks-ready flag
- * below): what the storing thread wrote before is visible to a thread that
- * reads the flag set. */
-static __device__ __forceinline__ void md_st_release(int *p, int v) {
-    asm volatile("st.release.gpu.global.b32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
-}
-static __device__ __forceinline__ int md_ld_acquire(const int *p) {
-    int v;
-    asm volatile("ld.acquire.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
-    return v;
-}
 
 /* s + the 8 bf16 weights of u times x0, x1 (index order) */
 static __device__ __forceinline__ float dot8_bf16(const uint4 &u, const float4 &x0, const float4 &x1, float s) {

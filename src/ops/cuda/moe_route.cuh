@@ -1,5 +1,6 @@
 /* ops/cuda/moe_route.cuh - the router's softmax + top-k as one warp runs it
- * (MODEL.md 6.2; semantics: ops/cpu/moe.c): shared by the route kernels and
+ * (MODEL.md 6.2; semantics: ops/cpu/moe.c), and the picks-ready flag that
+ * hands the picks to the down kernel early: shared by the route kernels and
  * the decode gate/up kernels that route in their first warp (moe.cu for
  * BF16 experts, quant.cu for 8/4-bit ones). Same comparisons in the same
  * order everywhere: identical picks and weights. */
@@ -11,6 +12,7 @@
 #include <math.h>
 
 #define ROUTE_MAX_K 32
+#define MOE_GEMV_T 4 /* tokens the MoE decode kernels take at most */
 
 /* The warp's best of the lanes' (best id, value bv): the largest value, ties
  * to the lower id, best < 0 for none; every lane gets it. */
@@ -103,6 +105,19 @@ static __device__ __forceinline__ void route_warp(const float *l, int E, int k, 
     }
     *sel = my_sel;
     *wt = renorm ? my_wt / picked : my_wt;
+}
+
+/* Device-scope release store / acquire load of a flag (the picks-ready flag
+ * the routing gate/up kernels raise for their down kernels): what the
+ * storing thread wrote before is visible to a thread that reads the flag
+ * set. */
+static __device__ __forceinline__ void md_st_release(int *p, int v) {
+    asm volatile("st.release.gpu.global.b32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}
+static __device__ __forceinline__ int md_ld_acquire(const int *p) {
+    int v;
+    asm volatile("ld.acquire.gpu.global.b32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
 }
 
 #endif

@@ -2009,22 +2009,42 @@ __global__ void q2_embed_kernel(float *x, const uint32_t *__restrict__ W, const 
     }
 }
 
-/* MoE decode on the repacked layout: x [n] staged for row dots: float4 f of
- * piece p (16 bytes of a row: block p / 4, lane p % 4) at [f][p], value
- * order = nibble / byte order of the piece's words (q4vals' order) */
-template <int BITS> static __device__ __forceinline__ void q2_stage_x(float4 *xs, const float *x, int n, int np) {
-    constexpr int E = 128 / BITS, E4 = E / 4;
-    const int nv = np / E;
-    for (int i = threadIdx.x; i < E4 * nv; i += blockDim.x) {
-        const int f = i / nv, p = i % nv;
-        float v[4];
+/* MoE decode on the repacked layout: rows of n values staged for row dots,
+ * row j at x + j n for j < nr, then (xsh) one more row at xsh: float4 f of
+ * piece p (16 bytes of a row: block p / 4, lane p % 4) of row j at
+ * [j][f][p] (np / 4 float4 a row), value order = nibble / byte order of the
+ * piece's words (q4vals' order). Each thread issues the loads of Q_SB
+ * float4 before it stores them: a plain loop per row paid one L2 round trip
+ * per row and pass (the down kernel stages k + 1 rows; md_stage_f4 in
+ * moe.cu has the same reason). */
+#ifndef Q_SB_GU
+#define Q_SB_GU 4
+#endif
+#ifndef Q_SB_DN
+#define Q_SB_DN 4
+#endif
+template <int BITS, int Q_SB>
+static __device__ __forceinline__ void q2_stage_rows(float4 *xs, const float *x, int nr, const float *xsh, int n,
+                                                     int np) {
+    constexpr int E = 128 / BITS;
+    const int nv = np / E, per = np / 4, total = (nr + (xsh ? 1 : 0)) * per, nt = blockDim.x;
+    for (int c0 = threadIdx.x; c0 < total; c0 += Q_SB * nt) {
+        float v[Q_SB][4];
 #pragma unroll
-        for (int j = 0; j < 4; j++) {
-            const int e = 4 * f + j, wd = (p >> 2) * 16 + (p & 3) * 4 + e / (32 / BITS);
-            const int k = q2_k(BITS, wd, e % (32 / BITS));
-            v[j] = k < n ? x[k] : 0.0f;
+        for (int b = 0; b < Q_SB; b++) {
+            const int c = c0 + b * nt, j = c / per, i = c - j * per, f = i / nv, p = i - f * nv;
+            const float *src = j < nr ? x + (size_t)j * n : xsh;
+#pragma unroll
+            for (int q = 0; q < 4; q++) {
+                const int e = 4 * f + q, wd = (p >> 2) * 16 + (p & 3) * 4 + e / (32 / BITS);
+                const int k = q2_k(BITS, wd, e % (32 / BITS));
+                v[b][q] = c < total && k < n ? src[k] : 0.0f;
+            }
         }
-        xs[i] = make_float4(v[0], v[1], v[2], v[3]);
+#pragma unroll
+        for (int b = 0; b < Q_SB; b++)
+            if (c0 + b * nt < total)
+                xs[c0 + b * nt] = make_float4(v[b][0], v[b][1], v[b][2], v[b][3]);
     }
 }
 
@@ -2056,7 +2076,7 @@ static __device__ __forceinline__ void q2_piece_load(q2_piece<SBW> &p, const voi
             p.sb[wi * SBW + h] = __ldg(sbp + (size_t)(((v >> 2) * KB + wi * KW) / g.gs) * SBW + h);
 }
 
-/* piece v . x, x staged by q2_stage_x (nv pieces a row) */
+/* piece v . x, x staged by q2_stage_rows (nv pieces a row) */
 template <int BITS, int SBW>
 static __device__ __forceinline__ float q2_piece_dot(const q2_piece<SBW> &p, int sdt, int v, int nv, const float4 *xs) {
     constexpr int FW = 32 / BITS / 4; /* float4 per word */
@@ -2103,12 +2123,17 @@ static __device__ __forceinline__ void q2_gu_load(q2_piece<SBW> (&pg)[NL], q2_pi
  *   arithmetic) and block (0, t k) writes token t's idx and wts.
  * - Rows R + t (sgw, suw: the shared expert's gate and up, the experts'
  *   geometry) are token t's shared expert: no picks to wait for, so its
- *   first pieces load before the PDL wait. */
+ *   first pieces load before the PDL wait.
+ * - With `ready` (and logits), block (0, t k) raises token t's picks-ready
+ *   flag once idx and wts are out, so the down kernel loads its rows
+ *   before this kernel ends (moe_gu_route_bf16_kernel's scheme, moe.cu).
+ *   It clears the flag first, before it lets the down kernel be scheduled:
+ *   the previous layer's down kernel, which read it, has ended by its wait. */
 template <int BITS, int SBW, int NL, int PER>
 __global__ void __launch_bounds__(256) q2_moe_gate_up_kernel(float *act, const float *x, int32_t *idx, float *wts,
                                                              const float *logits, int renorm, const void *const *tab,
                                                              int E, int k, int R, const void *sgw, const void *suw,
-                                                             q2geo g, int sdt) {
+                                                             int *ready, q2geo g, int sdt) {
     DR_TL_SCOPE();
     extern __shared__ float4 xs[];
     __shared__ int pick;
@@ -2116,14 +2141,24 @@ __global__ void __launch_bounds__(256) q2_moe_gate_up_kernel(float *act, const f
     const int i = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     const bool live = i < g.rows, shared = r >= R;
     const int t = shared ? r - R : r / k;
+    const bool writer = logits && !shared && blockIdx.x == 0 && r == t * k; /* writes token t's idx and wts */
     q2_piece<SBW> pg[NL], pu[NL];
     const void *gw = sgw, *uw = suw;
-    dr_pdl_trigger(); /* the down kernel may be scheduled: it waits for this one */
+    if (!(ready && writer))
+        dr_pdl_trigger(); /* the down kernel may be scheduled: it waits for this one or the flag */
     if (shared) {
         q2_gu_load<BITS>(pg, pu, gw, uw, g, i, 0, lane, live);
         dr_pdl_wait_fenced((unsigned)nv); /* x comes from earlier kernels */
     } else {
         dr_pdl_wait(); /* the logits (or idx) and x come from earlier kernels */
+        if (ready && writer) {
+            if (threadIdx.x == 0) {
+                ready[t] = 0;
+                __threadfence();
+            }
+            __syncthreads();
+            dr_pdl_trigger();
+        }
         if (logits && threadIdx.x < 32) {
             const int j = r - t * k;
             int sel;
@@ -2131,9 +2166,15 @@ __global__ void __launch_bounds__(256) q2_moe_gate_up_kernel(float *act, const f
             route_warp<PER, true>(logits + (size_t)t * E, E, k, renorm, lane, &sel, &wt);
             if (lane == j)
                 pick = sel;
-            if (blockIdx.x == 0 && j == 0 && lane < k) {
+            if (writer && lane < k) {
                 idx[(size_t)t * k + lane] = sel;
                 wts[(size_t)t * k + lane] = wt;
+                __threadfence();
+            }
+            if (writer && ready) {
+                __syncwarp();
+                if (lane == 0)
+                    md_st_release(ready + t, 1); /* the down kernel may read idx now */
             }
         } else if (!logits && threadIdx.x == 0) {
             pick = idx[r];
@@ -2142,7 +2183,7 @@ __global__ void __launch_bounds__(256) q2_moe_gate_up_kernel(float *act, const f
         gw = tab[pick], uw = tab[E + pick];
         q2_gu_load<BITS>(pg, pu, gw, uw, g, i, 0, lane, live);
     }
-    q2_stage_x<BITS>(xs, x + (size_t)t * g.n, g.n, g.np);
+    q2_stage_rows<BITS, Q_SB_GU>(xs, x + (size_t)t * g.n, 1, NULL, g.n, g.np);
     __syncthreads();
     float gv = 0.0f, uv = 0.0f;
     for (int c0 = 0;;) {
@@ -2164,39 +2205,57 @@ __global__ void __launch_bounds__(256) q2_moe_gate_up_kernel(float *act, const f
         act[(size_t)r * g.rows + i] = dr_dev_silu(gv) * uv;
 }
 
+/* The batch of NL pieces a lane at c0 of the down kernel's row h: piece p
+ * of (expert, piece) pair p / nv, p % nv; pair k is the shared expert's
+ * (sd). idx through L2: with the picks-ready flag its writer still runs. */
+template <int BITS, int SBW, int NL>
+static __device__ __forceinline__ void q2_down_load(q2_piece<SBW> (&pc)[NL], const int32_t *it,
+                                                    const void *const *tab, int E, int k, const void *sd,
+                                                    const q2geo &g, int h, int c0, int P, int lane, bool live) {
+    const int nv = g.rq;
+#pragma unroll
+    for (int j = 0; j < NL; j++) {
+        const int p = c0 + lane + 32 * j, js = p < P ? p / nv : 0;
+        const void *blk = js < k ? tab[2 * E + __ldcg(it + js)] : sd;
+        q2_piece_load<BITS>(pc[j], blk, g, h, p - js * nv, live && p < P);
+    }
+}
+
 /* y[t, h] = (acc_y ? y[t, h] : 0) + sum_j wts[t, j] (down_e[h] . act[t k + j]),
  * e = idx[t k + j], + with sd (the shared expert's down, the experts'
  * geometry) sigmoid(shs[t]) (sd[h] . act[R + t]): a warp a row h, its lanes
  * over the (expert, piece) pairs, NL a lane in flight, the first ones loaded
- * before the activation rows are staged (slot k: the shared expert's). */
+ * before the activation rows are staged (slot k: the shared expert's). With
+ * `ready` the first ones load once token t's picks-ready flag is up, before
+ * the PDL wait (the gate/up kernel may still run). */
 template <int BITS, int SBW, int NL>
 __global__ void __launch_bounds__(256) q2_moe_down_kernel(float *y, const float *act, const int32_t *idx,
                                                           const float *wts, const void *const *tab, int E, int k,
                                                           int R, const void *sd, const float *shs, int acc_y,
-                                                          q2geo g, int sdt) {
+                                                          const int *ready, q2geo g, int sdt) {
     DR_TL_SCOPE();
     extern __shared__ float4 xs[];
     const int t = blockIdx.y, lane = threadIdx.x & 31;
     const int h = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), nv = g.rq, P = (k + (sd ? 1 : 0)) * nv;
     const bool live = h < g.rows;
+    const int32_t *it = idx + (size_t)t * k;
+    q2_piece<SBW> pc[NL];
     dr_pdl_trigger();
-    dr_pdl_wait(); /* act, idx, wts and shs come from earlier kernels */
+    if (ready) {
+        if (lane == 0)
+            while (!md_ld_acquire(ready + t))
+                __nanosleep(64);
+        __syncwarp();
+        q2_down_load<BITS>(pc, it, tab, E, k, sd, g, h, 0, P, lane, live);
+        dr_pdl_wait_fenced((unsigned)nv); /* act, wts and shs come from earlier kernels */
+    } else {
+        dr_pdl_wait(); /* act, idx, wts and shs come from earlier kernels */
+        q2_down_load<BITS>(pc, it, tab, E, k, sd, g, h, 0, P, lane, live);
+    }
+    q2_stage_rows<BITS, Q_SB_DN>(xs, act + (size_t)t * k * g.n, k, sd ? act + ((size_t)R + t) * g.n : NULL, g.n, g.np);
+    __syncthreads();
     float acc = 0.0f;
-    for (int c0 = 0;; c0 += 32 * NL) {
-        q2_piece<SBW> pc[NL];
-#pragma unroll
-        for (int j = 0; j < NL; j++) {
-            const int p = c0 + lane + 32 * j, js = p < P ? p / nv : 0;
-            const void *blk = js < k ? tab[2 * E + idx[(size_t)t * k + js]] : sd;
-            q2_piece_load<BITS>(pc[j], blk, g, h, p - js * nv, live && p < P);
-        }
-        if (c0 == 0) {
-            for (int j = 0; j < k; j++)
-                q2_stage_x<BITS>(xs + (size_t)j * (g.np / 4), act + ((size_t)t * k + j) * g.n, g.n, g.np);
-            if (sd)
-                q2_stage_x<BITS>(xs + (size_t)k * (g.np / 4), act + ((size_t)R + t) * g.n, g.n, g.np);
-            __syncthreads();
-        }
+    for (int c0 = 0;;) {
 #pragma unroll
         for (int j = 0; j < NL; j++) {
             const int p = c0 + lane + 32 * j, js = p < P ? p / nv : 0;
@@ -2205,8 +2264,10 @@ __global__ void __launch_bounds__(256) q2_moe_down_kernel(float *y, const float 
                 acc = fmaf(wj, q2_piece_dot<BITS>(pc[j], sdt, p - js * nv, nv, xs + (size_t)js * (g.np / 4)), acc);
             }
         }
-        if (c0 + 32 * NL >= P)
+        c0 += 32 * NL;
+        if (c0 >= P)
             break;
+        q2_down_load<BITS>(pc, it, tab, E, k, sd, g, h, c0, P, lane, live);
     }
     acc = dr_warp_sum(acc);
     if (live && lane == 0)
@@ -2223,6 +2284,7 @@ struct q2_moe_args {
     float *wts;
     const void *const *tab;
     const void *sg, *su, *sd;
+    int *ready; /* the picks-ready flags (with logits), or NULL */
     int E, k, R, T, renorm, acc_y;
 };
 
@@ -2233,7 +2295,7 @@ static void q2_moe_gu_launch(dr_cuda_ctx *cx, bool pdl, const q2_moe_args &a, co
                              size_t smem) {
 #define Q2_GU(NL)                                                                                                     \
     dr_cuda_launch(cx, pdl, q2_moe_gate_up_kernel<BITS, SBW, NL, PER>, grid, dim3(256), smem, a.act, a.x, a.idx,     \
-                   a.wts, a.logits, a.renorm, a.tab, a.E, a.k, a.R, a.sg, a.su, gu, sdt)
+                   a.wts, a.logits, a.renorm, a.tab, a.E, a.k, a.R, a.sg, a.su, a.ready, gu, sdt)
     if (gu.rq <= 32)
         Q2_GU(1);
     else if (gu.rq <= 64)
@@ -2255,10 +2317,13 @@ static void q2_moe_decode_launch(dr_cuda_ctx *cx, bool pdl, const q2_moe_args &a
         q2_moe_gu_launch<BITS, SBW, 16>(cx, pdl, a, gu, sdt, g1, s1);
     else
         q2_moe_gu_launch<BITS, SBW, 8>(cx, pdl, a, gu, sdt, g1, s1);
+    if (a.ready && cx->failed) /* the gate/up launch failed: its flags may never be raised */
+        return;
     const int n2 = (a.k + nsh) * dn.rq;
 #define Q2_DN(NL)                                                                                                     \
     dr_cuda_launch(cx, pdl, q2_moe_down_kernel<BITS, SBW, NL>, g2, dim3(256), s2, a.y, (const float *)a.act,          \
-                   (const int32_t *)a.idx, (const float *)a.wts, a.tab, a.E, a.k, a.R, a.sd, a.shs, a.acc_y, dn, sdt)
+                   (const int32_t *)a.idx, (const float *)a.wts, a.tab, a.E, a.k, a.R, a.sd, a.shs, a.acc_y,        \
+                   (const int *)a.ready, dn, sdt)
     if (n2 <= 64)
         Q2_DN(2);
     else if (n2 <= 128)
@@ -2564,7 +2629,7 @@ bool dr_cuda_quant_moe_decode(dr_cuda_ctx *cx, float *y, const float *x, const i
     if (!act)
         return true;
     if (q2_on()) {
-        const q2_moe_args a = {y, act, x, NULL, NULL, (int32_t *)idx, (float *)wts, tab, NULL, NULL, NULL,
+        const q2_moe_args a = {y, act, x, NULL, NULL, (int32_t *)idx, (float *)wts, tab, NULL, NULL, NULL, NULL,
                                E, k, R, T, 0, 1};
         q2_moe_run(cx, false, a, ex);
         return true;
@@ -2610,6 +2675,12 @@ bool dr_cuda_quant_moe_block(dr_cuda_ctx *cx, float *y, int32_t *idx, float *wts
     float *act = (float *)dr_cuda_scratch(cx, DR_SCR_MOE, (size_t)(R + (sh ? T : 0)) * I * sizeof(float));
     if (!act)
         return true;
+    /* the picks-ready flags, made outside any recording (DR_CUDA_MOE_EARLY=0: none, the down kernel waits
+       for the whole gate/up kernel) */
+    static int early = -1;
+    if (dr_env_on("DR_CUDA_MOE_EARLY", &early) && !cx->moe_ready &&
+        !(cx->moe_ready = (int *)dr_cuda_zeroed(cx, MOE_GEMV_T * sizeof(int))))
+        return true; /* first use while recording (the step runs again without it), or failed */
     if (sh) { /* the router's logits and the shared expert's scalar gate: one call */
         float *const ys[2] = {logits, sh->ws_s};
         const dr_tensor *const ws[2] = {router, sh->gate_s};
@@ -2618,8 +2689,8 @@ bool dr_cuda_quant_moe_block(dr_cuda_ctx *cx, float *y, int32_t *idx, float *wts
         dr_cuda_matmul(cx, logits, x, router, T);
     }
     const q2_moe_args a = {y,   act, x,    logits, sh ? sh->ws_s : NULL, idx, wts, tab, sh ? sh->gate->dev : NULL,
-                           sh ? sh->up->dev : NULL, sh ? sh->down->dev : NULL, E, k, R, T, renorm ? 1 : 0,
-                           acc ? 1 : 0};
+                           sh ? sh->up->dev : NULL, sh ? sh->down->dev : NULL, early ? cx->moe_ready : NULL, E, k,
+                           R, T, renorm ? 1 : 0, acc ? 1 : 0};
     q2_moe_run(cx, true, a, ex);
     return true;
 }
