@@ -2013,15 +2013,19 @@ __global__ void q2_embed_kernel(float *x, const uint32_t *__restrict__ W, const 
  * row j at x + j n for j < nr, then (xsh) one more row at xsh: float4 f of
  * piece p (16 bytes of a row: block p / 4, lane p % 4) of row j at
  * [j][f][p] (np / 4 float4 a row), value order = nibble / byte order of the
- * piece's words (q4vals' order). Each thread issues the loads of Q_SB
- * float4 before it stores them: a plain loop per row paid one L2 round trip
- * per row and pass (the down kernel stages k + 1 rows; md_stage_f4 in
- * moe.cu has the same reason). */
+ * piece's words (q4vals' order). The rows are one flat range, and each
+ * thread issues the loads of Q_SB float4 before it stores them: a loop per
+ * row paid one L2 round trip per row (the down kernel stages k + 1 rows of
+ * 512 values with 256 threads: 9 trips at k = 8, now 3). Q_SB is 1 for
+ * gate/up's one row and 2 for down: on the H200 (session 30, q4 35B-A3B,
+ * 40 layers) 4 / 4 decoded 372-379 tok/s, 1 / 4 385-396, 1 / 1 398-399,
+ * 1 / 2 398-400; more loads in flight cost registers the weight pieces
+ * need. -DQ_SB_GU= / -DQ_SB_DN= (device_s29.sh VARIANTS) time others. */
 #ifndef Q_SB_GU
-#define Q_SB_GU 4
+#define Q_SB_GU 1
 #endif
 #ifndef Q_SB_DN
-#define Q_SB_DN 4
+#define Q_SB_DN 2
 #endif
 template <int BITS, int Q_SB>
 static __device__ __forceinline__ void q2_stage_rows(float4 *xs, const float *x, int nr, const float *xsh, int n,
