@@ -2133,8 +2133,11 @@ static __device__ __forceinline__ void q2_gu_load(q2_piece<SBW> (&pg)[NL], q2_pi
  *   before this kernel ends (moe_gu_route_bf16_kernel's scheme, moe.cu).
  *   It clears the flag first, before it lets the down kernel be scheduled:
  *   the previous layer's down kernel, which read it, has ended by its wait. */
+#ifndef Q_GU_MINB
+#define Q_GU_MINB 1
+#endif
 template <int BITS, int SBW, int NL, int PER>
-__global__ void __launch_bounds__(256) q2_moe_gate_up_kernel(float *act, const float *x, int32_t *idx, float *wts,
+__global__ void __launch_bounds__(256, Q_GU_MINB) q2_moe_gate_up_kernel(float *act, const float *x, int32_t *idx, float *wts,
                                                              const float *logits, int renorm, const void *const *tab,
                                                              int E, int k, int R, const void *sgw, const void *suw,
                                                              int *ready, q2geo g, int sdt) {
@@ -2184,11 +2187,14 @@ __global__ void __launch_bounds__(256) q2_moe_gate_up_kernel(float *act, const f
             pick = idx[r];
         }
         __syncthreads();
+        DR_TL_MARK(0, (float)pick);
         gw = tab[pick], uw = tab[E + pick];
         q2_gu_load<BITS>(pg, pu, gw, uw, g, i, 0, lane, live);
     }
+    DR_TL_MARK(1, __uint_as_float(pg[0].u.x ^ pu[0].sb[0]));
     q2_stage_rows<BITS, Q_SB_GU>(xs, x + (size_t)t * g.n, 1, NULL, g.n, g.np);
     __syncthreads();
+    DR_TL_MARK(2, xs[0].x);
     float gv = 0.0f, uv = 0.0f;
     for (int c0 = 0;;) {
 #pragma unroll
@@ -2205,6 +2211,7 @@ __global__ void __launch_bounds__(256) q2_moe_gate_up_kernel(float *act, const f
         q2_gu_load<BITS>(pg, pu, gw, uw, g, i, c0, lane, live);
     }
     gv = dr_warp_sum(gv), uv = dr_warp_sum(uv);
+    DR_TL_MARK(3, gv + uv);
     if (live && lane == 0)
         act[(size_t)r * g.rows + i] = dr_dev_silu(gv) * uv;
 }
@@ -2250,14 +2257,17 @@ __global__ void __launch_bounds__(256) q2_moe_down_kernel(float *y, const float 
             while (!md_ld_acquire(ready + t))
                 __nanosleep(64);
         __syncwarp();
+        DR_TL_MARK(0, 0.0f);
         q2_down_load<BITS>(pc, it, tab, E, k, sd, g, h, 0, P, lane, live);
         dr_pdl_wait_fenced((unsigned)nv); /* act, wts and shs come from earlier kernels */
     } else {
         dr_pdl_wait(); /* act, idx, wts and shs come from earlier kernels */
         q2_down_load<BITS>(pc, it, tab, E, k, sd, g, h, 0, P, lane, live);
     }
+    DR_TL_MARK(1, __uint_as_float(pc[0].u.x ^ pc[0].sb[0]));
     q2_stage_rows<BITS, Q_SB_DN>(xs, act + (size_t)t * k * g.n, k, sd ? act + ((size_t)R + t) * g.n : NULL, g.n, g.np);
     __syncthreads();
+    DR_TL_MARK(2, xs[0].x);
     float acc = 0.0f;
     for (int c0 = 0;;) {
 #pragma unroll
@@ -2274,6 +2284,7 @@ __global__ void __launch_bounds__(256) q2_moe_down_kernel(float *y, const float 
         q2_down_load<BITS>(pc, it, tab, E, k, sd, g, h, c0, P, lane, live);
     }
     acc = dr_warp_sum(acc);
+    DR_TL_MARK(3, acc);
     if (live && lane == 0)
         y[(size_t)t * g.rows + h] = acc_y ? y[(size_t)t * g.rows + h] + acc : acc;
 }
