@@ -2134,7 +2134,7 @@ static __device__ __forceinline__ void q2_gu_load(q2_piece<SBW> (&pg)[NL], q2_pi
  *   It clears the flag first, before it lets the down kernel be scheduled:
  *   the previous layer's down kernel, which read it, has ended by its wait. */
 #ifndef Q_GU_MINB
-#define Q_GU_MINB 1
+#define Q_GU_MINB 4
 #endif
 template <int BITS, int SBW, int NL, int PER>
 __global__ void __launch_bounds__(256, Q_GU_MINB) q2_moe_gate_up_kernel(float *act, const float *x, int32_t *idx, float *wts,
