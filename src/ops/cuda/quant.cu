@@ -2133,14 +2133,19 @@ static __device__ __forceinline__ void q2_gu_load(q2_piece<SBW> (&pg)[NL], q2_pi
  *   before this kernel ends (moe_gu_route_bf16_kernel's scheme, moe.cu).
  *   It clears the flag first, before it lets the down kernel be scheduled:
  *   the previous layer's down kernel, which read it, has ended by its wait. */
+/* Blocks an SM asked of ptxas for the gate/up kernel. 4 caps the q4 g64
+ * variant at 64 registers (no spills; 4 blocks an SM, 528 of the 35B-A3B's
+ * 576 blocks in the first wave). Plain __launch_bounds__(256) gave 73 (3
+ * an SM) and decoded the same in another call; an explicit 1 gave 93 (2 an
+ * SM) and 5% less (session 30, docs/CUDA.md). -DQ_GU_MINB= times others. */
 #ifndef Q_GU_MINB
 #define Q_GU_MINB 4
 #endif
 template <int BITS, int SBW, int NL, int PER>
-__global__ void __launch_bounds__(256, Q_GU_MINB) q2_moe_gate_up_kernel(float *act, const float *x, int32_t *idx, float *wts,
-                                                             const float *logits, int renorm, const void *const *tab,
-                                                             int E, int k, int R, const void *sgw, const void *suw,
-                                                             int *ready, q2geo g, int sdt) {
+__global__ void __launch_bounds__(256, Q_GU_MINB)
+    q2_moe_gate_up_kernel(float *act, const float *x, int32_t *idx, float *wts, const float *logits, int renorm,
+                          const void *const *tab, int E, int k, int R, const void *sgw, const void *suw, int *ready,
+                          q2geo g, int sdt) {
     DR_TL_SCOPE();
     extern __shared__ float4 xs[];
     __shared__ int pick;
