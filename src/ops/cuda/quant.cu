@@ -2133,11 +2133,12 @@ static __device__ __forceinline__ void q2_gu_load(q2_piece<SBW> (&pg)[NL], q2_pi
  *   before this kernel ends (moe_gu_route_bf16_kernel's scheme, moe.cu).
  *   It clears the flag first, before it lets the down kernel be scheduled:
  *   the previous layer's down kernel, which read it, has ended by its wait. */
-/* Blocks an SM asked of ptxas for the gate/up kernel. 4 caps the q4 g64
- * variant at 64 registers (no spills; 4 blocks an SM, 528 of the 35B-A3B's
- * 576 blocks in the first wave). Plain __launch_bounds__(256) gave 73 (3
- * an SM) and decoded the same in another call; an explicit 1 gave 93 (2 an
- * SM) and 5% less (session 30, docs/CUDA.md). -DQ_GU_MINB= times others. */
+/* Blocks an SM asked of ptxas for the gate/up kernel: 4 holds the q4 g64
+ * variant at 64 registers (no spills), 4 blocks an SM, 528 of the 35B-A3B's
+ * 576 blocks in the first wave. Plain __launch_bounds__(256) gets 63 today
+ * and the same occupancy; the bound keeps it when the kernel grows (an
+ * explicit 1 let ptxas take 93, 2 an SM, and decoded 5% slower; session
+ * 30, docs/CUDA.md). -DQ_GU_MINB= (device_s29.sh VARIANTS) times others. */
 #ifndef Q_GU_MINB
 #define Q_GU_MINB 4
 #endif
