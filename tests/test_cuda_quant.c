@@ -384,20 +384,23 @@ static void moe_block_ref(const dr_expert *ex, const dr_tensor *rw, const dr_ten
 /* moe_decode on 8/4-bit experts (quant.cu's block: the router GEMV, gate/up
  * with the routing and the shared expert, down with the shared expert and
  * the residual add) against moe_block_ref, T = 1..4, with and without the
- * shared expert (quantized as the experts; its scalar gate f32), y written
- * and added to; the picks must be the CPU's. E = 40 takes the E <= 256
+ * shared expert (quantized as the experts; its scalar gate f32, or with
+ * `gb` the router and the scalar gate at 8 bits, as `deltarun quantize` and
+ * mlx-lm write them beside 4-bit experts), y written and added to; the
+ * picks must be the CPU's. E = 40 takes the E <= 256
  * routing warp, E = 300 the E <= 512 one. Declined (nothing queued): a
  * shared expert of another width, and everything with DR_CUDA_QMOE_BLOCK=0
  * (the same-run baseline switch). */
 static void test_moe_block(void) {
     const char *sw = getenv("DR_CUDA_QMOE_BLOCK");
     const bool off = sw && sw[0] == '0';
-    const int cfg[][5] = {{4, 64, 40, 6, 0}, {8, 32, 40, 6, 0}, {4, 128, 300, 8, 1}}; /* bits, gs, E, k, f32 scales */
+    /* bits, gs, E, k, f32 scales, gb (the router's and scalar gate's bits; 0: the experts' and f32) */
+    const int cfg[][6] = {{4, 64, 40, 6, 0, 0}, {8, 32, 40, 6, 0, 0}, {4, 128, 300, 8, 1, 0}, {4, 64, 40, 8, 0, 8}};
     const int H = 256, I = 128;
-    for (int c = 0; c < 3; c++) {
-        const int bits = cfg[c][0], gs = cfg[c][1], E = cfg[c][2], k = cfg[c][3];
+    for (int c = 0; c < 4; c++) {
+        const int bits = cfg[c][0], gs = cfg[c][1], E = cfg[c][2], k = cfg[c][3], gb = cfg[c][5];
         const dr_dtype sb = cfg[c][4] ? DR_DT_F32 : DR_DT_BF16;
-        static dr_expert exs[3][300]; /* one array per configuration: the backend caches its table by address */
+        static dr_expert exs[4][300]; /* one array per configuration: the backend caches its table by address */
         dr_expert *ex = exs[c];
         void **own = malloc((size_t)(3 * E + 5) * sizeof *own);
         for (int e = 0; e < E; e++) {
@@ -405,14 +408,18 @@ static void test_moe_block(void) {
             ex[e].up = qmat(I, H, bits, gs, sb, &own[3 * e + 1], NULL);
             ex[e].down = qmat(H, I, bits, gs, sb, &own[3 * e + 2], NULL);
         }
-        dr_tensor rw = qmat(E, H, bits, gs, sb, &own[3 * E], NULL), sh[4];
+        dr_tensor rw = qmat(E, H, gb ? gb : bits, gs, sb, &own[3 * E], NULL), sh[4];
         sh[0] = qmat(I, H, bits, gs, sb, &own[3 * E + 1], NULL);
         sh[1] = qmat(I, H, bits, gs, sb, &own[3 * E + 2], NULL);
         sh[2] = qmat(H, I, bits, gs, sb, &own[3 * E + 3], NULL);
-        own[3 * E + 4] = rnd(H, 0.2f);
-        sh[3] = (dr_tensor){.name = "shared_expert_gate", .dtype = DR_DT_F32, .ndim = 2, .ne = {1, H},
-                            .data = own[3 * E + 4]};
-        CHECK(G->weight_upload(G->ctx, &sh[3]) == DR_OK, "upload: %s", dr_last_error());
+        if (gb) {
+            sh[3] = qmat(1, H, gb, gs, sb, &own[3 * E + 4], NULL);
+        } else {
+            own[3 * E + 4] = rnd(H, 0.2f);
+            sh[3] = (dr_tensor){.name = "shared_expert_gate", .dtype = DR_DT_F32, .ndim = 2, .ne = {1, H},
+                                .data = own[3 * E + 4]};
+            CHECK(G->weight_upload(G->ctx, &sh[3]) == DR_OK, "upload: %s", dr_last_error());
+        }
         for (int T = 1; T <= 4; T++)
             for (int with_sh = 0; with_sh < 2; with_sh++) {
                 float *x = rnd((size_t)T * H, 1.0f), *lg = malloc((size_t)T * E * 4), *w = malloc((size_t)T * k * 4);
@@ -443,8 +450,9 @@ static void test_moe_block(void) {
                                bits, E, k, T);
                     REPORT(rel_err(gw, w, (size_t)T * k), TOL_GEMV, "moe_decode q%d E=%d T=%d: routing weights",
                            bits, E, T);
-                    REPORT(rel_err(got, want, (size_t)T * H), TOL_GEMV, "moe_decode q%d g%d %s E=%d k=%d T=%d shared %d%s",
-                           bits, gs, dr_dtype_name(sb), E, k, T, with_sh, acc ? ", added to y" : "");
+                    REPORT(rel_err(got, want, (size_t)T * H), TOL_GEMV,
+                           "moe_decode q%d g%d %s E=%d k=%d T=%d shared %d%s%s", bits, gs, dr_dtype_name(sb), E, k, T,
+                           with_sh, acc ? ", added to y" : "", gb ? ", router and scalar gate q8" : "");
                     free(got), free(gw);
                     if (want != y)
                         free(want);

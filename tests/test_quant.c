@@ -12,6 +12,7 @@
 #include "format/safetensors.h"
 #include "golden_util.h"
 #include "model/model.h"
+#include "model/synthetic.h"
 #include "ops/cpu/quant.h"
 #include "ops/cpu/quant_kern.h"
 #include "quant/convert.h"
@@ -889,6 +890,63 @@ static void test_tiled_model(void) {
     tiled_model(8);
 }
 
+/* ---- the synthetic bench model's bits ---- */
+
+static dr_model *synth(int bits, int random) {
+    dr_synth_params p = {.quant_bits = bits, .quant_group = 32, .quant_random = random, .seed = 7, .n_threads = 2};
+    p.mp = dr_model_default_params();
+    p.mp.device = "cpu";
+    dr_model *m = NULL;
+    CHECK(dr_model_synthetic(DR_TEST_DATA "/moe-bf16/config.json", &p, &m) == DR_OK, "synthetic q%d random %d: %s",
+          bits, random, dr_last_error());
+    return m;
+}
+
+/* `bench --synthetic --quant q4` builds what `deltarun quantize --bits 4`
+ * writes (quant/convert.c): the router and the shared expert's scalar gate
+ * at 8 bits, every other matrix at 4, with and without --quant-random. The
+ * generated-then-quantized router is the bf16 model's (same seed) quantized
+ * at 8 bits, byte for byte, and the model decodes to finite logits. */
+static void test_synthetic_bits(void) {
+    dr_model *mb = synth(0, 0);
+    for (int random = 0; random < 2 && mb; random++) {
+        dr_model *m = synth(4, random);
+        if (!m)
+            continue;
+        const dr_ffn_weights *f = &m->w.layers[0].ffn;
+        CHECK_SHOW(f->router.q.bits == 8 && f->sh_gate_w.q.bits == 8 && f->sh_gate.q.bits == 4 &&
+                       f->experts[0].gate.q.bits == 4 && m->w.layers[0].gdn.out_proj.q.bits == 4,
+                   "synthetic q4 random %d: router %d, shared_expert_gate %d, shared gate %d, expert gate %d, "
+                   "out_proj %d bits (want 8, 8, 4, 4, 4)",
+                   random, f->router.q.bits, f->sh_gate_w.q.bits, f->sh_gate.q.bits, f->experts[0].gate.q.bits,
+                   m->w.layers[0].gdn.out_proj.q.bits);
+        if (!random) {
+            dr_quant_opts o = {.bits = 8, .group_size = 32, .n_threads = 1};
+            dr_tensor q;
+            void *own = NULL;
+            const dr_tensor *r = &mb->w.layers[0].ffn.router;
+            const bool ok = dr_quantize_ex(r, &o, &q, &own) == DR_OK;
+            const size_t nb = (size_t)r->ne[0] * (size_t)r->ne[1];
+            CHECK_SHOW(ok && !memcmp(q.data, f->router.data, nb) &&
+                           !memcmp(q.q.scales, f->router.q.scales, nb / 32 * 2) &&
+                           !memcmp(q.q.biases, f->router.q.biases, nb / 32 * 2),
+                       "synthetic q4: the router is the bf16 model's at 8 bits, byte for byte");
+            free(own);
+        }
+        const int V = dr_model_info_get(m)->n_vocab, chunk[2] = {3, 1};
+        const int32_t ids[4] = {1, 5, 9, 2};
+        float *lg = malloc((size_t)4 * V * sizeof *lg);
+        bool fin = eval_chunks(m, ids, chunk, 2, lg);
+        for (size_t i = 0; fin && i < (size_t)4 * V; i++)
+            fin = isfinite(lg[i]);
+        CHECK_SHOW(fin, "synthetic q4 random %d: 4 tokens evaluated, finite logits%s%s", random, fin ? "" : ": ",
+                   fin ? "" : dr_last_error());
+        free(lg);
+        dr_model_free(m);
+    }
+    dr_model_free(mb);
+}
+
 /* ---- malformed quantized checkpoints ---- */
 
 /* Copy src (an MLX dir) to dst, dropping tensor `drop`, replacing the
@@ -1008,6 +1066,7 @@ int main(void) {
     test_zero_rows();
     test_loader_exact();
     test_tiled_model();
+    test_synthetic_bits();
     if (getenv("DR_EXPECT_SIMD")) /* the emulated run (tests/CMakeLists.txt) */
         printf("skip fixture quality (KL / top-1 of q8 and q4 over ~12k positions): ~40 minutes under "
                "emulation; the native run measures it, and the kernel cases above ran at this level\n");

@@ -86,11 +86,19 @@ static dr_status push_item(builder *b, gen_item it) {
     return DR_OK;
 }
 
+/* Bits of matrix `name` in a quantized synthetic model: the router and the
+ * shared expert's scalar gate at 8, as `deltarun quantize` (quant/convert.c)
+ * and mlx-lm write them, so that a q4 bench runs the kernels a q4
+ * checkpoint does; every other matrix at quant_bits. */
+static int synth_bits(const builder *b, const char *name) {
+    return name && (!strcmp(name, "router") || !strcmp(name, "shared_expert_gate")) ? 8 : b->p->quant_bits;
+}
+
 /* quant_random: the matrix made quantized directly. Random words give q
  * uniform in 0 .. 2^bits - 1; scale = 2 amp / (2^bits - 1), bias = -amp put
  * the values uniform in [-amp, amp] (variance 1 / fan_in, as mat()). */
 static dr_status mat_qrandom(builder *b, dr_tensor *t, int64_t rows, int64_t cols, int gs) {
-    const int bits = b->p->quant_bits;
+    const int bits = synth_bits(b, t->name);
     const size_t pk = (size_t)rows * (size_t)cols * (size_t)bits / 8, ng = (size_t)rows * (size_t)(cols / gs);
     unsigned char *blk = host_buf(b->m, pk + 4 * ng);
     if (!blk)
@@ -119,9 +127,8 @@ static dr_status mat(builder *b, dr_tensor *t, const char *name, int64_t rows, i
     t->ndim = 2;
     t->ne[0] = rows;
     t->ne[1] = cols;
-    /* as quantize_all: every matrix whose rows split into groups, except the
-       shared expert's one-row gate */
-    if (b->p->quant_bits && b->p->quant_random && cols % gs == 0 && strcmp(name, "shared_expert_gate"))
+    /* as quantize_all: every matrix whose rows split into groups */
+    if (b->p->quant_bits && b->p->quant_random && cols % gs == 0)
         return mat_qrandom(b, t, rows, cols, gs);
     void *data = host_buf(b->m, n * dr_dtype_size(dt));
     if (!data)
@@ -323,7 +330,7 @@ static dr_status quant_one(builder *b, dr_tensor *t) {
     const int gs = b->p->quant_group ? b->p->quant_group : 64;
     if (!t->data || t->ne[1] % gs != 0)
         return DR_OK; /* a matrix whose rows don't split into groups stays unquantized */
-    dr_quant_opts o = {.bits = b->p->quant_bits, .group_size = gs, .n_threads = b->p->n_threads};
+    dr_quant_opts o = {.bits = synth_bits(b, t->name), .group_size = gs, .n_threads = b->p->n_threads};
     dr_tensor q;
     void *owned = NULL;
     DR_TRY(dr_quantize_ex(t, &o, &q, &owned));
@@ -345,7 +352,8 @@ static dr_status quantize_all(builder *b) {
         dr_tensor *mats[] = {&lw->gdn.in_proj_qkv, &lw->gdn.in_proj_z, &lw->gdn.in_proj_b, &lw->gdn.in_proj_a,
                              &lw->gdn.out_proj,    &lw->attn.q_proj,   &lw->attn.k_proj,   &lw->attn.v_proj,
                              &lw->attn.o_proj,     &lw->ffn.gate,      &lw->ffn.up,        &lw->ffn.down,
-                             &lw->ffn.router,      &lw->ffn.sh_gate,   &lw->ffn.sh_up,     &lw->ffn.sh_down};
+                             &lw->ffn.router,      &lw->ffn.sh_gate,   &lw->ffn.sh_up,     &lw->ffn.sh_down,
+                             &lw->ffn.sh_gate_w};
         for (size_t i = 0; i < sizeof mats / sizeof mats[0]; i++)
             DR_TRY(quant_one(b, mats[i]));
         for (int e = 0; lw->ffn.experts && e < hp->n_experts; e++) {
