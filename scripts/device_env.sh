@@ -76,3 +76,31 @@ dr_cpu_builds() {
   done
   lscpu | grep -E "Model name|^CPU\(s\)"
 }
+
+# Bench arguments of the shapes the A/B scripts name (device_s26, s29): a
+# config of bench/configs/ and its -p / -n.
+declare -A dr_shape=([08b]="qwen3.5-0.8b.json -p 128 -n 256" [2b]="qwen3.5-2b.json -p 128 -n 256"
+                     [35b8]="qwen3.5-35b-a3b.json --layers 8 -p 128 -n 256"
+                     [35b]="qwen3.5-35b-a3b.json -p 128 -n 128" [9b]="qwen3.5-9b.json -p 128 -n 128")
+
+# `dr_rate JSON` prints decode tok/s and the floor fraction of one
+# `bench --json` object ("failed" when there is none).
+dr_rate() {
+  python3 -c "import json,sys; d=json.loads(sys.argv[1]); print('%.1f (%.1f%%)' % (d['decode_tok_s'], 100*d['floor_fraction']))" "$1" 2>/dev/null || echo failed
+}
+
+# `dr_timeline NAME SHAPE QUANT [VAR=VAL...]` records a kernel timeline of
+# 48 decoded tokens of shape SHAPE (bench flags QUANT) with the timeline
+# build in $root/build-tl (the caller builds it), under those settings, and
+# prints the first line and the critical-path table of scripts/timeline.py
+# (the whole report: $OUT/tl_NAME.txt).
+dr_timeline() {
+  local nm="$1" s="$2" q="$3" f="$OUT/tl_$1.bin"
+  shift 3
+  env "$@" DR_CUDA_TIMELINE="$f" timeout 150 "$root/build-tl/deltarun" bench --device cuda --synthetic \
+    bench/configs/${dr_shape[$s]%-n*}-n 48 $q --json > /dev/null 2>>"$OUT/err.log"
+  python3 scripts/timeline.py "$f" --steps 30 > "$OUT/tl_$nm.txt" 2>&1
+  rm -f "$f"
+  head -1 "$OUT/tl_$nm.txt"
+  sed -n '/critical-path/,$p' "$OUT/tl_$nm.txt" | head -14
+}

@@ -27,18 +27,15 @@ if [[ "$what" == *tests* ]]; then
     echo "tests $VAR=$m: $(grep -h -E '^[0-9]+ passed, [0-9]+ failed' "$OUT/tests_$m.log" | awk '{p+=$1; f+=$3} END {print p " passed, " f " failed"}')"
   done
 fi
-declare -A args=([08b]="qwen3.5-0.8b.json -p 128 -n 256" [2b]="qwen3.5-2b.json -p 128 -n 256" [35b8]="qwen3.5-35b-a3b.json --layers 8 -p 128 -n 256"
-                 [35b]="qwen3.5-35b-a3b.json -p 128 -n 128" [9b]="qwen3.5-9b.json -p 128 -n 128")
-rate() { python3 -c "import json,sys; d=json.loads(sys.argv[1]); print('%.1f (%.1f%%)' % (d['decode_tok_s'], 100*d['floor_fraction']))" "$1" 2>/dev/null || echo failed; }
 if [[ "$what" == *ab* ]]; then
   for r in $(seq 1 "${ROUNDS:-3}"); do
     for s in ${SHAPES:-08b 35b8}; do
       line="round $r $s:"
       for m in $VALS; do
-        j=$(env $VAR=$m timeout 300 "$b/deltarun" bench --device cuda --synthetic bench/configs/${args[$s]} ${QUANT:-} --json \
+        j=$(env $VAR=$m timeout 300 "$b/deltarun" bench --device cuda --synthetic bench/configs/${dr_shape[$s]} ${QUANT:-} --json \
           2>>"$OUT/bench_err.log")
         echo "$s $m $j" >> "$OUT/bench.log"
-        line="$line  mode $m $(rate "$j")"
+        line="$line  mode $m $(dr_rate "$j")"
       done
       echo "$line"
     done
@@ -54,13 +51,8 @@ if [[ "$what" == *tl* ]]; then
   DR_CMAKE_EXTRA=-DDR_CUDA_TIMELINE=ON dr_device_build "$root/build-tl" deltarun_cli
   for s in ${SHAPES:-08b 35b8}; do
     for m in $VALS; do
-      f="$OUT/tl_${s}_$m.bin"
-      env $VAR=$m DR_CUDA_TIMELINE="$f" timeout 150 "$root/build-tl/deltarun" bench --device cuda --synthetic \
-        bench/configs/${args[$s]%-n*}-n 48 ${QUANT:-} --json > /dev/null 2>>"$OUT/err.log"
-      python3 scripts/timeline.py "$f" --steps 30 > "$OUT/tl_${s}_$m.txt" 2>&1
-      rm -f "$f"
-      echo "== $s mode $m"; head -1 "$OUT/tl_${s}_$m.txt"
-      sed -n '/critical-path/,$p' "$OUT/tl_${s}_$m.txt" | head -12
+      echo "== $s mode $m"
+      dr_timeline "${s}_$m" "$s" "${QUANT:-}" "$VAR=$m"
     done
   done
 fi

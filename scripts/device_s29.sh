@@ -48,9 +48,6 @@ if [[ "$what" == *tests* ]]; then
     echo "tests ${e:-default}: $(grep -h -E '^[0-9]+ passed, [0-9]+ failed' "$log" | awk '{p+=$1; f+=$3} END {print p " passed, " f " failed"}')"
   done
 fi
-declare -A args=([08b]="qwen3.5-0.8b.json -p 128 -n 256" [35b8]="qwen3.5-35b-a3b.json --layers 8 -p 128 -n 256"
-                 [35b]="qwen3.5-35b-a3b.json -p 128 -n 128" [9b]="qwen3.5-9b.json -p 128 -n 128")
-rate() { python3 -c "import json,sys; d=json.loads(sys.argv[1]); print('%.1f (%.1f%%)' % (d['decode_tok_s'], 100*d['floor_fraction']))" "$1" 2>/dev/null || echo failed; }
 if [[ "$what" == *ab* ]]; then
   for r in $(seq 1 "${ROUNDS:-2}"); do
     for s in ${SHAPES:-35b8 35b 9b 08b}; do
@@ -60,10 +57,10 @@ if [[ "$what" == *ab* ]]; then
         [[ $v == old ]] && bin="$old"
         [[ -n "${vbin[$v]:-}" ]] && bin="${vbin[$v]}"
         [[ $v == *=* ]] && e="$v"
-        j=$(env $e timeout 300 "$bin" bench --device cuda --synthetic bench/configs/${args[$s]} \
+        j=$(env $e timeout 300 "$bin" bench --device cuda --synthetic bench/configs/${dr_shape[$s]} \
           ${QUANT:---quant q4 --quant-random} --json 2>>"$OUT/bench_err.log")
         echo "$s $v $j" >> "$OUT/bench.log"
-        line="$line  $v $(rate "$j")"
+        line="$line  $v $(dr_rate "$j")"
       done
       echo "$line"
     done
@@ -72,12 +69,8 @@ fi
 if [[ "$what" == *tl* ]]; then
   DR_CMAKE_EXTRA=-DDR_CUDA_TIMELINE=ON dr_device_build "$root/build-tl" deltarun_cli
   for s in ${TL_SHAPES:-35b8}; do
-    f="$OUT/tl_$s.bin"
-    DR_CUDA_TIMELINE="$f" timeout 150 "$root/build-tl/deltarun" bench --device cuda --synthetic \
-      bench/configs/${args[$s]%-n*}-n 48 ${QUANT:---quant q4 --quant-random} --json > /dev/null 2>>"$OUT/err.log"
-    python3 scripts/timeline.py "$f" --steps 30 > "$OUT/tl_$s.txt" 2>&1
-    rm -f "$f"
-    echo "== $s"; head -1 "$OUT/tl_$s.txt"; sed -n '/critical-path/,$p' "$OUT/tl_$s.txt" | head -14
+    echo "== $s"
+    dr_timeline "$s" "$s" "${QUANT:---quant q4 --quant-random}"
   done
 fi
 if [[ "$what" == *kern* ]]; then
