@@ -89,6 +89,19 @@ dr_rate() {
   python3 -c "import json,sys; d=json.loads(sys.argv[1]); print('%.1f (%.1f%%)' % (d['decode_tok_s'], 100*d['floor_fraction']))" "$1" 2>/dev/null || echo failed
 }
 
+# `dr_bench_rate LABEL SHAPE BIN QUANT [VAR=VAL...]` decodes shape SHAPE
+# with BIN's `bench --device cuda --synthetic` (bench flags QUANT) under
+# those settings, appends "SHAPE LABEL JSON" to $OUT/bench.log and prints
+# dr_rate of it: one cell of an alternated A/B round.
+dr_bench_rate() {
+  local label="$1" s="$2" bin="$3" q="$4" j
+  shift 4
+  j=$(env "$@" timeout 300 "$bin" bench --device cuda --synthetic bench/configs/${dr_shape[$s]} $q --json \
+    2>>"$OUT/bench_err.log")
+  echo "$s $label $j" >> "$OUT/bench.log"
+  dr_rate "$j"
+}
+
 # `dr_timeline NAME SHAPE QUANT [VAR=VAL...]` records a kernel timeline of
 # 48 decoded tokens of shape SHAPE (bench flags QUANT) with the timeline
 # build in $root/build-tl (the caller builds it), under those settings, and

@@ -32,10 +32,7 @@ if [[ "$what" == *ab* ]]; then
     for s in ${SHAPES:-08b 35b8}; do
       line="round $r $s:"
       for m in $VALS; do
-        j=$(env $VAR=$m timeout 300 "$b/deltarun" bench --device cuda --synthetic bench/configs/${dr_shape[$s]} ${QUANT:-} --json \
-          2>>"$OUT/bench_err.log")
-        echo "$s $m $j" >> "$OUT/bench.log"
-        line="$line  mode $m $(dr_rate "$j")"
+        line="$line  mode $m $(dr_bench_rate "$m" "$s" "$b/deltarun" "${QUANT:-}" "$VAR=$m")"
       done
       echo "$line"
     done

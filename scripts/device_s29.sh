@@ -53,14 +53,11 @@ if [[ "$what" == *ab* ]]; then
     for s in ${SHAPES:-35b8 35b 9b 08b}; do
       line="round $r $s:"
       for v in ${old:+old} new ${!vbin[*]} ${ENVS:-}; do
-        bin="$b/deltarun"; e=""
+        bin="$b/deltarun"; e=()
         [[ $v == old ]] && bin="$old"
         [[ -n "${vbin[$v]:-}" ]] && bin="${vbin[$v]}"
-        [[ $v == *=* ]] && e="$v"
-        j=$(env $e timeout 300 "$bin" bench --device cuda --synthetic bench/configs/${dr_shape[$s]} \
-          ${QUANT:---quant q4 --quant-random} --json 2>>"$OUT/bench_err.log")
-        echo "$s $v $j" >> "$OUT/bench.log"
-        line="$line  $v $(dr_rate "$j")"
+        [[ $v == *=* ]] && e=("$v")
+        line="$line  $v $(dr_bench_rate "$v" "$s" "$bin" "${QUANT:---quant q4 --quant-random}" "${e[@]}")"
       done
       echo "$line"
     done
