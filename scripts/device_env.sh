@@ -29,6 +29,9 @@ dr_device_build() {
     { grep -E "error" "$OUT/build.log" | head -40; exit 1; }
 }
 
+# What dr_device_tests runs, to build before it.
+dr_test_targets="test_cuda test_cuda_decode test_cuda_fused test_cuda_prefill test_cuda_quant test_golden"
+
 dr_device_tests() {
   local dir="$1" log="$2"; shift 2
   local t fx

@@ -18,7 +18,7 @@ VAR="${VAR:-DR_CUDA_NORM_WAVE}"; VALS="${VALS:-0 1}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 t0=$(date +%s)
 b="$root/build-dev"
-dr_device_build "$b" deltarun_cli test_cuda test_cuda_decode test_cuda_fused test_cuda_prefill test_cuda_quant test_golden \
+dr_device_build "$b" deltarun_cli $dr_test_targets \
   $([[ "$what" == *kern* ]] && echo bench_cuda)
 echo "built in $(( $(date +%s) - t0 )) s"
 if [[ "$what" == *tests* ]]; then
