@@ -461,33 +461,14 @@ __global__ void __launch_bounds__(256, 5) moe_gu_route_bf16_kernel(float *__rest
         /* the picks-ready flag of token t is cleared before the down kernel can start: that kernel
            (PDL) is scheduled only once every block of this one has triggered */
         dr_pdl_wait(); /* the previous layer's down kernel, which read the flag, has finished */
-        if (threadIdx.x == 0) {
-            ready[t] = 0;
-            __threadfence();
-        }
-        __syncthreads();
-        dr_pdl_trigger();
+        md_ready_clear(ready, t);
     } else {
         dr_pdl_trigger(); /* the down kernel may start: it prefetches only the shared expert's weights */
         dr_pdl_wait();    /* the logits and x come from earlier kernels */
     }
-    if (threadIdx.x < 32) {
-        int sel;
-        float wt;
-        route_warp<PER, RX>(logits + (size_t)t * E, E, k, renorm, lane, &sel, &wt);
-        if (lane == j)
-            pick = sel;
-        if (writer && lane < k) {
-            idx[(size_t)t * k + lane] = sel;
-            wts[(size_t)t * k + lane] = wt;
-            __threadfence();
-        }
-        if (writer && ready) {
-            __syncwarp();
-            if (lane == 0)
-                md_st_release(ready + t, 1); /* the down kernel may read idx now */
-        }
-    }
+    if (threadIdx.x < 32)
+        route_publish<PER, RX>(logits + (size_t)t * E, E, k, renorm, lane, j, writer, idx + (size_t)t * k,
+                               wts + (size_t)t * k, ready, t, &pick);
     DR_TL_MARK(0, 0.0f); /* routed (thread 0 is the routing warp's) */
     md_stage_x(md_sx, x, t, H);
     __syncthreads();
@@ -550,10 +531,7 @@ __global__ void __launch_bounds__(256) moe_down_bf16_kernel(float *__restrict__ 
     const uint4 *dw[MD_J];
     uint4 w[MD_J][2];
     if (ready) { /* the picks are out before the gate/up kernel ends: the first down rows load meanwhile */
-        if (lane == 0)
-            while (!md_ld_acquire(ready + t))
-                __nanosleep(64);
-        __syncwarp();
+        md_ready_wait(ready + t, lane);
         md_down_rows(dw, w, it, tab, E, k, 0, (size_t)h * nv, lane, nv);
     }
     dr_pdl_wait_fenced((unsigned)nv); /* act, idx, wts and the shared projections come from earlier kernels */

@@ -120,4 +120,53 @@ static __device__ __forceinline__ int md_ld_acquire(const int *p) {
     return v;
 }
 
+/* The picks-ready protocol between a routing gate/up kernel and its down
+ * kernel, per token t (flags zero between layers' uses):
+ * - md_ready_clear: the writer block, after its PDL wait (the previous
+ *   layer's down kernel, which read the flag, has ended), clears t's flag,
+ *   then triggers; the down kernel (PDL) is scheduled only once every block
+ *   has triggered, so it never sees the old flag. Every thread calls it.
+ * - route_publish: the routing warp picks token t's experts (l, idx and
+ *   wts at token t's rows); lane j's pick goes to *pick, and with `writer`
+ *   the picks and weights go to idx / wts before t's flag (with ready) is
+ *   raised (release).
+ * - md_ready_wait: a down kernel's warp waits for the flag (acquire), after
+ *   which it may read idx. */
+static __device__ __forceinline__ void md_ready_clear(int *ready, int t) {
+    if (threadIdx.x == 0) {
+        ready[t] = 0;
+        __threadfence();
+    }
+    __syncthreads();
+    dr_pdl_trigger();
+}
+
+template <int PER, bool RX>
+static __device__ __forceinline__ void route_publish(const float *l, int E, int k, int renorm, int lane, int j,
+                                                     bool writer, int32_t *idx, float *wts, int *ready, int t,
+                                                     int *pick) {
+    int sel;
+    float wt;
+    route_warp<PER, RX>(l, E, k, renorm, lane, &sel, &wt);
+    if (lane == j)
+        *pick = sel;
+    if (writer && lane < k) {
+        idx[lane] = sel;
+        wts[lane] = wt;
+        __threadfence();
+    }
+    if (writer && ready) {
+        __syncwarp();
+        if (lane == 0)
+            md_st_release(ready + t, 1); /* the down kernel may read idx now */
+    }
+}
+
+static __device__ __forceinline__ void md_ready_wait(const int *ready, int lane) {
+    if (lane == 0)
+        while (!md_ld_acquire(ready))
+            __nanosleep(64);
+    __syncwarp();
+}
+
 #endif

@@ -2164,31 +2164,11 @@ __global__ void __launch_bounds__(256, Q_GU_MINB)
         dr_pdl_wait_fenced((unsigned)nv); /* x comes from earlier kernels */
     } else {
         dr_pdl_wait(); /* the logits (or idx) and x come from earlier kernels */
-        if (ready && writer) {
-            if (threadIdx.x == 0) {
-                ready[t] = 0;
-                __threadfence();
-            }
-            __syncthreads();
-            dr_pdl_trigger();
-        }
+        if (ready && writer)
+            md_ready_clear(ready, t);
         if (logits && threadIdx.x < 32) {
-            const int j = r - t * k;
-            int sel;
-            float wt;
-            route_warp<PER, true>(logits + (size_t)t * E, E, k, renorm, lane, &sel, &wt);
-            if (lane == j)
-                pick = sel;
-            if (writer && lane < k) {
-                idx[(size_t)t * k + lane] = sel;
-                wts[(size_t)t * k + lane] = wt;
-                __threadfence();
-            }
-            if (writer && ready) {
-                __syncwarp();
-                if (lane == 0)
-                    md_st_release(ready + t, 1); /* the down kernel may read idx now */
-            }
+            route_publish<PER, true>(logits + (size_t)t * E, E, k, renorm, lane, r - t * k, writer,
+                                     idx + (size_t)t * k, wts + (size_t)t * k, ready, t, &pick);
         } else if (!logits && threadIdx.x == 0) {
             pick = idx[r];
         }
@@ -2259,10 +2239,7 @@ __global__ void __launch_bounds__(256) q2_moe_down_kernel(float *y, const float 
     q2_piece<SBW> pc[NL];
     dr_pdl_trigger();
     if (ready) {
-        if (lane == 0)
-            while (!md_ld_acquire(ready + t))
-                __nanosleep(64);
-        __syncwarp();
+        md_ready_wait(ready + t, lane);
         DR_TL_MARK(0, 0.0f);
         q2_down_load<BITS>(pc, it, tab, E, k, sd, g, h, 0, P, lane, live);
         dr_pdl_wait_fenced((unsigned)nv); /* act, wts and shs come from earlier kernels */
