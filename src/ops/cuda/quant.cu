@@ -1776,7 +1776,9 @@ __global__ void __launch_bounds__(QD_TPB, QD_MINB) q2_dp4a_kernel(const q2_set s
 
 /* DR_CUDA_QGEMV_DP4A=0: one-token 4-bit GEMVs on the tensor-core kernel and
  * no quantized norm / add epilogues (the same-run baseline);
- * DR_CUDA_QGEMV_RU=41 / 22 forces rows x vectors a warp (measurements) */
+ * DR_CUDA_QGEMV_RU=41 / 22 forces rows x vectors a warp, =fill takes 2 x 2
+ * where 4 x 1 would leave over half the card's resident warps without rows
+ * (measurements) */
 static int qd_mode = -1;
 
 template <int GSH, int R, int U, int EPI>
@@ -1827,12 +1829,15 @@ static void qd_run(dr_cuda_ctx *cx, const q2_set &set, const dr_tensor *w0, cons
     static int ru = -1;
     if (ru < 0) {
         const char *e = getenv("DR_CUDA_QGEMV_RU");
-        ru = e ? atoi(e) : 0;
+        ru = !e ? 0 : strcmp(e, "fill") ? atoi(e) : 1;
     }
     /* rows x vectors a warp: 4 x 1 up to 4096 values a row, 2 x 2 above (H200,
        docs/CUDA.md session 28: 4 x 1 ran the 2048-wide lm_head at 86% of the
-       copy floor against 65% for 2 x 2; 1 x 4 was the slowest everywhere) */
-    const bool r4 = ru ? ru == 41 : np <= 4096;
+       copy floor against 65% for 2 x 2; 1 x 4 was the slowest everywhere).
+       The 35B-A3B's out_proj (2048 rows) fills 64 blocks at 4 x 1. */
+    const bool sw = epi == QD_SWIGLU || epi == QD_SWIGLU_NORM;
+    const bool few = ru == 1 && 2 * qd_groups(set, 4, sw) < QD_MINB * (QD_TPB / 32) * (cx->n_sm > 0 ? cx->n_sm : 132);
+    const bool r4 = ru > 1 ? ru == 41 : np <= 4096 && !few;
     if (epi == QD_NORM)
         r4 ? qd_gs<4, 1, QD_NORM>(cx, set, x, n, np, gs, sdt, gain, eps)
            : qd_gs<2, 2, QD_NORM>(cx, set, x, n, np, gs, sdt, gain, eps);
