@@ -109,14 +109,15 @@ dr_bench_rate() {
 # 48 decoded tokens of shape SHAPE (bench flags QUANT) with the timeline
 # build in $root/build-tl (the caller builds it), under those settings, and
 # prints the first line and the critical-path table of scripts/timeline.py
-# (the whole report: $OUT/tl_NAME.txt).
+# (the whole report: $OUT/tl_NAME.txt). DR_TL_KEEP=1 keeps the records in
+# $OUT/tl_NAME.bin for the caller (scripts/timeline_blocks.py).
 dr_timeline() {
   local nm="$1" s="$2" q="$3" f="$OUT/tl_$1.bin"
   shift 3
   env "$@" DR_CUDA_TIMELINE="$f" timeout 150 "$root/build-tl/deltarun" bench --device cuda --synthetic \
     bench/configs/${dr_shape[$s]%-n*}-n 48 $q --json > /dev/null 2>>"$OUT/err.log"
   python3 scripts/timeline.py "$f" --steps 30 > "$OUT/tl_$nm.txt" 2>&1
-  rm -f "$f"
+  [[ -n "${DR_TL_KEEP:-}" ]] || rm -f "$f"
   head -1 "$OUT/tl_$nm.txt"
   sed -n '/critical-path/,$p' "$OUT/tl_$nm.txt" | head -14
 }

@@ -11,7 +11,11 @@
 #       VARIANTS="name:-DFLAG=1[,..] ..": this tree built again with those
 #       nvcc flags (CUDAFLAGS, commas for spaces) as more columns.
 #   tl: kernel timelines of this tree (-DDR_CUDA_TIMELINE=ON build) for
-#       TL_SHAPES (default "35b8"), same QUANT.
+#       TL_SHAPES (default "35b8"), same QUANT, then for each kernel of
+#       TL_BLOCKS (e.g. "q2_moe_gate_up_kernel:64") the per-block spread of
+#       scripts/timeline_blocks.py (grid width after the colon). Each
+#       variant of VARIANTS gets a timeline build and timelines too
+#       (TL_BLOCKS_name, where set, instead of TL_BLOCKS).
 #   kern: DR_BENCH_QUANT=1 tests/bench_cuda of this tree (q4 T=1 rows).
 #   memcheck: compute-sanitizer memcheck of tests/test_cuda_quant (MC_T s).
 # Usage: [OLDSRC=build-oldsrc] [ENVS=..] [TEST_ENVS=..] scripts/device_s29.sh [tests] [ab] [tl] [kern] [memcheck]
@@ -21,26 +25,25 @@ what="${*:-tests ab}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 t0=$(date +%s)
 b="$root/build-dev"
+old=""
+declare -A vbin=()
+# Everything else builds beside this tree's build (each is one long nvcc of
+# quant.cu, so they run side by side) and the tests: the timeline builds of
+# this tree and its variants, the variants, the old tree.
+vb() { # NAME DIR FLAGS [CMAKE_EXTRA]: this tree with nvcc FLAGS (commas for spaces) into DIR
+  ( OUT="$OUT/$1"; mkdir -p "$OUT"; export DR_CMAKE_EXTRA="${4:-}"
+    export CUDAFLAGS="${3//,/ }"; dr_device_build "$2" deltarun_cli ) &
+}
+if [[ "$what" == *tl* ]]; then
+  for v in "tl:" ${VARIANTS:-}; do vb "tlb_${v%%:*}" "$root/build-tl-${v%%:*}" "${v#*:}" -DDR_CUDA_TIMELINE=ON; done
+fi
+if [[ "$what" == *ab* ]]; then
+  for v in ${VARIANTS:-}; do vb "var_${v%%:*}" "$root/build-var-${v%%:*}" "${v#*:}"; done
+  [[ -n "${OLDSRC:-}" ]] && { dr_device_build_old "$OLDSRC" > "$OUT/old_bin" & }
+fi
 dr_device_build "$b" deltarun_cli $dr_test_targets \
   $([[ "$what" == *kern* ]] && echo bench_cuda)
 echo "built in $(( $(date +%s) - t0 )) s"
-old=""
-declare -A vbin=()
-if [[ "$what" == *ab* ]]; then
-  # compile-time variants of this tree, built beside the old tree at once
-  # (each build is one long nvcc of quant.cu: they run side by side)
-  for v in ${VARIANTS:-}; do
-    ( OUT="$OUT/var_${v%%:*}"; mkdir -p "$OUT"
-      export CUDAFLAGS="${v#*:}"; export CUDAFLAGS="${CUDAFLAGS//,/ }"; dr_device_build "$root/build-var-${v%%:*}" deltarun_cli ) &
-  done
-  [[ -n "${OLDSRC:-}" ]] && old=$(dr_device_build_old "$OLDSRC")
-  wait
-  for v in ${VARIANTS:-}; do
-    n=${v%%:*}; f="$root/build-var-$n/deltarun"
-    [[ -x "$f" ]] && vbin[$n]="$f" || echo "variant $n failed to build"
-  done
-  echo "old tree and variants built in $(( $(date +%s) - t0 )) s: old ${old:-none} variants ${!vbin[*]}"
-fi
 if [[ "$what" == *tests* ]]; then
   for e in "" ${TEST_ENVS:-}; do
     log="$OUT/tests${e:+_$e}.log"
@@ -48,7 +51,14 @@ if [[ "$what" == *tests* ]]; then
     echo "tests ${e:-default}: $(grep -h -E '^[0-9]+ passed, [0-9]+ failed' "$log" | awk '{p+=$1; f+=$3} END {print p " passed, " f " failed"}')"
   done
 fi
+wait
 if [[ "$what" == *ab* ]]; then
+  old=$(cat "$OUT/old_bin" 2>/dev/null)
+  for v in ${VARIANTS:-}; do
+    n=${v%%:*}; f="$root/build-var-$n/deltarun"
+    [[ -x "$f" ]] && vbin[$n]="$f" || echo "variant $n failed to build"
+  done
+  echo "old tree and variants built by $(( $(date +%s) - t0 )) s: old ${old:-none} variants ${!vbin[*]}"
   for r in $(seq 1 "${ROUNDS:-2}"); do
     for s in ${SHAPES:-35b8 35b 9b 08b}; do
       line="round $r $s:"
@@ -64,10 +74,19 @@ if [[ "$what" == *ab* ]]; then
   done
 fi
 if [[ "$what" == *tl* ]]; then
-  DR_CMAKE_EXTRA=-DDR_CUDA_TIMELINE=ON dr_device_build "$root/build-tl" deltarun_cli
-  for s in ${TL_SHAPES:-35b8}; do
-    echo "== $s"
-    dr_timeline "$s" "$s" "${QUANT:---quant q4 --quant-random}"
+  for v in "tl:" ${VARIANTS:-}; do
+    n=${v%%:*}
+    [[ -x "$root/build-tl-$n/deltarun" ]] || { echo "timeline build $n failed"; continue; }
+    rm -rf "$root/build-tl"; ln -s "build-tl-$n" "$root/build-tl"
+    for s in ${TL_SHAPES:-35b8}; do
+      echo "== $n $s"
+      DR_TL_KEEP=1 dr_timeline "${n}_$s" "$s" "${QUANT:---quant q4 --quant-random}"
+      kbs="TL_BLOCKS_$n"
+      for kb in ${!kbs:-${TL_BLOCKS:-}}; do
+        python3 scripts/timeline_blocks.py "$OUT/tl_${n}_$s.bin" "${kb%%:*}" --gridx "${kb#*:}" --launches 160
+      done
+      rm -f "$OUT/tl_${n}_$s.bin"
+    done
   done
 fi
 if [[ "$what" == *kern* ]]; then

@@ -52,13 +52,13 @@ def main(argv):
         runs.append(cur)
     full = max(len(rs) for rs in runs)
     runs = sorted((rs for rs in runs if len(rs) == full), key=lambda rs: rs[0][1])[-nl:]
-    cols = ["start", "wait", "m0", "m1", "m2", "end"]
+    cols = ["start", "wait", "m0", "m1", "m2", "m3", "end"]
     acc = defaultdict(lambda: defaultdict(list))
     for rs in runs:
         ref = min(r[2] for r in rs if r[2]) if any(r[2] for r in rs) else min(r[1] for r in rs)
         for r in rs:
             row = r[9] // gx if gx else 0
-            vals = [r[1], r[2], r[4], r[5], r[6], r[3]]
+            vals = [r[1], r[2], r[4], r[5], r[6], r[7], r[3]]
             for c, v in zip(cols, vals):
                 if v:
                     acc[row][c].append((v - ref) / 1e3)

@@ -246,8 +246,6 @@ __global__ void __launch_bounds__(32 * ATT_WARPS)
 __global__ void attn_merge_kernel(float *out, const float *part, const float *ml, int nH, int hd, int nsplit,
                                   const float *gate) {
     DR_TL_SCOPE();
-    dr_pdl_trigger();
-    dr_pdl_wait(); /* part and ml come from the decode kernel (a no-op in a plain launch) */
     const size_t row = (size_t)blockIdx.y * nH + blockIdx.x;
     const float *mlr = ml + row * nsplit * 2;
     float M = -INFINITY;
@@ -383,8 +381,6 @@ __global__ void __launch_bounds__(32 * ATT_WARPS)
                        int pos0, int nH, int nKV, int hd, float scale, int nsplit, int split_len,
                        const int32_t *dpos, const float *gate) {
     DR_TL_SCOPE();
-    dr_pdl_trigger();
-    dr_pdl_wait(); /* q and the cache rows come from attn_prep_kernel */
     const int h = blockIdx.x, sp = blockIdx.y;
     if (dpos) /* an open single-token step: slices past the last key stay empty */
         pos0 = *dpos;
@@ -446,16 +442,6 @@ static bool ad_parts(dr_cuda_ctx *cx, int nH, int hd, int nsplit, float **part, 
     return true;
 }
 
-/* DR_CUDA_ATT_PDL=0: the decode attention's prep, decode and merge kernels
- * in plain launches (the same-run baseline); on, each may be scheduled
- * while the kernel before it finishes and waits for it at its start (the
- * timeline of session 29: ~1.5 us of launch gap each, 10 attention layers
- * of the 35B-A3B's 40). */
-static bool att_pdl_on(void) {
-    static int on = -1;
-    return dr_env_on("DR_CUDA_ATT_PDL", &on);
-}
-
 static void attention_decode(dr_cuda_ctx *cx, float *out, const float *q, const float *k_cache, const float *v_cache,
                              int pos0, int nH, int nKV, int hd, float scale, const float *gate) {
     int nsplit, split_len;
@@ -463,22 +449,22 @@ static void attention_decode(dr_cuda_ctx *cx, float *out, const float *q, const 
     float *part, *ml;
     if (!ad_parts(cx, nH, hd, nsplit, &part, &ml))
         return;
-    const dim3 grid((unsigned)nH, (unsigned)nsplit), block(32 * ATT_WARPS);
+    dim3 grid((unsigned)nH, (unsigned)nsplit), block(32 * ATT_WARPS);
     const int32_t *dp = dr_cuda_step_pos(cx);
-    const bool pdl = att_pdl_on();
-#define AD_LAUNCH(R)                                                                                             \
-    dr_cuda_launch(cx, pdl, attn_decode_kernel<R>, grid, block, 0, out, part, ml, q, k_cache, v_cache, pos0, nH, \
-                   nKV, hd, scale, nsplit, split_len, dp, gate)
     if (ad_dims(hd) == 2)
-        AD_LAUNCH(2);
+        attn_decode_kernel<2><<<grid, block, 0, cx->stream>>>(out, part, ml, q, k_cache, v_cache, pos0, nH, nKV, hd,
+                                                              scale, nsplit, split_len, dp, gate);
     else if (ad_dims(hd) == 4)
-        AD_LAUNCH(4);
+        attn_decode_kernel<4><<<grid, block, 0, cx->stream>>>(out, part, ml, q, k_cache, v_cache, pos0, nH, nKV, hd,
+                                                              scale, nsplit, split_len, dp, gate);
     else
-        AD_LAUNCH(8);
-#undef AD_LAUNCH
-    if (nsplit > 1)
-        dr_cuda_launch(cx, pdl, attn_merge_kernel, dim3((unsigned)nH, 1), dim3(128), 0, out, (const float *)part,
-                       (const float *)ml, nH, hd, nsplit, gate);
+        attn_decode_kernel<8><<<grid, block, 0, cx->stream>>>(out, part, ml, q, k_cache, v_cache, pos0, nH, nKV, hd,
+                                                              scale, nsplit, split_len, dp, gate);
+    DR_CUDA_LAUNCHED(cx);
+    if (nsplit > 1) {
+        attn_merge_kernel<<<dim3((unsigned)nH, 1), 128, 0, cx->stream>>>(out, part, ml, nH, hd, nsplit, gate);
+        DR_CUDA_LAUNCHED(cx);
+    }
 }
 
 void dr_cuda_attention(void *ctx, float *out, const float *q, const float *k_cache, const float *v_cache, int T,
@@ -558,8 +544,6 @@ __global__ void attn_prep_kernel(float *q, float *gate, float *k, float *kc, flo
                                  const float *qn, const float *kn, const float *inv, int T, int pos0, int nH, int nKV,
                                  int hd, int half, float eps, const int32_t *dpos) {
     DR_TL_SCOPE();
-    dr_pdl_trigger();
-    dr_pdl_wait(); /* qg, k and v come from the projection before */
     if (dpos)
         pos0 = *dpos;
     __shared__ float sh[32], row[256];
@@ -839,10 +823,11 @@ bool dr_cuda_attention_block(void *ctx, float *att, float *q, float *gate, float
                               scale))
         return true;
     const int nt = dr_cuda_norm_threads(cx, T * nH, hd); /* rmsnorm's block for these rows: the same sums */
-    dr_cuda_launch(cx, att_pdl_on(), attn_prep_kernel, dim3((unsigned)(T * (nH + nKV))), dim3((unsigned)nt), 0, q,
-                   gate, k, k_cache, v_cache, qg, v, q_norm, k_norm, inv, T, pos0, nH, nKV, hd, d_rot / 2, eps,
-                   dr_cuda_step_pos(cx));
+    attn_prep_kernel<<<(unsigned)(T * (nH + nKV)), nt, 0, cx->stream>>>(q, gate, k, k_cache, v_cache, qg, v, q_norm,
+                                                                       k_norm, inv, T, pos0, nH, nKV, hd, d_rot / 2,
+                                                                       eps, dr_cuda_step_pos(cx));
+    DR_CUDA_LAUNCHED(cx);
     attention_decode(cx, att, q, k_cache, v_cache, pos0, nH, nKV, hd, scale, gate);
-    cx->prev_waits = !att_pdl_on(); /* plain launches: o_proj's GEMV starts when the attention ends */
+    cx->prev_waits = 1; /* plain launches: o_proj's GEMV starts when the attention ends */
     return true;
 }
