@@ -1835,8 +1835,9 @@ static void qd_run(dr_cuda_ctx *cx, const q2_set &set, const dr_tensor *w0, cons
        docs/CUDA.md session 28: 4 x 1 ran the 2048-wide lm_head at 86% of the
        copy floor against 65% for 2 x 2; 1 x 4 was the slowest everywhere),
        and 2 x 2 where 4 x 1 would leave over half the card's resident warps
-       without rows: the 35B-A3B's out_proj (2048 rows) ran 64 blocks at 4 x
-       1, and its decode gained ~0.8% with 128 (session 31) */
+       without rows (session 31: q4 decode +6% on the 9B and 0.8B, whose
+       2048-4096-row matrices then fill the card, +2% on the 35B-A3B with 8
+       layers, where out_proj ran 64 blocks) */
     const bool sw = epi == QD_SWIGLU || epi == QD_SWIGLU_NORM;
     const bool few = ru == 0 && 2 * qd_groups(set, 4, sw) < QD_MINB * (QD_TPB / 32) * (cx->n_sm > 0 ? cx->n_sm : 132);
     const bool r4 = ru > 1 ? ru == 41 : np <= 4096 && !few;
@@ -2149,33 +2150,25 @@ static __device__ __forceinline__ void q2_gu_load(q2_piece<SBW> (&pg)[NL], q2_pi
 #ifndef Q_GU_MINB
 #define Q_GU_MINB 4
 #endif
-/* Rows a warp of the gate/up kernel (session 31 measurement: 2 halves the
- * grid, its routing warps and x staging, to fit the card in one wave) */
-#ifndef Q_GU_RW
-#define Q_GU_RW 1
-#endif
 template <int BITS, int SBW, int NL, int PER>
 __global__ void __launch_bounds__(256, Q_GU_MINB)
     q2_moe_gate_up_kernel(float *act, const float *x, int32_t *idx, float *wts, const float *logits, int renorm,
                           const void *const *tab, int E, int k, int R, const void *sgw, const void *suw, int *ready,
                           q2geo g, int sdt) {
-    constexpr int RW = Q_GU_RW;
     DR_TL_SCOPE();
     extern __shared__ float4 xs[];
     __shared__ int pick;
     const int r = blockIdx.y, lane = threadIdx.x & 31, nv = g.rq;
-    const int i = (blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5)) * RW;
-    const bool shared = r >= R;
+    const int i = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    const bool live = i < g.rows, shared = r >= R;
     const int t = shared ? r - R : r / k;
     const bool writer = logits && !shared && blockIdx.x == 0 && r == t * k; /* writes token t's idx and wts */
-    q2_piece<SBW> pg[RW][NL], pu[RW][NL];
+    q2_piece<SBW> pg[NL], pu[NL];
     const void *gw = sgw, *uw = suw;
     if (!(ready && writer))
         dr_pdl_trigger(); /* the down kernel may be scheduled: it waits for this one or the flag */
     if (shared) {
-#pragma unroll
-        for (int w = 0; w < RW; w++)
-            q2_gu_load<BITS>(pg[w], pu[w], gw, uw, g, i + w, 0, lane, i + w < g.rows);
+        q2_gu_load<BITS>(pg, pu, gw, uw, g, i, 0, lane, live);
         dr_pdl_wait_fenced((unsigned)nv); /* x comes from earlier kernels */
     } else {
         dr_pdl_wait(); /* the logits (or idx) and x come from earlier kernels */
@@ -2190,40 +2183,31 @@ __global__ void __launch_bounds__(256, Q_GU_MINB)
         __syncthreads();
         DR_TL_MARK(0, (float)pick);
         gw = tab[pick], uw = tab[E + pick];
-#pragma unroll
-        for (int w = 0; w < RW; w++)
-            q2_gu_load<BITS>(pg[w], pu[w], gw, uw, g, i + w, 0, lane, i + w < g.rows);
+        q2_gu_load<BITS>(pg, pu, gw, uw, g, i, 0, lane, live);
     }
-    DR_TL_MARK(1, __uint_as_float(pg[0][0].u.x ^ pu[0][0].sb[0]));
+    DR_TL_MARK(1, __uint_as_float(pg[0].u.x ^ pu[0].sb[0]));
     q2_stage_rows<BITS, Q_SB_GU>(xs, x + (size_t)t * g.n, 1, NULL, g.n, g.np);
     __syncthreads();
     DR_TL_MARK(2, xs[0].x);
-    float gv[RW] = {}, uv[RW] = {};
+    float gv = 0.0f, uv = 0.0f;
     for (int c0 = 0;;) {
 #pragma unroll
-        for (int w = 0; w < RW; w++)
-#pragma unroll
-            for (int j = 0; j < NL; j++) {
-                const int v = c0 + lane + 32 * j;
-                if (v < nv) {
-                    gv[w] += q2_piece_dot<BITS>(pg[w][j], sdt, v, nv, xs);
-                    uv[w] += q2_piece_dot<BITS>(pu[w][j], sdt, v, nv, xs);
-                }
+        for (int j = 0; j < NL; j++) {
+            const int v = c0 + lane + 32 * j;
+            if (v < nv) {
+                gv += q2_piece_dot<BITS>(pg[j], sdt, v, nv, xs);
+                uv += q2_piece_dot<BITS>(pu[j], sdt, v, nv, xs);
             }
+        }
         c0 += 32 * NL;
         if (c0 >= nv)
             break;
-#pragma unroll
-        for (int w = 0; w < RW; w++)
-            q2_gu_load<BITS>(pg[w], pu[w], gw, uw, g, i + w, c0, lane, i + w < g.rows);
+        q2_gu_load<BITS>(pg, pu, gw, uw, g, i, c0, lane, live);
     }
-#pragma unroll
-    for (int w = 0; w < RW; w++) {
-        gv[w] = dr_warp_sum(gv[w]), uv[w] = dr_warp_sum(uv[w]);
-        if (i + w < g.rows && lane == 0)
-            act[(size_t)r * g.rows + i + w] = dr_dev_silu(gv[w]) * uv[w];
-    }
-    DR_TL_MARK(3, gv[0] + uv[0]);
+    gv = dr_warp_sum(gv), uv = dr_warp_sum(uv);
+    DR_TL_MARK(3, gv + uv);
+    if (live && lane == 0)
+        act[(size_t)r * g.rows + i] = dr_dev_silu(gv) * uv;
 }
 
 /* The batch of NL pieces a lane at c0 of the down kernel's row h: piece p
@@ -2334,7 +2318,7 @@ static void q2_moe_decode_launch(dr_cuda_ctx *cx, bool pdl, const q2_moe_args &a
                                  int sdt) {
     const int H = dn.rows, I = gu.rows, nsh = a.sd ? 1 : 0;
     const size_t s1 = (size_t)gu.np * sizeof(float), s2 = (size_t)(a.k + nsh) * dn.np * sizeof(float);
-    const dim3 g1(dr_cdiv((size_t)I, 8 * Q_GU_RW), (unsigned)(a.R + (a.sg ? a.T : 0))), g2(dr_cdiv((size_t)H, 8), (unsigned)a.T);
+    const dim3 g1(dr_cdiv((size_t)I, 8), (unsigned)(a.R + (a.sg ? a.T : 0))), g2(dr_cdiv((size_t)H, 8), (unsigned)a.T);
     if (a.logits && a.E > 256)
         q2_moe_gu_launch<BITS, SBW, 16>(cx, pdl, a, gu, sdt, g1, s1);
     else
