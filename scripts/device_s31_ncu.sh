@@ -16,3 +16,5 @@ timeout 300 ncu -k "regex:${NCU_K:-q2_moe_gate_up|q2_moe_down|q2_dp4a}" --launch
   --quant q4 --quant-random > "$OUT/ncu.txt" 2>&1
 echo "ncu rc $?"
 grep -E "^  [a-z_0-9]+.*\(|Duration|DRAM Throughput|dram__bytes_read.sum|Memory Throughput|Compute \(SM\)|Registers Per|Achieved Occupancy|Theoretical Occupancy|Issued Ipc|No Eligible|Eligible Warps|Warp Cycles Per Issued|Grid Size|Waves Per|L2 Hit|Mem Busy|Max Bandwidth|stalled_(long|short|wait|math|lg|barrier|mio|no_inst|not_sel|drain|branch|membar|sleep|dispatch|imc|tex)" "$OUT/ncu.txt" | head -230
+dr_device_tests "$b" "$OUT/tests.log"
+echo "tests: $(grep -h -E '^[0-9]+ passed, [0-9]+ failed' "$OUT/tests.log" | awk '{p+=$1; f+=$3} END {print p " passed, " f " failed"}')"
