@@ -394,13 +394,16 @@ static void moe_block_ref(const dr_expert *ex, const dr_tensor *rw, const dr_ten
 static void test_moe_block(void) {
     const char *sw = getenv("DR_CUDA_QMOE_BLOCK");
     const bool off = sw && sw[0] == '0';
-    /* bits, gs, E, k, f32 scales, gb (the router's and scalar gate's bits; 0: the experts' and f32) */
-    const int cfg[][6] = {{4, 64, 40, 6, 0, 0}, {8, 32, 40, 6, 0, 0}, {4, 128, 300, 8, 1, 0}, {4, 64, 40, 8, 0, 8}};
-    const int H = 256, I = 128;
-    for (int c = 0; c < 4; c++) {
+    /* bits, gs, E, k, scales (0 bf16, 1 f32, 2 f16), gb (the router's and scalar gate's bits; 0: the
+       experts' and f32). 4-bit experts with 16-bit scales take the dp4a dots (groups of 32, 64 and 128
+       here), the others the FMA ones; I = 128 pads the down rows to 256 values. */
+    const int cfg[][6] = {{4, 64, 40, 6, 0, 0}, {8, 32, 40, 6, 0, 0},  {4, 128, 300, 8, 1, 0},
+                          {4, 64, 40, 8, 0, 8}, {4, 32, 40, 6, 2, 0}, {4, 128, 64, 8, 0, 8}};
+    const int H = 256, I = 128, ncfg = (int)(sizeof cfg / sizeof cfg[0]);
+    for (int c = 0; c < ncfg; c++) {
         const int bits = cfg[c][0], gs = cfg[c][1], E = cfg[c][2], k = cfg[c][3], gb = cfg[c][5];
-        const dr_dtype sb = cfg[c][4] ? DR_DT_F32 : DR_DT_BF16;
-        static dr_expert exs[4][300]; /* one array per configuration: the backend caches its table by address */
+        const dr_dtype sb = cfg[c][4] == 1 ? DR_DT_F32 : cfg[c][4] == 2 ? DR_DT_F16 : DR_DT_BF16;
+        static dr_expert exs[6][300]; /* one array per configuration: the backend caches its table by address */
         dr_expert *ex = exs[c];
         void **own = malloc((size_t)(3 * E + 5) * sizeof *own);
         for (int e = 0; e < E; e++) {
