@@ -395,8 +395,7 @@ static void test_moe_block(void) {
     const char *sw = getenv("DR_CUDA_QMOE_BLOCK");
     const bool off = sw && sw[0] == '0';
     /* bits, gs, E, k, scales (0 bf16, 1 f32, 2 f16), gb (the router's and scalar gate's bits; 0: the
-       experts' and f32). 4-bit experts with 16-bit scales take the dp4a dots (groups of 32, 64 and 128
-       here), the others the FMA ones; I = 128 pads the down rows to 256 values. */
+       experts' and f32). Groups of 32, 64 and 128 values; I = 128 pads the down rows to 256 values. */
     const int cfg[][6] = {{4, 64, 40, 6, 0, 0}, {8, 32, 40, 6, 0, 0},  {4, 128, 300, 8, 1, 0},
                           {4, 64, 40, 8, 0, 8}, {4, 32, 40, 6, 2, 0}, {4, 128, 64, 8, 0, 8}};
     const int H = 256, I = 128, ncfg = (int)(sizeof cfg / sizeof cfg[0]);

@@ -1489,34 +1489,6 @@ static __device__ __forceinline__ float qd_sumsq(const float4 (&v)[QD_SJ]) {
     return ss;
 }
 
-/* float4 f of a vector (values 4 f .. 4 f + 3, in order) as digits of the
- * repacked order, with its group's step and sum (written by the group's
- * first lane): the GS / 4 lanes of a group run it together. */
-static __device__ __forceinline__ void qd_digits(float4 v, int f, int GS, signed char *dig, float *sx, float *xg) {
-    const int GL = GS / 4; /* lanes a group */
-    float m = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
-    float s = (v.x + v.y) + (v.z + v.w);
-#pragma unroll
-    for (int o = 1; o < GL; o <<= 1) {
-        m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-        s += __shfl_xor_sync(0xffffffffu, s, o);
-    }
-    const float step = m > 0.0f ? m / (127.0f * 65536.0f) : 1.0f;
-    if ((threadIdx.x & (GL - 1)) == 0)
-        sx[4 * f / GS] = step, xg[4 * f / GS] = s;
-    const float e4[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-    for (int e = 0; e < 4; e++) {
-        int X = __float2int_rn(e4[e] / step); /* |X| <= 127 2^16 */
-        const int d0 = ((X & 255) ^ 128) - 128, X1 = (X - d0) >> 8;
-        const int d1 = ((X1 & 255) ^ 128) - 128, d2 = (X1 - d1) >> 8;
-        int bit;
-        const int wd = q2_loc(4, 4 * f + e, &bit), p = bit >> 2; /* nibble p of word wd */
-        signed char *b = dig + (size_t)wd * 24 + 4 * (p & 1) + (p >> 1);
-        b[0] = (signed char)d2, b[8] = (signed char)d1, b[16] = (signed char)d0;
-    }
-}
-
 /* Stage x [n] (zero-padded to np) as digits, steps and group sums; the whole
  * block; thread t takes float4 f = t + QD_TPB j, its group's lanes reduce
  * with shuffles (gs / 4 lanes: 8, 16 or 32).
@@ -1527,6 +1499,7 @@ static __device__ __forceinline__ void qd_digits(float4 v, int f, int GS, signed
 template <int GS>
 static __device__ __forceinline__ void qd_stage(signed char *dig, float *sx, float *xg, const float *x, int n,
                                                 int np, const float *gain, float eps, float *red) {
+    constexpr int GL = GS / 4; /* lanes a group */
     const int nf = np / 4;
     float4 v[QD_SJ], g[QD_SJ];
     qd_load(v, x, n, 0);
@@ -1555,7 +1528,27 @@ static __device__ __forceinline__ void qd_stage(signed char *dig, float *sx, flo
             if (gain)
                 v[j] = make_float4(v[j].x * g[j].x * inv, v[j].y * g[j].y * inv, v[j].z * g[j].z * inv,
                                    v[j].w * g[j].w * inv);
-            qd_digits(v[j], f, GS, dig, sx, xg);
+            float m = fmaxf(fmaxf(fabsf(v[j].x), fabsf(v[j].y)), fmaxf(fabsf(v[j].z), fabsf(v[j].w)));
+            float s = (v[j].x + v[j].y) + (v[j].z + v[j].w);
+#pragma unroll
+            for (int o = 1; o < GL; o <<= 1) {
+                m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+                s += __shfl_xor_sync(0xffffffffu, s, o);
+            }
+            const float step = m > 0.0f ? m / (127.0f * 65536.0f) : 1.0f;
+            if ((threadIdx.x & (GL - 1)) == 0)
+                sx[4 * f / GS] = step, xg[4 * f / GS] = s;
+            const float e4[4] = {v[j].x, v[j].y, v[j].z, v[j].w};
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int X = __float2int_rn(e4[e] / step); /* |X| <= 127 2^16 */
+                const int d0 = ((X & 255) ^ 128) - 128, X1 = (X - d0) >> 8;
+                const int d1 = ((X1 & 255) ^ 128) - 128, d2 = (X1 - d1) >> 8;
+                int bit;
+                const int wd = q2_loc(4, 4 * f + e, &bit), p = bit >> 2; /* nibble p of word wd */
+                signed char *b = dig + (size_t)wd * 24 + 4 * (p & 1) + (p >> 1);
+                b[0] = (signed char)d2, b[8] = (signed char)d1, b[16] = (signed char)d0;
+            }
         }
     }
 }
@@ -2121,110 +2114,6 @@ static __device__ __forceinline__ float q2_piece_dot(const q2_piece<SBW> &p, int
     return acc;
 }
 
-/* The 4-bit MoE dots on dp4a (GSH >= 0: groups of 32 << GSH values, 16-bit
- * scales), as q2_dp4a_kernel takes x: the rows staged as int8 digits in
- * the repacked order (qd_digits), a group's step and sum beside them; a
- * piece costs ~1.5 instructions a weight against ~4 for the FMA dequantize
- * (ncu, session 31: the FMA MoE kernels were issue-bound, math-pipe
- * throttled). Rows x + j n (j < nr), then xsh, one flat range of float4,
- * Q_SB of them a thread loaded before they are taken to digits; row j's
- * digits at dig + j nv 96 bytes, its steps and sums at sx / xg + j np / GS. */
-template <int Q_SB>
-static __device__ __forceinline__ void qd_stage_rows(signed char *dig, float *sx, float *xg, const float *x, int nr,
-                                                     const float *xsh, int n, int np, int GS) {
-    const int per = np / 4, total = (nr + (xsh ? 1 : 0)) * per, nt = blockDim.x;
-    for (int c0 = threadIdx.x; c0 < total; c0 += Q_SB * nt) { /* total: whole warps (per % 64 == 0) */
-        float4 v[Q_SB];
-#pragma unroll
-        for (int b = 0; b < Q_SB; b++) {
-            const int c = c0 + b * nt, j = c / per, k = 4 * (c - j * per);
-            const float *src = j < nr ? x + (size_t)j * n : xsh;
-            const bool in = c < total;
-            v[b].x = in && k < n ? src[k] : 0.0f;
-            v[b].y = in && k + 1 < n ? src[k + 1] : 0.0f;
-            v[b].z = in && k + 2 < n ? src[k + 2] : 0.0f;
-            v[b].w = in && k + 3 < n ? src[k + 3] : 0.0f;
-        }
-#pragma unroll
-        for (int b = 0; b < Q_SB; b++)
-            if (c0 + b * nt < total)
-                qd_digits(v[b], c0 + b * nt, GS, dig, sx, xg);
-    }
-}
-
-/* piece v of a row . the row staged by qd_stage_rows (dig: its digits as
- * int4, sx / xg: its steps and sums, groups of 32 << gsh values). Word by
- * word, each with its own (s, b) as q2_piece holds them (the group size
- * stays a run-time value: one kernel for 32, 64 and 128); the piece with
- * v % 4 == 0 adds each group's bias term once, at the group's first word
- * (a block of 128 values is 4 pieces). */
-static __device__ __forceinline__ float q2_piece_dot4(const q2_piece<1> &p, int sdt, int v, const int4 *dig,
-                                                      const float *sx, const float *xg, int gsh) {
-    const uint32_t w4[4] = {p.u.x, p.u.y, p.u.z, p.u.w};
-    const int4 *dv = dig + (size_t)v * 6;
-    float acc = 0.0f;
-#pragma unroll
-    for (int i = 0; i < 4; i++) {
-        const int4 da = dv[(6 * i) / 4], db = dv[(6 * i) / 4 + 1];
-        const int o = (6 * i) & 3; /* word i's six digit words start at int 6 i */
-        const int d0 = o ? da.z : da.x, d1 = o ? da.w : da.y, d2 = o ? db.x : da.z;
-        const int d3 = o ? db.y : da.w, d4 = o ? db.z : db.x, d5 = o ? db.w : db.y;
-        const int ev = (int)(w4[i] & 0x0F0F0F0Fu), od = (int)((w4[i] >> 4) & 0x0F0F0F0Fu);
-        const int a2 = __dp4a(od, d1, __dp4a(ev, d0, 0));
-        const int a1 = __dp4a(od, d3, __dp4a(ev, d2, 0)), a0 = __dp4a(od, d5, __dp4a(ev, d4, 0));
-        float sc, b;
-        q2_sb(&p.sb[i], sdt, &sc, &b);
-        const int g = ((v >> 2) * 4 + i) >> gsh;
-        const float t = fmaf((float)a2, 65536.0f, (float)(a1 * 256 + a0)); /* exact: |a| < 2^14 */
-        acc = fmaf(sc, sx[g] * t, acc);
-        if ((v & 3) == 0 && (i & ((1 << gsh) - 1)) == 0)
-            acc = fmaf(b, xg[g], acc);
-    }
-    return acc;
-}
-
-/* the staged rows of a MoE kernel (`xs`, nr of them, np values each) as
- * the dot reads them: floats, or (DP) digits, steps and sums */
-struct q2_rows {
-    const float4 *xs;
-    const int4 *dig;
-    const float *sx, *xg;
-};
-template <bool DP> static __device__ __forceinline__ q2_rows q2_rows_at(float4 *xs, int nr, int np, int gs) {
-    q2_rows r = {xs, (const int4 *)xs, NULL, NULL};
-    if (DP) {
-        r.sx = (const float *)((const int4 *)xs + (size_t)nr * (np / 32) * 6);
-        r.xg = r.sx + (size_t)nr * (np / gs);
-    }
-    return r;
-}
-
-/* shared memory of nr staged rows of np values for the dot of DP */
-static size_t q2_rows_smem(bool dp, int nr, int np, int gs) {
-    return dp ? (size_t)nr * ((size_t)np / 32 * 96 + (size_t)np / gs * 8) : (size_t)nr * np * sizeof(float);
-}
-
-/* stage nr rows (then xsh) for the dot of DP */
-template <int BITS, bool DP, int Q_SB>
-static __device__ __forceinline__ void q2_stage_any(float4 *xs, const q2_rows &rw, const float *x, int nr,
-                                                    const float *xsh, const q2geo &g) {
-    if (DP)
-        qd_stage_rows<Q_SB>((signed char *)xs, (float *)rw.sx, (float *)rw.xg, x, nr, xsh, g.n, g.np, g.gs);
-    else
-        q2_stage_rows<BITS, Q_SB>(xs, x, nr, xsh, g.n, g.np);
-}
-
-/* piece v . staged row j (gsh: log2 of the group size / 32) */
-template <int BITS, int SBW, bool DP>
-static __device__ __forceinline__ float q2_dot_any(const q2_piece<SBW> &p, int sdt, int v, const q2geo &g, int gsh,
-                                                   const q2_rows &rw, int j) {
-    if constexpr (DP)
-        return q2_piece_dot4(p, sdt, v, rw.dig + (size_t)j * g.rq * 6, rw.sx + (size_t)j * (g.np / g.gs),
-                             rw.xg + (size_t)j * (g.np / g.gs), gsh);
-    else
-        return q2_piece_dot<BITS>(p, sdt, v, g.rq, rw.xs + (size_t)j * (g.np / 4));
-}
-
 /* The batch of NL pieces a lane at c0 of gate row i and up row i (zeros past
  * the row or for a dead warp) */
 template <int BITS, int SBW, int NL>
@@ -2261,7 +2150,7 @@ static __device__ __forceinline__ void q2_gu_load(q2_piece<SBW> (&pg)[NL], q2_pi
 #ifndef Q_GU_MINB
 #define Q_GU_MINB 4
 #endif
-template <int BITS, int SBW, int NL, int PER, bool DP>
+template <int BITS, int SBW, int NL, int PER>
 __global__ void __launch_bounds__(256, Q_GU_MINB)
     q2_moe_gate_up_kernel(float *act, const float *x, int32_t *idx, float *wts, const float *logits, int renorm,
                           const void *const *tab, int E, int k, int R, const void *sgw, const void *suw, int *ready,
@@ -2269,7 +2158,7 @@ __global__ void __launch_bounds__(256, Q_GU_MINB)
     DR_TL_SCOPE();
     extern __shared__ float4 xs[];
     __shared__ int pick;
-    const int r = blockIdx.y, lane = threadIdx.x & 31, nv = g.rq, gsh = __ffs(g.gs >> 5) - 1;
+    const int r = blockIdx.y, lane = threadIdx.x & 31, nv = g.rq;
     const int i = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     const bool live = i < g.rows, shared = r >= R;
     const int t = shared ? r - R : r / k;
@@ -2297,8 +2186,7 @@ __global__ void __launch_bounds__(256, Q_GU_MINB)
         q2_gu_load<BITS>(pg, pu, gw, uw, g, i, 0, lane, live);
     }
     DR_TL_MARK(1, __uint_as_float(pg[0].u.x ^ pu[0].sb[0]));
-    const q2_rows rw = q2_rows_at<DP>(xs, 1, g.np, g.gs);
-    q2_stage_any<BITS, DP, Q_SB_GU>(xs, rw, x + (size_t)t * g.n, 1, NULL, g);
+    q2_stage_rows<BITS, Q_SB_GU>(xs, x + (size_t)t * g.n, 1, NULL, g.n, g.np);
     __syncthreads();
     DR_TL_MARK(2, xs[0].x);
     float gv = 0.0f, uv = 0.0f;
@@ -2307,8 +2195,8 @@ __global__ void __launch_bounds__(256, Q_GU_MINB)
         for (int j = 0; j < NL; j++) {
             const int v = c0 + lane + 32 * j;
             if (v < nv) {
-                gv += q2_dot_any<BITS, SBW, DP>(pg[j], sdt, v, g, gsh, rw, 0);
-                uv += q2_dot_any<BITS, SBW, DP>(pu[j], sdt, v, g, gsh, rw, 0);
+                gv += q2_piece_dot<BITS>(pg[j], sdt, v, nv, xs);
+                uv += q2_piece_dot<BITS>(pu[j], sdt, v, nv, xs);
             }
         }
         c0 += 32 * NL;
@@ -2345,7 +2233,7 @@ static __device__ __forceinline__ void q2_down_load(q2_piece<SBW> (&pc)[NL], con
  * before the activation rows are staged (slot k: the shared expert's). With
  * `ready` the first ones load once token t's picks-ready flag is up, before
  * the PDL wait (the gate/up kernel may still run). */
-template <int BITS, int SBW, int NL, bool DP>
+template <int BITS, int SBW, int NL>
 __global__ void __launch_bounds__(256) q2_moe_down_kernel(float *y, const float *act, const int32_t *idx,
                                                           const float *wts, const void *const *tab, int E, int k,
                                                           int R, const void *sd, const float *shs, int acc_y,
@@ -2354,7 +2242,6 @@ __global__ void __launch_bounds__(256) q2_moe_down_kernel(float *y, const float 
     extern __shared__ float4 xs[];
     const int t = blockIdx.y, lane = threadIdx.x & 31;
     const int h = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), nv = g.rq, P = (k + (sd ? 1 : 0)) * nv;
-    const int gsh = __ffs(g.gs >> 5) - 1;
     const bool live = h < g.rows;
     const int32_t *it = idx + (size_t)t * k;
     q2_piece<SBW> pc[NL];
@@ -2369,8 +2256,7 @@ __global__ void __launch_bounds__(256) q2_moe_down_kernel(float *y, const float 
         q2_down_load<BITS>(pc, it, tab, E, k, sd, g, h, 0, P, lane, live);
     }
     DR_TL_MARK(1, __uint_as_float(pc[0].u.x ^ pc[0].sb[0]));
-    const q2_rows rw = q2_rows_at<DP>(xs, k + (sd ? 1 : 0), g.np, g.gs);
-    q2_stage_any<BITS, DP, Q_SB_DN>(xs, rw, act + (size_t)t * k * g.n, k, sd ? act + ((size_t)R + t) * g.n : NULL, g);
+    q2_stage_rows<BITS, Q_SB_DN>(xs, act + (size_t)t * k * g.n, k, sd ? act + ((size_t)R + t) * g.n : NULL, g.n, g.np);
     __syncthreads();
     DR_TL_MARK(2, xs[0].x);
     float acc = 0.0f;
@@ -2380,7 +2266,7 @@ __global__ void __launch_bounds__(256) q2_moe_down_kernel(float *y, const float 
             const int p = c0 + lane + 32 * j, js = p < P ? p / nv : 0;
             if (p < P) {
                 const float wj = js < k ? wts[(size_t)t * k + js] : dr_dev_sigmoid(shs[t]);
-                acc = fmaf(wj, q2_dot_any<BITS, SBW, DP>(pc[j], sdt, p - js * nv, g, gsh, rw, js), acc);
+                acc = fmaf(wj, q2_piece_dot<BITS>(pc[j], sdt, p - js * nv, nv, xs + (size_t)js * (g.np / 4)), acc);
             }
         }
         c0 += 32 * NL;
@@ -2410,11 +2296,11 @@ struct q2_moe_args {
 
 /* the gate/up kernel with NL pieces a lane in flight: enough for a whole row
  * up to 4 x 32 */
-template <int BITS, int SBW, int PER, bool DP>
+template <int BITS, int SBW, int PER>
 static void q2_moe_gu_launch(dr_cuda_ctx *cx, bool pdl, const q2_moe_args &a, const q2geo &gu, int sdt, dim3 grid,
                              size_t smem) {
 #define Q2_GU(NL)                                                                                                     \
-    dr_cuda_launch(cx, pdl, q2_moe_gate_up_kernel<BITS, SBW, NL, PER, DP>, grid, dim3(256), smem, a.act, a.x, a.idx, \
+    dr_cuda_launch(cx, pdl, q2_moe_gate_up_kernel<BITS, SBW, NL, PER>, grid, dim3(256), smem, a.act, a.x, a.idx,     \
                    a.wts, a.logits, a.renorm, a.tab, a.E, a.k, a.R, a.sg, a.su, a.ready, gu, sdt)
     if (gu.rq <= 32)
         Q2_GU(1);
@@ -2427,21 +2313,21 @@ static void q2_moe_gu_launch(dr_cuda_ctx *cx, bool pdl, const q2_moe_args &a, co
 
 /* the q2 MoE decode pair; the down kernel with NL pieces a lane in flight:
  * enough for a row's k (+ 1) experts' pieces up to 8 x 32 */
-template <int BITS, int SBW, bool DP>
+template <int BITS, int SBW>
 static void q2_moe_decode_launch(dr_cuda_ctx *cx, bool pdl, const q2_moe_args &a, const q2geo &gu, const q2geo &dn,
                                  int sdt) {
     const int H = dn.rows, I = gu.rows, nsh = a.sd ? 1 : 0;
-    const size_t s1 = q2_rows_smem(DP, 1, gu.np, gu.gs), s2 = q2_rows_smem(DP, a.k + nsh, dn.np, dn.gs);
+    const size_t s1 = (size_t)gu.np * sizeof(float), s2 = (size_t)(a.k + nsh) * dn.np * sizeof(float);
     const dim3 g1(dr_cdiv((size_t)I, 8), (unsigned)(a.R + (a.sg ? a.T : 0))), g2(dr_cdiv((size_t)H, 8), (unsigned)a.T);
     if (a.logits && a.E > 256)
-        q2_moe_gu_launch<BITS, SBW, 16, DP>(cx, pdl, a, gu, sdt, g1, s1);
+        q2_moe_gu_launch<BITS, SBW, 16>(cx, pdl, a, gu, sdt, g1, s1);
     else
-        q2_moe_gu_launch<BITS, SBW, 8, DP>(cx, pdl, a, gu, sdt, g1, s1);
+        q2_moe_gu_launch<BITS, SBW, 8>(cx, pdl, a, gu, sdt, g1, s1);
     if (a.ready && cx->failed) /* the gate/up launch failed: its flags may never be raised */
         return;
     const int n2 = (a.k + nsh) * dn.rq;
 #define Q2_DN(NL)                                                                                                     \
-    dr_cuda_launch(cx, pdl, q2_moe_down_kernel<BITS, SBW, NL, DP>, g2, dim3(256), s2, a.y, (const float *)a.act,          \
+    dr_cuda_launch(cx, pdl, q2_moe_down_kernel<BITS, SBW, NL>, g2, dim3(256), s2, a.y, (const float *)a.act,          \
                    (const int32_t *)a.idx, (const float *)a.wts, a.tab, a.E, a.k, a.R, a.sd, a.shs, a.acc_y,        \
                    (const int *)a.ready, dn, sdt)
     if (n2 <= 64)
@@ -2731,16 +2617,10 @@ static void q2_moe_run(dr_cuda_ctx *cx, bool pdl, const q2_moe_args &a, const dr
     const q2geo gu = q2_geo(&ex[0].gate), dn = q2_geo(&ex[0].down);
     const int sdt = (int)ex[0].gate.q.sb_dtype;
     const bool f32 = sdt == DR_DT_F32;
-    static int dp = -1;
-    const int gs = ex[0].gate.q.group_size;
-    if (ex[0].gate.q.bits == 4 && !f32 && dr_env_on("DR_CUDA_QMOE_DP4A", &dp) && (gs == 32 || gs == 64 || gs == 128))
-        q2_moe_decode_launch<4, 1, true>(cx, pdl, a, gu, dn, sdt);
-    else if (ex[0].gate.q.bits == 4)
-        f32 ? q2_moe_decode_launch<4, 2, false>(cx, pdl, a, gu, dn, sdt)
-            : q2_moe_decode_launch<4, 1, false>(cx, pdl, a, gu, dn, sdt);
+    if (ex[0].gate.q.bits == 4)
+        f32 ? q2_moe_decode_launch<4, 2>(cx, pdl, a, gu, dn, sdt) : q2_moe_decode_launch<4, 1>(cx, pdl, a, gu, dn, sdt);
     else
-        f32 ? q2_moe_decode_launch<8, 2, false>(cx, pdl, a, gu, dn, sdt)
-            : q2_moe_decode_launch<8, 1, false>(cx, pdl, a, gu, dn, sdt);
+        f32 ? q2_moe_decode_launch<8, 2>(cx, pdl, a, gu, dn, sdt) : q2_moe_decode_launch<8, 1>(cx, pdl, a, gu, dn, sdt);
 }
 
 bool dr_cuda_quant_moe_decode(dr_cuda_ctx *cx, float *y, const float *x, const int32_t *idx, const float *wts,
