@@ -1835,9 +1835,9 @@ static void qd_run(dr_cuda_ctx *cx, const q2_set &set, const dr_tensor *w0, cons
        docs/CUDA.md session 28: 4 x 1 ran the 2048-wide lm_head at 86% of the
        copy floor against 65% for 2 x 2; 1 x 4 was the slowest everywhere),
        and 2 x 2 where 4 x 1 would leave over half the card's resident warps
-       without rows (session 31: q4 decode +6% on the 9B and 0.8B, whose
-       2048-4096-row matrices then fill the card, +2% on the 35B-A3B with 8
-       layers, where out_proj ran 64 blocks) */
+       without rows (session 31: q4 decode +5-6% on the 9B and 0.8B, whose
+       1024-4096-row matrices then fill the card, +1-3% on the 35B-A3B with
+       8 layers, where out_proj ran 64 blocks) */
     const bool sw = epi == QD_SWIGLU || epi == QD_SWIGLU_NORM;
     const bool few = ru == 0 && 2 * qd_groups(set, 4, sw) < QD_MINB * (QD_TPB / 32) * (cx->n_sm > 0 ? cx->n_sm : 132);
     const bool r4 = ru > 1 ? ru == 41 : np <= 4096 && !few;
