@@ -8,7 +8,7 @@
 set -uo pipefail
 source scripts/device_env.sh
 b="$root/build-dev"
-dr_device_build "$b" deltarun_cli $dr_test_targets
+dr_device_build "$b" deltarun_cli
 S="--metrics regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio,dram__bytes_read.sum,gpu__time_duration.sum --section SpeedOfLight --section WarpStateStats --section Occupancy --section MemoryWorkloadAnalysis --section LaunchStats"
 # Graph replays are not profiled: the steps run kernel by kernel
 # (DR_CUDA_GRAPHS=0). Skip the first decode steps' launches of each regex.

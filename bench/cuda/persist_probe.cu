@@ -49,6 +49,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define PROBE_NAME "persist_probe"
+#include "probe.h"
+
 #define PP_MAXPH 64          /* phases (4 a layer) */
 #define PP_LEANNW 15 /* the lean consumer's warps at most (the fixed widths need ~120 registers) */
 #define PP_MAXNW 12 /* consumer warps at most */
@@ -61,15 +64,6 @@ static const char *const st_name[PP_NSTAT] = {"grid wait", "x staging", "slot wa
                                               "phase-end sync", "producer slot wait", "total"};
 #define PP_MAXCOLS 4608
 #define PP_SEP_THREADS 256
-
-#define CK(x)                                                                                        \
-    do {                                                                                             \
-        cudaError_t e_ = (x);                                                                        \
-        if (e_ != cudaSuccess) {                                                                     \
-            fprintf(stderr, "persist_probe: %s failed: %s\n", #x, cudaGetErrorString(e_));          \
-            return 1;                                                                                \
-        }                                                                                            \
-    } while (0)
 
 typedef struct pp_phase {
     const uint4 *w; /* [rows, cols] bf16, row-major */

@@ -38,18 +38,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#define PROBE_NAME "q4_probe"
+#include "probe.h"
+
 #define GS 64        /* weights a group */
 #define Q4_TOL 1e-5  /* |y - ref| / sum |w x| */
 #define NT 256       /* threads a block */
-
-#define CK(x)                                                                                        \
-    do {                                                                                             \
-        cudaError_t e_ = (x);                                                                        \
-        if (e_ != cudaSuccess) {                                                                     \
-            fprintf(stderr, "q4_probe: %s failed: %s\n", #x, cudaGetErrorString(e_));               \
-            return 1;                                                                                \
-        }                                                                                            \
-    } while (0)
 
 /* One 4-bit matrix [d, n]: n / 8 words a row, n / GS scales and biases. */
 typedef struct {

@@ -30,17 +30,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#define PROBE_NAME "tlb_probe"
+#include "probe.h"
+
 #define NT 256   /* threads a block */
 #define RUN 2048 /* bytes a warp reads at once */
-
-#define CK(x)                                                                                        \
-    do {                                                                                             \
-        cudaError_t e_ = (x);                                                                        \
-        if (e_ != cudaSuccess) {                                                                     \
-            fprintf(stderr, "tlb_probe: %s failed: %s\n", #x, cudaGetErrorString(e_));              \
-            return 1;                                                                                \
-        }                                                                                            \
-    } while (0)
 
 /* Launch l reads regions off[l P .. l P + P - 1] (byte offsets) of rb bytes
  * each: run c of the launch is region c / (rb / RUN), its run c % (rb / RUN). */
