@@ -535,7 +535,7 @@ template <typename WT, int MT, int R, int U = 8 / R>
 __global__ void __launch_bounds__(256) gemv_add_norm_kernel(float *x, float *__restrict__ xn, const WT *W,
                                                             const float *__restrict__ a,
                                                             const float *__restrict__ gain, int T, int d, int n,
-                                                            float eps, unsigned *cnt) {
+                                                            float eps, unsigned *cnt, int rel) {
     DR_TL_SCOPE();
     constexpr int E = wvec<WT>::N;
     __shared__ float sh[32], wsq[8][MT], inv[MT];
@@ -580,15 +580,29 @@ __global__ void __launch_bounds__(256) gemv_add_norm_kernel(float *x, float *__r
             s_ += wsq[j][threadIdx.x];
         parts[(size_t)threadIdx.x * gridDim.x + blockIdx.x] = s_;
     }
-    __threadfence(); /* this block's x rows and parts are visible before its arrival is counted */
-    __syncthreads();
-    if (threadIdx.x == 0)
-        last = atomicAdd(cnt, 1u) == gridDim.x - 1;
-    __syncthreads();
+    if (rel) {
+        /* the block's barrier, then one acquire-release add by thread 0: its release carries the block's x rows
+           and parts (ordered before it by the barrier), its acquire the other blocks' to this block after the
+           next barrier. No fence.sc (__threadfence), which costs ~1 us at the end of a GEMV (session 32). */
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            unsigned old;
+            asm volatile("atom.add.acq_rel.gpu.u32 %0, [%1], 1;" : "=r"(old) : "l"(cnt) : "memory");
+            last = old == gridDim.x - 1;
+        }
+        __syncthreads();
+    } else {
+        __threadfence(); /* this block's x rows and parts are visible before its arrival is counted */
+        __syncthreads();
+        if (threadIdx.x == 0)
+            last = atomicAdd(cnt, 1u) == gridDim.x - 1;
+        __syncthreads();
+    }
     DR_TL_MARK(1, (float)last);
     if (!last)
         return;
-    __threadfence();
+    if (!rel)
+        __threadfence();
     const int nt = blockDim.x, G = gridDim.x;
     if (d <= 8 * nt) { /* x and gain load with the parts: one round trip per token (session 11) */
         for (int t = 0; t < T; t++)
@@ -791,9 +805,11 @@ template <typename WT, int MT>
 static void add_norm_launch(dr_cuda_ctx *cx, float *x, float *xn, const void *W, const float *a, const float *gain,
                             int T, int d, int n, float eps) {
     const int R = rows_per_warp(cx, d, MT);
+    static int rel = -1; /* DR_CUDA_AN_REL=0: the fence and plain atomic (a same-run baseline) */
+    const int rl = dr_env_on("DR_CUDA_AN_REL", &rel);
 #define AN_LAUNCH(R_, U_)                                                                                         \
     dr_cuda_launch(cx, true, gemv_add_norm_kernel<WT, MT, R_, U_>, dim3(dr_cdiv((size_t)d, 8 * R_)), dim3(256), 0, \
-                   x, xn, (const WT *)W, a, gain, T, d, n, eps, cx->mm_cnt)
+                   x, xn, (const WT *)W, a, gain, T, d, n, eps, cx->mm_cnt, rl)
     /* one token, one row per warp of 257-512 16-byte pieces: all of the row in flight before the PDL wait
        (82 registers, 2 blocks per SM, so only grids of one wave; session 6: the 0.8B's FFN down +2%,
        35B-A3B within noise), when the kernel before lets this one start early (the FFN down after the
