@@ -525,8 +525,8 @@ static __device__ __forceinline__ void gn_last_one(float *__restrict__ xn, const
 /* x [T, d] += a W^T, then (gain not NULL) xn = x / rms(x) * gain per token.
  * Each warp adds its R rows of W a into x (it owns them: no atomics) and
  * each block writes the sum of squares of its rows (warp by warp, row by
- * row) to parts [T, gridDim.x]; then every block fences and bumps the device
- * counter, and the last block to arrive sums the parts in block order (per
+ * row) to parts [T, gridDim.x]; then every block bumps the device counter
+ * (acquire-release), and the last block to arrive sums the parts in block order (per
  * thread, then the block reduction: a fixed order), writes xn for the whole
  * rows, and puts the counter back to 0 for the next launch or graph replay.
  * No early exit before the barriers. */
