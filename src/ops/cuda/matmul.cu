@@ -526,10 +526,10 @@ static __device__ __forceinline__ void gn_last_one(float *__restrict__ xn, const
  * Each warp adds its R rows of W a into x (it owns them: no atomics) and
  * each block writes the sum of squares of its rows (warp by warp, row by
  * row) to parts [T, gridDim.x]; then every block bumps the device counter
- * (acquire-release), and the last block to arrive sums the parts in block order (per
- * thread, then the block reduction: a fixed order), writes xn for the whole
- * rows, and puts the counter back to 0 for the next launch or graph replay.
- * No early exit before the barriers. */
+ * (acquire-release), and the last block to arrive sums the parts in block
+ * order (per thread, then the block reduction: a fixed order), writes xn
+ * for the whole rows, and puts the counter back to 0 for the next launch or
+ * graph replay. No early exit before the barriers. */
 #define FN_PARTS 16384 /* floats of parts after the counter (gridDim.x * T at most) */
 template <typename WT, int MT, int R, int U = 8 / R>
 __global__ void __launch_bounds__(256) gemv_add_norm_kernel(float *x, float *__restrict__ xn, const WT *W,
