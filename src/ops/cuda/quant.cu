@@ -1040,6 +1040,7 @@ static dr_status q2_upload(dr_cuda_ctx *cx, dr_tensor *t, const char *nm) {
 /* geometry of a repacked tensor */
 struct q2geo {
     int rows, n, np, gs, rq; /* rq: uint4 per row */
+    int gsh;                 /* log2(gs): gs is 32, 64 or 128 (checked at upload) */
     int sbw;                 /* 32-bit words per (s, b) pair: 1 or 2 */
     size_t sb_off;           /* bytes from the block start */
 };
@@ -1050,6 +1051,7 @@ static q2geo q2_geo(const dr_tensor *t) {
     g.n = (int)t->ne[t->ndim - 1];
     g.np = q2_np(g.n, t->q.bits);
     g.gs = t->q.group_size;
+    g.gsh = g.gs == 32 ? 5 : g.gs == 64 ? 6 : 7;
     g.rq = g.np * t->q.bits / 128;
     g.sbw = t->q.sb_dtype == DR_DT_F32 ? 2 : 1;
     g.sb_off = align256((size_t)g.rows * g.rq * 16);
@@ -2062,7 +2064,12 @@ static __device__ __forceinline__ void q2_stage_rows(float4 *xs, const float *x,
 
 /* One 16-byte piece v of a repacked row in registers, with the (s, b) words
  * of its four words' groups (SBW words each: 2 for f32 scales), so that a
- * kernel can issue all its weight loads before it stages x. */
+ * kernel can issue all its weight loads before it stages x. The MoE kernels
+ * take the scale dtype as a template argument SDT: with it at run time ptxas
+ * kept a copy of the whole dot per dtype, and the q4 down kernel grew to
+ * ~9500 instructions (151 KB), which stalled its warps on instruction
+ * fetch (session 33, ncu). */
+#define Q2_SBW(SDT) ((SDT) == DR_DT_F32 ? 2 : 1)
 template <int SBW> struct q2_piece {
     uint4 u;
     uint32_t sb[4 * SBW];
@@ -2085,18 +2092,18 @@ static __device__ __forceinline__ void q2_piece_load(q2_piece<SBW> &p, const voi
     for (int wi = 0; wi < 4; wi++)
 #pragma unroll
         for (int h = 0; h < SBW; h++)
-            p.sb[wi * SBW + h] = __ldg(sbp + (size_t)(((v >> 2) * KB + wi * KW) / g.gs) * SBW + h);
+            p.sb[wi * SBW + h] = __ldg(sbp + (size_t)((((v >> 2) * KB + wi * KW) >> g.gsh) * SBW + h));
 }
 
 /* piece v . x, x staged by q2_stage_rows (nv pieces a row) */
-template <int BITS, int SBW>
-static __device__ __forceinline__ float q2_piece_dot(const q2_piece<SBW> &p, int sdt, int v, int nv, const float4 *xs) {
+template <int BITS, int SDT>
+static __device__ __forceinline__ float q2_piece_dot(const q2_piece<Q2_SBW(SDT)> &p, int v, int nv, const float4 *xs) {
     constexpr int FW = 32 / BITS / 4; /* float4 per word */
     float acc = 0.0f;
 #pragma unroll
     for (int wi = 0; wi < 4; wi++) {
         float s, b, dq = 0.0f, sx = 0.0f;
-        q2_sb(&p.sb[wi * SBW], SBW == 2 ? DR_DT_F32 : sdt, &s, &b);
+        q2_sb(&p.sb[wi * Q2_SBW(SDT)], SDT, &s, &b);
 #pragma unroll
         for (int ff = 0; ff < FW; ff++) {
             const int f = wi * FW + ff;
@@ -2150,11 +2157,12 @@ static __device__ __forceinline__ void q2_gu_load(q2_piece<SBW> (&pg)[NL], q2_pi
 #ifndef Q_GU_MINB
 #define Q_GU_MINB 4
 #endif
-template <int BITS, int SBW, int NL, int PER>
+template <int BITS, int SDT, int NL, int PER>
 __global__ void __launch_bounds__(256, Q_GU_MINB)
     q2_moe_gate_up_kernel(float *act, const float *x, int32_t *idx, float *wts, const float *logits, int renorm,
                           const void *const *tab, int E, int k, int R, const void *sgw, const void *suw, int *ready,
-                          q2geo g, int sdt) {
+                          q2geo g) {
+    constexpr int SBW = Q2_SBW(SDT);
     DR_TL_SCOPE();
     extern __shared__ float4 xs[];
     __shared__ int pick;
@@ -2167,10 +2175,7 @@ __global__ void __launch_bounds__(256, Q_GU_MINB)
     const void *gw = sgw, *uw = suw;
     if (!(ready && writer))
         dr_pdl_trigger(); /* the down kernel may be scheduled: it waits for this one or the flag */
-    if (shared) {
-        q2_gu_load<BITS>(pg, pu, gw, uw, g, i, 0, lane, live);
-        dr_pdl_wait_fenced((unsigned)nv); /* x comes from earlier kernels */
-    } else {
+    if (!shared) {
         dr_pdl_wait(); /* the logits (or idx) and x come from earlier kernels */
         if (ready && writer)
             md_ready_clear(ready, t);
@@ -2183,8 +2188,10 @@ __global__ void __launch_bounds__(256, Q_GU_MINB)
         __syncthreads();
         DR_TL_MARK(0, (float)pick);
         gw = tab[pick], uw = tab[E + pick];
-        q2_gu_load<BITS>(pg, pu, gw, uw, g, i, 0, lane, live);
     }
+    q2_gu_load<BITS>(pg, pu, gw, uw, g, i, 0, lane, live); /* one copy of this code for both kinds of block */
+    if (shared)
+        dr_pdl_wait_fenced((unsigned)nv); /* x comes from earlier kernels */
     DR_TL_MARK(1, __uint_as_float(pg[0].u.x ^ pu[0].sb[0]));
     q2_stage_rows<BITS, Q_SB_GU>(xs, x + (size_t)t * g.n, 1, NULL, g.n, g.np);
     __syncthreads();
@@ -2195,8 +2202,8 @@ __global__ void __launch_bounds__(256, Q_GU_MINB)
         for (int j = 0; j < NL; j++) {
             const int v = c0 + lane + 32 * j;
             if (v < nv) {
-                gv += q2_piece_dot<BITS>(pg[j], sdt, v, nv, xs);
-                uv += q2_piece_dot<BITS>(pu[j], sdt, v, nv, xs);
+                gv += q2_piece_dot<BITS, SDT>(pg[j], v, nv, xs);
+                uv += q2_piece_dot<BITS, SDT>(pu[j], v, nv, xs);
             }
         }
         c0 += 32 * NL;
@@ -2210,17 +2217,27 @@ __global__ void __launch_bounds__(256, Q_GU_MINB)
         act[(size_t)r * g.rows + i] = dr_dev_silu(gv) * uv;
 }
 
+/* p / nv for 0 <= p < 2^21 from rn = 1 / nv in float: (p + 0.5) / nv lies at
+ * least 1 / (2 nv) from an integer, and the product's rounding error is
+ * below (p / nv) 2^-22, so the truncation is exact. Two instructions where
+ * an integer division by a run-time value takes ~20 (the down kernel makes
+ * one per piece, in its loads and its dot). */
+static __device__ __forceinline__ int q2_div(int p, float rn) {
+    return (int)(((float)p + 0.5f) * rn);
+}
+
 /* The batch of NL pieces a lane at c0 of the down kernel's row h: piece p
  * of (expert, piece) pair p / nv, p % nv; pair k is the shared expert's
  * (sd). idx through L2: with the picks-ready flag its writer still runs. */
 template <int BITS, int SBW, int NL>
 static __device__ __forceinline__ void q2_down_load(q2_piece<SBW> (&pc)[NL], const int32_t *it,
                                                     const void *const *tab, int E, int k, const void *sd,
-                                                    const q2geo &g, int h, int c0, int P, int lane, bool live) {
+                                                    const q2geo &g, float rn, int h, int c0, int P, int lane,
+                                                    bool live) {
     const int nv = g.rq;
 #pragma unroll
     for (int j = 0; j < NL; j++) {
-        const int p = c0 + lane + 32 * j, js = p < P ? p / nv : 0;
+        const int p = c0 + lane + 32 * j, js = p < P ? q2_div(p, rn) : 0;
         const void *blk = js < k ? tab[2 * E + __ldcg(it + js)] : sd;
         q2_piece_load<BITS>(pc[j], blk, g, h, p - js * nv, live && p < P);
     }
@@ -2232,30 +2249,35 @@ static __device__ __forceinline__ void q2_down_load(q2_piece<SBW> (&pc)[NL], con
  * over the (expert, piece) pairs, NL a lane in flight, the first ones loaded
  * before the activation rows are staged (slot k: the shared expert's). With
  * `ready` the first ones load once token t's picks-ready flag is up, before
- * the PDL wait (the gate/up kernel may still run). */
-template <int BITS, int SBW, int NL>
+ * the PDL wait (the gate/up kernel may still run). The k (+ 1) weights are
+ * staged in shared memory after the rows (sw). */
+template <int BITS, int SDT, int NL>
 __global__ void __launch_bounds__(256) q2_moe_down_kernel(float *y, const float *act, const int32_t *idx,
                                                           const float *wts, const void *const *tab, int E, int k,
                                                           int R, const void *sd, const float *shs, int acc_y,
-                                                          const int *ready, q2geo g, int sdt) {
+                                                          const int *ready, q2geo g) {
     DR_TL_SCOPE();
     extern __shared__ float4 xs[];
-    const int t = blockIdx.y, lane = threadIdx.x & 31;
-    const int h = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), nv = g.rq, P = (k + (sd ? 1 : 0)) * nv;
+    const int t = blockIdx.y, lane = threadIdx.x & 31, nsh = sd ? 1 : 0;
+    const int h = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5), nv = g.rq, P = (k + nsh) * nv;
     const bool live = h < g.rows;
+    const float rn = 1.0f / (float)nv;
     const int32_t *it = idx + (size_t)t * k;
-    q2_piece<SBW> pc[NL];
+    float *sw = (float *)(xs + (size_t)(k + nsh) * (g.np / 4));
+    q2_piece<Q2_SBW(SDT)> pc[NL];
     dr_pdl_trigger();
     if (ready) {
         md_ready_wait(ready + t, lane);
         DR_TL_MARK(0, 0.0f);
-        q2_down_load<BITS>(pc, it, tab, E, k, sd, g, h, 0, P, lane, live);
-        dr_pdl_wait_fenced((unsigned)nv); /* act, wts and shs come from earlier kernels */
     } else {
         dr_pdl_wait(); /* act, idx, wts and shs come from earlier kernels */
-        q2_down_load<BITS>(pc, it, tab, E, k, sd, g, h, 0, P, lane, live);
     }
+    q2_down_load<BITS>(pc, it, tab, E, k, sd, g, rn, h, 0, P, lane, live); /* one copy for both orders */
+    if (ready)
+        dr_pdl_wait_fenced((unsigned)nv); /* act, wts and shs come from earlier kernels */
     DR_TL_MARK(1, __uint_as_float(pc[0].u.x ^ pc[0].sb[0]));
+    if (threadIdx.x < k + nsh)
+        sw[threadIdx.x] = (int)threadIdx.x < k ? wts[(size_t)t * k + threadIdx.x] : dr_dev_sigmoid(shs[t]);
     q2_stage_rows<BITS, Q_SB_DN>(xs, act + (size_t)t * k * g.n, k, sd ? act + ((size_t)R + t) * g.n : NULL, g.n, g.np);
     __syncthreads();
     DR_TL_MARK(2, xs[0].x);
@@ -2263,16 +2285,17 @@ __global__ void __launch_bounds__(256) q2_moe_down_kernel(float *y, const float 
     for (int c0 = 0;;) {
 #pragma unroll
         for (int j = 0; j < NL; j++) {
-            const int p = c0 + lane + 32 * j, js = p < P ? p / nv : 0;
+            const int p = c0 + lane + 32 * j;
             if (p < P) {
-                const float wj = js < k ? wts[(size_t)t * k + js] : dr_dev_sigmoid(shs[t]);
-                acc = fmaf(wj, q2_piece_dot<BITS>(pc[j], sdt, p - js * nv, nv, xs + (size_t)js * (g.np / 4)), acc);
+                const int js = q2_div(p, rn);
+                acc = fmaf(sw[js], q2_piece_dot<BITS, SDT>(pc[j], p - js * nv, nv, xs + (size_t)js * (g.np / 4)),
+                           acc);
             }
         }
         c0 += 32 * NL;
         if (c0 >= P)
             break;
-        q2_down_load<BITS>(pc, it, tab, E, k, sd, g, h, c0, P, lane, live);
+        q2_down_load<BITS>(pc, it, tab, E, k, sd, g, rn, h, c0, P, lane, live);
     }
     acc = dr_warp_sum(acc);
     DR_TL_MARK(3, acc);
@@ -2296,12 +2319,12 @@ struct q2_moe_args {
 
 /* the gate/up kernel with NL pieces a lane in flight: enough for a whole row
  * up to 4 x 32 */
-template <int BITS, int SBW, int PER>
-static void q2_moe_gu_launch(dr_cuda_ctx *cx, bool pdl, const q2_moe_args &a, const q2geo &gu, int sdt, dim3 grid,
+template <int BITS, int SDT, int PER>
+static void q2_moe_gu_launch(dr_cuda_ctx *cx, bool pdl, const q2_moe_args &a, const q2geo &gu, dim3 grid,
                              size_t smem) {
 #define Q2_GU(NL)                                                                                                     \
-    dr_cuda_launch(cx, pdl, q2_moe_gate_up_kernel<BITS, SBW, NL, PER>, grid, dim3(256), smem, a.act, a.x, a.idx,     \
-                   a.wts, a.logits, a.renorm, a.tab, a.E, a.k, a.R, a.sg, a.su, a.ready, gu, sdt)
+    dr_cuda_launch(cx, pdl, q2_moe_gate_up_kernel<BITS, SDT, NL, PER>, grid, dim3(256), smem, a.act, a.x, a.idx,     \
+                   a.wts, a.logits, a.renorm, a.tab, a.E, a.k, a.R, a.sg, a.su, a.ready, gu)
     if (gu.rq <= 32)
         Q2_GU(1);
     else if (gu.rq <= 64)
@@ -2313,23 +2336,23 @@ static void q2_moe_gu_launch(dr_cuda_ctx *cx, bool pdl, const q2_moe_args &a, co
 
 /* the q2 MoE decode pair; the down kernel with NL pieces a lane in flight:
  * enough for a row's k (+ 1) experts' pieces up to 8 x 32 */
-template <int BITS, int SBW>
-static void q2_moe_decode_launch(dr_cuda_ctx *cx, bool pdl, const q2_moe_args &a, const q2geo &gu, const q2geo &dn,
-                                 int sdt) {
+template <int BITS, int SDT>
+static void q2_moe_decode_launch(dr_cuda_ctx *cx, bool pdl, const q2_moe_args &a, const q2geo &gu,
+                                 const q2geo &dn) {
     const int H = dn.rows, I = gu.rows, nsh = a.sd ? 1 : 0;
-    const size_t s1 = (size_t)gu.np * sizeof(float), s2 = (size_t)(a.k + nsh) * dn.np * sizeof(float);
+    const size_t s1 = (size_t)gu.np * sizeof(float), s2 = (size_t)(a.k + nsh) * (dn.np + 1) * sizeof(float);
     const dim3 g1(dr_cdiv((size_t)I, 8), (unsigned)(a.R + (a.sg ? a.T : 0))), g2(dr_cdiv((size_t)H, 8), (unsigned)a.T);
     if (a.logits && a.E > 256)
-        q2_moe_gu_launch<BITS, SBW, 16>(cx, pdl, a, gu, sdt, g1, s1);
+        q2_moe_gu_launch<BITS, SDT, 16>(cx, pdl, a, gu, g1, s1);
     else
-        q2_moe_gu_launch<BITS, SBW, 8>(cx, pdl, a, gu, sdt, g1, s1);
+        q2_moe_gu_launch<BITS, SDT, 8>(cx, pdl, a, gu, g1, s1);
     if (a.ready && cx->failed) /* the gate/up launch failed: its flags may never be raised */
         return;
     const int n2 = (a.k + nsh) * dn.rq;
 #define Q2_DN(NL)                                                                                                     \
-    dr_cuda_launch(cx, pdl, q2_moe_down_kernel<BITS, SBW, NL>, g2, dim3(256), s2, a.y, (const float *)a.act,          \
+    dr_cuda_launch(cx, pdl, q2_moe_down_kernel<BITS, SDT, NL>, g2, dim3(256), s2, a.y, (const float *)a.act,          \
                    (const int32_t *)a.idx, (const float *)a.wts, a.tab, a.E, a.k, a.R, a.sd, a.shs, a.acc_y,        \
-                   (const int *)a.ready, dn, sdt)
+                   (const int *)a.ready, dn)
     if (n2 <= 64)
         Q2_DN(2);
     else if (n2 <= 128)
@@ -2599,7 +2622,7 @@ __global__ void __launch_bounds__(256) qmoe_down_kernel(float *y, const float *a
 static bool qmoe_ok(const dr_expert *ex, int E, const float *x, int k, int H, int I, int nsh) {
     const dr_tensor *g0 = &ex[0].gate;
     const size_t s1 = (size_t)(q2_on() ? q2_np(H, g0->q.bits) : H) * sizeof(float),
-                 s2 = (size_t)(k + nsh) * (q2_on() ? q2_np(I, g0->q.bits) : I) * sizeof(float);
+                 s2 = (size_t)(k + nsh) * ((q2_on() ? q2_np(I, g0->q.bits) : I) + 1) * sizeof(float);
     if ((uintptr_t)x % 16 || (H * 4) % 16 || (I * 4) % 16 || s1 > (48 << 10) || s2 > (48 << 10))
         return false;
     for (int e = 0; e < E; e++) {
@@ -2612,15 +2635,25 @@ static bool qmoe_ok(const dr_expert *ex, int E, const float *x, int k, int H, in
     return true;
 }
 
-/* The q2 pair for the experts ex (their geometry), by bits and scale dtype */
+/* The q2 pair for the experts ex (their geometry), by bits and scale dtype
+ * (BF16, F16 or F32: checked at upload) */
+template <int BITS>
+static void q2_moe_bits(dr_cuda_ctx *cx, bool pdl, const q2_moe_args &a, const q2geo &gu, const q2geo &dn,
+                        dr_dtype sdt) {
+    if (sdt == DR_DT_F32)
+        q2_moe_decode_launch<BITS, DR_DT_F32>(cx, pdl, a, gu, dn);
+    else if (sdt == DR_DT_BF16)
+        q2_moe_decode_launch<BITS, DR_DT_BF16>(cx, pdl, a, gu, dn);
+    else
+        q2_moe_decode_launch<BITS, DR_DT_F16>(cx, pdl, a, gu, dn);
+}
+
 static void q2_moe_run(dr_cuda_ctx *cx, bool pdl, const q2_moe_args &a, const dr_expert *ex) {
     const q2geo gu = q2_geo(&ex[0].gate), dn = q2_geo(&ex[0].down);
-    const int sdt = (int)ex[0].gate.q.sb_dtype;
-    const bool f32 = sdt == DR_DT_F32;
     if (ex[0].gate.q.bits == 4)
-        f32 ? q2_moe_decode_launch<4, 2>(cx, pdl, a, gu, dn, sdt) : q2_moe_decode_launch<4, 1>(cx, pdl, a, gu, dn, sdt);
+        q2_moe_bits<4>(cx, pdl, a, gu, dn, ex[0].gate.q.sb_dtype);
     else
-        f32 ? q2_moe_decode_launch<8, 2>(cx, pdl, a, gu, dn, sdt) : q2_moe_decode_launch<8, 1>(cx, pdl, a, gu, dn, sdt);
+        q2_moe_bits<8>(cx, pdl, a, gu, dn, ex[0].gate.q.sb_dtype);
 }
 
 bool dr_cuda_quant_moe_decode(dr_cuda_ctx *cx, float *y, const float *x, const int32_t *idx, const float *wts,
