@@ -37,6 +37,27 @@ static __device__ __forceinline__ float route_unkey(unsigned u) {
     return __uint_as_float(u & 0x80000000u ? u & 0x7fffffffu : ~u);
 }
 
+/* One round of route_warp's RX selection over the lane's logits v (expert
+ * lane + 32 i, none at or past E; bit i of `used`: taken): the warp's
+ * largest key among the untaken, ties to the lowest expert id; every lane
+ * gets the expert (best) and its logit (bv). */
+template <int PER>
+static __device__ __forceinline__ int route_round_rx(const float (&v)[PER], int E, int lane, unsigned used, float *bv) {
+    unsigned kb = 0; /* every real key is above 0 */
+    int bi = -1;
+#pragma unroll
+    for (int i = 0; i < PER; i++) {
+        const unsigned kk = route_key(v[i]);
+        if (lane + 32 * i < E && !((used >> i) & 1u) && kk > kb) {
+            kb = kk;
+            bi = i;
+        }
+    }
+    const unsigned m = __reduce_max_sync(0xffffffffu, kb);
+    *bv = route_unkey(m);
+    return (int)__reduce_min_sync(0xffffffffu, bi >= 0 && kb == m ? (unsigned)(lane + 32 * bi) : 0xffffffffu);
+}
+
 /* The same selection with the lane's logits in registers (E <= 32 PER) and a
  * bit per used expert: route_kernel's loop (moe.cu) re-reads the logits and
  * keeps the picks in local memory, about 17 us per token at E = 256, k = 8.
@@ -70,19 +91,7 @@ static __device__ __forceinline__ void route_warp(const float *l, int E, int k, 
         int best = -1;
         float bv = -INFINITY;
         if (RX) {
-            unsigned kb = 0; /* every real key is above 0 */
-            int bi = -1;
-#pragma unroll
-            for (int i = 0; i < PER; i++) {
-                const unsigned kk = route_key(v[i]);
-                if (lane + 32 * i < E && !((used >> i) & 1u) && kk > kb) {
-                    kb = kk;
-                    bi = i;
-                }
-            }
-            const unsigned m = __reduce_max_sync(0xffffffffu, kb);
-            best = (int)__reduce_min_sync(0xffffffffu, bi >= 0 && kb == m ? (unsigned)(lane + 32 * bi) : 0xffffffffu);
-            bv = route_unkey(m);
+            best = route_round_rx(v, E, lane, used, &bv);
         } else {
 #pragma unroll
             for (int i = 0; i < PER; i++) {
@@ -107,6 +116,28 @@ static __device__ __forceinline__ void route_warp(const float *l, int E, int k, 
     *wt = renorm ? my_wt / picked : my_wt;
 }
 
+/* Pick j alone (every lane gets it): route_warp<PER, true>'s first j + 1
+ * rounds, the same comparisons in the same order, so the same expert. The
+ * picks depend only on the logits' order, so the softmax is left out: a
+ * gate/up block that only needs its own pick starts its weight loads after
+ * j + 1 rounds instead of the softmax and all k (session 33). */
+template <int PER>
+static __device__ __forceinline__ int route_pick_rx(const float *l, int E, int j, int lane) {
+    float v[PER];
+#pragma unroll
+    for (int i = 0; i < PER; i++)
+        v[i] = lane + 32 * i < E ? l[lane + 32 * i] : -INFINITY;
+    unsigned used = 0;
+    for (int r = 0;; r++) {
+        float bv;
+        const int best = route_round_rx(v, E, lane, used, &bv);
+        if (r == j)
+            return best;
+        if ((best & 31) == lane)
+            used |= 1u << (best >> 5);
+    }
+}
+
 /* Device-scope release store / acquire load of a flag (the picks-ready flag
  * the routing gate/up kernels raise for their down kernels): what the
  * storing thread wrote before is visible to a thread that reads the flag
@@ -129,7 +160,8 @@ static __device__ __forceinline__ int md_ld_acquire(const int *p) {
  * - route_publish: the routing warp picks token t's experts (l, idx and
  *   wts at token t's rows); lane j's pick goes to *pick, and with `writer`
  *   the picks and weights go to idx / wts before t's flag (with ready) is
- *   raised (release).
+ *   raised (release). Without `writer` (and with RX) it makes pick j alone
+ *   (route_pick_rx).
  * - md_ready_wait: a down kernel's warp waits for the flag (acquire), after
  *   which it may read idx. */
 static __device__ __forceinline__ void md_ready_clear(int *ready, int t) {
@@ -141,10 +173,19 @@ static __device__ __forceinline__ void md_ready_clear(int *ready, int t) {
     dr_pdl_trigger();
 }
 
+#ifndef DR_ROUTE_PICK
+#define DR_ROUTE_PICK 1 /* 0: every routing warp runs the whole selection (the same-run baseline build) */
+#endif
 template <int PER, bool RX>
 static __device__ __forceinline__ void route_publish(const float *l, int E, int k, int renorm, int lane, int j,
                                                      bool writer, int32_t *idx, float *wts, int *ready, int t,
                                                      int *pick) {
+    if (DR_ROUTE_PICK && RX && !writer) {
+        const int sel = route_pick_rx<PER>(l, E, j, lane);
+        if (lane == 0)
+            *pick = sel;
+        return;
+    }
     int sel;
     float wt;
     route_warp<PER, RX>(l, E, k, renorm, lane, &sel, &wt);

@@ -2062,6 +2062,44 @@ static __device__ __forceinline__ void q2_stage_rows(float4 *xs, const float *x,
     }
 }
 
+/* q2_stage_rows by 4-byte cp.async copies (Q2_STAGE_CPA, the default): every
+ * value of the thread's share is asked for at once and holds no register, so
+ * the staging costs one L2 round trip however many rows (the down kernel's
+ * k + 1 took three with Q_SB_DN = 2) and cannot spill next to the weight
+ * pieces in flight. The caller waits (dr_cp_wait<0>) before its barrier. */
+#ifndef Q2_STAGE_CPA
+#define Q2_STAGE_CPA 1
+#endif
+template <int BITS>
+static __device__ __forceinline__ void q2_stage_rows_cpa(float4 *xs, const float *x, int nr, const float *xsh, int n,
+                                                         int np) {
+    constexpr int E = 128 / BITS;
+    const int nv = np / E, per = np / 4, total = (nr + (xsh ? 1 : 0)) * per;
+    float *xf = (float *)xs;
+    for (int c = threadIdx.x; c < total; c += blockDim.x) {
+        const int j = c / per, i = c - j * per, f = i / nv, p = i - f * nv;
+        const float *src = j < nr ? x + (size_t)j * n : xsh;
+#pragma unroll
+        for (int q = 0; q < 4; q++) {
+            const int e = 4 * f + q, wd = (p >> 2) * 16 + (p & 3) * 4 + e / (32 / BITS);
+            const int k = q2_k(BITS, wd, e % (32 / BITS));
+            qd_cp_sb<4>(xf + 4 * c + q, src + (k < n ? k : 0), k < n);
+        }
+    }
+    dr_cp_commit();
+}
+
+/* x rows staged for the MoE kernels' dots, by either way */
+template <int BITS, int Q_SB>
+static __device__ __forceinline__ void q2_stage(float4 *xs, const float *x, int nr, const float *xsh, int n, int np) {
+    if (Q2_STAGE_CPA) {
+        q2_stage_rows_cpa<BITS>(xs, x, nr, xsh, n, np);
+        dr_cp_wait<0>();
+    } else {
+        q2_stage_rows<BITS, Q_SB>(xs, x, nr, xsh, n, np);
+    }
+}
+
 /* One 16-byte piece v of a repacked row in registers, with the (s, b) words
  * of its four words' groups (SBW words each: 2 for f32 scales), so that a
  * kernel can issue all its weight loads before it stages x. The MoE kernels
@@ -2193,7 +2231,7 @@ __global__ void __launch_bounds__(256, Q_GU_MINB)
     if (shared)
         dr_pdl_wait_fenced((unsigned)nv); /* x comes from earlier kernels */
     DR_TL_MARK(1, __uint_as_float(pg[0].u.x ^ pu[0].sb[0]));
-    q2_stage_rows<BITS, Q_SB_GU>(xs, x + (size_t)t * g.n, 1, NULL, g.n, g.np);
+    q2_stage<BITS, Q_SB_GU>(xs, x + (size_t)t * g.n, 1, NULL, g.n, g.np);
     __syncthreads();
     DR_TL_MARK(2, xs[0].x);
     float gv = 0.0f, uv = 0.0f;
@@ -2278,7 +2316,8 @@ __global__ void __launch_bounds__(256) q2_moe_down_kernel(float *y, const float 
     DR_TL_MARK(1, __uint_as_float(pc[0].u.x ^ pc[0].sb[0]));
     if (threadIdx.x < k + nsh)
         sw[threadIdx.x] = (int)threadIdx.x < k ? wts[(size_t)t * k + threadIdx.x] : dr_dev_sigmoid(shs[t]);
-    q2_stage_rows<BITS, Q_SB_DN>(xs, act + (size_t)t * k * g.n, k, sd ? act + ((size_t)R + t) * g.n : NULL, g.n, g.np);
+    const float y0 = acc_y && live ? y[(size_t)t * g.rows + h] : 0.0f; /* its round trip overlaps the staging */
+    q2_stage<BITS, Q_SB_DN>(xs, act + (size_t)t * k * g.n, k, sd ? act + ((size_t)R + t) * g.n : NULL, g.n, g.np);
     __syncthreads();
     DR_TL_MARK(2, xs[0].x);
     float acc = 0.0f;
@@ -2300,7 +2339,7 @@ __global__ void __launch_bounds__(256) q2_moe_down_kernel(float *y, const float 
     acc = dr_warp_sum(acc);
     DR_TL_MARK(3, acc);
     if (live && lane == 0)
-        y[(size_t)t * g.rows + h] = acc_y ? y[(size_t)t * g.rows + h] + acc : acc;
+        y[(size_t)t * g.rows + h] = y0 + acc;
 }
 
 /* What one launch pair of the q2 MoE decode kernels takes: with `logits` the
