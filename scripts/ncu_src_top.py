@@ -31,6 +31,10 @@ def main():
               and "Not-issued" not in h]
     total = sum(num(r[tot_col]) for r in body) or 1.0
     print(f"{len(body)} SASS lines, {total:.0f} samples")
+    sums = sorted(((sum(num(r[c]) for r in body), head[c]) for c in reason if "Not Issued" not in head[c]),
+                  reverse=True)
+    print("by reason: " + ", ".join(f"{h.replace('stall_', '')} {100 * v / total:.1f}%" for v, h in sums
+                                    if v >= 0.01 * total))
     order = sorted(range(len(body)), key=lambda i: -num(body[i][tot_col]))
     for i in sorted(order[:n]):
         r = body[i]
