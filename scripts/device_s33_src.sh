@@ -14,7 +14,7 @@ b="$root/build-dev"
 t0=$(date +%s)
 dr_device_build "$b" deltarun_cli
 echo "built in $(( $(date +%s) - t0 )) s"
-cuobjdump -res-usage "$b/deltarun" 2>/dev/null | grep -A1 -E "q2_moe_(down|gate_up)_kernelILi4ELi1" | grep -E "Function|REG" | cut -c1-160
+cuobjdump -res-usage "$b/deltarun" 2>/dev/null | grep -A1 -E "q2_moe_(down|gate_up)_kernelILi4E" | grep -E "Function|REG" | cut -c1-160
 for kr in ${KERNELS:-q2_moe_down:16 q2_moe_gate_up:16 q2_dp4a:60}; do
   k=${kr%%:*}; n=${kr//:/_}
   DR_CUDA_GRAPHS=0 timeout 200 ncu --clock-control none ${NCU_EXTRA:-} -k "regex:$k" --launch-skip "${kr##*:}" --launch-count 1 \
